@@ -1,0 +1,917 @@
+//! Pass 2, `check`: resolve names, check types, fold constants and lower the
+//! syntax tree to the policy IR ([`crate::ir::Policy`]).
+//!
+//! The checker reports every error it finds, not only the first: a failing
+//! sub-expression yields `None` and its parent goes on without it.
+
+pub mod fields;
+
+use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
+use crate::load::Loaded;
+use fields::Field;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use xpol_lang::ast::{self, BinOp, Hook, Item, UnOp};
+use xpol_lang::meta::{MapValueKind, SetElem};
+use xpol_lang::{Diagnostic, SourceMap, Span};
+
+/// Constant sets up to this many elements are compared inline (a compare
+/// chain costs less than a map lookup at this size); larger ones become
+/// read-only maps.
+pub const INLINE_SET_LIMIT: usize = 16;
+
+/// A compile-time value that is not a plain scalar.
+#[derive(Clone, Debug)]
+enum ConstVal {
+    Value(Value),
+    Cidr(IpAddr, u8),
+    Range(u64, u64),
+    Set(ConstSet, SetElem),
+}
+
+#[derive(Clone, Debug)]
+enum Global {
+    Const { value: Option<ConstVal>, span: Span },
+    Set { id: ir::SetId, span: Span },
+}
+
+/// What checking an expression yields: a runtime value, or a constant that
+/// only makes sense on the right of `in`.
+#[derive(Clone, Debug)]
+enum Operand {
+    Expr(ir::Expr),
+    Cidr(IpAddr, u8),
+    Range(u64, u64),
+    Set(ConstSet, SetElem, Option<String>),
+    Named(ir::SetId),
+}
+
+struct Checker<'a> {
+    sources: &'a SourceMap,
+    diags: Vec<Diagnostic>,
+    globals: HashMap<String, Global>,
+    sets: Vec<NamedSet>,
+    /// Large constant sets already turned into maps, by const name.
+    const_set_maps: HashMap<String, ir::SetId>,
+    maps: Vec<UserMap>,
+    map_ids: HashMap<String, ir::MapId>,
+    locals: Vec<ir::Local>,
+    scopes: Vec<HashMap<String, ir::LocalId>>,
+    redirects: Vec<String>,
+    rules: Vec<ir::Rule>,
+    programs: BTreeMap<Hook, Vec<ir::Probe>>,
+    hook: Hook,
+}
+
+pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
+    let mut c = Checker {
+        sources,
+        diags: Vec::new(),
+        globals: HashMap::new(),
+        sets: Vec::new(),
+        const_set_maps: HashMap::new(),
+        maps: Vec::new(),
+        map_ids: HashMap::new(),
+        locals: Vec::new(),
+        scopes: Vec::new(),
+        redirects: Vec::new(),
+        rules: Vec::new(),
+        programs: BTreeMap::new(),
+        hook: Hook::Xdp,
+    };
+    // Declarations first, in order: a const may use earlier consts and sets;
+    // probes may use any set or const of the policy.
+    for item in &loaded.items {
+        match item {
+            Item::Const(decl) => c.const_decl(decl),
+            Item::Set(decl) => c.set_decl(decl),
+            Item::Include(_) | Item::Probe(_) => {}
+        }
+    }
+    for item in &loaded.items {
+        if let Item::Probe(probe) = item {
+            c.probe(probe);
+        }
+    }
+    if c.programs.is_empty() && !xpol_lang::diagnostic::has_errors(&c.diags) {
+        let d = Diagnostic::error("xpol::empty", "the policy has no probes, so there is nothing to compile")
+            .with_help("add a rule such as `xdp /tcp.dport == 23/ { drop }`");
+        c.diags.push(d);
+    }
+    if xpol_lang::diagnostic::has_errors(&c.diags) {
+        return Err(c.diags);
+    }
+    Ok(ir::Policy {
+        programs: c.programs.into_iter().map(|(hook, probes)| ir::Program { hook, probes }).collect(),
+        rules: c.rules,
+        sets: c.sets,
+        maps: c.maps,
+        locals: c.locals,
+        redirects: c.redirects,
+        warnings: c.diags,
+    })
+}
+
+fn elem_name(e: SetElem) -> &'static str {
+    match e {
+        SetElem::Cidr => "cidr",
+        SetElem::Int => "int",
+        SetElem::Mac => "mac",
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Span, code: &str, message: impl Into<String>, label: impl Into<String>) {
+        self.diags.push(Diagnostic::error(code, message).with_label(span, label));
+    }
+
+    fn error_help(&mut self, span: Span, code: &str, message: impl Into<String>, label: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(Diagnostic::error(code, message).with_label(span, label).with_help(help));
+    }
+
+    fn declare(&mut self, name: &ast::Ident, global: Global) {
+        if let Some(prev) = self.globals.get(&name.name) {
+            let prev_span = match prev {
+                Global::Const { span, .. } | Global::Set { span, .. } => *span,
+            };
+            self.diags.push(
+                Diagnostic::error("xpol::name::duplicate", format!("`{}` is declared twice", name.name))
+                    .with_label(name.span, "declared again here")
+                    .with_label(prev_span, "first declared here"),
+            );
+            return;
+        }
+        self.globals.insert(name.name.clone(), global);
+    }
+
+    fn const_decl(&mut self, decl: &ast::ConstDecl) {
+        let value = self.expr(&decl.value).and_then(|op| match op {
+            Operand::Expr(ir::Expr { kind: ExprKind::Const(v), .. }) => Some(ConstVal::Value(v)),
+            Operand::Cidr(a, l) => Some(ConstVal::Cidr(a, l)),
+            Operand::Range(lo, hi) => Some(ConstVal::Range(lo, hi)),
+            Operand::Set(s, e, _) => Some(ConstVal::Set(s, e)),
+            Operand::Named(_) => {
+                self.error_help(decl.value.span, "xpol::const", "a const cannot name a set", "this is a set", "use the set's name directly");
+                None
+            }
+            Operand::Expr(_) => {
+                self.error_help(
+                    decl.value.span,
+                    "xpol::const",
+                    "a const must be known at compile time",
+                    "this depends on the packet",
+                    "use `let` inside a probe for values computed from the packet",
+                );
+                None
+            }
+        });
+        self.declare(&decl.name, Global::Const { value, span: decl.name.span });
+    }
+
+    fn set_decl(&mut self, decl: &ast::SetDecl) {
+        let elem = match decl.ty.name.as_str() {
+            "cidr" | "ip" => SetElem::Cidr,
+            "int" | "port" => SetElem::Int,
+            "mac" => SetElem::Mac,
+            other => {
+                self.error_help(
+                    decl.ty.span,
+                    "xpol::set::type",
+                    format!("unknown set element type `{other}`"),
+                    "not an element type",
+                    "sets hold `cidr` (addresses and prefixes), `int` (numbers and ranges) or `mac`",
+                );
+                return;
+            }
+        };
+        let (elements, span) = match &decl.init {
+            ast::SetInit::Elements { elements, span } => (elements.as_slice(), *span),
+            ast::SetInit::File(path) => (&[][..], path.span),
+        };
+        let contents = self.set_elements(elements, span, Some(elem)).map(|(s, _)| s).unwrap_or_default();
+        let id = self.sets.len();
+        self.sets.push(NamedSet { name: decl.name.name.clone(), elem, contents, mutable: true, span: decl.name.span });
+        self.declare(&decl.name, Global::Set { id, span: decl.name.span });
+    }
+
+    /// Builds a constant set from literal elements, checking that they all
+    /// have one element type (`want`, when the declaration gives it).
+    fn set_elements(&mut self, elements: &[ast::Expr], span: Span, want: Option<SetElem>) -> Option<(ConstSet, SetElem)> {
+        let mut set = ConstSet::default();
+        let mut elem = want;
+        let mut ok = true;
+        for e in elements {
+            let Some(op) = self.expr(e) else {
+                ok = false;
+                continue;
+            };
+            let (this, add): (SetElem, Box<dyn FnOnce(&mut ConstSet)>) = match op {
+                Operand::Expr(ir::Expr { kind: ExprKind::Const(v), .. }) => match v {
+                    Value::Int(i) => (SetElem::Int, Box::new(move |s: &mut ConstSet| s.ints.push((i, i)))),
+                    Value::Ip(IpAddr::V4(a)) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v4.push((a, 32)))),
+                    Value::Ip(IpAddr::V6(a)) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v6.push((a, 128)))),
+                    Value::Mac(m) => (SetElem::Mac, Box::new(move |s: &mut ConstSet| s.macs.push(m))),
+                    Value::Bool(_) => {
+                        self.error(e.span, "xpol::set::element", "a set cannot hold booleans", "boolean");
+                        ok = false;
+                        continue;
+                    }
+                },
+                Operand::Cidr(IpAddr::V4(a), l) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v4.push((a, l)))),
+                Operand::Cidr(IpAddr::V6(a), l) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v6.push((a, l)))),
+                Operand::Range(lo, hi) => (SetElem::Int, Box::new(move |s: &mut ConstSet| s.ints.push((lo, hi)))),
+                Operand::Set(inner, ie, _) => (
+                    ie,
+                    Box::new(move |s: &mut ConstSet| {
+                        s.v4.extend(inner.v4);
+                        s.v6.extend(inner.v6);
+                        s.ints.extend(inner.ints);
+                        s.macs.extend(inner.macs);
+                    }),
+                ),
+                Operand::Named(_) | Operand::Expr(_) => {
+                    self.error_help(
+                        e.span,
+                        "xpol::set::element",
+                        "set elements must be constants",
+                        "not known at compile time",
+                        "elements are addresses, prefixes, numbers, ranges `a..b`, MAC addresses or consts",
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            match elem {
+                Some(want) if want != this => {
+                    self.error(
+                        e.span,
+                        "xpol::set::element",
+                        format!("this set holds `{}` elements, not `{}`", elem_name(want), elem_name(this)),
+                        format!("a `{}` element", elem_name(this)),
+                    );
+                    ok = false;
+                    continue;
+                }
+                _ => elem = Some(this),
+            }
+            add(&mut set);
+        }
+        if !ok {
+            return None;
+        }
+        normalize(&mut set);
+        let _ = span;
+        Some((set, elem.unwrap_or(SetElem::Int)))
+    }
+
+    fn probe(&mut self, probe: &ast::Probe) {
+        self.hook = probe.hook;
+        let id = self.rules.len() as ir::RuleId;
+        let header = Span { end: probe.body.span.start, ..probe.span };
+        let text = self.sources.snippet(header).split_whitespace().collect::<Vec<_>>().join(" ");
+        self.rules.push(ir::Rule { id, hook: probe.hook, span: header, text });
+        self.scopes.push(HashMap::new());
+        let predicate = probe.predicate.as_ref().and_then(|p| self.bool_expr(p, "a predicate"));
+        let body = self.block(&probe.body);
+        self.scopes.pop();
+        let probes = self.programs.entry(probe.hook).or_default();
+        probes.push(ir::Probe { rule: id, predicate, body, span: probe.span });
+    }
+
+    fn block(&mut self, block: &ast::Block) -> Vec<ir::Stmt> {
+        self.scopes.push(HashMap::new());
+        let mut out = Vec::new();
+        let mut ended: Option<Span> = None;
+        for stmt in &block.stmts {
+            if let Some(end) = ended.take() {
+                self.diags.push(
+                    Diagnostic::warning("xpol::unreachable", "this statement never runs")
+                        .with_label(stmt.span, "unreachable")
+                        .with_label(end, "evaluation ends here"),
+                );
+            }
+            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_)) {
+                ended = Some(stmt.span);
+            }
+            if let Some(s) = self.stmt(stmt) {
+                out.push(s);
+            }
+        }
+        self.scopes.pop();
+        out
+    }
+
+    fn stmt(&mut self, stmt: &ast::Stmt) -> Option<ir::Stmt> {
+        let kind = match &stmt.kind {
+            ast::StmtKind::Verdict(v) => {
+                if *v == ast::Verdict::Tx && self.hook != Hook::Xdp {
+                    self.error_help(
+                        stmt.span,
+                        "xpol::verdict",
+                        format!("`tx` is only available in `xdp` probes, not in `{}`", self.hook.as_str()),
+                        "not allowed here",
+                        "use `redirect(IFNAME)` to send the packet out of an interface",
+                    );
+                    return None;
+                }
+                StmtKind::Verdict(*v)
+            }
+            ast::StmtKind::Redirect(target) => {
+                let idx = match self.redirects.iter().position(|r| r == &target.value) {
+                    Some(i) => i,
+                    None => {
+                        self.redirects.push(target.value.clone());
+                        self.redirects.len() - 1
+                    }
+                };
+                StmtKind::Redirect(idx)
+            }
+            ast::StmtKind::If { cond, then_block, else_block } => {
+                let cond = self.bool_expr(cond, "an `if` condition");
+                let then_body = self.block(then_block);
+                let else_body = else_block.as_ref().map(|b| self.block(b)).unwrap_or_default();
+                StmtKind::If { cond: cond?, then_body, else_body }
+            }
+            ast::StmtKind::Let { name, value } => {
+                let value = self.value_expr(value, "a `let`")?;
+                let local = self.locals.len();
+                self.locals.push(ir::Local { name: name.name.clone(), ty: value.ty });
+                self.scopes.last_mut().expect("a probe always has a scope").insert(name.name.clone(), local);
+                StmtKind::Let { local, value }
+            }
+            ast::StmtKind::MapAssign { map, keys, value } => {
+                let keys = self.map_keys(keys);
+                let (op, kind) = match &value.kind {
+                    ast::ExprKind::Call { func, args } if func.name == "count" => {
+                        if !args.is_empty() {
+                            self.error(value.span, "xpol::map::count", "`count()` takes no arguments", "remove the arguments");
+                        }
+                        (Some(MapOp::Count), MapValueKind::Count)
+                    }
+                    ast::ExprKind::Call { func, args } if func.name == "sum" => {
+                        if args.len() != 1 {
+                            self.error(value.span, "xpol::map::sum", "`sum(expr)` takes one integer argument", "here");
+                            (None, MapValueKind::Sum)
+                        } else {
+                            (self.int_expr(&args[0], "`sum`").map(MapOp::Sum), MapValueKind::Sum)
+                        }
+                    }
+                    _ => (self.int_expr(value, "a map value").map(MapOp::Assign), MapValueKind::Value),
+                };
+                let keys = keys?;
+                let id = self.map_use(map, &keys, Some(kind))?;
+                StmtKind::MapUpdate { map: id, keys, op: op? }
+            }
+        };
+        Some(ir::Stmt { kind, span: stmt.span })
+    }
+
+    fn map_keys(&mut self, keys: &[ast::Expr]) -> Option<Vec<ir::Expr>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for k in keys {
+            match self.value_expr(k, "a map key") {
+                Some(e) => out.push(e),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Records a use of `@name` with these keys; the first use fixes the key
+    /// types and (for writes) the kind of value.
+    fn map_use(&mut self, name: &ast::Ident, keys: &[ir::Expr], kind: Option<MapValueKind>) -> Option<ir::MapId> {
+        let key_types: Vec<Type> = keys.iter().map(|k| k.ty).collect();
+        if let Some(&id) = self.map_ids.get(&name.name) {
+            let m = &self.maps[id];
+            if m.keys != key_types {
+                let (prev, span) = (m.keys.clone(), m.span);
+                let fmt = |t: &[Type]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+                self.diags.push(
+                    Diagnostic::error("xpol::map::keys", format!("`@{}` is used with different keys", name.name))
+                        .with_label(name.span, format!("keys [{}] here", fmt(&key_types)))
+                        .with_label(span, format!("keys [{}] first", fmt(&prev)))
+                        .with_help("every use of a map must have the same number and types of keys"),
+                );
+                return None;
+            }
+            if let Some(kind) = kind {
+                let m = &mut self.maps[id];
+                if m.value != kind {
+                    let (prev, span) = (m.value, m.span);
+                    self.diags.push(
+                        Diagnostic::error("xpol::map::value", format!("`@{}` is updated in two different ways", name.name))
+                            .with_label(name.span, format!("{} here", value_kind_name(kind)))
+                            .with_label(span, format!("{} first", value_kind_name(prev)))
+                            .with_help("a map holds either counts, sums, or assigned values"),
+                    );
+                    return None;
+                }
+            } else {
+                self.maps[id].read = true;
+            }
+            return Some(id);
+        }
+        let id = self.maps.len();
+        self.maps.push(UserMap {
+            name: name.name.clone(),
+            value: kind.unwrap_or(MapValueKind::Value),
+            keys: key_types,
+            read: kind.is_none(),
+            span: name.span,
+        });
+        self.map_ids.insert(name.name.clone(), id);
+        Some(id)
+    }
+
+    fn bool_expr(&mut self, e: &ast::Expr, what: &str) -> Option<ir::Expr> {
+        let ex = self.value_expr(e, what)?;
+        if ex.ty != Type::Bool {
+            self.error_help(
+                e.span,
+                "xpol::type::mismatch",
+                format!("{what} must be a boolean, but this is `{}`", ex.ty),
+                format!("`{}`", ex.ty),
+                "compare it, e.g. `x != 0`",
+            );
+            return None;
+        }
+        Some(ex)
+    }
+
+    fn int_expr(&mut self, e: &ast::Expr, what: &str) -> Option<ir::Expr> {
+        let ex = self.value_expr(e, what)?;
+        if ex.ty != Type::Int {
+            self.error(e.span, "xpol::type::mismatch", format!("{what} must be an integer, but this is `{}`", ex.ty), format!("`{}`", ex.ty));
+            return None;
+        }
+        Some(ex)
+    }
+
+    /// An expression that must be a single runtime value (not a set, prefix or range).
+    fn value_expr(&mut self, e: &ast::Expr, what: &str) -> Option<ir::Expr> {
+        match self.expr(e)? {
+            Operand::Expr(ex) => Some(ex),
+            other => {
+                let thing = operand_name(&other);
+                self.error_help(
+                    e.span,
+                    "xpol::type::mismatch",
+                    format!("{what} needs a single value, but this is {thing}"),
+                    thing,
+                    "sets, prefixes and ranges go on the right of `in`, e.g. `ip.src in 10.0.0.0/8`",
+                );
+                None
+            }
+        }
+    }
+
+    fn lookup_local(&self, name: &str) -> Option<ir::LocalId> {
+        self.scopes.iter().rev().find_map(|s| s.get(name).copied())
+    }
+
+    fn expr(&mut self, e: &ast::Expr) -> Option<Operand> {
+        let span = e.span;
+        let mk = |kind: ExprKind, ty: Type| Operand::Expr(ir::Expr { kind, ty, span });
+        match &e.kind {
+            ast::ExprKind::Int(i) => Some(mk(ExprKind::Const(Value::Int(*i)), Type::Int)),
+            ast::ExprKind::Bool(b) => Some(mk(ExprKind::Const(Value::Bool(*b)), Type::Bool)),
+            ast::ExprKind::Ip(a) => Some(mk(ExprKind::Const(Value::Ip(*a)), Type::Ip)),
+            ast::ExprKind::Mac(m) => Some(mk(ExprKind::Const(Value::Mac(ir::mac_to_u64(*m))), Type::Mac)),
+            ast::ExprKind::Cidr(a, len) => self.cidr(*a, *len, span),
+            ast::ExprKind::Range(lo, hi) => {
+                let lo_v = self.const_int(lo, "a range bound");
+                let hi_v = self.const_int(hi, "a range bound");
+                let (lo_v, hi_v) = (lo_v?, hi_v?);
+                if lo_v > hi_v {
+                    self.error(span, "xpol::range", format!("the range {lo_v}..{hi_v} is empty"), "the first bound is greater than the second");
+                    return None;
+                }
+                Some(Operand::Range(lo_v, hi_v))
+            }
+            ast::ExprKind::SetLit(elements) => {
+                let (set, elem) = self.set_elements(elements, span, None)?;
+                Some(Operand::Set(set, elem, None))
+            }
+            ast::ExprKind::Path(segs) => self.path(segs, span),
+            ast::ExprKind::MapRead { map, keys } => {
+                let keys = self.map_keys(keys)?;
+                let id = self.map_use(map, &keys, None)?;
+                Some(mk(ExprKind::MapRead { map: id, keys }, Type::Int))
+            }
+            ast::ExprKind::Call { func, .. } => {
+                let msg = match func.name.as_str() {
+                    "count" | "sum" => format!("`{}()` can only be the value of a map assignment", func.name),
+                    other => format!("unknown function `{other}`"),
+                };
+                self.error_help(span, "xpol::call", msg, "here", "write e.g. `@hits[ip.src] = count()` or `@bytes[ip.src] = sum(pkt.len)`");
+                None
+            }
+            ast::ExprKind::Unary { op, operand } => {
+                let a = self.value_expr(operand, "an operand")?;
+                let (want, kind) = match op {
+                    UnOp::Not => (Type::Bool, ExprKind::Not(Box::new(a.clone()))),
+                    UnOp::Neg => (Type::Int, ExprKind::Neg(Box::new(a.clone()))),
+                    UnOp::BitNot => (Type::Int, ExprKind::BitNot(Box::new(a.clone()))),
+                };
+                if a.ty != want {
+                    let sym = match op {
+                        UnOp::Not => "!",
+                        UnOp::Neg => "-",
+                        UnOp::BitNot => "~",
+                    };
+                    self.error(operand.span, "xpol::type::mismatch", format!("`{sym}` needs `{want}`, but this is `{}`", a.ty), format!("`{}`", a.ty));
+                    return None;
+                }
+                Some(Operand::Expr(fold(ir::Expr { kind, ty: want, span })))
+            }
+            ast::ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, span),
+        }
+    }
+
+    fn const_int(&mut self, e: &ast::Expr, what: &str) -> Option<u64> {
+        match self.expr(e)? {
+            Operand::Expr(ir::Expr { kind: ExprKind::Const(Value::Int(i)), .. }) => Some(i),
+            _ => {
+                self.error(e.span, "xpol::range", format!("{what} must be a constant integer"), "not a constant integer");
+                None
+            }
+        }
+    }
+
+    fn cidr(&mut self, addr: IpAddr, len: u8, span: Span) -> Option<Operand> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            self.error(span, "xpol::prefix", format!("prefix length {len} is longer than {max}"), "invalid prefix");
+            return None;
+        }
+        let masked = mask_addr(addr, len);
+        if masked != addr {
+            self.error_help(
+                span,
+                "xpol::prefix::host_bits",
+                format!("the prefix {addr}/{len} has host bits set"),
+                "host bits set",
+                format!("did you mean {masked}/{len}?"),
+            );
+            return None;
+        }
+        Some(Operand::Cidr(addr, len))
+    }
+
+    fn path(&mut self, segs: &[ast::Ident], span: Span) -> Option<Operand> {
+        let name = segs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".");
+        if segs.len() == 1 {
+            if let Some(local) = self.lookup_local(&name) {
+                let ty = self.locals[local].ty;
+                return Some(Operand::Expr(ir::Expr { kind: ExprKind::Local(local), ty, span }));
+            }
+            match self.globals.get(&name).cloned() {
+                Some(Global::Set { id, .. }) => return Some(Operand::Named(id)),
+                Some(Global::Const { value: Some(v), .. }) => {
+                    return Some(match v {
+                        ConstVal::Value(v) => Operand::Expr(ir::Expr { kind: ExprKind::Const(v), ty: v.ty(), span }),
+                        ConstVal::Cidr(a, l) => Operand::Cidr(a, l),
+                        ConstVal::Range(lo, hi) => Operand::Range(lo, hi),
+                        ConstVal::Set(s, e) => Operand::Set(s, e, Some(name)),
+                    });
+                }
+                // Its declaration failed and was reported.
+                Some(Global::Const { value: None, .. }) => return None,
+                None => {}
+            }
+        }
+        if let Some(f) = Field::by_name(&name) {
+            return Some(Operand::Expr(ir::Expr { kind: ExprKind::Field(f), ty: f.ty(), span }));
+        }
+        let help = match Field::suggest(&name) {
+            Some(f) => format!("did you mean `{}`? ({})", f.name(), f.doc()),
+            None if segs.len() == 1 => "declare it with `const`, `set` or `let` before using it".to_string(),
+            None => "see docs/language.md for the list of packet fields".to_string(),
+        };
+        let what = if segs.len() == 1 { "name" } else { "packet field" };
+        self.error_help(span, "xpol::name::unknown", format!("unknown {what} `{name}`"), "not defined", help);
+        None
+    }
+
+    fn binary(&mut self, op: BinOp, lhs: &ast::Expr, rhs: &ast::Expr, span: Span) -> Option<Operand> {
+        match op {
+            BinOp::And | BinOp::Or => {
+                let a = self.bool_expr(lhs, &format!("the left side of `{}`", op.as_str()));
+                let b = self.bool_expr(rhs, &format!("the right side of `{}`", op.as_str()));
+                let (a, b) = (Box::new(a?), Box::new(b?));
+                let kind = if op == BinOp::And { ExprKind::And(a, b) } else { ExprKind::Or(a, b) };
+                Some(Operand::Expr(fold(ir::Expr { kind, ty: Type::Bool, span })))
+            }
+            BinOp::In | BinOp::NotIn => {
+                let a = self.value_expr(lhs, "the left side of `in`");
+                let set = self.expr(rhs);
+                let (a, set) = (a?, set?);
+                let set_ref = self.set_ref(&a, set, rhs.span)?;
+                let mut e = ir::Expr { kind: ExprKind::In(Box::new(a), set_ref), ty: Type::Bool, span };
+                if op == BinOp::NotIn {
+                    e = ir::Expr { kind: ExprKind::Not(Box::new(e)), ty: Type::Bool, span };
+                }
+                Some(Operand::Expr(fold(e)))
+            }
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                let a = self.expr(lhs);
+                let b = self.expr(rhs);
+                let (a, b) = (a?, b?);
+                let (a, b) = match (a, b) {
+                    (Operand::Expr(a), Operand::Expr(b)) => (a, b),
+                    (a, b) => {
+                        let other = if matches!(a, Operand::Expr(_)) { b } else { a };
+                        let thing = operand_name(&other);
+                        self.error_help(
+                            span,
+                            "xpol::type::mismatch",
+                            format!("`{}` compares single values, but one side is {thing}", op.as_str()),
+                            format!("{thing} here"),
+                            "to test membership in a set, prefix or range, use `in` (or `!in`)",
+                        );
+                        return None;
+                    }
+                };
+                let cmp = match op {
+                    BinOp::Eq => CmpOp::Eq,
+                    BinOp::Ne => CmpOp::Ne,
+                    BinOp::Lt => CmpOp::Lt,
+                    BinOp::Le => CmpOp::Le,
+                    BinOp::Gt => CmpOp::Gt,
+                    _ => CmpOp::Ge,
+                };
+                if a.ty != b.ty {
+                    self.diags.push(
+                        Diagnostic::error("xpol::type::mismatch", format!("cannot compare `{}` with `{}`", a.ty, b.ty))
+                            .with_label(a.span, format!("`{}`", a.ty))
+                            .with_label(b.span, format!("`{}`", b.ty)),
+                    );
+                    return None;
+                }
+                if !matches!(cmp, CmpOp::Eq | CmpOp::Ne) && a.ty != Type::Int {
+                    self.error(span, "xpol::type::mismatch", format!("`{}` orders integers only, not `{}`", op.as_str(), a.ty), "not integers");
+                    return None;
+                }
+                Some(Operand::Expr(fold(ir::Expr { kind: ExprKind::Cmp(cmp, Box::new(a), Box::new(b)), ty: Type::Bool, span })))
+            }
+            _ => {
+                let arith = match op {
+                    BinOp::Add => ArithOp::Add,
+                    BinOp::Sub => ArithOp::Sub,
+                    BinOp::Mul => ArithOp::Mul,
+                    BinOp::Div => ArithOp::Div,
+                    BinOp::Mod => ArithOp::Mod,
+                    BinOp::BitAnd => ArithOp::And,
+                    BinOp::BitOr => ArithOp::Or,
+                    BinOp::BitXor => ArithOp::Xor,
+                    BinOp::Shl => ArithOp::Shl,
+                    _ => ArithOp::Shr,
+                };
+                let what = format!("an operand of `{}`", op.as_str());
+                let a = self.int_expr(lhs, &what);
+                let b = self.int_expr(rhs, &what);
+                let (a, b) = (a?, b?);
+                if matches!(arith, ArithOp::Div | ArithOp::Mod) && b.kind == ExprKind::Const(Value::Int(0)) {
+                    self.error(rhs.span, "xpol::arith::div_zero", "division by zero", "this is 0");
+                    return None;
+                }
+                Some(Operand::Expr(fold(ir::Expr { kind: ExprKind::Arith(arith, Box::new(a), Box::new(b)), ty: Type::Int, span })))
+            }
+        }
+    }
+
+    /// The right side of `x in S`, checked against the type of `x`.
+    fn set_ref(&mut self, lhs: &ir::Expr, set: Operand, span: Span) -> Option<SetRef> {
+        let (elem, set_ref) = match set {
+            Operand::Named(id) => (self.sets[id].elem, SetRef::Named(id)),
+            Operand::Cidr(a, l) => {
+                let mut s = ConstSet::default();
+                match a {
+                    IpAddr::V4(a) => s.v4.push((a, l)),
+                    IpAddr::V6(a) => s.v6.push((a, l)),
+                }
+                (SetElem::Cidr, SetRef::Inline(s))
+            }
+            Operand::Range(lo, hi) => (SetElem::Int, SetRef::Inline(ConstSet { ints: vec![(lo, hi)], ..ConstSet::default() })),
+            Operand::Set(s, elem, name) => {
+                if s.len() <= INLINE_SET_LIMIT {
+                    (elem, SetRef::Inline(s))
+                } else {
+                    // Large constant sets become read-only maps, one per const.
+                    let key = name.clone().unwrap_or_else(|| format!("anon{}", self.sets.len()));
+                    let id = match self.const_set_maps.get(&key) {
+                        Some(&id) => id,
+                        None => {
+                            let id = self.sets.len();
+                            self.sets.push(NamedSet { name: key.clone(), elem, contents: s, mutable: false, span });
+                            self.const_set_maps.insert(key, id);
+                            id
+                        }
+                    };
+                    (elem, SetRef::Named(id))
+                }
+            }
+            Operand::Expr(ir::Expr { kind: ExprKind::Const(v), .. }) => {
+                let mut s = ConstSet::default();
+                let elem = match v {
+                    Value::Int(i) => {
+                        s.ints.push((i, i));
+                        SetElem::Int
+                    }
+                    Value::Ip(IpAddr::V4(a)) => {
+                        s.v4.push((a, 32));
+                        SetElem::Cidr
+                    }
+                    Value::Ip(IpAddr::V6(a)) => {
+                        s.v6.push((a, 128));
+                        SetElem::Cidr
+                    }
+                    Value::Mac(m) => {
+                        s.macs.push(m);
+                        SetElem::Mac
+                    }
+                    Value::Bool(_) => {
+                        self.error(span, "xpol::type::mismatch", "`in` needs a set, prefix or range on its right", "a boolean");
+                        return None;
+                    }
+                };
+                (elem, SetRef::Inline(s))
+            }
+            Operand::Expr(_) => {
+                self.error_help(
+                    span,
+                    "xpol::type::mismatch",
+                    "`in` needs a set, prefix or range on its right",
+                    "a value computed from the packet",
+                    "compare values with `==`",
+                );
+                return None;
+            }
+        };
+        let want = match lhs.ty {
+            Type::Int => SetElem::Int,
+            Type::Ip => SetElem::Cidr,
+            Type::Mac => SetElem::Mac,
+            Type::Bool => {
+                self.error(lhs.span, "xpol::type::mismatch", "a boolean cannot be a set member", "boolean");
+                return None;
+            }
+        };
+        if want != elem {
+            self.diags.push(
+                Diagnostic::error(
+                    "xpol::type::mismatch",
+                    format!("`{}` cannot be in a set of `{}`", lhs.ty, elem_name(elem)),
+                )
+                .with_label(lhs.span, format!("`{}`", lhs.ty))
+                .with_label(span, format!("a set of `{}`", elem_name(elem))),
+            );
+            return None;
+        }
+        self.lint_family(lhs, &set_ref, span);
+        Some(set_ref)
+    }
+
+    /// Warns when an IPv4-only field is tested against IPv6-only prefixes or
+    /// the reverse: such a test can never hold.
+    fn lint_family(&mut self, lhs: &ir::Expr, set: &SetRef, span: Span) {
+        let ExprKind::Field(f) = lhs.kind else { return };
+        let contents = match set {
+            SetRef::Named(id) if !self.sets[*id].mutable => &self.sets[*id].contents,
+            SetRef::Inline(s) => s,
+            _ => return,
+        };
+        let never = (f.is_v4_only() && contents.v4.is_empty()) || (f.is_v6_only() && contents.v6.is_empty());
+        if never && !contents.is_empty() {
+            self.diags.push(
+                Diagnostic::warning("xpol::lint::never_matches", format!("`{}` can never be in this set", f.name()))
+                    .with_label(span, "no prefix of the address family of the field")
+                    .with_label(lhs.span, if f.is_v4_only() { "an IPv4 address" } else { "an IPv6 address" })
+                    .with_help("use `ip.src` / `ip.dst`, which match both families"),
+            );
+        }
+    }
+}
+
+fn value_kind_name(k: MapValueKind) -> &'static str {
+    match k {
+        MapValueKind::Count => "count()",
+        MapValueKind::Sum => "sum()",
+        MapValueKind::Value => "assigned",
+    }
+}
+
+fn operand_name(op: &Operand) -> &'static str {
+    match op {
+        Operand::Expr(_) => "a value",
+        Operand::Cidr(..) => "a prefix",
+        Operand::Range(..) => "a range",
+        Operand::Set(..) | Operand::Named(_) => "a set",
+    }
+}
+
+pub fn mask_addr(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if len == 0 { 0 } else { u128::MAX << (128 - len as u32) };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// Sorts and de-duplicates; merges overlapping or adjacent integer ranges.
+fn normalize(set: &mut ConstSet) {
+    set.v4.sort_by_key(|(a, l)| (u32::from(*a), *l));
+    set.v4.dedup();
+    set.v6.sort_by_key(|(a, l)| (u128::from(*a), *l));
+    set.v6.dedup();
+    set.macs.sort();
+    set.macs.dedup();
+    set.ints.sort();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(set.ints.len());
+    for &(lo, hi) in &set.ints {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    set.ints = merged;
+}
+
+/// Folds an operation whose operands are all constants.
+fn fold(e: ir::Expr) -> ir::Expr {
+    use ExprKind::*;
+    let c = |x: &ir::Expr| match x.kind {
+        Const(v) => Some(v),
+        _ => None,
+    };
+    let folded = match &e.kind {
+        Not(a) => match c(a) {
+            Some(Value::Bool(b)) => Some(Value::Bool(!b)),
+            _ => None,
+        },
+        Neg(a) => match c(a) {
+            Some(Value::Int(i)) => Some(Value::Int(i.wrapping_neg())),
+            _ => None,
+        },
+        BitNot(a) => match c(a) {
+            Some(Value::Int(i)) => Some(Value::Int(!i)),
+            _ => None,
+        },
+        And(a, b) | Or(a, b) => match (c(a), c(b)) {
+            (Some(Value::Bool(x)), Some(Value::Bool(y))) => Some(Value::Bool(if matches!(e.kind, And(..)) { x && y } else { x || y })),
+            _ => None,
+        },
+        Arith(op, a, b) => match (c(a), c(b)) {
+            (Some(Value::Int(x)), Some(Value::Int(y))) => Some(Value::Int(eval_arith(*op, x, y))),
+            _ => None,
+        },
+        Cmp(op, a, b) => match (c(a), c(b)) {
+            (Some(x), Some(y)) => Some(Value::Bool(eval_cmp(*op, x, y))),
+            _ => None,
+        },
+        _ => None,
+    };
+    match folded {
+        Some(v) => ir::Expr { kind: Const(v), ty: v.ty(), span: e.span },
+        None => e,
+    }
+}
+
+/// Integer semantics shared by constant folding and the documentation: u64,
+/// wrapping; x / 0 = 0 and x % 0 = x as in BPF; shifts by 64 or more give 0.
+pub fn eval_arith(op: ArithOp, x: u64, y: u64) -> u64 {
+    match op {
+        ArithOp::Add => x.wrapping_add(y),
+        ArithOp::Sub => x.wrapping_sub(y),
+        ArithOp::Mul => x.wrapping_mul(y),
+        ArithOp::Div => x.checked_div(y).unwrap_or(0),
+        ArithOp::Mod => x.checked_rem(y).unwrap_or(x),
+        ArithOp::And => x & y,
+        ArithOp::Or => x | y,
+        ArithOp::Xor => x ^ y,
+        ArithOp::Shl => if y >= 64 { 0 } else { x << y },
+        ArithOp::Shr => if y >= 64 { 0 } else { x >> y },
+    }
+}
+
+fn eval_cmp(op: CmpOp, x: Value, y: Value) -> bool {
+    match op {
+        CmpOp::Eq => x == y,
+        CmpOp::Ne => x != y,
+        _ => {
+            let (Value::Int(x), Value::Int(y)) = (x, y) else { return false };
+            match op {
+                CmpOp::Lt => x < y,
+                CmpOp::Le => x <= y,
+                CmpOp::Gt => x > y,
+                _ => x >= y,
+            }
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! [`Bpf`], the one type through which codegen talks to LLVM: packet loads,
+//! helper calls, map lookups and updates, counters, control flow and debug
+//! locations. Everything here knows eBPF conventions (helper ids, map
+//! definitions with BTF); nothing here knows the policy language.
+
+use inkwell::basic_block::BasicBlock;
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::debug_info::{AsDIScope, DIFile, DIFlags, DIFlagsConstants, DIScope, DISubprogram, DIType, DebugInfoBuilder};
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{BasicMetadataTypeEnum, BasicType, IntType, PointerType};
+use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, CallableValue, FunctionValue, GlobalValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
+
+/// Kernel helper function ids (include/uapi/linux/bpf.h).
+pub mod helper {
+    pub const MAP_LOOKUP_ELEM: u64 = 1;
+    pub const MAP_UPDATE_ELEM: u64 = 2;
+    pub const REDIRECT: u64 = 23;
+    pub const SKB_PULL_DATA: u64 = 39;
+}
+
+/// Map types (enum bpf_map_type).
+pub mod map_type {
+    pub const HASH: u32 = 1;
+    pub const ARRAY: u32 = 2;
+    pub const PERCPU_HASH: u32 = 5;
+    pub const PERCPU_ARRAY: u32 = 6;
+    pub const LPM_TRIE: u32 = 11;
+}
+
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+pub const BPF_ANY: u64 = 0;
+pub const BPF_NOEXIST: u64 = 1;
+
+/// A BPF map definition: a global in `.maps` described in BTF.
+#[derive(Clone, Copy)]
+pub struct MapDef<'ctx> {
+    pub global: GlobalValue<'ctx>,
+}
+
+/// Module-level state shared by all programs of one object.
+pub struct ModuleCx<'ctx> {
+    pub cx: &'ctx Context,
+    pub module: Module<'ctx>,
+    pub di: DebugInfoBuilder<'ctx>,
+    pub di_cu: inkwell::debug_info::DICompileUnit<'ctx>,
+    pub di_int: DIType<'ctx>,
+}
+
+impl<'ctx> ModuleCx<'ctx> {
+    pub fn i8(&self) -> IntType<'ctx> {
+        self.cx.i8_type()
+    }
+
+    pub fn i8_ptr(&self) -> PointerType<'ctx> {
+        self.cx.i8_type().ptr_type(AddressSpace::default())
+    }
+
+    /// Declares a map the way libbpf's `__uint(...)` macros do: a struct of
+    /// pointers to arrays whose lengths carry the parameters, so that aya,
+    /// libbpf and bpftool all understand it from BTF alone.
+    pub fn define_map(&self, name: &str, ty: u32, key_size: u32, value_size: u32, max_entries: u32, flags: u32) -> MapDef<'ctx> {
+        let fields = [("type", ty), ("key_size", key_size), ("value_size", value_size), ("max_entries", max_entries), ("map_flags", flags)];
+        let fields: Vec<(&str, u32)> = fields.into_iter().filter(|(n, v)| *v != 0 || *n == "type").collect();
+        let ptr = self.cx.i32_type().ptr_type(AddressSpace::default());
+        let st = self.cx.struct_type(&vec![ptr.into(); fields.len()], false);
+        let global = self.module.add_global(st, None, name);
+        global.set_section(Some(".maps"));
+        global.set_initializer(&st.const_zero());
+        global.set_linkage(Linkage::External);
+        global.set_alignment(8);
+
+        let file = self.di_cu.get_file();
+        let scope = self.di_cu.as_debug_info_scope();
+        let members: Vec<DIType<'ctx>> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, (fname, value))| {
+                let arr = self.di.create_array_type(self.di_int, 32 * *value as u64, 32, &[0..*value as i64]);
+                let p = self.di.create_pointer_type("", arr.as_type(), 64, 64, AddressSpace::default());
+                self.di.create_member_type(scope, fname, file, 0, 64, 64, 64 * i as u64, DIFlags::ZERO, p.as_type()).as_type()
+            })
+            .collect();
+        let sty = self.di.create_struct_type(scope, "", file, 0, 64 * members.len() as u64, 64, DIFlags::ZERO, None, &members, 0, None, "");
+        let gve = self.di.create_global_variable_expression(scope, name, name, file, 0, sty.as_type(), false, None, None, 64);
+        global.set_metadata(gve.as_metadata_value(self.cx), self.cx.get_kind_id("dbg"));
+        MapDef { global }
+    }
+
+    /// A read-only byte blob in its own ELF section (no BTF: loaders skip it).
+    pub fn blob(&self, name: &str, section: &str, bytes: &[u8]) {
+        let v = self.cx.const_string(bytes, false);
+        let g = self.module.add_global(v.get_type(), None, name);
+        g.set_initializer(&v);
+        g.set_section(Some(section));
+        g.set_linkage(Linkage::External);
+        g.set_constant(true);
+    }
+}
+
+/// Builds one program (one BPF function).
+pub struct Bpf<'a, 'ctx> {
+    pub m: &'a ModuleCx<'ctx>,
+    pub b: Builder<'ctx>,
+    pub func: FunctionValue<'ctx>,
+    pub sub: DISubprogram<'ctx>,
+    /// Debug scope per source file (the subprogram's own file, or a lexical
+    /// block file for included files).
+    pub scopes: Vec<(xpol_lang::FileId, DIScope<'ctx>)>,
+    entry: BasicBlock<'ctx>,
+    /// Stack buffers by (purpose, size), shared by every use: the BPF stack
+    /// has 512 bytes, and LLVM does not overlap separate allocas here.
+    scratch: std::cell::RefCell<std::collections::HashMap<(&'static str, u32), PointerValue<'ctx>>>,
+}
+
+/// LLVM builder calls fail only when the builder is misused (no insertion
+/// point), which is a bug in this module, never a property of the input.
+fn ok<T>(r: Result<T, inkwell::builder::BuilderError>) -> T {
+    r.expect("LLVM builder used without an insertion point")
+}
+
+impl<'a, 'ctx> Bpf<'a, 'ctx> {
+    pub fn new(m: &'a ModuleCx<'ctx>, func: FunctionValue<'ctx>, sub: DISubprogram<'ctx>) -> Self {
+        let b = m.cx.create_builder();
+        let entry = m.cx.append_basic_block(func, "entry");
+        b.position_at_end(entry);
+        Bpf { m, b, func, sub, scopes: Vec::new(), entry, scratch: Default::default() }
+    }
+
+    pub fn i1(&self) -> IntType<'ctx> {
+        self.m.cx.bool_type()
+    }
+
+    pub fn i64(&self) -> IntType<'ctx> {
+        self.m.cx.i64_type()
+    }
+
+    pub fn c64(&self, v: u64) -> IntValue<'ctx> {
+        self.i64().const_int(v, false)
+    }
+
+    pub fn bool(&self, v: bool) -> IntValue<'ctx> {
+        self.i1().const_int(v as u64, false)
+    }
+
+    // ------------------------------------------------------------ debug info
+
+    pub fn set_location(&self, scope: DIScope<'ctx>, line: u32, col: u32) {
+        let loc = self.m.di.create_debug_location(self.m.cx, line, col, scope, None);
+        self.b.set_current_debug_location(loc);
+    }
+
+    pub fn scope_for(&mut self, file: xpol_lang::FileId, difile: impl FnOnce() -> DIFile<'ctx>) -> DIScope<'ctx> {
+        if let Some((_, s)) = self.scopes.iter().find(|(f, _)| *f == file) {
+            return *s;
+        }
+        let f = difile();
+        let s = self.m.di.create_lexical_block(self.sub.as_debug_info_scope(), f, 1, 1).as_debug_info_scope();
+        self.scopes.push((file, s));
+        s
+    }
+
+    // ------------------------------------------------------------ blocks
+
+    pub fn block(&self, name: &str) -> BasicBlock<'ctx> {
+        self.m.cx.append_basic_block(self.func, name)
+    }
+
+    pub fn at(&self, bb: BasicBlock<'ctx>) {
+        self.b.position_at_end(bb);
+    }
+
+    pub fn br(&self, bb: BasicBlock<'ctx>) {
+        ok(self.b.build_unconditional_branch(bb));
+    }
+
+    pub fn cond_br(&self, c: IntValue<'ctx>, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>) {
+        ok(self.b.build_conditional_branch(c, t, f));
+    }
+
+    pub fn ret(&self, code: u64) {
+        ok(self.b.build_return(Some(&self.m.cx.i32_type().const_int(code, false))));
+    }
+
+    pub fn ret_value(&self, v: IntValue<'ctx>) {
+        let v = ok(self.b.build_int_truncate_or_bit_cast(v, self.m.cx.i32_type(), "ret"));
+        ok(self.b.build_return(Some(&v)));
+    }
+
+    /// True when the current block already ends (after a verdict).
+    pub fn terminated(&self) -> bool {
+        self.b.get_insert_block().and_then(|bb| bb.get_terminator()).is_some()
+    }
+
+    /// A stack slot, placed in the entry block so that mem2reg promotes it.
+    pub fn slot(&self, ty: impl BasicType<'ctx>, name: &str) -> PointerValue<'ctx> {
+        let tmp = self.m.cx.create_builder();
+        match self.entry.get_first_instruction() {
+            Some(i) => tmp.position_before(&i),
+            None => tmp.position_at_end(self.entry),
+        }
+        ok(tmp.build_alloca(ty, name))
+    }
+
+    /// A stack slot for an i64 or i1 local, initialised in the entry block.
+    pub fn var(&self, init: IntValue<'ctx>, name: &str) -> PointerValue<'ctx> {
+        let p = self.slot(init.get_type(), name);
+        let tmp = self.m.cx.create_builder();
+        // Initialise right after the slot, at the top of the entry block, so
+        // that the initial value reaches every use.
+        match p.as_instruction().and_then(|i| i.get_next_instruction()) {
+            Some(next) => tmp.position_before(&next),
+            None => tmp.position_at_end(self.entry),
+        }
+        ok(tmp.build_store(p, init));
+        p
+    }
+
+    pub fn get(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_load(p, "v")).into_int_value()
+    }
+
+    pub fn set(&self, p: PointerValue<'ctx>, v: IntValue<'ctx>) {
+        ok(self.b.build_store(p, v));
+    }
+
+    // ------------------------------------------------------------ arithmetic
+
+    pub fn and(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_and(a, b, "and"))
+    }
+
+    pub fn or(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_or(a, b, "or"))
+    }
+
+    pub fn not(&self, a: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_not(a, "not"))
+    }
+
+    pub fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_add(a, b, "add"))
+    }
+
+    pub fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_sub(a, b, "sub"))
+    }
+
+    pub fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_mul(a, b, "mul"))
+    }
+
+    pub fn udiv(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_unsigned_div(a, b, "div"))
+    }
+
+    pub fn urem(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_unsigned_rem(a, b, "rem"))
+    }
+
+    pub fn xor(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_xor(a, b, "xor"))
+    }
+
+    pub fn shl(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_left_shift(a, b, "shl"))
+    }
+
+    pub fn lshr(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_right_shift(a, b, false, "shr"))
+    }
+
+    pub fn cmp(&self, p: IntPredicate, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_compare(p, a, b, "cmp"))
+    }
+
+    pub fn eq(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.cmp(IntPredicate::EQ, a, b)
+    }
+
+    pub fn select(&self, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_select(c, a, b, "sel")).into_int_value()
+    }
+
+    pub fn zext64(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
+        if v.get_type().get_bit_width() == 64 {
+            return v;
+        }
+        ok(self.b.build_int_z_extend(v, self.i64(), "zext"))
+    }
+
+    pub fn trunc(&self, v: IntValue<'ctx>, ty: IntType<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_int_truncate_or_bit_cast(v, ty, "trunc"))
+    }
+
+    /// Byte swap (`be16/be32/be64` on little-endian BPF).
+    pub fn bswap(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
+        let ty = v.get_type();
+        let name = format!("llvm.bswap.i{}", ty.get_bit_width());
+        let f = self.m.module.get_function(&name).unwrap_or_else(|| self.m.module.add_function(&name, ty.fn_type(&[ty.into()], false), None));
+        ok(self.b.build_call(f, &[v.into()], "bswap")).try_as_basic_value().basic().expect("bswap returns a value").into_int_value()
+    }
+
+    /// Hides a value from LLVM's range analysis, so that a mask the verifier
+    /// needs (to bound a packet offset) is not optimised away.
+    pub fn opaque(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
+        let ty = v.get_type();
+        let asm = self.m.cx.create_inline_asm(ty.fn_type(&[ty.into()], false), String::new(), "=r,0".into(), true, false, None, false);
+        let callable = CallableValue::try_from(asm).expect("inline asm is callable");
+        ok(self.b.build_call(callable, &[v.into()], "opaque")).try_as_basic_value().basic().expect("asm returns a value").into_int_value()
+    }
+
+    // ------------------------------------------------------------ memory
+
+    /// `data + off` for a variable offset, as one opaque register. LLVM
+    /// would otherwise rebuild the address next to each load (address
+    /// sinking), and the verifier gives every rebuilt `pkt + scalar` a new
+    /// identity, so a bounds check on one would not cover the other.
+    pub fn pkt_ptr(&self, data: PointerValue<'ctx>, off: IntValue<'ctx>) -> PointerValue<'ctx> {
+        let p = self.ptr_add(data, off);
+        let ty = p.get_type();
+        let asm = self.m.cx.create_inline_asm(ty.fn_type(&[ty.into()], false), String::new(), "=r,0".into(), true, false, None, false);
+        let callable = CallableValue::try_from(asm).expect("inline asm is callable");
+        ok(self.b.build_call(callable, &[p.into()], "pkt")).try_as_basic_value().basic().expect("asm returns a value").into_pointer_value()
+    }
+
+    pub fn ptr_add(&self, p: PointerValue<'ctx>, off: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (of the LLVM IR, not Rust): every access through the result
+        // is preceded by a bounds check against data_end.
+        unsafe { ok(self.b.build_gep(p, &[off], "p")) }
+    }
+
+    /// Loads an integer of `bytes` bytes at `p + off`, as stored (no swap).
+    pub fn load_raw(&self, p: PointerValue<'ctx>, off: u64, bytes: u32) -> IntValue<'ctx> {
+        let ty = match bytes {
+            1 => self.m.cx.i8_type(),
+            2 => self.m.cx.i16_type(),
+            4 => self.m.cx.i32_type(),
+            _ => self.i64(),
+        };
+        let q = self.ptr_add(p, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, ty.ptr_type(AddressSpace::default()), "q"));
+        let v = ok(self.b.build_load(q, "ld"));
+        // Natural alignment gives one load instruction. Context fields must
+        // be read whole; packet data may be misaligned, which the verifier
+        // allows for packets (as for C code reading `iph->saddr`).
+        if let Some(i) = v.into_int_value().as_instruction() {
+            let _ = i.set_alignment(bytes);
+        }
+        v.into_int_value()
+    }
+
+    /// Loads a big-endian (network order) field of `bytes` bytes at `p + off`,
+    /// zero-extended to i64 in host order.
+    pub fn load_be(&self, p: PointerValue<'ctx>, off: u64, bytes: u32) -> IntValue<'ctx> {
+        let raw = self.load_raw(p, off, bytes);
+        let v = if bytes > 1 { self.bswap(raw) } else { raw };
+        self.zext64(v)
+    }
+
+    /// `p + n <= end`: the bytes `p .. p+n` lie inside the packet.
+    pub fn fits(&self, p: PointerValue<'ctx>, n: u64, end: PointerValue<'ctx>) -> IntValue<'ctx> {
+        let q = self.ptr_add(p, self.c64(n));
+        let qi = ok(self.b.build_ptr_to_int(q, self.i64(), "qi"));
+        let ei = ok(self.b.build_ptr_to_int(end, self.i64(), "ei"));
+        self.cmp(IntPredicate::ULE, qi, ei)
+    }
+
+    pub fn store_at(&self, base: PointerValue<'ctx>, off: u64, v: IntValue<'ctx>) {
+        let q = self.ptr_add(base, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, v.get_type().ptr_type(AddressSpace::default()), "q"));
+        let st = ok(self.b.build_store(q, v));
+        // Stack accesses must be aligned for the verifier: declare the
+        // alignment the offset really has, and LLVM splits the store.
+        let size = v.get_type().get_bit_width() / 8;
+        let align = (1u64 << off.trailing_zeros().min(3)).min(size as u64) as u32;
+        let _ = st.set_alignment(if off == 0 { size } else { align });
+    }
+
+    /// A zeroed stack buffer of `n` bytes for map keys and values. Buffers
+    /// are shared by purpose and size, so a caller must finish with one
+    /// (its helper call made) before asking for the same one again.
+    pub fn stack_buf(&self, n: u32, purpose: &'static str) -> PointerValue<'ctx> {
+        let arr = self.m.i8().array_type(n.max(1));
+        let p = *self.scratch.borrow_mut().entry((purpose, n)).or_insert_with(|| {
+            let p = self.slot(arr, purpose);
+            if let Some(i) = p.as_instruction() {
+                let _ = i.set_alignment(8);
+            }
+            p
+        });
+        ok(self.b.build_store(p, arr.const_zero()));
+        ok(self.b.build_pointer_cast(p, self.m.i8_ptr(), "buf"))
+    }
+
+    // ------------------------------------------------------------ helpers and maps
+
+    /// Calls kernel helper `id` (a call through a constant address, which
+    /// the BPF backend turns into `call id`).
+    pub fn helper_call(&self, id: u64, ret: IntType<'ctx>, args: &[BasicMetadataValueEnum<'ctx>]) -> IntValue<'ctx> {
+        self.helper_call_any(id, ret.into(), args).into_int_value()
+    }
+
+    fn helper_call_any(&self, id: u64, ret: inkwell::types::BasicTypeEnum<'ctx>, args: &[BasicMetadataValueEnum<'ctx>]) -> BasicValueEnum<'ctx> {
+        let params: Vec<BasicMetadataTypeEnum<'ctx>> = args
+            .iter()
+            .map(|a| match a {
+                BasicMetadataValueEnum::PointerValue(p) => p.get_type().into(),
+                BasicMetadataValueEnum::IntValue(i) => i.get_type().into(),
+                _ => self.i64().into(),
+            })
+            .collect();
+        let fty = ret.fn_type(&params, false);
+        let fptr = self.c64(id).const_to_pointer(fty.ptr_type(AddressSpace::default()));
+        let callable = CallableValue::try_from(fptr).expect("a function pointer is callable");
+        ok(self.b.build_call(callable, args, "call")).try_as_basic_value().basic().expect("helpers return a value")
+    }
+
+    fn map_ptr(&self, map: MapDef<'ctx>) -> PointerValue<'ctx> {
+        ok(self.b.build_pointer_cast(map.global.as_pointer_value(), self.m.i8_ptr(), "map"))
+    }
+
+    /// `bpf_map_lookup_elem(map, key)`: a pointer to the value, or null.
+    pub fn map_lookup(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>) -> PointerValue<'ctx> {
+        self.helper_call_any(helper::MAP_LOOKUP_ELEM, self.m.i8_ptr().into(), &[self.map_ptr(map).into(), key.into()]).into_pointer_value()
+    }
+
+    /// `bpf_map_update_elem(map, key, value, flags)`.
+    pub fn map_update(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>, value: PointerValue<'ctx>, flags: u64) {
+        self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()]);
+    }
+
+    pub fn is_null(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_is_null(p, "isnull"))
+    }
+
+    /// Adds `v` to the u64 at `p + off`; atomically when the map is shared
+    /// between CPUs.
+    pub fn add_u64_at(&self, p: PointerValue<'ctx>, off: u64, v: IntValue<'ctx>, atomic: bool) {
+        let q = self.ptr_add(p, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, self.i64().ptr_type(AddressSpace::default()), "q64"));
+        if atomic {
+            ok(self.b.build_atomicrmw(AtomicRMWBinOp::Add, q, v, AtomicOrdering::Monotonic));
+        } else {
+            let old = ok(self.b.build_load(q, "old")).into_int_value();
+            let new = self.add(old, v);
+            ok(self.b.build_store(q, new));
+        }
+    }
+
+    pub fn load_u64_at(&self, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {
+        let q = self.ptr_add(p, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, self.i64().ptr_type(AddressSpace::default()), "q64"));
+        ok(self.b.build_load(q, "u64")).into_int_value()
+    }
+
+    /// Bumps a per-CPU counter pair `{packets, bytes}` at `index` of an array
+    /// map. `null_check` is only false in verifier-feedback tests.
+    pub fn bump_counter(&self, map: MapDef<'ctx>, index: u32, bytes: IntValue<'ctx>, null_check: bool) {
+        let key = self.stack_buf(4, "key");
+        self.store_at(key, 0, self.m.cx.i32_type().const_int(index as u64, false));
+        let slot = self.map_lookup(map, key);
+        let done = self.block("counted");
+        if null_check {
+            let bump = self.block("count");
+            self.cond_br(self.is_null(slot), done, bump);
+            self.at(bump);
+        }
+        self.add_u64_at(slot, 0, self.c64(1), false);
+        self.add_u64_at(slot, 8, bytes, false);
+        self.br(done);
+        self.at(done);
+    }
+}

@@ -1,0 +1,667 @@
+//! Lowering of one program's probes to LLVM IR through [`Bpf`].
+//!
+//! Values follow the language's three-valued logic: every value carries a
+//! presence flag (a field the packet does not carry is absent), and a
+//! boolean is a pair of flags (`t`: known true, `f`: known false; neither:
+//! unknown). A predicate or `if` condition holds only when it is known true.
+
+use super::builder::{Bpf, MapDef, BPF_ANY, BPF_NOEXIST};
+use super::parse::Headers;
+use crate::check::fields::Field;
+use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
+use inkwell::basic_block::BasicBlock;
+use inkwell::debug_info::{DIFile, DIScope};
+use inkwell::values::{IntValue, PointerValue};
+use inkwell::IntPredicate;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use xpol_lang::ast::{Hook, Verdict};
+use xpol_lang::meta::MapValueKind;
+use xpol_lang::{FileId, SourceMap, Span};
+
+/// The maps of one object, as codegen refers to them.
+pub struct Maps<'ctx> {
+    pub rules: MapDef<'ctx>,
+    pub sets: Vec<SetMaps<'ctx>>,
+    pub users: Vec<UserMapDef<'ctx>>,
+    pub redirect: Option<MapDef<'ctx>>,
+}
+
+#[derive(Default)]
+pub struct SetMaps<'ctx> {
+    pub v4: Option<MapDef<'ctx>>,
+    pub v6: Option<MapDef<'ctx>>,
+    pub hash: Option<MapDef<'ctx>>,
+}
+
+pub struct UserMapDef<'ctx> {
+    pub def: MapDef<'ctx>,
+    pub per_cpu: bool,
+    pub key_size: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Val<'ctx> {
+    /// Integers and MAC addresses (i64).
+    Int { v: IntValue<'ctx>, present: IntValue<'ctx> },
+    Bool { t: IntValue<'ctx>, f: IntValue<'ctx> },
+    /// An address of either family: `v4` in host order when `!v6`, else
+    /// `hi`/`lo` host-order halves.
+    Ip { present: IntValue<'ctx>, v6: IntValue<'ctx>, v4: IntValue<'ctx>, hi: IntValue<'ctx>, lo: IntValue<'ctx> },
+}
+
+pub struct Lower<'l, 'a, 'ctx> {
+    pub b: &'l mut Bpf<'a, 'ctx>,
+    pub h: Headers<'ctx>,
+    pub policy: &'l ir::Policy,
+    pub maps: &'l Maps<'ctx>,
+    pub hook: Hook,
+    pub sources: &'l SourceMap,
+    pub files: &'l HashMap<FileId, DIFile<'ctx>>,
+    pub null_checks: bool,
+    locals: HashMap<ir::LocalId, Val<'ctx>>,
+}
+
+/// Return codes: XDP actions, or TC actions for `tc:*` hooks.
+fn verdict_code(hook: Hook, v: Verdict) -> u64 {
+    match (hook, v) {
+        (Hook::Xdp, Verdict::Abort) => 0,
+        (Hook::Xdp, Verdict::Drop) => 1,
+        (Hook::Xdp, Verdict::Pass) => 2,
+        (Hook::Xdp, Verdict::Tx) => 3,
+        // TC_ACT_OK, TC_ACT_SHOT. `tx` is rejected by the checker for tc.
+        (_, Verdict::Pass) => 0,
+        (_, Verdict::Drop | Verdict::Abort | Verdict::Tx) => 2,
+    }
+}
+
+impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
+    pub fn new(
+        b: &'l mut Bpf<'a, 'ctx>,
+        h: Headers<'ctx>,
+        policy: &'l ir::Policy,
+        maps: &'l Maps<'ctx>,
+        hook: Hook,
+        sources: &'l SourceMap,
+        files: &'l HashMap<FileId, DIFile<'ctx>>,
+        null_checks: bool,
+    ) -> Self {
+        Lower { b, h, policy, maps, hook, sources, files, null_checks, locals: HashMap::new() }
+    }
+
+    fn loc(&mut self, span: Span) {
+        let (line, col) = self.sources.get(span.file).line_col(span.start);
+        let files = self.files;
+        let scope: DIScope<'ctx> = self.b.scope_for(span.file, || files[&span.file]);
+        self.b.set_location(scope, line, col);
+    }
+
+    /// All probes in order, then the default verdict.
+    pub fn program(&mut self, probes: &[ir::Probe]) {
+        for probe in probes {
+            self.loc(probe.span);
+            let next = self.b.block("next_rule");
+            let fire = self.b.block("rule");
+            match &probe.predicate {
+                Some(p) => self.branch3(p, fire, next, next),
+                None => self.b.br(fire),
+            }
+            self.b.at(fire);
+            self.loc(probe.span);
+            self.b.bump_counter(self.maps.rules, probe.rule, self.h.pkt_len, self.null_checks);
+            self.stmts(&probe.body);
+            if !self.b.terminated() {
+                self.b.br(next);
+            }
+            self.b.at(next);
+        }
+        // No rule decided: pass.
+        self.b.ret(verdict_code(self.hook, Verdict::Pass));
+    }
+
+    fn stmts(&mut self, stmts: &[ir::Stmt]) {
+        for s in stmts {
+            if self.b.terminated() {
+                break;
+            }
+            self.loc(s.span);
+            self.stmt(s);
+        }
+    }
+
+    fn stmt(&mut self, s: &ir::Stmt) {
+        match &s.kind {
+            StmtKind::Verdict(v) => self.b.ret(verdict_code(self.hook, *v)),
+            StmtKind::Redirect(i) => self.redirect(*i),
+            StmtKind::If { cond, then_body, else_body } => {
+                let then_bb = self.b.block("then");
+                let else_bb = self.b.block("else");
+                let merge = self.b.block("endif");
+                self.branch3(cond, then_bb, else_bb, else_bb);
+                for (bb, body) in [(then_bb, then_body), (else_bb, else_body)] {
+                    self.b.at(bb);
+                    self.stmts(body);
+                    if !self.b.terminated() {
+                        self.b.br(merge);
+                    }
+                }
+                self.b.at(merge);
+            }
+            StmtKind::Let { local, value } => {
+                let v = self.value(value);
+                self.locals.insert(*local, v);
+            }
+            StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
+        }
+    }
+
+    fn redirect(&mut self, slot: usize) {
+        let Some(map) = self.maps.redirect else { return };
+        let abort = verdict_code(self.hook, Verdict::Abort);
+        let key = self.b.stack_buf(4, "key");
+        self.b.store_at(key, 0, self.b.m.cx.i32_type().const_int(slot as u64, false));
+        let p = self.b.map_lookup(map, key);
+        let found = self.b.block("redir_found");
+        let fail = self.b.block("redir_unset");
+        self.b.cond_br(self.b.is_null(p), fail, found);
+        self.b.at(fail);
+        self.b.ret(abort);
+        self.b.at(found);
+        let ifindex = self.b.zext64(self.b.load_raw(p, 0, 4));
+        let go = self.b.block("redir");
+        let unset = self.b.block("redir_zero");
+        self.b.cond_br(self.b.eq(ifindex, self.b.c64(0)), unset, go);
+        self.b.at(unset);
+        self.b.ret(abort);
+        self.b.at(go);
+        let r = self.b.helper_call(super::builder::helper::REDIRECT, self.b.i64(), &[ifindex.into(), self.b.c64(0).into()]);
+        self.b.ret_value(r);
+    }
+
+    // ------------------------------------------------------------ conditions
+
+    /// Branches to `t`, `f` or `u` as `e` is true, false or unknown. `&&` and
+    /// `||` short-circuit; each operand is emitted once.
+    fn branch3(&mut self, e: &ir::Expr, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>, u: BasicBlock<'ctx>) {
+        match &e.kind {
+            ExprKind::Const(Value::Bool(c)) => self.b.br(if *c { t } else { f }),
+            ExprKind::Not(a) => self.branch3(a, f, t, u),
+            ExprKind::And(lhs, rhs) | ExprKind::Or(lhs, rhs) => {
+                let is_and = matches!(e.kind, ExprKind::And(..));
+                // Whether the left operand was unknown, for the right one's outcome.
+                let unk = self.b.var(self.b.bool(false), "unknown");
+                let eval_rhs = self.b.block(if is_and { "and_rhs" } else { "or_rhs" });
+                let lhs_known = self.b.block("lhs_known");
+                let lhs_unknown = self.b.block("lhs_unknown");
+                if is_and {
+                    self.branch3(lhs, lhs_known, f, lhs_unknown);
+                } else {
+                    self.branch3(lhs, t, lhs_known, lhs_unknown);
+                }
+                self.b.at(lhs_known);
+                self.b.set(unk, self.b.bool(false));
+                self.b.br(eval_rhs);
+                self.b.at(lhs_unknown);
+                self.b.set(unk, self.b.bool(true));
+                self.b.br(eval_rhs);
+                self.b.at(eval_rhs);
+                let rhs_decides = self.b.block("rhs_decides");
+                if is_and {
+                    self.branch3(rhs, rhs_decides, f, u);
+                } else {
+                    self.branch3(rhs, t, rhs_decides, u);
+                }
+                self.b.at(rhs_decides);
+                let was_unknown = self.b.get(unk);
+                self.b.cond_br(was_unknown, u, if is_and { t } else { f });
+            }
+            _ => {
+                self.loc(e.span);
+                let Val::Bool { t: vt, f: vf } = self.value(e) else { unreachable!("checked: conditions are boolean") };
+                let not_true = self.b.block("not_true");
+                self.b.cond_br(vt, t, not_true);
+                self.b.at(not_true);
+                self.b.cond_br(vf, f, u);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ values
+
+    fn yes(&self) -> IntValue<'ctx> {
+        self.b.bool(true)
+    }
+
+    fn value(&mut self, e: &ir::Expr) -> Val<'ctx> {
+        match &e.kind {
+            ExprKind::Const(v) => self.constant(*v),
+            ExprKind::Field(f) => self.field(*f),
+            ExprKind::Local(l) => self.locals[l],
+            ExprKind::MapRead { map, keys } => self.map_read(*map, keys),
+            ExprKind::Neg(a) | ExprKind::BitNot(a) => {
+                let (v, present) = self.int(a);
+                let r = if matches!(e.kind, ExprKind::Neg(_)) { self.b.sub(self.b.c64(0), v) } else { self.b.not(v) };
+                Val::Int { v: r, present }
+            }
+            ExprKind::Arith(op, a, c) => {
+                let (x, pa) = self.int(a);
+                let (y, pc) = self.int(c);
+                Val::Int { v: self.arith(*op, x, y), present: self.b.and(pa, pc) }
+            }
+            ExprKind::Cmp(op, a, c) => self.compare(*op, a, c),
+            ExprKind::In(a, set) => self.member(a, set),
+            ExprKind::Not(a) => match self.value(a) {
+                Val::Bool { t, f } => Val::Bool { t: f, f: t },
+                _ => unreachable!("checked: `!` takes a boolean"),
+            },
+            ExprKind::And(a, c) | ExprKind::Or(a, c) => {
+                let (Val::Bool { t: at, f: af }, Val::Bool { t: ct, f: cf }) = (self.value(a), self.value(c)) else {
+                    unreachable!("checked: logic takes booleans")
+                };
+                if matches!(e.kind, ExprKind::And(..)) {
+                    Val::Bool { t: self.b.and(at, ct), f: self.b.or(af, cf) }
+                } else {
+                    Val::Bool { t: self.b.or(at, ct), f: self.b.and(af, cf) }
+                }
+            }
+        }
+    }
+
+    fn int(&mut self, e: &ir::Expr) -> (IntValue<'ctx>, IntValue<'ctx>) {
+        match self.value(e) {
+            Val::Int { v, present } => (v, present),
+            _ => unreachable!("checked: an integer"),
+        }
+    }
+
+    fn known(&self, v: Val<'ctx>) -> IntValue<'ctx> {
+        match v {
+            Val::Int { present, .. } | Val::Ip { present, .. } => present,
+            Val::Bool { t, f } => self.b.or(t, f),
+        }
+    }
+
+    fn bool_of(&self, present: IntValue<'ctx>, c: IntValue<'ctx>) -> Val<'ctx> {
+        Val::Bool { t: self.b.and(present, c), f: self.b.and(present, self.b.not(c)) }
+    }
+
+    fn constant(&self, v: Value) -> Val<'ctx> {
+        let b = &self.b;
+        match v {
+            Value::Int(i) | Value::Mac(i) => Val::Int { v: b.c64(i), present: self.yes() },
+            Value::Bool(x) => Val::Bool { t: b.bool(x), f: b.bool(!x) },
+            Value::Ip(IpAddr::V4(a)) => {
+                Val::Ip { present: self.yes(), v6: b.bool(false), v4: b.c64(u32::from(a) as u64), hi: b.c64(0), lo: b.c64(0) }
+            }
+            Value::Ip(IpAddr::V6(a)) => {
+                let x = u128::from(a);
+                Val::Ip { present: self.yes(), v6: b.bool(true), v4: b.c64(0), hi: b.c64((x >> 64) as u64), lo: b.c64(x as u64) }
+            }
+        }
+    }
+
+    fn field(&mut self, f: Field) -> Val<'ctx> {
+        let h = &self.h;
+        let b = &self.b;
+        let get = |p: PointerValue<'ctx>| b.get(p);
+        let ip = || b.or(get(h.ip4_ok), get(h.ip6_ok));
+        let ports = || b.or(get(h.tcp_ok), get(h.udp_ok));
+        let int = |v: IntValue<'ctx>, present: IntValue<'ctx>| Val::Int { v, present };
+        let flag = |bit: u64| {
+            let set = b.cmp(IntPredicate::NE, b.and(get(h.tcp_flags), b.c64(bit)), b.c64(0));
+            let present = get(h.tcp_ok);
+            Val::Bool { t: b.and(present, set), f: b.and(present, b.not(set)) }
+        };
+        let no = b.bool(false);
+        let zero = b.c64(0);
+        match f {
+            Field::PktLen => int(h.pkt_len, self.yes()),
+            Field::EthSrc => int(get(h.eth_src), get(h.eth_ok)),
+            Field::EthDst => int(get(h.eth_dst), get(h.eth_ok)),
+            Field::EthType => int(get(h.eth_type), get(h.eth_ok)),
+            Field::VlanDepth => int(get(h.vlan_depth), get(h.eth_ok)),
+            Field::VlanId => int(b.and(get(h.vlan1_tci), b.c64(0xfff)), get(h.vlan1_ok)),
+            Field::VlanPcp => int(b.lshr(get(h.vlan1_tci), b.c64(13)), get(h.vlan1_ok)),
+            Field::VlanInnerId => int(b.and(get(h.vlan2_tci), b.c64(0xfff)), get(h.vlan2_ok)),
+            Field::VlanInnerPcp => int(b.lshr(get(h.vlan2_tci), b.c64(13)), get(h.vlan2_ok)),
+            Field::IpVersion => int(b.select(get(h.ip6_ok), b.c64(6), b.c64(4)), ip()),
+            Field::IpSrc | Field::IpDst | Field::Ip4Src | Field::Ip4Dst | Field::Ip6Src | Field::Ip6Dst => {
+                let src = matches!(f, Field::IpSrc | Field::Ip4Src | Field::Ip6Src);
+                let (v4, hi, lo) = if src { (h.src4, h.src6_hi, h.src6_lo) } else { (h.dst4, h.dst6_hi, h.dst6_lo) };
+                let (v4, hi, lo) = (get(v4), get(hi), get(lo));
+                match f {
+                    Field::Ip4Src | Field::Ip4Dst => Val::Ip { present: get(h.ip4_ok), v6: no, v4, hi: zero, lo: zero },
+                    Field::Ip6Src | Field::Ip6Dst => Val::Ip { present: get(h.ip6_ok), v6: b.bool(true), v4: zero, hi, lo },
+                    _ => Val::Ip { present: ip(), v6: get(h.ip6_ok), v4, hi, lo },
+                }
+            }
+            Field::IpProto => int(get(h.proto), get(h.proto_ok)),
+            Field::IpTtl => int(get(h.ttl), ip()),
+            Field::IpLen => int(get(h.ip_len), ip()),
+            Field::IpDscp => int(b.lshr(get(h.tos), b.c64(2)), ip()),
+            Field::IpEcn => int(b.and(get(h.tos), b.c64(3)), ip()),
+            Field::IpFrag => self.bool_of(get(h.proto_ok), get(h.frag)),
+            Field::IpFragFirst => {
+                let first = b.and(get(h.frag), b.eq(get(h.frag_off), zero));
+                self.bool_of(get(h.proto_ok), first)
+            }
+            Field::IpFragOff => int(get(h.frag_off), get(h.proto_ok)),
+            Field::Ip4Ihl => int(get(h.ihl), get(h.ip4_ok)),
+            Field::Ip4Id => int(get(h.ip4_id), get(h.ip4_ok)),
+            Field::Ip4Df => self.bool_of(get(h.ip4_ok), get(h.df)),
+            Field::Ip6NextHdr => int(get(h.ip6_nh), get(h.ip6_ok)),
+            Field::Ip6HopLimit => int(get(h.ttl), get(h.ip6_ok)),
+            Field::Ip6FlowLabel => int(get(h.flow), get(h.ip6_ok)),
+            Field::TcpSport => int(get(h.sport), get(h.tcp_ok)),
+            Field::TcpDport => int(get(h.dport), get(h.tcp_ok)),
+            Field::TcpFlags => int(get(h.tcp_flags), get(h.tcp_ok)),
+            Field::TcpFin => flag(0x01),
+            Field::TcpSyn => flag(0x02),
+            Field::TcpRst => flag(0x04),
+            Field::TcpPsh => flag(0x08),
+            Field::TcpAck => flag(0x10),
+            Field::TcpUrg => flag(0x20),
+            Field::TcpEce => flag(0x40),
+            Field::TcpCwr => flag(0x80),
+            Field::TcpWindow => int(get(h.tcp_window), get(h.tcp_ok)),
+            Field::UdpSport => int(get(h.sport), get(h.udp_ok)),
+            Field::UdpDport => int(get(h.dport), get(h.udp_ok)),
+            Field::UdpLen => int(get(h.udp_len), get(h.udp_ok)),
+            Field::L4Sport => int(get(h.sport), ports()),
+            Field::L4Dport => int(get(h.dport), ports()),
+            Field::IcmpType => int(get(h.icmp_type), get(h.icmp4_ok)),
+            Field::IcmpCode => int(get(h.icmp_code), get(h.icmp4_ok)),
+            Field::Icmp6Type => int(get(h.icmp_type), get(h.icmp6_ok)),
+            Field::Icmp6Code => int(get(h.icmp_code), get(h.icmp6_ok)),
+        }
+    }
+
+    /// u64 arithmetic with the documented results where LLVM would have
+    /// undefined behaviour: x / 0 = 0, x % 0 = x, shifts by >= 64 give 0.
+    fn arith(&self, op: ArithOp, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = &self.b;
+        let zero = b.c64(0);
+        match op {
+            ArithOp::Add => b.add(x, y),
+            ArithOp::Sub => b.sub(x, y),
+            ArithOp::Mul => b.mul(x, y),
+            ArithOp::And => b.and(x, y),
+            ArithOp::Or => b.or(x, y),
+            ArithOp::Xor => b.xor(x, y),
+            ArithOp::Div | ArithOp::Mod => {
+                let is0 = b.eq(y, zero);
+                let safe = b.select(is0, b.c64(1), y);
+                if op == ArithOp::Div {
+                    b.select(is0, zero, b.udiv(x, safe))
+                } else {
+                    b.select(is0, x, b.urem(x, safe))
+                }
+            }
+            ArithOp::Shl | ArithOp::Shr => {
+                let big = b.cmp(IntPredicate::UGE, y, b.c64(64));
+                let safe = b.and(y, b.c64(63));
+                let r = if op == ArithOp::Shl { b.shl(x, safe) } else { b.lshr(x, safe) };
+                b.select(big, zero, r)
+            }
+        }
+    }
+
+    fn compare(&mut self, op: CmpOp, a: &ir::Expr, c: &ir::Expr) -> Val<'ctx> {
+        let (va, vc) = (self.value(a), self.value(c));
+        let present = self.b.and(self.known(va), self.known(vc));
+        let b = &self.b;
+        let eq = match (va, vc) {
+            (Val::Int { v: x, .. }, Val::Int { v: y, .. }) => {
+                let pred = match op {
+                    CmpOp::Eq => IntPredicate::EQ,
+                    CmpOp::Ne => IntPredicate::NE,
+                    CmpOp::Lt => IntPredicate::ULT,
+                    CmpOp::Le => IntPredicate::ULE,
+                    CmpOp::Gt => IntPredicate::UGT,
+                    CmpOp::Ge => IntPredicate::UGE,
+                };
+                return self.bool_of(present, b.cmp(pred, x, y));
+            }
+            (Val::Bool { t: x, .. }, Val::Bool { t: y, .. }) => b.eq(x, y),
+            (Val::Ip { v6: f1, v4: a1, hi: h1, lo: l1, .. }, Val::Ip { v6: f2, v4: a2, hi: h2, lo: l2, .. }) => {
+                let same6 = b.and(b.eq(h1, h2), b.eq(l1, l2));
+                let same = b.select(f1, same6, b.eq(a1, a2));
+                b.and(b.eq(f1, f2), same)
+            }
+            _ => unreachable!("checked: comparison of equal types"),
+        };
+        let c = if op == CmpOp::Ne { b.not(eq) } else { eq };
+        self.bool_of(present, c)
+    }
+
+    // ------------------------------------------------------------ sets
+
+    fn member(&mut self, a: &ir::Expr, set: &SetRef) -> Val<'ctx> {
+        let va = self.value(a);
+        let present = self.known(va);
+        let c = match set {
+            SetRef::Inline(s) => self.inline_member(va, s),
+            SetRef::Named(id) => {
+                // Look up only when the value is present: a lookup is a helper call.
+                let hit = self.b.var(self.b.bool(false), "hit");
+                let lookup = self.b.block("set_lookup");
+                let after = self.b.block("set_done");
+                self.b.cond_br(present, lookup, after);
+                self.b.at(lookup);
+                let r = self.named_member(va, *id);
+                self.b.set(hit, r);
+                self.b.br(after);
+                self.b.at(after);
+                self.b.get(hit)
+            }
+        };
+        self.bool_of(present, c)
+    }
+
+    fn inline_member(&self, v: Val<'ctx>, s: &ConstSet) -> IntValue<'ctx> {
+        let b = &self.b;
+        let mut any = b.bool(false);
+        match v {
+            Val::Int { v, .. } if !s.macs.is_empty() => {
+                for &m in &s.macs {
+                    any = b.or(any, b.eq(v, b.c64(m)));
+                }
+            }
+            Val::Int { v, .. } => {
+                for &(lo, hi) in &s.ints {
+                    let c = if lo == hi {
+                        b.eq(v, b.c64(lo))
+                    } else {
+                        // lo <= v <= hi as one unsigned compare.
+                        b.cmp(IntPredicate::ULE, b.sub(v, b.c64(lo)), b.c64(hi - lo))
+                    };
+                    any = b.or(any, c);
+                }
+            }
+            Val::Ip { v6, v4, hi, lo, .. } => {
+                let mut any4 = b.bool(false);
+                for &(net, len) in &s.v4 {
+                    let mask = if len == 0 { 0 } else { (u32::MAX << (32 - len as u32)) as u64 };
+                    any4 = b.or(any4, b.eq(b.and(v4, b.c64(mask)), b.c64(u32::from(net) as u64 & mask)));
+                }
+                let mut any6 = b.bool(false);
+                for &(net, len) in &s.v6 {
+                    let net = u128::from(net);
+                    let (nh, nl) = ((net >> 64) as u64, net as u64);
+                    let c = if len <= 64 {
+                        let m = if len == 0 { 0 } else { u64::MAX << (64 - len as u32) };
+                        b.eq(b.and(hi, b.c64(m)), b.c64(nh & m))
+                    } else {
+                        let m = u64::MAX << (128 - len as u32);
+                        b.and(b.eq(hi, b.c64(nh)), b.eq(b.and(lo, b.c64(m)), b.c64(nl & m)))
+                    };
+                    any6 = b.or(any6, c);
+                }
+                any = b.select(v6, any6, any4);
+            }
+            Val::Bool { .. } => unreachable!("checked: booleans are not set members"),
+        }
+        any
+    }
+
+    /// Emitted only where the value is present.
+    fn named_member(&mut self, v: Val<'ctx>, id: ir::SetId) -> IntValue<'ctx> {
+        let maps = &self.maps.sets[id];
+        let b = &self.b;
+        match v {
+            Val::Int { v, .. } => match maps.hash {
+                Some(map) => {
+                    let key = b.stack_buf(8, "key");
+                    b.store_at(key, 0, v);
+                    let p = b.map_lookup(map, key);
+                    b.not(b.is_null(p))
+                }
+                None => b.bool(false),
+            },
+            Val::Ip { v6, v4, hi, lo, .. } => {
+                let hit = b.var(b.bool(false), "lpm_hit");
+                let is4 = b.block("lpm4");
+                let is6 = b.block("lpm6");
+                let done = b.block("lpm_done");
+                b.cond_br(v6, is6, is4);
+                b.at(is4);
+                if let Some(map) = maps.v4 {
+                    let key = b.stack_buf(8, "key");
+                    b.store_at(key, 0, b.m.cx.i32_type().const_int(32, false));
+                    b.store_at(key, 4, b.bswap(b.trunc(v4, b.m.cx.i32_type())));
+                    let p = b.map_lookup(map, key);
+                    b.set(hit, b.not(b.is_null(p)));
+                }
+                b.br(done);
+                b.at(is6);
+                if let Some(map) = maps.v6 {
+                    let key = b.stack_buf(20, "key");
+                    b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
+                    b.store_at(key, 4, b.bswap(hi));
+                    b.store_at(key, 12, b.bswap(lo));
+                    let p = b.map_lookup(map, key);
+                    b.set(hit, b.not(b.is_null(p)));
+                }
+                b.br(done);
+                b.at(done);
+                b.get(hit)
+            }
+            Val::Bool { .. } => unreachable!("checked: booleans are not set members"),
+        }
+    }
+
+    // ------------------------------------------------------------ @maps
+
+    /// Writes the key of `@map[keys]` into a zeroed stack buffer; returns it
+    /// and whether every key component is present.
+    fn map_key(&mut self, map: ir::MapId, keys: &[ir::Expr]) -> (PointerValue<'ctx>, IntValue<'ctx>) {
+        let vals: Vec<Val<'ctx>> = keys.iter().map(|k| self.value(k)).collect();
+        let b = &self.b;
+        let key = b.stack_buf(self.maps.users[map].key_size, "key");
+        let mut present = b.bool(true);
+        let mut off = 0u64;
+        for v in vals {
+            present = b.and(present, self.known(v));
+            match v {
+                Val::Int { v, .. } => {
+                    b.store_at(key, off, v);
+                    off += 8;
+                }
+                Val::Bool { t, .. } => {
+                    b.store_at(key, off, b.b.build_int_z_extend(t, b.m.cx.i32_type(), "b").expect("builder positioned"));
+                    off += 4;
+                }
+                Val::Ip { v6, v4, hi, lo, .. } => {
+                    let i32t = b.m.cx.i32_type();
+                    let family = b.select(v6, i32t.const_int(6, false), i32t.const_int(4, false));
+                    b.store_at(key, off, family);
+                    let a4 = b.zext64(b.bswap(b.trunc(v4, i32t)));
+                    b.store_at(key, off + 4, b.select(v6, b.bswap(hi), a4));
+                    b.store_at(key, off + 12, b.select(v6, b.bswap(lo), b.c64(0)));
+                    off += 20;
+                }
+            }
+        }
+        (key, present)
+    }
+
+    fn map_read(&mut self, map: ir::MapId, keys: &[ir::Expr]) -> Val<'ctx> {
+        let (key, present) = self.map_key(map, keys);
+        let b = &self.b;
+        let out = b.var(b.c64(0), "map_value");
+        let lookup = b.block("map_read");
+        let found = b.block("map_found");
+        let done = b.block("map_read_done");
+        b.cond_br(present, lookup, done);
+        b.at(lookup);
+        let p = b.map_lookup(self.maps.users[map].def, key);
+        b.cond_br(b.is_null(p), done, found);
+        b.at(found);
+        b.set(out, b.load_u64_at(p, 0));
+        b.br(done);
+        b.at(done);
+        Val::Int { v: b.get(out), present }
+    }
+
+    fn map_update(&mut self, map: ir::MapId, keys: &[ir::Expr], op: &MapOp) {
+        // The value first: reading a map in it uses the shared key buffer.
+        let amount = match op {
+            MapOp::Count => None,
+            MapOp::Sum(e) | MapOp::Assign(e) => Some(self.int(e)),
+        };
+        let (key, mut present) = self.map_key(map, keys);
+        let amount = amount.map(|(v, p)| {
+            present = self.b.and(present, p);
+            v
+        });
+        let def = &self.maps.users[map];
+        let b = &self.b;
+        let update = b.block("map_update");
+        let done = b.block("map_updated");
+        b.cond_br(present, update, done);
+        b.at(update);
+        let value = b.stack_buf(8, "value");
+        match op {
+            MapOp::Assign(_) => {
+                b.store_at(value, 0, amount.expect("assign has a value"));
+                b.map_update(def.def, key, value, BPF_ANY);
+            }
+            MapOp::Count | MapOp::Sum(_) => {
+                let add = amount.unwrap_or_else(|| b.c64(1));
+                let p = b.map_lookup(def.def, key);
+                let found = b.block("map_found");
+                let insert = b.block("map_insert");
+                b.cond_br(b.is_null(p), insert, found);
+                b.at(found);
+                b.add_u64_at(p, 0, add, !def.per_cpu);
+                b.br(done);
+                b.at(insert);
+                b.store_at(value, 0, add);
+                // Another CPU may insert the same key first; then this
+                // update fails and that increment is lost, as in bpftrace.
+                b.map_update(def.def, key, value, BPF_NOEXIST);
+            }
+        }
+        b.br(done);
+        b.at(done);
+    }
+}
+
+/// Whether a user map can be per-CPU: only when the program never reads it.
+pub fn map_is_per_cpu(m: &ir::UserMap) -> bool {
+    !m.read && matches!(m.value, MapValueKind::Count | MapValueKind::Sum)
+}
+
+/// Key size in bytes of a user map (a keyless map has a u32 key 0).
+pub fn map_key_size(m: &ir::UserMap) -> u32 {
+    let n: u32 = m
+        .keys
+        .iter()
+        .map(|t| match t {
+            Type::Int | Type::Mac => 8,
+            Type::Ip => 20,
+            Type::Bool => 4,
+        })
+        .sum();
+    n.max(4)
+}

@@ -1,0 +1,262 @@
+//! Pass 3, `codegen`: policy IR to a BPF ELF object through LLVM.
+//!
+//! One object holds one program per hook the policy uses (`xdp`, and
+//! `classifier` programs for `tc:ingress` / `tc:egress`), the maps (per-rule
+//! counters, named sets, `@maps`), BTF with line info pointing at the
+//! `.xpol` sources, a `license` section, and the metadata section
+//! ([`xpol_lang::meta::META_SECTION`]).
+
+pub mod builder;
+pub mod lower;
+pub mod parse;
+
+use crate::ir;
+use builder::{map_type, Bpf, ModuleCx, BPF_F_NO_PREALLOC};
+use inkwell::context::Context;
+use inkwell::debug_info::{AsDIScope, DIFlags, DIFlagsConstants, DWARFEmissionKind, DWARFSourceLanguage};
+use inkwell::module::Linkage;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple};
+use inkwell::{AddressSpace, OptimizationLevel};
+use lower::{map_is_per_cpu, map_key_size, Lower, Maps, SetMaps, UserMapDef};
+use std::collections::HashMap;
+use xpol_lang::ast::Hook;
+use xpol_lang::meta::{self, KeyKind, ObjectMeta, SetElem, SetMapKind, SetMapMeta};
+use xpol_lang::{Diagnostic, SourceMap};
+
+/// Faults injected on purpose, to prove that verifier rejections are mapped
+/// back to source. Reachable only from tests, never from the CLI.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Skip the frame-end check before reading L4 headers.
+    pub omit_l4_bounds_check: bool,
+    /// Skip the null check after looking up a rule counter.
+    pub omit_counter_null_check: bool,
+}
+
+pub struct Generated {
+    pub object: Vec<u8>,
+    pub meta: ObjectMeta,
+    pub llvm_ir: String,
+    pub asm: String,
+}
+
+/// Default capacity of `@maps`, as in bpftrace.
+pub const USER_MAP_ENTRIES: u32 = 10_240;
+
+pub fn program_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Xdp => "xpol_xdp",
+        Hook::TcIngress => "xpol_tc_ingress",
+        Hook::TcEgress => "xpol_tc_egress",
+    }
+}
+
+fn section(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Xdp => "xdp",
+        Hook::TcIngress | Hook::TcEgress => "classifier",
+    }
+}
+
+fn codegen_error(message: impl Into<String>) -> Vec<Diagnostic> {
+    vec![Diagnostic::error("xpol::codegen", message).with_help("this is a bug in xpol; please report it with the policy")]
+}
+
+/// Capacity of a named set's maps: room to grow for sets the runtime may
+/// update, exactly the contents for the compiler's read-only ones.
+fn set_capacity(s: &ir::NamedSet, n: usize) -> u32 {
+    if s.mutable {
+        (n.saturating_mul(2)).max(1024).min(u32::MAX as usize) as u32
+    } else {
+        n.max(1) as u32
+    }
+}
+
+pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
+    Target::initialize_bpf(&InitializationConfig::default());
+    let triple = TargetTriple::create("bpfel");
+    let target = Target::from_triple(&triple).map_err(|e| codegen_error(format!("LLVM has no BPF target: {e}")))?;
+    let tm = target
+        .create_target_machine(&triple, "v3", "", OptimizationLevel::Default, RelocMode::Default, CodeModel::Default)
+        .ok_or_else(|| codegen_error("LLVM could not create a BPF target machine"))?;
+
+    let cx = Context::create();
+    let module = cx.create_module("xpol");
+    module.set_triple(&triple);
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+
+    // Debug info: BTF and .BTF.ext line info are generated from it. LLVM
+    // reads each line's text from the file on disk, so give real paths.
+    let (_, root) = sources.files().next().ok_or_else(|| codegen_error("no source files"))?;
+    let (dir, name) = split_path(root);
+    let (di, di_cu) = module.create_debug_info_builder(
+        true,
+        DWARFSourceLanguage::C,
+        &name,
+        &dir,
+        "xpolc",
+        true,
+        "",
+        0,
+        "",
+        DWARFEmissionKind::Full,
+        0,
+        false,
+        false,
+        "",
+        "",
+    );
+    let di_int = di.create_basic_type("int", 32, 0x05, DIFlags::ZERO).map_err(|e| codegen_error(e.to_string()))?.as_type();
+    let m = ModuleCx { cx: &cx, module, di, di_cu, di_int };
+    let files: HashMap<_, _> = sources
+        .files()
+        .map(|(id, f)| {
+            let (dir, name) = split_path(f);
+            (id, m.di.create_file(&name, &dir))
+        })
+        .collect();
+
+    // Maps.
+    let mut meta = ObjectMeta {
+        version: meta::META_VERSION,
+        source: root.name.clone(),
+        programs: Vec::new(),
+        rules: Vec::new(),
+        sets: Vec::new(),
+        maps: Vec::new(),
+        redirects: policy.redirects.clone(),
+    };
+    let rules = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
+    let mut set_maps = Vec::new();
+    for s in &policy.sets {
+        let mut maps = SetMaps::default();
+        let mut metas = Vec::new();
+        let mut add = |kind: SetMapKind, n: usize, suffix: &str| {
+            let name = format!("xs_{}{suffix}", s.name);
+            let cap = set_capacity(s, n);
+            let def = match kind {
+                SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, cap, BPF_F_NO_PREALLOC),
+                SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, cap, BPF_F_NO_PREALLOC),
+                SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, cap, 0),
+            };
+            metas.push(SetMapMeta { map: name, kind, max_entries: cap });
+            def
+        };
+        match s.elem {
+            SetElem::Cidr => {
+                if s.mutable || !s.contents.v4.is_empty() {
+                    maps.v4 = Some(add(SetMapKind::LpmV4, s.contents.v4.len(), "_v4"));
+                }
+                if s.mutable || !s.contents.v6.is_empty() {
+                    maps.v6 = Some(add(SetMapKind::LpmV6, s.contents.v6.len(), "_v6"));
+                }
+            }
+            SetElem::Int | SetElem::Mac => {
+                let n: u64 = s.contents.ints.iter().map(|(lo, hi)| hi - lo + 1).sum::<u64>() + s.contents.macs.len() as u64;
+                maps.hash = Some(add(SetMapKind::HashU64, n.min(u32::MAX as u64 / 2) as usize, ""));
+            }
+        }
+        set_maps.push(maps);
+        meta.sets.push(meta::SetMeta { name: s.name.clone(), elem: s.elem, maps: metas, elements: s.contents.elements() });
+    }
+    let mut users = Vec::new();
+    for u in &policy.maps {
+        let per_cpu = map_is_per_cpu(u);
+        let key_size = map_key_size(u);
+        let name = format!("xm_{}", u.name);
+        let ty = if per_cpu { map_type::PERCPU_HASH } else { map_type::HASH };
+        let def = m.define_map(&name, ty, key_size, 8, USER_MAP_ENTRIES, 0);
+        users.push(UserMapDef { def, per_cpu, key_size });
+        meta.maps.push(meta::UserMapMeta {
+            name: u.name.clone(),
+            map: name,
+            value: u.value,
+            per_cpu,
+            keys: u
+                .keys
+                .iter()
+                .map(|t| match t {
+                    ir::Type::Int => KeyKind::Int,
+                    ir::Type::Ip => KeyKind::Ip,
+                    ir::Type::Mac => KeyKind::Mac,
+                    ir::Type::Bool => KeyKind::Bool,
+                })
+                .collect(),
+            key_size,
+            max_entries: USER_MAP_ENTRIES,
+        });
+    }
+    let redirect = (!policy.redirects.is_empty())
+        .then(|| m.define_map(meta::REDIRECT_MAP, map_type::ARRAY, 4, 4, policy.redirects.len() as u32, 0));
+    let maps = Maps { rules, sets: set_maps, users, redirect };
+
+    // Programs.
+    for prog in &policy.programs {
+        let fname = program_name(prog.hook);
+        // The context type, by name and size (the kernel wants to know the
+        // size of what the argument points to; members are not needed).
+        let (ctx_name, ctx_size) = if prog.hook == Hook::Xdp { ("xdp_md", 24) } else { ("__sk_buff", 192) };
+        let i8p = m.i8_ptr();
+        let fty = cx.i32_type().fn_type(&[i8p.into()], false);
+        let func = m.module.add_function(fname, fty, Some(Linkage::External));
+        func.set_section(Some(section(prog.hook)));
+        // Without `nounwind` LLVM emits .eh_frame, which BPF loaders reject.
+        func.add_attribute(inkwell::attributes::AttributeLoc::Function, cx.create_enum_attribute(inkwell::attributes::Attribute::get_named_enum_kind_id("nounwind"), 0));
+
+        let first = prog.probes.first().map(|p| p.span).unwrap_or_default();
+        let (line, _) = sources.get(first.file).line_col(first.start);
+        let file = files[&first.file];
+        let ctx_ty = m.di.create_struct_type(m.di_cu.as_debug_info_scope(), ctx_name, file, 0, ctx_size * 8, 32, DIFlags::ZERO, None, &[], 0, None, "");
+        let ctx_ptr = m.di.create_pointer_type("", ctx_ty.as_type(), 64, 64, AddressSpace::default());
+        let sub_ty = m.di.create_subroutine_type(file, Some(m.di_int), &[ctx_ptr.as_type()], DIFlags::PROTOTYPED);
+        let sub = m.di.create_function(m.di_cu.as_debug_info_scope(), fname, None, file, line, sub_ty, false, true, line, DIFlags::PROTOTYPED, true);
+        func.set_subprogram(sub);
+        // The kernel rejects BTF whose function arguments have no names.
+        m.di.create_parameter_variable(sub.as_debug_info_scope(), "ctx", 1, file, line, ctx_ptr.as_type(), true, DIFlags::ZERO);
+
+        let mut b = Bpf::new(&m, func, sub);
+        b.scopes.push((first.file, sub.as_debug_info_scope()));
+        b.set_location(sub.as_debug_info_scope(), line, 1);
+        let headers = parse::parse(&b, prog.hook, options.faults.omit_l4_bounds_check);
+        let mut lower = Lower::new(&mut b, headers, policy, &maps, prog.hook, sources, &files, !options.faults.omit_counter_null_check);
+        lower.program(&prog.probes);
+
+        meta.programs.push(meta::ProgramMeta { hook: prog.hook.as_str().to_string(), name: fname.to_string(), section: section(prog.hook).to_string() });
+    }
+    for r in &policy.rules {
+        let (file, line, column) = sources.location(r.span);
+        meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone() });
+    }
+
+    m.blob("_license", "license", b"GPL\0");
+    let meta_json = serde_json::to_vec(&meta).map_err(|e| codegen_error(format!("cannot encode metadata: {e}")))?;
+    m.blob("xpol_meta", meta::META_SECTION, &meta_json);
+    m.di.finalize();
+
+    m.module.verify().map_err(|e| codegen_error(format!("LLVM rejected the generated module: {}", e.to_string())))?;
+    m.module
+        .run_passes("default<O2>", &tm, PassBuilderOptions::create())
+        .map_err(|e| codegen_error(format!("LLVM optimisation failed: {}", e.to_string())))?;
+
+    let (llvm_ir, asm) = if options.text {
+        let asm = tm.write_to_memory_buffer(&m.module, FileType::Assembly).map_err(|e| codegen_error(e.to_string()))?;
+        (m.module.print_to_string().to_string(), String::from_utf8_lossy(asm.as_slice()).into_owned())
+    } else {
+        (String::new(), String::new())
+    };
+    let obj = tm.write_to_memory_buffer(&m.module, FileType::Object).map_err(|e| codegen_error(e.to_string()))?;
+    Ok(Generated { object: obj.as_slice().to_vec(), meta, llvm_ir, asm })
+}
+
+/// Directory and file name for debug info: the real path when the file came
+/// from disk.
+fn split_path(f: &xpol_lang::SourceFile) -> (String, String) {
+    match &f.path {
+        Some(p) => (
+            p.parent().map(|d| d.display().to_string()).unwrap_or_default(),
+            p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| f.name.clone()),
+        ),
+        None => (String::new(), f.name.clone()),
+    }
+}

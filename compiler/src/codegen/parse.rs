@@ -1,0 +1,439 @@
+//! The packet parser every program starts with. It walks Ethernet, up to two
+//! VLAN tags, IPv4 (with options) or IPv6 (with a bounded chain of extension
+//! headers) and the L4 header, and records each field with a presence flag
+//! in a stack slot. Slots whose values no rule reads are removed by LLVM
+//! (mem2reg + dead code elimination), so a policy pays only for what it uses.
+//!
+//! A header counts as present only when it is complete inside the frame,
+//! well formed (IPv4 version 4 and IHL >= 5, IPv6 version 6, TCP data offset
+//! >= 5), and inside the IP datagram as its length field declares. L4 headers
+//! are present only in unfragmented packets and first fragments.
+
+use super::builder::{helper, Bpf};
+use inkwell::values::{IntValue, PointerValue};
+use inkwell::IntPredicate;
+use xpol_lang::ast::Hook;
+
+/// IPv6 extension headers walked before giving up on finding the L4 header.
+pub const MAX_IPV6_EXT: usize = 8;
+/// Offsets beyond this (bytes from the frame start) are not parsed; it keeps
+/// every packet offset provably small for the verifier.
+const MAX_L4_OFFSET: u64 = 1024;
+/// TC programs see only the linear part of an skb: pull this much first.
+const TC_PULL_LEN: u64 = 256;
+
+const ETH_P_IP: u64 = 0x0800;
+const ETH_P_IPV6: u64 = 0x86dd;
+const ETH_P_8021Q: u64 = 0x8100;
+const ETH_P_8021AD: u64 = 0x88a8;
+
+/// Stack slots of the parsed facts; `get` them where rules need them.
+pub struct Headers<'ctx> {
+    pub data: PointerValue<'ctx>,
+    pub pkt_len: IntValue<'ctx>,
+    pub eth_ok: PointerValue<'ctx>,
+    pub eth_dst: PointerValue<'ctx>,
+    pub eth_src: PointerValue<'ctx>,
+    pub eth_type: PointerValue<'ctx>,
+    pub vlan_depth: PointerValue<'ctx>,
+    pub vlan1_ok: PointerValue<'ctx>,
+    pub vlan1_tci: PointerValue<'ctx>,
+    pub vlan2_ok: PointerValue<'ctx>,
+    pub vlan2_tci: PointerValue<'ctx>,
+    pub ip4_ok: PointerValue<'ctx>,
+    pub ip6_ok: PointerValue<'ctx>,
+    /// The L4 protocol is known (IPv4, or IPv6 whose chain ended in bounds).
+    pub proto_ok: PointerValue<'ctx>,
+    pub proto: PointerValue<'ctx>,
+    pub ttl: PointerValue<'ctx>,
+    pub ip_len: PointerValue<'ctx>,
+    pub tos: PointerValue<'ctx>,
+    pub frag: PointerValue<'ctx>,
+    pub frag_off: PointerValue<'ctx>,
+    /// IPv4 addresses, host order.
+    pub src4: PointerValue<'ctx>,
+    pub dst4: PointerValue<'ctx>,
+    pub ihl: PointerValue<'ctx>,
+    pub ip4_id: PointerValue<'ctx>,
+    pub df: PointerValue<'ctx>,
+    /// IPv6 addresses as two host-order halves.
+    pub src6_hi: PointerValue<'ctx>,
+    pub src6_lo: PointerValue<'ctx>,
+    pub dst6_hi: PointerValue<'ctx>,
+    pub dst6_lo: PointerValue<'ctx>,
+    pub ip6_nh: PointerValue<'ctx>,
+    pub flow: PointerValue<'ctx>,
+    pub tcp_ok: PointerValue<'ctx>,
+    pub udp_ok: PointerValue<'ctx>,
+    pub icmp4_ok: PointerValue<'ctx>,
+    pub icmp6_ok: PointerValue<'ctx>,
+    pub sport: PointerValue<'ctx>,
+    pub dport: PointerValue<'ctx>,
+    pub tcp_flags: PointerValue<'ctx>,
+    pub tcp_window: PointerValue<'ctx>,
+    pub udp_len: PointerValue<'ctx>,
+    pub icmp_type: PointerValue<'ctx>,
+    pub icmp_code: PointerValue<'ctx>,
+}
+
+/// Emits the parser at the current position; on return the builder sits in
+/// the block after parsing.
+pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) -> Headers<'ctx> {
+    let ctx = b.func.get_nth_param(0).expect("programs take a context").into_pointer_value();
+    let i32t = b.m.cx.i32_type();
+    let ctx_u32 = |off: u64| {
+        let v = b.load_raw(ctx, off, 4);
+        b.zext64(v)
+    };
+    let (data_off, end_off) = if hook == Hook::Xdp { (0, 4) } else { (76, 80) };
+    let to_ptr = |v: IntValue<'ctx>| b.b.build_int_to_ptr(v, b.m.i8_ptr(), "pkt").expect("builder positioned");
+    let mut data = to_ptr(ctx_u32(data_off));
+    let mut data_end = to_ptr(ctx_u32(end_off));
+    let pkt_len = if hook == Hook::Xdp {
+        let d = b.b.build_ptr_to_int(data, b.i64(), "d").expect("builder positioned");
+        let e = b.b.build_ptr_to_int(data_end, b.i64(), "e").expect("builder positioned");
+        b.sub(e, d)
+    } else {
+        // skb->len counts non-linear data too; make the headers linear so
+        // that direct packet access can see them.
+        let skb_len = ctx_u32(0);
+        let d = b.b.build_ptr_to_int(data, b.i64(), "d").expect("builder positioned");
+        let e = b.b.build_ptr_to_int(data_end, b.i64(), "e").expect("builder positioned");
+        let linear = b.sub(e, d);
+        let want = b.select(b.cmp(IntPredicate::ULT, skb_len, b.c64(TC_PULL_LEN)), skb_len, b.c64(TC_PULL_LEN));
+        let pull = b.block("pull");
+        let pulled = b.block("pulled");
+        b.cond_br(b.cmp(IntPredicate::ULT, linear, want), pull, pulled);
+        b.at(pull);
+        b.helper_call(helper::SKB_PULL_DATA, b.i64(), &[ctx.into(), want.into()]);
+        b.br(pulled);
+        b.at(pulled);
+        data = to_ptr(ctx_u32(data_off));
+        data_end = to_ptr(ctx_u32(end_off));
+        skb_len
+    };
+    let _ = i32t;
+
+    let z = b.c64(0);
+    let f = b.bool(false);
+    let h = Headers {
+        data,
+        pkt_len,
+        eth_ok: b.var(f, "eth_ok"),
+        eth_dst: b.var(z, "eth_dst"),
+        eth_src: b.var(z, "eth_src"),
+        eth_type: b.var(z, "eth_type"),
+        vlan_depth: b.var(z, "vlan_depth"),
+        vlan1_ok: b.var(f, "vlan1_ok"),
+        vlan1_tci: b.var(z, "vlan1_tci"),
+        vlan2_ok: b.var(f, "vlan2_ok"),
+        vlan2_tci: b.var(z, "vlan2_tci"),
+        ip4_ok: b.var(f, "ip4_ok"),
+        ip6_ok: b.var(f, "ip6_ok"),
+        proto_ok: b.var(f, "proto_ok"),
+        proto: b.var(z, "proto"),
+        ttl: b.var(z, "ttl"),
+        ip_len: b.var(z, "ip_len"),
+        tos: b.var(z, "tos"),
+        frag: b.var(f, "frag"),
+        frag_off: b.var(z, "frag_off"),
+        src4: b.var(z, "src4"),
+        dst4: b.var(z, "dst4"),
+        ihl: b.var(z, "ihl"),
+        ip4_id: b.var(z, "ip4_id"),
+        df: b.var(f, "df"),
+        src6_hi: b.var(z, "src6_hi"),
+        src6_lo: b.var(z, "src6_lo"),
+        dst6_hi: b.var(z, "dst6_hi"),
+        dst6_lo: b.var(z, "dst6_lo"),
+        ip6_nh: b.var(z, "ip6_nh"),
+        flow: b.var(z, "flow"),
+        tcp_ok: b.var(f, "tcp_ok"),
+        udp_ok: b.var(f, "udp_ok"),
+        icmp4_ok: b.var(f, "icmp4_ok"),
+        icmp6_ok: b.var(f, "icmp6_ok"),
+        sport: b.var(z, "sport"),
+        dport: b.var(z, "dport"),
+        tcp_flags: b.var(z, "tcp_flags"),
+        tcp_window: b.var(z, "tcp_window"),
+        udp_len: b.var(z, "udp_len"),
+        icmp_type: b.var(z, "icmp_type"),
+        icmp_code: b.var(z, "icmp_code"),
+    };
+    let t = b.bool(true);
+    let done = b.block("parsed");
+    let l3 = b.block("l3");
+    let l3off = b.var(z, "l3off");
+    let l4off = b.var(z, "l4off");
+    // Offset (from the frame start) where the IP datagram ends by its own
+    // length field: bytes past it are padding, not headers.
+    let ip_end = b.var(z, "ip_end");
+
+    // Ethernet and VLAN tags, at constant offsets.
+    let eth = b.block("eth");
+    b.cond_br(b.fits(data, 14, data_end), eth, done);
+    b.at(eth);
+    b.set(h.eth_ok, t);
+    b.set(h.eth_dst, load_mac(b, data, 0));
+    b.set(h.eth_src, load_mac(b, data, 6));
+    let mut etype = b.load_be(data, 12, 2);
+    let mut off = 14u64;
+    for depth in 1..=2u64 {
+        let tagged = b.block("tagged");
+        let untagged = b.block("untagged");
+        let is_vlan = b.or(b.eq(etype, b.c64(ETH_P_8021Q)), b.eq(etype, b.c64(ETH_P_8021AD)));
+        b.set(h.eth_type, etype);
+        b.set(l3off, b.c64(off));
+        b.cond_br(is_vlan, tagged, untagged);
+        b.at(untagged);
+        b.br(l3);
+        b.at(tagged);
+        // A truncated tag: Ethernet is present, the tag and L3 are not.
+        let whole = b.block("tag");
+        b.cond_br(b.fits(data, off + 4, data_end), whole, done);
+        b.at(whole);
+        let (ok, tci) = if depth == 1 { (h.vlan1_ok, h.vlan1_tci) } else { (h.vlan2_ok, h.vlan2_tci) };
+        b.set(ok, t);
+        b.set(tci, b.load_be(data, off, 2));
+        b.set(h.vlan_depth, b.c64(depth));
+        etype = b.load_be(data, off + 2, 2);
+        off += 4;
+    }
+    // After two tags: a third tag means we do not parse further.
+    b.set(h.eth_type, etype);
+    b.set(l3off, b.c64(off));
+    let third = b.block("third_tag");
+    let is_vlan = b.or(b.eq(etype, b.c64(ETH_P_8021Q)), b.eq(etype, b.c64(ETH_P_8021AD)));
+    b.cond_br(is_vlan, third, l3);
+    b.at(third);
+    b.set(h.vlan_depth, b.c64(3));
+    b.br(done);
+
+    // L3 dispatch.
+    b.at(l3);
+    let etype = b.get(h.eth_type);
+    let off = b.get(l3off);
+    let ip4 = b.block("ip4");
+    let not4 = b.block("not_ip4");
+    let ip6 = b.block("ip6");
+    let l4 = b.block("l4");
+    b.cond_br(b.eq(etype, b.c64(ETH_P_IP)), ip4, not4);
+    b.at(not4);
+    b.cond_br(b.eq(etype, b.c64(ETH_P_IPV6)), ip6, done);
+
+    // IPv4.
+    b.at(ip4);
+    let p = b.pkt_ptr(data, off);
+    let ip4_fixed = b.block("ip4_fixed");
+    b.cond_br(b.fits(p, 20, data_end), ip4_fixed, done);
+    b.at(ip4_fixed);
+    let vihl = b.load_be(p, 0, 1);
+    let ihl = b.and(vihl, b.c64(15));
+    let hlen = b.mul(ihl, b.c64(4));
+    let total = b.load_be(p, 2, 2);
+    let sane = b.and(
+        b.and(b.eq(b.lshr(vihl, b.c64(4)), b.c64(4)), b.cmp(IntPredicate::UGE, ihl, b.c64(5))),
+        b.cmp(IntPredicate::UGE, total, hlen),
+    );
+    let ip4_sane = b.block("ip4_sane");
+    b.cond_br(sane, ip4_sane, done);
+    b.at(ip4_sane);
+    // The options must be inside the frame too.
+    let l4p = b.ptr_add(p, hlen);
+    let ip4_whole = b.block("ip4_whole");
+    b.cond_br(b.fits(l4p, 0, data_end), ip4_whole, done);
+    b.at(ip4_whole);
+    b.set(h.ip4_ok, t);
+    b.set(h.ihl, ihl);
+    b.set(h.tos, b.load_be(p, 1, 1));
+    b.set(h.ip_len, total);
+    b.set(h.ip4_id, b.load_be(p, 4, 2));
+    let fragw = b.load_be(p, 6, 2);
+    let frag_off = b.mul(b.and(fragw, b.c64(0x1fff)), b.c64(8));
+    let mf = b.cmp(IntPredicate::NE, b.and(fragw, b.c64(0x2000)), z);
+    b.set(h.df, b.cmp(IntPredicate::NE, b.and(fragw, b.c64(0x4000)), z));
+    b.set(h.frag_off, frag_off);
+    b.set(h.frag, b.or(mf, b.cmp(IntPredicate::NE, frag_off, z)));
+    b.set(h.ttl, b.load_be(p, 8, 1));
+    b.set(h.proto, b.load_be(p, 9, 1));
+    b.set(h.src4, b.load_be(p, 12, 4));
+    b.set(h.dst4, b.load_be(p, 16, 4));
+    b.set(h.proto_ok, t);
+    b.set(l4off, b.add(off, hlen));
+    b.set(ip_end, b.add(off, total));
+    b.br(l4);
+
+    // IPv6.
+    b.at(ip6);
+    let p = b.pkt_ptr(data, off);
+    let ip6_fixed = b.block("ip6_fixed");
+    b.cond_br(b.fits(p, 40, data_end), ip6_fixed, done);
+    b.at(ip6_fixed);
+    let w0 = b.load_be(p, 0, 4);
+    let ip6_sane = b.block("ip6_sane");
+    b.cond_br(b.eq(b.lshr(w0, b.c64(28)), b.c64(6)), ip6_sane, done);
+    b.at(ip6_sane);
+    b.set(h.ip6_ok, t);
+    b.set(h.tos, b.and(b.lshr(w0, b.c64(20)), b.c64(0xff)));
+    b.set(h.flow, b.and(w0, b.c64(0xfffff)));
+    let plen = b.load_be(p, 4, 2);
+    b.set(h.ip_len, b.add(plen, b.c64(40)));
+    let nh0 = b.load_be(p, 6, 1);
+    b.set(h.ip6_nh, nh0);
+    b.set(h.ttl, b.load_be(p, 7, 1));
+    b.set(h.src6_hi, b.load_be(p, 8, 8));
+    b.set(h.src6_lo, b.load_be(p, 16, 8));
+    b.set(h.dst6_hi, b.load_be(p, 24, 8));
+    b.set(h.dst6_lo, b.load_be(p, 32, 8));
+    // Payload length 0 is a jumbogram (or BIG TCP): the frame bounds it.
+    let frame_end = b.pkt_len_linear(data, data_end);
+    let end = b.select(b.eq(plen, z), frame_end, b.add(off, b.add(plen, b.c64(40))));
+    b.set(ip_end, end);
+    let nh = b.var(z, "nh");
+    let xoff = b.var(z, "xoff");
+    b.set(nh, nh0);
+    b.set(xoff, b.add(off, b.c64(40)));
+    for _ in 0..MAX_IPV6_EXT {
+        let cur = b.get(nh);
+        let o = b.get(xoff);
+        let generic = b.block("ext_opts");
+        let not_generic = b.block("ext_other");
+        let fragh = b.block("ext_frag");
+        let not_frag = b.block("ext_not_frag");
+        let ah = b.block("ext_ah");
+        let upper = b.block("upper");
+        let next = b.block("ext_next");
+        let is_generic = b.or(b.or(b.eq(cur, b.c64(0)), b.eq(cur, b.c64(43))), b.eq(cur, b.c64(60)));
+        b.cond_br(is_generic, generic, not_generic);
+        b.at(not_generic);
+        b.cond_br(b.eq(cur, b.c64(44)), fragh, not_frag);
+        b.at(not_frag);
+        b.cond_br(b.eq(cur, b.c64(51)), ah, upper);
+        // Each extension header needs its first 8 bytes inside the frame.
+        let ext_p = |bb| {
+            b.at(bb);
+            let q = b.pkt_ptr(data, o);
+            let whole = b.block("ext_whole");
+            b.cond_br(b.fits(q, 8, data_end), whole, done);
+            b.at(whole);
+            q
+        };
+        // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+        let q = ext_p(generic);
+        b.set(nh, b.load_be(q, 0, 1));
+        b.set(xoff, b.add(o, b.mul(b.add(b.load_be(q, 1, 1), b.c64(1)), b.c64(8))));
+        b.br(next);
+        // Fragment header: 8 bytes.
+        let q = ext_p(fragh);
+        let fo = b.load_be(q, 2, 2);
+        b.set(h.frag, t);
+        b.set(h.frag_off, b.and(fo, b.c64(0xfff8)));
+        b.set(nh, b.load_be(q, 0, 1));
+        b.set(xoff, b.add(o, b.c64(8)));
+        b.br(next);
+        // Authentication header: (len + 2) * 4 bytes.
+        let q = ext_p(ah);
+        b.set(nh, b.load_be(q, 0, 1));
+        b.set(xoff, b.add(o, b.mul(b.add(b.load_be(q, 1, 1), b.c64(2)), b.c64(4))));
+        b.br(next);
+        // Anything else is the upper-layer header.
+        b.at(upper);
+        b.set(h.proto, cur);
+        b.set(h.proto_ok, t);
+        b.set(l4off, o);
+        b.br(l4);
+        // Keep the offset small and give the verifier one bounded range for
+        // it on every path, so that its states can be pruned.
+        b.at(next);
+        let o2 = b.get(xoff);
+        let bounded = b.block("ext_bounded");
+        let in_dgram = b.cmp(IntPredicate::ULE, o2, b.get(ip_end));
+        b.cond_br(b.and(b.cmp(IntPredicate::ULE, o2, b.c64(MAX_L4_OFFSET)), in_dgram), bounded, done);
+        b.at(bounded);
+        b.set(xoff, b.and(b.opaque(o2), b.c64(2 * MAX_L4_OFFSET - 1)));
+    }
+    // Chain longer than the bound: IP is present, the upper layer unknown.
+    b.br(done);
+
+    // L4, at a variable offset.
+    b.at(l4);
+    let o = b.get(l4off);
+    let dgram_end = b.get(ip_end);
+    let first = b.block("first_frag");
+    b.cond_br(b.eq(b.get(h.frag_off), z), first, done);
+    b.at(first);
+    let o = b.and(b.opaque(o), b.c64(2 * MAX_L4_OFFSET - 1));
+    let q = b.pkt_ptr(data, o);
+    let proto = b.get(h.proto);
+    // `n` bytes of L4 header inside the frame and inside the datagram.
+    let whole = |n: u64| {
+        let in_dgram = b.cmp(IntPredicate::ULE, b.add(o, b.c64(n)), dgram_end);
+        if omit_l4_bounds_check {
+            in_dgram
+        } else {
+            b.and(b.fits(q, n, data_end), in_dgram)
+        }
+    };
+    let is_tcp = b.block("tcp");
+    let not_tcp = b.block("not_tcp");
+    let is_udp = b.block("udp");
+    let not_udp = b.block("not_udp");
+    let is_icmp = b.block("icmp");
+    let not_icmp = b.block("not_icmp");
+    let is_icmp6 = b.block("icmp6");
+    b.cond_br(b.and(b.eq(proto, b.c64(6)), whole(20)), is_tcp, not_tcp);
+    b.at(is_tcp);
+    let doff = b.lshr(b.load_be(q, 12, 1), b.c64(4));
+    let tcp_sane = b.block("tcp_sane");
+    b.cond_br(b.cmp(IntPredicate::UGE, doff, b.c64(5)), tcp_sane, done);
+    b.at(tcp_sane);
+    b.set(h.tcp_ok, t);
+    b.set(h.sport, b.load_be(q, 0, 2));
+    b.set(h.dport, b.load_be(q, 2, 2));
+    b.set(h.tcp_flags, b.load_be(q, 13, 1));
+    b.set(h.tcp_window, b.load_be(q, 14, 2));
+    b.br(done);
+    b.at(not_tcp);
+    b.cond_br(b.and(b.eq(proto, b.c64(17)), whole(8)), is_udp, not_udp);
+    b.at(is_udp);
+    b.set(h.udp_ok, t);
+    b.set(h.sport, b.load_be(q, 0, 2));
+    b.set(h.dport, b.load_be(q, 2, 2));
+    b.set(h.udp_len, b.load_be(q, 4, 2));
+    b.br(done);
+    b.at(not_udp);
+    let v4 = b.get(h.ip4_ok);
+    b.cond_br(b.and(b.and(b.eq(proto, b.c64(1)), v4), whole(8)), is_icmp, not_icmp);
+    b.at(is_icmp);
+    b.set(h.icmp4_ok, t);
+    b.set(h.icmp_type, b.load_be(q, 0, 1));
+    b.set(h.icmp_code, b.load_be(q, 1, 1));
+    b.br(done);
+    b.at(not_icmp);
+    let v6 = b.get(h.ip6_ok);
+    b.cond_br(b.and(b.and(b.eq(proto, b.c64(58)), v6), whole(8)), is_icmp6, done);
+    b.at(is_icmp6);
+    b.set(h.icmp6_ok, t);
+    b.set(h.icmp_type, b.load_be(q, 0, 1));
+    b.set(h.icmp_code, b.load_be(q, 1, 1));
+    b.br(done);
+
+    b.at(done);
+    h
+}
+
+/// A MAC address as the integer whose low 6 bytes, big-endian, are the address.
+fn load_mac<'ctx>(b: &Bpf<'_, 'ctx>, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {
+    let hi = b.load_be(p, off, 2);
+    let lo = b.load_be(p, off + 2, 4);
+    b.or(b.shl(hi, b.c64(32)), lo)
+}
+
+impl<'ctx> Bpf<'_, 'ctx> {
+    /// `data_end - data` as an offset.
+    fn pkt_len_linear(&self, data: PointerValue<'ctx>, end: PointerValue<'ctx>) -> IntValue<'ctx> {
+        let d = self.b.build_ptr_to_int(data, self.i64(), "d").expect("builder positioned");
+        let e = self.b.build_ptr_to_int(end, self.i64(), "e").expect("builder positioned");
+        self.sub(e, d)
+    }
+}

@@ -1,0 +1,391 @@
+//! The policy IR: what the checker produces and codegen consumes.
+//!
+//! Compared with the AST, names are resolved (fields are [`Field`]s, consts
+//! are folded into [`Value`]s, sets and maps are indices), every expression
+//! has a [`Type`], and probes are grouped into one [`Program`] per hook in
+//! source order. Spans are kept on every rule, statement and expression.
+//!
+//! `Display` prints a stable text form used by `xpolc build --emit ir` and
+//! by the golden tests.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use xpol_lang::ast::{Hook, Verdict};
+use xpol_lang::meta::SetElem;
+use xpol_lang::{Diagnostic, Span};
+
+pub use crate::check::fields::Field;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Type {
+    Bool,
+    Int,
+    Ip,
+    Mac,
+}
+
+impl fmt::Display for Type {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Type::Bool => "bool",
+            Type::Int => "int",
+            Type::Ip => "ip",
+            Type::Mac => "mac",
+        })
+    }
+}
+
+/// A compile-time constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    Bool(bool),
+    Int(u64),
+    Ip(IpAddr),
+    /// MAC as the integer whose low 6 bytes, big-endian, are the address.
+    Mac(u64),
+}
+
+impl Value {
+    pub fn ty(self) -> Type {
+        match self {
+            Value::Bool(_) => Type::Bool,
+            Value::Int(_) => Type::Int,
+            Value::Ip(_) => Type::Ip,
+            Value::Mac(_) => Type::Mac,
+        }
+    }
+}
+
+pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
+    mac.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64)
+}
+
+pub fn fmt_mac(v: u64) -> String {
+    let b = v.to_be_bytes();
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[2], b[3], b[4], b[5], b[6], b[7])
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Ip(ip) => write!(f, "{ip}"),
+            Value::Mac(m) => f.write_str(&fmt_mac(*m)),
+        }
+    }
+}
+
+/// A set known at compile time, normalised: prefixes have no host bits and
+/// are sorted; integer ranges are sorted, merged and non-overlapping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConstSet {
+    pub v4: Vec<(Ipv4Addr, u8)>,
+    pub v6: Vec<(Ipv6Addr, u8)>,
+    /// Inclusive ranges.
+    pub ints: Vec<(u64, u64)>,
+    pub macs: Vec<u64>,
+}
+
+impl ConstSet {
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len() + self.ints.len() + self.macs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Canonical text forms of the elements (the object metadata format).
+    pub fn elements(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(self.v4.iter().map(|(a, l)| format!("{a}/{l}")));
+        out.extend(self.v6.iter().map(|(a, l)| format!("{a}/{l}")));
+        out.extend(self.ints.iter().map(|&(lo, hi)| if lo == hi { format!("{lo}") } else { format!("{lo}..{hi}") }));
+        out.extend(self.macs.iter().map(|&m| fmt_mac(m)));
+        out
+    }
+}
+
+impl fmt::Display for ConstSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let elems = self.elements();
+        if elems.len() > 8 {
+            write!(f, "{{{}, ... {} elements}}", elems[..4].join(", "), elems.len())
+        } else {
+            write!(f, "{{{}}}", elems.join(", "))
+        }
+    }
+}
+
+pub type SetId = usize;
+pub type MapId = usize;
+pub type LocalId = usize;
+pub type RuleId = u32;
+
+/// How a named set is stored in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedSet {
+    pub name: String,
+    pub elem: SetElem,
+    pub contents: ConstSet,
+    /// Declared with `set` (the runtime may change it) rather than created by
+    /// the compiler for a large constant set.
+    pub mutable: bool,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserMap {
+    pub name: String,
+    pub value: xpol_lang::meta::MapValueKind,
+    pub keys: Vec<Type>,
+    /// Read somewhere in the policy: then it must be a shared (not per-CPU) map.
+    pub read: bool,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub ty: Type,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    And,
+    Or,
+    Xor,
+    Shl,
+    Shr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetRef {
+    Named(SetId),
+    /// Small constant sets are compared inline.
+    Inline(ConstSet),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExprKind {
+    Const(Value),
+    Field(Field),
+    Local(LocalId),
+    /// Reads 0 for a missing key.
+    MapRead { map: MapId, keys: Vec<Expr> },
+    Neg(Box<Expr>),
+    BitNot(Box<Expr>),
+    Arith(ArithOp, Box<Expr>, Box<Expr>),
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    /// Membership of an int, ip or mac in a set.
+    In(Box<Expr>, SetRef),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    Count,
+    Sum(Expr),
+    Assign(Expr),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stmt {
+    pub kind: StmtKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StmtKind {
+    Verdict(Verdict),
+    /// Index into [`Policy::redirects`].
+    Redirect(usize),
+    If { cond: Expr, then_body: Vec<Stmt>, else_body: Vec<Stmt> },
+    Let { local: LocalId, value: Expr },
+    MapUpdate { map: MapId, keys: Vec<Expr>, op: MapOp },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub rule: RuleId,
+    pub predicate: Option<Expr>,
+    pub body: Vec<Stmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub hook: Hook,
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub id: RuleId,
+    pub hook: Hook,
+    /// The probe header (hook and predicate).
+    pub span: Span,
+    /// The header text on one line.
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub name: String,
+    pub ty: Type,
+}
+
+/// A checked policy, ready for codegen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub programs: Vec<Program>,
+    pub rules: Vec<Rule>,
+    pub sets: Vec<NamedSet>,
+    pub maps: Vec<UserMap>,
+    pub locals: Vec<Local>,
+    pub redirects: Vec<String>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+// ---------------------------------------------------------------- printing
+
+struct Printer<'a> {
+    policy: &'a Policy,
+}
+
+impl Printer<'_> {
+    fn expr(&self, e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Const(v) => v.to_string(),
+            ExprKind::Field(f) => f.name().to_string(),
+            ExprKind::Local(l) => format!("${}", self.policy.locals[*l].name),
+            ExprKind::MapRead { map, keys } => format!("@{}{}", self.policy.maps[*map].name, self.keys(keys)),
+            ExprKind::Neg(a) => format!("-{}", self.expr(a)),
+            ExprKind::BitNot(a) => format!("~{}", self.expr(a)),
+            ExprKind::Arith(op, a, b) => format!("({} {} {})", self.expr(a), arith_str(*op), self.expr(b)),
+            ExprKind::Cmp(op, a, b) => format!("({} {} {})", self.expr(a), cmp_str(*op), self.expr(b)),
+            ExprKind::In(a, set) => match set {
+                SetRef::Named(s) => format!("({} in set {})", self.expr(a), self.policy.sets[*s].name),
+                SetRef::Inline(c) => format!("({} in {})", self.expr(a), c),
+            },
+            ExprKind::Not(a) => format!("!{}", self.expr(a)),
+            ExprKind::And(a, b) => format!("({} && {})", self.expr(a), self.expr(b)),
+            ExprKind::Or(a, b) => format!("({} || {})", self.expr(a), self.expr(b)),
+        }
+    }
+
+    fn keys(&self, keys: &[Expr]) -> String {
+        if keys.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", keys.iter().map(|k| self.expr(k)).collect::<Vec<_>>().join(", "))
+        }
+    }
+
+    fn stmts(&self, out: &mut String, stmts: &[Stmt], indent: usize) {
+        let pad = "  ".repeat(indent);
+        for s in stmts {
+            match &s.kind {
+                StmtKind::Verdict(v) => out.push_str(&format!("{pad}{}\n", v.as_str())),
+                StmtKind::Redirect(i) => out.push_str(&format!("{pad}redirect {:?}\n", self.policy.redirects[*i])),
+                StmtKind::Let { local, value } => {
+                    let l = &self.policy.locals[*local];
+                    out.push_str(&format!("{pad}let ${}: {} = {}\n", l.name, l.ty, self.expr(value)))
+                }
+                StmtKind::MapUpdate { map, keys, op } => {
+                    let rhs = match op {
+                        MapOp::Count => "count()".to_string(),
+                        MapOp::Sum(e) => format!("sum({})", self.expr(e)),
+                        MapOp::Assign(e) => self.expr(e),
+                    };
+                    out.push_str(&format!("{pad}@{}{} = {rhs}\n", self.policy.maps[*map].name, self.keys(keys)))
+                }
+                StmtKind::If { cond, then_body, else_body } => {
+                    out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
+                    self.stmts(out, then_body, indent + 1);
+                    if !else_body.is_empty() {
+                        out.push_str(&format!("{pad}}} else {{\n"));
+                        self.stmts(out, else_body, indent + 1);
+                    }
+                    out.push_str(&format!("{pad}}}\n"));
+                }
+            }
+        }
+    }
+}
+
+fn arith_str(op: ArithOp) -> &'static str {
+    match op {
+        ArithOp::Add => "+",
+        ArithOp::Sub => "-",
+        ArithOp::Mul => "*",
+        ArithOp::Div => "/",
+        ArithOp::Mod => "%",
+        ArithOp::And => "&",
+        ArithOp::Or => "|",
+        ArithOp::Xor => "^",
+        ArithOp::Shl => "<<",
+        ArithOp::Shr => ">>",
+    }
+}
+
+fn cmp_str(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "==",
+        CmpOp::Ne => "!=",
+        CmpOp::Lt => "<",
+        CmpOp::Le => "<=",
+        CmpOp::Gt => ">",
+        CmpOp::Ge => ">=",
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = Printer { policy: self };
+        let mut out = String::new();
+        for s in &self.sets {
+            let kind = if s.mutable { "set" } else { "const set" };
+            let elem = match s.elem {
+                SetElem::Cidr => "cidr",
+                SetElem::Int => "int",
+                SetElem::Mac => "mac",
+            };
+            out.push_str(&format!("{kind} {}: {elem} = {}\n", s.name, s.contents));
+        }
+        for m in &self.maps {
+            let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();
+            out.push_str(&format!("map @{}[{}]: {:?}{}\n", m.name, keys.join(", "), m.value, if m.read { ", read" } else { "" }));
+        }
+        for prog in &self.programs {
+            out.push_str(&format!("\nprogram {}:\n", prog.hook.as_str()));
+            for probe in &prog.probes {
+                let rule = &self.rules[probe.rule as usize];
+                let pred = probe.predicate.as_ref().map(|e| p.expr(e)).unwrap_or_else(|| "true".into());
+                out.push_str(&format!("  rule {} `{}` when {}:\n", rule.id, rule.text, pred));
+                p.stmts(&mut out, &probe.body, 2);
+            }
+            out.push_str("  (no rule decided) pass\n");
+        }
+        f.write_str(&out)
+    }
+}

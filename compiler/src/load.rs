@@ -1,0 +1,230 @@
+//! Pass 1, `load`: read the root policy, parse it, and follow `include`s and
+//! `file(...)` set initialisers, adding every file read to the [`SourceMap`].
+//!
+//! Output: the files' syntax trees, and the items of all files flattened in
+//! evaluation order (an included file's items stand where its `include` is).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use xpol_lang::ast::{Expr, ExprKind, Item, Policy, SetInit};
+use xpol_lang::{Diagnostic, FileId, SourceFile, SourceMap, Span};
+
+/// The standard library, compiled into the binary so that `include "std/..."`
+/// works wherever xpolc is installed.
+pub const STD_POLICIES: &[(&str, &str)] = &[
+    ("bogons.xpol", include_str!("../../std-policies/bogons.xpol")),
+    ("tcp-sanity.xpol", include_str!("../../std-policies/tcp-sanity.xpol")),
+];
+
+/// Includes nested deeper than this are reported as a cycle-like error.
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+pub struct LoadedFile {
+    pub file: FileId,
+    pub policy: Policy,
+}
+
+pub struct Loaded {
+    pub files: Vec<LoadedFile>,
+    /// All items in evaluation order, includes expanded (each file once).
+    pub items: Vec<Item>,
+}
+
+struct Loader<'a> {
+    sources: &'a mut SourceMap,
+    diags: Vec<Diagnostic>,
+    files: Vec<LoadedFile>,
+    items: Vec<Item>,
+    /// Canonical key of every file already included, so each is included once.
+    seen: HashMap<String, FileId>,
+}
+
+pub fn load(root: &Path, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnostic>> {
+    let text = match std::fs::read_to_string(root) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![Diagnostic::error("xpol::io", format!("cannot read policy `{}`: {e}", root.display()))]);
+        }
+    };
+    let abs = std::fs::canonicalize(root).ok();
+    let mut loader = Loader { sources, diags: Vec::new(), files: Vec::new(), items: Vec::new(), seen: HashMap::new() };
+    let key = abs.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| root.display().to_string());
+    loader.file(root.display().to_string(), abs, key, text, 0);
+    if xpol_lang::diagnostic::has_errors(&loader.diags) {
+        Err(loader.diags)
+    } else {
+        Ok(Loaded { files: loader.files, items: loader.items })
+    }
+}
+
+impl Loader<'_> {
+    fn file(&mut self, name: String, path: Option<PathBuf>, key: String, text: String, depth: usize) {
+        let id = self.sources.add(SourceFile::new(name, path.clone(), text));
+        self.seen.insert(key, id);
+        let parsed = xpol_lang::parser::parse(&self.sources.get(id).text, id);
+        let mut policy = match parsed {
+            Ok(p) => p,
+            Err(d) => {
+                self.diags.extend(d);
+                return;
+            }
+        };
+        let dir = path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+        for item in &mut policy.items {
+            match item {
+                Item::Include(inc) => {
+                    if depth >= MAX_INCLUDE_DEPTH {
+                        self.diags.push(
+                            Diagnostic::error("xpol::include", "includes are nested too deeply").with_label(inc.span, "included here"),
+                        );
+                        continue;
+                    }
+                    self.include(&inc.path.value, inc.path.span, dir.as_deref(), depth);
+                }
+                Item::Set(set) => {
+                    if let SetInit::File(path) = &set.init {
+                        let elements = self.set_file(&path.value, path.span, dir.as_deref());
+                        set.init = SetInit::Elements { elements, span: path.span };
+                    }
+                    self.items.push(item.clone());
+                }
+                _ => self.items.push(item.clone()),
+            }
+        }
+        self.files.push(LoadedFile { file: id, policy });
+    }
+
+    fn include(&mut self, target: &str, span: Span, dir: Option<&Path>, depth: usize) {
+        // A path relative to the including file wins over the standard library.
+        let local = dir.map(|d| d.join(target)).filter(|p| p.is_file());
+        if let Some(p) = local {
+            let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
+            let key = abs.display().to_string();
+            if self.seen.contains_key(&key) {
+                return;
+            }
+            match std::fs::read_to_string(&abs) {
+                Ok(text) => self.file(p.display().to_string(), Some(abs), key, text, depth + 1),
+                Err(e) => self.diags.push(
+                    Diagnostic::error("xpol::include", format!("cannot read `{}`: {e}", p.display())).with_label(span, "included here"),
+                ),
+            }
+            return;
+        }
+        if let Some(name) = target.strip_prefix("std/") {
+            if let Some((_, text)) = STD_POLICIES.iter().find(|(n, _)| *n == name) {
+                let key = format!("<std>/{name}");
+                if self.seen.contains_key(&key) {
+                    return;
+                }
+                // Point debug info at the checked-out file when it exists, so
+                // that BTF line info carries the line text.
+                let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../std-policies").join(name);
+                let disk = std::fs::canonicalize(disk).ok();
+                self.file(target.to_string(), disk, key, text.to_string(), depth + 1);
+                return;
+            }
+        }
+        let names: Vec<String> = STD_POLICIES.iter().map(|(n, _)| format!("std/{n}")).collect();
+        self.diags.push(
+            Diagnostic::error("xpol::include", format!("cannot find `{target}`"))
+                .with_label(span, "no such file")
+                .with_help(format!(
+                    "paths are relative to the including file; the standard library has: {}",
+                    names.join(", ")
+                )),
+        );
+    }
+
+    /// Reads a set file: one element per line; `#` starts a comment.
+    fn set_file(&mut self, target: &str, span: Span, dir: Option<&Path>) -> Vec<Expr> {
+        let path = match dir {
+            Some(d) => d.join(target),
+            None => PathBuf::from(target),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags.push(
+                    Diagnostic::error("xpol::set_file", format!("cannot read set file `{}`: {e}", path.display()))
+                        .with_label(span, "named here"),
+                );
+                return Vec::new();
+            }
+        };
+        let abs = std::fs::canonicalize(&path).ok();
+        let id = self.sources.add(SourceFile::new(path.display().to_string(), abs, text));
+        let text = &self.sources.get(id).text;
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let mut offset = 0usize;
+        for line in text.split_inclusive('\n') {
+            let content = line.split('#').next().unwrap_or("");
+            let trimmed = content.trim();
+            if !trimmed.is_empty() {
+                let start = offset + (content.len() - content.trim_start().len());
+                let espan = Span::new(id, start, start + trimmed.len());
+                match parse_element(trimmed, espan) {
+                    Some(kind) => out.push(Expr { kind, span: espan }),
+                    None => errors.push(
+                        Diagnostic::error("xpol::set_file", format!("`{trimmed}` is not an address, prefix, number, range or MAC"))
+                            .with_label(espan, "in this set file"),
+                    ),
+                }
+            }
+            offset += line.len();
+        }
+        // A broken file reports its first errors, not thousands.
+        let n = errors.len();
+        self.diags.extend(errors.into_iter().take(10));
+        if n > 10 {
+            self.diags.push(Diagnostic::error("xpol::set_file", format!("{} more bad lines in `{}`", n - 10, path.display())));
+        }
+        out
+    }
+}
+
+/// One element of a set file, in the same forms as in policies.
+fn parse_element(s: &str, span: Span) -> Option<ExprKind> {
+    if let Some((addr, len)) = s.split_once('/') {
+        let addr: IpAddr = addr.parse().ok()?;
+        let len: u8 = len.parse().ok()?;
+        return Some(ExprKind::Cidr(addr, len));
+    }
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Some(ExprKind::Ip(addr));
+    }
+    if let Some(mac) = parse_mac(s) {
+        return Some(ExprKind::Mac(mac));
+    }
+    let int = |t: &str| -> Option<u64> {
+        match t.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => t.parse().ok(),
+        }
+    };
+    if let Some((lo, hi)) = s.split_once("..") {
+        let (lo, hi) = (int(lo.trim())?, int(hi.trim())?);
+        return Some(ExprKind::Range(
+            Box::new(Expr { kind: ExprKind::Int(lo), span }),
+            Box::new(Expr { kind: ExprKind::Int(hi), span }),
+        ));
+    }
+    int(s).map(ExprKind::Int)
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}

@@ -1,0 +1,239 @@
+//! The syntax tree of one `.xpol` file, exactly as written: names are not yet
+//! resolved and nothing is type-checked. Every node carries the [`Span`] of
+//! the text it came from.
+
+use crate::span::Span;
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Include(Include),
+    Set(SetDecl),
+    Const(ConstDecl),
+    Probe(Probe),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A string literal, unescaped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StrLit {
+    pub value: String,
+    pub span: Span,
+}
+
+/// `include "std/bogons.xpol"`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Include {
+    pub path: StrLit,
+    pub span: Span,
+}
+
+/// `set NAME: TYPE = { elements }` or `set NAME: TYPE = file("path")`.
+/// A named set becomes a BPF map whose contents the runtime may replace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetDecl {
+    pub name: Ident,
+    /// The element type as written: `cidr`, `ip`, `int`, `port`, `mac`.
+    pub ty: Ident,
+    pub init: SetInit,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SetInit {
+    /// `{ a, b, c..d }`; the span covers the braces.
+    Elements { elements: Vec<Expr>, span: Span },
+    /// `file("blocklist.txt")`: one element per line, `#` comments, path relative to the policy file.
+    File(StrLit),
+}
+
+/// `const NAME = expr`
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConstDecl {
+    pub name: Ident,
+    pub value: Expr,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::TcIngress, Hook::TcEgress];
+
+    /// The spelling in source: `xdp`, `tc:ingress`, `tc:egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcIngress => "tc:ingress",
+            Hook::TcEgress => "tc:egress",
+        }
+    }
+}
+
+/// `HOOK /predicate/ { statements }`
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub hook: Hook,
+    pub hook_span: Span,
+    pub predicate: Option<Expr>,
+    pub body: Block,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    pub stmts: Vec<Stmt>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stmt {
+    pub kind: StmtKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Tx,
+    Abort,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+            Verdict::Tx => "tx",
+            Verdict::Abort => "abort",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StmtKind {
+    /// `pass`, `drop`, `tx`, `abort`
+    Verdict(Verdict),
+    /// `redirect(eth1)` or `redirect("eth0.100")`
+    Redirect(StrLit),
+    /// `if (cond) { ... } else if (cond) { ... } else { ... }`; `else if` is an
+    /// `else` block holding a single `If` statement.
+    If { cond: Expr, then_block: Block, else_block: Option<Block> },
+    /// `let NAME = expr`
+    Let { name: Ident, value: Expr },
+    /// `@map[k1, k2] = value`; `keys` is empty for `@map = value`. The value is
+    /// an ordinary expression; the aggregations `count()` and `sum(e)` are
+    /// [`ExprKind::Call`]s that the checker accepts only here.
+    MapAssign { map: Ident, keys: Vec<Expr>, value: Expr },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExprKind {
+    /// Decimal or `0x` hexadecimal.
+    Int(u64),
+    Bool(bool),
+    /// `198.51.100.7`, `2001:db8::1`
+    Ip(IpAddr),
+    /// `198.51.100.0/24`, `2001:db8::/32`. The parser keeps host bits as
+    /// written; the checker reports them.
+    Cidr(IpAddr, u8),
+    /// `02:00:00:00:00:01`
+    Mac([u8; 6]),
+    /// `lo..hi`, both ends included.
+    Range(Box<Expr>, Box<Expr>),
+    /// `{ e1, e2, ... }` in expression position.
+    SetLit(Vec<Expr>),
+    /// A dotted name: `ip.src`, `tcp.dport`, or a single name (a const, a
+    /// `let`, a set). Resolution is the checker's job.
+    Path(Vec<Ident>),
+    /// `@name[k1, k2]` or `@name` read as a value.
+    MapRead { map: Ident, keys: Vec<Expr> },
+    Unary { op: UnOp, operand: Box<Expr> },
+    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    /// `count()`, `sum(e)`, and any other `name(args)` (rejected by the checker).
+    Call { func: Ident, args: Vec<Expr> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    /// `!`
+    Not,
+    /// `-`
+    Neg,
+    /// `~`
+    BitNot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    BitAnd,
+    BitOr,
+    BitXor,
+    Shl,
+    Shr,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    NotIn,
+    And,
+    Or,
+}
+
+impl BinOp {
+    pub fn as_str(self) -> &'static str {
+        use BinOp::*;
+        match self {
+            Add => "+",
+            Sub => "-",
+            Mul => "*",
+            Div => "/",
+            Mod => "%",
+            BitAnd => "&",
+            BitOr => "|",
+            BitXor => "^",
+            Shl => "<<",
+            Shr => ">>",
+            Eq => "==",
+            Ne => "!=",
+            Lt => "<",
+            Le => "<=",
+            Gt => ">",
+            Ge => ">=",
+            In => "in",
+            NotIn => "!in",
+            And => "&&",
+            Or => "||",
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The xpol policy language: source files and spans, the pest grammar, the
+//! syntax tree, and diagnostics as data.
+//!
+//! Architecture invariant: this crate never depends on inkwell or aya.
+
+pub mod ast;
+pub mod diagnostic;
+pub mod meta;
+pub mod parser;
+pub mod render;
+pub mod span;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Label, Severity};
+pub use span::{FileId, SourceFile, SourceMap, Span};

@@ -1,0 +1,167 @@
+//! The metadata that `xpolc build` embeds in every object (ELF section
+//! [`META_SECTION`], JSON), so that the runtime and other tools can label
+//! counters with source rules, fill named sets, and decode `@map` keys
+//! without the policy source.
+//!
+//! Written by the compiler, read by the runtime; both sides use these types.
+
+use serde::{Deserialize, Serialize};
+
+/// ELF section holding the JSON-encoded [`ObjectMeta`]. Loaders (aya,
+/// libbpf) ignore sections they do not know.
+pub const META_SECTION: &str = ".xpol.meta";
+
+/// Name of the per-CPU array of per-rule counters: key = [`RuleMeta::id`]
+/// (u32), value = [`RuleCounters`] (two u64: packets, bytes).
+pub const RULES_MAP: &str = "xpol_rules";
+
+/// Bump when the layout of maps or of this schema changes incompatibly.
+pub const META_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub version: u32,
+    /// The root policy file as the user named it.
+    pub source: String,
+    pub programs: Vec<ProgramMeta>,
+    /// Every probe of every hook; `rules[i].id == i`.
+    pub rules: Vec<RuleMeta>,
+    pub sets: Vec<SetMeta>,
+    pub maps: Vec<UserMapMeta>,
+    /// Interfaces named by `redirect(...)`; slot `i` of the [`REDIRECT_MAP`]
+    /// must hold the ifindex of `redirects[i]`.
+    pub redirects: Vec<String>,
+}
+
+/// Array map (u32 -> u32 ifindex) filled by the runtime for `redirect(IFNAME)`.
+pub const REDIRECT_MAP: &str = "xpol_redirect";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramMeta {
+    /// `xdp`, `tc:ingress` or `tc:egress`.
+    pub hook: String,
+    /// Program (function) name in the object.
+    pub name: String,
+    /// ELF section of the program (`xdp`, `classifier`).
+    pub section: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleMeta {
+    pub id: u32,
+    pub hook: String,
+    pub file: String,
+    /// 1-based.
+    pub line: u32,
+    /// 1-based.
+    pub column: u32,
+    /// The probe's header as written (hook and predicate), on one line.
+    pub text: String,
+}
+
+/// Counters of one rule on one CPU, as laid out in [`RULES_MAP`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetElem {
+    /// IPv4 or IPv6 prefixes (an address is a full-length prefix).
+    Cidr,
+    /// Unsigned integers and ranges (ports, protocols, ...).
+    Int,
+    /// MAC addresses.
+    Mac,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMeta {
+    pub name: String,
+    pub elem: SetElem,
+    /// The BPF maps holding the set.
+    pub maps: Vec<SetMapMeta>,
+    /// Initial contents in their canonical text form (`198.51.100.0/24`,
+    /// `2001:db8::/32`, `80`, `8000..8099`, `02:00:00:00:00:01`), which the
+    /// loader inserts into [`SetMeta::maps`].
+    pub elements: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetMapKind {
+    /// `BPF_MAP_TYPE_LPM_TRIE`, key `{ u32 prefixlen; u8 addr[4] }` (v4, 8
+    /// bytes) or `{ u32 prefixlen; u8 addr[16] }` (v6, 20 bytes), address in
+    /// network byte order; value one byte, 1.
+    LpmV4,
+    LpmV6,
+    /// `BPF_MAP_TYPE_HASH`, key a little-endian u64 (an integer, or a MAC
+    /// address as the integer whose big-endian low 6 bytes are the MAC);
+    /// value one byte, 1. Ranges are stored expanded.
+    HashU64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetMapMeta {
+    /// Map name in the object.
+    pub map: String,
+    pub kind: SetMapKind,
+    pub max_entries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapValueKind {
+    /// `count()`: u64
+    Count,
+    /// `sum(expr)`: u64
+    Sum,
+    /// `@m[k] = expr`: u64, last value written
+    Value,
+}
+
+/// How one key component of a `@map` is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// u64, little-endian.
+    Int,
+    /// 20 bytes: family (u32 little-endian, 4 or 6) then 16 address bytes
+    /// in network order (IPv4 in the first 4, the rest zero).
+    Ip,
+    /// 8 bytes: u64 as for [`SetMapKind::HashU64`].
+    Mac,
+    /// 4 bytes: u32 little-endian, 0 or 1.
+    Bool,
+}
+
+impl KeyKind {
+    pub fn size(self) -> usize {
+        match self {
+            KeyKind::Int | KeyKind::Mac => 8,
+            KeyKind::Ip => 20,
+            KeyKind::Bool => 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMapMeta {
+    /// As written, without `@`.
+    pub name: String,
+    /// Map name in the object.
+    pub map: String,
+    pub value: MapValueKind,
+    /// `BPF_MAP_TYPE_PERCPU_HASH` when true (values are summed over CPUs when
+    /// read), else `BPF_MAP_TYPE_HASH`.
+    pub per_cpu: bool,
+    /// Key components in order; the key is their encodings concatenated
+    /// (every size is a multiple of 4, so stack stores stay aligned), padded
+    /// with zeros to `key_size`. A keyless map has one u32 key 0.
+    pub keys: Vec<KeyKind>,
+    pub key_size: u32,
+    pub max_entries: u32,
+}

@@ -1,0 +1,414 @@
+//! The parser: pest grammar (`xpol.pest`) to [`ast::Policy`], with a span on
+//! every node. Syntax errors become [`Diagnostic`]s in plain words.
+
+use crate::ast::{self, BinOp, Block, Expr, ExprKind, Hook, Ident, Item, Probe, Stmt, StmtKind, StrLit, UnOp, Verdict};
+use crate::{Diagnostic, FileId, Span};
+use pest::iterators::{Pair, Pairs};
+use pest::pratt_parser::{Assoc, Op, PrattParser};
+use pest::Parser;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
+
+#[derive(pest_derive::Parser)]
+#[grammar = "xpol.pest"]
+struct XpolParser;
+
+/// Nesting deeper than this is refused before parsing: pest recurses per
+/// level and would otherwise overflow the stack on hostile input.
+const MAX_NESTING: usize = 200;
+
+fn pratt() -> &'static PrattParser<Rule> {
+    static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
+    PRATT.get_or_init(|| {
+        PrattParser::new()
+            .op(Op::infix(Rule::or, Assoc::Left))
+            .op(Op::infix(Rule::and, Assoc::Left))
+            .op(Op::infix(Rule::eq, Assoc::Left)
+                | Op::infix(Rule::ne, Assoc::Left)
+                | Op::infix(Rule::lt, Assoc::Left)
+                | Op::infix(Rule::le, Assoc::Left)
+                | Op::infix(Rule::gt, Assoc::Left)
+                | Op::infix(Rule::ge, Assoc::Left)
+                | Op::infix(Rule::in_op, Assoc::Left)
+                | Op::infix(Rule::not_in, Assoc::Left))
+            .op(Op::infix(Rule::range, Assoc::Left))
+            .op(Op::infix(Rule::bor, Assoc::Left))
+            .op(Op::infix(Rule::bxor, Assoc::Left))
+            .op(Op::infix(Rule::band, Assoc::Left))
+            .op(Op::infix(Rule::shl, Assoc::Left) | Op::infix(Rule::shr, Assoc::Left))
+            .op(Op::infix(Rule::add, Assoc::Left) | Op::infix(Rule::sub, Assoc::Left))
+            .op(Op::infix(Rule::mul, Assoc::Left) | Op::infix(Rule::div, Assoc::Left) | Op::infix(Rule::rem, Assoc::Left))
+            .op(Op::prefix(Rule::not) | Op::prefix(Rule::neg) | Op::prefix(Rule::bnot))
+    })
+}
+
+/// Parses one file.
+pub fn parse(text: &str, file: FileId) -> Result<ast::Policy, Vec<Diagnostic>> {
+    if let Some(d) = check_nesting(text, file) {
+        return Err(vec![d]);
+    }
+    let mut pairs = XpolParser::parse(Rule::policy, text).map_err(|e| vec![syntax_error(e, file, text)])?;
+    let policy = pairs.next().expect("the grammar always yields a policy");
+    let mut b = AstBuilder { file, errors: Vec::new() };
+    let items = policy.into_inner().filter(|p| p.as_rule() != Rule::EOI).filter_map(|p| b.item(p)).collect();
+    if b.errors.is_empty() {
+        Ok(ast::Policy { items })
+    } else {
+        Err(b.errors)
+    }
+}
+
+fn check_nesting(text: &str, file: FileId) -> Option<Diagnostic> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(
+                        Diagnostic::error("xpol::syntax", format!("brackets are nested more than {MAX_NESTING} deep"))
+                            .with_label(Span::new(file, i, i + 1), "too deep here"),
+                    );
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What a grammar rule is called in an error message.
+fn describe(rule: &Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::EOI => "end of file",
+        Rule::item | Rule::include | Rule::set_decl | Rule::const_decl | Rule::probe => "a declaration or a probe",
+        Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
+        Rule::predicate => "a predicate `/.../`",
+        Rule::block => "`{`",
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign => {
+            "a statement such as `pass`, `drop`, `if`, `let` or `@map[...] = count()`"
+        }
+        Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
+        Rule::mac | Rule::ip4 | Rule::ip6 | Rule::cidr4 | Rule::cidr6 | Rule::hex_int | Rule::dec_int | Rule::boolean => "a value",
+        Rule::prefix_len => "a prefix length",
+        Rule::not | Rule::neg | Rule::bnot => "an expression",
+        Rule::or | Rule::and | Rule::eq | Rule::ne | Rule::not_in | Rule::in_op | Rule::le | Rule::ge | Rule::shl | Rule::shr => "an operator",
+        Rule::lt | Rule::gt | Rule::range | Rule::bor | Rule::bxor | Rule::band | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::rem => {
+            "an operator"
+        }
+        Rule::map_keys => "`[`",
+        Rule::string => "a string in double quotes",
+        Rule::ifname => "an interface name",
+        Rule::ident | Rule::name => "a name",
+        Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
+        Rule::else_part => "`else`",
+        _ => return None,
+    })
+}
+
+fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagnostic {
+    let (start, end) = match e.location {
+        pest::error::InputLocation::Pos(p) => (p, p),
+        pest::error::InputLocation::Span((s, e)) => (s, e),
+    };
+    // Point at the token that is there (or the end of the file).
+    let token_end = text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| start + i).unwrap_or(text.len());
+    let end = if end > start { end } else { token_end.max(start + text[start..].chars().next().map_or(0, char::len_utf8)) };
+    let found = if start >= text.len() { "the end of the file".to_string() } else { format!("`{}`", &text[start..end.min(start + 20)]) };
+    let mut expected: Vec<&str> = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => positives.iter().filter_map(describe).collect(),
+        pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    expected.sort();
+    expected.dedup();
+    let message = if expected.is_empty() {
+        format!("unexpected {found}")
+    } else {
+        format!("expected {}, found {found}", expected.join(" or "))
+    };
+    let mut d = Diagnostic::error("xpol::syntax", message).with_label(Span::new(file, start, end.min(text.len())), "here");
+    // Common slips, explained.
+    let before = text[..start].trim_end();
+    if before.ends_with('/') || text[start..].starts_with('{') && text[..start].matches('/').count() % 2 == 1 {
+        d = d.with_help("a predicate is written between slashes: `xdp /tcp.dport == 22/ { drop }`; inside it, write division in parentheses");
+    }
+    d
+}
+
+struct AstBuilder {
+    file: FileId,
+    errors: Vec<Diagnostic>,
+}
+
+impl AstBuilder {
+    fn span(&self, p: &Pair<Rule>) -> Span {
+        let s = p.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn ident(&self, p: Pair<Rule>) -> Ident {
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+    }
+
+    fn string(&self, p: Pair<Rule>) -> StrLit {
+        let span = self.span(&p);
+        let body = p.into_inner().next().map(|b| b.as_str()).unwrap_or("");
+        StrLit { value: body.replace("\\\"", "\"").replace("\\\\", "\\"), span }
+    }
+
+    fn item(&mut self, p: Pair<Rule>) -> Option<Item> {
+        let span = self.span(&p);
+        match p.as_rule() {
+            Rule::include => {
+                let path = self.string(p.into_inner().next()?);
+                Some(Item::Include(ast::Include { path, span }))
+            }
+            Rule::set_decl => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next()?);
+                let ty = self.ident(it.next()?);
+                let init = it.next()?;
+                let init = match init.as_rule() {
+                    Rule::set_file => ast::SetInit::File(self.string(init.into_inner().next()?)),
+                    _ => {
+                        let ispan = self.span(&init);
+                        let elements = init.into_inner().filter_map(|e| self.expr(e)).collect();
+                        ast::SetInit::Elements { elements, span: ispan }
+                    }
+                };
+                Some(Item::Set(ast::SetDecl { name, ty, init, span }))
+            }
+            Rule::const_decl => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next()?);
+                let value = self.expr(it.next()?)?;
+                Some(Item::Const(ast::ConstDecl { name, value, span }))
+            }
+            Rule::probe => {
+                let mut it = p.into_inner();
+                let hook_pair = it.next()?;
+                let hook_span = self.span(&hook_pair);
+                let hook = match hook_pair.as_str() {
+                    "xdp" => Hook::Xdp,
+                    "tc:ingress" => Hook::TcIngress,
+                    _ => Hook::TcEgress,
+                };
+                let mut next = it.next()?;
+                let predicate = if next.as_rule() == Rule::predicate {
+                    let pred = self.expr(next.into_inner().next()?);
+                    next = it.next()?;
+                    Some(pred?)
+                } else {
+                    None
+                };
+                let body = self.block(next);
+                Some(Item::Probe(Probe { hook, hook_span, predicate, body, span }))
+            }
+            _ => None,
+        }
+    }
+
+    fn block(&mut self, p: Pair<Rule>) -> Block {
+        let span = self.span(&p);
+        let stmts = p.into_inner().filter_map(|s| self.stmt(s)).collect();
+        Block { stmts, span }
+    }
+
+    fn stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
+        let span = self.span(&p);
+        let kind = match p.as_rule() {
+            Rule::verdict => StmtKind::Verdict(match p.as_str() {
+                "pass" => Verdict::Pass,
+                "drop" => Verdict::Drop,
+                "tx" => Verdict::Tx,
+                _ => Verdict::Abort,
+            }),
+            Rule::redirect => {
+                let target = p.into_inner().next()?;
+                match target.as_rule() {
+                    Rule::string => StmtKind::Redirect(self.string(target)),
+                    _ => StmtKind::Redirect(StrLit { value: target.as_str().to_string(), span: self.span(&target) }),
+                }
+            }
+            Rule::if_stmt => return self.if_stmt(p),
+            Rule::let_stmt => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next()?);
+                let value = self.expr(it.next()?)?;
+                StmtKind::Let { name, value }
+            }
+            Rule::map_assign => {
+                let mut it = p.into_inner();
+                let map = self.map_name(it.next()?);
+                let mut next = it.next()?;
+                let keys = if next.as_rule() == Rule::map_keys {
+                    let keys = next.into_inner().filter_map(|k| self.expr(k)).collect();
+                    next = it.next()?;
+                    keys
+                } else {
+                    Vec::new()
+                };
+                let value = self.expr(next)?;
+                StmtKind::MapAssign { map, keys, value }
+            }
+            _ => return None,
+        };
+        Some(Stmt { kind, span })
+    }
+
+    fn if_stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let cond = self.expr(it.next()?);
+        let then_block = self.block(it.next()?);
+        let else_block = match it.next() {
+            Some(e) => {
+                let inner = e.into_inner().next()?;
+                Some(match inner.as_rule() {
+                    Rule::if_stmt => {
+                        let ispan = self.span(&inner);
+                        let stmt = self.if_stmt(inner);
+                        Block { stmts: stmt.into_iter().collect(), span: ispan }
+                    }
+                    _ => self.block(inner),
+                })
+            }
+            None => None,
+        };
+        Some(Stmt { kind: StmtKind::If { cond: cond?, then_block, else_block }, span })
+    }
+
+    fn map_name(&self, p: Pair<Rule>) -> Ident {
+        let s = self.span(&p);
+        Ident { name: p.as_str().trim_start_matches('@').to_string(), span: Span { start: s.start + 1, ..s } }
+    }
+
+    /// An `expr` or `pred_expr` pair, or a primary.
+    fn expr(&mut self, p: Pair<Rule>) -> Option<Expr> {
+        match p.as_rule() {
+            Rule::expr | Rule::pred_expr => self.pratt(p.into_inner()),
+            _ => self.primary(p),
+        }
+    }
+
+    fn pratt(&mut self, pairs: Pairs<Rule>) -> Option<Expr> {
+        // The Pratt parser's closures cannot borrow `self` mutably at once;
+        // collect errors in a cell.
+        let this = std::cell::RefCell::new(self);
+        let parsed = pratt()
+            .map_primary(|p| this.borrow_mut().primary(p))
+            .map_prefix(|op, rhs| {
+                let rhs = rhs?;
+                let s = this.borrow().span(&op);
+                let op = match op.as_rule() {
+                    Rule::not => UnOp::Not,
+                    Rule::neg => UnOp::Neg,
+                    _ => UnOp::BitNot,
+                };
+                Some(Expr { span: s.to(rhs.span), kind: ExprKind::Unary { op, operand: Box::new(rhs) } })
+            })
+            .map_infix(|lhs, op, rhs| {
+                let (lhs, rhs) = (lhs?, rhs?);
+                let span = lhs.span.to(rhs.span);
+                let kind = if op.as_rule() == Rule::range {
+                    ExprKind::Range(Box::new(lhs), Box::new(rhs))
+                } else {
+                    let op = match op.as_rule() {
+                        Rule::or => BinOp::Or,
+                        Rule::and => BinOp::And,
+                        Rule::eq => BinOp::Eq,
+                        Rule::ne => BinOp::Ne,
+                        Rule::lt => BinOp::Lt,
+                        Rule::le => BinOp::Le,
+                        Rule::gt => BinOp::Gt,
+                        Rule::ge => BinOp::Ge,
+                        Rule::in_op => BinOp::In,
+                        Rule::not_in => BinOp::NotIn,
+                        Rule::bor => BinOp::BitOr,
+                        Rule::bxor => BinOp::BitXor,
+                        Rule::band => BinOp::BitAnd,
+                        Rule::shl => BinOp::Shl,
+                        Rule::shr => BinOp::Shr,
+                        Rule::add => BinOp::Add,
+                        Rule::sub => BinOp::Sub,
+                        Rule::mul => BinOp::Mul,
+                        Rule::div => BinOp::Div,
+                        _ => BinOp::Mod,
+                    };
+                    ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }
+                };
+                Some(Expr { kind, span })
+            })
+            .parse(pairs);
+        parsed
+    }
+
+    fn literal_error(&mut self, span: Span, message: String) -> Option<Expr> {
+        self.errors.push(Diagnostic::error("xpol::syntax::literal", message).with_label(span, "here"));
+        None
+    }
+
+    fn primary(&mut self, p: Pair<Rule>) -> Option<Expr> {
+        let span = self.span(&p);
+        let text = p.as_str();
+        let kind = match p.as_rule() {
+            Rule::paren => {
+                let inner = self.expr(p.into_inner().next()?)?;
+                return Some(Expr { kind: inner.kind, span });
+            }
+            Rule::set_lit => ExprKind::SetLit(p.into_inner().filter_map(|e| self.expr(e)).collect()),
+            Rule::map_read => {
+                let mut it = p.into_inner();
+                let map = self.map_name(it.next()?);
+                let keys = it.next().map(|k| k.into_inner().filter_map(|k| self.expr(k)).collect()).unwrap_or_default();
+                ExprKind::MapRead { map, keys }
+            }
+            Rule::call => {
+                let mut it = p.into_inner();
+                let func = self.ident(it.next()?);
+                ExprKind::Call { func, args: it.filter_map(|a| self.expr(a)).collect() }
+            }
+            Rule::path => ExprKind::Path(p.into_inner().map(|s| self.ident(s)).collect()),
+            Rule::boolean => ExprKind::Bool(text == "true"),
+            Rule::dec_int => match text.parse::<u64>() {
+                Ok(v) => ExprKind::Int(v),
+                Err(_) => return self.literal_error(span, format!("the number {text} does not fit in 64 bits")),
+            },
+            Rule::hex_int => match u64::from_str_radix(&text[2..], 16) {
+                Ok(v) => ExprKind::Int(v),
+                Err(_) => return self.literal_error(span, format!("the number {text} does not fit in 64 bits")),
+            },
+            Rule::mac => {
+                let mut mac = [0u8; 6];
+                for (b, part) in mac.iter_mut().zip(text.split(':')) {
+                    *b = u8::from_str_radix(part, 16).unwrap_or(0);
+                }
+                ExprKind::Mac(mac)
+            }
+            Rule::ip4 => match text.parse::<Ipv4Addr>() {
+                Ok(a) => ExprKind::Ip(IpAddr::V4(a)),
+                Err(_) => return self.literal_error(span, format!("`{text}` is not an IPv4 address (each part must be 0 to 255)")),
+            },
+            Rule::ip6 => match text.parse::<Ipv6Addr>() {
+                Ok(a) => ExprKind::Ip(IpAddr::V6(a)),
+                Err(_) => return self.literal_error(span, format!("`{text}` is not an IPv6 address")),
+            },
+            Rule::cidr4 | Rule::cidr6 => {
+                let (addr, len) = text.split_once('/').unwrap_or((text, ""));
+                let addr: Option<IpAddr> = addr.parse().ok();
+                let Some(addr) = addr else {
+                    return self.literal_error(span, format!("`{text}` is not an address prefix"));
+                };
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                match len.parse::<u8>() {
+                    Ok(l) if l <= max => ExprKind::Cidr(addr, l),
+                    _ => return self.literal_error(span, format!("prefix length /{len} is longer than {max}")),
+                }
+            }
+            Rule::expr | Rule::pred_expr => return self.pratt(p.into_inner()),
+            _ => return None,
+        };
+        Some(Expr { kind, span })
+    }
+}

@@ -1,0 +1,132 @@
+//! `xpolc`: compile xpol policies to BPF objects.
+//!
+//!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm]
+//!   xpolc check POLICY [--message-format human|json]
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use xpol_compiler::{Build, BuildOptions, Emit};
+
+#[derive(Parser)]
+#[command(name = "xpolc", version, about = "Compile xpol network policies to eBPF objects")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile a policy to a BPF ELF object.
+    Build {
+        policy: PathBuf,
+        /// Output object (default: the policy's name with `.o`).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print an intermediate form instead of writing the object.
+        #[arg(long, value_enum)]
+        emit: Option<EmitArg>,
+        #[arg(long, value_enum, default_value = "human")]
+        message_format: MessageFormat,
+    },
+    /// Check a policy without writing anything.
+    Check {
+        policy: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        message_format: MessageFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmitArg {
+    Ast,
+    Ir,
+    Llvm,
+    Asm,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MessageFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(build: &Build, format: MessageFormat) {
+    if build.diagnostics.is_empty() {
+        return;
+    }
+    let text = match format {
+        MessageFormat::Json => xpol_lang::render::render_json(&build.diagnostics, &build.sources),
+        MessageFormat::Human => xpol_lang::render::render_human(&build.diagnostics, &build.sources, std::io::stderr().is_terminal()),
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = writeln!(err);
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { policy, message_format } => {
+            let build = xpol_compiler::build(&policy, &BuildOptions::default());
+            report(&build, message_format);
+            Ok(if build.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Build { policy, output, emit, message_format } => {
+            let emit = emit.map(|e| match e {
+                EmitArg::Ast => Emit::Ast,
+                EmitArg::Ir => Emit::Ir,
+                EmitArg::Llvm => Emit::Llvm,
+                EmitArg::Asm => Emit::Asm,
+            });
+            let options = BuildOptions { text: matches!(emit, Some(Emit::Llvm | Emit::Asm)), ..BuildOptions::default() };
+            let build = xpol_compiler::build(&policy, &options);
+            report(&build, message_format);
+            let Some(out) = &build.output else { return Ok(ExitCode::FAILURE) };
+            if let Some(emit) = emit {
+                let text = match emit {
+                    Emit::Ast => format!("{:#?}\n", out.ast),
+                    Emit::Ir => out.ir.to_string(),
+                    Emit::Llvm => out.llvm_ir.clone(),
+                    Emit::Asm => out.asm.clone(),
+                };
+                std::io::stdout().write_all(text.as_bytes())?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let path = output.unwrap_or_else(|| policy.with_extension("o"));
+            write_atomically(&path, &out.object)?;
+            eprintln!(
+                "wrote {} ({} rules, {} programs, {} bytes)",
+                path.display(),
+                out.meta.rules.len(),
+                out.meta.programs.len(),
+                out.object.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes through a temporary file in the same directory and renames it into
+/// place, so that a failure never leaves a half-written object behind.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
