@@ -1,0 +1,400 @@
+//! Loading a compiled policy object: programs verified by the kernel, named
+//! sets filled from the object's metadata, and `BPF_PROG_TEST_RUN`.
+
+use crate::sys;
+use aya::maps::{Map, MapData};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use object::{Object, ObjectSection};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
+use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the object has no `{}` section: it was not built by xpolc", meta::META_SECTION)]
+    NoMetadata,
+    #[error("the object's metadata cannot be read: {0}")]
+    BadMetadata(String),
+    #[error("the object was built for metadata version {found}, this runtime reads version {expected}: rebuild it with this xpolc")]
+    MetadataVersion { found: u32, expected: u32 },
+    #[error("not a BPF object: {0}")]
+    BadObject(String),
+    #[error("not permitted to load BPF programs: run as root, or grant CAP_BPF and CAP_NET_ADMIN ({0})")]
+    NotPermitted(String),
+    #[error("the kernel verifier rejected program `{program}`: {source}")]
+    Verifier { program: String, log: String, source: std::io::Error },
+    #[error("cannot load program `{program}`: {message}")]
+    Program { program: String, message: String },
+    #[error("the policy has no program for hook `{0}`")]
+    UnknownHook(String),
+    #[error("the policy has no map `{0}`")]
+    UnknownMap(String),
+    #[error("redirect target `{0}`: no such network interface")]
+    UnknownInterface(String),
+    #[error("set `{set}`: element `{element}` cannot be stored: {reason}")]
+    SetElement { set: String, element: String, reason: String },
+    #[error("map `{map}`: {source}")]
+    Map { map: String, source: std::io::Error },
+    #[error("BPF_PROG_TEST_RUN failed: {0}")]
+    TestRun(String),
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// What a program decided, decoded for its hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Pass,
+    Drop,
+    Tx,
+    Abort,
+    Redirect,
+    Other(i64),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub action: Action,
+    pub return_value: u32,
+    /// The packet as the program left it.
+    pub packet: Vec<u8>,
+    pub duration_ns: u64,
+}
+
+/// One component of a decoded `@map` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyValue {
+    Int(u64),
+    Ip(IpAddr),
+    Mac([u8; 6]),
+    Bool(bool),
+}
+
+impl fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyValue::Int(i) => write!(f, "{i}"),
+            KeyValue::Ip(ip) => write!(f, "{ip}"),
+            KeyValue::Mac(m) => write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]),
+            KeyValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Leave a redirect slot empty (its `redirect` then aborts) when the
+    /// interface does not exist here, instead of failing: for test runs of
+    /// policies written for another host.
+    pub missing_interfaces_ok: bool,
+}
+
+/// A policy loaded in the kernel (not attached to any interface).
+pub struct LoadedPolicy {
+    ebpf: Ebpf,
+    meta: ObjectMeta,
+    maps: HashMap<String, MapData>,
+    cpus: usize,
+}
+
+/// Reads the metadata section of an object.
+pub fn read_meta(object: &[u8]) -> Result<ObjectMeta> {
+    let file = object::File::parse(object).map_err(|e| RuntimeError::BadObject(e.to_string()))?;
+    let section = file.section_by_name(meta::META_SECTION).ok_or(RuntimeError::NoMetadata)?;
+    let data = section.data().map_err(|e| RuntimeError::BadMetadata(e.to_string()))?;
+    let meta: ObjectMeta = serde_json::from_slice(data).map_err(|e| RuntimeError::BadMetadata(e.to_string()))?;
+    if meta.version != meta::META_VERSION {
+        return Err(RuntimeError::MetadataVersion { found: meta.version, expected: meta::META_VERSION });
+    }
+    Ok(meta)
+}
+
+fn map_data(map: Map) -> Option<MapData> {
+    match map {
+        Map::Array(m) | Map::HashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => Some(m),
+        _ => None,
+    }
+}
+
+impl LoadedPolicy {
+    /// Loads every program of the object (the kernel verifies each), and
+    /// fills named sets and redirect targets.
+    pub fn load(object: &[u8]) -> Result<LoadedPolicy> {
+        Self::load_with(object, &LoadOptions::default())
+    }
+
+    pub fn load_with(object: &[u8], options: &LoadOptions) -> Result<LoadedPolicy> {
+        let meta = read_meta(object)?;
+        if let Err(reason) = sys::can_load_bpf() {
+            return Err(RuntimeError::NotPermitted(reason));
+        }
+        let mut ebpf = EbpfLoader::new().load(object).map_err(|e| RuntimeError::BadObject(e.to_string()))?;
+        for p in &meta.programs {
+            let prog = ebpf.program_mut(&p.name).ok_or_else(|| RuntimeError::Program {
+                program: p.name.clone(),
+                message: "missing from the object".into(),
+            })?;
+            let loaded = if p.hook == "xdp" {
+                let x: &mut Xdp = prog.try_into().map_err(|e: ProgramError| program_error(&p.name, e))?;
+                x.load()
+            } else {
+                let c: &mut SchedClassifier = prog.try_into().map_err(|e: ProgramError| program_error(&p.name, e))?;
+                c.load()
+            };
+            loaded.map_err(|e| program_error(&p.name, e))?;
+        }
+        let names: Vec<String> = ebpf.maps().map(|(n, _)| n.to_string()).collect();
+        let mut maps = HashMap::new();
+        for name in names {
+            if let Some(data) = ebpf.take_map(&name).and_then(map_data) {
+                maps.insert(name, data);
+            }
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
+        let mut policy = LoadedPolicy { ebpf, meta, maps, cpus };
+        policy.fill_sets()?;
+        policy.fill_redirects(options.missing_interfaces_ok)?;
+        Ok(policy)
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    fn map(&self, name: &str) -> Result<&MapData> {
+        self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
+    }
+
+    fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
+    }
+
+    fn fill_sets(&mut self) -> Result<()> {
+        for set in &self.meta.sets {
+            for m in &set.maps {
+                for element in &set.elements {
+                    let keys = set_keys(m.kind, element).map_err(|reason| RuntimeError::SetElement {
+                        set: set.name.clone(),
+                        element: element.clone(),
+                        reason,
+                    })?;
+                    for key in keys {
+                        self.update(&m.map, &key, &[1])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_redirects(&mut self, missing_ok: bool) -> Result<()> {
+        for (slot, ifname) in self.meta.redirects.iter().enumerate() {
+            let ifindex = sys::if_nametoindex(ifname);
+            if ifindex == 0 {
+                if missing_ok {
+                    continue;
+                }
+                return Err(RuntimeError::UnknownInterface(ifname.clone()));
+            }
+            self.update(meta::REDIRECT_MAP, &(slot as u32).to_le_bytes(), &ifindex.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn program_name(&self, hook: &str) -> Result<String> {
+        self.meta.programs.iter().find(|p| p.hook == hook).map(|p| p.name.clone()).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))
+    }
+
+    fn run(&mut self, hook: &str, packet: &[u8], repeat: u32) -> Result<RunOutcome> {
+        let name = self.program_name(hook)?;
+        let prog = self.ebpf.program_mut(&name).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))?;
+        // XDP may grow the packet (up to the headroom); leave room.
+        let mut out = vec![0u8; packet.len() + 512];
+        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat, ..Default::default() };
+        let r = if hook == "xdp" {
+            let x: &mut Xdp = prog.try_into().map_err(|e: ProgramError| RuntimeError::TestRun(e.to_string()))?;
+            x.test_run(opts)
+        } else {
+            let c: &mut SchedClassifier = prog.try_into().map_err(|e: ProgramError| RuntimeError::TestRun(e.to_string()))?;
+            c.test_run(opts)
+        }
+        .map_err(|e| RuntimeError::TestRun(format!("{e} (packet of {} bytes; the kernel needs at least 14)", packet.len())))?;
+        out.truncate((r.data_size_out as usize).min(out.len()));
+        Ok(RunOutcome { action: decode_action(hook, r.return_value), return_value: r.return_value, packet: out, duration_ns: r.duration.as_nanos() as u64 })
+    }
+
+    /// Runs the program of `hook` (`xdp`, `tc:ingress`, `tc:egress`) once on
+    /// `packet` with `BPF_PROG_TEST_RUN`.
+    pub fn test_run(&mut self, hook: &str, packet: &[u8]) -> Result<RunOutcome> {
+        self.run(hook, packet, 1)
+    }
+
+    /// Nanoseconds per run over `repeat` runs, as the kernel measured them.
+    pub fn bench(&mut self, hook: &str, packet: &[u8], repeat: u32) -> Result<f64> {
+        let r = self.run(hook, packet, repeat)?;
+        Ok(r.duration_ns as f64)
+    }
+
+    /// Per-rule counters summed over CPUs, indexed by rule id.
+    pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
+        let fd = self.map(meta::RULES_MAP)?.fd().as_fd();
+        let mut buf = vec![0u8; 16 * self.cpus];
+        let mut out = Vec::with_capacity(self.meta.rules.len());
+        for id in 0..self.meta.rules.len() as u32 {
+            let found = sys::map_lookup(fd, &id.to_le_bytes(), &mut buf).map_err(|source| RuntimeError::Map { map: meta::RULES_MAP.into(), source })?;
+            let mut c = RuleCounters::default();
+            if found {
+                for cpu in buf.chunks_exact(16) {
+                    c.packets += u64::from_le_bytes(cpu[0..8].try_into().expect("8 bytes"));
+                    c.bytes += u64::from_le_bytes(cpu[8..16].try_into().expect("8 bytes"));
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    pub fn reset_counters(&mut self) -> Result<()> {
+        let zero = vec![0u8; 16 * self.cpus];
+        for id in 0..self.meta.rules.len() as u32 {
+            self.update(meta::RULES_MAP, &id.to_le_bytes(), &zero)?;
+        }
+        Ok(())
+    }
+
+    /// Entries of `@name`, keys decoded, values summed over CPUs.
+    pub fn map_entries(&self, name: &str) -> Result<Vec<(Vec<KeyValue>, u64)>> {
+        let m = self.meta.maps.iter().find(|m| m.name == name).ok_or_else(|| RuntimeError::UnknownMap(format!("@{name}")))?;
+        let fd = self.map(&m.map)?.fd().as_fd();
+        let err = |source| RuntimeError::Map { map: m.map.clone(), source };
+        let mut out = Vec::new();
+        let mut key = vec![0u8; m.key_size as usize];
+        let mut next = vec![0u8; m.key_size as usize];
+        let mut value = vec![0u8; if m.per_cpu { 8 * self.cpus } else { 8 }];
+        let mut first = true;
+        while sys::map_next_key(fd, (!first).then_some(&key[..]), &mut next).map_err(err)? {
+            first = false;
+            std::mem::swap(&mut key, &mut next);
+            if sys::map_lookup(fd, &key, &mut value).map_err(err)? {
+                let v = value.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).sum::<u64>();
+                out.push((decode_key(&m.keys, &key), v));
+            }
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(out)
+    }
+}
+
+fn program_error(program: &str, e: ProgramError) -> RuntimeError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
+                RuntimeError::NotPermitted(io_error.to_string())
+            } else {
+                RuntimeError::Verifier { program: program.to_string(), log, source: io_error }
+            }
+        }
+        other => RuntimeError::Program { program: program.to_string(), message: other.to_string() },
+    }
+}
+
+/// Return codes: XDP actions, or TC actions (`TC_ACT_UNSPEC`, -1, counts as
+/// pass: the next classifier or the default decides).
+pub fn decode_action(hook: &str, rv: u32) -> Action {
+    if hook == "xdp" {
+        match rv {
+            0 => Action::Abort,
+            1 => Action::Drop,
+            2 => Action::Pass,
+            3 => Action::Tx,
+            4 => Action::Redirect,
+            other => Action::Other(other as i64),
+        }
+    } else {
+        match rv as i32 {
+            0 | -1 => Action::Pass,
+            2 => Action::Drop,
+            7 => Action::Redirect,
+            other => Action::Other(other as i64),
+        }
+    }
+}
+
+/// The map keys that store one set element (ranges expand to every integer).
+fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let prefix = |s: &str| -> std::result::Result<(IpAddr, u32), String> {
+        match s.split_once('/') {
+            Some((a, l)) => Ok((a.parse().map_err(|_| "not an address".to_string())?, l.parse().map_err(|_| "bad prefix length".to_string())?)),
+            None => {
+                let a: IpAddr = s.parse().map_err(|_| "not an address".to_string())?;
+                Ok((a, if a.is_ipv4() { 32 } else { 128 }))
+            }
+        }
+    };
+    match kind {
+        SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
+            let (addr, len) = prefix(element)?;
+            let mut key = len.to_le_bytes().to_vec();
+            match (kind, addr) {
+                (SetMapKind::LpmV4, IpAddr::V4(a)) => key.extend(a.octets()),
+                (SetMapKind::LpmV6, IpAddr::V6(a)) => key.extend(a.octets()),
+                // The other family's map does not hold this element.
+                _ => return Ok(Vec::new()),
+            }
+            Ok(vec![key])
+        }
+        SetMapKind::HashU64 => {
+            if element.split(':').count() == 6 {
+                let mut v = 0u64;
+                for part in element.split(':') {
+                    v = (v << 8) | u64::from(u8::from_str_radix(part, 16).map_err(|_| "not a MAC address".to_string())?);
+                }
+                return Ok(vec![v.to_le_bytes().to_vec()]);
+            }
+            let int = |s: &str| s.trim().parse::<u64>().map_err(|_| "not an integer".to_string());
+            let (lo, hi) = match element.split_once("..") {
+                Some((lo, hi)) => (int(lo)?, int(hi)?),
+                None => (int(element)?, int(element)?),
+            };
+            if hi.saturating_sub(lo) > 16_000_000 {
+                return Err("range too large to store expanded".into());
+            }
+            Ok((lo..=hi).map(|v| v.to_le_bytes().to_vec()).collect())
+        }
+    }
+}
+
+fn decode_key(kinds: &[KeyKind], key: &[u8]) -> Vec<KeyValue> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    for k in kinds {
+        let b = &key[off..off + k.size()];
+        out.push(match k {
+            KeyKind::Int => KeyValue::Int(u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+            KeyKind::Mac => {
+                let v = u64::from_le_bytes(b.try_into().expect("8 bytes")).to_be_bytes();
+                KeyValue::Mac([v[2], v[3], v[4], v[5], v[6], v[7]])
+            }
+            KeyKind::Bool => KeyValue::Bool(b[0] != 0),
+            KeyKind::Ip => {
+                let family = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes"));
+                if family == 6 {
+                    let a: [u8; 16] = b[4..20].try_into().expect("16 bytes");
+                    KeyValue::Ip(IpAddr::V6(Ipv6Addr::from(a)))
+                } else {
+                    KeyValue::Ip(IpAddr::V4(Ipv4Addr::new(b[4], b[5], b[6], b[7])))
+                }
+            }
+        });
+        off += k.size();
+    }
+    out
+}
