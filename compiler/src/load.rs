@@ -71,6 +71,9 @@ impl Loader<'_> {
             }
         };
         let dir = path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+        // Files this one names are shown relative to how this one was named,
+        // so diagnostics do not depend on where the checkout lives.
+        let shown_dir = Path::new(&self.sources.get(id).name).parent().map(Path::to_path_buf).unwrap_or_default();
         for item in &mut policy.items {
             match item {
                 Item::Include(inc) => {
@@ -80,11 +83,11 @@ impl Loader<'_> {
                         );
                         continue;
                     }
-                    self.include(&inc.path.value, inc.path.span, dir.as_deref(), depth);
+                    self.include(&inc.path.value, inc.path.span, dir.as_deref(), &shown_dir, depth);
                 }
                 Item::Set(set) => {
                     if let SetInit::File(path) = &set.init {
-                        let elements = self.set_file(&path.value, path.span, dir.as_deref());
+                        let elements = self.set_file(&path.value, path.span, dir.as_deref(), &shown_dir);
                         set.init = SetInit::Elements { elements, span: path.span };
                     }
                     self.items.push(item.clone());
@@ -95,7 +98,7 @@ impl Loader<'_> {
         self.files.push(LoadedFile { file: id, policy });
     }
 
-    fn include(&mut self, target: &str, span: Span, dir: Option<&Path>, depth: usize) {
+    fn include(&mut self, target: &str, span: Span, dir: Option<&Path>, shown_dir: &Path, depth: usize) {
         // A path relative to the including file wins over the standard library.
         let local = dir.map(|d| d.join(target)).filter(|p| p.is_file());
         if let Some(p) = local {
@@ -105,7 +108,7 @@ impl Loader<'_> {
                 return;
             }
             match std::fs::read_to_string(&abs) {
-                Ok(text) => self.file(p.display().to_string(), Some(abs), key, text, depth + 1),
+                Ok(text) => self.file(shown_dir.join(target).display().to_string(), Some(abs), key, text, depth + 1),
                 Err(e) => self.diags.push(
                     Diagnostic::error("xpol::include", format!("cannot read `{}`: {e}", p.display())).with_label(span, "included here"),
                 ),
@@ -138,7 +141,7 @@ impl Loader<'_> {
     }
 
     /// Reads a set file: one element per line; `#` starts a comment.
-    fn set_file(&mut self, target: &str, span: Span, dir: Option<&Path>) -> Vec<Expr> {
+    fn set_file(&mut self, target: &str, span: Span, dir: Option<&Path>, shown_dir: &Path) -> Vec<Expr> {
         let path = match dir {
             Some(d) => d.join(target),
             None => PathBuf::from(target),
@@ -147,14 +150,14 @@ impl Loader<'_> {
             Ok(t) => t,
             Err(e) => {
                 self.diags.push(
-                    Diagnostic::error("xpol::set_file", format!("cannot read set file `{}`: {e}", path.display()))
+                    Diagnostic::error("xpol::set_file", format!("cannot read set file `{}`: {e}", shown_dir.join(target).display()))
                         .with_label(span, "named here"),
                 );
                 return Vec::new();
             }
         };
         let abs = std::fs::canonicalize(&path).ok();
-        let id = self.sources.add(SourceFile::new(path.display().to_string(), abs, text));
+        let id = self.sources.add(SourceFile::new(shown_dir.join(target).display().to_string(), abs, text));
         let text = &self.sources.get(id).text;
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -179,7 +182,9 @@ impl Loader<'_> {
         let n = errors.len();
         self.diags.extend(errors.into_iter().take(10));
         if n > 10 {
-            self.diags.push(Diagnostic::error("xpol::set_file", format!("{} more bad lines in `{}`", n - 10, path.display())));
+            self.diags.push(
+                Diagnostic::error("xpol::set_file", format!("{} more bad lines in this set file", n - 10)).with_label(span, "named here"),
+            );
         }
         out
     }

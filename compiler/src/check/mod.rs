@@ -94,7 +94,11 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         }
     }
     if c.programs.is_empty() && !xpol_lang::diagnostic::has_errors(&c.diags) {
+        // Point at the root file's first line: there is no probe to point at.
+        let root = loaded.files.last().map(|f| f.file).unwrap_or_default();
+        let first_line = sources.get(root).line_text(1).len();
         let d = Diagnostic::error("xpol::empty", "the policy has no probes, so there is nothing to compile")
+            .with_label(Span::new(root, 0, first_line), "this policy declares no `xdp` or `tc` probe")
             .with_help("add a rule such as `xdp /tcp.dport == 23/ { drop }`");
         c.diags.push(d);
     }

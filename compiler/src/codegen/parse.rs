@@ -293,9 +293,22 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     let xoff = b.var(z, "xoff");
     b.set(nh, nh0);
     b.set(xoff, b.add(off, b.c64(40)));
-    for _ in 0..MAX_IPV6_EXT {
+    // MAX_IPV6_EXT headers, then one more look to find the upper layer.
+    for i in 0..=MAX_IPV6_EXT {
         let cur = b.get(nh);
         let o = b.get(xoff);
+        if i == MAX_IPV6_EXT {
+            let upper = b.block("upper");
+            let is_ext = [0u64, 43, 60, 44, 51].iter().fold(b.bool(false), |acc, &c| b.or(acc, b.eq(cur, b.c64(c))));
+            // Chain longer than the bound: IP is present, the upper layer unknown.
+            b.cond_br(is_ext, done, upper);
+            b.at(upper);
+            b.set(h.proto, cur);
+            b.set(h.proto_ok, t);
+            b.set(l4off, o);
+            b.br(l4);
+            break;
+        }
         let generic = b.block("ext_opts");
         let not_generic = b.block("ext_other");
         let fragh = b.block("ext_frag");
@@ -352,8 +365,6 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
         b.at(bounded);
         b.set(xoff, b.and(b.opaque(o2), b.c64(2 * MAX_L4_OFFSET - 1)));
     }
-    // Chain longer than the bound: IP is present, the upper layer unknown.
-    b.br(done);
 
     // L4, at a variable offset.
     b.at(l4);

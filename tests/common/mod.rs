@@ -1,0 +1,58 @@
+//! Shared helpers of the kernel tests: compile a policy, load it, run
+//! packets and compare verdicts and fired rules.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
+use xpol_runtime::packet::hex;
+
+/// Compiles `path` and loads it into the kernel, panicking with rendered
+/// diagnostics on failure.
+pub fn load_file(path: &Path) -> LoadedPolicy {
+    let b = xpol_compiler::build(path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| {
+        panic!("{} does not compile:\n{}", path.display(), xpol_lang::render::render_human(&b.diagnostics, &b.sources, false))
+    });
+    LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true })
+        .unwrap_or_else(|e| panic!("{} does not load: {e}\n{}", path.display(), verifier_log(&e)))
+}
+
+fn verifier_log(e: &xpol_runtime::loader::RuntimeError) -> String {
+    match e {
+        xpol_runtime::loader::RuntimeError::Verifier { log, .. } => {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Compiles and loads policy text (written to a temporary file).
+pub fn load_text(text: &str) -> LoadedPolicy {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.xpol");
+    std::fs::write(&path, text).expect("write policy");
+    load_file(&path)
+}
+
+/// Runs `packet` through `hook` and checks the action and exactly which
+/// rules fired (their packet counters moved by one, bytes by the length).
+pub fn expect(p: &mut LoadedPolicy, hook: &str, what: &str, packet: &[u8], action: Action, fired: &[u32]) {
+    let before = p.rule_counters().expect("counters");
+    let out = p.test_run(hook, packet).unwrap_or_else(|e| panic!("{what}: test run failed: {e}"));
+    let after = p.rule_counters().expect("counters");
+    let got: Vec<u32> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets != b.packets).map(|(i, _)| i as u32).collect();
+    assert_eq!(out.action, action, "{what}: wrong verdict (rules fired {got:?}); packet {}", hex(packet));
+    assert_eq!(got, fired, "{what}: wrong rules fired (verdict {:?}); packet {}", out.action, hex(packet));
+    for &r in fired {
+        let (a, b) = (after[r as usize], before[r as usize]);
+        assert_eq!(a.packets - b.packets, 1, "{what}: rule {r} counted more than once");
+        assert_eq!(a.bytes - b.bytes, packet.len() as u64, "{what}: rule {r} counted wrong bytes");
+    }
+}
+
+/// The skip gate, shorter to call.
+pub fn kernel(test: &str) -> bool {
+    xpol_runtime::testing::kernel_or_skip(test)
+}
