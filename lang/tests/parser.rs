@@ -1,0 +1,167 @@
+//! Parser tests: every construct, precedence, the lexical overlaps, spans,
+//! and errors.
+
+use xpol_lang::ast::{BinOp, Expr, ExprKind, Hook, Item, StmtKind, UnOp, Verdict};
+use xpol_lang::parser::parse;
+use xpol_lang::FileId;
+
+fn parse_ok(src: &str) -> Vec<Item> {
+    match parse(src, FileId(0)) {
+        Ok(p) => p.items,
+        Err(d) => panic!("{src:?} should parse: {d:?}"),
+    }
+}
+
+/// The predicate of the only probe.
+fn pred(src: &str) -> Expr {
+    match parse_ok(src).into_iter().next() {
+        Some(Item::Probe(p)) => p.predicate.expect("a predicate"),
+        other => panic!("not a probe: {other:?}"),
+    }
+}
+
+/// An S-expression view of an expression, to check structure.
+fn sx(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Int(i) => i.to_string(),
+        ExprKind::Bool(b) => b.to_string(),
+        ExprKind::Ip(a) => a.to_string(),
+        ExprKind::Cidr(a, l) => format!("{a}/{l}"),
+        ExprKind::Mac(m) => format!("mac{m:?}"),
+        ExprKind::Range(a, b) => format!("({}..{})", sx(a), sx(b)),
+        ExprKind::SetLit(v) => format!("{{{}}}", v.iter().map(sx).collect::<Vec<_>>().join(",")),
+        ExprKind::Path(p) => p.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join("."),
+        ExprKind::MapRead { map, keys } => format!("@{}[{}]", map.name, keys.iter().map(sx).collect::<Vec<_>>().join(",")),
+        ExprKind::Unary { op, operand } => format!("({op:?} {})", sx(operand)),
+        ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", sx(lhs), op.as_str(), sx(rhs)),
+        ExprKind::Call { func, args } => format!("{}({})", func.name, args.iter().map(sx).collect::<Vec<_>>().join(",")),
+    }
+}
+
+#[test]
+fn precedence() {
+    assert_eq!(sx(&pred("xdp /a || b && c/ {}")), "(a || (b && c))");
+    assert_eq!(sx(&pred("xdp /a == 1 && b != 2/ {}")), "((a == 1) && (b != 2))");
+    assert_eq!(sx(&pred("xdp /x & 0x12 == 0/ {}")), "((x & 18) == 0)");
+    assert_eq!(sx(&pred("xdp /a + b * c - d == e/ {}")), "(((a + (b * c)) - d) == e)");
+    assert_eq!(sx(&pred("xdp /x in 1..5/ {}")), "(x in (1..5))");
+    assert_eq!(sx(&pred("xdp /!a && -b < ~c/ {}")), "((Not a) && ((Neg b) < (BitNot c)))");
+    assert_eq!(sx(&pred("xdp /ip.src !in s || x << 2 >> 1 == 3/ {}")), "((ip.src !in s) || (((x << 2) >> 1) == 3))");
+}
+
+#[test]
+fn division_needs_parentheses_in_predicates() {
+    assert_eq!(sx(&pred("xdp /(pkt.len / 2) > 10/ { drop }")), "((pkt.len / 2) > 10)");
+    assert!(parse("xdp /pkt.len / 2 > 10/ { drop }", FileId(0)).is_err());
+    // Outside predicates division is plain.
+    match &parse_ok("xdp { let x = pkt.len / 2 % 3 }")[0] {
+        Item::Probe(p) => match &p.body.stmts[0].kind {
+            StmtKind::Let { value, .. } => assert_eq!(sx(value), "((pkt.len / 2) % 3)"),
+            k => panic!("{k:?}"),
+        },
+        i => panic!("{i:?}"),
+    }
+}
+
+#[test]
+fn literals_and_their_overlaps() {
+    assert_eq!(sx(&pred("xdp /eth.src == 02:00:00:00:00:01/ {}")), "(eth.src == mac[2, 0, 0, 0, 0, 1])");
+    assert_eq!(sx(&pred("xdp /ip.src == fe80::1/ {}")), "(ip.src == fe80::1)");
+    assert_eq!(sx(&pred("xdp /ip.src == dead:beef::1/ {}")), "(ip.src == dead:beef::1)");
+    assert_eq!(sx(&pred("xdp /ip.src == ::ffff:1.2.3.4/ {}")), "(ip.src == ::ffff:1.2.3.4)");
+    assert_eq!(sx(&pred("xdp /ip.src in ::/0/ {}")), "(ip.src in ::/0)");
+    assert_eq!(sx(&pred("xdp /ip.src == 0:0:0:0:0:0:0:1/ {}")), "(ip.src == ::1)");
+    // A closing slash right after an address is not a prefix length...
+    assert_eq!(sx(&pred("xdp /ip.dst == 10.0.0.1/ { drop }")), "(ip.dst == 10.0.0.1)");
+    // ...but digits right after the slash are.
+    assert_eq!(sx(&pred("xdp /ip.dst in 10.0.0.0/8/ { drop }")), "(ip.dst in 10.0.0.0/8)");
+    assert_eq!(sx(&pred("xdp /x in 1..5/ {}")), "(x in (1..5))");
+    assert_eq!(sx(&pred("xdp /x == 0x86dd/ {}")), "(x == 34525)");
+    assert_eq!(sx(&pred("xdp /x in {80, 443, 8000..8099,}/ {}")), "(x in {80,443,(8000..8099)})");
+    assert_eq!(sx(&pred("xdp /true/ {}")), "true");
+}
+
+#[test]
+fn items_statements_and_hooks() {
+    let items = parse_ok(
+        r#"
+        include "std/bogons.xpol"
+        set b: cidr = { 203.0.113.0/24, 2001:db8:bad::/48 }
+        set f: cidr = file("list.txt")
+        const admins = { 198.51.100.0/24 }
+        tc:ingress /tcp.dport == 22/ { @m[ip.src, tcp.dport] = count(); drop }
+        tc:egress { redirect("eth0.100") }
+        xdp {
+            let len = pkt.len
+            if (len > 512) { @big = sum(len); drop } else if len < 20 { abort } else { pass }
+            redirect(veth-b)
+            tx
+        }
+        "#,
+    );
+    assert_eq!(items.len(), 7);
+    let Item::Probe(p) = &items[4] else { panic!() };
+    assert_eq!(p.hook, Hook::TcIngress);
+    let StmtKind::MapAssign { map, keys, value } = &p.body.stmts[0].kind else { panic!() };
+    assert_eq!((map.name.as_str(), keys.len(), sx(value).as_str()), ("m", 2, "count()"));
+    assert_eq!(p.body.stmts[1].kind, StmtKind::Verdict(Verdict::Drop));
+    let Item::Probe(p) = &items[5] else { panic!() };
+    assert!(matches!(&p.body.stmts[0].kind, StmtKind::Redirect(s) if s.value == "eth0.100"));
+    let Item::Probe(p) = &items[6] else { panic!() };
+    assert_eq!(p.body.stmts.len(), 4);
+    let StmtKind::If { else_block: Some(e), .. } = &p.body.stmts[1].kind else { panic!() };
+    assert!(matches!(e.stmts[0].kind, StmtKind::If { .. }), "else if nests an if");
+    assert!(matches!(&p.body.stmts[2].kind, StmtKind::Redirect(s) if s.value == "veth-b"));
+}
+
+#[test]
+fn spans_are_exact() {
+    let src = "xdp /tcp.dport == 22/ { drop }";
+    let items = parse_ok(src);
+    let Item::Probe(p) = &items[0] else { panic!() };
+    let pred = p.predicate.as_ref().expect("predicate");
+    assert_eq!(&src[pred.span.start as usize..pred.span.end as usize], "tcp.dport == 22");
+    let ExprKind::Binary { op: BinOp::Eq, lhs, rhs } = &pred.kind else { panic!() };
+    assert_eq!(&src[lhs.span.start as usize..lhs.span.end as usize], "tcp.dport");
+    assert_eq!(&src[rhs.span.start as usize..rhs.span.end as usize], "22");
+    let ExprKind::Path(segs) = &lhs.kind else { panic!() };
+    assert_eq!(&src[segs[1].span.start as usize..segs[1].span.end as usize], "dport");
+    assert_eq!(&src[p.body.stmts[0].span.start as usize..p.body.stmts[0].span.end as usize], "drop");
+    assert_eq!(&src[p.hook_span.start as usize..p.hook_span.end as usize], "xdp");
+    let _ = UnOp::Not;
+}
+
+#[test]
+fn errors_are_diagnostics_with_spans() {
+    let cases = [
+        ("xdp /tcp.dport == 22 { drop }", "expected"),
+        ("xdp /tcp.dport == 22/ { dorp }", "a statement"),
+        ("xdp /x == 99999999999999999999/ {}", "does not fit in 64 bits"),
+        ("xdp /ip.src == 300.1.1.1/ {}", "not an IPv4 address"),
+        ("xdp /ip.src in 10.0.0.0/33/ {}", "longer than 32"),
+        ("xdp /ip.src in 2001:db8::/129/ {}", "longer than 128"),
+        ("set s: cidr = {", "expected"),
+        ("", ""),
+    ];
+    for (src, want) in cases {
+        match parse(src, FileId(3)) {
+            Ok(p) if src.is_empty() => assert!(p.items.is_empty()),
+            Ok(_) => panic!("{src:?} should fail"),
+            Err(d) => {
+                assert!(d[0].message.contains(want), "{src:?}: {}", d[0].message);
+                let span = d[0].primary_span().expect("a span");
+                assert_eq!(span.file, FileId(3));
+                assert!(span.end as usize <= src.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn hostile_input_does_not_panic() {
+    let deep = format!("xdp /{}1{}/ {{}}", "(".repeat(5000), ")".repeat(5000));
+    assert!(parse(&deep, FileId(0)).is_err());
+    for src in ["\u{0}", "xdp /", "@@@", "xdp { if }", "set : = {", "xdp /ip.src == ::::/ {}", "ä ö ü", "xdp /\"/ {}"] {
+        let _ = parse(src, FileId(0));
+    }
+}

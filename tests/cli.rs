@@ -1,0 +1,84 @@
+//! The binaries as a user runs them.
+
+use std::process::Command;
+
+fn xpolc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xpolc"))
+}
+
+#[test]
+fn build_writes_an_object_atomically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("fw.o");
+    let r = xpolc().args(["build", "examples/firewall.xpol", "-o"]).arg(&out).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bytes = std::fs::read(&out).expect("object written");
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    // Only the object: no temporary file left beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+}
+
+#[test]
+fn failed_build_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("bad.o");
+    let r = xpolc().args(["build", "tests/golden/fail/type-mismatch.xpol", "-o"]).arg(&out).output().expect("run xpolc");
+    assert!(!r.status.success());
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("cannot compare `int` with `ip`"), "{stderr}");
+    assert!(stderr.contains("type-mismatch.xpol:1:"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}
+
+#[test]
+fn emit_ir_prints_the_policy_ir() {
+    let r = xpolc().args(["build", "examples/firewall.xpol", "--emit", "ir"]).output().expect("run xpolc");
+    assert!(r.status.success());
+    let ir = String::from_utf8_lossy(&r.stdout);
+    assert!(ir.contains("program xdp:") && ir.contains("rule 0 `xdp /ip.src in blocklist/`"), "{ir}");
+    for emit in ["ast", "llvm", "asm"] {
+        let r = xpolc().args(["build", "examples/firewall.xpol", "--emit", emit]).output().expect("run xpolc");
+        assert!(r.status.success() && !r.stdout.is_empty(), "--emit {emit}");
+    }
+}
+
+#[test]
+fn check_reports_json_for_editors() {
+    let r = xpolc().args(["check", "tests/golden/fail/many-errors.xpol", "--message-format", "json"]).output().expect("run xpolc");
+    assert!(!r.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&r.stderr).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(lines.len(), 4, "every error is reported");
+    assert_eq!(lines[0]["code"], "xpol::name::unknown");
+    assert_eq!(lines[0]["line"], 2);
+    assert_eq!(lines[0]["column"], 6);
+    assert_eq!(lines[0]["end_column"], 15);
+    assert_eq!(lines[0]["severity"], "error");
+    assert!(lines[0]["help"].as_str().expect("help").contains("tcp.dport"));
+}
+
+#[test]
+fn check_accepts_a_good_policy() {
+    let r = xpolc().args(["check", "examples/edge.xpol"]).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let r = xpolc().args(["build", "no/such/policy.xpol"]).output().expect("run xpolc");
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot read policy"));
+}
+
+#[test]
+fn xpol_test_runs_the_demo() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol_test_runs_the_demo") {
+        return;
+    }
+    let r = Command::new(env!("CARGO_BIN_EXE_xpol")).args(["test", "examples/firewall.xpol"]).output().expect("run xpol");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}{}", out, String::from_utf8_lossy(&r.stderr));
+    assert!(out.contains("verified by the kernel: 5 rules"), "{out}");
+    assert!(out.contains("tcp 203.0.113.9 -> 198.19.255.1:80 syn             drop      #0 (line 15)"), "{out}");
+    assert!(out.contains("@blocked[203.0.113.9] = 1"), "{out}");
+}

@@ -1,0 +1,85 @@
+//! Runtime error paths and the packet builder.
+
+mod common;
+
+use std::path::Path;
+use xpol_compiler::codegen::Faults;
+use xpol_compiler::{build, BuildOptions};
+use xpol_runtime::loader::{LoadedPolicy, RuntimeError};
+use xpol_runtime::packet::{Ipv6Ext, PacketSpec};
+
+/// A program that reads L4 headers without checking the frame end is
+/// rejected by the kernel, and the error carries the verifier's log.
+#[test]
+fn verifier_rejection_carries_the_log() {
+    if !common::kernel("verifier_rejection_carries_the_log") {
+        return;
+    }
+    let options = BuildOptions { faults: Faults { omit_l4_bounds_check: true, ..Faults::default() }, ..BuildOptions::default() };
+    let b = build(Path::new("examples/firewall.xpol"), &options);
+    let object = b.output.expect("compiles").object;
+    match LoadedPolicy::load(&object) {
+        Err(RuntimeError::Verifier { program, log, .. }) => {
+            assert_eq!(program, "xpol_xdp");
+            assert!(log.contains("invalid access to packet"), "{log}");
+            // The log's line info points at the policy source.
+            assert!(log.contains("firewall.xpol"), "{log}");
+        }
+        Err(e) => panic!("expected a verifier rejection, got {e}"),
+        Ok(_) => panic!("the kernel accepted an unchecked packet access"),
+    }
+}
+
+#[test]
+fn object_without_metadata_is_refused() {
+    let b = build(Path::new("examples/firewall.xpol"), &BuildOptions::default());
+    let mut object = b.output.expect("compiles").object;
+    // Rename the metadata section in the section-name string table.
+    let at = object.windows(10).position(|w| w == b".xpol.meta").expect("section name present");
+    object[at + 1] = b'X';
+    assert!(matches!(LoadedPolicy::load(&object), Err(RuntimeError::NoMetadata)));
+    assert!(matches!(LoadedPolicy::load(b"not an elf"), Err(RuntimeError::BadObject(_))));
+}
+
+#[test]
+fn unknown_redirect_interface_is_named() {
+    if !common::kernel("unknown_redirect_interface_is_named") {
+        return;
+    }
+    let b = build(Path::new("tests/golden/ok/hooks.xpol"), &BuildOptions::default());
+    match LoadedPolicy::load(&b.output.expect("compiles").object) {
+        Err(e @ RuntimeError::UnknownInterface(_)) => assert!(e.to_string().contains("vxlan0"), "{e}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("loaded with a missing interface"),
+    }
+}
+
+/// Well-formed packets from the builder parse back, field for field, with
+/// etherparse.
+#[test]
+fn built_packets_parse_back() {
+    use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
+    let p = PacketSpec::tcp4("198.18.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap(), 1234, 22).syn().vlan(7).ipv4(|ip| ip.options = vec![1; 8]);
+    let bytes = p.build();
+    let h = PacketHeaders::from_ethernet_slice(&bytes).expect("parses");
+    assert!(matches!(h.vlan, Some(etherparse::VlanHeader::Single(v)) if v.vlan_id.value() == 7));
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else { panic!("not IPv4") };
+    assert_eq!(ip.ihl(), 7);
+    assert_eq!(ip.source, [198, 18, 0, 1]);
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    let Some(TransportHeader::Tcp(tcp)) = &h.transport else { panic!("not TCP") };
+    assert_eq!((tcp.source_port, tcp.destination_port, tcp.syn), (1234, 22, true));
+    assert_eq!(p.layout().l4, 14 + 4 + 28);
+
+    let p6 = PacketSpec::udp6("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap(), 53, 5353)
+        .ext(Ipv6Ext::HopByHop { len8: 0 })
+        .ext(Ipv6Ext::Routing { len8: 2 })
+        .ext(Ipv6Ext::DestOpts { len8: 1 })
+        .payload(5);
+    let bytes = p6.build();
+    let h = PacketHeaders::from_ethernet_slice(&bytes).expect("parses");
+    let Some(TransportHeader::Udp(udp)) = &h.transport else { panic!("not UDP: {:?}", h.transport) };
+    assert_eq!((udp.source_port, udp.destination_port, udp.length), (53, 5353, 13));
+    assert_eq!(p6.layout().l4, 14 + 40 + 8 + 24 + 16);
+    assert_eq!(p6.layout().len, bytes.len());
+}
