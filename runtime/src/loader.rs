@@ -84,6 +84,17 @@ impl fmt::Display for KeyValue {
     }
 }
 
+/// What the kernel reports about a loaded program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramStats {
+    /// Size of the verified (translated) BPF code; 8 bytes per instruction.
+    pub xlated_bytes: u32,
+    /// Size of the JIT-compiled machine code.
+    pub jited_bytes: u32,
+    /// Instructions the verifier processed.
+    pub verified_insns: u32,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Leave a redirect slot empty (its `redirect` then aborts) when the
@@ -240,6 +251,26 @@ impl LoadedPolicy {
     pub fn bench(&mut self, hook: &str, packet: &[u8], repeat: u32) -> Result<f64> {
         let r = self.run(hook, packet, repeat)?;
         Ok(r.duration_ns as f64)
+    }
+
+    /// Sizes and verifier work of the program of `hook`.
+    pub fn program_stats(&mut self, hook: &str) -> Result<ProgramStats> {
+        let name = self.program_name(hook)?;
+        let prog = self.ebpf.program_mut(&name).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))?;
+        let err = |e: ProgramError| RuntimeError::Program { program: name.clone(), message: e.to_string() };
+        let info = if hook == "xdp" {
+            let x: &mut Xdp = prog.try_into().map_err(err)?;
+            x.info()
+        } else {
+            let c: &mut SchedClassifier = prog.try_into().map_err(err)?;
+            c.info()
+        }
+        .map_err(|e| RuntimeError::Program { program: name.clone(), message: e.to_string() })?;
+        Ok(ProgramStats {
+            xlated_bytes: info.size_translated().unwrap_or(0),
+            jited_bytes: info.size_jitted(),
+            verified_insns: info.verified_instruction_count().unwrap_or(0),
+        })
     }
 
     /// Per-rule counters summed over CPUs, indexed by rule id.
