@@ -389,9 +389,6 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     let not_tcp = b.block("not_tcp");
     let is_udp = b.block("udp");
     let not_udp = b.block("not_udp");
-    let is_icmp = b.block("icmp");
-    let not_icmp = b.block("not_icmp");
-    let is_icmp6 = b.block("icmp6");
     b.cond_br(b.and(b.eq(proto, b.c64(6)), whole(20)), is_tcp, not_tcp);
     b.at(is_tcp);
     let doff = b.lshr(b.load_be(q, 12, 1), b.c64(4));
@@ -413,20 +410,19 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     b.set(h.udp_len, b.load_be(q, 4, 2));
     b.br(done);
     b.at(not_udp);
-    let v4 = b.get(h.ip4_ok);
-    b.cond_br(b.and(b.and(b.eq(proto, b.c64(1)), v4), whole(8)), is_icmp, not_icmp);
-    b.at(is_icmp);
-    b.set(h.icmp4_ok, t);
-    b.set(h.icmp_type, b.load_be(q, 0, 1));
-    b.set(h.icmp_code, b.load_be(q, 1, 1));
-    b.br(done);
-    b.at(not_icmp);
-    let v6 = b.get(h.ip6_ok);
-    b.cond_br(b.and(b.and(b.eq(proto, b.c64(58)), v6), whole(8)), is_icmp6, done);
-    b.at(is_icmp6);
-    b.set(h.icmp6_ok, t);
-    b.set(h.icmp_type, b.load_be(q, 0, 1));
-    b.set(h.icmp_code, b.load_be(q, 1, 1));
+    // ICMP over IPv4, then ICMPv6 over IPv6: type and code only.
+    for (number, family, ok) in [(1u64, h.ip4_ok, h.icmp4_ok), (58, h.ip6_ok, h.icmp6_ok)] {
+        let is_icmp = b.block("icmp");
+        let next = b.block("not_icmp");
+        let family = b.get(family);
+        b.cond_br(b.and(b.and(b.eq(proto, b.c64(number)), family), whole(8)), is_icmp, next);
+        b.at(is_icmp);
+        b.set(ok, t);
+        b.set(h.icmp_type, b.load_be(q, 0, 1));
+        b.set(h.icmp_code, b.load_be(q, 1, 1));
+        b.br(done);
+        b.at(next);
+    }
     b.br(done);
 
     b.at(done);
