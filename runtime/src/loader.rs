@@ -34,6 +34,14 @@ pub enum RuntimeError {
     UnknownMap(String),
     #[error("redirect target `{0}`: no such network interface")]
     UnknownInterface(String),
+    #[error("no network interface named `{0}` (see `ip link`)")]
+    NoSuchInterface(String),
+    #[error("`{iface}` already has an XDP program attached; remove it first with `ip link set dev {iface} xdp off` (or `xdpgeneric off`)")]
+    XdpBusy { iface: String },
+    #[error("the driver of `{iface}` has no native XDP support; use `--mode generic` (or `--mode auto`)")]
+    NoNativeXdp { iface: String },
+    #[error("cannot attach `{program}` to `{iface}`: {message}")]
+    Attach { program: String, iface: String, message: String },
     #[error("set `{set}`: element `{element}` cannot be stored: {reason}")]
     SetElement { set: String, element: String, reason: String },
     #[error("map `{map}`: {source}")]
@@ -82,6 +90,18 @@ impl fmt::Display for KeyValue {
             KeyValue::Bool(b) => write!(f, "{b}"),
         }
     }
+}
+
+/// How to attach an XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// Native when the driver has it, else generic: the kernel chooses.
+    #[default]
+    Auto,
+    /// In the driver; fails when the driver has no XDP support.
+    Native,
+    /// In the kernel's network stack (works on every interface, slower).
+    Generic,
 }
 
 /// What the kernel reports about a loaded program.
@@ -251,6 +271,50 @@ impl LoadedPolicy {
     pub fn bench(&mut self, hook: &str, packet: &[u8], repeat: u32) -> Result<f64> {
         let r = self.run(hook, packet, repeat)?;
         Ok(r.duration_ns as f64)
+    }
+
+    /// Attaches the program of `hook` to `iface` through a BPF link (XDP;
+    /// TC via tcx on kernels from 6.6, else a clsact qdisc). Dropping the
+    /// policy detaches it, and so does the kernel when the process dies,
+    /// since the link lives only as long as its file descriptor.
+    pub fn attach(&mut self, hook: &str, iface: &str, mode: XdpAttachMode) -> Result<()> {
+        if sys::if_nametoindex(iface) == 0 {
+            return Err(RuntimeError::NoSuchInterface(iface.to_string()));
+        }
+        let name = self.program_name(hook)?;
+        let prog = self.ebpf.program_mut(&name).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))?;
+        let attach_error = |e: ProgramError| {
+            let errno = match &e {
+                ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+                _ => None,
+            };
+            match errno {
+                Some(libc::EBUSY) | Some(libc::EEXIST) => RuntimeError::XdpBusy { iface: iface.to_string() },
+                Some(libc::EOPNOTSUPP) if mode == XdpAttachMode::Native => RuntimeError::NoNativeXdp { iface: iface.to_string() },
+                Some(libc::EPERM) => RuntimeError::NotPermitted(e.to_string()),
+                _ => RuntimeError::Attach { program: name.clone(), iface: iface.to_string(), message: e.to_string() },
+            }
+        };
+        if hook == "xdp" {
+            let x: &mut Xdp = prog.try_into().map_err(attach_error)?;
+            let mode = match mode {
+                XdpAttachMode::Auto => aya::programs::XdpMode::Default,
+                XdpAttachMode::Native => aya::programs::XdpMode::Driver,
+                XdpAttachMode::Generic => aya::programs::XdpMode::Skb,
+            };
+            x.attach(iface, mode).map_err(attach_error)?;
+        } else {
+            let attach_type = if hook == "tc:ingress" { aya::programs::TcAttachType::Ingress } else { aya::programs::TcAttachType::Egress };
+            // tcx needs no qdisc; older kernels attach below a clsact qdisc,
+            // which may already be there.
+            let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+            if !tcx {
+                let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            }
+            let c: &mut SchedClassifier = prog.try_into().map_err(attach_error)?;
+            c.attach(iface, attach_type).map_err(attach_error)?;
+        }
+        Ok(())
     }
 
     /// Sizes and verifier work of the program of `hook`.

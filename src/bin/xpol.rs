@@ -1,15 +1,20 @@
 //! `xpol`: run xpol policies in the kernel.
 //!
-//!   xpol test POLICY     compile (or load an object), verify it in the kernel
-//!                        and run sample packets through it with
-//!                        BPF_PROG_TEST_RUN, showing verdicts and counters.
+//!   xpol run POLICY -i IFACE   attach a policy to an interface and show live,
+//!                              per rule, what it does; Ctrl-C detaches.
+//!   xpol test POLICY           compile (or load an object), verify it in the kernel
+//!                              and run sample packets through it with
+//!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use xpol_runtime::loader::LoadedPolicy;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
 use xpol_runtime::packet::PacketSpec;
 
 #[derive(Parser)]
@@ -21,6 +26,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Attach a policy to an interface and show live counters until Ctrl-C,
+    /// SIGTERM or --duration; then detach and print a summary.
+    Run {
+        /// A `.xpol` source (compiled on the spot) or an object from `xpolc build`.
+        policy: PathBuf,
+        /// The interface to attach to.
+        #[arg(short = 'i', long = "interface")]
+        interface: String,
+        /// Attach only this hook's program: xdp, tc-ingress or tc-egress
+        /// (default: every hook the policy has).
+        #[arg(long)]
+        hook: Option<String>,
+        /// XDP mode: auto (the kernel chooses), native (driver), generic (kernel stack).
+        #[arg(long, default_value = "auto")]
+        mode: String,
+        /// Seconds between two reports.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Detach after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// One JSON object per interval instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a policy in the kernel and run sample packets through it
     /// (BPF_PROG_TEST_RUN; nothing is attached to any interface).
     Test {
@@ -76,8 +106,156 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
     ]
 }
 
+/// One report: every rule's counters and rate, every @map's size and top
+/// keys, every named set's size.
+fn snapshot(policy: &LoadedPolicy, interface: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Result<serde_json::Value> {
+    let counters = policy.rule_counters()?;
+    let meta = policy.meta();
+    let rules: Vec<serde_json::Value> = meta
+        .rules
+        .iter()
+        .zip(&counters)
+        .enumerate()
+        .map(|(i, (r, c))| {
+            let (p0, b0) = previous.get(i).copied().unwrap_or((0, 0));
+            serde_json::json!({
+                "id": r.id, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
+                "packets": c.packets, "bytes": c.bytes,
+                "pps": if dt > 0.0 { (c.packets - p0) as f64 / dt } else { 0.0 },
+                "bps": if dt > 0.0 { (c.bytes - b0) as f64 * 8.0 / dt } else { 0.0 },
+            })
+        })
+        .collect();
+    let mut maps = Vec::new();
+    for m in &meta.maps {
+        let entries = policy.map_entries(&m.name)?;
+        let top: Vec<serde_json::Value> = entries
+            .iter()
+            .take(5)
+            .map(|(k, v)| serde_json::json!({"key": k.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "), "value": v}))
+            .collect();
+        maps.push(serde_json::json!({"name": m.name, "entries": entries.len(), "top": top}));
+    }
+    let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
+    Ok(serde_json::json!({"time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets}))
+}
+
+fn print_table(report: &serde_json::Value, in_place: bool) {
+    let mut out = String::new();
+    if in_place {
+        out.push_str("\x1b[H\x1b[2J");
+    }
+    out.push_str(&format!("xpol on {} — {:.0}s\n", report["interface"].as_str().unwrap_or(""), report["time_s"].as_f64().unwrap_or(0.0)));
+    out.push_str(&format!("  {:<4} {:<26} {:>12} {:>14} {:>10}  {}\n", "rule", "where", "packets", "bytes", "pkt/s", "text"));
+    for r in report["rules"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  #{:<3} {:<26} {:>12} {:>14} {:>10.0}  {}\n",
+            r["id"],
+            format!("{}:{}", r["file"].as_str().unwrap_or(""), r["line"]),
+            r["packets"],
+            r["bytes"],
+            r["pps"].as_f64().unwrap_or(0.0),
+            r["text"].as_str().unwrap_or("")
+        ));
+    }
+    for m in report["maps"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  @{} ({} entries)\n", m["name"].as_str().unwrap_or(""), m["entries"]));
+        for t in m["top"].as_array().into_iter().flatten() {
+            out.push_str(&format!("      [{}] = {}\n", t["key"].as_str().unwrap_or(""), t["value"]));
+        }
+    }
+    for st in report["sets"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
+    }
+    print!("{out}");
+}
+
+/// A one-line report for logs and pipes.
+fn print_line(report: &serde_json::Value) {
+    let rules: Vec<String> = report["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("#{}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0)))
+        .collect();
+    println!("t={:.0}s {}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "));
+}
+
+fn attach_and_watch(
+    policy_path: &Path,
+    interface: &str,
+    hook: Option<String>,
+    mode: &str,
+    interval: f64,
+    duration: Option<f64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let mode = match mode {
+        "auto" => XdpAttachMode::Auto,
+        "native" => XdpAttachMode::Native,
+        "generic" => XdpAttachMode::Generic,
+        other => bail!("unknown --mode `{other}`: use auto, native or generic"),
+    };
+    let Some(object) = object_for(policy_path)? else { return Ok(ExitCode::FAILURE) };
+    let mut policy = LoadedPolicy::load(&object).context("loading the policy into the kernel")?;
+    let hooks: Vec<String> = match hook {
+        Some(h) => vec![h.replace("tc-", "tc:")],
+        None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    for h in &hooks {
+        policy.attach(h, interface, mode)?;
+    }
+    eprintln!("attached {} to {interface} ({}); Ctrl-C to detach", policy_path.display(), hooks.join(", "));
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(interval.max(0.1));
+    let terminal = std::io::stdout().is_terminal();
+    let mut previous: Vec<(u64, u64)> = Vec::new();
+    let mut last = Instant::now();
+    let report = loop {
+        let next = last + interval;
+        let mut finished = false;
+        while Instant::now() < next {
+            if stop.load(Ordering::SeqCst) || duration.is_some_and(|d| start.elapsed().as_secs_f64() >= d) {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let dt = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        let report = snapshot(&policy, interface, start.elapsed().as_secs_f64(), &previous, dt)?;
+        previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
+        if finished {
+            break report;
+        }
+        if json {
+            println!("{report}");
+        } else if terminal {
+            print_table(&report, true);
+        } else {
+            print_line(&report);
+        }
+    };
+    // Detach (dropping the links) before the summary, so that nothing is
+    // left attached even if printing fails.
+    drop(policy);
+    eprintln!("detached from {interface}");
+    if json {
+        println!("{}", serde_json::json!({"final": true, "report": report}));
+    } else {
+        print_table(&report, false);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run { policy, interface, hook, mode, interval, duration, json } => {
+            attach_and_watch(&policy, &interface, hook, &mode, interval, duration, json)
+        }
         Command::Test { policy, hook } => {
             let Some(object) = object_for(&policy)? else { return Ok(ExitCode::FAILURE) };
             let mut loaded = LoadedPolicy::load(&object).context("loading the policy into the kernel")?;
