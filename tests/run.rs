@@ -194,3 +194,82 @@ fn run_unknown_interface_is_explained() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no network interface named `nosuchif0`"), "{err}");
 }
+
+/// Runs `xpol run` inside namespace `ns` with a bound on time.
+fn xpol_run_in(ns: &str, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "20", env!("CARGO_BIN_EXE_xpol"), "run"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xpol");
+    wait_bounded(&mut child, Duration::from_secs(25));
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn run_on_lo_in_a_fresh_namespace() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    ip(&["-n", &net.b, "addr", "add", "198.19.250.1/32", "dev", "lo"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.xpol");
+    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let p = policy.to_str().expect("utf-8 path").to_string();
+    let ns = net.b.clone();
+    let runner = std::thread::spawn(move || xpol_run_in(&ns, &[&p, "-i", "lo", "--mode", "generic", "--json", "--duration", "3"]));
+    std::thread::sleep(Duration::from_millis(1200));
+    let sent = Command::new("ip").args(["netns", "exec", &net.b, "timeout", "5", "python3", "-c", SENDER, "198.19.250.1"]).status().expect("sender");
+    assert!(sent.success());
+    let out = runner.join().expect("runner");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    assert_eq!(last["report"]["rules"][0]["packets"], 10, "{stdout}");
+    assert_eq!(last["report"]["rules"][1]["packets"], 5, "{stdout}");
+}
+
+#[test]
+fn run_errors_are_explained() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.xpol");
+    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let p = policy.to_str().expect("utf-8 path").to_string();
+
+    // lo has no native XDP.
+    let out = xpol_run_in(&net.b, &[&p, "-i", "lo", "--mode", "native", "--duration", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no native XDP support; use `--mode generic`"), "{err}");
+
+    // A second XDP program on the same interface is refused, with the fix.
+    let ns = net.b.clone();
+    let (p1, vb) = (p.clone(), net.vb.clone());
+    let first = std::thread::spawn(move || xpol_run_in(&ns, &[&p1, "-i", &vb, "--duration", "3"]));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already has an XDP program attached") && err.contains("xdp off"), "{err}");
+    assert!(first.join().expect("first run").status.success());
+
+    // Without privileges: say what is missing.
+    if Command::new("setpriv").arg("--version").output().is_ok() {
+        let out = Command::new("timeout")
+            .args(["20", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .arg(env!("CARGO_BIN_EXE_xpol"))
+            .args(["run", &p, "-i", "lo", "--duration", "1"])
+            .output()
+            .expect("setpriv");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"), "{err}");
+    }
+}

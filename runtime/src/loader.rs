@@ -22,7 +22,8 @@ pub enum RuntimeError {
     MetadataVersion { found: u32, expected: u32 },
     #[error("not a BPF object: {0}")]
     BadObject(String),
-    #[error("not permitted to load BPF programs: run as root, or grant CAP_BPF and CAP_NET_ADMIN ({0})")]
+    /// Holds the reason in words, naming the missing capabilities.
+    #[error("{0}")]
     NotPermitted(String),
     #[error("the kernel verifier rejected program `{program}`: {source}")]
     Verifier { program: String, log: String, source: std::io::Error },
@@ -291,7 +292,7 @@ impl LoadedPolicy {
             match errno {
                 Some(libc::EBUSY) | Some(libc::EEXIST) => RuntimeError::XdpBusy { iface: iface.to_string() },
                 Some(libc::EOPNOTSUPP) if mode == XdpAttachMode::Native => RuntimeError::NoNativeXdp { iface: iface.to_string() },
-                Some(libc::EPERM) => RuntimeError::NotPermitted(e.to_string()),
+                Some(libc::EPERM) => RuntimeError::NotPermitted(format!("not permitted to attach to `{iface}`: CAP_NET_ADMIN is needed ({e})")),
                 _ => RuntimeError::Attach { program: name.clone(), iface: iface.to_string(), message: e.to_string() },
             }
         };
@@ -392,7 +393,7 @@ fn program_error(program: &str, e: ProgramError) -> RuntimeError {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             if io_error.raw_os_error() == Some(libc::EPERM) && log.trim().is_empty() {
-                RuntimeError::NotPermitted(io_error.to_string())
+                RuntimeError::NotPermitted(format!("the kernel refused to load `{program}` ({io_error}): run as root, or grant CAP_BPF and CAP_NET_ADMIN"))
             } else {
                 RuntimeError::Verifier { program: program.to_string(), log, source: io_error }
             }

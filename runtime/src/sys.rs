@@ -102,7 +102,9 @@ pub fn can_load_bpf() -> Result<(), String> {
             Ok(())
         }
         Err(e) => Err(match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => "not permitted to use bpf(): run as root or grant CAP_BPF and CAP_NET_ADMIN".to_string(),
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                "not permitted to use bpf(): run as root, or grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels before 5.8)".to_string()
+            }
             Some(libc::ENOSYS) => "this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)".to_string(),
             _ => format!("bpf(BPF_MAP_CREATE) failed: {e}"),
         }),

@@ -218,9 +218,12 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         let mut b = Bpf::new(&m, func, sub);
         b.scopes.push((first.file, sub.as_debug_info_scope()));
         b.set_location(sub.as_debug_info_scope(), line, 1);
-        let headers = parse::parse(&b, prog.hook, options.faults.omit_l4_bounds_check);
-        let mut lower = Lower::new(&mut b, headers, policy, &maps, prog.hook, sources, &files, !options.faults.omit_counter_null_check);
-        lower.program(&prog.probes);
+        let parsed = parse::parse(&b, prog.hook, options.faults.omit_l4_bounds_check);
+        for end in parsed.ends {
+            b.at(end);
+            let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook, sources, &files, !options.faults.omit_counter_null_check);
+            lower.program(&prog.probes);
+        }
 
         meta.programs.push(meta::ProgramMeta { hook: prog.hook.as_str().to_string(), name: fname.to_string(), section: section(prog.hook).to_string() });
     }

@@ -10,6 +10,7 @@
 //! are present only in unfragmented packets and first fragments.
 
 use super::builder::{helper, Bpf};
+use inkwell::basic_block::BasicBlock;
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
 use xpol_lang::ast::Hook;
@@ -28,6 +29,7 @@ const ETH_P_8021Q: u64 = 0x8100;
 const ETH_P_8021AD: u64 = 0x88a8;
 
 /// Stack slots of the parsed facts; `get` them where rules need them.
+#[derive(Clone, Copy)]
 pub struct Headers<'ctx> {
     pub data: PointerValue<'ctx>,
     pub pkt_len: IntValue<'ctx>,
@@ -76,9 +78,18 @@ pub struct Headers<'ctx> {
     pub icmp_code: PointerValue<'ctx>,
 }
 
-/// Emits the parser at the current position; on return the builder sits in
-/// the block after parsing.
-pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) -> Headers<'ctx> {
+/// The parser's result: the slots, and the blocks where parsing ends.
+/// Rules are emitted once at each end, so that on every path LLVM sees the
+/// fields that path stored (an IPv4 path knows it carries no IPv6 fields)
+/// instead of a merge of every field of every path.
+pub struct Parsed<'ctx> {
+    pub headers: Headers<'ctx>,
+    /// No IP header (or a malformed one), IPv4, IPv6.
+    pub ends: [BasicBlock<'ctx>; 3],
+}
+
+/// Emits the parser at the current position.
+pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) -> Parsed<'ctx> {
     let ctx = b.func.get_nth_param(0).expect("programs take a context").into_pointer_value();
     let i32t = b.m.cx.i32_type();
     let ctx_u32 = |off: u64| {
@@ -216,7 +227,10 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     let ip4 = b.block("ip4");
     let not4 = b.block("not_ip4");
     let ip6 = b.block("ip6");
-    let l4 = b.block("l4");
+    let ip4_done = b.block("ip4_parsed");
+    let ip6_done = b.block("ip6_parsed");
+    let l4_v4 = b.block("l4_v4");
+    let l4_v6 = b.block("l4_v6");
     b.cond_br(b.eq(etype, b.c64(ETH_P_IP)), ip4, not4);
     b.at(not4);
     b.cond_br(b.eq(etype, b.c64(ETH_P_IPV6)), ip6, done);
@@ -261,7 +275,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     b.set(h.proto_ok, t);
     b.set(l4off, b.add(off, hlen));
     b.set(ip_end, b.add(off, total));
-    b.br(l4);
+    b.br(l4_v4);
 
     // IPv6.
     b.at(ip6);
@@ -301,12 +315,12 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
             let upper = b.block("upper");
             let is_ext = [0u64, 43, 60, 44, 51].iter().fold(b.bool(false), |acc, &c| b.or(acc, b.eq(cur, b.c64(c))));
             // Chain longer than the bound: IP is present, the upper layer unknown.
-            b.cond_br(is_ext, done, upper);
+            b.cond_br(is_ext, ip6_done, upper);
             b.at(upper);
             b.set(h.proto, cur);
             b.set(h.proto_ok, t);
             b.set(l4off, o);
-            b.br(l4);
+            b.br(l4_v6);
             break;
         }
         let generic = b.block("ext_opts");
@@ -327,7 +341,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
             b.at(bb);
             let q = b.pkt_ptr(data, o);
             let whole = b.block("ext_whole");
-            b.cond_br(b.fits(q, 8, data_end), whole, done);
+            b.cond_br(b.fits(q, 8, data_end), whole, ip6_done);
             b.at(whole);
             q
         };
@@ -354,20 +368,39 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
         b.set(h.proto, cur);
         b.set(h.proto_ok, t);
         b.set(l4off, o);
-        b.br(l4);
+        b.br(l4_v6);
         // Keep the offset small and give the verifier one bounded range for
         // it on every path, so that its states can be pruned.
         b.at(next);
         let o2 = b.get(xoff);
         let bounded = b.block("ext_bounded");
         let in_dgram = b.cmp(IntPredicate::ULE, o2, b.get(ip_end));
-        b.cond_br(b.and(b.cmp(IntPredicate::ULE, o2, b.c64(MAX_L4_OFFSET)), in_dgram), bounded, done);
+        b.cond_br(b.and(b.cmp(IntPredicate::ULE, o2, b.c64(MAX_L4_OFFSET)), in_dgram), bounded, ip6_done);
         b.at(bounded);
         b.set(xoff, b.and(b.opaque(o2), b.c64(2 * MAX_L4_OFFSET - 1)));
     }
 
-    // L4, at a variable offset.
-    b.at(l4);
+    let at = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check };
+    parse_l4(b, &h, &at, l4_v4, ip4_done);
+    parse_l4(b, &h, &at, l4_v6, ip6_done);
+    Parsed { headers: h, ends: [done, ip4_done, ip6_done] }
+}
+
+struct L4At<'ctx> {
+    data: PointerValue<'ctx>,
+    data_end: PointerValue<'ctx>,
+    l4off: PointerValue<'ctx>,
+    ip_end: PointerValue<'ctx>,
+    omit_l4_bounds_check: bool,
+}
+
+/// The L4 header at `l4off`, for one address family; every way out goes to
+/// `done`.
+fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: BasicBlock<'ctx>, done: BasicBlock<'ctx>) {
+    let (data, data_end, l4off, ip_end, omit_l4_bounds_check) = (at.data, at.data_end, at.l4off, at.ip_end, at.omit_l4_bounds_check);
+    let z = b.c64(0);
+    let t = b.bool(true);
+    b.at(entry);
     let o = b.get(l4off);
     let dgram_end = b.get(ip_end);
     let first = b.block("first_frag");
@@ -425,9 +458,8 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     }
     b.br(done);
 
-    b.at(done);
-    h
 }
+
 
 /// A MAC address as the integer whose low 6 bytes, big-endian, are the address.
 fn load_mac<'ctx>(b: &Bpf<'_, 'ctx>, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {
