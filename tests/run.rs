@@ -8,6 +8,7 @@
 //! removed even when the test fails.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -272,4 +273,99 @@ fn run_errors_are_explained() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"), "{err}");
     }
+}
+
+/// `xpol run` entered into namespace `ns` by network namespace only, so
+/// that it shares this process's /sys/fs/bpf (where pins live).
+fn xpol_in_netns(ns: &str, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["timeout", "20", env!("CARGO_BIN_EXE_xpol")])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xpol");
+    wait_bounded(&mut child, Duration::from_secs(25));
+    child.wait_with_output().expect("output")
+}
+
+fn xpol(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xpol")).args(args).output().expect("run xpol")
+}
+
+/// Detaches a pin even when the test fails half way.
+struct Pin(String);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = xpol(&["detach", &self.0]);
+    }
+}
+
+#[test]
+fn pinned_policy_outlives_the_process() {
+    if !usable() || Command::new("nsenter").arg("--version").output().is_err() {
+        return;
+    }
+    let net = Net::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.xpol");
+    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let name = format!("test-{}", std::process::id());
+    let pin = Pin(name.clone());
+    let out = xpol_in_netns(&net.b, &["run", policy.to_str().expect("utf-8"), "-i", &net.vb, "--pin", &name, "--duration", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(net.link_b().contains("xdp"), "attached after the process exited");
+
+    let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
+    assert!(sent.success());
+    let list = String::from_utf8_lossy(&xpol(&["list"]).stdout).into_owned();
+    assert!(list.contains(&name) && list.contains(&net.vb), "{list}");
+    let stats = xpol(&["stats", &name, "--json"]);
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    assert_eq!(report["rules"][0]["packets"], 10);
+    assert_eq!(report["rules"][1]["packets"], 5);
+
+    let detach = xpol(&["detach", &name]);
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+    std::mem::forget(pin);
+    assert!(!net.link_b().contains("xdp"), "detached: {}", net.link_b());
+    assert!(!Path::new(&format!("/sys/fs/bpf/xpol/{name}")).exists());
+    let again = xpol(&["stats", &name]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no policy is pinned as"));
+}
+
+#[test]
+fn killed_process_leaves_nothing_attached() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("p.xpol");
+    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run"])
+        .arg(&policy)
+        .args(["-i", &net.vb, "--duration", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start xpol run");
+    let start = Instant::now();
+    while !net.link_b().contains("xdp") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(net.link_b().contains("xdp"), "attached while running");
+    // SIGKILL: no handler runs; the kernel drops the link with the process.
+    Command::new("pkill").args(["-KILL", "-f", &policy.display().to_string()]).status().expect("pkill");
+    wait_bounded(&mut child, Duration::from_secs(5));
+    let start = Instant::now();
+    while net.link_b().contains("xdp") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!net.link_b().contains("xdp"), "still attached: {}", net.link_b());
 }

@@ -9,6 +9,7 @@ use object::{Object, ObjectSection};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::os::fd::AsFd;
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
 
@@ -49,6 +50,12 @@ pub enum RuntimeError {
     Map { map: String, source: std::io::Error },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
     TestRun(String),
+    #[error("{0}")]
+    Pin(String),
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("this kernel lacks a feature: {0}")]
+    KernelFeature(String),
 }
 
 type Result<T> = std::result::Result<T, RuntimeError>;
@@ -124,12 +131,40 @@ pub struct LoadOptions {
     pub missing_interfaces_ok: bool,
 }
 
-/// A policy loaded in the kernel (not attached to any interface).
-pub struct LoadedPolicy {
-    ebpf: Ebpf,
+/// The maps of a policy with its metadata: enough to read and reset its
+/// counters, whether the policy was loaded by this process or pinned by
+/// another.
+pub struct PolicyMaps {
     meta: ObjectMeta,
     maps: HashMap<String, MapData>,
     cpus: usize,
+}
+
+/// A link keeping a program attached; dropping it detaches.
+enum AttachedLink {
+    Xdp(aya::programs::xdp::XdpLink),
+    Tc(aya::programs::tc::SchedClassifierLink),
+}
+
+/// A policy loaded in the kernel, attached to nothing until [`LoadedPolicy::attach`].
+pub struct LoadedPolicy {
+    // Links first: fields drop in order, and links must go before programs.
+    links: Vec<(String, AttachedLink)>,
+    ebpf: Ebpf,
+    state: PolicyMaps,
+}
+
+/// Where pinned policies live: links and maps in bpffs, metadata beside.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/xpol";
+pub const PIN_META_ROOT: &str = "/run/xpol";
+
+/// What `xpol list` shows of a pinned policy.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PinRecord {
+    pub name: String,
+    pub interface: String,
+    pub hooks: Vec<String>,
+    pub meta: ObjectMeta,
 }
 
 /// Reads the metadata section of an object.
@@ -186,30 +221,41 @@ impl LoadedPolicy {
             }
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
-        let mut policy = LoadedPolicy { ebpf, meta, maps, cpus };
+        let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus } };
         policy.fill_sets()?;
         policy.fill_redirects(options.missing_interfaces_ok)?;
         Ok(policy)
     }
 
     pub fn meta(&self) -> &ObjectMeta {
-        &self.meta
+        &self.state.meta
+    }
+
+    /// The counters and maps, for reading.
+    pub fn maps(&self) -> &PolicyMaps {
+        &self.state
+    }
+
+    /// Per-rule counters summed over CPUs, indexed by rule id.
+    pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
+        self.state.rule_counters()
+    }
+
+    pub fn reset_counters(&mut self) -> Result<()> {
+        self.state.reset_counters()
+    }
+
+    /// Entries of `@name`, keys decoded, values summed over CPUs.
+    pub fn map_entries(&self, name: &str) -> Result<Vec<(Vec<KeyValue>, u64)>> {
+        self.state.map_entries(name)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
 
-    fn map(&self, name: &str) -> Result<&MapData> {
-        self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
-    }
-
-    fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
-    }
-
     fn fill_sets(&mut self) -> Result<()> {
-        for set in &self.meta.sets {
+        for set in &self.state.meta.sets {
             for m in &set.maps {
                 for element in &set.elements {
                     let keys = set_keys(m.kind, element).map_err(|reason| RuntimeError::SetElement {
@@ -218,7 +264,7 @@ impl LoadedPolicy {
                         reason,
                     })?;
                     for key in keys {
-                        self.update(&m.map, &key, &[1])?;
+                        self.state.update(&m.map, &key, &[1])?;
                     }
                 }
             }
@@ -227,7 +273,7 @@ impl LoadedPolicy {
     }
 
     fn fill_redirects(&mut self, missing_ok: bool) -> Result<()> {
-        for (slot, ifname) in self.meta.redirects.iter().enumerate() {
+        for (slot, ifname) in self.state.meta.redirects.iter().enumerate() {
             let ifindex = sys::if_nametoindex(ifname);
             if ifindex == 0 {
                 if missing_ok {
@@ -235,13 +281,13 @@ impl LoadedPolicy {
                 }
                 return Err(RuntimeError::UnknownInterface(ifname.clone()));
             }
-            self.update(meta::REDIRECT_MAP, &(slot as u32).to_le_bytes(), &ifindex.to_le_bytes())?;
+            self.state.update(meta::REDIRECT_MAP, &(slot as u32).to_le_bytes(), &ifindex.to_le_bytes())?;
         }
         Ok(())
     }
 
     fn program_name(&self, hook: &str) -> Result<String> {
-        self.meta.programs.iter().find(|p| p.hook == hook).map(|p| p.name.clone()).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))
+        self.state.meta.programs.iter().find(|p| p.hook == hook).map(|p| p.name.clone()).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))
     }
 
     fn run(&mut self, hook: &str, packet: &[u8], repeat: u32) -> Result<RunOutcome> {
@@ -303,7 +349,9 @@ impl LoadedPolicy {
                 XdpAttachMode::Native => aya::programs::XdpMode::Driver,
                 XdpAttachMode::Generic => aya::programs::XdpMode::Skb,
             };
-            x.attach(iface, mode).map_err(attach_error)?;
+            let id = x.attach(iface, mode).map_err(attach_error)?;
+            let link = x.take_link(id).map_err(attach_error)?;
+            self.links.push((hook.to_string(), AttachedLink::Xdp(link)));
         } else {
             let attach_type = if hook == "tc:ingress" { aya::programs::TcAttachType::Ingress } else { aya::programs::TcAttachType::Egress };
             // tcx needs no qdisc; older kernels attach below a clsact qdisc,
@@ -313,9 +361,49 @@ impl LoadedPolicy {
                 let _ = aya::programs::tc::qdisc_add_clsact(iface);
             }
             let c: &mut SchedClassifier = prog.try_into().map_err(attach_error)?;
-            c.attach(iface, attach_type).map_err(attach_error)?;
+            let id = c.attach(iface, attach_type).map_err(attach_error)?;
+            let link = c.take_link(id).map_err(attach_error)?;
+            self.links.push((hook.to_string(), AttachedLink::Tc(link)));
         }
         Ok(())
+    }
+
+    /// Pins the attached links and the maps under `PIN_ROOT/name` and the
+    /// metadata under `PIN_META_ROOT`, so that the policy stays attached
+    /// after this process exits and other processes can read or detach it.
+    pub fn pin(&mut self, name: &str, interface: &str) -> Result<PathBuf> {
+        check_pin_name(name)?;
+        sys::ensure_bpffs().map_err(RuntimeError::Bpffs)?;
+        let dir = Path::new(PIN_ROOT).join(name);
+        if dir.exists() {
+            return Err(RuntimeError::Pin(format!("a policy is already pinned as `{name}`; run `xpol detach {name}` first")));
+        }
+        let io = |e: std::io::Error| RuntimeError::Pin(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut hooks = Vec::new();
+        for (hook, link) in self.links.drain(..) {
+            let fd: aya::programs::links::FdLink = match link {
+                AttachedLink::Xdp(l) => l.try_into(),
+                AttachedLink::Tc(l) => l.try_into(),
+            }
+            .map_err(|e| {
+                RuntimeError::KernelFeature(format!(
+                    "pinning needs BPF links, which this kernel does not offer for `{hook}` ({e}); XDP links need Linux 5.9, TC links (tcx) Linux 6.6"
+                ))
+            })?;
+            let path = dir.join(format!("link_{}", hook.replace(':', "_")));
+            // The pin keeps the link: dropping this handle leaves it attached.
+            fd.pin(&path).map_err(|e| RuntimeError::Pin(format!("{}: {e}", path.display())))?;
+            hooks.push(hook);
+        }
+        for (map, data) in &self.state.maps {
+            data.pin(dir.join(map)).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
+        }
+        std::fs::create_dir_all(PIN_META_ROOT).map_err(io)?;
+        let record = PinRecord { name: name.to_string(), interface: interface.to_string(), hooks, meta: self.state.meta.clone() };
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| RuntimeError::Pin(e.to_string()))?;
+        std::fs::write(Path::new(PIN_META_ROOT).join(format!("{name}.json")), json).map_err(io)?;
+        Ok(dir)
     }
 
     /// Sizes and verifier work of the program of `hook`.
@@ -338,6 +426,39 @@ impl LoadedPolicy {
         })
     }
 
+}
+
+impl PolicyMaps {
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    /// The maps of a policy pinned by `xpol run --pin NAME`.
+    pub fn open_pinned(name: &str) -> Result<(PinRecord, PolicyMaps)> {
+        let record = read_pin_record(name)?;
+        let dir = Path::new(PIN_ROOT).join(name);
+        let mut maps = HashMap::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| RuntimeError::Pin(format!("{}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with("link_") {
+                continue;
+            }
+            let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Pin(format!("map {file}: {e}")))?;
+            maps.insert(file, data);
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
+        Ok((record.clone(), PolicyMaps { meta: record.meta, maps, cpus }))
+    }
+
+    fn map(&self, name: &str) -> Result<&MapData> {
+        self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
+    }
+
+    fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
+    }
+
     /// Per-rule counters summed over CPUs, indexed by rule id.
     pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
         let fd = self.map(meta::RULES_MAP)?.fd().as_fd();
@@ -357,7 +478,7 @@ impl LoadedPolicy {
         Ok(out)
     }
 
-    pub fn reset_counters(&mut self) -> Result<()> {
+    pub fn reset_counters(&self) -> Result<()> {
         let zero = vec![0u8; 16 * self.cpus];
         for id in 0..self.meta.rules.len() as u32 {
             self.update(meta::RULES_MAP, &id.to_le_bytes(), &zero)?;
@@ -386,6 +507,45 @@ impl LoadedPolicy {
         out.sort_by(|a, b| b.1.cmp(&a.1));
         Ok(out)
     }
+
+}
+
+fn check_pin_name(name: &str) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(RuntimeError::Pin(format!("`{name}` is not a valid pin name: use letters, digits, `-` and `_`")));
+    }
+    Ok(())
+}
+
+fn read_pin_record(name: &str) -> Result<PinRecord> {
+    check_pin_name(name)?;
+    let path = Path::new(PIN_META_ROOT).join(format!("{name}.json"));
+    let text = std::fs::read(&path).map_err(|_| RuntimeError::Pin(format!("no policy is pinned as `{name}` (see `xpol list`)")))?;
+    serde_json::from_slice(&text).map_err(|e| RuntimeError::Pin(format!("{}: {e}", path.display())))
+}
+
+/// Policies pinned on this host.
+pub fn list_pinned() -> Vec<PinRecord> {
+    let mut out: Vec<PinRecord> = std::fs::read_dir(PIN_META_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+        .filter(|n| Path::new(PIN_ROOT).join(n).exists())
+        .filter_map(|n| read_pin_record(&n).ok())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Detaches a pinned policy: removing the link pins destroys the links
+/// (unless a process still holds them), then the maps and metadata go.
+pub fn detach_pinned(name: &str) -> Result<PinRecord> {
+    let record = read_pin_record(name)?;
+    let dir = Path::new(PIN_ROOT).join(name);
+    std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::Pin(format!("{}: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(Path::new(PIN_META_ROOT).join(format!("{name}.json")));
+    Ok(record)
 }
 
 fn program_error(program: &str, e: ProgramError) -> RuntimeError {

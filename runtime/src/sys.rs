@@ -117,3 +117,28 @@ pub fn if_nametoindex(name: &str) -> u32 {
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Makes sure a BPF filesystem is mounted at /sys/fs/bpf (mounting one when
+/// it is not), and says in words why not when that fails.
+pub fn ensure_bpffs() -> Result<(), String> {
+    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: `st` is a plain C struct the kernel fills in; `path` outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0;
+    if ok && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: all arguments are valid NUL-terminated strings or null.
+    let r = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "no BPF filesystem at /sys/fs/bpf and mounting one failed ({}); mount it with `mount -t bpf bpf /sys/fs/bpf`",
+            io::Error::last_os_error()
+        ))
+    }
+}

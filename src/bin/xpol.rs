@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
+use xpol_runtime::loader::{LoadedPolicy, PolicyMaps, XdpAttachMode};
 use xpol_runtime::packet::PacketSpec;
 
 #[derive(Parser)]
@@ -50,7 +50,24 @@ enum Command {
         /// One JSON object per interval instead of a table.
         #[arg(long)]
         json: bool,
+        /// Keep the policy attached after exit, pinned under /sys/fs/bpf/xpol/NAME;
+        /// then `xpol stats NAME` and `xpol detach NAME` work from any process.
+        #[arg(long)]
+        pin: Option<String>,
     },
+    /// List the policies pinned with `xpol run --pin`.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the counters of a pinned policy.
+    Stats {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach a pinned policy and remove its pins.
+    Detach { name: String },
     /// Verify a policy in the kernel and run sample packets through it
     /// (BPF_PROG_TEST_RUN; nothing is attached to any interface).
     Test {
@@ -108,7 +125,7 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
 
 /// One report: every rule's counters and rate, every @map's size and top
 /// keys, every named set's size.
-fn snapshot(policy: &LoadedPolicy, interface: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Result<serde_json::Value> {
+fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Result<serde_json::Value> {
     let counters = policy.rule_counters()?;
     let meta = policy.meta();
     let rules: Vec<serde_json::Value> = meta
@@ -150,10 +167,10 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for r in report["rules"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  #{:<3} {:<26} {:>12} {:>14} {:>10.0}  {}\n",
-            r["id"],
+            r["id"].as_u64().unwrap_or(0),
             format!("{}:{}", r["file"].as_str().unwrap_or(""), r["line"]),
-            r["packets"],
-            r["bytes"],
+            r["packets"].as_u64().unwrap_or(0),
+            r["bytes"].as_u64().unwrap_or(0),
             r["pps"].as_f64().unwrap_or(0.0),
             r["text"].as_str().unwrap_or("")
         ));
@@ -181,6 +198,7 @@ fn print_line(report: &serde_json::Value) {
     println!("t={:.0}s {}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "));
 }
 
+#[allow(clippy::too_many_arguments)]
 fn attach_and_watch(
     policy_path: &Path,
     interface: &str,
@@ -189,6 +207,7 @@ fn attach_and_watch(
     interval: f64,
     duration: Option<f64>,
     json: bool,
+    pin: Option<String>,
 ) -> Result<ExitCode> {
     let mode = match mode {
         "auto" => XdpAttachMode::Auto,
@@ -208,7 +227,18 @@ fn attach_and_watch(
     for h in &hooks {
         policy.attach(h, interface, mode)?;
     }
-    eprintln!("attached {} to {interface} ({}); Ctrl-C to detach", policy_path.display(), hooks.join(", "));
+    match &pin {
+        Some(name) => {
+            let dir = policy.pin(name, interface)?;
+            eprintln!(
+                "attached {} to {interface} ({}), pinned at {}: it stays attached after exit; `xpol stats {name}`, `xpol detach {name}`",
+                policy_path.display(),
+                hooks.join(", "),
+                dir.display()
+            );
+        }
+        None => eprintln!("attached {} to {interface} ({}); Ctrl-C to detach", policy_path.display(), hooks.join(", ")),
+    }
     let start = Instant::now();
     let interval = Duration::from_secs_f64(interval.max(0.1));
     let terminal = std::io::stdout().is_terminal();
@@ -226,7 +256,7 @@ fn attach_and_watch(
         }
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
-        let report = snapshot(&policy, interface, start.elapsed().as_secs_f64(), &previous, dt)?;
+        let report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
         previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
         if finished {
             break report;
@@ -242,7 +272,10 @@ fn attach_and_watch(
     // Detach (dropping the links) before the summary, so that nothing is
     // left attached even if printing fails.
     drop(policy);
-    eprintln!("detached from {interface}");
+    match &pin {
+        Some(name) => eprintln!("left attached to {interface} as `{name}`"),
+        None => eprintln!("detached from {interface}"),
+    }
     if json {
         println!("{}", serde_json::json!({"final": true, "report": report}));
     } else {
@@ -253,8 +286,38 @@ fn attach_and_watch(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, interval, duration, json } => {
-            attach_and_watch(&policy, &interface, hook, &mode, interval, duration, json)
+        Command::Run { policy, interface, hook, mode, interval, duration, json, pin } => {
+            attach_and_watch(&policy, &interface, hook, &mode, interval, duration, json, pin)
+        }
+        Command::List { json } => {
+            let pinned = xpol_runtime::loader::list_pinned();
+            if json {
+                for p in &pinned {
+                    println!("{}", serde_json::json!({"name": p.name, "interface": p.interface, "hooks": p.hooks, "source": p.meta.source, "rules": p.meta.rules.len()}));
+                }
+            } else if pinned.is_empty() {
+                println!("no pinned policies");
+            } else {
+                for p in &pinned {
+                    println!("{:<16} {:<12} {:<24} {} ({} rules)", p.name, p.interface, p.hooks.join(","), p.meta.source, p.meta.rules.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { name, json } => {
+            let (record, maps) = PolicyMaps::open_pinned(&name)?;
+            let report = snapshot(&maps, &record.interface, 0.0, &[], 0.0)?;
+            if json {
+                println!("{report}");
+            } else {
+                print_table(&report, false);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { name } => {
+            let record = xpol_runtime::loader::detach_pinned(&name)?;
+            eprintln!("detached `{name}` from {}", record.interface);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Test { policy, hook } => {
             let Some(object) = object_for(&policy)? else { return Ok(ExitCode::FAILURE) };
