@@ -82,3 +82,29 @@ fn xpol_test_runs_the_demo() {
     assert!(out.contains("tcp 203.0.113.9 -> 198.19.255.1:80 syn             drop      #0 (line 15)"), "{out}");
     assert!(out.contains("@blocked[203.0.113.9] = 1"), "{out}");
 }
+
+#[test]
+fn xpol_test_runs_a_pcap() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol_test_runs_a_pcap") {
+        return;
+    }
+    use xpol_runtime::packet::PacketSpec;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("t.pcap");
+    let frames = vec![
+        PacketSpec::tcp4("203.0.113.9".parse().unwrap(), "198.19.0.1".parse().unwrap(), 1, 80).syn().build(),
+        PacketSpec::tcp4("198.18.0.9".parse().unwrap(), "198.19.0.1".parse().unwrap(), 1, 23).syn().build(),
+        PacketSpec::udp6("2001:db8::9".parse().unwrap(), "2001:db8::1".parse().unwrap(), 1, 53).build(),
+        vec![0u8; 10],
+    ];
+    xpol_runtime::pcap::write_frames(&pcap, &frames).expect("write pcap");
+    let r = Command::new(env!("CARGO_BIN_EXE_xpol")).args(["test", "examples/firewall.xpol", "--json", "--pcap"]).arg(&pcap).output().expect("run xpol");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!((lines[0]["verdict"].as_str(), lines[0]["fired"][0].as_u64()), (Some("drop"), Some(0)));
+    assert_eq!((lines[1]["verdict"].as_str(), lines[1]["fired"][0].as_u64()), (Some("drop"), Some(2)));
+    assert_eq!((lines[2]["verdict"].as_str(), lines[2]["fired"][0].as_u64()), (Some("pass"), Some(4)));
+    assert!(lines[3]["verdict"].as_str().expect("verdict").starts_with("error"), "a 10-byte frame cannot be test-run");
+    assert_eq!(lines[4]["counters"]["rules"][0]["packets"], 1);
+}

@@ -104,15 +104,31 @@ for port, n in ((9, 10), (7, 5)):
         s.sendto(b"x" * 20, (sys.argv[1], port))
 "#;
 
+/// Where the policy is attached: on the receiver's interface (XDP, TC
+/// ingress) or on the sender's (TC egress).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Receiver,
+    Sender,
+}
+
 fn end_to_end(hook_args: &[&str], policy: &str) {
+    end_to_end_on(hook_args, policy, Side::Receiver)
+}
+
+fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
     let net = Net::new();
+    let (ns, dev) = match side {
+        Side::Receiver => (net.b.clone(), net.vb.clone()),
+        Side::Sender => (net.a.clone(), net.va.clone()),
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let policy_path = dir.path().join("p.xpol");
     std::fs::write(&policy_path, policy).expect("write policy");
     let mut run = Command::new("ip")
-        .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run"])
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_xpol"), "run"])
         .arg(&policy_path)
-        .args(["-i", &net.vb, "--json", "--interval", "1", "--duration", "5"])
+        .args(["-i", &dev, "--json", "--interval", "1", "--duration", "5"])
         .args(hook_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -153,6 +169,7 @@ fn end_to_end(hook_args: &[&str], policy: &str) {
     assert_eq!(rules[0]["bytes"], 10 * 62);
     let link = net.link_b();
     assert!(!link.contains("xdp") && !link.contains("prog/"), "still attached after exit: {link}");
+    let _ = ns;
 }
 
 const XDP_POLICY: &str = "xdp /udp.dport == 9/ { drop }\nxdp /udp.dport == 7/ { pass }\nxdp { pass }\n";
@@ -182,6 +199,15 @@ fn run_xdp_native() {
 fn run_tc_ingress() {
     if usable() {
         end_to_end(&[], TC_POLICY);
+    }
+}
+
+const TC_EGRESS_POLICY: &str = "tc:egress /udp.dport == 9/ { drop }\ntc:egress /udp.dport == 7/ { pass }\ntc:egress { pass }\n";
+
+#[test]
+fn run_tc_egress() {
+    if usable() {
+        end_to_end_on(&[], TC_EGRESS_POLICY, Side::Sender);
     }
 }
 

@@ -8,5 +8,6 @@
 
 pub mod loader;
 pub mod packet;
+pub mod pcap;
 pub mod sys;
 pub mod testing;

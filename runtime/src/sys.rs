@@ -142,3 +142,12 @@ pub fn ensure_bpffs() -> Result<(), String> {
         ))
     }
 }
+
+/// Restores the default SIGPIPE action, so that `xpol ... | head` ends
+/// quietly like other Unix tools instead of failing on a closed pipe.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

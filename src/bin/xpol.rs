@@ -76,10 +76,18 @@ enum Command {
         /// Hook to test (`xdp`, `tc:ingress`, `tc:egress`); default: every hook of the policy.
         #[arg(long)]
         hook: Option<String>,
+        /// Run the frames of this capture (pcap or pcapng, Ethernet) instead
+        /// of the built-in sample packets.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// One JSON object per packet, then one with the counters.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 fn main() -> ExitCode {
+    xpol_runtime::sys::default_sigpipe();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -319,44 +327,66 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("detached `{name}` from {}", record.interface);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test { policy, hook } => {
+        Command::Test { policy, hook, pcap, json } => {
             let Some(object) = object_for(&policy)? else { return Ok(ExitCode::FAILURE) };
-            let mut loaded = LoadedPolicy::load(&object).context("loading the policy into the kernel")?;
+            let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true };
+            let mut loaded = LoadedPolicy::load_with(&object, &options).context("loading the policy into the kernel")?;
             let hooks: Vec<String> = match hook {
-                Some(h) => vec![h],
+                Some(h) => vec![h.replace("tc-", "tc:")],
                 None => loaded.meta().programs.iter().map(|p| p.hook.clone()).collect(),
             };
             if hooks.is_empty() {
                 bail!("the object has no programs");
             }
+            let packets: Vec<(String, Vec<u8>)> = match &pcap {
+                Some(path) => xpol_runtime::pcap::read_frames(path)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("#{} ({} bytes)", i + 1, f.len()), f))
+                    .collect(),
+                None => sample_packets().into_iter().map(|(name, spec)| (name, spec.build())).collect(),
+            };
             let rules = loaded.meta().rules.clone();
-            println!("{} verified by the kernel: {} rules", policy.display(), rules.len());
+            if !json {
+                println!("{} verified by the kernel: {} rules", policy.display(), rules.len());
+            }
             for hook in &hooks {
-                println!("\n{hook}:");
-                println!("  {:<50} {:<9} rules fired", "packet", "verdict");
-                for (name, spec) in sample_packets() {
+                if !json {
+                    println!("\n{hook}:");
+                    println!("  {:<50} {:<9} rules fired", "packet", "verdict");
+                }
+                for (i, (name, bytes)) in packets.iter().enumerate() {
                     let before = loaded.rule_counters()?;
-                    let out = loaded.test_run(hook, &spec.build())?;
+                    let verdict = match loaded.test_run(hook, bytes) {
+                        Ok(out) => format!("{:?}", out.action).to_lowercase(),
+                        // Frames the kernel will not test-run (shorter than an
+                        // Ethernet header) are reported, not fatal.
+                        Err(e) => format!("error: {e}"),
+                    };
                     let after = loaded.rule_counters()?;
-                    let fired: Vec<String> = after
-                        .iter()
-                        .zip(&before)
-                        .enumerate()
-                        .filter(|(_, (a, b))| a.packets > b.packets)
-                        .map(|(i, _)| format!("#{} (line {})", i, rules[i].line))
-                        .collect();
-                    println!("  {:<50} {:<9} {}", name, format!("{:?}", out.action).to_lowercase(), fired.join(", "));
+                    let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
+                    if json {
+                        println!("{}", serde_json::json!({"hook": hook, "packet": i + 1, "len": bytes.len(), "verdict": verdict, "fired": fired}));
+                    } else {
+                        let fired: Vec<String> = fired.iter().map(|&r| format!("#{} (line {})", r, rules[r].line)).collect();
+                        println!("  {:<50} {:<9} {}", name, verdict, fired.join(", "));
+                    }
                 }
             }
-            println!("\ncounters:");
-            let counters = loaded.rule_counters()?;
-            for (r, c) in rules.iter().zip(&counters) {
-                println!("  #{:<3} {}:{:<4} {:>6} pkts {:>8} bytes  {}", r.id, r.file, r.line, c.packets, c.bytes, r.text);
-            }
-            for m in loaded.meta().maps.clone() {
-                for (key, value) in loaded.map_entries(&m.name)? {
-                    let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
-                    println!("  @{}[{}] = {}", m.name, key.join(", "), value);
+            let report = snapshot(loaded.maps(), "-", 0.0, &[], 0.0)?;
+            if json {
+                println!("{}", serde_json::json!({"counters": report}));
+            } else {
+                println!("\ncounters:");
+                let counters = loaded.rule_counters()?;
+                for (r, c) in rules.iter().zip(&counters) {
+                    println!("  #{:<3} {}:{:<4} {:>6} pkts {:>8} bytes  {}", r.id, r.file, r.line, c.packets, c.bytes, r.text);
+                }
+                for m in loaded.meta().maps.clone() {
+                    for (key, value) in loaded.map_entries(&m.name)? {
+                        let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+                        println!("  @{}[{}] = {}", m.name, key.join(", "), value);
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -54,6 +54,7 @@ enum MessageFormat {
 }
 
 fn main() -> ExitCode {
+    xpol_runtime::sys::default_sigpipe();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
