@@ -112,19 +112,26 @@ enum Side {
     Sender,
 }
 
+/// Fresh namespaces and the policy in a temporary file (kept alive by the
+/// returned directory).
+fn setup(policy: &str) -> (Net, tempfile::TempDir, std::path::PathBuf) {
+    let net = Net::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("p.xpol");
+    std::fs::write(&path, policy).expect("write policy");
+    (net, dir, path)
+}
+
 fn end_to_end(hook_args: &[&str], policy: &str) {
     end_to_end_on(hook_args, policy, Side::Receiver)
 }
 
 fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
-    let net = Net::new();
+    let (net, _dir, policy_path) = setup(policy);
     let (ns, dev) = match side {
         Side::Receiver => (net.b.clone(), net.vb.clone()),
         Side::Sender => (net.a.clone(), net.va.clone()),
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy_path = dir.path().join("p.xpol");
-    std::fs::write(&policy_path, policy).expect("write policy");
     let mut run = Command::new("ip")
         .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_xpol"), "run"])
         .arg(&policy_path)
@@ -240,11 +247,8 @@ fn run_on_lo_in_a_fresh_namespace() {
     if !usable() {
         return;
     }
-    let net = Net::new();
+    let (net, _dir, policy) = setup(XDP_POLICY);
     ip(&["-n", &net.b, "addr", "add", "198.19.250.1/32", "dev", "lo"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("p.xpol");
-    std::fs::write(&policy, XDP_POLICY).expect("write");
     let p = policy.to_str().expect("utf-8 path").to_string();
     let ns = net.b.clone();
     let runner = std::thread::spawn(move || xpol_run_in(&ns, &[&p, "-i", "lo", "--mode", "generic", "--json", "--duration", "3"]));
@@ -264,10 +268,7 @@ fn run_errors_are_explained() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("p.xpol");
-    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let (net, _dir, policy) = setup(XDP_POLICY);
     let p = policy.to_str().expect("utf-8 path").to_string();
 
     // lo has no native XDP.
@@ -334,10 +335,7 @@ fn pinned_policy_outlives_the_process() {
     if !usable() || Command::new("nsenter").arg("--version").output().is_err() {
         return;
     }
-    let net = Net::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("p.xpol");
-    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let (net, _dir, policy) = setup(XDP_POLICY);
     let name = format!("test-{}", std::process::id());
     let pin = Pin(name.clone());
     let out = xpol_in_netns(&net.b, &["run", policy.to_str().expect("utf-8"), "-i", &net.vb, "--pin", &name, "--duration", "1"]);
@@ -369,10 +367,7 @@ fn killed_process_leaves_nothing_attached() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("p.xpol");
-    std::fs::write(&policy, XDP_POLICY).expect("write");
+    let (net, _dir, policy) = setup(XDP_POLICY);
     let mut child = Command::new("ip")
         .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run"])
         .arg(&policy)
