@@ -7,6 +7,7 @@ pub mod check;
 pub mod codegen;
 pub mod ir;
 pub mod load;
+pub mod verifier;
 
 use std::path::Path;
 use xpol_lang::meta::ObjectMeta;
@@ -49,6 +50,9 @@ pub struct Output {
     /// Textual LLVM IR and BPF assembly, for `--emit llvm|asm`.
     pub llvm_ir: String,
     pub asm: String,
+    /// Source positions in the object's line info and their spans, to map
+    /// verifier messages back to expressions ([`verifier::explain`]).
+    pub located: Vec<codegen::Located>,
 }
 
 impl Build {
@@ -68,7 +72,7 @@ pub fn build(root: &Path, options: &BuildOptions) -> Build {
         diagnostics.extend(ir.warnings.iter().cloned());
         let gen = codegen::generate(&ir, &sources, options).map_err(|d| diagnostics.extend(d)).ok()?;
         let ast = loaded.files.into_iter().map(|f| f.policy).collect();
-        Some(Output { ast, ir, object: gen.object, meta: gen.meta, llvm_ir: gen.llvm_ir, asm: gen.asm })
+        Some(Output { ast, ir, object: gen.object, meta: gen.meta, llvm_ir: gen.llvm_ir, asm: gen.asm, located: gen.located })
     })();
     Build { sources, diagnostics, output }
 }

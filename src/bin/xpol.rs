@@ -97,16 +97,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Compiles a source policy, or reads an object.
-fn object_for(policy: &Path) -> Result<Option<Vec<u8>>> {
+/// Compiles a source policy (or reads an object) and loads it into the
+/// kernel. A verifier rejection of a compiled policy is shown at the policy
+/// expression it comes from. `None`: the problem was reported.
+fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions) -> Result<Option<LoadedPolicy>> {
     if policy.extension().is_some_and(|e| e == "o") {
-        return Ok(Some(std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?));
+        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        return Ok(Some(LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?));
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
+    let color = std::io::stderr().is_terminal();
     if !build.diagnostics.is_empty() {
-        eprint!("{}", xpol_lang::render::render_human(&build.diagnostics, &build.sources, std::io::stderr().is_terminal()));
+        eprint!("{}", xpol_lang::render::render_human(&build.diagnostics, &build.sources, color));
     }
-    Ok(build.output.map(|o| o.object))
+    let Some(out) = &build.output else { return Ok(None) };
+    match LoadedPolicy::load_with(&out.object, options) {
+        Ok(p) => Ok(Some(p)),
+        Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
+            let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
+            let verbose = std::env::var("XPOL_VERBOSE").is_ok_and(|v| v == "1");
+            let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
+            eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
+            Ok(None)
+        }
+        Err(e) => Err(e).context("loading the policy into the kernel"),
+    }
 }
 
 /// Packets that exercise a typical firewall: web, SSH and telnet over both
@@ -223,8 +238,7 @@ fn attach_and_watch(
         "generic" => XdpAttachMode::Generic,
         other => bail!("unknown --mode `{other}`: use auto, native or generic"),
     };
-    let Some(object) = object_for(policy_path)? else { return Ok(ExitCode::FAILURE) };
-    let mut policy = LoadedPolicy::load(&object).context("loading the policy into the kernel")?;
+    let Some(mut policy) = load_policy(policy_path, &Default::default())? else { return Ok(ExitCode::FAILURE) };
     let hooks: Vec<String> = match hook {
         Some(h) => vec![h.replace("tc-", "tc:")],
         None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
@@ -328,9 +342,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Test { policy, hook, pcap, json } => {
-            let Some(object) = object_for(&policy)? else { return Ok(ExitCode::FAILURE) };
             let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true };
-            let mut loaded = LoadedPolicy::load_with(&object, &options).context("loading the policy into the kernel")?;
+            let Some(mut loaded) = load_policy(&policy, &options)? else { return Ok(ExitCode::FAILURE) };
             let hooks: Vec<String> = match hook {
                 Some(h) => vec![h.replace("tc-", "tc:")],
                 None => loaded.meta().programs.iter().map(|p| p.hook.clone()).collect(),

@@ -36,6 +36,10 @@ enum Command {
         policy: PathBuf,
         #[arg(long, value_enum, default_value = "human")]
         message_format: MessageFormat,
+        /// Also load every program into the kernel (verified, not attached)
+        /// and report the verifier's statistics. Needs root.
+        #[arg(long)]
+        kernel: bool,
     },
 }
 
@@ -81,8 +85,33 @@ fn report(build: &Build, format: MessageFormat) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { policy, message_format } => {
-            let build = xpol_compiler::build(&policy, &BuildOptions::default());
+        Command::Check { policy, message_format, kernel } => {
+            let mut build = xpol_compiler::build(&policy, &BuildOptions::default());
+            if kernel {
+                if let Some(out) = &build.output {
+                    match xpol_runtime::loader::LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true }) {
+                        Ok(mut loaded) => {
+                            for p in out.meta.programs.clone() {
+                                let s = loaded.program_stats(&p.hook)?;
+                                eprintln!(
+                                    "{}: verified by the kernel: {} instructions processed, {} instructions ({} bytes JIT-compiled)",
+                                    p.hook,
+                                    s.verified_insns,
+                                    s.xlated_bytes / 8,
+                                    s.jited_bytes
+                                );
+                            }
+                        }
+                        Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
+                            let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
+                            let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, false);
+                            build.diagnostics.push(d);
+                            build.output = None;
+                        }
+                        Err(e) => return Err(e).context("loading the policy into the kernel"),
+                    }
+                }
+            }
             report(&build, message_format);
             Ok(if build.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }

@@ -107,11 +107,19 @@ pub struct Bpf<'a, 'ctx> {
     pub sub: DISubprogram<'ctx>,
     /// Debug scope per source file (the subprogram's own file, or a lexical
     /// block file for included files).
-    pub scopes: Vec<(xpol_lang::FileId, DIScope<'ctx>)>,
+    pub scopes: std::cell::RefCell<Vec<(xpol_lang::FileId, DIScope<'ctx>)>>,
     entry: BasicBlock<'ctx>,
     /// Stack buffers by (purpose, size), shared by every use: the BPF stack
     /// has 512 bytes, and LLVM does not overlap separate allocas here.
     scratch: std::cell::RefCell<std::collections::HashMap<(&'static str, u32), PointerValue<'ctx>>>,
+    sources: &'a xpol_lang::SourceMap,
+    files: &'a std::collections::HashMap<xpol_lang::FileId, DIFile<'ctx>>,
+    /// Every source position given to LLVM, with the span it stands for, so
+    /// that a verifier message located by line info can be traced back to
+    /// the exact expression.
+    pub located: std::cell::RefCell<Vec<super::Located>>,
+    /// Test-only fault, see [`Bpf::br_if_null`].
+    pub omit_null_check: bool,
 }
 
 /// LLVM builder calls fail only when the builder is misused (no insertion
@@ -121,11 +129,27 @@ fn ok<T>(r: Result<T, inkwell::builder::BuilderError>) -> T {
 }
 
 impl<'a, 'ctx> Bpf<'a, 'ctx> {
-    pub fn new(m: &'a ModuleCx<'ctx>, func: FunctionValue<'ctx>, sub: DISubprogram<'ctx>) -> Self {
+    pub fn new(
+        m: &'a ModuleCx<'ctx>,
+        func: FunctionValue<'ctx>,
+        sub: DISubprogram<'ctx>,
+        sources: &'a xpol_lang::SourceMap,
+        files: &'a std::collections::HashMap<xpol_lang::FileId, DIFile<'ctx>>,
+    ) -> Self {
         let b = m.cx.create_builder();
         let entry = m.cx.append_basic_block(func, "entry");
         b.position_at_end(entry);
-        Bpf { m, b, func, sub, scopes: Vec::new(), entry, scratch: Default::default() }
+        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false }
+    }
+
+    /// Attributes the instructions built from now on to `span` (a debug
+    /// location, hence `.BTF.ext` line info).
+    pub fn locate(&self, span: xpol_lang::Span) {
+        let (line, col) = self.sources.get(span.file).line_col(span.start);
+        let files = self.files;
+        let scope = self.scope_for(span.file, || files[&span.file]);
+        self.set_location(scope, line, col);
+        self.located.borrow_mut().push(super::Located { file: span.file, line, col, span });
     }
 
     pub fn i1(&self) -> IntType<'ctx> {
@@ -151,13 +175,13 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.b.set_current_debug_location(loc);
     }
 
-    pub fn scope_for(&mut self, file: xpol_lang::FileId, difile: impl FnOnce() -> DIFile<'ctx>) -> DIScope<'ctx> {
-        if let Some((_, s)) = self.scopes.iter().find(|(f, _)| *f == file) {
+    pub fn scope_for(&self, file: xpol_lang::FileId, difile: impl FnOnce() -> DIFile<'ctx>) -> DIScope<'ctx> {
+        if let Some((_, s)) = self.scopes.borrow().iter().find(|(f, _)| *f == file) {
             return *s;
         }
         let f = difile();
         let s = self.m.di.create_lexical_block(self.sub.as_debug_info_scope(), f, 1, 1).as_debug_info_scope();
-        self.scopes.push((file, s));
+        self.scopes.borrow_mut().push((file, s));
         s
     }
 
@@ -435,6 +459,17 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         ok(self.b.build_is_null(p, "isnull"))
     }
 
+    /// Branches on whether a map lookup found nothing. Only the test-only
+    /// fault `omit_null_check` skips the check (to prove that the
+    /// verifier's complaint is mapped back to source).
+    pub fn br_if_null(&self, p: PointerValue<'ctx>, null: BasicBlock<'ctx>, found: BasicBlock<'ctx>) {
+        if self.omit_null_check {
+            self.br(found);
+        } else {
+            self.cond_br(self.is_null(p), null, found);
+        }
+    }
+
     /// Adds `v` to the u64 at `p + off`; atomically when the map is shared
     /// between CPUs.
     pub fn add_u64_at(&self, p: PointerValue<'ctx>, off: u64, v: IntValue<'ctx>, atomic: bool) {
@@ -456,17 +491,15 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     }
 
     /// Bumps a per-CPU counter pair `{packets, bytes}` at `index` of an array
-    /// map. `null_check` is only false in verifier-feedback tests.
-    pub fn bump_counter(&self, map: MapDef<'ctx>, index: u32, bytes: IntValue<'ctx>, null_check: bool) {
+    /// map.
+    pub fn bump_counter(&self, map: MapDef<'ctx>, index: u32, bytes: IntValue<'ctx>) {
         let key = self.stack_buf(4, "key");
         self.store_at(key, 0, self.m.cx.i32_type().const_int(index as u64, false));
         let slot = self.map_lookup(map, key);
         let done = self.block("counted");
-        if null_check {
-            let bump = self.block("count");
-            self.cond_br(self.is_null(slot), done, bump);
-            self.at(bump);
-        }
+        let bump = self.block("count");
+        self.br_if_null(slot, done, bump);
+        self.at(bump);
         self.add_u64_at(slot, 0, self.c64(1), false);
         self.add_u64_at(slot, 8, bytes, false);
         self.br(done);

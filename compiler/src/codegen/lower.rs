@@ -10,14 +10,13 @@ use super::parse::Headers;
 use crate::check::fields::Field;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
 use inkwell::basic_block::BasicBlock;
-use inkwell::debug_info::{DIFile, DIScope};
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use xpol_lang::ast::{Hook, Verdict};
 use xpol_lang::meta::MapValueKind;
-use xpol_lang::{FileId, SourceMap, Span};
+use xpol_lang::Span;
 
 /// The maps of one object, as codegen refers to them.
 pub struct Maps<'ctx> {
@@ -56,9 +55,6 @@ pub struct Lower<'l, 'a, 'ctx> {
     pub policy: &'l ir::Policy,
     pub maps: &'l Maps<'ctx>,
     pub hook: Hook,
-    pub sources: &'l SourceMap,
-    pub files: &'l HashMap<FileId, DIFile<'ctx>>,
-    pub null_checks: bool,
     locals: HashMap<ir::LocalId, Val<'ctx>>,
 }
 
@@ -82,18 +78,12 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         policy: &'l ir::Policy,
         maps: &'l Maps<'ctx>,
         hook: Hook,
-        sources: &'l SourceMap,
-        files: &'l HashMap<FileId, DIFile<'ctx>>,
-        null_checks: bool,
     ) -> Self {
-        Lower { b, h, policy, maps, hook, sources, files, null_checks, locals: HashMap::new() }
+        Lower { b, h, policy, maps, hook, locals: HashMap::new() }
     }
 
     fn loc(&mut self, span: Span) {
-        let (line, col) = self.sources.get(span.file).line_col(span.start);
-        let files = self.files;
-        let scope: DIScope<'ctx> = self.b.scope_for(span.file, || files[&span.file]);
-        self.b.set_location(scope, line, col);
+        self.b.locate(span);
     }
 
     /// All probes in order, then the default verdict.
@@ -108,7 +98,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             self.b.at(fire);
             self.loc(probe.span);
-            self.b.bump_counter(self.maps.rules, probe.rule, self.h.pkt_len, self.null_checks);
+            self.b.bump_counter(self.maps.rules, probe.rule, self.h.pkt_len);
             self.stmts(&probe.body);
             if !self.b.terminated() {
                 self.b.br(next);
@@ -163,7 +153,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         let p = self.b.map_lookup(map, key);
         let found = self.b.block("redir_found");
         let fail = self.b.block("redir_unset");
-        self.b.cond_br(self.b.is_null(p), fail, found);
+        self.b.br_if_null(p, fail, found);
         self.b.at(fail);
         self.b.ret(abort);
         self.b.at(found);
@@ -595,7 +585,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         b.cond_br(present, lookup, done);
         b.at(lookup);
         let p = b.map_lookup(self.maps.users[map].def, key);
-        b.cond_br(b.is_null(p), done, found);
+        b.br_if_null(p, done, found);
         b.at(found);
         b.set(out, b.load_u64_at(p, 0));
         b.br(done);
@@ -631,7 +621,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 let p = b.map_lookup(def.def, key);
                 let found = b.block("map_found");
                 let insert = b.block("map_insert");
-                b.cond_br(b.is_null(p), insert, found);
+                b.br_if_null(p, insert, found);
                 b.at(found);
                 b.add_u64_at(p, 0, add, !def.per_cpu);
                 b.br(done);

@@ -30,12 +30,23 @@ use xpol_lang::{Diagnostic, SourceMap};
 pub struct Faults {
     /// Skip the frame-end check before reading L4 headers.
     pub omit_l4_bounds_check: bool,
-    /// Skip the null check after looking up a rule counter.
-    pub omit_counter_null_check: bool,
+    /// Skip the null check after map lookups.
+    pub omit_null_check: bool,
+}
+
+/// A source position given to LLVM and the span it stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub file: xpol_lang::FileId,
+    pub line: u32,
+    pub col: u32,
+    pub span: xpol_lang::Span,
 }
 
 pub struct Generated {
     pub object: Vec<u8>,
+    /// Every debug location of the object and its span.
+    pub located: Vec<Located>,
     pub meta: ObjectMeta,
     pub llvm_ir: String,
     pub asm: String,
@@ -192,6 +203,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let maps = Maps { rules, sets: set_maps, users, redirect };
 
     // Programs.
+    let mut located = Vec::new();
     for prog in &policy.programs {
         let fname = program_name(prog.hook);
         // The context type, by name and size (the kernel wants to know the
@@ -215,15 +227,18 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         // The kernel rejects BTF whose function arguments have no names.
         m.di.create_parameter_variable(sub.as_debug_info_scope(), "ctx", 1, file, line, ctx_ptr.as_type(), true, DIFlags::ZERO);
 
-        let mut b = Bpf::new(&m, func, sub);
-        b.scopes.push((first.file, sub.as_debug_info_scope()));
+        let mut b = Bpf::new(&m, func, sub, sources, &files);
+        b.omit_null_check = options.faults.omit_null_check;
+        b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope()));
         b.set_location(sub.as_debug_info_scope(), line, 1);
-        let parsed = parse::parse(&b, prog.hook, options.faults.omit_l4_bounds_check);
+        let uses = parse::first_uses(prog);
+        let parsed = parse::parse(&b, prog.hook, &uses, options.faults.omit_l4_bounds_check);
         for end in parsed.ends {
             b.at(end);
-            let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook, sources, &files, !options.faults.omit_counter_null_check);
+            let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
             lower.program(&prog.probes);
         }
+        located.extend(b.located.take());
 
         meta.programs.push(meta::ProgramMeta { hook: prog.hook.as_str().to_string(), name: fname.to_string(), section: section(prog.hook).to_string() });
     }
@@ -249,7 +264,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         (String::new(), String::new())
     };
     let obj = tm.write_to_memory_buffer(&m.module, FileType::Object).map_err(|e| codegen_error(e.to_string()))?;
-    Ok(Generated { object: obj.as_slice().to_vec(), meta, llvm_ir, asm })
+    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm })
 }
 
 /// Directory and file name for debug info: the real path when the file came

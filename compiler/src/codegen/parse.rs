@@ -13,7 +13,81 @@ use super::builder::{helper, Bpf};
 use inkwell::basic_block::BasicBlock;
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
+use crate::check::fields::{Field, Layer};
+use crate::ir::{self, ExprKind, MapOp, StmtKind};
+use std::collections::HashMap;
 use xpol_lang::ast::Hook;
+use xpol_lang::Span;
+
+/// The parts of the parser, for attributing their instructions to source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Eth,
+    Vlan,
+    Ip4,
+    Ip6,
+    L4,
+}
+
+fn stages(f: Field) -> &'static [Stage] {
+    match f.layer() {
+        Layer::Packet => &[],
+        Layer::Eth => &[Stage::Eth],
+        Layer::Vlan1 | Layer::Vlan2 => &[Stage::Vlan],
+        Layer::Ip | Layer::IpProto => &[Stage::Ip4, Stage::Ip6],
+        Layer::Ip4 => &[Stage::Ip4],
+        Layer::Ip6 => &[Stage::Ip6],
+        Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6 => &[Stage::L4],
+    }
+}
+
+/// For each parser stage, the first expression (in rule order) that reads
+/// a field the stage provides.
+pub fn first_uses(prog: &ir::Program) -> HashMap<Stage, Span> {
+    fn expr(e: &ir::Expr, out: &mut HashMap<Stage, Span>) {
+        match &e.kind {
+            ExprKind::Field(f) => {
+                for s in stages(*f) {
+                    out.entry(*s).or_insert(e.span);
+                }
+            }
+            ExprKind::Const(_) | ExprKind::Local(_) => {}
+            ExprKind::MapRead { keys, .. } => keys.iter().for_each(|k| expr(k, out)),
+            ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a, out),
+            ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
+                expr(a, out);
+                expr(b, out);
+            }
+        }
+    }
+    fn stmts(list: &[ir::Stmt], out: &mut HashMap<Stage, Span>) {
+        for s in list {
+            match &s.kind {
+                StmtKind::If { cond, then_body, else_body } => {
+                    expr(cond, out);
+                    stmts(then_body, out);
+                    stmts(else_body, out);
+                }
+                StmtKind::Let { value, .. } => expr(value, out),
+                StmtKind::MapUpdate { keys, op, .. } => {
+                    keys.iter().for_each(|k| expr(k, out));
+                    if let MapOp::Sum(e) | MapOp::Assign(e) = op {
+                        expr(e, out);
+                    }
+                }
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for p in &prog.probes {
+        if let Some(e) = &p.predicate {
+            expr(e, &mut out);
+        }
+        stmts(&p.body, &mut out);
+    }
+    out
+}
 
 /// IPv6 extension headers walked before giving up on finding the L4 header.
 pub const MAX_IPV6_EXT: usize = 8;
@@ -89,7 +163,14 @@ pub struct Parsed<'ctx> {
 }
 
 /// Emits the parser at the current position.
-pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) -> Parsed<'ctx> {
+pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, omit_l4_bounds_check: bool) -> Parsed<'ctx> {
+    // Each header's instructions carry the position of the first rule that
+    // reads it: a verifier complaint about them points at that rule.
+    let locate = |stage: Stage| {
+        if let Some(&span) = uses.get(&stage) {
+            b.locate(span);
+        }
+    };
     let ctx = b.func.get_nth_param(0).expect("programs take a context").into_pointer_value();
     let i32t = b.m.cx.i32_type();
     let ctx_u32 = |off: u64| {
@@ -184,6 +265,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
     let eth = b.block("eth");
     b.cond_br(b.fits(data, 14, data_end), eth, done);
     b.at(eth);
+    locate(Stage::Eth);
     b.set(h.eth_ok, t);
     b.set(h.eth_dst, load_mac(b, data, 0));
     b.set(h.eth_src, load_mac(b, data, 6));
@@ -199,6 +281,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
         b.at(untagged);
         b.br(l3);
         b.at(tagged);
+        locate(Stage::Vlan);
         // A truncated tag: Ethernet is present, the tag and L3 are not.
         let whole = b.block("tag");
         b.cond_br(b.fits(data, off + 4, data_end), whole, done);
@@ -237,6 +320,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
 
     // IPv4.
     b.at(ip4);
+    locate(Stage::Ip4);
     let p = b.pkt_ptr(data, off);
     let ip4_fixed = b.block("ip4_fixed");
     b.cond_br(b.fits(p, 20, data_end), ip4_fixed, done);
@@ -279,6 +363,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
 
     // IPv6.
     b.at(ip6);
+    locate(Stage::Ip6);
     let p = b.pkt_ptr(data, off);
     let ip6_fixed = b.block("ip6_fixed");
     b.cond_br(b.fits(p, 40, data_end), ip6_fixed, done);
@@ -380,7 +465,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, omit_l4_bounds_check: bool) ->
         b.set(xoff, b.and(b.opaque(o2), b.c64(2 * MAX_L4_OFFSET - 1)));
     }
 
-    let at = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check };
+    let at = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied() };
     parse_l4(b, &h, &at, l4_v4, ip4_done);
     parse_l4(b, &h, &at, l4_v6, ip6_done);
     Parsed { headers: h, ends: [done, ip4_done, ip6_done] }
@@ -392,6 +477,7 @@ struct L4At<'ctx> {
     l4off: PointerValue<'ctx>,
     ip_end: PointerValue<'ctx>,
     omit_l4_bounds_check: bool,
+    span: Option<Span>,
 }
 
 /// The L4 header at `l4off`, for one address family; every way out goes to
@@ -401,6 +487,9 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
     let z = b.c64(0);
     let t = b.bool(true);
     b.at(entry);
+    if let Some(span) = at.span {
+        b.locate(span);
+    }
     let o = b.get(l4off);
     let dgram_end = b.get(ip_end);
     let first = b.block("first_frag");
