@@ -66,3 +66,40 @@ fn failing_instruction_is_found_in_a_log() {
     assert!(msg.starts_with("invalid access to packet"));
     assert!(!msg.contains("processed"));
 }
+
+/// `n` rules of the same shape, each with two comparisons.
+fn many_rules(n: usize) -> String {
+    let mut s = String::from("xdp /ip.src in 203.0.113.0/24/ { drop }\n");
+    for i in 0..n {
+        s.push_str(&format!("xdp /tcp.dport == {} && ip.ttl > {}/ {{ drop }}\n", i + 1000, i % 200));
+    }
+    s.push_str("xdp { pass }\n");
+    s
+}
+
+/// The program-size budget: a policy under it loads in the kernel; one
+/// over it is refused before loading, at the rule that crosses the limit
+/// (LLVM 14 would otherwise wrap 16-bit jump offsets silently).
+#[test]
+fn program_size_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let over = dir.path().join("over.xpol");
+    std::fs::write(&over, many_rules(2000)).expect("write");
+    let b = build(&over, &BuildOptions::default());
+    assert!(b.output.is_none(), "2000 rules must exceed the budget");
+    let d = b.diagnostics.iter().find(|d| d.code == "xpol::budget::program_size").expect("the budget diagnostic");
+    let line = b.sources.location(d.primary_span().expect("a span")).1;
+    assert!((1000..2000).contains(&line), "points at a rule in the middle, not at line {line}");
+
+    if !common::kernel("program_size_budget") {
+        return;
+    }
+    let under = dir.path().join("under.xpol");
+    std::fs::write(&under, many_rules(1000)).expect("write");
+    let mut p = common::load_file(&under);
+    let stats = p.program_stats("xdp").expect("stats");
+    assert!(stats.xlated_bytes as usize / 8 <= xpol_compiler::codegen::MAX_PROGRAM_INSNS);
+    // Rule 1000 is `tcp.dport == 1999 && ip.ttl > 199`.
+    let pkt = xpol_runtime::packet::PacketSpec::tcp4("198.18.0.1".parse().unwrap(), "198.19.0.1".parse().unwrap(), 1, 1999).ipv4(|ip| ip.ttl = 255).build();
+    common::expect(&mut p, "xdp", "the last numbered rule", &pkt, xpol_runtime::loader::Action::Drop, &[1000]);
+}

@@ -116,7 +116,7 @@ const CATALOG: &[Class] = &[
     },
     Class {
         code: "xpol::verifier::too_complex",
-        patterns: &["is too complex", "BPF program is too large", "too many states", "processed 1000001 insns"],
+        patterns: &["is too complex", "BPF program is too large", "too many states", "processed 1000001 insns", "jump out of range"],
         cause: "the program has more branches or paths than the kernel verifier will follow (1,000,000 processed instructions, 8,192 jumps in a row)",
         help: "move long literal sets into a named `set` (a map looked up once) or fewer rules; `xpolc check --kernel` shows the verifier's statistics",
     },
@@ -173,6 +173,12 @@ fn offset_of_line(text: &str, line: u32) -> usize {
     text.split_inclusive('\n').take(line.saturating_sub(1) as usize).map(str::len).sum()
 }
 
+/// The policy span of instruction `insn` of program section `section`.
+pub fn span_of_insn(object: &[u8], section: &str, insn: usize, located: &[Located], sources: &SourceMap) -> Option<Span> {
+    let info = line_info(object).into_iter().filter(|l| l.section == section && l.insn <= insn).max_by_key(|l| l.insn)?;
+    span_at(located, sources, &info)
+}
+
 /// Turns a verifier rejection of `program` (its ELF section, e.g. `xdp`)
 /// into a diagnostic at the policy expression the failing instruction came
 /// from. `verbose` adds the last lines of the log.
@@ -184,8 +190,7 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         None => Diagnostic::error("xpol::verifier", format!("the kernel verifier rejected `{program}`"))
             .with_help("this rejection is not in xpol's catalog; the verifier's words are above"),
     };
-    let info = line_info(object).into_iter().filter(|l| l.section == section && l.insn <= insn).max_by_key(|l| l.insn);
-    if let Some(span) = info.as_ref().and_then(|i| span_at(located, sources, i)) {
+    if let Some(span) = span_of_insn(object, section, insn, located, sources) {
         d = d.with_label(span, format!("instruction {insn}: {}", message.lines().next().unwrap_or("rejected here")));
     }
     if verbose {

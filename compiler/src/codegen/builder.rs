@@ -212,6 +212,21 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         ok(self.b.build_return(Some(&v)));
     }
 
+    /// The block being filled.
+    pub fn cur(&self) -> BasicBlock<'ctx> {
+        self.b.get_insert_block().expect("builder positioned")
+    }
+
+    /// An SSA merge of integer values from predecessor blocks (cheaper for
+    /// LLVM than a stack slot promoted later: policies have thousands).
+    pub fn phi(&self, incoming: &[(IntValue<'ctx>, BasicBlock<'ctx>)]) -> IntValue<'ctx> {
+        let phi = ok(self.b.build_phi(incoming[0].0.get_type(), "phi"));
+        for (v, bb) in incoming {
+            phi.add_incoming(&[(v, *bb)]);
+        }
+        phi.as_basic_value().into_int_value()
+    }
+
     /// True when the current block already ends (after a verdict).
     pub fn terminated(&self) -> bool {
         self.b.get_insert_block().and_then(|bb| bb.get_terminator()).is_some()
@@ -490,11 +505,11 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         ok(self.b.build_load(q, "u64")).into_int_value()
     }
 
-    /// Bumps a per-CPU counter pair `{packets, bytes}` at `index` of an array
-    /// map.
-    pub fn bump_counter(&self, map: MapDef<'ctx>, index: u32, bytes: IntValue<'ctx>) {
+    /// Bumps a per-CPU counter pair `{packets, bytes}` at `index` (an i32)
+    /// of an array map.
+    pub fn bump_counter(&self, map: MapDef<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
         let key = self.stack_buf(4, "key");
-        self.store_at(key, 0, self.m.cx.i32_type().const_int(index as u64, false));
+        self.store_at(key, 0, index);
         let slot = self.map_lookup(map, key);
         let done = self.block("counted");
         let bump = self.block("count");

@@ -88,6 +88,11 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
 
     /// All probes in order, then the default verdict.
     pub fn program(&mut self, probes: &[ir::Probe]) {
+        let i32t = self.b.m.cx.i32_type();
+        // Rules whose body is only a verdict share one tail that counts and
+        // returns: a rule then costs its predicate and a jump.
+        let tail = self.b.block("count_and_return");
+        let mut into_tail = Vec::new();
         for probe in probes {
             self.loc(probe.span);
             let next = self.b.block("next_rule");
@@ -98,15 +103,30 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             self.b.at(fire);
             self.loc(probe.span);
-            self.b.bump_counter(self.maps.rules, probe.rule, self.h.pkt_len);
-            self.stmts(&probe.body);
-            if !self.b.terminated() {
-                self.b.br(next);
+            if let [ir::Stmt { kind: StmtKind::Verdict(v), .. }] = probe.body.as_slice() {
+                let code = i32t.const_int(verdict_code(self.hook, *v), false);
+                into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
+                self.b.br(tail);
+            } else {
+                self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.h.pkt_len);
+                self.stmts(&probe.body);
+                if !self.b.terminated() {
+                    self.b.br(next);
+                }
             }
             self.b.at(next);
         }
         // No rule decided: pass.
         self.b.ret(verdict_code(self.hook, Verdict::Pass));
+        self.b.at(tail);
+        if into_tail.is_empty() {
+            self.b.ret(verdict_code(self.hook, Verdict::Pass));
+            return;
+        }
+        let rule = self.b.phi(&into_tail.iter().map(|(r, _, bb)| (*r, *bb)).collect::<Vec<_>>());
+        let code = self.b.phi(&into_tail.iter().map(|(_, c, bb)| (*c, *bb)).collect::<Vec<_>>());
+        self.b.bump_counter(self.maps.rules, rule, self.h.pkt_len);
+        self.b.ret_value(code);
     }
 
     fn stmts(&mut self, stmts: &[ir::Stmt]) {
@@ -178,8 +198,6 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             ExprKind::Not(a) => self.branch3(a, f, t, u),
             ExprKind::And(lhs, rhs) | ExprKind::Or(lhs, rhs) => {
                 let is_and = matches!(e.kind, ExprKind::And(..));
-                // Whether the left operand was unknown, for the right one's outcome.
-                let unk = self.b.var(self.b.bool(false), "unknown");
                 let eval_rhs = self.b.block(if is_and { "and_rhs" } else { "or_rhs" });
                 let lhs_known = self.b.block("lhs_known");
                 let lhs_unknown = self.b.block("lhs_unknown");
@@ -189,12 +207,12 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                     self.branch3(lhs, t, lhs_known, lhs_unknown);
                 }
                 self.b.at(lhs_known);
-                self.b.set(unk, self.b.bool(false));
                 self.b.br(eval_rhs);
                 self.b.at(lhs_unknown);
-                self.b.set(unk, self.b.bool(true));
                 self.b.br(eval_rhs);
                 self.b.at(eval_rhs);
+                // Whether the left operand was unknown, for the right one's outcome.
+                let was_unknown = self.b.phi(&[(self.b.bool(false), lhs_known), (self.b.bool(true), lhs_unknown)]);
                 let rhs_decides = self.b.block("rhs_decides");
                 if is_and {
                     self.branch3(rhs, rhs_decides, f, u);
@@ -202,7 +220,6 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                     self.branch3(rhs, t, rhs_decides, u);
                 }
                 self.b.at(rhs_decides);
-                let was_unknown = self.b.get(unk);
                 self.b.cond_br(was_unknown, u, if is_and { t } else { f });
             }
             _ => {
@@ -433,16 +450,16 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             SetRef::Inline(s) => self.inline_member(va, s),
             SetRef::Named(id) => {
                 // Look up only when the value is present: a lookup is a helper call.
-                let hit = self.b.var(self.b.bool(false), "hit");
                 let lookup = self.b.block("set_lookup");
                 let after = self.b.block("set_done");
+                let from = self.b.cur();
                 self.b.cond_br(present, lookup, after);
                 self.b.at(lookup);
                 let r = self.named_member(va, *id);
-                self.b.set(hit, r);
+                let looked = self.b.cur();
                 self.b.br(after);
                 self.b.at(after);
-                self.b.get(hit)
+                self.b.phi(&[(self.b.bool(false), from), (r, looked)])
             }
         };
         self.bool_of(present, c)
@@ -509,32 +526,34 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 None => b.bool(false),
             },
             Val::Ip { v6, v4, hi, lo, .. } => {
-                let hit = b.var(b.bool(false), "lpm_hit");
                 let is4 = b.block("lpm4");
                 let is6 = b.block("lpm6");
                 let done = b.block("lpm_done");
                 b.cond_br(v6, is6, is4);
-                b.at(is4);
-                if let Some(map) = maps.v4 {
-                    let key = b.stack_buf(8, "key");
-                    b.store_at(key, 0, b.m.cx.i32_type().const_int(32, false));
-                    b.store_at(key, 4, b.bswap(b.trunc(v4, b.m.cx.i32_type())));
-                    let p = b.map_lookup(map, key);
-                    b.set(hit, b.not(b.is_null(p)));
+                let mut hits = Vec::new();
+                for (bb, map, v6) in [(is4, maps.v4, false), (is6, maps.v6, true)] {
+                    b.at(bb);
+                    let hit = match map {
+                        Some(map) if !v6 => {
+                            let key = b.stack_buf(8, "key");
+                            b.store_at(key, 0, b.m.cx.i32_type().const_int(32, false));
+                            b.store_at(key, 4, b.bswap(b.trunc(v4, b.m.cx.i32_type())));
+                            b.not(b.is_null(b.map_lookup(map, key)))
+                        }
+                        Some(map) => {
+                            let key = b.stack_buf(20, "key");
+                            b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
+                            b.store_at(key, 4, b.bswap(hi));
+                            b.store_at(key, 12, b.bswap(lo));
+                            b.not(b.is_null(b.map_lookup(map, key)))
+                        }
+                        None => b.bool(false),
+                    };
+                    hits.push((hit, b.cur()));
+                    b.br(done);
                 }
-                b.br(done);
-                b.at(is6);
-                if let Some(map) = maps.v6 {
-                    let key = b.stack_buf(20, "key");
-                    b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
-                    b.store_at(key, 4, b.bswap(hi));
-                    b.store_at(key, 12, b.bswap(lo));
-                    let p = b.map_lookup(map, key);
-                    b.set(hit, b.not(b.is_null(p)));
-                }
-                b.br(done);
                 b.at(done);
-                b.get(hit)
+                b.phi(&hits)
             }
             Val::Bool { .. } => unreachable!("checked: booleans are not set members"),
         }
@@ -578,19 +597,26 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     fn map_read(&mut self, map: ir::MapId, keys: &[ir::Expr]) -> Val<'ctx> {
         let (key, present) = self.map_key(map, keys);
         let b = &self.b;
-        let out = b.var(b.c64(0), "map_value");
         let lookup = b.block("map_read");
         let found = b.block("map_found");
         let done = b.block("map_read_done");
+        let from = b.cur();
         b.cond_br(present, lookup, done);
         b.at(lookup);
         let p = b.map_lookup(self.maps.users[map].def, key);
+        let missing = b.cur();
         b.br_if_null(p, done, found);
         b.at(found);
-        b.set(out, b.load_u64_at(p, 0));
+        let v = b.load_u64_at(p, 0);
         b.br(done);
         b.at(done);
-        Val::Int { v: b.get(out), present }
+        // Absent key component, or a key not in the map: 0.
+        let mut incoming = vec![(b.c64(0), from), (v, found)];
+        if !b.omit_null_check {
+            incoming.push((b.c64(0), missing));
+        }
+        let v = b.phi(&incoming);
+        Val::Int { v, present }
     }
 
     fn map_update(&mut self, map: ir::MapId, keys: &[ir::Expr], op: &MapOp) {

@@ -84,6 +84,11 @@ fn set_capacity(s: &ir::NamedSet, n: usize) -> u32 {
     }
 }
 
+/// Up to this many rules, rules are emitted once per parse outcome and the
+/// module gets LLVM's O2; beyond, once, with O1: O2's jump threading and the
+/// copies grow faster than linearly with the number of rules.
+pub const SPECIALIZE_MAX_RULES: usize = 64;
+
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
     Target::initialize_bpf(&InitializationConfig::default());
     let triple = TargetTriple::create("bpfel");
@@ -232,7 +237,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope()));
         b.set_location(sub.as_debug_info_scope(), line, 1);
         let uses = parse::first_uses(prog);
-        let parsed = parse::parse(&b, prog.hook, &uses, options.faults.omit_l4_bounds_check);
+        let specialize = policy.rules.len() <= SPECIALIZE_MAX_RULES;
+        let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
         for end in parsed.ends {
             b.at(end);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
@@ -254,7 +260,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
     m.module.verify().map_err(|e| codegen_error(format!("LLVM rejected the generated module: {}", e.to_string())))?;
     m.module
-        .run_passes("default<O2>", &tm, PassBuilderOptions::create())
+        .run_passes(if policy.rules.len() <= SPECIALIZE_MAX_RULES { "default<O2>" } else { "default<O1>" }, &tm, PassBuilderOptions::create())
         .map_err(|e| codegen_error(format!("LLVM optimisation failed: {}", e.to_string())))?;
 
     let (llvm_ir, asm) = if options.text {
@@ -264,7 +270,45 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         (String::new(), String::new())
     };
     let obj = tm.write_to_memory_buffer(&m.module, FileType::Object).map_err(|e| codegen_error(e.to_string()))?;
+    check_program_size(obj.as_slice(), policy, &located, sources)?;
     Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm })
+}
+
+/// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
+/// them silently, so a program past this size could jump anywhere.
+pub const MAX_PROGRAM_INSNS: usize = 32_767;
+
+/// Refuses an object whose programs are too long for 16-bit jumps, at the
+/// rule where the limit is crossed.
+fn check_program_size(object: &[u8], policy: &ir::Policy, located: &[Located], sources: &SourceMap) -> Result<(), Vec<Diagnostic>> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(object) else { return Ok(()) };
+    let mut diags = Vec::new();
+    for prog in &policy.programs {
+        let name = section(prog.hook);
+        let Some(sec) = file.section_by_name(name) else { continue };
+        let insns = sec.size() as usize / 8;
+        if insns <= MAX_PROGRAM_INSNS {
+            continue;
+        }
+        let mut d = Diagnostic::error(
+            "xpol::budget::program_size",
+            format!(
+                "the `{}` program needs {insns} instructions, more than the {MAX_PROGRAM_INSNS} a BPF jump can span",
+                prog.hook.as_str()
+            ),
+        )
+        .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`");
+        if let Some(span) = crate::verifier::span_of_insn(object, name, MAX_PROGRAM_INSNS, located, sources) {
+            d = d.with_label(span, "the program passes the limit here");
+        }
+        diags.push(d);
+    }
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(diags)
+    }
 }
 
 /// Directory and file name for debug info: the real path when the file came

@@ -158,12 +158,13 @@ pub struct Headers<'ctx> {
 /// instead of a merge of every field of every path.
 pub struct Parsed<'ctx> {
     pub headers: Headers<'ctx>,
-    /// No IP header (or a malformed one), IPv4, IPv6.
-    pub ends: [BasicBlock<'ctx>; 3],
+    /// No IP header (or a malformed one), IPv4, IPv6; only the first
+    /// when not specializing.
+    pub ends: Vec<BasicBlock<'ctx>>,
 }
 
 /// Emits the parser at the current position.
-pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, omit_l4_bounds_check: bool) -> Parsed<'ctx> {
+pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, specialize: bool, omit_l4_bounds_check: bool) -> Parsed<'ctx> {
     // Each header's instructions carry the position of the first rule that
     // reads it: a verifier complaint about them points at that rule.
     let locate = |stage: Stage| {
@@ -310,8 +311,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, o
     let ip4 = b.block("ip4");
     let not4 = b.block("not_ip4");
     let ip6 = b.block("ip6");
-    let ip4_done = b.block("ip4_parsed");
-    let ip6_done = b.block("ip6_parsed");
+    let (ip4_done, ip6_done) = if specialize { (b.block("ip4_parsed"), b.block("ip6_parsed")) } else { (done, done) };
     let l4_v4 = b.block("l4_v4");
     let l4_v6 = b.block("l4_v6");
     b.cond_br(b.eq(etype, b.c64(ETH_P_IP)), ip4, not4);
@@ -468,7 +468,8 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, o
     let at = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied() };
     parse_l4(b, &h, &at, l4_v4, ip4_done);
     parse_l4(b, &h, &at, l4_v6, ip6_done);
-    Parsed { headers: h, ends: [done, ip4_done, ip6_done] }
+    let ends = if specialize { vec![done, ip4_done, ip6_done] } else { vec![done] };
+    Parsed { headers: h, ends }
 }
 
 struct L4At<'ctx> {
