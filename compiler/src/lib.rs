@@ -7,6 +7,7 @@ pub mod check;
 pub mod codegen;
 pub mod ir;
 pub mod load;
+pub mod reference;
 pub mod verifier;
 
 use std::path::Path;

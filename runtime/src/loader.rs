@@ -303,7 +303,7 @@ impl LoadedPolicy {
             let c: &mut SchedClassifier = prog.try_into().map_err(|e: ProgramError| RuntimeError::TestRun(e.to_string()))?;
             c.test_run(opts)
         }
-        .map_err(|e| RuntimeError::TestRun(format!("{e} (packet of {} bytes; the kernel needs at least 14)", packet.len())))?;
+        .map_err(|e| RuntimeError::TestRun(format!("{e} (packet of {} bytes; the kernel test-runs XDP on 14 bytes or more, TC on more than 14)", packet.len())))?;
         out.truncate((r.data_size_out as usize).min(out.len()));
         Ok(RunOutcome { action: decode_action(hook, r.return_value), return_value: r.return_value, packet: out, duration_ns: r.duration.as_nanos() as u64 })
     }
