@@ -63,14 +63,14 @@ fn example_edge() {
         return;
     }
     let mut p = load_file(Path::new("examples/edge.xpol"));
-    // Rules 0-5 come from std/tcp-sanity.xpol, then the edge rules.
+    // Rules 0-5 come from std/tcp-sanity.xpol (0: tiny fragments), then the edge rules.
     let bogon = syn4("10.1.2.3", 80);
     expect(&mut p, "xdp", "bogon source", &bogon.build(), Drop, &[6]);
     expect(&mut p, "xdp", "bogon source on a customer VLAN passes the bogon rule", &bogon.clone().vlan(150).build(), Pass, &[12]);
-    expect(&mut p, "xdp", "null scan", &syn4("192.0.2.1", 80).flags(0).build(), Drop, &[0]);
-    expect(&mut p, "xdp", "syn+fin", &syn4("192.0.2.1", 80).flags(0x03).build(), Drop, &[1]);
+    expect(&mut p, "xdp", "null scan", &syn4("192.0.2.1", 80).flags(0).build(), Drop, &[1]);
+    expect(&mut p, "xdp", "syn+fin", &syn4("192.0.2.1", 80).flags(0x03).build(), Drop, &[2]);
     let frag = PacketSpec::tcp4(a4("192.0.2.1"), a4("198.19.0.1"), 1, 80).frag(8, true);
-    expect(&mut p, "xdp", "tiny TCP fragment", &frag.build(), Drop, &[5]);
+    expect(&mut p, "xdp", "tiny TCP fragment", &frag.build(), Drop, &[0]);
     let ping = PacketSpec::icmp4(a4("8.8.8.8"), a4("198.19.0.1"), 8, 0);
     expect(&mut p, "xdp", "ping", &ping.build(), Pass, &[10]);
     let ptb = PacketSpec::icmp4(a4("8.8.8.8"), a4("198.19.0.1"), 3, 4);
@@ -446,12 +446,12 @@ fn std_policies() {
     let mut s = load_text("include \"std/tcp-sanity.xpol\"\nxdp { pass }\n");
     let cases: [(&str, PacketSpec, Action, &[u32]); 7] = [
         ("normal syn", syn4("198.18.0.1", 80), Pass, &[6]),
-        ("null", syn4("198.18.0.1", 80).flags(0), Drop, &[0]),
-        ("syn+rst", syn4("198.18.0.1", 80).flags(0x06), Drop, &[1]),
-        ("xmas", syn4("198.18.0.1", 80).flags(0x29), Drop, &[2]),
-        ("fin without ack", syn4("198.18.0.1", 80).flags(0x01), Drop, &[3]),
-        ("port 0", syn4("198.18.0.1", 0), Drop, &[4]),
-        ("tiny fragment", syn4("198.18.0.1", 80).frag(8, true), Drop, &[5]),
+        ("null", syn4("198.18.0.1", 80).flags(0), Drop, &[1]),
+        ("syn+rst", syn4("198.18.0.1", 80).flags(0x06), Drop, &[2]),
+        ("xmas", syn4("198.18.0.1", 80).flags(0x29), Drop, &[3]),
+        ("fin without ack", syn4("198.18.0.1", 80).flags(0x01), Drop, &[4]),
+        ("port 0", syn4("198.18.0.1", 0), Drop, &[5]),
+        ("tiny fragment", syn4("198.18.0.1", 80).frag(8, true), Drop, &[0]),
     ];
     for (what, spec, action, fired) in cases {
         expect(&mut s, "xdp", what, &spec.build(), action, fired);

@@ -359,6 +359,14 @@ fn cmp_str(op: CmpOp) -> &'static str {
     }
 }
 
+impl Policy {
+    /// An expression in the IR's text form, without spans: two expressions
+    /// with the same text test the same thing.
+    pub fn expr_text(&self, e: &Expr) -> String {
+        Printer { policy: self }.expr(e)
+    }
+}
+
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = Printer { policy: self };

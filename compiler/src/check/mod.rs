@@ -5,6 +5,7 @@
 //! sub-expression yields `None` and its parent goes on without it.
 
 pub mod fields;
+pub mod lints;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
 use crate::load::Loaded;
@@ -105,7 +106,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
     if xpol_lang::diagnostic::has_errors(&c.diags) {
         return Err(c.diags);
     }
-    Ok(ir::Policy {
+    let mut policy = ir::Policy {
         programs: c.programs.into_iter().map(|(hook, probes)| ir::Program { hook, probes }).collect(),
         rules: c.rules,
         sets: c.sets,
@@ -113,7 +114,10 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         locals: c.locals,
         redirects: c.redirects,
         warnings: c.diags,
-    })
+    };
+    let lints = lints::lint(&policy);
+    policy.warnings.extend(lints);
+    Ok(policy)
 }
 
 fn elem_name(e: SetElem) -> &'static str {

@@ -1,0 +1,92 @@
+//! Security lints over the checked policy: warnings with spans for rules
+//! that do not do what they seem to.
+
+use crate::check::fields::{Field, Layer};
+use crate::ir::{self, ExprKind, StmtKind};
+use xpol_lang::ast::Verdict;
+use xpol_lang::Diagnostic;
+
+fn reads_l4(e: &ir::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6),
+        ExprKind::Const(_) | ExprKind::Local(_) => false,
+        ExprKind::MapRead { keys, .. } => keys.iter().any(reads_l4),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads_l4(a),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => reads_l4(a) || reads_l4(b),
+    }
+}
+
+fn reads(e: &ir::Expr, field: Field) -> bool {
+    match &e.kind {
+        ExprKind::Field(f) => *f == field,
+        ExprKind::Const(_) | ExprKind::Local(_) => false,
+        ExprKind::MapRead { keys, .. } => keys.iter().any(|k| reads(k, field)),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads(a, field),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => reads(a, field) || reads(b, field),
+    }
+}
+
+/// The verdict a probe always reaches, if its body is just that.
+fn only_verdict(p: &ir::Probe) -> Option<Verdict> {
+    match p.body.as_slice() {
+        [ir::Stmt { kind: StmtKind::Verdict(v), .. }] => Some(*v),
+        _ => None,
+    }
+}
+
+pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for prog in &policy.programs {
+        let default_drop = prog.probes.iter().any(|p| p.predicate.is_none() && only_verdict(p) == Some(Verdict::Drop));
+        let mut fragments_handled = false;
+        let mut seen: Vec<(String, &ir::Probe)> = Vec::new();
+        let mut catch_all: Option<&ir::Probe> = None;
+        for p in &prog.probes {
+            let rule = &policy.rules[p.rule as usize];
+            if let Some(all) = catch_all {
+                let first = &policy.rules[all.rule as usize];
+                out.push(
+                    Diagnostic::warning("xpol::lint::shadowed", "this rule never runs: an earlier rule decides every packet")
+                        .with_label(rule.span, "never runs")
+                        .with_label(first.span, "this rule has no predicate and always decides"),
+                );
+                continue;
+            }
+            if let Some(pred) = &p.predicate {
+                if reads(pred, Field::IpFrag) || reads(pred, Field::IpFragFirst) || reads(pred, Field::IpFragOff) {
+                    fragments_handled = true;
+                }
+                let text = policy.expr_text(pred);
+                if let Some((_, earlier)) = seen.iter().find(|(t, _)| *t == text) {
+                    let first = &policy.rules[earlier.rule as usize];
+                    out.push(
+                        Diagnostic::warning("xpol::lint::shadowed", "this rule never decides: an earlier rule with the same predicate always does")
+                            .with_label(rule.span, "shadowed")
+                            .with_label(first.span, "decides first"),
+                    );
+                }
+                if only_verdict(p) == Some(Verdict::Drop) && reads_l4(pred) && !fragments_handled && !default_drop {
+                    out.push(
+                        Diagnostic::warning(
+                            "xpol::lint::fragment_bypass",
+                            "non-first fragments carry no L4 header, so this drop rule never matches them, and they pass",
+                        )
+                        .with_label(pred.span, "reads L4 fields")
+                        .with_help(format!(
+                            "drop them earlier, e.g. `{h} /ip.frag && !ip.frag_first/ {{ drop }}`, or end with `{h} {{ drop }}`",
+                            h = prog.hook.as_str()
+                        )),
+                    );
+                    // Once per program is enough to make the point.
+                    fragments_handled = true;
+                }
+                if only_verdict(p).is_some() {
+                    seen.push((text, p));
+                }
+            } else if only_verdict(p).is_some() {
+                catch_all = Some(p);
+            }
+        }
+    }
+    out
+}
