@@ -390,3 +390,25 @@ fn killed_process_leaves_nothing_attached() {
     }
     assert!(!net.link_b().contains("xdp"), "still attached: {}", net.link_b());
 }
+
+/// Pinning needs a writable BPF filesystem: with a read-only one (in a
+/// private mount namespace) the user is told what to mount.
+#[test]
+fn pin_without_writable_bpffs_is_explained() {
+    if !usable() || Command::new("unshare").arg("--version").output().is_err() {
+        return;
+    }
+    let (net, _dir, policy) = setup(XDP_POLICY);
+    let script = format!(
+        "mount -t bpf -o ro bpf /sys/fs/bpf && exec nsenter --net=/run/netns/{} timeout 20 {} run {} -i {} --pin ro-test --duration 1",
+        net.b,
+        env!("CARGO_BIN_EXE_xpol"),
+        policy.display(),
+        net.vb
+    );
+    let out = Command::new("timeout").args(["30", "unshare", "-m", "sh", "-c", &script]).output().expect("unshare");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write to the BPF filesystem") && err.contains("mount -t bpf bpf /sys/fs/bpf"), "{err}");
+    assert!(!net.link_b().contains("xdp"), "nothing left attached: {}", net.link_b());
+}

@@ -379,7 +379,11 @@ impl LoadedPolicy {
             return Err(RuntimeError::Pin(format!("a policy is already pinned as `{name}`; run `xpol detach {name}` first")));
         }
         let io = |e: std::io::Error| RuntimeError::Pin(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            RuntimeError::Bpffs(format!(
+                "cannot write to the BPF filesystem at /sys/fs/bpf ({e}); mount a writable one with `mount -t bpf bpf /sys/fs/bpf`"
+            ))
+        })?;
         let mut hooks = Vec::new();
         for (hook, link) in self.links.drain(..) {
             let fd: aya::programs::links::FdLink = match link {
