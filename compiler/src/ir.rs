@@ -254,6 +254,38 @@ pub struct Local {
     pub ty: Type,
 }
 
+/// What a program decides for a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Drop,
+    Tx,
+    Abort,
+    Redirect,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Drop => "drop",
+            Outcome::Tx => "tx",
+            Outcome::Abort => "abort",
+            Outcome::Redirect => "redirect",
+        }
+    }
+}
+
+/// One case of a `test` block: a packet and the outcome it must get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestCase {
+    /// The name of its `test` block.
+    pub test: String,
+    pub packet: xpol_lang::testspec::TestPacket,
+    pub expect: Outcome,
+    pub span: Span,
+}
+
 /// A checked policy, ready for codegen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -263,6 +295,8 @@ pub struct Policy {
     pub maps: Vec<UserMap>,
     pub locals: Vec<Local>,
     pub redirects: Vec<String>,
+    /// The cases of its `test` blocks, in order.
+    pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -393,6 +427,19 @@ impl fmt::Display for Policy {
                 p.stmts(&mut out, &probe.body, 2);
             }
             out.push_str("  (no rule decided) pass\n");
+        }
+        for t in &self.tests {
+            let packet = match &t.packet {
+                xpol_lang::testspec::TestPacket::Hex(b) => format!("hex({} bytes)", b.len()),
+                xpol_lang::testspec::TestPacket::Fields { kind, args } => {
+                    let args: Vec<String> = args.iter().map(|(n, v)| format!("{n}: {v:?}")).collect();
+                    format!("{kind}({})", args.join(", "))
+                }
+            };
+            out.push_str(&format!("\ntest {:?}: {packet} => {}", t.test, t.expect.as_str()));
+        }
+        if !self.tests.is_empty() {
+            out.push('\n');
         }
         f.write_str(&out)
     }

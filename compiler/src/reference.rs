@@ -9,15 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use xpol_lang::ast::{Hook, Verdict};
 
-/// What a program decides for a packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Pass,
-    Drop,
-    Tx,
-    Abort,
-    Redirect,
-}
+pub use crate::ir::Outcome;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,6 +16,31 @@ pub enum Item {
     Set(SetDecl),
     Const(ConstDecl),
     Probe(Probe),
+    Test(TestBlock),
+}
+
+/// `test "NAME" { PACKET => VERDICT ... }`
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestBlock {
+    pub name: StrLit,
+    pub cases: Vec<TestCase>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestCase {
+    pub packet: PacketDesc,
+    /// `pass`, `drop`, `tx`, `abort` or `redirect`.
+    pub expect: Ident,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PacketDesc {
+    /// `hex("0200...")`
+    Hex(StrLit),
+    /// `tcp(src: 198.18.0.1, dport: 22)`
+    Fields { kind: Ident, args: Vec<(Ident, Expr)> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

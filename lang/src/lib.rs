@@ -9,6 +9,7 @@ pub mod meta;
 pub mod parser;
 pub mod render;
 pub mod span;
+pub mod testspec;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Label, Severity};
 pub use span::{FileId, SourceFile, SourceMap, Span};

@@ -83,6 +83,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::EOI => "end of file",
         Rule::item | Rule::include | Rule::set_decl | Rule::const_decl | Rule::probe => "a declaration or a probe",
+        Rule::test_block | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
+        Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
         Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
         Rule::predicate => "a predicate `/.../`",
         Rule::block => "`{`",
@@ -185,6 +187,12 @@ impl AstBuilder {
                 let value = self.expr(it.next()?)?;
                 Some(Item::Const(ast::ConstDecl { name, value, span }))
             }
+            Rule::test_block => {
+                let mut it = p.into_inner();
+                let name = self.string(it.next()?);
+                let cases = it.filter_map(|c| self.test_case(c)).collect();
+                Some(Item::Test(ast::TestBlock { name, cases, span }))
+            }
             Rule::probe => {
                 let mut it = p.into_inner();
                 let hook_pair = it.next()?;
@@ -207,6 +215,29 @@ impl AstBuilder {
             }
             _ => None,
         }
+    }
+
+    fn test_case(&mut self, p: Pair<Rule>) -> Option<ast::TestCase> {
+        let span = self.span(&p);
+        let mut it = p.into_inner();
+        let desc = it.next()?;
+        let packet = match desc.as_rule() {
+            Rule::hex_packet => ast::PacketDesc::Hex(self.string(desc.into_inner().next()?)),
+            _ => {
+                let mut d = desc.into_inner();
+                let kind = self.ident(d.next()?);
+                let mut args = Vec::new();
+                for a in d {
+                    let mut ai = a.into_inner();
+                    let name = self.ident(ai.next()?);
+                    let value = self.expr(ai.next()?)?;
+                    args.push((name, value));
+                }
+                ast::PacketDesc::Fields { kind, args }
+            }
+        };
+        let expect = self.ident(it.next()?);
+        Some(ast::TestCase { packet, expect, span })
     }
 
     fn block(&mut self, p: Pair<Rule>) -> Block {

@@ -476,3 +476,66 @@ fn checksum(b: &[u8], initial: u32) -> u16 {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("")
 }
+
+/// The bytes of a packet described in a policy's `test` block.
+pub fn from_test(packet: &xpol_lang::testspec::TestPacket) -> Vec<u8> {
+    use std::net::IpAddr;
+    use xpol_lang::testspec::{ArgValue, TestPacket};
+    let (kind, args) = match packet {
+        TestPacket::Hex(bytes) => return bytes.clone(),
+        TestPacket::Fields { kind, args } => (kind, args),
+    };
+    let get = |name: &str| args.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let int = |name: &str, default: u64| match get(name) {
+        Some(ArgValue::Int(i)) => i,
+        _ => default,
+    };
+    let flag = |name: &str| matches!(get(name), Some(ArgValue::Bool(true)));
+    let ip = |name: &str| match get(name) {
+        Some(ArgValue::Ip(a)) => Some(a),
+        _ => None,
+    };
+    let v6 = ip("src").is_some_and(|a| a.is_ipv6()) || ip("dst").is_some_and(|a| a.is_ipv6());
+    let (src, dst) = if v6 {
+        (ip("src").unwrap_or("2001:db8::1".parse().expect("literal")), ip("dst").unwrap_or("2001:db8::2".parse().expect("literal")))
+    } else {
+        (ip("src").unwrap_or("198.18.0.1".parse().expect("literal")), ip("dst").unwrap_or("198.18.0.2".parse().expect("literal")))
+    };
+    let (sport, dport) = (int("sport", 40000) as u16, int("dport", 80) as u16);
+    let mut spec = match (kind.as_str(), src, dst) {
+        ("udp", IpAddr::V4(s), IpAddr::V4(d)) => PacketSpec::udp4(s, d, sport, dport),
+        ("icmp", IpAddr::V4(s), IpAddr::V4(d)) => PacketSpec::icmp4(s, d, int("type", 8) as u8, int("code", 0) as u8),
+        (_, IpAddr::V4(s), IpAddr::V4(d)) => PacketSpec::tcp4(s, d, sport, dport),
+        ("udp", s, d) => PacketSpec::udp6(v6_of(s), v6_of(d), sport, dport),
+        ("icmp", s, d) => PacketSpec::icmp6(v6_of(s), v6_of(d), int("type", 128) as u8, int("code", 0) as u8),
+        (_, s, d) => PacketSpec::tcp6(v6_of(s), v6_of(d), sport, dport),
+    };
+    let mut flags = int("flags", 0) as u8;
+    for (name, bit) in [("fin", 0x01), ("syn", 0x02), ("rst", 0x04), ("ack", 0x10)] {
+        if flag(name) {
+            flags |= bit;
+        }
+    }
+    spec = spec.flags(flags);
+    if let Some(ArgValue::Int(ttl)) = get("ttl") {
+        spec = spec.ipv4(|ip| ip.ttl = ttl as u8).ipv6(|ip| ip.hop_limit = ttl as u8);
+    }
+    if let Some(ArgValue::Int(id)) = get("vlan") {
+        spec = spec.vlan(id as u16);
+    }
+    if let Some(ArgValue::Int(id)) = get("inner_vlan") {
+        spec = spec.vlan(id as u16);
+    }
+    if get("frag").is_some() || flag("more_frags") {
+        spec = spec.frag(int("frag", 0) as u16, flag("more_frags"));
+    }
+    spec.payload(int("payload", 0) as usize).build()
+}
+
+/// An IPv4 address given where the other is IPv6 maps into IPv6.
+fn v6_of(a: std::net::IpAddr) -> Ipv6Addr {
+    match a {
+        std::net::IpAddr::V6(a) => a,
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+    }
+}

@@ -101,9 +101,14 @@ fn main() -> ExitCode {
 /// kernel. A verifier rejection of a compiled policy is shown at the policy
 /// expression it comes from. `None`: the problem was reported.
 fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions) -> Result<Option<LoadedPolicy>> {
+    Ok(load_policy_and_build(policy, options)?.map(|(p, _)| p))
+}
+
+/// As [`load_policy`], also returning the build of a source policy.
+fn load_policy_and_build(policy: &Path, options: &xpol_runtime::loader::LoadOptions) -> Result<Option<(LoadedPolicy, Option<xpol_compiler::Build>)>> {
     if policy.extension().is_some_and(|e| e == "o") {
         let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
-        return Ok(Some(LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?));
+        return Ok(Some((LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?, None)));
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
     let color = std::io::stderr().is_terminal();
@@ -112,7 +117,7 @@ fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions) -> Re
     }
     let Some(out) = &build.output else { return Ok(None) };
     match LoadedPolicy::load_with(&out.object, options) {
-        Ok(p) => Ok(Some(p)),
+        Ok(p) => Ok(Some((p, Some(build)))),
         Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
             let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
             let verbose = std::env::var("XPOL_VERBOSE").is_ok_and(|v| v == "1");
@@ -219,6 +224,66 @@ fn print_line(report: &serde_json::Value) {
         .map(|r| format!("#{}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0)))
         .collect();
     println!("t={:.0}s {}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "));
+}
+
+/// Runs the policy's `test` blocks in the kernel and in the reference
+/// semantics; a case passes when both give the expected outcome.
+fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, json: bool) -> Result<ExitCode> {
+    let out = build.output.as_ref().expect("a successful build");
+    let ir = &out.ir;
+    let hook = ir.programs.iter().map(|p| p.hook).min().expect("a policy has a program");
+    let mut state = xpol_compiler::reference::State::default();
+    let (mut passed, mut failed) = (0, 0);
+    let mut failures = Vec::new();
+    let color = std::io::stderr().is_terminal();
+    let mut current = String::new();
+    let mut ok = true;
+    let finish = |name: &str, ok: bool| {
+        if !name.is_empty() && !json {
+            println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        }
+    };
+    for case in &ir.tests {
+        if case.test != current {
+            finish(&current, ok);
+            current = case.test.clone();
+            ok = true;
+        }
+        let bytes = xpol_runtime::packet::from_test(&case.packet);
+        let before = loaded.rule_counters()?;
+        let kernel = loaded.test_run(hook.as_str(), &bytes)?;
+        let after = loaded.rule_counters()?;
+        let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
+        let kernel_outcome = format!("{:?}", kernel.action).to_lowercase();
+        let reference = xpol_compiler::reference::evaluate(ir, hook, &bytes, &mut state);
+        let good = kernel_outcome == case.expect.as_str() && reference.outcome == case.expect;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"test": case.test, "expect": case.expect.as_str(), "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "fired": fired, "ok": good})
+            );
+        }
+        if good {
+            passed += 1;
+        } else {
+            failed += 1;
+            ok = false;
+            let rules: Vec<String> = fired.iter().map(|r| format!("#{r} (line {})", out.meta.rules[*r].line)).collect();
+            failures.push(
+                xpol_lang::Diagnostic::error("xpol::test::failed", format!("test `{}`: expected {}", case.test, case.expect.as_str()))
+                    .with_label(case.span, format!("the kernel gave {kernel_outcome}, the reference {}", reference.outcome.as_str()))
+                    .with_help(if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) }),
+            );
+        }
+    }
+    finish(&current, ok);
+    if !failures.is_empty() {
+        eprint!("{}", xpol_lang::render::render_human(&failures, &build.sources, color));
+    }
+    if !json {
+        println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -343,7 +408,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Test { policy, hook, pcap, json } => {
             let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true };
-            let Some(mut loaded) = load_policy(&policy, &options)? else { return Ok(ExitCode::FAILURE) };
+            let Some((mut loaded, build)) = load_policy_and_build(&policy, &options)? else { return Ok(ExitCode::FAILURE) };
+            if let Some(build) = build.as_ref().filter(|b| pcap.is_none() && b.output.as_ref().is_some_and(|o| !o.ir.tests.is_empty())) {
+                return run_policy_tests(&mut loaded, build, json);
+            }
             let hooks: Vec<String> = match hook {
                 Some(h) => vec![h.replace("tc-", "tc:")],
                 None => loaded.meta().programs.iter().map(|p| p.hook.clone()).collect(),

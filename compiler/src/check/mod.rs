@@ -86,12 +86,20 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         match item {
             Item::Const(decl) => c.const_decl(decl),
             Item::Set(decl) => c.set_decl(decl),
-            Item::Include(_) | Item::Probe(_) => {}
+            Item::Include(_) | Item::Probe(_) | Item::Test(_) => {}
         }
     }
+    // Tests describe the policy they are written in: an included file's
+    // tests run when that file is tested, not the including policy.
+    let root = loaded.files.last().map(|f| f.file).unwrap_or_default();
+    let mut tests = Vec::new();
     for item in &loaded.items {
-        if let Item::Probe(probe) = item {
-            c.probe(probe);
+        match item {
+            Item::Probe(probe) => c.probe(probe),
+            Item::Test(block) if block.span.file == root => {
+                tests.extend(block.cases.iter().filter_map(|case| c.test_case(&block.name.value, case)))
+            }
+            _ => {}
         }
     }
     if c.programs.is_empty() && !xpol_lang::diagnostic::has_errors(&c.diags) {
@@ -113,6 +121,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         maps: c.maps,
         locals: c.locals,
         redirects: c.redirects,
+        tests,
         warnings: c.diags,
     };
     let lints = lints::lint(&policy);
@@ -284,6 +293,89 @@ impl Checker<'_> {
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
         probes.push(ir::Probe { rule: id, predicate, body, span: probe.span });
+    }
+
+    /// One case of a `test` block: the packet's arguments must be known
+    /// names with constant values of their types.
+    fn test_case(&mut self, test: &str, case: &ast::TestCase) -> Option<ir::TestCase> {
+        use xpol_lang::testspec::{self, ArgType, ArgValue, TestPacket};
+        let packet = match &case.packet {
+            ast::PacketDesc::Hex(s) => {
+                let digits: String = s.value.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+                let bytes: Option<Vec<u8>> =
+                    (digits.len() % 2 == 0).then(|| (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok()).collect()).flatten();
+                match bytes {
+                    Some(b) if b.len() >= 14 => TestPacket::Hex(b),
+                    Some(_) => {
+                        self.error(s.span, "xpol::test::packet", "a raw packet needs at least 14 bytes (an Ethernet header)", "too short");
+                        return None;
+                    }
+                    None => {
+                        self.error(s.span, "xpol::test::packet", "not hexadecimal bytes", "expected pairs of hex digits");
+                        return None;
+                    }
+                }
+            }
+            ast::PacketDesc::Fields { kind, args } => {
+                if !testspec::KINDS.contains(&kind.name.as_str()) {
+                    self.error_help(
+                        kind.span,
+                        "xpol::test::packet",
+                        format!("unknown packet kind `{}`", kind.name),
+                        "not a packet kind",
+                        "write `tcp(...)`, `udp(...)`, `icmp(...)` or `hex(\"...\")`",
+                    );
+                    return None;
+                }
+                let mut out: Vec<(String, ArgValue)> = Vec::new();
+                let mut ok = true;
+                for (name, value) in args {
+                    let Some(ty) = testspec::arg_type(&name.name) else {
+                        let known: Vec<&str> = testspec::ARGS.iter().map(|(n, _, _)| *n).collect();
+                        self.error_help(name.span, "xpol::test::packet", format!("unknown packet argument `{}`", name.name), "not an argument", format!("arguments: {}", known.join(", ")));
+                        ok = false;
+                        continue;
+                    };
+                    if out.iter().any(|(n, _)| *n == name.name) {
+                        self.error(name.span, "xpol::test::packet", format!("`{}` is given twice", name.name), "again here");
+                        ok = false;
+                        continue;
+                    }
+                    let v = match (ty, self.expr(value)) {
+                        (ArgType::Int, Some(Operand::Expr(ir::Expr { kind: ExprKind::Const(Value::Int(i)), .. }))) => ArgValue::Int(i),
+                        (ArgType::Ip, Some(Operand::Expr(ir::Expr { kind: ExprKind::Const(Value::Ip(a)), .. }))) => ArgValue::Ip(a),
+                        (ArgType::Bool, Some(Operand::Expr(ir::Expr { kind: ExprKind::Const(Value::Bool(b)), .. }))) => ArgValue::Bool(b),
+                        (_, None) => {
+                            ok = false;
+                            continue;
+                        }
+                        (ty, Some(_)) => {
+                            let want = match ty {
+                                ArgType::Int => "an integer",
+                                ArgType::Ip => "an address",
+                                ArgType::Bool => "`true` or `false`",
+                            };
+                            self.error(value.span, "xpol::test::packet", format!("`{}` takes {want}", name.name), "a constant of another type");
+                            ok = false;
+                            continue;
+                        }
+                    };
+                    out.push((name.name.clone(), v));
+                }
+                if !ok {
+                    return None;
+                }
+                TestPacket::Fields { kind: kind.name.clone(), args: out }
+            }
+        };
+        let expect = match case.expect.name.as_str() {
+            "pass" => ir::Outcome::Pass,
+            "drop" => ir::Outcome::Drop,
+            "tx" => ir::Outcome::Tx,
+            "abort" => ir::Outcome::Abort,
+            _ => ir::Outcome::Redirect,
+        };
+        Some(ir::TestCase { test: test.to_string(), packet, expect, span: case.span })
     }
 
     fn block(&mut self, block: &ast::Block) -> Vec<ir::Stmt> {
