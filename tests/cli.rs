@@ -79,7 +79,7 @@ fn xpol_test_runs_sample_packets_when_a_policy_has_no_tests() {
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{}{}", out, String::from_utf8_lossy(&r.stderr));
     assert!(out.contains("verified by the kernel: 5 rules"), "{out}");
-    assert!(out.contains("tcp 203.0.113.9 -> 198.19.255.1:80 syn             drop      #0 (line 9)"), "{out}");
+    assert!(out.contains("tcp 203.0.113.9 -> 198.19.255.1:80 syn             drop      #0 (line 14)"), "{out}");
 }
 
 #[test]
