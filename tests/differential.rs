@@ -6,27 +6,14 @@
 
 mod common;
 
+use common::Rng;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use xpol_compiler::reference::{evaluate, Outcome, State};
 use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
 use xpol_runtime::packet::{hex, Ipv6Ext, PacketSpec};
 
-/// A small deterministic generator (xorshift64*): reproducible failures
-/// without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn corpus() -> Vec<Vec<u8>> {
     let v4: Vec<Ipv4Addr> = ["198.18.7.7", "203.0.113.9", "198.51.100.7", "198.51.100.8", "10.1.2.3", "8.8.8.8", "192.0.2.200", "17.0.0.5", "198.18.0.99", "198.18.53.1", "224.0.0.5"]

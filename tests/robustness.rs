@@ -2,21 +2,11 @@
 //! span: random token sequences and byte-level mutations of real policies
 //! go through the whole pipeline (objects built when they check).
 
+mod common;
+
+use common::Rng;
 use std::path::Path;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
-        v[(self.next() % v.len() as u64) as usize]
-    }
-}
 
 const TOKENS: &[&str] = &[
     "xdp", "tc:ingress", "tc:egress", "/", "{", "}", "(", ")", "[", "]", ",", ";", "\n", "pass", "drop", "tx", "abort", "redirect", "if", "else",

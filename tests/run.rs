@@ -229,17 +229,18 @@ fn run_unknown_interface_is_explained() {
     assert!(err.contains("no network interface named `nosuchif0`"), "{err}");
 }
 
-/// Runs `xpol run` inside namespace `ns` with a bound on time.
-fn xpol_run_in(ns: &str, args: &[&str]) -> std::process::Output {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "20", env!("CARGO_BIN_EXE_xpol"), "run"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start xpol");
+/// Runs a command to its end, killing it after 25 s.
+fn output_bounded(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start");
     wait_bounded(&mut child, Duration::from_secs(25));
     child.wait_with_output().expect("output")
+}
+
+/// Runs `xpol run` inside namespace `ns` with a bound on time.
+fn xpol_run_in(ns: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "timeout", "20", env!("CARGO_BIN_EXE_xpol"), "run"]).args(args);
+    output_bounded(cmd)
 }
 
 #[test]
@@ -305,16 +306,9 @@ fn run_errors_are_explained() {
 /// `xpol run` entered into namespace `ns` by network namespace only, so
 /// that it shares this process's /sys/fs/bpf (where pins live).
 fn xpol_in_netns(ns: &str, args: &[&str]) -> std::process::Output {
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .args(["timeout", "20", env!("CARGO_BIN_EXE_xpol")])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start xpol");
-    wait_bounded(&mut child, Duration::from_secs(25));
-    child.wait_with_output().expect("output")
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}")).args(["timeout", "20", env!("CARGO_BIN_EXE_xpol")]).args(args);
+    output_bounded(cmd)
 }
 
 fn xpol(args: &[&str]) -> std::process::Output {

@@ -56,3 +56,24 @@ pub fn expect(p: &mut LoadedPolicy, hook: &str, what: &str, packet: &[u8], actio
 pub fn kernel(test: &str) -> bool {
     xpol_runtime::testing::kernel_or_skip(test)
 }
+
+/// A small deterministic generator (xorshift64*): reproducible random
+/// inputs without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[self.below(v.len() as u64) as usize]
+    }
+}
