@@ -406,3 +406,33 @@ fn pin_without_writable_bpffs_is_explained() {
     assert!(err.contains("cannot write to the BPF filesystem") && err.contains("mount -t bpf bpf /sys/fs/bpf"), "{err}");
     assert!(!net.link_b().contains("xdp"), "nothing left attached: {}", net.link_b());
 }
+
+/// SIGTERM (as from systemd or `kill`) detaches and prints the final report.
+#[test]
+fn sigterm_detaches_and_reports() {
+    if !usable() {
+        return;
+    }
+    let (net, _dir, policy) = setup(XDP_POLICY);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run"])
+        .arg(&policy)
+        .args(["-i", &net.vb, "--json", "--duration", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xpol run");
+    let start = Instant::now();
+    while !net.link_b().contains("xdp") && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(net.link_b().contains("xdp"), "attached while running");
+    Command::new("pkill").args(["-TERM", "-f", &format!("{} -i {}", policy.display(), net.vb)]).status().expect("pkill");
+    let status = wait_bounded(&mut child, Duration::from_secs(10));
+    let out = child.wait_with_output().expect("output");
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detached from"));
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+    assert!(last.contains("\"final\":true"), "{last}");
+    assert!(!net.link_b().contains("xdp"), "still attached: {}", net.link_b());
+}
