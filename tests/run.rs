@@ -436,3 +436,31 @@ fn sigterm_detaches_and_reports() {
     assert!(last.contains("\"final\":true"), "{last}");
     assert!(!net.link_b().contains("xdp"), "still attached: {}", net.link_b());
 }
+
+/// `--metrics ADDR` serves the rule counters in Prometheus text format,
+/// labelled with the rule's source location (scraped over the loopback of
+/// the namespace the test made).
+#[test]
+fn metrics_endpoint_serves_rule_counters() {
+    if !usable() {
+        return;
+    }
+    let (net, _dir, policy) = setup(XDP_POLICY);
+    let ns = net.b.clone();
+    let (p, vb) = (policy.display().to_string(), net.vb.clone());
+    let runner = std::thread::spawn(move || xpol_run_in(&ns, &[&p, "-i", &vb, "--interval", "0.2", "--duration", "4", "--metrics", "127.0.0.1:9464"]));
+    std::thread::sleep(Duration::from_millis(1000));
+    let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
+    assert!(sent.success());
+    std::thread::sleep(Duration::from_millis(600));
+    let scrape = Command::new("ip")
+        .args(["netns", "exec", &net.b, "timeout", "5", "python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())"])
+        .output()
+        .expect("scrape");
+    let text = String::from_utf8_lossy(&scrape.stdout);
+    assert!(runner.join().expect("runner").status.success());
+    assert!(text.contains("# TYPE xpol_rule_packets_total counter"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("xpol_rule_packets_total") && l.contains("rule=\"0\"")).expect("rule 0");
+    assert!(line.contains("line=\"1\"") && line.contains("text=\"xdp /udp.dport == 9/\"") && line.ends_with(" 10"), "{line}");
+    assert!(text.contains("xpol_rule_bytes_total{"), "{text}");
+}

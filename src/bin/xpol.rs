@@ -50,6 +50,10 @@ enum Command {
         /// One JSON object per interval instead of a table.
         #[arg(long)]
         json: bool,
+        /// Serve the counters in Prometheus text format at http://ADDR/metrics
+        /// (e.g. 127.0.0.1:9464), refreshed every interval.
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
         /// Keep the policy attached after exit, pinned under /sys/fs/bpf/xpol/NAME;
         /// then `xpol stats NAME` and `xpol detach NAME` work from any process.
         #[arg(long)]
@@ -286,17 +290,82 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attach_and_watch(
-    policy_path: &Path,
-    interface: &str,
-    hook: Option<String>,
-    mode: &str,
+struct WatchOptions {
     interval: f64,
     duration: Option<f64>,
     json: bool,
     pin: Option<String>,
-) -> Result<ExitCode> {
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// A report in the Prometheus text exposition format.
+fn prometheus(report: &serde_json::Value) -> String {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let iface = esc(report["interface"].as_str().unwrap_or(""));
+    let mut out = String::new();
+    for (metric, field, help) in [
+        ("xpol_rule_packets_total", "packets", "Packets for which the rule's predicate held."),
+        ("xpol_rule_bytes_total", "bytes", "Bytes of the packets for which the rule's predicate held."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} counter\n"));
+        for r in report["rules"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "{metric}{{interface=\"{iface}\",hook=\"{}\",rule=\"{}\",file=\"{}\",line=\"{}\",text=\"{}\"}} {}\n",
+                esc(r["hook"].as_str().unwrap_or("")),
+                r["id"],
+                esc(r["file"].as_str().unwrap_or("")),
+                r["line"],
+                esc(r["text"].as_str().unwrap_or("")),
+                r[field].as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    out.push_str("# HELP xpol_map_entries Entries in a @map.\n# TYPE xpol_map_entries gauge\n");
+    for m in report["maps"].as_array().into_iter().flatten() {
+        out.push_str(&format!("xpol_map_entries{{interface=\"{iface}\",map=\"{}\"}} {}\n", esc(m["name"].as_str().unwrap_or("")), m["entries"]));
+    }
+    out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
+    for st in report["sets"].as_array().into_iter().flatten() {
+        out.push_str(&format!("xpol_set_elements{{interface=\"{iface}\",set=\"{}\"}} {}\n", esc(st["name"].as_str().unwrap_or("")), st["size"]));
+    }
+    out
+}
+
+/// Serves the latest metrics text on `addr` from a background thread; the
+/// watch loop replaces the text every interval.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<Arc<std::sync::Mutex<String>>> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for --metrics"))?;
+    let text = Arc::new(std::sync::Mutex::new(String::new()));
+    let shared = text.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if request.starts_with("GET /metrics") {
+                ("200 OK", shared.lock().map(|t| t.clone()).unwrap_or_default())
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(text)
+}
+
+fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: &str, options: &WatchOptions) -> Result<ExitCode> {
+    let (interval, duration, json, pin) = (options.interval, options.duration, options.json, options.pin.clone());
+    let metrics = match options.metrics {
+        Some(addr) => Some(serve_metrics(addr)?),
+        None => None,
+    };
     let mode = match mode {
         "auto" => XdpAttachMode::Auto,
         "native" => XdpAttachMode::Native,
@@ -345,6 +414,11 @@ fn attach_and_watch(
         last = Instant::now();
         let report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
         previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
+        if let Some(m) = &metrics {
+            if let Ok(mut t) = m.lock() {
+                *t = prometheus(&report);
+            }
+        }
         if finished {
             break report;
         }
@@ -373,8 +447,9 @@ fn attach_and_watch(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, interval, duration, json, pin } => {
-            attach_and_watch(&policy, &interface, hook, &mode, interval, duration, json, pin)
+        Command::Run { policy, interface, hook, mode, interval, duration, json, pin, metrics } => {
+            let options = WatchOptions { interval, duration, json, pin, metrics };
+            attach_and_watch(&policy, &interface, hook, &mode, &options)
         }
         Command::List { json } => {
             let pinned = xpol_runtime::loader::list_pinned();
