@@ -508,7 +508,7 @@ impl PolicyMaps {
                 out.push((decode_key(&m.keys, &key), v));
             }
         }
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|e| std::cmp::Reverse(e.1));
         Ok(out)
     }
 

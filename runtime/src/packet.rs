@@ -332,7 +332,7 @@ impl PacketSpec {
             L3::Ipv6(_) => 0x86dd,
             L3::Other { ethertype } => *ethertype,
         };
-        p.extend((ethertype as u16).to_be_bytes());
+        p.extend(ethertype.to_be_bytes());
 
         let mut l4 = self.l4_bytes();
         l4.extend(&self.payload);
@@ -444,7 +444,7 @@ impl PacketSpec {
 
 fn padded(options: &[u8]) -> Vec<u8> {
     let mut o = options.to_vec();
-    while o.len() % 4 != 0 {
+    while !o.len().is_multiple_of(4) {
         o.push(0);
     }
     o

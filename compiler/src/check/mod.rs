@@ -222,30 +222,23 @@ impl Checker<'_> {
                 ok = false;
                 continue;
             };
-            let (this, add): (SetElem, Box<dyn FnOnce(&mut ConstSet)>) = match op {
+            // One element, or the elements of a const set named inside.
+            let (this, piece) = match op {
                 Operand::Expr(ir::Expr { kind: ExprKind::Const(v), .. }) => match v {
-                    Value::Int(i) => (SetElem::Int, Box::new(move |s: &mut ConstSet| s.ints.push((i, i)))),
-                    Value::Ip(IpAddr::V4(a)) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v4.push((a, 32)))),
-                    Value::Ip(IpAddr::V6(a)) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v6.push((a, 128)))),
-                    Value::Mac(m) => (SetElem::Mac, Box::new(move |s: &mut ConstSet| s.macs.push(m))),
+                    Value::Int(i) => (SetElem::Int, ConstSet { ints: vec![(i, i)], ..ConstSet::default() }),
+                    Value::Ip(IpAddr::V4(a)) => (SetElem::Cidr, ConstSet { v4: vec![(a, 32)], ..ConstSet::default() }),
+                    Value::Ip(IpAddr::V6(a)) => (SetElem::Cidr, ConstSet { v6: vec![(a, 128)], ..ConstSet::default() }),
+                    Value::Mac(m) => (SetElem::Mac, ConstSet { macs: vec![m], ..ConstSet::default() }),
                     Value::Bool(_) => {
                         self.error(e.span, "xpol::set::element", "a set cannot hold booleans", "boolean");
                         ok = false;
                         continue;
                     }
                 },
-                Operand::Cidr(IpAddr::V4(a), l) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v4.push((a, l)))),
-                Operand::Cidr(IpAddr::V6(a), l) => (SetElem::Cidr, Box::new(move |s: &mut ConstSet| s.v6.push((a, l)))),
-                Operand::Range(lo, hi) => (SetElem::Int, Box::new(move |s: &mut ConstSet| s.ints.push((lo, hi)))),
-                Operand::Set(inner, ie, _) => (
-                    ie,
-                    Box::new(move |s: &mut ConstSet| {
-                        s.v4.extend(inner.v4);
-                        s.v6.extend(inner.v6);
-                        s.ints.extend(inner.ints);
-                        s.macs.extend(inner.macs);
-                    }),
-                ),
+                Operand::Cidr(IpAddr::V4(a), l) => (SetElem::Cidr, ConstSet { v4: vec![(a, l)], ..ConstSet::default() }),
+                Operand::Cidr(IpAddr::V6(a), l) => (SetElem::Cidr, ConstSet { v6: vec![(a, l)], ..ConstSet::default() }),
+                Operand::Range(lo, hi) => (SetElem::Int, ConstSet { ints: vec![(lo, hi)], ..ConstSet::default() }),
+                Operand::Set(inner, ie, _) => (ie, inner),
                 Operand::Named(_) | Operand::Expr(_) => {
                     self.error_help(
                         e.span,
@@ -271,7 +264,10 @@ impl Checker<'_> {
                 }
                 _ => elem = Some(this),
             }
-            add(&mut set);
+            set.v4.extend(piece.v4);
+            set.v6.extend(piece.v6);
+            set.ints.extend(piece.ints);
+            set.macs.extend(piece.macs);
         }
         if !ok {
             return None;
@@ -303,7 +299,7 @@ impl Checker<'_> {
             ast::PacketDesc::Hex(s) => {
                 let digits: String = s.value.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
                 let bytes: Option<Vec<u8>> =
-                    (digits.len() % 2 == 0).then(|| (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok()).collect()).flatten();
+                    digits.len().is_multiple_of(2).then(|| (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).ok()).collect()).flatten();
                 match bytes {
                     Some(b) if b.len() >= 14 => TestPacket::Hex(b),
                     Some(_) => {

@@ -77,6 +77,8 @@ impl<'ctx> ModuleCx<'ctx> {
             .iter()
             .enumerate()
             .map(|(i, (fname, value))| {
+                // One dimension of `value` elements: inkwell takes subscripts as ranges.
+                #[allow(clippy::single_range_in_vec_init)]
                 let arr = self.di.create_array_type(self.di_int, 32 * *value as u64, 32, &[0..*value as i64]);
                 let p = self.di.create_pointer_type("", arr.as_type(), 64, 64, AddressSpace::default());
                 self.di.create_member_type(scope, fname, file, 0, 64, 64, 64 * i as u64, DIFlags::ZERO, p.as_type()).as_type()

@@ -5,8 +5,8 @@
 //! (mem2reg + dead code elimination), so a policy pays only for what it uses.
 //!
 //! A header counts as present only when it is complete inside the frame,
-//! well formed (IPv4 version 4 and IHL >= 5, IPv6 version 6, TCP data offset
-//! >= 5), and inside the IP datagram as its length field declares. L4 headers
+//! well formed (IPv4 version 4 and IHL at least 5, IPv6 version 6, TCP data
+//! offset at least 5), and inside the IP datagram as its length field declares. L4 headers
 //! are present only in unfragmented packets and first fragments.
 
 use super::builder::{helper, Bpf};
