@@ -362,19 +362,7 @@ fn killed_process_leaves_nothing_attached() {
         return;
     }
     let (net, _dir, policy) = setup(XDP_POLICY);
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run"])
-        .arg(&policy)
-        .args(["-i", &net.vb, "--duration", "30"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start xpol run");
-    let start = Instant::now();
-    while !net.link_b().contains("xdp") && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(net.link_b().contains("xdp"), "attached while running");
+    let mut child = start_attached(&net, &policy, &[]);
     // SIGKILL: no handler runs; the kernel drops the link with the process.
     Command::new("pkill").args(["-KILL", "-f", &policy.display().to_string()]).status().expect("pkill");
     wait_bounded(&mut child, Duration::from_secs(5));
@@ -407,17 +395,14 @@ fn pin_without_writable_bpffs_is_explained() {
     assert!(!net.link_b().contains("xdp"), "nothing left attached: {}", net.link_b());
 }
 
-/// SIGTERM (as from systemd or `kill`) detaches and prints the final report.
-#[test]
-fn sigterm_detaches_and_reports() {
-    if !usable() {
-        return;
-    }
-    let (net, _dir, policy) = setup(XDP_POLICY);
-    let mut child = Command::new("ip")
+/// Starts `xpol run` on the receiver side for up to 30 s and waits until it
+/// is attached.
+fn start_attached(net: &Net, policy: &Path, extra: &[&str]) -> std::process::Child {
+    let child = Command::new("ip")
         .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run"])
-        .arg(&policy)
-        .args(["-i", &net.vb, "--json", "--duration", "30"])
+        .arg(policy)
+        .args(["-i", &net.vb, "--duration", "30"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -427,6 +412,17 @@ fn sigterm_detaches_and_reports() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(net.link_b().contains("xdp"), "attached while running");
+    child
+}
+
+/// SIGTERM (as from systemd or `kill`) detaches and prints the final report.
+#[test]
+fn sigterm_detaches_and_reports() {
+    if !usable() {
+        return;
+    }
+    let (net, _dir, policy) = setup(XDP_POLICY);
+    let mut child = start_attached(&net, &policy, &["--json"]);
     Command::new("pkill").args(["-TERM", "-f", &format!("{} -i {}", policy.display(), net.vb)]).status().expect("pkill");
     let status = wait_bounded(&mut child, Duration::from_secs(10));
     let out = child.wait_with_output().expect("output");
