@@ -90,3 +90,11 @@ fn golden_std_policies() {
         snapshot(&format!("std__{}", stem(&case)), &text);
     }
 }
+
+/// The JSON form editors and CI annotations consume, for a policy with
+/// several errors.
+#[test]
+fn golden_json_diagnostics() {
+    let b = build(Path::new("tests/golden/fail/many-errors.xpol"), &BuildOptions::default());
+    snapshot("json__many-errors", &xpol_lang::render::render_json(&b.diagnostics, &b.sources));
+}
