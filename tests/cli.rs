@@ -130,11 +130,13 @@ fn failing_policy_test_points_at_the_case() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("t.xpol");
-    std::fs::write(&p, "xdp /tcp.dport == 22/ { drop }\nxdp { pass }\ntest \"wrong on purpose\" {\n    tcp(dport: 22) => pass\n    tcp(dport: 23) => pass\n}\n").expect("write");
+    std::fs::write(&p, "xdp /tcp.dport == 22/ { drop }\nxdp { pass }\ntest \"wrong on purpose\" {\n    tcp(dport: 22) => pass\n    tcp(dport: 23) => pass by 2\n    tcp(dport: 24) => pass by 1\n}\n").expect("write");
     let r = Command::new(env!("CARGO_BIN_EXE_xpol")).arg("test").arg(&p).output().expect("run xpol");
     assert!(!r.status.success());
     let out = String::from_utf8_lossy(&r.stdout);
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(out.contains("test wrong on purpose ... FAILED") && out.contains("1 passed; 1 failed"), "{out}");
-    assert!(err.contains("t.xpol:4:5") && err.contains("the kernel gave drop, the reference drop"), "{err}");
+    assert!(out.contains("test wrong on purpose ... FAILED") && out.contains("1 passed; 2 failed"), "{out}");
+    assert!(err.contains("t.xpol:4:5") && err.contains("the kernel gave drop, the reference drop, decided by the rule on line 1"), "{err}");
+    // Right verdict, wrong deciding rule.
+    assert!(err.contains("t.xpol:6:5") && err.contains("expected pass by the rule on line 1"), "{err}");
 }

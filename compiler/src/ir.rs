@@ -283,6 +283,8 @@ pub struct TestCase {
     pub test: String,
     pub packet: xpol_lang::testspec::TestPacket,
     pub expect: Outcome,
+    /// The rule that must decide (`by LINE`).
+    pub decided_by: Option<RuleId>,
     pub span: Span,
 }
 
@@ -436,7 +438,8 @@ impl fmt::Display for Policy {
                     format!("{kind}({})", args.join(", "))
                 }
             };
-            out.push_str(&format!("\ntest {:?}: {packet} => {}", t.test, t.expect.as_str()));
+            let by = t.decided_by.map(|r| format!(" by rule {r}")).unwrap_or_default();
+            out.push_str(&format!("\ntest {:?}: {packet} => {}{by}", t.test, t.expect.as_str()));
         }
         if !self.tests.is_empty() {
             out.push('\n');

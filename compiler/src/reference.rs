@@ -16,6 +16,8 @@ pub use crate::ir::Outcome;
 pub struct Evaluation {
     pub outcome: Outcome,
     pub fired: Vec<u32>,
+    /// The rule whose statements gave the verdict; `None`: the default.
+    pub decided_by: Option<u32>,
 }
 
 /// A map key component as the reference stores it.
@@ -250,7 +252,7 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
         (Verdict::Abort, false) => Outcome::Abort,
     };
     let Some(prog) = policy.programs.iter().find(|p| p.hook == hook) else {
-        return Evaluation { outcome: Outcome::Pass, fired };
+        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None };
     };
     for probe in &prog.probes {
         let holds = probe.predicate.as_ref().is_none_or(|p| e.expr(p) == Some(V::Bool(true)));
@@ -259,10 +261,10 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
         }
         fired.push(probe.rule);
         if let Some(v) = e.stmts(&probe.body) {
-            return Evaluation { outcome: v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }), fired };
+            return Evaluation { outcome: v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }), fired, decided_by: Some(probe.rule) };
         }
     }
-    Evaluation { outcome: Outcome::Pass, fired }
+    Evaluation { outcome: Outcome::Pass, fired, decided_by: None }
 }
 
 impl Eval<'_> {

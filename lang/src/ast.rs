@@ -32,6 +32,8 @@ pub struct TestCase {
     pub packet: PacketDesc,
     /// `pass`, `drop`, `tx`, `abort` or `redirect`.
     pub expect: Ident,
+    /// `by LINE`: the rule on that line of the file must decide.
+    pub decided_by: Option<(u32, Span)>,
     pub span: Span,
 }
 

@@ -85,6 +85,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::item | Rule::include | Rule::set_decl | Rule::const_decl | Rule::probe => "a declaration or a probe",
         Rule::test_block | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
         Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
+        Rule::decided_by => "`by LINE`",
         Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
         Rule::predicate => "a predicate `/.../`",
         Rule::block => "`{`",
@@ -237,7 +238,21 @@ impl AstBuilder {
             }
         };
         let expect = self.ident(it.next()?);
-        Some(ast::TestCase { packet, expect, span })
+        let decided_by = match it.next() {
+            Some(by) => {
+                let line = by.into_inner().next()?;
+                let lspan = self.span(&line);
+                match line.as_str().parse::<u32>() {
+                    Ok(n) => Some((n, lspan)),
+                    Err(_) => {
+                        self.literal_error(lspan, format!("line {} is not a line of a file", line.as_str()));
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        Some(ast::TestCase { packet, expect, decided_by, span })
     }
 
     fn block(&mut self, p: Pair<Rule>) -> Block {

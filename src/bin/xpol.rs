@@ -260,7 +260,10 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
         let kernel_outcome = format!("{:?}", kernel.action).to_lowercase();
         let reference = xpol_compiler::reference::evaluate(ir, hook, &bytes, &mut state);
-        let good = kernel_outcome == case.expect.as_str() && reference.outcome == case.expect;
+        let fired_u32: Vec<u32> = fired.iter().map(|&r| r as u32).collect();
+        let right_rule = case.decided_by.is_none_or(|r| reference.decided_by == Some(r));
+        // Both engines must agree on the rules that fired, not only on the verdict.
+        let good = kernel_outcome == case.expect.as_str() && reference.outcome == case.expect && fired_u32 == reference.fired && right_rule;
         if json {
             println!(
                 "{}",
@@ -272,10 +275,19 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         } else {
             failed += 1;
             ok = false;
-            let rules: Vec<String> = fired.iter().map(|r| format!("#{r} (line {})", out.meta.rules[*r].line)).collect();
+            let line_of = |r: u32| out.meta.rules[r as usize].line;
+            let rules: Vec<String> = fired.iter().map(|r| format!("#{r} (line {})", line_of(*r as u32))).collect();
+            let expected = match case.decided_by {
+                Some(r) => format!("{} by the rule on line {}", case.expect.as_str(), line_of(r)),
+                None => case.expect.as_str().to_string(),
+            };
+            let decided = match reference.decided_by {
+                Some(r) => format!(", decided by the rule on line {}", line_of(r)),
+                None => ", decided by no rule (default)".to_string(),
+            };
             failures.push(
-                xpol_lang::Diagnostic::error("xpol::test::failed", format!("test `{}`: expected {}", case.test, case.expect.as_str()))
-                    .with_label(case.span, format!("the kernel gave {kernel_outcome}, the reference {}", reference.outcome.as_str()))
+                xpol_lang::Diagnostic::error("xpol::test::failed", format!("test `{}`: expected {expected}", case.test))
+                    .with_label(case.span, format!("the kernel gave {kernel_outcome}, the reference {}{decided}", reference.outcome.as_str()))
                     .with_help(if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) }),
             );
         }

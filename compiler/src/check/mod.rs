@@ -371,7 +371,20 @@ impl Checker<'_> {
             "abort" => ir::Outcome::Abort,
             _ => ir::Outcome::Redirect,
         };
-        Some(ir::TestCase { test: test.to_string(), packet, expect, span: case.span })
+        let decided_by = match case.decided_by {
+            None => None,
+            Some((line, lspan)) => {
+                let rule = self.rules.iter().find(|r| r.span.file == case.span.file && self.sources.get(r.span.file).line_col(r.span.start).0 == line);
+                match rule {
+                    Some(r) => Some(r.id),
+                    None => {
+                        self.error_help(lspan, "xpol::test::rule", format!("no rule starts on line {line}"), "no rule here", "write the line where the deciding probe starts");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(ir::TestCase { test: test.to_string(), packet, expect, decided_by, span: case.span })
     }
 
     fn block(&mut self, block: &ast::Block) -> Vec<ir::Stmt> {
