@@ -98,10 +98,25 @@ pub enum SetMapKind {
     /// network byte order; value one byte, 1.
     LpmV4,
     LpmV6,
+    /// The three array maps of an IPv4 prefix table
+    /// ([`crate::ipv4_table`]): `root` (`BPF_MAP_TYPE_ARRAY`, 65,536 u32),
+    /// `mid` (chunks of 256 u16 or u32 entries), `leaf` (32-byte bitmaps).
+    /// The runtime builds the table from the elements and fills all three.
+    Ipv4Root,
+    Ipv4Mid16,
+    Ipv4Mid32,
+    Ipv4Leaf,
     /// `BPF_MAP_TYPE_HASH`, key a little-endian u64 (an integer, or a MAC
     /// address as the integer whose big-endian low 6 bytes are the MAC);
     /// value one byte, 1. Ranges are stored expanded.
     HashU64,
+}
+
+impl SetMapKind {
+    /// One of the maps of an IPv4 prefix table, filled together.
+    pub fn is_ipv4_table(self) -> bool {
+        matches!(self, SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

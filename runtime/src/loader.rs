@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::os::fd::AsFd;
+use xpol_lang::ipv4_table::{self, Ipv4Table};
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +257,10 @@ impl LoadedPolicy {
 
     fn fill_sets(&mut self) -> Result<()> {
         for set in &self.state.meta.sets {
-            for m in &set.maps {
+            if set.maps.iter().any(|m| m.kind.is_ipv4_table()) {
+                self.fill_ipv4_table(set)?;
+            }
+            for m in set.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
                 for element in &set.elements {
                     let keys = set_keys(m.kind, element).map_err(|reason| RuntimeError::SetElement {
                         set: set.name.clone(),
@@ -268,6 +272,45 @@ impl LoadedPolicy {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Builds the IPv4 prefix table of `set` (as the compiler did to size
+    /// its maps) and writes it: the non-empty root entries, every chunk.
+    fn fill_ipv4_table(&self, set: &meta::SetMeta) -> Result<()> {
+        let mut prefixes = Vec::new();
+        for element in &set.elements {
+            match parse_prefix(element) {
+                Ok((IpAddr::V4(a), len)) => prefixes.push((u32::from(a), len as u8)),
+                Ok(_) => {}
+                Err(reason) => return Err(RuntimeError::SetElement { set: set.name.clone(), element: element.clone(), reason }),
+            }
+        }
+        let table = Ipv4Table::build(prefixes);
+        let wide = table.mid_wide();
+        let map_of = |kinds: &[SetMapKind], chunks: usize| -> Result<&str> {
+            let m = set.maps.iter().find(|m| kinds.contains(&m.kind));
+            match m {
+                Some(m) if chunks <= m.max_entries as usize => Ok(&m.map),
+                _ => Err(RuntimeError::SetElement {
+                    set: set.name.clone(),
+                    element: format!("{} elements", set.elements.len()),
+                    reason: "the object's maps do not have the shape of this set's table: rebuild the object with this version of xpolc".into(),
+                }),
+            }
+        };
+        let root = map_of(&[SetMapKind::Ipv4Root], ipv4_table::ROOT_ENTRIES as usize)?;
+        let mid = map_of(if wide { &[SetMapKind::Ipv4Mid32] } else { &[SetMapKind::Ipv4Mid16] }, table.mid.len())?;
+        let leaf = map_of(&[SetMapKind::Ipv4Leaf], table.leaf.len())?;
+        for (i, e) in table.root.iter().enumerate().filter(|(_, &e)| e != ipv4_table::MISS) {
+            self.state.update(root, &(i as u32).to_le_bytes(), &e.to_le_bytes())?;
+        }
+        for i in 0..table.mid.len() {
+            self.state.update(mid, &(i as u32).to_le_bytes(), &table.mid_value(i, wide))?;
+        }
+        for (i, bits) in table.leaf.iter().enumerate() {
+            self.state.update(leaf, &(i as u32).to_le_bytes(), bits)?;
         }
         Ok(())
     }
@@ -589,19 +632,32 @@ pub fn decode_action(hook: &str, rv: u32) -> Action {
 }
 
 /// The map keys that store one set element (ranges expand to every integer).
-fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let prefix = |s: &str| -> std::result::Result<(IpAddr, u32), String> {
-        match s.split_once('/') {
-            Some((a, l)) => Ok((a.parse().map_err(|_| "not an address".to_string())?, l.parse().map_err(|_| "bad prefix length".to_string())?)),
-            None => {
-                let a: IpAddr = s.parse().map_err(|_| "not an address".to_string())?;
-                Ok((a, if a.is_ipv4() { 32 } else { 128 }))
-            }
+/// A set element in prefix form (`198.51.100.0/24`, an address alone is a
+/// full-length prefix).
+fn parse_prefix(s: &str) -> std::result::Result<(IpAddr, u32), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => {
+            let a: IpAddr = a.parse().map_err(|_| "not an address".to_string())?;
+            (a, l.parse().map_err(|_| "bad prefix length".to_string())?)
+        }
+        None => {
+            let a: IpAddr = s.parse().map_err(|_| "not an address".to_string())?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
         }
     };
+    if len > if addr.is_ipv4() { 32 } else { 128 } {
+        return Err("bad prefix length".into());
+    }
+    Ok((addr, len))
+}
+
+fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
     match kind {
+        SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
+            unreachable!("IPv4 tables are filled whole by fill_ipv4_table")
+        }
         SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
-            let (addr, len) = prefix(element)?;
+            let (addr, len) = parse_prefix(element)?;
             let mut key = len.to_le_bytes().to_vec();
             match (kind, addr) {
                 (SetMapKind::LpmV4, IpAddr::V4(a)) => key.extend(a.octets()),

@@ -28,9 +28,19 @@ pub struct Maps<'ctx> {
 
 #[derive(Default)]
 pub struct SetMaps<'ctx> {
-    pub v4: Option<MapDef<'ctx>>,
+    pub v4: Option<Ipv4Maps<'ctx>>,
     pub v6: Option<MapDef<'ctx>>,
     pub hash: Option<MapDef<'ctx>>,
+}
+
+/// The three array maps of an IPv4 prefix table (`xpol_lang::ipv4_table`).
+#[derive(Clone, Copy)]
+pub struct Ipv4Maps<'ctx> {
+    pub root: MapDef<'ctx>,
+    pub mid: MapDef<'ctx>,
+    pub leaf: MapDef<'ctx>,
+    /// `mid` entries are u32, else u16.
+    pub mid_wide: bool,
 }
 
 pub struct UserMapDef<'ctx> {
@@ -526,37 +536,87 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 None => b.bool(false),
             },
             Val::Ip { v6, v4, hi, lo, .. } => {
-                let is4 = b.block("lpm4");
-                let is6 = b.block("lpm6");
-                let done = b.block("lpm_done");
+                let is4 = b.block("set_v4");
+                let is6 = b.block("set_v6");
+                let done = b.block("set_done");
                 b.cond_br(v6, is6, is4);
-                let mut hits = Vec::new();
-                for (bb, map, v6) in [(is4, maps.v4, false), (is6, maps.v6, true)] {
-                    b.at(bb);
-                    let hit = match map {
-                        Some(map) if !v6 => {
-                            let key = b.stack_buf(8, "key");
-                            b.store_at(key, 0, b.m.cx.i32_type().const_int(32, false));
-                            b.store_at(key, 4, b.bswap(b.trunc(v4, b.m.cx.i32_type())));
-                            b.not(b.is_null(b.map_lookup(map, key)))
-                        }
-                        Some(map) => {
-                            let key = b.stack_buf(20, "key");
-                            b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
-                            b.store_at(key, 4, b.bswap(hi));
-                            b.store_at(key, 12, b.bswap(lo));
-                            b.not(b.is_null(b.map_lookup(map, key)))
-                        }
-                        None => b.bool(false),
-                    };
-                    hits.push((hit, b.cur()));
-                    b.br(done);
-                }
+                b.at(is4);
+                let hit4 = match maps.v4 {
+                    Some(t) => self.ipv4_table_member(t, v4),
+                    None => b.bool(false),
+                };
+                let mut hits = vec![(hit4, b.cur())];
+                b.br(done);
+                b.at(is6);
+                let hit6 = match maps.v6 {
+                    Some(map) => {
+                        let key = b.stack_buf(20, "key");
+                        b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
+                        b.store_at(key, 4, b.bswap(hi));
+                        b.store_at(key, 12, b.bswap(lo));
+                        b.not(b.is_null(b.map_lookup(map, key)))
+                    }
+                    None => b.bool(false),
+                };
+                hits.push((hit6, b.cur()));
+                b.br(done);
                 b.at(done);
                 b.phi(&hits)
             }
             Val::Bool { .. } => unreachable!("checked: booleans are not set members"),
         }
+    }
+
+    /// Whether the IPv4 address `a` (host order, in an i64) is in a prefix
+    /// table: up to three array lookups (the verifier inlines them), each
+    /// entry saying miss, hit, or which chunk of the next level to read.
+    fn ipv4_table_member(&self, t: Ipv4Maps<'ctx>, a: IntValue<'ctx>) -> IntValue<'ctx> {
+        use xpol_lang::ipv4_table::{FIRST_CHILD, HIT};
+        let b = &self.b;
+        let i32t = b.m.cx.i32_type();
+        let done = b.block("table_done");
+        let mut results = Vec::new();
+        // Entry `e` decides when it is not a child pointer; else continue in `next`.
+        let decide_or = |e: IntValue<'ctx>, results: &mut Vec<(IntValue<'ctx>, _)>, next: &str| {
+            let decided = b.block("table_decided");
+            let go_on = b.block(next);
+            b.cond_br(b.cmp(IntPredicate::ULT, e, b.c64(FIRST_CHILD as u64)), decided, go_on);
+            b.at(decided);
+            results.push((b.eq(e, b.c64(HIT as u64)), b.cur()));
+            b.br(done);
+            b.at(go_on);
+        };
+        // A lookup in an array with an in-range key never fails, but the
+        // verifier wants the check; a miss then means "not in the set".
+        let lookup = |map: MapDef<'ctx>, index: IntValue<'ctx>, results: &mut Vec<(IntValue<'ctx>, _)>| {
+            let key = b.stack_buf(4, "key");
+            b.store_at(key, 0, b.trunc(index, i32t));
+            let p = b.map_lookup(map, key);
+            let null = b.block("table_null");
+            let found = b.block("table_found");
+            b.br_if_null(p, null, found);
+            b.at(null);
+            results.push((b.bool(false), b.cur()));
+            b.br(done);
+            b.at(found);
+            p
+        };
+        let root = lookup(t.root, b.lshr(a, b.c64(16)), &mut results);
+        let e = b.zext64(b.load_raw(root, 0, 4));
+        decide_or(e, &mut results, "table_mid");
+        let mid = lookup(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
+        let width = if t.mid_wide { 4 } else { 2 };
+        let at = b.mul(b.and(b.lshr(a, b.c64(8)), b.c64(0xff)), b.c64(width));
+        let e = b.zext64(b.load_raw(b.ptr_add(mid, at), 0, width as u32));
+        decide_or(e, &mut results, "table_leaf");
+        let leaf = lookup(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
+        let low = b.and(a, b.c64(0xff));
+        let byte = b.zext64(b.load_raw(b.ptr_add(leaf, b.lshr(low, b.c64(3))), 0, 1));
+        let bit = b.and(b.lshr(byte, b.and(low, b.c64(7))), b.c64(1));
+        results.push((b.eq(bit, b.c64(1)), b.cur()));
+        b.br(done);
+        b.at(done);
+        b.phi(&results)
     }
 
     // ------------------------------------------------------------ @maps

@@ -18,9 +18,10 @@ use inkwell::module::Linkage;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple};
 use inkwell::{AddressSpace, OptimizationLevel};
-use lower::{map_is_per_cpu, map_key_size, Lower, Maps, SetMaps, UserMapDef};
+use lower::{map_is_per_cpu, map_key_size, Ipv4Maps, Lower, Maps, SetMaps, UserMapDef};
 use std::collections::HashMap;
 use xpol_lang::ast::Hook;
+use xpol_lang::ipv4_table::{self, Ipv4Table};
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, SetElem, SetMapKind, SetMapMeta};
 use xpol_lang::{Diagnostic, SourceMap};
 
@@ -148,29 +149,45 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     for s in &policy.sets {
         let mut maps = SetMaps::default();
         let mut metas = Vec::new();
-        let mut add = |kind: SetMapKind, n: usize, suffix: &str| {
+        // Every map of the set, named after it; `entries` is the capacity.
+        let mut add = |kind: SetMapKind, entries: u32, suffix: &str| {
             let name = format!("xs_{}{suffix}", s.name);
-            let cap = set_capacity(s, n);
             let def = match kind {
-                SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, cap, BPF_F_NO_PREALLOC),
-                SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, cap, BPF_F_NO_PREALLOC),
-                SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, cap, 0),
+                SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, entries, BPF_F_NO_PREALLOC),
+                SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, entries, BPF_F_NO_PREALLOC),
+                SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, entries, 0),
+                SetMapKind::Ipv4Root => m.define_map(&name, map_type::ARRAY, 4, 4, entries, 0),
+                SetMapKind::Ipv4Mid16 => m.define_map(&name, map_type::ARRAY, 4, Ipv4Table::mid_chunk_bytes(false), entries, 0),
+                SetMapKind::Ipv4Mid32 => m.define_map(&name, map_type::ARRAY, 4, Ipv4Table::mid_chunk_bytes(true), entries, 0),
+                SetMapKind::Ipv4Leaf => m.define_map(&name, map_type::ARRAY, 4, ipv4_table::LEAF_BYTES, entries, 0),
             };
-            metas.push(SetMapMeta { map: name, kind, max_entries: cap });
+            metas.push(SetMapMeta { map: name, kind, max_entries: entries });
             def
         };
         match s.elem {
             SetElem::Cidr => {
-                if s.mutable || !s.contents.v4.is_empty() {
-                    maps.v4 = Some(add(SetMapKind::LpmV4, s.contents.v4.len(), "_v4"));
+                // No IPv4 element, no table: membership is then false
+                // without a lookup.
+                if !s.contents.v4.is_empty() {
+                    // Sized to the table of the elements (the runtime builds
+                    // the same table to fill it); arrays need one entry at least.
+                    let table = Ipv4Table::build(s.contents.v4.iter().map(|&(a, len)| (u32::from(a), len)));
+                    let mid_wide = table.mid_wide();
+                    let chunks = |n: usize| n.clamp(1, u32::MAX as usize) as u32;
+                    maps.v4 = Some(Ipv4Maps {
+                        root: add(SetMapKind::Ipv4Root, ipv4_table::ROOT_ENTRIES, "_v4root"),
+                        mid: add(if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 }, chunks(table.mid.len()), "_v4mid"),
+                        leaf: add(SetMapKind::Ipv4Leaf, chunks(table.leaf.len()), "_v4leaf"),
+                        mid_wide,
+                    });
                 }
-                if s.mutable || !s.contents.v6.is_empty() {
-                    maps.v6 = Some(add(SetMapKind::LpmV6, s.contents.v6.len(), "_v6"));
+                if !s.contents.v6.is_empty() {
+                    maps.v6 = Some(add(SetMapKind::LpmV6, set_capacity(s, s.contents.v6.len()), "_v6"));
                 }
             }
             SetElem::Int | SetElem::Mac => {
                 let n: u64 = s.contents.ints.iter().map(|(lo, hi)| hi - lo + 1).sum::<u64>() + s.contents.macs.len() as u64;
-                maps.hash = Some(add(SetMapKind::HashU64, n.min(u32::MAX as u64 / 2) as usize, ""));
+                maps.hash = Some(add(SetMapKind::HashU64, set_capacity(s, n.min(u32::MAX as u64 / 2) as usize), ""));
             }
         }
         set_maps.push(maps);

@@ -1,0 +1,182 @@
+//! How a named set of IPv4 prefixes is laid out in BPF maps: a three-level
+//! table with strides 16, 8 and 8 bits, held in three array maps.
+//!
+//! Why not an LPM trie: `BPF_MAP_TYPE_LPM_TRIE` walks one node per prefix
+//! bit in a helper call, and costs grow with the set (about 25 ns at 10
+//! prefixes, 80 ns at 100,000 on the benchmark machine). An array lookup is
+//! inlined by the verifier into a bounds check and an add, so membership
+//! costs at most three of them whatever the size of the set.
+//!
+//! - `root`: 65,536 u32 entries, one per /16 (key: the top 16 bits).
+//! - `mid`: chunks of 256 entries, one per /24 of a /16 that holds longer
+//!   prefixes (key: chunk index; entry index: bits 8..16 of the address).
+//!   Entries are u16 when every leaf index fits, else u32 ([`Ipv4Table::mid_wide`]).
+//! - `leaf`: 256-bit bitmaps, one per /24 that holds prefixes longer than
+//!   /24 (key: leaf index; bit: the low 8 bits of the address, bit `a & 7`
+//!   of byte `a >> 3`).
+//!
+//! Entry values in `root` and `mid`: [`MISS`], [`HIT`] (every address below
+//! is in the set), or `FIRST_CHILD + i`: look in chunk `i` of the next level.
+//!
+//! The compiler builds the table to size the maps; the runtime builds it
+//! again from the same elements to fill them. Both use [`Ipv4Table::build`].
+
+pub const MISS: u32 = 0;
+pub const HIT: u32 = 1;
+pub const FIRST_CHILD: u32 = 2;
+pub const ROOT_ENTRIES: u32 = 1 << 16;
+/// Bytes of one leaf bitmap.
+pub const LEAF_BYTES: u32 = 32;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ipv4Table {
+    pub root: Vec<u32>,
+    pub mid: Vec<[u32; 256]>,
+    pub leaf: Vec<[u8; LEAF_BYTES as usize]>,
+}
+
+impl Ipv4Table {
+    /// Builds the table of a set of prefixes (`(address, length)`, address
+    /// in host order; bits past the length are ignored).
+    pub fn build(prefixes: impl IntoIterator<Item = (u32, u8)>) -> Ipv4Table {
+        let mut sorted: Vec<(u32, u8)> = prefixes.into_iter().map(|(a, len)| (a & mask(len), len.min(32))).collect();
+        // Shorter prefixes first: a longer prefix inside a covered range
+        // then needs no chunk, and no chunk is ever orphaned.
+        sorted.sort_unstable_by_key(|&(a, len)| (len, a));
+        sorted.dedup();
+        let mut t = Ipv4Table { root: vec![MISS; ROOT_ENTRIES as usize], mid: Vec::new(), leaf: Vec::new() };
+        for (a, len) in sorted {
+            let hi = (a >> 16) as usize;
+            if len <= 16 {
+                let n = 1usize << (16 - len);
+                t.root[hi..hi + n].fill(HIT);
+                continue;
+            }
+            let mid = match t.root[hi] {
+                HIT => continue,
+                MISS => {
+                    t.mid.push([MISS; 256]);
+                    t.root[hi] = FIRST_CHILD + t.mid.len() as u32 - 1;
+                    t.mid.len() - 1
+                }
+                child => (child - FIRST_CHILD) as usize,
+            };
+            let m = ((a >> 8) & 0xff) as usize;
+            if len <= 24 {
+                let n = 1usize << (24 - len);
+                t.mid[mid][m..m + n].fill(HIT);
+                continue;
+            }
+            let leaf = match t.mid[mid][m] {
+                HIT => continue,
+                MISS => {
+                    t.leaf.push([0; LEAF_BYTES as usize]);
+                    t.mid[mid][m] = FIRST_CHILD + t.leaf.len() as u32 - 1;
+                    t.leaf.len() - 1
+                }
+                child => (child - FIRST_CHILD) as usize,
+            };
+            let lo = (a & 0xff) as usize;
+            for bit in lo..lo + (1usize << (32 - len)) {
+                t.leaf[leaf][bit >> 3] |= 1 << (bit & 7);
+            }
+        }
+        t
+    }
+
+    /// Whether `mid` entries need 32 bits (more leaves than a u16 can index).
+    pub fn mid_wide(&self) -> bool {
+        self.leaf.len() as u64 + FIRST_CHILD as u64 > u16::MAX as u64
+    }
+
+    /// Bytes of one `mid` chunk as stored in the map.
+    pub fn mid_chunk_bytes(wide: bool) -> u32 {
+        if wide {
+            256 * 4
+        } else {
+            256 * 2
+        }
+    }
+
+    /// One `mid` chunk encoded as the map value (little-endian entries).
+    pub fn mid_value(&self, chunk: usize, wide: bool) -> Vec<u8> {
+        let c = &self.mid[chunk];
+        if wide {
+            c.iter().flat_map(|e| e.to_le_bytes()).collect()
+        } else {
+            c.iter().flat_map(|&e| (e as u16).to_le_bytes()).collect()
+        }
+    }
+
+    /// Membership, walking the table as the generated code does.
+    pub fn contains(&self, addr: u32) -> bool {
+        let mut e = self.root[(addr >> 16) as usize];
+        if e >= FIRST_CHILD {
+            e = self.mid[(e - FIRST_CHILD) as usize][((addr >> 8) & 0xff) as usize];
+            if e >= FIRST_CHILD {
+                let leaf = &self.leaf[(e - FIRST_CHILD) as usize];
+                let bit = (addr & 0xff) as usize;
+                return leaf[bit >> 3] & (1 << (bit & 7)) != 0;
+            }
+        }
+        e == HIT
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len.min(32) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(prefixes: &[(u32, u8)], a: u32) -> bool {
+        prefixes.iter().any(|&(p, len)| a & mask(len) == p & mask(len))
+    }
+
+    #[test]
+    fn agrees_with_prefix_matching() {
+        // A deterministic mix of lengths, nested and overlapping prefixes.
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut prefixes = vec![(0xc6120000, 15), (0xc6120100, 24), (0xc6120180, 25), (0x0a000001, 32), (0x0a000000, 8)];
+        for _ in 0..2000 {
+            let r = next();
+            let base = 0xc6000000 | (r as u32 & 0x00ffffff);
+            prefixes.push((base, 14 + (r >> 40) as u8 % 19));
+        }
+        let t = Ipv4Table::build(prefixes.iter().copied());
+        for _ in 0..100_000 {
+            let r = next();
+            let a = if r & 1 == 0 { 0xc6000000 | (r >> 8) as u32 & 0x00ffffff } else { (r >> 8) as u32 };
+            assert_eq!(t.contains(a), naive(&prefixes, a), "{a:#x}");
+        }
+        for &(p, len) in &prefixes {
+            assert!(t.contains(p) && t.contains(p | !mask(len)));
+        }
+        assert!(!t.mid_wide());
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(Ipv4Table::build([]).mid.len(), 0);
+        let t = Ipv4Table::build([(0, 0)]);
+        assert!(t.root.iter().all(|&e| e == HIT) && t.mid.is_empty());
+        let t = Ipv4Table::build([(0xc6336407, 32), (0xc6336400, 24)]);
+        assert_eq!((t.mid.len(), t.leaf.len()), (1, 0), "the /32 lies inside the /24");
+        let t = Ipv4Table::build([(0xc6336407, 32)]);
+        assert_eq!((t.mid.len(), t.leaf.len()), (1, 1));
+        assert_eq!(t.mid_value(0, false).len(), 512);
+        assert!(t.contains(0xc6336407) && !t.contains(0xc6336406));
+    }
+}
