@@ -5,7 +5,9 @@
 //!   cargo bench --bench ref_fw            full run; writes BENCHMARKS.md and bench-out/ref-fw.json
 //!   cargo bench --bench ref_fw -- --quick smoke run (CI); asserts nothing about time
 //!
-//! Needs root and clang-14.
+//! Needs root and clang-14; the peers need xdp-tools (xdp-filter), nftables,
+//! iptables, ipset and ethtool. Veth mode (`ref_fw/veth.rs`) creates its own
+//! network namespaces and removes them.
 
 #![allow(dead_code)]
 
@@ -19,7 +21,20 @@ use std::time::Instant;
 use xpol_runtime::loader::LoadedPolicy;
 use xpol_runtime::packet::PacketSpec;
 
+#[path = "ref_fw/veth.rs"]
+mod veth;
+#[path = "ref_fw/xdp_filter.rs"]
+mod xdp_filter;
+
 pub const SIZES: [usize; 3] = [10, 1000, 100_000];
+
+/// What one run produced: the BPF_PROG_TEST_RUN table, the veth table, and
+/// the peers that could not run (with the reason).
+pub struct Output {
+    pub table: String,
+    pub veth: String,
+    pub skipped: Vec<String>,
+}
 
 /// One measured program.
 trait Runner {
@@ -62,6 +77,20 @@ impl Runner for CRunner {
     fn stats(&mut self) -> (u32, u32, u32) {
         let i = self.prog().info().expect("info");
         (i.size_translated().unwrap_or(0) / 8, i.size_jitted(), i.verified_instruction_count().unwrap_or(0))
+    }
+}
+
+struct XdpFilterRunner(xdp_filter::XdpFilter);
+
+impl Runner for XdpFilterRunner {
+    fn ns_per_packet(&mut self, packet: &[u8], repeat: u32) -> f64 {
+        f64::from(self.0.test_run(packet, repeat).duration_ns)
+    }
+    fn verdict(&mut self, packet: &[u8]) -> u32 {
+        self.0.test_run(packet, 1).retval
+    }
+    fn stats(&mut self) -> (u32, u32, u32) {
+        self.0.info()
     }
 }
 
@@ -183,7 +212,7 @@ fn xpol_policy(dir: &Path, n: usize, constant: bool) -> PathBuf {
     path
 }
 
-pub fn run(quick: bool, out_dir: &Path) -> String {
+pub fn run(quick: bool, out_dir: &Path) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let (rounds, repeat) = if quick { (2, 2_000) } else { (7, 1_000_000) };
     let allowed = PacketSpec::tcp4("198.18.7.7".parse().unwrap(), "198.19.255.1".parse().unwrap(), 40000, 80).syn().payload(10).build();
@@ -191,6 +220,11 @@ pub fn run(quick: bool, out_dir: &Path) -> String {
     assert_eq!(allowed.len(), 64);
 
     let mut rows: Vec<Row> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    let have_xdp_filter = veth::have("xdp-filter");
+    if !have_xdp_filter {
+        veth::missing("xdp-filter", "`xdp-filter` is not installed (apt-get install xdp-tools)", quick, &mut skipped);
+    }
     let mut runners: Vec<Box<dyn Runner>> = Vec::new();
     // Floor: a program that only returns XDP_PASS.
     let floor = clang(dir.path(), "floor", "#define SEC(n) __attribute__((section(n), used))\nstruct xdp_md;\nSEC(\"xdp\") int ref_fw(struct xdp_md *c) { return 2; }\nchar _l[] SEC(\"license\") = \"GPL\";\n");
@@ -225,6 +259,14 @@ pub fn run(quick: bool, out_dir: &Path) -> String {
             runners.push(Box::new(load_c(&obj, None)));
             rows.push(Row { variant: "C, compare chain".into(), n, load_ms: t.elapsed().as_secs_f64() * 1e3, ..Row::default() });
         }
+        // xdp-filter holds at most 10,000 exact addresses; in quick mode only N=10.
+        if have_xdp_filter && n <= if quick { 10 } else { 1000 } {
+            let t = Instant::now();
+            let f = xdp_filter::XdpFilter::load(&xdp_filter::addresses(&list)).unwrap_or_else(|e| panic!("xdp-filter N={n}: {e}"));
+            let variant = format!("xdp-filter ({}, exact addresses)", f.program);
+            runners.push(Box::new(XdpFilterRunner(f)));
+            rows.push(Row { variant, n, load_ms: t.elapsed().as_secs_f64() * 1e3, ..Row::default() });
+        }
     }
     // Every program gives the reference verdicts before it is timed.
     for (r, row) in runners.iter_mut().zip(&rows) {
@@ -246,10 +288,15 @@ pub fn run(quick: bool, out_dir: &Path) -> String {
             }
         }
     }
-    report(&rows, quick, repeat, rounds, out_dir)
+    // Release the programs before veth mode, which attaches its own.
+    drop(runners);
+    let veth_rows = veth::run(quick, dir.path(), &mut skipped);
+    let (veth, veth_json) = veth::report(&veth_rows);
+    let table = report(&rows, quick, repeat, rounds, out_dir, veth_json, &skipped);
+    Output { table, veth, skipped }
 }
 
-fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path) -> String {
+fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path, veth: Vec<serde_json::Value>, skipped: &[String]) -> String {
     let stat = |r: &Row, k: &str| {
         let v = &r.samples[k];
         (median(v), v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max))
@@ -278,7 +325,10 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path)
         }));
     }
     std::fs::create_dir_all(out_dir).expect("output dir");
-    let doc = serde_json::json!({ "quick": quick, "repeat": repeat, "rounds": rounds, "results": json });
+    let doc = serde_json::json!({
+        "quick": quick, "repeat": repeat, "rounds": rounds, "results": json,
+        "veth": veth, "skipped": skipped, "notes": [xdp_filter::NOTE],
+    });
     std::fs::write(out_dir.join("ref-fw.json"), serde_json::to_string_pretty(&doc).expect("json")).expect("write json");
     md
 }
@@ -286,18 +336,26 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path)
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let table = run(quick, &root.join("bench-out"));
-    println!("{table}");
+    let out = run(quick, &root.join("bench-out"));
+    println!("{}\n{}", out.table, out.veth);
+    for s in &out.skipped {
+        println!("SKIPPED: {s}");
+    }
     if !quick {
         let machine = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
             .unwrap_or_default();
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let commit = Command::new("git").args(["-C", &root.display().to_string(), "rev-parse", "--short", "HEAD"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let iptables = if out.veth.contains("iptables-legacy") { "iptables-legacy (the x_tables backend)" } else { "iptables with the nft backend (iptables-legacy did not work here)" };
+        let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped peers:** {}\n", out.skipped.join("; ")) };
         let doc = format!(
-            "# Benchmarks\n\nThe reference firewall (ref-fw, `bench/ref-fw/README.md`): XDP, a blocklist of N IPv4 prefixes, SSH only from 198.51.100.0/24, telnet dropped, web passed, per-rule packet counters. 64-byte TCP SYN to port 80 from an allowed source (198.18.7.7) and from a source covered by the last prefix (198.19.7.7).\n\nMeasured with `cargo bench --bench ref_fw` on {machine}, {} CPUs, kernel {}: ns per packet as the kernel reports it for `BPF_PROG_TEST_RUN` with repeat 1,000,000; 7 interleaved rounds, median (min-max). xlated/jited sizes and the verifier's processed instructions come from the kernel's program info. Compile time is `xpolc build` in-process; load time includes filling the sets.\n\n{table}\nRaw numbers: `bench-out/ref-fw.json`.\n",
+            "# Benchmarks\n\nThe reference firewall (ref-fw, `bench/ref-fw/README.md`): XDP, a blocklist of N IPv4 prefixes, SSH only from 198.51.100.0/24, telnet dropped, web passed, per-rule packet counters. 64-byte TCP SYN to port 80 from an allowed source (198.18.7.7) and from a source covered by the last prefix (198.19.7.7).\n\nMeasured with `cargo bench --bench ref_fw` at commit {commit} on {machine}, {} CPUs, kernel {}.\n{skipped}\n## BPF_PROG_TEST_RUN\n\nns per packet as the kernel reports it for `BPF_PROG_TEST_RUN` with repeat 1,000,000; 7 interleaved rounds, median (min-max). xlated/jited sizes and the verifier's processed instructions come from the kernel's program info. Compile time is `xpolc build` in-process; load time includes filling the sets.\n\n{}\nxdp-filter (Debian's xdp-tools, `xdp-filter load --policy allow --features ipv4,tcp` on a veth in a namespace of its own, its maps in a private bpffs) is test-run by the id of the program attached to the interface. It cannot express ref-fw: it matches exact addresses only (at most 10,000), so its blocklist is the first address of each prefix (the last prefix as the blocked source 198.19.7.7 itself), and it has no rule b (SSH only from 198.51.100.0/24); rule c is `xdp-filter port 23`. Its load time includes one `xdp-filter ip` process per address. Same verdicts on the two test packets as every other row.\n\n## Veth: CPU per blocked packet\n\nA generator namespace pushes the blocked 64-byte SYN into a receiver namespace through a veth pair: an XDP program returning `XDP_TX` is test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on the generator's veth, so each frame is transmitted to the receiver's veth, where the peer drops it. The generator thread is pinned to the last CPU; the receiver's NAPI poll runs in softirq on that CPU. CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: the generator, veth transmit and receive, and the peer. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). `/proc/stat` busy time of the same CPU is shown as a cross-check (it also counts anything else that ran there). Every peer's own counter for the blocklist rule must count exactly the frames sent, or the run fails. Peers: xpol (`bench/ref-fw/ref-fw-N.xpol`, XDP native on the receiver veth via `xpol_runtime::loader`); the C LPM_TRIE peer (same object as above); nftables (`table netdev`, chain on the `ingress` hook of the receiver veth, the blocklist as an `interval` set, the same six rules with counters); {iptables} in `raw PREROUTING` with `ipset hash:net`, the same six rules. The receiver veth has GRO on (veth then polls with NAPI, which it needs to take `XDP_TX` frames without an XDP program of its own). The floor row is an XDP program that only returns `XDP_DROP`: the cost of generating and delivering a frame.\n\n{}\nRaw numbers: `bench-out/ref-fw.json`.\n",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            kernel.trim()
+            kernel.trim(),
+            out.table,
+            out.veth,
         );
         std::fs::write(root.join("BENCHMARKS.md"), doc).expect("write BENCHMARKS.md");
     }

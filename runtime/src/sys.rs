@@ -143,6 +143,98 @@ pub fn ensure_bpffs() -> Result<(), String> {
     }
 }
 
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+/// `union bpf_attr` as used by `BPF_PROG_TEST_RUN`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// What `BPF_PROG_TEST_RUN` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestRunReport {
+    pub retval: u32,
+    /// Mean nanoseconds per run, as the kernel measured them.
+    pub duration_ns: u32,
+}
+
+/// `BPF_PROG_TEST_RUN` on any program descriptor, including one obtained by
+/// id for a program another tool loaded (aya test-runs only programs it
+/// can name by type). `ctx_in` is the context (`struct xdp_md` for XDP).
+/// With `live_frames_batch`, `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18 or
+/// later): the XDP program's verdicts act on real frames — `XDP_TX` and
+/// `XDP_REDIRECT` transmit them — in batches of that size (at most 256).
+pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>, repeat: u32, live_frames_batch: Option<u32>) -> io::Result<TestRunReport> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data_in.len() as u32,
+        data_in: data_in.as_ptr() as u64,
+        repeat,
+        ctx_size_in: ctx_in.map_or(0, |c| c.len() as u32),
+        ctx_in: ctx_in.map_or(0, |c| c.as_ptr() as u64),
+        flags: if live_frames_batch.is_some() { BPF_F_TEST_XDP_LIVE_FRAMES } else { 0 },
+        batch_size: live_frames_batch.unwrap_or(0),
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(TestRunReport { retval: attr.retval, duration_ns: attr.duration })
+}
+
+/// Runs `f` on a new thread that has entered the network namespace `netns`
+/// (a file such as `/run/netns/NAME`, as `ip netns add` makes them) and,
+/// with `cpu`, is pinned to that CPU. Interface names, `BPF_PROG_TEST_RUN`
+/// contexts that name an ifindex and XDP attachments then refer to that
+/// namespace; the calling thread's namespace and affinity do not change.
+/// A panic in `f` is passed on to the caller.
+pub fn in_netns<T: Send>(netns: &std::path::Path, cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let ns = std::fs::File::open(netns)?;
+    let joined = std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<T> {
+            // SAFETY: `ns` is an open namespace file for the whole call; for
+            // network namespaces setns changes only the calling thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(cpu) = cpu {
+                // SAFETY: cpu_set_t is a plain bit array; CPU_SET bounds-checks
+                // `cpu` against its size; sched_setaffinity reads `set` only.
+                let r = unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+                };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(f())
+        })
+        .join()
+    });
+    match joined {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// Restores the default SIGPIPE action, so that `xpol ... | head` ends
 /// quietly like other Unix tools instead of failing on a closed pipe.
 pub fn default_sigpipe() {
