@@ -6,7 +6,7 @@
 //! unknown). A predicate or `if` condition holds only when it is known true.
 
 use super::builder::{Bpf, MapDef, BPF_ANY, BPF_NOEXIST};
-use super::parse::Headers;
+use super::parse::{self, Headers, L4At};
 use crate::check::fields::Field;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
 use inkwell::basic_block::BasicBlock;
@@ -96,14 +96,19 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         self.b.locate(span);
     }
 
-    /// All probes in order, then the default verdict.
-    pub fn program(&mut self, probes: &[ir::Probe]) {
+    /// All probes in order, then the default verdict. `l4`: the index of
+    /// the first probe that reads L4 fields, before which the L4 header is
+    /// parsed.
+    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>) {
         let i32t = self.b.m.cx.i32_type();
         // Rules whose body is only a verdict share one tail that counts and
         // returns: a rule then costs its predicate and a jump.
         let tail = self.b.block("count_and_return");
         let mut into_tail = Vec::new();
-        for probe in probes {
+        for (i, probe) in probes.iter().enumerate() {
+            if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
+                parse::parse_l4_here(self.b, &self.h, &at);
+            }
             self.loc(probe.span);
             let next = self.b.block("next_rule");
             let fire = self.b.block("rule");

@@ -256,10 +256,11 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         let uses = parse::first_uses(prog);
         let specialize = policy.rules.len() <= SPECIALIZE_MAX_RULES;
         let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
+        let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
         for end in parsed.ends {
             b.at(end);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
-            lower.program(&prog.probes);
+            lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4)));
         }
         located.extend(b.located.take());
 

@@ -1,7 +1,9 @@
 //! The packet parser every program starts with. It walks Ethernet, up to two
 //! VLAN tags, IPv4 (with options) or IPv6 (with a bounded chain of extension
-//! headers) and the L4 header, and records each field with a presence flag
-//! in a stack slot. Slots whose values no rule reads are removed by LLVM
+//! headers), and records each field with a presence flag in a stack slot.
+//! The L4 header is parsed later, just before the first rule that reads an
+//! L4 field ([`parse_l4_here`]): a packet that an earlier rule decides (a
+//! blocklist hit) never pays for it. Slots whose values no rule reads are removed by LLVM
 //! (mem2reg + dead code elimination), so a policy pays only for what it uses.
 //!
 //! A header counts as present only when it is complete inside the frame,
@@ -89,6 +91,14 @@ pub fn first_uses(prog: &ir::Program) -> HashMap<Stage, Span> {
     out
 }
 
+/// The index of the first probe of `prog` that reads a field of `stage`.
+pub fn first_probe_using(prog: &ir::Program, stage: Stage) -> Option<usize> {
+    prog.probes.iter().position(|p| {
+        let one = ir::Program { hook: prog.hook, probes: vec![p.clone()] };
+        first_uses(&one).contains_key(&stage)
+    })
+}
+
 /// IPv6 extension headers walked before giving up on finding the L4 header.
 pub const MAX_IPV6_EXT: usize = 8;
 /// Offsets beyond this (bytes from the frame start) are not parsed; it keeps
@@ -161,6 +171,8 @@ pub struct Parsed<'ctx> {
     /// No IP header (or a malformed one), IPv4, IPv6; only the first
     /// when not specializing.
     pub ends: Vec<BasicBlock<'ctx>>,
+    /// Where the L4 header is, for [`parse_l4_here`].
+    pub l4: L4At<'ctx>,
 }
 
 /// Emits the parser at the current position.
@@ -465,14 +477,17 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(xoff, b.and(b.opaque(o2), b.c64(2 * MAX_L4_OFFSET - 1)));
     }
 
-    let at = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied() };
-    parse_l4(b, &h, &at, l4_v4, ip4_done);
-    parse_l4(b, &h, &at, l4_v6, ip6_done);
+    b.at(l4_v4);
+    b.br(ip4_done);
+    b.at(l4_v6);
+    b.br(ip6_done);
+    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied() };
     let ends = if specialize { vec![done, ip4_done, ip6_done] } else { vec![done] };
-    Parsed { headers: h, ends }
+    Parsed { headers: h, ends, l4 }
 }
 
-struct L4At<'ctx> {
+#[derive(Clone, Copy)]
+pub struct L4At<'ctx> {
     data: PointerValue<'ctx>,
     data_end: PointerValue<'ctx>,
     l4off: PointerValue<'ctx>,
@@ -481,8 +496,18 @@ struct L4At<'ctx> {
     span: Option<Span>,
 }
 
-/// The L4 header at `l4off`, for one address family; every way out goes to
-/// `done`.
+/// Parses the L4 header at the current position, where the IP header (if
+/// any) has been parsed; continues after it. Without a known protocol
+/// (no IP, or an IPv6 chain past the bound) the L4 fields stay absent.
+pub fn parse_l4_here<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>) {
+    let entry = b.block("l4");
+    let done = b.block("l4_parsed");
+    b.cond_br(b.get(h.proto_ok), entry, done);
+    parse_l4(b, h, at, entry, done);
+    b.at(done);
+}
+
+/// The L4 header at `l4off`; every way out goes to `done`.
 fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: BasicBlock<'ctx>, done: BasicBlock<'ctx>) {
     let (data, data_end, l4off, ip_end, omit_l4_bounds_check) = (at.data, at.data_end, at.l4off, at.ip_end, at.omit_l4_bounds_check);
     let z = b.c64(0);
