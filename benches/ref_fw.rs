@@ -262,10 +262,14 @@ pub fn run(quick: bool, out_dir: &Path) -> Output {
         // xdp-filter holds at most 10,000 exact addresses; in quick mode only N=10.
         if have_xdp_filter && n <= if quick { 10 } else { 1000 } {
             let t = Instant::now();
-            let f = xdp_filter::XdpFilter::load(&xdp_filter::addresses(&list)).unwrap_or_else(|e| panic!("xdp-filter N={n}: {e}"));
-            let variant = format!("xdp-filter ({}, exact addresses)", f.program);
-            runners.push(Box::new(XdpFilterRunner(f)));
-            rows.push(Row { variant, n, load_ms: t.elapsed().as_secs_f64() * 1e3, ..Row::default() });
+            match xdp_filter::XdpFilter::load(&xdp_filter::addresses(&list)) {
+                Ok(f) => {
+                    let variant = format!("xdp-filter ({}, exact addresses)", f.program);
+                    runners.push(Box::new(XdpFilterRunner(f)));
+                    rows.push(Row { variant, n, load_ms: t.elapsed().as_secs_f64() * 1e3, ..Row::default() });
+                }
+                Err(e) => veth::missing("xdp-filter", &format!("N={n}: {e}"), quick, &mut skipped),
+            }
         }
     }
     // Every program gives the reference verdicts before it is timed.
@@ -347,7 +351,12 @@ fn main() {
             .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
             .unwrap_or_default();
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let commit = Command::new("git").args(["-C", &root.display().to_string(), "rev-parse", "--short", "HEAD"]).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let mut commit = git(&["rev-parse", "--short", "HEAD"]);
+        let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "runtime", "benches", "bench", "src"]);
+        if !dirty.is_empty() {
+            commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
+        }
         let iptables = if out.veth.contains("iptables-legacy") { "iptables-legacy (the x_tables backend)" } else { "iptables with the nft backend (iptables-legacy did not work here)" };
         let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped peers:** {}\n", out.skipped.join("; ")) };
         let doc = format!(

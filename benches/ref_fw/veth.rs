@@ -139,7 +139,7 @@ impl Drop for Namespaces {
 enum Peer {
     /// `return XDP_DROP`: the cost of generating and delivering a frame.
     Floor(CRunner),
-    Xpol(LoadedPolicy),
+    Xpol(Box<LoadedPolicy>),
     CLpm(CRunner),
     Nft { table: String },
     Iptables { bin: String },
@@ -325,7 +325,7 @@ pub fn run(quick: bool, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
             let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("ref-fw compiles").object;
             let mut p = LoadedPolicy::load(&object).expect("ref-fw loads");
             sys::in_netns(&recv_path, None, || p.attach("xdp", &r, XdpAttachMode::Native)).expect("enter the receiver namespace").expect("attach xpol");
-            peers.push(("xpol, `set` (map), XDP".into(), g, Peer::Xpol(p)));
+            peers.push(("xpol, `set` (map), XDP".into(), g, Peer::Xpol(Box::new(p))));
         }
         {
             let (g, r) = ns.pair().expect("veth pair");
@@ -407,6 +407,15 @@ pub fn report(rows: &[VethRow]) -> (String, Vec<serde_json::Value>) {
             "cpu_busy_ns_per_packet": {"median": busy, "samples": r.cpu_busy},
             "vs_nftables": by_n.get(&r.n).map(|nft| m / nft),
         }));
+    }
+    // The target: xpol at least 2x fewer CPU ns per blocked packet than
+    // nftables at the largest N measured.
+    if let Some((&n, &nft)) = by_n.iter().next_back() {
+        if let Some(x) = rows.iter().find(|r| r.n == n && r.peer.starts_with("xpol")) {
+            let ratio = nft / stat(&x.samples).0;
+            let verdict = if ratio >= 2.0 { "met" } else { "MISSED" };
+            let _ = writeln!(md, "\nTarget: xpol at least 2x fewer CPU ns per blocked packet than nftables at N={n}: {ratio:.1}x fewer ({verdict}).");
+        }
     }
     (md, json)
 }
