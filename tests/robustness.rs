@@ -65,3 +65,24 @@ fn mutated_policies() {
         check_one(dir.path(), i, &String::from_utf8_lossy(&bytes));
     }
 }
+
+/// Found by the generated differential test: a `sum` LLVM proves zero, on a
+/// map the policy reads (so updated atomically), became an atomic load that
+/// the BPF backend of LLVM 14 cannot select, and LLVM aborted the process.
+#[test]
+fn a_sum_of_zero_on_a_shared_map_compiles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, text) in [
+        "xdp { @m[ip.src] = sum(0) }\nxdp /@m[ip.dst] >= 3/ { drop }",
+        "xdp { @m[ip4.src] = sum(ip4.ihl / 64) }\nxdp /@m[ip6.dst] >= 3/ { drop }",
+        "xdp { @m = sum(ip4.ihl & 0x30); if (@m > 1) { drop } }",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("z{i}.xpol"));
+        std::fs::write(&path, text).expect("write");
+        let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+        assert!(b.output.is_some(), "{text}: {:?}", b.diagnostics);
+    }
+}

@@ -493,7 +493,13 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let q = self.ptr_add(p, self.c64(off));
         let q = ok(self.b.build_pointer_cast(q, self.i64().ptr_type(AddressSpace::default()), "q64"));
         if atomic {
-            ok(self.b.build_atomicrmw(AtomicRMWBinOp::Add, q, v, AtomicOrdering::Monotonic));
+            let rmw = ok(self.b.build_atomicrmw(AtomicRMWBinOp::Add, q, v, AtomicOrdering::Monotonic));
+            // Volatile, so that LLVM keeps the add: when it proves `v` zero
+            // it turns `atomicrmw add 0` into an atomic load, which the BPF
+            // backend of LLVM 14 cannot select (a fatal error, not a panic).
+            if let Some(i) = rmw.as_instruction() {
+                i.set_volatile(true).expect("an atomicrmw is a memory access");
+            }
         } else {
             let old = ok(self.b.build_load(q, "old")).into_int_value();
             let new = self.add(old, v);
