@@ -3,16 +3,27 @@
 //! well-formed ones, adversarial ones, truncations, and seeded random
 //! mutations. Verdicts and the rules that fired must be equal, packet by
 //! packet, with map state carried from packet to packet on both sides.
+//!
+//! Two sources of policies: the fixed examples and golden policies, and
+//! seeded random policies (tests/policygen) with packets drawn from the same
+//! constant pools. For generated policies the rule counters (packets and
+//! bytes) and every `@map` are compared too, and a disagreement is shrunk
+//! (rules, conjuncts, statements, packets, packet bytes) before it is shown.
 
 mod common;
+mod policygen;
 
 use common::Rng;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use xpol_compiler::reference::{evaluate, Outcome, State};
+use std::time::{Duration, Instant};
+use xpol_compiler::ir::{self, CmpOp, ExprKind, MapOp, StmtKind, Type};
+use xpol_compiler::reference::{evaluate, Evaluation, KeyPart, Outcome, State};
+use xpol_lang::ast::Hook;
 use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
-use xpol_runtime::packet::{hex, Ipv6Ext, PacketSpec};
+use xpol_runtime::packet::{hex, Ipv4Spec, Ipv6Ext, PacketSpec, VlanTag, L3, L4};
 
 
 fn corpus() -> Vec<Vec<u8>> {
@@ -167,4 +178,487 @@ fn compiled_policies_agree_with_the_reference() {
     }
     eprintln!("differential: {total} packet runs agreed");
     assert!(total > 5000, "{total}");
+}
+
+// ------------------------------------------------------------ generated policies
+
+impl policygen::Choice for Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        Rng::below(self, n)
+    }
+}
+
+/// The semantics the kernel is compared with: [`evaluate`], or a
+/// deliberately wrong one in the test of the minimizer.
+type Reference = fn(&ir::Policy, Hook, &[u8], &mut State) -> Evaluation;
+
+/// Why a generated case failed.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// The generator wrote a policy the compiler refuses (a bug in one of them).
+    Compile(String),
+    /// The kernel refused the object.
+    Load(String),
+    /// Kernel and reference disagree on the `packet`th packet.
+    Mismatch { hook: Hook, packet: usize, what: String },
+}
+
+impl Failure {
+    fn same_kind(&self, other: &Failure) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Compile(d) => write!(f, "the generated policy does not compile:\n{d}"),
+            Failure::Load(e) => write!(f, "the kernel refuses the object: {e}"),
+            Failure::Mismatch { hook, packet, what } => write!(f, "{} disagrees on packet #{packet}: {what}", hook.as_str()),
+        }
+    }
+}
+
+fn fmt_key(ty: Type, k: &KeyPart) -> String {
+    match (ty, k) {
+        (Type::Mac, KeyPart::Int(m)) => ir::fmt_mac(*m),
+        (_, KeyPart::Int(i)) => i.to_string(),
+        (_, KeyPart::Ip(a)) => a.to_string(),
+        (_, KeyPart::Bool(b)) => b.to_string(),
+    }
+}
+
+/// Every `@map` entry as `name[key, ...]` -> value, from the kernel and
+/// from the reference. Values of per-CPU maps holding the last value
+/// written are left out (0): summing them over CPUs means nothing when
+/// the test thread moved between CPUs.
+fn map_states(loaded: &LoadedPolicy, policy: &ir::Policy, state: &State) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let mut kernel = BTreeMap::new();
+    let mut reference = BTreeMap::new();
+    for (i, m) in policy.maps.iter().enumerate() {
+        let meta = loaded.meta().maps.iter().find(|x| x.name == m.name).expect("map in the metadata");
+        let keep = |v: u64| if meta.per_cpu && meta.value == xpol_lang::meta::MapValueKind::Value { 0 } else { v };
+        for (key, v) in loaded.map_entries(&m.name).expect("map entries") {
+            let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+            kernel.insert(format!("@{}[{}]", m.name, key.join(", ")), keep(v));
+        }
+        for ((id, key), v) in &state.maps {
+            if *id == i {
+                let key: Vec<String> = key.iter().zip(&m.keys).map(|(k, t)| fmt_key(*t, k)).collect();
+                reference.insert(format!("@{}[{}]", m.name, key.join(", ")), keep(*v));
+            }
+        }
+    }
+    (kernel, reference)
+}
+
+/// Compiles `text`, loads it, and runs every packet through every program
+/// of the policy (one map state for all of them, as in the kernel), comparing
+/// the verdict, the rules fired, their packet and byte counters and the maps
+/// after each packet. Ok: the number of packet runs, and of those a rule
+/// decided.
+fn run_generated(path: &Path, text: &str, packets: &[Vec<u8>], reference: Reference) -> Result<(usize, usize), Failure> {
+    std::fs::write(path, text).expect("write policy");
+    let b = xpol_compiler::build(path, &xpol_compiler::BuildOptions::default());
+    let Some(out) = b.output else {
+        return Err(Failure::Compile(xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
+    };
+    let mut loaded = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true }).map_err(|e| Failure::Load(e.to_string()))?;
+    let mut state = State::default();
+    let (mut runs, mut decided) = (0, 0);
+    for prog in &out.ir.programs {
+        let hook = prog.hook;
+        for (i, p) in packets.iter().enumerate() {
+            let mismatch = |what: String| Failure::Mismatch { hook, packet: i, what };
+            let before = loaded.rule_counters().expect("counters");
+            let got = match loaded.test_run(hook.as_str(), p) {
+                Ok(got) => got,
+                Err(_) if hook != Hook::Xdp && p.len() < 64 => continue,
+                Err(e) => return Err(mismatch(format!("the test run failed: {e}"))),
+            };
+            let after = loaded.rule_counters().expect("counters");
+            let fired: Vec<u32> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets != b.packets).map(|(i, _)| i as u32).collect();
+            let want = reference(&out.ir, hook, p, &mut state);
+            if (outcome(got.action), &fired) != (Some(want.outcome), &want.fired) {
+                return Err(mismatch(format!(
+                    "kernel {:?} with rules {fired:?} fired, reference {:?} with rules {:?}",
+                    got.action, want.outcome, want.fired
+                )));
+            }
+            for &r in &fired {
+                let (a, b) = (after[r as usize], before[r as usize]);
+                if a.packets - b.packets != 1 || a.bytes - b.bytes != p.len() as u64 {
+                    return Err(mismatch(format!("rule {r} counted {} packets, {} bytes", a.packets - b.packets, a.bytes - b.bytes)));
+                }
+            }
+            if !out.ir.maps.is_empty() {
+                let (kernel, reference) = map_states(&loaded, &out.ir, &state);
+                if kernel != reference {
+                    return Err(mismatch(format!("maps differ:\n  kernel    {kernel:?}\n  reference {reference:?}")));
+                }
+            }
+            runs += 1;
+            decided += usize::from(want.decided_by.is_some());
+        }
+    }
+    Ok((runs, decided))
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().expect("v4")
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("v6")
+}
+
+/// A packet built from the same pools as the policies' constants: any
+/// family and L4, VLAN tags, fragments, options, extension headers, and
+/// now and then a header field that lies.
+fn random_spec(rng: &mut Rng) -> PacketSpec {
+    use policygen::{MACS, PORTS, V4, V6, VLANS};
+    let port = |rng: &mut Rng| PORTS[rng.below(PORTS.len() as u64) as usize] as u16;
+    let six = rng.below(2) == 1;
+    let (s4, d4) = (v4(rng.pick(V4)), v4(rng.pick(V4)));
+    let (s6, d6) = (v6(rng.pick(V6)), v6(rng.pick(V6)));
+    let mut spec = match (rng.below(20), six) {
+        (0..=7, false) => PacketSpec::tcp4(s4, d4, port(rng), port(rng)),
+        (0..=7, true) => PacketSpec::tcp6(s6, d6, port(rng), port(rng)),
+        (8..=13, false) => PacketSpec::udp4(s4, d4, port(rng), port(rng)),
+        (8..=13, true) => PacketSpec::udp6(s6, d6, port(rng), port(rng)),
+        (14..=16, false) => PacketSpec::icmp4(s4, d4, [0, 3, 8, 11][rng.below(4) as usize], rng.below(5) as u8),
+        (14..=16, true) => PacketSpec::icmp6(s6, d6, [1, 128, 129, 135][rng.below(4) as usize], rng.below(5) as u8),
+        (17, _) => PacketSpec::ethertype([0x0806, 0x88cc, 0x8847][rng.below(3) as usize], rng.below(60) as usize),
+        (18, false) => PacketSpec { l4: L4::Raw { protocol: [47, 58, 59][rng.below(3) as usize], bytes: vec![0; 8] }, ..PacketSpec::tcp4(s4, d4, 1, 2) },
+        _ => PacketSpec { l4: [L4::Icmp4 { ty: 8, code: 0 }, L4::None][rng.below(2) as usize].clone(), ..PacketSpec::tcp6(s6, d6, 1, 2) },
+    };
+    spec.eth_src = MACS[rng.below(MACS.len() as u64) as usize];
+    spec.eth_dst = MACS[rng.below(MACS.len() as u64) as usize];
+    let tags = [0, 0, 0, 0, 0, 0, 1, 1, 2, 3][rng.below(10) as usize];
+    for _ in 0..tags {
+        let tpid = if rng.below(2) == 0 { 0x8100 } else { 0x88a8 };
+        spec.vlans.push(VlanTag { tpid, pcp: rng.below(8) as u8, id: VLANS[rng.below(VLANS.len() as u64) as usize] as u16 });
+    }
+    if let L4::Tcp(t) = &mut spec.l4 {
+        t.flags = if rng.below(3) == 0 { rng.next() as u8 } else { [0, 2, 0x10, 0x12, 0x29, 1][rng.below(6) as usize] };
+        t.window = [0, 1024, 65535][rng.below(3) as usize];
+        if rng.below(30) == 0 {
+            t.data_offset = Some(rng.below(16) as u8);
+        }
+    }
+    match &mut spec.l3 {
+        L3::Ipv4(ip) => random_v4(rng, ip),
+        L3::Ipv6(ip) => {
+            ip.hop_limit = [0, 1, 64, 255][rng.below(4) as usize];
+            ip.traffic_class = rng.next() as u8;
+            ip.flow_label = [0, 1, 0xfffff][rng.below(3) as usize];
+            if rng.below(6) == 0 {
+                for _ in 0..1 + rng.below(9) {
+                    ip.ext.push(match rng.below(5) {
+                        0 => Ipv6Ext::HopByHop { len8: rng.below(3) as u8 },
+                        1 => Ipv6Ext::Routing { len8: rng.below(3) as u8 },
+                        2 => Ipv6Ext::DestOpts { len8: rng.below(3) as u8 },
+                        3 => Ipv6Ext::Auth { len4: rng.below(4) as u8 },
+                        _ => Ipv6Ext::Fragment { offset: [0, 8, 64, 1480][rng.below(4) as usize], more: rng.below(2) == 0, id: 9 },
+                    });
+                }
+            }
+            if rng.below(20) == 0 {
+                ip.payload_len = Some([0, 1, 8, 2000][rng.below(4) as usize]);
+            }
+        }
+        L3::Other { .. } => {}
+    }
+    let payload = [0, 0, 0, 1, 6, 20, 64, 1400][rng.below(8) as usize];
+    spec.payload(payload)
+}
+
+fn random_v4(rng: &mut Rng, ip: &mut Ipv4Spec) {
+    ip.ttl = [0, 1, 64, 255][rng.below(4) as usize];
+    ip.tos = rng.next() as u8;
+    ip.id = [0, 1, 7, 0xffff][rng.below(4) as usize];
+    ip.dont_fragment = rng.below(3) == 0;
+    if rng.below(8) == 0 {
+        ip.frag_offset = [0, 8, 64, 1480][rng.below(4) as usize];
+        ip.more_fragments = rng.below(2) == 0;
+    }
+    if rng.below(10) == 0 {
+        ip.options = vec![1; 4 * (1 + rng.below(10) as usize)];
+    }
+    if rng.below(30) == 0 {
+        ip.ihl = Some(rng.below(16) as u8);
+    }
+    if rng.below(20) == 0 {
+        ip.total_len = Some([0, 19, 20, 39, 41, 1500][rng.below(6) as usize]);
+    }
+}
+
+/// The packets one generated policy runs: valid ones from the pools, cut
+/// and mutated ones, random bytes, and a sample of the fixed corpus.
+fn packets_for(rng: &mut Rng, corpus: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = (0..70).map(|_| random_spec(rng).build()).collect();
+    for i in 0..30 {
+        let mut p = out[i].clone();
+        if rng.below(2) == 0 {
+            p.truncate(14 + rng.below((p.len() - 13) as u64) as usize);
+        } else {
+            for _ in 0..1 + rng.below(3) {
+                let at = 12 + rng.below((p.len().min(90) - 12) as u64) as usize;
+                p[at] = rng.next() as u8;
+            }
+        }
+        out.push(p);
+    }
+    for _ in 0..8 {
+        let mut p: Vec<u8> = (0..14 + rng.below(100)).map(|_| rng.next() as u8).collect();
+        if rng.below(2) == 0 {
+            p[12..14].copy_from_slice(&[[0x08, 0x00], [0x86, 0xdd]][rng.below(2) as usize]);
+        }
+        out.push(p);
+    }
+    for _ in 0..20 {
+        out.push(corpus[rng.below(corpus.len() as u64) as usize].clone());
+    }
+    out
+}
+
+/// Shrinks a failing case: the packets up to the failing one, then as few
+/// of them as still fail, then the policy (rules, predicates, conjuncts,
+/// statements), then each packet's bytes (shorter, zeroed), while the case
+/// still fails the same way. Returns the smaller case, its failure and the
+/// number of trials.
+fn minimize(path: &Path, policy: &policygen::Policy, packets: &[Vec<u8>], failure: &Failure, reference: Reference) -> (policygen::Policy, Vec<Vec<u8>>, Failure, usize) {
+    const MAX_TRIALS: usize = 1500;
+    let trials = std::cell::Cell::new(0);
+    let fails = |p: &policygen::Policy, pk: &[Vec<u8>]| -> Option<Failure> {
+        trials.set(trials.get() + 1);
+        match run_generated(path, &p.text(), pk, reference) {
+            Err(f) if f.same_kind(failure) => Some(f),
+            _ => None,
+        }
+    };
+    let (mut p, mut pk, mut f) = (policy.clone(), packets.to_vec(), failure.clone());
+    let cut = |pk: &mut Vec<Vec<u8>>, f: &Failure| {
+        if let Failure::Mismatch { packet, .. } = f {
+            pk.truncate(packet + 1);
+        }
+    };
+    cut(&mut pk, &f);
+    // Packets: the failing one alone, else drop chunks of the earlier ones.
+    if pk.len() > 1 {
+        let last = vec![pk.last().expect("a packet").clone()];
+        if let Some(g) = fails(&p, &last) {
+            (pk, f) = (last, g);
+        }
+    }
+    let mut chunk = pk.len() / 2;
+    while chunk > 0 && pk.len() > 1 {
+        let mut at = 0;
+        while at + 1 < pk.len() {
+            let mut fewer = pk.clone();
+            fewer.drain(at..(at + chunk).min(pk.len() - 1));
+            match fails(&p, &fewer) {
+                Some(g) => {
+                    (pk, f) = (fewer, g);
+                    cut(&mut pk, &f);
+                }
+                None => at += chunk,
+            }
+        }
+        chunk /= 2;
+    }
+    for _round in 0..2 {
+        // The policy: take the first smaller variant that still fails, again.
+        'shrink: loop {
+            for q in policygen::shrink_candidates(&p) {
+                if trials.get() >= MAX_TRIALS {
+                    break 'shrink;
+                }
+                if let Some(g) = fails(&q, &pk) {
+                    (p, f) = (q, g);
+                    cut(&mut pk, &f);
+                    continue 'shrink;
+                }
+            }
+            break;
+        }
+        // Packet bytes: shorter, then zeroed in 4-byte steps from the end.
+        for i in 0..pk.len() {
+            for step in [64, 16, 4, 1] {
+                while pk[i].len() > 14 + step && trials.get() < MAX_TRIALS {
+                    let mut q = pk.clone();
+                    let n = q[i].len() - step;
+                    q[i].truncate(n);
+                    match fails(&p, &q) {
+                        Some(g) => (pk, f) = (q, g),
+                        None => break,
+                    }
+                }
+            }
+            let mut at = pk[i].len();
+            while at > 14 && trials.get() < MAX_TRIALS {
+                let from = at.saturating_sub(4).max(14);
+                if pk[i][from..at].iter().any(|&b| b != 0) {
+                    let mut q = pk.clone();
+                    q[i][from..at].fill(0);
+                    if let Some(g) = fails(&p, &q) {
+                        (pk, f) = (q, g);
+                    }
+                }
+                at = from;
+            }
+        }
+    }
+    (p, pk, f, trials.get())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Seeds are spread so that neighbouring cases differ in every choice.
+fn seed_rng(seed: u64) -> Rng {
+    Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+fn report(i: u64, seed: u64, min: &(policygen::Policy, Vec<Vec<u8>>, Failure, usize), original: &Failure) -> String {
+    let (p, pk, f, trials) = min;
+    let packets: Vec<String> = pk.iter().map(|p| format!("  {}", hex(p))).collect();
+    format!(
+        "generated policy #{i} (seed {seed}): {original}\n\nminimized in {trials} trials to: {f}\n--- policy ---\n{}--- packets, in order (hex) ---\n{}\n\nreproduce: XPOL_DIFF_SEED={seed} XPOL_DIFF_POLICIES=1 cargo test --test differential generated",
+        p.text(),
+        packets.join("\n")
+    )
+}
+
+/// Seeded random policies, each with its own packets, within a time budget
+/// (`XPOL_DIFF_SECONDS`, default 60) and a count (`XPOL_DIFF_POLICIES`,
+/// default 400); `XPOL_DIFF_SEED` starts elsewhere than the fixed seed.
+#[test]
+fn generated_policies_agree_with_the_reference() {
+    if !common::kernel("generated_policies_agree_with_the_reference") {
+        return;
+    }
+    let budget = Duration::from_secs(env_or("XPOL_DIFF_SECONDS", 60));
+    let count: u64 = env_or("XPOL_DIFF_POLICIES", 400);
+    let first: u64 = env_or("XPOL_DIFF_SEED", 1);
+    let corpus = corpus();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("generated.xpol");
+    let start = Instant::now();
+    let (mut policies, mut runs, mut decided) = (0u64, 0usize, 0usize);
+    for i in 0..count {
+        if start.elapsed() > budget {
+            break;
+        }
+        let seed = first + i;
+        let mut rng = seed_rng(seed);
+        let policy = policygen::policy(&mut rng);
+        let packets = packets_for(&mut rng, &corpus);
+        if std::env::var_os("XPOL_DIFF_SHOW").is_some() {
+            eprintln!("--- generated policy #{i} (seed {seed})\n{}", policy.text());
+        }
+        match run_generated(&path, &policy.text(), &packets, evaluate) {
+            Ok((n, d)) => {
+                runs += n;
+                decided += d;
+            }
+            Err(f @ Failure::Compile(_)) => panic!("generated policy #{i} (seed {seed}):\n{}\n{f}", policy.text()),
+            Err(f) => {
+                let min = minimize(&path, &policy, &packets, &f, evaluate);
+                panic!("{}", report(i, seed, &min, &f));
+            }
+        }
+        policies += 1;
+    }
+    eprintln!(
+        "differential: {policies} generated policies, {runs} packet runs agreed ({decided} decided by a rule) in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(policies >= count.min(100), "only {policies} policies within the budget");
+}
+
+/// A reference that reads `!=` as `==`: wrong on purpose, to test the minimizer.
+fn ne_as_eq(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
+    fn expr(e: &mut ir::Expr) {
+        match &mut e.kind {
+            ExprKind::Cmp(op, a, b) => {
+                if *op == CmpOp::Ne {
+                    *op = CmpOp::Eq;
+                }
+                expr(a);
+                expr(b);
+            }
+            ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a),
+            ExprKind::Arith(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
+                expr(a);
+                expr(b);
+            }
+            ExprKind::MapRead { keys, .. } => keys.iter_mut().for_each(expr),
+            ExprKind::Const(_) | ExprKind::Field(_) | ExprKind::Local(_) => {}
+        }
+    }
+    fn stmts(v: &mut [ir::Stmt]) {
+        for s in v {
+            match &mut s.kind {
+                StmtKind::If { cond, then_body, else_body } => {
+                    expr(cond);
+                    stmts(then_body);
+                    stmts(else_body);
+                }
+                StmtKind::Let { value, .. } => expr(value),
+                StmtKind::MapUpdate { keys, op, .. } => {
+                    keys.iter_mut().for_each(expr);
+                    if let MapOp::Sum(e) | MapOp::Assign(e) = op {
+                        expr(e);
+                    }
+                }
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
+            }
+        }
+    }
+    let mut p = policy.clone();
+    for prog in &mut p.programs {
+        for probe in &mut prog.probes {
+            if let Some(e) = &mut probe.predicate {
+                expr(e);
+            }
+            stmts(&mut probe.body);
+        }
+    }
+    evaluate(&p, hook, packet, state)
+}
+
+/// The minimizer, on a reference that is wrong about `!=`: the first
+/// generated policy that shows it shrinks to one rule whose `!=` is the
+/// whole difference, and one packet.
+#[test]
+fn the_minimizer_isolates_a_wrong_reference() {
+    if !common::kernel("the_minimizer_isolates_a_wrong_reference") {
+        return;
+    }
+    let corpus = corpus();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("generated.xpol");
+    for seed in 1..200 {
+        let mut rng = seed_rng(seed);
+        let policy = policygen::policy(&mut rng);
+        let packets = packets_for(&mut rng, &corpus);
+        let Err(f) = run_generated(&path, &policy.text(), &packets, ne_as_eq) else { continue };
+        assert!(matches!(f, Failure::Mismatch { .. }), "{f}");
+        let min = minimize(&path, &policy, &packets, &f, ne_as_eq);
+        let (p, pk, _, trials) = &min;
+        let text = p.text();
+        eprintln!("{}", report(0, seed, &min, &f));
+        assert_eq!(p.rules.len(), 1, "{text}");
+        assert!(p.size() <= 4, "not minimal: {text}");
+        assert!(text.contains("!="), "{text}");
+        assert_eq!(pk.len(), 1, "{} packets", pk.len());
+        assert!(pk[0].len() <= packets.iter().map(Vec::len).max().unwrap_or(0));
+        assert!(*trials > 1);
+        // The small case is right with the true reference.
+        run_generated(&path, &text, pk, evaluate).expect("agrees with the real reference");
+        return;
+    }
+    panic!("no generated policy used `!=` where it matters");
 }
