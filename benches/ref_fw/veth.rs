@@ -267,6 +267,7 @@ impl Generator {
                 .expect("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (kernel 5.18 or later)");
             let _ = r;
             let (t1, k1, b1) = (runtime_ns(me), k(&ksoftirqd), cpu_busy_ns(cpu));
+            assert!(t1 > t0, "no run time in /proc/thread-self/schedstat (a kernel without CONFIG_SCHED_INFO): cannot measure CPU time");
             (t1 - t0 + (k1 - k0), b1.saturating_sub(b0))
         })
         .expect("enter the generator namespace")
