@@ -262,10 +262,8 @@ impl Generator {
             let k = |p: &Option<PathBuf>| p.as_deref().map_or(0, runtime_ns);
             let (t0, k0, b0) = (runtime_ns(me), k(&ksoftirqd), cpu_busy_ns(cpu));
             let x: &mut Xdp = prog.prog();
-            let r = x
-                .test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: frames, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
+            x.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: frames, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
                 .expect("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (kernel 5.18 or later)");
-            let _ = r;
             let (t1, k1, b1) = (runtime_ns(me), k(&ksoftirqd), cpu_busy_ns(cpu));
             assert!(t1 > t0, "no run time in /proc/thread-self/schedstat (a kernel without CONFIG_SCHED_INFO): cannot measure CPU time");
             (t1 - t0 + (k1 - k0), b1.saturating_sub(b0))

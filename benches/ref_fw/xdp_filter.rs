@@ -100,7 +100,7 @@ impl XdpFilter {
     }
 
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> sys::TestRunReport {
-        sys::prog_test_run(self.prog.as_fd(), packet, None, repeat, None).expect("test-run xdp-filter")
+        sys::prog_test_run(self.prog.as_fd(), packet, None, repeat).expect("test-run xdp-filter")
     }
 
     pub fn info(&self) -> (u32, u32, u32) {

@@ -144,7 +144,6 @@ pub fn ensure_bpffs() -> Result<(), String> {
 }
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
 /// `union bpf_attr` as used by `BPF_PROG_TEST_RUN`.
 #[repr(C)]
@@ -177,12 +176,12 @@ pub struct TestRunReport {
 }
 
 /// `BPF_PROG_TEST_RUN` on any program descriptor, including one obtained by
-/// id for a program another tool loaded (aya test-runs only programs it
-/// can name by type). `ctx_in` is the context (`struct xdp_md` for XDP).
-/// With `live_frames_batch`, `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18 or
-/// later): the XDP program's verdicts act on real frames — `XDP_TX` and
-/// `XDP_REDIRECT` transmit them — in batches of that size (at most 256).
-pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>, repeat: u32, live_frames_batch: Option<u32>) -> io::Result<TestRunReport> {
+/// id for a program another tool loaded: aya test-runs only programs it
+/// holds by type, and cannot make an `Xdp` from a program id without a type
+/// it does not export (`XdpAttachType`). `ctx_in` is the context (`struct
+/// xdp_md` for XDP). (For `BPF_F_TEST_XDP_LIVE_FRAMES`, aya 0.14 has
+/// `TestRunAttrs::xdp_live_frames`.)
+pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>, repeat: u32) -> io::Result<TestRunReport> {
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
         data_size_in: data_in.len() as u32,
@@ -190,8 +189,6 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>
         repeat,
         ctx_size_in: ctx_in.map_or(0, |c| c.len() as u32),
         ctx_in: ctx_in.map_or(0, |c| c.as_ptr() as u64),
-        flags: if live_frames_batch.is_some() { BPF_F_TEST_XDP_LIVE_FRAMES } else { 0 },
-        batch_size: live_frames_batch.unwrap_or(0),
         ..Default::default()
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
