@@ -86,3 +86,17 @@ fn a_sum_of_zero_on_a_shared_map_compiles() {
         assert!(b.output.is_some(), "{text}: {:?}", b.diagnostics);
     }
 }
+
+/// Found by the `parse` fuzz target: the syntax error quoted the first 20
+/// bytes of the unexpected token and could cut a character in two.
+#[test]
+fn a_syntax_error_inside_multibyte_text_is_quoted_whole() {
+    let fuzzed = "z\0\0\0/tcp*/.dport/\u{784}\u{7db}rip4.\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0dfo";
+    for text in ["xdp { aéééééééééééé }", fuzzed] {
+        let d = xpol_lang::parser::parse(text, xpol_lang::FileId(0)).expect_err("a syntax error");
+        let span = d[0].labels[0].span;
+        assert!(text.is_char_boundary(span.start as usize) && text.is_char_boundary(span.end as usize), "{:?}", d[0]);
+    }
+    let d = xpol_lang::parser::parse("xdp { aéééééééééééé }", xpol_lang::FileId(0)).expect_err("a syntax error");
+    assert!(d[0].message.contains("found `aééééééééé`"), "{}", d[0].message);
+}
