@@ -8,6 +8,36 @@ use xpol_compiler::codegen::Faults;
 use xpol_compiler::{build, BuildOptions};
 use xpol_runtime::loader::{LoadedPolicy, RuntimeError};
 
+/// Snapshots a rendered diagnostic beside the golden ones, with
+/// instruction numbers, registers and offsets replaced by `N` (they change
+/// with code generation; the line and column must not).
+fn snapshot(name: &str, content: &str) {
+    let mut out = String::new();
+    let mut rest = content;
+    while let Some(i) = ["instruction ", "insn ", "insn#", " R", "(R", "off=", "r="].iter().filter_map(|w| rest.find(w).map(|i| i + w.len())).min() {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let sign = usize::from(rest.starts_with('-') && rest[1..].starts_with(|c: char| c.is_ascii_digit()));
+        let digits = sign + rest[sign..].len() - rest[sign..].trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            out.push('N');
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    insta::with_settings!({
+        snapshot_path => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/snapshots"),
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_snapshot!(name, out);
+    });
+}
+
+/// The policy the fault tests build; every instruction fault stands for
+/// its line 6, column 5.
+const FAULTS: &str = "tests/verifier/faults.xpol";
+
 /// Builds `path` with `faults`, loads it, and returns the explained
 /// rejection rendered as text.
 fn rejection(path: &Path, faults: Faults) -> (xpol_lang::Diagnostic, String) {
@@ -35,6 +65,7 @@ fn missing_bounds_check_points_at_the_first_rule_reading_l4() {
     assert!(text.contains("examples/firewall.xpol:16:6"), "{text}");
     assert!(text.contains("tcp.dport"), "{text}");
     assert!(d.message.contains("has not proven to lie inside the packet"), "{text}");
+    snapshot("verifier__packet_bounds", &text);
 }
 
 #[test]
@@ -46,6 +77,176 @@ fn missing_null_check_points_at_the_map_update() {
     assert_eq!(d.code, "xpol::verifier::null_check", "{text}");
     // The first map update of the policy, `@per_source[ip.src] = count()` (line 3).
     assert!(text.contains("tests/golden/ok/maps.xpol:3:5"), "{text}");
+    snapshot("verifier__null_check", &text);
+}
+
+/// One instruction fault in `tests/verifier/faults.xpol`: the class, the
+/// position (line 6, column 5, the first statement) and the snapshot.
+fn fault_case(test: &str, faults: Faults, code: &str, words: &str) -> (xpol_lang::Diagnostic, String) {
+    let (d, text) = rejection(Path::new(FAULTS), faults);
+    assert_eq!(d.code, code, "{test}: {text}");
+    assert!(text.contains("tests/verifier/faults.xpol:6:5"), "{test}: {text}");
+    assert!(text.contains(words), "{test}: {text}");
+    snapshot(&format!("verifier__{test}"), &text);
+    (d, text)
+}
+
+#[test]
+fn stack_over_512_bytes() {
+    if !common::kernel("stack_over_512_bytes") {
+        return;
+    }
+    fault_case("stack", Faults { stack_overflow: true, ..Faults::default() }, "xpol::verifier::stack", "invalid write to stack");
+}
+
+#[test]
+fn too_many_processed_instructions() {
+    if !common::kernel("too_many_processed_instructions") {
+        return;
+    }
+    fault_case("too_complex", Faults { long_loop: true, ..Faults::default() }, "xpol::verifier::too_complex", "BPF program is too large");
+}
+
+#[test]
+fn loop_the_verifier_cannot_bound() {
+    if !common::kernel("loop_the_verifier_cannot_bound") {
+        return;
+    }
+    fault_case("unbounded_loop", Faults { endless_loop: true, ..Faults::default() }, "xpol::verifier::unbounded_loop", "infinite loop detected");
+}
+
+#[test]
+fn helper_not_allowed_for_xdp() {
+    if !common::kernel("helper_not_allowed_for_xdp") {
+        return;
+    }
+    // bpf_skb_store_bytes works on socket buffers: TC, not XDP.
+    let (d, _) = fault_case("helper_not_allowed", Faults { call_helper: Some(9), ..Faults::default() }, "xpol::verifier::helper_not_allowed", "bpf_skb_store_bytes");
+    assert!(d.message.contains("which XDP programs cannot call"), "{}", d.message);
+}
+
+#[test]
+fn gpl_only_helper_from_a_non_gpl_object() {
+    if !common::kernel("gpl_only_helper_from_a_non_gpl_object") {
+        return;
+    }
+    let faults = Faults { license: Some("Proprietary".into()), call_helper: Some(6), ..Faults::default() };
+    let (d, _) = fault_case("gpl_only", faults, "xpol::verifier::gpl_only", "cannot call GPL-restricted function");
+    assert!(d.message.contains("`bpf_trace_printk` (helper 6, added in Linux 4.1) is GPL-only and the object's license is `Proprietary`"), "{}", d.message);
+}
+
+#[test]
+fn kernel_lacks_the_helper() {
+    if !common::kernel("kernel_lacks_the_helper") {
+        return;
+    }
+    // No kernel has helper 999 (helpers end near 212; new functions are kfuncs).
+    let (d, _) = fault_case("kernel_lacks", Faults { call_helper: Some(999), ..Faults::default() }, "xpol::verifier::kernel_lacks", "invalid func unknown#999");
+    assert!(d.message.contains("this kernel has no helper 999"), "{}", d.message);
+}
+
+/// A rejection the catalog does not know (a helper called without its
+/// arguments) still points at the line, with the verifier's own words.
+#[test]
+fn rejection_outside_the_catalog_keeps_the_verifiers_words() {
+    if !common::kernel("rejection_outside_the_catalog_keeps_the_verifiers_words") {
+        return;
+    }
+    let b = build(Path::new(FAULTS), &BuildOptions { faults: Faults { call_helper: Some(1), ..Faults::default() }, ..BuildOptions::default() });
+    let out = b.output.as_ref().expect("compiles");
+    let Err(RuntimeError::Verifier { log, .. }) = LoadedPolicy::load(&out.object) else { panic!("expected a verifier rejection") };
+    let (_, message) = xpol_compiler::verifier::failing_insn(&log).expect("a failing instruction");
+    let (d, text) = rejection(Path::new(FAULTS), Faults { call_helper: Some(1), ..Faults::default() });
+    assert_eq!(d.code, "xpol::verifier", "{text}");
+    assert!(text.contains("tests/verifier/faults.xpol:6:5"), "{text}");
+    let first = message.lines().next().expect("a message");
+    assert!(d.labels[0].message.ends_with(first) && d.help.as_deref().is_some_and(|h| h.contains(first)), "{text}");
+}
+
+/// The table behind `kernel_lacks` names a known helper and its version.
+#[test]
+fn kernel_lacks_names_a_known_helper_and_its_version() {
+    let b = build(Path::new(FAULTS), &BuildOptions::default());
+    let out = b.output.expect("compiles");
+    let log = "0: R1=ctx() R10=fp0\n0: (85) call unknown#130\ninvalid func unknown#130\nprocessed 1 insns (limit 1000000)\n";
+    let d = xpol_compiler::verifier::explain("xpol_xdp", "xdp", log, &out.object, &out.located, &b.sources, false);
+    assert_eq!(d.code, "xpol::verifier::kernel_lacks");
+    assert!(d.message.ends_with("`bpf_ringbuf_output` (helper 130) needs Linux 5.8 or newer"), "{}", d.message);
+    assert_eq!(xpol_compiler::verifier::map_type_info(11), Some(("BPF_MAP_TYPE_LPM_TRIE", "4.11")));
+}
+
+/// Loads `path` (optionally with a test-only capacity for set maps) and
+/// explains the kernel's refusal of a map.
+fn map_refusal(path: &str, set_capacity: Option<u32>) -> (xpol_lang::Diagnostic, String) {
+    let b = build(Path::new(path), &BuildOptions::default());
+    let out = b.output.as_ref().expect("compiles");
+    let options = xpol_runtime::loader::LoadOptions::default();
+    let r = match set_capacity {
+        Some(n) => LoadedPolicy::load_with_set_capacity(&out.object, &options, n),
+        None => LoadedPolicy::load_with(&out.object, &options),
+    };
+    let (map, source) = match r {
+        Err(RuntimeError::Map { map, source }) => (map, source),
+        Err(e) => panic!("expected a map error, got: {e}"),
+        Ok(_) => panic!("the kernel accepted the map"),
+    };
+    let d = xpol_compiler::verifier::explain_map(&map, &source, out);
+    let text = xpol_lang::render::render_human(std::slice::from_ref(&d), &b.sources, false);
+    (d, text)
+}
+
+/// A set map that is full: the kernel refuses the third element (E2BIG),
+/// reported at the set's declaration.
+#[test]
+fn set_map_full() {
+    if !common::kernel("set_map_full") {
+        return;
+    }
+    let (d, text) = map_refusal("tests/verifier/set-full.xpol", Some(2));
+    assert_eq!(d.code, "xpol::verifier::map_too_large", "{text}");
+    assert!(text.contains("tests/verifier/set-full.xpol:4:5"), "{text}");
+    snapshot("verifier__map_full", &text);
+}
+
+/// A genuine one: a set too large for the kernel to create its map.
+#[test]
+fn set_map_too_large() {
+    if !common::kernel("set_map_too_large") {
+        return;
+    }
+    let (d, text) = map_refusal("tests/verifier/set-huge.xpol", None);
+    assert_eq!(d.code, "xpol::verifier::map_too_large", "{text}");
+    assert!(text.contains("tests/verifier/set-huge.xpol:4:5"), "{text}");
+    snapshot("verifier__map_too_large", &text);
+}
+
+/// A genuine verifier rejection: 65 sets in one program, one map more than
+/// the kernel allows; the diagnostic points at the rule whose set is the
+/// 65th map the program uses.
+#[test]
+fn too_many_maps() {
+    if !common::kernel("too_many_maps") {
+        return;
+    }
+    let (d, text) = rejection(Path::new("tests/verifier/too-many-maps.xpol"), Faults::default());
+    assert_eq!(d.code, "xpol::verifier::too_many_maps", "{text}");
+    snapshot("verifier__too_many_maps", &text);
+}
+
+/// The JSON form of a verifier diagnostic.
+#[test]
+fn json_verifier_diagnostic() {
+    if !common::kernel("json_verifier_diagnostic") {
+        return;
+    }
+    let b = build(Path::new(FAULTS), &BuildOptions { faults: Faults { call_helper: Some(9), ..Faults::default() }, ..BuildOptions::default() });
+    let out = b.output.as_ref().expect("compiles");
+    let Err(RuntimeError::Verifier { program, log, .. }) = LoadedPolicy::load(&out.object) else { panic!("expected a verifier rejection") };
+    let d = xpol_compiler::verifier::explain(&program, "xdp", &log, &out.object, &out.located, &b.sources, false);
+    let json = xpol_lang::render::render_json(&[d], &b.sources);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
+    assert_eq!((v["line"].as_u64(), v["column"].as_u64()), (Some(6), Some(5)), "{json}");
+    snapshot("json__verifier", &json);
 }
 
 #[test]

@@ -78,10 +78,7 @@ fn parse_line_info(object: &[u8]) -> Option<Vec<LineInfo>> {
 /// `N: (op) ...` line of the log, and the lines after it.
 pub fn failing_insn(log: &str) -> Option<(usize, String)> {
     let lines: Vec<&str> = log.lines().collect();
-    let idx = lines.iter().rposition(|l| {
-        let (n, rest) = l.split_once(": (").unwrap_or(("", ""));
-        !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) && !rest.is_empty()
-    })?;
+    let idx = failing_line(&lines)?;
     let insn: usize = lines[idx].split(':').next()?.parse().ok()?;
     let message: Vec<&str> = lines[idx + 1..]
         .iter()
@@ -90,6 +87,46 @@ pub fn failing_insn(log: &str) -> Option<(usize, String)> {
         .filter(|l| !l.trim().is_empty())
         .collect();
     Some((insn, message.join("\n")))
+}
+
+/// Index of the last `N: (op) ...` line of the log.
+fn failing_line(lines: &[&str]) -> Option<usize> {
+    lines.iter().rposition(|l| {
+        let (n, rest) = l.split_once(": (").unwrap_or(("", ""));
+        !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) && !rest.is_empty()
+    })
+}
+
+/// The few lines of a verifier log that matter: the last instructions the
+/// verifier walked before it stopped (with the `; source @ file:line` lines
+/// among them), and its message. Register-state dumps are left out and
+/// long lines cut.
+pub fn relevant_lines(log: &str) -> Vec<String> {
+    const BEFORE: usize = 6;
+    let lines: Vec<&str> = log.lines().collect();
+    let cut = |l: &str| if l.chars().count() > 160 { format!("{}...", l.chars().take(160).collect::<String>()) } else { l.to_string() };
+    let Some(idx) = failing_line(&lines) else {
+        let mut tail: Vec<String> = lines.iter().rev().filter(|l| !l.trim().is_empty()).take(BEFORE).map(|l| cut(l)).collect();
+        tail.reverse();
+        return tail;
+    };
+    // `R1=ctx() R10=fp0`, `12: R0_w=scalar()`, `from 3 to 7: ...`
+    let is_state = |l: &&str| {
+        let rest = l.split_once(": ").filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit())).map_or(*l, |(_, r)| r);
+        l.starts_with("from ") || (rest.starts_with('R') && rest[1..].starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let mut out: Vec<String> = lines[..idx].iter().rev().filter(|l| !l.trim().is_empty() && !is_state(l)).take(BEFORE).map(|l| cut(l)).collect();
+    out.reverse();
+    out.push(cut(lines[idx]));
+    out.extend(
+        lines[idx + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with("verification time") && !l.starts_with("processed "))
+            .filter(|l| !l.trim().is_empty())
+            .take(4)
+            .map(|l| cut(l)),
+    );
+    out
 }
 
 /// A verifier rejection class: a code, the cause in policy terms, and what
@@ -134,9 +171,17 @@ const CATALOG: &[Class] = &[
     },
     Class {
         code: "xpol::verifier::helper_not_allowed",
+        // "unknown func": kernels before 5.x said so for a helper the
+        // program type does not offer.
         patterns: &["program of this type cannot use helper", "unknown func"],
-        cause: "the program calls a kernel helper that this hook or this kernel does not offer",
-        help: "use this statement from a hook that supports it, or a newer kernel",
+        cause: "the program calls a kernel helper that this hook does not offer",
+        help: "use this statement from a hook that supports it (`xdp`, `tc:ingress`, `tc:egress` offer different helpers)",
+    },
+    Class {
+        code: "xpol::verifier::kernel_lacks",
+        patterns: &["invalid func"],
+        cause: "the program calls a kernel helper that this kernel does not have",
+        help: "run on a newer kernel, or avoid the statement that needs this helper",
     },
     Class {
         code: "xpol::verifier::gpl_only",
@@ -145,12 +190,118 @@ const CATALOG: &[Class] = &[
         help: "xpol objects declare the GPL license; an object whose license section was changed cannot call this helper",
     },
     Class {
+        code: "xpol::verifier::too_many_maps",
+        patterns: &["number of maps per program has reached the limit"],
+        cause: "the program uses more maps than the kernel allows one program: each named set, large constant set and `@map` is a map",
+        help: "merge sets of one element type into one set, or use fewer `@maps` in this hook",
+    },
+    Class {
         code: "xpol::verifier::map_too_large",
         patterns: &["E2BIG", "Argument list too long"],
         cause: "a map is larger than the kernel allows",
         help: "reduce the size of the set or `@map`",
     },
 ];
+
+/// Kernel helpers by id (`enum bpf_func_id`): name and the Linux version
+/// that added them. Not every helper: the ones xpol uses, the ones its
+/// tests call, and common network ones.
+pub const HELPERS: &[(u32, &str, &str)] = &[
+    (1, "bpf_map_lookup_elem", "3.19"),
+    (2, "bpf_map_update_elem", "3.19"),
+    (3, "bpf_map_delete_elem", "3.19"),
+    (4, "bpf_probe_read", "4.1"),
+    (5, "bpf_ktime_get_ns", "4.1"),
+    (6, "bpf_trace_printk", "4.1"),
+    (7, "bpf_get_prandom_u32", "4.1"),
+    (9, "bpf_skb_store_bytes", "4.1"),
+    (12, "bpf_tail_call", "4.2"),
+    (18, "bpf_skb_vlan_push", "4.3"),
+    (23, "bpf_redirect", "4.4"),
+    (39, "bpf_skb_pull_data", "4.9"),
+    (44, "bpf_xdp_adjust_head", "4.10"),
+    (51, "bpf_redirect_map", "4.14"),
+    (54, "bpf_xdp_adjust_meta", "4.15"),
+    (65, "bpf_xdp_adjust_tail", "4.18"),
+    (69, "bpf_fib_lookup", "4.18"),
+    (130, "bpf_ringbuf_output", "5.8"),
+];
+
+/// Map types by id (`enum bpf_map_type`): name and the Linux version that
+/// added them.
+pub const MAP_TYPES: &[(u32, &str, &str)] = &[
+    (1, "BPF_MAP_TYPE_HASH", "3.19"),
+    (2, "BPF_MAP_TYPE_ARRAY", "3.19"),
+    (5, "BPF_MAP_TYPE_PERCPU_HASH", "4.6"),
+    (6, "BPF_MAP_TYPE_PERCPU_ARRAY", "4.6"),
+    (9, "BPF_MAP_TYPE_LRU_HASH", "4.10"),
+    (11, "BPF_MAP_TYPE_LPM_TRIE", "4.11"),
+    (14, "BPF_MAP_TYPE_DEVMAP", "4.14"),
+    (16, "BPF_MAP_TYPE_CPUMAP", "4.15"),
+    (17, "BPF_MAP_TYPE_XSKMAP", "4.18"),
+    (27, "BPF_MAP_TYPE_RINGBUF", "5.8"),
+    (30, "BPF_MAP_TYPE_BLOOM_FILTER", "5.16"),
+];
+
+/// Name and first Linux version of helper `id`, when known.
+pub fn helper_info(id: u32) -> Option<(&'static str, &'static str)> {
+    HELPERS.iter().find(|h| h.0 == id).map(|h| (h.1, h.2))
+}
+
+/// Name and first Linux version of map type `id`, when known.
+pub fn map_type_info(id: u32) -> Option<(&'static str, &'static str)> {
+    MAP_TYPES.iter().find(|h| h.0 == id).map(|h| (h.1, h.2))
+}
+
+/// The helper a verifier message names, as in `cannot use helper
+/// bpf_skb_store_bytes#9` or `invalid func unknown#999`: its id.
+fn helper_named(message: &str) -> Option<u32> {
+    message.split_whitespace().filter_map(|w| w.rsplit_once('#')).find_map(|(_, n)| n.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+}
+
+/// A helper in words: `bpf_trace_printk` (helper 6, Linux 4.1).
+fn describe_helper(id: u32) -> String {
+    match helper_info(id) {
+        Some((name, version)) => format!("`{name}` (helper {id}, added in Linux {version})"),
+        None => format!("helper {id} (unknown to xpol: newer than every helper it knows, or no helper at all)"),
+    }
+}
+
+/// The `license` section of an object, as text.
+fn object_license(object: &[u8]) -> Option<String> {
+    let file = object::File::parse(object).ok()?;
+    let data = file.section_by_name("license")?.data().ok()?;
+    Some(c_str(data, 0))
+}
+
+/// The class-specific words added to a catalog cause: which helper, which
+/// hook, which license.
+fn detail(code: &str, message: &str, section: &str, object: &[u8]) -> Option<String> {
+    let id = helper_named(message);
+    let hook = match section {
+        "xdp" => "XDP programs",
+        "classifier" => "TC classifiers",
+        _ => "programs of this type",
+    };
+    match code {
+        "xpol::verifier::helper_not_allowed" => Some(format!("{}, which {hook} cannot call", describe_helper(id?))),
+        "xpol::verifier::kernel_lacks" => {
+            let id = id?;
+            Some(match helper_info(id) {
+                Some((name, version)) => format!("`{name}` (helper {id}) needs Linux {version} or newer"),
+                None => format!("this kernel has no helper {id}, and xpol knows no kernel that has one"),
+            })
+        }
+        "xpol::verifier::gpl_only" => {
+            let license = object_license(object).unwrap_or_default();
+            Some(match id {
+                Some(id) => format!("{} is GPL-only and the object's license is `{license}`", describe_helper(id)),
+                None => format!("the object's license is `{license}`"),
+            })
+        }
+        _ => None,
+    }
+}
 
 /// The span codegen emitted at a line-info position, preferring the
 /// innermost (shortest) expression there.
@@ -183,22 +334,100 @@ pub fn span_of_insn(object: &[u8], section: &str, insn: usize, located: &[Locate
 /// into a diagnostic at the policy expression the failing instruction came
 /// from. `verbose` adds the last lines of the log.
 pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: &[Located], sources: &SourceMap, verbose: bool) -> Diagnostic {
-    let (insn, message) = failing_insn(log).unwrap_or((0, log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string()));
-    let class = CATALOG.iter().find(|c| c.patterns.iter().any(|p| log.contains(p)));
+    // Without instructions in the log (a check before the walk), the
+    // message is its first line that is not a statistic.
+    let stats = |l: &&str| ["verification time", "stack depth", "processed "].iter().any(|p| l.starts_with(p));
+    let (mut insn, message) = failing_insn(log).unwrap_or_else(|| (0, log.lines().find(|l| !l.trim().is_empty() && !stats(l)).unwrap_or("").to_string()));
+    let lines: Vec<&str> = log.lines().collect();
+    // The failing instruction (a call names its helper) and the message
+    // after it decide the class; the whole log only when they do not.
+    let at = failing_line(&lines).map(|i| format!("{}\n{message}", lines[i])).unwrap_or_else(|| message.clone());
+    let matches = |text: &str| CATALOG.iter().find(|c| c.patterns.iter().any(|p| text.contains(p)));
+    let class = matches(&at).or_else(|| matches(log));
+    if class.is_some_and(|c| c.code == "xpol::verifier::too_many_maps") {
+        // The kernel names no instruction: it is the first use of the map
+        // past the limit.
+        let limit = message.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(64);
+        insn = nth_map_use(object, section, limit).unwrap_or(insn);
+    }
     let mut d = match class {
-        Some(c) => Diagnostic::error(c.code, format!("the kernel verifier rejected `{program}`: {}", c.cause)).with_help(c.help),
+        Some(c) => {
+            let cause = match detail(c.code, &at, section, object) {
+                Some(detail) => format!("{}: {detail}", c.cause),
+                None => c.cause.to_string(),
+            };
+            Diagnostic::error(c.code, format!("the kernel verifier rejected `{program}`: {cause}")).with_help(c.help)
+        }
         None => Diagnostic::error("xpol::verifier", format!("the kernel verifier rejected `{program}`"))
             .with_help("this rejection is not in xpol's catalog; the verifier's words are above"),
     };
     if let Some(span) = span_of_insn(object, section, insn, located, sources) {
         d = d.with_label(span, format!("instruction {insn}: {}", message.lines().next().unwrap_or("rejected here")));
     }
-    if verbose {
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(12)..].join("\n");
-        d.help = Some(format!("{}\n\nverifier log (last lines):\n{tail}", d.help.unwrap_or_default()));
-    } else if class.is_none() {
+    if class.is_none() {
         d.help = Some(format!("the verifier said: {message}"));
+    }
+    if verbose {
+        d.help = Some(format!("{}\n\nverifier log (the lines that matter):\n{}", d.help.unwrap_or_default(), relevant_lines(log).join("\n")));
+    }
+    d
+}
+
+/// The instruction of program section `section` that first uses the
+/// `n`th map (0-based) in instruction order: where the kernel, resolving
+/// map references in that order, crosses its per-program map limit.
+fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
+    use object::ObjectSymbol;
+    let file = object::File::parse(object).ok()?;
+    let maps = file.section_by_name(".maps")?.index();
+    let mut relocs: Vec<(u64, object::SymbolIndex)> = file
+        .section_by_name(section)?
+        .relocations()
+        .filter_map(|(off, r)| match r.target() {
+            object::RelocationTarget::Symbol(s) => Some((off, s)),
+            _ => None,
+        })
+        .collect();
+    relocs.sort_by_key(|r| r.0);
+    let mut seen = Vec::new();
+    for (off, sym) in relocs {
+        if file.symbol_by_index(sym).ok()?.section_index() != Some(maps) || seen.contains(&sym) {
+            continue;
+        }
+        seen.push(sym);
+        if seen.len() == n + 1 {
+            return Some(off as usize / 8);
+        }
+    }
+    None
+}
+
+/// Turns the kernel's refusal of map `map` (creating it, or filling it with
+/// a named set's elements) into a diagnostic at the `set` or `@map`
+/// declaration the map was made for.
+pub fn explain_map(map: &str, error: &std::io::Error, output: &crate::Output) -> Diagnostic {
+    let set = output.meta.sets.iter().find(|s| s.maps.iter().any(|m| m.map == map));
+    let user = output.meta.maps.iter().find(|m| m.map == map);
+    let (what, span) = if let Some(s) = set {
+        (format!("set `{}`", s.name), output.ir.sets.iter().find(|n| n.name == s.name).map(|n| n.span))
+    } else if let Some(u) = user {
+        (format!("`@{}`", u.name), output.ir.maps.iter().find(|m| m.name == u.name).map(|m| m.span))
+    } else {
+        (format!("map `{map}`"), None)
+    };
+    const E2BIG: i32 = 7;
+    let mut d = if error.raw_os_error() == Some(E2BIG) {
+        // E2BIG: more entries than `max_entries`, or a map larger than the
+        // kernel allows.
+        let elements = set.map(|s| format!(" ({} element{})", s.elements.len(), if s.elements.len() == 1 { "" } else { "s" })).unwrap_or_default();
+        Diagnostic::error("xpol::verifier::map_too_large", format!("the kernel refused {what}{elements}: its map `{map}` is too large or full (E2BIG)"))
+            .with_help("the kernel limits a map's entries and memory: make the set smaller or split it; a set the runtime changes has room for twice its initial elements")
+    } else {
+        Diagnostic::error("xpol::kernel::map", format!("the kernel refused {what}, map `{map}`: {error}"))
+            .with_help("the kernel's error is above; `xpolc check --kernel` tries the load without attaching")
+    };
+    if let Some(span) = span {
+        d = d.with_label(span, format!("map `{map}` holds this"));
     }
     d
 }

@@ -195,11 +195,33 @@ impl LoadedPolicy {
     }
 
     pub fn load_with(object: &[u8], options: &LoadOptions) -> Result<LoadedPolicy> {
+        Self::load_inner(object, options, None)
+    }
+
+    /// Test-only: as [`LoadedPolicy::load_with`], but every map of a named
+    /// set holds at most `capacity` entries, so that filling a larger set
+    /// fails as a full map does (`E2BIG`). Never used by the binaries.
+    #[doc(hidden)]
+    pub fn load_with_set_capacity(object: &[u8], options: &LoadOptions, capacity: u32) -> Result<LoadedPolicy> {
+        Self::load_inner(object, options, Some(capacity))
+    }
+
+    fn load_inner(object: &[u8], options: &LoadOptions, set_capacity: Option<u32>) -> Result<LoadedPolicy> {
         let meta = read_meta(object)?;
         if let Err(reason) = sys::can_load_bpf() {
             return Err(RuntimeError::NotPermitted(reason));
         }
-        let mut ebpf = EbpfLoader::new().load(object).map_err(|e| RuntimeError::BadObject(e.to_string()))?;
+        let mut loader = EbpfLoader::new();
+        if let Some(n) = set_capacity {
+            for m in meta.sets.iter().flat_map(|s| &s.maps) {
+                loader.map_max_entries(&m.map, n);
+            }
+        }
+        let mut ebpf = loader.load(object).map_err(|e| match e {
+            // The kernel refused a map: say which, with its errno.
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => RuntimeError::Map { map: name, source: io_error },
+            e => RuntimeError::BadObject(e.to_string()),
+        })?;
         for p in &meta.programs {
             let prog = ebpf.program_mut(&p.name).ok_or_else(|| RuntimeError::Program {
                 program: p.name.clone(),

@@ -7,6 +7,7 @@
 //! ([`xpol_lang::meta::META_SECTION`]).
 
 pub mod builder;
+pub mod faults;
 pub mod lower;
 pub mod parse;
 
@@ -25,15 +26,7 @@ use xpol_lang::ipv4_table::{self, Ipv4Table};
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, SetElem, SetMapKind, SetMapMeta};
 use xpol_lang::{Diagnostic, SourceMap};
 
-/// Faults injected on purpose, to prove that verifier rejections are mapped
-/// back to source. Reachable only from tests, never from the CLI.
-#[derive(Clone, Debug, Default)]
-pub struct Faults {
-    /// Skip the frame-end check before reading L4 headers.
-    pub omit_l4_bounds_check: bool,
-    /// Skip the null check after map lookups.
-    pub omit_null_check: bool,
-}
+pub use faults::Faults;
 
 /// A source position given to LLVM and the span it stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +252,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
         for end in parsed.ends {
             b.at(end);
+            faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
             lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4)));
         }
@@ -271,7 +265,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone() });
     }
 
-    m.blob("_license", "license", b"GPL\0");
+    m.blob("_license", "license", &faults::license(&options.faults));
     let meta_json = serde_json::to_vec(&meta).map_err(|e| codegen_error(format!("cannot encode metadata: {e}")))?;
     m.blob("xpol_meta", meta::META_SECTION, &meta_json);
     m.di.finalize();
