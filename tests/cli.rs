@@ -140,3 +140,51 @@ fn failing_policy_test_points_at_the_case() {
     // Right verdict, wrong deciding rule.
     assert!(err.contains("t.xpol:6:5") && err.contains("expected pass by the rule on line 1"), "{err}");
 }
+
+/// A genuine verifier rejection (65 sets: one map more than the kernel
+/// allows a program): `--verbose` adds the log lines that matter,
+/// `--verifier-log` writes the whole log (atomically: nothing else is left
+/// in the directory).
+#[test]
+fn check_kernel_verbose_and_verifier_log() {
+    if !xpol_runtime::testing::kernel_or_skip("check_kernel_verbose_and_verifier_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("verifier.log");
+    let policy = "tests/verifier/too-many-maps.xpol";
+    let r = xpolc().args(["check", "--kernel", "--verbose", "--verifier-log"]).arg(&log).arg(policy).output().expect("run xpolc");
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("xpol::verifier::too_many_maps") && err.contains("too-many-maps.xpol:13"), "{err}");
+    assert!(err.contains("verifier log (the lines that matter):"), "{err}");
+    assert!(err.contains("wrote the verifier's log of `xpol_xdp` to"), "{err}");
+    let text = std::fs::read_to_string(&log).expect("log written");
+    assert!(text.contains("reached the limit of 64") && text.contains("processed 0 insns"), "{text}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+
+    let r = xpolc().args(["check", "--kernel", policy]).output().expect("run xpolc");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("too_many_maps") && !err.contains("the lines that matter"), "{err}");
+}
+
+/// `--verbose` and `--verifier-log` only mean something with `--kernel`.
+#[test]
+fn verifier_flags_need_kernel() {
+    let r = xpolc().args(["check", "--verbose", "examples/edge.xpol"]).output().expect("run xpolc");
+    assert_eq!(r.status.code(), Some(2), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// A set too large for the kernel to create its map (E2BIG), in JSON, at
+/// the set's declaration.
+#[test]
+fn check_kernel_map_too_large_in_json() {
+    if !xpol_runtime::testing::kernel_or_skip("check_kernel_map_too_large_in_json") {
+        return;
+    }
+    let r = xpolc().args(["check", "--kernel", "--message-format", "json", "tests/verifier/set-huge.xpol"]).output().expect("run xpolc");
+    assert!(!r.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stderr).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let d = lines.iter().find(|d| d["code"] == "xpol::verifier::map_too_large").expect("the map diagnostic");
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(5)), "{d}");
+}

@@ -129,6 +129,11 @@ fn load_policy_and_build(policy: &Path, options: &xpol_runtime::loader::LoadOpti
             eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
             Ok(None)
         }
+        Err(xpol_runtime::loader::RuntimeError::Map { map, source }) => {
+            let d = xpol_compiler::verifier::explain_map(&map, &source, out);
+            eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
+            Ok(None)
+        }
         Err(e) => Err(e).context("loading the policy into the kernel"),
     }
 }

@@ -1,7 +1,7 @@
 //! `xpolc`: compile xpol policies to BPF objects.
 //!
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm]
-//!   xpolc check POLICY [--message-format human|json]
+//!   xpolc check POLICY [--message-format human|json] [--kernel [--verbose] [--verifier-log FILE]]
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +40,14 @@ enum Command {
         /// and report the verifier's statistics. Needs root.
         #[arg(long)]
         kernel: bool,
+        /// With --kernel: add the verifier log lines that matter to a
+        /// rejection's diagnostic.
+        #[arg(long, requires = "kernel")]
+        verbose: bool,
+        /// With --kernel: when the kernel rejects a program, write the
+        /// verifier's whole log to FILE.
+        #[arg(long, value_name = "FILE", requires = "kernel")]
+        verifier_log: Option<PathBuf>,
     },
 }
 
@@ -85,7 +93,7 @@ fn report(build: &Build, format: MessageFormat) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { policy, message_format, kernel } => {
+        Command::Check { policy, message_format, kernel, verbose, verifier_log } => {
             let mut build = xpol_compiler::build(&policy, &BuildOptions::default());
             if kernel {
                 if let Some(out) = &build.output {
@@ -104,8 +112,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         }
                         Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
                             let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
-                            let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, false);
+                            let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
+                            if let Some(path) = &verifier_log {
+                                write_atomically(path, log.as_bytes())?;
+                                eprintln!("wrote the verifier's log of `{program}` to {}", path.display());
+                            }
                             build.diagnostics.push(d);
+                            build.output = None;
+                        }
+                        Err(xpol_runtime::loader::RuntimeError::Map { map, source }) => {
+                            build.diagnostics.push(xpol_compiler::verifier::explain_map(&map, &source, out));
                             build.output = None;
                         }
                         Err(e) => return Err(e).context("loading the policy into the kernel"),
