@@ -100,3 +100,24 @@ fn a_syntax_error_inside_multibyte_text_is_quoted_whole() {
     let d = xpol_lang::parser::parse("xdp { aéééééééééééé }", xpol_lang::FileId(0)).expect_err("a syntax error");
     assert!(d[0].message.contains("found `aééééééééé`"), "{}", d[0].message);
 }
+
+/// Found by the policy generator: a read of `@m` before its first update
+/// fixed the map's kind as "assigned", so a later `count()` was refused as
+/// a second kind of update. Reads fix only the keys; the first update fixes
+/// the kind, and a conflict points at that update.
+#[test]
+fn a_map_read_before_its_first_update() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.xpol");
+    std::fs::write(&path, "xdp /@m[ip.src] > 1/ { drop }\nxdp { @m[ip.src] = count() }\nxdp /@n > 0/ { pass }\n").expect("write");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| panic!("{:?}", b.diagnostics));
+    assert_eq!(out.ir.maps[0].value, xpol_lang::meta::MapValueKind::Count);
+    assert!(out.ir.maps[0].read);
+    let text = "xdp /@m[ip.src] > 1/ { drop }\nxdp { @m[ip.src] = count() }\nxdp { @m[ip.src] = 5 }\n";
+    std::fs::write(&path, text).expect("write");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let d = b.diagnostics.iter().find(|d| d.code == "xpol::map::value").expect("a conflict");
+    let first = d.labels[1].span;
+    assert_eq!(first.start as usize, text.find("m[ip.src] = count").expect("the count"), "{d:?}");
+}

@@ -1,8 +1,8 @@
 //! Random valid policies, for the differential test (tests/differential.rs,
 //! seeded) and the `generated` fuzz target (fuzz/, driven by the fuzzer's
 //! bytes). Every policy this module writes must compile: the generator keeps
-//! types straight, declares what it uses, writes a map before reading it and
-//! keeps `tx` out of TC hooks.
+//! types straight, declares what it uses, uses each map with one key layout
+//! and one kind of update, and keeps `tx` out of TC hooks.
 //!
 //! Constants come from small pools shared with the packet generator, so that
 //! generated rules match generated packets often enough to matter.
@@ -567,7 +567,9 @@ impl<C: Choice> Gen<'_, C> {
     }
 
     fn map_read(&mut self, _locals: &[(String, Ty)]) -> Option<String> {
-        let written: Vec<usize> = (0..self.maps.len()).filter(|&i| self.maps[i].written).collect();
+        // Mostly maps already written above; a read before the first write
+        // (or of a map never written) reads 0.
+        let written: Vec<usize> = (0..self.maps.len()).filter(|&i| self.maps[i].written || self.c.below(4) == 0).collect();
         if written.is_empty() {
             return None;
         }

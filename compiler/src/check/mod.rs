@@ -56,6 +56,9 @@ struct Checker<'a> {
     const_set_maps: HashMap<String, ir::SetId>,
     maps: Vec<UserMap>,
     map_ids: HashMap<String, ir::MapId>,
+    /// Maps updated somewhere already, with the first update: their kind of
+    /// value is fixed (a read alone does not fix it).
+    written_maps: HashMap<ir::MapId, Span>,
     locals: Vec<ir::Local>,
     scopes: Vec<HashMap<String, ir::LocalId>>,
     redirects: Vec<String>,
@@ -73,6 +76,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         const_set_maps: HashMap::new(),
         maps: Vec::new(),
         map_ids: HashMap::new(),
+        written_maps: HashMap::new(),
         locals: Vec::new(),
         scopes: Vec::new(),
         redirects: Vec::new(),
@@ -506,15 +510,21 @@ impl Checker<'_> {
             }
             if let Some(kind) = kind {
                 let m = &mut self.maps[id];
-                if m.value != kind {
-                    let (prev, span) = (m.value, m.span);
-                    self.diags.push(
-                        Diagnostic::error("xpol::map::value", format!("`@{}` is updated in two different ways", name.name))
-                            .with_label(name.span, format!("{} here", value_kind_name(kind)))
-                            .with_label(span, format!("{} first", value_kind_name(prev)))
-                            .with_help("a map holds either counts, sums, or assigned values"),
-                    );
-                    return None;
+                if let Some(&first) = self.written_maps.get(&id) {
+                    if m.value != kind {
+                        let prev = m.value;
+                        self.diags.push(
+                            Diagnostic::error("xpol::map::value", format!("`@{}` is updated in two different ways", name.name))
+                                .with_label(name.span, format!("{} here", value_kind_name(kind)))
+                                .with_label(first, format!("{} first", value_kind_name(prev)))
+                                .with_help("a map holds either counts, sums, or assigned values"),
+                        );
+                        return None;
+                    }
+                } else {
+                    // The first update, after reads only.
+                    m.value = kind;
+                    self.written_maps.insert(id, name.span);
                 }
             } else {
                 self.maps[id].read = true;
@@ -522,6 +532,9 @@ impl Checker<'_> {
             return Some(id);
         }
         let id = self.maps.len();
+        if kind.is_some() {
+            self.written_maps.insert(id, name.span);
+        }
         self.maps.push(UserMap {
             name: name.name.clone(),
             value: kind.unwrap_or(MapValueKind::Value),
