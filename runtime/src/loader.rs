@@ -569,7 +569,8 @@ impl PolicyMaps {
             first = false;
             std::mem::swap(&mut key, &mut next);
             if sys::map_lookup(fd, &key, &mut value).map_err(err)? {
-                let v = value.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).sum::<u64>();
+                // Sums wrap, in the kernel and here (the language's arithmetic).
+                let v = value.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).fold(0u64, u64::wrapping_add);
                 out.push((decode_key(&m.keys, &key), v));
             }
         }
