@@ -122,6 +122,9 @@ pub struct Bpf<'a, 'ctx> {
     pub located: std::cell::RefCell<Vec<super::Located>>,
     /// Test-only fault, see [`Bpf::br_if_null`].
     pub omit_null_check: bool,
+    /// Once [`Bpf::spill_facts`] ran: the map value holding the parsed
+    /// facts, and each fact's slot with its offset there.
+    facts: std::cell::RefCell<Option<(PointerValue<'ctx>, Vec<(PointerValue<'ctx>, u64)>)>>,
 }
 
 /// LLVM builder calls fail only when the builder is misused (no insertion
@@ -141,7 +144,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let b = m.cx.create_builder();
         let entry = m.cx.append_basic_block(func, "entry");
         b.position_at_end(entry);
-        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false }
+        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default() }
     }
 
     /// Attributes the instructions built from now on to `span` (a debug
@@ -260,6 +263,54 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
 
     pub fn get(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
         ok(self.b.build_load(p, "v")).into_int_value()
+    }
+
+    /// Reads a parsed fact: from its slot, or after [`Bpf::spill_facts`]
+    /// from the facts map.
+    pub fn get_fact(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
+        let facts = self.facts.borrow();
+        let Some((value, slots)) = facts.as_ref() else { return self.get(p) };
+        let Some(&(_, off)) = slots.iter().find(|(slot, _)| *slot == p) else { return self.get(p) };
+        let v = self.load_raw(*value, off, 8);
+        // Volatile: LLVM would otherwise forward the stored value, and the
+        // parser's registers would reach the rules after all.
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_volatile(true);
+        }
+        let ty = p.get_type().get_element_type().into_int_type();
+        if ty.get_bit_width() == 1 {
+            self.cmp(IntPredicate::NE, v, self.c64(0))
+        } else {
+            v
+        }
+    }
+
+    /// Copies the parsed facts (`slots`, each i1 or i64) into the one
+    /// per-CPU value of `map`; from then on [`Bpf::get_fact`] reads them
+    /// there. Why: the verifier knows nothing of a map value's contents, so
+    /// the rules after this point look the same to it whatever path the
+    /// parser took (IPv4 or IPv6, which extension headers, VLAN depth) and
+    /// it verifies them once instead of once per parser path; and the facts
+    /// no longer stay live in registers across every rule (in a long
+    /// program LLVM spilled them into ever more stack slots, past 512
+    /// bytes). A failed lookup (impossible for key 0 of a one-entry array)
+    /// returns `fallback`.
+    pub fn spill_facts(&self, map: MapDef<'ctx>, slots: &[PointerValue<'ctx>], fallback: u64) {
+        let key = self.stack_buf(4, "key");
+        let value = self.map_lookup(map, key);
+        let missing = self.block("facts_missing");
+        let found = self.block("facts");
+        self.cond_br(self.is_null(value), missing, found);
+        self.at(missing);
+        self.ret(fallback);
+        self.at(found);
+        let mut placed = Vec::new();
+        for (i, &slot) in slots.iter().enumerate() {
+            let off = 8 * i as u64;
+            self.store_at(value, off, self.zext64(self.get(slot)));
+            placed.push((slot, off));
+        }
+        *self.facts.borrow_mut() = Some((value, placed));
     }
 
     pub fn set(&self, p: PointerValue<'ctx>, v: IntValue<'ctx>) {

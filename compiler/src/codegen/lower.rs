@@ -98,9 +98,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
 
     /// All probes in order, then the default verdict. `l4`: the index of
     /// the first probe that reads L4 fields, before which the L4 header is
-    /// parsed.
-    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>) {
+    /// parsed. With `facts_map`, the L4 header is parsed first and every
+    /// fact moved into that map (see [`Bpf::spill_facts`]).
+    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, facts_map: Option<MapDef<'ctx>>) {
         let i32t = self.b.m.cx.i32_type();
+        let mut l4 = l4;
+        if let Some(map) = facts_map {
+            if let Some((_, at)) = l4.take() {
+                parse::parse_l4_here(self.b, &self.h, &at);
+            }
+            self.b.spill_facts(map, &self.h.slots(), verdict_code(self.hook, Verdict::Pass));
+        }
         // Rules whose body is only a verdict share one tail that counts and
         // returns: a rule then costs its predicate and a jump.
         let tail = self.b.block("count_and_return");
@@ -325,7 +333,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     fn field(&mut self, f: Field) -> Val<'ctx> {
         let h = &self.h;
         let b = &self.b;
-        let get = |p: PointerValue<'ctx>| b.get(p);
+        let get = |p: PointerValue<'ctx>| b.get_fact(p);
         let ip = || b.or(get(h.ip4_ok), get(h.ip6_ok));
         let ports = || b.or(get(h.tcp_ok), get(h.udp_ok));
         let int = |v: IntValue<'ctx>, present: IntValue<'ctx>| Val::Int { v, present };

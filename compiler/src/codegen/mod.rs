@@ -83,6 +83,10 @@ fn set_capacity(s: &ir::NamedSet, n: usize) -> u32 {
 /// copies grow faster than linearly with the number of rules.
 pub const SPECIALIZE_MAX_RULES: usize = 64;
 
+/// Per-CPU scratch map of the parsed facts in programs of more than
+/// [`SPECIALIZE_MAX_RULES`] rules.
+pub const FACTS_MAP: &str = "xpol_facts";
+
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
     Target::initialize_bpf(&InitializationConfig::default());
     let triple = TargetTriple::create("bpfel");
@@ -216,6 +220,9 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let redirect = (!policy.redirects.is_empty())
         .then(|| m.define_map(meta::REDIRECT_MAP, map_type::ARRAY, 4, 4, policy.redirects.len() as u32, 0));
     let maps = Maps { rules, sets: set_maps, users, redirect };
+    // Long policies read the parsed facts from a map, see `Bpf::spill_facts`.
+    let facts_map = (policy.rules.len() > SPECIALIZE_MAX_RULES)
+        .then(|| m.define_map(FACTS_MAP, map_type::PERCPU_ARRAY, 4, 8 * parse::FACT_SLOTS as u32, 1, 0));
 
     // Programs.
     let mut located = Vec::new();
@@ -254,7 +261,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
             b.at(end);
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
-            lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4)));
+            lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4)), facts_map);
         }
         located.extend(b.located.take());
 

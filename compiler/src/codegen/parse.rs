@@ -162,6 +162,22 @@ pub struct Headers<'ctx> {
     pub icmp_code: PointerValue<'ctx>,
 }
 
+/// The number of [`Headers::slots`].
+pub const FACT_SLOTS: usize = 40;
+
+impl<'ctx> Headers<'ctx> {
+    /// Every fact slot (all but the packet pointer and length).
+    pub fn slots(&self) -> [PointerValue<'ctx>; FACT_SLOTS] {
+        let h = self;
+        [
+            h.eth_ok, h.eth_dst, h.eth_src, h.eth_type, h.vlan_depth, h.vlan1_ok, h.vlan1_tci, h.vlan2_ok, h.vlan2_tci, h.ip4_ok, h.ip6_ok,
+            h.proto_ok, h.proto, h.ttl, h.ip_len, h.tos, h.frag, h.frag_off, h.src4, h.dst4, h.ihl, h.ip4_id, h.df, h.src6_hi, h.src6_lo,
+            h.dst6_hi, h.dst6_lo, h.ip6_nh, h.flow, h.tcp_ok, h.udp_ok, h.icmp4_ok, h.icmp6_ok, h.sport, h.dport, h.tcp_flags, h.tcp_window,
+            h.udp_len, h.icmp_type, h.icmp_code,
+        ]
+    }
+}
+
 /// The parser's result: the slots, and the blocks where parsing ends.
 /// Rules are emitted once at each end, so that on every path LLVM sees the
 /// fields that path stored (an IPv4 path knows it carries no IPv6 fields)
