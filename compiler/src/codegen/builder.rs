@@ -127,6 +127,54 @@ pub struct Bpf<'a, 'ctx> {
     facts: std::cell::RefCell<Option<(PointerValue<'ctx>, Vec<(PointerValue<'ctx>, u64)>)>>,
 }
 
+/// Errors LLVM reports while it generates code, such as the BPF backend's
+/// "stack limit of 512 bytes is exceeded". Without a handler LLVM prints
+/// them and exits the process; with this one they are collected and the
+/// build fails with a diagnostic.
+pub struct LlvmErrors<'ctx> {
+    cx: &'ctx Context,
+    errors: Box<std::cell::RefCell<Vec<String>>>,
+}
+
+impl<'ctx> LlvmErrors<'ctx> {
+    pub fn install(cx: &'ctx Context) -> Self {
+        let errors: Box<std::cell::RefCell<Vec<String>>> = Box::default();
+        let data = &*errors as *const std::cell::RefCell<Vec<String>> as *mut std::ffi::c_void;
+        // SAFETY: `data` points into a box that outlives the handler: it is
+        // removed in `drop`, before the box is freed.
+        unsafe { llvm_sys::core::LLVMContextSetDiagnosticHandler(cx.raw(), Some(collect_llvm_error), data) };
+        LlvmErrors { cx, errors }
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.errors.borrow_mut())
+    }
+}
+
+impl Drop for LlvmErrors<'_> {
+    fn drop(&mut self) {
+        // SAFETY: a null handler restores LLVM's default.
+        unsafe { llvm_sys::core::LLVMContextSetDiagnosticHandler(self.cx.raw(), None, std::ptr::null_mut()) };
+    }
+}
+
+extern "C" fn collect_llvm_error(info: llvm_sys::prelude::LLVMDiagnosticInfoRef, data: *mut std::ffi::c_void) {
+    // SAFETY: LLVM passes a valid diagnostic and the `data` given to
+    // `LLVMContextSetDiagnosticHandler` (a live RefCell, see `install`); the
+    // description is an LLVM-allocated C string we free.
+    unsafe {
+        if llvm_sys::core::LLVMGetDiagInfoSeverity(info) != llvm_sys::LLVMDiagnosticSeverity::LLVMDSError {
+            return;
+        }
+        let text = llvm_sys::core::LLVMGetDiagInfoDescription(info);
+        let message = std::ffi::CStr::from_ptr(text).to_string_lossy().into_owned();
+        llvm_sys::core::LLVMDisposeMessage(text);
+        if let Ok(mut errors) = (*(data as *const std::cell::RefCell<Vec<String>>)).try_borrow_mut() {
+            errors.push(message);
+        }
+    }
+}
+
 /// LLVM builder calls fail only when the builder is misused (no insertion
 /// point), which is a bug in this module, never a property of the input.
 fn ok<T>(r: Result<T, inkwell::builder::BuilderError>) -> T {

@@ -96,6 +96,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         .ok_or_else(|| codegen_error("LLVM could not create a BPF target machine"))?;
 
     let cx = Context::create();
+    let llvm_errors = builder::LlvmErrors::install(&cx);
     let module = cx.create_module("xpol");
     module.set_triple(&triple);
     module.set_data_layout(&tm.get_target_data().get_data_layout());
@@ -289,8 +290,39 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         (String::new(), String::new())
     };
     let obj = tm.write_to_memory_buffer(&m.module, FileType::Object).map_err(|e| codegen_error(e.to_string()))?;
+    let errors = llvm_errors.take();
+    if !errors.is_empty() {
+        return Err(llvm_failures(&errors, policy));
+    }
     check_program_size(obj.as_slice(), policy, &located, sources)?;
     Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm })
+}
+
+/// Errors the BPF backend reported (it still wrote an object, which must
+/// not be used). The one a policy can cause is a stack frame over the
+/// kernel's 512 bytes.
+fn llvm_failures(errors: &[String], policy: &ir::Policy) -> Vec<Diagnostic> {
+    // LLVM repeats an error at each instruction it concerns: one diagnostic
+    // per kind is enough.
+    let mut kinds: Vec<&str> = errors.iter().map(|e| if e.contains("stack limit") { "stack limit" } else { e.as_str() }).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+        .into_iter()
+        .map(|e| {
+            let first_rule = policy.rules.first().map(|r| r.span);
+            if e.contains("stack limit") {
+                let mut d = Diagnostic::error("xpol::budget::stack", "the program needs more than the 512 bytes of stack the kernel allows a BPF program")
+                    .with_help("use fewer distinct @map key shapes (each needs its own key buffer; an address key takes 20 bytes), or split the policy across hooks");
+                if let Some(span) = first_rule {
+                    d = d.with_label(span, "in the program of this rule's hook");
+                }
+                d
+            } else {
+                codegen_error(format!("LLVM: {e}")).remove(0)
+            }
+        })
+        .collect()
 }
 
 /// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
