@@ -124,8 +124,12 @@ pub struct Bpf<'a, 'ctx> {
     pub omit_null_check: bool,
     /// Once [`Bpf::spill_facts`] ran: the map value holding the parsed
     /// facts, and each fact's slot with its offset there.
-    facts: std::cell::RefCell<Option<(PointerValue<'ctx>, Vec<(PointerValue<'ctx>, u64)>)>>,
+    facts: std::cell::RefCell<Option<FactsInMap<'ctx>>>,
 }
+
+/// The map value holding the parsed facts, and each fact's slot with its
+/// offset there.
+type FactsInMap<'ctx> = (PointerValue<'ctx>, Vec<(PointerValue<'ctx>, u64)>);
 
 /// Errors LLVM reports while it generates code, such as the BPF backend's
 /// "stack limit of 512 bytes is exceeded". Without a handler LLVM prints
