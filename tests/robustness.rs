@@ -121,3 +121,27 @@ fn a_map_read_before_its_first_update() {
     let first = d.labels[1].span;
     assert_eq!(first.start as usize, text.find("m[ip.src] = count").expect("the count"), "{d:?}");
 }
+
+/// Map expectations in test cases: resolved against the maps of the rules
+/// above, keys typed as the map's keys; mistakes point at the expectation.
+#[test]
+fn map_expectations_in_test_cases_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.xpol");
+    let head = "xdp /tcp.dport == 22/ { @seen[ip.src] = count() }\ntest \"t\" {\n";
+    let ok = format!("{head}    tcp(src: 198.18.0.1, dport: 22) => pass, @seen[198.18.0.1] == 1\n}}\n");
+    std::fs::write(&path, &ok).expect("write");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| panic!("{:?}", b.diagnostics));
+    assert_eq!(out.ir.tests[0].maps.len(), 1);
+    assert_eq!(out.ir.tests[0].maps[0].value, 1);
+    for (case, culprit) in [("@nope[1] == 1", "nope"), ("@seen[22] == 1", "22"), ("@seen == 1", "seen"), ("@seen[198.18.0.1] == 1.2.3.4", "1.2.3.4")] {
+        let text = format!("{head}    tcp(dport: 22) => pass, {case}\n}}\n");
+        std::fs::write(&path, &text).expect("write");
+        let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+        assert!(b.output.is_none(), "{case} compiled");
+        let d = b.diagnostics.iter().find(|d| d.is_error()).expect("an error");
+        let s = d.labels[0].span;
+        assert_eq!(&text[s.start as usize..s.end as usize], culprit, "{case}: {d:?}");
+    }
+}

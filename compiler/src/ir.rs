@@ -285,6 +285,17 @@ pub struct TestCase {
     pub expect: Outcome,
     /// The rule that must decide (`by LINE`).
     pub decided_by: Option<RuleId>,
+    /// Map entries the packet must leave behind (`, @m[k] == v`).
+    pub maps: Vec<MapExpect>,
+    pub span: Span,
+}
+
+/// A map entry's value after a test packet (0: no entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapExpect {
+    pub map: MapId,
+    pub keys: Vec<Value>,
+    pub value: u64,
     pub span: Span,
 }
 
@@ -440,6 +451,11 @@ impl fmt::Display for Policy {
             };
             let by = t.decided_by.map(|r| format!(" by rule {r}")).unwrap_or_default();
             out.push_str(&format!("\ntest {:?}: {packet} => {}{by}", t.test, t.expect.as_str()));
+            for m in &t.maps {
+                let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
+                let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };
+                out.push_str(&format!(", @{}{keys} == {}", self.maps[m.map].name, m.value));
+            }
         }
         if !self.tests.is_empty() {
             out.push('\n');

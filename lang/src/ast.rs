@@ -34,6 +34,18 @@ pub struct TestCase {
     pub expect: Ident,
     /// `by LINE`: the rule on that line of the file must decide.
     pub decided_by: Option<(u32, Span)>,
+    /// `, @map[KEYS] == VALUE`: map entries after the packet.
+    pub maps: Vec<MapExpect>,
+    pub span: Span,
+}
+
+/// `@seen[198.18.0.1] == 1` in a test case: the entry's value after the
+/// packet (0 for a missing entry), in the kernel and in the reference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MapExpect {
+    pub map: Ident,
+    pub keys: Vec<Expr>,
+    pub value: Expr,
     pub span: Span,
 }
 

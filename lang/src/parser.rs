@@ -86,6 +86,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::test_block | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
         Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
         Rule::decided_by => "`by LINE`",
+        Rule::map_expect => "a map entry such as `@seen[198.18.0.1] == 1`",
         Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
         Rule::predicate => "a predicate `/.../`",
         Rule::block => "`{`",
@@ -224,7 +225,9 @@ impl AstBuilder {
     }
 
     fn test_case(&mut self, p: Pair<Rule>) -> Option<ast::TestCase> {
+        // Without the blank space pest leaves at the end of the case.
         let span = self.span(&p);
+        let span = Span { end: span.start + p.as_str().trim_end().len() as u32, ..span };
         let mut it = p.into_inner();
         let desc = it.next()?;
         let packet = match desc.as_rule() {
@@ -243,7 +246,25 @@ impl AstBuilder {
             }
         };
         let expect = self.ident(it.next()?);
-        let decided_by = match it.next() {
+        let mut rest: Vec<Pair<Rule>> = it.collect();
+        let mut maps = Vec::new();
+        while rest.last().is_some_and(|p| p.as_rule() == Rule::map_expect) {
+            let m = rest.pop()?;
+            let mspan = self.span(&m);
+            let mut mi = m.into_inner();
+            let map = self.map_name(mi.next()?);
+            let mut next = mi.next()?;
+            let keys = if next.as_rule() == Rule::map_keys {
+                let keys = next.into_inner().filter_map(|k| self.expr(k)).collect();
+                next = mi.next()?;
+                keys
+            } else {
+                Vec::new()
+            };
+            let value = self.expr(next)?;
+            maps.insert(0, ast::MapExpect { map, keys, value, span: mspan });
+        }
+        let decided_by = match rest.pop() {
             Some(by) => {
                 let line = by.into_inner().next()?;
                 let lspan = self.span(&line);
@@ -257,7 +278,7 @@ impl AstBuilder {
             }
             None => None,
         };
-        Some(ast::TestCase { packet, expect, decided_by, span })
+        Some(ast::TestCase { packet, expect, decided_by, maps, span })
     }
 
     fn block(&mut self, p: Pair<Rule>) -> Block {

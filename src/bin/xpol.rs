@@ -267,8 +267,25 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let reference = xpol_compiler::reference::evaluate(ir, hook, &bytes, &mut state);
         let fired_u32: Vec<u32> = fired.iter().map(|&r| r as u32).collect();
         let right_rule = case.decided_by.is_none_or(|r| reference.decided_by == Some(r));
+        // Map entries after the packet, both engines.
+        let mut wrong_maps = Vec::new();
+        for m in &case.maps {
+            let (kernel_value, reference_value) = map_values(loaded, ir, &state, m)?;
+            if kernel_value != m.value || reference_value != m.value {
+                let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
+                let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };
+                wrong_maps.push(format!(
+                    "@{}{keys}: expected {}, the kernel has {kernel_value}, the reference {reference_value}",
+                    ir.maps[m.map].name, m.value
+                ));
+            }
+        }
         // Both engines must agree on the rules that fired, not only on the verdict.
-        let good = kernel_outcome == case.expect.as_str() && reference.outcome == case.expect && fired_u32 == reference.fired && right_rule;
+        let good = kernel_outcome == case.expect.as_str()
+            && reference.outcome == case.expect
+            && fired_u32 == reference.fired
+            && right_rule
+            && wrong_maps.is_empty();
         if json {
             println!(
                 "{}",
@@ -293,7 +310,11 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             failures.push(
                 xpol_lang::Diagnostic::error("xpol::test::failed", format!("test `{}`: expected {expected}", case.test))
                     .with_label(case.span, format!("the kernel gave {kernel_outcome}, the reference {}{decided}", reference.outcome.as_str()))
-                    .with_help(if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) }),
+                    .with_help(format!(
+                        "{}{}",
+                        if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) },
+                        wrong_maps.iter().map(|w| format!("\n{w}")).collect::<String>()
+                    )),
             );
         }
     }
@@ -305,6 +326,37 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The value of a test's map entry after the packet (0: no entry), in the
+/// kernel and in the reference state.
+fn map_values(loaded: &LoadedPolicy, ir: &xpol_compiler::ir::Policy, state: &xpol_compiler::reference::State, m: &xpol_compiler::ir::MapExpect) -> Result<(u64, u64)> {
+    use xpol_compiler::ir::Value;
+    use xpol_compiler::reference::KeyPart;
+    use xpol_runtime::loader::KeyValue;
+    let kernel_key: Vec<KeyValue> = m
+        .keys
+        .iter()
+        .map(|k| match *k {
+            Value::Int(i) => KeyValue::Int(i),
+            Value::Bool(b) => KeyValue::Bool(b),
+            Value::Ip(a) => KeyValue::Ip(a),
+            Value::Mac(v) => KeyValue::Mac(v.to_be_bytes()[2..].try_into().expect("6 bytes")),
+        })
+        .collect();
+    let reference_key: Vec<KeyPart> = m
+        .keys
+        .iter()
+        .map(|k| match *k {
+            Value::Int(i) | Value::Mac(i) => KeyPart::Int(i),
+            Value::Bool(b) => KeyPart::Bool(b),
+            Value::Ip(a) => KeyPart::Ip(a),
+        })
+        .collect();
+    let name = &ir.maps[m.map].name;
+    let kernel = loaded.map_entries(name)?.into_iter().find(|(k, _)| *k == kernel_key).map_or(0, |(_, v)| v);
+    let reference = state.maps.get(&(m.map, reference_key)).copied().unwrap_or(0);
+    Ok((kernel, reference))
 }
 
 struct WatchOptions {

@@ -388,7 +388,38 @@ impl Checker<'_> {
                 }
             }
         };
-        Some(ir::TestCase { test: test.to_string(), packet, expect, decided_by, span: case.span })
+        let mut maps = Vec::new();
+        for m in &case.maps {
+            maps.push(self.map_expect(m)?);
+        }
+        Some(ir::TestCase { test: test.to_string(), packet, expect, decided_by, maps, span: case.span })
+    }
+
+    /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
+    /// constant keys of its key types and an integer value.
+    fn map_expect(&mut self, m: &ast::MapExpect) -> Option<ir::MapExpect> {
+        let Some(&id) = self.map_ids.get(&m.map.name) else {
+            self.error_help(m.map.span, "xpol::test::map", format!("no rule above uses `@{}`", m.map.name), "unknown map", "a test can check the maps of the rules written before it");
+            return None;
+        };
+        let want = self.maps[id].keys.clone();
+        if want.len() != m.keys.len() {
+            self.error(m.map.span, "xpol::test::map", format!("`@{}` has {} keys, not {}", m.map.name, want.len(), m.keys.len()), "wrong number of keys");
+            return None;
+        }
+        let mut keys = Vec::new();
+        for (k, ty) in m.keys.iter().zip(want) {
+            match self.expr(k) {
+                Some(Operand::Expr(ir::Expr { kind: ExprKind::Const(v), .. })) if v.ty() == ty => keys.push(v),
+                Some(_) => {
+                    self.error(k.span, "xpol::test::map", format!("a key of `@{}` here is a constant `{ty}`", m.map.name), "not a constant of that type");
+                    return None;
+                }
+                None => return None,
+            }
+        }
+        let value = self.const_int(&m.value, "a map value")?;
+        Some(ir::MapExpect { map: id, keys, value, span: m.span })
     }
 
     fn block(&mut self, block: &ast::Block) -> Vec<ir::Stmt> {
