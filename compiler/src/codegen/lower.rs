@@ -455,7 +455,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             (Val::Bool { t: x, .. }, Val::Bool { t: y, .. }) => b.eq(x, y),
             (Val::Ip { v6: f1, v4: a1, hi: h1, lo: l1, .. }, Val::Ip { v6: f2, v4: a2, hi: h2, lo: l2, .. }) => {
                 let same6 = b.and(b.eq(h1, h2), b.eq(l1, l2));
-                let same = b.select(f1, same6, b.eq(a1, a2));
+                let same = b.select(f1, same6, eq32(b, a1, a2));
                 b.and(b.eq(f1, f2), same)
             }
             _ => unreachable!("checked: comparison of equal types"),
@@ -512,7 +512,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 let mut any4 = b.bool(false);
                 for &(net, len) in &s.v4 {
                     let mask = if len == 0 { 0 } else { (u32::MAX << (32 - len as u32)) as u64 };
-                    any4 = b.or(any4, b.eq(b.and(v4, b.c64(mask)), b.c64(u32::from(net) as u64 & mask)));
+                    any4 = b.or(any4, eq32(b, b.and(v4, b.c64(mask)), b.c64(u32::from(net) as u64 & mask)));
                 }
                 let mut any6 = b.bool(false);
                 for &(net, len) in &s.v6 {
@@ -753,4 +753,13 @@ pub fn map_key_size(m: &ir::UserMap) -> u32 {
         })
         .sum();
     n.max(4)
+}
+
+/// Equality of two IPv4 addresses (held zero-extended in i64) as a 32-bit
+/// compare: BPF has 32-bit jumps with 32-bit immediates, while a 64-bit
+/// compare with a constant of 2^31 or more needs a 16-byte load of the
+/// constant into a register first.
+fn eq32<'ctx>(b: &Bpf<'_, 'ctx>, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+    let i32t = b.m.cx.i32_type();
+    b.eq(b.trunc(x, i32t), b.trunc(y, i32t))
 }

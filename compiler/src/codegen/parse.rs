@@ -549,11 +549,19 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
             b.and(b.fits(q, n, data_end), in_dgram)
         }
     };
+    // The protocol first, then the bounds: short-circuit branches cost less
+    // than computing every condition and combining them.
+    let check = |is_proto: IntValue<'ctx>, n: u64, yes: BasicBlock<'ctx>, no: BasicBlock<'ctx>| {
+        let bounds = b.block("l4_bounds");
+        b.cond_br(is_proto, bounds, no);
+        b.at(bounds);
+        b.cond_br(whole(n), yes, no);
+    };
     let is_tcp = b.block("tcp");
     let not_tcp = b.block("not_tcp");
     let is_udp = b.block("udp");
     let not_udp = b.block("not_udp");
-    b.cond_br(b.and(b.eq(proto, b.c64(6)), whole(20)), is_tcp, not_tcp);
+    check(b.eq(proto, b.c64(6)), 20, is_tcp, not_tcp);
     b.at(is_tcp);
     let doff = b.lshr(b.load_be(q, 12, 1), b.c64(4));
     let tcp_sane = b.block("tcp_sane");
@@ -566,7 +574,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
     b.set(h.tcp_window, b.load_be(q, 14, 2));
     b.br(done);
     b.at(not_tcp);
-    b.cond_br(b.and(b.eq(proto, b.c64(17)), whole(8)), is_udp, not_udp);
+    check(b.eq(proto, b.c64(17)), 8, is_udp, not_udp);
     b.at(is_udp);
     b.set(h.udp_ok, t);
     b.set(h.sport, b.load_be(q, 0, 2));
@@ -579,7 +587,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
         let is_icmp = b.block("icmp");
         let next = b.block("not_icmp");
         let family = b.get(family);
-        b.cond_br(b.and(b.and(b.eq(proto, b.c64(number)), family), whole(8)), is_icmp, next);
+        check(b.and(b.eq(proto, b.c64(number)), family), 8, is_icmp, next);
         b.at(is_icmp);
         b.set(ok, t);
         b.set(h.icmp_type, b.load_be(q, 0, 1));
