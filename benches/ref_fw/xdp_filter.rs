@@ -36,6 +36,12 @@ fn run(env: &PathBuf, ns: Option<&str>, args: &[&str]) -> Result<String, String>
     c.arg("60");
     if let Some(ns) = ns {
         c.args(["ip", "netns", "exec", ns]);
+        if args.first() == Some(&"xdp-filter") {
+            // xdp-filter's `ip` and `port` commands look for the maps under
+            // /sys/fs/bpf whatever LIBXDP_BPFFS says: give them the private
+            // bpffs there, in the mount namespace `ip netns exec` made.
+            c.args(["sh", "-c", "mount --bind \"$0\" /sys/fs/bpf && exec \"$@\""]).arg(env);
+        }
     }
     let out = c.args(args).env("LIBXDP_BPFFS", env).output().map_err(|e| e.to_string())?;
     if out.status.success() {
@@ -77,9 +83,9 @@ impl XdpFilter {
         guard.mounted = true;
         run(&bpffs, Some(&ns), &["xdp-filter", "load", "--mode", "native", "--policy", "allow", "--features", "ipv4,tcp", &dev])?;
         for a in addrs {
-            run(&bpffs, None, &["xdp-filter", "ip", "--mode", "src", &a.to_string()])?;
+            run(&bpffs, Some(&ns), &["xdp-filter", "ip", "--mode", "src", &a.to_string()])?;
         }
-        run(&bpffs, None, &["xdp-filter", "port", "--mode", "dst", "--proto", "tcp", "23"])?;
+        run(&bpffs, Some(&ns), &["xdp-filter", "port", "--mode", "dst", "--proto", "tcp", "23"])?;
         let link = run(&bpffs, None, &["ip", "-n", &ns, "-d", "link", "show", "dev", &dev])?;
         let (id, program) = link
             .split("prog/xdp id ")
