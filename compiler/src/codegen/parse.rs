@@ -107,6 +107,10 @@ const MAX_L4_OFFSET: u64 = 1024;
 /// TC programs see only the linear part of an skb: pull this much first.
 const TC_PULL_LEN: u64 = 256;
 
+/// Offsets in `struct __sk_buff` of the accelerated VLAN tag.
+const SKB_VLAN_PRESENT: u64 = 20;
+const SKB_VLAN_TCI: u64 = 24;
+
 const ETH_P_IP: u64 = 0x0800;
 const ETH_P_IPV6: u64 = 0x86dd;
 const ETH_P_8021Q: u64 = 0x8100;
@@ -298,39 +302,61 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     b.set(h.eth_ok, t);
     b.set(h.eth_dst, load_mac(b, data, 0));
     b.set(h.eth_src, load_mac(b, data, 6));
-    let mut etype = b.load_be(data, 12, 2);
-    let mut off = 14u64;
-    for depth in 1..=2u64 {
-        let tagged = b.block("tagged");
-        let untagged = b.block("untagged");
-        let is_vlan = b.or(b.eq(etype, b.c64(ETH_P_8021Q)), b.eq(etype, b.c64(ETH_P_8021AD)));
+    // VLAN tags in the frame, from tag number `first` (the tag already
+    // taken from the skb's metadata, if any, was number 1).
+    let tags = |first: u64| {
+        let mut etype = b.load_be(data, 12, 2);
+        let mut off = 14u64;
+        for depth in first..=2u64 {
+            let tagged = b.block("tagged");
+            let untagged = b.block("untagged");
+            let is_vlan = b.or(b.eq(etype, b.c64(ETH_P_8021Q)), b.eq(etype, b.c64(ETH_P_8021AD)));
+            b.set(h.eth_type, etype);
+            b.set(l3off, b.c64(off));
+            b.cond_br(is_vlan, tagged, untagged);
+            b.at(untagged);
+            b.br(l3);
+            b.at(tagged);
+            locate(Stage::Vlan);
+            // A truncated tag: Ethernet is present, the tag and L3 are not.
+            let whole = b.block("tag");
+            b.cond_br(b.fits(data, off + 4, data_end), whole, done);
+            b.at(whole);
+            let (ok, tci) = if depth == 1 { (h.vlan1_ok, h.vlan1_tci) } else { (h.vlan2_ok, h.vlan2_tci) };
+            b.set(ok, t);
+            b.set(tci, b.load_be(data, off, 2));
+            b.set(h.vlan_depth, b.c64(depth));
+            etype = b.load_be(data, off + 2, 2);
+            off += 4;
+        }
+        // After two tags: a third tag means we do not parse further.
         b.set(h.eth_type, etype);
         b.set(l3off, b.c64(off));
-        b.cond_br(is_vlan, tagged, untagged);
-        b.at(untagged);
-        b.br(l3);
-        b.at(tagged);
+        let third = b.block("third_tag");
+        let is_vlan = b.or(b.eq(etype, b.c64(ETH_P_8021Q)), b.eq(etype, b.c64(ETH_P_8021AD)));
+        b.cond_br(is_vlan, third, l3);
+        b.at(third);
+        b.set(h.vlan_depth, b.c64(3));
+        b.br(done);
+    };
+    if hook == Hook::Xdp {
+        tags(1);
+    } else {
+        // On TC the outer tag may have been taken out of the frame into the
+        // skb (VLAN acceleration: __sk_buff.vlan_present, .vlan_tci). It is
+        // tag number 1; the frame then starts with what followed it.
+        let accel = b.block("vlan_accel");
+        let in_frame = b.block("vlan_in_frame");
+        b.cond_br(b.cmp(IntPredicate::NE, ctx_u32(SKB_VLAN_PRESENT), z), accel, in_frame);
+        b.at(accel);
         locate(Stage::Vlan);
-        // A truncated tag: Ethernet is present, the tag and L3 are not.
-        let whole = b.block("tag");
-        b.cond_br(b.fits(data, off + 4, data_end), whole, done);
-        b.at(whole);
-        let (ok, tci) = if depth == 1 { (h.vlan1_ok, h.vlan1_tci) } else { (h.vlan2_ok, h.vlan2_tci) };
-        b.set(ok, t);
-        b.set(tci, b.load_be(data, off, 2));
-        b.set(h.vlan_depth, b.c64(depth));
-        etype = b.load_be(data, off + 2, 2);
-        off += 4;
+        b.set(h.vlan1_ok, t);
+        b.set(h.vlan1_tci, b.and(ctx_u32(SKB_VLAN_TCI), b.c64(0xffff)));
+        b.set(h.vlan_depth, b.c64(1));
+        tags(2);
+        b.at(in_frame);
+        tags(1);
     }
-    // After two tags: a third tag means we do not parse further.
-    b.set(h.eth_type, etype);
-    b.set(l3off, b.c64(off));
-    let third = b.block("third_tag");
-    let is_vlan = b.or(b.eq(etype, b.c64(ETH_P_8021Q)), b.eq(etype, b.c64(ETH_P_8021AD)));
-    b.cond_br(is_vlan, third, l3);
-    b.at(third);
-    b.set(h.vlan_depth, b.c64(3));
-    b.br(done);
 
     // L3 dispatch.
     b.at(l3);
