@@ -83,9 +83,60 @@ fn set_capacity(s: &ir::NamedSet, n: usize) -> u32 {
 /// copies grow faster than linearly with the number of rules.
 pub const SPECIALIZE_MAX_RULES: usize = 64;
 
-/// Per-CPU scratch map of the parsed facts in programs of more than
-/// [`SPECIALIZE_MAX_RULES`] rules.
+/// Up to this [`branch_weight`], rules may be specialized per parse end with
+/// the facts in registers. There the verifier follows each parser path
+/// through the rules, and rules that combine many conditions or carry
+/// statements multiply the states it keeps: 20 rules of 3 to 10 mixed
+/// `&&`/`||` conditions with map updates took it past 1,000,000 processed
+/// instructions. Past this weight the facts go into a map instead (see
+/// `Bpf::spill_facts`), and the same policy verifies in about 50,000.
+pub const SPECIALIZE_MAX_WEIGHT: usize = 32;
+
+/// Per-CPU scratch map of the parsed facts in programs that are not
+/// [`specialized`].
 pub const FACTS_MAP: &str = "xpol_facts";
+
+/// Whether the rules are emitted once per parse end with the facts in
+/// registers (fast), rather than once after moving the facts into
+/// [`FACTS_MAP`] (bounded verifier work and stack).
+pub fn specialized(policy: &ir::Policy) -> bool {
+    policy.rules.len() <= SPECIALIZE_MAX_RULES && policy.programs.iter().all(|p| branch_weight(p) <= SPECIALIZE_MAX_WEIGHT)
+}
+
+/// An estimate, from the IR, of what makes the verifier's work grow when
+/// rules are specialized: each `&&`, `||` or `!` combines three-valued
+/// results through branches, each `if`, `let` and map update adds paths
+/// or state. A rule of one comparison and a verdict weighs nothing.
+pub fn branch_weight(prog: &ir::Program) -> usize {
+    fn expr(e: &ir::Expr) -> usize {
+        use ir::ExprKind::*;
+        match &e.kind {
+            Field(_) | Const(_) | Local(_) => 0,
+            MapRead { keys, .. } => 1 + keys.iter().map(expr).sum::<usize>(),
+            Neg(a) | BitNot(a) | In(a, _) => expr(a),
+            Not(a) => 1 + expr(a),
+            Arith(_, a, b) | Cmp(_, a, b) => expr(a) + expr(b),
+            And(a, b) | Or(a, b) => 1 + expr(a) + expr(b),
+        }
+    }
+    fn stmts(list: &[ir::Stmt]) -> usize {
+        list.iter()
+            .map(|s| match &s.kind {
+                ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+                ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
+                ir::StmtKind::Let { value, .. } => 1 + expr(value),
+                ir::StmtKind::MapUpdate { keys, op, .. } => {
+                    let value = match op {
+                        ir::MapOp::Count => 0,
+                        ir::MapOp::Sum(e) | ir::MapOp::Assign(e) => expr(e),
+                    };
+                    1 + keys.iter().map(expr).sum::<usize>() + value
+                }
+            })
+            .sum()
+    }
+    prog.probes.iter().map(|p| p.predicate.as_ref().map_or(0, expr) + stmts(&p.body)).sum()
+}
 
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
     Target::initialize_bpf(&InitializationConfig::default());
@@ -221,8 +272,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let redirect = (!policy.redirects.is_empty())
         .then(|| m.define_map(meta::REDIRECT_MAP, map_type::ARRAY, 4, 4, policy.redirects.len() as u32, 0));
     let maps = Maps { rules, sets: set_maps, users, redirect };
-    // Long policies read the parsed facts from a map, see `Bpf::spill_facts`.
-    let facts_map = (policy.rules.len() > SPECIALIZE_MAX_RULES)
+    // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
+    let facts_map = (!specialized(policy))
         .then(|| m.define_map(FACTS_MAP, map_type::PERCPU_ARRAY, 4, 8 * parse::FACT_SLOTS as u32, 1, 0));
 
     // Programs.
@@ -255,7 +306,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope()));
         b.set_location(sub.as_debug_info_scope(), line, 1);
         let uses = parse::first_uses(prog);
-        let specialize = policy.rules.len() <= SPECIALIZE_MAX_RULES;
+        let specialize = specialized(policy);
         let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
         let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
         for end in parsed.ends {
