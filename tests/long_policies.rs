@@ -147,26 +147,7 @@ fn heavy_rules_are_not_specialized_and_load() {
     if !kernel("heavy_rules_are_not_specialized_and_load") {
         return;
     }
-    let fields = ["tcp.dport", "udp.dport", "ip.ttl", "tcp.sport", "udp.sport", "vlan.id", "ip.proto", "pkt.len", "icmp.type", "eth.type"];
-    let mut rng = Rng(25);
-    let mut text = String::new();
-    for i in 0..25 {
-        let n = 3 + rng.below(8) as usize;
-        let mut pred = String::new();
-        for j in 0..n {
-            let op = ["==", "!=", ">", "<"][rng.below(4) as usize];
-            pred.push_str(&format!("{} {op} {}", fields[rng.below(fields.len() as u64) as usize], rng.below(2000)));
-            if j + 1 < n {
-                pred.push_str(if rng.below(2) == 0 { " || " } else { " && " });
-            }
-        }
-        let body = match i % 3 {
-            0 => format!("@m{}[ip.src, tcp.dport, udp.sport] = count();", i % 5),
-            1 => format!("if ip.ttl > {i} {{ @c[ip.dst] = count(); }} else {{ if vlan.id == {i} {{ drop }} }}"),
-            _ => format!("let x = tcp.dport + udp.dport; if x > {i} {{ @s[ip.src] = sum(pkt.len); }}"),
-        };
-        text.push_str(&format!("xdp /{pred}/ {{ {body} }}\n"));
-    }
+    let text = heavy_rules(25, 25, true);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("heavy.xpol");
     std::fs::write(&path, &text).expect("write");
@@ -181,4 +162,47 @@ fn heavy_rules_are_not_specialized_and_load() {
         let b = xpol_compiler::build(Path::new(example), &xpol_compiler::BuildOptions::default());
         assert!(xpol_compiler::codegen::specialized(&b.output.expect("compiles").ir), "{example}");
     }
+}
+
+/// `n` rules, each a predicate of 3 to 10 comparisons joined by random
+/// `&&`/`||` (on fields including `pkt.len`), with a body that counts into
+/// @maps (`drops`: some bodies may drop; else every rule falls through).
+fn heavy_rules(n: usize, seed: u64, drops: bool) -> String {
+    let fields = ["tcp.dport", "udp.dport", "ip.ttl", "tcp.sport", "udp.sport", "vlan.id", "ip.proto", "pkt.len", "icmp.type", "eth.type"];
+    let mut rng = Rng(seed);
+    let mut text = String::new();
+    for i in 0..n {
+        let terms = 3 + rng.below(8) as usize;
+        let mut pred = String::new();
+        for j in 0..terms {
+            let op = ["==", "!=", ">", "<"][rng.below(4) as usize];
+            pred.push_str(&format!("{} {op} {}", fields[rng.below(fields.len() as u64) as usize], rng.below(2000)));
+            if j + 1 < terms {
+                pred.push_str(if rng.below(2) == 0 { " || " } else { " && " });
+            }
+        }
+        let body = match i % 3 {
+            0 => format!("@m{}[ip.src, tcp.dport, udp.sport] = count();", i % 5),
+            1 if drops => format!("if ip.ttl > {i} {{ @c[ip.dst] = count(); }} else {{ if vlan.id == {i} {{ drop }} }}"),
+            1 => format!("if ip.ttl > {i} {{ @c[ip.dst] = count(); }} else {{ @e[vlan.id] = count(); }}"),
+            _ => format!("let x = tcp.dport + udp.dport; if x > {i} {{ @s[ip.src] = sum(pkt.len); }}"),
+        };
+        text.push_str(&format!("xdp /{pred}/ {{ {body} }}\n"));
+    }
+    text
+}
+
+/// 150 such rules that all fall through: the verifier's work stays about
+/// linear in the program's size. (It grew with every rule while the rules
+/// compared `pkt.len` in a register that stayed live: each comparison split
+/// its range, and no two paths looked alike.)
+#[test]
+fn heavy_rules_that_fall_through_verify_in_linear_work() {
+    if !kernel("heavy_rules_that_fall_through_verify_in_linear_work") {
+        return;
+    }
+    let mut p = common::load_text(&heavy_rules(150, 7, false));
+    let stats = p.program_stats("xdp").expect("stats");
+    let insns = stats.xlated_bytes / 8;
+    assert!(stats.verified_insns < 10 * insns, "{} instructions processed for {insns}", stats.verified_insns);
 }

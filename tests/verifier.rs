@@ -285,22 +285,22 @@ fn many_rules(n: usize) -> String {
 fn program_size_budget() {
     let dir = tempfile::tempdir().expect("tempdir");
     let over = dir.path().join("over.xpol");
-    std::fs::write(&over, many_rules(2000)).expect("write");
+    std::fs::write(&over, many_rules(3000)).expect("write");
     let b = build(&over, &BuildOptions::default());
-    assert!(b.output.is_none(), "2000 rules must exceed the budget");
+    assert!(b.output.is_none(), "3000 rules must exceed the budget");
     let d = b.diagnostics.iter().find(|d| d.code == "xpol::budget::program_size").expect("the budget diagnostic");
     let line = b.sources.location(d.primary_span().expect("a span")).1;
-    assert!((1000..2000).contains(&line), "points at a rule in the middle, not at line {line}");
+    assert!((2000..3000).contains(&line), "points at a rule in the middle, not at line {line}");
 
     if !common::kernel("program_size_budget") {
         return;
     }
     let under = dir.path().join("under.xpol");
-    std::fs::write(&under, many_rules(1000)).expect("write");
+    std::fs::write(&under, many_rules(2000)).expect("write");
     let mut p = common::load_file(&under);
     let stats = p.program_stats("xdp").expect("stats");
     assert!(stats.xlated_bytes as usize / 8 <= xpol_compiler::codegen::MAX_PROGRAM_INSNS);
-    // Rule 1000 is `tcp.dport == 1999 && ip.ttl > 199`.
-    let pkt = xpol_runtime::packet::PacketSpec::tcp4("198.18.0.1".parse().unwrap(), "198.19.0.1".parse().unwrap(), 1, 1999).ipv4(|ip| ip.ttl = 255).build();
-    common::expect(&mut p, "xdp", "the last numbered rule", &pkt, xpol_runtime::loader::Action::Drop, &[1000]);
+    // Rule 2000 is `tcp.dport == 2999 && ip.ttl > 199`.
+    let pkt = xpol_runtime::packet::PacketSpec::tcp4("198.18.0.1".parse().unwrap(), "198.19.0.1".parse().unwrap(), 1, 2999).ipv4(|ip| ip.ttl = 255).build();
+    common::expect(&mut p, "xdp", "the last numbered rule", &pkt, xpol_runtime::loader::Action::Drop, &[2000]);
 }

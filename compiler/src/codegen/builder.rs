@@ -317,6 +317,18 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         ok(self.b.build_load(p, "v")).into_int_value()
     }
 
+    /// The packet length: `parsed` itself, or after [`Bpf::spill_facts`]
+    /// a load from the facts map (the word after the slots).
+    pub fn pkt_len(&self, parsed: IntValue<'ctx>) -> IntValue<'ctx> {
+        let facts = self.facts.borrow();
+        let Some((value, slots)) = facts.as_ref() else { return parsed };
+        let v = self.load_raw(*value, 8 * slots.len() as u64, 8);
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_volatile(true);
+        }
+        v
+    }
+
     /// Reads a parsed fact: from its slot, or after [`Bpf::spill_facts`]
     /// from the facts map.
     pub fn get_fact(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
@@ -347,7 +359,10 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// program LLVM spilled them into ever more stack slots, past 512
     /// bytes). A failed lookup (impossible for key 0 of a one-entry array)
     /// returns `fallback`.
-    pub fn spill_facts(&self, map: MapDef<'ctx>, slots: &[PointerValue<'ctx>], fallback: u64) {
+    ///
+    /// The packet length goes there too, after the slots: rules compare it,
+    /// and a register the verifier saw compared would differ between paths.
+    pub fn spill_facts(&self, map: MapDef<'ctx>, slots: &[PointerValue<'ctx>], pkt_len: IntValue<'ctx>, fallback: u64) {
         let key = self.stack_buf(4, "key");
         let value = self.map_lookup(map, key);
         let missing = self.block("facts_missing");
@@ -362,6 +377,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             self.store_at(value, off, self.zext64(self.get(slot)));
             placed.push((slot, off));
         }
+        self.store_at(value, 8 * slots.len() as u64, pkt_len);
         *self.facts.borrow_mut() = Some((value, placed));
     }
 
@@ -620,6 +636,8 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// of an array map.
     pub fn bump_counter(&self, map: MapDef<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
         let key = self.stack_buf(4, "key");
+        // A 4-byte store, the key's size: the verifier then recognises a
+        // constant key (a spill of exactly the key's size).
         self.store_at(key, 0, index);
         let slot = self.map_lookup(map, key);
         let done = self.block("counted");

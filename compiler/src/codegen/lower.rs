@@ -107,7 +107,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             if let Some((_, at)) = l4.take() {
                 parse::parse_l4_here(self.b, &self.h, &at);
             }
-            self.b.spill_facts(map, &self.h.slots(), verdict_code(self.hook, Verdict::Pass));
+            self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
         }
         // Rules whose body is only a verdict share one tail that counts and
         // returns: a rule then costs its predicate and a jump.
@@ -131,7 +131,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
                 self.b.br(tail);
             } else {
-                self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.h.pkt_len);
+                self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.b.pkt_len(self.h.pkt_len));
                 self.stmts(&probe.body);
                 if !self.b.terminated() {
                     self.b.br(next);
@@ -148,7 +148,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
         let rule = self.b.phi(&into_tail.iter().map(|(r, _, bb)| (*r, *bb)).collect::<Vec<_>>());
         let code = self.b.phi(&into_tail.iter().map(|(_, c, bb)| (*c, *bb)).collect::<Vec<_>>());
-        self.b.bump_counter(self.maps.rules, rule, self.h.pkt_len);
+        self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
         self.b.ret_value(code);
     }
 
@@ -221,29 +221,67 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             ExprKind::Not(a) => self.branch3(a, f, t, u),
             ExprKind::And(lhs, rhs) | ExprKind::Or(lhs, rhs) => {
                 let is_and = matches!(e.kind, ExprKind::And(..));
-                let eval_rhs = self.b.block(if is_and { "and_rhs" } else { "or_rhs" });
-                let lhs_known = self.b.block("lhs_known");
-                let lhs_unknown = self.b.block("lhs_unknown");
-                if is_and {
-                    self.branch3(lhs, lhs_known, f, lhs_unknown);
+                // Kleene logic: after an unknown left operand the right one
+                // decides between unknown and one of the known outcomes,
+                // `And`: (u, f, u) instead of (t, f, u); `Or`: (t, u, u)
+                // instead of (t, f, u). In a predicate or an `if` condition,
+                // false and unknown are the same block ("not taken"), and the
+                // right operand is emitted once, with no flag.
+                let unknown_targets = if is_and { (u, f, u) } else { (t, u, u) };
+                if unknown_targets == (t, f, u) || (unknown_targets.0 == unknown_targets.1 && unknown_targets.1 == unknown_targets.2) {
+                    // After an unknown left operand: the same as after a
+                    // known one, or one block whatever the right operand.
+                    let eval_rhs = self.b.block(if is_and { "and_rhs" } else { "or_rhs" });
+                    let after_unknown = if unknown_targets == (t, f, u) { eval_rhs } else { unknown_targets.0 };
+                    if is_and {
+                        self.branch3(lhs, eval_rhs, f, after_unknown);
+                    } else {
+                        self.branch3(lhs, t, eval_rhs, after_unknown);
+                    }
+                    self.b.at(eval_rhs);
+                    self.branch3(rhs, t, f, u);
+                } else if expr_size(rhs) <= DUPLICATE_RHS_MAX {
+                    // Under a `!` the three outcomes differ: emit the right
+                    // operand once per case rather than carry a flag across
+                    // it, which the verifier would track as two states for
+                    // every path (and, nested, as 2^depth).
+                    let known = self.b.block("lhs_known");
+                    let unknown = self.b.block("lhs_unknown");
+                    if is_and {
+                        self.branch3(lhs, known, f, unknown);
+                    } else {
+                        self.branch3(lhs, t, known, unknown);
+                    }
+                    self.b.at(known);
+                    self.branch3(rhs, t, f, u);
+                    self.b.at(unknown);
+                    let (t2, f2, u2) = unknown_targets;
+                    self.branch3(rhs, t2, f2, u2);
                 } else {
-                    self.branch3(lhs, t, lhs_known, lhs_unknown);
+                    let eval_rhs = self.b.block(if is_and { "and_rhs" } else { "or_rhs" });
+                    let lhs_known = self.b.block("lhs_known");
+                    let lhs_unknown = self.b.block("lhs_unknown");
+                    if is_and {
+                        self.branch3(lhs, lhs_known, f, lhs_unknown);
+                    } else {
+                        self.branch3(lhs, t, lhs_known, lhs_unknown);
+                    }
+                    self.b.at(lhs_known);
+                    self.b.br(eval_rhs);
+                    self.b.at(lhs_unknown);
+                    self.b.br(eval_rhs);
+                    self.b.at(eval_rhs);
+                    // Whether the left operand was unknown, for the right one's outcome.
+                    let was_unknown = self.b.phi(&[(self.b.bool(false), lhs_known), (self.b.bool(true), lhs_unknown)]);
+                    let rhs_decides = self.b.block("rhs_decides");
+                    if is_and {
+                        self.branch3(rhs, rhs_decides, f, u);
+                    } else {
+                        self.branch3(rhs, t, rhs_decides, u);
+                    }
+                    self.b.at(rhs_decides);
+                    self.b.cond_br(was_unknown, u, if is_and { t } else { f });
                 }
-                self.b.at(lhs_known);
-                self.b.br(eval_rhs);
-                self.b.at(lhs_unknown);
-                self.b.br(eval_rhs);
-                self.b.at(eval_rhs);
-                // Whether the left operand was unknown, for the right one's outcome.
-                let was_unknown = self.b.phi(&[(self.b.bool(false), lhs_known), (self.b.bool(true), lhs_unknown)]);
-                let rhs_decides = self.b.block("rhs_decides");
-                if is_and {
-                    self.branch3(rhs, rhs_decides, f, u);
-                } else {
-                    self.branch3(rhs, t, rhs_decides, u);
-                }
-                self.b.at(rhs_decides);
-                self.b.cond_br(was_unknown, u, if is_and { t } else { f });
             }
             _ => {
                 self.loc(e.span);
@@ -345,7 +383,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         let no = b.bool(false);
         let zero = b.c64(0);
         match f {
-            Field::PktLen => int(h.pkt_len, self.yes()),
+            Field::PktLen => int(b.pkt_len(h.pkt_len), self.yes()),
             Field::EthSrc => int(get(h.eth_src), get(h.eth_ok)),
             Field::EthDst => int(get(h.eth_dst), get(h.eth_ok)),
             Field::EthType => int(get(h.eth_type), get(h.eth_ok)),
@@ -762,4 +800,17 @@ pub fn map_key_size(m: &ir::UserMap) -> u32 {
 fn eq32<'ctx>(b: &Bpf<'_, 'ctx>, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
     let i32t = b.m.cx.i32_type();
     b.eq(b.trunc(x, i32t), b.trunc(y, i32t))
+}
+
+/// Right operands of up to this many expression nodes are emitted twice
+/// (see `Lower::branch3`) rather than joined with a flag.
+const DUPLICATE_RHS_MAX: usize = 24;
+
+fn expr_size(e: &ir::Expr) -> usize {
+    1 + match &e.kind {
+        ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => 0,
+        ExprKind::MapRead { keys, .. } => keys.iter().map(expr_size).sum(),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr_size(a),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => expr_size(a) + expr_size(b),
+    }
 }

@@ -274,7 +274,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let maps = Maps { rules, sets: set_maps, users, redirect };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let facts_map = (!specialized(policy))
-        .then(|| m.define_map(FACTS_MAP, map_type::PERCPU_ARRAY, 4, 8 * parse::FACT_SLOTS as u32, 1, 0));
+        .then(|| m.define_map(FACTS_MAP, map_type::PERCPU_ARRAY, 4, 8 * (parse::FACT_SLOTS as u32 + 1), 1, 0));
 
     // Programs.
     let mut located = Vec::new();
