@@ -108,14 +108,29 @@ fn xpol_test_runs_a_pcap() {
     assert_eq!(lines[4]["counters"]["rules"][0]["packets"], 1);
 }
 
-/// The tests written in the examples and std policies pass on both the
-/// kernel and the reference semantics.
+/// The tests written in every example, std policy and golden policy pass
+/// on both the kernel and the reference semantics. (std/bogons.xpol is a
+/// set with no probes: examples/edge.xpol tests it.)
 #[test]
 fn policy_tests_pass() {
     if !xpol_runtime::testing::kernel_or_skip("policy_tests_pass") {
         return;
     }
-    for policy in ["examples/firewall.xpol", "examples/edge.xpol", "std-policies/tcp-sanity.xpol"] {
+    let mut policies = Vec::new();
+    for dir in ["examples", "std-policies", "tests/golden/ok"] {
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "xpol") && text.lines().any(|l| l.starts_with("test \"")) {
+                policies.push(path.display().to_string());
+            }
+        }
+    }
+    for required in ["examples/firewall.xpol", "examples/edge.xpol", "std-policies/tcp-sanity.xpol", "tests/golden/ok/hooks.xpol"] {
+        assert!(policies.iter().any(|p| p == required), "{required} has tests");
+    }
+    for policy in &policies {
+        let policy = policy.as_str();
         let r = Command::new(env!("CARGO_BIN_EXE_xpol")).args(["test", policy]).output().expect("run xpol");
         let out = String::from_utf8_lossy(&r.stdout);
         assert!(r.status.success(), "{policy}: {out}{}", String::from_utf8_lossy(&r.stderr));

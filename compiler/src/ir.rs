@@ -281,6 +281,8 @@ impl Outcome {
 pub struct TestCase {
     /// The name of its `test` block.
     pub test: String,
+    /// `on HOOK`; else the policy's first hook.
+    pub hook: Option<Hook>,
     pub packet: xpol_lang::testspec::TestPacket,
     pub expect: Outcome,
     /// The rule that must decide (`by LINE`).
@@ -450,7 +452,8 @@ impl fmt::Display for Policy {
                 }
             };
             let by = t.decided_by.map(|r| format!(" by rule {r}")).unwrap_or_default();
-            out.push_str(&format!("\ntest {:?}: {packet} => {}{by}", t.test, t.expect.as_str()));
+            let on = t.hook.map(|h| format!(" on {}", h.as_str())).unwrap_or_default();
+            out.push_str(&format!("\ntest {:?}{on}: {packet} => {}{by}", t.test, t.expect.as_str()));
             for m in &t.maps {
                 let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
                 let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };

@@ -19,10 +19,13 @@ pub enum Item {
     Test(TestBlock),
 }
 
-/// `test "NAME" { PACKET => VERDICT ... }`
+/// `test "NAME" [on HOOK] { PACKET => VERDICT ... }`
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestBlock {
     pub name: StrLit,
+    /// `on HOOK`: the program the cases run through (default: the
+    /// policy's first hook, in the order xdp, tc:ingress, tc:egress).
+    pub hook: Option<(Hook, Span)>,
     pub cases: Vec<TestCase>,
     pub span: Span,
 }

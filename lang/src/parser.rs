@@ -83,7 +83,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::EOI => "end of file",
         Rule::item | Rule::include | Rule::set_decl | Rule::const_decl | Rule::probe => "a declaration or a probe",
-        Rule::test_block | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
+        Rule::test_block | Rule::test_on | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
         Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
         Rule::decided_by => "`by LINE`",
         Rule::map_expect => "a map entry such as `@seen[198.18.0.1] == 1`",
@@ -197,18 +197,22 @@ impl AstBuilder {
             Rule::test_block => {
                 let mut it = p.into_inner();
                 let name = self.string(it.next()?);
+                let mut it = it.peekable();
+                let hook = match it.peek() {
+                    Some(on) if on.as_rule() == Rule::test_on => {
+                        let h = it.next()?.into_inner().next()?;
+                        Some((hook_of(h.as_str()), self.span(&h)))
+                    }
+                    _ => None,
+                };
                 let cases = it.filter_map(|c| self.test_case(c)).collect();
-                Some(Item::Test(ast::TestBlock { name, cases, span }))
+                Some(Item::Test(ast::TestBlock { name, hook, cases, span }))
             }
             Rule::probe => {
                 let mut it = p.into_inner();
                 let hook_pair = it.next()?;
                 let hook_span = self.span(&hook_pair);
-                let hook = match hook_pair.as_str() {
-                    "xdp" => Hook::Xdp,
-                    "tc:ingress" => Hook::TcIngress,
-                    _ => Hook::TcEgress,
-                };
+                let hook = hook_of(hook_pair.as_str());
                 let mut next = it.next()?;
                 let predicate = if next.as_rule() == Rule::predicate {
                     let pred = self.expr(next.into_inner().next()?);
@@ -482,5 +486,14 @@ impl AstBuilder {
             _ => return None,
         };
         Some(Expr { kind, span })
+    }
+}
+
+/// A hook as the grammar's `hook` rule matched it.
+fn hook_of(text: &str) -> Hook {
+    match text {
+        "xdp" => Hook::Xdp,
+        "tc:ingress" => Hook::TcIngress,
+        _ => Hook::TcEgress,
     }
 }

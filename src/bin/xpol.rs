@@ -240,7 +240,7 @@ fn print_line(report: &serde_json::Value) {
 fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, json: bool) -> Result<ExitCode> {
     let out = build.output.as_ref().expect("a successful build");
     let ir = &out.ir;
-    let hook = ir.programs.iter().map(|p| p.hook).min().expect("a policy has a program");
+    let first_hook = ir.programs.iter().map(|p| p.hook).min().expect("a policy has a program");
     let mut state = xpol_compiler::reference::State::default();
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
@@ -258,6 +258,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             current = case.test.clone();
             ok = true;
         }
+        let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
         let before = loaded.rule_counters()?;
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;

@@ -101,9 +101,19 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         match item {
             Item::Probe(probe) => c.probe(probe),
             Item::Test(block) if block.span.file == root => {
-                tests.extend(block.cases.iter().filter_map(|case| c.test_case(&block.name.value, case)))
+                let hook = block.hook.map(|(h, _)| h);
+                tests.extend(block.cases.iter().filter_map(|case| c.test_case(&block.name.value, hook, case)))
             }
             _ => {}
+        }
+    }
+    // `test ... on HOOK` needs probes on that hook.
+    for item in &loaded.items {
+        if let Item::Test(ast::TestBlock { hook: Some((hook, span)), span: block, .. }) = item {
+            if block.file == root && !c.programs.is_empty() && !c.programs.contains_key(hook) {
+                let have: Vec<&str> = c.programs.keys().map(|h| h.as_str()).collect();
+                c.error_help(*span, "xpol::test::hook", format!("the policy has no `{}` probe to test", hook.as_str()), "no probe on this hook", format!("the policy's hooks: {}", have.join(", ")));
+            }
         }
     }
     if c.programs.is_empty() && !xpol_lang::diagnostic::has_errors(&c.diags) {
@@ -297,7 +307,7 @@ impl Checker<'_> {
 
     /// One case of a `test` block: the packet's arguments must be known
     /// names with constant values of their types.
-    fn test_case(&mut self, test: &str, case: &ast::TestCase) -> Option<ir::TestCase> {
+    fn test_case(&mut self, test: &str, hook: Option<Hook>, case: &ast::TestCase) -> Option<ir::TestCase> {
         use xpol_lang::testspec::{self, ArgType, ArgValue, TestPacket};
         let packet = match &case.packet {
             ast::PacketDesc::Hex(s) => {
@@ -392,7 +402,7 @@ impl Checker<'_> {
         for m in &case.maps {
             maps.push(self.map_expect(m)?);
         }
-        Some(ir::TestCase { test: test.to_string(), packet, expect, decided_by, maps, span: case.span })
+        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, span: case.span })
     }
 
     /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
