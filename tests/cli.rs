@@ -183,6 +183,25 @@ fn check_kernel_verbose_and_verifier_log() {
     assert!(!r.status.success() && err.contains("too_many_maps") && !err.contains("the lines that matter"), "{err}");
 }
 
+/// `xpol test` (and `xpol run`) take the same two flags for a rejection.
+#[test]
+fn xpol_test_verbose_and_verifier_log() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol_test_verbose_and_verifier_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("verifier.log");
+    let r = Command::new(env!("CARGO_BIN_EXE_xpol"))
+        .args(["test", "tests/verifier/too-many-maps.xpol", "--verbose", "--verifier-log"])
+        .arg(&log)
+        .output()
+        .expect("run xpol");
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("xpol::verifier::too_many_maps") && err.contains("verifier log (the lines that matter):"), "{err}");
+    assert!(std::fs::read_to_string(&log).expect("log written").contains("reached the limit of 64"));
+}
+
 /// `--verbose` and `--verifier-log` only mean something with `--kernel`.
 #[test]
 fn verifier_flags_need_kernel() {

@@ -6,6 +6,8 @@
 //!                              and run sample packets through it with
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
 
+mod common;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -58,6 +60,8 @@ enum Command {
         /// then `xpol stats NAME` and `xpol detach NAME` work from any process.
         #[arg(long)]
         pin: Option<String>,
+        #[command(flatten)]
+        rejection: RejectionOptions,
     },
     /// List the policies pinned with `xpol run --pin`.
     List {
@@ -87,7 +91,21 @@ enum Command {
         /// One JSON object per packet, then one with the counters.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        rejection: RejectionOptions,
     },
+}
+
+/// What to show when the kernel verifier rejects the policy.
+#[derive(clap::Args, Clone, Default)]
+struct RejectionOptions {
+    /// With a verifier rejection, also print the relevant lines of the
+    /// verifier's log (also: XPOL_VERBOSE=1).
+    #[arg(long)]
+    verbose: bool,
+    /// With a verifier rejection, write the verifier's whole log to FILE.
+    #[arg(long, value_name = "FILE")]
+    verifier_log: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -104,12 +122,16 @@ fn main() -> ExitCode {
 /// Compiles a source policy (or reads an object) and loads it into the
 /// kernel. A verifier rejection of a compiled policy is shown at the policy
 /// expression it comes from. `None`: the problem was reported.
-fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions) -> Result<Option<LoadedPolicy>> {
-    Ok(load_policy_and_build(policy, options)?.map(|(p, _)| p))
+fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions, rejection: &RejectionOptions) -> Result<Option<LoadedPolicy>> {
+    Ok(load_policy_and_build(policy, options, rejection)?.map(|(p, _)| p))
 }
 
 /// As [`load_policy`], also returning the build of a source policy.
-fn load_policy_and_build(policy: &Path, options: &xpol_runtime::loader::LoadOptions) -> Result<Option<(LoadedPolicy, Option<xpol_compiler::Build>)>> {
+fn load_policy_and_build(
+    policy: &Path,
+    options: &xpol_runtime::loader::LoadOptions,
+    rejection: &RejectionOptions,
+) -> Result<Option<(LoadedPolicy, Option<xpol_compiler::Build>)>> {
     if policy.extension().is_some_and(|e| e == "o") {
         let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
         return Ok(Some((LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?, None)));
@@ -124,9 +146,13 @@ fn load_policy_and_build(policy: &Path, options: &xpol_runtime::loader::LoadOpti
         Ok(p) => Ok(Some((p, Some(build)))),
         Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
             let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
-            let verbose = std::env::var("XPOL_VERBOSE").is_ok_and(|v| v == "1");
+            let verbose = rejection.verbose || std::env::var("XPOL_VERBOSE").is_ok_and(|v| v == "1");
             let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
             eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
+            if let Some(path) = &rejection.verifier_log {
+                common::write_atomically(path, log.as_bytes())?;
+                eprintln!("wrote the verifier's log of `{program}` to {}", path.display());
+            }
             Ok(None)
         }
         Err(xpol_runtime::loader::RuntimeError::Map { map, source }) => {
@@ -430,7 +456,7 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<Arc<std::sync::Mutex<Stri
     Ok(text)
 }
 
-fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: &str, options: &WatchOptions) -> Result<ExitCode> {
+fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: &str, options: &WatchOptions, rejection: &RejectionOptions) -> Result<ExitCode> {
     let (interval, duration, json, pin) = (options.interval, options.duration, options.json, options.pin.clone());
     let metrics = match options.metrics {
         Some(addr) => Some(serve_metrics(addr)?),
@@ -442,7 +468,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         "generic" => XdpAttachMode::Generic,
         other => bail!("unknown --mode `{other}`: use auto, native or generic"),
     };
-    let Some(mut policy) = load_policy(policy_path, &Default::default())? else { return Ok(ExitCode::FAILURE) };
+    let Some(mut policy) = load_policy(policy_path, &Default::default(), rejection)? else { return Ok(ExitCode::FAILURE) };
     let hooks: Vec<String> = match hook {
         Some(h) => vec![h.replace("tc-", "tc:")],
         None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
@@ -517,9 +543,9 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, interval, duration, json, pin, metrics } => {
+        Command::Run { policy, interface, hook, mode, interval, duration, json, pin, metrics, rejection } => {
             let options = WatchOptions { interval, duration, json, pin, metrics };
-            attach_and_watch(&policy, &interface, hook, &mode, &options)
+            attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
         }
         Command::List { json } => {
             let pinned = xpol_runtime::loader::list_pinned();
@@ -551,9 +577,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("detached `{name}` from {}", record.interface);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test { policy, hook, pcap, json } => {
+        Command::Test { policy, hook, pcap, json, rejection } => {
             let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true };
-            let Some((mut loaded, build)) = load_policy_and_build(&policy, &options)? else { return Ok(ExitCode::FAILURE) };
+            let Some((mut loaded, build)) = load_policy_and_build(&policy, &options, &rejection)? else { return Ok(ExitCode::FAILURE) };
             if let Some(build) = build.as_ref().filter(|b| pcap.is_none() && b.output.as_ref().is_some_and(|o| !o.ir.tests.is_empty())) {
                 return run_policy_tests(&mut loaded, build, json);
             }

@@ -3,10 +3,13 @@
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm]
 //!   xpolc check POLICY [--message-format human|json] [--kernel [--verbose] [--verifier-log FILE]]
 
+mod common;
+
 use anyhow::{Context, Result};
+use common::write_atomically;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use xpol_compiler::{Build, BuildOptions, Emit};
 
@@ -164,15 +167,4 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Writes through a temporary file in the same directory and renames it into
-/// place, so that a failure never leaves a half-written object behind.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
