@@ -383,10 +383,9 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let ihl = b.and(vihl, b.c64(15));
     let hlen = b.mul(ihl, b.c64(4));
     let total = b.load_be(p, 2, 2);
-    let sane = b.and(
-        b.and(b.eq(b.lshr(vihl, b.c64(4)), b.c64(4)), b.cmp(IntPredicate::UGE, ihl, b.c64(5))),
-        b.cmp(IntPredicate::UGE, total, hlen),
-    );
+    // Version 4 and IHL at least 5: the byte is 0x45..=0x4f, one compare.
+    let vihl_ok = b.cmp(IntPredicate::ULE, b.sub(vihl, b.c64(0x45)), b.c64(0x4f - 0x45));
+    let sane = b.and(vihl_ok, b.cmp(IntPredicate::UGE, total, hlen));
     let ip4_sane = b.block("ip4_sane");
     b.cond_br(sane, ip4_sane, done);
     b.at(ip4_sane);
