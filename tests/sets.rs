@@ -92,3 +92,30 @@ fn prefix_table_with_wide_mid_entries() {
     let kinds = check(&prefixes, &sample, &[0x0a00_0000, 0x0a01_1170, 0x0b00_0000]);
     assert_eq!(kinds, [SetMapKind::Ipv4Root, SetMapKind::Ipv4Mid32, SetMapKind::Ipv4Leaf]);
 }
+
+/// The IPv4 sets of a policy share three maps (the kernel allows a program
+/// 64): forty sets load, and each answers for its own prefixes only.
+#[test]
+fn forty_ipv4_sets_share_three_maps() {
+    if !kernel("forty_ipv4_sets_share_three_maps") {
+        return;
+    }
+    let mut text = String::new();
+    for i in 0..40 {
+        text.push_str(&format!("set s{i}: cidr = {{ 10.{i}.0.0/24, 10.{i}.1.7/32, 2001:db8:{i}::/48 }}\n"));
+    }
+    for i in 0..40 {
+        text.push_str(&format!("xdp /ip.src in s{i}/ {{ drop }}\n"));
+    }
+    let mut p = common::load_text(&text);
+    let dst: Ipv4Addr = "198.19.255.1".parse().expect("address");
+    for i in [0u32, 1, 17, 39] {
+        for (src, fires) in [(format!("10.{i}.0.9"), true), (format!("10.{i}.1.7"), true), (format!("10.{i}.1.8"), false), (format!("10.{i}.2.1"), false)] {
+            let packet = PacketSpec::tcp4(src.parse().expect("address"), dst, 40000, 80).syn().build();
+            let (action, fired): (Action, &[u32]) = if fires { (Action::Drop, &[i]) } else { (Action::Pass, &[]) };
+            common::expect(&mut p, "xdp", &src, &packet, action, fired);
+        }
+        let six = PacketSpec::tcp6(format!("2001:db8:{i}::5").parse().expect("address"), "2001:db8::80".parse().expect("address"), 40000, 80).syn().build();
+        common::expect(&mut p, "xdp", "IPv6 member", &six, Action::Drop, &[i]);
+    }
+}

@@ -18,8 +18,14 @@
 //! Entry values in `root` and `mid`: [`MISS`], [`HIT`] (every address below
 //! is in the set), or `FIRST_CHILD + i`: look in chunk `i` of the next level.
 //!
-//! The compiler builds the table to size the maps; the runtime builds it
-//! again from the same elements to fill them. Both use [`Ipv4Table::build`].
+//! All the IPv4 sets of a policy share the three maps ([`Ipv4Table::concat`]):
+//! set number `k` has root entries `65536 * k ..`, and the chunks of all
+//! sets are pooled, so a policy pays three maps of the kernel's 64 per
+//! program whatever its number of sets.
+//!
+//! The compiler builds the tables to size the maps; the runtime builds them
+//! again from the same elements to fill them. Both use [`Ipv4Table::build`]
+//! and [`Ipv4Table::concat`].
 
 pub const MISS: u32 = 0;
 pub const HIT: u32 = 1;
@@ -84,6 +90,32 @@ impl Ipv4Table {
         t
     }
 
+    /// The tables of several sets as one: roots one after the other,
+    /// chunks pooled, child indices shifted to match.
+    pub fn concat(tables: &[Ipv4Table]) -> Ipv4Table {
+        let mut out = Ipv4Table::default();
+        for t in tables {
+            let (mid_base, leaf_base) = (out.mid.len() as u32, out.leaf.len() as u32);
+            let shift = |e: u32, base: u32| if e >= FIRST_CHILD { e + base } else { e };
+            out.root.extend(t.root.iter().map(|&e| shift(e, mid_base)));
+            out.mid.extend(t.mid.iter().map(|c| c.map(|e| shift(e, leaf_base))));
+            out.leaf.extend_from_slice(&t.leaf);
+        }
+        out
+    }
+
+    /// How many chunks of the next levels a set's lookup may visit: 1 (root
+    /// only), 2 (and mid) or 3.
+    pub fn levels(&self) -> u32 {
+        if !self.leaf.is_empty() {
+            3
+        } else if !self.mid.is_empty() {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Whether `mid` entries need 32 bits (more leaves than a u16 can index).
     pub fn mid_wide(&self) -> bool {
         self.leaf.len() as u64 + FIRST_CHILD as u64 > u16::MAX as u64
@@ -110,7 +142,12 @@ impl Ipv4Table {
 
     /// Membership, walking the table as the generated code does.
     pub fn contains(&self, addr: u32) -> bool {
-        let mut e = self.root[(addr >> 16) as usize];
+        self.contains_in(0, addr)
+    }
+
+    /// Membership in set number `slot` of a concatenated table.
+    pub fn contains_in(&self, slot: usize, addr: u32) -> bool {
+        let mut e = self.root[slot * ROOT_ENTRIES as usize + (addr >> 16) as usize];
         if e >= FIRST_CHILD {
             e = self.mid[(e - FIRST_CHILD) as usize][((addr >> 8) & 0xff) as usize];
             if e >= FIRST_CHILD {
@@ -165,6 +202,20 @@ mod tests {
             assert!(t.contains(p) && t.contains(p | !mask(len)));
         }
         assert!(!t.mid_wide());
+    }
+
+    #[test]
+    fn concatenated_tables_keep_each_set() {
+        let sets = [vec![(0x0a000000, 8)], vec![(0xc6336407, 32), (0xc6120000, 20)], vec![], vec![(0xc6336400, 24), (0x01020304, 32)]];
+        let tables: Vec<Ipv4Table> = sets.iter().map(|s| Ipv4Table::build(s.iter().copied())).collect();
+        let all = Ipv4Table::concat(&tables);
+        assert_eq!(all.root.len(), 4 * ROOT_ENTRIES as usize);
+        for (k, t) in tables.iter().enumerate() {
+            for a in [0x0a000001u32, 0xc6336407, 0xc6336406, 0xc6120fff, 0xc6121000, 0x01020304, 0x01020305, 0xc63364ff] {
+                assert_eq!(all.contains_in(k, a), t.contains(a), "set {k}, {a:#x}");
+            }
+        }
+        assert_eq!([tables[0].levels(), tables[1].levels(), tables[2].levels(), tables[3].levels()], [1, 3, 1, 3]);
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub const META_SECTION: &str = ".xpol.meta";
 pub const RULES_MAP: &str = "xpol_rules";
 
 /// Bump when the layout of maps or of this schema changes incompatibly.
-pub const META_VERSION: u32 = 1;
+pub const META_VERSION: u32 = 2;
+
+/// The three array maps shared by the IPv4 sets ([`crate::ipv4_table`]).
+pub const IPV4_ROOT_MAP: &str = "xpol_v4root";
+pub const IPV4_MID_MAP: &str = "xpol_v4mid";
+pub const IPV4_LEAF_MAP: &str = "xpol_v4leaf";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -84,6 +89,11 @@ pub struct SetMeta {
     pub elem: SetElem,
     /// The BPF maps holding the set.
     pub maps: Vec<SetMapMeta>,
+    /// For a set with IPv4 elements: its number among the IPv4 sets, whose
+    /// tables share [`IPV4_ROOT_MAP`] and the others (root entries
+    /// `65536 * slot ..`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_slot: Option<u32>,
     /// Initial contents in their canonical text form (`198.51.100.0/24`,
     /// `2001:db8::/32`, `80`, `8000..8099`, `02:00:00:00:00:01`), which the
     /// loader inserts into [`SetMeta::maps`].
@@ -98,10 +108,11 @@ pub enum SetMapKind {
     /// network byte order; value one byte, 1.
     LpmV4,
     LpmV6,
-    /// The three array maps of an IPv4 prefix table
-    /// ([`crate::ipv4_table`]): `root` (`BPF_MAP_TYPE_ARRAY`, 65,536 u32),
-    /// `mid` (chunks of 256 u16 or u32 entries), `leaf` (32-byte bitmaps).
-    /// The runtime builds the table from the elements and fills all three.
+    /// The three array maps of the IPv4 prefix tables
+    /// ([`crate::ipv4_table`]), shared by every IPv4 set: `root`
+    /// (`BPF_MAP_TYPE_ARRAY` of u32, 65,536 per set), `mid` (chunks of 256
+    /// u16 or u32 entries), `leaf` (32-byte bitmaps). The runtime builds
+    /// the tables from the elements and fills all three.
     Ipv4Root,
     Ipv4Mid16,
     Ipv4Mid32,

@@ -278,10 +278,8 @@ impl LoadedPolicy {
     }
 
     fn fill_sets(&mut self) -> Result<()> {
+        self.fill_ipv4_tables()?;
         for set in &self.state.meta.sets {
-            if set.maps.iter().any(|m| m.kind.is_ipv4_table()) {
-                self.fill_ipv4_table(set)?;
-            }
             for m in set.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
                 for element in &set.elements {
                     let keys = set_keys(m.kind, element).map_err(|reason| RuntimeError::SetElement {
@@ -298,41 +296,51 @@ impl LoadedPolicy {
         Ok(())
     }
 
-    /// Builds the IPv4 prefix table of `set` (as the compiler did to size
-    /// its maps) and writes it: the non-empty root entries, every chunk.
-    fn fill_ipv4_table(&self, set: &meta::SetMeta) -> Result<()> {
-        let mut prefixes = Vec::new();
-        for element in &set.elements {
-            match parse_prefix(element) {
-                Ok((IpAddr::V4(a), len)) => prefixes.push((u32::from(a), len as u8)),
-                Ok(_) => {}
-                Err(reason) => return Err(RuntimeError::SetElement { set: set.name.clone(), element: element.clone(), reason }),
-            }
+    /// Builds the IPv4 prefix tables of the sets (as the compiler did to
+    /// size the maps), one after another in slot order, and writes them
+    /// into the shared maps: the non-empty root entries, every chunk.
+    fn fill_ipv4_tables(&self) -> Result<()> {
+        let mut sets: Vec<&meta::SetMeta> = self.state.meta.sets.iter().filter(|s| s.ipv4_slot.is_some()).collect();
+        if sets.is_empty() {
+            return Ok(());
         }
-        let table = Ipv4Table::build(prefixes);
+        sets.sort_by_key(|s| s.ipv4_slot);
+        let mut tables = Vec::new();
+        for (slot, set) in sets.iter().enumerate() {
+            let mut prefixes = Vec::new();
+            for element in &set.elements {
+                match parse_prefix(element) {
+                    Ok((IpAddr::V4(a), len)) => prefixes.push((u32::from(a), len as u8)),
+                    Ok(_) => {}
+                    Err(reason) => return Err(RuntimeError::SetElement { set: set.name.clone(), element: element.clone(), reason }),
+                }
+            }
+            if set.ipv4_slot != Some(slot as u32) {
+                return Err(RuntimeError::BadMetadata(format!("set `{}` has IPv4 slot {:?}, expected {slot}", set.name, set.ipv4_slot)));
+            }
+            tables.push(Ipv4Table::build(prefixes));
+        }
+        let table = Ipv4Table::concat(&tables);
         let wide = table.mid_wide();
-        let map_of = |kinds: &[SetMapKind], chunks: usize| -> Result<&str> {
-            let m = set.maps.iter().find(|m| kinds.contains(&m.kind));
-            match m {
-                Some(m) if chunks <= m.max_entries as usize => Ok(&m.map),
-                _ => Err(RuntimeError::SetElement {
-                    set: set.name.clone(),
-                    element: format!("{} elements", set.elements.len()),
-                    reason: "the object's maps do not have the shape of this set's table: rebuild the object with this version of xpolc".into(),
-                }),
+        let map_of = |kind: SetMapKind, name: &str, chunks: usize| -> Result<String> {
+            match sets[0].maps.iter().find(|m| m.kind == kind && m.map == name) {
+                Some(m) if chunks <= m.max_entries as usize => Ok(m.map.clone()),
+                _ => Err(RuntimeError::BadMetadata(format!(
+                    "the object's map `{name}` does not have the shape of its sets' IPv4 tables: rebuild the object with this version of xpolc"
+                ))),
             }
         };
-        let root = map_of(&[SetMapKind::Ipv4Root], ipv4_table::ROOT_ENTRIES as usize)?;
-        let mid = map_of(if wide { &[SetMapKind::Ipv4Mid32] } else { &[SetMapKind::Ipv4Mid16] }, table.mid.len())?;
-        let leaf = map_of(&[SetMapKind::Ipv4Leaf], table.leaf.len())?;
+        let root = map_of(SetMapKind::Ipv4Root, meta::IPV4_ROOT_MAP, table.root.len())?;
+        let mid = map_of(if wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 }, meta::IPV4_MID_MAP, table.mid.len())?;
+        let leaf = map_of(SetMapKind::Ipv4Leaf, meta::IPV4_LEAF_MAP, table.leaf.len())?;
         for (i, e) in table.root.iter().enumerate().filter(|(_, &e)| e != ipv4_table::MISS) {
-            self.state.update(root, &(i as u32).to_le_bytes(), &e.to_le_bytes())?;
+            self.state.update(&root, &(i as u32).to_le_bytes(), &e.to_le_bytes())?;
         }
         for i in 0..table.mid.len() {
-            self.state.update(mid, &(i as u32).to_le_bytes(), &table.mid_value(i, wide))?;
+            self.state.update(&mid, &(i as u32).to_le_bytes(), &table.mid_value(i, wide))?;
         }
         for (i, bits) in table.leaf.iter().enumerate() {
-            self.state.update(leaf, &(i as u32).to_le_bytes(), bits)?;
+            self.state.update(&leaf, &(i as u32).to_le_bytes(), bits)?;
         }
         Ok(())
     }

@@ -33,7 +33,8 @@ pub struct SetMaps<'ctx> {
     pub hash: Option<MapDef<'ctx>>,
 }
 
-/// The three array maps of an IPv4 prefix table (`xpol_lang::ipv4_table`).
+/// Where one set's IPv4 prefix table is (`xpol_lang::ipv4_table`): the
+/// three shared maps and the set's first root entry.
 #[derive(Clone, Copy)]
 pub struct Ipv4Maps<'ctx> {
     pub root: MapDef<'ctx>,
@@ -41,6 +42,10 @@ pub struct Ipv4Maps<'ctx> {
     pub leaf: MapDef<'ctx>,
     /// `mid` entries are u32, else u16.
     pub mid_wide: bool,
+    pub root_base: u64,
+    /// Levels this set's entries lead to (1: root only; 3: down to leaves):
+    /// the lookups past them are not emitted.
+    pub levels: u32,
 }
 
 pub struct UserMapDef<'ctx> {
@@ -652,13 +657,25 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             b.at(found);
             p
         };
-        let root = lookup(t.root, b.lshr(a, b.c64(16)), &mut results);
+        let root = lookup(t.root, b.add(b.c64(t.root_base), b.lshr(a, b.c64(16))), &mut results);
         let e = b.zext64(b.load_raw(root, 0, 4));
+        if t.levels == 1 {
+            results.push((b.eq(e, b.c64(HIT as u64)), b.cur()));
+            b.br(done);
+            b.at(done);
+            return b.phi(&results);
+        }
         decide_or(e, &mut results, "table_mid");
         let mid = lookup(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
         let width = if t.mid_wide { 4 } else { 2 };
         let at = b.mul(b.and(b.lshr(a, b.c64(8)), b.c64(0xff)), b.c64(width));
         let e = b.zext64(b.load_raw(b.ptr_add(mid, at), 0, width as u32));
+        if t.levels == 2 {
+            results.push((b.eq(e, b.c64(HIT as u64)), b.cur()));
+            b.br(done);
+            b.at(done);
+            return b.phi(&results);
+        }
         decide_or(e, &mut results, "table_leaf");
         let leaf = lookup(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
         let low = b.and(a, b.c64(0xff));

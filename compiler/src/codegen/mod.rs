@@ -194,8 +194,26 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         redirects: policy.redirects.clone(),
     };
     let rules = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
+    // The IPv4 sets' tables, one after another in three shared maps.
+    let ipv4_sets: Vec<usize> = (0..policy.sets.len()).filter(|&i| !policy.sets[i].contents.v4.is_empty()).collect();
+    let tables: Vec<Ipv4Table> =
+        ipv4_sets.iter().map(|&i| Ipv4Table::build(policy.sets[i].contents.v4.iter().map(|&(a, len)| (u32::from(a), len)))).collect();
+    let all = Ipv4Table::concat(&tables);
+    let mid_wide = all.mid_wide();
+    let chunks = |n: usize| n.clamp(1, u32::MAX as usize) as u32;
+    let ipv4_maps = (!tables.is_empty()).then(|| {
+        let mid_kind = if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
+        let shared = [
+            (meta::IPV4_ROOT_MAP, SetMapKind::Ipv4Root, 4, chunks(all.root.len())),
+            (meta::IPV4_MID_MAP, mid_kind, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(all.mid.len())),
+            (meta::IPV4_LEAF_MAP, SetMapKind::Ipv4Leaf, ipv4_table::LEAF_BYTES, chunks(all.leaf.len())),
+        ];
+        let defs: Vec<_> = shared.iter().map(|&(name, _, value_size, entries)| m.define_map(name, map_type::ARRAY, 4, value_size, entries, 0)).collect();
+        let metas: Vec<SetMapMeta> = shared.iter().map(|&(name, kind, _, entries)| SetMapMeta { map: name.to_string(), kind, max_entries: entries }).collect();
+        (defs, metas)
+    });
     let mut set_maps = Vec::new();
-    for s in &policy.sets {
+    for (set_index, s) in policy.sets.iter().enumerate() {
         let mut maps = SetMaps::default();
         let mut metas = Vec::new();
         // Every map of the set, named after it; `entries` is the capacity.
@@ -205,30 +223,30 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
                 SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, entries, BPF_F_NO_PREALLOC),
                 SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, entries, BPF_F_NO_PREALLOC),
                 SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, entries, 0),
-                SetMapKind::Ipv4Root => m.define_map(&name, map_type::ARRAY, 4, 4, entries, 0),
-                SetMapKind::Ipv4Mid16 => m.define_map(&name, map_type::ARRAY, 4, Ipv4Table::mid_chunk_bytes(false), entries, 0),
-                SetMapKind::Ipv4Mid32 => m.define_map(&name, map_type::ARRAY, 4, Ipv4Table::mid_chunk_bytes(true), entries, 0),
-                SetMapKind::Ipv4Leaf => m.define_map(&name, map_type::ARRAY, 4, ipv4_table::LEAF_BYTES, entries, 0),
+                SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
+                    unreachable!("the IPv4 tables' maps are shared, defined above")
+                }
             };
             metas.push(SetMapMeta { map: name, kind, max_entries: entries });
             def
         };
+        let mut ipv4_slot = None;
+        let mut ipv4_metas = Vec::new();
         match s.elem {
             SetElem::Cidr => {
                 // No IPv4 element, no table: membership is then false
                 // without a lookup.
-                if !s.contents.v4.is_empty() {
-                    // Sized to the table of the elements (the runtime builds
-                    // the same table to fill it); arrays need one entry at least.
-                    let table = Ipv4Table::build(s.contents.v4.iter().map(|&(a, len)| (u32::from(a), len)));
-                    let mid_wide = table.mid_wide();
-                    let chunks = |n: usize| n.clamp(1, u32::MAX as usize) as u32;
+                if let (Some(slot), Some((defs, shared))) = (ipv4_sets.iter().position(|&i| i == set_index), &ipv4_maps) {
+                    ipv4_slot = Some(slot as u32);
                     maps.v4 = Some(Ipv4Maps {
-                        root: add(SetMapKind::Ipv4Root, ipv4_table::ROOT_ENTRIES, "_v4root"),
-                        mid: add(if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 }, chunks(table.mid.len()), "_v4mid"),
-                        leaf: add(SetMapKind::Ipv4Leaf, chunks(table.leaf.len()), "_v4leaf"),
+                        root: defs[0],
+                        mid: defs[1],
+                        leaf: defs[2],
                         mid_wide,
+                        root_base: slot as u64 * ipv4_table::ROOT_ENTRIES as u64,
+                        levels: tables[slot].levels(),
                     });
+                    ipv4_metas.extend(shared.iter().cloned());
                 }
                 if !s.contents.v6.is_empty() {
                     maps.v6 = Some(add(SetMapKind::LpmV6, set_capacity(s, s.contents.v6.len()), "_v6"));
@@ -239,8 +257,9 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
                 maps.hash = Some(add(SetMapKind::HashU64, set_capacity(s, n.min(u32::MAX as u64 / 2) as usize), ""));
             }
         }
+        metas.splice(0..0, ipv4_metas);
         set_maps.push(maps);
-        meta.sets.push(meta::SetMeta { name: s.name.clone(), elem: s.elem, maps: metas, elements: s.contents.elements() });
+        meta.sets.push(meta::SetMeta { name: s.name.clone(), elem: s.elem, maps: metas, ipv4_slot, elements: s.contents.elements() });
     }
     let mut users = Vec::new();
     for u in &policy.maps {
