@@ -116,6 +116,19 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
             }
         }
     }
+    // A case must be able to pass on the hook it runs on.
+    if let Some(&first) = c.programs.keys().next() {
+        for case in &tests {
+            let hook = case.hook.unwrap_or(first);
+            if case.expect == ir::Outcome::Tx && hook != Hook::Xdp {
+                c.error_help(case.span, "xpol::test::verdict", format!("`tx` is an XDP verdict, and this case runs on `{}`", hook.as_str()), "cannot pass", "expect `pass`, `drop`, `redirect` or `abort` on TC");
+            }
+            if let Some(rule) = case.decided_by.map(|r| &c.rules[r as usize]).filter(|r| r.hook != hook) {
+                let msg = format!("the rule named by `by` runs on `{}`, and this case on `{}`", rule.hook.as_str(), hook.as_str());
+                c.error_help(case.span, "xpol::test::rule", msg, "cannot pass", "name a rule of the hook the case runs on, or add `on HOOK` to the test block");
+            }
+        }
+    }
     if c.programs.is_empty() && !xpol_lang::diagnostic::has_errors(&c.diags) {
         // Point at the root file's first line: there is no probe to point at.
         let root = loaded.files.last().map(|f| f.file).unwrap_or_default();

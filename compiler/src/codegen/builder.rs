@@ -137,28 +137,35 @@ type FactsInMap<'ctx> = (PointerValue<'ctx>, Vec<(PointerValue<'ctx>, u64)>);
 /// build fails with a diagnostic.
 pub struct LlvmErrors<'ctx> {
     cx: &'ctx Context,
-    errors: Box<std::cell::RefCell<Vec<String>>>,
+    /// From `Box::into_raw`, owned here and freed in `drop` after the
+    /// handler is removed: LLVM holds the same pointer meanwhile.
+    errors: *mut std::cell::RefCell<Vec<String>>,
 }
 
 impl<'ctx> LlvmErrors<'ctx> {
     pub fn install(cx: &'ctx Context) -> Self {
-        let errors: Box<std::cell::RefCell<Vec<String>>> = Box::default();
-        let data = &*errors as *const std::cell::RefCell<Vec<String>> as *mut std::ffi::c_void;
-        // SAFETY: `data` points into a box that outlives the handler: it is
-        // removed in `drop`, before the box is freed.
-        unsafe { llvm_sys::core::LLVMContextSetDiagnosticHandler(cx.raw(), Some(collect_llvm_error), data) };
+        let errors = Box::into_raw(Box::<std::cell::RefCell<Vec<String>>>::default());
+        // SAFETY: `errors` stays valid until `drop`, which removes the
+        // handler before freeing it.
+        unsafe { llvm_sys::core::LLVMContextSetDiagnosticHandler(cx.raw(), Some(collect_llvm_error), errors.cast()) };
         LlvmErrors { cx, errors }
     }
 
     pub fn take(&self) -> Vec<String> {
-        std::mem::take(&mut self.errors.borrow_mut())
+        // SAFETY: valid until `drop`; LLVM calls the handler only on this
+        // thread, during codegen calls, never while this borrow is held.
+        std::mem::take(&mut unsafe { &*self.errors }.borrow_mut())
     }
 }
 
 impl Drop for LlvmErrors<'_> {
     fn drop(&mut self) {
-        // SAFETY: a null handler restores LLVM's default.
-        unsafe { llvm_sys::core::LLVMContextSetDiagnosticHandler(self.cx.raw(), None, std::ptr::null_mut()) };
+        // SAFETY: a null handler restores LLVM's default; then nothing else
+        // holds `errors`, which came from `Box::into_raw`.
+        unsafe {
+            llvm_sys::core::LLVMContextSetDiagnosticHandler(self.cx.raw(), None, std::ptr::null_mut());
+            drop(Box::from_raw(self.errors));
+        }
     }
 }
 

@@ -219,7 +219,8 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     // ------------------------------------------------------------ conditions
 
     /// Branches to `t`, `f` or `u` as `e` is true, false or unknown. `&&` and
-    /// `||` short-circuit; each operand is emitted once.
+    /// `||` short-circuit; each operand is emitted once when `u` is `t` or
+    /// `f` (always, from the callers).
     fn branch3(&mut self, e: &ir::Expr, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>, u: BasicBlock<'ctx>) {
         match &e.kind {
             ExprKind::Const(Value::Bool(c)) => self.b.br(if *c { t } else { f }),
@@ -229,9 +230,13 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 // Kleene logic: after an unknown left operand the right one
                 // decides between unknown and one of the known outcomes,
                 // `And`: (u, f, u) instead of (t, f, u); `Or`: (t, u, u)
-                // instead of (t, f, u). In a predicate or an `if` condition,
-                // false and unknown are the same block ("not taken"), and the
-                // right operand is emitted once, with no flag.
+                // instead of (t, f, u). Predicates and `if` conditions are
+                // branched on with u == f ("not taken"), and `!` only swaps
+                // t and f, so u always equals t or f: then the unknown case
+                // continues like a known one, or goes to one block whatever
+                // the right operand, and the right operand is emitted once,
+                // with no flag. The two other arms keep the lowering correct
+                // for any targets.
                 let unknown_targets = if is_and { (u, f, u) } else { (t, u, u) };
                 if unknown_targets == (t, f, u) || (unknown_targets.0 == unknown_targets.1 && unknown_targets.1 == unknown_targets.2) {
                     // After an unknown left operand: the same as after a
@@ -246,10 +251,10 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                     self.b.at(eval_rhs);
                     self.branch3(rhs, t, f, u);
                 } else if expr_size(rhs) <= DUPLICATE_RHS_MAX {
-                    // Under a `!` the three outcomes differ: emit the right
-                    // operand once per case rather than carry a flag across
-                    // it, which the verifier would track as two states for
-                    // every path (and, nested, as 2^depth).
+                    // Three distinct targets (no caller makes them today):
+                    // emit the right operand once per case rather than carry
+                    // a flag across it, which the verifier would track as two
+                    // states for every path (and, nested, as 2^depth).
                     let known = self.b.block("lhs_known");
                     let unknown = self.b.block("lhs_unknown");
                     if is_and {
