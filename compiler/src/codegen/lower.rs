@@ -235,8 +235,8 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 // t and f, so u always equals t or f: then the unknown case
                 // continues like a known one, or goes to one block whatever
                 // the right operand, and the right operand is emitted once,
-                // with no flag. The two other arms keep the lowering correct
-                // for any targets.
+                // with no flag. The other arm keeps the lowering correct for
+                // any targets.
                 let unknown_targets = if is_and { (u, f, u) } else { (t, u, u) };
                 if unknown_targets == (t, f, u) || (unknown_targets.0 == unknown_targets.1 && unknown_targets.1 == unknown_targets.2) {
                     // After an unknown left operand: the same as after a
@@ -250,11 +250,11 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                     }
                     self.b.at(eval_rhs);
                     self.branch3(rhs, t, f, u);
-                } else if expr_size(rhs) <= DUPLICATE_RHS_MAX {
-                    // Three distinct targets (no caller makes them today):
-                    // emit the right operand once per case rather than carry
-                    // a flag across it, which the verifier would track as two
-                    // states for every path (and, nested, as 2^depth).
+                } else {
+                    // Three distinct targets (no caller makes them: see
+                    // above): emit the right operand once per case rather
+                    // than carry a flag across it, which the verifier would
+                    // track as two states for every path (nested, 2^depth).
                     let known = self.b.block("lhs_known");
                     let unknown = self.b.block("lhs_unknown");
                     if is_and {
@@ -267,30 +267,6 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                     self.b.at(unknown);
                     let (t2, f2, u2) = unknown_targets;
                     self.branch3(rhs, t2, f2, u2);
-                } else {
-                    let eval_rhs = self.b.block(if is_and { "and_rhs" } else { "or_rhs" });
-                    let lhs_known = self.b.block("lhs_known");
-                    let lhs_unknown = self.b.block("lhs_unknown");
-                    if is_and {
-                        self.branch3(lhs, lhs_known, f, lhs_unknown);
-                    } else {
-                        self.branch3(lhs, t, lhs_known, lhs_unknown);
-                    }
-                    self.b.at(lhs_known);
-                    self.b.br(eval_rhs);
-                    self.b.at(lhs_unknown);
-                    self.b.br(eval_rhs);
-                    self.b.at(eval_rhs);
-                    // Whether the left operand was unknown, for the right one's outcome.
-                    let was_unknown = self.b.phi(&[(self.b.bool(false), lhs_known), (self.b.bool(true), lhs_unknown)]);
-                    let rhs_decides = self.b.block("rhs_decides");
-                    if is_and {
-                        self.branch3(rhs, rhs_decides, f, u);
-                    } else {
-                        self.branch3(rhs, t, rhs_decides, u);
-                    }
-                    self.b.at(rhs_decides);
-                    self.b.cond_br(was_unknown, u, if is_and { t } else { f });
                 }
             }
             _ => {
@@ -824,15 +800,3 @@ fn eq32<'ctx>(b: &Bpf<'_, 'ctx>, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntVal
     b.eq(b.trunc(x, i32t), b.trunc(y, i32t))
 }
 
-/// Right operands of up to this many expression nodes are emitted twice
-/// (see `Lower::branch3`) rather than joined with a flag.
-const DUPLICATE_RHS_MAX: usize = 24;
-
-fn expr_size(e: &ir::Expr) -> usize {
-    1 + match &e.kind {
-        ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => 0,
-        ExprKind::MapRead { keys, .. } => keys.iter().map(expr_size).sum(),
-        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr_size(a),
-        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => expr_size(a) + expr_size(b),
-    }
-}
