@@ -255,17 +255,7 @@ impl AstBuilder {
         while rest.last().is_some_and(|p| p.as_rule() == Rule::map_expect) {
             let m = rest.pop()?;
             let mspan = self.span(&m);
-            let mut mi = m.into_inner();
-            let map = self.map_name(mi.next()?);
-            let mut next = mi.next()?;
-            let keys = if next.as_rule() == Rule::map_keys {
-                let keys = next.into_inner().filter_map(|k| self.expr(k)).collect();
-                next = mi.next()?;
-                keys
-            } else {
-                Vec::new()
-            };
-            let value = self.expr(next)?;
+            let (map, keys, value) = self.map_keys_value(m.into_inner())?;
             maps.insert(0, ast::MapExpect { map, keys, value, span: mspan });
         }
         let decided_by = match rest.pop() {
@@ -283,6 +273,21 @@ impl AstBuilder {
             None => None,
         };
         Some(ast::TestCase { packet, expect, decided_by, maps, span })
+    }
+
+    /// `@NAME[KEYS] ... VALUE`, as in an assignment or a test's map
+    /// expectation: the name, the keys (none when absent) and the value.
+    fn map_keys_value(&mut self, mut it: Pairs<Rule>) -> Option<(Ident, Vec<Expr>, Expr)> {
+        let map = self.map_name(it.next()?);
+        let mut next = it.next()?;
+        let keys = if next.as_rule() == Rule::map_keys {
+            let keys = next.into_inner().filter_map(|k| self.expr(k)).collect();
+            next = it.next()?;
+            keys
+        } else {
+            Vec::new()
+        };
+        Some((map, keys, self.expr(next)?))
     }
 
     fn block(&mut self, p: Pair<Rule>) -> Block {
@@ -315,17 +320,7 @@ impl AstBuilder {
                 StmtKind::Let { name, value }
             }
             Rule::map_assign => {
-                let mut it = p.into_inner();
-                let map = self.map_name(it.next()?);
-                let mut next = it.next()?;
-                let keys = if next.as_rule() == Rule::map_keys {
-                    let keys = next.into_inner().filter_map(|k| self.expr(k)).collect();
-                    next = it.next()?;
-                    keys
-                } else {
-                    Vec::new()
-                };
-                let value = self.expr(next)?;
+                let (map, keys, value) = self.map_keys_value(p.into_inner())?;
                 StmtKind::MapAssign { map, keys, value }
             }
             _ => return None,

@@ -9,7 +9,7 @@ use inkwell::context::Context;
 use inkwell::debug_info::{AsDIScope, DIFile, DIFlags, DIFlagsConstants, DIScope, DISubprogram, DIType, DebugInfoBuilder};
 use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicMetadataTypeEnum, BasicType, IntType, PointerType};
-use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, CallableValue, FunctionValue, GlobalValue, IntValue, PointerValue};
+use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, CallableValue, FunctionValue, GlobalValue, InstructionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 
 /// Kernel helper function ids (include/uapi/linux/bpf.h).
@@ -122,14 +122,18 @@ pub struct Bpf<'a, 'ctx> {
     pub located: std::cell::RefCell<Vec<super::Located>>,
     /// Test-only fault, see [`Bpf::br_if_null`].
     pub omit_null_check: bool,
-    /// Once [`Bpf::spill_facts`] ran: the map value holding the parsed
-    /// facts, and each fact's slot with its offset there.
+    /// Once [`Bpf::spill_facts`] ran: where the parsed facts go.
     facts: std::cell::RefCell<Option<FactsInMap<'ctx>>>,
 }
 
-/// The map value holding the parsed facts, and each fact's slot with its
-/// offset there.
-type FactsInMap<'ctx> = (PointerValue<'ctx>, Vec<(PointerValue<'ctx>, u64)>);
+/// The map value holding the parsed facts; each fact's slot with its offset
+/// there and whether it is stored yet; the instruction before which stores
+/// go (the end of the block that copies the facts, before any rule).
+struct FactsInMap<'ctx> {
+    value: PointerValue<'ctx>,
+    slots: Vec<(PointerValue<'ctx>, u64, bool)>,
+    store_before: InstructionValue<'ctx>,
+}
 
 /// Errors LLVM reports while it generates code, such as the BPF backend's
 /// "stack limit of 512 bytes is exceeded". Without a handler LLVM prints
@@ -328,8 +332,8 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// a load from the facts map (the word after the slots).
     pub fn pkt_len(&self, parsed: IntValue<'ctx>) -> IntValue<'ctx> {
         let facts = self.facts.borrow();
-        let Some((value, slots)) = facts.as_ref() else { return parsed };
-        let v = self.load_raw(*value, 8 * slots.len() as u64, 8);
+        let Some(f) = facts.as_ref() else { return parsed };
+        let v = self.load_raw(f.value, 8 * f.slots.len() as u64, 8);
         if let Some(i) = v.as_instruction() {
             let _ = i.set_volatile(true);
         }
@@ -337,12 +341,22 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     }
 
     /// Reads a parsed fact: from its slot, or after [`Bpf::spill_facts`]
-    /// from the facts map.
+    /// from the facts map. A fact's first read there also emits its store,
+    /// at the copy point: only the facts some rule reads are copied, so the
+    /// parser's work for the others stays dead code LLVM removes.
     pub fn get_fact(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
-        let facts = self.facts.borrow();
-        let Some((value, slots)) = facts.as_ref() else { return self.get(p) };
-        let Some(&(_, off)) = slots.iter().find(|(slot, _)| *slot == p) else { return self.get(p) };
-        let v = self.load_raw(*value, off, 8);
+        let mut facts = self.facts.borrow_mut();
+        let Some(f) = facts.as_mut() else { return self.get(p) };
+        let Some(slot) = f.slots.iter_mut().find(|(slot, _, _)| *slot == p) else { return self.get(p) };
+        let off = slot.1;
+        if !slot.2 {
+            slot.2 = true;
+            let here = self.cur();
+            self.b.position_before(&f.store_before);
+            self.store_at(f.value, off, self.zext64(self.get(p)));
+            self.b.position_at_end(here);
+        }
+        let v = self.load_raw(f.value, off, 8);
         // Volatile: LLVM would otherwise forward the stored value, and the
         // parser's registers would reach the rules after all.
         if let Some(i) = v.as_instruction() {
@@ -357,8 +371,8 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     }
 
     /// Copies the parsed facts (`slots`, each i1 or i64) into the one
-    /// per-CPU value of `map`; from then on [`Bpf::get_fact`] reads them
-    /// there. Why: the verifier knows nothing of a map value's contents, so
+    /// per-CPU value of `map` (each as a rule first reads it, see
+    /// [`Bpf::get_fact`]); from then on [`Bpf::get_fact`] reads them there. Why: the verifier knows nothing of a map value's contents, so
     /// the rules after this point look the same to it whatever path the
     /// parser took (IPv4 or IPv6, which extension headers, VLAN depth) and
     /// it verifies them once instead of once per parser path; and the facts
@@ -378,14 +392,13 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.at(missing);
         self.ret(fallback);
         self.at(found);
-        let mut placed = Vec::new();
-        for (i, &slot) in slots.iter().enumerate() {
-            let off = 8 * i as u64;
-            self.store_at(value, off, self.zext64(self.get(slot)));
-            placed.push((slot, off));
-        }
         self.store_at(value, 8 * slots.len() as u64, pkt_len);
-        *self.facts.borrow_mut() = Some((value, placed));
+        let rules = self.block("rules");
+        self.br(rules);
+        let store_before = found.get_terminator().expect("the copy block ends with a branch");
+        self.at(rules);
+        let slots = slots.iter().enumerate().map(|(i, &slot)| (slot, 8 * i as u64, false)).collect();
+        *self.facts.borrow_mut() = Some(FactsInMap { value, slots, store_before });
     }
 
     pub fn set(&self, p: PointerValue<'ctx>, v: IntValue<'ctx>) {

@@ -638,13 +638,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             b.at(found);
             p
         };
+        // The last level read: its entry (or bit) is the answer.
+        let finish = |hit: IntValue<'ctx>, mut results: Vec<(IntValue<'ctx>, _)>| {
+            results.push((hit, b.cur()));
+            b.br(done);
+            b.at(done);
+            b.phi(&results)
+        };
         let root = lookup(t.root, b.add(b.c64(t.root_base), b.lshr(a, b.c64(16))), &mut results);
         let e = b.zext64(b.load_raw(root, 0, 4));
         if t.levels == 1 {
-            results.push((b.eq(e, b.c64(HIT as u64)), b.cur()));
-            b.br(done);
-            b.at(done);
-            return b.phi(&results);
+            return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_mid");
         let mid = lookup(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
@@ -652,20 +656,14 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         let at = b.mul(b.and(b.lshr(a, b.c64(8)), b.c64(0xff)), b.c64(width));
         let e = b.zext64(b.load_raw(b.ptr_add(mid, at), 0, width as u32));
         if t.levels == 2 {
-            results.push((b.eq(e, b.c64(HIT as u64)), b.cur()));
-            b.br(done);
-            b.at(done);
-            return b.phi(&results);
+            return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_leaf");
         let leaf = lookup(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
         let low = b.and(a, b.c64(0xff));
         let byte = b.zext64(b.load_raw(b.ptr_add(leaf, b.lshr(low, b.c64(3))), 0, 1));
         let bit = b.and(b.lshr(byte, b.and(low, b.c64(7))), b.c64(1));
-        results.push((b.eq(bit, b.c64(1)), b.cur()));
-        b.br(done);
-        b.at(done);
-        b.phi(&results)
+        finish(b.eq(bit, b.c64(1)), results)
     }
 
     // ------------------------------------------------------------ @maps

@@ -292,7 +292,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         .then(|| m.define_map(meta::REDIRECT_MAP, map_type::ARRAY, 4, 4, policy.redirects.len() as u32, 0));
     let maps = Maps { rules, sets: set_maps, users, redirect };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
-    let facts_map = (!specialized(policy))
+    let specialize = specialized(policy);
+    let facts_map = (!specialize)
         .then(|| m.define_map(FACTS_MAP, map_type::PERCPU_ARRAY, 4, 8 * (parse::FACT_SLOTS as u32 + 1), 1, 0));
 
     // Programs.
@@ -325,7 +326,6 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope()));
         b.set_location(sub.as_debug_info_scope(), line, 1);
         let uses = parse::first_uses(prog);
-        let specialize = specialized(policy);
         let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
         let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
         for end in parsed.ends {

@@ -46,6 +46,25 @@ fn stages(f: Field) -> &'static [Stage] {
 /// For each parser stage, the first expression (in rule order) that reads
 /// a field the stage provides.
 pub fn first_uses(prog: &ir::Program) -> HashMap<Stage, Span> {
+    let mut out = HashMap::new();
+    for p in &prog.probes {
+        probe_uses(p, &mut out);
+    }
+    out
+}
+
+/// The index of the first probe of `prog` that reads a field of `stage`.
+pub fn first_probe_using(prog: &ir::Program, stage: Stage) -> Option<usize> {
+    prog.probes.iter().position(|p| {
+        let mut uses = HashMap::new();
+        probe_uses(p, &mut uses);
+        uses.contains_key(&stage)
+    })
+}
+
+/// Adds to `out` the stages one probe reads, each at its first expression
+/// (unless `out` has it already).
+fn probe_uses(p: &ir::Probe, out: &mut HashMap<Stage, Span>) {
     fn expr(e: &ir::Expr, out: &mut HashMap<Stage, Span>) {
         match &e.kind {
             ExprKind::Field(f) => {
@@ -81,22 +100,10 @@ pub fn first_uses(prog: &ir::Program) -> HashMap<Stage, Span> {
             }
         }
     }
-    let mut out = HashMap::new();
-    for p in &prog.probes {
-        if let Some(e) = &p.predicate {
-            expr(e, &mut out);
-        }
-        stmts(&p.body, &mut out);
+    if let Some(e) = &p.predicate {
+        expr(e, out);
     }
-    out
-}
-
-/// The index of the first probe of `prog` that reads a field of `stage`.
-pub fn first_probe_using(prog: &ir::Program, stage: Stage) -> Option<usize> {
-    prog.probes.iter().position(|p| {
-        let one = ir::Program { hook: prog.hook, probes: vec![p.clone()] };
-        first_uses(&one).contains_key(&stage)
-    })
+    stmts(&p.body, out);
 }
 
 /// IPv6 extension headers walked before giving up on finding the L4 header.
