@@ -3,7 +3,7 @@
 //! interleaved, with the kernel's own per-run timing (BPF_PROG_TEST_RUN).
 //!
 //!   cargo bench --bench ref_fw            full run; writes BENCHMARKS.md and bench-out/ref-fw.json
-//!   cargo bench --bench ref_fw -- --quick smoke run (CI); asserts nothing about time
+//!   cargo bench --bench ref_fw -- --quick smoke run (CI); asserts nothing about time; writes target/bench-out-quick/
 //!
 //! Needs root and clang-14; the peers need xdp-tools (xdp-filter), nftables,
 //! iptables, ipset and ethtool. Veth mode (`ref_fw/veth.rs`) creates its own
@@ -342,7 +342,9 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let load_before = load();
-    let out = run(quick, &root.join("bench-out"));
+    // A quick run's numbers mean nothing: keep them out of the repository.
+    let out_dir = if quick { root.join("target/bench-out-quick") } else { root.join("bench-out") };
+    let out = run(quick, &out_dir);
     let load_after = load();
     println!("{}\n{}", out.table, out.veth);
     for s in &out.skipped {
