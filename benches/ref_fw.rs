@@ -4,6 +4,8 @@
 //!
 //!   cargo bench --bench ref_fw            full run; writes BENCHMARKS.md and bench-out/ref-fw.json
 //!   cargo bench --bench ref_fw -- --quick smoke run (CI); asserts nothing about time; writes target/bench-out-quick/
+//!   cargo bench --bench ref_fw -- --sizes 10 --no-veth
+//!                                         a focused run while working on codegen; writes target/bench-out-partial/
 //!
 //! Needs root and clang-14; the peers need xdp-tools (xdp-filter), nftables,
 //! iptables, ipset and ethtool. Veth mode (`ref_fw/veth.rs`) creates its own
@@ -27,6 +29,25 @@ mod veth;
 mod xdp_filter;
 
 pub const SIZES: [usize; 3] = [10, 1000, 100_000];
+
+/// What to measure.
+pub struct Mode {
+    /// Smoke run: few short rounds, numbers mean nothing.
+    pub quick: bool,
+    /// Blocklist sizes (a subset of [`SIZES`]).
+    pub sizes: Vec<usize>,
+    pub veth: bool,
+}
+
+impl Mode {
+    pub fn quick() -> Mode {
+        Mode { quick: true, sizes: SIZES.to_vec(), veth: true }
+    }
+    /// Everything: the run BENCHMARKS.md is written from.
+    fn complete(&self) -> bool {
+        !self.quick && self.veth && self.sizes == SIZES
+    }
+}
 
 /// What one run produced: the BPF_PROG_TEST_RUN table, the veth table, and
 /// the peers that could not run (with the reason).
@@ -212,9 +233,10 @@ fn xpol_policy(dir: &Path, n: usize, constant: bool) -> PathBuf {
     path
 }
 
-pub fn run(quick: bool, out_dir: &Path) -> Output {
+pub fn run(mode: &Mode, out_dir: &Path) -> Output {
+    let quick = mode.quick;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (rounds, repeat) = if quick { (2, 2_000) } else { (7, 1_000_000) };
+    let (rounds, repeat) = if quick { (2, 2_000) } else { (11, 1_000_000) };
     let allowed = PacketSpec::tcp4("198.18.7.7".parse().unwrap(), "198.19.255.1".parse().unwrap(), 40000, 80).syn().payload(10).build();
     let blocked = PacketSpec::tcp4("198.19.7.7".parse().unwrap(), "198.19.255.1".parse().unwrap(), 40000, 80).syn().payload(10).build();
     assert_eq!(allowed.len(), 64);
@@ -232,7 +254,7 @@ pub fn run(quick: bool, out_dir: &Path) -> Output {
     runners.push(Box::new(load_c(&floor, None)));
     rows.push(Row { variant: "floor (return XDP_PASS)".into(), n: 0, load_ms: t.elapsed().as_secs_f64() * 1e3, ..Row::default() });
     let c_lpm = clang(dir.path(), "c_lpm", &c_source(None));
-    for n in SIZES {
+    for &n in &mode.sizes {
         let list = prefixes(n);
         for constant in [false, true] {
             if constant && n > 1000 {
@@ -294,7 +316,7 @@ pub fn run(quick: bool, out_dir: &Path) -> Output {
     }
     // Release the programs before veth mode, which attaches its own.
     drop(runners);
-    let veth_rows = veth::run(quick, dir.path(), &mut skipped);
+    let veth_rows = if mode.veth { veth::run(quick, dir.path(), &mut skipped) } else { Vec::new() };
     let (veth, veth_json) = veth::report(&veth_rows);
     let table = report(&rows, quick, repeat, rounds, out_dir, veth_json, &skipped);
     Output { table, veth, skipped }
@@ -305,15 +327,29 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path,
         let v = &r.samples[k];
         (median(v), v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max))
     };
-    let best_c = |n: usize, k: &str| rows.iter().filter(|r| r.n == n && r.variant.starts_with("C,")).map(|r| stat(r, k).0).fold(f64::MAX, f64::min);
+    // The C variant with the lowest blocked median for that N.
+    let best_c = |n: usize| {
+        rows.iter().filter(|r| r.n == n && r.variant.starts_with("C,")).min_by(|a, b| stat(a, "blocked").0.total_cmp(&stat(b, "blocked").0))
+    };
     let mut md = String::new();
-    let _ = writeln!(md, "| program | N | allowed ns/pkt (min-max) | blocked ns/pkt (min-max) | blocked vs best C | xlated insns | jited bytes | verifier insns | compile ms | load ms |");
+    let _ = writeln!(md, "| program | N | allowed ns/pkt (min-max) | blocked ns/pkt (min-max) | blocked vs best C, per round (min-max) | xlated insns | jited bytes | verifier insns | compile ms | load ms |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut json = Vec::new();
     for r in rows {
         let (am, amin, amax) = stat(r, "allowed");
         let (bm, bmin, bmax) = stat(r, "blocked");
-        let ratio = if r.n > 0 { format!("{:.2}x", bm / best_c(r.n, "blocked")) } else { String::new() };
+        // Each round measured every program once, back to back: the ratio
+        // within a round cancels most of the machine's drift between rounds.
+        let ratios: Vec<f64> = match best_c(r.n) {
+            Some(c) if r.n > 0 => r.samples["blocked"].iter().zip(&c.samples["blocked"]).map(|(x, c)| x / c).collect(),
+            _ => Vec::new(),
+        };
+        let ratio = if ratios.is_empty() {
+            String::new()
+        } else {
+            let (lo, hi) = (ratios.iter().cloned().fold(f64::MAX, f64::min), ratios.iter().cloned().fold(0.0, f64::max));
+            format!("{:.2}x ({lo:.2}-{hi:.2})", median(&ratios))
+        };
         let compile = r.compile_ms.map(|c| format!("{c:.0}")).unwrap_or_default();
         let _ = writeln!(
             md,
@@ -324,6 +360,7 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path,
             "program": r.variant, "n": r.n,
             "allowed_ns": {"median": am, "min": amin, "max": amax},
             "blocked_ns": {"median": bm, "min": bmin, "max": bmax},
+            "blocked_vs_best_c_per_round": ratios,
             "xlated_insns": r.insns.0, "jited_bytes": r.insns.1, "verified_insns": r.insns.2,
             "compile_ms": r.compile_ms, "load_ms": r.load_ms,
         }));
@@ -338,19 +375,35 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path,
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let sizes = match args.iter().position(|a| a == "--sizes") {
+        Some(i) => {
+            let list = args.get(i + 1).expect("--sizes takes a list, e.g. 10,1000");
+            list.split(',').map(|n| n.parse().ok().filter(|n| SIZES.contains(n)).unwrap_or_else(|| panic!("--sizes: each of {SIZES:?}"))).collect()
+        }
+        None => SIZES.to_vec(),
+    };
+    let mode = Mode { quick, sizes, veth: !args.iter().any(|a| a == "--no-veth") };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let load_before = load();
-    // A quick run's numbers mean nothing: keep them out of the repository.
-    let out_dir = if quick { root.join("target/bench-out-quick") } else { root.join("bench-out") };
-    let out = run(quick, &out_dir);
+    // A quick run's numbers mean nothing, and a partial run is not the
+    // table: keep both out of the repository.
+    let out_dir = if quick {
+        root.join("target/bench-out-quick")
+    } else if !mode.complete() {
+        root.join("target/bench-out-partial")
+    } else {
+        root.join("bench-out")
+    };
+    let out = run(&mode, &out_dir);
     let load_after = load();
     println!("{}\n{}", out.table, out.veth);
     for s in &out.skipped {
         println!("SKIPPED: {s}");
     }
-    if !quick {
+    if mode.complete() {
         let machine = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -366,7 +419,7 @@ fn main() {
         let dispatcher = if out.table.contains("| xdp-filter (xdpfilt_") { "; here libxdp attached `xdpfilt_*` alone, as its dispatcher check failed on this kernel (with `LIBXDP_DEBUG=1`: loading its `freplace` test program fails with EPERM)" } else { "" };
         let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped peers:** {}\n", out.skipped.join("; ")) };
         let doc = format!(
-            "# Benchmarks\n\nThe reference firewall (ref-fw, `bench/ref-fw/README.md`): XDP, a blocklist of N IPv4 prefixes, SSH only from 198.51.100.0/24, telnet dropped, web passed, per-rule packet counters. 64-byte TCP SYN to port 80 from an allowed source (198.18.7.7) and from a source covered by the last prefix (198.19.7.7).\n\nMeasured with `cargo bench --bench ref_fw` at commit {commit} on {machine}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {load_before} before the run and {load_after} after it: the machine is shared, so other work ran beside the benchmark.\n{skipped}\n## BPF_PROG_TEST_RUN\n\nns per packet as the kernel reports it for `BPF_PROG_TEST_RUN` with repeat 1,000,000; 7 interleaved rounds, median (min-max). xlated/jited sizes and the verifier's processed instructions come from the kernel's program info. Compile time is `xpolc build` in-process; load time includes filling the sets.\n\n{}\nxdp-filter (Debian's xdp-tools, `xdp-filter load --policy allow --features ipv4,tcp` on a veth in a namespace of its own, its maps in a private bpffs) is test-run by the id of the program attached to the interface, named in its row: the libxdp dispatcher (`xdp_dispatcher`), or xdp-filter's own program when libxdp attaches it alone (it does so when its dispatcher compatibility check fails){dispatcher}. It cannot express ref-fw: it matches exact addresses only (at most 10,000), so its blocklist is the first address of each prefix (the last prefix as the blocked source 198.19.7.7 itself), and it has no rule b (SSH only from 198.51.100.0/24); rule c is `xdp-filter port 23`. Its load time includes one `xdp-filter ip` process per address. Same verdicts on the two test packets as every other row.\n\n## Veth: CPU per blocked packet\n\nA generator namespace pushes the blocked 64-byte SYN into a receiver namespace through a veth pair: an XDP program returning `XDP_TX` is test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on the generator's veth, so each frame is transmitted to the receiver's veth, where the peer drops it. The generator thread is pinned to the last CPU; the receiver's NAPI poll runs in softirq on that CPU. CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: the generator, veth transmit and receive, and the peer. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). `/proc/stat` busy time of the same CPU is shown as a cross-check (it also counts anything else that ran there). Every peer's own counter for the blocklist rule must count exactly the frames sent, or the run fails. Peers: xpol (`bench/ref-fw/ref-fw-N.xpol`, XDP native on the receiver veth via `xpol_runtime::loader`); the C LPM_TRIE peer (same object as above); nftables (`table netdev`, chain on the `ingress` hook of the receiver veth, the blocklist as an `interval` set, the same six rules with counters); {iptables} in `raw PREROUTING` with `ipset hash:net`, the same six rules. The receiver veth has GRO on (veth then polls with NAPI, which it needs to take `XDP_TX` frames without an XDP program of its own). The floor row is an XDP program that only returns `XDP_DROP`: the cost of generating and delivering a frame.\n\n{}\nRaw numbers: `bench-out/ref-fw.json`.\n",
+            "# Benchmarks\n\nThe reference firewall (ref-fw, `bench/ref-fw/README.md`): XDP, a blocklist of N IPv4 prefixes, SSH only from 198.51.100.0/24, telnet dropped, web passed, per-rule packet counters. 64-byte TCP SYN to port 80 from an allowed source (198.18.7.7) and from a source covered by the last prefix (198.19.7.7).\n\nMeasured with `cargo bench --bench ref_fw` at commit {commit} on {machine}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {load_before} before the run and {load_after} after it: the machine is shared, so other work ran beside the benchmark.\n{skipped}\n## BPF_PROG_TEST_RUN\n\nns per packet as the kernel reports it for `BPF_PROG_TEST_RUN` with repeat 1,000,000; 11 interleaved rounds, median (min-max). The ratio to the best C variant for that N (the one with the lowest median) is taken within each round, where the two ran back to back, and its median (min-max) over the rounds is shown. xlated/jited sizes and the verifier's processed instructions come from the kernel's program info. Compile time is `xpolc build` in-process; load time includes filling the sets.\n\n{}\nxdp-filter (Debian's xdp-tools, `xdp-filter load --policy allow --features ipv4,tcp` on a veth in a namespace of its own, its maps in a private bpffs) is test-run by the id of the program attached to the interface, named in its row: the libxdp dispatcher (`xdp_dispatcher`), or xdp-filter's own program when libxdp attaches it alone (it does so when its dispatcher compatibility check fails){dispatcher}. It cannot express ref-fw: it matches exact addresses only (at most 10,000), so its blocklist is the first address of each prefix (the last prefix as the blocked source 198.19.7.7 itself), and it has no rule b (SSH only from 198.51.100.0/24); rule c is `xdp-filter port 23`. Its load time includes one `xdp-filter ip` process per address. Same verdicts on the two test packets as every other row.\n\n## Veth: CPU per blocked packet\n\nA generator namespace pushes the blocked 64-byte SYN into a receiver namespace through a veth pair: an XDP program returning `XDP_TX` is test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on the generator's veth, so each frame is transmitted to the receiver's veth, where the peer drops it. The generator thread is pinned to the last CPU; the receiver's NAPI poll runs in softirq on that CPU. CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: the generator, veth transmit and receive, and the peer. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). `/proc/stat` busy time of the same CPU is shown as a cross-check (it also counts anything else that ran there). Every peer's own counter for the blocklist rule must count exactly the frames sent, or the run fails. Peers: xpol (`bench/ref-fw/ref-fw-N.xpol`, XDP native on the receiver veth via `xpol_runtime::loader`); the C LPM_TRIE peer (same object as above); nftables (`table netdev`, chain on the `ingress` hook of the receiver veth, the blocklist as an `interval` set, the same six rules with counters); {iptables} in `raw PREROUTING` with `ipset hash:net`, the same six rules. The receiver veth has GRO on (veth then polls with NAPI, which it needs to take `XDP_TX` frames without an XDP program of its own). The floor row is an XDP program that only returns `XDP_DROP`: the cost of generating and delivering a frame.\n\n{}\nRaw numbers: `bench-out/ref-fw.json`.\n",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             kernel.trim(),
             out.table,

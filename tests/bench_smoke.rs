@@ -12,7 +12,7 @@ fn ref_fw_quick() {
         return;
     }
     let out = tempfile::tempdir().expect("tempdir");
-    let report = ref_fw::run(true, out.path());
+    let report = ref_fw::run(&ref_fw::Mode::quick(), out.path());
     let table = &report.table;
     assert!(table.contains("C, LPM_TRIE") && table.contains("xpol, `set` (map)"), "{table}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("ref-fw.json")).expect("json")).expect("valid");

@@ -14,7 +14,7 @@ use xpol_runtime::loader::{LoadedPolicy, RuntimeError};
 fn snapshot(name: &str, content: &str) {
     let mut out = String::new();
     let mut rest = content;
-    while let Some(i) = ["instruction ", "insn ", "insn#", " R", "(R", "off=", "r="].iter().filter_map(|w| rest.find(w).map(|i| i + w.len())).min() {
+    while let Some(i) = ["instruction ", "insn ", "insn#", " R", "(R", "id=", "off=", "r="].iter().filter_map(|w| rest.find(w).map(|i| i + w.len())).min() {
         out.push_str(&rest[..i]);
         rest = &rest[i..];
         let sign = usize::from(rest.starts_with('-') && rest[1..].starts_with(|c: char| c.is_ascii_digit()));

@@ -271,6 +271,17 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         ok(self.b.build_conditional_branch(c, t, f));
     }
 
+    /// A branch to `t` that is taken for nearly every packet (a well-formed
+    /// header): LLVM lays `t` out as the fall-through, so the common path
+    /// runs without jumps.
+    pub fn cond_br_likely(&self, c: IntValue<'ctx>, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>) {
+        let br = ok(self.b.build_conditional_branch(c, t, f));
+        let cx = self.m.cx;
+        let i32t = cx.i32_type();
+        let weights = cx.metadata_node(&[cx.metadata_string("branch_weights").into(), i32t.const_int(2000, false).into(), i32t.const_int(1, false).into()]);
+        let _ = br.set_metadata(weights, cx.get_kind_id("prof"));
+    }
+
     pub fn ret(&self, code: u64) {
         ok(self.b.build_return(Some(&self.m.cx.i32_type().const_int(code, false))));
     }
@@ -503,6 +514,16 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let asm = self.m.cx.create_inline_asm(ty.fn_type(&[ty.into()], false), String::new(), "=r,0".into(), true, false, None, false);
         let callable = CallableValue::try_from(asm).expect("inline asm is callable");
         ok(self.b.build_call(callable, &[p.into()], "pkt")).try_as_basic_value().basic().expect("asm returns a value").into_pointer_value()
+    }
+
+    /// A packet pointer as an integer, to keep it in a fact slot.
+    pub fn ptr_to_int(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
+        ok(self.b.build_ptr_to_int(p, self.i64(), "addr"))
+    }
+
+    /// The packet pointer [`Bpf::ptr_to_int`] kept.
+    pub fn int_to_ptr(&self, v: IntValue<'ctx>) -> PointerValue<'ctx> {
+        ok(self.b.build_int_to_ptr(v, self.m.i8_ptr(), "ptr"))
     }
 
     pub fn ptr_add(&self, p: PointerValue<'ctx>, off: IntValue<'ctx>) -> PointerValue<'ctx> {

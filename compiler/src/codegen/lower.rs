@@ -115,7 +115,12 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
         }
         // Rules whose body is only a verdict share one tail that counts and
-        // returns: a rule then costs its predicate and a jump.
+        // returns: a rule then costs its predicate and a jump. Specialized
+        // (short) programs count and return in place instead: the shared
+        // tail's rule number and verdict are phis that LLVM keeps in
+        // registers across every rule (or spills), which costs the common
+        // path more than the copies cost in size.
+        let shared_tail = facts_map.is_some();
         let tail = self.b.block("count_and_return");
         let mut into_tail = Vec::new();
         for (i, probe) in probes.iter().enumerate() {
@@ -131,7 +136,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             self.b.at(fire);
             self.loc(probe.span);
-            if let [ir::Stmt { kind: StmtKind::Verdict(v), .. }] = probe.body.as_slice() {
+            if let (true, [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (shared_tail, probe.body.as_slice()) {
                 let code = i32t.const_int(verdict_code(self.hook, *v), false);
                 into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
                 self.b.br(tail);
@@ -406,8 +411,8 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             Field::Ip6NextHdr => int(get(h.ip6_nh), get(h.ip6_ok)),
             Field::Ip6HopLimit => int(get(h.ttl), get(h.ip6_ok)),
             Field::Ip6FlowLabel => int(get(h.flow), get(h.ip6_ok)),
-            Field::TcpSport => int(get(h.sport), get(h.tcp_ok)),
-            Field::TcpDport => int(get(h.dport), get(h.tcp_ok)),
+            Field::TcpSport => int(get(h.tcp_sport), get(h.tcp_ok)),
+            Field::TcpDport => int(get(h.tcp_dport), get(h.tcp_ok)),
             Field::TcpFlags => int(get(h.tcp_flags), get(h.tcp_ok)),
             Field::TcpFin => flag(0x01),
             Field::TcpSyn => flag(0x02),
@@ -418,11 +423,12 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             Field::TcpEce => flag(0x40),
             Field::TcpCwr => flag(0x80),
             Field::TcpWindow => int(get(h.tcp_window), get(h.tcp_ok)),
-            Field::UdpSport => int(get(h.sport), get(h.udp_ok)),
-            Field::UdpDport => int(get(h.dport), get(h.udp_ok)),
+            Field::UdpSport => int(get(h.udp_sport), get(h.udp_ok)),
+            Field::UdpDport => int(get(h.udp_dport), get(h.udp_ok)),
             Field::UdpLen => int(get(h.udp_len), get(h.udp_ok)),
-            Field::L4Sport => int(get(h.sport), ports()),
-            Field::L4Dport => int(get(h.dport), ports()),
+            // At most one protocol's slots are set; the others stay 0.
+            Field::L4Sport => int(b.or(get(h.tcp_sport), get(h.udp_sport)), ports()),
+            Field::L4Dport => int(b.or(get(h.tcp_dport), get(h.udp_dport)), ports()),
             Field::IcmpType => int(get(h.icmp_type), get(h.icmp4_ok)),
             Field::IcmpCode => int(get(h.icmp_code), get(h.icmp4_ok)),
             Field::Icmp6Type => int(get(h.icmp_type), get(h.icmp6_ok)),

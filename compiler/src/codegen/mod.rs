@@ -328,11 +328,11 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         let uses = parse::first_uses(prog);
         let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
         let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
-        for end in parsed.ends {
+        for &end in &parsed.ends {
             b.at(end);
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
-            lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4)), facts_map);
+            lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map);
         }
         located.extend(b.located.take());
 

@@ -164,17 +164,24 @@ pub struct Headers<'ctx> {
     pub udp_ok: PointerValue<'ctx>,
     pub icmp4_ok: PointerValue<'ctx>,
     pub icmp6_ok: PointerValue<'ctx>,
-    pub sport: PointerValue<'ctx>,
-    pub dport: PointerValue<'ctx>,
+    /// Ports of TCP and of UDP in slots of their own: a policy that reads
+    /// only TCP ports then leaves the UDP parse dead, and LLVM removes it.
+    pub tcp_sport: PointerValue<'ctx>,
+    pub tcp_dport: PointerValue<'ctx>,
+    pub udp_sport: PointerValue<'ctx>,
+    pub udp_dport: PointerValue<'ctx>,
     pub tcp_flags: PointerValue<'ctx>,
     pub tcp_window: PointerValue<'ctx>,
     pub udp_len: PointerValue<'ctx>,
     pub icmp_type: PointerValue<'ctx>,
     pub icmp_code: PointerValue<'ctx>,
+    /// The address of the IPv4 header (as an integer), for the L4 parser
+    /// at the IPv4 end; not a fact.
+    pub ip4_hdr: PointerValue<'ctx>,
 }
 
 /// The number of [`Headers::slots`].
-pub const FACT_SLOTS: usize = 40;
+pub const FACT_SLOTS: usize = 42;
 
 impl<'ctx> Headers<'ctx> {
     /// Every fact slot (all but the packet pointer and length).
@@ -183,7 +190,8 @@ impl<'ctx> Headers<'ctx> {
         [
             h.eth_ok, h.eth_dst, h.eth_src, h.eth_type, h.vlan_depth, h.vlan1_ok, h.vlan1_tci, h.vlan2_ok, h.vlan2_tci, h.ip4_ok, h.ip6_ok,
             h.proto_ok, h.proto, h.ttl, h.ip_len, h.tos, h.frag, h.frag_off, h.src4, h.dst4, h.ihl, h.ip4_id, h.df, h.src6_hi, h.src6_lo,
-            h.dst6_hi, h.dst6_lo, h.ip6_nh, h.flow, h.tcp_ok, h.udp_ok, h.icmp4_ok, h.icmp6_ok, h.sport, h.dport, h.tcp_flags, h.tcp_window,
+            h.dst6_hi, h.dst6_lo, h.ip6_nh, h.flow, h.tcp_ok, h.udp_ok, h.icmp4_ok, h.icmp6_ok, h.tcp_sport, h.tcp_dport, h.udp_sport, h.udp_dport, h.tcp_flags,
+            h.tcp_window,
             h.udp_len, h.icmp_type, h.icmp_code,
         ]
     }
@@ -198,8 +206,10 @@ pub struct Parsed<'ctx> {
     /// No IP header (or a malformed one), IPv4, IPv6; only the first
     /// when not specializing.
     pub ends: Vec<BasicBlock<'ctx>>,
-    /// Where the L4 header is, for [`parse_l4_here`].
-    pub l4: L4At<'ctx>,
+    /// The end only IPv4 packets reach, when specializing.
+    ip4_end: Option<BasicBlock<'ctx>>,
+    /// Where the L4 header is, for [`parse_l4_here`]; see [`Parsed::l4_at`].
+    l4: L4At<'ctx>,
 }
 
 /// Emits the parser at the current position.
@@ -284,13 +294,16 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         udp_ok: b.var(f, "udp_ok"),
         icmp4_ok: b.var(f, "icmp4_ok"),
         icmp6_ok: b.var(f, "icmp6_ok"),
-        sport: b.var(z, "sport"),
-        dport: b.var(z, "dport"),
+        tcp_sport: b.var(z, "tcp_sport"),
+        tcp_dport: b.var(z, "tcp_dport"),
+        udp_sport: b.var(z, "udp_sport"),
+        udp_dport: b.var(z, "udp_dport"),
         tcp_flags: b.var(z, "tcp_flags"),
         tcp_window: b.var(z, "tcp_window"),
         udp_len: b.var(z, "udp_len"),
         icmp_type: b.var(z, "icmp_type"),
         icmp_code: b.var(z, "icmp_code"),
+        ip4_hdr: b.var(z, "ip4_hdr"),
     };
     let t = b.bool(true);
     let done = b.block("parsed");
@@ -301,14 +314,90 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     // length field: bytes past it are padding, not headers.
     let ip_end = b.var(z, "ip_end");
 
+    let eth_facts = || {
+        locate(Stage::Eth);
+        b.set(h.eth_ok, t);
+        b.set(h.eth_dst, load_mac(b, data, 0));
+        b.set(h.eth_src, load_mac(b, data, 6));
+    };
+    // IPv4 from its fixed 20 bytes at `p` (offset `off`), known to be in
+    // the frame, on to the L4 dispatch; a malformed header ends parsing.
+    let l4_v4 = b.block("l4_v4");
+    let ip4_header = |p: PointerValue<'ctx>, off: IntValue<'ctx>| {
+        let vihl = b.load_be(p, 0, 1);
+        let ihl = b.and(vihl, b.c64(15));
+        let hlen = b.mul(ihl, b.c64(4));
+        let total = b.load_be(p, 2, 2);
+        // Version 4 and IHL at least 5: the byte is 0x45..=0x4f, one compare.
+        let vihl_ok = b.cmp(IntPredicate::ULE, b.sub(vihl, b.c64(0x45)), b.c64(0x4f - 0x45));
+        let sane = b.and(vihl_ok, b.cmp(IntPredicate::UGE, total, hlen));
+        let ip4_sane = b.block("ip4_sane");
+        b.cond_br_likely(sane, ip4_sane, done);
+        b.at(ip4_sane);
+        // The options must be inside the frame too.
+        let l4p = b.ptr_add(p, hlen);
+        let ip4_whole = b.block("ip4_whole");
+        b.cond_br_likely(b.fits(l4p, 0, data_end), ip4_whole, done);
+        b.at(ip4_whole);
+        b.set(h.ip4_ok, t);
+        b.set(h.ip4_hdr, b.ptr_to_int(p));
+        b.set(h.ihl, ihl);
+        b.set(h.tos, b.load_be(p, 1, 1));
+        b.set(h.ip_len, total);
+        b.set(h.ip4_id, b.load_be(p, 4, 2));
+        let fragw = b.load_be(p, 6, 2);
+        let frag_off = b.mul(b.and(fragw, b.c64(0x1fff)), b.c64(8));
+        let mf = b.cmp(IntPredicate::NE, b.and(fragw, b.c64(0x2000)), z);
+        b.set(h.df, b.cmp(IntPredicate::NE, b.and(fragw, b.c64(0x4000)), z));
+        b.set(h.frag_off, frag_off);
+        b.set(h.frag, b.or(mf, b.cmp(IntPredicate::NE, frag_off, z)));
+        b.set(h.ttl, b.load_be(p, 8, 1));
+        b.set(h.proto, b.load_be(p, 9, 1));
+        b.set(h.src4, b.load_be(p, 12, 4));
+        b.set(h.dst4, b.load_be(p, 16, 4));
+        b.set(h.proto_ok, t);
+        b.set(l4off, b.add(off, hlen));
+        b.set(ip_end, b.add(off, total));
+        b.br(l4_v4);
+    };
+    // The common frame first: untagged IPv4 with its fixed header in the
+    // frame takes one bounds check and one compare of the EtherType as
+    // stored (no byte swap) to reach the IP header at a constant offset.
+    // Everything else (VLAN tags, IPv6, short frames) takes the general walk
+    // below, which also handles this frame correctly, only slower.
+    let fast_ip4 = |general: BasicBlock<'ctx>| {
+        let maybe = b.block("maybe_ip4");
+        let fast = b.block("ip4_untagged");
+        b.cond_br_likely(b.fits(data, 14 + 20, data_end), maybe, general);
+        b.at(maybe);
+        // The program is little-endian (bpfel): bytes 08 00 load as 0x0008.
+        let raw_ethertype = b.zext64(b.load_raw(data, 12, 2));
+        let ipv4_as_loaded = u16::from_le_bytes((ETH_P_IP as u16).to_be_bytes());
+        b.cond_br_likely(b.eq(raw_ethertype, b.c64(u64::from(ipv4_as_loaded))), fast, general);
+        b.at(fast);
+        eth_facts();
+        b.set(h.eth_type, b.c64(ETH_P_IP));
+        b.set(l3off, b.c64(14));
+        locate(Stage::Ip4);
+        ip4_header(b.ptr_add(data, b.c64(14)), b.c64(14));
+    };
+
     // Ethernet and VLAN tags, at constant offsets.
     let eth = b.block("eth");
+    let general = b.block("eth_general");
+    if hook == Hook::Xdp {
+        fast_ip4(general);
+    } else {
+        // On TC only when no VLAN tag was taken into the skb (see below).
+        let no_accel = b.block("no_vlan_accel");
+        b.cond_br(b.eq(ctx_u32(SKB_VLAN_PRESENT), z), no_accel, general);
+        b.at(no_accel);
+        fast_ip4(general);
+    }
+    b.at(general);
     b.cond_br(b.fits(data, 14, data_end), eth, done);
     b.at(eth);
-    locate(Stage::Eth);
-    b.set(h.eth_ok, t);
-    b.set(h.eth_dst, load_mac(b, data, 0));
-    b.set(h.eth_src, load_mac(b, data, 6));
+    eth_facts();
     // VLAN tags in the frame, from tag number `first` (the tag already
     // taken from the skb's metadata, if any, was number 1).
     let tags = |first: u64| {
@@ -373,7 +462,6 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let not4 = b.block("not_ip4");
     let ip6 = b.block("ip6");
     let (ip4_done, ip6_done) = if specialize { (b.block("ip4_parsed"), b.block("ip6_parsed")) } else { (done, done) };
-    let l4_v4 = b.block("l4_v4");
     let l4_v6 = b.block("l4_v6");
     b.cond_br(b.eq(etype, b.c64(ETH_P_IP)), ip4, not4);
     b.at(not4);
@@ -386,40 +474,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let ip4_fixed = b.block("ip4_fixed");
     b.cond_br(b.fits(p, 20, data_end), ip4_fixed, done);
     b.at(ip4_fixed);
-    let vihl = b.load_be(p, 0, 1);
-    let ihl = b.and(vihl, b.c64(15));
-    let hlen = b.mul(ihl, b.c64(4));
-    let total = b.load_be(p, 2, 2);
-    // Version 4 and IHL at least 5: the byte is 0x45..=0x4f, one compare.
-    let vihl_ok = b.cmp(IntPredicate::ULE, b.sub(vihl, b.c64(0x45)), b.c64(0x4f - 0x45));
-    let sane = b.and(vihl_ok, b.cmp(IntPredicate::UGE, total, hlen));
-    let ip4_sane = b.block("ip4_sane");
-    b.cond_br(sane, ip4_sane, done);
-    b.at(ip4_sane);
-    // The options must be inside the frame too.
-    let l4p = b.ptr_add(p, hlen);
-    let ip4_whole = b.block("ip4_whole");
-    b.cond_br(b.fits(l4p, 0, data_end), ip4_whole, done);
-    b.at(ip4_whole);
-    b.set(h.ip4_ok, t);
-    b.set(h.ihl, ihl);
-    b.set(h.tos, b.load_be(p, 1, 1));
-    b.set(h.ip_len, total);
-    b.set(h.ip4_id, b.load_be(p, 4, 2));
-    let fragw = b.load_be(p, 6, 2);
-    let frag_off = b.mul(b.and(fragw, b.c64(0x1fff)), b.c64(8));
-    let mf = b.cmp(IntPredicate::NE, b.and(fragw, b.c64(0x2000)), z);
-    b.set(h.df, b.cmp(IntPredicate::NE, b.and(fragw, b.c64(0x4000)), z));
-    b.set(h.frag_off, frag_off);
-    b.set(h.frag, b.or(mf, b.cmp(IntPredicate::NE, frag_off, z)));
-    b.set(h.ttl, b.load_be(p, 8, 1));
-    b.set(h.proto, b.load_be(p, 9, 1));
-    b.set(h.src4, b.load_be(p, 12, 4));
-    b.set(h.dst4, b.load_be(p, 16, 4));
-    b.set(h.proto_ok, t);
-    b.set(l4off, b.add(off, hlen));
-    b.set(ip_end, b.add(off, total));
-    b.br(l4_v4);
+    ip4_header(p, off);
 
     // IPv6.
     b.at(ip6);
@@ -529,9 +584,16 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     b.br(ip4_done);
     b.at(l4_v6);
     b.br(ip6_done);
-    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied() };
+    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied(), ip4: false };
     let ends = if specialize { vec![done, ip4_done, ip6_done] } else { vec![done] };
-    Parsed { headers: h, ends, l4 }
+    Parsed { headers: h, ends, ip4_end: specialize.then_some(ip4_done), l4 }
+}
+
+impl<'ctx> Parsed<'ctx> {
+    /// Where the L4 header is, for the rules emitted at parse end `end`.
+    pub fn l4_at(&self, end: BasicBlock<'ctx>) -> L4At<'ctx> {
+        L4At { ip4: self.ip4_end == Some(end), ..self.l4 }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -542,6 +604,8 @@ pub struct L4At<'ctx> {
     ip_end: PointerValue<'ctx>,
     omit_l4_bounds_check: bool,
     span: Option<Span>,
+    /// Only IPv4 packets get here (the IPv4 end of a specialized program).
+    ip4: bool,
 }
 
 /// Parses the L4 header at the current position, where the IP header (if
@@ -555,23 +619,39 @@ pub fn parse_l4_here<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>
     b.at(done);
 }
 
-/// The L4 header at `l4off`; every way out goes to `done`.
+/// The L4 header; every way out goes to `done`.
 fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: BasicBlock<'ctx>, done: BasicBlock<'ctx>) {
-    let (data, data_end, l4off, ip_end, omit_l4_bounds_check) = (at.data, at.data_end, at.l4off, at.ip_end, at.omit_l4_bounds_check);
+    let (data, data_end, omit_l4_bounds_check) = (at.data, at.data_end, at.omit_l4_bounds_check);
     let z = b.c64(0);
     let t = b.bool(true);
     b.at(entry);
     if let Some(span) = at.span {
         b.locate(span);
     }
-    let o = b.get(l4off);
-    let dgram_end = b.get(ip_end);
     let first = b.block("first_frag");
-    b.cond_br(b.eq(b.get(h.frag_off), z), first, done);
-    b.at(first);
-    let o = b.and(b.opaque(o), b.c64(2 * MAX_L4_OFFSET - 1));
-    let q = b.pkt_ptr(data, o);
-    let proto = b.get(h.proto);
+    // (where the header starts, its offset from the start of the IP
+    // datagram or the frame, where the datagram ends in the same terms)
+    let (q, o, dgram_end, proto) = if at.ip4 {
+        // Only IPv4 gets here: read what the L4 header needs from the IPv4
+        // header now, rather than keep parsed values alive (in registers or
+        // spilled) across the rules before the first L4 rule.
+        let p = b.int_to_ptr(b.get(h.ip4_hdr));
+        // Fragment offset 0 (13 bits; the low 5 of the first byte and the
+        // second byte as loaded): unfragmented or a first fragment.
+        let frag_off_as_loaded = u16::from_le_bytes(0x1fffu16.to_be_bytes());
+        let fragw = b.zext64(b.load_raw(p, 6, 2));
+        b.cond_br(b.eq(b.and(fragw, b.c64(u64::from(frag_off_as_loaded))), z), first, done);
+        b.at(first);
+        let hlen = b.shl(b.and(b.load_be(p, 0, 1), b.c64(15)), b.c64(2));
+        (b.pkt_ptr(p, hlen), hlen, b.load_be(p, 2, 2), b.load_be(p, 9, 1))
+    } else {
+        let o = b.get(at.l4off);
+        let dgram_end = b.get(at.ip_end);
+        b.cond_br(b.eq(b.get(h.frag_off), z), first, done);
+        b.at(first);
+        let o = b.and(b.opaque(o), b.c64(2 * MAX_L4_OFFSET - 1));
+        (b.pkt_ptr(data, o), o, dgram_end, b.get(h.proto))
+    };
     // `n` bytes of L4 header inside the frame and inside the datagram.
     let whole = |n: u64| {
         let in_dgram = b.cmp(IntPredicate::ULE, b.add(o, b.c64(n)), dgram_end);
@@ -600,8 +680,8 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
     b.cond_br(b.cmp(IntPredicate::UGE, doff, b.c64(5)), tcp_sane, done);
     b.at(tcp_sane);
     b.set(h.tcp_ok, t);
-    b.set(h.sport, b.load_be(q, 0, 2));
-    b.set(h.dport, b.load_be(q, 2, 2));
+    b.set(h.tcp_sport, b.load_be(q, 0, 2));
+    b.set(h.tcp_dport, b.load_be(q, 2, 2));
     b.set(h.tcp_flags, b.load_be(q, 13, 1));
     b.set(h.tcp_window, b.load_be(q, 14, 2));
     b.br(done);
@@ -609,8 +689,8 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
     check(b.eq(proto, b.c64(17)), 8, is_udp, not_udp);
     b.at(is_udp);
     b.set(h.udp_ok, t);
-    b.set(h.sport, b.load_be(q, 0, 2));
-    b.set(h.dport, b.load_be(q, 2, 2));
+    b.set(h.udp_sport, b.load_be(q, 0, 2));
+    b.set(h.udp_dport, b.load_be(q, 2, 2));
     b.set(h.udp_len, b.load_be(q, 4, 2));
     b.br(done);
     b.at(not_udp);
