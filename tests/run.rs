@@ -515,3 +515,46 @@ fn run_tc_ingress_sees_accelerated_vlan_tags() {
     assert_eq!(rules[1]["packets"], 0, "{stdout}");
     assert_eq!(rules[2]["packets"], 5, "tagged datagrams to port 7: {stdout}");
 }
+
+/// The object `xpolc build` writes loads with the standard tools too (the
+/// README says so): `ip link ... xdp obj` attaches it to a veth in a
+/// namespace of this test, and bpftool (libbpf) loads it, global-data
+/// tables of IPv4 sets included. Their sets are empty: only the xpol
+/// runtime fills them from the object's metadata.
+#[test]
+fn standard_tools_load_the_object() {
+    if !xpol_runtime::testing::kernel_or_skip("standard_tools_load_the_object") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let object = dir.path().join("firewall.o");
+    let out = Command::new(env!("CARGO_BIN_EXE_xpolc")).args(["build", "examples/firewall.xpol", "-o"]).arg(&object).output().expect("xpolc");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let net = Net::new();
+    let object = object.to_str().expect("utf-8 path");
+    let attach = Command::new("timeout").args(["20", "ip", "-n", &net.b, "link", "set", "dev", &net.vb, "xdpgeneric", "obj", object, "sec", "xdp"]).output().expect("ip");
+    assert!(attach.status.success(), "ip link ... xdp obj: {}", String::from_utf8_lossy(&attach.stderr));
+    assert!(net.link_b().contains("prog/xdp"), "{}", net.link_b());
+    ip(&["-n", &net.b, "link", "set", "dev", &net.vb, "xdpgeneric", "off"]);
+    assert!(!net.link_b().contains("prog/xdp"), "{}", net.link_b());
+
+    let have_bpftool = Command::new("bpftool").arg("version").output().is_ok_and(|o| o.status.success());
+    if !have_bpftool {
+        let why = "bpftool is not installed (apt-get install bpftool)";
+        assert!(std::env::var("XPOL_REQUIRE_KERNEL").map_or(true, |v| v != "1"), "standard_tools_load_the_object: {why}");
+        eprintln!("\n*** SKIPPED standard_tools_load_the_object (bpftool part): {why} ***\n");
+        return;
+    }
+    // A pin of our own, removed even if the assertion fails.
+    struct Pin(String);
+    impl Drop for Pin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let pin = Pin(format!("/sys/fs/bpf/xpol-t{}-bpftool", std::process::id()));
+    let load = Command::new("timeout").args(["20", "bpftool", "prog", "load", object, &pin.0]).output().expect("bpftool");
+    assert!(load.status.success(), "bpftool prog load: {}", String::from_utf8_lossy(&load.stderr));
+    let show = Command::new("bpftool").args(["prog", "show", "pinned", &pin.0]).output().expect("bpftool");
+    assert!(String::from_utf8_lossy(&show.stdout).contains("xpol_xdp"), "{}", String::from_utf8_lossy(&show.stdout));
+}

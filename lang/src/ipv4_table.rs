@@ -18,10 +18,11 @@
 //! Entry values in `root` and `mid`: [`MISS`], [`HIT`] (every address below
 //! is in the set), or `FIRST_CHILD + i`: look in chunk `i` of the next level.
 //!
-//! All the IPv4 sets of a policy share the three maps ([`Ipv4Table::concat`]):
+//! All the IPv4 sets of a policy share the three tables ([`Ipv4Table::concat`]):
 //! set number `k` has root entries `65536 * k ..`, and the chunks of all
-//! sets are pooled, so a policy pays three maps of the kernel's 64 per
-//! program whatever its number of sets.
+//! sets are pooled. The tables are global data (one map, `.bss`, see
+//! `meta::IPV4_TABLES_MAP`), so a policy pays one map of the kernel's 64
+//! per program whatever its number of sets, and a lookup is a load.
 //!
 //! The compiler builds the tables to size the maps; the runtime builds them
 //! again from the same elements to fill them. Both use [`Ipv4Table::build`]
@@ -33,6 +34,22 @@ pub const FIRST_CHILD: u32 = 2;
 pub const ROOT_ENTRIES: u32 = 1 << 16;
 /// Bytes of one leaf bitmap.
 pub const LEAF_BYTES: u32 = 32;
+
+/// Where tables of `sizes` bytes lie in the one global-data value that holds
+/// them back to back (each at an offset rounded up to 8), and its size. The
+/// compiler lays the value out with it, the runtime fills it with it.
+pub fn packed_offsets(sizes: &[u64]) -> (Vec<u64>, u64) {
+    let mut at = 0u64;
+    let offsets = sizes
+        .iter()
+        .map(|&n| {
+            let o = at;
+            at += n.div_ceil(8) * 8;
+            o
+        })
+        .collect();
+    (offsets, at)
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ipv4Table {

@@ -213,7 +213,9 @@ impl LoadedPolicy {
         }
         let mut loader = EbpfLoader::new();
         if let Some(n) = set_capacity {
-            for m in meta.sets.iter().flat_map(|s| &s.maps) {
+            // The IPv4 tables are one-entry maps in global data; their
+            // capacity is their value's size.
+            for m in meta.sets.iter().flat_map(|s| &s.maps).filter(|m| !m.kind.is_ipv4_table()) {
                 loader.map_max_entries(&m.map, n);
             }
         }
@@ -298,7 +300,7 @@ impl LoadedPolicy {
 
     /// Builds the IPv4 prefix tables of the sets (as the compiler did to
     /// size the maps), one after another in slot order, and writes them
-    /// into the shared maps: the non-empty root entries, every chunk.
+    /// into the shared tables.
     fn fill_ipv4_tables(&self) -> Result<()> {
         let mut sets: Vec<&meta::SetMeta> = self.state.meta.sets.iter().filter(|s| s.ipv4_slot.is_some()).collect();
         if sets.is_empty() {
@@ -322,27 +324,40 @@ impl LoadedPolicy {
         }
         let table = Ipv4Table::concat(&tables);
         let wide = table.mid_wide();
-        let map_of = |kind: SetMapKind, name: &str, chunks: usize| -> Result<String> {
-            match sets[0].maps.iter().find(|m| m.kind == kind && m.map == name) {
-                Some(m) if chunks <= m.max_entries as usize => Ok(m.map.clone()),
-                _ => Err(RuntimeError::BadMetadata(format!(
-                    "the object's map `{name}` does not have the shape of its sets' IPv4 tables: rebuild the object with this version of xpolc"
-                ))),
+        // Capacities (chunks) and chunk sizes as the compiler laid the
+        // tables out in the one `.bss` value; the tables must fit.
+        let shape = |kind: SetMapKind, chunk_bytes: u64, chunks: usize| -> Result<u64> {
+            match sets[0].maps.iter().find(|m| m.kind == kind && m.map == meta::IPV4_TABLES_MAP) {
+                Some(m) if chunks <= m.max_entries as usize => Ok(chunk_bytes * u64::from(m.max_entries)),
+                _ => Err(RuntimeError::BadMetadata(
+                    "the object's IPv4 tables do not have the shape of its sets: rebuild the object with this version of xpolc".into(),
+                )),
             }
         };
-        let root = map_of(SetMapKind::Ipv4Root, meta::IPV4_ROOT_MAP, table.root.len())?;
-        let mid = map_of(if wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 }, meta::IPV4_MID_MAP, table.mid.len())?;
-        let leaf = map_of(SetMapKind::Ipv4Leaf, meta::IPV4_LEAF_MAP, table.leaf.len())?;
-        for (i, e) in table.root.iter().enumerate().filter(|(_, &e)| e != ipv4_table::MISS) {
-            self.state.update(&root, &(i as u32).to_le_bytes(), &e.to_le_bytes())?;
+        let mid_kind = if wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
+        let sizes = [
+            shape(SetMapKind::Ipv4Root, 4, table.root.len())?,
+            shape(mid_kind, u64::from(Ipv4Table::mid_chunk_bytes(wide)), table.mid.len())?,
+            shape(SetMapKind::Ipv4Leaf, u64::from(ipv4_table::LEAF_BYTES), table.leaf.len())?,
+        ];
+        let (offsets, total) = ipv4_table::packed_offsets(&sizes);
+        let map = meta::IPV4_TABLES_MAP;
+        let size = self.state.map(map)?.info().map_err(|e| RuntimeError::BadMetadata(format!("map `{map}`: {e}")))?.value_size() as u64;
+        if size < total {
+            return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' IPv4 tables: rebuild the object")));
         }
-        for i in 0..table.mid.len() {
-            self.state.update(&mid, &(i as u32).to_le_bytes(), &table.mid_value(i, wide))?;
+        let mut value = vec![0u8; size as usize];
+        let parts: [Vec<u8>; 3] = [
+            table.root.iter().flat_map(|e| e.to_le_bytes()).collect(),
+            (0..table.mid.len()).flat_map(|i| table.mid_value(i, wide)).collect(),
+            table.leaf.concat(),
+        ];
+        for (part, at) in parts.iter().zip(offsets) {
+            value[at as usize..at as usize + part.len()].copy_from_slice(part);
         }
-        for (i, bits) in table.leaf.iter().enumerate() {
-            self.state.update(&leaf, &(i as u32).to_le_bytes(), bits)?;
-        }
-        Ok(())
+        // The whole value in one update: the program never sees a table
+        // half written, as it is not attached yet.
+        self.state.update(map, &0u32.to_le_bytes(), &value)
     }
 
     fn fill_redirects(&mut self, missing_ok: bool) -> Result<()> {

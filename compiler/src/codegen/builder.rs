@@ -39,6 +39,12 @@ pub struct MapDef<'ctx> {
     pub global: GlobalValue<'ctx>,
 }
 
+/// A table in global data, see [`ModuleCx::global_table`].
+#[derive(Clone, Copy)]
+pub struct TableDef<'ctx> {
+    pub base: PointerValue<'ctx>,
+}
+
 /// Module-level state shared by all programs of one object.
 pub struct ModuleCx<'ctx> {
     pub cx: &'ctx Context,
@@ -88,6 +94,27 @@ impl<'ctx> ModuleCx<'ctx> {
         let gve = self.di.create_global_variable_expression(scope, name, name, file, 0, sty.as_type(), false, None, None, 64);
         global.set_metadata(gve.as_metadata_value(self.cx), self.cx.get_kind_id("dbg"));
         MapDef { global }
+    }
+
+    /// Zeroed tables at `offsets` in one global of `total` bytes in ELF
+    /// section `section` (`.bss`): loaders make the section a one-entry
+    /// array map whose value the program addresses directly (`ld_imm64` of
+    /// the value's address, as for C globals), so a read is a load, not a
+    /// helper call; the runtime writes the value in one map update. Plain
+    /// `.bss`, because libbpf before 1.3 (Debian bookworm's bpftool)
+    /// refuses custom `.bss.*` sections.
+    pub fn global_tables(&self, section: &str, offsets: &[u64], total: u64) -> Vec<TableDef<'ctx>> {
+        let ty = self.cx.i8_type().array_type(total.clamp(8, u32::MAX as u64) as u32);
+        let global = self.module.add_global(ty, None, "xpol_tables");
+        global.set_section(Some(section));
+        global.set_initializer(&ty.const_zero());
+        global.set_linkage(Linkage::External);
+        global.set_alignment(8);
+        // Addressed in bytes: an `i8*`, not a pointer to the array type.
+        let base = global.as_pointer_value().const_cast(self.i8_ptr());
+        let i64t = self.cx.i64_type();
+        // SAFETY (of the LLVM IR): each offset lies inside the global.
+        offsets.iter().map(|&o| TableDef { base: unsafe { base.const_gep(&[i64t.const_int(o, false)]) } }).collect()
     }
 
     /// A read-only byte blob in its own ELF section (no BTF: loaders skip it).

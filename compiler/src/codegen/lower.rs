@@ -5,7 +5,7 @@
 //! boolean is a pair of flags (`t`: known true, `f`: known false; neither:
 //! unknown). A predicate or `if` condition holds only when it is known true.
 
-use super::builder::{Bpf, MapDef, BPF_ANY, BPF_NOEXIST};
+use super::builder::{Bpf, MapDef, TableDef, BPF_ANY, BPF_NOEXIST};
 use super::parse::{self, Headers, L4At};
 use crate::check::fields::Field;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
@@ -34,12 +34,17 @@ pub struct SetMaps<'ctx> {
 }
 
 /// Where one set's IPv4 prefix table is (`xpol_lang::ipv4_table`): the
-/// three shared maps and the set's first root entry.
+/// three shared tables in global data and the set's first root entry.
 #[derive(Clone, Copy)]
 pub struct Ipv4Maps<'ctx> {
-    pub root: MapDef<'ctx>,
-    pub mid: MapDef<'ctx>,
-    pub leaf: MapDef<'ctx>,
+    pub root: TableDef<'ctx>,
+    pub mid: TableDef<'ctx>,
+    pub leaf: TableDef<'ctx>,
+    /// Chunks the `mid` and `leaf` tables hold: a child index read from the
+    /// table is checked against them (the verifier wants every offset
+    /// bounded; a valid table never fails the check).
+    pub mid_chunks: u64,
+    pub leaf_chunks: u64,
     /// `mid` entries are u32, else u16.
     pub mid_wide: bool,
     pub root_base: u64,
@@ -611,12 +616,11 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     }
 
     /// Whether the IPv4 address `a` (host order, in an i64) is in a prefix
-    /// table: up to three array lookups (the verifier inlines them), each
-    /// entry saying miss, hit, or which chunk of the next level to read.
+    /// table: up to three loads from global tables, each entry saying miss,
+    /// hit, or which chunk of the next level to read.
     fn ipv4_table_member(&self, t: Ipv4Maps<'ctx>, a: IntValue<'ctx>) -> IntValue<'ctx> {
-        use xpol_lang::ipv4_table::{FIRST_CHILD, HIT};
+        use xpol_lang::ipv4_table::{FIRST_CHILD, HIT, LEAF_BYTES};
         let b = &self.b;
-        let i32t = b.m.cx.i32_type();
         let done = b.block("table_done");
         let mut results = Vec::new();
         // Entry `e` decides when it is not a child pointer; else continue in `next`.
@@ -629,20 +633,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             b.br(done);
             b.at(go_on);
         };
-        // A lookup in an array with an in-range key never fails, but the
-        // verifier wants the check; a miss then means "not in the set".
-        let lookup = |map: MapDef<'ctx>, index: IntValue<'ctx>, results: &mut Vec<(IntValue<'ctx>, _)>| {
-            let key = b.stack_buf(4, "key");
-            b.store_at(key, 0, b.trunc(index, i32t));
-            let p = b.map_lookup(map, key);
-            let null = b.block("table_null");
-            let found = b.block("table_found");
-            b.br_if_null(p, null, found);
-            b.at(null);
+        // Chunk `index` of a table of `chunks` chunks of `bytes` bytes; an
+        // index out of range (never, in a table the runtime wrote) is a miss.
+        let chunk = |t: TableDef<'ctx>, index: IntValue<'ctx>, chunks: u64, bytes: u64, results: &mut Vec<(IntValue<'ctx>, _)>| {
+            let outside = b.block("table_outside");
+            let inside = b.block("table_chunk");
+            b.cond_br_likely(b.cmp(IntPredicate::ULT, index, b.c64(chunks)), inside, outside);
+            b.at(outside);
             results.push((b.bool(false), b.cur()));
             b.br(done);
-            b.at(found);
-            p
+            b.at(inside);
+            b.ptr_add(t.base, b.mul(index, b.c64(bytes)))
         };
         // The last level read: its entry (or bit) is the answer.
         let finish = |hit: IntValue<'ctx>, mut results: Vec<(IntValue<'ctx>, _)>| {
@@ -651,21 +652,24 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             b.at(done);
             b.phi(&results)
         };
-        let root = lookup(t.root, b.add(b.c64(t.root_base), b.lshr(a, b.c64(16))), &mut results);
-        let e = b.zext64(b.load_raw(root, 0, 4));
+        // Below 65,536: inside the set's root. (`a` is a u32, but read from
+        // the facts map the verifier sees 64 bits: the mask says so; LLVM
+        // drops it where it knows.)
+        let root_index = b.add(b.c64(t.root_base), b.and(b.lshr(a, b.c64(16)), b.c64(0xffff)));
+        let e = b.zext64(b.load_raw(b.ptr_add(t.root.base, b.mul(root_index, b.c64(4))), 0, 4));
         if t.levels == 1 {
             return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_mid");
-        let mid = lookup(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
         let width = if t.mid_wide { 4 } else { 2 };
+        let mid = chunk(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), t.mid_chunks, 256 * width, &mut results);
         let at = b.mul(b.and(b.lshr(a, b.c64(8)), b.c64(0xff)), b.c64(width));
         let e = b.zext64(b.load_raw(b.ptr_add(mid, at), 0, width as u32));
         if t.levels == 2 {
             return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_leaf");
-        let leaf = lookup(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), &mut results);
+        let leaf = chunk(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), t.leaf_chunks, u64::from(LEAF_BYTES), &mut results);
         let low = b.and(a, b.c64(0xff));
         let byte = b.zext64(b.load_raw(b.ptr_add(leaf, b.lshr(low, b.c64(3))), 0, 1));
         let bit = b.and(b.lshr(byte, b.and(low, b.c64(7))), b.c64(1));

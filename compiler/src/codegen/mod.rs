@@ -204,11 +204,15 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let ipv4_maps = (!tables.is_empty()).then(|| {
         let mid_kind = if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
         let shared = [
-            (meta::IPV4_ROOT_MAP, SetMapKind::Ipv4Root, 4, chunks(all.root.len())),
-            (meta::IPV4_MID_MAP, mid_kind, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(all.mid.len())),
-            (meta::IPV4_LEAF_MAP, SetMapKind::Ipv4Leaf, ipv4_table::LEAF_BYTES, chunks(all.leaf.len())),
+            (meta::IPV4_TABLES_MAP, SetMapKind::Ipv4Root, 4, chunks(all.root.len())),
+            (meta::IPV4_TABLES_MAP, mid_kind, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(all.mid.len())),
+            (meta::IPV4_TABLES_MAP, SetMapKind::Ipv4Leaf, ipv4_table::LEAF_BYTES, chunks(all.leaf.len())),
         ];
-        let defs: Vec<_> = shared.iter().map(|&(name, _, value_size, entries)| m.define_map(name, map_type::ARRAY, 4, value_size, entries, 0)).collect();
+        // One global in `.bss` holding the three tables back to back (see
+        // `meta::IPV4_TABLES_MAP`).
+        let sizes: Vec<u64> = shared.iter().map(|&(_, _, chunk_bytes, chunks)| u64::from(chunk_bytes) * u64::from(chunks)).collect();
+        let (offsets, total) = ipv4_table::packed_offsets(&sizes);
+        let defs = m.global_tables(meta::IPV4_TABLES_MAP, &offsets, total);
         let metas: Vec<SetMapMeta> = shared.iter().map(|&(name, kind, _, entries)| SetMapMeta { map: name.to_string(), kind, max_entries: entries }).collect();
         (defs, metas)
     });
@@ -242,6 +246,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
                         root: defs[0],
                         mid: defs[1],
                         leaf: defs[2],
+                        mid_chunks: u64::from(chunks(all.mid.len())),
+                        leaf_chunks: u64::from(chunks(all.leaf.len())),
                         mid_wide,
                         root_base: slot as u64 * ipv4_table::ROOT_ENTRIES as u64,
                         levels: tables[slot].levels(),
