@@ -4,7 +4,7 @@
 //!
 //!   cargo bench --bench ref_fw            full run; writes BENCHMARKS.md and bench-out/ref-fw.json
 //!   cargo bench --bench ref_fw -- --quick smoke run (CI); asserts nothing about time; writes target/bench-out-quick/
-//!   cargo bench --bench ref_fw -- --sizes 10 --no-veth
+//!   cargo bench --bench ref_fw -- --sizes 10 --no-veth [--rounds 51]
 //!                                         a focused run while working on codegen; writes target/bench-out-partial/
 //!
 //! Needs root and clang-14; the peers need xdp-tools (xdp-filter), nftables,
@@ -29,6 +29,8 @@ mod veth;
 mod xdp_filter;
 
 pub const SIZES: [usize; 3] = [10, 1000, 100_000];
+/// Interleaved rounds of a full run.
+pub const ROUNDS: usize = 31;
 
 /// What to measure.
 pub struct Mode {
@@ -37,15 +39,17 @@ pub struct Mode {
     /// Blocklist sizes (a subset of [`SIZES`]).
     pub sizes: Vec<usize>,
     pub veth: bool,
+    /// Interleaved rounds of BPF_PROG_TEST_RUN (not in quick mode).
+    pub rounds: usize,
 }
 
 impl Mode {
     pub fn quick() -> Mode {
-        Mode { quick: true, sizes: SIZES.to_vec(), veth: true }
+        Mode { quick: true, sizes: SIZES.to_vec(), veth: true, rounds: 2 }
     }
     /// Everything: the run BENCHMARKS.md is written from.
     fn complete(&self) -> bool {
-        !self.quick && self.veth && self.sizes == SIZES
+        !self.quick && self.veth && self.sizes == SIZES && self.rounds == ROUNDS
     }
 }
 
@@ -236,7 +240,7 @@ fn xpol_policy(dir: &Path, n: usize, constant: bool) -> PathBuf {
 pub fn run(mode: &Mode, out_dir: &Path) -> Output {
     let quick = mode.quick;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (rounds, repeat) = if quick { (2, 2_000) } else { (11, 1_000_000) };
+    let (rounds, repeat) = if quick { (2, 2_000) } else { (mode.rounds, 1_000_000) };
     let allowed = PacketSpec::tcp4("198.18.7.7".parse().unwrap(), "198.19.255.1".parse().unwrap(), 40000, 80).syn().payload(10).build();
     let blocked = PacketSpec::tcp4("198.19.7.7".parse().unwrap(), "198.19.255.1".parse().unwrap(), 40000, 80).syn().payload(10).build();
     assert_eq!(allowed.len(), 64);
@@ -384,7 +388,8 @@ fn main() {
         }
         None => SIZES.to_vec(),
     };
-    let mode = Mode { quick, sizes, veth: !args.iter().any(|a| a == "--no-veth") };
+    let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).expect("--rounds takes a number"));
+    let mode = Mode { quick, sizes, veth: !args.iter().any(|a| a == "--no-veth"), rounds };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let load_before = load();
@@ -419,7 +424,7 @@ fn main() {
         let dispatcher = if out.table.contains("| xdp-filter (xdpfilt_") { "; here libxdp attached `xdpfilt_*` alone, as its dispatcher check failed on this kernel (with `LIBXDP_DEBUG=1`: loading its `freplace` test program fails with EPERM)" } else { "" };
         let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped peers:** {}\n", out.skipped.join("; ")) };
         let doc = format!(
-            "# Benchmarks\n\nThe reference firewall (ref-fw, `bench/ref-fw/README.md`): XDP, a blocklist of N IPv4 prefixes, SSH only from 198.51.100.0/24, telnet dropped, web passed, per-rule packet counters. 64-byte TCP SYN to port 80 from an allowed source (198.18.7.7) and from a source covered by the last prefix (198.19.7.7).\n\nMeasured with `cargo bench --bench ref_fw` at commit {commit} on {machine}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {load_before} before the run and {load_after} after it: the machine is shared, so other work ran beside the benchmark.\n{skipped}\n## BPF_PROG_TEST_RUN\n\nns per packet as the kernel reports it for `BPF_PROG_TEST_RUN` with repeat 1,000,000; 11 interleaved rounds, median (min-max). The ratio to the best C variant for that N (the one with the lowest median) is taken within each round, where the two ran back to back, and its median (min-max) over the rounds is shown. xlated/jited sizes and the verifier's processed instructions come from the kernel's program info. Compile time is `xpolc build` in-process; load time includes filling the sets.\n\n{}\nxdp-filter (Debian's xdp-tools, `xdp-filter load --policy allow --features ipv4,tcp` on a veth in a namespace of its own, its maps in a private bpffs) is test-run by the id of the program attached to the interface, named in its row: the libxdp dispatcher (`xdp_dispatcher`), or xdp-filter's own program when libxdp attaches it alone (it does so when its dispatcher compatibility check fails){dispatcher}. It cannot express ref-fw: it matches exact addresses only (at most 10,000), so its blocklist is the first address of each prefix (the last prefix as the blocked source 198.19.7.7 itself), and it has no rule b (SSH only from 198.51.100.0/24); rule c is `xdp-filter port 23`. Its load time includes one `xdp-filter ip` process per address. Same verdicts on the two test packets as every other row.\n\n## Veth: CPU per blocked packet\n\nA generator namespace pushes the blocked 64-byte SYN into a receiver namespace through a veth pair: an XDP program returning `XDP_TX` is test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on the generator's veth, so each frame is transmitted to the receiver's veth, where the peer drops it. The generator thread is pinned to the last CPU; the receiver's NAPI poll runs in softirq on that CPU. CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: the generator, veth transmit and receive, and the peer. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). `/proc/stat` busy time of the same CPU is shown as a cross-check (it also counts anything else that ran there). Every peer's own counter for the blocklist rule must count exactly the frames sent, or the run fails. Peers: xpol (`bench/ref-fw/ref-fw-N.xpol`, XDP native on the receiver veth via `xpol_runtime::loader`); the C LPM_TRIE peer (same object as above); nftables (`table netdev`, chain on the `ingress` hook of the receiver veth, the blocklist as an `interval` set, the same six rules with counters); {iptables} in `raw PREROUTING` with `ipset hash:net`, the same six rules. The receiver veth has GRO on (veth then polls with NAPI, which it needs to take `XDP_TX` frames without an XDP program of its own). The floor row is an XDP program that only returns `XDP_DROP`: the cost of generating and delivering a frame.\n\n{}\nRaw numbers: `bench-out/ref-fw.json`.\n",
+            "# Benchmarks\n\nThe reference firewall (ref-fw, `bench/ref-fw/README.md`): XDP, a blocklist of N IPv4 prefixes, SSH only from 198.51.100.0/24, telnet dropped, web passed, per-rule packet counters. 64-byte TCP SYN to port 80 from an allowed source (198.18.7.7) and from a source covered by the last prefix (198.19.7.7).\n\nMeasured with `cargo bench --bench ref_fw` at commit {commit} on {machine}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {load_before} before the run and {load_after} after it: the machine is shared, so other work ran beside the benchmark.\n{skipped}\n## BPF_PROG_TEST_RUN\n\nns per packet as the kernel reports it for `BPF_PROG_TEST_RUN` with repeat 1,000,000; {ROUNDS} interleaved rounds, median (min-max). The ratio to the best C variant for that N (the one with the lowest median) is taken within each round, where the two ran back to back, and its median (min-max) over the rounds is shown. xlated/jited sizes and the verifier's processed instructions come from the kernel's program info. Compile time is `xpolc build` in-process; load time includes filling the sets.\n\n{}\nxdp-filter (Debian's xdp-tools, `xdp-filter load --policy allow --features ipv4,tcp` on a veth in a namespace of its own, its maps in a private bpffs) is test-run by the id of the program attached to the interface, named in its row: the libxdp dispatcher (`xdp_dispatcher`), or xdp-filter's own program when libxdp attaches it alone (it does so when its dispatcher compatibility check fails){dispatcher}. It cannot express ref-fw: it matches exact addresses only (at most 10,000), so its blocklist is the first address of each prefix (the last prefix as the blocked source 198.19.7.7 itself), and it has no rule b (SSH only from 198.51.100.0/24); rule c is `xdp-filter port 23`. Its load time includes one `xdp-filter ip` process per address. Same verdicts on the two test packets as every other row.\n\n## Veth: CPU per blocked packet\n\nA generator namespace pushes the blocked 64-byte SYN into a receiver namespace through a veth pair: an XDP program returning `XDP_TX` is test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on the generator's veth, so each frame is transmitted to the receiver's veth, where the peer drops it. The generator thread is pinned to the last CPU; the receiver's NAPI poll runs in softirq on that CPU. CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: the generator, veth transmit and receive, and the peer. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). `/proc/stat` busy time of the same CPU is shown as a cross-check (it also counts anything else that ran there). Every peer's own counter for the blocklist rule must count exactly the frames sent, or the run fails. Peers: xpol (`bench/ref-fw/ref-fw-N.xpol`, XDP native on the receiver veth via `xpol_runtime::loader`); the C LPM_TRIE peer (same object as above); nftables (`table netdev`, chain on the `ingress` hook of the receiver veth, the blocklist as an `interval` set, the same six rules with counters); {iptables} in `raw PREROUTING` with `ipset hash:net`, the same six rules. The receiver veth has GRO on (veth then polls with NAPI, which it needs to take `XDP_TX` frames without an XDP program of its own). The floor row is an XDP program that only returns `XDP_DROP`: the cost of generating and delivering a frame.\n\n{}\nRaw numbers: `bench-out/ref-fw.json`.\n",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             kernel.trim(),
             out.table,
