@@ -388,7 +388,7 @@ fn main() {
         }
         None => SIZES.to_vec(),
     };
-    let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).expect("--rounds takes a number"));
+    let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--rounds takes a number, at least 1"));
     let mode = Mode { quick, sizes, veth: !args.iter().any(|a| a == "--no-veth"), rounds };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");

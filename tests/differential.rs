@@ -64,6 +64,10 @@ fn corpus() -> Vec<Vec<u8>> {
         ssh().frag(0, true),
         ssh().frag(8, true),
         ssh().frag(1480, false),
+        // An offset with bits in the first byte of the field (2048 and up),
+        // with DF and MF around it: the L4 parser masks the field as loaded.
+        ssh().frag(2048, false),
+        ssh().frag(8192, true).ipv4(|ip| ip.dont_fragment = true),
         ssh().ipv4(|ip| ip.options = vec![1; 8]),
         ssh().ipv4(|ip| ip.ihl = Some(4)),
         ssh().ipv4(|ip| ip.total_len = Some(39)),

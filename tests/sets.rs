@@ -1,5 +1,5 @@
-//! Named IPv4 sets compile to prefix tables (three array maps, see
-//! lang/src/ipv4_table.rs). These tests load such sets into the kernel and
+//! Named IPv4 sets compile to prefix tables (three tables, in global data
+//! or array maps, see lang/src/ipv4_table.rs). These tests load such sets into the kernel and
 //! check membership on the edges of every prefix against plain prefix
 //! matching and against the reference interpreter.
 
@@ -93,8 +93,10 @@ fn prefix_table_with_wide_mid_entries() {
     assert_eq!(kinds, [SetMapKind::Ipv4Root, SetMapKind::Ipv4Mid32, SetMapKind::Ipv4Leaf]);
 }
 
-/// The IPv4 sets of a policy share three maps (the kernel allows a program
-/// 64): forty sets load, and each answers for its own prefixes only.
+/// The IPv4 sets of a policy share three tables (the kernel allows a
+/// program 64 maps): forty sets load (their root, 10 MiB, in an array map,
+/// as it is over the global-data budget), and each answers for its own
+/// prefixes only.
 #[test]
 fn forty_ipv4_sets_share_three_maps() {
     if !kernel("forty_ipv4_sets_share_three_maps") {

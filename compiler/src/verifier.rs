@@ -380,6 +380,9 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
     use object::ObjectSymbol;
     let file = object::File::parse(object).ok()?;
     let maps = file.section_by_name(".maps")?.index();
+    // Global data (the IPv4 set tables) is one map more for the kernel:
+    // every symbol in `.bss` is that one map.
+    let bss = file.section_by_name(".bss").map(|s| s.index());
     let mut relocs: Vec<(u64, object::SymbolIndex)> = file
         .section_by_name(section)?
         .relocations()
@@ -391,10 +394,14 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
     relocs.sort_by_key(|r| r.0);
     let mut seen = Vec::new();
     for (off, sym) in relocs {
-        if file.symbol_by_index(sym).ok()?.section_index() != Some(maps) || seen.contains(&sym) {
-            continue;
-        }
-        seen.push(sym);
+        let section = file.symbol_by_index(sym).ok()?.section_index();
+        let map = match section {
+            Some(s) if s == maps => Some(sym.0),
+            Some(s) if Some(s) == bss => Some(usize::MAX),
+            _ => None,
+        };
+        let Some(map) = map.filter(|m| !seen.contains(m)) else { continue };
+        seen.push(map);
         if seen.len() == n + 1 {
             return Some(off as usize / 8);
         }

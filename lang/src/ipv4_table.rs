@@ -1,11 +1,12 @@
-//! How a named set of IPv4 prefixes is laid out in BPF maps: a three-level
-//! table with strides 16, 8 and 8 bits, held in three array maps.
+//! How a named set of IPv4 prefixes is laid out for BPF: a three-level
+//! table with strides 16, 8 and 8 bits, held in global data.
 //!
 //! Why not an LPM trie: `BPF_MAP_TYPE_LPM_TRIE` walks one node per prefix
 //! bit in a helper call, and costs grow with the set (about 25 ns at 10
-//! prefixes, 80 ns at 100,000 on the benchmark machine). An array lookup is
-//! inlined by the verifier into a bounds check and an add, so membership
-//! costs at most three of them whatever the size of the set.
+//! prefixes, 80 ns at 100,000 on the benchmark machine). A table in global
+//! data is read with a plain load, one in an array map with a lookup the
+//! verifier inlines, so membership costs at most three of them whatever the
+//! size of the set.
 //!
 //! - `root`: 65,536 u32 entries, one per /16 (key: the top 16 bits).
 //! - `mid`: chunks of 256 entries, one per /24 of a /16 that holds longer
@@ -20,11 +21,13 @@
 //!
 //! All the IPv4 sets of a policy share the three tables ([`Ipv4Table::concat`]):
 //! set number `k` has root entries `65536 * k ..`, and the chunks of all
-//! sets are pooled. The tables are global data (one map, `.bss`, see
-//! `meta::IPV4_TABLES_MAP`), so a policy pays one map of the kernel's 64
-//! per program whatever its number of sets, and a lookup is a load.
+//! sets are pooled, so a policy pays at most three maps of the kernel's 64
+//! per program whatever its number of sets. The tables that fit in
+//! [`GLOBAL_DATA_BUDGET`] are global data (the `.bss` map, see
+//! `meta::IPV4_TABLES_MAP`), read with plain loads; the others are array
+//! maps ([`placement`]).
 //!
-//! The compiler builds the tables to size the maps; the runtime builds them
+//! The compiler builds the tables to size them; the runtime builds them
 //! again from the same elements to fill them. Both use [`Ipv4Table::build`]
 //! and [`Ipv4Table::concat`].
 
@@ -35,20 +38,38 @@ pub const ROOT_ENTRIES: u32 = 1 << 16;
 /// Bytes of one leaf bitmap.
 pub const LEAF_BYTES: u32 = 32;
 
-/// Where tables of `sizes` bytes lie in the one global-data value that holds
-/// them back to back (each at an offset rounded up to 8), and its size. The
-/// compiler lays the value out with it, the runtime fills it with it.
-pub fn packed_offsets(sizes: &[u64]) -> (Vec<u64>, u64) {
+/// The most bytes of tables kept in global data. Older kernels (Debian
+/// bookworm's 6.1 among them) refuse an array map value over
+/// `KMALLOC_MAX_SIZE`, 4 MiB; tables past this budget stay array maps.
+pub const GLOBAL_DATA_BUDGET: u64 = 4 << 20;
+
+/// Where one of the three tables lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// In global data (the `.bss` map's one value) at this byte offset:
+    /// read with a plain load.
+    Global { offset: u64 },
+    /// In an array map of its own, one chunk per entry: read with an
+    /// (inlined) map lookup.
+    Map,
+}
+
+/// Where the root, mid and leaf tables of these capacities (root entries,
+/// mid and leaf chunks) go: in global data while they fit in
+/// [`GLOBAL_DATA_BUDGET`], in that order (each at an offset rounded up to
+/// 8), else in array maps; and the size of the global-data value. The
+/// compiler lays the tables out with it, the runtime fills them with it.
+pub fn placement(root_entries: u64, mid_chunks: u64, leaf_chunks: u64, mid_wide: bool) -> ([Placement; 3], u64) {
+    let sizes = [4 * root_entries, u64::from(Ipv4Table::mid_chunk_bytes(mid_wide)) * mid_chunks, u64::from(LEAF_BYTES) * leaf_chunks];
+    let mut places = [Placement::Map; 3];
     let mut at = 0u64;
-    let offsets = sizes
-        .iter()
-        .map(|&n| {
-            let o = at;
-            at += n.div_ceil(8) * 8;
-            o
-        })
-        .collect();
-    (offsets, at)
+    for (place, size) in places.iter_mut().zip(sizes) {
+        if at + size <= GLOBAL_DATA_BUDGET {
+            *place = Placement::Global { offset: at };
+            at += size.div_ceil(8) * 8;
+        }
+    }
+    (places, at)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -246,5 +267,25 @@ mod tests {
         assert_eq!((t.mid.len(), t.leaf.len()), (1, 1));
         assert_eq!(t.mid_value(0, false).len(), 512);
         assert!(t.contains(0xc6336407) && !t.contains(0xc6336406));
+    }
+
+    #[test]
+    fn placement_keeps_global_data_under_the_budget() {
+        use Placement::*;
+        // One set, small: all three in global data, 8-byte aligned.
+        let (p, total) = placement(65536, 3, 1, false);
+        assert_eq!(p, [Global { offset: 0 }, Global { offset: 262_144 }, Global { offset: 262_144 + 1536 }]);
+        assert_eq!(total, 262_144 + 1536 + 32);
+        // A big mid table goes to a map; the leaves still fit after the root.
+        let (p, total) = placement(65536, 60_000, 40_000, false);
+        assert_eq!(p, [Global { offset: 0 }, Map, Global { offset: 262_144 }]);
+        assert_eq!(total, 262_144 + 40_000 * 32);
+        // Seventeen sets: the root alone is over 4 MiB.
+        let (p, _) = placement(17 * 65536, 1, 1, true);
+        assert_eq!(p[0], Map);
+        assert!(p.iter().all(|p| match p {
+            Global { offset } => *offset < GLOBAL_DATA_BUDGET,
+            Map => true,
+        }));
     }
 }

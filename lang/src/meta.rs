@@ -18,13 +18,17 @@ pub const RULES_MAP: &str = "xpol_rules";
 /// Bump when the layout of maps or of this schema changes incompatibly.
 pub const META_VERSION: u32 = 3;
 
-/// The three tables shared by the IPv4 sets ([`crate::ipv4_table`]) are
-/// global data: the ELF section `.bss`, which loaders make a one-entry array
-/// map (named after the section) whose value programs read directly. The
-/// value holds the root, mid and leaf tables back to back, each at an
-/// offset rounded up to 8 bytes; a set map's `max_entries` is then the
-/// table's capacity in chunks (root entries, mid and leaf chunks).
+/// Where the three tables shared by the IPv4 sets ([`crate::ipv4_table`])
+/// are, as [`crate::ipv4_table::placement`] decides: global data, the ELF
+/// section `.bss`, which loaders make a one-entry array map (named after
+/// the section) whose value programs read directly, holding the tables
+/// that fit back to back; the others in array maps of their own, one chunk
+/// per entry. A set map's `max_entries` is the table's capacity in chunks
+/// (root entries, mid and leaf chunks) in either case.
 pub const IPV4_TABLES_MAP: &str = ".bss";
+pub const IPV4_ROOT_MAP: &str = "xpol_v4root";
+pub const IPV4_MID_MAP: &str = "xpol_v4mid";
+pub const IPV4_LEAF_MAP: &str = "xpol_v4leaf";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -93,7 +97,8 @@ pub struct SetMeta {
     /// The BPF maps holding the set.
     pub maps: Vec<SetMapMeta>,
     /// For a set with IPv4 elements: its number among the IPv4 sets, whose
-    /// tables share [`IPV4_TABLES_MAP`] (root entries `65536 * slot ..`).
+    /// tables are shared (root entries `65536 * slot ..`), see
+    /// [`IPV4_TABLES_MAP`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4_slot: Option<u32>,
     /// Initial contents in their canonical text form (`198.51.100.0/24`,

@@ -324,40 +324,54 @@ impl LoadedPolicy {
         }
         let table = Ipv4Table::concat(&tables);
         let wide = table.mid_wide();
-        // Capacities (chunks) and chunk sizes as the compiler laid the
-        // tables out in the one `.bss` value; the tables must fit.
-        let shape = |kind: SetMapKind, chunk_bytes: u64, chunks: usize| -> Result<u64> {
-            match sets[0].maps.iter().find(|m| m.kind == kind && m.map == meta::IPV4_TABLES_MAP) {
-                Some(m) if chunks <= m.max_entries as usize => Ok(chunk_bytes * u64::from(m.max_entries)),
-                _ => Err(RuntimeError::BadMetadata(
-                    "the object's IPv4 tables do not have the shape of its sets: rebuild the object with this version of xpolc".into(),
-                )),
-            }
-        };
+        // Each table where the compiler put it (`ipv4_table::placement`,
+        // from the capacities in the metadata): global data (`.bss`),
+        // written whole in one update, or an array map, one chunk per entry.
         let mid_kind = if wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
-        let sizes = [
-            shape(SetMapKind::Ipv4Root, 4, table.root.len())?,
-            shape(mid_kind, u64::from(Ipv4Table::mid_chunk_bytes(wide)), table.mid.len())?,
-            shape(SetMapKind::Ipv4Leaf, u64::from(ipv4_table::LEAF_BYTES), table.leaf.len())?,
+        let wrong_shape = || RuntimeError::BadMetadata("the object's IPv4 tables do not have the shape of its sets: rebuild the object with this version of xpolc".into());
+        let mut capacities = [0u64; 3];
+        let mut maps = [""; 3];
+        for (i, (kind, chunks)) in [(SetMapKind::Ipv4Root, table.root.len()), (mid_kind, table.mid.len()), (SetMapKind::Ipv4Leaf, table.leaf.len())].into_iter().enumerate() {
+            let m = sets[0].maps.iter().find(|m| m.kind == kind).filter(|m| chunks <= m.max_entries as usize).ok_or_else(wrong_shape)?;
+            capacities[i] = u64::from(m.max_entries);
+            maps[i] = &m.map;
+        }
+        let (places, global_bytes) = ipv4_table::placement(capacities[0], capacities[1], capacities[2], wide);
+        let chunks: [Vec<Vec<u8>>; 3] = [
+            table.root.iter().map(|e| e.to_le_bytes().to_vec()).collect(),
+            (0..table.mid.len()).map(|i| table.mid_value(i, wide)).collect(),
+            table.leaf.iter().map(|l| l.to_vec()).collect(),
         ];
-        let (offsets, total) = ipv4_table::packed_offsets(&sizes);
+        let mut global = vec![0u8; global_bytes as usize];
+        for ((place, map), chunks) in places.iter().zip(maps).zip(&chunks) {
+            match place {
+                ipv4_table::Placement::Global { offset } => {
+                    if map != meta::IPV4_TABLES_MAP {
+                        return Err(wrong_shape());
+                    }
+                    let bytes = chunks.concat();
+                    global[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(&bytes);
+                }
+                ipv4_table::Placement::Map => {
+                    // Zero chunks are there already (an array map starts zeroed).
+                    for (i, chunk) in chunks.iter().enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)) {
+                        self.state.update(map, &(i as u32).to_le_bytes(), chunk)?;
+                    }
+                }
+            }
+        }
+        if global_bytes == 0 {
+            return Ok(());
+        }
         let map = meta::IPV4_TABLES_MAP;
         let size = self.state.map(map)?.info().map_err(|e| RuntimeError::BadMetadata(format!("map `{map}`: {e}")))?.value_size() as u64;
-        if size < total {
+        if size < global_bytes {
             return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' IPv4 tables: rebuild the object")));
         }
-        let mut value = vec![0u8; size as usize];
-        let parts: [Vec<u8>; 3] = [
-            table.root.iter().flat_map(|e| e.to_le_bytes()).collect(),
-            (0..table.mid.len()).flat_map(|i| table.mid_value(i, wide)).collect(),
-            table.leaf.concat(),
-        ];
-        for (part, at) in parts.iter().zip(offsets) {
-            value[at as usize..at as usize + part.len()].copy_from_slice(part);
-        }
+        global.resize(size as usize, 0);
         // The whole value in one update: the program never sees a table
         // half written, as it is not attached yet.
-        self.state.update(map, &0u32.to_le_bytes(), &value)
+        self.state.update(map, &0u32.to_le_bytes(), &global)
     }
 
     fn fill_redirects(&mut self, missing_ok: bool) -> Result<()> {
@@ -472,6 +486,35 @@ impl LoadedPolicy {
                 "cannot write to the BPF filesystem at /sys/fs/bpf ({e}); mount a writable one with `mount -t bpf bpf /sys/fs/bpf`"
             ))
         })?;
+        // Maps first: a failure then leaves nothing attached (the links
+        // are still ours, and dropped with this process).
+        let pinned = self.pin_maps(&dir).and_then(|()| self.pin_links(&dir));
+        let hooks = match pinned {
+            Ok(hooks) => hooks,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        std::fs::create_dir_all(PIN_META_ROOT).map_err(io)?;
+        let record = PinRecord { name: name.to_string(), interface: interface.to_string(), hooks, meta: self.state.meta.clone() };
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| RuntimeError::Pin(e.to_string()))?;
+        std::fs::write(Path::new(PIN_META_ROOT).join(format!("{name}.json")), json).map_err(io)?;
+        Ok(dir)
+    }
+
+    /// Pins the maps other processes read (`xpol stats`): all but global
+    /// data (the IPv4 set tables in `.bss`, which nothing reads after
+    /// loading, and whose name bpffs refuses: no dots).
+    fn pin_maps(&self, dir: &Path) -> Result<()> {
+        for (map, data) in self.state.maps.iter().filter(|(m, _)| !m.starts_with('.')) {
+            data.pin(dir.join(map)).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Pins the attached links; the pins keep the programs attached.
+    fn pin_links(&mut self, dir: &Path) -> Result<Vec<String>> {
         let mut hooks = Vec::new();
         for (hook, link) in self.links.drain(..) {
             let fd: aya::programs::links::FdLink = match link {
@@ -488,14 +531,7 @@ impl LoadedPolicy {
             fd.pin(&path).map_err(|e| RuntimeError::Pin(format!("{}: {e}", path.display())))?;
             hooks.push(hook);
         }
-        for (map, data) in &self.state.maps {
-            data.pin(dir.join(map)).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
-        }
-        std::fs::create_dir_all(PIN_META_ROOT).map_err(io)?;
-        let record = PinRecord { name: name.to_string(), interface: interface.to_string(), hooks, meta: self.state.meta.clone() };
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| RuntimeError::Pin(e.to_string()))?;
-        std::fs::write(Path::new(PIN_META_ROOT).join(format!("{name}.json")), json).map_err(io)?;
-        Ok(dir)
+        Ok(hooks)
     }
 
     /// Sizes and verifier work of the program of `hook`.
@@ -700,7 +736,7 @@ fn parse_prefix(s: &str) -> std::result::Result<(IpAddr, u32), String> {
 fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
     match kind {
         SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
-            unreachable!("IPv4 tables are filled whole by fill_ipv4_table")
+            unreachable!("IPv4 tables are filled whole by fill_ipv4_tables")
         }
         SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
             let (addr, len) = parse_prefix(element)?;

@@ -97,13 +97,16 @@ impl<'ctx> ModuleCx<'ctx> {
     }
 
     /// Zeroed tables at `offsets` in one global of `total` bytes in ELF
-    /// section `section` (`.bss`): loaders make the section a one-entry
-    /// array map whose value the program addresses directly (`ld_imm64` of
-    /// the value's address, as for C globals), so a read is a load, not a
-    /// helper call; the runtime writes the value in one map update. Plain
-    /// `.bss`, because libbpf before 1.3 (Debian bookworm's bpftool)
-    /// refuses custom `.bss.*` sections.
+    /// section `section` (`.bss`), none when `offsets` is empty: loaders
+    /// make the section a one-entry array map whose value the program
+    /// addresses directly (`ld_imm64` of the value's address, as for C
+    /// globals), so a read is a load, not a helper call; the runtime writes
+    /// the value in one map update. Plain `.bss`, because libbpf before 1.3
+    /// (Debian bookworm's bpftool) refuses custom `.bss.*` sections.
     pub fn global_tables(&self, section: &str, offsets: &[u64], total: u64) -> Vec<TableDef<'ctx>> {
+        if offsets.is_empty() {
+            return Vec::new();
+        }
         let ty = self.cx.i8_type().array_type(total.clamp(8, u32::MAX as u64) as u32);
         let global = self.module.add_global(ty, None, "xpol_tables");
         global.set_section(Some(section));

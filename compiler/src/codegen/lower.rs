@@ -33,16 +33,24 @@ pub struct SetMaps<'ctx> {
     pub hash: Option<MapDef<'ctx>>,
 }
 
+/// One of the three tables of the IPv4 sets, where
+/// `xpol_lang::ipv4_table::placement` put it.
+#[derive(Clone, Copy)]
+pub enum Table<'ctx> {
+    Global(TableDef<'ctx>),
+    Map(MapDef<'ctx>),
+}
+
 /// Where one set's IPv4 prefix table is (`xpol_lang::ipv4_table`): the
-/// three shared tables in global data and the set's first root entry.
+/// three shared tables and the set's first root entry.
 #[derive(Clone, Copy)]
 pub struct Ipv4Maps<'ctx> {
-    pub root: TableDef<'ctx>,
-    pub mid: TableDef<'ctx>,
-    pub leaf: TableDef<'ctx>,
-    /// Chunks the `mid` and `leaf` tables hold: a child index read from the
-    /// table is checked against them (the verifier wants every offset
-    /// bounded; a valid table never fails the check).
+    pub root: Table<'ctx>,
+    pub mid: Table<'ctx>,
+    pub leaf: Table<'ctx>,
+    /// Chunks the `mid` and `leaf` tables hold: a child index read from a
+    /// table in global data is checked against them (the verifier wants
+    /// every offset bounded; a valid table never fails the check).
     pub mid_chunks: u64,
     pub leaf_chunks: u64,
     /// `mid` entries are u32, else u16.
@@ -126,7 +134,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         // registers across every rule (or spills), which costs the common
         // path more than the copies cost in size.
         let shared_tail = facts_map.is_some();
-        let tail = self.b.block("count_and_return");
+        let tail = shared_tail.then(|| self.b.block("count_and_return"));
         let mut into_tail = Vec::new();
         for (i, probe) in probes.iter().enumerate() {
             if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
@@ -141,7 +149,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             self.b.at(fire);
             self.loc(probe.span);
-            if let (true, [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (shared_tail, probe.body.as_slice()) {
+            if let (Some(tail), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tail, probe.body.as_slice()) {
                 let code = i32t.const_int(verdict_code(self.hook, *v), false);
                 into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
                 self.b.br(tail);
@@ -156,6 +164,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
         // No rule decided: pass.
         self.b.ret(verdict_code(self.hook, Verdict::Pass));
+        let Some(tail) = tail else { return };
         self.b.at(tail);
         if into_tail.is_empty() {
             self.b.ret(verdict_code(self.hook, Verdict::Pass));
@@ -616,10 +625,10 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     }
 
     /// Whether the IPv4 address `a` (host order, in an i64) is in a prefix
-    /// table: up to three loads from global tables, each entry saying miss,
-    /// hit, or which chunk of the next level to read.
+    /// table: up to three reads (a load from global data or a map lookup),
+    /// each entry saying miss, hit, or which chunk of the next level to read.
     fn ipv4_table_member(&self, t: Ipv4Maps<'ctx>, a: IntValue<'ctx>) -> IntValue<'ctx> {
-        use xpol_lang::ipv4_table::{FIRST_CHILD, HIT, LEAF_BYTES};
+        use xpol_lang::ipv4_table::{self, Ipv4Table, FIRST_CHILD, HIT, LEAF_BYTES};
         let b = &self.b;
         let done = b.block("table_done");
         let mut results = Vec::new();
@@ -633,17 +642,38 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             b.br(done);
             b.at(go_on);
         };
-        // Chunk `index` of a table of `chunks` chunks of `bytes` bytes; an
-        // index out of range (never, in a table the runtime wrote) is a miss.
-        let chunk = |t: TableDef<'ctx>, index: IntValue<'ctx>, chunks: u64, bytes: u64, results: &mut Vec<(IntValue<'ctx>, _)>| {
-            let outside = b.block("table_outside");
-            let inside = b.block("table_chunk");
-            b.cond_br_likely(b.cmp(IntPredicate::ULT, index, b.c64(chunks)), inside, outside);
-            b.at(outside);
+        // Chunk `index` of a table of `chunks` chunks of `bytes` bytes. In
+        // global data: an address, after a bounds check unless `in_range`
+        // (an index out of range, never in a table the runtime wrote, is a
+        // miss). In an array map: a lookup, whose miss is also a miss.
+        let chunk = |t: Table<'ctx>, index: IntValue<'ctx>, chunks: u64, bytes: u64, in_range: bool, results: &mut Vec<(IntValue<'ctx>, _)>| {
+            let miss = b.block("table_miss");
+            let found = b.block("table_chunk");
+            let p = match t {
+                Table::Global(g) => {
+                    if in_range {
+                        b.br(found);
+                    } else {
+                        b.cond_br_likely(b.cmp(IntPredicate::ULT, index, b.c64(chunks)), found, miss);
+                    }
+                    b.at(found);
+                    b.ptr_add(g.base, b.mul(index, b.c64(bytes)))
+                }
+                Table::Map(map) => {
+                    let key = b.stack_buf(4, "key");
+                    b.store_at(key, 0, b.trunc(index, b.m.cx.i32_type()));
+                    let p = b.map_lookup(map, key);
+                    b.br_if_null(p, miss, found);
+                    b.at(found);
+                    p
+                }
+            };
+            let after = b.cur();
+            b.at(miss);
             results.push((b.bool(false), b.cur()));
             b.br(done);
-            b.at(inside);
-            b.ptr_add(t.base, b.mul(index, b.c64(bytes)))
+            b.at(after);
+            p
         };
         // The last level read: its entry (or bit) is the answer.
         let finish = |hit: IntValue<'ctx>, mut results: Vec<(IntValue<'ctx>, _)>| {
@@ -656,20 +686,21 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         // the facts map the verifier sees 64 bits: the mask says so; LLVM
         // drops it where it knows.)
         let root_index = b.add(b.c64(t.root_base), b.and(b.lshr(a, b.c64(16)), b.c64(0xffff)));
-        let e = b.zext64(b.load_raw(b.ptr_add(t.root.base, b.mul(root_index, b.c64(4))), 0, 4));
+        let root = chunk(t.root, root_index, t.root_base + u64::from(ipv4_table::ROOT_ENTRIES), 4, true, &mut results);
+        let e = b.zext64(b.load_raw(root, 0, 4));
         if t.levels == 1 {
             return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_mid");
         let width = if t.mid_wide { 4 } else { 2 };
-        let mid = chunk(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), t.mid_chunks, 256 * width, &mut results);
+        let mid = chunk(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), t.mid_chunks, u64::from(Ipv4Table::mid_chunk_bytes(t.mid_wide)), false, &mut results);
         let at = b.mul(b.and(b.lshr(a, b.c64(8)), b.c64(0xff)), b.c64(width));
         let e = b.zext64(b.load_raw(b.ptr_add(mid, at), 0, width as u32));
         if t.levels == 2 {
             return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_leaf");
-        let leaf = chunk(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), t.leaf_chunks, u64::from(LEAF_BYTES), &mut results);
+        let leaf = chunk(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), t.leaf_chunks, u64::from(LEAF_BYTES), false, &mut results);
         let low = b.and(a, b.c64(0xff));
         let byte = b.zext64(b.load_raw(b.ptr_add(leaf, b.lshr(low, b.c64(3))), 0, 1));
         let bit = b.and(b.lshr(byte, b.and(low, b.c64(7))), b.c64(1));

@@ -19,7 +19,7 @@ use inkwell::module::Linkage;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetTriple};
 use inkwell::{AddressSpace, OptimizationLevel};
-use lower::{map_is_per_cpu, map_key_size, Ipv4Maps, Lower, Maps, SetMaps, UserMapDef};
+use lower::{map_is_per_cpu, map_key_size, Ipv4Maps, Lower, Maps, SetMaps, Table, UserMapDef};
 use std::collections::HashMap;
 use xpol_lang::ast::Hook;
 use xpol_lang::ipv4_table::{self, Ipv4Table};
@@ -194,7 +194,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         redirects: policy.redirects.clone(),
     };
     let rules = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
-    // The IPv4 sets' tables, one after another in three shared maps.
+    // The IPv4 sets' tables, one after another in three shared tables.
     let ipv4_sets: Vec<usize> = (0..policy.sets.len()).filter(|&i| !policy.sets[i].contents.v4.is_empty()).collect();
     let tables: Vec<Ipv4Table> =
         ipv4_sets.iter().map(|&i| Ipv4Table::build(policy.sets[i].contents.v4.iter().map(|&(a, len)| (u32::from(a), len)))).collect();
@@ -203,17 +203,29 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let chunks = |n: usize| n.clamp(1, u32::MAX as usize) as u32;
     let ipv4_maps = (!tables.is_empty()).then(|| {
         let mid_kind = if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
+        // (kind, map name when not in global data, bytes per chunk, chunks)
         let shared = [
-            (meta::IPV4_TABLES_MAP, SetMapKind::Ipv4Root, 4, chunks(all.root.len())),
-            (meta::IPV4_TABLES_MAP, mid_kind, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(all.mid.len())),
-            (meta::IPV4_TABLES_MAP, SetMapKind::Ipv4Leaf, ipv4_table::LEAF_BYTES, chunks(all.leaf.len())),
+            (SetMapKind::Ipv4Root, meta::IPV4_ROOT_MAP, 4, chunks(all.root.len())),
+            (mid_kind, meta::IPV4_MID_MAP, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(all.mid.len())),
+            (SetMapKind::Ipv4Leaf, meta::IPV4_LEAF_MAP, ipv4_table::LEAF_BYTES, chunks(all.leaf.len())),
         ];
-        // One global in `.bss` holding the three tables back to back (see
-        // `meta::IPV4_TABLES_MAP`).
-        let sizes: Vec<u64> = shared.iter().map(|&(_, _, chunk_bytes, chunks)| u64::from(chunk_bytes) * u64::from(chunks)).collect();
-        let (offsets, total) = ipv4_table::packed_offsets(&sizes);
-        let defs = m.global_tables(meta::IPV4_TABLES_MAP, &offsets, total);
-        let metas: Vec<SetMapMeta> = shared.iter().map(|&(name, kind, _, entries)| SetMapMeta { map: name.to_string(), kind, max_entries: entries }).collect();
+        let [root, mid, leaf] = shared.map(|(_, _, _, chunks)| u64::from(chunks));
+        let (places, global_bytes) = ipv4_table::placement(root, mid, leaf, mid_wide);
+        let offsets: Vec<u64> = places.iter().filter_map(|p| match p {
+            ipv4_table::Placement::Global { offset } => Some(*offset),
+            ipv4_table::Placement::Map => None,
+        }).collect();
+        let mut globals = m.global_tables(meta::IPV4_TABLES_MAP, &offsets, global_bytes).into_iter();
+        let mut defs = Vec::new();
+        let mut metas = Vec::new();
+        for (&(kind, name, chunk_bytes, chunks), place) in shared.iter().zip(places) {
+            let (table, map) = match place {
+                ipv4_table::Placement::Global { .. } => (Table::Global(globals.next().expect("one global per offset")), meta::IPV4_TABLES_MAP),
+                ipv4_table::Placement::Map => (Table::Map(m.define_map(name, map_type::ARRAY, 4, chunk_bytes, chunks, 0)), name),
+            };
+            defs.push(table);
+            metas.push(SetMapMeta { map: map.to_string(), kind, max_entries: chunks });
+        }
         (defs, metas)
     });
     let mut set_maps = Vec::new();
@@ -246,8 +258,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
                         root: defs[0],
                         mid: defs[1],
                         leaf: defs[2],
-                        mid_chunks: u64::from(chunks(all.mid.len())),
-                        leaf_chunks: u64::from(chunks(all.leaf.len())),
+                        mid_chunks: u64::from(shared[1].max_entries),
+                        leaf_chunks: u64::from(shared[2].max_entries),
                         mid_wide,
                         root_base: slot as u64 * ipv4_table::ROOT_ENTRIES as u64,
                         levels: tables[slot].levels(),
