@@ -392,15 +392,18 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
         })
         .collect();
     relocs.sort_by_key(|r| r.0);
-    let mut seen = Vec::new();
+    // A map is a symbol in `.maps`, or (`None`) the one `.bss` map.
+    let mut seen: Vec<Option<object::SymbolIndex>> = Vec::new();
     for (off, sym) in relocs {
         let section = file.symbol_by_index(sym).ok()?.section_index();
         let map = match section {
-            Some(s) if s == maps => Some(sym.0),
-            Some(s) if Some(s) == bss => Some(usize::MAX),
-            _ => None,
+            Some(s) if s == maps => Some(sym),
+            Some(s) if Some(s) == bss => None,
+            _ => continue,
         };
-        let Some(map) = map.filter(|m| !seen.contains(m)) else { continue };
+        if seen.contains(&map) {
+            continue;
+        }
         seen.push(map);
         if seen.len() == n + 1 {
             return Some(off as usize / 8);

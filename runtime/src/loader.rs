@@ -337,24 +337,25 @@ impl LoadedPolicy {
             maps[i] = &m.map;
         }
         let (places, global_bytes) = ipv4_table::placement(capacities[0], capacities[1], capacities[2], wide);
-        let chunks: [Vec<Vec<u8>>; 3] = [
-            table.root.iter().map(|e| e.to_le_bytes().to_vec()).collect(),
-            (0..table.mid.len()).map(|i| table.mid_value(i, wide)).collect(),
-            table.leaf.iter().map(|l| l.to_vec()).collect(),
+        // Each table as its bytes, chunk after chunk, and its chunk size.
+        let tables: [(Vec<u8>, usize); 3] = [
+            (table.root.iter().flat_map(|e| e.to_le_bytes()).collect(), 4),
+            ((0..table.mid.len()).flat_map(|i| table.mid_value(i, wide)).collect(), Ipv4Table::mid_chunk_bytes(wide) as usize),
+            (table.leaf.concat(), ipv4_table::LEAF_BYTES as usize),
         ];
         let mut global = vec![0u8; global_bytes as usize];
-        for ((place, map), chunks) in places.iter().zip(maps).zip(&chunks) {
+        for ((place, map), (bytes, chunk_bytes)) in places.iter().zip(maps).zip(&tables) {
+            let in_global = matches!(place, ipv4_table::Placement::Global { .. });
+            if in_global != (map == meta::IPV4_TABLES_MAP) {
+                return Err(wrong_shape());
+            }
             match place {
                 ipv4_table::Placement::Global { offset } => {
-                    if map != meta::IPV4_TABLES_MAP {
-                        return Err(wrong_shape());
-                    }
-                    let bytes = chunks.concat();
-                    global[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(&bytes);
+                    global[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
                 }
                 ipv4_table::Placement::Map => {
                     // Zero chunks are there already (an array map starts zeroed).
-                    for (i, chunk) in chunks.iter().enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)) {
+                    for (i, chunk) in bytes.chunks_exact(*chunk_bytes).enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)) {
                         self.state.update(map, &(i as u32).to_le_bytes(), chunk)?;
                     }
                 }

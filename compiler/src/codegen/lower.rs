@@ -628,7 +628,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// table: up to three reads (a load from global data or a map lookup),
     /// each entry saying miss, hit, or which chunk of the next level to read.
     fn ipv4_table_member(&self, t: Ipv4Maps<'ctx>, a: IntValue<'ctx>) -> IntValue<'ctx> {
-        use xpol_lang::ipv4_table::{self, Ipv4Table, FIRST_CHILD, HIT, LEAF_BYTES};
+        use xpol_lang::ipv4_table::{Ipv4Table, FIRST_CHILD, HIT, LEAF_BYTES};
         let b = &self.b;
         let done = b.block("table_done");
         let mut results = Vec::new();
@@ -642,19 +642,19 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             b.br(done);
             b.at(go_on);
         };
-        // Chunk `index` of a table of `chunks` chunks of `bytes` bytes. In
-        // global data: an address, after a bounds check unless `in_range`
-        // (an index out of range, never in a table the runtime wrote, is a
-        // miss). In an array map: a lookup, whose miss is also a miss.
-        let chunk = |t: Table<'ctx>, index: IntValue<'ctx>, chunks: u64, bytes: u64, in_range: bool, results: &mut Vec<(IntValue<'ctx>, _)>| {
+        // Chunk `index` (of `bytes` bytes) of a table. In global data: an
+        // address, after checking `index` against `bound` (the table's
+        // chunks) unless it is `None`, an index in range by construction
+        // (out of range, never in a table the runtime wrote, is a miss). In
+        // an array map: a lookup, whose miss is also a miss.
+        let chunk = |t: Table<'ctx>, index: IntValue<'ctx>, bound: Option<u64>, bytes: u64, results: &mut Vec<(IntValue<'ctx>, _)>| {
             let miss = b.block("table_miss");
             let found = b.block("table_chunk");
             let p = match t {
                 Table::Global(g) => {
-                    if in_range {
-                        b.br(found);
-                    } else {
-                        b.cond_br_likely(b.cmp(IntPredicate::ULT, index, b.c64(chunks)), found, miss);
+                    match bound {
+                        Some(chunks) => b.cond_br_likely(b.cmp(IntPredicate::ULT, index, b.c64(chunks)), found, miss),
+                        None => b.br(found),
                     }
                     b.at(found);
                     b.ptr_add(g.base, b.mul(index, b.c64(bytes)))
@@ -686,21 +686,21 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         // the facts map the verifier sees 64 bits: the mask says so; LLVM
         // drops it where it knows.)
         let root_index = b.add(b.c64(t.root_base), b.and(b.lshr(a, b.c64(16)), b.c64(0xffff)));
-        let root = chunk(t.root, root_index, t.root_base + u64::from(ipv4_table::ROOT_ENTRIES), 4, true, &mut results);
+        let root = chunk(t.root, root_index, None, 4, &mut results);
         let e = b.zext64(b.load_raw(root, 0, 4));
         if t.levels == 1 {
             return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_mid");
         let width = if t.mid_wide { 4 } else { 2 };
-        let mid = chunk(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), t.mid_chunks, u64::from(Ipv4Table::mid_chunk_bytes(t.mid_wide)), false, &mut results);
+        let mid = chunk(t.mid, b.sub(e, b.c64(FIRST_CHILD as u64)), Some(t.mid_chunks), u64::from(Ipv4Table::mid_chunk_bytes(t.mid_wide)), &mut results);
         let at = b.mul(b.and(b.lshr(a, b.c64(8)), b.c64(0xff)), b.c64(width));
         let e = b.zext64(b.load_raw(b.ptr_add(mid, at), 0, width as u32));
         if t.levels == 2 {
             return finish(b.eq(e, b.c64(HIT as u64)), results);
         }
         decide_or(e, &mut results, "table_leaf");
-        let leaf = chunk(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), t.leaf_chunks, u64::from(LEAF_BYTES), false, &mut results);
+        let leaf = chunk(t.leaf, b.sub(e, b.c64(FIRST_CHILD as u64)), Some(t.leaf_chunks), u64::from(LEAF_BYTES), &mut results);
         let low = b.and(a, b.c64(0xff));
         let byte = b.zext64(b.load_raw(b.ptr_add(leaf, b.lshr(low, b.c64(3))), 0, 1));
         let bit = b.and(b.lshr(byte, b.and(low, b.c64(7))), b.c64(1));
