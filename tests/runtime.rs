@@ -83,3 +83,42 @@ fn built_packets_parse_back() {
     assert_eq!(p6.layout().l4, 14 + 40 + 8 + 24 + 16);
     assert_eq!(p6.layout().len, bytes.len());
 }
+
+/// A CPU with a block of counters in global data and a CPU past the blocks
+/// (counting in the per-CPU map) add up to the rule's count: a policy of
+/// 2,049 rules has a block for CPU 0 only.
+#[test]
+fn counters_of_cpus_past_the_global_blocks_add_up() {
+    if !common::kernel("counters_of_cpus_past_the_global_blocks_add_up") {
+        return;
+    }
+    let rules = 2049;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("many.xpol");
+    let source: String = (0..rules).map(|i| format!("xdp /udp.dport == {}/ {{ drop }}\n", 10_000 + i)).collect();
+    std::fs::write(&path, source).expect("write policy");
+    let output = build(&path, &BuildOptions::default()).output.expect("compiles");
+    assert_eq!(output.meta.counters.global_cpus, 1, "{:?}", output.meta.counters);
+    let mut loaded = LoadedPolicy::load(&output.object).expect("loads");
+    let last = rules - 1;
+    let packet = PacketSpec::udp4("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap(), 4000, 10_000 + last as u16).build();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runs: Vec<(usize, u64)> = if cpus >= 2 { vec![(0, 3), (1, 2)] } else { vec![(0, 5)] };
+    if cpus < 2 {
+        eprintln!("counters_of_cpus_past_the_global_blocks_add_up: one CPU here, only the global block is exercised");
+    }
+    for (cpu, times) in runs {
+        xpol_runtime::sys::on_cpu(cpu, || {
+            for _ in 0..times {
+                assert_eq!(loaded.test_run("xdp", &packet).expect("runs").return_value, 1, "dropped");
+            }
+        })
+        .expect("pin to a CPU");
+    }
+    let counters = loaded.rule_counters().expect("counters");
+    assert_eq!(counters[last].packets, 5);
+    assert_eq!(counters[last].bytes, 5 * packet.len() as u64);
+    assert_eq!(counters.iter().map(|c| c.packets).sum::<u64>(), 5, "no other rule counted");
+    loaded.reset_counters().expect("reset");
+    assert!(loaded.rule_counters().expect("counters").iter().all(|c| c.packets == 0 && c.bytes == 0));
+}

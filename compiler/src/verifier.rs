@@ -380,9 +380,10 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
     use object::ObjectSymbol;
     let file = object::File::parse(object).ok()?;
     let maps = file.section_by_name(".maps")?.index();
-    // Global data (the IPv4 set tables) is one map more for the kernel:
-    // every symbol in `.bss` is that one map.
-    let bss = file.section_by_name(".bss").map(|s| s.index());
+    // Global data is one map more for the kernel per section: every symbol
+    // in `.bss` (the IPv4 set tables) is one map, every symbol in `.data`
+    // (the per-rule counters) another.
+    let globals: Vec<object::SectionIndex> = [".bss", ".data"].iter().filter_map(|n| file.section_by_name(n)).map(|s| s.index()).collect();
     let mut relocs: Vec<(u64, object::SymbolIndex)> = file
         .section_by_name(section)?
         .relocations()
@@ -392,13 +393,18 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
         })
         .collect();
     relocs.sort_by_key(|r| r.0);
-    // A map is a symbol in `.maps`, or (`None`) the one `.bss` map.
-    let mut seen: Vec<Option<object::SymbolIndex>> = Vec::new();
+    // A map is a symbol in `.maps`, or a section of global data.
+    #[derive(PartialEq)]
+    enum Map {
+        Symbol(object::SymbolIndex),
+        Global(object::SectionIndex),
+    }
+    let mut seen: Vec<Map> = Vec::new();
     for (off, sym) in relocs {
         let section = file.symbol_by_index(sym).ok()?.section_index();
         let map = match section {
-            Some(s) if s == maps => Some(sym),
-            Some(s) if Some(s) == bss => None,
+            Some(s) if s == maps => Map::Symbol(sym),
+            Some(s) if globals.contains(&s) => Map::Global(s),
             _ => continue,
         };
         if seen.contains(&map) {

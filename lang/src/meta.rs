@@ -12,11 +12,54 @@ use serde::{Deserialize, Serialize};
 pub const META_SECTION: &str = ".xpol.meta";
 
 /// Name of the per-CPU array of per-rule counters: key = [`RuleMeta::id`]
-/// (u32), value = [`RuleCounters`] (two u64: packets, bytes).
+/// (u32), value = [`RuleCounters`] (two u64: packets, bytes). Programs
+/// count here only on CPUs past [`CountersMeta::global_cpus`]; the others
+/// count in [`COUNTERS_MAP`]. A rule's count is the sum of both.
 pub const RULES_MAP: &str = "xpol_rules";
 
+/// Global data holding the per-rule counters of the first
+/// [`CountersMeta::global_cpus`] CPUs: the ELF section `.data`, which
+/// loaders make a one-entry array map (named after the section). CPU `c`
+/// has the block at `c * stride`, rule `r` the [`RuleCounters`] at
+/// `16 * r` in it. Programs find their block with the CPU number
+/// (`bpf_get_smp_processor_id`, which the kernel inlines on x86-64 since
+/// Linux 6.10) and count with plain loads and stores, without a map
+/// lookup: a CPU only ever writes its own block.
+pub const COUNTERS_MAP: &str = ".data";
+
 /// Bump when the layout of maps or of this schema changes incompatibly.
-pub const META_VERSION: u32 = 3;
+pub const META_VERSION: u32 = 4;
+
+/// Where the per-rule counters of the CPUs below `global_cpus` are in
+/// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersMeta {
+    /// CPUs with a block in global data (0: every CPU counts in [`RULES_MAP`]).
+    pub global_cpus: u32,
+    /// Bytes per CPU block: 16 per rule, rounded up to a cache line so
+    /// that no two CPUs write the same line.
+    pub stride: u32,
+}
+
+impl CountersMeta {
+    /// The most CPUs given a block in global data.
+    pub const MAX_GLOBAL_CPUS: u32 = 256;
+    /// The most bytes of blocks: the section is part of the object file
+    /// (zeros), so long policies give fewer CPUs a block.
+    pub const MAX_GLOBAL_BYTES: u32 = 64 << 10;
+
+    /// The layout for a policy of `rules` rules.
+    pub fn for_rules(rules: usize) -> CountersMeta {
+        let stride = (16 * rules.max(1) as u64).div_ceil(64) * 64;
+        let cpus = (u64::from(Self::MAX_GLOBAL_BYTES) / stride).min(u64::from(Self::MAX_GLOBAL_CPUS));
+        CountersMeta { global_cpus: cpus as u32, stride: stride.min(u64::from(u32::MAX)) as u32 }
+    }
+
+    /// Bytes of [`COUNTERS_MAP`]'s value.
+    pub fn bytes(&self) -> u64 {
+        u64::from(self.global_cpus) * u64::from(self.stride)
+    }
+}
 
 /// Where the three tables shared by the IPv4 sets ([`crate::ipv4_table`])
 /// are, as [`crate::ipv4_table::placement`] decides: global data, the ELF
@@ -43,6 +86,7 @@ pub struct ObjectMeta {
     /// Interfaces named by `redirect(...)`; slot `i` of the [`REDIRECT_MAP`]
     /// must hold the ifindex of `redirects[i]`.
     pub redirects: Vec<String>,
+    pub counters: CountersMeta,
 }
 
 /// Array map (u32 -> u32 ifindex) filled by the runtime for `redirect(IFNAME)`.
@@ -71,7 +115,8 @@ pub struct RuleMeta {
     pub text: String,
 }
 
-/// Counters of one rule on one CPU, as laid out in [`RULES_MAP`].
+/// Counters of one rule on one CPU, as laid out in [`RULES_MAP`] and in
+/// the blocks of [`COUNTERS_MAP`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(C)]
 pub struct RuleCounters {
@@ -197,4 +242,25 @@ pub struct UserMapMeta {
     pub keys: Vec<KeyKind>,
     pub key_size: u32,
     pub max_entries: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CountersMeta;
+
+    #[test]
+    fn counter_blocks_are_cache_lines_within_the_budget() {
+        // 6 rules: 96 bytes in a 128-byte block, for 256 CPUs.
+        assert_eq!(CountersMeta::for_rules(6), CountersMeta { global_cpus: 256, stride: 128 });
+        assert_eq!(CountersMeta::for_rules(0), CountersMeta { global_cpus: 256, stride: 64 });
+        for rules in [1, 16, 17, 64, 1000, 2048, 2049, 4096, 4097, 100_000] {
+            let c = CountersMeta::for_rules(rules);
+            assert_eq!(c.stride % 64, 0, "{rules}");
+            assert!(u64::from(c.stride) >= 16 * rules as u64, "{rules}");
+            assert!(c.bytes() <= u64::from(CountersMeta::MAX_GLOBAL_BYTES), "{rules}");
+            assert!(c.global_cpus <= CountersMeta::MAX_GLOBAL_CPUS, "{rules}");
+        }
+        assert_eq!(CountersMeta::for_rules(2049).global_cpus, 1);
+        assert_eq!(CountersMeta::for_rules(4097).global_cpus, 0);
+    }
 }

@@ -122,6 +122,11 @@ pub struct ProgramStats {
     pub jited_bytes: u32,
     /// Instructions the verifier processed.
     pub verified_insns: u32,
+    /// Time spent in the program and runs counted while the kernel's BPF
+    /// statistics were enabled (`BPF_ENABLE_STATS`, or the sysctl
+    /// `kernel.bpf_stats_enabled`); zero otherwise.
+    pub run_time_ns: u64,
+    pub run_count: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -504,12 +509,13 @@ impl LoadedPolicy {
         Ok(dir)
     }
 
-    /// Pins the maps other processes read (`xpol stats`): all but global
-    /// data (the IPv4 set tables in `.bss`, which nothing reads after
-    /// loading, and whose name bpffs refuses: no dots).
+    /// Pins the maps other processes read (`xpol stats`): all but the
+    /// IPv4 set tables in global data (`.bss`), which nothing reads after
+    /// loading. bpffs refuses dots in names: global data is pinned under
+    /// [`pin_file`]'s name.
     fn pin_maps(&self, dir: &Path) -> Result<()> {
-        for (map, data) in self.state.maps.iter().filter(|(m, _)| !m.starts_with('.')) {
-            data.pin(dir.join(map)).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
+        for (map, data) in self.state.maps.iter().filter(|(m, _)| m.as_str() != meta::IPV4_TABLES_MAP) {
+            data.pin(dir.join(pin_file(map))).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
         }
         Ok(())
     }
@@ -552,6 +558,8 @@ impl LoadedPolicy {
             xlated_bytes: info.size_translated().unwrap_or(0),
             jited_bytes: info.size_jitted(),
             verified_insns: info.verified_instruction_count().unwrap_or(0),
+            run_time_ns: info.run_time().as_nanos() as u64,
+            run_count: info.run_count(),
         })
     }
 
@@ -574,7 +582,7 @@ impl PolicyMaps {
                 continue;
             }
             let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Pin(format!("map {file}: {e}")))?;
-            maps.insert(file, data);
+            maps.insert(map_of_pin_file(&file), data);
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         Ok((record.clone(), PolicyMaps { meta: record.meta, maps, cpus }))
@@ -588,26 +596,42 @@ impl PolicyMaps {
         sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
     }
 
-    /// Per-rule counters summed over CPUs, indexed by rule id.
+    /// Per-rule counters summed over CPUs, indexed by rule id: the CPUs'
+    /// blocks in global data ([`meta::COUNTERS_MAP`]) plus the per-CPU
+    /// array for CPUs past them ([`meta::RULES_MAP`]).
     pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
-        let fd = self.map(meta::RULES_MAP)?.fd().as_fd();
-        let mut buf = vec![0u8; 16 * self.cpus];
-        let mut out = Vec::with_capacity(self.meta.rules.len());
-        for id in 0..self.meta.rules.len() as u32 {
-            let found = sys::map_lookup(fd, &id.to_le_bytes(), &mut buf).map_err(|source| RuntimeError::Map { map: meta::RULES_MAP.into(), source })?;
-            let mut c = RuleCounters::default();
+        let mut out = vec![RuleCounters::default(); self.meta.rules.len()];
+        let add = |c: &mut RuleCounters, bytes: &[u8]| {
+            c.packets = c.packets.wrapping_add(u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")));
+            c.bytes = c.bytes.wrapping_add(u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")));
+        };
+        let layout = self.meta.counters;
+        if layout.global_cpus > 0 {
+            let map = meta::COUNTERS_MAP;
+            let mut global = vec![0u8; layout.bytes() as usize];
+            let found = sys::map_lookup(self.map(map)?.fd().as_fd(), &0u32.to_le_bytes(), &mut global).map_err(|source| RuntimeError::Map { map: map.into(), source })?;
             if found {
-                for cpu in buf.chunks_exact(16) {
-                    c.packets += u64::from_le_bytes(cpu[0..8].try_into().expect("8 bytes"));
-                    c.bytes += u64::from_le_bytes(cpu[8..16].try_into().expect("8 bytes"));
+                for block in global.chunks_exact(layout.stride as usize) {
+                    out.iter_mut().zip(block.chunks_exact(16)).for_each(|(c, bytes)| add(c, bytes));
                 }
             }
-            out.push(c);
+        }
+        let fd = self.map(meta::RULES_MAP)?.fd().as_fd();
+        let mut buf = vec![0u8; 16 * self.cpus];
+        for (id, c) in out.iter_mut().enumerate() {
+            let found = sys::map_lookup(fd, &(id as u32).to_le_bytes(), &mut buf).map_err(|source| RuntimeError::Map { map: meta::RULES_MAP.into(), source })?;
+            if found {
+                buf.chunks_exact(16).for_each(|cpu| add(c, cpu));
+            }
         }
         Ok(out)
     }
 
     pub fn reset_counters(&self) -> Result<()> {
+        let layout = self.meta.counters;
+        if layout.global_cpus > 0 {
+            self.update(meta::COUNTERS_MAP, &0u32.to_le_bytes(), &vec![0u8; layout.bytes() as usize])?;
+        }
         let zero = vec![0u8; 16 * self.cpus];
         for id in 0..self.meta.rules.len() as u32 {
             self.update(meta::RULES_MAP, &id.to_le_bytes(), &zero)?;
@@ -638,6 +662,24 @@ impl PolicyMaps {
         Ok(out)
     }
 
+}
+
+/// The file a map is pinned as: its name, or for global data (`.data`)
+/// `global_data`, since bpffs refuses dots in names.
+fn pin_file(map: &str) -> String {
+    match map.strip_prefix('.') {
+        Some(section) => format!("global_{section}"),
+        None => map.to_string(),
+    }
+}
+
+/// The map pinned as `file`, the inverse of [`pin_file`] (map names in
+/// objects never start with `global_`: they are `xpol_*`, `xs_*`, `xm_*`).
+fn map_of_pin_file(file: &str) -> String {
+    match file.strip_prefix("global_") {
+        Some(section) => format!(".{section}"),
+        None => file.to_string(),
+    }
 }
 
 fn check_pin_name(name: &str) -> Result<()> {

@@ -203,33 +203,49 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>
 /// A panic in `f` is passed on to the caller.
 pub fn in_netns<T: Send>(netns: &std::path::Path, cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     let ns = std::fs::File::open(netns)?;
-    let joined = std::thread::scope(|s| {
-        s.spawn(|| -> io::Result<T> {
-            // SAFETY: `ns` is an open namespace file for the whole call; for
-            // network namespaces setns changes only the calling thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(cpu) = cpu {
-                // SAFETY: cpu_set_t is a plain bit array; CPU_SET bounds-checks
-                // `cpu` against its size; sched_setaffinity reads `set` only.
-                let r = unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-                };
-                if r != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(f())
-        })
-        .join()
-    });
-    match joined {
+    on_new_thread(|| {
+        // SAFETY: `ns` is an open namespace file for the whole call; for
+        // network namespaces setns changes only the calling thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(cpu) = cpu {
+            pin_to_cpu(cpu)?;
+        }
+        Ok(f())
+    })
+}
+
+/// Runs `f` on a new thread pinned to CPU `cpu`; a panic in `f` is passed
+/// on to the caller.
+pub fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    on_new_thread(|| {
+        pin_to_cpu(cpu)?;
+        Ok(f())
+    })
+}
+
+/// Runs `f` on a new thread and waits for it, passing a panic on.
+fn on_new_thread<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    match std::thread::scope(|s| s.spawn(f).join()) {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Pins the calling thread to CPU `cpu`.
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; CPU_SET bounds-checks `cpu`
+    // against its size; sched_setaffinity reads `set` only.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Restores the default SIGPIPE action, so that `xpol ... | head` ends

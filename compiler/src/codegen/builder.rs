@@ -16,6 +16,7 @@ use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
+    pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const REDIRECT: u64 = 23;
     pub const SKB_PULL_DATA: u64 = 39;
 }
@@ -43,6 +44,22 @@ pub struct MapDef<'ctx> {
 #[derive(Clone, Copy)]
 pub struct TableDef<'ctx> {
     pub base: PointerValue<'ctx>,
+}
+
+/// The per-rule counters (`xpol_lang::meta::COUNTERS_MAP`): blocks in
+/// global data for the first `global.cpus` CPUs, a per-CPU array map for
+/// the others.
+#[derive(Clone, Copy)]
+pub struct Counters<'ctx> {
+    pub map: MapDef<'ctx>,
+    pub global: Option<GlobalCounters<'ctx>>,
+}
+
+#[derive(Clone, Copy)]
+pub struct GlobalCounters<'ctx> {
+    pub base: PointerValue<'ctx>,
+    pub cpus: u64,
+    pub stride: u64,
 }
 
 /// Module-level state shared by all programs of one object.
@@ -97,27 +114,45 @@ impl<'ctx> ModuleCx<'ctx> {
     }
 
     /// Zeroed tables at `offsets` in one global of `total` bytes in ELF
-    /// section `section` (`.bss`), none when `offsets` is empty: loaders
-    /// make the section a one-entry array map whose value the program
-    /// addresses directly (`ld_imm64` of the value's address, as for C
-    /// globals), so a read is a load, not a helper call; the runtime writes
-    /// the value in one map update. Plain `.bss`, because libbpf before 1.3
-    /// (Debian bookworm's bpftool) refuses custom `.bss.*` sections.
+    /// section `section` (`.bss`), none when `offsets` is empty; see
+    /// [`ModuleCx::global_data`].
     pub fn global_tables(&self, section: &str, offsets: &[u64], total: u64) -> Vec<TableDef<'ctx>> {
         if offsets.is_empty() {
             return Vec::new();
         }
-        let ty = self.cx.i8_type().array_type(total.clamp(8, u32::MAX as u64) as u32);
-        let global = self.module.add_global(ty, None, "xpol_tables");
-        global.set_section(Some(section));
-        global.set_initializer(&ty.const_zero());
-        global.set_linkage(Linkage::External);
-        global.set_alignment(8);
-        // Addressed in bytes: an `i8*`, not a pointer to the array type.
-        let base = global.as_pointer_value().const_cast(self.i8_ptr());
+        let base = self.global_data("xpol_tables", section, total);
         let i64t = self.cx.i64_type();
         // SAFETY (of the LLVM IR): each offset lies inside the global.
         offsets.iter().map(|&o| TableDef { base: unsafe { base.const_gep(&[i64t.const_int(o, false)]) } }).collect()
+    }
+
+    /// The per-rule counters: `map`, and `cpus` blocks of `stride` bytes in
+    /// global data (ELF section `section`, `.data`) when `cpus` > 0.
+    pub fn counters(&self, map: MapDef<'ctx>, section: &str, cpus: u32, stride: u32) -> Counters<'ctx> {
+        let global = (cpus > 0).then(|| GlobalCounters {
+            base: self.global_data("xpol_counters", section, u64::from(cpus) * u64::from(stride)),
+            cpus: u64::from(cpus),
+            stride: u64::from(stride),
+        });
+        Counters { map, global }
+    }
+
+    /// A zeroed global of `bytes` bytes in ELF section `section` (`.bss`
+    /// or `.data`), as an `i8*`: loaders make each such section a one-entry
+    /// array map whose value the program addresses directly (`ld_imm64` of
+    /// the value's address, as for C globals), so an access is a load or a
+    /// store, not a helper call; the runtime reads and writes the value in
+    /// one map operation. Plain `.bss` and `.data`, because libbpf before
+    /// 1.3 (Debian bookworm's bpftool) refuses custom `.bss.*` sections.
+    fn global_data(&self, name: &str, section: &str, bytes: u64) -> PointerValue<'ctx> {
+        let ty = self.cx.i8_type().array_type(bytes.clamp(8, u32::MAX as u64) as u32);
+        let global = self.module.add_global(ty, None, name);
+        global.set_section(Some(section));
+        global.set_initializer(&ty.const_zero());
+        global.set_linkage(Linkage::External);
+        global.set_alignment(64);
+        // Addressed in bytes: an `i8*`, not a pointer to the array type.
+        global.as_pointer_value().const_cast(self.i8_ptr())
     }
 
     /// A read-only byte blob in its own ELF section (no BTF: loaders skip it).
@@ -703,15 +738,30 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         ok(self.b.build_load(q, "u64")).into_int_value()
     }
 
-    /// Bumps a per-CPU counter pair `{packets, bytes}` at `index` (an i32)
-    /// of an array map.
-    pub fn bump_counter(&self, map: MapDef<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
+    /// Bumps the counter pair `{packets, bytes}` of rule `index` (an i32)
+    /// for this CPU: in its block in global data when it has one, else in
+    /// the per-CPU array map.
+    pub fn bump_counter(&self, counters: Counters<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
+        let done = self.block("counted");
+        if let Some(g) = counters.global {
+            // The helper returns a u32 in a 64-bit register.
+            let cpu = self.helper_call(helper::GET_SMP_PROCESSOR_ID, self.i64(), &[]);
+            let in_global = self.block("count_global");
+            let in_map = self.block("count_in_map");
+            self.cond_br_likely(self.cmp(IntPredicate::ULT, cpu, self.c64(g.cpus)), in_global, in_map);
+            self.at(in_global);
+            let rule = self.mul(self.zext64(index), self.c64(16));
+            let slot = self.ptr_add(g.base, self.add(self.mul(cpu, self.c64(g.stride)), rule));
+            self.add_u64_at(slot, 0, self.c64(1), false);
+            self.add_u64_at(slot, 8, bytes, false);
+            self.br(done);
+            self.at(in_map);
+        }
         let key = self.stack_buf(4, "key");
         // A 4-byte store, the key's size: the verifier then recognises a
         // constant key (a spill of exactly the key's size).
         self.store_at(key, 0, index);
-        let slot = self.map_lookup(map, key);
-        let done = self.block("counted");
+        let slot = self.map_lookup(counters.map, key);
         let bump = self.block("count");
         self.br_if_null(slot, done, bump);
         self.at(bump);

@@ -5,7 +5,7 @@
 //! boolean is a pair of flags (`t`: known true, `f`: known false; neither:
 //! unknown). A predicate or `if` condition holds only when it is known true.
 
-use super::builder::{Bpf, MapDef, TableDef, BPF_ANY, BPF_NOEXIST};
+use super::builder::{Bpf, Counters, MapDef, TableDef, BPF_ANY, BPF_NOEXIST};
 use super::parse::{self, Headers, L4At};
 use crate::check::fields::Field;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
@@ -20,7 +20,7 @@ use xpol_lang::Span;
 
 /// The maps of one object, as codegen refers to them.
 pub struct Maps<'ctx> {
-    pub rules: MapDef<'ctx>,
+    pub rules: Counters<'ctx>,
     pub sets: Vec<SetMaps<'ctx>>,
     pub users: Vec<UserMapDef<'ctx>>,
     pub redirect: Option<MapDef<'ctx>>,
@@ -84,6 +84,11 @@ pub struct Lower<'l, 'a, 'ctx> {
     pub maps: &'l Maps<'ctx>,
     pub hook: Hook,
     locals: HashMap<ir::LocalId, Val<'ctx>>,
+    /// IPv4 addresses in host order (as [`Val::Ip`] holds them) made from
+    /// an address as loaded: constant prefixes are compared with the
+    /// loaded value and byte-swapped constants instead, so that a rule
+    /// that only compares (a blocklist of a few prefixes) needs no swap.
+    raw_v4: std::cell::RefCell<HashMap<IntValue<'ctx>, IntValue<'ctx>>>,
 }
 
 /// Return codes: XDP actions, or TC actions for `tc:*` hooks.
@@ -107,7 +112,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         maps: &'l Maps<'ctx>,
         hook: Hook,
     ) -> Self {
-        Lower { b, h, policy, maps, hook, locals: HashMap::new() }
+        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default() }
     }
 
     fn loc(&mut self, span: Span) {
@@ -119,52 +124,53 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// parsed. With `facts_map`, the L4 header is parsed first and every
     /// fact moved into that map (see [`Bpf::spill_facts`]).
     pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, facts_map: Option<MapDef<'ctx>>) {
-        let i32t = self.b.m.cx.i32_type();
-        let mut l4 = l4;
-        if let Some(map) = facts_map {
-            if let Some((_, at)) = l4.take() {
-                parse::parse_l4_here(self.b, &self.h, &at);
-            }
-            self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
+        match facts_map {
+            Some(map) => self.rules_on_facts_map(probes, l4, map),
+            None => self.rules_in_place(probes, l4),
         }
-        // Rules whose body is only a verdict share one tail that counts and
-        // returns: a rule then costs its predicate and a jump. Specialized
-        // (short) programs count and return in place instead: the shared
-        // tail's rule number and verdict are phis that LLVM keeps in
-        // registers across every rule (or spills), which costs the common
-        // path more than the copies cost in size.
-        let shared_tail = facts_map.is_some();
-        let tail = shared_tail.then(|| self.b.block("count_and_return"));
-        let mut into_tail = Vec::new();
+    }
+
+    /// Specialized (short) programs: each rule counts and returns in place.
+    /// A shared tail's rule number and verdict would be phis that LLVM
+    /// keeps in registers across every rule (or spills), which costs the
+    /// common path more than the copies cost in size. The rules after the
+    /// L4 parse are emitted once per L4 header they read (see
+    /// [`parse::L4Split`]) while the copies stay few.
+    fn rules_in_place(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>) {
         for (i, probe) in probes.iter().enumerate() {
             if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
+                let rest = &probes[i..];
+                let split = parse::L4Split::of(rest);
+                if split.copies() * rest.len() <= super::SPECIALIZE_MAX_RULES {
+                    for end in parse::parse_l4_split(self.b, &self.h, &at, split) {
+                        self.b.at(end);
+                        self.rules_in_place(rest, None);
+                    }
+                    return;
+                }
                 parse::parse_l4_here(self.b, &self.h, &at);
             }
-            self.loc(probe.span);
-            let next = self.b.block("next_rule");
-            let fire = self.b.block("rule");
-            match &probe.predicate {
-                Some(p) => self.branch3(p, fire, next, next),
-                None => self.b.br(fire),
-            }
-            self.b.at(fire);
-            self.loc(probe.span);
-            if let (Some(tail), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tail, probe.body.as_slice()) {
-                let code = i32t.const_int(verdict_code(self.hook, *v), false);
-                into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
-                self.b.br(tail);
-            } else {
-                self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.b.pkt_len(self.h.pkt_len));
-                self.stmts(&probe.body);
-                if !self.b.terminated() {
-                    self.b.br(next);
-                }
-            }
-            self.b.at(next);
+            self.rule(probe, None);
         }
         // No rule decided: pass.
         self.b.ret(verdict_code(self.hook, Verdict::Pass));
-        let Some(tail) = tail else { return };
+    }
+
+    /// Long programs: the facts are in a map, and rules whose body is only
+    /// a verdict share one tail that counts and returns: such a rule then
+    /// costs its predicate and a jump.
+    fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) {
+        if let Some((_, at)) = l4 {
+            parse::parse_l4_here(self.b, &self.h, &at);
+        }
+        self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
+        let tail = self.b.block("count_and_return");
+        let mut into_tail = Vec::new();
+        for probe in probes {
+            self.rule(probe, Some((tail, &mut into_tail)));
+        }
+        // No rule decided: pass.
+        self.b.ret(verdict_code(self.hook, Verdict::Pass));
         self.b.at(tail);
         if into_tail.is_empty() {
             self.b.ret(verdict_code(self.hook, Verdict::Pass));
@@ -174,6 +180,35 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         let code = self.b.phi(&into_tail.iter().map(|(_, c, bb)| (*c, *bb)).collect::<Vec<_>>());
         self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
         self.b.ret_value(code);
+    }
+
+    /// One probe: its predicate, then its body (counted), or on to the
+    /// next probe. With `tail`, a body that is only a verdict jumps there
+    /// with its rule number and return code, pushed to the list.
+    #[allow(clippy::type_complexity)]
+    fn rule(&mut self, probe: &ir::Probe, tail: Option<(BasicBlock<'ctx>, &mut Vec<(IntValue<'ctx>, IntValue<'ctx>, BasicBlock<'ctx>)>)>) {
+        let i32t = self.b.m.cx.i32_type();
+        self.loc(probe.span);
+        let next = self.b.block("next_rule");
+        let fire = self.b.block("rule");
+        match &probe.predicate {
+            Some(p) => self.branch3(p, fire, next, next),
+            None => self.b.br(fire),
+        }
+        self.b.at(fire);
+        self.loc(probe.span);
+        if let (Some((tail, into_tail)), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tail, probe.body.as_slice()) {
+            let code = i32t.const_int(verdict_code(self.hook, *v), false);
+            into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
+            self.b.br(tail);
+        } else {
+            self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.b.pkt_len(self.h.pkt_len));
+            self.stmts(&probe.body);
+            if !self.b.terminated() {
+                self.b.br(next);
+            }
+        }
+        self.b.at(next);
     }
 
     fn stmts(&mut self, stmts: &[ir::Stmt]) {
@@ -401,7 +436,10 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             Field::IpSrc | Field::IpDst | Field::Ip4Src | Field::Ip4Dst | Field::Ip6Src | Field::Ip6Dst => {
                 let src = matches!(f, Field::IpSrc | Field::Ip4Src | Field::Ip6Src);
                 let (v4, hi, lo) = if src { (h.src4, h.src6_hi, h.src6_lo) } else { (h.dst4, h.dst6_hi, h.dst6_lo) };
-                let (v4, hi, lo) = (get(v4), get(hi), get(lo));
+                let raw4 = get(v4);
+                let v4 = b.zext64(b.bswap(b.trunc(raw4, b.m.cx.i32_type())));
+                self.raw_v4.borrow_mut().insert(v4, raw4);
+                let (hi, lo) = (get(hi), get(lo));
                 match f {
                     Field::Ip4Src | Field::Ip4Dst => Val::Ip { present: get(h.ip4_ok), v6: no, v4, hi: zero, lo: zero },
                     Field::Ip6Src | Field::Ip6Dst => Val::Ip { present: get(h.ip6_ok), v6: b.bool(true), v4: zero, hi, lo },
@@ -554,9 +592,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             Val::Ip { v6, v4, hi, lo, .. } => {
                 let mut any4 = b.bool(false);
+                // BPF is little-endian: an address as loaded is its host
+                // order byte-swapped, and so are the mask and prefix.
+                let raw = self.raw_v4.borrow().get(&v4).copied();
                 for &(net, len) in &s.v4 {
-                    let mask = if len == 0 { 0 } else { (u32::MAX << (32 - len as u32)) as u64 };
-                    any4 = b.or(any4, eq32(b, b.and(v4, b.c64(mask)), b.c64(u32::from(net) as u64 & mask)));
+                    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+                    let net = u32::from(net) & mask;
+                    let hit = match raw {
+                        Some(raw) => eq32(b, b.and(raw, b.c64(u64::from(mask.swap_bytes()))), b.c64(u64::from(net.swap_bytes()))),
+                        None => eq32(b, b.and(v4, b.c64(u64::from(mask))), b.c64(u64::from(net))),
+                    };
+                    any4 = b.or(any4, hit);
                 }
                 let mut any6 = b.bool(false);
                 for &(net, len) in &s.v6 {

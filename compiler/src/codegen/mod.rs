@@ -192,8 +192,10 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         sets: Vec::new(),
         maps: Vec::new(),
         redirects: policy.redirects.clone(),
+        counters: meta::CountersMeta::for_rules(policy.rules.len()),
     };
-    let rules = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
+    let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
+    let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
     // The IPv4 sets' tables, one after another in three shared tables.
     let ipv4_sets: Vec<usize> = (0..policy.sets.len()).filter(|&i| !policy.sets[i].contents.v4.is_empty()).collect();
     let tables: Vec<Ipv4Table> =

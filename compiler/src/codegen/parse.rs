@@ -48,7 +48,11 @@ fn stages(f: Field) -> &'static [Stage] {
 pub fn first_uses(prog: &ir::Program) -> HashMap<Stage, Span> {
     let mut out = HashMap::new();
     for p in &prog.probes {
-        probe_uses(p, &mut out);
+        probe_fields(p, &mut |f, span| {
+            for s in stages(f) {
+                out.entry(*s).or_insert(span);
+            }
+        });
     }
     out
 }
@@ -56,44 +60,75 @@ pub fn first_uses(prog: &ir::Program) -> HashMap<Stage, Span> {
 /// The index of the first probe of `prog` that reads a field of `stage`.
 pub fn first_probe_using(prog: &ir::Program, stage: Stage) -> Option<usize> {
     prog.probes.iter().position(|p| {
-        let mut uses = HashMap::new();
-        probe_uses(p, &mut uses);
-        uses.contains_key(&stage)
+        let mut uses = false;
+        probe_fields(p, &mut |f, _| uses |= stages(f).contains(&stage));
+        uses
     })
 }
 
-/// Adds to `out` the stages one probe reads, each at its first expression
-/// (unless `out` has it already).
-fn probe_uses(p: &ir::Probe, out: &mut HashMap<Stage, Span>) {
-    fn expr(e: &ir::Expr, out: &mut HashMap<Stage, Span>) {
+/// The L4 headers that rules read fields of. The rules after the L4 parse
+/// are emitted once for each of these headers (and once for everything
+/// else, see [`parse_l4_split`]): on each copy LLVM then knows which
+/// header the packet carries, and a rule such as `tcp.dport == 80 ||
+/// tcp.dport == 443` becomes two compares instead of presence flags merged
+/// from every protocol and combined with selects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L4Split {
+    pub tcp: bool,
+    pub udp: bool,
+    pub icmp: bool,
+}
+
+impl L4Split {
+    pub fn of(probes: &[ir::Probe]) -> L4Split {
+        let mut split = L4Split::default();
+        for p in probes {
+            probe_fields(p, &mut |f, _| match f.layer() {
+                Layer::Tcp => split.tcp = true,
+                Layer::Udp => split.udp = true,
+                Layer::Ports => (split.tcp, split.udp) = (true, true),
+                Layer::Icmp4 | Layer::Icmp6 => split.icmp = true,
+                _ => {}
+            });
+        }
+        split
+    }
+
+    /// How many copies of the rules after the L4 parse this makes (at most:
+    /// LLVM drops the copies a parse end cannot reach, such as ICMPv6 after
+    /// IPv4).
+    pub fn copies(&self) -> usize {
+        1 + self.tcp as usize + self.udp as usize + 2 * self.icmp as usize
+    }
+}
+
+/// Calls `visit` with every field one probe reads, and where.
+fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
+    fn expr(e: &ir::Expr, visit: &mut impl FnMut(Field, Span)) {
         match &e.kind {
-            ExprKind::Field(f) => {
-                for s in stages(*f) {
-                    out.entry(*s).or_insert(e.span);
-                }
-            }
+            ExprKind::Field(f) => visit(*f, e.span),
             ExprKind::Const(_) | ExprKind::Local(_) => {}
-            ExprKind::MapRead { keys, .. } => keys.iter().for_each(|k| expr(k, out)),
-            ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a, out),
+            ExprKind::MapRead { keys, .. } => keys.iter().for_each(|k| expr(k, visit)),
+            ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a, visit),
             ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
-                expr(a, out);
-                expr(b, out);
+                expr(a, visit);
+                expr(b, visit);
             }
         }
     }
-    fn stmts(list: &[ir::Stmt], out: &mut HashMap<Stage, Span>) {
+    fn stmts(list: &[ir::Stmt], visit: &mut impl FnMut(Field, Span)) {
         for s in list {
             match &s.kind {
                 StmtKind::If { cond, then_body, else_body } => {
-                    expr(cond, out);
-                    stmts(then_body, out);
-                    stmts(else_body, out);
+                    expr(cond, visit);
+                    stmts(then_body, visit);
+                    stmts(else_body, visit);
                 }
-                StmtKind::Let { value, .. } => expr(value, out),
+                StmtKind::Let { value, .. } => expr(value, visit),
                 StmtKind::MapUpdate { keys, op, .. } => {
-                    keys.iter().for_each(|k| expr(k, out));
+                    keys.iter().for_each(|k| expr(k, visit));
                     if let MapOp::Sum(e) | MapOp::Assign(e) = op {
-                        expr(e, out);
+                        expr(e, visit);
                     }
                 }
                 StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
@@ -101,9 +136,9 @@ fn probe_uses(p: &ir::Probe, out: &mut HashMap<Stage, Span>) {
         }
     }
     if let Some(e) = &p.predicate {
-        expr(e, out);
+        expr(e, visit);
     }
-    stmts(&p.body, out);
+    stmts(&p.body, visit);
 }
 
 /// IPv6 extension headers walked before giving up on finding the L4 header.
@@ -147,7 +182,8 @@ pub struct Headers<'ctx> {
     pub tos: PointerValue<'ctx>,
     pub frag: PointerValue<'ctx>,
     pub frag_off: PointerValue<'ctx>,
-    /// IPv4 addresses, host order.
+    /// IPv4 addresses as loaded (network order, so byte-swapped on
+    /// little-endian BPF): rules read them through `Lower::field`.
     pub src4: PointerValue<'ctx>,
     pub dst4: PointerValue<'ctx>,
     pub ihl: PointerValue<'ctx>,
@@ -353,8 +389,8 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(h.frag, b.or(mf, b.cmp(IntPredicate::NE, frag_off, z)));
         b.set(h.ttl, b.load_be(p, 8, 1));
         b.set(h.proto, b.load_be(p, 9, 1));
-        b.set(h.src4, b.load_be(p, 12, 4));
-        b.set(h.dst4, b.load_be(p, 16, 4));
+        b.set(h.src4, b.zext64(b.load_raw(p, 12, 4)));
+        b.set(h.dst4, b.zext64(b.load_raw(p, 16, 4)));
         b.set(h.proto_ok, t);
         b.set(l4off, b.add(off, hlen));
         b.set(ip_end, b.add(off, total));
@@ -612,15 +648,53 @@ pub struct L4At<'ctx> {
 /// any) has been parsed; continues after it. Without a known protocol
 /// (no IP, or an IPv6 chain past the bound) the L4 fields stay absent.
 pub fn parse_l4_here<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>) {
-    let entry = b.block("l4");
     let done = b.block("l4_parsed");
-    b.cond_br(b.get(h.proto_ok), entry, done);
-    parse_l4(b, h, at, entry, done);
+    parse_l4(b, h, at, L4Exits { tcp: done, udp: done, icmp4: done, icmp6: done, other: done });
     b.at(done);
 }
 
-/// The L4 header; every way out goes to `done`.
-fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: BasicBlock<'ctx>, done: BasicBlock<'ctx>) {
+/// Parses the L4 header at the current position like [`parse_l4_here`],
+/// and returns where parsing ends: one block for each header in `split`
+/// (the packet carries it, its fields are set), and one for every other
+/// packet. The caller emits the rules that follow at each.
+pub fn parse_l4_split<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, split: L4Split) -> Vec<BasicBlock<'ctx>> {
+    let other = b.block("l4_other");
+    let or_other = |on: bool, name: &str| if on { b.block(name) } else { other };
+    let exits = L4Exits {
+        tcp: or_other(split.tcp, "l4_tcp"),
+        udp: or_other(split.udp, "l4_udp"),
+        icmp4: or_other(split.icmp, "l4_icmp4"),
+        icmp6: or_other(split.icmp, "l4_icmp6"),
+        other,
+    };
+    parse_l4(b, h, at, exits);
+    let mut ends: Vec<BasicBlock<'ctx>> = Vec::new();
+    for end in [exits.tcp, exits.udp, exits.icmp4, exits.icmp6, exits.other] {
+        if !ends.contains(&end) {
+            ends.push(end);
+        }
+    }
+    ends
+}
+
+/// Where [`parse_l4`] goes on, by the header it found.
+#[derive(Clone, Copy)]
+struct L4Exits<'ctx> {
+    tcp: BasicBlock<'ctx>,
+    udp: BasicBlock<'ctx>,
+    icmp4: BasicBlock<'ctx>,
+    icmp6: BasicBlock<'ctx>,
+    /// No L4 header: not first fragment, unknown protocol, incomplete or
+    /// malformed header, no IP.
+    other: BasicBlock<'ctx>,
+}
+
+/// The L4 header, from the current position; every way out goes to one of
+/// `exits`.
+fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: L4Exits<'ctx>) {
+    let entry = b.block("l4");
+    let done = exits.other;
+    b.cond_br(b.get(h.proto_ok), entry, done);
     let (data, data_end, omit_l4_bounds_check) = (at.data, at.data_end, at.omit_l4_bounds_check);
     let z = b.c64(0);
     let t = b.bool(true);
@@ -684,7 +758,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
     b.set(h.tcp_dport, b.load_be(q, 2, 2));
     b.set(h.tcp_flags, b.load_be(q, 13, 1));
     b.set(h.tcp_window, b.load_be(q, 14, 2));
-    b.br(done);
+    b.br(exits.tcp);
     b.at(not_tcp);
     check(b.eq(proto, b.c64(17)), 8, is_udp, not_udp);
     b.at(is_udp);
@@ -692,10 +766,10 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
     b.set(h.udp_sport, b.load_be(q, 0, 2));
     b.set(h.udp_dport, b.load_be(q, 2, 2));
     b.set(h.udp_len, b.load_be(q, 4, 2));
-    b.br(done);
+    b.br(exits.udp);
     b.at(not_udp);
     // ICMP over IPv4, then ICMPv6 over IPv6: type and code only.
-    for (number, family, ok) in [(1u64, h.ip4_ok, h.icmp4_ok), (58, h.ip6_ok, h.icmp6_ok)] {
+    for (number, family, ok, exit) in [(1u64, h.ip4_ok, h.icmp4_ok, exits.icmp4), (58, h.ip6_ok, h.icmp6_ok, exits.icmp6)] {
         let is_icmp = b.block("icmp");
         let next = b.block("not_icmp");
         let family = b.get(family);
@@ -704,7 +778,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, entry: 
         b.set(ok, t);
         b.set(h.icmp_type, b.load_be(q, 0, 1));
         b.set(h.icmp_code, b.load_be(q, 1, 1));
-        b.br(done);
+        b.br(exit);
         b.at(next);
     }
     b.br(done);
