@@ -113,6 +113,13 @@ impl XdpFilter {
         let i = &self.info;
         (i.size_translated().unwrap_or(0) / 8, i.size_jitted(), i.verified_instruction_count().unwrap_or(0))
     }
+
+    /// Run time (ns) and runs counted by the kernel's BPF statistics so far.
+    pub fn run_stats(&self) -> (u64, u64) {
+        let id = self.info.id();
+        let info = aya::programs::loaded_programs().flatten().find(|i| i.id() == id).expect("xdp-filter's program is loaded");
+        (info.run_time().as_nanos() as u64, info.run_count())
+    }
 }
 
 /// Removes the namespace (and with it the veth and the attachment) and the
