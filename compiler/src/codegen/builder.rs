@@ -155,6 +155,54 @@ impl<'ctx> ModuleCx<'ctx> {
         global.as_pointer_value().const_cast(self.i8_ptr())
     }
 
+    /// Puts the likely successor of every weighted branch
+    /// ([`Bpf::cond_br_likely`]) right after the branch's block, after the
+    /// IR is optimized and before the BPF backend runs. The backend cannot
+    /// invert a conditional branch once blocks are placed (it does not
+    /// analyze them), so a likely successor that is not the next block at
+    /// instruction selection ends up as `if c goto +1; goto unlikely`: a
+    /// taken jump on the common path. Next in the IR, instruction selection
+    /// branches to the unlikely block and falls through.
+    pub fn lay_out_likely_fallthrough(&self) {
+        let prof = self.cx.get_kind_id("prof");
+        for f in self.module.get_functions() {
+            let entry = f.get_first_basic_block();
+            // A block that several weighted branches favour follows the
+            // first of them in block order (the parser's fast path comes
+            // before the general walk).
+            let mut placed = Vec::new();
+            for bb in f.get_basic_blocks() {
+                let Some(br) = bb.get_terminator() else { continue };
+                if br.get_opcode() != inkwell::values::InstructionOpcode::Br || br.get_num_operands() != 3 {
+                    continue;
+                }
+                // Operands of a conditional `br`: condition, false, true.
+                let dest = |i: u32| match br.get_operand(i) {
+                    Some(inkwell::values::Operand::Block(b)) => Some(b),
+                    _ => None,
+                };
+                let (t, f) = (dest(2), dest(1));
+                let likely = match br.get_metadata(prof).and_then(|m| m.get_node_values()) {
+                    Some(weights) => {
+                        let weight = |i: usize| match weights.get(i) {
+                            Some(BasicMetadataValueEnum::IntValue(v)) => v.get_zero_extended_constant().unwrap_or(0),
+                            _ => 0,
+                        };
+                        if weight(1) >= weight(2) { t } else { f }
+                    }
+                    // Unweighted, and neither successor next: the true one.
+                    None if bb.get_next_basic_block().is_some_and(|n| Some(n) == t || Some(n) == f) => continue,
+                    None => t,
+                };
+                let Some(likely) = likely.filter(|&l| Some(l) != entry && l != bb && !placed.contains(&l)) else { continue };
+                placed.push(likely);
+                if Some(likely) != bb.get_next_basic_block() {
+                    let _ = likely.move_after(bb);
+                }
+            }
+        }
+    }
+
     /// A read-only byte blob in its own ELF section (no BTF: loaders skip it).
     pub fn blob(&self, name: &str, section: &str, bytes: &[u8]) {
         let v = self.cx.const_string(bytes, false);
@@ -337,13 +385,24 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     }
 
     /// A branch to `t` that is taken for nearly every packet (a well-formed
-    /// header): LLVM lays `t` out as the fall-through, so the common path
-    /// runs without jumps.
+    /// header): `t` is laid out as the fall-through (see
+    /// [`ModuleCx::lay_out_likely_fallthrough`]), so the common path runs
+    /// without jumps.
     pub fn cond_br_likely(&self, c: IntValue<'ctx>, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>) {
+        self.cond_br_weighted(c, t, f, (2000, 1));
+    }
+
+    /// A branch to `t` that few packets take (a rule's condition: most
+    /// packets pass most rules by): `f` is laid out as the fall-through.
+    pub fn cond_br_unlikely(&self, c: IntValue<'ctx>, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>) {
+        self.cond_br_weighted(c, t, f, (1, 2000));
+    }
+
+    fn cond_br_weighted(&self, c: IntValue<'ctx>, t: BasicBlock<'ctx>, f: BasicBlock<'ctx>, (wt, wf): (u64, u64)) {
         let br = ok(self.b.build_conditional_branch(c, t, f));
         let cx = self.m.cx;
         let i32t = cx.i32_type();
-        let weights = cx.metadata_node(&[cx.metadata_string("branch_weights").into(), i32t.const_int(2000, false).into(), i32t.const_int(1, false).into()]);
+        let weights = cx.metadata_node(&[cx.metadata_string("branch_weights").into(), i32t.const_int(wt, false).into(), i32t.const_int(wf, false).into()]);
         let _ = br.set_metadata(weights, cx.get_kind_id("prof"));
     }
 

@@ -327,7 +327,9 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 self.loc(e.span);
                 let Val::Bool { t: vt, f: vf } = self.value(e) else { unreachable!("checked: conditions are boolean") };
                 let not_true = self.b.block("not_true");
-                self.b.cond_br(vt, t, not_true);
+                // Most packets pass most conditions by: the way on is the
+                // fall-through.
+                self.b.cond_br_unlikely(vt, t, not_true);
                 self.b.at(not_true);
                 self.b.cond_br(vf, f, u);
             }

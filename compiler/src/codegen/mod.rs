@@ -372,6 +372,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     m.module
         .run_passes(if policy.rules.len() <= SPECIALIZE_MAX_RULES { "default<O2>" } else { "default<O1>" }, &tm, PassBuilderOptions::create())
         .map_err(|e| codegen_error(format!("LLVM optimisation failed: {}", e.to_string())))?;
+    m.lay_out_likely_fallthrough();
 
     let (llvm_ir, asm) = if options.text {
         let asm = tm.write_to_memory_buffer(&m.module, FileType::Assembly).map_err(|e| codegen_error(e.to_string()))?;

@@ -741,7 +741,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         let bounds = b.block("l4_bounds");
         b.cond_br(is_proto, bounds, no);
         b.at(bounds);
-        b.cond_br(whole(n), yes, no);
+        b.cond_br_likely(whole(n), yes, no);
     };
     let is_tcp = b.block("tcp");
     let not_tcp = b.block("not_tcp");
@@ -751,7 +751,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
     b.at(is_tcp);
     let doff = b.lshr(b.load_be(q, 12, 1), b.c64(4));
     let tcp_sane = b.block("tcp_sane");
-    b.cond_br(b.cmp(IntPredicate::UGE, doff, b.c64(5)), tcp_sane, done);
+    b.cond_br_likely(b.cmp(IntPredicate::UGE, doff, b.c64(5)), tcp_sane, done);
     b.at(tcp_sane);
     b.set(h.tcp_ok, t);
     b.set(h.tcp_sport, b.load_be(q, 0, 2));
