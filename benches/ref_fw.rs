@@ -269,6 +269,10 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
     if !have_xdp_filter {
         veth::missing("xdp-filter", "`xdp-filter` is not installed (apt-get install xdp-tools)", quick, &mut skipped);
     }
+    // With the statistics on for good, every test-run duration would
+    // include their clock reads.
+    let stats_sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    assert!(stats_sysctl.trim() != "1", "kernel.bpf_stats_enabled is 1: set it to 0 (sysctl -w kernel.bpf_stats_enabled=0), the benchmark turns the statistics on when it needs them");
     let mut runners: Vec<Box<dyn Runner>> = Vec::new();
     // Floor: a program that only returns XDP_PASS.
     let floor = clang(dir.path(), "floor", "#define SEC(n) __attribute__((section(n), used))\nstruct xdp_md;\nSEC(\"xdp\") int ref_fw(struct xdp_md *c) { return 2; }\nchar _l[] SEC(\"license\") = \"GPL\";\n");
@@ -347,7 +351,8 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
                 let (t0, n0) = r.run_stats();
                 r.ns_per_packet(pkt, repeat);
                 let (t1, n1) = r.run_stats();
-                row.samples.entry(name).or_default().push((t1 - t0) as f64 / (n1 - n0).max(1) as f64);
+                assert_eq!(n1 - n0, u64::from(repeat), "{} N={}: the BPF statistics counted every run", row.variant, row.n);
+                row.samples.entry(name).or_default().push((t1 - t0) as f64 / (n1 - n0) as f64);
             }
         }
     }

@@ -192,7 +192,7 @@ const CATALOG: &[Class] = &[
     Class {
         code: "xpol::verifier::too_many_maps",
         patterns: &["number of maps per program has reached the limit"],
-        cause: "the program uses more maps than the kernel allows one program (64): each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share three)",
+        cause: "the program uses more maps than the kernel allows one program (64): each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share three), besides the few xpol uses itself (rule counters, and parsed facts in long policies)",
         help: "merge sets of one element type into one set, or use fewer `@maps` in this hook",
     },
     Class {

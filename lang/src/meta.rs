@@ -32,12 +32,15 @@ pub const META_VERSION: u32 = 4;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountersMeta {
     /// CPUs with a block in global data (0: every CPU counts in [`RULES_MAP`]).
     pub global_cpus: u32,
-    /// Bytes per CPU block: 16 per rule, rounded up to a cache line so
-    /// that no two CPUs write the same line.
+    /// Bytes per CPU block: 16 per rule and 56 more, so that no two CPUs
+    /// write the same cache line even where the kernel puts the map's
+    /// value at an address that is only 8-aligned (array maps without
+    /// `BPF_F_MMAPABLE`, as aya makes them); rounded up to a power of two,
+    /// so that programs find a block with a shift, not a multiply.
     pub stride: u32,
 }
 
@@ -50,7 +53,7 @@ impl CountersMeta {
 
     /// The layout for a policy of `rules` rules.
     pub fn for_rules(rules: usize) -> CountersMeta {
-        let stride = (16 * rules.max(1) as u64).div_ceil(64) * 64;
+        let stride = (16 * rules as u64 + 56).next_power_of_two().max(64);
         let cpus = (u64::from(Self::MAX_GLOBAL_BYTES) / stride).min(u64::from(Self::MAX_GLOBAL_CPUS));
         CountersMeta { global_cpus: cpus as u32, stride: stride.min(u64::from(u32::MAX)) as u32 }
     }
@@ -86,6 +89,9 @@ pub struct ObjectMeta {
     /// Interfaces named by `redirect(...)`; slot `i` of the [`REDIRECT_MAP`]
     /// must hold the ifindex of `redirects[i]`.
     pub redirects: Vec<String>,
+    /// Absent in records pinned by runtimes before META_VERSION 4: no
+    /// blocks, every CPU counts in [`RULES_MAP`] (what those objects do).
+    #[serde(default)]
     pub counters: CountersMeta,
 }
 
@@ -250,17 +256,20 @@ mod tests {
 
     #[test]
     fn counter_blocks_are_cache_lines_within_the_budget() {
-        // 6 rules: 96 bytes in a 128-byte block, for 256 CPUs.
-        assert_eq!(CountersMeta::for_rules(6), CountersMeta { global_cpus: 256, stride: 128 });
+        // 6 rules: 96 bytes and 56 of slack in a 256-byte block, for 256 CPUs.
+        assert_eq!(CountersMeta::for_rules(6), CountersMeta { global_cpus: 256, stride: 256 });
         assert_eq!(CountersMeta::for_rules(0), CountersMeta { global_cpus: 256, stride: 64 });
         for rules in [1, 16, 17, 64, 1000, 2048, 2049, 4096, 4097, 100_000] {
             let c = CountersMeta::for_rules(rules);
-            assert_eq!(c.stride % 64, 0, "{rules}");
-            assert!(u64::from(c.stride) >= 16 * rules as u64, "{rules}");
+            assert!(c.stride.is_power_of_two() && c.stride >= 64, "{rules}");
+            assert!(u64::from(c.stride) >= 16 * rules as u64 + 56, "{rules}");
             assert!(c.bytes() <= u64::from(CountersMeta::MAX_GLOBAL_BYTES), "{rules}");
             assert!(c.global_cpus <= CountersMeta::MAX_GLOBAL_CPUS, "{rules}");
         }
-        assert_eq!(CountersMeta::for_rules(2049).global_cpus, 1);
-        assert_eq!(CountersMeta::for_rules(4097).global_cpus, 0);
+        assert_eq!(CountersMeta::for_rules(2044).global_cpus, 2);
+        assert_eq!(CountersMeta::for_rules(2045).global_cpus, 1);
+        assert_eq!(CountersMeta::for_rules(4093).global_cpus, 0);
+        // What records pinned before the layout existed read as.
+        assert_eq!(CountersMeta::default().global_cpus, 0);
     }
 }

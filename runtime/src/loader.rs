@@ -370,7 +370,7 @@ impl LoadedPolicy {
             return Ok(());
         }
         let map = meta::IPV4_TABLES_MAP;
-        let size = self.state.map(map)?.info().map_err(|e| RuntimeError::BadMetadata(format!("map `{map}`: {e}")))?.value_size() as u64;
+        let size = self.state.value_size(map)?;
         if size < global_bytes {
             return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' IPv4 tables: rebuild the object")));
         }
@@ -509,12 +509,13 @@ impl LoadedPolicy {
         Ok(dir)
     }
 
-    /// Pins the maps other processes read (`xpol stats`): all but the
-    /// IPv4 set tables in global data (`.bss`), which nothing reads after
-    /// loading. bpffs refuses dots in names: global data is pinned under
+    /// Pins the maps other processes read (`xpol stats`): the object's own
+    /// maps and the counters in global data, not the rest of global data
+    /// (the IPv4 set tables in `.bss`, which nothing reads after loading).
+    /// bpffs refuses dots in names: global data is pinned under
     /// [`pin_file`]'s name.
     fn pin_maps(&self, dir: &Path) -> Result<()> {
-        for (map, data) in self.state.maps.iter().filter(|(m, _)| m.as_str() != meta::IPV4_TABLES_MAP) {
+        for (map, data) in self.state.maps.iter().filter(|(m, _)| !m.starts_with('.') || m.as_str() == meta::COUNTERS_MAP) {
             data.pin(dir.join(pin_file(map))).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
         }
         Ok(())
@@ -592,6 +593,22 @@ impl PolicyMaps {
         self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
     }
 
+    /// The kernel's value size of `map`.
+    fn value_size(&self, map: &str) -> Result<u64> {
+        Ok(self.map(map)?.info().map_err(|e| RuntimeError::BadMetadata(format!("map `{map}`: {e}")))?.value_size() as u64)
+    }
+
+    /// The counters' blocks in global data, checked against the metadata
+    /// (a lookup writes the whole value, whatever the buffer's size).
+    fn counter_blocks(&self) -> Result<(&'static str, usize)> {
+        let map = meta::COUNTERS_MAP;
+        let bytes = self.meta.counters.bytes();
+        if self.value_size(map)? != bytes {
+            return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` does not hold the {bytes} bytes of counters its metadata says")));
+        }
+        Ok((map, bytes as usize))
+    }
+
     fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
         sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
     }
@@ -607,8 +624,8 @@ impl PolicyMaps {
         };
         let layout = self.meta.counters;
         if layout.global_cpus > 0 {
-            let map = meta::COUNTERS_MAP;
-            let mut global = vec![0u8; layout.bytes() as usize];
+            let (map, bytes) = self.counter_blocks()?;
+            let mut global = vec![0u8; bytes];
             let found = sys::map_lookup(self.map(map)?.fd().as_fd(), &0u32.to_le_bytes(), &mut global).map_err(|source| RuntimeError::Map { map: map.into(), source })?;
             if found {
                 for block in global.chunks_exact(layout.stride as usize) {
@@ -630,7 +647,8 @@ impl PolicyMaps {
     pub fn reset_counters(&self) -> Result<()> {
         let layout = self.meta.counters;
         if layout.global_cpus > 0 {
-            self.update(meta::COUNTERS_MAP, &0u32.to_le_bytes(), &vec![0u8; layout.bytes() as usize])?;
+            let (map, bytes) = self.counter_blocks()?;
+            self.update(map, &0u32.to_le_bytes(), &vec![0u8; bytes])?;
         }
         let zero = vec![0u8; 16 * self.cpus];
         for id in 0..self.meta.rules.len() as u32 {

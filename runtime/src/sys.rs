@@ -233,6 +233,19 @@ fn on_new_thread<T: Send>(f: impl FnOnce() -> io::Result<T> + Send) -> io::Resul
     }
 }
 
+/// The CPUs this thread may run on.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is a plain bit array that sched_getaffinity fills;
+    // CPU_ISSET reads it within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect())
+    }
+}
+
 /// Pins the calling thread to CPU `cpu`.
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is a plain bit array; CPU_SET bounds-checks `cpu`

@@ -62,6 +62,30 @@ pub struct GlobalCounters<'ctx> {
     pub stride: u64,
 }
 
+/// The successor that the weights of `bb`'s conditional branch favour.
+fn likely_successor<'ctx>(bb: BasicBlock<'ctx>, prof: u32) -> Option<BasicBlock<'ctx>> {
+    let br = bb.get_terminator()?;
+    if br.get_opcode() != inkwell::values::InstructionOpcode::Br || br.get_num_operands() != 3 {
+        return None;
+    }
+    let weights = br.get_metadata(prof)?.get_node_values()?;
+    let weight = |i: usize| match weights.get(i) {
+        Some(BasicMetadataValueEnum::IntValue(v)) => v.get_zero_extended_constant().unwrap_or(0),
+        _ => 0,
+    };
+    // Operands of a conditional `br`: condition, false, true; the weights
+    // (after the name): true, false.
+    let dest = |i: u32| match br.get_operand(i) {
+        Some(inkwell::values::Operand::Block(b)) => Some(b),
+        _ => None,
+    };
+    if weight(1) >= weight(2) {
+        dest(2)
+    } else {
+        dest(1)
+    }
+}
+
 /// Module-level state shared by all programs of one object.
 pub struct ModuleCx<'ctx> {
     pub cx: &'ctx Context,
@@ -156,7 +180,8 @@ impl<'ctx> ModuleCx<'ctx> {
     }
 
     /// Puts the likely successor of every weighted branch
-    /// ([`Bpf::cond_br_likely`]) right after the branch's block, after the
+    /// ([`Bpf::cond_br_likely`], [`Bpf::cond_br_unlikely`]) right after the
+    /// branch's block, after the
     /// IR is optimized and before the BPF backend runs. The backend cannot
     /// invert a conditional branch once blocks are placed (it does not
     /// analyze them), so a likely successor that is not the next block at
@@ -166,39 +191,32 @@ impl<'ctx> ModuleCx<'ctx> {
     pub fn lay_out_likely_fallthrough(&self) {
         let prof = self.cx.get_kind_id("prof");
         for f in self.module.get_functions() {
-            let entry = f.get_first_basic_block();
-            // A block that several weighted branches favour follows the
-            // first of them in block order (the parser's fast path comes
-            // before the general walk).
-            let mut placed = Vec::new();
-            for bb in f.get_basic_blocks() {
-                let Some(br) = bb.get_terminator() else { continue };
-                if br.get_opcode() != inkwell::values::InstructionOpcode::Br || br.get_num_operands() != 3 {
-                    continue;
+            let blocks = f.get_basic_blocks();
+            let Some(&entry) = blocks.first() else { continue };
+            // Each block's likely successor, if a weighted branch names one
+            // that no block before it (in the current order) claimed: the
+            // parser's fast path comes before the general walk.
+            let mut next: std::collections::HashMap<BasicBlock<'ctx>, BasicBlock<'ctx>> = Default::default();
+            let mut claimed = std::collections::HashSet::new();
+            for &bb in &blocks {
+                if let Some(likely) = likely_successor(bb, prof).filter(|&l| l != entry && l != bb && !claimed.contains(&l)) {
+                    claimed.insert(likely);
+                    next.insert(bb, likely);
                 }
-                // Operands of a conditional `br`: condition, false, true.
-                let dest = |i: u32| match br.get_operand(i) {
-                    Some(inkwell::values::Operand::Block(b)) => Some(b),
-                    _ => None,
-                };
-                let (t, f) = (dest(2), dest(1));
-                let likely = match br.get_metadata(prof).and_then(|m| m.get_node_values()) {
-                    Some(weights) => {
-                        let weight = |i: usize| match weights.get(i) {
-                            Some(BasicMetadataValueEnum::IntValue(v)) => v.get_zero_extended_constant().unwrap_or(0),
-                            _ => 0,
-                        };
-                        if weight(1) >= weight(2) { t } else { f }
-                    }
-                    // Unweighted, and neither successor next: the true one.
-                    None if bb.get_next_basic_block().is_some_and(|n| Some(n) == t || Some(n) == f) => continue,
-                    None => t,
-                };
-                let Some(likely) = likely.filter(|&l| Some(l) != entry && l != bb && !placed.contains(&l)) else { continue };
-                placed.push(likely);
-                if Some(likely) != bb.get_next_basic_block() {
-                    let _ = likely.move_after(bb);
+            }
+            // Chains of likely successors, in the order of their first
+            // blocks; every block once.
+            let mut order = Vec::with_capacity(blocks.len());
+            let mut done = std::collections::HashSet::new();
+            for &start in &blocks {
+                let mut at = Some(start);
+                while let Some(bb) = at.filter(|bb| done.insert(*bb)) {
+                    order.push(bb);
+                    at = next.get(&bb).copied();
                 }
+            }
+            for pair in order.windows(2) {
+                let _ = pair[1].move_after(pair[0]);
             }
         }
     }
@@ -408,6 +426,30 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
 
     pub fn ret(&self, code: u64) {
         ok(self.b.build_return(Some(&self.m.cx.i32_type().const_int(code, false))));
+    }
+
+    /// Returns `code` from a path of its own (a rule that counted and
+    /// decided). SimplifyCFG would otherwise merge every return into one
+    /// block and sink what the returning blocks share (the counting) into
+    /// it, so each rule's path would end in jumps to shared code whose
+    /// address and return value are phis. A `nomerge` call of
+    /// `llvm.sideeffect` (which emits no instruction) before the return
+    /// stops the sinking.
+    pub fn ret_apart(&self, code: u64) {
+        self.no_sinking_past_here();
+        self.ret(code);
+    }
+
+    /// A `nomerge` call of `llvm.sideeffect`, which emits no instruction:
+    /// SimplifyCFG sinks no instruction of this block past it into a block
+    /// shared with others.
+    fn no_sinking_past_here(&self) {
+        let name = "llvm.sideeffect";
+        let void = self.m.cx.void_type().fn_type(&[], false);
+        let f = self.m.module.get_function(name).unwrap_or_else(|| self.m.module.add_function(name, void, None));
+        let call = ok(self.b.build_call(f, &[], ""));
+        let nomerge = inkwell::attributes::Attribute::get_named_enum_kind_id("nomerge");
+        call.add_attribute(inkwell::attributes::AttributeLoc::Function, self.m.cx.create_enum_attribute(nomerge, 0));
     }
 
     pub fn ret_value(&self, v: IntValue<'ctx>) {
@@ -767,7 +809,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         if self.omit_null_check {
             self.br(found);
         } else {
-            self.cond_br(self.is_null(p), null, found);
+            self.cond_br_unlikely(self.is_null(p), null, found);
         }
     }
 
@@ -813,6 +855,9 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             let slot = self.ptr_add(g.base, self.add(self.mul(cpu, self.c64(g.stride)), rule));
             self.add_u64_at(slot, 0, self.c64(1), false);
             self.add_u64_at(slot, 8, bytes, false);
+            // The map's way does the same adds: keep them apart, so that
+            // this (common) way needs no jump to adds shared with it.
+            self.no_sinking_past_here();
             self.br(done);
             self.at(in_map);
         }

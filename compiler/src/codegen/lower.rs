@@ -135,13 +135,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// keeps in registers across every rule (or spills), which costs the
     /// common path more than the copies cost in size. The rules after the
     /// L4 parse are emitted once per L4 header they read (see
-    /// [`parse::L4Split`]) while the copies stay few.
+    /// [`parse::L4Split`]) while the copies stay within the rule count and
+    /// branch weight that specializing allows.
     fn rules_in_place(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>) {
         for (i, probe) in probes.iter().enumerate() {
             if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
                 let rest = &probes[i..];
                 let split = parse::L4Split::of(rest);
-                if split.copies() * rest.len() <= super::SPECIALIZE_MAX_RULES {
+                // The copies multiply code and the verifier's work: keep
+                // them within what specializing allows a whole program.
+                let copies = split.copies();
+                if copies * rest.len() <= super::SPECIALIZE_MAX_RULES && copies * super::probes_weight(rest) <= super::SPECIALIZE_MAX_WEIGHT {
                     for end in parse::parse_l4_split(self.b, &self.h, &at, split) {
                         self.b.at(end);
                         self.rules_in_place(rest, None);
@@ -223,7 +227,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
 
     fn stmt(&mut self, s: &ir::Stmt) {
         match &s.kind {
-            StmtKind::Verdict(v) => self.b.ret(verdict_code(self.hook, *v)),
+            StmtKind::Verdict(v) => self.b.ret_apart(verdict_code(self.hook, *v)),
             StmtKind::Redirect(i) => self.redirect(*i),
             StmtKind::If { cond, then_body, else_body } => {
                 let then_bb = self.b.block("then");

@@ -108,6 +108,11 @@ pub fn specialized(policy: &ir::Policy) -> bool {
 /// results through branches, each `if`, `let` and map update adds paths
 /// or state. A rule of one comparison and a verdict weighs nothing.
 pub fn branch_weight(prog: &ir::Program) -> usize {
+    probes_weight(&prog.probes)
+}
+
+/// [`branch_weight`] of some of a program's probes.
+pub fn probes_weight(probes: &[ir::Probe]) -> usize {
     fn expr(e: &ir::Expr) -> usize {
         use ir::ExprKind::*;
         match &e.kind {
@@ -135,7 +140,7 @@ pub fn branch_weight(prog: &ir::Program) -> usize {
             })
             .sum()
     }
-    prog.probes.iter().map(|p| p.predicate.as_ref().map_or(0, expr) + stmts(&p.body)).sum()
+    probes.iter().map(|p| p.predicate.as_ref().map_or(0, expr) + stmts(&p.body)).sum()
 }
 
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {

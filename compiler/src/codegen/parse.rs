@@ -714,14 +714,14 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         // second byte as loaded): unfragmented or a first fragment.
         let frag_off_as_loaded = u16::from_le_bytes(0x1fffu16.to_be_bytes());
         let fragw = b.zext64(b.load_raw(p, 6, 2));
-        b.cond_br(b.eq(b.and(fragw, b.c64(u64::from(frag_off_as_loaded))), z), first, done);
+        b.cond_br_likely(b.eq(b.and(fragw, b.c64(u64::from(frag_off_as_loaded))), z), first, done);
         b.at(first);
         let hlen = b.shl(b.and(b.load_be(p, 0, 1), b.c64(15)), b.c64(2));
         (b.pkt_ptr(p, hlen), hlen, b.load_be(p, 2, 2), b.load_be(p, 9, 1))
     } else {
         let o = b.get(at.l4off);
         let dgram_end = b.get(at.ip_end);
-        b.cond_br(b.eq(b.get(h.frag_off), z), first, done);
+        b.cond_br_likely(b.eq(b.get(h.frag_off), z), first, done);
         b.at(first);
         let o = b.and(b.opaque(o), b.c64(2 * MAX_L4_OFFSET - 1));
         (b.pkt_ptr(data, o), o, dgram_end, b.get(h.proto))
@@ -737,9 +737,11 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
     };
     // The protocol first, then the bounds: short-circuit branches cost less
     // than computing every condition and combining them.
+    // The protocols in the order of their share of traffic (TCP, UDP,
+    // ICMP), each laid out as the fall-through.
     let check = |is_proto: IntValue<'ctx>, n: u64, yes: BasicBlock<'ctx>, no: BasicBlock<'ctx>| {
         let bounds = b.block("l4_bounds");
-        b.cond_br(is_proto, bounds, no);
+        b.cond_br_likely(is_proto, bounds, no);
         b.at(bounds);
         b.cond_br_likely(whole(n), yes, no);
     };
