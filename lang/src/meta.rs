@@ -272,4 +272,13 @@ mod tests {
         // What records pinned before the layout existed read as.
         assert_eq!(CountersMeta::default().global_cpus, 0);
     }
+
+    /// Metadata written before META_VERSION 4 (a pinned policy's record)
+    /// still reads: no counter blocks, every CPU counts in the map.
+    #[test]
+    fn metadata_without_a_counter_layout_reads_as_none() {
+        let old = r#"{"version":3,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[]}"#;
+        let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
+        assert_eq!(meta.counters, CountersMeta::default());
+    }
 }
