@@ -351,7 +351,9 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
                 let (t0, n0) = r.run_stats();
                 r.ns_per_packet(pkt, repeat);
                 let (t1, n1) = r.run_stats();
-                assert_eq!(n1 - n0, u64::from(repeat), "{} N={}: the BPF statistics counted every run", row.variant, row.n);
+                // At least: xdp-filter's program is attached to an interface,
+                // where a stray frame (IPv6 neighbour discovery) may run it too.
+                assert!(n1 - n0 >= u64::from(repeat), "{} N={}: the BPF statistics counted {} of {repeat} runs", row.variant, row.n, n1 - n0);
                 row.samples.entry(name).or_default().push((t1 - t0) as f64 / (n1 - n0) as f64);
             }
         }
