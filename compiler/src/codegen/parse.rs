@@ -239,11 +239,12 @@ impl<'ctx> Headers<'ctx> {
 /// instead of a merge of every field of every path.
 pub struct Parsed<'ctx> {
     pub headers: Headers<'ctx>,
-    /// No IP header (or a malformed one), IPv4, IPv6; only the first
-    /// when not specializing.
+    /// No IP header (or a malformed one), untagged IPv4 without options
+    /// (the common frame: its header length is known there), other IPv4,
+    /// IPv6; only the first when not specializing.
     pub ends: Vec<BasicBlock<'ctx>>,
-    /// The end only IPv4 packets reach, when specializing.
-    ip4_end: Option<BasicBlock<'ctx>>,
+    /// The ends only IPv4 packets reach, when specializing.
+    ip4_ends: Vec<BasicBlock<'ctx>>,
     /// Where the L4 header is, for [`parse_l4_here`]; see [`Parsed::l4_at`].
     l4: L4At<'ctx>,
 }
@@ -359,7 +360,8 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     // IPv4 from its fixed 20 bytes at `p` (offset `off`), known to be in
     // the frame, on to the L4 dispatch; a malformed header ends parsing.
     let l4_v4 = b.block("l4_v4");
-    let ip4_header = |p: PointerValue<'ctx>, off: IntValue<'ctx>| {
+    let l4_v4_plain = b.block("l4_v4_plain");
+    let ip4_header = |p: PointerValue<'ctx>, off: IntValue<'ctx>, to: BasicBlock<'ctx>| {
         let vihl = b.load_be(p, 0, 1);
         let ihl = b.and(vihl, b.c64(15));
         let hlen = b.mul(ihl, b.c64(4));
@@ -394,7 +396,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(h.proto_ok, t);
         b.set(l4off, b.add(off, hlen));
         b.set(ip_end, b.add(off, total));
-        b.br(l4_v4);
+        b.br(to);
     };
     // The common frame first: untagged IPv4 with its fixed header in the
     // frame takes one bounds check and one compare of the EtherType as
@@ -415,7 +417,17 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(h.eth_type, b.c64(ETH_P_IP));
         b.set(l3off, b.c64(14));
         locate(Stage::Ip4);
-        ip4_header(b.ptr_add(data, b.c64(14)), b.c64(14));
+        // Most IPv4 headers have no options (version 4, IHL 5): those get
+        // a parse end of their own, where LLVM knows the header's length
+        // and finds the L4 header at a constant offset.
+        let p = b.ptr_add(data, b.c64(14));
+        let plain = b.block("ip4_plain");
+        let with_options = b.block("ip4_options");
+        b.cond_br_likely(b.eq(b.load_be(p, 0, 1), b.c64(0x45)), plain, with_options);
+        b.at(plain);
+        ip4_header(p, b.c64(14), l4_v4_plain);
+        b.at(with_options);
+        ip4_header(p, b.c64(14), l4_v4);
     };
 
     // Ethernet and VLAN tags, at constant offsets.
@@ -510,7 +522,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let ip4_fixed = b.block("ip4_fixed");
     b.cond_br(b.fits(p, 20, data_end), ip4_fixed, done);
     b.at(ip4_fixed);
-    ip4_header(p, off);
+    ip4_header(p, off, l4_v4);
 
     // IPv6.
     b.at(ip6);
@@ -618,17 +630,21 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
 
     b.at(l4_v4);
     b.br(ip4_done);
+    let ip4_plain_done = if specialize { b.block("ip4_plain_parsed") } else { done };
+    b.at(l4_v4_plain);
+    b.br(ip4_plain_done);
     b.at(l4_v6);
     b.br(ip6_done);
     let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied(), ip4: false };
-    let ends = if specialize { vec![done, ip4_done, ip6_done] } else { vec![done] };
-    Parsed { headers: h, ends, ip4_end: specialize.then_some(ip4_done), l4 }
+    let ends = if specialize { vec![done, ip4_plain_done, ip4_done, ip6_done] } else { vec![done] };
+    let ip4_ends = if specialize { vec![ip4_plain_done, ip4_done] } else { Vec::new() };
+    Parsed { headers: h, ends, ip4_ends, l4 }
 }
 
 impl<'ctx> Parsed<'ctx> {
     /// Where the L4 header is, for the rules emitted at parse end `end`.
     pub fn l4_at(&self, end: BasicBlock<'ctx>) -> L4At<'ctx> {
-        L4At { ip4: self.ip4_end == Some(end), ..self.l4 }
+        L4At { ip4: self.ip4_ends.contains(&end), ..self.l4 }
     }
 }
 
