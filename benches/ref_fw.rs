@@ -420,7 +420,7 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path,
         let compile = r.compile_ms.map(|c| format!("{c:.0}")).unwrap_or_default();
         let _ = writeln!(md, "| {} | {} | {} | {} | {} | {compile} | {:.0} |", r.variant, r.n, r.insns.0, r.insns.1, r.insns.2, r.load_ms);
     }
-    md.push_str(&targets(rows, &|r, k| ratios(r, k), &|r, k| stat(r, k).0));
+    md.push_str(&targets(rows, quick, &|r, k| ratios(r, k), &|r, k| stat(r, k).0));
     std::fs::create_dir_all(out_dir).expect("output dir");
     let doc = serde_json::json!({
         "quick": quick, "repeat": repeat, "rounds": rounds, "results": json,
@@ -432,7 +432,7 @@ fn report(rows: &[Row], quick: bool, repeat: u32, rounds: usize, out_dir: &Path,
 
 /// The targets for BPF_PROG_TEST_RUN and compile time, each with
 /// the figure measured in this run and whether it is met.
-fn targets(rows: &[Row], ratios: &dyn Fn(&Row, &str) -> Vec<f64>, median_of: &dyn Fn(&Row, &str) -> f64) -> String {
+fn targets(rows: &[Row], quick: bool, ratios: &dyn Fn(&Row, &str) -> Vec<f64>, median_of: &dyn Fn(&Row, &str) -> f64) -> String {
     let mut out = String::from("\nTargets (medians of this run):\n\n");
     let met = |ok: bool| if ok { "met" } else { "not met" };
     let xpol = |n: usize| rows.iter().filter(move |r| r.n == n && r.variant.starts_with("xpol"));
@@ -456,13 +456,24 @@ fn targets(rows: &[Row], ratios: &dyn Fn(&Row, &str) -> Vec<f64>, median_of: &dy
         let lpm = median(&ratios(big, "blocked"));
         let _ = writeln!(out, "- N=100000: at most 40 ns per packet and under 0.5x C with LPM_TRIE: {ns:.0} ns, {lpm:.2}x ({}).", met(ns <= 40.0 && lpm < 0.5));
         if let Some(mid) = set_row(1000) {
-            // In run time: the test-run durations are whole ns.
-            let growth = median_of(big, "blocked_run_time") / median_of(mid, "blocked_run_time");
-            let _ = writeln!(out, "- From N=1000 to N=100000 the cost grows by under 1.5x: {growth:.2}x in run time ({}).", met(growth < 1.5));
+            // In run time: the test-run durations are whole ns. Run time
+            // includes the clock reads (the floor row); without them too.
+            let run_time = |r: &Row| median_of(r, "blocked_run_time");
+            let floor = rows.iter().find(|r| r.n == 0).map_or(0.0, run_time);
+            let growth = run_time(big) / run_time(mid);
+            let above_floor = (run_time(big) - floor) / (run_time(mid) - floor);
+            let _ = writeln!(
+                out,
+                "- From N=1000 to N=100000 the cost grows by under 1.5x: {growth:.2}x in run time, {above_floor:.2}x in run time above the floor ({}).",
+                met(growth.max(above_floor) < 1.5)
+            );
         }
         if let Some(ms) = big.compile_ms {
             let _ = writeln!(out, "- Compile of the N=100000 policy under 2 s: {ms:.0} ms ({}).", met(ms < 2000.0));
         }
+    }
+    if quick {
+        return out;
     }
     let (in_process, whole) = firewall_compile_ms();
     let _ = writeln!(

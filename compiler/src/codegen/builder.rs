@@ -772,6 +772,11 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     }
 
     fn helper_call_any(&self, id: u64, ret: inkwell::types::BasicTypeEnum<'ctx>, args: &[BasicMetadataValueEnum<'ctx>]) -> BasicValueEnum<'ctx> {
+        self.helper_call_with(&self.b, id, ret, args)
+    }
+
+    /// [`Bpf::helper_call`] through builder `b`.
+    fn helper_call_with(&self, b: &Builder<'ctx>, id: u64, ret: inkwell::types::BasicTypeEnum<'ctx>, args: &[BasicMetadataValueEnum<'ctx>]) -> BasicValueEnum<'ctx> {
         let params: Vec<BasicMetadataTypeEnum<'ctx>> = args
             .iter()
             .map(|a| match a {
@@ -783,7 +788,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let fty = ret.fn_type(&params, false);
         let fptr = self.c64(id).const_to_pointer(fty.ptr_type(AddressSpace::default()));
         let callable = CallableValue::try_from(fptr).expect("a function pointer is callable");
-        ok(self.b.build_call(callable, args, "call")).try_as_basic_value().basic().expect("helpers return a value")
+        ok(b.build_call(callable, args, "call")).try_as_basic_value().basic().expect("helpers return a value")
     }
 
     fn map_ptr(&self, map: MapDef<'ctx>) -> PointerValue<'ctx> {
@@ -851,13 +856,11 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         if let Some(cpu) = self.cpu.get() {
             return cpu;
         }
-        let here = self.b.get_insert_block();
-        let before = self.entry.get_terminator().expect("the parser ends the entry block with a branch");
-        self.b.position_before(&before);
-        let cpu = self.helper_call(helper::GET_SMP_PROCESSOR_ID, self.i64(), &[]);
-        if let Some(here) = here {
-            self.b.position_at_end(here);
-        }
+        // A builder of its own, so that this one keeps its position and
+        // debug location.
+        let at_entry = self.m.cx.create_builder();
+        at_entry.position_before(&self.entry.get_terminator().expect("the parser ends the entry block with a branch"));
+        let cpu = self.helper_call_with(&at_entry, helper::GET_SMP_PROCESSOR_ID, self.i64().into(), &[]).into_int_value();
         self.cpu.set(Some(cpu));
         cpu
     }
@@ -868,7 +871,12 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     pub fn bump_counter(&self, counters: Counters<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
         let done = self.block("counted");
         if let Some(g) = counters.global {
-            let cpu = self.cpu();
+            // One register for the check and the address: LLVM may keep the
+            // CPU number on the stack across the rules, and kernels before
+            // 6.9 forget the bound of an unbounded scalar spilled and
+            // reloaded, so a reload for each use would leave the address
+            // unbounded.
+            let cpu = self.opaque(self.cpu());
             let in_global = self.block("count_global");
             let in_map = self.block("count_in_map");
             self.cond_br_likely(self.cmp(IntPredicate::ULT, cpu, self.c64(g.cpus)), in_global, in_map);

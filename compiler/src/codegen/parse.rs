@@ -212,7 +212,7 @@ pub struct Headers<'ctx> {
     pub icmp_type: PointerValue<'ctx>,
     pub icmp_code: PointerValue<'ctx>,
     /// The address of the IPv4 header (as an integer), for the L4 parser
-    /// at the IPv4 end; not a fact.
+    /// at the IPv4 ends; not a fact.
     pub ip4_hdr: PointerValue<'ctx>,
 }
 
@@ -243,7 +243,8 @@ pub struct Parsed<'ctx> {
     /// (the common frame: its header length is known there), other IPv4,
     /// IPv6; only the first when not specializing.
     pub ends: Vec<BasicBlock<'ctx>>,
-    /// The ends only IPv4 packets reach, when specializing.
+    /// The ends only IPv4 packets reach, when specializing: headers
+    /// without options first.
     ip4_ends: Vec<BasicBlock<'ctx>>,
     /// Where the L4 header is, for [`parse_l4_here`]; see [`Parsed::l4_at`].
     l4: L4At<'ctx>,
@@ -358,7 +359,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(h.eth_src, load_mac(b, data, 6));
     };
     // IPv4 from its fixed 20 bytes at `p` (offset `off`), known to be in
-    // the frame, on to the L4 dispatch; a malformed header ends parsing.
+    // the frame, on to `to`; a malformed header ends parsing.
     let l4_v4 = b.block("l4_v4");
     let l4_v4_plain = b.block("l4_v4_plain");
     let ip4_header = |p: PointerValue<'ctx>, off: IntValue<'ctx>, to: BasicBlock<'ctx>| {
@@ -635,7 +636,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     b.br(ip4_plain_done);
     b.at(l4_v6);
     b.br(ip6_done);
-    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied(), ip4: false };
+    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied(), ip4: false, ip4_plain: false };
     let ends = if specialize { vec![done, ip4_plain_done, ip4_done, ip6_done] } else { vec![done] };
     let ip4_ends = if specialize { vec![ip4_plain_done, ip4_done] } else { Vec::new() };
     Parsed { headers: h, ends, ip4_ends, l4 }
@@ -644,7 +645,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
 impl<'ctx> Parsed<'ctx> {
     /// Where the L4 header is, for the rules emitted at parse end `end`.
     pub fn l4_at(&self, end: BasicBlock<'ctx>) -> L4At<'ctx> {
-        L4At { ip4: self.ip4_ends.contains(&end), ..self.l4 }
+        L4At { ip4: self.ip4_ends.contains(&end), ip4_plain: self.ip4_ends.first() == Some(&end), ..self.l4 }
     }
 }
 
@@ -656,8 +657,10 @@ pub struct L4At<'ctx> {
     ip_end: PointerValue<'ctx>,
     omit_l4_bounds_check: bool,
     span: Option<Span>,
-    /// Only IPv4 packets get here (the IPv4 end of a specialized program).
+    /// Only IPv4 packets get here (an IPv4 end of a specialized program).
     ip4: bool,
+    /// Only IPv4 headers without options (0x45) get here.
+    ip4_plain: bool,
 }
 
 /// Parses the L4 header at the current position, where the IP header (if
@@ -732,7 +735,9 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         let fragw = b.zext64(b.load_raw(p, 6, 2));
         b.cond_br_likely(b.eq(b.and(fragw, b.c64(u64::from(frag_off_as_loaded))), z), first, done);
         b.at(first);
-        let hlen = b.shl(b.and(b.load_be(p, 0, 1), b.c64(15)), b.c64(2));
+        // At the end of headers without options the length is known:
+        // LLVM could not reuse the first byte's load after a helper call.
+        let hlen = if at.ip4_plain { b.c64(20) } else { b.shl(b.and(b.load_be(p, 0, 1), b.c64(15)), b.c64(2)) };
         (b.pkt_ptr(p, hlen), hlen, b.load_be(p, 2, 2), b.load_be(p, 9, 1))
     } else {
         let o = b.get(at.l4off);
