@@ -304,3 +304,39 @@ fn program_size_budget() {
     let pkt = xpol_runtime::packet::PacketSpec::tcp4("198.18.0.1".parse().unwrap(), "198.19.0.1".parse().unwrap(), 1, 2999).ipv4(|ip| ip.ttl = 255).build();
     common::expect(&mut p, "xdp", "the last numbered rule", &pkt, xpol_runtime::loader::Action::Drop, &[2000]);
 }
+
+/// A policy at the limits of specializing (64 rules, branch weight 32,
+/// reading TCP, UDP and ICMP fields, with map updates and a named set, so
+/// helper calls between the rules) is emitted once per parse end and per
+/// L4 header; the verifier must still accept it with plenty of room below
+/// its 1,000,000 processed instructions.
+#[test]
+fn specialized_policy_at_the_limits_verifies_with_room() {
+    if !common::kernel("specialized_policy_at_the_limits_verifies_with_room") {
+        return;
+    }
+    let mut policy = String::from("set nets: cidr = { 10.0.0.0/8, 2001:db8:1::/48 }\n");
+    for i in 0..8 {
+        // Weight 2 each: `&&` and a map update.
+        policy.push_str(&format!("xdp /tcp.dport == {} && ip.src in nets/ {{ @hits[ip.src] = count(); drop }}\n", 1000 + i));
+    }
+    for i in 0..8 {
+        // Weight 1 each.
+        policy.push_str(&format!("xdp /udp.dport == {} || icmp.type == {i}/ {{ drop }}\n", 2000 + i));
+    }
+    for i in 0..4 {
+        // Weight 2 each.
+        policy.push_str(&format!("xdp /(tcp.sport == {i} || udp.sport == {i}) && ip.ttl < 5/ {{ drop }}\n"));
+    }
+    for i in 0..43 {
+        policy.push_str(&format!("xdp /ip.src == 198.18.{i}.1/ {{ pass }}\n"));
+    }
+    policy.push_str("xdp { pass }\n");
+    let mut loaded = common::load_text(&policy);
+    assert_eq!(loaded.meta().rules.len(), xpol_compiler::codegen::SPECIALIZE_MAX_RULES);
+    // Specialized: no map of parsed facts.
+    assert!(loaded.ebpf_mut().map(xpol_compiler::codegen::FACTS_MAP).is_none(), "the policy was not specialized");
+    let stats = loaded.program_stats("xdp").expect("program stats");
+    eprintln!("specialized policy at the limits: {} instructions processed by the verifier", stats.verified_insns);
+    assert!(stats.verified_insns > 0 && stats.verified_insns < 250_000, "the verifier processed {} instructions", stats.verified_insns);
+}
