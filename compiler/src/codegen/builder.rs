@@ -872,10 +872,10 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let done = self.block("counted");
         if let Some(g) = counters.global {
             // One register for the check and the address: LLVM may keep the
-            // CPU number on the stack across the rules, and kernels before
-            // 6.9 forget the bound of an unbounded scalar spilled and
-            // reloaded, so a reload for each use would leave the address
-            // unbounded.
+            // CPU number on the stack across the rules, and older verifiers
+            // (before about 6.9) forget the bound of an unbounded scalar
+            // spilled and reloaded, so a reload for each use would leave
+            // the address unbounded.
             let cpu = self.opaque(self.cpu());
             let in_global = self.block("count_global");
             let in_map = self.block("count_in_map");
