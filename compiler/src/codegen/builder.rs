@@ -181,8 +181,8 @@ impl<'ctx> ModuleCx<'ctx> {
 
     /// Puts the likely successor of every weighted branch
     /// ([`Bpf::cond_br_likely`], [`Bpf::cond_br_unlikely`]) right after the
-    /// branch's block, after the
-    /// IR is optimized and before the BPF backend runs. The backend cannot
+    /// branch's block, after the IR is optimized and before the BPF backend
+    /// runs. The backend cannot
     /// invert a conditional branch once blocks are placed (it does not
     /// analyze them), so a likely successor that is not the next block at
     /// instruction selection ends up as `if c goto +1; goto unlikely`: a

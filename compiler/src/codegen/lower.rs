@@ -91,6 +91,10 @@ pub struct Lower<'l, 'a, 'ctx> {
     raw_v4: std::cell::RefCell<HashMap<IntValue<'ctx>, IntValue<'ctx>>>,
 }
 
+/// A jump into the shared counting tail: rule number, return code, and
+/// the block it comes from.
+type IntoTail<'ctx> = (IntValue<'ctx>, IntValue<'ctx>, BasicBlock<'ctx>);
+
 /// Return codes: XDP actions, or TC actions for `tc:*` hooks.
 fn verdict_code(hook: Hook, v: Verdict) -> u64 {
     match (hook, v) {
@@ -189,8 +193,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// One probe: its predicate, then its body (counted), or on to the
     /// next probe. With `tail`, a body that is only a verdict jumps there
     /// with its rule number and return code, pushed to the list.
-    #[allow(clippy::type_complexity)]
-    fn rule(&mut self, probe: &ir::Probe, tail: Option<(BasicBlock<'ctx>, &mut Vec<(IntValue<'ctx>, IntValue<'ctx>, BasicBlock<'ctx>)>)>) {
+    fn rule(&mut self, probe: &ir::Probe, tail: Option<(BasicBlock<'ctx>, &mut Vec<IntoTail<'ctx>>)>) {
         let i32t = self.b.m.cx.i32_type();
         self.loc(probe.span);
         let next = self.b.block("next_rule");

@@ -757,9 +757,9 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         }
     };
     // The protocol first, then the bounds: short-circuit branches cost less
-    // than computing every condition and combining them.
-    // The protocols in the order of their share of traffic (TCP, UDP,
-    // ICMP), each laid out as the fall-through.
+    // than computing every condition and combining them. Protocols in the
+    // order of their share of traffic (TCP, UDP, ICMP), each laid out as
+    // the fall-through.
     let check = |is_proto: IntValue<'ctx>, n: u64, yes: BasicBlock<'ctx>, no: BasicBlock<'ctx>| {
         let bounds = b.block("l4_bounds");
         b.cond_br_likely(is_proto, bounds, no);
