@@ -138,7 +138,7 @@ fn outcome(a: Action) -> Option<Outcome> {
 fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
     let b = xpol_compiler::build(path, &xpol_compiler::BuildOptions::default());
     let out = b.output.expect("compiles");
-    let mut loaded = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true }).expect("loads");
+    let mut loaded = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }).expect("loads");
     let mut checked = 0;
     for prog in &out.ir.programs {
         let hook = prog.hook;
@@ -267,7 +267,7 @@ fn run_generated(path: &Path, text: &str, packets: &[Vec<u8>], reference: Refere
     let Some(out) = b.output else {
         return Err(Failure::Compile(xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
     };
-    let mut loaded = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true }).map_err(|e| Failure::Load(e.to_string()))?;
+    let mut loaded = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }).map_err(|e| Failure::Load(e.to_string()))?;
     let mut state = State::default();
     let (mut runs, mut decided) = (0, 0);
     for prog in &out.ir.programs {

@@ -90,7 +90,7 @@ fn padded_examples_agree_with_the_reference() {
         let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
         let out = b.output.unwrap_or_else(|| panic!("{}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
         assert!(out.ir.rules.len() > SPECIALIZE_MAX_RULES);
-        let mut p = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true }).expect("load");
+        let mut p = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }).expect("load");
         let mut state = State::default();
         for packet in packets() {
             let before = p.rule_counters().expect("counters");

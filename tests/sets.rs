@@ -38,7 +38,7 @@ fn check(prefixes: &[(u32, u8)], edges_of: &[(u32, u8)], extra: &[u32]) -> Vec<S
     std::fs::write(&path, "set s: cidr = file(\"s.txt\")\nxdp /ip.src in s/ { drop }\n").expect("write policy");
     let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
     let out = b.output.unwrap_or_else(|| panic!("{}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-    let mut policy = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true }).expect("load");
+    let mut policy = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }).expect("load");
 
     // The first, last, one-before and one-after address of every prefix.
     let mut addrs: Vec<u32> = extra.to_vec();

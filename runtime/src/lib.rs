@@ -9,5 +9,7 @@
 pub mod loader;
 pub mod packet;
 pub mod pcap;
+pub mod store;
+pub mod apply;
 pub mod sys;
 pub mod testing;

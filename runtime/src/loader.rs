@@ -53,6 +53,14 @@ pub enum RuntimeError {
     TestRun(String),
     #[error("{0}")]
     Pin(String),
+    #[error("{0}")]
+    Store(String),
+    #[error("refusing to use {}: {reason}. xpol did not make it; someone else may have planted it: inspect it, remove it, and run xpol again", path.display())]
+    StoreUnsafe { path: PathBuf, reason: String },
+    #[error("no policy is applied as `{0}` (see `xpol list`)")]
+    NotApplied(String),
+    #[error("policy `{name}`: {message}")]
+    Apply { name: String, message: String },
     #[error("bpffs: {0}")]
     Bpffs(String),
     #[error("this kernel lacks a feature: {0}")]
@@ -135,6 +143,14 @@ pub struct LoadOptions {
     /// interface does not exist here, instead of failing: for test runs of
     /// policies written for another host.
     pub missing_interfaces_ok: bool,
+    /// Fill these named sets with these elements (canonical text, as in
+    /// [`meta::SetMeta::elements`]) instead of the object's: the live
+    /// contents of an applied policy's sets.
+    pub set_elements: HashMap<String, Vec<String>>,
+    /// Give the programs these existing maps (by map name in the object)
+    /// instead of new ones: state that a replaced policy hands on. Each
+    /// must have the same type, sizes and flags as the object's map.
+    pub adopt_maps: Vec<(String, std::sync::Arc<std::os::fd::OwnedFd>)>,
 }
 
 /// The maps of a policy with its metadata: enough to read and reset its
@@ -144,12 +160,25 @@ pub struct PolicyMaps {
     meta: ObjectMeta,
     maps: HashMap<String, MapData>,
     cpus: usize,
+    /// Counters carried over from earlier generations of an applied
+    /// policy, added to what the kernel counts (empty: none).
+    base: Vec<RuleCounters>,
 }
 
 /// A link keeping a program attached; dropping it detaches.
 enum AttachedLink {
-    Xdp(aya::programs::xdp::XdpLink),
-    Tc(aya::programs::tc::SchedClassifierLink),
+    /// A BPF link (XDP from Linux 5.9, tcx from 6.6), with its id: it can
+    /// be pinned, and asked whether it is still attached.
+    Fd { link: aya::programs::links::FdLink, id: u32 },
+    /// A netlink attachment (TC before tcx), held until dropped.
+    Netlink { _held: aya::programs::tc::SchedClassifierLink },
+}
+
+impl AttachedLink {
+    fn fd(link: aya::programs::links::FdLink) -> Result<AttachedLink> {
+        let id = link.info().map_err(|e| RuntimeError::Pin(format!("link info: {e}")))?.id();
+        Ok(AttachedLink::Fd { link, id })
+    }
 }
 
 /// A policy loaded in the kernel, attached to nothing until [`LoadedPolicy::attach`].
@@ -158,19 +187,6 @@ pub struct LoadedPolicy {
     links: Vec<(String, AttachedLink)>,
     ebpf: Ebpf,
     state: PolicyMaps,
-}
-
-/// Where pinned policies live: links and maps in bpffs, metadata beside.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/xpol";
-pub const PIN_META_ROOT: &str = "/run/xpol";
-
-/// What `xpol list` shows of a pinned policy.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct PinRecord {
-    pub name: String,
-    pub interface: String,
-    pub hooks: Vec<String>,
-    pub meta: ObjectMeta,
 }
 
 /// Reads the metadata section of an object.
@@ -183,6 +199,26 @@ pub fn read_meta(object: &[u8]) -> Result<ObjectMeta> {
         return Err(RuntimeError::MetadataVersion { found: meta.version, expected: meta::META_VERSION });
     }
     Ok(meta)
+}
+
+/// Makes the object's map `name` the existing map `existing`, before any
+/// program is loaded (see [`sys::replace_fd`]), after checking that the
+/// two have the same type, sizes and flags.
+fn adopt_map(ebpf: &Ebpf, name: &str, existing: &std::os::fd::OwnedFd) -> Result<()> {
+    let map = ebpf.map(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))?;
+    let data = match map {
+        Map::Array(m) | Map::HashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => m,
+        _ => return Err(RuntimeError::UnknownMap(name.to_string())),
+    };
+    let err = |e: aya::maps::MapError| RuntimeError::Map { map: name.to_string(), source: std::io::Error::other(e.to_string()) };
+    let new = data.info().map_err(err)?;
+    let dup = existing.try_clone().map_err(|source| RuntimeError::Map { map: name.to_string(), source })?;
+    let old = MapData::from_fd(dup).map_err(err)?.info().map_err(err)?;
+    let shape = |i: &aya::maps::MapInfo| (i.map_type().ok().map(|t| t as u32), i.key_size(), i.value_size(), i.max_entries(), i.map_flags());
+    if shape(&new) != shape(&old) {
+        return Err(RuntimeError::Map { map: name.to_string(), source: std::io::Error::other("the existing map has another type or size") });
+    }
+    sys::replace_fd(existing.as_fd(), data.fd().as_fd()).map_err(|source| RuntimeError::Map { map: name.to_string(), source })
 }
 
 fn map_data(map: Map) -> Option<MapData> {
@@ -229,6 +265,15 @@ impl LoadedPolicy {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => RuntimeError::Map { map: name, source: io_error },
             e => RuntimeError::BadObject(e.to_string()),
         })?;
+        for (name, existing) in &options.adopt_maps {
+            adopt_map(&ebpf, name, existing)?;
+        }
+        let mut meta = meta;
+        for set in &mut meta.sets {
+            if let Some(elements) = options.set_elements.get(&set.name) {
+                set.elements = elements.clone();
+            }
+        }
         for p in &meta.programs {
             let prog = ebpf.program_mut(&p.name).ok_or_else(|| RuntimeError::Program {
                 program: p.name.clone(),
@@ -251,7 +296,7 @@ impl LoadedPolicy {
             }
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
-        let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus } };
+        let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
         policy.fill_sets()?;
         policy.fill_redirects(options.missing_interfaces_ok)?;
         Ok(policy)
@@ -459,7 +504,11 @@ impl LoadedPolicy {
             };
             let id = x.attach(iface, mode).map_err(attach_error)?;
             let link = x.take_link(id).map_err(attach_error)?;
-            self.links.push((hook.to_string(), AttachedLink::Xdp(link)));
+            // aya attaches XDP through a BPF link wherever the kernel has them (5.9).
+            let link = aya::programs::links::FdLink::try_from(link).map_err(|e| {
+                RuntimeError::KernelFeature(format!("XDP through BPF links needs Linux 5.9 ({e})"))
+            })?;
+            self.links.push((hook.to_string(), AttachedLink::fd(link)?));
         } else {
             let attach_type = if hook == "tc:ingress" { aya::programs::TcAttachType::Ingress } else { aya::programs::TcAttachType::Egress };
             // tcx needs no qdisc; older kernels attach below a clsact qdisc,
@@ -471,42 +520,19 @@ impl LoadedPolicy {
             let c: &mut SchedClassifier = prog.try_into().map_err(attach_error)?;
             let id = c.attach(iface, attach_type).map_err(attach_error)?;
             let link = c.take_link(id).map_err(attach_error)?;
-            self.links.push((hook.to_string(), AttachedLink::Tc(link)));
+            let link = if tcx {
+                let fd = aya::programs::links::FdLink::try_from(link).map_err(|e| RuntimeError::Attach {
+                    program: name.clone(),
+                    iface: iface.to_string(),
+                    message: format!("a tcx attachment without a BPF link: {e}"),
+                })?;
+                AttachedLink::fd(fd)?
+            } else {
+                AttachedLink::Netlink { _held: link }
+            };
+            self.links.push((hook.to_string(), link));
         }
         Ok(())
-    }
-
-    /// Pins the attached links and the maps under `PIN_ROOT/name` and the
-    /// metadata under `PIN_META_ROOT`, so that the policy stays attached
-    /// after this process exits and other processes can read or detach it.
-    pub fn pin(&mut self, name: &str, interface: &str) -> Result<PathBuf> {
-        check_pin_name(name)?;
-        sys::ensure_bpffs().map_err(RuntimeError::Bpffs)?;
-        let dir = Path::new(PIN_ROOT).join(name);
-        if dir.exists() {
-            return Err(RuntimeError::Pin(format!("a policy is already pinned as `{name}`; run `xpol detach {name}` first")));
-        }
-        let io = |e: std::io::Error| RuntimeError::Pin(format!("{}: {e}", dir.display()));
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            RuntimeError::Bpffs(format!(
-                "cannot write to the BPF filesystem at /sys/fs/bpf ({e}); mount a writable one with `mount -t bpf bpf /sys/fs/bpf`"
-            ))
-        })?;
-        // Maps first: a failure then leaves nothing attached (the links
-        // are still ours, and dropped with this process).
-        let pinned = self.pin_maps(&dir).and_then(|()| self.pin_links(&dir));
-        let hooks = match pinned {
-            Ok(hooks) => hooks,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
-        std::fs::create_dir_all(PIN_META_ROOT).map_err(io)?;
-        let record = PinRecord { name: name.to_string(), interface: interface.to_string(), hooks, meta: self.state.meta.clone() };
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| RuntimeError::Pin(e.to_string()))?;
-        std::fs::write(Path::new(PIN_META_ROOT).join(format!("{name}.json")), json).map_err(io)?;
-        Ok(dir)
     }
 
     /// Pins the maps other processes read (`xpol stats`): the object's own
@@ -514,32 +540,50 @@ impl LoadedPolicy {
     /// (the IPv4 set tables in `.bss`, which nothing reads after loading).
     /// bpffs refuses dots in names: global data is pinned under
     /// [`pin_file`]'s name.
-    fn pin_maps(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn pin_maps(&self, dir: &Path) -> Result<()> {
         for (map, data) in self.state.maps.iter().filter(|(m, _)| !m.starts_with('.') || m.as_str() == meta::COUNTERS_MAP) {
             data.pin(dir.join(pin_file(map))).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
         }
         Ok(())
     }
 
-    /// Pins the attached links; the pins keep the programs attached.
-    fn pin_links(&mut self, dir: &Path) -> Result<Vec<String>> {
-        let mut hooks = Vec::new();
-        for (hook, link) in self.links.drain(..) {
-            let fd: aya::programs::links::FdLink = match link {
-                AttachedLink::Xdp(l) => l.try_into(),
-                AttachedLink::Tc(l) => l.try_into(),
-            }
-            .map_err(|e| {
-                RuntimeError::KernelFeature(format!(
-                    "pinning needs BPF links, which this kernel does not offer for `{hook}` ({e}); XDP links need Linux 5.9, TC links (tcx) Linux 6.6"
-                ))
-            })?;
-            let path = dir.join(format!("link_{}", hook.replace(':', "_")));
-            // The pin keeps the link: dropping this handle leaves it attached.
-            fd.pin(&path).map_err(|e| RuntimeError::Pin(format!("{}: {e}", path.display())))?;
-            hooks.push(hook);
-        }
-        Ok(hooks)
+    /// Pins the link attached last at `path`: the pin keeps the program
+    /// attached after this process exits.
+    pub(crate) fn pin_last_link(&mut self, path: &Path) -> Result<()> {
+        let Some((hook, link)) = self.links.pop() else { return Err(RuntimeError::Pin("nothing attached to pin".into())) };
+        let AttachedLink::Fd { link: fd, .. } = link else {
+            return Err(RuntimeError::KernelFeature(format!(
+                "keeping `{hook}` attached needs BPF links, which this kernel does not offer for it: TC links (tcx) need Linux 6.6"
+            )));
+        };
+        // The pin keeps the link: dropping this handle leaves it attached.
+        fd.pin(path).map_err(|e| RuntimeError::Pin(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+
+    /// The program of `hook`, loaded.
+    pub fn program_fd(&self, hook: &str) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let name = self.program_name(hook)?;
+        let prog = self.ebpf.program(&name).ok_or_else(|| RuntimeError::UnknownHook(hook.to_string()))?;
+        let fd = prog.fd().map_err(|e| RuntimeError::Program { program: name.clone(), message: e.to_string() })?;
+        Ok(fd.as_fd())
+    }
+
+    /// The live state of each link this process holds: (hook, attached).
+    /// A link is detached when its interface went away or someone detached
+    /// it from outside; the kernel then reports no interface for it.
+    pub fn links_attached(&self) -> Vec<(String, bool)> {
+        self.links
+            .iter()
+            .map(|(hook, link)| {
+                let attached = match link {
+                    AttachedLink::Fd { id, .. } => sys::link_fd_by_id(*id).and_then(|fd| sys::link_info(fd.as_fd())).map_or(true, |i| i.ifindex != 0),
+                    // A netlink attachment cannot be asked; assume it holds.
+                    AttachedLink::Netlink { .. } => true,
+                };
+                (hook.clone(), attached)
+            })
+            .collect()
     }
 
     /// Sizes and verifier work of the program of `hook`.
@@ -571,22 +615,27 @@ impl PolicyMaps {
         &self.meta
     }
 
-    /// The maps of a policy pinned by `xpol run --pin NAME`.
-    pub fn open_pinned(name: &str) -> Result<(PinRecord, PolicyMaps)> {
-        let record = read_pin_record(name)?;
-        let dir = Path::new(PIN_ROOT).join(name);
+    /// The maps pinned in `dir` (a generation of an applied policy, see
+    /// [`crate::store`]), with the counters carried over into it.
+    pub(crate) fn open_dir(dir: &Path, meta: ObjectMeta, base: Vec<RuleCounters>) -> Result<PolicyMaps> {
         let mut maps = HashMap::new();
-        let entries = std::fs::read_dir(&dir).map_err(|e| RuntimeError::Pin(format!("{}: {e}", dir.display())))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?;
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with("link_") {
+            if file == "record" || file == "base" {
                 continue;
             }
-            let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Pin(format!("map {file}: {e}")))?;
+            let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Store(format!("map {file}: {e}")))?;
             maps.insert(map_of_pin_file(&file), data);
         }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
-        Ok((record.clone(), PolicyMaps { meta: record.meta, maps, cpus }))
+        Ok(PolicyMaps { meta, maps, cpus, base })
+    }
+
+    /// A pinned map of this policy by its name in the object, for handing
+    /// on to the next generation.
+    pub(crate) fn map_fd(&self, name: &str) -> Result<std::os::fd::OwnedFd> {
+        self.map(name)?.fd().as_fd().try_clone_to_owned().map_err(|source| RuntimeError::Map { map: name.to_string(), source })
     }
 
     fn map(&self, name: &str) -> Result<&MapData> {
@@ -618,6 +667,9 @@ impl PolicyMaps {
     /// array for CPUs past them ([`meta::RULES_MAP`]).
     pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
         let mut out = vec![RuleCounters::default(); self.meta.rules.len()];
+        for (c, b) in out.iter_mut().zip(&self.base) {
+            *c = *b;
+        }
         let add = |c: &mut RuleCounters, bytes: &[u8]| {
             c.packets = c.packets.wrapping_add(u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")));
             c.bytes = c.bytes.wrapping_add(u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")));
@@ -700,44 +752,6 @@ fn map_of_pin_file(file: &str) -> String {
     }
 }
 
-fn check_pin_name(name: &str) -> Result<()> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(RuntimeError::Pin(format!("`{name}` is not a valid pin name: use letters, digits, `-` and `_`")));
-    }
-    Ok(())
-}
-
-fn read_pin_record(name: &str) -> Result<PinRecord> {
-    check_pin_name(name)?;
-    let path = Path::new(PIN_META_ROOT).join(format!("{name}.json"));
-    let text = std::fs::read(&path).map_err(|_| RuntimeError::Pin(format!("no policy is pinned as `{name}` (see `xpol list`)")))?;
-    serde_json::from_slice(&text).map_err(|e| RuntimeError::Pin(format!("{}: {e}", path.display())))
-}
-
-/// Policies pinned on this host.
-pub fn list_pinned() -> Vec<PinRecord> {
-    let mut out: Vec<PinRecord> = std::fs::read_dir(PIN_META_ROOT)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
-        .filter(|n| Path::new(PIN_ROOT).join(n).exists())
-        .filter_map(|n| read_pin_record(&n).ok())
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-/// Detaches a pinned policy: removing the link pins destroys the links
-/// (unless a process still holds them), then the maps and metadata go.
-pub fn detach_pinned(name: &str) -> Result<PinRecord> {
-    let record = read_pin_record(name)?;
-    let dir = Path::new(PIN_ROOT).join(name);
-    std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::Pin(format!("{}: {e}", dir.display())))?;
-    let _ = std::fs::remove_file(Path::new(PIN_META_ROOT).join(format!("{name}.json")));
-    Ok(record)
-}
-
 fn program_error(program: &str, e: ProgramError) -> RuntimeError {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
@@ -792,6 +806,45 @@ fn parse_prefix(s: &str) -> std::result::Result<(IpAddr, u32), String> {
         return Err("bad prefix length".into());
     }
     Ok((addr, len))
+}
+
+/// An element of a set of kind `elem` in its canonical text form (as in
+/// [`meta::SetMeta::elements`]), or why it is not one.
+pub fn canonical_element(elem: meta::SetElem, text: &str) -> std::result::Result<String, String> {
+    let text = text.trim();
+    match elem {
+        meta::SetElem::Cidr => {
+            let (addr, len) = parse_prefix(text)?;
+            let masked = match addr {
+                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & u32::MAX.checked_shl(32 - len).unwrap_or(0))),
+                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & u128::MAX.checked_shl(128 - len).unwrap_or(0))),
+            };
+            if masked != addr {
+                return Err(format!("host bits are set (the prefix is {masked}/{len})"));
+            }
+            Ok(format!("{addr}/{len}"))
+        }
+        meta::SetElem::Int => {
+            let int = |s: &str| s.trim().parse::<u64>().map_err(|_| "not an integer or a range `a..b`".to_string());
+            match text.split_once("..") {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (int(lo)?, int(hi)?);
+                    if lo > hi {
+                        return Err("an empty range".into());
+                    }
+                    Ok(if lo == hi { lo.to_string() } else { format!("{lo}..{hi}") })
+                }
+                None => Ok(int(text)?.to_string()),
+            }
+        }
+        meta::SetElem::Mac => {
+            let parts: Vec<&str> = text.split(':').collect();
+            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || u8::from_str_radix(p, 16).is_err()) {
+                return Err("not a MAC address such as 02:00:00:00:00:01".into());
+            }
+            Ok(text.to_ascii_lowercase())
+        }
+    }
 }
 
 fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {

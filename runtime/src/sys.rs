@@ -269,3 +269,210 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+// --- Pins, links and grace periods, for policies that outlive a process ---
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `BPF_LINK_UPDATE` flag: replace only if the link runs `old_prog_fd`.
+const BPF_F_REPLACE: u32 = 4;
+/// `BPF_OBJ_GET` flag: a read-only descriptor (maps).
+pub const BPF_F_RDONLY: u32 = 1 << 3;
+
+/// `union bpf_attr` as used by `BPF_OBJ_PIN` and `BPF_OBJ_GET`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// `BPF_OBJ_PIN`: pins the object behind `fd` at `path` (on bpffs). The
+/// kernel creates the file with mode 0600 less the umask; the directories
+/// above it are what keeps other users out.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let c = path_cstring(path)?;
+    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, ..Default::default() };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
+pub fn obj_get(path: &std::path::Path, flags: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let c = path_cstring(path)?;
+    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, file_flags: flags, ..Default::default() };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel just returned this descriptor to us; we own it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+fn path_cstring(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
+/// `union bpf_attr` as used by `BPF_PROG_GET_FD_BY_ID`.
+#[repr(C)]
+#[derive(Default)]
+struct GetByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+
+/// `BPF_LINK_GET_FD_BY_ID`.
+pub fn link_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let mut attr = GetByIdAttr { id, ..Default::default() };
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel just returned this descriptor to us; we own it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_PROG_GET_FD_BY_ID`.
+pub fn prog_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let mut attr = GetByIdAttr { id, ..Default::default() };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel just returned this descriptor to us; we own it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// `union bpf_attr` as used by `BPF_LINK_UPDATE`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// `BPF_LINK_UPDATE` with `BPF_F_REPLACE`: the link runs `new` from the
+/// next packet on, if it still runs `expected` (else `EPERM`): one atomic
+/// switch, no packet sees neither program.
+pub fn link_update(link: BorrowedFd<'_>, new: BorrowedFd<'_>, expected: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new.as_raw_fd() as u32,
+        flags: BPF_F_REPLACE,
+        old_prog_fd: expected.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// `union bpf_attr` as used by `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// What the kernel says of a link (`struct bpf_link_info`, the fields xpol reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// For XDP and tcx links: the interface, 0 once the link is detached
+    /// (the interface was deleted, or someone ran `bpftool link detach`).
+    pub ifindex: u32,
+}
+
+pub const BPF_LINK_TYPE_XDP: u32 = 6;
+pub const BPF_LINK_TYPE_TCX: u32 = 11;
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link.
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    // type, id, prog_id, then the 8-aligned union (xdp and tcx: ifindex first).
+    let mut buf = [0u32; 16];
+    let mut attr = InfoAttr { bpf_fd: link.as_raw_fd() as u32, info_len: std::mem::size_of_val(&buf) as u32, info: buf.as_mut_ptr() as u64 };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let has_ifindex = buf[0] == BPF_LINK_TYPE_XDP || buf[0] == BPF_LINK_TYPE_TCX;
+    Ok(LinkInfo { link_type: buf[0], id: buf[1], prog_id: buf[2], ifindex: if has_ifindex { buf[4] } else { 0 } })
+}
+
+/// The id of the program behind `prog` (`struct bpf_prog_info`: type, id).
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut buf = [0u32; 64];
+    let mut attr = InfoAttr { bpf_fd: prog.as_raw_fd() as u32, info_len: std::mem::size_of_val(&buf) as u32, info: buf.as_mut_ptr() as u64 };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(buf[1])
+}
+
+/// Makes descriptor number `target` refer to the object behind `source`
+/// (`dup3` with close-on-exec). The loader uses it to hand a program an
+/// existing map: the program's instructions name maps by descriptor
+/// number, fixed when the object was relocated, and the kernel resolves
+/// them only when the program is loaded.
+pub fn replace_fd(source: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both descriptors are open for the duration of the call;
+    // dup3 closes what `target` referred to and makes it a copy of
+    // `source`, so whoever owns `target` now owns that copy.
+    if unsafe { libc::dup3(source.as_raw_fd(), target.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until every BPF program run that began before the call has
+/// ended (`membarrier(MEMBARRIER_CMD_GLOBAL)`, which is `synchronize_rcu()`:
+/// XDP and TC programs run inside RCU read-side sections). Where the
+/// kernel refuses (nohz_full CPUs), waits 100 ms instead, far longer than
+/// any program runs.
+pub fn wait_for_running_programs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes two integers and touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0 as libc::c_long, 0 as libc::c_long) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `union bpf_attr` as used by `BPF_MAP_CREATE`, up to the map's name.
+#[repr(C)]
+#[derive(Default)]
+struct NamedMapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// Creates an array map of `entries` values of `value_size` bytes, named
+/// `name` (at most 15 bytes are kept), for data xpol keeps in bpffs.
+pub fn array_map_create(name: &str, value_size: u32, entries: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (d, s) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let mut attr = NamedMapCreateAttr { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size, max_entries: entries, map_name, ..Default::default() };
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel just returned this descriptor to us; we own it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// Whether `path` is on a BPF filesystem.
+pub fn is_bpffs(path: &std::path::Path) -> bool {
+    let Ok(c) = path_cstring(path) else { return false };
+    // SAFETY: `st` is a plain C struct the kernel fills in; `c` outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -7,6 +7,8 @@
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
 
 mod common;
+#[path = "xpol/applied.rs"]
+mod applied;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -56,26 +58,70 @@ enum Command {
         /// (e.g. 127.0.0.1:9464), refreshed every interval.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
-        /// Keep the policy attached after exit, pinned under /sys/fs/bpf/xpol/NAME;
-        /// then `xpol stats NAME` and `xpol detach NAME` work from any process.
-        #[arg(long)]
-        pin: Option<String>,
         #[command(flatten)]
         rejection: RejectionOptions,
     },
-    /// List the policies pinned with `xpol run --pin`.
+    /// Attach a policy so that it stays attached after xpol exits, until
+    /// `xpol delete NAME`. On an applied NAME, replace it atomically,
+    /// keeping its state (set contents, counters, @maps); if anything
+    /// fails, the running policy stays as it was.
+    Apply {
+        /// A `.xpol` source (compiled on the spot) or an object from `xpolc build`.
+        policy: PathBuf,
+        /// The interfaces to attach to (repeat for several).
+        #[arg(short = 'i', long = "interface", required = true)]
+        interfaces: Vec<String>,
+        /// The name the policy is applied under (`xpol list`).
+        #[arg(long)]
+        name: String,
+        /// Attach only these hooks (xdp, tc-ingress, tc-egress; repeat);
+        /// default: every hook the policy has.
+        #[arg(long)]
+        hook: Vec<String>,
+        /// XDP mode: auto, native (driver) or skb (generic).
+        #[arg(long, default_value = "auto")]
+        mode: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        rejection: RejectionOptions,
+    },
+    /// Detach an applied policy and remove everything xpol keeps of it.
+    #[command(alias = "detach")]
+    Delete { name: String },
+    /// List the applied policies, with their interfaces and state.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Show the counters of a pinned policy.
+    /// Show the counters, maps and sets of an applied policy.
     Stats {
         name: String,
         #[arg(long)]
         json: bool,
     },
-    /// Detach a pinned policy and remove its pins.
-    Detach { name: String },
+    /// Show an applied policy's counters live, every interval, until
+    /// Ctrl-C or --duration (it stays applied).
+    #[command(alias = "top")]
+    Watch {
+        name: String,
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[arg(long)]
+        duration: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or change a named set of an applied policy. Each change is
+    /// switched in atomically: a packet sees the old set or the new one.
+    Set {
+        /// The applied policy.
+        name: String,
+        /// The set, as named in the policy.
+        set: String,
+        #[command(subcommand)]
+        op: SetOp,
+    },
     /// Verify a policy in the kernel and run sample packets through it
     /// (BPF_PROG_TEST_RUN; nothing is attached to any interface).
     Test {
@@ -93,6 +139,28 @@ enum Command {
         json: bool,
         #[command(flatten)]
         rejection: RejectionOptions,
+    },
+}
+
+#[derive(Subcommand)]
+enum SetOp {
+    /// Add elements (prefixes, addresses, integers, ranges `a..b`, MACs).
+    Add { elements: Vec<String> },
+    /// Remove elements (each must be in the set).
+    #[command(alias = "delete")]
+    Del { elements: Vec<String> },
+    /// Print the elements, one per line.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every element.
+    Flush,
+    /// Replace the whole contents, in one switch, with the elements of a
+    /// file (one per line, `#` comments) or, with `-`, standard input.
+    Replace {
+        #[arg(long = "from-file")]
+        from_file: PathBuf,
     },
 }
 
@@ -186,11 +254,16 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
     ]
 }
 
+/// Version of the JSON reports of `run`, `stats`, `watch` and `list`
+/// (docs/json.md).
+pub const REPORT_SCHEMA: u32 = 1;
+
 /// One report: every rule's counters and rate, every @map's size and top
 /// keys, every named set's size.
 fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Result<serde_json::Value> {
     let counters = policy.rule_counters()?;
     let meta = policy.meta();
+    let keys = xpol_runtime::apply::rule_identities(meta);
     let rules: Vec<serde_json::Value> = meta
         .rules
         .iter()
@@ -199,7 +272,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64
         .map(|(i, (r, c))| {
             let (p0, b0) = previous.get(i).copied().unwrap_or((0, 0));
             serde_json::json!({
-                "id": r.id, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
+                "id": r.id, "key": keys[i], "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
                 "packets": c.packets, "bytes": c.bytes,
                 "pps": if dt > 0.0 { (c.packets - p0) as f64 / dt } else { 0.0 },
                 "bps": if dt > 0.0 { (c.bytes - b0) as f64 * 8.0 / dt } else { 0.0 },
@@ -217,7 +290,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64
         maps.push(serde_json::json!({"name": m.name, "entries": entries.len(), "top": top}));
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
-    Ok(serde_json::json!({"time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets}))
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets}))
 }
 
 fn print_table(report: &serde_json::Value, in_place: bool) {
@@ -390,7 +463,6 @@ struct WatchOptions {
     interval: f64,
     duration: Option<f64>,
     json: bool,
-    pin: Option<String>,
     metrics: Option<std::net::SocketAddr>,
 }
 
@@ -456,18 +528,18 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<Arc<std::sync::Mutex<Stri
     Ok(text)
 }
 
+/// `--mode`, with the xdp-tools spellings (`skb`, `native`) and ours.
+fn xdp_mode(mode: &str) -> Result<XdpAttachMode> {
+    xpol_runtime::apply::parse_mode(mode).with_context(|| format!("unknown --mode `{mode}`: use auto, native or skb (also: generic)"))
+}
+
 fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: &str, options: &WatchOptions, rejection: &RejectionOptions) -> Result<ExitCode> {
-    let (interval, duration, json, pin) = (options.interval, options.duration, options.json, options.pin.clone());
+    let (interval, duration, json) = (options.interval, options.duration, options.json);
     let metrics = match options.metrics {
         Some(addr) => Some(serve_metrics(addr)?),
         None => None,
     };
-    let mode = match mode {
-        "auto" => XdpAttachMode::Auto,
-        "native" => XdpAttachMode::Native,
-        "generic" => XdpAttachMode::Generic,
-        other => bail!("unknown --mode `{other}`: use auto, native or generic"),
-    };
+    let mode = xdp_mode(mode)?;
     let Some(mut policy) = load_policy(policy_path, &Default::default(), rejection)? else { return Ok(ExitCode::FAILURE) };
     let hooks: Vec<String> = match hook {
         Some(h) => vec![h.replace("tc-", "tc:")],
@@ -479,18 +551,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     for h in &hooks {
         policy.attach(h, interface, mode)?;
     }
-    match &pin {
-        Some(name) => {
-            let dir = policy.pin(name, interface)?;
-            eprintln!(
-                "attached {} to {interface} ({}), pinned at {}: it stays attached after exit; `xpol stats {name}`, `xpol detach {name}`",
-                policy_path.display(),
-                hooks.join(", "),
-                dir.display()
-            );
-        }
-        None => eprintln!("attached {} to {interface} ({}); Ctrl-C to detach", policy_path.display(), hooks.join(", ")),
-    }
+    eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
     let start = Instant::now();
     let interval = Duration::from_secs_f64(interval.max(0.1));
     let terminal = std::io::stdout().is_terminal();
@@ -508,6 +569,15 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         }
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
+        // A link the kernel no longer attaches (interface deleted, or
+        // detached from outside) filters nothing: say so and fail.
+        let lost: Vec<String> = policy.links_attached().into_iter().filter(|(_, attached)| !attached).map(|(hook, _)| hook).collect();
+        if !lost.is_empty() {
+            bail!(
+                "{} on {interface} is no longer attached (the interface went away, or the program was detached from outside): the policy filters nothing there",
+                lost.join(", ")
+            );
+        }
         let report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
         previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
         if let Some(m) = &metrics {
@@ -529,10 +599,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     // Detach (dropping the links) before the summary, so that nothing is
     // left attached even if printing fails.
     drop(policy);
-    match &pin {
-        Some(name) => eprintln!("left attached to {interface} as `{name}`"),
-        None => eprintln!("detached from {interface}"),
-    }
+    eprintln!("detached from {interface}");
     if json {
         println!("{}", serde_json::json!({"final": true, "report": report}));
     } else {
@@ -543,42 +610,18 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, interval, duration, json, pin, metrics, rejection } => {
-            let options = WatchOptions { interval, duration, json, pin, metrics };
+        Command::Run { policy, interface, hook, mode, interval, duration, json, metrics, rejection } => {
+            let options = WatchOptions { interval, duration, json, metrics };
             attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
         }
-        Command::List { json } => {
-            let pinned = xpol_runtime::loader::list_pinned();
-            if json {
-                for p in &pinned {
-                    println!("{}", serde_json::json!({"name": p.name, "interface": p.interface, "hooks": p.hooks, "source": p.meta.source, "rules": p.meta.rules.len()}));
-                }
-            } else if pinned.is_empty() {
-                println!("no pinned policies");
-            } else {
-                for p in &pinned {
-                    println!("{:<16} {:<12} {:<24} {} ({} rules)", p.name, p.interface, p.hooks.join(","), p.meta.source, p.meta.rules.len());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Stats { name, json } => {
-            let (record, maps) = PolicyMaps::open_pinned(&name)?;
-            let report = snapshot(&maps, &record.interface, 0.0, &[], 0.0)?;
-            if json {
-                println!("{report}");
-            } else {
-                print_table(&report, false);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Detach { name } => {
-            let record = xpol_runtime::loader::detach_pinned(&name)?;
-            eprintln!("detached `{name}` from {}", record.interface);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Apply { policy, interfaces, name, hook, mode, json, rejection } => applied::apply(&policy, &interfaces, &name, &hook, &mode, json, &rejection),
+        Command::Delete { name } => applied::delete(&name),
+        Command::List { json } => applied::list(json),
+        Command::Stats { name, json } => applied::stats(&name, json),
+        Command::Watch { name, interval, duration, json } => applied::watch(&name, interval, duration, json),
+        Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
-            let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true };
+            let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() };
             let Some((mut loaded, build)) = load_policy_and_build(&policy, &options, &rejection)? else { return Ok(ExitCode::FAILURE) };
             if let Some(build) = build.as_ref().filter(|b| pcap.is_none() && b.output.as_ref().is_some_and(|o| !o.ir.tests.is_empty())) {
                 return run_policy_tests(&mut loaded, build, json);

@@ -100,7 +100,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut build = xpol_compiler::build(&policy, &BuildOptions::default());
             if kernel {
                 if let Some(out) = &build.output {
-                    match xpol_runtime::loader::LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true }) {
+                    match xpol_runtime::loader::LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() }) {
                         Ok(mut loaded) => {
                             for p in out.meta.programs.clone() {
                                 let s = loaded.program_stats(&p.hook)?;

@@ -14,7 +14,7 @@ pub fn load_file(path: &Path) -> LoadedPolicy {
     let out = b.output.unwrap_or_else(|| {
         panic!("{} does not compile:\n{}", path.display(), xpol_lang::render::render_human(&b.diagnostics, &b.sources, false))
     });
-    LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true })
+    LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() })
         .unwrap_or_else(|e| panic!("{} does not load: {e}\n{}", path.display(), verifier_log(&e)))
 }
 

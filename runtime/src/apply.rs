@@ -1,0 +1,373 @@
+//! Applying a policy so that it outlives the process (`xpol apply`), and
+//! replacing an applied policy without a gap while keeping its state.
+//!
+//! A replace loads and verifies the new object beside the running one,
+//! hands it the state that survives (below), and then switches every link
+//! with `BPF_LINK_UPDATE`, a compare-and-swap on the program the link runs:
+//! each packet meets the old program or the new one, never neither. If
+//! anything fails before the switch, the old program keeps running and
+//! nothing of the new one is left; if a switch fails halfway, the links
+//! already switched are switched back.
+//!
+//! What survives a replace:
+//! - `@maps` whose name and type (keys, value kind, per-CPU, capacity) are
+//!   unchanged: the new programs use the same kernel maps, so nothing is
+//!   copied and no update is lost.
+//! - Named sets: a set whose declaration in the policy is unchanged keeps
+//!   its live contents (what `xpol set` made of it); a set whose
+//!   declaration changed gets the new declaration.
+//! - Per-rule counters of the rules that still exist, by rule identity
+//!   ([`rule_identities`]): added to the new generation's counters once the
+//!   old programs can no longer run.
+
+use crate::loader::{self, LoadOptions, LoadedPolicy, RuntimeError, XdpAttachMode};
+use crate::store::{self, Attachment, Generation, Record, Store};
+use crate::sys;
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use xpol_lang::meta::{ObjectMeta, RuleCounters};
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// What to apply, and where.
+pub struct ApplyRequest<'a> {
+    pub name: &'a str,
+    pub object: &'a [u8],
+    /// The policy as the user named it (shown by `xpol list`).
+    pub source: String,
+    pub interfaces: Vec<String>,
+    /// The hooks to attach; `None`: every hook the policy has.
+    pub hooks: Option<Vec<String>>,
+    pub mode: XdpAttachMode,
+    /// Set contents that replace the live ones (from `xpol set`).
+    pub set_contents: BTreeMap<String, Vec<String>>,
+}
+
+/// What an apply did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ApplyOutcome {
+    pub generation: u64,
+    /// A running policy was replaced (rather than first applied).
+    pub replaced: bool,
+    /// Rules whose counters were carried over.
+    pub rules_carried: usize,
+    /// `@maps` handed on to the new programs.
+    pub maps_kept: Vec<String>,
+    /// Sets that kept their live contents.
+    pub sets_kept: Vec<String>,
+    /// Sets filled from the new declaration.
+    pub sets_reset: Vec<String>,
+}
+
+fn mode_name(mode: XdpAttachMode) -> &'static str {
+    match mode {
+        XdpAttachMode::Auto => "auto",
+        XdpAttachMode::Native => "native",
+        XdpAttachMode::Generic => "generic",
+    }
+}
+
+pub fn parse_mode(mode: &str) -> Option<XdpAttachMode> {
+    match mode {
+        "auto" => Some(XdpAttachMode::Auto),
+        "native" | "drv" => Some(XdpAttachMode::Native),
+        "generic" | "skb" => Some(XdpAttachMode::Generic),
+        _ => None,
+    }
+}
+
+/// A rule's identity across versions of a policy: its hook and its header
+/// text with white space folded, and, for rules that share both, which of
+/// them it is in source order. It survives moving a rule and editing any
+/// other; editing the rule's own predicate makes it a new rule.
+pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    meta.rules
+        .iter()
+        .map(|r| {
+            let key = format!("{} {}", r.hook, r.text.split_whitespace().collect::<Vec<_>>().join(" "));
+            let n = seen.entry(key.clone()).or_default();
+            *n += 1;
+            if *n == 1 { key } else { format!("{key} #{n}") }
+        })
+        .collect()
+}
+
+/// Applies `req` under the (exclusively locked) store: first apply, or
+/// replace of the running generation.
+pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
+    store::check_name(req.name)?;
+    let fail = |message: String| RuntimeError::Apply { name: req.name.to_string(), message };
+    let dir = store.dir(req.name);
+    let previous = if std::fs::symlink_metadata(&dir).is_ok() {
+        let applied = store.applied(req.name)?;
+        if applied.current.is_none() && !applied.links.is_empty() {
+            return Err(fail("an earlier apply was interrupted; remove it with `xpol delete` first".into()));
+        }
+        applied.current
+    } else {
+        None
+    };
+    store::own_dir(&dir)?;
+    let meta = loader::read_meta(req.object)?;
+    let mut outcome = ApplyOutcome { replaced: previous.is_some(), ..Default::default() };
+
+    // State handed on: set contents and @maps.
+    let set_elements = carried_sets(&meta, previous.as_ref(), &req.set_contents, &mut outcome);
+    let mut adopt_maps = Vec::new();
+    let old_maps = previous.as_ref().map(Generation::maps).transpose()?;
+    if let (Some(prev), Some(old)) = (&previous, &old_maps) {
+        for m in &meta.maps {
+            if prev.record.meta.maps.iter().any(|o| o == m) {
+                adopt_maps.push((m.map.clone(), Arc::new(old.map_fd(&m.map)?)));
+                outcome.maps_kept.push(m.name.clone());
+            }
+        }
+    }
+    let options = LoadOptions { missing_interfaces_ok: false, set_elements, adopt_maps };
+    let mut loaded = LoadedPolicy::load_with(req.object, &options)?;
+
+    // The new generation: maps, carried-counter slots and record, pinned
+    // before any link runs it.
+    let generation = store::generations(&dir)?.last().copied().unwrap_or(0).max(previous.as_ref().map_or(0, |p| p.record.generation)) + 1;
+    outcome.generation = generation;
+    let gen_dir = dir.join(format!("gen_{generation}"));
+    store::own_dir(&gen_dir)?;
+    let staged = stage(&mut loaded, req, previous.as_ref(), &gen_dir, generation);
+    let (record, base) = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&gen_dir);
+            return Err(e);
+        }
+    };
+
+    // The switch.
+    if let Err(e) = switch(&mut loaded, &dir, &record, previous.as_ref().map(|p| &p.record)) {
+        let _ = std::fs::remove_dir_all(&gen_dir);
+        return Err(e);
+    }
+
+    // Counters: once the old programs can no longer run, theirs are final.
+    if let (Some(prev), Some(old)) = (&previous, &old_maps) {
+        sys::wait_for_running_programs();
+        let old_counters = old.rule_counters()?;
+        let old_ids = rule_identities(&prev.record.meta);
+        let carried: Vec<RuleCounters> = rule_identities(&record.meta)
+            .iter()
+            .map(|id| old_ids.iter().position(|o| o == id).map(|i| old_counters[i]).unwrap_or_default())
+            .collect();
+        outcome.rules_carried = rule_identities(&record.meta).iter().filter(|id| old_ids.contains(id)).count();
+        store::write_base(&base, &carried)?;
+    }
+    // Earlier generations are no longer run by anything.
+    for g in store::generations(&dir)?.into_iter().filter(|&g| g != generation) {
+        std::fs::remove_dir_all(dir.join(format!("gen_{g}"))).map_err(|e| fail(format!("cannot remove generation {g}: {e}")))?;
+    }
+    Ok(outcome)
+}
+
+/// The contents each set of the new object gets (see the module doc).
+fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeMap<String, Vec<String>>, outcome: &mut ApplyOutcome) -> HashMap<String, Vec<String>> {
+    let mut out = HashMap::new();
+    for s in &meta.sets {
+        if let Some(elements) = given.get(&s.name) {
+            out.insert(s.name.clone(), elements.clone());
+            continue;
+        }
+        let live = previous.and_then(|p| {
+            let old = p.record.meta.sets.iter().find(|o| o.name == s.name && o.elem == s.elem)?;
+            (p.record.declared.get(&s.name) == Some(&s.elements)).then(|| old.elements.clone())
+        });
+        match live {
+            Some(elements) => {
+                outcome.sets_kept.push(s.name.clone());
+                out.insert(s.name.clone(), elements);
+            }
+            None => outcome.sets_reset.push(s.name.clone()),
+        }
+    }
+    out
+}
+
+/// Pins the new generation's maps, its carried-counter map and its record.
+fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Generation>, gen_dir: &Path, generation: u64) -> Result<(Record, std::os::fd::OwnedFd)> {
+    loaded.pin_maps(gen_dir)?;
+    let meta = loaded.meta().clone();
+    let base = store::create_base(gen_dir, meta.rules.len())?;
+    let hooks: Vec<String> = match &req.hooks {
+        Some(h) => h.clone(),
+        None => meta.programs.iter().map(|p| p.hook.clone()).collect(),
+    };
+    let mut programs = BTreeMap::new();
+    for h in &hooks {
+        programs.insert(h.clone(), sys::prog_id(loaded.program_fd(h)?).map_err(|e| RuntimeError::Store(format!("program info: {e}")))?);
+    }
+    // Links keep their pin file across generations; new ones take free names.
+    let old = previous.map(|p| p.record.attachments.clone()).unwrap_or_default();
+    let mut used: Vec<String> = old.iter().map(|a| a.link.clone()).collect();
+    let mut attachments = Vec::new();
+    for iface in &req.interfaces {
+        for hook in &hooks {
+            let link = match old.iter().find(|a| &a.interface == iface && &a.hook == hook) {
+                Some(a) => a.link.clone(),
+                None => {
+                    let free = (0..).map(|i| format!("link_{i}")).find(|l| !used.contains(l)).expect("a free name");
+                    used.push(free.clone());
+                    free
+                }
+            };
+            attachments.push(Attachment { interface: iface.clone(), hook: hook.clone(), mode: mode_name(req.mode).into(), link });
+        }
+    }
+    // Declarations come from the object (the policy's own text), whatever
+    // contents the sets were filled with.
+    let object_meta = loader::read_meta(req.object)?;
+    let declared = object_meta.sets.iter().map(|s| (s.name.clone(), s.elements.clone())).collect();
+    let record = Record {
+        schema: store::RECORD_SCHEMA,
+        name: req.name.to_string(),
+        generation,
+        source: req.source.clone(),
+        applied_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        attachments,
+        programs,
+        meta,
+        declared,
+    };
+    store::write_record(gen_dir, &record, req.object)?;
+    Ok((record, base))
+}
+
+/// Switches every attachment to the new programs: existing links by
+/// compare-and-swap, new ones attached and pinned, dropped ones unpinned.
+/// On failure, switches back what it switched.
+fn switch(loaded: &mut LoadedPolicy, dir: &Path, record: &Record, previous: Option<&Record>) -> Result<()> {
+    let name = &record.name;
+    let fail = |message: String| RuntimeError::Apply { name: name.clone(), message };
+    let mut done: Vec<(&Attachment, Option<u32>)> = Vec::new();
+    let mut result = Ok(());
+    for a in &record.attachments {
+        let old = previous.and_then(|p| p.attachments.iter().find(|o| o.link == a.link).map(|o| (o, p.programs.get(&o.hook).copied())));
+        let step = match old {
+            Some((_, Some(old_prog))) => {
+                let link = sys::obj_get(&dir.join(&a.link), 0).map_err(|e| fail(format!("link {}: {e}", a.link)));
+                link.and_then(|link| {
+                    let expected = sys::prog_fd_by_id(old_prog).map_err(|e| fail(format!("the running program {old_prog}: {e}")))?;
+                    sys::link_update(link.as_fd(), loaded.program_fd(&a.hook)?, expected.as_fd()).map_err(|e| {
+                        fail(if e.raw_os_error() == Some(libc::EPERM) {
+                            format!("{} on {} no longer runs the program xpol applied (changed from outside?); nothing was replaced", a.hook, a.interface)
+                        } else {
+                            format!("switching {} on {}: {e}", a.hook, a.interface)
+                        })
+                    })
+                })
+                .map(|()| Some(old_prog))
+            }
+            _ => {
+                let mode = parse_mode(&a.mode).unwrap_or_default();
+                loaded.attach(&a.hook, &a.interface, mode).and_then(|()| loaded.pin_last_link(&dir.join(&a.link))).map(|()| None)
+            }
+        };
+        match step {
+            Ok(old_prog) => done.push((a, old_prog)),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if let Err(e) = result {
+        for (a, old_prog) in done {
+            let path = dir.join(&a.link);
+            match old_prog {
+                // Back to the program it ran.
+                Some(id) => {
+                    if let (Ok(link), Ok(old)) = (sys::obj_get(&path, 0), sys::prog_fd_by_id(id)) {
+                        let _ = loaded.program_fd(&a.hook).map(|new| sys::link_update(link.as_fd(), old.as_fd(), new));
+                    }
+                }
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        return Err(e);
+    }
+    // Attachments the new generation does not have: unpinning detaches.
+    for o in previous.map(|p| p.attachments.as_slice()).unwrap_or_default() {
+        if !record.attachments.iter().any(|a| a.link == o.link) {
+            let _ = std::fs::remove_file(dir.join(&o.link));
+        }
+    }
+    Ok(())
+}
+
+/// A change to one named set of an applied policy.
+pub enum SetChange {
+    Add(Vec<String>),
+    Delete(Vec<String>),
+    Replace(Vec<String>),
+    Flush,
+}
+
+/// Changes set `set` of the applied policy `name`: the stored object is
+/// loaded again with the new contents and switched in atomically (a packet
+/// sees the whole old set or the whole new one), keeping every other state
+/// as a replace does. Returns the set's new size.
+pub fn change_set(store: &Store, name: &str, set: &str, change: SetChange) -> Result<usize> {
+    let applied = store.applied(name)?;
+    let current = applied.current.ok_or_else(|| RuntimeError::NotApplied(name.to_string()))?;
+    let meta = &current.record.meta;
+    let s = meta.sets.iter().find(|s| s.name == set).ok_or_else(|| {
+        let names: Vec<&str> = meta.sets.iter().map(|s| s.name.as_str()).collect();
+        RuntimeError::Apply { name: name.into(), message: format!("has no set `{set}` (its sets: {})", if names.is_empty() { "none".into() } else { names.join(", ") }) }
+    })?;
+    let canon = |e: &String| loader::canonical_element(s.elem, e).map_err(|reason| RuntimeError::SetElement { set: set.into(), element: e.escape_debug().to_string(), reason });
+    let mut elements: Vec<String> = s.elements.iter().map(canon).collect::<Result<_>>()?;
+    match change {
+        SetChange::Add(new) => {
+            for e in &new {
+                let e = canon(e)?;
+                if !elements.contains(&e) {
+                    elements.push(e);
+                }
+            }
+        }
+        SetChange::Delete(gone) => {
+            for e in &gone {
+                let e = canon(e)?;
+                let at = elements.iter().position(|x| *x == e).ok_or_else(|| RuntimeError::SetElement { set: set.into(), element: e.clone(), reason: "not in the set".into() })?;
+                elements.remove(at);
+            }
+        }
+        SetChange::Replace(new) => elements = new.iter().map(canon).collect::<Result<_>>()?,
+        SetChange::Flush => elements.clear(),
+    }
+    let size = elements.len();
+    let r = &current.record;
+    let (mut hooks, mut interfaces): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for a in &r.attachments {
+        if !hooks.contains(&a.hook) {
+            hooks.push(a.hook.clone());
+        }
+        if !interfaces.contains(&a.interface) {
+            interfaces.push(a.interface.clone());
+        }
+    }
+    let req = ApplyRequest {
+        name,
+        object: &current.object,
+        source: r.source.clone(),
+        interfaces,
+        hooks: Some(hooks),
+        mode: r.attachments.first().and_then(|a| parse_mode(&a.mode)).unwrap_or_default(),
+        set_contents: BTreeMap::from([(set.to_string(), elements)]),
+    };
+    // Every other set keeps its live contents: the object's declarations
+    // are the ones recorded, so the carry-over rule keeps them.
+    apply(store, &req)?;
+    Ok(size)
+}

@@ -1,0 +1,414 @@
+//! Applied policies in bpffs. Everything xpol knows about a policy that
+//! outlives its process lives beside that policy's pins, so there is no
+//! second store that can disagree with the kernel:
+//!
+//! ```text
+//! /sys/fs/bpf/xpol/            0700 root: the store (checked before every use)
+//!   NAME/                      one applied policy (0700)
+//!     link_0, link_1, ...      pinned links: they keep the programs attached
+//!     gen_7/                   a generation: one load of the policy (0700)
+//!       record                 blob map: the record (JSON) and the object (ELF)
+//!       base                   counters carried over from earlier generations
+//!       xpol_rules, global_data, xm_*, xs_*, ...   the programs' maps
+//! ```
+//!
+//! The links are the truth. The current generation is the one whose record
+//! names the programs the links run; a generation left behind by an apply
+//! that was killed (complete or not) is garbage that the next apply or
+//! delete removes. So a SIGKILL at any point leaves either the old or the
+//! new generation current, and the policy listed and deletable.
+//!
+//! Security: `/sys/fs/bpf` is world-writable (sticky). xpol creates its
+//! directories 0700 itself, whatever the umask, and refuses a directory it
+//! did not create (not root's, open to others, or a symbolic link),
+//! naming the path. Below its own 0700 directory only root can create
+//! anything, so no other check can be raced. Pins are 0600 (the kernel
+//! applies the umask to 0600); records hold set elements and are
+//! therefore readable by root only.
+
+use crate::loader::{RuntimeError, PolicyMaps};
+use crate::sys;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use xpol_lang::meta::{ObjectMeta, RuleCounters};
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// The BPF filesystem xpol pins in.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The store: one directory per applied policy.
+pub const STORE_ROOT: &str = "/sys/fs/bpf/xpol";
+/// Version of [`Record`]'s JSON; see docs/json.md.
+pub const RECORD_SCHEMA: u32 = 1;
+
+/// Bytes per value of a blob map.
+const BLOB_CHUNK: usize = 64 << 10;
+const BLOB_MAGIC: &[u8; 8] = b"XPOLREC1";
+
+/// One interface and hook a policy is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub interface: String,
+    /// `xdp`, `tc:ingress` or `tc:egress`.
+    pub hook: String,
+    /// XDP mode: `auto`, `native` or `generic`.
+    pub mode: String,
+    /// The link's pin file in the policy's directory.
+    pub link: String,
+}
+
+/// What xpol keeps of one generation of an applied policy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub schema: u32,
+    pub name: String,
+    pub generation: u64,
+    /// The policy file (or object) as the user named it.
+    pub source: String,
+    /// Seconds since the Unix epoch.
+    pub applied_unix: u64,
+    pub attachments: Vec<Attachment>,
+    /// The id of each hook's program in this generation: what its links
+    /// must run for the generation to be current.
+    pub programs: BTreeMap<String, u32>,
+    /// The object's metadata, with the sets' live contents as elements.
+    pub meta: ObjectMeta,
+    /// Each set's elements as the policy itself declared them: on the next
+    /// apply, a set whose declaration did not change keeps its live
+    /// contents (`xpol set` changes survive), one whose declaration
+    /// changed gets the new declaration.
+    pub declared: BTreeMap<String, Vec<String>>,
+}
+
+/// A record and the object it was loaded from.
+pub struct Generation {
+    pub record: Record,
+    pub object: Vec<u8>,
+    pub dir: PathBuf,
+}
+
+/// What the kernel says of one attachment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LinkState {
+    pub interface: String,
+    pub hook: String,
+    /// The link still hooks the interface (`false`: the interface went
+    /// away, or someone detached it from outside).
+    pub attached: bool,
+    pub prog_id: u32,
+}
+
+/// An applied policy as found in the store.
+pub struct Applied {
+    pub name: String,
+    /// The current generation; `None` when no readable record matches
+    /// (an apply that was killed before its first record was complete).
+    pub current: Option<Generation>,
+    pub links: Vec<LinkState>,
+    /// Problems found, in words (unreadable records, detached links).
+    pub problems: Vec<String>,
+}
+
+/// The store, locked: shared for readers, exclusive for writers, so that a
+/// reader never sees a generation removed under it and two writers never
+/// interleave.
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+/// Why a directory is not xpol's, or `None` when it is.
+fn foreign(path: &Path) -> Result<Option<String>> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RuntimeError::Store(format!("{}: {e}", path.display()))),
+    };
+    Ok(if md.file_type().is_symlink() {
+        Some("it is a symbolic link".into())
+    } else if !md.is_dir() {
+        Some("it is not a directory".into())
+    } else if md.uid() != sys::euid() {
+        Some(format!("it belongs to uid {}, not to the user xpol runs as ({})", md.uid(), sys::euid()))
+    } else if md.mode() & 0o077 != 0 {
+        Some(format!("its mode is {:04o}: others may write or read it (xpol makes its directories 0700)", md.mode() & 0o7777))
+    } else {
+        None
+    })
+}
+
+/// Makes `path` a directory of xpol's (0700, whatever the umask), or
+/// checks that the one there is; never follows a symbolic link.
+pub(crate) fn own_dir(path: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => check_dir(path),
+        Err(e) => Err(RuntimeError::Store(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
+/// Checks that `path` is a directory xpol made.
+fn check_dir(path: &Path) -> Result<()> {
+    match foreign(path)? {
+        None => Ok(()),
+        Some(why) => Err(RuntimeError::StoreUnsafe { path: path.to_path_buf(), reason: why }),
+    }
+}
+
+/// Whether `name` can name an applied policy: a file name in bpffs that
+/// xpol's own entries (`.`-prefixed, `gen_`) cannot clash with.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty() && name.len() <= 64 && !name.starts_with('-') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(RuntimeError::Store(format!(
+            "`{}` is not a valid policy name: use 1 to 64 letters, digits, `-` and `_`",
+            name.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+fn bpffs_missing() -> RuntimeError {
+    let private_mounts = std::fs::read_link("/proc/self/ns/mnt").ok() != std::fs::read_link("/proc/1/ns/mnt").ok();
+    RuntimeError::Bpffs(if private_mounts {
+        "no BPF filesystem at /sys/fs/bpf in this mount namespace; pins made here would vanish with it. Under `ip netns exec` (which remounts /sys), use `nsenter --net=/run/netns/NAME` instead, or mount the host's bpffs".into()
+    } else {
+        "no BPF filesystem at /sys/fs/bpf: mount one with `mount -t bpf bpf /sys/fs/bpf`".into()
+    })
+}
+
+impl Store {
+    /// Opens the store for reading (shared lock); an absent store is empty.
+    pub fn read() -> Result<Option<Store>> {
+        let root = Path::new(STORE_ROOT);
+        if !sys::is_bpffs(Path::new(BPFFS)) {
+            return Err(bpffs_missing());
+        }
+        if std::fs::symlink_metadata(root).is_err() {
+            return Ok(None);
+        }
+        check_dir(root)?;
+        let lock = File::open(root).map_err(|e| not_permitted_or(root, e))?;
+        lock.lock_shared().map_err(|e| RuntimeError::Store(format!("cannot lock {}: {e}", root.display())))?;
+        check_dir(root)?;
+        Ok(Some(Store { root: root.to_path_buf(), _lock: lock }))
+    }
+
+    /// Opens the store for changes (exclusive lock), creating it.
+    pub fn write() -> Result<Store> {
+        if !sys::is_bpffs(Path::new(BPFFS)) {
+            return Err(bpffs_missing());
+        }
+        let root = Path::new(STORE_ROOT);
+        own_dir(root).map_err(|e| match e {
+            RuntimeError::Store(m) if m.contains("Permission denied") || m.contains("Read-only") => RuntimeError::Bpffs(format!(
+                "{m}; xpol needs a writable BPF filesystem at /sys/fs/bpf (root, or CAP_BPF with write access)"
+            )),
+            e => e,
+        })?;
+        let lock = File::open(root).map_err(|e| not_permitted_or(root, e))?;
+        lock.lock().map_err(|e| RuntimeError::Store(format!("cannot lock {}: {e}", root.display())))?;
+        check_dir(root)?;
+        Ok(Store { root: root.to_path_buf(), _lock: lock })
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The names of the applied policies (whatever their state), sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(&self.root).map_err(|e| RuntimeError::Store(format!("{}: {e}", self.root.display())))?;
+        let mut names: Vec<String> = entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| check_name(n).is_ok()).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The applied policy `name` as the store and the kernel have it.
+    pub fn applied(&self, name: &str) -> Result<Applied> {
+        check_name(name)?;
+        let dir = self.dir(name);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Err(RuntimeError::NotApplied(name.to_string()));
+        }
+        check_dir(&dir)?;
+        let mut problems = Vec::new();
+        let mut gens = Vec::new();
+        for g in generations(&dir)? {
+            match read_generation(&dir.join(format!("gen_{g}"))) {
+                Ok(gen) => gens.push(gen),
+                Err(e) => problems.push(format!("generation {g}: {e}")),
+            }
+        }
+        // The links: which programs run, and whether they are still hooked.
+        let mut running = Vec::new();
+        let newest = gens.last().map(|g| g.record.attachments.clone()).unwrap_or_default();
+        for entry in std::fs::read_dir(&dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if !file.starts_with("link_") {
+                continue;
+            }
+            let info = sys::obj_get(&entry.path(), 0).and_then(|fd| sys::link_info(fd.as_fd()));
+            match info {
+                Ok(info) => running.push((file, info)),
+                Err(e) => problems.push(format!("link {file}: {e}")),
+            }
+        }
+        let ids: Vec<u32> = running.iter().map(|(_, i)| i.prog_id).collect();
+        // The generation whose programs the links run; without links, the newest.
+        let current = match gens.iter().rposition(|g| !ids.is_empty() && ids.iter().all(|id| g.record.programs.values().any(|p| p == id))) {
+            Some(i) => Some(gens.swap_remove(i)),
+            None => gens.pop(),
+        };
+        let attachments = current.as_ref().map_or(newest, |g| g.record.attachments.clone());
+        let mut links = Vec::new();
+        for a in &attachments {
+            let found = running.iter().find(|(f, _)| *f == a.link).map(|(_, i)| *i);
+            let attached = found.is_some_and(|i| i.ifindex != 0);
+            if !attached {
+                problems.push(format!("{} on {} is no longer attached (the interface went away, or it was detached from outside)", a.hook, a.interface));
+            }
+            links.push(LinkState { interface: a.interface.clone(), hook: a.hook.clone(), attached, prog_id: found.map_or(0, |i| i.prog_id) });
+        }
+        if current.is_none() {
+            problems.push("no complete record: an apply was interrupted; `xpol delete` removes it".into());
+        }
+        Ok(Applied { name: name.to_string(), current, links, problems })
+    }
+
+    /// Removes an applied policy: unpinning its links detaches it (no
+    /// process holds them), and its maps go with their last reference.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        check_name(name)?;
+        let dir = self.dir(name);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Err(RuntimeError::NotApplied(name.to_string()));
+        }
+        check_dir(&dir)?;
+        std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::Store(format!("cannot remove {}: {e}", dir.display())))
+    }
+}
+
+fn not_permitted_or(path: &Path, e: std::io::Error) -> RuntimeError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        RuntimeError::NotPermitted(format!("cannot open {}: run as root (xpol keeps applied policies there, readable by root only)", path.display()))
+    } else {
+        RuntimeError::Store(format!("{}: {e}", path.display()))
+    }
+}
+
+/// The generation numbers under a policy's directory, ascending.
+pub(crate) fn generations(dir: &Path) -> Result<Vec<u64>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?;
+    let mut gens: Vec<u64> = entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("gen_")).and_then(|g| g.parse().ok())).collect();
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+/// Reads a generation's record and object.
+pub(crate) fn read_generation(dir: &Path) -> Result<Generation> {
+    check_dir(dir)?;
+    let blob = read_blob(&dir.join("record"))?;
+    let bad = |why: &str| RuntimeError::Store(format!("{}: {why}", dir.join("record").display()));
+    if blob.len() < 16 || &blob[..8] != BLOB_MAGIC {
+        return Err(bad("not an xpol record"));
+    }
+    let json_len = u32::from_le_bytes(blob[8..12].try_into().expect("4 bytes")) as usize;
+    let object_len = u32::from_le_bytes(blob[12..16].try_into().expect("4 bytes")) as usize;
+    if blob.len() < 16 + json_len + object_len {
+        return Err(bad("truncated"));
+    }
+    let record: Record = serde_json::from_slice(&blob[16..16 + json_len]).map_err(|e| bad(&format!("unreadable ({e})")))?;
+    if record.schema != RECORD_SCHEMA {
+        return Err(bad(&format!("record schema {} (this xpol reads {RECORD_SCHEMA})", record.schema)));
+    }
+    let object = blob[16 + json_len..16 + json_len + object_len].to_vec();
+    Ok(Generation { record, object, dir: dir.to_path_buf() })
+}
+
+/// Writes a record and its object as the blob map `dir/record`. The map is
+/// filled before it is pinned, and never written again: a reader sees a
+/// whole record or none.
+pub(crate) fn write_record(dir: &Path, record: &Record, object: &[u8]) -> Result<()> {
+    let json = serde_json::to_vec(record).map_err(|e| RuntimeError::Store(e.to_string()))?;
+    let too_big = || RuntimeError::Store("record over 4 GiB".into());
+    let mut blob = Vec::with_capacity(16 + json.len() + object.len());
+    blob.extend_from_slice(BLOB_MAGIC);
+    blob.extend_from_slice(&u32::try_from(json.len()).map_err(|_| too_big())?.to_le_bytes());
+    blob.extend_from_slice(&u32::try_from(object.len()).map_err(|_| too_big())?.to_le_bytes());
+    blob.extend_from_slice(&json);
+    blob.extend_from_slice(object);
+    let chunks = blob.len().div_ceil(BLOB_CHUNK).max(1);
+    let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", dir.join("record").display()));
+    let fd = sys::array_map_create("xpol_record", BLOB_CHUNK as u32, chunks as u32).map_err(io)?;
+    blob.resize(chunks * BLOB_CHUNK, 0);
+    for (i, chunk) in blob.chunks_exact(BLOB_CHUNK).enumerate() {
+        sys::map_update(fd.as_fd(), &(i as u32).to_le_bytes(), chunk, 0).map_err(io)?;
+    }
+    sys::obj_pin(fd.as_fd(), &dir.join("record")).map_err(io)
+}
+
+fn read_blob(path: &Path) -> Result<Vec<u8>> {
+    let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", path.display()));
+    let fd = sys::obj_get(path, sys::BPF_F_RDONLY).map_err(io)?;
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; BLOB_CHUNK];
+    let mut i = 0u32;
+    // An array map has every key below max_entries; the first missing one ends it.
+    while sys::map_lookup(fd.as_fd(), &i.to_le_bytes(), &mut chunk).map_err(io)? {
+        out.extend_from_slice(&chunk);
+        i += 1;
+        if out.len() >= 16 {
+            let need = 16 + u32::from_le_bytes(out[8..12].try_into().expect("4")) as usize + u32::from_le_bytes(out[12..16].try_into().expect("4")) as usize;
+            if out.len() >= need {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The counters carried over into a generation: one (packets, bytes) per
+/// rule, in a one-entry array map `dir/base`, written once after the
+/// switch (when the previous generation's counters are final).
+pub(crate) fn create_base(dir: &Path, rules: usize) -> Result<OwnedFd> {
+    let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", dir.join("base").display()));
+    let fd = sys::array_map_create("xpol_base", (16 * rules.max(1)) as u32, 1).map_err(io)?;
+    sys::obj_pin(fd.as_fd(), &dir.join("base")).map_err(io)?;
+    Ok(fd)
+}
+
+pub(crate) fn write_base(fd: &OwnedFd, counters: &[RuleCounters]) -> Result<()> {
+    let mut value = vec![0u8; 16 * counters.len().max(1)];
+    for (c, out) in counters.iter().zip(value.chunks_exact_mut(16)) {
+        out[..8].copy_from_slice(&c.packets.to_le_bytes());
+        out[8..].copy_from_slice(&c.bytes.to_le_bytes());
+    }
+    sys::map_update(fd.as_fd(), &0u32.to_le_bytes(), &value, 0).map_err(|e| RuntimeError::Store(format!("base counters: {e}")))
+}
+
+/// The carried-over counters of a generation (zeros when it has none).
+pub(crate) fn read_base(dir: &Path, rules: usize) -> Vec<RuleCounters> {
+    let mut out = vec![RuleCounters::default(); rules];
+    let Ok(fd) = sys::obj_get(&dir.join("base"), sys::BPF_F_RDONLY) else { return out };
+    let mut value = vec![0u8; 16 * rules.max(1)];
+    if sys::map_lookup(fd.as_fd(), &0u32.to_le_bytes(), &mut value).unwrap_or(false) {
+        for (c, v) in out.iter_mut().zip(value.chunks_exact(16)) {
+            c.packets = u64::from_le_bytes(v[..8].try_into().expect("8"));
+            c.bytes = u64::from_le_bytes(v[8..].try_into().expect("8"));
+        }
+    }
+    out
+}
+
+impl Generation {
+    /// The generation's maps and counters, for reading (`xpol stats`).
+    pub fn maps(&self) -> Result<PolicyMaps> {
+        PolicyMaps::open_dir(&self.dir, self.record.meta.clone(), read_base(&self.dir, self.record.meta.rules.len()))
+    }
+}
