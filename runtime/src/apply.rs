@@ -78,16 +78,18 @@ pub fn parse_mode(mode: &str) -> Option<XdpAttachMode> {
     }
 }
 
-/// A rule's identity across versions of a policy: its hook and its header
-/// text with white space folded, and, for rules that share both, which of
-/// them it is in source order. It survives moving a rule and editing any
-/// other; editing the rule's own predicate makes it a new rule.
+/// A rule's identity across versions of a policy: its header (hook and
+/// predicate) as written, with white space folded, and, for rules with the
+/// same header, which of them it is in source order (` #2`, ...). It
+/// survives moving a rule, editing its body, editing any other rule and
+/// running from another directory; editing its predicate makes it a new
+/// rule.
 pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     meta.rules
         .iter()
         .map(|r| {
-            let key = format!("{} {}", r.hook, r.text.split_whitespace().collect::<Vec<_>>().join(" "));
+            let key = r.text.split_whitespace().collect::<Vec<_>>().join(" ");
             let n = seen.entry(key.clone()).or_default();
             *n += 1;
             if *n == 1 { key } else { format!("{key} #{n}") }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::path::Path;
 use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
 use xpol_runtime::packet::hex;

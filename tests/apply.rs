@@ -1,0 +1,400 @@
+//! Applied policies end to end: `xpol apply`, `delete`, `list`, `stats`,
+//! `set`, with real traffic between two network namespaces this test
+//! creates (addresses in 198.18.0.0/15).
+//!
+//! Each test runs xpol in a private mount namespace with a BPF filesystem
+//! of its own (`Host`): tests cannot see each other's policies or the
+//! host's, and when the test ends, however it ends, that bpffs goes away
+//! with its pins, so nothing stays attached.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::net::{output_bounded, wait_bounded, Net};
+
+/// A private mount namespace with a fresh bpffs at /sys/fs/bpf, held
+/// open by a sleeping process; commands enter it (and a network namespace).
+struct Host {
+    holder: Child,
+}
+
+impl Host {
+    fn new() -> Host {
+        let holder = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", "mount -t bpf bpf /sys/fs/bpf && echo ready && exec sleep 600"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut host = Host { holder };
+        let mut line = [0u8; 6];
+        host.holder.stdout.as_mut().expect("stdout").read_exact(&mut line).expect("the holder is ready");
+        host
+    }
+
+    /// A command inside the private mount namespace and the network namespace `netns`.
+    fn command(&self, netns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "nsenter", "-t", &self.holder.id().to_string(), "-m", &format!("--net=/run/netns/{netns}"), program]);
+        cmd
+    }
+
+    fn xpol(&self, netns: &str, args: &[&str]) -> Output {
+        let mut cmd = self.command(netns, env!("CARGO_BIN_EXE_xpol"));
+        cmd.args(args);
+        output_bounded(cmd)
+    }
+
+    /// `xpol ARGS`, which must succeed; its stdout.
+    fn ok(&self, netns: &str, args: &[&str]) -> String {
+        let out = self.xpol(netns, args);
+        assert!(out.status.success(), "xpol {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell command in the private mount namespace (setting up odd files).
+    fn sh(&self, script: &str) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["20", "nsenter", "-t", &self.holder.id().to_string(), "-m", "sh", "-c", script]);
+        output_bounded(cmd)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn usable() -> bool {
+    xpol_runtime::testing::kernel_or_skip("xpol apply end to end")
+        && ["python3", "ip", "unshare", "nsenter"].iter().all(|p| Command::new(p).arg("--version").output().is_ok() || *p == "python3")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write policy");
+    path
+}
+
+/// The counters of the rule with identity `key` in a `stats --json` report.
+fn rule_packets(report: &serde_json::Value, key: &str) -> u64 {
+    let rules = report["rules"].as_array().expect("rules");
+    let rule = rules.iter().find(|r| r["key"] == key).unwrap_or_else(|| panic!("no rule `{key}` in {report}"));
+    rule["packets"].as_u64().expect("packets")
+}
+
+fn stats(host: &Host, net: &Net, name: &str) -> serde_json::Value {
+    serde_json::from_str(&host.ok(&net.b, &["stats", name, "--json"])).expect("JSON")
+}
+
+/// Receives numbered datagrams on UDP port 7 until 1.5 s pass without one
+/// after its standard input closes; prints how many distinct ones came.
+const RECEIVER: &str = r#"
+import socket, select, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 7))
+seen = set(); stop = None; last = time.time()
+print("ready", flush=True)
+while True:
+    r, _, _ = select.select([s, sys.stdin], [], [], 0.1)
+    if s in r:
+        seen.add(s.recv(64)); last = time.time()
+    if sys.stdin in r and stop is None:
+        sys.stdin.read(); stop = time.time()
+    if stop is not None and time.time() - max(stop, last) > 1.5:
+        break
+print(len(seen))
+"#;
+
+/// Sends numbered datagrams to port 7 (about 500 a second) until its
+/// standard input closes; prints how many it sent.
+const SENDER: &str = r#"
+import socket, select, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n = 0
+while not select.select([sys.stdin], [], [], 0)[0]:
+    s.sendto(b"%d" % n, (sys.argv[1], 7)); n += 1
+    time.sleep(0.002)
+print(n)
+"#;
+
+/// A steady stream of numbered datagrams from a to b.
+struct Stream {
+    receiver: Child,
+    sender: Child,
+}
+
+impl Stream {
+    fn start(net: &Net) -> Stream {
+        let mut receiver = Command::new("ip")
+            .args(["netns", "exec", &net.b, "timeout", "120", "python3", "-c", RECEIVER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("receiver");
+        let mut ready = [0u8; 6];
+        receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
+        let sender = Command::new("ip")
+            .args(["netns", "exec", &net.a, "timeout", "120", "python3", "-c", SENDER, &net.addr_b])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sender");
+        std::thread::sleep(Duration::from_millis(300));
+        Stream { receiver, sender }
+    }
+
+    /// Stops the stream: (sent, received).
+    fn stop(mut self) -> (u64, u64) {
+        let count = |child: &mut Child| {
+            drop(child.stdin.take());
+            assert!(wait_bounded(child, Duration::from_secs(20)).success());
+            let mut out = String::new();
+            child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
+            out.split_whitespace().last().expect("a count").parse::<u64>().expect("a number")
+        };
+        let sent = count(&mut self.sender);
+        let received = count(&mut self.receiver);
+        (sent, received)
+    }
+}
+
+/// Both policies pass the stream to port 7 (and count it in `@seen`), and
+/// differ elsewhere: rules added, removed and moved around it.
+const POLICY_A: &str = "xdp /tcp.dport == 23/ { drop }\nxdp /udp.dport == 7/ { @seen = count(); pass }\nxdp /udp.dport == 9/ { drop }\nxdp { pass }\n";
+const POLICY_B: &str = "xdp /udp.dport == 5/ { drop }\nxdp /udp.dport == 9/ { drop }\nxdp /udp.dport == 7/ { @seen = count(); pass }\nxdp /tcp.dport == 23/ { drop }\nxdp { pass }\n";
+
+#[test]
+fn applied_policy_outlives_the_process_until_deleted() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = write(dir.path(), "a.xpol", POLICY_A);
+    let p = policy.to_str().expect("utf-8");
+    host.ok(&net.b, &["apply", p, "-i", &net.vb, "--name", "web"]);
+    assert!(net.link_b().contains("xdp"), "attached after xpol exited: {}", net.link_b());
+
+    let stream = Stream::start(&net);
+    std::thread::sleep(Duration::from_millis(500));
+    let (sent, received) = stream.stop();
+    assert_eq!(sent, received, "every datagram to port 7 passes");
+    let list = host.ok(&net.b, &["list"]);
+    assert!(list.contains("web") && list.contains(&net.vb) && list.contains("a.xpol"), "{list}");
+    let list: serde_json::Value = serde_json::from_str(host.ok(&net.b, &["list", "--json"]).lines().next().expect("a line")).expect("JSON");
+    assert_eq!(list["policy"]["ok"], true, "{list}");
+    let report = stats(&host, &net, "web");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7/"), sent);
+    assert_eq!(report["maps"][0]["top"][0]["value"], sent, "{report}");
+
+    host.ok(&net.b, &["delete", "web"]);
+    assert!(!net.link_b().contains("xdp"), "detached: {}", net.link_b());
+    let again = host.xpol(&net.b, &["stats", "web"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no policy is applied as `web`"), "{}", String::from_utf8_lossy(&again.stderr));
+}
+
+/// Twenty replacements under a steady stream: not one passed packet is
+/// lost, and the counters of the rule that stays are monotonic and exact.
+#[test]
+fn replacing_twenty_times_under_traffic_loses_nothing() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = write(dir.path(), "a.xpol", POLICY_A);
+    let b = write(dir.path(), "b.xpol", POLICY_B);
+    let (a, b) = (a.to_str().expect("utf-8"), b.to_str().expect("utf-8"));
+    host.ok(&net.b, &["apply", a, "-i", &net.vb, "--name", "live"]);
+    let stream = Stream::start(&net);
+    let mut last = 0;
+    for i in 0..20 {
+        let policy = if i % 2 == 0 { b } else { a };
+        let out = host.xpol(&net.b, &["apply", policy, "-i", &net.vb, "--name", "live"]);
+        assert!(out.status.success(), "apply {i}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("kept @maps: seen"), "{}", String::from_utf8_lossy(&out.stderr));
+        let now = rule_packets(&stats(&host, &net, "live"), "xdp /udp.dport == 7/");
+        assert!(now >= last, "the counter went back from {last} to {now} at replacement {i}");
+        last = now;
+    }
+    let (sent, received) = stream.stop();
+    assert!(sent > 500, "the stream ran ({sent} datagrams)");
+    assert_eq!(received, sent, "no datagram lost across 20 replacements");
+    let report = stats(&host, &net, "live");
+    assert_eq!(report["generation"], 21);
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7/"), sent, "exact counter: {report}");
+    assert_eq!(report["maps"][0]["top"][0]["value"], sent, "@seen was handed on, never reset: {report}");
+    let list = host.ok(&net.b, &["list"]);
+    assert_eq!(list.lines().count(), 1, "one policy, one generation: {list}");
+}
+
+/// `xpol set` changes under traffic: a stream the set never holds is never
+/// dropped, an element added drops at once, removed passes at once; and
+/// live contents survive a re-apply of an unchanged declaration, but not
+/// of a changed one.
+#[test]
+fn set_changes_are_atomic_and_survive_reapply() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "set ports: int = { 9 }\nxdp /udp.dport in ports/ { drop }\nxdp /udp.dport == 7/ { pass }\nxdp { pass }\n";
+    let policy = write(dir.path(), "p.xpol", text);
+    let p = policy.to_str().expect("utf-8");
+    host.ok(&net.b, &["apply", p, "-i", &net.vb, "--name", "s"]);
+    let stream = Stream::start(&net);
+    for i in 0..10 {
+        let port = (20000 + i).to_string();
+        host.ok(&net.b, &["set", "s", "ports", "add", &port, "30000..30010"]);
+        host.ok(&net.b, &["set", "s", "ports", "del", &port]);
+    }
+    let (sent, received) = stream.stop();
+    assert_eq!(sent, received, "port 7 was never in the set: no datagram dropped");
+    let listed = host.ok(&net.b, &["set", "s", "ports", "list"]);
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["9", "30000..30010"]);
+
+    // Port 7 in the set: the stream is dropped; out again: it passes.
+    host.ok(&net.b, &["set", "s", "ports", "add", "7"]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert!(sent > 0 && received == 0, "dropped while in the set: {received} of {sent}");
+    host.ok(&net.b, &["set", "s", "ports", "del", "7"]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert_eq!(sent, received, "passes once removed");
+
+    // An unrelated edit keeps the live contents; a changed declaration resets them.
+    let edited = write(dir.path(), "p.xpol", &format!("{text}xdp /tcp.dport == 23/ {{ drop }}\n"));
+    let out = host.xpol(&net.b, &["apply", edited.to_str().expect("utf-8"), "-i", &net.vb, "--name", "s"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sets kept live: ports"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(host.ok(&net.b, &["set", "s", "ports", "list"]).lines().count(), 2);
+    let redeclared = write(dir.path(), "p.xpol", &text.replace("{ 9 }", "{ 9, 11 }"));
+    host.ok(&net.b, &["apply", redeclared.to_str().expect("utf-8"), "-i", &net.vb, "--name", "s"]);
+    assert_eq!(host.ok(&net.b, &["set", "s", "ports", "list"]).lines().collect::<Vec<_>>(), ["9", "11"]);
+
+    // Bad elements and names are refused, naming what is wrong.
+    let bad = host.xpol(&net.b, &["set", "s", "ports", "add", "eighty"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not an integer"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = host.xpol(&net.b, &["set", "s", "nosuch", "add", "1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("has no set `nosuch` (its sets: ports)"), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+/// The store refuses directories it did not make: another user's, one
+/// others can write, a symbolic link, a plain file; and it never follows a
+/// link planted below it.
+#[test]
+fn store_refuses_what_xpol_did_not_make() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = write(dir.path(), "a.xpol", POLICY_A);
+    let p = policy.to_str().expect("utf-8");
+    for (setup, reason) in [
+        ("mkdir -m 700 /sys/fs/bpf/xpol && chown 65534 /sys/fs/bpf/xpol", "belongs to uid 65534"),
+        ("mkdir /sys/fs/bpf/xpol && chmod 1777 /sys/fs/bpf/xpol", "others may write or read it"),
+        ("mkdir -m 700 /sys/fs/bpf/elsewhere && ln -s /sys/fs/bpf/elsewhere /sys/fs/bpf/xpol", "is a symbolic link"),
+    ] {
+        let made = host.sh(&format!("rm -rf /sys/fs/bpf/xpol /sys/fs/bpf/elsewhere; {setup}"));
+        assert!(made.status.success(), "{setup}: {}", String::from_utf8_lossy(&made.stderr));
+        let out = host.xpol(&net.b, &["apply", p, "-i", &net.vb, "--name", "x"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("refusing to use /sys/fs/bpf/xpol") && err.contains(reason), "{setup}: {err}");
+        assert!(!net.link_b().contains("xdp"), "nothing attached: {}", net.link_b());
+        let list = host.xpol(&net.b, &["list"]);
+        assert!(!list.status.success(), "list refuses too: {}", String::from_utf8_lossy(&list.stdout));
+    }
+    // A link planted inside the store is reported, not followed.
+    host.sh("rm -rf /sys/fs/bpf/xpol /sys/fs/bpf/elsewhere");
+    host.ok(&net.b, &["apply", p, "-i", &net.vb, "--name", "real"]);
+    let planted = host.sh("mkdir -m 700 /sys/fs/bpf/elsewhere && ln -s /sys/fs/bpf/elsewhere /sys/fs/bpf/xpol/evil");
+    assert!(planted.status.success());
+    let list = host.ok(&net.b, &["list"]);
+    assert!(list.contains("real") && list.contains("evil") && list.contains("is a symbolic link"), "{list}");
+    let umask = host.sh("stat -c %a /sys/fs/bpf/xpol /sys/fs/bpf/xpol/real /sys/fs/bpf/xpol/real/gen_1 /sys/fs/bpf/xpol/real/gen_1/record");
+    assert_eq!(String::from_utf8_lossy(&umask.stdout).split_whitespace().collect::<Vec<_>>(), ["700", "700", "700", "600"]);
+}
+
+/// A record that cannot be read (truncated, or not xpol's) does not hide
+/// an attached policy: `list` shows it with the problem, `delete` removes it.
+#[test]
+fn unreadable_record_is_listed_and_deletable() {
+    if !usable() || Command::new("bpftool").arg("version").output().is_err() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = write(dir.path(), "a.xpol", POLICY_A);
+    host.ok(&net.b, &["apply", policy.to_str().expect("utf-8"), "-i", &net.vb, "--name", "rec"]);
+    let broken = host.sh("cd /sys/fs/bpf/xpol/rec/gen_1 && rm record && bpftool map create /sys/fs/bpf/xpol/rec/gen_1/record type array key 4 value 16 entries 1 name junk");
+    assert!(broken.status.success(), "{}", String::from_utf8_lossy(&broken.stderr));
+    let list = host.ok(&net.b, &["list"]);
+    assert!(list.contains("rec") && list.contains("not an xpol record") && list.contains("xpol delete"), "{list}");
+    assert!(net.link_b().contains("xdp"));
+    host.ok(&net.b, &["delete", "rec"]);
+    assert!(!net.link_b().contains("xdp"), "detached: {}", net.link_b());
+}
+
+/// SIGKILL of `xpol apply` at any point leaves the policy listed, with a
+/// generation that runs, and deletable.
+#[test]
+fn killed_applies_leave_a_listed_deletable_policy() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = write(dir.path(), "a.xpol", POLICY_A);
+    let b = write(dir.path(), "b.xpol", POLICY_B);
+    host.ok(&net.b, &["apply", a.to_str().expect("utf-8"), "-i", &net.vb, "--name", "k"]);
+    let mut rng = common::Rng(7);
+    for i in 0..12 {
+        let policy = if i % 2 == 0 { &b } else { &a };
+        let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));
+        let mut child = cmd.args(["apply", policy.to_str().expect("utf-8"), "-i", &net.vb, "--name", "k"]).stderr(Stdio::null()).spawn().expect("apply");
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        // Kill xpol itself, not only the `timeout` in front of it.
+        let _ = Command::new("pkill").args(["-KILL", "-f", &format!("apply {} -i {}", policy.display(), net.vb)]).status();
+        wait_bounded(&mut child, Duration::from_secs(30));
+        let list = host.ok(&net.b, &["list", "--json"]);
+        let entry: serde_json::Value = serde_json::from_str(list.lines().next().unwrap_or_else(|| panic!("kill {i}: nothing listed"))).expect("JSON");
+        assert_eq!(entry["policy"]["name"], "k", "{list}");
+        assert!(entry["policy"]["generation"].is_u64(), "kill {i}: a generation is current: {list}");
+        assert!(net.link_b().contains("xdp"), "kill {i}: still attached");
+    }
+    // Leftovers of killed applies do not stop the next one.
+    host.ok(&net.b, &["apply", a.to_str().expect("utf-8"), "-i", &net.vb, "--name", "k"]);
+    host.ok(&net.b, &["delete", "k"]);
+    assert!(!net.link_b().contains("xdp"), "detached: {}", net.link_b());
+    let gone = host.sh("ls /sys/fs/bpf/xpol");
+    assert!(String::from_utf8_lossy(&gone.stdout).trim().is_empty(), "{}", String::from_utf8_lossy(&gone.stdout));
+}
+
+/// Under `ip netns exec`, /sys is remounted without the BPF filesystem:
+/// pins made there would vanish. xpol refuses and says what to use.
+#[test]
+fn apply_under_ip_netns_exec_is_refused_with_the_fix() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = write(dir.path(), "a.xpol", POLICY_A);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.b, "timeout", "20", env!("CARGO_BIN_EXE_xpol"), "apply"]).arg(&policy).args(["-i", &net.vb, "--name", "nx"]);
+    let out = output_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nsenter --net"), "{err}");
+    assert!(!net.link_b().contains("xdp"), "nothing attached: {}", net.link_b());
+}
