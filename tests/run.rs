@@ -324,8 +324,8 @@ fn metrics_endpoint_serves_rule_counters() {
     let text = String::from_utf8_lossy(&scrape.stdout);
     assert!(runner.join().expect("runner").status.success());
     assert!(text.contains("# TYPE xpol_rule_packets_total counter"), "{text}");
-    let line = text.lines().find(|l| l.starts_with("xpol_rule_packets_total") && l.contains("rule=\"0\"")).expect("rule 0");
-    assert!(line.contains("line=\"1\"") && line.contains("text=\"xdp /udp.dport == 9/\"") && line.ends_with(" 10"), "{line}");
+    let line = text.lines().find(|l| l.starts_with("xpol_rule_packets_total") && l.contains("rule=\"xdp /udp.dport == 9/\"")).expect("the rule on port 9");
+    assert!(line.contains("policy=\"p\"") && line.contains("rule=\"xdp /udp.dport == 9/\"") && line.contains("verdict=\"drop\"") && line.ends_with(" 10"), "{line}");
     assert!(text.contains("xpol_rule_bytes_total{"), "{text}");
 }
 

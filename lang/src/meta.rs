@@ -119,6 +119,11 @@ pub struct RuleMeta {
     pub column: u32,
     /// The probe's header as written (hook and predicate), on one line.
     pub text: String,
+    /// What the rule decides when it fires: `pass`, `drop`, `tx`, `abort`,
+    /// `redirect`, `mixed` (depends on an `if`) or `none` (evaluation goes
+    /// on). Absent in objects built before it was recorded.
+    #[serde(default)]
+    pub verdict: String,
 }
 
 /// Counters of one rule on one CPU, as laid out in [`RULES_MAP`] and in

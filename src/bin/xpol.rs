@@ -272,7 +272,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64
         .map(|(i, (r, c))| {
             let (p0, b0) = previous.get(i).copied().unwrap_or((0, 0));
             serde_json::json!({
-                "id": r.id, "key": keys[i], "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
+                "id": r.id, "key": keys[i], "verdict": r.verdict, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
                 "packets": c.packets, "bytes": c.bytes,
                 "pps": if dt > 0.0 { (c.packets - p0) as f64 / dt } else { 0.0 },
                 "bps": if dt > 0.0 { (c.bytes - b0) as f64 * 8.0 / dt } else { 0.0 },
@@ -469,7 +469,11 @@ struct WatchOptions {
 /// A report in the Prometheus text exposition format.
 fn prometheus(report: &serde_json::Value) -> String {
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-    let iface = esc(report["interface"].as_str().unwrap_or(""));
+    let str_of = |v: &serde_json::Value| esc(v.as_str().unwrap_or(""));
+    // Labels that survive editing other rules and running from another
+    // directory: the policy's name and the rule's identity, not its id,
+    // file or line; `verdict` makes "drops per second" one query.
+    let scope = format!("policy=\"{}\",interface=\"{}\"", str_of(&report["policy"]), str_of(&report["interface"]));
     let mut out = String::new();
     for (metric, field, help) in [
         ("xpol_rule_packets_total", "packets", "Packets for which the rule's predicate held."),
@@ -478,23 +482,21 @@ fn prometheus(report: &serde_json::Value) -> String {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} counter\n"));
         for r in report["rules"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "{metric}{{interface=\"{iface}\",hook=\"{}\",rule=\"{}\",file=\"{}\",line=\"{}\",text=\"{}\"}} {}\n",
-                esc(r["hook"].as_str().unwrap_or("")),
-                r["id"],
-                esc(r["file"].as_str().unwrap_or("")),
-                r["line"],
-                esc(r["text"].as_str().unwrap_or("")),
+                "{metric}{{{scope},hook=\"{}\",rule=\"{}\",verdict=\"{}\"}} {}\n",
+                str_of(&r["hook"]),
+                str_of(&r["key"]),
+                str_of(&r["verdict"]),
                 r[field].as_u64().unwrap_or(0)
             ));
         }
     }
     out.push_str("# HELP xpol_map_entries Entries in a @map.\n# TYPE xpol_map_entries gauge\n");
     for m in report["maps"].as_array().into_iter().flatten() {
-        out.push_str(&format!("xpol_map_entries{{interface=\"{iface}\",map=\"{}\"}} {}\n", esc(m["name"].as_str().unwrap_or("")), m["entries"]));
+        out.push_str(&format!("xpol_map_entries{{{scope},map=\"{}\"}} {}\n", str_of(&m["name"]), m["entries"]));
     }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
     for st in report["sets"].as_array().into_iter().flatten() {
-        out.push_str(&format!("xpol_set_elements{{interface=\"{iface}\",set=\"{}\"}} {}\n", esc(st["name"].as_str().unwrap_or("")), st["size"]));
+        out.push_str(&format!("xpol_set_elements{{{scope},set=\"{}\"}} {}\n", str_of(&st["name"]), st["size"]));
     }
     out
 }
@@ -578,7 +580,9 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
                 lost.join(", ")
             );
         }
-        let report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
+        let mut report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
+        // A policy run from a file is named after it, wherever it was run from.
+        report["policy"] = policy_path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()).into();
         previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
         if let Some(m) = &metrics {
             if let Ok(mut t) = m.lock() {

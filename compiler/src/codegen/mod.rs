@@ -68,6 +68,25 @@ fn codegen_error(message: impl Into<String>) -> Vec<Diagnostic> {
     vec![Diagnostic::error("xpol::codegen", message).with_help("this is a bug in xpol; please report it with the policy")]
 }
 
+/// What a rule that fires decides, for labelling its counters: its verdict
+/// when its body always gives the same one (`pass`, `drop`, `tx`, `abort`,
+/// `redirect`), `mixed` when that depends on an `if`, `none` when it lets
+/// evaluation go on.
+fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
+    let mut conditional = false;
+    for s in body {
+        match &s.kind {
+            ir::StmtKind::Verdict(v) => return if conditional { "mixed" } else { v.as_str() },
+            ir::StmtKind::Redirect(_) => return if conditional { "mixed" } else { "redirect" },
+            ir::StmtKind::If { then_body, else_body, .. } => {
+                conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
+            }
+            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } => {}
+        }
+    }
+    if conditional { "mixed" } else { "none" }
+}
+
 /// Capacity of a named set's maps: room to grow for sets the runtime may
 /// update, exactly the contents for the compiler's read-only ones.
 fn set_capacity(s: &ir::NamedSet, n: usize) -> u32 {
@@ -365,7 +384,9 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     }
     for r in &policy.rules {
         let (file, line, column) = sources.location(r.span);
-        meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone() });
+        let probe = policy.programs.iter().flat_map(|p| &p.probes).find(|p| p.rule == r.id);
+        let verdict = probe.map_or("none", |p| rule_verdict(&p.body)).to_string();
+        meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone(), verdict });
     }
 
     m.blob("_license", "license", &faults::license(&options.faults));
