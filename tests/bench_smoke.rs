@@ -6,6 +6,23 @@
 #[path = "../benches/ref_fw.rs"]
 mod ref_fw;
 
+#[path = "../benches/live.rs"]
+mod live;
+
+/// The live-operation benchmark in quick mode: every measured change
+/// succeeds (each is checked as it runs) and the report is written.
+#[test]
+fn live_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("live_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = live::run(&live::Mode { quick: true }, out.path());
+    assert!(report.markdown.contains("single updates of an IPv4 set"), "{}", report.markdown);
+    assert_eq!(report.json["replace_set_prefixes"], 1000);
+    assert!(out.path().join("live.json").exists());
+}
+
 #[test]
 fn ref_fw_quick() {
     if !xpol_runtime::testing::kernel_or_skip("ref_fw_quick") {

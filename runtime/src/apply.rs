@@ -180,8 +180,8 @@ fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeM
             continue;
         }
         let live = previous.and_then(|p| {
-            let old = p.record.meta.sets.iter().find(|o| o.name == s.name && o.elem == s.elem)?;
-            (p.record.declared.get(&s.name) == Some(&s.elements)).then(|| old.elements.clone())
+            p.record.meta.sets.iter().find(|o| o.name == s.name && o.elem == s.elem)?;
+            (p.record.declared.get(&s.name) == Some(&store::declaration_digest(&s.elements))).then(|| p.elements(&s.name).ok()).flatten()
         });
         match live {
             Some(elements) => {
@@ -194,10 +194,16 @@ fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeM
     out
 }
 
-/// Pins the new generation's maps, its carried-counter map and its record.
+/// Pins the new generation's maps, its carried-counter map, its sets'
+/// elements and its record.
 fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Generation>, gen_dir: &Path, generation: u64) -> Result<(Record, std::os::fd::OwnedFd)> {
     loaded.pin_maps(gen_dir)?;
-    let meta = loaded.meta().clone();
+    let mut meta = loaded.meta().clone();
+    for s in &mut meta.sets {
+        let capacity = s.maps.iter().map(|m| u64::from(m.max_entries)).max().unwrap_or(0).max(2 * s.elements.len() as u64).max(1024);
+        store::ElementStore::create(gen_dir, &s.name, &s.elements, capacity)?;
+        s.elements.clear();
+    }
     let base = store::create_base(gen_dir, meta.rules.len())?;
     let hooks: Vec<String> = match &req.hooks {
         Some(h) => h.clone(),
@@ -227,7 +233,7 @@ fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Genera
     // Declarations come from the object (the policy's own text), whatever
     // contents the sets were filled with.
     let object_meta = loader::read_meta(req.object)?;
-    let declared = object_meta.sets.iter().map(|s| (s.name.clone(), s.elements.clone())).collect();
+    let declared = object_meta.sets.iter().map(|s| (s.name.clone(), store::declaration_digest(&s.elements))).collect();
     let record = Record {
         schema: store::RECORD_SCHEMA,
         name: req.name.to_string(),
@@ -315,61 +321,153 @@ pub enum SetChange {
     Flush,
 }
 
-/// Changes set `set` of the applied policy `name`: the stored object is
-/// loaded again with the new contents and switched in atomically (a packet
-/// sees the whole old set or the whole new one), keeping every other state
-/// as a replace does. Returns the set's new size.
-pub fn change_set(store: &Store, name: &str, set: &str, change: SetChange) -> Result<usize> {
-    let applied = store.applied(name)?;
-    let current = applied.current.ok_or_else(|| RuntimeError::NotApplied(name.to_string()))?;
-    let meta = &current.record.meta;
-    let s = meta.sets.iter().find(|s| s.name == set).ok_or_else(|| {
-        let names: Vec<&str> = meta.sets.iter().map(|s| s.name.as_str()).collect();
-        RuntimeError::Apply { name: name.into(), message: format!("has no set `{set}` (its sets: {})", if names.is_empty() { "none".into() } else { names.join(", ") }) }
-    })?;
-    let canon = |e: &String| loader::canonical_element(s.elem, e).map_err(|reason| RuntimeError::SetElement { set: set.into(), element: e.escape_debug().to_string(), reason });
-    let mut elements: Vec<String> = s.elements.iter().map(canon).collect::<Result<_>>()?;
-    match change {
-        SetChange::Add(new) => {
-            for e in &new {
-                let e = canon(e)?;
-                if !elements.contains(&e) {
-                    elements.push(e);
+/// Changes set `set` of the applied policy `name` (see [`SetEditor`]).
+pub fn change_set(store: &Store, name: &str, set: &str, change: SetChange) -> Result<()> {
+    SetEditor::open(store, name, set)?.change(store, change)
+}
+
+/// Changes to one named set of an applied policy, under the store's lock.
+///
+/// A single element that lives in one key of a hash or LPM map (an
+/// integer, a MAC address, an IPv6 prefix) is added or removed in place:
+/// one map update, which the kernel makes atomic for the packet path.
+/// Everything else (IPv4 prefixes, which live in the shared prefix
+/// tables; ranges; several elements at once; replace and flush) loads the
+/// applied object again with the new contents and switches to it, as a
+/// replace does: a packet sees the whole old set or the whole new one.
+pub struct SetEditor {
+    name: String,
+    set: xpol_lang::meta::SetMeta,
+    elements: store::ElementStore,
+    maps: HashMap<String, std::os::fd::OwnedFd>,
+}
+
+impl SetEditor {
+    pub fn open(store: &Store, name: &str, set: &str) -> Result<SetEditor> {
+        let applied = store.applied(name)?;
+        let current = applied.current.ok_or_else(|| RuntimeError::NotApplied(name.to_string()))?;
+        let meta = &current.record.meta;
+        let s = meta.sets.iter().find(|s| s.name == set).ok_or_else(|| {
+            let names: Vec<&str> = meta.sets.iter().map(|s| s.name.as_str()).collect();
+            RuntimeError::Apply { name: name.into(), message: format!("has no set `{set}` (its sets: {})", if names.is_empty() { "none".into() } else { names.join(", ") }) }
+        })?;
+        let mut maps = HashMap::new();
+        for m in s.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
+            let path = current.dir.join(&m.map);
+            maps.insert(m.map.clone(), sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?);
+        }
+        Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps })
+    }
+
+    fn canonical(&self, e: &str) -> Result<String> {
+        loader::canonical_element(self.set.elem, e).map_err(|reason| RuntimeError::SetElement { set: self.set.name.clone(), element: e.escape_debug().to_string(), reason })
+    }
+
+    /// The one map key that holds `element`, if it lives in one key of a
+    /// hash or LPM map (not in the IPv4 tables).
+    fn single_key(&self, element: &str) -> Option<(&std::os::fd::OwnedFd, Vec<u8>)> {
+        if self.set.elem == xpol_lang::meta::SetElem::Cidr && !element.contains(':') {
+            return None;
+        }
+        let mut keys = self.set.maps.iter().filter(|m| !m.kind.is_ipv4_table()).flat_map(|m| {
+            loader::set_keys(m.kind, element).unwrap_or_default().into_iter().map(move |k| (m.map.as_str(), k))
+        });
+        let (map, key) = keys.next()?;
+        keys.next().is_none().then(|| self.maps.get(map).map(|fd| (fd, key))).flatten()
+    }
+
+    /// Applies `change`; the editor then refers to the set as changed.
+    pub fn change(&mut self, store: &Store, change: SetChange) -> Result<()> {
+        let one = match &change {
+            SetChange::Add(v) | SetChange::Delete(v) if v.len() == 1 => Some(self.canonical(&v[0])?),
+            _ => None,
+        };
+        if let Some(e) = one {
+            if let Some((fd, key)) = self.single_key(&e) {
+                return self.change_in_place(matches!(change, SetChange::Add(_)), &e, fd.as_fd(), &key);
+            }
+        }
+        let mut elements = self.elements.elements()?;
+        match change {
+            SetChange::Add(new) => {
+                for e in &new {
+                    let e = self.canonical(e)?;
+                    if !elements.contains(&e) {
+                        elements.push(e);
+                    }
                 }
             }
+            SetChange::Delete(gone) => {
+                for e in &gone {
+                    let e = self.canonical(e)?;
+                    let at = elements.iter().position(|x| *x == e).ok_or_else(|| self.not_in_set(&e))?;
+                    elements.remove(at);
+                }
+            }
+            SetChange::Replace(new) => elements = new.iter().map(|e| self.canonical(e)).collect::<Result<_>>()?,
+            SetChange::Flush => elements.clear(),
         }
-        SetChange::Delete(gone) => {
-            for e in &gone {
-                let e = canon(e)?;
-                let at = elements.iter().position(|x| *x == e).ok_or_else(|| RuntimeError::SetElement { set: set.into(), element: e.clone(), reason: "not in the set".into() })?;
-                elements.remove(at);
+        self.switch_to(store, elements)
+    }
+
+    fn not_in_set(&self, e: &str) -> RuntimeError {
+        RuntimeError::SetElement { set: self.set.name.clone(), element: e.to_string(), reason: "not in the set".into() }
+    }
+
+    fn change_in_place(&self, add: bool, e: &str, map: std::os::fd::BorrowedFd<'_>, key: &[u8]) -> Result<()> {
+        let err = |source: std::io::Error| RuntimeError::Map { map: format!("set {}", self.set.name), source };
+        if add {
+            if self.elements.contains(e)? {
+                return Ok(());
+            }
+            // The packet path first, then the list: a crash in between
+            // leaves an element that works but is not listed, and adding
+            // it again mends that.
+            sys::map_update(map, key, &[1], 0).map_err(|source| match source.raw_os_error() {
+                Some(libc::E2BIG) | Some(libc::ENOSPC) => RuntimeError::Apply {
+                    name: self.name.clone(),
+                    message: format!("set `{}` is full; declare a larger capacity (`set {}: ... max N`) and apply again", self.set.name, self.set.name),
+                },
+                _ => err(source),
+            })?;
+            self.elements.insert(e)
+        } else {
+            if !self.elements.contains(e)? {
+                return Err(self.not_in_set(e));
+            }
+            sys::map_delete(map, key).map_err(err)?;
+            self.elements.remove(e).map(|_| ())
+        }
+    }
+
+    /// Loads the applied object again with `elements` in the set and
+    /// switches to it.
+    fn switch_to(&mut self, store: &Store, elements: Vec<String>) -> Result<()> {
+        let applied = store.applied(&self.name)?;
+        let current = applied.current.ok_or_else(|| RuntimeError::NotApplied(self.name.clone()))?;
+        let r = &current.record;
+        let (mut hooks, mut interfaces): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for a in &r.attachments {
+            if !hooks.contains(&a.hook) {
+                hooks.push(a.hook.clone());
+            }
+            if !interfaces.contains(&a.interface) {
+                interfaces.push(a.interface.clone());
             }
         }
-        SetChange::Replace(new) => elements = new.iter().map(canon).collect::<Result<_>>()?,
-        SetChange::Flush => elements.clear(),
+        let req = ApplyRequest {
+            name: &self.name,
+            object: &current.object,
+            source: r.source.clone(),
+            interfaces,
+            hooks: Some(hooks),
+            mode: r.attachments.first().and_then(|a| parse_mode(&a.mode)).unwrap_or_default(),
+            set_contents: BTreeMap::from([(self.set.name.clone(), elements)]),
+        };
+        // Every other set keeps its live contents: the object's
+        // declarations are the ones recorded, so the carry-over rule keeps them.
+        apply(store, &req)?;
+        *self = SetEditor::open(store, &self.name, &self.set.name)?;
+        Ok(())
     }
-    let size = elements.len();
-    let r = &current.record;
-    let (mut hooks, mut interfaces): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    for a in &r.attachments {
-        if !hooks.contains(&a.hook) {
-            hooks.push(a.hook.clone());
-        }
-        if !interfaces.contains(&a.interface) {
-            interfaces.push(a.interface.clone());
-        }
-    }
-    let req = ApplyRequest {
-        name,
-        object: &current.object,
-        source: r.source.clone(),
-        interfaces,
-        hooks: Some(hooks),
-        mode: r.attachments.first().and_then(|a| parse_mode(&a.mode)).unwrap_or_default(),
-        set_contents: BTreeMap::from([(set.to_string(), elements)]),
-    };
-    // Every other set keeps its live contents: the object's declarations
-    // are the ones recorded, so the carry-over rule keeps them.
-    apply(store, &req)?;
-    Ok(size)
 }

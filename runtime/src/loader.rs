@@ -622,7 +622,7 @@ impl PolicyMaps {
         let entries = std::fs::read_dir(dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?;
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file == "record" || file == "base" {
+            if file == "record" || file == "base" || file.starts_with("elems_") {
                 continue;
             }
             let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Store(format!("map {file}: {e}")))?;
@@ -847,7 +847,7 @@ pub fn canonical_element(elem: meta::SetElem, text: &str) -> std::result::Result
     }
 }
 
-fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
     match kind {
         SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
             unreachable!("IPv4 tables are filled whole by fill_ipv4_tables")

@@ -9,6 +9,9 @@
 //!     gen_7/                   a generation: one load of the policy (0700)
 //!       record                 blob map: the record (JSON) and the object (ELF)
 //!       base                   counters carried over from earlier generations
+//!       elems_SET              each named set's live elements (a hash map
+//!                              of their canonical text): `xpol set` changes
+//!                              it with the set, the record never
 //!       xpol_rules, global_data, xm_*, xs_*, ...   the programs' maps
 //! ```
 //!
@@ -75,13 +78,92 @@ pub struct Record {
     /// The id of each hook's program in this generation: what its links
     /// must run for the generation to be current.
     pub programs: BTreeMap<String, u32>,
-    /// The object's metadata, with the sets' live contents as elements.
+    /// The object's metadata without the sets' elements: those live in
+    /// `elems_SET` ([`Generation::elements`]), so that changing a set never
+    /// rewrites the record, however large the set.
     pub meta: ObjectMeta,
-    /// Each set's elements as the policy itself declared them: on the next
-    /// apply, a set whose declaration did not change keeps its live
-    /// contents (`xpol set` changes survive), one whose declaration
-    /// changed gets the new declaration.
-    pub declared: BTreeMap<String, Vec<String>>,
+    /// A digest of each set's elements as the policy itself declared them
+    /// ([`declaration_digest`]): on the next apply, a set whose declaration
+    /// did not change keeps its live contents (`xpol set` changes
+    /// survive), one whose declaration changed gets the new declaration.
+    pub declared: BTreeMap<String, u64>,
+}
+
+/// A digest of a set's declared elements (FNV-1a over their canonical
+/// text): equal declarations give equal digests.
+pub fn declaration_digest(elements: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in elements.iter().flat_map(|e| e.bytes().chain([b'\n'])) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Bytes of a key of an `elems_SET` map: the canonical text, zero-padded
+/// (the longest, an IPv6 prefix or a range of two u64, is 43 bytes).
+pub const ELEMENT_KEY_BYTES: usize = 64;
+
+/// The live elements of one set in a generation (`elems_SET`).
+pub struct ElementStore {
+    fd: OwnedFd,
+}
+
+impl ElementStore {
+    fn key(element: &str) -> Result<[u8; ELEMENT_KEY_BYTES]> {
+        let mut key = [0u8; ELEMENT_KEY_BYTES];
+        if element.len() > ELEMENT_KEY_BYTES {
+            return Err(RuntimeError::Store(format!("element `{}` is too long", element.escape_debug())));
+        }
+        key[..element.len()].copy_from_slice(element.as_bytes());
+        Ok(key)
+    }
+
+    /// Creates and pins `dir/elems_SET` holding `elements`.
+    pub(crate) fn create(dir: &Path, set: &str, elements: &[String], capacity: u64) -> Result<ElementStore> {
+        let path = dir.join(format!("elems_{set}"));
+        let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", path.display()));
+        let entries = capacity.max(elements.len() as u64).clamp(1, u64::from(u32::MAX / 2)) as u32;
+        let store = ElementStore { fd: sys::hash_set_create("xpol_elems", ELEMENT_KEY_BYTES as u32, entries).map_err(io)? };
+        for e in elements {
+            store.insert(e)?;
+        }
+        sys::obj_pin(store.fd.as_fd(), &path).map_err(io)?;
+        Ok(store)
+    }
+
+    pub(crate) fn open(dir: &Path, set: &str) -> Result<ElementStore> {
+        let path = dir.join(format!("elems_{set}"));
+        Ok(ElementStore { fd: sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))? })
+    }
+
+    pub fn contains(&self, element: &str) -> Result<bool> {
+        let mut value = [0u8; 1];
+        sys::map_lookup(self.fd.as_fd(), &Self::key(element)?, &mut value).map_err(|e| RuntimeError::Store(format!("set elements: {e}")))
+    }
+
+    pub fn insert(&self, element: &str) -> Result<()> {
+        sys::map_update(self.fd.as_fd(), &Self::key(element)?, &[1], 0).map_err(|e| RuntimeError::Store(format!("set elements: {e}")))
+    }
+
+    pub fn remove(&self, element: &str) -> Result<bool> {
+        sys::map_delete(self.fd.as_fd(), &Self::key(element)?).map_err(|e| RuntimeError::Store(format!("set elements: {e}")))
+    }
+
+    /// Every element, sorted.
+    pub fn elements(&self) -> Result<Vec<String>> {
+        let err = |e: std::io::Error| RuntimeError::Store(format!("set elements: {e}"));
+        let (mut key, mut next) = ([0u8; ELEMENT_KEY_BYTES], [0u8; ELEMENT_KEY_BYTES]);
+        let mut out = Vec::new();
+        let mut first = true;
+        while sys::map_next_key(self.fd.as_fd(), (!first).then_some(&key[..]), &mut next).map_err(err)? {
+            first = false;
+            key = next;
+            let end = key.iter().position(|&b| b == 0).unwrap_or(ELEMENT_KEY_BYTES);
+            out.push(String::from_utf8_lossy(&key[..end]).into_owned());
+        }
+        out.sort_by_cached_key(|e| element_order(e));
+        Ok(out)
+    }
 }
 
 /// A record and the object it was loaded from.
@@ -406,9 +488,41 @@ pub(crate) fn read_base(dir: &Path, rules: usize) -> Vec<RuleCounters> {
     out
 }
 
+/// Elements in the order people read them: numbers and addresses by
+/// value (IPv4 before IPv6), then by prefix length or range end.
+fn element_order(e: &str) -> (u8, u128, u128, String) {
+    if let Some((lo, hi)) = e.split_once("..").and_then(|(l, h)| Some((l.parse::<u64>().ok()?, h.parse::<u64>().ok()?))) {
+        return (0, u128::from(lo), u128::from(hi), String::new());
+    }
+    if let Ok(n) = e.parse::<u64>() {
+        return (0, u128::from(n), u128::from(n), String::new());
+    }
+    let (addr, len) = e.split_once('/').unwrap_or((e, ""));
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => (1, u128::from(u32::from(a)), len.parse().unwrap_or(32), String::new()),
+        Ok(std::net::IpAddr::V6(a)) => (2, u128::from(a), len.parse().unwrap_or(128), String::new()),
+        Err(_) => (3, 0, 0, e.to_string()),
+    }
+}
+
 impl Generation {
-    /// The generation's maps and counters, for reading (`xpol stats`).
+    /// The generation's maps and counters, for reading (`xpol stats`),
+    /// with the sets' live elements in the metadata.
     pub fn maps(&self) -> Result<PolicyMaps> {
-        PolicyMaps::open_dir(&self.dir, self.record.meta.clone(), read_base(&self.dir, self.record.meta.rules.len()))
+        PolicyMaps::open_dir(&self.dir, self.live_meta()?, read_base(&self.dir, self.record.meta.rules.len()))
+    }
+
+    /// The live elements of set `set`.
+    pub fn elements(&self, set: &str) -> Result<Vec<String>> {
+        ElementStore::open(&self.dir, set)?.elements()
+    }
+
+    /// The record's metadata with each set's live elements.
+    pub fn live_meta(&self) -> Result<ObjectMeta> {
+        let mut meta = self.record.meta.clone();
+        for s in &mut meta.sets {
+            s.elements = self.elements(&s.name)?;
+        }
+        Ok(meta)
     }
 }

@@ -453,14 +453,39 @@ struct NamedMapCreateAttr {
 /// Creates an array map of `entries` values of `value_size` bytes, named
 /// `name` (at most 15 bytes are kept), for data xpol keeps in bpffs.
 pub fn array_map_create(name: &str, value_size: u32, entries: u32) -> io::Result<std::os::fd::OwnedFd> {
+    map_create(name, BPF_MAP_TYPE_ARRAY, 4, value_size, entries, 0)
+}
+
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Creates a hash map of at most `entries` keys of `key_size` bytes with
+/// one-byte values, allocated as they come: a set of byte strings.
+pub fn hash_set_create(name: &str, key_size: u32, entries: u32) -> io::Result<std::os::fd::OwnedFd> {
+    map_create(name, BPF_MAP_TYPE_HASH, key_size, 1, entries, BPF_F_NO_PREALLOC)
+}
+
+fn map_create(name: &str, map_type: u32, key_size: u32, value_size: u32, max_entries: u32, map_flags: u32) -> io::Result<std::os::fd::OwnedFd> {
     let mut map_name = [0u8; 16];
     for (d, s) in map_name.iter_mut().zip(name.bytes().take(15)) {
         *d = s;
     }
-    let mut attr = NamedMapCreateAttr { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size, max_entries: entries, map_name, ..Default::default() };
+    let mut attr = NamedMapCreateAttr { map_type, key_size, value_size, max_entries, map_flags, map_name, ..Default::default() };
     let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
     // SAFETY: the kernel just returned this descriptor to us; we own it.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// `BPF_MAP_DELETE_ELEM`; `Ok(false)` when the key was absent.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    let mut attr = MapElemAttr { map_fd: map.as_raw_fd() as u32, key: key.as_ptr() as u64, ..Default::default() };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether `path` is on a BPF filesystem.

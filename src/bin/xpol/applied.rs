@@ -198,11 +198,12 @@ pub fn set(name: &str, set: &str, op: SetOp) -> Result<ExitCode> {
             let store = Store::read()?.with_context(|| format!("no policy is applied as `{name}` (see `xpol list`)"))?;
             let applied = store.applied(name)?;
             let current = applied.current.as_ref().with_context(|| format!("`{name}`: {}", applied.problems.join("; ")))?;
-            let s = current.record.meta.sets.iter().find(|s| s.name == set).with_context(|| format!("`{name}` has no set `{set}`"))?;
+            current.record.meta.sets.iter().find(|s| s.name == set).with_context(|| format!("`{name}` has no set `{set}`"))?;
+            let elements = current.elements(set)?;
             if json {
-                println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "policy": name, "set": set, "elements": s.elements}));
+                println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "policy": name, "set": set, "elements": elements}));
             } else {
-                for e in &s.elements {
+                for e in &elements {
                     println!("{e}");
                 }
             }
@@ -214,7 +215,7 @@ pub fn set(name: &str, set: &str, op: SetOp) -> Result<ExitCode> {
         SetOp::Replace { from_file } => SetChange::Replace(read_elements(&from_file)?),
     };
     let store = Store::write()?;
-    let size = apply::change_set(&store, name, set, change)?;
-    eprintln!("set `{set}` of `{name}`: {size} elements");
+    apply::change_set(&store, name, set, change)?;
+    eprintln!("set `{set}` of `{name}` changed");
     Ok(ExitCode::SUCCESS)
 }
