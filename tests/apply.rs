@@ -398,3 +398,57 @@ fn apply_under_ip_netns_exec_is_refused_with_the_fix() {
     assert!(!out.status.success() && err.contains("nsenter --net"), "{err}");
     assert!(!net.link_b().contains("xdp"), "nothing attached: {}", net.link_b());
 }
+
+/// The generation of applied policy `name`, or `None` when not listed.
+fn generation(host: &Host, net: &Net, name: &str) -> Option<u64> {
+    let list = host.ok(&net.b, &["list", "--json"]);
+    list.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find(|e| e["policy"]["name"] == name).and_then(|e| e["policy"]["generation"].as_u64())
+}
+
+/// Waits up to 20 s for `name` to reach generation `g`.
+fn wait_generation(host: &Host, net: &Net, name: &str, g: u64) {
+    let start = std::time::Instant::now();
+    while generation(host, net, name) != Some(g) {
+        assert!(start.elapsed() < Duration::from_secs(20), "generation {g} of `{name}` never came: {:?}", generation(host, net, name));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `apply --watch` applies again when the policy or a set file it reads
+/// changes; a broken version is reported and the running one stays.
+#[test]
+fn apply_watch_follows_the_policy_and_its_set_file() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "ports.txt", "9\n");
+    let policy = write(dir.path(), "w.xpol", "set ports: int = file(\"ports.txt\")\nxdp /udp.dport in ports/ { drop }\nxdp { pass }\n");
+    let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));
+    let mut watcher = cmd
+        .args(["apply", "--watch", policy.to_str().expect("utf-8"), "-i", &net.vb, "--name", "w"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply --watch");
+    wait_generation(&host, &net, "w", 1);
+    write(dir.path(), "ports.txt", "9\n7\n");
+    wait_generation(&host, &net, "w", 2);
+    assert_eq!(host.ok(&net.b, &["set", "w", "ports", "list"]).lines().collect::<Vec<_>>(), ["7", "9"], "the new declaration of the set");
+    let (sent, received) = Stream::start(&net).stop();
+    assert!(sent > 0 && received == 0, "port 7 dropped now");
+    write(dir.path(), "w.xpol", "set ports: int = file(\"ports.txt\")\nxdp /udp.dport in ports/ { drop \n");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(generation(&host, &net, "w"), Some(2), "a broken version is not applied");
+    write(dir.path(), "w.xpol", "set ports: int = file(\"ports.txt\")\nxdp /udp.dport in ports/ { drop }\nxdp /udp.dport == 5/ { drop }\nxdp { pass }\n");
+    wait_generation(&host, &net, "w", 3);
+    let _ = Command::new("pkill").args(["-TERM", "-f", &format!("apply --watch {}", policy.display())]).status();
+    let status = wait_bounded(&mut watcher, Duration::from_secs(10));
+    let mut err = String::new();
+    watcher.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert!(err.contains("not applied; the running version stays"), "{err}");
+    assert!(status.success() || status.code() == Some(124), "{status}: {err}");
+    assert_eq!(generation(&host, &net, "w"), Some(3), "stays applied after the watcher stops");
+}

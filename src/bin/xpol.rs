@@ -83,6 +83,12 @@ enum Command {
         mode: String,
         #[arg(long)]
         json: bool,
+        /// Keep running and apply again whenever the policy, a file it
+        /// includes or a set file it reads changes (Ctrl-C stops watching;
+        /// the policy stays applied). A version that does not compile or
+        /// load is reported and the running one stays.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         rejection: RejectionOptions,
     },
@@ -191,27 +197,35 @@ fn main() -> ExitCode {
 /// kernel. A verifier rejection of a compiled policy is shown at the policy
 /// expression it comes from. `None`: the problem was reported.
 fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions, rejection: &RejectionOptions) -> Result<Option<LoadedPolicy>> {
-    Ok(load_policy_and_build(policy, options, rejection)?.map(|(p, _)| p))
+    Ok(load_policy_and_build(policy, options, rejection)?.0)
 }
 
-/// As [`load_policy`], also returning the build of a source policy.
+/// As [`load_policy`], also returning the build of a source policy, even
+/// when it did not load (it names the files the policy read).
 fn load_policy_and_build(
     policy: &Path,
     options: &xpol_runtime::loader::LoadOptions,
     rejection: &RejectionOptions,
-) -> Result<Option<(LoadedPolicy, Option<xpol_compiler::Build>)>> {
+) -> Result<(Option<LoadedPolicy>, Option<xpol_compiler::Build>)> {
     if policy.extension().is_some_and(|e| e == "o") {
         let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
-        return Ok(Some((LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?, None)));
+        return Ok((Some(LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?), None));
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
+    let loaded = load_build(&build, options, rejection)?;
+    Ok((loaded, Some(build)))
+}
+
+/// Loads a build's object, showing its diagnostics and any rejection at
+/// its source; `None` when something was reported.
+fn load_build(build: &xpol_compiler::Build, options: &xpol_runtime::loader::LoadOptions, rejection: &RejectionOptions) -> Result<Option<LoadedPolicy>> {
     let color = std::io::stderr().is_terminal();
     if !build.diagnostics.is_empty() {
         eprint!("{}", xpol_lang::render::render_human(&build.diagnostics, &build.sources, color));
     }
     let Some(out) = &build.output else { return Ok(None) };
     match LoadedPolicy::load_with(&out.object, options) {
-        Ok(p) => Ok(Some((p, Some(build)))),
+        Ok(p) => Ok(Some(p)),
         Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
             let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
             let verbose = rejection.verbose || std::env::var("XPOL_VERBOSE").is_ok_and(|v| v == "1");
@@ -618,7 +632,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let options = WatchOptions { interval, duration, json, metrics };
             attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
         }
-        Command::Apply { policy, interfaces, name, hook, mode, json, rejection } => applied::apply(&policy, &interfaces, &name, &hook, &mode, json, &rejection),
+        Command::Apply { policy, interfaces, name, hook, mode, json, watch, rejection } => {
+            let target = applied::Target { interfaces, name, hooks: hook, mode: xdp_mode(&mode)? };
+            if watch {
+                applied::apply_watch(&policy, &target, json, &rejection)
+            } else {
+                applied::apply(&policy, &target, json, &rejection)
+            }
+        }
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
@@ -626,7 +647,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
             let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() };
-            let Some((mut loaded, build)) = load_policy_and_build(&policy, &options, &rejection)? else { return Ok(ExitCode::FAILURE) };
+            let (Some(mut loaded), build) = load_policy_and_build(&policy, &options, &rejection)? else { return Ok(ExitCode::FAILURE) };
             if let Some(build) = build.as_ref().filter(|b| pcap.is_none() && b.output.as_ref().is_some_and(|o| !o.ir.tests.is_empty())) {
                 return run_policy_tests(&mut loaded, build, json);
             }

@@ -2,40 +2,51 @@
 //! `watch` and `set`. The state they act on lives in bpffs
 //! (`xpol_runtime::store`); these functions only parse, call and print.
 
-use super::{load_policy_and_build, print_line, print_table, snapshot, xdp_mode, RejectionOptions, SetOp};
+use super::{load_policy_and_build, print_line, print_table, snapshot, RejectionOptions, SetOp};
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use xpol_runtime::apply::{self, ApplyRequest, SetChange};
 use xpol_runtime::store::{Applied, Store};
 
+/// Where and under which name to apply a policy.
+pub struct Target {
+    pub interfaces: Vec<String>,
+    pub name: String,
+    pub hooks: Vec<String>,
+    pub mode: xpol_runtime::loader::XdpAttachMode,
+}
+
 /// Compiles (or reads) the policy and checks it in the kernel, showing a
-/// verifier rejection at its source; `None` when that was reported.
-fn object_of(policy: &Path, rejection: &RejectionOptions) -> Result<Option<Vec<u8>>> {
+/// verifier rejection at its source; `None` when that was reported. Also
+/// the files it read (the policy, its includes, its set files).
+fn object_of(policy: &Path, rejection: &RejectionOptions) -> Result<(Option<Vec<u8>>, Vec<PathBuf>)> {
     if policy.extension().is_some_and(|e| e == "o") {
-        return Ok(Some(std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?));
+        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        return Ok((Some(object), vec![policy.to_path_buf()]));
     }
     // Loading once here shows a verifier rejection at the policy's source;
     // the apply then loads the checked object beside the running one.
     let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() };
-    let Some((_, build)) = load_policy_and_build(policy, &options, rejection)? else { return Ok(None) };
-    Ok(build.and_then(|b| b.output).map(|o| o.object))
+    let files = |b: &xpol_compiler::Build| b.sources.files().filter_map(|(_, f)| f.path.clone()).collect::<Vec<_>>();
+    let (loaded, build) = load_policy_and_build(policy, &options, rejection)?;
+    let read = build.as_ref().map(files).filter(|f| !f.is_empty()).unwrap_or_else(|| vec![policy.to_path_buf()]);
+    Ok((loaded.and(build).and_then(|b| b.output).map(|o| o.object), read))
 }
 
-pub fn apply(policy: &Path, interfaces: &[String], name: &str, hooks: &[String], mode: &str, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
-    let mode = xdp_mode(mode)?;
-    xpol_runtime::store::check_name(name)?;
-    let Some(object) = object_of(policy, rejection)? else { return Ok(ExitCode::FAILURE) };
+/// Applies a checked object.
+fn apply_object(policy: &Path, object: &[u8], target: &Target, json: bool) -> Result<()> {
+    let name = &target.name;
     let store = Store::write()?;
     let req = ApplyRequest {
         name,
-        object: &object,
+        object,
         source: policy.display().to_string(),
-        interfaces: interfaces.to_vec(),
-        hooks: (!hooks.is_empty()).then(|| hooks.iter().map(|h| h.replace("tc-", "tc:")).collect()),
-        mode,
+        interfaces: target.interfaces.clone(),
+        hooks: (!target.hooks.is_empty()).then(|| target.hooks.iter().map(|h| h.replace("tc-", "tc:")).collect()),
+        mode: target.mode,
         set_contents: Default::default(),
     };
     let outcome = apply::apply(&store, &req)?;
@@ -51,9 +62,70 @@ pub fn apply(policy: &Path, interfaces: &[String], name: &str, hooks: &[String],
             list_or_none(&outcome.sets_reset)
         );
     } else {
-        eprintln!("applied {} as `{name}` on {}: it stays attached until `xpol delete {name}`", policy.display(), interfaces.join(", "));
+        eprintln!("applied {} as `{name}` on {}: it stays attached until `xpol delete {name}`", policy.display(), target.interfaces.join(", "));
     }
+    Ok(())
+}
+
+pub fn apply(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
+    xpol_runtime::store::check_name(&target.name)?;
+    let (Some(object), _) = object_of(policy, rejection)? else { return Ok(ExitCode::FAILURE) };
+    apply_object(policy, &object, target, json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `apply --watch`: applies, then again after each change to a file the
+/// policy read, until Ctrl-C or SIGTERM. A failed version is reported and
+/// the running one stays.
+pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    xpol_runtime::store::check_name(&target.name)?;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    loop {
+        let (object, files) = object_of(policy, rejection)?;
+        match object.map(|o| apply_object(policy, &o, target, json)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => eprintln!("error: {e:#}"),
+            None => eprintln!("{} not applied; the running version stays", policy.display()),
+        }
+        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", files.len(), policy.display(), target.name);
+        if !wait_for_change(&files, &stop)? {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Waits until one of `files` changes (true) or `stop` is set (false).
+/// Watches their directories, so that editors that save by renaming a new
+/// file over the old one are seen; changes within 200 ms count as one.
+fn wait_for_change(files: &[PathBuf], stop: &std::sync::atomic::AtomicBool) -> Result<bool> {
+    use notify::Watcher;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
+    let canonical: Vec<PathBuf> = files.iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect();
+    let mut dirs: Vec<&Path> = canonical.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        watcher.watch(d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
+    }
+    let ours = |e: &notify::Event| !e.kind.is_access() && e.paths.iter().any(|p| canonical.iter().any(|f| f == p || f.file_name() == p.file_name() && f.parent() == p.parent()));
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(event)) if ours(&event) => {
+                std::thread::sleep(Duration::from_millis(200));
+                while rx.try_recv().is_ok() {}
+                return Ok(true);
+            }
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("the file watcher stopped"),
+        }
+    }
 }
 
 fn list_or_none(v: &[String]) -> String {
