@@ -190,6 +190,11 @@ fn applied_policy_outlives_the_process_until_deleted() {
     assert_eq!(list["policy"]["ok"], true, "{list}");
     let report = stats(&host, &net, "web");
     assert_eq!(rule_packets(&report, "xdp /udp.dport == 7/"), sent);
+    // Another policy on the same hook is told who holds it.
+    let busy = host.xpol(&net.b, &["apply", p, "-i", &net.vb, "--name", "other"]);
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert!(!busy.status.success() && err.contains("the xpol policy `web` holds it"), "{err}");
+    assert!(host.xpol(&net.b, &["stats", "other"]).status.code() != Some(0), "nothing left of the failed apply");
     assert_eq!(report["maps"][0]["top"][0]["value"], sent, "{report}");
 
     host.ok(&net.b, &["delete", "web"]);

@@ -212,7 +212,7 @@ fn run_errors_are_explained() {
     let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already has an XDP program attached") && err.contains("xdp off"), "{err}");
+    assert!(err.contains("already has an XDP program attached") && err.contains("bpftool link detach id"), "{err}");
     assert!(first.join().expect("first run").status.success());
 
     // Without privileges: say what is missing.

@@ -112,8 +112,15 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     } else {
         None
     };
+    // Nothing of a first apply that fails stays behind.
+    let forget = |e: RuntimeError| {
+        if previous.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        e
+    };
     store::own_dir(&dir)?;
-    let meta = loader::read_meta(req.object)?;
+    let meta = loader::read_meta(req.object).map_err(forget)?;
     let mut outcome = ApplyOutcome { replaced: previous.is_some(), ..Default::default() };
 
     // State handed on: set contents and @maps.
@@ -129,27 +136,27 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
         }
     }
     let options = LoadOptions { missing_interfaces_ok: false, set_elements, adopt_maps };
-    let mut loaded = LoadedPolicy::load_with(req.object, &options)?;
+    let mut loaded = LoadedPolicy::load_with(req.object, &options).map_err(forget)?;
 
     // The new generation: maps, carried-counter slots and record, pinned
     // before any link runs it.
     let generation = store::generations(&dir)?.last().copied().unwrap_or(0).max(previous.as_ref().map_or(0, |p| p.record.generation)) + 1;
     outcome.generation = generation;
     let gen_dir = dir.join(format!("gen_{generation}"));
-    store::own_dir(&gen_dir)?;
+    store::own_dir(&gen_dir).map_err(forget)?;
     let staged = stage(&mut loaded, req, previous.as_ref(), &gen_dir, generation);
     let (record, base) = match staged {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&gen_dir);
-            return Err(e);
+            return Err(forget(e));
         }
     };
 
     // The switch.
     if let Err(e) = switch(&mut loaded, &dir, &record, previous.as_ref().map(|p| &p.record)) {
         let _ = std::fs::remove_dir_all(&gen_dir);
-        return Err(e);
+        return Err(forget(name_the_holder(store, e)));
     }
 
     // Counters: once the old programs can no longer run, theirs are final.
@@ -169,6 +176,18 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
         std::fs::remove_dir_all(dir.join(format!("gen_{g}"))).map_err(|e| fail(format!("cannot remove generation {g}: {e}")))?;
     }
     Ok(outcome)
+}
+
+/// An XDP hook held by another applied policy: say which (the loader
+/// cannot look while this apply holds the store).
+fn name_the_holder(store: &Store, e: RuntimeError) -> RuntimeError {
+    let RuntimeError::XdpBusy { iface, holder } = e else { return e };
+    let held = sys::links().into_iter().find(|l| l.link_type == sys::BPF_LINK_TYPE_XDP && l.ifindex == sys::if_nametoindex(&iface));
+    let holder = match held.and_then(|l| store.holder(&iface, "xdp", l.prog_id)) {
+        Some(name) => format!("the xpol policy `{name}` holds it; replace it with `xpol apply ... --name {name}`, or remove it with `xpol delete {name}`"),
+        None => holder,
+    };
+    RuntimeError::XdpBusy { iface, holder }
 }
 
 /// The contents each set of the new object gets (see the module doc).

@@ -39,8 +39,8 @@ pub enum RuntimeError {
     UnknownInterface(String),
     #[error("no network interface named `{0}` (see `ip link`)")]
     NoSuchInterface(String),
-    #[error("`{iface}` already has an XDP program attached; remove it first with `ip link set dev {iface} xdp off` (or `xdpgeneric off`)")]
-    XdpBusy { iface: String },
+    #[error("`{iface}` already has an XDP program attached: {holder}")]
+    XdpBusy { iface: String, holder: String },
     #[error("the driver of `{iface}` has no native XDP support; use `--mode generic` (or `--mode auto`)")]
     NoNativeXdp { iface: String },
     #[error("cannot attach `{program}` to `{iface}`: {message}")]
@@ -489,7 +489,7 @@ impl LoadedPolicy {
                 _ => None,
             };
             match errno {
-                Some(libc::EBUSY) | Some(libc::EEXIST) => RuntimeError::XdpBusy { iface: iface.to_string() },
+                Some(libc::EBUSY) | Some(libc::EEXIST) => RuntimeError::XdpBusy { iface: iface.to_string(), holder: xdp_holder(iface) },
                 Some(libc::EOPNOTSUPP) if mode == XdpAttachMode::Native => RuntimeError::NoNativeXdp { iface: iface.to_string() },
                 Some(libc::EPERM) => RuntimeError::NotPermitted(format!("not permitted to attach to `{iface}`: CAP_NET_ADMIN is needed ({e})")),
                 _ => RuntimeError::Attach { program: name.clone(), iface: iface.to_string(), message: e.to_string() },
@@ -749,6 +749,25 @@ fn map_of_pin_file(file: &str) -> String {
     match file.strip_prefix("global_") {
         Some(section) => format!(".{section}"),
         None => file.to_string(),
+    }
+}
+
+/// Who holds the XDP hook of `iface`, and the command that frees it.
+fn xdp_holder(iface: &str) -> String {
+    let ifindex = sys::if_nametoindex(iface);
+    let link = sys::links().into_iter().find(|l| l.link_type == sys::BPF_LINK_TYPE_XDP && l.ifindex == ifindex);
+    let Some(link) = link else {
+        // Attached without a link (ip link, libxdp): netlink frees it.
+        return format!("remove it with `ip link set dev {iface} xdp off` (or `xdpgeneric off` for a program attached in generic mode)");
+    };
+    // Without waiting for the store: this process may hold it (an apply).
+    let applied = crate::store::Store::read_now().ok().flatten().and_then(|store| store.holder(iface, "xdp", link.prog_id));
+    match applied {
+        Some(name) => format!("the xpol policy `{name}` holds it; replace it with `xpol apply ... --name {name}`, or remove it with `xpol delete {name}`"),
+        None => format!(
+            "BPF link {} (program {}) holds it, and `ip link ... xdp off` cannot remove a link; its owner must, or `bpftool link detach id {}`",
+            link.id, link.prog_id, link.id
+        ),
     }
 }
 

@@ -267,6 +267,16 @@ fn bpffs_missing() -> RuntimeError {
 impl Store {
     /// Opens the store for reading (shared lock); an absent store is empty.
     pub fn read() -> Result<Option<Store>> {
+        Self::read_with(true)
+    }
+
+    /// As [`Store::read`], but `None` rather than wait while a writer
+    /// holds the store (which may be this very process).
+    pub fn read_now() -> Result<Option<Store>> {
+        Self::read_with(false)
+    }
+
+    fn read_with(wait: bool) -> Result<Option<Store>> {
         let root = Path::new(STORE_ROOT);
         if !sys::is_bpffs(Path::new(BPFFS)) {
             return Err(bpffs_missing());
@@ -276,7 +286,11 @@ impl Store {
         }
         check_dir(root)?;
         let lock = File::open(root).map_err(|e| not_permitted_or(root, e))?;
-        lock.lock_shared().map_err(|e| RuntimeError::Store(format!("cannot lock {}: {e}", root.display())))?;
+        if wait {
+            lock.lock_shared().map_err(|e| RuntimeError::Store(format!("cannot lock {}: {e}", root.display())))?;
+        } else if lock.try_lock_shared().is_err() {
+            return Ok(None);
+        }
         check_dir(root)?;
         Ok(Some(Store { root: root.to_path_buf(), _lock: lock }))
     }
@@ -361,6 +375,13 @@ impl Store {
             problems.push("no complete record: an apply was interrupted; `xpol delete` removes it".into());
         }
         Ok(Applied { name: name.to_string(), current, links, problems })
+    }
+
+    /// The applied policy whose program `prog_id` runs on `hook` of `iface`.
+    pub fn holder(&self, iface: &str, hook: &str, prog_id: u32) -> Option<String> {
+        self.names().ok()?.into_iter().find(|n| {
+            self.applied(n).is_ok_and(|a| a.links.iter().any(|l| l.interface == iface && l.hook == hook && l.prog_id == prog_id))
+        })
     }
 
     /// Removes an applied policy: unpinning its links detaches it (no

@@ -4,7 +4,7 @@
 //! Architecture invariant: this is the only module of xpol with unsafe code.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -397,6 +397,21 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     let has_ifindex = buf[0] == BPF_LINK_TYPE_XDP || buf[0] == BPF_LINK_TYPE_TCX;
     Ok(LinkInfo { link_type: buf[0], id: buf[1], prog_id: buf[2], ifindex: if has_ifindex { buf[4] } else { 0 } })
+}
+
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+/// Every BPF link in the system (that this process may see).
+pub fn links() -> Vec<LinkInfo> {
+    let mut out = Vec::new();
+    let mut attr = GetByIdAttr::default();
+    while bpf(BPF_LINK_GET_NEXT_ID, &mut attr).is_ok() {
+        attr.id = attr.next_id;
+        if let Ok(info) = link_fd_by_id(attr.id).and_then(|fd| link_info(fd.as_fd())) {
+            out.push(info);
+        }
+    }
+    out
 }
 
 /// The id of the program behind `prog` (`struct bpf_prog_info`: type, id).
