@@ -74,6 +74,11 @@ fn usable() -> bool {
         && ["python3", "ip", "unshare", "nsenter"].iter().all(|p| Command::new(p).arg("--version").output().is_ok() || *p == "python3")
 }
 
+/// Two namespaces joined by a veth, a private bpffs, a directory for policies.
+fn fixture() -> (Net, Host, tempfile::TempDir) {
+    (Net::new(), Host::new(), tempfile::tempdir().expect("tempdir"))
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write policy");
@@ -172,9 +177,7 @@ fn applied_policy_outlives_the_process_until_deleted() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     let policy = write(dir.path(), "a.xpol", POLICY_A);
     let p = policy.to_str().expect("utf-8");
     host.ok(&net.b, &["apply", p, "-i", &net.vb, "--name", "web"]);
@@ -211,9 +214,7 @@ fn replacing_twenty_times_under_traffic_loses_nothing() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     let a = write(dir.path(), "a.xpol", POLICY_A);
     let b = write(dir.path(), "b.xpol", POLICY_B);
     let (a, b) = (a.to_str().expect("utf-8"), b.to_str().expect("utf-8"));
@@ -249,9 +250,7 @@ fn set_changes_are_atomic_and_survive_reapply() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     let text = "set ports: int = { 9 }\nxdp /udp.dport in ports/ { drop }\nxdp /udp.dport == 7/ { pass }\nxdp { pass }\n";
     let policy = write(dir.path(), "p.xpol", text);
     let p = policy.to_str().expect("utf-8");
@@ -299,9 +298,7 @@ fn store_refuses_what_xpol_did_not_make() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     let policy = write(dir.path(), "a.xpol", POLICY_A);
     let p = policy.to_str().expect("utf-8");
     for (setup, reason) in [
@@ -336,9 +333,7 @@ fn unreadable_record_is_listed_and_deletable() {
     if !usable() || Command::new("bpftool").arg("version").output().is_err() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     let policy = write(dir.path(), "a.xpol", POLICY_A);
     host.ok(&net.b, &["apply", policy.to_str().expect("utf-8"), "-i", &net.vb, "--name", "rec"]);
     let broken = host.sh("cd /sys/fs/bpf/xpol/rec/gen_1 && rm record && bpftool map create /sys/fs/bpf/xpol/rec/gen_1/record type array key 4 value 16 entries 1 name junk");
@@ -357,9 +352,7 @@ fn killed_applies_leave_a_listed_deletable_policy() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     let a = write(dir.path(), "a.xpol", POLICY_A);
     let b = write(dir.path(), "b.xpol", POLICY_B);
     host.ok(&net.b, &["apply", a.to_str().expect("utf-8"), "-i", &net.vb, "--name", "k"]);
@@ -426,9 +419,7 @@ fn apply_watch_follows_the_policy_and_its_set_file() {
     if !usable() {
         return;
     }
-    let net = Net::new();
-    let host = Host::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (net, host, dir) = fixture();
     write(dir.path(), "ports.txt", "9\n");
     let policy = write(dir.path(), "w.xpol", "set ports: int = file(\"ports.txt\")\nxdp /udp.dport in ports/ { drop }\nxdp { pass }\n");
     let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));

@@ -45,15 +45,8 @@ enum Command {
         /// XDP mode: auto (the kernel chooses), native (driver), generic (kernel stack).
         #[arg(long, default_value = "auto")]
         mode: String,
-        /// Seconds between two reports.
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
-        /// Detach after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// One JSON object per interval instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        every: Every,
         /// Serve the counters in Prometheus text format at http://ADDR/metrics
         /// (e.g. 127.0.0.1:9464), refreshed every interval.
         #[arg(long)]
@@ -111,12 +104,8 @@ enum Command {
     #[command(alias = "top")]
     Watch {
         name: String,
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
-        #[arg(long)]
-        duration: Option<f64>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        every: Every,
     },
     /// Read or change a named set of an applied policy. Each change is
     /// switched in atomically: a packet sees the old set or the new one.
@@ -168,6 +157,20 @@ enum SetOp {
         #[arg(long = "from-file")]
         from_file: PathBuf,
     },
+}
+
+/// How often and how long to report, and in which form.
+#[derive(clap::Args, Clone, Copy)]
+struct Every {
+    /// Seconds between two reports.
+    #[arg(long, default_value_t = 1.0)]
+    interval: f64,
+    /// Stop after this many seconds (`run` detaches; `watch` leaves the policy applied).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// One JSON object per interval instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What to show when the kernel verifier rejects the policy.
@@ -335,6 +338,23 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
     }
     print!("{out}");
+}
+
+/// Prints one interval's report: JSON, a table redrawn in place on a
+/// terminal, else one line.
+fn show_report(report: &serde_json::Value, json: bool, terminal: bool) {
+    if json {
+        println!("{report}");
+    } else if terminal {
+        print_table(report, true);
+    } else {
+        print_line(report);
+    }
+}
+
+/// Each rule's (packets, bytes) in a report: the base of the next rates.
+fn rule_totals(report: &serde_json::Value) -> Vec<(u64, u64)> {
+    report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect()
 }
 
 /// A one-line report for logs and pipes.
@@ -597,7 +617,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         let mut report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
         // A policy run from a file is named after it, wherever it was run from.
         report["policy"] = policy_path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()).into();
-        previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
+        previous = rule_totals(&report);
         if let Some(m) = &metrics {
             if let Ok(mut t) = m.lock() {
                 *t = prometheus(&report);
@@ -606,13 +626,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         if finished {
             break report;
         }
-        if json {
-            println!("{report}");
-        } else if terminal {
-            print_table(&report, true);
-        } else {
-            print_line(&report);
-        }
+        show_report(&report, json, terminal);
     };
     // Detach (dropping the links) before the summary, so that nothing is
     // left attached even if printing fails.
@@ -628,8 +642,8 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, interval, duration, json, metrics, rejection } => {
-            let options = WatchOptions { interval, duration, json, metrics };
+        Command::Run { policy, interface, hook, mode, every, metrics, rejection } => {
+            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics };
             attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
         }
         Command::Apply { policy, interfaces, name, hook, mode, json, watch, rejection } => {
@@ -643,7 +657,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
-        Command::Watch { name, interval, duration, json } => applied::watch(&name, interval, duration, json),
+        Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
             let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() };

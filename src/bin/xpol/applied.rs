@@ -2,7 +2,7 @@
 //! `watch` and `set`. The state they act on lives in bpffs
 //! (`xpol_runtime::store`); these functions only parse, call and print.
 
-use super::{load_policy_and_build, print_line, print_table, snapshot, RejectionOptions, SetOp};
+use super::{load_policy_and_build, print_table, rule_totals, show_report, snapshot, RejectionOptions, SetOp};
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -240,14 +240,8 @@ pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Re
         if !problems.is_empty() {
             bail!("`{name}`: {}", problems.join("; "));
         }
-        previous = report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect();
-        if json {
-            println!("{report}");
-        } else if terminal {
-            print_table(&report, true);
-        } else {
-            print_line(&report);
-        }
+        previous = rule_totals(&report);
+        show_report(&report, json, terminal);
         if duration.is_some_and(|d| start.elapsed().as_secs_f64() >= d) {
             return Ok(ExitCode::SUCCESS);
         }
