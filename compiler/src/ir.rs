@@ -96,6 +96,13 @@ impl ConstSet {
         self.len() == 0
     }
 
+    /// Elements as a set's capacity counts them: a range `a..b` is b-a+1,
+    /// a prefix or a MAC one.
+    pub fn element_count(&self) -> u64 {
+        let ints = self.ints.iter().fold(0u64, |n, &(lo, hi)| n.saturating_add((hi - lo).saturating_add(1)));
+        (self.v4.len() + self.v6.len() + self.macs.len()) as u64 + ints
+    }
+
     /// Canonical text forms of the elements (the object metadata format).
     pub fn elements(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(self.len());
@@ -132,6 +139,9 @@ pub struct NamedSet {
     /// Declared with `set` (the runtime may change it) rather than created by
     /// the compiler for a large constant set.
     pub mutable: bool,
+    /// `max N` as declared (checked: at least the initial elements, at
+    /// least 1); `None` leaves the capacity to codegen's default.
+    pub capacity: Option<u64>,
     pub span: Span,
 }
 
@@ -427,7 +437,8 @@ impl fmt::Display for Policy {
                 SetElem::Int => "int",
                 SetElem::Mac => "mac",
             };
-            out.push_str(&format!("{kind} {}: {elem} = {}\n", s.name, s.contents));
+            let max = s.capacity.map(|n| format!(" max {n}")).unwrap_or_default();
+            out.push_str(&format!("{kind} {}: {elem}{max} = {}\n", s.name, s.contents));
         }
         for m in &self.maps {
             let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();

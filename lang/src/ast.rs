@@ -87,6 +87,9 @@ pub struct SetDecl {
     pub name: Ident,
     /// The element type as written: `cidr`, `ip`, `int`, `port`, `mac`.
     pub ty: Ident,
+    /// `max N`: the most elements the set may hold when the runtime changes
+    /// it (a range `a..b` counts b-a+1), and the span of `max N`.
+    pub max: Option<(u64, Span)>,
     pub init: SetInit,
     pub span: Span,
 }

@@ -106,6 +106,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::ifname => "an interface name",
         Rule::ident | Rule::name => "a name",
         Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
+        Rule::set_max | Rule::max_word => "`max N`",
         Rule::else_part => "`else`",
         _ => return None,
     })
@@ -166,6 +167,20 @@ impl AstBuilder {
         StrLit { value: body.replace("\\\"", "\"").replace("\\\\", "\\"), span }
     }
 
+    /// `max N` of a set declaration, with the span of both words.
+    fn set_max(&mut self, p: Pair<Rule>) -> Option<(u64, Span)> {
+        let span = self.span(&p);
+        let n = p.into_inner().find(|q| q.as_rule() == Rule::dec_int)?;
+        match n.as_str().parse::<u64>() {
+            Ok(v) => Some((v, span)),
+            Err(_) => {
+                let nspan = self.span(&n);
+                self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                None
+            }
+        }
+    }
+
     fn item(&mut self, p: Pair<Rule>) -> Option<Item> {
         let span = self.span(&p);
         match p.as_rule() {
@@ -177,7 +192,14 @@ impl AstBuilder {
                 let mut it = p.into_inner();
                 let name = self.ident(it.next()?);
                 let ty = self.ident(it.next()?);
-                let init = it.next()?;
+                let mut init = it.next()?;
+                let max = if init.as_rule() == Rule::set_max {
+                    let max = self.set_max(init);
+                    init = it.next()?;
+                    Some(max?)
+                } else {
+                    None
+                };
                 let init = match init.as_rule() {
                     Rule::set_file => ast::SetInit::File(self.string(init.into_inner().next()?)),
                     _ => {
@@ -186,7 +208,7 @@ impl AstBuilder {
                         ast::SetInit::Elements { elements, span: ispan }
                     }
                 };
-                Some(Item::Set(ast::SetDecl { name, ty, init, span }))
+                Some(Item::Set(ast::SetDecl { name, ty, max, init, span }))
             }
             Rule::const_decl => {
                 let mut it = p.into_inner();

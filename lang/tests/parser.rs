@@ -114,6 +114,25 @@ fn items_statements_and_hooks() {
     assert!(matches!(&p.body.stmts[2].kind, StmtKind::Redirect(s) if s.value == "veth-b"));
 }
 
+/// `max N` declares a set's capacity; `max` stays an ordinary name
+/// everywhere else.
+#[test]
+fn set_capacity_and_max_as_a_name() {
+    let src = "set max: cidr max 100000 = file(\"l.txt\")\nset p: port max 3 = { 22 }\nset q: int = { 1 }\nconst m = max\nxdp /tcp.dport in p/ { let max = 1; drop }";
+    let items = parse_ok(src);
+    let Item::Set(s) = &items[0] else { panic!() };
+    let (n, span) = s.max.expect("a max");
+    assert_eq!((s.name.name.as_str(), n), ("max", 100_000));
+    assert_eq!(&src[span.start as usize..span.end as usize], "max 100000");
+    let Item::Set(s) = &items[1] else { panic!() };
+    assert_eq!(s.max.map(|m| m.0), Some(3));
+    let Item::Set(s) = &items[2] else { panic!() };
+    assert_eq!(s.max, None);
+    for bad in ["set s: cidr max = { 1.2.3.4 }", "set s: cidr max 99999999999999999999 = { 1.2.3.4 }", "set s: cidr maxi 3 = {}"] {
+        assert!(parse(bad, FileId(0)).is_err(), "{bad:?} should fail");
+    }
+}
+
 #[test]
 fn spans_are_exact() {
     let src = "xdp /tcp.dport == 22/ { drop }";

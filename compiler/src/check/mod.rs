@@ -233,9 +233,35 @@ impl Checker<'_> {
             ast::SetInit::File(path) => (&[][..], path.span),
         };
         let contents = self.set_elements(elements, span, Some(elem)).map(|(s, _)| s).unwrap_or_default();
+        let capacity = decl.max.and_then(|max| self.set_max(decl, max, &contents, span));
         let id = self.sets.len();
-        self.sets.push(NamedSet { name: decl.name.name.clone(), elem, contents, mutable: true, span: decl.name.span });
+        self.sets.push(NamedSet { name: decl.name.name.clone(), elem, contents, mutable: true, capacity, span: decl.name.span });
         self.declare(&decl.name, Global::Set { id, span: decl.name.span });
+    }
+
+    /// Checks a set's declared `max N` against its initial contents (whose
+    /// elements span `init`); the capacity when it is usable.
+    fn set_max(&mut self, decl: &ast::SetDecl, (max, span): (u64, Span), contents: &ConstSet, init: Span) -> Option<u64> {
+        let name = &decl.name.name;
+        if max == 0 {
+            self.error_help(span, "xpol::set::max", format!("set `{name}` is declared with room for no element"), "`max 0`", "give the most elements the set may hold, or leave `max` out for the default");
+            return None;
+        }
+        if max > u64::from(u32::MAX) {
+            self.error_help(span, "xpol::set::max", format!("set `{name}` is declared larger than a BPF map can be"), "over 4294967295", "a BPF map holds at most 4294967295 entries");
+            return None;
+        }
+        let n = contents.element_count();
+        if n > max {
+            self.diags.push(
+                Diagnostic::error("xpol::set::max", format!("set `{name}` starts with {n} elements, more than its `max {max}`"))
+                    .with_label(init, format!("{n} elements (a range `a..b` counts b-a+1)"))
+                    .with_label(span, "declared here")
+                    .with_help("raise `max`, or leave it out for the default (room for twice the initial elements, at least 1024)"),
+            );
+            return None;
+        }
+        Some(max)
     }
 
     /// Builds a constant set from literal elements, checking that they all
@@ -880,7 +906,7 @@ impl Checker<'_> {
                         Some(&id) => id,
                         None => {
                             let id = self.sets.len();
-                            self.sets.push(NamedSet { name: key.clone(), elem, contents: s, mutable: false, span });
+                            self.sets.push(NamedSet { name: key.clone(), elem, contents: s, mutable: false, capacity: None, span });
                             self.const_set_maps.insert(key, id);
                             id
                         }
