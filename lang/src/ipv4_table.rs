@@ -72,6 +72,34 @@ pub fn placement(root_entries: u64, mid_chunks: u64, leaf_chunks: u64, mid_wide:
     (places, at)
 }
 
+/// Fewest `mid` and `leaf` chunks reserved for a set the runtime may
+/// change (within its capacity), however few chunks its initial prefixes
+/// use (none when they are all /16 or shorter): 8 KiB and 2 KiB of tables.
+pub const MIN_MID_CHUNKS: u64 = 16;
+pub const MIN_LEAF_CHUNKS: u64 = 64;
+
+/// The `mid` and `leaf` chunks to reserve for a set that the runtime may
+/// change (`set`), whose initial IPv4 prefixes (`initial` of them) fill
+/// `table`, and that may hold up to `capacity` elements.
+///
+/// The chunks the initial prefixes use, scaled by `capacity / initial`:
+/// new prefixes are assumed to spread over /16s and /24s as the initial
+/// ones do. Without any initial IPv4 prefix nothing says how they will
+/// spread, so a chunk per element (the most they can need). At least
+/// [`MIN_MID_CHUNKS`] and [`MIN_LEAF_CHUNKS`]; at most one chunk per
+/// element (a prefix adds at most one chunk per level), and at most 65,536
+/// `mid` chunks (one per /16). Never fewer than the initial prefixes use.
+/// The compiler sizes the tables with it and records the sums in the
+/// metadata, where the runtime reads them.
+pub fn growable_chunks(table: &Ipv4Table, initial: u64, capacity: u64) -> (u64, u64) {
+    let grow = |used: usize, min: u64, max: u64| {
+        let used = used as u64;
+        let scaled = if initial == 0 { capacity } else { (u128::from(used) * u128::from(capacity)).div_ceil(u128::from(initial)).min(u128::from(u64::MAX)) as u64 };
+        scaled.max(min).min(max).max(used)
+    };
+    (grow(table.mid.len(), MIN_MID_CHUNKS, capacity.min(u64::from(ROOT_ENTRIES))), grow(table.leaf.len(), MIN_LEAF_CHUNKS, capacity))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ipv4Table {
     pub root: Vec<u32>,
@@ -156,7 +184,12 @@ impl Ipv4Table {
 
     /// Whether `mid` entries need 32 bits (more leaves than a u16 can index).
     pub fn mid_wide(&self) -> bool {
-        self.leaf.len() as u64 + FIRST_CHILD as u64 > u16::MAX as u64
+        Self::mid_wide_for(self.leaf.len() as u64)
+    }
+
+    /// Whether `mid` entries need 32 bits to index `leaf_chunks` leaves.
+    pub fn mid_wide_for(leaf_chunks: u64) -> bool {
+        leaf_chunks + FIRST_CHILD as u64 > u16::MAX as u64
     }
 
     /// Bytes of one `mid` chunk as stored in the map.
@@ -267,6 +300,24 @@ mod tests {
         assert_eq!((t.mid.len(), t.leaf.len()), (1, 1));
         assert_eq!(t.mid_value(0, false).len(), 512);
         assert!(t.contains(0xc6336407) && !t.contains(0xc6336406));
+    }
+
+    #[test]
+    fn growable_sets_get_room_in_proportion() {
+        // No IPv4 prefix yet: a chunk per element.
+        assert_eq!(growable_chunks(&Ipv4Table::build([]), 0, 1024), (1024, 1024));
+        assert_eq!(growable_chunks(&Ipv4Table::build([]), 0, 100_000), (65_536, 100_000));
+        // Prefixes of /16 or shorter use no chunk: the minimums, within the capacity.
+        let short = Ipv4Table::build([(0x0a000000, 8)]);
+        assert_eq!(growable_chunks(&short, 1, 1024), (MIN_MID_CHUNKS, MIN_LEAF_CHUNKS));
+        assert_eq!(growable_chunks(&short, 1, 10), (10, 10));
+        // Two /32s in one /24: one chunk of each, scaled by 1000 / 2.
+        let t = Ipv4Table::build([(0xc6336407, 32), (0xc6336408, 32)]);
+        assert_eq!(growable_chunks(&t, 2, 1000), (500, 500));
+        // Capped at one mid chunk per /16, and never below what is used.
+        let many = Ipv4Table::build((0..3000u32).map(|i| (i << 16 | 0x0101, 32)));
+        assert_eq!(growable_chunks(&many, 3000, 200_000), (65_536, 200_000));
+        assert_eq!(growable_chunks(&many, 3000, 1), (3000, 3000));
     }
 
     #[test]

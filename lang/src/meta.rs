@@ -161,6 +161,17 @@ pub struct SetMeta {
     /// `2001:db8::/32`, `80`, `8000..8099`, `02:00:00:00:00:01`), which the
     /// loader inserts into [`SetMeta::maps`].
     pub elements: Vec<String>,
+    /// The most elements the set's maps hold (a range `a..b` counts b-a+1,
+    /// a prefix one): `max N` as declared, else the compiler's default. The
+    /// runtime refuses to fill more. 0 in objects built before it existed:
+    /// no limit known but the maps' own.
+    #[serde(default)]
+    pub capacity: u64,
+    /// Declared with `set`: its maps have room for `capacity` elements of
+    /// either address family, so the runtime may change its elements. A
+    /// constant set the compiler made a map of is sized to its contents.
+    #[serde(default)]
+    pub mutable: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

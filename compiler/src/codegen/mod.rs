@@ -87,14 +87,61 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
     if conditional { "mixed" } else { "none" }
 }
 
-/// Capacity of a named set's maps: room to grow for sets the runtime may
-/// update, exactly the contents for the compiler's read-only ones.
-fn set_capacity(s: &ir::NamedSet, n: usize) -> u32 {
-    if s.mutable {
-        (n.saturating_mul(2)).max(1024).min(u32::MAX as usize) as u32
-    } else {
-        n.max(1) as u32
+/// Capacity of a named set in elements (a range `a..b` counts b-a+1), and
+/// so of its LPM trie or hash map: for a set the runtime may update, `max
+/// N` as declared, else room to grow (twice the initial elements, at least
+/// 1024); exactly the contents for the compiler's read-only ones.
+pub fn set_capacity(s: &ir::NamedSet) -> u32 {
+    let n = s.contents.element_count();
+    let capacity = match (s.mutable, s.capacity) {
+        (true, Some(max)) => max,
+        (true, None) => n.saturating_mul(2).max(1024),
+        (false, _) => n.max(1),
+    };
+    capacity.min(u64::from(u32::MAX)) as u32
+}
+
+/// How the IPv4 sets share the three tables of `ipv4_table`.
+struct Ipv4Sizing {
+    /// The set (index in `policy.sets`) of each slot.
+    slots: Vec<usize>,
+    /// Levels each slot's lookup reads (see `lower::Ipv4Maps::levels`).
+    levels: Vec<u32>,
+    /// Capacities: root entries, mid and leaf chunks.
+    root: u64,
+    mid: u64,
+    leaf: u64,
+    mid_wide: bool,
+}
+
+/// Which sets get a slot in the IPv4 tables and how large the tables are.
+/// A constant set gets a slot when it has IPv4 prefixes, and exactly the
+/// chunks they use. A set the runtime may change always gets one, even
+/// without IPv4 prefixes yet, with lookups down to the leaves and room to
+/// grow (`ipv4_table::growable_chunks`): with the default capacity (twice
+/// the initial elements) about twice the chunks its prefixes use, so a
+/// blocklist of 100,000 prefixes spread like the benchmark's takes about
+/// 32 MiB of mid chunks (capped at one per /16) and 3 MiB of leaves.
+fn ipv4_sizing(policy: &ir::Policy) -> Ipv4Sizing {
+    let mut z = Ipv4Sizing { slots: Vec::new(), levels: Vec::new(), root: 0, mid: 0, leaf: 0, mid_wide: false };
+    for (i, s) in policy.sets.iter().enumerate() {
+        if s.elem != SetElem::Cidr || (!s.mutable && s.contents.v4.is_empty()) {
+            continue;
+        }
+        let table = Ipv4Table::build(s.contents.v4.iter().map(|&(a, len)| (u32::from(a), len)));
+        let (mid, leaf) = if s.mutable {
+            ipv4_table::growable_chunks(&table, s.contents.v4.len() as u64, u64::from(set_capacity(s)))
+        } else {
+            (table.mid.len() as u64, table.leaf.len() as u64)
+        };
+        z.slots.push(i);
+        z.levels.push(if s.mutable { 3 } else { table.levels() });
+        z.root += u64::from(ipv4_table::ROOT_ENTRIES);
+        z.mid += mid;
+        z.leaf += leaf;
     }
+    z.mid_wide = Ipv4Table::mid_wide_for(z.leaf);
+    z
 }
 
 /// Up to this many rules, rules are emitted once per parse outcome and the
@@ -221,19 +268,16 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
     // The IPv4 sets' tables, one after another in three shared tables.
-    let ipv4_sets: Vec<usize> = (0..policy.sets.len()).filter(|&i| !policy.sets[i].contents.v4.is_empty()).collect();
-    let tables: Vec<Ipv4Table> =
-        ipv4_sets.iter().map(|&i| Ipv4Table::build(policy.sets[i].contents.v4.iter().map(|&(a, len)| (u32::from(a), len)))).collect();
-    let all = Ipv4Table::concat(&tables);
-    let mid_wide = all.mid_wide();
-    let chunks = |n: usize| n.clamp(1, u32::MAX as usize) as u32;
-    let ipv4_maps = (!tables.is_empty()).then(|| {
+    let sizing = ipv4_sizing(policy);
+    let mid_wide = sizing.mid_wide;
+    let chunks = |n: u64| n.clamp(1, u64::from(u32::MAX)) as u32;
+    let ipv4_maps = (!sizing.slots.is_empty()).then(|| {
         let mid_kind = if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
         // (kind, map name when not in global data, bytes per chunk, chunks)
         let shared = [
-            (SetMapKind::Ipv4Root, meta::IPV4_ROOT_MAP, 4, chunks(all.root.len())),
-            (mid_kind, meta::IPV4_MID_MAP, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(all.mid.len())),
-            (SetMapKind::Ipv4Leaf, meta::IPV4_LEAF_MAP, ipv4_table::LEAF_BYTES, chunks(all.leaf.len())),
+            (SetMapKind::Ipv4Root, meta::IPV4_ROOT_MAP, 4, chunks(sizing.root)),
+            (mid_kind, meta::IPV4_MID_MAP, Ipv4Table::mid_chunk_bytes(mid_wide), chunks(sizing.mid)),
+            (SetMapKind::Ipv4Leaf, meta::IPV4_LEAF_MAP, ipv4_table::LEAF_BYTES, chunks(sizing.leaf)),
         ];
         let [root, mid, leaf] = shared.map(|(_, _, _, chunks)| u64::from(chunks));
         let (places, global_bytes) = ipv4_table::placement(root, mid, leaf, mid_wide);
@@ -256,6 +300,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     });
     let mut set_maps = Vec::new();
     for (set_index, s) in policy.sets.iter().enumerate() {
+        let capacity = set_capacity(s);
         let mut maps = SetMaps::default();
         let mut metas = Vec::new();
         // Every map of the set, named after it; `entries` is the capacity.
@@ -276,9 +321,9 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         let mut ipv4_metas = Vec::new();
         match s.elem {
             SetElem::Cidr => {
-                // No IPv4 element, no table: membership is then false
-                // without a lookup.
-                if let (Some(slot), Some((defs, shared))) = (ipv4_sets.iter().position(|&i| i == set_index), &ipv4_maps) {
+                // No slot (a constant set without IPv4 element): membership
+                // is then false without a lookup.
+                if let (Some(slot), Some((defs, shared))) = (sizing.slots.iter().position(|&i| i == set_index), &ipv4_maps) {
                     ipv4_slot = Some(slot as u32);
                     maps.v4 = Some(Ipv4Maps {
                         root: defs[0],
@@ -288,22 +333,31 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
                         leaf_chunks: u64::from(shared[2].max_entries),
                         mid_wide,
                         root_base: slot as u64 * ipv4_table::ROOT_ENTRIES as u64,
-                        levels: tables[slot].levels(),
+                        levels: sizing.levels[slot],
                     });
                     ipv4_metas.extend(shared.iter().cloned());
                 }
-                if !s.contents.v6.is_empty() {
-                    maps.v6 = Some(add(SetMapKind::LpmV6, set_capacity(s, s.contents.v6.len()), "_v6"));
+                // A set the runtime may change gets the map even empty, so
+                // that IPv6 prefixes can be added.
+                if s.mutable || !s.contents.v6.is_empty() {
+                    maps.v6 = Some(add(SetMapKind::LpmV6, capacity, "_v6"));
                 }
             }
             SetElem::Int | SetElem::Mac => {
-                let n: u64 = s.contents.ints.iter().map(|(lo, hi)| hi - lo + 1).sum::<u64>() + s.contents.macs.len() as u64;
-                maps.hash = Some(add(SetMapKind::HashU64, set_capacity(s, n.min(u32::MAX as u64 / 2) as usize), ""));
+                maps.hash = Some(add(SetMapKind::HashU64, capacity, ""));
             }
         }
         metas.splice(0..0, ipv4_metas);
         set_maps.push(maps);
-        meta.sets.push(meta::SetMeta { name: s.name.clone(), elem: s.elem, maps: metas, ipv4_slot, elements: s.contents.elements() });
+        meta.sets.push(meta::SetMeta {
+            name: s.name.clone(),
+            elem: s.elem,
+            maps: metas,
+            ipv4_slot,
+            elements: s.contents.elements(),
+            capacity: u64::from(capacity),
+            mutable: s.mutable,
+        });
     }
     let mut users = Vec::new();
     for u in &policy.maps {
