@@ -175,16 +175,11 @@ fn kernel_lacks_names_a_known_helper_and_its_version() {
     assert_eq!(xpol_compiler::verifier::map_type_info(11), Some(("BPF_MAP_TYPE_LPM_TRIE", "4.11")));
 }
 
-/// Loads `path` (optionally with a test-only capacity for set maps) and
-/// explains the kernel's refusal of a map.
-fn map_refusal(path: &str, set_capacity: Option<u32>) -> (xpol_lang::Diagnostic, String) {
+/// Loads `path` and explains the kernel's refusal of a map.
+fn map_refusal(path: &str) -> (xpol_lang::Diagnostic, String) {
     let b = build(Path::new(path), &BuildOptions::default());
     let out = b.output.as_ref().expect("compiles");
-    let options = xpol_runtime::loader::LoadOptions::default();
-    let r = match set_capacity {
-        Some(n) => LoadedPolicy::load_with_set_capacity(&out.object, &options, n),
-        None => LoadedPolicy::load_with(&out.object, &options),
-    };
+    let r = LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions::default());
     let (map, source) = match r {
         Err(RuntimeError::Map { map, source }) => (map, source),
         Err(e) => panic!("expected a map error, got: {e}"),
@@ -196,16 +191,22 @@ fn map_refusal(path: &str, set_capacity: Option<u32>) -> (xpol_lang::Diagnostic,
 }
 
 /// A set map that is full: the kernel refuses the third element (E2BIG),
-/// reported at the set's declaration.
+/// which the runtime reports as the set being full.
 #[test]
 fn set_map_full() {
     if !common::kernel("set_map_full") {
         return;
     }
-    let (d, text) = map_refusal("tests/verifier/set-full.xpol", Some(2));
-    assert_eq!(d.code, "xpol::verifier::map_too_large", "{text}");
-    assert!(text.contains("tests/verifier/set-full.xpol:4:5"), "{text}");
-    snapshot("verifier__map_full", &text);
+    let b = build(Path::new("tests/verifier/set-full.xpol"), &BuildOptions::default());
+    let out = b.output.as_ref().expect("compiles");
+    match LoadedPolicy::load_with_set_capacity(&out.object, &xpol_runtime::loader::LoadOptions::default(), 2) {
+        Err(RuntimeError::SetFull { set, capacity, needed }) => {
+            assert_eq!((set.as_str(), capacity), ("ports", 2));
+            assert!(needed.contains("map `xs_ports`"), "{needed}");
+        }
+        Err(e) => panic!("expected SetFull, got: {e}"),
+        Ok(_) => panic!("the kernel accepted the elements"),
+    }
 }
 
 /// A genuine one: a set too large for the kernel to create its map.
@@ -214,7 +215,7 @@ fn set_map_too_large() {
     if !common::kernel("set_map_too_large") {
         return;
     }
-    let (d, text) = map_refusal("tests/verifier/set-huge.xpol", None);
+    let (d, text) = map_refusal("tests/verifier/set-huge.xpol");
     assert_eq!(d.code, "xpol::verifier::map_too_large", "{text}");
     assert!(text.contains("tests/verifier/set-huge.xpol:4:5"), "{text}");
     snapshot("verifier__map_too_large", &text);

@@ -437,7 +437,7 @@ pub fn explain_map(map: &str, error: &std::io::Error, output: &crate::Output) ->
         // kernel allows.
         let elements = set.map(|s| format!(" ({} element{})", s.elements.len(), if s.elements.len() == 1 { "" } else { "s" })).unwrap_or_default();
         Diagnostic::error("xpol::verifier::map_too_large", format!("the kernel refused {what}{elements}: its map `{map}` is too large or full (E2BIG)"))
-            .with_help("the kernel limits a map's entries and memory: make the set smaller or split it; a set the runtime changes has room for twice its initial elements")
+            .with_help("the kernel limits a map's entries and memory: make the set smaller or split it, or lower its `max`; a set without `max` has room for twice its initial elements (at least 1024)")
     } else {
         Diagnostic::error("xpol::kernel::map", format!("the kernel refused {what}, map `{map}`: {error}"))
             .with_help("the kernel's error is above; `xpolc check --kernel` tries the load without attaching")

@@ -47,6 +47,12 @@ pub enum RuntimeError {
     Attach { program: String, iface: String, message: String },
     #[error("set `{set}`: element `{element}` cannot be stored: {reason}")]
     SetElement { set: String, element: String, reason: String },
+    /// The elements given for a set do not fit in the maps the compiler
+    /// sized for it; `needed` says what overflowed, as words.
+    #[error("set `{set}` is full: it holds at most {capacity} elements (declared with `max N`, or the compiler's default), {needed}; rebuild the policy with a larger `max`")]
+    SetFull { set: String, capacity: u64, needed: String },
+    #[error("the policy has no set `{0}`")]
+    UnknownSet(String),
     #[error("map `{map}`: {source}")]
     Map { map: String, source: std::io::Error },
     #[error("BPF_PROG_TEST_RUN failed: {0}")]
@@ -236,7 +242,17 @@ impl LoadedPolicy {
     }
 
     pub fn load_with(object: &[u8], options: &LoadOptions) -> Result<LoadedPolicy> {
-        Self::load_inner(object, options, None)
+        Self::load_inner(object, options, None, &HashMap::new())
+    }
+
+    /// As [`LoadedPolicy::load_with`], but each set named in `elements` is
+    /// filled with the elements given there (in the canonical text form of
+    /// [`meta::SetMeta::elements`]: `198.51.100.0/24`, `2001:db8::/32`,
+    /// `80`, `8000..8099`, `02:00:00:00:00:01`) instead of those in the
+    /// object; [`LoadedPolicy::meta`] then lists them. Fails with
+    /// [`RuntimeError::SetFull`] when they do not fit in the set's maps.
+    pub fn load_with_elements(object: &[u8], options: &LoadOptions, elements: &HashMap<String, Vec<String>>) -> Result<LoadedPolicy> {
+        Self::load_inner(object, options, None, elements)
     }
 
     /// Test-only: as [`LoadedPolicy::load_with`], but every map of a named
@@ -244,11 +260,15 @@ impl LoadedPolicy {
     /// fails as a full map does (`E2BIG`). Never used by the binaries.
     #[doc(hidden)]
     pub fn load_with_set_capacity(object: &[u8], options: &LoadOptions, capacity: u32) -> Result<LoadedPolicy> {
-        Self::load_inner(object, options, Some(capacity))
+        Self::load_inner(object, options, Some(capacity), &HashMap::new())
     }
 
-    fn load_inner(object: &[u8], options: &LoadOptions, set_capacity: Option<u32>) -> Result<LoadedPolicy> {
-        let meta = read_meta(object)?;
+    fn load_inner(object: &[u8], options: &LoadOptions, set_capacity: Option<u32>, elements: &HashMap<String, Vec<String>>) -> Result<LoadedPolicy> {
+        let mut meta = read_meta(object)?;
+        for (name, list) in elements {
+            let set = meta.sets.iter_mut().find(|s| &s.name == name).ok_or_else(|| RuntimeError::UnknownSet(name.clone()))?;
+            set.elements = list.clone();
+        }
         if let Err(reason) = sys::can_load_bpf() {
             return Err(RuntimeError::NotPermitted(reason));
         }
@@ -330,17 +350,16 @@ impl LoadedPolicy {
     }
 
     fn fill_sets(&mut self) -> Result<()> {
+        for set in &self.state.meta.sets {
+            check_set_fits(set)?;
+        }
         self.fill_ipv4_tables()?;
         for set in &self.state.meta.sets {
             for m in set.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
                 for element in &set.elements {
-                    let keys = set_keys(m.kind, element).map_err(|reason| RuntimeError::SetElement {
-                        set: set.name.clone(),
-                        element: element.clone(),
-                        reason,
-                    })?;
+                    let keys = set_keys(m.kind, element).map_err(|reason| element_error(set, element, reason))?;
                     for key in keys {
-                        self.state.update(&m.map, &key, &[1])?;
+                        self.state.update(&m.map, &key, &[1]).map_err(|e| self.state.set_full(set, m, e))?;
                     }
                 }
             }
@@ -359,34 +378,23 @@ impl LoadedPolicy {
         sets.sort_by_key(|s| s.ipv4_slot);
         let mut tables = Vec::new();
         for (slot, set) in sets.iter().enumerate() {
-            let mut prefixes = Vec::new();
-            for element in &set.elements {
-                match parse_prefix(element) {
-                    Ok((IpAddr::V4(a), len)) => prefixes.push((u32::from(a), len as u8)),
-                    Ok(_) => {}
-                    Err(reason) => return Err(RuntimeError::SetElement { set: set.name.clone(), element: element.clone(), reason }),
-                }
-            }
             if set.ipv4_slot != Some(slot as u32) {
                 return Err(RuntimeError::BadMetadata(format!("set `{}` has IPv4 slot {:?}, expected {slot}", set.name, set.ipv4_slot)));
             }
-            tables.push(Ipv4Table::build(prefixes));
+            tables.push(Ipv4Table::build(ipv4_prefixes(set)?));
         }
+        let shape = Ipv4Shape::of(sets[0])?;
+        shape.check_fits(&sets, &tables)?;
         let table = Ipv4Table::concat(&tables);
-        let wide = table.mid_wide();
+        let wide = shape.mid_wide;
+        if table.root.len() as u64 > shape.capacities[0] || (!wide && table.mid_wide()) {
+            return Err(ipv4_wrong_shape());
+        }
         // Each table where the compiler put it (`ipv4_table::placement`,
         // from the capacities in the metadata): global data (`.bss`),
         // written whole in one update, or an array map, one chunk per entry.
-        let mid_kind = if wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
-        let wrong_shape = || RuntimeError::BadMetadata("the object's IPv4 tables do not have the shape of its sets: rebuild the object with this version of xpolc".into());
-        let mut capacities = [0u64; 3];
-        let mut maps = [""; 3];
-        for (i, (kind, chunks)) in [(SetMapKind::Ipv4Root, table.root.len()), (mid_kind, table.mid.len()), (SetMapKind::Ipv4Leaf, table.leaf.len())].into_iter().enumerate() {
-            let m = sets[0].maps.iter().find(|m| m.kind == kind).filter(|m| chunks <= m.max_entries as usize).ok_or_else(wrong_shape)?;
-            capacities[i] = u64::from(m.max_entries);
-            maps[i] = &m.map;
-        }
-        let (places, global_bytes) = ipv4_table::placement(capacities[0], capacities[1], capacities[2], wide);
+        let [root, mid, leaf] = shape.capacities;
+        let (places, global_bytes) = ipv4_table::placement(root, mid, leaf, wide);
         // Each table as its bytes, chunk after chunk, and its chunk size.
         let tables: [(Vec<u8>, usize); 3] = [
             (table.root.iter().flat_map(|e| e.to_le_bytes()).collect(), 4),
@@ -394,10 +402,10 @@ impl LoadedPolicy {
             (table.leaf.concat(), ipv4_table::LEAF_BYTES as usize),
         ];
         let mut global = vec![0u8; global_bytes as usize];
-        for ((place, map), (bytes, chunk_bytes)) in places.iter().zip(maps).zip(&tables) {
+        for ((place, map), (bytes, chunk_bytes)) in places.iter().zip(shape.maps).zip(&tables) {
             let in_global = matches!(place, ipv4_table::Placement::Global { .. });
             if in_global != (map == meta::IPV4_TABLES_MAP) {
-                return Err(wrong_shape());
+                return Err(ipv4_wrong_shape());
             }
             match place {
                 ipv4_table::Placement::Global { offset } => {
@@ -662,6 +670,24 @@ impl PolicyMaps {
         sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
     }
 
+    /// `error`, from adding an element of `set` to its map `m`, as
+    /// [`RuntimeError::SetFull`] when the kernel says the map is full: a
+    /// hash map with E2BIG, an LPM trie with ENOSPC.
+    fn set_full(&self, set: &meta::SetMeta, m: &meta::SetMapMeta, error: RuntimeError) -> RuntimeError {
+        match &error {
+            RuntimeError::Map { source, .. } if matches!(source.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)) => {
+                // The map's own size: a test may have loaded it smaller than the metadata says.
+                let capacity = self.map(&m.map).ok().and_then(|d| d.info().ok()).map_or(u64::from(m.max_entries), |i| u64::from(i.max_entries()));
+                RuntimeError::SetFull {
+                    set: set.name.clone(),
+                    capacity,
+                    needed: format!("and the kernel refused more in its map `{}` ({source})", m.map),
+                }
+            }
+            _ => error,
+        }
+    }
+
     /// Per-rule counters summed over CPUs, indexed by rule id: the CPUs'
     /// blocks in global data ([`meta::COUNTERS_MAP`]) plus the per-CPU
     /// array for CPUs past them ([`meta::RULES_MAP`]).
@@ -804,6 +830,103 @@ pub fn decode_action(hook: &str, rv: u32) -> Action {
             7 => Action::Redirect,
             other => Action::Other(other as i64),
         }
+    }
+}
+
+fn element_error(set: &meta::SetMeta, element: &str, reason: String) -> RuntimeError {
+    RuntimeError::SetElement { set: set.name.clone(), element: element.to_string(), reason }
+}
+
+/// Refuses elements that the set's maps cannot hold: more than its
+/// capacity (as the compiler counts them: a range `a..b` is b-a+1), or an
+/// address of a family it has no map for (a constant set, or an object
+/// from before sets could grow).
+fn check_set_fits(set: &meta::SetMeta) -> Result<()> {
+    let count = set.elements.iter().fold(0u64, |n, e| n.saturating_add(element_count(e)));
+    if set.capacity > 0 && count > set.capacity {
+        return Err(RuntimeError::SetFull { set: set.name.clone(), capacity: set.capacity, needed: format!("and {count} were given") });
+    }
+    if set.elem != meta::SetElem::Cidr {
+        return Ok(());
+    }
+    let has = |kind: SetMapKind| set.maps.iter().any(|m| m.kind == kind);
+    for element in &set.elements {
+        let stored = match parse_prefix(element) {
+            Ok((IpAddr::V4(_), _)) => set.ipv4_slot.is_some() || has(SetMapKind::LpmV4),
+            Ok((IpAddr::V6(_), _)) => has(SetMapKind::LpmV6),
+            Err(reason) => return Err(element_error(set, element, reason)),
+        };
+        if !stored {
+            let reason = "the object has no map for this address family in this set (a constant set, or an object built before sets could grow): rebuild the policy";
+            return Err(element_error(set, element, reason.into()));
+        }
+    }
+    Ok(())
+}
+
+/// How many elements `element` counts as: b-a+1 for a range `a..b`, else 1.
+fn element_count(element: &str) -> u64 {
+    let int = |s: &str| s.trim().parse::<u64>().ok();
+    match element.split_once("..").and_then(|(lo, hi)| Some((int(lo)?, int(hi)?))) {
+        Some((lo, hi)) if hi >= lo => (hi - lo).saturating_add(1),
+        _ => 1,
+    }
+}
+
+/// The IPv4 prefixes of a set (address in host order, length).
+fn ipv4_prefixes(set: &meta::SetMeta) -> Result<Vec<(u32, u8)>> {
+    let mut prefixes = Vec::new();
+    for element in &set.elements {
+        match parse_prefix(element) {
+            Ok((IpAddr::V4(a), len)) => prefixes.push((u32::from(a), len as u8)),
+            Ok(_) => {}
+            Err(reason) => return Err(element_error(set, element, reason)),
+        }
+    }
+    Ok(prefixes)
+}
+
+fn ipv4_wrong_shape() -> RuntimeError {
+    RuntimeError::BadMetadata("the object's IPv4 tables do not have the shape of its sets: rebuild the object with this version of xpolc".into())
+}
+
+/// The shared IPv4 tables as the metadata describes them: for root, mid
+/// and leaf, the capacity (root entries, chunks) and the map holding it;
+/// and whether `mid` entries are u32.
+struct Ipv4Shape<'a> {
+    capacities: [u64; 3],
+    maps: [&'a str; 3],
+    mid_wide: bool,
+}
+
+impl<'a> Ipv4Shape<'a> {
+    /// From the maps of a set with an IPv4 slot (every such set lists the
+    /// same three).
+    fn of(set: &'a meta::SetMeta) -> Result<Ipv4Shape<'a>> {
+        let find = |kinds: &[SetMapKind]| set.maps.iter().find(|m| kinds.contains(&m.kind)).ok_or_else(ipv4_wrong_shape);
+        let found = [find(&[SetMapKind::Ipv4Root])?, find(&[SetMapKind::Ipv4Mid16, SetMapKind::Ipv4Mid32])?, find(&[SetMapKind::Ipv4Leaf])?];
+        Ok(Ipv4Shape {
+            capacities: found.map(|m| u64::from(m.max_entries)),
+            maps: found.map(|m| m.map.as_str()),
+            mid_wide: found[1].kind == SetMapKind::Ipv4Mid32,
+        })
+    }
+
+    /// The chunks of the sets' tables (in slot order) are pooled: the
+    /// first set at which they add up to more than the object has is full.
+    fn check_fits(&self, sets: &[&meta::SetMeta], tables: &[Ipv4Table]) -> Result<()> {
+        let (mut mid, mut leaf) = (0u64, 0u64);
+        for (set, t) in sets.iter().zip(tables) {
+            mid += t.mid.len() as u64;
+            leaf += t.leaf.len() as u64;
+            for (name, used, room) in [("mid", mid, self.capacities[1]), ("leaf", leaf, self.capacities[2])] {
+                if used > room {
+                    let needed = format!("and its IPv4 prefixes, with those of the sets before it, need {used} chunks of the shared IPv4 table `{name}`, which holds {room}");
+                    return Err(RuntimeError::SetFull { set: set.name.clone(), capacity: set.capacity, needed });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
