@@ -28,8 +28,11 @@
 //! maps ([`placement`]).
 //!
 //! The compiler builds the tables to size them; the runtime builds them
-//! again from the same elements to fill them. Both use [`Ipv4Table::build`]
-//! and [`Ipv4Table::concat`].
+//! again from the same elements, or from the new elements of a set it
+//! changes, to fill them. Both use [`Ipv4Table::build`] and
+//! [`Ipv4Table::concat`]. A set the runtime may change gets more chunks
+//! than its initial prefixes use ([`growable_chunks`]); the capacities
+//! are in the metadata, and the runtime fills within them.
 
 pub const MISS: u32 = 0;
 pub const HIT: u32 = 1;
