@@ -448,3 +448,42 @@ fn apply_watch_follows_the_policy_and_its_set_file() {
     assert!(status.success() || status.code() == Some(124), "{status}: {err}");
     assert_eq!(generation(&host, &net, "w"), Some(3), "stays applied after the watcher stops");
 }
+
+/// IPv4 prefixes live in the shared prefix tables, so changing them loads
+/// the policy again and switches: under a steady stream, ten changes lose
+/// nothing; the sender's prefix added drops it, removed passes it; a set
+/// past its declared capacity is refused by name.
+#[test]
+fn ipv4_set_changes_switch_without_loss() {
+    if !usable() {
+        return;
+    }
+    let (net, host, dir) = fixture();
+    let text = "set nets: cidr = { 203.0.113.0/24 }\nset small: cidr max 2 = { 192.0.2.1 }\nxdp /ip.src in nets/ { drop }\nxdp /ip.src in small/ { drop }\nxdp { pass }\n";
+    let policy = write(dir.path(), "n.xpol", text);
+    host.ok(&net.b, &["apply", policy.to_str().expect("utf-8"), "-i", &net.vb, "--name", "n"]);
+    let stream = Stream::start(&net);
+    for i in 0..5 {
+        let p = format!("198.51.100.{i}/32");
+        host.ok(&net.b, &["set", "n", "nets", "add", &p, "2001:db8:bad::/48"]);
+        host.ok(&net.b, &["set", "n", "nets", "del", &p]);
+    }
+    let (sent, received) = stream.stop();
+    assert_eq!(sent, received, "no datagram lost across ten switches");
+    assert_eq!(host.ok(&net.b, &["set", "n", "nets", "list"]).lines().collect::<Vec<_>>(), ["203.0.113.0/24", "2001:db8:bad::/48"]);
+
+    let sender = net.addr_b.replace(".2", ".0/30");
+    host.ok(&net.b, &["set", "n", "nets", "add", &sender]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert!(sent > 0 && received == 0, "the sender's prefix drops: {received} of {sent}");
+    host.ok(&net.b, &["set", "n", "nets", "flush"]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert_eq!(sent, received, "flushed: passes");
+
+    let full = host.xpol(&net.b, &["set", "n", "small", "add", "192.0.2.2", "192.0.2.3"]);
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success() && err.contains("set `small` is full"), "{err}");
+    assert_eq!(host.ok(&net.b, &["set", "n", "small", "list"]).lines().collect::<Vec<_>>(), ["192.0.2.1/32"], "unchanged");
+    let bad = host.xpol(&net.b, &["set", "n", "nets", "add", "198.51.100.1/24"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("host bits are set (the prefix is 198.51.100.0/24)"), "{}", String::from_utf8_lossy(&bad.stderr));
+}

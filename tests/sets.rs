@@ -158,7 +158,7 @@ fn sets_take_new_elements_of_either_family_within_capacity() {
     hosts.extend(["2001:db8:bad::/48".into(), "198.51.100.0/24".into(), "192.0.2.7".into()]);
     let host_refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
     let given = elements(&[("v6only", &host_refs), ("v4only", &["203.0.113.0/24", "2001:db8:1::/48"]), ("ports", &["22", "443", "8000..8099"])]);
-    let mut p = LoadedPolicy::load_with_elements(&object, &LoadOptions { missing_interfaces_ok: true }, &given).expect("load");
+    let mut p = LoadedPolicy::load_with_elements(&object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }, &given).expect("load");
     let ports = p.meta().sets.iter().find(|s| s.name == "ports").expect("set ports");
     assert_eq!((ports.elements.len(), ports.capacity, ports.mutable), (3, 120, true), "the metadata lists what was loaded");
     let dst4: Ipv4Addr = "198.19.255.1".parse().expect("address");
@@ -195,7 +195,7 @@ fn sets_past_their_capacity_are_full() {
         return;
     }
     let object = compile(GROWING);
-    let options = LoadOptions { missing_interfaces_ok: true };
+    let options = LoadOptions { missing_interfaces_ok: true, ..Default::default() };
     let full = |given: HashMap<String, Vec<String>>| match LoadedPolicy::load_with_elements(&object, &options, &given) {
         Err(RuntimeError::SetFull { set, capacity, needed }) => (set, capacity, needed),
         Err(e) => panic!("expected SetFull, got: {e}"),

@@ -28,7 +28,9 @@ pub const RULES_MAP: &str = "xpol_rules";
 pub const COUNTERS_MAP: &str = ".data";
 
 /// Bump when the layout of maps or of this schema changes incompatibly.
-pub const META_VERSION: u32 = 4;
+/// 5: sets the runtime may change have maps for both families and room to
+/// grow (`SetMeta::capacity`), which older runtimes misread.
+pub const META_VERSION: u32 = 5;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].

@@ -135,8 +135,8 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
             }
         }
     }
-    let options = LoadOptions { missing_interfaces_ok: false, set_elements, adopt_maps };
-    let mut loaded = LoadedPolicy::load_with(req.object, &options).map_err(forget)?;
+    let options = LoadOptions { missing_interfaces_ok: false, adopt_maps };
+    let mut loaded = LoadedPolicy::load_with_elements(req.object, &options, &set_elements).map_err(forget)?;
 
     // The new generation: maps, carried-counter slots and record, pinned
     // before any link runs it.
@@ -219,7 +219,8 @@ fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Genera
     loaded.pin_maps(gen_dir)?;
     let mut meta = loaded.meta().clone();
     for s in &mut meta.sets {
-        let capacity = s.maps.iter().map(|m| u64::from(m.max_entries)).max().unwrap_or(0).max(2 * s.elements.len() as u64).max(1024);
+        // The set's declared capacity; objects from before it was recorded: the maps'.
+        let capacity = if s.capacity > 0 { s.capacity } else { s.maps.iter().map(|m| u64::from(m.max_entries)).max().unwrap_or(1024) };
         store::ElementStore::create(gen_dir, &s.name, &s.elements, capacity)?;
         s.elements.clear();
     }

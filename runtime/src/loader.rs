@@ -149,10 +149,6 @@ pub struct LoadOptions {
     /// interface does not exist here, instead of failing: for test runs of
     /// policies written for another host.
     pub missing_interfaces_ok: bool,
-    /// Fill these named sets with these elements (canonical text, as in
-    /// [`meta::SetMeta::elements`]) instead of the object's: the live
-    /// contents of an applied policy's sets.
-    pub set_elements: HashMap<String, Vec<String>>,
     /// Give the programs these existing maps (by map name in the object)
     /// instead of new ones: state that a replaced policy hands on. Each
     /// must have the same type, sizes and flags as the object's map.
@@ -287,12 +283,6 @@ impl LoadedPolicy {
         })?;
         for (name, existing) in &options.adopt_maps {
             adopt_map(&ebpf, name, existing)?;
-        }
-        let mut meta = meta;
-        for set in &mut meta.sets {
-            if let Some(elements) = options.set_elements.get(&set.name) {
-                set.elements = elements.clone();
-            }
         }
         for p in &meta.programs {
             let prog = ebpf.program_mut(&p.name).ok_or_else(|| RuntimeError::Program {

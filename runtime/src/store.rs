@@ -9,7 +9,7 @@
 //!     gen_7/                   a generation: one load of the policy (0700)
 //!       record                 blob map: the record (JSON) and the object (ELF)
 //!       base                   counters carried over from earlier generations
-//!       elems_SET              each named set's live elements (a hash map
+//!       elems_SET              each named set's live elements (a map
 //!                              of their canonical text): `xpol set` changes
 //!                              it with the set, the record never
 //!       xpol_rules, global_data, xm_*, xs_*, ...   the programs' maps
@@ -99,9 +99,11 @@ pub fn declaration_digest(elements: &[String]) -> u64 {
     h
 }
 
-/// Bytes of a key of an `elems_SET` map: the canonical text, zero-padded
-/// (the longest, an IPv6 prefix or a range of two u64, is 43 bytes).
+/// Bytes of the text in a key of an `elems_SET` map: the canonical text,
+/// zero-padded (the longest, an IPv6 prefix or a range of two u64, is 43
+/// bytes). The key is the prefix length (all of it) and then the text.
 pub const ELEMENT_KEY_BYTES: usize = 64;
+const ELEMENT_KEY: usize = 4 + ELEMENT_KEY_BYTES;
 
 /// The live elements of one set in a generation (`elems_SET`).
 pub struct ElementStore {
@@ -109,12 +111,13 @@ pub struct ElementStore {
 }
 
 impl ElementStore {
-    fn key(element: &str) -> Result<[u8; ELEMENT_KEY_BYTES]> {
-        let mut key = [0u8; ELEMENT_KEY_BYTES];
+    fn key(element: &str) -> Result<[u8; ELEMENT_KEY]> {
+        let mut key = [0u8; ELEMENT_KEY];
         if element.len() > ELEMENT_KEY_BYTES {
             return Err(RuntimeError::Store(format!("element `{}` is too long", element.escape_debug())));
         }
-        key[..element.len()].copy_from_slice(element.as_bytes());
+        key[..4].copy_from_slice(&(8 * ELEMENT_KEY_BYTES as u32).to_le_bytes());
+        key[4..4 + element.len()].copy_from_slice(element.as_bytes());
         Ok(key)
     }
 
@@ -123,7 +126,7 @@ impl ElementStore {
         let path = dir.join(format!("elems_{set}"));
         let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", path.display()));
         let entries = capacity.max(elements.len() as u64).clamp(1, u64::from(u32::MAX / 2)) as u32;
-        let store = ElementStore { fd: sys::hash_set_create("xpol_elems", ELEMENT_KEY_BYTES as u32, entries).map_err(io)? };
+        let store = ElementStore { fd: sys::string_set_create("xpol_elems", ELEMENT_KEY as u32, entries).map_err(io)? };
         for e in elements {
             store.insert(e)?;
         }
@@ -152,14 +155,15 @@ impl ElementStore {
     /// Every element, sorted.
     pub fn elements(&self) -> Result<Vec<String>> {
         let err = |e: std::io::Error| RuntimeError::Store(format!("set elements: {e}"));
-        let (mut key, mut next) = ([0u8; ELEMENT_KEY_BYTES], [0u8; ELEMENT_KEY_BYTES]);
+        let (mut key, mut next) = ([0u8; ELEMENT_KEY], [0u8; ELEMENT_KEY]);
         let mut out = Vec::new();
         let mut first = true;
         while sys::map_next_key(self.fd.as_fd(), (!first).then_some(&key[..]), &mut next).map_err(err)? {
             first = false;
             key = next;
-            let end = key.iter().position(|&b| b == 0).unwrap_or(ELEMENT_KEY_BYTES);
-            out.push(String::from_utf8_lossy(&key[..end]).into_owned());
+            let text = &key[4..];
+            let end = text.iter().position(|&b| b == 0).unwrap_or(ELEMENT_KEY_BYTES);
+            out.push(String::from_utf8_lossy(&text[..end]).into_owned());
         }
         out.sort_by_cached_key(|e| element_order(e));
         Ok(out)

@@ -471,13 +471,16 @@ pub fn array_map_create(name: &str, value_size: u32, entries: u32) -> io::Result
     map_create(name, BPF_MAP_TYPE_ARRAY, 4, value_size, entries, 0)
 }
 
-const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// Creates a hash map of at most `entries` keys of `key_size` bytes with
-/// one-byte values, allocated as they come: a set of byte strings.
-pub fn hash_set_create(name: &str, key_size: u32, entries: u32) -> io::Result<std::os::fd::OwnedFd> {
-    map_create(name, BPF_MAP_TYPE_HASH, key_size, 1, entries, BPF_F_NO_PREALLOC)
+/// Creates an LPM trie of at most `entries` keys of `key_size` bytes
+/// (a u32 prefix length, then the data) with one-byte values. Used with
+/// full-length keys only, it is a set of byte strings whose memory grows
+/// with its contents: a hash map would allocate a bucket per possible
+/// entry up front.
+pub fn string_set_create(name: &str, key_size: u32, entries: u32) -> io::Result<std::os::fd::OwnedFd> {
+    map_create(name, BPF_MAP_TYPE_LPM_TRIE, key_size, 1, entries, BPF_F_NO_PREALLOC)
 }
 
 fn map_create(name: &str, map_type: u32, key_size: u32, value_size: u32, max_entries: u32, map_flags: u32) -> io::Result<std::os::fd::OwnedFd> {
