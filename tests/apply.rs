@@ -487,3 +487,77 @@ fn ipv4_set_changes_switch_without_loss() {
     let bad = host.xpol(&net.b, &["set", "n", "nets", "add", "198.51.100.1/24"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("host bits are set (the prefix is 198.51.100.0/24)"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// Deletes an applied policy from the host's store when the test ends.
+struct HostPolicy(String);
+
+impl Drop for HostPolicy {
+    fn drop(&mut self) {
+        if let Ok(store) = xpol_runtime::store::Store::write() {
+            let _ = store.delete(&self.0);
+        }
+    }
+}
+
+/// 10,000 single-element changes and a replace of 100,000 IPv4 prefixes,
+/// through the library (what `xpol set` runs, without 10,000 process
+/// starts), while a stream flows whose port and source no version of the
+/// sets holds: not one datagram may be dropped. Uses the host's store,
+/// under a name of its own.
+#[test]
+fn ten_thousand_set_changes_and_a_large_replace_under_traffic() {
+    if !usable() {
+        return;
+    }
+    use xpol_runtime::apply::{self, ApplyRequest, SetChange, SetEditor};
+    use xpol_runtime::store::Store;
+    let net = Net::new();
+    let name = format!("test-many-{}", std::process::id());
+    let _cleanup = HostPolicy(name.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "set ports: int max 20000 = { 9 }\nset nets: cidr max 200000 = { 203.0.113.0/24 }\nxdp /udp.dport in ports/ { drop }\nxdp /ip.src in nets/ { drop }\nxdp { pass }\n";
+    let policy = write(dir.path(), "many.xpol", text);
+    let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
+    let netns = PathBuf::from("/run/netns").join(&net.b);
+    let vb = net.vb.clone();
+    xpol_runtime::sys::in_netns(&netns, None, || {
+        let store = Store::write().expect("store");
+        let req = ApplyRequest {
+            name: &name,
+            object: &object,
+            source: "many.xpol".into(),
+            interfaces: vec![vb.clone()],
+            hooks: None,
+            mode: xpol_runtime::loader::XdpAttachMode::Auto,
+            set_contents: Default::default(),
+        };
+        apply::apply(&store, &req).expect("apply");
+    })
+    .expect("netns");
+    let blocklist: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/ref-fw/blocklist-100000.txt"))
+        .expect("blocklist")
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        // The sender's own addresses (198.18.0.0/15) are never in the set.
+        .filter(|l| !l.starts_with("198.18.") && !l.starts_with("198.19."))
+        .collect();
+    assert!(blocklist.len() > 99_000);
+    let stream = Stream::start(&net);
+    let store = Store::write().expect("store");
+    let mut ports = SetEditor::open(&store, &name, "ports").expect("ports");
+    for i in 0..10_000u32 {
+        let port = (10_000 + i / 2).to_string();
+        let change = if i % 2 == 0 { SetChange::Add(vec![port]) } else { SetChange::Delete(vec![port]) };
+        ports.change(&store, change).unwrap_or_else(|e| panic!("change {i}: {e}"));
+    }
+    apply::change_set(&store, &name, "nets", SetChange::Replace(blocklist.clone())).expect("replace 100k");
+    drop(store);
+    let (sent, received) = stream.stop();
+    assert!(sent > 100, "the stream ran: {sent}");
+    assert_eq!(sent, received, "no datagram dropped by a set that never held it");
+    let store = Store::read().expect("store").expect("exists");
+    let current = store.applied(&name).expect("applied").current.expect("current");
+    assert_eq!(current.elements("ports").expect("ports"), ["9"]);
+    assert_eq!(current.elements("nets").expect("nets").len(), blocklist.len());
+}

@@ -85,19 +85,24 @@ pub const MIN_LEAF_CHUNKS: u64 = 64;
 /// change (`set`), whose initial IPv4 prefixes (`initial` of them) fill
 /// `table`, and that may hold up to `capacity` elements.
 ///
-/// The chunks the initial prefixes use, scaled by `capacity / initial`:
-/// new prefixes are assumed to spread over /16s and /24s as the initial
-/// ones do. Without any initial IPv4 prefix nothing says how they will
-/// spread, so a chunk per element (the most they can need). At least
-/// [`MIN_MID_CHUNKS`] and [`MIN_LEAF_CHUNKS`]; at most one chunk per
-/// element (a prefix adds at most one chunk per level), and at most 65,536
-/// `mid` chunks (one per /16). Never fewer than the initial prefixes use.
-/// The compiler sizes the tables with it and records the sums in the
-/// metadata, where the runtime reads them.
-pub fn growable_chunks(table: &Ipv4Table, initial: u64, capacity: u64) -> (u64, u64) {
+/// A capacity the user declared (`max N`) is a promise: any N prefixes
+/// fit, so each level gets a chunk per element (a prefix adds at most one
+/// chunk per level), `mid` at most 65,536 (one per /16). The default room
+/// is an estimate instead: the chunks the initial prefixes use, scaled by
+/// `capacity / initial`, new prefixes assumed to spread over /16s and /24s
+/// as the initial ones do (without any initial IPv4 prefix, a chunk per
+/// element). Either way at least [`MIN_MID_CHUNKS`] and
+/// [`MIN_LEAF_CHUNKS`], at most one chunk per element, and never fewer
+/// than the initial prefixes use. The compiler sizes the tables with it
+/// and records the sums in the metadata, where the runtime reads them.
+pub fn growable_chunks(table: &Ipv4Table, initial: u64, capacity: u64, declared: bool) -> (u64, u64) {
     let grow = |used: usize, min: u64, max: u64| {
         let used = used as u64;
-        let scaled = if initial == 0 { capacity } else { (u128::from(used) * u128::from(capacity)).div_ceil(u128::from(initial)).min(u128::from(u64::MAX)) as u64 };
+        let scaled = if initial == 0 || declared {
+            capacity
+        } else {
+            (u128::from(used) * u128::from(capacity)).div_ceil(u128::from(initial)).min(u128::from(u64::MAX)) as u64
+        };
         scaled.max(min).min(max).max(used)
     };
     (grow(table.mid.len(), MIN_MID_CHUNKS, capacity.min(u64::from(ROOT_ENTRIES))), grow(table.leaf.len(), MIN_LEAF_CHUNKS, capacity))
@@ -308,19 +313,22 @@ mod tests {
     #[test]
     fn growable_sets_get_room_in_proportion() {
         // No IPv4 prefix yet: a chunk per element.
-        assert_eq!(growable_chunks(&Ipv4Table::build([]), 0, 1024), (1024, 1024));
-        assert_eq!(growable_chunks(&Ipv4Table::build([]), 0, 100_000), (65_536, 100_000));
+        assert_eq!(growable_chunks(&Ipv4Table::build([]), 0, 1024, false), (1024, 1024));
+        assert_eq!(growable_chunks(&Ipv4Table::build([]), 0, 100_000, false), (65_536, 100_000));
         // Prefixes of /16 or shorter use no chunk: the minimums, within the capacity.
         let short = Ipv4Table::build([(0x0a000000, 8)]);
-        assert_eq!(growable_chunks(&short, 1, 1024), (MIN_MID_CHUNKS, MIN_LEAF_CHUNKS));
-        assert_eq!(growable_chunks(&short, 1, 10), (10, 10));
+        assert_eq!(growable_chunks(&short, 1, 1024, false), (MIN_MID_CHUNKS, MIN_LEAF_CHUNKS));
+        assert_eq!(growable_chunks(&short, 1, 10, false), (10, 10));
         // Two /32s in one /24: one chunk of each, scaled by 1000 / 2.
         let t = Ipv4Table::build([(0xc6336407, 32), (0xc6336408, 32)]);
-        assert_eq!(growable_chunks(&t, 2, 1000), (500, 500));
+        assert_eq!(growable_chunks(&t, 2, 1000, false), (500, 500));
         // Capped at one mid chunk per /16, and never below what is used.
         let many = Ipv4Table::build((0..3000u32).map(|i| (i << 16 | 0x0101, 32)));
-        assert_eq!(growable_chunks(&many, 3000, 200_000), (65_536, 200_000));
-        assert_eq!(growable_chunks(&many, 3000, 1), (3000, 3000));
+        assert_eq!(growable_chunks(&many, 3000, 200_000, false), (65_536, 200_000));
+        assert_eq!(growable_chunks(&many, 3000, 1, false), (3000, 3000));
+        // A declared capacity is a promise: any N prefixes fit, whatever the initial ones.
+        assert_eq!(growable_chunks(&short, 1, 200_000, true), (65_536, 200_000));
+        assert_eq!(growable_chunks(&t, 2, 1000, true), (1000, 1000));
     }
 
     #[test]

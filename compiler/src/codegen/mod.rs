@@ -130,7 +130,7 @@ fn ipv4_sizing(policy: &ir::Policy) -> Ipv4Sizing {
         }
         let table = Ipv4Table::build(s.contents.v4.iter().map(|&(a, len)| (u32::from(a), len)));
         let (mid, leaf) = if s.mutable {
-            ipv4_table::growable_chunks(&table, s.contents.v4.len() as u64, u64::from(set_capacity(s)))
+            ipv4_table::growable_chunks(&table, s.contents.v4.len() as u64, u64::from(set_capacity(s)), s.capacity.is_some())
         } else {
             (table.mid.len() as u64, table.leaf.len() as u64)
         };
