@@ -59,6 +59,8 @@ pub struct ApplyOutcome {
     pub sets_kept: Vec<String>,
     /// Sets filled from the new declaration.
     pub sets_reset: Vec<String>,
+    /// What went wrong after the switch (the new version runs).
+    pub warnings: Vec<String>,
 }
 
 fn mode_name(mode: XdpAttachMode) -> &'static str {
@@ -97,22 +99,43 @@ pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
         .collect()
 }
 
+/// What a replace needs of the running policy.
+struct Running {
+    generation: Generation,
+    /// Descriptors of every program a readable generation names, held
+    /// from before the switch to after it: the kernel frees a program that
+    /// nothing runs, and a rollback must be able to switch back to it.
+    programs: HashMap<u32, std::os::fd::OwnedFd>,
+    /// Link pins in the policy's directory, recorded or not.
+    pinned_links: Vec<String>,
+}
+
 /// Applies `req` under the (exclusively locked) store: first apply, or
 /// replace of the running generation.
 pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     store::check_name(req.name)?;
     let fail = |message: String| RuntimeError::Apply { name: req.name.to_string(), message };
     let dir = store.dir(req.name);
-    let previous = if std::fs::symlink_metadata(&dir).is_ok() {
+    let mut running = None;
+    if std::fs::symlink_metadata(&dir).is_ok() {
         let applied = store.applied(req.name)?;
-        if applied.current.is_none() && !applied.links.is_empty() {
-            return Err(fail("an earlier apply was interrupted; remove it with `xpol delete` first".into()));
+        match applied.current {
+            Some(generation) => {
+                let programs = applied.known_programs.iter().filter_map(|&id| sys::prog_fd_by_id(id).ok().map(|fd| (id, fd))).collect();
+                running = Some(Running { generation, programs, pinned_links: applied.pinned_links });
+            }
+            // Links that run nothing xpol can read: never replace (or
+            // remove) what cannot be put back.
+            None if !applied.pinned_links.is_empty() => {
+                return Err(fail(format!("{}; nothing was changed", applied.problems.join("; "))));
+            }
+            None => {}
         }
-        applied.current
-    } else {
-        None
-    };
-    // Nothing of a first apply that fails stays behind.
+    }
+    let previous = running.as_ref().map(|r| &r.generation);
+    let req = &normalized(req, previous)?;
+    // Nothing of a first apply that fails stays behind (the directory
+    // holds no link of a running policy: see above).
     let forget = |e: RuntimeError| {
         if previous.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -124,10 +147,10 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     let mut outcome = ApplyOutcome { replaced: previous.is_some(), ..Default::default() };
 
     // State handed on: set contents and @maps.
-    let set_elements = carried_sets(&meta, previous.as_ref(), &req.set_contents, &mut outcome);
+    let set_elements = carried_sets(&meta, previous, &req.set_contents, &mut outcome).map_err(forget)?;
     let mut adopt_maps = Vec::new();
-    let old_maps = previous.as_ref().map(Generation::maps).transpose()?;
-    if let (Some(prev), Some(old)) = (&previous, &old_maps) {
+    let old_maps = previous.map(Generation::maps).transpose()?;
+    if let (Some(prev), Some(old)) = (previous, &old_maps) {
         for m in &meta.maps {
             if prev.record.meta.maps.iter().any(|o| o == m) {
                 adopt_maps.push((m.map.clone(), Arc::new(old.map_fd(&m.map)?)));
@@ -140,11 +163,12 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
 
     // The new generation: maps, carried-counter slots and record, pinned
     // before any link runs it.
-    let generation = store::generations(&dir)?.last().copied().unwrap_or(0).max(previous.as_ref().map_or(0, |p| p.record.generation)) + 1;
+    let generation = store::generations(&dir)?.last().copied().unwrap_or(0).max(previous.map_or(0, |p| p.record.generation)) + 1;
     outcome.generation = generation;
     let gen_dir = dir.join(format!("gen_{generation}"));
     store::own_dir(&gen_dir).map_err(forget)?;
-    let staged = stage(&mut loaded, req, previous.as_ref(), &gen_dir, generation);
+    let taken = running.as_ref().map(|r| r.pinned_links.clone()).unwrap_or_default();
+    let staged = stage(&mut loaded, req, previous, &taken, &gen_dir, generation);
     let (record, base) = match staged {
         Ok(s) => s,
         Err(e) => {
@@ -152,30 +176,117 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
             return Err(forget(e));
         }
     };
-
-    // The switch.
-    if let Err(e) = switch(&mut loaded, &dir, &record, previous.as_ref().map(|p| &p.record)) {
-        let _ = std::fs::remove_dir_all(&gen_dir);
-        return Err(forget(name_the_holder(store, e)));
+    // What the old rules counted so far, carried already, so that a kill
+    // during the switch loses at most what they count meanwhile.
+    if let (Some(prev), Some(old)) = (previous, &old_maps) {
+        let (counters, _) = carried_counters(&prev.record.meta, &old.rule_counters()?, &record.meta);
+        store::write_base(&base, &counters)?;
     }
 
-    // Counters: once the old programs can no longer run, theirs are final.
-    if let (Some(prev), Some(old)) = (&previous, &old_maps) {
+    // The switch.
+    let no_programs = HashMap::new();
+    let held = running.as_ref().map_or(&no_programs, |r| &r.programs);
+    if let Err(failure) = switch(&mut loaded, &dir, &record, held) {
+        if failure.rolled_back {
+            let _ = std::fs::remove_dir_all(&gen_dir);
+            return Err(forget(name_the_holder(store, failure.error)));
+        }
+        // Some links run the new generation and could not be switched
+        // back: keep it, so that what runs stays listed.
+        return Err(fail(format!("{}; some links already run the new version and could not be switched back: `xpol list` shows the state, `xpol apply` again completes it", failure.error)));
+    }
+
+    // Past the switch the new version runs: what fails now is a warning.
+    if let (Some(prev), Some(old)) = (previous, &old_maps) {
+        // Once the old programs can no longer run, their counters are final.
         sys::wait_for_running_programs();
-        let old_counters = old.rule_counters()?;
-        let old_ids = rule_identities(&prev.record.meta);
-        let carried: Vec<RuleCounters> = rule_identities(&record.meta)
-            .iter()
-            .map(|id| old_ids.iter().position(|o| o == id).map(|i| old_counters[i]).unwrap_or_default())
-            .collect();
-        outcome.rules_carried = rule_identities(&record.meta).iter().filter(|id| old_ids.contains(id)).count();
-        store::write_base(&base, &carried)?;
+        let carried = old.rule_counters().and_then(|c| {
+            let (counters, carried) = carried_counters(&prev.record.meta, &c, &record.meta);
+            store::write_base(&base, &counters).map(|()| carried)
+        });
+        match carried {
+            Ok(n) => outcome.rules_carried = n,
+            Err(e) => outcome.warnings.push(format!("counters of the old version: {e}")),
+        }
+    }
+    // Links the new version does not have (dropped attachments, leftovers
+    // of an interrupted apply): unpinning detaches them.
+    for link in store::link_pins(&dir)?.into_iter().filter(|l| !record.attachments.iter().any(|a| &a.link == l)) {
+        if let Err(e) = std::fs::remove_file(dir.join(&link)) {
+            outcome.warnings.push(format!("cannot remove {link}: {e}"));
+        }
     }
     // Earlier generations are no longer run by anything.
     for g in store::generations(&dir)?.into_iter().filter(|&g| g != generation) {
-        std::fs::remove_dir_all(dir.join(format!("gen_{g}"))).map_err(|e| fail(format!("cannot remove generation {g}: {e}")))?;
+        if let Err(e) = std::fs::remove_dir_all(dir.join(format!("gen_{g}"))) {
+            outcome.warnings.push(format!("cannot remove generation {g}: {e}"));
+        }
     }
     Ok(outcome)
+}
+
+/// `req` with interfaces and hooks each named once (a link per pair), and
+/// the XDP mode of a replace: a link keeps its mode across
+/// `BPF_LINK_UPDATE`, so `auto` keeps the running one and another mode is
+/// refused.
+fn normalized<'a>(req: &ApplyRequest<'a>, previous: Option<&Generation>) -> Result<ApplyRequest<'a>> {
+    let mut interfaces: Vec<String> = Vec::new();
+    for i in &req.interfaces {
+        if !interfaces.contains(i) {
+            interfaces.push(i.clone());
+        }
+    }
+    let hooks = req.hooks.as_ref().map(|h| {
+        let mut out: Vec<String> = Vec::new();
+        for x in h {
+            if !out.contains(x) {
+                out.push(x.clone());
+            }
+        }
+        out
+    });
+    let mut mode = req.mode;
+    if let Some(old) = previous.and_then(|p| p.record.attachments.iter().find(|a| a.hook == "xdp")) {
+        let old_mode = parse_mode(&old.mode).unwrap_or_default();
+        if mode == XdpAttachMode::Auto {
+            mode = old_mode;
+        } else if mode != old_mode {
+            return Err(RuntimeError::Apply {
+                name: req.name.to_string(),
+                message: format!(
+                    "it runs XDP in {} mode, and a replace keeps the mode; to change it, `xpol delete {}` and apply again (a gap)",
+                    old.mode, req.name
+                ),
+            });
+        }
+    }
+    Ok(ApplyRequest {
+        name: req.name,
+        object: req.object,
+        source: req.source.clone(),
+        interfaces,
+        hooks,
+        mode,
+        set_contents: req.set_contents.clone(),
+    })
+}
+
+/// The old counters of each new rule by rule identity, and how many new
+/// rules had an old one.
+fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &ObjectMeta) -> (Vec<RuleCounters>, usize) {
+    let old_ids = rule_identities(old_meta);
+    let mut carried = 0;
+    let counters = rule_identities(new_meta)
+        .iter()
+        .map(|id| match old_ids.iter().position(|o| o == id) {
+            Some(i) => {
+                carried += 1;
+                old.get(i).copied().unwrap_or_default()
+            }
+            None => RuleCounters::default(),
+        })
+        .collect();
+    (counters, carried)
 }
 
 /// An XDP hook held by another applied policy: say which (the loader
@@ -191,17 +302,19 @@ fn name_the_holder(store: &Store, e: RuntimeError) -> RuntimeError {
 }
 
 /// The contents each set of the new object gets (see the module doc).
-fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeMap<String, Vec<String>>, outcome: &mut ApplyOutcome) -> HashMap<String, Vec<String>> {
+fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeMap<String, Vec<String>>, outcome: &mut ApplyOutcome) -> Result<HashMap<String, Vec<String>>> {
     let mut out = HashMap::new();
     for s in &meta.sets {
         if let Some(elements) = given.get(&s.name) {
             out.insert(s.name.clone(), elements.clone());
             continue;
         }
-        let live = previous.and_then(|p| {
-            p.record.meta.sets.iter().find(|o| o.name == s.name && o.elem == s.elem)?;
-            (p.record.declared.get(&s.name) == Some(&store::declaration_digest(&s.elements))).then(|| p.elements(&s.name).ok()).flatten()
+        // A failed read of the live contents is an error, never a reset.
+        let keeps = previous.filter(|p| {
+            p.record.meta.sets.iter().any(|o| o.name == s.name && o.elem == s.elem)
+                && p.record.declared.get(&s.name) == Some(&store::declaration_digest(&s.elements))
         });
+        let live = keeps.map(|p| p.elements(&s.name)).transpose()?;
         match live {
             Some(elements) => {
                 outcome.sets_kept.push(s.name.clone());
@@ -210,12 +323,12 @@ fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeM
             None => outcome.sets_reset.push(s.name.clone()),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Pins the new generation's maps, its carried-counter map, its sets'
 /// elements and its record.
-fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Generation>, gen_dir: &Path, generation: u64) -> Result<(Record, std::os::fd::OwnedFd)> {
+fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Generation>, taken: &[String], gen_dir: &Path, generation: u64) -> Result<(Record, std::os::fd::OwnedFd)> {
     loaded.pin_maps(gen_dir)?;
     let mut meta = loaded.meta().clone();
     for s in &mut meta.sets {
@@ -235,7 +348,8 @@ fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Genera
     }
     // Links keep their pin file across generations; new ones take free names.
     let old = previous.map(|p| p.record.attachments.clone()).unwrap_or_default();
-    let mut used: Vec<String> = old.iter().map(|a| a.link.clone()).collect();
+    // Never the name of a pin already there (a leftover is removed after the switch).
+    let mut used: Vec<String> = old.iter().map(|a| a.link.clone()).chain(taken.iter().cloned()).collect();
     let mut attachments = Vec::new();
     for iface in &req.interfaces {
         for hook in &hooks {
@@ -269,68 +383,74 @@ fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Genera
     Ok((record, base))
 }
 
-/// Switches every attachment to the new programs: existing links by
-/// compare-and-swap, new ones attached and pinned, dropped ones unpinned.
-/// On failure, switches back what it switched.
-fn switch(loaded: &mut LoadedPolicy, dir: &Path, record: &Record, previous: Option<&Record>) -> Result<()> {
-    let name = &record.name;
-    let fail = |message: String| RuntimeError::Apply { name: name.clone(), message };
-    let mut done: Vec<(&Attachment, Option<u32>)> = Vec::new();
-    let mut result = Ok(());
+/// Why a switch failed, and whether every link runs what it ran before.
+struct SwitchFailure {
+    error: RuntimeError,
+    rolled_back: bool,
+}
+
+/// What one step of a switch did, to undo it.
+enum Step {
+    /// The link ran this program (held in `held`) and now runs the new one.
+    Updated(u32),
+    /// A new link was attached and pinned.
+    Attached,
+}
+
+/// Switches every attachment of `record` to the new programs. A link
+/// pinned and attached is switched by compare-and-swap from the program
+/// it runs, which must be one of this policy's (`held`: a kill during an
+/// earlier switch may have left links on different generations); a link
+/// whose interface went away, or that is missing, is attached afresh. On
+/// failure, switches back what it switched.
+fn switch(loaded: &mut LoadedPolicy, dir: &Path, record: &Record, held: &HashMap<u32, std::os::fd::OwnedFd>) -> std::result::Result<(), SwitchFailure> {
+    let fail = |message: String| RuntimeError::Apply { name: record.name.clone(), message };
+    let mut done: Vec<(&Attachment, Step)> = Vec::new();
+    let mut failed = None;
     for a in &record.attachments {
-        let old = previous.and_then(|p| p.attachments.iter().find(|o| o.link == a.link).map(|o| (o, p.programs.get(&o.hook).copied())));
-        let step = match old {
-            Some((_, Some(old_prog))) => {
-                let link = sys::obj_get(&dir.join(&a.link), 0).map_err(|e| fail(format!("link {}: {e}", a.link)));
-                link.and_then(|link| {
-                    let expected = sys::prog_fd_by_id(old_prog).map_err(|e| fail(format!("the running program {old_prog}: {e}")))?;
-                    sys::link_update(link.as_fd(), loaded.program_fd(&a.hook)?, expected.as_fd()).map_err(|e| {
-                        fail(if e.raw_os_error() == Some(libc::EPERM) {
-                            format!("{} on {} no longer runs the program xpol applied (changed from outside?); nothing was replaced", a.hook, a.interface)
-                        } else {
-                            format!("switching {} on {}: {e}", a.hook, a.interface)
-                        })
-                    })
-                })
-                .map(|()| Some(old_prog))
-            }
-            _ => {
+        let path = dir.join(&a.link);
+        let link = sys::obj_get(&path, 0).ok().and_then(|fd| sys::link_info(fd.as_fd()).ok().map(|info| (fd, info)));
+        let step = match link {
+            Some((fd, info)) if info.ifindex != 0 => match held.get(&info.prog_id) {
+                Some(expected) => loaded
+                    .program_fd(&a.hook)
+                    .and_then(|new| sys::link_update(fd.as_fd(), new, expected.as_fd()).map_err(|e| fail(format!("switching {} on {}: {e}", a.hook, a.interface))))
+                    .map(|()| Step::Updated(info.prog_id)),
+                None => Err(fail(format!(
+                    "{} on {} runs program {}, which is not this policy's (changed from outside); nothing was replaced",
+                    a.hook, a.interface, info.prog_id
+                ))),
+            },
+            // Missing, or detached under us: attach afresh.
+            stale => {
+                if stale.is_some() {
+                    let _ = std::fs::remove_file(&path);
+                }
                 let mode = parse_mode(&a.mode).unwrap_or_default();
-                loaded.attach(&a.hook, &a.interface, mode).and_then(|()| loaded.pin_last_link(&dir.join(&a.link))).map(|()| None)
+                loaded.attach(&a.hook, &a.interface, mode).and_then(|()| loaded.pin_last_link(&path)).map(|()| Step::Attached)
             }
         };
         match step {
-            Ok(old_prog) => done.push((a, old_prog)),
+            Ok(step) => done.push((a, step)),
             Err(e) => {
-                result = Err(e);
+                failed = Some(e);
                 break;
             }
         }
     }
-    if let Err(e) = result {
-        for (a, old_prog) in done {
-            let path = dir.join(&a.link);
-            match old_prog {
-                // Back to the program it ran.
-                Some(id) => {
-                    if let (Ok(link), Ok(old)) = (sys::obj_get(&path, 0), sys::prog_fd_by_id(id)) {
-                        let _ = loaded.program_fd(&a.hook).map(|new| sys::link_update(link.as_fd(), old.as_fd(), new));
-                    }
-                }
-                None => {
-                    let _ = std::fs::remove_file(&path);
-                }
+    let Some(error) = failed else { return Ok(()) };
+    let mut rolled_back = true;
+    for (a, step) in done {
+        let path = dir.join(&a.link);
+        rolled_back &= match step {
+            Step::Updated(id) => {
+                let back = sys::obj_get(&path, 0).ok().zip(held.get(&id)).zip(loaded.program_fd(&a.hook).ok());
+                back.is_some_and(|((link, old), new)| sys::link_update(link.as_fd(), old.as_fd(), new).is_ok())
             }
-        }
-        return Err(e);
+            Step::Attached => std::fs::remove_file(&path).is_ok(),
+        };
     }
-    // Attachments the new generation does not have: unpinning detaches.
-    for o in previous.map(|p| p.attachments.as_slice()).unwrap_or_default() {
-        if !record.attachments.iter().any(|a| a.link == o.link) {
-            let _ = std::fs::remove_file(dir.join(&o.link));
-        }
-    }
-    Ok(())
+    Err(SwitchFailure { error, rolled_back })
 }
 
 /// A change to one named set of an applied policy.
@@ -371,10 +491,25 @@ impl SetEditor {
             let names: Vec<&str> = meta.sets.iter().map(|s| s.name.as_str()).collect();
             RuntimeError::Apply { name: name.into(), message: format!("has no set `{set}` (its sets: {})", if names.is_empty() { "none".into() } else { names.join(", ") }) }
         })?;
+        if !s.mutable {
+            return Err(RuntimeError::Apply { name: name.into(), message: format!("`{set}` is a constant set: change it in the policy") });
+        }
+        // In-place changes go to the current generation's maps: they must be
+        // what every link runs.
+        if let Some(l) = applied.links.iter().find(|l| l.attached && !current.record.programs.values().any(|&p| p == l.prog_id)) {
+            return Err(RuntimeError::Apply {
+                name: name.into(),
+                message: format!("{} on {} does not run the recorded version; `xpol apply` again repairs it", l.hook, l.interface),
+            });
+        }
         let mut maps = HashMap::new();
         for m in s.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
             let path = current.dir.join(&m.map);
-            maps.insert(m.map.clone(), sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?);
+            let fd = sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
+            // The kernel writes a map's own key size: it must be the one the metadata says.
+            let key_size = if m.kind == xpol_lang::meta::SetMapKind::LpmV6 { 20 } else { 8 };
+            store::check_map_shape(&path, fd.as_fd(), key_size, 1)?;
+            maps.insert(m.map.clone(), fd);
         }
         Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps })
     }
@@ -403,8 +538,11 @@ impl SetEditor {
             _ => None,
         };
         if let Some(e) = one {
+            let add = matches!(change, SetChange::Add(_));
             if let Some((fd, key)) = self.single_key(&e) {
-                return self.change_in_place(matches!(change, SetChange::Add(_)), &e, fd.as_fd(), &key);
+                if add || self.set.elem != xpol_lang::meta::SetElem::Int || !self.covered_by_another(&e)? {
+                    return self.change_in_place(add, &e, fd.as_fd(), &key);
+                }
             }
         }
         let mut elements = self.elements.elements()?;
@@ -434,23 +572,28 @@ impl SetEditor {
         RuntimeError::SetElement { set: self.set.name.clone(), element: e.to_string(), reason: "not in the set".into() }
     }
 
+    /// One element added or removed with one map update. The list first on
+    /// add, the packet path first on delete, and an add or delete of what
+    /// is (not) listed still updates the map: a crash between the two
+    /// leaves a listed element that repeating the command mends.
     fn change_in_place(&self, add: bool, e: &str, map: std::os::fd::BorrowedFd<'_>, key: &[u8]) -> Result<()> {
         let err = |source: std::io::Error| RuntimeError::Map { map: format!("set {}", self.set.name), source };
+        let full = || RuntimeError::SetFull {
+            set: self.set.name.clone(),
+            capacity: self.set.capacity,
+            needed: "and one more was added".into(),
+        };
         if add {
-            if self.elements.contains(e)? {
-                return Ok(());
+            if !self.elements.contains(e)? {
+                self.elements.insert(e).map_err(|_| full())?;
             }
-            // The packet path first, then the list: a crash in between
-            // leaves an element that works but is not listed, and adding
-            // it again mends that.
-            sys::map_update(map, key, &[1], 0).map_err(|source| match source.raw_os_error() {
-                Some(libc::E2BIG) | Some(libc::ENOSPC) => RuntimeError::Apply {
-                    name: self.name.clone(),
-                    message: format!("set `{}` is full; declare a larger capacity (`set {}: ... max N`) and apply again", self.set.name, self.set.name),
-                },
-                _ => err(source),
-            })?;
-            self.elements.insert(e)
+            sys::map_update(map, key, &[1], 0).map_err(|source| {
+                let _ = self.elements.remove(e);
+                match source.raw_os_error() {
+                    Some(libc::E2BIG) | Some(libc::ENOSPC) => full(),
+                    _ => err(source),
+                }
+            })
         } else {
             if !self.elements.contains(e)? {
                 return Err(self.not_in_set(e));
@@ -458,6 +601,16 @@ impl SetEditor {
             sys::map_delete(map, key).map_err(err)?;
             self.elements.remove(e).map(|_| ())
         }
+    }
+
+    /// Whether another element of the set covers `e`'s one key (an integer
+    /// inside a listed range): deleting the key would then remove more
+    /// than `e`.
+    fn covered_by_another(&self, e: &str) -> Result<bool> {
+        let Ok(v) = e.parse::<u64>() else { return Ok(false) };
+        Ok(self.elements.elements()?.iter().any(|x| {
+            x.split_once("..").and_then(|(lo, hi)| Some((lo.parse::<u64>().ok()?, hi.parse::<u64>().ok()?))).is_some_and(|(lo, hi)| lo <= v && v <= hi)
+        }))
     }
 
     /// Loads the applied object again with `elements` in the set and

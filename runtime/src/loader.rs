@@ -626,6 +626,19 @@ impl PolicyMaps {
             let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Store(format!("map {file}: {e}")))?;
             maps.insert(map_of_pin_file(&file), data);
         }
+        // Lookups write the maps' own sizes: they must be what the metadata says.
+        let shape = |map: &str, key: u32, value: u32| -> Result<()> {
+            let Some(data) = maps.get(map) else { return Ok(()) };
+            let info = data.info().map_err(|e| RuntimeError::Store(format!("map {map}: {e}")))?;
+            if (info.key_size(), info.value_size()) != (key, value) {
+                return Err(RuntimeError::BadMetadata(format!("the pinned map `{map}` does not have the shape the policy's metadata gives it")));
+            }
+            Ok(())
+        };
+        shape(meta::RULES_MAP, 4, 16)?;
+        for m in &meta.maps {
+            shape(&m.map, m.key_size, 8)?;
+        }
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         Ok(PolicyMaps { meta, maps, cpus, base })
     }

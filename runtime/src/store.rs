@@ -136,7 +136,9 @@ impl ElementStore {
 
     pub(crate) fn open(dir: &Path, set: &str) -> Result<ElementStore> {
         let path = dir.join(format!("elems_{set}"));
-        Ok(ElementStore { fd: sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))? })
+        let fd = sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
+        check_map_shape(&path, fd.as_fd(), ELEMENT_KEY as u32, 1)?;
+        Ok(ElementStore { fd })
     }
 
     pub fn contains(&self, element: &str) -> Result<bool> {
@@ -197,6 +199,11 @@ pub struct Applied {
     pub links: Vec<LinkState>,
     /// Problems found, in words (unreadable records, detached links).
     pub problems: Vec<String>,
+    /// The link pins in the policy's directory, recorded or not.
+    pub pinned_links: Vec<String>,
+    /// The programs of every readable generation: what a link of this
+    /// policy may run.
+    pub known_programs: std::collections::BTreeSet<u32>,
 }
 
 /// The store, locked: shared for readers, exclusive for writers, so that a
@@ -240,6 +247,10 @@ pub(crate) fn own_dir(path: &Path) -> Result<()> {
 
 /// Checks that `path` is a directory xpol made.
 fn check_dir(path: &Path) -> Result<()> {
+    // Root's store seen by another user: a matter of rights, not a trap.
+    if sys::euid() != 0 && std::fs::symlink_metadata(path).is_ok_and(|md| md.uid() == 0 && md.is_dir()) {
+        return Err(RuntimeError::NotPermitted(format!("{} belongs to root: run xpol as root (applied policies are readable by root only)", path.display())));
+    }
     match foreign(path)? {
         None => Ok(()),
         Some(why) => Err(RuntimeError::StoreUnsafe { path: path.to_path_buf(), reason: why }),
@@ -345,9 +356,9 @@ impl Store {
                 Err(e) => problems.push(format!("generation {g}: {e}")),
             }
         }
+        let known_programs = gens.iter().flat_map(|g| g.record.programs.values().copied()).collect();
         // The links: which programs run, and whether they are still hooked.
-        let mut running = Vec::new();
-        let newest = gens.last().map(|g| g.record.attachments.clone()).unwrap_or_default();
+        let mut pinned = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
             if !file.starts_with("link_") {
@@ -355,30 +366,50 @@ impl Store {
             }
             let info = sys::obj_get(&entry.path(), 0).and_then(|fd| sys::link_info(fd.as_fd()));
             match info {
-                Ok(info) => running.push((file, info)),
-                Err(e) => problems.push(format!("link {file}: {e}")),
+                Ok(info) => pinned.push((file, Some(info))),
+                Err(e) => {
+                    problems.push(format!("link {file}: {e}"));
+                    pinned.push((file, None));
+                }
             }
         }
-        let ids: Vec<u32> = running.iter().map(|(_, i)| i.prog_id).collect();
-        // The generation whose programs the links run; without links, the newest.
-        let current = match gens.iter().rposition(|g| !ids.is_empty() && ids.iter().all(|id| g.record.programs.values().any(|p| p == id))) {
-            Some(i) => Some(gens.swap_remove(i)),
-            None => gens.pop(),
+        let runs = |g: &Generation, id: u32| g.record.programs.values().any(|&p| p == id);
+        let ids: Vec<u32> = pinned.iter().filter_map(|(_, i)| i.map(|i| i.prog_id)).collect();
+        // The generation the links run; when they disagree (an apply killed
+        // while switching), the one most of them run; without links, the newest.
+        let score = |g: &Generation| ids.iter().filter(|&&id| runs(g, id)).count();
+        let best = (0..gens.len()).max_by_key(|&i| (score(&gens[i]), i));
+        let current = match best {
+            Some(i) if ids.is_empty() || score(&gens[i]) > 0 => Some(gens.swap_remove(i)),
+            _ => None,
         };
-        let attachments = current.as_ref().map_or(newest, |g| g.record.attachments.clone());
         let mut links = Vec::new();
-        for a in &attachments {
-            let found = running.iter().find(|(f, _)| *f == a.link).map(|(_, i)| *i);
-            let attached = found.is_some_and(|i| i.ifindex != 0);
-            if !attached {
-                problems.push(format!("{} on {} is no longer attached (the interface went away, or it was detached from outside)", a.hook, a.interface));
+        if let Some(g) = &current {
+            for a in &g.record.attachments {
+                let found = pinned.iter().find(|(f, _)| *f == a.link).and_then(|(_, i)| *i);
+                let attached = found.is_some_and(|i| i.ifindex != 0);
+                let prog_id = found.map_or(0, |i| i.prog_id);
+                if !attached {
+                    problems.push(format!("{} on {} is no longer attached (the interface went away, or it was detached from outside); `xpol apply` again attaches it", a.hook, a.interface));
+                } else if !runs(g, prog_id) {
+                    problems.push(format!(
+                        "{} on {} runs program {prog_id}, not this generation's ({}); `xpol apply` again repairs it",
+                        a.hook,
+                        a.interface,
+                        if gens.iter().any(|o| runs(o, prog_id)) { "an apply was interrupted while switching" } else { "changed from outside" }
+                    ));
+                }
+                links.push(LinkState { interface: a.interface.clone(), hook: a.hook.clone(), attached, prog_id });
             }
-            links.push(LinkState { interface: a.interface.clone(), hook: a.hook.clone(), attached, prog_id: found.map_or(0, |i| i.prog_id) });
-        }
-        if current.is_none() {
+            for (file, _) in pinned.iter().filter(|(f, _)| !g.record.attachments.iter().any(|a| &a.link == f)) {
+                problems.push(format!("link {file} is not part of the policy (an apply was interrupted); `xpol apply` again removes it"));
+            }
+        } else if !pinned.is_empty() {
+            problems.push("its links run no program that a readable record names; `xpol delete` removes it".into());
+        } else {
             problems.push("no complete record: an apply was interrupted; `xpol delete` removes it".into());
         }
-        Ok(Applied { name: name.to_string(), current, links, problems })
+        Ok(Applied { name: name.to_string(), current, links, problems, pinned_links: pinned.into_iter().map(|(f, _)| f).collect(), known_programs })
     }
 
     /// The applied policy whose program `prog_id` runs on `hook` of `iface`.
@@ -409,12 +440,33 @@ fn not_permitted_or(path: &Path, e: std::io::Error) -> RuntimeError {
     }
 }
 
+/// The link pins in a policy's directory.
+pub(crate) fn link_pins(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?;
+    Ok(entries.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| n.starts_with("link_")).collect())
+}
+
 /// The generation numbers under a policy's directory, ascending.
 pub(crate) fn generations(dir: &Path) -> Result<Vec<u64>> {
     let entries = std::fs::read_dir(dir).map_err(|e| RuntimeError::Store(format!("{}: {e}", dir.display())))?;
     let mut gens: Vec<u64> = entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("gen_")).and_then(|g| g.parse().ok())).collect();
     gens.sort_unstable();
     Ok(gens)
+}
+
+/// Checks that the map pinned at `path` has the key and value sizes xpol
+/// reads it with: the kernel writes a map's own sizes into the buffers it
+/// is given, so a pin of another shape (planted, or from another version)
+/// must never reach a lookup.
+pub(crate) fn check_map_shape(path: &Path, fd: std::os::fd::BorrowedFd<'_>, key_size: u32, value_size: u32) -> Result<()> {
+    let (_, key, value, _) = sys::map_shape(fd).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
+    if (key, value) != (key_size, value_size) {
+        return Err(RuntimeError::Store(format!(
+            "{}: a map with {key}-byte keys and {value}-byte values, where xpol keeps {key_size} and {value_size}: not xpol's, or from another version",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a generation's record and object.
@@ -463,6 +515,7 @@ pub(crate) fn write_record(dir: &Path, record: &Record, object: &[u8]) -> Result
 fn read_blob(path: &Path) -> Result<Vec<u8>> {
     let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", path.display()));
     let fd = sys::obj_get(path, sys::BPF_F_RDONLY).map_err(io)?;
+    check_map_shape(path, fd.as_fd(), 4, BLOB_CHUNK as u32)?;
     let mut out = Vec::new();
     let mut chunk = vec![0u8; BLOB_CHUNK];
     let mut i = 0u32;
@@ -502,7 +555,11 @@ pub(crate) fn write_base(fd: &OwnedFd, counters: &[RuleCounters]) -> Result<()> 
 /// The carried-over counters of a generation (zeros when it has none).
 pub(crate) fn read_base(dir: &Path, rules: usize) -> Vec<RuleCounters> {
     let mut out = vec![RuleCounters::default(); rules];
-    let Ok(fd) = sys::obj_get(&dir.join("base"), sys::BPF_F_RDONLY) else { return out };
+    let path = dir.join("base");
+    let Ok(fd) = sys::obj_get(&path, sys::BPF_F_RDONLY) else { return out };
+    if check_map_shape(&path, fd.as_fd(), 4, 16 * rules.max(1) as u32).is_err() {
+        return out;
+    }
     let mut value = vec![0u8; 16 * rules.max(1)];
     if sys::map_lookup(fd.as_fd(), &0u32.to_le_bytes(), &mut value).unwrap_or(false) {
         for (c, v) in out.iter_mut().zip(value.chunks_exact(16)) {

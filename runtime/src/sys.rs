@@ -414,6 +414,15 @@ pub fn links() -> Vec<LinkInfo> {
     out
 }
 
+/// What the kernel says of a map: (type, key size, value size, max entries).
+pub fn map_shape(map: BorrowedFd<'_>) -> io::Result<(u32, u32, u32, u32)> {
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries, ...
+    let mut buf = [0u32; 24];
+    let mut attr = InfoAttr { bpf_fd: map.as_raw_fd() as u32, info_len: std::mem::size_of_val(&buf) as u32, info: buf.as_mut_ptr() as u64 };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((buf[0], buf[2], buf[3], buf[4]))
+}
+
 /// The id of the program behind `prog` (`struct bpf_prog_info`: type, id).
 pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
     let mut buf = [0u32; 64];

@@ -277,7 +277,7 @@ pub const REPORT_SCHEMA: u32 = 1;
 
 /// One report: every rule's counters and rate, every @map's size and top
 /// keys, every named set's size.
-fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Result<serde_json::Value> {
+fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Totals, dt: f64) -> Result<serde_json::Value> {
     let counters = policy.rule_counters()?;
     let meta = policy.meta();
     let keys = xpol_runtime::apply::rule_identities(meta);
@@ -287,12 +287,15 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &[(u64
         .zip(&counters)
         .enumerate()
         .map(|(i, (r, c))| {
-            let (p0, b0) = previous.get(i).copied().unwrap_or((0, 0));
+            // By identity: a replace between two reports may move rules.
+            // A rule new since the last report has no rate yet.
+            let new_rule = if previous.is_empty() { (0, 0) } else { (c.packets, c.bytes) };
+            let (p0, b0) = previous.get(&keys[i]).copied().unwrap_or(new_rule);
             serde_json::json!({
                 "id": r.id, "key": keys[i], "verdict": r.verdict, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
                 "packets": c.packets, "bytes": c.bytes,
-                "pps": if dt > 0.0 { (c.packets - p0) as f64 / dt } else { 0.0 },
-                "bps": if dt > 0.0 { (c.bytes - b0) as f64 * 8.0 / dt } else { 0.0 },
+                "pps": if dt > 0.0 { c.packets.saturating_sub(p0) as f64 / dt } else { 0.0 },
+                "bps": if dt > 0.0 { c.bytes.saturating_sub(b0) as f64 * 8.0 / dt } else { 0.0 },
             })
         })
         .collect();
@@ -352,9 +355,16 @@ fn show_report(report: &serde_json::Value, json: bool, terminal: bool) {
     }
 }
 
-/// Each rule's (packets, bytes) in a report: the base of the next rates.
-fn rule_totals(report: &serde_json::Value) -> Vec<(u64, u64)> {
-    report["rules"].as_array().into_iter().flatten().map(|r| (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))).collect()
+/// Each rule's (packets, bytes) by rule identity: the base of the next rates.
+type Totals = std::collections::HashMap<String, (u64, u64)>;
+
+fn rule_totals(report: &serde_json::Value) -> Totals {
+    report["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["key"].as_str().unwrap_or("").to_string(), (r["packets"].as_u64().unwrap_or(0), r["bytes"].as_u64().unwrap_or(0))))
+        .collect()
 }
 
 /// A one-line report for logs and pipes.
@@ -591,7 +601,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     let start = Instant::now();
     let interval = Duration::from_secs_f64(interval.max(0.1));
     let terminal = std::io::stdout().is_terminal();
-    let mut previous: Vec<(u64, u64)> = Vec::new();
+    let mut previous = Totals::new();
     let mut last = Instant::now();
     let report = loop {
         let next = last + interval;
@@ -707,7 +717,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
-            let report = snapshot(loaded.maps(), "-", 0.0, &[], 0.0)?;
+            let report = snapshot(loaded.maps(), "-", 0.0, &Totals::new(), 0.0)?;
             if json {
                 println!("{}", serde_json::json!({"counters": report}));
             } else {

@@ -50,6 +50,9 @@ fn apply_object(policy: &Path, object: &[u8], target: &Target, json: bool) -> Re
         set_contents: Default::default(),
     };
     let outcome = apply::apply(&store, &req)?;
+    for w in &outcome.warnings {
+        eprintln!("warning: `{name}` was replaced, but {w}");
+    }
     if json {
         println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "applied": name, "outcome": outcome}));
     } else if outcome.replaced {
@@ -76,41 +79,50 @@ pub fn apply(policy: &Path, target: &Target, json: bool, rejection: &RejectionOp
 
 /// `apply --watch`: applies, then again after each change to a file the
 /// policy read, until Ctrl-C or SIGTERM. A failed version is reported and
-/// the running one stays.
+/// the running one stays. One watcher lives from before the first read, so
+/// a change made while a version compiles or loads is not missed.
 pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
+    use notify::Watcher;
     use std::sync::atomic::{AtomicBool, Ordering};
     xpol_runtime::store::check_name(&target.name)?;
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
+    let mut watched: Vec<PathBuf> = Vec::new();
+    let dir_of = |f: &Path| f.canonicalize().unwrap_or_else(|_| f.to_path_buf()).parent().map(Path::to_path_buf);
+    if let Some(d) = dir_of(policy) {
+        watcher.watch(&d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
+        watched.push(d);
+    }
     loop {
         let (object, files) = object_of(policy, rejection)?;
+        // Directories of files the policy now reads (an include added).
+        for d in files.iter().filter_map(|f| dir_of(f)) {
+            if !watched.contains(&d) {
+                watcher.watch(&d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
+                watched.push(d);
+            }
+        }
         match object.map(|o| apply_object(policy, &o, target, json)) {
             Some(Ok(())) => {}
             Some(Err(e)) => eprintln!("error: {e:#}"),
             None => eprintln!("{} not applied; the running version stays", policy.display()),
         }
         eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", files.len(), policy.display(), target.name);
-        if !wait_for_change(&files, &stop)? {
+        if !wait_for_change(&rx, &files, &stop)? {
             return Ok(ExitCode::SUCCESS);
         }
     }
 }
 
 /// Waits until one of `files` changes (true) or `stop` is set (false).
-/// Watches their directories, so that editors that save by renaming a new
-/// file over the old one are seen; changes within 200 ms count as one.
-fn wait_for_change(files: &[PathBuf], stop: &std::sync::atomic::AtomicBool) -> Result<bool> {
-    use notify::Watcher;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
+/// The watcher watches their directories, so that editors that save by
+/// renaming a new file over the old one are seen; changes within 200 ms
+/// count as one.
+fn wait_for_change(rx: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>, files: &[PathBuf], stop: &std::sync::atomic::AtomicBool) -> Result<bool> {
     let canonical: Vec<PathBuf> = files.iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect();
-    let mut dirs: Vec<&Path> = canonical.iter().filter_map(|f| f.parent()).collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        watcher.watch(d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
-    }
     let ours = |e: &notify::Event| !e.kind.is_access() && e.paths.iter().any(|p| canonical.iter().any(|f| f == p || f.file_name() == p.file_name() && f.parent() == p.parent()));
     loop {
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -200,7 +212,7 @@ pub fn list(json: bool) -> Result<ExitCode> {
 }
 
 /// A report of the current generation of `name`, read afresh.
-fn report_of(name: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Result<(serde_json::Value, Vec<String>)> {
+fn report_of(name: &str, elapsed: f64, previous: &super::Totals, dt: f64) -> Result<(serde_json::Value, Vec<String>)> {
     let store = Store::read()?.with_context(|| format!("no policy is applied as `{name}` (see `xpol list`)"))?;
     let applied = store.applied(name)?;
     let current = applied.current.as_ref().with_context(|| format!("`{name}`: {}", applied.problems.join("; ")))?;
@@ -212,7 +224,7 @@ fn report_of(name: &str, elapsed: f64, previous: &[(u64, u64)], dt: f64) -> Resu
 }
 
 pub fn stats(name: &str, json: bool) -> Result<ExitCode> {
-    let (report, problems) = report_of(name, 0.0, &[], 0.0)?;
+    let (report, problems) = report_of(name, 0.0, &super::Totals::new(), 0.0)?;
     if json {
         println!("{report}");
     } else {
@@ -230,7 +242,8 @@ pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Re
     }
     let start = Instant::now();
     let terminal = std::io::stdout().is_terminal();
-    let mut previous = Vec::new();
+    // Rates from the counters as they are now, not since the first apply.
+    let mut previous = rule_totals(&report_of(name, 0.0, &super::Totals::new(), 0.0)?.0);
     let mut last = Instant::now();
     loop {
         std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
