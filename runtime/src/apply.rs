@@ -230,21 +230,14 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
 /// `BPF_LINK_UPDATE`, so `auto` keeps the running one and another mode is
 /// refused.
 fn normalized<'a>(req: &ApplyRequest<'a>, previous: Option<&Generation>) -> Result<ApplyRequest<'a>> {
-    let mut interfaces: Vec<String> = Vec::new();
-    for i in &req.interfaces {
-        if !interfaces.contains(i) {
-            interfaces.push(i.clone());
-        }
-    }
-    let hooks = req.hooks.as_ref().map(|h| {
-        let mut out: Vec<String> = Vec::new();
-        for x in h {
-            if !out.contains(x) {
-                out.push(x.clone());
-            }
+    let unique = |v: &[String]| v.iter().fold(Vec::<String>::new(), |mut out, x| {
+        if !out.contains(x) {
+            out.push(x.clone());
         }
         out
     });
+    let interfaces = unique(&req.interfaces);
+    let hooks = req.hooks.as_deref().map(unique);
     let mut mode = req.mode;
     if let Some(old) = previous.and_then(|p| p.record.attachments.iter().find(|a| a.hook == "xdp")) {
         let old_mode = parse_mode(&old.mode).unwrap_or_default();
@@ -289,16 +282,13 @@ fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &Obje
     (counters, carried)
 }
 
-/// An XDP hook held by another applied policy: say which (the loader
-/// cannot look while this apply holds the store).
+/// An XDP hook held by another applied policy: say which, with the store
+/// this apply holds (the loader cannot read it meanwhile).
 fn name_the_holder(store: &Store, e: RuntimeError) -> RuntimeError {
-    let RuntimeError::XdpBusy { iface, holder } = e else { return e };
-    let held = sys::links().into_iter().find(|l| l.link_type == sys::BPF_LINK_TYPE_XDP && l.ifindex == sys::if_nametoindex(&iface));
-    let holder = match held.and_then(|l| store.holder(&iface, "xdp", l.prog_id)) {
-        Some(name) => format!("the xpol policy `{name}` holds it; replace it with `xpol apply ... --name {name}`, or remove it with `xpol delete {name}`"),
-        None => holder,
-    };
-    RuntimeError::XdpBusy { iface, holder }
+    match e {
+        RuntimeError::XdpBusy { iface, .. } => RuntimeError::XdpBusy { holder: loader::xdp_holder(&iface, Some(store)), iface },
+        e => e,
+    }
 }
 
 /// The contents each set of the new object gets (see the module doc).
@@ -619,22 +609,15 @@ impl SetEditor {
         let applied = store.applied(&self.name)?;
         let current = applied.current.ok_or_else(|| RuntimeError::NotApplied(self.name.clone()))?;
         let r = &current.record;
-        let (mut hooks, mut interfaces): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-        for a in &r.attachments {
-            if !hooks.contains(&a.hook) {
-                hooks.push(a.hook.clone());
-            }
-            if !interfaces.contains(&a.interface) {
-                interfaces.push(a.interface.clone());
-            }
-        }
+        // The same attachments (`apply` names each pair once, and `auto`
+        // keeps the running XDP mode).
         let req = ApplyRequest {
             name: &self.name,
             object: &current.object,
             source: r.source.clone(),
-            interfaces,
-            hooks: Some(hooks),
-            mode: r.attachments.first().and_then(|a| parse_mode(&a.mode)).unwrap_or_default(),
+            interfaces: r.attachments.iter().map(|a| a.interface.clone()).collect(),
+            hooks: Some(r.attachments.iter().map(|a| a.hook.clone()).collect()),
+            mode: XdpAttachMode::Auto,
             set_contents: BTreeMap::from([(self.set.name.clone(), elements)]),
         };
         // Every other set keeps its live contents: the object's

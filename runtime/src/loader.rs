@@ -487,7 +487,7 @@ impl LoadedPolicy {
                 _ => None,
             };
             match errno {
-                Some(libc::EBUSY) | Some(libc::EEXIST) => RuntimeError::XdpBusy { iface: iface.to_string(), holder: xdp_holder(iface) },
+                Some(libc::EBUSY) | Some(libc::EEXIST) => RuntimeError::XdpBusy { iface: iface.to_string(), holder: xdp_holder(iface, None) },
                 Some(libc::EOPNOTSUPP) if mode == XdpAttachMode::Native => RuntimeError::NoNativeXdp { iface: iface.to_string() },
                 Some(libc::EPERM) => RuntimeError::NotPermitted(format!("not permitted to attach to `{iface}`: CAP_NET_ADMIN is needed ({e})")),
                 _ => RuntimeError::Attach { program: name.clone(), iface: iface.to_string(), message: e.to_string() },
@@ -782,15 +782,20 @@ fn map_of_pin_file(file: &str) -> String {
 }
 
 /// Who holds the XDP hook of `iface`, and the command that frees it.
-fn xdp_holder(iface: &str) -> String {
+/// `store`: the store when this process holds it (an apply); else it is
+/// read without waiting, as another process may be changing it.
+pub(crate) fn xdp_holder(iface: &str, store: Option<&crate::store::Store>) -> String {
     let ifindex = sys::if_nametoindex(iface);
     let link = sys::links().into_iter().find(|l| l.link_type == sys::BPF_LINK_TYPE_XDP && l.ifindex == ifindex);
     let Some(link) = link else {
         // Attached without a link (ip link, libxdp): netlink frees it.
         return format!("remove it with `ip link set dev {iface} xdp off` (or `xdpgeneric off` for a program attached in generic mode)");
     };
-    // Without waiting for the store: this process may hold it (an apply).
-    let applied = crate::store::Store::read_now().ok().flatten().and_then(|store| store.holder(iface, "xdp", link.prog_id));
+    let read = || crate::store::Store::read_now().ok().flatten();
+    let applied = match store {
+        Some(store) => store.holder(iface, "xdp", link.prog_id),
+        None => read().and_then(|store| store.holder(iface, "xdp", link.prog_id)),
+    };
     match applied {
         Some(name) => format!("the xpol policy `{name}` holds it; replace it with `xpol apply ... --name {name}`, or remove it with `xpol delete {name}`"),
         None => format!(

@@ -23,17 +23,11 @@ struct MapElemAttr {
     flags: u64,
 }
 
-/// `union bpf_attr` as used by `BPF_MAP_CREATE` (the fields we set, then
-/// zeros up to the size the kernel accepts from older callers).
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    _rest: [u32; 11],
+/// A descriptor the kernel just returned from `bpf()`, owned from here on.
+fn owned(fd: libc::c_long) -> std::os::fd::OwnedFd {
+    // SAFETY: the kernel just returned this descriptor to us, and nothing
+    // else holds it.
+    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
@@ -94,13 +88,8 @@ pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) ->
 /// Whether this process can create BPF objects, tried by creating (and
 /// closing) a one-element array map. The error says why not, in words.
 pub fn can_load_bpf() -> Result<(), String> {
-    let mut attr = MapCreateAttr { map_type: BPF_MAP_TYPE_ARRAY, key_size: 4, value_size: 4, max_entries: 1, ..Default::default() };
-    match bpf(BPF_MAP_CREATE, &mut attr) {
-        Ok(fd) => {
-            // SAFETY: the kernel just returned this descriptor to us.
-            unsafe { libc::close(fd as libc::c_int) };
-            Ok(())
-        }
+    match map_create("xpol_probe", BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0) {
+        Ok(_closed_on_drop) => Ok(()),
         Err(e) => Err(match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {
                 "not permitted to use bpf(): run as root, or grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels before 5.8)".to_string()
@@ -307,8 +296,7 @@ pub fn obj_get(path: &std::path::Path, flags: u32) -> io::Result<std::os::fd::Ow
     let c = path_cstring(path)?;
     let mut attr = ObjAttr { pathname: c.as_ptr() as u64, file_flags: flags, ..Default::default() };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel just returned this descriptor to us; we own it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    Ok(owned(fd))
 }
 
 fn path_cstring(path: &std::path::Path) -> io::Result<std::ffi::CString> {
@@ -331,16 +319,14 @@ const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 pub fn link_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
     let mut attr = GetByIdAttr { id, ..Default::default() };
     let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: the kernel just returned this descriptor to us; we own it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    Ok(owned(fd))
 }
 
 /// `BPF_PROG_GET_FD_BY_ID`.
 pub fn prog_fd_by_id(id: u32) -> io::Result<std::os::fd::OwnedFd> {
     let mut attr = GetByIdAttr { id, ..Default::default() };
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: the kernel just returned this descriptor to us; we own it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    Ok(owned(fd))
 }
 
 /// `union bpf_attr` as used by `BPF_LINK_UPDATE`.
@@ -499,8 +485,7 @@ fn map_create(name: &str, map_type: u32, key_size: u32, value_size: u32, max_ent
     }
     let mut attr = NamedMapCreateAttr { map_type, key_size, value_size, max_entries, map_flags, map_name, ..Default::default() };
     let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: the kernel just returned this descriptor to us; we own it.
-    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+    Ok(owned(fd))
 }
 
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;

@@ -229,7 +229,18 @@ fn load_build(build: &xpol_compiler::Build, options: &xpol_runtime::loader::Load
     let Some(out) = &build.output else { return Ok(None) };
     match LoadedPolicy::load_with(&out.object, options) {
         Ok(p) => Ok(Some(p)),
-        Err(xpol_runtime::loader::RuntimeError::Verifier { program, log, .. }) => {
+        Err(e) => explain_load_error(build, e, rejection).map(|()| None),
+    }
+}
+
+/// Shows a kernel rejection of a build's object at the policy's source
+/// (the verifier at the rule, a refused map at its declaration); any other
+/// error is passed on.
+fn explain_load_error(build: &xpol_compiler::Build, e: xpol_runtime::loader::RuntimeError, rejection: &RejectionOptions) -> Result<()> {
+    let color = std::io::stderr().is_terminal();
+    let Some(out) = &build.output else { return Err(e).context("loading the policy into the kernel") };
+    match e {
+        xpol_runtime::loader::RuntimeError::Verifier { program, log, .. } => {
             let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
             let verbose = rejection.verbose || std::env::var("XPOL_VERBOSE").is_ok_and(|v| v == "1");
             let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
@@ -238,14 +249,14 @@ fn load_build(build: &xpol_compiler::Build, options: &xpol_runtime::loader::Load
                 common::write_atomically(path, log.as_bytes())?;
                 eprintln!("wrote the verifier's log of `{program}` to {}", path.display());
             }
-            Ok(None)
+            Ok(())
         }
-        Err(xpol_runtime::loader::RuntimeError::Map { map, source }) => {
+        xpol_runtime::loader::RuntimeError::Map { map, source } => {
             let d = xpol_compiler::verifier::explain_map(&map, &source, out);
             eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
-            Ok(None)
+            Ok(())
         }
-        Err(e) => Err(e).context("loading the policy into the kernel"),
+        e => Err(e).context("loading the policy into the kernel"),
     }
 }
 

@@ -2,13 +2,14 @@
 //! `watch` and `set`. The state they act on lives in bpffs
 //! (`xpol_runtime::store`); these functions only parse, call and print.
 
-use super::{load_policy_and_build, print_table, rule_totals, show_report, snapshot, RejectionOptions, SetOp};
+use super::{explain_load_error, print_table, rule_totals, show_report, snapshot, RejectionOptions, SetOp};
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use xpol_runtime::apply::{self, ApplyRequest, SetChange};
+use xpol_runtime::loader::RuntimeError;
 use xpol_runtime::store::{Applied, Store};
 
 /// Where and under which name to apply a policy.
@@ -19,25 +20,33 @@ pub struct Target {
     pub mode: xpol_runtime::loader::XdpAttachMode,
 }
 
-/// Compiles (or reads) the policy and checks it in the kernel, showing a
-/// verifier rejection at its source; `None` when that was reported. Also
-/// the files it read (the policy, its includes, its set files).
-fn object_of(policy: &Path, rejection: &RejectionOptions) -> Result<(Option<Vec<u8>>, Vec<PathBuf>)> {
-    if policy.extension().is_some_and(|e| e == "o") {
-        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
-        return Ok((Some(object), vec![policy.to_path_buf()]));
-    }
-    // Loading once here shows a verifier rejection at the policy's source;
-    // the apply then loads the checked object beside the running one.
-    let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() };
-    let files = |b: &xpol_compiler::Build| b.sources.files().filter_map(|(_, f)| f.path.clone()).collect::<Vec<_>>();
-    let (loaded, build) = load_policy_and_build(policy, &options, rejection)?;
-    let read = build.as_ref().map(files).filter(|f| !f.is_empty()).unwrap_or_else(|| vec![policy.to_path_buf()]);
-    Ok((loaded.and(build).and_then(|b| b.output).map(|o| o.object), read))
+/// A policy ready to apply: its object, and the build it came from (for
+/// showing a kernel rejection at its source), or `None` when the compiler
+/// reported why not; and the files it read (the policy, its includes, its
+/// set files).
+struct Compiled {
+    object: Option<(Vec<u8>, Option<xpol_compiler::Build>)>,
+    files: Vec<PathBuf>,
 }
 
-/// Applies a checked object.
-fn apply_object(policy: &Path, object: &[u8], target: &Target, json: bool) -> Result<()> {
+fn compile(policy: &Path) -> Result<Compiled> {
+    if policy.extension().is_some_and(|e| e == "o") {
+        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        return Ok(Compiled { object: Some((object, None)), files: vec![policy.to_path_buf()] });
+    }
+    let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
+    if !build.diagnostics.is_empty() {
+        eprint!("{}", xpol_lang::render::render_human(&build.diagnostics, &build.sources, std::io::stderr().is_terminal()));
+    }
+    let files: Vec<PathBuf> = build.sources.files().filter_map(|(_, f)| f.path.clone()).collect();
+    let files = if files.is_empty() { vec![policy.to_path_buf()] } else { files };
+    let object = build.output.as_ref().map(|o| o.object.clone());
+    Ok(Compiled { object: object.map(|o| (o, Some(build))), files })
+}
+
+/// Applies an object; `false` when the kernel refused it and that was
+/// shown at the policy's source (the apply verifies it, once).
+fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Build>, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<bool> {
     let name = &target.name;
     let store = Store::write()?;
     let req = ApplyRequest {
@@ -49,7 +58,14 @@ fn apply_object(policy: &Path, object: &[u8], target: &Target, json: bool) -> Re
         mode: target.mode,
         set_contents: Default::default(),
     };
-    let outcome = apply::apply(&store, &req)?;
+    let outcome = match (apply::apply(&store, &req), build) {
+        (Ok(outcome), _) => outcome,
+        (Err(e @ (RuntimeError::Verifier { .. } | RuntimeError::Map { .. })), Some(build)) => {
+            explain_load_error(build, e, rejection)?;
+            return Ok(false);
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     for w in &outcome.warnings {
         eprintln!("warning: `{name}` was replaced, but {w}");
     }
@@ -67,14 +83,13 @@ fn apply_object(policy: &Path, object: &[u8], target: &Target, json: bool) -> Re
     } else {
         eprintln!("applied {} as `{name}` on {}: it stays attached until `xpol delete {name}`", policy.display(), target.interfaces.join(", "));
     }
-    Ok(())
+    Ok(true)
 }
 
 pub fn apply(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
     xpol_runtime::store::check_name(&target.name)?;
-    let (Some(object), _) = object_of(policy, rejection)? else { return Ok(ExitCode::FAILURE) };
-    apply_object(policy, &object, target, json)?;
-    Ok(ExitCode::SUCCESS)
+    let Some((object, build)) = compile(policy)?.object else { return Ok(ExitCode::FAILURE) };
+    Ok(if apply_object(policy, &object, build.as_ref(), target, json, rejection)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `apply --watch`: applies, then again after each change to a file the
@@ -97,7 +112,7 @@ pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &Rejec
         watched.push(d);
     }
     loop {
-        let (object, files) = object_of(policy, rejection)?;
+        let Compiled { object, files } = compile(policy)?;
         // Directories of files the policy now reads (an include added).
         for d in files.iter().filter_map(|f| dir_of(f)) {
             if !watched.contains(&d) {
@@ -105,10 +120,10 @@ pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &Rejec
                 watched.push(d);
             }
         }
-        match object.map(|o| apply_object(policy, &o, target, json)) {
-            Some(Ok(())) => {}
+        match object.map(|(o, build)| apply_object(policy, &o, build.as_ref(), target, json, rejection)) {
+            Some(Ok(true)) => {}
             Some(Err(e)) => eprintln!("error: {e:#}"),
-            None => eprintln!("{} not applied; the running version stays", policy.display()),
+            Some(Ok(false)) | None => eprintln!("{} not applied; the running version stays", policy.display()),
         }
         eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", files.len(), policy.display(), target.name);
         if !wait_for_change(&rx, &files, &stop)? {
