@@ -20,6 +20,7 @@
 //!   ([`rule_identities`]): added to the new generation's counters once the
 //!   old programs can no longer run.
 
+use crate::ipv4_edit::Ipv4Editor;
 use crate::loader::{self, LoadOptions, LoadedPolicy, RuntimeError, XdpAttachMode};
 use crate::store::{self, Attachment, Generation, Record, Store};
 use crate::sys;
@@ -458,18 +459,22 @@ pub fn change_set(store: &Store, name: &str, set: &str, change: SetChange) -> Re
 
 /// Changes to one named set of an applied policy, under the store's lock.
 ///
-/// A single element that lives in one key of a hash or LPM map (an
-/// integer, a MAC address, an IPv6 prefix) is added or removed in place:
-/// one map update, which the kernel makes atomic for the packet path.
-/// Everything else (IPv4 prefixes, which live in the shared prefix
-/// tables; ranges; several elements at once; replace and flush) loads the
-/// applied object again with the new contents and switches to it, as a
-/// replace does: a packet sees the whole old set or the whole new one.
+/// A single element is added or removed in place: one that lives in one
+/// key of a hash or LPM map (an integer, a MAC address, an IPv6 prefix)
+/// with one map update, which the kernel makes atomic for the packet
+/// path; an IPv4 prefix by copy on write in the shared prefix tables, one
+/// /16 at a time (`ipv4_edit`). Everything else (ranges, several elements
+/// at once, replace and flush, and an IPv4 change that finds no free
+/// chunk) loads the applied object again with the new contents and
+/// switches to it, as a replace does: a packet sees the whole old set or
+/// the whole new one.
 pub struct SetEditor {
     name: String,
     set: xpol_lang::meta::SetMeta,
     elements: store::ElementStore,
     maps: HashMap<String, std::os::fd::OwnedFd>,
+    /// The set's IPv4 tables, when they can be changed in place.
+    v4: Option<Ipv4Editor>,
 }
 
 impl SetEditor {
@@ -501,7 +506,8 @@ impl SetEditor {
             store::check_map_shape(&path, fd.as_fd(), key_size, 1)?;
             maps.insert(m.map.clone(), fd);
         }
-        Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps })
+        let v4 = Ipv4Editor::open(&current.dir, s)?;
+        Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps, v4 })
     }
 
     fn canonical(&self, e: &str) -> Result<String> {
@@ -534,6 +540,9 @@ impl SetEditor {
                     return self.change_in_place(add, &e, fd.as_fd(), &key);
                 }
             }
+            if let (Some(prefix), true) = (self.ipv4_prefix(&e), self.v4.is_some()) {
+                return self.change_ipv4_in_place(store, add, &e, prefix);
+            }
         }
         let mut elements = self.elements.elements()?;
         match change {
@@ -558,6 +567,82 @@ impl SetEditor {
         self.switch_to(store, elements)
     }
 
+    fn full(&self) -> RuntimeError {
+        RuntimeError::SetFull { set: self.set.name.clone(), capacity: self.set.capacity, needed: "and one more was added".into() }
+    }
+
+    /// `e` as an IPv4 prefix (address in host order, length), when the set
+    /// keeps it in the IPv4 tables.
+    fn ipv4_prefix(&self, e: &str) -> Option<(u32, u8)> {
+        match loader::parse_prefix(e) {
+            Ok((std::net::IpAddr::V4(a), len)) if self.set.elem == xpol_lang::meta::SetElem::Cidr && self.set.ipv4_slot.is_some() => Some((u32::from(a), len as u8)),
+            _ => None,
+        }
+    }
+
+    /// One IPv4 prefix added or removed in the tables in place, in the
+    /// order [`SetEditor::change_in_place`] keeps; when the tables have no
+    /// free chunk left, by reloading the set as listed.
+    fn change_ipv4_in_place(&mut self, store: &Store, add: bool, e: &str, (addr, len): (u32, u8)) -> Result<()> {
+        let text = |a: u32, l: u8| format!("{}/{l}", std::net::Ipv4Addr::from(a & u32::MAX.checked_shl(32 - u32::from(l)).unwrap_or(0)));
+        if add {
+            if !self.elements.contains(e)? {
+                self.elements.insert(e).map_err(|_| self.full())?;
+            }
+            let v4 = self.v4.as_mut().expect("checked by the caller");
+            if v4.paint(addr, len, true, &[])?.is_err() {
+                let elements = self.elements.elements()?;
+                return self.switch_to(store, elements);
+            }
+            return Ok(());
+        }
+        if !self.elements.contains(e)? {
+            return Err(self.not_in_set(e));
+        }
+        // A shorter prefix of the set still holds every address of `e`.
+        let mut covered = false;
+        for l in 0..len {
+            covered |= self.elements.contains(&text(addr, l))?;
+        }
+        if !covered {
+            let keep = self.ipv4_inside(addr, len)?;
+            let v4 = self.v4.as_mut().expect("checked by the caller");
+            if v4.paint(addr, len, false, &keep)?.is_err() {
+                let mut elements = self.elements.elements()?;
+                elements.retain(|x| x != e);
+                return self.switch_to(store, elements);
+            }
+        }
+        self.elements.remove(e).map(|_| ())
+    }
+
+    /// The set's IPv4 prefixes strictly inside `(addr, len)`: asked one by
+    /// one when there are few possible ones (62 at most, from /27), else
+    /// found among every element.
+    fn ipv4_inside(&self, addr: u32, len: u8) -> Result<Vec<(u32, u8)>> {
+        let mut inside = Vec::new();
+        if len >= 27 {
+            for l in len + 1..=32 {
+                for i in 0..1u32 << (l - len) {
+                    let a = addr | (i << (32 - l));
+                    if self.elements.contains(&format!("{}/{l}", std::net::Ipv4Addr::from(a)))? {
+                        inside.push((a, l));
+                    }
+                }
+            }
+            return Ok(inside);
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        for e in self.elements.elements()? {
+            if let Some((a, l)) = self.ipv4_prefix(&e) {
+                if l > len && a & mask == addr {
+                    inside.push((a, l));
+                }
+            }
+        }
+        Ok(inside)
+    }
+
     fn not_in_set(&self, e: &str) -> RuntimeError {
         RuntimeError::SetElement { set: self.set.name.clone(), element: e.to_string(), reason: "not in the set".into() }
     }
@@ -568,11 +653,7 @@ impl SetEditor {
     /// leaves a listed element that repeating the command mends.
     fn change_in_place(&self, add: bool, e: &str, map: std::os::fd::BorrowedFd<'_>, key: &[u8]) -> Result<()> {
         let err = |source: std::io::Error| RuntimeError::Map { map: format!("set {}", self.set.name), source };
-        let full = || RuntimeError::SetFull {
-            set: self.set.name.clone(),
-            capacity: self.set.capacity,
-            needed: "and one more was added".into(),
-        };
+        let full = || self.full();
         if add {
             if !self.elements.contains(e)? {
                 self.elements.insert(e).map_err(|_| full())?;

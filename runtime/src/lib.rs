@@ -11,5 +11,6 @@ pub mod packet;
 pub mod pcap;
 pub mod store;
 pub mod apply;
+mod ipv4_edit;
 pub mod sys;
 pub mod testing;

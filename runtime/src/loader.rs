@@ -223,6 +223,21 @@ fn adopt_map(ebpf: &Ebpf, name: &str, existing: &std::os::fd::OwnedFd) -> Result
     sys::replace_fd(existing.as_fd(), data.fd().as_fd()).map_err(|source| RuntimeError::Map { map: name.to_string(), source })
 }
 
+/// Puts a mappable map (`BPF_F_MMAPABLE`) of the same size in place of the
+/// object's one-value global-data map `name`, before any program is loaded:
+/// the IPv4 tables in `.bss`, which `xpol set` then changes word by word
+/// through a mapping (`ipv4_edit`). aya creates global data without the
+/// flag, and it cannot be added to an existing map.
+fn make_mappable(ebpf: &Ebpf, name: &str) -> Result<()> {
+    let err = |source: std::io::Error| RuntimeError::Map { map: name.to_string(), source };
+    let Some(Map::Array(data)) = ebpf.map(name) else { return Err(RuntimeError::UnknownMap(name.to_string())) };
+    let info = data.info().map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    let mappable = sys::mmapable_array_create("xpol_v4tables", info.value_size()).map_err(|e| {
+        err(if e.raw_os_error() == Some(libc::EINVAL) { std::io::Error::other(format!("{e}: mappable array maps need Linux 5.5")) } else { e })
+    })?;
+    sys::replace_fd(mappable.as_fd(), data.fd().as_fd()).map_err(err)
+}
+
 fn map_data(map: Map) -> Option<MapData> {
     match map {
         Map::Array(m) | Map::HashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => Some(m),
@@ -281,6 +296,9 @@ impl LoadedPolicy {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => RuntimeError::Map { map: name, source: io_error },
             e => RuntimeError::BadObject(e.to_string()),
         })?;
+        if meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.map == meta::IPV4_TABLES_MAP) {
+            make_mappable(&ebpf, meta::IPV4_TABLES_MAP)?;
+        }
         for (name, existing) in &options.adopt_maps {
             adopt_map(&ebpf, name, existing)?;
         }
@@ -533,13 +551,13 @@ impl LoadedPolicy {
         Ok(())
     }
 
-    /// Pins the maps other processes read (`xpol stats`): the object's own
-    /// maps and the counters in global data, not the rest of global data
-    /// (the IPv4 set tables in `.bss`, which nothing reads after loading).
-    /// bpffs refuses dots in names: global data is pinned under
-    /// [`pin_file`]'s name.
+    /// Pins the maps other processes use: the object's own maps, the
+    /// counters in global data (`xpol stats`) and the IPv4 set tables in
+    /// global data (`xpol set`); not the rest of global data. bpffs
+    /// refuses dots in names: global data is pinned under [`pin_file`]'s name.
     pub(crate) fn pin_maps(&self, dir: &Path) -> Result<()> {
-        for (map, data) in self.state.maps.iter().filter(|(m, _)| !m.starts_with('.') || m.as_str() == meta::COUNTERS_MAP) {
+        let pinned = |m: &str| !m.starts_with('.') || m == meta::COUNTERS_MAP || m == meta::IPV4_TABLES_MAP;
+        for (map, data) in self.state.maps.iter().filter(|(m, _)| pinned(m)) {
             data.pin(dir.join(pin_file(map))).map_err(|e| RuntimeError::Pin(format!("map {map}: {e}")))?;
         }
         Ok(())
@@ -765,7 +783,7 @@ impl PolicyMaps {
 
 /// The file a map is pinned as: its name, or for global data (`.data`)
 /// `global_data`, since bpffs refuses dots in names.
-fn pin_file(map: &str) -> String {
+pub(crate) fn pin_file(map: &str) -> String {
     match map.strip_prefix('.') {
         Some(section) => format!("global_{section}"),
         None => map.to_string(),
@@ -901,16 +919,16 @@ fn ipv4_wrong_shape() -> RuntimeError {
 /// The shared IPv4 tables as the metadata describes them: for root, mid
 /// and leaf, the capacity (root entries, chunks) and the map holding it;
 /// and whether `mid` entries are u32.
-struct Ipv4Shape<'a> {
-    capacities: [u64; 3],
-    maps: [&'a str; 3],
-    mid_wide: bool,
+pub(crate) struct Ipv4Shape<'a> {
+    pub(crate) capacities: [u64; 3],
+    pub(crate) maps: [&'a str; 3],
+    pub(crate) mid_wide: bool,
 }
 
 impl<'a> Ipv4Shape<'a> {
     /// From the maps of a set with an IPv4 slot (every such set lists the
     /// same three).
-    fn of(set: &'a meta::SetMeta) -> Result<Ipv4Shape<'a>> {
+    pub(crate) fn of(set: &'a meta::SetMeta) -> Result<Ipv4Shape<'a>> {
         let find = |kinds: &[SetMapKind]| set.maps.iter().find(|m| kinds.contains(&m.kind)).ok_or_else(ipv4_wrong_shape);
         let found = [find(&[SetMapKind::Ipv4Root])?, find(&[SetMapKind::Ipv4Mid16, SetMapKind::Ipv4Mid32])?, find(&[SetMapKind::Ipv4Leaf])?];
         Ok(Ipv4Shape {
@@ -941,7 +959,7 @@ impl<'a> Ipv4Shape<'a> {
 /// The map keys that store one set element (ranges expand to every integer).
 /// A set element in prefix form (`198.51.100.0/24`, an address alone is a
 /// full-length prefix).
-fn parse_prefix(s: &str) -> std::result::Result<(IpAddr, u32), String> {
+pub(crate) fn parse_prefix(s: &str) -> std::result::Result<(IpAddr, u32), String> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => {
             let a: IpAddr = a.parse().map_err(|_| "not an address".to_string())?;

@@ -466,6 +466,85 @@ pub fn array_map_create(name: &str, value_size: u32, entries: u32) -> io::Result
     map_create(name, BPF_MAP_TYPE_ARRAY, 4, value_size, entries, 0)
 }
 
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Creates an array map of one value of `value_size` bytes that user space
+/// can map into its memory ([`MappedValue`]): the IPv4 prefix tables in
+/// global data, which `xpol set` changes a word at a time while programs
+/// read them. (aya creates `.bss` without `BPF_F_MMAPABLE`; the loader
+/// puts this map in its place.) Linux 5.5 or later.
+pub fn mmapable_array_create(name: &str, value_size: u32) -> io::Result<std::os::fd::OwnedFd> {
+    map_create(name, BPF_MAP_TYPE_ARRAY, 4, value_size, 1, BPF_F_MMAPABLE)
+}
+
+/// The one value of an array map made by [`mmapable_array_create`],
+/// mapped shared and writable: a store here is what the programs read
+/// next, with no system call.
+pub struct MappedValue {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl MappedValue {
+    /// Maps the first `len` bytes of `map`'s value. Fails (`EINVAL`) when
+    /// the map is not mappable or is smaller.
+    pub fn map(map: BorrowedFd<'_>, len: usize) -> io::Result<MappedValue> {
+        if len == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a fresh shared mapping of the map's pages; the kernel
+        // checks the fd, the flags and that `len` fits in the map.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(MappedValue { ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap returned a mapping"), len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, offset: usize, len: usize) {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "access past the mapped value");
+    }
+
+    /// Copies bytes out of the value. Programs only read it, and writers
+    /// hold the store's lock, so nothing changes it meanwhile.
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        self.check(offset, out.len());
+        // SAFETY: in bounds (checked), and the mapping lives as long as self.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Copies bytes into the value: for bytes no program reads yet (a free
+    /// chunk), published later by [`MappedValue::publish_u32`].
+    pub fn write(&self, offset: usize, bytes: &[u8]) {
+        self.check(offset, bytes.len());
+        // SAFETY: in bounds (checked); the mapping lives as long as self.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset), bytes.len()) }
+    }
+
+    /// Stores one aligned u32 (little-endian, as BPF reads it on this
+    /// host) in a single store, after every earlier write: a program sees
+    /// the old word or the new one, and with the new one, what it points to.
+    pub fn publish_u32(&self, offset: usize, value: u32) {
+        self.check(offset, 4);
+        assert!(offset % 4 == 0, "unaligned publish");
+        // SAFETY: in bounds and aligned (the mapping is page-aligned);
+        // other CPUs only read the word, so an atomic view of it is sound.
+        let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) };
+        word.store(value.to_le(), std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for MappedValue {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 const BPF_F_NO_PREALLOC: u32 = 1;
 
