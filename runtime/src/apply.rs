@@ -475,6 +475,9 @@ pub struct SetEditor {
     maps: HashMap<String, std::os::fd::OwnedFd>,
     /// The set's IPv4 tables, when they can be changed in place.
     v4: Option<Ipv4Editor>,
+    /// The set's IPv4 prefixes, read the first time a delete needs those
+    /// inside a short prefix, then kept up to date by this editor.
+    v4_members: Option<std::collections::BTreeSet<(u32, u8)>>,
 }
 
 impl SetEditor {
@@ -507,7 +510,7 @@ impl SetEditor {
             maps.insert(m.map.clone(), fd);
         }
         let v4 = Ipv4Editor::open(&current.dir, s)?;
-        Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps, v4 })
+        Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps, v4, v4_members: None })
     }
 
     fn canonical(&self, e: &str) -> Result<String> {
@@ -594,6 +597,9 @@ impl SetEditor {
                 let elements = self.elements.elements()?;
                 return self.switch_to(store, elements);
             }
+            if let Some(members) = &mut self.v4_members {
+                members.insert((addr, len));
+            }
             return Ok(());
         }
         if !self.elements.contains(e)? {
@@ -613,13 +619,16 @@ impl SetEditor {
                 return self.switch_to(store, elements);
             }
         }
+        if let Some(members) = &mut self.v4_members {
+            members.remove(&(addr, len));
+        }
         self.elements.remove(e).map(|_| ())
     }
 
     /// The set's IPv4 prefixes strictly inside `(addr, len)`: asked one by
     /// one when there are few possible ones (62 at most, from /27), else
     /// found among every element.
-    fn ipv4_inside(&self, addr: u32, len: u8) -> Result<Vec<(u32, u8)>> {
+    fn ipv4_inside(&mut self, addr: u32, len: u8) -> Result<Vec<(u32, u8)>> {
         let mut inside = Vec::new();
         if len >= 27 {
             for l in len + 1..=32 {
@@ -632,15 +641,14 @@ impl SetEditor {
             }
             return Ok(inside);
         }
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        for e in self.elements.elements()? {
-            if let Some((a, l)) = self.ipv4_prefix(&e) {
-                if l > len && a & mask == addr {
-                    inside.push((a, l));
-                }
-            }
+        if self.v4_members.is_none() {
+            let mut members = std::collections::BTreeSet::new();
+            self.elements.for_each(|e| members.extend(self.ipv4_prefix(e)))?;
+            self.v4_members = Some(members);
         }
-        Ok(inside)
+        let last = addr | !u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        let members = self.v4_members.as_ref().expect("read above");
+        Ok(members.range((addr, 0)..=(last, 32)).copied().filter(|&(_, l)| l > len).collect())
     }
 
     fn not_in_set(&self, e: &str) -> RuntimeError {

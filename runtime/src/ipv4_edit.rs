@@ -24,9 +24,8 @@
 //! [`MappedValue::publish_u32`], after the chunks it leads to.
 
 use crate::loader::{Ipv4Shape, RuntimeError};
-use crate::store::check_map_shape;
 use crate::sys::{self, MappedValue};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use xpol_lang::ipv4_table::{self, Ipv4Table, Placement, FIRST_CHILD, HIT, LEAF_BYTES, MISS, ROOT_ENTRIES};
 use xpol_lang::meta::{self, SetMeta};
@@ -126,18 +125,18 @@ impl Slash16 {
     }
 }
 
-/// One of the three tables where the loader put it
-/// (`ipv4_table::placement`).
-enum Level {
-    /// In the mappable global-data map, at this byte offset.
-    Global(usize),
-    /// An array map, one chunk per entry.
-    Map(OwnedFd),
+/// Where one of the three tables is mapped: chunk `i` at
+/// `offset + i * stride` of mapping `map`.
+struct Level {
+    map: usize,
+    offset: usize,
+    stride: usize,
 }
 
-/// The shared IPv4 tables of a generation, opened for writing.
+/// The shared IPv4 tables of a generation, mapped for writing.
 struct Tables {
-    global: MappedValue,
+    /// The global-data map, the array maps, as the levels need them.
+    mapped: Vec<MappedValue>,
     levels: [Level; 3],
     chunk_bytes: [usize; 3],
     /// Root entries, mid chunks, leaf chunks.
@@ -147,69 +146,79 @@ struct Tables {
 
 impl Tables {
     /// The tables of the generation in `dir`, or `None` when they cannot
-    /// be changed in place: the root table is not in global data (more
-    /// than 16 IPv4 sets), or the generation was applied by an xpol that
-    /// did not make global data mappable.
+    /// be changed in place: the generation was applied by an xpol that did
+    /// not make them mappable.
     fn open(dir: &Path, set: &SetMeta) -> Result<Option<Tables>> {
         let shape = Ipv4Shape::of(set)?;
         let [root, mid, leaf] = shape.capacities;
         let (places, global_bytes) = ipv4_table::placement(root, mid, leaf, shape.mid_wide);
-        let Placement::Global { offset: 0 } = places[ROOT_LEVEL] else { return Ok(None) };
-        let path = dir.join(crate::loader::pin_file(meta::IPV4_TABLES_MAP));
-        let Ok(fd) = sys::obj_get(&path, 0) else { return Ok(None) };
-        let (_, key, value, entries) = sys::map_shape(fd.as_fd()).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
-        if key != 4 || entries != 1 || u64::from(value) < global_bytes {
-            return Err(RuntimeError::Store(format!("{}: not the policy's IPv4 tables", path.display())));
-        }
-        let Ok(global) = MappedValue::map(fd.as_fd(), global_bytes as usize) else { return Ok(None) };
         let chunk_bytes = [4, Ipv4Table::mid_chunk_bytes(shape.mid_wide) as usize, LEAF];
+        let mut mapped = Vec::new();
+        let mut global = None;
         let mut levels = Vec::new();
-        for ((place, map), bytes) in places.iter().zip(shape.maps).zip(chunk_bytes) {
-            levels.push(match place {
-                Placement::Global { offset } => Level::Global(*offset as usize),
-                Placement::Map => {
-                    let path = dir.join(crate::loader::pin_file(map));
-                    let fd = sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
-                    check_map_shape(&path, fd.as_fd(), 4, bytes as u32)?;
-                    Level::Map(fd)
+        for (((place, map), bytes), capacity) in places.iter().zip(shape.maps).zip(chunk_bytes).zip(shape.capacities) {
+            let (file, entries, value, len, offset, stride) = match place {
+                Placement::Global { offset } => {
+                    if let Some(at) = global {
+                        levels.push(Level { map: at, offset: *offset as usize, stride: bytes });
+                        continue;
+                    }
+                    (meta::IPV4_TABLES_MAP, 1, None, global_bytes as usize, *offset as usize, bytes)
                 }
-            });
+                // An array map's values are 8-aligned.
+                Placement::Map => (map, capacity, Some(bytes as u32), bytes.next_multiple_of(8) * capacity as usize, 0, bytes.next_multiple_of(8)),
+            };
+            let path = dir.join(crate::loader::pin_file(file));
+            let Ok(fd) = sys::obj_get(&path, 0) else { return Ok(None) };
+            let (_, key_size, value_size, max_entries) = sys::map_shape(fd.as_fd()).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
+            let fits = value.map_or(u64::from(value_size) >= global_bytes, |v| v == value_size);
+            if key_size != 4 || u64::from(max_entries) != entries || !fits {
+                return Err(RuntimeError::Store(format!("{}: not the policy's IPv4 table", path.display())));
+            }
+            let Ok(m) = MappedValue::map(fd.as_fd(), len) else { return Ok(None) };
+            if matches!(place, Placement::Global { .. }) {
+                global = Some(mapped.len());
+            }
+            levels.push(Level { map: mapped.len(), offset, stride });
+            mapped.push(m);
         }
         let levels = levels.try_into().unwrap_or_else(|_| unreachable!("three levels"));
-        Ok(Some(Tables { global, levels, chunk_bytes, capacities: shape.capacities, mid_wide: shape.mid_wide }))
+        Ok(Some(Tables { mapped, levels, chunk_bytes, capacities: shape.capacities, mid_wide: shape.mid_wide }))
     }
 
-    fn read(&self, level: usize, index: u32, out: &mut [u8]) -> Result<()> {
+    /// The mapping and byte offset of chunk `index` of `level`.
+    fn at(&self, level: usize, index: u32) -> (&MappedValue, usize) {
+        let l = &self.levels[level];
+        (&self.mapped[l.map], l.offset + index as usize * l.stride)
+    }
+
+    fn read(&self, level: usize, index: u32, out: &mut [u8]) {
         debug_assert_eq!(out.len(), self.chunk_bytes[level]);
-        match &self.levels[level] {
-            Level::Global(offset) => self.global.read(offset + index as usize * self.chunk_bytes[level], out),
-            Level::Map(fd) => {
-                sys::map_lookup(fd.as_fd(), &index.to_le_bytes(), out).map_err(|source| RuntimeError::Map { map: "IPv4 table".into(), source })?;
-            }
-        }
-        Ok(())
+        let (m, at) = self.at(level, index);
+        m.read(at, out);
     }
 
     /// Writes a chunk that no root entry leads to.
-    fn write(&self, level: usize, index: u32, bytes: &[u8]) -> Result<()> {
-        match &self.levels[level] {
-            Level::Global(offset) => self.global.write(offset + index as usize * self.chunk_bytes[level], bytes),
-            Level::Map(fd) => {
-                sys::map_update(fd.as_fd(), &index.to_le_bytes(), bytes, 0).map_err(|source| RuntimeError::Map { map: "IPv4 table".into(), source })?;
-            }
-        }
-        Ok(())
+    fn write(&self, level: usize, index: u32, bytes: &[u8]) {
+        let (m, at) = self.at(level, index);
+        m.write(at, bytes);
     }
 
     fn root(&self, entry: u32) -> u32 {
         let mut word = [0u8; 4];
-        self.global.read(entry as usize * 4, &mut word);
+        self.read(ROOT_LEVEL, entry, &mut word);
         u32::from_le_bytes(word)
     }
 
-    fn mid_entries(&self, chunk: u32) -> Result<[u32; 256]> {
+    /// Points a root entry at what was written for it, in one store.
+    fn publish_root(&self, entry: u32, value: u32) {
+        let (m, at) = self.at(ROOT_LEVEL, entry);
+        m.publish_u32(at, value);
+    }
+
+    fn mid_entries(&self, chunk: u32) -> [u32; 256] {
         let mut bytes = vec![0u8; self.chunk_bytes[MID_LEVEL]];
-        self.read(MID_LEVEL, chunk, &mut bytes)?;
+        self.read(MID_LEVEL, chunk, &mut bytes);
         let mut entries = [0u32; 256];
         if self.mid_wide {
             for (e, b) in entries.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -220,7 +229,7 @@ impl Tables {
                 *e = u32::from(u16::from_le_bytes(b.try_into().expect("2 bytes")));
             }
         }
-        Ok(entries)
+        entries
     }
 
     /// A child index read from a table, if it is one within the capacity.
@@ -262,7 +271,7 @@ impl Ipv4Editor {
             if std::mem::replace(&mut used[0][mid as usize], true) {
                 continue;
             }
-            for e in tables.mid_entries(mid)? {
+            for e in tables.mid_entries(mid) {
                 if let Some(leaf) = tables.child(e, LEAF_LEVEL) {
                     used[1][leaf as usize] = true;
                 }
@@ -297,7 +306,7 @@ impl Ipv4Editor {
                 let mid = self.tables.child(e, MID_LEVEL).ok_or_else(|| bad_entry(hi))?;
                 chunks.push((0, mid));
                 let mut entries = Box::new([Slash24::Miss; 256]);
-                for (slot, e) in entries.iter_mut().zip(self.tables.mid_entries(mid)?) {
+                for (slot, e) in entries.iter_mut().zip(self.tables.mid_entries(mid)) {
                     *slot = match e {
                         MISS => Slash24::Miss,
                         HIT => Slash24::Hit,
@@ -305,7 +314,7 @@ impl Ipv4Editor {
                             let leaf = self.tables.child(e, LEAF_LEVEL).ok_or_else(|| bad_entry(hi))?;
                             chunks.push((1, leaf));
                             let mut bits = [0u8; LEAF];
-                            self.tables.read(LEAF_LEVEL, leaf, &mut bits)?;
+                            self.tables.read(LEAF_LEVEL, leaf, &mut bits);
                             Slash24::Leaf { bits, chunk: Some(leaf) }
                         }
                     };
@@ -355,7 +364,7 @@ impl Ipv4Editor {
                 return Ok(Err(no_room));
             }
         };
-        self.tables.global.publish_u32((self.slot * ROOT_ENTRIES + hi) as usize * 4, root);
+        self.tables.publish_root(self.slot * ROOT_ENTRIES + hi, root);
         let kept: Vec<u32> = match new {
             Slash16::Mid(entries) => entries.iter().filter_map(|e| if let Slash24::Leaf { chunk: Some(c), .. } = e { Some(*c) } else { None }).collect(),
             _ => Vec::new(),
@@ -385,7 +394,7 @@ impl Ipv4Editor {
                 Slash24::Leaf { bits, chunk: None } => {
                     let Ok(leaf) = self.take(1) else { return Ok(Err(NoRoom)) };
                     taken.push((1, leaf));
-                    self.tables.write(LEAF_LEVEL, leaf, &bits)?;
+                    self.tables.write(LEAF_LEVEL, leaf, &bits);
                     FIRST_CHILD + leaf
                 }
             };
@@ -399,7 +408,7 @@ impl Ipv4Editor {
             let narrow: Option<Vec<u16>> = values.iter().map(|&v| u16::try_from(v).ok()).collect();
             narrow.ok_or_else(|| bad_entry(0))?.iter().flat_map(|v| v.to_le_bytes()).collect()
         };
-        self.tables.write(MID_LEVEL, mid, &bytes)?;
+        self.tables.write(MID_LEVEL, mid, &bytes);
         Ok(Ok(FIRST_CHILD + mid))
     }
 }

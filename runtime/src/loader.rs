@@ -223,16 +223,16 @@ fn adopt_map(ebpf: &Ebpf, name: &str, existing: &std::os::fd::OwnedFd) -> Result
     sys::replace_fd(existing.as_fd(), data.fd().as_fd()).map_err(|source| RuntimeError::Map { map: name.to_string(), source })
 }
 
-/// Puts a mappable map (`BPF_F_MMAPABLE`) of the same size in place of the
-/// object's one-value global-data map `name`, before any program is loaded:
-/// the IPv4 tables in `.bss`, which `xpol set` then changes word by word
-/// through a mapping (`ipv4_edit`). aya creates global data without the
-/// flag, and it cannot be added to an existing map.
+/// Puts a mappable array map (`BPF_F_MMAPABLE`) of the same sizes in place
+/// of the object's array map `name`, before any program is loaded: the
+/// IPv4 tables (in `.bss` or arrays of their own), which `xpol set` then
+/// changes word by word through a mapping (`ipv4_edit`). aya creates maps
+/// without the flag, and it cannot be added to an existing map.
 fn make_mappable(ebpf: &Ebpf, name: &str) -> Result<()> {
     let err = |source: std::io::Error| RuntimeError::Map { map: name.to_string(), source };
     let Some(Map::Array(data)) = ebpf.map(name) else { return Err(RuntimeError::UnknownMap(name.to_string())) };
     let info = data.info().map_err(|e| err(std::io::Error::other(e.to_string())))?;
-    let mappable = sys::mmapable_array_create("xpol_v4tables", info.value_size()).map_err(|e| {
+    let mappable = sys::mmapable_array_create(&info.name_as_str().unwrap_or("xpol_v4tables").to_string(), info.value_size(), info.max_entries()).map_err(|e| {
         err(if e.raw_os_error() == Some(libc::EINVAL) { std::io::Error::other(format!("{e}: mappable array maps need Linux 5.5")) } else { e })
     })?;
     sys::replace_fd(mappable.as_fd(), data.fd().as_fd()).map_err(err)
@@ -296,8 +296,12 @@ impl LoadedPolicy {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => RuntimeError::Map { map: name, source: io_error },
             e => RuntimeError::BadObject(e.to_string()),
         })?;
-        if meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.map == meta::IPV4_TABLES_MAP) {
-            make_mappable(&ebpf, meta::IPV4_TABLES_MAP)?;
+        // The IPv4 tables change in place through mappings (`ipv4_edit`).
+        let mut tables: Vec<&str> = meta.sets.iter().flat_map(|s| &s.maps).filter(|m| m.kind.is_ipv4_table()).map(|m| m.map.as_str()).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        for map in tables {
+            make_mappable(&ebpf, map)?;
         }
         for (name, existing) in &options.adopt_maps {
             adopt_map(&ebpf, name, existing)?;

@@ -156,19 +156,25 @@ impl ElementStore {
 
     /// Every element, sorted.
     pub fn elements(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.for_each(|e| out.push(e.to_string()))?;
+        out.sort_by_cached_key(|e| element_order(e));
+        Ok(out)
+    }
+
+    /// Calls `f` with every element, in no particular order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str)) -> Result<()> {
         let err = |e: std::io::Error| RuntimeError::Store(format!("set elements: {e}"));
         let (mut key, mut next) = ([0u8; ELEMENT_KEY], [0u8; ELEMENT_KEY]);
-        let mut out = Vec::new();
         let mut first = true;
         while sys::map_next_key(self.fd.as_fd(), (!first).then_some(&key[..]), &mut next).map_err(err)? {
             first = false;
             key = next;
             let text = &key[4..];
             let end = text.iter().position(|&b| b == 0).unwrap_or(ELEMENT_KEY_BYTES);
-            out.push(String::from_utf8_lossy(&text[..end]).into_owned());
+            f(&String::from_utf8_lossy(&text[..end]));
         }
-        out.sort_by_cached_key(|e| element_order(e));
-        Ok(out)
+        Ok(())
     }
 }
 

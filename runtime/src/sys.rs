@@ -468,16 +468,17 @@ pub fn array_map_create(name: &str, value_size: u32, entries: u32) -> io::Result
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Creates an array map of one value of `value_size` bytes that user space
-/// can map into its memory ([`MappedValue`]): the IPv4 prefix tables in
-/// global data, which `xpol set` changes a word at a time while programs
-/// read them. (aya creates `.bss` without `BPF_F_MMAPABLE`; the loader
-/// puts this map in its place.) Linux 5.5 or later.
-pub fn mmapable_array_create(name: &str, value_size: u32) -> io::Result<std::os::fd::OwnedFd> {
-    map_create(name, BPF_MAP_TYPE_ARRAY, 4, value_size, 1, BPF_F_MMAPABLE)
+/// Creates an array map of `entries` values of `value_size` bytes that
+/// user space can map into its memory ([`MappedValue`]; value `i` at
+/// `i * value_size` rounded up to 8): the IPv4 prefix tables, which `xpol
+/// set` changes a word at a time while programs read them. (aya creates
+/// maps without `BPF_F_MMAPABLE`; the loader puts these in their place.)
+/// Linux 5.5 or later.
+pub fn mmapable_array_create(name: &str, value_size: u32, entries: u32) -> io::Result<std::os::fd::OwnedFd> {
+    map_create(name, BPF_MAP_TYPE_ARRAY, 4, value_size, entries, BPF_F_MMAPABLE)
 }
 
-/// The one value of an array map made by [`mmapable_array_create`],
+/// The values of an array map made by [`mmapable_array_create`],
 /// mapped shared and writable: a store here is what the programs read
 /// next, with no system call.
 pub struct MappedValue {
