@@ -122,6 +122,7 @@ const SENDER: &str = r#"
 import socket, select, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 n = 0
+print("ready", flush=True)
 while not select.select([sys.stdin], [], [], 0)[0]:
     s.sendto(b"%d" % n, (sys.argv[1], 7)); n += 1
     time.sleep(0.002)
@@ -144,12 +145,15 @@ impl Stream {
             .expect("receiver");
         let mut ready = [0u8; 6];
         receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
-        let sender = Command::new("ip")
+        let mut sender = Command::new("ip")
             .args(["netns", "exec", &net.a, "timeout", "120", "python3", "-c", SENDER, &net.addr_b])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("sender");
+        // Started (a loaded machine may take longer than the sleep below
+        // to start Python), then sending for a while.
+        sender.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("sender ready");
         std::thread::sleep(Duration::from_millis(300));
         Stream { receiver, sender }
     }
@@ -737,4 +741,29 @@ fn ipv4_walk(capacity: u32, seed: u64) {
     listed.sort();
     expected.sort();
     assert_eq!(listed, expected);
+}
+
+/// Two policies on one interface's TC ingress both see the traffic: the
+/// first one's `pass` hands a packet on to the second (TCX_NEXT, not
+/// TC_ACT_OK, which would end the chain), whose `drop` then drops the
+/// stream; with the second deleted, the stream flows again.
+#[test]
+fn tc_policies_stack_on_one_hook() {
+    if !usable() {
+        return;
+    }
+    let (net, host, dir) = fixture();
+    let first = write(dir.path(), "first.xpol", "tc:ingress /udp.dport == 9/ { drop }\ntc:ingress { pass }\n");
+    let second = write(dir.path(), "second.xpol", "tc:ingress /udp.dport == 7/ { drop }\ntc:ingress { pass }\n");
+    host.ok(&net.b, &["apply", first.to_str().expect("utf-8"), "-i", &net.vb, "--name", "first"]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert!(sent > 0 && sent == received, "the first policy passes the stream: {received} of {sent}");
+    host.ok(&net.b, &["apply", second.to_str().expect("utf-8"), "-i", &net.vb, "--name", "second"]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert!(sent > 0 && received == 0, "the second policy sees what the first passed, and drops it: {received} of {sent}");
+    let stats = stats(&host, &net, "first");
+    assert!(rule_packets(&stats, "tc:ingress") >= sent, "the first policy saw the stream too: {stats}");
+    host.ok(&net.b, &["delete", "second"]);
+    let (sent, received) = Stream::start(&net).stop();
+    assert!(sent > 0 && sent == received, "the first alone passes it again: {received} of {sent}");
 }

@@ -487,7 +487,7 @@ pub struct MappedValue {
 }
 
 impl MappedValue {
-    /// Maps the first `len` bytes of `map`'s value. Fails (`EINVAL`) when
+    /// Maps the first `len` bytes of `map`'s values. Fails (`EINVAL`) when
     /// the map is not mappable or is smaller.
     pub fn map(map: BorrowedFd<'_>, len: usize) -> io::Result<MappedValue> {
         if len == 0 {

@@ -102,8 +102,13 @@ fn verdict_code(hook: Hook, v: Verdict) -> u64 {
         (Hook::Xdp, Verdict::Drop) => 1,
         (Hook::Xdp, Verdict::Pass) => 2,
         (Hook::Xdp, Verdict::Tx) => 3,
-        // TC_ACT_OK, TC_ACT_SHOT. `tx` is rejected by the checker for tc.
-        (_, Verdict::Pass) => 0,
+        // `pass` is TC_ACT_UNSPEC (TCX_NEXT), not TC_ACT_OK (TCX_PASS):
+        // the next program on the hook (another policy, Cilium's, ...) still
+        // sees the packet, and with none left it passes. TC_ACT_OK would end
+        // the chain, so a policy attached after this one would never run
+        // (nftables: an `accept` in one table does not skip the others).
+        // TC_ACT_SHOT for the rest; `tx` is rejected by the checker for tc.
+        (_, Verdict::Pass) => u64::from(u32::MAX),
         (_, Verdict::Drop | Verdict::Abort | Verdict::Tx) => 2,
     }
 }
