@@ -301,9 +301,32 @@ fn sigterm_detaches_and_reports() {
     assert!(!net.link_b().contains("xdp"), "still attached: {}", net.link_b());
 }
 
-/// `--metrics ADDR` serves the rule counters in Prometheus text format,
-/// labelled with the rule's source location (scraped over the loopback of
-/// the namespace the test made).
+/// A scrape by a client that others make hard: ten idle connections open
+/// first (a one-at-a-time server would keep the scrape waiting past its
+/// 3 s timeout), then the scrape; a request split across two segments; a
+/// HEAD; a path that only starts with `/metrics`. Prints one line per
+/// answer, then the scraped text.
+const HOSTILE_SCRAPE: &str = r#"
+import socket, sys, time, urllib.request, urllib.error
+url = "http://127.0.0.1:9464/metrics"
+idle = [socket.create_connection(("127.0.0.1", 9464)) for _ in range(10)]
+body = urllib.request.urlopen(url, timeout=3).read().decode()
+s = socket.create_connection(("127.0.0.1", 9464))
+s.sendall(b"GET /metr"); time.sleep(0.3); s.sendall(b"ics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+print("split", s.makefile("rb").readline().decode().strip())
+r = urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=3)
+print("head", r.status, len(r.read()))
+try:
+    urllib.request.urlopen(url + "XYZ", timeout=3); print("prefix 200")
+except urllib.error.HTTPError as e:
+    print("prefix", e.code)
+print(body)
+"#;
+
+/// `--metrics PORT` serves the rule counters in Prometheus text format on
+/// 127.0.0.1, labelled with the rule's source location (scraped over the
+/// loopback of the namespace the test made), to well-behaved and
+/// ill-behaved clients alike.
 #[test]
 fn metrics_endpoint_serves_rule_counters() {
     if !usable() {
@@ -312,17 +335,18 @@ fn metrics_endpoint_serves_rule_counters() {
     let (net, _dir, policy) = setup(XDP_POLICY);
     let ns = net.b.clone();
     let (p, vb) = (policy.display().to_string(), net.vb.clone());
-    let runner = std::thread::spawn(move || xpol_run_in(&ns, &[&p, "-i", &vb, "--interval", "0.2", "--duration", "4", "--metrics", "127.0.0.1:9464"]));
+    let runner = std::thread::spawn(move || xpol_run_in(&ns, &[&p, "-i", &vb, "--interval", "0.2", "--duration", "5", "--metrics", "9464"]));
     std::thread::sleep(Duration::from_millis(1000));
     let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
     assert!(sent.success());
     std::thread::sleep(Duration::from_millis(600));
-    let scrape = Command::new("ip")
-        .args(["netns", "exec", &net.b, "timeout", "5", "python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())"])
-        .output()
-        .expect("scrape");
+    let scrape = Command::new("ip").args(["netns", "exec", &net.b, "timeout", "8", "python3", "-c", HOSTILE_SCRAPE]).output().expect("scrape");
     let text = String::from_utf8_lossy(&scrape.stdout);
+    assert!(scrape.status.success(), "{text}{}", String::from_utf8_lossy(&scrape.stderr));
     assert!(runner.join().expect("runner").status.success());
+    assert!(text.contains("split HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("head 200 0"), "{text}");
+    assert!(text.contains("prefix 404"), "{text}");
     assert!(text.contains("# TYPE xpol_rule_packets_total counter"), "{text}");
     let line = text.lines().find(|l| l.starts_with("xpol_rule_packets_total") && l.contains("rule=\"xdp /udp.dport == 9/\"")).expect("the rule on port 9");
     assert!(line.contains("policy=\"p\"") && line.contains("rule=\"xdp /udp.dport == 9/\"") && line.contains("verdict=\"drop\"") && line.ends_with(" 10"), "{line}");

@@ -9,6 +9,8 @@
 mod common;
 #[path = "xpol/applied.rs"]
 mod applied;
+#[path = "xpol/metrics.rs"]
+mod metrics;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -47,9 +49,10 @@ enum Command {
         mode: String,
         #[command(flatten)]
         every: Every,
-        /// Serve the counters in Prometheus text format at http://ADDR/metrics
-        /// (e.g. 127.0.0.1:9464), refreshed every interval.
-        #[arg(long)]
+        /// Serve the counters in Prometheus text format at http://ADDR/metrics,
+        /// refreshed every interval: PORT (on 127.0.0.1) or ADDRESS:PORT.
+        /// The text shows rule texts and file names: see docs/security.md.
+        #[arg(long, value_parser = metrics::listen_addr)]
         metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         rejection: RejectionOptions,
@@ -556,35 +559,6 @@ fn prometheus(report: &serde_json::Value) -> String {
     out
 }
 
-/// Serves the latest metrics text on `addr` from a background thread; the
-/// watch loop replaces the text every interval.
-fn serve_metrics(addr: std::net::SocketAddr) -> Result<Arc<std::sync::Mutex<String>>> {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} for --metrics"))?;
-    let text = Arc::new(std::sync::Mutex::new(String::new()));
-    let shared = text.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 1024];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if request.starts_with("GET /metrics") {
-                ("200 OK", shared.lock().map(|t| t.clone()).unwrap_or_default())
-            } else {
-                ("404 Not Found", "try /metrics\n".to_string())
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(text)
-}
-
 /// `--mode`, with the xdp-tools spellings (`skb`, `native`) and ours.
 fn xdp_mode(mode: &str) -> Result<XdpAttachMode> {
     xpol_runtime::apply::parse_mode(mode).with_context(|| format!("unknown --mode `{mode}`: use auto, native or skb (also: generic)"))
@@ -593,7 +567,7 @@ fn xdp_mode(mode: &str) -> Result<XdpAttachMode> {
 fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: &str, options: &WatchOptions, rejection: &RejectionOptions) -> Result<ExitCode> {
     let (interval, duration, json) = (options.interval, options.duration, options.json);
     let metrics = match options.metrics {
-        Some(addr) => Some(serve_metrics(addr)?),
+        Some(addr) => Some(metrics::serve(addr)?),
         None => None,
     };
     let mode = xdp_mode(mode)?;
@@ -640,9 +614,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         report["policy"] = policy_path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()).into();
         previous = rule_totals(&report);
         if let Some(m) = &metrics {
-            if let Ok(mut t) = m.lock() {
-                *t = prometheus(&report);
-            }
+            m.publish(prometheus(&report));
         }
         if finished {
             break report;
