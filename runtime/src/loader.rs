@@ -232,9 +232,14 @@ fn make_mappable(ebpf: &Ebpf, name: &str) -> Result<()> {
     let err = |source: std::io::Error| RuntimeError::Map { map: name.to_string(), source };
     let Some(Map::Array(data)) = ebpf.map(name) else { return Err(RuntimeError::UnknownMap(name.to_string())) };
     let info = data.info().map_err(|e| err(std::io::Error::other(e.to_string())))?;
-    let mappable = sys::mmapable_array_create(&info.name_as_str().unwrap_or("xpol_v4tables").to_string(), info.value_size(), info.max_entries()).map_err(|e| {
-        err(if e.raw_os_error() == Some(libc::EINVAL) { std::io::Error::other(format!("{e}: mappable array maps need Linux 5.5")) } else { e })
-    })?;
+    let mappable = match sys::mmapable_array_create(info.name_as_str().unwrap_or("xpol_v4tables"), info.value_size(), info.max_entries()) {
+        Ok(fd) => fd,
+        // Before Linux 5.5 arrays cannot be mapped: keep aya's map; `xpol
+        // set` then changes IPv4 prefixes by reloading (`ipv4_edit` finds
+        // the tables unmappable).
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(()),
+        Err(e) => return Err(err(e)),
+    };
     sys::replace_fd(mappable.as_fd(), data.fd().as_fd()).map_err(err)
 }
 
