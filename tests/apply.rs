@@ -243,6 +243,42 @@ fn replacing_twenty_times_under_traffic_loses_nothing() {
     assert_eq!(String::from_utf8_lossy(&files.stdout).split_whitespace().collect::<Vec<_>>(), ["gen_21", "link_0"], "one link, one generation");
 }
 
+/// A rule's label is its identity: across a replace that edits the
+/// predicates of two rules, the labelled one keeps its counters (and shows
+/// its label), the unlabelled one is a new rule that starts at 0.
+#[test]
+fn labelled_rule_keeps_its_counters_when_its_predicate_changes() {
+    if !usable() {
+        return;
+    }
+    let (net, host, dir) = fixture();
+    // The first rule counts and lets evaluation go on, so the stream fires both.
+    let v1 = write(dir.path(), "v1.xpol", "xdp /udp.dport == 7 && ip.ttl > 0/ { @seen = count() }\nrule \"stream\" xdp /udp.dport == 7/ { pass }\nxdp { pass }\n");
+    let v2 = write(dir.path(), "v2.xpol", "xdp /udp.dport == 7 && ip.ttl > 1/ { @seen = count() }\nrule \"stream\" xdp /udp.dport in {7, 8}/ { pass }\nxdp { pass }\n");
+    let (v1, v2) = (v1.to_str().expect("utf-8"), v2.to_str().expect("utf-8"));
+    host.ok(&net.b, &["apply", v1, "-i", &net.vb, "--name", "lab"]);
+    let (first, received) = Stream::start(&net).stop();
+    assert_eq!(first, received);
+    let report = stats(&host, &net, "lab");
+    assert_eq!(rule_packets(&report, "stream"), first, "{report}");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7 && ip.ttl > 0/"), first, "{report}");
+
+    let out: serde_json::Value = serde_json::from_str(&host.ok(&net.b, &["apply", v2, "-i", &net.vb, "--name", "lab", "--json"])).expect("JSON");
+    assert_eq!(out["outcome"]["rules_carried"], 2, "`stream` and the last rule: {out}");
+    let report = stats(&host, &net, "lab");
+    assert_eq!(rule_packets(&report, "stream"), first, "the labelled rule kept its counters: {report}");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7 && ip.ttl > 1/"), 0, "the edited unlabelled rule is new: {report}");
+    let (second, received) = Stream::start(&net).stop();
+    assert_eq!(second, received);
+    let report = stats(&host, &net, "lab");
+    assert_eq!(rule_packets(&report, "stream"), first + second, "{report}");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7 && ip.ttl > 1/"), second, "{report}");
+    let stream = report["rules"].as_array().expect("rules").iter().find(|r| r["key"] == "stream").expect("the labelled rule").clone();
+    assert_eq!((stream["label"].as_str(), stream["text"].as_str()), (Some("stream"), Some("xdp /udp.dport in {7, 8}/")), "{stream}");
+    let table = host.ok(&net.b, &["stats", "lab"]);
+    assert!(table.contains("[stream] xdp /udp.dport in {7, 8}/"), "{table}");
+}
+
 /// `xpol set` changes under traffic: a stream the set never holds is never
 /// dropped, an element added drops at once, removed passes at once; and
 /// live contents survive a re-apply of an unchanged declaration, but not

@@ -17,7 +17,7 @@
 //!   its live contents (what `xpol set` made of it); a set whose
 //!   declaration changed gets the new declaration.
 //! - Per-rule counters of the rules that still exist, by rule identity
-//!   ([`rule_identities`]): added to the new generation's counters once the
+//!   ([`rule_identities`], [`carried_rules`]): added to the new generation's counters once the
 //!   old programs can no longer run.
 
 use crate::loader::{self, LoadOptions, LoadedPolicy, RuntimeError, XdpAttachMode};
@@ -80,13 +80,23 @@ pub fn parse_mode(mode: &str) -> Option<XdpAttachMode> {
     }
 }
 
-/// A rule's identity across versions of a policy: its header (hook and
-/// predicate) as written, with white space folded, and, for rules with the
-/// same header, which of them it is in source order (` #2`, ...). It
-/// survives moving a rule, editing its body, editing any other rule and
-/// running from another directory; editing its predicate makes it a new
-/// rule.
+/// A rule's identity across versions of a policy: its `rule "NAME"`
+/// label when it has one; else its header (hook and predicate) as
+/// written, with white space folded, and, for rules with the same header,
+/// which of them it is in source order (` #2`, ...; labelled rules count
+/// too, so that labelling one of two alike rules does not renumber the
+/// other). A labelled rule keeps its identity whatever else changes,
+/// predicate included. An unlabelled one survives moving it, editing its
+/// body, editing any other rule and running from another directory;
+/// editing its predicate makes it a new rule. The two kinds never collide:
+/// a label has no space, and the compiler refuses the only header
+/// identities without one (a hook name alone) as labels.
 pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
+    meta.rules.iter().zip(header_identities(meta)).map(|(r, header)| r.label.clone().unwrap_or(header)).collect()
+}
+
+/// Each rule's identity as if no rule had a label.
+fn header_identities(meta: &ObjectMeta) -> Vec<String> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     meta.rules
         .iter()
@@ -97,6 +107,27 @@ pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
             if *n == 1 { key } else { format!("{key} #{n}") }
         })
         .collect()
+}
+
+/// For each rule of `new`, the rule of `old` whose counters it carries on:
+/// the one with the same identity ([`rule_identities`]); failing that, when
+/// a label was added to or taken from a rule whose header stayed the same,
+/// the old rule of that header (if no other rule carried it on already),
+/// so that labelling the rules of a running policy restarts no counter.
+pub fn carried_rules(old: &ObjectMeta, new: &ObjectMeta) -> Vec<Option<usize>> {
+    let old_ids = rule_identities(old);
+    let mut from: Vec<Option<usize>> = rule_identities(new).iter().map(|id| old_ids.iter().position(|o| o == id)).collect();
+    let (old_headers, new_headers) = (header_identities(old), header_identities(new));
+    for i in 0..from.len() {
+        if from[i].is_some() {
+            continue;
+        }
+        let relabelled = |j: &usize| {
+            old.rules[*j].label.is_some() != new.rules[i].label.is_some() && old_headers[*j] == new_headers[i] && !from.contains(&Some(*j))
+        };
+        from[i] = (0..old.rules.len()).find(relabelled);
+    }
+    from
 }
 
 /// What a replace needs of the running policy.
@@ -264,21 +295,12 @@ fn normalized<'a>(req: &ApplyRequest<'a>, previous: Option<&Generation>) -> Resu
     })
 }
 
-/// The old counters of each new rule by rule identity, and how many new
-/// rules had an old one.
-fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &ObjectMeta) -> (Vec<RuleCounters>, usize) {
-    let old_ids = rule_identities(old_meta);
-    let mut carried = 0;
-    let counters = rule_identities(new_meta)
-        .iter()
-        .map(|id| match old_ids.iter().position(|o| o == id) {
-            Some(i) => {
-                carried += 1;
-                old.get(i).copied().unwrap_or_default()
-            }
-            None => RuleCounters::default(),
-        })
-        .collect();
+/// The old counters of each new rule ([`carried_rules`]), and how many
+/// new rules had an old one.
+pub fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &ObjectMeta) -> (Vec<RuleCounters>, usize) {
+    let from = carried_rules(old_meta, new_meta);
+    let carried = from.iter().flatten().count();
+    let counters = from.iter().map(|f| f.and_then(|i| old.get(i).copied()).unwrap_or_default()).collect();
     (counters, carried)
 }
 
@@ -625,5 +647,60 @@ impl SetEditor {
         apply(store, &req)?;
         *self = SetEditor::open(store, &self.name, &self.set.name)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{carried_rules, rule_identities};
+    use xpol_lang::meta::{ObjectMeta, RuleMeta};
+
+    /// A policy's metadata with rules of these (label, header) pairs.
+    fn meta(rules: &[(Option<&str>, &str)]) -> ObjectMeta {
+        let rules = rules
+            .iter()
+            .enumerate()
+            .map(|(i, (label, text))| RuleMeta {
+                id: i as u32,
+                hook: "xdp".into(),
+                file: "p.xpol".into(),
+                line: i as u32 + 1,
+                column: 1,
+                text: text.to_string(),
+                verdict: "pass".into(),
+                label: label.map(str::to_string),
+            })
+            .collect();
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default() }
+    }
+
+    #[test]
+    fn labels_are_identities_and_headers_count_every_rule() {
+        let m = meta(&[(Some("ssh-in"), "xdp /tcp.dport == 22/"), (None, "xdp  /tcp.dport == 22/"), (None, "xdp")]);
+        assert_eq!(rule_identities(&m), ["ssh-in", "xdp /tcp.dport == 22/ #2", "xdp"]);
+    }
+
+    #[test]
+    fn a_labelled_rule_carries_across_predicate_edits_and_moves() {
+        let old = meta(&[(Some("web"), "xdp /tcp.dport == 80/"), (None, "xdp /udp.dport == 9/"), (None, "xdp")]);
+        let new = meta(&[(None, "xdp"), (None, "xdp /udp.dport == 10/"), (Some("web"), "xdp /tcp.dport in {80, 443}/")]);
+        assert_eq!(carried_rules(&old, &new), [Some(2), None, Some(0)], "the unlabelled edited rule restarts");
+    }
+
+    #[test]
+    fn adding_or_removing_a_label_keeps_the_counters_of_an_unchanged_header() {
+        let old = meta(&[(None, "xdp /x/"), (None, "xdp /x/"), (Some("b"), "xdp /y/")]);
+        // The first `/x/` labelled: it carries its own, the second keeps `#2`;
+        // `b` unlabelled keeps its counters; a renamed label is a new rule.
+        let new = meta(&[(Some("a"), "xdp /x/"), (None, "xdp /x/"), (None, "xdp /y/")]);
+        assert_eq!(carried_rules(&old, &new), [Some(0), Some(1), Some(2)]);
+        let renamed = meta(&[(None, "xdp /x/"), (None, "xdp /x/"), (Some("c"), "xdp /y/")]);
+        assert_eq!(carried_rules(&old, &renamed), [Some(0), Some(1), None]);
+        // An old rule is carried on once only: `b` moved to another
+        // predicate keeps its counters, the rule now on its old header
+        // starts afresh.
+        let old = meta(&[(Some("b"), "xdp /y/")]);
+        let moved = meta(&[(Some("b"), "xdp /z/"), (None, "xdp /y/")]);
+        assert_eq!(carried_rules(&old, &moved), [Some(0), None]);
     }
 }

@@ -303,7 +303,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             let new_rule = if previous.is_empty() { (0, 0) } else { (c.packets, c.bytes) };
             let (p0, b0) = previous.get(&keys[i]).copied().unwrap_or(new_rule);
             serde_json::json!({
-                "id": r.id, "key": keys[i], "verdict": r.verdict, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
+                "id": r.id, "key": keys[i], "label": r.label, "verdict": r.verdict, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
                 "packets": c.packets, "bytes": c.bytes,
                 "pps": if dt > 0.0 { c.packets.saturating_sub(p0) as f64 / dt } else { 0.0 },
                 "bps": if dt > 0.0 { c.bytes.saturating_sub(b0) as f64 * 8.0 / dt } else { 0.0 },
@@ -339,7 +339,7 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
             r["packets"].as_u64().unwrap_or(0),
             r["bytes"].as_u64().unwrap_or(0),
             r["pps"].as_f64().unwrap_or(0.0),
-            r["text"].as_str().unwrap_or("")
+            labelled_text(r)
         ));
     }
     for m in report["maps"].as_array().into_iter().flatten() {
@@ -352,6 +352,15 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
     }
     print!("{out}");
+}
+
+/// A rule's header as a table shows it: `[LABEL] ` first when labelled.
+fn labelled_text(rule: &serde_json::Value) -> String {
+    let text = rule["text"].as_str().unwrap_or("");
+    match rule["label"].as_str() {
+        Some(label) => format!("[{label}] {text}"),
+        None => text.to_string(),
+    }
 }
 
 /// Prints one interval's report: JSON, a table redrawn in place on a
@@ -384,7 +393,10 @@ fn print_line(report: &serde_json::Value) {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|r| format!("#{}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0)))
+        .map(|r| {
+            let label = r["label"].as_str().map(|l| format!("[{l}]")).unwrap_or_default();
+            format!("#{}{label}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0))
+        })
         .collect();
     println!("t={:.0}s {}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "));
 }
@@ -735,7 +747,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("\ncounters:");
                 let counters = loaded.rule_counters()?;
                 for (r, c) in rules.iter().zip(&counters) {
-                    println!("  #{:<3} {}:{:<4} {:>6} pkts {:>8} bytes  {}", r.id, r.file, r.line, c.packets, c.bytes, r.text);
+                    let text = match &r.label {
+                        Some(label) => format!("[{label}] {}", r.text),
+                        None => r.text.clone(),
+                    };
+                    println!("  #{:<3} {}:{:<4} {:>6} pkts {:>8} bytes  {text}", r.id, r.file, r.line, c.packets, c.bytes);
                 }
                 for m in loaded.meta().maps.clone() {
                     for (key, value) in loaded.map_entries(&m.name)? {
