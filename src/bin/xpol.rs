@@ -129,7 +129,9 @@ enum Command {
         /// of the built-in sample packets.
         #[arg(long)]
         pcap: Option<PathBuf>,
-        /// One JSON object per packet, then one with the counters.
+        /// One JSON object per test case, then one with the result; without
+        /// test cases (or with --pcap), one per packet, then one with the
+        /// counters (docs/json.md).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -282,7 +284,8 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
     ]
 }
 
-/// Version of the JSON reports of `run`, `stats`, `watch` and `list`
+/// Version of every JSON record `xpol` prints: the reports of `run`,
+/// `stats`, `watch`, and `list`, `apply`, `set list`, `test`
 /// (docs/json.md).
 pub const REPORT_SCHEMA: u32 = 1;
 
@@ -454,9 +457,16 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             && right_rule
             && wrong_maps.is_empty();
         if json {
+            let (_, line, _) = build.sources.location(case.span);
+            let decided_line = reference.decided_by.map(|r| out.meta.rules[r as usize].line);
             println!(
                 "{}",
-                serde_json::json!({"test": case.test, "expect": case.expect.as_str(), "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "fired": fired, "ok": good})
+                serde_json::json!({
+                    "schema": REPORT_SCHEMA, "test": case.test, "case": build.sources.snippet(case.span), "line": line,
+                    "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
+                    "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
+                    "fired": fired, "maps_wrong": wrong_maps, "ok": good,
+                })
             );
         }
         if good {
@@ -489,7 +499,9 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
     if !failures.is_empty() {
         eprint!("{}", xpol_lang::render::render_human(&failures, &build.sources, color));
     }
-    if !json {
+    if json {
+        println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "result": {"passed": passed, "failed": failed, "ok": failed == 0}}));
+    } else {
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -733,7 +745,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let after = loaded.rule_counters()?;
                     let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
                     if json {
-                        println!("{}", serde_json::json!({"hook": hook, "packet": i + 1, "len": bytes.len(), "verdict": verdict, "fired": fired}));
+                        println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "hook": hook, "packet": i + 1, "name": name, "len": bytes.len(), "verdict": verdict, "fired": fired}));
                     } else {
                         let fired: Vec<String> = fired.iter().map(|&r| format!("#{} (line {})", r, rules[r].line)).collect();
                         println!("  {:<50} {:<9} {}", name, verdict, fired.join(", "));
@@ -742,7 +754,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let report = snapshot(loaded.maps(), "-", 0.0, &Totals::new(), 0.0)?;
             if json {
-                println!("{}", serde_json::json!({"counters": report}));
+                println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "counters": report}));
             } else {
                 println!("\ncounters:");
                 let counters = loaded.rule_counters()?;
