@@ -9,6 +9,8 @@
 mod common;
 #[path = "xpol/applied.rs"]
 mod applied;
+#[path = "xpol/follow.rs"]
+mod follow;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
