@@ -465,6 +465,159 @@ fn switch(loaded: &mut LoadedPolicy, dir: &Path, record: &Record, held: &HashMap
     Err(SwitchFailure { error, rolled_back })
 }
 
+/// What [`replace_attached`] did.
+#[derive(Debug, Default)]
+pub struct Replaced {
+    /// Rules whose counters were carried over.
+    pub rules_carried: usize,
+    /// `@maps` handed on to the new programs.
+    pub maps_kept: Vec<String>,
+    /// Hooks attached afresh: the new version has them, the old did not.
+    pub attached: Vec<String>,
+    /// Hooks detached: the old version had them, the new one does not.
+    pub detached: Vec<String>,
+    /// What went wrong after the switch (the new version runs).
+    pub warnings: Vec<String>,
+}
+
+/// Replaces a policy this process holds attached (`xpol run`: links held
+/// by descriptor, nothing in bpffs) with `object`, as [`apply`] replaces an
+/// applied one: the new programs are loaded and verified beside the
+/// running ones with the unchanged `@maps` handed on, each link that
+/// stays is switched with `BPF_LINK_UPDATE` (a compare-and-swap: every
+/// packet meets the old program or the new one), and once the old
+/// programs can no longer run, their counters are carried to the new rules
+/// by identity ([`carried_rules`]). Sets need nothing carried: without a
+/// store nothing changes them, so their contents are their declaration.
+///
+/// `hooks` are the hooks to have attached on `iface` afterwards: a link of
+/// a hook among them is switched, a hook without one is attached (in
+/// `mode`), a link of any other hook is detached. On error nothing
+/// changed: `running` runs and holds what it did (links switched before a
+/// failure are switched back).
+pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[String], iface: &str, mode: XdpAttachMode) -> Result<Replaced> {
+    let meta = loader::read_meta(object)?;
+    if hooks.is_empty() {
+        return Err(RuntimeError::Replace("the new version would attach nothing".into()));
+    }
+    if let Some(h) = hooks.iter().find(|h| !meta.programs.iter().any(|p| &p.hook == *h)) {
+        return Err(RuntimeError::Replace(format!("the new version has no `{h}` program")));
+    }
+    let mut outcome = Replaced::default();
+    let mut adopt_maps = Vec::new();
+    for m in &meta.maps {
+        if running.meta().maps.iter().any(|o| o == m) {
+            adopt_maps.push((m.map.clone(), Arc::new(running.maps().map_fd(&m.map)?)));
+            outcome.maps_kept.push(m.name.clone());
+        }
+    }
+    let mut new = LoadedPolicy::load_with(object, &LoadOptions { missing_interfaces_ok: false, adopt_maps })?;
+    let links = running.take_links();
+    let (kept, dropped) = match switch_attached(running, &mut new, links, hooks, iface, mode, &mut outcome) {
+        Ok(split) => split,
+        Err((links, e)) => {
+            running.hold_links(links);
+            return Err(e);
+        }
+    };
+    new.hold_links(kept);
+    let old = std::mem::replace(running, new);
+    outcome.detached = dropped.iter().map(|(hook, _)| hook.clone()).collect();
+    drop(dropped);
+    // Once the old programs can no longer run, their counters are final.
+    sys::wait_for_running_programs();
+    match old.rule_counters() {
+        Ok(counters) => {
+            let (base, carried) = carried_counters(old.meta(), &counters, running.meta());
+            running.set_base(base);
+            outcome.rules_carried = carried;
+        }
+        Err(e) => outcome.warnings.push(format!("the counters of the old version are lost: {e}")),
+    }
+    Ok(outcome)
+}
+
+/// A hook and the link attaching its program, as a policy holds them.
+type HeldLink = (String, loader::AttachedLink);
+
+/// The switch of [`replace_attached`]: the links of `hooks` switched from
+/// `old`'s programs to `new`'s, hooks without a link attached with `new`
+/// (held by it). Returns the switched links and those of other hooks (to
+/// detach); on failure, every link as it was, with the error.
+#[allow(clippy::type_complexity)]
+fn switch_attached(
+    old: &LoadedPolicy,
+    new: &mut LoadedPolicy,
+    links: Vec<HeldLink>,
+    hooks: &[String],
+    iface: &str,
+    mode: XdpAttachMode,
+    outcome: &mut Replaced,
+) -> std::result::Result<(Vec<HeldLink>, Vec<HeldLink>), (Vec<HeldLink>, RuntimeError)> {
+    // A link is switched through its id: a BPF link (XDP, tcx). A TC
+    // program attached through netlink (Linux before 6.6) has no link to
+    // switch, and attaching beside it would run both.
+    let mut switch = Vec::new();
+    for (hook, link) in links.iter().filter(|(h, _)| hooks.contains(h)) {
+        match link {
+            loader::AttachedLink::Fd { id, .. } => switch.push((hook.clone(), *id)),
+            loader::AttachedLink::Netlink { .. } => {
+                let e = RuntimeError::Replace(format!("`{hook}` is attached through netlink, whose program cannot be switched in place: that needs TC links (tcx, Linux 6.6)"));
+                return Err((links, e));
+            }
+        }
+    }
+    let update = |id: u32, to: std::os::fd::BorrowedFd<'_>, from: std::os::fd::BorrowedFd<'_>| {
+        sys::link_fd_by_id(id).and_then(|link| sys::link_update(link.as_fd(), to, from))
+    };
+    let mut switched = Vec::new();
+    let mut failure = None;
+    for (hook, id) in &switch {
+        let step = old.program_fd(hook).and_then(|from| {
+            let to = new.program_fd(hook)?;
+            update(*id, to, from).map_err(|e| RuntimeError::Replace(format!("switching `{hook}` on {iface}: {e}")))
+        });
+        match step {
+            Ok(()) => switched.push((hook.clone(), *id)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        for hook in hooks.iter().filter(|h| !links.iter().any(|(held, _)| held == *h)) {
+            match new.attach(hook, iface, mode) {
+                Ok(()) => outcome.attached.push(hook.clone()),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Back to the old programs; links attached by `new` go with it.
+        let stuck: Vec<String> = switched
+            .into_iter()
+            .filter(|(hook, id)| {
+                let back = new.program_fd(hook).and_then(|from| Ok((from, old.program_fd(hook)?)));
+                !back.is_ok_and(|(from, to)| update(*id, to, from).is_ok())
+            })
+            .map(|(hook, _)| hook)
+            .collect();
+        outcome.attached.clear();
+        let e = if stuck.is_empty() {
+            e
+        } else {
+            // The link keeps the new program loaded; its counters go unread.
+            RuntimeError::Replace(format!("{e}; and {} could not be switched back: it runs the new version, uncounted", stuck.join(", ")))
+        };
+        return Err((links, e));
+    }
+    Ok(links.into_iter().partition(|(hook, _)| hooks.contains(hook)))
+}
+
 /// A change to one named set of an applied policy.
 pub enum SetChange {
     Add(Vec<String>),

@@ -53,6 +53,13 @@ enum Command {
         /// (e.g. 127.0.0.1:9464), refreshed every interval.
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Compile again whenever the policy, a file it includes or a set
+        /// file it reads changes, and switch the attached programs to the
+        /// new version without a gap, keeping the counters of unchanged
+        /// rules and unchanged @maps. A version that does not compile or
+        /// load is reported and the running one stays.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         rejection: RejectionOptions,
     },
@@ -202,13 +209,9 @@ fn main() -> ExitCode {
 
 /// Compiles a source policy (or reads an object) and loads it into the
 /// kernel. A verifier rejection of a compiled policy is shown at the policy
-/// expression it comes from. `None`: the problem was reported.
-fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions, rejection: &RejectionOptions) -> Result<Option<LoadedPolicy>> {
-    Ok(load_policy_and_build(policy, options, rejection)?.0)
-}
-
-/// As [`load_policy`], also returning the build of a source policy, even
-/// when it did not load (it names the files the policy read).
+/// expression it comes from (`None`: the problem was reported). Also
+/// returns the build of a source policy, even when it did not load (it
+/// names the files the policy read).
 fn load_policy_and_build(
     policy: &Path,
     options: &xpol_runtime::loader::LoadOptions,
@@ -545,6 +548,8 @@ struct WatchOptions {
     duration: Option<f64>,
     json: bool,
     metrics: Option<std::net::SocketAddr>,
+    /// `--watch`: follow the policy's files.
+    watch: bool,
 }
 
 /// A report in the Prometheus text exposition format.
@@ -623,9 +628,16 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         None => None,
     };
     let mode = xdp_mode(mode)?;
-    let Some(mut policy) = load_policy(policy_path, &Default::default(), rejection)? else { return Ok(ExitCode::FAILURE) };
-    let hooks: Vec<String> = match hook {
-        Some(h) => vec![h.replace("tc-", "tc:")],
+    // Watching starts before the first compile: a change made meanwhile counts.
+    let mut follower = if options.watch { Some(follow::Follower::new(policy_path)?) } else { None };
+    let (loaded, build) = load_policy_and_build(policy_path, &Default::default(), rejection)?;
+    if let Some(f) = follower.as_mut() {
+        f.follow(&follow::files_read(policy_path, build.as_ref()))?;
+    }
+    let Some(mut policy) = loaded else { return Ok(ExitCode::FAILURE) };
+    let hook = hook.map(|h| h.replace("tc-", "tc:"));
+    let hooks: Vec<String> = match &hook {
+        Some(h) => vec![h.clone()],
         None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -635,6 +647,11 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         policy.attach(h, interface, mode)?;
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
+    if let Some(f) = &follower {
+        eprintln!("watching {} file(s) of {}: a change replaces the running version", f.len(), policy_path.display());
+    }
+    // The version running: 1, then one more per replace (`--watch`).
+    let mut generation = 1u64;
     let start = Instant::now();
     let interval = Duration::from_secs_f64(interval.max(0.1));
     let terminal = std::io::stdout().is_terminal();
@@ -648,7 +665,14 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
                 finished = true;
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            match follower.as_mut() {
+                Some(f) => {
+                    if f.changed(Duration::from_millis(20))? && run_again(&mut policy, policy_path, hook.as_deref(), interface, mode, f, rejection) {
+                        generation += 1;
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
@@ -664,6 +688,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         let mut report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
         // A policy run from a file is named after it, wherever it was run from.
         report["policy"] = policy_path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()).into();
+        report["generation"] = generation.into();
         previous = rule_totals(&report);
         if let Some(m) = &metrics {
             if let Ok(mut t) = m.lock() {
@@ -687,10 +712,65 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run --watch` after a change: compiles the policy again and switches
+/// the attached programs to the new version (`apply::replace_attached`).
+/// Whatever fails is reported and the running version stays. True when
+/// the new version runs.
+fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interface: &str, mode: XdpAttachMode, follower: &mut follow::Follower, rejection: &RejectionOptions) -> bool {
+    let not_replaced = || eprintln!("{} not replaced; the running version stays", path.display());
+    let compiled = follow::compile(path).and_then(|c| follower.follow(&c.files).map(|()| c));
+    let (object, build) = match compiled {
+        Ok(follow::Compiled { object: Some(built), .. }) => built,
+        Ok(_) => {
+            not_replaced();
+            return false;
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            not_replaced();
+            return false;
+        }
+    };
+    let hooks: Vec<String> = match hook {
+        Some(h) => vec![h.to_string()],
+        // An unreadable object attaches nothing: the replace says why.
+        None => xpol_runtime::loader::read_meta(&object).map(|m| m.programs.iter().map(|p| p.hook.clone()).collect()).unwrap_or_default(),
+    };
+    match xpol_runtime::apply::replace_attached(policy, &object, &hooks, interface, mode) {
+        Ok(done) => {
+            for w in &done.warnings {
+                eprintln!("warning: {} was replaced, but {w}", path.display());
+            }
+            let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            eprintln!(
+                "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}; attached: {}; detached: {}",
+                path.display(),
+                hooks.join(", "),
+                done.rules_carried,
+                list(&done.maps_kept),
+                list(&done.attached),
+                list(&done.detached)
+            );
+            true
+        }
+        Err(e) => {
+            let shown = match (&e, &build) {
+                (xpol_runtime::loader::RuntimeError::Verifier { .. } | xpol_runtime::loader::RuntimeError::Map { .. }, Some(build)) => explain_load_error(build, e, rejection),
+                _ => Err(e.into()),
+            };
+            if let Err(e) = shown {
+                eprintln!("error: {e:#}");
+            }
+            not_replaced();
+            false
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, every, metrics, rejection } => {
-            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics };
+        Command::Run { policy, interface, hook, mode, every, metrics, watch, rejection } => {
+            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics, watch };
             attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
         }
         Command::Apply { policy, interfaces, name, hook, mode, json, watch, rejection } => {
