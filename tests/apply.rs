@@ -117,13 +117,18 @@ print(len(seen))
 "#;
 
 /// Sends numbered datagrams to port 7 (about 500 a second) until its
-/// standard input closes; prints how many it sent.
+/// standard input closes; says "ready" once the first is sent, and at the
+/// end prints how many it sent.
 const SENDER: &str = r#"
 import socket, select, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 n = 0
-while not select.select([sys.stdin], [], [], 0)[0]:
+while True:
     s.sendto(b"%d" % n, (sys.argv[1], 7)); n += 1
+    if n == 1:
+        print("ready", flush=True)
+    if select.select([sys.stdin], [], [], 0)[0]:
+        break
     time.sleep(0.002)
 print(n)
 "#;
@@ -144,13 +149,16 @@ impl Stream {
             .expect("receiver");
         let mut ready = [0u8; 6];
         receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
-        let sender = Command::new("ip")
+        let mut sender = Command::new("ip")
             .args(["netns", "exec", &net.a, "timeout", "120", "python3", "-c", SENDER, &net.addr_b])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("sender");
-        std::thread::sleep(Duration::from_millis(300));
+        // Not a fixed wait: on a loaded machine Python may take longer to
+        // start than any wait, and a stream stopped before its first
+        // datagram proves nothing.
+        sender.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("sender ready");
         Stream { receiver, sender }
     }
 
