@@ -90,7 +90,7 @@ fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
     assert!(status.success(), "xpol run failed: {err}");
     assert!(err.contains("detached from"), "{err}");
     let last: serde_json::Value = serde_json::from_str(out.lines().last().expect("output")).expect("JSON");
-    assert_eq!(last["final"], true);
+    assert_eq!((&last["final"], &last["schema"]), (&serde_json::json!(true), &serde_json::json!(1)), "{last}");
     let rules = last["report"]["rules"].as_array().expect("rules");
     assert_eq!(rules[0]["packets"], 10, "rule 0 (drop port 9) counted every datagram: {out}");
     assert_eq!(rules[1]["packets"], 5, "rule 1 (pass port 7): {out}");

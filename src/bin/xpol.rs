@@ -705,7 +705,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     drop(policy);
     eprintln!("detached from {interface}");
     if json {
-        println!("{}", serde_json::json!({"final": true, "report": report}));
+        println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "final": true, "report": report}));
     } else {
         print_table(&report, false);
     }
