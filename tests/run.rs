@@ -15,17 +15,24 @@ use std::time::{Duration, Instant};
 mod common;
 use common::net::{ip, output_bounded, wait_bounded, Net};
 
+/// Counts datagrams to ports 7 and 9: says "ready" once it listens, and
+/// when its standard input closes (the sender is done) and half a second
+/// more passed without a datagram, prints both counts.
 const RECEIVER: &str = r#"
 import socket, select, sys, time
 socks = {}
 for port in (7, 9):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port)); socks[s] = port
 got = {7: 0, 9: 0}
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    r, _, _ = select.select(list(socks), [], [], 0.1)
+print("ready", flush=True)
+stop = None; last = time.time()
+while stop is None or time.time() - max(stop, last) < 0.5:
+    r, _, _ = select.select(list(socks) + ([sys.stdin] if stop is None else []), [], [], 0.1)
     for s in r:
-        s.recv(2048); got[socks[s]] += 1
+        if s is sys.stdin:
+            sys.stdin.read(); stop = time.time()
+        else:
+            s.recv(2048); got[socks[s]] += 1; last = time.time()
 print(got[7], got[9])
 "#;
 
@@ -105,13 +112,17 @@ fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
 /// arrived at each, as "PORT7 PORT9".
 fn send_and_count(net: &Net) -> String {
     let mut receiver = Command::new("ip")
-        .args(["netns", "exec", &net.b, "timeout", "10", "python3", "-c", RECEIVER, "2.5"])
+        .args(["netns", "exec", &net.b, "timeout", "30", "python3", "-c", RECEIVER])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start receiver");
-    std::thread::sleep(Duration::from_millis(300));
+    // Send once it listens, however long Python takes to start.
+    let mut ready = [0u8; 6];
+    receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
     let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
     assert!(sent.success());
+    drop(receiver.stdin.take());
     assert!(wait_bounded(&mut receiver, Duration::from_secs(15)).success());
     let mut got = String::new();
     receiver.stdout.take().expect("stdout").read_to_string(&mut got).expect("read");
