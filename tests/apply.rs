@@ -117,14 +117,18 @@ print(len(seen))
 "#;
 
 /// Sends numbered datagrams to port 7 (about 500 a second) until its
-/// standard input closes; prints how many it sent.
+/// standard input closes; says "ready" once the first is sent, and at the
+/// end prints how many it sent.
 const SENDER: &str = r#"
 import socket, select, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 n = 0
-print("ready", flush=True)
-while not select.select([sys.stdin], [], [], 0)[0]:
+while True:
     s.sendto(b"%d" % n, (sys.argv[1], 7)); n += 1
+    if n == 1:
+        print("ready", flush=True)
+    if select.select([sys.stdin], [], [], 0)[0]:
+        break
     time.sleep(0.002)
 print(n)
 "#;
@@ -151,8 +155,10 @@ impl Stream {
             .stdout(Stdio::piped())
             .spawn()
             .expect("sender");
-        // Started (a loaded machine may take longer than the sleep below
-        // to start Python), then sending for a while.
+        // Not a fixed wait for the start: on a loaded machine Python may
+        // take longer to start than any wait, and a stream stopped before
+        // its first datagram proves nothing. Then a while of sending, so
+        // that a test that stops it at once still sees a stream.
         sender.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("sender ready");
         std::thread::sleep(Duration::from_millis(300));
         Stream { receiver, sender }
@@ -245,6 +251,42 @@ fn replacing_twenty_times_under_traffic_loses_nothing() {
     assert_eq!(report["maps"][0]["top"][0]["value"], sent, "@seen was handed on, never reset: {report}");
     let files = host.sh("ls /sys/fs/bpf/xpol/live");
     assert_eq!(String::from_utf8_lossy(&files.stdout).split_whitespace().collect::<Vec<_>>(), ["gen_21", "link_0"], "one link, one generation");
+}
+
+/// A rule's label is its identity: across a replace that edits the
+/// predicates of two rules, the labelled one keeps its counters (and shows
+/// its label), the unlabelled one is a new rule that starts at 0.
+#[test]
+fn labelled_rule_keeps_its_counters_when_its_predicate_changes() {
+    if !usable() {
+        return;
+    }
+    let (net, host, dir) = fixture();
+    // The first rule counts and lets evaluation go on, so the stream fires both.
+    let v1 = write(dir.path(), "v1.xpol", "xdp /udp.dport == 7 && ip.ttl > 0/ { @seen = count() }\nrule \"stream\" xdp /udp.dport == 7/ { pass }\nxdp { pass }\n");
+    let v2 = write(dir.path(), "v2.xpol", "xdp /udp.dport == 7 && ip.ttl > 1/ { @seen = count() }\nrule \"stream\" xdp /udp.dport in {7, 8}/ { pass }\nxdp { pass }\n");
+    let (v1, v2) = (v1.to_str().expect("utf-8"), v2.to_str().expect("utf-8"));
+    host.ok(&net.b, &["apply", v1, "-i", &net.vb, "--name", "lab"]);
+    let (first, received) = Stream::start(&net).stop();
+    assert_eq!(first, received);
+    let report = stats(&host, &net, "lab");
+    assert_eq!(rule_packets(&report, "stream"), first, "{report}");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7 && ip.ttl > 0/"), first, "{report}");
+
+    let out: serde_json::Value = serde_json::from_str(&host.ok(&net.b, &["apply", v2, "-i", &net.vb, "--name", "lab", "--json"])).expect("JSON");
+    assert_eq!(out["outcome"]["rules_carried"], 2, "`stream` and the last rule: {out}");
+    let report = stats(&host, &net, "lab");
+    assert_eq!(rule_packets(&report, "stream"), first, "the labelled rule kept its counters: {report}");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7 && ip.ttl > 1/"), 0, "the edited unlabelled rule is new: {report}");
+    let (second, received) = Stream::start(&net).stop();
+    assert_eq!(second, received);
+    let report = stats(&host, &net, "lab");
+    assert_eq!(rule_packets(&report, "stream"), first + second, "{report}");
+    assert_eq!(rule_packets(&report, "xdp /udp.dport == 7 && ip.ttl > 1/"), second, "{report}");
+    let stream = report["rules"].as_array().expect("rules").iter().find(|r| r["key"] == "stream").expect("the labelled rule").clone();
+    assert_eq!((stream["label"].as_str(), stream["text"].as_str()), (Some("stream"), Some("xdp /udp.dport in {7, 8}/")), "{stream}");
+    let table = host.ok(&net.b, &["stats", "lab"]);
+    assert!(table.contains("[stream] xdp /udp.dport in {7, 8}/"), "{table}");
 }
 
 /// `xpol set` changes under traffic: a stream the set never holds is never

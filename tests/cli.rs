@@ -106,6 +106,31 @@ fn xpol_test_runs_a_pcap() {
     assert_eq!((lines[2]["verdict"].as_str(), lines[2]["fired"][0].as_u64()), (Some("pass"), Some(4)));
     assert!(lines[3]["verdict"].as_str().expect("verdict").starts_with("error"), "a 10-byte frame cannot be test-run");
     assert_eq!(lines[4]["counters"]["rules"][0]["packets"], 1);
+    assert!(lines.iter().all(|l| l["schema"] == 1), "every record carries the schema (docs/json.md)");
+}
+
+/// `xpol test --json` on a policy's test cases: one record per case, then
+/// the result, each with `"schema": 1` (docs/json.md).
+#[test]
+fn xpol_test_json_has_a_schema_and_a_record_per_case() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol_test_json_has_a_schema_and_a_record_per_case") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("t.xpol");
+    std::fs::write(&p, "xdp /tcp.dport == 22/ { drop }\nxdp { pass }\ntest \"ssh\" {\n    tcp(dport: 22) => drop by 1\n    tcp(dport: 23) => drop\n}\n").expect("write");
+    let r = Command::new(env!("CARGO_BIN_EXE_xpol")).arg("test").arg(&p).arg("--json").output().expect("run xpol");
+    assert!(!r.status.success(), "one case fails");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l["schema"] == 1), "{lines:?}");
+    let pass = &lines[0];
+    assert_eq!((pass["test"].as_str(), pass["case"].as_str(), pass["line"].as_u64()), (Some("ssh"), Some("tcp(dport: 22) => drop by 1"), Some(4)), "{pass}");
+    assert_eq!((pass["expect"].as_str(), pass["expect_by"].as_u64(), pass["kernel"].as_str(), pass["reference"].as_str()), (Some("drop"), Some(1), Some("drop"), Some("drop")));
+    assert_eq!((pass["decided_by"].as_u64(), pass["ok"].as_bool()), (Some(1), Some(true)));
+    let fail = &lines[1];
+    assert_eq!((fail["kernel"].as_str(), fail["decided_by"].as_u64(), fail["ok"].as_bool()), (Some("pass"), Some(2), Some(false)), "{fail}");
+    assert_eq!(lines[2]["result"], serde_json::json!({"passed": 1, "failed": 1, "ok": false}));
 }
 
 /// The tests written in every example, std policy and golden policy pass

@@ -15,17 +15,24 @@ use std::time::{Duration, Instant};
 mod common;
 use common::net::{ip, output_bounded, wait_bounded, Net};
 
+/// Counts datagrams to ports 7 and 9: says "ready" once it listens, and
+/// when its standard input closes (the sender is done) and half a second
+/// more passed without a datagram, prints both counts.
 const RECEIVER: &str = r#"
 import socket, select, sys, time
 socks = {}
 for port in (7, 9):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port)); socks[s] = port
 got = {7: 0, 9: 0}
-end = time.time() + float(sys.argv[1])
-while time.time() < end:
-    r, _, _ = select.select(list(socks), [], [], 0.1)
+print("ready", flush=True)
+stop = None; last = time.time()
+while stop is None or time.time() - max(stop, last) < 0.5:
+    r, _, _ = select.select(list(socks) + ([sys.stdin] if stop is None else []), [], [], 0.1)
     for s in r:
-        s.recv(2048); got[socks[s]] += 1
+        if s is sys.stdin:
+            sys.stdin.read(); stop = time.time()
+        else:
+            s.recv(2048); got[socks[s]] += 1; last = time.time()
 print(got[7], got[9])
 "#;
 
@@ -80,18 +87,7 @@ fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let mut receiver = Command::new("ip")
-        .args(["netns", "exec", &net.b, "python3", "-c", RECEIVER, "2.5"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start receiver");
-    std::thread::sleep(Duration::from_millis(300));
-    let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
-    assert!(sent.success());
-    assert!(wait_bounded(&mut receiver, Duration::from_secs(10)).success());
-    let mut got = String::new();
-    receiver.stdout.take().expect("stdout").read_to_string(&mut got).expect("read");
-    assert_eq!(got.trim(), "5 0", "datagrams to port 7 pass, to port 9 are dropped");
+    assert_eq!(send_and_count(&net), "5 0", "datagrams to port 7 pass, to port 9 are dropped");
 
     let status = wait_bounded(&mut run, Duration::from_secs(15));
     let mut out = String::new();
@@ -101,7 +97,7 @@ fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
     assert!(status.success(), "xpol run failed: {err}");
     assert!(err.contains("detached from"), "{err}");
     let last: serde_json::Value = serde_json::from_str(out.lines().last().expect("output")).expect("JSON");
-    assert_eq!(last["final"], true);
+    assert_eq!((&last["final"], &last["schema"]), (&serde_json::json!(true), &serde_json::json!(1)), "{last}");
     let rules = last["report"]["rules"].as_array().expect("rules");
     assert_eq!(rules[0]["packets"], 10, "rule 0 (drop port 9) counted every datagram: {out}");
     assert_eq!(rules[1]["packets"], 5, "rule 1 (pass port 7): {out}");
@@ -110,6 +106,27 @@ fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
     let link = net.link_b();
     assert!(!link.contains("xdp") && !link.contains("prog/"), "still attached after exit: {link}");
     let _ = ns;
+}
+
+/// Sends 10 datagrams to port 9 and 5 to port 7 from a to b; how many
+/// arrived at each, as "PORT7 PORT9".
+fn send_and_count(net: &Net) -> String {
+    let mut receiver = Command::new("ip")
+        .args(["netns", "exec", &net.b, "timeout", "30", "python3", "-c", RECEIVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start receiver");
+    // Send once it listens, however long Python takes to start.
+    let mut ready = [0u8; 6];
+    receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
+    let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
+    assert!(sent.success());
+    drop(receiver.stdin.take());
+    assert!(wait_bounded(&mut receiver, Duration::from_secs(15)).success());
+    let mut got = String::new();
+    receiver.stdout.take().expect("stdout").read_to_string(&mut got).expect("read");
+    got.trim().to_string()
 }
 
 const XDP_POLICY: &str = "xdp /udp.dport == 9/ { drop }\nxdp /udp.dport == 7/ { pass }\nxdp { pass }\n";
@@ -449,4 +466,109 @@ fn standard_tools_load_the_object() {
     assert!(load.status.success(), "bpftool prog load: {}", String::from_utf8_lossy(&load.stderr));
     let show = Command::new("bpftool").args(["prog", "show", "pinned", &pin.0]).output().expect("bpftool");
     assert!(String::from_utf8_lossy(&show.stdout).contains("xpol_xdp"), "{}", String::from_utf8_lossy(&show.stdout));
+}
+
+/// The lines of a child's output as they come, through a channel.
+fn lines_of(stream: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to 20 s for a line that `wanted` accepts, keeping every line
+/// read in `seen` (for the failure message).
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, seen: &mut Vec<String>, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if wanted(&line) {
+                    return line;
+                }
+            }
+            Err(_) => panic!("no {what} within 20 s; so far:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// Kills a child when the test ends, however it ends (`ip netns exec`
+/// execs the command: the child is xpol itself).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `xpol run --watch`: an edit of the policy switches the attached program
+/// in place (no detach: the XDP link stays, its program changes), the new
+/// verdict holds for real traffic at once, a labelled rule keeps its
+/// counters, and a version that does not compile leaves the running one.
+#[test]
+fn run_watch_replaces_the_program_in_place() {
+    if !usable() {
+        return;
+    }
+    const V1: &str = "rule \"seven\" xdp /udp.dport == 7/ { drop }\nxdp /udp.dport == 9/ { pass }\nxdp { pass }\n";
+    const V2: &str = "rule \"seven\" xdp /udp.dport == 7 && ip.ttl > 0/ { pass }\nxdp /udp.dport == 9/ { pass }\nxdp { pass }\n";
+    let (net, _dir, policy) = setup(V1);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.b, env!("CARGO_BIN_EXE_xpol"), "run", "--watch"])
+        .arg(&policy)
+        .args(["-i", &net.vb, "--mode", "generic", "--json", "--interval", "0.2", "--duration", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xpol run --watch");
+    let mut run = KillOnDrop(child);
+    let (out, err) = (lines_of(run.0.stdout.take().expect("stdout")), lines_of(run.0.stderr.take().expect("stderr")));
+    let (mut reports, mut messages) = (Vec::new(), Vec::new());
+    wait_for_line(&err, &mut messages, "watching message", |l| l.starts_with("watching 1 file(s)"));
+    let xdp_prog = |net: &Net| {
+        let link: serde_json::Value = serde_json::from_slice(&Command::new("ip").args(["-n", &net.b, "-j", "link", "show", &net.vb]).output().expect("ip").stdout).expect("ip -j");
+        link[0]["xdp"]["prog"]["id"].as_u64().expect("an XDP program attached")
+    };
+    // The BPF link running a program: the same link before and after a
+    // replace is a switch in place, not a detach and attach.
+    let link_running = |prog: u64| xpol_runtime::sys::links().into_iter().find(|l| u64::from(l.prog_id) == prog).map(|l| l.id).expect("a link runs the program");
+    let first = xdp_prog(&net);
+    let link = link_running(first);
+    assert_eq!(send_and_count(&net), "0 10", "version 1 drops port 7");
+
+    // A broken version: reported, and version 1 stays.
+    std::fs::write(&policy, "rule \"seven\" xdp /udp.dport == 7/ { drop \n").expect("write");
+    wait_for_line(&err, &mut messages, "refusal", |l| l.contains("not replaced; the running version stays"));
+    assert_eq!(xdp_prog(&net), first);
+    assert_eq!(send_and_count(&net), "0 10", "version 1 still runs");
+
+    std::fs::write(&policy, V2).expect("write");
+    wait_for_line(&err, &mut messages, "replace", |l| l.starts_with("replaced"));
+    let second = xdp_prog(&net);
+    assert_ne!(second, first, "the link runs the new program");
+    assert_eq!(link_running(second), link, "the same link: switched, never detached");
+    assert_eq!(send_and_count(&net), "5 10", "version 2 passes port 7");
+
+    let report = wait_for_line(&out, &mut reports, "report of version 2", |l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|r| r["generation"] == 2 && r["rules"][1]["packets"] == 30)
+    });
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    let rules = report["rules"].as_array().expect("rules");
+    assert_eq!((rules[0]["key"].as_str(), rules[0]["packets"].as_u64()), (Some("seven"), Some(15)), "counted across versions: {report}");
+    assert_eq!(rules[0]["verdict"], "pass", "{report}");
+    Command::new("kill").args(["-TERM", &run.0.id().to_string()]).status().expect("kill");
+    assert!(wait_bounded(&mut run.0, Duration::from_secs(10)).success());
+    let all: Vec<String> = err.iter().collect();
+    messages.extend(all);
+    assert_eq!(messages.iter().filter(|m| m.starts_with("detached from")).count(), 1, "detached once, at the end: {messages:?}");
+    assert!(!net.link_b().contains("xdp"), "nothing left attached: {}", net.link_b());
 }

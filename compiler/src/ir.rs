@@ -254,8 +254,10 @@ pub struct Rule {
     pub hook: Hook,
     /// The probe header (hook and predicate).
     pub span: Span,
-    /// The header text on one line.
+    /// The header text on one line: hook and predicate, without the label.
     pub text: String,
+    /// `rule "NAME"`: the rule's identity, when labelled.
+    pub label: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -449,7 +451,8 @@ impl fmt::Display for Policy {
             for probe in &prog.probes {
                 let rule = &self.rules[probe.rule as usize];
                 let pred = probe.predicate.as_ref().map(|e| p.expr(e)).unwrap_or_else(|| "true".into());
-                out.push_str(&format!("  rule {} `{}` when {}:\n", rule.id, rule.text, pred));
+                let label = rule.label.as_ref().map(|l| format!(" \"{l}\"")).unwrap_or_default();
+                out.push_str(&format!("  rule {}{label} `{}` when {}:\n", rule.id, rule.text, pred));
                 p.stmts(&mut out, &probe.body, 2);
             }
             out.push_str("  (no rule decided) pass\n");

@@ -133,6 +133,9 @@ impl Hook {
 /// `HOOK /predicate/ { statements }`
 #[derive(Clone, Debug, PartialEq)]
 pub struct Probe {
+    /// `rule "NAME"` before the hook: the rule's identity across versions
+    /// of the policy (checked by the compiler: unique, a limited charset).
+    pub label: Option<StrLit>,
     pub hook: Hook,
     pub hook_span: Span,
     pub predicate: Option<Expr>,

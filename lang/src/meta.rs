@@ -119,13 +119,33 @@ pub struct RuleMeta {
     pub line: u32,
     /// 1-based.
     pub column: u32,
-    /// The probe's header as written (hook and predicate), on one line.
+    /// The probe's header as written (hook and predicate, without a
+    /// `rule "NAME"` label), on one line.
     pub text: String,
     /// What the rule decides when it fires: `pass`, `drop`, `tx`, `abort`,
     /// `redirect`, `mixed` (depends on an `if`) or `none` (evaluation goes
     /// on). Absent in objects built before it was recorded.
     #[serde(default)]
     pub verdict: String,
+    /// `rule "NAME"` as written before the hook, when the policy labels
+    /// the rule: then it is the rule's identity (counters carried across
+    /// a replace, the `rule` label of metrics). Absent in objects built
+    /// before labels existed, and for unlabelled rules; runtimes that do
+    /// not know it ignore it and fall back to the header text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// The most bytes of a `rule "NAME"` label.
+pub const RULE_LABEL_MAX: usize = 64;
+
+/// Whether `c` may appear in a `rule "NAME"` label: letters, digits and
+/// `_ . : / -`, so that a label is a Prometheus label value, a JSON key and
+/// a shell word without quoting or escaping. Without a space, a label can
+/// only equal the identity of an unlabelled rule that has no predicate: a
+/// hook name alone, which the compiler refuses as a label.
+pub fn is_rule_label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-')
 }
 
 /// Counters of one rule on one CPU, as laid out in [`RULES_MAP`] and in

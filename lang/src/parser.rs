@@ -107,6 +107,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::ident | Rule::name => "a name",
         Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
         Rule::set_max | Rule::max_word => "`max N`",
+        Rule::rule_label | Rule::rule_word => "`rule \"NAME\"`",
         Rule::else_part => "`else`",
         _ => return None,
     })
@@ -231,7 +232,11 @@ impl AstBuilder {
                 Some(Item::Test(ast::TestBlock { name, hook, cases, span }))
             }
             Rule::probe => {
-                let mut it = p.into_inner();
+                let mut it = p.into_inner().peekable();
+                let label = match it.peek() {
+                    Some(l) if l.as_rule() == Rule::rule_label => Some(self.string(it.next()?.into_inner().nth(1)?)),
+                    _ => None,
+                };
                 let hook_pair = it.next()?;
                 let hook_span = self.span(&hook_pair);
                 let hook = hook_of(hook_pair.as_str());
@@ -244,7 +249,7 @@ impl AstBuilder {
                     None
                 };
                 let body = self.block(next);
-                Some(Item::Probe(Probe { hook, hook_span, predicate, body, span }))
+                Some(Item::Probe(Probe { label, hook, hook_span, predicate, body, span }))
             }
             _ => None,
         }

@@ -133,6 +133,28 @@ fn set_capacity_and_max_as_a_name() {
     }
 }
 
+/// `rule "NAME"` labels a probe; `rule` stays an ordinary name everywhere
+/// else, and the label's text is kept as written (the checker judges it).
+#[test]
+fn rule_labels_and_rule_as_a_name() {
+    let src = "const rule = 22\nrule \"ssh-in\" xdp /tcp.dport == rule/ { let rule = 1; pass }\nrule\n  \"\" tc:ingress { drop }\nxdp { pass }";
+    let items = parse_ok(src);
+    let Item::Const(c) = &items[0] else { panic!() };
+    assert_eq!(c.name.name, "rule");
+    let Item::Probe(p) = &items[1] else { panic!() };
+    let label = p.label.as_ref().expect("a label");
+    assert_eq!(label.value, "ssh-in");
+    assert_eq!(&src[label.span.start as usize..label.span.end as usize], "\"ssh-in\"");
+    assert_eq!(&src[p.span.start as usize..p.hook_span.end as usize], "rule \"ssh-in\" xdp");
+    let Item::Probe(p) = &items[2] else { panic!() };
+    assert_eq!((p.label.as_ref().map(|l| l.value.as_str()), p.hook), (Some(""), Hook::TcIngress));
+    let Item::Probe(p) = &items[3] else { panic!() };
+    assert_eq!(p.label, None);
+    for bad in ["rule xdp { pass }", "rule ssh xdp { pass }", "rule \"a\" { pass }", "rules \"a\" xdp { pass }", "xdp rule \"a\" { pass }"] {
+        assert!(parse(bad, FileId(0)).is_err(), "{bad:?} should fail");
+    }
+}
+
 #[test]
 fn spans_are_exact() {
     let src = "xdp /tcp.dport == 22/ { drop }";

@@ -17,7 +17,7 @@
 //!   its live contents (what `xpol set` made of it); a set whose
 //!   declaration changed gets the new declaration.
 //! - Per-rule counters of the rules that still exist, by rule identity
-//!   ([`rule_identities`]): added to the new generation's counters once the
+//!   ([`rule_identities`], [`carried_rules`]): added to the new generation's counters once the
 //!   old programs can no longer run.
 
 use crate::ipv4_edit::Ipv4Editor;
@@ -81,13 +81,23 @@ pub fn parse_mode(mode: &str) -> Option<XdpAttachMode> {
     }
 }
 
-/// A rule's identity across versions of a policy: its header (hook and
-/// predicate) as written, with white space folded, and, for rules with the
-/// same header, which of them it is in source order (` #2`, ...). It
-/// survives moving a rule, editing its body, editing any other rule and
-/// running from another directory; editing its predicate makes it a new
-/// rule.
+/// A rule's identity across versions of a policy: its `rule "NAME"`
+/// label when it has one; else its header (hook and predicate) as
+/// written, with white space folded, and, for rules with the same header,
+/// which of them it is in source order (` #2`, ...; labelled rules count
+/// too, so that labelling one of two alike rules does not renumber the
+/// other). A labelled rule keeps its identity whatever else changes,
+/// predicate included. An unlabelled one survives moving it, editing its
+/// body, editing any other rule and running from another directory;
+/// editing its predicate makes it a new rule. The two kinds never collide:
+/// a label has no space, and the compiler refuses the only header
+/// identities without one (a hook name alone) as labels.
 pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
+    meta.rules.iter().zip(header_identities(meta)).map(|(r, header)| r.label.clone().unwrap_or(header)).collect()
+}
+
+/// Each rule's identity as if no rule had a label.
+fn header_identities(meta: &ObjectMeta) -> Vec<String> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     meta.rules
         .iter()
@@ -98,6 +108,27 @@ pub fn rule_identities(meta: &ObjectMeta) -> Vec<String> {
             if *n == 1 { key } else { format!("{key} #{n}") }
         })
         .collect()
+}
+
+/// For each rule of `new`, the rule of `old` whose counters it carries on:
+/// the one with the same identity ([`rule_identities`]); failing that, when
+/// a label was added to or taken from a rule whose header stayed the same,
+/// the old rule of that header (if no other rule carried it on already),
+/// so that labelling the rules of a running policy restarts no counter.
+pub fn carried_rules(old: &ObjectMeta, new: &ObjectMeta) -> Vec<Option<usize>> {
+    let old_ids = rule_identities(old);
+    let mut from: Vec<Option<usize>> = rule_identities(new).iter().map(|id| old_ids.iter().position(|o| o == id)).collect();
+    let (old_headers, new_headers) = (header_identities(old), header_identities(new));
+    for i in 0..from.len() {
+        if from[i].is_some() {
+            continue;
+        }
+        let relabelled = |j: &usize| {
+            old.rules[*j].label.is_some() != new.rules[i].label.is_some() && old_headers[*j] == new_headers[i] && !from.contains(&Some(*j))
+        };
+        from[i] = (0..old.rules.len()).find(relabelled);
+    }
+    from
 }
 
 /// What a replace needs of the running policy.
@@ -265,21 +296,12 @@ fn normalized<'a>(req: &ApplyRequest<'a>, previous: Option<&Generation>) -> Resu
     })
 }
 
-/// The old counters of each new rule by rule identity, and how many new
-/// rules had an old one.
-fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &ObjectMeta) -> (Vec<RuleCounters>, usize) {
-    let old_ids = rule_identities(old_meta);
-    let mut carried = 0;
-    let counters = rule_identities(new_meta)
-        .iter()
-        .map(|id| match old_ids.iter().position(|o| o == id) {
-            Some(i) => {
-                carried += 1;
-                old.get(i).copied().unwrap_or_default()
-            }
-            None => RuleCounters::default(),
-        })
-        .collect();
+/// The old counters of each new rule ([`carried_rules`]), and how many
+/// new rules had an old one.
+pub fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &ObjectMeta) -> (Vec<RuleCounters>, usize) {
+    let from = carried_rules(old_meta, new_meta);
+    let carried = from.iter().flatten().count();
+    let counters = from.iter().map(|f| f.and_then(|i| old.get(i).copied()).unwrap_or_default()).collect();
     (counters, carried)
 }
 
@@ -442,6 +464,159 @@ fn switch(loaded: &mut LoadedPolicy, dir: &Path, record: &Record, held: &HashMap
         };
     }
     Err(SwitchFailure { error, rolled_back })
+}
+
+/// What [`replace_attached`] did.
+#[derive(Debug, Default)]
+pub struct Replaced {
+    /// Rules whose counters were carried over.
+    pub rules_carried: usize,
+    /// `@maps` handed on to the new programs.
+    pub maps_kept: Vec<String>,
+    /// Hooks attached afresh: the new version has them, the old did not.
+    pub attached: Vec<String>,
+    /// Hooks detached: the old version had them, the new one does not.
+    pub detached: Vec<String>,
+    /// What went wrong after the switch (the new version runs).
+    pub warnings: Vec<String>,
+}
+
+/// Replaces a policy this process holds attached (`xpol run`: links held
+/// by descriptor, nothing in bpffs) with `object`, as [`apply`] replaces an
+/// applied one: the new programs are loaded and verified beside the
+/// running ones with the unchanged `@maps` handed on, each link that
+/// stays is switched with `BPF_LINK_UPDATE` (a compare-and-swap: every
+/// packet meets the old program or the new one), and once the old
+/// programs can no longer run, their counters are carried to the new rules
+/// by identity ([`carried_rules`]). Sets need nothing carried: without a
+/// store nothing changes them, so their contents are their declaration.
+///
+/// `hooks` are the hooks to have attached on `iface` afterwards: a link of
+/// a hook among them is switched, a hook without one is attached (in
+/// `mode`), a link of any other hook is detached. On error nothing
+/// changed: `running` runs and holds what it did (links switched before a
+/// failure are switched back).
+pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[String], iface: &str, mode: XdpAttachMode) -> Result<Replaced> {
+    let meta = loader::read_meta(object)?;
+    if hooks.is_empty() {
+        return Err(RuntimeError::Replace("the new version would attach nothing".into()));
+    }
+    if let Some(h) = hooks.iter().find(|h| !meta.programs.iter().any(|p| &p.hook == *h)) {
+        return Err(RuntimeError::Replace(format!("the new version has no `{h}` program")));
+    }
+    let mut outcome = Replaced::default();
+    let mut adopt_maps = Vec::new();
+    for m in &meta.maps {
+        if running.meta().maps.iter().any(|o| o == m) {
+            adopt_maps.push((m.map.clone(), Arc::new(running.maps().map_fd(&m.map)?)));
+            outcome.maps_kept.push(m.name.clone());
+        }
+    }
+    let mut new = LoadedPolicy::load_with(object, &LoadOptions { missing_interfaces_ok: false, adopt_maps })?;
+    let links = running.take_links();
+    let (kept, dropped) = match switch_attached(running, &mut new, links, hooks, iface, mode, &mut outcome) {
+        Ok(split) => split,
+        Err((links, e)) => {
+            running.hold_links(links);
+            return Err(e);
+        }
+    };
+    new.hold_links(kept);
+    let old = std::mem::replace(running, new);
+    outcome.detached = dropped.iter().map(|(hook, _)| hook.clone()).collect();
+    drop(dropped);
+    // Once the old programs can no longer run, their counters are final.
+    sys::wait_for_running_programs();
+    match old.rule_counters() {
+        Ok(counters) => {
+            let (base, carried) = carried_counters(old.meta(), &counters, running.meta());
+            running.set_base(base);
+            outcome.rules_carried = carried;
+        }
+        Err(e) => outcome.warnings.push(format!("the counters of the old version are lost: {e}")),
+    }
+    Ok(outcome)
+}
+
+/// A hook and the link attaching its program, as a policy holds them.
+type HeldLink = (String, loader::AttachedLink);
+
+/// The switch of [`replace_attached`]: the links of `hooks` switched from
+/// `old`'s programs to `new`'s, hooks without a link attached with `new`
+/// (held by it). Returns the switched links and those of other hooks (to
+/// detach); on failure, every link as it was, with the error.
+#[allow(clippy::type_complexity)]
+fn switch_attached(
+    old: &LoadedPolicy,
+    new: &mut LoadedPolicy,
+    links: Vec<HeldLink>,
+    hooks: &[String],
+    iface: &str,
+    mode: XdpAttachMode,
+    outcome: &mut Replaced,
+) -> std::result::Result<(Vec<HeldLink>, Vec<HeldLink>), (Vec<HeldLink>, RuntimeError)> {
+    // A link is switched through its id: a BPF link (XDP, tcx). A TC
+    // program attached through netlink (Linux before 6.6) has no link to
+    // switch, and attaching beside it would run both.
+    let mut switch = Vec::new();
+    for (hook, link) in links.iter().filter(|(h, _)| hooks.contains(h)) {
+        match link {
+            loader::AttachedLink::Fd { id, .. } => switch.push((hook.clone(), *id)),
+            loader::AttachedLink::Netlink { .. } => {
+                let e = RuntimeError::Replace(format!("`{hook}` is attached through netlink, whose program cannot be switched in place: that needs TC links (tcx, Linux 6.6)"));
+                return Err((links, e));
+            }
+        }
+    }
+    let update = |id: u32, to: std::os::fd::BorrowedFd<'_>, from: std::os::fd::BorrowedFd<'_>| {
+        sys::link_fd_by_id(id).and_then(|link| sys::link_update(link.as_fd(), to, from))
+    };
+    let mut switched = Vec::new();
+    let mut failure = None;
+    for (hook, id) in &switch {
+        let step = old.program_fd(hook).and_then(|from| {
+            let to = new.program_fd(hook)?;
+            update(*id, to, from).map_err(|e| RuntimeError::Replace(format!("switching `{hook}` on {iface}: {e}")))
+        });
+        match step {
+            Ok(()) => switched.push((hook.clone(), *id)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        for hook in hooks.iter().filter(|h| !links.iter().any(|(held, _)| held == *h)) {
+            match new.attach(hook, iface, mode) {
+                Ok(()) => outcome.attached.push(hook.clone()),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Back to the old programs; links attached by `new` go with it.
+        let stuck: Vec<String> = switched
+            .into_iter()
+            .filter(|(hook, id)| {
+                let back = new.program_fd(hook).and_then(|from| Ok((from, old.program_fd(hook)?)));
+                !back.is_ok_and(|(from, to)| update(*id, to, from).is_ok())
+            })
+            .map(|(hook, _)| hook)
+            .collect();
+        outcome.attached.clear();
+        let e = if stuck.is_empty() {
+            e
+        } else {
+            // The link keeps the new program loaded; its counters go unread.
+            RuntimeError::Replace(format!("{e}; and {} could not be switched back: it runs the new version, uncounted", stuck.join(", ")))
+        };
+        return Err((links, e));
+    }
+    Ok(links.into_iter().partition(|(hook, _)| hooks.contains(hook)))
 }
 
 /// A change to one named set of an applied policy.
@@ -714,5 +889,60 @@ impl SetEditor {
         apply(store, &req)?;
         *self = SetEditor::open(store, &self.name, &self.set.name)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{carried_rules, rule_identities};
+    use xpol_lang::meta::{ObjectMeta, RuleMeta};
+
+    /// A policy's metadata with rules of these (label, header) pairs.
+    fn meta(rules: &[(Option<&str>, &str)]) -> ObjectMeta {
+        let rules = rules
+            .iter()
+            .enumerate()
+            .map(|(i, (label, text))| RuleMeta {
+                id: i as u32,
+                hook: "xdp".into(),
+                file: "p.xpol".into(),
+                line: i as u32 + 1,
+                column: 1,
+                text: text.to_string(),
+                verdict: "pass".into(),
+                label: label.map(str::to_string),
+            })
+            .collect();
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default() }
+    }
+
+    #[test]
+    fn labels_are_identities_and_headers_count_every_rule() {
+        let m = meta(&[(Some("ssh-in"), "xdp /tcp.dport == 22/"), (None, "xdp  /tcp.dport == 22/"), (None, "xdp")]);
+        assert_eq!(rule_identities(&m), ["ssh-in", "xdp /tcp.dport == 22/ #2", "xdp"]);
+    }
+
+    #[test]
+    fn a_labelled_rule_carries_across_predicate_edits_and_moves() {
+        let old = meta(&[(Some("web"), "xdp /tcp.dport == 80/"), (None, "xdp /udp.dport == 9/"), (None, "xdp")]);
+        let new = meta(&[(None, "xdp"), (None, "xdp /udp.dport == 10/"), (Some("web"), "xdp /tcp.dport in {80, 443}/")]);
+        assert_eq!(carried_rules(&old, &new), [Some(2), None, Some(0)], "the unlabelled edited rule restarts");
+    }
+
+    #[test]
+    fn adding_or_removing_a_label_keeps_the_counters_of_an_unchanged_header() {
+        let old = meta(&[(None, "xdp /x/"), (None, "xdp /x/"), (Some("b"), "xdp /y/")]);
+        // The first `/x/` labelled: it carries its own, the second keeps `#2`;
+        // `b` unlabelled keeps its counters; a renamed label is a new rule.
+        let new = meta(&[(Some("a"), "xdp /x/"), (None, "xdp /x/"), (None, "xdp /y/")]);
+        assert_eq!(carried_rules(&old, &new), [Some(0), Some(1), Some(2)]);
+        let renamed = meta(&[(None, "xdp /x/"), (None, "xdp /x/"), (Some("c"), "xdp /y/")]);
+        assert_eq!(carried_rules(&old, &renamed), [Some(0), Some(1), None]);
+        // An old rule is carried on once only: `b` moved to another
+        // predicate keeps its counters, the rule now on its old header
+        // starts afresh.
+        let old = meta(&[(Some("b"), "xdp /y/")]);
+        let moved = meta(&[(Some("b"), "xdp /z/"), (None, "xdp /y/")]);
+        assert_eq!(carried_rules(&old, &moved), [Some(0), None]);
     }
 }

@@ -71,6 +71,10 @@ pub enum RuntimeError {
     Bpffs(String),
     #[error("this kernel lacks a feature: {0}")]
     KernelFeature(String),
+    /// A replace of a policy this process runs attached
+    /// ([`crate::apply::replace_attached`]) did not happen; the old one runs.
+    #[error("not replaced, the running version stays: {0}")]
+    Replace(String),
 }
 
 type Result<T> = std::result::Result<T, RuntimeError>;
@@ -168,7 +172,7 @@ pub struct PolicyMaps {
 }
 
 /// A link keeping a program attached; dropping it detaches.
-enum AttachedLink {
+pub(crate) enum AttachedLink {
     /// A BPF link (XDP from Linux 5.9, tcx from 6.6), with its id: it can
     /// be pinned, and asked whether it is still attached.
     Fd { link: aya::programs::links::FdLink, id: u32 },
@@ -609,6 +613,23 @@ impl LoadedPolicy {
                 (hook.clone(), attached)
             })
             .collect()
+    }
+
+    /// The links this policy holds, taken out (for the policy replacing
+    /// it: a link moved there stays attached when this one is dropped).
+    pub(crate) fn take_links(&mut self) -> Vec<(String, AttachedLink)> {
+        std::mem::take(&mut self.links)
+    }
+
+    /// Holds `links` from now on; dropping this policy detaches them.
+    pub(crate) fn hold_links(&mut self, links: Vec<(String, AttachedLink)>) {
+        self.links.extend(links);
+    }
+
+    /// Counters that earlier programs counted, added to this policy's from
+    /// now on (as the pinned `base` of an applied policy is).
+    pub(crate) fn set_base(&mut self, base: Vec<RuleCounters>) {
+        self.state.base = base;
     }
 
     /// Sizes and verifier work of the program of `hook`.

@@ -11,6 +11,8 @@ mod common;
 mod applied;
 #[path = "xpol/metrics.rs"]
 mod metrics;
+#[path = "xpol/follow.rs"]
+mod follow;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -54,6 +56,13 @@ enum Command {
         /// The text shows rule texts and file names: see docs/security.md.
         #[arg(long, value_parser = metrics::listen_addr)]
         metrics: Option<std::net::SocketAddr>,
+        /// Compile again whenever the policy, a file it includes or a set
+        /// file it reads changes, and switch the attached programs to the
+        /// new version without a gap, keeping the counters of unchanged
+        /// rules and unchanged @maps. A version that does not compile or
+        /// load is reported and the running one stays.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         rejection: RejectionOptions,
     },
@@ -132,7 +141,9 @@ enum Command {
         /// of the built-in sample packets.
         #[arg(long)]
         pcap: Option<PathBuf>,
-        /// One JSON object per packet, then one with the counters.
+        /// One JSON object per test case, then one with the result; without
+        /// test cases (or with --pcap), one per packet, then one with the
+        /// counters (docs/json.md).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -201,13 +212,9 @@ fn main() -> ExitCode {
 
 /// Compiles a source policy (or reads an object) and loads it into the
 /// kernel. A verifier rejection of a compiled policy is shown at the policy
-/// expression it comes from. `None`: the problem was reported.
-fn load_policy(policy: &Path, options: &xpol_runtime::loader::LoadOptions, rejection: &RejectionOptions) -> Result<Option<LoadedPolicy>> {
-    Ok(load_policy_and_build(policy, options, rejection)?.0)
-}
-
-/// As [`load_policy`], also returning the build of a source policy, even
-/// when it did not load (it names the files the policy read).
+/// expression it comes from (`None`: the problem was reported). Also
+/// returns the build of a source policy, even when it did not load (it
+/// names the files the policy read).
 fn load_policy_and_build(
     policy: &Path,
     options: &xpol_runtime::loader::LoadOptions,
@@ -285,7 +292,8 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
     ]
 }
 
-/// Version of the JSON reports of `run`, `stats`, `watch` and `list`
+/// Version of every JSON record `xpol` prints: the reports of `run`,
+/// `stats`, `watch`, and `list`, `apply`, `set list`, `test`
 /// (docs/json.md).
 pub const REPORT_SCHEMA: u32 = 1;
 
@@ -306,7 +314,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             let new_rule = if previous.is_empty() { (0, 0) } else { (c.packets, c.bytes) };
             let (p0, b0) = previous.get(&keys[i]).copied().unwrap_or(new_rule);
             serde_json::json!({
-                "id": r.id, "key": keys[i], "verdict": r.verdict, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
+                "id": r.id, "key": keys[i], "label": r.label, "verdict": r.verdict, "hook": r.hook, "file": r.file, "line": r.line, "column": r.column, "text": r.text,
                 "packets": c.packets, "bytes": c.bytes,
                 "pps": if dt > 0.0 { c.packets.saturating_sub(p0) as f64 / dt } else { 0.0 },
                 "bps": if dt > 0.0 { c.bytes.saturating_sub(b0) as f64 * 8.0 / dt } else { 0.0 },
@@ -342,7 +350,7 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
             r["packets"].as_u64().unwrap_or(0),
             r["bytes"].as_u64().unwrap_or(0),
             r["pps"].as_f64().unwrap_or(0.0),
-            r["text"].as_str().unwrap_or("")
+            labelled_text(r)
         ));
     }
     for m in report["maps"].as_array().into_iter().flatten() {
@@ -355,6 +363,15 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
     }
     print!("{out}");
+}
+
+/// A rule's header as a table shows it: `[LABEL] ` first when labelled.
+fn labelled_text(rule: &serde_json::Value) -> String {
+    let text = rule["text"].as_str().unwrap_or("");
+    match rule["label"].as_str() {
+        Some(label) => format!("[{label}] {text}"),
+        None => text.to_string(),
+    }
 }
 
 /// Prints one interval's report: JSON, a table redrawn in place on a
@@ -387,7 +404,10 @@ fn print_line(report: &serde_json::Value) {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|r| format!("#{}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0)))
+        .map(|r| {
+            let label = r["label"].as_str().map(|l| format!("[{l}]")).unwrap_or_default();
+            format!("#{}{label}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0))
+        })
         .collect();
     println!("t={:.0}s {}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "));
 }
@@ -445,9 +465,16 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             && right_rule
             && wrong_maps.is_empty();
         if json {
+            let (_, line, _) = build.sources.location(case.span);
+            let decided_line = reference.decided_by.map(|r| out.meta.rules[r as usize].line);
             println!(
                 "{}",
-                serde_json::json!({"test": case.test, "expect": case.expect.as_str(), "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "fired": fired, "ok": good})
+                serde_json::json!({
+                    "schema": REPORT_SCHEMA, "test": case.test, "case": build.sources.snippet(case.span), "line": line,
+                    "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
+                    "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
+                    "fired": fired, "maps_wrong": wrong_maps, "ok": good,
+                })
             );
         }
         if good {
@@ -480,7 +507,9 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
     if !failures.is_empty() {
         eprint!("{}", xpol_lang::render::render_human(&failures, &build.sources, color));
     }
-    if !json {
+    if json {
+        println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "result": {"passed": passed, "failed": failed, "ok": failed == 0}}));
+    } else {
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -522,6 +551,8 @@ struct WatchOptions {
     duration: Option<f64>,
     json: bool,
     metrics: Option<std::net::SocketAddr>,
+    /// `--watch`: follow the policy's files.
+    watch: bool,
 }
 
 /// A report in the Prometheus text exposition format.
@@ -571,9 +602,16 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         None => None,
     };
     let mode = xdp_mode(mode)?;
-    let Some(mut policy) = load_policy(policy_path, &Default::default(), rejection)? else { return Ok(ExitCode::FAILURE) };
-    let hooks: Vec<String> = match hook {
-        Some(h) => vec![h.replace("tc-", "tc:")],
+    // Watching starts before the first compile: a change made meanwhile counts.
+    let mut follower = if options.watch { Some(follow::Follower::new(policy_path)?) } else { None };
+    let (loaded, build) = load_policy_and_build(policy_path, &Default::default(), rejection)?;
+    if let Some(f) = follower.as_mut() {
+        f.follow(&follow::files_read(policy_path, build.as_ref()))?;
+    }
+    let Some(mut policy) = loaded else { return Ok(ExitCode::FAILURE) };
+    let hook = hook.map(|h| h.replace("tc-", "tc:"));
+    let hooks: Vec<String> = match &hook {
+        Some(h) => vec![h.clone()],
         None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -583,6 +621,11 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         policy.attach(h, interface, mode)?;
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
+    if let Some(f) = &follower {
+        eprintln!("watching {} file(s) of {}: a change replaces the running version", f.len(), policy_path.display());
+    }
+    // The version running: 1, then one more per replace (`--watch`).
+    let mut generation = 1u64;
     let start = Instant::now();
     let interval = Duration::from_secs_f64(interval.max(0.1));
     let terminal = std::io::stdout().is_terminal();
@@ -596,7 +639,14 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
                 finished = true;
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            match follower.as_mut() {
+                Some(f) => {
+                    if f.changed(Duration::from_millis(20))? && run_again(&mut policy, policy_path, hook.as_deref(), interface, mode, f, rejection) {
+                        generation += 1;
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
@@ -612,6 +662,7 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         let mut report = snapshot(policy.maps(), interface, start.elapsed().as_secs_f64(), &previous, dt)?;
         // A policy run from a file is named after it, wherever it was run from.
         report["policy"] = policy_path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned()).into();
+        report["generation"] = generation.into();
         previous = rule_totals(&report);
         if let Some(m) = &metrics {
             m.publish(prometheus(&report));
@@ -626,17 +677,72 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     drop(policy);
     eprintln!("detached from {interface}");
     if json {
-        println!("{}", serde_json::json!({"final": true, "report": report}));
+        println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "final": true, "report": report}));
     } else {
         print_table(&report, false);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run --watch` after a change: compiles the policy again and switches
+/// the attached programs to the new version (`apply::replace_attached`).
+/// Whatever fails is reported and the running version stays. True when
+/// the new version runs.
+fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interface: &str, mode: XdpAttachMode, follower: &mut follow::Follower, rejection: &RejectionOptions) -> bool {
+    let not_replaced = || eprintln!("{} not replaced; the running version stays", path.display());
+    let compiled = follow::compile(path).and_then(|c| follower.follow(&c.files).map(|()| c));
+    let (object, build) = match compiled {
+        Ok(follow::Compiled { object: Some(built), .. }) => built,
+        Ok(_) => {
+            not_replaced();
+            return false;
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            not_replaced();
+            return false;
+        }
+    };
+    let hooks: Vec<String> = match hook {
+        Some(h) => vec![h.to_string()],
+        // An unreadable object attaches nothing: the replace says why.
+        None => xpol_runtime::loader::read_meta(&object).map(|m| m.programs.iter().map(|p| p.hook.clone()).collect()).unwrap_or_default(),
+    };
+    match xpol_runtime::apply::replace_attached(policy, &object, &hooks, interface, mode) {
+        Ok(done) => {
+            for w in &done.warnings {
+                eprintln!("warning: {} was replaced, but {w}", path.display());
+            }
+            let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            eprintln!(
+                "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}; attached: {}; detached: {}",
+                path.display(),
+                hooks.join(", "),
+                done.rules_carried,
+                list(&done.maps_kept),
+                list(&done.attached),
+                list(&done.detached)
+            );
+            true
+        }
+        Err(e) => {
+            let shown = match (&e, &build) {
+                (xpol_runtime::loader::RuntimeError::Verifier { .. } | xpol_runtime::loader::RuntimeError::Map { .. }, Some(build)) => explain_load_error(build, e, rejection),
+                _ => Err(e.into()),
+            };
+            if let Err(e) = shown {
+                eprintln!("error: {e:#}");
+            }
+            not_replaced();
+            false
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, every, metrics, rejection } => {
-            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics };
+        Command::Run { policy, interface, hook, mode, every, metrics, watch, rejection } => {
+            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics, watch };
             attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
         }
         Command::Apply { policy, interfaces, name, hook, mode, json, watch, rejection } => {
@@ -693,7 +799,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let after = loaded.rule_counters()?;
                     let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
                     if json {
-                        println!("{}", serde_json::json!({"hook": hook, "packet": i + 1, "len": bytes.len(), "verdict": verdict, "fired": fired}));
+                        println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "hook": hook, "packet": i + 1, "name": name, "len": bytes.len(), "verdict": verdict, "fired": fired}));
                     } else {
                         let fired: Vec<String> = fired.iter().map(|&r| format!("#{} (line {})", r, rules[r].line)).collect();
                         println!("  {:<50} {:<9} {}", name, verdict, fired.join(", "));
@@ -702,12 +808,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let report = snapshot(loaded.maps(), "-", 0.0, &Totals::new(), 0.0)?;
             if json {
-                println!("{}", serde_json::json!({"counters": report}));
+                println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "counters": report}));
             } else {
                 println!("\ncounters:");
                 let counters = loaded.rule_counters()?;
                 for (r, c) in rules.iter().zip(&counters) {
-                    println!("  #{:<3} {}:{:<4} {:>6} pkts {:>8} bytes  {}", r.id, r.file, r.line, c.packets, c.bytes, r.text);
+                    let text = match &r.label {
+                        Some(label) => format!("[{label}] {}", r.text),
+                        None => r.text.clone(),
+                    };
+                    println!("  #{:<3} {}:{:<4} {:>6} pkts {:>8} bytes  {text}", r.id, r.file, r.line, c.packets, c.bytes);
                 }
                 for m in loaded.meta().maps.clone() {
                     for (key, value) in loaded.map_entries(&m.name)? {

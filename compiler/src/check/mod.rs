@@ -63,6 +63,8 @@ struct Checker<'a> {
     scopes: Vec<HashMap<String, ir::LocalId>>,
     redirects: Vec<String>,
     rules: Vec<ir::Rule>,
+    /// `rule "NAME"` labels seen so far, with the span of their first use.
+    labels: HashMap<String, Span>,
     programs: BTreeMap<Hook, Vec<ir::Probe>>,
     hook: Hook,
 }
@@ -81,6 +83,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         scopes: Vec::new(),
         redirects: Vec::new(),
         rules: Vec::new(),
+        labels: HashMap::new(),
         programs: BTreeMap::new(),
         hook: Hook::Xdp,
     };
@@ -333,15 +336,73 @@ impl Checker<'_> {
     fn probe(&mut self, probe: &ast::Probe) {
         self.hook = probe.hook;
         let id = self.rules.len() as ir::RuleId;
+        // The rule starts at its label, if any (its line is the rule's
+        // line); its text, the identity of an unlabelled rule, is the hook
+        // and predicate, so that labelling a rule does not change its text.
         let header = Span { end: probe.body.span.start, ..probe.span };
-        let text = self.sources.snippet(header).split_whitespace().collect::<Vec<_>>().join(" ");
-        self.rules.push(ir::Rule { id, hook: probe.hook, span: header, text });
+        let text = self.sources.snippet(Span { start: probe.hook_span.start, ..header }).split_whitespace().collect::<Vec<_>>().join(" ");
+        let label = probe.label.as_ref().and_then(|l| self.rule_label(l));
+        self.rules.push(ir::Rule { id, hook: probe.hook, span: header, text, label });
         self.scopes.push(HashMap::new());
         let predicate = probe.predicate.as_ref().and_then(|p| self.bool_expr(p, "a predicate"));
         let body = self.block(&probe.body);
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
         probes.push(ir::Probe { rule: id, predicate, body, span: probe.span });
+    }
+
+    /// A `rule "NAME"` label, if it is a usable identity: not empty, at most
+    /// [`meta::RULE_LABEL_MAX`] bytes of [`meta::is_rule_label_char`], not a
+    /// hook name (the identity of an unlabelled `xdp { ... }`), and used by
+    /// one rule only.
+    fn rule_label(&mut self, label: &ast::StrLit) -> Option<String> {
+        use xpol_lang::meta::{is_rule_label_char, RULE_LABEL_MAX};
+        let name = &label.value;
+        let charset = "letters, digits and `_ . : / -`";
+        if name.is_empty() {
+            self.error_help(label.span, "xpol::label::empty", "a rule label cannot be empty", "empty label", format!("name the rule with {charset}, e.g. `rule \"ssh-in\"`, or leave `rule \"...\"` out"));
+            return None;
+        }
+        if let Some(bad) = name.chars().find(|&c| !is_rule_label_char(c)) {
+            let shown = match bad {
+                ' ' => "a space".to_string(),
+                c if c.is_whitespace() || c.is_control() => format!("{c:?}"),
+                c => format!("`{c}`"),
+            };
+            self.error_help(
+                label.span,
+                "xpol::label::invalid",
+                format!("the rule label `{}` contains {shown}", name.escape_debug()),
+                "not allowed in a label",
+                format!("a label may hold {charset}, so that metrics, JSON and shells take it as it is"),
+            );
+            return None;
+        }
+        if name.len() > RULE_LABEL_MAX {
+            self.error_help(label.span, "xpol::label::too_long", format!("the rule label is {} characters long", name.len()), format!("over {RULE_LABEL_MAX}"), format!("a label has at most {RULE_LABEL_MAX} characters"));
+            return None;
+        }
+        if Hook::ALL.iter().any(|h| h.as_str() == name) {
+            self.error_help(
+                label.span,
+                "xpol::label::invalid",
+                format!("the rule label `{name}` is a hook name"),
+                "a hook name",
+                format!("`{name}` is the identity of an unlabelled `{name} {{ ... }}` rule; choose another name"),
+            );
+            return None;
+        }
+        if let Some(&first) = self.labels.get(name) {
+            self.diags.push(
+                Diagnostic::error("xpol::label::duplicate", format!("two rules are labelled `{name}`"))
+                    .with_label(label.span, "labelled again here")
+                    .with_label(first, "first labelled here")
+                    .with_help("a label is the rule's identity (its counters and metrics): give each rule its own"),
+            );
+            return None;
+        }
+        self.labels.insert(name.clone(), label.span);
+        Some(name.clone())
     }
 
     /// One case of a `test` block: the packet's arguments must be known

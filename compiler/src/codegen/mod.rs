@@ -440,7 +440,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         let (file, line, column) = sources.location(r.span);
         let probe = policy.programs.iter().flat_map(|p| &p.probes).find(|p| p.rule == r.id);
         let verdict = probe.map_or("none", |p| rule_verdict(&p.body)).to_string();
-        meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone(), verdict });
+        meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone(), verdict, label: r.label.clone() });
     }
 
     m.blob("_license", "license", &faults::license(&options.faults));

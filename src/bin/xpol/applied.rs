@@ -2,10 +2,11 @@
 //! `watch` and `set`. The state they act on lives in bpffs
 //! (`xpol_runtime::store`); these functions only parse, call and print.
 
+use super::follow::{compile, Compiled, Follower};
 use super::{explain_load_error, print_table, rule_totals, show_report, snapshot, RejectionOptions, SetOp};
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use xpol_runtime::apply::{self, ApplyRequest, SetChange};
@@ -18,30 +19,6 @@ pub struct Target {
     pub name: String,
     pub hooks: Vec<String>,
     pub mode: xpol_runtime::loader::XdpAttachMode,
-}
-
-/// A policy ready to apply: its object, and the build it came from (for
-/// showing a kernel rejection at its source), or `None` when the compiler
-/// reported why not; and the files it read (the policy, its includes, its
-/// set files).
-struct Compiled {
-    object: Option<(Vec<u8>, Option<xpol_compiler::Build>)>,
-    files: Vec<PathBuf>,
-}
-
-fn compile(policy: &Path) -> Result<Compiled> {
-    if policy.extension().is_some_and(|e| e == "o") {
-        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
-        return Ok(Compiled { object: Some((object, None)), files: vec![policy.to_path_buf()] });
-    }
-    let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
-    if !build.diagnostics.is_empty() {
-        eprint!("{}", xpol_lang::render::render_human(&build.diagnostics, &build.sources, std::io::stderr().is_terminal()));
-    }
-    let files: Vec<PathBuf> = build.sources.files().filter_map(|(_, f)| f.path.clone()).collect();
-    let files = if files.is_empty() { vec![policy.to_path_buf()] } else { files };
-    let object = build.output.as_ref().map(|o| o.object.clone());
-    Ok(Compiled { object: object.map(|o| (o, Some(build))), files })
 }
 
 /// Applies an object; `false` when the kernel refused it and that was
@@ -94,63 +71,25 @@ pub fn apply(policy: &Path, target: &Target, json: bool, rejection: &RejectionOp
 
 /// `apply --watch`: applies, then again after each change to a file the
 /// policy read, until Ctrl-C or SIGTERM. A failed version is reported and
-/// the running one stays. One watcher lives from before the first read, so
-/// a change made while a version compiles or loads is not missed.
+/// the running one stays.
 pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
-    use notify::Watcher;
     use std::sync::atomic::{AtomicBool, Ordering};
     xpol_runtime::store::check_name(&target.name)?;
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(tx).context("starting the file watcher")?;
-    let mut watched: Vec<PathBuf> = Vec::new();
-    let dir_of = |f: &Path| f.canonicalize().unwrap_or_else(|_| f.to_path_buf()).parent().map(Path::to_path_buf);
-    if let Some(d) = dir_of(policy) {
-        watcher.watch(&d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
-        watched.push(d);
-    }
+    let mut follower = Follower::new(policy)?;
     loop {
         let Compiled { object, files } = compile(policy)?;
-        // Directories of files the policy now reads (an include added).
-        for d in files.iter().filter_map(|f| dir_of(f)) {
-            if !watched.contains(&d) {
-                watcher.watch(&d, notify::RecursiveMode::NonRecursive).with_context(|| format!("watching {}", d.display()))?;
-                watched.push(d);
-            }
-        }
+        follower.follow(&files)?;
         match object.map(|(o, build)| apply_object(policy, &o, build.as_ref(), target, json, rejection)) {
             Some(Ok(true)) => {}
             Some(Err(e)) => eprintln!("error: {e:#}"),
             Some(Ok(false)) | None => eprintln!("{} not applied; the running version stays", policy.display()),
         }
-        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", files.len(), policy.display(), target.name);
-        if !wait_for_change(&rx, &files, &stop)? {
+        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", follower.len(), policy.display(), target.name);
+        if !follower.wait(&stop)? {
             return Ok(ExitCode::SUCCESS);
-        }
-    }
-}
-
-/// Waits until one of `files` changes (true) or `stop` is set (false).
-/// The watcher watches their directories, so that editors that save by
-/// renaming a new file over the old one are seen; changes within 200 ms
-/// count as one.
-fn wait_for_change(rx: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>, files: &[PathBuf], stop: &std::sync::atomic::AtomicBool) -> Result<bool> {
-    let canonical: Vec<PathBuf> = files.iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect();
-    let ours = |e: &notify::Event| !e.kind.is_access() && e.paths.iter().any(|p| canonical.iter().any(|f| f == p || f.file_name() == p.file_name() && f.parent() == p.parent()));
-    loop {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(false);
-        }
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Ok(event)) if ours(&event) => {
-                std::thread::sleep(Duration::from_millis(200));
-                while rx.try_recv().is_ok() {}
-                return Ok(true);
-            }
-            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("the file watcher stopped"),
         }
     }
 }
