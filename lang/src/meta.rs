@@ -11,17 +11,34 @@ use serde::{Deserialize, Serialize};
 /// libbpf) ignore sections they do not know.
 pub const META_SECTION: &str = ".xpol.meta";
 
-/// Name of the per-CPU array of per-rule counters: key = [`RuleMeta::id`]
-/// (u32), value = [`RuleCounters`] (two u64: packets, bytes). Programs
-/// count here only on CPUs past [`CountersMeta::global_cpus`]; the others
-/// count in [`COUNTERS_MAP`]. A rule's count is the sum of both.
+/// Name of the per-CPU array of counters: key = counter slot (u32; see
+/// [`counter_slots`]), value = [`RuleCounters`] (two u64: packets, bytes).
+/// Programs count here only on CPUs past [`CountersMeta::global_cpus`]; the
+/// others count in [`COUNTERS_MAP`]. A count is the sum of both.
 pub const RULES_MAP: &str = "xpol_rules";
 
-/// Global data holding the per-rule counters of the first
+/// The counter slots of a policy, in [`RULES_MAP`] and in each CPU's block
+/// of [`COUNTERS_MAP`]: slot `r` for rule `r` (its [`RuleMeta::id`]), then
+/// slot `rules + i` for the lost updates of `@map` `i` (in
+/// [`ObjectMeta::maps`] order; [`UserMapMeta::lost_slot`]), which counts
+/// in `packets` and leaves `bytes` 0. Sharing the rule counters' layout
+/// costs a lost update no lookup: the program has found its CPU's block
+/// for the rule that made the update already.
+pub fn counter_slots(rules: usize, maps: usize) -> usize {
+    rules + maps
+}
+
+/// The counter slot of the lost updates of `@map` number `map` (see
+/// [`counter_slots`]).
+pub fn lost_slot(rules: usize, map: usize) -> u32 {
+    (rules + map).min(u32::MAX as usize) as u32
+}
+
+/// Global data holding the counters of the first
 /// [`CountersMeta::global_cpus`] CPUs: the ELF section `.data`, which
 /// loaders make a one-entry array map (named after the section). CPU `c`
-/// has the block at `c * stride`, rule `r` the [`RuleCounters`] at
-/// `16 * r` in it. Programs find their block with the CPU number
+/// has the block at `c * stride`, counter slot `s` (rule `r` is slot `r`,
+/// see [`counter_slots`]) the [`RuleCounters`] at `16 * s` in it. Programs find their block with the CPU number
 /// (`bpf_get_smp_processor_id`, which the kernel inlines on x86-64 since
 /// Linux 6.10) and count with plain loads and stores, without a map
 /// lookup: a CPU only ever writes its own block.
@@ -30,15 +47,18 @@ pub const COUNTERS_MAP: &str = ".data";
 /// Bump when the layout of maps or of this schema changes incompatibly.
 /// 5: sets the runtime may change have maps for both families and room to
 /// grow (`SetMeta::capacity`), which older runtimes misread.
-pub const META_VERSION: u32 = 5;
+/// 6: the counters hold a slot per `@map` after the rules' (lost updates,
+/// [`UserMapMeta::lost_slot`]), which older runtimes would not size
+/// their reads for.
+pub const META_VERSION: u32 = 6;
 
-/// Where the per-rule counters of the CPUs below `global_cpus` are in
-/// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
+/// Where the counters of the CPUs below `global_cpus` are in
+/// [`COUNTERS_MAP`]; see [`CountersMeta::for_slots`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountersMeta {
     /// CPUs with a block in global data (0: every CPU counts in [`RULES_MAP`]).
     pub global_cpus: u32,
-    /// Bytes per CPU block: 16 per rule and 56 more, so that no two CPUs
+    /// Bytes per CPU block: 16 per counter slot and 56 more, so that no two CPUs
     /// write the same cache line even where the kernel puts the map's
     /// value at an address that is only 8-aligned (array maps without
     /// `BPF_F_MMAPABLE`, as aya makes them); rounded up to a power of two,
@@ -53,9 +73,9 @@ impl CountersMeta {
     /// (zeros), so long policies give fewer CPUs a block.
     pub const MAX_GLOBAL_BYTES: u32 = 64 << 10;
 
-    /// The layout for a policy of `rules` rules.
-    pub fn for_rules(rules: usize) -> CountersMeta {
-        let stride = (16 * rules as u64 + 56).next_power_of_two().max(64);
+    /// The layout for `slots` counter slots ([`counter_slots`]).
+    pub fn for_slots(slots: usize) -> CountersMeta {
+        let stride = (16 * slots as u64 + 56).next_power_of_two().max(64);
         let cpus = (u64::from(Self::MAX_GLOBAL_BYTES) / stride).min(u64::from(Self::MAX_GLOBAL_CPUS));
         CountersMeta { global_cpus: cpus as u32, stride: stride.min(u64::from(u32::MAX)) as u32 }
     }
@@ -95,6 +115,15 @@ pub struct ObjectMeta {
     /// blocks, every CPU counts in [`RULES_MAP`] (what those objects do).
     #[serde(default)]
     pub counters: CountersMeta,
+}
+
+impl ObjectMeta {
+    /// The counter slots the object's counters hold: one per rule, and the
+    /// lost-update slots of its maps (none in objects from before them).
+    pub fn counter_slots(&self) -> usize {
+        let lost = self.maps.iter().filter_map(|m| m.lost_slot).map(|s| s as usize + 1).max().unwrap_or(0);
+        lost.max(self.rules.len())
+    }
 }
 
 /// Array map (u32 -> u32 ifindex) filled by the runtime for `redirect(IFNAME)`.
@@ -265,7 +294,26 @@ pub struct UserMapMeta {
     /// with zeros to `key_size`. A keyless map has one u32 key 0.
     pub keys: Vec<KeyKind>,
     pub key_size: u32,
+    /// The most entries the map holds: `map @NAME max N` as declared, else
+    /// the compiler's default (1 for a map without keys).
     pub max_entries: u32,
+    /// The counter slot ([`counter_slots`]) counting the updates of this
+    /// map that failed, an entry that did not fit in a full map (or, where
+    /// the kernel refuses an update for another reason than the key
+    /// being there already, any failed update). `None` in objects built
+    /// before lost updates were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_slot: Option<u32>,
+}
+
+impl UserMapMeta {
+    /// The same kernel map (name, type, key and value, capacity) in two
+    /// objects, whatever else the metadata says: a replace hands such a
+    /// map on.
+    pub fn same_map(&self, other: &UserMapMeta) -> bool {
+        (&self.name, &self.map, self.value, self.per_cpu, &self.keys, self.key_size, self.max_entries)
+            == (&other.name, &other.map, other.value, other.per_cpu, &other.keys, other.key_size, other.max_entries)
+    }
 }
 
 #[cfg(test)]
@@ -275,20 +323,34 @@ mod tests {
     #[test]
     fn counter_blocks_are_cache_lines_within_the_budget() {
         // 6 rules: 96 bytes and 56 of slack in a 256-byte block, for 256 CPUs.
-        assert_eq!(CountersMeta::for_rules(6), CountersMeta { global_cpus: 256, stride: 256 });
-        assert_eq!(CountersMeta::for_rules(0), CountersMeta { global_cpus: 256, stride: 64 });
+        assert_eq!(CountersMeta::for_slots(6), CountersMeta { global_cpus: 256, stride: 256 });
+        assert_eq!(CountersMeta::for_slots(0), CountersMeta { global_cpus: 256, stride: 64 });
         for rules in [1, 16, 17, 64, 1000, 2048, 2049, 4096, 4097, 100_000] {
-            let c = CountersMeta::for_rules(rules);
+            let c = CountersMeta::for_slots(rules);
             assert!(c.stride.is_power_of_two() && c.stride >= 64, "{rules}");
             assert!(u64::from(c.stride) >= 16 * rules as u64 + 56, "{rules}");
             assert!(c.bytes() <= u64::from(CountersMeta::MAX_GLOBAL_BYTES), "{rules}");
             assert!(c.global_cpus <= CountersMeta::MAX_GLOBAL_CPUS, "{rules}");
         }
-        assert_eq!(CountersMeta::for_rules(2044).global_cpus, 2);
-        assert_eq!(CountersMeta::for_rules(2045).global_cpus, 1);
-        assert_eq!(CountersMeta::for_rules(4093).global_cpus, 0);
+        assert_eq!(CountersMeta::for_slots(2044).global_cpus, 2);
+        assert_eq!(CountersMeta::for_slots(2045).global_cpus, 1);
+        assert_eq!(CountersMeta::for_slots(4093).global_cpus, 0);
         // What records pinned before the layout existed read as.
         assert_eq!(CountersMeta::default().global_cpus, 0);
+    }
+
+    /// Metadata of a map from before lost updates were counted reads as
+    /// having no lost-update slot, and is the same kernel map as one that
+    /// has one.
+    #[test]
+    fn map_metadata_without_a_lost_slot_reads_as_none() {
+        let old = r#"{"name":"m","map":"xm_m","value":"count","per_cpu":true,"keys":["ip"],"key_size":20,"max_entries":10240}"#;
+        let m: super::UserMapMeta = serde_json::from_str(old).expect("reads");
+        assert_eq!(m.lost_slot, None);
+        let new = super::UserMapMeta { lost_slot: Some(3), ..m.clone() };
+        assert!(m.same_map(&new));
+        assert!(!m.same_map(&super::UserMapMeta { max_entries: 4, ..new }));
+        assert_eq!((super::counter_slots(3, 2), super::lost_slot(3, 1)), (5, 4));
     }
 
     /// Metadata written before META_VERSION 4 (a pinned policy's record)

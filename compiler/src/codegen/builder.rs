@@ -31,6 +31,9 @@ pub mod map_type {
 }
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `EEXIST`: what `bpf_map_update_elem` with [`BPF_NOEXIST`] returns
+/// (negated) when the key is there.
+const EEXIST: u64 = 17;
 pub const BPF_ANY: u64 = 0;
 pub const BPF_NOEXIST: u64 = 1;
 
@@ -46,9 +49,10 @@ pub struct TableDef<'ctx> {
     pub base: PointerValue<'ctx>,
 }
 
-/// The per-rule counters (`xpol_lang::meta::COUNTERS_MAP`): blocks in
-/// global data for the first `global.cpus` CPUs, a per-CPU array map for
-/// the others.
+/// The counters (`xpol_lang::meta::COUNTERS_MAP`; one slot per rule, then
+/// one per `@map` for its lost updates, `xpol_lang::meta::counter_slots`):
+/// blocks in global data for the first `global.cpus` CPUs, a per-CPU array
+/// map for the others.
 #[derive(Clone, Copy)]
 pub struct Counters<'ctx> {
     pub map: MapDef<'ctx>,
@@ -800,9 +804,29 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.helper_call_any(helper::MAP_LOOKUP_ELEM, self.m.i8_ptr().into(), &[self.map_ptr(map).into(), key.into()]).into_pointer_value()
     }
 
-    /// `bpf_map_update_elem(map, key, value, flags)`.
-    pub fn map_update(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>, value: PointerValue<'ctx>, flags: u64) {
-        self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()]);
+    /// `bpf_map_update_elem(map, key, value, flags)`: 0, or a negated errno.
+    pub fn map_update(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>, value: PointerValue<'ctx>, flags: u64) -> IntValue<'ctx> {
+        self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()])
+    }
+
+    /// Counts a lost update in counter slot `slot` when `ret`, what
+    /// [`Bpf::map_update`] returned, says the update failed: `E2BIG` from a
+    /// full hash map, or any other error but `EEXIST`, which only says that
+    /// another CPU inserted the same key first (the key has its entry; that
+    /// increment is lost as in bpftrace, and the map is not full). The
+    /// common path costs one compare and a branch not taken; the count
+    /// goes into this CPU's block of counters (see [`Bpf::bump_counter`]),
+    /// with no lookup.
+    pub fn count_failed_update(&self, ret: IntValue<'ctx>, counters: Counters<'ctx>, slot: u32) {
+        let lost = self.block("update_lost");
+        let done = self.block("update_done");
+        let failed = self.and(self.cmp(IntPredicate::NE, ret, self.c64(0)), self.cmp(IntPredicate::NE, ret, self.c64(EEXIST.wrapping_neg())));
+        self.cond_br_unlikely(failed, lost, done);
+        self.at(lost);
+        let index = self.m.cx.i32_type().const_int(u64::from(slot), false);
+        self.add_to_slot(counters, index, &[(0, self.c64(1))]);
+        self.br(done);
+        self.at(done);
     }
 
     pub fn is_null(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {
@@ -869,6 +893,12 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// for this CPU: in its block in global data when it has one, else in
     /// the per-CPU array map.
     pub fn bump_counter(&self, counters: Counters<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
+        self.add_to_slot(counters, index, &[(0, self.c64(1)), (8, bytes)]);
+    }
+
+    /// Adds each `(offset, amount)` to the u64 at `offset` in counter slot
+    /// `index` (an i32) for this CPU; see [`Bpf::bump_counter`].
+    fn add_to_slot(&self, counters: Counters<'ctx>, index: IntValue<'ctx>, adds: &[(u64, IntValue<'ctx>)]) {
         let done = self.block("counted");
         if let Some(g) = counters.global {
             // One register for the check and the address: LLVM may keep the
@@ -883,8 +913,9 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             self.at(in_global);
             let rule = self.mul(self.zext64(index), self.c64(16));
             let slot = self.ptr_add(g.base, self.add(self.mul(cpu, self.c64(g.stride)), rule));
-            self.add_u64_at(slot, 0, self.c64(1), false);
-            self.add_u64_at(slot, 8, bytes, false);
+            for &(off, v) in adds {
+                self.add_u64_at(slot, off, v, false);
+            }
             // The map's way does the same adds: keep them apart, so that
             // this (common) way needs no jump to adds shared with it.
             self.no_sinking_past_here();
@@ -899,8 +930,9 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let bump = self.block("count");
         self.br_if_null(slot, done, bump);
         self.at(bump);
-        self.add_u64_at(slot, 0, self.c64(1), false);
-        self.add_u64_at(slot, 8, bytes, false);
+        for &(off, v) in adds {
+            self.add_u64_at(slot, off, v, false);
+        }
         self.br(done);
         self.at(done);
     }
