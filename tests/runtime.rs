@@ -131,3 +131,54 @@ fn counters_of_cpus_past_the_global_blocks_add_up() {
     loaded.reset_counters().expect("reset");
     assert!(loaded.rule_counters().expect("counters").iter().all(|c| c.packets == 0 && c.bytes == 0));
 }
+
+/// Lost updates are counted in the slot after the rules', on a CPU with a
+/// block of counters in global data and on a CPU past the blocks alike,
+/// and add up: a policy of 2,048 rules and a map has a block for CPU 0
+/// only. `reset_counters` clears them with the rules' counters.
+#[test]
+fn lost_updates_of_cpus_past_the_global_blocks_add_up() {
+    if !common::kernel("lost_updates_of_cpus_past_the_global_blocks_add_up") {
+        return;
+    }
+    let rules = 2048;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("many.xpol");
+    let mut source: String = (0..rules - 1).map(|i| format!("xdp /udp.dport == {}/ {{ drop }}\n", 10_000 + i)).collect();
+    source.push_str("map @m max 1\nxdp /udp.dport == 53/ { @m[ip.src] = count(); drop }\n");
+    std::fs::write(&path, source).expect("write policy");
+    let output = build(&path, &BuildOptions::default()).output.expect("compiles");
+    assert_eq!(output.meta.counters.global_cpus, 1, "{:?}", output.meta.counters);
+    assert_eq!(output.meta.maps[0].lost_slot, Some(rules as u32));
+    let mut loaded = LoadedPolicy::load(&output.object).expect("loads");
+    let from = |i: u8| PacketSpec::udp4(std::net::Ipv4Addr::new(198, 18, 0, i), "198.18.0.2".parse().unwrap(), 4000, 53).build();
+    let cpus = xpol_runtime::sys::allowed_cpus().expect("sched_getaffinity");
+    let runs: Vec<(usize, u8)> = match (cpus.contains(&0), cpus.iter().find(|&&c| c > 0)) {
+        (true, Some(&other)) => vec![(0, 3), (other, 3)],
+        (true, None) => {
+            eprintln!("lost_updates_of_cpus_past_the_global_blocks_add_up: only CPU 0 here, the map's way is not exercised");
+            vec![(0, 6)]
+        }
+        (false, Some(&other)) => {
+            eprintln!("lost_updates_of_cpus_past_the_global_blocks_add_up: CPU 0 not allowed here, the global block is not exercised");
+            vec![(other, 6)]
+        }
+        (false, None) => unreachable!("a thread runs on some CPU"),
+    };
+    // Six sources in all: the first fills the one entry, five are lost.
+    let mut source_no = 1;
+    for (cpu, sources) in runs {
+        xpol_runtime::sys::on_cpu(cpu, || {
+            for _ in 0..sources {
+                assert_eq!(loaded.test_run("xdp", &from(source_no)).expect("runs").return_value, 1, "dropped");
+                source_no += 1;
+            }
+        })
+        .expect("pin to a CPU");
+    }
+    assert_eq!(loaded.lost_updates().expect("lost"), [5]);
+    assert_eq!(loaded.map_entries("m").expect("entries").len(), 1);
+    assert_eq!(loaded.rule_counters().expect("counters")[rules - 1].packets, 6, "the rule counted every packet");
+    loaded.reset_counters().expect("reset");
+    assert_eq!(loaded.lost_updates().expect("lost"), [0]);
+}
