@@ -132,37 +132,30 @@ fn counters_of_cpus_past_the_global_blocks_add_up() {
     assert!(loaded.rule_counters().expect("counters").iter().all(|c| c.packets == 0 && c.bytes == 0));
 }
 
-/// Lost updates are counted in the slot after the rules', on a CPU with a
-/// block of counters in global data and on a CPU past the blocks alike,
-/// and add up: a policy of 2,048 rules and a map has a block for CPU 0
-/// only. `reset_counters` clears them with the rules' counters.
+/// Lost updates count in the per-CPU counters map, in the slot after the
+/// rules', and the CPUs' counts add up: here CPU 0 and another CPU each
+/// lose updates to a full map. `reset_counters` clears them with the
+/// rules' counters.
 #[test]
-fn lost_updates_of_cpus_past_the_global_blocks_add_up() {
-    if !common::kernel("lost_updates_of_cpus_past_the_global_blocks_add_up") {
+fn lost_updates_of_every_cpu_add_up() {
+    if !common::kernel("lost_updates_of_every_cpu_add_up") {
         return;
     }
-    let rules = 2048;
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("many.xpol");
-    let mut source: String = (0..rules - 1).map(|i| format!("xdp /udp.dport == {}/ {{ drop }}\n", 10_000 + i)).collect();
-    source.push_str("map @m max 1\nxdp /udp.dport == 53/ { @m[ip.src] = count(); drop }\n");
-    std::fs::write(&path, source).expect("write policy");
+    let path = dir.path().join("full.xpol");
+    std::fs::write(&path, "xdp /udp.dport == 9/ { drop }\nmap @m max 1\nxdp /udp.dport == 53/ { @m[ip.src] = count(); drop }\n").expect("write policy");
     let output = build(&path, &BuildOptions::default()).output.expect("compiles");
-    assert_eq!(output.meta.counters.global_cpus, 1, "{:?}", output.meta.counters);
-    assert_eq!(output.meta.maps[0].lost_slot, Some(rules as u32));
+    assert_eq!(output.meta.maps[0].lost_slot, Some(2), "after the two rules' slots");
     let mut loaded = LoadedPolicy::load(&output.object).expect("loads");
     let from = |i: u8| PacketSpec::udp4(std::net::Ipv4Addr::new(198, 18, 0, i), "198.18.0.2".parse().unwrap(), 4000, 53).build();
     let cpus = xpol_runtime::sys::allowed_cpus().expect("sched_getaffinity");
     let runs: Vec<(usize, u8)> = match (cpus.contains(&0), cpus.iter().find(|&&c| c > 0)) {
         (true, Some(&other)) => vec![(0, 3), (other, 3)],
         (true, None) => {
-            eprintln!("lost_updates_of_cpus_past_the_global_blocks_add_up: only CPU 0 here, the map's way is not exercised");
+            eprintln!("lost_updates_of_every_cpu_add_up: only CPU 0 here, one CPU's count only");
             vec![(0, 6)]
         }
-        (false, Some(&other)) => {
-            eprintln!("lost_updates_of_cpus_past_the_global_blocks_add_up: CPU 0 not allowed here, the global block is not exercised");
-            vec![(other, 6)]
-        }
+        (false, Some(&other)) => vec![(other, 6)],
         (false, None) => unreachable!("a thread runs on some CPU"),
     };
     // Six sources in all: the first fills the one entry, five are lost.
@@ -178,7 +171,8 @@ fn lost_updates_of_cpus_past_the_global_blocks_add_up() {
     }
     assert_eq!(loaded.lost_updates().expect("lost"), [5]);
     assert_eq!(loaded.map_entries("m").expect("entries").len(), 1);
-    assert_eq!(loaded.rule_counters().expect("counters")[rules - 1].packets, 6, "the rule counted every packet");
+    let counters = loaded.rule_counters().expect("counters");
+    assert_eq!((counters.len(), counters[1].packets, counters[0].packets), (2, 6, 0), "the rules' counters are the rules' own");
     loaded.reset_counters().expect("reset");
     assert_eq!(loaded.lost_updates().expect("lost"), [0]);
 }

@@ -13,17 +13,21 @@ pub const META_SECTION: &str = ".xpol.meta";
 
 /// Name of the per-CPU array of counters: key = counter slot (u32; see
 /// [`counter_slots`]), value = [`RuleCounters`] (two u64: packets, bytes).
-/// Programs count here only on CPUs past [`CountersMeta::global_cpus`]; the
-/// others count in [`COUNTERS_MAP`]. A count is the sum of both.
+/// A rule's slot counts here only on CPUs past
+/// [`CountersMeta::global_cpus`]; the others count in [`COUNTERS_MAP`]. A
+/// rule's count is the sum of both. The lost-update slots count here on
+/// every CPU.
 pub const RULES_MAP: &str = "xpol_rules";
 
-/// The counter slots of a policy, in [`RULES_MAP`] and in each CPU's block
-/// of [`COUNTERS_MAP`]: slot `r` for rule `r` (its [`RuleMeta::id`]), then
-/// slot `rules + i` for the lost updates of `@map` `i` (in
-/// [`ObjectMeta::maps`] order; [`UserMapMeta::lost_slot`]), which counts
-/// in `packets` and leaves `bytes` 0. Sharing the rule counters' layout
-/// costs a lost update no lookup: the program has found its CPU's block
-/// for the rule that made the update already.
+/// The counter slots of a policy in [`RULES_MAP`]: slot `r` for rule `r`
+/// (its [`RuleMeta::id`]), then slot `rules + i` for the lost updates of
+/// `@map` `i` (in [`ObjectMeta::maps`] order; [`UserMapMeta::lost_slot`]),
+/// which counts in `packets` and leaves `bytes` 0. The blocks of
+/// [`COUNTERS_MAP`] hold the rules' slots only: a lost update is rare (the
+/// map is full), and its count there would cost every update of a map
+/// about twice the code (the program-size budget), where a lookup in the
+/// per-CPU array costs a helper call when an update is lost and nothing
+/// otherwise.
 pub fn counter_slots(rules: usize, maps: usize) -> usize {
     rules + maps
 }
@@ -34,11 +38,11 @@ pub fn lost_slot(rules: usize, map: usize) -> u32 {
     (rules + map).min(u32::MAX as usize) as u32
 }
 
-/// Global data holding the counters of the first
+/// Global data holding the per-rule counters of the first
 /// [`CountersMeta::global_cpus`] CPUs: the ELF section `.data`, which
 /// loaders make a one-entry array map (named after the section). CPU `c`
-/// has the block at `c * stride`, counter slot `s` (rule `r` is slot `r`,
-/// see [`counter_slots`]) the [`RuleCounters`] at `16 * s` in it. Programs find their block with the CPU number
+/// has the block at `c * stride`, rule `r` the [`RuleCounters`] at
+/// `16 * r` in it. Programs find their block with the CPU number
 /// (`bpf_get_smp_processor_id`, which the kernel inlines on x86-64 since
 /// Linux 6.10) and count with plain loads and stores, without a map
 /// lookup: a CPU only ever writes its own block.
@@ -47,18 +51,18 @@ pub const COUNTERS_MAP: &str = ".data";
 /// Bump when the layout of maps or of this schema changes incompatibly.
 /// 5: sets the runtime may change have maps for both families and room to
 /// grow (`SetMeta::capacity`), which older runtimes misread.
-/// 6: the counters hold a slot per `@map` after the rules' (lost updates,
-/// [`UserMapMeta::lost_slot`]), which older runtimes would not size
-/// their reads for.
+/// 6: [`RULES_MAP`] holds a slot per `@map` after the rules' (lost
+/// updates, [`UserMapMeta::lost_slot`]), and a map without keys has one
+/// entry.
 pub const META_VERSION: u32 = 6;
 
-/// Where the counters of the CPUs below `global_cpus` are in
-/// [`COUNTERS_MAP`]; see [`CountersMeta::for_slots`].
+/// Where the per-rule counters of the CPUs below `global_cpus` are in
+/// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountersMeta {
     /// CPUs with a block in global data (0: every CPU counts in [`RULES_MAP`]).
     pub global_cpus: u32,
-    /// Bytes per CPU block: 16 per counter slot and 56 more, so that no two CPUs
+    /// Bytes per CPU block: 16 per rule and 56 more, so that no two CPUs
     /// write the same cache line even where the kernel puts the map's
     /// value at an address that is only 8-aligned (array maps without
     /// `BPF_F_MMAPABLE`, as aya makes them); rounded up to a power of two,
@@ -73,9 +77,9 @@ impl CountersMeta {
     /// (zeros), so long policies give fewer CPUs a block.
     pub const MAX_GLOBAL_BYTES: u32 = 64 << 10;
 
-    /// The layout for `slots` counter slots ([`counter_slots`]).
-    pub fn for_slots(slots: usize) -> CountersMeta {
-        let stride = (16 * slots as u64 + 56).next_power_of_two().max(64);
+    /// The layout for a policy of `rules` rules.
+    pub fn for_rules(rules: usize) -> CountersMeta {
+        let stride = (16 * rules as u64 + 56).next_power_of_two().max(64);
         let cpus = (u64::from(Self::MAX_GLOBAL_BYTES) / stride).min(u64::from(Self::MAX_GLOBAL_CPUS));
         CountersMeta { global_cpus: cpus as u32, stride: stride.min(u64::from(u32::MAX)) as u32 }
     }
@@ -118,7 +122,7 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
-    /// The counter slots the object's counters hold: one per rule, and the
+    /// The counter slots of [`RULES_MAP`]: one per rule, and the
     /// lost-update slots of its maps (none in objects from before them).
     pub fn counter_slots(&self) -> usize {
         let lost = self.maps.iter().filter_map(|m| m.lost_slot).map(|s| s as usize + 1).max().unwrap_or(0);
@@ -297,11 +301,10 @@ pub struct UserMapMeta {
     /// The most entries the map holds: `map @NAME max N` as declared, else
     /// the compiler's default (1 for a map without keys).
     pub max_entries: u32,
-    /// The counter slot ([`counter_slots`]) counting the updates of this
-    /// map that failed, an entry that did not fit in a full map (or, where
-    /// the kernel refuses an update for another reason than the key
-    /// being there already, any failed update). `None` in objects built
-    /// before lost updates were counted.
+    /// The counter slot in [`RULES_MAP`] ([`counter_slots`]) counting the
+    /// updates of this map that would have added an entry to it when it
+    /// was full (the kernel refused them with `E2BIG`). `None` in objects
+    /// built before lost updates were counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_slot: Option<u32>,
 }
@@ -323,18 +326,18 @@ mod tests {
     #[test]
     fn counter_blocks_are_cache_lines_within_the_budget() {
         // 6 rules: 96 bytes and 56 of slack in a 256-byte block, for 256 CPUs.
-        assert_eq!(CountersMeta::for_slots(6), CountersMeta { global_cpus: 256, stride: 256 });
-        assert_eq!(CountersMeta::for_slots(0), CountersMeta { global_cpus: 256, stride: 64 });
+        assert_eq!(CountersMeta::for_rules(6), CountersMeta { global_cpus: 256, stride: 256 });
+        assert_eq!(CountersMeta::for_rules(0), CountersMeta { global_cpus: 256, stride: 64 });
         for rules in [1, 16, 17, 64, 1000, 2048, 2049, 4096, 4097, 100_000] {
-            let c = CountersMeta::for_slots(rules);
+            let c = CountersMeta::for_rules(rules);
             assert!(c.stride.is_power_of_two() && c.stride >= 64, "{rules}");
             assert!(u64::from(c.stride) >= 16 * rules as u64 + 56, "{rules}");
             assert!(c.bytes() <= u64::from(CountersMeta::MAX_GLOBAL_BYTES), "{rules}");
             assert!(c.global_cpus <= CountersMeta::MAX_GLOBAL_CPUS, "{rules}");
         }
-        assert_eq!(CountersMeta::for_slots(2044).global_cpus, 2);
-        assert_eq!(CountersMeta::for_slots(2045).global_cpus, 1);
-        assert_eq!(CountersMeta::for_slots(4093).global_cpus, 0);
+        assert_eq!(CountersMeta::for_rules(2044).global_cpus, 2);
+        assert_eq!(CountersMeta::for_rules(2045).global_cpus, 1);
+        assert_eq!(CountersMeta::for_rules(4093).global_cpus, 0);
         // What records pinned before the layout existed read as.
         assert_eq!(CountersMeta::default().global_cpus, 0);
     }

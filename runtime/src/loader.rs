@@ -733,8 +733,9 @@ impl PolicyMaps {
             let mut global = vec![0u8; bytes];
             let found = sys::map_lookup(self.map(map)?.fd().as_fd(), &0u32.to_le_bytes(), &mut global).map_err(|source| RuntimeError::Map { map: map.into(), source })?;
             if found {
+                // The blocks hold the rules' slots only (`meta::counter_slots`).
                 for block in global.chunks_exact(layout.stride as usize) {
-                    out.iter_mut().zip(block.chunks_exact(16)).for_each(|(c, bytes)| add(c, bytes));
+                    out.iter_mut().take(self.meta.rules.len()).zip(block.chunks_exact(16)).for_each(|(c, bytes)| add(c, bytes));
                 }
             }
         }

@@ -31,9 +31,9 @@ pub mod map_type {
 }
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
-/// `EEXIST`: what `bpf_map_update_elem` with [`BPF_NOEXIST`] returns
-/// (negated) when the key is there.
-const EEXIST: u64 = 17;
+/// `E2BIG`: what `bpf_map_update_elem` returns (negated) when a
+/// (preallocated) hash map is full and the key is new.
+const E2BIG: u64 = 7;
 pub const BPF_ANY: u64 = 0;
 pub const BPF_NOEXIST: u64 = 1;
 
@@ -49,10 +49,10 @@ pub struct TableDef<'ctx> {
     pub base: PointerValue<'ctx>,
 }
 
-/// The counters (`xpol_lang::meta::COUNTERS_MAP`; one slot per rule, then
-/// one per `@map` for its lost updates, `xpol_lang::meta::counter_slots`):
-/// blocks in global data for the first `global.cpus` CPUs, a per-CPU array
-/// map for the others.
+/// The per-rule counters (`xpol_lang::meta::COUNTERS_MAP`): blocks in
+/// global data for the first `global.cpus` CPUs, a per-CPU array map for
+/// the others, which also holds the `@maps`' lost updates
+/// (`xpol_lang::meta::counter_slots`).
 #[derive(Clone, Copy)]
 pub struct Counters<'ctx> {
     pub map: MapDef<'ctx>,
@@ -809,22 +809,27 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()])
     }
 
-    /// Counts a lost update in counter slot `slot` when `ret`, what
-    /// [`Bpf::map_update`] returned, says the update failed: `E2BIG` from a
-    /// full hash map, or any other error but `EEXIST`, which only says that
-    /// another CPU inserted the same key first (the key has its entry; that
-    /// increment is lost as in bpftrace, and the map is not full). The
-    /// common path costs one compare and a branch not taken; the count
-    /// goes into this CPU's block of counters (see [`Bpf::bump_counter`]),
-    /// with no lookup.
-    pub fn count_failed_update(&self, ret: IntValue<'ctx>, counters: Counters<'ctx>, slot: u32) {
-        let lost = self.block("update_lost");
+    /// Counts a lost update at key `slot` of the per-CPU counters map when
+    /// `ret`, what [`Bpf::map_update`] returned, is `-E2BIG`: the map was
+    /// full and the key new. (`EEXIST`, from an insert that another CPU's
+    /// insert of the same key beat, loses that increment as in bpftrace,
+    /// but the map is not full.) An update that succeeds pays one compare,
+    /// not taken; a lost one a lookup in the per-CPU array and an add.
+    /// Not the CPU's block in global data, as the rules count: that would
+    /// take about twice the code at every update of a map, for an event
+    /// that is rare.
+    pub fn count_if_map_full(&self, ret: IntValue<'ctx>, counters: Counters<'ctx>, slot: u32) {
+        let full = self.block("map_full");
         let done = self.block("update_done");
-        let failed = self.and(self.cmp(IntPredicate::NE, ret, self.c64(0)), self.cmp(IntPredicate::NE, ret, self.c64(EEXIST.wrapping_neg())));
-        self.cond_br_unlikely(failed, lost, done);
-        self.at(lost);
-        let index = self.m.cx.i32_type().const_int(u64::from(slot), false);
-        self.add_to_slot(counters, index, &[(0, self.c64(1))]);
+        self.cond_br_unlikely(self.eq(ret, self.c64(E2BIG.wrapping_neg())), full, done);
+        self.at(full);
+        let key = self.stack_buf(4, "key");
+        self.store_at(key, 0, self.m.cx.i32_type().const_int(u64::from(slot), false));
+        let p = self.map_lookup(counters.map, key);
+        let count = self.block("count_lost");
+        self.br_if_null(p, done, count);
+        self.at(count);
+        self.add_u64_at(p, 0, self.c64(1), false);
         self.br(done);
         self.at(done);
     }
@@ -893,12 +898,6 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// for this CPU: in its block in global data when it has one, else in
     /// the per-CPU array map.
     pub fn bump_counter(&self, counters: Counters<'ctx>, index: IntValue<'ctx>, bytes: IntValue<'ctx>) {
-        self.add_to_slot(counters, index, &[(0, self.c64(1)), (8, bytes)]);
-    }
-
-    /// Adds each `(offset, amount)` to the u64 at `offset` in counter slot
-    /// `index` (an i32) for this CPU; see [`Bpf::bump_counter`].
-    fn add_to_slot(&self, counters: Counters<'ctx>, index: IntValue<'ctx>, adds: &[(u64, IntValue<'ctx>)]) {
         let done = self.block("counted");
         if let Some(g) = counters.global {
             // One register for the check and the address: LLVM may keep the
@@ -913,9 +912,8 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             self.at(in_global);
             let rule = self.mul(self.zext64(index), self.c64(16));
             let slot = self.ptr_add(g.base, self.add(self.mul(cpu, self.c64(g.stride)), rule));
-            for &(off, v) in adds {
-                self.add_u64_at(slot, off, v, false);
-            }
+            self.add_u64_at(slot, 0, self.c64(1), false);
+            self.add_u64_at(slot, 8, bytes, false);
             // The map's way does the same adds: keep them apart, so that
             // this (common) way needs no jump to adds shared with it.
             self.no_sinking_past_here();
@@ -930,9 +928,8 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let bump = self.block("count");
         self.br_if_null(slot, done, bump);
         self.at(bump);
-        for &(off, v) in adds {
-            self.add_u64_at(slot, off, v, false);
-        }
+        self.add_u64_at(slot, 0, self.c64(1), false);
+        self.add_u64_at(slot, 8, bytes, false);
         self.br(done);
         self.at(done);
     }

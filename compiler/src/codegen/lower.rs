@@ -845,9 +845,9 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         match op {
             MapOp::Assign(_) => {
                 b.store_at(value, 0, amount.expect("assign has a value"));
-                // Fails only when the key is new and the map full.
+                // Fails when the key is new and the map full: counted.
                 let r = b.map_update(def.def, key, value, BPF_ANY);
-                b.count_failed_update(r, self.maps.rules, def.lost_slot);
+                b.count_if_map_full(r, self.maps.rules, def.lost_slot);
             }
             MapOp::Count | MapOp::Sum(_) => {
                 let add = amount.unwrap_or_else(|| b.c64(1));
@@ -864,7 +864,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 // update fails and that increment is lost, as in bpftrace.
                 // A full map refuses the new key: counted as lost.
                 let r = b.map_update(def.def, key, value, BPF_NOEXIST);
-                b.count_failed_update(r, self.maps.rules, def.lost_slot);
+                b.count_if_map_full(r, self.maps.rules, def.lost_slot);
             }
         }
         b.br(done);

@@ -251,8 +251,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         })
         .collect();
 
-    // Maps. The counters hold a slot per rule, then one per @map for its
-    // lost updates.
+    // Maps. The per-CPU counters map holds a slot per rule, then one per
+    // @map for its lost updates; the blocks in global data the rules' only.
     let counter_slots = meta::counter_slots(policy.rules.len(), policy.maps.len());
     let mut meta = ObjectMeta {
         version: meta::META_VERSION,
@@ -262,7 +262,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         sets: Vec::new(),
         maps: Vec::new(),
         redirects: policy.redirects.clone(),
-        counters: meta::CountersMeta::for_slots(counter_slots),
+        counters: meta::CountersMeta::for_rules(policy.rules.len()),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
