@@ -346,6 +346,62 @@ fn set_changes_are_atomic_and_survive_reapply() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("has no set `nosuch` (its sets: ports)"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
+/// Sends datagrams "0", "1", ... "149" to port 7 (about one a millisecond)
+/// and exits: UDP lengths 9 (ten), 10 (ninety) and 11 (fifty).
+const FIXED_SENDER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for n in range(150):
+    s.sendto(b"%d" % n, (sys.argv[1], 7)); time.sleep(0.001)
+"#;
+
+fn send_150(net: &Net) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &net.a, "timeout", "20", "python3", "-c", FIXED_SENDER, &net.addr_b]);
+    let out = output_bounded(cmd);
+    assert!(out.status.success(), "sender: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A full `@map` (`max 2`, keyed by UDP length, of which the sender has
+/// three) and its lost updates in `stats --json`: carried across a replace
+/// that keeps the map, while a replace that changes its capacity gives a
+/// new, empty map whose lost updates count from 0, without an error.
+#[test]
+fn full_map_and_lost_updates_across_replace() {
+    if !usable() {
+        return;
+    }
+    let (net, host, dir) = fixture();
+    let policy = |max: u32, extra: &str| format!("{extra}map @lens max {max}\nxdp /udp.dport == 7/ {{ @lens[udp.len] = count(); pass }}\nxdp {{ pass }}\n");
+    let fill = |report: &serde_json::Value| {
+        let m = &report["maps"][0];
+        (m["name"].as_str().map(str::to_string), m["entries"].as_u64(), m["capacity"].as_u64(), m["lost"].as_u64())
+    };
+    let lens = Some("lens".to_string());
+    let a = write(dir.path(), "a.xpol", &policy(2, ""));
+    host.ok(&net.b, &["apply", a.to_str().expect("utf-8"), "-i", &net.vb, "--name", "full"]);
+    send_150(&net);
+    assert_eq!(fill(&stats(&host, &net, "full")), (lens.clone(), Some(2), Some(2), Some(50)), "the 3-digit datagrams found no room");
+    let text = host.ok(&net.b, &["stats", "full"]);
+    assert!(text.contains("@lens (2/2 entries, 50 lost updates)") && text.contains("warning: @lens was full: 50 updates"), "{text}");
+
+    // Another rule, the same map: handed on with its lost updates.
+    let b = write(dir.path(), "b.xpol", &policy(2, "xdp /udp.dport == 9/ { drop }\n"));
+    let out = host.xpol(&net.b, &["apply", b.to_str().expect("utf-8"), "-i", &net.vb, "--name", "full"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("kept @maps: lens"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fill(&stats(&host, &net, "full")), (lens.clone(), Some(2), Some(2), Some(50)));
+    send_150(&net);
+    assert_eq!(fill(&stats(&host, &net, "full")), (lens.clone(), Some(2), Some(2), Some(100)), "counted on in the new generation");
+
+    // A new capacity: a new map, empty, and no lost update carried.
+    let c = write(dir.path(), "c.xpol", &policy(3, "xdp /udp.dport == 9/ { drop }\n"));
+    let out = host.xpol(&net.b, &["apply", c.to_str().expect("utf-8"), "-i", &net.vb, "--name", "full"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("kept @maps: none"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fill(&stats(&host, &net, "full")), (lens.clone(), Some(0), Some(3), Some(0)));
+    send_150(&net);
+    assert_eq!(fill(&stats(&host, &net, "full")), (lens, Some(3), Some(3), Some(0)), "three lengths fit in three entries");
+}
+
 /// The store refuses directories it did not make: another user's, one
 /// others can write, a symbolic link, a plain file; and it never follows a
 /// link planted below it.

@@ -133,6 +133,40 @@ fn xpol_test_json_has_a_schema_and_a_record_per_case() {
     assert_eq!(lines[2]["result"], serde_json::json!({"passed": 1, "failed": 1, "ok": false}));
 }
 
+/// `xpol test --pcap`: a map declared `max 4` and packets from 10 sources.
+/// The JSON report gives its entries, capacity and the 6 lost updates; the
+/// text report says so too, with a warning that names the fix.
+#[test]
+fn xpol_test_shows_lost_map_updates() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol_test_shows_lost_map_updates") {
+        return;
+    }
+    use xpol_runtime::packet::PacketSpec;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("full.xpol");
+    std::fs::write(&policy, "map @m max 4\nxdp { @m[ip.src] = count(); pass }\n").expect("write policy");
+    let pcap = dir.path().join("t.pcap");
+    let frames: Vec<Vec<u8>> = (1..=10).map(|i| PacketSpec::udp4(std::net::Ipv4Addr::new(198, 18, 0, i), "198.19.0.1".parse().unwrap(), 1, 53).build()).collect();
+    xpol_runtime::pcap::write_frames(&pcap, &frames).expect("write pcap");
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xpol"));
+        cmd.arg("test").arg(&policy).arg("--pcap").arg(&pcap);
+        if json {
+            cmd.arg("--json");
+        }
+        let r = cmd.output().expect("run xpol");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    };
+    let out = run(true);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().expect("a report")).expect("JSON");
+    let m = &last["counters"]["maps"][0];
+    assert_eq!((m["name"].as_str(), m["entries"].as_u64(), m["capacity"].as_u64(), m["lost"].as_u64()), (Some("m"), Some(4), Some(4), Some(6)), "{last}");
+    let out = run(false);
+    assert!(out.contains("@m: 4/4 entries, 6 lost updates"), "{out}");
+    assert!(out.contains("warning: @m was full: 6 updates found no room among its 4 entries and were lost; declare `map @m max N` with a larger N"), "{out}");
+}
+
 /// The tests written in every example, std policy and golden policy pass
 /// on both the kernel and the reference semantics. (std/bogons.xpol is a
 /// set with no probes: examples/edge.xpol tests it.)

@@ -232,14 +232,18 @@ fn fmt_key(ty: Type, k: &KeyPart) -> String {
     }
 }
 
-/// Every `@map` entry as `name[key, ...]` -> value, from the kernel and
-/// from the reference. Values of per-CPU maps holding the last value
-/// written are left out (0): summing them over CPUs means nothing when
-/// the test thread moved between CPUs.
+/// Every `@map` entry as `name[key, ...]` -> value, and each map's lost
+/// updates (a full map) as `name lost`, from the kernel and from the
+/// reference. Values of per-CPU maps holding the last value written are
+/// left out (0): summing them over CPUs means nothing when the test thread
+/// moved between CPUs.
 fn map_states(loaded: &LoadedPolicy, policy: &ir::Policy, state: &State) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
     let mut kernel = BTreeMap::new();
     let mut reference = BTreeMap::new();
+    let lost = loaded.lost_updates().expect("lost updates");
     for (i, m) in policy.maps.iter().enumerate() {
+        kernel.insert(format!("@{} lost", m.name), lost[i]);
+        reference.insert(format!("@{} lost", m.name), state.lost.get(&i).copied().unwrap_or(0));
         let meta = loaded.meta().maps.iter().find(|x| x.name == m.name).expect("map in the metadata");
         let keep = |v: u64| if meta.per_cpu && meta.value == xpol_lang::meta::MapValueKind::Value { 0 } else { v };
         for (key, v) in loaded.map_entries(&m.name).expect("map entries") {

@@ -14,6 +14,7 @@ const TOKENS: &[&str] = &[
     ">>", "..", "=", "@m", "@n", "count()", "sum(", "ip.src", "ip.dst", "tcp.dport", "udp.sport", "ip.frag", "vlan.id", "eth.src", "pkt.len",
     "x", "y", "s", "22", "0", "65535", "18446744073709551615", "99999999999999999999", "10.0.0.0/8", "1.2.3.4", "300.1.1.1", "2001:db8::/32",
     "::1", "fe80::", "02:00:00:00:00:01", "0x86dd", "true", "false", ":", "cidr", "int", "mac", "\"std/bogons.xpol\"", "\"nope\"", "file(",
+    "map", "max", "4",
 ];
 
 fn check_one(dir: &Path, i: usize, text: &str) {
@@ -144,4 +145,49 @@ fn map_expectations_in_test_cases_are_checked() {
         let s = d.labels[0].span;
         assert_eq!(&text[s.start as usize..s.end as usize], culprit, "{case}: {d:?}");
     }
+}
+
+/// `map @NAME max N`: the capacity reaches the IR and the object's
+/// metadata (with the map's lost-update counter slot after the rules'),
+/// wherever the declaration stands; an undeclared map keeps the default
+/// and a map without keys has one entry. Each mistake is reported at its
+/// declaration, all of them at once, and a map whose only use failed to
+/// check is not also called unused.
+#[test]
+fn map_capacity_declarations_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.xpol");
+    let text = "xdp { @a[ip.src] = count(); @b[tcp.dport] = 1; @c = count() }\nmap @a max 4\nxdp { pass }\n";
+    std::fs::write(&path, text).expect("write");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| panic!("{:?}", b.diagnostics));
+    let entries: Vec<(Option<u32>, u32)> = out.ir.maps.iter().map(|m| (m.capacity, m.entries())).collect();
+    assert_eq!(entries, [(Some(4), 4), (None, xpol_compiler::ir::DEFAULT_MAP_ENTRIES), (None, 1)]);
+    let meta: Vec<(u32, Option<u32>)> = out.meta.maps.iter().map(|m| (m.max_entries, m.lost_slot)).collect();
+    assert_eq!(meta, [(4, Some(2)), (10_240, Some(3)), (1, Some(4))], "two rules, then one lost-update slot per map");
+    assert_eq!(out.meta.counter_slots(), 5);
+
+    let text = "map @a max 0\nmap @b max 1048577\nmap @c max 3\nmap @a max 2\nmap @zz max 5\nmap @d max 5\nxdp { @a[ip.src] = count(); @b[ip.src] = count(); @c = count(); @d[nope] = 1 }\n";
+    std::fs::write(&path, text).expect("write");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    assert!(b.output.is_none());
+    let found: Vec<(&str, &str)> = b
+        .diagnostics
+        .iter()
+        .filter(|d| d.code.starts_with("xpol::map"))
+        .map(|d| (d.code.as_str(), &text[d.labels[0].span.start as usize..d.labels[0].span.end as usize]))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("xpol::map::max", "max 0"),
+            ("xpol::map::max", "max 1048577"),
+            ("xpol::map::keyless", "map @c max 3"),
+            ("xpol::map::duplicate", "a"),
+            ("xpol::map::unused", "zz"),
+        ],
+        "{:?}",
+        b.diagnostics
+    );
+    assert!(b.diagnostics.iter().any(|d| d.code == "xpol::name::unknown"), "the failed use of @d is reported, and @d is not unused");
 }

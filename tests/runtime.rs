@@ -131,3 +131,48 @@ fn counters_of_cpus_past_the_global_blocks_add_up() {
     loaded.reset_counters().expect("reset");
     assert!(loaded.rule_counters().expect("counters").iter().all(|c| c.packets == 0 && c.bytes == 0));
 }
+
+/// Lost updates count in the per-CPU counters map, in the slot after the
+/// rules', and the CPUs' counts add up: here CPU 0 and another CPU each
+/// lose updates to a full map. `reset_counters` clears them with the
+/// rules' counters.
+#[test]
+fn lost_updates_of_every_cpu_add_up() {
+    if !common::kernel("lost_updates_of_every_cpu_add_up") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("full.xpol");
+    std::fs::write(&path, "xdp /udp.dport == 9/ { drop }\nmap @m max 1\nxdp /udp.dport == 53/ { @m[ip.src] = count(); drop }\n").expect("write policy");
+    let output = build(&path, &BuildOptions::default()).output.expect("compiles");
+    assert_eq!(output.meta.maps[0].lost_slot, Some(2), "after the two rules' slots");
+    let mut loaded = LoadedPolicy::load(&output.object).expect("loads");
+    let from = |i: u8| PacketSpec::udp4(std::net::Ipv4Addr::new(198, 18, 0, i), "198.18.0.2".parse().unwrap(), 4000, 53).build();
+    let cpus = xpol_runtime::sys::allowed_cpus().expect("sched_getaffinity");
+    let runs: Vec<(usize, u8)> = match (cpus.contains(&0), cpus.iter().find(|&&c| c > 0)) {
+        (true, Some(&other)) => vec![(0, 3), (other, 3)],
+        (true, None) => {
+            eprintln!("lost_updates_of_every_cpu_add_up: only CPU 0 here, one CPU's count only");
+            vec![(0, 6)]
+        }
+        (false, Some(&other)) => vec![(other, 6)],
+        (false, None) => unreachable!("a thread runs on some CPU"),
+    };
+    // Six sources in all: the first fills the one entry, five are lost.
+    let mut source_no = 1;
+    for (cpu, sources) in runs {
+        xpol_runtime::sys::on_cpu(cpu, || {
+            for _ in 0..sources {
+                assert_eq!(loaded.test_run("xdp", &from(source_no)).expect("runs").return_value, 1, "dropped");
+                source_no += 1;
+            }
+        })
+        .expect("pin to a CPU");
+    }
+    assert_eq!(loaded.lost_updates().expect("lost"), [5]);
+    assert_eq!(loaded.map_entries("m").expect("entries").len(), 1);
+    let counters = loaded.rule_counters().expect("counters");
+    assert_eq!((counters.len(), counters[1].packets, counters[0].packets), (2, 6, 0), "the rules' counters are the rules' own");
+    loaded.reset_counters().expect("reset");
+    assert_eq!(loaded.lost_updates().expect("lost"), [0]);
+}

@@ -396,6 +396,42 @@ fn golden_maps() {
     assert_eq!(p.map_entries("total").expect("map")[0].1, 4);
 }
 
+/// `map @NAME max 4` and packets from 10 sources: each map keeps 4
+/// entries and counts the 6 updates that found it full, through
+/// `PolicyMaps` (what `xpol stats` reads), for each way a map is updated: a
+/// per-CPU count (a map only written), a shared count (a map also read,
+/// updated atomically) and an assigned value. An update of an entry the
+/// full map holds is not lost.
+#[test]
+fn full_maps_keep_their_entries_and_count_lost_updates() {
+    if !kernel("full_maps_keep_their_entries_and_count_lost_updates") {
+        return;
+    }
+    let mut p = load_text(
+        "map @m max 4\nmap @shared max 4\nmap @last max 4\n\
+         xdp /udp.dport == 53/ { @m[ip.src] = count(); @shared[ip.src] = count(); @last[ip.src] = udp.sport; if (@shared[ip.src] > 1000) { drop } pass }\n",
+    );
+    let from = |i: u16| PacketSpec::udp4(Ipv4Addr::new(198, 18, 0, i as u8 + 1), a4("198.19.0.1"), 1000 + i, 53).build();
+    for i in 0..10 {
+        expect(&mut p, "xdp", &format!("source {i}"), &from(i), Pass, &[0]);
+    }
+    expect(&mut p, "xdp", "the first source again", &from(0), Pass, &[0]);
+    let maps = p.maps();
+    assert_eq!(maps.lost_updates().expect("lost updates"), [6, 6, 6]);
+    assert_eq!(maps.meta().maps.iter().map(|m| m.max_entries).collect::<Vec<_>>(), [4, 4, 4]);
+    for name in ["m", "shared", "last"] {
+        let entries = maps.map_entries(name).expect("entries");
+        let mut sources: Vec<String> = entries.iter().map(|(k, _)| k[0].to_string()).collect();
+        sources.sort();
+        assert_eq!(sources, ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4"], "@{name} kept its first four entries");
+    }
+    let first = |name: &str| maps.map_entries(name).expect("entries").into_iter().find(|(k, _)| k[0].to_string() == "198.18.0.1").map(|(_, v)| v);
+    assert_eq!((first("m"), first("shared"), first("last")), (Some(2), Some(2), Some(1000)));
+    // The rule's own counters are unaffected by the maps' slots after them.
+    assert_eq!(p.rule_counters().expect("counters").len(), 1);
+    assert_eq!(p.rule_counters().expect("counters")[0].packets, 11);
+}
+
 #[test]
 fn golden_hooks() {
     if !kernel("golden_hooks") {

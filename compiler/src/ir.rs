@@ -145,6 +145,16 @@ pub struct NamedSet {
     pub span: Span,
 }
 
+/// Entries of a `@map` with keys and no `map @NAME max N`, as in bpftrace.
+pub const DEFAULT_MAP_ENTRIES: u32 = 10_240;
+
+/// The largest `max N` a `@map` may declare. Hash maps are preallocated
+/// when the policy loads: about 100 bytes an entry (the kernel's element
+/// header, the key up to 60 bytes, the value, a bucket), plus 8 bytes an
+/// entry for every CPU in a per-CPU map (one the policy only writes). At
+/// this limit that is about 100 MiB, plus 8 MiB per CPU.
+pub const MAX_MAP_ENTRIES: u64 = 1 << 20;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserMap {
     pub name: String,
@@ -152,7 +162,23 @@ pub struct UserMap {
     pub keys: Vec<Type>,
     /// Read somewhere in the policy: then it must be a shared (not per-CPU) map.
     pub read: bool,
+    /// `map @NAME max N` as declared (checked: 1 to [`MAX_MAP_ENTRIES`],
+    /// and the map has keys).
+    pub capacity: Option<u32>,
     pub span: Span,
+}
+
+impl UserMap {
+    /// The most entries the map holds: as declared, else
+    /// [`DEFAULT_MAP_ENTRIES`]; a map without keys has its one entry. An
+    /// update that would add an entry to a full map is lost (and counted).
+    pub fn entries(&self) -> u32 {
+        match self.capacity {
+            Some(n) => n,
+            None if self.keys.is_empty() => 1,
+            None => DEFAULT_MAP_ENTRIES,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -444,7 +470,8 @@ impl fmt::Display for Policy {
         }
         for m in &self.maps {
             let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();
-            out.push_str(&format!("map @{}[{}]: {:?}{}\n", m.name, keys.join(", "), m.value, if m.read { ", read" } else { "" }));
+            let max = m.capacity.map(|n| format!(", max {n}")).unwrap_or_default();
+            out.push_str(&format!("map @{}[{}]: {:?}{}{max}\n", m.name, keys.join(", "), m.value, if m.read { ", read" } else { "" }));
         }
         for prog in &self.programs {
             out.push_str(&format!("\nprogram {}:\n", prog.hook.as_str()));

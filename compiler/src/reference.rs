@@ -226,10 +226,12 @@ enum V {
     Ip(IpAddr),
 }
 
-/// A policy's state between packets: its `@maps`.
+/// A policy's state between packets: its `@maps`, and per map the
+/// updates lost because it was full.
 #[derive(Clone, Debug, Default)]
 pub struct State {
     pub maps: HashMap<(usize, Vec<KeyPart>), u64>,
+    pub lost: HashMap<usize, u64>,
 }
 
 struct Eval<'a> {
@@ -290,7 +292,17 @@ impl Eval<'_> {
                         MapOp::Sum(e) | MapOp::Assign(e) => self.int(e),
                     };
                     let (Some(key), Some(amount)) = (self.key(keys), amount) else { continue };
-                    let slot = self.state.maps.entry((*map, key)).or_insert(0);
+                    // A map holds at most `entries()` keys: an update that
+                    // would add one more is lost, and counted.
+                    let key = (*map, key);
+                    if !self.state.maps.contains_key(&key) {
+                        let held = self.state.maps.keys().filter(|(m, _)| m == map).count();
+                        if held >= self.policy.maps[*map].entries() as usize {
+                            *self.state.lost.entry(*map).or_insert(0) += 1;
+                            continue;
+                        }
+                    }
+                    let slot = self.state.maps.entry(key).or_insert(0);
                     *slot = match op {
                         MapOp::Assign(_) => amount,
                         _ => slot.wrapping_add(amount),

@@ -14,6 +14,7 @@ pub struct Policy {
 pub enum Item {
     Include(Include),
     Set(SetDecl),
+    Map(MapDecl),
     Const(ConstDecl),
     Probe(Probe),
     Test(TestBlock),
@@ -100,6 +101,18 @@ pub enum SetInit {
     Elements { elements: Vec<Expr>, span: Span },
     /// `file("blocklist.txt")`: one element per line, `#` comments, path relative to the policy file.
     File(StrLit),
+}
+
+/// `map @NAME max N`: the most entries `@NAME` holds (its BPF map's
+/// `max_entries`). The map itself is declared by its uses; this only sizes
+/// it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MapDecl {
+    /// The name without `@`; its span covers the name only.
+    pub map: Ident,
+    /// `N`, and the span of `max N`.
+    pub max: (u64, Span),
+    pub span: Span,
 }
 
 /// `const NAME = expr`

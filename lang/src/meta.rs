@@ -11,11 +11,32 @@ use serde::{Deserialize, Serialize};
 /// libbpf) ignore sections they do not know.
 pub const META_SECTION: &str = ".xpol.meta";
 
-/// Name of the per-CPU array of per-rule counters: key = [`RuleMeta::id`]
-/// (u32), value = [`RuleCounters`] (two u64: packets, bytes). Programs
-/// count here only on CPUs past [`CountersMeta::global_cpus`]; the others
-/// count in [`COUNTERS_MAP`]. A rule's count is the sum of both.
+/// Name of the per-CPU array of counters: key = counter slot (u32; see
+/// [`counter_slots`]), value = [`RuleCounters`] (two u64: packets, bytes).
+/// A rule's slot counts here only on CPUs past
+/// [`CountersMeta::global_cpus`]; the others count in [`COUNTERS_MAP`]. A
+/// rule's count is the sum of both. The lost-update slots count here on
+/// every CPU.
 pub const RULES_MAP: &str = "xpol_rules";
+
+/// The counter slots of a policy in [`RULES_MAP`]: slot `r` for rule `r`
+/// (its [`RuleMeta::id`]), then slot `rules + i` for the lost updates of
+/// `@map` `i` (in [`ObjectMeta::maps`] order; [`UserMapMeta::lost_slot`]),
+/// which counts in `packets` and leaves `bytes` 0. The blocks of
+/// [`COUNTERS_MAP`] hold the rules' slots only: a lost update is rare (the
+/// map is full), and its count there would cost every update of a map
+/// about twice the code (the program-size budget), where a lookup in the
+/// per-CPU array costs a helper call when an update is lost and nothing
+/// otherwise.
+pub fn counter_slots(rules: usize, maps: usize) -> usize {
+    rules + maps
+}
+
+/// The counter slot of the lost updates of `@map` number `map` (see
+/// [`counter_slots`]).
+pub fn lost_slot(rules: usize, map: usize) -> u32 {
+    (rules + map).min(u32::MAX as usize) as u32
+}
 
 /// Global data holding the per-rule counters of the first
 /// [`CountersMeta::global_cpus`] CPUs: the ELF section `.data`, which
@@ -30,7 +51,10 @@ pub const COUNTERS_MAP: &str = ".data";
 /// Bump when the layout of maps or of this schema changes incompatibly.
 /// 5: sets the runtime may change have maps for both families and room to
 /// grow (`SetMeta::capacity`), which older runtimes misread.
-pub const META_VERSION: u32 = 5;
+/// 6: [`RULES_MAP`] holds a slot per `@map` after the rules' (lost
+/// updates, [`UserMapMeta::lost_slot`]), and a map without keys has one
+/// entry.
+pub const META_VERSION: u32 = 6;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -95,6 +119,15 @@ pub struct ObjectMeta {
     /// blocks, every CPU counts in [`RULES_MAP`] (what those objects do).
     #[serde(default)]
     pub counters: CountersMeta,
+}
+
+impl ObjectMeta {
+    /// The counter slots of [`RULES_MAP`]: one per rule, and the
+    /// lost-update slots of its maps (none in objects from before them).
+    pub fn counter_slots(&self) -> usize {
+        let lost = self.maps.iter().filter_map(|m| m.lost_slot).map(|s| s as usize + 1).max().unwrap_or(0);
+        lost.max(self.rules.len())
+    }
 }
 
 /// Array map (u32 -> u32 ifindex) filled by the runtime for `redirect(IFNAME)`.
@@ -285,7 +318,25 @@ pub struct UserMapMeta {
     /// with zeros to `key_size`. A keyless map has one u32 key 0.
     pub keys: Vec<KeyKind>,
     pub key_size: u32,
+    /// The most entries the map holds: `map @NAME max N` as declared, else
+    /// the compiler's default (1 for a map without keys).
     pub max_entries: u32,
+    /// The counter slot in [`RULES_MAP`] ([`counter_slots`]) counting the
+    /// updates of this map that would have added an entry to it when it
+    /// was full (the kernel refused them with `E2BIG`). `None` in objects
+    /// built before lost updates were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_slot: Option<u32>,
+}
+
+impl UserMapMeta {
+    /// The same kernel map (name, type, key and value, capacity) in two
+    /// objects, whatever else the metadata says: a replace hands such a
+    /// map on.
+    pub fn same_map(&self, other: &UserMapMeta) -> bool {
+        (&self.name, &self.map, self.value, self.per_cpu, &self.keys, self.key_size, self.max_entries)
+            == (&other.name, &other.map, other.value, other.per_cpu, &other.keys, other.key_size, other.max_entries)
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +360,20 @@ mod tests {
         assert_eq!(CountersMeta::for_rules(4093).global_cpus, 0);
         // What records pinned before the layout existed read as.
         assert_eq!(CountersMeta::default().global_cpus, 0);
+    }
+
+    /// Metadata of a map from before lost updates were counted reads as
+    /// having no lost-update slot, and is the same kernel map as one that
+    /// has one.
+    #[test]
+    fn map_metadata_without_a_lost_slot_reads_as_none() {
+        let old = r#"{"name":"m","map":"xm_m","value":"count","per_cpu":true,"keys":["ip"],"key_size":20,"max_entries":10240}"#;
+        let m: super::UserMapMeta = serde_json::from_str(old).expect("reads");
+        assert_eq!(m.lost_slot, None);
+        let new = super::UserMapMeta { lost_slot: Some(3), ..m.clone() };
+        assert!(m.same_map(&new));
+        assert!(!m.same_map(&super::UserMapMeta { max_entries: 4, ..new }));
+        assert_eq!((super::counter_slots(3, 2), super::lost_slot(3, 1)), (5, 4));
     }
 
     /// Metadata written before META_VERSION 4 (a pinned policy's record)

@@ -82,7 +82,7 @@ fn check_nesting(text: &str, file: FileId) -> Option<Diagnostic> {
 fn describe(rule: &Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::EOI => "end of file",
-        Rule::item | Rule::include | Rule::set_decl | Rule::const_decl | Rule::probe => "a declaration or a probe",
+        Rule::item | Rule::include | Rule::set_decl | Rule::map_decl | Rule::map_word | Rule::const_decl | Rule::probe => "a declaration or a probe",
         Rule::test_block | Rule::test_on | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
         Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
         Rule::decided_by => "`by LINE`",
@@ -102,11 +102,12 @@ fn describe(rule: &Rule) -> Option<&'static str> {
             "an operator"
         }
         Rule::map_keys => "`[`",
+        Rule::decl_map_name => "a map name such as `@seen`",
         Rule::string => "a string in double quotes",
         Rule::ifname => "an interface name",
         Rule::ident | Rule::name => "a name",
         Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
-        Rule::set_max | Rule::max_word => "`max N`",
+        Rule::max_n | Rule::max_word => "`max N`",
         Rule::rule_label | Rule::rule_word => "`rule \"NAME\"`",
         Rule::else_part => "`else`",
         _ => return None,
@@ -168,8 +169,8 @@ impl AstBuilder {
         StrLit { value: body.replace("\\\"", "\"").replace("\\\\", "\\"), span }
     }
 
-    /// `max N` of a set declaration, with the span of both words.
-    fn set_max(&mut self, p: Pair<Rule>) -> Option<(u64, Span)> {
+    /// `max N` of a set or map declaration, with the span of both words.
+    fn max_n(&mut self, p: Pair<Rule>) -> Option<(u64, Span)> {
         let span = self.span(&p);
         let n = p.into_inner().find(|q| q.as_rule() == Rule::dec_int)?;
         match n.as_str().parse::<u64>() {
@@ -194,8 +195,8 @@ impl AstBuilder {
                 let name = self.ident(it.next()?);
                 let ty = self.ident(it.next()?);
                 let mut init = it.next()?;
-                let max = if init.as_rule() == Rule::set_max {
-                    let max = self.set_max(init);
+                let max = if init.as_rule() == Rule::max_n {
+                    let max = self.max_n(init);
                     init = it.next()?;
                     Some(max?)
                 } else {
@@ -210,6 +211,12 @@ impl AstBuilder {
                     }
                 };
                 Some(Item::Set(ast::SetDecl { name, ty, max, init, span }))
+            }
+            Rule::map_decl => {
+                let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::map_word);
+                let map = self.map_name(it.next()?);
+                let max = self.max_n(it.next()?)?;
+                Some(Item::Map(ast::MapDecl { map, max, span }))
             }
             Rule::const_decl => {
                 let mut it = p.into_inner();

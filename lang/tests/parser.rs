@@ -155,6 +155,25 @@ fn rule_labels_and_rule_as_a_name() {
     }
 }
 
+/// `map @NAME max N` declares a map's capacity; `map` stays an ordinary
+/// name everywhere else.
+#[test]
+fn map_capacity_and_map_as_a_name() {
+    let src = "map @seen max 4\nconst map = 3\nset max: int = { 1 }\nmap @m max 0;\nxdp /tcp.dport == map/ { let map = 1; @seen[ip.src] = count() }";
+    let items = parse_ok(src);
+    let Item::Map(m) = &items[0] else { panic!("{:?}", items[0]) };
+    assert_eq!((m.map.name.as_str(), m.max.0), ("seen", 4));
+    assert_eq!(&src[m.map.span.start as usize..m.map.span.end as usize], "seen");
+    assert_eq!(&src[m.max.1.start as usize..m.max.1.end as usize], "max 4");
+    assert_eq!(&src[m.span.start as usize..m.span.end as usize], "map @seen max 4");
+    assert!(matches!(&items[1], Item::Const(c) if c.name.name == "map"));
+    // `max 0` parses: the checker refuses it, with a span.
+    assert!(matches!(&items[3], Item::Map(m) if m.max.0 == 0));
+    for bad in ["map @m", "map m max 4", "map @m max", "map @m max -1", "map @m max 99999999999999999999", "map @m maxi 3", "mapx @m max 3"] {
+        assert!(parse(bad, FileId(0)).is_err(), "{bad:?} should fail");
+    }
+}
+
 #[test]
 fn spans_are_exact() {
     let src = "xdp /tcp.dport == 22/ { drop }";
@@ -205,4 +224,12 @@ fn hostile_input_does_not_panic() {
     for src in ["\u{0}", "xdp /", "@@@", "xdp { if }", "set : = {", "xdp /ip.src == ::::/ {}", "ä ö ü", "xdp /\"/ {}"] {
         let _ = parse(src, FileId(0));
     }
+}
+
+/// A declaration without its `@` asks for a map name.
+#[test]
+fn map_declaration_without_at_asks_for_a_map_name() {
+    let Err(d) = parse("map seen max 4", FileId(0)) else { panic!("parses") };
+    assert!(d[0].message.contains("a map name such as `@seen`"), "{:?}", d[0]);
+    assert_eq!((d[0].labels[0].span.start, d[0].labels[0].span.end), (4, 8), "{:?}", d[0]);
 }

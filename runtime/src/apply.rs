@@ -12,7 +12,9 @@
 //! What survives a replace:
 //! - `@maps` whose name and type (keys, value kind, per-CPU, capacity) are
 //!   unchanged: the new programs use the same kernel maps, so nothing is
-//!   copied and no update is lost.
+//!   copied and no update is lost; and so do their counts of lost updates
+//!   (a map full before is full after). A map whose capacity changed is a
+//!   new, empty map, whose lost updates count from 0.
 //! - Named sets: a set whose declaration in the policy is unchanged keeps
 //!   its live contents (what `xpol set` made of it); a set whose
 //!   declaration changed gets the new declaration.
@@ -184,7 +186,7 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     let old_maps = previous.map(Generation::maps).transpose()?;
     if let (Some(prev), Some(old)) = (previous, &old_maps) {
         for m in &meta.maps {
-            if prev.record.meta.maps.iter().any(|o| o == m) {
+            if prev.record.meta.maps.iter().any(|o| o.same_map(m)) {
                 adopt_maps.push((m.map.clone(), Arc::new(old.map_fd(&m.map)?)));
                 outcome.maps_kept.push(m.name.clone());
             }
@@ -211,7 +213,7 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     // What the old rules counted so far, carried already, so that a kill
     // during the switch loses at most what they count meanwhile.
     if let (Some(prev), Some(old)) = (previous, &old_maps) {
-        let (counters, _) = carried_counters(&prev.record.meta, &old.rule_counters()?, &record.meta);
+        let (counters, _) = carried_counters(&prev.record.meta, &old.slot_counters()?, &record.meta);
         store::write_base(&base, &counters)?;
     }
 
@@ -232,7 +234,7 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     if let (Some(prev), Some(old)) = (previous, &old_maps) {
         // Once the old programs can no longer run, their counters are final.
         sys::wait_for_running_programs();
-        let carried = old.rule_counters().and_then(|c| {
+        let carried = old.slot_counters().and_then(|c| {
             let (counters, carried) = carried_counters(&prev.record.meta, &c, &record.meta);
             store::write_base(&base, &counters).map(|()| carried)
         });
@@ -296,12 +298,24 @@ fn normalized<'a>(req: &ApplyRequest<'a>, previous: Option<&Generation>) -> Resu
     })
 }
 
-/// The old counters of each new rule ([`carried_rules`]), and how many
-/// new rules had an old one.
+/// The old counters of each new counter slot, from the old slots
+/// (`old`, see `xpol_lang::meta::counter_slots`): a rule's by rule
+/// identity ([`carried_rules`]), a `@map`'s lost updates when the map is
+/// handed on (the same kernel map, [`xpol_lang::meta::UserMapMeta::same_map`]);
+/// and how many new rules had an old one.
 pub fn carried_counters(old_meta: &ObjectMeta, old: &[RuleCounters], new_meta: &ObjectMeta) -> (Vec<RuleCounters>, usize) {
     let from = carried_rules(old_meta, new_meta);
     let carried = from.iter().flatten().count();
-    let counters = from.iter().map(|f| f.and_then(|i| old.get(i).copied()).unwrap_or_default()).collect();
+    let mut counters: Vec<RuleCounters> = from.iter().map(|f| f.and_then(|i| old.get(i).copied()).unwrap_or_default()).collect();
+    counters.resize(new_meta.counter_slots(), RuleCounters::default());
+    for m in &new_meta.maps {
+        let old_map = old_meta.maps.iter().find(|o| o.same_map(m));
+        if let (Some(new), Some(was)) = (m.lost_slot, old_map.and_then(|o| o.lost_slot)) {
+            if let (Some(c), Some(v)) = (counters.get_mut(new as usize), old.get(was as usize)) {
+                *c = *v;
+            }
+        }
+    }
     (counters, carried)
 }
 
@@ -350,7 +364,7 @@ fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Genera
         store::ElementStore::create(gen_dir, &s.name, &s.elements, capacity)?;
         s.elements.clear();
     }
-    let base = store::create_base(gen_dir, meta.rules.len())?;
+    let base = store::create_base(gen_dir, meta.counter_slots())?;
     let hooks: Vec<String> = match &req.hooks {
         Some(h) => h.clone(),
         None => meta.programs.iter().map(|p| p.hook.clone()).collect(),

@@ -167,7 +167,8 @@ pub struct PolicyMaps {
     maps: HashMap<String, MapData>,
     cpus: usize,
     /// Counters carried over from earlier generations of an applied
-    /// policy, added to what the kernel counts (empty: none).
+    /// policy, one per counter slot ([`meta::counter_slots`]), added to
+    /// what the kernel counts (empty: none).
     base: Vec<RuleCounters>,
 }
 
@@ -355,6 +356,12 @@ impl LoadedPolicy {
     /// Per-rule counters summed over CPUs, indexed by rule id.
     pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
         self.state.rule_counters()
+    }
+
+    /// Updates lost per `@map` (in [`ObjectMeta::maps`] order), see
+    /// [`PolicyMaps::lost_updates`].
+    pub fn lost_updates(&self) -> Result<Vec<u64>> {
+        self.state.lost_updates()
     }
 
     pub fn reset_counters(&mut self) -> Result<()> {
@@ -743,7 +750,24 @@ impl PolicyMaps {
     /// blocks in global data ([`meta::COUNTERS_MAP`]) plus the per-CPU
     /// array for CPUs past them ([`meta::RULES_MAP`]).
     pub fn rule_counters(&self) -> Result<Vec<RuleCounters>> {
-        let mut out = vec![RuleCounters::default(); self.meta.rules.len()];
+        let mut out = self.slot_counters()?;
+        out.truncate(self.meta.rules.len());
+        Ok(out)
+    }
+
+    /// Updates lost per `@map`, in [`ObjectMeta::maps`] order: those that
+    /// did not fit in the full map since the first apply (carried across a
+    /// replace with the map). 0 for objects from before they were counted.
+    pub fn lost_updates(&self) -> Result<Vec<u64>> {
+        let slots = self.slot_counters()?;
+        Ok(self.meta.maps.iter().map(|m| m.lost_slot.and_then(|s| slots.get(s as usize)).map_or(0, |c| c.packets)).collect())
+    }
+
+    /// Every counter slot ([`meta::counter_slots`]: the rules', then the
+    /// maps' lost updates) summed over CPUs, with what earlier generations
+    /// counted.
+    pub fn slot_counters(&self) -> Result<Vec<RuleCounters>> {
+        let mut out = vec![RuleCounters::default(); self.meta.counter_slots()];
         for (c, b) in out.iter_mut().zip(&self.base) {
             *c = *b;
         }
@@ -757,8 +781,9 @@ impl PolicyMaps {
             let mut global = vec![0u8; bytes];
             let found = sys::map_lookup(self.map(map)?.fd().as_fd(), &0u32.to_le_bytes(), &mut global).map_err(|source| RuntimeError::Map { map: map.into(), source })?;
             if found {
+                // The blocks hold the rules' slots only (`meta::counter_slots`).
                 for block in global.chunks_exact(layout.stride as usize) {
-                    out.iter_mut().zip(block.chunks_exact(16)).for_each(|(c, bytes)| add(c, bytes));
+                    out.iter_mut().take(self.meta.rules.len()).zip(block.chunks_exact(16)).for_each(|(c, bytes)| add(c, bytes));
                 }
             }
         }
@@ -780,7 +805,7 @@ impl PolicyMaps {
             self.update(map, &0u32.to_le_bytes(), &vec![0u8; bytes])?;
         }
         let zero = vec![0u8; 16 * self.cpus];
-        for id in 0..self.meta.rules.len() as u32 {
+        for id in 0..self.meta.counter_slots() as u32 {
             self.update(meta::RULES_MAP, &id.to_le_bytes(), &zero)?;
         }
         Ok(())

@@ -540,11 +540,13 @@ fn read_blob(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The counters carried over into a generation: one (packets, bytes) per
-/// rule, in a one-entry array map `dir/base`, written once after the
-/// switch (when the previous generation's counters are final).
-pub(crate) fn create_base(dir: &Path, rules: usize) -> Result<OwnedFd> {
+/// counter slot (`xpol_lang::meta::counter_slots`: the rules', then the
+/// `@maps`' lost updates), in a one-entry array map `dir/base`, written
+/// once after the switch (when the previous generation's counters are
+/// final).
+pub(crate) fn create_base(dir: &Path, slots: usize) -> Result<OwnedFd> {
     let io = |e: std::io::Error| RuntimeError::Store(format!("{}: {e}", dir.join("base").display()));
-    let fd = sys::array_map_create("xpol_base", (16 * rules.max(1)) as u32, 1).map_err(io)?;
+    let fd = sys::array_map_create("xpol_base", (16 * slots.max(1)) as u32, 1).map_err(io)?;
     sys::obj_pin(fd.as_fd(), &dir.join("base")).map_err(io)?;
     Ok(fd)
 }
@@ -558,15 +560,16 @@ pub(crate) fn write_base(fd: &OwnedFd, counters: &[RuleCounters]) -> Result<()> 
     sys::map_update(fd.as_fd(), &0u32.to_le_bytes(), &value, 0).map_err(|e| RuntimeError::Store(format!("base counters: {e}")))
 }
 
-/// The carried-over counters of a generation (zeros when it has none).
-pub(crate) fn read_base(dir: &Path, rules: usize) -> Vec<RuleCounters> {
-    let mut out = vec![RuleCounters::default(); rules];
+/// The carried-over counters of a generation, one per counter slot
+/// (zeros when it has none).
+pub(crate) fn read_base(dir: &Path, slots: usize) -> Vec<RuleCounters> {
+    let mut out = vec![RuleCounters::default(); slots];
     let path = dir.join("base");
     let Ok(fd) = sys::obj_get(&path, sys::BPF_F_RDONLY) else { return out };
-    if check_map_shape(&path, fd.as_fd(), 4, 16 * rules.max(1) as u32).is_err() {
+    if check_map_shape(&path, fd.as_fd(), 4, 16 * slots.max(1) as u32).is_err() {
         return out;
     }
-    let mut value = vec![0u8; 16 * rules.max(1)];
+    let mut value = vec![0u8; 16 * slots.max(1)];
     if sys::map_lookup(fd.as_fd(), &0u32.to_le_bytes(), &mut value).unwrap_or(false) {
         for (c, v) in out.iter_mut().zip(value.chunks_exact(16)) {
             c.packets = u64::from_le_bytes(v[..8].try_into().expect("8"));
@@ -597,7 +600,7 @@ impl Generation {
     /// The generation's maps and counters, for reading (`xpol stats`),
     /// with the sets' live elements in the metadata.
     pub fn maps(&self) -> Result<PolicyMaps> {
-        PolicyMaps::open_dir(&self.dir, self.live_meta()?, read_base(&self.dir, self.record.meta.rules.len()))
+        PolicyMaps::open_dir(&self.dir, self.live_meta()?, read_base(&self.dir, self.record.meta.counter_slots()))
     }
 
     /// The live elements of set `set`.

@@ -322,14 +322,15 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
         })
         .collect();
     let mut maps = Vec::new();
-    for m in &meta.maps {
+    let lost = policy.lost_updates()?;
+    for (m, lost) in meta.maps.iter().zip(lost) {
         let entries = policy.map_entries(&m.name)?;
         let top: Vec<serde_json::Value> = entries
             .iter()
             .take(5)
             .map(|(k, v)| serde_json::json!({"key": k.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "), "value": v}))
             .collect();
-        maps.push(serde_json::json!({"name": m.name, "entries": entries.len(), "top": top}));
+        maps.push(serde_json::json!({"name": m.name, "entries": entries.len(), "capacity": m.max_entries, "lost": lost, "top": top}));
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
     Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets}))
@@ -354,10 +355,13 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
         ));
     }
     for m in report["maps"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  @{} ({} entries)\n", m["name"].as_str().unwrap_or(""), m["entries"]));
+        out.push_str(&format!("  @{} ({}/{} entries, {} lost updates)\n", m["name"].as_str().unwrap_or(""), m["entries"], m["capacity"], m["lost"]));
         for t in m["top"].as_array().into_iter().flatten() {
             out.push_str(&format!("      [{}] = {}\n", t["key"].as_str().unwrap_or(""), t["value"]));
         }
+    }
+    for w in map_warnings(report) {
+        out.push_str(&format!("  warning: {w}\n"));
     }
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
@@ -398,7 +402,7 @@ fn rule_totals(report: &serde_json::Value) -> Totals {
         .collect()
 }
 
-/// A one-line report for logs and pipes.
+/// A one-line report for logs and pipes; maps that lost updates at the end.
 fn print_line(report: &serde_json::Value) {
     let rules: Vec<String> = report["rules"]
         .as_array()
@@ -409,7 +413,27 @@ fn print_line(report: &serde_json::Value) {
             format!("#{}{label}={}({:.0}/s)", r["id"], r["packets"], r["pps"].as_f64().unwrap_or(0.0))
         })
         .collect();
-    println!("t={:.0}s {}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "));
+    let lost: Vec<String> = lossy_maps(report).map(|m| format!(" @{}:lost={}", m["name"].as_str().unwrap_or(""), m["lost"])).collect();
+    println!("t={:.0}s {}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat());
+}
+
+/// The maps of a report that lost updates.
+fn lossy_maps(report: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    report["maps"].as_array().into_iter().flatten().filter(|m| m["lost"].as_u64().unwrap_or(0) > 0)
+}
+
+/// What to say of each map that lost updates: it was full, and how to
+/// make room.
+fn map_warnings(report: &serde_json::Value) -> Vec<String> {
+    lossy_maps(report)
+        .map(|m| {
+            let name = m["name"].as_str().unwrap_or("");
+            format!(
+                "@{name} was full: {} updates found no room among its {} entries and were lost; declare `map @{name} max N` with a larger N",
+                m["lost"], m["capacity"]
+            )
+        })
+        .collect()
 }
 
 /// Runs the policy's `test` blocks in the kernel and in the reference
@@ -579,9 +603,15 @@ fn prometheus(report: &serde_json::Value) -> String {
             ));
         }
     }
-    out.push_str("# HELP xpol_map_entries Entries in a @map.\n# TYPE xpol_map_entries gauge\n");
-    for m in report["maps"].as_array().into_iter().flatten() {
-        out.push_str(&format!("xpol_map_entries{{{scope},map=\"{}\"}} {}\n", str_of(&m["name"]), m["entries"]));
+    for (metric, field, kind, help) in [
+        ("xpol_map_entries", "entries", "gauge", "Entries in a @map."),
+        ("xpol_map_capacity", "capacity", "gauge", "The most entries a @map holds (`map @NAME max N`, else the default)."),
+        ("xpol_map_lost_updates_total", "lost", "counter", "Updates of a @map that found it full and were lost."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+        for m in report["maps"].as_array().into_iter().flatten() {
+            out.push_str(&format!("{metric}{{{scope},map=\"{}\"}} {}\n", str_of(&m["name"]), m[field].as_u64().unwrap_or(0)));
+        }
     }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
     for st in report["sets"].as_array().into_iter().flatten() {
@@ -825,8 +855,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         println!("  @{}[{}] = {}", m.name, key.join(", "), value);
                     }
                 }
+                for m in report["maps"].as_array().into_iter().flatten() {
+                    println!("  @{}: {}/{} entries, {} lost updates", m["name"].as_str().unwrap_or(""), m["entries"], m["capacity"], m["lost"]);
+                }
+                for w in map_warnings(&report) {
+                    println!("  warning: {w}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Each @map gives three series labelled by policy, interface and map:
+    /// its entries and capacity (gauges) and its lost updates (a counter);
+    /// a map that lost updates gets a warning naming the fix.
+    #[test]
+    fn prometheus_shows_map_fill_and_lost_updates() {
+        let report = serde_json::json!({
+            "policy": "edge", "interface": "eth0", "rules": [], "sets": [],
+            "maps": [{"name": "seen", "entries": 4, "capacity": 4, "lost": 6, "top": []}, {"name": "ok", "entries": 1, "capacity": 10240, "lost": 0, "top": []}],
+        });
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_map_lost_updates_total counter",
+            "xpol_map_lost_updates_total{policy=\"edge\",interface=\"eth0\",map=\"seen\"} 6",
+            "xpol_map_lost_updates_total{policy=\"edge\",interface=\"eth0\",map=\"ok\"} 0",
+            "# TYPE xpol_map_capacity gauge",
+            "xpol_map_capacity{policy=\"edge\",interface=\"eth0\",map=\"seen\"} 4",
+            "xpol_map_entries{policy=\"edge\",interface=\"eth0\",map=\"seen\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let warnings = super::map_warnings(&report);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("@seen was full: 6 updates"), "{warnings:?}");
     }
 }

@@ -363,6 +363,12 @@ impl<C: Choice> Gen<'_, C> {
             let nkeys = self.c.below(3) as usize;
             let keys = (0..nkeys).map(|_| *self.pick(&[Ty::Int, Ty::Int, Ty::Ip, Ty::Ip, Ty::Mac, Ty::Bool])).collect();
             let kind = *self.pick(&[MapKind::Count, MapKind::Count, MapKind::Sum, MapKind::Assign]);
+            // Now and then a capacity small enough that the packets fill
+            // the map: kernel and reference must then lose the same updates.
+            if nkeys > 0 && self.chance(30) {
+                let max = 1 + self.c.below(4);
+                self.decls.push(Decl { name: format!("@m{i}"), text: format!("map @m{i} max {max}") });
+            }
             self.maps.push(MapDecl { name: format!("m{i}"), keys, kind, written: false });
         }
     }

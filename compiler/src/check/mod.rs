@@ -59,6 +59,9 @@ struct Checker<'a> {
     /// Maps updated somewhere already, with the first update: their kind of
     /// value is fixed (a read alone does not fix it).
     written_maps: HashMap<ir::MapId, Span>,
+    /// Every `@map` a rule names, even in a statement or expression that
+    /// failed to check: a capacity declared for it is not "unused".
+    mentioned_maps: std::collections::HashSet<String>,
     locals: Vec<ir::Local>,
     scopes: Vec<HashMap<String, ir::LocalId>>,
     redirects: Vec<String>,
@@ -79,6 +82,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         maps: Vec::new(),
         map_ids: HashMap::new(),
         written_maps: HashMap::new(),
+        mentioned_maps: Default::default(),
         locals: Vec::new(),
         scopes: Vec::new(),
         redirects: Vec::new(),
@@ -93,7 +97,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         match item {
             Item::Const(decl) => c.const_decl(decl),
             Item::Set(decl) => c.set_decl(decl),
-            Item::Include(_) | Item::Probe(_) | Item::Test(_) => {}
+            Item::Include(_) | Item::Map(_) | Item::Probe(_) | Item::Test(_) => {}
         }
     }
     // Tests describe the policy they are written in: an included file's
@@ -110,6 +114,10 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
             _ => {}
         }
     }
+    // A `@map` is made by its uses; `map @NAME max N` only sizes it,
+    // wherever it stands, so it is checked once every rule is.
+    let decls: Vec<&ast::MapDecl> = loaded.items.iter().filter_map(|i| if let Item::Map(d) = i { Some(d) } else { None }).collect();
+    c.map_capacities(&decls);
     // `test ... on HOOK` needs probes on that hook.
     for item in &loaded.items {
         if let Item::Test(ast::TestBlock { hook: Some((hook, span)), span: block, .. }) = item {
@@ -594,6 +602,7 @@ impl Checker<'_> {
                 StmtKind::Let { local, value }
             }
             ast::StmtKind::MapAssign { map, keys, value } => {
+                self.mentioned_maps.insert(map.name.clone());
                 let keys = self.map_keys(keys);
                 let (op, kind) = match &value.kind {
                     ast::ExprKind::Call { func, args } if func.name == "count" => {
@@ -681,10 +690,64 @@ impl Checker<'_> {
             value: kind.unwrap_or(MapValueKind::Value),
             keys: key_types,
             read: kind.is_none(),
+            capacity: None,
             span: name.span,
         });
         self.map_ids.insert(name.name.clone(), id);
         Some(id)
+    }
+
+    /// `map @NAME max N` declarations, after every rule is checked: each
+    /// names a map some rule uses, once, with keys (a map without keys has
+    /// its one entry and is never full), and a capacity from 1 to
+    /// [`ir::MAX_MAP_ENTRIES`].
+    fn map_capacities(&mut self, decls: &[&ast::MapDecl]) {
+        let mut first: HashMap<&str, Span> = HashMap::new();
+        for d in decls {
+            let name = d.map.name.as_str();
+            if let Some(&prev) = first.get(name) {
+                self.diags.push(
+                    Diagnostic::error("xpol::map::duplicate", format!("the capacity of `@{name}` is declared twice"))
+                        .with_label(d.map.span, "declared again here")
+                        .with_label(prev, "first declared here")
+                        .with_help("keep one `map @NAME max N`"),
+                );
+                continue;
+            }
+            first.insert(name, d.map.span);
+            let (max, max_span) = d.max;
+            let capacity = if max == 0 {
+                self.error_help(max_span, "xpol::map::max", format!("`@{name}` is declared with room for no entry"), "`max 0`", "give the most entries the map may hold, or leave the declaration out for the default (10240)");
+                None
+            } else if max > ir::MAX_MAP_ENTRIES {
+                self.error_help(
+                    max_span,
+                    "xpol::map::max",
+                    format!("`@{name}` is declared with room for {max} entries, more than the {} a map may hold", ir::MAX_MAP_ENTRIES),
+                    format!("over {}", ir::MAX_MAP_ENTRIES),
+                    "the kernel allocates every entry of a map when the policy loads (about 100 bytes an entry, plus 8 bytes an entry per CPU for a map the policy only writes): a larger map would take gigabytes",
+                );
+                None
+            } else {
+                Some(max as u32)
+            };
+            let Some(&id) = self.map_ids.get(name) else {
+                if !self.mentioned_maps.contains(name) {
+                    self.error_help(d.map.span, "xpol::map::unused", format!("`@{name}` is declared but no rule uses it"), "never used", "a map is made by the rules that update or read it: use it in a rule, or remove the declaration (check the spelling)");
+                }
+                continue;
+            };
+            if self.maps[id].keys.is_empty() {
+                self.diags.push(
+                    Diagnostic::error("xpol::map::keyless", format!("`@{name}` has no keys: it holds one value, and needs no capacity"))
+                        .with_label(d.span, "declared here")
+                        .with_label(self.maps[id].span, "used without keys here")
+                        .with_help("remove the declaration; a map without keys has its one entry and is never full"),
+                );
+                continue;
+            }
+            self.maps[id].capacity = capacity;
+        }
     }
 
     fn bool_expr(&mut self, e: &ast::Expr, what: &str) -> Option<ir::Expr> {
@@ -758,6 +821,7 @@ impl Checker<'_> {
             }
             ast::ExprKind::Path(segs) => self.path(segs, span),
             ast::ExprKind::MapRead { map, keys } => {
+                self.mentioned_maps.insert(map.name.clone());
                 let keys = self.map_keys(keys)?;
                 let id = self.map_use(map, &keys, None)?;
                 Some(mk(ExprKind::MapRead { map: id, keys }, Type::Int))

@@ -31,6 +31,9 @@ pub mod map_type {
 }
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `E2BIG`: what `bpf_map_update_elem` returns (negated) when a
+/// (preallocated) hash map is full and the key is new.
+const E2BIG: u64 = 7;
 pub const BPF_ANY: u64 = 0;
 pub const BPF_NOEXIST: u64 = 1;
 
@@ -48,7 +51,8 @@ pub struct TableDef<'ctx> {
 
 /// The per-rule counters (`xpol_lang::meta::COUNTERS_MAP`): blocks in
 /// global data for the first `global.cpus` CPUs, a per-CPU array map for
-/// the others.
+/// the others, which also holds the `@maps`' lost updates
+/// (`xpol_lang::meta::counter_slots`).
 #[derive(Clone, Copy)]
 pub struct Counters<'ctx> {
     pub map: MapDef<'ctx>,
@@ -800,9 +804,34 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.helper_call_any(helper::MAP_LOOKUP_ELEM, self.m.i8_ptr().into(), &[self.map_ptr(map).into(), key.into()]).into_pointer_value()
     }
 
-    /// `bpf_map_update_elem(map, key, value, flags)`.
-    pub fn map_update(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>, value: PointerValue<'ctx>, flags: u64) {
-        self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()]);
+    /// `bpf_map_update_elem(map, key, value, flags)`: 0, or a negated errno.
+    pub fn map_update(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>, value: PointerValue<'ctx>, flags: u64) -> IntValue<'ctx> {
+        self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()])
+    }
+
+    /// Counts a lost update at key `slot` of the per-CPU counters map when
+    /// `ret`, what [`Bpf::map_update`] returned, is `-E2BIG`: the map was
+    /// full and the key new. (`EEXIST`, from an insert that another CPU's
+    /// insert of the same key beat, loses that increment as in bpftrace,
+    /// but the map is not full.) An update that succeeds pays one compare,
+    /// not taken; a lost one a lookup in the per-CPU array and an add.
+    /// Not the CPU's block in global data, as the rules count: that would
+    /// take about twice the code at every update of a map, for an event
+    /// that is rare.
+    pub fn count_if_map_full(&self, ret: IntValue<'ctx>, counters: Counters<'ctx>, slot: u32) {
+        let full = self.block("map_full");
+        let done = self.block("update_done");
+        self.cond_br_unlikely(self.eq(ret, self.c64(E2BIG.wrapping_neg())), full, done);
+        self.at(full);
+        let key = self.stack_buf(4, "key");
+        self.store_at(key, 0, self.m.cx.i32_type().const_int(u64::from(slot), false));
+        let p = self.map_lookup(counters.map, key);
+        let count = self.block("count_lost");
+        self.br_if_null(p, done, count);
+        self.at(count);
+        self.add_u64_at(p, 0, self.c64(1), false);
+        self.br(done);
+        self.at(done);
     }
 
     pub fn is_null(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {

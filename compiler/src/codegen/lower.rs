@@ -65,6 +65,8 @@ pub struct UserMapDef<'ctx> {
     pub def: MapDef<'ctx>,
     pub per_cpu: bool,
     pub key_size: u32,
+    /// The counter slot of its lost updates (`xpol_lang::meta::lost_slot`).
+    pub lost_slot: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -848,7 +850,9 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         match op {
             MapOp::Assign(_) => {
                 b.store_at(value, 0, amount.expect("assign has a value"));
-                b.map_update(def.def, key, value, BPF_ANY);
+                // Fails when the key is new and the map full: counted.
+                let r = b.map_update(def.def, key, value, BPF_ANY);
+                b.count_if_map_full(r, self.maps.rules, def.lost_slot);
             }
             MapOp::Count | MapOp::Sum(_) => {
                 let add = amount.unwrap_or_else(|| b.c64(1));
@@ -863,7 +867,9 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 b.store_at(value, 0, add);
                 // Another CPU may insert the same key first; then this
                 // update fails and that increment is lost, as in bpftrace.
-                b.map_update(def.def, key, value, BPF_NOEXIST);
+                // A full map refuses the new key: counted as lost.
+                let r = b.map_update(def.def, key, value, BPF_NOEXIST);
+                b.count_if_map_full(r, self.maps.rules, def.lost_slot);
             }
         }
         b.br(done);

@@ -46,9 +46,6 @@ pub struct Generated {
     pub asm: String,
 }
 
-/// Default capacity of `@maps`, as in bpftrace.
-pub const USER_MAP_ENTRIES: u32 = 10_240;
-
 pub fn program_name(hook: Hook) -> &'static str {
     match hook {
         Hook::Xdp => "xpol_xdp",
@@ -254,7 +251,9 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         })
         .collect();
 
-    // Maps.
+    // Maps. The per-CPU counters map holds a slot per rule, then one per
+    // @map for its lost updates; the blocks in global data the rules' only.
+    let counter_slots = meta::counter_slots(policy.rules.len(), policy.maps.len());
     let mut meta = ObjectMeta {
         version: meta::META_VERSION,
         source: root.name.clone(),
@@ -265,7 +264,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         redirects: policy.redirects.clone(),
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
     };
-    let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, policy.rules.len().max(1) as u32, 0);
+    let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
     // The IPv4 sets' tables, one after another in three shared tables.
     let sizing = ipv4_sizing(policy);
@@ -360,13 +359,16 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         });
     }
     let mut users = Vec::new();
-    for u in &policy.maps {
+    for (i, u) in policy.maps.iter().enumerate() {
         let per_cpu = map_is_per_cpu(u);
         let key_size = map_key_size(u);
         let name = format!("xm_{}", u.name);
         let ty = if per_cpu { map_type::PERCPU_HASH } else { map_type::HASH };
-        let def = m.define_map(&name, ty, key_size, 8, USER_MAP_ENTRIES, 0);
-        users.push(UserMapDef { def, per_cpu, key_size });
+        // Preallocated (no BPF_F_NO_PREALLOC): an update on the packet path
+        // never allocates, and a full map refuses a new key with E2BIG.
+        let def = m.define_map(&name, ty, key_size, 8, u.entries(), 0);
+        let lost_slot = meta::lost_slot(policy.rules.len(), i);
+        users.push(UserMapDef { def, per_cpu, key_size, lost_slot });
         meta.maps.push(meta::UserMapMeta {
             name: u.name.clone(),
             map: name,
@@ -383,7 +385,8 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
                 })
                 .collect(),
             key_size,
-            max_entries: USER_MAP_ENTRIES,
+            max_entries: u.entries(),
+            lost_slot: Some(lost_slot),
         });
     }
     let redirect = (!policy.redirects.is_empty())
