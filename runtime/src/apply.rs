@@ -662,6 +662,8 @@ pub struct SetEditor {
     set: xpol_lang::meta::SetMeta,
     elements: store::ElementStore,
     maps: HashMap<String, std::os::fd::OwnedFd>,
+    /// The generation the editor changes in place.
+    dir: std::path::PathBuf,
     /// The set's IPv4 tables, when they can be changed in place.
     v4: Option<Ipv4Editor>,
     /// The set's IPv4 prefixes, read the first time a delete needs those
@@ -670,7 +672,12 @@ pub struct SetEditor {
 }
 
 impl SetEditor {
+    /// The editor of set `set` of the applied policy `name`; `store` must
+    /// be opened for changes ([`Store::write`]).
     pub fn open(store: &Store, name: &str, set: &str) -> Result<SetEditor> {
+        if !store.exclusive() {
+            return Err(RuntimeError::Store("changing a set needs the store opened for changes (Store::write)".into()));
+        }
         let applied = store.applied(name)?;
         let current = applied.current.ok_or_else(|| RuntimeError::NotApplied(name.to_string()))?;
         let meta = &current.record.meta;
@@ -698,8 +705,11 @@ impl SetEditor {
             store::check_map_shape(&path, fd.as_fd(), key_size, 1)?;
             maps.insert(m.map.clone(), fd);
         }
-        let v4 = Ipv4Editor::open(&current.dir, s)?;
-        Ok(SetEditor { name: name.into(), set: s.clone(), elements: store::ElementStore::open(&current.dir, set)?, maps, v4, v4_members: None })
+        // Tables that cannot be opened for editing in place (an odd shape, a
+        // map that will not map) are rebuilt by the reload a change then takes.
+        let v4 = Ipv4Editor::open(&current.dir, s).ok().flatten();
+        let elements = store::ElementStore::open(&current.dir, set)?;
+        Ok(SetEditor { name: name.into(), set: s.clone(), dir: current.dir.clone(), elements, maps, v4, v4_members: None })
     }
 
     fn canonical(&self, e: &str) -> Result<String> {
@@ -721,6 +731,11 @@ impl SetEditor {
 
     /// Applies `change`; the editor then refers to the set as changed.
     pub fn change(&mut self, store: &Store, change: SetChange) -> Result<()> {
+        // A reload (by another editor, or an apply, of this process) made
+        // a new generation and removed this one: edit the new one.
+        if std::fs::symlink_metadata(&self.dir).is_err() {
+            *self = SetEditor::open(store, &self.name, &self.set.name)?;
+        }
         let one = match &change {
             SetChange::Add(v) | SetChange::Delete(v) if v.len() == 1 => Some(self.canonical(&v[0])?),
             _ => None,
@@ -733,7 +748,12 @@ impl SetEditor {
                 }
             }
             if let (Some(prefix), true) = (self.ipv4_prefix(&e), self.v4.is_some()) {
-                return self.change_ipv4_in_place(store, add, &e, prefix);
+                let done = self.change_ipv4_in_place(store, add, &e, prefix);
+                if done.is_err() {
+                    // The index may have missed the change: read it again when needed.
+                    self.v4_members = None;
+                }
+                return done;
             }
         }
         let mut elements = self.elements.elements()?;
@@ -778,13 +798,25 @@ impl SetEditor {
     fn change_ipv4_in_place(&mut self, store: &Store, add: bool, e: &str, (addr, len): (u32, u8)) -> Result<()> {
         let text = |a: u32, l: u8| format!("{}/{l}", std::net::Ipv4Addr::from(a & u32::MAX.checked_shl(32 - u32::from(l)).unwrap_or(0)));
         if add {
-            if !self.elements.contains(e)? {
+            let listed = self.elements.contains(e)?;
+            if !listed {
                 self.elements.insert(e).map_err(|_| self.full())?;
             }
-            let v4 = self.v4.as_mut().expect("checked by the caller");
-            if v4.paint(addr, len, true, &[])?.is_err() {
-                let elements = self.elements.elements()?;
-                return self.switch_to(store, elements);
+            let v4 = self.v4.as_ref().expect("checked by the caller");
+            let painted = v4.paint(addr, len, true, &[]);
+            if !matches!(painted, Ok(Ok(()))) {
+                // Out of chunks (nothing changed yet): reload with the element,
+                // which packs the tables; if that fails too (the set is full),
+                // or painting failed, the element was not added.
+                let reloaded = match painted {
+                    Ok(Err(_)) => self.elements.elements().and_then(|elements| self.switch_to(store, elements)),
+                    Err(e) => Err(e),
+                    Ok(Ok(())) => unreachable!(),
+                };
+                if reloaded.is_err() && !listed {
+                    let _ = self.elements.remove(e);
+                }
+                return reloaded;
             }
             if let Some(members) = &mut self.v4_members {
                 members.insert((addr, len));
@@ -801,7 +833,7 @@ impl SetEditor {
         }
         if !covered {
             let keep = self.ipv4_inside(addr, len)?;
-            let v4 = self.v4.as_mut().expect("checked by the caller");
+            let v4 = self.v4.as_ref().expect("checked by the caller");
             if v4.paint(addr, len, false, &keep)?.is_err() {
                 let mut elements = self.elements.elements()?;
                 elements.retain(|x| x != e);

@@ -14,10 +14,11 @@
 //!
 //! The chunks the old entry led to are freed, but a program that read the
 //! old entry may still be reading them: they are used again only after
-//! [`sys::wait_for_running_programs`]. An editor waits once before it
-//! first uses a chunk it found free when it opened (a writer before it
-//! may have died before waiting), then whenever it runs out of chunks
-//! and has freed some.
+//! [`sys::wait_for_running_programs`]. A process waits once before it
+//! first uses a chunk it found free (a writer before it may have died
+//! before waiting), then whenever it runs short of chunks and has freed
+//! some. A change reserves every chunk it needs before its first root
+//! store, so that running short never leaves a change half made.
 //!
 //! Architecture invariant: only chunks that no root entry leads to are
 //! written, and a root entry is only ever written by
@@ -26,7 +27,8 @@
 use crate::loader::{Ipv4Shape, RuntimeError};
 use crate::sys::{self, MappedValue};
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use xpol_lang::ipv4_table::{self, Ipv4Table, Placement, FIRST_CHILD, HIT, LEAF_BYTES, MISS, ROOT_ENTRIES};
 use xpol_lang::meta::{self, SetMeta};
 
@@ -242,17 +244,29 @@ impl Tables {
 #[derive(Debug)]
 pub(crate) struct NoRoom;
 
-/// Edits one set's slot of the shared tables of the current generation;
-/// the store's write lock must be held while it lives.
-pub(crate) struct Ipv4Editor {
+/// The mapped tables of one generation and their chunk allocator, shared
+/// by every editor of this process on that generation (the store's lock
+/// keeps other processes out): two editors with free lists of their own
+/// would hand out the same chunk.
+struct Generation {
     tables: Tables,
-    slot: u32,
     /// Chunks of `mid` and `leaf` (index 0 and 1) no root entry leads to.
     free: [Vec<u32>; 2],
-    /// Chunks this editor stopped using, perhaps still being read.
+    /// Chunks stopped being used since the last grace period, perhaps
+    /// still being read.
     freed: [Vec<u32>; 2],
-    /// Whether a grace period has passed since the editor opened.
+    /// Whether a grace period has passed since the chunks were counted.
     waited: bool,
+}
+
+/// The generations this process has open for in-place edits, by directory.
+static OPEN: Mutex<Vec<(PathBuf, Weak<Mutex<Generation>>)>> = Mutex::new(Vec::new());
+
+/// Edits one set's slot of the shared tables of a generation; the store's
+/// write lock must be held while it lives.
+pub(crate) struct Ipv4Editor {
+    generation: Arc<Mutex<Generation>>,
+    slot: u32,
 }
 
 impl Ipv4Editor {
@@ -260,10 +274,37 @@ impl Ipv4Editor {
     /// when its tables cannot be changed in place ([`Tables::open`]).
     pub(crate) fn open(dir: &Path, set: &SetMeta) -> Result<Option<Ipv4Editor>> {
         let Some(slot) = set.ipv4_slot else { return Ok(None) };
-        let Some(tables) = Tables::open(dir, set)? else { return Ok(None) };
-        if u64::from(slot + 1) * u64::from(ROOT_ENTRIES) > tables.capacities[ROOT_LEVEL] {
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(_, g)| g.strong_count() > 0);
+        let generation = match open.iter().find(|(d, _)| d == dir).and_then(|(_, g)| g.upgrade()) {
+            Some(g) => g,
+            None => {
+                let Some(g) = Generation::open(dir, set)? else { return Ok(None) };
+                let g = Arc::new(Mutex::new(g));
+                open.push((dir.to_path_buf(), Arc::downgrade(&g)));
+                g
+            }
+        };
+        let capacity = generation.lock().unwrap_or_else(|e| e.into_inner()).tables.capacities[ROOT_LEVEL];
+        if u64::from(slot + 1) * u64::from(ROOT_ENTRIES) > capacity {
             return Err(RuntimeError::BadMetadata(format!("set `{}` has an IPv4 slot past the tables", set.name)));
         }
+        Ok(Some(Ipv4Editor { generation, slot }))
+    }
+
+    /// Makes the addresses of prefix `(addr, len)` members (`member`) or
+    /// not, then members again those of `keep` (prefixes inside it that
+    /// stay in the set). `Err(NoRoom)` inside `Ok`: not enough free chunks
+    /// for the whole change, found before any of it was made; the caller
+    /// reloads the set instead.
+    pub(crate) fn paint(&self, addr: u32, len: u8, member: bool, keep: &[(u32, u8)]) -> Result<std::result::Result<(), NoRoom>> {
+        self.generation.lock().unwrap_or_else(|e| e.into_inner()).paint(self.slot, addr, len, member, keep)
+    }
+}
+
+impl Generation {
+    fn open(dir: &Path, set: &SetMeta) -> Result<Option<Generation>> {
+        let Some(tables) = Tables::open(dir, set)? else { return Ok(None) };
         // Every chunk some root entry leads to, of every set's slot.
         let mut used = [vec![false; tables.capacities[MID_LEVEL] as usize], vec![false; tables.capacities[LEAF_LEVEL] as usize]];
         for entry in 0..tables.capacities[ROOT_LEVEL] as u32 {
@@ -279,25 +320,33 @@ impl Ipv4Editor {
         }
         // Lowest chunks first (popped from the end).
         let free = used.map(|u| (0..u.len() as u32).rev().filter(|&i| !u[i as usize]).collect());
-        Ok(Some(Ipv4Editor { tables, slot, free, freed: [Vec::new(), Vec::new()], waited: false }))
+        Ok(Some(Generation { tables, free, freed: [Vec::new(), Vec::new()], waited: false }))
     }
 
-    /// A free chunk of `mid` (0) or `leaf` (1), waiting for running
-    /// programs first when it may still be read (see the module's doc).
-    fn take(&mut self, pool: usize) -> std::result::Result<u32, NoRoom> {
-        if !self.waited || (self.free[pool].is_empty() && !self.freed[pool].is_empty()) {
+    /// Whether `mids` and `leaves` free chunks can be taken now, waiting
+    /// for running programs first when that is what frees them: chunks
+    /// freed here, and, once, those found free at opening (a writer before
+    /// this process may have died before its own wait).
+    fn reserve(&mut self, mids: usize, leaves: usize) -> bool {
+        let short = self.free[0].len() < mids || self.free[1].len() < leaves;
+        if !self.waited || (short && self.freed.iter().any(|f| !f.is_empty())) {
             sys::wait_for_running_programs();
             self.waited = true;
             for (free, freed) in self.free.iter_mut().zip(&mut self.freed) {
                 free.append(freed);
             }
         }
-        self.free[pool].pop().ok_or(NoRoom)
+        self.free[0].len() >= mids && self.free[1].len() >= leaves
     }
 
-    /// What /16 `hi` of the set holds, and the chunks it uses.
-    fn read(&self, hi: u32) -> Result<(Slash16, Vec<(usize, u32)>)> {
-        let entry = self.tables.root(self.slot * ROOT_ENTRIES + hi);
+    /// A chunk [`Generation::reserve`] made sure of.
+    fn take(&mut self, pool: usize) -> u32 {
+        self.free[pool].pop().expect("reserved before the change")
+    }
+
+    /// What /16 `hi` of slot `slot` holds, and the chunks it uses.
+    fn read(&self, slot: u32, hi: u32) -> Result<(Slash16, Vec<(usize, u32)>)> {
+        let entry = self.tables.root(slot * ROOT_ENTRIES + hi);
         let mut chunks = Vec::new();
         let s = match entry {
             MISS => Slash16::Miss,
@@ -325,16 +374,17 @@ impl Ipv4Editor {
         Ok((s, chunks))
     }
 
-    /// Makes the addresses of prefix `(addr, len)` members (`member`) or
-    /// not, then members again those of `keep` (prefixes inside it that
-    /// stay in the set). `Err(NoRoom)` inside `Ok`: out of chunks, with the
-    /// /16s done so far changed; the caller reloads the whole set.
-    pub(crate) fn paint(&mut self, addr: u32, len: u8, member: bool, keep: &[(u32, u8)]) -> Result<std::result::Result<(), NoRoom>> {
+    /// See [`Ipv4Editor::paint`]. Every /16's new contents are worked out
+    /// and the chunks they need reserved before the first root store: a
+    /// shortage midway would leave the set neither old nor new.
+    fn paint(&mut self, slot: u32, addr: u32, len: u8, member: bool, keep: &[(u32, u8)]) -> Result<std::result::Result<(), NoRoom>> {
         let addr = addr & mask(len);
         let first = addr >> 16;
         let count = if len >= 16 { 1 } else { 1u32 << (16 - len) };
+        let mut changes = Vec::new();
+        let (mut mids, mut leaves) = (0, 0);
         for hi in first..first + count {
-            let (old, chunks) = self.read(hi)?;
+            let (old, chunks) = self.read(slot, hi)?;
             let mut new = old.clone();
             new.paint(addr, len, member);
             for &(a, l) in keep.iter().filter(|&&(a, l)| touches(a, l, hi)) {
@@ -343,28 +393,26 @@ impl Ipv4Editor {
             if new == old {
                 continue;
             }
-            if let Err(no_room) = self.publish(hi, &new, &chunks)? {
-                return Ok(Err(no_room));
+            if let Slash16::Mid(entries) = &new {
+                mids += 1;
+                leaves += entries.iter().filter(|e| matches!(e, Slash24::Leaf { chunk: None, .. })).count();
             }
+            changes.push((hi, new, chunks));
+        }
+        if !self.reserve(mids, leaves) {
+            return Ok(Err(NoRoom));
+        }
+        for (hi, new, chunks) in changes {
+            self.publish(slot, hi, &new, &chunks)?;
         }
         Ok(Ok(()))
     }
 
-    /// Writes `new` into free chunks, then points /16 `hi`'s root entry at
-    /// it, then frees the `old` chunks it no longer uses.
-    fn publish(&mut self, hi: u32, new: &Slash16, old: &[(usize, u32)]) -> Result<std::result::Result<(), NoRoom>> {
-        let mut taken: Vec<(usize, u32)> = Vec::new();
-        let root = match self.write_chunks(new, &mut taken)? {
-            Ok(root) => root,
-            Err(no_room) => {
-                // Nothing leads to them: free again at once.
-                for (pool, chunk) in taken {
-                    self.free[pool].push(chunk);
-                }
-                return Ok(Err(no_room));
-            }
-        };
-        self.tables.publish_root(self.slot * ROOT_ENTRIES + hi, root);
+    /// Writes `new` into reserved free chunks, then points /16 `hi`'s root
+    /// entry at it, then frees the `old` chunks it no longer uses.
+    fn publish(&mut self, slot: u32, hi: u32, new: &Slash16, old: &[(usize, u32)]) -> Result<()> {
+        let root = self.write_chunks(new)?;
+        self.tables.publish_root(slot * ROOT_ENTRIES + hi, root);
         let kept: Vec<u32> = match new {
             Slash16::Mid(entries) => entries.iter().filter_map(|e| if let Slash24::Leaf { chunk: Some(c), .. } = e { Some(*c) } else { None }).collect(),
             _ => Vec::new(),
@@ -374,15 +422,15 @@ impl Ipv4Editor {
                 self.freed[pool].push(chunk);
             }
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
-    /// Writes the chunks of `new` (those not already in place) into free
-    /// chunks, noting them in `taken`; its root entry.
-    fn write_chunks(&mut self, new: &Slash16, taken: &mut Vec<(usize, u32)>) -> Result<std::result::Result<u32, NoRoom>> {
+    /// Writes the chunks of `new` (those not already in place) into
+    /// reserved free chunks; its root entry.
+    fn write_chunks(&mut self, new: &Slash16) -> Result<u32> {
         let entries = match new {
-            Slash16::Miss => return Ok(Ok(MISS)),
-            Slash16::Hit => return Ok(Ok(HIT)),
+            Slash16::Miss => return Ok(MISS),
+            Slash16::Hit => return Ok(HIT),
             Slash16::Mid(entries) => entries,
         };
         let mut values = [MISS; 256];
@@ -392,15 +440,13 @@ impl Ipv4Editor {
                 Slash24::Hit => HIT,
                 Slash24::Leaf { chunk: Some(c), .. } => FIRST_CHILD + c,
                 Slash24::Leaf { bits, chunk: None } => {
-                    let Ok(leaf) = self.take(1) else { return Ok(Err(NoRoom)) };
-                    taken.push((1, leaf));
+                    let leaf = self.take(1);
                     self.tables.write(LEAF_LEVEL, leaf, &bits);
                     FIRST_CHILD + leaf
                 }
             };
         }
-        let Ok(mid) = self.take(0) else { return Ok(Err(NoRoom)) };
-        taken.push((0, mid));
+        let mid = self.take(0);
         let bytes: Vec<u8> = if self.tables.mid_wide {
             values.iter().flat_map(|v| v.to_le_bytes()).collect()
         } else {
@@ -409,7 +455,7 @@ impl Ipv4Editor {
             narrow.ok_or_else(|| bad_entry(0))?.iter().flat_map(|v| v.to_le_bytes()).collect()
         };
         self.tables.write(MID_LEVEL, mid, &bytes);
-        Ok(Ok(FIRST_CHILD + mid))
+        Ok(FIRST_CHILD + mid)
     }
 }
 

@@ -12,7 +12,9 @@
 //!       elems_SET              each named set's live elements (a map
 //!                              of their canonical text): `xpol set` changes
 //!                              it with the set, the record never
-//!       xpol_rules, global_data, xm_*, xs_*, ...   the programs' maps
+//!       xpol_rules, global_data, global_bss, xm_*, xs_*, ...   the programs' maps
+//!                              (global_bss and xpol_v4*: the IPv4 set tables,
+//!                              mappable, which `xpol set` changes in place)
 //! ```
 //!
 //! The links are the truth. The current generation is the one whose record
@@ -218,6 +220,8 @@ pub struct Applied {
 pub struct Store {
     root: PathBuf,
     _lock: File,
+    /// Opened by [`Store::write`]: this process may change policies.
+    exclusive: bool,
 }
 
 /// Why a directory is not xpol's, or `None` when it is.
@@ -313,7 +317,7 @@ impl Store {
             return Ok(None);
         }
         check_dir(root)?;
-        Ok(Some(Store { root: root.to_path_buf(), _lock: lock }))
+        Ok(Some(Store { root: root.to_path_buf(), _lock: lock, exclusive: false }))
     }
 
     /// Opens the store for changes (exclusive lock), creating it.
@@ -331,7 +335,12 @@ impl Store {
         let lock = File::open(root).map_err(|e| not_permitted_or(root, e))?;
         lock.lock().map_err(|e| RuntimeError::Store(format!("cannot lock {}: {e}", root.display())))?;
         check_dir(root)?;
-        Ok(Store { root: root.to_path_buf(), _lock: lock })
+        Ok(Store { root: root.to_path_buf(), _lock: lock, exclusive: true })
+    }
+
+    /// Whether this handle holds the exclusive lock ([`Store::write`]).
+    pub fn exclusive(&self) -> bool {
+        self.exclusive
     }
 
     pub fn dir(&self, name: &str) -> PathBuf {

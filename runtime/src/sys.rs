@@ -402,11 +402,17 @@ pub fn links() -> Vec<LinkInfo> {
 
 /// What the kernel says of a map: (type, key size, value size, max entries).
 pub fn map_shape(map: BorrowedFd<'_>) -> io::Result<(u32, u32, u32, u32)> {
-    // struct bpf_map_info: type, id, key_size, value_size, max_entries, ...
+    let info = map_info(map)?;
+    Ok((info[0], info[2], info[3], info[4]))
+}
+
+/// `struct bpf_map_info` as words: type, id, key_size, value_size,
+/// max_entries, map_flags, ... Fails for a descriptor that is not a map.
+fn map_info(map: BorrowedFd<'_>) -> io::Result<[u32; 24]> {
     let mut buf = [0u32; 24];
     let mut attr = InfoAttr { bpf_fd: map.as_raw_fd() as u32, info_len: std::mem::size_of_val(&buf) as u32, info: buf.as_mut_ptr() as u64 };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok((buf[0], buf[2], buf[3], buf[4]))
+    Ok(buf)
 }
 
 /// The id of the program behind `prog` (`struct bpf_prog_info`: type, id).
@@ -481,16 +487,23 @@ pub fn mmapable_array_create(name: &str, value_size: u32, entries: u32) -> io::R
 /// The values of an array map made by [`mmapable_array_create`],
 /// mapped shared and writable: a store here is what the programs read
 /// next, with no system call.
-pub struct MappedValue {
+pub(crate) struct MappedValue {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
 
+// SAFETY: the mapping belongs to the value alone (unmapped once, on drop),
+// and any thread may use or unmap it.
+unsafe impl Send for MappedValue {}
+
 impl MappedValue {
     /// Maps the first `len` bytes of `map`'s values. Fails (`EINVAL`) when
-    /// the map is not mappable or is smaller.
-    pub fn map(map: BorrowedFd<'_>, len: usize) -> io::Result<MappedValue> {
-        if len == 0 {
+    /// the descriptor is not a mappable array map, or the map is smaller:
+    /// only such a map's memory can neither shrink under the mapping nor be
+    /// written by another process (xpol's writers hold the store's lock).
+    pub(crate) fn map(map: BorrowedFd<'_>, len: usize) -> io::Result<MappedValue> {
+        let info = map_info(map)?;
+        if len == 0 || info[0] != BPF_MAP_TYPE_ARRAY || info[5] & BPF_F_MMAPABLE == 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         // SAFETY: a fresh shared mapping of the map's pages; the kernel
@@ -502,17 +515,13 @@ impl MappedValue {
         Ok(MappedValue { ptr: std::ptr::NonNull::new(ptr.cast()).expect("mmap returned a mapping"), len })
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     fn check(&self, offset: usize, len: usize) {
         assert!(offset.checked_add(len).is_some_and(|end| end <= self.len), "access past the mapped value");
     }
 
     /// Copies bytes out of the value. Programs only read it, and writers
     /// hold the store's lock, so nothing changes it meanwhile.
-    pub fn read(&self, offset: usize, out: &mut [u8]) {
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) {
         self.check(offset, out.len());
         // SAFETY: in bounds (checked), and the mapping lives as long as self.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
@@ -520,7 +529,7 @@ impl MappedValue {
 
     /// Copies bytes into the value: for bytes no program reads yet (a free
     /// chunk), published later by [`MappedValue::publish_u32`].
-    pub fn write(&self, offset: usize, bytes: &[u8]) {
+    pub(crate) fn write(&self, offset: usize, bytes: &[u8]) {
         self.check(offset, bytes.len());
         // SAFETY: in bounds (checked); the mapping lives as long as self.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(offset), bytes.len()) }
@@ -529,7 +538,7 @@ impl MappedValue {
     /// Stores one aligned u32 (little-endian, as BPF reads it on this
     /// host) in a single store, after every earlier write: a program sees
     /// the old word or the new one, and with the new one, what it points to.
-    pub fn publish_u32(&self, offset: usize, value: u32) {
+    pub(crate) fn publish_u32(&self, offset: usize, value: u32) {
         self.check(offset, 4);
         assert!(offset % 4 == 0, "unaligned publish");
         // SAFETY: in bounds and aligned (the mapping is page-aligned);

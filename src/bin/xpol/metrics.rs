@@ -61,7 +61,13 @@ pub fn serve(addr: SocketAddr) -> Result<Metrics> {
 }
 
 async fn accept_loop(listener: std::net::TcpListener, metrics: Metrics) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("warning: --metrics stopped: {e}");
+            return;
+        }
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -79,9 +85,12 @@ async fn accept_loop(listener: std::net::TcpListener, metrics: Metrics) {
                 let response = respond(&request, &metrics);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
+            // One request per connection: the limit below then never cuts a
+            // keep-alive connection between two replies, only a slow one.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_LIMIT, connection).await;
             drop(slot);
