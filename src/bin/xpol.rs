@@ -246,7 +246,8 @@ fn explain_load_error(build: &xpol_compiler::Build, e: xpol_runtime::loader::Run
             let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
             eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
             if let Some(path) = &rejection.verifier_log {
-                common::write_atomically(path, log.as_bytes())?;
+                let inputs: Vec<&Path> = build.sources.files().filter_map(|(_, f)| f.path.as_deref()).collect();
+                common::write_output(path, log.as_bytes(), &inputs)?;
                 eprintln!("wrote the verifier's log of `{program}` to {}", path.display());
             }
             Ok(())

@@ -1,0 +1,168 @@
+//! Issue 15: what xpol reads and writes as root, and the values it is
+//! given, cannot make it replace what it should not, hang, grow without
+//! bound, panic, or echo files it reads. Each test reproduces one finding;
+//! everything happens in a temporary directory.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn xpolc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xpolc"))
+}
+
+fn xpol() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xpol"))
+}
+
+fn stderr(r: &Output) -> String {
+    String::from_utf8_lossy(&r.stderr).into_owned()
+}
+
+const POLICY: &str = "xdp /tcp.dport == 22/ { drop }\n";
+
+/// A temporary directory with `p.xpol` (mode 0644) in it.
+fn policy_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.xpol");
+    std::fs::write(&p, POLICY).expect("write policy");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    (dir, p)
+}
+
+fn mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo").arg(path).status().expect("run mkfifo").success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+// ---- 1. outputs --------------------------------------------------------
+
+/// A character device (a null device made in the temporary directory, not
+/// the host's) stays a device: the object is written into it.
+#[test]
+fn output_to_a_character_device_writes_into_it() {
+    let (dir, p) = policy_dir();
+    let null = dir.path().join("null");
+    let ok = Command::new("mknod").arg(&null).args(["c", "1", "3"]).status().expect("run mknod").success();
+    assert!(ok, "mknod (needs root)");
+    let r = xpolc().args(["build"]).arg(&p).arg("-o").arg(&null).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", stderr(&r));
+    let m = std::fs::symlink_metadata(&null).expect("still there");
+    assert!(m.file_type().is_char_device(), "the device node was replaced: {:?}", m.file_type());
+}
+
+/// A FIFO receives the object, and stays a FIFO.
+#[test]
+fn output_to_a_fifo_writes_into_it() {
+    let (dir, p) = policy_dir();
+    let fifo = dir.path().join("out.fifo");
+    mkfifo(&fifo);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).expect("read fifo"))
+    };
+    let r = xpolc().args(["build"]).arg(&p).arg("-o").arg(&fifo).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", stderr(&r));
+    // Checked before joining: a reader of a replaced FIFO waits forever.
+    assert!(std::fs::symlink_metadata(&fifo).expect("still there").file_type().is_fifo());
+    let bytes = reader.join().expect("reader");
+    assert_eq!(&bytes[..4], b"\x7fELF");
+}
+
+/// A symbolic link to the standard output (what `/dev/stdout` is) writes
+/// the object there.
+#[test]
+fn output_to_stdout_through_a_link() {
+    let (dir, p) = policy_dir();
+    let link = dir.path().join("stdout");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &link).expect("symlink");
+    let r = xpolc().args(["build"]).arg(&p).arg("-o").arg(&link).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(&r.stdout[..4], b"\x7fELF");
+    assert!(std::fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+}
+
+/// A symbolic link to a regular file is neither replaced nor followed.
+#[test]
+fn output_through_a_link_to_a_file_is_refused() {
+    let (dir, p) = policy_dir();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me").expect("write");
+    let link = dir.path().join("out.o");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let r = xpolc().args(["build"]).arg(&p).arg("-o").arg(&link).output().expect("run xpolc");
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("out.o: it is a symbolic link"), "{}", stderr(&r));
+    assert!(std::fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep me");
+}
+
+/// The policy, or a set file it reads, is not overwritten with the object.
+#[test]
+fn output_over_an_input_is_refused() {
+    let (dir, p) = policy_dir();
+    let set = dir.path().join("s.txt");
+    std::fs::write(&set, "10.0.0.0/8\n").expect("write");
+    let q = dir.path().join("q.xpol");
+    std::fs::write(&q, "set s: cidr = file(\"s.txt\")\nxdp /ip.src in s/ { drop }\n").expect("write");
+    for (policy, out) in [(&p, &p), (&q, &set)] {
+        let before = std::fs::read(out).expect("read");
+        let r = xpolc().args(["build"]).arg(policy).arg("-o").arg(out).output().expect("run xpolc");
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains("it is one of the files being compiled"), "{}", stderr(&r));
+        assert_eq!(std::fs::read(out).expect("read"), before);
+    }
+    // Through another name too (same device and inode).
+    let alias = dir.path().join("alias.xpol");
+    std::fs::hard_link(&p, &alias).expect("hard link");
+    let r = xpolc().args(["build"]).arg(&p).arg("-o").arg(&alias).output().expect("run xpolc");
+    assert!(!r.status.success(), "{}", stderr(&r));
+    assert_eq!(std::fs::read_to_string(&p).expect("read"), POLICY);
+}
+
+#[test]
+fn output_to_a_directory_is_refused() {
+    let (dir, p) = policy_dir();
+    let r = xpolc().args(["build"]).arg(&p).arg("-o").arg(dir.path()).output().expect("run xpolc");
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("it is a directory"), "{}", stderr(&r));
+}
+
+/// An object is 0666 less the umask, and no more readable than its sources.
+#[test]
+fn object_mode_follows_the_umask_and_the_sources() {
+    let (dir, p) = policy_dir();
+    let out = dir.path().join("p.o");
+    let build = |umask: &str| {
+        let cmd = format!("umask {umask}; exec \"$0\" build \"$1\" -o \"$2\"");
+        let r = Command::new("sh").arg("-c").arg(cmd).arg(env!("CARGO_BIN_EXE_xpolc")).arg(&p).arg(&out).output().expect("run sh");
+        assert!(r.status.success(), "{}", stderr(&r));
+        std::fs::metadata(&out).expect("object").permissions().mode() & 0o777
+    };
+    assert_eq!(build("022"), 0o644);
+    assert_eq!(build("027"), 0o640);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert_eq!(build("022"), 0o600);
+}
+
+/// `--verifier-log` goes through the same checks: a link to a file is
+/// refused, the policy keeps its content.
+#[test]
+fn verifier_log_is_an_output_like_the_object() {
+    if !xpol_runtime::testing::kernel_or_skip("verifier_log_is_an_output_like_the_object") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = std::fs::canonicalize("tests/verifier/too-many-maps.xpol").expect("policy");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me").expect("write");
+    let link = dir.path().join("log");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let r = xpolc().args(["check", "--kernel", "--verifier-log"]).arg(&link).arg(&policy).output().expect("run xpolc");
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("log: it is a symbolic link"), "{}", stderr(&r));
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep me");
+    let r = xpol().args(["test", "--verifier-log"]).arg(&policy).arg(&policy).output().expect("run xpol");
+    assert!(stderr(&r).contains("it is one of the files being compiled"), "{}", stderr(&r));
+    assert!(std::fs::read_to_string(&policy).expect("policy").contains("set"));
+}
