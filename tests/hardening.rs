@@ -166,3 +166,82 @@ fn verifier_log_is_an_output_like_the_object() {
     assert!(stderr(&r).contains("it is one of the files being compiled"), "{}", stderr(&r));
     assert!(std::fs::read_to_string(&policy).expect("policy").contains("set"));
 }
+
+// ---- 2. special files as input ----------------------------------------
+
+/// Runs `cmd`, killing it after 30 s: the findings were hangs.
+fn run_bounded(cmd: &mut Command) -> Output {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let id = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(id.to_string()).status();
+            panic!("still running after 30 s: {cmd:?}");
+        }
+    }
+}
+
+/// A FIFO as the policy, as an include, as a set file, and a link to
+/// `/dev/zero` as a set file: refused at once, saying what they are (with
+/// the span that names them), never read.
+#[test]
+fn special_files_as_inputs_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    mkfifo(&d.join("fifo"));
+    std::os::unix::fs::symlink("/dev/zero", d.join("zero")).expect("symlink");
+    let r = run_bounded(xpolc().arg("check").arg(d.join("fifo")));
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("it is a FIFO (named pipe), not a regular file"), "{}", stderr(&r));
+
+    std::fs::write(d.join("inc.xpol"), "include \"fifo\"\nxdp { pass }\n").expect("write");
+    let r = run_bounded(xpolc().args(["check", "--message-format", "json"]).arg(d.join("inc.xpol")));
+    let e = stderr(&r);
+    assert!(!r.status.success());
+    assert!(e.contains("it is a FIFO (named pipe), not a regular file") && e.contains("\"line\":1"), "{e}");
+
+    for (set, what) in [("fifo", "a FIFO (named pipe)"), ("zero", "a character device")] {
+        let p = d.join(format!("set-{set}.xpol"));
+        std::fs::write(&p, format!("set s: cidr = file(\"{set}\")\nxdp /ip.src in s/ {{ drop }}\n")).expect("write");
+        let r = run_bounded(xpolc().args(["check", "--message-format", "json"]).arg(&p));
+        let e = stderr(&r);
+        assert!(!r.status.success());
+        assert!(e.contains(&format!("it is {what}, not a regular file")) && e.contains("\"column\":20") && e.contains("\"line\":1,"), "{e}");
+    }
+}
+
+/// A set file over the limit is refused without being read, naming the limit.
+#[test]
+fn set_file_over_the_size_limit_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = std::fs::File::create(dir.path().join("big.txt")).expect("create");
+    // Sparse: no disk space used.
+    big.set_len((256 << 20) + 1).expect("set_len");
+    let p = dir.path().join("p.xpol");
+    std::fs::write(&p, "set s: cidr = file(\"big.txt\")\nxdp /ip.src in s/ { drop }\n").expect("write");
+    let r = run_bounded(xpolc().arg("check").arg(&p));
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("larger than 256 MiB"), "{}", stderr(&r));
+}
+
+/// `xpol test --pcap FIFO` and `xpol test OBJECT.o` for a FIFO do not hang.
+#[test]
+fn special_files_as_runtime_inputs_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("x.o");
+    mkfifo(&fifo);
+    let r = run_bounded(xpol().arg("test").arg(&fifo));
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("it is a FIFO (named pipe), not a regular file"), "{}", stderr(&r));
+    if !xpol_runtime::testing::kernel_or_skip("special_files_as_runtime_inputs_are_refused") {
+        return;
+    }
+    let r = run_bounded(xpol().args(["test", "examples/firewall.xpol", "--pcap"]).arg(&fifo));
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("it is a FIFO (named pipe), not a regular file"), "{}", stderr(&r));
+}

@@ -41,7 +41,7 @@ struct Loader<'a> {
 }
 
 pub fn load(root: &Path, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnostic>> {
-    let text = match std::fs::read_to_string(root) {
+    let text = match xpol_lang::input::read_text(root, xpol_lang::input::SOURCE_LIMIT) {
         Ok(t) => t,
         Err(e) => {
             return Err(vec![Diagnostic::error("xpol::io", format!("cannot read policy `{}`: {e}", root.display()))]);
@@ -100,14 +100,16 @@ impl Loader<'_> {
 
     fn include(&mut self, target: &str, span: Span, dir: Option<&Path>, shown_dir: &Path, depth: usize) {
         // A path relative to the including file wins over the standard library.
-        let local = dir.map(|d| d.join(target)).filter(|p| p.is_file());
+        // Anything there is this file (a FIFO or a device too, which
+        // `read_text` refuses, rather than "cannot find").
+        let local = dir.map(|d| d.join(target)).filter(|p| p.exists());
         if let Some(p) = local {
             let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
             let key = abs.display().to_string();
             if self.seen.contains_key(&key) {
                 return;
             }
-            match std::fs::read_to_string(&abs) {
+            match xpol_lang::input::read_text(&abs, xpol_lang::input::SOURCE_LIMIT) {
                 Ok(text) => self.file(shown_dir.join(target).display().to_string(), Some(abs), key, text, depth + 1),
                 Err(e) => self.diags.push(
                     Diagnostic::error("xpol::include", format!("cannot read `{}`: {e}", p.display())).with_label(span, "included here"),
@@ -146,7 +148,7 @@ impl Loader<'_> {
             Some(d) => d.join(target),
             None => PathBuf::from(target),
         };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match xpol_lang::input::read_text(&path, xpol_lang::input::DATA_LIMIT) {
             Ok(t) => t,
             Err(e) => {
                 self.diags.push(

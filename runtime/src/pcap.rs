@@ -21,7 +21,7 @@ pub enum PcapError {
 pub fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>, PcapError> {
     let name = path.display().to_string();
     let err = |e: &dyn std::fmt::Display| PcapError::Read { path: name.clone(), message: e.to_string() };
-    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    let bytes = xpol_lang::input::read_file(path, xpol_lang::input::DATA_LIMIT).map_err(|e| err(&e))?;
     // pcapng starts with a section header block, 0x0A0D0D0A.
     if bytes.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
         let mut r = PcapNgReader::new(&bytes[..]).map_err(|e| err(&e))?;

@@ -211,7 +211,7 @@ fn load_policy_and_build(
     rejection: &RejectionOptions,
 ) -> Result<(Option<LoadedPolicy>, Option<xpol_compiler::Build>)> {
     if policy.extension().is_some_and(|e| e == "o") {
-        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        let object = xpol_lang::input::read_file(policy, xpol_lang::input::DATA_LIMIT).with_context(|| format!("cannot read {}", policy.display()))?;
         return Ok((Some(LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?), None));
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());

@@ -31,7 +31,7 @@ struct Compiled {
 
 fn compile(policy: &Path) -> Result<Compiled> {
     if policy.extension().is_some_and(|e| e == "o") {
-        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        let object = xpol_lang::input::read_file(policy, xpol_lang::input::DATA_LIMIT).with_context(|| format!("cannot read {}", policy.display()))?;
         return Ok(Compiled { object: Some((object, None)), files: vec![policy.to_path_buf()] });
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
@@ -279,9 +279,10 @@ pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Re
 /// Elements of a set file: one per line, `#` comments, blank lines skipped.
 fn read_elements(path: &Path) -> Result<Vec<String>> {
     let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        let bytes = xpol_lang::input::read_capped(std::io::stdin(), xpol_lang::input::DATA_LIMIT).context("reading standard input")?;
+        String::from_utf8(bytes).context("reading standard input: not UTF-8 text")?
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+        xpol_lang::input::read_text(path, xpol_lang::input::DATA_LIMIT).with_context(|| format!("cannot read {}", path.display()))?
     };
     Ok(text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
