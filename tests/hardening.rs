@@ -245,3 +245,34 @@ fn special_files_as_runtime_inputs_are_refused() {
     assert!(!r.status.success());
     assert!(stderr(&r).contains("it is a FIFO (named pipe), not a regular file"), "{}", stderr(&r));
 }
+
+// ---- 3. command-line values -------------------------------------------
+
+/// Durations and intervals are checked when the arguments are parsed
+/// (exit 2, before anything is loaded or attached): `inf` and `1e20`
+/// panicked after attaching, `nan` ran forever, `-1` was taken for a flag.
+#[test]
+fn bad_durations_and_intervals_are_refused_when_parsed() {
+    for (flag, value) in [
+        ("--interval", "inf"),
+        ("--interval", "1e20"),
+        ("--interval", "nan"),
+        ("--interval", "0"),
+        ("--interval", "-1"),
+        ("--duration", "nan"),
+        ("--duration", "inf"),
+        ("--duration", "-1"),
+        ("--duration", "0"),
+        ("--duration", "1e20"),
+        ("--duration", "soon"),
+    ] {
+        for cmd in [&["run", "p.xpol", "-i", "lo"][..], &["watch", "name"][..]] {
+            let r = xpol().args(cmd).args([flag, value]).output().expect("run xpol");
+            let e = stderr(&r);
+            assert_eq!(r.status.code(), Some(2), "{cmd:?} {flag} {value}: {e}");
+            assert!(e.contains(&format!("invalid value '{value}' for '{flag}")) && e.contains("seconds"), "{cmd:?} {flag} {value}: {e}");
+        }
+        let r = xpol().args(["watch", "name", &format!("{flag}={value}")]).output().expect("run xpol");
+        assert_eq!(r.status.code(), Some(2), "{flag}={value}: {}", stderr(&r));
+    }
+}

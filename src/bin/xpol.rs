@@ -162,15 +162,37 @@ enum SetOp {
 /// How often and how long to report, and in which form.
 #[derive(clap::Args, Clone, Copy)]
 struct Every {
-    /// Seconds between two reports.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between two reports (0.1 to 86400).
+    #[arg(long, default_value_t = 1.0, value_parser = interval_seconds, allow_negative_numbers = true)]
     interval: f64,
-    /// Stop after this many seconds (`run` detaches; `watch` leaves the policy applied).
-    #[arg(long)]
+    /// Stop after this many seconds (`run` detaches; `watch` leaves the
+    /// policy applied); more than 0, at most a year.
+    #[arg(long, value_parser = duration_seconds, allow_negative_numbers = true)]
     duration: Option<f64>,
     /// One JSON object per interval instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--interval`: checked here, when the arguments are parsed, as a value
+/// found wrong later (infinite: a panic turning it into a `Duration`) would
+/// come after the policy is attached.
+fn interval_seconds(s: &str) -> std::result::Result<f64, String> {
+    seconds(s, 0.1, 86_400.0)
+}
+
+/// `--duration`, as [`interval_seconds`]: NaN would never be reached.
+fn duration_seconds(s: &str) -> std::result::Result<f64, String> {
+    seconds(s, f64::MIN_POSITIVE, 365.0 * 86_400.0)
+}
+
+fn seconds(s: &str, min: f64, max: f64) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v.is_finite() && (min..=max).contains(&v)) {
+        let low = if min == f64::MIN_POSITIVE { "more than 0".to_string() } else { format!("at least {min}") };
+        return Err(format!("`{s}` is out of range: give a number of seconds, {low} and at most {max}"));
+    }
+    Ok(v)
 }
 
 /// What to show when the kernel verifier rejects the policy.
@@ -611,7 +633,8 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
     let start = Instant::now();
-    let interval = Duration::from_secs_f64(interval.max(0.1));
+    // Checked when parsed (`interval_seconds`): finite, 0.1 to 86400.
+    let interval = Duration::from_secs_f64(interval);
     let terminal = std::io::stdout().is_terminal();
     let mut previous = Totals::new();
     let mut last = Instant::now();
