@@ -276,3 +276,56 @@ fn bad_durations_and_intervals_are_refused_when_parsed() {
         assert_eq!(r.status.code(), Some(2), "{flag}={value}: {}", stderr(&r));
     }
 }
+
+// ---- 4. a tampered object ----------------------------------------------
+
+/// `bytes` with the first `from` replaced by `to` (same length, so that
+/// the ELF's offsets stay valid).
+fn patch(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).unwrap_or_else(|| panic!("`{from}` not in the object"));
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+fn object_of(text: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.xpol");
+    std::fs::write(&p, text).expect("write");
+    let b = xpol_compiler::build(&p, &xpol_compiler::BuildOptions::default());
+    b.output.expect("compiles").object
+}
+
+/// Metadata that understates a map's key size made the kernel write the
+/// real key into a smaller buffer (and `xpol run` panic). The loader now
+/// compares the metadata with the maps the kernel made, before any lookup.
+#[test]
+fn metadata_understating_a_key_size_is_refused() {
+    use xpol_runtime::loader::{LoadedPolicy, RuntimeError};
+    if !xpol_runtime::testing::kernel_or_skip("metadata_understating_a_key_size_is_refused") {
+        return;
+    }
+    let object = object_of("xdp { @seen[ip.src] = count(); pass }\n");
+    // The @map's key is one ip (20 bytes); say 8 (a set's, an int's).
+    let lying = patch(&object, "\"keys\":[\"ip\"],\"key_size\":20", "\"keys\":[\"int\"],\"key_size\":8");
+    match LoadedPolicy::load(&lying) {
+        Err(RuntimeError::BadMetadata(m)) => assert!(m.contains("has 20-byte keys") && m.contains("rebuild it"), "{m}"),
+        Err(e) => panic!("expected BadMetadata, got {e}"),
+        Ok(_) => panic!("an object whose metadata lies about a key size was loaded"),
+    }
+    // Keys too short for their components: refused when read, kernel or not.
+    let short = patch(&object, "\"key_size\":20", "\"key_size\": 8");
+    match xpol_runtime::loader::read_meta(&short) {
+        Err(RuntimeError::BadMetadata(m)) => assert!(m.contains("too short"), "{m}"),
+        other => panic!("expected BadMetadata, got {:?}", other.map(|_| ())),
+    }
+    // A set's map, and `xpol test` on the file: an error, not a panic.
+    let object = object_of("set s: int = { 1, 2 }\nxdp /tcp.dport in s/ { drop }\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = dir.path().join("p.o");
+    std::fs::write(&o, patch(&object, "\"kind\":\"hash_u64\"", "\"kind\":\"lpm_v6\"  ")).expect("write");
+    let r = xpol().arg("test").arg(&o).output().expect("run xpol");
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    assert!(stderr(&r).contains("has 8-byte keys and 1-byte values, the metadata says 20 and 1"), "{}", stderr(&r));
+}
