@@ -329,3 +329,35 @@ fn metadata_understating_a_key_size_is_refused() {
     assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
     assert!(stderr(&r).contains("has 8-byte keys and 1-byte values, the metadata says 20 and 1"), "{}", stderr(&r));
 }
+
+// ---- 5. file contents in diagnostics ----------------------------------
+
+/// A file read with `file()` or `include` that is not a policy (here a
+/// stand-in for /etc/shadow, with an escape sequence) is quoted in short
+/// escaped excerpts only, in text and in JSON: never a whole line, never
+/// a raw control byte.
+#[test]
+fn diagnostics_quote_only_escaped_excerpts_of_files_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let hash = "$6$SECRETSECRETSECRETSECRETSECRETSECRETSECRETSECRET";
+    std::fs::write(d.join("shadow"), format!("root:{hash}:19000:0:99999:7:::\n\x1b[2Jdaemon:*:19000:0:99999:7:::\n")).expect("write");
+    std::fs::write(d.join("set.xpol"), "set s: cidr = file(\"shadow\")\nxdp /ip.src in s/ { drop }\n").expect("write");
+    std::fs::write(d.join("inc.xpol"), "include \"shadow\"\nxdp { pass }\n").expect("write");
+    // A link named like a policy does not make the file one.
+    std::os::unix::fs::symlink(d.join("shadow"), d.join("shadow.xpol")).expect("symlink");
+    std::fs::write(d.join("link.xpol"), "include \"shadow.xpol\"\nxdp { pass }\n").expect("write");
+    for policy in ["set.xpol", "inc.xpol", "link.xpol"] {
+        for format in ["human", "json"] {
+            let r = xpolc().args(["check", "--message-format", format]).arg(d.join(policy)).output().expect("run xpolc");
+            let e = stderr(&r);
+            assert!(!r.status.success(), "{policy} {format}: {e}");
+            assert!(!e.contains(hash) && !e.contains("SECRET:19000"), "{policy} {format}: a line was echoed:\n{e}");
+            assert!(!e.contains('\x1b'), "{policy} {format}: a raw control byte:\n{e}");
+            assert!(e.contains("root:"), "{policy} {format}: no excerpt:\n{e}");
+        }
+    }
+    // The set file's second line, escaped, in its message.
+    let r = xpolc().args(["check", "--message-format", "json"]).arg(d.join("set.xpol")).output().expect("run xpolc");
+    assert!(stderr(&r).contains(r"`\\u{1b}[2Jdaemon:*:19000:0:99999:7:::` is not"), "{}", stderr(&r));
+}

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use xpol_lang::ast::{Expr, ExprKind, Item, Policy, SetInit};
+use xpol_lang::diagnostic::{excerpt, EXCERPT_CHARS};
 use xpol_lang::{Diagnostic, FileId, SourceFile, SourceMap, Span};
 
 /// The standard library, compiled into the binary so that `include "std/..."`
@@ -60,7 +61,10 @@ pub fn load(root: &Path, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnost
 
 impl Loader<'_> {
     fn file(&mut self, name: String, path: Option<PathBuf>, key: String, text: String, depth: usize) {
-        let id = self.sources.add(SourceFile::new(name, path.clone(), text));
+        // A file not named as a policy (after links) may be anything a
+        // policy names (`include "/etc/shadow"`): shown by excerpts only.
+        let policy_named = path.as_deref().unwrap_or(Path::new(&name)).extension().is_some_and(|e| e == "xpol");
+        let id = self.sources.add(SourceFile::new(name, path.clone(), text).with_excerpts_only(!policy_named));
         self.seen.insert(key, id);
         let parsed = xpol_lang::parser::parse(&self.sources.get(id).text, id);
         let mut policy = match parsed {
@@ -159,7 +163,7 @@ impl Loader<'_> {
             }
         };
         let abs = std::fs::canonicalize(&path).ok();
-        let id = self.sources.add(SourceFile::new(shown_dir.join(target).display().to_string(), abs, text));
+        let id = self.sources.add(SourceFile::new(shown_dir.join(target).display().to_string(), abs, text).with_excerpts_only(true));
         let text = &self.sources.get(id).text;
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -173,7 +177,10 @@ impl Loader<'_> {
                 match parse_element(trimmed, espan) {
                     Some(kind) => out.push(Expr { kind, span: espan }),
                     None => errors.push(
-                        Diagnostic::error("xpol::set_file", format!("`{trimmed}` is not an address, prefix, number, range or MAC"))
+                        Diagnostic::error(
+                            "xpol::set_file",
+                            format!("`{}` is not an address, prefix, number, range or MAC", excerpt(trimmed, EXCERPT_CHARS)),
+                        )
                             .with_label(espan, "in this set file"),
                     ),
                 }
