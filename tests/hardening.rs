@@ -361,3 +361,44 @@ fn diagnostics_quote_only_escaped_excerpts_of_files_read() {
     let r = xpolc().args(["check", "--message-format", "json"]).arg(d.join("set.xpol")).output().expect("run xpolc");
     assert!(stderr(&r).contains(r"`\\u{1b}[2Jdaemon:*:19000:0:99999:7:::` is not"), "{}", stderr(&r));
 }
+
+// ---- 6. messages --------------------------------------------------------
+
+/// A capture cut inside its third record: the two before it are read, and
+/// the stop is reported with the record's number (it was "Error reading
+/// bytes", and nothing was run).
+#[test]
+fn truncated_capture_keeps_the_records_before_the_cut() {
+    use xpol_runtime::packet::PacketSpec;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("t.pcap");
+    let frame = PacketSpec::tcp4("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap(), 1, 22).build();
+    xpol_runtime::pcap::write_frames(&pcap, &[frame.clone(), frame.clone(), frame.clone()]).expect("write pcap");
+    let bytes = std::fs::read(&pcap).expect("read");
+    std::fs::write(&pcap, &bytes[..bytes.len() - 10]).expect("truncate");
+    let c = xpol_runtime::pcap::read_frames(&pcap).expect("read what is there");
+    assert_eq!(c.frames.len(), 2);
+    let why = c.stopped.expect("the cut is reported");
+    assert!(why.contains("record 3 cannot be read") && why.contains("the 2 frames before it were read"), "{why}");
+    if !xpol_runtime::testing::kernel_or_skip("truncated_capture_keeps_the_records_before_the_cut") {
+        return;
+    }
+    let r = xpol().args(["test", "examples/firewall.xpol", "--json", "--pcap"]).arg(&pcap).output().expect("run xpol");
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("warning:") && stderr(&r).contains("record 3 cannot be read"), "{}", stderr(&r));
+    assert_eq!(String::from_utf8_lossy(&r.stdout).lines().count(), 3, "two packets and the counters");
+}
+
+/// Without the rights to the store, `xpol stats` says to run as root (it
+/// said only that BPF_OBJ_GET failed). A private bpffs, as tests/apply.rs.
+#[test]
+fn stats_without_rights_says_run_as_root() {
+    if !xpol_runtime::testing::kernel_or_skip("stats_without_rights_says_run_as_root") {
+        return;
+    }
+    let script = "mount -t bpf bpf /sys/fs/bpf && mkdir -m 700 /sys/fs/bpf/xpol && \
+        exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all \"$0\" stats fw";
+    let r = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", script]).arg(env!("CARGO_BIN_EXE_xpol")).output().expect("run unshare");
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    assert!(stderr(&r).contains("run xpol as root"), "{}", stderr(&r));
+}

@@ -718,11 +718,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("the object has no programs");
             }
             let packets: Vec<(String, Vec<u8>)> = match &pcap {
-                Some(path) => xpol_runtime::pcap::read_frames(path)?
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, f)| (format!("#{} ({} bytes)", i + 1, f.len()), f))
-                    .collect(),
+                Some(path) => {
+                    let capture = xpol_runtime::pcap::read_frames(path)?;
+                    // The frames before a damaged record are still run.
+                    if let Some(why) = &capture.stopped {
+                        eprintln!("warning: {why}");
+                    }
+                    capture.frames.into_iter().enumerate().map(|(i, f)| (format!("#{} ({} bytes)", i + 1, f.len()), f)).collect()
+                }
                 None => sample_packets().into_iter().map(|(name, spec)| (name, spec.build())).collect(),
             };
             let rules = loaded.meta().rules.clone();
