@@ -92,7 +92,7 @@ impl Loader<'_> {
                 Item::Set(set) => {
                     if let SetInit::File(path) = &set.init {
                         let elements = self.set_file(&path.value, path.span, dir.as_deref(), &shown_dir);
-                        set.init = SetInit::Elements { elements, span: path.span };
+                        set.init = SetInit::Read { path: path.clone(), elements };
                     }
                     self.items.push(item.clone());
                 }
