@@ -40,4 +40,5 @@ run() {
 run parse -dict=xpol.dict -max_len=4096
 run compile -dict=xpol.dict -max_len=4096
 run generated -max_len=512
+run runtime_inputs -max_len=16384
 echo "fuzz: no findings"

@@ -268,16 +268,18 @@ fn verifier_flags_need_kernel() {
     assert_eq!(r.status.code(), Some(2), "{}", String::from_utf8_lossy(&r.stderr));
 }
 
-/// A set too large for the kernel to create its map (E2BIG), in JSON, at
-/// the set's declaration.
+/// A set too large for the kernel to create its map (E2BIG) is refused by
+/// the compiler first, in JSON, at its contents: how many entries it would
+/// take and the limit.
 #[test]
 fn check_kernel_map_too_large_in_json() {
     if !xpol_runtime::testing::kernel_or_skip("check_kernel_map_too_large_in_json") {
         return;
     }
-    let r = xpolc().args(["check", "--kernel", "--message-format", "json", "tests/verifier/set-huge.xpol"]).output().expect("run xpolc");
+    let r = xpolc().args(["check", "--kernel", "--message-format", "json", "tests/verifier/set-too-large.xpol"]).output().expect("run xpolc");
     assert!(!r.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stderr).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let d = lines.iter().find(|d| d["code"] == "xpol::verifier::map_too_large").expect("the map diagnostic");
-    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(5)), "{d}");
+    let d = lines.iter().find(|d| d["code"] == "xpol::set::too_large").expect("the set diagnostic");
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(17)), "{d}");
+    assert!(d["message"].as_str().is_some_and(|m| m.contains("1073741824 map entries, more than the 1048576")), "{d}");
 }

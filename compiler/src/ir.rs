@@ -143,6 +143,8 @@ pub struct NamedSet {
     /// least 1); `None` leaves the capacity to codegen's default.
     pub capacity: Option<u64>,
     pub span: Span,
+    /// The path of `file(...)` when the elements were read from a file.
+    pub file: Option<Span>,
 }
 
 /// Entries of a `@map` with keys and no `map @NAME max N`, as in bpftrace.

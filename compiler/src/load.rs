@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use xpol_lang::ast::{Expr, ExprKind, Item, Policy, SetInit};
+use xpol_lang::diagnostic::{excerpt, EXCERPT_CHARS};
 use xpol_lang::{Diagnostic, FileId, SourceFile, SourceMap, Span};
 
 /// The standard library, compiled into the binary so that `include "std/..."`
@@ -41,7 +42,7 @@ struct Loader<'a> {
 }
 
 pub fn load(root: &Path, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnostic>> {
-    let text = match std::fs::read_to_string(root) {
+    let text = match xpol_lang::input::read_text(root, xpol_lang::input::SOURCE_LIMIT) {
         Ok(t) => t,
         Err(e) => {
             return Err(vec![Diagnostic::error("xpol::io", format!("cannot read policy `{}`: {e}", root.display()))]);
@@ -60,7 +61,10 @@ pub fn load(root: &Path, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnost
 
 impl Loader<'_> {
     fn file(&mut self, name: String, path: Option<PathBuf>, key: String, text: String, depth: usize) {
-        let id = self.sources.add(SourceFile::new(name, path.clone(), text));
+        // A file not named as a policy (after links) may be anything a
+        // policy names (`include "/etc/shadow"`): shown by excerpts only.
+        let policy_named = path.as_deref().unwrap_or(Path::new(&name)).extension().is_some_and(|e| e == "xpol");
+        let id = self.sources.add(SourceFile::new(name, path.clone(), text).with_excerpts_only(!policy_named));
         self.seen.insert(key, id);
         let parsed = xpol_lang::parser::parse(&self.sources.get(id).text, id);
         let mut policy = match parsed {
@@ -88,7 +92,7 @@ impl Loader<'_> {
                 Item::Set(set) => {
                     if let SetInit::File(path) = &set.init {
                         let elements = self.set_file(&path.value, path.span, dir.as_deref(), &shown_dir);
-                        set.init = SetInit::Elements { elements, span: path.span };
+                        set.init = SetInit::Read { path: path.clone(), elements };
                     }
                     self.items.push(item.clone());
                 }
@@ -100,14 +104,16 @@ impl Loader<'_> {
 
     fn include(&mut self, target: &str, span: Span, dir: Option<&Path>, shown_dir: &Path, depth: usize) {
         // A path relative to the including file wins over the standard library.
-        let local = dir.map(|d| d.join(target)).filter(|p| p.is_file());
+        // Anything there is this file (a FIFO or a device too, which
+        // `read_text` refuses, rather than "cannot find").
+        let local = dir.map(|d| d.join(target)).filter(|p| p.exists());
         if let Some(p) = local {
             let abs = std::fs::canonicalize(&p).unwrap_or(p.clone());
             let key = abs.display().to_string();
             if self.seen.contains_key(&key) {
                 return;
             }
-            match std::fs::read_to_string(&abs) {
+            match xpol_lang::input::read_text(&abs, xpol_lang::input::SOURCE_LIMIT) {
                 Ok(text) => self.file(shown_dir.join(target).display().to_string(), Some(abs), key, text, depth + 1),
                 Err(e) => self.diags.push(
                     Diagnostic::error("xpol::include", format!("cannot read `{}`: {e}", p.display())).with_label(span, "included here"),
@@ -146,7 +152,7 @@ impl Loader<'_> {
             Some(d) => d.join(target),
             None => PathBuf::from(target),
         };
-        let text = match std::fs::read_to_string(&path) {
+        let text = match xpol_lang::input::read_text(&path, xpol_lang::input::DATA_LIMIT) {
             Ok(t) => t,
             Err(e) => {
                 self.diags.push(
@@ -157,7 +163,7 @@ impl Loader<'_> {
             }
         };
         let abs = std::fs::canonicalize(&path).ok();
-        let id = self.sources.add(SourceFile::new(shown_dir.join(target).display().to_string(), abs, text));
+        let id = self.sources.add(SourceFile::new(shown_dir.join(target).display().to_string(), abs, text).with_excerpts_only(true));
         let text = &self.sources.get(id).text;
         let mut out = Vec::new();
         let mut errors = Vec::new();
@@ -171,7 +177,10 @@ impl Loader<'_> {
                 match parse_element(trimmed, espan) {
                     Some(kind) => out.push(Expr { kind, span: espan }),
                     None => errors.push(
-                        Diagnostic::error("xpol::set_file", format!("`{trimmed}` is not an address, prefix, number, range or MAC"))
+                        Diagnostic::error(
+                            "xpol::set_file",
+                            format!("`{}` is not an address, prefix, number, range or MAC", excerpt(trimmed, EXCERPT_CHARS)),
+                        )
                             .with_label(espan, "in this set file"),
                     ),
                 }

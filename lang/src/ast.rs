@@ -101,6 +101,8 @@ pub enum SetInit {
     Elements { elements: Vec<Expr>, span: Span },
     /// `file("blocklist.txt")`: one element per line, `#` comments, path relative to the policy file.
     File(StrLit),
+    /// A `file(...)` the loader has read: its elements (spans in the file).
+    Read { path: StrLit, elements: Vec<Expr> },
 }
 
 /// `map @NAME max N`: the most entries `@NAME` holds (its BPF map's

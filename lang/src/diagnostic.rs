@@ -58,6 +58,21 @@ impl Diagnostic {
     }
 }
 
+/// The most characters of a file's text a diagnostic quotes from a file
+/// shown by excerpts only ([`crate::SourceFile::excerpts_only`]).
+pub const EXCERPT_CHARS: usize = 40;
+
+/// At most `max` characters of `text`, escaped (`escape_debug`: control
+/// bytes, quotes and backslashes as Rust escapes), with `…` when cut: what
+/// a diagnostic may quote of a file xpol reads, which may hold anything.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).flat_map(char::escape_debug).collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// A list of diagnostics from one pass; a pass fails when it holds any error.
 pub type Diagnostics = Vec<Diagnostic>;
 

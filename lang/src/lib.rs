@@ -5,6 +5,7 @@
 
 pub mod ast;
 pub mod diagnostic;
+pub mod input;
 pub mod ipv4_table;
 pub mod meta;
 pub mod parser;

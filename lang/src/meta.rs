@@ -128,6 +128,27 @@ impl ObjectMeta {
         let lost = self.maps.iter().filter_map(|m| m.lost_slot).map(|s| s as usize + 1).max().unwrap_or(0);
         lost.max(self.rules.len())
     }
+
+    /// What the runtime relies on besides the maps' sizes (which it checks
+    /// against the kernel's): rule ids are their indices, a `@map`'s key
+    /// holds its components, the counters' blocks hold every rule. A
+    /// metadata that breaks these was not written by xpolc.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(r) = self.rules.iter().enumerate().find(|(i, r)| r.id as usize != *i) {
+            return Err(format!("rule {} has id {}", r.0, r.1.id));
+        }
+        for m in &self.maps {
+            let needed: usize = m.keys.iter().map(|k| k.size()).sum();
+            if needed > m.key_size as usize {
+                return Err(format!("map `{}` has {}-byte keys, too short for its {needed} bytes of key components", m.name, m.key_size));
+            }
+        }
+        let c = self.counters;
+        if c.global_cpus > 0 && (c.stride == 0 || u64::from(c.stride) < 16 * self.rules.len() as u64) {
+            return Err(format!("counter blocks of {} bytes cannot hold {} rules", c.stride, self.rules.len()));
+        }
+        Ok(())
+    }
 }
 
 /// Array map (u32 -> u32 ifindex) filled by the runtime for `redirect(IFNAME)`.

@@ -122,12 +122,12 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagno
     // Point at the token that is there (or the end of the file).
     let token_end = text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| start + i).unwrap_or(text.len());
     let end = if end > start { end } else { token_end.max(start + text[start..].chars().next().map_or(0, char::len_utf8)) };
-    // At most 20 bytes of it, cut at a character boundary.
-    let mut cut = end.min(start + 20).min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let found = if start >= text.len() { "the end of the file".to_string() } else { format!("`{}`", &text[start..cut]) };
+    // At most 20 characters of it, escaped: the file may be anything.
+    let found = if start >= text.len() {
+        "the end of the file".to_string()
+    } else {
+        format!("`{}`", crate::diagnostic::excerpt(text[start..end.min(text.len())].trim_end(), 20))
+    };
     let mut expected: Vec<&str> = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => positives.iter().filter_map(describe).collect(),
         pest::error::ErrorVariant::CustomError { .. } => Vec::new(),

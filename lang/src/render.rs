@@ -30,18 +30,25 @@ fn to_report(d: &Diagnostic, sources: &SourceMap) -> miette::Report {
         md = md.with_help(help.clone());
     }
     let Some(primary) = d.primary_span() else { return miette::Report::new(md) };
-    // One snippet per report: the primary label's file. Labels in other
-    // files are named in the help text instead.
+    // One snippet per report: the primary label's file, unless it is shown
+    // by excerpts only. Labels in other files (or in such a file) are named
+    // in the help text instead, with an excerpt of what they point at.
+    let snippet_file = (!sources.get(primary.file).excerpts_only).then_some(primary.file);
     let mut labels = Vec::new();
     let mut elsewhere = Vec::new();
     for (i, l) in d.labels.iter().enumerate() {
-        if l.span.file == primary.file {
+        if Some(l.span.file) == snippet_file {
             let text = (!l.message.is_empty()).then(|| l.message.clone());
             let ls = LabeledSpan::new_with_span(text, (l.span.start as usize, l.span.len().max(usize::from(l.span.is_empty() && i == 0))));
             labels.push(if i == 0 { LabeledSpan::new_primary_with_span(ls.label().map(str::to_string), *ls.inner()) } else { ls });
         } else {
             let (file, line, col) = sources.location(l.span);
-            elsewhere.push(format!("{file}:{line}:{col}: {}", l.message));
+            let quoted = if sources.get(l.span.file).excerpts_only {
+                format!(" (`{}`)", crate::diagnostic::excerpt(sources.snippet(l.span), crate::diagnostic::EXCERPT_CHARS))
+            } else {
+                String::new()
+            };
+            elsewhere.push(format!("{file}:{line}:{col}: {}{quoted}", l.message));
         }
     }
     md = md.with_labels(labels);
@@ -52,7 +59,7 @@ fn to_report(d: &Diagnostic, sources: &SourceMap) -> miette::Report {
             None => extra,
         });
     }
-    let file = sources.get(primary.file);
+    let Some(file) = snippet_file.map(|f| sources.get(f)) else { return miette::Report::new(md) };
     miette::Report::new(md).with_source_code(NamedSource::new(file.name.clone(), file.text.clone()))
 }
 

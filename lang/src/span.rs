@@ -45,6 +45,11 @@ pub struct SourceFile {
     /// for BTF line info); `None` for in-memory sources.
     pub path: Option<std::path::PathBuf>,
     pub text: String,
+    /// Diagnostics show short escaped excerpts of this file
+    /// ([`crate::diagnostic::excerpt`]), never its lines: a set file, or a
+    /// file included that is not named `*.xpol`. A policy may name any path
+    /// (`/etc/shadow`), and diagnostics end up in terminals and CI logs.
+    pub excerpts_only: bool,
     line_starts: Vec<u32>,
 }
 
@@ -53,7 +58,13 @@ impl SourceFile {
         let text = text.into();
         let mut line_starts = vec![0u32];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i as u32 + 1));
-        SourceFile { name: name.into(), path, text, line_starts }
+        SourceFile { name: name.into(), path, text, excerpts_only: false, line_starts }
+    }
+
+    /// This file, shown in diagnostics by excerpts only (see [`SourceFile::excerpts_only`]).
+    pub fn with_excerpts_only(mut self, excerpts_only: bool) -> SourceFile {
+        self.excerpts_only = excerpts_only;
+        self
     }
 
     /// 1-based line and column (column counted in characters) of a byte offset.

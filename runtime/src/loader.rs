@@ -205,6 +205,7 @@ pub fn read_meta(object: &[u8]) -> Result<ObjectMeta> {
     if meta.version != meta::META_VERSION {
         return Err(RuntimeError::MetadataVersion { found: meta.version, expected: meta::META_VERSION });
     }
+    meta.check().map_err(RuntimeError::BadMetadata)?;
     Ok(meta)
 }
 
@@ -246,6 +247,40 @@ fn make_mappable(ebpf: &Ebpf, name: &str) -> Result<()> {
         Err(e) => return Err(err(e)),
     };
     sys::replace_fd(mappable.as_fd(), data.fd().as_fd()).map_err(err)
+}
+
+/// Refuses maps whose key or value size in the kernel is not what the
+/// metadata says: xpol sizes its buffers from the metadata, and the kernel
+/// writes (lookups) or reads (updates) the map's own sizes, so a metadata
+/// that understates them (an object changed after xpolc built it, a
+/// planted pin) would have the kernel write past a buffer. `what` names
+/// where the maps come from. The IPv4 tables are checked where they are
+/// written (`fill_ipv4_tables`, `ipv4_edit`), as their sizes depend on
+/// their placement.
+fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &str) -> Result<()> {
+    let mut expected: Vec<(&str, u32, u32)> = vec![(meta::RULES_MAP, 4, 16)];
+    expected.extend(meta.maps.iter().map(|m| (m.map.as_str(), m.key_size, 8)));
+    if !meta.redirects.is_empty() {
+        expected.push((meta::REDIRECT_MAP, 4, 4));
+    }
+    for m in meta.sets.iter().flat_map(|s| &s.maps) {
+        match m.kind {
+            SetMapKind::LpmV4 | SetMapKind::HashU64 => expected.push((&m.map, 8, 1)),
+            SetMapKind::LpmV6 => expected.push((&m.map, 20, 1)),
+            SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
+        }
+    }
+    for (map, key, value) in expected {
+        let Some(data) = maps.get(map) else { continue };
+        let info = data.info().map_err(|e| RuntimeError::Map { map: map.to_string(), source: std::io::Error::other(e.to_string()) })?;
+        let (k, v) = (info.key_size(), info.value_size());
+        if (k, v) != (key, value) {
+            return Err(RuntimeError::BadMetadata(format!(
+                "the {what} `{map}` has {k}-byte keys and {v}-byte values, the metadata says {key} and {value}: the object was changed after xpolc built it; rebuild it"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn map_data(map: Map) -> Option<MapData> {
@@ -337,6 +372,7 @@ impl LoadedPolicy {
                 maps.insert(name, data);
             }
         }
+        check_map_shapes(&maps, &meta, "object's map")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
         policy.fill_sets()?;
@@ -440,6 +476,12 @@ impl LoadedPolicy {
                     global[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
                 }
                 ipv4_table::Placement::Map => {
+                    // Each update hands the kernel one chunk: the map's
+                    // value must be exactly that (see `check_map_shapes`).
+                    let info = self.state.map(map)?.info().map_err(|e| RuntimeError::BadMetadata(format!("map `{map}`: {e}")))?;
+                    if (info.key_size(), info.value_size()) != (4, *chunk_bytes as u32) {
+                        return Err(ipv4_wrong_shape());
+                    }
                     // Zero chunks are there already (an array map starts zeroed).
                     for (i, chunk) in bytes.chunks_exact(*chunk_bytes).enumerate().filter(|(_, c)| c.iter().any(|&b| b != 0)) {
                         self.state.update(map, &(i as u32).to_le_bytes(), chunk)?;
@@ -681,19 +723,7 @@ impl PolicyMaps {
             let data = MapData::from_pin(entry.path()).map_err(|e| RuntimeError::Store(format!("map {file}: {e}")))?;
             maps.insert(map_of_pin_file(&file), data);
         }
-        // Lookups write the maps' own sizes: they must be what the metadata says.
-        let shape = |map: &str, key: u32, value: u32| -> Result<()> {
-            let Some(data) = maps.get(map) else { return Ok(()) };
-            let info = data.info().map_err(|e| RuntimeError::Store(format!("map {map}: {e}")))?;
-            if (info.key_size(), info.value_size()) != (key, value) {
-                return Err(RuntimeError::BadMetadata(format!("the pinned map `{map}` does not have the shape the policy's metadata gives it")));
-            }
-            Ok(())
-        };
-        shape(meta::RULES_MAP, 4, 16)?;
-        for m in &meta.maps {
-            shape(&m.map, m.key_size, 8)?;
-        }
+        check_map_shapes(&maps, &meta, "pinned map")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         Ok(PolicyMaps { meta, maps, cpus, base })
     }

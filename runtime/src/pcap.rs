@@ -17,34 +17,68 @@ pub enum PcapError {
     Write { path: String, message: String },
 }
 
-/// The frames of a pcap or pcapng file, in order.
-pub fn read_frames(path: &Path) -> Result<Vec<Vec<u8>>, PcapError> {
+/// The frames of a capture, in order, and why reading stopped early.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub frames: Vec<Vec<u8>>,
+    /// Set when a record could not be read (a capture cut short while it
+    /// was written, or damaged): which, and why. `frames` holds the records
+    /// before it, which are still worth running.
+    pub stopped: Option<String>,
+}
+
+/// The frames of a pcap or pcapng file (a regular file, at most
+/// [`xpol_lang::input::DATA_LIMIT`] bytes).
+pub fn read_frames(path: &Path) -> Result<Capture, PcapError> {
     let name = path.display().to_string();
-    let err = |e: &dyn std::fmt::Display| PcapError::Read { path: name.clone(), message: e.to_string() };
-    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    let bytes = xpol_lang::input::read_file(path, xpol_lang::input::DATA_LIMIT)
+        .map_err(|e| PcapError::Read { path: name.clone(), message: e.to_string() })?;
+    parse_frames(&bytes, &name)
+}
+
+/// The frames of a capture in memory; `name` names it in errors. A header
+/// that cannot be read, or a link type other than Ethernet, is an error; a
+/// record that cannot be read ends the capture there ([`Capture::stopped`]).
+pub fn parse_frames(bytes: &[u8], name: &str) -> Result<Capture, PcapError> {
+    let err = |e: &dyn std::fmt::Display| PcapError::Read { path: name.to_string(), message: e.to_string() };
+    let stopped = |record: usize, read: usize, e: &dyn std::fmt::Display| {
+        format!("{name}: record {record} cannot be read ({e}; the capture may be cut short); the {read} frames before it were read")
+    };
+    let mut out = Capture::default();
     // pcapng starts with a section header block, 0x0A0D0D0A.
     if bytes.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        let mut r = PcapNgReader::new(&bytes[..]).map_err(|e| err(&e))?;
-        let mut out = Vec::new();
+        let mut r = PcapNgReader::new(bytes).map_err(|e| err(&e))?;
+        // Blocks, counted from 2 (the section header is the first).
+        let mut record = 1;
         while let Some(block) = r.next_block() {
-            match block.map_err(|e| err(&e))? {
-                Block::InterfaceDescription(i) if i.linktype != DataLink::ETHERNET => {
-                    return Err(PcapError::NotEthernet { path: name, link: format!("{:?}", i.linktype) });
+            record += 1;
+            match block {
+                Err(e) => {
+                    out.stopped = Some(stopped(record, out.frames.len(), &e));
+                    break;
                 }
-                Block::EnhancedPacket(p) => out.push(p.data.into_owned()),
-                Block::SimplePacket(p) => out.push(p.data.into_owned()),
-                _ => {}
+                Ok(Block::InterfaceDescription(i)) if i.linktype != DataLink::ETHERNET => {
+                    return Err(PcapError::NotEthernet { path: name.to_string(), link: format!("{:?}", i.linktype) });
+                }
+                Ok(Block::EnhancedPacket(p)) => out.frames.push(p.data.into_owned()),
+                Ok(Block::SimplePacket(p)) => out.frames.push(p.data.into_owned()),
+                Ok(_) => {}
             }
         }
         return Ok(out);
     }
-    let mut r = PcapReader::new(&bytes[..]).map_err(|e| err(&e))?;
+    let mut r = PcapReader::new(bytes).map_err(|e| err(&e))?;
     if r.header().datalink != DataLink::ETHERNET {
-        return Err(PcapError::NotEthernet { path: name, link: format!("{:?}", r.header().datalink) });
+        return Err(PcapError::NotEthernet { path: name.to_string(), link: format!("{:?}", r.header().datalink) });
     }
-    let mut out = Vec::new();
     while let Some(p) = r.next_packet() {
-        out.push(p.map_err(|e| err(&e))?.data.into_owned());
+        match p {
+            Ok(p) => out.frames.push(p.data.into_owned()),
+            Err(e) => {
+                out.stopped = Some(stopped(out.frames.len() + 1, out.frames.len(), &e));
+                break;
+            }
+        }
     }
     Ok(out)
 }

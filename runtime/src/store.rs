@@ -501,6 +501,7 @@ pub(crate) fn read_generation(dir: &Path) -> Result<Generation> {
     if record.schema != RECORD_SCHEMA {
         return Err(bad(&format!("record schema {} (this xpol reads {RECORD_SCHEMA})", record.schema)));
     }
+    record.meta.check().map_err(|e| bad(&e))?;
     let object = blob[16 + json_len..16 + json_len + object_len].to_vec();
     Ok(Generation { record, object, dir: dir.to_path_buf() })
 }

@@ -176,15 +176,37 @@ enum SetOp {
 /// How often and how long to report, and in which form.
 #[derive(clap::Args, Clone, Copy)]
 struct Every {
-    /// Seconds between two reports.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between two reports (0.1 to 86400).
+    #[arg(long, default_value_t = 1.0, value_parser = interval_seconds, allow_negative_numbers = true)]
     interval: f64,
-    /// Stop after this many seconds (`run` detaches; `watch` leaves the policy applied).
-    #[arg(long)]
+    /// Stop after this many seconds (`run` detaches; `watch` leaves the
+    /// policy applied); more than 0, at most a year.
+    #[arg(long, value_parser = duration_seconds, allow_negative_numbers = true)]
     duration: Option<f64>,
     /// One JSON object per interval instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--interval`: checked here, when the arguments are parsed, as a value
+/// found wrong later (infinite: a panic turning it into a `Duration`) would
+/// come after the policy is attached.
+fn interval_seconds(s: &str) -> std::result::Result<f64, String> {
+    seconds(s, 0.1, 86_400.0)
+}
+
+/// `--duration`, as [`interval_seconds`]: NaN would never be reached.
+fn duration_seconds(s: &str) -> std::result::Result<f64, String> {
+    seconds(s, f64::MIN_POSITIVE, 365.0 * 86_400.0)
+}
+
+fn seconds(s: &str, min: f64, max: f64) -> std::result::Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v.is_finite() && (min..=max).contains(&v)) {
+        let low = if min == f64::MIN_POSITIVE { "more than 0".to_string() } else { format!("at least {min}") };
+        return Err(format!("`{s}` is out of range: give a number of seconds, {low} and at most {max}"));
+    }
+    Ok(v)
 }
 
 /// What to show when the kernel verifier rejects the policy.
@@ -221,7 +243,7 @@ fn load_policy_and_build(
     rejection: &RejectionOptions,
 ) -> Result<(Option<LoadedPolicy>, Option<xpol_compiler::Build>)> {
     if policy.extension().is_some_and(|e| e == "o") {
-        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        let object = xpol_lang::input::read_file(policy, xpol_lang::input::DATA_LIMIT).with_context(|| format!("cannot read {}", policy.display()))?;
         return Ok((Some(LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?), None));
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
@@ -256,7 +278,8 @@ fn explain_load_error(build: &xpol_compiler::Build, e: xpol_runtime::loader::Run
             let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
             eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
             if let Some(path) = &rejection.verifier_log {
-                common::write_atomically(path, log.as_bytes())?;
+                let inputs: Vec<&Path> = build.sources.files().filter_map(|(_, f)| f.path.as_deref()).collect();
+                common::write_output(path, log.as_bytes(), &inputs)?;
                 eprintln!("wrote the verifier's log of `{program}` to {}", path.display());
             }
             Ok(())
@@ -657,7 +680,8 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     // The version running: 1, then one more per replace (`--watch`).
     let mut generation = 1u64;
     let start = Instant::now();
-    let interval = Duration::from_secs_f64(interval.max(0.1));
+    // Checked when parsed (`interval_seconds`): finite, 0.1 to 86400.
+    let interval = Duration::from_secs_f64(interval);
     let terminal = std::io::stdout().is_terminal();
     let mut previous = Totals::new();
     let mut last = Instant::now();
@@ -802,11 +826,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bail!("the object has no programs");
             }
             let packets: Vec<(String, Vec<u8>)> = match &pcap {
-                Some(path) => xpol_runtime::pcap::read_frames(path)?
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, f)| (format!("#{} ({} bytes)", i + 1, f.len()), f))
-                    .collect(),
+                Some(path) => {
+                    let capture = xpol_runtime::pcap::read_frames(path)?;
+                    // The frames before a damaged record are still run.
+                    if let Some(why) = &capture.stopped {
+                        eprintln!("warning: {why}");
+                    }
+                    capture.frames.into_iter().enumerate().map(|(i, f)| (format!("#{} ({} bytes)", i + 1, f.len()), f)).collect()
+                }
                 None => sample_packets().into_iter().map(|(name, spec)| (name, spec.build())).collect(),
             };
             let rules = loaded.meta().rules.clone();

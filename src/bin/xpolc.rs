@@ -6,7 +6,7 @@
 mod common;
 
 use anyhow::{Context, Result};
-use common::write_atomically;
+use common::write_output;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -94,6 +94,11 @@ fn report(build: &Build, format: MessageFormat) {
     }
 }
 
+/// The files a build read, which its outputs must not overwrite.
+fn input_paths(sources: &xpol_lang::SourceMap) -> Vec<&std::path::Path> {
+    sources.files().filter_map(|(_, f)| f.path.as_deref()).collect()
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { policy, message_format, kernel, verbose, verifier_log } => {
@@ -117,7 +122,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             let section = out.meta.programs.iter().find(|p| p.name == program).map(|p| p.section.clone()).unwrap_or_default();
                             let d = xpol_compiler::verifier::explain(&program, &section, &log, &out.object, &out.located, &build.sources, verbose);
                             if let Some(path) = &verifier_log {
-                                write_atomically(path, log.as_bytes())?;
+                                write_output(path, log.as_bytes(), &input_paths(&build.sources))?;
                                 eprintln!("wrote the verifier's log of `{program}` to {}", path.display());
                             }
                             build.diagnostics.push(d);
@@ -156,7 +161,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let path = output.unwrap_or_else(|| policy.with_extension("o"));
-            write_atomically(&path, &out.object)?;
+            write_output(&path, &out.object, &input_paths(&build.sources))?;
             eprintln!(
                 "wrote {} ({} rules, {} programs, {} bytes)",
                 path.display(),

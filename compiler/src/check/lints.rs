@@ -36,6 +36,17 @@ fn only_verdict(p: &ir::Probe) -> Option<Verdict> {
 
 pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    // A set file with no elements (a download cut short, the wrong file)
+    // compiles into rules that never match: a blocklist that blocks nothing.
+    for set in &policy.sets {
+        if let Some(path) = set.file.filter(|_| set.contents.element_count() == 0) {
+            out.push(
+                Diagnostic::warning("xpol::lint::empty_set_file", format!("set `{}` is read from a file with no elements: rules testing it never match", set.name))
+                    .with_label(path, "no elements in this file")
+                    .with_help("check the file; a set meant to start empty (filled with `xpol set`) is written `= {}`"),
+            );
+        }
+    }
     for prog in &policy.programs {
         let default_drop = prog.probes.iter().any(|p| p.predicate.is_none() && only_verdict(p) == Some(Verdict::Drop));
         let mut fragments_handled = false;

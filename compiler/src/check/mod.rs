@@ -21,6 +21,13 @@ use xpol_lang::{Diagnostic, SourceMap, Span};
 /// read-only maps.
 pub const INLINE_SET_LIMIT: usize = 16;
 
+/// The most elements an `int` or `mac` set may hold (its initial contents
+/// and its `max N`; a range `a..b` counts b-a+1, as `max` counts them):
+/// its hash map has an entry per integer, allocated when the policy loads.
+/// About a second to fill, and some 100 MB with the default room for twice
+/// as many.
+pub const MAX_HASH_SET_ENTRIES: u64 = 1 << 20;
+
 /// A compile-time value that is not a plain scalar.
 #[derive(Clone, Debug)]
 enum ConstVal {
@@ -239,20 +246,23 @@ impl Checker<'_> {
                 return;
             }
         };
-        let (elements, span) = match &decl.init {
-            ast::SetInit::Elements { elements, span } => (elements.as_slice(), *span),
-            ast::SetInit::File(path) => (&[][..], path.span),
+        let (elements, span, file) = match &decl.init {
+            ast::SetInit::Elements { elements, span } => (elements.as_slice(), *span, None),
+            // Not read (the loader reads every one): nothing to say about it.
+            ast::SetInit::File(path) => (&[][..], path.span, None),
+            ast::SetInit::Read { path, elements } => (elements.as_slice(), path.span, Some(path.span)),
         };
         let contents = self.set_elements(elements, span, Some(elem)).map(|(s, _)| s).unwrap_or_default();
-        let capacity = decl.max.and_then(|max| self.set_max(decl, max, &contents, span));
+        self.check_map_entries(&decl.name.name, elem, &contents, span);
+        let capacity = decl.max.and_then(|max| self.set_max(decl, elem, max, &contents, span));
         let id = self.sets.len();
-        self.sets.push(NamedSet { name: decl.name.name.clone(), elem, contents, mutable: true, capacity, span: decl.name.span });
+        self.sets.push(NamedSet { name: decl.name.name.clone(), elem, contents, mutable: true, capacity, span: decl.name.span, file });
         self.declare(&decl.name, Global::Set { id, span: decl.name.span });
     }
 
     /// Checks a set's declared `max N` against its initial contents (whose
     /// elements span `init`); the capacity when it is usable.
-    fn set_max(&mut self, decl: &ast::SetDecl, (max, span): (u64, Span), contents: &ConstSet, init: Span) -> Option<u64> {
+    fn set_max(&mut self, decl: &ast::SetDecl, elem: SetElem, (max, span): (u64, Span), contents: &ConstSet, init: Span) -> Option<u64> {
         let name = &decl.name.name;
         if max == 0 {
             self.error_help(span, "xpol::set::max", format!("set `{name}` is declared with room for no element"), "`max 0`", "give the most elements the set may hold, or leave `max` out for the default");
@@ -260,6 +270,16 @@ impl Checker<'_> {
         }
         if max > u64::from(u32::MAX) {
             self.error_help(span, "xpol::set::max", format!("set `{name}` is declared larger than a BPF map can be"), "over 4294967295", "a BPF map holds at most 4294967295 entries");
+            return None;
+        }
+        if elem != SetElem::Cidr && max > MAX_HASH_SET_ENTRIES {
+            self.error_help(
+                span,
+                "xpol::set::max",
+                format!("set `{name}` is declared with room for {max} elements, more than the {MAX_HASH_SET_ENTRIES} an `{}` set may hold", elem_name(elem)),
+                "too large",
+                "its hash map is allocated whole when the policy is loaded: declare a smaller `max`",
+            );
             return None;
         }
         let n = contents.element_count();
@@ -273,6 +293,32 @@ impl Checker<'_> {
             return None;
         }
         Some(max)
+    }
+
+    /// Refuses an `int` or `mac` set (named, or a large constant set made a
+    /// map) of more than [`MAX_HASH_SET_ENTRIES`] elements: its hash map
+    /// holds each integer of a range as an entry, and the kernel allocates
+    /// and the runtime fills them one by one (15 million took 31 s and
+    /// 900 MB before the load failed). `span`: the set's contents.
+    fn check_map_entries(&mut self, name: &str, elem: SetElem, contents: &ConstSet, span: Span) {
+        let n = contents.element_count();
+        if elem == SetElem::Cidr || n <= MAX_HASH_SET_ENTRIES {
+            return;
+        }
+        let widest = contents.ints.iter().max_by_key(|(lo, hi)| hi - lo).filter(|(lo, hi)| hi > lo);
+        let mut d = Diagnostic::error(
+            "xpol::set::too_large",
+            format!("set `{name}` would take {n} map entries, more than the {MAX_HASH_SET_ENTRIES} an `{}` set may hold", elem_name(elem)),
+        )
+        .with_label(span, format!("{n} elements (a range `a..b` counts b-a+1)"));
+        d = d.with_help(match widest {
+            Some((lo, hi)) => format!(
+                "the range {lo}..{hi} alone counts {}; test a range in the rule instead (`tcp.dport in {lo}..{hi}`), which costs no map entries",
+                (hi - lo).saturating_add(1)
+            ),
+            None => "split the set, or test ranges in the rules instead".to_string(),
+        });
+        self.diags.push(d);
     }
 
     /// Builds a constant set from literal elements, checking that they all
@@ -299,6 +345,21 @@ impl Checker<'_> {
                         continue;
                     }
                 },
+                Operand::Cidr(a, 0) => {
+                    // A slip (a zero typed for a length, a list gone wrong)
+                    // that makes a blocklist block everything.
+                    let family = if a.is_ipv4() { "IPv4" } else { "IPv6" };
+                    self.diags.push(
+                        Diagnostic::warning("xpol::lint::zero_prefix", format!("a /0 prefix in a set matches every {family} address"))
+                            .with_label(e.span, format!("every {family} address"))
+                            .with_help(format!("if that is meant, test the family instead (`ip.version == {}`)", if a.is_ipv4() { 4 } else { 6 })),
+                    );
+                    let piece = match a {
+                        IpAddr::V4(a) => ConstSet { v4: vec![(a, 0)], ..ConstSet::default() },
+                        IpAddr::V6(a) => ConstSet { v6: vec![(a, 0)], ..ConstSet::default() },
+                    };
+                    (SetElem::Cidr, piece)
+                }
                 Operand::Cidr(IpAddr::V4(a), l) => (SetElem::Cidr, ConstSet { v4: vec![(a, l)], ..ConstSet::default() }),
                 Operand::Cidr(IpAddr::V6(a), l) => (SetElem::Cidr, ConstSet { v6: vec![(a, l)], ..ConstSet::default() }),
                 Operand::Range(lo, hi) => (SetElem::Int, ConstSet { ints: vec![(lo, hi)], ..ConstSet::default() }),
@@ -1031,7 +1092,8 @@ impl Checker<'_> {
                         Some(&id) => id,
                         None => {
                             let id = self.sets.len();
-                            self.sets.push(NamedSet { name: key.clone(), elem, contents: s, mutable: false, capacity: None, span });
+                            self.check_map_entries(&key, elem, &s, span);
+                            self.sets.push(NamedSet { name: key.clone(), elem, contents: s, mutable: false, capacity: None, span, file: None });
                             self.const_set_maps.insert(key, id);
                             id
                         }

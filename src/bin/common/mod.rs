@@ -1,15 +1,93 @@
 //! What both binaries share.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// and a rename: readers see the old file or the whole new one, and a
-/// failure leaves nothing half-written.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` (an object, a verifier log) to `path`, which the user
+/// named on the command line, as root. What `path` is decides how:
+///
+/// - absent, or a regular file: through a temporary file in the same
+///   directory and a rename, so that readers see the old file or the whole
+///   new one and a failure leaves nothing half-written. The new file's mode
+///   is 0666 less the umask, and less every permission one of `inputs` (the
+///   files it was made from) lacks: an object holds its sources' rules and
+///   set elements, so it is no more readable than they are.
+/// - a character device or a FIFO (`/dev/null`, a pipe): written into, as
+///   any program's output would be; renaming over it would replace the
+///   device node with a file.
+/// - a symbolic link: refused, as a rename would replace the link and an
+///   open would follow it to wherever someone pointed it; except one that
+///   leads to this process's standard output (`/dev/stdout`, `/dev/fd/1`),
+///   a character device or a FIFO, which is written through as above.
+/// - one of `inputs` (same device and inode), a directory, a block device
+///   or a socket: refused, naming the path.
+pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
+    let shown = path.display();
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot write {shown}")),
+    };
+    let inputs: Vec<Metadata> = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).collect();
+    let same = |a: &Metadata, b: &Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    let Some(target) = target else { return replace(path, bytes, &inputs) };
+    let kind = target.file_type();
+    if kind.is_symlink() {
+        // `metadata` follows the link (and any chain of links).
+        let Ok(followed) = std::fs::metadata(path) else { bail!("refusing to write {shown}: it is a symbolic link that leads nowhere; name a file instead") };
+        if let Some(stdout) = stdout_metadata() {
+            if same(&followed, &stdout) {
+                return write_into(&mut std::io::stdout().lock(), bytes, path);
+            }
+        }
+        let kind = followed.file_type();
+        if !(kind.is_char_device() || kind.is_fifo()) {
+            bail!("refusing to write {shown}: it is a symbolic link (xpol neither replaces nor follows one); name the file it leads to instead");
+        }
+    }
+    let followed = std::fs::metadata(path).with_context(|| format!("cannot write {shown}"))?;
+    if inputs.iter().any(|i| same(i, &followed)) {
+        bail!("refusing to write {shown}: it is one of the files being compiled; name another output");
+    }
+    let kind = followed.file_type();
+    if kind.is_dir() {
+        bail!("refusing to write {shown}: it is a directory; name a file in it");
+    }
+    if kind.is_char_device() || kind.is_fifo() {
+        let mut file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {shown}"))?;
+        return write_into(&mut file, bytes, path);
+    }
+    if !kind.is_file() {
+        bail!("refusing to write {shown}: it is neither a regular file, a character device nor a FIFO");
+    }
+    replace(path, bytes, &inputs)
+}
+
+fn write_into(w: &mut impl Write, bytes: &[u8], path: &Path) -> Result<()> {
+    w.write_all(bytes).and_then(|()| w.flush()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The file behind this process's standard output, if it has one.
+fn stdout_metadata() -> Option<Metadata> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    File::from(fd).metadata().ok()
+}
+
+/// Writes a new regular file at `path` atomically (see [`write_output`]).
+fn replace(path: &Path, bytes: &[u8], inputs: &[Metadata]) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    // Read permissions only: an input's write bits say nothing about who
+    // may read what was made from it.
+    let mode = inputs.iter().fold(0o666, |mode, m| mode & (0o222 | (m.mode() & 0o444)));
+    // The kernel takes the umask off the mode given to open(2).
+    let mut tmp = tempfile::Builder::new()
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;

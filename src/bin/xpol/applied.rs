@@ -191,16 +191,14 @@ pub fn stats(name: &str, json: bool) -> Result<ExitCode> {
 }
 
 pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Result<ExitCode> {
-    if !(interval.is_finite() && interval > 0.0 && interval < 86_400.0) {
-        bail!("--interval must be a number of seconds between 0 and 86400");
-    }
     let start = Instant::now();
     let terminal = std::io::stdout().is_terminal();
     // Rates from the counters as they are now, not since the first apply.
     let mut previous = rule_totals(&report_of(name, 0.0, &super::Totals::new(), 0.0)?.0);
     let mut last = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_secs_f64(interval.max(0.1)));
+        // Checked when parsed (`interval_seconds`): finite, 0.1 to 86400.
+        std::thread::sleep(Duration::from_secs_f64(interval));
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
         let (report, problems) = report_of(name, start.elapsed().as_secs_f64(), &previous, dt)?;
@@ -218,9 +216,10 @@ pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Re
 /// Elements of a set file: one per line, `#` comments, blank lines skipped.
 fn read_elements(path: &Path) -> Result<Vec<String>> {
     let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        let bytes = xpol_lang::input::read_capped(std::io::stdin(), xpol_lang::input::DATA_LIMIT).context("reading standard input")?;
+        String::from_utf8(bytes).context("reading standard input: not UTF-8 text")?
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+        xpol_lang::input::read_text(path, xpol_lang::input::DATA_LIMIT).with_context(|| format!("cannot read {}", path.display()))?
     };
     Ok(text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }

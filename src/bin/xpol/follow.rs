@@ -19,7 +19,7 @@ pub struct Compiled {
 /// Compiles a source policy, printing its diagnostics, or reads an object.
 pub fn compile(policy: &Path) -> Result<Compiled> {
     if policy.extension().is_some_and(|e| e == "o") {
-        let object = std::fs::read(policy).with_context(|| format!("cannot read {}", policy.display()))?;
+        let object = xpol_lang::input::read_file(policy, xpol_lang::input::DATA_LIMIT).with_context(|| format!("cannot read {}", policy.display()))?;
         return Ok(Compiled { object: Some((object, None)), files: vec![policy.to_path_buf()] });
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
