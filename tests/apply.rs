@@ -632,6 +632,41 @@ impl Drop for HostPolicy {
     }
 }
 
+/// Compiles `text` and applies it as `name` in the host's store, on the
+/// interface of `net`'s namespace b (entered for the attach only).
+fn apply_in_host_store(net: &Net, name: &str, text: &str) {
+    use xpol_runtime::apply::{self, ApplyRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = write(dir.path(), &format!("{name}.xpol"), text);
+    let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
+    let netns = PathBuf::from("/run/netns").join(&net.b);
+    xpol_runtime::sys::in_netns(&netns, None, || {
+        let req = ApplyRequest {
+            name,
+            object: &object,
+            source: format!("{name}.xpol"),
+            interfaces: vec![net.vb.clone()],
+            hooks: None,
+            mode: xpol_runtime::loader::XdpAttachMode::Auto,
+            set_contents: Default::default(),
+        };
+        apply::apply(&xpol_runtime::store::Store::write().expect("store"), &req).expect("apply");
+    })
+    .expect("netns");
+}
+
+/// The program the applied policy `name`'s (first) link runs.
+fn running_program(store: &xpol_runtime::store::Store, name: &str) -> u32 {
+    store.applied(name).expect("applied").links.first().expect("a link").prog_id
+}
+
+/// Whether XDP program `prog` drops a UDP datagram from `src`
+/// (`BPF_PROG_TEST_RUN`).
+fn drops_source(prog: &std::os::fd::OwnedFd, src: std::net::Ipv4Addr) -> bool {
+    let packet = xpol_runtime::packet::PacketSpec::udp4(src, std::net::Ipv4Addr::new(198, 18, 0, 1), 1000, 53).build();
+    xpol_runtime::sys::prog_test_run(std::os::fd::AsFd::as_fd(prog), &packet, None, 1).expect("test run").retval == 1 // XDP_DROP
+}
+
 /// 10,000 single-element changes and a replace of 100,000 IPv4 prefixes,
 /// through the library (what `xpol set` runs, without 10,000 process
 /// starts), while a stream flows whose port and source no version of the
@@ -642,31 +677,13 @@ fn ten_thousand_set_changes_and_a_large_replace_under_traffic() {
     if !usable() {
         return;
     }
-    use xpol_runtime::apply::{self, ApplyRequest, SetChange, SetEditor};
+    use xpol_runtime::apply::{self, SetChange, SetEditor};
     use xpol_runtime::store::Store;
     let net = Net::new();
     let name = format!("test-many-{}", std::process::id());
     let _cleanup = HostPolicy(name.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
     let text = "set ports: int max 20000 = { 9 }\nset nets: cidr max 200000 = { 203.0.113.0/24 }\nxdp /udp.dport in ports/ { drop }\nxdp /ip.src in nets/ { drop }\nxdp { pass }\n";
-    let policy = write(dir.path(), "many.xpol", text);
-    let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
-    let netns = PathBuf::from("/run/netns").join(&net.b);
-    let vb = net.vb.clone();
-    xpol_runtime::sys::in_netns(&netns, None, || {
-        let store = Store::write().expect("store");
-        let req = ApplyRequest {
-            name: &name,
-            object: &object,
-            source: "many.xpol".into(),
-            interfaces: vec![vb.clone()],
-            hooks: None,
-            mode: xpol_runtime::loader::XdpAttachMode::Auto,
-            set_contents: Default::default(),
-        };
-        apply::apply(&store, &req).expect("apply");
-    })
-    .expect("netns");
+    apply_in_host_store(&net, &name, text);
     let blocklist: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/ref-fw/blocklist-100000.txt"))
         .expect("blocklist")
         .lines()
@@ -756,39 +773,16 @@ fn ipv4_single_changes_are_in_place_and_exact() {
 
 fn ipv4_walk(capacity: u32, seed: u64) {
     use std::net::Ipv4Addr;
-    use xpol_runtime::apply::{self, ApplyRequest, SetChange, SetEditor};
-    use xpol_runtime::packet::PacketSpec;
+    use xpol_runtime::apply::{SetChange, SetEditor};
     use xpol_runtime::store::Store;
     let net = Net::new();
     let name = format!("test-v4-{}", std::process::id());
     let _cleanup = HostPolicy(name.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = write(dir.path(), "v4.xpol", &format!("set nets: cidr max {capacity} = {{ 203.0.113.0/24 }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n"));
-    let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
-    let netns = PathBuf::from("/run/netns").join(&net.b);
-    let vb = net.vb.clone();
-    xpol_runtime::sys::in_netns(&netns, None, || {
-        let req = ApplyRequest {
-            name: &name,
-            object: &object,
-            source: "v4.xpol".into(),
-            interfaces: vec![vb.clone()],
-            hooks: None,
-            mode: xpol_runtime::loader::XdpAttachMode::Auto,
-            set_contents: Default::default(),
-        };
-        apply::apply(&Store::write().expect("store"), &req).expect("apply");
-    })
-    .expect("netns");
+    apply_in_host_store(&net, &name, &format!("set nets: cidr max {capacity} = {{ 203.0.113.0/24 }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n"));
     let store = Store::write().expect("store");
-    let program = |store: &Store| store.applied(&name).expect("applied").links.first().expect("a link").prog_id;
-    let before = program(&store);
+    let before = running_program(&store, &name);
     let prog = xpol_runtime::sys::prog_fd_by_id(before).expect("the program");
-    let dropped = |a: u32| {
-        let packet = PacketSpec::udp4(Ipv4Addr::from(a), Ipv4Addr::new(198, 18, 0, 1), 1000, 53).build();
-        let report = xpol_runtime::sys::prog_test_run(std::os::fd::AsFd::as_fd(&prog), &packet, None, 1).expect("test run");
-        report.retval == 1 // XDP_DROP
-    };
+    let dropped = |a: u32| drops_source(&prog, Ipv4Addr::from(a));
 
     let stream = Stream::start(&net);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(seed);
@@ -833,7 +827,7 @@ fn ipv4_walk(capacity: u32, seed: u64) {
     let (sent, received) = stream.stop();
     assert!(sent > 0, "the stream ran: {sent}");
     assert_eq!(sent, received, "no datagram lost or dropped");
-    assert_eq!(program(&store), before, "every change was made in place: the program is the same");
+    assert_eq!(running_program(&store, &name), before, "every change was made in place: the program is the same");
     let mut listed = store.applied(&name).expect("applied").current.expect("current").elements("nets").expect("elements");
     let mut expected: Vec<String> = members.iter().map(|&(a, len)| format!("{}/{len}", Ipv4Addr::from(a))).collect();
     listed.sort();
@@ -884,40 +878,18 @@ fn ipv4_in_place_out_of_room_adds_nothing() {
         return;
     }
     use std::net::Ipv4Addr;
-    use xpol_runtime::apply::{self, ApplyRequest, SetChange, SetEditor};
-    use xpol_runtime::packet::PacketSpec;
+    use xpol_runtime::apply::{SetChange, SetEditor};
     use xpol_runtime::store::Store;
     let net = Net::new();
     let name = format!("test-v4-room-{}", std::process::id());
     let _cleanup = HostPolicy(name.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
     // 100 /24s in 10.1.0.0/16: one mid chunk; the estimate gives 16.
     let initial: Vec<String> = (0..100).map(|i| format!("10.1.{i}.0/24")).collect();
-    let policy = write(dir.path(), "room.xpol", &format!("set nets: cidr = {{ {} }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n", initial.join(", ")));
-    let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
-    let netns = PathBuf::from("/run/netns").join(&net.b);
-    let vb = net.vb.clone();
-    xpol_runtime::sys::in_netns(&netns, None, || {
-        let req = ApplyRequest {
-            name: &name,
-            object: &object,
-            source: "room.xpol".into(),
-            interfaces: vec![vb.clone()],
-            hooks: None,
-            mode: xpol_runtime::loader::XdpAttachMode::Auto,
-            set_contents: Default::default(),
-        };
-        apply::apply(&Store::write().expect("store"), &req).expect("apply");
-    })
-    .expect("netns");
+    apply_in_host_store(&net, &name, &format!("set nets: cidr = {{ {} }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n", initial.join(", ")));
     let store = Store::write().expect("store");
-    let program = |store: &Store| store.applied(&name).expect("applied").links.first().expect("a link").prog_id;
-    let before = program(&store);
+    let before = running_program(&store, &name);
     let prog = xpol_runtime::sys::prog_fd_by_id(before).expect("the program");
-    let dropped = |a: Ipv4Addr| {
-        let packet = PacketSpec::udp4(a, Ipv4Addr::new(198, 18, 0, 1), 1000, 53).build();
-        xpol_runtime::sys::prog_test_run(std::os::fd::AsFd::as_fd(&prog), &packet, None, 1).expect("test run").retval == 1
-    };
+    let dropped = |a: Ipv4Addr| drops_source(&prog, a);
     let mut editor = SetEditor::open(&store, &name, "nets").expect("the set");
     for i in 0..15 {
         editor.change(&store, SetChange::Add(vec![format!("10.{}.7.0/24", 10 + i)])).unwrap_or_else(|e| panic!("add {i}: {e}"));
@@ -932,5 +904,5 @@ fn ipv4_in_place_out_of_room_adds_nothing() {
     editor.change(&store, SetChange::Delete(vec!["10.10.7.0/24".into()])).expect("delete");
     editor.change(&store, SetChange::Add(vec!["10.99.7.0/24".into()])).expect("room again after a delete");
     assert!(dropped(Ipv4Addr::new(10, 99, 7, 1)) && !dropped(Ipv4Addr::new(10, 10, 7, 1)) && dropped(Ipv4Addr::new(10, 1, 42, 9)));
-    assert_eq!(program(&store), before, "every change that succeeded was made in place");
+    assert_eq!(running_program(&store, &name), before, "every change that succeeded was made in place");
 }
