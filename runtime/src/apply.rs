@@ -521,7 +521,9 @@ pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[Stri
     let mut outcome = Replaced::default();
     let mut adopt_maps = Vec::new();
     for m in &meta.maps {
-        if running.meta().maps.iter().any(|o| o == m) {
+        // The same kernel map whatever else moved (its lost-update slot
+        // follows the number of rules).
+        if running.meta().maps.iter().any(|o| o.same_map(m)) {
             adopt_maps.push((m.map.clone(), Arc::new(running.maps().map_fd(&m.map)?)));
             outcome.maps_kept.push(m.name.clone());
         }
@@ -541,7 +543,8 @@ pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[Stri
     drop(dropped);
     // Once the old programs can no longer run, their counters are final.
     sys::wait_for_running_programs();
-    match old.rule_counters() {
+    // Every slot: rules, and the lost updates of the maps handed on.
+    match old.maps().slot_counters() {
         Ok(counters) => {
             let (base, carried) = carried_counters(old.meta(), &counters, running.meta());
             running.set_base(base);
