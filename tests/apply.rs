@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::net::{output_bounded, wait_bounded, Net};
+use common::net::{output_bounded, python_ready, wait_bounded, Net};
 
 /// A private mount namespace with a fresh bpffs at /sys/fs/bpf, held
 /// open by a sleeping process; commands enter it (and a network namespace).
@@ -141,25 +141,11 @@ struct Stream {
 
 impl Stream {
     fn start(net: &Net) -> Stream {
-        let mut receiver = Command::new("ip")
-            .args(["netns", "exec", &net.b, "timeout", "120", "python3", "-c", RECEIVER])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("receiver");
-        let mut ready = [0u8; 6];
-        receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
-        let mut sender = Command::new("ip")
-            .args(["netns", "exec", &net.a, "timeout", "120", "python3", "-c", SENDER, &net.addr_b])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sender");
-        // Not a fixed wait for the start: on a loaded machine Python may
-        // take longer to start than any wait, and a stream stopped before
-        // its first datagram proves nothing. Then a while of sending, so
-        // that a test that stops it at once still sees a stream.
-        sender.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("sender ready");
+        let receiver = python_ready(&net.b, 120, RECEIVER, &[]);
+        // Not a fixed wait for the start: a stream stopped before its
+        // first datagram proves nothing. Then a while of sending, so that
+        // a test that stops it at once still sees a stream.
+        let sender = python_ready(&net.a, 120, SENDER, &[&net.addr_b]);
         std::thread::sleep(Duration::from_millis(300));
         Stream { receiver, sender }
     }
@@ -632,10 +618,13 @@ impl Drop for HostPolicy {
     }
 }
 
-/// Compiles `text` and applies it as `name` in the host's store, on the
-/// interface of `net`'s namespace b (entered for the attach only).
-fn apply_in_host_store(net: &Net, name: &str, text: &str) {
+/// Compiles `text` and applies it in the host's store, on the interface
+/// of `net`'s namespace b (entered for the attach only), under a name of
+/// this test process (`test-KIND-PID`), deleted when the guard drops.
+fn apply_in_host_store(net: &Net, kind: &str, text: &str) -> HostPolicy {
     use xpol_runtime::apply::{self, ApplyRequest};
+    let guard = HostPolicy(format!("test-{kind}-{}", std::process::id()));
+    let name = guard.0.as_str();
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = write(dir.path(), &format!("{name}.xpol"), text);
     let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
@@ -653,6 +642,7 @@ fn apply_in_host_store(net: &Net, name: &str, text: &str) {
         apply::apply(&xpol_runtime::store::Store::write().expect("store"), &req).expect("apply");
     })
     .expect("netns");
+    guard
 }
 
 /// The program the applied policy `name`'s (first) link runs.
@@ -680,10 +670,9 @@ fn ten_thousand_set_changes_and_a_large_replace_under_traffic() {
     use xpol_runtime::apply::{self, SetChange, SetEditor};
     use xpol_runtime::store::Store;
     let net = Net::new();
-    let name = format!("test-many-{}", std::process::id());
-    let _cleanup = HostPolicy(name.clone());
     let text = "set ports: int max 20000 = { 9 }\nset nets: cidr max 200000 = { 203.0.113.0/24 }\nxdp /udp.dport in ports/ { drop }\nxdp /ip.src in nets/ { drop }\nxdp { pass }\n";
-    apply_in_host_store(&net, &name, text);
+    let policy = apply_in_host_store(&net, "many", text);
+    let name = &policy.0;
     let blocklist: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/ref-fw/blocklist-100000.txt"))
         .expect("blocklist")
         .lines()
@@ -776,9 +765,8 @@ fn ipv4_walk(capacity: u32, seed: u64) {
     use xpol_runtime::apply::{SetChange, SetEditor};
     use xpol_runtime::store::Store;
     let net = Net::new();
-    let name = format!("test-v4-{}", std::process::id());
-    let _cleanup = HostPolicy(name.clone());
-    apply_in_host_store(&net, &name, &format!("set nets: cidr max {capacity} = {{ 203.0.113.0/24 }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n"));
+    let policy = apply_in_host_store(&net, "v4", &format!("set nets: cidr max {capacity} = {{ 203.0.113.0/24 }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n"));
+    let name = &policy.0;
     let store = Store::write().expect("store");
     let before = running_program(&store, &name);
     let prog = xpol_runtime::sys::prog_fd_by_id(before).expect("the program");
@@ -881,11 +869,10 @@ fn ipv4_in_place_out_of_room_adds_nothing() {
     use xpol_runtime::apply::{SetChange, SetEditor};
     use xpol_runtime::store::Store;
     let net = Net::new();
-    let name = format!("test-v4-room-{}", std::process::id());
-    let _cleanup = HostPolicy(name.clone());
     // 100 /24s in 10.1.0.0/16: one mid chunk; the estimate gives 16.
     let initial: Vec<String> = (0..100).map(|i| format!("10.1.{i}.0/24")).collect();
-    apply_in_host_store(&net, &name, &format!("set nets: cidr = {{ {} }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n", initial.join(", ")));
+    let policy = apply_in_host_store(&net, "v4-room", &format!("set nets: cidr = {{ {} }}\nxdp /ip.src in nets/ {{ drop }}\nxdp {{ pass }}\n", initial.join(", ")));
+    let name = &policy.0;
     let store = Store::write().expect("store");
     let before = running_program(&store, &name);
     let prog = xpol_runtime::sys::prog_fd_by_id(before).expect("the program");

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::net::{ip, output_bounded, wait_bounded, Net};
+use common::net::{ip, output_bounded, python_ready, wait_bounded, Net};
 
 /// Counts datagrams to ports 7 and 9: says "ready" once it listens, and
 /// when its standard input closes (the sender is done) and half a second
@@ -111,15 +111,8 @@ fn end_to_end_on(hook_args: &[&str], policy: &str, side: Side) {
 /// Sends 10 datagrams to port 9 and 5 to port 7 from a to b; how many
 /// arrived at each, as "PORT7 PORT9".
 fn send_and_count(net: &Net) -> String {
-    let mut receiver = Command::new("ip")
-        .args(["netns", "exec", &net.b, "timeout", "30", "python3", "-c", RECEIVER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start receiver");
     // Send once it listens, however long Python takes to start.
-    let mut ready = [0u8; 6];
-    receiver.stdout.as_mut().expect("stdout").read_exact(&mut ready).expect("receiver ready");
+    let mut receiver = python_ready(&net.b, 30, RECEIVER, &[]);
     let sent = Command::new("ip").args(["netns", "exec", &net.a, "timeout", "5", "python3", "-c", SENDER, &net.addr_b]).status().expect("sender");
     assert!(sent.success());
     drop(receiver.stdin.take());

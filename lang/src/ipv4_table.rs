@@ -239,7 +239,8 @@ impl Ipv4Table {
     }
 }
 
-fn mask(len: u8) -> u32 {
+/// The netmask of a prefix of `len` bits (at most 32), in host order.
+pub fn mask(len: u8) -> u32 {
     if len == 0 {
         0
     } else {

@@ -23,6 +23,7 @@
 //!   old programs can no longer run.
 
 use crate::ipv4_edit::Ipv4Editor;
+use xpol_lang::ipv4_table::mask;
 use crate::loader::{self, LoadOptions, LoadedPolicy, RuntimeError, XdpAttachMode};
 use crate::store::{self, Attachment, Generation, Record, Store};
 use crate::sys;
@@ -799,32 +800,29 @@ impl SetEditor {
     /// order [`SetEditor::change_in_place`] keeps; when the tables have no
     /// free chunk left, by reloading the set as listed.
     fn change_ipv4_in_place(&mut self, store: &Store, add: bool, e: &str, (addr, len): (u32, u8)) -> Result<()> {
-        let text = |a: u32, l: u8| format!("{}/{l}", std::net::Ipv4Addr::from(a & u32::MAX.checked_shl(32 - u32::from(l)).unwrap_or(0)));
         if add {
             let listed = self.elements.contains(e)?;
             if !listed {
                 self.elements.insert(e).map_err(|_| self.full())?;
             }
             let v4 = self.v4.as_ref().expect("checked by the caller");
-            let painted = v4.paint(addr, len, true, &[]);
-            if !matches!(painted, Ok(Ok(()))) {
-                // Out of chunks (nothing changed yet): reload with the element,
-                // which packs the tables; if that fails too (the set is full),
-                // or painting failed, the element was not added.
-                let reloaded = match painted {
-                    Ok(Err(_)) => self.elements.elements().and_then(|elements| self.switch_to(store, elements)),
-                    Err(e) => Err(e),
-                    Ok(Ok(())) => unreachable!(),
-                };
-                if reloaded.is_err() && !listed {
-                    let _ = self.elements.remove(e);
+            let done = match v4.paint(addr, len, true, &[]) {
+                Ok(Ok(())) => {
+                    if let Some(members) = &mut self.v4_members {
+                        members.insert((addr, len));
+                    }
+                    return Ok(());
                 }
-                return reloaded;
+                // Out of chunks (nothing changed yet): reload with the
+                // element, which packs the tables.
+                Ok(Err(_)) => self.elements.elements().and_then(|elements| self.switch_to(store, elements)),
+                Err(e) => Err(e),
+            };
+            // Neither in place nor by reloading (the set is full): not added.
+            if done.is_err() && !listed {
+                let _ = self.elements.remove(e);
             }
-            if let Some(members) = &mut self.v4_members {
-                members.insert((addr, len));
-            }
-            return Ok(());
+            return done;
         }
         if !self.elements.contains(e)? {
             return Err(self.not_in_set(e));
@@ -832,7 +830,7 @@ impl SetEditor {
         // A shorter prefix of the set still holds every address of `e`.
         let mut covered = false;
         for l in 0..len {
-            covered |= self.elements.contains(&text(addr, l))?;
+            covered |= self.elements.contains(&ipv4_text(addr & mask(l), l))?;
         }
         if !covered {
             let keep = self.ipv4_inside(addr, len)?;
@@ -858,7 +856,7 @@ impl SetEditor {
             for l in len + 1..=32 {
                 for i in 0..1u32 << (l - len) {
                     let a = addr | (i << (32 - l));
-                    if self.elements.contains(&format!("{}/{l}", std::net::Ipv4Addr::from(a)))? {
+                    if self.elements.contains(&ipv4_text(a, l))? {
                         inside.push((a, l));
                     }
                 }
@@ -870,7 +868,7 @@ impl SetEditor {
             self.elements.for_each(|e| members.extend(self.ipv4_prefix(e)))?;
             self.v4_members = Some(members);
         }
-        let last = addr | !u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        let last = addr | !mask(len);
         let members = self.v4_members.as_ref().expect("read above");
         Ok(members.range((addr, 0)..=(last, 32)).copied().filter(|&(_, l)| l > len).collect())
     }
@@ -939,6 +937,12 @@ impl SetEditor {
         *self = SetEditor::open(store, &self.name, &self.set.name)?;
         Ok(())
     }
+}
+
+/// An IPv4 prefix in the canonical text of set elements
+/// (`loader::canonical_element`): `198.51.100.0/24`.
+fn ipv4_text(addr: u32, len: u8) -> String {
+    format!("{}/{len}", std::net::Ipv4Addr::from(addr))
 }
 
 #[cfg(test)]

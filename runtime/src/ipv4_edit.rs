@@ -29,7 +29,7 @@ use crate::sys::{self, MappedValue};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use xpol_lang::ipv4_table::{self, Ipv4Table, Placement, FIRST_CHILD, HIT, LEAF_BYTES, MISS, ROOT_ENTRIES};
+use xpol_lang::ipv4_table::{self, mask, Ipv4Table, Placement, FIRST_CHILD, HIT, LEAF_BYTES, MISS, ROOT_ENTRIES};
 use xpol_lang::meta::{self, SetMeta};
 
 type Result<T> = std::result::Result<T, RuntimeError>;
@@ -55,10 +55,6 @@ enum Slash16 {
     Miss,
     Hit,
     Mid(Box<[Slash24; 256]>),
-}
-
-fn mask(len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
 }
 
 /// Whether prefix `(addr, len)` has addresses in /16 number `hi`.

@@ -83,3 +83,22 @@ pub fn output_bounded(mut cmd: Command) -> std::process::Output {
     child.wait_with_output().expect("output")
 }
 
+/// `python3 -c SCRIPT ARGS` in namespace `ns` (killed after `secs`), with
+/// stdin and stdout piped, returned once it printed its first line
+/// ("ready"): however long Python takes to start on a loaded machine, a
+/// script that listens or sends has begun to.
+pub fn python_ready(ns: &str, secs: u32, script: &str, args: &[&str]) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", &secs.to_string(), "python3", "-c", script])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.as_mut().expect("stdout"));
+    out.read_line(&mut line).expect("the script says it is ready");
+    assert_eq!(line.trim(), "ready", "the script's first line");
+    child
+}
