@@ -621,7 +621,7 @@ fn ne_as_eq(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -
                         expr(e);
                     }
                 }
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) => {}
             }
         }
     }

@@ -39,6 +39,7 @@ fn action(o: Outcome) -> Action {
         Outcome::Tx => Action::Tx,
         Outcome::Redirect => Action::Redirect,
         Outcome::Abort => Action::Abort,
+        Outcome::Lb => panic!("the policies padded here have no `lb`"),
     }
 }
 

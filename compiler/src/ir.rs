@@ -183,6 +183,84 @@ impl UserMap {
     }
 }
 
+pub type PoolId = usize;
+
+/// A `pool` of backends for `lb(...)`: one family, distinct addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub v6: bool,
+    pub backends: Vec<Backend>,
+    /// Slots of the Maglev table (prime; `table N`).
+    pub table_size: u32,
+    /// Backends the pool can hold (`max N`): room for `xpol pool add`.
+    pub max_backends: u32,
+    /// Entries of the flow table (`flows N`).
+    pub flows: u32,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub weight: u32,
+}
+
+/// Backends a pool can hold without `max N`.
+pub const DEFAULT_POOL_BACKENDS: u32 = 256;
+/// The largest `max N` of a pool.
+pub const MAX_POOL_BACKENDS: u64 = 4096;
+/// Flow-table entries without `flows N`.
+pub const DEFAULT_POOL_FLOWS: u32 = 65_536;
+/// The largest `flows N`: an LRU hash preallocates its entries, about 150
+/// bytes each (key 40, value 8, the kernel's element header and buckets),
+/// so 2^24 entries take some 2.5 GiB.
+pub const MAX_POOL_FLOWS: u64 = 1 << 24;
+/// The largest weight: the table gives each backend a share of its slots
+/// in proportion, so weights beyond the table size say nothing more.
+pub const MAX_BACKEND_WEIGHT: u64 = 65_535;
+
+/// How an `lb` sends the packet to its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    /// IP in IP: IPv4 (protocol 4) or IPv6 (41) inside an outer header of
+    /// the pool's family.
+    Ipip,
+    /// GUE (variant 1, direct IP) in UDP to this port.
+    Gue { port: u16 },
+}
+
+/// What the flow hash reads (`by:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowHash {
+    /// Addresses, ports and protocol (the default).
+    FiveTuple,
+    /// `by: ip.src`: source affinity.
+    Source,
+    /// `by: ports`: the ports and protocol.
+    Ports,
+}
+
+/// The outer source address of an encapsulated packet (`src:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OuterSource {
+    /// One address for every flow.
+    Fixed(IpAddr),
+    /// An address of the prefix per flow: its host bits (the last 32 at
+    /// most) from the flow hash, so that backends spread flows over their
+    /// receive queues.
+    PerFlow(IpAddr, u8),
+}
+
+/// `lb(POOL, ...)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Balance {
+    pub pool: PoolId,
+    pub encap: Encap,
+    pub hash: FlowHash,
+    pub src: OuterSource,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expr {
     pub kind: ExprKind,
@@ -260,6 +338,8 @@ pub enum StmtKind {
     If { cond: Expr, then_body: Vec<Stmt>, else_body: Vec<Stmt> },
     Let { local: LocalId, value: Expr },
     MapUpdate { map: MapId, keys: Vec<Expr>, op: MapOp },
+    /// Balance over a pool; ends evaluation like a verdict.
+    Lb(Balance),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,6 +382,9 @@ pub enum Outcome {
     Tx,
     Abort,
     Redirect,
+    /// Balanced to a backend (`lb`): sent on encapsulated (`XDP_TX`, a
+    /// redirect, or up the stack when the kernel must find the next hop).
+    Lb,
 }
 
 impl Outcome {
@@ -312,6 +395,7 @@ impl Outcome {
             Outcome::Tx => "tx",
             Outcome::Abort => "abort",
             Outcome::Redirect => "redirect",
+            Outcome::Lb => "lb",
         }
     }
 }
@@ -329,6 +413,8 @@ pub struct TestCase {
     pub decided_by: Option<RuleId>,
     /// Map entries the packet must leave behind (`, @m[k] == v`).
     pub maps: Vec<MapExpect>,
+    /// `=> lb(POOL, ADDR)`: the pool, and the backend when named.
+    pub lb: Option<(PoolId, Option<IpAddr>)>,
     pub span: Span,
 }
 
@@ -350,6 +436,7 @@ pub struct Policy {
     pub maps: Vec<UserMap>,
     pub locals: Vec<Local>,
     pub redirects: Vec<String>,
+    pub pools: Vec<Pool>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -408,6 +495,7 @@ impl Printer<'_> {
                     };
                     out.push_str(&format!("{pad}@{}{} = {rhs}\n", self.policy.maps[*map].name, self.keys(keys)))
                 }
+                StmtKind::Lb(lb) => out.push_str(&format!("{pad}{}\n", self.balance(lb))),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);
@@ -419,6 +507,25 @@ impl Printer<'_> {
                 }
             }
         }
+    }
+}
+
+impl Printer<'_> {
+    fn balance(&self, lb: &Balance) -> String {
+        let encap = match lb.encap {
+            Encap::Ipip => "ipip".to_string(),
+            Encap::Gue { port } => format!("gue, port: {port}"),
+        };
+        let by = match lb.hash {
+            FlowHash::FiveTuple => "5-tuple",
+            FlowHash::Source => "ip.src",
+            FlowHash::Ports => "ports",
+        };
+        let src = match lb.src {
+            OuterSource::Fixed(a) => a.to_string(),
+            OuterSource::PerFlow(a, l) => format!("{a}/{l} per flow"),
+        };
+        format!("lb {}, encap: {encap}, by: {by}, src: {src}", self.policy.pools[lb.pool].name)
     }
 }
 
@@ -470,6 +577,18 @@ impl fmt::Display for Policy {
             let max = s.capacity.map(|n| format!(" max {n}")).unwrap_or_default();
             out.push_str(&format!("{kind} {}: {elem}{max} = {}\n", s.name, s.contents));
         }
+        for pool in &self.pools {
+            let backends: Vec<String> = pool.backends.iter().map(|b| format!("{} weight {}", b.addr, b.weight)).collect();
+            out.push_str(&format!(
+                "pool {}: {} table {} max {} flows {} = {{{}}}\n",
+                pool.name,
+                if pool.v6 { "ipv6" } else { "ipv4" },
+                pool.table_size,
+                pool.max_backends,
+                pool.flows,
+                backends.join(", ")
+            ));
+        }
         for m in &self.maps {
             let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();
             let max = m.capacity.map(|n| format!(", max {n}")).unwrap_or_default();
@@ -496,7 +615,12 @@ impl fmt::Display for Policy {
             };
             let by = t.decided_by.map(|r| format!(" by rule {r}")).unwrap_or_default();
             let on = t.hook.map(|h| format!(" on {}", h.as_str())).unwrap_or_default();
-            out.push_str(&format!("\ntest {:?}{on}: {packet} => {}{by}", t.test, t.expect.as_str()));
+            let expect = match t.lb {
+                Some((pool, None)) => format!("lb({})", self.pools[pool].name),
+                Some((pool, Some(addr))) => format!("lb({}, {addr})", self.pools[pool].name),
+                None => t.expect.as_str().to_string(),
+            };
+            out.push_str(&format!("\ntest {:?}{on}: {packet} => {expect}{by}", t.test));
             for m in &t.maps {
                 let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
                 let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };

@@ -15,6 +15,7 @@ pub enum Item {
     Include(Include),
     Set(SetDecl),
     Map(MapDecl),
+    Pool(PoolDecl),
     Const(ConstDecl),
     Probe(Probe),
     Test(TestBlock),
@@ -34,13 +35,23 @@ pub struct TestBlock {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestCase {
     pub packet: PacketDesc,
-    /// `pass`, `drop`, `tx`, `abort` or `redirect`.
+    /// `pass`, `drop`, `tx`, `abort`, `redirect` or `lb`.
     pub expect: Ident,
+    /// `=> lb(POOL)` or `=> lb(POOL, ADDR)` (then `expect` is `lb`).
+    pub lb: Option<LbExpect>,
     /// `by LINE`: the rule on that line of the file must decide.
     pub decided_by: Option<(u32, Span)>,
     /// `, @map[KEYS] == VALUE`: map entries after the packet.
     pub maps: Vec<MapExpect>,
     pub span: Span,
+}
+
+/// `=> lb(POOL, ADDR)` in a test case: the packet is balanced to a
+/// backend of the pool (to `ADDR`, when given).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LbExpect {
+    pub pool: Ident,
+    pub backend: Option<Expr>,
 }
 
 /// `@seen[198.18.0.1] == 1` in a test case: the entry's value after the
@@ -114,6 +125,28 @@ pub struct MapDecl {
     pub map: Ident,
     /// `N`, and the span of `max N`.
     pub max: (u64, Span),
+    pub span: Span,
+}
+
+/// `pool NAME [table N] [flows N] [max N] = { ADDR [weight W], ... }`
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolDecl {
+    pub name: Ident,
+    /// `table N`, `flows N`, `max N` as written: the option word, its value
+    /// and the span of both.
+    pub options: Vec<(Ident, u64, Span)>,
+    pub backends: Vec<BackendDecl>,
+    /// The braces.
+    pub body: Span,
+    pub span: Span,
+}
+
+/// One backend of a pool: `198.18.1.10 weight 2`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendDecl {
+    pub addr: Expr,
+    /// `weight W` and its span.
+    pub weight: Option<(u64, Span)>,
     pub span: Span,
 }
 
@@ -200,10 +233,21 @@ pub enum StmtKind {
     If { cond: Expr, then_block: Block, else_block: Option<Block> },
     /// `let NAME = expr`
     Let { name: Ident, value: Expr },
+    /// `lb(POOL, name: value, name, ...)`: balance over a pool. The options
+    /// are checked by the checker.
+    Lb { pool: Ident, args: Vec<LbArg> },
     /// `@map[k1, k2] = value`; `keys` is empty for `@map = value`. The value is
     /// an ordinary expression; the aggregations `count()` and `sum(e)` are
     /// [`ExprKind::Call`]s that the checker accepts only here.
     MapAssign { map: Ident, keys: Vec<Expr>, value: Expr },
+}
+
+/// One option of `lb(...)`: `encap: ipip`, `port: 6080`, `nat`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LbArg {
+    pub name: Ident,
+    pub value: Option<Expr>,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq)]

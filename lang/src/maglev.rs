@@ -169,17 +169,18 @@ fn fmix32(mut h: u32) -> u32 {
 }
 
 /// The words of an address as the flow hash feeds them: the address's wire
-/// bytes taken 4 at a time as little-endian u32
-/// (`u32::from_le_bytes(bytes[i..i + 4])`), which is what a 32-bit load of
-/// the packet gives on a little-endian machine. IPv4: 1 word; IPv6: 4
-/// words. A length that is not a multiple of 4 (no address has one) is
+/// bytes taken 4 at a time as big-endian u32
+/// (`u32::from_be_bytes(bytes[i..i + 4])`, the number `198.18.0.1` is,
+/// 0xc6120001): the same on every machine, and what the eBPF program
+/// already holds for an IPv6 address (two big-endian halves). IPv4: 1
+/// word; IPv6: 4 words. A length that is not a multiple of 4 (no address has one) is
 /// padded with zero bytes.
 pub fn addr_words(addr: &[u8]) -> Vec<u32> {
     addr.chunks(4)
         .map(|chunk| {
             let mut block = [0u8; 4];
             block[..chunk.len()].copy_from_slice(chunk);
-            u32::from_le_bytes(block)
+            u32::from_be_bytes(block)
         })
         .collect()
 }

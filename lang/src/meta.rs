@@ -119,6 +119,10 @@ pub struct ObjectMeta {
     /// blocks, every CPU counts in [`RULES_MAP`] (what those objects do).
     #[serde(default)]
     pub counters: CountersMeta,
+    /// The `pool`s that `lb(...)` statements balance over (absent before
+    /// the load balancer existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolMeta>,
 }
 
 impl ObjectMeta {
@@ -358,6 +362,98 @@ impl UserMapMeta {
         (&self.name, &self.map, self.value, self.per_cpu, &self.keys, self.key_size, self.max_entries)
             == (&other.name, &other.map, other.value, other.per_cpu, &other.keys, other.key_size, other.max_entries)
     }
+}
+
+// ------------------------------------------------------------ load balancer
+
+/// A `pool` of backends: its initial contents and the four maps the
+/// programs balance with. The runtime builds the Maglev table
+/// ([`crate::maglev::build_table`]) from the backends and fills the maps;
+/// `xpol pool` changes them on a running policy.
+///
+/// - `ring_map`: `BPF_MAP_TYPE_ARRAY`, `table_size` entries, key u32 (the
+///   flow hash modulo `table_size`), value u32: the backend slot, or
+///   [`crate::maglev::NO_BACKEND`].
+/// - `backends_map`: `BPF_MAP_TYPE_ARRAY`, `max_backends` entries, key u32
+///   (the backend slot), value [`BackendValue`].
+/// - `flows_map`: `BPF_MAP_TYPE_LRU_HASH`, `flows` entries, key
+///   [`FlowKey`], value [`FlowValue`]: the backend each flow went to, so
+///   that established flows stay there when the pool changes.
+/// - `stats_map`: `BPF_MAP_TYPE_PERCPU_ARRAY`, `max_backends + 1` entries,
+///   key u32 (the backend slot; the last one counts packets dropped for
+///   want of a backend), value [`BackendCounters`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolMeta {
+    pub name: String,
+    /// The backends' family: every backend of a pool has the same.
+    pub v6: bool,
+    /// The backends as declared: slot `i` holds `backends[i]`.
+    pub backends: Vec<BackendMeta>,
+    /// Slots of the Maglev lookup table (a prime).
+    pub table_size: u32,
+    /// Slots of the backends map: the most backends the pool can hold.
+    pub max_backends: u32,
+    /// Entries of the flow table.
+    pub flows: u32,
+    pub ring_map: String,
+    pub backends_map: String,
+    pub flows_map: String,
+    pub stats_map: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendMeta {
+    pub addr: std::net::IpAddr,
+    /// 0: drained (no new flows; its established flows stay).
+    pub weight: u32,
+}
+
+/// Bit of [`BackendValue::flags`]: the slot holds a backend. A flow whose
+/// slot lost its backend is balanced again.
+pub const BACKEND_PRESENT: u32 = 1;
+
+/// A value of a pool's backends map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct BackendValue {
+    /// Network order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    pub flags: u32,
+}
+
+/// A key of a pool's flow table: the 5-tuple as the packet carries it.
+/// Addresses in network order (IPv4 in the first 4 bytes, the rest
+/// zero), ports in network order as on the wire (0 for packets without
+/// ports, and for every fragment), the protocol, and 4 or 6.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// A value of a pool's flow table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowValue {
+    /// The backend slot.
+    pub backend: u32,
+    pub reserved: u32,
+}
+
+/// Counters of one backend on one CPU (a pool's stats map).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows the Maglev table sent here (flow-table misses).
+    pub new_flows: u64,
 }
 
 #[cfg(test)]

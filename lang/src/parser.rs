@@ -109,6 +109,12 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
         Rule::max_n | Rule::max_word => "`max N`",
         Rule::rule_label | Rule::rule_word => "`rule \"NAME\"`",
+        Rule::pool_decl | Rule::pool_word | Rule::pool_body => "a pool such as `pool web = { 198.18.1.10, 198.18.1.11 }`",
+        Rule::pool_opt | Rule::pool_opt_word => "`table N`, `flows N` or `max N`",
+        Rule::backend => "a backend address",
+        Rule::weight_word => "`weight N`",
+        Rule::lb_stmt | Rule::lb_word | Rule::lb_arg => "`lb(POOL, encap: ipip, src: ADDR)`",
+        Rule::lb_expect => "`lb(POOL)` or `lb(POOL, ADDR)`",
         Rule::else_part => "`else`",
         _ => return None,
     })
@@ -218,6 +224,48 @@ impl AstBuilder {
                 let max = self.max_n(it.next()?)?;
                 Some(Item::Map(ast::MapDecl { map, max, span }))
             }
+            Rule::pool_decl => {
+                let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::pool_word);
+                let name = self.ident(it.next()?);
+                let mut options = Vec::new();
+                let mut body = it.next()?;
+                while body.as_rule() == Rule::pool_opt {
+                    let ospan = self.span(&body);
+                    let mut o = body.into_inner();
+                    let word = self.ident(o.next()?);
+                    let n = o.next()?;
+                    match n.as_str().parse::<u64>() {
+                        Ok(v) => options.push((word, v, ospan)),
+                        Err(_) => {
+                            let nspan = self.span(&n);
+                            self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                        }
+                    }
+                    body = it.next()?;
+                }
+                let body_span = self.span(&body);
+                let mut backends = Vec::new();
+                for be in body.into_inner() {
+                    let bspan = self.span(&be);
+                    let mut bi = be.into_inner();
+                    let Some(addr) = self.expr(bi.next()?) else { continue };
+                    let weight = match bi.find(|q| q.as_rule() == Rule::dec_int) {
+                        Some(n) => {
+                            let nspan = self.span(&n);
+                            match n.as_str().parse::<u64>() {
+                                Ok(v) => Some((v, Span { start: addr.span.end, ..nspan })),
+                                Err(_) => {
+                                    self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                                    continue;
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    backends.push(ast::BackendDecl { addr, weight, span: bspan });
+                }
+                Some(Item::Pool(ast::PoolDecl { name, options, backends, body: body_span, span }))
+            }
             Rule::const_decl => {
                 let mut it = p.into_inner();
                 let name = self.ident(it.next()?);
@@ -283,7 +331,19 @@ impl AstBuilder {
                 ast::PacketDesc::Fields { kind, args }
             }
         };
-        let expect = self.ident(it.next()?);
+        let expect_pair = it.next()?;
+        let (expect, lb) = if expect_pair.as_rule() == Rule::lb_expect {
+            let espan = self.span(&expect_pair);
+            let mut e = expect_pair.into_inner().filter(|q| q.as_rule() != Rule::lb_word);
+            let pool = self.ident(e.next()?);
+            let backend = match e.next() {
+                Some(b) => Some(self.expr(b)?),
+                None => None,
+            };
+            (Ident { name: "lb".into(), span: espan }, Some(ast::LbExpect { pool, backend }))
+        } else {
+            (self.ident(expect_pair), None)
+        };
         let mut rest: Vec<Pair<Rule>> = it.collect();
         let mut maps = Vec::new();
         while rest.last().is_some_and(|p| p.as_rule() == Rule::map_expect) {
@@ -306,7 +366,7 @@ impl AstBuilder {
             }
             None => None,
         };
-        Some(ast::TestCase { packet, expect, decided_by, maps, span })
+        Some(ast::TestCase { packet, expect, lb, decided_by, maps, span })
     }
 
     /// `@NAME[KEYS] ... VALUE`, as in an assignment or a test's map
@@ -345,6 +405,22 @@ impl AstBuilder {
                     Rule::string => StmtKind::Redirect(self.string(target)),
                     _ => StmtKind::Redirect(StrLit { value: target.as_str().to_string(), span: self.span(&target) }),
                 }
+            }
+            Rule::lb_stmt => {
+                let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::lb_word);
+                let pool = self.ident(it.next()?);
+                let mut args = Vec::new();
+                for a in it {
+                    let aspan = self.span(&a);
+                    let mut ai = a.into_inner();
+                    let name = self.ident(ai.next()?);
+                    let value = match ai.next() {
+                        Some(v) => Some(self.expr(v)?),
+                        None => None,
+                    };
+                    args.push(ast::LbArg { name, value, span: aspan });
+                }
+                StmtKind::Lb { pool, args }
             }
             Rule::if_stmt => return self.if_stmt(p),
             Rule::let_stmt => {

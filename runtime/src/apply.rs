@@ -966,7 +966,7 @@ mod tests {
                 label: label.map(str::to_string),
             })
             .collect();
-        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default() }
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![] }
     }
 
     #[test]

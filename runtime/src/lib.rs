@@ -6,6 +6,7 @@
 //! metadata schema) but never on the compiler or LLVM.
 //! Architecture invariant: unsafe code and raw syscalls live only in [`sys`].
 
+pub mod lb;
 pub mod loader;
 pub mod packet;
 pub mod pcap;

@@ -77,7 +77,7 @@ pub enum RuntimeError {
     Replace(String),
 }
 
-type Result<T> = std::result::Result<T, RuntimeError>;
+pub(crate) type Result<T> = std::result::Result<T, RuntimeError>;
 
 /// What a program decided, decoded for its hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ pub fn read_meta(object: &[u8]) -> Result<ObjectMeta> {
 fn adopt_map(ebpf: &Ebpf, name: &str, existing: &std::os::fd::OwnedFd) -> Result<()> {
     let map = ebpf.map(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))?;
     let data = match map {
-        Map::Array(m) | Map::HashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => m,
+        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => m,
         _ => return Err(RuntimeError::UnknownMap(name.to_string())),
     };
     let err = |e: aya::maps::MapError| RuntimeError::Map { map: name.to_string(), source: std::io::Error::other(e.to_string()) };
@@ -270,6 +270,14 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
             SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
         }
     }
+    for p in &meta.pools {
+        expected.extend([
+            (p.ring_map.as_str(), 4, 4),
+            (p.backends_map.as_str(), 4, std::mem::size_of::<meta::BackendValue>() as u32),
+            (p.flows_map.as_str(), std::mem::size_of::<meta::FlowKey>() as u32, std::mem::size_of::<meta::FlowValue>() as u32),
+            (p.stats_map.as_str(), 4, std::mem::size_of::<meta::BackendCounters>() as u32),
+        ]);
+    }
     for (map, key, value) in expected {
         let Some(data) = maps.get(map) else { continue };
         let info = data.info().map_err(|e| RuntimeError::Map { map: map.to_string(), source: std::io::Error::other(e.to_string()) })?;
@@ -285,7 +293,7 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
 
 fn map_data(map: Map) -> Option<MapData> {
     match map {
-        Map::Array(m) | Map::HashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => Some(m),
+        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => Some(m),
         _ => None,
     }
 }
@@ -377,6 +385,7 @@ impl LoadedPolicy {
         let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
         policy.fill_sets()?;
         policy.fill_redirects(options.missing_interfaces_ok)?;
+        policy.state.fill_pools()?;
         Ok(policy)
     }
 
@@ -738,6 +747,15 @@ impl PolicyMaps {
         self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
     }
 
+    pub(crate) fn map_data(&self, name: &str) -> Result<&MapData> {
+        self.map(name)
+    }
+
+    /// The CPUs a per-CPU map has a value for.
+    pub(crate) fn cpus(&self) -> usize {
+        self.cpus
+    }
+
     /// The kernel's value size of `map`.
     fn value_size(&self, map: &str) -> Result<u64> {
         Ok(self.map(map)?.info().map_err(|e| RuntimeError::BadMetadata(format!("map `{map}`: {e}")))?.value_size() as u64)
@@ -754,7 +772,7 @@ impl PolicyMaps {
         Ok((map, bytes as usize))
     }
 
-    fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    pub(crate) fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
         sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
     }
 

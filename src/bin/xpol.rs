@@ -459,6 +459,26 @@ fn map_warnings(report: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// What the kernel did with a test packet, as a test states it: its
+/// action, or `lb` when it sent on the frame the reference semantics
+/// builds for `lb` (`XDP_TX` or a redirect with the next hop's Ethernet
+/// addresses, or up the stack as it is when the FIB had none).
+fn kernel_outcome(kernel: &xpol_runtime::loader::RunOutcome, reference: &xpol_compiler::reference::Evaluation) -> String {
+    use xpol_runtime::loader::Action;
+    let action = format!("{:?}", kernel.action).to_lowercase();
+    let Some(frame) = reference.lb.as_ref().filter(|b| b.backend.is_some()).map(|b| &b.frame) else { return action };
+    let same = match kernel.action {
+        Action::Pass => kernel.packet == *frame,
+        Action::Tx | Action::Redirect => kernel.packet.get(12..) == frame.get(12..),
+        _ => return action,
+    };
+    if same {
+        "lb".to_string()
+    } else {
+        format!("{action} with another frame than `lb` sends")
+    }
+}
+
 /// Runs the policy's `test` blocks in the kernel and in the reference
 /// semantics; a case passes when both give the expected outcome.
 fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, json: bool) -> Result<ExitCode> {
@@ -488,8 +508,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
         let after = loaded.rule_counters()?;
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
-        let kernel_outcome = format!("{:?}", kernel.action).to_lowercase();
         let reference = xpol_compiler::reference::evaluate(ir, hook, &bytes, &mut state);
+        let kernel_outcome = kernel_outcome(&kernel, &reference);
         let fired_u32: Vec<u32> = fired.iter().map(|&r| r as u32).collect();
         let right_rule = case.decided_by.is_none_or(|r| reference.decided_by == Some(r));
         // Map entries after the packet, both engines.
@@ -506,8 +526,15 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             }
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
+        // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
+        let right_backend = case.lb.is_none_or(|(pool, addr)| {
+            let reference_ok = reference.lb.as_ref().is_some_and(|b| b.pool == pool && addr.is_none_or(|a| b.backend == Some(a)));
+            let kernel_ok = addr.is_none_or(|a| xpol_runtime::lb::decapsulate(&kernel.packet).is_some_and(|e| e.outer_dst == a));
+            reference_ok && kernel_ok
+        });
         let good = kernel_outcome == case.expect.as_str()
             && reference.outcome == case.expect
+            && right_backend
             && fired_u32 == reference.fired
             && right_rule
             && wrong_maps.is_empty();

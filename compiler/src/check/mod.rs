@@ -5,6 +5,7 @@
 //! sub-expression yields `None` and its parent goes on without it.
 
 pub mod fields;
+mod lb;
 pub mod lints;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
@@ -77,6 +78,10 @@ struct Checker<'a> {
     labels: HashMap<String, Span>,
     programs: BTreeMap<Hook, Vec<ir::Probe>>,
     hook: Hook,
+    pools: Vec<ir::Pool>,
+    pool_ids: HashMap<String, ir::PoolId>,
+    /// Pools whose declaration has errors: `lb` over them says nothing more.
+    failed_pools: std::collections::HashSet<ir::PoolId>,
 }
 
 pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
@@ -97,6 +102,9 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         labels: HashMap::new(),
         programs: BTreeMap::new(),
         hook: Hook::Xdp,
+        pools: Vec::new(),
+        pool_ids: HashMap::new(),
+        failed_pools: Default::default(),
     };
     // Declarations first, in order: a const may use earlier consts and sets;
     // probes may use any set or const of the policy.
@@ -104,6 +112,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         match item {
             Item::Const(decl) => c.const_decl(decl),
             Item::Set(decl) => c.set_decl(decl),
+            Item::Pool(decl) => c.pool_decl(decl),
             Item::Include(_) | Item::Map(_) | Item::Probe(_) | Item::Test(_) => {}
         }
     }
@@ -138,7 +147,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
     if let Some(&first) = c.programs.keys().next() {
         for case in &tests {
             let hook = case.hook.unwrap_or(first);
-            if case.expect == ir::Outcome::Tx && hook != Hook::Xdp {
+            if matches!(case.expect, ir::Outcome::Tx | ir::Outcome::Lb) && hook != Hook::Xdp {
                 c.error_help(case.span, "xpol::test::verdict", format!("`tx` is an XDP verdict, and this case runs on `{}`", hook.as_str()), "cannot pass", "expect `pass`, `drop`, `redirect` or `abort` on TC");
             }
             if let Some(rule) = case.decided_by.map(|r| &c.rules[r as usize]).filter(|r| r.hook != hook) {
@@ -166,6 +175,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         maps: c.maps,
         locals: c.locals,
         redirects: c.redirects,
+        pools: c.pools,
         tests,
         warnings: c.diags,
     };
@@ -552,7 +562,12 @@ impl Checker<'_> {
             "drop" => ir::Outcome::Drop,
             "tx" => ir::Outcome::Tx,
             "abort" => ir::Outcome::Abort,
+            "lb" => ir::Outcome::Lb,
             _ => ir::Outcome::Redirect,
+        };
+        let lb = match &case.lb {
+            Some(lb) => Some(self.lb_expect(lb)?),
+            None => None,
         };
         let decided_by = match case.decided_by {
             None => None,
@@ -571,7 +586,7 @@ impl Checker<'_> {
         for m in &case.maps {
             maps.push(self.map_expect(m)?);
         }
-        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, span: case.span })
+        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, span: case.span })
     }
 
     /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
@@ -613,7 +628,7 @@ impl Checker<'_> {
                         .with_label(end, "evaluation ends here"),
                 );
             }
-            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_)) {
+            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_) | ast::StmtKind::Lb { .. }) {
                 ended = Some(stmt.span);
             }
             if let Some(s) = self.stmt(stmt) {
@@ -649,6 +664,7 @@ impl Checker<'_> {
                 };
                 StmtKind::Redirect(idx)
             }
+            ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
                 let cond = self.bool_expr(cond, "an `if` condition");
                 let then_body = self.block(then_block);

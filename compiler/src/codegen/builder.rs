@@ -19,6 +19,8 @@ pub mod helper {
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const REDIRECT: u64 = 23;
     pub const SKB_PULL_DATA: u64 = 39;
+    pub const XDP_ADJUST_HEAD: u64 = 44;
+    pub const FIB_LOOKUP: u64 = 69;
 }
 
 /// Map types (enum bpf_map_type).
@@ -27,6 +29,7 @@ pub mod map_type {
     pub const ARRAY: u32 = 2;
     pub const PERCPU_HASH: u32 = 5;
     pub const PERCPU_ARRAY: u32 = 6;
+    pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
 }
 
@@ -369,6 +372,32 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.i64().const_int(v, false)
     }
 
+    pub fn c32(&self, v: u32) -> IntValue<'ctx> {
+        self.m.cx.i32_type().const_int(u64::from(v), false)
+    }
+
+    pub fn c16(&self, v: u16) -> IntValue<'ctx> {
+        self.m.cx.i16_type().const_int(u64::from(v), false)
+    }
+
+    pub fn c8(&self, v: u8) -> IntValue<'ctx> {
+        self.m.cx.i8_type().const_int(u64::from(v), false)
+    }
+
+    /// The program's context argument (`struct xdp_md *` or `struct __sk_buff *`).
+    pub fn ctx(&self) -> PointerValue<'ctx> {
+        self.func.get_nth_param(0).expect("programs take a context").into_pointer_value()
+    }
+
+    /// The packet's bounds, read from the context again (after a helper
+    /// that moves them, such as `bpf_xdp_adjust_head`). XDP only.
+    pub fn xdp_bounds(&self) -> (PointerValue<'ctx>, PointerValue<'ctx>) {
+        let ctx = self.ctx();
+        let data = self.int_to_ptr(self.zext64(self.load_raw(ctx, 0, 4)));
+        let end = self.int_to_ptr(self.zext64(self.load_raw(ctx, 4, 4)));
+        (data, end)
+    }
+
     pub fn bool(&self, v: bool) -> IntValue<'ctx> {
         self.i1().const_int(v as u64, false)
     }
@@ -476,6 +505,15 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             phi.add_incoming(&[(v, *bb)]);
         }
         phi.as_basic_value().into_int_value()
+    }
+
+    /// [`Bpf::phi`] of pointers (map values found on different paths).
+    pub fn phi_ptr(&self, incoming: &[(PointerValue<'ctx>, BasicBlock<'ctx>)]) -> PointerValue<'ctx> {
+        let phi = ok(self.b.build_phi(incoming[0].0.get_type(), "phi"));
+        for (v, bb) in incoming {
+            phi.add_incoming(&[(v, *bb)]);
+        }
+        phi.as_basic_value().into_pointer_value()
     }
 
     /// True when the current block already ends (after a verdict).

@@ -24,6 +24,7 @@ pub struct Maps<'ctx> {
     pub sets: Vec<SetMaps<'ctx>>,
     pub users: Vec<UserMapDef<'ctx>>,
     pub redirect: Option<MapDef<'ctx>>,
+    pub pools: Vec<super::lb::PoolMaps<'ctx>>,
 }
 
 #[derive(Default)]
@@ -258,6 +259,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 self.locals.insert(*local, v);
             }
             StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
+            StmtKind::Lb(lb) => self.balance(lb),
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod builder;
 pub mod faults;
+pub mod lb;
 pub mod lower;
 pub mod parse;
 
@@ -75,6 +76,7 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
         match &s.kind {
             ir::StmtKind::Verdict(v) => return if conditional { "mixed" } else { v.as_str() },
             ir::StmtKind::Redirect(_) => return if conditional { "mixed" } else { "redirect" },
+            ir::StmtKind::Lb(_) => return if conditional { "mixed" } else { "lb" },
             ir::StmtKind::If { then_body, else_body, .. } => {
                 conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
             }
@@ -191,6 +193,8 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
         list.iter()
             .map(|s| match &s.kind {
                 ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+                // Hashing, two or three lookups, the encapsulation, the FIB.
+                ir::StmtKind::Lb(_) => 16,
                 ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
                 ir::StmtKind::Let { value, .. } => 1 + expr(value),
                 ir::StmtKind::MapUpdate { keys, op, .. } => {
@@ -263,6 +267,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         maps: Vec::new(),
         redirects: policy.redirects.clone(),
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
+        pools: Vec::new(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -391,7 +396,13 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     }
     let redirect = (!policy.redirects.is_empty())
         .then(|| m.define_map(meta::REDIRECT_MAP, map_type::ARRAY, 4, 4, policy.redirects.len() as u32, 0));
-    let maps = Maps { rules, sets: set_maps, users, redirect };
+    let mut pools = Vec::new();
+    for pool in &policy.pools {
+        let (maps, pool_meta) = lb::define_pool(&m, pool);
+        pools.push(maps);
+        meta.pools.push(pool_meta);
+    }
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)

@@ -102,6 +102,10 @@ impl L4Split {
     }
 }
 
+/// The fields `lb(...)` reads: the flow's addresses, ports and protocol
+/// (and whether it is a fragment), so the parser provides them.
+const LB_FIELDS: [Field; 6] = [Field::IpSrc, Field::IpDst, Field::L4Sport, Field::L4Dport, Field::IpProto, Field::IpFrag];
+
 /// Calls `visit` with every field one probe reads, and where.
 fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
     fn expr(e: &ir::Expr, visit: &mut impl FnMut(Field, Span)) {
@@ -129,6 +133,11 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                     keys.iter().for_each(|k| expr(k, visit));
                     if let MapOp::Sum(e) | MapOp::Assign(e) = op {
                         expr(e, visit);
+                    }
+                }
+                StmtKind::Lb(_) => {
+                    for f in LB_FIELDS {
+                        visit(f, s.span);
                     }
                 }
                 StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}

@@ -10,6 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use xpol_lang::ast::{Hook, Verdict};
 
 pub use crate::ir::Outcome;
+pub use lb::Balanced;
+
+mod lb;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +21,8 @@ pub struct Evaluation {
     pub fired: Vec<u32>,
     /// The rule whose statements gave the verdict; `None`: the default.
     pub decided_by: Option<u32>,
+    /// Where `lb` sent the packet (outcome `Lb`, or `Drop` without a backend).
+    pub lb: Option<Balanced>,
 }
 
 /// A map key component as the reference stores it.
@@ -232,11 +237,16 @@ enum V {
 pub struct State {
     pub maps: HashMap<(usize, Vec<KeyPart>), u64>,
     pub lost: HashMap<usize, u64>,
+    /// Each pool's Maglev table, built when a packet first needs it.
+    pub lb_tables: HashMap<ir::PoolId, Vec<u32>>,
 }
 
 struct Eval<'a> {
     policy: &'a ir::Policy,
     facts: Facts,
+    packet: &'a [u8],
+    /// Set by `lb`: where it sent the packet (`Some(None)`: not IP).
+    lb: Option<Option<Balanced>>,
     locals: HashMap<ir::LocalId, Option<V>>,
     state: &'a mut State,
 }
@@ -244,7 +254,7 @@ struct Eval<'a> {
 /// Evaluates the program of `hook` on `packet`. Redirect targets count as
 /// unresolved (as in tests), so `redirect` aborts (XDP) or drops (TC).
 pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
-    let mut e = Eval { policy, facts: parse(packet), locals: HashMap::new(), state };
+    let mut e = Eval { policy, facts: parse(packet), packet, locals: HashMap::new(), state, lb: None };
     let mut fired = Vec::new();
     let tc = hook != Hook::Xdp;
     let outcome_of = |v: Verdict| match (v, tc) {
@@ -254,7 +264,7 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
         (Verdict::Abort, false) => Outcome::Abort,
     };
     let Some(prog) = policy.programs.iter().find(|p| p.hook == hook) else {
-        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None };
+        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None };
     };
     for probe in &prog.probes {
         let holds = probe.predicate.as_ref().is_none_or(|p| e.expr(p) == Some(V::Bool(true)));
@@ -263,10 +273,18 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
         }
         fired.push(probe.rule);
         if let Some(v) = e.stmts(&probe.body) {
-            return Evaluation { outcome: v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }), fired, decided_by: Some(probe.rule) };
+            let outcome = match (&e.lb, v) {
+                (Some(Some(b)), _) if b.backend.is_some() => Outcome::Lb,
+                (Some(Some(_)), _) => Outcome::Drop,
+                // `lb` on a packet that is not IP.
+                (Some(None), _) => Outcome::Pass,
+                (None, v) => v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }),
+            };
+            let lb = e.lb.take().flatten();
+            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb };
         }
     }
-    Evaluation { outcome: Outcome::Pass, fired, decided_by: None }
+    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None }
 }
 
 impl Eval<'_> {
@@ -276,6 +294,10 @@ impl Eval<'_> {
             match &s.kind {
                 StmtKind::Verdict(v) => return Some(Some(*v)),
                 StmtKind::Redirect(_) => return Some(None),
+                StmtKind::Lb(balance) => {
+                    self.lb = Some(lb::balance(self.policy, balance, &self.facts, self.packet, self.state));
+                    return Some(None);
+                }
                 StmtKind::If { cond, then_body, else_body } => {
                     let body = if self.expr(cond) == Some(V::Bool(true)) { then_body } else { else_body };
                     if let Some(v) = self.stmts(body) {

@@ -1,0 +1,137 @@
+//! The reference semantics of `lb(...)` (docs/language.md, "Load
+//! balancing"): which backend a packet goes to and the frame that leaves,
+//! computed from the packet's facts without codegen's help.
+//!
+//! The reference has no flow table: with the pool as declared, a flow's
+//! first packet and every later one get the backend the Maglev table
+//! gives, which is what the flow table keeps.
+
+use super::{Facts, L4Facts, State};
+use crate::ir::{self, Balance, Encap, FlowHash, OuterSource};
+use std::net::IpAddr;
+use xpol_lang::maglev;
+
+/// Where `lb` sent a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balanced {
+    pub pool: ir::PoolId,
+    /// `None`: the pool has no backend for it (the packet is dropped).
+    pub backend: Option<IpAddr>,
+    /// The frame as it leaves when the FIB gives no next hop (the
+    /// Ethernet addresses as they came); empty without a backend.
+    pub frame: Vec<u8>,
+}
+
+/// The outer TTL or hop limit.
+const OUTER_TTL: u8 = 64;
+
+/// `lb` on a packet with facts `f` and bytes `packet`; `None` when the
+/// packet is not IP (it passes).
+pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8], state: &mut State) -> Option<Balanced> {
+    let ip = f.ip.as_ref()?;
+    let pool = &policy.pools[lb.pool];
+    let (proto, frag) = match ip.proto {
+        Some((proto, frag, _)) => (proto as u32, frag),
+        None => (0, false),
+    };
+    let (sport, dport) = match &f.l4 {
+        Some(L4Facts::Tcp { sport, dport, .. } | L4Facts::Udp { sport, dport, .. }) if !frag => (*sport as u32, *dport as u32),
+        _ => (0, 0),
+    };
+    let ports = (sport << 16) | dport;
+    let mut words = Vec::new();
+    match lb.hash {
+        FlowHash::FiveTuple => {
+            words.extend(maglev::addr_words(&octets(ip.src)));
+            words.extend(maglev::addr_words(&octets(ip.dst)));
+            words.extend([ports, proto]);
+        }
+        FlowHash::Source => words.extend(maglev::addr_words(&octets(ip.src))),
+        FlowHash::Ports => words.extend([ports, proto]),
+    }
+    let hash = maglev::murmur3_words(maglev::FLOW_SEED, &words);
+    let table = state.lb_tables.entry(lb.pool).or_insert_with(|| {
+        let addrs: Vec<Vec<u8>> = pool.backends.iter().map(|b| octets(b.addr)).collect();
+        let backends: Vec<maglev::MaglevBackend> = addrs.iter().zip(&pool.backends).map(|(a, b)| maglev::MaglevBackend { addr: a, weight: b.weight }).collect();
+        maglev::build_table(&backends, pool.table_size).unwrap_or_default()
+    });
+    let slot = table.get((hash % pool.table_size) as usize).copied().unwrap_or(maglev::NO_BACKEND);
+    let Some(backend) = pool.backends.get(slot as usize).map(|b| b.addr) else {
+        return Some(Balanced { pool: lb.pool, backend: None, frame: Vec::new() });
+    };
+
+    // The frame: the Ethernet addresses, the outer headers, the packet
+    // from its IP header on (VLAN tags dropped).
+    let l3 = 14 + 4 * f.vlan_depth as usize;
+    let inner = &packet[l3.min(packet.len())..];
+    let inner_len = ip.len;
+    let gue = matches!(lb.encap, Encap::Gue { .. });
+    let next = if gue { 17 } else if ip.v6 { 41 } else { 4 };
+    let udp_len = if gue { 8 } else { 0 };
+    let src = outer_source(lb.src, hash);
+    let mut frame = packet[..12].to_vec();
+    if pool.v6 {
+        frame.extend([0x86, 0xdd]);
+        let word0 = (6u32 << 28) | ((ip.tos as u32) << 20) | (hash & 0xf_ffff);
+        frame.extend(word0.to_be_bytes());
+        frame.extend(((inner_len + udp_len) as u16).to_be_bytes());
+        frame.extend([next, OUTER_TTL]);
+        frame.extend(octets(src));
+        frame.extend(octets(backend));
+    } else {
+        frame.extend([0x08, 0x00]);
+        let df = ip.v6 || ip.df;
+        let mut h = vec![0x45, ip.tos as u8];
+        h.extend(((inner_len + 20 + udp_len) as u16).to_be_bytes());
+        h.extend([0, 0, if df { 0x40 } else { 0 }, 0, OUTER_TTL, next, 0, 0]);
+        h.extend(octets(src));
+        h.extend(octets(backend));
+        let sum = checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        frame.extend(h);
+    }
+    if let Encap::Gue { port } = lb.encap {
+        frame.extend((0xc000u16 | (hash & 0x3fff) as u16).to_be_bytes());
+        frame.extend(port.to_be_bytes());
+        frame.extend(((inner_len + 8) as u16).to_be_bytes());
+        frame.extend([0, 0]);
+    }
+    frame.extend_from_slice(inner);
+    Some(Balanced { pool: lb.pool, backend: Some(backend), frame })
+}
+
+fn octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The outer source: the address, or the prefix with its host bits (the
+/// last 32 at most) from the flow hash.
+fn outer_source(src: OuterSource, hash: u32) -> IpAddr {
+    match src {
+        OuterSource::Fixed(a) => a,
+        OuterSource::PerFlow(a, len) => {
+            let mut b = octets(a);
+            let host_bits = (b.len() * 8) as u32 - u32::from(len);
+            let n = b.len();
+            let last = u32::from_be_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+            let mask = if host_bits >= 32 { u32::MAX } else { (1u32 << host_bits) - 1 };
+            b[n - 4..].copy_from_slice(&(last | (hash & mask)).to_be_bytes());
+            match a {
+                IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&b[..]).expect("4 bytes")),
+                IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(&b[..]).expect("16 bytes")),
+            }
+        }
+    }
+}
+
+/// The Internet checksum (RFC 1071) of a header.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
