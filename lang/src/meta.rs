@@ -371,9 +371,14 @@ impl UserMapMeta {
 /// ([`crate::maglev::build_table`]) from the backends and fills the maps;
 /// `xpol pool` changes them on a running policy.
 ///
-/// - `ring_map`: `BPF_MAP_TYPE_ARRAY`, `table_size` entries, key u32 (the
-///   flow hash modulo `table_size`), value u32: the backend slot, or
-///   [`crate::maglev::NO_BACKEND`].
+/// - `ring_map`: `BPF_MAP_TYPE_ARRAY`, `2 * table_size` entries: two
+///   Maglev tables, the one in use and the next (a double buffer), key u32
+///   (`half * table_size` + the flow hash modulo `table_size`), value u32:
+///   the backend slot, or [`crate::maglev::NO_BACKEND`].
+/// - `control_map`: `BPF_MAP_TYPE_ARRAY`, one entry, value u32: the half of
+///   `ring_map` in use (0 or 1). The runtime writes the other half, then
+///   switches with one update of this value, then waits for a grace period
+///   before it writes that half again.
 /// - `backends_map`: `BPF_MAP_TYPE_ARRAY`, `max_backends` entries, key u32
 ///   (the backend slot), value [`BackendValue`].
 /// - `flows_map`: `BPF_MAP_TYPE_LRU_HASH`, `flows` entries, key
@@ -396,6 +401,7 @@ pub struct PoolMeta {
     /// Entries of the flow table.
     pub flows: u32,
     pub ring_map: String,
+    pub control_map: String,
     pub backends_map: String,
     pub flows_map: String,
     pub stats_map: String,

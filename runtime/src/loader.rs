@@ -273,6 +273,7 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     for p in &meta.pools {
         expected.extend([
             (p.ring_map.as_str(), 4, 4),
+            (p.control_map.as_str(), 4, 4),
             (p.backends_map.as_str(), 4, std::mem::size_of::<meta::BackendValue>() as u32),
             (p.flows_map.as_str(), std::mem::size_of::<meta::FlowKey>() as u32, std::mem::size_of::<meta::FlowValue>() as u32),
             (p.stats_map.as_str(), 4, std::mem::size_of::<meta::BackendCounters>() as u32),

@@ -24,6 +24,7 @@ use xpol_lang::meta::{self, PoolMeta};
 #[derive(Clone, Copy)]
 pub struct PoolMaps<'ctx> {
     pub ring: MapDef<'ctx>,
+    pub control: MapDef<'ctx>,
     pub backends: MapDef<'ctx>,
     pub flows: MapDef<'ctx>,
     pub stats: MapDef<'ctx>,
@@ -50,12 +51,14 @@ pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool) -> (PoolMaps<'ctx>
         max_backends: pool.max_backends,
         flows: pool.flows,
         ring_map: name("ring"),
+        control_map: name("ctl"),
         backends_map: name("be"),
         flows_map: name("flows"),
         stats_map: name("stats"),
     };
     let maps = PoolMaps {
-        ring: m.define_map(&meta.ring_map, map_type::ARRAY, 4, 4, pool.table_size, 0),
+        ring: m.define_map(&meta.ring_map, map_type::ARRAY, 4, 4, 2 * pool.table_size, 0),
+        control: m.define_map(&meta.control_map, map_type::ARRAY, 4, 4, 1, 0),
         backends: m.define_map(&meta.backends_map, map_type::ARRAY, 4, BACKEND_BYTES, pool.max_backends, 0),
         flows: m.define_map(&meta.flows_map, map_type::LRU_HASH, FLOW_KEY_BYTES, 8, pool.flows, 0),
         stats: m.define_map(&meta.stats_map, map_type::PERCPU_ARRAY, 4, STATS_BYTES, pool.max_backends + 1, 0),
@@ -184,7 +187,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // A new flow (or one whose backend left): the Maglev table.
         b.at(miss);
         let ring_key = b.stack_buf(4, "lb_ring");
-        b.store_at(ring_key, 0, b.urem(hash, b.c32(pool.table_size)));
+        b.store_at(ring_key, 0, b.c32(0));
+        let control = b.map_lookup(pool.control, ring_key);
+        let half_found = b.block("lb_half");
+        b.br_if_null(control, none, half_found);
+        b.at(half_found);
+        // The half in use (0 or 1, `PoolMeta::control_map`).
+        let base = b.mul(b.and(b.load_raw(control, 0, 4), b.c32(1)), b.c32(pool.table_size));
+        b.store_at(ring_key, 0, b.add(base, b.urem(hash, b.c32(pool.table_size))));
         let ring = b.map_lookup(pool.ring, ring_key);
         let ring_found = b.block("lb_ring_found");
         b.br_if_null(ring, none, ring_found);
