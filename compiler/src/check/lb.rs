@@ -133,7 +133,8 @@ impl Checker<'_> {
                 n
             }
             Some((n, _)) => n,
-            None => ir::DEFAULT_POOL_BACKENDS.max(backends.len() as u32),
+            // Room to grow, within the table.
+            None => ir::DEFAULT_POOL_BACKENDS.min(table_size - 1).max(backends.len() as u32),
         };
         if ok && u64::from(max) >= u64::from(table_size) {
             self.error_help(decl.span, "xpol::pool::table", format!("a table of {table_size} slots for up to {max} backends"), "the table is too small", "the table needs more slots than backends (100 times as many for an even spread): raise `table N` or lower `max N`");
