@@ -90,7 +90,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
         Rule::predicate => "a predicate `/.../`",
         Rule::block => "`{`",
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign => {
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::lb_word => {
             "a statement such as `pass`, `drop`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
@@ -113,7 +113,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::pool_opt | Rule::pool_opt_word => "`table N`, `flows N` or `max N`",
         Rule::backend => "a backend address",
         Rule::weight_word => "`weight N`",
-        Rule::lb_stmt | Rule::lb_word | Rule::lb_arg => "`lb(POOL, encap: ipip, src: ADDR)`",
+        Rule::lb_arg => "an `lb` option such as `encap: ipip`",
         Rule::lb_expect => "`lb(POOL)` or `lb(POOL, ADDR)`",
         Rule::else_part => "`else`",
         _ => return None,

@@ -255,7 +255,9 @@ impl Checker<'_> {
                 }
             }
         }
-        let pool_id = pool_id?;
+        // A wrong option is reported alone: what it would have provided is
+        // not missing too.
+        let pool_id = pool_id.filter(|_| ok)?;
         let v6 = self.pools[pool_id].v6;
         let family = if v6 { "IPv6" } else { "IPv4" };
         let encap = match (encap, port) {
@@ -302,9 +304,6 @@ impl Checker<'_> {
                 s
             }
         };
-        if !ok {
-            return None;
-        }
         if self.pools[pool_id].backends.is_empty() {
             self.diags.push(
                 Diagnostic::warning("xpol::lb::empty", format!("the pool `{}` has no backends yet", pool.name))
