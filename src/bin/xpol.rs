@@ -527,11 +527,21 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
+        let kernel_backend = xpol_runtime::lb::decapsulate(&kernel.packet).map(|e| e.outer_dst).filter(|_| case.lb.is_some());
+        let reference_backend = reference.lb.as_ref().and_then(|b| b.backend);
         let right_backend = case.lb.is_none_or(|(pool, addr)| {
             let reference_ok = reference.lb.as_ref().is_some_and(|b| b.pool == pool && addr.is_none_or(|a| b.backend == Some(a)));
-            let kernel_ok = addr.is_none_or(|a| xpol_runtime::lb::decapsulate(&kernel.packet).is_some_and(|e| e.outer_dst == a));
+            let kernel_ok = addr.is_none_or(|a| kernel_backend == Some(a));
             reference_ok && kernel_ok
         });
+        let backends = match (case.lb, kernel_backend, reference_backend) {
+            (Some(_), k, r) => format!(
+                " (backend: the kernel's {}, the reference's {})",
+                k.map_or("none".to_string(), |a| a.to_string()),
+                r.map_or("none".to_string(), |a| a.to_string())
+            ),
+            _ => String::new(),
+        };
         let good = kernel_outcome == case.expect.as_str()
             && reference.outcome == case.expect
             && right_backend
@@ -548,6 +558,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
                     "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
                     "fired": fired, "maps_wrong": wrong_maps, "ok": good,
+                    "kernel_backend": kernel_backend.map(|a| a.to_string()), "reference_backend": reference_backend.map(|a| a.to_string()),
                 })
             );
         }
@@ -568,7 +579,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             };
             failures.push(
                 xpol_lang::Diagnostic::error("xpol::test::failed", format!("test `{}`: expected {expected}", case.test))
-                    .with_label(case.span, format!("the kernel gave {kernel_outcome}, the reference {}{decided}", reference.outcome.as_str()))
+                    .with_label(case.span, format!("the kernel gave {kernel_outcome}, the reference {}{decided}{backends}", reference.outcome.as_str()))
                     .with_help(format!(
                         "{}{}",
                         if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) },

@@ -15,7 +15,7 @@
 use super::builder::{helper, map_type, Bpf, MapDef, ModuleCx, BPF_ANY};
 use super::lower::Lower;
 use crate::ir::{self, Balance, Encap, FlowHash, OuterSource};
-use inkwell::values::IntValue;
+use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
 use std::net::IpAddr;
 use xpol_lang::meta::{self, PoolMeta};
@@ -69,6 +69,18 @@ pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool) -> (PoolMaps<'ctx>
     (maps, meta)
 }
 
+/// An address of the flow: IPv4 as loaded (network order in memory), or
+/// IPv6 as two big-endian halves (as the parser keeps them).
+#[derive(Clone, Copy)]
+enum Addr<'ctx> {
+    V4(IntValue<'ctx>),
+    V6(IntValue<'ctx>, IntValue<'ctx>),
+}
+
+/// Bounds the quoted packet's offsets for the verifier (as the parser
+/// bounds its own, `parse::MAX_L4_OFFSET`).
+const MAX_QUOTE_OFFSET: u64 = 0x3ff;
+
 /// XDP return codes.
 const XDP_DROP: u64 = 1;
 const XDP_PASS: u64 = 2;
@@ -110,54 +122,92 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(ip);
 
         // The flow: ports (0 for fragments, whose later parts carry none,
-        // and for packets without ports) and protocol.
-        // Both only where the protocol is known (an IPv6 extension-header
-        // chain that ends in bounds).
+        // and for packets without ports) and protocol, both only where the
+        // protocol is known (an IPv6 extension-header chain that ends in
+        // bounds).
         let proto_ok = get(h.proto_ok);
         let frag = b.and(proto_ok, get(h.frag));
         let zero = b.c64(0);
         let sport = b.select(frag, zero, b.or(get(h.tcp_sport), get(h.udp_sport)));
         let dport = b.select(frag, zero, b.or(get(h.tcp_dport), get(h.udp_dport)));
         let proto = b.select(proto_ok, get(h.proto), zero);
-        let ports_word = b.trunc(b.or(b.shl(sport, b.c64(16)), dport), i32t);
-        let proto_word = b.trunc(proto, i32t);
         let key = b.stack_buf(FLOW_KEY_BYTES, "lb_key");
-        b.store_at(key, 32, b.bswap(b.trunc(sport, b.m.cx.i16_type())));
-        b.store_at(key, 34, b.bswap(b.trunc(dport, b.m.cx.i16_type())));
-        b.store_at(key, 36, b.trunc(proto, b.m.i8()));
 
-        // Addresses into the key and the hash, per family.
+        // An ICMP error about a flow (unreachable, fragmentation needed,
+        // time exceeded, parameter problem; ICMPv6 1 to 4) goes where the
+        // flow it quotes goes: the quoted packet is a reply of that flow,
+        // its addresses and ports the other way round.
+        let icmp_type = get(h.icmp_type);
+        let is_type = |t: u64| b.eq(icmp_type, b.c64(t));
+        let err4 = b.and(get(h.icmp4_ok), b.or(is_type(3), b.or(is_type(11), is_type(12))));
+        let err6 = b.and(b.and(get(h.icmp6_ok), b.eq(get(h.ip6_nh), b.c64(58))), b.and(b.cmp(IntPredicate::UGE, icmp_type, b.c64(1)), b.cmp(IntPredicate::ULE, icmp_type, b.c64(4))));
+        let hashed = b.block("lb_hashed");
+        let mut incoming = Vec::new();
         let v4 = b.block("lb_v4");
         let v6 = b.block("lb_v6");
-        let hashed = b.block("lb_hashed");
+        let by_family = b.block("lb_by_family");
+        let icmp_err = b.block("lb_icmp_error");
+        b.cond_br_unlikely(b.or(err4, err6), icmp_err, by_family);
+        b.at(by_family);
         b.cond_br_likely(is4, v4, v6);
-        let mut incoming = Vec::new();
-        for (family_v6, bb) in [(false, v4), (true, v6)] {
-            b.at(bb);
-            let (src, dst): (Vec<IntValue<'ctx>>, Vec<IntValue<'ctx>>) = if family_v6 {
-                let (shi, slo, dhi, dlo) = (get(h.src6_hi), get(h.src6_lo), get(h.dst6_hi), get(h.dst6_lo));
-                b.store_at(key, 0, b.bswap(shi));
-                b.store_at(key, 8, b.bswap(slo));
-                b.store_at(key, 16, b.bswap(dhi));
-                b.store_at(key, 24, b.bswap(dlo));
-                b.store_at(key, 37, b.c8(6));
-                let words = |hi: IntValue<'ctx>, lo: IntValue<'ctx>| {
-                    vec![b.trunc(b.lshr(hi, b.c64(32)), i32t), b.trunc(hi, i32t), b.trunc(b.lshr(lo, b.c64(32)), i32t), b.trunc(lo, i32t)]
-                };
-                (words(shi, slo), words(dhi, dlo))
+
+        // The quoted packet: 8 bytes into the ICMP message, its IP header
+        // (and at least its ports for TCP and UDP). One that is cut short
+        // is balanced as the packet itself.
+        b.at(icmp_err);
+        let quoted4 = b.block("lb_quoted4");
+        let quoted6 = b.block("lb_quoted6");
+        let l3 = b.add(b.c64(14), b.mul(get(h.vlan_depth), b.c64(4)));
+        let ihl = get(h.ihl);
+        b.cond_br(is4, quoted4, quoted6);
+        for family_v6 in [false, true] {
+            b.at(if family_v6 { quoted6 } else { quoted4 });
+            let ip_hdr = if family_v6 { b.c64(40) } else { b.mul(ihl, b.c64(4)) };
+            let at = b.and(b.add(b.add(l3, ip_hdr), b.c64(8)), b.c64(MAX_QUOTE_OFFSET));
+            let (data, end) = b.xdp_bounds();
+            let q = b.pkt_ptr(data, at);
+            let min = if family_v6 { 40 } else { 20 };
+            let whole = b.block("lb_quoted_header");
+            b.cond_br_likely(b.fits(q, min, end), whole, if family_v6 { v6 } else { v4 });
+            b.at(whole);
+            let (qsrc, qdst, qproto, qhl) = if family_v6 {
+                let a = |off: u64| Addr::V6(b.load_be(q, off, 8), b.load_be(q, off + 8, 8));
+                (a(8), a(24), b.load_be(q, 6, 1), b.c64(40))
             } else {
-                let (s, d) = (b.trunc(get(h.src4), i32t), b.trunc(get(h.dst4), i32t));
-                b.store_at(key, 0, s);
-                b.store_at(key, 16, d);
-                b.store_at(key, 37, b.c8(4));
-                (vec![b.bswap(s)], vec![b.bswap(d)])
+                let a = |off: u64| Addr::V4(b.load_raw(q, off, 4));
+                (a(12), a(16), b.load_be(q, 9, 1), b.mul(b.and(b.load_be(q, 0, 1), b.c64(0xf)), b.c64(4)))
             };
-            let words: Vec<IntValue<'ctx>> = match lb.hash {
-                FlowHash::FiveTuple => src.into_iter().chain(dst).chain([ports_word, proto_word]).collect(),
-                FlowHash::Source => src,
-                FlowHash::Ports => vec![ports_word, proto_word],
+            // The quoted ports, when the quote holds them.
+            let has_ports = b.or(b.eq(qproto, b.c64(6)), b.eq(qproto, b.c64(17)));
+            let p = b.pkt_ptr(data, b.and(b.add(at, qhl), b.c64(MAX_QUOTE_OFFSET)));
+            let ports_there = b.block("lb_quoted_ports");
+            let no_ports = b.block("lb_quoted_no_ports");
+            let ports_done = b.block("lb_quoted_ports_done");
+            b.cond_br(b.and(has_ports, b.fits(p, 4, end)), ports_there, no_ports);
+            b.at(ports_there);
+            let (qs, qd) = (b.load_be(p, 0, 2), b.load_be(p, 2, 2));
+            b.br(ports_done);
+            b.at(no_ports);
+            b.br(ports_done);
+            b.at(ports_done);
+            let qsport = b.phi(&[(qs, ports_there), (zero, no_ports)]);
+            let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
+            // The flow the other way round.
+            let hash = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
+            incoming.push((hash, b.cur()));
+            b.br(hashed);
+        }
+
+        // Any other packet: its own flow.
+        for family_v6 in [false, true] {
+            b.at(if family_v6 { v6 } else { v4 });
+            let (src, dst) = if family_v6 {
+                (Addr::V6(get(h.src6_hi), get(h.src6_lo)), Addr::V6(get(h.dst6_hi), get(h.dst6_lo)))
+            } else {
+                (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
-            incoming.push((murmur3(b, xpol_lang::maglev::FLOW_SEED, &words), b.cur()));
+            let hash = self.flow_key(lb, key, src, dst, sport, dport, proto);
+            incoming.push((hash, b.cur()));
             b.br(hashed);
         }
         b.at(hashed);
@@ -229,6 +279,42 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         self.encapsulate(lb, pool, hash, backend);
     }
 
+    /// Writes the flow key (see [`meta::FlowKey`]) and returns the flow
+    /// hash (`xpol_lang::maglev::murmur3_words` over big-endian words).
+    #[allow(clippy::too_many_arguments)]
+    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = &*self.b;
+        let i32t = b.m.cx.i32_type();
+        let i16t = b.m.cx.i16_type();
+        b.store_at(key, 32, b.bswap(b.trunc(sport, i16t)));
+        b.store_at(key, 34, b.bswap(b.trunc(dport, i16t)));
+        b.store_at(key, 36, b.trunc(proto, b.m.i8()));
+        let words = |a: Addr<'ctx>, off: u64| -> Vec<IntValue<'ctx>> {
+            match a {
+                Addr::V4(raw) => {
+                    b.store_at(key, off, raw);
+                    b.store_at(key, 37, b.c8(4));
+                    vec![b.bswap(raw)]
+                }
+                Addr::V6(hi, lo) => {
+                    b.store_at(key, off, b.bswap(hi));
+                    b.store_at(key, off + 8, b.bswap(lo));
+                    b.store_at(key, 37, b.c8(6));
+                    vec![b.trunc(b.lshr(hi, b.c64(32)), i32t), b.trunc(hi, i32t), b.trunc(b.lshr(lo, b.c64(32)), i32t), b.trunc(lo, i32t)]
+                }
+            }
+        };
+        let (src, dst) = (words(src, 0), words(dst, 16));
+        let ports_word = b.trunc(b.or(b.shl(sport, b.c64(16)), dport), i32t);
+        let proto_word = b.trunc(proto, i32t);
+        let words: Vec<IntValue<'ctx>> = match lb.hash {
+            FlowHash::FiveTuple => src.into_iter().chain(dst).chain([ports_word, proto_word]).collect(),
+            FlowHash::Source => src,
+            FlowHash::Ports => vec![ports_word, proto_word],
+        };
+        murmur3(b, xpol_lang::maglev::FLOW_SEED, &words)
+    }
+
     /// Counts a packet (and a new flow when `new_flow` is 1) for backend
     /// slot `slot` in the pool's per-CPU stats.
     fn count_backend(&self, pool: PoolMaps<'ctx>, slot: IntValue<'ctx>, new_flow: IntValue<'ctx>) {
@@ -250,7 +336,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// Puts the outer headers in front of the packet's IP header (dropping
     /// any VLAN tags) and sends it to `backend` (a pointer to its
     /// [`meta::BackendValue`]).
-    fn encapsulate(&self, lb: &Balance, pool: PoolMaps<'ctx>, hash: IntValue<'ctx>, backend: inkwell::values::PointerValue<'ctx>) {
+    fn encapsulate(&self, lb: &Balance, pool: PoolMaps<'ctx>, hash: IntValue<'ctx>, backend: PointerValue<'ctx>) {
         let b = &*self.b;
         let h = &self.h;
         let get = |p| b.get_fact(p);

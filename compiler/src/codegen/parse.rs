@@ -103,8 +103,20 @@ impl L4Split {
 }
 
 /// The fields `lb(...)` reads: the flow's addresses, ports and protocol
-/// (and whether it is a fragment), so the parser provides them.
-const LB_FIELDS: [Field; 6] = [Field::IpSrc, Field::IpDst, Field::L4Sport, Field::L4Dport, Field::IpProto, Field::IpFrag];
+/// (and whether it is a fragment), and what finds the flow an ICMP error
+/// quotes; so the parser provides them.
+const LB_FIELDS: [Field; 10] = [
+    Field::IpSrc,
+    Field::IpDst,
+    Field::L4Sport,
+    Field::L4Dport,
+    Field::IpProto,
+    Field::IpFrag,
+    Field::Ip4Ihl,
+    Field::Ip6NextHdr,
+    Field::IcmpType,
+    Field::Icmp6Type,
+];
 
 /// Calls `visit` with every field one probe reads, and where.
 fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {

@@ -30,24 +30,31 @@ const OUTER_TTL: u8 = 64;
 pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8], state: &mut State) -> Option<Balanced> {
     let ip = f.ip.as_ref()?;
     let pool = &policy.pools[lb.pool];
-    let (proto, frag) = match ip.proto {
-        Some((proto, frag, _)) => (proto as u32, frag),
-        None => (0, false),
+    let l3 = 14 + 4 * f.vlan_depth as usize;
+    let flow = match quoted_flow(f, ip, packet, l3) {
+        Some(flow) => flow,
+        None => {
+            let (proto, frag) = match ip.proto {
+                Some((proto, frag, _)) => (proto as u32, frag),
+                None => (0, false),
+            };
+            let (sport, dport) = match &f.l4 {
+                Some(L4Facts::Tcp { sport, dport, .. } | L4Facts::Udp { sport, dport, .. }) if !frag => (*sport as u32, *dport as u32),
+                _ => (0, 0),
+            };
+            Flow { src: ip.src, dst: ip.dst, sport, dport, proto }
+        }
     };
-    let (sport, dport) = match &f.l4 {
-        Some(L4Facts::Tcp { sport, dport, .. } | L4Facts::Udp { sport, dport, .. }) if !frag => (*sport as u32, *dport as u32),
-        _ => (0, 0),
-    };
-    let ports = (sport << 16) | dport;
+    let ports = (flow.sport << 16) | flow.dport;
     let mut words = Vec::new();
     match lb.hash {
         FlowHash::FiveTuple => {
-            words.extend(maglev::addr_words(&octets(ip.src)));
-            words.extend(maglev::addr_words(&octets(ip.dst)));
-            words.extend([ports, proto]);
+            words.extend(maglev::addr_words(&octets(flow.src)));
+            words.extend(maglev::addr_words(&octets(flow.dst)));
+            words.extend([ports, flow.proto]);
         }
-        FlowHash::Source => words.extend(maglev::addr_words(&octets(ip.src))),
-        FlowHash::Ports => words.extend([ports, proto]),
+        FlowHash::Source => words.extend(maglev::addr_words(&octets(flow.src))),
+        FlowHash::Ports => words.extend([ports, flow.proto]),
     }
     let hash = maglev::murmur3_words(maglev::FLOW_SEED, &words);
     let table = state.lb_tables.entry(lb.pool).or_insert_with(|| {
@@ -62,7 +69,6 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
 
     // The frame: the Ethernet addresses, the outer headers, the packet
     // from its IP header on (VLAN tags dropped).
-    let l3 = 14 + 4 * f.vlan_depth as usize;
     let inner = &packet[l3.min(packet.len())..];
     let inner_len = ip.len;
     let gue = matches!(lb.encap, Encap::Gue { .. });
@@ -98,6 +104,47 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
     }
     frame.extend_from_slice(inner);
     Some(Balanced { pool: lb.pool, backend: Some(backend), frame })
+}
+
+/// The flow a packet belongs to, as the hash and the flow table see it.
+struct Flow {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u32,
+    dport: u32,
+    proto: u32,
+}
+
+/// For an ICMP error about a flow (ICMP unreachable, time exceeded,
+/// parameter problem; ICMPv6 1 to 4 right after the IPv6 header), the flow
+/// it quotes, the other way round: the quote is a packet the flow's
+/// backend sent. `None` for any other packet, and for a quote cut short
+/// of its IP header. The quote's ports are read where its header length
+/// says, when the protocol is TCP or UDP and the frame holds them.
+fn quoted_flow(f: &Facts, ip: &super::IpFacts, p: &[u8], l3: usize) -> Option<Flow> {
+    let (v6, ty) = match f.l4 {
+        Some(L4Facts::Icmp { v6, ty, .. }) => (v6, ty),
+        _ => return None,
+    };
+    let error = if v6 { ip.nexthdr == 58 && (1..=4).contains(&ty) } else { matches!(ty, 3 | 11 | 12) };
+    if !error {
+        return None;
+    }
+    let q = l3 + if v6 { 40 } else { 4 * ip.ihl as usize } + 8;
+    let (src, dst, proto, hl): (IpAddr, IpAddr, u32, usize) = if v6 {
+        let b = p.get(q..q + 40)?;
+        let a = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&b[o..o + 16]).expect("16 bytes"));
+        (a(8), a(24), u32::from(b[6]), 40)
+    } else {
+        let b = p.get(q..q + 20)?;
+        let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&b[o..o + 4]).expect("4 bytes"));
+        (a(12), a(16), u32::from(b[9]), 4 * usize::from(b[0] & 0xf))
+    };
+    let (sport, dport) = match p.get(q + hl..q + hl + 4) {
+        Some(x) if proto == 6 || proto == 17 => (u32::from(u16::from_be_bytes([x[0], x[1]])), u32::from(u16::from_be_bytes([x[2], x[3]]))),
+        _ => (0, 0),
+    };
+    Some(Flow { src: dst, dst: src, sport: dport, dport: sport, proto })
 }
 
 fn octets(a: IpAddr) -> Vec<u8> {
