@@ -20,6 +20,7 @@ pub mod helper {
     pub const REDIRECT: u64 = 23;
     pub const SKB_PULL_DATA: u64 = 39;
     pub const XDP_ADJUST_HEAD: u64 = 44;
+    pub const XDP_ADJUST_TAIL: u64 = 65;
     pub const FIB_LOOKUP: u64 = 69;
 }
 

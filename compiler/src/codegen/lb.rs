@@ -89,7 +89,7 @@ const XDP_TX: u64 = 3;
 pub const OUTER_TTL: u8 = 64;
 /// `bpf_fib_lookup` results (enum `BPF_FIB_LKUP_RET_*`).
 const FIB_SUCCESS: u64 = 0;
-const FIB_FRAG_NEEDED: u64 = 4;
+const FIB_FRAG_NEEDED: u64 = 8;
 /// `struct bpf_fib_lookup`: its size and the offsets used.
 const FIB_PARAMS_BYTES: u32 = 64;
 const AF_INET: u8 = 2;
@@ -404,15 +404,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             // The header checksum: the one's-complement sum of its 16-bit
             // words, summed as loaded (the sum does not depend on byte
             // order), folded, inverted.
-            let mut sum = b.c64(0);
-            for i in 0..5 {
-                let w = b.zext64(b.load_raw(data, 14 + 4 * i, 4));
-                sum = b.add(sum, b.add(b.and(w, b.c64(0xffff)), b.lshr(w, b.c64(16))));
-            }
-            for _ in 0..2 {
-                sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
-            }
-            b.store_at(data, 24, b.trunc(b.xor(sum, b.c64(0xffff)), i16t));
+            b.store_at(data, 24, fold(b, ones_sum(b, data, 14, 5, b.c64(0))));
         }
         if let Encap::Gue { port } = lb.encap {
             let udp = 14 + ip_hdr;
@@ -443,6 +435,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             b.store_at(fib, 16, b.load_raw(data, 26, 4));
             b.store_at(fib, 32, b.load_raw(data, 30, 4));
         }
+        // An input lookup, as for a packet forwarded from the ingress
+        // interface (which must have forwarding on, else the FIB says
+        // so and the stack gets the packet). `BPF_FIB_LOOKUP_OUTPUT`
+        // would bind the way out to the ingress interface.
         let ret = b.helper_call(helper::FIB_LOOKUP, b.i64(), &[ctx.into(), fib.into(), b.c64(u64::from(FIB_PARAMS_BYTES)).into(), b.c64(0).into()]);
         let found = b.block("lb_next_hop");
         let not_found = b.block("lb_no_next_hop");
@@ -476,11 +472,112 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let stack = b.block("lb_to_stack");
         b.cond_br(b.eq(ret, b.c64(FIB_FRAG_NEEDED)), too_big, stack);
         b.at(too_big);
-        b.ret(XDP_DROP);
+        let dont_fragment = get(h.df);
+        let options = b.cmp(IntPredicate::NE, get(h.ihl), b.c64(5));
+        self.packet_too_big(pool, lb, fib, [macs_lo, macs_hi], inner_v6, dont_fragment, options, drop);
         b.at(stack);
         b.ret(XDP_PASS);
         b.at(drop);
         b.ret(XDP_DROP);
+    }
+
+    /// The encapsulated packet is over the way out's MTU (`fib` holds the
+    /// FIB's answer, its `mtu_result`): tell the client, as a router would,
+    /// with an ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6
+    /// "packet too big" sent back out of the interface the packet came in
+    /// by, from the address it was sent to (the VIP), naming the MTU less
+    /// the outer headers and quoting the packet's IP header and 8 bytes
+    /// (RFC 792, RFC 4443). An IPv4 packet without DF may be fragmented:
+    /// the outer header has no DF either, and the stack fragments it. An
+    /// IPv4 packet with options is dropped (its quote would be longer).
+    #[allow(clippy::too_many_arguments)]
+    fn packet_too_big(&self, pool: PoolMaps<'ctx>, lb: &Balance, fib: PointerValue<'ctx>, macs: [IntValue<'ctx>; 2], inner_v6: IntValue<'ctx>, dont_fragment: IntValue<'ctx>, options: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) {
+        let b = &*self.b;
+        let i16t = b.m.cx.i16_type();
+        let i32t = b.m.cx.i32_type();
+        let ctx = b.ctx();
+        let outer = outer_len(pool.v6, lb.encap);
+        let mtu = b.zext64(b.load_raw(fib, 6, 2));
+        let inner_mtu = b.select(b.cmp(IntPredicate::UGT, mtu, b.c64(outer)), b.sub(mtu, b.c64(outer)), b.c64(0));
+        let answer4 = b.block("lb_frag_needed");
+        let answer6 = b.block("lb_packet_too_big");
+        let v4 = b.block("lb_too_big_v4");
+        let fragmentable = b.block("lb_fragmentable");
+        b.cond_br(inner_v6, answer6, v4);
+        b.at(v4);
+        let no_options = b.block("lb_too_big_plain");
+        b.cond_br(options, drop, no_options);
+        b.at(no_options);
+        b.cond_br(dont_fragment, answer4, fragmentable);
+        b.at(fragmentable);
+        b.ret(XDP_PASS);
+        for v6 in [false, true] {
+            b.at(if v6 { answer6 } else { answer4 });
+            // IP header and ICMP header, then the quote.
+            let (headers, quote) = if v6 { (48u64, 48u64) } else { (28, 28) };
+            let moved = b.helper_call(helper::XDP_ADJUST_HEAD, b.i64(), &[ctx.into(), b.c64(outer.wrapping_sub(headers)).into()]);
+            let headed = b.block("lb_icmp_headed");
+            b.cond_br_likely(b.eq(moved, b.c64(0)), headed, drop);
+            b.at(headed);
+            let total = 14 + headers + quote;
+            let (data, end) = b.xdp_bounds();
+            let cut = b.sub(b.c64(total), b.sub(b.ptr_to_int(end), b.ptr_to_int(data)));
+            let cut_ok = b.helper_call(helper::XDP_ADJUST_TAIL, b.i64(), &[ctx.into(), cut.into()]);
+            let tailed = b.block("lb_icmp_tailed");
+            b.cond_br_likely(b.eq(cut_ok, b.c64(0)), tailed, drop);
+            b.at(tailed);
+            let (data, end) = b.xdp_bounds();
+            let room = b.block("lb_icmp_room");
+            b.cond_br_likely(b.fits(data, total, end), room, drop);
+            b.at(room);
+            // Back to where it came from: the Ethernet addresses swapped.
+            let [lo, hi] = macs;
+            b.store_at(data, 0, b.trunc(b.lshr(lo, b.c64(48)), i16t));
+            b.store_at(data, 2, hi);
+            b.store_at(data, 6, b.trunc(lo, i32t));
+            b.store_at(data, 10, b.trunc(b.lshr(lo, b.c64(32)), i16t));
+            let q = 14 + headers;
+            if v6 {
+                b.store_at(data, 12, b.c16(0xdd86));
+                b.store_at(data, 14, b.c32(0x60u32));
+                b.store_at(data, 18, b.c16((8 + quote as u16).swap_bytes()));
+                b.store_at(data, 20, b.c8(58));
+                b.store_at(data, 21, b.c8(OUTER_TTL));
+                // From the address the packet was sent to, to its source.
+                for i in 0..4 {
+                    b.store_at(data, 22 + 4 * i, b.load_raw(data, q + 24 + 4 * i, 4));
+                    b.store_at(data, 38 + 4 * i, b.load_raw(data, q + 8 + 4 * i, 4));
+                }
+                b.store_at(data, 54, b.c8(2));
+                b.store_at(data, 55, b.c8(0));
+                b.store_at(data, 56, b.c16(0));
+                b.store_at(data, 58, b.bswap(b.trunc(inner_mtu, i32t)));
+                // The checksum covers a pseudo-header: the addresses, the
+                // length and the next header.
+                let pseudo = b.c64(u64::from((8 + quote as u16).swap_bytes()) + u64::from(58u16.swap_bytes()));
+                let sum = ones_sum(b, data, 22, 8, pseudo);
+                let sum = ones_sum(b, data, 54, (8 + quote) / 4, sum);
+                b.store_at(data, 56, fold(b, sum));
+            } else {
+                b.store_at(data, 12, b.c16(0x0008));
+                b.store_at(data, 14, b.c16(0xc045));
+                b.store_at(data, 16, b.c16((20 + 8 + quote as u16).swap_bytes()));
+                b.store_at(data, 18, b.c32(0));
+                b.store_at(data, 22, b.c8(OUTER_TTL));
+                b.store_at(data, 23, b.c8(1));
+                b.store_at(data, 24, b.c16(0));
+                b.store_at(data, 26, b.load_raw(data, q + 16, 4));
+                b.store_at(data, 30, b.load_raw(data, q + 12, 4));
+                b.store_at(data, 24, fold(b, ones_sum(b, data, 14, 5, b.c64(0))));
+                b.store_at(data, 34, b.c8(3));
+                b.store_at(data, 35, b.c8(4));
+                b.store_at(data, 36, b.c16(0));
+                b.store_at(data, 38, b.c16(0));
+                b.store_at(data, 40, b.bswap(b.trunc(inner_mtu, i16t)));
+                b.store_at(data, 36, fold(b, ones_sum(b, data, 34, (8 + quote) / 4, b.c64(0))));
+            }
+            b.ret(XDP_TX);
+        }
     }
 
     /// The outer source address as the words to store (as loaded: network
@@ -506,6 +603,25 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             }
         }
     }
+}
+
+/// Adds the `words` 32-bit words at `p + off`, as 16-bit halves as
+/// loaded, to `sum`: the one's-complement sum of the Internet checksum
+/// does not depend on byte order.
+fn ones_sum<'ctx>(b: &Bpf<'_, 'ctx>, p: PointerValue<'ctx>, off: u64, words: u64, sum: IntValue<'ctx>) -> IntValue<'ctx> {
+    (0..words).fold(sum, |sum, i| {
+        let w = b.zext64(b.load_raw(p, off + 4 * i, 4));
+        b.add(sum, b.add(b.and(w, b.c64(0xffff)), b.lshr(w, b.c64(16))))
+    })
+}
+
+/// The checksum of a one's-complement sum: folded to 16 bits, inverted.
+fn fold<'ctx>(b: &Bpf<'_, 'ctx>, sum: IntValue<'ctx>) -> IntValue<'ctx> {
+    let mut sum = sum;
+    for _ in 0..3 {
+        sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
+    }
+    b.trunc(b.xor(sum, b.c64(0xffff)), b.m.cx.i16_type())
 }
 
 /// murmur3_32 over whole 32-bit words, as
