@@ -177,6 +177,9 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
                 hook.as_str(),
                 hex(p)
             );
+            if let Some(translated) = &want.translated {
+                assert_eq!(&got.packet, translated, "{} ({}): the reply is not translated back as the reference does: packet {}", path.display(), hook.as_str(), hex(p));
+            }
             checked += 1;
         }
     }

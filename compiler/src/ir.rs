@@ -252,13 +252,23 @@ pub enum OuterSource {
     PerFlow(IpAddr, u8),
 }
 
+/// How `lb` delivers a packet to its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Encapsulated (direct server return: the backend answers the client).
+    Encap { encap: Encap, src: OuterSource },
+    /// `nat`: the destination address (and port, when given) rewritten to
+    /// the backend's; replies are translated back on the way out (TC
+    /// egress of the same policy).
+    Nat { port: Option<u16> },
+}
+
 /// `lb(POOL, ...)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Balance {
     pub pool: PoolId,
-    pub encap: Encap,
+    pub delivery: Delivery,
     pub hash: FlowHash,
-    pub src: OuterSource,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -437,6 +447,9 @@ pub struct Policy {
     pub locals: Vec<Local>,
     pub redirects: Vec<String>,
     pub pools: Vec<Pool>,
+    /// The pools `lb(..., nat)` balances over, in order: the `tc:egress`
+    /// program translates their replies back first.
+    pub nat_pools: Vec<PoolId>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -512,20 +525,27 @@ impl Printer<'_> {
 
 impl Printer<'_> {
     fn balance(&self, lb: &Balance) -> String {
-        let encap = match lb.encap {
-            Encap::Ipip => "ipip".to_string(),
-            Encap::Gue { port } => format!("gue, port: {port}"),
-        };
         let by = match lb.hash {
             FlowHash::FiveTuple => "5-tuple",
             FlowHash::Source => "ip.src",
             FlowHash::Ports => "ports",
         };
-        let src = match lb.src {
-            OuterSource::Fixed(a) => a.to_string(),
-            OuterSource::PerFlow(a, l) => format!("{a}/{l} per flow"),
+        let delivery = match lb.delivery {
+            Delivery::Encap { encap, src } => {
+                let encap = match encap {
+                    Encap::Ipip => "ipip".to_string(),
+                    Encap::Gue { port } => format!("gue, port: {port}"),
+                };
+                let src = match src {
+                    OuterSource::Fixed(a) => a.to_string(),
+                    OuterSource::PerFlow(a, l) => format!("{a}/{l} per flow"),
+                };
+                format!("encap: {encap}, src: {src}")
+            }
+            Delivery::Nat { port: None } => "nat".to_string(),
+            Delivery::Nat { port: Some(p) } => format!("nat, port: {p}"),
         };
-        format!("lb {}, encap: {encap}, by: {by}, src: {src}", self.policy.pools[lb.pool].name)
+        format!("lb {}, {delivery}, by: {by}", self.policy.pools[lb.pool].name)
     }
 }
 

@@ -405,6 +405,12 @@ pub struct PoolMeta {
     pub backends_map: String,
     pub flows_map: String,
     pub stats_map: String,
+    /// With `lb(POOL, nat)`: `BPF_MAP_TYPE_LRU_HASH`, `flows` entries, key
+    /// [`FlowKey`] of a reply (from the backend to the client), value
+    /// [`NatValue`]: the address and port the client sent to, which the
+    /// `tc:egress` program puts back as the reply's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_map: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,6 +456,17 @@ pub struct FlowValue {
     /// The backend slot.
     pub backend: u32,
     pub reserved: u32,
+}
+
+/// A value of a pool's NAT map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct NatValue {
+    /// The VIP, network order (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// The VIP's port, network order.
+    pub port: [u8; 2],
+    pub pad: [u8; 2],
 }
 
 /// Counters of one backend on one CPU (a pool's stats map).

@@ -155,3 +155,24 @@ pub fn decapsulate(frame: &[u8]) -> Option<Encapsulated> {
         _ => None,
     }
 }
+
+/// Where a frame `lb` sent goes: the outer destination of an encapsulated
+/// frame, else (`nat`) the destination of its IP header (after any VLAN
+/// tags).
+pub fn delivered_to(frame: &[u8]) -> Option<IpAddr> {
+    if let Some(e) = decapsulate(frame) {
+        return Some(e.outer_dst);
+    }
+    let mut at = 12;
+    let mut ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        at += 4;
+        ethertype = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+    }
+    let l3 = at + 2;
+    match ethertype {
+        0x0800 => Some(IpAddr::from(<[u8; 4]>::try_from(frame.get(l3 + 16..l3 + 20)?).ok()?)),
+        0x86dd => Some(IpAddr::from(<[u8; 16]>::try_from(frame.get(l3 + 24..l3 + 40)?).ok()?)),
+        _ => None,
+    }
+}

@@ -278,6 +278,9 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
             (p.flows_map.as_str(), std::mem::size_of::<meta::FlowKey>() as u32, std::mem::size_of::<meta::FlowValue>() as u32),
             (p.stats_map.as_str(), 4, std::mem::size_of::<meta::BackendCounters>() as u32),
         ]);
+        if let Some(nat) = &p.nat_map {
+            expected.push((nat.as_str(), std::mem::size_of::<meta::FlowKey>() as u32, std::mem::size_of::<meta::NatValue>() as u32));
+        }
     }
     for (map, key, value) in expected {
         let Some(data) = maps.get(map) else { continue };

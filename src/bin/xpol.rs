@@ -466,6 +466,13 @@ fn map_warnings(report: &serde_json::Value) -> Vec<String> {
 fn kernel_outcome(kernel: &xpol_runtime::loader::RunOutcome, reference: &xpol_compiler::reference::Evaluation) -> String {
     use xpol_runtime::loader::Action;
     let action = format!("{:?}", kernel.action).to_lowercase();
+    // A reply `nat` translated back on TC egress must leave as the
+    // reference translated it.
+    if let Some(translated) = &reference.translated {
+        if kernel.packet != *translated {
+            return format!("{action} with another frame than the translation back");
+        }
+    }
     let Some(frame) = reference.lb.as_ref().filter(|b| b.backend.is_some()).map(|b| &b.frame) else { return action };
     let same = match kernel.action {
         Action::Pass => kernel.packet == *frame,
@@ -527,7 +534,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
-        let kernel_backend = xpol_runtime::lb::decapsulate(&kernel.packet).map(|e| e.outer_dst).filter(|_| case.lb.is_some());
+        let kernel_backend = xpol_runtime::lb::delivered_to(&kernel.packet).filter(|_| case.lb.is_some());
         let reference_backend = reference.lb.as_ref().and_then(|b| b.backend);
         let right_backend = case.lb.is_none_or(|(pool, addr)| {
             let reference_ok = reference.lb.as_ref().is_some_and(|b| b.pool == pool && addr.is_none_or(|a| b.backend == Some(a)));

@@ -2,13 +2,13 @@
 //! and `=> lb(POOL, ADDR)` test expectations.
 
 use super::{Checker, Operand};
-use crate::ir::{self, Balance, Encap, ExprKind, FlowHash, OuterSource, Value};
+use crate::ir::{self, Balance, Delivery, Encap, ExprKind, FlowHash, OuterSource, Value};
 use std::net::IpAddr;
 use xpol_lang::ast::{self, Hook};
 use xpol_lang::maglev;
 use xpol_lang::{Diagnostic, Span};
 
-const LB_OPTIONS: &str = "`encap: ipip` or `encap: gue, port: N`, `src: ADDR` or `src: PREFIX`, `by: ip.src` or `by: ports`";
+const LB_OPTIONS: &str = "`encap: ipip` or `encap: gue, port: N`, `src: ADDR` or `src: PREFIX`, or `nat` (with `port: N`); `by: ip.src` or `by: ports`";
 
 impl Checker<'_> {
     /// `pool NAME [table N] [flows N] [max N] = { ADDR [weight W], ... }`:
@@ -192,6 +192,7 @@ impl Checker<'_> {
         let mut port: Option<(u16, Span)> = None;
         let mut src: Option<(OuterSource, Span)> = None;
         let mut hash = FlowHash::FiveTuple;
+        let mut nat: Option<Span> = None;
         let mut ok = true;
         let mut seen: Vec<&str> = Vec::new();
         for arg in args {
@@ -215,7 +216,7 @@ impl Checker<'_> {
                         ok = false;
                     }
                 },
-                ("port", Some(v)) => match self.const_int(v, "a GUE port") {
+                ("port", Some(v)) => match self.const_int(v, "a port") {
                     Some(p) if (1..=65535).contains(&p) => port = Some((p as u16, v.span)),
                     Some(p) => {
                         self.error(v.span, "xpol::lb::port", format!("{p} is not a UDP port"), "1 to 65535");
@@ -245,8 +246,9 @@ impl Checker<'_> {
                     self.error(arg.span, "xpol::lb::option", format!("`{name}` needs a value: `{name}: ...`"), "no value");
                     ok = false;
                 }
-                ("nat", _) => {
-                    self.error_help(arg.span, "xpol::lb::nat", "`nat` (DNAT) is not available yet", "not available", "balance with `encap: ipip` or `encap: gue, port: N` (direct server return)");
+                ("nat", None) => nat = Some(arg.span),
+                ("nat", Some(v)) => {
+                    self.error_help(v.span, "xpol::lb::option", "`nat` takes no value", "remove this", "write `lb(POOL, nat)`, or `lb(POOL, nat, port: N)` to send to port N of the backends");
                     ok = false;
                 }
                 _ => {
@@ -260,13 +262,28 @@ impl Checker<'_> {
         let pool_id = pool_id.filter(|_| ok)?;
         let v6 = self.pools[pool_id].v6;
         let family = if v6 { "IPv6" } else { "IPv4" };
+        if let Some(nat_span) = nat {
+            let extra = [encap.map(|(_, s)| (s, "`encap`")), src.map(|(_, s)| (s, "`src`"))];
+            if let Some((span, what)) = extra.into_iter().flatten().next() {
+                self.diags.push(
+                    Diagnostic::error("xpol::lb::nat", format!("{what} does not go with `nat`"))
+                        .with_label(span, "an encapsulation option")
+                        .with_label(nat_span, "translated, not encapsulated")
+                        .with_help("`nat` rewrites the destination to the backend's (replies are translated back); `encap` wraps the packet instead: choose one"),
+                );
+                return None;
+            }
+            self.nat_pools.insert(pool_id);
+            self.warn_empty_pool(pool_id, pool);
+            return Some(ir::StmtKind::Lb(Balance { pool: pool_id, delivery: Delivery::Nat { port: port.map(|(p, _)| p) }, hash }));
+        }
         let encap = match (encap, port) {
             (None, _) => {
-                self.error_help(stmt.span, "xpol::lb::encap", "`lb` needs an encapsulation", "no `encap`", "add `encap: ipip` (IP in IP) or `encap: gue, port: N` (GUE in UDP)");
+                self.error_help(stmt.span, "xpol::lb::encap", "`lb` needs an encapsulation, or `nat`", "no `encap`", "add `encap: ipip` (IP in IP) or `encap: gue, port: N` (GUE in UDP), or `nat` to translate the destination");
                 return None;
             }
             (Some(("ipip", _)), Some((_, span))) => {
-                self.error_help(span, "xpol::lb::port", "`port` is the GUE port, and this `lb` uses `ipip`", "not used", "remove `port`, or use `encap: gue`");
+                self.error_help(span, "xpol::lb::port", "`port` is the GUE port (or the backends' port with `nat`), and this `lb` uses `ipip`", "not used", "remove `port`, or use `encap: gue`");
                 return None;
             }
             (Some(("ipip", _)), None) => Encap::Ipip,
@@ -304,13 +321,17 @@ impl Checker<'_> {
                 s
             }
         };
+        self.warn_empty_pool(pool_id, pool);
+        Some(ir::StmtKind::Lb(Balance { pool: pool_id, delivery: Delivery::Encap { encap, src }, hash }))
+    }
+
+    fn warn_empty_pool(&mut self, pool_id: ir::PoolId, pool: &ast::Ident) {
         if self.pools[pool_id].backends.is_empty() {
             self.diags.push(
                 Diagnostic::warning("xpol::lb::empty", format!("the pool `{}` has no backends yet", pool.name))
                     .with_label(pool.span, "packets here are dropped (and counted) until `xpol pool` adds a backend"),
             );
         }
-        Some(ir::StmtKind::Lb(Balance { pool: pool_id, encap, hash, src }))
     }
 
     /// `=> lb(POOL)` or `=> lb(POOL, ADDR)` in a test case.

@@ -82,6 +82,9 @@ struct Checker<'a> {
     pool_ids: HashMap<String, ir::PoolId>,
     /// Pools whose declaration has errors: `lb` over them says nothing more.
     failed_pools: std::collections::HashSet<ir::PoolId>,
+    /// Pools some `lb(..., nat)` balances over: their replies are
+    /// translated back on TC egress.
+    nat_pools: std::collections::BTreeSet<ir::PoolId>,
 }
 
 pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
@@ -105,6 +108,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         pools: Vec::new(),
         pool_ids: HashMap::new(),
         failed_pools: Default::default(),
+        nat_pools: Default::default(),
     };
     // Declarations first, in order: a const may use earlier consts and sets;
     // probes may use any set or const of the policy.
@@ -129,6 +133,11 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
             }
             _ => {}
         }
+    }
+    // `nat` translates replies back on TC egress: the policy has a
+    // `tc:egress` program even without rules of its own there.
+    if !c.nat_pools.is_empty() {
+        c.programs.entry(Hook::TcEgress).or_default();
     }
     // A `@map` is made by its uses; `map @NAME max N` only sizes it,
     // wherever it stands, so it is checked once every rule is.
@@ -176,6 +185,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         locals: c.locals,
         redirects: c.redirects,
         pools: c.pools,
+        nat_pools: c.nat_pools.into_iter().collect(),
         tests,
         warnings: c.diags,
     };

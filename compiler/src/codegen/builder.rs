@@ -17,6 +17,9 @@ pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
+    pub const SKB_STORE_BYTES: u64 = 9;
+    pub const L3_CSUM_REPLACE: u64 = 10;
+    pub const L4_CSUM_REPLACE: u64 = 11;
     pub const REDIRECT: u64 = 23;
     pub const SKB_PULL_DATA: u64 = 39;
     pub const XDP_ADJUST_HEAD: u64 = 44;

@@ -14,7 +14,7 @@
 
 use super::builder::{helper, map_type, Bpf, MapDef, ModuleCx, BPF_ANY};
 use super::lower::Lower;
-use crate::ir::{self, Balance, Encap, FlowHash, OuterSource};
+use crate::ir::{self, Balance, Delivery, Encap, FlowHash, OuterSource};
 use inkwell::values::{IntValue, PointerValue};
 use inkwell::IntPredicate;
 use std::net::IpAddr;
@@ -28,6 +28,8 @@ pub struct PoolMaps<'ctx> {
     pub backends: MapDef<'ctx>,
     pub flows: MapDef<'ctx>,
     pub stats: MapDef<'ctx>,
+    /// With `nat`: reply 5-tuple -> the VIP and port to put back.
+    pub nat: Option<MapDef<'ctx>>,
     pub table_size: u32,
     pub max_backends: u32,
     pub v6: bool,
@@ -37,11 +39,13 @@ pub struct PoolMaps<'ctx> {
 const FLOW_KEY_BYTES: u32 = 40;
 /// Size of [`meta::BackendValue`].
 const BACKEND_BYTES: u32 = 20;
+/// Size of [`meta::NatValue`].
+const NAT_VALUE_BYTES: u32 = 20;
 /// Size of [`meta::BackendCounters`].
 const STATS_BYTES: u32 = 24;
 
 /// Defines a pool's maps and describes them for the object's metadata.
-pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool) -> (PoolMaps<'ctx>, PoolMeta) {
+pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool, nat: bool) -> (PoolMaps<'ctx>, PoolMeta) {
     let name = |suffix: &str| format!("xl_{}_{suffix}", pool.name);
     let meta = PoolMeta {
         name: pool.name.clone(),
@@ -55,6 +59,7 @@ pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool) -> (PoolMaps<'ctx>
         backends_map: name("be"),
         flows_map: name("flows"),
         stats_map: name("stats"),
+        nat_map: nat.then(|| name("nat")),
     };
     let maps = PoolMaps {
         ring: m.define_map(&meta.ring_map, map_type::ARRAY, 4, 4, 2 * pool.table_size, 0),
@@ -62,6 +67,7 @@ pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool) -> (PoolMaps<'ctx>
         backends: m.define_map(&meta.backends_map, map_type::ARRAY, 4, BACKEND_BYTES, pool.max_backends, 0),
         flows: m.define_map(&meta.flows_map, map_type::LRU_HASH, FLOW_KEY_BYTES, 8, pool.flows, 0),
         stats: m.define_map(&meta.stats_map, map_type::PERCPU_ARRAY, 4, STATS_BYTES, pool.max_backends + 1, 0),
+        nat: meta.nat_map.as_ref().map(|n| m.define_map(n, map_type::LRU_HASH, FLOW_KEY_BYTES, NAT_VALUE_BYTES, pool.flows, 0)),
         table_size: pool.table_size,
         max_backends: pool.max_backends,
         v6: pool.v6,
@@ -94,6 +100,10 @@ const FIB_FRAG_NEEDED: u64 = 8;
 const FIB_PARAMS_BYTES: u32 = 64;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+/// Flags of `bpf_l4_csum_replace`: the field is in the pseudo-header; a
+/// UDP checksum of 0 stays 0 (and a computed 0 becomes 0xffff).
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// `struct xdp_md`'s `ingress_ifindex`.
 const XDP_MD_INGRESS_IFINDEX: u64 = 12;
 
@@ -120,6 +130,23 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(not_ip);
         b.ret(XDP_PASS);
         b.at(ip);
+        if let Delivery::Nat { .. } = lb.delivery {
+            // `nat` translates TCP and UDP of the pool's family, whose L4
+            // header is right after the IP header (no IPv6 extension
+            // headers), and no fragment (later ones carry no ports): the
+            // rest is dropped, counted as having no backend.
+            let family = if pool.v6 { is6 } else { is4 };
+            let l4 = b.or(get(h.tcp_ok), get(h.udp_ok));
+            let whole = b.not(b.and(get(h.proto_ok), get(h.frag)));
+            let direct = if pool.v6 { b.eq(get(h.ip6_nh), get(h.proto)) } else { b.bool(true) };
+            let can = b.block("lb_nat_can");
+            let cannot = b.block("lb_nat_cannot");
+            b.cond_br_likely(b.and(b.and(family, l4), b.and(whole, direct)), can, cannot);
+            b.at(cannot);
+            self.count_backend(pool, b.c32(pool.max_backends), b.c64(0));
+            b.ret(XDP_DROP);
+            b.at(can);
+        }
 
         // The flow: ports (0 for fragments, whose later parts carry none,
         // and for packets without ports) and protocol, both only where the
@@ -276,7 +303,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let backend = b.phi_ptr(&[(hit_be, hit_ok), (new_be, new_ok)]);
         let new_flow = b.phi(&[(b.c64(0), hit_ok), (b.c64(1), new_ok)]);
         self.count_backend(pool, slot, new_flow);
-        self.encapsulate(lb, pool, hash, backend);
+        match lb.delivery {
+            Delivery::Encap { encap, src } => self.encapsulate(encap, src, pool, hash, backend),
+            Delivery::Nat { port } => self.translate(pool, port, backend),
+        }
     }
 
     /// Writes the flow key (see [`meta::FlowKey`]) and returns the flow
@@ -336,7 +366,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// Puts the outer headers in front of the packet's IP header (dropping
     /// any VLAN tags) and sends it to `backend` (a pointer to its
     /// [`meta::BackendValue`]).
-    fn encapsulate(&self, lb: &Balance, pool: PoolMaps<'ctx>, hash: IntValue<'ctx>, backend: PointerValue<'ctx>) {
+    fn encapsulate(&self, encap: Encap, src: OuterSource, pool: PoolMaps<'ctx>, hash: IntValue<'ctx>, backend: PointerValue<'ctx>) {
         let b = &*self.b;
         let h = &self.h;
         let get = |p| b.get_fact(p);
@@ -349,7 +379,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // IPv4 inside: the outer IPv4 header says "don't fragment" when the
         // inner one does; IPv6 is never fragmented on the way.
         let df = b.or(inner_v6, get(h.df));
-        let outer = outer_len(pool.v6, lb.encap);
+        let outer = outer_len(pool.v6, encap);
         let growth = b.sub(b.c64(outer), b.mul(get(h.vlan_depth), b.c64(4)));
 
         // The Ethernet addresses, kept for when the FIB gives no next hop.
@@ -371,11 +401,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.store_at(data, 0, macs_lo);
         b.store_at(data, 8, macs_hi);
         b.store_at(data, 12, b.c16(if pool.v6 { 0xdd86 } else { 0x0008 }));
-        let gue = matches!(lb.encap, Encap::Gue { .. });
+        let gue = matches!(encap, Encap::Gue { .. });
         let inner_proto = b.select(inner_v6, b.c64(41), b.c64(4));
         let next_proto = if gue { b.c64(17) } else { inner_proto };
         let ip_hdr = if pool.v6 { 40 } else { 20 };
-        let src = self.outer_source_words(lb.src, hash);
+        let src = self.outer_source_words(src, hash);
         if pool.v6 {
             let flow_label = b.zext64(b.and(hash, b.c32(0xf_ffff)));
             let word0 = b.or(b.or(b.c64(6 << 28), b.shl(tos, b.c64(20))), flow_label);
@@ -406,7 +436,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             // order), folded, inverted.
             b.store_at(data, 24, fold(b, ones_sum(b, data, 14, 5, b.c64(0))));
         }
-        if let Encap::Gue { port } = lb.encap {
+        if let Encap::Gue { port } = encap {
             let udp = 14 + ip_hdr;
             let sport = b.or(b.and(hash, b.c32(0x3fff)), b.c32(0xc000));
             b.store_at(data, udp, b.bswap(b.trunc(sport, i16t)));
@@ -435,11 +465,36 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             b.store_at(fib, 16, b.load_raw(data, 26, 4));
             b.store_at(fib, 32, b.load_raw(data, 30, 4));
         }
+        let ret = self.send_by_fib(fib, ingress, drop);
+        // Too big for the way out: the client is told. Anything else (no
+        // route, no neighbour entry yet, forwarding off): the stack decides.
+        let too_big = b.block("lb_too_big");
+        let stack = b.block("lb_to_stack");
+        b.cond_br(b.eq(ret, b.c64(FIB_FRAG_NEEDED)), too_big, stack);
+        b.at(too_big);
+        let dont_fragment = get(h.df);
+        let options = b.cmp(IntPredicate::NE, get(h.ihl), b.c64(5));
+        self.packet_too_big(pool, encap, fib, [macs_lo, macs_hi], inner_v6, dont_fragment, options, drop);
+        b.at(stack);
+        b.ret(XDP_PASS);
+        b.at(drop);
+        b.ret(XDP_DROP);
+    }
+
+    /// Looks up the next hop (`fib`: a filled `struct bpf_fib_lookup`) and,
+    /// when the FIB has it, sets the frame's Ethernet addresses and sends
+    /// it: `XDP_TX` back out of the ingress interface, else a redirect.
+    /// Otherwise returns the FIB's answer, the builder in a block of its
+    /// own for the caller to decide.
+    fn send_by_fib(&self, fib: PointerValue<'ctx>, ingress: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) -> IntValue<'ctx> {
+        let b = &*self.b;
+        let i16t = b.m.cx.i16_type();
+        let i32t = b.m.cx.i32_type();
         // An input lookup, as for a packet forwarded from the ingress
-        // interface (which must have forwarding on, else the FIB says
-        // so and the stack gets the packet). `BPF_FIB_LOOKUP_OUTPUT`
-        // would bind the way out to the ingress interface.
-        let ret = b.helper_call(helper::FIB_LOOKUP, b.i64(), &[ctx.into(), fib.into(), b.c64(u64::from(FIB_PARAMS_BYTES)).into(), b.c64(0).into()]);
+        // interface (which must have forwarding on, else the FIB says so
+        // and the stack gets the packet). `BPF_FIB_LOOKUP_OUTPUT` would
+        // bind the way out to the ingress interface.
+        let ret = b.helper_call(helper::FIB_LOOKUP, b.i64(), &[b.ctx().into(), fib.into(), b.c64(u64::from(FIB_PARAMS_BYTES)).into(), b.c64(0).into()]);
         let found = b.block("lb_next_hop");
         let not_found = b.block("lb_no_next_hop");
         b.cond_br_likely(b.eq(ret, b.c64(FIB_SUCCESS)), found, not_found);
@@ -464,18 +519,126 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(other);
         let r = b.helper_call(helper::REDIRECT, b.i64(), &[b.zext64(out).into(), b.c64(0).into()]);
         b.ret_value(r);
-        // Too big for the way out: dropped (ICMP errors are not sent yet).
-        // Anything else (no route, no neighbour entry yet, forwarding off):
-        // the stack decides.
         b.at(not_found);
-        let too_big = b.block("lb_too_big");
-        let stack = b.block("lb_to_stack");
-        b.cond_br(b.eq(ret, b.c64(FIB_FRAG_NEEDED)), too_big, stack);
-        b.at(too_big);
-        let dont_fragment = get(h.df);
-        let options = b.cmp(IntPredicate::NE, get(h.ihl), b.c64(5));
-        self.packet_too_big(pool, lb, fib, [macs_lo, macs_hi], inner_v6, dont_fragment, options, drop);
-        b.at(stack);
+        ret
+    }
+
+    /// `nat`: rewrites the destination address (and port, with `port`) to
+    /// the backend's, with incremental checksum updates (RFC 1624; a UDP
+    /// checksum of 0, none, stays 0), records the reply's translation for
+    /// TC egress (`nat_map`), and sends the packet on by the FIB (else up
+    /// the stack, which forwards it). `balance` let only TCP and UDP
+    /// packets of the pool's family, not fragments, come here.
+    fn translate(&self, pool: PoolMaps<'ctx>, port: Option<u16>, backend: PointerValue<'ctx>) {
+        let b = &*self.b;
+        let h = &self.h;
+        let get = |p| b.get_fact(p);
+        let i16t = b.m.cx.i16_type();
+        let i32t = b.m.cx.i32_type();
+        let Some(nat_map) = pool.nat else { return b.ret(XDP_DROP) };
+        let drop = b.block("lb_nat_drop");
+        let l3 = b.add(b.c64(14), b.mul(get(h.vlan_depth), b.c64(4)));
+        let ip_hdr = if pool.v6 { b.c64(40) } else { b.mul(get(h.ihl), b.c64(4)) };
+        let tcp = get(h.tcp_ok);
+        let (data, end) = b.xdp_bounds();
+        let ip = b.pkt_ptr(data, b.and(l3, b.c64(MAX_QUOTE_OFFSET)));
+        let l4 = b.pkt_ptr(data, b.and(b.add(l3, ip_hdr), b.c64(MAX_QUOTE_OFFSET)));
+        let (addr_off, addr_words) = if pool.v6 { (24, 4) } else { (16, 1) };
+        let headers = b.block("lb_nat_headers");
+        let ok = b.and(b.fits(ip, if pool.v6 { 40 } else { 20 }, end), b.fits(l4, 20, end));
+        let ok_udp = b.and(b.fits(ip, if pool.v6 { 40 } else { 20 }, end), b.fits(l4, 8, end));
+        b.cond_br_likely(b.select(tcp, ok, ok_udp), headers, drop);
+        b.at(headers);
+        // The one's-complement difference the rewrite makes, summed as
+        // loaded (RFC 1624's sum does not depend on byte order).
+        let halves = |w: IntValue<'ctx>| (b.and(b.zext64(w), b.c64(0xffff)), b.lshr(b.zext64(w), b.c64(16)));
+        let mut addr_delta = b.c64(0);
+        let mut old_addr = Vec::new();
+        for i in 0..addr_words {
+            let old = b.load_raw(ip, addr_off + 4 * i, 4);
+            let new = b.load_raw(backend, 4 * i, 4);
+            let (o1, o2) = halves(old);
+            let (n1, n2) = halves(new);
+            addr_delta = b.add(addr_delta, b.add(b.add(b.xor(o1, b.c64(0xffff)), b.xor(o2, b.c64(0xffff))), b.add(n1, n2)));
+            old_addr.push(old);
+        }
+        let old_port = b.load_raw(l4, 2, 2);
+        let new_port = port.map_or(old_port, |p| b.c16(p.swap_bytes()));
+        let port_delta = b.add(b.xor(b.zext64(old_port), b.c64(0xffff)), b.zext64(new_port));
+        let l4_delta = b.add(addr_delta, port_delta);
+        // HC' = ~(~HC + delta), folded.
+        let updated = |old: IntValue<'ctx>, delta: IntValue<'ctx>| fold(b, b.add(b.xor(b.zext64(old), b.c64(0xffff)), delta));
+        if !pool.v6 {
+            b.store_at(ip, 10, updated(b.load_raw(ip, 10, 2), addr_delta));
+        }
+        let tcp_bb = b.block("lb_nat_tcp");
+        let udp_bb = b.block("lb_nat_udp");
+        let l4_done = b.block("lb_nat_l4_done");
+        b.cond_br(tcp, tcp_bb, udp_bb);
+        b.at(tcp_bb);
+        b.store_at(l4, 16, updated(b.load_raw(l4, 16, 2), l4_delta));
+        b.br(l4_done);
+        b.at(udp_bb);
+        // UDP: 0 is "no checksum" and stays; a computed 0 is sent as 0xffff.
+        let old_sum = b.load_raw(l4, 6, 2);
+        let sum = updated(old_sum, l4_delta);
+        let sum = b.select(b.eq(sum, b.c16(0)), b.c16(0xffff), sum);
+        b.store_at(l4, 6, b.select(b.eq(old_sum, b.c16(0)), b.c16(0), sum));
+        b.br(l4_done);
+        b.at(l4_done);
+        // The reply's translation back, unless it is recorded already
+        // (its entry may have left the LRU table before the flow's).
+        let reply = b.stack_buf(FLOW_KEY_BYTES, "lb_nat_key");
+        for i in 0..4 {
+            b.store_at(reply, 4 * i, b.load_raw(backend, 4 * i, 4));
+        }
+        let src_off = if pool.v6 { 8 } else { 12 };
+        for i in 0..addr_words {
+            b.store_at(reply, 16 + 4 * i, b.load_raw(ip, src_off + 4 * i, 4));
+        }
+        b.store_at(reply, 32, new_port);
+        b.store_at(reply, 34, b.load_raw(l4, 0, 2));
+        b.store_at(reply, 36, b.select(tcp, b.c8(6), b.c8(17)));
+        b.store_at(reply, 37, b.c8(if pool.v6 { 6 } else { 4 }));
+        let known = b.map_lookup(nat_map, reply);
+        let record = b.block("lb_nat_record");
+        let recorded = b.block("lb_nat_recorded");
+        b.br_if_null(known, record, recorded);
+        b.at(record);
+        let value = b.stack_buf(NAT_VALUE_BYTES, "lb_nat_value");
+        for (i, w) in old_addr.iter().enumerate() {
+            b.store_at(value, 4 * i as u64, *w);
+        }
+        b.store_at(value, 16, old_port);
+        b.map_update(nat_map, reply, value, BPF_ANY);
+        b.br(recorded);
+        b.at(recorded);
+        // The rewrite.
+        for i in 0..addr_words {
+            b.store_at(ip, addr_off + 4 * i, b.load_raw(backend, 4 * i, 4));
+        }
+        b.store_at(l4, 2, new_port);
+
+        let fib = b.stack_buf(FIB_PARAMS_BYTES, "lb_fib");
+        b.store_at(fib, 0, b.c8(if pool.v6 { AF_INET6 } else { AF_INET }));
+        b.store_at(fib, 1, b.select(tcp, b.c8(6), b.c8(17)));
+        b.store_at(fib, 6, b.trunc(get(h.ip_len), i16t));
+        let ingress = b.load_raw(b.ctx(), XDP_MD_INGRESS_IFINDEX, 4);
+        b.store_at(fib, 8, ingress);
+        if pool.v6 {
+            for i in 0..4u64 {
+                b.store_at(fib, 16 + 4 * i, b.load_raw(ip, 8 + 4 * i, 4));
+                b.store_at(fib, 32 + 4 * i, b.load_raw(ip, 24 + 4 * i, 4));
+            }
+        } else {
+            b.store_at(fib, 12, b.trunc(get(h.tos), b.m.i8()));
+            b.store_at(fib, 16, b.load_raw(ip, 12, 4));
+            b.store_at(fib, 32, b.load_raw(ip, 16, 4));
+        }
+        let _ = i32t;
+        self.send_by_fib(fib, ingress, drop);
+        // No next hop here (or too big: the stack answers the client):
+        // the stack forwards it.
         b.ret(XDP_PASS);
         b.at(drop);
         b.ret(XDP_DROP);
@@ -491,12 +654,12 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// the outer header has no DF either, and the stack fragments it. An
     /// IPv4 packet with options is dropped (its quote would be longer).
     #[allow(clippy::too_many_arguments)]
-    fn packet_too_big(&self, pool: PoolMaps<'ctx>, lb: &Balance, fib: PointerValue<'ctx>, macs: [IntValue<'ctx>; 2], inner_v6: IntValue<'ctx>, dont_fragment: IntValue<'ctx>, options: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) {
+    fn packet_too_big(&self, pool: PoolMaps<'ctx>, encap: Encap, fib: PointerValue<'ctx>, macs: [IntValue<'ctx>; 2], inner_v6: IntValue<'ctx>, dont_fragment: IntValue<'ctx>, options: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) {
         let b = &*self.b;
         let i16t = b.m.cx.i16_type();
         let i32t = b.m.cx.i32_type();
         let ctx = b.ctx();
-        let outer = outer_len(pool.v6, lb.encap);
+        let outer = outer_len(pool.v6, encap);
         let mtu = b.zext64(b.load_raw(fib, 6, 2));
         let inner_mtu = b.select(b.cmp(IntPredicate::UGT, mtu, b.c64(outer)), b.sub(mtu, b.c64(outer)), b.c64(0));
         let answer4 = b.block("lb_frag_needed");
@@ -603,6 +766,118 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             }
         }
     }
+}
+
+/// The start of the `tc:egress` program of a policy with `nat` pools: a
+/// reply whose 5-tuple a `nat` recorded (the pool's `nat_map`) gets the
+/// VIP and port back as its source, with the kernel's checksum helpers
+/// (which know a checksum the device will finish, `CHECKSUM_PARTIAL`;
+/// a UDP checksum of 0 stays 0). Reads the frame itself, before the
+/// policy's parser: untagged IPv4 (not a fragment) or IPv6 (no extension
+/// header), TCP or UDP. Leaves the builder where the program goes on.
+pub fn reverse_nat<'ctx>(b: &Bpf<'_, 'ctx>, pools: &[PoolMaps<'ctx>]) {
+    const TC_PULL: u64 = 128;
+    let ctx = b.ctx();
+    let i32t = b.m.cx.i32_type();
+    let done = b.block("nat_back_done");
+    // The headers in the linear part.
+    let skb_len = b.zext64(b.load_raw(ctx, 0, 4));
+    let skb_bounds = || (b.int_to_ptr(b.zext64(b.load_raw(ctx, 76, 4))), b.int_to_ptr(b.zext64(b.load_raw(ctx, 80, 4))));
+    let (data, end) = skb_bounds();
+    let linear = b.sub(b.ptr_to_int(end), b.ptr_to_int(data));
+    let want = b.select(b.cmp(IntPredicate::ULT, skb_len, b.c64(TC_PULL)), skb_len, b.c64(TC_PULL));
+    let pull = b.block("nat_back_pull");
+    let pulled = b.block("nat_back_pulled");
+    b.cond_br(b.cmp(IntPredicate::ULT, linear, want), pull, pulled);
+    b.at(pull);
+    b.helper_call(helper::SKB_PULL_DATA, b.i64(), &[ctx.into(), want.into()]);
+    b.br(pulled);
+    b.at(pulled);
+    let (data, end) = skb_bounds();
+    let eth = b.block("nat_back_eth");
+    b.cond_br_likely(b.fits(data, 14, end), eth, done);
+    b.at(eth);
+    let ethertype = b.load_raw(data, 12, 2);
+    let v4 = b.block("nat_back_v4");
+    let not_v4 = b.block("nat_back_not_v4");
+    let v6 = b.block("nat_back_v6");
+    b.cond_br(b.eq(ethertype, b.c16(0x0008)), v4, not_v4);
+    b.at(not_v4);
+    b.cond_br(b.eq(ethertype, b.c16(0xdd86)), v6, done);
+    for family_v6 in [false, true] {
+        b.at(if family_v6 { v6 } else { v4 });
+        let family: Vec<&PoolMaps<'ctx>> = pools.iter().filter(|p| p.v6 == family_v6).collect();
+        if family.is_empty() {
+            b.br(done);
+            continue;
+        }
+        let ip = b.pkt_ptr(data, b.c64(14));
+        let header = b.block("nat_back_ip");
+        b.cond_br_likely(b.fits(ip, if family_v6 { 40 } else { 20 }, end), header, done);
+        b.at(header);
+        let (l4_off, proto, usable) = if family_v6 {
+            let proto = b.load_be(ip, 6, 1);
+            (b.c64(54), proto, b.eq(b.lshr(b.load_be(ip, 0, 1), b.c64(4)), b.c64(6)))
+        } else {
+            let first = b.load_be(ip, 0, 1);
+            let ihl = b.and(first, b.c64(0xf));
+            let whole = b.eq(b.and(b.load_be(ip, 6, 2), b.c64(0x3fff)), b.c64(0));
+            let ok = b.and(b.and(b.eq(b.lshr(first, b.c64(4)), b.c64(4)), b.cmp(IntPredicate::UGE, ihl, b.c64(5))), whole);
+            (b.add(b.c64(14), b.mul(ihl, b.c64(4))), b.load_be(ip, 9, 1), ok)
+        };
+        let tcp = b.eq(proto, b.c64(6));
+        let l4_proto = b.or(tcp, b.eq(proto, b.c64(17)));
+        let l4 = b.pkt_ptr(data, b.and(l4_off, b.c64(MAX_QUOTE_OFFSET)));
+        let has_l4 = b.select(tcp, b.fits(l4, 18, end), b.fits(l4, 8, end));
+        let translatable = b.block("nat_back_l4");
+        b.cond_br(b.and(b.and(usable, l4_proto), has_l4), translatable, done);
+        b.at(translatable);
+        let (src_at, words) = if family_v6 { (8u64, 4u64) } else { (12, 1) };
+        let key = b.stack_buf(FLOW_KEY_BYTES, "nat_back_key");
+        let mut old_src = Vec::new();
+        for i in 0..words {
+            let w = b.load_raw(ip, src_at + 4 * i, 4);
+            old_src.push(w);
+            b.store_at(key, 4 * i, w);
+            b.store_at(key, 16 + 4 * i, b.load_raw(ip, src_at + 4 * words + 4 * i, 4));
+        }
+        let old_port = b.load_raw(l4, 0, 2);
+        b.store_at(key, 32, old_port);
+        b.store_at(key, 34, b.load_raw(l4, 2, 2));
+        b.store_at(key, 36, b.trunc(proto, b.m.i8()));
+        b.store_at(key, 37, b.c8(if family_v6 { 6 } else { 4 }));
+        // Offsets from the frame's start, for the helpers (which move the
+        // packet: every value is read before them).
+        let l4_at = b.and(l4_off, b.c64(MAX_QUOTE_OFFSET));
+        let csum_at = b.add(l4_at, b.select(tcp, b.c64(16), b.c64(6)));
+        let l4_flags = b.select(tcp, b.c64(0), b.c64(BPF_F_MARK_MANGLED_0));
+        for pool in family {
+            let Some(nat) = pool.nat else { continue };
+            let back = b.map_lookup(nat, key);
+            let found = b.block("nat_back_found");
+            let next = b.block("nat_back_next");
+            b.br_if_null(back, next, found);
+            b.at(found);
+            for (i, old) in old_src.iter().enumerate() {
+                let new = b.load_raw(back, 4 * i as u64, 4);
+                b.helper_call(helper::L4_CSUM_REPLACE, b.i64(), &[ctx.into(), csum_at.into(), b.zext64(*old).into(), b.zext64(new).into(), b.or(l4_flags, b.c64(BPF_F_PSEUDO_HDR | 4)).into()]);
+                if !family_v6 {
+                    b.helper_call(helper::L3_CSUM_REPLACE, b.i64(), &[ctx.into(), b.c64(24).into(), b.zext64(*old).into(), b.zext64(new).into(), b.c64(4).into()]);
+                }
+            }
+            let new_port = b.load_raw(back, 16, 2);
+            b.helper_call(helper::L4_CSUM_REPLACE, b.i64(), &[ctx.into(), csum_at.into(), b.zext64(old_port).into(), b.zext64(new_port).into(), b.or(l4_flags, b.c64(2)).into()]);
+            let src_off = 14 + src_at;
+            b.helper_call(helper::SKB_STORE_BYTES, b.i64(), &[ctx.into(), b.c64(src_off).into(), back.into(), b.c64(4 * words).into(), b.c64(0).into()]);
+            let port_ptr = b.ptr_add(back, b.c64(16));
+            b.helper_call(helper::SKB_STORE_BYTES, b.i64(), &[ctx.into(), l4_at.into(), port_ptr.into(), b.c64(2).into(), b.c64(0).into()]);
+            b.br(done);
+            b.at(next);
+        }
+        b.br(done);
+    }
+    let _ = i32t;
+    b.at(done);
 }
 
 /// Adds the `words` 32-bit words at `p + off`, as 16-bit halves as

@@ -398,7 +398,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         .then(|| m.define_map(meta::REDIRECT_MAP, map_type::ARRAY, 4, 4, policy.redirects.len() as u32, 0));
     let mut pools = Vec::new();
     for pool in &policy.pools {
-        let (maps, pool_meta) = lb::define_pool(&m, pool);
+        let (maps, pool_meta) = lb::define_pool(&m, pool, policy.nat_pools.contains(&pools.len()));
         pools.push(maps);
         meta.pools.push(pool_meta);
     }
@@ -437,6 +437,10 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         b.omit_null_check = options.faults.omit_null_check;
         b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope()));
         b.set_location(sub.as_debug_info_scope(), line, 1);
+        if prog.hook == Hook::TcEgress && !policy.nat_pools.is_empty() {
+            let nat: Vec<lb::PoolMaps> = policy.nat_pools.iter().map(|&p| maps.pools[p]).collect();
+            lb::reverse_nat(&b, &nat);
+        }
         let uses = parse::first_uses(prog);
         let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
         let l4_before = parse::first_probe_using(prog, parse::Stage::L4);

@@ -7,7 +7,7 @@
 //! gives, which is what the flow table keeps.
 
 use super::{Facts, L4Facts, State};
-use crate::ir::{self, Balance, Encap, FlowHash, OuterSource};
+use crate::ir::{self, Balance, Delivery, Encap, FlowHash, OuterSource};
 use std::net::IpAddr;
 use xpol_lang::maglev;
 
@@ -31,6 +31,17 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
     let ip = f.ip.as_ref()?;
     let pool = &policy.pools[lb.pool];
     let l3 = 14 + 4 * f.vlan_depth as usize;
+    let no_backend = Some(Balanced { pool: lb.pool, backend: None, frame: Vec::new() });
+    // `nat` takes TCP and UDP of the pool's family, not fragments, with
+    // no IPv6 extension header; it drops the rest.
+    if let Delivery::Nat { .. } = lb.delivery {
+        let l4 = matches!(f.l4, Some(L4Facts::Tcp { .. } | L4Facts::Udp { .. }));
+        let whole = !matches!(ip.proto, Some((_, true, _)));
+        let direct = !ip.v6 || ip.proto.is_some_and(|(p, _, _)| p == ip.nexthdr);
+        if ip.v6 != pool.v6 || !l4 || !whole || !direct {
+            return no_backend;
+        }
+    }
     let flow = match quoted_flow(f, ip, packet, l3) {
         Some(flow) => flow,
         None => {
@@ -64,17 +75,21 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
     });
     let slot = table.get((hash % pool.table_size) as usize).copied().unwrap_or(maglev::NO_BACKEND);
     let Some(backend) = pool.backends.get(slot as usize).map(|b| b.addr) else {
-        return Some(Balanced { pool: lb.pool, backend: None, frame: Vec::new() });
+        return no_backend;
+    };
+    let (encap, src) = match lb.delivery {
+        Delivery::Encap { encap, src } => (encap, src),
+        Delivery::Nat { port } => return Some(translate(lb.pool, f, ip, packet, l3, backend, port, state)),
     };
 
     // The frame: the Ethernet addresses, the outer headers, the packet
     // from its IP header on (VLAN tags dropped).
     let inner = &packet[l3.min(packet.len())..];
     let inner_len = ip.len;
-    let gue = matches!(lb.encap, Encap::Gue { .. });
+    let gue = matches!(encap, Encap::Gue { .. });
     let next = if gue { 17 } else if ip.v6 { 41 } else { 4 };
     let udp_len = if gue { 8 } else { 0 };
-    let src = outer_source(lb.src, hash);
+    let src = outer_source(src, hash);
     let mut frame = packet[..12].to_vec();
     if pool.v6 {
         frame.extend([0x86, 0xdd]);
@@ -96,7 +111,7 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
         h[10..12].copy_from_slice(&sum.to_be_bytes());
         frame.extend(h);
     }
-    if let Encap::Gue { port } = lb.encap {
+    if let Encap::Gue { port } = encap {
         frame.extend((0xc000u16 | (hash & 0x3fff) as u16).to_be_bytes());
         frame.extend(port.to_be_bytes());
         frame.extend(((inner_len + 8) as u16).to_be_bytes());
@@ -104,6 +119,133 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
     }
     frame.extend_from_slice(inner);
     Some(Balanced { pool: lb.pool, backend: Some(backend), frame })
+}
+
+/// `nat`: the packet with its destination (and port, with `port`) the
+/// backend's, checksums updated incrementally (RFC 1624: a checksum that
+/// was wrong stays wrong; a UDP checksum of 0 stays 0, a computed 0 is
+/// sent as 0xffff); records the reply's translation back in `state`.
+#[allow(clippy::too_many_arguments)]
+fn translate(pool: ir::PoolId, f: &Facts, ip: &super::IpFacts, packet: &[u8], l3: usize, backend: IpAddr, port: Option<u16>, state: &mut State) -> Balanced {
+    let mut frame = packet.to_vec();
+    let (dst_at, hlen) = if ip.v6 { (l3 + 24, 40) } else { (l3 + 16, 4 * ip.ihl as usize) };
+    let l4 = l3 + hlen;
+    let (tcp, sport, dport) = match f.l4 {
+        Some(L4Facts::Tcp { sport, dport, .. }) => (true, sport as u16, dport as u16),
+        Some(L4Facts::Udp { sport, dport, .. }) => (false, sport as u16, dport as u16),
+        _ => unreachable!("nat takes TCP and UDP only"),
+    };
+    let new_port = port.unwrap_or(dport);
+    let old_addr = octets(ip.dst);
+    let new_addr = octets(backend);
+    let words = |b: &[u8]| b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<u16>>();
+    let addr_change: Vec<(u16, u16)> = words(&old_addr).into_iter().zip(words(&new_addr)).collect();
+    let mut l4_change = addr_change.clone();
+    l4_change.push((dport, new_port));
+    if !ip.v6 {
+        let c = u16::from_be_bytes([frame[l3 + 10], frame[l3 + 11]]);
+        frame[l3 + 10..l3 + 12].copy_from_slice(&incremental(c, &addr_change).to_be_bytes());
+    }
+    let at = if tcp { l4 + 16 } else { l4 + 6 };
+    let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let c = match (tcp, c, incremental(c, &l4_change)) {
+        (false, 0, _) => 0,
+        (false, _, 0) => 0xffff,
+        (_, _, new) => new,
+    };
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    frame[dst_at..dst_at + new_addr.len()].copy_from_slice(&new_addr);
+    frame[l4 + 2..l4 + 4].copy_from_slice(&new_port.to_be_bytes());
+    let reply = NatKey { src: backend, dst: ip.src, sport: new_port, dport: sport, proto: if tcp { 6 } else { 17 } };
+    state.nat.entry(reply).or_insert((ip.dst, dport));
+    Balanced { pool, backend: Some(backend), frame }
+}
+
+/// A reply's 5-tuple, as the reverse translation finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// RFC 1624, eqn. 3: the checksum `c` after 16-bit words change from the
+/// first to the second of each pair.
+fn incremental(c: u16, changes: &[(u16, u16)]) -> u16 {
+    let mut sum = u32::from(!c);
+    for &(old, new) in changes {
+        sum += u32::from(!old) + u32::from(new);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The `tc:egress` program's first step when the policy has `nat` pools:
+/// a reply whose 5-tuple a `nat` recorded gets the VIP and port back as
+/// its source, checksums updated (a UDP checksum of 0 stays 0). Reads the
+/// frame itself: untagged IPv4 (not a fragment) or IPv6 (no extension
+/// header), TCP or UDP whole in the frame.
+pub(super) fn reverse_nat(packet: &[u8], state: &State) -> Option<Vec<u8>> {
+    let be16 = |o: usize| packet.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (v6, l4, proto, src_at) = match be16(12)? {
+        0x0800 => {
+            let ip = packet.get(14..34)?;
+            let ihl = usize::from(ip[0] & 0xf);
+            if ip[0] >> 4 != 4 || ihl < 5 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None;
+            }
+            (false, 14 + 4 * ihl, ip[9], 26)
+        }
+        0x86dd => {
+            let ip = packet.get(14..54)?;
+            if ip[0] >> 4 != 6 {
+                return None;
+            }
+            (true, 54, ip[6], 22)
+        }
+        _ => return None,
+    };
+    let tcp = match proto {
+        6 => true,
+        17 => false,
+        _ => return None,
+    };
+    packet.get(l4..l4 + if tcp { 18 } else { 8 })?;
+    let alen = if v6 { 16 } else { 4 };
+    let addr = |o: usize| -> IpAddr {
+        if v6 {
+            IpAddr::from(<[u8; 16]>::try_from(&packet[o..o + 16]).expect("16 bytes"))
+        } else {
+            IpAddr::from(<[u8; 4]>::try_from(&packet[o..o + 4]).expect("4 bytes"))
+        }
+    };
+    let key = NatKey { src: addr(src_at), dst: addr(src_at + alen), sport: be16(l4)?, dport: be16(l4 + 2)?, proto };
+    let &(vip, vport) = state.nat.get(&key)?;
+    let mut out = packet.to_vec();
+    let words = |b: &[u8]| b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<u16>>();
+    let new_addr = octets(vip);
+    let addr_change: Vec<(u16, u16)> = words(&packet[src_at..src_at + alen]).into_iter().zip(words(&new_addr)).collect();
+    let mut l4_change = addr_change.clone();
+    l4_change.push((key.sport, vport));
+    if !v6 {
+        let c = u16::from_be_bytes([out[24], out[25]]);
+        out[24..26].copy_from_slice(&incremental(c, &addr_change).to_be_bytes());
+    }
+    let at = if tcp { l4 + 16 } else { l4 + 6 };
+    let c = u16::from_be_bytes([out[at], out[at + 1]]);
+    let c = match (tcp, c, incremental(c, &l4_change)) {
+        (false, 0, _) => 0,
+        (false, _, 0) => 0xffff,
+        (_, _, new) => new,
+    };
+    out[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    out[src_at..src_at + alen].copy_from_slice(&new_addr);
+    out[l4..l4 + 2].copy_from_slice(&vport.to_be_bytes());
+    Some(out)
 }
 
 /// The flow a packet belongs to, as the hash and the flow table see it.

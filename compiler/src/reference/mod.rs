@@ -23,6 +23,9 @@ pub struct Evaluation {
     pub decided_by: Option<u32>,
     /// Where `lb` sent the packet (outcome `Lb`, or `Drop` without a backend).
     pub lb: Option<Balanced>,
+    /// On `tc:egress` with `nat` pools: the reply translated back, when it
+    /// was one (what the rules then saw, and what leaves).
+    pub translated: Option<Vec<u8>>,
 }
 
 /// A map key component as the reference stores it.
@@ -239,6 +242,8 @@ pub struct State {
     pub lost: HashMap<usize, u64>,
     /// Each pool's Maglev table, built when a packet first needs it.
     pub lb_tables: HashMap<ir::PoolId, Vec<u32>>,
+    /// `nat`'s reverse translations: a reply's 5-tuple -> the VIP and port.
+    pub nat: HashMap<lb::NatKey, (IpAddr, u16)>,
 }
 
 struct Eval<'a> {
@@ -254,6 +259,14 @@ struct Eval<'a> {
 /// Evaluates the program of `hook` on `packet`. Redirect targets count as
 /// unresolved (as in tests), so `redirect` aborts (XDP) or drops (TC).
 pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
+    let translated = if hook == Hook::TcEgress && !policy.nat_pools.is_empty() { lb::reverse_nat(packet, state) } else { None };
+    let packet = translated.as_deref().unwrap_or(packet);
+    let mut evaluation = evaluate_rules(policy, hook, packet, state);
+    evaluation.translated = translated;
+    evaluation
+}
+
+fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
     let mut e = Eval { policy, facts: parse(packet), packet, locals: HashMap::new(), state, lb: None };
     let mut fired = Vec::new();
     let tc = hook != Hook::Xdp;
@@ -264,7 +277,7 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
         (Verdict::Abort, false) => Outcome::Abort,
     };
     let Some(prog) = policy.programs.iter().find(|p| p.hook == hook) else {
-        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None };
+        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None };
     };
     for probe in &prog.probes {
         let holds = probe.predicate.as_ref().is_none_or(|p| e.expr(p) == Some(V::Bool(true)));
@@ -281,10 +294,10 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
                 (None, v) => v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }),
             };
             let lb = e.lb.take().flatten();
-            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb };
+            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb, translated: None };
         }
     }
-    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None }
+    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None }
 }
 
 impl Eval<'_> {
