@@ -986,8 +986,8 @@ fn two_loads_agree_on_every_flow() {
 
 // ------------------------------------------------------------ 5. end to end
 
-/// On each backend: decapsulates IPIP (a raw socket for protocol 4) and
-/// GUE (a UDP socket on port 6080) and hands the packet inside to the
+/// On each backend: decapsulates IPIP (raw sockets for protocol 4 over
+/// IPv4, 4 and 41 over IPv6) and GUE (a UDP socket on port 6080) and hands the packet inside to the
 /// kernel through a TUN device, since this kernel may have no `ipip` or
 /// `fou` module (the kernel then checks the outer IPv4 header on the way
 /// in, and the inner headers and TCP checksum on the way up); and answers
@@ -1002,15 +1002,18 @@ subprocess.run(["ip", "link", "set", "xtun", "up"], check=True)
 with open("/proc/sys/net/ipv4/conf/xtun/rp_filter", "w") as f:
     f.write("0")
 ipip = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
+# Over IPv6, raw sockets get the payload without the outer header.
+in6 = [socket.socket(socket.AF_INET6, socket.SOCK_RAW, p) for p in (4, 41)]
 gue = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 gue.bind(("0.0.0.0", 6080))
-srv = socket.socket()
+srv = socket.socket(socket.AF_INET6)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", 80))
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.bind(("::", 80))
 srv.listen(256)
 def decap():
     while True:
-        r, _, _ = select.select([ipip, gue], [], [])
+        r, _, _ = select.select([ipip, gue] + in6, [], [])
         for s in r:
             data = s.recv(65535)
             if s is ipip:
@@ -1143,6 +1146,13 @@ const LB_ADDR: &str = "198.18.100.2";
 const VIP_IPIP: &str = "198.18.101.80";
 const VIP_GUE: &str = "198.18.101.81";
 const BACKENDS: [&str; 3] = ["198.18.100.11", "198.18.100.12", "198.18.100.13"];
+/// IPv6 on the same segment: an IPv4 VIP and an IPv6 VIP over the
+/// backends' IPv6 addresses (4in6, 6in6).
+const CLIENT_ADDR6: &str = "2001:db8:100::1";
+const LB_ADDR6: &str = "2001:db8:100::2";
+const VIP_4IN6: &str = "198.18.101.82";
+const VIP_6IN6: &str = "2001:db8:101::80";
+const BACKENDS6: [&str; 3] = ["2001:db8:100::11", "2001:db8:100::12", "2001:db8:100::13"];
 
 impl Segment {
     /// Host 0 the client, 1 the LB, 2.. the backends.
@@ -1152,13 +1162,15 @@ impl Segment {
         seg.switch.ip(&["link", "add", br, "type", "bridge"]);
         seg.switch.ip(&["link", "set", br, "up"]);
         let addrs: Vec<&str> = [CLIENT_ADDR, LB_ADDR].into_iter().chain(BACKENDS).collect();
-        for (i, addr) in addrs.iter().enumerate() {
+        let addrs6: Vec<&str> = [CLIENT_ADDR6, LB_ADDR6].into_iter().chain(BACKENDS6).collect();
+        for (i, (addr, addr6)) in addrs.iter().zip(&addrs6).enumerate() {
             let host = Netns::new();
             let (dev, port) = (seg.dev(i), seg.port(i));
             ip(&["link", "add", &dev, "netns", &host.name, "type", "veth", "peer", "name", &port, "netns", &seg.switch.name]);
             seg.switch.ip(&["link", "set", &port, "master", br]);
             seg.switch.ip(&["link", "set", &port, "up"]);
             host.ip(&["addr", "add", &format!("{addr}/24"), "dev", &dev]);
+            host.ip(&["addr", "add", &format!("{addr6}/64"), "dev", &dev, "nodad"]);
             host.ip(&["link", "set", &dev, "up"]);
             seg.hosts.push(host);
         }
@@ -1171,9 +1183,10 @@ impl Segment {
         let tx = Command::new("ip").args(["netns", "exec", &client.name, "ethtool", "-K", &seg.dev(0), "tx", "off"]).output().expect("ethtool");
         assert!(tx.status.success(), "ethtool: {}", String::from_utf8_lossy(&tx.stderr));
         // The client reaches the VIPs through the LB.
-        for vip in [VIP_IPIP, VIP_GUE] {
+        for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6] {
             seg.hosts[0].ip(&["route", "add", &format!("{vip}/32"), "via", LB_ADDR]);
         }
+        seg.hosts[0].ip(&["-6", "route", "add", &format!("{VIP_6IN6}/128"), "via", LB_ADDR6]);
         // The LB forwards what `lb` passes up before it knows a backend's
         // MAC. The outer source is the LB's own address, which the stack
         // takes for a martian source on a packet it receives unless
@@ -1181,6 +1194,7 @@ impl Segment {
         // leave by the interface they came in by.
         let lb = &seg.hosts[1];
         lb.sysctl("net.ipv4.ip_forward=1");
+        lb.sysctl("net.ipv6.conf.all.forwarding=1");
         lb.sysctl(&format!("net.ipv4.conf.{}.accept_local=1", seg.dev(1)));
         lb.sysctl("net.ipv4.conf.all.send_redirects=0");
         lb.sysctl(&format!("net.ipv4.conf.{}.send_redirects=0", seg.dev(1)));
@@ -1188,9 +1202,10 @@ impl Segment {
         // no reverse-path filter for the packets the TUN device hands in.
         for i in 2..seg.hosts.len() {
             let b = &seg.hosts[i];
-            for vip in [VIP_IPIP, VIP_GUE] {
+            for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6] {
                 b.ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
             }
+            b.ip(&["addr", "add", &format!("{VIP_6IN6}/128"), "dev", "lo"]);
             for s in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
                 b.sysctl(s);
             }
@@ -1237,9 +1252,13 @@ impl Segment {
 fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     let compiled = compile(&format!(
         "pool web = {{ {} }}\n\
+         pool web6 = {{ {} }}\n\
          xdp /ip.dst == {VIP_IPIP} && tcp.dport == 80/ {{ lb(web, encap: ipip, src: {LB_ADDR}) }}\n\
-         xdp /ip.dst == {VIP_GUE} && tcp.dport == 80/ {{ lb(web, encap: gue, port: 6080, src: {LB_ADDR}) }}\n",
-        BACKENDS.join(", ")
+         xdp /ip.dst == {VIP_GUE} && tcp.dport == 80/ {{ lb(web, encap: gue, port: 6080, src: {LB_ADDR}) }}\n\
+         xdp /ip.dst == {VIP_4IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n\
+         xdp /ip.dst == {VIP_6IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n",
+        BACKENDS.join(", "),
+        BACKENDS6.join(", ")
     ));
     let mut seg = Segment::new();
     let mut p = compiled.load();
@@ -1258,11 +1277,13 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     let names: Vec<String> = (1..=BACKENDS.len()).map(|i| format!("backend{i}")).collect();
 
     const N: usize = 60;
-    for vip in [VIP_IPIP, VIP_GUE] {
+    for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_6IN6] {
         let got = seg.connect(vip, N);
         assert_eq!(got.values().sum::<u64>(), N as u64, "{vip}: {got:?}");
         assert_eq!(got.len(), BACKENDS.len(), "{vip}: {N} connections reach every backend: {got:?}");
     }
+    let s6 = stats_of(&p, "web6");
+    assert_eq!(s6.backends.iter().map(|b| b.new_flows).sum::<u64>(), 2 * N as u64, "{s6:?}");
     let s = stats_of(&p, "web");
     let new_flows: u64 = s.backends.iter().map(|b| b.new_flows).sum();
     assert_eq!(new_flows, 2 * N as u64, "one new flow per connection: {s:?}");
@@ -1271,13 +1292,15 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     // packets to each backend (the LB had no neighbour entry yet), and
     // XDP_TX (veth counts it in native mode).
     let lb = &seg.hosts[1];
-    let forwarded = snmp(lb, "Ip", "ForwDatagrams");
-    assert!((1..2 * N as u64).contains(&forwarded), "the stack forwarded the first packets, not all: {forwarded}");
-    eprintln!("{mode:?}: {s:?}; the stack forwarded {forwarded}");
+    let (forwarded4, forwarded6) = (snmp(lb, "Ip", "ForwDatagrams"), snmp6(lb, "Ip6OutForwDatagrams"));
+    eprintln!("{mode:?}: {s:?} {s6:?}; the stack forwarded {forwarded4} IPv4, {forwarded6} IPv6 packets");
+    for (family, forwarded) in [("IPv4", forwarded4), ("IPv6", forwarded6)] {
+        assert!((1..2 * N as u64).contains(&forwarded), "{family}: the stack forwarded the first packets, not all: {forwarded}");
+    }
     if mode == xpol_runtime::loader::XdpAttachMode::Native {
         let tx = veth_stat(lb, &lb_dev, "rx_queue_0_xdp_tx");
         eprintln!("{mode:?}: XDP_TX {tx}");
-        assert!(tx >= 4 * 2 * N as u64 - forwarded, "the rest left by XDP_TX: {tx}, forwarded {forwarded}");
+        assert!(tx >= 4 * 4 * N as u64 - forwarded4 - forwarded6, "the rest left by XDP_TX: {tx}");
     }
 
     // A long-lived connection; then its backend is drained (weight 0: a
@@ -1323,6 +1346,12 @@ fn snmp(ns: &Netns, group: &str, name: &str) -> u64 {
     let values: Vec<&str> = lines[1].split_whitespace().collect();
     let i = names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("no {group} {name}"));
     values[i].parse().expect("a number")
+}
+
+/// A counter of /proc/net/snmp6 in namespace `ns`.
+fn snmp6(ns: &Netns, name: &str) -> u64 {
+    let text = ns.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp6")).expect("read /proc/thread-self/net/snmp6");
+    text.lines().find_map(|l| l.strip_prefix(name).map(str::trim)).unwrap_or_else(|| panic!("no {name}")).parse().expect("a number")
 }
 
 /// A statistic `ethtool -S` shows for a veth.
