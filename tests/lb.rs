@@ -50,15 +50,16 @@ use xpol_runtime::packet::{hex, Ipv6Ext, PacketSpec, L4};
 struct Compiled {
     ir: ir::Policy,
     object: Vec<u8>,
+    llvm_ir: String,
 }
 
 fn compile(text: &str) -> Compiled {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("lb.xpol");
     std::fs::write(&path, text).expect("write policy");
-    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions { text: true, ..Default::default() });
     let out = b.output.unwrap_or_else(|| panic!("does not compile:\n{}\n{text}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-    Compiled { ir: out.ir, object: out.object }
+    Compiled { ir: out.ir, object: out.object, llvm_ir: out.llvm_ir }
 }
 
 impl Compiled {
@@ -481,8 +482,9 @@ const VIPS: &[Vip] = &[
     Vip { what: "4in4 by ports, a source per flow from a /16", dst: "198.18.0.103", pool: "web4", gue: None, src: Src::Prefix(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 16), by: By::Ports },
 ];
 
-fn vips_policy() -> Compiled {
-    let mut text = POOLS.to_string();
+/// The VIP rules after `before`.
+fn vips_policy(before: &str) -> Compiled {
+    let mut text = POOLS.to_string() + before;
     for v in VIPS {
         text += &v.rule();
     }
@@ -498,12 +500,69 @@ fn encapsulations_frame_by_frame() {
     if !common::kernel("lb encapsulations") {
         return;
     }
-    let compiled = vips_policy();
+    let compiled = vips_policy("");
+    check_vips(&compiled, 0x1b_5eed, VIPS);
+}
+
+/// The same checks in the other shapes codegen gives a program: the
+/// policy of all VIPs is not specialized (eight `lb`s weigh too much: the
+/// facts go through the per-CPU facts map before the rules), nor is one
+/// with more rules than codegen specializes; a policy of one VIP is, and
+/// so is one with `lb` under `if`, after a map update.
+#[test]
+fn encapsulations_in_every_program_shape() {
+    if !common::kernel("lb program shapes") {
+        return;
+    }
+    let specialized = |c: &Compiled| !c.llvm_ir.contains(xpol_compiler::codegen::FACTS_MAP);
+    assert!(!specialized(&vips_policy("")), "the policy of every VIP goes through the facts map");
+    let many: String = (0..xpol_compiler::codegen::SPECIALIZE_MAX_RULES + 6).map(|i| format!("xdp /ip.src == 198.18.250.{i} || tcp.dport == {}/ {{ drop }}\n", 30000 + i)).collect();
+    let compiled = vips_policy(&many);
+    assert!(!specialized(&compiled), "more rules than codegen specializes");
+    check_vips(&compiled, 0x5eed_2, VIPS);
+    for (i, vip) in VIPS.iter().enumerate() {
+        let compiled = compile(&format!("{POOLS}xdp /tcp.dport == 23/ {{ drop }}\n{}", vip.rule()));
+        assert!(specialized(&compiled), "{}: one VIP, specialized", vip.what);
+        check_vips(&compiled, 0x5eed_3 + i as u64, std::slice::from_ref(vip));
+    }
+
+    let compiled = compile(&format!(
+        "{POOLS}xdp /tcp.dport == 23/ {{ drop }}\n\
+         xdp /ip.dst == 198.18.0.100 || ip.dst == 2001:db8::100/ {{\n\
+           @seen[ip.src] = count()\n\
+           if (ip.len > 200) {{ lb(web4, encap: gue, port: 6080, src: 198.18.0.1) }} else {{ pass }}\n\
+         }}\n"
+    ));
+    assert!(specialized(&compiled), "lb under if: specialized");
+    let mut p = compiled.load();
+    let ns = Netns::new();
+    let mut rng = Rng(99);
+    let (mut gue, mut passed) = (0, 0);
+    for i in 0..200 {
+        let dst = if i % 2 == 0 { IpAddr::V4(v4("198.18.0.100")) } else { IpAddr::V6(v6("2001:db8::100")) };
+        let (bytes, ..) = random_packet(&mut rng, dst);
+        let out = ns.run(|| p.test_run("xdp", &bytes)).expect("test run");
+        let r = agree(&format!("lb under if #{i}"), &compiled, &out, &bytes);
+        assert_eq!(r.outcome == Outcome::Lb, bytes.len() - 14 > 200, "#{i}: the branch ip.len chose");
+        if r.outcome == Outcome::Lb {
+            assert_eq!(xpol_runtime::lb::decapsulate(&out.packet).expect("encapsulated").gue_port, Some(6080));
+            gue += 1;
+        } else {
+            passed += 1;
+        }
+    }
+    assert!(gue > 20 && passed > 20, "both branches ran: {gue} GUE, {passed} passed");
+    // The map update before `lb` ran for every packet (none to port 23).
+    let counted: u64 = p.map_entries("seen").expect("@seen").iter().map(|(_, n)| n).sum();
+    assert_eq!(counted, 200, "@seen counted every packet");
+}
+
+fn check_vips(compiled: &Compiled, seed: u64, vips: &[Vip]) {
     let mut p = compiled.load();
     let tables: HashMap<&str, PoolTable> = ["web4", "web6"].into_iter().map(|n| (n, PoolTable::of(&p, n))).collect();
     let ns = Netns::new();
-    let mut rng = Rng(0x1b_5eed);
-    for vip in VIPS {
+    let mut rng = Rng(seed);
+    for vip in vips {
         let mut used: BTreeMap<IpAddr, u32> = BTreeMap::new();
         for i in 0..60 {
             let (bytes, src, sport, dport, proto, tos, df) = random_packet(&mut rng, vip.dst());
@@ -516,7 +575,7 @@ fn encapsulations_frame_by_frame() {
             let want = Want { backend, src: vip.src.outer(hash), hash, gue: vip.gue, tos, df };
             check_frame(&what, &bytes, 14, &out.packet, &want);
             check_inner_checksums(&what, &bytes[14..]);
-            let r = agree(&what, &compiled, &out, &bytes);
+            let r = agree(&what, compiled, &out, &bytes);
             assert_eq!(r.lb.as_ref().and_then(|b| b.backend), Some(backend), "{what}: the reference's backend");
             assert!(t.meta.backends.iter().any(|b| b.addr == backend));
             *used.entry(backend).or_default() += 1;
@@ -536,7 +595,7 @@ fn next_hop_from_the_fib() {
     if !common::kernel("lb next hop from the FIB") {
         return;
     }
-    let compiled = vips_policy();
+    let compiled = vips_policy("");
     let mut p = compiled.load();
     let ns = Netns::new();
     let dev = format!("n{}", unique());
@@ -770,6 +829,120 @@ fn crafted_packets_match_the_reference() {
         assert_eq!(out.action, Action::Pass, "{what}");
         assert_eq!(out.packet, bytes, "{what}: untouched byte for byte");
         agree(what, &compiled, &out, &bytes);
+    }
+}
+
+/// Every kind of crafted packet of the test above, to the VIPs and
+/// elsewhere.
+fn crafted_packets() -> Vec<(String, Vec<u8>)> {
+    let (c4, c6) = (v4("198.18.5.5"), v6("2001:db8:5::5"));
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut rng = Rng(0xc0ffee);
+    for dst4 in [v4("198.18.0.100"), v4("198.18.0.102"), v4("198.18.0.200")] {
+        let tcp4 = || PacketSpec::tcp4(c4, dst4, 40000, 80).syn().payload(40);
+        let udp4 = || PacketSpec::udp4(c4, dst4, 40000, 53).payload(20);
+        for (what, spec) in [
+            ("TCP", tcp4()),
+            ("UDP", udp4()),
+            ("802.1Q", tcp4().vlan(10)),
+            ("QinQ", udp4().qinq(100, 10)),
+            ("three tags", tcp4().vlan(1).vlan(2).vlan(3)),
+            ("options", tcp4().ipv4(|ip| ip.options = vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0])),
+            ("40 bytes of options behind a tag", udp4().vlan(7).ipv4(|ip| ip.options = vec![1; 40])),
+            ("first fragment", tcp4().frag(0, true)),
+            ("later fragment", PacketSpec { l4: L4::Raw { protocol: 6, bytes: (0..64).collect() }, ..tcp4() }.frag(1480, false)),
+            ("total length past the frame", tcp4().ipv4(|ip| ip.total_len = Some(1400))),
+            ("total length short of the header", tcp4().ipv4(|ip| ip.total_len = Some(12))),
+            ("IHL 4", tcp4().ipv4(|ip| ip.ihl = Some(4))),
+            ("TCP data offset 4", tcp4().tcp(|t| t.data_offset = Some(4))),
+            ("ICMP", PacketSpec::icmp4(c4, dst4, 8, 0)),
+            ("DF and ECN", tcp4().ipv4(|ip| {
+                ip.dont_fragment = true;
+                ip.tos = 0xb9;
+            })),
+        ] {
+            let bytes = spec.build();
+            for n in [14 + 12, 14 + 20 + 6, 14 + 20 + 19, 16] {
+                if n < bytes.len() {
+                    out.push((format!("{what} to {dst4}, cut to {n}"), bytes[..n].to_vec()));
+                }
+            }
+            out.push((format!("{what} to {dst4}"), bytes));
+        }
+        let mut padded = udp4().payload(0).build();
+        padded.resize(60, 0);
+        out.push((format!("padded to 60 bytes, to {dst4}"), padded));
+    }
+    for dst6 in [v6("2001:db8::100"), v6("2001:db8::200")] {
+        let tcp6 = || PacketSpec::tcp6(c6, dst6, 40000, 80).syn().payload(40);
+        let mut chain = tcp6();
+        for _ in 0..12 {
+            chain = chain.ext(Ipv6Ext::DestOpts { len8: 0 });
+        }
+        for (what, spec) in [
+            ("TCP", tcp6()),
+            ("802.1Q", tcp6().vlan(4094)),
+            ("QinQ", tcp6().qinq(7, 8)),
+            ("hop-by-hop", tcp6().ext(Ipv6Ext::HopByHop { len8: 0 })),
+            ("routing, auth", tcp6().ext(Ipv6Ext::Routing { len8: 1 }).ext(Ipv6Ext::Auth { len4: 1 })),
+            ("three extension headers", tcp6().ext(Ipv6Ext::HopByHop { len8: 0 }).ext(Ipv6Ext::Routing { len8: 0 }).ext(Ipv6Ext::DestOpts { len8: 1 })),
+            ("first fragment", tcp6().frag(0, true)),
+            ("later fragment behind hop-by-hop", PacketSpec { l4: L4::Raw { protocol: 6, bytes: (0..64).collect() }, ..tcp6() }.ext(Ipv6Ext::HopByHop { len8: 0 }).frag(8, true)),
+            ("payload length short of TCP", tcp6().ipv6(|ip| ip.payload_len = Some(8))),
+            ("a chain past the parser's bound", chain),
+            ("UDP", PacketSpec::udp6(c6, dst6, 1, 53)),
+            ("ICMPv6", PacketSpec::icmp6(c6, dst6, 128, 0)),
+        ] {
+            let bytes = spec.build();
+            for n in [14 + 39, 14 + 40 + 6, 14 + 40 + 12] {
+                if n < bytes.len() {
+                    out.push((format!("{what} to {dst6}, cut to {n}"), bytes[..n].to_vec()));
+                }
+            }
+            out.push((format!("{what} to {dst6}"), bytes));
+        }
+    }
+    out.push(("ARP".into(), PacketSpec::ethertype(0x0806, 28).payload(28).build()));
+    out.push(("ARP behind a tag".into(), PacketSpec::ethertype(0x0806, 28).payload(28).vlan(9).build()));
+    out.push(("IPX".into(), PacketSpec::ethertype(0x8137, 50).build()));
+    out.push(("Ethernet header only".into(), PacketSpec::ethertype(0x0800, 0).build()));
+    for i in 0..40 {
+        let dst = [IpAddr::V4(v4("198.18.0.100")), IpAddr::V4(v4("198.18.0.102")), IpAddr::V6(v6("2001:db8::100"))][i % 3];
+        out.push((format!("random #{i}"), random_packet(&mut rng, dst).0));
+    }
+    out
+}
+
+/// The crafted packets through specialized programs (one `lb` each),
+/// whose parser has a path per header shape, and through the policy of
+/// the test above: the kernel's frame is the reference's for each.
+#[test]
+fn crafted_packets_in_specialized_programs() {
+    if !common::kernel("lb crafted packets, specialized") {
+        return;
+    }
+    let packets = crafted_packets();
+    let ns = Netns::new();
+    let vips = "ip.dst in {198.18.0.100, 198.18.0.102, 2001:db8::100}";
+    for (name, text) in [
+        ("IPIP to IPv4 backends", format!("{POOLS}xdp /{vips}/ {{ lb(web4, encap: ipip, src: 198.18.0.1) }}\n")),
+        ("GUE", format!("{POOLS}xdp /{vips}/ {{ lb(web4, encap: gue, port: 6080, src: 198.18.200.0/24) }}\n")),
+        ("IPIP to IPv6 backends, by ports", format!("{POOLS}xdp /tcp.dport == 22/ {{ drop }}\nxdp /{vips}/ {{ lb(web6, encap: ipip, src: 2001:db8::1, by: ports) }}\n")),
+        ("lb for everything", format!("{POOLS}xdp {{ lb(web6, encap: ipip, src: 2001:db8::/96, by: ip.src) }}\n")),
+        ("not specialized", CRAFTED_POLICY.to_string()),
+    ] {
+        let compiled = compile(&text);
+        let specialized = !compiled.llvm_ir.contains(xpol_compiler::codegen::FACTS_MAP);
+        assert_eq!(specialized, name != "not specialized", "{name}");
+        let mut p = compiled.load();
+        let mut balanced = 0;
+        for (what, bytes) in &packets {
+            let out = ns.run(|| p.test_run("xdp", bytes)).unwrap_or_else(|e| panic!("{what}: {e}"));
+            if agree(&format!("{name}: {what}"), &compiled, &out, bytes).outcome == Outcome::Lb {
+                balanced += 1;
+            }
+        }
+        assert!(balanced > packets.len() / 3, "{name}: {balanced} of {} balanced", packets.len());
     }
 }
 
