@@ -776,7 +776,11 @@ impl PolicyMaps {
         Ok((map, bytes as usize))
     }
 
-    pub(crate) fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
+    /// Writes one entry of the policy's map `map` (its name in the object)
+    /// as the kernel stores it: for tools and tests that change state the
+    /// metadata describes (a pool's backends, ring or control word:
+    /// `meta::PoolMeta`) without a dedicated call.
+    pub fn update(&self, map: &str, key: &[u8], value: &[u8]) -> Result<()> {
         sys::map_update(self.map(map)?.fd().as_fd(), key, value, 0).map_err(|source| RuntimeError::Map { map: map.to_string(), source })
     }
 
