@@ -751,6 +751,11 @@ impl PolicyMaps {
         self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
     }
 
+    /// The object has a map of this name (in the object, not as loaded).
+    pub fn has_map(&self, name: &str) -> bool {
+        self.maps.contains_key(name)
+    }
+
     pub(crate) fn map_data(&self, name: &str) -> Result<&MapData> {
         self.map(name)
     }
