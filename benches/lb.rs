@@ -84,7 +84,8 @@ fn git(args: &[&str]) -> String {
     Command::new("git").arg("-C").arg(root()).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
 }
 
-fn write_sections(report: &Report) {
+/// `load`: the load average (1, 5, 15 min) before and after the run.
+fn write_sections(report: &Report, load: &(String, String)) {
     let mut commit = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = git(&["diff", "--name-only", "HEAD", "--", "lang", "benches"]);
     if !dirty.is_empty() {
@@ -99,21 +100,27 @@ fn write_sections(report: &Report) {
     let mut doc = std::fs::read_to_string(&path).unwrap_or_default();
     for s in &report.sections {
         let section = format!(
-            "## {}\n\nMeasured with `cargo bench --bench lb` at commit {commit} on {machine}, {cpus} CPUs (shared with other work). Raw numbers: `bench-out/lb.json`.\n\n{}",
-            s.heading, s.markdown
+            "## {}\n\nMeasured with `cargo bench --bench lb` at commit {commit} on {machine}, {cpus} CPUs. Load average (1, 5, 15 min) {} before the run and {} after it: the machine is shared, so other work ran beside the benchmark. Raw numbers: `bench-out/lb.json`.\n\n{}",
+            s.heading, load.0, load.1, s.markdown
         );
         doc = replace_section(&doc, s.heading, &section);
     }
     std::fs::write(&path, doc).expect("write BENCHMARKS.md");
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // A quick run's numbers mean nothing: keep them out of the repository.
     let out = if quick { root().join("target/bench-out-quick") } else { root().join("bench-out") };
+    let load_before = load_average();
     let report = run(&Mode { quick }, &out);
+    let load = (load_before, load_average());
     println!("{}", report.markdown());
     if !quick {
-        write_sections(&report);
+        write_sections(&report, &load);
     }
 }

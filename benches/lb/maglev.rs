@@ -359,7 +359,7 @@ pub fn run(mode: &Mode) -> Section {
     );
     let _ = writeln!(
         md,
-        "- Removing 1 of N backends without a flow table remaps at most 1/N + 0.7 percentage points of flows (N ≤ 100, table {DEFAULT_TABLE_SIZE}), over table slots: {} in every removal measured: {over} of {measured} removals move more, the worst {:.3} points above 1/N. On average: {} (at most {:.3} points above 1/N for any N).",
+        "- Removing 1 of N backends without a flow table remaps at most 1/N + 0.7 percentage points of flows (N ≤ 100, table {DEFAULT_TABLE_SIZE}), over table slots: {}: {over} of the {measured} removals measured move more, the worst {:.3} points above 1/N, in pools where two backends' preference lists follow each other at a small stride (the stride column; `xpol_lang::maglev`, \"Disruption\"). On average: {} (at most {:.3} points above 1/N for any N).",
         if removal_ok { "met" } else { "**not met**" },
         worst_excess * 100.0,
         met(mean_ok),
