@@ -29,8 +29,10 @@ mod veth;
 #[path = "ref_fw/xdp_filter.rs"]
 mod xdp_filter;
 
-/// The heading of the section of BENCHMARKS.md that `benches/live.rs` writes.
+/// The headings of the sections of BENCHMARKS.md that other benchmarks
+/// write (`benches/live.rs`, `benches/lb.rs`), after this one's.
 pub const LIVE_SECTION: &str = "\n## Live operation";
+pub const LB_SECTION: &str = "\n## Load balancer";
 
 pub const SIZES: [usize; 3] = [10, 1000, 100_000];
 /// Interleaved rounds of a full run.
@@ -565,9 +567,9 @@ fn main() {
             out.table,
             out.veth,
         );
-        // Sections other benchmarks write (`benches/live.rs`) stay as they are.
+        // Sections other benchmarks write (`benches/live.rs`, `benches/lb.rs`) stay as they are.
         let old = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
-        let kept = old.find(LIVE_SECTION).map_or("", |at| &old[at..]);
+        let kept = [LIVE_SECTION, LB_SECTION].iter().filter_map(|h| old.find(h)).min().map_or("", |at| &old[at..]);
         std::fs::write(root.join("BENCHMARKS.md"), format!("{doc}{kept}")).expect("write BENCHMARKS.md");
     }
 }

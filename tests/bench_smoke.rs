@@ -1,4 +1,4 @@
-//! The benchmark in quick mode: every program gives the reference verdicts,
+//! The benchmarks in quick mode: every program gives the reference verdicts,
 //! veth mode's peers drop every blocked frame they are sent (their own
 //! counters say so), and the report is written. Nothing about time is
 //! asserted.
@@ -8,6 +8,36 @@ mod ref_fw;
 
 #[path = "../benches/live.rs"]
 mod live;
+
+#[path = "../benches/lb.rs"]
+mod lb;
+
+/// The load-balancer benchmark in quick mode: its userspace section (Maglev)
+/// runs without a kernel, gives the seeded distribution, and the report is
+/// written.
+#[test]
+fn lb_quick() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = lb::run(&lb::Mode { quick: true }, out.path());
+    let maglev = report.section("maglev").expect("the Maglev section");
+    assert!(maglev.markdown.contains("### Removing or adding one backend"), "{}", maglev.markdown);
+    assert_eq!(maglev.json["targets"]["distribution_over_slots"], true, "{}", maglev.markdown);
+    assert_eq!(maglev.json["disruption"].as_array().expect("disruption rows").len(), 6);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lb.json")).expect("lb.json")).expect("valid");
+    assert!(json["sections"]["maglev"]["build_ms"].is_array());
+    assert!(out.path().join("lb.md").exists());
+}
+
+/// A benchmark rewrites its own section of BENCHMARKS.md and keeps the others.
+#[test]
+fn lb_replaces_its_section_only() {
+    let doc = "# Benchmarks\n\nintro\n\n## Live operation\n\nlive\n";
+    let added = lb::replace_section(doc, "Load balancer: Maglev", "## Load balancer: Maglev\n\nfirst\n");
+    assert_eq!(added, "# Benchmarks\n\nintro\n\n## Live operation\n\nlive\n\n## Load balancer: Maglev\n\nfirst\n");
+    let doc = format!("{added}\n## Later\n\nlater\n");
+    let replaced = lb::replace_section(&doc, "Load balancer: Maglev", "## Load balancer: Maglev\n\nsecond\n");
+    assert_eq!(replaced, "# Benchmarks\n\nintro\n\n## Live operation\n\nlive\n\n## Load balancer: Maglev\n\nsecond\n\n## Later\n\nlater\n");
+}
 
 /// The live-operation benchmark in quick mode: every measured change
 /// succeeds (each is checked as it runs) and the report is written.

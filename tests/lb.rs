@@ -646,13 +646,26 @@ fn next_hop_from_the_fib() {
     assert_eq!(out.action, Action::Redirect, "1,300 bytes outer fit an MTU of 1,300");
     let too_big = at(1281);
     let out = ns.run(|| p.test_run("xdp", &too_big)).expect("test run");
-    assert_eq!(out.action, Action::Drop, "1,301 bytes outer do not fit: dropped");
+    assert_eq!(out.action, Action::Pass, "1,301 bytes outer do not fit, and without DF: up the stack, to be fragmented");
+    assert_eq!(xpol_runtime::lb::decapsulate(&out.packet).map(|e| e.inner), Some(too_big[14..].to_vec()), "encapsulated");
+    let mut with_df = too_big.clone();
+    with_df[14 + 6] |= 0x40;
+    let sum = internet_checksum(&{
+        let mut h = with_df[14..34].to_vec();
+        h[10..12].copy_from_slice(&[0, 0]);
+        h
+    });
+    with_df[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    let out = ns.run(|| p.test_run("xdp", &with_df)).expect("test run");
+    assert_eq!(out.action, Action::Tx, "with DF: fragmentation needed, back to the client");
+    assert_eq!((out.packet[14 + 9], out.packet[14 + 20]), (1, 3), "ICMP destination unreachable");
     // The same for an IPv6 outer header (inner + 40), 6in6.
     let at6 = |inner_len: usize| PacketSpec::udp6(v6("2001:db8:3::3"), v6(VIPS[1].dst), 5000, 53).payload(inner_len - 48).build();
     let out = ns.run(|| p.test_run("xdp", &at6(1260))).expect("test run");
     assert_eq!(out.action, Action::Redirect, "IPv6: 1,300 bytes outer fit");
     let out = ns.run(|| p.test_run("xdp", &at6(1261))).expect("test run");
-    assert_eq!(out.action, Action::Drop, "IPv6: 1,301 bytes outer do not fit");
+    assert_eq!(out.action, Action::Tx, "IPv6: 1,301 bytes outer do not fit: packet too big, back to the client");
+    assert_eq!((out.packet[14 + 6], out.packet[14 + 40]), (58, 2), "ICMPv6 packet too big");
 
     // Forwarding on and no route to the backends: the FIB says "not
     // forwarded", and the stack decides: the frame passes, as built.

@@ -19,6 +19,7 @@ pool web = { 198.18.1.10, 198.18.1.11 }
 pool web6 = { 2001:db8:1::10, 2001:db8:1::11 }
 xdp /ip.dst == 198.18.0.100/ { lb(web, encap: ipip, src: 198.18.0.1) }
 xdp /ip.dst == 2001:db8::80/ { lb(web6, encap: ipip, src: 2001:db8::1) }
+xdp /ip.dst == 198.18.0.101/ { lb(web6, encap: ipip, src: 2001:db8::1) }
 ";
 
 /// A namespace with a veth of MTU 1300 routing the backends,
@@ -113,6 +114,20 @@ fn too_big_once_encapsulated_gets_the_icmp_answer() {
     let want = icmp.icmp_type().calc_checksum(src.octets(), dst.octets(), icmp.payload()).expect("checksum");
     assert_eq!(want, icmp.checksum(), "ICMPv6 checksum");
     assert_eq!(icmp.payload(), &packet[14..14 + 48], "quotes the IPv6 header and 8 bytes");
+
+    // 4in6: forwarded IPv6 is never fragmented, so IPv4 is told even
+    // without DF, MTU 1300 - 40.
+    let packet = PacketSpec::tcp4(Ipv4Addr::new(198, 18, 9, 1), Ipv4Addr::new(198, 18, 0, 101), 40000, 80).payload(1400).build();
+    let out = run(&mut p, &packet);
+    assert_eq!(out.action, Action::Tx, "4in6 without DF: told");
+    let sliced = SlicedPacket::from_ethernet(&out.packet).expect("an Ethernet frame");
+    let Some(TransportSlice::Icmpv4(icmp)) = &sliced.transport else { panic!("ICMP: {:?}", sliced.transport) };
+    assert!(matches!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1260 })), "{:?}", icmp.icmp_type());
+    assert_eq!(icmp.icmp_type().calc_checksum(icmp.payload()), icmp.checksum(), "ICMP checksum");
+
+    // A VLAN-tagged packet is not answered on another VLAN: dropped.
+    let tagged = PacketSpec::tcp4(Ipv4Addr::new(198, 18, 9, 1), Ipv4Addr::new(198, 18, 0, 100), 40000, 80).vlan(7).ipv4(|ip| ip.dont_fragment = true).payload(1400).build();
+    assert_eq!(run(&mut p, &tagged).action, Action::Drop, "tagged and too big");
 
     // IPv4 without DF may be fragmented: up the stack, encapsulated.
     let packet = big4(false);

@@ -463,15 +463,13 @@ fn map_warnings(report: &serde_json::Value) -> Vec<String> {
 /// action, or `lb` when it sent on the frame the reference semantics
 /// builds for `lb` (`XDP_TX` or a redirect with the next hop's Ethernet
 /// addresses, or up the stack as it is when the FIB had none).
-fn kernel_outcome(kernel: &xpol_runtime::loader::RunOutcome, reference: &xpol_compiler::reference::Evaluation) -> String {
+fn kernel_outcome(kernel: &xpol_runtime::loader::RunOutcome, reference: &xpol_compiler::reference::Evaluation, input: &[u8], translates_back: bool) -> String {
     use xpol_runtime::loader::Action;
     let action = format!("{:?}", kernel.action).to_lowercase();
-    // A reply `nat` translated back on TC egress must leave as the
-    // reference translated it.
-    if let Some(translated) = &reference.translated {
-        if kernel.packet != *translated {
-            return format!("{action} with another frame than the translation back");
-        }
+    // On a `tc:egress` program that translates `nat` replies back, a
+    // packet leaves as the reference translated it, or as it came.
+    if translates_back && kernel.action == Action::Pass && kernel.packet != *reference.translated.as_deref().unwrap_or(input) {
+        return format!("{action} with another frame than the reference's");
     }
     let Some(frame) = reference.lb.as_ref().filter(|b| b.backend.is_some()).map(|b| &b.frame) else { return action };
     let same = match kernel.action {
@@ -516,7 +514,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let after = loaded.rule_counters()?;
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
         let reference = xpol_compiler::reference::evaluate(ir, hook, &bytes, &mut state);
-        let kernel_outcome = kernel_outcome(&kernel, &reference);
+        let translates_back = hook == xpol_lang::ast::Hook::TcEgress && !ir.nat_pools.is_empty();
+        let kernel_outcome = kernel_outcome(&kernel, &reference, &bytes, translates_back);
         let fired_u32: Vec<u32> = fired.iter().map(|&r| r as u32).collect();
         let right_rule = case.decided_by.is_none_or(|r| reference.decided_by == Some(r));
         // Map entries after the packet, both engines.

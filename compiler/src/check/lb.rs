@@ -219,7 +219,7 @@ impl Checker<'_> {
                 ("port", Some(v)) => match self.const_int(v, "a port") {
                     Some(p) if (1..=65535).contains(&p) => port = Some((p as u16, v.span)),
                     Some(p) => {
-                        self.error(v.span, "xpol::lb::port", format!("{p} is not a UDP port"), "1 to 65535");
+                        self.error(v.span, "xpol::lb::port", format!("{p} is not a port"), "1 to 65535");
                         ok = false;
                     }
                     None => ok = false,
@@ -260,6 +260,13 @@ impl Checker<'_> {
         // A wrong option is reported alone: what it would have provided is
         // not missing too.
         let pool_id = pool_id.filter(|_| ok)?;
+        // A pool declared empty takes the family of its first
+        // encapsulation's source.
+        if let Some((OuterSource::Fixed(a) | OuterSource::PerFlow(a, _), _)) = src {
+            if self.pools[pool_id].backends.is_empty() && self.family_from_src.insert(pool_id) {
+                self.pools[pool_id].v6 = a.is_ipv6();
+            }
+        }
         let v6 = self.pools[pool_id].v6;
         let family = if v6 { "IPv6" } else { "IPv4" };
         if let Some(nat_span) = nat {
@@ -313,6 +320,10 @@ impl Checker<'_> {
                 let a = match s {
                     OuterSource::Fixed(a) | OuterSource::PerFlow(a, _) => a,
                 };
+                if unusable_backend(a) || matches!(s, OuterSource::Fixed(IpAddr::V4(v)) if v.is_loopback()) {
+                    self.error_help(span, "xpol::lb::src", format!("{a} cannot be the outer source"), "not a unicast address of this host", "the outer source is an address of this host the backends can answer ICMP errors to");
+                    return None;
+                }
                 if a.is_ipv6() != v6 {
                     let msg = format!("the pool `{}` holds {family} backends, so the outer source is an {family} address", pool.name);
                     self.error_help(span, "xpol::lb::src", msg, format!("not {family}"), "the outer header is of the backends' family");

@@ -85,6 +85,8 @@ struct Checker<'a> {
     /// Pools some `lb(..., nat)` balances over: their replies are
     /// translated back on TC egress.
     nat_pools: std::collections::BTreeSet<ir::PoolId>,
+    /// Pools declared empty whose family an `lb`'s `src:` gave.
+    family_from_src: std::collections::HashSet<ir::PoolId>,
 }
 
 pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
@@ -109,6 +111,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         pool_ids: HashMap::new(),
         failed_pools: Default::default(),
         nat_pools: Default::default(),
+        family_from_src: Default::default(),
     };
     // Declarations first, in order: a const may use earlier consts and sets;
     // probes may use any set or const of the policy.
@@ -157,7 +160,8 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         for case in &tests {
             let hook = case.hook.unwrap_or(first);
             if matches!(case.expect, ir::Outcome::Tx | ir::Outcome::Lb) && hook != Hook::Xdp {
-                c.error_help(case.span, "xpol::test::verdict", format!("`tx` is an XDP verdict, and this case runs on `{}`", hook.as_str()), "cannot pass", "expect `pass`, `drop`, `redirect` or `abort` on TC");
+                let what = case.expect.as_str();
+                c.error_help(case.span, "xpol::test::verdict", format!("`{what}` is an XDP verdict, and this case runs on `{}`", hook.as_str()), "cannot pass", "expect `pass`, `drop`, `redirect` or `abort` on TC");
             }
             if let Some(rule) = case.decided_by.map(|r| &c.rules[r as usize]).filter(|r| r.hook != hook) {
                 let msg = format!("the rule named by `by` runs on `{}`, and this case on `{}`", rule.hook.as_str(), hook.as_str());

@@ -2,7 +2,7 @@
 //!
 //! For a packet of an IP flow: the flow key and hash (the 5-tuple, or what
 //! `by:` names; [`xpol_lang::maglev::murmur3_words`] over
-//! [`xpol_lang::maglev::addr_words`]), the flow table (an established flow
+//! [`xpol_lang::maglev::addr_words`], little-endian words as loaded), the flow table (an established flow
 //! keeps its backend while the backend is in the pool), else the Maglev
 //! table; then the packet is encapsulated towards the backend (IPIP or GUE,
 //! `bpf_xdp_adjust_head`), its next hop found with `bpf_fib_lookup`, and it
@@ -204,8 +204,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 let a = |off: u64| Addr::V4(b.load_raw(q, off, 4));
                 (a(12), a(16), b.load_be(q, 9, 1), b.mul(b.and(b.load_be(q, 0, 1), b.c64(0xf)), b.c64(4)))
             };
-            // The quoted ports, when the quote holds them.
-            let has_ports = b.or(b.eq(qproto, b.c64(6)), b.eq(qproto, b.c64(17)));
+            // The quoted ports, when the quote holds them (TCP or UDP, and
+            // not a later IPv4 fragment, whose payload starts elsewhere).
+            let first = if family_v6 { b.bool(true) } else { b.eq(b.and(b.load_be(q, 6, 2), b.c64(0x1fff)), b.c64(0)) };
+            let has_ports = b.and(first, b.or(b.eq(qproto, b.c64(6)), b.eq(qproto, b.c64(17))));
             let p = b.pkt_ptr(data, b.and(b.add(at, qhl), b.c64(MAX_QUOTE_OFFSET)));
             let ports_there = b.block("lb_quoted_ports");
             let no_ports = b.block("lb_quoted_no_ports");
@@ -310,7 +312,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     }
 
     /// Writes the flow key (see [`meta::FlowKey`]) and returns the flow
-    /// hash (`xpol_lang::maglev::murmur3_words` over big-endian words).
+    /// hash (`xpol_lang::maglev::murmur3_words` over the words of
+    /// `maglev::addr_words`, the ports and the protocol).
     #[allow(clippy::too_many_arguments)]
     fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> IntValue<'ctx> {
         let b = &*self.b;
@@ -319,18 +322,21 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.store_at(key, 32, b.bswap(b.trunc(sport, i16t)));
         b.store_at(key, 34, b.bswap(b.trunc(dport, i16t)));
         b.store_at(key, 36, b.trunc(proto, b.m.i8()));
+        // `maglev::addr_words`: the address's bytes 4 at a time as
+        // little-endian words, which is how they are loaded.
         let words = |a: Addr<'ctx>, off: u64| -> Vec<IntValue<'ctx>> {
             match a {
                 Addr::V4(raw) => {
                     b.store_at(key, off, raw);
                     b.store_at(key, 37, b.c8(4));
-                    vec![b.bswap(raw)]
+                    vec![raw]
                 }
                 Addr::V6(hi, lo) => {
-                    b.store_at(key, off, b.bswap(hi));
-                    b.store_at(key, off + 8, b.bswap(lo));
+                    let (hi, lo) = (b.bswap(hi), b.bswap(lo));
+                    b.store_at(key, off, hi);
+                    b.store_at(key, off + 8, lo);
                     b.store_at(key, 37, b.c8(6));
-                    vec![b.trunc(b.lshr(hi, b.c64(32)), i32t), b.trunc(hi, i32t), b.trunc(b.lshr(lo, b.c64(32)), i32t), b.trunc(lo, i32t)]
+                    vec![b.trunc(hi, i32t), b.trunc(b.lshr(hi, b.c64(32)), i32t), b.trunc(lo, i32t), b.trunc(b.lshr(lo, b.c64(32)), i32t)]
                 }
             }
         };
@@ -474,7 +480,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(too_big);
         let dont_fragment = get(h.df);
         let options = b.cmp(IntPredicate::NE, get(h.ihl), b.c64(5));
-        self.packet_too_big(pool, encap, fib, [macs_lo, macs_hi], inner_v6, dont_fragment, options, drop);
+        self.packet_too_big(pool, encap, fib, [macs_lo, macs_hi], inner_v6, dont_fragment, options, get(h.vlan_depth), drop);
         b.at(stack);
         b.ret(XDP_PASS);
         b.at(drop);
@@ -586,8 +592,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.store_at(l4, 6, b.select(b.eq(old_sum, b.c16(0)), b.c16(0), sum));
         b.br(l4_done);
         b.at(l4_done);
-        // The reply's translation back, unless it is recorded already
-        // (its entry may have left the LRU table before the flow's).
+        // The reply's translation back, unless it is recorded already (its
+        // entry may have left the LRU table before the flow's).
         let reply = b.stack_buf(FLOW_KEY_BYTES, "lb_nat_key");
         for i in 0..4 {
             b.store_at(reply, 4 * i, b.load_raw(backend, 4 * i, 4));
@@ -603,7 +609,16 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let known = b.map_lookup(nat_map, reply);
         let record = b.block("lb_nat_record");
         let recorded = b.block("lb_nat_recorded");
-        b.br_if_null(known, record, recorded);
+        let compare = b.block("lb_nat_compare");
+        b.br_if_null(known, record, compare);
+        // Recorded for another VIP or port (the client's port reused
+        // towards another service on the same backend): this flow's wins.
+        b.at(compare);
+        let mut same = b.eq(b.load_raw(known, 16, 2), old_port);
+        for (i, w) in old_addr.iter().enumerate() {
+            same = b.and(same, b.eq(b.load_raw(known, 4 * i as u64, 4), *w));
+        }
+        b.cond_br_likely(same, recorded, record);
         b.at(record);
         let value = b.stack_buf(NAT_VALUE_BYTES, "lb_nat_value");
         for (i, w) in old_addr.iter().enumerate() {
@@ -650,11 +665,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// "packet too big" sent back out of the interface the packet came in
     /// by, from the address it was sent to (the VIP), naming the MTU less
     /// the outer headers and quoting the packet's IP header and 8 bytes
-    /// (RFC 792, RFC 4443). An IPv4 packet without DF may be fragmented:
-    /// the outer header has no DF either, and the stack fragments it. An
-    /// IPv4 packet with options is dropped (its quote would be longer).
+    /// (RFC 792, RFC 4443). An IPv4 packet without DF in an IPv4 outer
+    /// header may be fragmented: the outer header has no DF either, and the
+    /// stack fragments it; in an IPv6 outer header (which no router
+    /// fragments) it is answered too. An IPv4 packet with options is
+    /// dropped (its quote would be longer), and so is a VLAN-tagged one
+    /// (the answer would leave untagged).
     #[allow(clippy::too_many_arguments)]
-    fn packet_too_big(&self, pool: PoolMaps<'ctx>, encap: Encap, fib: PointerValue<'ctx>, macs: [IntValue<'ctx>; 2], inner_v6: IntValue<'ctx>, dont_fragment: IntValue<'ctx>, options: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) {
+    fn packet_too_big(&self, pool: PoolMaps<'ctx>, encap: Encap, fib: PointerValue<'ctx>, macs: [IntValue<'ctx>; 2], inner_v6: IntValue<'ctx>, dont_fragment: IntValue<'ctx>, options: IntValue<'ctx>, vlan_depth: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) {
         let b = &*self.b;
         let i16t = b.m.cx.i16_type();
         let i32t = b.m.cx.i32_type();
@@ -666,12 +684,22 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let answer6 = b.block("lb_packet_too_big");
         let v4 = b.block("lb_too_big_v4");
         let fragmentable = b.block("lb_fragmentable");
+        // The answer goes back untagged: a tagged packet is dropped rather
+        // than answered on another VLAN.
+        let untagged = b.block("lb_too_big_untagged");
+        b.cond_br(b.eq(vlan_depth, b.c64(0)), untagged, drop);
+        b.at(untagged);
         b.cond_br(inner_v6, answer6, v4);
         b.at(v4);
         let no_options = b.block("lb_too_big_plain");
         b.cond_br(options, drop, no_options);
         b.at(no_options);
-        b.cond_br(dont_fragment, answer4, fragmentable);
+        if pool.v6 {
+            // Forwarded IPv6 is never fragmented: told even without DF.
+            b.br(answer4);
+        } else {
+            b.cond_br(dont_fragment, answer4, fragmentable);
+        }
         b.at(fragmentable);
         b.ret(XDP_PASS);
         for v6 in [false, true] {

@@ -157,7 +157,7 @@ fn translate(pool: ir::PoolId, f: &Facts, ip: &super::IpFacts, packet: &[u8], l3
     frame[dst_at..dst_at + new_addr.len()].copy_from_slice(&new_addr);
     frame[l4 + 2..l4 + 4].copy_from_slice(&new_port.to_be_bytes());
     let reply = NatKey { src: backend, dst: ip.src, sport: new_port, dport: sport, proto: if tcp { 6 } else { 17 } };
-    state.nat.entry(reply).or_insert((ip.dst, dport));
+    state.nat.insert((pool, reply), (ip.dst, dport));
     Balanced { pool, backend: Some(backend), frame }
 }
 
@@ -189,7 +189,7 @@ fn incremental(c: u16, changes: &[(u16, u16)]) -> u16 {
 /// its source, checksums updated (a UDP checksum of 0 stays 0). Reads the
 /// frame itself: untagged IPv4 (not a fragment) or IPv6 (no extension
 /// header), TCP or UDP whole in the frame.
-pub(super) fn reverse_nat(packet: &[u8], state: &State) -> Option<Vec<u8>> {
+pub(super) fn reverse_nat(policy: &ir::Policy, packet: &[u8], state: &State) -> Option<Vec<u8>> {
     let be16 = |o: usize| packet.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let (v6, l4, proto, src_at) = match be16(12)? {
         0x0800 => {
@@ -224,7 +224,8 @@ pub(super) fn reverse_nat(packet: &[u8], state: &State) -> Option<Vec<u8>> {
         }
     };
     let key = NatKey { src: addr(src_at), dst: addr(src_at + alen), sport: be16(l4)?, dport: be16(l4 + 2)?, proto };
-    let &(vip, vport) = state.nat.get(&key)?;
+    // The pools in order, the first that knows the reply.
+    let &(vip, vport) = policy.nat_pools.iter().find_map(|&pool| state.nat.get(&(pool, key)))?;
     let mut out = packet.to_vec();
     let words = |b: &[u8]| b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<u16>>();
     let new_addr = octets(vip);
@@ -282,8 +283,10 @@ fn quoted_flow(f: &Facts, ip: &super::IpFacts, p: &[u8], l3: usize) -> Option<Fl
         let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&b[o..o + 4]).expect("4 bytes"));
         (a(12), a(16), u32::from(b[9]), 4 * usize::from(b[0] & 0xf))
     };
+    // A later IPv4 fragment's payload holds no ports.
+    let later_fragment = !v6 && u16::from_be_bytes([p[q + 6], p[q + 7]]) & 0x1fff != 0;
     let (sport, dport) = match p.get(q + hl..q + hl + 4) {
-        Some(x) if proto == 6 || proto == 17 => (u32::from(u16::from_be_bytes([x[0], x[1]])), u32::from(u16::from_be_bytes([x[2], x[3]]))),
+        Some(x) if (proto == 6 || proto == 17) && !later_fragment => (u32::from(u16::from_be_bytes([x[0], x[1]])), u32::from(u16::from_be_bytes([x[2], x[3]]))),
         _ => (0, 0),
     };
     Some(Flow { src: dst, dst: src, sport: dport, dport: sport, proto })

@@ -243,7 +243,7 @@ pub struct State {
     /// Each pool's Maglev table, built when a packet first needs it.
     pub lb_tables: HashMap<ir::PoolId, Vec<u32>>,
     /// `nat`'s reverse translations: a reply's 5-tuple -> the VIP and port.
-    pub nat: HashMap<lb::NatKey, (IpAddr, u16)>,
+    pub nat: HashMap<(ir::PoolId, lb::NatKey), (IpAddr, u16)>,
 }
 
 struct Eval<'a> {
@@ -259,7 +259,7 @@ struct Eval<'a> {
 /// Evaluates the program of `hook` on `packet`. Redirect targets count as
 /// unresolved (as in tests), so `redirect` aborts (XDP) or drops (TC).
 pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
-    let translated = if hook == Hook::TcEgress && !policy.nat_pools.is_empty() { lb::reverse_nat(packet, state) } else { None };
+    let translated = if hook == Hook::TcEgress && !policy.nat_pools.is_empty() { lb::reverse_nat(policy, packet, state) } else { None };
     let packet = translated.as_deref().unwrap_or(packet);
     let mut evaluation = evaluate_rules(policy, hook, packet, state);
     evaluation.translated = translated;
