@@ -260,6 +260,26 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>
     Ok(TestRunReport { retval: attr.retval, duration_ns: attr.duration })
 }
 
+/// `BPF_PROG_TEST_RUN` once on any program descriptor (as
+/// [`prog_test_run`]), returning the program's return value and the frame
+/// as it left the program (up to 4 KiB past the input: what `lb` adds in
+/// front of a packet fits).
+pub fn prog_test_run_frame(prog: BorrowedFd<'_>, data_in: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; data_in.len() + 4096];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data_in.len() as u32,
+        data_in: data_in.as_ptr() as u64,
+        data_size_out: out.len() as u32,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
+}
+
 /// Runs `f` on a new thread that has entered the network namespace `netns`
 /// (a file such as `/run/netns/NAME`, as `ip netns add` makes them) and,
 /// with `cpu`, is pinned to that CPU. Interface names, `BPF_PROG_TEST_RUN`
