@@ -291,6 +291,21 @@ fn pool_changes_switch_tables_and_keep_established_flows() {
     assert!(e.contains("pool `small`") && e.contains("it is full: it holds at most 2 backends (`max 2`"), "{e}");
     assert_eq!(snapshot(&small), before);
     assert!(PoolEditor::open(&store, name, "nosuch").err().expect("no such pool").to_string().contains("has no pool `nosuch` (its pools: web, small)"));
+
+    // A backends map changed from outside (root can): a second slot with
+    // an address already there is named, and nothing is written.
+    let current = store.applied(name).expect("applied").current.expect("current");
+    let backends = sys::obj_get(&current.dir.join("xl_web_be"), 0).expect("the pinned backends map");
+    let mut planted = [0u8; 20];
+    planted[..4].copy_from_slice(&[198, 18, 1, 13]);
+    planted[16..].copy_from_slice(&(1u32 | 1 << 16).to_le_bytes());
+    sys::map_update(backends.as_fd(), &9u32.to_le_bytes(), &planted, 0).expect("plant");
+    let before = snapshot(&web);
+    let slot_13 = before.0.iter().find(|b| b.addr == v4("198.18.1.13")).expect(".13").slot;
+    let e = web.change(&store, PoolChange::Weight { addr: v4("198.18.1.11"), weight: 1 }).expect_err("refused").to_string();
+    assert!(e.contains(&format!("slots {slot_13} and 9 both hold 198.18.1.13")) && e.contains("changed from outside xpol"), "{e}");
+    assert_eq!(snapshot(&web), before);
+    assert_eq!(web.maps().pool_stats().expect("still readable")[0].backends.len(), 5, "listed as it is");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -148,6 +148,16 @@ impl PoolEditor {
             *self = PoolEditor::open(store, &self.name, &self.pool.name)?;
         }
         let mut backends = self.backends()?;
+        // Only xpol writes the map, one slot per address; anything else was
+        // done from outside, and no table can be built from it.
+        for (i, b) in backends.iter().enumerate() {
+            if let Some(other) = backends[..i].iter().find(|o| o.addr == b.addr) {
+                return Err(RuntimeError::Store(format!(
+                    "pool `{}` of `{}`: slots {} and {} both hold {}: its backends map ({}) was changed from outside xpol; nothing was changed. Applying the policy with a changed pool declaration starts the pool afresh",
+                    self.pool.name, self.name, other.slot, b.slot, b.addr, self.pool.backends_map
+                )));
+            }
+        }
         let addr = match change {
             PoolChange::Add { addr, .. } | PoolChange::Delete(addr) | PoolChange::Drain(addr) | PoolChange::Weight { addr, .. } => addr,
         };

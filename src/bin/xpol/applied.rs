@@ -272,6 +272,10 @@ pub fn pool(name: &str, pool: &str, op: PoolOp) -> Result<ExitCode> {
             let stats = current.maps()?.pool_stats()?.into_iter().find(|p| p.name == pool).context("the pool's counters")?;
             let mut report = pool_json(&stats);
             if json {
+                // `pool` beside `policy` here, where a report says `name`.
+                if let Some(fields) = report.as_object_mut() {
+                    fields.remove("name");
+                }
                 report["schema"] = super::REPORT_SCHEMA.into();
                 report["policy"] = name.into();
                 report["pool"] = pool.into();
