@@ -461,3 +461,48 @@ fn pool_commands_persist_and_refuse_bad_input() {
     );
     assert_eq!(members(&listed(&host, &net, "small")), [member("198.18.2.10", 1, "active"), member("198.18.2.11", 1, "active")], "`small` kept");
 }
+
+/// `xpol run --watch`'s replace (`apply::replace_attached`) hands on the
+/// maps of the pools declared as before: their flow tables and counters
+/// go on; a pool whose declaration changed starts afresh.
+#[test]
+fn run_watch_replace_keeps_unchanged_pools() {
+    if !usable() {
+        return;
+    }
+    use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
+    let net = Net::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let object = |text: &str| {
+        let path = write(dir.path(), "w.xpol", text);
+        xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object
+    };
+    let netns = PathBuf::from("/run/netns").join(&net.b);
+    let flows = |policy: &mut LoadedPolicy| -> Vec<IpAddr> {
+        (0..300).map(|i| lb::decapsulate(&policy.test_run("xdp", &packet(i)).expect("test run").packet).expect("encapsulated").outer_dst).collect()
+    };
+    let web = |policy: &LoadedPolicy| policy.maps().pool_stats().expect("stats").into_iter().find(|p| p.name == "web").expect("web");
+    let totals = |p: &lb::PoolStats| (p.backends.iter().map(|b| b.packets).sum::<u64>(), p.backends.iter().map(|b| b.active_flows).sum::<u64>());
+
+    let mut policy = LoadedPolicy::load(&object(POLICY)).expect("loads");
+    sys::in_netns(&netns, None, || policy.attach("xdp", &net.vb, XdpAttachMode::Auto)).expect("netns").expect("attach");
+    let before = flows(&mut policy);
+    assert_eq!(totals(&web(&policy)), (300, 300));
+
+    let edited = POLICY.replace("xdp { pass }", "xdp /tcp.dport == 23/ { drop }\nxdp { pass }");
+    let done = sys::in_netns(&netns, None, || xpol_runtime::apply::replace_attached(&mut policy, &object(&edited), &["xdp".to_string()], &net.vb, XdpAttachMode::Auto))
+        .expect("netns")
+        .expect("replaced");
+    assert_eq!(done.pools_kept, ["web", "small"]);
+    assert_eq!(totals(&web(&policy)), (300, 300), "the new program has the old flow table and counters");
+    assert_eq!(flows(&mut policy), before);
+    assert_eq!(totals(&web(&policy)), (600, 300), "established: no new flow");
+
+    let redeclared = edited.replace("198.18.1.12 }", "198.18.1.12, 198.18.1.20 }");
+    let done = sys::in_netns(&netns, None, || xpol_runtime::apply::replace_attached(&mut policy, &object(&redeclared), &["xdp".to_string()], &net.vb, XdpAttachMode::Auto))
+        .expect("netns")
+        .expect("replaced");
+    assert_eq!(done.pools_kept, ["small"]);
+    assert_eq!(totals(&web(&policy)), (0, 0), "a changed pool starts afresh");
+    assert_eq!(web(&policy).backends.len(), 4);
+}

@@ -542,7 +542,17 @@ fn print_line(report: &serde_json::Value) {
         })
         .collect();
     let lost: Vec<String> = lossy_maps(report).map(|m| format!(" @{}:lost={}", m["name"].as_str().unwrap_or(""), m["lost"])).collect();
-    println!("t={:.0}s {}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat());
+    // Each backend's packets: `web[198.18.1.10=12,198.18.1.11=9]`.
+    let pools: Vec<String> = report["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let backends: Vec<String> = p["backends"].as_array().into_iter().flatten().map(|b| format!("{}={}", b["address"].as_str().unwrap_or(""), b["packets"])).collect();
+            format!(" {}[{}]", p["name"].as_str().unwrap_or(""), backends.join(","))
+        })
+        .collect();
+    println!("t={:.0}s {}{}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
 }
 
 /// The maps of a report that lost updates.
@@ -924,8 +934,9 @@ fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interfa
                 eprintln!("warning: {} was replaced, but {w}", path.display());
             }
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            let pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
             eprintln!(
-                "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}; attached: {}; detached: {}",
+                "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}{pools}; attached: {}; detached: {}",
                 path.display(),
                 hooks.join(", "),
                 done.rules_carried,
@@ -1076,5 +1087,36 @@ mod tests {
         let warnings = super::map_warnings(&report);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("@seen was full: 6 updates"), "{warnings:?}");
+        assert!(!text.contains("xpol_lb_"), "no pool, no load-balancer series");
+    }
+
+    /// Each backend of each pool gives its counters (and gauges for its
+    /// flows now and its weight) labelled by pool and address; each pool
+    /// its drops for want of a backend.
+    #[test]
+    fn prometheus_shows_backends_by_pool_and_address() {
+        let backend = |addr: &str, slot: u32, weight: u32, packets: u64| {
+            let b = xpol_runtime::lb::LiveBackend { slot, addr: addr.parse().expect("address"), weight };
+            xpol_runtime::lb::BackendStats { backend: b, packets, bytes: packets * 60, new_flows: packets / 2, active_flows: 3 }
+        };
+        let pool = xpol_runtime::lb::PoolStats { name: "web".into(), backends: vec![backend("198.18.1.10", 0, 2, 10), backend("2001:db8::10", 1, 0, 4)], no_backend: 7 };
+        let report = serde_json::json!({"policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [], "pools": [super::pool_json(&pool)]});
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_lb_backend_packets_total counter",
+            "xpol_lb_backend_packets_total{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"198.18.1.10\"} 10",
+            "xpol_lb_backend_bytes_total{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"198.18.1.10\"} 600",
+            "xpol_lb_backend_new_flows_total{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"2001:db8::10\"} 2",
+            "# TYPE xpol_lb_backend_active_flows gauge",
+            "xpol_lb_backend_active_flows{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"198.18.1.10\"} 3",
+            "xpol_lb_backend_weight{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"2001:db8::10\"} 0",
+            "# TYPE xpol_lb_no_backend_drops_total counter",
+            "xpol_lb_no_backend_drops_total{policy=\"edge\",interface=\"eth0\",pool=\"web\"} 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let table = super::pool_table(&super::pool_json(&pool), "");
+        assert!(table.lines().nth(2).is_some_and(|l| l.contains("2001:db8::10") && l.contains("drained")), "{table}");
+        assert!(table.contains("7 packets dropped: no backend had a weight"), "{table}");
     }
 }
