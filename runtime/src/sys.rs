@@ -109,7 +109,7 @@ struct BatchAttr {
 /// failure some of the entries may have been written.
 pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u8], key_size: usize, values: &[u8], value_size: usize) -> io::Result<()> {
     let count = keys.len() / key_size.max(1);
-    if key_size == 0 || value_size == 0 || keys.len() % key_size != 0 || values.len() != count * value_size {
+    if key_size == 0 || value_size == 0 || !keys.len().is_multiple_of(key_size) || values.len() != count * value_size {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut done = 0;
