@@ -146,7 +146,7 @@ pub(crate) fn write_ring(fd: BorrowedFd<'_>, pool: &PoolMeta, half: u32, ring: &
 /// with `BPF_MAP_LOOKUP_BATCH` where the kernel has it, else key by key.
 /// An entry deleted meanwhile (the flow table is an LRU) may be missed.
 pub(crate) fn for_each_entry(fd: BorrowedFd<'_>, key_size: usize, value_size: usize, mut f: impl FnMut(&[u8], &[u8])) -> std::io::Result<()> {
-    let mut batch = 256usize;
+    let mut batch = 1024usize;
     let mut token: Option<[u8; 8]> = None;
     loop {
         let (mut keys, mut values) = (vec![0u8; batch * key_size], vec![0u8; batch * value_size]);

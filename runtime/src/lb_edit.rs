@@ -192,7 +192,11 @@ impl PoolEditor {
                 self.pool.name
             ))),
             (PoolChange::Delete(_) | PoolChange::Drain(_) | PoolChange::Weight { .. }, None) => {
-                let listed: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+                // A few, for a pool may hold thousands.
+                let mut listed: Vec<String> = backends.iter().take(8).map(|b| b.addr.to_string()).collect();
+                if backends.len() > 8 {
+                    listed.push(format!("and {} more: `xpol pool {} {} list`", backends.len() - 8, self.name, self.pool.name));
+                }
                 Err(self.refuse(format!("{addr} is not in the pool (its backends: {})", if listed.is_empty() { "none".into() } else { listed.join(", ") })))
             }
             (PoolChange::Delete(_), Some(i)) => {
