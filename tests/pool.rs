@@ -506,3 +506,89 @@ fn run_watch_replace_keeps_unchanged_pools() {
     assert_eq!(totals(&web(&policy)), (0, 0), "a changed pool starts afresh");
     assert_eq!(web(&policy).backends.len(), 4);
 }
+
+/// Sends datagrams to the VIP's port 7, each from a new socket (a new
+/// source port: a new flow, which the Maglev table balances), until its
+/// standard input closes; says "ready" after the first, and at the end
+/// prints how many it sent.
+const NEW_FLOWS_SENDER: &str = r#"
+import socket, select, sys, time
+n = 0
+while True:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"%d" % n, (sys.argv[1], 7)); s.close(); n += 1
+    if n == 1:
+        print("ready", flush=True)
+    if select.select([sys.stdin], [], [], 0)[0]:
+        break
+    time.sleep(0.001)
+print(n)
+"#;
+
+/// Runs `NEW_FLOWS_SENDER` from namespace a while `changes` runs; the
+/// number of datagrams it sent.
+fn under_traffic(net: &Net, changes: impl FnOnce()) -> u64 {
+    use std::io::Read;
+    let mut sender = common::net::python_ready(&net.a, 120, NEW_FLOWS_SENDER, &[&VIP.to_string()]);
+    changes();
+    drop(sender.stdin.take());
+    assert!(common::net::wait_bounded(&mut sender, std::time::Duration::from_secs(20)).success());
+    let mut out = String::new();
+    sender.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
+    let sent = out.split_whitespace().last().expect("a count").parse().expect("a number");
+    assert!(sent > 30, "the stream ran: {sent}");
+    sent
+}
+
+/// Real traffic, every datagram a new flow (so each one reads the Maglev
+/// table), while the table is switched 30 times (adds, weights, drains;
+/// some backend always has a weight): every datagram is counted on a
+/// backend. Then 20 switches that add and delete backends: no datagram
+/// meets a freed slot.
+#[test]
+fn table_switches_under_traffic_leave_no_packet_without_a_backend() {
+    if !usable() || Command::new("python3").arg("--version").output().is_err() {
+        return;
+    }
+    use xpol_runtime::store::Store;
+    let net = Net::new();
+    let policy = apply_in_host_store(&net, "pool-traffic", POLICY);
+    let name = policy.0.as_str();
+    common::net::ip(&["-n", &net.a, "route", "add", &format!("{VIP}/32"), "via", &net.addr_b]);
+    let store = Store::write().expect("store");
+    let mut web = PoolEditor::open(&store, name, "web").expect("editor");
+    let counted = |web: &PoolEditor| {
+        let pool = web.maps().pool_stats().expect("stats").into_iter().find(|p| p.name == "web").expect("web");
+        (pool.backends.iter().map(|b| b.packets).sum::<u64>(), pool.no_backend)
+    };
+    // The last datagrams may still be on their way through the veth.
+    let settled = |web: &PoolEditor, sent: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while counted(web).0 < sent && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        counted(web)
+    };
+
+    let mut halves = Vec::new();
+    let sent = under_traffic(&net, || {
+        for i in 0..10 {
+            let extra = v4(&format!("198.18.1.{}", 100 + i));
+            web.change(&store, PoolChange::Add { addr: extra, weight: 1 }).expect("add");
+            web.change(&store, PoolChange::Weight { addr: v4("198.18.1.10"), weight: 1 + i }).expect("weight");
+            web.change(&store, PoolChange::Drain(extra)).expect("drain");
+            halves.push(web.active_half().expect("half"));
+        }
+    });
+    assert_eq!(halves, [1, 0, 1, 0, 1, 0, 1, 0, 1, 0], "three switches per round");
+    assert_eq!(settled(&web, sent), (sent, 0), "every datagram on a backend, none without one");
+
+    under_traffic(&net, || {
+        for i in 0..10 {
+            let extra = v4(&format!("198.18.1.{}", 200 + i));
+            web.change(&store, PoolChange::Add { addr: extra, weight: 5 }).expect("add");
+            web.change(&store, PoolChange::Delete(extra)).expect("delete");
+        }
+    });
+    assert_eq!(counted(&web).1, 0, "no datagram met a slot freed under it");
+}
