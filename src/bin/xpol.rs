@@ -378,7 +378,7 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
 }
 
 /// Version of every JSON record `xpol` prints: the reports of `run`,
-/// `stats`, `watch`, and `list`, `apply`, `set list`, `test`
+/// `stats`, `watch`, and `list`, `apply`, `set list`, `pool list`, `test`
 /// (docs/json.md).
 pub const REPORT_SCHEMA: u32 = 1;
 
