@@ -11,65 +11,12 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod common;
+use common::host::{apply_in_host_store, running_program, Host};
 use common::net::{output_bounded, python_ready, wait_bounded, Net};
-
-/// A private mount namespace with a fresh bpffs at /sys/fs/bpf, held
-/// open by a sleeping process; commands enter it (and a network namespace).
-struct Host {
-    holder: Child,
-}
-
-impl Host {
-    fn new() -> Host {
-        let holder = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", "mount -t bpf bpf /sys/fs/bpf && echo ready && exec sleep 600"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("unshare");
-        let mut host = Host { holder };
-        let mut line = [0u8; 6];
-        host.holder.stdout.as_mut().expect("stdout").read_exact(&mut line).expect("the holder is ready");
-        host
-    }
-
-    /// A command inside the private mount namespace and the network namespace `netns`.
-    fn command(&self, netns: &str, program: &str) -> Command {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["60", "nsenter", "-t", &self.holder.id().to_string(), "-m", &format!("--net=/run/netns/{netns}"), program]);
-        cmd
-    }
-
-    fn xpol(&self, netns: &str, args: &[&str]) -> Output {
-        let mut cmd = self.command(netns, env!("CARGO_BIN_EXE_xpol"));
-        cmd.args(args);
-        output_bounded(cmd)
-    }
-
-    /// `xpol ARGS`, which must succeed; its stdout.
-    fn ok(&self, netns: &str, args: &[&str]) -> String {
-        let out = self.xpol(netns, args);
-        assert!(out.status.success(), "xpol {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A shell command in the private mount namespace (setting up odd files).
-    fn sh(&self, script: &str) -> Output {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["20", "nsenter", "-t", &self.holder.id().to_string(), "-m", "sh", "-c", script]);
-        output_bounded(cmd)
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 fn usable() -> bool {
     xpol_runtime::testing::kernel_or_skip("xpol apply end to end")
@@ -605,49 +552,6 @@ fn ipv4_set_changes_switch_without_loss() {
     assert_eq!(host.ok(&net.b, &["set", "n", "small", "list"]).lines().collect::<Vec<_>>(), ["192.0.2.1/32"], "unchanged");
     let bad = host.xpol(&net.b, &["set", "n", "nets", "add", "198.51.100.1/24"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("host bits are set (the prefix is 198.51.100.0/24)"), "{}", String::from_utf8_lossy(&bad.stderr));
-}
-
-/// Deletes an applied policy from the host's store when the test ends.
-struct HostPolicy(String);
-
-impl Drop for HostPolicy {
-    fn drop(&mut self) {
-        if let Ok(store) = xpol_runtime::store::Store::write() {
-            let _ = store.delete(&self.0);
-        }
-    }
-}
-
-/// Compiles `text` and applies it in the host's store, on the interface
-/// of `net`'s namespace b (entered for the attach only), under a name of
-/// this test process (`test-KIND-PID`), deleted when the guard drops.
-fn apply_in_host_store(net: &Net, kind: &str, text: &str) -> HostPolicy {
-    use xpol_runtime::apply::{self, ApplyRequest};
-    let guard = HostPolicy(format!("test-{kind}-{}", std::process::id()));
-    let name = guard.0.as_str();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = write(dir.path(), &format!("{name}.xpol"), text);
-    let object = xpol_compiler::build(&policy, &xpol_compiler::BuildOptions::default()).output.expect("compiles").object;
-    let netns = PathBuf::from("/run/netns").join(&net.b);
-    xpol_runtime::sys::in_netns(&netns, None, || {
-        let req = ApplyRequest {
-            name,
-            object: &object,
-            source: format!("{name}.xpol"),
-            interfaces: vec![net.vb.clone()],
-            hooks: None,
-            mode: xpol_runtime::loader::XdpAttachMode::Auto,
-            set_contents: Default::default(),
-        };
-        apply::apply(&xpol_runtime::store::Store::write().expect("store"), &req).expect("apply");
-    })
-    .expect("netns");
-    guard
-}
-
-/// The program the applied policy `name`'s (first) link runs.
-fn running_program(store: &xpol_runtime::store::Store, name: &str) -> u32 {
-    store.applied(name).expect("applied").links.first().expect("a link").prog_id
 }
 
 /// Whether XDP program `prog` drops a UDP datagram from `src`

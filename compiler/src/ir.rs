@@ -217,8 +217,10 @@ pub const DEFAULT_POOL_FLOWS: u32 = 65_536;
 /// so 2^24 entries take some 2.5 GiB.
 pub const MAX_POOL_FLOWS: u64 = 1 << 24;
 /// The largest weight: the table gives each backend a share of its slots
-/// in proportion, so weights beyond the table size say nothing more.
-pub const MAX_BACKEND_WEIGHT: u64 = 65_535;
+/// in proportion, so weights beyond the table size say nothing more; and
+/// the runtime keeps it in 16 bits of the backend's map value
+/// (`meta::BACKEND_WEIGHT_SHIFT`).
+pub const MAX_BACKEND_WEIGHT: u64 = xpol_lang::meta::MAX_BACKEND_WEIGHT as u64;
 
 /// How an `lb` sends the packet to its backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -423,6 +423,14 @@ pub struct BackendMeta {
 /// Bit of [`BackendValue::flags`]: the slot holds a backend. A flow whose
 /// slot lost its backend is balanced again.
 pub const BACKEND_PRESENT: u32 = 1;
+/// The backend's weight is kept in the top 16 bits of
+/// [`BackendValue::flags`] (`flags >> BACKEND_WEIGHT_SHIFT`), so that the
+/// backends map alone is the pool's live state (`xpol pool` reads and
+/// changes it there, and it persists with the map's pin). The packet path
+/// reads [`BACKEND_PRESENT`] only: the weight shapes the Maglev table.
+pub const BACKEND_WEIGHT_SHIFT: u32 = 16;
+/// The largest weight of a backend (what [`BACKEND_WEIGHT_SHIFT`] leaves room for).
+pub const MAX_BACKEND_WEIGHT: u32 = 0xffff;
 
 /// A value of a pool's backends map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -430,6 +438,9 @@ pub const BACKEND_PRESENT: u32 = 1;
 pub struct BackendValue {
     /// Network order; IPv4 in the first 4 bytes, the rest zero.
     pub addr: [u8; 16],
+    /// [`BACKEND_PRESENT`], and the weight from [`BACKEND_WEIGHT_SHIFT`]
+    /// up; 0 for a free slot. Present with weight 0: drained (no new
+    /// flows; its established flows stay).
     pub flags: u32,
 }
 

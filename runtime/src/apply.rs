@@ -18,6 +18,11 @@
 //! - Named sets: a set whose declaration in the policy is unchanged keeps
 //!   its live contents (what `xpol set` made of it); a set whose
 //!   declaration changed gets the new declaration.
+//! - Pools whose declaration (backends, `table`, `flows`, `max`) is
+//!   unchanged keep their maps: the backends `xpol pool` made of them, the
+//!   Maglev table, the flow table (established flows keep their backend)
+//!   and the per-backend counters. A pool whose declaration changed starts
+//!   afresh from it, with an empty flow table.
 //! - Per-rule counters of the rules that still exist, by rule identity
 //!   ([`rule_identities`], [`carried_rules`]): added to the new generation's counters once the
 //!   old programs can no longer run.
@@ -63,6 +68,10 @@ pub struct ApplyOutcome {
     pub sets_kept: Vec<String>,
     /// Sets filled from the new declaration.
     pub sets_reset: Vec<String>,
+    /// Pools that kept their live backends and flows.
+    pub pools_kept: Vec<String>,
+    /// Pools filled from the new declaration.
+    pub pools_reset: Vec<String>,
     /// What went wrong after the switch (the new version runs).
     pub warnings: Vec<String>,
 }
@@ -192,6 +201,8 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
                 outcome.maps_kept.push(m.name.clone());
             }
         }
+        let (kept, reset) = carried_pools(&prev.record.meta, &meta, old, &mut adopt_maps)?;
+        (outcome.pools_kept, outcome.pools_reset) = (kept, reset);
     }
     let options = LoadOptions { missing_interfaces_ok: false, adopt_maps };
     let mut loaded = LoadedPolicy::load_with_elements(req.object, &options, &set_elements).map_err(forget)?;
@@ -327,6 +338,25 @@ fn name_the_holder(store: &Store, e: RuntimeError) -> RuntimeError {
         RuntimeError::XdpBusy { iface, .. } => RuntimeError::XdpBusy { holder: loader::xdp_holder(&iface, Some(store)), iface },
         e => e,
     }
+}
+
+/// Hands on the maps of each pool of `new` declared as in `old` (the
+/// module doc): the loader then leaves them as they are. Returns the pools
+/// kept and those filled afresh.
+fn carried_pools(old: &ObjectMeta, new: &ObjectMeta, old_maps: &loader::PolicyMaps, adopt: &mut Vec<(String, Arc<std::os::fd::OwnedFd>)>) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut kept, mut reset) = (Vec::new(), Vec::new());
+    for p in &new.pools {
+        // The whole declaration, map names included: the same maps, of the same sizes.
+        if !old.pools.contains(p) {
+            reset.push(p.name.clone());
+            continue;
+        }
+        for m in [&p.ring_map, &p.control_map, &p.backends_map, &p.flows_map, &p.stats_map].into_iter().chain(&p.nat_map) {
+            adopt.push((m.clone(), Arc::new(old_maps.map_fd(m)?)));
+        }
+        kept.push(p.name.clone());
+    }
+    Ok((kept, reset))
 }
 
 /// The contents each set of the new object gets (see the module doc).
@@ -488,6 +518,9 @@ pub struct Replaced {
     pub rules_carried: usize,
     /// `@maps` handed on to the new programs.
     pub maps_kept: Vec<String>,
+    /// Pools whose declaration is unchanged: their backends, table, flows
+    /// and counters handed on.
+    pub pools_kept: Vec<String>,
     /// Hooks attached afresh: the new version has them, the old did not.
     pub attached: Vec<String>,
     /// Hooks detached: the old version had them, the new one does not.
@@ -505,6 +538,8 @@ pub struct Replaced {
 /// programs can no longer run, their counters are carried to the new rules
 /// by identity ([`carried_rules`]). Sets need nothing carried: without a
 /// store nothing changes them, so their contents are their declaration.
+/// Pools declared as before keep their maps, and so their flow tables
+/// (established flows keep their backend) and counters.
 ///
 /// `hooks` are the hooks to have attached on `iface` afterwards: a link of
 /// a hook among them is switched, a hook without one is attached (in
@@ -529,6 +564,7 @@ pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[Stri
             outcome.maps_kept.push(m.name.clone());
         }
     }
+    outcome.pools_kept = carried_pools(running.meta(), &meta, running.maps(), &mut adopt_maps)?.0;
     let mut new = LoadedPolicy::load_with(object, &LoadOptions { missing_interfaces_ok: false, adopt_maps })?;
     let links = running.take_links();
     let (kept, dropped) = match switch_attached(running, &mut new, links, hooks, iface, mode, &mut outcome) {

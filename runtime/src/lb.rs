@@ -1,20 +1,53 @@
 //! The load balancer's state in the kernel: filling a pool's maps (the
-//! backends and their Maglev table, `xpol_lang::maglev`) and reading its
-//! per-backend counters; and, for tests, taking apart the frames `lb`
-//! sends. The maps' layouts are `xpol_lang::meta::PoolMeta`'s.
+//! backends and their Maglev table, `xpol_lang::maglev`), reading its live
+//! backends and their counters; and, for tests, taking apart the frames
+//! `lb` sends. The maps' layouts are `xpol_lang::meta::PoolMeta`'s.
+//!
+//! A pool's live contents are its backends map: a slot holds a backend
+//! when its flags have [`meta::BACKEND_PRESENT`], with the backend's weight
+//! in the flags' top bits ([`meta::BACKEND_WEIGHT_SHIFT`]). The Maglev table
+//! is a function of those contents ([`ring_of`]), so there is no second
+//! record of them to disagree: `xpol pool` (`crate::lb_edit`) changes a
+//! slot, then builds and switches the table.
 
 use crate::loader::{PolicyMaps, Result, RuntimeError};
 use crate::sys;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use xpol_lang::maglev;
 use xpol_lang::meta::{self, PoolMeta};
 
-/// One backend's counters, summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BackendStats {
-    pub addr: Option<IpAddr>,
+/// One backend of a pool as it is now: its slot in the backends map (the
+/// number the Maglev table and the flow table name it by), address and
+/// weight (0: drained).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LiveBackend {
+    pub slot: u32,
+    pub addr: IpAddr,
     pub weight: u32,
+}
+
+impl LiveBackend {
+    /// Drained: present for its established flows, given no new ones.
+    pub fn drained(&self) -> bool {
+        self.weight == 0
+    }
+
+    /// `active` or `drained`, as `xpol pool list` says.
+    pub fn state(&self) -> &'static str {
+        if self.drained() {
+            "drained"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// One backend's counters, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendStats {
+    pub backend: LiveBackend,
     pub packets: u64,
     pub bytes: u64,
     /// Flows the Maglev table sent here.
@@ -27,7 +60,7 @@ pub struct BackendStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     pub name: String,
-    /// By backend slot (the pool's backends in order).
+    /// The pool's backends now, by slot.
     pub backends: Vec<BackendStats>,
     /// Packets dropped because no backend had a weight.
     pub no_backend: u64,
@@ -40,26 +73,122 @@ fn octets(a: IpAddr) -> Vec<u8> {
     }
 }
 
-/// The value of a backend slot in the backends map.
-fn backend_value(addr: IpAddr) -> [u8; 20] {
-    let mut v = [0u8; 20];
+/// Bytes of a backends map value ([`meta::BackendValue`]).
+pub(crate) const BACKEND_VALUE: usize = std::mem::size_of::<meta::BackendValue>();
+
+/// The value of a slot holding `addr` with `weight`.
+pub(crate) fn backend_value(addr: IpAddr, weight: u32) -> [u8; BACKEND_VALUE] {
+    let mut v = [0u8; BACKEND_VALUE];
     let o = octets(addr);
     v[..o.len()].copy_from_slice(&o);
-    v[16..20].copy_from_slice(&meta::BACKEND_PRESENT.to_le_bytes());
+    let flags = meta::BACKEND_PRESENT | (weight.min(meta::MAX_BACKEND_WEIGHT) << meta::BACKEND_WEIGHT_SHIFT);
+    v[16..20].copy_from_slice(&flags.to_le_bytes());
     v
 }
 
-/// The Maglev table of `pool`'s backends (slot numbers).
+/// The backend a slot's value holds (`None`: a free slot).
+fn decode_backend(pool: &PoolMeta, slot: u32, v: &[u8]) -> Option<LiveBackend> {
+    let flags = u32::from_le_bytes(v[16..20].try_into().expect("4 bytes"));
+    if flags & meta::BACKEND_PRESENT == 0 {
+        return None;
+    }
+    let addr = if pool.v6 {
+        IpAddr::from(<[u8; 16]>::try_from(&v[..16]).expect("16 bytes"))
+    } else {
+        IpAddr::from(<[u8; 4]>::try_from(&v[..4]).expect("4 bytes"))
+    };
+    Some(LiveBackend { slot, addr, weight: flags >> meta::BACKEND_WEIGHT_SHIFT })
+}
+
+/// The pool as declared, slot `i` holding the `i`-th backend.
+pub fn declared(pool: &PoolMeta) -> Vec<LiveBackend> {
+    pool.backends.iter().enumerate().map(|(i, b)| LiveBackend { slot: i as u32, addr: b.addr, weight: b.weight }).collect()
+}
+
+/// The Maglev table of `backends` (slot numbers, [`maglev::NO_BACKEND`]
+/// where no backend has a weight). The table depends on the addresses and
+/// weights only, never on the slots.
+pub fn ring_of(pool: &PoolMeta, backends: &[LiveBackend]) -> Result<Vec<u32>> {
+    let addrs: Vec<Vec<u8>> = backends.iter().map(|b| octets(b.addr)).collect();
+    let input: Vec<maglev::MaglevBackend> = addrs.iter().zip(backends).map(|(a, b)| maglev::MaglevBackend { addr: a, weight: b.weight }).collect();
+    let table = maglev::build_table(&input, pool.table_size).map_err(|e| RuntimeError::BadMetadata(format!("pool `{}`: {e}", pool.name)))?;
+    // build_table gives indices into `backends`: the slots they hold.
+    Ok(table.into_iter().map(|i| backends.get(i as usize).map_or(maglev::NO_BACKEND, |b| b.slot)).collect())
+}
+
+/// The Maglev table of `pool`'s declared backends (slot numbers).
 pub fn table(pool: &PoolMeta) -> Result<Vec<u32>> {
-    let addrs: Vec<Vec<u8>> = pool.backends.iter().map(|b| octets(b.addr)).collect();
-    let backends: Vec<maglev::MaglevBackend> = addrs.iter().zip(&pool.backends).map(|(a, b)| maglev::MaglevBackend { addr: a, weight: b.weight }).collect();
-    maglev::build_table(&backends, pool.table_size).map_err(|e| RuntimeError::BadMetadata(format!("pool `{}`: {e}", pool.name)))
+    ring_of(pool, &declared(pool))
+}
+
+/// Writes `ring` into half `half` of the pool's ring map: in one
+/// `BPF_MAP_UPDATE_BATCH` where the kernel has it (Linux 5.6), else one
+/// update per entry.
+pub(crate) fn write_ring(fd: BorrowedFd<'_>, pool: &PoolMeta, half: u32, ring: &[u32]) -> Result<()> {
+    let err = |source: std::io::Error| RuntimeError::Map { map: pool.ring_map.clone(), source };
+    let base = half * pool.table_size;
+    let keys: Vec<u8> = (0..ring.len() as u32).flat_map(|i| (base + i).to_le_bytes()).collect();
+    let values: Vec<u8> = ring.iter().flat_map(|s| s.to_le_bytes()).collect();
+    match sys::map_update_batch(fd, &keys, 4, &values, 4) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            for (k, v) in keys.chunks_exact(4).zip(values.chunks_exact(4)) {
+                sys::map_update(fd, k, v, 0).map_err(err)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Calls `f` with every (key, value) of a hash or array map whose key and
+/// value sizes are `key_size` and `value_size` (checked by the caller):
+/// with `BPF_MAP_LOOKUP_BATCH` where the kernel has it, else key by key.
+/// An entry deleted meanwhile (the flow table is an LRU) may be missed.
+pub(crate) fn for_each_entry(fd: BorrowedFd<'_>, key_size: usize, value_size: usize, mut f: impl FnMut(&[u8], &[u8])) -> std::io::Result<()> {
+    let mut batch = 1024usize;
+    let mut token: Option<[u8; 8]> = None;
+    loop {
+        let (mut keys, mut values) = (vec![0u8; batch * key_size], vec![0u8; batch * value_size]);
+        let mut next = [0u8; 8];
+        match sys::map_lookup_batch(fd, token.as_ref(), &mut next, &mut keys, key_size, &mut values, value_size) {
+            Ok((n, more)) => {
+                for i in 0..n {
+                    f(&keys[i * key_size..(i + 1) * key_size], &values[i * value_size..(i + 1) * value_size]);
+                }
+                if !more {
+                    return Ok(());
+                }
+                token = Some(next);
+            }
+            // A hash bucket with more entries than the buffers hold.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && batch < 1 << 16 => batch *= 4,
+            // No batches on this kernel (or for this map; 524 is the
+            // kernel's ENOTSUPP): one key at a time, from the start
+            // (nothing was read yet).
+            Err(e) if token.is_none() && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(524)) => {
+                let mut key: Option<Vec<u8>> = None;
+                let mut next = vec![0u8; key_size];
+                let mut value = vec![0u8; value_size];
+                while sys::map_next_key(fd, key.as_deref(), &mut next)? {
+                    if sys::map_lookup(fd, &next, &mut value)? {
+                        f(&next, &value);
+                    }
+                    key = Some(next.clone());
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl PolicyMaps {
-    /// Writes every pool's backends, then its Maglev table.
-    pub(crate) fn fill_pools(&self) -> Result<()> {
-        for pool in &self.meta().pools {
+    /// Writes every pool's backends, then its Maglev table (half 0, the
+    /// one the control word names at first); except pools in `carried`,
+    /// whose maps a replace handed on with their live contents.
+    pub(crate) fn fill_pools(&self, carried: &[String]) -> Result<()> {
+        for pool in self.meta().pools.iter().filter(|p| !carried.contains(&p.name)) {
             if pool.backends.len() > pool.max_backends as usize {
                 return Err(RuntimeError::BadMetadata(format!("pool `{}` lists {} backends and has room for {}", pool.name, pool.backends.len(), pool.max_backends)));
             }
@@ -67,18 +196,44 @@ impl PolicyMaps {
                 if b.addr.is_ipv6() != pool.v6 {
                     return Err(RuntimeError::BadMetadata(format!("pool `{}`: backend {} is not of the pool's family", pool.name, b.addr)));
                 }
-                self.update(&pool.backends_map, &(slot as u32).to_le_bytes(), &backend_value(b.addr))?;
+                if b.weight > meta::MAX_BACKEND_WEIGHT {
+                    return Err(RuntimeError::BadMetadata(format!("pool `{}`: backend {} has a weight over {}", pool.name, b.addr, meta::MAX_BACKEND_WEIGHT)));
+                }
+                self.update(&pool.backends_map, &(slot as u32).to_le_bytes(), &backend_value(b.addr, b.weight))?;
             }
             let ring = table(pool)?;
-            let fd = self.map_data(&pool.ring_map)?.fd().as_fd();
-            for (i, slot) in ring.iter().enumerate() {
-                sys::map_update(fd, &(i as u32).to_le_bytes(), &slot.to_le_bytes(), 0).map_err(|source| RuntimeError::Map { map: pool.ring_map.clone(), source })?;
-            }
+            write_ring(self.map_data(&pool.ring_map)?.fd().as_fd(), pool, 0, &ring)?;
         }
         Ok(())
     }
 
-    /// Every pool's counters.
+    /// The backends `pool` holds now, by slot.
+    pub fn pool_backends(&self, pool: &PoolMeta) -> Result<Vec<LiveBackend>> {
+        let fd = self.map_data(&pool.backends_map)?.fd().as_fd();
+        let mut out = Vec::new();
+        for_each_entry(fd, 4, BACKEND_VALUE, |k, v| {
+            let slot = u32::from_le_bytes(k.try_into().expect("4 bytes"));
+            if slot < pool.max_backends {
+                out.extend(decode_backend(pool, slot, v));
+            }
+        })
+        .map_err(|source| RuntimeError::Map { map: pool.backends_map.clone(), source })?;
+        out.sort_by_key(|b| b.slot);
+        Ok(out)
+    }
+
+    /// How many entries of `pool`'s flow table name each slot.
+    pub fn pool_flows(&self, pool: &PoolMeta) -> Result<HashMap<u32, u64>> {
+        let fd = self.map_data(&pool.flows_map)?.fd().as_fd();
+        let mut flows: HashMap<u32, u64> = HashMap::new();
+        let key = std::mem::size_of::<meta::FlowKey>();
+        let value = std::mem::size_of::<meta::FlowValue>();
+        for_each_entry(fd, key, value, |_, v| *flows.entry(u32::from_le_bytes(v[..4].try_into().expect("4 bytes"))).or_default() += 1)
+            .map_err(|source| RuntimeError::Map { map: pool.flows_map.clone(), source })?;
+        Ok(flows)
+    }
+
+    /// Every pool's backends (as they are now) and their counters.
     pub fn pool_stats(&self) -> Result<Vec<PoolStats>> {
         let mut out = Vec::new();
         for pool in &self.meta().pools {
@@ -96,25 +251,13 @@ impl PolicyMaps {
                 }
                 Ok(sum)
             };
-            for (slot, b) in pool.backends.iter().enumerate() {
-                let [packets, bytes, new_flows] = read(slot as u32)?;
-                stats.backends.push(BackendStats { addr: Some(b.addr), weight: b.weight, packets, bytes, new_flows, active_flows: 0 });
+            let flows = self.pool_flows(pool)?;
+            for backend in self.pool_backends(pool)? {
+                let [packets, bytes, new_flows] = read(backend.slot)?;
+                let active_flows = flows.get(&backend.slot).copied().unwrap_or(0);
+                stats.backends.push(BackendStats { backend, packets, bytes, new_flows, active_flows });
             }
             stats.no_backend = read(pool.max_backends)?[0];
-            // Active flows: the flow table's entries per backend.
-            let flows = self.map_data(&pool.flows_map)?.fd().as_fd();
-            let mut key: Option<Vec<u8>> = None;
-            let mut next = vec![0u8; std::mem::size_of::<meta::FlowKey>()];
-            let mut value = [0u8; 8];
-            while sys::map_next_key(flows, key.as_deref(), &mut next).map_err(|source| RuntimeError::Map { map: pool.flows_map.clone(), source })? {
-                if sys::map_lookup(flows, &next, &mut value).unwrap_or(false) {
-                    let slot = u32::from_le_bytes(value[..4].try_into().expect("4 bytes")) as usize;
-                    if let Some(b) = stats.backends.get_mut(slot) {
-                        b.active_flows += 1;
-                    }
-                }
-                key = Some(next.clone());
-            }
             out.push(stats);
         }
         Ok(out)

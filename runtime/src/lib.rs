@@ -7,6 +7,7 @@
 //! Architecture invariant: unsafe code and raw syscalls live only in [`sys`].
 
 pub mod lb;
+pub mod lb_edit;
 pub mod loader;
 pub mod packet;
 pub mod pcap;

@@ -67,6 +67,10 @@ pub enum RuntimeError {
     NotApplied(String),
     #[error("policy `{name}`: {message}")]
     Apply { name: String, message: String },
+    /// A change to a pool of an applied policy that was refused; nothing
+    /// was changed.
+    #[error("pool `{pool}` of `{name}`: {message}")]
+    Pool { name: String, pool: String, message: String },
     #[error("bpffs: {0}")]
     Bpffs(String),
     #[error("this kernel lacks a feature: {0}")]
@@ -389,7 +393,10 @@ impl LoadedPolicy {
         let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
         policy.fill_sets()?;
         policy.fill_redirects(options.missing_interfaces_ok)?;
-        policy.state.fill_pools()?;
+        // A pool whose maps a replace handed on keeps its live contents.
+        let adopted = |m: &str| options.adopt_maps.iter().any(|(name, _)| name == m);
+        let carried: Vec<String> = policy.state.meta.pools.iter().filter(|p| adopted(&p.ring_map) && adopted(&p.backends_map)).map(|p| p.name.clone()).collect();
+        policy.state.fill_pools(&carried)?;
         Ok(policy)
     }
 

@@ -15,6 +15,10 @@
 //!       xpol_rules, global_data, global_bss, xm_*, xs_*, ...   the programs' maps
 //!                              (global_bss and xpol_v4*: the IPv4 set tables,
 //!                              mappable, which `xpol set` changes in place)
+//!       xl_POOL_be, _ring, _ctl, _flows, _stats   a pool's maps: `xl_POOL_be`
+//!                              is the pool's live contents (`crate::lb`),
+//!                              which `xpol pool` changes in place with the
+//!                              Maglev table (`crate::lb_edit`)
 //! ```
 //!
 //! The links are the truth. The current generation is the one whose record

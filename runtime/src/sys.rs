@@ -85,6 +85,82 @@ pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) ->
     }
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// `union bpf_attr` as used by the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_UPDATE_BATCH` (Linux 5.6): `keys` and `values` hold the same
+/// number of keys and values of the map's sizes, back to back, written in
+/// one call (a Maglev table of 65,537 entries: one system call rather than
+/// 65,537). Fails with `EINVAL` on kernels without batches; on another
+/// failure some of the entries may have been written.
+pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u8], key_size: usize, values: &[u8], value_size: usize) -> io::Result<()> {
+    let count = keys.len() / key_size.max(1);
+    if key_size == 0 || value_size == 0 || !keys.len().is_multiple_of(key_size) || values.len() != count * value_size {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut done = 0;
+    // The kernel may stop early (a signal): go on from where it stopped.
+    while done < count {
+        let mut attr = BatchAttr {
+            keys: keys[done * key_size..].as_ptr() as u64,
+            values: values[done * value_size..].as_ptr() as u64,
+            count: u32::try_from(count - done).unwrap_or(u32::MAX),
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        if attr.count == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        done += attr.count as usize;
+    }
+    Ok(())
+}
+
+/// One step of `BPF_MAP_LOOKUP_BATCH` (Linux 5.6; hash and array maps):
+/// up to `keys.len() / key_size` entries (`key_size` and `value_size` the
+/// map's own, as the kernel writes those) from where `token` says (`None`:
+/// the start), into `keys` and `values`; `next` receives the token of the
+/// next step (8 bytes hold every map's: a hash map's bucket, an array's
+/// index). Returns the number of entries read and whether the map has
+/// more. A hash map bucket with more entries than the buffers hold fails
+/// with `ENOSPC`: call again with larger buffers.
+pub fn map_lookup_batch(map: BorrowedFd<'_>, token: Option<&[u8; 8]>, next: &mut [u8; 8], keys: &mut [u8], key_size: usize, values: &mut [u8], value_size: usize) -> io::Result<(usize, bool)> {
+    let count = keys.len() / key_size.max(1);
+    if key_size == 0 || count == 0 || keys.len() != count * key_size || values.len() != count * value_size {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut attr = BatchAttr {
+        in_batch: token.map_or(0, |t| t.as_ptr() as u64),
+        out_batch: next.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(_) => Ok((attr.count as usize, true)),
+        // The end of the map, with the last entries read.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether this process can create BPF objects, tried by creating (and
 /// closing) a one-element array map. The error says why not, in words.
 pub fn can_load_bpf() -> Result<(), String> {
@@ -182,6 +258,26 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, data_in: &[u8], ctx_in: Option<&[u8]>
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
     Ok(TestRunReport { retval: attr.retval, duration_ns: attr.duration })
+}
+
+/// `BPF_PROG_TEST_RUN` once on any program descriptor (as
+/// [`prog_test_run`]), returning the program's return value and the frame
+/// as it left the program (up to 4 KiB past the input: what `lb` adds in
+/// front of a packet fits).
+pub fn prog_test_run_frame(prog: BorrowedFd<'_>, data_in: &[u8]) -> io::Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; data_in.len() + 4096];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data_in.len() as u32,
+        data_in: data_in.as_ptr() as u64,
+        data_size_out: out.len() as u32,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
 }
 
 /// Runs `f` on a new thread that has entered the network namespace `netns`

@@ -129,6 +129,17 @@ enum Command {
         #[command(subcommand)]
         op: SetOp,
     },
+    /// Read or change a load-balancer pool of an applied policy, in place:
+    /// `list`, `add ADDR [weight W]`, `del ADDR`, `drain ADDR`, `weight
+    /// ADDR W`. Established flows keep their backend unless it is deleted.
+    Pool {
+        /// The applied policy.
+        name: String,
+        /// The pool, as named in the policy.
+        pool: String,
+        #[command(subcommand)]
+        op: PoolOp,
+    },
     /// Verify a policy in the kernel and run sample packets through it
     /// (BPF_PROG_TEST_RUN; nothing is attached to any interface).
     Test {
@@ -171,6 +182,57 @@ enum SetOp {
         #[arg(long = "from-file")]
         from_file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum PoolOp {
+    /// Print each backend: address, weight, state, packets, bytes, new
+    /// flows, active flows (flow-table entries).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a backend (default weight 1): `add 198.18.1.13` or `add 198.18.1.13 weight 2`.
+    Add {
+        #[arg(value_parser = backend_addr)]
+        addr: std::net::IpAddr,
+        /// The word `weight`, then the weight (0 to 65535; 0: drained).
+        #[arg(num_args = 0..=2, value_names = ["weight", "W"])]
+        weight: Vec<String>,
+    },
+    /// Remove a backend; its established flows are balanced again.
+    #[command(alias = "delete")]
+    Del {
+        #[arg(value_parser = backend_addr)]
+        addr: std::net::IpAddr,
+    },
+    /// Give a backend no new flows (weight 0); its established flows stay.
+    Drain {
+        #[arg(value_parser = backend_addr)]
+        addr: std::net::IpAddr,
+    },
+    /// Change a backend's weight (0 to 65535; 0 drains it).
+    Weight {
+        #[arg(value_parser = backend_addr)]
+        addr: std::net::IpAddr,
+        #[arg(value_parser = backend_weight)]
+        weight: u32,
+    },
+}
+
+/// A backend's address on the command line.
+fn backend_addr(s: &str) -> std::result::Result<std::net::IpAddr, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not an IPv4 or IPv6 address (a backend is an address, e.g. 198.18.1.10 or 2001:db8:1::10)"))
+}
+
+/// A backend's weight on the command line: 0 to 65535.
+fn backend_weight(s: &str) -> std::result::Result<u32, String> {
+    let max = xpol_lang::meta::MAX_BACKEND_WEIGHT;
+    match s.trim().parse::<u64>() {
+        Ok(w) if w <= u64::from(max) => Ok(w as u32),
+        Ok(_) => Err(format!("the weight {s} is out of range: a weight is 0 (drained) to {max}")),
+        Err(_) => Err(format!("`{s}` is not a weight: a whole number, 0 (drained) to {max}")),
+    }
 }
 
 /// How often and how long to report, and in which form.
@@ -316,7 +378,7 @@ fn sample_packets() -> Vec<(String, PacketSpec)> {
 }
 
 /// Version of every JSON record `xpol` prints: the reports of `run`,
-/// `stats`, `watch`, and `list`, `apply`, `set list`, `test`
+/// `stats`, `watch`, and `list`, `apply`, `set list`, `pool list`, `test`
 /// (docs/json.md).
 pub const REPORT_SCHEMA: u32 = 1;
 
@@ -356,7 +418,47 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
         maps.push(serde_json::json!({"name": m.name, "entries": entries.len(), "capacity": m.max_entries, "lost": lost, "top": top}));
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets}))
+    let pools: Vec<serde_json::Value> = policy.pool_stats()?.iter().map(pool_json).collect();
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools}))
+}
+
+/// A pool's backends and counters, as reports and `xpol pool list --json`
+/// give them (docs/json.md).
+fn pool_json(p: &xpol_runtime::lb::PoolStats) -> serde_json::Value {
+    let backends: Vec<serde_json::Value> = p
+        .backends
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "address": b.backend.addr.to_string(), "slot": b.backend.slot, "weight": b.backend.weight, "state": b.backend.state(),
+                "packets": b.packets, "bytes": b.bytes, "new_flows": b.new_flows, "active_flows": b.active_flows,
+            })
+        })
+        .collect();
+    serde_json::json!({"name": p.name, "no_backend": p.no_backend, "backends": backends})
+}
+
+/// A pool's backends as a table (`xpol pool list`, and the reports).
+fn pool_table(pool: &serde_json::Value, indent: &str) -> String {
+    let mut out = format!("{indent}{:<40} {:>6} {:<8} {:>12} {:>14} {:>10} {:>10}\n", "backend", "weight", "state", "packets", "bytes", "new flows", "flows now");
+    for b in pool["backends"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{indent}{:<40} {:>6} {:<8} {:>12} {:>14} {:>10} {:>10}\n",
+            b["address"].as_str().unwrap_or(""),
+            // Numbers as text: a JSON value ignores widths.
+            b["weight"].to_string(),
+            b["state"].as_str().unwrap_or(""),
+            b["packets"].to_string(),
+            b["bytes"].to_string(),
+            b["new_flows"].to_string(),
+            b["active_flows"].to_string()
+        ));
+    }
+    let dropped = pool["no_backend"].as_u64().unwrap_or(0);
+    if dropped > 0 {
+        out.push_str(&format!("{indent}{dropped} packets dropped: no backend had a weight\n"));
+    }
+    out
 }
 
 fn print_table(report: &serde_json::Value, in_place: bool) {
@@ -388,6 +490,9 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     }
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
+    }
+    for p in report["pools"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  pool {}:\n{}", p["name"].as_str().unwrap_or(""), pool_table(p, "    ")));
     }
     print!("{out}");
 }
@@ -437,7 +542,17 @@ fn print_line(report: &serde_json::Value) {
         })
         .collect();
     let lost: Vec<String> = lossy_maps(report).map(|m| format!(" @{}:lost={}", m["name"].as_str().unwrap_or(""), m["lost"])).collect();
-    println!("t={:.0}s {}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat());
+    // Each backend's packets: `web[198.18.1.10=12,198.18.1.11=9]`.
+    let pools: Vec<String> = report["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let backends: Vec<String> = p["backends"].as_array().into_iter().flatten().map(|b| format!("{}={}", b["address"].as_str().unwrap_or(""), b["packets"])).collect();
+            format!(" {}[{}]", p["name"].as_str().unwrap_or(""), backends.join(","))
+        })
+        .collect();
+    println!("t={:.0}s {}{}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
 }
 
 /// The maps of a report that lost updates.
@@ -684,6 +799,30 @@ fn prometheus(report: &serde_json::Value) -> String {
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("xpol_set_elements{{{scope},set=\"{}\"}} {}\n", str_of(&st["name"]), st["size"]));
     }
+    // Load-balancer backends, labelled by pool and address: the series of
+    // a backend removed and added again restarts from 0 (a counter reset).
+    let pools = report["pools"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if pools.is_empty() {
+        return out;
+    }
+    for (metric, field, kind, help) in [
+        ("xpol_lb_backend_packets_total", "packets", "counter", "Packets the load balancer sent to a backend."),
+        ("xpol_lb_backend_bytes_total", "bytes", "counter", "Bytes of the packets the load balancer sent to a backend."),
+        ("xpol_lb_backend_new_flows_total", "new_flows", "counter", "Flows the Maglev table sent to a backend."),
+        ("xpol_lb_backend_active_flows", "active_flows", "gauge", "Entries of the flow table that name a backend."),
+        ("xpol_lb_backend_weight", "weight", "gauge", "A backend's weight (0: drained)."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+        for p in pools {
+            for b in p["backends"].as_array().into_iter().flatten() {
+                out.push_str(&format!("{metric}{{{scope},pool=\"{}\",backend=\"{}\"}} {}\n", str_of(&p["name"]), str_of(&b["address"]), b[field].as_u64().unwrap_or(0)));
+            }
+        }
+    }
+    out.push_str("# HELP xpol_lb_no_backend_drops_total Packets a pool dropped because no backend had a weight.\n# TYPE xpol_lb_no_backend_drops_total counter\n");
+    for p in pools {
+        out.push_str(&format!("xpol_lb_no_backend_drops_total{{{scope},pool=\"{}\"}} {}\n", str_of(&p["name"]), p["no_backend"].as_u64().unwrap_or(0)));
+    }
     out
 }
 
@@ -812,8 +951,9 @@ fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interfa
                 eprintln!("warning: {} was replaced, but {w}", path.display());
             }
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+            let pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
             eprintln!(
-                "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}; attached: {}; detached: {}",
+                "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}{pools}; attached: {}; detached: {}",
                 path.display(),
                 hooks.join(", "),
                 done.rules_carried,
@@ -856,6 +996,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats { name, json } => applied::stats(&name, json),
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Set { name, set, op } => applied::set(&name, &set, op),
+        Command::Pool { name, pool, op } => applied::pool(&name, &pool, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
             let options = xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() };
             let (Some(mut loaded), build) = load_policy_and_build(&policy, &options, &rejection)? else { return Ok(ExitCode::FAILURE) };
@@ -963,5 +1104,36 @@ mod tests {
         let warnings = super::map_warnings(&report);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("@seen was full: 6 updates"), "{warnings:?}");
+        assert!(!text.contains("xpol_lb_"), "no pool, no load-balancer series");
+    }
+
+    /// Each backend of each pool gives its counters (and gauges for its
+    /// flows now and its weight) labelled by pool and address; each pool
+    /// its drops for want of a backend.
+    #[test]
+    fn prometheus_shows_backends_by_pool_and_address() {
+        let backend = |addr: &str, slot: u32, weight: u32, packets: u64| {
+            let b = xpol_runtime::lb::LiveBackend { slot, addr: addr.parse().expect("address"), weight };
+            xpol_runtime::lb::BackendStats { backend: b, packets, bytes: packets * 60, new_flows: packets / 2, active_flows: 3 }
+        };
+        let pool = xpol_runtime::lb::PoolStats { name: "web".into(), backends: vec![backend("198.18.1.10", 0, 2, 10), backend("2001:db8::10", 1, 0, 4)], no_backend: 7 };
+        let report = serde_json::json!({"policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [], "pools": [super::pool_json(&pool)]});
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_lb_backend_packets_total counter",
+            "xpol_lb_backend_packets_total{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"198.18.1.10\"} 10",
+            "xpol_lb_backend_bytes_total{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"198.18.1.10\"} 600",
+            "xpol_lb_backend_new_flows_total{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"2001:db8::10\"} 2",
+            "# TYPE xpol_lb_backend_active_flows gauge",
+            "xpol_lb_backend_active_flows{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"198.18.1.10\"} 3",
+            "xpol_lb_backend_weight{policy=\"edge\",interface=\"eth0\",pool=\"web\",backend=\"2001:db8::10\"} 0",
+            "# TYPE xpol_lb_no_backend_drops_total counter",
+            "xpol_lb_no_backend_drops_total{policy=\"edge\",interface=\"eth0\",pool=\"web\"} 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let table = super::pool_table(&super::pool_json(&pool), "");
+        assert!(table.lines().nth(2).is_some_and(|l| l.contains("2001:db8::10") && l.contains("drained")), "{table}");
+        assert!(table.contains("7 packets dropped: no backend had a weight"), "{table}");
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod host;
 pub mod net;
 
 use std::path::Path;

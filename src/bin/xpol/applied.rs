@@ -1,9 +1,9 @@
 //! Commands on applied policies: `apply`, `delete`, `list`, `stats`,
-//! `watch` and `set`. The state they act on lives in bpffs
+//! `watch`, `set` and `pool`. The state they act on lives in bpffs
 //! (`xpol_runtime::store`); these functions only parse, call and print.
 
 use super::follow::{compile, Compiled, Follower};
-use super::{explain_load_error, print_table, rule_totals, show_report, snapshot, RejectionOptions, SetOp};
+use super::{explain_load_error, pool_json, pool_table, print_table, rule_totals, show_report, snapshot, PoolOp, RejectionOptions, SetOp};
 use anyhow::{bail, Context, Result};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -50,12 +50,17 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
         println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "applied": name, "outcome": outcome}));
     } else if outcome.replaced {
         eprintln!(
-            "replaced `{name}` (generation {}): {} rules kept their counters; kept @maps: {}; sets kept live: {}; sets from the new source: {}",
+            "replaced `{name}` (generation {}): {} rules kept their counters; kept @maps: {}; sets kept live: {}; sets from the new source: {}{}",
             outcome.generation,
             outcome.rules_carried,
             list_or_none(&outcome.maps_kept),
             list_or_none(&outcome.sets_kept),
-            list_or_none(&outcome.sets_reset)
+            list_or_none(&outcome.sets_reset),
+            if outcome.pools_kept.is_empty() && outcome.pools_reset.is_empty() {
+                String::new()
+            } else {
+                format!("; pools kept live: {}; pools from the new source: {}", list_or_none(&outcome.pools_kept), list_or_none(&outcome.pools_reset))
+            }
         );
     } else {
         eprintln!("applied {} as `{name}` on {}: it stays attached until `xpol delete {name}`", policy.display(), target.interfaces.join(", "));
@@ -250,4 +255,61 @@ pub fn set(name: &str, set: &str, op: SetOp) -> Result<ExitCode> {
     apply::change_set(&store, name, set, change)?;
     eprintln!("set `{set}` of `{name}` changed");
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn pool(name: &str, pool: &str, op: PoolOp) -> Result<ExitCode> {
+    use xpol_runtime::lb_edit::{PoolChange, PoolEditor};
+    let change = match op {
+        PoolOp::List { json } => {
+            // Reading takes the shared lock: the editor's maps, not its changes.
+            let store = Store::read()?.with_context(|| format!("no policy is applied as `{name}` (see `xpol list`)"))?;
+            let applied = store.applied(name)?;
+            let current = applied.current.as_ref().with_context(|| format!("`{name}`: {}", applied.problems.join("; ")))?;
+            let meta = current.record.meta.pools.iter().find(|p| p.name == pool).with_context(|| {
+                let names: Vec<&str> = current.record.meta.pools.iter().map(|p| p.name.as_str()).collect();
+                format!("`{name}` has no pool `{pool}` (its pools: {})", if names.is_empty() { "none".into() } else { names.join(", ") })
+            })?;
+            let stats = current.maps()?.pool_stats()?.into_iter().find(|p| p.name == pool).context("the pool's counters")?;
+            let mut report = pool_json(&stats);
+            if json {
+                // `pool` beside `policy` here, where a report says `name`.
+                if let Some(fields) = report.as_object_mut() {
+                    fields.remove("name");
+                }
+                report["schema"] = super::REPORT_SCHEMA.into();
+                report["policy"] = name.into();
+                report["pool"] = pool.into();
+                report["max"] = meta.max_backends.into();
+                report["table_size"] = meta.table_size.into();
+                println!("{report}");
+            } else {
+                println!("pool `{pool}` of `{name}`: {} of at most {} backends, table of {} slots", stats.backends.len(), meta.max_backends, meta.table_size);
+                print!("{}", pool_table(&report, "  "));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        PoolOp::Add { addr, weight } => PoolChange::Add { addr, weight: add_weight(&weight)? },
+        PoolOp::Del { addr } => PoolChange::Delete(addr),
+        PoolOp::Drain { addr } => PoolChange::Drain(addr),
+        PoolOp::Weight { addr, weight } => PoolChange::Weight { addr, weight },
+    };
+    let store = Store::write()?;
+    PoolEditor::open(&store, name, pool)?.change(&store, change)?;
+    let done = match change {
+        PoolChange::Add { addr, weight } => format!("added {addr} (weight {weight})"),
+        PoolChange::Delete(addr) => format!("deleted {addr}: its flows go to the other backends"),
+        PoolChange::Drain(addr) => format!("drained {addr}: no new flows, its established flows stay"),
+        PoolChange::Weight { addr, weight } => format!("{addr} has weight {weight}"),
+    };
+    eprintln!("pool `{pool}` of `{name}`: {done}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The weight of `pool add ADDR [weight W]`: 1 when not given.
+fn add_weight(words: &[String]) -> Result<u32> {
+    match words {
+        [] => Ok(1),
+        [word, w] if word == "weight" => super::backend_weight(w).map_err(anyhow::Error::msg),
+        _ => bail!("after the address, `weight W` or nothing: `xpol pool NAME POOL add 198.18.1.13 weight 2`"),
+    }
 }
