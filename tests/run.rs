@@ -565,3 +565,31 @@ fn run_watch_replaces_the_program_in_place() {
     assert_eq!(messages.iter().filter(|m| m.starts_with("detached from")).count(), 1, "detached once, at the end: {messages:?}");
     assert!(!net.link_b().contains("xdp"), "nothing left attached: {}", net.link_b());
 }
+
+/// `xpol run` of a policy with pools says which sysctls the load balancer
+/// needs when they are off (a fresh namespace has forwarding off), and
+/// says nothing once they are on.
+#[test]
+fn run_warns_of_what_the_load_balancer_needs() {
+    if !usable() {
+        return;
+    }
+    let policy = "pool web = { 198.18.1.10 }\npool web6 = { 2001:db8:1::10 }\n\
+        xdp /ip.dst == 198.18.0.100/ { lb(web, encap: ipip, src: 198.18.0.1) }\n\
+        xdp /ip.dst == 2001:db8::100/ { lb(web6, encap: ipip, src: 2001:db8::1) }\n";
+    let (net, _dir, path) = setup(policy);
+    let p = path.to_str().expect("utf-8 path").to_string();
+    let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--mode", "generic", "--duration", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("net.ipv4.ip_forward=1"), "{stderr}");
+    assert!(stderr.contains("net.ipv6.conf.all.forwarding=1"), "{stderr}");
+    assert!(stderr.contains(&format!("net.ipv4.conf.{}.accept_local=1", net.vb)), "{stderr}");
+    for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", &format!("net.ipv4.conf.{}.accept_local=1", net.vb)] {
+        let st = Command::new("ip").args(["netns", "exec", &net.b, "sysctl", "-qw", setting]).status().expect("sysctl");
+        assert!(st.success(), "{setting}");
+    }
+    let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--mode", "generic", "--duration", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("warning"), "{stderr}");
+}

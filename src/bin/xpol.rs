@@ -13,6 +13,8 @@ mod applied;
 mod metrics;
 #[path = "xpol/follow.rs"]
 mod follow;
+#[path = "xpol/lb_host.rs"]
+mod lb_host;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -857,6 +859,9 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         policy.attach(h, interface, mode)?;
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
+    for w in lb_host::warnings(policy.meta(), &[interface.to_string()]) {
+        eprintln!("warning: {w}");
+    }
     if let Some(f) = &follower {
         eprintln!("watching {} file(s) of {}: a change replaces the running version", f.len(), policy_path.display());
     }

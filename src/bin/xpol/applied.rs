@@ -46,6 +46,11 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
     for w in &outcome.warnings {
         eprintln!("warning: `{name}` was replaced, but {w}");
     }
+    if let Some(meta) = build.and_then(|b| b.output.as_ref()).map(|o| &o.meta) {
+        for w in super::lb_host::warnings(meta, &target.interfaces) {
+            eprintln!("warning: {w}");
+        }
+    }
     if json {
         println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "applied": name, "outcome": outcome}));
     } else if outcome.replaced {
