@@ -253,15 +253,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.br_if_null(flow, miss, hit);
         b.at(hit);
         let hit_slot = b.load_raw(flow, 0, 4);
-        b.store_at(slot_key, 0, hit_slot);
-        let hit_be = b.map_lookup(pool.backends, slot_key);
-        let hit_found = b.block("lb_hit_found");
-        b.br_if_null(hit_be, miss, hit_found);
-        b.at(hit_found);
-        let present = b.cmp(IntPredicate::NE, b.and(b.load_raw(hit_be, 16, 4), b.c32(meta::BACKEND_PRESENT)), b.c32(0));
-        let hit_ok = b.block("lb_hit_ok");
-        b.cond_br_likely(present, hit_ok, miss);
-        b.at(hit_ok);
+        let hit_be = self.present_backend(pool, slot_key, hit_slot, miss);
+        let hit_ok = b.cur();
         b.br(chosen);
         // A new flow (or one whose backend left): the Maglev table.
         b.at(miss);
@@ -279,20 +272,13 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.br_if_null(ring, none, ring_found);
         b.at(ring_found);
         let new_slot = b.load_raw(ring, 0, 4);
-        b.store_at(slot_key, 0, new_slot);
-        let new_be = b.map_lookup(pool.backends, slot_key);
-        let new_found = b.block("lb_new_found");
-        b.br_if_null(new_be, none, new_found);
-        b.at(new_found);
-        let present = b.cmp(IntPredicate::NE, b.and(b.load_raw(new_be, 16, 4), b.c32(meta::BACKEND_PRESENT)), b.c32(0));
-        let new_ok = b.block("lb_new_ok");
-        b.cond_br_likely(present, new_ok, none);
-        b.at(new_ok);
+        let new_be = self.present_backend(pool, slot_key, new_slot, none);
         let value = b.stack_buf(8, "lb_flow_value");
         b.store_at(value, 0, new_slot);
         // A full LRU table evicts its least recently used flow; an update
         // fails only without memory, and the packet still goes on.
         b.map_update(pool.flows, key, value, BPF_ANY);
+        let new_ok = b.cur();
         b.br(chosen);
 
         // No backend: drop, counted in the last slot.
@@ -309,6 +295,23 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             Delivery::Encap { encap, src } => self.encapsulate(encap, src, pool, hash, backend),
             Delivery::Nat { port } => self.translate(pool, port, backend),
         }
+    }
+
+    /// The value of backend `slot` (a pointer to its [`meta::BackendValue`]),
+    /// the builder in a block reached only when the slot holds a backend;
+    /// otherwise to `absent`.
+    fn present_backend(&self, pool: PoolMaps<'ctx>, slot_key: PointerValue<'ctx>, slot: IntValue<'ctx>, absent: inkwell::basic_block::BasicBlock<'ctx>) -> PointerValue<'ctx> {
+        let b = &*self.b;
+        b.store_at(slot_key, 0, slot);
+        let value = b.map_lookup(pool.backends, slot_key);
+        let found = b.block("lb_backend_found");
+        b.br_if_null(value, absent, found);
+        b.at(found);
+        let present = b.cmp(IntPredicate::NE, b.and(b.load_raw(value, 16, 4), b.c32(meta::BACKEND_PRESENT)), b.c32(0));
+        let ok = b.block("lb_backend_present");
+        b.cond_br_likely(present, ok, absent);
+        b.at(ok);
+        value
     }
 
     /// Writes the flow key (see [`meta::FlowKey`]) and returns the flow
