@@ -77,7 +77,7 @@ const XDP_TX: u64 = 3;
 pub const OUTER_TTL: u8 = 64;
 /// `bpf_fib_lookup` results (enum `BPF_FIB_LKUP_RET_*`).
 const FIB_SUCCESS: u64 = 0;
-const FIB_FRAG_NEEDED: u64 = 4;
+const FIB_FRAG_NEEDED: u64 = 8;
 /// `struct bpf_fib_lookup`: its size and the offsets used.
 const FIB_PARAMS_BYTES: u32 = 64;
 const AF_INET: u8 = 2;
