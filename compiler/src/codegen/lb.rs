@@ -290,6 +290,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let next_proto = if gue { b.c64(17) } else { inner_proto };
         let ip_hdr = if pool.v6 { 40 } else { 20 };
         let src = self.outer_source_words(lb.src, hash);
+        // The backend's address as loaded (network order in memory).
+        let dst: Vec<IntValue<'ctx>> = (0..if pool.v6 { 4 } else { 1 }).map(|i| b.load_raw(backend, 4 * i, 4)).collect();
         if pool.v6 {
             let flow_label = b.zext64(b.and(hash, b.c32(0xf_ffff)));
             let word0 = b.or(b.or(b.c64(6 << 28), b.shl(tos, b.c64(20))), flow_label);
@@ -301,28 +303,35 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             for (i, w) in src.iter().enumerate() {
                 b.store_at(data, 22 + 4 * i as u64, *w);
             }
-            for i in 0..4 {
-                b.store_at(data, 38 + 4 * i, b.load_raw(backend, 4 * i, 4));
+            for (i, w) in dst.iter().enumerate() {
+                b.store_at(data, 38 + 4 * i as u64, *w);
             }
         } else {
+            let total = b.bswap(b.trunc(b.add(inner_len, b.c64(outer)), i16t));
+            let frag = b.select(df, b.c16(0x0040), b.c16(0));
+            let proto = b.trunc(next_proto, b.m.i8());
             b.store_at(data, 14, b.c8(0x45));
             b.store_at(data, 15, b.trunc(tos, b.m.i8()));
-            b.store_at(data, 16, b.bswap(b.trunc(b.add(inner_len, b.c64(outer)), i16t)));
+            b.store_at(data, 16, total);
             b.store_at(data, 18, b.c16(0));
-            b.store_at(data, 20, b.select(df, b.c16(0x0040), b.c16(0)));
+            b.store_at(data, 20, frag);
             b.store_at(data, 22, b.c8(OUTER_TTL));
-            b.store_at(data, 23, b.trunc(next_proto, b.m.i8()));
-            b.store_at(data, 24, b.c16(0));
+            b.store_at(data, 23, proto);
             b.store_at(data, 26, src[0]);
-            b.store_at(data, 30, b.load_raw(backend, 0, 4));
+            b.store_at(data, 30, dst[0]);
             // The header checksum: the one's-complement sum of its 16-bit
-            // words, summed as loaded (the sum does not depend on byte
-            // order), folded, inverted.
-            let mut sum = b.c64(0);
-            for i in 0..5 {
-                let w = b.zext64(b.load_raw(data, 14 + 4 * i, 4));
-                sum = b.add(sum, b.add(b.and(w, b.c64(0xffff)), b.lshr(w, b.c64(16))));
-            }
+            // words as stored (the sum does not depend on byte order),
+            // folded, inverted. Summed from the values, not read back from
+            // the packet: a wide load of bytes that narrower stores have
+            // just written waits for them to reach the cache.
+            let halves = |w: IntValue<'ctx>| {
+                let w = b.zext64(w);
+                b.add(b.and(w, b.c64(0xffff)), b.lshr(w, b.c64(16)))
+            };
+            let first = b.or(b.c64(0x45), b.shl(b.and(tos, b.c64(0xff)), b.c64(8)));
+            let ttl_proto = b.or(b.c64(u64::from(OUTER_TTL)), b.shl(b.zext64(proto), b.c64(8)));
+            let mut sum = b.add(b.add(first, b.zext64(total)), b.add(b.zext64(frag), ttl_proto));
+            sum = b.add(sum, b.add(halves(src[0]), halves(dst[0])));
             for _ in 0..2 {
                 sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
             }
@@ -347,15 +356,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.store_at(fib, 6, b.trunc(b.add(inner_len, b.c64(outer)), i16t));
         let ingress = b.load_raw(ctx, XDP_MD_INGRESS_IFINDEX, 4);
         b.store_at(fib, 8, ingress);
-        if pool.v6 {
-            for i in 0..4u64 {
-                b.store_at(fib, 16 + 4 * i, b.load_raw(data, 22 + 4 * i, 4));
-                b.store_at(fib, 32 + 4 * i, b.load_raw(data, 38 + 4 * i, 4));
-            }
-        } else {
+        // The addresses from the values, not read back from the packet
+        // (see the checksum).
+        if !pool.v6 {
             b.store_at(fib, 12, b.trunc(tos, b.m.i8()));
-            b.store_at(fib, 16, b.load_raw(data, 26, 4));
-            b.store_at(fib, 32, b.load_raw(data, 30, 4));
+        }
+        for (i, (s, d)) in src.iter().zip(&dst).enumerate() {
+            b.store_at(fib, 16 + 4 * i as u64, *s);
+            b.store_at(fib, 32 + 4 * i as u64, *d);
         }
         let ret = b.helper_call(helper::FIB_LOOKUP, b.i64(), &[ctx.into(), fib.into(), b.c64(u64::from(FIB_PARAMS_BYTES)).into(), b.c64(0).into()]);
         let found = b.block("lb_next_hop");
@@ -363,10 +371,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.cond_br_likely(b.eq(ret, b.c64(FIB_SUCCESS)), found, not_found);
         b.at(found);
         // smac at 52, dmac at 58 in the params; the frame wants dmac first.
-        let (data, end) = b.xdp_bounds();
-        let write = b.block("lb_set_macs");
-        b.cond_br_likely(b.fits(data, 14, end), write, drop);
-        b.at(write);
+        // `data` is still valid and checked: bpf_fib_lookup does not change
+        // the packet (the verifier keeps packet pointers across it).
         let smac_head = b.load_raw(fib, 52, 4);
         let tail = b.load_raw(fib, 56, 8);
         b.store_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
