@@ -213,16 +213,24 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
     Report { markdown, json: results }
 }
 
-/// Replaces the "Live operation" section of BENCHMARKS.md (the last one).
+/// Replaces the "Live operation" section of BENCHMARKS.md; the sections
+/// after it (other benchmarks') stay.
 fn write_section(markdown: &str) {
     let path = root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let head = old.find("\n## Live operation").map_or(old.as_str(), |at| &old[..at]);
+    let (head, tail) = match old.find("\n## Live operation") {
+        Some(at) => {
+            let after = &old[at + 1..];
+            let tail = after.find("\n## ").map_or("", |e| &after[e..]);
+            (&old[..at], tail)
+        }
+        None => (old.as_str(), ""),
+    };
     let commit = Command::new("git").arg("-C").arg(root()).args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     let section = format!(
         "\n## Live operation\n\nMeasured with `cargo bench --bench live` at commit {commit}: a policy with an IPv4 set, an IPv6 set and an int set applied (XDP, generic) to a veth in a namespace of the benchmark's own; each update is `apply::change_set`, what `xpol set` runs, without starting a process. Every update is atomic for the packet path (see README, \"Protect a host\"). Integers, MACs and IPv6 prefixes change in place, one map update each; a single IPv4 prefix changes in place too, copy on write in the shared prefix tables (a /16's new chunks, then its root entry in one store; the set here is declared `max 200000`). A replace loads the policy again with the new contents and switches to it. Each update alternately adds and deletes. Raw numbers: `bench-out/live.json`.\n\n{markdown}"
     );
-    std::fs::write(&path, format!("{}\n{section}", head.trim_end())).expect("write BENCHMARKS.md");
+    std::fs::write(&path, format!("{}\n{section}{tail}", head.trim_end())).expect("write BENCHMARKS.md");
 }
 
 fn main() {
