@@ -328,7 +328,11 @@ const MAX_RERUNS: u32 = 10;
 /// The IPVS modes measured, as `ipvsadm -a` flags.
 const IPVS_MODES: [(&str, &str, usize); 3] = [("tunnel (IPIP)", "-i", IPIP_TO_BACKEND), ("direct routing", "-g", UDP_TO_VIP), ("NAT", "-m", UDP_TO_BACKEND)];
 
-/// Why IPVS cannot run in namespace `ns`, if it cannot.
+/// The note that stands for every IPVS mode when IPVS cannot run.
+pub const IPVS_ALL: &str = "IPVS (tunnel, direct routing and NAT)";
+
+/// Why IPVS cannot run in namespace `ns`, if it cannot, and whether for
+/// want of the tool (rather than of the kernel's IP_VS).
 fn ipvs_unavailable(ns: &str) -> Option<(String, bool)> {
     if !have("ipvsadm") {
         return Some(("`ipvsadm` is not installed (apt-get install ipvsadm)".into(), true));
@@ -432,15 +436,16 @@ pub fn run(quick: bool, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
     })
     .expect("C");
     let vip = format!("{VIP4}:53");
-    let mut ipvs_skip: Option<(String, bool)> = None;
+    // Asked in the first load-balancer namespace made for IPVS; when IPVS
+    // cannot run at all, one note stands for every mode.
+    let mut ipvs_checked = false;
     for (mode, flag, kind) in IPVS_MODES {
-        if let Some((why, _)) = &ipvs_skip {
-            missing(&format!("IPVS {mode}"), why, false, quick, skipped);
-            continue;
-        }
         let r = add(&mut topo, &format!("IPVS {mode}, UDP, scheduler rr"), Some(kind), 0, &mut |lb| {
-            if let Some(why) = ipvs_unavailable(&lb.ns) {
-                return Err(why.0);
+            if !ipvs_checked {
+                ipvs_checked = true;
+                if let Some((why, tool)) = ipvs_unavailable(&lb.ns) {
+                    return Err(format!("{}{why}", if tool { "TOOL " } else { "KERNEL " }));
+                }
             }
             // The VIP is local to the director: IPVS takes it at LOCAL_IN.
             sh(None, "ip", &["-n", &lb.ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"], None)?;
@@ -450,10 +455,15 @@ pub fn run(quick: bool, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
             }
             Ok(Peer::Kernel)
         });
-        if let Err(why) = r {
-            let tool = !have("ipvsadm");
-            missing(&format!("IPVS {mode}"), &why, tool, quick, skipped);
-            ipvs_skip = Some((why, tool));
+        match r {
+            Ok(()) => {}
+            Err(why) => match why.strip_prefix("TOOL ").map(|w| (w, true)).or_else(|| why.strip_prefix("KERNEL ").map(|w| (w, false))) {
+                Some((why, tool)) => {
+                    missing(IPVS_ALL, why, tool, quick, skipped);
+                    break;
+                }
+                None => missing(&format!("IPVS {mode}"), &why, false, quick, skipped),
+            },
         }
     }
     if have("nft") {
@@ -547,6 +557,10 @@ pub fn report(rows: &[VethRow], skipped: &[String]) -> (String, Vec<serde_json::
         return (md, json);
     };
     let above_floor = |r: &VethRow| stat(&r.samples).0;
+    let all = format!("{IPVS_ALL}: ");
+    if let Some(why) = skipped.iter().find_map(|s| s.strip_prefix(&all)) {
+        let _ = writeln!(md, "- Not measured in any mode (tunnel, direct routing, NAT): {why}.");
+    }
     for (mode, _, _) in IPVS_MODES {
         match rows.iter().find(|r| r.peer.starts_with(&format!("IPVS {mode}"))) {
             Some(r) => {
@@ -554,9 +568,10 @@ pub fn report(rows: &[VethRow], skipped: &[String]) -> (String, Vec<serde_json::
                 let _ = writeln!(md, "- IPVS {mode}: {ratio:.2}x fewer ({}).", if ratio >= 4.0 { "met" } else { "not met" });
             }
             None => {
-                let prefix = format!("IPVS {mode}: ");
-                let why = skipped.iter().find_map(|s| s.strip_prefix(&prefix)).unwrap_or("not run");
-                let _ = writeln!(md, "- IPVS {mode}: not measured ({why}).");
+                let one = format!("IPVS {mode}: ");
+                if let Some(why) = skipped.iter().find_map(|s| s.strip_prefix(&one)) {
+                    let _ = writeln!(md, "- IPVS {mode}: not measured ({why}).");
+                }
             }
         }
     }
