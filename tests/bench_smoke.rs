@@ -39,6 +39,9 @@ fn lb_replaces_its_section_only() {
     assert_eq!(replaced, "# Benchmarks\n\nintro\n\n## Live operation\n\nlive\n\n## Load balancer: Maglev\n\nsecond\n\n## Later\n\nlater\n");
 }
 
+#[path = "../benches/lb_path.rs"]
+mod lb_path;
+
 /// The live-operation benchmark in quick mode: every measured change
 /// succeeds (each is checked as it runs) and the report is written.
 #[test]
@@ -81,3 +84,41 @@ fn ref_fw_quick() {
         }
     }
 }
+
+/// The load balancer's packet-path benchmark in quick mode: xpol and the C
+/// twin send byte-identical frames towards the backend Maglev gives each
+/// flow, and the pools count every packet (both checked as it runs); on
+/// veth, every peer that ran delivered every frame to the backend side as
+/// the kind it forwards.
+#[test]
+fn lb_path_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("lb_path_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = lb_path::run(&lb_path::Mode::quick(), out.path());
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lb-path.json")).expect("json")).expect("valid");
+    // Three encapsulations, established and new flows, two exits; the floor.
+    assert_eq!(json["results"].as_array().expect("results").len(), 3 * 2 * 2 + 1, "{}", report.table);
+    // BPF_PROG_TEST_RUN with repeat does not reset the packet (why the
+    // benchmark runs each packet once per call).
+    assert_eq!(json["repeat_runs_balanced"]["balanced"], 1);
+    for c in json["counters"].as_array().expect("counters") {
+        assert!(c["packets"].as_u64().expect("packets") > 0 && c["new_flows"].as_u64().expect("new flows") >= c["new_flow_packets_sent"].as_u64().expect("sent"), "{c}");
+    }
+    let skipped = |what: &str| report.skipped.iter().any(|s| s.starts_with(what));
+    if !skipped("veth mode") {
+        let veth = json["veth"].as_array().expect("veth rows");
+        // Floor, redirect, xpol, C, nftables DNAT, forwarding; IPVS where the kernel has it.
+        let ipvs = if skipped("IPVS (") { 0 } else { ["IPVS tunnel", "IPVS direct", "IPVS NAT"].iter().filter(|m| !skipped(m)).count() };
+        assert_eq!(veth.len(), 5 + usize::from(!skipped("nftables")) + ipvs, "{}", report.veth);
+        for row in veth {
+            assert!(row["frames"].as_u64().expect("frames") > 0, "{row}");
+            if !row["kind"].is_null() {
+                assert_eq!(row["forwarded"], row["frames"], "{row}");
+            }
+        }
+        assert!(veth.iter().any(|r| r["peer"].as_str().expect("peer").starts_with("xpol") && r["kind"] == "IPIP to a backend"), "{}", report.veth);
+    }
+}
+

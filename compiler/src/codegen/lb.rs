@@ -415,6 +415,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let next_proto = if gue { b.c64(17) } else { inner_proto };
         let ip_hdr = if pool.v6 { 40 } else { 20 };
         let src = self.outer_source_words(src, hash);
+        // The backend's address as loaded (network order in memory).
+        let dst: Vec<IntValue<'ctx>> = (0..if pool.v6 { 4 } else { 1 }).map(|i| b.load_raw(backend, 4 * i, 4)).collect();
         if pool.v6 {
             let flow_label = b.zext64(b.and(hash, b.c32(0xf_ffff)));
             let word0 = b.or(b.or(b.c64(6 << 28), b.shl(tos, b.c64(20))), flow_label);
@@ -426,24 +428,39 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             for (i, w) in src.iter().enumerate() {
                 b.store_at(data, 22 + 4 * i as u64, *w);
             }
-            for i in 0..4 {
-                b.store_at(data, 38 + 4 * i, b.load_raw(backend, 4 * i, 4));
+            for (i, w) in dst.iter().enumerate() {
+                b.store_at(data, 38 + 4 * i as u64, *w);
             }
         } else {
+            let total = b.bswap(b.trunc(b.add(inner_len, b.c64(outer)), i16t));
+            let frag = b.select(df, b.c16(0x0040), b.c16(0));
+            let proto = b.trunc(next_proto, b.m.i8());
             b.store_at(data, 14, b.c8(0x45));
             b.store_at(data, 15, b.trunc(tos, b.m.i8()));
-            b.store_at(data, 16, b.bswap(b.trunc(b.add(inner_len, b.c64(outer)), i16t)));
+            b.store_at(data, 16, total);
             b.store_at(data, 18, b.c16(0));
-            b.store_at(data, 20, b.select(df, b.c16(0x0040), b.c16(0)));
+            b.store_at(data, 20, frag);
             b.store_at(data, 22, b.c8(OUTER_TTL));
-            b.store_at(data, 23, b.trunc(next_proto, b.m.i8()));
-            b.store_at(data, 24, b.c16(0));
+            b.store_at(data, 23, proto);
             b.store_at(data, 26, src[0]);
-            b.store_at(data, 30, b.load_raw(backend, 0, 4));
+            b.store_at(data, 30, dst[0]);
             // The header checksum: the one's-complement sum of its 16-bit
-            // words, summed as loaded (the sum does not depend on byte
-            // order), folded, inverted.
-            b.store_at(data, 24, fold(b, ones_sum(b, data, 14, 5, b.c64(0))));
+            // words as stored (the sum does not depend on byte order),
+            // folded, inverted. Summed from the values, not read back from
+            // the packet: a wide load of bytes that narrower stores have
+            // just written waits for them to reach the cache.
+            let halves = |w: IntValue<'ctx>| {
+                let w = b.zext64(w);
+                b.add(b.and(w, b.c64(0xffff)), b.lshr(w, b.c64(16)))
+            };
+            let first = b.or(b.c64(0x45), b.shl(b.and(tos, b.c64(0xff)), b.c64(8)));
+            let ttl_proto = b.or(b.c64(u64::from(OUTER_TTL)), b.shl(b.zext64(proto), b.c64(8)));
+            let mut sum = b.add(b.add(first, b.zext64(total)), b.add(b.zext64(frag), ttl_proto));
+            sum = b.add(sum, b.add(halves(src[0]), halves(dst[0])));
+            for _ in 0..2 {
+                sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
+            }
+            b.store_at(data, 24, b.trunc(b.xor(sum, b.c64(0xffff)), i16t));
         }
         if let Encap::Gue { port } = encap {
             let udp = 14 + ip_hdr;
@@ -464,17 +481,16 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.store_at(fib, 6, b.trunc(b.add(inner_len, b.c64(outer)), i16t));
         let ingress = b.load_raw(ctx, XDP_MD_INGRESS_IFINDEX, 4);
         b.store_at(fib, 8, ingress);
-        if pool.v6 {
-            for i in 0..4u64 {
-                b.store_at(fib, 16 + 4 * i, b.load_raw(data, 22 + 4 * i, 4));
-                b.store_at(fib, 32 + 4 * i, b.load_raw(data, 38 + 4 * i, 4));
-            }
-        } else {
+        // The addresses from the values, not read back from the packet
+        // (see the checksum).
+        if !pool.v6 {
             b.store_at(fib, 12, b.trunc(tos, b.m.i8()));
-            b.store_at(fib, 16, b.load_raw(data, 26, 4));
-            b.store_at(fib, 32, b.load_raw(data, 30, 4));
         }
-        let ret = self.send_by_fib(fib, ingress, drop);
+        for (i, (s, d)) in src.iter().zip(&dst).enumerate() {
+            b.store_at(fib, 16 + 4 * i as u64, *s);
+            b.store_at(fib, 32 + 4 * i as u64, *d);
+        }
+        let ret = self.send_by_fib(fib, ingress, data);
         // Too big for the way out: the client is told. Anything else (no
         // route, no neighbour entry yet, forwarding off): the stack decides.
         let too_big = b.block("lb_too_big");
@@ -491,11 +507,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     }
 
     /// Looks up the next hop (`fib`: a filled `struct bpf_fib_lookup`) and,
-    /// when the FIB has it, sets the frame's Ethernet addresses and sends
-    /// it: `XDP_TX` back out of the ingress interface, else a redirect.
+    /// when the FIB has it, sets the frame's Ethernet addresses (`data`:
+    /// the frame, checked to hold 14 bytes) and sends it: `XDP_TX` back out of the ingress interface, else a redirect.
     /// Otherwise returns the FIB's answer, the builder in a block of its
     /// own for the caller to decide.
-    fn send_by_fib(&self, fib: PointerValue<'ctx>, ingress: IntValue<'ctx>, drop: inkwell::basic_block::BasicBlock<'ctx>) -> IntValue<'ctx> {
+    fn send_by_fib(&self, fib: PointerValue<'ctx>, ingress: IntValue<'ctx>, data: PointerValue<'ctx>) -> IntValue<'ctx> {
         let b = &*self.b;
         let i16t = b.m.cx.i16_type();
         let i32t = b.m.cx.i32_type();
@@ -509,10 +525,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.cond_br_likely(b.eq(ret, b.c64(FIB_SUCCESS)), found, not_found);
         b.at(found);
         // smac at 52, dmac at 58 in the params; the frame wants dmac first.
-        let (data, end) = b.xdp_bounds();
-        let write = b.block("lb_set_macs");
-        b.cond_br_likely(b.fits(data, 14, end), write, drop);
-        b.at(write);
+        // `data` is still valid and checked: bpf_fib_lookup does not change
+        // the packet (the verifier keeps packet pointers across it).
         let smac_head = b.load_raw(fib, 52, 4);
         let tail = b.load_raw(fib, 56, 8);
         b.store_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
@@ -554,8 +568,9 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let l4 = b.pkt_ptr(data, b.and(b.add(l3, ip_hdr), b.c64(MAX_QUOTE_OFFSET)));
         let (addr_off, addr_words) = if pool.v6 { (24, 4) } else { (16, 1) };
         let headers = b.block("lb_nat_headers");
-        let ok = b.and(b.fits(ip, if pool.v6 { 40 } else { 20 }, end), b.fits(l4, 20, end));
-        let ok_udp = b.and(b.fits(ip, if pool.v6 { 40 } else { 20 }, end), b.fits(l4, 8, end));
+        let ip_ok = b.and(b.fits(data, 14, end), b.fits(ip, if pool.v6 { 40 } else { 20 }, end));
+        let ok = b.and(ip_ok, b.fits(l4, 20, end));
+        let ok_udp = b.and(ip_ok, b.fits(l4, 8, end));
         b.cond_br_likely(b.select(tcp, ok, ok_udp), headers, drop);
         b.at(headers);
         // The one's-complement difference the rewrite makes, summed as
@@ -654,7 +669,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             b.store_at(fib, 32, b.load_raw(ip, 16, 4));
         }
         let _ = i32t;
-        self.send_by_fib(fib, ingress, drop);
+        self.send_by_fib(fib, ingress, data);
         // No next hop here (or too big: the stack answers the client):
         // the stack forwards it.
         b.ret(XDP_PASS);
