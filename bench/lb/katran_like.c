@@ -8,7 +8,8 @@
  *   TCP or UDP; match one VIP rule (address, protocol, destination port);
  *   count the VIP (per-CPU packets and bytes: Katran's VIP stats, xpol's
  *   rule counter); flow key and murmur3 flow hash over the 5-tuple's
- *   big-endian words (xpol_lang::maglev::murmur3_words, FLOW_SEED); LRU
+ *   words, addresses as loaded (little-endian, xpol_lang::maglev::addr_words)
+ *   (xpol_lang::maglev::murmur3_words, FLOW_SEED); LRU
  *   flow table; on a miss the control word, the Maglev ring and the
  *   backends array, then the flow table's update; per-backend per-CPU
  *   counters; IPIP (IPv4 or IPv6 outer) or GUE over IPv4 with
@@ -182,8 +183,8 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	key.ports = ports;
 	key.proto = VIP_PROTO;
 	key.family = 4;
-	hash = mm3_mix(FLOW_SEED, bswap32(src));
-	hash = mm3_mix(hash, bswap32(VIP4));
+	hash = mm3_mix(FLOW_SEED, src);
+	hash = mm3_mix(hash, VIP4);
 	hash = mm3_mix(hash, bswap32(ports));
 	hash = mm3_mix(hash, VIP_PROTO);
 	hash = mm3_final(hash, 4);
@@ -257,14 +258,14 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	key.ports = ports;
 	key.proto = VIP_PROTO;
 	key.family = 6;
-	hash = mm3_mix(FLOW_SEED, bswap32(s0));
-	hash = mm3_mix(hash, bswap32(s1));
-	hash = mm3_mix(hash, bswap32(s2));
-	hash = mm3_mix(hash, bswap32(s3));
-	hash = mm3_mix(hash, bswap32(VIP6_0));
-	hash = mm3_mix(hash, bswap32(VIP6_1));
-	hash = mm3_mix(hash, bswap32(VIP6_2));
-	hash = mm3_mix(hash, bswap32(VIP6_3));
+	hash = mm3_mix(FLOW_SEED, s0);
+	hash = mm3_mix(hash, s1);
+	hash = mm3_mix(hash, s2);
+	hash = mm3_mix(hash, s3);
+	hash = mm3_mix(hash, VIP6_0);
+	hash = mm3_mix(hash, VIP6_1);
+	hash = mm3_mix(hash, VIP6_2);
+	hash = mm3_mix(hash, VIP6_3);
 	hash = mm3_mix(hash, bswap32(ports));
 	hash = mm3_mix(hash, VIP_PROTO);
 	hash = mm3_final(hash, 10);
