@@ -582,9 +582,9 @@ fn run_warns_of_what_the_load_balancer_needs() {
     let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--mode", "generic", "--duration", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("net.ipv4.ip_forward=1"), "{stderr}");
-    assert!(stderr.contains("net.ipv6.conf.all.forwarding=1"), "{stderr}");
-    assert!(stderr.contains(&format!("net.ipv4.conf.{}.accept_local=1", net.vb)), "{stderr}");
+    assert!(stderr.contains(&format!("IPv4 forwarding is off on {}", net.vb)), "{stderr}");
+    assert!(stderr.contains(&format!("IPv6 forwarding is off on {}", net.vb)), "{stderr}");
+    assert!(stderr.contains(&format!("/proc/sys/net/ipv4/conf/{}/accept_local", net.vb)), "{stderr}");
     for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", &format!("net.ipv4.conf.{}.accept_local=1", net.vb)] {
         let st = Command::new("ip").args(["netns", "exec", &net.b, "sysctl", "-qw", setting]).status().expect("sysctl");
         assert!(st.success(), "{setting}");

@@ -54,7 +54,9 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 6: [`RULES_MAP`] holds a slot per `@map` after the rules' (lost
 /// updates, [`UserMapMeta::lost_slot`]), and a map without keys has one
 /// entry.
-pub const META_VERSION: u32 = 6;
+/// 7: load-balancer pools ([`PoolMeta`]); a backend's weight is in its
+/// flags ([`BACKEND_WEIGHT_SHIFT`]), which the first pools' maps lacked.
+pub const META_VERSION: u32 = 7;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].

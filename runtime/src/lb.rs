@@ -64,7 +64,15 @@ pub struct PoolStats {
     pub backends: Vec<BackendStats>,
     /// Packets dropped because no backend had a weight.
     pub no_backend: u64,
+    /// The backends' `active_flows` were counted (a scan of the flow
+    /// table); see [`PolicyMaps::pool_stats_for_reports`].
+    pub active_counted: bool,
 }
+
+/// The largest flow table the periodic reports scan for active flows: a
+/// scan copies the whole table (about 48 bytes an entry), under the
+/// store's shared lock, once per report.
+pub const REPORT_SCAN_MAX_FLOWS: u32 = 1 << 18;
 
 fn octets(a: IpAddr) -> Vec<u8> {
     match a {
@@ -83,6 +91,17 @@ pub(crate) fn backend_value(addr: IpAddr, weight: u32) -> [u8; BACKEND_VALUE] {
     v[..o.len()].copy_from_slice(&o);
     let flags = meta::BACKEND_PRESENT | (weight.min(meta::MAX_BACKEND_WEIGHT) << meta::BACKEND_WEIGHT_SHIFT);
     v[16..20].copy_from_slice(&flags.to_le_bytes());
+    v
+}
+
+/// A freed slot's value: no flags, the address kept. A packet that found
+/// the slot present an instant before reads the address after the flags,
+/// so the address must stay whole until no program can hold the slot
+/// (a grace period), and a new backend is written there only after one.
+pub(crate) fn free_backend_value(addr: IpAddr) -> [u8; BACKEND_VALUE] {
+    let mut v = [0u8; BACKEND_VALUE];
+    let o = octets(addr);
+    v[..o.len()].copy_from_slice(&o);
     v
 }
 
@@ -233,11 +252,24 @@ impl PolicyMaps {
         Ok(flows)
     }
 
-    /// Every pool's backends (as they are now) and their counters.
+    /// Every pool's backends (as they are now) and their counters, active
+    /// flows counted.
     pub fn pool_stats(&self) -> Result<Vec<PoolStats>> {
+        self.pool_stats_counting(u32::MAX)
+    }
+
+    /// As [`PolicyMaps::pool_stats`] for reports made every interval
+    /// (`run`, `watch`, metrics): active flows are counted only in flow
+    /// tables of at most [`REPORT_SCAN_MAX_FLOWS`] entries.
+    pub fn pool_stats_for_reports(&self) -> Result<Vec<PoolStats>> {
+        self.pool_stats_counting(REPORT_SCAN_MAX_FLOWS)
+    }
+
+    fn pool_stats_counting(&self, scan_max: u32) -> Result<Vec<PoolStats>> {
         let mut out = Vec::new();
         for pool in &self.meta().pools {
-            let mut stats = PoolStats { name: pool.name.clone(), ..Default::default() };
+            let active_counted = pool.flows <= scan_max;
+            let mut stats = PoolStats { name: pool.name.clone(), active_counted, ..Default::default() };
             let fd = self.map_data(&pool.stats_map)?.fd().as_fd();
             let mut buf = vec![0u8; 24 * self.cpus()];
             let mut read = |slot: u32| -> Result<[u64; 3]> {
@@ -251,7 +283,7 @@ impl PolicyMaps {
                 }
                 Ok(sum)
             };
-            let flows = self.pool_flows(pool)?;
+            let flows = if active_counted { self.pool_flows(pool)? } else { Default::default() };
             for backend in self.pool_backends(pool)? {
                 let [packets, bytes, new_flows] = read(backend.slot)?;
                 let active_flows = flows.get(&backend.slot).copied().unwrap_or(0);

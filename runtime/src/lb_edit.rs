@@ -181,6 +181,9 @@ impl PoolEditor {
                 // built changes nothing.
                 let ring = lb::ring_of(&self.pool, &backends)?;
                 self.clear_slot_state(slot)?;
+                // A slot this process freed may still be read by a program
+                // that found it present: the new address only after them.
+                self.settle();
                 self.write_slot(slot, &lb::backend_value(addr, weight))?;
                 self.switch_ring(&ring)
             }
@@ -207,8 +210,13 @@ impl PoolEditor {
                 self.write_slot(gone.slot, &lb::backend_value(addr, 0))?;
                 self.switch_ring(&ring)?;
                 // No program can pick the slot from the old table any more.
+                // Freed with its address kept (`lb::free_backend_value`): a
+                // flow-table hit may have seen it present and not yet read
+                // the address.
                 self.settle();
-                self.write_slot(gone.slot, &[0u8; BACKEND_VALUE])
+                self.write_slot(gone.slot, &lb::free_backend_value(addr))?;
+                self.unsettled = true;
+                Ok(())
             }
             (PoolChange::Drain(_), Some(i)) | (PoolChange::Weight { .. }, Some(i)) => {
                 let weight = if let PoolChange::Weight { weight, .. } = change { weight } else { 0 };
@@ -225,7 +233,7 @@ impl PoolEditor {
     fn check_address(&self, addr: IpAddr) -> Result<()> {
         let family = |v6: bool| if v6 { "IPv6" } else { "IPv4" };
         if addr.is_ipv6() != self.pool.v6 {
-            let why = if self.pool.backends.is_empty() && !self.pool.v6 { " (a pool declared empty holds IPv4 backends)" } else { "" };
+            let why = if self.pool.backends.is_empty() && !self.pool.v6 { " (a pool declared empty takes the family of its `lb`'s `src:`, IPv4 with `nat`)" } else { "" };
             return Err(self.refuse(format!("{addr} is an {} address, and the pool holds {} backends{why}", family(addr.is_ipv6()), family(self.pool.v6))));
         }
         let unusable = match addr {
@@ -269,6 +277,9 @@ impl PoolEditor {
         let next = 1 - self.active_half()?;
         self.settle();
         lb::write_ring(self.maps.map_data(&self.pool.ring_map)?.fd().as_fd(), &self.pool, next, ring)?;
+        // The table's stores before the switch's, on any CPU (the syscalls
+        // alone order them only on x86).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         self.unsettled = true;
         self.maps.update(&self.pool.control_map, &0u32.to_le_bytes(), &next.to_le_bytes())
     }

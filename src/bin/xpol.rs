@@ -420,7 +420,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
         maps.push(serde_json::json!({"name": m.name, "entries": entries.len(), "capacity": m.max_entries, "lost": lost, "top": top}));
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
-    let pools: Vec<serde_json::Value> = policy.pool_stats()?.iter().map(pool_json).collect();
+    let pools: Vec<serde_json::Value> = policy.pool_stats_for_reports()?.iter().map(pool_json).collect();
     Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools}))
 }
 
@@ -433,7 +433,8 @@ fn pool_json(p: &xpol_runtime::lb::PoolStats) -> serde_json::Value {
         .map(|b| {
             serde_json::json!({
                 "address": b.backend.addr.to_string(), "slot": b.backend.slot, "weight": b.backend.weight, "state": b.backend.state(),
-                "packets": b.packets, "bytes": b.bytes, "new_flows": b.new_flows, "active_flows": b.active_flows,
+                "packets": b.packets, "bytes": b.bytes, "new_flows": b.new_flows,
+                "active_flows": if p.active_counted { serde_json::json!(b.active_flows) } else { serde_json::Value::Null },
             })
         })
         .collect();
@@ -453,7 +454,7 @@ fn pool_table(pool: &serde_json::Value, indent: &str) -> String {
             b["packets"].to_string(),
             b["bytes"].to_string(),
             b["new_flows"].to_string(),
-            b["active_flows"].to_string()
+            if b["active_flows"].is_null() { "-".to_string() } else { b["active_flows"].to_string() }
         ));
     }
     let dropped = pool["no_backend"].as_u64().unwrap_or(0);
@@ -816,7 +817,9 @@ fn prometheus(report: &serde_json::Value) -> String {
     ] {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
         for p in pools {
-            for b in p["backends"].as_array().into_iter().flatten() {
+            // A value not counted (`null`: active flows of a flow table too
+            // large to scan every interval) is no sample.
+            for b in p["backends"].as_array().into_iter().flatten().filter(|b| !b[field].is_null()) {
                 out.push_str(&format!("{metric}{{{scope},pool=\"{}\",backend=\"{}\"}} {}\n", str_of(&p["name"]), str_of(&b["address"]), b[field].as_u64().unwrap_or(0)));
             }
         }
@@ -1121,7 +1124,7 @@ mod tests {
             let b = xpol_runtime::lb::LiveBackend { slot, addr: addr.parse().expect("address"), weight };
             xpol_runtime::lb::BackendStats { backend: b, packets, bytes: packets * 60, new_flows: packets / 2, active_flows: 3 }
         };
-        let pool = xpol_runtime::lb::PoolStats { name: "web".into(), backends: vec![backend("198.18.1.10", 0, 2, 10), backend("2001:db8::10", 1, 0, 4)], no_backend: 7 };
+        let pool = xpol_runtime::lb::PoolStats { name: "web".into(), active_counted: true, backends: vec![backend("198.18.1.10", 0, 2, 10), backend("2001:db8::10", 1, 0, 4)], no_backend: 7 };
         let report = serde_json::json!({"policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [], "pools": [super::pool_json(&pool)]});
         let text = super::prometheus(&report);
         for line in [
