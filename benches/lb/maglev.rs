@@ -155,6 +155,12 @@ impl Disruption {
     }
 }
 
+/// One standard deviation of the share of [`FLOWS`] random flows that
+/// fall in a share `p` of the slots.
+fn flow_noise(p: f64) -> f64 {
+    (p * (1.0 - p) / FLOWS as f64).sqrt()
+}
+
 /// Mean, 99th percentile and maximum of `v`.
 fn summary(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
@@ -265,7 +271,9 @@ pub fn run(mode: &Mode) -> Section {
     let what = if mode.quick { "3 backends removed from 1 pool".to_string() } else { format!("every backend removed from each of ⌈{REMOVALS}/N⌉ random pools") };
     let _ = writeln!(
         md,
-        "\n### Removing or adding one backend\n\nEqual weights, table {DEFAULT_TABLE_SIZE}; {what}, and one backend added to each pool. Moved: slots whose backend changes, as a share of the table (the removed backend's own 1/N included), mean, 99th percentile and maximum over the removals; over: how many removals (additions) move more than the bound. Above 1/N: the worst removal's moved share minus 1/N, in percentage points (the target allows 0.7). Flows: the share of {FLOWS} random flows whose backend changes in the worst removal.\n"
+        "\n### Removing or adding one backend\n\nEqual weights, table {DEFAULT_TABLE_SIZE}; {what}, and one backend added to each pool. Moved: slots whose backend changes, as a share of the table (the removed backend's own 1/N included), mean, 99th percentile and maximum over the removals; over: how many removals (additions) move more than the bound. Above 1/N: the worst removal's moved share minus 1/N, in percentage points (the target allows 0.7). Flows: the share of {FLOWS} random flows whose backend changes in the worst removal: the share of slots that move is what uniformly hashed flows move on average, and this sample of flows differs from it by sampling noise (one standard deviation: about {:.2} points when 1.7% of the slots move, at N = 100; {:.2} when half of them do, at N = 2).\n",
+        flow_noise(0.017) * 100.0,
+        flow_noise(0.5) * 100.0,
     );
     md.push_str("| N | pools | removals | moved on removal: mean / p99 / max | bound 1/N + 0.7 points | over | worst above 1/N (points) | flows moved, worst removal | moved on adding one: mean / max | bound 1/(N+1) + 0.7 points | over |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for d in &disruptions {
