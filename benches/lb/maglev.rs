@@ -244,7 +244,7 @@ pub fn run(mode: &Mode) -> Section {
     // Quick: one pool, three removals per N. Full: every backend of enough
     // pools for at least REMOVALS removals per N: the target bounds every
     // removal, and the worst ones are rare (with the paper's arithmetic
-    // preference lists, about 1 in 300 pools broke it), so a few pools
+    // preference lists, 45 of 12,000 removals broke it), so a few pools
     // would miss them.
     let disruptions: Vec<Disruption> = REMOVAL_NS
         .iter()
