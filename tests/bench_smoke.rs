@@ -22,7 +22,8 @@ fn lb_quick() {
     let maglev = report.section("maglev").expect("the Maglev section");
     assert!(maglev.markdown.contains("### Removing or adding one backend"), "{}", maglev.markdown);
     assert_eq!(maglev.json["targets"]["distribution_over_slots"], true, "{}", maglev.markdown);
-    assert_eq!(maglev.json["disruption"].as_array().expect("disruption rows").len(), 6);
+    // One row per N: 2, 3, 5, 10, 20, 50, 100.
+    assert_eq!(maglev.json["disruption"].as_array().expect("disruption rows").len(), 7);
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lb.json")).expect("lb.json")).expect("valid");
     assert!(json["sections"]["maglev"]["build_ms"].is_array());
     assert!(out.path().join("lb.md").exists());

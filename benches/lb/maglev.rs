@@ -14,8 +14,9 @@
 //!   0.7 percentage points of flows (N <= 100, table 65537)": the fraction
 //!   of all slots whose backend changes (the removed backend's own 1/N
 //!   included), for every backend removed from random pools, at least
-//!   2,000 removals per N (the worst cases are rare); the flows that change
-//!   backend in the worst case as a cross-check.
+//!   5,000 removals per N, since the target holds for every removal, not
+//!   on average; the flows that change backend in the worst case as a
+//!   cross-check.
 //!   Adding one backend to N, against 1/(N+1) + 0.7 points, is reported
 //!   the same way.
 //! - Table build time, 65537 slots x 100 backends and 1,048,573 x 1,000.
@@ -28,16 +29,16 @@
 use super::{Mode, Section};
 use std::fmt::Write as _;
 use std::time::Instant;
-use xpol_lang::maglev::{addr_words, build_table, murmur3_words, MaglevBackend, DEFAULT_TABLE_SIZE, FLOW_SEED, MAX_TABLE_SIZE, NO_BACKEND, SKIP_SEED};
+use xpol_lang::maglev::{build_table, murmur3_words, MaglevBackend, DEFAULT_TABLE_SIZE, FLOW_SEED, MAX_TABLE_SIZE, NO_BACKEND};
 
 pub const BACKENDS: usize = 100;
 pub const FLOWS: usize = 100_000;
-pub const REMOVAL_NS: [usize; 6] = [2, 5, 10, 20, 50, 100];
+pub const REMOVAL_NS: [usize; 7] = [2, 3, 5, 10, 20, 50, 100];
 /// The issue's allowance above 1/N, as a fraction of the table.
 pub const DISRUPTION_ALLOWANCE: f64 = 0.007;
 pub const DISTRIBUTION_BOUND: f64 = 0.02;
 /// Removals measured per N in a full run (at least).
-pub const REMOVALS: usize = 2000;
+pub const REMOVALS: usize = 5000;
 
 /// splitmix64: deterministic pools and flows without a dependency.
 pub struct Rng(pub u64);
@@ -143,9 +144,6 @@ struct Disruption {
     additions: Vec<f64>,
     /// Fraction of the flows that change backend in the worst removal.
     worst_removal_flows: f64,
-    /// The smallest stride between two preference lists in the pool of the
-    /// worst removal ([`smallest_stride`]).
-    worst_removal_stride: u64,
 }
 
 impl Disruption {
@@ -157,37 +155,10 @@ impl Disruption {
     }
 }
 
-fn pow_mod(mut base: u64, mut exp: u64, modulus: u64) -> u64 {
-    let mut out = 1;
-    base %= modulus;
-    while exp > 0 {
-        if exp & 1 == 1 {
-            out = out * base % modulus;
-        }
-        base = base * base % modulus;
-        exp >>= 1;
-    }
-    out
-}
-
-/// How closely two of the pool's preference lists follow each other.
-/// Backend y's list `o_y + j * s_y` is backend x's list read at a stride
-/// of `a = s_y / s_x` (mod the size); with a small stride (or its inverse)
-/// the two walk the same slots in step and contend for them all through
-/// the fill, so a change moves many slots between them. The smallest
-/// `min(|a|, |1/a|)` over all pairs, `|v|` being `min(v, size - v)`.
-fn smallest_stride(pool: &[MaglevBackend], size: u32) -> u64 {
-    let p = u64::from(size);
-    let skips: Vec<u64> = pool.iter().map(|b| u64::from(murmur3_words(SKIP_SEED, &addr_words(b.addr)) % (size - 1) + 1)).collect();
-    let symmetric = |v: u64| v.min(p - v);
-    let mut smallest = p;
-    for (x, &sx) in skips.iter().enumerate() {
-        for &sy in &skips[x + 1..] {
-            let a = sy * pow_mod(sx, p - 2, p) % p;
-            smallest = smallest.min(symmetric(a)).min(symmetric(pow_mod(a, p - 2, p)));
-        }
-    }
-    smallest
+/// One standard deviation of the share of [`FLOWS`] random flows that
+/// fall in a share `p` of the slots.
+fn flow_noise(p: f64) -> f64 {
+    (p * (1.0 - p) / FLOWS as f64).sqrt()
 }
 
 /// Mean, 99th percentile and maximum of `v`.
@@ -202,7 +173,7 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
 /// and one added to, `pools` random pools of `n` equal backends.
 fn disruption(n: usize, pools: usize, sample: Option<usize>, rng: &mut Rng) -> Disruption {
     let flows = flow_slots(rng, FLOWS, DEFAULT_TABLE_SIZE);
-    let mut d = Disruption { n, pools, removals: Vec::new(), additions: Vec::new(), worst_removal_flows: 0.0, worst_removal_stride: 0 };
+    let mut d = Disruption { n, pools, removals: Vec::new(), additions: Vec::new(), worst_removal_flows: 0.0 };
     let mut worst = -1.0;
     for _ in 0..pools {
         let addrs = ipv4_pool(rng, n + 1);
@@ -221,7 +192,6 @@ fn disruption(n: usize, pools: usize, sample: Option<usize>, rng: &mut Rng) -> D
             if moved > worst {
                 worst = moved;
                 d.worst_removal_flows = flows.iter().filter(|&&s| base[s as usize] != after[s as usize]).count() as f64 / FLOWS as f64;
-                d.worst_removal_stride = smallest_stride(&pool, DEFAULT_TABLE_SIZE);
             }
         }
         let more = backends(&addrs, &vec![1; n + 1]);
@@ -272,9 +242,10 @@ pub fn run(mode: &Mode) -> Section {
     let shares = [distribution("equal weights", &[1; BACKENDS], &mut rng), distribution("weights 1..=4", &mixed, &mut rng)];
 
     // Quick: one pool, three removals per N. Full: every backend of enough
-    // pools for at least REMOVALS removals per N: the worst cases are rare
-    // (a pair of backends whose preference lists are correlated), so a few
-    // pools would miss them.
+    // pools for at least REMOVALS removals per N: the target bounds every
+    // removal, and the worst ones are rare (with the paper's arithmetic
+    // preference lists, 45 of 12,000 removals broke it), so a few pools
+    // would miss them.
     let disruptions: Vec<Disruption> = REMOVAL_NS
         .iter()
         .map(|&n| if mode.quick { disruption(n, 1, Some(3), &mut rng) } else { disruption(n, REMOVALS.div_ceil(n), None, &mut rng) })
@@ -300,15 +271,17 @@ pub fn run(mode: &Mode) -> Section {
     let what = if mode.quick { "3 backends removed from 1 pool".to_string() } else { format!("every backend removed from each of ⌈{REMOVALS}/N⌉ random pools") };
     let _ = writeln!(
         md,
-        "\n### Removing or adding one backend\n\nEqual weights, table {DEFAULT_TABLE_SIZE}; {what}, and one backend added to each pool. Moved: slots whose backend changes, as a share of the table (the removed backend's own 1/N included), mean, 99th percentile and maximum over the removals; over: how many removals (additions) move more than the bound. Flows: the share of {FLOWS} random flows whose backend changes in the worst removal. Stride: the smallest stride at which one backend's preference list follows another's in the pool of the worst removal (skip ratio modulo the size, or its inverse, whichever is nearer 0; for unrelated lists it is in the thousands at N = 5).\n"
+        "\n### Removing or adding one backend\n\nEqual weights, table {DEFAULT_TABLE_SIZE}; {what}, and one backend added to each pool. Moved: slots whose backend changes, as a share of the table (the removed backend's own 1/N included), mean, 99th percentile and maximum over the removals; over: how many removals (additions) move more than the bound. Above 1/N: the worst removal's moved share minus 1/N, in percentage points (the target allows 0.7). Flows: the share of {FLOWS} random flows whose backend changes in the worst removal: the share of slots that move is what uniformly hashed flows move on average, and this sample of flows differs from it by sampling noise (one standard deviation: about {:.2} points when 1.7% of the slots move, at N = 100; {:.2} when half of them do, at N = 2).\n",
+        flow_noise(0.017) * 100.0,
+        flow_noise(0.5) * 100.0,
     );
-    md.push_str("| N | pools | removals | moved on removal: mean / p99 / max | bound 1/N + 0.7 points | over | flows moved, worst removal | stride, worst removal | moved on adding one: mean / max | bound 1/(N+1) + 0.7 points | over |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| N | pools | removals | moved on removal: mean / p99 / max | bound 1/N + 0.7 points | over | worst above 1/N (points) | flows moved, worst removal | moved on adding one: mean / max | bound 1/(N+1) + 0.7 points | over |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for d in &disruptions {
         let (mean, p99, max) = summary(&d.removals);
         let (add_mean, _, add_max) = summary(&d.additions);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.3}% / {:.3}% / {:.3}% | {:.3}% | {} | {:.3}% | {} | {:.3}% / {:.3}% | {:.3}% | {} |",
+            "| {} | {} | {} | {:.3}% / {:.3}% / {:.3}% | {:.3}% | {} | {:.3} | {:.3}% | {:.3}% / {:.3}% | {:.3}% | {} |",
             d.n,
             d.pools,
             d.removals.len(),
@@ -317,8 +290,8 @@ pub fn run(mode: &Mode) -> Section {
             max * 100.0,
             d.removal_bound() * 100.0,
             d.removals.iter().filter(|&&m| m > d.removal_bound()).count(),
+            (max - 1.0 / d.n as f64) * 100.0,
             d.worst_removal_flows * 100.0,
-            d.worst_removal_stride,
             add_mean * 100.0,
             add_max * 100.0,
             d.addition_bound() * 100.0,
@@ -337,11 +310,17 @@ pub fn run(mode: &Mode) -> Section {
     let worst_flows = shares.iter().map(|d| d.flow_relative).fold(0.0, f64::max);
     let worst_points = shares.iter().map(|d| d.flow_points).fold(0.0, f64::max);
     let removal_ok = disruptions.iter().all(|d| d.removals.iter().all(|&m| m <= d.removal_bound()));
+    let addition_ok = disruptions.iter().all(|d| d.additions.iter().all(|&m| m <= d.addition_bound()));
     let mean_ok = disruptions.iter().all(|d| summary(&d.removals).0 <= d.removal_bound());
     let over: usize = disruptions.iter().map(|d| d.removals.iter().filter(|&&m| m > d.removal_bound()).count()).sum();
+    let additions_over: usize = disruptions.iter().map(|d| d.additions.iter().filter(|&&m| m > d.addition_bound()).count()).sum();
     let measured: usize = disruptions.iter().map(|d| d.removals.len()).sum();
-    let worst_excess = disruptions.iter().map(|d| summary(&d.removals).2 - 1.0 / d.n as f64).fold(0.0, f64::max);
-    let worst_mean_excess = disruptions.iter().map(|d| summary(&d.removals).0 - 1.0 / d.n as f64).fold(0.0, f64::max);
+    let additions: usize = disruptions.iter().map(|d| d.additions.len()).sum();
+    // The worst excess over the minimum, and the N it was measured at.
+    let worst = |excess: &dyn Fn(&Disruption) -> f64| disruptions.iter().map(|d| (excess(d), d.n)).fold((f64::MIN, 0), |a, b| if b.0 > a.0 { b } else { a });
+    let (worst_excess, worst_n) = worst(&|d| summary(&d.removals).2 - 1.0 / d.n as f64);
+    let (worst_mean_excess, _) = worst(&|d| summary(&d.removals).0 - 1.0 / d.n as f64);
+    let (worst_addition, worst_addition_n) = worst(&|d| summary(&d.additions).2 - 1.0 / (d.n + 1) as f64);
     let _ = writeln!(md, "\n### Targets\n");
     let _ = writeln!(
         md,
@@ -359,11 +338,17 @@ pub fn run(mode: &Mode) -> Section {
     );
     let _ = writeln!(
         md,
-        "- Removing 1 of N backends without a flow table remaps at most 1/N + 0.7 percentage points of flows (N ≤ 100, table {DEFAULT_TABLE_SIZE}), over table slots: {}: {over} of the {measured} removals measured move more, the worst {:.3} points above 1/N, in pools where two backends' preference lists follow each other at a small stride (the stride column; `xpol_lang::maglev`, \"Disruption\"). On average: {} (at most {:.3} points above 1/N for any N).",
-        if removal_ok { "met" } else { "**not met**" },
+        "- Removing 1 of N backends without a flow table remaps at most 1/N + 0.7 percentage points of flows (N ≤ 100, table {DEFAULT_TABLE_SIZE}), over table slots, in every removal measured: {}: {over} of the {measured} removals move more; the worst moves {:.3} points more than 1/N (N = {worst_n}; the bound allows 0.7). On average: {} (at most {:.3} points above 1/N for any N).",
+        met(removal_ok),
         worst_excess * 100.0,
         met(mean_ok),
         worst_mean_excess * 100.0,
+    );
+    let _ = writeln!(
+        md,
+        "- Adding 1 backend to N, against 1/(N+1) + 0.7 points, in every addition measured: {}: {additions_over} of the {additions} additions move more; the worst moves {:.3} points more than 1/(N+1) (N = {worst_addition_n}).",
+        met(addition_ok),
+        worst_addition * 100.0,
     );
 
     let json = serde_json::json!({
@@ -381,7 +366,7 @@ pub fn run(mode: &Mode) -> Section {
                 "n": d.n, "pools": d.pools, "removals": d.removals.len(), "removal_bound": d.removal_bound(),
                 "removal_moved": {"mean": mean, "p99": p99, "max": max},
                 "removals_over_bound": d.removals.iter().filter(|&&m| m > d.removal_bound()).count(),
-                "worst_removal_flows_moved": d.worst_removal_flows, "worst_removal_smallest_stride": d.worst_removal_stride,
+                "worst_removal_flows_moved": d.worst_removal_flows,
                 "additions": d.additions.len(), "addition_bound": d.addition_bound(),
                 "addition_moved": {"mean": add_mean, "max": add_max},
                 "additions_over_bound": d.additions.iter().filter(|&&m| m > d.addition_bound()).count(),
@@ -391,7 +376,7 @@ pub fn run(mode: &Mode) -> Section {
             "size": b.size, "backends": b.backends, "weights": b.weights, "runs": b.runs,
             "median": b.median_ms, "min": b.min_ms, "max": b.max_ms,
         })).collect::<Vec<_>>(),
-        "targets": {"distribution_over_slots": slots_ok, "distribution_over_flows": flows_ok, "removal_every_case": removal_ok, "removal_mean": mean_ok},
+        "targets": {"distribution_over_slots": slots_ok, "distribution_over_flows": flows_ok, "removal_every_case": removal_ok, "removal_mean": mean_ok, "addition_every_case": addition_ok},
     });
     Section { key: "maglev", heading: "Load balancer: Maglev", markdown: md, json }
 }

@@ -17,15 +17,44 @@
 //! # How the table is built ([`build_table`])
 //!
 //! Each backend has a preference list over the slots, a permutation fixed
-//! by its address alone: `offset = murmur3_words(OFFSET_SEED, addr) % size`,
-//! `skip = murmur3_words(SKIP_SEED, addr) % (size - 1) + 1`, and its `j`-th
-//! preference is `(offset + j * skip) % size`. The size is prime, so every
-//! skip walks every slot once. Backends then take turns: at its turn a
-//! backend takes the first slot of its list that nobody has taken yet,
-//! until the table is full. Because a backend's list does not depend on
-//! the others, adding or removing one backend moves few slots between the
-//! others (Maglev's minimal disruption); the measured figures are in
-//! BENCHMARKS.md ("Load balancer: Maglev").
+//! by its address and the table size alone. With
+//! `h = murmur3_words(PREFERENCE_SEED, addr_words(addr))`, its
+//! `offset = h % size`, its `skip = (h / size) % (size - 1) + 1`, and its
+//! `j`-th preference is `(offset + skip * shuffle[j]) % size`, where
+//! `shuffle` is one fixed pseudo-random permutation of `0..size`, the same
+//! for every backend ("The shuffle" below). The size is prime, so
+//! `skip` is invertible and every list holds every slot once. Backends
+//! then take turns: at its turn a backend takes the first slot of its list
+//! that nobody has taken yet, until the table is full. Because a backend's
+//! list does not depend on the others, adding or removing one backend moves
+//! few slots between the others (Maglev's minimal disruption).
+//!
+//! The paper's list is `(offset + j * skip) % size` (no shuffle): an
+//! arithmetic progression, and two of them are always related affinely:
+//! backend y's `j`-th preference is backend x's `k`-th for
+//! `k = a * j + b (mod size)`, `a = skip_y / skip_x`. When `a` or its
+//! inverse is small (equal skips alone happen in about 7% of pools of 100
+//! backends in a table of 65,537), the two walk the same slots in step,
+//! contend for them all through the fill, and any change to the pool
+//! moves many slots between them: up to 3.4 percentage points more than
+//! the minimum in xpol's measurements of that scheme (at commit 97d67f3).
+//! Through the shuffle, the relation is
+//! `k = shuffle⁻¹[(a * shuffle[j] + b) % size]`, as unstructured as the
+//! shuffle whatever `a` and `b`, unless `a = 1` and `b = 0`, that is
+//! unless the two lists are the same: pairs of lists then behave like
+//! independent random permutations (measured: the same disruption as
+//! per-backend keyed pseudo-random permutations, at a fraction of the
+//! cost).
+//!
+//! Two backends share a list only when they share `h`, for tables of at
+//! least 65,537 slots (`h / size < size - 1` there, so `h` is
+//! `(skip - 1) * size + offset`). MurmurHash3 of a single word is a
+//! bijection of the word, so two IPv4 backends never share `h`; two IPv6
+//! backends (or an IPv6 and an IPv4 one) do with probability 2^-32 per
+//! pair, and in smaller tables any two with probability about
+//! `1 / (size * (size - 1))`. Two backends that share a list take
+//! alternate slots of it, and a change to the pool can swap most of their
+//! slots (about 2/N of the table).
 //!
 //! xpol's rules on top of the paper:
 //!
@@ -54,19 +83,34 @@
 //!   `O(log backends)` each, plus the slot probes, about `size * ln(size)`
 //!   in all.
 //!
+//! # The shuffle
+//!
+//! `shuffle` is the Fisher-Yates shuffle of `0, 1, ..., size - 1` driven
+//! by splitmix64 (Steele, Lea and Flood) from the state [`SHUFFLE_SEED`]:
+//! for `i` from `size - 1` down to 1, swap entries `i` and
+//! `(x * (i + 1)) >> 64`, `x` the generator's next output (a 64-bit
+//! integer; the product taken in 128 bits). splitmix64's output: add
+//! `0x9e3779b97f4a7c15` to the state (modulo 2^64), then, from `z` = the
+//! state, `z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9`,
+//! `z = (z ^ (z >> 27)) * 0x94d049bb133111eb`, output `z ^ (z >> 31)`
+//! (products modulo 2^64). Like the hashes and their seeds, it is part of
+//! the table's definition: every machine and every xpol version that
+//! builds this table must draw the same shuffle. It takes about 4 bytes
+//! per slot; the shuffle of the last size used is kept (at most 4 MiB,
+//! for [`MAX_TABLE_SIZE`]), so that building tables of one size again
+//! does not draw it again.
+//!
 //! # Disruption
 //!
 //! Removing one of N equal backends (table 65,537) moves its own 1/N of
-//! the slots, plus on average 0.1 (N = 5) to 0.6 (N = 100) percentage
-//! points of the others' slots as the fill shifts. Rarely, much more (in
-//! 2,000 removals, up to 3.4 points at N = 5, 2.6 at N = 20): when two
-//! backends of the pool have the same skip, or skips in a small ratio
-//! modulo the size, one
-//! walks the other's preference list in step (at that stride), the two
-//! contend for the same slots all through the fill, and any change to the
-//! pool moves many slots between them. That is a property of the paper's
-//! arithmetic-progression lists, kept here as specified; BENCHMARKS.md
-//! ("Load balancer: Maglev") has the figures.
+//! the slots, plus on average 0.18 (N = 5) to 0.57 (N = 100) percentage
+//! points of the others' slots as the fill shifts, and at most 0.40
+//! (N = 5) to 0.66 (N = 100) points in 5,000 removals per N; adding one
+//! backend moves about as much above 1/(N + 1) (at most 0.64 points).
+//! The issue's bound, 0.7 points above 1/N for N up to 100, holds in
+//! every removal measured (the paper's lists broke it in 45 of 12,000
+//! removals, at commit 97d67f3). The tests check it on every removal of a
+//! few hundred; BENCHMARKS.md ("Load balancer: Maglev") has the figures.
 //!
 //! # Sizing
 //!
@@ -78,8 +122,9 @@
 //! a change, as the paper measures.
 //! [`DEFAULT_TABLE_SIZE`] (65,537) suits pools up to about 650 backends;
 //! [`MAX_TABLE_SIZE`] (1,048,573, 4 MiB of `u32`) about 10,000. Building
-//! takes about 3 ms for 65,537 slots and 100 backends, about 100 ms for
-//! the largest table and 1,000 backends (release build; BENCHMARKS.md).
+//! takes about 3.5 ms for 65,537 slots and 100 backends, 100 to 130 ms
+//! for the largest table and 1,000 backends (release build, on a shared
+//! machine; BENCHMARKS.md).
 //!
 //! # Hash
 //!
@@ -90,6 +135,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Default lookup-table size (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
@@ -101,12 +147,12 @@ pub const NO_BACKEND: u32 = u32::MAX;
 
 /// Seed of the per-packet flow hash ("xpol" in ASCII).
 pub const FLOW_SEED: u32 = 0x7870_6f6c;
-/// Seed of the hash that gives a backend's first preferred slot ("mgof").
-pub const OFFSET_SEED: u32 = 0x6d67_6f66;
-/// Seed of the hash that gives a backend's step between preferred slots
-/// ("mgsk"); a seed other than [`OFFSET_SEED`], so offset and skip are
-/// independent.
-pub const SKIP_SEED: u32 = 0x6d67_736b;
+/// Seed of the hash of a backend's address that gives its preference
+/// list, offset and skip ("mgpf").
+pub const PREFERENCE_SEED: u32 = 0x6d67_7066;
+/// The splitmix64 state the slot shuffle starts from ("maglevsh"); see
+/// the module documentation, "The shuffle".
+pub const SHUFFLE_SEED: u64 = 0x6d61_676c_6576_7368;
 
 /// One backend as Maglev sees it: its address bytes (4 for IPv4, 16 for
 /// IPv6, network order) and its weight (0 = drained: no table slots).
@@ -199,12 +245,63 @@ pub fn addr_words(addr: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// A backend's preference list: its first slot and the step to the next.
+/// A backend's preference list: its `j`-th preference is
+/// `(offset + skip * shuffle[j]) % size` (module documentation).
 fn offset_and_skip(addr: &[u8], size: u32) -> (u32, u32) {
-    let words = addr_words(addr);
-    let offset = murmur3_words(OFFSET_SEED, &words) % size;
-    let skip = murmur3_words(SKIP_SEED, &words) % (size - 1) + 1;
-    (offset, skip)
+    let h = murmur3_words(PREFERENCE_SEED, &addr_words(addr));
+    (h % size, (h / size) % (size - 1) + 1)
+}
+
+/// The preference of a backend (`offset`, `skip`) at a position of its list
+/// whose shuffle entry is `shuffled`. All four are below 2^21, so the
+/// arithmetic fits in u64.
+fn preference(offset: u32, skip: u32, shuffled: u32, size: u32) -> u32 {
+    ((u64::from(offset) + u64::from(skip) * u64::from(shuffled)) % u64::from(size)) as u32
+}
+
+/// splitmix64 (Steele, Lea and Flood), the generator of the shuffle.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The shuffle of `0..size` every preference list of a table of `size`
+/// goes through (module documentation, "The shuffle").
+fn draw_shuffle(size: u32) -> Vec<u32> {
+    let mut shuffle: Vec<u32> = (0..size).collect();
+    let mut rng = SplitMix64(SHUFFLE_SEED);
+    for i in (1..shuffle.len()).rev() {
+        // A uniform index in 0..=i from 64 random bits: the high word of
+        // the 128-bit product (Lemire), no division.
+        let j = ((u128::from(rng.next()) * (i as u128 + 1)) >> 64) as usize;
+        shuffle.swap(i, j);
+    }
+    shuffle
+}
+
+/// The shuffle for `size`. The last one drawn is kept (at most 4 MiB): a
+/// process typically builds tables of one size (the default) over and
+/// over, and drawing the shuffle of the largest size takes milliseconds.
+fn shuffle(size: u32) -> Arc<[u32]> {
+    static LAST: Mutex<Option<(u32, Arc<[u32]>)>> = Mutex::new(None);
+    // A panic elsewhere while the lock was held cannot leave a wrong
+    // shuffle behind (the entry is replaced whole), so poisoning is moot.
+    if let Some((kept, shuffle)) = &*LAST.lock().unwrap_or_else(PoisonError::into_inner) {
+        if *kept == size {
+            return Arc::clone(shuffle);
+        }
+    }
+    // Drawn without the lock, so that other threads are not held up.
+    let shuffle: Arc<[u32]> = draw_shuffle(size).into();
+    *LAST.lock().unwrap_or_else(PoisonError::into_inner) = Some((size, Arc::clone(&shuffle)));
+    shuffle
 }
 
 /// A backend that takes turns (weight > 0), walking its preference list.
@@ -212,9 +309,10 @@ struct Taker {
     /// Its index in the caller's slice, what the table holds.
     index: u32,
     weight: u64,
-    /// The next slot of its preference list to try.
-    slot: u32,
+    offset: u32,
     skip: u32,
+    /// The position in its preference list of the next slot to try.
+    next: usize,
     /// Turns taken so far.
     turns: u64,
 }
@@ -257,12 +355,13 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
             let (offset, skip) = offset_and_skip(backends[i].addr, size);
             // `i < backends.len() <= size <= MAX_TABLE_SIZE`: fits, and is
             // never NO_BACKEND.
-            Taker { index: i as u32, weight: u64::from(backends[i].weight), slot: offset, skip, turns: 0 }
+            Taker { index: i as u32, weight: u64::from(backends[i].weight), offset, skip, next: 0, turns: 0 }
         })
         .collect();
     let Some(max_weight) = takers.iter().map(|t| t.weight).max() else {
         return Ok(table);
     };
+    let shuffle = shuffle(size);
 
     // The round of a taker's next turn: its credit grows by `weight` per
     // round and pays `max_weight` per turn, so turn `k` (from 1) falls in
@@ -277,12 +376,16 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
     while let Some(Reverse((_, rank))) = turns.pop() {
         let taker = &mut takers[rank];
         // Every slot this taker passed is taken, and its list holds every
-        // slot once, so a free slot lies ahead while the table is not full.
-        while table[taker.slot as usize] != NO_BACKEND {
-            taker.slot = advance(taker.slot, taker.skip, size);
-        }
-        table[taker.slot as usize] = taker.index;
-        taker.slot = advance(taker.slot, taker.skip, size);
+        // slot once, so a free slot lies ahead (`next < size`) while the
+        // table is not full.
+        let slot = loop {
+            let slot = preference(taker.offset, taker.skip, shuffle[taker.next], size) as usize;
+            taker.next += 1;
+            if table[slot] == NO_BACKEND {
+                break slot;
+            }
+        };
+        table[slot] = taker.index;
         taker.turns += 1;
         filled += 1;
         if filled == size {
@@ -291,17 +394,6 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>, Ma
         turns.push(Reverse((next_round(taker), rank)));
     }
     Ok(table)
-}
-
-/// The next slot of a preference list: `(slot + skip) % size` with
-/// `slot, skip < size`, so one subtraction does.
-fn advance(slot: u32, skip: u32, size: u32) -> u32 {
-    let next = u64::from(slot) + u64::from(skip);
-    if next >= u64::from(size) {
-        (next - u64::from(size)) as u32
-    } else {
-        next as u32
-    }
 }
 
 #[cfg(test)]
@@ -451,17 +543,81 @@ mod tests {
     #[test]
     fn preference_lists_are_permutations() {
         let mut rng = Rng(2);
-        for size in [2u32, 3, 13, 101, 1009] {
+        for size in [2u32, 3, 13, 101, 1009, DEFAULT_TABLE_SIZE] {
+            let shuffle = shuffle(size);
+            let mut seen = vec![false; size as usize];
+            for &s in shuffle.iter() {
+                assert!(!std::mem::replace(&mut seen[s as usize], true), "size {size}: {s} twice in the shuffle");
+            }
+            assert!(seen.iter().all(|&s| s), "size {size}");
             for addr in addresses(&mut rng, 20, 5) {
                 let (offset, skip) = offset_and_skip(&addr, size);
                 assert!(offset < size && (1..size).contains(&skip));
                 let mut seen = vec![false; size as usize];
-                let mut slot = offset;
-                for j in 0..u64::from(size) {
-                    assert_eq!(u64::from(slot), (u64::from(offset) + j * u64::from(skip)) % u64::from(size));
-                    assert!(!std::mem::replace(&mut seen[slot as usize], true));
-                    slot = advance(slot, skip, size);
+                for &s in shuffle.iter() {
+                    let slot = preference(offset, skip, s, size);
+                    assert_eq!(u64::from(slot), (u64::from(offset) + u64::from(skip) * u64::from(s)) % u64::from(size));
+                    assert!(!std::mem::replace(&mut seen[slot as usize], true), "size {size}: slot {slot} twice");
                 }
+            }
+        }
+        // The largest size: the product stays exact in u64.
+        let top = MAX_TABLE_SIZE - 1;
+        assert_eq!(preference(top, top, top, MAX_TABLE_SIZE), ((u128::from(top) + u128::from(top) * u128::from(top)) % u128::from(MAX_TABLE_SIZE)) as u32);
+    }
+
+    /// The shuffle of a table of 13 slots, and MurmurHash3 (seed 0) of
+    /// that of 65,537 slots as little-endian u32s.
+    const SHUFFLE_13: [u32; 13] = [2, 5, 4, 11, 12, 1, 10, 7, 6, 3, 0, 8, 9];
+    const SHUFFLE_65537_HASH: u32 = 0x503d_f15b;
+
+    #[test]
+    fn the_shuffle_is_a_fixed_permutation() {
+        // Pins the shuffle's definition (module documentation, "The
+        // shuffle"); the values were also computed by an independent
+        // Python transcription.
+        assert_eq!(SplitMix64(0).next(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(draw_shuffle(1), [0]);
+        assert_eq!(*draw_shuffle(13), SHUFFLE_13);
+        assert_eq!(murmur3_words(0, &draw_shuffle(DEFAULT_TABLE_SIZE)), SHUFFLE_65537_HASH);
+        // The kept shuffle is the drawn one, for one size after another.
+        for size in [13, DEFAULT_TABLE_SIZE, 13, 101, 101] {
+            assert_eq!(*shuffle(size), *draw_shuffle(size));
+        }
+    }
+
+    /// The inverse of `murmur3_words(seed, &[word])`: that hash of one word
+    /// is a bijection of the word (each step is an xor with a constant or
+    /// with a right shift of itself, a rotation, or a product by an odd
+    /// number modulo 2^32), which is why two IPv4 backends never share a
+    /// preference list in tables of at least 65,537 slots.
+    fn unmurmur3_word(seed: u32, hash: u32) -> u32 {
+        // The inverse of an odd number modulo 2^32 (Newton's iteration).
+        let inverse = |a: u32| (0..5).fold(a, |x, _| x.wrapping_mul(2u32.wrapping_sub(a.wrapping_mul(x))));
+        let unshift = |h: u32, by: u32| (0..32 / by + 1).fold(h, |x, _| h ^ (x >> by));
+        let mut h = hash;
+        h = unshift(h, 16);
+        h = h.wrapping_mul(inverse(0xc2b2_ae35));
+        h = unshift(h, 13);
+        h = h.wrapping_mul(inverse(0x85eb_ca6b));
+        h = unshift(h, 16);
+        h ^= 4;
+        h = h.wrapping_sub(0xe654_6b64).wrapping_mul(inverse(5)).rotate_right(13);
+        let k = h ^ seed;
+        k.wrapping_mul(inverse(0x1b87_3593)).rotate_right(15).wrapping_mul(inverse(0xcc9e_2d51))
+    }
+
+    #[test]
+    fn ipv4_backends_never_share_a_preference_list() {
+        let mut rng = Rng(14);
+        let words = (0..100_000).map(|_| rng.word()).chain([0, 1, u32::MAX, 0x0100_000a]);
+        for word in words {
+            let h = murmur3_words(PREFERENCE_SEED, &[word]);
+            assert_eq!(unmurmur3_word(PREFERENCE_SEED, h), word);
+            // From 65,537 slots on, offset and skip give back the hash.
+            for size in [DEFAULT_TABLE_SIZE, 65539, 1_000_003, MAX_TABLE_SIZE] {
+                let (offset, skip) = offset_and_skip(&word.to_le_bytes(), size);
+                assert_eq!(u64::from(skip - 1) * u64::from(size) + u64::from(offset), u64::from(h), "size {size}");
             }
         }
     }
@@ -543,6 +699,7 @@ mod tests {
         let Some(max) = order.iter().map(|&i| u64::from(backends[i].weight)).max() else {
             return table;
         };
+        let shuffle = draw_shuffle(size);
         let mut next = vec![0u64; order.len()];
         let mut credit = vec![0u64; order.len()];
         let mut filled = 0;
@@ -555,7 +712,8 @@ mod tests {
                 credit[rank] -= max;
                 let (offset, skip) = offset_and_skip(backends[i].addr, size);
                 let slot = loop {
-                    let slot = ((u64::from(offset) + next[rank] * u64::from(skip)) % u64::from(size)) as usize;
+                    let j = next[rank] as usize;
+                    let slot = ((u64::from(offset) + u64::from(skip) * u64::from(shuffle[j])) % u64::from(size)) as usize;
                     next[rank] += 1;
                     if table[slot] == NO_BACKEND {
                         break slot;
@@ -587,18 +745,22 @@ mod tests {
 
     #[test]
     fn a_table_is_a_fixed_function_of_its_pool() {
-        // Pins the algorithm: a change to the hash, the seeds, the order or
-        // the turns shows here, and would move flows between xpol versions
-        // (and between a runtime and a reference built from different
-        // ones). The expected values were also computed by an independent
-        // Python transcription of the round loop.
+        // Pins the algorithm: a change to the hash, the seeds, the shuffle,
+        // the order or the turns shows here, and would move flows between
+        // xpol versions (and between a runtime and a reference built from
+        // different ones). The expected values were also computed by an
+        // independent Python transcription of the module documentation
+        // (MurmurHash3 over the address bytes, splitmix64 and the shuffle,
+        // Katran's round loop), which gives this test's values before the
+        // shuffle too ([1, 1, 1, 1, 2, 0, 0, 0, 1, 2, 1, 1, 2] and
+        // 0x3ebe8ac6 from offset + j * skip).
         let addrs: Vec<Vec<u8>> = (1..=3).map(|i| vec![10, 0, 0, i]).collect();
         let table = build_table(&pool(&addrs, &[1, 2, 1]), 13).unwrap();
-        assert_eq!(table, [1, 1, 1, 1, 2, 0, 0, 0, 1, 2, 1, 1, 2]);
+        assert_eq!(table, [1, 1, 1, 0, 1, 2, 1, 0, 2, 1, 0, 1, 2]);
         let addrs = addresses(&mut Rng(13), 100, 20);
         let weights: Vec<u32> = (0..100).map(|i| 1 + i % 4).collect();
         let table = build_table(&pool(&addrs, &weights), DEFAULT_TABLE_SIZE).unwrap();
-        assert_eq!(murmur3_words(0, &table), 0x3ebe_8ac6);
+        assert_eq!(murmur3_words(0, &table), 0xeb9d_78aa);
     }
 
     /// Per-backend shares of slots and of flows against the weights.
@@ -701,58 +863,97 @@ mod tests {
         assert_eq!(by_address(&drained, &backends), by_address(&without, &removed));
     }
 
-    /// The fractions of slots that move when one backend leaves a pool of
-    /// `n` (each backend in turn, or `sample` of them), and the fraction
-    /// that moves when one joins.
-    fn disruption(n: usize, sample: usize, seed: u64) -> (Vec<f64>, f64) {
+    /// The issue's target: removing 1 of N backends remaps at most
+    /// 1/N + 0.7 percentage points of the table (the 1/N the removed
+    /// backend held included); adding one, 1/(N+1) + 0.7 points.
+    const ALLOWANCE: f64 = 0.007;
+
+    /// The worst removal and addition of a run of [`disruption`]: how far
+    /// above the minimum (1/N, 1/(N+1)) they moved, as a share of the table.
+    #[derive(Default)]
+    struct Worst {
+        removals: usize,
+        removal_excess: f64,
+        additions: usize,
+        addition_excess: f64,
+    }
+
+    /// Removes every backend in turn from each of `pools` random pools of
+    /// `n` equal backends (a quarter of them IPv6), and adds one backend
+    /// to each, asserting the target on every removal and every addition.
+    fn disruption(n: usize, pools: usize, seed: u64) -> Worst {
+        let slot = 1.0 / f64::from(DEFAULT_TABLE_SIZE);
         let mut rng = Rng(seed);
-        let addrs = addresses(&mut rng, n + 1, 0);
-        let backends = pool(&addrs[..n], &vec![1; n]);
-        let base = build_table(&backends, DEFAULT_TABLE_SIZE).unwrap();
-        let base_addr = by_address(&base, &backends);
-        let leaving: Vec<usize> = if sample >= n { (0..n).collect() } else { (0..sample).map(|_| rng.below(n)).collect() };
-        let removals = leaving
-            .into_iter()
-            .map(|gone| {
+        let mut worst = Worst::default();
+        for p in 0..pools {
+            let addrs = addresses(&mut rng, n + 1, (n + 1) / 4);
+            let backends = pool(&addrs[..n], &vec![1; n]);
+            let base = by_address(&build_table(&backends, DEFAULT_TABLE_SIZE).unwrap(), &backends);
+            for gone in 0..n {
                 let mut fewer = backends.clone();
                 fewer.remove(gone);
-                let t = build_table(&fewer, DEFAULT_TABLE_SIZE).unwrap();
-                moved(&base_addr, &by_address(&t, &fewer))
-            })
-            .collect();
-        let more = pool(&addrs, &vec![1; n + 1]);
-        let t = build_table(&more, DEFAULT_TABLE_SIZE).unwrap();
-        (removals, moved(&base_addr, &by_address(&t, &more)))
+                let moved = moved(&base, &by_address(&build_table(&fewer, DEFAULT_TABLE_SIZE).unwrap(), &fewer));
+                let floor = 1.0 / n as f64;
+                // The removed backend's own slots always move: 1/N, to a slot.
+                assert!(moved >= floor - slot, "N={n}, pool {p}, backend {gone} removed: {moved}");
+                assert!(moved <= floor + ALLOWANCE, "N={n}, pool {p} (seed {seed}), backend {gone} removed: {:.3}% moved, bound {:.3}%", moved * 100.0, (floor + ALLOWANCE) * 100.0);
+                worst.removals += 1;
+                worst.removal_excess = worst.removal_excess.max(moved - floor);
+            }
+            let more = pool(&addrs, &vec![1; n + 1]);
+            let moved = moved(&base, &by_address(&build_table(&more, DEFAULT_TABLE_SIZE).unwrap(), &more));
+            let floor = 1.0 / (n + 1) as f64;
+            assert!(moved >= floor - slot, "N={n}, pool {p}, one added: {moved}");
+            assert!(moved <= floor + ALLOWANCE, "N={n}, pool {p} (seed {seed}), one added: {:.3}% moved, bound {:.3}%", moved * 100.0, (floor + ALLOWANCE) * 100.0);
+            worst.additions += 1;
+            worst.addition_excess = worst.addition_excess.max(moved - floor);
+        }
+        eprintln!(
+            "N={n}: {} removals, the worst {:.3} points above 1/N; {} additions, the worst {:.3} points above 1/(N+1) (bound: 0.7 points)",
+            worst.removals,
+            worst.removal_excess * 100.0,
+            worst.additions,
+            worst.addition_excess * 100.0
+        );
+        worst
+    }
+
+    // Every removal and addition is checked, not their mean: before the
+    // shuffle, rare pools whose backends' lists followed each other moved
+    // up to 3.4 points more than 1/N (module documentation). One test per
+    // few sizes of pool, so that the test threads share them out.
+
+    #[test]
+    fn removing_or_adding_one_of_few_backends_moves_little_more_than_its_share() {
+        for (n, pools) in [(2, 12), (3, 8), (5, 5), (10, 3)] {
+            disruption(n, pools, 11 + n as u64);
+        }
     }
 
     #[test]
-    fn removing_or_adding_one_backend_moves_little_more_than_its_share() {
-        // The issue's target: removing 1 of N backends remaps at most
-        // 1/N + 0.7 percentage points of the table (which includes the 1/N
-        // the removed backend held); adding one, 1/(N+1) + 0.7 points.
-        // Typical removals meet it; rare pools with two correlated
-        // preference lists do not (module documentation, "Disruption"),
-        // so this checks the mean over the sampled removals, and that the
-        // removed backend's share always moves. `benches/lb.rs` measures
-        // the worst cases over thousands of removals.
-        let slot = 1.0 / f64::from(DEFAULT_TABLE_SIZE);
-        for n in [2, 3, 5, 10, 50, 100] {
-            let (removals, addition) = disruption(n, 8, 11 + n as u64);
-            let mean = removals.iter().sum::<f64>() / removals.len() as f64;
-            let floor_removal = 1.0 / n as f64;
-            let floor_adding = 1.0 / (n + 1) as f64;
-            eprintln!(
-                "N={n}: removal moves {:.3}% on average, at most {:.3}% (1/N = {:.3}%); adding moves {:.3}% (1/(N+1) = {:.3}%)",
-                mean * 100.0,
-                removals.iter().fold(0.0f64, |a, &b| a.max(b)) * 100.0,
-                floor_removal * 100.0,
-                addition * 100.0,
-                floor_adding * 100.0
-            );
-            // The removed backend's own slots always move: 1/N, to a slot.
-            assert!(removals.iter().all(|&m| m >= floor_removal - slot), "N={n}: {removals:?}");
-            assert!(mean <= floor_removal + 0.007, "N={n}: {mean}");
-            assert!(addition >= floor_adding - slot && addition <= floor_adding + 0.007, "N={n}: {addition}");
+    fn removing_or_adding_one_of_20_backends_moves_little_more_than_its_share() {
+        disruption(20, 2, 31);
+    }
+
+    #[test]
+    fn removing_or_adding_one_of_50_backends_moves_little_more_than_its_share() {
+        disruption(50, 1, 61);
+    }
+
+    #[test]
+    fn removing_or_adding_one_of_100_backends_moves_little_more_than_its_share() {
+        disruption(100, 1, 111);
+    }
+
+    /// The same over at least 2,000 removals per N (and more pools for
+    /// additions): about a minute in a release build,
+    /// `cargo test -p xpol-lang --release -- --ignored maglev`.
+    /// `benches/lb.rs` measures more still.
+    #[test]
+    #[ignore = "minutes in a debug build; run with --release"]
+    fn removing_or_adding_one_backend_moves_little_more_than_its_share_exhaustive() {
+        for n in [2, 3, 5, 10, 20, 50, 100] {
+            disruption(n, 2000usize.div_ceil(n), 1000 + n as u64);
         }
     }
 }
