@@ -25,15 +25,15 @@
 //! when it fails.
 
 mod common;
+use common::script::Script;
 
 use common::net::{ip, output_bounded};
 use common::Rng;
 use etherparse::{Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use xpol_compiler::ir;
@@ -1262,56 +1262,6 @@ for _ in sys.stdin:
     print(ask(), flush=True)
 "#;
 
-/// A Python script in a namespace, killed (through its standard input and
-/// `timeout`) when dropped.
-struct Script {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Script {
-    fn start(ns: &str, secs: u32, script: &str, args: &[&str]) -> Script {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", &secs.to_string(), "python3", "-c", script])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python3");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Script { child, stdin, stdout }
-    }
-
-    /// The next line it prints (its `timeout` bounds the wait).
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read");
-        line.trim().to_string()
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write");
-        stdin.flush().expect("flush");
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Client, LB and backends on one Ethernet segment: a bridge in a
 /// namespace of its own, a veth pair from each host to it. The LB is

@@ -49,15 +49,14 @@
 //! go away when the test ends, also when it fails.
 
 mod common;
+use common::script::Script;
 
 use common::host::Host;
 use common::net::{ip, output_bounded};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 const CLIENT4: &str = "198.18.110.1";
 const LB_FRONT4: &str = "198.18.110.2";
@@ -259,66 +258,6 @@ packets, drops = struct.unpack("II", s.getsockopt(263, 6, 8))  # PACKET_STATISTI
 print(json.dumps({"sources": sources, "bad": bad[:10], "bad_count": len(bad), "unchecked": unchecked, "drops": drops}))
 "#;
 
-/// A Python script in a namespace (`timeout` bounds it), ended through
-/// its standard input when dropped, killed if it does not end.
-struct Script {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Script {
-    fn start(ns: &str, secs: u32, script: &str, args: &[&str]) -> Script {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", &secs.to_string(), "python3", "-c", script])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python3");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Script { child, stdin, stdout }
-    }
-
-    /// The next line it prints (its `timeout` bounds the wait).
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read");
-        line.trim().to_string()
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write");
-        stdin.flush().expect("flush");
-    }
-
-    /// Closes its standard input and returns the last line it prints.
-    fn finish(mut self) -> String {
-        drop(self.stdin.take());
-        let mut last = String::new();
-        for line in (&mut self.stdout).lines() {
-            last = line.expect("read");
-        }
-        last
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ------------------------------------------------------------ hosts
 

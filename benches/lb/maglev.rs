@@ -45,11 +45,10 @@ pub struct Rng(pub u64);
 
 impl Rng {
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        let mut g = xpol_lang::maglev::SplitMix64(self.0);
+        let x = g.next();
+        self.0 = g.0;
+        x
     }
     fn word(&mut self) -> u32 {
         (self.next() >> 32) as u32

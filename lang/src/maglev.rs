@@ -259,11 +259,12 @@ fn preference(offset: u32, skip: u32, shuffled: u32, size: u32) -> u32 {
     ((u64::from(offset) + u64::from(skip) * u64::from(shuffled)) % u64::from(size)) as u32
 }
 
-/// splitmix64 (Steele, Lea and Flood), the generator of the shuffle.
-struct SplitMix64(u64);
+/// splitmix64 (Steele, Lea and Flood), the generator of the shuffle (and
+/// of the seeded pools and flows of the tests and `benches/lb.rs`).
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -405,11 +406,10 @@ mod tests {
 
     impl Rng {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+            let mut g = SplitMix64(self.0);
+            let x = g.next();
+            self.0 = g.0;
+            x
         }
         fn word(&mut self) -> u32 {
             (self.next() >> 32) as u32

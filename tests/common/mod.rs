@@ -5,6 +5,7 @@
 
 pub mod host;
 pub mod net;
+pub mod script;
 
 use std::path::Path;
 use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
