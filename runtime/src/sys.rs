@@ -112,6 +112,8 @@ pub fn map_update_batch(map: BorrowedFd<'_>, keys: &[u8], key_size: usize, value
     if key_size == 0 || value_size == 0 || !keys.len().is_multiple_of(key_size) || values.len() != count * value_size {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
+    // The kernel reads `count` keys and values of the map's own sizes.
+    check_batch_sizes(map, key_size, value_size)?;
     let mut done = 0;
     // The kernel may stop early (a signal): go on from where it stopped.
     while done < count {
@@ -144,6 +146,12 @@ pub fn map_lookup_batch(map: BorrowedFd<'_>, token: Option<&[u8; 8]>, next: &mut
     if key_size == 0 || count == 0 || keys.len() != count * key_size || values.len() != count * value_size {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
+    // The kernel writes keys and values of the map's own sizes (and a
+    // token of its key size for an array).
+    check_batch_sizes(map, key_size, value_size)?;
+    if key_size > next.len() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut attr = BatchAttr {
         in_batch: token.map_or(0, |t| t.as_ptr() as u64),
         out_batch: next.as_mut_ptr() as u64,
@@ -159,6 +167,31 @@ pub fn map_lookup_batch(map: BorrowedFd<'_>, token: Option<&[u8; 8]>, next: &mut
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, false)),
         Err(e) => Err(e),
     }
+}
+
+/// Refuses sizes other than the map's: the batch commands read and write
+/// the map's own sizes whatever the buffers hold. A per-CPU map's value
+/// is one 8-byte-aligned slot per possible CPU.
+fn check_batch_sizes(map: BorrowedFd<'_>, key_size: usize, value_size: usize) -> io::Result<()> {
+    let (ty, key, value, _) = map_shape(map)?;
+    let per_cpu = matches!(ty, 5 | 6 | 10); // PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+    let value = if per_cpu {
+        let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible").ok().and_then(|s| possible_cpus(&s)).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        (value as usize).div_ceil(8) * 8 * cpus
+    } else {
+        value as usize
+    };
+    if key as usize != key_size || value != value_size {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// The number of possible CPUs in the form of
+/// `/sys/devices/system/cpu/possible` (`0-3`, `0,2-5`): one past the
+/// highest listed, as the kernel sizes per-CPU values.
+fn possible_cpus(list: &str) -> Option<usize> {
+    list.trim().split(',').filter_map(|r| r.rsplit('-').next()?.trim().parse::<usize>().ok()).max().map(|m| m + 1)
 }
 
 /// Whether this process can create BPF objects, tried by creating (and
@@ -697,4 +730,15 @@ pub fn is_bpffs(path: &std::path::Path) -> bool {
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn possible_cpus_reads_the_kernels_list() {
+        assert_eq!(super::possible_cpus("0-3\n"), Some(4));
+        assert_eq!(super::possible_cpus("0"), Some(1));
+        assert_eq!(super::possible_cpus("0,2-5"), Some(6));
+        assert_eq!(super::possible_cpus(""), None);
+    }
 }
