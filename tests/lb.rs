@@ -27,14 +27,12 @@
 mod common;
 use common::script::Script;
 
-use common::net::{ip, output_bounded};
+use common::net::{ip, output_bounded, unique, Netns};
 use common::Rng;
 use etherparse::{Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use xpol_compiler::ir;
 use xpol_compiler::reference::{self, Evaluation, Outcome};
@@ -72,68 +70,20 @@ impl Compiled {
     }
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A short tag unique to this process and call, for namespace and
-/// interface names.
-fn unique() -> String {
-    format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::SeqCst))
+/// A namespace of this file's own name.
+fn netns() -> Netns {
+    Netns::named(format!("xpol-lb{}", unique()))
 }
 
-/// A network namespace of its own, removed on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let ns = Netns { name: format!("xpol-lb{}", unique()) };
-        ip(&["netns", "add", &ns.name]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// Runs `f` on a thread inside the namespace: test runs see its
-    /// loopback device as their ingress, and its FIB.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        xpol_runtime::sys::in_netns(&self.path(), None, f).expect("enter the namespace")
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    fn sysctl(&self, setting: &str) {
-        let out = output_bounded({
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &self.name, "sysctl", "-qw", setting]);
-            c
-        });
-        assert!(out.status.success(), "sysctl {setting}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// The MAC address of `dev`.
-    fn mac(&self, dev: &str) -> [u8; 6] {
-        let out = output_bounded({
-            let mut c = Command::new("ip");
-            c.args(["-n", &self.name, "-j", "link", "show", "dev", dev]);
-            c
-        });
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ip -j link show {dev}: {e}"));
-        parse_mac(v[0]["address"].as_str().expect("address"))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
+/// The MAC address of `dev` in `ns`.
+fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
+    let out = output_bounded({
+        let mut c = Command::new("ip");
+        c.args(["-n", &ns.name, "-j", "link", "show", "dev", dev]);
+        c
+    });
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ip -j link show {dev}: {e}"));
+    parse_mac(v[0]["address"].as_str().expect("address"))
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -535,7 +485,7 @@ fn encapsulations_in_every_program_shape() {
     ));
     assert!(specialized(&compiled), "lb under if: specialized");
     let mut p = compiled.load();
-    let ns = Netns::new();
+    let ns = netns();
     let mut rng = Rng(99);
     let (mut gue, mut passed) = (0, 0);
     for i in 0..200 {
@@ -560,7 +510,7 @@ fn encapsulations_in_every_program_shape() {
 fn check_vips(compiled: &Compiled, seed: u64, vips: &[Vip]) {
     let mut p = compiled.load();
     let tables: HashMap<&str, PoolTable> = ["web4", "web6"].into_iter().map(|n| (n, PoolTable::of(&p, n))).collect();
-    let ns = Netns::new();
+    let ns = netns();
     let mut rng = Rng(seed);
     for vip in vips {
         let mut used: BTreeMap<IpAddr, u32> = BTreeMap::new();
@@ -597,7 +547,7 @@ fn next_hop_from_the_fib() {
     }
     let compiled = vips_policy("");
     let mut p = compiled.load();
-    let ns = Netns::new();
+    let ns = netns();
     let dev = format!("n{}", unique());
     let peer = format!("{dev}p");
     ns.ip(&["link", "add", &dev, "address", "02:00:00:00:aa:01", "type", "veth", "peer", "name", &peer]);
@@ -617,7 +567,7 @@ fn next_hop_from_the_fib() {
             ns.ip(&["neigh", "add", &b.addr.to_string(), "lladdr", &mac, "dev", &dev, "nud", "permanent"]);
         }
     }
-    let dev_mac = ns.mac(&dev);
+    let dev_mac = mac(&ns, &dev);
     assert_eq!(dev_mac, [2, 0, 0, 0, 0xaa, 1]);
     let mut rng = Rng(77);
     for vip in VIPS {
@@ -669,7 +619,7 @@ fn next_hop_from_the_fib() {
 
     // Forwarding on and no route to the backends: the FIB says "not
     // forwarded", and the stack decides: the frame passes, as built.
-    let bare = Netns::new();
+    let bare = netns();
     bare.sysctl("net.ipv4.ip_forward=1");
     bare.sysctl("net.ipv6.conf.all.forwarding=1");
     for vip in VIPS {
@@ -700,7 +650,7 @@ fn crafted_packets_match_the_reference() {
     let mut p = compiled.load();
     let t4 = PoolTable::of(&p, "web4");
     let t6 = PoolTable::of(&p, "web6");
-    let ns = Netns::new();
+    let ns = netns();
     let (c4, vip4, vip4g, other4) = (v4("198.18.5.5"), v4("198.18.0.100"), v4("198.18.0.102"), v4("198.18.0.200"));
     let (c6, vip6, other6) = (v6("2001:db8:5::5"), v6("2001:db8::100"), v6("2001:db8::200"));
     let mut run = |what: &str, bytes: &[u8]| -> (RunOutcome, Evaluation) {
@@ -935,7 +885,7 @@ fn crafted_packets_in_specialized_programs() {
         return;
     }
     let packets = crafted_packets();
-    let ns = Netns::new();
+    let ns = netns();
     let vips = "ip.dst in {198.18.0.100, 198.18.0.102, 2001:db8::100}";
     for (name, text) in [
         ("IPIP to IPv4 backends", format!("{POOLS}xdp /{vips}/ {{ lb(web4, encap: ipip, src: 198.18.0.1) }}\n")),
@@ -1028,7 +978,7 @@ fn flow_table_and_pool_changes() {
     let compiled = compile(FLOW_POLICY);
     let mut p = compiled.load();
     let t = PoolTable::of(&p, "web");
-    let ns = Netns::new();
+    let ns = netns();
     let vip = v4("198.18.0.100");
     let flow = |n: u8, len: usize| PacketSpec::tcp4(Ipv4Addr::new(198, 18, 7, n), vip, 1000 + u16::from(n), 80).ack().payload(len).build();
     let send = |p: &mut LoadedPolicy, bytes: &[u8]| -> Option<IpAddr> {
@@ -1148,7 +1098,7 @@ fn two_loads_agree_on_every_flow() {
         });
         (got, start.elapsed())
     };
-    let (ns1, ns2) = (Netns::new(), Netns::new());
+    let (ns1, ns2) = (netns(), netns());
     let mut p1 = compiled.load();
     let mut p2 = compiled.load();
     let (one, took) = backends_of(&mut p1, &ns1);
@@ -1293,14 +1243,14 @@ const BACKENDS6: [&str; 3] = ["2001:db8:100::11", "2001:db8:100::12", "2001:db8:
 impl Segment {
     /// Host 0 the client, 1 the LB, 2.. the backends.
     fn new() -> Segment {
-        let mut seg = Segment { scripts: Vec::new(), hosts: Vec::new(), switch: Netns::new(), tag: unique() };
+        let mut seg = Segment { scripts: Vec::new(), hosts: Vec::new(), switch: netns(), tag: unique() };
         let br = "br0";
         seg.switch.ip(&["link", "add", br, "type", "bridge"]);
         seg.switch.ip(&["link", "set", br, "up"]);
         let addrs: Vec<&str> = [CLIENT_ADDR, LB_ADDR].into_iter().chain(BACKENDS).collect();
         let addrs6: Vec<&str> = [CLIENT_ADDR6, LB_ADDR6].into_iter().chain(BACKENDS6).collect();
         for (i, (addr, addr6)) in addrs.iter().zip(&addrs6).enumerate() {
-            let host = Netns::new();
+            let host = netns();
             let (dev, port) = (seg.dev(i), seg.port(i));
             ip(&["link", "add", &dev, "netns", &host.name, "type", "veth", "peer", "name", &port, "netns", &seg.switch.name]);
             seg.switch.ip(&["link", "set", &port, "master", br]);

@@ -7,10 +7,10 @@
 //! `bpf_fib_lookup` answers "fragmentation needed".
 
 mod common;
+use common::net::{unique, Netns};
 
 use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 use xpol_runtime::loader::Action;
 use xpol_runtime::packet::PacketSpec;
 
@@ -22,47 +22,18 @@ xdp /ip.dst == 2001:db8::80/ { lb(web6, encap: ipip, src: 2001:db8::1) }
 xdp /ip.dst == 198.18.0.101/ { lb(web6, encap: ipip, src: 2001:db8::1) }
 ";
 
-/// A namespace with a veth of MTU 1300 routing the backends,
-/// removed on drop.
-struct SmallMtu {
-    name: String,
-}
-
-impl SmallMtu {
-    fn new() -> SmallMtu {
-        let name = format!("xpol-mtu-{}", std::process::id());
-        let ns = SmallMtu { name };
-        common::net::ip(&["netns", "add", &ns.name]);
-        for args in [
-            vec!["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-            vec!["link", "set", "d0", "mtu", "1300", "up"],
-            vec!["link", "set", "d1", "up"],
-            vec!["link", "set", "lo", "up"],
-            vec!["addr", "add", "198.18.1.1/24", "dev", "d0"],
-            vec!["-6", "addr", "add", "2001:db8:1::1/64", "dev", "d0", "nodad"],
-        ] {
-            let mut full = vec!["-n", ns.name.as_str()];
-            full.extend(args);
-            common::net::ip(&full);
-        }
-        // The FIB answers forwarding questions only where forwarding is on.
-        let st = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
-            .status()
-            .expect("run sysctl");
-        assert!(st.success(), "sysctl in {}", ns.name);
-        ns
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        std::path::Path::new("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for SmallMtu {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
+/// A namespace with a veth of MTU 1300 routing the backends, forwarding
+/// on (the FIB answers forwarding questions only where it is).
+fn small_mtu() -> Netns {
+    let ns = Netns::named(format!("xpol-mtu-{}", unique()));
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(&["link", "set", "d0", "mtu", "1300", "up"]);
+    ns.ip(&["link", "set", "d1", "up"]);
+    ns.ip(&["addr", "add", "198.18.1.1/24", "dev", "d0"]);
+    ns.ip(&["-6", "addr", "add", "2001:db8:1::1/64", "dev", "d0", "nodad"]);
+    ns.sysctl("net.ipv4.ip_forward=1");
+    ns.sysctl("net.ipv6.conf.all.forwarding=1");
+    ns
 }
 
 fn big4(df: bool) -> Vec<u8> {
@@ -79,9 +50,9 @@ fn too_big_once_encapsulated_gets_the_icmp_answer() {
         return;
     }
     let mut p = common::load_text(POLICY);
-    let ns = SmallMtu::new();
+    let ns = small_mtu();
     let run = |p: &mut xpol_runtime::loader::LoadedPolicy, packet: &[u8]| {
-        xpol_runtime::sys::in_netns(&ns.path(), None, || p.test_run("xdp", packet)).expect("enter the namespace").expect("test run")
+        ns.run(|| p.test_run("xdp", packet)).expect("test run")
     };
 
     // IPv4 with DF: "fragmentation needed", MTU 1300 - 20 of IPIP.

@@ -52,11 +52,10 @@ mod common;
 use common::script::Script;
 
 use common::host::Host;
-use common::net::{ip, output_bounded};
+use common::net::{ip, output_bounded, unique, Netns};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const CLIENT4: &str = "198.18.110.1";
 const LB_FRONT4: &str = "198.18.110.2";
@@ -261,43 +260,18 @@ print(json.dumps({"sources": sources, "bad": bad[:10], "bad_count": len(bad), "u
 
 // ------------------------------------------------------------ hosts
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A tag unique to this process and call, for namespace and interface names.
-fn unique() -> String {
-    format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::SeqCst))
+/// A namespace of this file's own name: its lab's tag and its role.
+fn netns(role: &str, tag: &str) -> Netns {
+    Netns::named(format!("xpol-nat{tag}-{role}"))
 }
 
-/// A network namespace of its own, removed on drop.
-struct Netns {
-    name: String,
+/// Counters of a host's stack.
+trait Snmp {
+    fn snmp(&self, group: &str, name: &str) -> u64;
+    fn checksum_errors(&self) -> u64;
 }
 
-impl Netns {
-    fn new(role: &str, tag: &str) -> Netns {
-        let ns = Netns { name: format!("xpol-nat{tag}-{role}") };
-        ip(&["netns", "add", &ns.name]);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// A command in the namespace, which must succeed (`sysctl`, `ethtool`).
-    fn exec(&self, args: &[&str]) -> String {
-        let out = output_bounded({
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &self.name]).args(args);
-            c
-        });
-        assert!(out.status.success(), "{} in {}: {}", args.join(" "), self.name, String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
+impl Snmp for Netns {
     /// A counter of /proc/net/snmp ("Tcp", "InCsumErrors") or, with group
     /// "", of /proc/net/snmp6 ("Udp6InCsumErrors").
     fn snmp(&self, group: &str, name: &str) -> u64 {
@@ -317,12 +291,6 @@ impl Netns {
     /// Checksum errors the host counted, TCP and UDP, IPv4 and IPv6.
     fn checksum_errors(&self) -> u64 {
         self.snmp("Tcp", "InCsumErrors") + self.snmp("Udp", "InCsumErrors") + self.snmp("", "Udp6InCsumErrors")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -351,10 +319,10 @@ impl Lab {
         let lab = Lab {
             scripts: Vec::new(),
             bpffs: Host::new(),
-            client: Netns::new("c", &tag),
-            lb: Netns::new("lb", &tag),
-            switch: Netns::new("sw", &tag),
-            backends: (1..=BACKENDS4.len()).map(|i| Netns::new(&format!("b{i}"), &tag)).collect(),
+            client: netns("c", &tag),
+            lb: netns("lb", &tag),
+            switch: netns("sw", &tag),
+            backends: (1..=BACKENDS4.len()).map(|i| netns(&format!("b{i}"), &tag)).collect(),
             front,
             client_dev,
             switch_port,

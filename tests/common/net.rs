@@ -102,3 +102,61 @@ pub fn python_ready(ns: &str, secs: u32, script: &str, args: &[&str]) -> std::pr
     assert_eq!(line.trim(), "ready", "the script's first line");
     child
 }
+
+/// A short tag unique to this process and call, for namespace and
+/// interface names.
+pub fn unique() -> String {
+    format!("{}{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A network namespace of the test's own (loopback up), removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn named(name: String) -> Netns {
+        let ns = Netns { name };
+        ip(&["netns", "add", &ns.name]);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a thread inside the namespace: test runs see its
+    /// loopback device as their ingress, and its FIB.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        xpol_runtime::sys::in_netns(&self.path(), None, f).expect("enter the namespace")
+    }
+
+    /// `ip -n NAME ARGS`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// A command in the namespace, which must succeed (`sysctl`, `ethtool`); its output.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let out = output_bounded({
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.name]).args(args);
+            c
+        });
+        assert!(out.status.success(), "{} in {}: {}", args.join(" "), self.name, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn sysctl(&self, setting: &str) {
+        self.exec(&["sysctl", "-qw", setting]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
