@@ -136,13 +136,24 @@ fn translate(pool: ir::PoolId, f: &Facts, ip: &super::IpFacts, packet: &[u8], l3
         _ => unreachable!("nat takes TCP and UDP only"),
     };
     let new_port = port.unwrap_or(dport);
-    let old_addr = octets(ip.dst);
-    let new_addr = octets(backend);
+    rewrite(&mut frame, l3, ip.v6, l4, tcp, dst_at, &octets(backend), l4 + 2, new_port);
+    let reply = NatKey { src: backend, dst: ip.src, sport: new_port, dport: sport, proto: if tcp { 6 } else { 17 } };
+    state.nat.insert((pool, reply), (ip.dst, dport));
+    Balanced { pool, backend: Some(backend), frame }
+}
+
+/// Puts `addr` at `addr_at` and `port` at `port_at` of a TCP or UDP
+/// packet whose IP header is at `l3` and L4 header at `l4`, updating the
+/// IPv4 header checksum and the L4 checksum incrementally (RFC 1624: a
+/// checksum that was wrong stays wrong; a UDP checksum of 0 stays 0, a
+/// computed 0 is sent as 0xffff).
+#[allow(clippy::too_many_arguments)]
+fn rewrite(frame: &mut [u8], l3: usize, v6: bool, l4: usize, tcp: bool, addr_at: usize, addr: &[u8], port_at: usize, port: u16) {
     let words = |b: &[u8]| b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<u16>>();
-    let addr_change: Vec<(u16, u16)> = words(&old_addr).into_iter().zip(words(&new_addr)).collect();
+    let addr_change: Vec<(u16, u16)> = words(&frame[addr_at..addr_at + addr.len()]).into_iter().zip(words(addr)).collect();
     let mut l4_change = addr_change.clone();
-    l4_change.push((dport, new_port));
-    if !ip.v6 {
+    l4_change.push((u16::from_be_bytes([frame[port_at], frame[port_at + 1]]), port));
+    if !v6 {
         let c = u16::from_be_bytes([frame[l3 + 10], frame[l3 + 11]]);
         frame[l3 + 10..l3 + 12].copy_from_slice(&incremental(c, &addr_change).to_be_bytes());
     }
@@ -154,11 +165,8 @@ fn translate(pool: ir::PoolId, f: &Facts, ip: &super::IpFacts, packet: &[u8], l3
         (_, _, new) => new,
     };
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    frame[dst_at..dst_at + new_addr.len()].copy_from_slice(&new_addr);
-    frame[l4 + 2..l4 + 4].copy_from_slice(&new_port.to_be_bytes());
-    let reply = NatKey { src: backend, dst: ip.src, sport: new_port, dport: sport, proto: if tcp { 6 } else { 17 } };
-    state.nat.insert((pool, reply), (ip.dst, dport));
-    Balanced { pool, backend: Some(backend), frame }
+    frame[addr_at..addr_at + addr.len()].copy_from_slice(addr);
+    frame[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
 }
 
 /// A reply's 5-tuple, as the reverse translation finds it.
@@ -227,25 +235,7 @@ pub(super) fn reverse_nat(policy: &ir::Policy, packet: &[u8], state: &State) -> 
     // The pools in order, the first that knows the reply.
     let &(vip, vport) = policy.nat_pools.iter().find_map(|&pool| state.nat.get(&(pool, key)))?;
     let mut out = packet.to_vec();
-    let words = |b: &[u8]| b.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<u16>>();
-    let new_addr = octets(vip);
-    let addr_change: Vec<(u16, u16)> = words(&packet[src_at..src_at + alen]).into_iter().zip(words(&new_addr)).collect();
-    let mut l4_change = addr_change.clone();
-    l4_change.push((key.sport, vport));
-    if !v6 {
-        let c = u16::from_be_bytes([out[24], out[25]]);
-        out[24..26].copy_from_slice(&incremental(c, &addr_change).to_be_bytes());
-    }
-    let at = if tcp { l4 + 16 } else { l4 + 6 };
-    let c = u16::from_be_bytes([out[at], out[at + 1]]);
-    let c = match (tcp, c, incremental(c, &l4_change)) {
-        (false, 0, _) => 0,
-        (false, _, 0) => 0xffff,
-        (_, _, new) => new,
-    };
-    out[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    out[src_at..src_at + alen].copy_from_slice(&new_addr);
-    out[l4..l4 + 2].copy_from_slice(&vport.to_be_bytes());
+    rewrite(&mut out, 14, v6, l4, tcp, src_at, &octets(vip), l4, vport);
     Some(out)
 }
 
