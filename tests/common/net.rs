@@ -89,13 +89,7 @@ pub fn output_bounded(mut cmd: Command) -> std::process::Output {
 /// script that listens or sends has begun to.
 pub fn python_ready(ns: &str, secs: u32, script: &str, args: &[&str]) -> std::process::Child {
     use std::io::BufRead;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", &secs.to_string(), "python3", "-c", script])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start python3");
+    let mut child = super::script::spawn(ns, secs, script, args);
     let mut line = String::new();
     let mut out = std::io::BufReader::new(child.stdout.as_mut().expect("stdout"));
     out.read_line(&mut line).expect("the script says it is ready");

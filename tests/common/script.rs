@@ -6,6 +6,18 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `python3 -c SCRIPT ARGS` in namespace `ns`, killed after `secs`, its
+/// standard input and output piped.
+pub fn spawn(ns: &str, secs: u32, script: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", &secs.to_string(), "python3", "-c", script])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3")
+}
+
 /// A Python script in a namespace (`timeout` bounds it), ended through
 /// its standard input when dropped, killed if it does not end.
 pub struct Script {
@@ -16,13 +28,7 @@ pub struct Script {
 
 impl Script {
     pub fn start(ns: &str, secs: u32, script: &str, args: &[&str]) -> Script {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", &secs.to_string(), "python3", "-c", script])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python3");
+        let mut child = spawn(ns, secs, script, args);
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         Script { child, stdin, stdout }
