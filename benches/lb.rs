@@ -15,6 +15,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "common/mod.rs"]
+mod common;
+pub use common::replace_section;
+
 #[path = "lb/maglev.rs"]
 mod maglev;
 
@@ -63,21 +67,6 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
     std::fs::write(out_dir.join("lb.json"), serde_json::to_string_pretty(&json).expect("JSON")).expect("write lb.json");
     std::fs::write(out_dir.join("lb.md"), report.markdown()).expect("write lb.md");
     report
-}
-
-/// `doc` with the level-2 section `heading` replaced by `section` (its
-/// heading included), up to the next level-2 heading; appended when
-/// `doc` has no such section. The other benchmarks' sections stay.
-pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
-    let marker = format!("\n## {heading}\n");
-    match doc.find(&marker) {
-        Some(at) => {
-            let body = at + marker.len();
-            let end = doc[body..].find("\n## ").map_or(doc.len(), |e| body + e);
-            format!("{}\n\n{}\n{}", doc[..at].trim_end(), section.trim_end(), &doc[end..])
-        }
-        None => format!("{}\n\n{}\n", doc.trim_end(), section.trim_end()),
-    }
 }
 
 fn git(args: &[&str]) -> String {

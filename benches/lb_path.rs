@@ -40,11 +40,15 @@ use xpol_runtime::loader::LoadedPolicy;
 use xpol_runtime::packet::PacketSpec;
 use xpol_runtime::sys;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{median, replace_section};
+
 #[path = "lb_path/veth.rs"]
 mod veth;
 
 /// The heading of this benchmark's section of BENCHMARKS.md.
-pub const SECTION: &str = "## Load balancer: packet path";
+pub const SECTION: &str = "Load balancer: packet path";
 /// Interleaved rounds of a full run.
 pub const ROUNDS: usize = 31;
 /// Single test runs per sample in a full run.
@@ -468,12 +472,6 @@ fn sample(prog: &mut Prog, packets: &[Vec<u8>], ctx_ifindex: Option<u32>, stats:
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    s[s.len() / 2]
-}
-
 fn min(v: &[f64]) -> f64 {
     v.iter().cloned().fold(f64::MAX, f64::min)
 }
@@ -759,20 +757,6 @@ fn report(progs: &[CaseProgs], series: &BTreeMap<(usize, Flow, Exit, bool), Seri
     (md, json)
 }
 
-/// Replaces the section `heading` of `doc` (up to the next `## ` heading)
-/// with `section`, or appends it when there is none.
-pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
-    let section = format!("{}\n", section.trim_end());
-    match doc.find(&format!("\n{heading}\n")) {
-        Some(at) => {
-            let start = at + 1;
-            let end = doc[start + heading.len()..].find("\n## ").map_or(doc.len(), |e| start + heading.len() + e + 1);
-            format!("{}{section}{}{}", &doc[..start], if end < doc.len() { "\n" } else { "" }, &doc[end..])
-        }
-        None => format!("{}\n\n{section}", doc.trim_end()),
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -813,7 +797,7 @@ fn main() {
     }
     let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped:** {}\n", out.skipped.join("; ")) };
     let section = format!(
-        "{SECTION}\n\n\
+        "## {SECTION}\n\n\
 Measured with `cargo bench --bench lb_path` at commit {commit} on {machine}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {load_before} before the run and {load_after} after it: the machine is shared, so other work ran beside the benchmark. Raw numbers: `bench-out/lb-path.json`.\n{skipped}\n\
 ### BPF_PROG_TEST_RUN: xpol against the same work in C\n\n\
 xpol's `lb(web, encap: ipip|gue, src: ADDR)` behind one VIP rule (`ip.dst == VIP && tcp.dport == 80`), a pool of {BACKENDS} backends (Maglev table of {} slots, flow table of {} flows), against `bench/lb/katran_like.c`: the same work written by hand in C as Katran would do it (parse, VIP match, VIP counters, murmur3 flow hash, LRU flow table, control word and Maglev ring on a miss, backends array, per-backend per-CPU counters, `bpf_xdp_adjust_head` and the outer headers with the IPv4 checksum computed in registers, `bpf_fib_lookup`, `XDP_TX`/redirect/`XDP_PASS`), compiled with `clang-14 -O2`, its maps filled with the same Maglev table (`xpol_lang::maglev::build_table`). Before anything is timed, both must send byte-identical frames, encapsulated towards the backend Maglev gives the flow, for an established and a new flow at both exits, or the run fails; after, each pool's counters must hold exactly the packets sent. Packets: TCP ACK with 10 bytes of payload from 198.18.7.7:40000 to 198.18.0.100:80 (64 bytes), or 2001:db8:7::7 to 2001:db8::100 (84 bytes); outer source 198.18.0.1 or 2001:db8::1; GUE port {GUE_PORT}.\n\n\

@@ -13,6 +13,9 @@
 
 #![allow(dead_code)]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -62,11 +65,6 @@ fn policy_text(capacity: usize) -> String {
          xdp /tcp.dport in ports/ {{ drop }}\n\
          xdp {{ pass }}\n"
     )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// `ops` single-element changes to `set`, alternately adding and removing
@@ -122,14 +120,14 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
         let start = Instant::now();
         apply::apply(&store, &req()).expect("first apply");
         let first_apply_ms = start.elapsed().as_secs_f64() * 1e3;
-        let replace_ms = median(
-            (0..replaces)
+        let replace_ms = common::median(
+            &(0..replaces)
                 .map(|_| {
                     let start = Instant::now();
                     apply::apply(&store, &req()).expect("replace");
                     start.elapsed().as_secs_f64() * 1e3
                 })
-                .collect(),
+                .collect::<Vec<f64>>(),
         );
         let ports = single_updates(&store, &name, "ports", single_ops, |i| (10_000 + i).to_string());
         let v6 = single_updates(&store, &name, "v6", single_ops, |i| format!("2001:db8:{:x}::/48", 0x100 + i));
@@ -218,14 +216,11 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
 fn write_section(markdown: &str) {
     let path = root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let at = old.find("\n## Live operation");
-    let head = at.map_or(old.as_str(), |at| &old[..at]);
-    let tail = at.and_then(|at| old[at + 1..].find("\n## ").map(|end| &old[at + 1 + end..])).unwrap_or("");
     let commit = Command::new("git").arg("-C").arg(root()).args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     let section = format!(
-        "\n## Live operation\n\nMeasured with `cargo bench --bench live` at commit {commit}: a policy with an IPv4 set, an IPv6 set and an int set applied (XDP, generic) to a veth in a namespace of the benchmark's own; each update is `apply::change_set`, what `xpol set` runs, without starting a process. Every update is atomic for the packet path (see README, \"Protect a host\"). Integers, MACs and IPv6 prefixes change in place, one map update each; a single IPv4 prefix changes in place too, copy on write in the shared prefix tables (a /16's new chunks, then its root entry in one store; the set here is declared `max 200000`). A replace loads the policy again with the new contents and switches to it. Each update alternately adds and deletes. Raw numbers: `bench-out/live.json`.\n\n{markdown}"
+        "## Live operation\n\nMeasured with `cargo bench --bench live` at commit {commit}: a policy with an IPv4 set, an IPv6 set and an int set applied (XDP, generic) to a veth in a namespace of the benchmark's own; each update is `apply::change_set`, what `xpol set` runs, without starting a process. Every update is atomic for the packet path (see README, \"Protect a host\"). Integers, MACs and IPv6 prefixes change in place, one map update each; a single IPv4 prefix changes in place too, copy on write in the shared prefix tables (a /16's new chunks, then its root entry in one store; the set here is declared `max 200000`). A replace loads the policy again with the new contents and switches to it. Each update alternately adds and deletes. Raw numbers: `bench-out/live.json`.\n\n{markdown}"
     );
-    std::fs::write(&path, format!("{}\n{section}{tail}", head.trim_end())).expect("write BENCHMARKS.md");
+    std::fs::write(&path, common::replace_section(&old, "Live operation", &section)).expect("write BENCHMARKS.md");
 }
 
 fn main() {

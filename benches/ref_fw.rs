@@ -23,6 +23,10 @@ use std::time::Instant;
 use xpol_runtime::loader::LoadedPolicy;
 use xpol_runtime::packet::PacketSpec;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::median;
+
 #[path = "ref_fw/veth.rs"]
 mod veth;
 
@@ -239,12 +243,6 @@ struct Row {
 /// statistics on.
 const PACKETS: [&str; 2] = ["allowed", "blocked"];
 const STATS_SAMPLES: [&str; 2] = ["allowed_run_time", "blocked_run_time"];
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    s[s.len() / 2]
-}
 
 fn xpol_policy(dir: &Path, n: usize, constant: bool) -> PathBuf {
     let list = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("bench/ref-fw/blocklist-{n}.txt"));

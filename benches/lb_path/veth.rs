@@ -31,11 +31,13 @@
 //! Before a sample is kept, the sink must have counted every frame sent,
 //! as the kind the peer forwards.
 
+use super::common::{cpu_busy_ns, ksoftirqd, runtime_ns, sh};
+pub use super::common::have;
 use super::{backend4, bench_source, c_defines, clang, clang_text, load_c, maglev_table, policy_text, unique_tag, Case, BACKENDS, CLIENT4, VIP4};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
 use xpol_runtime::packet::PacketSpec;
 use xpol_runtime::sys;
@@ -54,34 +56,6 @@ pub fn sysctl(ns: &str, settings: &[&str]) {
     if let Err(e) = sh(Some(ns), "sysctl", &args, None) {
         panic!("{e}");
     }
-}
-
-/// Runs `cmd args...` under `timeout`, in namespace `ns` when given; the
-/// output, or the error in words.
-fn sh(ns: Option<&str>, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut c = Command::new("timeout");
-    c.arg("60");
-    if let Some(ns) = ns {
-        c.args(["ip", "netns", "exec", ns]);
-    }
-    c.arg(cmd).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = c.spawn().map_err(|e| format!("{cmd}: {e}"))?;
-    if let Some(input) = stdin {
-        use std::io::Write as _;
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{cmd} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim(), String::from_utf8_lossy(&out.stdout).trim()))
-    }
-}
-
-/// Whether `tool` is on the PATH.
-pub fn have(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// A peer cannot run: a loud note; in quick mode under
@@ -266,27 +240,6 @@ pub struct VethRow {
     pub forwarded: u64,
     pub kind: Option<usize>,
     pub reruns: u32,
-}
-
-fn runtime_ns(schedstat: &Path) -> u64 {
-    std::fs::read_to_string(schedstat).ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0)
-}
-
-fn cpu_busy_ns(cpu: usize) -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let name = format!("cpu{cpu}");
-    let Some(line) = stat.lines().find(|l| l.split_whitespace().next() == Some(&name)) else { return 0 };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...; USER_HZ = 100.
-    (f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0)) * 10_000_000
-}
-
-fn ksoftirqd(cpu: usize) -> Option<PathBuf> {
-    let want = format!("ksoftirqd/{cpu}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim() == want).then(|| e.path().join("schedstat"))
-    })
 }
 
 struct Generator {

@@ -20,13 +20,15 @@
 //! two namespaces only. Before any figure is kept, the peer's own counter of
 //! its first (blocklist) rule must have grown by exactly the frames sent.
 
+use super::common::{cpu_busy_ns, ksoftirqd, runtime_ns, sh};
 use super::{clang, load_c, prefixes, xpol_policy, CRunner};
+pub use super::common::have;
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
 use xpol_runtime::sys;
@@ -47,34 +49,6 @@ pub struct VethRow {
     pub dropped: u64,
     /// Samples run again because frames were lost before the peer.
     pub reruns: u32,
-}
-
-/// Runs `cmd args...` under `timeout`, in namespace `ns` when given; the
-/// output, or the error in words.
-fn sh(ns: Option<&str>, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut c = Command::new("timeout");
-    c.arg("120");
-    if let Some(ns) = ns {
-        c.args(["ip", "netns", "exec", ns]);
-    }
-    c.arg(cmd).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = c.spawn().map_err(|e| format!("{cmd}: {e}"))?;
-    if let Some(input) = stdin {
-        use std::io::Write as _;
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{cmd} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
-    }
-}
-
-/// Whether `tool` is on the PATH.
-pub fn have(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// A peer cannot run: loud note; a failure in quick mode under
@@ -214,30 +188,6 @@ fn iptables_rules(bin: &str, ns: &str, dev: &str, list: &[(Ipv4Addr, u8)]) -> Re
         sh(Some(ns), bin, &args, None)?;
     }
     Ok(())
-}
-
-/// Run time in ns of a task, from its schedstat file.
-fn runtime_ns(schedstat: &Path) -> u64 {
-    std::fs::read_to_string(schedstat).ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0)
-}
-
-/// Busy time of one CPU from /proc/stat, in ns.
-fn cpu_busy_ns(cpu: usize) -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let name = format!("cpu{cpu}");
-    let Some(line) = stat.lines().find(|l| l.split_whitespace().next() == Some(&name)) else { return 0 };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal ...; USER_HZ = 100.
-    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
-    busy * 10_000_000
-}
-
-fn ksoftirqd(cpu: usize) -> Option<PathBuf> {
-    let want = format!("ksoftirqd/{cpu}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (comm.trim() == want).then(|| e.path().join("schedstat"))
-    })
 }
 
 struct Generator {

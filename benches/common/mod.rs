@@ -1,0 +1,83 @@
+//! What the benchmarks share: running tools in namespaces, the CPU
+//! accounting of veth runs, statistics, and their sections of
+//! BENCHMARKS.md. Included by each bench (`#[path = "common/mod.rs"]`),
+//! which uses what it needs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Runs `cmd args...` under `timeout`, in namespace `ns` when given; the
+/// output, or the error in words.
+pub fn sh(ns: Option<&str>, cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut c = Command::new("timeout");
+    c.arg("120");
+    if let Some(ns) = ns {
+        c.args(["ip", "netns", "exec", ns]);
+    }
+    c.arg(cmd).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = c.spawn().map_err(|e| format!("{cmd}: {e}"))?;
+    if let Some(input) = stdin {
+        use std::io::Write as _;
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).map_err(|e| format!("{cmd}: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("{cmd} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Run time in ns of a task, from its schedstat file.
+pub fn runtime_ns(schedstat: &Path) -> u64 {
+    std::fs::read_to_string(schedstat).ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0)
+}
+
+/// Busy time of one CPU from /proc/stat, in ns.
+pub fn cpu_busy_ns(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    let Some(line) = stat.lines().find(|l| l.split_whitespace().next() == Some(&name)) else { return 0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ = 100.
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f.get(7).copied().unwrap_or(0);
+    busy * 10_000_000
+}
+
+pub fn ksoftirqd(cpu: usize) -> Option<PathBuf> {
+    let want = format!("ksoftirqd/{cpu}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == want).then(|| e.path().join("schedstat"))
+    })
+}
+
+/// The median of `v` (the upper one of an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+/// `doc` with the level-2 section `heading` replaced by `section` (its
+/// heading included), up to the next level-2 heading; appended when
+/// `doc` has no such section. The other benchmarks' sections stay.
+pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let marker = format!("\n## {heading}\n");
+    match doc.find(&marker) {
+        Some(at) => {
+            let body = at + marker.len();
+            let end = doc[body..].find("\n## ").map_or(doc.len(), |e| body + e);
+            format!("{}\n\n{}\n{}", doc[..at].trim_end(), section.trim_end(), &doc[end..])
+        }
+        None => format!("{}\n\n{}\n", doc.trim_end(), section.trim_end()),
+    }
+}
