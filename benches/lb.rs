@@ -97,17 +97,13 @@ fn write_sections(report: &Report, load: &(String, String)) {
     std::fs::write(&path, doc).expect("write BENCHMARKS.md");
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // A quick run's numbers mean nothing: keep them out of the repository.
     let out = if quick { root().join("target/bench-out-quick") } else { root().join("bench-out") };
-    let load_before = load_average();
+    let load_before = common::load_average();
     let report = run(&Mode { quick }, &out);
-    let load = (load_before, load_average());
+    let load = (load_before, common::load_average());
     println!("{}", report.markdown());
     if !quick {
         write_sections(&report, &load);

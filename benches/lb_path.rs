@@ -766,17 +766,10 @@ fn main() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    let load_before = load();
-    let out_dir = if quick {
-        root.join("target/bench-out-quick")
-    } else if !mode.complete() {
-        root.join("target/bench-out-partial")
-    } else {
-        root.join("bench-out")
-    };
+    let load_before = common::load_average();
+    let out_dir = common::out_dir(root, quick, mode.complete());
     let out = run(&mode, &out_dir);
-    let load_after = load();
+    let load_after = common::load_average();
     println!("{}\n{}", out.table, out.veth);
     for s in &out.skipped {
         println!("SKIPPED: {s}");

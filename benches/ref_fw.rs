@@ -526,19 +526,10 @@ fn main() {
     let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--rounds takes a number, at least 1"));
     let mode = Mode { quick, sizes, veth: !args.iter().any(|a| a == "--no-veth"), rounds };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    let load_before = load();
-    // A quick run's numbers mean nothing, and a partial run is not the
-    // table: keep both out of the repository.
-    let out_dir = if quick {
-        root.join("target/bench-out-quick")
-    } else if !mode.complete() {
-        root.join("target/bench-out-partial")
-    } else {
-        root.join("bench-out")
-    };
+    let load_before = common::load_average();
+    let out_dir = common::out_dir(root, quick, mode.complete());
     let out = run(&mode, &out_dir);
-    let load_after = load();
+    let load_after = common::load_average();
     println!("{}\n{}", out.table, out.veth);
     for s in &out.skipped {
         println!("SKIPPED: {s}");

@@ -81,3 +81,20 @@ pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
         None => format!("{}\n\n{}\n", doc.trim_end(), section.trim_end()),
     }
 }
+
+/// The load average (1, 5, 15 min), as the reports quote it.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Where a run writes its numbers: a quick run's mean nothing and a
+/// partial run's are not the table, so both stay out of the repository.
+pub fn out_dir(root: &Path, quick: bool, complete: bool) -> PathBuf {
+    if quick {
+        root.join("target/bench-out-quick")
+    } else if !complete {
+        root.join("target/bench-out-partial")
+    } else {
+        root.join("bench-out")
+    }
+}
