@@ -1063,6 +1063,90 @@ fn flow_table_and_pool_changes() {
     assert_eq!((s.backends.len(), s.no_backend), (0, 3), "{s:?}");
 }
 
+const IDLE_POLICY: &str = "pool web table 251 idle 5s = { 198.18.1.10, 198.18.1.11, 198.18.1.12 }
+xdp /ip.dst == 198.18.0.100/ { lb(web, encap: ipip, src: 198.18.0.1) }
+";
+
+/// Entries that end: a TCP SYN starts a connection, balanced by the table
+/// whatever the flow table holds for its 5-tuple (which stays with the
+/// connection's backend afterwards); a UDP entry lasts `idle` without
+/// packets, then the flow is balanced again. The entry is aged by writing
+/// its tick (`meta::FlowValue::seen`) rather than by waiting.
+#[test]
+fn flow_entries_follow_connections_and_expire_when_idle() {
+    if !common::kernel("lb flow entries end") {
+        return;
+    }
+    let compiled = compile(IDLE_POLICY);
+    let mut p = compiled.load();
+    let t = PoolTable::of(&p, "web");
+    assert_eq!(t.meta.idle_secs, 5);
+    let ns = netns();
+    let vip = v4("198.18.0.100");
+    let client = v4("198.18.7.1");
+    let send = |p: &mut LoadedPolicy, bytes: &[u8]| -> IpAddr {
+        let out = ns.run(|| p.test_run("xdp", bytes)).expect("test run");
+        assert_eq!(out.action, Action::Pass, "balanced and passed up (no FIB here)");
+        xpol_runtime::lb::decapsulate(&out.packet).expect("encapsulated").outer_dst
+    };
+    let tcp = |flags: u8| PacketSpec::tcp4(client, vip, 40000, 80).flags(flags).build();
+    let udp = PacketSpec::udp4(client, vip, 40001, 53).payload(20).build();
+    let tcp_first = t.backend(flow_hash(By::Flow, client.into(), vip.into(), 40000, 80, 6));
+    let udp_first = t.backend(flow_hash(By::Flow, client.into(), vip.into(), 40001, 53, 17));
+    assert_eq!(send(&mut p, &tcp(0x02)), tcp_first, "the SYN goes where the table says");
+    assert_eq!(send(&mut p, &tcp(0x10)), tcp_first);
+    assert_eq!(send(&mut p, &udp), udp_first);
+
+    // The whole ring to a backend neither flow is on (two flows, three
+    // backends: there is one).
+    let w = PoolWriter::new(&p, "web");
+    let other = (0..3).find(|&s| t.meta.backends[s].addr != tcp_first && t.meta.backends[s].addr != udp_first).expect("a third backend");
+    let other_addr = t.meta.backends[other].addr;
+    w.ring(&p, 0, &vec![other as u32; 251]);
+    assert_eq!(send(&mut p, &tcp(0x10)), tcp_first, "an established connection stays");
+    assert_eq!(send(&mut p, &udp), udp_first, "a UDP flow seen within `idle` stays");
+
+    // A new connection on the same 5-tuple: the table's backend, and its
+    // later segments follow it there.
+    let before = stats_of(&p, "web").backends[other].new_flows;
+    assert_eq!(send(&mut p, &tcp(0x02)), other_addr, "a SYN is balanced by the table");
+    assert_eq!(send(&mut p, &tcp(0x10)), other_addr, "the connection's segments follow its SYN");
+    assert_eq!(send(&mut p, &tcp(0x12)), other_addr, "a SYN-ACK is not a new connection");
+    assert_eq!(stats_of(&p, "web").backends[other].new_flows, before + 1, "one new flow for the SYN");
+
+    // The UDP entry, idle for longer than `idle`: no longer active, and
+    // its next packet is balanced again.
+    let mut key = meta::FlowKey { sport: 40001u16.to_be_bytes(), dport: 53u16.to_be_bytes(), proto: 17, family: 4, ..Default::default() };
+    key.src[..4].copy_from_slice(&client.octets());
+    key.dst[..4].copy_from_slice(&vip.octets());
+    let now = (xpol_runtime::sys::monotonic_ns() >> meta::FLOW_TICK_SHIFT) as u32;
+    let udp_slot = t.slot_of(udp_first);
+    let aged = |ticks_ago: u32| {
+        let mut v = udp_slot.to_le_bytes().to_vec();
+        v.extend(now.wrapping_sub(ticks_ago).to_le_bytes());
+        p.maps().update(&t.meta.flows_map, &flow_key_bytes(&key), &v).expect("age the entry");
+    };
+    let idle = meta::idle_ticks(5);
+    aged(idle);
+    // (The TCP connection is on `other` now: the UDP flow is the only one
+    // on its backend.)
+    assert_eq!(stats_of(&p, "web").backends[udp_slot as usize].active_flows, 1, "an entry idle for `idle` is still active");
+    aged(idle + 2);
+    let active = stats_of(&p, "web").backends[udp_slot as usize].active_flows;
+    assert_eq!(active, 0, "an entry idle for longer is not counted active");
+    assert_eq!(send(&mut p, &udp), other_addr, "an expired UDP flow is balanced again");
+    assert_eq!(send(&mut p, &udp), other_addr, "and stays on its new backend");
+}
+
+/// A flow key's bytes as the programs write them (`meta::FlowKey`).
+fn flow_key_bytes(key: &meta::FlowKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40);
+    for part in [&key.src[..], &key.dst, &key.sport, &key.dport, &[key.proto, key.family], &key.pad] {
+        out.extend_from_slice(part);
+    }
+    out
+}
+
 // ------------------------------------------------------------ 4. determinism
 
 /// Flows of the determinism test: 100,000, as `benches/` measures.

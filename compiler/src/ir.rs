@@ -197,6 +197,9 @@ pub struct Pool {
     pub max_backends: u32,
     /// Entries of the flow table (`flows N`).
     pub flows: u32,
+    /// Seconds a flow that is not TCP keeps its backend without packets
+    /// (`idle D`).
+    pub idle_secs: u32,
     pub span: Span,
 }
 
@@ -602,12 +605,13 @@ impl fmt::Display for Policy {
         for pool in &self.pools {
             let backends: Vec<String> = pool.backends.iter().map(|b| format!("{} weight {}", b.addr, b.weight)).collect();
             out.push_str(&format!(
-                "pool {}: {} table {} max {} flows {} = {{{}}}\n",
+                "pool {}: {} table {} max {} flows {} idle {}s = {{{}}}\n",
                 pool.name,
                 if pool.v6 { "ipv6" } else { "ipv4" },
                 pool.table_size,
                 pool.max_backends,
                 pool.flows,
+                pool.idle_secs,
                 backends.join(", ")
             ));
         }

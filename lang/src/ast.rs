@@ -128,16 +128,27 @@ pub struct MapDecl {
     pub span: Span,
 }
 
-/// `pool NAME [table N] [flows N] [max N] = { ADDR [weight W], ... }`
+/// `pool NAME [table N] [flows N] [idle D] [max N] = { ADDR [weight W], ... }`
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolDecl {
     pub name: Ident,
-    /// `table N`, `flows N`, `max N` as written: the option word, its value
-    /// and the span of both.
-    pub options: Vec<(Ident, u64, Span)>,
+    /// The options as written, in order.
+    pub options: Vec<PoolOption>,
     pub backends: Vec<BackendDecl>,
     /// The braces.
     pub body: Span,
+    pub span: Span,
+}
+
+/// `table 251`, `flows 100000`, `idle 30s`, `max 16`: the option word
+/// and its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolOption {
+    pub word: Ident,
+    pub value: u64,
+    /// For a time (`30s`): the value is in seconds, the unit as written.
+    pub unit: Option<char>,
+    /// The word and its value.
     pub span: Span,
 }
 

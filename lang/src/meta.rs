@@ -56,7 +56,7 @@ pub const COUNTERS_MAP: &str = ".data";
 /// entry.
 /// 7: load-balancer pools ([`PoolMeta`]); a backend's weight is in its
 /// flags ([`BACKEND_WEIGHT_SHIFT`]), which the first pools' maps lacked.
-pub const META_VERSION: u32 = 7;
+pub const META_VERSION: u32 = 8;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -385,7 +385,10 @@ impl UserMapMeta {
 ///   (the backend slot), value [`BackendValue`].
 /// - `flows_map`: `BPF_MAP_TYPE_LRU_HASH`, `flows` entries, key
 ///   [`FlowKey`], value [`FlowValue`]: the backend each flow went to, so
-///   that established flows stay there when the pool changes.
+///   that established flows stay there when the pool changes. A TCP SYN
+///   (without ACK) starts a connection: it is balanced by the table and
+///   replaces its flow's entry. Any other flow's entry lasts `idle_secs`
+///   without packets (its `seen` tick).
 /// - `stats_map`: `BPF_MAP_TYPE_PERCPU_ARRAY`, `max_backends + 1` entries,
 ///   key u32 (the backend slot; the last one counts packets dropped for
 ///   want of a backend), value [`BackendCounters`].
@@ -402,6 +405,10 @@ pub struct PoolMeta {
     pub max_backends: u32,
     /// Entries of the flow table.
     pub flows: u32,
+    /// How long a flow that is not TCP keeps its backend without packets
+    /// (`idle D`), in seconds.
+    #[serde(default = "default_idle_secs")]
+    pub idle_secs: u32,
     pub ring_map: String,
     pub control_map: String,
     pub backends_map: String,
@@ -413,6 +420,34 @@ pub struct PoolMeta {
     /// `tc:egress` program puts back as the reply's source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat_map: Option<String>,
+}
+
+/// `idle D` when a pool does not say: UDP's usual idle timeout (Katran's,
+/// and the kernel conntrack's for unreplied UDP).
+pub const DEFAULT_IDLE_SECS: u32 = 30;
+
+fn default_idle_secs() -> u32 {
+    DEFAULT_IDLE_SECS
+}
+
+/// The clock of [`FlowValue::seen`]: `CLOCK_MONOTONIC` nanoseconds (the
+/// kernel's `bpf_ktime_get_ns`) shifted right by this, ticks of about
+/// 1.07 s, so that a u32 does not wrap in a machine's uptime.
+pub const FLOW_TICK_SHIFT: u32 = 30;
+
+/// `idle_secs` in ticks of [`FLOW_TICK_SHIFT`], rounded up: an entry whose
+/// last packet is more ticks ago than this has expired.
+pub fn idle_ticks(idle_secs: u32) -> u32 {
+    let tick = 1u64 << FLOW_TICK_SHIFT;
+    (u64::from(idle_secs) * 1_000_000_000).div_ceil(tick) as u32
+}
+
+/// Whether a flow entry (its key's protocol, its value's `seen`) is still
+/// in use at tick `now`: TCP entries until the table evicts them (or a new
+/// connection replaces them), others for `idle_ticks` after their last
+/// packet, as the programs decide.
+pub fn flow_alive(proto: u8, seen: u32, now: u32, idle_ticks: u32) -> bool {
+    proto == 6 || now.wrapping_sub(seen) <= idle_ticks
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,7 +503,9 @@ pub struct FlowKey {
 pub struct FlowValue {
     /// The backend slot.
     pub backend: u32,
-    pub reserved: u32,
+    /// The tick ([`FLOW_TICK_SHIFT`]) of the flow's last packet (of its
+    /// first, for TCP).
+    pub seen: u32,
 }
 
 /// A value of a pool's NAT map.

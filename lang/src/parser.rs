@@ -110,7 +110,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::max_n | Rule::max_word => "`max N`",
         Rule::rule_label | Rule::rule_word => "`rule \"NAME\"`",
         Rule::pool_decl | Rule::pool_word | Rule::pool_body => "a pool such as `pool web = { 198.18.1.10, 198.18.1.11 }`",
-        Rule::pool_opt | Rule::pool_opt_word => "`table N`, `flows N` or `max N`",
+        Rule::pool_opt | Rule::pool_opt_word => "`table N`, `flows N`, `idle D` or `max N`",
+        Rule::duration => "a time (`30s`, `5m`, `1h`)",
         Rule::backend => "a backend address",
         Rule::weight_word => "`weight N`",
         Rule::lb_arg => "an `lb` option such as `encap: ipip`",
@@ -234,9 +235,18 @@ impl AstBuilder {
                     let mut o = body.into_inner();
                     let word = self.ident(o.next()?);
                     let n = o.next()?;
-                    match n.as_str().parse::<u64>() {
-                        Ok(v) => options.push((word, v, ospan)),
-                        Err(_) => {
+                    // A time is kept in seconds.
+                    let (digits, unit, scale) = match n.as_rule() {
+                        Rule::duration => {
+                            let text = n.as_str();
+                            let unit = text.chars().last()?;
+                            (&text[..text.len() - 1], Some(unit), match unit { 'h' => 3600, 'm' => 60, _ => 1 })
+                        }
+                        _ => (n.as_str(), None, 1),
+                    };
+                    match digits.parse::<u64>().ok().and_then(|v| v.checked_mul(scale)) {
+                        Some(value) => options.push(ast::PoolOption { word, value, unit, span: ospan }),
+                        None => {
                             let nspan = self.span(&n);
                             self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
                         }

@@ -241,14 +241,22 @@ impl PolicyMaps {
         Ok(out)
     }
 
-    /// How many entries of `pool`'s flow table name each slot.
+    /// How many entries of `pool`'s flow table name each slot and are in
+    /// use (`meta::flow_alive`: not expired).
     pub fn pool_flows(&self, pool: &PoolMeta) -> Result<HashMap<u32, u64>> {
         let fd = self.map_data(&pool.flows_map)?.fd().as_fd();
         let mut flows: HashMap<u32, u64> = HashMap::new();
         let key = std::mem::size_of::<meta::FlowKey>();
         let value = std::mem::size_of::<meta::FlowValue>();
-        for_each_entry(fd, key, value, |_, v| *flows.entry(u32::from_le_bytes(v[..4].try_into().expect("4 bytes"))).or_default() += 1)
-            .map_err(|source| RuntimeError::Map { map: pool.flows_map.clone(), source })?;
+        let now = (sys::monotonic_ns() >> meta::FLOW_TICK_SHIFT) as u32;
+        let idle = meta::idle_ticks(pool.idle_secs);
+        for_each_entry(fd, key, value, |k, v| {
+            let word = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+            if meta::flow_alive(k[std::mem::offset_of!(meta::FlowKey, proto)], word(4), now, idle) {
+                *flows.entry(word(0)).or_default() += 1;
+            }
+        })
+        .map_err(|source| RuntimeError::Map { map: pool.flows_map.clone(), source })?;
         Ok(flows)
     }
 

@@ -742,3 +742,13 @@ mod tests {
         assert_eq!(super::possible_cpus(""), None);
     }
 }
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's
+/// `bpf_ktime_get_ns`, which programs stamp map entries with.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}

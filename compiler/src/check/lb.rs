@@ -5,13 +5,16 @@ use super::{Checker, Operand};
 use crate::ir::{self, Balance, Delivery, Encap, ExprKind, FlowHash, OuterSource, Value};
 use std::net::IpAddr;
 use xpol_lang::ast::{self, Hook};
-use xpol_lang::maglev;
+use xpol_lang::{maglev, meta};
 use xpol_lang::{Diagnostic, Span};
+
+/// The longest `idle D`: a day.
+const MAX_IDLE_SECS: u64 = 24 * 3600;
 
 const LB_OPTIONS: &str = "`encap: ipip` or `encap: gue, port: N`, `src: ADDR` or `src: PREFIX`, or `nat` (with `port: N`); `by: ip.src` or `by: ports`";
 
 impl Checker<'_> {
-    /// `pool NAME [table N] [flows N] [max N] = { ADDR [weight W], ... }`:
+    /// `pool NAME [table N] [flows N] [idle D] [max N] = { ADDR [weight W], ... }`:
     /// constant addresses of one family, each once; a prime table larger
     /// than the pool can grow to.
     pub(super) fn pool_decl(&mut self, decl: &ast::PoolDecl) {
@@ -29,14 +32,40 @@ impl Checker<'_> {
         let mut max_backends: Option<(u32, Span)> = None;
         let mut ok = true;
         let mut seen: Vec<&str> = Vec::new();
-        for (word, n, span) in &decl.options {
+        let mut idle_secs = meta::DEFAULT_IDLE_SECS;
+        for ast::PoolOption { word, value: n, unit, span } in &decl.options {
             if seen.contains(&word.name.as_str()) {
                 self.error(*span, "xpol::pool::option", format!("`{}` is given twice", word.name), "again here");
                 ok = false;
                 continue;
             }
             seen.push(&word.name);
+            let is_time = word.name == "idle";
+            if is_time != unit.is_some() {
+                let (label, help) = if is_time {
+                    ("no unit", format!("write the time with its unit: `idle {n}s`, or in minutes or hours (`5m`, `1h`)"))
+                } else {
+                    ("not a count", format!("`{}` takes a number, without a unit", word.name))
+                };
+                self.error_help(*span, "xpol::pool::option", format!("`{}` takes {}", word.name, if is_time { "a time" } else { "a number" }), label, help);
+                ok = false;
+                continue;
+            }
             match word.name.as_str() {
+                "idle" => {
+                    if *n == 0 || *n > MAX_IDLE_SECS {
+                        let help = format!("a flow that is not TCP keeps its backend from 1s to {}h without packets (the default is {}s)", MAX_IDLE_SECS / 3600, meta::DEFAULT_IDLE_SECS);
+                        let written = match unit {
+                            Some('h') => format!("{}h", n / 3600),
+                            Some('m') => format!("{}m", n / 60),
+                            _ => format!("{n}s"),
+                        };
+                        self.error_help(*span, "xpol::pool::idle", format!("an idle time of {written}"), "out of range", help);
+                        ok = false;
+                    } else {
+                        idle_secs = *n as u32;
+                    }
+                }
                 "table" => {
                     if *n < 2 || *n > u64::from(maglev::MAX_TABLE_SIZE) || !maglev::is_prime(*n as u32) {
                         let help = format!(
@@ -150,6 +179,7 @@ impl Checker<'_> {
             table_size,
             max_backends: max,
             flows,
+            idle_secs,
             span: decl.name.span,
         });
         if !ok {

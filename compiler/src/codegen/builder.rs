@@ -16,6 +16,7 @@ use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
+    pub const KTIME_GET_NS: u64 = 5;
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const SKB_STORE_BYTES: u64 = 9;
     pub const L3_CSUM_REPLACE: u64 = 10;

@@ -105,7 +105,7 @@ impl L4Split {
 /// The fields `lb(...)` reads: the flow's addresses, ports and protocol
 /// (and whether it is a fragment), and what finds the flow an ICMP error
 /// quotes; so the parser provides them.
-const LB_FIELDS: [Field; 10] = [
+const LB_FIELDS: [Field; 11] = [
     Field::IpSrc,
     Field::IpDst,
     Field::L4Sport,
@@ -116,6 +116,7 @@ const LB_FIELDS: [Field; 10] = [
     Field::Ip6NextHdr,
     Field::IcmpType,
     Field::Icmp6Type,
+    Field::TcpFlags,
 ];
 
 /// Calls `visit` with every field one probe reads, and where.

@@ -39,6 +39,8 @@ pub struct PoolMaps<'ctx> {
     pub nat: Option<MapDef<'ctx>>,
     pub table_size: u32,
     pub max_backends: u32,
+    /// `PoolMeta::idle_secs` in ticks of `meta::FLOW_TICK_SHIFT`.
+    pub idle_ticks: u32,
     pub v6: bool,
 }
 
@@ -61,6 +63,7 @@ pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool, nat: bool) -> (Poo
         table_size: pool.table_size,
         max_backends: pool.max_backends,
         flows: pool.flows,
+        idle_secs: pool.idle_secs,
         ring_map: name("ring"),
         control_map: name("ctl"),
         backends_map: name("be"),
@@ -77,6 +80,7 @@ pub fn define_pool<'ctx>(m: &ModuleCx<'ctx>, pool: &ir::Pool, nat: bool) -> (Poo
         nat: meta.nat_map.as_ref().map(|n| m.define_map(n, map_type::LRU_HASH, FLOW_KEY_BYTES, NAT_VALUE_BYTES, pool.flows, 0)),
         table_size: pool.table_size,
         max_backends: pool.max_backends,
+        idle_ticks: meta::idle_ticks(pool.idle_secs),
         v6: pool.v6,
     };
     (maps, meta)
@@ -250,16 +254,42 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let hash = b.phi(&incoming);
 
         // The flow table: a flow keeps its backend while the backend's slot
-        // holds one.
+        // holds one. A TCP SYN (without ACK) starts a connection, which the
+        // table balances: the entry may be the same 5-tuple's previous
+        // connection, and the pool may have changed since (a drained
+        // backend gets no new connections).
         let slot_key = b.stack_buf(4, "lb_slot");
-        let flow = b.map_lookup(pool.flows, key);
+        let lookup = b.block("lb_flow_lookup");
         let hit = b.block("lb_flow_hit");
         let miss = b.block("lb_flow_miss");
         let chosen = b.block("lb_backend");
         let none = b.block("lb_no_backend");
+        let syn = b.and(get(h.tcp_ok), b.eq(b.and(get(h.tcp_flags), b.c64(0x12)), b.c64(0x02)));
+        b.cond_br_unlikely(syn, miss, lookup);
+        b.at(lookup);
+        let flow = b.map_lookup(pool.flows, key);
         b.br_if_null(flow, miss, hit);
         b.at(hit);
         let hit_slot = b.load_raw(flow, 0, 4);
+        // A flow that is not TCP (the key's protocol: a quoted flow's for
+        // an ICMP error) has no end to see: its entry expires when idle.
+        let live = b.block("lb_flow_live");
+        let idle_check = b.block("lb_flow_idle_check");
+        b.cond_br_likely(b.eq(b.load_raw(key, 36, 1), b.c8(6)), live, idle_check);
+        b.at(idle_check);
+        let now = flow_tick(b);
+        let seen = b.load_raw(flow, 4, 4);
+        let touch = b.block("lb_flow_touch");
+        let touched = b.block("lb_flow_touched");
+        b.cond_br_unlikely(b.cmp(IntPredicate::UGT, b.sub(now, seen), b.c32(pool.idle_ticks)), miss, touch);
+        b.at(touch);
+        // Written once a tick, not per packet: a store to the shared entry
+        // on every packet would move its cache line between CPUs.
+        b.cond_br(b.eq(seen, now), live, touched);
+        b.at(touched);
+        b.store_at(flow, 4, now);
+        b.br(live);
+        b.at(live);
         let hit_be = self.present_backend(pool, slot_key, hit_slot, miss);
         let hit_ok = b.cur();
         b.br(chosen);
@@ -282,6 +312,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let new_be = self.present_backend(pool, slot_key, new_slot, none);
         let value = b.stack_buf(8, "lb_flow_value");
         b.store_at(value, 0, new_slot);
+        b.store_at(value, 4, flow_tick(b));
         // A full LRU table evicts its least recently used flow; an update
         // fails only without memory, and the packet still goes on.
         b.map_update(pool.flows, key, value, BPF_ANY);
@@ -397,6 +428,12 @@ fn fold<'ctx>(b: &Bpf<'_, 'ctx>, sum: IntValue<'ctx>) -> IntValue<'ctx> {
         sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
     }
     b.trunc(b.xor(sum, b.c64(0xffff)), b.m.cx.i16_type())
+}
+
+/// The current tick of `meta::FlowValue::seen` (u32).
+fn flow_tick<'ctx>(b: &Bpf<'_, 'ctx>) -> IntValue<'ctx> {
+    let ns = b.helper_call(helper::KTIME_GET_NS, b.i64(), &[]);
+    b.trunc(b.lshr(ns, b.c64(u64::from(meta::FLOW_TICK_SHIFT))), b.m.cx.i32_type())
 }
 
 /// murmur3_32 over whole 32-bit words, as
