@@ -2,9 +2,10 @@
 //!
 //! For a packet of an IP flow: the flow key and hash (the 5-tuple, or what
 //! `by:` names; [`xpol_lang::maglev::murmur3_words`] over
-//! [`xpol_lang::maglev::addr_words`], little-endian words as loaded), the flow table (an established flow
-//! keeps its backend while the backend is in the pool), else the Maglev
-//! table; then the packet is encapsulated towards the backend (IPIP or GUE,
+//! [`xpol_lang::maglev::addr_words`], little-endian words as loaded), the
+//! flow table (an established flow keeps its backend while the backend is
+//! in the pool; a TCP SYN starts over, other flows expire when idle), else
+//! the Maglev table; then the packet is encapsulated towards the backend (IPIP or GUE,
 //! `bpf_xdp_adjust_head`), its next hop found with `bpf_fib_lookup`, and it
 //! is sent with `XDP_TX` or a redirect. When the FIB has no complete answer
 //! (no route, no neighbour entry yet) the encapsulated packet goes up the
