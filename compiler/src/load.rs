@@ -16,6 +16,7 @@ use xpol_lang::{Diagnostic, FileId, SourceFile, SourceMap, Span};
 pub const STD_POLICIES: &[(&str, &str)] = &[
     ("bogons.xpol", include_str!("../../std-policies/bogons.xpol")),
     ("tcp-sanity.xpol", include_str!("../../std-policies/tcp-sanity.xpol")),
+    ("lb-service.xpol", include_str!("../../std-policies/lb-service.xpol")),
 ];
 
 /// Includes nested deeper than this are reported as a cycle-like error.

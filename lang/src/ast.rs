@@ -132,6 +132,8 @@ pub struct MapDecl {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolDecl {
     pub name: Ident,
+    /// `default pool ...`: see [`ConstDecl::default`].
+    pub default: Option<Span>,
     /// The options as written, in order.
     pub options: Vec<PoolOption>,
     pub backends: Vec<BackendDecl>,
@@ -161,10 +163,13 @@ pub struct BackendDecl {
     pub span: Span,
 }
 
-/// `const NAME = expr`
+/// `[default] const NAME = expr`
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConstDecl {
     pub name: Ident,
+    /// `default`: the declaration holds unless the policy declares the
+    /// name without `default` (an included file's parameter).
+    pub default: Option<Span>,
     pub value: Expr,
     pub span: Span,
 }

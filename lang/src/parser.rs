@@ -226,7 +226,8 @@ impl AstBuilder {
                 Some(Item::Map(ast::MapDecl { map, max, span }))
             }
             Rule::pool_decl => {
-                let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::pool_word);
+                let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::pool_word).peekable();
+                let default = it.next_if(|q| q.as_rule() == Rule::default_word).map(|q| self.span(&q));
                 let name = self.ident(it.next()?);
                 let mut options = Vec::new();
                 let mut body = it.next()?;
@@ -274,13 +275,14 @@ impl AstBuilder {
                     };
                     backends.push(ast::BackendDecl { addr, weight, span: bspan });
                 }
-                Some(Item::Pool(ast::PoolDecl { name, options, backends, body: body_span, span }))
+                Some(Item::Pool(ast::PoolDecl { name, default, options, backends, body: body_span, span }))
             }
             Rule::const_decl => {
-                let mut it = p.into_inner();
+                let mut it = p.into_inner().peekable();
+                let default = it.next_if(|q| q.as_rule() == Rule::default_word).map(|q| self.span(&q));
                 let name = self.ident(it.next()?);
                 let value = self.expr(it.next()?)?;
-                Some(Item::Const(ast::ConstDecl { name, value, span }))
+                Some(Item::Const(ast::ConstDecl { name, default, value, span }))
             }
             Rule::test_block => {
                 let mut it = p.into_inner();

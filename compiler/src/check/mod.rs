@@ -11,7 +11,7 @@ pub mod lints;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
 use crate::load::Loaded;
 use fields::Field;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use xpol_lang::ast::{self, BinOp, Hook, Item, UnOp};
 use xpol_lang::meta::{MapValueKind, SetElem};
@@ -114,9 +114,23 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         family_from_src: Default::default(),
     };
     // Declarations first, in order: a const may use earlier consts and sets;
-    // probes may use any set or const of the policy.
+    // probes may use any set or const of the policy. A `default` one gives
+    // way to a declaration of its name without `default`, wherever that is.
+    let declared: HashSet<&str> = loaded
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            Item::Const(d) if d.default.is_none() => Some(d.name.name.as_str()),
+            Item::Pool(d) if d.default.is_none() => Some(d.name.name.as_str()),
+            Item::Set(d) => Some(d.name.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let given_way = |default: &Option<Span>, name: &ast::Ident| default.is_some() && declared.contains(name.name.as_str());
     for item in &loaded.items {
         match item {
+            Item::Const(decl) if given_way(&decl.default, &decl.name) => {}
+            Item::Pool(decl) if given_way(&decl.default, &decl.name) => {}
             Item::Const(decl) => c.const_decl(decl),
             Item::Set(decl) => c.set_decl(decl),
             Item::Pool(decl) => c.pool_decl(decl),
