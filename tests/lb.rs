@@ -1119,7 +1119,7 @@ fn flow_entries_follow_connections_and_expire_when_idle() {
     let mut key = meta::FlowKey { sport: 40001u16.to_be_bytes(), dport: 53u16.to_be_bytes(), proto: 17, family: 4, ..Default::default() };
     key.src[..4].copy_from_slice(&client.octets());
     key.dst[..4].copy_from_slice(&vip.octets());
-    let now = (xpol_runtime::sys::monotonic_ns() >> meta::FLOW_TICK_SHIFT) as u32;
+    let now = (xpol_runtime::sys::monotonic_coarse_ns() >> meta::FLOW_TICK_SHIFT) as u32;
     let udp_slot = t.slot_of(udp_first);
     let aged = |ticks_ago: u32| {
         let mut v = udp_slot.to_le_bytes().to_vec();

@@ -225,6 +225,7 @@ pub const HELPERS: &[(u32, &str, &str)] = &[
     (65, "bpf_xdp_adjust_tail", "4.18"),
     (69, "bpf_fib_lookup", "4.18"),
     (130, "bpf_ringbuf_output", "5.8"),
+    (160, "bpf_ktime_get_coarse_ns", "5.11"),
 ];
 
 /// Map types by id (`enum bpf_map_type`): name and the Linux version that

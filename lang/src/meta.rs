@@ -430,8 +430,8 @@ fn default_idle_secs() -> u32 {
     DEFAULT_IDLE_SECS
 }
 
-/// The clock of [`FlowValue::seen`]: `CLOCK_MONOTONIC` nanoseconds (the
-/// kernel's `bpf_ktime_get_ns`) shifted right by this, ticks of about
+/// The clock of [`FlowValue::seen`]: `CLOCK_MONOTONIC_COARSE` nanoseconds (the
+/// kernel's `bpf_ktime_get_coarse_ns`) shifted right by this, ticks of about
 /// 1.07 s, so that a u32 does not wrap in a machine's uptime.
 pub const FLOW_TICK_SHIFT: u32 = 30;
 

@@ -248,7 +248,7 @@ impl PolicyMaps {
         let mut flows: HashMap<u32, u64> = HashMap::new();
         let key = std::mem::size_of::<meta::FlowKey>();
         let value = std::mem::size_of::<meta::FlowValue>();
-        let now = (sys::monotonic_ns() >> meta::FLOW_TICK_SHIFT) as u32;
+        let now = (sys::monotonic_coarse_ns() >> meta::FLOW_TICK_SHIFT) as u32;
         let idle = meta::idle_ticks(pool.idle_secs);
         for_each_entry(fd, key, value, |k, v| {
             let word = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));

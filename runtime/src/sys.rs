@@ -743,12 +743,13 @@ mod tests {
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's
-/// `bpf_ktime_get_ns`, which programs stamp map entries with.
-pub fn monotonic_ns() -> u64 {
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of the kernel's
+/// `bpf_ktime_get_coarse_ns`, which programs stamp map entries with.
+pub fn monotonic_coarse_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always
-    // exists on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC_COARSE
+    // exists on every Linux xpol runs on (2.6.32 and later), so the call
+    // cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }

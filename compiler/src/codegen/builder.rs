@@ -16,7 +16,6 @@ use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
-    pub const KTIME_GET_NS: u64 = 5;
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const SKB_STORE_BYTES: u64 = 9;
     pub const L3_CSUM_REPLACE: u64 = 10;
@@ -26,6 +25,7 @@ pub mod helper {
     pub const XDP_ADJUST_HEAD: u64 = 44;
     pub const XDP_ADJUST_TAIL: u64 = 65;
     pub const FIB_LOOKUP: u64 = 69;
+    pub const KTIME_GET_COARSE_NS: u64 = 160;
 }
 
 /// Map types (enum bpf_map_type).
