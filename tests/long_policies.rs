@@ -207,3 +207,38 @@ fn heavy_rules_that_fall_through_verify_in_linear_work() {
     let insns = stats.xlated_bytes / 8;
     assert!(stats.verified_insns < 10 * insns, "{} instructions processed for {insns}", stats.verified_insns);
 }
+
+/// The size limit is per program: the two TC programs share the
+/// `classifier` section, and two programs of some 22,000 instructions each
+/// (over the limit together, each within it) build, and the kernel
+/// verifies both.
+#[test]
+fn tc_programs_are_measured_one_by_one() {
+    let mut rng = Rng(0x7c5e);
+    let mut text = String::new();
+    for hook in ["tc:ingress", "tc:egress"] {
+        for i in 0..220 {
+            // Sixteen scattered ports: sixteen compares each (no range).
+            let ports: Vec<String> = (0..16).map(|_| (1 + rng.below(65534)).to_string()).collect();
+            text.push_str(&format!("{hook} /tcp.dport in {{{}}} && ip.ttl == {}/ {{ drop }}\n", ports.join(", "), i % 250 + 1));
+        }
+        text.push_str(&format!("{hook} {{ pass }}\n"));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tc.xpol");
+    std::fs::write(&path, text).expect("write policy");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let errors: Vec<_> = b.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let out = b.output.as_ref().expect("an object");
+    let limit = xpol_compiler::codegen::MAX_PROGRAM_INSNS;
+    let sizes: Vec<usize> = ["xpol_tc_ingress", "xpol_tc_egress"]
+        .iter()
+        .map(|p| xpol_compiler::verifier::program_range(&out.object, p).expect("the program's symbol").2)
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= limit) && sizes.iter().sum::<usize>() > limit, "each within the limit, both over it: {sizes:?}");
+    if !kernel("tc_programs_are_measured_one_by_one") {
+        return;
+    }
+    LoadedPolicy::load(&out.object).expect("the kernel verifies both programs");
+}

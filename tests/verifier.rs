@@ -81,6 +81,42 @@ fn missing_null_check_points_at_the_map_update() {
     snapshot("verifier__null_check", &text);
 }
 
+/// Line info names the file of each instruction: a rejection in an
+/// included file is shown there, one in the including file after an
+/// include is shown in the including file (LLVM 14 names the function's
+/// file in BTF line info unless codegen says otherwise).
+#[test]
+fn rejections_name_the_file_across_includes() {
+    if !common::kernel("rejections_name_the_file_across_includes") {
+        return;
+    }
+    let null_check = Faults { omit_null_check: true, ..Faults::default() };
+    let (d, text) = rejection(Path::new("tests/verifier/include/main.xpol"), null_check.clone());
+    assert_eq!(d.code, "xpol::verifier::null_check", "{text}");
+    assert!(text.contains("tests/verifier/include/lib.xpol:5:5"), "in the included file: {text}");
+    snapshot("verifier__in_included_file", &text);
+    let (d, text) = rejection(Path::new("tests/verifier/include/first.xpol"), null_check);
+    assert_eq!(d.code, "xpol::verifier::null_check", "{text}");
+    assert!(text.contains("tests/verifier/include/first.xpol:5:5"), "in the including file: {text}");
+}
+
+/// The two TC programs share the `classifier` section: a rejection of
+/// `tc:egress`, whose instructions the verifier counts from its own start,
+/// is shown at its rule, not at a `tc:ingress` rule.
+#[test]
+fn tc_egress_rejection_points_into_tc_egress() {
+    if !common::kernel("tc_egress_rejection_points_into_tc_egress") {
+        return;
+    }
+    let (d, text) = rejection(Path::new("tests/verifier/tc-egress.xpol"), Faults { omit_null_check: true, ..Faults::default() });
+    assert_eq!(d.code, "xpol::verifier::null_check", "{text}");
+    assert!(d.message.contains("xpol_tc_egress"), "{text}");
+    // The first unchecked lookup there: the parsed facts (a per-CPU map in
+    // TC programs) read for `tcp.sport`.
+    assert!(text.contains("tests/verifier/tc-egress.xpol:65:12"), "{text}");
+    snapshot("verifier__tc_egress", &text);
+}
+
 /// One instruction fault in `tests/verifier/faults.xpol`: the class, the
 /// position (line 6, column 5, the first statement) and the snapshot.
 fn fault_case(test: &str, faults: Faults, code: &str, words: &str) -> (xpol_lang::Diagnostic, String) {

@@ -325,9 +325,25 @@ fn offset_of_line(text: &str, line: u32) -> usize {
     text.split_inclusive('\n').take(line.saturating_sub(1) as usize).map(str::len).sum()
 }
 
-/// The policy span of instruction `insn` of program section `section`.
-pub fn span_of_insn(object: &[u8], section: &str, insn: usize, located: &[Located], sources: &SourceMap) -> Option<Span> {
-    let info = line_info(object).into_iter().filter(|l| l.section == section && l.insn <= insn).max_by_key(|l| l.insn)?;
+/// Where program `program` (its function's name) is in the object: its
+/// section's name, and its first instruction and length in instructions.
+/// Programs of one hook type share a section (both TC hooks are in
+/// `classifier`), while the kernel and the verifier count a program's
+/// instructions from its own start.
+pub fn program_range(object: &[u8], program: &str) -> Option<(String, usize, usize)> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let file = object::File::parse(object).ok()?;
+    let sym = file.symbols().find(|s| s.name() == Ok(program) && s.kind() == object::SymbolKind::Text)?;
+    let section = file.section_by_index(sym.section_index()?).ok()?;
+    Some((section.name().ok()?.to_string(), sym.address() as usize / 8, sym.size() as usize / 8))
+}
+
+/// The policy span of instruction `insn` of program `program` (counted
+/// from the program's start, as the verifier does).
+pub fn span_of_insn(object: &[u8], program: &str, insn: usize, located: &[Located], sources: &SourceMap) -> Option<Span> {
+    let (section, start, len) = program_range(object, program)?;
+    let at = start + insn.min(len.saturating_sub(1));
+    let info = line_info(object).into_iter().filter(|l| l.section == section && l.insn >= start && l.insn <= at).max_by_key(|l| l.insn)?;
     span_at(located, sources, &info)
 }
 
@@ -349,7 +365,7 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         // The kernel names no instruction: it is the first use of the map
         // past the limit.
         let limit = message.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(64);
-        insn = nth_map_use(object, section, limit).unwrap_or(insn);
+        insn = nth_map_use(object, program, limit).unwrap_or(insn);
     }
     let mut d = match class {
         Some(c) => {
@@ -362,7 +378,7 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         None => Diagnostic::error("xpol::verifier", format!("the kernel verifier rejected `{program}`"))
             .with_help("this rejection is not in xpol's catalog; the verifier's words are above"),
     };
-    if let Some(span) = span_of_insn(object, section, insn, located, sources) {
+    if let Some(span) = span_of_insn(object, program, insn, located, sources) {
         d = d.with_label(span, format!("instruction {insn}: {}", message.lines().next().unwrap_or("rejected here")));
     }
     if class.is_none() {
@@ -374,11 +390,13 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
     d
 }
 
-/// The instruction of program section `section` that first uses the
-/// `n`th map (0-based) in instruction order: where the kernel, resolving
-/// map references in that order, crosses its per-program map limit.
-fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
+/// The instruction of program `program` that first uses the `n`th map
+/// (0-based) in instruction order: where the kernel, resolving map
+/// references in that order, crosses its per-program map limit. Counted
+/// from the program's start.
+fn nth_map_use(object: &[u8], program: &str, n: usize) -> Option<usize> {
     use object::ObjectSymbol;
+    let (section, start, len) = program_range(object, program)?;
     let file = object::File::parse(object).ok()?;
     let maps = file.section_by_name(".maps")?.index();
     // Global data is one map more for the kernel per section: every symbol
@@ -386,8 +404,9 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
     // (the per-rule counters) another.
     let globals: Vec<object::SectionIndex> = [".bss", ".data"].iter().filter_map(|n| file.section_by_name(n)).map(|s| s.index()).collect();
     let mut relocs: Vec<(u64, object::SymbolIndex)> = file
-        .section_by_name(section)?
+        .section_by_name(&section)?
         .relocations()
+        .filter(|(off, _)| (start..start + len).contains(&(*off as usize / 8)))
         .filter_map(|(off, r)| match r.target() {
             object::RelocationTarget::Symbol(s) => Some((off, s)),
             _ => None,
@@ -413,7 +432,7 @@ fn nth_map_use(object: &[u8], section: &str, n: usize) -> Option<usize> {
         }
         seen.push(map);
         if seen.len() == n + 1 {
-            return Some(off as usize / 8);
+            return Some(off as usize / 8 - start);
         }
     }
     None

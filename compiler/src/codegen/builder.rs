@@ -252,7 +252,9 @@ pub struct Bpf<'a, 'ctx> {
     pub sub: DISubprogram<'ctx>,
     /// Debug scope per source file (the subprogram's own file, or a lexical
     /// block file for included files).
-    pub scopes: std::cell::RefCell<Vec<(xpol_lang::FileId, DIScope<'ctx>)>>,
+    /// The debug scope of each source file's code in this program, and the
+    /// location it counts as inlined at (none for the program's own file).
+    pub scopes: std::cell::RefCell<Vec<(xpol_lang::FileId, DIScope<'ctx>, Option<inkwell::debug_info::DILocation<'ctx>>)>>,
     entry: BasicBlock<'ctx>,
     /// Stack buffers by (purpose, size), shared by every use: the BPF stack
     /// has 512 bytes, and LLVM does not overlap separate allocas here.
@@ -269,6 +271,9 @@ pub struct Bpf<'a, 'ctx> {
     facts: std::cell::RefCell<Option<FactsInMap<'ctx>>>,
     /// See [`Bpf::cpu`].
     cpu: std::cell::Cell<Option<IntValue<'ctx>>>,
+    /// The program's first location, where other files' code counts as
+    /// inlined ([`Bpf::scope_for`]).
+    anchor: std::cell::Cell<Option<inkwell::debug_info::DILocation<'ctx>>>,
 }
 
 /// The map value holding the parsed facts; each fact's slot with its offset
@@ -352,7 +357,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let b = m.cx.create_builder();
         let entry = m.cx.append_basic_block(func, "entry");
         b.position_at_end(entry);
-        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default(), cpu: Default::default() }
+        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default() }
     }
 
     /// Attributes the instructions built from now on to `span` (a debug
@@ -360,8 +365,9 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     pub fn locate(&self, span: xpol_lang::Span) {
         let (line, col) = self.sources.get(span.file).line_col(span.start);
         let files = self.files;
-        let scope = self.scope_for(span.file, || files[&span.file]);
-        self.set_location(scope, line, col);
+        let (scope, inlined_at) = self.scope_for(span.file, || files[&span.file]);
+        let loc = self.m.di.create_debug_location(self.m.cx, line, col, scope, inlined_at);
+        self.b.set_current_debug_location(loc);
         self.located.borrow_mut().push(super::Located { file: span.file, line, col, span });
     }
 
@@ -411,17 +417,32 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
 
     pub fn set_location(&self, scope: DIScope<'ctx>, line: u32, col: u32) {
         let loc = self.m.di.create_debug_location(self.m.cx, line, col, scope, None);
+        if self.anchor.get().is_none() {
+            self.anchor.set(Some(loc));
+        }
         self.b.set_current_debug_location(loc);
     }
 
-    pub fn scope_for(&self, file: xpol_lang::FileId, difile: impl FnOnce() -> DIFile<'ctx>) -> DIScope<'ctx> {
-        if let Some((_, s)) = self.scopes.borrow().iter().find(|(f, _)| *f == file) {
-            return *s;
+    /// The scope for code from `file`. LLVM 14 names, in each `.BTF.ext`
+    /// line-info record, the file of the location's *subprogram*, not of
+    /// its scope: code from another file than the program's (an
+    /// `include`) gets a subprogram of that file of its own, inlined into
+    /// the program, so that line info (ours and `bpftool`'s) names the
+    /// right file.
+    pub fn scope_for(&self, file: xpol_lang::FileId, difile: impl FnOnce() -> DIFile<'ctx>) -> (DIScope<'ctx>, Option<inkwell::debug_info::DILocation<'ctx>>) {
+        if let Some((_, s, at)) = self.scopes.borrow().iter().find(|(f, _, _)| *f == file) {
+            return (*s, *at);
         }
         let f = difile();
-        let s = self.m.di.create_lexical_block(self.sub.as_debug_info_scope(), f, 1, 1).as_debug_info_scope();
-        self.scopes.borrow_mut().push((file, s));
-        s
+        let di = &self.m.di;
+        let ty = di.create_subroutine_type(f, None, &[], DIFlags::ZERO);
+        let name = format!("{}.{}", self.func.get_name().to_string_lossy(), file.0);
+        let sub = di.create_function(self.m.di_cu.as_debug_info_scope(), &name, None, f, 1, ty, true, true, 1, DIFlags::ZERO, true);
+        // Inlined where the program starts (its first `set_location`).
+        let at = self.anchor.get().unwrap_or_else(|| di.create_debug_location(self.m.cx, 1, 1, self.sub.as_debug_info_scope(), None));
+        let s = sub.as_debug_info_scope();
+        self.scopes.borrow_mut().push((file, s, Some(at)));
+        (s, Some(at))
     }
 
     // ------------------------------------------------------------ blocks

@@ -435,7 +435,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
         let mut b = Bpf::new(&m, func, sub, sources, &files);
         b.omit_null_check = options.faults.omit_null_check;
-        b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope()));
+        b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope(), None));
         b.set_location(sub.as_debug_info_scope(), line, 1);
         if prog.hook == Hook::TcEgress && !policy.nat_pools.is_empty() {
             let nat: Vec<lb::PoolMaps> = policy.nat_pools.iter().map(|&p| maps.pools[p]).collect();
@@ -519,15 +519,13 @@ fn llvm_failures(errors: &[String], policy: &ir::Policy) -> Vec<Diagnostic> {
 pub const MAX_PROGRAM_INSNS: usize = 32_767;
 
 /// Refuses an object whose programs are too long for 16-bit jumps, at the
-/// rule where the limit is crossed.
+/// rule where the limit is crossed. Each program on its own: the two TC
+/// programs share a section, and jumps stay within a program.
 fn check_program_size(object: &[u8], policy: &ir::Policy, located: &[Located], sources: &SourceMap) -> Result<(), Vec<Diagnostic>> {
-    use object::{Object, ObjectSection};
-    let Ok(file) = object::File::parse(object) else { return Ok(()) };
     let mut diags = Vec::new();
     for prog in &policy.programs {
-        let name = section(prog.hook);
-        let Some(sec) = file.section_by_name(name) else { continue };
-        let insns = sec.size() as usize / 8;
+        let name = program_name(prog.hook);
+        let Some((_, _, insns)) = crate::verifier::program_range(object, name) else { continue };
         if insns <= MAX_PROGRAM_INSNS {
             continue;
         }
