@@ -274,6 +274,12 @@ pub struct Bpf<'a, 'ctx> {
     /// The program's first location, where other files' code counts as
     /// inlined ([`Bpf::scope_for`]).
     anchor: std::cell::Cell<Option<inkwell::debug_info::DILocation<'ctx>>>,
+    /// The span of the code being built ([`Bpf::locate`]).
+    current_span: std::cell::Cell<Option<xpol_lang::Span>>,
+    /// Each stack buffer as it is first needed: its size and the span of
+    /// the code that needed it, so that a stack over the kernel's limit is
+    /// blamed on the construct that crossed it.
+    pub stack_uses: std::cell::RefCell<Vec<(u32, Option<xpol_lang::Span>)>>,
 }
 
 /// The map value holding the parsed facts; each fact's slot with its offset
@@ -357,7 +363,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let b = m.cx.create_builder();
         let entry = m.cx.append_basic_block(func, "entry");
         b.position_at_end(entry);
-        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default() }
+        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default(), current_span: Default::default(), stack_uses: Default::default() }
     }
 
     /// Attributes the instructions built from now on to `span` (a debug
@@ -369,6 +375,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let loc = self.m.di.create_debug_location(self.m.cx, line, col, scope, inlined_at);
         self.b.set_current_debug_location(loc);
         self.located.borrow_mut().push(super::Located { file: span.file, line, col, span });
+        self.current_span.set(Some(span));
     }
 
     pub fn i1(&self) -> IntType<'ctx> {
@@ -821,6 +828,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     pub fn stack_buf(&self, n: u32, purpose: &'static str) -> PointerValue<'ctx> {
         let arr = self.m.i8().array_type(n.max(1));
         let p = *self.scratch.borrow_mut().entry((purpose, n)).or_insert_with(|| {
+            self.stack_uses.borrow_mut().push((n, self.current_span.get()));
             let p = self.slot(arr, purpose);
             if let Some(i) = p.as_instruction() {
                 let _ = i.set_alignment(8);

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use xpol_lang::ast::Hook;
 use xpol_lang::ipv4_table::{self, Ipv4Table};
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, SetElem, SetMapKind, SetMapMeta};
-use xpol_lang::{Diagnostic, SourceMap};
+use xpol_lang::{Diagnostic, SourceMap, Span};
 
 pub use faults::Faults;
 
@@ -410,6 +410,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
     // Programs.
     let mut located = Vec::new();
+    let mut stack_uses: Vec<(&str, Vec<(u32, Option<Span>)>)> = Vec::new();
     for prog in &policy.programs {
         let fname = program_name(prog.hook);
         // The context type, by name and size (the kernel wants to know the
@@ -451,6 +452,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
             lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map);
         }
         located.extend(b.located.take());
+        stack_uses.push((fname, b.stack_uses.take()));
 
         meta.programs.push(meta::ProgramMeta { hook: prog.hook.as_str().to_string(), name: fname.to_string(), section: section(prog.hook).to_string() });
     }
@@ -481,7 +483,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     let obj = tm.write_to_memory_buffer(&m.module, FileType::Object).map_err(|e| codegen_error(e.to_string()))?;
     let errors = llvm_errors.take();
     if !errors.is_empty() {
-        return Err(llvm_failures(&errors, policy));
+        return Err(llvm_failures(&errors, policy, &stack_uses));
     }
     check_program_size(obj.as_slice(), policy, &located, sources)?;
     Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm })
@@ -489,29 +491,52 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
 /// Errors the BPF backend reported (it still wrote an object, which must
 /// not be used). The one a policy can cause is a stack frame over the
-/// kernel's 512 bytes.
-fn llvm_failures(errors: &[String], policy: &ir::Policy) -> Vec<Diagnostic> {
-    // LLVM repeats an error at each instruction it concerns: one diagnostic
-    // per kind is enough.
-    let mut kinds: Vec<&str> = errors.iter().map(|e| if e.contains("stack limit") { "stack limit" } else { e.as_str() }).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    kinds
-        .into_iter()
-        .map(|e| {
-            let first_rule = policy.rules.first().map(|r| r.span);
-            if e.contains("stack limit") {
-                let mut d = Diagnostic::error("xpol::budget::stack", "the program needs more than the 512 bytes of stack the kernel allows a BPF program")
-                    .with_help("use fewer distinct @map key shapes (each needs its own key buffer; an address key takes 20 bytes), or split the policy across hooks");
-                if let Some(span) = first_rule {
-                    d = d.with_label(span, "in the program of this rule's hook");
-                }
-                d
-            } else {
-                codegen_error(format!("LLVM: {e}")).remove(0)
-            }
-        })
-        .collect()
+/// kernel's 512 bytes: blamed on the code whose stack buffer took the
+/// program's buffers past it (`stack_uses`: by program, each buffer's size
+/// and span as first needed), else on the one that needed the largest.
+fn llvm_failures(errors: &[String], policy: &ir::Policy, stack_uses: &[(&str, Vec<(u32, Option<Span>)>)]) -> Vec<Diagnostic> {
+    const STACK_LIMIT: u32 = 512;
+    let mut diags = Vec::new();
+    let mut other: Vec<&str> = Vec::new();
+    let mut over: Vec<&str> = Vec::new();
+    for e in errors {
+        if !e.contains("stack limit") {
+            other.push(e);
+            continue;
+        }
+        // LLVM repeats the error at each instruction it concerns and names
+        // the function: one diagnostic per program.
+        let program = stack_uses.iter().map(|(p, _)| *p).find(|p| e.contains(p)).unwrap_or("");
+        if !over.contains(&program) {
+            over.push(program);
+        }
+    }
+    for program in over {
+        let uses = stack_uses.iter().find(|(p, _)| *p == program).map(|(_, u)| u.as_slice()).unwrap_or_default();
+        let hook = policy.programs.iter().find(|p| program_name(p.hook) == program).map_or("its", |p| p.hook.as_str());
+        let mut d = Diagnostic::error("xpol::budget::stack", format!("the `{hook}` program needs more than the {STACK_LIMIT} bytes of stack the kernel allows a BPF program"))
+            .with_help("use fewer distinct @map key shapes (each needs its own key buffer; an address key takes 20 bytes), or split the policy across hooks");
+        let mut total = 0;
+        let crossing = uses.iter().find(|(n, _)| {
+            total += n;
+            total > STACK_LIMIT
+        });
+        let blamed = match crossing {
+            Some((n, span)) => span.map(|s| (s, format!("this needs a {n}-byte buffer, and with the ones before it {total} bytes"))),
+            // The buffers fit, with LLVM's own slots they do not: the
+            // largest is the one to cut.
+            None => uses.iter().filter(|(_, s)| s.is_some()).max_by_key(|(n, _)| *n).map(|(n, s)| (s.expect("filtered"), format!("the largest stack buffer ({n} bytes; {total} in all, besides the compiler's own)"))),
+        };
+        match blamed.or_else(|| policy.rules.first().map(|r| (r.span, "in the program of this rule's hook".to_string()))) {
+            Some((span, label)) => d = d.with_label(span, label),
+            None => {}
+        }
+        diags.push(d);
+    }
+    other.sort_unstable();
+    other.dedup();
+    diags.extend(other.into_iter().map(|e| codegen_error(format!("LLVM: {e}")).remove(0)));
+    diags
 }
 
 /// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
