@@ -395,13 +395,23 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
 /// references in that order, crosses its per-program map limit. Counted
 /// from the program's start.
 fn nth_map_use(object: &[u8], program: &str, n: usize) -> Option<usize> {
+    first_map_uses(object, program).get(n).copied()
+}
+
+/// The maps program `program` uses, in the order the kernel resolves
+/// them: for each, the instruction (from the program's start) that first
+/// refers to it. Every symbol of `.maps` is a map, and each section of
+/// global data (`.bss`, the IPv4 set tables; `.data`, the rule counters)
+/// is one more.
+pub fn first_map_uses(object: &[u8], program: &str) -> Vec<usize> {
+    map_uses(object, program).unwrap_or_default()
+}
+
+fn map_uses(object: &[u8], program: &str) -> Option<Vec<usize>> {
     use object::ObjectSymbol;
     let (section, start, len) = program_range(object, program)?;
     let file = object::File::parse(object).ok()?;
     let maps = file.section_by_name(".maps")?.index();
-    // Global data is one map more for the kernel per section: every symbol
-    // in `.bss` (the IPv4 set tables) is one map, every symbol in `.data`
-    // (the per-rule counters) another.
     let globals: Vec<object::SectionIndex> = [".bss", ".data"].iter().filter_map(|n| file.section_by_name(n)).map(|s| s.index()).collect();
     let mut relocs: Vec<(u64, object::SymbolIndex)> = file
         .section_by_name(&section)?
@@ -413,13 +423,13 @@ fn nth_map_use(object: &[u8], program: &str, n: usize) -> Option<usize> {
         })
         .collect();
     relocs.sort_by_key(|r| r.0);
-    // A map is a symbol in `.maps`, or a section of global data.
     #[derive(PartialEq)]
     enum Map {
         Symbol(object::SymbolIndex),
         Global(object::SectionIndex),
     }
     let mut seen: Vec<Map> = Vec::new();
+    let mut firsts = Vec::new();
     for (off, sym) in relocs {
         let section = file.symbol_by_index(sym).ok()?.section_index();
         let map = match section {
@@ -427,15 +437,12 @@ fn nth_map_use(object: &[u8], program: &str, n: usize) -> Option<usize> {
             Some(s) if globals.contains(&s) => Map::Global(s),
             _ => continue,
         };
-        if seen.contains(&map) {
-            continue;
-        }
-        seen.push(map);
-        if seen.len() == n + 1 {
-            return Some(off as usize / 8 - start);
+        if !seen.contains(&map) {
+            seen.push(map);
+            firsts.push(off as usize / 8 - start);
         }
     }
-    None
+    Some(firsts)
 }
 
 /// Turns the kernel's refusal of map `map` (creating it, or filling it with

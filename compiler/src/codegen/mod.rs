@@ -8,7 +8,8 @@
 
 pub mod builder;
 pub mod faults;
-pub mod lb;
+mod budget;
+mod lb;
 pub mod lower;
 pub mod parse;
 
@@ -28,6 +29,7 @@ use xpol_lang::meta::{self, KeyKind, ObjectMeta, SetElem, SetMapKind, SetMapMeta
 use xpol_lang::{Diagnostic, SourceMap, Span};
 
 pub use faults::Faults;
+pub use budget::{MAX_JUMP_SEQUENCE, MAX_PROGRAM_INSNS};
 
 /// A source position given to LLVM and the span it stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +173,12 @@ pub fn specialized(policy: &ir::Policy) -> bool {
 /// An estimate, from the IR, of what makes the verifier's work grow when
 /// rules are specialized: each `&&`, `||` or `!` combines three-valued
 /// results through branches, each `if`, `let` and map update adds paths
-/// or state. A rule of one comparison and a verdict weighs nothing.
+/// or state. A rule of one comparison and a verdict weighs nothing: only
+/// the packets it does not match go on. A rule that lets its packets go
+/// on (no verdict) weighs [`FALL_THROUGH_WEIGHT`]: both its outcomes go
+/// on, each knowing a different range of the field it compared, and the
+/// verifier cannot merge them: 40 such rules of one comparison each took
+/// it past 1,000,000 processed instructions.
 pub fn branch_weight(prog: &ir::Program) -> usize {
     probes_weight(&prog.probes)
 }
@@ -207,7 +214,28 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
             })
             .sum()
     }
-    probes.iter().map(|p| p.predicate.as_ref().map_or(0, expr) + stmts(&p.body)).sum()
+    probes
+        .iter()
+        .map(|p| {
+            let fall_through = if p.predicate.is_some() && !ends(&p.body) { FALL_THROUGH_WEIGHT } else { 0 };
+            p.predicate.as_ref().map_or(0, expr) + stmts(&p.body) + fall_through
+        })
+        .sum()
+}
+
+/// The [`branch_weight`] of a rule with a predicate whose packets go on to
+/// the next rule when it matches.
+pub const FALL_THROUGH_WEIGHT: usize = 2;
+
+/// Whether every packet that runs `body` gets its verdict there (its last
+/// statement is a verdict, redirect or `lb`, or an `if` whose branches
+/// both end).
+fn ends(body: &[ir::Stmt]) -> bool {
+    body.last().is_some_and(|s| match &s.kind {
+        ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) => true,
+        ir::StmtKind::If { then_body, else_body, .. } => ends(then_body) && ends(else_body),
+        _ => false,
+    })
 }
 
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
@@ -485,7 +513,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     if !errors.is_empty() {
         return Err(llvm_failures(&errors, policy, &stack_uses));
     }
-    check_program_size(obj.as_slice(), policy, &located, sources)?;
+    budget::check_object(obj.as_slice(), policy, &located, sources)?;
     Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm })
 }
 
@@ -537,41 +565,6 @@ fn llvm_failures(errors: &[String], policy: &ir::Policy, stack_uses: &[(&str, Ve
     other.dedup();
     diags.extend(other.into_iter().map(|e| codegen_error(format!("LLVM: {e}")).remove(0)));
     diags
-}
-
-/// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
-/// them silently, so a program past this size could jump anywhere.
-pub const MAX_PROGRAM_INSNS: usize = 32_767;
-
-/// Refuses an object whose programs are too long for 16-bit jumps, at the
-/// rule where the limit is crossed. Each program on its own: the two TC
-/// programs share a section, and jumps stay within a program.
-fn check_program_size(object: &[u8], policy: &ir::Policy, located: &[Located], sources: &SourceMap) -> Result<(), Vec<Diagnostic>> {
-    let mut diags = Vec::new();
-    for prog in &policy.programs {
-        let name = program_name(prog.hook);
-        let Some((_, _, insns)) = crate::verifier::program_range(object, name) else { continue };
-        if insns <= MAX_PROGRAM_INSNS {
-            continue;
-        }
-        let mut d = Diagnostic::error(
-            "xpol::budget::program_size",
-            format!(
-                "the `{}` program needs {insns} instructions, more than the {MAX_PROGRAM_INSNS} a BPF jump can span",
-                prog.hook.as_str()
-            ),
-        )
-        .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`");
-        if let Some(span) = crate::verifier::span_of_insn(object, name, MAX_PROGRAM_INSNS, located, sources) {
-            d = d.with_label(span, "the program passes the limit here");
-        }
-        diags.push(d);
-    }
-    if diags.is_empty() {
-        Ok(())
-    } else {
-        Err(diags)
-    }
 }
 
 /// Directory and file name for debug info: the real path when the file came

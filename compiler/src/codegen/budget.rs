@@ -1,0 +1,216 @@
+//! Kernel limits checked on the compiled object, before anything is
+//! loaded: each program's size, the maps it uses, and the branches the
+//! verifier must keep pending on its first walk. Beyond a limit the error points at the rule
+//! where the program crosses it (line info, `verifier::span_of_insn`).
+
+use super::{program_name, Located};
+use crate::ir;
+use xpol_lang::{Diagnostic, SourceMap};
+
+/// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
+/// them silently, so a program past this size could jump anywhere.
+pub const MAX_PROGRAM_INSNS: usize = 32_767;
+
+/// The verifier's `BPF_COMPLEXITY_LIMIT_JMP_SEQ`: the branch states it
+/// keeps pending at once ("The sequence of N jumps is too complex").
+pub const MAX_JUMP_SEQUENCE: usize = 8_192;
+
+/// The verifier's `MAX_USED_MAPS`: maps one program may use.
+pub const MAX_MAPS_PER_PROGRAM: usize = 64;
+
+/// Every budget, for every program of the object.
+pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sources: &SourceMap) -> Result<(), Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    for prog in &policy.programs {
+        let name = program_name(prog.hook);
+        let Some((section, start, insns)) = crate::verifier::program_range(object, name) else { continue };
+        let hook = prog.hook.as_str();
+        let at = |insn: usize, label: &str, d: Diagnostic| match crate::verifier::span_of_insn(object, name, insn, located, sources) {
+            Some(span) => d.with_label(span, label),
+            None => d,
+        };
+        if insns > MAX_PROGRAM_INSNS {
+            let d = Diagnostic::error("xpol::budget::program_size", format!("the `{hook}` program needs {insns} instructions, more than the {MAX_PROGRAM_INSNS} a BPF jump can span"))
+                .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`");
+            diags.push(at(MAX_PROGRAM_INSNS, "the program passes the limit here", d));
+            continue;
+        }
+        let maps = crate::verifier::first_map_uses(object, name);
+        if let Some(&insn) = maps.get(MAX_MAPS_PER_PROGRAM) {
+            let d = Diagnostic::error(
+                "xpol::budget::maps",
+                format!("the `{hook}` program uses {} maps, more than the {MAX_MAPS_PER_PROGRAM} the kernel allows one program", maps.len()),
+            )
+            .with_help("each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share the tables), besides xpol's own (rule counters; parsed facts in long policies): merge sets of one element type, or use fewer `@maps` in this hook");
+            diags.push(at(insn, &format!("map {} of the program", MAX_MAPS_PER_PROGRAM + 1), d));
+        }
+        let code = program_code(object, &section, start, insns);
+        if let Some(insn) = first_walk_crossing(&code, MAX_JUMP_SEQUENCE) {
+            let d = Diagnostic::error(
+                "xpol::budget::jump_sequence",
+                format!("the `{hook}` program makes the verifier keep more than {MAX_JUMP_SEQUENCE} branches pending: the rules a packet can pass one after another hold too many conditions"),
+            )
+            .with_help("merge rules with the same verdict into one rule with `in { ... }`, or put the values in a named `set` (one lookup for all of them)");
+            diags.push(at(insn, "the branches pending reach the limit here", d));
+        }
+    }
+    if diags.is_empty() {
+        Ok(())
+    } else {
+        Err(diags)
+    }
+}
+
+/// The program's instructions (8 bytes each), empty when they cannot be read.
+fn program_code<'a>(object: &'a [u8], section: &str, start: usize, insns: usize) -> &'a [u8] {
+    use object::{Object, ObjectSection};
+    let data = object::File::parse(object).ok().and_then(|f| f.section_by_name(section)?.data().ok());
+    data.and_then(|d| d.get(start * 8..(start + insns) * 8)).unwrap_or_default()
+}
+
+/// The verifier's first walk of a program: from the first instruction,
+/// it follows each conditional jump's fall-through and keeps the jump's
+/// target pending, until an exit. Nothing is pruned on that walk (no
+/// state has been explored before), so when it meets more than `limit`
+/// conditional jumps whose outcome it cannot tell, the kernel refuses the
+/// program. The walk here tells an outcome from registers set to
+/// constants (as the verifier does); the verifier also tells some from
+/// value ranges, which rule tests on packet fields seldom give it, so the
+/// count may be a few too high, never too low. Returns the instruction
+/// (from the program's start) where the count passes `limit`.
+fn first_walk_crossing(code: &[u8], limit: usize) -> Option<usize> {
+    const BPF_LD: u8 = 0x00;
+    const BPF_LDX: u8 = 0x01;
+    const BPF_STX: u8 = 0x03;
+    const BPF_ALU: u8 = 0x04;
+    const BPF_JMP: u8 = 0x05;
+    const BPF_JMP32: u8 = 0x06;
+    const BPF_ALU64: u8 = 0x07;
+    const BPF_X: u8 = 0x08;
+    const BPF_LD_IMM64: u8 = 0x18;
+    const BPF_ATOMIC: u8 = 0xc0;
+    const BPF_MOV: u8 = 0xb0;
+    const BPF_JA: u8 = 0x00;
+    const BPF_CALL: u8 = 0x80;
+    const BPF_EXIT: u8 = 0x90;
+    let n = code.len() / 8;
+    let mut pc = 0usize;
+    let mut pending = 0usize;
+    // Registers known to hold a constant (r0 to r10).
+    let mut known: [Option<u64>; 11] = [None; 11];
+    // A walk longer than the program loops (a back edge): stop.
+    for _ in 0..=n {
+        let insn = code.get(pc * 8..pc * 8 + 8)?;
+        let (opcode, class, op) = (insn[0], insn[0] & 0x07, insn[0] & 0xf0);
+        let (dst, src) = (usize::from(insn[1] & 0x0f).min(10), usize::from(insn[1] >> 4).min(10));
+        let off = i16::from_le_bytes([insn[2], insn[3]]) as isize;
+        let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+        pc = match class {
+            _ if opcode == BPF_LD_IMM64 => {
+                known[dst] = None;
+                pc + 2
+            }
+            BPF_JMP if op == BPF_EXIT => return None,
+            BPF_JMP if op == BPF_CALL => {
+                known[..6].fill(None);
+                pc + 1
+            }
+            BPF_JMP if op == BPF_JA => pc.checked_add_signed(off + 1)?,
+            BPF_JMP | BPF_JMP32 => {
+                let taken = match (known[dst], opcode & BPF_X) {
+                    (Some(v), 0) => {
+                        let (v, k) = if class == BPF_JMP32 { (v as u32 as u64, imm as u32 as u64) } else { (v, imm as i64 as u64) };
+                        jump_taken(op, v, k)
+                    }
+                    _ => None,
+                };
+                match taken {
+                    Some(true) => pc.checked_add_signed(off + 1)?,
+                    Some(false) => pc + 1,
+                    None => {
+                        pending += 1;
+                        if pending > limit {
+                            return Some(pc);
+                        }
+                        pc + 1
+                    }
+                }
+            }
+            BPF_ALU | BPF_ALU64 => {
+                known[dst] = match (op, opcode & BPF_X) {
+                    (BPF_MOV, 0) if class == BPF_ALU64 => Some(imm as i64 as u64),
+                    (BPF_MOV, 0) => Some(u64::from(imm as u32)),
+                    (BPF_MOV, _) if class == BPF_ALU64 => known[src],
+                    _ => None,
+                };
+                pc + 1
+            }
+            BPF_LD | BPF_LDX => {
+                known[dst] = None;
+                pc + 1
+            }
+            // An atomic with fetch writes its source register (r0 for a
+            // compare-and-exchange).
+            BPF_STX if opcode & 0xe0 == BPF_ATOMIC => {
+                known[src] = None;
+                known[0] = None;
+                pc + 1
+            }
+            _ => pc + 1,
+        };
+    }
+    None
+}
+
+/// The outcome of conditional jump `op` on known operands, unsigned or
+/// signed as the operation says; `None` for an operation not decided here.
+fn jump_taken(op: u8, v: u64, k: u64) -> Option<bool> {
+    Some(match op {
+        0x10 => v == k,
+        0x50 => v != k,
+        0x20 => v > k,
+        0x30 => v >= k,
+        0xa0 => v < k,
+        0xb0 => v <= k,
+        0x40 => v & k != 0,
+        0x60 => (v as i64) > (k as i64),
+        0x70 => (v as i64) >= (k as i64),
+        0xc0 => (v as i64) < (k as i64),
+        0xd0 => (v as i64) <= (k as i64),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_walk_crossing;
+
+    /// An instruction: opcode, then zeroes but the offset.
+    fn insn(opcode: u8, off: i16) -> [u8; 8] {
+        let o = off.to_le_bytes();
+        [opcode, 0, o[0], o[1], 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn jumps_on_constants_are_decided_not_pending() {
+        // r1 = 5; if r1 == 5 goto +1 (taken, over an exit); if r2 == 0
+        // (unknown: pending); exit.
+        let mov = [0xb7, 0x01, 0, 0, 5, 0, 0, 0];
+        let jeq_r1 = [0x15, 0x01, 1, 0, 5, 0, 0, 0];
+        let jeq_r2 = [0x15, 0x02, 0, 0, 0, 0, 0, 0];
+        let code: Vec<u8> = [mov, jeq_r1, insn(0x95, 0), jeq_r2, insn(0x95, 0)].concat();
+        assert_eq!(first_walk_crossing(&code, 0), Some(3));
+        assert_eq!(first_walk_crossing(&code, 1), None);
+    }
+
+    #[test]
+    fn counts_conditional_jumps_on_the_fall_through_walk() {
+        // jeq, ja +1 (over a jne), jgt, exit: two pending.
+        let code: Vec<u8> = [insn(0x15, 5), insn(0x05, 1), insn(0x55, 9), insn(0x25, 7), insn(0x95, 0)].concat();
+        assert_eq!(first_walk_crossing(&code, 2), None);
+        assert_eq!(first_walk_crossing(&code, 1), Some(3));
+        // A 16-byte load counts once, and its second half is no jump.
+        let code: Vec<u8> = [insn(0x18, 0), insn(0x15, 0), insn(0x15, 1), insn(0x95, 0)].concat();
+        assert_eq!(first_walk_crossing(&code, 0), Some(2));
+    }
+}
