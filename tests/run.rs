@@ -222,7 +222,7 @@ fn run_errors_are_explained() {
     let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("already has an XDP program attached") && err.contains("bpftool link detach id"), "{err}");
+    assert!(err.contains("already has an XDP program attached") && err.contains(", of program ") && err.contains("bpftool link detach id"), "{err}");
     assert!(first.join().expect("first run").status.success());
 
     // Without privileges: say what is missing.
@@ -237,6 +237,118 @@ fn run_errors_are_explained() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"), "{err}");
     }
+}
+
+/// An XDP program as `ip link set ... obj` attaches it (through netlink,
+/// not a link); `NAME` is replaced by the program's name.
+const HELD_XDP_C: &str = r#"
+#define SEC(n) __attribute__((section(n), used))
+struct xdp_md { unsigned int data; };
+SEC("xdp") int NAME(struct xdp_md *ctx) { return 2; }
+char _license[] SEC("license") = "GPL";
+"#;
+
+/// `HELD_XDP_C` with the program named `name`, compiled into `dir`.
+fn held_xdp_object(dir: &Path, name: &str) -> std::path::PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    let obj = dir.join(format!("{name}.o"));
+    std::fs::write(&c, HELD_XDP_C.replace("NAME", name)).expect("write C");
+    let built = Command::new("clang-14").args(["-O2", "-target", "bpf", "-c"]).arg(&c).arg("-o").arg(&obj).status().expect("clang-14 (apt-get install clang-14)");
+    assert!(built.success(), "clang-14 {}", c.display());
+    obj
+}
+
+/// The id of the XDP program on `dev` in namespace `ns` (in any mode), per `ip -j link`.
+fn xdp_prog_id(ns: &str, dev: &str) -> Option<u64> {
+    let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", dev]).output().expect("ip link");
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    link[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// The first command in backquotes in `message` that starts with `start`.
+fn advised_command(message: &str, start: &str) -> Vec<String> {
+    let at = message.find(&format!("`{start}")).unwrap_or_else(|| panic!("no `{start}...` in: {message}"));
+    let command = &message[at + 1..];
+    let command = &command[..command.find('`').expect("closing backquote")];
+    command.split_whitespace().map(str::to_string).collect()
+}
+
+/// Runs the advised command in namespace `ns`, as the user would.
+fn run_advice(ns: &str, command: &[String]) {
+    let out = output_bounded({
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(command);
+        c
+    });
+    assert!(out.status.success(), "{}: {}", command.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A program that `ip link` attached (through netlink, not a BPF link)
+/// holds the hook: the error names it and gives the command for its mode,
+/// and that command really frees the hook. (`ip link set ... xdp off`, the
+/// advice before, names no mode: on a veth, which has native XDP, the
+/// kernel takes it as driver mode, returns success, and a generic program
+/// stays.)
+#[test]
+fn busy_hook_advice_frees_a_program_attached_through_netlink() {
+    if !usable() {
+        return;
+    }
+    let (net, dir, policy) = setup(XDP_POLICY);
+    let p = policy.to_str().expect("utf-8 path").to_string();
+    let obj = held_xdp_object(dir.path(), "xdp_held_pass");
+    let obj = obj.to_str().expect("utf-8 path");
+    for (attach, words, off) in [("xdpgeneric", "generic", "xdpgeneric"), ("xdpdrv", "driver", "xdpdrv")] {
+        ip(&["-n", &net.b, "link", "set", "dev", &net.vb, attach, "obj", obj, "sec", "xdp"]);
+        let id = xdp_prog_id(&net.b, &net.vb).expect("the program is attached");
+        if attach == "xdpgeneric" {
+            ip(&["-n", &net.b, "link", "set", "dev", &net.vb, "xdp", "off"]);
+            assert_eq!(xdp_prog_id(&net.b, &net.vb), Some(id), "`xdp off` left the generic program in place");
+        }
+
+        let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
+        assert!(!out.status.success(), "{attach}: xpol run attached over another program");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("program {id} `xdp_held_pass`")) && err.contains(&format!("in {words} ")), "{attach}: {err}");
+        let command = advised_command(&err, "ip link set");
+        assert_eq!(command, ["ip", "link", "set", "dev", &net.vb, off, "off"], "{err}");
+
+        run_advice(&net.b, &command);
+        assert_eq!(xdp_prog_id(&net.b, &net.vb), None, "{attach}: `{}` left the program", command.join(" "));
+        let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
+        assert!(out.status.success(), "{attach}: after `{}`: {}", command.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// libxdp's dispatcher holds the hook: the error says so and gives
+/// `xdp-loader unload IFACE --all`, which frees it. The dispatcher here is
+/// a program of the dispatcher's name attached as libxdp attaches it
+/// (netlink, driver mode): xdp-tools 1.3.1 (bookworm) cannot load its own
+/// dispatcher on every kernel (on 6.18 the kernel refuses its freplace
+/// check with EPERM, and libxdp falls back to attaching the program alone).
+#[test]
+fn busy_hook_advice_frees_a_libxdp_dispatcher() {
+    if !usable() {
+        return;
+    }
+    let (net, dir, policy) = setup(XDP_POLICY);
+    let p = policy.to_str().expect("utf-8 path").to_string();
+    let obj = held_xdp_object(dir.path(), "xdp_dispatcher");
+    ip(&["-n", &net.b, "link", "set", "dev", &net.vb, "xdpdrv", "obj", obj.to_str().expect("utf-8 path"), "sec", "xdp"]);
+    let id = xdp_prog_id(&net.b, &net.vb).expect("the program is attached");
+
+    let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("libxdp's dispatcher, program {id} `xdp_dispatcher`")), "{err}");
+    assert_eq!(advised_command(&err, "ip link set"), ["ip", "link", "set", "dev", &net.vb, "xdpdrv", "off"], "{err}");
+    let command = advised_command(&err, "xdp-loader");
+    assert_eq!(command, ["xdp-loader", "unload", &net.vb, "--all"], "{err}");
+
+    run_advice(&net.b, &command);
+    assert_eq!(xdp_prog_id(&net.b, &net.vb), None, "`{}` left the dispatcher", command.join(" "));
+    let out = xpol_run_in(&net.b, &[&p, "-i", &net.vb, "--duration", "1"]);
+    assert!(out.status.success(), "after `{}`: {}", command.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -927,23 +927,130 @@ fn map_of_pin_file(file: &str) -> String {
 /// read without waiting, as another process may be changing it.
 pub(crate) fn xdp_holder(iface: &str, store: Option<&crate::store::Store>) -> String {
     let ifindex = sys::if_nametoindex(iface);
-    let link = sys::links().into_iter().find(|l| l.link_type == sys::BPF_LINK_TYPE_XDP && l.ifindex == ifindex);
-    let Some(link) = link else {
-        // Attached without a link (ip link, libxdp): netlink frees it.
-        return format!("remove it with `ip link set dev {iface} xdp off` (or `xdpgeneric off` for a program attached in generic mode)");
-    };
+    let links: Vec<sys::LinkInfo> = sys::links().into_iter().filter(|l| l.link_type == sys::BPF_LINK_TYPE_XDP && l.ifindex == ifindex).collect();
+    // Every program on the hook with its mode, links' included; without
+    // it, the links alone.
+    let attached = sys::xdp_programs(ifindex);
+    let netlink_ids: Vec<u32> = attached.as_ref().map_or(Vec::new(), |a| a.iter().map(|(_, id)| *id).collect());
+    let mut programs = held_programs(links.iter().map(|l| l.prog_id).chain(netlink_ids));
+    let mut program = |id: u32| programs.remove(&id).unwrap_or(HeldProgram { id, name: None, tag: None });
     let read = || crate::store::Store::read_now().ok().flatten();
-    let applied = match store {
-        Some(store) => store.holder(iface, "xdp", link.prog_id),
-        None => read().and_then(|store| store.holder(iface, "xdp", link.prog_id)),
-    };
-    match applied {
-        Some(name) => format!("the xpol policy `{name}` holds it; replace it with `xpol apply ... --name {name}`, or remove it with `xpol delete {name}`"),
-        None => format!(
-            "BPF link {} (program {}) holds it, and `ip link ... xdp off` cannot remove a link; its owner must, or `bpftool link detach id {}`",
-            link.id, link.prog_id, link.id
+    let mut holders = Vec::new();
+    for link in &links {
+        let applied = match store {
+            Some(store) => store.holder(iface, "xdp", link.prog_id),
+            None => read().and_then(|store| store.holder(iface, "xdp", link.prog_id)),
+        };
+        holders.push(match applied {
+            Some(name) => XdpHolder::Policy { name },
+            None => XdpHolder::Link { link: link.id, program: program(link.prog_id) },
+        });
+    }
+    match attached {
+        Ok(attached) => {
+            // A link's program is also on the hook: said above.
+            for (mode, id) in attached.into_iter().filter(|(_, id)| !links.iter().any(|l| l.prog_id == *id)) {
+                let program = program(id);
+                holders.push(if program.name.as_deref() == Some(LIBXDP_DISPATCHER) {
+                    XdpHolder::Dispatcher { mode, program }
+                } else {
+                    XdpHolder::Netlink { mode, program }
+                });
+            }
+            xdp_advice(iface, &holders)
+        }
+        Err(_) if !holders.is_empty() => xdp_advice(iface, &holders),
+        Err(e) => format!(
+            "xpol could not ask the kernel which program ({e}); `ip link show dev {iface}` names it and its mode, and `ip link set dev {iface} xdpgeneric off` (generic), `xdpdrv off` (driver) or `xdpoffload off` (offload) removes it"
         ),
     }
+}
+
+/// The name libxdp gives its dispatcher, the program that runs the ones
+/// xdp-loader (and other libxdp tools) attach to an interface.
+const LIBXDP_DISPATCHER: &str = "xdp_dispatcher";
+
+/// What is attached to an interface's XDP hook, as xpol tells them apart:
+/// each is removed another way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum XdpHolder {
+    /// An applied xpol policy (its link pinned in xpol's store).
+    Policy { name: String },
+    /// Another BPF link: `ip link` cannot remove it.
+    Link { link: u32, program: HeldProgram },
+    /// libxdp's dispatcher, attached through netlink.
+    Dispatcher { mode: sys::XdpMode, program: HeldProgram },
+    /// Any other program attached through netlink (`ip link`, libbpf's
+    /// `bpf_xdp_attach`), removed only by naming its mode.
+    Netlink { mode: sys::XdpMode, program: HeldProgram },
+}
+
+/// A program, as the kernel names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HeldProgram {
+    id: u32,
+    name: Option<String>,
+    tag: Option<u64>,
+}
+
+impl fmt::Display for HeldProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "program {}", self.id)?;
+        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
+            write!(f, " `{name}`")?;
+        }
+        if let Some(tag) = self.tag {
+            write!(f, " (tag {tag:016x})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The names and tags of the programs `ids`, from the kernel; a program
+/// that went away meanwhile is missing.
+fn held_programs(ids: impl Iterator<Item = u32>) -> HashMap<u32, HeldProgram> {
+    let ids: Vec<u32> = ids.collect();
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| (p.id(), HeldProgram { id: p.id(), name: p.name_as_str().map(str::to_string), tag: Some(p.tag()) }))
+        .collect()
+}
+
+/// The mode's words, and iproute2's keyword for it.
+fn mode_words(mode: sys::XdpMode) -> (&'static str, &'static str) {
+    match mode {
+        sys::XdpMode::Driver => ("driver (native)", "xdpdrv"),
+        sys::XdpMode::Generic => ("generic (skb)", "xdpgeneric"),
+        sys::XdpMode::Offload => ("offload (hardware)", "xdpoffload"),
+    }
+}
+
+/// One sentence per holder, each with the command that removes it. (`ip
+/// link set ... xdp off` names no mode: the kernel takes it as driver
+/// mode where the driver has native XDP, so it returns success and
+/// leaves a generic program in place; and it cannot remove a link.)
+fn xdp_advice(iface: &str, holders: &[XdpHolder]) -> String {
+    if holders.is_empty() {
+        return format!("nothing is attached to it any more (it was removed meanwhile): try again; `ip link show dev {iface}` shows what is attached");
+    }
+    let one = |holder: &XdpHolder| match holder {
+        XdpHolder::Policy { name } => format!("the xpol policy `{name}` holds it; replace it with `xpol apply ... --name {name}`, or remove it with `xpol delete {name}`"),
+        XdpHolder::Link { link, program } => {
+            format!("BPF link {link}, of {program}, holds it, and `ip link ... xdp off` cannot remove a link; its owner must, or `bpftool link detach id {link}`")
+        }
+        XdpHolder::Dispatcher { mode, program } => {
+            let (words, keyword) = mode_words(*mode);
+            format!(
+                "libxdp's dispatcher, {program}, attached in {words} mode, holds it for programs that xdp-loader or another libxdp tool attached; remove them with `xdp-loader unload {iface} --all` (or `ip link set dev {iface} {keyword} off`, which leaves libxdp's pins under /sys/fs/bpf/xdp behind)"
+            )
+        }
+        XdpHolder::Netlink { mode, program } => {
+            let (words, keyword) = mode_words(*mode);
+            format!("{program}, attached through netlink in {words} mode, holds it; remove it with `ip link set dev {iface} {keyword} off`")
+        }
+    };
+    holders.iter().map(one).collect::<Vec<_>>().join("; and ")
 }
 
 fn program_error(program: &str, e: ProgramError) -> RuntimeError {
@@ -1200,4 +1307,52 @@ fn decode_key(kinds: &[KeyKind], key: &[u8]) -> Vec<KeyValue> {
         off += k.size();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{xdp_advice, HeldProgram, XdpHolder};
+    use crate::sys::XdpMode;
+
+    fn program(id: u32, name: &str) -> HeldProgram {
+        HeldProgram { id, name: Some(name.to_string()), tag: Some(0x614b434cd8324ecc) }
+    }
+
+    /// Each holder gets the command that removes it: for a program
+    /// attached through netlink, the one of its mode (`xdp off` names no
+    /// mode and leaves a generic program on a veth in place).
+    #[test]
+    fn xdp_advice_names_the_holder_and_the_command_for_it() {
+        let policy = xdp_advice("eth0", &[XdpHolder::Policy { name: "web".into() }]);
+        assert!(policy.contains("the xpol policy `web` holds it") && policy.contains("`xpol delete web`"), "{policy}");
+
+        let link = xdp_advice("eth0", &[XdpHolder::Link { link: 5, program: program(12, "xpol_xdp") }]);
+        assert!(link.contains("BPF link 5, of program 12 `xpol_xdp` (tag 614b434cd8324ecc)") && link.contains("`bpftool link detach id 5`"), "{link}");
+
+        for (mode, words, keyword) in [(XdpMode::Generic, "generic", "xdpgeneric"), (XdpMode::Driver, "driver", "xdpdrv"), (XdpMode::Offload, "offload", "xdpoffload")] {
+            let plain = xdp_advice("eth0", &[XdpHolder::Netlink { mode, program: program(7, "xdp_held_pass") }]);
+            assert!(plain.starts_with("program 7 `xdp_held_pass` (tag 614b434cd8324ecc), attached through netlink"), "{plain}");
+            assert!(plain.contains(&format!("in {words} ")) && plain.contains(&format!("`ip link set dev eth0 {keyword} off`")), "{plain}");
+            assert!(!plain.contains(" xdp off"), "{plain}");
+
+            let dispatcher = xdp_advice("eth0", &[XdpHolder::Dispatcher { mode, program: program(9, "xdp_dispatcher") }]);
+            assert!(dispatcher.contains("libxdp's dispatcher, program 9 `xdp_dispatcher`") && dispatcher.contains("`xdp-loader unload eth0 --all`"), "{dispatcher}");
+            assert!(dispatcher.contains(&format!("`ip link set dev eth0 {keyword} off`")), "{dispatcher}");
+        }
+
+        // Driver and offload at once (XDP_ATTACHED_MULTI): both commands.
+        let multi = xdp_advice(
+            "eth0",
+            &[XdpHolder::Netlink { mode: XdpMode::Driver, program: program(8, "a") }, XdpHolder::Netlink { mode: XdpMode::Offload, program: program(9, "b") }],
+        );
+        assert!(multi.contains("`ip link set dev eth0 xdpdrv off`") && multi.contains("`ip link set dev eth0 xdpoffload off`"), "{multi}");
+
+        // A program without a name (kernels before 4.15) is still named by id.
+        let unnamed = xdp_advice("eth0", &[XdpHolder::Netlink { mode: XdpMode::Generic, program: HeldProgram { id: 3, name: None, tag: None } }]);
+        assert!(unnamed.starts_with("program 3, attached"), "{unnamed}");
+
+        // Gone meanwhile: say so rather than advise a command.
+        let gone = xdp_advice("eth0", &[]);
+        assert!(gone.contains("try again") && !gone.contains(" off`"), "{gone}");
+    }
 }

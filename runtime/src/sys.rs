@@ -732,6 +732,161 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+// --- Who holds an interface's XDP hook (rtnetlink) ---
+
+/// The mode an XDP program is attached in, as the kernel reports it per
+/// interface (`IFLA_XDP_*_PROG_ID`); iproute2 names them `xdpdrv`,
+/// `xdpgeneric` and `xdpoffload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Driver,
+    Generic,
+    Offload,
+}
+
+// include/uapi/linux/netlink.h, rtnetlink.h, if_link.h
+const NETLINK_ROUTE: i32 = 0;
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 1;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWLINK: u16 = 16;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_EXT_MASK: u16 = 29;
+const IFLA_XDP: u16 = 43;
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+/// Attribute type bits that are flags, not the type (`NLA_F_NESTED`, `NLA_F_NET_BYTEORDER`).
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const IFLA_XDP_ATTACHED: u16 = 2;
+const IFLA_XDP_PROG_ID: u16 = 4;
+const IFLA_XDP_DRV_PROG_ID: u16 = 5;
+const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+const IFLA_XDP_HW_PROG_ID: u16 = 7;
+const XDP_ATTACHED_DRV: u8 = 1;
+const XDP_ATTACHED_SKB: u8 = 2;
+const XDP_ATTACHED_HW: u8 = 3;
+
+/// The XDP programs attached to interface `ifindex` (of this thread's
+/// network namespace) through netlink or a BPF link, each with its mode:
+/// one `RTM_GETLINK` request over a `NETLINK_ROUTE` socket, the same
+/// question `ip link show` asks. Empty when none is attached.
+pub fn xdp_programs(ifindex: u32) -> io::Result<Vec<(XdpMode, u32)>> {
+    let index = i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::ENODEV))?;
+    // SAFETY: socket takes integers only.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let socket = owned(fd as libc::c_long);
+    let request = getlink_request(index);
+    // An unconnected netlink socket sends to the kernel (port 0).
+    // SAFETY: `request` is a live buffer of the length passed.
+    let sent = unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // A link message without statistics is a few KiB; MSG_TRUNC makes
+    // recv report the full length, so a longer one is an error, not a cut.
+    let mut reply = vec![0u8; 64 * 1024];
+    // SAFETY: `reply` is a live, writable buffer of the length passed.
+    let got = unsafe { libc::recv(socket.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), libc::MSG_TRUNC) };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if got as usize > reply.len() {
+        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+    }
+    reply.truncate(got as usize);
+    parse_getlink_reply(&reply)
+}
+
+/// `RTM_GETLINK` for one interface, without statistics (`IFLA_EXT_MASK`).
+fn getlink_request(ifindex: i32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + IFINFOMSG_LEN + 8;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel assigns it
+    // struct ifinfomsg: family AF_UNSPEC, pad, type, index, flags, change.
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(&ifindex.to_ne_bytes());
+    m.extend_from_slice(&[0; 8]);
+    m.extend_from_slice(&8u16.to_ne_bytes());
+    m.extend_from_slice(&IFLA_EXT_MASK.to_ne_bytes());
+    m.extend_from_slice(&RTEXT_FILTER_SKIP_STATS.to_ne_bytes());
+    m
+}
+
+/// The attributes in `bytes` (`struct nlattr` each, 4-byte aligned):
+/// (type without flag bits, payload). Stops at the first malformed one.
+fn netlink_attrs(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = u16::from_ne_bytes(bytes.get(0..2)?.try_into().ok()?) as usize;
+        let ty = u16::from_ne_bytes(bytes.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
+        let payload = bytes.get(4..len)?;
+        bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+        Some((ty, payload))
+    })
+}
+
+fn u32_of(payload: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?))
+}
+
+/// The XDP programs an `RTM_GETLINK` reply reports: each mode's program
+/// id (`IFLA_XDP_{DRV,SKB,HW}_PROG_ID`, Linux 4.19), or on older kernels
+/// the one program (`IFLA_XDP_PROG_ID`) in the mode `IFLA_XDP_ATTACHED`
+/// names. An error reply becomes that error.
+fn parse_getlink_reply(reply: &[u8]) -> io::Result<Vec<(XdpMode, u32)>> {
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed RTM_GETLINK reply");
+    let len = u32::from_ne_bytes(reply.get(0..4).ok_or_else(malformed)?.try_into().expect("4 bytes")) as usize;
+    let ty = u16::from_ne_bytes(reply.get(4..6).ok_or_else(malformed)?.try_into().expect("2 bytes"));
+    let message = reply.get(NLMSG_HDRLEN..len).ok_or_else(malformed)?;
+    match ty {
+        NLMSG_ERROR => {
+            let errno = i32::from_ne_bytes(message.get(0..4).ok_or_else(malformed)?.try_into().expect("4 bytes"));
+            Err(io::Error::from_raw_os_error(errno.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EIO)))
+        }
+        RTM_NEWLINK => {
+            let attrs = message.get(IFINFOMSG_LEN..).ok_or_else(malformed)?;
+            let Some((_, xdp)) = netlink_attrs(attrs).find(|(t, _)| *t == IFLA_XDP) else { return Ok(Vec::new()) };
+            let (mut attached, mut only, mut by_mode) = (0u8, 0u32, Vec::new());
+            for (t, payload) in netlink_attrs(xdp) {
+                let mode = match t {
+                    IFLA_XDP_ATTACHED => {
+                        attached = payload.first().copied().unwrap_or(0);
+                        continue;
+                    }
+                    IFLA_XDP_PROG_ID => {
+                        only = u32_of(payload).unwrap_or(0);
+                        continue;
+                    }
+                    IFLA_XDP_DRV_PROG_ID => XdpMode::Driver,
+                    IFLA_XDP_SKB_PROG_ID => XdpMode::Generic,
+                    IFLA_XDP_HW_PROG_ID => XdpMode::Offload,
+                    _ => continue,
+                };
+                if let Some(id) = u32_of(payload).filter(|id| *id != 0) {
+                    by_mode.push((mode, id));
+                }
+            }
+            if by_mode.is_empty() && only != 0 {
+                let mode = match attached {
+                    XDP_ATTACHED_DRV => Some(XdpMode::Driver),
+                    XDP_ATTACHED_SKB => Some(XdpMode::Generic),
+                    XDP_ATTACHED_HW => Some(XdpMode::Offload),
+                    _ => None,
+                };
+                by_mode.extend(mode.map(|m| (m, only)));
+            }
+            Ok(by_mode)
+        }
+        _ => Err(malformed()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -740,6 +895,64 @@ mod tests {
         assert_eq!(super::possible_cpus("0"), Some(1));
         assert_eq!(super::possible_cpus("0,2-5"), Some(6));
         assert_eq!(super::possible_cpus(""), None);
+    }
+
+    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&ty.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize(a.len().next_multiple_of(4), 0);
+        a
+    }
+
+    /// An `RTM_NEWLINK` reply with `attrs` after the ifinfomsg.
+    fn newlink(attrs: &[Vec<u8>]) -> Vec<u8> {
+        let body: Vec<u8> = attrs.concat();
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + 16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&super::RTM_NEWLINK.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(&[0; 16]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn getlink_reply_gives_each_modes_program() {
+        use super::XdpMode::*;
+        let mtu = attr(4, &1500u32.to_ne_bytes());
+        // One program in generic mode, as Linux 4.19 and later report it
+        // (the nest marked NLA_F_NESTED, as some kernels do).
+        let xdp = [attr(2, &[2]), attr(6, &7u32.to_ne_bytes()), attr(4, &7u32.to_ne_bytes())].concat();
+        let reply = newlink(&[mtu.clone(), attr(43 | 0x8000, &xdp)]);
+        assert_eq!(super::parse_getlink_reply(&reply).expect("parsed"), vec![(Generic, 7)]);
+        // Driver and offload at once (XDP_ATTACHED_MULTI): both.
+        let xdp = [attr(2, &[4]), attr(5, &8u32.to_ne_bytes()), attr(7, &9u32.to_ne_bytes())].concat();
+        assert_eq!(super::parse_getlink_reply(&newlink(&[attr(43, &xdp)])).expect("parsed"), vec![(Driver, 8), (Offload, 9)]);
+        // Before 4.19: the mode and one id.
+        let xdp = [attr(2, &[1]), attr(4, &5u32.to_ne_bytes())].concat();
+        assert_eq!(super::parse_getlink_reply(&newlink(&[attr(43, &xdp)])).expect("parsed"), vec![(Driver, 5)]);
+        // Nothing attached: XDP_ATTACHED_NONE, or no IFLA_XDP at all.
+        assert_eq!(super::parse_getlink_reply(&newlink(&[attr(43, &attr(2, &[0]))])).expect("parsed"), vec![]);
+        assert_eq!(super::parse_getlink_reply(&newlink(&[mtu])).expect("parsed"), vec![]);
+    }
+
+    #[test]
+    fn getlink_error_and_malformed_replies_are_errors() {
+        let mut error = Vec::new();
+        error.extend_from_slice(&36u32.to_ne_bytes());
+        error.extend_from_slice(&super::NLMSG_ERROR.to_ne_bytes());
+        error.extend_from_slice(&[0; 10]);
+        error.extend_from_slice(&(-libc::ENODEV).to_ne_bytes());
+        error.extend_from_slice(&[0; 16]);
+        assert_eq!(super::parse_getlink_reply(&error).expect_err("an error").raw_os_error(), Some(libc::ENODEV));
+        assert!(super::parse_getlink_reply(&[1, 2, 3]).is_err());
+        let mut long = newlink(&[]);
+        long[0..4].copy_from_slice(&200u32.to_ne_bytes());
+        assert!(super::parse_getlink_reply(&long).is_err());
+        // A zero-length attribute ends the walk instead of looping.
+        assert_eq!(super::netlink_attrs(&[0, 0, 43, 0, 1, 2]).count(), 0);
     }
 }
 
