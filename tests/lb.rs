@@ -277,7 +277,13 @@ fn check_frame(what: &str, input: &[u8], l3: usize, out: &[u8], want: &Want) {
             assert_eq!(u.source_port, 0xc000 | (want.hash & 0x3fff) as u16, "{}: GUE source port", ctx());
             assert_eq!(u.destination_port, port, "{}: GUE port", ctx());
             assert_eq!(usize::from(u.length), rest.len() + 8, "{}: UDP length", ctx());
-            assert_eq!(u.checksum, 0, "{}: no UDP checksum over IPv4", ctx());
+            if outer_v6 {
+                assert_eq!(gue6_checksum_verifies(out), Some(true), "{}: the UDP checksum over IPv6 sums to 0xffff", ctx());
+                let (h, _) = Ipv6Header::from_slice(&out[14..]).expect("outer IPv6");
+                assert_eq!(Ok(u.checksum), u.calc_checksum_ipv6(&h, rest), "{}: etherparse's UDP checksum", ctx());
+            } else {
+                assert_eq!(u.checksum, 0, "{}: no UDP checksum over IPv4", ctx());
+            }
             // GUE variant 1: the first two bits are 01, which an IP
             // version nibble of 4 or 6 gives.
             assert_eq!(rest[0] >> 6, 1, "{}: GUE variant 1", ctx());
@@ -295,6 +301,26 @@ fn internet_checksum(b: &[u8]) -> u16 {
         s = (s & 0xffff) + (s >> 16);
     }
     !(s as u16)
+}
+
+/// For a frame of GUE over IPv6: whether its UDP checksum is right (the
+/// one's-complement sum of the pseudo-header, the UDP header and its
+/// payload, the UDP length's bytes, is 0xffff), computed here from the
+/// bytes; `None` for a checksum of 0 (none) or another frame.
+fn gue6_checksum_verifies(frame: &[u8]) -> Option<bool> {
+    if frame.get(12..14)? != [0x86, 0xdd] || *frame.get(14 + 6)? != 17 {
+        return None;
+    }
+    let udp = frame.get(54..)?;
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    if u16::from_be_bytes([*udp.get(6)?, *udp.get(7)?]) == 0 {
+        return None;
+    }
+    let mut bytes = frame[22..54].to_vec();
+    bytes.extend((len as u32).to_be_bytes());
+    bytes.extend([0, 0, 0, 17]);
+    bytes.extend(udp.get(..len)?);
+    Some(internet_checksum(&bytes) == 0)
 }
 
 /// Checks the checksums of an IP packet (IPv4 header; TCP or UDP over
@@ -430,6 +456,8 @@ const VIPS: &[Vip] = &[
     Vip { what: "GUE, IPv4 inside", dst: "198.18.0.102", pool: "web4", gue: Some(6080), src: Src::Fixed(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))), by: By::Flow },
     Vip { what: "GUE, IPv6 inside, by ip.src", dst: "2001:db8::102", pool: "web4", gue: Some(6080), src: Src::Fixed(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))), by: By::Src },
     Vip { what: "4in4 by ports, a source per flow from a /16", dst: "198.18.0.103", pool: "web4", gue: None, src: Src::Prefix(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 16), by: By::Ports },
+    Vip { what: "GUE over IPv6, IPv6 inside", dst: "2001:db8::103", pool: "web6", gue: Some(6080), src: Src::Fixed(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))), by: By::Flow },
+    Vip { what: "GUE over IPv6, IPv4 inside, a source per flow from a /64", dst: "198.18.0.105", pool: "web6", gue: Some(6080), src: Src::Prefix(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0)), 64), by: By::Flow },
 ];
 
 /// The VIP rules after `before`.
@@ -907,6 +935,133 @@ fn crafted_packets_in_specialized_programs() {
         }
         assert!(balanced > packets.len() / 3, "{name}: {balanced} of {} balanced", packets.len());
     }
+}
+
+// ------------------------------------------------------------ GUE over IPv6
+
+const GUE6_POLICY: &str = "pool web6 = { 2001:db8:1::10, 2001:db8:1::11, 2001:db8:1::12 weight 3 }
+xdp /ip.dst == 2001:db8::103/ { lb(web6, encap: gue, port: 6080, src: 2001:db8::1) }
+xdp /ip.dst == 198.18.0.105/ { lb(web6, encap: gue, port: 6080, src: 2001:db8:ff::/64) }
+";
+
+/// What the outer UDP checksum of a frame of GUE over IPv6 is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outer {
+    /// Right: the sum over the frame's bytes is 0xffff.
+    Right,
+    /// Wrong, as the packet inside's own checksums are.
+    Wrong,
+    /// 0, none: the frame does not hold the whole packet.
+    None,
+    /// The packet inside is longer than the frame: whatever the reference says.
+    Any,
+}
+
+/// The outer UDP checksum of GUE over IPv6 (docs/language.md, "Load
+/// balancing"), on packets whose own checksums cover them (TCP, UDP,
+/// ICMP, ICMPv6: the outer one is derived from them, right exactly when
+/// they are) and on those whose do not (fragments, extension headers, UDP
+/// without a checksum, other protocols: summed over the bytes, at every
+/// length's chunks and last bytes), and on packets longer than the frame.
+/// Each frame is the reference's, and its checksum is computed here from
+/// its bytes and by etherparse.
+#[test]
+fn gue6_outer_udp_checksums() {
+    if !common::kernel("lb GUE over IPv6 checksums") {
+        return;
+    }
+    let compiled = compile(GUE6_POLICY);
+    let mut p = compiled.load();
+    let ns = netns();
+    let (c4, vip4, c6, vip6) = (v4("198.18.5.5"), v4("198.18.0.105"), v6("2001:db8:5::5"), v6("2001:db8::103"));
+    let tcp6 = |n: usize| PacketSpec::tcp6(c6, vip6, 40000, 80).ack().payload(n);
+    let udp6 = |n: usize| PacketSpec::udp6(c6, vip6, 5353, 53).payload(n);
+    let tcp4 = |n: usize| PacketSpec::tcp4(c4, vip4, 40000, 80).ack().payload(n);
+    let udp4 = |n: usize| PacketSpec::udp4(c4, vip4, 5353, 53).payload(n);
+    let raw = |protocol: u8, n: usize| L4::Raw { protocol, bytes: (0..n).map(|i| (i * 7 + 3) as u8).collect() };
+    // A byte changed at `at` (from the IP header).
+    let flip = |mut b: Vec<u8>, at: usize| {
+        b[14 + at] ^= 0x5a;
+        b
+    };
+    let no_udp_checksum = |mut b: Vec<u8>, l4: usize| {
+        b[14 + l4 + 6..14 + l4 + 8].copy_from_slice(&[0, 0]);
+        b
+    };
+    let mut cases: Vec<(String, Vec<u8>, Outer)> = Vec::new();
+    // Covered by their own checksums, odd lengths too.
+    for n in [0, 1, 2, 3, 5, 64, 1001, 1400] {
+        cases.push((format!("TCP over IPv6, {n} bytes"), tcp6(n).build(), Outer::Right));
+        cases.push((format!("UDP over IPv6, {n} bytes"), udp6(n).build(), Outer::Right));
+        cases.push((format!("ICMPv6 echo, {n} bytes"), PacketSpec::icmp6(c6, vip6, 128, 0).payload(n).build(), Outer::Right));
+        cases.push((format!("TCP over IPv4, {n} bytes"), tcp4(n).build(), Outer::Right));
+        cases.push((format!("UDP over IPv4, {n} bytes"), udp4(n).build(), Outer::Right));
+        cases.push((format!("ICMP echo, {n} bytes"), PacketSpec::icmp4(c4, vip4, 8, 0).payload(n).build(), Outer::Right));
+    }
+    cases.push(("TCP over IPv4 with options".into(), tcp4(9).ipv4(|ip| ip.options = vec![1; 12]).build(), Outer::Right));
+    cases.push(("TCP over IPv6 with ToS and a flow label".into(), tcp6(9).ipv6(|ip| {
+        ip.traffic_class = 0xb9;
+        ip.flow_label = 0xabcde;
+        ip.hop_limit = 3;
+    }).build(), Outer::Right));
+    // Summed over the bytes: every chunk and every last 0 to 3 bytes.
+    for n in [0, 1, 2, 3, 4, 7, 9, 15, 30, 33, 63, 126, 129, 255, 258, 511, 515, 1023, 1025, 2047, 2050, 3001] {
+        cases.push((format!("IPv6 first fragment, {n} bytes"), tcp6(n).frag(0, true).build(), Outer::Right));
+        cases.push((format!("IPv4 later fragment, {n} bytes"), PacketSpec { l4: raw(6, n), ..tcp4(0) }.frag(1480, false).build(), Outer::Right));
+    }
+    for (what, spec) in [
+        ("IPv6 later fragment", PacketSpec { l4: raw(6, 101), ..tcp6(0) }.frag(1448, false)),
+        ("TCP behind a hop-by-hop header", tcp6(17).ext(Ipv6Ext::HopByHop { len8: 0 })),
+        ("UDP behind destination options", udp6(18).ext(Ipv6Ext::DestOpts { len8: 1 })),
+        ("ICMPv6 behind routing and authentication headers", PacketSpec::icmp6(c6, vip6, 128, 0).payload(3).ext(Ipv6Ext::Routing { len8: 1 }).ext(Ipv6Ext::Auth { len4: 1 })),
+        ("IPv6, no next header", PacketSpec { l4: L4::None, ..tcp6(0) }),
+        ("IPv6, GRE", PacketSpec { l4: raw(47, 13), ..tcp6(0) }),
+        ("IPv4 first fragment", tcp4(21).frag(0, true)),
+        ("IPv4, GRE", PacketSpec { l4: raw(47, 13), ..tcp4(0) }),
+        ("IPv4, UDP cut short of its header", PacketSpec { l4: raw(17, 5), ..tcp4(0) }),
+    ] {
+        cases.push((what.to_string(), spec.build(), Outer::Right));
+    }
+    cases.push(("UDP over IPv4 without a checksum".into(), no_udp_checksum(udp4(11).build(), 20), Outer::Right));
+    cases.push(("UDP over IPv6 without a checksum".into(), no_udp_checksum(udp6(11).build(), 40), Outer::Right));
+    // Wrong inside: wrong outside, where derived; right where summed.
+    cases.push(("TCP over IPv6, a payload byte changed".into(), flip(tcp6(30).build(), 40 + 20 + 5), Outer::Wrong));
+    cases.push(("UDP over IPv6, its checksum changed".into(), flip(udp6(30).build(), 40 + 6), Outer::Wrong));
+    cases.push(("TCP over IPv4, its header checksum changed".into(), flip(tcp4(30).build(), 10), Outer::Wrong));
+    cases.push(("ICMP, a byte changed".into(), flip(PacketSpec::icmp4(c4, vip4, 8, 0).payload(8).build(), 20 + 9), Outer::Wrong));
+    cases.push(("IPv6 first fragment, a payload byte changed".into(), flip(tcp6(30).frag(0, true).build(), 40 + 8 + 20 + 5), Outer::Right));
+    // Longer than the frame.
+    cases.push(("hop-by-hop, payload length past the frame".into(), tcp6(10).ext(Ipv6Ext::HopByHop { len8: 0 }).ipv6(|ip| ip.payload_len = Some(1400)).build(), Outer::None));
+    cases.push(("IPv4 later fragment, total length past the frame".into(), PacketSpec { l4: raw(6, 40), ..tcp4(0) }.frag(8, true).ipv4(|ip| ip.total_len = Some(1400)).build(), Outer::None));
+    cases.push(("TCP over IPv6, payload length past the frame".into(), tcp6(10).ipv6(|ip| ip.payload_len = Some(1400)).build(), Outer::Any));
+    cases.push(("TCP over IPv6, payload length 0".into(), tcp6(10).ipv6(|ip| ip.payload_len = Some(0)).build(), Outer::Any));
+
+    let mut seen = BTreeMap::new();
+    for (what, bytes, want) in &cases {
+        let out = ns.run(|| p.test_run("xdp", bytes)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r = agree(what, &compiled, &out, bytes);
+        assert_eq!(r.outcome, Outcome::Lb, "{what}: balanced");
+        let e = xpol_runtime::lb::decapsulate(&out.packet).unwrap_or_else(|| panic!("{what}: not GUE: {}", hex(&out.packet)));
+        assert_eq!(e.gue_port, Some(6080), "{what}");
+        let checksum = u16::from_be_bytes([out.packet[60], out.packet[61]]);
+        let got = match gue6_checksum_verifies(&out.packet) {
+            Some(true) => Outer::Right,
+            Some(false) => Outer::Wrong,
+            None if checksum == 0 => Outer::None,
+            None => Outer::Any,
+        };
+        if *want != Outer::Any {
+            assert_eq!(got, *want, "{what}: the outer UDP checksum {checksum:#06x}; out {}", hex(&out.packet));
+        }
+        if got == Outer::Right {
+            let (h, rest) = Ipv6Header::from_slice(&out.packet[14..]).expect("outer IPv6");
+            let (u, payload) = UdpHeader::from_slice(rest).expect("UDP");
+            assert_eq!(Ok(u.checksum), u.calc_checksum_ipv6(&h, &payload[..usize::from(u.length) - 8]), "{what}: etherparse's UDP checksum");
+            assert_eq!(e.inner, bytes[14..], "{what}: the packet inside");
+        }
+        *seen.entry(format!("{got:?}")).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 4, "every kind of outer checksum: {seen:?}");
 }
 
 /// The IP version of the packet at `l3`.
