@@ -1,8 +1,9 @@
 //! The load balancer (`pool` and `lb(...)`, issue 13) in the kernel.
 //!
 //! - Frames (`BPF_PROG_TEST_RUN`): every encapsulation (4in4, 6in6, 4in6,
-//!   6in4, GUE with IPv4 and IPv6 inside) taken apart with etherparse, each
-//!   checksum verified, each outer field against what docs/language.md
+//!   6in4, GUE over IPv4 and IPv6 with IPv4 and IPv6 inside) taken apart
+//!   with etherparse, each checksum verified (GUE's over IPv6 on covered,
+//!   summed, corrupt and overlong packets too), each outer field against what docs/language.md
 //!   says, the backend against the Maglev table and the whole frame against
 //!   the reference semantics; the next hop from the FIB (a route and a
 //!   permanent neighbour entry) and the MTU check.
@@ -13,9 +14,9 @@
 //!   table; per-backend counters; a pool without backends.
 //! - Determinism: two loads in two namespaces agree on 100,000 flows.
 //! - End to end: a client, the LB and three backends on one Ethernet
-//!   segment (a bridge in a namespace), real TCP connections to two VIPs
-//!   (IPIP and GUE), direct server return, a backend drained and removed
-//!   under a long-lived connection.
+//!   segment (a bridge in a namespace), real TCP connections to six VIPs
+//!   (IPIP and GUE, IPv4 and IPv6 outside and inside), direct server
+//!   return, a backend drained and removed under a long-lived connection.
 //!
 //! Test runs happen in fresh network namespaces: there `bpf_fib_lookup`
 //! finds no route (forwarding is off), so `lb` passes its frame up the
@@ -1287,9 +1288,11 @@ fn two_loads_agree_on_every_flow() {
 // ------------------------------------------------------------ 5. end to end
 
 /// On each backend: decapsulates IPIP (raw sockets for protocol 4 over
-/// IPv4, 4 and 41 over IPv6) and GUE (a UDP socket on port 6080) and hands the packet inside to the
-/// kernel through a TUN device, since this kernel may have no `ipip` or
-/// `fou` module (the kernel then checks the outer IPv4 header on the way
+/// IPv4, 4 and 41 over IPv6) and GUE (UDP sockets on port 6080, over IPv4
+/// and IPv6) and hands the packet inside to the kernel through a TUN
+/// device, since this kernel may have no `ipip` or `fou` module (the
+/// kernel then checks the outer IPv4 header and the outer UDP checksum
+/// over IPv6, which an ordinary UDP socket needs right, not 0, on the way
 /// in, and the inner headers and TCP checksum on the way up); and answers
 /// TCP on port 80 with its name, one line per line received. Exits when
 /// its standard input closes.
@@ -1306,6 +1309,9 @@ ipip = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
 in6 = [socket.socket(socket.AF_INET6, socket.SOCK_RAW, p) for p in (4, 41)]
 gue = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 gue.bind(("0.0.0.0", 6080))
+gue6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+gue6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+gue6.bind(("::", 6080))
 srv = socket.socket(socket.AF_INET6)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -1313,7 +1319,7 @@ srv.bind(("::", 80))
 srv.listen(256)
 def decap():
     while True:
-        r, _, _ = select.select([ipip, gue] + in6, [], [])
+        r, _, _ = select.select([ipip, gue, gue6] + in6, [], [])
         for s in r:
             data = s.recv(65535)
             if s is ipip:
@@ -1396,12 +1402,14 @@ const LB_ADDR: &str = "198.18.100.2";
 const VIP_IPIP: &str = "198.18.101.80";
 const VIP_GUE: &str = "198.18.101.81";
 const BACKENDS: [&str; 3] = ["198.18.100.11", "198.18.100.12", "198.18.100.13"];
-/// IPv6 on the same segment: an IPv4 VIP and an IPv6 VIP over the
-/// backends' IPv6 addresses (4in6, 6in6).
+/// IPv6 on the same segment: IPv4 and IPv6 VIPs over the backends' IPv6
+/// addresses, by IPIP (4in6, 6in6) and GUE.
 const CLIENT_ADDR6: &str = "2001:db8:100::1";
 const LB_ADDR6: &str = "2001:db8:100::2";
 const VIP_4IN6: &str = "198.18.101.82";
 const VIP_6IN6: &str = "2001:db8:101::80";
+const VIP_GUE_4IN6: &str = "198.18.101.83";
+const VIP_GUE6: &str = "2001:db8:101::81";
 const BACKENDS6: [&str; 3] = ["2001:db8:100::11", "2001:db8:100::12", "2001:db8:100::13"];
 
 impl Segment {
@@ -1433,10 +1441,12 @@ impl Segment {
         let tx = Command::new("ip").args(["netns", "exec", &client.name, "ethtool", "-K", &seg.dev(0), "tx", "off"]).output().expect("ethtool");
         assert!(tx.status.success(), "ethtool: {}", String::from_utf8_lossy(&tx.stderr));
         // The client reaches the VIPs through the LB.
-        for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6] {
+        for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_GUE_4IN6] {
             seg.hosts[0].ip(&["route", "add", &format!("{vip}/32"), "via", LB_ADDR]);
         }
-        seg.hosts[0].ip(&["-6", "route", "add", &format!("{VIP_6IN6}/128"), "via", LB_ADDR6]);
+        for vip in [VIP_6IN6, VIP_GUE6] {
+            seg.hosts[0].ip(&["-6", "route", "add", &format!("{vip}/128"), "via", LB_ADDR6]);
+        }
         // The LB forwards what `lb` passes up before it knows a backend's
         // MAC. The outer source is the LB's own address, which the stack
         // takes for a martian source on a packet it receives unless
@@ -1452,10 +1462,12 @@ impl Segment {
         // no reverse-path filter for the packets the TUN device hands in.
         for i in 2..seg.hosts.len() {
             let b = &seg.hosts[i];
-            for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6] {
+            for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_GUE_4IN6] {
                 b.ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
             }
-            b.ip(&["addr", "add", &format!("{VIP_6IN6}/128"), "dev", "lo"]);
+            for vip in [VIP_6IN6, VIP_GUE6] {
+                b.ip(&["addr", "add", &format!("{vip}/128"), "dev", "lo"]);
+            }
             for s in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
                 b.sysctl(s);
             }
@@ -1496,7 +1508,7 @@ impl Segment {
     }
 }
 
-/// Connections to both VIPs spread over the three backends; a drained
+/// Connections to every VIP spread over the three backends; a drained
 /// backend gets no new connections and keeps its established one; a
 /// removed backend gets nothing, and new connections still complete.
 fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
@@ -1506,7 +1518,9 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
          xdp /ip.dst == {VIP_IPIP} && tcp.dport == 80/ {{ lb(web, encap: ipip, src: {LB_ADDR}) }}\n\
          xdp /ip.dst == {VIP_GUE} && tcp.dport == 80/ {{ lb(web, encap: gue, port: 6080, src: {LB_ADDR}) }}\n\
          xdp /ip.dst == {VIP_4IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n\
-         xdp /ip.dst == {VIP_6IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n",
+         xdp /ip.dst == {VIP_6IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n\
+         xdp /ip.dst == {VIP_GUE_4IN6} && tcp.dport == 80/ {{ lb(web6, encap: gue, port: 6080, src: {LB_ADDR6}) }}\n\
+         xdp /ip.dst == {VIP_GUE6} && tcp.dport == 80/ {{ lb(web6, encap: gue, port: 6080, src: {LB_ADDR6}) }}\n",
         BACKENDS.join(", "),
         BACKENDS6.join(", ")
     ));
@@ -1527,13 +1541,14 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     let names: Vec<String> = (1..=BACKENDS.len()).map(|i| format!("backend{i}")).collect();
 
     const N: usize = 60;
-    for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_6IN6] {
+    let vips = [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_6IN6, VIP_GUE_4IN6, VIP_GUE6];
+    for vip in vips {
         let got = seg.connect(vip, N);
         assert_eq!(got.values().sum::<u64>(), N as u64, "{vip}: {got:?}");
         assert_eq!(got.len(), BACKENDS.len(), "{vip}: {N} connections reach every backend: {got:?}");
     }
     let s6 = stats_of(&p, "web6");
-    assert_eq!(s6.backends.iter().map(|b| b.new_flows).sum::<u64>(), 2 * N as u64, "{s6:?}");
+    assert_eq!(s6.backends.iter().map(|b| b.new_flows).sum::<u64>(), 4 * N as u64, "{s6:?}");
     let s = stats_of(&p, "web");
     let new_flows: u64 = s.backends.iter().map(|b| b.new_flows).sum();
     assert_eq!(new_flows, 2 * N as u64, "one new flow per connection: {s:?}");
@@ -1550,7 +1565,7 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     if mode == xpol_runtime::loader::XdpAttachMode::Native {
         let tx = veth_stat(lb, &lb_dev, "rx_queue_0_xdp_tx");
         eprintln!("{mode:?}: XDP_TX {tx}");
-        assert!(tx >= 4 * 4 * N as u64 - forwarded4 - forwarded6, "the rest left by XDP_TX: {tx}");
+        assert!(tx >= 4 * vips.len() as u64 * N as u64 - forwarded4 - forwarded6, "the rest left by XDP_TX: {tx}");
     }
 
     // A long-lived connection; then its backend is drained (weight 0: a
