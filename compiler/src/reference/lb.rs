@@ -177,7 +177,7 @@ const GUE6_MAX_SUMMED: u64 = 4095;
 /// The IPv4 header checksum and the L4 checksum (TCP, UDP, ICMP, ICMPv6)
 /// of the IP packet `bytes` are right: each sum is 0 in one's complement.
 fn inner_checksums_verify(ip: &super::IpFacts, proto: u64, bytes: &[u8]) -> bool {
-    let zero = |sum: u64| sum % 0xffff == 0;
+    let zero = |sum: u64| sum.is_multiple_of(0xffff);
     let hlen = if ip.v6 { 40 } else { 4 * ip.ihl as usize };
     if bytes.len() < hlen || (!ip.v6 && !zero(sum_words(&bytes[..hlen]))) {
         return false;

@@ -188,10 +188,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     ///   only when the L4 header follows the IPv6 header (no extension
     ///   headers, which are in neither checksum).
     ///
-    /// All from the parser's facts (values, not bytes read back): the outer
-    /// checksum is then right exactly when the inner ones are. Any other
-    /// packet (a fragment, extension headers, UDP over IPv4 without a
-    /// checksum, another protocol) is summed over its bytes with
+    /// Computed from values (the parser's facts and the inner header's
+    /// fields, none of them bytes just stored), whatever the length, and
+    /// right exactly when the inner checksums are (docs/language.md, "Outer
+    /// checksums"). Any other packet (a fragment, extension headers, UDP
+    /// without a checksum, another protocol) is summed over its bytes with
     /// `bpf_csum_diff`, in chunks of 2048 down to 4 bytes by the bits of
     /// its length and then the last 1 to 3 bytes; one that is not wholly in
     /// the frame (an IP length past it) gets 0, "no checksum", which
@@ -212,14 +213,13 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // copy, the lengths the extension headers' bounds refine); a branch
         // whose outcome it knows from them would have it track them along
         // all those paths, and verify what follows once per path.
-        let flag = |v: IntValue<'ctx>| b.opaque(b.zext64(v));
         // 1 when `x` (less than 2^63) is `k`.
         let eq = |x: IntValue<'ctx>, k: u64| b.lshr(b.sub(b.opaque(b.xor(x, c(k))), c(1)), c(63));
         // 1 when `x` (less than 2^63) is at least `k`.
         let at_least = |x: IntValue<'ctx>, k: u64| b.xor(b.lshr(b.sub(b.opaque(x), c(k)), c(63)), c(1));
         // `a` when `f` is 1, `z` when it is 0.
         let pick = |f: IntValue<'ctx>, a: IntValue<'ctx>, z: IntValue<'ctx>| b.xor(z, b.and(b.xor(a, z), b.opaque(b.sub(c(0), f))));
-        // Folds a sum (less than 2^48) to 16 bits, 0xffff for 0 included.
+        // Folds a sum (less than 2^48) to 16 bits.
         let fold16 = |mut x: IntValue<'ctx>| {
             for _ in 0..3 {
                 x = b.add(b.and(x, c(0xffff)), b.lshr(x, c(16)));
@@ -245,7 +245,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // frame, as the parser found them.
         b.cond_br_likely(b.fits(data, GUE6_INNER_AT + 20, end), header, none);
         b.at(header);
-        let v6 = flag(get(h.ip6_ok));
+        // The family is known at each of the parser's ends: LLVM folds it.
+        let v6 = b.zext64(get(h.ip6_ok));
         let v4 = b.xor(v6, c(1));
         let byte = |off: u64| b.zext64(b.load_raw(data, GUE6_INNER_AT + off, 1));
         let hl = pick(v6, c(40), b.shl(b.and(byte(0), c(0xf)), c(2)));
