@@ -87,7 +87,17 @@ fn corpus() -> Vec<Vec<u8>> {
         }
         base.push(s);
     }
+    base.extend(gue6_packets());
     let mut out: Vec<Vec<u8>> = base.iter().map(|s| s.build()).collect();
+    // UDP without a checksum to those VIPs.
+    for (spec, l4) in [
+        (PacketSpec::udp4("198.18.9.1".parse().unwrap(), "198.18.0.106".parse().unwrap(), 5353, 53).payload(11), 14 + 20),
+        (PacketSpec::udp6("2001:db8:9::1".parse().unwrap(), "2001:db8::53".parse().unwrap(), 5353, 53).payload(11), 14 + 40),
+    ] {
+        let mut p = spec.build();
+        p[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+        out.push(p);
+    }
     // Truncations of a few shapes.
     for spec in [ssh(), ssh6().ext(Ipv6Ext::HopByHop { len8: 0 }), ssh().qinq(1, 2)] {
         let full = spec.build();
@@ -108,6 +118,59 @@ fn corpus() -> Vec<Vec<u8>> {
             out.push(q);
         }
     }
+    out
+}
+
+/// Packets to the VIPs of GUE over IPv6 in examples/lb.xpol (2001:db8::53,
+/// UDP to port 53) and tests/golden/ok/lb.xpol (198.18.0.106 and
+/// 2001:db8::106): those whose own checksums give the outer UDP checksum
+/// (TCP, UDP, ICMP, ICMPv6), and those whose bytes are summed (fragments,
+/// extension headers, UDP without a checksum, other protocols) or cannot
+/// be (longer than the frame), at odd and even lengths; the corpus's
+/// mutations then give them wrong checksums.
+fn gue6_packets() -> Vec<PacketSpec> {
+    let c4: Ipv4Addr = "198.18.9.1".parse().expect("v4");
+    let c6: Ipv6Addr = "2001:db8:9::1".parse().expect("v6");
+    let vip4: Ipv4Addr = "198.18.0.106".parse().expect("v4");
+    let raw = |protocol: u8, n: usize| L4::Raw { protocol, bytes: (0..n).map(|i| (i * 5 + 1) as u8).collect() };
+    let mut out = Vec::new();
+    for vip6 in ["2001:db8::53", "2001:db8::106"] {
+        let vip6: Ipv6Addr = vip6.parse().expect("v6");
+        let udp6 = |n: usize| PacketSpec::udp6(c6, vip6, 5353, 53).payload(n);
+        let tcp6 = |n: usize| PacketSpec::tcp6(c6, vip6, 40000, 53).ack().payload(n);
+        out.extend([
+            udp6(0),
+            udp6(33),
+            udp6(1001),
+            udp6(7).vlan(8),
+            tcp6(3),
+            PacketSpec::icmp6(c6, vip6, 128, 0).payload(5),
+            PacketSpec::icmp6(c6, vip6, 1, 4).payload(48),
+            udp6(11).frag(0, true),
+            udp6(300).frag(0, true),
+            PacketSpec { l4: raw(17, 77), ..udp6(0) }.frag(1448, false),
+            udp6(9).ext(Ipv6Ext::HopByHop { len8: 0 }),
+            udp6(10).ext(Ipv6Ext::DestOpts { len8: 1 }).ext(Ipv6Ext::Routing { len8: 0 }),
+            PacketSpec { l4: L4::None, ..udp6(0) },
+            PacketSpec { l4: raw(47, 13), ..udp6(0) },
+            udp6(20).ipv6(|ip| ip.payload_len = Some(1400)),
+            udp6(20).ext(Ipv6Ext::HopByHop { len8: 0 }).ipv6(|ip| ip.payload_len = Some(1400)),
+            udp6(20).ipv6(|ip| ip.payload_len = Some(0)),
+        ]);
+    }
+    let udp4 = |n: usize| PacketSpec::udp4(c4, vip4, 5353, 53).payload(n);
+    out.extend([
+        udp4(0),
+        udp4(33),
+        PacketSpec::tcp4(c4, vip4, 40000, 80).syn().payload(1001),
+        PacketSpec::icmp4(c4, vip4, 8, 0).payload(3),
+        udp4(12).ipv4(|ip| ip.options = vec![1; 8]),
+        udp4(11).frag(0, true),
+        PacketSpec { l4: raw(17, 99), ..udp4(0) }.frag(1480, false),
+        PacketSpec { l4: raw(47, 13), ..udp4(0) },
+        udp4(20).ipv4(|ip| ip.total_len = Some(1400)),
+        PacketSpec { l4: raw(6, 40), ..udp4(0) }.frag(8, true).ipv4(|ip| ip.total_len = Some(1400)),
+    ]);
     out
 }
 

@@ -1,8 +1,9 @@
 //! The load balancer (`pool` and `lb(...)`, issue 13) in the kernel.
 //!
 //! - Frames (`BPF_PROG_TEST_RUN`): every encapsulation (4in4, 6in6, 4in6,
-//!   6in4, GUE with IPv4 and IPv6 inside) taken apart with etherparse, each
-//!   checksum verified, each outer field against what docs/language.md
+//!   6in4, GUE over IPv4 and IPv6 with IPv4 and IPv6 inside) taken apart
+//!   with etherparse, each checksum verified (GUE's over IPv6 on covered,
+//!   summed, corrupt and overlong packets too), each outer field against what docs/language.md
 //!   says, the backend against the Maglev table and the whole frame against
 //!   the reference semantics; the next hop from the FIB (a route and a
 //!   permanent neighbour entry) and the MTU check.
@@ -13,9 +14,9 @@
 //!   table; per-backend counters; a pool without backends.
 //! - Determinism: two loads in two namespaces agree on 100,000 flows.
 //! - End to end: a client, the LB and three backends on one Ethernet
-//!   segment (a bridge in a namespace), real TCP connections to two VIPs
-//!   (IPIP and GUE), direct server return, a backend drained and removed
-//!   under a long-lived connection.
+//!   segment (a bridge in a namespace), real TCP connections to six VIPs
+//!   (IPIP and GUE, IPv4 and IPv6 outside and inside), direct server
+//!   return, a backend drained and removed under a long-lived connection.
 //!
 //! Test runs happen in fresh network namespaces: there `bpf_fib_lookup`
 //! finds no route (forwarding is off), so `lb` passes its frame up the
@@ -277,7 +278,13 @@ fn check_frame(what: &str, input: &[u8], l3: usize, out: &[u8], want: &Want) {
             assert_eq!(u.source_port, 0xc000 | (want.hash & 0x3fff) as u16, "{}: GUE source port", ctx());
             assert_eq!(u.destination_port, port, "{}: GUE port", ctx());
             assert_eq!(usize::from(u.length), rest.len() + 8, "{}: UDP length", ctx());
-            assert_eq!(u.checksum, 0, "{}: no UDP checksum over IPv4", ctx());
+            if outer_v6 {
+                assert_eq!(gue6_checksum_verifies(out), Some(true), "{}: the UDP checksum over IPv6 sums to 0xffff", ctx());
+                let (h, _) = Ipv6Header::from_slice(&out[14..]).expect("outer IPv6");
+                assert_eq!(Ok(u.checksum), u.calc_checksum_ipv6(&h, rest), "{}: etherparse's UDP checksum", ctx());
+            } else {
+                assert_eq!(u.checksum, 0, "{}: no UDP checksum over IPv4", ctx());
+            }
             // GUE variant 1: the first two bits are 01, which an IP
             // version nibble of 4 or 6 gives.
             assert_eq!(rest[0] >> 6, 1, "{}: GUE variant 1", ctx());
@@ -295,6 +302,26 @@ fn internet_checksum(b: &[u8]) -> u16 {
         s = (s & 0xffff) + (s >> 16);
     }
     !(s as u16)
+}
+
+/// For a frame of GUE over IPv6: whether its UDP checksum is right (the
+/// one's-complement sum of the pseudo-header, the UDP header and its
+/// payload, the UDP length's bytes, is 0xffff), computed here from the
+/// bytes; `None` for a checksum of 0 (none) or another frame.
+fn gue6_checksum_verifies(frame: &[u8]) -> Option<bool> {
+    if frame.get(12..14)? != [0x86, 0xdd] || *frame.get(14 + 6)? != 17 {
+        return None;
+    }
+    let udp = frame.get(54..)?;
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    if u16::from_be_bytes([*udp.get(6)?, *udp.get(7)?]) == 0 {
+        return None;
+    }
+    let mut bytes = frame[22..54].to_vec();
+    bytes.extend((len as u32).to_be_bytes());
+    bytes.extend([0, 0, 0, 17]);
+    bytes.extend(udp.get(..len)?);
+    Some(internet_checksum(&bytes) == 0)
 }
 
 /// Checks the checksums of an IP packet (IPv4 header; TCP or UDP over
@@ -430,6 +457,8 @@ const VIPS: &[Vip] = &[
     Vip { what: "GUE, IPv4 inside", dst: "198.18.0.102", pool: "web4", gue: Some(6080), src: Src::Fixed(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))), by: By::Flow },
     Vip { what: "GUE, IPv6 inside, by ip.src", dst: "2001:db8::102", pool: "web4", gue: Some(6080), src: Src::Fixed(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))), by: By::Src },
     Vip { what: "4in4 by ports, a source per flow from a /16", dst: "198.18.0.103", pool: "web4", gue: None, src: Src::Prefix(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 16), by: By::Ports },
+    Vip { what: "GUE over IPv6, IPv6 inside", dst: "2001:db8::103", pool: "web6", gue: Some(6080), src: Src::Fixed(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))), by: By::Flow },
+    Vip { what: "GUE over IPv6, IPv4 inside, a source per flow from a /64", dst: "198.18.0.105", pool: "web6", gue: Some(6080), src: Src::Prefix(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0)), 64), by: By::Flow },
 ];
 
 /// The VIP rules after `before`.
@@ -909,6 +938,142 @@ fn crafted_packets_in_specialized_programs() {
     }
 }
 
+// ------------------------------------------------------------ GUE over IPv6
+
+const GUE6_POLICY: &str = "pool web6 = { 2001:db8:1::10, 2001:db8:1::11, 2001:db8:1::12 weight 3 }
+xdp /ip.dst == 2001:db8::103/ { lb(web6, encap: gue, port: 6080, src: 2001:db8::1) }
+xdp /ip.dst == 198.18.0.105/ { lb(web6, encap: gue, port: 6080, src: 2001:db8:ff::/64) }
+";
+
+/// What the outer UDP checksum of a frame of GUE over IPv6 is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outer {
+    /// Right: the sum over the frame's bytes is 0xffff.
+    Right,
+    /// Wrong, as the packet inside's own checksums are.
+    Wrong,
+    /// 0, none: the frame does not hold the whole packet.
+    None,
+    /// The packet inside is longer than the frame: whatever the reference says.
+    Any,
+}
+
+/// The outer UDP checksum of GUE over IPv6 (docs/language.md, "Load
+/// balancing"), on packets whose own checksums cover them (TCP, UDP,
+/// ICMP, ICMPv6: the outer one is derived from them, right exactly when
+/// they are) and on those whose do not (fragments, extension headers, UDP
+/// without a checksum, other protocols: summed over the bytes, at every
+/// length's chunks and last bytes), and on packets longer than the frame.
+/// Each frame is the reference's, and its checksum is computed here from
+/// its bytes and by etherparse.
+#[test]
+fn gue6_outer_udp_checksums() {
+    if !common::kernel("lb GUE over IPv6 checksums") {
+        return;
+    }
+    let compiled = compile(GUE6_POLICY);
+    let mut p = compiled.load();
+    let ns = netns();
+    let (c4, vip4, c6, vip6) = (v4("198.18.5.5"), v4("198.18.0.105"), v6("2001:db8:5::5"), v6("2001:db8::103"));
+    let tcp6 = |n: usize| PacketSpec::tcp6(c6, vip6, 40000, 80).ack().payload(n);
+    let udp6 = |n: usize| PacketSpec::udp6(c6, vip6, 5353, 53).payload(n);
+    let tcp4 = |n: usize| PacketSpec::tcp4(c4, vip4, 40000, 80).ack().payload(n);
+    let udp4 = |n: usize| PacketSpec::udp4(c4, vip4, 5353, 53).payload(n);
+    let raw = |protocol: u8, n: usize| L4::Raw { protocol, bytes: (0..n).map(|i| (i * 7 + 3) as u8).collect() };
+    // A byte changed at `at` (from the IP header).
+    let flip = |mut b: Vec<u8>, at: usize| {
+        b[14 + at] ^= 0x5a;
+        b
+    };
+    let no_udp_checksum = |mut b: Vec<u8>, l4: usize| {
+        b[14 + l4 + 6..14 + l4 + 8].copy_from_slice(&[0, 0]);
+        b
+    };
+    let mut cases: Vec<(String, Vec<u8>, Outer)> = Vec::new();
+    // Covered by their own checksums, odd lengths too.
+    for n in [0, 1, 2, 3, 5, 64, 1001, 1400] {
+        cases.push((format!("TCP over IPv6, {n} bytes"), tcp6(n).build(), Outer::Right));
+        cases.push((format!("UDP over IPv6, {n} bytes"), udp6(n).build(), Outer::Right));
+        cases.push((format!("ICMPv6 echo, {n} bytes"), PacketSpec::icmp6(c6, vip6, 128, 0).payload(n).build(), Outer::Right));
+        cases.push((format!("TCP over IPv4, {n} bytes"), tcp4(n).build(), Outer::Right));
+        cases.push((format!("UDP over IPv4, {n} bytes"), udp4(n).build(), Outer::Right));
+        cases.push((format!("ICMP echo, {n} bytes"), PacketSpec::icmp4(c4, vip4, 8, 0).payload(n).build(), Outer::Right));
+    }
+    cases.push(("TCP over IPv4 with options".into(), tcp4(9).ipv4(|ip| ip.options = vec![1; 12]).build(), Outer::Right));
+    cases.push(("TCP over IPv6 with ToS and a flow label".into(), tcp6(9).ipv6(|ip| {
+        ip.traffic_class = 0xb9;
+        ip.flow_label = 0xabcde;
+        ip.hop_limit = 3;
+    }).build(), Outer::Right));
+    // Summed over the bytes: every chunk and every last 0 to 3 bytes.
+    for n in [0, 1, 2, 3, 4, 7, 9, 15, 30, 33, 63, 126, 129, 255, 258, 511, 515, 1023, 1025, 2047, 2050, 3001] {
+        cases.push((format!("IPv6 first fragment, {n} bytes"), tcp6(n).frag(0, true).build(), Outer::Right));
+        cases.push((format!("IPv4 later fragment, {n} bytes"), PacketSpec { l4: raw(6, n), ..tcp4(0) }.frag(1480, false).build(), Outer::Right));
+    }
+    for (what, spec) in [
+        ("IPv6 later fragment", PacketSpec { l4: raw(6, 101), ..tcp6(0) }.frag(1448, false)),
+        ("TCP behind a hop-by-hop header", tcp6(17).ext(Ipv6Ext::HopByHop { len8: 0 })),
+        ("UDP behind destination options", udp6(18).ext(Ipv6Ext::DestOpts { len8: 1 })),
+        ("ICMPv6 behind routing and authentication headers", PacketSpec::icmp6(c6, vip6, 128, 0).payload(3).ext(Ipv6Ext::Routing { len8: 1 }).ext(Ipv6Ext::Auth { len4: 1 })),
+        ("IPv6, no next header", PacketSpec { l4: L4::None, ..tcp6(0) }),
+        ("IPv6, GRE", PacketSpec { l4: raw(47, 13), ..tcp6(0) }),
+        ("IPv4 first fragment", tcp4(21).frag(0, true)),
+        ("IPv4, GRE", PacketSpec { l4: raw(47, 13), ..tcp4(0) }),
+        ("IPv4, UDP cut short of its header", PacketSpec { l4: raw(17, 5), ..tcp4(0) }),
+    ] {
+        cases.push((what.to_string(), spec.build(), Outer::Right));
+    }
+    cases.push(("UDP over IPv4 without a checksum".into(), no_udp_checksum(udp4(11).build(), 20), Outer::Right));
+    cases.push(("UDP over IPv6 without a checksum".into(), no_udp_checksum(udp6(11).build(), 40), Outer::Right));
+    // Wrong inside: wrong outside, where derived; right where summed.
+    cases.push(("TCP over IPv6, a payload byte changed".into(), flip(tcp6(30).build(), 40 + 20 + 5), Outer::Wrong));
+    cases.push(("UDP over IPv6, its checksum changed".into(), flip(udp6(30).build(), 40 + 6), Outer::Wrong));
+    cases.push(("TCP over IPv4, its header checksum changed".into(), flip(tcp4(30).build(), 10), Outer::Wrong));
+    cases.push(("ICMP, a byte changed".into(), flip(PacketSpec::icmp4(c4, vip4, 8, 0).payload(8).build(), 20 + 9), Outer::Wrong));
+    cases.push(("IPv6 first fragment, a payload byte changed".into(), flip(tcp6(30).frag(0, true).build(), 40 + 8 + 20 + 5), Outer::Right));
+    // Longer than the frame.
+    cases.push(("hop-by-hop, payload length past the frame".into(), tcp6(10).ext(Ipv6Ext::HopByHop { len8: 0 }).ipv6(|ip| ip.payload_len = Some(1400)).build(), Outer::None));
+    cases.push(("IPv4 later fragment, total length past the frame".into(), PacketSpec { l4: raw(6, 40), ..tcp4(0) }.frag(8, true).ipv4(|ip| ip.total_len = Some(1400)).build(), Outer::None));
+    cases.push(("TCP over IPv6, payload length past the frame".into(), tcp6(10).ipv6(|ip| ip.payload_len = Some(1400)).build(), Outer::Any));
+    cases.push(("TCP over IPv6, payload length 0".into(), tcp6(10).ipv6(|ip| ip.payload_len = Some(0)).build(), Outer::Any));
+
+    let mut seen = BTreeMap::new();
+    for (what, bytes, want) in &cases {
+        let out = ns.run(|| p.test_run("xdp", bytes)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r = agree(what, &compiled, &out, bytes);
+        assert_eq!(r.outcome, Outcome::Lb, "{what}: balanced");
+        let checksum = u16::from_be_bytes([out.packet[60], out.packet[61]]);
+        let got = match gue6_checksum_verifies(&out.packet) {
+            Some(true) => Outer::Right,
+            Some(false) => Outer::Wrong,
+            None if checksum == 0 => Outer::None,
+            None => Outer::Any,
+        };
+        if *want != Outer::Any {
+            assert_eq!(got, *want, "{what}: the outer UDP checksum {checksum:#06x}; out {}", hex(&out.packet));
+        }
+        // A receiver (`lb::decapsulate`) takes a right checksum, and drops
+        // a wrong one, and a datagram longer than the frame.
+        let e = xpol_runtime::lb::decapsulate(&out.packet);
+        match got {
+            Outer::Right => {
+                let e = e.unwrap_or_else(|| panic!("{what}: not taken apart: {}", hex(&out.packet)));
+                assert_eq!(e.gue_port, Some(6080), "{what}");
+                assert_eq!(e.inner, bytes[14..], "{what}: the packet inside");
+            }
+            Outer::Wrong | Outer::None => assert_eq!(e, None, "{what}: a receiver drops it"),
+            Outer::Any => {}
+        }
+        if got == Outer::Right {
+            let (h, rest) = Ipv6Header::from_slice(&out.packet[14..]).expect("outer IPv6");
+            let (u, payload) = UdpHeader::from_slice(rest).expect("UDP");
+            assert_eq!(Ok(u.checksum), u.calc_checksum_ipv6(&h, &payload[..usize::from(u.length) - 8]), "{what}: etherparse's UDP checksum");
+        }
+        *seen.entry(format!("{got:?}")).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 4, "every kind of outer checksum: {seen:?}");
+}
+
 /// The IP version of the packet at `l3`.
 fn spec_family(bytes: &[u8], l3: usize) -> u8 {
     bytes[l3] >> 4
@@ -1207,9 +1372,11 @@ fn two_loads_agree_on_every_flow() {
 // ------------------------------------------------------------ 5. end to end
 
 /// On each backend: decapsulates IPIP (raw sockets for protocol 4 over
-/// IPv4, 4 and 41 over IPv6) and GUE (a UDP socket on port 6080) and hands the packet inside to the
-/// kernel through a TUN device, since this kernel may have no `ipip` or
-/// `fou` module (the kernel then checks the outer IPv4 header on the way
+/// IPv4, 4 and 41 over IPv6) and GUE (UDP sockets on port 6080, over IPv4
+/// and IPv6) and hands the packet inside to the kernel through a TUN
+/// device, since this kernel may have no `ipip` or `fou` module (the
+/// kernel then checks the outer IPv4 header and the outer UDP checksum
+/// over IPv6, which an ordinary UDP socket needs right, not 0, on the way
 /// in, and the inner headers and TCP checksum on the way up); and answers
 /// TCP on port 80 with its name, one line per line received. Exits when
 /// its standard input closes.
@@ -1226,6 +1393,9 @@ ipip = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)
 in6 = [socket.socket(socket.AF_INET6, socket.SOCK_RAW, p) for p in (4, 41)]
 gue = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 gue.bind(("0.0.0.0", 6080))
+gue6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+gue6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+gue6.bind(("::", 6080))
 srv = socket.socket(socket.AF_INET6)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -1233,7 +1403,7 @@ srv.bind(("::", 80))
 srv.listen(256)
 def decap():
     while True:
-        r, _, _ = select.select([ipip, gue] + in6, [], [])
+        r, _, _ = select.select([ipip, gue, gue6] + in6, [], [])
         for s in r:
             data = s.recv(65535)
             if s is ipip:
@@ -1316,12 +1486,14 @@ const LB_ADDR: &str = "198.18.100.2";
 const VIP_IPIP: &str = "198.18.101.80";
 const VIP_GUE: &str = "198.18.101.81";
 const BACKENDS: [&str; 3] = ["198.18.100.11", "198.18.100.12", "198.18.100.13"];
-/// IPv6 on the same segment: an IPv4 VIP and an IPv6 VIP over the
-/// backends' IPv6 addresses (4in6, 6in6).
+/// IPv6 on the same segment: IPv4 and IPv6 VIPs over the backends' IPv6
+/// addresses, by IPIP (4in6, 6in6) and GUE.
 const CLIENT_ADDR6: &str = "2001:db8:100::1";
 const LB_ADDR6: &str = "2001:db8:100::2";
 const VIP_4IN6: &str = "198.18.101.82";
 const VIP_6IN6: &str = "2001:db8:101::80";
+const VIP_GUE_4IN6: &str = "198.18.101.83";
+const VIP_GUE6: &str = "2001:db8:101::81";
 const BACKENDS6: [&str; 3] = ["2001:db8:100::11", "2001:db8:100::12", "2001:db8:100::13"];
 
 impl Segment {
@@ -1353,10 +1525,12 @@ impl Segment {
         let tx = Command::new("ip").args(["netns", "exec", &client.name, "ethtool", "-K", &seg.dev(0), "tx", "off"]).output().expect("ethtool");
         assert!(tx.status.success(), "ethtool: {}", String::from_utf8_lossy(&tx.stderr));
         // The client reaches the VIPs through the LB.
-        for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6] {
+        for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_GUE_4IN6] {
             seg.hosts[0].ip(&["route", "add", &format!("{vip}/32"), "via", LB_ADDR]);
         }
-        seg.hosts[0].ip(&["-6", "route", "add", &format!("{VIP_6IN6}/128"), "via", LB_ADDR6]);
+        for vip in [VIP_6IN6, VIP_GUE6] {
+            seg.hosts[0].ip(&["-6", "route", "add", &format!("{vip}/128"), "via", LB_ADDR6]);
+        }
         // The LB forwards what `lb` passes up before it knows a backend's
         // MAC. The outer source is the LB's own address, which the stack
         // takes for a martian source on a packet it receives unless
@@ -1372,10 +1546,12 @@ impl Segment {
         // no reverse-path filter for the packets the TUN device hands in.
         for i in 2..seg.hosts.len() {
             let b = &seg.hosts[i];
-            for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6] {
+            for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_GUE_4IN6] {
                 b.ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
             }
-            b.ip(&["addr", "add", &format!("{VIP_6IN6}/128"), "dev", "lo"]);
+            for vip in [VIP_6IN6, VIP_GUE6] {
+                b.ip(&["addr", "add", &format!("{vip}/128"), "dev", "lo"]);
+            }
             for s in ["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
                 b.sysctl(s);
             }
@@ -1416,7 +1592,7 @@ impl Segment {
     }
 }
 
-/// Connections to both VIPs spread over the three backends; a drained
+/// Connections to every VIP spread over the three backends; a drained
 /// backend gets no new connections and keeps its established one; a
 /// removed backend gets nothing, and new connections still complete.
 fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
@@ -1426,7 +1602,9 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
          xdp /ip.dst == {VIP_IPIP} && tcp.dport == 80/ {{ lb(web, encap: ipip, src: {LB_ADDR}) }}\n\
          xdp /ip.dst == {VIP_GUE} && tcp.dport == 80/ {{ lb(web, encap: gue, port: 6080, src: {LB_ADDR}) }}\n\
          xdp /ip.dst == {VIP_4IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n\
-         xdp /ip.dst == {VIP_6IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n",
+         xdp /ip.dst == {VIP_6IN6} && tcp.dport == 80/ {{ lb(web6, encap: ipip, src: {LB_ADDR6}) }}\n\
+         xdp /ip.dst == {VIP_GUE_4IN6} && tcp.dport == 80/ {{ lb(web6, encap: gue, port: 6080, src: {LB_ADDR6}) }}\n\
+         xdp /ip.dst == {VIP_GUE6} && tcp.dport == 80/ {{ lb(web6, encap: gue, port: 6080, src: {LB_ADDR6}) }}\n",
         BACKENDS.join(", "),
         BACKENDS6.join(", ")
     ));
@@ -1447,13 +1625,14 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     let names: Vec<String> = (1..=BACKENDS.len()).map(|i| format!("backend{i}")).collect();
 
     const N: usize = 60;
-    for vip in [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_6IN6] {
+    let vips = [VIP_IPIP, VIP_GUE, VIP_4IN6, VIP_6IN6, VIP_GUE_4IN6, VIP_GUE6];
+    for vip in vips {
         let got = seg.connect(vip, N);
         assert_eq!(got.values().sum::<u64>(), N as u64, "{vip}: {got:?}");
         assert_eq!(got.len(), BACKENDS.len(), "{vip}: {N} connections reach every backend: {got:?}");
     }
     let s6 = stats_of(&p, "web6");
-    assert_eq!(s6.backends.iter().map(|b| b.new_flows).sum::<u64>(), 2 * N as u64, "{s6:?}");
+    assert_eq!(s6.backends.iter().map(|b| b.new_flows).sum::<u64>(), 4 * N as u64, "{s6:?}");
     let s = stats_of(&p, "web");
     let new_flows: u64 = s.backends.iter().map(|b| b.new_flows).sum();
     assert_eq!(new_flows, 2 * N as u64, "one new flow per connection: {s:?}");
@@ -1470,7 +1649,7 @@ fn end_to_end(mode: xpol_runtime::loader::XdpAttachMode) {
     if mode == xpol_runtime::loader::XdpAttachMode::Native {
         let tx = veth_stat(lb, &lb_dev, "rx_queue_0_xdp_tx");
         eprintln!("{mode:?}: XDP_TX {tx}");
-        assert!(tx >= 4 * 4 * N as u64 - forwarded4 - forwarded6, "the rest left by XDP_TX: {tx}");
+        assert!(tx >= 4 * vips.len() as u64 * N as u64 - forwarded4 - forwarded6, "the rest left by XDP_TX: {tx}");
     }
 
     // A long-lived connection; then its backend is drained (weight 0: a

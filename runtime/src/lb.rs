@@ -317,7 +317,11 @@ pub struct Encapsulated {
 
 /// Takes apart an encapsulated frame: Ethernet, then IPv4 or IPv6 carrying
 /// IPIP (4, 41) or UDP (GUE variant 1: the IP packet right after the UDP
-/// header). `None` for anything else.
+/// header, as long as the UDP length says). `None` for anything else, and,
+/// as a receiver drops them, for UDP whose length is past the frame or
+/// whose checksum is wrong (a checksum of 0, none, is taken over IPv6 too,
+/// as Linux's `fou` does: `udp_sock_create6` with `use_udp6_rx_checksums`
+/// off).
 pub fn decapsulate(frame: &[u8]) -> Option<Encapsulated> {
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let l3 = frame.get(14..)?;
@@ -334,9 +338,27 @@ pub fn decapsulate(frame: &[u8]) -> Option<Encapsulated> {
     };
     match proto {
         4 | 41 => Some(Encapsulated { outer_src: src, outer_dst: dst, gue_port: None, inner: rest.to_vec() }),
-        17 if rest.len() >= 8 => Some(Encapsulated { outer_src: src, outer_dst: dst, gue_port: Some(u16::from_be_bytes([rest[2], rest[3]])), inner: rest[8..].to_vec() }),
+        17 if rest.len() >= 8 => {
+            let datagram = rest.get(..usize::from(u16::from_be_bytes([rest[4], rest[5]])))?;
+            let checksum = u16::from_be_bytes([rest[6], rest[7]]);
+            if checksum != 0 && !udp_checksum_right(src, dst, datagram) {
+                return None;
+            }
+            Some(Encapsulated { outer_src: src, outer_dst: dst, gue_port: Some(u16::from_be_bytes([rest[2], rest[3]])), inner: datagram.get(8..)?.to_vec() })
+        }
         _ => None,
     }
+}
+
+/// The one's-complement sum of a UDP datagram and its pseudo-header
+/// (RFC 768, RFC 8200 8.1) is 0xffff.
+fn udp_checksum_right(src: IpAddr, dst: IpAddr, datagram: &[u8]) -> bool {
+    let words = |b: &[u8]| -> u64 { b.chunks(2).map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum() };
+    let mut sum = words(&octets(src)) + words(&octets(dst)) + 17 + datagram.len() as u64 + words(datagram);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
 }
 
 /// Where a frame `lb` sent goes: the outer destination of an encapsulated

@@ -330,16 +330,6 @@ impl Checker<'_> {
             }
             (Some(_), Some((p, _))) => Encap::Gue { port: p },
         };
-        if v6 && matches!(encap, Encap::Gue { .. }) {
-            self.error_help(
-                stmt.span,
-                "xpol::lb::gue6",
-                format!("GUE to IPv6 backends (the pool `{}`) is not available yet", pool.name),
-                "GUE over IPv6",
-                "UDP over IPv6 needs a real checksum over the whole packet (RFC 8200), which this version does not compute: use `encap: ipip`, or IPv4 backends",
-            );
-            return None;
-        }
         let src = match src {
             None => {
                 let example = if v6 { "2001:db8::1" } else { "198.18.0.1" };

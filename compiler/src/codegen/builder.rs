@@ -21,6 +21,7 @@ pub mod helper {
     pub const L3_CSUM_REPLACE: u64 = 10;
     pub const L4_CSUM_REPLACE: u64 = 11;
     pub const REDIRECT: u64 = 23;
+    pub const CSUM_DIFF: u64 = 28;
     pub const SKB_PULL_DATA: u64 = 39;
     pub const XDP_ADJUST_HEAD: u64 = 44;
     pub const XDP_ADJUST_TAIL: u64 = 65;

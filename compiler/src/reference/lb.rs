@@ -112,13 +112,92 @@ pub(super) fn balance(policy: &ir::Policy, lb: &Balance, f: &Facts, packet: &[u8
         frame.extend(h);
     }
     if let Encap::Gue { port } = encap {
-        frame.extend((0xc000u16 | (hash & 0x3fff) as u16).to_be_bytes());
-        frame.extend(port.to_be_bytes());
-        frame.extend(((inner_len + 8) as u16).to_be_bytes());
-        frame.extend([0, 0]);
+        let mut udp = Vec::with_capacity(8);
+        udp.extend((0xc000u16 | (hash & 0x3fff) as u16).to_be_bytes());
+        udp.extend(port.to_be_bytes());
+        udp.extend(((inner_len + 8) as u16).to_be_bytes());
+        udp.extend([0, 0]);
+        if pool.v6 {
+            let sum = gue6_checksum(f, ip, packet, l3, &octets(src), &octets(backend), &udp);
+            udp[6..8].copy_from_slice(&sum.to_be_bytes());
+        }
+        frame.extend(udp);
     }
     frame.extend_from_slice(inner);
     Some(Balanced { pool: lb.pool, backend: Some(backend), frame })
+}
+
+/// The UDP checksum of GUE over IPv6 (docs/language.md, "Load
+/// balancing", outer checksums): over the pseudo-header (`src`, `dst`, the
+/// UDP length, 17), the UDP header `udp` (checksum 0) and the packet
+/// inside, its `ip.len` bytes from `l3`.
+///
+/// The rule codegen follows: TCP, ICMP over IPv4, ICMPv6 right after the
+/// IPv6 header and UDP with a checksum, not fragments, have the packet
+/// inside's sum derived from its own checksums, assumed right; the
+/// others are summed over their bytes, or get 0 when the frame does not
+/// hold them all. Here a derived packet whose checksums are right is
+/// summed over its bytes too: the derivation must give the same; one
+/// whose checksums are wrong gets what the derivation gives.
+fn gue6_checksum(f: &Facts, ip: &super::IpFacts, packet: &[u8], l3: usize, src: &[u8], dst: &[u8], udp: &[u8]) -> u16 {
+    let inner = packet.get(l3..l3 + ip.len as usize).filter(|_| ip.len <= GUE6_MAX_SUMMED);
+    let mut outer = sum_words(src) + sum_words(dst) + sum_words(&udp[4..6]) + 17 + sum_words(udp);
+    let (proto, whole) = match ip.proto {
+        Some((p, frag, _)) => (p, !frag && (!ip.v6 || p == ip.nexthdr)),
+        None => (0, false),
+    };
+    let hlen = if ip.v6 { 40 } else { 4 * ip.ihl as usize };
+    let udp_checked = matches!(f.l4, Some(L4Facts::Udp { .. })) && super::be(packet, l3 + hlen + 6, 2).is_some_and(|c| c != 0);
+    let derived = whole && (proto == 6 || (proto == 1 && !ip.v6) || (proto == 58 && ip.v6) || (proto == 17 && udp_checked));
+    let finish = |sum: u64| match !fold(sum) {
+        0 => 0xffff,
+        c => c,
+    };
+    match inner {
+        Some(bytes) if !derived || inner_checksums_verify(ip, proto, bytes) => finish(outer + sum_words(bytes)),
+        _ if derived => {
+            let inner = if ip.v6 {
+                (6 << 12 | ip.tos << 4 | ip.flow >> 16) + (ip.flow & 0xffff) + ip.ttl + 255 * proto
+            } else if proto == 1 {
+                0
+            } else {
+                let pseudo = sum_words(&octets(ip.src)) + sum_words(&octets(ip.dst)) + proto + (ip.len - 4 * ip.ihl);
+                u64::from(!fold(pseudo))
+            };
+            outer += inner;
+            finish(outer)
+        }
+        _ => 0,
+    }
+}
+
+/// The longest packet inside whose bytes GUE over IPv6 sums.
+const GUE6_MAX_SUMMED: u64 = 4095;
+
+/// The IPv4 header checksum and the L4 checksum (TCP, UDP, ICMP, ICMPv6)
+/// of the IP packet `bytes` are right: each sum is 0 in one's complement.
+fn inner_checksums_verify(ip: &super::IpFacts, proto: u64, bytes: &[u8]) -> bool {
+    let zero = |sum: u64| sum.is_multiple_of(0xffff);
+    let hlen = if ip.v6 { 40 } else { 4 * ip.ihl as usize };
+    if bytes.len() < hlen || (!ip.v6 && !zero(sum_words(&bytes[..hlen]))) {
+        return false;
+    }
+    let l4 = &bytes[hlen..];
+    let pseudo = sum_words(&octets(ip.src)) + sum_words(&octets(ip.dst)) + proto + l4.len() as u64;
+    zero(if proto == 1 { sum_words(l4) } else { pseudo + sum_words(l4) })
+}
+
+/// The sum of `b` as big-endian 16-bit words (a last odd byte padded with 0).
+fn sum_words(b: &[u8]) -> u64 {
+    b.chunks(2).map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
+}
+
+/// A one's-complement sum folded to 16 bits.
+fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 /// `nat`: the packet with its destination (and port, with `port`) the

@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// Where the packet inside starts in a frame of GUE over IPv6: Ethernet,
+/// IPv6, UDP.
+const GUE6_INNER_AT: u64 = 14 + 40 + 8;
+/// The longest packet whose bytes [`Lower::gue6_checksum`] sums: more
+/// than a frame XDP sees whole (a page less the headroom and the
+/// `skb_shared_info`) holds.
+const GUE6_MAX_SUMMED: u64 = 4095;
+/// The most bytes one `bpf_csum_diff` call takes.
+const GUE6_CSUM_DIFF_MAX: u64 = 512;
+
 impl<'ctx> Lower<'_, '_, 'ctx> {
     /// Puts the outer headers in front of the packet's IP header (dropping
     /// any VLAN tags) and sends it to `backend` (a pointer to its
@@ -97,13 +107,30 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         }
         if let Encap::Gue { port } = encap {
             let udp = 14 + ip_hdr;
-            let sport = b.or(b.and(hash, b.c32(0x3fff)), b.c32(0xc000));
-            b.store_at(data, udp, b.bswap(b.trunc(sport, i16t)));
+            let sport = b.bswap(b.trunc(b.or(b.and(hash, b.c32(0x3fff)), b.c32(0xc000)), i16t));
+            let udp_len = b.bswap(b.trunc(b.add(inner_len, b.c64(8)), i16t));
+            b.store_at(data, udp, sport);
             b.store_at(data, udp + 2, b.c16(port.swap_bytes()));
-            b.store_at(data, udp + 4, b.bswap(b.trunc(b.add(inner_len, b.c64(8)), i16t)));
-            // Zero: no checksum, which UDP over IPv4 allows (the inner
-            // packet carries its own).
-            b.store_at(data, udp + 6, b.c16(0));
+            b.store_at(data, udp + 4, udp_len);
+            let check = if pool.v6 {
+                // The pseudo-header and the UDP header (checksum 0), as
+                // 16-bit halves as loaded, from the values stored.
+                let halves = |w: IntValue<'ctx>| {
+                    let w = b.zext64(w);
+                    b.add(b.and(w, b.c64(0xffff)), b.lshr(w, b.c64(16)))
+                };
+                let mut sum = b.c64(u64::from(17u16.swap_bytes()) + u64::from(port.swap_bytes()));
+                sum = b.add(sum, b.add(b.mul(b.zext64(udp_len), b.c64(2)), b.zext64(sport)));
+                for w in src.iter().chain(&dst) {
+                    sum = b.add(sum, halves(*w));
+                }
+                self.gue6_checksum(data, end, sum)
+            } else {
+                // Zero: no checksum, which UDP over IPv4 allows (the inner
+                // packet carries its own).
+                b.c16(0)
+            };
+            b.store_at(data, udp + 6, check);
         }
 
         // The next hop.
@@ -137,6 +164,215 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.ret(XDP_PASS);
         b.at(drop);
         b.ret(XDP_DROP);
+    }
+
+    /// The UDP checksum of GUE over IPv6, as stored: UDP over IPv6 must
+    /// carry one (RFC 8200, 8.1), over the pseudo-header, the UDP header
+    /// and the whole packet inside. `outer` is the one's-complement sum of
+    /// the pseudo-header and the UDP header (checksum 0) as 16-bit halves
+    /// as loaded; `data` and `end` bound the encapsulated frame, the packet
+    /// inside at [`GUE6_INNER_AT`].
+    ///
+    /// The packet inside is not summed byte by byte where its own checksums
+    /// cover it: an IPv4 header whose checksum is right sums to 0 (in
+    /// one's complement, 0xffff and 0 are one number), an ICMP message
+    /// whose checksum is right sums to 0, and a TCP segment, a UDP datagram
+    /// with a checksum or an ICMPv6 message whose checksum is right sums
+    /// to minus its pseudo-header. So TCP, UDP with a checksum, ICMP over
+    /// IPv4 and ICMPv6 over IPv6 add:
+    /// - IPv4 inside: minus the sum of its pseudo-header (the addresses,
+    ///   the protocol and the L4 length), or 0 for ICMP;
+    /// - IPv6 inside: its header less its L4 pseudo-header, where the
+    ///   addresses and the length cancel: the first word's halves, the
+    ///   hop limit and 255 times the next header (`nh << 8` less `nh`);
+    ///   only when the L4 header follows the IPv6 header (no extension
+    ///   headers, which are in neither checksum).
+    ///
+    /// Computed from values (the parser's facts and the inner header's
+    /// fields, none of them bytes just stored), whatever the length, and
+    /// right exactly when the inner checksums are (docs/language.md, "Outer
+    /// checksums"). Any other packet (a fragment, extension headers, UDP
+    /// without a checksum, another protocol) is summed over its bytes with
+    /// `bpf_csum_diff`, in chunks of 2048 down to 4 bytes by the bits of
+    /// its length and then the last 1 to 3 bytes; one that is not wholly in
+    /// the frame (an IP length past it) gets 0, "no checksum", which
+    /// Linux's `fou` accepts over IPv6 (RFC 6935, 6936).
+    fn gue6_checksum(&self, data: PointerValue<'ctx>, end: PointerValue<'ctx>, outer: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = &*self.b;
+        let h = &self.h;
+        let get = |p| b.get_fact(p);
+        let i16t = b.m.cx.i16_type();
+        let c = |v: u64| b.c64(v);
+        // Which packets are covered is read from the packet inside's header
+        // (the bytes the parser read, not written since), not taken from
+        // the facts, and decided with values 0 or 1 computed without a
+        // branch (BPF has no conditional move: LLVM makes each compare or
+        // select a branch; opaque values keep it from turning them back),
+        // then one branch per decision. The verifier knows the facts
+        // differently on each of the parser's paths (the protocol of an L4
+        // copy, the lengths the extension headers' bounds refine); a branch
+        // whose outcome it knows from them would have it track them along
+        // all those paths, and verify what follows once per path.
+        // 1 when `x` (less than 2^63) is `k`.
+        let eq = |x: IntValue<'ctx>, k: u64| b.lshr(b.sub(b.opaque(b.xor(x, c(k))), c(1)), c(63));
+        // 1 when `x` (less than 2^63) is at least `k`.
+        let at_least = |x: IntValue<'ctx>, k: u64| b.xor(b.lshr(b.sub(b.opaque(x), c(k)), c(63)), c(1));
+        // `a` when `f` is 1, `z` when it is 0.
+        let pick = |f: IntValue<'ctx>, a: IntValue<'ctx>, z: IntValue<'ctx>| b.xor(z, b.and(b.xor(a, z), b.opaque(b.sub(c(0), f))));
+        // Folds a sum (less than 2^48) to 16 bits.
+        let fold16 = |mut x: IntValue<'ctx>| {
+            for _ in 0..3 {
+                x = b.add(b.and(x, c(0xffff)), b.lshr(x, c(16)));
+            }
+            x
+        };
+        let swap16 = |x: IntValue<'ctx>| b.or(b.lshr(x, c(8)), b.and(b.shl(x, c(8)), c(0xff00)));
+        // The checksum of a sum: the sum modulo 0xffff is its value in one's
+        // complement with 0 for zero (not 0xffff), so its inverse is never
+        // 0: a computed 0 is sent as 0xffff (0 is "no checksum").
+        let finish = |sum: IntValue<'ctx>| b.trunc(b.sub(c(0xffff), b.urem(sum, c(0xffff))), i16t);
+        let done = b.block("gue6_csum_done");
+        let header = b.block("gue6_csum_header");
+        let derived = b.block("gue6_csum_derived");
+        let not_covered = b.block("gue6_csum_not_covered");
+        let udp = b.block("gue6_csum_udp");
+        let udp_in = b.block("gue6_csum_udp_in");
+        let bytes = b.block("gue6_csum_bytes");
+        let none = b.block("gue6_csum_none");
+        let mut incoming = Vec::new();
+
+        // The fixed part of an IPv4 header, 20 of IPv6's 40 bytes: in the
+        // frame, as the parser found them.
+        b.cond_br_likely(b.fits(data, GUE6_INNER_AT + 20, end), header, none);
+        b.at(header);
+        // The family is known at each of the parser's ends: LLVM folds it.
+        let v6 = b.zext64(get(h.ip6_ok));
+        let v4 = b.xor(v6, c(1));
+        let byte = |off: u64| b.zext64(b.load_raw(data, GUE6_INNER_AT + off, 1));
+        let hl = pick(v6, c(40), b.shl(b.and(byte(0), c(0xf)), c(2)));
+        let plen = b.load_be(data, GUE6_INNER_AT + 4, 2);
+        let len = pick(v6, b.add(plen, c(40)), b.load_be(data, GUE6_INNER_AT + 2, 2));
+        // IPv4: protocol, and not a fragment (MF and the offset 0); IPv6:
+        // the next header, which is one of those below only when no
+        // extension header comes first.
+        let proto = pick(v6, byte(6), byte(9));
+        let fragment = b.xor(eq(b.and(b.load_be(data, GUE6_INNER_AT + 6, 2), c(0x3fff)), 0), c(1));
+        let whole = b.or(v6, b.xor(fragment, c(1)));
+        let covered = b.or(eq(proto, 6), b.or(b.and(v6, eq(proto, 58)), b.and(v4, eq(proto, 1))));
+        // UDP whose header is in the datagram (by its length; an IPv6
+        // payload length of 0, a jumbogram, has the frame bound it).
+        let in_datagram = pick(v6, b.or(at_least(plen, 8), eq(plen, 0)), at_least(b.sub(b.add(len, c(64)), hl), 64 + 8));
+        let udp_whole = b.and(b.and(whole, eq(proto, 17)), in_datagram);
+        b.cond_br_likely(b.cmp(IntPredicate::NE, b.and(whole, covered), c(0)), derived, not_covered);
+        // UDP: covered when its checksum is not 0.
+        b.at(not_covered);
+        b.cond_br(b.cmp(IntPredicate::NE, udp_whole, c(0)), udp, bytes);
+        b.at(udp);
+        let p = b.pkt_ptr(data, b.and(b.add(c(GUE6_INNER_AT), hl), c(0xff)));
+        b.cond_br_likely(b.fits(p, 8, end), udp_in, bytes);
+        b.at(udp_in);
+        b.cond_br_likely(b.cmp(IntPredicate::NE, b.zext64(b.load_raw(p, 6, 2)), c(0)), derived, bytes);
+
+        b.at(derived);
+        let v6_sum = {
+            let tos = get(h.tos);
+            let flow = get(h.flow);
+            let hi = b.or(b.or(c(0x6000), b.shl(b.and(tos, c(0xff)), c(4))), b.lshr(flow, c(16)));
+            let lo = b.and(flow, c(0xffff));
+            b.add(b.add(hi, lo), b.add(b.and(get(h.ttl), c(0xff)), b.mul(proto, c(255))))
+        };
+        let v4_sum = {
+            let halves_be = |raw: IntValue<'ctx>| {
+                let w = b.zext64(b.bswap(b.trunc(raw, b.m.cx.i32_type())));
+                b.add(b.and(w, c(0xffff)), b.lshr(w, c(16)))
+            };
+            let l4_len = b.sub(len, hl);
+            let pseudo = b.add(b.add(halves_be(get(h.src4)), halves_be(get(h.dst4))), b.add(proto, l4_len));
+            let minus = b.sub(c(0xffff), fold16(pseudo));
+            pick(eq(proto, 1), c(0), minus)
+        };
+        let inner = swap16(fold16(pick(v6, v6_sum, v4_sum)));
+        incoming.push((finish(b.add(outer, inner)), b.cur()));
+        b.br(done);
+
+        // The bytes: all of the packet in the frame, else no checksum.
+        b.at(bytes);
+        let room = b.sub(b.ptr_to_int(end), b.ptr_to_int(data));
+        let summable = b.and(b.cmp(IntPredicate::ULE, len, c(GUE6_MAX_SUMMED)), b.cmp(IntPredicate::ULE, b.add(len, c(GUE6_INNER_AT)), room));
+        let chunks = b.block("gue6_csum_chunks");
+        b.cond_br_likely(summable, chunks, none);
+        b.at(chunks);
+        let null = b.m.i8_ptr().const_null();
+        // Each chunk's offset is the length's bits above the chunk's (the
+        // chunks before it), and each test of a bit goes through an opaque
+        // register: the verifier then sees the same bounded length, and
+        // one bounded offset per chunk, on every path, and prunes; it
+        // would otherwise follow each combination of chunks (constant
+        // offsets, the length's bits learnt from the tests) on its own.
+        let at = |below: u64| b.pkt_ptr(data, b.add(b.and(len, c(0xfff & !below)), c(GUE6_INNER_AT)));
+        let mut acc = c(0);
+        for chunk in [2048u64, 1024, 512, 256, 128, 64, 32, 16, 8, 4] {
+            let from = b.cur();
+            let take = b.block("gue6_csum_chunk");
+            let next = b.block("gue6_csum_chunk_next");
+            b.cond_br(b.cmp(IntPredicate::NE, b.opaque(b.and(len, c(chunk))), c(0)), take, next);
+            b.at(take);
+            let p = at(2 * chunk - 1);
+            let there = b.block("gue6_csum_chunk_there");
+            b.cond_br_likely(b.fits(p, chunk, end), there, none);
+            b.at(there);
+            let step = chunk.min(GUE6_CSUM_DIFF_MAX);
+            let mut a = acc;
+            for k in 0..chunk / step {
+                let q = b.ptr_add(p, c(k * step));
+                a = b.helper_call(helper::CSUM_DIFF, b.i64(), &[null.into(), c(0).into(), q.into(), c(step).into(), a.into()]);
+            }
+            let took = b.cur();
+            b.br(next);
+            b.at(next);
+            acc = b.phi(&[(a, took), (acc, from)]);
+        }
+        // The last 1 to 3 bytes, at an even offset: each the high byte of
+        // a word padded with 0, which is its value as loaded.
+        let p = at(3);
+        let rest = b.opaque(b.and(len, c(3)));
+        let from = b.cur();
+        let summed = b.block("gue6_csum_summed");
+        let tail = b.block("gue6_csum_tail");
+        let two = b.block("gue6_csum_tail2");
+        let two_in = b.block("gue6_csum_tail2_in");
+        let three = b.block("gue6_csum_tail3");
+        let three_in = b.block("gue6_csum_tail3_in");
+        let one = b.block("gue6_csum_tail1");
+        let one_in = b.block("gue6_csum_tail1_in");
+        b.cond_br(b.eq(rest, c(0)), summed, tail);
+        b.at(tail);
+        b.cond_br(b.cmp(IntPredicate::NE, b.and(rest, c(2)), c(0)), two, one);
+        b.at(two);
+        b.cond_br_likely(b.fits(p, 2, end), two_in, none);
+        b.at(two_in);
+        let w2 = b.zext64(b.load_raw(p, 0, 2));
+        b.cond_br(b.eq(rest, c(3)), three, summed);
+        b.at(three);
+        b.cond_br_likely(b.fits(p, 3, end), three_in, none);
+        b.at(three_in);
+        let w3 = b.add(w2, b.zext64(b.load_raw(p, 2, 1)));
+        b.br(summed);
+        b.at(one);
+        b.cond_br_likely(b.fits(p, 1, end), one_in, none);
+        b.at(one_in);
+        let w1 = b.zext64(b.load_raw(p, 0, 1));
+        b.br(summed);
+        b.at(summed);
+        let last = b.phi(&[(c(0), from), (w2, two_in), (w3, three_in), (w1, one_in)]);
+        incoming.push((finish(b.add(b.add(outer, acc), last)), b.cur()));
+        b.br(done);
+
+        b.at(none);
+        incoming.push((b.c16(0), none));
+        b.br(done);
+        b.at(done);
+        b.phi(&incoming)
     }
 
     /// Looks up the next hop (`fib`: a filled `struct bpf_fib_lookup`) and,
