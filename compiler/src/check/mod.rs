@@ -902,6 +902,12 @@ impl Checker<'_> {
     }
 
     fn expr(&mut self, e: &ast::Expr) -> Option<Operand> {
+        // A level takes some 22 KiB of stack in a debug build: more stack,
+        // on the heap, when less than 64 KiB are left.
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.expr_here(e))
+    }
+
+    fn expr_here(&mut self, e: &ast::Expr) -> Option<Operand> {
         let span = e.span;
         let mk = |kind: ExprKind, ty: Type| Operand::Expr(ir::Expr { kind, ty, span });
         match &e.kind {
@@ -941,20 +947,22 @@ impl Checker<'_> {
             }
             ast::ExprKind::Unary { op, operand } => {
                 let a = self.value_expr(operand, "an operand")?;
-                let (want, kind) = match op {
-                    UnOp::Not => (Type::Bool, ExprKind::Not(Box::new(a.clone()))),
-                    UnOp::Neg => (Type::Int, ExprKind::Neg(Box::new(a.clone()))),
-                    UnOp::BitNot => (Type::Int, ExprKind::BitNot(Box::new(a.clone()))),
+                let (want, sym) = match op {
+                    UnOp::Not => (Type::Bool, "!"),
+                    UnOp::Neg => (Type::Int, "-"),
+                    UnOp::BitNot => (Type::Int, "~"),
                 };
                 if a.ty != want {
-                    let sym = match op {
-                        UnOp::Not => "!",
-                        UnOp::Neg => "-",
-                        UnOp::BitNot => "~",
-                    };
                     self.error(operand.span, "xpol::type::mismatch", format!("`{sym}` needs `{want}`, but this is `{}`", a.ty), format!("`{}`", a.ty));
                     return None;
                 }
+                // Moved, not cloned: a clone per level of `!!!!...` costs
+                // time and stack in the depth of the chain.
+                let kind = match op {
+                    UnOp::Not => ExprKind::Not(Box::new(a)),
+                    UnOp::Neg => ExprKind::Neg(Box::new(a)),
+                    UnOp::BitNot => ExprKind::BitNot(Box::new(a)),
+                };
                 Some(Operand::Expr(fold(ir::Expr { kind, ty: want, span })))
             }
             ast::ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, span),
