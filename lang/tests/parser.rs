@@ -200,7 +200,7 @@ fn errors_are_diagnostics_with_spans() {
         ("xdp /ip.src == 300.1.1.1/ {}", "not an IPv4 address"),
         ("xdp /ip.src in 10.0.0.0/33/ {}", "longer than 32"),
         ("xdp /ip.src in 2001:db8::/129/ {}", "longer than 128"),
-        ("set s: cidr = {", "expected"),
+        ("set s: cidr = {", "is not closed"),
         ("", ""),
     ];
     for (src, want) in cases {
