@@ -131,13 +131,15 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::EOI => "end of file",
         Rule::item | Rule::include | Rule::set_decl | Rule::map_decl | Rule::map_word | Rule::const_decl | Rule::probe => "a declaration or a probe",
         Rule::test_block | Rule::test_on | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
-        Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
+        Rule::expect => "an outcome (`pass`, `drop`, `tx`, `abort`, `redirect`, `lb(POOL)`)",
         Rule::decided_by => "`by LINE`",
         Rule::map_expect => "a map entry such as `@seen[198.18.0.1] == 1`",
         Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
         Rule::predicate => "a predicate `/.../`",
         Rule::block => "`{`",
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::lb_word => {
+        // `lb_word` also starts a test's `=> lb(POOL)`: `lb_stmt` and
+        // `lb_expect` say which.
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt => {
             "a statement such as `pass`, `drop`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
@@ -183,7 +185,8 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &
     let expects = |rules: &[Rule]| positives.iter().any(|p| rules.contains(p));
     // Where pest stopped: at the start of an item (it tried the end of the
     // file there), or inside one.
-    let item_start = positives.contains(&Rule::EOI);
+    // (At the start of the file pest names nothing it expected.)
+    let item_start = positives.contains(&Rule::EOI) || recovery::only_trivia_before(text, start);
     let next_point = points.iter().copied().find(|&p| p > start).unwrap_or(text.len());
     let at_end = recovery::only_trivia_after(text, start);
     if !item_start && (points.binary_search(&start).is_ok() || at_end) {
@@ -195,18 +198,18 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &
         if let Some(&(at, bracket)) = open.last() {
             return (unclosed_error(file, text, start, at_end, at, bracket, &open), from..start);
         }
-        return (unexpected(file, text, start, end, &positives), from..start);
+        return (unexpected(file, text, start, end, &positives, false), from..start);
     }
     let failed = if item_start { start..next_point } else { points.iter().copied().rev().find(|&p| p <= start).unwrap_or(0)..next_point };
     if let Some(bad) = recovery::bad_literal(text, start) {
         let d = Diagnostic::error("xpol::syntax::literal", bad.message).with_label(Span::new(file, bad.span.start, bad.span.end), bad.label).with_help(bad.help);
         return (d, failed);
     }
-    let mut d = unexpected(file, text, start, end, &positives);
+    let mut d = unexpected(file, text, start, end, &positives, item_start);
     let expected = Expected {
         item: item_start,
         hook: expects(&[Rule::hook]),
-        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt, Rule::lb_word]),
+        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt]),
         outcome: expects(&[Rule::expect, Rule::lb_expect]),
         operator: expects(&[Rule::or, Rule::and, Rule::eq, Rule::ne, Rule::lt, Rule::le, Rule::gt, Rule::ge, Rule::in_op, Rule::not_in]),
     };
@@ -217,7 +220,8 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &
 }
 
 /// "expected X, found Y" at `start`.
-fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[Rule]) -> Diagnostic {
+/// `item_start`: where an item starts (or the file ends).
+fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[Rule], item_start: bool) -> Diagnostic {
     // Point at the token that is there (or the end of the file).
     let token_end = text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| start + i).unwrap_or(text.len());
     let end = if end > start { end } else { token_end.max(start + text[start..].chars().next().map_or(0, char::len_utf8)) };
@@ -227,7 +231,7 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
     } else {
         format!("`{}`", crate::diagnostic::excerpt(text[start..end.min(text.len())].trim_end(), 20))
     };
-    let mut expected: Vec<&str> = if positives.contains(&Rule::EOI) {
+    let mut expected: Vec<&str> = if item_start {
         // Between items: what an item starts with, rather than each kind.
         vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `include`, `test`)"]
     } else {
@@ -254,9 +258,9 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
 fn unclosed_error(file: FileId, text: &str, start: usize, at_end: bool, at: usize, bracket: char, open: &[(usize, char)]) -> Diagnostic {
     let close = recovery::closer(bracket);
     let closers: String = open.iter().rev().map(|&(_, c)| recovery::closer(c)).collect();
-    let mut d = Diagnostic::error("xpol::syntax::unclosed", format!("`{bracket}` is not closed")).with_label(Span::new(file, at, at + 1), format!("this `{bracket}` has no `{close}`"));
+    let message = if at_end { format!("`{bracket}` is not closed by the end of the file") } else { format!("`{bracket}` is not closed") };
+    let mut d = Diagnostic::error("xpol::syntax::unclosed", message).with_label(Span::new(file, at, at + 1), format!("this `{bracket}` has no `{close}`"));
     let (insert_at, replacement) = if at_end {
-        d = d.with_label(Span::new(file, text.len(), text.len()), "the file ends here");
         (text.len(), if text.is_empty() || text.ends_with('\n') { format!("{closers}\n") } else { format!("\n{closers}\n") })
     } else {
         let word = text[start..].find(char::is_whitespace).map_or(text.len(), |i| start + i);
@@ -267,7 +271,8 @@ fn unclosed_error(file: FileId, text: &str, start: usize, at_end: bool, at: usiz
         d = d.with_help(format!("{} brackets are open here; the innermost is shown", open.len()));
     }
     // Where the block was meant to end is a guess: for a person to choose.
-    d.with_fix(Span::new(file, insert_at, insert_at), replacement, format!("close it before the next item: insert `{closers}`"), false)
+    let place = if at_end { "at the end" } else { "before the next item" };
+    d.with_fix(Span::new(file, insert_at, insert_at), replacement, format!("close it {place}: insert `{closers}`"), false)
 }
 
 struct AstBuilder {

@@ -102,7 +102,7 @@ fn starts_item(text: &str, at: usize) -> bool {
     }
     // A statement's first word may be close to an item's (`let`, `set`).
     let word = word_at(text, at, true);
-    !STATEMENT_WORDS.contains(&word) && closest(word, ITEM_SUGGESTIONS.iter().copied()).is_some()
+    word == "tc" || (!STATEMENT_WORDS.contains(&word) && closest(word, ITEM_SUGGESTIONS.iter().copied()).is_some())
 }
 
 /// The brackets opened in `text[from..to]` and not closed there, outermost
@@ -135,6 +135,12 @@ pub(crate) fn closer(open: char) -> char {
         '[' => ']',
         _ => '}',
     }
+}
+
+/// True when `text[..to]` holds only blank space, comments and a byte
+/// order mark.
+pub(crate) fn only_trivia_before(text: &str, to: usize) -> bool {
+    code(text, 0, to).all(|(at, c)| c.is_whitespace() || (at == 0 && c == '\u{feff}'))
 }
 
 /// True when `text[from..]` holds only blank space and comments.
@@ -320,9 +326,8 @@ pub(crate) fn suggest(text: &str, at: usize, expected: Expected) -> Vec<Suggesti
         return out;
     }
     if (expected.item || expected.hook) && matches!(word, "tc" | "tc:" | "TC") {
-        for hook in ["tc:ingress", "tc:egress"] {
-            out.push(suggestion(span.clone(), hook, format!("a TC hook names its direction: `{hook}`?"), false));
-        }
+        out.push(suggestion(span.clone(), "tc:ingress", "a TC hook names its direction: `tc:ingress`".into(), false));
+        out.push(suggestion(span, "tc:egress", "or `tc:egress`".into(), false));
         return out;
     }
     if let Some(best) = closest(word, candidates.iter().copied()) {
