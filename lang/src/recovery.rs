@@ -39,8 +39,8 @@ impl Iterator for Code<'_> {
             if rest.starts_with("//") {
                 // Up to the newline, which is code (it ends a line).
                 self.pos += rest.find('\n').unwrap_or(rest.len());
-            } else if rest.starts_with("/*") {
-                self.pos += rest[2..].find("*/").map_or(rest.len(), |i| i + 4);
+            } else if let Some(comment) = rest.strip_prefix("/*") {
+                self.pos += comment.find("*/").map_or(rest.len(), |i| i + 4);
             } else if c == '"' {
                 // To the closing quote; a string does not span lines.
                 let body = &rest[1..];
