@@ -59,7 +59,8 @@ pub fn parse(text: &str, file: FileId) -> Result<ast::Policy, Vec<Diagnostic>> {
     if let Some(d) = check_nesting(text, file) {
         return Err(vec![d]);
     }
-    let points = recovery::recovery_points(text);
+    // Found on the first error only: a file that parses needs none.
+    let mut points = None;
     // The text parsed: `text` with the items that failed blanked out, every
     // byte offset (and line) unchanged.
     let mut work = std::borrow::Cow::Borrowed(text);
@@ -77,7 +78,8 @@ pub fn parse(text: &str, file: FileId) -> Result<ast::Policy, Vec<Diagnostic>> {
                 break;
             }
             Err(e) => {
-                let (d, failed) = syntax_error(e, file, text, &points);
+                let points = points.get_or_insert_with(|| recovery::recovery_points(text));
+                let (d, failed) = syntax_error(e, file, text, points);
                 errors.push(d);
                 if errors.len() >= MAX_SYNTAX_ERRORS || !blank(work.to_mut(), failed) {
                     break;
