@@ -54,7 +54,40 @@ fn check_reports_json_for_editors() {
     assert_eq!(lines[0]["column"], 6);
     assert_eq!(lines[0]["end_column"], 15);
     assert_eq!(lines[0]["severity"], "error");
-    assert!(lines[0]["help"].as_str().expect("help").contains("tcp.dport"));
+    // The suggestion is a fix an editor can apply: the span and its text.
+    let fix = &lines[0]["fixes"][0];
+    assert_eq!((fix["replacement"].as_str(), fix["machine_applicable"].as_bool()), (Some("tcp.dport"), Some(true)), "{fix}");
+    assert_eq!((fix["line"].as_u64(), fix["column"].as_u64(), fix["end_column"].as_u64()), (Some(2), Some(6), Some(15)), "{fix}");
+    assert!(fix["message"].as_str().expect("message").contains("did you mean `tcp.dport`?"), "{fix}");
+}
+
+/// Every syntax error of a file, each with its fix, in JSON: applying the
+/// machine-applicable fixes gives a policy that parses.
+#[test]
+fn syntax_errors_carry_fixes_that_apply() {
+    let source = "xdp /tcp.dport == 22/ { dorp }\nxdp /tcp.dport = 23/ { drop }\nxdp /ip.ttl < 3 and tcp.syn/ { drop }\nxpd { pass }\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("typos.xpol");
+    std::fs::write(&path, source).expect("write");
+    let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
+    assert!(!r.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stderr).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(lines.len(), 4, "one error per line of the file: {lines:?}");
+    // Apply the first machine-applicable fix of each (line and column,
+    // 1-based, columns in characters: ASCII here), last first.
+    let mut fixed: Vec<String> = source.lines().map(str::to_string).collect();
+    let mut fixes: Vec<&serde_json::Value> = lines.iter().filter_map(|d| d["fixes"].as_array()?.iter().find(|f| f["machine_applicable"] == true)).collect();
+    assert_eq!(fixes.len(), 4, "{lines:?}");
+    fixes.sort_by_key(|f| std::cmp::Reverse((f["line"].as_u64(), f["column"].as_u64())));
+    for f in fixes {
+        let line = &mut fixed[f["line"].as_u64().expect("line") as usize - 1];
+        let (start, end) = (f["column"].as_u64().expect("column") as usize - 1, f["end_column"].as_u64().expect("end") as usize - 1);
+        line.replace_range(start..end, f["replacement"].as_str().expect("replacement"));
+    }
+    std::fs::write(&path, fixed.join("\n")).expect("write");
+    let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
+    assert!(r.status.success(), "{}\n{}", fixed.join("\n"), String::from_utf8_lossy(&r.stderr));
+    assert_eq!(fixed, ["xdp /tcp.dport == 22/ { drop }", "xdp /tcp.dport == 23/ { drop }", "xdp /ip.ttl < 3 && tcp.syn/ { drop }", "xdp { pass }"]);
 }
 
 #[test]
@@ -282,4 +315,97 @@ fn check_kernel_map_too_large_in_json() {
     let d = lines.iter().find(|d| d["code"] == "xpol::set::too_large").expect("the set diagnostic");
     assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(17)), "{d}");
     assert!(d["message"].as_str().is_some_and(|m| m.contains("1073741824 map entries, more than the 1048576")), "{d}");
+}
+
+/// Policies nested far past the parser's bound (a chain of 3,000 `||`,
+/// 5,000 of `&&`, `+`, `!`, unary `-`, 5,000 parentheses) give a
+/// diagnostic, not a stack overflow: compiled on a 2 MiB thread (the
+/// default of a spawned thread) and by `xpolc` (the main thread's 8 MiB).
+/// Just under the bound they compile on the 2 MiB thread: every pass after
+/// the parser handles the depth it allows.
+#[test]
+fn deep_expressions_are_diagnostics_not_crashes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = |n: usize, term: &dyn Fn(usize) -> String, op: &str| (0..n).map(term).collect::<Vec<_>>().join(op);
+    let deep = |n: usize| {
+        vec![
+            ("or", format!("xdp /{}/ {{ drop }}", chain(n, &|i| format!("tcp.dport == {i}"), " || "))),
+            ("and", format!("xdp /{}/ {{ drop }}", chain(n, &|i| format!("tcp.dport != {i}"), " && "))),
+            ("add", format!("xdp /tcp.dport == {}/ {{ drop }}", chain(n, &|_| "ip.ttl".to_string(), " + "))),
+            ("not", format!("xdp /{}tcp.syn/ {{ drop }}", "!".repeat(n))),
+            ("neg", format!("xdp /tcp.dport == {}ip.ttl/ {{ drop }}", "- ".repeat(n))),
+        ]
+    };
+    let compile_on_2mib = |path: std::path::PathBuf| {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+                (b.output.is_some(), b.diagnostics.iter().map(|d| d.code.clone()).collect::<Vec<_>>())
+            })
+            .expect("spawn")
+            .join()
+            .expect("no overflow")
+    };
+    let mut cases = deep(5000);
+    cases[0] = ("or", deep(3000).remove(0).1);
+    cases.push(("parens", format!("xdp /{}tcp.syn{}/ {{ drop }}", "(".repeat(5000), ")".repeat(5000))));
+    for (name, text) in cases {
+        let path = dir.path().join(format!("deep-{name}.xpol"));
+        std::fs::write(&path, text).expect("write");
+        let (ok, codes) = compile_on_2mib(path.clone());
+        let want = if name == "parens" { "xpol::syntax" } else { "xpol::syntax::too_deep" };
+        assert!(!ok && codes == [want], "{name}: {codes:?}");
+        let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{name}: {err}");
+        let d: serde_json::Value = serde_json::from_str(err.lines().next().expect("a diagnostic")).expect("JSON");
+        assert_eq!(d["code"], want, "{name}: {d}");
+        assert_eq!(d["line"], 1, "{name}: {d}");
+    }
+    // Just under the bound (256 levels: a comparison under 250 `||`).
+    for (name, text) in deep(250) {
+        let path = dir.path().join(format!("within-{name}.xpol"));
+        std::fs::write(&path, text).expect("write");
+        let (ok, codes) = compile_on_2mib(path);
+        assert!(ok, "{name}: {codes:?}");
+    }
+}
+
+/// `redirect` to an interface this machine lacks: `xpolc check` warns
+/// (the policy may be meant for another machine), `xpol run` refuses it
+/// before loading anything, at the `redirect`.
+#[test]
+fn redirect_to_a_missing_interface() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("redirect.xpol");
+    std::fs::write(&path, "xdp /tcp.dport == 22/ { redirect(xpolnoif0) }\nxdp { pass }\n").expect("write");
+    let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let d: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&r.stderr).lines().next().expect("a warning")).expect("JSON");
+    assert_eq!((d["code"].as_str(), d["severity"].as_str()), (Some("xpol::redirect::no_interface"), Some("warning")), "{d}");
+    assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(1), Some(34)), "{d}");
+    // `xpol run` checks before it loads or attaches: the interface it is
+    // given does not exist either, so nothing could be attached anyway.
+    let r = Command::new(env!("CARGO_BIN_EXE_xpol")).args(["run"]).arg(&path).args(["-i", "xpolnoif1"]).output().expect("run xpol");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("no network interface `xpolnoif0` on this machine") && err.contains("redirect.xpol:1:34"), "{err}");
+}
+
+/// Under `--kernel`, a missing interface is an error (the programs are
+/// still verified).
+#[test]
+fn check_kernel_refuses_a_missing_redirect_interface() {
+    if !xpol_runtime::testing::kernel_or_skip("check_kernel_refuses_a_missing_redirect_interface") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("redirect.xpol");
+    std::fs::write(&path, "xdp /tcp.dport == 22/ { redirect(xpolnoif0) }\nxdp /tcp.dport == 23/ { redirect(lo) }\n").expect("write");
+    let r = xpolc().args(["check", "--kernel"]).arg(&path).output().expect("run xpolc");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("verified by the kernel") && err.contains("no network interface `xpolnoif0`"), "{err}");
+    assert!(!err.contains("`lo`"), "lo exists: {err}");
 }

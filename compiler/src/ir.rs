@@ -442,6 +442,14 @@ pub struct MapExpect {
     pub span: Span,
 }
 
+/// An interface `redirect` names, and the first statement that does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedirectTarget {
+    pub ifname: String,
+    /// The name in the first `redirect(...)` naming it.
+    pub span: Span,
+}
+
 /// A checked policy, ready for codegen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
@@ -450,7 +458,9 @@ pub struct Policy {
     pub sets: Vec<NamedSet>,
     pub maps: Vec<UserMap>,
     pub locals: Vec<Local>,
-    pub redirects: Vec<String>,
+    /// The interfaces `redirect` names, each once, in order of first use:
+    /// slot `i` of the redirect map holds the ifindex of `redirects[i]`.
+    pub redirects: Vec<RedirectTarget>,
     pub pools: Vec<Pool>,
     /// The pools `lb(..., nat)` balances over, in order: the `tc:egress`
     /// program translates their replies back first.
@@ -500,7 +510,7 @@ impl Printer<'_> {
         for s in stmts {
             match &s.kind {
                 StmtKind::Verdict(v) => out.push_str(&format!("{pad}{}\n", v.as_str())),
-                StmtKind::Redirect(i) => out.push_str(&format!("{pad}redirect {:?}\n", self.policy.redirects[*i])),
+                StmtKind::Redirect(i) => out.push_str(&format!("{pad}redirect {:?}\n", self.policy.redirects[*i].ifname)),
                 StmtKind::Let { local, value } => {
                     let l = &self.policy.locals[*local];
                     out.push_str(&format!("{pad}let ${}: {} = {}\n", l.name, l.ty, self.expr(value)))

@@ -19,6 +19,23 @@ pub struct Label {
     pub message: String,
 }
 
+/// A change to the source that resolves a diagnostic: replace the text of
+/// `span` (empty: insert at its start) with `replacement`. Editors offer
+/// it as a quick fix; shown to people as a help line (`message`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fix {
+    /// The fix in words, e.g. "did you mean `drop`?".
+    pub message: String,
+    pub span: Span,
+    pub replacement: String,
+    /// The replacement is what the text almost certainly meant, and the
+    /// result is valid where it stands (a misspelt keyword, `=` for `==`):
+    /// a tool may apply it without asking. `false`: one plausible fix
+    /// among others (which brace a missing `}` closes), for a person to
+    /// choose.
+    pub machine_applicable: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
@@ -28,11 +45,13 @@ pub struct Diagnostic {
     /// The first label is the primary one.
     pub labels: Vec<Label>,
     pub help: Option<String>,
+    /// Suggested changes to the source, best first.
+    pub fixes: Vec<Fix>,
 }
 
 impl Diagnostic {
     pub fn error(code: impl Into<String>, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { severity: Severity::Error, code: code.into(), message: message.into(), labels: Vec::new(), help: None }
+        Diagnostic { severity: Severity::Error, code: code.into(), message: message.into(), labels: Vec::new(), help: None, fixes: Vec::new() }
     }
 
     pub fn warning(code: impl Into<String>, message: impl Into<String>) -> Diagnostic {
@@ -46,6 +65,12 @@ impl Diagnostic {
 
     pub fn with_help(mut self, help: impl Into<String>) -> Diagnostic {
         self.help = Some(help.into());
+        self
+    }
+
+    /// Adds a suggested fix: replace `span` with `replacement`.
+    pub fn with_fix(mut self, span: Span, replacement: impl Into<String>, message: impl Into<String>, machine_applicable: bool) -> Diagnostic {
+        self.fixes.push(Fix { message: message.into(), span, replacement: replacement.into(), machine_applicable });
         self
     }
 

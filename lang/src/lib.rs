@@ -10,9 +10,11 @@ pub mod ipv4_table;
 pub mod maglev;
 pub mod meta;
 pub mod parser;
+mod recovery;
 pub mod render;
 pub mod span;
+pub mod suggest;
 pub mod testspec;
 
-pub use diagnostic::{Diagnostic, Diagnostics, Label, Severity};
+pub use diagnostic::{Diagnostic, Diagnostics, Fix, Label, Severity};
 pub use span::{FileId, SourceFile, SourceMap, Span};

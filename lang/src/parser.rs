@@ -2,6 +2,7 @@
 //! every node. Syntax errors become [`Diagnostic`]s in plain words.
 
 use crate::ast::{self, BinOp, Block, Expr, ExprKind, Hook, Ident, Item, Probe, Stmt, StmtKind, StrLit, UnOp, Verdict};
+use crate::recovery::{self, Expected};
 use crate::{Diagnostic, FileId, Span};
 use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
@@ -16,6 +17,14 @@ struct XpolParser;
 /// Nesting deeper than this is refused before parsing: pest recurses per
 /// level and would otherwise overflow the stack on hostile input.
 const MAX_NESTING: usize = 200;
+
+/// The deepest expression the parser accepts (`xpol::syntax::too_deep`),
+/// in nodes from the top of an expression down to a leaf: a chain of 300
+/// `||` is 300 deep. The passes after the parser (the checker, codegen, the
+/// reference semantics) walk expressions recursively; at this depth they
+/// stay within a 2 MiB thread stack in a debug build, with room to spare
+/// (they overflowed at about 1,000).
+pub const MAX_EXPR_DEPTH: usize = 256;
 
 fn pratt() -> &'static PrattParser<Rule> {
     static PRATT: OnceLock<PrattParser<Rule>> = OnceLock::new();
@@ -42,20 +51,60 @@ fn pratt() -> &'static PrattParser<Rule> {
     })
 }
 
-/// Parses one file.
+/// Parses one file. Reports every syntax error it can find (up to
+/// [`MAX_SYNTAX_ERRORS`]): after one, parsing goes on at the next line that
+/// starts a top-level item (`recovery::recovery_points`), the text of the
+/// item that failed blanked out.
 pub fn parse(text: &str, file: FileId) -> Result<ast::Policy, Vec<Diagnostic>> {
     if let Some(d) = check_nesting(text, file) {
         return Err(vec![d]);
     }
-    let mut pairs = XpolParser::parse(Rule::policy, text).map_err(|e| vec![syntax_error(e, file, text)])?;
-    let policy = pairs.next().expect("the grammar always yields a policy");
-    let mut b = AstBuilder { file, errors: Vec::new() };
-    let items = policy.into_inner().filter(|p| p.as_rule() != Rule::EOI).filter_map(|p| b.item(p)).collect();
-    if b.errors.is_empty() {
-        Ok(ast::Policy { items })
-    } else {
-        Err(b.errors)
+    // Found on the first error only: a file that parses needs none.
+    let mut points = None;
+    // The text parsed: `text` with the items that failed blanked out, every
+    // byte offset (and line) unchanged.
+    let mut work = std::borrow::Cow::Borrowed(text);
+    let mut errors = Vec::new();
+    loop {
+        match XpolParser::parse(Rule::policy, &work) {
+            Ok(mut pairs) => {
+                let policy = pairs.next().expect("the grammar always yields a policy");
+                let mut b = AstBuilder { file, errors: Vec::new() };
+                let items = policy.into_inner().filter(|p| p.as_rule() != Rule::EOI).filter_map(|p| b.item(p)).collect();
+                errors.extend(b.errors);
+                if errors.is_empty() {
+                    return Ok(ast::Policy { items });
+                }
+                break;
+            }
+            Err(e) => {
+                let points = points.get_or_insert_with(|| recovery::recovery_points(text));
+                let (d, failed) = syntax_error(e, file, text, points);
+                errors.push(d);
+                if errors.len() >= MAX_SYNTAX_ERRORS || !blank(work.to_mut(), failed) {
+                    break;
+                }
+            }
+        }
     }
+    errors.sort_by_key(|d| d.primary_span().map(|s| (s.start, s.end)));
+    Err(errors)
+}
+
+/// Syntax errors reported per file at most: past them, the rest of the file
+/// is likely to be read wrong.
+pub const MAX_SYNTAX_ERRORS: usize = 20;
+
+/// Blanks `text[range]` out, keeping newlines and the byte length of every
+/// character; false when there was nothing left to blank (no progress).
+fn blank(text: &mut String, range: std::ops::Range<usize>) -> bool {
+    let Some(part) = text.get(range.clone()) else { return false };
+    if part.chars().all(char::is_whitespace) {
+        return false;
+    }
+    let blanked: String = part.chars().flat_map(|c| std::iter::repeat_n(if c == '\n' { '\n' } else { ' ' }, if c == '\n' { 1 } else { c.len_utf8() })).collect();
+    text.replace_range(range, &blanked);
+    true
 }
 
 fn check_nesting(text: &str, file: FileId) -> Option<Diagnostic> {
@@ -84,13 +133,15 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::EOI => "end of file",
         Rule::item | Rule::include | Rule::set_decl | Rule::map_decl | Rule::map_word | Rule::const_decl | Rule::probe => "a declaration or a probe",
         Rule::test_block | Rule::test_on | Rule::test_case | Rule::hex_packet | Rule::packet_ctor | Rule::field_arg => "a test case such as `tcp(dport: 22) => drop`",
-        Rule::expect => "a verdict (`pass`, `drop`, `tx`, `abort`, `redirect`)",
+        Rule::expect => "an outcome (`pass`, `drop`, `tx`, `abort`, `redirect`, `lb(POOL)`)",
         Rule::decided_by => "`by LINE`",
         Rule::map_expect => "a map entry such as `@seen[198.18.0.1] == 1`",
         Rule::hook => "a hook (`xdp`, `tc:ingress`, `tc:egress`)",
         Rule::predicate => "a predicate `/.../`",
         Rule::block => "`{`",
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::lb_word => {
+        // `lb_word` also starts a test's `=> lb(POOL)`: `lb_stmt` and
+        // `lb_expect` say which.
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt => {
             "a statement such as `pass`, `drop`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
@@ -121,11 +172,58 @@ fn describe(rule: &Rule) -> Option<&'static str> {
     })
 }
 
-fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagnostic {
+/// The diagnostic for a syntax error, and the text of the item that failed
+/// (to blank out before parsing again). `points`: the recovery points.
+fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &[usize]) -> (Diagnostic, std::ops::Range<usize>) {
     let (start, end) = match e.location {
         pest::error::InputLocation::Pos(p) => (p, p),
         pest::error::InputLocation::Span((s, e)) => (s, e),
     };
+    let start = start.min(text.len());
+    let positives: Vec<Rule> = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => positives.clone(),
+        pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    let expects = |rules: &[Rule]| positives.iter().any(|p| rules.contains(p));
+    // Where pest stopped: at the start of an item (it tried the end of the
+    // file there), or inside one.
+    // (At the start of the file pest names nothing it expected.)
+    let item_start = positives.contains(&Rule::EOI) || recovery::only_trivia_before(text, start);
+    let next_point = points.iter().copied().find(|&p| p > start).unwrap_or(text.len());
+    let at_end = recovery::only_trivia_after(text, start);
+    if !item_start && (points.binary_search(&start).is_ok() || at_end) {
+        // An item ran into the next one, or into the end of the file: the
+        // item that failed is the one before, and an unclosed bracket in it
+        // is the likely cause (the next item is not what it was waiting for).
+        let from = points.iter().copied().rev().find(|&p| p < start).unwrap_or(0);
+        let open = recovery::unclosed(text, from, start);
+        if let Some(&(at, bracket)) = open.last() {
+            return (unclosed_error(file, text, start, at_end, at, bracket, &open), from..start);
+        }
+        return (unexpected(file, text, start, end, &positives, false), from..start);
+    }
+    let failed = if item_start { start..next_point } else { points.iter().copied().rev().find(|&p| p <= start).unwrap_or(0)..next_point };
+    if let Some(bad) = recovery::bad_literal(text, start) {
+        let d = Diagnostic::error("xpol::syntax::literal", bad.message).with_label(Span::new(file, bad.span.start, bad.span.end), bad.label).with_help(bad.help);
+        return (d, failed);
+    }
+    let mut d = unexpected(file, text, start, end, &positives, item_start);
+    let expected = Expected {
+        item: item_start,
+        hook: expects(&[Rule::hook]),
+        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt]),
+        outcome: expects(&[Rule::expect, Rule::lb_expect]),
+        operator: expects(&[Rule::or, Rule::and, Rule::eq, Rule::ne, Rule::lt, Rule::le, Rule::gt, Rule::ge, Rule::in_op, Rule::not_in]),
+    };
+    for s in recovery::suggest(text, start, expected) {
+        d = d.with_fix(Span::new(file, s.span.start, s.span.end), s.replacement, s.message, s.machine_applicable);
+    }
+    (d, failed)
+}
+
+/// "expected X, found Y" at `start`.
+/// `item_start`: where an item starts (or the file ends).
+fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[Rule], item_start: bool) -> Diagnostic {
     // Point at the token that is there (or the end of the file).
     let token_end = text[start..].char_indices().find(|(_, c)| c.is_whitespace()).map(|(i, _)| start + i).unwrap_or(text.len());
     let end = if end > start { end } else { token_end.max(start + text[start..].chars().next().map_or(0, char::len_utf8)) };
@@ -135,9 +233,11 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagno
     } else {
         format!("`{}`", crate::diagnostic::excerpt(text[start..end.min(text.len())].trim_end(), 20))
     };
-    let mut expected: Vec<&str> = match &e.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } => positives.iter().filter_map(describe).collect(),
-        pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
+    let mut expected: Vec<&str> = if item_start {
+        // Between items: what an item starts with, rather than each kind.
+        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `include`, `test`)"]
+    } else {
+        positives.iter().filter_map(describe).collect()
     };
     expected.sort();
     expected.dedup();
@@ -153,6 +253,28 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagno
         d = d.with_help("a predicate is written between slashes: `xdp /tcp.dport == 22/ { drop }`; inside it, write division in parentheses");
     }
     d
+}
+
+/// A bracket (at `at`) still open where the next item starts (`start`) or
+/// the file ends: reported at the bracket, not where parsing noticed.
+fn unclosed_error(file: FileId, text: &str, start: usize, at_end: bool, at: usize, bracket: char, open: &[(usize, char)]) -> Diagnostic {
+    let close = recovery::closer(bracket);
+    let closers: String = open.iter().rev().map(|&(_, c)| recovery::closer(c)).collect();
+    let message = if at_end { format!("`{bracket}` is not closed by the end of the file") } else { format!("`{bracket}` is not closed") };
+    let mut d = Diagnostic::error("xpol::syntax::unclosed", message).with_label(Span::new(file, at, at + 1), format!("this `{bracket}` has no `{close}`"));
+    let (insert_at, replacement) = if at_end {
+        (text.len(), if text.is_empty() || text.ends_with('\n') { format!("{closers}\n") } else { format!("\n{closers}\n") })
+    } else {
+        let word = text[start..].find(char::is_whitespace).map_or(text.len(), |i| start + i);
+        d = d.with_label(Span::new(file, start, word), format!("the next item starts here, `{close}` expected before it"));
+        (start, format!("{closers}\n"))
+    };
+    if open.len() > 1 {
+        d = d.with_help(format!("{} brackets are open here; the innermost is shown", open.len()));
+    }
+    // Where the block was meant to end is a guess: for a person to choose.
+    let place = if at_end { "at the end" } else { "before the next item" };
+    d.with_fix(Span::new(file, insert_at, insert_at), replacement, format!("close it {place}: insert `{closers}`"), false)
 }
 
 struct AstBuilder {
@@ -184,7 +306,7 @@ impl AstBuilder {
             Ok(v) => Some((v, span)),
             Err(_) => {
                 let nspan = self.span(&n);
-                self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                self.literal_error::<()>(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
                 None
             }
         }
@@ -249,7 +371,7 @@ impl AstBuilder {
                         Some(value) => options.push(ast::PoolOption { word, value, unit, span: ospan }),
                         None => {
                             let nspan = self.span(&n);
-                            self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                            self.literal_error::<()>(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
                         }
                     }
                     body = it.next()?;
@@ -266,7 +388,7 @@ impl AstBuilder {
                             match n.as_str().parse::<u64>() {
                                 Ok(v) => Some((v, Span { start: addr.span.end, ..nspan })),
                                 Err(_) => {
-                                    self.literal_error(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                                    self.literal_error::<()>(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
                                     continue;
                                 }
                             }
@@ -371,7 +493,7 @@ impl AstBuilder {
                 match line.as_str().parse::<u32>() {
                     Ok(n) => Some((n, lspan)),
                     Err(_) => {
-                        self.literal_error(lspan, format!("line {} is not a line of a file", line.as_str()));
+                        self.literal_error::<()>(lspan, format!("line {} is not a line of a file", line.as_str()));
                         return None;
                     }
                 }
@@ -479,30 +601,70 @@ impl AstBuilder {
 
     /// An `expr` or `pred_expr` pair, or a primary.
     fn expr(&mut self, p: Pair<Rule>) -> Option<Expr> {
+        self.expr_depth(p).map(|(e, _)| e)
+    }
+
+    /// An expression and its depth: the most nodes from it down to a leaf.
+    fn expr_depth(&mut self, p: Pair<Rule>) -> Option<(Expr, usize)> {
         match p.as_rule() {
             Rule::expr | Rule::pred_expr => self.pratt(p.into_inner()),
             _ => self.primary(p),
         }
     }
 
-    fn pratt(&mut self, pairs: Pairs<Rule>) -> Option<Expr> {
+    /// `depth` if it is within [`MAX_EXPR_DEPTH`]; else reports the
+    /// expression as too deep, at `span` (the operator that crosses the
+    /// limit).
+    fn within_depth(&mut self, depth: usize, span: Span) -> Option<usize> {
+        if depth <= MAX_EXPR_DEPTH {
+            return Some(depth);
+        }
+        self.errors.push(
+            Diagnostic::error("xpol::syntax::too_deep", format!("expression nested deeper than {MAX_EXPR_DEPTH} levels"))
+                .with_label(span, format!("level {depth} here"))
+                .with_help(
+                    "a long chain of `||` over one field is a set test (`tcp.dport in { 22, 80, 443 }`, or a `set` for many elements); \
+                     otherwise split the expression with `let`, or over several rules",
+                ),
+        );
+        None
+    }
+
+    fn pratt(&mut self, pairs: Pairs<Rule>) -> Option<(Expr, usize)> {
+        // pest's Pratt parser recurses once per prefix operator: a run of
+        // them longer than the depth allows is refused before it does.
+        let mut run = 0;
+        for p in pairs.clone() {
+            if !matches!(p.as_rule(), Rule::not | Rule::neg | Rule::bnot) {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run > MAX_EXPR_DEPTH {
+                let span = self.span(&p);
+                return self.within_depth(run, span).map(|_| unreachable!());
+            }
+        }
         // The Pratt parser's closures cannot borrow `self` mutably at once;
         // collect errors in a cell.
         let this = std::cell::RefCell::new(self);
         let parsed = pratt()
             .map_primary(|p| this.borrow_mut().primary(p))
             .map_prefix(|op, rhs| {
-                let rhs = rhs?;
+                let (rhs, depth) = rhs?;
                 let s = this.borrow().span(&op);
+                let depth = this.borrow_mut().within_depth(depth + 1, s)?;
                 let op = match op.as_rule() {
                     Rule::not => UnOp::Not,
                     Rule::neg => UnOp::Neg,
                     _ => UnOp::BitNot,
                 };
-                Some(Expr { span: s.to(rhs.span), kind: ExprKind::Unary { op, operand: Box::new(rhs) } })
+                Some((Expr { span: s.to(rhs.span), kind: ExprKind::Unary { op, operand: Box::new(rhs) } }, depth))
             })
             .map_infix(|lhs, op, rhs| {
-                let (lhs, rhs) = (lhs?, rhs?);
+                let ((lhs, ld), (rhs, rd)) = (lhs?, rhs?);
+                let ospan = this.borrow().span(&op);
+                let depth = this.borrow_mut().within_depth(ld.max(rd) + 1, ospan)?;
                 let span = lhs.span.to(rhs.span);
                 let kind = if op.as_rule() == Rule::range {
                     ExprKind::Range(Box::new(lhs), Box::new(rhs))
@@ -531,37 +693,68 @@ impl AstBuilder {
                     };
                     ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }
                 };
-                Some(Expr { kind, span })
+                Some((Expr { kind, span }, depth))
             })
             .parse(pairs);
         parsed
     }
 
-    fn literal_error(&mut self, span: Span, message: String) -> Option<Expr> {
+    /// Expressions inside a primary (set elements, map keys, arguments),
+    /// and the depth of the deepest; one that fails is left out.
+    fn exprs_depth(&mut self, pairs: Pairs<Rule>) -> (Vec<Expr>, usize) {
+        let mut depth = 0;
+        let exprs = pairs
+            .filter_map(|e| self.expr_depth(e))
+            .map(|(e, d)| {
+                depth = depth.max(d);
+                e
+            })
+            .collect();
+        (exprs, depth)
+    }
+
+    fn literal_error<T>(&mut self, span: Span, message: String) -> Option<T> {
         self.errors.push(Diagnostic::error("xpol::syntax::literal", message).with_label(span, "here"));
         None
     }
 
-    fn primary(&mut self, p: Pair<Rule>) -> Option<Expr> {
+    /// A primary expression and its depth.
+    fn primary(&mut self, p: Pair<Rule>) -> Option<(Expr, usize)> {
         let span = self.span(&p);
-        let text = p.as_str();
-        let kind = match p.as_rule() {
+        // Nodes with expressions inside: one level more than the deepest.
+        let (kind, inner) = match p.as_rule() {
             Rule::paren => {
-                let inner = self.expr(p.into_inner().next()?)?;
-                return Some(Expr { kind: inner.kind, span });
+                let (inner, depth) = self.expr_depth(p.into_inner().next()?)?;
+                return Some((Expr { kind: inner.kind, span }, depth));
             }
-            Rule::set_lit => ExprKind::SetLit(p.into_inner().filter_map(|e| self.expr(e)).collect()),
+            Rule::set_lit => {
+                let (elements, depth) = self.exprs_depth(p.into_inner());
+                (ExprKind::SetLit(elements), depth)
+            }
             Rule::map_read => {
                 let mut it = p.into_inner();
                 let map = self.map_name(it.next()?);
-                let keys = it.next().map(|k| k.into_inner().filter_map(|k| self.expr(k)).collect()).unwrap_or_default();
-                ExprKind::MapRead { map, keys }
+                let (keys, depth) = it.next().map(|k| self.exprs_depth(k.into_inner())).unwrap_or_default();
+                (ExprKind::MapRead { map, keys }, depth)
             }
             Rule::call => {
                 let mut it = p.into_inner();
                 let func = self.ident(it.next()?);
-                ExprKind::Call { func, args: it.filter_map(|a| self.expr(a)).collect() }
+                let (args, depth) = self.exprs_depth(it);
+                (ExprKind::Call { func, args }, depth)
             }
+            Rule::expr | Rule::pred_expr => return self.pratt(p.into_inner()),
+            _ => (self.literal_or_path(p)?, 0),
+        };
+        let depth = self.within_depth(inner + 1, span)?;
+        Some((Expr { kind, span }, depth))
+    }
+
+    /// A literal or a name.
+    fn literal_or_path(&mut self, p: Pair<Rule>) -> Option<ExprKind> {
+        let span = self.span(&p);
+        let text = p.as_str();
+        let kind = match p.as_rule() {
             Rule::path => ExprKind::Path(p.into_inner().map(|s| self.ident(s)).collect()),
             Rule::boolean => ExprKind::Bool(text == "true"),
             Rule::dec_int => match text.parse::<u64>() {
@@ -599,10 +792,9 @@ impl AstBuilder {
                     _ => return self.literal_error(span, format!("prefix length /{len} is longer than {max}")),
                 }
             }
-            Rule::expr | Rule::pred_expr => return self.pratt(p.into_inner()),
             _ => return None,
         };
-        Some(Expr { kind, span })
+        Some(kind)
     }
 }
 

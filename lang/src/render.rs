@@ -26,8 +26,11 @@ fn to_report(d: &Diagnostic, sources: &SourceMap) -> miette::Report {
         Severity::Error => miette::Severity::Error,
         Severity::Warning => miette::Severity::Warning,
     });
-    if let Some(help) = &d.help {
-        md = md.with_help(help.clone());
+    // The help, then each suggested fix in words (`Fix::message`): the
+    // replacement itself is for editors (JSON).
+    let helps: Vec<&str> = d.help.iter().map(String::as_str).chain(d.fixes.iter().map(|f| f.message.as_str())).filter(|h| !h.is_empty()).collect();
+    if !helps.is_empty() {
+        md = md.with_help(helps.join("\n"));
     }
     let Some(primary) = d.primary_span() else { return miette::Report::new(md) };
     // One snippet per report: the primary label's file, unless it is shown
@@ -74,6 +77,18 @@ struct JsonLabel<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonFix<'a> {
+    message: &'a str,
+    file: &'a str,
+    line: u32,
+    column: u32,
+    end_line: u32,
+    end_column: u32,
+    replacement: &'a str,
+    machine_applicable: bool,
+}
+
+#[derive(Serialize)]
 struct JsonDiagnostic<'a> {
     file: Option<&'a str>,
     line: Option<u32>,
@@ -85,6 +100,7 @@ struct JsonDiagnostic<'a> {
     message: &'a str,
     labels: Vec<JsonLabel<'a>>,
     help: Option<&'a str>,
+    fixes: Vec<JsonFix<'a>>,
 }
 
 fn position(sources: &SourceMap, span: Span) -> (&str, u32, u32, u32, u32) {
@@ -107,6 +123,14 @@ pub fn render_json(diags: &[Diagnostic], sources: &SourceMap) -> String {
                 JsonLabel { file, line, column, end_line, end_column, message: &l.message }
             })
             .collect();
+        let fixes: Vec<JsonFix> = d
+            .fixes
+            .iter()
+            .map(|f| {
+                let (file, line, column, end_line, end_column) = position(sources, f.span);
+                JsonFix { message: &f.message, file, line, column, end_line, end_column, replacement: &f.replacement, machine_applicable: f.machine_applicable }
+            })
+            .collect();
         let first = labels.first();
         let j = JsonDiagnostic {
             file: first.map(|l| l.file),
@@ -119,6 +143,7 @@ pub fn render_json(diags: &[Diagnostic], sources: &SourceMap) -> String {
             message: &d.message,
             help: d.help.as_deref(),
             labels: Vec::new(),
+            fixes,
         };
         let mut value = serde_json::to_value(&j).unwrap_or_default();
         value["labels"] = serde_json::to_value(&labels).unwrap_or_default();

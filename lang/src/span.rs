@@ -73,7 +73,11 @@ impl SourceFile {
             Ok(i) => i,
             Err(i) => i - 1,
         };
-        let start = self.line_starts[line] as usize;
+        // A byte order mark at the start is no column of the first line.
+        let start = match self.line_starts[line] as usize {
+            0 if self.text.starts_with('\u{feff}') => '\u{feff}'.len_utf8(),
+            s => s,
+        };
         let end = (offset as usize).min(self.text.len());
         let col = self.text.get(start..end).map(|s| s.chars().count()).unwrap_or(0);
         (line as u32 + 1, col as u32 + 1)

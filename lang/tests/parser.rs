@@ -200,7 +200,7 @@ fn errors_are_diagnostics_with_spans() {
         ("xdp /ip.src == 300.1.1.1/ {}", "not an IPv4 address"),
         ("xdp /ip.src in 10.0.0.0/33/ {}", "longer than 32"),
         ("xdp /ip.src in 2001:db8::/129/ {}", "longer than 128"),
-        ("set s: cidr = {", "expected"),
+        ("set s: cidr = {", "is not closed"),
         ("", ""),
     ];
     for (src, want) in cases {
@@ -232,4 +232,143 @@ fn map_declaration_without_at_asks_for_a_map_name() {
     let Err(d) = parse("map seen max 4", FileId(0)) else { panic!("parses") };
     assert!(d[0].message.contains("a map name such as `@seen`"), "{:?}", d[0]);
     assert_eq!((d[0].labels[0].span.start, d[0].labels[0].span.end), (4, 8), "{:?}", d[0]);
+}
+
+/// The text a diagnostic's primary label covers.
+fn labelled<'a>(src: &'a str, d: &xpol_lang::Diagnostic) -> &'a str {
+    let s = d.primary_span().expect("a span");
+    &src[s.start as usize..s.end as usize]
+}
+
+/// After a syntax error, parsing goes on at the next item: every error of
+/// the file, in order.
+#[test]
+fn every_syntax_error_is_reported() {
+    let src = "xdp /tcp.dport == 22/ { dorp }\nconst a = 1\nxdp /tcp.dport = 22/ { drop }\nset s: int = { 1 }\nxdp /ip.src == 2001:db8:::1/ { drop }\n";
+    let d = parse(src, FileId(0)).expect_err("three errors");
+    let found: Vec<&str> = d.iter().map(|d| labelled(src, d)).collect();
+    assert_eq!(found, ["dorp", "=", "2001:db8:::1"], "{d:?}");
+    assert!(d[2].message.contains("is not an IPv6 address"), "{:?}", d[2]);
+}
+
+/// A `}` left out is reported at the `{`, before the next rule or at the
+/// end of the file; the fix (insert `}`) is for a person to place.
+#[test]
+fn an_unclosed_brace_is_reported_at_the_brace() {
+    for src in ["xdp /tcp.syn/ { if tcp.ack { drop }\nxdp { pass }\n", "xdp /tcp.syn/ { if tcp.ack { drop }\n"] {
+        let d = parse(src, FileId(0)).expect_err("unclosed");
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].code, "xpol::syntax::unclosed");
+        assert_eq!(d[0].primary_span().map(|s| s.start), Some(14), "the probe's `{{`: {d:?}");
+        assert!(d[0].fixes.iter().all(|f| f.replacement.starts_with('}') && !f.machine_applicable), "{d:?}");
+    }
+}
+
+/// Misspelt keywords and operators from other languages get a fix that a
+/// tool may apply.
+#[test]
+fn misspellings_get_machine_applicable_fixes() {
+    let cases = [
+        ("xdp { dorp }", "dorp", "drop"),
+        ("xpd { pass }", "xpd", "xdp"),
+        ("tc:egres { pass }", "tc:egres", "tc:egress"),
+        ("xdp /tcp.dport = 22/ { drop }", "=", "=="),
+        ("xdp /tcp.syn and tcp.ack/ { drop }", "and", "&&"),
+        ("xdp /tcp.syn or tcp.ack/ { drop }", "or", "||"),
+        ("xdp /not tcp.syn/ { drop }", "not ", "!"),
+        ("xdp /ip.src not in { 10.0.0.0/8 }/ { drop }", "not in", "!in"),
+        ("test \"t\" { tcp(dport: 22) => dorp }\nxdp { pass }", "dorp", "drop"),
+    ];
+    for (src, was, now) in cases {
+        let d = parse(src, FileId(0)).expect_err(src);
+        let fix = d[0].fixes.iter().find(|f| f.machine_applicable).unwrap_or_else(|| panic!("{src}: {d:?}"));
+        assert_eq!((&src[fix.span.start as usize..fix.span.end as usize], fix.replacement.as_str()), (was, now), "{src}");
+    }
+}
+
+/// A byte order mark is skipped; spans stay byte offsets of the file, and
+/// columns do not count it.
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let src = "\u{feff}xdp /tcp.syn/ { drop }\n";
+    let items = parse_ok(src);
+    let Item::Probe(p) = &items[0] else { panic!("a probe") };
+    assert_eq!(p.hook_span.start, 3);
+    let file = xpol_lang::SourceFile::new("bom.xpol", None, src);
+    assert_eq!(file.line_col(p.hook_span.start), (1, 1));
+    assert_eq!(file.line_col(8), (1, 6), "`tcp.syn`");
+}
+
+/// Expressions deeper than the bound are refused where they cross it, on a
+/// 2 MiB thread, whatever the operator.
+#[test]
+fn deep_expressions_are_refused_with_a_span() {
+    let n = 5000;
+    let chain = |op: &str| (0..n).map(|i| format!("x{i}")).collect::<Vec<_>>().join(op);
+    let cases = [
+        format!("xdp /{}/ {{}}", chain(" || ")),
+        format!("xdp /{}/ {{}}", chain(" + ")),
+        format!("xdp /{}x/ {{}}", "!".repeat(n)),
+        format!("xdp /{}x/ {{}}", "- ".repeat(n)),
+        format!("xdp {{ @m[{}] = count() }}", chain(" & ")),
+    ];
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for src in cases {
+                let d = parse(&src, FileId(0)).expect_err("too deep");
+                assert_eq!((d.len(), d[0].code.as_str()), (1, "xpol::syntax::too_deep"), "{d:?}");
+                assert!(d[0].message.contains(&xpol_lang::parser::MAX_EXPR_DEPTH.to_string()));
+                let at = d[0].primary_span().expect("span").start as usize;
+                assert!(at > 5 && at < src.len() / 2, "where the bound is crossed, not at the end: {at}");
+            }
+        })
+        .expect("spawn")
+        .join()
+        .expect("no overflow");
+}
+
+/// Recovery on damaged policies: no panic, no endless loop, every span on
+/// character boundaries within the text.
+#[test]
+fn damaged_policies_recover_without_panicking() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for path in ["../examples/firewall.xpol", "../examples/edge.xpol", "../examples/lb.xpol", "../std-policies/tcp-sanity.xpol"] {
+        let text = std::fs::read_to_string(path).expect("example");
+        for _ in 0..150 {
+            let mut t = text.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % t.len();
+                if !t.is_char_boundary(at) {
+                    continue;
+                }
+                match next() % 4 {
+                    0 => {
+                        let end = (at + 1 + next() as usize % 8).min(t.len());
+                        if t.is_char_boundary(end) {
+                            t.replace_range(at..end, "");
+                        }
+                    }
+                    1 => t.insert(at, ['{', '}', '(', ':', '/', '"', '=', '\u{e9}'][next() as usize % 8]),
+                    2 => t.insert_str(at, "\nxdp "),
+                    _ => t.truncate(at),
+                }
+            }
+            if let Err(ds) = parse(&t, FileId(0)) {
+                assert!(!ds.is_empty() && ds.len() <= xpol_lang::parser::MAX_SYNTAX_ERRORS + 20);
+                for d in &ds {
+                    for s in d.labels.iter().map(|l| l.span).chain(d.fixes.iter().map(|f| f.span)) {
+                        let (a, b) = (s.start as usize, s.end as usize);
+                        assert!(a <= b && b <= t.len() && t.is_char_boundary(a) && t.is_char_boundary(b), "{t:?}: {d:?}");
+                    }
+                }
+            }
+        }
+    }
 }

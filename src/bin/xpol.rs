@@ -323,10 +323,25 @@ fn load_build(build: &xpol_compiler::Build, options: &xpol_runtime::loader::Load
         eprint!("{}", xpol_lang::render::render_human(&build.diagnostics, &build.sources, color));
     }
     let Some(out) = &build.output else { return Ok(None) };
+    if !options.missing_interfaces_ok && report_missing_interfaces(build) {
+        return Ok(None);
+    }
     match LoadedPolicy::load_with(&out.object, options) {
         Ok(p) => Ok(Some(p)),
         Err(e) => explain_load_error(build, e, rejection).map(|()| None),
     }
+}
+
+/// Shows an error at each `redirect` to an interface this machine lacks,
+/// before the policy loads (where it would abort those packets); true when
+/// there was one.
+fn report_missing_interfaces(build: &xpol_compiler::Build) -> bool {
+    let Some(out) = &build.output else { return false };
+    let missing = xpol_compiler::check::lints::missing_interfaces(&out.ir, |name| xpol_runtime::sys::if_nametoindex(name) != 0, xpol_lang::Severity::Error);
+    if !missing.is_empty() {
+        eprint!("{}", xpol_lang::render::render_human(&missing, &build.sources, std::io::stderr().is_terminal()));
+    }
+    !missing.is_empty()
 }
 
 /// Shows a kernel rejection of a build's object at the policy's source
@@ -351,6 +366,12 @@ fn explain_load_error(build: &xpol_compiler::Build, e: xpol_runtime::loader::Run
         xpol_runtime::loader::RuntimeError::Map { map, source } => {
             let d = xpol_compiler::verifier::explain_map(&map, &source, out);
             eprint!("{}", xpol_lang::render::render_human(&[d], &build.sources, color));
+            Ok(())
+        }
+        // At the `redirect` that names it.
+        xpol_runtime::loader::RuntimeError::UnknownInterface(name) if out.ir.redirects.iter().any(|r| r.ifname == name) => {
+            let d = xpol_compiler::check::lints::missing_interfaces(&out.ir, |n| n != name, xpol_lang::Severity::Error);
+            eprint!("{}", xpol_lang::render::render_human(&d, &build.sources, color));
             Ok(())
         }
         e => Err(e).context("loading the policy into the kernel"),

@@ -103,6 +103,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Check { policy, message_format, kernel, verbose, verifier_log } => {
             let mut build = xpol_compiler::build(&policy, &BuildOptions::default());
+            // Interfaces `redirect` names that this machine lacks: a
+            // warning when only checking (the policy may be meant for
+            // another machine), an error under `--kernel`, which checks
+            // what would run here (the programs are still verified).
+            let mut interfaces_missing = false;
+            if let Some(out) = &build.output {
+                let severity = if kernel { xpol_lang::Severity::Error } else { xpol_lang::Severity::Warning };
+                let missing = xpol_compiler::check::lints::missing_interfaces(&out.ir, |name| xpol_runtime::sys::if_nametoindex(name) != 0, severity);
+                interfaces_missing = missing.iter().any(|d| d.is_error());
+                build.diagnostics.extend(missing);
+            }
             if kernel {
                 if let Some(out) = &build.output {
                     match xpol_runtime::loader::LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() }) {
@@ -135,6 +146,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         Err(e) => return Err(e).context("loading the policy into the kernel"),
                     }
                 }
+            }
+            if interfaces_missing {
+                build.output = None;
             }
             report(&build, message_format);
             Ok(if build.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -124,13 +124,38 @@ impl Field {
 
     /// The known field closest to a misspelt name, for "did you mean".
     pub fn suggest(name: &str) -> Option<Field> {
-        Field::ALL
-            .iter()
-            .copied()
-            .map(|f| (edit_distance(f.name(), name), f))
-            .filter(|(d, _)| *d <= 3)
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, f)| f)
+        xpol_lang::suggest::closest(name, Field::ALL.iter().map(|f| f.name())).and_then(Field::by_name)
+    }
+
+    /// The values an `int` field takes, as inclusive ranges in order: the
+    /// width of the header field it reads, and what the parser lets
+    /// through (an IPv4 header of fewer than 5 words is not IPv4;
+    /// `ip.version` is 4 or 6). `None` for fields of other types.
+    /// docs/language.md lists them.
+    pub fn values(self) -> Option<&'static [(u64, u64)]> {
+        use Field::*;
+        const U8: &[(u64, u64)] = &[(0, 0xff)];
+        const U16: &[(u64, u64)] = &[(0, 0xffff)];
+        Some(match self {
+            PktLen => &[(0, u32::MAX as u64)],
+            EthType => U16,
+            VlanDepth => &[(0, 3)],
+            VlanId | VlanInnerId => &[(0, 4095)],
+            VlanPcp | VlanInnerPcp => &[(0, 7)],
+            IpVersion => &[(4, 4), (6, 6)],
+            IpProto | IpTtl | Ip6NextHdr | Ip6HopLimit | TcpFlags | IcmpType | IcmpCode | Icmp6Type | Icmp6Code => U8,
+            // IPv4: the total length, at least the header; IPv6: 40 + the
+            // payload length.
+            IpLen => &[(20, 0xffff + 40)],
+            IpDscp => &[(0, 63)],
+            IpEcn => &[(0, 3)],
+            // 13 bits of 8-byte units.
+            IpFragOff => &[(0, 0x1fff * 8)],
+            Ip4Ihl => &[(5, 15)],
+            Ip4Id | TcpSport | TcpDport | TcpWindow | UdpSport | UdpDport | UdpLen | L4Sport | L4Dport => U16,
+            Ip6FlowLabel => &[(0, (1 << 20) - 1)],
+            _ => return None,
+        })
     }
 
     /// True for the IPv4-only address fields.
@@ -143,17 +168,32 @@ impl Field {
     }
 }
 
-/// Levenshtein distance, for suggestions.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every integer field says which values it takes (a field added
+    /// without them would let `FIELD == 70000` through), and only those.
+    #[test]
+    fn integer_fields_have_their_values() {
+        for &f in Field::ALL {
+            match (f.ty(), f.values()) {
+                (Type::Int, Some(values)) => {
+                    assert!(!values.is_empty() && values.windows(2).all(|w| w[0].1 < w[1].0), "{}: ranges in order", f.name());
+                    assert!(values.iter().all(|&(lo, hi)| lo <= hi && hi <= u64::from(u32::MAX)), "{}", f.name());
+                }
+                (Type::Int, None) => panic!("{} has no values", f.name()),
+                (_, values) => assert!(values.is_none(), "{} is not an integer", f.name()),
+            }
         }
-        prev = cur;
+        assert_eq!(Field::TcpDport.values(), Some(&[(0, 65535)][..]));
+        assert_eq!(Field::IpVersion.values(), Some(&[(4, 4), (6, 6)][..]));
     }
-    prev[b.len()]
+
+    #[test]
+    fn misspelt_fields_are_suggested() {
+        assert_eq!(Field::suggest("tcp.dprot"), Some(Field::TcpDport));
+        assert_eq!(Field::suggest("ip.sr"), Some(Field::IpSrc));
+        assert_eq!(Field::suggest("banana.split"), None);
+    }
 }

@@ -101,3 +101,26 @@ pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
     }
     out
 }
+
+/// Diagnostics for the interfaces `redirect` names that do not exist
+/// (`exists` says which do: the binaries ask the kernel). Warnings where
+/// the policy is only checked (it may be meant for another machine),
+/// errors where it is about to run (`xpolc check --kernel`, `xpol run`,
+/// `xpol apply`): a `redirect` to a missing interface would abort its
+/// packets.
+pub fn missing_interfaces(policy: &ir::Policy, exists: impl Fn(&str) -> bool, severity: xpol_lang::Severity) -> Vec<Diagnostic> {
+    policy
+        .redirects
+        .iter()
+        .filter(|r| !exists(&r.ifname))
+        .map(|r| {
+            let message = format!("no network interface `{}` on this machine", xpol_lang::diagnostic::excerpt(&r.ifname, 40));
+            let d = match severity {
+                xpol_lang::Severity::Error => Diagnostic::error("xpol::redirect::no_interface", message).with_help("the interface must exist when the policy loads (see `ip link`)"),
+                xpol_lang::Severity::Warning => Diagnostic::warning("xpol::redirect::no_interface", message)
+                    .with_help("`xpol run` and `xpol apply` refuse the policy here; on the machine it is meant for, check `ip link`"),
+            };
+            d.with_label(r.span, "redirect target")
+        })
+        .collect()
+}

@@ -7,6 +7,7 @@
 pub mod fields;
 mod lb;
 pub mod lints;
+mod values;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
 use crate::load::Loaded;
@@ -72,7 +73,7 @@ struct Checker<'a> {
     mentioned_maps: std::collections::HashSet<String>,
     locals: Vec<ir::Local>,
     scopes: Vec<HashMap<String, ir::LocalId>>,
-    redirects: Vec<String>,
+    redirects: Vec<ir::RedirectTarget>,
     rules: Vec<ir::Rule>,
     /// `rule "NAME"` labels seen so far, with the span of their first use.
     labels: HashMap<String, Span>,
@@ -274,13 +275,13 @@ impl Checker<'_> {
             "int" | "port" => SetElem::Int,
             "mac" => SetElem::Mac,
             other => {
-                self.error_help(
-                    decl.ty.span,
-                    "xpol::set::type",
-                    format!("unknown set element type `{other}`"),
-                    "not an element type",
-                    "sets hold `cidr` (addresses and prefixes), `int` (numbers and ranges) or `mac`",
-                );
+                let mut d = Diagnostic::error("xpol::set::type", format!("unknown set element type `{other}`"))
+                    .with_label(decl.ty.span, "not an element type")
+                    .with_help("sets hold `cidr` (addresses and prefixes; also written `ip`), `int` (numbers and ranges; also `port`) or `mac`");
+                if let Some(t) = xpol_lang::suggest::closest(other, ["cidr", "ip", "int", "port", "mac"]) {
+                    d = d.with_fix(decl.ty.span, t, format!("did you mean `{t}`?"), true);
+                }
+                self.diags.push(d);
                 return;
             }
         };
@@ -291,6 +292,17 @@ impl Checker<'_> {
             ast::SetInit::Read { path, elements } => (elements.as_slice(), path.span, Some(path.span)),
         };
         let contents = self.set_elements(elements, span, Some(elem)).map(|(s, _)| s).unwrap_or_default();
+        if decl.ty.name == "port" {
+            if let Some(&(_, hi)) = contents.ints.iter().find(|&&(_, hi)| hi > u64::from(u16::MAX)) {
+                self.error_help(
+                    span,
+                    "xpol::set::element",
+                    format!("set `{}` holds ports, and {hi} is not a port", decl.name.name),
+                    "a port is 0 to 65535",
+                    "declare it `int` if it holds other numbers",
+                );
+            }
+        }
         self.check_map_entries(&decl.name.name, elem, &contents, span);
         let capacity = decl.max.and_then(|max| self.set_max(decl, elem, max, &contents, span));
         let id = self.sets.len();
@@ -351,7 +363,7 @@ impl Checker<'_> {
         .with_label(span, format!("{n} elements (a range `a..b` counts b-a+1)"));
         d = d.with_help(match widest {
             Some((lo, hi)) => format!(
-                "the range {lo}..{hi} alone counts {}; test a range in the rule instead (`tcp.dport in {lo}..{hi}`), which costs no map entries",
+                "the range {lo}..{hi} alone counts {}; test a range in the rule instead (`FIELD in {lo}..{hi}`), which costs no map entries",
                 (hi - lo).saturating_add(1)
             ),
             None => "split the set, or test ranges in the rules instead".to_string(),
@@ -384,14 +396,7 @@ impl Checker<'_> {
                     }
                 },
                 Operand::Cidr(a, 0) => {
-                    // A slip (a zero typed for a length, a list gone wrong)
-                    // that makes a blocklist block everything.
-                    let family = if a.is_ipv4() { "IPv4" } else { "IPv6" };
-                    self.diags.push(
-                        Diagnostic::warning("xpol::lint::zero_prefix", format!("a /0 prefix in a set matches every {family} address"))
-                            .with_label(e.span, format!("every {family} address"))
-                            .with_help(format!("if that is meant, test the family instead (`ip.version == {}`)", if a.is_ipv4() { 4 } else { 6 })),
-                    );
+                    self.zero_prefix(a, e.span);
                     let piece = match a {
                         IpAddr::V4(a) => ConstSet { v4: vec![(a, 0)], ..ConstSet::default() },
                         IpAddr::V6(a) => ConstSet { v6: vec![(a, 0)], ..ConstSet::default() },
@@ -401,6 +406,8 @@ impl Checker<'_> {
                 Operand::Cidr(IpAddr::V4(a), l) => (SetElem::Cidr, ConstSet { v4: vec![(a, l)], ..ConstSet::default() }),
                 Operand::Cidr(IpAddr::V6(a), l) => (SetElem::Cidr, ConstSet { v6: vec![(a, l)], ..ConstSet::default() }),
                 Operand::Range(lo, hi) => (SetElem::Int, ConstSet { ints: vec![(lo, hi)], ..ConstSet::default() }),
+                // An empty const set adds nothing, of any type.
+                Operand::Set(inner, _, _) if inner.is_empty() => continue,
                 Operand::Set(inner, ie, _) => (ie, inner),
                 Operand::Named(_) | Operand::Expr(_) => {
                     self.error_help(
@@ -535,13 +542,13 @@ impl Checker<'_> {
             }
             ast::PacketDesc::Fields { kind, args } => {
                 if !testspec::KINDS.contains(&kind.name.as_str()) {
-                    self.error_help(
-                        kind.span,
-                        "xpol::test::packet",
-                        format!("unknown packet kind `{}`", kind.name),
-                        "not a packet kind",
-                        "write `tcp(...)`, `udp(...)`, `icmp(...)` or `hex(\"...\")`",
-                    );
+                    let mut d = Diagnostic::error("xpol::test::packet", format!("unknown packet kind `{}`", kind.name))
+                        .with_label(kind.span, "not a packet kind")
+                        .with_help("write `tcp(...)`, `udp(...)`, `icmp(...)` or `hex(\"...\")`");
+                    if let Some(k) = xpol_lang::suggest::closest(&kind.name, testspec::KINDS.iter().copied()) {
+                        d = d.with_fix(kind.span, k, format!("did you mean `{k}`?"), true);
+                    }
+                    self.diags.push(d);
                     return None;
                 }
                 let mut out: Vec<(String, ArgValue)> = Vec::new();
@@ -549,7 +556,13 @@ impl Checker<'_> {
                 for (name, value) in args {
                     let Some(ty) = testspec::arg_type(&name.name) else {
                         let known: Vec<&str> = testspec::ARGS.iter().map(|(n, _, _)| *n).collect();
-                        self.error_help(name.span, "xpol::test::packet", format!("unknown packet argument `{}`", name.name), "not an argument", format!("arguments: {}", known.join(", ")));
+                        let mut d = Diagnostic::error("xpol::test::packet", format!("unknown packet argument `{}`", name.name))
+                            .with_label(name.span, "not an argument")
+                            .with_help(format!("arguments: {}", known.join(", ")));
+                        if let Some(a) = xpol_lang::suggest::closest(&name.name, known.iter().copied()) {
+                            d = d.with_fix(name.span, a, format!("did you mean `{a}`?"), true);
+                        }
+                        self.diags.push(d);
                         ok = false;
                         continue;
                     };
@@ -683,10 +696,11 @@ impl Checker<'_> {
                 StmtKind::Verdict(*v)
             }
             ast::StmtKind::Redirect(target) => {
-                let idx = match self.redirects.iter().position(|r| r == &target.value) {
+                self.interface_name(target)?;
+                let idx = match self.redirects.iter().position(|r| r.ifname == target.value) {
                     Some(i) => i,
                     None => {
-                        self.redirects.push(target.value.clone());
+                        self.redirects.push(ir::RedirectTarget { ifname: target.value.clone(), span: target.span });
                         self.redirects.len() - 1
                     }
                 };
@@ -716,6 +730,19 @@ impl Checker<'_> {
                         }
                         (Some(MapOp::Count), MapValueKind::Count)
                     }
+                    // `count` without `()`, unless the policy has a name `count`.
+                    ast::ExprKind::Path(segs) if segs.len() == 1 && segs[0].name == "count" && !self.names_value("count") => {
+                        self.diags.push(
+                            Diagnostic::error("xpol::map::count", "`count` is a function: it is written `count()`")
+                                .with_label(value.span, "a name here")
+                                .with_fix(Span { start: value.span.end, ..value.span }, "()", "write `count()`", true),
+                        );
+                        (Some(MapOp::Count), MapValueKind::Count)
+                    }
+                    ast::ExprKind::Path(segs) if segs.len() == 1 && segs[0].name == "sum" && !self.names_value("sum") => {
+                        self.error_help(value.span, "xpol::map::sum", "`sum` is a function: it is written `sum(EXPR)`", "a name here", "give it the value to add, e.g. `sum(pkt.len)`");
+                        (None, MapValueKind::Sum)
+                    }
                     ast::ExprKind::Call { func, args } if func.name == "sum" => {
                         if args.len() != 1 {
                             self.error(value.span, "xpol::map::sum", "`sum(expr)` takes one integer argument", "here");
@@ -732,6 +759,37 @@ impl Checker<'_> {
             }
         };
         Some(ir::Stmt { kind, span: stmt.span })
+    }
+
+    /// Refuses a `redirect` target no interface can be named (Linux's
+    /// `dev_valid_name`): empty, `.` or `..`, over 15 bytes, or with `/`,
+    /// `:` or blank space.
+    fn interface_name(&mut self, target: &ast::StrLit) -> Option<()> {
+        let name = &target.value;
+        let why = if name.is_empty() {
+            "an interface name is not empty".to_string()
+        } else if name.len() > 15 {
+            format!("an interface name has at most 15 bytes, and this has {}", name.len())
+        } else if name == "." || name == ".." {
+            format!("`{name}` is not an interface name")
+        } else if let Some(c) = name.chars().find(|&c| c == '/' || c == ':' || c.is_whitespace()) {
+            format!("an interface name has no {}", if c.is_whitespace() { "blank space".to_string() } else { format!("`{c}`") })
+        } else {
+            return Some(());
+        };
+        self.error_help(
+            target.span,
+            "xpol::redirect::name",
+            format!("`{}` cannot be the name of a network interface", xpol_lang::diagnostic::excerpt(name, 40)),
+            "not an interface name",
+            format!("{why} (see `ip link` for the interfaces of a machine)"),
+        );
+        None
+    }
+
+    /// True when `name` is a local in scope or a global (a const or set).
+    fn names_value(&self, name: &str) -> bool {
+        self.lookup_local(name).is_some() || self.globals.contains_key(name)
     }
 
     fn map_keys(&mut self, keys: &[ast::Expr]) -> Option<Vec<ir::Expr>> {
@@ -872,8 +930,13 @@ impl Checker<'_> {
 
     fn int_expr(&mut self, e: &ast::Expr, what: &str) -> Option<ir::Expr> {
         let ex = self.value_expr(e, what)?;
+        self.expect_int(ex, e.span, what)
+    }
+
+    /// `ex` (checked from the text at `span`) if it is an integer.
+    fn expect_int(&mut self, ex: ir::Expr, span: Span, what: &str) -> Option<ir::Expr> {
         if ex.ty != Type::Int {
-            self.error(e.span, "xpol::type::mismatch", format!("{what} must be an integer, but this is `{}`", ex.ty), format!("`{}`", ex.ty));
+            self.error(span, "xpol::type::mismatch", format!("{what} must be an integer, but this is `{}`", ex.ty), format!("`{}`", ex.ty));
             return None;
         }
         Some(ex)
@@ -902,6 +965,12 @@ impl Checker<'_> {
     }
 
     fn expr(&mut self, e: &ast::Expr) -> Option<Operand> {
+        // A level takes some 22 KiB of stack in a debug build: more stack,
+        // on the heap, when less than 64 KiB are left.
+        stacker::maybe_grow(64 * 1024, 1024 * 1024, || self.expr_here(e))
+    }
+
+    fn expr_here(&mut self, e: &ast::Expr) -> Option<Operand> {
         let span = e.span;
         let mk = |kind: ExprKind, ty: Type| Operand::Expr(ir::Expr { kind, ty, span });
         match &e.kind {
@@ -941,20 +1010,22 @@ impl Checker<'_> {
             }
             ast::ExprKind::Unary { op, operand } => {
                 let a = self.value_expr(operand, "an operand")?;
-                let (want, kind) = match op {
-                    UnOp::Not => (Type::Bool, ExprKind::Not(Box::new(a.clone()))),
-                    UnOp::Neg => (Type::Int, ExprKind::Neg(Box::new(a.clone()))),
-                    UnOp::BitNot => (Type::Int, ExprKind::BitNot(Box::new(a.clone()))),
+                let (want, sym) = match op {
+                    UnOp::Not => (Type::Bool, "!"),
+                    UnOp::Neg => (Type::Int, "-"),
+                    UnOp::BitNot => (Type::Int, "~"),
                 };
                 if a.ty != want {
-                    let sym = match op {
-                        UnOp::Not => "!",
-                        UnOp::Neg => "-",
-                        UnOp::BitNot => "~",
-                    };
                     self.error(operand.span, "xpol::type::mismatch", format!("`{sym}` needs `{want}`, but this is `{}`", a.ty), format!("`{}`", a.ty));
                     return None;
                 }
+                // Moved, not cloned: a clone per level of `!!!!...` costs
+                // time and stack in the depth of the chain.
+                let kind = match op {
+                    UnOp::Not => ExprKind::Not(Box::new(a)),
+                    UnOp::Neg => ExprKind::Neg(Box::new(a)),
+                    UnOp::BitNot => ExprKind::BitNot(Box::new(a)),
+                };
                 Some(Operand::Expr(fold(ir::Expr { kind, ty: want, span })))
             }
             ast::ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, span),
@@ -1016,13 +1087,34 @@ impl Checker<'_> {
         if let Some(f) = Field::by_name(&name) {
             return Some(Operand::Expr(ir::Expr { kind: ExprKind::Field(f), ty: f.ty(), span }));
         }
-        let help = match Field::suggest(&name) {
-            Some(f) => format!("did you mean `{}`? ({})", f.name(), f.doc()),
-            None if segs.len() == 1 => "declare it with `const`, `set` or `let` before using it".to_string(),
-            None => "see docs/language.md for the list of packet fields".to_string(),
-        };
         let what = if segs.len() == 1 { "name" } else { "packet field" };
-        self.error_help(span, "xpol::name::unknown", format!("unknown {what} `{name}`"), "not defined", help);
+        let mut d = Diagnostic::error("xpol::name::unknown", format!("unknown {what} `{name}`")).with_label(span, "not defined");
+        // The closest known name: a field for a dotted name; a local, a
+        // const or set, or a constant for a plain one.
+        let fix = if segs.len() == 1 {
+            let mut names: Vec<&str> = self.scopes.iter().rev().flat_map(|s| s.keys().map(String::as_str)).collect();
+            let mut globals: Vec<&str> = self.globals.keys().map(String::as_str).collect();
+            globals.sort();
+            names.extend(globals);
+            names.extend(["true", "false"]);
+            xpol_lang::suggest::closest(&name, names).map(|n| (n.to_string(), format!("did you mean `{n}`?")))
+        } else {
+            Field::suggest(&name).map(|f| (f.name().to_string(), format!("did you mean `{}`? ({})", f.name(), f.doc())))
+        };
+        // `dport`: a field's name without its header.
+        let suffixed: Vec<Field> = Field::ALL.iter().copied().filter(|f| segs.len() == 1 && f.name().rsplit('.').next() == Some(name.as_str())).collect();
+        d = match fix {
+            Some((replacement, message)) => d.with_fix(span, replacement, message, true),
+            None if !suffixed.is_empty() => {
+                for f in suffixed {
+                    d = d.with_fix(span, f.name(), format!("the packet field `{}`? ({})", f.name(), f.doc()), false);
+                }
+                d
+            }
+            None if segs.len() == 1 => d.with_help("declare it with `const`, `set` or `let` before using it"),
+            None => d.with_help("see docs/language.md for the list of packet fields"),
+        };
+        self.diags.push(d);
         None
     }
 
@@ -1039,7 +1131,7 @@ impl Checker<'_> {
                 let a = self.value_expr(lhs, "the left side of `in`");
                 let set = self.expr(rhs);
                 let (a, set) = (a?, set?);
-                let set_ref = self.set_ref(&a, set, rhs.span)?;
+                let set_ref = self.set_ref(&a, set, rhs.span, op == BinOp::NotIn)?;
                 let mut e = ir::Expr { kind: ExprKind::In(Box::new(a), set_ref), ty: Type::Bool, span };
                 if op == BinOp::NotIn {
                     e = ir::Expr { kind: ExprKind::Not(Box::new(e)), ty: Type::Bool, span };
@@ -1085,6 +1177,7 @@ impl Checker<'_> {
                     self.error(span, "xpol::type::mismatch", format!("`{}` orders integers only, not `{}`", op.as_str(), a.ty), "not integers");
                     return None;
                 }
+                self.comparison_can_hold(cmp, &a, &b, span)?;
                 Some(Operand::Expr(fold(ir::Expr { kind: ExprKind::Cmp(cmp, Box::new(a), Box::new(b)), ty: Type::Bool, span })))
             }
             _ => {
@@ -1101,8 +1194,15 @@ impl Checker<'_> {
                     _ => ArithOp::Shr,
                 };
                 let what = format!("an operand of `{}`", op.as_str());
-                let a = self.int_expr(lhs, &what);
-                let b = self.int_expr(rhs, &what);
+                let a = self.value_expr(lhs, &what);
+                let b = self.value_expr(rhs, &what);
+                let (a, b) = (a?, b?);
+                if let (Type::Bool, Type::Bool, BinOp::BitAnd | BinOp::BitOr) = (a.ty, b.ty, op) {
+                    self.bitwise_on_booleans(op, lhs.span, rhs.span, span);
+                    return None;
+                }
+                let a = self.expect_int(a, lhs.span, &what);
+                let b = self.expect_int(b, rhs.span, &what);
                 let (a, b) = (a?, b?);
                 if matches!(arith, ArithOp::Div | ArithOp::Mod) && b.kind == ExprKind::Const(Value::Int(0)) {
                     self.error(rhs.span, "xpol::arith::div_zero", "division by zero", "this is 0");
@@ -1114,10 +1214,14 @@ impl Checker<'_> {
     }
 
     /// The right side of `x in S`, checked against the type of `x`.
-    fn set_ref(&mut self, lhs: &ir::Expr, set: Operand, span: Span) -> Option<SetRef> {
+    /// `negated`: for `!in`.
+    fn set_ref(&mut self, lhs: &ir::Expr, set: Operand, span: Span, negated: bool) -> Option<SetRef> {
         let (elem, set_ref) = match set {
             Operand::Named(id) => (self.sets[id].elem, SetRef::Named(id)),
             Operand::Cidr(a, l) => {
+                if l == 0 {
+                    self.zero_prefix(a, span);
+                }
                 let mut s = ConstSet::default();
                 match a {
                     IpAddr::V4(a) => s.v4.push((a, l)),
@@ -1191,7 +1295,9 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if want != elem {
+        // An empty constant set has no element type: it fits any value.
+        let empty = matches!(&set_ref, SetRef::Inline(s) if s.is_empty()) || matches!(&set_ref, SetRef::Named(id) if !self.sets[*id].mutable && self.sets[*id].contents.is_empty());
+        if want != elem && !empty {
             self.diags.push(
                 Diagnostic::error(
                     "xpol::type::mismatch",
@@ -1202,28 +1308,8 @@ impl Checker<'_> {
             );
             return None;
         }
-        self.lint_family(lhs, &set_ref, span);
+        self.membership_can_hold(lhs, &set_ref, span, negated)?;
         Some(set_ref)
-    }
-
-    /// Warns when an IPv4-only field is tested against IPv6-only prefixes or
-    /// the reverse: such a test can never hold.
-    fn lint_family(&mut self, lhs: &ir::Expr, set: &SetRef, span: Span) {
-        let ExprKind::Field(f) = lhs.kind else { return };
-        let contents = match set {
-            SetRef::Named(id) if !self.sets[*id].mutable => &self.sets[*id].contents,
-            SetRef::Inline(s) => s,
-            _ => return,
-        };
-        let never = (f.is_v4_only() && contents.v4.is_empty()) || (f.is_v6_only() && contents.v6.is_empty());
-        if never && !contents.is_empty() {
-            self.diags.push(
-                Diagnostic::warning("xpol::lint::never_matches", format!("`{}` can never be in this set", f.name()))
-                    .with_label(span, "no prefix of the address family of the field")
-                    .with_label(lhs.span, if f.is_v4_only() { "an IPv4 address" } else { "an IPv6 address" })
-                    .with_help("use `ip.src` / `ip.dst`, which match both families"),
-            );
-        }
     }
 }
 

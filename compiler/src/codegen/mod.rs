@@ -293,7 +293,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         rules: Vec::new(),
         sets: Vec::new(),
         maps: Vec::new(),
-        redirects: policy.redirects.clone(),
+        redirects: policy.redirects.iter().map(|r| r.ifname.clone()).collect(),
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
         pools: Vec::new(),
     };

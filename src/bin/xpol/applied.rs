@@ -25,6 +25,10 @@ pub struct Target {
 /// shown at the policy's source (the apply verifies it, once).
 fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Build>, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<bool> {
     let name = &target.name;
+    // Before the store is touched.
+    if build.is_some_and(super::report_missing_interfaces) {
+        return Ok(false);
+    }
     let store = Store::write()?;
     let req = ApplyRequest {
         name,
@@ -37,7 +41,7 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
     };
     let outcome = match (apply::apply(&store, &req), build) {
         (Ok(outcome), _) => outcome,
-        (Err(e @ (RuntimeError::Verifier { .. } | RuntimeError::Map { .. })), Some(build)) => {
+        (Err(e @ (RuntimeError::Verifier { .. } | RuntimeError::Map { .. } | RuntimeError::UnknownInterface(_))), Some(build)) => {
             explain_load_error(build, e, rejection)?;
             return Ok(false);
         }
