@@ -81,6 +81,21 @@ fn missing_null_check_points_at_the_map_update() {
     snapshot("verifier__null_check", &text);
 }
 
+/// `--verbose` (`explain`'s `verbose`) adds the lines of the verifier's
+/// log that matter to the diagnostic.
+#[test]
+fn verbose_rejection_shows_the_log_lines() {
+    if !common::kernel("verbose_rejection_shows_the_log_lines") {
+        return;
+    }
+    let b = build(Path::new("tests/golden/ok/maps.xpol"), &BuildOptions { faults: Faults { omit_null_check: true, ..Faults::default() }, ..BuildOptions::default() });
+    let out = b.output.as_ref().expect("compiles");
+    let Err(RuntimeError::Verifier { program, log, .. }) = LoadedPolicy::load(&out.object) else { panic!("expected a verifier rejection") };
+    let d = xpol_compiler::verifier::explain(&program, "xdp", &log, &out.object, &out.located, &b.sources, true);
+    let help = d.help.clone().unwrap_or_default();
+    assert!(help.contains("verifier log (the lines that matter):") && help.contains("map_value_or_null"), "{help}");
+}
+
 /// Line info names the file of each instruction: a rejection in an
 /// included file is shown there, one in the including file after an
 /// include is shown in the including file (LLVM 14 names the function's
