@@ -40,6 +40,10 @@ use xpol_compiler::check::fields::{Field, Layer};
 use xpol_lang::ast::{Block, Item, Policy, StmtKind};
 use xpol_lang::{FileId, SourceMap, Span};
 
+/// How long the client must be quiet after an edit before the document is
+/// checked again.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The root file of every analysis is the first one the loader adds.
 const ROOT: FileId = FileId(0);
 
@@ -82,23 +86,45 @@ fn serve() -> Result<()> {
     };
     connection.initialize_finish(id, serde_json::to_value(result)?)?;
 
-    let mut server = Server { docs: HashMap::new(), published: HashMap::new(), outbox: Vec::new() };
-    for msg in &connection.receiver {
+    let mut server = Server { docs: HashMap::new(), published: HashMap::new(), outbox: Vec::new(), dirty: HashSet::new() };
+    loop {
+        // Edits come faster than a large policy checks: an analysis waits
+        // until the client has been quiet for a moment, so a burst of
+        // keystrokes costs one check of the last text, not one per key.
+        let msg = if server.dirty.is_empty() {
+            match connection.receiver.recv() {
+                Ok(msg) => msg,
+                Err(_) => break,
+            }
+        } else {
+            match connection.receiver.recv_timeout(QUIET) {
+                Ok(msg) => msg,
+                Err(e) if e.is_timeout() => {
+                    server.analyze_dirty();
+                    server.flush(&connection)?;
+                    continue;
+                }
+                Err(_) => break,
+            }
+        };
         match msg {
             Message::Request(req) => {
                 if connection.handle_shutdown(&req)? {
                     break;
                 }
+                // Code actions answer the diagnostics of the current text.
+                if req.method == CodeActionRequest::METHOD {
+                    server.analyze_dirty();
+                }
                 let resp = server.request(req);
+                server.flush(&connection)?;
                 connection.sender.send(resp.into())?;
             }
             Message::Notification(n) if n.method == "exit" => break,
             Message::Notification(n) => server.notification(n),
             Message::Response(_) => {}
         }
-        for n in server.outbox.drain(..) {
-            connection.sender.send(n.into())?;
-        }
+        server.flush(&connection)?;
     }
     drop(connection);
     io_threads.join()?;
@@ -114,6 +140,8 @@ struct Server {
     published: HashMap<Url, HashMap<Url, Vec<lsp_types::Diagnostic>>>,
     /// Notifications to send after the current message.
     outbox: Vec<Notification>,
+    /// Documents edited since their last analysis.
+    dirty: HashSet<Url>,
 }
 
 struct Document {
@@ -190,7 +218,7 @@ impl Server {
                     // Full sync: the last change holds the whole text.
                     if let (Some(doc), Some(change)) = (self.docs.get_mut(&uri), p.content_changes.into_iter().last()) {
                         doc.text = change.text;
-                        self.analyze(&uri, false);
+                        self.dirty.insert(uri);
                     }
                 }
             }
@@ -201,7 +229,9 @@ impl Server {
                         doc.text = text;
                     }
                     if self.docs.contains_key(&uri) {
+                        self.dirty.remove(&uri);
                         self.analyze(&uri, true);
+                        self.recheck_includers(&uri);
                     }
                 }
             }
@@ -209,11 +239,43 @@ impl Server {
                 if let Ok(p) = n.extract::<lsp_types::DidCloseTextDocumentParams>(DidCloseTextDocument::METHOD) {
                     let uri = p.text_document.uri;
                     self.docs.remove(&uri);
+                    self.dirty.remove(&uri);
                     self.publish(&uri, HashMap::new());
                 }
             }
             _ => {}
         }
+    }
+
+    fn analyze_dirty(&mut self) {
+        for uri in std::mem::take(&mut self.dirty) {
+            self.analyze(&uri, false);
+        }
+    }
+
+    /// Open documents read their includes from disk: when one of those
+    /// files is saved, they are checked again.
+    fn recheck_includers(&mut self, saved: &Url) {
+        let Ok(path) = saved.to_file_path() else { return };
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let includers: Vec<Url> = self
+            .docs
+            .iter()
+            .filter(|(uri, doc)| {
+                *uri != saved && doc.latest.sources.files().any(|(id, f)| id != ROOT && f.path.as_deref() == Some(&path))
+            })
+            .map(|(uri, _)| uri.clone())
+            .collect();
+        for uri in includers {
+            self.analyze(&uri, false);
+        }
+    }
+
+    fn flush(&mut self, connection: &Connection) -> Result<()> {
+        for n in self.outbox.drain(..) {
+            connection.sender.send(n.into())?;
+        }
+        Ok(())
     }
 
     /// Re-checks a document and publishes its diagnostics. `build` also
