@@ -65,10 +65,50 @@ impl Build {
 /// The whole pipeline: load (parse the root file and its includes), check
 /// (resolve names and types, lower to the policy IR), generate the object.
 pub fn build(root: &Path, options: &BuildOptions) -> Build {
+    build_from(root, None, options)
+}
+
+/// [`build`] with the root file's text given (an editor's unsaved buffer);
+/// includes are read from disk relative to `root` ([`load::load_text`]).
+pub fn build_text(root: &Path, text: String, options: &BuildOptions) -> Build {
+    build_from(root, Some(text), options)
+}
+
+/// What the passes before codegen found: for editors, which re-check on
+/// every keystroke and need the syntax trees (names, includes) even when
+/// the checker fails.
+pub struct Checked {
+    pub sources: SourceMap,
+    /// Parse, check and lint diagnostics.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The parsed files; `None` when a file failed to parse or read.
+    pub loaded: Option<load::Loaded>,
+    /// The checked policy; `None` when the checker found errors.
+    pub ir: Option<ir::Policy>,
+}
+
+/// Load, check and lint, without codegen: the root file's text is given
+/// (see [`build_text`]).
+pub fn check_text(root: &Path, text: String) -> Checked {
+    let mut sources = SourceMap::new();
+    let mut diagnostics = Vec::new();
+    let loaded = load::load_text(root, text, &mut sources).map_err(|d| diagnostics.extend(d)).ok();
+    let ir = loaded.as_ref().and_then(|l| check::check(l, &sources).map_err(|d| diagnostics.extend(d)).ok());
+    if let Some(ir) = &ir {
+        diagnostics.extend(ir.warnings.iter().cloned());
+    }
+    Checked { sources, diagnostics, loaded, ir }
+}
+
+fn build_from(root: &Path, text: Option<String>, options: &BuildOptions) -> Build {
     let mut sources = SourceMap::new();
     let mut diagnostics = Vec::new();
     let output = (|| {
-        let loaded = load::load(root, &mut sources).map_err(|d| diagnostics.extend(d)).ok()?;
+        let loaded = match text {
+            Some(text) => load::load_text(root, text, &mut sources),
+            None => load::load(root, &mut sources),
+        };
+        let loaded = loaded.map_err(|d| diagnostics.extend(d)).ok()?;
         let ir = check::check(&loaded, &sources).map_err(|d| diagnostics.extend(d)).ok()?;
         diagnostics.extend(ir.warnings.iter().cloned());
         let gen = codegen::generate(&ir, &sources, options).map_err(|d| diagnostics.extend(d)).ok()?;

@@ -49,6 +49,14 @@ pub fn load(root: &Path, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnost
             return Err(vec![Diagnostic::error("xpol::io", format!("cannot read policy `{}`: {e}", root.display()))]);
         }
     };
+    load_text(root, text, sources)
+}
+
+/// [`load`] with the root file's text given rather than read from `root`:
+/// an editor's buffer, which may differ from what is on disk. `root` still
+/// names the file, and its includes and set files are read from disk
+/// relative to it.
+pub fn load_text(root: &Path, text: String, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnostic>> {
     let abs = std::fs::canonicalize(root).ok();
     let mut loader = Loader { sources, diags: Vec::new(), files: Vec::new(), items: Vec::new(), seen: HashMap::new() };
     let key = abs.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| root.display().to_string());

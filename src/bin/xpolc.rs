@@ -2,8 +2,11 @@
 //!
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm]
 //!   xpolc check POLICY [--message-format human|json] [--kernel [--verbose] [--verifier-log FILE]]
+//!   xpolc lsp
 
 mod common;
+#[path = "xpolc/lsp.rs"]
+mod lsp;
 
 use anyhow::{Context, Result};
 use common::write_output;
@@ -52,6 +55,9 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "kernel")]
         verifier_log: Option<PathBuf>,
     },
+    /// Serve the Language Server Protocol on stdin/stdout, for editors:
+    /// diagnostics as you type, hover, go-to-definition, completion.
+    Lsp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +107,10 @@ fn input_paths(sources: &xpol_lang::SourceMap) -> Vec<&std::path::Path> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Lsp => {
+            lsp::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { policy, message_format, kernel, verbose, verifier_log } => {
             let mut build = xpol_compiler::build(&policy, &BuildOptions::default());
             // Interfaces `redirect` names that this machine lacks: a
