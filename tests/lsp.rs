@@ -169,6 +169,13 @@ fn an_editor_session_on_the_firewall_example() {
     assert_eq!(errs[0]["range"], json!({ "start": { "line": line, "character": col }, "end": { "line": line, "character": col + 8 } }));
     assert_eq!(errs[0]["code"], "xpol::name::unknown");
     assert!(errs[0]["message"].as_str().unwrap().contains("did you mean `tcp.dport`"), "{}", errs[0]);
+    // Its fix, as a code action that replaces the field.
+    let actions = client.request(
+        "textDocument/codeAction",
+        json!({ "textDocument": { "uri": uri }, "range": errs[0]["range"], "context": { "diagnostics": [errs[0]] } }),
+    );
+    let edits = actions.to_string();
+    assert!(edits.contains("\"newText\":\"tcp.dport\""), "{actions}");
 
     // Non-ASCII text before the error on its line: columns are UTF-16
     // code units, not bytes and not characters.
@@ -259,7 +266,7 @@ fn an_editor_session_on_the_firewall_example() {
         assert!(items.iter().any(|i| i["label"] == name), "{name} not offered");
     }
 
-    // Code actions: answered (no fixes are mapped yet, see `fixes_of`).
+    // Code actions where there is nothing to fix: an answer all the same.
     let actions = client.request(
         "textDocument/codeAction",
         json!({

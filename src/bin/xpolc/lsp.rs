@@ -508,13 +508,11 @@ struct Fix {
     replacement: String,
 }
 
-/// THE one place that maps a compiler diagnostic to the fixes offered as
-/// code actions. `xpol_lang::Diagnostic` is getting machine-applicable
-/// fixes (span, replacement, applicable flag) on another branch; once it
-/// has them, map the applicable ones here. Everything else (ranges, the
-/// workspace edit, which diagnostic a fix answers) is already wired.
-fn fixes_of(_diagnostic: &xpol_lang::Diagnostic) -> Vec<Fix> {
-    Vec::new()
+/// The one place that maps a compiler diagnostic to the fixes offered as
+/// code actions: each of its fixes (`Diagnostic::fixes`), machine-
+/// applicable or not, since a person chooses in an editor.
+fn fixes_of(diagnostic: &xpol_lang::Diagnostic) -> Vec<Fix> {
+    diagnostic.fixes.iter().map(|f| Fix { title: f.message.clone(), span: f.span, replacement: f.replacement.clone() }).collect()
 }
 
 /// Quick fixes for the diagnostics of `analysis` whose primary range meets
@@ -576,6 +574,11 @@ fn to_lsp_diagnostic(d: &xpol_lang::Diagnostic, sources: &SourceMap, root: &Url)
             (root.clone(), Range::default())
         }
     };
+    // Fixes in words, as the terminal shows them (their edits are the
+    // code actions).
+    for fix in &d.fixes {
+        message.push_str(&format!("\nhelp: {}", fix.message));
+    }
     if let Some(help) = &d.help {
         message.push_str(&format!("\nhelp: {help}"));
     }
