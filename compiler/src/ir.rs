@@ -307,6 +307,20 @@ pub enum CmpOp {
     Ge,
 }
 
+impl CmpOp {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetRef {
     Named(SetId),
@@ -486,7 +500,7 @@ impl Printer<'_> {
             ExprKind::Neg(a) => format!("-{}", self.expr(a)),
             ExprKind::BitNot(a) => format!("~{}", self.expr(a)),
             ExprKind::Arith(op, a, b) => format!("({} {} {})", self.expr(a), arith_str(*op), self.expr(b)),
-            ExprKind::Cmp(op, a, b) => format!("({} {} {})", self.expr(a), cmp_str(*op), self.expr(b)),
+            ExprKind::Cmp(op, a, b) => format!("({} {} {})", self.expr(a), op.as_str(), self.expr(b)),
             ExprKind::In(a, set) => match set {
                 SetRef::Named(s) => format!("({} in set {})", self.expr(a), self.policy.sets[*s].name),
                 SetRef::Inline(c) => format!("({} in {})", self.expr(a), c),
@@ -579,16 +593,6 @@ fn arith_str(op: ArithOp) -> &'static str {
     }
 }
 
-fn cmp_str(op: CmpOp) -> &'static str {
-    match op {
-        CmpOp::Eq => "==",
-        CmpOp::Ne => "!=",
-        CmpOp::Lt => "<",
-        CmpOp::Le => "<=",
-        CmpOp::Gt => ">",
-        CmpOp::Ge => ">=",
-    }
-}
 
 impl Policy {
     /// An expression in the IR's text form, without spans: two expressions

@@ -25,16 +25,6 @@ fn holds(values: &[(u64, u64)], v: u64) -> bool {
     values.iter().any(|&(lo, hi)| lo <= v && v <= hi)
 }
 
-fn cmp_str(op: CmpOp) -> &'static str {
-    match op {
-        CmpOp::Eq => "==",
-        CmpOp::Ne => "!=",
-        CmpOp::Lt => "<",
-        CmpOp::Le => "<=",
-        CmpOp::Gt => ">",
-        CmpOp::Ge => ">=",
-    }
-}
 
 /// `c OP f` as `f OP' c`.
 fn flip(op: CmpOp) -> CmpOp {
@@ -109,7 +99,7 @@ impl Checker<'_> {
         // Always true with a value of the field (`ip.ttl >= 0`) says the
         // field is present, which may be meant; with another, a mistake.
         let always = always && !holds(values, c);
-        let shown = format!("{} {} {c}", f.name(), cmp_str(op));
+        let shown = format!("{} {} {c}", f.name(), op.as_str());
         let range = describe(values);
         let beyond = if c > max {
             format!("over {max}")
@@ -153,7 +143,7 @@ impl Checker<'_> {
             ExprKind::Const(v) => v.to_string(),
             _ => String::new(),
         };
-        let shown = format!("{} {} {}", text(a), cmp_str(op), text(b));
+        let shown = format!("{} {} {}", text(a), op.as_str(), text(b));
         let (f_family, o_family) = if a_field { (fa, fb) } else { (fb, fa) };
         if op == CmpOp::Ne {
             self.diags.push(
