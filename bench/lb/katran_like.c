@@ -41,8 +41,9 @@
  * and SATURATE, to test-run the flow table with BPF_PROG_TEST_RUN's repeat
  * (IPv4 only): 1, the program stops after the backend counters and passes
  * the packet as it came (no encapsulation, no FIB), so every repetition sees
- * the same flow; 2, the same, and each run first adds 1 to the packet's TCP
- * source port, so every repetition is a new flow.
+ * the same flow; 2, the same, and each run first counts the packet's
+ * source address's low 16 bits and TCP source port (as one number) up by
+ * 1, so every repetition is a new flow.
  */
 
 #ifndef PERCPU_FLOWS
@@ -235,7 +236,11 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	if (*(__u16 *)(l4 + 2) != bswap16(VIP_PORT))
 		return XDP_PASS;
 #if SATURATE == 2
-	*(__u16 *)l4 = bswap16(bswap16(*(__u16 *)l4) + 1);
+	/* The next flow: the source address's low 16 bits and the source port
+	 * counted up as one 32-bit number. */
+	__u32 counted = (((__u32)bswap16(*(__u16 *)(ip + 14)) << 16) | bswap16(*(__u16 *)l4)) + 1;
+	*(__u16 *)(ip + 14) = bswap16(counted >> 16);
+	*(__u16 *)l4 = bswap16(counted & 0xffff);
 #endif
 	/* A first fragment matches, but its flow has no ports. */
 	ports = (fragw & bswap16(0x2000)) ? 0 : *(__u32 *)l4;

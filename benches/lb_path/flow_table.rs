@@ -26,10 +26,11 @@
 //!   a CPU's duty in the program low (a tenth to a third of the time), so
 //!   two CPUs meet in the table less often than at line rate.
 //! - *saturated*: the twin built with `-DSATURATE` (it stops after the
-//!   backend counters and passes the packet unchanged, or first adds 1 to
-//!   its TCP source port, which the next repetition sees), test-run with
-//!   `repeat`: the CPUs do nothing but parse, hash, use the table and
-//!   count, back to back, which is where sharing would cost most.
+//!   backend counters and passes the packet unchanged, or first counts its
+//!   source address and port up by one, which the next repetition sees),
+//!   test-run with a long `repeat`: the CPUs do nothing but parse, hash,
+//!   use the table and count, back to back, which is where sharing would
+//!   cost most.
 //!
 //! Each lane is a thread pinned to one CPU (`sys::in_netns` with a CPU:
 //! `sched_setaffinity`) in the `pass` namespace (no route: the encapsulated
@@ -73,11 +74,17 @@ const QUICK_TABLE: u32 = 1021;
 const FILL_MARGIN: u32 = 1000;
 /// XDP_PASS: the `pass` namespace has no route to the backends.
 const PASS: u32 = 2;
-/// Saturated method: repetitions per test run (at most 65,535: a new-flow
-/// run walks its packet's source port up from 0), and test runs per lane
-/// and sample.
-const SATURATED_REPEAT: u32 = 50_000;
-const SATURATED_CALLS: usize = 2;
+/// Saturated method: repetitions of the one test run per lane and sample,
+/// established and new flows. Long, so that the loop outlasts what the
+/// kernel does around a test run with `repeat` (it switches its XDP
+/// dispatcher to the program and back: two RCU grace periods, milliseconds)
+/// and the lanes' loops overlap. At most 2^20: a new-flow run counts its
+/// packet's source address (low 16 bits) and port up from a base 2^20 apart.
+const SATURATED_REPEAT_ESTABLISHED: u32 = 1_000_000;
+const SATURATED_REPEAT_NEW: u32 = 250_000;
+/// Saturated runs' new flows: base addresses from 198.19.0.0, 16 apart.
+const SATURATED_BASE: u32 = 0xc613_0000;
+const SATURATED_BASES: u32 = 4096;
 
 /// How the C twin keeps its flows.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -239,6 +246,8 @@ struct Timed {
     run_time: f64,
     /// Mean test-run duration per run (ns) each lane's runs reported.
     test_run: Vec<f64>,
+    /// Wall-clock time per run (ns) of each lane, system calls included.
+    wall: Vec<f64>,
     /// How much of the sample both lanes were running: the time between the
     /// later start and the earlier end over the whole sample (1 for one lane).
     overlap: f64,
@@ -299,6 +308,7 @@ fn timed(xdp: &Xdp, ns: &Path, lanes: &[Lane]) -> Timed {
     Timed {
         run_time: (t1 - t0) as f64 / (n1 - n0) as f64,
         test_run: got.iter().zip(lanes).map(|(g, l)| g.0 as f64 / runs(l) as f64).collect(),
+        wall: got.iter().zip(lanes).map(|(g, l)| g.2.duration_since(g.1).as_nanos() as f64 / runs(l) as f64).collect(),
         overlap: if whole > 0.0 { both / whole } else { 1.0 },
     }
 }
@@ -472,7 +482,7 @@ impl Twin {
 pub fn run(quick: bool, rounds: usize, out_dir: &Path) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let runs = if quick { 200 } else { RUNS };
-    let (sat_repeat, sat_calls) = if quick { (500, 1) } else { (SATURATED_REPEAT, SATURATED_CALLS) };
+    let (sat_repeat_est, sat_repeat_new) = if quick { (500, 500) } else { (SATURATED_REPEAT_ESTABLISHED, SATURATED_REPEAT_NEW) };
     let stats_sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     assert!(stats_sysctl.trim() != "1", "kernel.bpf_stats_enabled is 1: set it to 0 (sysctl -w kernel.bpf_stats_enabled=0), the benchmark turns the statistics on when it needs them");
     let mut skipped = Vec::new();
@@ -515,13 +525,14 @@ pub fn run(quick: bool, rounds: usize, out_dir: &Path) -> Output {
         next_flow += n as u64;
         v
     };
-    // The saturated runs' new flows: a source address of 198.19.0.0/16 per
-    // test run, never used twice, its port walked up from 0 by the runs.
+    // The saturated runs' new flows: per test run a base never used
+    // before, from which the runs count the source address (low 16 bits)
+    // and port up, at most 2^20 apart: 198.19.0.0:0, 198.19.0.16:0, ...
     let mut next_base = 0u32;
     let mut bases = |n: usize| -> Vec<Vec<u8>> {
-        let v = (0..n as u32).map(|i| PacketSpec::tcp4(Ipv4Addr::from(0xc613_0000 | ((next_base + i) & 0xffff)), super::VIP4, 0, 80).ack().payload(10).build()).collect();
+        let v = (0..n as u32).map(|i| PacketSpec::tcp4(Ipv4Addr::from(SATURATED_BASE + 16 * (next_base + i)), super::VIP4, 0, 80).ack().payload(10).build()).collect();
         next_base += n as u32;
-        assert!(next_base <= 0x1_0000, "more saturated test runs than source addresses");
+        assert!(next_base <= SATURATED_BASES, "more saturated test runs than bases");
         v
     };
 
@@ -541,7 +552,7 @@ pub fn run(quick: bool, rounds: usize, out_dir: &Path) -> Output {
     // Every table that takes new flows filled from both CPUs beforehand, so
     // that every new flow measured evicts one.
     let fill: Vec<(usize, Vec<Vec<u8>>)> = [cpu_a, cpu_b].iter().map(|&cpu| (cpu, fresh((pool.flows + FILL_MARGIN) as usize))).collect();
-    let fill_repeat = sat_repeat.min(pool.flows + FILL_MARGIN);
+    let fill_repeat = pool.flows + FILL_MARGIN;
     let sat_fill: Vec<(usize, Vec<Vec<u8>>)> = [cpu_a, cpu_b].iter().map(|&cpu| (cpu, bases((pool.flows + FILL_MARGIN).div_ceil(fill_repeat) as usize))).collect();
     for ((method, _, sat_new), twin) in twins.iter_mut() {
         let (packets, repeat) = match (method, sat_new) {
@@ -565,13 +576,17 @@ pub fn run(quick: bool, rounds: usize, out_dir: &Path) -> Output {
     let mut series: BTreeMap<(Method, Scenario, Layout), Vec<Timed>> = BTreeMap::new();
     for round in 0..rounds {
         for method in METHODS {
-            let (repeat, n) = match method {
-                Method::PerPacket => (1, runs),
-                Method::Saturated => (sat_repeat, sat_calls),
-            };
+            // Per packet: `runs` packets of one run each; saturated: one
+            // packet of many runs.
+            let n = if method == Method::PerPacket { runs } else { 1 };
             let many = |p: &[Vec<u8>]| vec![p[0].clone(); n];
             let (own_a, own_b, same) = (many(&est_a), many(&est_b), many(&est_same));
             for scenario in SCENARIOS {
+                let repeat = match method {
+                    Method::PerPacket => 1,
+                    Method::Saturated if scenario.new_flows() => sat_repeat_new,
+                    Method::Saturated => sat_repeat_est,
+                };
                 let (new_a, new_b) = match (scenario.new_flows(), method) {
                     (false, _) => (Vec::new(), Vec::new()),
                     (true, Method::PerPacket) => (fresh(n), fresh(n)),
@@ -629,7 +644,7 @@ pub fn run(quick: bool, rounds: usize, out_dir: &Path) -> Output {
     }
     drop(ns);
 
-    let (markdown, json) = report(&series, &changes, &memory, &pool, (cpu_a, cpu_b), quick, rounds, (runs, sat_repeat, sat_calls), counters, &skipped);
+    let (markdown, json) = report(&series, &changes, &memory, &pool, (cpu_a, cpu_b), quick, rounds, (runs, sat_repeat_est, sat_repeat_new), counters, &skipped);
     std::fs::create_dir_all(out_dir).expect("output dir");
     std::fs::write(out_dir.join("lb-flow-table.json"), serde_json::to_string_pretty(&json).expect("json")).expect("write json");
     Output { markdown, json, skipped }
@@ -653,7 +668,7 @@ fn report(
     cpus: (usize, usize),
     quick: bool,
     rounds: usize,
-    (runs, sat_repeat, sat_calls): (usize, u32, usize),
+    (runs, sat_repeat_est, sat_repeat_new): (usize, u32, u32),
     counters: Vec<serde_json::Value>,
     skipped: &[String],
 ) -> (String, serde_json::Value) {
@@ -661,9 +676,9 @@ fn report(
     let run_times = |m: Method, s: Scenario, l: Layout| -> Vec<f64> { series[&(m, s, l)].iter().map(|t| t.run_time).collect() };
     let ratio = |m: Method, s: Scenario, l: Layout, against: Layout| -> Vec<f64> { run_times(m, s, l).iter().zip(&run_times(m, s, against)).map(|(x, a)| x / a).collect() };
     let mut md = String::new();
-    let _ = writeln!(md, "Run time per packet, ns (the program alone, from the BPF statistics), median (min-max) over the rounds; *both CPUs running*: the median share of a two-CPU sample during which both lanes ran.\n");
-    let _ = writeln!(md, "| method | scenario | {} | both CPUs running |", LAYOUTS.map(|l| l.label()).join(" | "));
-    let _ = writeln!(md, "|---|---|{}---:|", "---:|".repeat(LAYOUTS.len()));
+    let _ = writeln!(md, "Run time per packet, ns (the program alone, from the BPF statistics), median (min-max) over the rounds; *in the program*: the median share of a lane's wall-clock time spent in the program (run time over wall-clock time per run); *both CPUs running*: the median share of a two-CPU sample during which both lanes ran.\n");
+    let _ = writeln!(md, "| method | scenario | {} | in the program | both CPUs running |", LAYOUTS.map(|l| l.label()).join(" | "));
+    let _ = writeln!(md, "|---|---|{}---:|---:|", "---:|".repeat(LAYOUTS.len()));
     let mut ratios = String::new();
     let _ = writeln!(ratios, "Ratios, each taken within a round, median (min-max) over the rounds:\n");
     let _ = writeln!(ratios, "| method | scenario | {} |", PAIRS.map(|(l, a)| format!("{} vs {}", l.short(), a.short())).join(" | "));
@@ -673,7 +688,8 @@ fn report(
         for scenario in SCENARIOS {
             let overlap: Vec<f64> = LAYOUTS.iter().flat_map(|&l| series[&(method, scenario, l)].iter().map(|t| t.overlap)).collect();
             let overlap_cell = if scenario.cpus() == 1 { String::new() } else { format!("{:.0}%", 100.0 * median(&overlap)) };
-            let _ = writeln!(md, "| {} | {} | {} | {overlap_cell} |", method.label(), scenario.label(), LAYOUTS.map(|l| cell(&run_times(method, scenario, l), 1)).join(" | "));
+            let duty: Vec<f64> = LAYOUTS.iter().flat_map(|&l| series[&(method, scenario, l)].iter().map(|t| t.run_time / (t.wall.iter().sum::<f64>() / t.wall.len() as f64))).collect();
+            let _ = writeln!(md, "| {} | {} | {} | {:.0}% | {overlap_cell} |", method.label(), scenario.label(), LAYOUTS.map(|l| cell(&run_times(method, scenario, l), 1)).join(" | "), 100.0 * median(&duty));
             let _ = writeln!(ratios, "| {} | {} | {} |", method.label(), scenario.label(), PAIRS.map(|(l, a)| cell(&ratio(method, scenario, l, a), 2).replacen(' ', "x ", 1)).join(" | "));
             for layout in LAYOUTS {
                 let s = &series[&(method, scenario, layout)];
@@ -682,6 +698,7 @@ fn report(
                     "run_time_ns": s.iter().map(|t| t.run_time).collect::<Vec<_>>(),
                     "vs_shared_per_round": ratio(method, scenario, layout, Layout::Shared),
                     "test_run_ns_per_lane": s.iter().map(|t| t.test_run.clone()).collect::<Vec<_>>(),
+                    "wall_ns_per_run_per_lane": s.iter().map(|t| t.wall.clone()).collect::<Vec<_>>(),
                     "overlap": s.iter().map(|t| t.overlap).collect::<Vec<_>>(),
                 }));
             }
@@ -715,7 +732,7 @@ fn report(
         .collect();
     let json = serde_json::json!({
         "quick": quick, "rounds": rounds, "cpus": [cpus.0, cpus.1], "possible_cpus": possible_cpus(),
-        "per_packet": {"runs_per_lane": runs}, "saturated": {"repeat": sat_repeat, "test_runs_per_lane": sat_calls},
+        "per_packet": {"runs_per_lane": runs}, "saturated": {"repeat_established": sat_repeat_est, "repeat_new": sat_repeat_new, "test_runs_per_lane": 1},
         "flows": pool.flows, "table_size": pool.table_size, "backends": pool.backends.len(),
         "median_run_time_ns": medians,
         "table_memory_bytes": memory.iter().map(|(l, b)| (l.name().to_string(), serde_json::json!(b))).collect::<serde_json::Map<_, _>>(),
@@ -742,6 +759,30 @@ impl Findings<'_> {
         let r: Vec<f64> = self.run_times(m, s, l).iter().zip(self.run_times(m, s, against)).map(|(x, a)| x / a).collect();
         median(&r)
     }
+    /// "lo-hi%": the range over `scenarios` of the median share of a lane's
+    /// wall-clock time spent in the program, with method `m`.
+    fn duty(&self, m: Method, scenarios: &[Scenario]) -> String {
+        let v: Vec<f64> = scenarios
+            .iter()
+            .map(|&s| {
+                let shares: Vec<f64> = self
+                    .results
+                    .iter()
+                    .filter(|r| r["method"] == m.name() && r["scenario"] == s.name())
+                    .flat_map(|r| {
+                        let run_times = r["run_time_ns"].as_array().expect("run times").clone();
+                        let walls = r["wall_ns_per_run_per_lane"].as_array().expect("wall times").clone();
+                        run_times.into_iter().zip(walls).map(|(t, w)| {
+                            let w: Vec<f64> = w.as_array().expect("lanes").iter().map(|v| v.as_f64().expect("a number")).collect();
+                            t.as_f64().expect("a number") / (w.iter().sum::<f64>() / w.len() as f64)
+                        })
+                    })
+                    .collect();
+                median(&shares)
+            })
+            .collect();
+        format!("{:.0}-{:.0}%", 100.0 * min(&v), 100.0 * max(&v))
+    }
     /// "lo-hix": the range of the ratio's medians over `scenarios` and both methods.
     fn range(&self, scenarios: &[Scenario], l: Layout, against: Layout) -> String {
         let v: Vec<f64> = METHODS.iter().flat_map(|&m| scenarios.iter().map(move |&s| self.ratio(m, s, l, against))).collect();
@@ -763,16 +804,16 @@ pub fn section(out: &Output, measured: &str) -> String {
     format!(
         "## {SECTION}\n\n\
 {measured} Raw numbers: `bench-out/lb-flow-table.json`.\n\n\
-xpol keeps one `BPF_MAP_TYPE_LRU_HASH` flow table per pool, shared by all CPUs; Katran keeps one per CPU. Measured with the C twin (`bench/lb/katran_like.c`, the IPIP-over-IPv4 case of the section above: 10 backends, Maglev table of {table} slots, flow table of {flows} entries), compiled once per layout, otherwise identical (`benches/lb_path/flow_table.rs`): xpol's shared `LRU_HASH`; `LRU_PERCPU_HASH` (`-DPERCPU_FLOWS=1`: keys, hash buckets and LRU lists shared, a value per CPU; an entry inserted on one CPU reads as zeros on the others, which the twin must tell from backend slot 0, so it marks its values); Katran's layout, an `LRU_HASH` per CPU with half the entries each (`-DPERCPU_TABLES=1`; Katran divides its configured size among its CPUs; the twin picks its CPU's table by the CPU number's parity, without Katran's array-of-maps lookup, so if anything it is cheaper than Katran); as a control for that size, the shared table with half the entries; and the shared table with an LRU list per CPU (`BPF_F_NO_COMMON_LRU`). Two CPUs, {cpu_a} and {cpu_b} (one-CPU scenarios on {cpu_b}), each lane a thread pinned there with `sched_setaffinity`; two lanes start together and run the same program. *Per packet*: the whole program, one `BPF_PROG_TEST_RUN` per packet (`repeat` would run it again on the already encapsulated frame, see above), {runs} packets per lane and sample; a new flow is a new frame (new source address and port) per call. Between runs the CPU is in the system call, so each spends only a tenth (established) to a third (new flows) of its time in the program, and two CPUs meet in the table less often than at line rate. *Saturated*: the twin built with `-DSATURATE`, which stops after the backend counters and passes the packet unchanged (established flows) or first adds 1 to its TCP source port, which the next repetition sees (every repetition a new flow), test-run with `repeat` {repeat} ({calls} test runs per lane and sample): the CPUs do nothing but parse, hash, use the flow table and count, back to back. New flows go into tables filled beforehand from both CPUs, so that every insert evicts. *Run time*: the kernel's BPF statistics, summed over the CPUs, per run: the program alone. {rounds} interleaved rounds, the layouts' order rotating; median (min-max) over the rounds. Every packet is counted by the twin's per-backend counters and every new flow counted as one, or the run fails.\n\n\
+xpol keeps one `BPF_MAP_TYPE_LRU_HASH` flow table per pool, shared by all CPUs; Katran keeps one per CPU. Measured with the C twin (`bench/lb/katran_like.c`, the IPIP-over-IPv4 case of the section above: 10 backends, Maglev table of {table} slots, flow table of {flows} entries), compiled once per layout, otherwise identical (`benches/lb_path/flow_table.rs`): xpol's shared `LRU_HASH`; `LRU_PERCPU_HASH` (`-DPERCPU_FLOWS=1`: keys, hash buckets and LRU lists shared, a value per CPU; an entry inserted on one CPU reads as zeros on the others, which the twin must tell from backend slot 0, so it marks its values); Katran's layout, an `LRU_HASH` per CPU with half the entries each (`-DPERCPU_TABLES=1`; Katran divides its configured size among its CPUs; the twin picks its CPU's table by the CPU number's parity, without Katran's array-of-maps lookup, so if anything it is cheaper than Katran); as a control for that size, the shared table with half the entries; and the shared table with an LRU list per CPU (`BPF_F_NO_COMMON_LRU`). Two CPUs, {cpu_a} and {cpu_b} (one-CPU scenarios on {cpu_b}), each lane a thread pinned there with `sched_setaffinity`; two lanes start together and run the same program. *Per packet*: the whole program, one `BPF_PROG_TEST_RUN` per packet (`repeat` would run it again on the already encapsulated frame, see above), {runs} packets per lane and sample; a new flow is a new frame (new source address and port) per call. Around each run the CPU is in the system call and the test loop: a lane spends {pp_est_duty} of its time in the program on established flows and {pp_new_duty} on new flows, so two CPUs meet in the table less often than at line rate. *Saturated*: the twin built with `-DSATURATE`, which stops after the backend counters and passes the packet unchanged (established flows) or first counts its source address (low 16 bits) and port up by one, which the next repetition sees (every repetition a new flow); one test run per lane and sample, with `repeat` {rep_est} (established) or {rep_new} (new flows): the CPUs do nothing but parse, hash, use the flow table and count, back to back ({sat_duty} of a lane's wall-clock time in the program; the rest is the test loop's own work between repetitions and, around a test run with `repeat`, the kernel switching its XDP dispatcher to the program and back). New flows go into tables filled beforehand from both CPUs, so that every insert evicts. *Run time*: the kernel's BPF statistics, summed over the CPUs, per run: the program alone. {rounds} interleaved rounds, the layouts' order rotating; median (min-max) over the rounds. Every packet is counted by the twin's per-backend counters and every new flow counted as one, or the run fails.\n\n\
 {tables}\n\
 ### Why one shared table\n\n\
 **What sharing costs.** Nothing measurable on established flows, what nearly every packet is: per-CPU tables cost {est_tables} the shared table's run time and `LRU_PERCPU_HASH` {est_values} (medians of the per-round ratios, over the three established scenarios and both methods). Two CPUs on the same flow do not slow the shared table: saturated, {same2:.1} ns per packet against {one:.1} ns on one CPU. A hit writes nothing another CPU reads (the LRU's reference bit is written only when found clear, the counters are per CPU), so the entry's cache lines are read by both CPUs and never move.\n\n\
-New flows are cheaper with Katran's per-CPU tables, {nt_pp:.0} ns per packet against {ns_pp:.0} ns with the shared table on one CPU ({r_pp:.2}x; saturated {nt_sat:.0} against {ns_sat:.0} ns, {r_sat:.2}x), but not because they are per CPU: the shared table with half the entries, the size of each per-CPU table, costs the same as they do (per-CPU tables {tables_vs_half} of it). The gain is the smaller table's, and a shared table gets it the same way (`flows N`: a table sized to the flows there are). Nor does a second CPU inserting at the same time cost the shared table more than the per-CPU ones: from one CPU to two, new flows' run time changes by {g_shared_pp:.2}x with the shared table and {g_tables_pp:.2}x with per-CPU tables per packet, {g_shared_sat:.2}x and {g_tables_sat:.2}x saturated. That is the kernel's design: an insert takes entries from a free list of its own CPU, and the LRU's one lock for all CPUs only when that list is empty, to move up to 128 entries into it; the hash table's locks are per bucket. `LRU_PERCPU_HASH` keeps shared what costs (keys, buckets, LRU lists and their locks) and splits only the value, which xpol never writes on a hit; its insert zero-fills the value of every possible CPU. It is no faster: {new_values} of the shared table on new flows. An LRU list per CPU (`BPF_F_NO_COMMON_LRU`) gives {new_cpu_lru} on new flows: no gain to switch for with two CPUs; it is the change to make, keeping one table, should the shared list's lock show on machines with many more CPUs than measured here.\n\n\
+New flows are cheaper with Katran's per-CPU tables, {nt_pp:.0} ns per packet against {ns_pp:.0} ns with the shared table on one CPU ({r_pp:.2}x; saturated {nt_sat:.0} against {ns_sat:.0} ns, {r_sat:.2}x), but not because they are per CPU: the shared table with half the entries, the size of each per-CPU table, costs the same as they do (per-CPU tables {tables_vs_half} of it). The gain is the smaller table's, and a shared table gets it the same way (`flows N`: a table sized to the flows there are). Nor does a second CPU inserting at the same time cost the shared table more than the per-CPU ones: from one CPU to two, new flows' run time changes by {g_shared_pp:.2}x with the shared table and {g_tables_pp:.2}x with per-CPU tables per packet, {g_shared_sat:.2}x and {g_tables_sat:.2}x saturated. That is the kernel's design: an insert takes entries from a free list of its own CPU, and the LRU's one lock for all CPUs only when that list is empty, to move up to 128 entries into it; the hash table's locks are per bucket. `LRU_PERCPU_HASH` keeps shared what costs (keys, buckets, LRU lists and their locks) and splits only the value, which xpol never writes on a hit; its insert zero-fills the value of every possible CPU. It is no faster: {new_values} of the shared table on new flows. An LRU list per CPU (`BPF_F_NO_COMMON_LRU`) is {new_cpu_lru} of the shared table on new flows, faster only where the smaller table is: each CPU then evicts only among the entries of its own list, `flows` divided by the possible CPUs, which divides the capacity for inserts as per-CPU tables do. It keeps one table for lookups, so it is the change to make should the shared list's lock ever show, on machines with many more CPUs than measured here.\n\n\
 **What per-CPU tables break.** A per-CPU table knows a flow's backend only on the CPUs that have seen the flow; on any other, the flow is new and goes where the Maglev table says now. The table above shows it: after the flow's backend was drained, its next packet on the other CPU went to another backend with both per-CPU layouts (the connection breaks), and to its own with every shared one. One flow's packets reach several CPUs whenever:\n\n\
-- an ICMP error about the flow arrives: a router's \"fragmentation needed\" (or \"packet too big\") has the router's address and no ports, so receive-side scaling hashes it to another CPU than the flow's; `lb` balances it as the flow it quotes, by that flow's entry (docs/language.md, \"ICMP errors\"), which only a shared table has on that CPU: with per-CPU tables, path-MTU discovery would break for every flow whose backend changed since it began;\n\
+- an ICMP error about the flow arrives: a router's \"fragmentation needed\" (or \"packet too big\") has the router's address and no ports, so receive-side scaling hashes it to another CPU than the flow's; `lb` balances it as the flow it quotes, by that flow's entry (docs/language.md, \"ICMP errors\"), which only a shared table has on that CPU: with per-CPU tables the error would go where the Maglev table sends the flow now, not to the backend that holds the connection once a pool change has moved the flow, and path-MTU discovery would fail for it;\n\
 - with `nat`, the backend's reply is translated back by `tc:egress` on whatever CPU the reply arrives on, hashed from the reply's own addresses; the translation was recorded on the client's packets' CPU;\n\
 - receive-side scaling moves flows between CPUs (`ethtool -X`, a change of queue count or interrupt affinity, a NIC reset): every moved flow is balanced again, and, the pool having changed since, sent elsewhere: exactly when the flow table is there to keep flows where they are.\n\n\
-Per-CPU tables also divide the capacity: Katran gives each CPU the configured size divided by the CPUs; a flow seen on two CPUs takes an entry on each, and a CPU with more than its share of flows evicts while the others have room. `LRU_PERCPU_HASH` keeps the capacity but holds a value per possible CPU for every entry ({m_values:.1} MiB against {m_shared:.1} MiB here, with {possible} possible CPUs; it grows with them).\n\n\
+Per-CPU tables also divide the capacity: Katran gives each CPU the configured size divided by the CPUs; a flow seen on two CPUs takes an entry on each, and a CPU with more than its share of flows evicts while the others have room. `LRU_PERCPU_HASH` keeps the capacity but holds a value per possible CPU for every entry ({m_values:.1} MiB against {m_shared:.1} MiB here, with {possible} possible CPUs; 8 bytes more per entry for each possible CPU).\n\n\
 So xpol keeps one shared `LRU_HASH` per pool: the numbers give no case for per-CPU tables, and correctness argues against them.\n\n\
 Limits: two CPUs (all this machine has), shared with other work: during the two-CPU samples both lanes ran {ov_lo:.0}-{ov_hi:.0}% of the time (median {ov:.0}%). Contention that would only show with many CPUs inserting at once is not measured here.\n",
         table = j["table_size"],
@@ -780,10 +821,13 @@ Limits: two CPUs (all this machine has), shared with other work: during the two-
         cpu_a = j["cpus"][0],
         cpu_b = j["cpus"][1],
         runs = j["per_packet"]["runs_per_lane"],
-        repeat = j["saturated"]["repeat"],
-        calls = j["saturated"]["test_runs_per_lane"],
+        rep_est = j["saturated"]["repeat_established"],
+        rep_new = j["saturated"]["repeat_new"],
         rounds = j["rounds"],
         tables = out.markdown,
+        pp_est_duty = f.duty(pp, &established),
+        pp_new_duty = f.duty(pp, &new),
+        sat_duty = f.duty(sat, &SCENARIOS),
         est_tables = f.range(&established, tables, shared),
         est_values = f.range(&established, values, shared),
         same2 = f.ns(sat, Scenario::EstablishedTwoSame, shared),
