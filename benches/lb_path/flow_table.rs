@@ -759,6 +759,13 @@ impl Findings<'_> {
         let r: Vec<f64> = self.run_times(m, s, l).iter().zip(self.run_times(m, s, against)).map(|(x, a)| x / a).collect();
         median(&r)
     }
+    /// The median over the rounds of the run time with two CPUs over the
+    /// run time with one, in the same round: what a second CPU doing the
+    /// same at the same time costs.
+    fn growth(&self, m: Method, one: Scenario, two: Scenario, l: Layout) -> f64 {
+        let r: Vec<f64> = self.run_times(m, two, l).iter().zip(self.run_times(m, one, l)).map(|(t, o)| t / o).collect();
+        median(&r)
+    }
     /// "lo-hi%": the range over `scenarios` of the median share of a lane's
     /// wall-clock time spent in the program, with method `m`.
     fn duty(&self, m: Method, scenarios: &[Scenario]) -> String {
@@ -795,26 +802,39 @@ pub fn section(out: &Output, measured: &str) -> String {
     let j = &out.json;
     let f = Findings { results: j["results"].as_array().expect("results") };
     let established = [Scenario::EstablishedOne, Scenario::EstablishedTwoOwn, Scenario::EstablishedTwoSame];
-    let new = [Scenario::NewOne, Scenario::NewTwo];
     let (pp, sat) = (Method::PerPacket, Method::Saturated);
     let (shared, values, tables, half, cpu_lru) = (Layout::Shared, Layout::PerCpuValues, Layout::PerCpuTables, Layout::SharedHalf, Layout::SharedCpuLru);
     let mib = |l: Layout| j["table_memory_bytes"][l.name()].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
     let overlaps: Vec<f64> = f.results.iter().filter(|r| r["cpus"] == 2).flat_map(|r| r["overlap"].as_array().expect("overlap").iter().map(|v| v.as_f64().expect("a number")).collect::<Vec<_>>()).collect();
-    let growth = |m: Method, l: Layout| f.ns(m, Scenario::NewTwo, l) / f.ns(m, Scenario::NewOne, l);
+    let new_growth = |m: Method, l: Layout| f.growth(m, Scenario::NewOne, Scenario::NewTwo, l);
+    let same_growth = |l: Layout| f.growth(sat, Scenario::EstablishedOne, Scenario::EstablishedTwoSame, l);
+    // Growth beyond per-CPU tables' (which share nothing: theirs is the
+    // machine's), on new flows.
+    let excess = |m: Method, l: Layout| new_growth(m, l) / new_growth(m, tables);
+    let mut growth_table = String::from("| layout | established, the same flow, saturated | new flows, per packet | new flows, saturated |\n|---|---:|---:|---:|\n");
+    for l in LAYOUTS {
+        let _ = writeln!(growth_table, "| {} | {:.2}x | {:.2}x | {:.2}x |", l.label(), same_growth(l), new_growth(pp, l), new_growth(sat, l));
+    }
+    let shared_layouts = [shared, half, cpu_lru, values];
+    let (worst, worst_layout, worst_method) = shared_layouts.iter().flat_map(|&l| [(excess(pp, l), l, pp), (excess(sat, l), l, sat)]).fold((0.0f64, shared, pp), |w, c| if c.0 > w.0 { c } else { w });
+    let excesses = shared_layouts.map(|l| format!("{} {:.2}x and {:.2}x", l.short(), excess(pp, l), excess(sat, l))).join(", ");
+    let size_1cpu = |l: Layout, against: Layout| format!("{:.2}x and {:.2}x", f.ratio(pp, Scenario::NewOne, l, against), f.ratio(sat, Scenario::NewOne, l, against));
     format!(
         "## {SECTION}\n\n\
 {measured} Raw numbers: `bench-out/lb-flow-table.json`.\n\n\
 xpol keeps one `BPF_MAP_TYPE_LRU_HASH` flow table per pool, shared by all CPUs; Katran keeps one per CPU. Measured with the C twin (`bench/lb/katran_like.c`, the IPIP-over-IPv4 case of the section above: 10 backends, Maglev table of {table} slots, flow table of {flows} entries), compiled once per layout, otherwise identical (`benches/lb_path/flow_table.rs`): xpol's shared `LRU_HASH`; `LRU_PERCPU_HASH` (`-DPERCPU_FLOWS=1`: keys, hash buckets and LRU lists shared, a value per CPU; an entry inserted on one CPU reads as zeros on the others, which the twin must tell from backend slot 0, so it marks its values); Katran's layout, an `LRU_HASH` per CPU with half the entries each (`-DPERCPU_TABLES=1`; Katran divides its configured size among its CPUs; the twin picks its CPU's table by the CPU number's parity, without Katran's array-of-maps lookup, so if anything it is cheaper than Katran); as a control for that size, the shared table with half the entries; and the shared table with an LRU list per CPU (`BPF_F_NO_COMMON_LRU`). Two CPUs, {cpu_a} and {cpu_b} (one-CPU scenarios on {cpu_b}), each lane a thread pinned there with `sched_setaffinity`; two lanes start together and run the same program. *Per packet*: the whole program, one `BPF_PROG_TEST_RUN` per packet (`repeat` would run it again on the already encapsulated frame, see above), {runs} packets per lane and sample; a new flow is a new frame (new source address and port) per call. Around each run the CPU is in the system call and the test loop: a lane spends {pp_est_duty} of its time in the program on established flows and {pp_new_duty} on new flows, so two CPUs meet in the table less often than at line rate. *Saturated*: the twin built with `-DSATURATE`, which stops after the backend counters and passes the packet unchanged (established flows) or first counts its source address (low 16 bits) and port up by one, which the next repetition sees (every repetition a new flow); one test run per lane and sample, with `repeat` {rep_est} (established) or {rep_new} (new flows): the CPUs do nothing but parse, hash, use the flow table and count, back to back ({sat_duty} of a lane's wall-clock time in the program; the rest is the test loop's own work between repetitions, the kernel switching its XDP dispatcher to the program and back around a test run with `repeat`, and other work on this shared machine). New flows go into tables filled beforehand from both CPUs, so that every insert evicts. *Run time*: the kernel's BPF statistics, summed over the CPUs, per run: the program alone. {rounds} interleaved rounds, the layouts' order rotating; median (min-max) over the rounds. Every packet is counted by the twin's per-backend counters and every new flow counted as one, or the run fails.\n\n\
 {tables}\n\
+What a second CPU doing the same at the same time costs each layout: the run time with two CPUs over the run time with one, taken within each round, median over the rounds:\n\n\
+{growth_table}\n\
 ### Why one shared table\n\n\
-**What sharing costs.** Nothing measurable on established flows, what nearly every packet is: per-CPU tables cost {est_tables} the shared table's run time and `LRU_PERCPU_HASH` {est_values} (medians of the per-round ratios, over the three established scenarios and both methods). Two CPUs on the same flow do not slow the shared table: saturated, {same2:.1} ns per packet against {one:.1} ns on one CPU. A hit writes nothing another CPU reads (the LRU's reference bit is written only when found clear, the counters are per CPU), so the entry's cache lines are read by both CPUs and never move.\n\n\
-New flows are cheaper with Katran's per-CPU tables, {nt_pp:.0} ns per packet against {ns_pp:.0} ns with the shared table on one CPU ({r_pp:.2}x; saturated {nt_sat:.0} against {ns_sat:.0} ns, {r_sat:.2}x), but not because they are per CPU: the shared table with half the entries, the size of each per-CPU table, costs the same as they do (per-CPU tables {tables_vs_half} of it). The gain is the smaller table's, and a shared table gets it the same way (`flows N`: a table sized to the flows there are). Nor does a second CPU inserting at the same time cost the shared table more than the per-CPU ones: from one CPU to two, new flows' run time changes by {g_shared_pp:.2}x with the shared table and {g_tables_pp:.2}x with per-CPU tables per packet, {g_shared_sat:.2}x and {g_tables_sat:.2}x saturated. That is the kernel's design: an insert takes entries from a free list of its own CPU, and the LRU's one lock for all CPUs only when that list is empty, to move up to 128 entries into it; the hash table's locks are per bucket. `LRU_PERCPU_HASH` keeps shared what costs (keys, buckets, LRU lists and their locks) and splits only the value, which xpol never writes on a hit; its insert zero-fills the value of every possible CPU. It is no faster: {new_values} of the shared table on new flows. An LRU list per CPU (`BPF_F_NO_COMMON_LRU`) is {new_cpu_lru} of the shared table on new flows, faster only where the smaller table is: each CPU then evicts only among the entries of its own list, `flows` divided by the possible CPUs, which divides the capacity for inserts as per-CPU tables do. It keeps one table for lookups, so it is the change to make should the shared list's lock ever show, on machines with many more CPUs than measured here.\n\n\
-**What per-CPU tables break.** A per-CPU table knows a flow's backend only on the CPUs that have seen the flow; on any other, the flow is new and goes where the Maglev table says now. The table above shows it: after the flow's backend was drained, its next packet on the other CPU went to another backend with both per-CPU layouts (the connection breaks), and to its own with every shared one. One flow's packets reach several CPUs whenever:\n\n\
+**What sharing costs.** On established flows, what nearly every packet is, nothing measurable: per-CPU tables cost {est_tables} the shared table's run time and `LRU_PERCPU_HASH` {est_values} (medians of the per-round ratios, over the three established scenarios and both methods), and two CPUs on one flow cost the shared table what one does ({same_shared:.2}x, saturated). A hit writes nothing another CPU reads (the LRU's reference bit is written only when found clear, the counters are per CPU), so the entry's cache lines are read by both CPUs and never move.\n\n\
+On new flows Katran's per-CPU tables are cheaper, {nt_pp:.0} ns per packet against {ns_pp:.0} ns with the shared table on one CPU ({r_pp:.2}x; saturated {nt_sat:.0} against {ns_sat:.0} ns, {r_sat:.2}x). On one CPU that is the size of the table an insert works in, not its being per CPU: the shared table with half the entries, the size of each per-CPU table, is {half_1} of the full one (per packet and saturated), and per-CPU tables {tables_half_1} of it. A shared table gets that by its size (`flows N`, sized to the flows there are). What sharing itself costs on new flows shows in the growth from one CPU to two, set against that of per-CPU tables, which share nothing (their growth is the machine's: caches, memory and other work shared by the CPUs): {excesses} (per packet and saturated): a second CPU inserting new flows at the same time costs a shared layout at most {worst_pct:.0}% more than it costs per-CPU tables here ({worst_layout}, {worst_method}). An insert takes entries from a free list of its own CPU, and the one lock of the shared LRU list only when that list is empty, to move up to 128 entries into it (an LRU list per CPU has no such lock); the hash table's locks are per bucket. `LRU_PERCPU_HASH` keeps shared what costs (keys, buckets, LRU lists and their locks) and splits only the value, which xpol never writes on a hit; its insert zero-fills the value of every possible CPU: {new_values} of the shared table on new flows. An LRU list per CPU (`BPF_F_NO_COMMON_LRU`) is {new_cpu_lru} of the shared table on new flows; it keeps one table for lookups, and so the correctness below, but each CPU then evicts only among its own list's entries, `flows` divided by the possible CPUs, which divides the capacity for inserts as per-CPU tables do. It is the change to make, rather than per-CPU tables, should inserts from many CPUs at once cost more than measured here.\n\n\
+**What per-CPU tables break.** A per-CPU table knows a flow's backend only on the CPUs that have seen the flow; on any other, the flow is new and goes where the Maglev table says now. The pool-change table above shows it: after the flow's backend was drained, its next packet on the other CPU went to another backend with both per-CPU layouts (the connection breaks), and to its own with every shared one. One flow's packets reach several CPUs whenever:\n\n\
 - an ICMP error about the flow arrives: a router's \"fragmentation needed\" (or \"packet too big\") has the router's address and no ports, so receive-side scaling hashes it to another CPU than the flow's; `lb` balances it as the flow it quotes, by that flow's entry (docs/language.md, \"ICMP errors\"), which only a shared table has on that CPU: with per-CPU tables the error would go where the Maglev table sends the flow now, not to the backend that holds the connection once a pool change has moved the flow, and path-MTU discovery would fail for it;\n\
 - with `nat`, the backend's reply is translated back by `tc:egress` on whatever CPU the reply arrives on, hashed from the reply's own addresses; the translation was recorded on the client's packets' CPU;\n\
 - receive-side scaling moves flows between CPUs (`ethtool -X`, a change of queue count or interrupt affinity, a NIC reset): every moved flow is balanced again, and, the pool having changed since, sent elsewhere: exactly when the flow table is there to keep flows where they are.\n\n\
 Per-CPU tables also divide the capacity: Katran gives each CPU the configured size divided by the CPUs; a flow seen on two CPUs takes an entry on each, and a CPU with more than its share of flows evicts while the others have room. `LRU_PERCPU_HASH` keeps the capacity but holds a value per possible CPU for every entry ({m_values:.1} MiB against {m_shared:.1} MiB here, with {possible} possible CPUs; 8 bytes more per entry for each possible CPU).\n\n\
-So xpol keeps one shared `LRU_HASH` per pool: the numbers give no case for per-CPU tables, and correctness argues against them.\n\n\
+So xpol keeps one shared `LRU_HASH` per pool: sharing costs nothing on established flows, and on new flows at most {worst_pct:.0}% when two CPUs do nothing but insert ({x_sat_pct:.0}% for xpol's table as sized here), while per-CPU tables send flows to the wrong backend in the cases above.\n\n\
 Limits: two CPUs (all this machine has), shared with other work: during the two-CPU samples both lanes ran {ov_lo:.0}-{ov_hi:.0}% of the time (median {ov:.0}%). Contention that would only show with many CPUs inserting at once is not measured here.\n",
         table = j["table_size"],
         flows = j["flows"],
@@ -826,25 +846,25 @@ Limits: two CPUs (all this machine has), shared with other work: during the two-
         rounds = j["rounds"],
         tables = out.markdown,
         pp_est_duty = f.duty(pp, &established),
-        pp_new_duty = f.duty(pp, &new),
+        pp_new_duty = f.duty(pp, &[Scenario::NewOne, Scenario::NewTwo]),
         sat_duty = f.duty(sat, &SCENARIOS),
         est_tables = f.range(&established, tables, shared),
         est_values = f.range(&established, values, shared),
-        same2 = f.ns(sat, Scenario::EstablishedTwoSame, shared),
-        one = f.ns(sat, Scenario::EstablishedOne, shared),
+        same_shared = same_growth(shared),
         nt_pp = f.ns(pp, Scenario::NewOne, tables),
         ns_pp = f.ns(pp, Scenario::NewOne, shared),
         r_pp = f.ratio(pp, Scenario::NewOne, tables, shared),
         nt_sat = f.ns(sat, Scenario::NewOne, tables),
         ns_sat = f.ns(sat, Scenario::NewOne, shared),
         r_sat = f.ratio(sat, Scenario::NewOne, tables, shared),
-        tables_vs_half = f.range(&new, tables, half),
-        g_shared_pp = growth(pp, shared),
-        g_tables_pp = growth(pp, tables),
-        g_shared_sat = growth(sat, shared),
-        g_tables_sat = growth(sat, tables),
-        new_values = f.range(&new, values, shared),
-        new_cpu_lru = f.range(&new, cpu_lru, shared),
+        half_1 = size_1cpu(half, shared),
+        tables_half_1 = size_1cpu(tables, half),
+        worst_pct = 100.0 * (worst - 1.0).max(0.0),
+        worst_layout = worst_layout.label(),
+        worst_method = worst_method.label(),
+        x_sat_pct = 100.0 * (excess(sat, shared) - 1.0).max(0.0),
+        new_values = f.range(&[Scenario::NewOne, Scenario::NewTwo], values, shared),
+        new_cpu_lru = f.range(&[Scenario::NewOne, Scenario::NewTwo], cpu_lru, shared),
         m_values = mib(values),
         m_shared = mib(shared),
         possible = j["possible_cpus"],
