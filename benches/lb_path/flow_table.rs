@@ -23,8 +23,8 @@
 //!   test run per packet as in the packet-path part (`repeat` would run the
 //!   program again on the already encapsulated frame); varying 5-tuples are
 //!   different frames, one per call. The system call around each run keeps
-//!   a CPU's duty in the program low (a tenth to a third of the time), so
-//!   two CPUs meet in the table less often than at line rate.
+//!   the share of a CPU's time spent in the program low (the report says
+//!   how low), so two CPUs meet in the table less often than at line rate.
 //! - *saturated*: the twin built with `-DSATURATE` (it stops after the
 //!   backend counters and passes the packet unchanged, or first counts its
 //!   source address and port up by one, which the next repetition sees),
@@ -422,10 +422,10 @@ fn pool_change(prog: &mut Prog, layout: Layout, pool: &PoolMeta, table: &[u32], 
     PoolChange { first, second_cpu_knew, second, first_again, new_flows }
 }
 
-/// The two CPUs of the two-lane scenarios: the last allowed one, and the
-/// last before it of the other parity (the per-CPU-tables twin picks its
-/// table by parity); the one-lane scenarios run on the first of the two
-/// returned second. `None` without two such CPUs.
+/// The two CPUs of the two-lane scenarios, `(a, b)`: `b` the last allowed
+/// one, `a` the last before it of the other parity (the per-CPU-tables twin
+/// picks its table by parity). The one-lane scenarios run on `b`. `None`
+/// without two such CPUs.
 fn cpu_pair() -> Option<(usize, usize)> {
     let cpus = sys::allowed_cpus().expect("sched_getaffinity");
     let b = *cpus.last()?;
