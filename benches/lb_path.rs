@@ -4,10 +4,16 @@
 //! kernel's own per-run timing (`BPF_ENABLE_STATS`); then, on veth, the CPU
 //! each forwarded packet costs, against the kernel's own load balancing.
 //!
-//!   cargo bench --bench lb_path              full run; writes the "Load balancer: packet path" section of BENCHMARKS.md and bench-out/lb-path.json
+//!   cargo bench --bench lb_path              full run; writes the "Load balancer: packet path" and "Load balancer: flow table,
+//!                                            shared or per CPU" sections of BENCHMARKS.md, bench-out/lb-path.json
+//!                                            and bench-out/lb-flow-table.json
 //!   cargo bench --bench lb_path -- --quick   smoke run (CI); asserts nothing about time; writes target/bench-out-quick/
 //!   cargo bench --bench lb_path -- --no-veth [--rounds 11]
 //!                                            a focused run; writes target/bench-out-partial/
+//!   cargo bench --bench lb_path -- --flow-table
+//!                                            the flow-table part alone (shared or per-CPU,
+//!                                            `lb_path/flow_table.rs`); with every round, writes
+//!                                            its section of BENCHMARKS.md and bench-out/lb-flow-table.json
 //!
 //! Needs root and clang-14; veth mode needs ethtool and nftables, and
 //! ipvsadm with a kernel built with IP_VS for the IPVS rows. Everything runs
@@ -46,6 +52,9 @@ use common::{median, replace_section};
 
 #[path = "lb_path/veth.rs"]
 mod veth;
+
+#[path = "lb_path/flow_table.rs"]
+pub mod flow_table;
 
 /// The heading of this benchmark's section of BENCHMARKS.md.
 pub const SECTION: &str = "Load balancer: packet path";
@@ -288,6 +297,14 @@ impl Prog {
         match self {
             Prog::Xpol { policy, name } => policy.ebpf_mut().program_mut(name).expect("program").try_into().expect("xdp"),
             Prog::C { ebpf, name } => ebpf.program_mut(name).expect("program").try_into().expect("xdp"),
+        }
+    }
+
+    /// The C twin's program, for test runs from several threads at once.
+    pub fn xdp_ref(&self) -> &Xdp {
+        match self {
+            Prog::Xpol { .. } => unimplemented!("only the C twin is run from several threads"),
+            Prog::C { ebpf, name } => ebpf.program(name).expect("program").try_into().expect("xdp"),
         }
     }
 
@@ -757,59 +774,100 @@ fn report(progs: &[CaseProgs], series: &BTreeMap<(usize, Flow, Exit, bool), Seri
     (md, json)
 }
 
+/// Where and when a run was made, as each section of BENCHMARKS.md says.
+struct RunEnv {
+    command: String,
+    commit: String,
+    machine: String,
+    cpus: usize,
+    kernel: String,
+    load_before: String,
+    load_after: String,
+}
+
+impl RunEnv {
+    fn now(root: &Path, command: &str, load_before: String) -> RunEnv {
+        let machine = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let mut commit = git(&["rev-parse", "--short", "HEAD"]);
+        let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "runtime", "benches", "bench", "src"]);
+        if !dirty.is_empty() {
+            commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        RunEnv { command: command.to_string(), commit, machine, cpus, kernel, load_before, load_after: common::load_average() }
+    }
+
+    /// The first sentence of a section: what was run, where, under what load.
+    fn measured(&self) -> String {
+        format!(
+            "Measured with `{}` at commit {} on {}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {} before the run and {} after it: the machine is shared, so other work ran beside the benchmark.",
+            self.command, self.commit, self.machine, self.cpus, self.kernel, self.load_before, self.load_after
+        )
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--rounds takes a number, at least 1"));
+    let flow_table_only = args.iter().any(|a| a == "--flow-table");
     let mode = Mode { quick, veth: !args.iter().any(|a| a == "--no-veth"), rounds: if quick { 1 } else { rounds } };
     if !xpol_runtime::testing::kernel_or_skip("lb_path benchmark") {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let load_before = common::load_average();
-    let out_dir = common::out_dir(root, quick, mode.complete());
-    let out = run(&mode, &out_dir);
-    let load_after = common::load_average();
-    println!("{}\n{}", out.table, out.veth);
-    for s in &out.skipped {
+    let path_out = (!flow_table_only).then(|| run(&mode, &common::out_dir(root, quick, mode.complete())));
+    // The flow-table part is complete with every round (veth plays no part in it).
+    let flow_complete = !quick && mode.rounds == ROUNDS;
+    let flow_out = flow_table::run(quick, mode.rounds, &common::out_dir(root, quick, flow_complete));
+    if let Some(out) = &path_out {
+        println!("{}\n{}", out.table, out.veth);
+    }
+    println!("{}", flow_out.markdown);
+    for s in path_out.iter().flat_map(|o| &o.skipped).chain(&flow_out.skipped) {
         println!("SKIPPED: {s}");
     }
-    if !mode.complete() {
-        return;
+    let command = if flow_table_only { "cargo bench --bench lb_path -- --flow-table" } else { "cargo bench --bench lb_path" };
+    let env = RunEnv::now(root, command, load_before);
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut new = old.clone();
+    if let Some(out) = path_out.as_ref().filter(|_| mode.complete()) {
+        new = replace_section(&new, SECTION, &path_section(out, &env));
     }
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let mut commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "runtime", "benches", "bench", "src"]);
-    if !dirty.is_empty() {
-        commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
+    if flow_complete && !flow_out.markdown.is_empty() {
+        new = replace_section(&new, flow_table::SECTION, &flow_table::section(&flow_out, &env.measured()));
     }
+    if new != old {
+        let tmp = root.join("BENCHMARKS.md.tmp");
+        std::fs::write(&tmp, new).expect("write BENCHMARKS.md");
+        std::fs::rename(&tmp, &path).expect("replace BENCHMARKS.md");
+    }
+}
+
+/// The packet-path part's section of BENCHMARKS.md.
+fn path_section(out: &Output, env: &RunEnv) -> String {
     let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped:** {}\n", out.skipped.join("; ")) };
-    let section = format!(
+    format!(
         "## {SECTION}\n\n\
-Measured with `cargo bench --bench lb_path` at commit {commit} on {machine}, {} CPUs, kernel {}. Load average (1, 5, 15 min) {load_before} before the run and {load_after} after it: the machine is shared, so other work ran beside the benchmark. Raw numbers: `bench-out/lb-path.json`.\n{skipped}\n\
+{} Raw numbers: `bench-out/lb-path.json`.\n{skipped}\n\
 ### BPF_PROG_TEST_RUN: xpol against the same work in C\n\n\
 xpol's `lb(web, encap: ipip|gue, src: ADDR)` behind one VIP rule (`ip.dst == VIP && tcp.dport == 80`), a pool of {BACKENDS} backends (Maglev table of {} slots, flow table of {} flows), against `bench/lb/katran_like.c`: the same work written by hand in C as Katran would do it (parse, VIP match, VIP counters, murmur3 flow hash, LRU flow table, control word and Maglev ring on a miss, backends array, per-backend per-CPU counters, `bpf_xdp_adjust_head` and the outer headers with the IPv4 checksum computed in registers, `bpf_fib_lookup`, `XDP_TX`/redirect/`XDP_PASS`), compiled with `clang-14 -O2`, its maps filled with the same Maglev table (`xpol_lang::maglev::build_table`). Before anything is timed, both must send byte-identical frames, encapsulated towards the backend Maglev gives the flow, for an established and a new flow at both exits, or the run fails; after, each pool's counters must hold exactly the packets sent. Packets: TCP ACK with 10 bytes of payload from 198.18.7.7:40000 to 198.18.0.100:80 (64 bytes), or 2001:db8:7::7 to 2001:db8::100 (84 bytes); outer source 198.18.0.1 or 2001:db8::1; GUE port {GUE_PORT}.\n\n\
 Each test run is a single run (`repeat` 1): with `repeat`, the kernel runs the program again on the same `xdp_buff` without resetting it, so every run after the first would see the packet already encapsulated and pass it (the benchmark checks it: a test run with repeat 1,000 balances {} packet). A sample is {RUNS} single runs, one system call each, pinned to one CPU: *run time* is what the kernel's BPF statistics (`BPF_ENABLE_STATS`) count per run (the program alone plus two `sched_clock()` reads: see the floor row), *test-run* the mean of the durations `BPF_PROG_TEST_RUN` reports with the statistics off (the program plus the test loop's own clock reads and bottom-half toggling). {ROUNDS} interleaved rounds; median (min-max) over the rounds; each ratio is taken within a round, where xpol and C ran back to back on the same packets (which goes first alternates). *Established flow*: the same packet every run (flow-table hit). *New flow*: every packet a flow never seen before (source address and port vary; flow-table miss, control word, ring, backend, flow-table insert), into flow tables filled beforehand, so that every insert evicts the least recently used flow. Exits: a namespace with forwarding on and no route (`bpf_fib_lookup` answers NOT_FWDED, the encapsulated packet passes), and one with the backends' prefixes on a veth and permanent neighbour entries, the test run's ingress on that veth (FIB success, MACs written, `XDP_TX`).\n\n{}\n\
 Where the difference between xpol and C comes from (the instructions each executes on the established-flow path, by part of codegen): `bench/lb/README.md`.\n\n\
 ### Veth: CPU per forwarded packet\n\n\
 A generator namespace sends one UDP flow (198.18.7.7:40000 to the VIP 198.18.0.100:53, 64-byte frames) into a load-balancer namespace, which forwards it over a second veth pair into a backend namespace (`benches/lb_path/veth.rs`); each peer has a load-balancer namespace of its own. The generator is an XDP program test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on its veth, returning `XDP_TX`; it writes the whole frame on every run, since the load balancer encapsulates in place (and the kernel's forwarding decrements the TTL in place) in pages the test run recycles without copying the frame again. The generator thread is pinned to the last CPU, where the three veths' NAPI polls run too; CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: generating, the load balancer's receive, work and transmit, and the backend side's receive. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). On the backend side an XDP program counts what arrives by kind (IPIP to a backend, UDP to a backend, UDP to the VIP, other) and drops it: every frame sent must arrive as the kind the peer forwards, or the run fails (a sample that lost frames on the way is run again, at most 10 times per peer). The flow is established before anything is measured (1,000 frames): what is measured is the established-flow path of every peer (xpol's and C's flow table, IPVS's connection table, conntrack). Peers: the floor (`XDP_DROP` at the load balancer's ingress: generating and delivering a frame); an XDP program that only redirects to the egress veth (the XDP forwarding path without load-balancing work); xpol's `lb(web, encap: ipip, src: 198.18.0.1)` behind `ip.dst == 198.18.0.100 && udp.dport == 53`, native XDP on the ingress veth, the next hop from `bpf_fib_lookup` (a route to the backends' /24 on the egress veth and a permanent neighbour entry for each backend), `bpf_redirect` to the egress veth; the C twin, the same way; IPVS in tunnel (IPIP), direct-routing and NAT mode (`ipvsadm`, UDP service on the VIP, scheduler rr, the same 10 backends), where the kernel has IP_VS; nftables DNAT in `prerouting` with `jhash` over the 5-tuple into a map of the 10 backends (the kernel's NAT load balancing with conntrack, what is there when IPVS is not); and plain kernel IP forwarding of frames sent straight to a backend's address (no load balancing at all). The egress veth's peer runs the counting XDP program, so XDP redirects reach it as frames and the kernel's transmits as packets it takes with NAPI.\n\n{}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        kernel.trim(),
+        env.measured(),
         out.json["pool"]["table_size"],
         out.json["pool"]["flows"],
         out.json["repeat_runs_balanced"]["balanced"],
         out.table,
         out.veth,
-    );
-    let path = root.join("BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = replace_section(&old, SECTION, &section);
-    let tmp = root.join("BENCHMARKS.md.tmp");
-    std::fs::write(&tmp, new).expect("write BENCHMARKS.md");
-    std::fs::rename(&tmp, &path).expect("replace BENCHMARKS.md");
+    )
 }

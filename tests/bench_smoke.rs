@@ -123,3 +123,40 @@ fn lb_path_quick() {
     }
 }
 
+
+/// The flow-table part of the load balancer's packet-path benchmark in
+/// quick mode: every layout measured in every scenario by both methods, the
+/// twins' counters checked as it runs (every packet, every new flow), and
+/// what a flow does on a second CPU after its backend was drained: kept by
+/// every shared table, balanced again elsewhere by the per-CPU ones.
+#[test]
+fn lb_flow_table_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("lb_flow_table_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = lb_path::flow_table::run(true, 1, out.path());
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lb-flow-table.json")).expect("json")).expect("valid");
+    if report.skipped.iter().any(|s| s.starts_with("flow table: not two CPUs")) {
+        // One CPU: nothing to compare; said loudly by the benchmark.
+        assert!(json["skipped"].as_array().is_some_and(|s| !s.is_empty()), "{json}");
+        return;
+    }
+    let layouts = lb_path::flow_table::LAYOUTS.len();
+    assert_eq!(json["results"].as_array().expect("results").len(), lb_path::flow_table::METHODS.len() * lb_path::flow_table::SCENARIOS.len() * layouts, "{}", report.markdown);
+    let changes = json["pool_change"].as_array().expect("pool_change");
+    assert_eq!(changes.len(), layouts);
+    for c in changes {
+        let per_cpu = ["percpu_values", "percpu_tables"].contains(&c["layout"].as_str().expect("layout"));
+        assert_eq!(c["second"] == c["first"], !per_cpu, "{c}");
+        assert_eq!(c["second_cpu_knew"], !per_cpu, "{c}");
+        assert_eq!(c["first_again"], c["first"], "{c}");
+    }
+    // Three twins per layout (whole program; saturated, established and
+    // new flows), each of which balanced packets and counted the new flows.
+    let counters = json["counters"].as_array().expect("counters");
+    assert_eq!(counters.len(), 3 * layouts);
+    for c in counters {
+        assert!(c["packets"].as_u64().expect("packets") > 0 && c["new_flows"].as_u64().expect("new flows") >= c["new_flow_packets_sent"].as_u64().expect("sent"), "{c}");
+    }
+}

@@ -27,7 +27,43 @@
  *   OUTER_V6, GUE, GUE_PORT, OUTER_SRC4 or OUTER_SRC6_0..3 (as loaded),
  *   TABLE_SIZE, MAX_BACKENDS, FLOWS, FLOW_SEED.
  * "As loaded": the 32-bit word a little-endian load of the wire bytes gives.
+ * And, for the flow-table comparison (benches/lb_path/flow_table.rs), one of:
+ *   PERCPU_FLOWS=1: the flow table is a BPF_MAP_TYPE_LRU_PERCPU_HASH (the
+ *     keys shared, a value per CPU);
+ *   PERCPU_TABLES=1: Katran's layout, a separate LRU_HASH per CPU of
+ *     FLOWS / 2 entries each (Katran divides the configured size among
+ *     its forwarding CPUs): two tables, picked by the parity of the CPU
+ *     number, which gives each of the benchmark's two (consecutive) CPUs
+ *     its own. Katran finds its CPU's table through an array of maps; the
+ *     twin names the two maps directly, which is if anything cheaper;
+ *   FLOWS_MAP_FLAGS=2 (BPF_F_NO_COMMON_LRU): the shared table with an LRU
+ *     list per CPU instead of one for all;
+ * and SATURATE, to test-run the flow table with BPF_PROG_TEST_RUN's repeat
+ * (IPv4 only): 1, the program stops after the backend counters and passes
+ * the packet as it came (no encapsulation, no FIB), so every repetition sees
+ * the same flow; 2, the same, and each run first counts the packet's
+ * source address's low 16 bits and TCP source port (as one number) up by
+ * 1, so every repetition is a new flow.
  */
+
+#ifndef PERCPU_FLOWS
+#define PERCPU_FLOWS 0
+#endif
+#ifndef PERCPU_TABLES
+#define PERCPU_TABLES 0
+#endif
+#if PERCPU_FLOWS && PERCPU_TABLES
+#error "PERCPU_FLOWS and PERCPU_TABLES are two different layouts: one at most"
+#endif
+#ifndef FLOWS_MAP_FLAGS
+#define FLOWS_MAP_FLAGS 0
+#endif
+#ifndef SATURATE
+#define SATURATE 0
+#endif
+#if SATURATE && VIP_V6
+#error "SATURATE is for IPv4"
+#endif
 
 typedef unsigned char __u8;
 typedef unsigned short __u16;
@@ -42,9 +78,11 @@ typedef unsigned long long __u64;
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define bswap16 __builtin_bswap16
 #define bswap32 __builtin_bswap32
+/* An opaque use of x: code after it differs from the other branch's. */
+#define ONE_SITE(x) asm volatile("" : "+r"(x))
 
 enum { XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT };
-enum { BPF_MAP_TYPE_ARRAY = 2, BPF_MAP_TYPE_PERCPU_ARRAY = 6, BPF_MAP_TYPE_LRU_HASH = 9 };
+enum { BPF_MAP_TYPE_ARRAY = 2, BPF_MAP_TYPE_PERCPU_ARRAY = 6, BPF_MAP_TYPE_LRU_HASH = 9, BPF_MAP_TYPE_LRU_PERCPU_HASH = 10 };
 enum { FIB_SUCCESS = 0, FIB_FRAG_NEEDED = 8 }; /* BPF_FIB_LKUP_RET_* */
 
 struct xdp_md {
@@ -68,6 +106,9 @@ struct bpf_fib_lookup {
 
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+#if PERCPU_TABLES
+static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
+#endif
 static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *)23;
 static long (*bpf_xdp_adjust_head)(struct xdp_md *ctx, int delta) = (void *)44;
 static long (*bpf_fib_lookup)(void *ctx, struct bpf_fib_lookup *params, int plen, __u32 flags) = (void *)69;
@@ -89,10 +130,29 @@ struct vip_counters { __u64 packets, bytes; };
 
 #define BACKEND_PRESENT 1
 
+#if PERCPU_FLOWS
+/* An LRU_PERCPU_HASH entry inserted by a program on one CPU reads as zeros
+ * on every other CPU (the kernel zero-fills their values), and zero is
+ * backend slot 0: a value is the flow's only with this mark, else the flow
+ * is new on this CPU. */
+#define FLOW_MARK 1
+#else
+#define FLOW_MARK 0
+#endif
+
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32); __uint(max_entries, 2 * TABLE_SIZE); } ring SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32); __uint(max_entries, 1); } control SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, struct backend); __uint(max_entries, MAX_BACKENDS); } backends SEC(".maps");
+#if PERCPU_TABLES
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __type(key, struct flow_key); __type(value, struct flow_value); __uint(max_entries, FLOWS / 2); } flows_even SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __type(key, struct flow_key); __type(value, struct flow_value); __uint(max_entries, FLOWS / 2); } flows_odd SEC(".maps");
+#elif PERCPU_FLOWS
+struct { __uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH); __type(key, struct flow_key); __type(value, struct flow_value); __uint(max_entries, FLOWS); } flows SEC(".maps");
+#elif FLOWS_MAP_FLAGS
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __type(key, struct flow_key); __type(value, struct flow_value); __uint(max_entries, FLOWS); __uint(map_flags, FLOWS_MAP_FLAGS); } flows SEC(".maps");
+#else
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __type(key, struct flow_key); __type(value, struct flow_value); __uint(max_entries, FLOWS); } flows SEC(".maps");
+#endif
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, struct backend_counters); __uint(max_entries, MAX_BACKENDS + 1); } stats SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, struct vip_counters); __uint(max_entries, 1); } vip_stats SEC(".maps");
 
@@ -175,6 +235,13 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 #endif
 	if (*(__u16 *)(l4 + 2) != bswap16(VIP_PORT))
 		return XDP_PASS;
+#if SATURATE == 2
+	/* The next flow: the source address's low 16 bits and the source port
+	 * counted up as one 32-bit number. */
+	__u32 counted = (((__u32)bswap16(*(__u16 *)(ip + 14)) << 16) | bswap16(*(__u16 *)l4)) + 1;
+	*(__u16 *)(ip + 14) = bswap16(counted >> 16);
+	*(__u16 *)l4 = bswap16(counted & 0xffff);
+#endif
 	/* A first fragment matches, but its flow has no ports. */
 	ports = (fragw & bswap16(0x2000)) ? 0 : *(__u32 *)l4;
 	__u32 src = *(__u32 *)(ip + 12);
@@ -284,7 +351,26 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	__u32 slot;
 	__u64 new_flow = 0;
 	struct backend *be = 0;
+#if PERCPU_TABLES
+	/* Two call sites, each with its own map: merged into one call on a
+	 * selected map (what clang does unprompted), the verifier would no
+	 * longer know the map there, and would neither inline the lookup nor
+	 * call the update directly. ONE_SITE keeps the branches apart. */
+	__u32 odd = bpf_get_smp_processor_id() & 1;
+	struct flow_value *fv;
+	if (odd) {
+		fv = bpf_map_lookup_elem(&flows_odd, &key);
+		ONE_SITE(fv);
+	} else {
+		fv = bpf_map_lookup_elem(&flows_even, &key);
+	}
+#else
 	struct flow_value *fv = bpf_map_lookup_elem(&flows, &key);
+#endif
+#if PERCPU_FLOWS
+	if (fv && !(fv->reserved & FLOW_MARK))
+		fv = 0;
+#endif
 	if (likely(fv != 0)) {
 		slot = fv->backend;
 		be = bpf_map_lookup_elem(&backends, &slot);
@@ -303,8 +389,17 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 		be = bpf_map_lookup_elem(&backends, &slot);
 		if (!be || !(be->flags & BACKEND_PRESENT))
 			goto no_backend;
-		struct flow_value nv = { .backend = slot };
+		struct flow_value nv = { .backend = slot, .reserved = FLOW_MARK };
+#if PERCPU_TABLES
+		if (odd) {
+			long r = bpf_map_update_elem(&flows_odd, &key, &nv, 0);
+			ONE_SITE(r);
+		} else {
+			bpf_map_update_elem(&flows_even, &key, &nv, 0);
+		}
+#else
 		bpf_map_update_elem(&flows, &key, &nv, 0);
+#endif
 		new_flow = 1;
 	}
 	struct backend_counters *bc = bpf_map_lookup_elem(&stats, &slot);
@@ -313,6 +408,9 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 		bc->bytes += frame_len;
 		bc->new_flows += new_flow;
 	}
+#if SATURATE
+	return XDP_PASS;
+#endif
 
 	/* Encapsulate: the outer headers go between the Ethernet header (the
 	 * MACs as they came, for when the FIB gives no next hop) and the IP
