@@ -110,6 +110,7 @@ static long (*bpf_map_update_elem)(void *map, const void *key, const void *value
 static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
 #endif
 static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *)23;
+static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
 static long (*bpf_xdp_adjust_head)(struct xdp_md *ctx, int delta) = (void *)44;
 static long (*bpf_fib_lookup)(void *ctx, struct bpf_fib_lookup *params, int plen, __u32 flags) = (void *)69;
 
@@ -196,6 +197,12 @@ INLINE __u32 mm3_final(__u32 h, __u32 words)
 #endif
 
 #define MAX_IPV6_EXT 8
+/* Flow entries as xpol's end: a TCP SYN is balanced by the table; other
+ * flows expire after `idle 30s` (xpol_lang::meta::idle_ticks(30) ticks of
+ * 2^30 ns of the coarse clock), their tick written once a tick. Katran
+ * does the same (SYN skips its LRU; UDP entries have an atime). */
+#define IDLE_TICKS 28
+#define FLOW_TICK_SHIFT 30
 #define MAX_L4_OFFSET 1024
 
 SEC("xdp") int katran_like(struct xdp_md *ctx)
@@ -205,6 +212,7 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	__u64 frame_len = data_end - data;
 	struct flow_key key = {};
 	__u32 hash, ip_len, tos, df, ports;
+	__u8 syn = 0;
 
 	if (data + 14 > data_end)
 		return XDP_PASS;
@@ -244,6 +252,9 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 #endif
 	/* A first fragment matches, but its flow has no ports. */
 	ports = (fragw & bswap16(0x2000)) ? 0 : *(__u32 *)l4;
+#if VIP_PROTO == 6
+	syn = (l4[13] & 0x12) == 0x02;
+#endif
 	__u32 src = *(__u32 *)(ip + 12);
 	key.src[0] = src;
 	key.dst[0] = VIP4;
@@ -312,6 +323,9 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	if (*(__u16 *)(l4 + 2) != bswap16(VIP_PORT))
 		return XDP_PASS;
 	ports = frag ? 0 : *(__u32 *)l4;
+#if VIP_PROTO == 6
+	syn = (l4[13] & 0x12) == 0x02;
+#endif
 	__u32 *src = (__u32 *)(ip + 8);
 	__u32 s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3];
 	key.src[0] = s0;
@@ -371,6 +385,19 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	if (fv && !(fv->reserved & FLOW_MARK))
 		fv = 0;
 #endif
+#if VIP_PROTO == 6
+	if (unlikely(syn))
+		fv = 0;
+#elif !PERCPU_FLOWS
+	if (likely(fv != 0)) {
+		__u32 now = bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT;
+		__u32 seen = fv->reserved;
+		if (unlikely(now - seen > IDLE_TICKS))
+			fv = 0;
+		else if (seen != now)
+			fv->reserved = now;
+	}
+#endif
 	if (likely(fv != 0)) {
 		slot = fv->backend;
 		be = bpf_map_lookup_elem(&backends, &slot);
@@ -389,7 +416,11 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 		be = bpf_map_lookup_elem(&backends, &slot);
 		if (!be || !(be->flags & BACKEND_PRESENT))
 			goto no_backend;
+#if PERCPU_FLOWS
 		struct flow_value nv = { .backend = slot, .reserved = FLOW_MARK };
+#else
+		struct flow_value nv = { .backend = slot, .reserved = bpf_ktime_get_coarse_ns() >> FLOW_TICK_SHIFT };
+#endif
 #if PERCPU_TABLES
 		if (odd) {
 			long r = bpf_map_update_elem(&flows_odd, &key, &nv, 0);
