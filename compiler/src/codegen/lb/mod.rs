@@ -235,7 +235,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
             // The flow the other way round.
             let hash = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
-            incoming.push((hash, b.cur()));
+            incoming.push((hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
             b.br(hashed);
         }
 
@@ -248,11 +248,16 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
             let hash = self.flow_key(lb, key, src, dst, sport, dport, proto);
-            incoming.push((hash, b.cur()));
+            // TCP as the parser saw it: a constant where the program was
+            // specialized for the L4 header.
+            incoming.push((hash, b.zext64(get(h.tcp_ok)), b.cur()));
             b.br(hashed);
         }
         b.at(hashed);
-        let hash = b.phi(&incoming);
+        let hash = b.phi(&incoming.iter().map(|&(h, _, bb)| (h, bb)).collect::<Vec<_>>());
+        // The flow's protocol is TCP (the key's: the quoted flow's for an
+        // ICMP error).
+        let flow_tcp = b.phi(&incoming.iter().map(|&(_, t, bb)| (t, bb)).collect::<Vec<_>>());
 
         // The flow table: a flow keeps its backend while the backend's slot
         // holds one. A TCP SYN (without ACK) starts a connection, which the
@@ -276,7 +281,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // an ICMP error) has no end to see: its entry expires when idle.
         let live = b.block("lb_flow_live");
         let idle_check = b.block("lb_flow_idle_check");
-        b.cond_br_likely(b.eq(b.load_raw(key, 36, 1), b.c8(6)), live, idle_check);
+        b.cond_br_likely(b.cmp(IntPredicate::NE, flow_tcp, b.c64(0)), live, idle_check);
         b.at(idle_check);
         let now = flow_tick(b);
         let seen = b.load_raw(flow, 4, 4);
