@@ -81,6 +81,43 @@ const IP_FIELDS: &[(&str, u8)] = &[("ip.src", 0), ("ip.dst", 0), ("ip4.src", 4),
 const MAC_FIELDS: &[&str] = &["eth.src", "eth.dst"];
 const ODD_INTS: &[u64] = &[0, 1, 2, 3, 5, 7, 8, 16, 63, 64, 70, 255, 0xffff, u64::MAX];
 
+/// The values integer field `field` takes, as the checker knows them
+/// (`check::fields::Field::values`): it refuses a field compared directly
+/// with a constant it can never equal (`vlan.depth == 70`, `ip.ecn in
+/// 53..1119`, `ip.len == 3`), so the generator compares fields directly
+/// only in ways some value satisfies, and puts odd values against
+/// arithmetic (which is not range-checked).
+fn field_values(field: &str) -> &'static [(u64, u64)] {
+    xpol_compiler::check::fields::Field::by_name(field).and_then(|f| f.values()).unwrap_or(&[(0, u64::MAX)])
+}
+
+/// Whether field `field` can hold `v`.
+fn fits(field: &str, v: u64) -> bool {
+    field_values(field).iter().any(|&(lo, hi)| lo <= v && v <= hi)
+}
+
+/// Whether some value of `field` satisfies `field OP v`.
+fn satisfiable(field: &str, op: &str, v: u64) -> bool {
+    field_values(field).iter().any(|&(lo, hi)| match op {
+        "==" => lo <= v && v <= hi,
+        "!=" => lo != hi || lo != v,
+        "<" => lo < v,
+        "<=" => lo <= v,
+        ">" => hi > v,
+        _ => hi >= v,
+    })
+}
+
+/// `e` as generated, with a bare integer field wrapped in arithmetic so
+/// that comparing it with any value stays a valid policy.
+fn unranged(e: String) -> String {
+    if INT_FIELDS.iter().any(|(f, _)| *f == e) {
+        format!("({e} | 0)")
+    } else {
+        e
+    }
+}
+
 fn mac_text(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -323,6 +360,10 @@ impl<C: Choice> Gen<'_, C> {
                     let big = self.chance(40);
                     if self.chance(50) {
                         let mut elems = { let n = 1 + self.c.below(6) as usize; self.prefix_elems(n, false) };
+                        // A prefix of each family, so that `ip4.*` and
+                        // `ip6.*` fields can both be tested against it (a
+                        // constant set of the other family only is refused).
+                        elems.push_str(", 203.0.113.0/24, 2001:db8:ffff::/48");
                         if big {
                             for k in 0..17 {
                                 elems.push_str(&format!(", 100.{k}.0.0/16"));
@@ -434,22 +475,33 @@ impl<C: Choice> Gen<'_, C> {
             0..=29 => {
                 let (f, pool) = *self.pick(INT_FIELDS);
                 let op = *self.pick(&["==", "==", "!=", "<", "<=", ">", ">="]);
-                let v = if self.chance(85) { self.pick(pool).to_string() } else { self.pick(ODD_INTS).to_string() };
-                format!("{f} {op} {v}")
+                let v = if self.chance(85) { *self.pick(pool) } else { *self.pick(ODD_INTS) };
+                // A comparison no value of the field satisfies is refused.
+                if satisfiable(f, op, v) {
+                    format!("{f} {op} {v}")
+                } else {
+                    format!("{f} == {}", field_values(f)[0].0)
+                }
             }
             30..=44 => {
                 let (f, pool) = *self.pick(INT_FIELDS);
                 let op = if self.chance(70) { "in" } else { "!in" };
+                // A constant set none of whose elements the field can hold is refused.
+                let mut in_pool: Vec<u64> = pool.iter().copied().filter(|&v| fits(f, v)).collect();
+                if in_pool.is_empty() {
+                    in_pool.push(field_values(f)[0].0);
+                }
                 let rhs = match self.c.below(4) {
-                    0 if !self.names.int_sets.is_empty() => self.pick(&self.names.int_sets.clone()).clone(),
-                    1 if !self.names.ranges.is_empty() => self.pick(&self.names.ranges.clone()).clone(),
+                    0 if !self.names.int_sets.is_empty() && fits(f, 0xffff) => self.pick(&self.names.int_sets.clone()).clone(),
+                    // The declared ranges start at a port: only for fields as wide.
+                    1 if !self.names.ranges.is_empty() && fits(f, 0xffff) => self.pick(&self.names.ranges.clone()).clone(),
                     2 => {
-                        let lo = *self.pick(pool);
+                        let lo = *self.pick(&in_pool);
                         format!("{lo}..{}", lo + self.c.below(100))
                     }
                     _ => {
                         let n = 1 + self.c.below(4);
-                        let v: Vec<String> = (0..n).map(|_| self.pick(pool).to_string()).collect();
+                        let v: Vec<String> = (0..n).map(|_| self.pick(&in_pool).to_string()).collect();
                         format!("{{{}}}", v.join(", "))
                     }
                 };
@@ -497,15 +549,15 @@ impl<C: Choice> Gen<'_, C> {
                 }
             }
             80..=89 => {
-                let a = self.int_expr(2, locals);
+                let a = unranged(self.int_expr(2, locals));
                 let op = *self.pick(&["==", "!=", "<", "<=", ">", ">="]);
-                let b = if self.chance(60) { self.pick(ODD_INTS).to_string() } else { self.int_expr(1, locals) };
+                let b = if self.chance(60) { self.pick(ODD_INTS).to_string() } else { unranged(self.int_expr(1, locals)) };
                 format!("{a} {op} {b}")
             }
             90..=93 => match (self.local(locals, Ty::Bool), self.local(locals, Ty::Ip)) {
                 (Some(b), _) if self.chance(50) => b,
                 (_, Some(ip)) => format!("{ip} in {}", self.pick(V4_NETS)),
-                _ => format!("{} > {}", self.int_expr(1, locals), self.pick(ODD_INTS)),
+                _ => format!("{} > {}", unranged(self.int_expr(1, locals)), self.pick(ODD_INTS)),
             },
             94..=98 => match self.map_read(locals) {
                 Some(r) => format!("{r} {} {}", self.pick(&[">", ">=", "==", "<"]), self.c.below(4)),
