@@ -145,8 +145,9 @@ fn object_mode_follows_the_umask_and_the_sources() {
     assert_eq!(build("022"), 0o600);
 }
 
-/// `--verifier-log` goes through the same checks: a link to a file is
-/// refused, the policy keeps its content.
+/// `--verifier-log` goes through the same checks, before anything is
+/// loaded (the log is written only if the kernel rejects a program): a
+/// link to a file is refused, the policy keeps its content.
 #[test]
 fn verifier_log_is_an_output_like_the_object() {
     if !xpol_runtime::testing::kernel_or_skip("verifier_log_is_an_output_like_the_object") {

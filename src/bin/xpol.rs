@@ -311,6 +311,11 @@ fn load_policy_and_build(
         return Ok((Some(LoadedPolicy::load_with(&object, options).context("loading the policy into the kernel")?), None));
     }
     let build = xpol_compiler::build(policy, &xpol_compiler::BuildOptions::default());
+    if let Some(path) = &rejection.verifier_log {
+        // Refused now rather than after a rejection, if ever.
+        let inputs: Vec<&Path> = build.sources.files().filter_map(|(_, f)| f.path.as_deref()).collect();
+        common::check_output(path, &inputs)?;
+    }
     let loaded = load_build(&build, options, rejection)?;
     Ok((loaded, Some(build)))
 }

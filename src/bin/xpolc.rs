@@ -9,7 +9,7 @@ mod common;
 mod lsp;
 
 use anyhow::{Context, Result};
-use common::write_output;
+use common::{check_output, write_output};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -123,6 +123,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let missing = xpol_compiler::check::lints::missing_interfaces(&out.ir, |name| xpol_runtime::sys::if_nametoindex(name) != 0, severity);
                 interfaces_missing = missing.iter().any(|d| d.is_error());
                 build.diagnostics.extend(missing);
+            }
+            if let (true, Some(path)) = (kernel, &verifier_log) {
+                // Refused now rather than after a rejection, if ever.
+                check_output(path, &input_paths(&build.sources))?;
             }
             if kernel {
                 if let Some(out) = &build.output {

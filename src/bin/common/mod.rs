@@ -26,6 +26,37 @@ use std::path::Path;
 /// - one of `inputs` (same device and inode), a directory, a block device
 ///   or a socket: refused, naming the path.
 pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
+    let (way, inputs) = output_way(path, inputs)?;
+    match way {
+        Way::Replace => replace(path, bytes, &inputs),
+        Way::Stdout => write_into(&mut std::io::stdout().lock(), bytes, path),
+        Way::Into => {
+            let mut file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            write_into(&mut file, bytes, path)
+        }
+    }
+}
+
+/// Refuses `path` now, before any work, when [`write_output`] would
+/// refuse it later (`--verifier-log` is written only if the kernel
+/// rejects a program).
+pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
+    output_way(path, inputs).map(|_| ())
+}
+
+/// How [`write_output`] writes to a path.
+enum Way {
+    /// A new regular file, renamed over the path.
+    Replace,
+    /// This process's standard output.
+    Stdout,
+    /// Opened and written into (a character device, a FIFO).
+    Into,
+}
+
+/// How `path` is to be written (see [`write_output`]), or why not; with
+/// the metadata of `inputs`.
+fn output_way(path: &Path, inputs: &[&Path]) -> Result<(Way, Vec<Metadata>)> {
     let shown = path.display();
     let target = match std::fs::symlink_metadata(path) {
         Ok(m) => Some(m),
@@ -34,14 +65,14 @@ pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
     };
     let inputs: Vec<Metadata> = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).collect();
     let same = |a: &Metadata, b: &Metadata| a.dev() == b.dev() && a.ino() == b.ino();
-    let Some(target) = target else { return replace(path, bytes, &inputs) };
+    let Some(target) = target else { return Ok((Way::Replace, inputs)) };
     let kind = target.file_type();
     if kind.is_symlink() {
         // `metadata` follows the link (and any chain of links).
         let Ok(followed) = std::fs::metadata(path) else { bail!("refusing to write {shown}: it is a symbolic link that leads nowhere; name a file instead") };
         if let Some(stdout) = stdout_metadata() {
             if same(&followed, &stdout) {
-                return write_into(&mut std::io::stdout().lock(), bytes, path);
+                return Ok((Way::Stdout, inputs));
             }
         }
         let kind = followed.file_type();
@@ -58,13 +89,12 @@ pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
         bail!("refusing to write {shown}: it is a directory; name a file in it");
     }
     if kind.is_char_device() || kind.is_fifo() {
-        let mut file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {shown}"))?;
-        return write_into(&mut file, bytes, path);
+        return Ok((Way::Into, inputs));
     }
     if !kind.is_file() {
         bail!("refusing to write {shown}: it is neither a regular file, a character device nor a FIFO");
     }
-    replace(path, bytes, &inputs)
+    Ok((Way::Replace, inputs))
 }
 
 fn write_into(w: &mut impl Write, bytes: &[u8], path: &Path) -> Result<()> {
