@@ -177,15 +177,22 @@ fn heavy_rules(n: usize, seed: u64, drops: bool) -> String {
         let mut pred = String::new();
         for j in 0..terms {
             let op = ["==", "!=", ">", "<"][rng.below(4) as usize];
-            pred.push_str(&format!("{} {op} {}", fields[rng.below(fields.len() as u64) as usize], rng.below(2000)));
+            // A constant the field can hold (the checker refuses a
+            // comparison no packet satisfies).
+            let field = fields[rng.below(fields.len() as u64) as usize];
+            let max = match field {
+                "ip.ttl" | "ip.proto" | "icmp.type" => 255,
+                _ => 1999,
+            };
+            pred.push_str(&format!("{field} {op} {}", 1 + rng.below(max)));
             if j + 1 < terms {
                 pred.push_str(if rng.below(2) == 0 { " || " } else { " && " });
             }
         }
         let body = match i % 3 {
             0 => format!("@m{}[ip.src, tcp.dport, udp.sport] = count();", i % 5),
-            1 if drops => format!("if ip.ttl > {i} {{ @c[ip.dst] = count(); }} else {{ if vlan.id == {i} {{ drop }} }}"),
-            1 => format!("if ip.ttl > {i} {{ @c[ip.dst] = count(); }} else {{ @e[vlan.id] = count(); }}"),
+            1 if drops => format!("if ip.ttl > {} {{ @c[ip.dst] = count(); }} else {{ if vlan.id == {i} {{ drop }} }}", i % 255),
+            1 => format!("if ip.ttl > {} {{ @c[ip.dst] = count(); }} else {{ @e[vlan.id] = count(); }}", i % 255),
             _ => format!("let x = tcp.dport + udp.dport; if x > {i} {{ @s[ip.src] = sum(pkt.len); }}"),
         };
         text.push_str(&format!("xdp /{pred}/ {{ {body} }}\n"));

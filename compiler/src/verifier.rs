@@ -190,6 +190,12 @@ const CATALOG: &[Class] = &[
         help: "xpol objects declare the GPL license; an object whose license section was changed cannot call this helper",
     },
     Class {
+        code: "xpol::verifier::too_long_once_rewritten",
+        patterns: &["cannot be patched due to 16-bit range"],
+        cause: "the program is too long once the kernel has rewritten it: inlining map lookups (several instructions each) pushed a jump past the 32,767 instructions a BPF jump can span",
+        help: "this limit only the kernel can check (it removes unreachable code first, then inlines): put long literal sets in a `set`, merge rules with the same verdict with `in { ... }`, or use fewer `@map` updates in this hook",
+    },
+    Class {
         code: "xpol::verifier::too_many_maps",
         patterns: &["number of maps per program has reached the limit"],
         cause: "the program uses more maps than the kernel allows one program (64): each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share three), besides the few xpol uses itself (rule counters, and parsed facts in long policies)",

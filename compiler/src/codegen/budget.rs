@@ -29,16 +29,13 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
             Some(span) => d.with_label(span, label),
             None => d,
         };
-        let code = program_code(object, &section, start, insns);
-        if let Some((crossing, kernel_insns)) = size_crossing(&code, MAX_PROGRAM_INSNS) {
-            let d = Diagnostic::error(
-                "xpol::budget::program_size",
-                format!("the `{hook}` program needs about {kernel_insns} instructions once the kernel has inlined its map lookups ({insns} as compiled), more than the {MAX_PROGRAM_INSNS} a BPF jump can span"),
-            )
-            .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`");
-            diags.push(at(crossing, "the program passes the limit here", d));
+        if insns > MAX_PROGRAM_INSNS {
+            let d = Diagnostic::error("xpol::budget::program_size", format!("the `{hook}` program needs {insns} instructions, more than the {MAX_PROGRAM_INSNS} a BPF jump can span"))
+                .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`");
+            diags.push(at(MAX_PROGRAM_INSNS, "the program passes the limit here", d));
             continue;
         }
+        let code = program_code(object, &section, start, insns);
         let maps = crate::verifier::first_map_uses(object, name);
         if let Some(&insn) = maps.get(MAX_MAPS_PER_PROGRAM) {
             let d = Diagnostic::error(
@@ -62,37 +59,6 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
     } else {
         Err(diags)
     }
-}
-
-/// Instructions the kernel adds when it inlines a helper call while it
-/// verifies: `bpf_map_lookup_elem` on an array, per-CPU array or hash map
-/// becomes the lookup itself (up to about nine instructions for one), and
-/// `bpf_get_smp_processor_id` two or three. Jumps must still reach over
-/// them in 16 bits ("insn N cannot be patched due to 16-bit range").
-const INLINED_LOOKUP_GROWTH: usize = 9;
-const INLINED_CPU_ID_GROWTH: usize = 3;
-
-/// Where the program, as the kernel will rewrite it (see
-/// [`INLINED_LOOKUP_GROWTH`]; an estimate from above, every lookup taken
-/// as inlined), passes `limit` instructions: the instruction (from the
-/// program's start) and the estimated whole size.
-fn size_crossing(code: &[u8], limit: usize) -> Option<(usize, usize)> {
-    const CALL: u8 = 0x85;
-    let mut size = 0;
-    let mut crossing = None;
-    for (i, insn) in code.chunks_exact(8).enumerate() {
-        let helper = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
-        size += 1 + match (insn[0], insn[1] >> 4, helper) {
-            // A helper call (source register 0), by id.
-            (CALL, 0, 1) => INLINED_LOOKUP_GROWTH,
-            (CALL, 0, 8) => INLINED_CPU_ID_GROWTH,
-            _ => 0,
-        };
-        if size > limit && crossing.is_none() {
-            crossing = Some(i);
-        }
-    }
-    crossing.map(|i| (i, size))
 }
 
 /// The program's instructions (8 bytes each), empty when they cannot be read.
@@ -223,16 +189,6 @@ mod tests {
     fn insn(opcode: u8, off: i16) -> [u8; 8] {
         let o = off.to_le_bytes();
         [opcode, 0, o[0], o[1], 0, 0, 0, 0]
-    }
-
-    #[test]
-    fn map_lookups_count_as_inlined() {
-        let call = |id: u8| [0x85, 0, 0, 0, id, 0, 0, 0];
-        let code: Vec<u8> = [call(1), insn(0xb7, 0), call(8), insn(0x95, 0)].concat();
-        // 4 instructions, 9 + 3 more once inlined.
-        assert_eq!(super::size_crossing(&code, 16), None);
-        assert_eq!(super::size_crossing(&code, 15), Some((3, 16)));
-        assert_eq!(super::size_crossing(&code, 5), Some((0, 16)));
     }
 
     #[test]
