@@ -40,25 +40,9 @@ pub const DISTRIBUTION_BOUND: f64 = 0.02;
 /// Removals measured per N in a full run (at least).
 pub const REMOVALS: usize = 5000;
 
-/// splitmix64: deterministic pools and flows without a dependency.
-pub struct Rng(pub u64);
+/// Deterministic pools and flows: the splitmix64 the Maglev shuffle uses.
+pub use xpol_lang::maglev::SplitMix64 as Rng;
 
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        let mut g = xpol_lang::maglev::SplitMix64(self.0);
-        let x = g.next();
-        self.0 = g.0;
-        x
-    }
-    fn word(&mut self) -> u32 {
-        (self.next() >> 32) as u32
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// `n` distinct random IPv4 addresses.
 fn ipv4_pool(rng: &mut Rng, n: usize) -> Vec<[u8; 4]> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);

@@ -271,6 +271,17 @@ impl SplitMix64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+
+    /// 32 random bits: the high word of [`SplitMix64::next`].
+    pub fn word(&mut self) -> u32 {
+        (self.next() >> 32) as u32
+    }
+
+    /// A number in `0..n` (`n > 0`; by remainder, so very slightly
+    /// uneven: for tests and benchmarks, not the table's shuffle).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
 }
 
 /// The shuffle of `0..size` every preference list of a table of `size`
@@ -402,25 +413,11 @@ mod tests {
     use super::*;
 
     /// splitmix64: a small deterministic generator for the property tests.
-    struct Rng(u64);
+    use super::SplitMix64 as Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut g = SplitMix64(self.0);
-            let x = g.next();
-            self.0 = g.0;
-            x
-        }
-        fn word(&mut self) -> u32 {
-            (self.next() >> 32) as u32
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn shuffle<T>(&mut self, v: &mut [T]) {
-            for i in (1..v.len()).rev() {
-                v.swap(i, self.below(i + 1));
-            }
+    fn shuffle_in_place<T>(rng: &mut Rng, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, rng.below(i + 1));
         }
     }
 
@@ -682,7 +679,7 @@ mod tests {
             let expected = by_address(&table, &backends);
             for _ in 0..3 {
                 let mut shuffled = backends.clone();
-                rng.shuffle(&mut shuffled);
+                shuffle_in_place(&mut rng, &mut shuffled);
                 let again = build_table(&shuffled, DEFAULT_TABLE_SIZE).unwrap();
                 assert_eq!(by_address(&again, &shuffled), expected, "n={n}");
             }
