@@ -25,6 +25,20 @@ struct Client {
 }
 
 impl Client {
+    /// A server past the handshake (`initialize`, `initialized`), with
+    /// its answer to `initialize`.
+    fn initialized() -> (Client, Value) {
+        let mut client = Client::start();
+        let init = client.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": {} }));
+        client.notify("initialized", json!({}));
+        (client, init)
+    }
+
+    /// Opens document `uri` with `text` (version 1).
+    fn open(&mut self, uri: &str, text: &str) {
+        self.notify("textDocument/didOpen", json!({ "textDocument": { "uri": uri, "languageId": "xpol", "version": 1, "text": text } }));
+    }
+
     fn start() -> Client {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xpolc"))
             .arg("lsp")
@@ -148,20 +162,14 @@ fn an_editor_session_on_the_firewall_example() {
     let example = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/firewall.xpol")).unwrap();
     let good = std::fs::read_to_string(&example).unwrap();
     let uri = file_uri(&example);
-    let mut client = Client::start();
-
-    let init = client.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": {} }));
+    let (mut client, init) = Client::initialized();
     assert_eq!(init["serverInfo"]["name"], "xpolc");
     assert_eq!(init["capabilities"]["hoverProvider"], true);
-    client.notify("initialized", json!({}));
 
     // An unknown field typed into the buffer (not on disk): reported at
     // the field, with the suggestion in the message.
     let bad = good.replace("tcp.dport == 23", "tcp.dprt == 23");
-    client.notify(
-        "textDocument/didOpen",
-        json!({ "textDocument": { "uri": uri, "languageId": "xpol", "version": 1, "text": bad } }),
-    );
+    client.open(&uri, &bad);
     let diags = client.diagnostics(&uri);
     let errs = errors(&diags);
     assert_eq!(errs.len(), 1, "{diags:?}");
@@ -305,13 +313,8 @@ fn errors_in_an_included_file_are_published_for_that_file() {
     let main_text = "include \"inc.xpol\"\nxdp /ip.src in inc_set/ { drop }\nxdp { pass }\n";
     let (main_uri, inc_uri) = (file_uri(&main), file_uri(&included));
 
-    let mut client = Client::start();
-    client.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": {} }));
-    client.notify("initialized", json!({}));
-    client.notify(
-        "textDocument/didOpen",
-        json!({ "textDocument": { "uri": main_uri, "languageId": "xpol", "version": 1, "text": main_text } }),
-    );
+    let (mut client, _) = Client::initialized();
+    client.open(&main_uri, &main_text);
     let diags = client.diagnostics(&inc_uri);
     let errs = errors(&diags);
     assert_eq!(errs.len(), 1, "{diags:?}");
@@ -344,22 +347,14 @@ fn saving_an_included_file_rechecks_the_documents_that_include_it() {
     std::fs::write(&main, main_text).unwrap();
     let (main_uri, inc_uri) = (file_uri(&main), file_uri(&included));
 
-    let mut client = Client::start();
-    client.request("initialize", json!({ "processId": null, "rootUri": null, "capabilities": {} }));
-    client.notify("initialized", json!({}));
-    client.notify(
-        "textDocument/didOpen",
-        json!({ "textDocument": { "uri": main_uri, "languageId": "xpol", "version": 1, "text": main_text } }),
-    );
+    let (mut client, _) = Client::initialized();
+    client.open(&main_uri, &main_text);
     assert_eq!(errors(&client.diagnostics(&inc_uri)).len(), 1);
 
     // The include is fixed in the editor and saved.
     let fixed = "xdp /udp.dport == 53/ { drop }\n";
     std::fs::write(&included, fixed).unwrap();
-    client.notify(
-        "textDocument/didOpen",
-        json!({ "textDocument": { "uri": inc_uri, "languageId": "xpol", "version": 1, "text": fixed } }),
-    );
+    client.open(&inc_uri, &fixed);
     client.notify("textDocument/didSave", json!({ "textDocument": { "uri": inc_uri } }));
     // main.xpol's stale error in inc.xpol is withdrawn once main is
     // checked again; until then the union still holds it.
