@@ -268,6 +268,10 @@ pub struct Bpf<'a, 'ctx> {
     pub located: std::cell::RefCell<Vec<super::Located>>,
     /// Test-only fault, see [`Bpf::br_if_null`].
     pub omit_null_check: bool,
+    /// The program is not specialized (`codegen::specialized`): it may
+    /// have thousands of rules, and its IR is shaped so that LLVM's passes
+    /// stay near linear in its length (see [`Bpf::stack_buf`]).
+    pub long_program: bool,
     /// Once [`Bpf::spill_facts`] ran: where the parsed facts go.
     facts: std::cell::RefCell<Option<FactsInMap<'ctx>>>,
     /// See [`Bpf::cpu`].
@@ -364,7 +368,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let b = m.cx.create_builder();
         let entry = m.cx.append_basic_block(func, "entry");
         b.position_at_end(entry);
-        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default(), current_span: Default::default(), stack_uses: Default::default() }
+        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, long_program: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default(), current_span: Default::default(), stack_uses: Default::default() }
     }
 
     /// Attributes the instructions built from now on to `span` (a debug
@@ -826,6 +830,18 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// A zeroed stack buffer of `n` bytes for map keys and values. Buffers
     /// are shared by purpose and size, so a caller must finish with one
     /// (its helper call made) before asking for the same one again.
+    ///
+    /// In a long program (`long_program`) thousands of rules share a
+    /// buffer, and two things LLVM does with a buffer were quadratic in its
+    /// uses: instcombine walks every user of a stack slot, through casts
+    /// and offsets, each time one of them changes, to see whether the slot
+    /// can go; and a store of a zero array becomes a store per byte that
+    /// memcpyopt merges again into a memset, updating its memory SSA each
+    /// time. There the buffer is used through one `i8*` made next to the
+    /// slot through `llvm.launder.invariant.group` (the same address; the
+    /// backend drops the call), so that the slot has one user, and zeroed
+    /// with one store of its width or one memset (which the backend writes
+    /// as the widest aligned stores).
     pub fn stack_buf(&self, n: u32, purpose: &'static str) -> PointerValue<'ctx> {
         let arr = self.m.i8().array_type(n.max(1));
         let p = *self.scratch.borrow_mut().entry((purpose, n)).or_insert_with(|| {
@@ -834,10 +850,40 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             if let Some(i) = p.as_instruction() {
                 let _ = i.set_alignment(8);
             }
-            p
+            if !self.long_program {
+                return p;
+            }
+            let tmp = self.m.cx.create_builder();
+            match p.as_instruction().and_then(|i| i.get_next_instruction()) {
+                Some(next) => tmp.position_before(&next),
+                None => tmp.position_at_end(self.entry),
+            }
+            let raw = ok(tmp.build_pointer_cast(p, self.m.i8_ptr(), "slot"));
+            self.launder(&tmp, raw)
         });
-        ok(self.b.build_store(p, arr.const_zero()));
-        ok(self.b.build_pointer_cast(p, self.m.i8_ptr(), "buf"))
+        if !self.long_program {
+            ok(self.b.build_store(p, arr.const_zero()));
+            return ok(self.b.build_pointer_cast(p, self.m.i8_ptr(), "buf"));
+        }
+        let n = n.max(1);
+        if n.is_power_of_two() && n <= 8 {
+            let word = self.m.cx.custom_width_int_type(std::num::NonZeroU32::new(n * 8).expect("n > 0")).expect("an integer type");
+            self.store_at(p, 0, word.const_zero());
+        } else {
+            ok(self.b.build_memset(p, 8, self.m.i8().const_zero(), self.m.cx.i64_type().const_int(u64::from(n), false)));
+        }
+        p
+    }
+
+    /// `p` through `llvm.launder.invariant.group`, built with `b`: the same
+    /// address (alias analysis sees through it; the backend drops the
+    /// call), but a stack slot used only through it has one user for
+    /// LLVM's passes that walk a slot's users (see [`Bpf::stack_buf`]).
+    fn launder(&self, b: &Builder<'ctx>, p: PointerValue<'ctx>) -> PointerValue<'ctx> {
+        let launder = inkwell::intrinsics::Intrinsic::find("llvm.launder.invariant.group")
+            .and_then(|i| i.get_declaration(&self.m.module, &[p.get_type().into()]))
+            .expect("LLVM has llvm.launder.invariant.group");
+        ok(b.build_call(launder, &[p.into()], "laundered")).try_as_basic_value().basic().expect("returns a pointer").into_pointer_value()
     }
 
     // ------------------------------------------------------------ helpers and maps

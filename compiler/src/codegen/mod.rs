@@ -464,6 +464,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
         let mut b = Bpf::new(&m, func, sub, sources, &files);
         b.omit_null_check = options.faults.omit_null_check;
+        b.long_program = !specialize;
         b.scopes.borrow_mut().push((first.file, sub.as_debug_info_scope(), None));
         b.set_location(sub.as_debug_info_scope(), line, 1);
         if prog.hook == Hook::TcEgress && !policy.nat_pools.is_empty() {
