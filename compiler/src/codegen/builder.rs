@@ -291,7 +291,12 @@ pub struct Bpf<'a, 'ctx> {
 /// there and whether it is stored yet; the instruction before which stores
 /// go (the end of the block that copies the facts, before any rule).
 struct FactsInMap<'ctx> {
+    /// The map value, as looked up: where the copy block stores.
+    copy_to: PointerValue<'ctx>,
+    /// Where the rules read: the map value as last reloaded from `saved`
+    /// ([`Bpf::reload_facts_pointer`]).
     value: PointerValue<'ctx>,
+    saved: PointerValue<'ctx>,
     slots: Vec<(PointerValue<'ctx>, u64, bool)>,
     store_before: InstructionValue<'ctx>,
 }
@@ -612,7 +617,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             slot.2 = true;
             let here = self.cur();
             self.b.position_before(&f.store_before);
-            self.store_at(f.value, off, self.zext64(self.get(p)));
+            self.store_at(f.copy_to, off, self.zext64(self.get(p)));
             self.b.position_at_end(here);
         }
         let v = self.load_raw(f.value, off, 8);
@@ -652,12 +657,33 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.ret(fallback);
         self.at(found);
         self.store_at(value, 8 * slots.len() as u64, pkt_len);
+        let saved = self.slot(value.get_type(), "facts_ptr");
+        let saved = self.launder(&self.b, saved);
+        ok(self.b.build_store(saved, value));
         let rules = self.block("rules");
         self.br(rules);
         let store_before = found.get_terminator().expect("the copy block ends with a branch");
         self.at(rules);
         let slots = slots.iter().enumerate().map(|(i, &slot)| (slot, 8 * i as u64, false)).collect();
-        *self.facts.borrow_mut() = Some(FactsInMap { value, slots, store_before });
+        *self.facts.borrow_mut() = Some(FactsInMap { copy_to: value, value, saved, slots, store_before });
+    }
+
+    /// From here on, the rules read the facts through the map value's
+    /// address as reloaded from the stack (a volatile load, one
+    /// instruction), not through one register kept from the lookup:
+    /// LLVM would otherwise keep the address, and the address of each fact
+    /// read, live across every rule of a long program, and register
+    /// allocation over thousands of rules with dozens of such ranges grew
+    /// quadratically. Called at the start of each rule and of each
+    /// counting tail; the address read must dominate its uses.
+    pub fn reload_facts_pointer(&self) {
+        let mut facts = self.facts.borrow_mut();
+        let Some(f) = facts.as_mut() else { return };
+        let v = ok(self.b.build_load(f.saved, "facts")).into_pointer_value();
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_volatile(true);
+        }
+        f.value = v;
     }
 
     pub fn set(&self, p: PointerValue<'ctx>, v: IntValue<'ctx>) {

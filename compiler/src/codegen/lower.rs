@@ -194,6 +194,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
         let rule = self.b.phi(&into_tail.iter().map(|(r, _, bb)| (*r, *bb)).collect::<Vec<_>>());
         let code = self.b.phi(&into_tail.iter().map(|(_, c, bb)| (*c, *bb)).collect::<Vec<_>>());
+        self.b.reload_facts_pointer();
         self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
         self.b.ret_value(code);
     }
@@ -204,6 +205,9 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     fn rule(&mut self, probe: &ir::Probe, tail: Option<(BasicBlock<'ctx>, &mut Vec<IntoTail<'ctx>>)>) {
         let i32t = self.b.m.cx.i32_type();
         self.loc(probe.span);
+        if tail.is_some() {
+            self.b.reload_facts_pointer();
+        }
         let next = self.b.block("next_rule");
         let fire = self.b.block("rule");
         match &probe.predicate {
