@@ -94,9 +94,53 @@ pub struct Lower<'l, 'a, 'ctx> {
     raw_v4: std::cell::RefCell<HashMap<IntValue<'ctx>, IntValue<'ctx>>>,
 }
 
-/// A jump into the shared counting tail: rule number, return code, and
-/// the block it comes from.
-type IntoTail<'ctx> = (IntValue<'ctx>, IntValue<'ctx>, BasicBlock<'ctx>);
+/// Verdict-only rules that share one counting tail in long programs.
+pub const TAIL_RULES: usize = 256;
+
+/// The counting tails of a long program (`Lower::rules_on_facts_map`):
+/// verdict-only rules jump to the tail of their verdict, which counts the
+/// rule (its number a phi of the rules that jump there) and returns the
+/// verdict. A tail per verdict, so that the return code is a constant: a
+/// phi of a few constants over thousands of rules made LLVM keep each
+/// constant in one register across the whole program, and its register
+/// coalescing grew quadratically. And new tails after every
+/// [`TAIL_RULES`] rules: LLVM's passes revisit all of a phi's entries
+/// each time one changes, which made one tail for thousands of rules
+/// quadratic in compile time.
+#[derive(Default)]
+struct Tails<'ctx> {
+    /// Tails of the current run of rules.
+    open: Vec<Tail<'ctx>>,
+    /// Rules that jumped into `open`.
+    rules: usize,
+    done: Vec<Tail<'ctx>>,
+}
+
+struct Tail<'ctx> {
+    code: u64,
+    block: BasicBlock<'ctx>,
+    /// The rule number of each block that jumps here.
+    from: Vec<(IntValue<'ctx>, BasicBlock<'ctx>)>,
+}
+
+impl<'ctx> Tails<'ctx> {
+    /// The tail a rule returning `code` jumps to.
+    fn to(&mut self, b: &Bpf<'_, 'ctx>, code: u64) -> &mut Tail<'ctx> {
+        if self.rules == TAIL_RULES {
+            self.done.append(&mut self.open);
+            self.rules = 0;
+        }
+        self.rules += 1;
+        let i = match self.open.iter().position(|t| t.code == code) {
+            Some(i) => i,
+            None => {
+                self.open.push(Tail { code, block: b.block("count_and_return"), from: Vec::new() });
+                self.open.len() - 1
+            }
+        };
+        &mut self.open[i]
+    }
+}
 
 /// Return codes: XDP actions, or TC actions for `tc:*` hooks.
 fn verdict_code(hook: Hook, v: Verdict) -> u64 {
@@ -173,39 +217,35 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     }
 
     /// Long programs: the facts are in a map, and rules whose body is only
-    /// a verdict share one tail that counts and returns: such a rule then
-    /// costs its predicate and a jump.
+    /// a verdict share a tail that counts and returns ([`Tails`]): such a
+    /// rule then costs its predicate, its rule number and a jump.
     fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) {
         if let Some((_, at)) = l4 {
             parse::parse_l4_here(self.b, &self.h, &at);
         }
         self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
-        let tail = self.b.block("count_and_return");
-        let mut into_tail = Vec::new();
+        let mut tails = Tails::default();
         for probe in probes {
-            self.rule(probe, Some((tail, &mut into_tail)));
+            self.rule(probe, Some(&mut tails));
         }
         // No rule decided: pass.
         self.b.ret(verdict_code(self.hook, Verdict::Pass));
-        self.b.at(tail);
-        if into_tail.is_empty() {
-            self.b.ret(verdict_code(self.hook, Verdict::Pass));
-            return;
+        for tail in tails.done.into_iter().chain(tails.open) {
+            self.b.at(tail.block);
+            let rule = self.b.phi(&tail.from);
+            self.b.reload_facts_pointer();
+            self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
+            self.b.ret_apart(tail.code);
         }
-        let rule = self.b.phi(&into_tail.iter().map(|(r, _, bb)| (*r, *bb)).collect::<Vec<_>>());
-        let code = self.b.phi(&into_tail.iter().map(|(_, c, bb)| (*c, *bb)).collect::<Vec<_>>());
-        self.b.reload_facts_pointer();
-        self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
-        self.b.ret_value(code);
     }
 
     /// One probe: its predicate, then its body (counted), or on to the
-    /// next probe. With `tail`, a body that is only a verdict jumps there
-    /// with its rule number and return code, pushed to the list.
-    fn rule(&mut self, probe: &ir::Probe, tail: Option<(BasicBlock<'ctx>, &mut Vec<IntoTail<'ctx>>)>) {
+    /// next probe. With `tails`, a body that is only a verdict jumps to
+    /// the tail of its verdict with its rule number.
+    fn rule(&mut self, probe: &ir::Probe, tails: Option<&mut Tails<'ctx>>) {
         let i32t = self.b.m.cx.i32_type();
         self.loc(probe.span);
-        if tail.is_some() {
+        if tails.is_some() {
             self.b.reload_facts_pointer();
         }
         let next = self.b.block("next_rule");
@@ -216,10 +256,10 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
         self.b.at(fire);
         self.loc(probe.span);
-        if let (Some((tail, into_tail)), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tail, probe.body.as_slice()) {
-            let code = i32t.const_int(verdict_code(self.hook, *v), false);
-            into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
-            self.b.br(tail);
+        if let (Some(tails), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tails, probe.body.as_slice()) {
+            let tail = tails.to(self.b, verdict_code(self.hook, *v));
+            tail.from.push((i32t.const_int(probe.rule as u64, false), self.b.cur()));
+            self.b.br(tail.block);
         } else {
             self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.b.pkt_len(self.h.pkt_len));
             self.stmts(&probe.body);
