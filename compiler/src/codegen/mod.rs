@@ -146,9 +146,31 @@ fn ipv4_sizing(policy: &ir::Policy) -> Ipv4Sizing {
 }
 
 /// Up to this many rules, rules are emitted once per parse outcome and the
-/// module gets LLVM's O2; beyond, once, with O1: O2's jump threading and the
-/// copies grow faster than linearly with the number of rules.
+/// module gets LLVM's O2; beyond, once, with [`LONG_PASSES`]: O2's jump
+/// threading and the copies grow faster than linearly with the number of
+/// rules.
 pub const SPECIALIZE_MAX_RULES: usize = 64;
+
+/// LLVM's passes for policies of more than [`SPECIALIZE_MAX_RULES`] rules:
+/// scalar replacement of the stack slots, CSE, CFG simplification with
+/// the hoisting of what both sides of a branch begin with, instcombine.
+/// What the rest of O1 adds (the inliner's and loop pipelines, IPSCCP,
+/// the later instcombines and reassociation, vectorizers) runs over the
+/// whole program for nothing there: the code is a chain of rules without
+/// loops or calls. Measured against O1 on 87 generated policies of 65 to
+/// 2,500 rules: 2.6% fewer instructions in all (from 18% fewer to 2%
+/// more), and on 5,000 random rules 2.4 s of passes instead of 9.0 s.
+/// Every one of those programs still verified in the kernel.
+pub const LONG_PASSES: &str = "function(sroa,early-cse,simplifycfg,instcombine,simplifycfg<hoist-common-insts>)";
+
+/// The passes for `policy`'s module.
+fn passes(policy: &ir::Policy) -> &'static str {
+    if policy.rules.len() <= SPECIALIZE_MAX_RULES {
+        "default<O2>"
+    } else {
+        LONG_PASSES
+    }
+}
 
 /// Up to this [`branch_weight`], rules may be specialized per parse end with
 /// the facts in registers. There the verifier follows each parser path
@@ -499,7 +521,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
     m.module.verify().map_err(|e| codegen_error(format!("LLVM rejected the generated module: {}", e.to_string())))?;
     m.module
-        .run_passes(if policy.rules.len() <= SPECIALIZE_MAX_RULES { "default<O2>" } else { "default<O1>" }, &tm, PassBuilderOptions::create())
+        .run_passes(passes(policy), &tm, PassBuilderOptions::create())
         .map_err(|e| codegen_error(format!("LLVM optimisation failed: {}", e.to_string())))?;
     m.lay_out_likely_fallthrough();
 
