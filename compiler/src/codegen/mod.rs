@@ -507,9 +507,15 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
         meta.programs.push(meta::ProgramMeta { hook: prog.hook.as_str().to_string(), name: fname.to_string(), section: section(prog.hook).to_string() });
     }
+    // Each rule's probe by rule number, found once (a search per rule was
+    // quadratic in the rules).
+    let mut probes: HashMap<ir::RuleId, &ir::Probe> = HashMap::new();
+    for p in policy.programs.iter().flat_map(|p| &p.probes) {
+        probes.entry(p.rule).or_insert(p);
+    }
     for r in &policy.rules {
         let (file, line, column) = sources.location(r.span);
-        let probe = policy.programs.iter().flat_map(|p| &p.probes).find(|p| p.rule == r.id);
+        let probe = probes.get(&r.id).copied();
         let verdict = probe.map_or("none", |p| rule_verdict(&p.body)).to_string();
         meta.rules.push(meta::RuleMeta { id: r.id, hook: r.hook.as_str().to_string(), file: file.to_string(), line, column, text: r.text.clone(), verdict, label: r.label.clone() });
     }
