@@ -301,6 +301,17 @@ struct FactsInMap<'ctx> {
     store_before: InstructionValue<'ctx>,
 }
 
+/// Makes `cx` drop the names of instructions, blocks and arguments (not
+/// of globals, which the object's symbols and maps need): for objects
+/// only, when no textual IR or assembly is asked for. Naming costs: each
+/// name goes into the function's symbol table, made unique there, and out
+/// again when the module is freed; with the names, a tenth of the time of
+/// refusing 20,000 rules went to that table.
+pub fn discard_value_names(cx: &Context) {
+    // SAFETY: `cx` is a live context; the call only sets a flag on it.
+    unsafe { llvm_sys::core::LLVMContextSetDiscardValueNames(cx.raw(), 1) };
+}
+
 /// Errors LLVM reports while it generates code, such as the BPF backend's
 /// "stack limit of 512 bytes is exceeded". Without a handler LLVM prints
 /// them and exits the process; with this one they are collected and the

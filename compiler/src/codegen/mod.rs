@@ -269,6 +269,9 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         .ok_or_else(|| codegen_error("LLVM could not create a BPF target machine"))?;
 
     let cx = Context::create();
+    if !options.text {
+        builder::discard_value_names(&cx);
+    }
     let llvm_errors = builder::LlvmErrors::install(&cx);
     let module = cx.create_module("xpol");
     module.set_triple(&triple);
