@@ -47,6 +47,10 @@ pub struct Generated {
     pub meta: ObjectMeta,
     pub llvm_ir: String,
     pub asm: String,
+    /// How long each phase took (building the LLVM IR, LLVM's verifier,
+    /// LLVM's passes, emitting the object, the budget checks), for
+    /// `benches/compile.rs`.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 pub fn program_name(hook: Hook) -> &'static str {
@@ -261,6 +265,7 @@ fn ends(body: &[ir::Stmt]) -> bool {
 }
 
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
+    let mut watch = Stopwatch::start();
     Target::initialize_bpf(&InitializationConfig::default());
     let triple = TargetTriple::create("bpfel");
     let target = Target::from_triple(&triple).map_err(|e| codegen_error(format!("LLVM has no BPF target: {e}")))?;
@@ -528,11 +533,14 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     m.blob("xpol_meta", meta::META_SECTION, &meta_json);
     m.di.finalize();
 
+    watch.lap("LLVM IR");
     m.module.verify().map_err(|e| codegen_error(format!("LLVM rejected the generated module: {}", e.to_string())))?;
+    watch.lap("LLVM verifier");
     m.module
         .run_passes(passes(policy), &tm, PassBuilderOptions::create())
         .map_err(|e| codegen_error(format!("LLVM optimisation failed: {}", e.to_string())))?;
     m.lay_out_likely_fallthrough();
+    watch.lap("LLVM passes");
 
     let (llvm_ir, asm) = if options.text {
         let asm = tm.write_to_memory_buffer(&m.module, FileType::Assembly).map_err(|e| codegen_error(e.to_string()))?;
@@ -541,12 +549,33 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         (String::new(), String::new())
     };
     let obj = tm.write_to_memory_buffer(&m.module, FileType::Object).map_err(|e| codegen_error(e.to_string()))?;
+    watch.lap("object");
     let errors = llvm_errors.take();
     if !errors.is_empty() {
         return Err(llvm_failures(&errors, policy, &stack_uses));
     }
     budget::check_object(obj.as_slice(), policy, &located, sources)?;
-    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm })
+    watch.lap("budgets");
+    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm, phases: watch.phases })
+}
+
+/// Phases' durations, one after another.
+struct Stopwatch {
+    phases: Vec<(&'static str, std::time::Duration)>,
+    started: std::time::Instant,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch { phases: Vec::new(), started: std::time::Instant::now() }
+    }
+
+    /// The phase `name` ended now.
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now - self.started));
+        self.started = now;
+    }
 }
 
 /// Errors the BPF backend reported (it still wrote an object, which must
