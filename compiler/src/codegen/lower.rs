@@ -5,12 +5,13 @@
 //! boolean is a pair of flags (`t`: known true, `f`: known false; neither:
 //! unknown). A predicate or `if` condition holds only when it is known true.
 
+use super::budget::SizeFloor;
 use super::builder::{Bpf, Counters, MapDef, TableDef, BPF_ANY, BPF_NOEXIST};
 use super::parse::{self, Headers, L4At};
 use crate::check::fields::Field;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
 use inkwell::basic_block::BasicBlock;
-use inkwell::values::{IntValue, PointerValue};
+use inkwell::values::{InstructionOpcode, IntValue, PointerValue};
 use inkwell::IntPredicate;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -95,6 +96,9 @@ pub struct Lower<'l, 'a, 'ctx> {
     /// The predicate being lowered has one location, its own: the
     /// comparisons in it get none of theirs (see `Lower::rule`).
     predicate_located: bool,
+    /// What the program certainly takes, when it reads the facts from the
+    /// facts map.
+    pub floor: SizeFloor,
 }
 
 /// Verdict-only rules that share one counting tail in long programs.
@@ -145,6 +149,14 @@ impl<'ctx> Tails<'ctx> {
     }
 }
 
+/// The volatile loads in `bb` (reads of the facts map, see
+/// [`SizeFloor`]).
+fn volatile_loads(bb: BasicBlock<'_>) -> usize {
+    std::iter::successors(bb.get_first_instruction(), |i| i.get_next_instruction())
+        .filter(|i| i.get_opcode() == InstructionOpcode::Load && i.get_volatile() == Ok(true))
+        .count()
+}
+
 /// Return codes: XDP actions, or TC actions for `tc:*` hooks.
 fn verdict_code(hook: Hook, v: Verdict) -> u64 {
     match (hook, v) {
@@ -171,7 +183,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         maps: &'l Maps<'ctx>,
         hook: Hook,
     ) -> Self {
-        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default(), predicate_located: false }
+        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default(), predicate_located: false, floor: SizeFloor::default() }
     }
 
     fn loc(&mut self, span: Span) {
@@ -182,10 +194,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// the first probe that reads L4 fields, before which the L4 header is
     /// parsed. With `facts_map`, the L4 header is parsed first and every
     /// fact moved into that map (see [`Bpf::spill_facts`]).
-    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, facts_map: Option<MapDef<'ctx>>) {
+    ///
+    /// Returns, for a long program certainly too large (see
+    /// [`SizeFloor`], in `floor`), the index of the probe where it crosses
+    /// the limit; the lowering stopped there.
+    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, facts_map: Option<MapDef<'ctx>>) -> Option<usize> {
         match facts_map {
             Some(map) => self.rules_on_facts_map(probes, l4, map),
-            None => self.rules_in_place(probes, l4),
+            None => {
+                self.rules_in_place(probes, l4);
+                None
+            }
         }
     }
 
@@ -222,14 +241,20 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// Long programs: the facts are in a map, and rules whose body is only
     /// a verdict share a tail that counts and returns ([`Tails`]): such a
     /// rule then costs its predicate, its rule number and a jump.
-    fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) {
+    /// Stops early, returning the probe where the program crosses the size
+    /// limit, when its [`SizeFloor`] does.
+    fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) -> Option<usize> {
         if let Some((_, at)) = l4 {
             parse::parse_l4_here(self.b, &self.h, &at);
         }
         self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
         let mut tails = Tails::default();
-        for probe in probes {
+        for (i, probe) in probes.iter().enumerate() {
+            let start = self.b.cur();
             self.rule(probe, Some(&mut tails));
+            if self.floor.add(probe, volatile_loads(start)) {
+                return Some(i);
+            }
         }
         // No rule decided: pass.
         self.b.ret(verdict_code(self.hook, Verdict::Pass));
@@ -240,6 +265,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
             self.b.ret_apart(tail.code);
         }
+        None
     }
 
     /// One probe: its predicate, then its body (counted), or on to the

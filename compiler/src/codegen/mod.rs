@@ -51,6 +51,11 @@ pub struct Generated {
     /// LLVM's passes, emitting the object, the budget checks), for
     /// `benches/compile.rs`.
     pub phases: Vec<(&'static str, std::time::Duration)>,
+    /// Per program, the instructions it was certain to take before LLVM
+    /// ran (`budget::SizeFloor`; 0 for a specialized program), which the
+    /// compiled program must not be smaller than: for the tests that hold
+    /// the early refusal of programs too large to its promise.
+    pub size_floors: Vec<(Hook, usize)>,
 }
 
 pub fn program_name(hook: Hook) -> &'static str {
@@ -256,7 +261,7 @@ pub const FALL_THROUGH_WEIGHT: usize = 2;
 /// Whether every packet that runs `body` gets its verdict there (its last
 /// statement is a verdict, redirect or `lb`, or an `if` whose branches
 /// both end).
-fn ends(body: &[ir::Stmt]) -> bool {
+pub(crate) fn ends(body: &[ir::Stmt]) -> bool {
     body.last().is_some_and(|s| match &s.kind {
         ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) => true,
         ir::StmtKind::If { then_body, else_body, .. } => ends(then_body) && ends(else_body),
@@ -468,6 +473,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
 
     // Programs.
     let mut located = Vec::new();
+    let mut size_floors = Vec::new();
     let mut stack_uses: Vec<(&str, Vec<(u32, Option<Span>)>)> = Vec::new();
     for prog in &policy.programs {
         let fname = program_name(prog.hook);
@@ -508,7 +514,10 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
             b.at(end);
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
-            lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map);
+            if let Some(rule) = lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map) {
+                return Err(vec![budget::too_large_early(prog.hook, &lower.floor, rule + 1, &prog.probes[rule])]);
+            }
+            size_floors.push((prog.hook, lower.floor.insns));
         }
         located.extend(b.located.take());
         stack_uses.push((fname, b.stack_uses.take()));
@@ -556,7 +565,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     }
     budget::check_object(obj.as_slice(), policy, &located, sources)?;
     watch.lap("budgets");
-    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm, phases: watch.phases })
+    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm, phases: watch.phases, size_floors })
 }
 
 /// Phases' durations, one after another.
