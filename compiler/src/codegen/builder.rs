@@ -685,8 +685,10 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// LLVM would otherwise keep the address, and the address of each fact
     /// read, live across every rule of a long program, and register
     /// allocation over thousands of rules with dozens of such ranges grew
-    /// quadratically. Called at the start of each rule and of each
-    /// counting tail; the address read must dominate its uses.
+    /// quadratically, and spilled them (up to a fifth more instructions on
+    /// rules that read many facts). Called at the start of every
+    /// `lower::FACTS_RELOAD_RULES`-th rule and of each counting tail; the
+    /// address read must dominate its uses.
     pub fn reload_facts_pointer(&self) {
         let mut facts = self.facts.borrow_mut();
         let Some(f) = facts.as_mut() else { return };
