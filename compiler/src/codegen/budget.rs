@@ -69,23 +69,29 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
 
 /// A lower bound on the size of a long program (one whose rules read the
 /// parsed facts from the facts map: `Lower::rules_on_facts_map`), summed
-/// rule by rule as they are lowered, and what a rule adds to it: the
-/// volatile loads in the block where the rule starts, which every packet
-/// that reaches the rule runs (the reload of the facts' address, and the
-/// facts the predicate reads before its first branch: a field's value and
-/// its presence flag).
+/// rule by rule as they are lowered, and what a rule adds to it:
 ///
-/// Why it is a lower bound of the object's size: LLVM removes no volatile
-/// load and merges none, so each is at least one BPF instruction, as long
-/// as its block stays reachable; and a rule's first block stays reachable
-/// unless LLVM can prove that an earlier rule decides every packet. That
-/// needs an earlier rule that always ends in a verdict and whose
-/// predicate LLVM can prove true for every packet: once such a rule may be
-/// there ([`may_hold_always`]), nothing after it is counted. Everything
-/// else the program holds (the parser, the counting, the jumps, what a
-/// rule does after its first branch) only adds to the size. The kernel
-/// removes no reachable code either, so the program is too large as the
-/// kernel sees it too.
+/// - the volatile loads in the block where the rule starts, which every
+///   packet that reaches the rule runs (a reload of the facts' address,
+///   and the facts the predicate reads before its first branch: a field's
+///   value and its presence flag). LLVM removes no volatile load and
+///   merges none, so each is a BPF instruction, as long as its block stays
+///   reachable;
+/// - one instruction for the decision of a predicate whose first test is a
+///   field compared with a constant ([`decides_first`]): its outcome
+///   depends on loads LLVM knows nothing of, both ways, so some
+///   instruction (a jump, or a select, which BPF has only as a jump) must
+///   decide it, one per rule (each rule's loads are its own, so no two
+///   rules' tests can become one).
+///
+/// A rule's first block stays reachable unless LLVM can prove that an
+/// earlier rule decides every packet. That needs an earlier rule that
+/// always ends in a verdict and whose predicate LLVM can prove true for
+/// every packet: once such a rule may be there ([`may_hold_always`]),
+/// nothing after it is counted. Everything else the program holds (the
+/// parser, the counting, the rest of each predicate, the bodies) only adds
+/// to the size. The kernel removes no reachable code either, so the
+/// program is too large as the kernel sees it too.
 #[derive(Default)]
 pub struct SizeFloor {
     /// Instructions certainly in the program.
@@ -103,7 +109,7 @@ impl SizeFloor {
         if self.closed {
             return false;
         }
-        self.insns += certain;
+        self.insns += certain + usize::from(probe.predicate.as_ref().is_some_and(decides_first));
         if super::ends(&probe.body) && probe.predicate.as_ref().is_none_or(may_hold_always) {
             self.closed = true;
         }
@@ -117,13 +123,32 @@ pub fn too_large_early(hook: xpol_lang::ast::Hook, floor: &SizeFloor, rules: usi
     Diagnostic::error(
         "xpol::budget::program_size",
         format!(
-            "the `{}` program needs more than the {MAX_PROGRAM_INSNS} instructions a BPF jump can span: its first {rules} rules alone take at least {} (the packet fields they read first; refused before compiling the rest)",
+            "the `{}` program needs more than the {MAX_PROGRAM_INSNS} instructions a BPF jump can span: its first {rules} rules alone take at least {} (the fields each reads and tests first; refused before compiling the rest)",
             hook.as_str(),
             floor.insns
         ),
     )
     .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`")
     .with_label(probe.span, "the program passes the limit here")
+}
+
+/// Whether predicate `e` starts (as `Lower::branch3` lowers it: the left
+/// operand of `&&` and `||` first) with a field other than `pkt.len`
+/// compared with a constant. Such a test holds for some packets and not
+/// for others as far as LLVM can tell: the field's presence flag is a
+/// volatile load (so it is not known to hold), and the checker refuses a
+/// comparison no value of the field satisfies (`check::values`), while
+/// every value of the field is one LLVM sees the loaded fact might give
+/// (so it is not known to fail).
+pub fn decides_first(e: &ir::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Not(a) | ExprKind::And(a, _) | ExprKind::Or(a, _) => decides_first(a),
+        ExprKind::Cmp(_, a, b) => matches!(
+            (&a.kind, &b.kind),
+            (ExprKind::Field(f), ExprKind::Const(_)) | (ExprKind::Const(_), ExprKind::Field(f)) if *f != Field::PktLen
+        ),
+        _ => false,
+    }
 }
 
 /// Whether LLVM might prove that predicate `e` holds for every packet (as
@@ -313,7 +338,7 @@ fn jump_taken(op: u8, v: u64, k: u64) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::{first_walk_crossing, may_hold_always};
+    use super::{decides_first, first_walk_crossing, may_hold_always};
     use crate::check::fields::Field;
     use crate::ir::{CmpOp, Expr, ExprKind, Value};
 
@@ -342,6 +367,19 @@ mod tests {
         assert!(!may_hold_always(&e(ExprKind::And(Box::new(dport.clone()), Box::new(always.clone())))));
         // `!(pkt.len < 0)`: false never holds, so the negation always does.
         assert!(may_hold_always(&e(ExprKind::Not(Box::new(cmp(CmpOp::Lt, Field::PktLen, 0))))));
+    }
+
+    /// The test a predicate makes first counts as an instruction of the
+    /// size floor when it compares a field that has a presence flag.
+    #[test]
+    fn a_field_compared_first_decides() {
+        let dport = cmp(CmpOp::Eq, Field::TcpDport, 80);
+        let len = cmp(CmpOp::Eq, Field::PktLen, 64);
+        assert!(decides_first(&dport));
+        assert!(decides_first(&e(ExprKind::Not(Box::new(dport.clone())))));
+        assert!(decides_first(&e(ExprKind::And(Box::new(dport.clone()), Box::new(len.clone())))));
+        assert!(!decides_first(&e(ExprKind::Or(Box::new(len.clone()), Box::new(dport.clone())))), "`pkt.len` first: always present");
+        assert!(!decides_first(&e(ExprKind::Const(Value::Bool(true)))));
     }
 
     /// An instruction: opcode, then zeroes but the offset.
