@@ -108,8 +108,7 @@ enum Outcome {
 struct Phases {
     outcome: Outcome,
     /// (phase, seconds): parsing and loading, checking and lints, then
-    /// codegen's own (`Generated::phases`), or codegen as a whole when it
-    /// refused the policy.
+    /// codegen's own (`codegen::generate_timed`).
     phases: Vec<(String, f64)>,
 }
 
@@ -121,15 +120,14 @@ fn compile_in_process(path: &Path) -> Phases {
     let t = Instant::now();
     let ir = xpol_compiler::check::check(&loaded, &sources).unwrap_or_else(|d| panic!("the generated policy does not check: {d:?}"));
     phases.push(("check and lints".to_string(), t.elapsed().as_secs_f64()));
-    let t = Instant::now();
-    let outcome = match xpol_compiler::codegen::generate(&ir, &sources, &BuildOptions::default()) {
+    let (generated, codegen) = xpol_compiler::codegen::generate_timed(&ir, &sources, &BuildOptions::default());
+    phases.extend(codegen.iter().map(|(name, d)| (name.to_string(), d.as_secs_f64())));
+    let outcome = match generated {
         Ok(gen) => {
-            phases.extend(gen.phases.iter().map(|(name, d)| (name.to_string(), d.as_secs_f64())));
             let (_, _, insns) = xpol_compiler::verifier::program_range(&gen.object, "xpol_xdp").expect("an xdp program");
             Outcome::Built(insns)
         }
         Err(errors) => {
-            phases.push(("codegen until refused".to_string(), t.elapsed().as_secs_f64()));
             let e = errors.iter().find(|e| e.is_error()).expect("an error");
             let line = e.primary_span().map_or(0, |s| sources.location(s).1);
             Outcome::Refused { code: e.code.clone(), line, early: e.message.contains("refused before compiling") }
@@ -307,7 +305,7 @@ fn write_section(report: &Report, load: &(String, String), baseline: Option<&Pat
 Measured with `{command}` at commit {commit} on {machine}, {cpus} CPUs, kernel {}. Load average (1, 5, 15 min) {} before the run and {} after it: the machine is shared, so other work ran beside the benchmark. Raw numbers: `bench-out/compile.json`.\n\n\
 Policies of N random rules on `xdp` from `tests/policygen::reachable_rules` (a fixed seed per N), all reachable: each rule tests a port or an address of its own, alone or `&&` a random condition, mostly with a verdict (15% run random statements: `let`, `if`, `@map` updates), then `xdp {{ pass }}`. About 1,000 such rules fit in a program's 32,767 instructions. The last row is the policy far over the budget: {FAR_OVER} rules `xdp /tcp.dport == N/ {{ drop }}` (about 4,000 fit: the budget of branches the verifier keeps pending comes first). The goals (issue 14, \"Fast\"): 1,000 rules checked in under 2 s; 10,000 in under 20 s, or a located \"too large\" error in under 1 s when the estimate before compiling already exceeds the budget. *`xpolc check`* and *`xpolc build`* are the wall-clock times of the processes (what a user waits for: process start, everything up to the object or the error, the diagnostics written), median of {RUNS} runs, check and build interleaved. A policy whose rules are certain to take more than the limit (the facts each rule reads before its first branch: `budget::SizeFloor`) is refused while it is lowered, before LLVM runs (*before compiling*); one that is not is compiled and refused by the check on the object (*compiled*).{before}\n\n\
 {}\n\
-The second table is one more in-process run of each policy, phase by phase (`Generated::phases`): parse and load, check and lints, then codegen: building the LLVM IR, LLVM's verifier, its passes (O2 up to 64 rules, `codegen::LONG_PASSES` beyond), emitting the object (instruction selection, register allocation, BTF), the budget checks on the object; for a policy refused before compiling, codegen until the refusal.\n",
+The second table is one more in-process run of each policy, phase by phase (`codegen::generate_timed`): parse and load, check and lints, then codegen: building the LLVM IR (for a policy refused before compiling, up to the refusal), LLVM's verifier, its passes (O2 up to 64 rules, `codegen::LONG_PASSES` beyond), emitting the object (instruction selection, register allocation, BTF), the budget checks on the object.\n",
         kernel.trim(),
         load.0,
         load.1,

@@ -47,10 +47,6 @@ pub struct Generated {
     pub meta: ObjectMeta,
     pub llvm_ir: String,
     pub asm: String,
-    /// How long each phase took (building the LLVM IR, LLVM's verifier,
-    /// LLVM's passes, emitting the object, the budget checks), for
-    /// `benches/compile.rs`.
-    pub phases: Vec<(&'static str, std::time::Duration)>,
     /// Per program, the instructions it was certain to take before LLVM
     /// ran (`budget::SizeFloor`; 0 for a specialized program), which the
     /// compiled program must not be smaller than: for the tests that hold
@@ -270,7 +266,23 @@ pub(crate) fn ends(body: &[ir::Stmt]) -> bool {
 }
 
 pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> Result<Generated, Vec<Diagnostic>> {
+    generate_timed(policy, sources, options).0
+}
+
+/// How long each phase of [`generate`] took: building the LLVM IR (up to
+/// a refusal before LLVM runs, when there is one), LLVM's verifier, its
+/// passes, emitting the object, the budget checks; the phases it went
+/// through, also when the policy is refused. For `benches/compile.rs`.
+pub type Phases = Vec<(&'static str, std::time::Duration)>;
+
+/// [`generate`], and its [`Phases`].
+pub fn generate_timed(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions) -> (Result<Generated, Vec<Diagnostic>>, Phases) {
     let mut watch = Stopwatch::start();
+    let generated = generate_with(policy, sources, options, &mut watch);
+    (generated, watch.phases)
+}
+
+fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::BuildOptions, watch: &mut Stopwatch) -> Result<Generated, Vec<Diagnostic>> {
     Target::initialize_bpf(&InitializationConfig::default());
     let triple = TargetTriple::create("bpfel");
     let target = Target::from_triple(&triple).map_err(|e| codegen_error(format!("LLVM has no BPF target: {e}")))?;
@@ -515,6 +527,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
             if let Some(rule) = lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map) {
+                watch.lap("LLVM IR, until refused");
                 return Err(vec![budget::too_large_early(prog.hook, &lower.floor, rule + 1, &prog.probes[rule])]);
             }
             size_floors.push((prog.hook, lower.floor.insns));
@@ -563,9 +576,10 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
     if !errors.is_empty() {
         return Err(llvm_failures(&errors, policy, &stack_uses));
     }
-    budget::check_object(obj.as_slice(), policy, &located, sources)?;
+    let within = budget::check_object(obj.as_slice(), policy, &located, sources);
     watch.lap("budgets");
-    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm, phases: watch.phases, size_floors })
+    within?;
+    Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm, size_floors })
 }
 
 /// Phases' durations, one after another.
