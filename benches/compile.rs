@@ -9,8 +9,8 @@
 //!
 //!   cargo bench --bench compile             full run; writes the "Compile time" section of BENCHMARKS.md and bench-out/compile.json
 //!   cargo bench --bench compile -- --quick  smoke run (CI): 100 and 1,000 rules and the policy far over, once each; asserts nothing about time; writes target/bench-out-quick/
-//!   cargo bench --bench compile -- --baseline PATH/TO/xpolc
-//!                                           also times `check` with another xpolc (an older commit's) on the same policies, in the same run
+//!   cargo bench --bench compile -- --baseline PATH/TO/xpolc [--baseline-label TEXT]
+//!                                           also times `check` with another xpolc (an older commit's, which TEXT names) on the same policies, in the same run
 //!
 //! No kernel needed. Times are wall clock of the `xpolc` processes (what a
 //! user waits for, process start and output included), median of
@@ -53,8 +53,10 @@ pub const SECTION: &str = "Compile time";
 pub struct Mode {
     /// Smoke run: two sizes and the policy far over, one run each.
     pub quick: bool,
-    /// Another `xpolc` to time `check` with, on the same policies.
+    /// Another `xpolc` to time `check` with, on the same policies, and
+    /// what it is ("xpolc at commit …").
     pub baseline: Option<PathBuf>,
+    pub baseline_label: Option<String>,
 }
 
 pub struct Report {
@@ -280,7 +282,8 @@ fn git(args: &[&str]) -> String {
 }
 
 /// Replaces the "Compile time" section of BENCHMARKS.md; the others stay.
-fn write_section(report: &Report, load: &(String, String), baseline: Option<&Path>) {
+fn write_section(report: &Report, load: &(String, String), mode: &Mode) {
+    let baseline = mode.baseline.as_deref();
     let mut commit = git(&["rev-parse", "--short", "HEAD"]);
     let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "src", "benches", "tests/policygen"]);
     if !dirty.is_empty() {
@@ -292,18 +295,24 @@ fn write_section(report: &Report, load: &(String, String), baseline: Option<&Pat
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let command = match baseline {
-        Some(b) => format!("cargo bench --bench compile -- --baseline {}", b.display()),
-        None => "cargo bench --bench compile".to_string(),
+    let command = match (baseline, &mode.baseline_label) {
+        (Some(b), Some(label)) => format!("cargo bench --bench compile -- --baseline {} --baseline-label '{label}'", b.display()),
+        (Some(b), None) => format!("cargo bench --bench compile -- --baseline {}", b.display()),
+        _ => "cargo bench --bench compile".to_string(),
     };
     let before = match baseline {
-        Some(b) => format!(" The last column is `{} check` on the same files in the same run (once each; stopped after {} s).", b.display(), BASELINE_TIMEOUT.as_secs()),
+        Some(b) => format!(
+            " The last column is `{} check`{} on the same files in the same run (once each; stopped after {} s).",
+            b.display(),
+            mode.baseline_label.as_ref().map_or(String::new(), |l| format!(", {l},")),
+            BASELINE_TIMEOUT.as_secs()
+        ),
         None => String::new(),
     };
     let section = format!(
         "## {SECTION}\n\n\
 Measured with `{command}` at commit {commit} on {machine}, {cpus} CPUs, kernel {}. Load average (1, 5, 15 min) {} before the run and {} after it: the machine is shared, so other work ran beside the benchmark. Raw numbers: `bench-out/compile.json`.\n\n\
-Policies of N random rules on `xdp` from `tests/policygen::reachable_rules` (a fixed seed per N), all reachable: each rule tests a port or an address of its own, alone or `&&` a random condition, mostly with a verdict (15% run random statements: `let`, `if`, `@map` updates), then `xdp {{ pass }}`. About 1,000 such rules fit in a program's 32,767 instructions. The last row is the policy far over the budget: {FAR_OVER} rules `xdp /tcp.dport == N/ {{ drop }}` (about 4,000 fit: the budget of branches the verifier keeps pending comes first). The goals (issue 14, \"Fast\"): 1,000 rules checked in under 2 s; 10,000 in under 20 s, or a located \"too large\" error in under 1 s when the estimate before compiling already exceeds the budget. *`xpolc check`* and *`xpolc build`* are the wall-clock times of the processes (what a user waits for: process start, everything up to the object or the error, the diagnostics written), median of {RUNS} runs, check and build interleaved. A policy whose rules are certain to take more than the limit (the facts each rule reads before its first branch: `budget::SizeFloor`) is refused while it is lowered, before LLVM runs (*before compiling*); one that is not is compiled and refused by the check on the object (*compiled*).{before}\n\n\
+Policies of N random rules on `xdp` from `tests/policygen::reachable_rules` (a fixed seed per N), all reachable: each rule tests a port or an address of its own, alone or `&&` a random condition, mostly with a verdict (15% run random statements: `let`, `if`, `@map` updates), then `xdp {{ pass }}`. About 1,000 such rules fit in a program's 32,767 instructions. The last row is the policy far over the budget: 20,000 rules `xdp /tcp.dport == N/ {{ drop }}` (about 4,000 fit: the budget of branches the verifier keeps pending comes first). The goals (issue 14, \"Fast\"): 1,000 rules checked in under 2 s; 10,000 in under 20 s, or a located \"too large\" error in under 1 s when the estimate before compiling already exceeds the budget. *`xpolc check`* and *`xpolc build`* are the wall-clock times of the processes (what a user waits for: process start, everything up to the object or the error, the diagnostics written), median of {RUNS} runs, check and build interleaved. A policy whose rules are certain to take more than the limit (what each rule reads and tests before its first branch: `budget::SizeFloor`, about a third of what the rules take compiled) is refused while it is lowered, before LLVM runs (*before compiling*); one that is not is compiled and refused by the check on the object (*compiled*, at the rule holding the instruction past the limit): between about 1,000 and 8,000 of these rules, where most of the time is LLVM's instruction selection and register allocation (*object* below).{before}\n\n\
 {}\n\
 The second table is one more in-process run of each policy, phase by phase (`codegen::generate_timed`): parse and load, check and lints, then codegen: building the LLVM IR (for a policy refused before compiling, up to the refusal), LLVM's verifier, its passes (O2 up to 64 rules, `codegen::LONG_PASSES` beyond), emitting the object (instruction selection, register allocation, BTF), the budget checks on the object.\n",
         kernel.trim(),
@@ -322,13 +331,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let baseline = args.iter().position(|a| a == "--baseline").map(|i| PathBuf::from(args.get(i + 1).expect("--baseline takes the path of an xpolc")));
-    let mode = Mode { quick, baseline };
+    let baseline_label = args.iter().position(|a| a == "--baseline-label").map(|i| args.get(i + 1).expect("--baseline-label takes a text").clone());
+    let mode = Mode { quick, baseline, baseline_label };
     let load_before = common::load_average();
     let out_dir = common::out_dir(&root(), quick, true);
     let report = run(&mode, &out_dir);
     let load = (load_before, common::load_average());
     println!("{}", report.markdown);
     if !quick {
-        write_section(&report, &load, mode.baseline.as_deref());
+        write_section(&report, &load, &mode);
     }
 }

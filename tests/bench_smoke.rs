@@ -52,7 +52,7 @@ mod compile;
 #[test]
 fn compile_quick() {
     let out = tempfile::tempdir().expect("tempdir");
-    let report = compile::run(&compile::Mode { quick: true, baseline: None }, out.path());
+    let report = compile::run(&compile::Mode { quick: true, baseline: None, baseline_label: None }, out.path());
     let policies = report.json["policies"].as_array().expect("policies");
     assert_eq!(policies.len(), 3, "{}", report.markdown);
     assert!(policies[0]["instructions"].as_u64().is_some_and(|n| n > 0), "{}", report.markdown);
