@@ -18,13 +18,16 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// Puts the outer headers in front of the packet's IP header (dropping
     /// any VLAN tags) and sends it to `backend` (a pointer to its
     /// [`meta::BackendValue`]).
-    pub(super) fn encapsulate(&self, encap: Encap, src: OuterSource, pool: PoolMaps<'ctx>, hash: IntValue<'ctx>, backend: PointerValue<'ctx>) {
+    pub(super) fn encapsulate(&self, encap: Encap, src: OuterSource, pool: PoolMaps<'ctx>, hash: Option<IntValue<'ctx>>, backend: PointerValue<'ctx>) {
         let b = &*self.b;
         let h = &self.h;
         let get = |p| b.get_fact(p);
         let i16t = b.m.cx.i16_type();
         let i32t = b.m.cx.i32_type();
         let ctx = b.ctx();
+        // Computed before the flow table wherever the outer header needs it
+        // (`balance`'s `eager`).
+        let hash = || hash.expect("the flow hash of an outer header that carries it");
         let inner_v6 = get(h.ip6_ok);
         let inner_len = get(h.ip_len);
         let tos = get(h.tos);
@@ -61,7 +64,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // The backend's address as loaded (network order in memory).
         let dst: Vec<IntValue<'ctx>> = (0..if pool.v6 { 4 } else { 1 }).map(|i| b.load_raw(backend, 4 * i, 4)).collect();
         if pool.v6 {
-            let flow_label = b.zext64(b.and(hash, b.c32(0xf_ffff)));
+            let flow_label = b.zext64(b.and(hash(), b.c32(0xf_ffff)));
             let word0 = b.or(b.or(b.c64(6 << 28), b.shl(tos, b.c64(20))), flow_label);
             b.store_at(data, 14, b.bswap(b.trunc(word0, i32t)));
             let payload = b.add(inner_len, b.c64(outer - 40));
@@ -107,7 +110,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         }
         if let Encap::Gue { port } = encap {
             let udp = 14 + ip_hdr;
-            let sport = b.bswap(b.trunc(b.or(b.and(hash, b.c32(0x3fff)), b.c32(0xc000)), i16t));
+            let sport = b.bswap(b.trunc(b.or(b.and(hash(), b.c32(0x3fff)), b.c32(0xc000)), i16t));
             let udp_len = b.bswap(b.trunc(b.add(inner_len, b.c64(8)), i16t));
             b.store_at(data, udp, sport);
             b.store_at(data, udp + 2, b.c16(port.swap_bytes()));
@@ -529,7 +532,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
 
     /// The outer source address as the words to store (as loaded: network
     /// order in memory): one for IPv4, four for IPv6.
-    fn outer_source_words(&self, src: OuterSource, hash: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
+    fn outer_source_words(&self, src: OuterSource, hash: impl Fn() -> IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
         let b = &*self.b;
         let raw = |octets: &[u8]| -> Vec<IntValue<'ctx>> { octets.chunks(4).map(|c| b.c32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect() };
         match src {
@@ -545,7 +548,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 let mask = if host >= 32 { u32::MAX } else { (1u32 << host) - 1 };
                 let last = octets.len() / 4 - 1;
                 let prefix = u32::from_be_bytes([octets[4 * last], octets[4 * last + 1], octets[4 * last + 2], octets[4 * last + 3]]);
-                words[last] = b.bswap(b.or(b.c32(prefix), b.and(hash, b.c32(mask))));
+                words[last] = b.bswap(b.or(b.c32(prefix), b.and(hash(), b.c32(mask))));
                 words
             }
         }

@@ -178,15 +178,22 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // its addresses and ports the other way round.
         let icmp_type = get(h.icmp_type);
         let is_type = |t: u64| b.eq(icmp_type, b.c64(t));
-        let err4 = b.and(get(h.icmp4_ok), b.or(is_type(3), b.or(is_type(11), is_type(12))));
-        let err6 = b.and(b.and(get(h.icmp6_ok), b.eq(get(h.ip6_nh), b.c64(58))), b.and(b.cmp(IntPredicate::UGE, icmp_type, b.c64(1)), b.cmp(IntPredicate::ULE, icmp_type, b.c64(4))));
+        let icmp4 = get(h.icmp4_ok);
+        let icmp6 = b.and(get(h.icmp6_ok), b.eq(get(h.ip6_nh), b.c64(58)));
         let hashed = b.block("lb_hashed");
         let mut incoming = Vec::new();
         let v4 = b.block("lb_v4");
         let v6 = b.block("lb_v6");
         let by_family = b.block("lb_by_family");
+        let icmp = b.block("lb_icmp");
         let icmp_err = b.block("lb_icmp_error");
-        b.cond_br_unlikely(b.or(err4, err6), icmp_err, by_family);
+        // Tested apart from the type, so that a packet the parser knows is
+        // not ICMP skips the type's compares.
+        b.cond_br_unlikely(b.or(icmp4, icmp6), icmp, by_family);
+        b.at(icmp);
+        let err4 = b.and(icmp4, b.or(is_type(3), b.or(is_type(11), is_type(12))));
+        let err6 = b.and(icmp6, b.and(b.cmp(IntPredicate::UGE, icmp_type, b.c64(1)), b.cmp(IntPredicate::ULE, icmp_type, b.c64(4))));
+        b.cond_br(b.or(err4, err6), icmp_err, by_family);
         b.at(by_family);
         b.cond_br_likely(is4, v4, v6);
 
@@ -234,8 +241,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             let qsport = b.phi(&[(qs, ports_there), (zero, no_ports)]);
             let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
             // The flow the other way round.
-            let hash = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
-            incoming.push((hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
+            let words = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
+            incoming.push((words, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
             b.br(hashed);
         }
 
@@ -247,17 +254,26 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             } else {
                 (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
-            let hash = self.flow_key(lb, key, src, dst, sport, dport, proto);
+            let words = self.flow_key(lb, key, src, dst, sport, dport, proto);
             // TCP as the parser saw it: a constant where the program was
             // specialized for the L4 header.
-            incoming.push((hash, b.zext64(get(h.tcp_ok)), b.cur()));
+            incoming.push((words, b.zext64(get(h.tcp_ok)), b.cur()));
             b.br(hashed);
         }
         b.at(hashed);
-        let hash = b.phi(&incoming.iter().map(|&(h, _, bb)| (h, bb)).collect::<Vec<_>>());
+        let words = FlowWords::merge(b, &incoming.iter().map(|(w, _, bb)| (w, *bb)).collect::<Vec<_>>());
         // The flow's protocol is TCP (the key's: the quoted flow's for an
         // ICMP error).
         let flow_tcp = b.phi(&incoming.iter().map(|&(_, t, bb)| (t, bb)).collect::<Vec<_>>());
+        // The hash where every packet needs it (the outer header carries
+        // it); otherwise only a new flow computes it, for the Maglev table:
+        // an established IPv4-in-IPv4 or NAT flow goes without (about 70
+        // instructions).
+        let eager = match lb.delivery {
+            Delivery::Encap { encap, src } => pool.v6 || matches!(encap, Encap::Gue { .. }) || matches!(src, OuterSource::PerFlow(..)),
+            Delivery::Nat { .. } => false,
+        };
+        let eager_hash = eager.then(|| words.hash(b));
 
         // The flow table: a flow keeps its backend while the backend's slot
         // holds one. A TCP SYN (without ACK) starts a connection, which the
@@ -309,6 +325,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(half_found);
         // The half in use (0 or 1, `PoolMeta::control_map`).
         let base = b.mul(b.and(b.load_raw(control, 0, 4), b.c32(1)), b.c32(pool.table_size));
+        let hash = eager_hash.unwrap_or_else(|| words.hash(b));
         b.store_at(ring_key, 0, b.add(base, b.urem(hash, b.c32(pool.table_size))));
         let ring = b.map_lookup(pool.ring, ring_key);
         let ring_found = b.block("lb_ring_found");
@@ -336,7 +353,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let new_flow = b.phi(&[(b.c64(0), hit_ok), (b.c64(1), new_ok)]);
         self.count_backend(pool, slot, new_flow);
         match lb.delivery {
-            Delivery::Encap { encap, src } => self.encapsulate(encap, src, pool, hash, backend),
+            Delivery::Encap { encap, src } => self.encapsulate(encap, src, pool, eager_hash, backend),
             Delivery::Nat { port } => self.translate(pool, port, backend),
         }
     }
@@ -358,11 +375,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         value
     }
 
-    /// Writes the flow key (see [`meta::FlowKey`]) and returns the flow
-    /// hash (`xpol_lang::maglev::murmur3_words` over the words of
-    /// `maglev::addr_words`, the ports and the protocol).
+    /// Writes the flow key (see [`meta::FlowKey`]) and returns the words
+    /// of its hash (the words of `maglev::addr_words`, the ports and the
+    /// protocol, as `lb.hash` selects them).
     #[allow(clippy::too_many_arguments)]
-    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> IntValue<'ctx> {
+    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> FlowWords<'ctx> {
         let b = &*self.b;
         let i32t = b.m.cx.i32_type();
         let i16t = b.m.cx.i16_type();
@@ -387,6 +404,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 }
             }
         };
+        let v6 = matches!(src, Addr::V6(..));
         let (src, dst) = (words(src, 0), words(dst, 16));
         let ports_word = b.trunc(b.or(b.shl(sport, b.c64(16)), dport), i32t);
         let proto_word = b.trunc(proto, i32t);
@@ -395,7 +413,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             FlowHash::Source => src,
             FlowHash::Ports => vec![ports_word, proto_word],
         };
-        murmur3(b, xpol_lang::maglev::FLOW_SEED, &words)
+        FlowWords::new(b, v6, words)
     }
 
     /// Counts a packet (and a new flow when `new_flow` is 1) for backend
@@ -442,6 +460,48 @@ fn fold<'ctx>(b: &Bpf<'_, 'ctx>, sum: IntValue<'ctx>) -> IntValue<'ctx> {
 fn flow_tick<'ctx>(b: &Bpf<'_, 'ctx>) -> IntValue<'ctx> {
     let ns = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
     b.trunc(b.lshr(ns, b.c64(u64::from(meta::FLOW_TICK_SHIFT))), b.m.cx.i32_type())
+}
+
+/// The words a flow is hashed over. IPv6 flows have more: where the
+/// paths of both families meet, the words are merged with the shorter list
+/// padded with zeros and the family kept beside them; after the parser's
+/// specialization the family is a constant there and the other family's
+/// hash folds away.
+struct FlowWords<'ctx> {
+    v6: IntValue<'ctx>,
+    words: Vec<IntValue<'ctx>>,
+    /// How many of `words` each family hashes, (IPv4, IPv6); 0 for a
+    /// family whose paths do not meet here.
+    lens: (usize, usize),
+}
+
+impl<'ctx> FlowWords<'ctx> {
+    fn new(b: &Bpf<'_, 'ctx>, v6: bool, words: Vec<IntValue<'ctx>>) -> Self {
+        let n = words.len();
+        FlowWords { v6: b.bool(v6), words, lens: if v6 { (0, n) } else { (n, 0) } }
+    }
+
+    fn merge(b: &Bpf<'_, 'ctx>, incoming: &[(&FlowWords<'ctx>, inkwell::basic_block::BasicBlock<'ctx>)]) -> FlowWords<'ctx> {
+        let len = incoming.iter().map(|(w, _)| w.words.len()).max().unwrap_or(0);
+        let word = |i: usize| b.phi(&incoming.iter().map(|(w, bb)| (w.words.get(i).copied().unwrap_or_else(|| b.c32(0)), *bb)).collect::<Vec<_>>());
+        FlowWords {
+            v6: b.phi(&incoming.iter().map(|(w, bb)| (w.v6, *bb)).collect::<Vec<_>>()),
+            words: (0..len).map(word).collect(),
+            lens: (incoming.iter().map(|(w, _)| w.lens.0).max().unwrap_or(0), incoming.iter().map(|(w, _)| w.lens.1).max().unwrap_or(0)),
+        }
+    }
+
+    /// `xpol_lang::maglev::murmur3_words` over the words, computed in the
+    /// block where it is called.
+    fn hash(&self, b: &Bpf<'_, 'ctx>) -> IntValue<'ctx> {
+        let seed = xpol_lang::maglev::FLOW_SEED;
+        match self.lens {
+            (n, 0) | (0, n) => return murmur3(b, seed, &self.words[..n]),
+            _ => {}
+        }
+        let (n4, n6) = self.lens;
+        b.select(self.v6, murmur3(b, seed, &self.words[..n6]), murmur3(b, seed, &self.words[..n4]))
+    }
 }
 
 /// murmur3_32 over whole 32-bit words, as
