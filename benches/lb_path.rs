@@ -14,6 +14,7 @@
 //!                                            the flow-table part alone (shared or per-CPU,
 //!                                            `lb_path/flow_table.rs`); with every round, writes
 //!                                            its section of BENCHMARKS.md and bench-out/lb-flow-table.json
+//!   cargo bench --bench lb_path -- --no-veth --no-flow-table   the packet path alone
 //!
 //! Needs root and clang-14; veth mode needs ethtool and nftables, and
 //! ipvsadm with a kernel built with IP_VS for the IPVS rows. Everything runs
@@ -816,6 +817,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--rounds takes a number, at least 1"));
     let flow_table_only = args.iter().any(|a| a == "--flow-table");
+    let no_flow_table = args.iter().any(|a| a == "--no-flow-table");
     let mode = Mode { quick, veth: !args.iter().any(|a| a == "--no-veth"), rounds: if quick { 1 } else { rounds } };
     if !xpol_runtime::testing::kernel_or_skip("lb_path benchmark") {
         return;
@@ -825,12 +827,14 @@ fn main() {
     let path_out = (!flow_table_only).then(|| run(&mode, &common::out_dir(root, quick, mode.complete())));
     // The flow-table part is complete with every round (veth plays no part in it).
     let flow_complete = !quick && mode.rounds == ROUNDS;
-    let flow_out = flow_table::run(quick, mode.rounds, &common::out_dir(root, quick, flow_complete));
+    let flow_out = (!no_flow_table).then(|| flow_table::run(quick, mode.rounds, &common::out_dir(root, quick, flow_complete)));
     if let Some(out) = &path_out {
         println!("{}\n{}", out.table, out.veth);
     }
-    println!("{}", flow_out.markdown);
-    for s in path_out.iter().flat_map(|o| &o.skipped).chain(&flow_out.skipped) {
+    if let Some(out) = &flow_out {
+        println!("{}", out.markdown);
+    }
+    for s in path_out.iter().flat_map(|o| &o.skipped).chain(flow_out.iter().flat_map(|o| &o.skipped)) {
         println!("SKIPPED: {s}");
     }
     let command = if flow_table_only { "cargo bench --bench lb_path -- --flow-table" } else { "cargo bench --bench lb_path" };
@@ -841,8 +845,8 @@ fn main() {
     if let Some(out) = path_out.as_ref().filter(|_| mode.complete()) {
         new = replace_section(&new, SECTION, &path_section(out, &env));
     }
-    if flow_complete && !flow_out.markdown.is_empty() {
-        new = replace_section(&new, flow_table::SECTION, &flow_table::section(&flow_out, &env.measured()));
+    if let Some(flow_out) = flow_out.as_ref().filter(|o| flow_complete && !o.markdown.is_empty()) {
+        new = replace_section(&new, flow_table::SECTION, &flow_table::section(flow_out, &env.measured()));
     }
     if new != old {
         let tmp = root.join("BENCHMARKS.md.tmp");

@@ -823,6 +823,21 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let _ = st.set_alignment(if off == 0 { size } else { align });
     }
 
+    /// Stores `v` into the frame at `off` from its start. The verifier
+    /// reckons packet alignment with `NET_IP_ALIGN` (2) added, so that the
+    /// IP header after 14 bytes of Ethernet is 4-aligned even where
+    /// unaligned accesses are refused: declared so, a 32-bit field of the
+    /// IP header is one store, which [`Bpf::store_at`] would split.
+    pub fn store_frame_at(&self, data: PointerValue<'ctx>, off: u64, v: IntValue<'ctx>) {
+        const NET_IP_ALIGN: u64 = 2;
+        let q = self.ptr_add(data, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, v.get_type().ptr_type(AddressSpace::default()), "q"));
+        let st = ok(self.b.build_store(q, v));
+        let size = u64::from(v.get_type().get_bit_width() / 8);
+        let align = (1u64 << (off + NET_IP_ALIGN).trailing_zeros().min(3)).min(size);
+        let _ = st.set_alignment(align as u32);
+    }
+
     /// A zeroed stack buffer of `n` bytes for map keys and values. Buffers
     /// are shared by purpose and size, so a caller must finish with one
     /// (its helper call made) before asking for the same one again.

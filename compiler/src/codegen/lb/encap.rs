@@ -66,30 +66,21 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         if pool.v6 {
             let flow_label = b.zext64(b.and(hash(), b.c32(0xf_ffff)));
             let word0 = b.or(b.or(b.c64(6 << 28), b.shl(tos, b.c64(20))), flow_label);
-            b.store_at(data, 14, b.bswap(b.trunc(word0, i32t)));
-            let payload = b.add(inner_len, b.c64(outer - 40));
-            b.store_at(data, 18, b.bswap(b.trunc(payload, i16t)));
-            b.store_at(data, 20, b.trunc(next_proto, b.m.i8()));
-            b.store_at(data, 21, b.c8(OUTER_TTL));
+            b.store_frame_at(data, 14, b.bswap(b.trunc(word0, i32t)));
+            // Payload length | next header, hop limit: one word as stored.
+            let payload = b.zext64(b.bswap(b.trunc(b.add(inner_len, b.c64(outer - 40)), i16t)));
+            let next_hop_limit = b.or(next_proto, b.c64(u64::from(OUTER_TTL) << 8));
+            b.store_frame_at(data, 18, b.trunc(b.or(payload, b.shl(next_hop_limit, b.c64(16))), i32t));
             for (i, w) in src.iter().enumerate() {
-                b.store_at(data, 22 + 4 * i as u64, *w);
+                b.store_frame_at(data, 22 + 4 * i as u64, *w);
             }
             for (i, w) in dst.iter().enumerate() {
-                b.store_at(data, 38 + 4 * i as u64, *w);
+                b.store_frame_at(data, 38 + 4 * i as u64, *w);
             }
         } else {
             let total = b.bswap(b.trunc(b.add(inner_len, b.c64(outer)), i16t));
             let frag = b.select(df, b.c16(0x0040), b.c16(0));
             let proto = b.trunc(next_proto, b.m.i8());
-            b.store_at(data, 14, b.c8(0x45));
-            b.store_at(data, 15, b.trunc(tos, b.m.i8()));
-            b.store_at(data, 16, total);
-            b.store_at(data, 18, b.c16(0));
-            b.store_at(data, 20, frag);
-            b.store_at(data, 22, b.c8(OUTER_TTL));
-            b.store_at(data, 23, proto);
-            b.store_at(data, 26, src[0]);
-            b.store_at(data, 30, dst[0]);
             // The header checksum: the one's-complement sum of its 16-bit
             // words as stored (the sum does not depend on byte order),
             // folded, inverted. Summed from the values, not read back from
@@ -106,15 +97,25 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             for _ in 0..2 {
                 sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
             }
-            b.store_at(data, 24, b.trunc(b.xor(sum, b.c64(0xffff)), i16t));
+            let check = b.and(b.xor(sum, b.c64(0xffff)), b.c64(0xffff));
+            // Five 32-bit words as stored (little-endian): version and IHL,
+            // ToS, total length | ID 0, flags | TTL, protocol, checksum |
+            // source | destination.
+            let word = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| b.trunc(b.or(lo, b.shl(hi, b.c64(16))), i32t);
+            b.store_frame_at(data, 14, word(first, b.zext64(total)));
+            b.store_frame_at(data, 18, word(b.c64(0), b.zext64(frag)));
+            b.store_frame_at(data, 22, word(ttl_proto, check));
+            b.store_frame_at(data, 26, src[0]);
+            b.store_frame_at(data, 30, dst[0]);
         }
         if let Encap::Gue { port } = encap {
             let udp = 14 + ip_hdr;
             let sport = b.bswap(b.trunc(b.or(b.and(hash(), b.c32(0x3fff)), b.c32(0xc000)), i16t));
             let udp_len = b.bswap(b.trunc(b.add(inner_len, b.c64(8)), i16t));
-            b.store_at(data, udp, sport);
-            b.store_at(data, udp + 2, b.c16(port.swap_bytes()));
-            b.store_at(data, udp + 4, udp_len);
+            // Source | destination port: one word as stored.
+            let ports = b.or(b.zext64(sport), b.c64(u64::from(port.swap_bytes()) << 16));
+            b.store_frame_at(data, udp, b.trunc(ports, i32t));
+            b.store_frame_at(data, udp + 4, udp_len);
             let check = if pool.v6 {
                 // The pseudo-header and the UDP header (checksum 0), as
                 // 16-bit halves as loaded, from the values stored.
@@ -133,7 +134,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 // packet carries its own).
                 b.c16(0)
             };
-            b.store_at(data, udp + 6, check);
+            b.store_frame_at(data, udp + 6, check);
         }
 
         // The next hop.
@@ -401,10 +402,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // the packet (the verifier keeps packet pointers across it).
         let smac_head = b.load_raw(fib, 52, 4);
         let tail = b.load_raw(fib, 56, 8);
-        b.store_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
-        b.store_at(data, 4, b.trunc(b.lshr(tail, b.c64(48)), i16t));
-        b.store_at(data, 6, smac_head);
-        b.store_at(data, 10, b.trunc(tail, i16t));
+        b.store_frame_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
+        b.store_frame_at(data, 4, b.trunc(b.lshr(tail, b.c64(48)), i16t));
+        b.store_frame_at(data, 6, smac_head);
+        b.store_frame_at(data, 10, b.trunc(tail, i16t));
         let out = b.load_raw(fib, 8, 4);
         let same = b.block("lb_tx");
         let other = b.block("lb_redirect");
