@@ -509,6 +509,17 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.ret(code);
     }
 
+    /// Keeps the current block, which only passes values on to a join,
+    /// from being folded into its predecessors. Where many edges carry the
+    /// same values to a join (the fields a parser leaves absent on every
+    /// way it gives up), they can then meet in this block first, and the
+    /// join's phis get those values on one edge: set once here, not before
+    /// every branch on the way (where each block that may give up would
+    /// set them again).
+    pub fn keep_block(&self) {
+        self.no_sinking_past_here();
+    }
+
     /// A `nomerge` call of `llvm.sideeffect`, which emits no instruction:
     /// SimplifyCFG sinks no instruction of this block past it into a block
     /// shared with others.

@@ -164,12 +164,17 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // and for packets without ports) and protocol, both only where the
         // protocol is known (an IPv6 extension-header chain that ends in
         // bounds).
+        // Chosen by the header the parser found rather than combined: where
+        // the rule implies TCP (or UDP), LLVM knows the flag and folds the
+        // choice, and the protocol word of the hash becomes a constant.
         let proto_ok = get(h.proto_ok);
         let frag = b.and(proto_ok, get(h.frag));
         let zero = b.c64(0);
-        let sport = b.select(frag, zero, b.or(get(h.tcp_sport), get(h.udp_sport)));
-        let dport = b.select(frag, zero, b.or(get(h.tcp_dport), get(h.udp_dport)));
-        let proto = b.select(proto_ok, get(h.proto), zero);
+        let (tcp, udp) = (get(h.tcp_ok), get(h.udp_ok));
+        let port = |t, u| b.select(frag, zero, b.select(tcp, get(t), b.select(udp, get(u), zero)));
+        let sport = port(h.tcp_sport, h.udp_sport);
+        let dport = port(h.tcp_dport, h.udp_dport);
+        let proto = b.select(tcp, b.c64(6), b.select(udp, b.c64(17), b.select(proto_ok, get(h.proto), zero)));
         let key = b.stack_buf(FLOW_KEY_BYTES, "lb_key");
 
         // An ICMP error about a flow (unreachable, fragmentation needed,
@@ -180,6 +185,15 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let is_type = |t: u64| b.eq(icmp_type, b.c64(t));
         let icmp4 = get(h.icmp4_ok);
         let icmp6 = b.and(get(h.icmp6_ok), b.eq(get(h.ip6_nh), b.c64(58)));
+        // The hash where every packet needs it (the outer header carries
+        // it), computed on each path of the flow's key, where LLVM folds
+        // what the rule makes constant (the VIP); otherwise only a new flow
+        // computes it, for the Maglev table: an established IPv4-in-IPv4 or
+        // NAT flow goes without (about 70 instructions).
+        let eager = match lb.delivery {
+            Delivery::Encap { encap, src } => pool.v6 || matches!(encap, Encap::Gue { .. }) || matches!(src, OuterSource::PerFlow(..)),
+            Delivery::Nat { .. } => false,
+        };
         let hashed = b.block("lb_hashed");
         let mut incoming = Vec::new();
         let v4 = b.block("lb_v4");
@@ -242,7 +256,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
             // The flow the other way round.
             let words = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
-            incoming.push((words, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
+            let hash = eager.then(|| words.hash(b));
+            incoming.push((words, hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
             b.br(hashed);
         }
 
@@ -255,25 +270,18 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
             let words = self.flow_key(lb, key, src, dst, sport, dport, proto);
+            let hash = eager.then(|| words.hash(b));
             // TCP as the parser saw it: a constant where the program was
             // specialized for the L4 header.
-            incoming.push((words, b.zext64(get(h.tcp_ok)), b.cur()));
+            incoming.push((words, hash, b.zext64(get(h.tcp_ok)), b.cur()));
             b.br(hashed);
         }
         b.at(hashed);
-        let words = FlowWords::merge(b, &incoming.iter().map(|(w, _, bb)| (w, *bb)).collect::<Vec<_>>());
         // The flow's protocol is TCP (the key's: the quoted flow's for an
         // ICMP error).
-        let flow_tcp = b.phi(&incoming.iter().map(|&(_, t, bb)| (t, bb)).collect::<Vec<_>>());
-        // The hash where every packet needs it (the outer header carries
-        // it); otherwise only a new flow computes it, for the Maglev table:
-        // an established IPv4-in-IPv4 or NAT flow goes without (about 70
-        // instructions).
-        let eager = match lb.delivery {
-            Delivery::Encap { encap, src } => pool.v6 || matches!(encap, Encap::Gue { .. }) || matches!(src, OuterSource::PerFlow(..)),
-            Delivery::Nat { .. } => false,
-        };
-        let eager_hash = eager.then(|| words.hash(b));
+        let flow_tcp = b.phi(&incoming.iter().map(|&(_, _, t, bb)| (t, bb)).collect::<Vec<_>>());
+        let eager_hash = eager.then(|| b.phi(&incoming.iter().filter_map(|&(_, h, _, bb)| Some((h?, bb))).collect::<Vec<_>>()));
+        let words = (!eager).then(|| FlowWords::merge(b, &incoming.iter().map(|(w, _, _, bb)| (w, *bb)).collect::<Vec<_>>()));
 
         // The flow table: a flow keeps its backend while the backend's slot
         // holds one. A TCP SYN (without ACK) starts a connection, which the
@@ -325,7 +333,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(half_found);
         // The half in use (0 or 1, `PoolMeta::control_map`).
         let base = b.mul(b.and(b.load_raw(control, 0, 4), b.c32(1)), b.c32(pool.table_size));
-        let hash = eager_hash.unwrap_or_else(|| words.hash(b));
+        let hash = match (eager_hash, &words) {
+            (Some(hash), _) => hash,
+            (None, Some(words)) => words.hash(b),
+            (None, None) => unreachable!("the flow's hash or the words to compute it from"),
+        };
         b.store_at(ring_key, 0, b.add(base, b.urem(hash, b.c32(pool.table_size))));
         let ring = b.map_lookup(pool.ring, ring_key);
         let ring_found = b.block("lb_ring_found");
