@@ -8,6 +8,13 @@
 //!
 //! Snapshots live in `tests/golden/snapshots/`; `cargo insta review` updates
 //! them. LLVM IR is deliberately not snapshotted: it changes with LLVM.
+//!
+//! A `fail/` case about a size limit would be a file of thousands of rules.
+//! Such a case holds a line `//! repeat A..B: TEXT` instead, which stands
+//! for the lines TEXT with `{i}` replaced by A, A+1, ... B-1; so may the
+//! files in `fail/include/` it includes. Such a case is built from a copy
+//! of `fail/` with every such line expanded, shown as `<expanded>/`: the
+//! line numbers in its snapshot are those of the expanded file.
 
 use std::path::{Path, PathBuf};
 use xpol_compiler::{build, BuildOptions};
@@ -59,16 +66,82 @@ fn golden_ok() {
     }
 }
 
+/// The marker of a line that stands for many (see the module's doc).
+const REPEAT: &str = "//! repeat ";
+
+/// `text` with every `//! repeat A..B: TEXT` line expanded.
+fn expand(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let Some(spec) = line.strip_prefix(REPEAT) else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let (range, template) = spec.split_once(": ").unwrap_or_else(|| panic!("`{line}`: expected `{REPEAT}A..B: TEXT`"));
+        let (a, b) = range.split_once("..").unwrap_or_else(|| panic!("`{line}`: expected a range A..B"));
+        let (a, b): (u64, u64) = (a.parse().expect("A of A..B"), b.parse().expect("B of A..B"));
+        for i in a..b {
+            out.push_str(&template.replace("{i}", &i.to_string()));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Whether `case`, or a file it includes from `fail/include/`, holds a
+/// line to expand.
+fn needs_expansion(case: &Path) -> bool {
+    let text = std::fs::read_to_string(case).expect("read case");
+    let dir = case.parent().expect("a folder");
+    text.contains(REPEAT)
+        || text.lines().filter_map(|l| l.trim().strip_prefix("include \"")?.strip_suffix('"')).any(|inc| std::fs::read_to_string(dir.join(inc)).is_ok_and(|t| t.contains(REPEAT)))
+}
+
+/// A copy of `fail/` and `fail/include/`, expanded, in `dir`.
+fn expanded_copy(from: &Path, dir: &Path) {
+    for sub in ["", "include"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("create folder");
+        for entry in std::fs::read_dir(from.join(sub)).expect("read folder") {
+            let path = entry.expect("dir entry").path();
+            if path.is_file() {
+                let text = std::fs::read_to_string(&path).expect("read case file");
+                std::fs::write(dir.join(sub).join(path.file_name().expect("a name")), expand(&text)).expect("write expanded file");
+            }
+        }
+    }
+}
+
+/// Builds a `fail/` case (at `case`, `shown` as `shown`) and checks that
+/// it fails with errors that all have a place.
+fn must_fail(case: &Path, shown: &Path) -> xpol_compiler::Build {
+    let b = build(case, &BuildOptions::default());
+    assert!(b.output.is_none(), "{} must fail to compile, but it compiled", shown.display());
+    assert!(b.diagnostics.iter().any(|d| d.is_error()));
+    for d in &b.diagnostics {
+        assert!(!d.labels.is_empty() || d.code == "xpol::io", "{}: diagnostic without a span: {d:?}", shown.display());
+    }
+    b
+}
+
 #[test]
 fn golden_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut copied = false;
     for case in cases("tests/golden/fail") {
-        let b = build(&case, &BuildOptions::default());
-        assert!(b.output.is_none(), "{} must fail to compile, but it compiled", case.display());
-        assert!(b.diagnostics.iter().any(|d| d.is_error()));
-        for d in &b.diagnostics {
-            assert!(!d.labels.is_empty() || d.code == "xpol::io", "{}: diagnostic without a span: {d:?}", case.display());
-        }
-        snapshot(&format!("fail__{}", stem(&case)), &render_human(&b.diagnostics, &b.sources, false));
+        let text = if needs_expansion(&case) {
+            if !copied {
+                expanded_copy(Path::new("tests/golden/fail"), dir.path());
+                copied = true;
+            }
+            let path = dir.path().join(case.file_name().expect("a name"));
+            let b = must_fail(&path, &case);
+            render_human(&b.diagnostics, &b.sources, false).replace(&dir.path().display().to_string(), "<expanded>")
+        } else {
+            let b = must_fail(&case, &case);
+            render_human(&b.diagnostics, &b.sources, false)
+        };
+        snapshot(&format!("fail__{}", stem(&case)), &text);
     }
 }
 
