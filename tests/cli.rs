@@ -391,3 +391,36 @@ fn check_kernel_refuses_a_missing_redirect_interface() {
     assert!(err.contains("verified by the kernel") && err.contains("no network interface `xpolnoif0`"), "{err}");
     assert!(!err.contains("`lo`"), "lo exists: {err}");
 }
+
+/// The one limit left to the kernel (docs/language.md, Limits): a program
+/// within the compiler's size budget that the kernel's rewriting (map
+/// lookups inlined) makes too long for its jumps. `check --kernel` names
+/// the rule where the kernel could not rewrite, in the file it is in (here
+/// an included one), from the instruction the kernel names ("insn N
+/// cannot be patched", counted in the program as loaded), not at 1:1.
+#[test]
+fn check_kernel_locates_too_long_once_rewritten_in_an_include() {
+    if !xpol_runtime::testing::kernel_or_skip("check_kernel_locates_too_long_once_rewritten_in_an_include") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("inc")).expect("mkdir");
+    // 207 rules of two map updates each: about 32,100 instructions as
+    // compiled, more once the kernel inlines the lookups (204 load).
+    let rules: String = (1..=207).map(|i| format!("xdp /tcp.dport == {i}/ {{ @m[ip.src] = count(); @c = count() }}\n")).collect();
+    std::fs::write(dir.path().join("inc/rules.xpol"), &rules).expect("write");
+    std::fs::write(dir.path().join("main.xpol"), "include \"inc/rules.xpol\"\nxdp { pass }\n").expect("write");
+    let r = xpolc().current_dir(dir.path()).args(["check", "--kernel", "main.xpol"]).output().expect("run xpolc");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("xpol::verifier::too_long_once_rewritten"), "{err}");
+    // `╭─[inc/rules.xpol:LINE:COLUMN]`: a rule near the end, at its first
+    // map update (column 26), whose lookup the kernel could not inline.
+    let at = err.split("╭─[").nth(1).and_then(|s| s.split(']').next()).expect("a located error");
+    let mut parts = at.rsplitn(3, ':');
+    let (column, line, file) = (parts.next(), parts.next().and_then(|l| l.parse::<usize>().ok()), parts.next());
+    assert_eq!(file, Some("inc/rules.xpol"), "{err}");
+    assert_eq!(column, Some("26"), "{err}");
+    assert!(line.is_some_and(|l| (100..=207).contains(&l)), "a rule near the end, not the first: {err}");
+    assert!(err.contains("cannot be patched due to 16-bit range"), "{err}");
+}

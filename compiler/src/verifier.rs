@@ -421,6 +421,12 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         let limit = message.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(64);
         insn = nth_map_use(object, program, limit).unwrap_or(insn);
     }
+    if class.is_some_and(|c| c.code == "xpol::verifier::too_long_once_rewritten") {
+        // "insn N cannot be patched due to 16-bit range": the rewriting
+        // stops before any walk, and N is the instruction's index in the
+        // program as loaded (the kernel's `orig_idx`).
+        insn = patched_insn(log).unwrap_or(insn);
+    }
     let mut d = match class {
         Some(c) => {
             let cause = match detail(c.code, &at, section, object) {
@@ -433,7 +439,10 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
             .with_help("this rejection is not in xpol's catalog; the verifier's words are above"),
     };
     if let Some(span) = span_of_insn(object, program, insn, located, sources) {
-        d = d.with_label(span, format!("instruction {insn}: {}", message.lines().next().unwrap_or("rejected here")));
+        let first = message.lines().next().unwrap_or("rejected here");
+        // "insn N cannot be patched ...": already names the instruction.
+        let label = if first.starts_with(&format!("insn {insn} ")) { first.to_string() } else { format!("instruction {insn}: {first}") };
+        d = d.with_label(span, label);
     }
     if class.is_none() {
         d.help = Some(format!("the verifier said: {message}"));
@@ -442,6 +451,12 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         d.help = Some(format!("{}\n\nverifier log (the lines that matter):\n{}", d.help.unwrap_or_default(), relevant_lines(log).join("\n")));
     }
     d
+}
+
+/// The instruction a "insn N cannot be patched due to 16-bit range" line
+/// names.
+fn patched_insn(log: &str) -> Option<usize> {
+    log.lines().find_map(|l| l.trim().strip_prefix("insn ")?.strip_suffix(" cannot be patched due to 16-bit range")?.parse().ok())
 }
 
 /// The instruction of program `program` that first uses the `n`th map
