@@ -164,10 +164,16 @@ fn golden_std_policies() {
     }
 }
 
-/// The JSON form editors and CI annotations consume, for a policy with
-/// several errors.
+/// The JSON stream (`xpolc check --message-format json`: the records,
+/// then the summary) and the SARIF log (`--message-format sarif`) of a
+/// few failing cases: several errors, fixes, a budget error in a file
+/// after an include, a file shown by excerpts only.
 #[test]
-fn golden_json_diagnostics() {
-    let b = build(Path::new("tests/golden/fail/many-errors.xpol"), &BuildOptions::default());
-    snapshot("json__many-errors", &xpol_lang::render::render_json(&b.diagnostics, &b.sources));
+fn golden_json_and_sarif_diagnostics() {
+    for name in ["many-errors", "name-suggestions", "budget-maps-after-include", "set-file-bad"] {
+        let b = build(&Path::new("tests/golden/fail").join(format!("{name}.xpol")), &BuildOptions::default());
+        let json = xpol_lang::render::render_json(&b.diagnostics, &b.sources) + &xpol_lang::render::render_json_summary(&b.diagnostics, &b.sources, !b.failed());
+        snapshot(&format!("json__{name}"), &json);
+        snapshot(&format!("sarif__{name}"), &xpol_lang::render::render_sarif(&b.diagnostics, &b.sources, env!("CARGO_PKG_VERSION"), true));
+    }
 }
