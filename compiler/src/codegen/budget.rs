@@ -63,7 +63,7 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
                 _ => at(maps[MAX_MAPS_PER_PROGRAM], &format!("map {} of the program", MAX_MAPS_PER_PROGRAM + 1), d),
             });
         }
-        if let Some(insn) = first_walk_crossing(&code, MAX_JUMP_SEQUENCE) {
+        if let Some(insn) = first_walk_crossing(code, MAX_JUMP_SEQUENCE) {
             let d = Diagnostic::error(
                 "xpol::budget::jump_sequence",
                 format!("the `{hook}` program makes the verifier keep more than {MAX_JUMP_SEQUENCE} branches pending: the rules a packet can pass one after another hold too many conditions"),
