@@ -282,9 +282,9 @@ fn set_map_too_large() {
 
 /// 65 sets in one program, one map more than the kernel allows: refused
 /// at compile time (`xpol::budget::maps`), at the rule whose set is the
-/// 65th map the program uses, which is where the kernel stops (it resolves
-/// maps in instruction order; a program of 64 maps loads, see
-/// `tests/limits.rs`).
+/// 65th map the program uses in source order (xpol's own first), which
+/// here is also where the kernel stops (it resolves maps in instruction
+/// order; a program of 64 maps loads, see `tests/limits.rs`).
 #[test]
 fn too_many_maps() {
     let b = build(Path::new("tests/verifier/too-many-maps.xpol"), &BuildOptions::default());
