@@ -99,8 +99,15 @@ fn lb_path_quick() {
     let out = tempfile::tempdir().expect("tempdir");
     let report = lb_path::run(&lb_path::Mode::quick(), out.path());
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lb-path.json")).expect("json")).expect("valid");
-    // Three encapsulations, established and new flows, two exits; the floor.
-    assert_eq!(json["results"].as_array().expect("results").len(), 3 * 2 * 2 + 1, "{}", report.table);
+    // Four encapsulations and DNAT of both families, established and new
+    // flows, two exits; the floor.
+    assert_eq!(json["results"].as_array().expect("results").len(), 6 * 2 * 2 + 1, "{}", report.table);
+    // The DNAT cases' NAT maps were compared (equal, in a quick run).
+    let nat_maps = json["nat_maps"].as_array().expect("nat_maps");
+    assert_eq!(nat_maps.len(), 2, "{}", report.table);
+    for m in nat_maps {
+        assert!(m["xpol_entries"].as_u64().expect("entries") > 0 && m["xpol_entries"] == m["c_entries"] && m["in_both"] == m["c_entries"], "{m}");
+    }
     // BPF_PROG_TEST_RUN with repeat does not reset the packet (why the
     // benchmark runs each packet once per call).
     assert_eq!(json["repeat_runs_balanced"]["balanced"], 1);
