@@ -184,6 +184,10 @@ const ETH_P_8021AD: u64 = 0x88a8;
 #[derive(Clone, Copy)]
 pub struct Headers<'ctx> {
     pub data: PointerValue<'ctx>,
+    /// The frame's end as the parser read it: with `data`, valid until a
+    /// helper that changes the packet (the verifier keeps the bounds the
+    /// parser checked on both).
+    pub data_end: PointerValue<'ctx>,
     pub pkt_len: IntValue<'ctx>,
     pub eth_ok: PointerValue<'ctx>,
     pub eth_dst: PointerValue<'ctx>,
@@ -324,6 +328,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let f = b.bool(false);
     let h = Headers {
         data,
+        data_end,
         pkt_len,
         eth_ok: b.var(f, "eth_ok"),
         eth_dst: b.var(z, "eth_dst"),

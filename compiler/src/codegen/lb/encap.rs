@@ -234,7 +234,30 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // The checksum of a sum: the sum modulo 0xffff is its value in one's
         // complement with 0 for zero (not 0xffff), so its inverse is never
         // 0: a computed 0 is sent as 0xffff (0 is "no checksum").
-        let finish = |sum: IntValue<'ctx>| b.trunc(b.sub(c(0xffff), b.urem(sum, c(0xffff))), i16t);
+        // Folded to 16 bits first (not `urem`, a 64-bit division): a fold
+        // of 0xffff is 0 modulo 0xffff.
+        let finish = |sum: IntValue<'ctx>| {
+            let t = b.sub(c(0xffff), fold16(sum));
+            b.trunc(pick(eq(t, 0), c(0xffff), t), i16t)
+        };
+        // The inner packet's part of the sum where its TCP, UDP or ICMP
+        // checksum covers it: its IP header less the pseudo-header that
+        // checksum covers (for IPv6 the addresses and length cancel).
+        let v6_sum = |proto: IntValue<'ctx>| {
+            let tos = get(h.tos);
+            let flow = get(h.flow);
+            let hi = b.or(b.or(c(0x6000), b.shl(b.and(tos, c(0xff)), c(4))), b.lshr(flow, c(16)));
+            let lo = b.and(flow, c(0xffff));
+            b.add(b.add(hi, lo), b.add(b.and(get(h.ttl), c(0xff)), b.mul(proto, c(255))))
+        };
+        let v4_sum = |proto: IntValue<'ctx>, l4_len: IntValue<'ctx>| {
+            let halves_be = |raw: IntValue<'ctx>| {
+                let w = b.zext64(b.bswap(b.trunc(raw, b.m.cx.i32_type())));
+                b.add(b.and(w, c(0xffff)), b.lshr(w, c(16)))
+            };
+            let pseudo = b.add(b.add(halves_be(get(h.src4)), halves_be(get(h.dst4))), b.add(proto, l4_len));
+            b.sub(c(0xffff), fold16(pseudo))
+        };
         let done = b.block("gue6_csum_done");
         let header = b.block("gue6_csum_header");
         let derived = b.block("gue6_csum_derived");
@@ -244,6 +267,22 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let bytes = b.block("gue6_csum_bytes");
         let none = b.block("gue6_csum_none");
         let mut incoming = Vec::new();
+
+        // The common case, from the parser's facts alone: TCP right after
+        // the IP header (IPv6 without extension headers, IPv4 not a
+        // fragment). Where the rule implies it (a TCP VIP), LLVM knows the
+        // facts and this is the only path; elsewhere one branch on them
+        // comes before the general decision below.
+        let tcp_first = b.block("gue6_csum_tcp");
+        let general = b.block("gue6_csum_general");
+        let direct = b.select(get(h.ip6_ok), b.eq(get(h.ip6_nh), c(6)), b.not(get(h.frag)));
+        b.cond_br_likely(b.and(get(h.tcp_ok), direct), tcp_first, general);
+        b.at(tcp_first);
+        let l4_len = b.sub(get(h.ip_len), b.shl(get(h.ihl), c(2)));
+        let inner = swap16(fold16(b.select(get(h.ip6_ok), v6_sum(c(6)), v4_sum(c(6), l4_len))));
+        incoming.push((finish(b.add(outer, inner)), b.cur()));
+        b.br(done);
+        b.at(general);
 
         // The fixed part of an IPv4 header, 20 of IPv6's 40 bytes: in the
         // frame, as the parser found them.
@@ -278,24 +317,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.cond_br_likely(b.cmp(IntPredicate::NE, b.zext64(b.load_raw(p, 6, 2)), c(0)), derived, bytes);
 
         b.at(derived);
-        let v6_sum = {
-            let tos = get(h.tos);
-            let flow = get(h.flow);
-            let hi = b.or(b.or(c(0x6000), b.shl(b.and(tos, c(0xff)), c(4))), b.lshr(flow, c(16)));
-            let lo = b.and(flow, c(0xffff));
-            b.add(b.add(hi, lo), b.add(b.and(get(h.ttl), c(0xff)), b.mul(proto, c(255))))
-        };
-        let v4_sum = {
-            let halves_be = |raw: IntValue<'ctx>| {
-                let w = b.zext64(b.bswap(b.trunc(raw, b.m.cx.i32_type())));
-                b.add(b.and(w, c(0xffff)), b.lshr(w, c(16)))
-            };
-            let l4_len = b.sub(len, hl);
-            let pseudo = b.add(b.add(halves_be(get(h.src4)), halves_be(get(h.dst4))), b.add(proto, l4_len));
-            let minus = b.sub(c(0xffff), fold16(pseudo));
-            pick(eq(proto, 1), c(0), minus)
-        };
-        let inner = swap16(fold16(pick(v6, v6_sum, v4_sum)));
+        let inner4 = pick(eq(proto, 1), c(0), v4_sum(proto, b.sub(len, hl)));
+        let inner = swap16(fold16(pick(v6, v6_sum(proto), inner4)));
         incoming.push((finish(b.add(outer, inner)), b.cur()));
         b.br(done);
 
