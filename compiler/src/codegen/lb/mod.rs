@@ -256,8 +256,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
             // The flow the other way round.
             let words = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
-            let hash = eager.then(|| words.hash(b));
-            incoming.push((words, hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
+            let hash = eager.then(|| murmur3(b, xpol_lang::maglev::FLOW_SEED, &words));
+            incoming.push((family_v6, hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
             b.br(hashed);
         }
 
@@ -270,10 +270,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
             let words = self.flow_key(lb, key, src, dst, sport, dport, proto);
-            let hash = eager.then(|| words.hash(b));
+            let hash = eager.then(|| murmur3(b, xpol_lang::maglev::FLOW_SEED, &words));
             // TCP as the parser saw it: a constant where the program was
             // specialized for the L4 header.
-            incoming.push((words, hash, b.zext64(get(h.tcp_ok)), b.cur()));
+            incoming.push((family_v6, hash, b.zext64(get(h.tcp_ok)), b.cur()));
             b.br(hashed);
         }
         b.at(hashed);
@@ -281,7 +281,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // ICMP error).
         let flow_tcp = b.phi(&incoming.iter().map(|&(_, _, t, bb)| (t, bb)).collect::<Vec<_>>());
         let eager_hash = eager.then(|| b.phi(&incoming.iter().filter_map(|&(_, h, _, bb)| Some((h?, bb))).collect::<Vec<_>>()));
-        let words = (!eager).then(|| FlowWords::merge(b, &incoming.iter().map(|(w, _, _, bb)| (w, *bb)).collect::<Vec<_>>()));
+        // Otherwise the words are read back from the key where a new flow
+        // needs them: carried over the merge instead, they would be set
+        // (spilled) on every packet's path.
+        let flow_v6 = b.phi(&incoming.iter().map(|&(v6, _, _, bb)| (b.bool(v6), bb)).collect::<Vec<_>>());
+        let families = (incoming.iter().any(|&(v6, ..)| !v6), incoming.iter().any(|&(v6, ..)| v6));
 
         // The flow table: a flow keeps its backend while the backend's slot
         // holds one. A TCP SYN (without ACK) starts a connection, which the
@@ -333,11 +337,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(half_found);
         // The half in use (0 or 1, `PoolMeta::control_map`).
         let base = b.mul(b.and(b.load_raw(control, 0, 4), b.c32(1)), b.c32(pool.table_size));
-        let hash = match (eager_hash, &words) {
-            (Some(hash), _) => hash,
-            (None, Some(words)) => words.hash(b),
-            (None, None) => unreachable!("the flow's hash or the words to compute it from"),
-        };
+        let hash = eager_hash.unwrap_or_else(|| hash_of_key(b, key, lb.hash, flow_v6, families));
         b.store_at(ring_key, 0, b.add(base, b.urem(hash, b.c32(pool.table_size))));
         let ring = b.map_lookup(pool.ring, ring_key);
         let ring_found = b.block("lb_ring_found");
@@ -389,9 +389,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
 
     /// Writes the flow key (see [`meta::FlowKey`]) and returns the words
     /// of its hash (the words of `maglev::addr_words`, the ports and the
-    /// protocol, as `lb.hash` selects them).
+    /// protocol, as `lb.hash` selects them; [`hash_of_key`] reads the same
+    /// words from the key).
     #[allow(clippy::too_many_arguments)]
-    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> FlowWords<'ctx> {
+    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
         let b = &*self.b;
         let i32t = b.m.cx.i32_type();
         let i16t = b.m.cx.i16_type();
@@ -416,7 +417,6 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 }
             }
         };
-        let v6 = matches!(src, Addr::V6(..));
         let (src, dst) = (words(src, 0), words(dst, 16));
         let ports_word = b.trunc(b.or(b.shl(sport, b.c64(16)), dport), i32t);
         let proto_word = b.trunc(proto, i32t);
@@ -425,7 +425,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             FlowHash::Source => src,
             FlowHash::Ports => vec![ports_word, proto_word],
         };
-        FlowWords::new(b, v6, words)
+        words
     }
 
     /// Counts a packet (and a new flow when `new_flow` is 1) for backend
@@ -474,45 +474,31 @@ fn flow_tick<'ctx>(b: &Bpf<'_, 'ctx>) -> IntValue<'ctx> {
     b.trunc(b.lshr(ns, b.c64(u64::from(meta::FLOW_TICK_SHIFT))), b.m.cx.i32_type())
 }
 
-/// The words a flow is hashed over. IPv6 flows have more: where the
-/// paths of both families meet, the words are merged with the shorter list
-/// padded with zeros and the family kept beside them; after the parser's
-/// specialization the family is a constant there and the other family's
-/// hash folds away.
-struct FlowWords<'ctx> {
-    v6: IntValue<'ctx>,
-    words: Vec<IntValue<'ctx>>,
-    /// How many of `words` each family hashes, (IPv4, IPv6); 0 for a
-    /// family whose paths do not meet here.
-    lens: (usize, usize),
-}
-
-impl<'ctx> FlowWords<'ctx> {
-    fn new(b: &Bpf<'_, 'ctx>, v6: bool, words: Vec<IntValue<'ctx>>) -> Self {
-        let n = words.len();
-        FlowWords { v6: b.bool(v6), words, lens: if v6 { (0, n) } else { (n, 0) } }
-    }
-
-    fn merge(b: &Bpf<'_, 'ctx>, incoming: &[(&FlowWords<'ctx>, inkwell::basic_block::BasicBlock<'ctx>)]) -> FlowWords<'ctx> {
-        let len = incoming.iter().map(|(w, _)| w.words.len()).max().unwrap_or(0);
-        let word = |i: usize| b.phi(&incoming.iter().map(|(w, bb)| (w.words.get(i).copied().unwrap_or_else(|| b.c32(0)), *bb)).collect::<Vec<_>>());
-        FlowWords {
-            v6: b.phi(&incoming.iter().map(|(w, bb)| (w.v6, *bb)).collect::<Vec<_>>()),
-            words: (0..len).map(word).collect(),
-            lens: (incoming.iter().map(|(w, _)| w.lens.0).max().unwrap_or(0), incoming.iter().map(|(w, _)| w.lens.1).max().unwrap_or(0)),
-        }
-    }
-
-    /// `xpol_lang::maglev::murmur3_words` over the words, computed in the
-    /// block where it is called.
-    fn hash(&self, b: &Bpf<'_, 'ctx>) -> IntValue<'ctx> {
-        let seed = xpol_lang::maglev::FLOW_SEED;
-        match self.lens {
-            (n, 0) | (0, n) => return murmur3(b, seed, &self.words[..n]),
-            _ => {}
-        }
-        let (n4, n6) = self.lens;
-        b.select(self.v6, murmur3(b, seed, &self.words[..n6]), murmur3(b, seed, &self.words[..n4]))
+/// The flow hash of the key at `key` (as [`Lower::flow_key`] wrote it),
+/// from the words stored there: the addresses' words as loaded, the ports
+/// as one big-endian word, the protocol. `v6`: the key's family, and which
+/// families reach here (`families`: IPv4, IPv6); where only one does, its
+/// hash alone is computed.
+fn hash_of_key<'ctx>(b: &Bpf<'_, 'ctx>, key: PointerValue<'ctx>, by: FlowHash, v6: IntValue<'ctx>, families: (bool, bool)) -> IntValue<'ctx> {
+    let i32t = b.m.cx.i32_type();
+    let seed = xpol_lang::maglev::FLOW_SEED;
+    let hash = |family_v6: bool| {
+        let n = if family_v6 { 4 } else { 1 };
+        let addr = |off: u64| (0..n).map(|i| b.load_raw(key, off + 4 * i, 4)).collect::<Vec<_>>();
+        // Source and destination port, big-endian in the key: one word.
+        let ports = b.bswap(b.load_raw(key, 32, 4));
+        let proto = b.trunc(b.zext64(b.load_raw(key, 36, 1)), i32t);
+        let words: Vec<IntValue<'ctx>> = match by {
+            FlowHash::FiveTuple => addr(0).into_iter().chain(addr(16)).chain([ports, proto]).collect(),
+            FlowHash::Source => addr(0),
+            FlowHash::Ports => vec![ports, proto],
+        };
+        murmur3(b, seed, &words)
+    };
+    match families {
+        (true, true) => b.select(v6, hash(true), hash(false)),
+        (false, true) => hash(true),
+        _ => hash(false),
     }
 }
 
