@@ -135,8 +135,8 @@ fn xpol_test_runs_a_pcap() {
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
     assert_eq!(lines.len(), 5);
     assert_eq!((lines[0]["verdict"].as_str(), lines[0]["fired"][0].as_u64()), (Some("drop"), Some(0)));
-    assert_eq!((lines[1]["verdict"].as_str(), lines[1]["fired"][0].as_u64()), (Some("drop"), Some(2)));
-    assert_eq!((lines[2]["verdict"].as_str(), lines[2]["fired"][0].as_u64()), (Some("pass"), Some(4)));
+    assert_eq!((lines[1]["verdict"].as_str(), lines[1]["fired"][0].as_u64()), (Some("drop"), Some(3)));
+    assert_eq!((lines[2]["verdict"].as_str(), lines[2]["fired"][0].as_u64()), (Some("pass"), Some(5)));
     assert!(lines[3]["verdict"].as_str().expect("verdict").starts_with("error"), "a 10-byte frame cannot be test-run");
     assert_eq!(lines[4]["counters"]["rules"][0]["packets"], 1);
     assert!(lines.iter().all(|l| l["schema"] == 1), "every record carries the schema (docs/json.md)");
