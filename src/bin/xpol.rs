@@ -5,6 +5,8 @@
 //!   xpol test POLICY           compile (or load an object), verify it in the kernel
 //!                              and run sample packets through it with
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
+//!   xpol completions SHELL     a completion script for bash, zsh, fish, ...
+//!   xpol man [--out DIR]       man pages, from the same definitions as the parser
 
 mod common;
 #[path = "xpol/applied.rs"]
@@ -17,7 +19,7 @@ mod follow;
 mod lb_host;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -164,6 +166,15 @@ enum Command {
         json: bool,
         #[command(flatten)]
         rejection: RejectionOptions,
+    },
+    /// Print a shell completion script on standard output, e.g.
+    /// `xpol completions bash > /usr/share/bash-completion/completions/xpol`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page xpol(8), or with --out write it and one page per
+    /// subcommand (xpol-run.8, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -1078,6 +1089,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
+        Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
+        Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Pool { name, pool, op } => applied::pool(&name, &pool, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
