@@ -179,3 +179,41 @@ fn golden_json_and_sarif_diagnostics() {
         snapshot(&format!("sarif__{name}"), &xpol_lang::render::render_sarif(&b.diagnostics, &b.sources, env!("CARGO_PKG_VERSION"), true));
     }
 }
+
+/// Every example and std policy checks without a warning, unless its text
+/// explains the warning it keeps and names it on a line of its own,
+/// `// expect-warning: CODE` (one line per warning it gives, e.g.
+/// `// expect-warning: xpol::lint::shadowed`). A new user's first policy
+/// is copied from these: a warning they print must be meant. A std policy
+/// is checked as a policy that includes it.
+#[test]
+fn examples_and_std_policies_are_warning_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut checked = 0;
+    for case in cases("examples").into_iter().chain(cases("std-policies")) {
+        let text = std::fs::read_to_string(&case).expect("read the policy");
+        let mut expected: Vec<String> =
+            text.lines().filter_map(|l| l.trim().strip_prefix("// expect-warning:")).map(|code| code.trim().to_string()).collect();
+        let built = if case.starts_with("std-policies") {
+            let name = case.file_name().expect("a file name").to_string_lossy().into_owned();
+            let wrapper = dir.path().join(format!("use-{name}"));
+            std::fs::write(&wrapper, format!("include \"std/{name}\"\nxdp {{ pass }}\n")).expect("write wrapper");
+            build(&wrapper, &BuildOptions::default())
+        } else {
+            build(&case, &BuildOptions::default())
+        };
+        let rendered = render_human(&built.diagnostics, &built.sources, false);
+        assert!(built.output.is_some(), "{} must compile:\n{rendered}", case.display());
+        let mut warnings: Vec<String> = built.diagnostics.iter().filter(|d| !d.is_error()).map(|d| d.code.to_string()).collect();
+        warnings.sort();
+        expected.sort();
+        assert_eq!(
+            warnings,
+            expected,
+            "{}: its warnings must be the ones it names with `// expect-warning: CODE` lines (fix the policy, or explain the warning and name it):\n{rendered}",
+            case.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 6, "examples and std policies: {checked}");
+}

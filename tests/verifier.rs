@@ -62,8 +62,8 @@ fn missing_bounds_check_points_at_the_first_rule_reading_l4() {
     }
     let (d, text) = rejection(Path::new("examples/firewall.xpol"), Faults { omit_l4_bounds_check: true, ..Faults::default() });
     assert_eq!(d.code, "xpol::verifier::packet_bounds", "{text}");
-    // Rule 1 (line 16, column 6) is the first to read `tcp.dport`.
-    assert!(text.contains("examples/firewall.xpol:16:6"), "{text}");
+    // Rule 2 (line 17, column 6) is the first to read `tcp.dport`.
+    assert!(text.contains("examples/firewall.xpol:17:6"), "{text}");
     assert!(text.contains("tcp.dport"), "{text}");
     assert!(d.message.contains("has not proven to lie inside the packet"), "{text}");
     snapshot("verifier__packet_bounds", &text);

@@ -41,7 +41,7 @@ pub enum RuntimeError {
     NoSuchInterface(String),
     #[error("`{iface}` already has an XDP program attached: {holder}")]
     XdpBusy { iface: String, holder: String },
-    #[error("the driver of `{iface}` has no native XDP support; use `--mode generic` (or `--mode auto`)")]
+    #[error("the driver of `{iface}` has no native XDP support; use `--mode skb` (or `--mode auto`)")]
     NoNativeXdp { iface: String },
     #[error("cannot attach `{program}` to `{iface}`: {message}")]
     Attach { program: String, iface: String, message: String },

@@ -3,6 +3,7 @@
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm] [--message-format human|json|sarif]
 //!   xpolc check POLICY [--message-format human|json|sarif] [--kernel [--verbose] [--verifier-log FILE]]
 //!   xpolc lsp
+//!   xpolc completions SHELL | xpolc man [--out DIR]
 //!
 //! POLICY `-` is standard input. Diagnostics for people go to stderr; in
 //! JSON or SARIF to stdout, where nothing else is written (docs/json.md).
@@ -13,7 +14,7 @@ mod lsp;
 
 use anyhow::{Context, Result};
 use common::{check_output, write_output};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,6 +72,15 @@ enum Command {
     /// Serve the Language Server Protocol on stdin/stdout, for editors:
     /// diagnostics as you type, hover, go-to-definition, completion.
     Lsp,
+    /// Print a shell completion script on standard output, e.g.
+    /// `xpolc completions bash > /usr/share/bash-completion/completions/xpolc`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page xpolc(1), or with --out write it and one page per
+    /// subcommand (xpolc-build.1, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,6 +182,8 @@ fn input_paths(sources: &xpol_lang::SourceMap) -> Vec<&std::path::Path> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
+        Command::Man { out } => common::generate::man(Cli::command(), "1", out.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Lsp => {
             lsp::run()?;
             Ok(ExitCode::SUCCESS)
