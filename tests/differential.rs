@@ -701,7 +701,7 @@ fn ne_as_eq(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -
                 expr(a);
                 expr(b);
             }
-            ExprKind::MapRead { keys, .. } => keys.iter_mut().for_each(expr),
+            ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter_mut().for_each(expr),
             ExprKind::Const(_) | ExprKind::Field(_) | ExprKind::Local(_) => {}
         }
     }
