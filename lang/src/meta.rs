@@ -408,6 +408,10 @@ pub struct LimitMeta {
     pub keys: Vec<KeyKind>,
     pub key_size: u32,
     pub max_entries: u32,
+    /// Nanoseconds of credit a full bucket holds: a bucket whose value is
+    /// `T` holds `depth_ns - (T - now)` at `now` (all of it once `T <=
+    /// now`).
+    pub depth_ns: u64,
 }
 
 /// Bytes of a limit map's value (see [`LimitMeta`]).

@@ -447,7 +447,22 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
     let pools: Vec<serde_json::Value> = policy.pool_stats_for_reports()?.iter().map(pool_json).collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools}))
+    let mut limits = Vec::new();
+    for (i, l) in meta.limits.iter().enumerate() {
+        let buckets = policy.limit_buckets(i)?;
+        let not_full: Vec<_> = buckets.iter().filter(|b| b.credit_ns < l.depth_ns).collect();
+        // The emptiest buckets first: the keys being limited now.
+        let top: Vec<serde_json::Value> = not_full
+            .iter()
+            .take(5)
+            .map(|b| serde_json::json!({"key": b.key.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "), "credit": b.credit_ns as f64 / l.depth_ns.max(1) as f64}))
+            .collect();
+        limits.push(serde_json::json!({
+            "rule": l.rule, "key": keys.get(l.rule as usize), "line": l.line, "column": l.column, "text": l.text, "keyed": !l.keys.is_empty(),
+            "entries": buckets.len(), "capacity": l.max_entries, "not_full": not_full.len(), "top": top,
+        }));
+    }
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -520,10 +535,26 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
     }
+    for l in report["limits"].as_array().into_iter().flatten() {
+        out.push_str(&limit_line(l));
+    }
     for p in report["pools"].as_array().into_iter().flatten() {
         out.push_str(&format!("  pool {}:\n{}", p["name"].as_str().unwrap_or(""), pool_table(p, "    ")));
     }
     print!("{out}");
+}
+
+/// A `limit` of a report, as the tables show it: its buckets, and the
+/// emptiest ones by key.
+fn limit_line(l: &serde_json::Value) -> String {
+    let mut out = format!(
+        "  limit (rule #{}, line {}) {}: {}/{} buckets, {} not full\n",
+        l["rule"], l["line"], l["text"].as_str().unwrap_or(""), l["entries"], l["capacity"], l["not_full"]
+    );
+    for t in l["top"].as_array().into_iter().flatten().filter(|_| l["keyed"] == true) {
+        out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
+    }
+    out
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -652,6 +683,11 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             ok = true;
         }
         let hook = case.hook.unwrap_or(first_hook);
+        if case.after_ns > 0 {
+            // The kernel's clock cannot be moved: its buckets are.
+            state.advance(case.after_ns);
+            loaded.advance_limits(case.after_ns)?;
+        }
         let bytes = xpol_runtime::packet::from_test(&case.packet);
         let before = loaded.rule_counters()?;
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
@@ -822,6 +858,16 @@ fn prometheus(report: &serde_json::Value) -> String {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
         for m in report["maps"].as_array().into_iter().flatten() {
             out.push_str(&format!("{metric}{{{scope},map=\"{}\"}} {}\n", str_of(&m["name"]), m[field].as_u64().unwrap_or(0)));
+        }
+    }
+    for (metric, field, help) in [
+        ("xpol_limit_buckets", "entries", "Buckets (keys) a limit holds."),
+        ("xpol_limit_capacity", "capacity", "The most buckets a limit holds (`size: N`, else the default)."),
+        ("xpol_limit_buckets_not_full", "not_full", "Buckets of a limit that have spent some of their credit."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+        for l in report["limits"].as_array().into_iter().flatten() {
+            out.push_str(&format!("{metric}{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l[field].as_u64().unwrap_or(0)));
         }
     }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
@@ -1103,6 +1149,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 for m in report["maps"].as_array().into_iter().flatten() {
                     println!("  @{}: {}/{} entries, {} lost updates", m["name"].as_str().unwrap_or(""), m["entries"], m["capacity"], m["lost"]);
+                }
+                for l in report["limits"].as_array().into_iter().flatten() {
+                    print!("{}", limit_line(l));
                 }
                 for w in map_warnings(&report) {
                     println!("  warning: {w}");

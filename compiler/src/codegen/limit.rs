@@ -79,7 +79,8 @@ pub fn define<'ctx>(m: &ModuleCx<'ctx>, i: usize, l: &ir::Limit, sources: &xpol_
         (m.define_map(&name, map_type::LRU_HASH, key_bytes, meta::LIMIT_VALUE_SIZE, l.size, 0), key_bytes, l.size)
     };
     let (_, line, column) = sources.location(l.span);
-    let meta = meta::LimitMeta { map: name, rule: l.rule, text: l.text.clone(), line, column, keys, key_size: key_size.max(4), max_entries: entries };
+    let depth_ns = Credit::of(l).depth;
+    let meta = meta::LimitMeta { map: name, rule: l.rule, text: l.text.clone(), line, column, keys, key_size: key_size.max(4), max_entries: entries, depth_ns };
     (LimitDef { map: def, key_size }, meta)
 }
 
