@@ -258,7 +258,9 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
     let mut d = Diagnostic::error("xpol::syntax", message).with_label(Span::new(file, start, end.min(text.len())), "here");
     // Common slips, explained.
     let before = text[..start].trim_end();
-    if before.ends_with('/') || text[start..].starts_with('{') && text[..start].matches('/').count() % 2 == 1 {
+    // (After the `/` of a rate, a unit was expected: not that slip.)
+    let in_rate = positives.contains(&Rule::rate_unit);
+    if !in_rate && (before.ends_with('/') || text[start..].starts_with('{') && text[..start].matches('/').count() % 2 == 1) {
         d = d.with_help("a predicate is written between slashes: `xdp /tcp.dport == 22/ { drop }`; inside it, write division in parentheses");
     }
     d
