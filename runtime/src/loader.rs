@@ -440,6 +440,11 @@ impl LoadedPolicy {
         self.state.advance_limits(ns)
     }
 
+    /// See [`PolicyMaps::hold_limits`].
+    pub fn hold_limits(&self, ns: u64) -> Result<()> {
+        self.state.hold_limits(ns)
+    }
+
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
@@ -948,6 +953,20 @@ impl PolicyMaps {
             for (key, full_at) in self.limit_values(l)? {
                 // 0 and anything past is a full bucket (`meta::LimitMeta`).
                 self.update(&l.map, &key, &full_at.saturating_sub(ns).to_le_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds every limit's buckets still for the `ns` nanoseconds that just
+    /// passed: each is full again `ns` later. `xpol test` does this between
+    /// cases, so that only `after D` moves a test's clock (the kernel's
+    /// cannot be stopped).
+    pub fn hold_limits(&self, ns: u64) -> Result<()> {
+        for l in &self.meta.limits {
+            for (key, full_at) in self.limit_values(l)? {
+                // A bucket never used (0) stays full: `ns` is long past.
+                self.update(&l.map, &key, &full_at.saturating_add(ns).to_le_bytes())?;
             }
         }
         Ok(())

@@ -666,6 +666,19 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
     let ir = &out.ir;
     let first_hook = ir.programs.iter().map(|p| p.hook).min().expect("a policy has a program");
     let mut state = xpol_compiler::reference::State::default();
+    // A test's clock moves by `after` only; the kernel's runs on. Before
+    // each case the limits' buckets are held still for the time that
+    // passed since the last hold (`hold_limits`): the time between the
+    // test runs, the holds' own, and the test runs' (each run reads the
+    // clock at about the same point, so the time from one read to the
+    // next is about the time from one hold to the next), less
+    // `HOLD_MARGIN` once: the kernel's buckets keep that much more credit
+    // than the reference's, so that the jitter of those points (a few
+    // microseconds) never leaves them with less; it does not add up over
+    // the cases.
+    const HOLD_MARGIN: std::time::Duration = std::time::Duration::from_micros(50);
+    let mut last_hold: Option<std::time::Instant> = None;
+    let mut margin = HOLD_MARGIN;
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     let color = std::io::stderr().is_terminal();
@@ -683,13 +696,22 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             ok = true;
         }
         let hook = case.hook.unwrap_or(first_hook);
+        let bytes = xpol_runtime::packet::from_test(&case.packet);
+        let before = loaded.rule_counters()?;
+        // The kernel's clock cannot be stopped or moved: its buckets are.
+        if !ir.limits.is_empty() {
+            let now = std::time::Instant::now();
+            if let Some(at) = last_hold {
+                let since = now.duration_since(at);
+                loaded.hold_limits(since.saturating_sub(margin).as_nanos() as u64)?;
+                margin = margin.saturating_sub(since);
+            }
+            last_hold = Some(now);
+        }
         if case.after_ns > 0 {
-            // The kernel's clock cannot be moved: its buckets are.
             state.advance(case.after_ns);
             loaded.advance_limits(case.after_ns)?;
         }
-        let bytes = xpol_runtime::packet::from_test(&case.packet);
-        let before = loaded.rule_counters()?;
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
         let after = loaded.rule_counters()?;
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
