@@ -440,9 +440,9 @@ impl LoadedPolicy {
         self.state.advance_limits(ns)
     }
 
-    /// See [`PolicyMaps::hold_limits`].
-    pub fn hold_limits(&self, ns: u64) -> Result<()> {
-        self.state.hold_limits(ns)
+    /// See [`PolicyMaps::set_limit_credit`].
+    pub fn set_limit_credit(&self, limit: usize, credit: impl Fn(&[KeyValue]) -> Option<u64>) -> Result<Vec<Vec<KeyValue>>> {
+        self.state.set_limit_credit(limit, credit)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -958,18 +958,25 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Holds every limit's buckets still for the `ns` nanoseconds that just
-    /// passed: each is full again `ns` later. `xpol test` does this between
-    /// cases, so that only `after D` moves a test's clock (the kernel's
-    /// cannot be stopped).
-    pub fn hold_limits(&self, ns: u64) -> Result<()> {
-        for l in &self.meta.limits {
-            for (key, full_at) in self.limit_values(l)? {
-                // A bucket never used (0) stays full: `ns` is long past.
-                self.update(&l.map, &key, &full_at.saturating_add(ns).to_le_bytes())?;
+    /// Sets every bucket of limit number `limit` to hold `credit(key)`
+    /// nanoseconds of credit now (capped at a full bucket), for tests that
+    /// compare the kernel with a reference whose clock they move: the
+    /// kernel's clock cannot be moved or stopped. Returns the keys
+    /// `credit` knows nothing of, left as they are.
+    pub fn set_limit_credit(&self, limit: usize, credit: impl Fn(&[KeyValue]) -> Option<u64>) -> Result<Vec<Vec<KeyValue>>> {
+        let l = self.meta.limits.get(limit).ok_or_else(|| RuntimeError::UnknownMap(format!("limit #{limit}")))?;
+        let mut unknown = Vec::new();
+        for (key, _) in self.limit_values(l)? {
+            let decoded = decode_key(&l.keys, &key);
+            match credit(&decoded) {
+                Some(c) => {
+                    let full_at = sys::monotonic_ns() + l.depth_ns - c.min(l.depth_ns);
+                    self.update(&l.map, &key, &full_at.to_le_bytes())?;
+                }
+                None => unknown.push(decoded),
             }
         }
-        Ok(())
+        Ok(unknown)
     }
 
     /// Every key of a limit's map (u32 0 for an unkeyed one) and its value.

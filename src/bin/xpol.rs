@@ -666,19 +666,6 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
     let ir = &out.ir;
     let first_hook = ir.programs.iter().map(|p| p.hook).min().expect("a policy has a program");
     let mut state = xpol_compiler::reference::State::default();
-    // A test's clock moves by `after` only; the kernel's runs on. Before
-    // each case the limits' buckets are held still for the time that
-    // passed since the last hold (`hold_limits`): the time between the
-    // test runs, the holds' own, and the test runs' (each run reads the
-    // clock at about the same point, so the time from one read to the
-    // next is about the time from one hold to the next), less
-    // `HOLD_MARGIN` once: the kernel's buckets keep that much more credit
-    // than the reference's, so that the jitter of those points (a few
-    // microseconds) never leaves them with less; it does not add up over
-    // the cases.
-    const HOLD_MARGIN: std::time::Duration = std::time::Duration::from_micros(50);
-    let mut last_hold: Option<std::time::Instant> = None;
-    let mut margin = HOLD_MARGIN;
     let (mut passed, mut failed) = (0, 0);
     let mut failures = Vec::new();
     let color = std::io::stderr().is_terminal();
@@ -698,19 +685,15 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
         let before = loaded.rule_counters()?;
-        // The kernel's clock cannot be stopped or moved: its buckets are.
-        if !ir.limits.is_empty() {
-            let now = std::time::Instant::now();
-            if let Some(at) = last_hold {
-                let since = now.duration_since(at);
-                loaded.hold_limits(since.saturating_sub(margin).as_nanos() as u64)?;
-                margin = margin.saturating_sub(since);
-            }
-            last_hold = Some(now);
-        }
-        if case.after_ns > 0 {
-            state.advance(case.after_ns);
-            loaded.advance_limits(case.after_ns)?;
+        // A test's clock moves by `after` only, and the kernel's cannot be
+        // moved or stopped: its buckets are set to hold what the
+        // reference's hold, just before the packet.
+        state.advance(case.after_ns);
+        let set_at = std::time::Instant::now();
+        let mut wrong_limits = Vec::new();
+        for i in 0..ir.limits.len() {
+            let unknown = loaded.set_limit_credit(i, |key| reference_credit(ir, &state, i, key))?;
+            wrong_limits.extend(unknown.iter().map(|k| format!("{}: the kernel has a bucket the reference does not", limit_name(loaded, i, k))));
         }
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
         let after = loaded.rule_counters()?;
@@ -731,6 +714,28 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "@{}{keys}: expected {}, the kernel has {kernel_value}, the reference {reference_value}",
                     ir.maps[m.map].name, m.value
                 ));
+            }
+        }
+        // And on the limits' buckets: the kernel's has what the
+        // reference's has, plus the credit of the time since they were set.
+        let buckets = (0..ir.limits.len()).map(|i| loaded.limit_buckets(i)).collect::<Result<Vec<_>, _>>()?;
+        let since_set = set_at.elapsed().as_nanos() as u64;
+        for (i, kernel) in buckets.iter().enumerate() {
+            for b in kernel {
+                let name = limit_name(loaded, i, &b.key);
+                match reference_credit(ir, &state, i, &b.key) {
+                    None => wrong_limits.push(format!("{name}: the kernel has a bucket the reference does not")),
+                    Some(r) if b.credit_ns < r.min(ir_depth(loaded, i)) || b.credit_ns > r.saturating_add(since_set) => wrong_limits.push(format!(
+                        "{name}: the kernel's bucket holds {} us of credit, the reference's {} us",
+                        b.credit_ns / 1000,
+                        r.min(ir_depth(loaded, i)) / 1000
+                    )),
+                    Some(_) => {}
+                }
+            }
+            let missing = state.limits.keys().filter(|(l, key)| *l == i && !kernel.iter().any(|b| key_parts(&b.key) == *key)).count();
+            if missing > 0 {
+                wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
@@ -755,7 +760,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             && right_backend
             && fired_u32 == reference.fired
             && right_rule
-            && wrong_maps.is_empty();
+            && wrong_maps.is_empty()
+            && wrong_limits.is_empty();
         if json {
             let (_, line, _) = build.sources.location(case.span);
             let decided_line = reference.decided_by.map(|r| out.meta.rules[r as usize].line);
@@ -765,7 +771,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "schema": REPORT_SCHEMA, "test": case.test, "case": build.sources.snippet(case.span), "line": line,
                     "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
                     "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
-                    "fired": fired, "maps_wrong": wrong_maps, "ok": good,
+                    "fired": fired, "maps_wrong": wrong_maps, "limits_wrong": wrong_limits, "ok": good,
                     "kernel_backend": kernel_backend.map(|a| a.to_string()), "reference_backend": reference_backend.map(|a| a.to_string()),
                 })
             );
@@ -791,7 +797,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     .with_help(format!(
                         "{}{}",
                         if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) },
-                        wrong_maps.iter().map(|w| format!("\n{w}")).collect::<String>()
+                        wrong_maps.iter().chain(&wrong_limits).map(|w| format!("\n{w}")).collect::<String>()
                     )),
             );
         }
@@ -806,6 +812,47 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A limit's key as the reference keeps it.
+fn key_parts(key: &[xpol_runtime::loader::KeyValue]) -> Vec<xpol_compiler::reference::KeyPart> {
+    use xpol_compiler::reference::KeyPart;
+    use xpol_runtime::loader::KeyValue;
+    key.iter()
+        .map(|k| match *k {
+            KeyValue::Int(i) => KeyPart::Int(i),
+            KeyValue::Ip(a) => KeyPart::Ip(a),
+            KeyValue::Bool(b) => KeyPart::Bool(b),
+            KeyValue::Mac(m) => KeyPart::Int(m.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))),
+        })
+        .collect()
+}
+
+/// The credit of a limit's bucket in the reference now; a bucket of an
+/// unkeyed limit that no packet used yet is full (the kernel's one bucket
+/// exists from the start).
+fn reference_credit(ir: &xpol_compiler::ir::Policy, state: &xpol_compiler::reference::State, limit: usize, key: &[xpol_runtime::loader::KeyValue]) -> Option<u64> {
+    match state.limit_credit(ir, limit, &key_parts(key)) {
+        Some((credit, _)) => Some(credit),
+        None if ir.limits[limit].keys.is_empty() => Some(u64::MAX),
+        None => None,
+    }
+}
+
+/// What a full bucket of limit `limit` holds, as the object says.
+fn ir_depth(loaded: &LoadedPolicy, limit: usize) -> u64 {
+    loaded.meta().limits[limit].depth_ns
+}
+
+/// A limit's bucket in a test's words: `the limit on line 3 [198.18.0.1]`.
+fn limit_name(loaded: &LoadedPolicy, limit: usize, key: &[xpol_runtime::loader::KeyValue]) -> String {
+    let line = loaded.meta().limits[limit].line;
+    let keys: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    if keys.is_empty() {
+        format!("the limit on line {line}")
+    } else {
+        format!("the limit on line {line} [{}]", keys.join(", "))
+    }
 }
 
 /// The value of a test's map entry after the packet (0: no entry), in the

@@ -14,6 +14,25 @@ pub struct Bucket {
     pub at: u64,
 }
 
+/// What a full bucket of limit `l` holds, in nanoseconds.
+fn depth(l: &ir::Limit) -> u128 {
+    let (period, rate) = (u128::from(l.period_ns), u128::from(l.rate));
+    match l.unit {
+        LimitUnit::Packets => u128::from(l.burst) * (period / rate),
+        LimitUnit::Bytes => u128::from(l.burst) * period / rate,
+    }
+}
+
+/// The credit the bucket of `key` of limit `id` holds at the state's
+/// clock, and what a full one holds (nanoseconds); `None` when no packet
+/// has made it yet.
+pub fn credit(policy: &ir::Policy, id: ir::LimitId, key: &[KeyPart], state: &State) -> Option<(u64, u64)> {
+    let depth = depth(&policy.limits[id]);
+    let b = state.limits.get(&(id, key.to_vec()))?;
+    let credit = (u128::from(b.credit) + u128::from(state.clock_ns.saturating_sub(b.at))).min(depth);
+    Some((credit as u64, depth as u64))
+}
+
 /// Whether a packet of `len` bytes fits in the bucket of `key` of limit
 /// `id` at the state's clock; if it does, its cost is taken.
 pub fn take(policy: &ir::Policy, id: ir::LimitId, key: Vec<KeyPart>, len: u64, state: &mut State) -> bool {
@@ -21,13 +40,14 @@ pub fn take(policy: &ir::Policy, id: ir::LimitId, key: Vec<KeyPart>, len: u64, s
     let (period, rate) = (u128::from(l.period_ns), u128::from(l.rate));
     // What a full bucket holds, and what this packet costs: whole
     // nanoseconds, rounded down.
-    let (depth, cost) = match l.unit {
-        LimitUnit::Packets => (u128::from(l.burst) * (period / rate), period / rate),
+    let depth = depth(l);
+    let cost = match l.unit {
+        LimitUnit::Packets => period / rate,
         LimitUnit::Bytes => {
             if len > l.burst {
                 return false;
             }
-            (u128::from(l.burst) * period / rate, u128::from(len) * period / rate)
+            u128::from(len) * period / rate
         }
     };
     let now = state.clock_ns;

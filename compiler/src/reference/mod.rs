@@ -259,6 +259,12 @@ impl State {
     pub fn advance(&mut self, ns: u64) {
         self.clock_ns = self.clock_ns.saturating_add(ns);
     }
+
+    /// The credit (nanoseconds) the bucket of `key` of limit `id` holds
+    /// now, and what a full one holds; `None` for a bucket no packet made.
+    pub fn limit_credit(&self, policy: &ir::Policy, id: ir::LimitId, key: &[KeyPart]) -> Option<(u64, u64)> {
+        limit::credit(policy, id, key, self)
+    }
 }
 
 struct Eval<'a> {
