@@ -92,6 +92,9 @@ struct TestRunRow {
     one: Vec<f64>,
     /// Two CPUs at once on one bucket: each lane's ns per run, per round.
     two: Vec<f64>,
+    runs: u64,
+    /// Runs the rule dropped.
+    dropped: u64,
 }
 
 fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
@@ -100,7 +103,7 @@ fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
     let policies: Vec<(&str, LoadedPolicy)> = test_run_policies().into_iter().enumerate().map(|(i, (name, text))| (name, load(dir, &format!("run{i}"), &text))).collect();
     let cpus = sys::allowed_cpus().expect("CPUs");
     let pair = [cpus[0], *cpus.get(1).unwrap_or(&cpus[0])];
-    let mut rows: Vec<TestRunRow> = policies.iter().map(|(name, _)| TestRunRow { name, one: Vec::new(), two: Vec::new() }).collect();
+    let mut rows: Vec<TestRunRow> = policies.iter().map(|(name, _)| TestRunRow { name, one: Vec::new(), two: Vec::new(), runs: 0, dropped: 0 }).collect();
     for _ in 0..rounds {
         // Interleaved: each round times every policy once.
         for ((_, p), row) in policies.iter().zip(rows.iter_mut()) {
@@ -127,11 +130,18 @@ fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
     }
     // Every policy dropped every run (all but a few within the limit's
     // burst or rate, which pass): the limit was evaluated.
-    for ((name, p), row) in policies.iter().zip(&rows) {
+    for ((name, p), row) in policies.iter().zip(rows.iter_mut()) {
         let runs = u64::from(repeat) * (row.one.len() + row.two.len()) as u64;
         let dropped = p.rule_counters().expect("counters")[0].packets;
+        (row.runs, row.dropped) = (runs, dropped);
         if name.contains("within") {
-            assert_eq!(dropped, 0, "{name}: within the limit nothing is dropped");
+            // Nearly nothing: a run held up for longer than the burst's
+            // millisecond after it read the clock (an interrupt) finds the
+            // bucket moved on by the other CPU meanwhile, and is over.
+            assert!(dropped <= runs / 100_000, "{name}: {dropped} of {runs} runs dropped within the limit");
+            if dropped > 0 {
+                eprintln!("{name}: {dropped} of {runs} runs were over the limit");
+            }
         } else {
             // The burst, and what the rate lets through (1,000 a second
             // for some seconds at most).
@@ -219,12 +229,13 @@ impl Peer {
     }
 }
 
-/// nftables' ruleset: `rule` in a netdev ingress chain of `dev`.
-fn nft_ruleset(table: &str, dev: &str, keyed: bool) -> String {
+/// nftables' ruleset: a limit of `rate` a second (by source when
+/// `keyed`) in a netdev ingress chain of `dev`.
+fn nft_ruleset(table: &str, dev: &str, keyed: bool, rate: u32) -> String {
     let (set, rule) = if keyed {
-        ("  set per_source { type ipv4_addr; size 65536; flags dynamic; }\n", "update @per_source { ip saddr limit rate over 1/second burst 1 packets } counter drop")
+        ("  set per_source { type ipv4_addr; size 65536; flags dynamic; }\n".to_string(), format!("update @per_source {{ ip saddr limit rate over {rate}/second burst 1 packets }} counter drop"))
     } else {
-        ("", "limit rate over 1/second burst 1 packets counter drop")
+        (String::new(), format!("limit rate over {rate}/second burst 1 packets counter drop"))
     };
     format!("table netdev {table} {{\n{set}  chain ingress {{\n    type filter hook ingress device \"{dev}\" priority -500; policy accept;\n    {rule}\n  }}\n}}\n")
 }
@@ -280,6 +291,7 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
         ("xpol, XDP: no limit (`udp.dport == 9`, drop)", "xdp /udp.dport == 9/ { drop }\n"),
         ("xpol, XDP: `!limit(1/s, burst: 1)`", "xdp /udp.dport == 9 && !limit(1/s, burst: 1)/ { drop }\n"),
         ("xpol, XDP: `!limit(1/s, burst: 1, by: ip.src)`", "xdp /udp.dport == 9 && !limit(1/s, burst: 1, by: ip.src)/ { drop }\n"),
+        ("xpol, XDP: `!limit(1000/s, burst: 1)`", "xdp /udp.dport == 9 && !limit(1000/s, burst: 1)/ { drop }\n"),
     ];
     for (i, (name, text)) in xpol_peers.iter().enumerate() {
         let (g, r) = ns.pair().expect("veth pair");
@@ -287,11 +299,15 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
         sys::in_netns(&recv_path, None, || p.attach("xdp", &r, XdpAttachMode::Native)).expect("receiver namespace").expect("attach xpol");
         peers.push((name.to_string(), g, Peer::Xpol(Box::new(p))));
     }
-    for (keyed, name) in [(false, "nftables, netdev ingress: `limit rate over 1/second burst 1 packets`"), (true, "nftables, netdev ingress: `update @per_source { ip saddr limit rate over 1/second burst 1 packets }`")] {
+    for (keyed, rate, name) in [
+        (false, 1, "nftables, netdev ingress: `limit rate over 1/second burst 1 packets`"),
+        (true, 1, "nftables, netdev ingress: `update @per_source { ip saddr limit rate over 1/second burst 1 packets }`"),
+        (false, 1000, "nftables, netdev ingress: `limit rate over 1000/second burst 1 packets`"),
+    ] {
         let (g, r) = ns.pair().expect("veth pair");
-        let table = format!("xpollimit{}", keyed as u8);
+        let table = format!("xpollimit{}{rate}", keyed as u8);
         let file = dir.join(format!("{table}.nft"));
-        std::fs::write(&file, nft_ruleset(&table, &r, keyed)).expect("write nft ruleset");
+        std::fs::write(&file, nft_ruleset(&table, &r, keyed, rate)).expect("write nft ruleset");
         sh(Some(&recv), "nft", &["-f", &file.display().to_string()], None).expect("nft loads the ruleset");
         peers.push((name.to_string(), g, Peer::Nft { table }));
     }
@@ -307,9 +323,13 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
             let before = peer.dropped(&recv);
             let ns_spent = push(&mut gen, &gen_ns, cpu, g, &frame, frames);
             let after = peer.dropped(&recv);
-            // A rate of 1 a second lets a packet or two through per sample;
-            // fewer drops than that means frames were lost before the peer.
-            assert!(after - before + 5 >= u64::from(frames) && after - before <= u64::from(frames), "{name}: {} of {frames} frames dropped by the rule", after - before);
+            // The rate lets a few packets through per sample (a second or
+            // so of it); fewer drops than that means frames were lost
+            // before the peer. A few more: frames of the sample before,
+            // still queued when it ended (the receiver's poll may run in
+            // ksoftirqd after the push returns).
+            let dropped = after - before;
+            assert!(dropped + 5_000 >= u64::from(frames) && dropped <= u64::from(frames) + 1_000, "{name}: {dropped} of {frames} frames dropped by the rule");
             row.samples.push(ns_spent as f64 / f64::from(frames));
             row.frames += u64::from(frames);
             row.dropped += after - before;
@@ -330,16 +350,17 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
     let stat = |v: &[f64]| (median(v), v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(0.0, f64::max));
     let mut md = String::new();
     let base = median(&runs[0].one);
-    let _ = writeln!(md, "| policy (one rule, 64-byte UDP frames) | ns per run, one CPU (min-max) | more than without the limit | ns per run, two CPUs on one bucket, each (min-max) |");
-    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(md, "| policy (one rule, 64-byte UDP frames) | ns per run, one CPU (min-max) | more than without the limit | ns per run, two CPUs on one bucket, each (min-max) | runs dropped by the rule |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     let mut json_runs = Vec::new();
     for r in &runs {
         let (m, lo, hi) = stat(&r.one);
         let (m2, lo2, hi2) = stat(&r.two);
-        let _ = writeln!(md, "| {} | {m:.1} ({lo:.1}-{hi:.1}) | {:+.1} ns | {m2:.1} ({lo2:.1}-{hi2:.1}) |", r.name, m - base);
-        json_runs.push(serde_json::json!({"policy": r.name, "one_cpu_ns": r.one, "two_cpus_ns": r.two, "one_cpu_median": m, "two_cpus_median": m2}));
+        let _ = writeln!(md, "| {} | {m:.1} ({lo:.1}-{hi:.1}) | {:+.1} ns | {m2:.1} ({lo2:.1}-{hi2:.1}) | {} of {} |", r.name, m - base, r.dropped, r.runs);
+        json_runs.push(serde_json::json!({"policy": r.name, "one_cpu_ns": r.one, "two_cpus_ns": r.two, "one_cpu_median": m, "two_cpus_median": m2, "runs": r.runs, "dropped": r.dropped}));
     }
-    let nft = veth_rows.iter().find(|r| r.peer.starts_with("nftables") && r.peer.contains("limit rate over") && !r.peer.contains("@")).map(|r| median(&r.samples));
+    let nft = veth_rows.iter().find(|r| r.peer.contains("`limit rate over 1/second")).map(|r| median(&r.samples));
+    let nft_1000 = veth_rows.iter().find(|r| r.peer.contains("`limit rate over 1000/second")).map(|r| median(&r.samples));
     let nft_keyed = veth_rows.iter().find(|r| r.peer.contains("@per_source")).map(|r| median(&r.samples));
     let mut veth_md = String::new();
     let mut json_veth = Vec::new();
@@ -362,9 +383,16 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
             }
             _ => format!("{name}: not measured"),
         };
-        let xpol_one = veth_rows.iter().find(|r| r.peer.contains("burst: 1)`")).map(|r| median(&r.samples));
+        let xpol_one = veth_rows.iter().find(|r| r.peer.contains("limit(1/s, burst: 1)`")).map(|r| median(&r.samples));
         let xpol_keyed = veth_rows.iter().find(|r| r.peer.contains("by: ip.src")).map(|r| median(&r.samples));
-        let _ = writeln!(veth_md, "\nGoal, at least 3x fewer CPU ns per packet than nftables: {}; {}.", goal("one bucket", xpol_one, nft), goal("a bucket per source", xpol_keyed, nft_keyed));
+        let xpol_1000 = veth_rows.iter().find(|r| r.peer.contains("limit(1000/s")).map(|r| median(&r.samples));
+        let _ = writeln!(
+            veth_md,
+            "\nGoal, at least 3x fewer CPU ns per packet than nftables: {}; {}; {}.",
+            goal("one bucket at 1/s", xpol_one, nft),
+            goal("a bucket per source at 1/s", xpol_keyed, nft_keyed),
+            goal("one bucket at 1000/s (the precise clock for every packet)", xpol_1000, nft_1000)
+        );
     }
     for s in &skipped {
         let _ = writeln!(veth_md, "\nNot measured: {s}.");
@@ -387,8 +415,8 @@ fn write_section(markdown: &str, json: &serde_json::Value) {
     let section = format!(
         "## Rate limits\n\n\
          Measured with `cargo bench --bench limit` at commit {commit} on {cpu}, Linux {}, load average {} (a machine shared with other builds). Raw numbers: `bench-out/limit.json`.\n\n\
-         *Test runs*: one rule, `BPF_PROG_TEST_RUN` with `repeat` 2,000,000 (the kernel's mean time per run, which includes its test loop's own work per run), 9 interleaved rounds, median (min-max). Over the limit (1 a second): every run finds its bucket empty and only reads it, the flood case. Within it (10^9 a second): every run takes a token with a compare-and-exchange. Two CPUs: both run the same policy at once, on one bucket (one source), each lane's time per run. Every run over the limit was dropped by the rule (its counter), none within it.\n\n\
-         *Veth*: 64-byte UDP frames pushed by an XDP program returning `XDP_TX` (test-run with `BPF_F_TEST_XDP_LIVE_FRAMES`, one CPU) out of one veth per receiver, into a namespace where the receiver drops what is over a rate of 1 a second: xpol in XDP (native, veth), nftables in a netdev ingress chain (an skb per frame). CPU ns per packet: the generator thread's run time and its CPU's ksoftirqd's (the receiver's NAPI poll runs on that CPU), over the frames; 5 rounds of 2,000,000 frames, median (min-max); the rule's counter must count every frame but the one or two a second let through. The generator's and veth's own cost is in every row (the first row drops without a limit).\n\n\
+         *Test runs*: one rule, `BPF_PROG_TEST_RUN` with `repeat` 2,000,000 (the kernel's mean time per run, which includes its test loop's own work per run), 9 interleaved rounds, median (min-max). Over the limit: every run finds its bucket empty and only reads it, the flood case; at 1 a second the coarse clock decides (the bucket is short by more than it can lag), at 1,000 a second the precise one must (`bpf_ktime_get_ns`, the difference between the two rows). Within it (10^9 a second, a burst of a millisecond's tokens): every run takes a token with a compare-and-exchange; a run held up after it read the clock (an interrupt) for longer than the burst finds the bucket moved on by the other CPU's runs and is over, the few drops in those rows. Two CPUs: both run the same policy at once, on one bucket (one source), each lane's time per run.\n\n\
+         *Veth*: 64-byte UDP frames pushed by an XDP program returning `XDP_TX` (test-run with `BPF_F_TEST_XDP_LIVE_FRAMES`, one CPU) out of one veth per receiver, into a namespace where the receiver drops what is over a rate of 1 a second (or 1,000, where xpol reads the precise clock for every packet): xpol in XDP (native, veth), nftables in a netdev ingress chain (an skb per frame). CPU ns per packet: the generator thread's run time and its CPU's ksoftirqd's (the receiver's NAPI poll runs on that CPU), over the frames; 5 rounds of 2,000,000 frames, median (min-max); the rule's counter must count every frame but those the rate lets through. The generator's and veth's own cost is in every row (the first row drops without a limit).\n\n\
          {markdown}",
         kernel.trim(),
         json["load_average"].as_str().unwrap_or("")

@@ -177,6 +177,6 @@ fn limit_quick() {
     assert!(report.markdown.contains("### Test runs") && report.markdown.contains("### Veth"), "{}", report.markdown);
     assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(6), "{}", report.json);
     let veth = report.json["veth"].as_array().expect("veth rows");
-    assert!(veth.len() == 5 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
+    assert!(veth.len() == 7 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
     assert!(out.path().join("limit.json").exists());
 }
