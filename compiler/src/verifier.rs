@@ -167,7 +167,7 @@ const CATALOG: &[Class] = &[
         code: "xpol::verifier::unbounded_loop",
         patterns: &["back-edge", "infinite loop", "loop is not bounded"],
         cause: "the program contains a loop the verifier cannot prove to end",
-        help: "`limit(...)` takes its token in a bounded loop, which kernels before Linux 5.3 refuse (and `limit` needs 5.12 for its atomics): run on a newer kernel; without `limit`, this is a bug in xpol's code generation: please report it with this policy",
+        help: "this is a bug in xpol's code generation: please report it with this policy",
     },
     Class {
         code: "xpol::verifier::helper_not_allowed",
