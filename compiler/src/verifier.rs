@@ -184,6 +184,14 @@ const CATALOG: &[Class] = &[
         help: "run on a newer kernel, or avoid the statement that needs this helper",
     },
     Class {
+        code: "xpol::verifier::no_atomics",
+        // Linux before 5.12 knows BPF_XADD (an atomic add) only, and says
+        // so of any other atomic operation.
+        patterns: &["BPF_XADD uses reserved fields", "invalid atomic operation"],
+        cause: "the program takes tokens from a `limit(...)` bucket with an atomic compare-and-exchange (BPF_CMPXCHG), and this kernel has no BPF atomics but add: they need Linux 5.12 or newer",
+        help: "run on Linux 5.12 or newer, or leave `limit(...)` out of the policy for this kernel",
+    },
+    Class {
         code: "xpol::verifier::gpl_only",
         patterns: &["cannot call GPL-restricted function"],
         cause: "the program calls a helper reserved for GPL programs",

@@ -514,7 +514,22 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
     let pools: Vec<serde_json::Value> = policy.pool_stats_for_reports()?.iter().map(pool_json).collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools}))
+    let mut limits = Vec::new();
+    for (i, l) in meta.limits.iter().enumerate() {
+        let buckets = policy.limit_buckets(i)?;
+        let not_full: Vec<_> = buckets.iter().filter(|b| b.credit_ns < l.depth_ns).collect();
+        // The emptiest buckets first: the keys being limited now.
+        let top: Vec<serde_json::Value> = not_full
+            .iter()
+            .take(5)
+            .map(|b| serde_json::json!({"key": b.key.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "), "credit": b.credit_ns as f64 / l.depth_ns.max(1) as f64}))
+            .collect();
+        limits.push(serde_json::json!({
+            "rule": l.rule, "key": keys.get(l.rule as usize), "line": l.line, "column": l.column, "text": l.text, "keyed": !l.keys.is_empty(),
+            "entries": buckets.len(), "capacity": l.max_entries, "not_full": not_full.len(), "top": top,
+        }));
+    }
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -587,10 +602,26 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
     }
+    for l in report["limits"].as_array().into_iter().flatten() {
+        out.push_str(&limit_line(l));
+    }
     for p in report["pools"].as_array().into_iter().flatten() {
         out.push_str(&format!("  pool {}:\n{}", p["name"].as_str().unwrap_or(""), pool_table(p, "    ")));
     }
     print!("{out}");
+}
+
+/// A `limit` of a report, as the tables show it: its buckets, and the
+/// emptiest ones by key.
+fn limit_line(l: &serde_json::Value) -> String {
+    let mut out = format!(
+        "  limit (rule #{}, line {}) {}: {}/{} buckets, {} not full\n",
+        l["rule"], l["line"], l["text"].as_str().unwrap_or(""), l["entries"], l["capacity"], l["not_full"]
+    );
+    for t in l["top"].as_array().into_iter().flatten().filter(|_| l["keyed"] == true) {
+        out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
+    }
+    out
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -721,6 +752,16 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
         let before = loaded.rule_counters()?;
+        // A test's clock moves by `after` only, and the kernel's cannot be
+        // moved or stopped: its buckets are set to hold what the
+        // reference's hold, just before the packet.
+        state.advance(case.after_ns);
+        let set_at = std::time::Instant::now();
+        let mut wrong_limits = Vec::new();
+        for i in 0..ir.limits.len() {
+            let unknown = loaded.set_limit_credit(i, |key| reference_credit(ir, &state, i, key))?;
+            wrong_limits.extend(unknown.iter().map(|k| format!("{}: the kernel has a bucket the reference does not", limit_name(loaded, i, k))));
+        }
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
         let after = loaded.rule_counters()?;
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
@@ -740,6 +781,28 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "@{}{keys}: expected {}, the kernel has {kernel_value}, the reference {reference_value}",
                     ir.maps[m.map].name, m.value
                 ));
+            }
+        }
+        // And on the limits' buckets: the kernel's has what the
+        // reference's has, plus the credit of the time since they were set.
+        let buckets = (0..ir.limits.len()).map(|i| loaded.limit_buckets(i)).collect::<Result<Vec<_>, _>>()?;
+        let since_set = set_at.elapsed().as_nanos() as u64;
+        for (i, kernel) in buckets.iter().enumerate() {
+            for b in kernel {
+                let name = limit_name(loaded, i, &b.key);
+                match reference_credit(ir, &state, i, &b.key) {
+                    None => wrong_limits.push(format!("{name}: the kernel has a bucket the reference does not")),
+                    Some(r) if b.credit_ns < r.min(ir_depth(loaded, i)) || b.credit_ns > r.saturating_add(since_set) => wrong_limits.push(format!(
+                        "{name}: the kernel's bucket holds {} us of credit, the reference's {} us",
+                        b.credit_ns / 1000,
+                        r.min(ir_depth(loaded, i)) / 1000
+                    )),
+                    Some(_) => {}
+                }
+            }
+            let missing = state.limits.keys().filter(|(l, key)| *l == i && !kernel.iter().any(|b| key_parts(&b.key) == *key)).count();
+            if missing > 0 {
+                wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
@@ -764,7 +827,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             && right_backend
             && fired_u32 == reference.fired
             && right_rule
-            && wrong_maps.is_empty();
+            && wrong_maps.is_empty()
+            && wrong_limits.is_empty();
         if json {
             let (_, line, _) = build.sources.location(case.span);
             let decided_line = reference.decided_by.map(|r| out.meta.rules[r as usize].line);
@@ -774,7 +838,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "schema": REPORT_SCHEMA, "test": case.test, "case": build.sources.snippet(case.span), "line": line,
                     "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
                     "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
-                    "fired": fired, "maps_wrong": wrong_maps, "ok": good,
+                    "fired": fired, "maps_wrong": wrong_maps, "limits_wrong": wrong_limits, "ok": good,
                     "kernel_backend": kernel_backend.map(|a| a.to_string()), "reference_backend": reference_backend.map(|a| a.to_string()),
                 })
             );
@@ -800,7 +864,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     .with_help(format!(
                         "{}{}",
                         if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) },
-                        wrong_maps.iter().map(|w| format!("\n{w}")).collect::<String>()
+                        wrong_maps.iter().chain(&wrong_limits).map(|w| format!("\n{w}")).collect::<String>()
                     )),
             );
         }
@@ -815,6 +879,47 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A limit's key as the reference keeps it.
+fn key_parts(key: &[xpol_runtime::loader::KeyValue]) -> Vec<xpol_compiler::reference::KeyPart> {
+    use xpol_compiler::reference::KeyPart;
+    use xpol_runtime::loader::KeyValue;
+    key.iter()
+        .map(|k| match *k {
+            KeyValue::Int(i) => KeyPart::Int(i),
+            KeyValue::Ip(a) => KeyPart::Ip(a),
+            KeyValue::Bool(b) => KeyPart::Bool(b),
+            KeyValue::Mac(m) => KeyPart::Int(m.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))),
+        })
+        .collect()
+}
+
+/// The credit of a limit's bucket in the reference now; a bucket of an
+/// unkeyed limit that no packet used yet is full (the kernel's one bucket
+/// exists from the start).
+fn reference_credit(ir: &xpol_compiler::ir::Policy, state: &xpol_compiler::reference::State, limit: usize, key: &[xpol_runtime::loader::KeyValue]) -> Option<u64> {
+    match state.limit_credit(ir, limit, &key_parts(key)) {
+        Some((credit, _)) => Some(credit),
+        None if ir.limits[limit].keys.is_empty() => Some(u64::MAX),
+        None => None,
+    }
+}
+
+/// What a full bucket of limit `limit` holds, as the object says.
+fn ir_depth(loaded: &LoadedPolicy, limit: usize) -> u64 {
+    loaded.meta().limits[limit].depth_ns
+}
+
+/// A limit's bucket in a test's words: `the limit on line 3 [198.18.0.1]`.
+fn limit_name(loaded: &LoadedPolicy, limit: usize, key: &[xpol_runtime::loader::KeyValue]) -> String {
+    let line = loaded.meta().limits[limit].line;
+    let keys: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    if keys.is_empty() {
+        format!("the limit on line {line}")
+    } else {
+        format!("the limit on line {line} [{}]", keys.join(", "))
+    }
 }
 
 /// The value of a test's map entry after the packet (0: no entry), in the
@@ -889,6 +994,16 @@ fn prometheus(report: &serde_json::Value) -> String {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
         for m in report["maps"].as_array().into_iter().flatten() {
             out.push_str(&format!("{metric}{{{scope},map=\"{}\"}} {}\n", str_of(&m["name"]), m[field].as_u64().unwrap_or(0)));
+        }
+    }
+    for (metric, field, help) in [
+        ("xpol_limit_buckets", "entries", "Buckets (keys) a limit holds."),
+        ("xpol_limit_capacity", "capacity", "The most buckets a limit holds (`size: N`, else the default)."),
+        ("xpol_limit_buckets_not_full", "not_full", "Buckets of a limit that have spent some of their credit."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+        for l in report["limits"].as_array().into_iter().flatten() {
+            out.push_str(&format!("{metric}{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l[field].as_u64().unwrap_or(0)));
         }
     }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
@@ -1165,6 +1280,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 for m in report["maps"].as_array().into_iter().flatten() {
                     println!("  @{}: {}/{} entries, {} lost updates", m["name"].as_str().unwrap_or(""), m["entries"], m["capacity"], m["lost"]);
+                }
+                for l in report["limits"].as_array().into_iter().flatten() {
+                    print!("{}", limit_line(l));
                 }
                 for w in map_warnings(&report) {
                     println!("  warning: {w}");

@@ -10,7 +10,7 @@ fn reads_l4(e: &ir::Expr) -> bool {
     match &e.kind {
         ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6),
         ExprKind::Const(_) | ExprKind::Local(_) => false,
-        ExprKind::MapRead { keys, .. } => keys.iter().any(reads_l4),
+        ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().any(reads_l4),
         ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads_l4(a),
         ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => reads_l4(a) || reads_l4(b),
     }
@@ -20,7 +20,7 @@ fn reads(e: &ir::Expr, field: Field) -> bool {
     match &e.kind {
         ExprKind::Field(f) => *f == field,
         ExprKind::Const(_) | ExprKind::Local(_) => false,
-        ExprKind::MapRead { keys, .. } => keys.iter().any(|k| reads(k, field)),
+        ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().any(|k| reads(k, field)),
         ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads(a, field),
         ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => reads(a, field) || reads(b, field),
     }

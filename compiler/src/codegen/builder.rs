@@ -16,6 +16,7 @@ use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
+    pub const KTIME_GET_NS: u64 = 5;
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const SKB_STORE_BYTES: u64 = 9;
     pub const L3_CSUM_REPLACE: u64 = 10;
@@ -966,6 +967,31 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             let new = self.add(old, v);
             ok(self.b.build_store(q, new));
         }
+    }
+
+    /// Compare-and-exchange of the u64 at `p + off` (BPF_ATOMIC
+    /// BPF_CMPXCHG, Linux 5.12): stores `new` there if it holds
+    /// `expected`, in one atomic step; true when it did.
+    pub fn atomic_cmpxchg(&self, p: PointerValue<'ctx>, off: u64, expected: IntValue<'ctx>, new: IntValue<'ctx>) -> IntValue<'ctx> {
+        let q = self.ptr_add(p, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, self.i64().ptr_type(AddressSpace::default()), "q64"));
+        let pair = ok(self.b.build_cmpxchg(q, expected, new, AtomicOrdering::Monotonic, AtomicOrdering::Monotonic));
+        // The BPF instruction returns the value it found: compared here,
+        // rather than with the pair's flag, so that what LLVM emits is the
+        // instruction and one compare.
+        let found = ok(self.b.build_extract_value(pair, 0, "found")).into_int_value();
+        self.eq(found, expected)
+    }
+
+    /// An 8-byte load the compiler neither merges with nor moves across
+    /// another CPU's atomic updates of the same word (a `volatile` load:
+    /// one BPF load instruction, which is atomic for an aligned u64).
+    pub fn load_u64_shared(&self, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {
+        let v = self.load_u64_at(p, off);
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_volatile(true);
+        }
+        v
     }
 
     pub fn load_u64_at(&self, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {

@@ -125,7 +125,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
         match &e.kind {
             ExprKind::Field(f) => visit(*f, e.span),
             ExprKind::Const(_) | ExprKind::Local(_) => {}
-            ExprKind::MapRead { keys, .. } => keys.iter().for_each(|k| expr(k, visit)),
+            ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().for_each(|k| expr(k, visit)),
             ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a, visit),
             ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
                 expr(a, visit);
