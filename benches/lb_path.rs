@@ -14,6 +14,7 @@
 //!                                            the flow-table part alone (shared or per-CPU,
 //!                                            `lb_path/flow_table.rs`); with every round, writes
 //!                                            its section of BENCHMARKS.md and bench-out/lb-flow-table.json
+//!   cargo bench --bench lb_path -- --no-veth --no-flow-table   the packet path alone
 //!
 //! Needs root and clang-14; veth mode needs ethtool and nftables, and
 //! ipvsadm with a kernel built with IP_VS for the IPVS rows. Everything runs
@@ -108,20 +109,28 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
 const OUTER_SRC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const BACKENDS: usize = 10;
 pub const GUE_PORT: u16 = 6080;
+/// The backends' port of the DNAT cases (`lb(web, nat, port: 8080)`): the
+/// VIP's port 80 is rewritten too.
+pub const NAT_PORT: u16 = 8080;
 
-/// One encapsulation measured.
+/// One delivery measured: an encapsulation, or DNAT.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Case {
     pub name: &'static str,
     pub label: &'static str,
     pub v6: bool,
     pub gue: bool,
+    /// `lb(web, nat, port: NAT_PORT)` rather than an encapsulation.
+    pub nat: bool,
 }
 
-const CASES: [Case; 3] = [
-    Case { name: "ipip4", label: "IPIP, IPv4 in IPv4", v6: false, gue: false },
-    Case { name: "ipip6", label: "IPIP, IPv6 in IPv6", v6: true, gue: false },
-    Case { name: "gue4", label: "GUE over IPv4 (IPv4 inside)", v6: false, gue: true },
+const CASES: [Case; 6] = [
+    Case { name: "ipip4", label: "IPIP, IPv4 in IPv4", v6: false, gue: false, nat: false },
+    Case { name: "ipip6", label: "IPIP, IPv6 in IPv6", v6: true, gue: false, nat: false },
+    Case { name: "gue4", label: "GUE over IPv4 (IPv4 inside)", v6: false, gue: true, nat: false },
+    Case { name: "gue6", label: "GUE over IPv6 (IPv6 inside)", v6: true, gue: true, nat: false },
+    Case { name: "nat4", label: "DNAT, IPv4", v6: false, gue: false, nat: true },
+    Case { name: "nat6", label: "DNAT, IPv6", v6: true, gue: false, nat: true },
 ];
 
 pub fn backend4(i: usize) -> Ipv4Addr {
@@ -140,8 +149,13 @@ pub fn policy_text(case: &Case, proto: &str, port: u16) -> String {
     } else {
         ((0..BACKENDS).map(|i| backend4(i).to_string()).collect::<Vec<_>>(), IpAddr::V4(VIP4), IpAddr::V4(OUTER_SRC4))
     };
-    let encap = if case.gue { format!("gue, port: {GUE_PORT}") } else { "ipip".to_string() };
-    format!("pool web = {{ {} }}\nxdp /ip.dst == {vip} && {proto}.dport == {port}/ {{ lb(web, encap: {encap}, src: {src}) }}\n", pool.join(", "))
+    let delivery = if case.nat {
+        format!("nat, port: {NAT_PORT}")
+    } else {
+        let encap = if case.gue { format!("gue, port: {GUE_PORT}") } else { "ipip".to_string() };
+        format!("encap: {encap}, src: {src}")
+    };
+    format!("pool web = {{ {} }}\nxdp /ip.dst == {vip} && {proto}.dport == {port}/ {{ lb(web, {delivery}) }}\n", pool.join(", "))
 }
 
 /// The 32-bit words of an address as a little-endian load of its wire
@@ -166,6 +180,8 @@ pub fn c_defines(case: &Case, pool: &PoolMeta, proto: u8, port: u16) -> Vec<Stri
         format!("-DOUTER_V6={}", u8::from(case.v6)),
         format!("-DGUE={}", u8::from(case.gue)),
         format!("-DGUE_PORT={GUE_PORT}"),
+        format!("-DNAT={}", u8::from(case.nat)),
+        format!("-DNAT_PORT={NAT_PORT}"),
         format!("-DVIP_PROTO={proto}"),
         format!("-DVIP_PORT={port}"),
         format!("-DTABLE_SIZE={}", pool.table_size),
@@ -349,6 +365,23 @@ impl Prog {
             }
         }
     }
+
+    /// The entries of the pool's NAT map (the DNAT cases): reply flow key
+    /// -> the VIP and its port.
+    fn nat_entries(&mut self) -> BTreeMap<[u8; 40], [u8; 20]> {
+        let name = match self {
+            Prog::Xpol { policy, .. } => policy.meta().pools[0].nat_map.clone().expect("a pool with a NAT map"),
+            Prog::C { .. } => "nat".to_string(),
+        };
+        // The map as the kernel knows it, among the program's: the runtime
+        // keeps xpol's maps to itself.
+        let ids = self.xdp().info().expect("program info").map_ids().expect("the program's maps").expect("a kernel that lists a program's maps");
+        let named = |id: u32| aya::maps::MapInfo::from_id(id).ok().is_some_and(|i| i.name_as_str() == Some(name.as_str()));
+        let id = ids.into_iter().find(|&id| named(id)).unwrap_or_else(|| panic!("no map {name} among the program's"));
+        let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_id(id).expect("the NAT map")).expect("a map aya knows");
+        let map: aya::maps::HashMap<_, [u8; 40], [u8; 20]> = aya::maps::HashMap::try_from(map).expect("a hash map");
+        map.iter().map(|e| e.expect("a NAT map entry")).collect()
+    }
 }
 
 // ------------------------------------------------------------------ namespaces
@@ -512,7 +545,8 @@ struct CaseProgs {
 
 /// Checks that xpol and C give the same verdict and the same frame for
 /// `packet` at `exit`, and that the frame is the packet encapsulated
-/// towards the backend Maglev gives its flow.
+/// towards the backend Maglev gives its flow (or, for DNAT, translated to
+/// it).
 fn check_same_frames(cp: &mut CaseProgs, packet: &[u8], exit: Exit, ctx: Option<&[u8]>) {
     let (xr, xf) = cp.xpol.run(packet, ctx);
     let (cr, cf) = cp.c.run(packet, ctx);
@@ -531,11 +565,81 @@ fn check_same_frames(cp: &mut CaseProgs, packet: &[u8], exit: Exit, ctx: Option<
             assert_eq!(&xf[6..12], &TX_SMAC, "{what}: source MAC from the FIB");
         }
     }
-    let e = xpol_runtime::lb::decapsulate(&xf).unwrap_or_else(|| panic!("{what}: not an encapsulated frame: {}", xpol_runtime::packet::hex(&xf)));
-    assert_eq!(e.outer_dst, expected_backend(&cp.pool, &cp.table, packet), "{what}: the backend Maglev gives the flow");
-    assert_eq!(e.inner, &packet[14..], "{what}: the packet inside");
-    assert_eq!(e.gue_port, cp.case.gue.then_some(GUE_PORT), "{what}: GUE port");
+    let backend = expected_backend(&cp.pool, &cp.table, packet);
+    if cp.case.nat {
+        check_translated(&what, packet, &xf, backend);
+    } else {
+        let e = xpol_runtime::lb::decapsulate(&xf).unwrap_or_else(|| panic!("{what}: not an encapsulated frame: {}", xpol_runtime::packet::hex(&xf)));
+        assert_eq!(e.outer_dst, backend, "{what}: the backend Maglev gives the flow");
+        assert_eq!(e.inner, &packet[14..], "{what}: the packet inside");
+        assert_eq!(e.gue_port, cp.case.gue.then_some(GUE_PORT), "{what}: GUE port");
+        // `decapsulate` checked the UDP checksum; over IPv6 there must be one.
+        if cp.case.gue && cp.case.v6 {
+            assert_ne!(&xf[14 + 40 + 6..14 + 40 + 8], &[0, 0], "{what}: GUE over IPv6 carries a UDP checksum");
+        }
+    }
     cp.runs += 1;
+}
+
+/// A DNAT frame (`lb(web, nat, port: NAT_PORT)`): the TCP packet with the
+/// backend's address and `NAT_PORT` as its destination and its checksums
+/// right (by etherparse's own checksum code, not the programs'
+/// arithmetic), every other byte after the Ethernet addresses as it came.
+fn check_translated(what: &str, packet: &[u8], frame: &[u8], backend: IpAddr) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).unwrap_or_else(|e| panic!("{what}: {e}: {}", xpol_runtime::packet::hex(frame)));
+    let (dst, l3_at, l4_at): (IpAddr, usize, usize) = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum(), "{what}: IPv4 header checksum");
+            (h.destination_addr().into(), 14, 14 + usize::from(h.ihl()) * 4)
+        }
+        Some(NetSlice::Ipv6(ip)) => (ip.header().destination_addr().into(), 14, 14 + 40),
+        other => panic!("{what}: not IP: {other:?}"),
+    };
+    let (dport, check, want) = match (&p.transport, &p.net) {
+        (Some(TransportSlice::Tcp(t)), Some(NetSlice::Ipv4(ip))) => (t.destination_port(), t.checksum(), t.to_header().calc_checksum_ipv4(&ip.header().to_header(), t.payload()).expect("TCP checksum")),
+        (Some(TransportSlice::Tcp(t)), Some(NetSlice::Ipv6(ip))) => (t.destination_port(), t.checksum(), t.to_header().calc_checksum_ipv6(&ip.header().to_header(), t.payload()).expect("TCP checksum")),
+        other => panic!("{what}: not TCP: {other:?}"),
+    };
+    assert_eq!(check, want, "{what}: TCP checksum");
+    assert_eq!(dst, backend, "{what}: to the backend Maglev gives the flow");
+    assert_eq!(dport, NAT_PORT, "{what}: to the backend's port");
+    // Everything else as it came: the packet with the frame's destination
+    // address, port and checksums is the frame.
+    let mut expected = packet.to_vec();
+    let (dst_at, dst_len) = if backend.is_ipv6() { (l3_at + 24, 16) } else { (l3_at + 16, 4) };
+    let mut take = |from: usize, len: usize| expected[from..from + len].copy_from_slice(&frame[from..from + len]);
+    take(dst_at, dst_len);
+    take(l4_at + 2, 2);
+    take(l4_at + 16, 2);
+    if !backend.is_ipv6() {
+        take(l3_at + 10, 2);
+    }
+    assert_eq!(&frame[12..], &expected[12..], "{what}: only the destination and the checksums changed");
+}
+
+/// The reply translations a DNAT flow's packet should have recorded in
+/// its pool's NAT map (`xpol_lang::meta::PoolMeta::nat_map`): key the
+/// reply's [`xpol_lang::meta::FlowKey`] (from the backend and `NAT_PORT` to
+/// the client and its port), value the [`xpol_lang::meta::NatValue`] of the
+/// VIP and its port. `packet`: an untagged TCP packet without options or
+/// extension headers.
+fn nat_entry(pool: &PoolMeta, table: &[u32], packet: &[u8]) -> ([u8; 40], [u8; 20]) {
+    let v6 = u16::from_be_bytes([packet[12], packet[13]]) == 0x86dd;
+    let (src, dst, l4) = if v6 { (&packet[22..38], &packet[38..54], 54) } else { (&packet[26..30], &packet[30..34], 34) };
+    let mut key = [0u8; 40];
+    let backend = octets(expected_backend(pool, table, packet));
+    key[..backend.len()].copy_from_slice(&backend);
+    key[16..16 + src.len()].copy_from_slice(src);
+    key[32..34].copy_from_slice(&NAT_PORT.to_be_bytes());
+    key[34..36].copy_from_slice(&packet[l4..l4 + 2]);
+    key[36] = 6;
+    key[37] = if v6 { 6 } else { 4 };
+    let mut value = [0u8; 20];
+    value[..dst.len()].copy_from_slice(dst);
+    value[16..18].copy_from_slice(&packet[l4 + 2..l4 + 4]);
+    (key, value)
 }
 
 pub fn run(mode: &Mode, out_dir: &Path) -> Output {
@@ -601,6 +705,13 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
             sys::in_netns(path, None, || check_same_frames(cp, p, exit, ctx.as_deref())).expect("enter the namespace");
         }
         cp.new_flow_runs += 3;
+        // DNAT: both recorded the same reply translations, one per flow.
+        if cp.case.nat {
+            let want: BTreeMap<_, _> = [&established, &fresh[0], &fresh[1]].into_iter().map(|p| nat_entry(&cp.pool, &cp.table, p)).collect();
+            for (who, prog) in [("xpol", &mut cp.xpol), ("C", &mut cp.c)] {
+                assert_eq!(prog.nat_entries(), want, "{who} {}: the NAT map holds the reply translation of each flow sent", cp.case.label);
+            }
+        }
     }
 
     // `repeat` does not reset the packet: with repeat 1000 the pool counts
@@ -695,6 +806,23 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
             counters.push(serde_json::json!({"program": who, "case": cp.case.name, "packets": packets, "new_flows": new, "new_flow_packets_sent": cp.new_flow_runs}));
         }
     }
+    // The NAT maps after the run: every entry translates back to the VIP
+    // and its port, and where no table was filled (nothing evicted, which
+    // the kernel's LRU does at times of its own), both hold the same
+    // replies.
+    let mut nat_maps = Vec::new();
+    for cp in progs.iter_mut().filter(|cp| cp.case.nat) {
+        let (x, c) = (cp.xpol.nat_entries(), cp.c.nat_entries());
+        let vip_value = nat_entry(&cp.pool, &cp.table, &vip_packet(&cp.case, 0)).1;
+        for (who, entries) in [("xpol", &x), ("C", &c)] {
+            assert!(entries.values().all(|v| *v == vip_value), "{who} {}: a NAT entry that does not translate back to the VIP", cp.case.label);
+        }
+        if quick {
+            assert!(x == c, "{}: xpol's and C's NAT maps differ after the run ({} and {} entries)", cp.case.label, x.len(), c.len());
+        }
+        let both = x.keys().filter(|k| c.contains_key(*k)).count();
+        nat_maps.push(serde_json::json!({"case": cp.case.name, "xpol_entries": x.len(), "c_entries": c.len(), "in_both": both}));
+    }
     drop(ns);
 
     let veth_rows = if mode.veth { veth::run(quick, dir.path(), &mut skipped) } else { Vec::new() };
@@ -705,8 +833,7 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
         "quick": quick, "rounds": rounds, "runs_per_sample": runs,
         "pool": {"backends": pool.backends.len(), "table_size": pool.table_size, "flows": pool.flows, "max_backends": pool.max_backends},
         "repeat_runs_balanced": {"repeat": 1000, "balanced": repeat_runs_balanced},
-        "results": results, "counters": counters, "veth": veth_json, "skipped": skipped,
-        "notes": ["DNAT is not implemented in xpol yet (`nat` is rejected by the checker): not measured."],
+        "results": results, "counters": counters, "nat_maps": nat_maps, "veth": veth_json, "skipped": skipped,
     });
     std::fs::create_dir_all(out_dir).expect("output dir");
     std::fs::write(out_dir.join("lb-path.json"), serde_json::to_string_pretty(&json).expect("json")).expect("write json");
@@ -770,7 +897,6 @@ fn report(progs: &[CaseProgs], series: &BTreeMap<(usize, Flow, Exit, bool), Seri
     for (label, flow, exit, r, lo, hi) in verdicts {
         let _ = writeln!(md, "- {label}, {} flow, {}: {r:.3}x, per round {lo:.2}-{hi:.2} ({}).", flow.name(), exit.label(), if r <= 1.0 { "met" } else { "not met" });
     }
-    let _ = writeln!(md, "- DNAT (`lb(POOL, nat)`): the C twin has no NAT path yet, so it is not compared here; its frames are checked in tests/lb_nat.rs.");
     (md, json)
 }
 
@@ -816,6 +942,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let rounds = args.iter().position(|a| a == "--rounds").map_or(ROUNDS, |i| args.get(i + 1).and_then(|n| n.parse().ok()).filter(|&n| n > 0).expect("--rounds takes a number, at least 1"));
     let flow_table_only = args.iter().any(|a| a == "--flow-table");
+    let no_flow_table = args.iter().any(|a| a == "--no-flow-table");
     let mode = Mode { quick, veth: !args.iter().any(|a| a == "--no-veth"), rounds: if quick { 1 } else { rounds } };
     if !xpol_runtime::testing::kernel_or_skip("lb_path benchmark") {
         return;
@@ -825,12 +952,14 @@ fn main() {
     let path_out = (!flow_table_only).then(|| run(&mode, &common::out_dir(root, quick, mode.complete())));
     // The flow-table part is complete with every round (veth plays no part in it).
     let flow_complete = !quick && mode.rounds == ROUNDS;
-    let flow_out = flow_table::run(quick, mode.rounds, &common::out_dir(root, quick, flow_complete));
+    let flow_out = (!no_flow_table).then(|| flow_table::run(quick, mode.rounds, &common::out_dir(root, quick, flow_complete)));
     if let Some(out) = &path_out {
         println!("{}\n{}", out.table, out.veth);
     }
-    println!("{}", flow_out.markdown);
-    for s in path_out.iter().flat_map(|o| &o.skipped).chain(&flow_out.skipped) {
+    if let Some(out) = &flow_out {
+        println!("{}", out.markdown);
+    }
+    for s in path_out.iter().flat_map(|o| &o.skipped).chain(flow_out.iter().flat_map(|o| &o.skipped)) {
         println!("SKIPPED: {s}");
     }
     let command = if flow_table_only { "cargo bench --bench lb_path -- --flow-table" } else { "cargo bench --bench lb_path" };
@@ -841,8 +970,8 @@ fn main() {
     if let Some(out) = path_out.as_ref().filter(|_| mode.complete()) {
         new = replace_section(&new, SECTION, &path_section(out, &env));
     }
-    if flow_complete && !flow_out.markdown.is_empty() {
-        new = replace_section(&new, flow_table::SECTION, &flow_table::section(&flow_out, &env.measured()));
+    if let Some(flow_out) = flow_out.as_ref().filter(|o| flow_complete && !o.markdown.is_empty()) {
+        new = replace_section(&new, flow_table::SECTION, &flow_table::section(flow_out, &env.measured()));
     }
     if new != old {
         let tmp = root.join("BENCHMARKS.md.tmp");
@@ -858,8 +987,8 @@ fn path_section(out: &Output, env: &RunEnv) -> String {
         "## {SECTION}\n\n\
 {} Raw numbers: `bench-out/lb-path.json`.\n{skipped}\n\
 ### BPF_PROG_TEST_RUN: xpol against the same work in C\n\n\
-xpol's `lb(web, encap: ipip|gue, src: ADDR)` behind one VIP rule (`ip.dst == VIP && tcp.dport == 80`), a pool of {BACKENDS} backends (Maglev table of {} slots, flow table of {} flows), against `bench/lb/katran_like.c`: the same work written by hand in C as Katran would do it (parse, VIP match, VIP counters, murmur3 flow hash, LRU flow table, control word and Maglev ring on a miss, backends array, per-backend per-CPU counters, `bpf_xdp_adjust_head` and the outer headers with the IPv4 checksum computed in registers, `bpf_fib_lookup`, `XDP_TX`/redirect/`XDP_PASS`), compiled with `clang-14 -O2`, its maps filled with the same Maglev table (`xpol_lang::maglev::build_table`). Before anything is timed, both must send byte-identical frames, encapsulated towards the backend Maglev gives the flow, for an established and a new flow at both exits, or the run fails; after, each pool's counters must hold exactly the packets sent. Packets: TCP ACK with 10 bytes of payload from 198.18.7.7:40000 to 198.18.0.100:80 (64 bytes), or 2001:db8:7::7 to 2001:db8::100 (84 bytes); outer source 198.18.0.1 or 2001:db8::1; GUE port {GUE_PORT}.\n\n\
-Each test run is a single run (`repeat` 1): with `repeat`, the kernel runs the program again on the same `xdp_buff` without resetting it, so every run after the first would see the packet already encapsulated and pass it (the benchmark checks it: a test run with repeat 1,000 balances {} packet). A sample is {RUNS} single runs, one system call each, pinned to one CPU: *run time* is what the kernel's BPF statistics (`BPF_ENABLE_STATS`) count per run (the program alone plus two `sched_clock()` reads: see the floor row), *test-run* the mean of the durations `BPF_PROG_TEST_RUN` reports with the statistics off (the program plus the test loop's own clock reads and bottom-half toggling). {ROUNDS} interleaved rounds; median (min-max) over the rounds; each ratio is taken within a round, where xpol and C ran back to back on the same packets (which goes first alternates). *Established flow*: the same packet every run (flow-table hit). *New flow*: every packet a flow never seen before (source address and port vary; flow-table miss, control word, ring, backend, flow-table insert), into flow tables filled beforehand, so that every insert evicts the least recently used flow. Exits: a namespace with forwarding on and no route (`bpf_fib_lookup` answers NOT_FWDED, the encapsulated packet passes), and one with the backends' prefixes on a veth and permanent neighbour entries, the test run's ingress on that veth (FIB success, MACs written, `XDP_TX`).\n\n{}\n\
+xpol's `lb(web, encap: ipip|gue, src: ADDR)` and `lb(web, nat, port: {NAT_PORT})` behind one VIP rule (`ip.dst == VIP && tcp.dport == 80`), a pool of {BACKENDS} backends (Maglev table of {} slots, flow table of {} flows), against `bench/lb/katran_like.c`: the same work written by hand in C as Katran would do it (parse, VIP match, VIP counters, murmur3 flow hash, LRU flow table, control word and Maglev ring on a miss, backends array, per-backend per-CPU counters; then either `bpf_xdp_adjust_head` and the outer headers with the IPv4 header checksum, and over IPv6 GUE's UDP checksum, computed in registers, or, for DNAT, the destination address and port rewritten in place with incremental checksum updates (RFC 1624) and the reply's translation recorded in the pool's NAT map unless already there; `bpf_fib_lookup`, `XDP_TX`/redirect/`XDP_PASS`), compiled with `clang-14 -O2` once per case (`-D` switches), its maps filled with the same Maglev table (`xpol_lang::maglev::build_table`); `bench/lb/README.md` says what it does differently. Before anything is timed, both must send byte-identical frames, encapsulated towards the backend Maglev gives the flow (GUE over IPv6 with a UDP checksum that verifies) or, for DNAT, the packet with that backend's address and port {NAT_PORT} as its destination and every checksum right (etherparse's), for an established and a new flow at both exits, and for DNAT both NAT maps must hold exactly the reply translations of the flows sent, or the run fails; after, each pool's counters must hold exactly the packets sent, and every NAT entry must translate back to the VIP. Packets: TCP ACK with 10 bytes of payload from 198.18.7.7:40000 to 198.18.0.100:80 (64 bytes), or 2001:db8:7::7 to 2001:db8::100 (84 bytes); outer source 198.18.0.1 or 2001:db8::1; GUE port {GUE_PORT}.\n\n\
+Each test run is a single run (`repeat` 1): with `repeat`, the kernel runs the program again on the same `xdp_buff` without resetting it, so every run after the first would see the packet already encapsulated (or translated, no longer to the VIP) and pass it (the benchmark checks it: a test run with repeat 1,000 balances {} packet). A sample is {RUNS} single runs, one system call each, pinned to one CPU: *run time* is what the kernel's BPF statistics (`BPF_ENABLE_STATS`) count per run (the program alone plus two `sched_clock()` reads: see the floor row), *test-run* the mean of the durations `BPF_PROG_TEST_RUN` reports with the statistics off (the program plus the test loop's own clock reads and bottom-half toggling). {ROUNDS} interleaved rounds; median (min-max) over the rounds; each ratio is taken within a round, where xpol and C ran back to back on the same packets (which goes first alternates). *Established flow*: the same packet every run (flow-table hit). *New flow*: every packet a flow never seen before (source address and port vary; flow-table miss, control word, ring, backend, flow-table insert; for DNAT also a NAT-map miss and insert), into flow tables (and NAT maps) filled beforehand, so that every insert evicts the least recently used flow. Exits: a namespace with forwarding on and no route (`bpf_fib_lookup` answers NOT_FWDED, the encapsulated or translated packet passes), and one with the backends' prefixes on a veth and permanent neighbour entries, the test run's ingress on that veth (FIB success, MACs written, `XDP_TX`).\n\n{}\n\
 Where the difference between xpol and C comes from (the instructions each executes on the established-flow path, by part of codegen): `bench/lb/README.md`.\n\n\
 ### Veth: CPU per forwarded packet\n\n\
 A generator namespace sends one UDP flow (198.18.7.7:40000 to the VIP 198.18.0.100:53, 64-byte frames) into a load-balancer namespace, which forwards it over a second veth pair into a backend namespace (`benches/lb_path/veth.rs`); each peer has a load-balancer namespace of its own. The generator is an XDP program test-run with `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 64) with `ingress_ifindex` on its veth, returning `XDP_TX`; it writes the whole frame on every run, since the load balancer encapsulates in place (and the kernel's forwarding decrements the TTL in place) in pages the test run recycles without copying the frame again. The generator thread is pinned to the last CPU, where the three veths' NAPI polls run too; CPU ns per packet = (run time of the generator thread from `/proc/thread-self/schedstat`, which on this kernel (no IRQ time accounting) includes the softirq work done in its context, + run time of that CPU's ksoftirqd) / frames: generating, the load balancer's receive, work and transmit, and the backend side's receive. 2,000,000 frames per sample, 5 interleaved rounds, median (min-max). On the backend side an XDP program counts what arrives by kind (IPIP to a backend, UDP to a backend, UDP to the VIP, other) and drops it: every frame sent must arrive as the kind the peer forwards, or the run fails (a sample that lost frames on the way is run again, at most 10 times per peer). The flow is established before anything is measured (1,000 frames): what is measured is the established-flow path of every peer (xpol's and C's flow table, IPVS's connection table, conntrack). Peers: the floor (`XDP_DROP` at the load balancer's ingress: generating and delivering a frame); an XDP program that only redirects to the egress veth (the XDP forwarding path without load-balancing work); xpol's `lb(web, encap: ipip, src: 198.18.0.1)` behind `ip.dst == 198.18.0.100 && udp.dport == 53`, native XDP on the ingress veth, the next hop from `bpf_fib_lookup` (a route to the backends' /24 on the egress veth and a permanent neighbour entry for each backend), `bpf_redirect` to the egress veth; the C twin, the same way; IPVS in tunnel (IPIP), direct-routing and NAT mode (`ipvsadm`, UDP service on the VIP, scheduler rr, the same 10 backends), where the kernel has IP_VS; nftables DNAT in `prerouting` with `jhash` over the 5-tuple into a map of the 10 backends (the kernel's NAT load balancing with conntrack, what is there when IPVS is not); and plain kernel IP forwarding of frames sent straight to a backend's address (no load balancing at all). The egress veth's peer runs the counting XDP program, so XDP redirects reach it as frames and the kernel's transmits as packets it takes with NAPI.\n\n{}",

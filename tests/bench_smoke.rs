@@ -12,6 +12,9 @@ mod live;
 #[path = "../benches/lb.rs"]
 mod lb;
 
+#[path = "../benches/limit.rs"]
+mod limit;
+
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
 /// written.
@@ -119,8 +122,15 @@ fn lb_path_quick() {
     let out = tempfile::tempdir().expect("tempdir");
     let report = lb_path::run(&lb_path::Mode::quick(), out.path());
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lb-path.json")).expect("json")).expect("valid");
-    // Three encapsulations, established and new flows, two exits; the floor.
-    assert_eq!(json["results"].as_array().expect("results").len(), 3 * 2 * 2 + 1, "{}", report.table);
+    // Four encapsulations and DNAT of both families, established and new
+    // flows, two exits; the floor.
+    assert_eq!(json["results"].as_array().expect("results").len(), 6 * 2 * 2 + 1, "{}", report.table);
+    // The DNAT cases' NAT maps were compared (equal, in a quick run).
+    let nat_maps = json["nat_maps"].as_array().expect("nat_maps");
+    assert_eq!(nat_maps.len(), 2, "{}", report.table);
+    for m in nat_maps {
+        assert!(m["xpol_entries"].as_u64().expect("entries") > 0 && m["xpol_entries"] == m["c_entries"] && m["in_both"] == m["c_entries"], "{m}");
+    }
     // BPF_PROG_TEST_RUN with repeat does not reset the packet (why the
     // benchmark runs each packet once per call).
     assert_eq!(json["repeat_runs_balanced"]["balanced"], 1);
@@ -179,4 +189,21 @@ fn lb_flow_table_quick() {
     for c in counters {
         assert!(c["packets"].as_u64().expect("packets") > 0 && c["new_flows"].as_u64().expect("new flows") >= c["new_flow_packets_sent"].as_u64().expect("sent"), "{c}");
     }
+}
+
+/// The rate-limit benchmark in quick mode: every policy's rule dropped
+/// what was over its limit and nothing within it, in test runs and on
+/// veth (its own assertions), and the report has both tables.
+#[test]
+fn limit_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("limit_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = limit::run(&limit::Mode { quick: true }, out.path());
+    assert!(report.markdown.contains("### Test runs") && report.markdown.contains("### Veth"), "{}", report.markdown);
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(6), "{}", report.json);
+    let veth = report.json["veth"].as_array().expect("veth rows");
+    assert!(veth.len() == 7 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
+    assert!(out.path().join("limit.json").exists());
 }

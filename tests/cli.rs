@@ -42,12 +42,31 @@ fn emit_ir_prints_the_policy_ir() {
     }
 }
 
+/// JSON records on stdout, one per line, then the summary; nothing else.
+fn json_records(r: &std::process::Output) -> Vec<serde_json::Value> {
+    let out = String::from_utf8_lossy(&r.stdout);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}"))).collect();
+    assert!(lines.iter().all(|l| l["schema"] == 1), "every record carries the schema: {out}");
+    let last = lines.last().unwrap_or_else(|| panic!("no summary: {out}"));
+    assert!(last["summary"].is_object() && lines[..lines.len() - 1].iter().all(|l| l.get("summary").is_none()), "one summary, last: {out}");
+    lines
+}
+
+/// The diagnostics of [`json_records`], without the summary.
+fn json_diagnostics(r: &std::process::Output) -> Vec<serde_json::Value> {
+    let mut lines = json_records(r);
+    lines.pop();
+    lines
+}
+
 #[test]
 fn check_reports_json_for_editors() {
     let r = xpolc().args(["check", "tests/golden/fail/many-errors.xpol", "--message-format", "json"]).output().expect("run xpolc");
     assert!(!r.status.success());
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&r.stderr).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert!(r.stderr.is_empty(), "nothing for people: {}", String::from_utf8_lossy(&r.stderr));
+    let records = json_records(&r);
+    assert_eq!(records.last().expect("summary")["summary"], serde_json::json!({"errors": 4, "warnings": 0, "files": ["tests/golden/fail/many-errors.xpol"], "success": false}));
+    let lines = json_diagnostics(&r);
     assert_eq!(lines.len(), 4, "every error is reported");
     assert_eq!(lines[0]["code"], "xpol::name::unknown");
     assert_eq!(lines[0]["line"], 2);
@@ -71,7 +90,7 @@ fn syntax_errors_carry_fixes_that_apply() {
     std::fs::write(&path, source).expect("write");
     let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
     assert!(!r.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stderr).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let lines = json_diagnostics(&r);
     assert_eq!(lines.len(), 4, "one error per line of the file: {lines:?}");
     // Apply the first machine-applicable fix of each (line and column,
     // 1-based, columns in characters: ASCII here), last first.
@@ -86,7 +105,8 @@ fn syntax_errors_carry_fixes_that_apply() {
     }
     std::fs::write(&path, fixed.join("\n")).expect("write");
     let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
-    assert!(r.status.success(), "{}\n{}", fixed.join("\n"), String::from_utf8_lossy(&r.stderr));
+    assert!(r.status.success(), "{}\n{}", fixed.join("\n"), String::from_utf8_lossy(&r.stdout));
+    assert_eq!(json_records(&r).last().expect("summary")["summary"]["success"], true);
     assert_eq!(fixed, ["xdp /tcp.dport == 22/ { drop }", "xdp /tcp.dport == 23/ { drop }", "xdp /ip.ttl < 3 && tcp.syn/ { drop }", "xdp { pass }"]);
 }
 
@@ -135,8 +155,8 @@ fn xpol_test_runs_a_pcap() {
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
     assert_eq!(lines.len(), 5);
     assert_eq!((lines[0]["verdict"].as_str(), lines[0]["fired"][0].as_u64()), (Some("drop"), Some(0)));
-    assert_eq!((lines[1]["verdict"].as_str(), lines[1]["fired"][0].as_u64()), (Some("drop"), Some(2)));
-    assert_eq!((lines[2]["verdict"].as_str(), lines[2]["fired"][0].as_u64()), (Some("pass"), Some(4)));
+    assert_eq!((lines[1]["verdict"].as_str(), lines[1]["fired"][0].as_u64()), (Some("drop"), Some(3)));
+    assert_eq!((lines[2]["verdict"].as_str(), lines[2]["fired"][0].as_u64()), (Some("pass"), Some(5)));
     assert!(lines[3]["verdict"].as_str().expect("verdict").starts_with("error"), "a 10-byte frame cannot be test-run");
     assert_eq!(lines[4]["counters"]["rules"][0]["packets"], 1);
     assert!(lines.iter().all(|l| l["schema"] == 1), "every record carries the schema (docs/json.md)");
@@ -293,7 +313,7 @@ fn check_kernel_map_too_large_in_json() {
     }
     let r = xpolc().args(["check", "--kernel", "--message-format", "json", "tests/verifier/set-too-large.xpol"]).output().expect("run xpolc");
     assert!(!r.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&r.stderr).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let lines = json_diagnostics(&r);
     let d = lines.iter().find(|d| d["code"] == "xpol::set::too_large").expect("the set diagnostic");
     assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(4), Some(17)), "{d}");
     assert!(d["message"].as_str().is_some_and(|m| m.contains("1073741824 map entries, more than the 1048576")), "{d}");
@@ -339,9 +359,8 @@ fn deep_expressions_are_diagnostics_not_crashes() {
         let want = if name == "parens" { "xpol::syntax" } else { "xpol::syntax::too_deep" };
         assert!(!ok && codes == [want], "{name}: {codes:?}");
         let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(r.status.code(), Some(1), "{name}: {err}");
-        let d: serde_json::Value = serde_json::from_str(err.lines().next().expect("a diagnostic")).expect("JSON");
+        assert_eq!(r.status.code(), Some(1), "{name}: {}", String::from_utf8_lossy(&r.stdout));
+        let d = json_diagnostics(&r).remove(0);
         assert_eq!(d["code"], want, "{name}: {d}");
         assert_eq!(d["line"], 1, "{name}: {d}");
     }
@@ -363,8 +382,8 @@ fn redirect_to_a_missing_interface() {
     let path = dir.path().join("redirect.xpol");
     std::fs::write(&path, "xdp /tcp.dport == 22/ { redirect(xpolnoif0) }\nxdp { pass }\n").expect("write");
     let r = xpolc().args(["check", "--message-format", "json"]).arg(&path).output().expect("run xpolc");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let d: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&r.stderr).lines().next().expect("a warning")).expect("JSON");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stdout));
+    let d = json_diagnostics(&r).remove(0);
     assert_eq!((d["code"].as_str(), d["severity"].as_str()), (Some("xpol::redirect::no_interface"), Some("warning")), "{d}");
     assert_eq!((d["line"].as_u64(), d["column"].as_u64()), (Some(1), Some(34)), "{d}");
     // `xpol run` checks before it loads or attaches: the interface it is
@@ -390,4 +409,260 @@ fn check_kernel_refuses_a_missing_redirect_interface() {
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(err.contains("verified by the kernel") && err.contains("no network interface `xpolnoif0`"), "{err}");
     assert!(!err.contains("`lo`"), "lo exists: {err}");
+}
+
+/// The one limit left to the kernel (docs/language.md, Limits): a program
+/// within the compiler's size budget that the kernel's rewriting (map
+/// lookups inlined) makes too long for its jumps. `check --kernel` names
+/// the rule where the kernel could not rewrite, in the file it is in (here
+/// an included one), from the instruction the kernel names ("insn N
+/// cannot be patched", counted in the program as loaded), not at 1:1.
+#[test]
+fn check_kernel_locates_too_long_once_rewritten_in_an_include() {
+    if !xpol_runtime::testing::kernel_or_skip("check_kernel_locates_too_long_once_rewritten_in_an_include") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("inc")).expect("mkdir");
+    // 207 rules of two map updates each: about 32,100 instructions as
+    // compiled, more once the kernel inlines the lookups (204 load).
+    let rules: String = (1..=207).map(|i| format!("xdp /tcp.dport == {i}/ {{ @m[ip.src] = count(); @c = count() }}\n")).collect();
+    std::fs::write(dir.path().join("inc/rules.xpol"), &rules).expect("write");
+    std::fs::write(dir.path().join("main.xpol"), "include \"inc/rules.xpol\"\nxdp { pass }\n").expect("write");
+    let r = xpolc().current_dir(dir.path()).args(["check", "--kernel", "main.xpol"]).output().expect("run xpolc");
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("xpol::verifier::too_long_once_rewritten"), "{err}");
+    // `╭─[inc/rules.xpol:LINE:COLUMN]`: a rule near the end, at its first
+    // map update (column 26), whose lookup the kernel could not inline.
+    let at = err.split("╭─[").nth(1).and_then(|s| s.split(']').next()).expect("a located error");
+    let mut parts = at.rsplitn(3, ':');
+    let (column, line, file) = (parts.next(), parts.next().and_then(|l| l.parse::<usize>().ok()), parts.next());
+    assert_eq!(file, Some("inc/rules.xpol"), "{err}");
+    assert_eq!(column, Some("26"), "{err}");
+    assert!(line.is_some_and(|l| (100..=207).contains(&l)), "a rule near the end, not the first: {err}");
+    assert!(err.contains("cannot be patched due to 16-bit range"), "{err}");
+}
+
+/// `xpolc check -` reads the policy from standard input: diagnostics name
+/// it `<stdin>`, and its includes are read relative to the current
+/// directory (docs/json.md). Also `build -` with `-o`.
+#[test]
+fn check_reads_the_policy_from_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("inc")).expect("mkdir");
+    std::fs::write(dir.path().join("inc/ssh.xpol"), "xdp /tcp.dport == 22/ { drop }\n").expect("write");
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut child = xpolc()
+            .current_dir(dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run xpolc");
+        child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+        child.wait_with_output().expect("xpolc output")
+    };
+    let policy = b"include \"inc/ssh.xpol\"\nxdp /tcp.dprot == 23/ { drop }\n";
+    let r = run(&["check", "--message-format", "json", "-"], policy);
+    assert_eq!(r.status.code(), Some(1));
+    let records = json_records(&r);
+    assert_eq!((records[0]["file"].as_str(), records[0]["line"].as_u64(), records[0]["column"].as_u64()), (Some("<stdin>"), Some(2), Some(6)), "{records:?}");
+    assert_eq!(records.last().expect("summary")["summary"]["files"], serde_json::json!(["<stdin>", "inc/ssh.xpol"]), "the include was read relative to the current directory");
+    // For people, on stderr.
+    let r = run(&["check", "-"], policy);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.stdout.is_empty() && err.contains("<stdin>:2:6") && err.contains("did you mean `tcp.dport`?"), "{err}");
+    // A good policy: an object from `build - -o`.
+    let r = run(&["build", "-", "-o", "out.o"], b"include \"inc/ssh.xpol\"\nxdp { pass }\n");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::metadata(dir.path().join("out.o")).is_ok_and(|m| m.len() > 0));
+    let r = run(&["build", "-"], b"xdp { pass }\n");
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("-o"), "no object name to make up");
+    // Not UTF-8: an `xpol::io` error without a place, closed by the summary.
+    let r = run(&["check", "--message-format", "json", "-"], b"xdp { pass }\n\xff\n");
+    assert_eq!(r.status.code(), Some(1));
+    let records = json_records(&r);
+    assert_eq!((records[0]["code"].as_str(), records[0]["file"].as_str()), (Some("xpol::io"), None), "{records:?}");
+    assert!(records[0]["message"].as_str().is_some_and(|m| m.contains("standard input") && m.contains("UTF-8")), "{records:?}");
+}
+
+/// In JSON and SARIF, stdout holds the diagnostics and nothing else: what
+/// `build` says about the object it wrote goes to stderr, and a failure of
+/// the command itself (an object it cannot write) is one more diagnostic
+/// before the summary.
+#[test]
+fn machine_formats_own_stdout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("edge.o");
+    let r = xpolc().args(["build", "examples/edge.xpol", "--message-format", "json", "-o"]).arg(&out).output().expect("run xpolc");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let records = json_records(&r);
+    assert_eq!(records.last().expect("summary")["summary"]["success"], true);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("wrote"), "people are told on stderr");
+    // The object's folder does not exist: the command fails, in JSON.
+    let r = xpolc().args(["build", "examples/edge.xpol", "--message-format", "json", "-o"]).arg(dir.path().join("no/such/dir/edge.o")).output().expect("run xpolc");
+    assert_eq!(r.status.code(), Some(1));
+    let records = json_records(&r);
+    let fatal = records.iter().find(|d| d["code"] == "xpol::cli").unwrap_or_else(|| panic!("the failure as a diagnostic: {records:?}"));
+    assert!(fatal["file"].is_null() && fatal["severity"] == "error", "{fatal}");
+    assert_eq!(records.last().expect("summary")["summary"]["success"], false);
+    let r = xpolc().args(["build", "examples/edge.xpol", "--message-format", "sarif", "-o"]).arg(dir.path().join("no/such/dir/edge.o")).output().expect("run xpolc");
+    let log: serde_json::Value = serde_json::from_slice(&r.stdout).expect("one SARIF log");
+    assert_eq!(log["runs"][0]["invocations"][0]["executionSuccessful"], false, "{log}");
+    // `--emit` prints to stdout too: not with a machine format.
+    let r = xpolc().args(["build", "examples/edge.xpol", "--emit", "ir", "--message-format", "json"]).output().expect("run xpolc");
+    assert!(!r.status.success() && r.stdout.is_empty());
+}
+
+/// The SARIF 2.1.0 log of `--message-format sarif`, checked for the
+/// properties SARIF requires and the references it makes (rule and
+/// artifact indexes), on failing cases with several errors, related
+/// locations, fixes, includes, a file shown by excerpts only, stdin.
+#[test]
+fn sarif_output_is_well_formed() {
+    let cases = ["tests/golden/fail/many-errors.xpol", "tests/golden/fail/name-suggestions.xpol", "tests/golden/fail/budget-maps-after-include.xpol", "tests/golden/fail/set-file-bad.xpol", "examples/edge.xpol"];
+    let mut results = 0;
+    for case in cases {
+        let r = xpolc().args(["check", "--message-format", "sarif", case]).output().expect("run xpolc");
+        let log: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap_or_else(|e| panic!("{case}: one JSON document ({e})"));
+        assert_eq!(r.status.success(), case.starts_with("examples/"), "{case}");
+        results += validate_sarif(&log, case);
+    }
+    assert!(results >= 10, "the cases have results: {results}");
+    // From stdin: the name as a URI reference.
+    let mut child = xpolc().args(["check", "--message-format", "sarif", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("run xpolc");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"xdp { dorp }\n").expect("write stdin");
+    let log: serde_json::Value = serde_json::from_slice(&child.wait_with_output().expect("output").stdout).expect("SARIF");
+    validate_sarif(&log, "stdin");
+    assert_eq!(log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"], "%3Cstdin%3E");
+}
+
+/// Checks a SARIF log's structure; returns how many results it has.
+fn validate_sarif(log: &serde_json::Value, case: &str) -> usize {
+    use serde_json::Value;
+    let at = |v: &Value, key: &str| -> Value { v.get(key).cloned().unwrap_or_else(|| panic!("{case}: `{key}` missing in {v}")) };
+    let uint = |v: &Value, key: &str| -> u64 { at(v, key).as_u64().unwrap_or_else(|| panic!("{case}: `{key}` is not a non-negative integer in {v}")) };
+    assert_eq!(at(log, "version"), "2.1.0", "{case}");
+    assert!(at(log, "$schema").as_str().is_some_and(|s| s.contains("sarif-2.1.0")), "{case}");
+    let runs = at(log, "runs");
+    let runs = runs.as_array().expect("runs is an array");
+    assert_eq!(runs.len(), 1, "{case}: one run");
+    let run = &runs[0];
+    let driver = at(&at(run, "tool"), "driver");
+    assert_eq!(at(&driver, "name"), "xpolc");
+    assert!(at(&driver, "version").is_string());
+    let rules = at(&driver, "rules").as_array().cloned().expect("rules is an array");
+    let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().expect("a rule has an id")).collect();
+    assert!(ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id)), "{case}: rule ids are unique: {ids:?}");
+    for r in &rules {
+        assert!(["error", "warning", "note", "none"].contains(&at(&at(r, "defaultConfiguration"), "level").as_str().expect("level")), "{case}");
+    }
+    assert_eq!(at(run, "columnKind"), "unicodeCodePoints");
+    let artifacts = at(run, "artifacts").as_array().cloned().expect("artifacts is an array");
+    for inv in at(run, "invocations").as_array().expect("invocations is an array") {
+        assert!(at(inv, "executionSuccessful").is_boolean(), "{case}");
+    }
+    let check_artifact = |loc: &Value| {
+        let uri = at(loc, "uri");
+        let uri = uri.as_str().expect("uri is a string");
+        assert!(!uri.is_empty() && uri.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~/%:".contains(&b)), "{case}: `{uri}` is a URI reference");
+        let index = uint(loc, "index") as usize;
+        assert_eq!(artifacts.get(index).map(|a| &a["location"]["uri"]), Some(&Value::from(uri)), "{case}: artifact {index}");
+    };
+    let check_region = |region: &Value| {
+        let (sl, sc, el, ec) = (uint(region, "startLine"), uint(region, "startColumn"), uint(region, "endLine"), uint(region, "endColumn"));
+        assert!(sl >= 1 && sc >= 1 && el >= sl && ec >= 1 && (el > sl || ec >= sc), "{case}: region {region}");
+    };
+    let check_location = |loc: &Value| {
+        let physical = at(loc, "physicalLocation");
+        check_artifact(&at(&physical, "artifactLocation"));
+        check_region(&at(&physical, "region"));
+    };
+    let results = at(run, "results").as_array().cloned().expect("results is an array");
+    for result in &results {
+        assert!(at(&at(result, "message"), "text").as_str().is_some_and(|t| !t.is_empty()), "{case}: a result has a message");
+        let rule = at(result, "ruleId");
+        let index = uint(result, "ruleIndex") as usize;
+        assert_eq!(ids.get(index).copied(), rule.as_str(), "{case}: ruleIndex names ruleId");
+        assert!(["error", "warning", "note", "none"].contains(&at(result, "level").as_str().expect("level")), "{case}");
+        let locations = result.get("locations").and_then(Value::as_array).cloned().unwrap_or_default();
+        assert!(locations.len() <= 1, "{case}: one primary location");
+        locations.iter().for_each(check_location);
+        let related = result.get("relatedLocations").and_then(Value::as_array).cloned().unwrap_or_default();
+        let rel_ids: Vec<u64> = related.iter().map(|l| uint(l, "id")).collect();
+        assert!(rel_ids.iter().enumerate().all(|(i, id)| !rel_ids[..i].contains(id)), "{case}: related ids are unique");
+        related.iter().for_each(check_location);
+        for fix in result.get("fixes").and_then(Value::as_array).cloned().unwrap_or_default() {
+            assert!(at(&at(&fix, "description"), "text").is_string(), "{case}");
+            let changes = at(&fix, "artifactChanges").as_array().cloned().expect("artifactChanges is an array");
+            assert!(!changes.is_empty(), "{case}: a fix changes something");
+            for change in changes {
+                check_artifact(&at(&change, "artifactLocation"));
+                let replacements = at(&change, "replacements").as_array().cloned().expect("replacements is an array");
+                assert!(!replacements.is_empty(), "{case}");
+                for r in replacements {
+                    check_region(&at(&r, "deletedRegion"));
+                    assert!(at(&at(&r, "insertedContent"), "text").is_string(), "{case}");
+                }
+            }
+        }
+    }
+    results.len()
+}
+
+/// Shell completions and man pages come from the clap definitions: each
+/// shell's script names the subcommands, and the man pages are roff with
+/// a NAME section, one per subcommand, written with no temporary file left.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let binaries: [(&str, &str, &[&str], &str); 2] = [
+        (env!("CARGO_BIN_EXE_xpol"), "xpol", &["run", "apply", "delete", "list", "stats", "watch", "set", "pool", "test"], "8"),
+        (env!("CARGO_BIN_EXE_xpolc"), "xpolc", &["build", "check", "lsp"], "1"),
+    ];
+    for (exe, name, subcommands, section) in binaries {
+        for shell in ["bash", "zsh", "fish"] {
+            let r = Command::new(exe).args(["completions", shell]).output().expect("run");
+            assert!(r.status.success(), "{name} completions {shell}: {}", String::from_utf8_lossy(&r.stderr));
+            let script = String::from_utf8(r.stdout).expect("utf-8");
+            assert!(script.contains(name), "{name} completions {shell} names the command");
+            for sub in subcommands {
+                assert!(script.contains(sub), "{name} completions {shell} lacks `{sub}`:\n{script}");
+            }
+        }
+        let r = Command::new(exe).arg("man").output().expect("run");
+        assert!(r.status.success(), "{name} man: {}", String::from_utf8_lossy(&r.stderr));
+        let page = String::from_utf8(r.stdout).expect("utf-8");
+        assert!(page.starts_with(".ie") || page.contains(".TH"), "{page}");
+        assert!(page.contains(&format!(".TH {name} {section}")) && page.contains(".SH NAME") && page.contains(".SH SUBCOMMANDS"), "{page}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("man");
+        let r = Command::new(exe).args(["man", "--out"]).arg(&out).output().expect("run");
+        assert!(r.status.success(), "{name} man --out: {}", String::from_utf8_lossy(&r.stderr));
+        let mut files: Vec<String> = std::fs::read_dir(&out).expect("dir").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        assert!(files.contains(&format!("{name}.{section}")), "{files:?}");
+        for sub in subcommands {
+            assert!(files.contains(&format!("{name}-{sub}.{section}")), "no page for `{sub}`: {files:?}");
+        }
+        for f in &files {
+            assert!(f.ends_with(&format!(".{section}")), "a stray file: {f}");
+            let page = std::fs::read_to_string(out.join(f)).expect("read");
+            assert!(page.contains(".SH NAME") && page.contains(&f[..f.len() - 2].replace('-', "\\-")), "{f}:\n{page}");
+        }
+    }
+    // The values clap completes are spelled as in the language and in
+    // xdp-tools (fish lists each value as `VALUE\tDESCRIPTION`); the old
+    // spellings are accepted, not offered.
+    let r = Command::new(env!("CARGO_BIN_EXE_xpol")).args(["completions", "fish"]).output().expect("run");
+    let script = String::from_utf8_lossy(&r.stdout);
+    for offered in ["tc:ingress\\t", "tc:egress\\t", "skb\\t", "native\\t"] {
+        assert!(script.contains(offered), "{offered} in {script}");
+    }
+    for old in ["tc-ingress\\t", "generic\\t"] {
+        assert!(!script.contains(old), "{old} in {script}");
+    }
 }

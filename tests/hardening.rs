@@ -19,6 +19,11 @@ fn stderr(r: &Output) -> String {
     String::from_utf8_lossy(&r.stderr).into_owned()
 }
 
+/// Both streams: diagnostics for people are on stderr, in JSON on stdout.
+fn both(r: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&r.stdout), stderr(r))
+}
+
 const POLICY: &str = "xdp /tcp.dport == 22/ { drop }\n";
 
 /// A temporary directory with `p.xpol` (mode 0644) in it.
@@ -202,7 +207,7 @@ fn special_files_as_inputs_are_refused() {
 
     std::fs::write(d.join("inc.xpol"), "include \"fifo\"\nxdp { pass }\n").expect("write");
     let r = run_bounded(xpolc().args(["check", "--message-format", "json"]).arg(d.join("inc.xpol")));
-    let e = stderr(&r);
+    let e = both(&r);
     assert!(!r.status.success());
     assert!(e.contains("it is a FIFO (named pipe), not a regular file") && e.contains("\"line\":1"), "{e}");
 
@@ -210,7 +215,7 @@ fn special_files_as_inputs_are_refused() {
         let p = d.join(format!("set-{set}.xpol"));
         std::fs::write(&p, format!("set s: cidr = file(\"{set}\")\nxdp /ip.src in s/ {{ drop }}\n")).expect("write");
         let r = run_bounded(xpolc().args(["check", "--message-format", "json"]).arg(&p));
-        let e = stderr(&r);
+        let e = both(&r);
         assert!(!r.status.success());
         assert!(e.contains(&format!("it is {what}, not a regular file")) && e.contains("\"column\":20") && e.contains("\"line\":1,"), "{e}");
     }
@@ -349,9 +354,9 @@ fn diagnostics_quote_only_escaped_excerpts_of_files_read() {
     std::os::unix::fs::symlink(d.join("shadow"), d.join("shadow.xpol")).expect("symlink");
     std::fs::write(d.join("link.xpol"), "include \"shadow.xpol\"\nxdp { pass }\n").expect("write");
     for policy in ["set.xpol", "inc.xpol", "link.xpol"] {
-        for format in ["human", "json"] {
+        for format in ["human", "json", "sarif"] {
             let r = xpolc().args(["check", "--message-format", format]).arg(d.join(policy)).output().expect("run xpolc");
-            let e = stderr(&r);
+            let e = both(&r);
             assert!(!r.status.success(), "{policy} {format}: {e}");
             assert!(!e.contains(hash) && !e.contains("SECRET:19000"), "{policy} {format}: a line was echoed:\n{e}");
             assert!(!e.contains('\x1b'), "{policy} {format}: a raw control byte:\n{e}");
@@ -360,7 +365,7 @@ fn diagnostics_quote_only_escaped_excerpts_of_files_read() {
     }
     // The set file's second line, escaped, in its message.
     let r = xpolc().args(["check", "--message-format", "json"]).arg(d.join("set.xpol")).output().expect("run xpolc");
-    assert!(stderr(&r).contains(r"`\\u{1b}[2Jdaemon:*:19000:0:99999:7:::` is not"), "{}", stderr(&r));
+    assert!(both(&r).contains(r"`\\u{1b}[2Jdaemon:*:19000:0:99999:7:::` is not"), "{}", both(&r));
 }
 
 // ---- 6. messages --------------------------------------------------------

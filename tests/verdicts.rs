@@ -34,19 +34,23 @@ fn example_firewall() {
     }
     let mut p = load_file(Path::new("examples/firewall.xpol"));
     let cases: Vec<(&str, PacketSpec, Action, &[u32])> = vec![
-        ("web from an allowed source", syn4("198.18.7.7", 80), Pass, &[3]),
-        ("web in the 8000..8099 range", syn4("198.18.7.7", 8080), Pass, &[3]),
+        ("web from an allowed source", syn4("198.18.7.7", 80), Pass, &[4]),
+        ("web in the 8000..8099 range", syn4("198.18.7.7", 8080), Pass, &[4]),
         ("blocklisted IPv4 source", syn4("203.0.113.9", 80), Drop, &[0]),
-        ("ssh from an admin", syn4("198.51.100.7", 22), Pass, &[4]),
-        ("ssh from elsewhere", syn4("198.18.9.9", 22), Drop, &[1]),
-        ("telnet", syn4("198.18.9.9", 23), Drop, &[2]),
-        ("udp falls through", PacketSpec::udp4(a4("198.18.9.9"), a4("198.19.255.1"), 1, 53), Pass, &[4]),
+        ("ssh from an admin", syn4("198.51.100.7", 22), Pass, &[5]),
+        ("ssh from elsewhere", syn4("198.18.9.9", 22), Drop, &[2]),
+        ("telnet", syn4("198.18.9.9", 23), Drop, &[3]),
+        ("udp falls through", PacketSpec::udp4(a4("198.18.9.9"), a4("198.19.255.1"), 1, 53), Pass, &[5]),
         ("blocklisted IPv6 source", syn6("2001:db8:bad::1", 443), Drop, &[0]),
-        ("ssh from an IPv6 admin", syn6("2001:db8:1::5", 22), Pass, &[4]),
-        ("ssh from another IPv6 source", syn6("2001:db8:2::5", 22), Drop, &[1]),
-        ("non-first fragment has no ports", syn4("198.18.9.9", 22).frag(64, false), Pass, &[4]),
-        ("first fragment has ports", syn4("198.18.9.9", 22).frag(0, true), Drop, &[1]),
-        ("ARP", PacketSpec::ethertype(0x0806, 28), Pass, &[4]),
+        ("ssh from an IPv6 admin", syn6("2001:db8:1::5", 22), Pass, &[5]),
+        ("ssh from another IPv6 source", syn6("2001:db8:2::5", 22), Drop, &[2]),
+        // A non-first fragment has no ports for the ssh rule to match: the
+        // fragment rule drops it, and the first fragment, before them.
+        ("non-first TCP fragment", syn4("198.18.9.9", 22).frag(64, false), Drop, &[1]),
+        ("first TCP fragment", syn4("198.18.9.9", 22).frag(0, true), Drop, &[1]),
+        ("non-first TCP fragment from an admin", syn4("198.51.100.7", 22).frag(64, false), Drop, &[1]),
+        ("UDP fragment", PacketSpec::udp4(a4("198.18.9.9"), a4("198.19.255.1"), 1, 53).frag(1480, false), Pass, &[5]),
+        ("ARP", PacketSpec::ethertype(0x0806, 28), Pass, &[5]),
     ];
     for (what, spec, action, fired) in cases {
         expect(&mut p, "xdp", what, &spec.build(), action, fired);
@@ -63,31 +67,42 @@ fn example_edge() {
         return;
     }
     let mut p = load_file(Path::new("examples/edge.xpol"));
-    // Rules 0-5 come from std/tcp-sanity.xpol (0: tiny fragments), then the edge rules.
+    // Rules 0-5 come from std/tcp-sanity.xpol (0: tiny fragments), then the
+    // edge rules (6, 7: neighbour and multicast listener discovery).
     let bogon = syn4("10.1.2.3", 80);
-    expect(&mut p, "xdp", "bogon source", &bogon.build(), Drop, &[6]);
-    expect(&mut p, "xdp", "bogon source on a customer VLAN passes the bogon rule", &bogon.clone().vlan(150).build(), Pass, &[12]);
+    expect(&mut p, "xdp", "bogon source", &bogon.build(), Drop, &[8]);
+    expect(&mut p, "xdp", "bogon source on a customer VLAN passes the bogon rule", &bogon.clone().vlan(150).build(), Pass, &[14]);
     expect(&mut p, "xdp", "null scan", &syn4("192.0.2.1", 80).flags(0).build(), Drop, &[1]);
     expect(&mut p, "xdp", "syn+fin", &syn4("192.0.2.1", 80).flags(0x03).build(), Drop, &[2]);
     let frag = PacketSpec::tcp4(a4("192.0.2.1"), a4("198.19.0.1"), 1, 80).frag(8, true);
     expect(&mut p, "xdp", "tiny TCP fragment", &frag.build(), Drop, &[0]);
     let ping = PacketSpec::icmp4(a4("8.8.8.8"), a4("198.19.0.1"), 8, 0);
-    expect(&mut p, "xdp", "ping", &ping.build(), Pass, &[10]);
+    expect(&mut p, "xdp", "ping", &ping.build(), Pass, &[12]);
     let ptb = PacketSpec::icmp4(a4("8.8.8.8"), a4("198.19.0.1"), 3, 4);
-    expect(&mut p, "xdp", "packet too big", &ptb.build(), Pass, &[8]);
-    let ns = PacketSpec::icmp6(a6("2001:db8::1"), a6("2001:db8::2"), 135, 0);
-    expect(&mut p, "xdp", "neighbour solicitation", &ns.build(), Drop, &[6]);
-    let ns = PacketSpec::icmp6(a6("2003::1"), a6("2001:db8::2"), 135, 0);
-    expect(&mut p, "xdp", "neighbour solicitation from a global source", &ns.build(), Pass, &[9]);
+    expect(&mut p, "xdp", "packet too big", &ptb.build(), Pass, &[10]);
+    // Neighbour discovery from this link (hop limit 255, as RFC 4861
+    // sends it) passes before the bogon rule (fe80::/10 is a bogon), MLD
+    // from a link-local source too; with a lower hop limit it crossed a
+    // router, and its source is a bogon like any other.
+    let nd = |src: &str, ty: u8, hops: u8| PacketSpec::icmp6(a6(src), a6("ff02::1"), ty, 0).ipv6(|ip| ip.hop_limit = hops).build();
+    expect(&mut p, "xdp", "neighbour solicitation from fe80::", &nd("fe80::1", 135, 255), Pass, &[6]);
+    expect(&mut p, "xdp", "router advertisement from fe80::", &nd("fe80::1", 134, 255), Pass, &[6]);
+    expect(&mut p, "xdp", "neighbour solicitation from :: (duplicate address detection)", &nd("::", 135, 255), Pass, &[6]);
+    expect(&mut p, "xdp", "MLD query from fe80::", &nd("fe80::1", 130, 1), Pass, &[7]);
+    expect(&mut p, "xdp", "router advertisement from fe80:: that crossed a router", &nd("fe80::1", 134, 64), Drop, &[8]);
+    expect(&mut p, "xdp", "neighbour solicitation from a bogon", &nd("2001:db8::1", 135, 64), Drop, &[8]);
+    expect(&mut p, "xdp", "neighbour solicitation from afar falls through (the kernel ignores it)", &nd("2003::1", 135, 64), Pass, &[16]);
+    let ptb6 = PacketSpec::icmp6(a6("2003::1"), a6("2001:db8::2"), 2, 0);
+    expect(&mut p, "xdp", "packet too big", &ptb6.build(), Pass, &[11]);
     let dns_ok = PacketSpec::udp4(a4("192.0.2.1"), a4("198.18.53.1"), 3333, 53);
-    expect(&mut p, "xdp", "dns to our server", &dns_ok.build(), Drop, &[6]);
+    expect(&mut p, "xdp", "dns to our server", &dns_ok.build(), Drop, &[8]);
     let dns_ok = PacketSpec::udp4(a4("8.8.8.8"), a4("198.18.53.1"), 3333, 53);
-    expect(&mut p, "xdp", "dns to our server", &dns_ok.build(), Pass, &[11]);
+    expect(&mut p, "xdp", "dns to our server", &dns_ok.build(), Pass, &[13]);
     let dns_bad = PacketSpec::udp4(a4("8.8.8.8"), a4("198.18.53.9"), 3333, 53);
-    expect(&mut p, "xdp", "dns elsewhere", &dns_bad.build(), Drop, &[11]);
-    expect(&mut p, "xdp", "web", &syn4("8.8.8.8", 443).build(), Pass, &[12]);
-    expect(&mut p, "xdp", "other syn", &syn4("8.8.8.8", 25).build(), Drop, &[13]);
-    expect(&mut p, "xdp", "other ack", &syn4("8.8.8.8", 25).flags(0x10).build(), Pass, &[14]);
+    expect(&mut p, "xdp", "dns elsewhere", &dns_bad.build(), Drop, &[13]);
+    expect(&mut p, "xdp", "web", &syn4("8.8.8.8", 443).build(), Pass, &[14]);
+    expect(&mut p, "xdp", "other syn", &syn4("8.8.8.8", 25).build(), Drop, &[15]);
+    expect(&mut p, "xdp", "other ack", &syn4("8.8.8.8", 25).flags(0x10).build(), Pass, &[16]);
     let sums = p.map_entries("dns_bytes").expect("@dns_bytes");
     assert_eq!(sums.len(), 1);
     assert_eq!(sums[0].1, dns_ok.build().len() as u64);
@@ -103,9 +118,9 @@ fn map_read_in_predicate() {
     let mut p = load_file(Path::new("examples/edge.xpol"));
     let ping = PacketSpec::icmp4(a4("8.8.4.4"), a4("198.19.0.1"), 8, 0).build();
     for i in 0..100 {
-        expect(&mut p, "xdp", &format!("ping {i}"), &ping, Pass, &[10]);
+        expect(&mut p, "xdp", &format!("ping {i}"), &ping, Pass, &[12]);
     }
-    expect(&mut p, "xdp", "ping 101", &ping, Drop, &[10]);
+    expect(&mut p, "xdp", "ping 101", &ping, Drop, &[12]);
     let pings = p.map_entries("pings").expect("@pings");
     assert_eq!(pings[0].1, 101);
 }

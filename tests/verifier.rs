@@ -62,8 +62,8 @@ fn missing_bounds_check_points_at_the_first_rule_reading_l4() {
     }
     let (d, text) = rejection(Path::new("examples/firewall.xpol"), Faults { omit_l4_bounds_check: true, ..Faults::default() });
     assert_eq!(d.code, "xpol::verifier::packet_bounds", "{text}");
-    // Rule 1 (line 16, column 6) is the first to read `tcp.dport`.
-    assert!(text.contains("examples/firewall.xpol:16:6"), "{text}");
+    // Rule 2 (line 17, column 6) is the first to read `tcp.dport`.
+    assert!(text.contains("examples/firewall.xpol:17:6"), "{text}");
     assert!(text.contains("tcp.dport"), "{text}");
     assert!(d.message.contains("has not proven to lie inside the packet"), "{text}");
     snapshot("verifier__packet_bounds", &text);
@@ -227,6 +227,25 @@ fn kernel_lacks_names_a_known_helper_and_its_version() {
     assert_eq!(xpol_compiler::verifier::map_type_info(11), Some(("BPF_MAP_TYPE_LPM_TRIE", "4.11")));
 }
 
+/// A kernel without BPF atomics (before 5.12) refuses `limit`'s
+/// compare-and-exchange: the diagnostic names the feature and the version.
+#[test]
+fn kernel_without_atomics_is_named_with_its_version() {
+    let dir = std::env::temp_dir().join(format!("xpol-atomics-{}", common::net::unique()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("limit.xpol");
+    std::fs::write(&path, "xdp /ip.proto == 1 && !limit(100/s)/ { drop }\n").expect("write");
+    let b = build(&path, &BuildOptions::default());
+    let out = b.output.expect("compiles");
+    // What Linux 5.10 says of the instruction.
+    let log = "0: R1=ctx() R10=fp0\n0: (db) r0 = atomic64_cmpxchg((u64 *)(r1 +0), r0, r3)\nBPF_XADD uses reserved fields\nprocessed 40 insns (limit 1000000)\n";
+    let d = xpol_compiler::verifier::explain("xpol_xdp", "xdp", log, &out.object, &out.located, &b.sources, false);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(d.code, "xpol::verifier::no_atomics");
+    assert!(d.message.contains("BPF_CMPXCHG") && d.message.contains("Linux 5.12"), "{}", d.message);
+    assert!(d.help.as_deref().is_some_and(|h| h.contains("5.12")), "{d:?}");
+}
+
 /// Loads `path` (its set maps with room for `set_capacity` entries, when
 /// given) and explains the kernel's refusal of a map.
 fn map_refusal(path: &str, set_capacity: Option<u32>) -> (xpol_lang::Diagnostic, String) {
@@ -282,9 +301,9 @@ fn set_map_too_large() {
 
 /// 65 sets in one program, one map more than the kernel allows: refused
 /// at compile time (`xpol::budget::maps`), at the rule whose set is the
-/// 65th map the program uses, which is where the kernel stops (it resolves
-/// maps in instruction order; a program of 64 maps loads, see
-/// `tests/limits.rs`).
+/// 65th map the program uses in source order (xpol's own first), which
+/// here is also where the kernel stops (it resolves maps in instruction
+/// order; a program of 64 maps loads, see `tests/limits.rs`).
 #[test]
 fn too_many_maps() {
     let b = build(Path::new("tests/verifier/too-many-maps.xpol"), &BuildOptions::default());

@@ -12,10 +12,13 @@
  *   (xpol_lang::maglev::murmur3_words, FLOW_SEED); LRU
  *   flow table; on a miss the control word, the Maglev ring and the
  *   backends array, then the flow table's update; per-backend per-CPU
- *   counters; IPIP (IPv4 or IPv6 outer) or GUE over IPv4 with
- *   bpf_xdp_adjust_head and the IPv4 header checksum; bpf_fib_lookup for
- *   the next hop: XDP_TX or bpf_redirect, XDP_DROP when too big, XDP_PASS
- *   when the FIB has no complete answer.
+ *   counters; IPIP (IPv4 or IPv6 outer) or GUE (IPv4 or IPv6 outer) with
+ *   bpf_xdp_adjust_head, the IPv4 header checksum and, over IPv6, the UDP
+ *   checksum; or (NAT) the destination address and port rewritten in
+ *   place with incremental checksum updates and the reply's translation
+ *   recorded; bpf_fib_lookup for the next hop: XDP_TX or bpf_redirect,
+ *   XDP_DROP when too big (XDP_PASS with NAT), XDP_PASS when the FIB has
+ *   no complete answer.
  *
  * Differences from Katran kept on purpose, because xpol does it this way:
  * one LRU flow table shared by the CPUs (Katran has one per CPU), the next
@@ -25,7 +28,9 @@
  * Compiled by the benchmark with clang-14 -O2 -g -target bpf and -D for:
  *   VIP_V6 (0: VIP4 as loaded; 1: VIP6_0..3 as loaded), VIP_PROTO, VIP_PORT,
  *   OUTER_V6, GUE, GUE_PORT, OUTER_SRC4 or OUTER_SRC6_0..3 (as loaded),
- *   TABLE_SIZE, MAX_BACKENDS, FLOWS, FLOW_SEED.
+ *   TABLE_SIZE, MAX_BACKENDS, FLOWS, FLOW_SEED; or, instead of the
+ *   encapsulation, NAT=1 (xpol's `lb(POOL, nat, port: NAT_PORT)`; NAT_PORT
+ *   defaults to VIP_PORT, the port kept), with OUTER_V6 = VIP_V6 and GUE 0.
  * "As loaded": the 32-bit word a little-endian load of the wire bytes gives.
  * And, for the flow-table comparison (benches/lb_path/flow_table.rs), one of:
  *   PERCPU_FLOWS=1: the flow table is a BPF_MAP_TYPE_LRU_PERCPU_HASH (the
@@ -63,6 +68,21 @@
 #endif
 #if SATURATE && VIP_V6
 #error "SATURATE is for IPv4"
+#endif
+#ifndef NAT
+#define NAT 0
+#endif
+#ifndef NAT_PORT
+#define NAT_PORT VIP_PORT
+#endif
+#if NAT && (GUE || OUTER_V6 != VIP_V6)
+#error "NAT rewrites the packet in place: no GUE, no other family outside"
+#endif
+/* GUE over IPv6: its UDP checksum is derived from the packet inside (see
+ * the encapsulation). */
+#define GUE6 (GUE && OUTER_V6)
+#if GUE6 && !VIP_V6
+#error "GUE over IPv6 carries IPv6 here (xpol's 4in6 is not twinned)"
 #endif
 
 typedef unsigned char __u8;
@@ -111,7 +131,9 @@ static __u32 (*bpf_get_smp_processor_id)(void) = (void *)8;
 #endif
 static long (*bpf_redirect)(__u32 ifindex, __u64 flags) = (void *)23;
 static __u64 (*bpf_ktime_get_coarse_ns)(void) = (void *)160;
+#if !NAT
 static long (*bpf_xdp_adjust_head)(struct xdp_md *ctx, int delta) = (void *)44;
+#endif
 static long (*bpf_fib_lookup)(void *ctx, struct bpf_fib_lookup *params, int plen, __u32 flags) = (void *)69;
 
 /* xpol_lang::meta::FlowKey: addresses as on the wire (IPv4 in word 0),
@@ -127,6 +149,8 @@ struct flow_key {
 struct flow_value { __u32 backend, reserved; };
 struct backend { __u32 addr[4]; __u32 flags; };
 struct backend_counters { __u64 packets, bytes, new_flows; };
+/* xpol_lang::meta::NatValue: the address and port the client sent to. */
+struct nat_value { __u32 addr[4]; __u16 port, pad; };
 struct vip_counters { __u64 packets, bytes; };
 
 #define BACKEND_PRESENT 1
@@ -156,6 +180,12 @@ struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __type(key, struct flow_key); __ty
 #endif
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, struct backend_counters); __uint(max_entries, MAX_BACKENDS + 1); } stats SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, struct vip_counters); __uint(max_entries, 1); } vip_stats SEC(".maps");
+#if NAT
+/* The replies' translations, for TC egress (xpol_lang::meta::PoolMeta's
+ * nat_map): key the reply's flow key (from the backend and its port to the
+ * client and its port), value the VIP and its port. */
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __type(key, struct flow_key); __type(value, struct nat_value); __uint(max_entries, FLOWS); } nat SEC(".maps");
+#endif
 
 /* MurmurHash3 x86_32 over whole words (xpol_lang::maglev::murmur3_words). */
 INLINE __u32 rotl32(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }
@@ -178,6 +208,25 @@ INLINE __u32 mm3_final(__u32 h, __u32 words)
 	h ^= h >> 16;
 	return h;
 }
+
+#if NAT || GUE6
+/* The 16-bit halves of a word, for a one's-complement sum. */
+INLINE __u64 halves(__u32 w) { return (w & 0xffff) + (w >> 16); }
+/* A one's-complement sum (less than 2^32) folded to 16 bits. */
+INLINE __u32 fold16(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (sum & 0xffff) + (sum >> 16);
+}
+#endif
+#if NAT
+/* RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m'), `delta` the sum of ~m + m'
+ * over the fields changed. */
+INLINE __u16 csum_update(__u16 check, __u64 delta)
+{
+	return ~fold16((__u16)~check + delta);
+}
+#endif
 
 #if VIP_PROTO == 6
 #define L4_MIN 20
@@ -213,6 +262,11 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	struct flow_key key = {};
 	__u32 hash, ip_len, tos, df, ports;
 	__u8 syn = 0;
+#if NAT
+	/* A packet of the VIP that NAT does not translate (a first fragment,
+	 * IPv6 extension headers): dropped, counted as having no backend. */
+	__u8 refuse = 0;
+#endif
 
 	if (data + 14 > data_end)
 		return XDP_PASS;
@@ -252,6 +306,9 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 #endif
 	/* A first fragment matches, but its flow has no ports. */
 	ports = (fragw & bswap16(0x2000)) ? 0 : *(__u32 *)l4;
+#if NAT
+	refuse = (fragw & bswap16(0x2000)) != 0;
+#endif
 #if VIP_PROTO == 6
 	syn = (l4[13] & 0x12) == 0x02;
 #endif
@@ -273,7 +330,8 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	__u8 *ip = data + 14;
 	if (*(__u16 *)(data + 12) != bswap16(0x86dd) || (void *)(ip + 40) > data_end)
 		return XDP_PASS;
-	__u32 w0 = bswap32(*(__u32 *)ip);
+	__u32 w0_raw = *(__u32 *)ip;
+	__u32 w0 = bswap32(w0_raw);
 	if ((w0 >> 28) != 6)
 		return XDP_PASS;
 	__u32 *dst = (__u32 *)(ip + 24);
@@ -286,6 +344,16 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	__u32 nh = ip[6], off = 14 + 40, frag = 0;
 	/* The common case first: the upper-layer header right away. */
 	if (unlikely(nh != VIP_PROTO)) {
+#if GUE6
+		/* The outer UDP checksum would cover extension headers that
+		 * the inner checksum does not (and a first fragment's inner
+		 * checksum is the whole datagram's): such packets pass, as
+		 * Katran's do (xpol sums their bytes). */
+		return XDP_PASS;
+#endif
+#if NAT
+		refuse = 1;
+#endif
 #pragma unroll
 		for (int i = 0; i < MAX_IPV6_EXT; i++) {
 			if (nh == VIP_PROTO)
@@ -328,6 +396,12 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 #endif
 	__u32 *src = (__u32 *)(ip + 8);
 	__u32 s0 = src[0], s1 = src[1], s2 = src[2], s3 = src[3];
+#if GUE6
+	__u8 hop_limit = ip[7];
+#if VIP_PROTO == 17
+	__u16 inner_check = *(__u16 *)(l4 + 6);
+#endif
+#endif
 	key.src[0] = s0;
 	key.src[1] = s1;
 	key.src[2] = s2;
@@ -360,6 +434,10 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 		vc->packets += 1;
 		vc->bytes += frame_len;
 	}
+#if NAT
+	if (unlikely(refuse))
+		goto no_backend;
+#endif
 
 	/* An established flow keeps its backend while the slot holds one. */
 	__u32 slot;
@@ -443,6 +521,94 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 	return XDP_PASS;
 #endif
 
+#if NAT
+	/* DNAT: the destination address and port become the backend's, in
+	 * place. The checksums are updated by the difference (RFC 1624), the
+	 * old address and port being the VIP's, compiled in. */
+#if VIP_V6
+	__u32 n0 = be->addr[0], n1 = be->addr[1], n2 = be->addr[2], n3 = be->addr[3];
+	__u64 delta = halves(~VIP6_0) + halves(~VIP6_1) + halves(~VIP6_2) + halves(~VIP6_3) + halves(n0) + halves(n1) + halves(n2) + halves(n3);
+#else
+	__u32 n0 = be->addr[0];
+	__u64 delta = halves(~VIP4) + halves(n0);
+	/* IPv4's header checksum covers the address. */
+	*(__u16 *)(ip + 10) = csum_update(*(__u16 *)(ip + 10), delta);
+#endif
+	/* TCP's and UDP's cover the address (in the pseudo-header) and the port. */
+	__u64 l4_delta = delta + (__u16)~bswap16(VIP_PORT) + bswap16(NAT_PORT);
+#if VIP_PROTO == 6
+	*(__u16 *)(l4 + 16) = csum_update(*(__u16 *)(l4 + 16), l4_delta);
+#else
+	/* A UDP checksum of 0 is none, and stays; a computed 0 is sent as 0xffff. */
+	__u16 udp_check = *(__u16 *)(l4 + 6);
+	if (udp_check) {
+		udp_check = csum_update(udp_check, l4_delta);
+		*(__u16 *)(l4 + 6) = udp_check ? udp_check : 0xffff;
+	}
+#endif
+	/* The reply's translation back, for TC egress, unless it is recorded
+	 * already for this VIP and port (the client's port may be reused
+	 * towards another service on the same backend: this flow's wins). */
+	struct flow_key reply = {};
+	reply.src[0] = n0;
+#if VIP_V6
+	reply.src[1] = n1;
+	reply.src[2] = n2;
+	reply.src[3] = n3;
+	reply.dst[0] = s0;
+	reply.dst[1] = s1;
+	reply.dst[2] = s2;
+	reply.dst[3] = s3;
+	reply.family = 6;
+#else
+	reply.dst[0] = src;
+	reply.family = 4;
+#endif
+	/* From the backend's port to the client's. */
+	reply.ports = bswap16(NAT_PORT) | (ports << 16);
+	reply.proto = VIP_PROTO;
+	struct nat_value *known = bpf_map_lookup_elem(&nat, &reply);
+#if VIP_V6
+	int same = known && known->addr[0] == VIP6_0 && known->addr[1] == VIP6_1 && known->addr[2] == VIP6_2 && known->addr[3] == VIP6_3 && known->port == bswap16(VIP_PORT);
+#else
+	int same = known && known->addr[0] == VIP4 && known->port == bswap16(VIP_PORT);
+#endif
+	if (unlikely(!same)) {
+#if VIP_V6
+		struct nat_value nv = { .addr = { VIP6_0, VIP6_1, VIP6_2, VIP6_3 }, .port = bswap16(VIP_PORT) };
+#else
+		struct nat_value nv = { .addr = { VIP4 }, .port = bswap16(VIP_PORT) };
+#endif
+		bpf_map_update_elem(&nat, &reply, &nv, 0);
+	}
+	/* The rewrite. */
+	struct bpf_fib_lookup fib = {};
+#if VIP_V6
+	__u32 *daddr = (__u32 *)(ip + 24);
+	daddr[0] = n0;
+	daddr[1] = n1;
+	daddr[2] = n2;
+	daddr[3] = n3;
+	fib.family = 10;
+	fib.ipv6_src[0] = s0;
+	fib.ipv6_src[1] = s1;
+	fib.ipv6_src[2] = s2;
+	fib.ipv6_src[3] = s3;
+	fib.ipv6_dst[0] = n0;
+	fib.ipv6_dst[1] = n1;
+	fib.ipv6_dst[2] = n2;
+	fib.ipv6_dst[3] = n3;
+#else
+	*(__u32 *)(ip + 16) = n0;
+	fib.family = 2;
+	fib.tos = tos;
+	fib.ipv4_src = src;
+	fib.ipv4_dst = n0;
+#endif
+	*(__u16 *)(l4 + 2) = bswap16(NAT_PORT);
+	(void)df; /* the packet's own DF stays */
+	(void)tos; /* IPv6's traffic class stays; IPv4's goes to the FIB */
+#else
 	/* Encapsulate: the outer headers go between the Ethernet header (the
 	 * MACs as they came, for when the FIB gives no next hop) and the IP
 	 * packet. */
@@ -514,16 +680,51 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 #endif
 #if GUE
 	__u8 *udp = o + OUTER_IP;
-	*(__u16 *)(udp + 0) = bswap16(0xc000 | (hash & 0x3fff));
+	__u16 gue_sport = bswap16(0xc000 | (hash & 0x3fff));
+	__u16 udp_len = bswap16(ip_len + 8);
+	*(__u16 *)(udp + 0) = gue_sport;
 	*(__u16 *)(udp + 2) = bswap16(GUE_PORT);
-	*(__u16 *)(udp + 4) = bswap16(ip_len + 8);
+	*(__u16 *)(udp + 4) = udp_len;
+#if GUE6
+	/* UDP over IPv6 needs a checksum (RFC 8200, 8.1): over the outer
+	 * pseudo-header, the UDP header and the packet inside. Katran's way
+	 * (gue_csum_v6): the inner TCP or UDP checksum already sums the
+	 * segment with its own pseudo-header to 0, so the packet inside adds
+	 * its IPv6 header less that pseudo-header: the addresses and length
+	 * cancel, which leaves the first word, the next header and hop limit
+	 * less the pseudo-header's next header. Katran makes a dozen
+	 * bpf_csum_diff calls for it; here it is summed in registers, as
+	 * stored (byte order does not change a one's-complement sum), like
+	 * the IPv4 header's. */
+	__u64 usum = 2 * (__u64)udp_len + gue_sport + bswap16(GUE_PORT) + bswap16(17)
+		+ halves(OUTER_SRC6_0) + halves(OUTER_SRC6_1) + halves(OUTER_SRC6_2) + halves(OUTER_SRC6_3)
+		+ halves(d0) + halves(d1) + halves(d2) + halves(d3)
+		+ halves(w0_raw) + (VIP_PROTO | ((__u32)hop_limit << 8)) + (__u16)~bswap16(VIP_PROTO);
+	__u16 udp_check = ~fold16(usum);
+	/* 0 is "no checksum": a computed 0 is sent as 0xffff. */
+	udp_check = udp_check ? udp_check : 0xffff;
+#if VIP_PROTO == 17
+	/* A UDP datagram inside without a checksum (which IPv6 does not
+	 * allow) gets none outside either (RFC 6935 allows it for tunnels). */
+	if (!inner_check)
+		udp_check = 0;
+#endif
+	*(__u16 *)(udp + 6) = udp_check;
+#else
 	*(__u16 *)(udp + 6) = 0; /* no checksum over IPv4 */
+#endif
+#endif
 #endif
 
 	/* The next hop. */
 	__u32 ingress = ctx->ingress_ifindex;
+#if NAT
+	fib.l4_protocol = VIP_PROTO;
+	fib.tot_len = ip_len;
+#else
 	fib.l4_protocol = next;
 	fib.tot_len = outer_len;
+#endif
 	fib.ifindex = ingress;
 	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (likely(rc == FIB_SUCCESS)) {
@@ -540,8 +741,14 @@ SEC("xdp") int katran_like(struct xdp_md *ctx)
 			return XDP_TX;
 		return bpf_redirect(fib.ifindex, 0);
 	}
+#if NAT
+	/* No next hop here (or too big: the stack answers the client): the
+	 * stack forwards it. */
+	return XDP_PASS;
+#else
 	/* Too big for the way out: dropped; anything else: the stack decides. */
 	return rc == FIB_FRAG_NEEDED ? XDP_DROP : XDP_PASS;
+#endif
 
 no_backend:;
 	__u32 none = MAX_BACKENDS;

@@ -307,7 +307,7 @@ pub fn run(quick: bool, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
             return Vec::new();
         }
     }
-    let case = Case { name: "ipip4-udp", label: "IPIP, IPv4 in IPv4", v6: false, gue: false };
+    let case = Case { name: "ipip4-udp", label: "IPIP, IPv4 in IPv4", v6: false, gue: false, nat: false };
     let to_vip = PacketSpec::udp4(CLIENT4, VIP4, 40000, 53).payload(22).build();
     let direct = PacketSpec::udp4(CLIENT4, backend4(0), 40000, 53).payload(22).build();
     let gens: Vec<aya::Ebpf> = [&to_vip, &direct]

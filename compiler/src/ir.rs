@@ -276,6 +276,45 @@ pub struct Balance {
     pub hash: FlowHash,
 }
 
+pub type LimitId = usize;
+
+/// What a `limit` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitUnit {
+    Packets,
+    Bytes,
+}
+
+/// A `limit(RATE, burst: B, by: KEYS, size: N)`: a token bucket per key
+/// (docs/language.md, "Rate limits"). Each occurrence in the source is its
+/// own limit, with its own buckets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// The rule it is written in.
+    pub rule: RuleId,
+    /// `rate` units (packets or bytes) every `period_ns` nanoseconds.
+    pub rate: u64,
+    pub period_ns: u64,
+    pub unit: LimitUnit,
+    /// The most units the bucket holds (`burst:`, checked: at least 1).
+    pub burst: u64,
+    /// The types of the key's components (`by:`); none: one bucket.
+    pub keys: Vec<Type>,
+    /// Buckets the LRU map holds when keyed (`size:`).
+    pub size: u32,
+    /// The `limit(...)` as written, on one line.
+    pub text: String,
+    pub span: Span,
+}
+
+/// Buckets of a keyed `limit` without `size:`.
+pub const DEFAULT_LIMIT_SIZE: u32 = 65_536;
+/// The largest `size:` of a `limit`: an LRU hash preallocates its entries,
+/// about 100 bytes each for an address key, so 2^24 take some 1.6 GiB.
+pub const MAX_LIMIT_SIZE: u64 = 1 << 24;
+/// `burst:` of a packet rate that does not say, as nftables' `limit`.
+pub const DEFAULT_LIMIT_BURST_PACKETS: u64 = 5;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expr {
     pub kind: ExprKind,
@@ -355,6 +394,12 @@ pub enum ExprKind {
     Not(Box<Expr>),
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
+    /// `limit(...)` number `limit` with its key's components (none when
+    /// unkeyed): true when the packet fits in the bucket of its key, and
+    /// then takes its cost from it; unknown when a component is absent.
+    /// Only in a condition, through `&&`, `||` and `!` (checked), where
+    /// evaluation stops once the outcome is decided.
+    Limit { limit: LimitId, keys: Vec<Expr> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -455,6 +500,8 @@ pub struct TestCase {
     pub maps: Vec<MapExpect>,
     /// `=> lb(POOL, ADDR)`: the pool, and the backend when named.
     pub lb: Option<(PoolId, Option<IpAddr>)>,
+    /// `after D` before the case: nanoseconds the clock moves on first.
+    pub after_ns: u64,
     pub span: Span,
 }
 
@@ -490,6 +537,8 @@ pub struct Policy {
     /// The pools `lb(..., nat)` balances over, in order: the `tc:egress`
     /// program translates their replies back first.
     pub nat_pools: Vec<PoolId>,
+    /// Every `limit(...)`, in source order.
+    pub limits: Vec<Limit>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -519,6 +568,10 @@ impl Printer<'_> {
             ExprKind::Not(a) => format!("!{}", self.expr(a)),
             ExprKind::And(a, b) => format!("({} && {})", self.expr(a), self.expr(b)),
             ExprKind::Or(a, b) => format!("({} || {})", self.expr(a), self.expr(b)),
+            ExprKind::Limit { limit, keys } => {
+                let by = if keys.is_empty() { String::new() } else { format!(" by {}", self.keys(keys)) };
+                format!("limit#{limit}{by}")
+            }
         }
     }
 
@@ -640,6 +693,15 @@ impl fmt::Display for Policy {
                 backends.join(", ")
             ));
         }
+        for (i, l) in self.limits.iter().enumerate() {
+            let unit = match l.unit {
+                LimitUnit::Packets => "packets",
+                LimitUnit::Bytes => "bytes",
+            };
+            let keys: Vec<String> = l.keys.iter().map(|t| t.to_string()).collect();
+            let by = if keys.is_empty() { "one bucket".to_string() } else { format!("by [{}], size {}", keys.join(", "), l.size) };
+            out.push_str(&format!("limit#{i} rule {}: {} {unit} per {}ns, burst {}, {by}\n", l.rule, l.rate, l.period_ns, l.burst));
+        }
         for m in &self.maps {
             let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();
             let max = m.capacity.map(|n| format!(", max {n}")).unwrap_or_default();
@@ -671,7 +733,8 @@ impl fmt::Display for Policy {
                 Some((pool, Some(addr))) => format!("lb({}, {addr})", self.pools[pool].name),
                 None => t.expect.as_str().to_string(),
             };
-            out.push_str(&format!("\ntest {:?}{on}: {packet} => {expect}{by}", t.test));
+            let after = if t.after_ns > 0 { format!("after {}ns, ", t.after_ns) } else { String::new() };
+            out.push_str(&format!("\ntest {:?}{on}: {after}{packet} => {expect}{by}", t.test));
             for m in &t.maps {
                 let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
                 let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };

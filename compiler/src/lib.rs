@@ -65,13 +65,39 @@ impl Build {
 /// The whole pipeline: load (parse the root file and its includes), check
 /// (resolve names and types, lower to the policy IR), generate the object.
 pub fn build(root: &Path, options: &BuildOptions) -> Build {
-    build_from(root, None, options)
+    build_from(Root::File(root), options)
 }
 
 /// [`build`] with the root file's text given (an editor's unsaved buffer);
 /// includes are read from disk relative to `root` ([`load::load_text`]).
 pub fn build_text(root: &Path, text: String, options: &BuildOptions) -> Build {
-    build_from(root, Some(text), options)
+    build_from(Root::Text(root, text), options)
+}
+
+/// [`build`] of a policy read from `input` (standard input, for `xpolc
+/// check -`): named `<stdin>` in diagnostics, its includes and set files
+/// read relative to the current directory ([`load::load_stdin`]). Input
+/// that cannot be read, is not UTF-8 or is larger than a policy may be is
+/// an `xpol::io` error.
+pub fn build_stdin(input: impl std::io::Read, options: &BuildOptions) -> Build {
+    let text = xpol_lang::input::read_capped(input, xpol_lang::input::SOURCE_LIMIT)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| xpol_lang::input::InputError::NotUtf8));
+    match text {
+        Ok(text) => build_from(Root::Stdin(text), options),
+        Err(e) => Build {
+            sources: SourceMap::new(),
+            diagnostics: vec![Diagnostic::error("xpol::io", format!("cannot read the policy from standard input: {e}"))],
+            output: None,
+        },
+    }
+}
+
+/// Where [`build_from`] gets the root policy.
+enum Root<'a> {
+    File(&'a Path),
+    /// An editor's buffer for the file at this path.
+    Text(&'a Path, String),
+    Stdin(String),
 }
 
 /// What the passes before codegen found: for editors, which re-check on
@@ -100,13 +126,14 @@ pub fn check_text(root: &Path, text: String) -> Checked {
     Checked { sources, diagnostics, loaded, ir }
 }
 
-fn build_from(root: &Path, text: Option<String>, options: &BuildOptions) -> Build {
+fn build_from(root: Root, options: &BuildOptions) -> Build {
     let mut sources = SourceMap::new();
     let mut diagnostics = Vec::new();
     let output = (|| {
-        let loaded = match text {
-            Some(text) => load::load_text(root, text, &mut sources),
-            None => load::load(root, &mut sources),
+        let loaded = match root {
+            Root::File(path) => load::load(path, &mut sources),
+            Root::Text(path, text) => load::load_text(path, text, &mut sources),
+            Root::Stdin(text) => load::load_stdin(text, &mut sources),
         };
         let loaded = loaded.map_err(|d| diagnostics.extend(d)).ok()?;
         let ir = check::check(&loaded, &sources).map_err(|d| diagnostics.extend(d)).ok()?;

@@ -68,12 +68,36 @@ pub fn load_text(root: &Path, text: String, sources: &mut SourceMap) -> Result<L
     }
 }
 
+/// The name diagnostics give a policy read from standard input.
+pub const STDIN_NAME: &str = "<stdin>";
+
+/// [`load`] of a policy read from standard input (`xpolc check -`): named
+/// [`STDIN_NAME`], with no file on disk; its includes and set files are
+/// read relative to the current directory.
+pub fn load_stdin(text: String, sources: &mut SourceMap) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut loader = Loader { sources, diags: Vec::new(), files: Vec::new(), items: Vec::new(), seen: HashMap::new() };
+    let cwd = std::env::current_dir().ok();
+    loader.file_in(STDIN_NAME.to_string(), None, cwd, STDIN_NAME.to_string(), text, 0, false);
+    if xpol_lang::diagnostic::has_errors(&loader.diags) {
+        Err(loader.diags)
+    } else {
+        Ok(Loaded { files: loader.files, items: loader.items })
+    }
+}
+
 impl Loader<'_> {
     fn file(&mut self, name: String, path: Option<PathBuf>, key: String, text: String, depth: usize) {
         // A file not named as a policy (after links) may be anything a
         // policy names (`include "/etc/shadow"`): shown by excerpts only.
         let policy_named = path.as_deref().unwrap_or(Path::new(&name)).extension().is_some_and(|e| e == "xpol");
-        let id = self.sources.add(SourceFile::new(name, path.clone(), text).with_excerpts_only(!policy_named));
+        let dir = path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+        self.file_in(name, path, dir, key, text, depth, !policy_named);
+    }
+
+    /// A file whose includes and set files are read relative to `dir`.
+    #[allow(clippy::too_many_arguments)]
+    fn file_in(&mut self, name: String, path: Option<PathBuf>, dir: Option<PathBuf>, key: String, text: String, depth: usize, excerpts_only: bool) {
+        let id = self.sources.add(SourceFile::new(name, path, text).with_excerpts_only(excerpts_only));
         self.seen.insert(key, id);
         let parsed = xpol_lang::parser::parse(&self.sources.get(id).text, id);
         let mut policy = match parsed {
@@ -83,7 +107,6 @@ impl Loader<'_> {
                 return;
             }
         };
-        let dir = path.as_deref().and_then(Path::parent).map(Path::to_path_buf);
         // Files this one names are shown relative to how this one was named,
         // so diagnostics do not depend on where the checkout lives.
         let shown_dir = Path::new(&self.sources.get(id).name).parent().map(Path::to_path_buf).unwrap_or_default();

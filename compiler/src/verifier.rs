@@ -184,6 +184,14 @@ const CATALOG: &[Class] = &[
         help: "run on a newer kernel, or avoid the statement that needs this helper",
     },
     Class {
+        code: "xpol::verifier::no_atomics",
+        // Linux before 5.12 knows BPF_XADD (an atomic add) only, and says
+        // so of any other atomic operation.
+        patterns: &["BPF_XADD uses reserved fields", "invalid atomic operation"],
+        cause: "the program takes tokens from a `limit(...)` bucket with an atomic compare-and-exchange (BPF_CMPXCHG), and this kernel has no BPF atomics but add: they need Linux 5.12 or newer",
+        help: "run on Linux 5.12 or newer, or leave `limit(...)` out of the policy for this kernel",
+    },
+    Class {
         code: "xpol::verifier::gpl_only",
         patterns: &["cannot call GPL-restricted function"],
         cause: "the program calls a helper reserved for GPL programs",
@@ -310,21 +318,48 @@ fn detail(code: &str, message: &str, section: &str, object: &[u8]) -> Option<Str
     }
 }
 
-/// The span codegen emitted at a line-info position, preferring the
-/// innermost (shortest) expression there.
-fn span_at(located: &[Located], sources: &SourceMap, info: &LineInfo) -> Option<Span> {
-    let file = sources.files().find(|(_, f)| f.path.as_ref().is_some_and(|p| p.display().to_string() == info.file))?.0;
-    located
-        .iter()
-        .filter(|l| l.file == file && l.line == info.line && l.col == info.col)
-        .map(|l| l.span)
-        .min_by_key(|s| s.len())
-        .or_else(|| {
-            // No expression starts there: the whole line.
-            let f = sources.get(file);
+/// The spans codegen emitted, by the line-info position LLVM wrote for
+/// them: what a line-info record of the object stands for in the policy.
+struct SpanIndex<'s> {
+    sources: &'s SourceMap,
+    /// Each source file by the name its line info gives it
+    /// ([`debug_file_name`]).
+    files: std::collections::HashMap<String, xpol_lang::FileId>,
+    /// The innermost (shortest) span located at each position.
+    spans: std::collections::HashMap<(xpol_lang::FileId, u32, u32), Span>,
+}
+
+impl<'s> SpanIndex<'s> {
+    fn new(located: &[Located], sources: &'s SourceMap) -> SpanIndex<'s> {
+        let files = sources.files().map(|(id, f)| (debug_file_name(f), id)).collect();
+        let mut spans = std::collections::HashMap::<_, Span>::new();
+        for l in located {
+            spans.entry((l.file, l.line, l.col)).and_modify(|s| if l.span.len() < s.len() { *s = l.span }).or_insert(l.span);
+        }
+        SpanIndex { sources, files, spans }
+    }
+
+    /// The span at a line-info position; the whole line when no
+    /// expression starts there.
+    fn at(&self, info: &LineInfo) -> Option<Span> {
+        let file = *self.files.get(&info.file)?;
+        self.spans.get(&(file, info.line, info.col)).copied().or_else(|| {
+            let f = self.sources.get(file);
             let start = offset_of_line(&f.text, info.line);
             Some(Span::new(file, start, start + f.line_text(info.line).len()))
         })
+    }
+}
+
+/// The file name a source file has in the object's line info: codegen
+/// gives LLVM its path on disk (directory and name, which LLVM joins), or
+/// its name alone when it has none (a policy read from stdin, the
+/// standard library without a checkout).
+fn debug_file_name(f: &xpol_lang::SourceFile) -> String {
+    match &f.path {
+        Some(p) => p.display().to_string(),
+        None => f.name.clone(),
+    }
 }
 
 fn offset_of_line(text: &str, line: u32) -> usize {
@@ -350,7 +385,28 @@ pub fn span_of_insn(object: &[u8], program: &str, insn: usize, located: &[Locate
     let (section, start, len) = program_range(object, program)?;
     let at = start + insn.min(len.saturating_sub(1));
     let info = line_info(object).into_iter().filter(|l| l.section == section && l.insn >= start && l.insn <= at).max_by_key(|l| l.insn)?;
-    span_at(located, sources, &info)
+    SpanIndex::new(located, sources).at(&info)
+}
+
+/// The policy span of every instruction of program `program`, from its
+/// start: where the line-info record in effect there (the program's last
+/// one at or before it) points, as [`span_of_insn`] finds it; `None`
+/// before the program's first record.
+pub fn insn_spans(object: &[u8], program: &str, located: &[Located], sources: &SourceMap) -> Vec<Option<Span>> {
+    let Some((section, start, len)) = program_range(object, program) else { return Vec::new() };
+    let mut infos: Vec<LineInfo> = line_info(object).into_iter().filter(|l| l.section == section && (start..start + len).contains(&l.insn)).collect();
+    infos.sort_by_key(|l| l.insn);
+    let index = SpanIndex::new(located, sources);
+    let mut spans = Vec::with_capacity(len);
+    let (mut current, mut next) = (None, 0);
+    for insn in start..start + len {
+        while let Some(info) = infos.get(next).filter(|l| l.insn <= insn) {
+            current = index.at(info);
+            next += 1;
+        }
+        spans.push(current);
+    }
+    spans
 }
 
 /// Turns a verifier rejection of `program` (its ELF section, e.g. `xdp`)
@@ -373,6 +429,12 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         let limit = message.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(64);
         insn = nth_map_use(object, program, limit).unwrap_or(insn);
     }
+    if class.is_some_and(|c| c.code == "xpol::verifier::too_long_once_rewritten") {
+        // "insn N cannot be patched due to 16-bit range": the rewriting
+        // stops before any walk, and N is the instruction's index in the
+        // program as loaded (the kernel's `orig_idx`).
+        insn = patched_insn(log).unwrap_or(insn);
+    }
     let mut d = match class {
         Some(c) => {
             let cause = match detail(c.code, &at, section, object) {
@@ -385,7 +447,10 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
             .with_help("this rejection is not in xpol's catalog; the verifier's words are above"),
     };
     if let Some(span) = span_of_insn(object, program, insn, located, sources) {
-        d = d.with_label(span, format!("instruction {insn}: {}", message.lines().next().unwrap_or("rejected here")));
+        let first = message.lines().next().unwrap_or("rejected here");
+        // "insn N cannot be patched ...": already names the instruction.
+        let label = if first.starts_with(&format!("insn {insn} ")) { first.to_string() } else { format!("instruction {insn}: {first}") };
+        d = d.with_label(span, label);
     }
     if class.is_none() {
         d.help = Some(format!("the verifier said: {message}"));
@@ -394,6 +459,12 @@ pub fn explain(program: &str, section: &str, log: &str, object: &[u8], located: 
         d.help = Some(format!("{}\n\nverifier log (the lines that matter):\n{}", d.help.unwrap_or_default(), relevant_lines(log).join("\n")));
     }
     d
+}
+
+/// The instruction a "insn N cannot be patched due to 16-bit range" line
+/// names.
+fn patched_insn(log: &str) -> Option<usize> {
+    log.lines().find_map(|l| l.trim().strip_prefix("insn ")?.strip_suffix(" cannot be patched due to 16-bit range")?.parse().ok())
 }
 
 /// The instruction of program `program` that first uses the `n`th map
@@ -410,15 +481,32 @@ fn nth_map_use(object: &[u8], program: &str, n: usize) -> Option<usize> {
 /// global data (`.bss`, the IPv4 set tables; `.data`, the rule counters)
 /// is one more.
 pub fn first_map_uses(object: &[u8], program: &str) -> Vec<usize> {
-    map_uses(object, program).unwrap_or_default()
+    let mut seen: Vec<&str> = Vec::new();
+    let refs = map_references(object, program);
+    let mut firsts = Vec::new();
+    for (insn, map) in &refs {
+        if !seen.contains(&map.as_str()) {
+            seen.push(map);
+            firsts.push(*insn);
+        }
+    }
+    firsts
 }
 
-fn map_uses(object: &[u8], program: &str) -> Option<Vec<usize>> {
+/// Every instruction of program `program` (from its start, in order) that
+/// refers to a map, with the map: the name of its symbol in `.maps`
+/// (`xm_NAME` for `@NAME`, `xs_SET...` for a set, `xpol_...` for xpol's
+/// own), or of the section of global data it lies in (`.bss`, `.data`).
+pub fn map_references(object: &[u8], program: &str) -> Vec<(usize, String)> {
+    map_refs(object, program).unwrap_or_default()
+}
+
+fn map_refs(object: &[u8], program: &str) -> Option<Vec<(usize, String)>> {
     use object::ObjectSymbol;
     let (section, start, len) = program_range(object, program)?;
     let file = object::File::parse(object).ok()?;
     let maps = file.section_by_name(".maps")?.index();
-    let globals: Vec<object::SectionIndex> = [".bss", ".data"].iter().filter_map(|n| file.section_by_name(n)).map(|s| s.index()).collect();
+    let globals: Vec<(object::SectionIndex, &str)> = [".bss", ".data"].iter().filter_map(|n| Some((file.section_by_name(n)?.index(), *n))).collect();
     let mut relocs: Vec<(u64, object::SymbolIndex)> = file
         .section_by_name(&section)?
         .relocations()
@@ -429,26 +517,20 @@ fn map_uses(object: &[u8], program: &str) -> Option<Vec<usize>> {
         })
         .collect();
     relocs.sort_by_key(|r| r.0);
-    #[derive(PartialEq)]
-    enum Map {
-        Symbol(object::SymbolIndex),
-        Global(object::SectionIndex),
-    }
-    let mut seen: Vec<Map> = Vec::new();
-    let mut firsts = Vec::new();
+    let mut refs = Vec::new();
     for (off, sym) in relocs {
-        let section = file.symbol_by_index(sym).ok()?.section_index();
-        let map = match section {
-            Some(s) if s == maps => Map::Symbol(sym),
-            Some(s) if globals.contains(&s) => Map::Global(s),
-            _ => continue,
+        let symbol = file.symbol_by_index(sym).ok()?;
+        let map = match symbol.section_index() {
+            Some(s) if s == maps => symbol.name().ok()?.to_string(),
+            Some(s) => match globals.iter().find(|(g, _)| *g == s) {
+                Some((_, name)) => name.to_string(),
+                None => continue,
+            },
+            None => continue,
         };
-        if !seen.contains(&map) {
-            seen.push(map);
-            firsts.push(off as usize / 8 - start);
-        }
+        refs.push((off as usize / 8 - start, map));
     }
-    Some(firsts)
+    Some(refs)
 }
 
 /// Turns the kernel's refusal of map `map` (creating it, or filling it with

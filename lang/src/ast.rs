@@ -43,6 +43,9 @@ pub struct TestCase {
     pub decided_by: Option<(u32, Span)>,
     /// `, @map[KEYS] == VALUE`: map entries after the packet.
     pub maps: Vec<MapExpect>,
+    /// `after D` (one or more) written before the case: nanoseconds the
+    /// clock moves on before the packet, and the span of the first.
+    pub after: Option<(u64, Span)>,
     pub span: Span,
 }
 
@@ -297,6 +300,42 @@ pub enum ExprKind {
     Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
     /// `count()`, `sum(e)`, and any other `name(args)` (rejected by the checker).
     Call { func: Ident, args: Vec<Expr> },
+    /// `limit(100/s, burst: 20, by: ip.src)`: true while the packet fits in
+    /// the rate. The checker checks the units and options.
+    Limit(Box<Limit>),
+}
+
+/// `limit(RATE, name: value, ...)` as written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limit {
+    pub rate: Rate,
+    pub args: Vec<LimitArg>,
+}
+
+/// `100/s`, `10 mbytes/s`: a count, a unit (none: packets) and a period.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rate {
+    pub count: u64,
+    pub unit: Option<Ident>,
+    pub per: Ident,
+    pub span: Span,
+}
+
+/// One option of `limit(...)`: `burst: 20`, `by: (ip.src, tcp.dport)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitArg {
+    pub name: Ident,
+    pub value: LimitValue,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LimitValue {
+    Expr(Expr),
+    /// `(a, b, ...)`: two or more expressions; the span covers the brackets.
+    Tuple(Vec<Expr>, Span),
+    /// `64 kbytes`, `20 packets`: a count and its unit.
+    Amount { count: u64, unit: Ident, span: Span },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

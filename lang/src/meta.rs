@@ -56,7 +56,10 @@ pub const COUNTERS_MAP: &str = ".data";
 /// entry.
 /// 7: load-balancer pools ([`PoolMeta`]); a backend's weight is in its
 /// flags ([`BACKEND_WEIGHT_SHIFT`]), which the first pools' maps lacked.
-pub const META_VERSION: u32 = 8;
+/// 8: pools' idle times and NAT maps.
+/// 9: rate limits ([`LimitMeta`]), whose maps older runtimes would not
+/// know to show, check or carry.
+pub const META_VERSION: u32 = 9;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -125,6 +128,9 @@ pub struct ObjectMeta {
     /// the load balancer existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolMeta>,
+    /// Every `limit(...)` of the rules, in source order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitMeta>,
 }
 
 impl ObjectMeta {
@@ -147,6 +153,12 @@ impl ObjectMeta {
             let needed: usize = m.keys.iter().map(|k| k.size()).sum();
             if needed > m.key_size as usize {
                 return Err(format!("map `{}` has {}-byte keys, too short for its {needed} bytes of key components", m.name, m.key_size));
+            }
+        }
+        for l in &self.limits {
+            let needed: usize = l.keys.iter().map(|k| k.size()).sum();
+            if needed > l.key_size as usize {
+                return Err(format!("limit map `{}` has {}-byte keys, too short for its {needed} bytes of key components", l.map, l.key_size));
             }
         }
         let c = self.counters;
@@ -365,6 +377,45 @@ impl UserMapMeta {
             == (&other.name, &other.map, other.value, other.per_cpu, &other.keys, other.key_size, other.max_entries)
     }
 }
+
+// ------------------------------------------------------------ rate limits
+
+/// A `limit(...)` in a rule: a token bucket per key (docs/language.md,
+/// "Rate limits"), all of them in one map shared by the CPUs:
+///
+/// - keyed (`by: ...`): `BPF_MAP_TYPE_LRU_HASH` of `max_entries` entries
+///   (`size: N`), key the components encoded as a `@map`'s ([`KeyKind`],
+///   concatenated, padded with zeros to `key_size`);
+/// - unkeyed: `BPF_MAP_TYPE_ARRAY` of one entry, key u32 0.
+///
+/// The value is [`LIMIT_VALUE_SIZE`] bytes: a u64, the time (the kernel's
+/// `CLOCK_MONOTONIC` in nanoseconds, `bpf_ktime_get_ns`) at which the
+/// bucket is full again, its credit spent until then; a time already
+/// past (0 included) is a full bucket. Programs change it with an atomic
+/// compare-and-exchange only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitMeta {
+    /// Map name in the object.
+    pub map: String,
+    /// The rule ([`RuleMeta::id`]) whose predicate or statements hold it.
+    pub rule: u32,
+    /// The `limit(...)` as written, on one line.
+    pub text: String,
+    /// 1-based line and column of `limit` in the rule's file.
+    pub line: u32,
+    pub column: u32,
+    /// The components of `by:` (none: unkeyed).
+    pub keys: Vec<KeyKind>,
+    pub key_size: u32,
+    pub max_entries: u32,
+    /// Nanoseconds of credit a full bucket holds: a bucket whose value is
+    /// `T` holds `depth_ns - (T - now)` at `now` (all of it once `T <=
+    /// now`).
+    pub depth_ns: u64,
+}
+
+/// Bytes of a limit map's value (see [`LimitMeta`]).
+pub const LIMIT_VALUE_SIZE: u32 = 8;
 
 // ------------------------------------------------------------ load balancer
 

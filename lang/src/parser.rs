@@ -167,6 +167,15 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::weight_word => "`weight N`",
         Rule::lb_arg => "an `lb` option such as `encap: ipip`",
         Rule::lb_expect => "`lb(POOL)` or `lb(POOL, ADDR)`",
+        Rule::test_after | Rule::after_word => "`after D` or a test case",
+        Rule::time_span => "a time (`100ms`, `1.5s`, `2m`)",
+        Rule::limit_call | Rule::limit_word => "`limit(RATE, ...)`",
+        Rule::rate => "a rate such as `100/s` or `10 mbytes/s`",
+        Rule::rate_num => "a number",
+        Rule::rate_unit => "a unit (`bytes`, `kbytes`, `mbytes`, `gbytes`) or a period (`s`, `m`, `h`)",
+        Rule::limit_arg => "a `limit` option such as `burst: 20`, `by: ip.src` or `size: 65536`",
+        Rule::limit_tuple => "a key such as `(ip.src, tcp.dport)`",
+        Rule::amount => "an amount such as `64 kbytes`",
         Rule::else_part => "`else`",
         _ => return None,
     })
@@ -249,7 +258,9 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
     let mut d = Diagnostic::error("xpol::syntax", message).with_label(Span::new(file, start, end.min(text.len())), "here");
     // Common slips, explained.
     let before = text[..start].trim_end();
-    if before.ends_with('/') || text[start..].starts_with('{') && text[..start].matches('/').count() % 2 == 1 {
+    // (After the `/` of a rate, a unit was expected: not that slip.)
+    let in_rate = positives.contains(&Rule::rate_unit);
+    if !in_rate && (before.ends_with('/') || text[start..].starts_with('{') && text[..start].matches('/').count() % 2 == 1) {
         d = d.with_help("a predicate is written between slashes: `xdp /tcp.dport == 22/ { drop }`; inside it, write division in parentheses");
     }
     d
@@ -417,7 +428,36 @@ impl AstBuilder {
                     }
                     _ => None,
                 };
-                let cases = it.filter_map(|c| self.test_case(c)).collect();
+                // `after D` adds up until the next case, which it belongs to.
+                let mut cases = Vec::new();
+                let mut after: Option<(u64, Span)> = None;
+                for step in it {
+                    if step.as_rule() == Rule::test_after {
+                        let aspan = self.span(&step);
+                        let Some(t) = step.into_inner().find(|q| q.as_rule() == Rule::time_span) else { continue };
+                        let tspan = self.span(&t);
+                        let Some(ns) = time_span_ns(t.as_str()) else {
+                            self.literal_error::<()>(tspan, format!("`{}` is not a time xpol can count in nanoseconds (a whole number of them, up to 2^64)", t.as_str()));
+                            continue;
+                        };
+                        after = Some(match after {
+                            Some((sum, first)) => (sum.saturating_add(ns), first),
+                            None => (ns, aspan),
+                        });
+                        continue;
+                    }
+                    if let Some(mut case) = self.test_case(step) {
+                        case.after = after.take();
+                        cases.push(case);
+                    }
+                }
+                if let Some((_, aspan)) = after {
+                    self.errors.push(
+                        Diagnostic::error("xpol::syntax", "`after` must come before a test case")
+                            .with_label(aspan, "nothing follows")
+                            .with_help("`after D` moves the clock on before the next packet: write a case after it, or remove it"),
+                    );
+                }
                 Some(Item::Test(ast::TestBlock { name, hook, cases, span }))
             }
             Rule::probe => {
@@ -500,7 +540,7 @@ impl AstBuilder {
             }
             None => None,
         };
-        Some(ast::TestCase { packet, expect, lb, decided_by, maps, span })
+        Some(ast::TestCase { packet, expect, lb, decided_by, maps, after: None, span })
     }
 
     /// `@NAME[KEYS] ... VALUE`, as in an assignment or a test's map
@@ -743,11 +783,67 @@ impl AstBuilder {
                 let (args, depth) = self.exprs_depth(it);
                 (ExprKind::Call { func, args }, depth)
             }
+            Rule::limit_call => {
+                let (limit, depth) = self.limit(p)?;
+                (ExprKind::Limit(Box::new(limit)), depth)
+            }
             Rule::expr | Rule::pred_expr => return self.pratt(p.into_inner()),
             _ => (self.literal_or_path(p)?, 0),
         };
         let depth = self.within_depth(inner + 1, span)?;
         Some((Expr { kind, span }, depth))
+    }
+
+    /// `limit(RATE, name: value, ...)` and the depth of its deepest
+    /// expression.
+    fn limit(&mut self, p: Pair<Rule>) -> Option<(ast::Limit, usize)> {
+        let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::limit_word);
+        let rate_pair = it.next()?;
+        let rspan = self.span(&rate_pair);
+        let mut r = rate_pair.into_inner();
+        let count = self.count(r.next()?)?;
+        let mut units: Vec<ast::Ident> = r.map(|u| self.ident(u)).collect();
+        let per = units.pop()?;
+        let rate = ast::Rate { count, unit: units.pop(), per, span: rspan };
+        let mut args = Vec::new();
+        let mut depth = 0;
+        for a in it {
+            let aspan = self.span(&a);
+            let mut ai = a.into_inner();
+            let name = self.ident(ai.next()?);
+            let v = ai.next()?;
+            let value = match v.as_rule() {
+                Rule::limit_tuple => {
+                    let vspan = self.span(&v);
+                    let (exprs, d) = self.exprs_depth(v.into_inner());
+                    depth = depth.max(d);
+                    ast::LimitValue::Tuple(exprs, vspan)
+                }
+                Rule::amount => {
+                    let vspan = self.span(&v);
+                    let mut vi = v.into_inner();
+                    let count = self.count(vi.next()?)?;
+                    let unit = self.ident(vi.next()?);
+                    ast::LimitValue::Amount { count, unit, span: vspan }
+                }
+                _ => {
+                    let (e, d) = self.expr_depth(v)?;
+                    depth = depth.max(d);
+                    ast::LimitValue::Expr(e)
+                }
+            };
+            args.push(ast::LimitArg { name, value, span: aspan });
+        }
+        Some((ast::Limit { rate, args }, depth))
+    }
+
+    /// A `rate_num`: digits that must fit in 64 bits.
+    fn count(&mut self, p: Pair<Rule>) -> Option<u64> {
+        let span = self.span(&p);
+        match p.as_str().parse::<u64>() {
+            Ok(v) => Some(v),
+            Err(_) => self.literal_error(span, format!("the number {} does not fit in 64 bits", p.as_str())),
+        }
     }
 
     /// A literal or a name.
@@ -796,6 +892,28 @@ impl AstBuilder {
         };
         Some(kind)
     }
+}
+
+/// Nanoseconds in a `time_span` (`100ms`, `1.5s`, `2m`), when it is a
+/// whole number of them that fits in 64 bits.
+pub fn time_span_ns(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let scale: u128 = match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = format!("{whole}{fraction}");
+    let value: u128 = digits.parse().ok().filter(|_| digits.len() <= 30)?;
+    let divisor = 10u128.checked_pow(fraction.len() as u32)?;
+    let ns = value.checked_mul(scale)?;
+    (ns % divisor == 0).then(|| ns / divisor).and_then(|ns| u64::try_from(ns).ok())
 }
 
 /// A hook as the grammar's `hook` rule matched it.

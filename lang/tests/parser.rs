@@ -35,7 +35,40 @@ fn sx(e: &Expr) -> String {
         ExprKind::Unary { op, operand } => format!("({op:?} {})", sx(operand)),
         ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", sx(lhs), op.as_str(), sx(rhs)),
         ExprKind::Call { func, args } => format!("{}({})", func.name, args.iter().map(sx).collect::<Vec<_>>().join(",")),
+        ExprKind::Limit(l) => {
+            let unit = l.rate.unit.as_ref().map_or(String::new(), |u| u.name.clone());
+            let args: Vec<String> = l
+                .args
+                .iter()
+                .map(|a| {
+                    let v = match &a.value {
+                        xpol_lang::ast::LimitValue::Expr(e) => sx(e),
+                        xpol_lang::ast::LimitValue::Tuple(v, _) => format!("({})", v.iter().map(sx).collect::<Vec<_>>().join(",")),
+                        xpol_lang::ast::LimitValue::Amount { count, unit, .. } => format!("{count}{}", unit.name),
+                    };
+                    format!(", {}: {v}", a.name.name)
+                })
+                .collect();
+            format!("limit({}{unit}/{}{})", l.rate.count, l.rate.per.name, args.concat())
+        }
     }
+}
+
+/// `limit(...)` reads its rate (with `/` inside a predicate), its options
+/// and keys of several fields; `after D` times add up to the next case.
+#[test]
+fn limits_and_test_times() {
+    assert_eq!(sx(&pred("xdp /ip.proto == 1 && !limit(100/s, burst: 20)/ { drop }")), "((ip.proto == 1) && (Not limit(100/s, burst: 20)))");
+    assert_eq!(sx(&pred("xdp /!limit(10 mbytes / second, burst: 64kbytes, by: (ip.src, tcp.dport), size: 0x10,)/ {}")), "(Not limit(10mbytes/second, burst: 64kbytes, by: (ip.src,tcp.dport), size: 16))");
+    // A name `limit` stays usable; `limit(` is always the rate limit.
+    assert_eq!(sx(&pred("xdp /limit == 3/ {}")), "(limit == 3)");
+    assert!(parse("xdp /limit(x)/ {}", FileId(0)).is_err());
+    let items = parse_ok("xdp { drop }\ntest \"t\" { udp() => drop\n after 100ms after 1.5s\n udp() => drop }");
+    let Item::Test(t) = &items[1] else { panic!("{:?}", items[1]) };
+    assert_eq!((t.cases[0].after.map(|a| a.0), t.cases[1].after.map(|a| a.0)), (None, Some(1_600_000_000)));
+    assert!(parse("xdp { drop }\ntest \"t\" { udp() => drop\n after 1s }", FileId(0)).is_err());
+    assert_eq!(xpol_lang::parser::time_span_ns("1.5ns"), None);
+    assert_eq!(xpol_lang::parser::time_span_ns("250us"), Some(250_000));
 }
 
 #[test]

@@ -76,14 +76,18 @@ pub struct ApplyOutcome {
     pub warnings: Vec<String>,
 }
 
+/// The mode as the applied record keeps it and messages show it: the
+/// words of `--mode` and xdp-tools (`skb`, not `generic`).
 fn mode_name(mode: XdpAttachMode) -> &'static str {
     match mode {
         XdpAttachMode::Auto => "auto",
         XdpAttachMode::Native => "native",
-        XdpAttachMode::Generic => "generic",
+        XdpAttachMode::Generic => "skb",
     }
 }
 
+/// A mode as a record keeps it; records applied by an older xpol say
+/// `generic` for `skb`.
 pub fn parse_mode(mode: &str) -> Option<XdpAttachMode> {
     match mode {
         "auto" => Some(XdpAttachMode::Auto),
@@ -1002,7 +1006,7 @@ mod tests {
                 label: label.map(str::to_string),
             })
             .collect();
-        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![] }
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![] }
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub enum RuntimeError {
     NoSuchInterface(String),
     #[error("`{iface}` already has an XDP program attached: {holder}")]
     XdpBusy { iface: String, holder: String },
-    #[error("the driver of `{iface}` has no native XDP support; use `--mode generic` (or `--mode auto`)")]
+    #[error("the driver of `{iface}` has no native XDP support; use `--mode skb` (or `--mode auto`)")]
     NoNativeXdp { iface: String },
     #[error("cannot attach `{program}` to `{iface}`: {message}")]
     Attach { program: String, iface: String, message: String },
@@ -264,6 +264,7 @@ fn make_mappable(ebpf: &Ebpf, name: &str) -> Result<()> {
 fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &str) -> Result<()> {
     let mut expected: Vec<(&str, u32, u32)> = vec![(meta::RULES_MAP, 4, 16)];
     expected.extend(meta.maps.iter().map(|m| (m.map.as_str(), m.key_size, 8)));
+    expected.extend(meta.limits.iter().map(|l| (l.map.as_str(), l.key_size, meta::LIMIT_VALUE_SIZE)));
     if !meta.redirects.is_empty() {
         expected.push((meta::REDIRECT_MAP, 4, 4));
     }
@@ -427,6 +428,21 @@ impl LoadedPolicy {
     /// Entries of `@name`, keys decoded, values summed over CPUs.
     pub fn map_entries(&self, name: &str) -> Result<Vec<(Vec<KeyValue>, u64)>> {
         self.state.map_entries(name)
+    }
+
+    /// See [`PolicyMaps::limit_buckets`].
+    pub fn limit_buckets(&self, limit: usize) -> Result<Vec<LimitBucket>> {
+        self.state.limit_buckets(limit)
+    }
+
+    /// See [`PolicyMaps::advance_limits`].
+    pub fn advance_limits(&self, ns: u64) -> Result<()> {
+        self.state.advance_limits(ns)
+    }
+
+    /// See [`PolicyMaps::set_limit_credit`].
+    pub fn set_limit_credit(&self, limit: usize, credit: impl Fn(&[KeyValue]) -> Option<u64>) -> Result<Vec<Vec<KeyValue>>> {
+        self.state.set_limit_credit(limit, credit)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -902,6 +918,85 @@ impl PolicyMaps {
         Ok(out)
     }
 
+}
+
+/// One bucket of a `limit` (`meta::LimitMeta`): its key, decoded (none
+/// for an unkeyed limit), and the credit it holds now, in nanoseconds out
+/// of the limit's `depth_ns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitBucket {
+    pub key: Vec<KeyValue>,
+    pub credit_ns: u64,
+}
+
+impl PolicyMaps {
+    /// Every bucket of limit number `limit` (in [`ObjectMeta::limits`]
+    /// order) with the credit it holds now, the emptiest first.
+    pub fn limit_buckets(&self, limit: usize) -> Result<Vec<LimitBucket>> {
+        let l = self.meta.limits.get(limit).ok_or_else(|| RuntimeError::UnknownMap(format!("limit #{limit}")))?;
+        let now = sys::monotonic_ns();
+        let mut out: Vec<LimitBucket> = self
+            .limit_values(l)?
+            .into_iter()
+            .map(|(key, full_at)| LimitBucket { key: decode_key(&l.keys, &key), credit_ns: l.depth_ns - full_at.saturating_sub(now).min(l.depth_ns) })
+            .collect();
+        out.sort_by_key(|b| b.credit_ns);
+        Ok(out)
+    }
+
+    /// Moves every limit's clock on by `ns` nanoseconds, as if that much
+    /// time had passed since its buckets were last used: `after D` in a
+    /// test (the kernel's clock cannot be moved). A bucket's value is when
+    /// it is full again; each moves `ns` earlier.
+    pub fn advance_limits(&self, ns: u64) -> Result<()> {
+        for l in &self.meta.limits {
+            for (key, full_at) in self.limit_values(l)? {
+                // 0 and anything past is a full bucket (`meta::LimitMeta`).
+                self.update(&l.map, &key, &full_at.saturating_sub(ns).to_le_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every bucket of limit number `limit` to hold `credit(key)`
+    /// nanoseconds of credit now (capped at a full bucket), for tests that
+    /// compare the kernel with a reference whose clock they move: the
+    /// kernel's clock cannot be moved or stopped. Returns the keys
+    /// `credit` knows nothing of, left as they are.
+    pub fn set_limit_credit(&self, limit: usize, credit: impl Fn(&[KeyValue]) -> Option<u64>) -> Result<Vec<Vec<KeyValue>>> {
+        let l = self.meta.limits.get(limit).ok_or_else(|| RuntimeError::UnknownMap(format!("limit #{limit}")))?;
+        let mut unknown = Vec::new();
+        for (key, _) in self.limit_values(l)? {
+            let decoded = decode_key(&l.keys, &key);
+            match credit(&decoded) {
+                Some(c) => {
+                    let full_at = sys::monotonic_ns() + l.depth_ns - c.min(l.depth_ns);
+                    self.update(&l.map, &key, &full_at.to_le_bytes())?;
+                }
+                None => unknown.push(decoded),
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// Every key of a limit's map (u32 0 for an unkeyed one) and its value.
+    fn limit_values(&self, l: &meta::LimitMeta) -> Result<Vec<(Vec<u8>, u64)>> {
+        let fd = self.map(&l.map)?.fd().as_fd();
+        let err = |source| RuntimeError::Map { map: l.map.clone(), source };
+        let mut out = Vec::new();
+        let mut key = vec![0u8; l.key_size as usize];
+        let mut next = vec![0u8; l.key_size as usize];
+        let mut value = [0u8; meta::LIMIT_VALUE_SIZE as usize];
+        let mut first = true;
+        while sys::map_next_key(fd, (!first).then_some(&key[..]), &mut next).map_err(err)? {
+            first = false;
+            std::mem::swap(&mut key, &mut next);
+            if sys::map_lookup(fd, &key, &mut value).map_err(err)? {
+                out.push((key.clone(), u64::from_le_bytes(value)));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The file a map is pinned as: its name, or for global data (`.data`)

@@ -5,6 +5,8 @@
 //!   xpol test POLICY           compile (or load an object), verify it in the kernel
 //!                              and run sample packets through it with
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
+//!   xpol completions SHELL     a completion script for bash, zsh, fish, ...
+//!   xpol man [--out DIR]       man pages, from the same definitions as the parser
 
 mod common;
 #[path = "xpol/applied.rs"]
@@ -17,7 +19,7 @@ mod follow;
 mod lb_host;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,13 +46,14 @@ enum Command {
         /// The interface to attach to.
         #[arg(short = 'i', long = "interface")]
         interface: String,
-        /// Attach only this hook's program: xdp, tc-ingress or tc-egress
-        /// (default: every hook the policy has).
-        #[arg(long)]
-        hook: Option<String>,
-        /// XDP mode: auto (the kernel chooses), native (driver), generic (kernel stack).
-        #[arg(long, default_value = "auto")]
-        mode: String,
+        /// Attach only this hook's program (default: every hook the
+        /// policy has). `tc-ingress` and `tc-egress`, an older spelling,
+        /// are still accepted.
+        #[arg(long, value_enum)]
+        hook: Option<HookArg>,
+        /// How XDP attaches, in xdp-tools' words (`xdp-loader --mode`).
+        #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+        mode: ModeArg,
         #[command(flatten)]
         every: Every,
         /// Serve the counters in Prometheus text format at http://ADDR/metrics,
@@ -81,14 +84,15 @@ enum Command {
         /// The name the policy is applied under (`xpol list`).
         #[arg(long)]
         name: String,
-        /// Attach only these hooks (xdp, tc-ingress, tc-egress; repeat);
-        /// default: every hook the policy has.
-        #[arg(long)]
-        hook: Vec<String>,
-        /// XDP mode: auto, native (driver) or skb (generic).
-        #[arg(long, default_value = "auto")]
-        mode: String,
-        #[arg(long)]
+        /// Attach only these hooks (repeat for several; default: every
+        /// hook the policy has). `tc-ingress` and `tc-egress`, an older
+        /// spelling, are still accepted.
+        #[arg(long, value_enum)]
+        hook: Vec<HookArg>,
+        /// How XDP attaches, in xdp-tools' words (`xdp-loader --mode`).
+        #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+        mode: ModeArg,
+        #[arg(short = 'j', long)]
         json: bool,
         /// Keep running and apply again whenever the policy, a file it
         /// includes or a set file it reads changes (Ctrl-C stops watching;
@@ -104,13 +108,13 @@ enum Command {
     Delete { name: String },
     /// List the applied policies, with their interfaces and state.
     List {
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
     },
     /// Show the counters, maps and sets of an applied policy.
     Stats {
         name: String,
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
     },
     /// Show an applied policy's counters live, every interval, until
@@ -147,9 +151,10 @@ enum Command {
     Test {
         /// A `.xpol` source or an object built by `xpolc build`.
         policy: PathBuf,
-        /// Hook to test (`xdp`, `tc:ingress`, `tc:egress`); default: every hook of the policy.
-        #[arg(long)]
-        hook: Option<String>,
+        /// Hook to test (default: every hook of the policy). `tc-ingress`
+        /// and `tc-egress`, an older spelling, are still accepted.
+        #[arg(long, value_enum)]
+        hook: Option<HookArg>,
         /// Run the frames of this capture (pcap or pcapng, Ethernet) instead
         /// of the built-in sample packets.
         #[arg(long)]
@@ -157,11 +162,73 @@ enum Command {
         /// One JSON object per test case, then one with the result; without
         /// test cases (or with --pcap), one per packet, then one with the
         /// counters (docs/json.md).
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
         #[command(flatten)]
         rejection: RejectionOptions,
     },
+    /// Print a shell completion script on standard output, e.g.
+    /// `xpol completions bash > /usr/share/bash-completion/completions/xpol`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page xpol(8), or with --out write it and one page per
+    /// subcommand (xpol-run.8, ...) into DIR.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// A hook, spelled as in the language.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HookArg {
+    /// XDP: in the driver or the network stack, before the kernel makes a
+    /// socket buffer.
+    Xdp,
+    /// TC (clsact) on packets the interface receives, after XDP.
+    #[value(name = "tc:ingress", alias = "tc-ingress")]
+    TcIngress,
+    /// TC (clsact) on packets the interface sends.
+    #[value(name = "tc:egress", alias = "tc-egress")]
+    TcEgress,
+}
+
+impl HookArg {
+    /// The name the object's metadata and the runtime use: the language's.
+    fn name(self) -> String {
+        let hook = match self {
+            HookArg::Xdp => xpol_lang::ast::Hook::Xdp,
+            HookArg::TcIngress => xpol_lang::ast::Hook::TcIngress,
+            HookArg::TcEgress => xpol_lang::ast::Hook::TcEgress,
+        };
+        hook.as_str().to_string()
+    }
+}
+
+/// XDP attach mode, in the words of xdp-tools (`xdp-loader load --mode`).
+/// An interface has one XDP program per mode, and the skb and native modes
+/// exclude each other.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Native when the driver supports XDP, else skb.
+    Auto,
+    /// In the driver, before the kernel makes a socket buffer: the fastest;
+    /// fails when the driver has no XDP support (also: drv).
+    #[value(alias = "drv")]
+    Native,
+    /// In the kernel's network stack, on the socket buffer: works on every
+    /// interface, slower (also: generic, the older name).
+    #[value(alias = "generic")]
+    Skb,
+}
+
+impl From<ModeArg> for XdpAttachMode {
+    fn from(mode: ModeArg) -> XdpAttachMode {
+        match mode {
+            ModeArg::Auto => XdpAttachMode::Auto,
+            ModeArg::Native => XdpAttachMode::Native,
+            ModeArg::Skb => XdpAttachMode::Generic,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -173,7 +240,7 @@ enum SetOp {
     Del { elements: Vec<String> },
     /// Print the elements, one per line.
     List {
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
     },
     /// Remove every element.
@@ -191,7 +258,7 @@ enum PoolOp {
     /// Print each backend: address, weight, state, packets, bytes, new
     /// flows, active flows (flow-table entries).
     List {
-        #[arg(long)]
+        #[arg(short = 'j', long)]
         json: bool,
     },
     /// Add a backend (default weight 1): `add 198.18.1.13` or `add 198.18.1.13 weight 2`.
@@ -248,7 +315,7 @@ struct Every {
     #[arg(long, value_parser = duration_seconds, allow_negative_numbers = true)]
     duration: Option<f64>,
     /// One JSON object per interval instead of a table.
-    #[arg(long)]
+    #[arg(short = 'j', long)]
     json: bool,
 }
 
@@ -447,7 +514,22 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
     }
     let sets: Vec<serde_json::Value> = meta.sets.iter().map(|s| serde_json::json!({"name": s.name, "size": s.elements.len()})).collect();
     let pools: Vec<serde_json::Value> = policy.pool_stats_for_reports()?.iter().map(pool_json).collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools}))
+    let mut limits = Vec::new();
+    for (i, l) in meta.limits.iter().enumerate() {
+        let buckets = policy.limit_buckets(i)?;
+        let not_full: Vec<_> = buckets.iter().filter(|b| b.credit_ns < l.depth_ns).collect();
+        // The emptiest buckets first: the keys being limited now.
+        let top: Vec<serde_json::Value> = not_full
+            .iter()
+            .take(5)
+            .map(|b| serde_json::json!({"key": b.key.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "), "credit": b.credit_ns as f64 / l.depth_ns.max(1) as f64}))
+            .collect();
+        limits.push(serde_json::json!({
+            "rule": l.rule, "key": keys.get(l.rule as usize), "line": l.line, "column": l.column, "text": l.text, "keyed": !l.keys.is_empty(),
+            "entries": buckets.len(), "capacity": l.max_entries, "not_full": not_full.len(), "top": top,
+        }));
+    }
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -520,10 +602,26 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
     }
+    for l in report["limits"].as_array().into_iter().flatten() {
+        out.push_str(&limit_line(l));
+    }
     for p in report["pools"].as_array().into_iter().flatten() {
         out.push_str(&format!("  pool {}:\n{}", p["name"].as_str().unwrap_or(""), pool_table(p, "    ")));
     }
     print!("{out}");
+}
+
+/// A `limit` of a report, as the tables show it: its buckets, and the
+/// emptiest ones by key.
+fn limit_line(l: &serde_json::Value) -> String {
+    let mut out = format!(
+        "  limit (rule #{}, line {}) {}: {}/{} buckets, {} not full\n",
+        l["rule"], l["line"], l["text"].as_str().unwrap_or(""), l["entries"], l["capacity"], l["not_full"]
+    );
+    for t in l["top"].as_array().into_iter().flatten().filter(|_| l["keyed"] == true) {
+        out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
+    }
+    out
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -654,6 +752,16 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
         let before = loaded.rule_counters()?;
+        // A test's clock moves by `after` only, and the kernel's cannot be
+        // moved or stopped: its buckets are set to hold what the
+        // reference's hold, just before the packet.
+        state.advance(case.after_ns);
+        let set_at = std::time::Instant::now();
+        let mut wrong_limits = Vec::new();
+        for i in 0..ir.limits.len() {
+            let unknown = loaded.set_limit_credit(i, |key| reference_credit(ir, &state, i, key))?;
+            wrong_limits.extend(unknown.iter().map(|k| format!("{}: the kernel has a bucket the reference does not", limit_name(loaded, i, k))));
+        }
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
         let after = loaded.rule_counters()?;
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
@@ -673,6 +781,28 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "@{}{keys}: expected {}, the kernel has {kernel_value}, the reference {reference_value}",
                     ir.maps[m.map].name, m.value
                 ));
+            }
+        }
+        // And on the limits' buckets: the kernel's has what the
+        // reference's has, plus the credit of the time since they were set.
+        let buckets = (0..ir.limits.len()).map(|i| loaded.limit_buckets(i)).collect::<Result<Vec<_>, _>>()?;
+        let since_set = set_at.elapsed().as_nanos() as u64;
+        for (i, kernel) in buckets.iter().enumerate() {
+            for b in kernel {
+                let name = limit_name(loaded, i, &b.key);
+                match reference_credit(ir, &state, i, &b.key) {
+                    None => wrong_limits.push(format!("{name}: the kernel has a bucket the reference does not")),
+                    Some(r) if b.credit_ns < r.min(ir_depth(loaded, i)) || b.credit_ns > r.saturating_add(since_set) => wrong_limits.push(format!(
+                        "{name}: the kernel's bucket holds {} us of credit, the reference's {} us",
+                        b.credit_ns / 1000,
+                        r.min(ir_depth(loaded, i)) / 1000
+                    )),
+                    Some(_) => {}
+                }
+            }
+            let missing = state.limits.keys().filter(|(l, key)| *l == i && !kernel.iter().any(|b| key_parts(&b.key) == *key)).count();
+            if missing > 0 {
+                wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
@@ -697,7 +827,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             && right_backend
             && fired_u32 == reference.fired
             && right_rule
-            && wrong_maps.is_empty();
+            && wrong_maps.is_empty()
+            && wrong_limits.is_empty();
         if json {
             let (_, line, _) = build.sources.location(case.span);
             let decided_line = reference.decided_by.map(|r| out.meta.rules[r as usize].line);
@@ -707,7 +838,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "schema": REPORT_SCHEMA, "test": case.test, "case": build.sources.snippet(case.span), "line": line,
                     "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
                     "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
-                    "fired": fired, "maps_wrong": wrong_maps, "ok": good,
+                    "fired": fired, "maps_wrong": wrong_maps, "limits_wrong": wrong_limits, "ok": good,
                     "kernel_backend": kernel_backend.map(|a| a.to_string()), "reference_backend": reference_backend.map(|a| a.to_string()),
                 })
             );
@@ -733,7 +864,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     .with_help(format!(
                         "{}{}",
                         if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) },
-                        wrong_maps.iter().map(|w| format!("\n{w}")).collect::<String>()
+                        wrong_maps.iter().chain(&wrong_limits).map(|w| format!("\n{w}")).collect::<String>()
                     )),
             );
         }
@@ -748,6 +879,47 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A limit's key as the reference keeps it.
+fn key_parts(key: &[xpol_runtime::loader::KeyValue]) -> Vec<xpol_compiler::reference::KeyPart> {
+    use xpol_compiler::reference::KeyPart;
+    use xpol_runtime::loader::KeyValue;
+    key.iter()
+        .map(|k| match *k {
+            KeyValue::Int(i) => KeyPart::Int(i),
+            KeyValue::Ip(a) => KeyPart::Ip(a),
+            KeyValue::Bool(b) => KeyPart::Bool(b),
+            KeyValue::Mac(m) => KeyPart::Int(m.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))),
+        })
+        .collect()
+}
+
+/// The credit of a limit's bucket in the reference now; a bucket of an
+/// unkeyed limit that no packet used yet is full (the kernel's one bucket
+/// exists from the start).
+fn reference_credit(ir: &xpol_compiler::ir::Policy, state: &xpol_compiler::reference::State, limit: usize, key: &[xpol_runtime::loader::KeyValue]) -> Option<u64> {
+    match state.limit_credit(ir, limit, &key_parts(key)) {
+        Some((credit, _)) => Some(credit),
+        None if ir.limits[limit].keys.is_empty() => Some(u64::MAX),
+        None => None,
+    }
+}
+
+/// What a full bucket of limit `limit` holds, as the object says.
+fn ir_depth(loaded: &LoadedPolicy, limit: usize) -> u64 {
+    loaded.meta().limits[limit].depth_ns
+}
+
+/// A limit's bucket in a test's words: `the limit on line 3 [198.18.0.1]`.
+fn limit_name(loaded: &LoadedPolicy, limit: usize, key: &[xpol_runtime::loader::KeyValue]) -> String {
+    let line = loaded.meta().limits[limit].line;
+    let keys: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+    if keys.is_empty() {
+        format!("the limit on line {line}")
+    } else {
+        format!("the limit on line {line} [{}]", keys.join(", "))
+    }
 }
 
 /// The value of a test's map entry after the packet (0: no entry), in the
@@ -824,6 +996,16 @@ fn prometheus(report: &serde_json::Value) -> String {
             out.push_str(&format!("{metric}{{{scope},map=\"{}\"}} {}\n", str_of(&m["name"]), m[field].as_u64().unwrap_or(0)));
         }
     }
+    for (metric, field, help) in [
+        ("xpol_limit_buckets", "entries", "Buckets (keys) a limit holds."),
+        ("xpol_limit_capacity", "capacity", "The most buckets a limit holds (`size: N`, else the default)."),
+        ("xpol_limit_buckets_not_full", "not_full", "Buckets of a limit that have spent some of their credit."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+        for l in report["limits"].as_array().into_iter().flatten() {
+            out.push_str(&format!("{metric}{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l[field].as_u64().unwrap_or(0)));
+        }
+    }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("xpol_set_elements{{{scope},set=\"{}\"}} {}\n", str_of(&st["name"]), st["size"]));
@@ -857,18 +1039,12 @@ fn prometheus(report: &serde_json::Value) -> String {
     out
 }
 
-/// `--mode`, with the xdp-tools spellings (`skb`, `native`) and ours.
-fn xdp_mode(mode: &str) -> Result<XdpAttachMode> {
-    xpol_runtime::apply::parse_mode(mode).with_context(|| format!("unknown --mode `{mode}`: use auto, native or skb (also: generic)"))
-}
-
-fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: &str, options: &WatchOptions, rejection: &RejectionOptions) -> Result<ExitCode> {
+fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, mode: XdpAttachMode, options: &WatchOptions, rejection: &RejectionOptions) -> Result<ExitCode> {
     let (interval, duration, json) = (options.interval, options.duration, options.json);
     let metrics = match options.metrics {
         Some(addr) => Some(metrics::serve(addr)?),
         None => None,
     };
-    let mode = xdp_mode(mode)?;
     // Watching starts before the first compile: a change made meanwhile counts.
     let mut follower = if options.watch { Some(follow::Follower::new(policy_path)?) } else { None };
     let (loaded, build) = load_policy_and_build(policy_path, &Default::default(), rejection)?;
@@ -876,7 +1052,6 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         f.follow(&follow::files_read(policy_path, build.as_ref()))?;
     }
     let Some(mut policy) = loaded else { return Ok(ExitCode::FAILURE) };
-    let hook = hook.map(|h| h.replace("tc-", "tc:"));
     let hooks: Vec<String> = match &hook {
         Some(h) => vec![h.clone()],
         None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
@@ -1015,10 +1190,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { policy, interface, hook, mode, every, metrics, watch, rejection } => {
             let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics, watch };
-            attach_and_watch(&policy, &interface, hook, &mode, &options, &rejection)
+            attach_and_watch(&policy, &interface, hook.map(HookArg::name), mode.into(), &options, &rejection)
         }
         Command::Apply { policy, interfaces, name, hook, mode, json, watch, rejection } => {
-            let target = applied::Target { interfaces, name, hooks: hook, mode: xdp_mode(&mode)? };
+            let target = applied::Target { interfaces, name, hooks: hook.into_iter().map(HookArg::name).collect(), mode: mode.into() };
             if watch {
                 applied::apply_watch(&policy, &target, json, &rejection)
             } else {
@@ -1029,6 +1204,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
+        Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
+        Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Pool { name, pool, op } => applied::pool(&name, &pool, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
@@ -1038,7 +1215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return run_policy_tests(&mut loaded, build, json);
             }
             let hooks: Vec<String> = match hook {
-                Some(h) => vec![h.replace("tc-", "tc:")],
+                Some(h) => vec![h.name()],
                 None => loaded.meta().programs.iter().map(|p| p.hook.clone()).collect(),
             };
             if hooks.is_empty() {
@@ -1104,6 +1281,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for m in report["maps"].as_array().into_iter().flatten() {
                     println!("  @{}: {}/{} entries, {} lost updates", m["name"].as_str().unwrap_or(""), m["entries"], m["capacity"], m["lost"]);
                 }
+                for l in report["limits"].as_array().into_iter().flatten() {
+                    print!("{}", limit_line(l));
+                }
                 for w in map_warnings(&report) {
                     println!("  warning: {w}");
                 }
@@ -1115,6 +1295,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use super::{Cli, Command, HookArg};
+    use clap::{CommandFactory, Parser};
+    use xpol_runtime::loader::XdpAttachMode;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xpol").chain(args.iter().copied()))
+    }
+
+    /// clap's own checks of the definitions (no two flags on one letter).
+    #[test]
+    fn command_line_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--mode` in xdp-tools' words, and the older spellings a script may
+    /// still use.
+    #[test]
+    fn mode_takes_xdp_tools_words_and_the_old_ones() {
+        for (word, mode) in [
+            ("skb", XdpAttachMode::Generic),
+            ("generic", XdpAttachMode::Generic),
+            ("native", XdpAttachMode::Native),
+            ("drv", XdpAttachMode::Native),
+            ("auto", XdpAttachMode::Auto),
+        ] {
+            let Command::Apply { mode: m, .. } = parse(&["apply", "p.xpol", "-i", "eth0", "--name", "n", "--mode", word]).expect(word).command else { panic!("apply") };
+            assert_eq!(XdpAttachMode::from(m), mode, "{word}");
+            let Command::Run { mode: m, .. } = parse(&["run", "p.xpol", "-i", "eth0", "--mode", word]).expect(word).command else { panic!("run") };
+            assert_eq!(XdpAttachMode::from(m), mode, "{word}");
+        }
+        let Command::Run { mode, .. } = parse(&["run", "p.xpol", "-i", "eth0"]).expect("default").command else { panic!("run") };
+        assert_eq!(XdpAttachMode::from(mode), XdpAttachMode::Auto);
+        let e = parse(&["run", "p.xpol", "-i", "eth0", "--mode", "fast"]).err().expect("an unknown mode is refused").to_string();
+        assert!(e.contains("skb") && e.contains("native") && e.contains("auto"), "{e}");
+    }
+
+    /// Hooks as the language spells them, and the older `tc-` spelling;
+    /// either way the runtime gets the language's name.
+    #[test]
+    fn hook_takes_the_language_spelling_and_the_old_one() {
+        for (word, name) in [("xdp", "xdp"), ("tc:ingress", "tc:ingress"), ("tc-ingress", "tc:ingress"), ("tc:egress", "tc:egress"), ("tc-egress", "tc:egress")] {
+            let Command::Test { hook, .. } = parse(&["test", "p.xpol", "--hook", word]).expect(word).command else { panic!("test") };
+            assert_eq!(hook.map(HookArg::name).as_deref(), Some(name));
+            let Command::Apply { hook, .. } = parse(&["apply", "p.xpol", "-i", "e", "--name", "n", "--hook", word, "--hook", "xdp"]).expect(word).command else { panic!("apply") };
+            assert_eq!(hook.into_iter().map(HookArg::name).collect::<Vec<_>>(), [name, "xdp"]);
+        }
+        let e = parse(&["run", "p.xpol", "-i", "eth0", "--hook", "tc"]).err().expect("an unknown hook is refused").to_string();
+        assert!(e.contains("tc:ingress") && e.contains("tc:egress") && !e.contains("tc-ingress"), "the help shows one spelling: {e}");
+    }
+
+    /// `-j` wherever `--json` is.
+    #[test]
+    fn j_is_json_everywhere() {
+        for args in [
+            &["list", "-j"][..],
+            &["stats", "n", "-j"],
+            &["watch", "n", "-j"],
+            &["test", "p.xpol", "-j"],
+            &["run", "p.xpol", "-i", "e", "-j"],
+            &["apply", "p.xpol", "-i", "e", "--name", "n", "-j"],
+            &["set", "n", "s", "list", "-j"],
+            &["pool", "n", "p", "list", "-j"],
+        ] {
+            let json = match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
+                Command::List { json } | Command::Stats { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } => json,
+                Command::Watch { every, .. } | Command::Run { every, .. } => every.json,
+                Command::Set { op: super::SetOp::List { json }, .. } | Command::Pool { op: super::PoolOp::List { json }, .. } => json,
+                _ => panic!("{args:?}"),
+            };
+            assert!(json, "{args:?}");
+        }
+    }
+
     /// Each @map gives three series labelled by policy, interface and map:
     /// its entries and capacity (gauges) and its lost updates (a counter);
     /// a map that lost updates gets a warning naming the fix.

@@ -11,7 +11,7 @@ fn reads_l4(e: &ir::Expr) -> bool {
     match &e.kind {
         ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6),
         ExprKind::Const(_) | ExprKind::Local(_) => false,
-        ExprKind::MapRead { keys, .. } => keys.iter().any(reads_l4),
+        ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().any(reads_l4),
         ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads_l4(a),
         ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => reads_l4(a) || reads_l4(b),
     }
@@ -21,18 +21,20 @@ fn reads(e: &ir::Expr, field: Field) -> bool {
     match &e.kind {
         ExprKind::Field(f) => *f == field,
         ExprKind::Const(_) | ExprKind::Local(_) => false,
-        ExprKind::MapRead { keys, .. } => keys.iter().any(|k| reads(k, field)),
+        ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().any(|k| reads(k, field)),
         ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads(a, field),
         ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => reads(a, field) || reads(b, field),
     }
 }
 
-/// The verdict a probe always reaches, if its body is just that.
+/// The verdict a probe always reaches: its body is statements that cannot
+/// decide or branch (`let`, `@map` updates such as `count()`), ending in
+/// that verdict. A drop rule that also counts (`{ @c[ip.src] = count();
+/// drop }`) drops every packet it matches as surely as `{ drop }` does.
 fn only_verdict(p: &ir::Probe) -> Option<Verdict> {
-    match p.body.as_slice() {
-        [ir::Stmt { kind: StmtKind::Verdict(v), .. }] => Some(*v),
-        _ => None,
-    }
+    let (last, before) = p.body.split_last()?;
+    let StmtKind::Verdict(v) = last.kind else { return None };
+    before.iter().all(|s| matches!(s.kind, StmtKind::Let { .. } | StmtKind::MapUpdate { .. })).then_some(v)
 }
 
 pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {

@@ -6,6 +6,7 @@
 
 pub mod fields;
 mod lb;
+mod limit;
 pub mod lints;
 mod values;
 
@@ -88,6 +89,11 @@ struct Checker<'a> {
     nat_pools: std::collections::BTreeSet<ir::PoolId>,
     /// Pools declared empty whose family an `lb`'s `src:` gave.
     family_from_src: std::collections::HashSet<ir::PoolId>,
+    limits: Vec<ir::Limit>,
+    /// The expression about to be checked stands where a `limit(...)` may:
+    /// a predicate or an `if` condition, through `&&`, `||` and `!`. Taken
+    /// (reset) by every expression checked.
+    in_condition: bool,
 }
 
 pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
@@ -113,6 +119,8 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         failed_pools: Default::default(),
         nat_pools: Default::default(),
         family_from_src: Default::default(),
+        limits: Vec::new(),
+        in_condition: false,
     };
     // Declarations first, in order: a const may use earlier consts and sets;
     // probes may use any set or const of the policy. A `default` one gives
@@ -205,6 +213,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         redirects: c.redirects,
         pools: c.pools,
         nat_pools: c.nat_pools.into_iter().collect(),
+        limits: c.limits,
         tests,
         warnings: c.diags,
     };
@@ -458,7 +467,10 @@ impl Checker<'_> {
         let label = probe.label.as_ref().and_then(|l| self.rule_label(l));
         self.rules.push(ir::Rule { id, hook: probe.hook, span: header, text, label });
         self.scopes.push(HashMap::new());
-        let predicate = probe.predicate.as_ref().and_then(|p| self.bool_expr(p, "a predicate"));
+        let predicate = probe.predicate.as_ref().and_then(|p| {
+            self.in_condition = true;
+            self.bool_expr(p, "a predicate")
+        });
         let body = self.block(&probe.body);
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
@@ -627,7 +639,8 @@ impl Checker<'_> {
         for m in &case.maps {
             maps.push(self.map_expect(m)?);
         }
-        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, span: case.span })
+        let after_ns = case.after.map_or(0, |(ns, _)| ns);
+        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, span: case.span })
     }
 
     /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
@@ -708,6 +721,7 @@ impl Checker<'_> {
             }
             ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
+                self.in_condition = true;
                 let cond = self.bool_expr(cond, "an `if` condition");
                 let then_body = self.block(then_block);
                 let else_body = else_block.as_ref().map(|b| self.block(b)).unwrap_or_default();
@@ -972,6 +986,9 @@ impl Checker<'_> {
 
     fn expr_here(&mut self, e: &ast::Expr) -> Option<Operand> {
         let span = e.span;
+        // Whether this expression may be a `limit`; its operands may only
+        // through `&&`, `||` and `!`.
+        let in_condition = std::mem::take(&mut self.in_condition);
         let mk = |kind: ExprKind, ty: Type| Operand::Expr(ir::Expr { kind, ty, span });
         match &e.kind {
             ast::ExprKind::Int(i) => Some(mk(ExprKind::Const(Value::Int(*i)), Type::Int)),
@@ -1008,7 +1025,9 @@ impl Checker<'_> {
                 self.error_help(span, "xpol::call", msg, "here", "write e.g. `@hits[ip.src] = count()` or `@bytes[ip.src] = sum(pkt.len)`");
                 None
             }
+            ast::ExprKind::Limit(l) => self.limit(l, span, in_condition),
             ast::ExprKind::Unary { op, operand } => {
+                self.in_condition = in_condition && *op == UnOp::Not;
                 let a = self.value_expr(operand, "an operand")?;
                 let (want, sym) = match op {
                     UnOp::Not => (Type::Bool, "!"),
@@ -1028,7 +1047,7 @@ impl Checker<'_> {
                 };
                 Some(Operand::Expr(fold(ir::Expr { kind, ty: want, span })))
             }
-            ast::ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, span),
+            ast::ExprKind::Binary { op, lhs, rhs } => self.binary(*op, lhs, rhs, span, in_condition),
         }
     }
 
@@ -1118,10 +1137,14 @@ impl Checker<'_> {
         None
     }
 
-    fn binary(&mut self, op: BinOp, lhs: &ast::Expr, rhs: &ast::Expr, span: Span) -> Option<Operand> {
+    /// `in_condition`: the operation stands where a `limit` may, and so do
+    /// the operands of `&&` and `||`.
+    fn binary(&mut self, op: BinOp, lhs: &ast::Expr, rhs: &ast::Expr, span: Span, in_condition: bool) -> Option<Operand> {
         match op {
             BinOp::And | BinOp::Or => {
+                self.in_condition = in_condition;
                 let a = self.bool_expr(lhs, &format!("the left side of `{}`", op.as_str()));
+                self.in_condition = in_condition;
                 let b = self.bool_expr(rhs, &format!("the right side of `{}`", op.as_str()));
                 let (a, b) = (Box::new(a?), Box::new(b?));
                 let kind = if op == BinOp::And { ExprKind::And(a, b) } else { ExprKind::Or(a, b) };

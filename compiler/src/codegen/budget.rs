@@ -11,7 +11,9 @@
 use super::{program_name, Located};
 use crate::check::fields::Field;
 use crate::ir::{self, CmpOp, ExprKind, Value};
-use xpol_lang::{Diagnostic, SourceMap};
+use std::collections::HashMap;
+use xpol_lang::meta;
+use xpol_lang::{Diagnostic, FileId, SourceMap, Span};
 
 /// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
 /// them silently, so a program past this size could jump anywhere.
@@ -35,23 +37,39 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
             Some(span) => d.with_label(span, label),
             None => d,
         };
-        if insns > MAX_PROGRAM_INSNS {
+        let maps = crate::verifier::first_map_uses(object, name);
+        let size_over = insns > MAX_PROGRAM_INSNS;
+        // Which rule each instruction comes from, for the limits whose
+        // crossing is a matter of the rules' order in the source (size,
+        // maps) rather than of the instructions' order in the object,
+        // which LLVM lays out as it likes.
+        let rules = (size_over || maps.len() > MAX_MAPS_PER_PROGRAM).then(|| RuleOfInsn::new(prog, &crate::verifier::insn_spans(object, name, located, sources)));
+        if let Some(rules) = rules.as_ref().filter(|_| size_over) {
             let d = Diagnostic::error("xpol::budget::program_size", format!("the `{hook}` program needs {insns} instructions, more than the {MAX_PROGRAM_INSNS} a BPF jump can span"))
                 .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`");
-            diags.push(at(MAX_PROGRAM_INSNS, "the program passes the limit here", d));
+            diags.push(match size_crossing(prog, rules, MAX_PROGRAM_INSNS) {
+                Some((probe, total)) => {
+                    let span = policy.rules.iter().find(|r| r.id == prog.probes[probe].rule).map_or(prog.probes[probe].span, |r| r.span);
+                    d.with_label(span, format!("with this rule the program reaches {total} instructions"))
+                }
+                None => at(MAX_PROGRAM_INSNS, "the program passes the limit here", d),
+            });
             continue;
         }
         let code = program_code(object, &section, start, insns);
-        let maps = crate::verifier::first_map_uses(object, name);
-        if let Some(&insn) = maps.get(MAX_MAPS_PER_PROGRAM) {
+        if let Some(rules) = rules.as_ref().filter(|_| maps.len() > MAX_MAPS_PER_PROGRAM) {
             let d = Diagnostic::error(
                 "xpol::budget::maps",
                 format!("the `{hook}` program uses {} maps, more than the {MAX_MAPS_PER_PROGRAM} the kernel allows one program", maps.len()),
             )
             .with_help("each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share the tables), besides xpol's own (rule counters; parsed facts in long policies): merge sets of one element type, or use fewer `@maps` in this hook");
-            diags.push(at(insn, &format!("map {} of the program", MAX_MAPS_PER_PROGRAM + 1), d));
+            let crossing = maps_in_source_order(&crate::verifier::map_references(object, name), rules).into_iter().nth(MAX_MAPS_PER_PROGRAM);
+            diags.push(match crossing {
+                Some((map, Some(span))) => d.with_label(span, format!("{}, the program's map {}", describe_map(&map, policy), MAX_MAPS_PER_PROGRAM + 1)),
+                _ => at(maps[MAX_MAPS_PER_PROGRAM], &format!("map {} of the program", MAX_MAPS_PER_PROGRAM + 1), d),
+            });
         }
-        if let Some(insn) = first_walk_crossing(&code, MAX_JUMP_SEQUENCE) {
+        if let Some(insn) = first_walk_crossing(code, MAX_JUMP_SEQUENCE) {
             let d = Diagnostic::error(
                 "xpol::budget::jump_sequence",
                 format!("the `{hook}` program makes the verifier keep more than {MAX_JUMP_SEQUENCE} branches pending: the rules a packet can pass one after another hold too many conditions"),
@@ -214,6 +232,106 @@ fn reads_presence_flag(e: &ir::Expr) -> bool {
         ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) => reads_presence_flag(a) || reads_presence_flag(b),
         _ => false,
     }
+}
+
+/// The probe (index in the program) each instruction was generated for,
+/// from the span its line info points at; `None` for code no probe's span
+/// holds (the packet parser before any rule, shared tails).
+struct RuleOfInsn {
+    probes: Vec<Option<usize>>,
+    spans: Vec<Option<Span>>,
+}
+
+impl RuleOfInsn {
+    fn new(prog: &ir::Program, spans: &[Option<Span>]) -> RuleOfInsn {
+        // Per file, the probes' spans in source order (they do not overlap).
+        let mut by_file: HashMap<FileId, Vec<(Span, usize)>> = HashMap::new();
+        for (i, p) in prog.probes.iter().enumerate() {
+            by_file.entry(p.span.file).or_default().push((p.span, i));
+        }
+        for v in by_file.values_mut() {
+            v.sort_by_key(|(s, _)| s.start);
+        }
+        let probe_of = |s: Span| {
+            let v = by_file.get(&s.file)?;
+            let i = v.partition_point(|(p, _)| p.start <= s.start).checked_sub(1)?;
+            let (p, probe) = v[i];
+            (s.end <= p.end).then_some(probe)
+        };
+        RuleOfInsn { probes: spans.iter().map(|s| s.and_then(probe_of)).collect(), spans: spans.to_vec() }
+    }
+}
+
+/// The probe with which the program's instructions, counted rule by rule
+/// in the program's order (code of no rule first), pass `limit`, and the
+/// count there.
+fn size_crossing(prog: &ir::Program, rules: &RuleOfInsn, limit: usize) -> Option<(usize, usize)> {
+    let mut per_probe = vec![0usize; prog.probes.len()];
+    let mut total = 0;
+    for p in &rules.probes {
+        match p {
+            Some(i) => per_probe[*i] += 1,
+            None => total += 1,
+        }
+    }
+    per_probe.iter().enumerate().find_map(|(i, n)| {
+        total += n;
+        (total > limit).then_some((i, total))
+    })
+}
+
+/// The program's maps in the order the source first uses them: xpol's own
+/// that no rule accounts for first (those used by code of no rule, and
+/// the parsed facts, which the parser's code fills wherever its line info
+/// points), then by the rule and the position in it of their first use;
+/// each with the span of that use.
+fn maps_in_source_order(references: &[(usize, String)], rules: &RuleOfInsn) -> Vec<(String, Option<Span>)> {
+    let mut first: Vec<((usize, u32), String, Option<Span>)> = Vec::new();
+    for (insn, map) in references {
+        let span = rules.spans.get(*insn).copied().flatten();
+        let probe = rules.probes.get(*insn).copied().flatten();
+        let key = match probe {
+            Some(p) if map != super::FACTS_MAP => (p + 1, span.map_or(0, |s| s.start)),
+            _ => (0, 0),
+        };
+        match first.iter_mut().find(|(_, m, _)| m == map) {
+            Some(f) if key < f.0 => *f = (key, map.clone(), span),
+            Some(_) => {}
+            None => first.push((key, map.clone(), span)),
+        }
+    }
+    first.sort_by_key(|f| f.0);
+    first.into_iter().map(|(_, m, s)| (m, s)).collect()
+}
+
+/// A map of the object in the policy's words.
+fn describe_map(map: &str, policy: &ir::Policy) -> String {
+    if let Some(name) = map.strip_prefix("xm_") {
+        return format!("`@{name}`");
+    }
+    for (i, set) in policy.sets.iter().enumerate() {
+        let part = if map == format!("xs_{}", set.name) {
+            ""
+        } else if map == format!("xs_{}_v6", set.name) {
+            "the IPv6 part of "
+        } else {
+            continue;
+        };
+        // A constant set of more than 16 elements is a read-only map,
+        // named after its `const`, or `anonN` when written in place.
+        return match (set.mutable, set.name == format!("anon{i}")) {
+            (true, _) => format!("{part}set `{}`", set.name),
+            (false, false) => format!("{part}const set `{}`", set.name),
+            (false, true) => format!("{part}this literal set (a map: more than 16 elements)"),
+        };
+    }
+    if let Some(pool) = policy.pools.iter().find(|p| map.starts_with(&format!("xl_{}_", p.name))) {
+        return format!("a map of pool `{}`", pool.name);
+    }
+    if [meta::IPV4_TABLES_MAP, meta::IPV4_ROOT_MAP, meta::IPV4_MID_MAP, meta::IPV4_LEAF_MAP].contains(&map) {
+        return "the IPv4 set tables".to_string();
+    }
+    format!("xpol's own map `{map}`")
 }
 
 /// The program's instructions (8 bytes each), empty when they cannot be read.

@@ -16,6 +16,7 @@ use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
+    pub const KTIME_GET_NS: u64 = 5;
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const SKB_STORE_BYTES: u64 = 9;
     pub const L3_CSUM_REPLACE: u64 = 10;
@@ -529,6 +530,17 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.ret(code);
     }
 
+    /// Keeps the current block, which only passes values on to a join,
+    /// from being folded into its predecessors. Where many edges carry the
+    /// same values to a join (the fields a parser leaves absent on every
+    /// way it gives up), they can then meet in this block first, and the
+    /// join's phis get those values on one edge: set once here, not before
+    /// every branch on the way (where each block that may give up would
+    /// set them again).
+    pub fn keep_block(&self) {
+        self.no_sinking_past_here();
+    }
+
     /// A `nomerge` call of `llvm.sideeffect`, which emits no instruction:
     /// SimplifyCFG sinks no instruction of this block past it into a block
     /// shared with others.
@@ -866,6 +878,21 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let _ = st.set_alignment(if off == 0 { size } else { align });
     }
 
+    /// Stores `v` into the frame at `off` from its start. The verifier
+    /// reckons packet alignment with `NET_IP_ALIGN` (2) added, so that the
+    /// IP header after 14 bytes of Ethernet is 4-aligned even where
+    /// unaligned accesses are refused: declared so, a 32-bit field of the
+    /// IP header is one store, which [`Bpf::store_at`] would split.
+    pub fn store_frame_at(&self, data: PointerValue<'ctx>, off: u64, v: IntValue<'ctx>) {
+        const NET_IP_ALIGN: u64 = 2;
+        let q = self.ptr_add(data, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, v.get_type().ptr_type(AddressSpace::default()), "q"));
+        let st = ok(self.b.build_store(q, v));
+        let size = u64::from(v.get_type().get_bit_width() / 8);
+        let align = (1u64 << (off + NET_IP_ALIGN).trailing_zeros().min(3)).min(size);
+        let _ = st.set_alignment(align as u32);
+    }
+
     /// A zeroed stack buffer of `n` bytes for map keys and values. Buffers
     /// are shared by purpose and size, so a caller must finish with one
     /// (its helper call made) before asking for the same one again.
@@ -1025,6 +1052,31 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             let new = self.add(old, v);
             ok(self.b.build_store(q, new));
         }
+    }
+
+    /// Compare-and-exchange of the u64 at `p + off` (BPF_ATOMIC
+    /// BPF_CMPXCHG, Linux 5.12): stores `new` there if it holds
+    /// `expected`, in one atomic step; true when it did.
+    pub fn atomic_cmpxchg(&self, p: PointerValue<'ctx>, off: u64, expected: IntValue<'ctx>, new: IntValue<'ctx>) -> IntValue<'ctx> {
+        let q = self.ptr_add(p, self.c64(off));
+        let q = ok(self.b.build_pointer_cast(q, self.i64().ptr_type(AddressSpace::default()), "q64"));
+        let pair = ok(self.b.build_cmpxchg(q, expected, new, AtomicOrdering::Monotonic, AtomicOrdering::Monotonic));
+        // The BPF instruction returns the value it found: compared here,
+        // rather than with the pair's flag, so that what LLVM emits is the
+        // instruction and one compare.
+        let found = ok(self.b.build_extract_value(pair, 0, "found")).into_int_value();
+        self.eq(found, expected)
+    }
+
+    /// An 8-byte load the compiler neither merges with nor moves across
+    /// another CPU's atomic updates of the same word (a `volatile` load:
+    /// one BPF load instruction, which is atomic for an aligned u64).
+    pub fn load_u64_shared(&self, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {
+        let v = self.load_u64_at(p, off);
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_volatile(true);
+        }
+        v
     }
 
     pub fn load_u64_at(&self, p: PointerValue<'ctx>, off: u64) -> IntValue<'ctx> {

@@ -26,6 +26,8 @@ pub struct Maps<'ctx> {
     pub users: Vec<UserMapDef<'ctx>>,
     pub redirect: Option<MapDef<'ctx>>,
     pub pools: Vec<super::lb::PoolMaps<'ctx>>,
+    /// By `ir::LimitId`.
+    pub limits: Vec<super::limit::LimitDef<'ctx>>,
 }
 
 #[derive(Default)]
@@ -398,6 +400,10 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         match &e.kind {
             ExprKind::Const(Value::Bool(c)) => self.b.br(if *c { t } else { f }),
             ExprKind::Not(a) => self.branch3(a, f, t, u),
+            ExprKind::Limit { limit, keys } => {
+                self.loc(e.span);
+                self.limit(*limit, keys, t, f, u);
+            }
             ExprKind::And(lhs, rhs) | ExprKind::Or(lhs, rhs) => {
                 let is_and = matches!(e.kind, ExprKind::And(..));
                 // Kleene logic: after an unknown left operand the right one
@@ -485,6 +491,10 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 Val::Bool { t, f } => Val::Bool { t: f, f: t },
                 _ => unreachable!("checked: `!` takes a boolean"),
             },
+            ExprKind::Limit { limit, keys } => {
+                let (t, f) = self.limit_value(*limit, keys);
+                Val::Bool { t, f }
+            }
             ExprKind::And(a, c) | ExprKind::Or(a, c) => {
                 let (Val::Bool { t: at, f: af }, Val::Bool { t: ct, f: cf }) = (self.value(a), self.value(c)) else {
                     unreachable!("checked: logic takes booleans")
@@ -881,9 +891,16 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// Writes the key of `@map[keys]` into a zeroed stack buffer; returns it
     /// and whether every key component is present.
     fn map_key(&mut self, map: ir::MapId, keys: &[ir::Expr]) -> (PointerValue<'ctx>, IntValue<'ctx>) {
+        self.key_buf(keys, self.maps.users[map].key_size)
+    }
+
+    /// Writes `keys` encoded as a map key (`xpol_lang::meta::KeyKind`) into
+    /// a zeroed stack buffer of `key_size` bytes; returns it and whether
+    /// every component is present.
+    pub(super) fn key_buf(&mut self, keys: &[ir::Expr], key_size: u32) -> (PointerValue<'ctx>, IntValue<'ctx>) {
         let vals: Vec<Val<'ctx>> = keys.iter().map(|k| self.value(k)).collect();
         let b = &self.b;
-        let key = b.stack_buf(self.maps.users[map].key_size, "key");
+        let key = b.stack_buf(key_size, "key");
         let mut present = b.bool(true);
         let mut off = 0u64;
         for v in vals {

@@ -10,6 +10,7 @@ pub mod builder;
 pub mod faults;
 mod budget;
 mod lb;
+mod limit;
 pub mod lower;
 pub mod parse;
 
@@ -217,6 +218,9 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
         match &e.kind {
             Field(_) | Const(_) | Local(_) => 0,
             MapRead { keys, .. } => 1 + keys.iter().map(expr).sum::<usize>(),
+            // A lookup, maybe an insert, and the compare-and-exchange
+            // attempts, each a way out.
+            Limit { keys, .. } => 4 + keys.iter().map(expr).sum::<usize>(),
             Neg(a) | BitNot(a) | In(a, _) => expr(a),
             Not(a) => 1 + expr(a),
             Arith(_, a, b) | Cmp(_, a, b) => expr(a) + expr(b),
@@ -343,6 +347,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         redirects: policy.redirects.iter().map(|r| r.ifname.clone()).collect(),
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
         pools: Vec::new(),
+        limits: Vec::new(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -477,7 +482,13 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         pools.push(maps);
         meta.pools.push(pool_meta);
     }
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools };
+    let mut limits = Vec::new();
+    for (i, l) in policy.limits.iter().enumerate() {
+        let (def, limit_meta) = limit::define(&m, i, l, sources);
+        limits.push(def);
+        meta.limits.push(limit_meta);
+    }
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)

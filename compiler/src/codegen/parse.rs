@@ -125,7 +125,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
         match &e.kind {
             ExprKind::Field(f) => visit(*f, e.span),
             ExprKind::Const(_) | ExprKind::Local(_) => {}
-            ExprKind::MapRead { keys, .. } => keys.iter().for_each(|k| expr(k, visit)),
+            ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().for_each(|k| expr(k, visit)),
             ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a, visit),
             ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
                 expr(a, visit);
@@ -184,6 +184,10 @@ const ETH_P_8021AD: u64 = 0x88a8;
 #[derive(Clone, Copy)]
 pub struct Headers<'ctx> {
     pub data: PointerValue<'ctx>,
+    /// The frame's end as the parser read it: with `data`, valid until a
+    /// helper that changes the packet (the verifier keeps the bounds the
+    /// parser checked on both).
+    pub data_end: PointerValue<'ctx>,
     pub pkt_len: IntValue<'ctx>,
     pub eth_ok: PointerValue<'ctx>,
     pub eth_dst: PointerValue<'ctx>,
@@ -263,11 +267,15 @@ pub struct Parsed<'ctx> {
     pub headers: Headers<'ctx>,
     /// No IP header (or a malformed one), untagged IPv4 without options
     /// (the common frame: its header length is known there), other IPv4,
+    /// untagged IPv6 whose upper layer follows the fixed header, other
     /// IPv6; only the first when not specializing.
     pub ends: Vec<BasicBlock<'ctx>>,
     /// The ends only IPv4 packets reach, when specializing: headers
     /// without options first.
     ip4_ends: Vec<BasicBlock<'ctx>>,
+    /// The end only untagged IPv6 without extension headers reaches, when
+    /// specializing.
+    ip6_plain_end: Option<BasicBlock<'ctx>>,
     /// Where the L4 header is, for [`parse_l4_here`]; see [`Parsed::l4_at`].
     l4: L4At<'ctx>,
 }
@@ -320,6 +328,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let f = b.bool(false);
     let h = Headers {
         data,
+        data_end,
         pkt_len,
         eth_ok: b.var(f, "eth_ok"),
         eth_dst: b.var(z, "eth_dst"),
@@ -421,20 +430,77 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(ip_end, b.add(off, total));
         b.br(to);
     };
+    // The fixed IPv6 header at `p` (offset `off`), known to be in the
+    // frame, version 6; returns its next header.
+    let ip6_header = |p: PointerValue<'ctx>, off: IntValue<'ctx>, w0: IntValue<'ctx>| {
+        b.set(h.ip6_ok, t);
+        b.set(h.tos, b.and(b.lshr(w0, b.c64(20)), b.c64(0xff)));
+        b.set(h.flow, b.and(w0, b.c64(0xfffff)));
+        let plen = b.load_be(p, 4, 2);
+        b.set(h.ip_len, b.add(plen, b.c64(40)));
+        let nh0 = b.load_be(p, 6, 1);
+        b.set(h.ip6_nh, nh0);
+        b.set(h.ttl, b.load_be(p, 7, 1));
+        b.set(h.src6_hi, b.load_be(p, 8, 8));
+        b.set(h.src6_lo, b.load_be(p, 16, 8));
+        b.set(h.dst6_hi, b.load_be(p, 24, 8));
+        b.set(h.dst6_lo, b.load_be(p, 32, 8));
+        // Payload length 0 is a jumbogram (or BIG TCP): the frame bounds it.
+        let frame_end = b.pkt_len_linear(data, data_end);
+        let end = b.select(b.eq(plen, z), frame_end, b.add(off, b.add(plen, b.c64(40))));
+        b.set(ip_end, end);
+        nh0
+    };
+    // Next headers that are IPv6 extension headers (hop-by-hop, routing,
+    // destination options, fragment, authentication).
+    let is_ext = |nh: IntValue<'ctx>| [0u64, 43, 60, 44, 51].iter().fold(b.bool(false), |acc, &c| b.or(acc, b.eq(nh, b.c64(c))));
+    let l4_v6 = b.block("l4_v6");
+    let l4_v6_plain = b.block("l4_v6_plain");
+
     // The common frame first: untagged IPv4 with its fixed header in the
     // frame takes one bounds check and one compare of the EtherType as
     // stored (no byte swap) to reach the IP header at a constant offset.
     // Everything else (VLAN tags, IPv6, short frames) takes the general walk
     // below, which also handles this frame correctly, only slower.
-    let fast_ip4 = |general: BasicBlock<'ctx>| {
+    let fast_ip = |general: BasicBlock<'ctx>| {
         let maybe = b.block("maybe_ip4");
         let fast = b.block("ip4_untagged");
+        let not4 = b.block("maybe_ip6");
         b.cond_br_likely(b.fits(data, 14 + 20, data_end), maybe, general);
         b.at(maybe);
         // The program is little-endian (bpfel): bytes 08 00 load as 0x0008.
         let raw_ethertype = b.zext64(b.load_raw(data, 12, 2));
-        let ipv4_as_loaded = u16::from_le_bytes((ETH_P_IP as u16).to_be_bytes());
-        b.cond_br_likely(b.eq(raw_ethertype, b.c64(u64::from(ipv4_as_loaded))), fast, general);
+        let as_loaded = |etype: u64| b.c64(u64::from(u16::from_le_bytes((etype as u16).to_be_bytes())));
+        b.cond_br_likely(b.eq(raw_ethertype, as_loaded(ETH_P_IP)), fast, not4);
+
+        // Untagged IPv6 whose upper-layer header follows the fixed header
+        // (no extension header): a parse end of its own, where the L4
+        // header is at a constant offset. Any other IPv6 takes the general
+        // walk.
+        b.at(not4);
+        let maybe6 = b.block("ip6_untagged");
+        let fixed6 = b.block("ip6_untagged_fixed");
+        let plain6 = b.block("ip6_plain");
+        b.cond_br(b.eq(raw_ethertype, as_loaded(ETH_P_IPV6)), maybe6, general);
+        b.at(maybe6);
+        b.cond_br_likely(b.fits(data, 14 + 40, data_end), fixed6, general);
+        b.at(fixed6);
+        let p = b.ptr_add(data, b.c64(14));
+        let w0 = b.load_be(p, 0, 4);
+        let nh0 = b.load_be(p, 6, 1);
+        let version6 = b.eq(b.lshr(w0, b.c64(28)), b.c64(6));
+        b.cond_br_likely(b.and(version6, b.not(is_ext(nh0))), plain6, general);
+        b.at(plain6);
+        eth_facts();
+        b.set(h.eth_type, b.c64(ETH_P_IPV6));
+        b.set(l3off, b.c64(14));
+        locate(Stage::Ip6);
+        let nh0 = ip6_header(p, b.c64(14), w0);
+        b.set(h.proto, nh0);
+        b.set(h.proto_ok, t);
+        b.set(l4off, b.c64(14 + 40));
+        b.br(l4_v6_plain);
+
         b.at(fast);
         eth_facts();
         b.set(h.eth_type, b.c64(ETH_P_IP));
@@ -457,13 +523,13 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let eth = b.block("eth");
     let general = b.block("eth_general");
     if hook == Hook::Xdp {
-        fast_ip4(general);
+        fast_ip(general);
     } else {
         // On TC only when no VLAN tag was taken into the skb (see below).
         let no_accel = b.block("no_vlan_accel");
         b.cond_br(b.eq(ctx_u32(SKB_VLAN_PRESENT), z), no_accel, general);
         b.at(no_accel);
-        fast_ip4(general);
+        fast_ip(general);
     }
     b.at(general);
     b.cond_br(b.fits(data, 14, data_end), eth, done);
@@ -533,7 +599,6 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let not4 = b.block("not_ip4");
     let ip6 = b.block("ip6");
     let (ip4_done, ip6_done) = if specialize { (b.block("ip4_parsed"), b.block("ip6_parsed")) } else { (done, done) };
-    let l4_v6 = b.block("l4_v6");
     b.cond_br(b.eq(etype, b.c64(ETH_P_IP)), ip4, not4);
     b.at(not4);
     b.cond_br(b.eq(etype, b.c64(ETH_P_IPV6)), ip6, done);
@@ -558,22 +623,7 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     let ip6_sane = b.block("ip6_sane");
     b.cond_br(b.eq(b.lshr(w0, b.c64(28)), b.c64(6)), ip6_sane, done);
     b.at(ip6_sane);
-    b.set(h.ip6_ok, t);
-    b.set(h.tos, b.and(b.lshr(w0, b.c64(20)), b.c64(0xff)));
-    b.set(h.flow, b.and(w0, b.c64(0xfffff)));
-    let plen = b.load_be(p, 4, 2);
-    b.set(h.ip_len, b.add(plen, b.c64(40)));
-    let nh0 = b.load_be(p, 6, 1);
-    b.set(h.ip6_nh, nh0);
-    b.set(h.ttl, b.load_be(p, 7, 1));
-    b.set(h.src6_hi, b.load_be(p, 8, 8));
-    b.set(h.src6_lo, b.load_be(p, 16, 8));
-    b.set(h.dst6_hi, b.load_be(p, 24, 8));
-    b.set(h.dst6_lo, b.load_be(p, 32, 8));
-    // Payload length 0 is a jumbogram (or BIG TCP): the frame bounds it.
-    let frame_end = b.pkt_len_linear(data, data_end);
-    let end = b.select(b.eq(plen, z), frame_end, b.add(off, b.add(plen, b.c64(40))));
-    b.set(ip_end, end);
+    let nh0 = ip6_header(p, off, w0);
     let nh = b.var(z, "nh");
     let xoff = b.var(z, "xoff");
     b.set(nh, nh0);
@@ -584,9 +634,8 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         let o = b.get(xoff);
         if i == MAX_IPV6_EXT {
             let upper = b.block("upper");
-            let is_ext = [0u64, 43, 60, 44, 51].iter().fold(b.bool(false), |acc, &c| b.or(acc, b.eq(cur, b.c64(c))));
             // Chain longer than the bound: IP is present, the upper layer unknown.
-            b.cond_br(is_ext, ip6_done, upper);
+            b.cond_br(is_ext(cur), ip6_done, upper);
             b.at(upper);
             b.set(h.proto, cur);
             b.set(h.proto_ok, t);
@@ -658,16 +707,19 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
     b.br(ip4_plain_done);
     b.at(l4_v6);
     b.br(ip6_done);
-    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied(), ip4: false, ip4_plain: false };
-    let ends = if specialize { vec![done, ip4_plain_done, ip4_done, ip6_done] } else { vec![done] };
+    let ip6_plain_done = if specialize { b.block("ip6_plain_parsed") } else { done };
+    b.at(l4_v6_plain);
+    b.br(ip6_plain_done);
+    let l4 = L4At { data, data_end, l4off, ip_end, omit_l4_bounds_check, span: uses.get(&Stage::L4).copied(), ip4: false, ip4_plain: false, ip6_plain: false };
+    let ends = if specialize { vec![done, ip4_plain_done, ip4_done, ip6_plain_done, ip6_done] } else { vec![done] };
     let ip4_ends = if specialize { vec![ip4_plain_done, ip4_done] } else { Vec::new() };
-    Parsed { headers: h, ends, ip4_ends, l4 }
+    Parsed { headers: h, ends, ip4_ends, ip6_plain_end: specialize.then_some(ip6_plain_done), l4 }
 }
 
 impl<'ctx> Parsed<'ctx> {
     /// Where the L4 header is, for the rules emitted at parse end `end`.
     pub fn l4_at(&self, end: BasicBlock<'ctx>) -> L4At<'ctx> {
-        L4At { ip4: self.ip4_ends.contains(&end), ip4_plain: self.ip4_ends.first() == Some(&end), ..self.l4 }
+        L4At { ip4: self.ip4_ends.contains(&end), ip4_plain: self.ip4_ends.first() == Some(&end), ip6_plain: self.ip6_plain_end == Some(end), ..self.l4 }
     }
 }
 
@@ -683,6 +735,9 @@ pub struct L4At<'ctx> {
     ip4: bool,
     /// Only IPv4 headers without options (0x45) get here.
     ip4_plain: bool,
+    /// Only untagged IPv6 with the L4 header right after the fixed header
+    /// gets here.
+    ip6_plain: bool,
 }
 
 /// Parses the L4 header at the current position, where the IP header (if
@@ -734,7 +789,10 @@ struct L4Exits<'ctx> {
 /// `exits`.
 fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: L4Exits<'ctx>) {
     let entry = b.block("l4");
-    let done = exits.other;
+    // Every way of finding no L4 header meets here first: the fields stay
+    // absent, and are set so once, not on each way out (see
+    // `Bpf::keep_block`).
+    let done = b.block("l4_none");
     b.cond_br(b.get(h.proto_ok), entry, done);
     let (data, data_end, omit_l4_bounds_check) = (at.data, at.data_end, at.omit_l4_bounds_check);
     let z = b.c64(0);
@@ -761,6 +819,13 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         // LLVM could not reuse the first byte's load after a helper call.
         let hlen = if at.ip4_plain { b.c64(20) } else { b.shl(b.and(b.load_be(p, 0, 1), b.c64(15)), b.c64(2)) };
         (b.pkt_ptr(p, hlen), hlen, b.load_be(p, 2, 2), b.load_be(p, 9, 1))
+    } else if at.ip6_plain {
+        // No fragment header: every packet here is a first fragment, and
+        // the L4 header is at a constant offset.
+        b.br(first);
+        b.at(first);
+        let o = b.c64(14 + 40);
+        (b.pkt_ptr(data, o), o, b.get(at.ip_end), b.get(h.proto))
     } else {
         let o = b.get(at.l4off);
         let dgram_end = b.get(at.ip_end);
@@ -827,6 +892,9 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         b.at(next);
     }
     b.br(done);
+    b.at(done);
+    b.keep_block();
+    b.br(exits.other);
 
 }
 

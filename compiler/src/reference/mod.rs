@@ -13,6 +13,7 @@ pub use crate::ir::Outcome;
 pub use lb::Balanced;
 
 mod lb;
+mod limit;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,6 +245,26 @@ pub struct State {
     pub lb_tables: HashMap<ir::PoolId, Vec<u32>>,
     /// `nat`'s reverse translations: a reply's 5-tuple -> the VIP and port.
     pub nat: HashMap<(ir::PoolId, lb::NatKey), (IpAddr, u16)>,
+    /// The clock `limit` reads, in nanoseconds: moved on by `after D` in
+    /// tests (and by the caller), never by evaluating.
+    pub clock_ns: u64,
+    /// The buckets of each `limit` by key (none for an unkeyed one). Kept
+    /// for every key: the kernel's LRU map forgets keys past its size,
+    /// which tests stay under.
+    pub limits: HashMap<(ir::LimitId, Vec<KeyPart>), limit::Bucket>,
+}
+
+impl State {
+    /// Moves the clock on (`after D` in a test).
+    pub fn advance(&mut self, ns: u64) {
+        self.clock_ns = self.clock_ns.saturating_add(ns);
+    }
+
+    /// The credit (nanoseconds) the bucket of `key` of limit `id` holds
+    /// now, and what a full one holds; `None` for a bucket no packet made.
+    pub fn limit_credit(&self, policy: &ir::Policy, id: ir::LimitId, key: &[KeyPart]) -> Option<(u64, u64)> {
+        limit::credit(policy, id, key, self)
+    }
 }
 
 struct Eval<'a> {
@@ -280,7 +301,7 @@ fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut St
         return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None };
     };
     for probe in &prog.probes {
-        let holds = probe.predicate.as_ref().is_none_or(|p| e.expr(p) == Some(V::Bool(true)));
+        let holds = probe.predicate.as_ref().is_none_or(|p| e.holds(p));
         if !holds {
             continue;
         }
@@ -312,7 +333,7 @@ impl Eval<'_> {
                     return Some(None);
                 }
                 StmtKind::If { cond, then_body, else_body } => {
-                    let body = if self.expr(cond) == Some(V::Bool(true)) { then_body } else { else_body };
+                    let body = if self.holds(cond) { then_body } else { else_body };
                     if let Some(v) = self.stmts(body) {
                         return Some(v);
                     }
@@ -346,6 +367,45 @@ impl Eval<'_> {
             }
         }
         None
+    }
+
+    /// Whether a predicate or `if` condition holds (is true).
+    fn holds(&mut self, e: &ir::Expr) -> bool {
+        self.decide(e, true) == Some(true)
+    }
+
+    /// A condition's value, evaluated left to right and only as far as
+    /// deciding whether it holds needs (docs/language.md, "Rate limits":
+    /// a `limit` not reached takes no token). `positive`: an unknown value
+    /// here counts as false for the outcome (so `a && b` need not look at
+    /// `b` when `a` is unknown); under a `!` it counts as true.
+    fn decide(&mut self, e: &ir::Expr, positive: bool) -> Option<bool> {
+        match &e.kind {
+            ExprKind::Not(a) => self.decide(a, !positive).map(|b| !b),
+            ExprKind::And(a, b) => match self.decide(a, positive) {
+                Some(false) => Some(false),
+                None if positive => None,
+                x => match (x, self.decide(b, positive)) {
+                    (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                },
+            },
+            ExprKind::Or(a, b) => match self.decide(a, positive) {
+                Some(true) => Some(true),
+                None if !positive => None,
+                x => match (x, self.decide(b, positive)) {
+                    (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                },
+            },
+            ExprKind::Limit { limit, keys } => {
+                let key = self.key(keys)?;
+                Some(limit::take(self.policy, *limit, key, self.facts.len, self.state))
+            }
+            _ => self.expr(e).and_then(as_bool),
+        }
     }
 
     fn key(&mut self, keys: &[ir::Expr]) -> Option<Vec<KeyPart>> {
@@ -485,6 +545,8 @@ impl Eval<'_> {
                 V::Bool(b) => Some(V::Bool(!b)),
                 _ => None,
             },
+            // Only in conditions (checked), where `decide` takes them.
+            ExprKind::Limit { .. } => self.decide(e, true).map(V::Bool),
             ExprKind::And(a, b) | ExprKind::Or(a, b) => {
                 let and = matches!(e.kind, ExprKind::And(..));
                 let (x, y) = (self.expr(a), self.expr(b));

@@ -1,5 +1,7 @@
 //! What both binaries share.
 
+pub mod generate;
+
 use anyhow::{bail, Context, Result};
 use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io::Write;

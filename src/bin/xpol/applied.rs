@@ -35,7 +35,7 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
         object,
         source: policy.display().to_string(),
         interfaces: target.interfaces.clone(),
-        hooks: (!target.hooks.is_empty()).then(|| target.hooks.iter().map(|h| h.replace("tc-", "tc:")).collect()),
+        hooks: (!target.hooks.is_empty()).then(|| target.hooks.clone()),
         mode: target.mode,
         set_contents: Default::default(),
     };

@@ -18,13 +18,16 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// Puts the outer headers in front of the packet's IP header (dropping
     /// any VLAN tags) and sends it to `backend` (a pointer to its
     /// [`meta::BackendValue`]).
-    pub(super) fn encapsulate(&self, encap: Encap, src: OuterSource, pool: PoolMaps<'ctx>, hash: IntValue<'ctx>, backend: PointerValue<'ctx>) {
+    pub(super) fn encapsulate(&self, encap: Encap, src: OuterSource, pool: PoolMaps<'ctx>, hash: Option<IntValue<'ctx>>, backend: PointerValue<'ctx>) {
         let b = &*self.b;
         let h = &self.h;
         let get = |p| b.get_fact(p);
         let i16t = b.m.cx.i16_type();
         let i32t = b.m.cx.i32_type();
         let ctx = b.ctx();
+        // Computed before the flow table wherever the outer header needs it
+        // (`balance`'s `eager`).
+        let hash = || hash.expect("the flow hash of an outer header that carries it");
         let inner_v6 = get(h.ip6_ok);
         let inner_len = get(h.ip_len);
         let tos = get(h.tos);
@@ -61,32 +64,23 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // The backend's address as loaded (network order in memory).
         let dst: Vec<IntValue<'ctx>> = (0..if pool.v6 { 4 } else { 1 }).map(|i| b.load_raw(backend, 4 * i, 4)).collect();
         if pool.v6 {
-            let flow_label = b.zext64(b.and(hash, b.c32(0xf_ffff)));
+            let flow_label = b.zext64(b.and(hash(), b.c32(0xf_ffff)));
             let word0 = b.or(b.or(b.c64(6 << 28), b.shl(tos, b.c64(20))), flow_label);
-            b.store_at(data, 14, b.bswap(b.trunc(word0, i32t)));
-            let payload = b.add(inner_len, b.c64(outer - 40));
-            b.store_at(data, 18, b.bswap(b.trunc(payload, i16t)));
-            b.store_at(data, 20, b.trunc(next_proto, b.m.i8()));
-            b.store_at(data, 21, b.c8(OUTER_TTL));
+            b.store_frame_at(data, 14, b.bswap(b.trunc(word0, i32t)));
+            // Payload length | next header, hop limit: one word as stored.
+            let payload = b.zext64(b.bswap(b.trunc(b.add(inner_len, b.c64(outer - 40)), i16t)));
+            let next_hop_limit = b.or(next_proto, b.c64(u64::from(OUTER_TTL) << 8));
+            b.store_frame_at(data, 18, b.trunc(b.or(payload, b.shl(next_hop_limit, b.c64(16))), i32t));
             for (i, w) in src.iter().enumerate() {
-                b.store_at(data, 22 + 4 * i as u64, *w);
+                b.store_frame_at(data, 22 + 4 * i as u64, *w);
             }
             for (i, w) in dst.iter().enumerate() {
-                b.store_at(data, 38 + 4 * i as u64, *w);
+                b.store_frame_at(data, 38 + 4 * i as u64, *w);
             }
         } else {
             let total = b.bswap(b.trunc(b.add(inner_len, b.c64(outer)), i16t));
             let frag = b.select(df, b.c16(0x0040), b.c16(0));
             let proto = b.trunc(next_proto, b.m.i8());
-            b.store_at(data, 14, b.c8(0x45));
-            b.store_at(data, 15, b.trunc(tos, b.m.i8()));
-            b.store_at(data, 16, total);
-            b.store_at(data, 18, b.c16(0));
-            b.store_at(data, 20, frag);
-            b.store_at(data, 22, b.c8(OUTER_TTL));
-            b.store_at(data, 23, proto);
-            b.store_at(data, 26, src[0]);
-            b.store_at(data, 30, dst[0]);
             // The header checksum: the one's-complement sum of its 16-bit
             // words as stored (the sum does not depend on byte order),
             // folded, inverted. Summed from the values, not read back from
@@ -103,15 +97,25 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             for _ in 0..2 {
                 sum = b.add(b.and(sum, b.c64(0xffff)), b.lshr(sum, b.c64(16)));
             }
-            b.store_at(data, 24, b.trunc(b.xor(sum, b.c64(0xffff)), i16t));
+            let check = b.and(b.xor(sum, b.c64(0xffff)), b.c64(0xffff));
+            // Five 32-bit words as stored (little-endian): version and IHL,
+            // ToS, total length | ID 0, flags | TTL, protocol, checksum |
+            // source | destination.
+            let word = |lo: IntValue<'ctx>, hi: IntValue<'ctx>| b.trunc(b.or(lo, b.shl(hi, b.c64(16))), i32t);
+            b.store_frame_at(data, 14, word(first, b.zext64(total)));
+            b.store_frame_at(data, 18, word(b.c64(0), b.zext64(frag)));
+            b.store_frame_at(data, 22, word(ttl_proto, check));
+            b.store_frame_at(data, 26, src[0]);
+            b.store_frame_at(data, 30, dst[0]);
         }
         if let Encap::Gue { port } = encap {
             let udp = 14 + ip_hdr;
-            let sport = b.bswap(b.trunc(b.or(b.and(hash, b.c32(0x3fff)), b.c32(0xc000)), i16t));
+            let sport = b.bswap(b.trunc(b.or(b.and(hash(), b.c32(0x3fff)), b.c32(0xc000)), i16t));
             let udp_len = b.bswap(b.trunc(b.add(inner_len, b.c64(8)), i16t));
-            b.store_at(data, udp, sport);
-            b.store_at(data, udp + 2, b.c16(port.swap_bytes()));
-            b.store_at(data, udp + 4, udp_len);
+            // Source | destination port: one word as stored.
+            let ports = b.or(b.zext64(sport), b.c64(u64::from(port.swap_bytes()) << 16));
+            b.store_frame_at(data, udp, b.trunc(ports, i32t));
+            b.store_frame_at(data, udp + 4, udp_len);
             let check = if pool.v6 {
                 // The pseudo-header and the UDP header (checksum 0), as
                 // 16-bit halves as loaded, from the values stored.
@@ -130,7 +134,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 // packet carries its own).
                 b.c16(0)
             };
-            b.store_at(data, udp + 6, check);
+            b.store_frame_at(data, udp + 6, check);
         }
 
         // The next hop.
@@ -230,7 +234,30 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // The checksum of a sum: the sum modulo 0xffff is its value in one's
         // complement with 0 for zero (not 0xffff), so its inverse is never
         // 0: a computed 0 is sent as 0xffff (0 is "no checksum").
-        let finish = |sum: IntValue<'ctx>| b.trunc(b.sub(c(0xffff), b.urem(sum, c(0xffff))), i16t);
+        // Folded to 16 bits first (not `urem`, a 64-bit division): a fold
+        // of 0xffff is 0 modulo 0xffff.
+        let finish = |sum: IntValue<'ctx>| {
+            let t = b.sub(c(0xffff), fold16(sum));
+            b.trunc(pick(eq(t, 0), c(0xffff), t), i16t)
+        };
+        // The inner packet's part of the sum where its TCP, UDP or ICMP
+        // checksum covers it: its IP header less the pseudo-header that
+        // checksum covers (for IPv6 the addresses and length cancel).
+        let v6_sum = |proto: IntValue<'ctx>| {
+            let tos = get(h.tos);
+            let flow = get(h.flow);
+            let hi = b.or(b.or(c(0x6000), b.shl(b.and(tos, c(0xff)), c(4))), b.lshr(flow, c(16)));
+            let lo = b.and(flow, c(0xffff));
+            b.add(b.add(hi, lo), b.add(b.and(get(h.ttl), c(0xff)), b.mul(proto, c(255))))
+        };
+        let v4_sum = |proto: IntValue<'ctx>, l4_len: IntValue<'ctx>| {
+            let halves_be = |raw: IntValue<'ctx>| {
+                let w = b.zext64(b.bswap(b.trunc(raw, b.m.cx.i32_type())));
+                b.add(b.and(w, c(0xffff)), b.lshr(w, c(16)))
+            };
+            let pseudo = b.add(b.add(halves_be(get(h.src4)), halves_be(get(h.dst4))), b.add(proto, l4_len));
+            b.sub(c(0xffff), fold16(pseudo))
+        };
         let done = b.block("gue6_csum_done");
         let header = b.block("gue6_csum_header");
         let derived = b.block("gue6_csum_derived");
@@ -240,6 +267,22 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let bytes = b.block("gue6_csum_bytes");
         let none = b.block("gue6_csum_none");
         let mut incoming = Vec::new();
+
+        // The common case, from the parser's facts alone: TCP right after
+        // the IP header (IPv6 without extension headers, IPv4 not a
+        // fragment). Where the rule implies it (a TCP VIP), LLVM knows the
+        // facts and this is the only path; elsewhere one branch on them
+        // comes before the general decision below.
+        let tcp_first = b.block("gue6_csum_tcp");
+        let general = b.block("gue6_csum_general");
+        let direct = b.select(get(h.ip6_ok), b.eq(get(h.ip6_nh), c(6)), b.not(get(h.frag)));
+        b.cond_br_likely(b.and(get(h.tcp_ok), direct), tcp_first, general);
+        b.at(tcp_first);
+        let l4_len = b.sub(get(h.ip_len), b.shl(get(h.ihl), c(2)));
+        let inner = swap16(fold16(b.select(get(h.ip6_ok), v6_sum(c(6)), v4_sum(c(6), l4_len))));
+        incoming.push((finish(b.add(outer, inner)), b.cur()));
+        b.br(done);
+        b.at(general);
 
         // The fixed part of an IPv4 header, 20 of IPv6's 40 bytes: in the
         // frame, as the parser found them.
@@ -274,24 +317,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.cond_br_likely(b.cmp(IntPredicate::NE, b.zext64(b.load_raw(p, 6, 2)), c(0)), derived, bytes);
 
         b.at(derived);
-        let v6_sum = {
-            let tos = get(h.tos);
-            let flow = get(h.flow);
-            let hi = b.or(b.or(c(0x6000), b.shl(b.and(tos, c(0xff)), c(4))), b.lshr(flow, c(16)));
-            let lo = b.and(flow, c(0xffff));
-            b.add(b.add(hi, lo), b.add(b.and(get(h.ttl), c(0xff)), b.mul(proto, c(255))))
-        };
-        let v4_sum = {
-            let halves_be = |raw: IntValue<'ctx>| {
-                let w = b.zext64(b.bswap(b.trunc(raw, b.m.cx.i32_type())));
-                b.add(b.and(w, c(0xffff)), b.lshr(w, c(16)))
-            };
-            let l4_len = b.sub(len, hl);
-            let pseudo = b.add(b.add(halves_be(get(h.src4)), halves_be(get(h.dst4))), b.add(proto, l4_len));
-            let minus = b.sub(c(0xffff), fold16(pseudo));
-            pick(eq(proto, 1), c(0), minus)
-        };
-        let inner = swap16(fold16(pick(v6, v6_sum, v4_sum)));
+        let inner4 = pick(eq(proto, 1), c(0), v4_sum(proto, b.sub(len, hl)));
+        let inner = swap16(fold16(pick(v6, v6_sum(proto), inner4)));
         incoming.push((finish(b.add(outer, inner)), b.cur()));
         b.br(done);
 
@@ -398,10 +425,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // the packet (the verifier keeps packet pointers across it).
         let smac_head = b.load_raw(fib, 52, 4);
         let tail = b.load_raw(fib, 56, 8);
-        b.store_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
-        b.store_at(data, 4, b.trunc(b.lshr(tail, b.c64(48)), i16t));
-        b.store_at(data, 6, smac_head);
-        b.store_at(data, 10, b.trunc(tail, i16t));
+        b.store_frame_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
+        b.store_frame_at(data, 4, b.trunc(b.lshr(tail, b.c64(48)), i16t));
+        b.store_frame_at(data, 6, smac_head);
+        b.store_frame_at(data, 10, b.trunc(tail, i16t));
         let out = b.load_raw(fib, 8, 4);
         let same = b.block("lb_tx");
         let other = b.block("lb_redirect");
@@ -529,7 +556,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
 
     /// The outer source address as the words to store (as loaded: network
     /// order in memory): one for IPv4, four for IPv6.
-    fn outer_source_words(&self, src: OuterSource, hash: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
+    fn outer_source_words(&self, src: OuterSource, hash: impl Fn() -> IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
         let b = &*self.b;
         let raw = |octets: &[u8]| -> Vec<IntValue<'ctx>> { octets.chunks(4).map(|c| b.c32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect() };
         match src {
@@ -545,7 +572,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                 let mask = if host >= 32 { u32::MAX } else { (1u32 << host) - 1 };
                 let last = octets.len() / 4 - 1;
                 let prefix = u32::from_be_bytes([octets[4 * last], octets[4 * last + 1], octets[4 * last + 2], octets[4 * last + 3]]);
-                words[last] = b.bswap(b.or(b.c32(prefix), b.and(hash, b.c32(mask))));
+                words[last] = b.bswap(b.or(b.c32(prefix), b.and(hash(), b.c32(mask))));
                 words
             }
         }

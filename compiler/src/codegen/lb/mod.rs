@@ -164,12 +164,17 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // and for packets without ports) and protocol, both only where the
         // protocol is known (an IPv6 extension-header chain that ends in
         // bounds).
+        // Chosen by the header the parser found rather than combined: where
+        // the rule implies TCP (or UDP), LLVM knows the flag and folds the
+        // choice, and the protocol word of the hash becomes a constant.
         let proto_ok = get(h.proto_ok);
         let frag = b.and(proto_ok, get(h.frag));
         let zero = b.c64(0);
-        let sport = b.select(frag, zero, b.or(get(h.tcp_sport), get(h.udp_sport)));
-        let dport = b.select(frag, zero, b.or(get(h.tcp_dport), get(h.udp_dport)));
-        let proto = b.select(proto_ok, get(h.proto), zero);
+        let (tcp, udp) = (get(h.tcp_ok), get(h.udp_ok));
+        let port = |t, u| b.select(frag, zero, b.select(tcp, get(t), b.select(udp, get(u), zero)));
+        let sport = port(h.tcp_sport, h.udp_sport);
+        let dport = port(h.tcp_dport, h.udp_dport);
+        let proto = b.select(tcp, b.c64(6), b.select(udp, b.c64(17), b.select(proto_ok, get(h.proto), zero)));
         let key = b.stack_buf(FLOW_KEY_BYTES, "lb_key");
 
         // An ICMP error about a flow (unreachable, fragmentation needed,
@@ -178,15 +183,31 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // its addresses and ports the other way round.
         let icmp_type = get(h.icmp_type);
         let is_type = |t: u64| b.eq(icmp_type, b.c64(t));
-        let err4 = b.and(get(h.icmp4_ok), b.or(is_type(3), b.or(is_type(11), is_type(12))));
-        let err6 = b.and(b.and(get(h.icmp6_ok), b.eq(get(h.ip6_nh), b.c64(58))), b.and(b.cmp(IntPredicate::UGE, icmp_type, b.c64(1)), b.cmp(IntPredicate::ULE, icmp_type, b.c64(4))));
+        let icmp4 = get(h.icmp4_ok);
+        let icmp6 = b.and(get(h.icmp6_ok), b.eq(get(h.ip6_nh), b.c64(58)));
+        // The hash where every packet needs it (the outer header carries
+        // it), computed on each path of the flow's key, where LLVM folds
+        // what the rule makes constant (the VIP); otherwise only a new flow
+        // computes it, for the Maglev table: an established IPv4-in-IPv4 or
+        // NAT flow goes without (about 70 instructions).
+        let eager = match lb.delivery {
+            Delivery::Encap { encap, src } => pool.v6 || matches!(encap, Encap::Gue { .. }) || matches!(src, OuterSource::PerFlow(..)),
+            Delivery::Nat { .. } => false,
+        };
         let hashed = b.block("lb_hashed");
         let mut incoming = Vec::new();
         let v4 = b.block("lb_v4");
         let v6 = b.block("lb_v6");
         let by_family = b.block("lb_by_family");
+        let icmp = b.block("lb_icmp");
         let icmp_err = b.block("lb_icmp_error");
-        b.cond_br_unlikely(b.or(err4, err6), icmp_err, by_family);
+        // Tested apart from the type, so that a packet the parser knows is
+        // not ICMP skips the type's compares.
+        b.cond_br_unlikely(b.or(icmp4, icmp6), icmp, by_family);
+        b.at(icmp);
+        let err4 = b.and(icmp4, b.or(is_type(3), b.or(is_type(11), is_type(12))));
+        let err6 = b.and(icmp6, b.and(b.cmp(IntPredicate::UGE, icmp_type, b.c64(1)), b.cmp(IntPredicate::ULE, icmp_type, b.c64(4))));
+        b.cond_br(b.or(err4, err6), icmp_err, by_family);
         b.at(by_family);
         b.cond_br_likely(is4, v4, v6);
 
@@ -234,8 +255,9 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             let qsport = b.phi(&[(qs, ports_there), (zero, no_ports)]);
             let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
             // The flow the other way round.
-            let hash = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
-            incoming.push((hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
+            let words = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
+            let hash = eager.then(|| murmur3(b, xpol_lang::maglev::FLOW_SEED, &words));
+            incoming.push((family_v6, hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
             b.br(hashed);
         }
 
@@ -247,17 +269,23 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             } else {
                 (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
-            let hash = self.flow_key(lb, key, src, dst, sport, dport, proto);
+            let words = self.flow_key(lb, key, src, dst, sport, dport, proto);
+            let hash = eager.then(|| murmur3(b, xpol_lang::maglev::FLOW_SEED, &words));
             // TCP as the parser saw it: a constant where the program was
             // specialized for the L4 header.
-            incoming.push((hash, b.zext64(get(h.tcp_ok)), b.cur()));
+            incoming.push((family_v6, hash, b.zext64(get(h.tcp_ok)), b.cur()));
             b.br(hashed);
         }
         b.at(hashed);
-        let hash = b.phi(&incoming.iter().map(|&(h, _, bb)| (h, bb)).collect::<Vec<_>>());
         // The flow's protocol is TCP (the key's: the quoted flow's for an
         // ICMP error).
-        let flow_tcp = b.phi(&incoming.iter().map(|&(_, t, bb)| (t, bb)).collect::<Vec<_>>());
+        let flow_tcp = b.phi(&incoming.iter().map(|&(_, _, t, bb)| (t, bb)).collect::<Vec<_>>());
+        let eager_hash = eager.then(|| b.phi(&incoming.iter().filter_map(|&(_, h, _, bb)| Some((h?, bb))).collect::<Vec<_>>()));
+        // Otherwise the words are read back from the key where a new flow
+        // needs them: carried over the merge instead, they would be set
+        // (spilled) on every packet's path.
+        let flow_v6 = b.phi(&incoming.iter().map(|&(v6, _, _, bb)| (b.bool(v6), bb)).collect::<Vec<_>>());
+        let families = (incoming.iter().any(|&(v6, ..)| !v6), incoming.iter().any(|&(v6, ..)| v6));
 
         // The flow table: a flow keeps its backend while the backend's slot
         // holds one. A TCP SYN (without ACK) starts a connection, which the
@@ -309,6 +337,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(half_found);
         // The half in use (0 or 1, `PoolMeta::control_map`).
         let base = b.mul(b.and(b.load_raw(control, 0, 4), b.c32(1)), b.c32(pool.table_size));
+        let hash = eager_hash.unwrap_or_else(|| hash_of_key(b, key, lb.hash, flow_v6, families));
         b.store_at(ring_key, 0, b.add(base, b.urem(hash, b.c32(pool.table_size))));
         let ring = b.map_lookup(pool.ring, ring_key);
         let ring_found = b.block("lb_ring_found");
@@ -336,7 +365,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let new_flow = b.phi(&[(b.c64(0), hit_ok), (b.c64(1), new_ok)]);
         self.count_backend(pool, slot, new_flow);
         match lb.delivery {
-            Delivery::Encap { encap, src } => self.encapsulate(encap, src, pool, hash, backend),
+            Delivery::Encap { encap, src } => self.encapsulate(encap, src, pool, eager_hash, backend),
             Delivery::Nat { port } => self.translate(pool, port, backend),
         }
     }
@@ -358,11 +387,12 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         value
     }
 
-    /// Writes the flow key (see [`meta::FlowKey`]) and returns the flow
-    /// hash (`xpol_lang::maglev::murmur3_words` over the words of
-    /// `maglev::addr_words`, the ports and the protocol).
+    /// Writes the flow key (see [`meta::FlowKey`]) and returns the words
+    /// of its hash (the words of `maglev::addr_words`, the ports and the
+    /// protocol, as `lb.hash` selects them; [`hash_of_key`] reads the same
+    /// words from the key).
     #[allow(clippy::too_many_arguments)]
-    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> IntValue<'ctx> {
+    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
         let b = &*self.b;
         let i32t = b.m.cx.i32_type();
         let i16t = b.m.cx.i16_type();
@@ -395,7 +425,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             FlowHash::Source => src,
             FlowHash::Ports => vec![ports_word, proto_word],
         };
-        murmur3(b, xpol_lang::maglev::FLOW_SEED, &words)
+        words
     }
 
     /// Counts a packet (and a new flow when `new_flow` is 1) for backend
@@ -442,6 +472,34 @@ fn fold<'ctx>(b: &Bpf<'_, 'ctx>, sum: IntValue<'ctx>) -> IntValue<'ctx> {
 fn flow_tick<'ctx>(b: &Bpf<'_, 'ctx>) -> IntValue<'ctx> {
     let ns = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
     b.trunc(b.lshr(ns, b.c64(u64::from(meta::FLOW_TICK_SHIFT))), b.m.cx.i32_type())
+}
+
+/// The flow hash of the key at `key` (as [`Lower::flow_key`] wrote it),
+/// from the words stored there: the addresses' words as loaded, the ports
+/// as one big-endian word, the protocol. `v6`: the key's family, and which
+/// families reach here (`families`: IPv4, IPv6); where only one does, its
+/// hash alone is computed.
+fn hash_of_key<'ctx>(b: &Bpf<'_, 'ctx>, key: PointerValue<'ctx>, by: FlowHash, v6: IntValue<'ctx>, families: (bool, bool)) -> IntValue<'ctx> {
+    let i32t = b.m.cx.i32_type();
+    let seed = xpol_lang::maglev::FLOW_SEED;
+    let hash = |family_v6: bool| {
+        let n = if family_v6 { 4 } else { 1 };
+        let addr = |off: u64| (0..n).map(|i| b.load_raw(key, off + 4 * i, 4)).collect::<Vec<_>>();
+        // Source and destination port, big-endian in the key: one word.
+        let ports = b.bswap(b.load_raw(key, 32, 4));
+        let proto = b.trunc(b.zext64(b.load_raw(key, 36, 1)), i32t);
+        let words: Vec<IntValue<'ctx>> = match by {
+            FlowHash::FiveTuple => addr(0).into_iter().chain(addr(16)).chain([ports, proto]).collect(),
+            FlowHash::Source => addr(0),
+            FlowHash::Ports => vec![ports, proto],
+        };
+        murmur3(b, seed, &words)
+    };
+    match families {
+        (true, true) => b.select(v6, hash(true), hash(false)),
+        (false, true) => hash(true),
+        _ => hash(false),
+    }
 }
 
 /// murmur3_32 over whole 32-bit words, as

@@ -21,7 +21,9 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let l3 = b.add(b.c64(14), b.mul(get(h.vlan_depth), b.c64(4)));
         let ip_hdr = if pool.v6 { b.c64(40) } else { b.mul(get(h.ihl), b.c64(4)) };
         let tcp = get(h.tcp_ok);
-        let (data, end) = b.xdp_bounds();
+        // The parser's frame pointers: only map helpers ran since, and
+        // LLVM can reuse the parser's bounds checks where they are the same.
+        let (data, end) = (h.data, h.data_end);
         let ip = b.pkt_ptr(data, b.and(l3, b.c64(MAX_QUOTE_OFFSET)));
         let l4 = b.pkt_ptr(data, b.and(b.add(l3, ip_hdr), b.c64(MAX_QUOTE_OFFSET)));
         let (addr_off, addr_words) = if pool.v6 { (24, 4) } else { (16, 1) };
@@ -34,17 +36,31 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // The one's-complement difference the rewrite makes, summed as
         // loaded (RFC 1624's sum does not depend on byte order).
         let halves = |w: IntValue<'ctx>| (b.and(b.zext64(w), b.c64(0xffff)), b.lshr(b.zext64(w), b.c64(16)));
+        // The addresses and ports as loaded (network order in memory), from
+        // the parser's facts: where the rule names the VIP, they are
+        // constants and the checksum deltas fold.
+        let as_loaded = |v4: PointerValue<'ctx>, hi: PointerValue<'ctx>, lo: PointerValue<'ctx>| -> Vec<IntValue<'ctx>> {
+            if pool.v6 {
+                let (hi, lo) = (b.bswap(get(hi)), b.bswap(get(lo)));
+                vec![b.trunc(hi, i32t), b.trunc(b.lshr(hi, b.c64(32)), i32t), b.trunc(lo, i32t), b.trunc(b.lshr(lo, b.c64(32)), i32t)]
+            } else {
+                vec![b.trunc(get(v4), i32t)]
+            }
+        };
+        let dst_addr = as_loaded(h.dst4, h.dst6_hi, h.dst6_lo);
+        let src_addr = as_loaded(h.src4, h.src6_hi, h.src6_lo);
+        let port_as_loaded = |t, u| b.bswap(b.trunc(b.select(tcp, get(t), get(u)), i16t));
+        let new_addr: Vec<IntValue<'ctx>> = (0..addr_words).map(|i| b.load_raw(backend, 4 * i, 4)).collect();
         let mut addr_delta = b.c64(0);
         let mut old_addr = Vec::new();
-        for i in 0..addr_words {
-            let old = b.load_raw(ip, addr_off + 4 * i, 4);
-            let new = b.load_raw(backend, 4 * i, 4);
+        for i in 0..addr_words as usize {
+            let (old, new) = (dst_addr[i], new_addr[i]);
             let (o1, o2) = halves(old);
             let (n1, n2) = halves(new);
             addr_delta = b.add(addr_delta, b.add(b.add(b.xor(o1, b.c64(0xffff)), b.xor(o2, b.c64(0xffff))), b.add(n1, n2)));
             old_addr.push(old);
         }
-        let old_port = b.load_raw(l4, 2, 2);
+        let old_port = port_as_loaded(h.tcp_dport, h.udp_dport);
         let new_port = port.map_or(old_port, |p| b.c16(p.swap_bytes()));
         let port_delta = b.add(b.xor(b.zext64(old_port), b.c64(0xffff)), b.zext64(new_port));
         let l4_delta = b.add(addr_delta, port_delta);
@@ -71,15 +87,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // The reply's translation back, unless it is recorded already (its
         // entry may have left the LRU table before the flow's).
         let reply = b.stack_buf(FLOW_KEY_BYTES, "lb_nat_key");
-        for i in 0..4 {
-            b.store_at(reply, 4 * i, b.load_raw(backend, 4 * i, 4));
+        for (i, w) in new_addr.iter().enumerate() {
+            b.store_at(reply, 4 * i as u64, *w);
         }
-        let src_off = if pool.v6 { 8 } else { 12 };
-        for i in 0..addr_words {
-            b.store_at(reply, 16 + 4 * i, b.load_raw(ip, src_off + 4 * i, 4));
+        for (i, w) in src_addr.iter().enumerate() {
+            b.store_at(reply, 16 + 4 * i as u64, *w);
         }
         b.store_at(reply, 32, new_port);
-        b.store_at(reply, 34, b.load_raw(l4, 0, 2));
+        b.store_at(reply, 34, port_as_loaded(h.tcp_sport, h.udp_sport));
         b.store_at(reply, 36, b.select(tcp, b.c8(6), b.c8(17)));
         b.store_at(reply, 37, b.c8(if pool.v6 { 6 } else { 4 }));
         let known = b.map_lookup(nat_map, reply);
@@ -105,8 +120,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.br(recorded);
         b.at(recorded);
         // The rewrite.
-        for i in 0..addr_words {
-            b.store_at(ip, addr_off + 4 * i, b.load_raw(backend, 4 * i, 4));
+        for (i, w) in new_addr.iter().enumerate() {
+            b.store_at(ip, addr_off + 4 * i as u64, *w);
         }
         b.store_at(l4, 2, new_port);
 
@@ -116,15 +131,15 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.store_at(fib, 6, b.trunc(get(h.ip_len), i16t));
         let ingress = b.load_raw(b.ctx(), XDP_MD_INGRESS_IFINDEX, 4);
         b.store_at(fib, 8, ingress);
-        if pool.v6 {
-            for i in 0..4u64 {
-                b.store_at(fib, 16 + 4 * i, b.load_raw(ip, 8 + 4 * i, 4));
-                b.store_at(fib, 32 + 4 * i, b.load_raw(ip, 24 + 4 * i, 4));
-            }
-        } else {
+        // The addresses from the values written, not read back.
+        if !pool.v6 {
             b.store_at(fib, 12, b.trunc(get(h.tos), b.m.i8()));
-            b.store_at(fib, 16, b.load_raw(ip, 12, 4));
-            b.store_at(fib, 32, b.load_raw(ip, 16, 4));
+        }
+        for (i, w) in src_addr.iter().enumerate() {
+            b.store_at(fib, 16 + 4 * i as u64, *w);
+        }
+        for (i, w) in new_addr.iter().enumerate() {
+            b.store_at(fib, 32 + 4 * i as u64, *w);
         }
         let _ = i32t;
         self.send_by_fib(fib, ingress, data);
