@@ -358,6 +358,17 @@ impl CmpOp {
             CmpOp::Ge => ">=",
         }
     }
+
+    /// The operator of `b OP' a` for `a OP b`.
+    pub fn flipped(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            op => op,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
