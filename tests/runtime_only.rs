@@ -115,11 +115,11 @@ fn an_object_from_xpolc_is_tested_applied_and_run() {
     assert!(ours.contains("drop") && ours.contains("pass"), "{ours}");
     assert_eq!(ours, String::from_utf8_lossy(&full.stdout), "the same object, the same report");
 
-    // ICMP echo requests count in @echo; everything passes.
-    let pings = dir.path().join("pings.xpol");
-    std::fs::write(&pings, "xdp /icmp.type == 8/ { @echo = count(); pass }\nxdp { pass }\n").expect("write");
-    let object = dir.path().join("pings.o");
-    let built = Command::new(env!("CARGO_BIN_EXE_xpolc")).arg("build").arg(&pings).arg("-o").arg(&object).output().expect("run xpolc");
+    // Datagrams to port 7 count in @seen; everything passes.
+    let policy = dir.path().join("seen.xpol");
+    std::fs::write(&policy, "xdp /udp.dport == 7/ { @seen = count(); pass }\nxdp { pass }\n").expect("write");
+    let object = dir.path().join("seen.o");
+    let built = Command::new(env!("CARGO_BIN_EXE_xpolc")).arg("build").arg(&policy).arg("-o").arg(&object).output().expect("run xpolc");
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let object = object.to_str().expect("utf-8");
     let (net, host) = (Net::new(), Host::new());
@@ -133,42 +133,43 @@ fn an_object_from_xpolc_is_tested_applied_and_run() {
         assert!(out.status.success(), "xpol {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let ping = |count: &str| {
+    // `n` datagrams from namespace a to port 7 of b.
+    let send = |n: u32| {
+        let script = format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range({n}): s.sendto(b'x', ('{}', 7))\n", net.addr_b);
         let out = output_bounded({
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &net.a, "ping", "-c", count, "-i", "0.2", "-W", "2", &net.addr_b]);
+            c.args(["netns", "exec", &net.a, "python3", "-c", &script]);
             c
         });
-        assert!(out.status.success(), "ping: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
     };
-
     // One JSON line per applied policy.
     let listed = || -> Vec<serde_json::Value> { ok(&["list", "-j"]).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect() };
-    ok(&["apply", object, "-i", &net.vb, "--name", "pings"]);
+    ok(&["apply", object, "-i", &net.vb, "--name", "seen"]);
     let list = listed();
-    assert_eq!((list.len(), &list[0]["policy"]["name"], &list[0]["policy"]["ok"]), (1, &"pings".into(), &true.into()), "{list:?}");
-    ping("3");
-    let stats: serde_json::Value = serde_json::from_str(&ok(&["stats", "pings", "-j"])).expect("JSON");
-    let echo = &stats["maps"].as_array().expect("maps")[0];
-    assert_eq!((echo["name"].as_str(), echo["top"][0]["value"].as_u64()), (Some("echo"), Some(3)), "{stats}");
-    ok(&["delete", "pings"]);
+    assert_eq!((list.len(), &list[0]["policy"]["name"], &list[0]["policy"]["ok"]), (1, &"seen".into(), &true.into()), "{list:?}");
+    send(3);
+    let stats: serde_json::Value = serde_json::from_str(&ok(&["stats", "seen", "-j"])).expect("JSON");
+    let seen = &stats["maps"].as_array().expect("maps")[0];
+    assert_eq!((seen["name"].as_str(), seen["top"][0]["value"].as_u64()), (Some("seen"), Some(3)), "{stats}");
+    ok(&["delete", "seen"]);
     assert!(listed().is_empty(), "deleted");
 
     // `run` attaches for its duration and reports what passed meanwhile.
     let mut cmd = host.command(&net.b, bin.to_str().expect("utf-8"));
     cmd.args(["run", object, "-i", &net.vb, "--duration", "4", "-j"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("xpol run");
-    // It says so once attached; ping then.
+    // It says so once attached; send then.
     let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
     let mut said = String::new();
     while !said.starts_with("attached") {
         said.clear();
         assert!(std::io::BufRead::read_line(&mut stderr, &mut said).expect("read") > 0, "xpol run ended before attaching");
     }
-    ping("3");
+    send(3);
     let out = child.wait_with_output().expect("xpol run ends after --duration");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let last: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().expect("a final report")).expect("JSON");
     let rules = last["report"]["rules"].as_array().expect("rules");
-    assert!(rules[0]["packets"].as_u64().is_some_and(|p| p >= 1), "the echo rule counted while attached: {last}");
+    assert_eq!(rules[0]["packets"].as_u64(), Some(3), "the datagrams sent while attached: {last}");
 }
