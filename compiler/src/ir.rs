@@ -147,6 +147,12 @@ pub struct NamedSet {
     pub file: Option<Span>,
 }
 
+/// IPv6 extension headers walked before giving up on finding the L4
+/// header: the packet parser codegen emits and the reference semantics
+/// both stop there (here, not in `codegen`, so the reference builds
+/// without LLVM).
+pub const MAX_IPV6_EXT: usize = 8;
+
 /// Entries of a `@map` with keys and no `map @NAME max N`, as in bpftrace.
 pub const DEFAULT_MAP_ENTRIES: u32 = 10_240;
 

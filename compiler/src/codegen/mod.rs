@@ -32,14 +32,8 @@ use xpol_lang::{Diagnostic, SourceMap, Span};
 pub use faults::Faults;
 pub use budget::{MAX_JUMP_SEQUENCE, MAX_PROGRAM_INSNS};
 
-/// A source position given to LLVM and the span it stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Located {
-    pub file: xpol_lang::FileId,
-    pub line: u32,
-    pub col: u32,
-    pub span: xpol_lang::Span,
-}
+mod located;
+pub use located::Located;
 
 pub struct Generated {
     pub object: Vec<u8>,

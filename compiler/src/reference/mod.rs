@@ -200,13 +200,13 @@ fn ipv6(p: &[u8], off: usize) -> Option<(IpFacts, Option<(usize, usize)>)> {
     };
     let (mut nh, mut x) = (nh0, off + 40);
     let (mut frag, mut frag_off) = (false, 0);
-    for i in 0..=crate::codegen::parse::MAX_IPV6_EXT {
+    for i in 0..=crate::ir::MAX_IPV6_EXT {
         let is_ext = matches!(nh, 0 | 43 | 60 | 44 | 51);
         if !is_ext {
             facts.proto = Some((nh, frag, frag_off));
             return Some((facts, Some((x, ip_end))));
         }
-        if i == crate::codegen::parse::MAX_IPV6_EXT || p.len() < x + 8 {
+        if i == crate::ir::MAX_IPV6_EXT || p.len() < x + 8 {
             return Some((facts, None));
         }
         let len = match nh {
