@@ -48,12 +48,16 @@ impl Logging {
         self.reader.drain(|e| records.push(e.record.clone()));
         let want = reference::evaluate(&self.ir, hook, packet, &mut self.state);
         assert_eq!(Some(want.outcome), outcome(got.action), "{what}: verdicts differ on {}", hex(packet));
-        let kernel: Vec<(u32, u32, &str, u32, u8, &[u8])> = records.iter().map(|r| (r.log, r.rule, r.verdict_name(), r.packet_len, r.hook, &r.data[..])).collect();
-        let reference: Vec<(u32, u32, &str, u32, u8, &[u8])> = want.logs.iter().map(|l: &Logged| (l.log as u32, l.rule, l.verdict, l.packet_len as u32, hook_code(l.hook), &l.data[..])).collect();
+        let kernel: Vec<RecordView<'_>> = records.iter().map(|r| (r.log, r.rule, r.verdict_name(), r.packet_len, r.hook, &r.data[..])).collect();
+        let reference: Vec<RecordView<'_>> = want.logs.iter().map(|l: &Logged| (l.log as u32, l.rule, l.verdict, l.packet_len as u32, hook_code(l.hook), &l.data[..])).collect();
         assert_eq!(kernel, reference, "{what}: records differ on {}", hex(packet));
         (got.action, records)
     }
 }
+
+/// What kernel and reference must agree on in a record: statement, rule,
+/// verdict, packet length, hook and bytes.
+type RecordView<'a> = (u32, u32, &'a str, u32, u8, &'a [u8]);
 
 fn verifier_tail(e: &xpol_runtime::loader::RuntimeError) -> String {
     match e {

@@ -253,10 +253,11 @@ mod tests {
 
     #[test]
     fn summaries_name_addresses_ports_and_flags() {
-        let a = |s: &str| s.parse().expect("literal");
+        let a = |s: &str| -> std::net::Ipv4Addr { s.parse().expect("literal") };
+        let a6 = |s: &str| -> std::net::Ipv6Addr { s.parse().expect("literal") };
         assert_eq!(summary(&PacketSpec::tcp4(a("198.18.0.1"), a("198.18.1.1"), 1234, 23).syn().build()), "198.18.0.1:1234 > 198.18.1.1:23 tcp S");
         assert_eq!(summary(&PacketSpec::tcp4(a("198.18.0.1"), a("198.18.1.1"), 1234, 23).flags(0x12).build()), "198.18.0.1:1234 > 198.18.1.1:23 tcp S.");
-        assert_eq!(summary(&PacketSpec::udp6(a("2001:db8::1"), a("2001:db8::2"), 53, 5353).build()), "[2001:db8::1]:53 > [2001:db8::2]:5353 udp");
+        assert_eq!(summary(&PacketSpec::udp6(a6("2001:db8::1"), a6("2001:db8::2"), 53, 5353).build()), "[2001:db8::1]:53 > [2001:db8::2]:5353 udp");
         assert_eq!(summary(&PacketSpec::icmp4(a("198.18.0.1"), a("198.18.1.1"), 8, 0).vlan(100).build()), "vlan 100 198.18.0.1 > 198.18.1.1 icmp 8/0");
         assert_eq!(summary(&PacketSpec::ethertype(0x0806, 28).build()), "ethertype 0x0806");
         // Cut inside the TCP header: the addresses, and what is known.
