@@ -195,3 +195,90 @@ fn a_rate_caps_the_records_not_the_verdicts() {
     assert_eq!(logged, 1);
     assert_eq!(p.reader.lost().expect("lost"), vec![0]);
 }
+
+/// A ring no one reads fills up: the records past it are counted as lost
+/// (per `log`), not written over the unread ones, and the verdicts stay.
+#[test]
+fn a_full_ring_counts_what_it_lost() {
+    if !common::kernel("a_full_ring_counts_what_it_lost") {
+        return;
+    }
+    let mut p = Logging::new("xdp /tcp.dport == 23/ { log(\"telnet: \"); drop }\nxdp /ip.proto == 17/ { log(\"udp: \") }\n");
+    let packet = telnet().build();
+    const SENT: usize = 2500;
+    for _ in 0..SENT {
+        assert_eq!(p.kernel.test_run("xdp", &packet).expect("test run").action, Action::Drop);
+    }
+    let mut read = 0;
+    p.reader.drain(|e| {
+        assert_eq!(e.log.prefix, "telnet: ");
+        read += 1;
+    });
+    let lost = p.reader.lost().expect("lost");
+    // 256 KiB of 160-byte records with the kernel's 8-byte header each.
+    let room = xpol_lang::meta::LOG_RING_BYTES as usize / (xpol_lang::meta::LOG_RECORD_BYTES as usize + 8);
+    assert_eq!((read, lost[0] as usize, lost[1]), (room, SENT - room, 0), "the ring holds {room} records");
+    // Read, it has room again.
+    let (_, records) = p.run("after reading", Hook::Xdp, &packet);
+    assert_eq!(records.len(), 1);
+    assert_eq!(p.kernel.maps().log_lost().expect("lost"), lost, "the report's count is the reader's");
+}
+
+/// `xpol test` runs each case's packet in the kernel and the reference,
+/// and compares their records with each other and with the case's
+/// `, log(...)` and `, !log` (a rate's bucket held by the test's clock).
+#[test]
+fn xpol_test_checks_log_expectations() {
+    if !common::kernel("xpol_test_checks_log_expectations") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.xpol");
+    std::fs::write(
+        &good,
+        "xdp /tcp.dport == 23/ { log(\"telnet: \", rate: 1/m, burst: 1); drop }\nxdp /ip.proto == 17/ { log }\n\
+         test \"rated\" {\n  tcp(dport: 23) => drop, log(\"telnet: \")\n  tcp(dport: 23) => drop, !log\n  after 1m\n  tcp(dport: 23) => drop, log\n  udp(dport: 53) => pass, log, !log(\"telnet: \")\n  tcp(dport: 80) => pass, !log\n}\n",
+    )
+    .expect("write");
+    let out = common::net::output_bounded({
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xpol"));
+        c.arg("test").arg(&good);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("5 passed; 0 failed"), "{text}");
+    let bad = dir.path().join("bad.xpol");
+    std::fs::write(&bad, "xdp /tcp.dport == 23/ { log(\"telnet: \", rate: 1/m, burst: 1); drop }\ntest \"t\" {\n  tcp(dport: 23) => drop, log\n  tcp(dport: 23) => drop, log(\"telnet: \")\n}\n").expect("write");
+    let out = common::net::output_bounded({
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xpol"));
+        c.arg("test").arg(&bad);
+        c
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("expected drop, log(\"telnet: \")") && err.contains("the kernel logged nothing, the reference nothing"), "{err}");
+}
+
+/// A kernel without the helpers `log` needs (before 5.18 for XDP's
+/// `bpf_xdp_load_bytes`, 5.8 for the ring buffer) refuses the program:
+/// the diagnostic names the helper, `log` and the version, at the `log`.
+#[test]
+fn an_old_kernel_is_named_with_the_version_log_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log.xpol");
+    std::fs::write(&path, "xdp /tcp.dport == 23/ { log(\"telnet: \"); drop }\n").expect("write");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.expect("compiles");
+    for (id, name, version) in [(189, "bpf_xdp_load_bytes", "5.18"), (131, "bpf_ringbuf_reserve", "5.8")] {
+        // What a kernel without the helper says.
+        let log = format!("0: R1=ctx() R10=fp0\n0: (85) call unknown#{id}\ninvalid func unknown#{id}\nprocessed 1 insns (limit 1000000)\n");
+        let d = xpol_compiler::verifier::explain("xpol_xdp", "xdp", &log, &out.object, &out.located, &b.sources, false);
+        assert_eq!(d.code, "xpol::verifier::kernel_lacks");
+        assert!(d.message.contains(name) && d.message.contains("`log`") && d.message.contains(&format!("Linux {version}")), "{}", d.message);
+    }
+    // A kernel without ring buffers refuses the map: named, at the first `log`.
+    let d = xpol_compiler::verifier::explain_map("xpol_log", &std::io::Error::from_raw_os_error(22), &out);
+    assert!(d.message.contains("ring buffer of the `log` statements") && d.message.contains("5.8"), "{}", d.message);
+    assert_eq!(d.labels.first().map(|l| l.span), Some(out.ir.logs[0].span));
+}
