@@ -208,6 +208,9 @@ fn log_follows_an_applied_policy_across_a_replace() {
     let mut want = vec![9u16; 4];
     want.extend([7; 5]);
     assert_eq!(frames_by_port(&capture, &net), want);
+    // The report lists the `log` with what it lost (nothing: it was read).
+    let report: serde_json::Value = serde_json::from_str(&host.ok(&net.b, &["stats", "logged", "--json"])).expect("JSON");
+    assert_eq!((report["logs"][0]["prefix"].as_str(), report["logs"][0]["lost"].as_u64(), report["logs"][0]["line"].as_u64()), (Some("second: "), Some(0), Some(1)), "{report}");
     host.ok(&net.b, &["delete", "logged"]);
 }
 
