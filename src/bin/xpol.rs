@@ -1534,6 +1534,27 @@ mod tests {
         assert!(!text.contains("xpol_lb_"), "no pool, no load-balancer series");
     }
 
+    /// Each `log` gives its lost records (the ring was full), labelled by
+    /// its rule's identity and place; one that lost records gets a warning.
+    #[test]
+    fn prometheus_shows_lost_log_records() {
+        let report = serde_json::json!({
+            "policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [],
+            "logs": [{"rule": 2, "key": "xdp /tcp.dport == 23/", "line": 18, "column": 45, "prefix": "telnet: ", "lost": 7}, {"rule": 3, "key": "xdp", "line": 20, "column": 5, "prefix": "", "lost": 0}],
+        });
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_log_lost_records_total counter",
+            "xpol_log_lost_records_total{policy=\"edge\",interface=\"eth0\",rule=\"xdp /tcp.dport == 23/\",line=\"18\",column=\"45\"} 7",
+            "xpol_log_lost_records_total{policy=\"edge\",interface=\"eth0\",rule=\"xdp\",line=\"20\",column=\"5\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let warnings = super::log_warnings(&report);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("the `log` on line 18 lost 7 records"), "{warnings:?}");
+    }
+
     /// Each backend of each pool gives its counters (and gauges for its
     /// flows now and its weight) labelled by pool and address; each pool
     /// its drops for want of a backend.
