@@ -643,7 +643,7 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for l in report["limits"].as_array().into_iter().flatten() {
         out.push_str(&limit_line(l));
     }
-    for w in log_warnings(report) {
+    for w in log_records::report_warnings(report) {
         out.push_str(&format!("  warning: {w}\n"));
     }
     for p in report["pools"].as_array().into_iter().flatten() {
@@ -663,17 +663,6 @@ fn limit_line(l: &serde_json::Value) -> String {
         out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
     }
     out
-}
-
-/// What to say of each `log` of a report that lost records.
-fn log_warnings(report: &serde_json::Value) -> Vec<String> {
-    report["logs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| l["lost"].as_u64().unwrap_or(0) > 0)
-        .map(|l| format!("the `log` on line {} lost {} records: the ring buffer was full (read faster, or give it a `rate:`)", l["line"], l["lost"]))
-        .collect()
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -865,7 +854,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                 wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
         }
-        let wrong_logs = log_mismatches(case, &kernel_logs, &reference.logs);
+        let wrong_logs = log_records::test_mismatches(case, &kernel_logs, &reference.logs);
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
         let kernel_backend = xpol_runtime::lb::delivered_to(&kernel.packet).filter(|_| case.lb.is_some());
@@ -947,32 +936,6 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// What is wrong with a test case's log records: the kernel's (with their
-/// prefixes) differ from the reference's, or either misses what the case
-/// expects (`, log`, `, log("P")`, `, !log`, `, !log("P")`).
-fn log_mismatches(case: &xpol_compiler::ir::TestCase, kernel: &[(xpol_lang::meta::LogRecord, String)], reference: &[xpol_compiler::reference::Logged]) -> Vec<String> {
-    let mut wrong = Vec::new();
-    let shown = |prefixes: &[&str]| if prefixes.is_empty() { "nothing".to_string() } else { prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ") };
-    let kernel_prefixes: Vec<&str> = kernel.iter().map(|(_, p)| p.as_str()).collect();
-    let reference_prefixes: Vec<&str> = reference.iter().map(|l| l.prefix.as_str()).collect();
-    let k: Vec<_> = kernel.iter().map(|(r, _)| (r.log as usize, r.rule, r.verdict_name(), u64::from(r.packet_len), &r.data[..])).collect();
-    let r: Vec<_> = reference.iter().map(|l| (l.log, l.rule, l.verdict, l.packet_len, &l.data[..])).collect();
-    if k != r {
-        wrong.push(format!("log records: the kernel wrote {} ({}), the reference {} ({})", k.len(), shown(&kernel_prefixes), r.len(), shown(&reference_prefixes)));
-    }
-    for e in &case.logs {
-        let holds = |prefixes: &[&str]| match (&e.prefix, e.logged) {
-            (None, logged) => prefixes.is_empty() != logged,
-            (Some(p), logged) => prefixes.contains(&p.as_str()) == logged,
-        };
-        if !holds(&kernel_prefixes) || !holds(&reference_prefixes) {
-            let what = format!("{}log{}", if e.logged { "" } else { "!" }, e.prefix.as_ref().map(|p| format!("({p:?})")).unwrap_or_default());
-            wrong.push(format!("expected {what}: the kernel logged {}, the reference {}", shown(&kernel_prefixes), shown(&reference_prefixes)));
-        }
-    }
-    wrong
 }
 
 /// A limit's key as the reference keeps it.
@@ -1550,7 +1513,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
-        let warnings = super::log_warnings(&report);
+        let warnings = super::log_records::report_warnings(&report);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("the `log` on line 18 lost 7 records"), "{warnings:?}");
     }

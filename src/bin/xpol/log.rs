@@ -123,6 +123,43 @@ pub fn lost_warnings(reader: &LogReader) -> Vec<String> {
         .collect()
 }
 
+/// What to say of each `log` of a report that lost records.
+pub fn report_warnings(report: &serde_json::Value) -> Vec<String> {
+    report["logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["lost"].as_u64().unwrap_or(0) > 0)
+        .map(|l| format!("the `log` on line {} lost {} records: the ring buffer was full (read faster, or give it a `rate:`)", l["line"], l["lost"]))
+        .collect()
+}
+
+/// What is wrong with a test case's log records: the kernel's (with their
+/// prefixes) differ from the reference's, or either misses what the case
+/// expects (`, log`, `, log("P")`, `, !log`, `, !log("P")`).
+pub fn test_mismatches(case: &xpol_compiler::ir::TestCase, kernel: &[(xpol_lang::meta::LogRecord, String)], reference: &[xpol_compiler::reference::Logged]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let shown = |prefixes: &[&str]| if prefixes.is_empty() { "nothing".to_string() } else { prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ") };
+    let kernel_prefixes: Vec<&str> = kernel.iter().map(|(_, p)| p.as_str()).collect();
+    let reference_prefixes: Vec<&str> = reference.iter().map(|l| l.prefix.as_str()).collect();
+    let k: Vec<_> = kernel.iter().map(|(r, _)| (r.log as usize, r.rule, r.verdict_name(), u64::from(r.packet_len), &r.data[..])).collect();
+    let r: Vec<_> = reference.iter().map(|l| (l.log, l.rule, l.verdict, l.packet_len, &l.data[..])).collect();
+    if k != r {
+        wrong.push(format!("log records: the kernel wrote {} ({}), the reference {} ({})", k.len(), shown(&kernel_prefixes), r.len(), shown(&reference_prefixes)));
+    }
+    for e in &case.logs {
+        let holds = |prefixes: &[&str]| match (&e.prefix, e.logged) {
+            (None, logged) => prefixes.is_empty() != logged,
+            (Some(p), logged) => prefixes.contains(&p.as_str()) == logged,
+        };
+        if !holds(&kernel_prefixes) || !holds(&reference_prefixes) {
+            let what = format!("{}log{}", if e.logged { "" } else { "!" }, e.prefix.as_ref().map(|p| format!("({p:?})")).unwrap_or_default());
+            wrong.push(format!("expected {what}: the kernel logged {}, the reference {}", shown(&kernel_prefixes), shown(&reference_prefixes)));
+        }
+    }
+    wrong
+}
+
 /// `xpol log NAME`: prints the records of an applied policy as they come,
 /// until Ctrl-C, SIGTERM or `duration`; follows the policy when it is
 /// replaced, and stops when it is deleted.
