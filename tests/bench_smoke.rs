@@ -15,6 +15,9 @@ mod lb;
 #[path = "../benches/limit.rs"]
 mod limit;
 
+#[path = "../benches/log.rs"]
+mod log;
+
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
 /// written.
@@ -206,4 +209,19 @@ fn limit_quick() {
     let veth = report.json["veth"].as_array().expect("veth rows");
     assert!(veth.len() == 7 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
     assert!(out.path().join("limit.json").exists());
+}
+
+/// The logging benchmark in quick mode: every row's rule dropped every
+/// run, rates suppressed records, the read ring got every record and the
+/// unread one lost them (its own assertions), and the report is written.
+#[test]
+fn log_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("log_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = log::run(&log::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
+    assert!(report.markdown.contains("suppressed (coarse clock)"), "{}", report.markdown);
+    assert!(out.path().join("log.json").exists());
 }

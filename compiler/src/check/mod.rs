@@ -8,6 +8,7 @@ pub mod fields;
 mod lb;
 mod limit;
 pub mod lints;
+mod log;
 mod values;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
@@ -90,6 +91,7 @@ struct Checker<'a> {
     /// Pools declared empty whose family an `lb`'s `src:` gave.
     family_from_src: std::collections::HashSet<ir::PoolId>,
     limits: Vec<ir::Limit>,
+    logs: Vec<ir::Log>,
     /// The expression about to be checked stands where a `limit(...)` may:
     /// a predicate or an `if` condition, through `&&`, `||` and `!`. Taken
     /// (reset) by every expression checked.
@@ -120,6 +122,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         nat_pools: Default::default(),
         family_from_src: Default::default(),
         limits: Vec::new(),
+        logs: Vec::new(),
         in_condition: false,
     };
     // Declarations first, in order: a const may use earlier consts and sets;
@@ -214,6 +217,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         pools: c.pools,
         nat_pools: c.nat_pools.into_iter().collect(),
         limits: c.limits,
+        logs: c.logs,
         tests,
         warnings: c.diags,
     };
@@ -472,6 +476,7 @@ impl Checker<'_> {
             self.bool_expr(p, "a predicate")
         });
         let body = self.block(&probe.body);
+        self.log_verdicts(&body, "none");
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
         probes.push(ir::Probe { rule: id, predicate, body, span: probe.span });
@@ -639,8 +644,12 @@ impl Checker<'_> {
         for m in &case.maps {
             maps.push(self.map_expect(m)?);
         }
+        let mut logs = Vec::new();
+        for l in &case.logs {
+            logs.push(self.log_expect(l)?);
+        }
         let after_ns = case.after.map_or(0, |(ns, _)| ns);
-        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, span: case.span })
+        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, logs, span: case.span })
     }
 
     /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
@@ -720,6 +729,7 @@ impl Checker<'_> {
                 StmtKind::Redirect(idx)
             }
             ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
+            ast::StmtKind::Log(args) => self.log_stmt(stmt.span, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
                 self.in_condition = true;
                 let cond = self.bool_expr(cond, "an `if` condition");

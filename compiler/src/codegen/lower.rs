@@ -28,6 +28,8 @@ pub struct Maps<'ctx> {
     pub pools: Vec<super::lb::PoolMaps<'ctx>>,
     /// By `ir::LimitId`.
     pub limits: Vec<super::limit::LimitDef<'ctx>>,
+    /// The ring buffer of a policy that logs.
+    pub log: Option<super::log::LogMaps<'ctx>>,
 }
 
 #[derive(Default)]
@@ -365,6 +367,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
             StmtKind::Lb(lb) => self.balance(lb),
+            StmtKind::Log(id) => self.log(*id),
         }
     }
 

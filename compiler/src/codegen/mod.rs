@@ -11,6 +11,7 @@ pub mod faults;
 mod budget;
 mod lb;
 mod limit;
+mod log;
 pub mod lower;
 pub mod parse;
 
@@ -82,7 +83,7 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
             ir::StmtKind::If { then_body, else_body, .. } => {
                 conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
             }
-            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } => {}
+            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::Log(_) => {}
         }
     }
     if conditional { "mixed" } else { "none" }
@@ -225,6 +226,10 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
         list.iter()
             .map(|s| match &s.kind {
                 ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+                // The ring buffer's reservation (a way out when it is
+                // full), and a rate's bucket as a `limit`'s (whether or
+                // not the `log` has one: the IR alone does not say).
+                ir::StmtKind::Log(_) => 5,
                 // Hashing, two or three lookups, the encapsulation, the FIB.
                 ir::StmtKind::Lb(_) => 16,
                 ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
@@ -342,6 +347,8 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
         pools: Vec::new(),
         limits: Vec::new(),
+        log_ring: None,
+        logs: Vec::new(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -482,7 +489,12 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         limits.push(def);
         meta.limits.push(limit_meta);
     }
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits };
+    let log = log::define(&m, policy, sources).map(|(maps, ring, logs)| {
+        meta.log_ring = Some(ring);
+        meta.logs = logs;
+        maps
+    });
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, log };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)

@@ -153,7 +153,8 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                         visit(f, s.span);
                     }
                 }
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
+                // `log` reads the packet's bytes with a helper, not fields.
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Log(_) => {}
             }
         }
     }

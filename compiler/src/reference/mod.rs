@@ -11,9 +11,11 @@ use xpol_lang::ast::{Hook, Verdict};
 
 pub use crate::ir::Outcome;
 pub use lb::Balanced;
+pub use log::Logged;
 
 mod lb;
 mod limit;
+mod log;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub struct Evaluation {
     /// On `tc:egress` with `nat` pools: the reply translated back, when it
     /// was one (what the rules then saw, and what leaves).
     pub translated: Option<Vec<u8>>,
+    /// The records the `log` statements wrote, in order.
+    pub logs: Vec<Logged>,
 }
 
 /// A map key component as the reference stores it.
@@ -275,6 +279,9 @@ struct Eval<'a> {
     lb: Option<Option<Balanced>>,
     locals: HashMap<ir::LocalId, Option<V>>,
     state: &'a mut State,
+    hook: Hook,
+    /// What the `log` statements wrote so far.
+    logs: Vec<Logged>,
 }
 
 /// Evaluates the program of `hook` on `packet`. Redirect targets count as
@@ -288,7 +295,7 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
 }
 
 fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
-    let mut e = Eval { policy, facts: parse(packet), packet, locals: HashMap::new(), state, lb: None };
+    let mut e = Eval { policy, facts: parse(packet), packet, locals: HashMap::new(), state, lb: None, hook, logs: Vec::new() };
     let mut fired = Vec::new();
     let tc = hook != Hook::Xdp;
     let outcome_of = |v: Verdict| match (v, tc) {
@@ -298,7 +305,7 @@ fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut St
         (Verdict::Abort, false) => Outcome::Abort,
     };
     let Some(prog) = policy.programs.iter().find(|p| p.hook == hook) else {
-        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None };
+        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None, logs: Vec::new() };
     };
     for probe in &prog.probes {
         let holds = probe.predicate.as_ref().is_none_or(|p| e.holds(p));
@@ -315,10 +322,10 @@ fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut St
                 (None, v) => v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }),
             };
             let lb = e.lb.take().flatten();
-            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb, translated: None };
+            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb, translated: None, logs: e.logs };
         }
     }
-    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None }
+    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None, logs: e.logs }
 }
 
 impl Eval<'_> {
@@ -341,6 +348,11 @@ impl Eval<'_> {
                 StmtKind::Let { local, value } => {
                     let v = self.expr(value);
                     self.locals.insert(*local, v);
+                }
+                StmtKind::Log(id) => {
+                    if let Some(logged) = log::write(self.policy, *id, self.hook, self.packet, self.facts.len, self.state) {
+                        self.logs.push(logged);
+                    }
                 }
                 StmtKind::MapUpdate { map, keys, op } => {
                     let amount = match op {
