@@ -59,7 +59,8 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 8: pools' idle times and NAT maps.
 /// 9: rate limits ([`LimitMeta`]), whose maps older runtimes would not
 /// know to show, check or carry.
-pub const META_VERSION: u32 = 9;
+/// 10: the connection table ([`ConntrackMeta`]).
+pub const META_VERSION: u32 = 10;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -131,6 +132,10 @@ pub struct ObjectMeta {
     /// Every `limit(...)` of the rules, in source order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitMeta>,
+    /// The connection table, when a rule reads `ct.state` (absent before
+    /// META_VERSION 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackMeta>,
 }
 
 impl ObjectMeta {
@@ -416,6 +421,102 @@ pub struct LimitMeta {
 
 /// Bytes of a limit map's value (see [`LimitMeta`]).
 pub const LIMIT_VALUE_SIZE: u32 = 8;
+
+// ------------------------------------------------------------ connection table
+
+/// The connection table that `ct.state` reads (docs/conntrack.md):
+/// `BPF_MAP_TYPE_LRU_HASH`, `max_entries` entries, key [`CtKey`], value
+/// [`CtValue`]. The programs named in `trackers` insert and update
+/// entries for the packets they pass; every program reads them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackMeta {
+    pub map: String,
+    pub max_entries: u32,
+    /// The hooks whose programs record connections.
+    pub trackers: Vec<String>,
+}
+
+/// The map name of the connection table.
+pub const CONNTRACK_MAP: &str = "xpol_ct";
+
+/// A key of the connection table: one entry per connection, found from
+/// either direction. For TCP and UDP the endpoints are in order: `lo` is
+/// the lesser (address as a number, as its network-order bytes compare,
+/// then port) of the packet's source and destination. For an ICMP or
+/// ICMPv6 echo, `lo` is the side that sends the requests, `hi` the side
+/// that answers, and both ports hold the echo's identifier. Addresses in
+/// network order (IPv4 in the first 4 bytes, the rest zero), ports in
+/// network order, the protocol (6, 17, 1, 58), and 4 or 6.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct CtKey {
+    pub lo: [u8; 16],
+    pub hi: [u8; 16],
+    pub lo_port: [u8; 2],
+    pub hi_port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// A value of the connection table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct CtValue {
+    /// When the entry expires: `CLOCK_MONOTONIC_COARSE` nanoseconds (the
+    /// kernel's `bpf_ktime_get_coarse_ns`), little-endian. An entry whose
+    /// time has come is no entry.
+    pub expires_ns: [u8; 8],
+    /// TCP: one of `CT_TCP_*`; 0 for UDP and ICMP.
+    pub state: u8,
+    /// `CT_ORIG_LO`, `CT_SEEN_REPLY`, `CT_FIN_ORIG`, `CT_FIN_REPLY`.
+    pub flags: u8,
+    pub pad: [u8; 6],
+}
+
+/// Bytes of [`CtKey`] and [`CtValue`].
+pub const CT_KEY_SIZE: u32 = 40;
+pub const CT_VALUE_SIZE: u32 = 16;
+
+/// TCP states of [`CtValue::state`].
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_TCP_SYN_RECV: u8 = 2;
+pub const CT_TCP_ESTABLISHED: u8 = 3;
+pub const CT_TCP_FIN_WAIT: u8 = 4;
+pub const CT_TCP_TIME_WAIT: u8 = 5;
+pub const CT_TCP_CLOSE: u8 = 6;
+
+/// Bits of [`CtValue::flags`]: the connection's first packet came from
+/// the key's `lo` endpoint (always, for an echo); a packet the other way
+/// has passed; a FIN has passed from the originator, from the other side.
+pub const CT_ORIG_LO: u8 = 1;
+pub const CT_SEEN_REPLY: u8 = 2;
+pub const CT_FIN_ORIG: u8 = 4;
+pub const CT_FIN_REPLY: u8 = 8;
+
+/// An entry's state as `xpol` shows it: `tcp established`, `udp
+/// replied`, `icmp unreplied`.
+pub fn ct_state_name(proto: u8, state: u8, flags: u8) -> String {
+    let p = match proto {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "icmpv6",
+        _ => "other",
+    };
+    let s = match (proto, state) {
+        (6, CT_TCP_SYN_SENT) => "syn_sent",
+        (6, CT_TCP_SYN_RECV) => "syn_recv",
+        (6, CT_TCP_ESTABLISHED) => "established",
+        (6, CT_TCP_FIN_WAIT) => "fin_wait",
+        (6, CT_TCP_TIME_WAIT) => "time_wait",
+        (6, CT_TCP_CLOSE) => "close",
+        (6, _) => "unknown",
+        _ if flags & CT_SEEN_REPLY != 0 => "replied",
+        _ => "unreplied",
+    };
+    format!("{p} {s}")
+}
 
 // ------------------------------------------------------------ load balancer
 

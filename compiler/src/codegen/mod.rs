@@ -9,6 +9,7 @@
 pub mod builder;
 pub mod faults;
 mod budget;
+mod conntrack;
 mod lb;
 mod limit;
 pub mod lower;
@@ -301,6 +302,7 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
         pools: Vec::new(),
         limits: Vec::new(),
+        conntrack: None,
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -441,7 +443,12 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
         limits.push(def);
         meta.limits.push(limit_meta);
     }
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits };
+    let conntrack = policy.conntrack.as_ref().map(|ct| {
+        let (def, ct_meta) = conntrack::define(&m, ct);
+        meta.conntrack = Some(ct_meta);
+        def
+    });
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)
@@ -481,13 +488,26 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
             let nat: Vec<lb::PoolMaps> = policy.nat_pools.iter().map(|&p| maps.pools[p]).collect();
             lb::reverse_nat(&b, &nat);
         }
-        let uses = parse::first_uses(prog);
+        let mut uses = parse::first_uses(prog);
+        let mut l4_before = parse::first_probe_using(prog, parse::Stage::L4);
+        // A program that records connections parses every header for them
+        // before its first rule (its instructions blamed on the first
+        // `ct.state` of the policy); one that only reads `ct.state`, before
+        // the first rule that does.
+        let records = policy.conntrack.as_ref().filter(|ct| ct.trackers.contains(&prog.hook));
+        if let Some(ct) = records {
+            for stage in [parse::Stage::Eth, parse::Stage::Vlan, parse::Stage::Ip4, parse::Stage::Ip6, parse::Stage::L4] {
+                uses.entry(stage).or_insert(ct.span);
+            }
+            l4_before = Some(0);
+        }
+        let ct_classify = records.is_some() || (policy.conntrack.is_some() && parse::reads_field(prog, crate::check::fields::Field::CtState));
         let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
-        let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
         for &end in &parsed.ends {
             b.at(end);
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
+            lower.ct_classify = ct_classify;
             lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map);
         }
         located.extend(b.located.take());

@@ -1,0 +1,430 @@
+//! Lowering of connection state (docs/conntrack.md): xpol's own table of
+//! connections, which the programs of the policy keep.
+//!
+//! One LRU hash map shared by all CPUs (`xpol_lang::meta::ConntrackMeta`),
+//! one entry per connection, keyed so that both directions find it (the
+//! endpoints in order, `meta::CtKey`), valued with its expiry, TCP state
+//! and flags (`meta::CtValue`). After the L4 parse a program that reads
+//! `ct.state` or records connections classifies the packet
+//! ([`Lower::ct_here`]): one lookup, then straight-line selects for TCP's
+//! flags or UDP's and echoes' directions, or for an ICMP error a second
+//! lookup of the connection it quotes. The state goes into the facts
+//! (`Headers::ct_ok`, `Headers::ct_state`) that rules read, and the entry
+//! the packet would leave into a stack buffer. Where the program records
+//! (`ir::Conntrack::trackers`), every way out that passes the packet
+//! writes that entry first ([`Lower::ret_pass`]): in place when the
+//! connection has one (two stores; a packet that races another CPU's for
+//! the same connection may lose its write, as the last one wins), else
+//! with `bpf_map_update_elem`.
+//!
+//! Why not the kernel's conntrack through `bpf_xdp_ct_lookup`: see
+//! docs/conntrack.md, "Why a table of its own". The clock is
+//! `bpf_ktime_get_coarse_ns`: timeouts are seconds, and a jiffy's
+//! precision costs a few nanoseconds instead of some 20.
+
+use super::builder::{helper, map_type, MapDef, ModuleCx, BPF_ANY};
+use super::lower::Lower;
+use crate::ir::{self, CtState};
+use inkwell::basic_block::BasicBlock;
+use inkwell::values::{IntValue, PointerValue};
+use inkwell::IntPredicate;
+use xpol_lang::ast::Hook;
+use xpol_lang::meta::{self, ConntrackMeta};
+
+/// The connection table as codegen refers to it.
+#[derive(Clone)]
+pub struct CtDef<'ctx> {
+    pub map: MapDef<'ctx>,
+    pub timeouts: ir::CtTimeouts,
+    pub trackers: Vec<Hook>,
+}
+
+/// Defines the table's map and describes it for the object's metadata.
+pub fn define<'ctx>(m: &ModuleCx<'ctx>, ct: &ir::Conntrack) -> (CtDef<'ctx>, ConntrackMeta) {
+    // One LRU list for all CPUs (no BPF_F_NO_COMMON_LRU): a connection's
+    // packets come in on one CPU and go out on another.
+    let map = m.define_map(meta::CONNTRACK_MAP, map_type::LRU_HASH, meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE, ct.flows, 0);
+    let meta = ConntrackMeta { map: meta::CONNTRACK_MAP.to_string(), max_entries: ct.flows, trackers: ct.trackers.iter().map(|h| h.as_str().to_string()).collect() };
+    (CtDef { map, timeouts: ct.timeouts, trackers: ct.trackers.clone() }, meta)
+}
+
+/// What a program that records connections writes when it passes the
+/// packet: the entry in `value` under `key` (both stack buffers filled by
+/// the classification) when `write`, in place at `entry` when the lookup
+/// found one.
+#[derive(Clone, Copy)]
+pub struct CtWrite<'ctx> {
+    write: IntValue<'ctx>,
+    entry: PointerValue<'ctx>,
+    key: PointerValue<'ctx>,
+    value: PointerValue<'ctx>,
+}
+
+/// Bounds the quoted packet's offset for the verifier. The L4 header
+/// starts at most 1024 bytes into the frame (`parse::MAX_L4_OFFSET`), so
+/// the quote and its L4 header (60 bytes of IPv4 header after it) stay
+/// below this and the mask never changes an offset.
+const MAX_QUOTE_OFFSET: u64 = 0x7ff;
+
+/// An address for ordering and for the key: as a number (IPv4 in `lo`),
+/// and the key's 16 bytes as two little-endian words (network order in
+/// memory).
+#[derive(Clone, Copy)]
+struct Addr<'ctx> {
+    hi: IntValue<'ctx>,
+    lo: IntValue<'ctx>,
+    word0: IntValue<'ctx>,
+    word1: IntValue<'ctx>,
+}
+
+impl<'ctx> Lower<'_, '_, 'ctx> {
+    /// An IPv4 address as loaded (network order in memory, zero-extended).
+    fn ct_addr4(&self, raw: IntValue<'ctx>) -> Addr<'ctx> {
+        let b = &self.b;
+        let raw32 = b.trunc(raw, b.m.cx.i32_type());
+        Addr { hi: b.c64(0), lo: b.zext64(b.bswap(raw32)), word0: b.zext64(raw32), word1: b.c64(0) }
+    }
+
+    /// An IPv6 address as two host-order halves.
+    fn ct_addr6(&self, hi: IntValue<'ctx>, lo: IntValue<'ctx>) -> Addr<'ctx> {
+        Addr { hi, lo, word0: self.b.bswap(hi), word1: self.b.bswap(lo) }
+    }
+
+    fn ct_pick(&self, c: IntValue<'ctx>, x: Addr<'ctx>, y: Addr<'ctx>) -> Addr<'ctx> {
+        let s = |a, b| self.b.select(c, a, b);
+        Addr { hi: s(x.hi, y.hi), lo: s(x.lo, y.lo), word0: s(x.word0, y.word0), word1: s(x.word1, y.word1) }
+    }
+
+    /// Whether `(a, ap)` comes first in the order of endpoints: the lesser
+    /// address as a number, then the lesser port; true when equal.
+    fn ct_first(&self, a: Addr<'ctx>, ap: IntValue<'ctx>, c: Addr<'ctx>, cp: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = &self.b;
+        let ult = |x, y| b.cmp(IntPredicate::ULT, x, y);
+        let lt = b.or(ult(a.hi, c.hi), b.and(b.eq(a.hi, c.hi), ult(a.lo, c.lo)));
+        let same = b.and(b.eq(a.hi, c.hi), b.eq(a.lo, c.lo));
+        b.or(lt, b.and(same, b.cmp(IntPredicate::ULE, ap, cp)))
+    }
+
+    /// Fills the 40-byte key (`meta::CtKey`) of the connection from `lo`
+    /// to `hi`.
+    fn ct_key(&self, key: PointerValue<'ctx>, lo: Addr<'ctx>, lo_port: IntValue<'ctx>, hi: Addr<'ctx>, hi_port: IntValue<'ctx>, proto: IntValue<'ctx>, v6: IntValue<'ctx>) {
+        let b = &self.b;
+        let be16 = |p: IntValue<'ctx>| b.or(b.shl(b.and(p, b.c64(0xff)), b.c64(8)), b.and(b.lshr(p, b.c64(8)), b.c64(0xff)));
+        b.store_at(key, 0, lo.word0);
+        b.store_at(key, 8, lo.word1);
+        b.store_at(key, 16, hi.word0);
+        b.store_at(key, 24, hi.word1);
+        let family = b.select(v6, b.c64(6), b.c64(4));
+        let tail = b.or(b.or(be16(lo_port), b.shl(be16(hi_port), b.c64(16))), b.or(b.shl(proto, b.c64(32)), b.shl(family, b.c64(40))));
+        b.store_at(key, 32, tail);
+    }
+
+    /// Whether the connection of `key` has a live entry: the entry (null
+    /// when there is none), its state and flags (0 when not live), and
+    /// whether it is live at `now`.
+    fn ct_lookup(&self, def: &CtDef<'ctx>, key: PointerValue<'ctx>, now: IntValue<'ctx>) -> (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) {
+        let b = &self.b;
+        let p = b.map_lookup(def.map, key);
+        let from = b.cur();
+        let found = b.block("ct_found");
+        let done = b.block("ct_looked_up");
+        b.br_if_null(p, done, found);
+        b.at(found);
+        let expires = b.load_u64_at(p, 0);
+        let word = b.load_u64_at(p, 8);
+        let live = b.cmp(IntPredicate::ULT, now, expires);
+        let state = b.select(live, b.and(word, b.c64(0xff)), b.c64(0));
+        let flags = b.select(live, b.and(b.lshr(word, b.c64(8)), b.c64(0xff)), b.c64(0));
+        let found_end = b.cur();
+        b.br(done);
+        b.at(done);
+        let merge = |v: IntValue<'ctx>, none: IntValue<'ctx>| {
+            let mut incoming = vec![(v, found_end)];
+            if !b.omit_null_check {
+                incoming.push((none, from));
+            }
+            b.phi(&incoming)
+        };
+        let (state, flags, live) = (merge(state, b.c64(0)), merge(flags, b.c64(0)), merge(live, b.bool(false)));
+        (p, state, flags, live)
+    }
+
+    /// Classifies the packet here, after the L4 parse (docs/conntrack.md):
+    /// sets `ct.state`'s facts, and where the program records
+    /// connections, what [`Lower::ret_pass`] writes.
+    pub(super) fn ct_here(&mut self) {
+        let Some(def) = self.maps.conntrack.clone() else { return };
+        let records = def.trackers.contains(&self.hook);
+        let b = &self.b;
+        let h = &self.h;
+        let get = |p| b.get_fact(p);
+        let t = def.timeouts;
+        let num = |s: CtState| b.c64(s.number());
+        let (tcp, udp, icmp4, icmp6) = (get(h.tcp_ok), get(h.udp_ok), get(h.icmp4_ok), get(h.icmp6_ok));
+        let v6 = get(h.ip6_ok);
+        let icmp = b.or(icmp4, icmp6);
+        let ty = get(h.icmp_type);
+        let is = |v: IntValue<'ctx>, x: u64| b.eq(v, b.c64(x));
+        let echo_req = b.and(icmp, b.select(v6, is(ty, 128), is(ty, 8)));
+        let echo_rep = b.and(icmp, b.select(v6, is(ty, 129), is(ty, 0)));
+        let err4 = b.or(b.or(is(ty, 3), is(ty, 4)), b.or(b.or(is(ty, 5), is(ty, 11)), is(ty, 12)));
+        let err6 = b.cmp(IntPredicate::ULE, b.sub(ty, b.c64(1)), b.c64(3));
+        let error = b.and(icmp, b.select(v6, err6, err4));
+        let flow = b.or(b.or(tcp, udp), b.or(echo_req, echo_rep));
+
+        let key = b.stack_buf(meta::CT_KEY_SIZE, "ct_key");
+        let value = b.stack_buf(meta::CT_VALUE_SIZE, "ct_value");
+        let null = b.m.i8_ptr().const_null();
+        let done = b.block("ct_done");
+        // (has a state, its number, write, entry) on each way into `done`.
+        let mut out: Vec<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, PointerValue<'ctx>, BasicBlock<'ctx>)> = Vec::new();
+        let flow_bb = b.block("ct_flow");
+        let not_flow = b.block("ct_not_flow");
+        let error_bb = b.block("ct_icmp_error");
+        b.cond_br_likely(flow, flow_bb, not_flow);
+        b.at(not_flow);
+        let absent = b.cur();
+        b.cond_br(error, error_bb, done);
+        out.push((b.bool(false), b.c64(0), b.bool(false), null, absent));
+
+        // A connection's packet: TCP, UDP or an echo.
+        b.at(flow_bb);
+        let now = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
+        let src = self.ct_pick(v6, self.ct_addr6(get(h.src6_hi), get(h.src6_lo)), self.ct_addr4(get(h.src4)));
+        let dst = self.ct_pick(v6, self.ct_addr6(get(h.dst6_hi), get(h.dst6_lo)), self.ct_addr4(get(h.dst4)));
+        let id = get(h.icmp_id);
+        let sport = b.select(tcp, get(h.tcp_sport), b.select(udp, get(h.udp_sport), id));
+        let dport = b.select(tcp, get(h.tcp_dport), b.select(udp, get(h.udp_dport), id));
+        let proto = b.select(tcp, b.c64(6), b.select(udp, b.c64(17), b.select(v6, b.c64(58), b.c64(1))));
+        // An echo's requester is its `lo` side.
+        let from_lo = b.select(icmp, echo_req, self.ct_first(src, sport, dst, dport));
+        let (lo, hi) = (self.ct_pick(from_lo, src, dst), self.ct_pick(from_lo, dst, src));
+        let (lo_port, hi_port) = (b.select(from_lo, sport, dport), b.select(from_lo, dport, sport));
+        self.ct_key(key, lo, lo_port, hi, hi_port, proto, v6);
+        let (entry, st, fl, live) = self.ct_lookup(&def, key, now);
+        let b = &self.b;
+        let bit = |x: IntValue<'ctx>, m: u8| b.cmp(IntPredicate::NE, b.and(x, b.c64(u64::from(m))), b.c64(0));
+        let pick = |c, x, y| b.select(c, x, y);
+        let orig = b.eq(from_lo, bit(fl, meta::CT_ORIG_LO));
+        let seen = bit(fl, meta::CT_SEEN_REPLY);
+        let new_flags = pick(from_lo, b.c64(u64::from(meta::CT_ORIG_LO)), b.c64(0));
+        let seen_if_reply = pick(orig, fl, b.or(fl, b.c64(u64::from(meta::CT_SEEN_REPLY))));
+        let by_direction = pick(b.and(orig, b.not(seen)), num(CtState::New), num(CtState::Established));
+
+        // TCP (docs/conntrack.md, "TCP"): the packet's class by its flags.
+        let flags = get(h.tcp_flags);
+        let (rst, syn, ack, fin) = (bit(flags, 0x04), bit(flags, 0x02), bit(flags, 0x10), bit(flags, 0x01));
+        let not_rst = b.not(rst);
+        let c_synack = b.and(not_rst, b.and(syn, ack));
+        let c_syn = b.and(not_rst, b.and(syn, b.not(ack)));
+        let not_syn = b.and(not_rst, b.not(syn));
+        let c_fin = b.and(not_syn, fin);
+        let c_ack = b.and(not_syn, b.and(b.not(fin), ack));
+        let st_is = |s: u8| b.eq(st, b.c64(u64::from(s)));
+        let (ss, sr, est, tw, close) = (st_is(meta::CT_TCP_SYN_SENT), st_is(meta::CT_TCP_SYN_RECV), st_is(meta::CT_TCP_ESTABLISHED), st_is(meta::CT_TCP_TIME_WAIT), st_is(meta::CT_TCP_CLOSE));
+        let reopen = b.and(c_syn, b.or(tw, close));
+        let reply = b.not(orig);
+        let valid_live = b.or(
+            b.or(rst, b.and(c_syn, b.or(b.and(orig, ss), reopen))),
+            b.or(b.and(c_synack, b.and(reply, b.or(b.or(ss, sr), est))), b.and(b.or(c_fin, c_ack), b.not(ss))),
+        );
+        let fin_bit = pick(orig, b.c64(u64::from(meta::CT_FIN_ORIG)), b.c64(u64::from(meta::CT_FIN_REPLY)));
+        let fl_fin = pick(b.and(c_fin, b.not(close)), b.or(seen_if_reply, fin_bit), seen_if_reply);
+        let both_fins = u64::from(meta::CT_FIN_ORIG | meta::CT_FIN_REPLY);
+        let both = b.eq(b.and(fl_fin, b.c64(both_fins)), b.c64(both_fins));
+        let c = |s: u8| b.c64(u64::from(s));
+        let next_live = pick(
+            rst,
+            c(meta::CT_TCP_CLOSE),
+            pick(
+                c_syn,
+                c(meta::CT_TCP_SYN_SENT),
+                pick(
+                    c_synack,
+                    pick(est, c(meta::CT_TCP_ESTABLISHED), c(meta::CT_TCP_SYN_RECV)),
+                    pick(
+                        c_fin,
+                        pick(close, c(meta::CT_TCP_CLOSE), pick(both, c(meta::CT_TCP_TIME_WAIT), c(meta::CT_TCP_FIN_WAIT))),
+                        pick(b.and(sr, orig), c(meta::CT_TCP_ESTABLISHED), st),
+                    ),
+                ),
+            ),
+        );
+        let tcp_valid = pick(live, valid_live, b.or(c_syn, c_ack));
+        let tcp_next = pick(live, next_live, pick(c_syn, c(meta::CT_TCP_SYN_SENT), c(meta::CT_TCP_ESTABLISHED)));
+        let tcp_flags_out = pick(b.and(live, b.not(reopen)), fl_fin, new_flags);
+        let tcp_state = pick(b.and(live, b.not(reopen)), by_direction, num(CtState::New));
+        let tcp_state = pick(tcp_valid, tcp_state, num(CtState::Invalid));
+        let timeout_of = |s: IntValue<'ctx>| {
+            [
+                (meta::CT_TCP_SYN_SENT, t.tcp_syn_sent),
+                (meta::CT_TCP_SYN_RECV, t.tcp_syn_recv),
+                (meta::CT_TCP_FIN_WAIT, t.tcp_fin_wait),
+                (meta::CT_TCP_TIME_WAIT, t.tcp_time_wait),
+                (meta::CT_TCP_CLOSE, t.tcp_close),
+            ]
+            .iter()
+            .fold(b.c64(t.tcp_established), |acc, &(st, ns)| pick(b.eq(s, c(st)), b.c64(ns), acc))
+        };
+        let tcp_timeout = timeout_of(tcp_next);
+
+        // UDP and echoes: the direction decides; an echo reply without its
+        // request is invalid.
+        let dead_ok = b.not(b.and(icmp, b.not(from_lo)));
+        let other_write = b.or(live, dead_ok);
+        let other_flags = pick(live, seen_if_reply, new_flags);
+        let other_state = pick(live, by_direction, pick(dead_ok, num(CtState::New), num(CtState::Invalid)));
+        let replied = bit(other_flags, meta::CT_SEEN_REPLY);
+        let other_timeout = pick(icmp, b.c64(t.icmp), pick(replied, b.c64(t.udp_replied), b.c64(t.udp_unreplied)));
+
+        let write = pick(tcp, tcp_valid, other_write);
+        let state = pick(tcp, tcp_state, other_state);
+        let next = pick(tcp, tcp_next, b.c64(0));
+        let flags_out = pick(tcp, tcp_flags_out, other_flags);
+        let timeout = pick(tcp, tcp_timeout, other_timeout);
+        b.store_at(value, 0, b.add(now, timeout));
+        b.store_at(value, 8, b.or(next, b.shl(flags_out, b.c64(8))));
+        out.push((b.bool(true), state, write, entry, b.cur()));
+        b.br(done);
+
+        // An ICMP error: related to the connection whose packet it quotes.
+        b.at(error_bb);
+        let related = self.ct_quoted(&def, key, v6);
+        let b = &self.b;
+        out.push((b.bool(true), pick(related, num(CtState::Related), num(CtState::Invalid)), b.bool(false), null, b.cur()));
+        b.br(done);
+
+        b.at(done);
+        let ok = b.phi(&out.iter().map(|&(o, _, _, _, bb)| (o, bb)).collect::<Vec<_>>());
+        let state = b.phi(&out.iter().map(|&(_, s, _, _, bb)| (s, bb)).collect::<Vec<_>>());
+        self.ct_write = records.then(|| {
+            let write = b.phi(&out.iter().map(|&(_, _, w, _, bb)| (w, bb)).collect::<Vec<_>>());
+            let entry = b.phi_ptr(&out.iter().map(|&(_, _, _, e, bb)| (e, bb)).collect::<Vec<_>>());
+            CtWrite { write, entry, key, value }
+        });
+        b.set(h.ct_ok, ok);
+        b.set(h.ct_state, state);
+    }
+
+    /// Whether the ICMP error here quotes a packet of a connection with a
+    /// live entry: an IP header of the error's family, whole, and 8 bytes
+    /// of TCP, UDP or an echo right after it (IPv4: not a later fragment).
+    /// Uses `key` as its buffer.
+    fn ct_quoted(&self, def: &CtDef<'ctx>, key: PointerValue<'ctx>, v6: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = &self.b;
+        let h = &self.h;
+        let get = |p| b.get_fact(p);
+        let (data, end) = (h.data, h.data_end);
+        let at = b.and(b.add(get(h.l4_off), b.c64(8)), b.c64(MAX_QUOTE_OFFSET));
+        let q = b.pkt_ptr(data, at);
+        let done = b.block("ct_quote_done");
+        let mut results: Vec<(IntValue<'ctx>, BasicBlock<'ctx>)> = Vec::new();
+        let fail = |results: &mut Vec<_>| results.push((b.bool(false), b.cur()));
+        // The quoted IP header, by the error's family.
+        let q4 = b.block("ct_quote4");
+        let q6 = b.block("ct_quote6");
+        let l4 = b.block("ct_quote_l4");
+        b.cond_br(v6, q6, q4);
+        b.at(q6);
+        let ok6 = b.block("ct_quote6_ok");
+        fail(&mut results);
+        b.cond_br(b.fits(q, 48, end), ok6, done);
+        b.at(ok6);
+        let v6_ok = b.block("ct_quote6_v");
+        fail(&mut results);
+        b.cond_br(b.eq(b.lshr(b.load_be(q, 0, 1), b.c64(4)), b.c64(6)), v6_ok, done);
+        b.at(v6_ok);
+        let src6 = self.ct_addr6(b.load_be(q, 8, 8), b.load_be(q, 16, 8));
+        let dst6 = self.ct_addr6(b.load_be(q, 24, 8), b.load_be(q, 32, 8));
+        let proto6 = b.load_be(q, 6, 1);
+        let hlen6 = b.c64(40);
+        let end6 = b.cur();
+        b.br(l4);
+        b.at(q4);
+        let ok4 = b.block("ct_quote4_ok");
+        fail(&mut results);
+        b.cond_br(b.fits(q, 20, end), ok4, done);
+        b.at(ok4);
+        let vihl = b.load_be(q, 0, 1);
+        let sane = b.and(b.cmp(IntPredicate::ULE, b.sub(vihl, b.c64(0x45)), b.c64(0x4f - 0x45)), b.eq(b.and(b.load_be(q, 6, 2), b.c64(0x1fff)), b.c64(0)));
+        let v4_ok = b.block("ct_quote4_v");
+        fail(&mut results);
+        b.cond_br(sane, v4_ok, done);
+        b.at(v4_ok);
+        let src4 = self.ct_addr4(b.zext64(b.load_raw(q, 12, 4)));
+        let dst4 = self.ct_addr4(b.zext64(b.load_raw(q, 16, 4)));
+        let proto4 = b.load_be(q, 9, 1);
+        let hlen4 = b.mul(b.and(vihl, b.c64(15)), b.c64(4));
+        let end4 = b.cur();
+        b.br(l4);
+
+        // The quoted L4 header's 8 bytes.
+        b.at(l4);
+        let phi_addr = |x: Addr<'ctx>, y: Addr<'ctx>| Addr {
+            hi: b.phi(&[(x.hi, end6), (y.hi, end4)]),
+            lo: b.phi(&[(x.lo, end6), (y.lo, end4)]),
+            word0: b.phi(&[(x.word0, end6), (y.word0, end4)]),
+            word1: b.phi(&[(x.word1, end6), (y.word1, end4)]),
+        };
+        let (src, dst) = (phi_addr(src6, src4), phi_addr(dst6, dst4));
+        let proto = b.phi(&[(proto6, end6), (proto4, end4)]);
+        let hlen = b.phi(&[(hlen6, end6), (hlen4, end4)]);
+        let p = b.pkt_ptr(data, b.and(b.add(at, hlen), b.c64(MAX_QUOTE_OFFSET)));
+        let whole = b.block("ct_quote_l4_whole");
+        fail(&mut results);
+        b.cond_br(b.fits(p, 8, end), whole, done);
+        b.at(whole);
+        let (w0, w1) = (b.load_be(p, 0, 2), b.load_be(p, 2, 2));
+        let id = b.load_be(p, 4, 2);
+        let ty = b.lshr(w0, b.c64(8));
+        let ports = b.or(b.eq(proto, b.c64(6)), b.eq(proto, b.c64(17)));
+        let icmp = b.eq(proto, b.select(v6, b.c64(58), b.c64(1)));
+        let request = b.and(icmp, b.eq(ty, b.select(v6, b.c64(128), b.c64(8))));
+        let reply = b.and(icmp, b.eq(ty, b.select(v6, b.c64(129), b.c64(0))));
+        let known = b.block("ct_quote_known");
+        fail(&mut results);
+        b.cond_br(b.or(ports, b.or(request, reply)), known, done);
+        b.at(known);
+        let from_lo = b.select(ports, self.ct_first(src, w0, dst, w1), request);
+        let (sport, dport) = (b.select(ports, w0, id), b.select(ports, w1, id));
+        let (lo, hi) = (self.ct_pick(from_lo, src, dst), self.ct_pick(from_lo, dst, src));
+        let (lo_port, hi_port) = (b.select(from_lo, sport, dport), b.select(from_lo, dport, sport));
+        self.ct_key(key, lo, lo_port, hi, hi_port, proto, v6);
+        let now = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
+        let (_, _, _, live) = self.ct_lookup(def, key, now);
+        results.push((live, b.cur()));
+        b.br(done);
+        b.at(done);
+        b.phi(&results)
+    }
+
+    /// Returns `pass`, first writing the connection's entry where this
+    /// program records connections.
+    pub(super) fn ret_pass(&mut self, code: u64, apart: bool) {
+        if let Some(w) = self.ct_write {
+            let b = &self.b;
+            let write = b.block("ct_write");
+            let in_place = b.block("ct_in_place");
+            let insert = b.block("ct_insert");
+            let written = b.block("ct_written");
+            b.cond_br_likely(w.write, write, written);
+            b.at(write);
+            b.cond_br_likely(b.not(b.is_null(w.entry)), in_place, insert);
+            b.at(in_place);
+            b.store_at(w.entry, 0, b.load_u64_at(w.value, 0));
+            b.store_at(w.entry, 8, b.load_u64_at(w.value, 8));
+            b.br(written);
+            b.at(insert);
+            // A full table makes room (LRU); another CPU's insert of the
+            // same connection may win: either way nothing to count.
+            b.map_update(self.maps.conntrack.as_ref().expect("a table to write").map, w.key, w.value, BPF_ANY);
+            b.br(written);
+            b.at(written);
+        }
+        if apart {
+            self.b.ret_apart(code);
+        } else {
+            self.b.ret(code);
+        }
+    }
+}
