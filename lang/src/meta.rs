@@ -474,6 +474,67 @@ pub struct CtValue {
     pub pad: [u8; 6],
 }
 
+impl CtKey {
+    pub fn to_bytes(&self) -> [u8; CT_KEY_SIZE as usize] {
+        let mut b = [0u8; CT_KEY_SIZE as usize];
+        b[..16].copy_from_slice(&self.lo);
+        b[16..32].copy_from_slice(&self.hi);
+        b[32..34].copy_from_slice(&self.lo_port);
+        b[34..36].copy_from_slice(&self.hi_port);
+        b[36] = self.proto;
+        b[37] = self.family;
+        b[38..40].copy_from_slice(&self.pad);
+        b
+    }
+
+    /// `None` unless `b` is a key's [`CT_KEY_SIZE`] bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<CtKey> {
+        let b: &[u8; CT_KEY_SIZE as usize] = b.try_into().ok()?;
+        Some(CtKey {
+            lo: b[0..16].try_into().ok()?,
+            hi: b[16..32].try_into().ok()?,
+            lo_port: [b[32], b[33]],
+            hi_port: [b[34], b[35]],
+            proto: b[36],
+            family: b[37],
+            pad: [b[38], b[39]],
+        })
+    }
+
+    /// The `lo` and `hi` endpoints as addresses and ports.
+    pub fn endpoints(&self) -> ((std::net::IpAddr, u16), (std::net::IpAddr, u16)) {
+        let addr = |a: &[u8; 16]| -> std::net::IpAddr {
+            if self.family == 6 {
+                std::net::Ipv6Addr::from(*a).into()
+            } else {
+                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+            }
+        };
+        ((addr(&self.lo), u16::from_be_bytes(self.lo_port)), (addr(&self.hi), u16::from_be_bytes(self.hi_port)))
+    }
+}
+
+impl CtValue {
+    pub fn to_bytes(&self) -> [u8; CT_VALUE_SIZE as usize] {
+        let mut b = [0u8; CT_VALUE_SIZE as usize];
+        b[..8].copy_from_slice(&self.expires_ns);
+        b[8] = self.state;
+        b[9] = self.flags;
+        b[10..].copy_from_slice(&self.pad);
+        b
+    }
+
+    /// `None` unless `b` is a value's [`CT_VALUE_SIZE`] bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<CtValue> {
+        let b: &[u8; CT_VALUE_SIZE as usize] = b.try_into().ok()?;
+        Some(CtValue { expires_ns: b[..8].try_into().ok()?, state: b[8], flags: b[9], pad: b[10..].try_into().ok()? })
+    }
+
+    pub fn expires(&self) -> u64 {
+        u64::from_le_bytes(self.expires_ns)
+    }
+}
+
 /// Bytes of [`CtKey`] and [`CtValue`].
 pub const CT_KEY_SIZE: u32 = 40;
 pub const CT_VALUE_SIZE: u32 = 16;

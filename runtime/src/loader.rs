@@ -268,6 +268,9 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     if !meta.redirects.is_empty() {
         expected.push((meta::REDIRECT_MAP, 4, 4));
     }
+    if let Some(ct) = &meta.conntrack {
+        expected.push((ct.map.as_str(), meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE));
+    }
     for m in meta.sets.iter().flat_map(|s| &s.maps) {
         match m.kind {
             SetMapKind::LpmV4 | SetMapKind::HashU64 => expected.push((&m.map, 8, 1)),

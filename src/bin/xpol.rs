@@ -748,6 +748,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             finish(&current, ok);
             current = case.test.clone();
             ok = true;
+            // Each test block starts with no connections.
+            state.conntrack.clear();
         }
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
@@ -761,6 +763,11 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         for i in 0..ir.limits.len() {
             let unknown = loaded.set_limit_credit(i, |key| reference_credit(ir, &state, i, key))?;
             wrong_limits.extend(unknown.iter().map(|k| format!("{}: the kernel has a bucket the reference does not", limit_name(loaded, i, k))));
+        }
+        // The connection table likewise: the kernel's is set to hold the
+        // reference's live entries with the time they have left.
+        if ir.conntrack.is_some() {
+            loaded.maps().ct_set(&state.ct_stored())?;
         }
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
         let after = loaded.rule_counters()?;
@@ -804,6 +811,10 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             if missing > 0 {
                 wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
+        }
+        // And on the connection table after the packet.
+        if ir.conntrack.is_some() {
+            wrong_limits.extend(ct_differences(&loaded.maps().ct_entries()?, &state.ct_stored()));
         }
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
@@ -879,6 +890,37 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How the kernel's connection table differs from the reference's: an
+/// entry in one only, or with another state, flags, or time left (by more
+/// than a second: the two clocks are read at different times, and the
+/// kernel's in jiffies).
+fn ct_differences(kernel: &[xpol_runtime::conntrack::CtEntry], reference: &[(xpol_lang::meta::CtKey, xpol_lang::meta::CtValue, u64)]) -> Vec<String> {
+    const SLACK_NS: u64 = 1_000_000_000;
+    let mut out = Vec::new();
+    for (key, value, left) in reference {
+        let name = || xpol_runtime::conntrack::CtEntry { key: *key, value: *value, from: key.endpoints().0, to: key.endpoints().1, state: String::new(), expires_in_ns: *left }.describe();
+        match kernel.iter().find(|e| e.key == *key) {
+            None => out.push(format!("connection {}: the reference has it, the kernel does not", name())),
+            Some(e) if (e.value.state, e.value.flags) != (value.state, value.flags) => out.push(format!(
+                "connection {}: the kernel has it {} (flags {:#x}), the reference {} (flags {:#x})",
+                e.describe(),
+                e.state,
+                e.value.flags,
+                xpol_lang::meta::ct_state_name(key.proto, value.state, value.flags),
+                value.flags
+            )),
+            Some(e) if e.expires_in_ns.abs_diff(*left) > SLACK_NS => {
+                out.push(format!("connection {}: the kernel's expires in {} ms, the reference's in {} ms", e.describe(), e.expires_in_ns / 1_000_000, left / 1_000_000))
+            }
+            Some(_) => {}
+        }
+    }
+    for e in kernel.iter().filter(|e| !reference.iter().any(|(k, _, _)| *k == e.key)) {
+        out.push(format!("connection {}: the kernel has it, the reference does not", e.describe()));
+    }
+    out
 }
 
 /// A limit's key as the reference keeps it.

@@ -341,3 +341,59 @@ mod tests {
         assert_eq!(again.write.unwrap().1.orig_lo, !a_lo);
     }
 }
+
+/// An entry as the kernel's table stores it (`xpol_lang::meta::CtKey`,
+/// `CtValue`; the expiry left at 0), for tests that compare the two
+/// tables: the reference's own reading of that documented layout.
+pub fn as_stored(key: &Key, entry: &Entry) -> (xpol_lang::meta::CtKey, xpol_lang::meta::CtValue) {
+    use xpol_lang::meta;
+    let bytes = |a: IpAddr| -> [u8; 16] {
+        match a {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                b
+            }
+            IpAddr::V6(a) => a.octets(),
+        }
+    };
+    let k = meta::CtKey {
+        lo: bytes(key.lo),
+        hi: bytes(key.hi),
+        lo_port: key.lo_port.to_be_bytes(),
+        hi_port: key.hi_port.to_be_bytes(),
+        proto: key.proto,
+        family: if key.lo.is_ipv6() { 6 } else { 4 },
+        pad: [0; 2],
+    };
+    let state = match entry.tcp {
+        None => 0,
+        Some(TcpState::SynSent) => meta::CT_TCP_SYN_SENT,
+        Some(TcpState::SynRecv) => meta::CT_TCP_SYN_RECV,
+        Some(TcpState::Established) => meta::CT_TCP_ESTABLISHED,
+        Some(TcpState::FinWait) => meta::CT_TCP_FIN_WAIT,
+        Some(TcpState::TimeWait) => meta::CT_TCP_TIME_WAIT,
+        Some(TcpState::Close) => meta::CT_TCP_CLOSE,
+    };
+    let bit = |on: bool, b: u8| if on { b } else { 0 };
+    let flags = bit(entry.orig_lo, meta::CT_ORIG_LO) | bit(entry.seen_reply, meta::CT_SEEN_REPLY) | bit(entry.fin_orig, meta::CT_FIN_ORIG) | bit(entry.fin_reply, meta::CT_FIN_REPLY);
+    (k, meta::CtValue { expires_ns: [0; 8], state, flags, pad: [0; 6] })
+}
+
+impl super::State {
+    /// The connection table's live entries at the clock, as the kernel
+    /// stores them, each with the nanoseconds it has left.
+    pub fn ct_stored(&self) -> Vec<(xpol_lang::meta::CtKey, xpol_lang::meta::CtValue, u64)> {
+        let mut out: Vec<_> = self
+            .conntrack
+            .iter()
+            .filter(|(_, e)| self.clock_ns < e.expires_ns)
+            .map(|(k, e)| {
+                let (k, v) = as_stored(k, e);
+                (k, v, e.expires_ns - self.clock_ns)
+            })
+            .collect();
+        out.sort_by_key(|(k, _, _)| k.to_bytes());
+        out
+    }
+}
