@@ -113,3 +113,18 @@ impl PolicyMaps {
         Ok(())
     }
 }
+
+/// The warning for attaching only `hooks` of a policy whose connection
+/// table some of the others keep: connections seen by a program left out
+/// are not recorded (replies to what the host sends would be `new`).
+pub fn unattached_trackers(meta: &meta::ObjectMeta, hooks: &[String]) -> Option<String> {
+    let ct = meta.conntrack.as_ref()?;
+    let missing: Vec<&str> = ct.trackers.iter().filter(|t| !hooks.contains(t)).map(String::as_str).collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the connection table (`ct.state`) is kept by the {} programs, and `{}` is not attached: the connections its packets make are not recorded (docs/conntrack.md)",
+            ct.trackers.join(" and "),
+            missing.join("` and `")
+        )
+    })
+}

@@ -111,6 +111,14 @@ enum Command {
         #[arg(short = 'j', long)]
         json: bool,
     },
+    /// List the connections in an applied policy's connection table
+    /// (`ct.state`, docs/conntrack.md): each one's endpoints, state and
+    /// time left.
+    Ct {
+        name: String,
+        #[arg(short = 'j', long)]
+        json: bool,
+    },
     /// Show the counters, maps and sets of an applied policy.
     Stats {
         name: String,
@@ -529,7 +537,11 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             "entries": buckets.len(), "capacity": l.max_entries, "not_full": not_full.len(), "top": top,
         }));
     }
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits}))
+    let conntrack = match policy.ct_summary()? {
+        Some(ct) => serde_json::json!({"entries": ct.entries, "capacity": ct.capacity, "states": ct.states}),
+        None => serde_json::Value::Null,
+    };
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -605,6 +617,9 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for l in report["limits"].as_array().into_iter().flatten() {
         out.push_str(&limit_line(l));
     }
+    if !report["conntrack"].is_null() {
+        out.push_str(&conntrack_line(&report["conntrack"]));
+    }
     for p in report["pools"].as_array().into_iter().flatten() {
         out.push_str(&format!("  pool {}:\n{}", p["name"].as_str().unwrap_or(""), pool_table(p, "    ")));
     }
@@ -622,6 +637,13 @@ fn limit_line(l: &serde_json::Value) -> String {
         out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
     }
     out
+}
+
+/// The connection table of a report: its entries, by state.
+fn conntrack_line(ct: &serde_json::Value) -> String {
+    let states: Vec<String> = ct["states"].as_object().into_iter().flatten().map(|(s, n)| format!("{s} {n}")).collect();
+    let by_state = if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) };
+    format!("  conntrack: {}/{} connections{by_state}\n", ct["entries"], ct["capacity"])
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -679,7 +701,8 @@ fn print_line(report: &serde_json::Value) {
             format!(" {}[{}]", p["name"].as_str().unwrap_or(""), backends.join(","))
         })
         .collect();
-    println!("t={:.0}s {}{}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
+    let ct = if report["conntrack"].is_null() { String::new() } else { format!(" ct={}", report["conntrack"]["entries"]) };
+    println!("t={:.0}s {}{}{}{ct}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
 }
 
 /// The maps of a report that lost updates.
@@ -1048,6 +1071,15 @@ fn prometheus(report: &serde_json::Value) -> String {
             out.push_str(&format!("{metric}{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l[field].as_u64().unwrap_or(0)));
         }
     }
+    if !report["conntrack"].is_null() {
+        let ct = &report["conntrack"];
+        out.push_str("# HELP xpol_conntrack_entries Connections in the connection table, by state (expired entries not counted).\n# TYPE xpol_conntrack_entries gauge\n");
+        for (state, n) in ct["states"].as_object().into_iter().flatten() {
+            out.push_str(&format!("xpol_conntrack_entries{{{scope},state=\"{state}\"}} {}\n", n.as_u64().unwrap_or(0)));
+        }
+        out.push_str("# HELP xpol_conntrack_capacity The most connections the table holds (`conntrack flows N`, else the default).\n# TYPE xpol_conntrack_capacity gauge\n");
+        out.push_str(&format!("xpol_conntrack_capacity{{{scope}}} {}\n", ct["capacity"].as_u64().unwrap_or(0)));
+    }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("xpol_set_elements{{{scope},set=\"{}\"}} {}\n", str_of(&st["name"]), st["size"]));
@@ -1105,6 +1137,9 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         policy.attach(h, interface, mode)?;
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
+    if let Some(w) = xpol_runtime::conntrack::unattached_trackers(policy.meta(), &hooks) {
+        eprintln!("warning: {w}");
+    }
     for w in lb_host::warnings(policy.meta(), &[interface.to_string()]) {
         eprintln!("warning: {w}");
     }
@@ -1202,7 +1237,10 @@ fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interfa
                 eprintln!("warning: {} was replaced, but {w}", path.display());
             }
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-            let pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
+            let mut pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
+            if done.conntrack_kept {
+                pools.push_str("; connections kept");
+            }
             eprintln!(
                 "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}{pools}; attached: {}; detached: {}",
                 path.display(),
@@ -1245,6 +1283,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
+        Command::Ct { name, json } => applied::conntrack(&name, json),
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
         Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
@@ -1393,6 +1432,7 @@ mod tests {
         for args in [
             &["list", "-j"][..],
             &["stats", "n", "-j"],
+            &["ct", "n", "-j"],
             &["watch", "n", "-j"],
             &["test", "p.xpol", "-j"],
             &["run", "p.xpol", "-i", "e", "-j"],
@@ -1401,7 +1441,7 @@ mod tests {
             &["pool", "n", "p", "list", "-j"],
         ] {
             let json = match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
-                Command::List { json } | Command::Stats { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } => json,
+                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } => json,
                 Command::Watch { every, .. } | Command::Run { every, .. } => every.json,
                 Command::Set { op: super::SetOp::List { json }, .. } | Command::Pool { op: super::PoolOp::List { json }, .. } => json,
                 _ => panic!("{args:?}"),
