@@ -94,6 +94,20 @@ impl PolicyMaps {
         Ok(Some(summary))
     }
 
+    /// Moves the table's clock on by `ns` nanoseconds, as if that much time
+    /// had passed since its entries were last written: `after D` for
+    /// tests that compare the kernel with a reference (the kernel's clock
+    /// cannot be moved). Each entry expires `ns` earlier.
+    pub fn ct_advance(&self, ns: u64) -> Result<()> {
+        let map = &self.ct_meta()?.map;
+        let fd = self.map_data(map)?.fd().as_fd();
+        for (k, v) in self.ct_raw()? {
+            let v = CtValue { expires_ns: v.expires().saturating_sub(ns).to_le_bytes(), ..v };
+            sys::map_update(fd, &k.to_bytes(), &v.to_bytes(), 0).map_err(|source| RuntimeError::Map { map: map.clone(), source })?;
+        }
+        Ok(())
+    }
+
     /// Replaces the table's contents with `entries`, whose expiry is given
     /// as nanoseconds from now (0: expired), for tests that compare the
     /// kernel with a reference on a clock of its own: the kernel's
