@@ -246,7 +246,7 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
     };
     let mut expected: Vec<&str> = if item_start {
         // Between items: what an item starts with, rather than each kind.
-        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `include`, `test`)"]
+        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `conntrack`, `include`, `test`)"]
     } else {
         positives.iter().filter_map(describe).collect()
     };

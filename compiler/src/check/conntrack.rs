@@ -136,6 +136,9 @@ impl Checker<'_> {
         let mut flows: Option<u32> = None;
         let mut first: Option<Span> = None;
         for d in decls {
+            // A second declaration is an error, and its options are
+            // checked all the same.
+            let again = first.is_some();
             if let Some(prev) = first {
                 self.diags.push(
                     Diagnostic::error("xpol::conntrack::duplicate", "the connection table is declared twice")
@@ -143,9 +146,8 @@ impl Checker<'_> {
                         .with_label(prev, "first declared here")
                         .with_help("keep one `conntrack ...` declaration with every option"),
                 );
-                continue;
             }
-            first = Some(d.span);
+            first.get_or_insert(d.span);
             let mut seen: Vec<&str> = Vec::new();
             for (word, value, ospan) in &d.options {
                 let name = word.name.as_str();
@@ -178,7 +180,9 @@ impl Checker<'_> {
                     );
                     continue;
                 }
-                flows = Some(*value as u32);
+                if !again {
+                    flows = Some(*value as u32);
+                }
             }
         }
         let Some(span) = self.ct_first else {
