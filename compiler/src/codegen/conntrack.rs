@@ -22,7 +22,7 @@
 //! `bpf_ktime_get_coarse_ns`: timeouts are seconds, and a jiffy's
 //! precision costs a few nanoseconds instead of some 20.
 
-use super::builder::{helper, map_type, MapDef, ModuleCx, BPF_ANY};
+use super::builder::{helper, map_type, Bpf, MapDef, ModuleCx, BPF_ANY};
 use super::lower::Lower;
 use crate::ir::{self, CtState};
 use inkwell::basic_block::BasicBlock;
@@ -35,6 +35,8 @@ use xpol_lang::meta::{self, ConntrackMeta};
 #[derive(Clone)]
 pub struct CtDef<'ctx> {
     pub map: MapDef<'ctx>,
+    /// A per-CPU word for [`Lower::ct_launder`].
+    pub scratch: MapDef<'ctx>,
     pub timeouts: ir::CtTimeouts,
     pub trackers: Vec<Hook>,
 }
@@ -45,8 +47,12 @@ pub fn define<'ctx>(m: &ModuleCx<'ctx>, ct: &ir::Conntrack) -> (CtDef<'ctx>, Con
     // packets come in on one CPU and go out on another.
     let map = m.define_map(meta::CONNTRACK_MAP, map_type::LRU_HASH, meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE, ct.flows, 0);
     let meta = ConntrackMeta { map: meta::CONNTRACK_MAP.to_string(), max_entries: ct.flows, trackers: ct.trackers.iter().map(|h| h.as_str().to_string()).collect() };
-    (CtDef { map, timeouts: ct.timeouts, trackers: ct.trackers.clone() }, meta)
+    let scratch = m.define_map(SCRATCH_MAP, map_type::PERCPU_ARRAY, 4, 24, 1, 0);
+    (CtDef { map, scratch, timeouts: ct.timeouts, trackers: ct.trackers.clone() }, meta)
 }
+
+/// The per-CPU scratch map of [`Lower::ct_launder`].
+pub const SCRATCH_MAP: &str = "xpol_ct_scratch";
 
 /// What a program that records connections writes when it passes the
 /// packet: the entry in `value` under `key` (both stack buffers filled by
@@ -77,7 +83,86 @@ struct Addr<'ctx> {
     word1: IntValue<'ctx>,
 }
 
+/// Branchless arithmetic on truth values held as 0 or 1 in an i64. BPF
+/// has no conditional move and no set-on-condition: LLVM lowers every
+/// `select`, and every comparison made a value, to a conditional jump,
+/// and the verifier walks both ways of each. Where such values feed one
+/// another (the TCP table), it walked each combination through the rest
+/// of the program: a host firewall of five rules took it past 500,000
+/// processed instructions. Computed with masks and shifts instead, the
+/// classification is straight-line code. `Bpf::opaque` stops LLVM from
+/// folding a mask or a sign bit back into a compare or a select.
+struct Flat<'b, 'a, 'ctx> {
+    b: &'b Bpf<'a, 'ctx>,
+}
+
+impl<'ctx> Flat<'_, '_, 'ctx> {
+    fn c(&self, v: u64) -> IntValue<'ctx> {
+        self.b.c64(v)
+    }
+
+    /// An i1 as 0 or 1.
+    fn of(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.zext64(v)
+    }
+
+    /// As an i1, for a branch.
+    fn test(&self, v: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.cmp(IntPredicate::NE, v, self.c(0))
+    }
+
+    fn and(&self, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.and(x, y)
+    }
+
+    fn or(&self, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.or(x, y)
+    }
+
+    fn not(&self, x: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.xor(x, self.c(1))
+    }
+
+    /// Bit `n` of `x`.
+    fn bit(&self, x: IntValue<'ctx>, n: u32) -> IntValue<'ctx> {
+        self.b.and(self.b.lshr(x, self.c(u64::from(n))), self.c(1))
+    }
+
+    /// `x != 0`: the sign bit of `x | -x`.
+    fn nonzero(&self, x: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = self.b;
+        b.lshr(b.opaque(b.or(x, b.sub(self.c(0), x))), self.c(63))
+    }
+
+    fn eq(&self, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.not(self.nonzero(self.b.xor(x, y)))
+    }
+
+    /// `x < y` unsigned, for any 64-bit values: the borrow of `x - y`.
+    fn ult(&self, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = self.b;
+        let nx = b.not(x);
+        let borrow = b.or(b.and(nx, y), b.and(b.or(nx, y), b.sub(x, y)));
+        b.lshr(b.opaque(borrow), self.c(63))
+    }
+
+    fn ule(&self, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.not(self.ult(y, x))
+    }
+
+    /// `c ? x : y` for `c` 0 or 1.
+    fn sel(&self, c: IntValue<'ctx>, x: IntValue<'ctx>, y: IntValue<'ctx>) -> IntValue<'ctx> {
+        let b = self.b;
+        let m = b.opaque(b.sub(self.c(0), c));
+        b.or(b.and(x, m), b.and(y, b.not(m)))
+    }
+}
+
 impl<'ctx> Lower<'_, '_, 'ctx> {
+    fn flat(&self) -> Flat<'_, '_, 'ctx> {
+        Flat { b: self.b }
+    }
+
     /// An IPv4 address as loaded (network order in memory, zero-extended).
     fn ct_addr4(&self, raw: IntValue<'ctx>) -> Addr<'ctx> {
         let b = &self.b;
@@ -90,23 +175,31 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         Addr { hi, lo, word0: self.b.bswap(hi), word1: self.b.bswap(lo) }
     }
 
+    /// `c ? x : y` (`c` 0 or 1).
     fn ct_pick(&self, c: IntValue<'ctx>, x: Addr<'ctx>, y: Addr<'ctx>) -> Addr<'ctx> {
-        let s = |a, b| self.b.select(c, a, b);
-        Addr { hi: s(x.hi, y.hi), lo: s(x.lo, y.lo), word0: s(x.word0, y.word0), word1: s(x.word1, y.word1) }
+        let f = self.flat();
+        Addr { hi: f.sel(c, x.hi, y.hi), lo: f.sel(c, x.lo, y.lo), word0: f.sel(c, x.word0, y.word0), word1: f.sel(c, x.word1, y.word1) }
+    }
+
+    /// `c ? x : y` for an i1 fact of the parser (the family): a select,
+    /// which LLVM folds where the program was specialized for it.
+    fn ct_pick_fact(&self, c: IntValue<'ctx>, x: Addr<'ctx>, y: Addr<'ctx>) -> Addr<'ctx> {
+        let b = &self.b;
+        Addr { hi: b.select(c, x.hi, y.hi), lo: b.select(c, x.lo, y.lo), word0: b.select(c, x.word0, y.word0), word1: b.select(c, x.word1, y.word1) }
     }
 
     /// Whether `(a, ap)` comes first in the order of endpoints: the lesser
-    /// address as a number, then the lesser port; true when equal.
+    /// address as a number, then the lesser port; 1 when equal.
     fn ct_first(&self, a: Addr<'ctx>, ap: IntValue<'ctx>, c: Addr<'ctx>, cp: IntValue<'ctx>) -> IntValue<'ctx> {
-        let b = &self.b;
-        let ult = |x, y| b.cmp(IntPredicate::ULT, x, y);
-        let lt = b.or(ult(a.hi, c.hi), b.and(b.eq(a.hi, c.hi), ult(a.lo, c.lo)));
-        let same = b.and(b.eq(a.hi, c.hi), b.eq(a.lo, c.lo));
-        b.or(lt, b.and(same, b.cmp(IntPredicate::ULE, ap, cp)))
+        let f = self.flat();
+        let hi_eq = f.eq(a.hi, c.hi);
+        let lt = f.or(f.ult(a.hi, c.hi), f.and(hi_eq, f.ult(a.lo, c.lo)));
+        let same = f.and(hi_eq, f.eq(a.lo, c.lo));
+        f.or(lt, f.and(same, f.ule(ap, cp)))
     }
 
     /// Fills the 40-byte key (`meta::CtKey`) of the connection from `lo`
-    /// to `hi`.
+    /// to `hi` (`v6` an i1).
     fn ct_key(&self, key: PointerValue<'ctx>, lo: Addr<'ctx>, lo_port: IntValue<'ctx>, hi: Addr<'ctx>, hi_port: IntValue<'ctx>, proto: IntValue<'ctx>, v6: IntValue<'ctx>) {
         let b = &self.b;
         let be16 = |p: IntValue<'ctx>| b.or(b.shl(b.and(p, b.c64(0xff)), b.c64(8)), b.and(b.lshr(p, b.c64(8)), b.c64(0xff)));
@@ -121,9 +214,10 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
 
     /// Whether the connection of `key` has a live entry: the entry (null
     /// when there is none), its state and flags (0 when not live), and
-    /// whether it is live at `now`.
+    /// whether it is live at `now` (0 or 1).
     fn ct_lookup(&self, def: &CtDef<'ctx>, key: PointerValue<'ctx>, now: IntValue<'ctx>) -> (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) {
         let b = &self.b;
+        let f = self.flat();
         let p = b.map_lookup(def.map, key);
         let from = b.cur();
         let found = b.block("ct_found");
@@ -132,20 +226,22 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(found);
         let expires = b.load_u64_at(p, 0);
         let word = b.load_u64_at(p, 8);
-        let live = b.cmp(IntPredicate::ULT, now, expires);
-        let state = b.select(live, b.and(word, b.c64(0xff)), b.c64(0));
-        let flags = b.select(live, b.and(b.lshr(word, b.c64(8)), b.c64(0xff)), b.c64(0));
+        let live = f.ult(now, expires);
+        // All of the word's state and flags when live, none else.
+        let live_mask = b.opaque(b.sub(b.c64(0), live));
+        let state = b.and(b.and(word, b.c64(0xff)), live_mask);
+        let flags = b.and(b.and(b.lshr(word, b.c64(8)), b.c64(0xff)), live_mask);
         let found_end = b.cur();
         b.br(done);
         b.at(done);
-        let merge = |v: IntValue<'ctx>, none: IntValue<'ctx>| {
+        let merge = |v: IntValue<'ctx>| {
             let mut incoming = vec![(v, found_end)];
             if !b.omit_null_check {
-                incoming.push((none, from));
+                incoming.push((b.c64(0), from));
             }
             b.phi(&incoming)
         };
-        let (state, flags, live) = (merge(state, b.c64(0)), merge(flags, b.c64(0)), merge(live, b.bool(false)));
+        let (state, flags, live) = (merge(state), merge(flags), merge(live));
         (p, state, flags, live)
     }
 
@@ -156,162 +252,204 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let Some(def) = self.maps.conntrack.clone() else { return };
         let records = def.trackers.contains(&self.hook);
         let b = &self.b;
+        let f = self.flat();
         let h = &self.h;
         let get = |p| b.get_fact(p);
         let t = def.timeouts;
         let num = |s: CtState| b.c64(s.number());
-        let (tcp, udp, icmp4, icmp6) = (get(h.tcp_ok), get(h.udp_ok), get(h.icmp4_ok), get(h.icmp6_ok));
+        // The parser's facts as i1, chosen by selects that LLVM folds
+        // where the program was specialized for the header; what the
+        // packet's bytes decide, in `Flat` arithmetic.
+        let (tcp1, udp1, icmp4_1, icmp6_1) = (get(h.tcp_ok), get(h.udp_ok), get(h.icmp4_ok), get(h.icmp6_ok));
         let v6 = get(h.ip6_ok);
-        let icmp = b.or(icmp4, icmp6);
+        let icmp1 = b.or(icmp4_1, icmp6_1);
+        let icmp = f.of(icmp1);
         let ty = get(h.icmp_type);
-        let is = |v: IntValue<'ctx>, x: u64| b.eq(v, b.c64(x));
-        let echo_req = b.and(icmp, b.select(v6, is(ty, 128), is(ty, 8)));
-        let echo_rep = b.and(icmp, b.select(v6, is(ty, 129), is(ty, 0)));
-        let err4 = b.or(b.or(is(ty, 3), is(ty, 4)), b.or(b.or(is(ty, 5), is(ty, 11)), is(ty, 12)));
-        let err6 = b.cmp(IntPredicate::ULE, b.sub(ty, b.c64(1)), b.c64(3));
-        let error = b.and(icmp, b.select(v6, err6, err4));
-        let flow = b.or(b.or(tcp, udp), b.or(echo_req, echo_rep));
+        let is = |x: u64| f.eq(ty, b.c64(x));
+        let echo_req = f.and(icmp, b.select(v6, is(128), is(8)));
+        let echo_rep = f.and(icmp, b.select(v6, is(129), is(0)));
+        let err4 = f.or(f.or(is(3), is(4)), f.or(f.or(is(5), is(11)), is(12)));
+        let err6 = f.ule(b.sub(ty, b.c64(1)), b.c64(3));
+        let error = f.and(icmp, b.select(v6, err6, err4));
+        let flow = f.or(f.of(b.or(tcp1, udp1)), f.or(echo_req, echo_rep));
 
         let key = b.stack_buf(meta::CT_KEY_SIZE, "ct_key");
         let value = b.stack_buf(meta::CT_VALUE_SIZE, "ct_value");
         let null = b.m.i8_ptr().const_null();
         let done = b.block("ct_done");
-        // (has a state, its number, write, entry) on each way into `done`.
+        // (has a state, its number, write: each 0 or 1; entry) on each way into `done`.
         let mut out: Vec<(IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>, PointerValue<'ctx>, BasicBlock<'ctx>)> = Vec::new();
         let flow_bb = b.block("ct_flow");
         let not_flow = b.block("ct_not_flow");
         let error_bb = b.block("ct_icmp_error");
-        b.cond_br_likely(flow, flow_bb, not_flow);
+        b.cond_br_likely(f.test(flow), flow_bb, not_flow);
         b.at(not_flow);
         let absent = b.cur();
-        b.cond_br(error, error_bb, done);
-        out.push((b.bool(false), b.c64(0), b.bool(false), null, absent));
+        b.cond_br(f.test(error), error_bb, done);
+        out.push((b.c64(0), b.c64(0), b.c64(0), null, absent));
 
         // A connection's packet: TCP, UDP or an echo.
         b.at(flow_bb);
         let now = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
-        let src = self.ct_pick(v6, self.ct_addr6(get(h.src6_hi), get(h.src6_lo)), self.ct_addr4(get(h.src4)));
-        let dst = self.ct_pick(v6, self.ct_addr6(get(h.dst6_hi), get(h.dst6_lo)), self.ct_addr4(get(h.dst4)));
+        let src = self.ct_pick_fact(v6, self.ct_addr6(get(h.src6_hi), get(h.src6_lo)), self.ct_addr4(get(h.src4)));
+        let dst = self.ct_pick_fact(v6, self.ct_addr6(get(h.dst6_hi), get(h.dst6_lo)), self.ct_addr4(get(h.dst4)));
         let id = get(h.icmp_id);
-        let sport = b.select(tcp, get(h.tcp_sport), b.select(udp, get(h.udp_sport), id));
-        let dport = b.select(tcp, get(h.tcp_dport), b.select(udp, get(h.udp_dport), id));
-        let proto = b.select(tcp, b.c64(6), b.select(udp, b.c64(17), b.select(v6, b.c64(58), b.c64(1))));
+        let sport = b.select(tcp1, get(h.tcp_sport), b.select(udp1, get(h.udp_sport), id));
+        let dport = b.select(tcp1, get(h.tcp_dport), b.select(udp1, get(h.udp_dport), id));
+        let proto = b.select(tcp1, b.c64(6), b.select(udp1, b.c64(17), b.select(v6, b.c64(58), b.c64(1))));
         // An echo's requester is its `lo` side.
-        let from_lo = b.select(icmp, echo_req, self.ct_first(src, sport, dst, dport));
+        let from_lo = b.select(icmp1, echo_req, self.ct_first(src, sport, dst, dport));
         let (lo, hi) = (self.ct_pick(from_lo, src, dst), self.ct_pick(from_lo, dst, src));
-        let (lo_port, hi_port) = (b.select(from_lo, sport, dport), b.select(from_lo, dport, sport));
+        let (lo_port, hi_port) = (f.sel(from_lo, sport, dport), f.sel(from_lo, dport, sport));
         self.ct_key(key, lo, lo_port, hi, hi_port, proto, v6);
         let (entry, st, fl, live) = self.ct_lookup(&def, key, now);
         let b = &self.b;
-        let bit = |x: IntValue<'ctx>, m: u8| b.cmp(IntPredicate::NE, b.and(x, b.c64(u64::from(m))), b.c64(0));
-        let pick = |c, x, y| b.select(c, x, y);
-        let orig = b.eq(from_lo, bit(fl, meta::CT_ORIG_LO));
-        let seen = bit(fl, meta::CT_SEEN_REPLY);
-        let new_flags = pick(from_lo, b.c64(u64::from(meta::CT_ORIG_LO)), b.c64(0));
-        let seen_if_reply = pick(orig, fl, b.or(fl, b.c64(u64::from(meta::CT_SEEN_REPLY))));
-        let by_direction = pick(b.and(orig, b.not(seen)), num(CtState::New), num(CtState::Established));
+        let f = self.flat();
+        let c = |v: u8| b.c64(u64::from(v));
+        let flag_bit = |m: u8| m.trailing_zeros();
+        let orig = f.eq(from_lo, f.bit(fl, flag_bit(meta::CT_ORIG_LO)));
+        let reply = f.not(orig);
+        let seen = f.bit(fl, flag_bit(meta::CT_SEEN_REPLY));
+        let new_flags = b.mul(from_lo, c(meta::CT_ORIG_LO));
+        let seen_if_reply = b.or(fl, b.mul(reply, c(meta::CT_SEEN_REPLY)));
+        let by_direction = f.sel(f.and(orig, f.not(seen)), num(CtState::New), num(CtState::Established));
 
         // TCP (docs/conntrack.md, "TCP"): the packet's class by its flags.
         let flags = get(h.tcp_flags);
-        let (rst, syn, ack, fin) = (bit(flags, 0x04), bit(flags, 0x02), bit(flags, 0x10), bit(flags, 0x01));
-        let not_rst = b.not(rst);
-        let c_synack = b.and(not_rst, b.and(syn, ack));
-        let c_syn = b.and(not_rst, b.and(syn, b.not(ack)));
-        let not_syn = b.and(not_rst, b.not(syn));
-        let c_fin = b.and(not_syn, fin);
-        let c_ack = b.and(not_syn, b.and(b.not(fin), ack));
-        let st_is = |s: u8| b.eq(st, b.c64(u64::from(s)));
+        let (fin, syn, rst, ack) = (f.bit(flags, 0), f.bit(flags, 1), f.bit(flags, 2), f.bit(flags, 4));
+        let not_rst = f.not(rst);
+        let c_synack = f.and(not_rst, f.and(syn, ack));
+        let c_syn = f.and(not_rst, f.and(syn, f.not(ack)));
+        let not_syn = f.and(not_rst, f.not(syn));
+        let c_fin = f.and(not_syn, fin);
+        let c_ack = f.and(not_syn, f.and(f.not(fin), ack));
+        let st_is = |s: u8| f.eq(st, c(s));
         let (ss, sr, est, tw, close) = (st_is(meta::CT_TCP_SYN_SENT), st_is(meta::CT_TCP_SYN_RECV), st_is(meta::CT_TCP_ESTABLISHED), st_is(meta::CT_TCP_TIME_WAIT), st_is(meta::CT_TCP_CLOSE));
-        let reopen = b.and(c_syn, b.or(tw, close));
-        let reply = b.not(orig);
-        let valid_live = b.or(
-            b.or(rst, b.and(c_syn, b.or(b.and(orig, ss), reopen))),
-            b.or(b.and(c_synack, b.and(reply, b.or(b.or(ss, sr), est))), b.and(b.or(c_fin, c_ack), b.not(ss))),
+        let reopen = f.and(c_syn, f.or(tw, close));
+        let valid_live = f.or(
+            f.or(rst, f.and(c_syn, f.or(f.and(orig, ss), reopen))),
+            f.or(f.and(c_synack, f.and(reply, f.or(f.or(ss, sr), est))), f.and(f.or(c_fin, c_ack), f.not(ss))),
         );
-        let fin_bit = pick(orig, b.c64(u64::from(meta::CT_FIN_ORIG)), b.c64(u64::from(meta::CT_FIN_REPLY)));
-        let fl_fin = pick(b.and(c_fin, b.not(close)), b.or(seen_if_reply, fin_bit), seen_if_reply);
-        let both_fins = u64::from(meta::CT_FIN_ORIG | meta::CT_FIN_REPLY);
-        let both = b.eq(b.and(fl_fin, b.c64(both_fins)), b.c64(both_fins));
-        let c = |s: u8| b.c64(u64::from(s));
-        let next_live = pick(
+        let fin_bit = f.sel(orig, c(meta::CT_FIN_ORIG), c(meta::CT_FIN_REPLY));
+        let fl_fin = b.or(seen_if_reply, b.mul(f.and(c_fin, f.not(close)), fin_bit));
+        let both_fins = meta::CT_FIN_ORIG | meta::CT_FIN_REPLY;
+        let both = f.eq(b.and(fl_fin, c(both_fins)), c(both_fins));
+        let next_live = f.sel(
             rst,
             c(meta::CT_TCP_CLOSE),
-            pick(
+            f.sel(
                 c_syn,
                 c(meta::CT_TCP_SYN_SENT),
-                pick(
+                f.sel(
                     c_synack,
-                    pick(est, c(meta::CT_TCP_ESTABLISHED), c(meta::CT_TCP_SYN_RECV)),
-                    pick(
+                    f.sel(est, c(meta::CT_TCP_ESTABLISHED), c(meta::CT_TCP_SYN_RECV)),
+                    f.sel(
                         c_fin,
-                        pick(close, c(meta::CT_TCP_CLOSE), pick(both, c(meta::CT_TCP_TIME_WAIT), c(meta::CT_TCP_FIN_WAIT))),
-                        pick(b.and(sr, orig), c(meta::CT_TCP_ESTABLISHED), st),
+                        f.sel(close, c(meta::CT_TCP_CLOSE), f.sel(both, c(meta::CT_TCP_TIME_WAIT), c(meta::CT_TCP_FIN_WAIT))),
+                        f.sel(f.and(sr, orig), c(meta::CT_TCP_ESTABLISHED), st),
                     ),
                 ),
             ),
         );
-        let tcp_valid = pick(live, valid_live, b.or(c_syn, c_ack));
-        let tcp_next = pick(live, next_live, pick(c_syn, c(meta::CT_TCP_SYN_SENT), c(meta::CT_TCP_ESTABLISHED)));
-        let tcp_flags_out = pick(b.and(live, b.not(reopen)), fl_fin, new_flags);
-        let tcp_state = pick(b.and(live, b.not(reopen)), by_direction, num(CtState::New));
-        let tcp_state = pick(tcp_valid, tcp_state, num(CtState::Invalid));
-        let timeout_of = |s: IntValue<'ctx>| {
-            [
-                (meta::CT_TCP_SYN_SENT, t.tcp_syn_sent),
-                (meta::CT_TCP_SYN_RECV, t.tcp_syn_recv),
-                (meta::CT_TCP_FIN_WAIT, t.tcp_fin_wait),
-                (meta::CT_TCP_TIME_WAIT, t.tcp_time_wait),
-                (meta::CT_TCP_CLOSE, t.tcp_close),
-            ]
-            .iter()
-            .fold(b.c64(t.tcp_established), |acc, &(st, ns)| pick(b.eq(s, c(st)), b.c64(ns), acc))
-        };
-        let tcp_timeout = timeout_of(tcp_next);
+        let kept = f.and(live, f.not(reopen));
+        let tcp_valid = f.sel(live, valid_live, f.or(c_syn, c_ack));
+        let tcp_next = f.sel(live, next_live, f.sel(c_syn, c(meta::CT_TCP_SYN_SENT), c(meta::CT_TCP_ESTABLISHED)));
+        let tcp_flags_out = f.sel(kept, fl_fin, new_flags);
+        let tcp_state = f.sel(tcp_valid, f.sel(kept, by_direction, num(CtState::New)), num(CtState::Invalid));
+        let tcp_timeout = [
+            (meta::CT_TCP_SYN_SENT, t.tcp_syn_sent),
+            (meta::CT_TCP_SYN_RECV, t.tcp_syn_recv),
+            (meta::CT_TCP_FIN_WAIT, t.tcp_fin_wait),
+            (meta::CT_TCP_TIME_WAIT, t.tcp_time_wait),
+            (meta::CT_TCP_CLOSE, t.tcp_close),
+        ]
+        .iter()
+        .fold(b.c64(t.tcp_established), |acc, &(st, ns)| f.sel(f.eq(tcp_next, c(st)), b.c64(ns), acc));
 
         // UDP and echoes: the direction decides; an echo reply without its
         // request is invalid.
-        let dead_ok = b.not(b.and(icmp, b.not(from_lo)));
-        let other_write = b.or(live, dead_ok);
-        let other_flags = pick(live, seen_if_reply, new_flags);
-        let other_state = pick(live, by_direction, pick(dead_ok, num(CtState::New), num(CtState::Invalid)));
-        let replied = bit(other_flags, meta::CT_SEEN_REPLY);
-        let other_timeout = pick(icmp, b.c64(t.icmp), pick(replied, b.c64(t.udp_replied), b.c64(t.udp_unreplied)));
+        let dead_ok = f.not(f.and(icmp, f.not(from_lo)));
+        let other_write = f.or(live, dead_ok);
+        let other_flags = f.sel(live, seen_if_reply, new_flags);
+        let other_state = f.sel(live, by_direction, f.sel(dead_ok, num(CtState::New), num(CtState::Invalid)));
+        let replied = f.bit(other_flags, flag_bit(meta::CT_SEEN_REPLY));
+        let other_timeout = b.select(icmp1, b.c64(t.icmp), f.sel(replied, b.c64(t.udp_replied), b.c64(t.udp_unreplied)));
 
-        let write = pick(tcp, tcp_valid, other_write);
-        let state = pick(tcp, tcp_state, other_state);
-        let next = pick(tcp, tcp_next, b.c64(0));
-        let flags_out = pick(tcp, tcp_flags_out, other_flags);
-        let timeout = pick(tcp, tcp_timeout, other_timeout);
+        let write = b.select(tcp1, tcp_valid, other_write);
+        let state = b.select(tcp1, tcp_state, other_state);
+        let next = b.select(tcp1, tcp_next, b.c64(0));
+        let flags_out = b.select(tcp1, tcp_flags_out, other_flags);
+        let timeout = b.select(tcp1, tcp_timeout, other_timeout);
         b.store_at(value, 0, b.add(now, timeout));
         b.store_at(value, 8, b.or(next, b.shl(flags_out, b.c64(8))));
-        out.push((b.bool(true), state, write, entry, b.cur()));
+        out.push((b.c64(1), state, write, entry, b.cur()));
         b.br(done);
 
         // An ICMP error: related to the connection whose packet it quotes.
         b.at(error_bb);
         let related = self.ct_quoted(&def, key, v6);
         let b = &self.b;
-        out.push((b.bool(true), pick(related, num(CtState::Related), num(CtState::Invalid)), b.bool(false), null, b.cur()));
+        let f = self.flat();
+        out.push((b.c64(1), f.sel(related, num(CtState::Related), num(CtState::Invalid)), b.c64(0), null, b.cur()));
         b.br(done);
 
         b.at(done);
         let ok = b.phi(&out.iter().map(|&(o, _, _, _, bb)| (o, bb)).collect::<Vec<_>>());
         let state = b.phi(&out.iter().map(|&(_, s, _, _, bb)| (s, bb)).collect::<Vec<_>>());
-        self.ct_write = records.then(|| {
-            let write = b.phi(&out.iter().map(|&(_, _, w, _, bb)| (w, bb)).collect::<Vec<_>>());
-            let entry = b.phi_ptr(&out.iter().map(|&(_, _, _, e, bb)| (e, bb)).collect::<Vec<_>>());
-            CtWrite { write, entry, key, value }
-        });
+        let write = b.phi(&out.iter().map(|&(_, _, w, _, bb)| (w, bb)).collect::<Vec<_>>());
+        let entry = b.phi_ptr(&out.iter().map(|&(_, _, _, e, bb)| (e, bb)).collect::<Vec<_>>());
+        let [ok, state, write] = self.ct_launder(&def, [ok, state, write]);
+        let b = &self.b;
+        let (ok, write) = (b.cmp(IntPredicate::NE, ok, b.c64(0)), b.cmp(IntPredicate::NE, write, b.c64(0)));
+        self.ct_write = records.then_some(CtWrite { write, entry, key, value });
         b.set(h.ct_ok, ok);
         b.set(h.ct_state, state);
     }
 
+    /// `values` passed through the table's per-CPU scratch word (stored,
+    /// then loaded back as the verifier cannot follow): the ways the
+    /// classification reached them (the absent, the connection's and the
+    /// error's) then meet as one state for the verifier, instead of each
+    /// carrying its constants through every rule after it.
+    fn ct_launder(&self, def: &CtDef<'ctx>, values: [IntValue<'ctx>; 3]) -> [IntValue<'ctx>; 3] {
+        let b = &self.b;
+        let key = b.stack_buf(4, "key");
+        b.store_at(key, 0, b.c32(0));
+        let s = b.map_lookup(def.scratch, key);
+        let from = b.cur();
+        let there = b.block("ct_scratch");
+        let after = b.block("ct_laundered");
+        b.br_if_null(s, after, there);
+        b.at(there);
+        for (i, v) in values.iter().enumerate() {
+            b.store_at(s, 8 * i as u64, *v);
+        }
+        let back: Vec<IntValue<'ctx>> = (0..values.len()).map(|i| b.load_u64_shared(s, 8 * i as u64)).collect();
+        let there_end = b.cur();
+        b.br(after);
+        b.at(after);
+        // The key 0 of a one-entry array is always there; without it the
+        // packet has no state.
+        let merged: Vec<IntValue<'ctx>> = back
+            .iter()
+            .map(|&v| {
+                let mut incoming = vec![(v, there_end)];
+                if !b.omit_null_check {
+                    incoming.push((b.c64(0), from));
+                }
+                b.phi(&incoming)
+            })
+            .collect();
+        [merged[0], merged[1], merged[2]]
+    }
+
     /// Whether the ICMP error here quotes a packet of a connection with a
-    /// live entry: an IP header of the error's family, whole, and 8 bytes
+    /// live entry (0 or 1): an IP header of the error's family, whole, and 8 bytes
     /// of TCP, UDP or an echo right after it (IPv4: not a later fragment).
-    /// Uses `key` as its buffer.
+    /// Uses `key` as its buffer; `v6` is the parser's i1.
     fn ct_quoted(&self, def: &CtDef<'ctx>, key: PointerValue<'ctx>, v6: IntValue<'ctx>) -> IntValue<'ctx> {
         let b = &self.b;
+        let f = self.flat();
         let h = &self.h;
         let get = |p| b.get_fact(p);
         let (data, end) = (h.data, h.data_end);
@@ -319,7 +457,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let q = b.pkt_ptr(data, at);
         let done = b.block("ct_quote_done");
         let mut results: Vec<(IntValue<'ctx>, BasicBlock<'ctx>)> = Vec::new();
-        let fail = |results: &mut Vec<_>| results.push((b.bool(false), b.cur()));
+        let fail = |results: &mut Vec<_>| results.push((b.c64(0), b.cur()));
         // The quoted IP header, by the error's family.
         let q4 = b.block("ct_quote4");
         let q6 = b.block("ct_quote6");
@@ -377,18 +515,18 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let (w0, w1) = (b.load_be(p, 0, 2), b.load_be(p, 2, 2));
         let id = b.load_be(p, 4, 2);
         let ty = b.lshr(w0, b.c64(8));
-        let ports = b.or(b.eq(proto, b.c64(6)), b.eq(proto, b.c64(17)));
-        let icmp = b.eq(proto, b.select(v6, b.c64(58), b.c64(1)));
-        let request = b.and(icmp, b.eq(ty, b.select(v6, b.c64(128), b.c64(8))));
-        let reply = b.and(icmp, b.eq(ty, b.select(v6, b.c64(129), b.c64(0))));
+        let ports = f.or(f.eq(proto, b.c64(6)), f.eq(proto, b.c64(17)));
+        let icmp = f.eq(proto, b.select(v6, b.c64(58), b.c64(1)));
+        let request = f.and(icmp, f.eq(ty, b.select(v6, b.c64(128), b.c64(8))));
+        let reply = f.and(icmp, f.eq(ty, b.select(v6, b.c64(129), b.c64(0))));
         let known = b.block("ct_quote_known");
         fail(&mut results);
-        b.cond_br(b.or(ports, b.or(request, reply)), known, done);
+        b.cond_br(f.test(f.or(ports, f.or(request, reply))), known, done);
         b.at(known);
-        let from_lo = b.select(ports, self.ct_first(src, w0, dst, w1), request);
-        let (sport, dport) = (b.select(ports, w0, id), b.select(ports, w1, id));
+        let from_lo = f.sel(ports, self.ct_first(src, w0, dst, w1), request);
+        let (sport, dport) = (f.sel(ports, w0, id), f.sel(ports, w1, id));
         let (lo, hi) = (self.ct_pick(from_lo, src, dst), self.ct_pick(from_lo, dst, src));
-        let (lo_port, hi_port) = (b.select(from_lo, sport, dport), b.select(from_lo, dport, sport));
+        let (lo_port, hi_port) = (f.sel(from_lo, sport, dport), f.sel(from_lo, dport, sport));
         self.ct_key(key, lo, lo_port, hi, hi_port, proto, v6);
         let now = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
         let (_, _, _, live) = self.ct_lookup(def, key, now);

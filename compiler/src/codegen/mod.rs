@@ -502,7 +502,10 @@ pub fn generate(policy: &ir::Policy, sources: &SourceMap, options: &crate::Build
             l4_before = Some(0);
         }
         let ct_classify = records.is_some() || (policy.conntrack.is_some() && parse::reads_field(prog, crate::check::fields::Field::CtState));
-        let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
+        // A program without rules of its own (the `tc:egress` of `nat` or
+        // of the connection table) gains nothing from a parse end per
+        // header, and would repeat its work at each.
+        let parsed = parse::parse(&b, prog.hook, &uses, specialize && !prog.probes.is_empty(), options.faults.omit_l4_bounds_check);
         for &end in &parsed.ends {
             b.at(end);
             faults::emit(&b, &options.faults, prog);
