@@ -202,7 +202,7 @@ fn conntrack_quick() {
     }
     let out = tempfile::tempdir().expect("tempdir");
     let report = conntrack::run(&conntrack::Mode { quick: true }, out.path());
-    assert_eq!(report.json["test_runs"].as_array().expect("test-run rows").len(), 6, "{}", report.markdown);
+    assert_eq!(report.json["test_runs"].as_array().expect("test-run rows").len(), 7, "{}", report.markdown);
     let skipped = report.json["skipped"].as_array().expect("skipped").len();
     if skipped == 0 {
         assert_eq!(report.json["veth"].as_array().expect("veth rows").len(), 3, "{}", report.markdown);

@@ -314,8 +314,24 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let seen_if_reply = b.or(fl, b.mul(reply, c(meta::CT_SEEN_REPLY)));
         let by_direction = f.sel(f.and(orig, f.not(seen)), num(CtState::New), num(CtState::Established));
 
-        // TCP (docs/conntrack.md, "TCP"): the packet's class by its flags.
+        // Most packets are a live TCP connection's ACKs (no SYN, FIN or
+        // RST) in ESTABLISHED: they only refresh it, and skip the table
+        // below (a branch: the two ways meet again at the laundering).
         let flags = get(h.tcp_flags);
+        let plain_ack = f.eq(b.and(flags, b.c64(0x17)), b.c64(0x10));
+        let steady = f.and(f.and(f.of(tcp1), live), f.and(plain_ack, f.eq(st, c(meta::CT_TCP_ESTABLISHED))));
+        let fast = b.block("ct_established");
+        let slow = b.block("ct_classify");
+        let classified = b.block("ct_classified");
+        b.cond_br_likely(f.test(steady), fast, slow);
+        b.at(fast);
+        b.store_at(value, 0, b.add(now, b.c64(t.tcp_established)));
+        b.store_at(value, 8, b.or(c(meta::CT_TCP_ESTABLISHED), b.shl(seen_if_reply, b.c64(8))));
+        let fast_end = b.cur();
+        b.br(classified);
+        b.at(slow);
+
+        // TCP (docs/conntrack.md, "TCP"): the packet's class by its flags.
         let (fin, syn, rst, ack) = (f.bit(flags, 0), f.bit(flags, 1), f.bit(flags, 2), f.bit(flags, 4));
         let not_rst = f.not(rst);
         let c_synack = f.and(not_rst, f.and(syn, ack));
@@ -382,6 +398,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let timeout = b.select(tcp1, tcp_timeout, other_timeout);
         b.store_at(value, 0, b.add(now, timeout));
         b.store_at(value, 8, b.or(next, b.shl(flags_out, b.c64(8))));
+        let slow_end = b.cur();
+        b.br(classified);
+        b.at(classified);
+        let state = b.phi(&[(by_direction, fast_end), (state, slow_end)]);
+        let write = b.phi(&[(b.c64(1), fast_end), (write, slow_end)]);
         out.push((b.c64(1), state, write, entry, b.cur()));
         b.br(done);
 
