@@ -787,4 +787,32 @@ mod tests {
         let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
         assert_eq!(meta.counters, CountersMeta::default());
     }
+
+    /// A record pinned before the connection table (META_VERSION 9) has
+    /// none; one with it keeps it through a round trip.
+    #[test]
+    fn metadata_without_a_connection_table_reads_as_none() {
+        let old = r#"{"version":9,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[],"limits":[]}"#;
+        let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
+        assert_eq!(meta.conntrack, None);
+        let with = super::ObjectMeta {
+            conntrack: Some(super::ConntrackMeta { map: super::CONNTRACK_MAP.into(), max_entries: 64, trackers: vec!["xdp".into(), "tc:egress".into()] }),
+            ..meta
+        };
+        let back: super::ObjectMeta = serde_json::from_str(&serde_json::to_string(&with).expect("writes")).expect("reads");
+        assert_eq!(back, with);
+    }
+
+    /// Keys and values of the connection table read back as written.
+    #[test]
+    fn connection_table_entries_round_trip() {
+        let key = super::CtKey { lo: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], hi: [198, 18, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], lo_port: 40000u16.to_be_bytes(), hi_port: 443u16.to_be_bytes(), proto: 6, family: 4, pad: [0; 2] };
+        assert_eq!(super::CtKey::from_bytes(&key.to_bytes()), Some(key));
+        assert_eq!(key.endpoints(), (("198.18.0.2".parse().unwrap(), 40000), ("198.18.0.9".parse().unwrap(), 443)));
+        let value = super::CtValue { expires_ns: 7u64.to_le_bytes(), state: super::CT_TCP_ESTABLISHED, flags: super::CT_ORIG_LO | super::CT_SEEN_REPLY, pad: [0; 6] };
+        assert_eq!(super::CtValue::from_bytes(&value.to_bytes()), Some(value));
+        assert_eq!(super::ct_state_name(6, value.state, value.flags), "tcp established");
+        assert_eq!(super::ct_state_name(17, 0, super::CT_SEEN_REPLY), "udp replied");
+        assert!(super::CtKey::from_bytes(&[0; 39]).is_none());
+    }
 }

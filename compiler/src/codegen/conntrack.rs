@@ -330,6 +330,12 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let fast_end = b.cur();
         b.br(classified);
         b.at(slow);
+        // By protocol: a branch on the parser's fact, which LLVM folds
+        // where the program was specialized for the header.
+        let tcp_bb = b.block("ct_tcp");
+        let other_bb = b.block("ct_udp_echo");
+        b.cond_br(tcp1, tcp_bb, other_bb);
+        b.at(tcp_bb);
 
         // TCP (docs/conntrack.md, "TCP"): the packet's class by its flags.
         let (fin, syn, rst, ack) = (f.bit(flags, 0), f.bit(flags, 1), f.bit(flags, 2), f.bit(flags, 4));
@@ -381,9 +387,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         ]
         .iter()
         .fold(b.c64(t.tcp_established), |acc, &(st, ns)| f.sel(f.eq(tcp_next, c(st)), b.c64(ns), acc));
+        b.store_at(value, 0, b.add(now, tcp_timeout));
+        b.store_at(value, 8, b.or(tcp_next, b.shl(tcp_flags_out, b.c64(8))));
+        let tcp_end = b.cur();
+        b.br(classified);
 
         // UDP and echoes: the direction decides; an echo reply without its
         // request is invalid.
+        b.at(other_bb);
         let dead_ok = f.not(f.and(icmp, f.not(from_lo)));
         let other_write = f.or(live, dead_ok);
         let other_flags = f.sel(live, seen_if_reply, new_flags);
@@ -391,18 +402,13 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let replied = f.bit(other_flags, flag_bit(meta::CT_SEEN_REPLY));
         let other_timeout = b.select(icmp1, b.c64(t.icmp), f.sel(replied, b.c64(t.udp_replied), b.c64(t.udp_unreplied)));
 
-        let write = b.select(tcp1, tcp_valid, other_write);
-        let state = b.select(tcp1, tcp_state, other_state);
-        let next = b.select(tcp1, tcp_next, b.c64(0));
-        let flags_out = b.select(tcp1, tcp_flags_out, other_flags);
-        let timeout = b.select(tcp1, tcp_timeout, other_timeout);
-        b.store_at(value, 0, b.add(now, timeout));
-        b.store_at(value, 8, b.or(next, b.shl(flags_out, b.c64(8))));
-        let slow_end = b.cur();
+        b.store_at(value, 0, b.add(now, other_timeout));
+        b.store_at(value, 8, b.shl(other_flags, b.c64(8)));
+        let other_end = b.cur();
         b.br(classified);
         b.at(classified);
-        let state = b.phi(&[(by_direction, fast_end), (state, slow_end)]);
-        let write = b.phi(&[(b.c64(1), fast_end), (write, slow_end)]);
+        let state = b.phi(&[(by_direction, fast_end), (tcp_state, tcp_end), (other_state, other_end)]);
+        let write = b.phi(&[(b.c64(1), fast_end), (tcp_valid, tcp_end), (other_write, other_end)]);
         out.push((b.c64(1), state, write, entry, b.cur()));
         b.br(done);
 
