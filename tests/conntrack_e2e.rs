@@ -166,3 +166,52 @@ fn host_firewall_on_connection_state() {
         wait_bounded(s, Duration::from_secs(10));
     }
 }
+
+/// An applied host firewall (`xpol apply`, in a bpffs of the test's own):
+/// `xpol ct` lists the host's connection with its state, `xpol stats`
+/// counts it, and a replace by a changed policy keeps it.
+#[test]
+fn applied_table_is_listed_and_kept_across_a_replace() {
+    if !usable() || !Command::new("unshare").arg("--help").output().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    let net = Net::new();
+    let host = common::host::Host::new();
+    let n = net.addr_b.split('.').nth(2).expect("subnet").to_string();
+    let a4 = format!("198.18.{n}.1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("host.xpol");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let policy = policy.display().to_string();
+    host.ok(&net.b, &["apply", &policy, "-i", &net.vb, "--name", "fw"]);
+    let mut peer = python_ready(&net.a, 60, SERVER, &["udp,9053"]);
+    assert_eq!(client(&net.b, &[format!("udp,{a4},9053")]), ["ok"], "the host's query answered");
+
+    let listed = |host: &common::host::Host| -> Vec<serde_json::Value> {
+        host.ok(&net.b, &["ct", "fw", "--json"]).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect()
+    };
+    let before = listed(&host);
+    let query = before.iter().find(|e| e["to"] == a4.as_str() && e["to_port"] == 9053).unwrap_or_else(|| panic!("the query's connection: {before:?}"));
+    assert_eq!(query["state"], "udp replied", "{query}");
+    assert_eq!(query["from"], net.addr_b.as_str());
+    let summary = before.last().expect("a summary");
+    assert!(summary["entries"].as_u64().unwrap_or(0) >= 1 && summary["states"]["udp replied"].as_u64().unwrap_or(0) >= 1, "{summary}");
+    let stats: serde_json::Value = serde_json::from_str(&host.ok(&net.b, &["stats", "fw", "--json"])).expect("JSON");
+    assert!(stats["conntrack"]["states"]["udp replied"].as_u64().unwrap_or(0) >= 1, "{stats}");
+
+    // Another service: a replace, which hands the table on.
+    let changed = dir.path().join("host2.xpol");
+    std::fs::write(&changed, POLICY.replace("{ 8080 }", "{ 8080, 8081 }")).expect("write policy");
+    let out = host.xpol(&net.b, &["apply", &changed.display().to_string(), "-i", &net.vb, "--name", "fw"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("connections kept"), "{err}");
+    let after = listed(&host);
+    let kept = after.iter().find(|e| e["to"] == a4.as_str() && e["to_port"] == 9053).unwrap_or_else(|| panic!("kept: {after:?}"));
+    assert_eq!(kept["from_port"], query["from_port"]);
+    assert_eq!(kept["state"], "udp replied");
+    // And it still lets the answers in.
+    assert_eq!(client(&net.b, &[format!("udp,{a4},9053")]), ["ok"]);
+    host.ok(&net.b, &["delete", "fw"]);
+    drop(peer.stdin.take());
+    wait_bounded(&mut peer, Duration::from_secs(10));
+}
