@@ -200,7 +200,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
 
     /// Fills the 40-byte key (`meta::CtKey`) of the connection from `lo`
     /// to `hi` (`v6` an i1).
-    fn ct_key(&self, key: PointerValue<'ctx>, lo: Addr<'ctx>, lo_port: IntValue<'ctx>, hi: Addr<'ctx>, hi_port: IntValue<'ctx>, proto: IntValue<'ctx>, v6: IntValue<'ctx>) {
+    fn ct_key(&self, key: PointerValue<'ctx>, (lo, lo_port): (Addr<'ctx>, IntValue<'ctx>), (hi, hi_port): (Addr<'ctx>, IntValue<'ctx>), proto: IntValue<'ctx>, v6: IntValue<'ctx>) {
         let b = &self.b;
         let be16 = |p: IntValue<'ctx>| b.or(b.shl(b.and(p, b.c64(0xff)), b.c64(8)), b.and(b.lshr(p, b.c64(8)), b.c64(0xff)));
         b.store_at(key, 0, lo.word0);
@@ -301,7 +301,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let from_lo = b.select(icmp1, echo_req, self.ct_first(src, sport, dst, dport));
         let (lo, hi) = (self.ct_pick(from_lo, src, dst), self.ct_pick(from_lo, dst, src));
         let (lo_port, hi_port) = (f.sel(from_lo, sport, dport), f.sel(from_lo, dport, sport));
-        self.ct_key(key, lo, lo_port, hi, hi_port, proto, v6);
+        self.ct_key(key, (lo, lo_port), (hi, hi_port), proto, v6);
         let (entry, st, fl, live) = self.ct_lookup(&def, key, now);
         let b = &self.b;
         let f = self.flat();
@@ -554,7 +554,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let (sport, dport) = (f.sel(ports, w0, id), f.sel(ports, w1, id));
         let (lo, hi) = (self.ct_pick(from_lo, src, dst), self.ct_pick(from_lo, dst, src));
         let (lo_port, hi_port) = (f.sel(from_lo, sport, dport), f.sel(from_lo, dport, sport));
-        self.ct_key(key, lo, lo_port, hi, hi_port, proto, v6);
+        self.ct_key(key, (lo, lo_port), (hi, hi_port), proto, v6);
         let now = b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]);
         let (_, _, _, live) = self.ct_lookup(def, key, now);
         results.push((live, b.cur()));
