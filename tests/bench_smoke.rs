@@ -17,6 +17,8 @@ mod limit;
 
 #[path = "../benches/conntrack.rs"]
 mod conntrack;
+#[path = "../benches/log.rs"]
+mod log;
 
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
@@ -48,6 +50,26 @@ fn lb_replaces_its_section_only() {
 
 #[path = "../benches/lb_path.rs"]
 mod lb_path;
+
+#[path = "../benches/compile.rs"]
+mod compile;
+
+/// The compile-time benchmark in quick mode (no kernel needed): 100 rules
+/// build, the policy far over the size budget is refused before compiling
+/// at a rule, and the report is written.
+#[test]
+fn compile_quick() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = compile::run(&compile::Mode { quick: true, baseline: None, baseline_label: None }, out.path());
+    let policies = report.json["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 3, "{}", report.markdown);
+    assert!(policies[0]["instructions"].as_u64().is_some_and(|n| n > 0), "{}", report.markdown);
+    let far = &policies[2];
+    assert_eq!(far["refused"]["code"], "xpol::budget::program_size", "{}", report.markdown);
+    assert_eq!(far["refused"]["before_compiling"], true, "{}", report.markdown);
+    assert!(far["refused"]["line"].as_u64().is_some_and(|l| l > 0 && l <= compile::FAR_OVER as u64), "{}", report.markdown);
+    assert!(out.path().join("compile.json").exists());
+}
 
 /// The live-operation benchmark in quick mode: every measured change
 /// succeeds (each is checked as it runs) and the report is written.
@@ -208,4 +230,19 @@ fn conntrack_quick() {
         assert_eq!(report.json["veth"].as_array().expect("veth rows").len(), 3, "{}", report.markdown);
     }
     assert!(out.path().join("conntrack.json").exists() && out.path().join("conntrack.md").exists());
+}
+
+/// The logging benchmark in quick mode: every row's rule dropped every
+/// run, rates suppressed records, the read ring got every record and the
+/// unread one lost them (its own assertions), and the report is written.
+#[test]
+fn log_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("log_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = log::run(&log::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
+    assert!(report.markdown.contains("suppressed (coarse clock)"), "{}", report.markdown);
+    assert!(out.path().join("log.json").exists());
 }

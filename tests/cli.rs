@@ -424,9 +424,10 @@ fn check_kernel_locates_too_long_once_rewritten_in_an_include() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("inc")).expect("mkdir");
-    // 207 rules of two map updates each: about 32,100 instructions as
-    // compiled, more once the kernel inlines the lookups (204 load).
-    let rules: String = (1..=207).map(|i| format!("xdp /tcp.dport == {i}/ {{ @m[ip.src] = count(); @c = count() }}\n")).collect();
+    // 240 rules of two map updates each: about 31,600 instructions as
+    // compiled (250 pass the compiler's budget), more once the kernel
+    // inlines the lookups (238 load).
+    let rules: String = (1..=240).map(|i| format!("xdp /tcp.dport == {i}/ {{ @m[ip.src] = count(); @c = count() }}\n")).collect();
     std::fs::write(dir.path().join("inc/rules.xpol"), &rules).expect("write");
     std::fs::write(dir.path().join("main.xpol"), "include \"inc/rules.xpol\"\nxdp { pass }\n").expect("write");
     let r = xpolc().current_dir(dir.path()).args(["check", "--kernel", "main.xpol"]).output().expect("run xpolc");
@@ -440,7 +441,7 @@ fn check_kernel_locates_too_long_once_rewritten_in_an_include() {
     let (column, line, file) = (parts.next(), parts.next().and_then(|l| l.parse::<usize>().ok()), parts.next());
     assert_eq!(file, Some("inc/rules.xpol"), "{err}");
     assert_eq!(column, Some("26"), "{err}");
-    assert!(line.is_some_and(|l| (100..=207).contains(&l)), "a rule near the end, not the first: {err}");
+    assert!(line.is_some_and(|l| (100..=240).contains(&l)), "a rule near the end, not the first: {err}");
     assert!(err.contains("cannot be patched due to 16-bit range"), "{err}");
 }
 

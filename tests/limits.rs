@@ -8,12 +8,19 @@
 //! A failing policy is written to `target/limits-failure-N.xpol`.
 
 mod common;
+mod policygen;
 
 use common::Rng;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use xpol_compiler::{build, BuildOptions};
 use xpol_runtime::loader::{LoadedPolicy, RuntimeError};
+
+impl policygen::Choice for Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        Rng::below(self, n)
+    }
+}
 
 /// How a policy fared: refused at compile time (with every error
 /// located), built and loaded, or built and refused by the kernel for the
@@ -219,4 +226,93 @@ fn generated_policies_build_only_what_loads() {
     }
     eprintln!("limits: {tried} policies in {secs} s: {loaded} loaded, {refused} refused with a located error, {kernel_only} refused by the kernel's rewriting limit");
     assert!(tried > 0);
+}
+
+/// Codegen refuses a long program early, before LLVM runs, when the
+/// instructions it is certain to take already pass the limit
+/// (`budget::SizeFloor`). That floor must never be above what the
+/// program takes compiled: checked on every program of policies of many
+/// shapes and sizes, up to and past the limit (no kernel needed).
+#[test]
+fn the_early_size_floor_is_never_above_the_compiled_size() {
+    use xpol_compiler::codegen::{generate, program_name};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.xpol");
+    let mut rng = Rng(0xf100_4);
+    let (mut compared, mut refused) = (0, 0);
+    for i in 0..16 {
+        let text = match i % 4 {
+            0 => {
+                let n = 1000 + rng.below(5000) as usize;
+                let fall_through = rng.below(20);
+                comparisons(&mut rng, "xdp", n, fall_through)
+            }
+            1 => {
+                let n = 65 + rng.below(1500) as usize;
+                policygen::reachable_rules(&mut rng, "xdp", n).text()
+            }
+            2 => {
+                let (a, b) = (65 + rng.below(2000) as usize, 65 + rng.below(2000) as usize);
+                comparisons(&mut rng, "tc:ingress", a, 10) + &comparisons(&mut rng, "tc:egress", b, 10)
+            }
+            _ => {
+                let rules = 65 + rng.below(200) as usize;
+                let text: String = (0..rules)
+                    .map(|_| {
+                        let terms = 1 + rng.below(6) as usize;
+                        heavy_rule(&mut rng, terms)
+                    })
+                    .collect();
+                text + &literal_sets(&mut rng, 30)
+            }
+        };
+        std::fs::write(&path, &text).expect("write policy");
+        let mut sources = xpol_lang::SourceMap::new();
+        let loaded = xpol_compiler::load::load(&path, &mut sources).unwrap_or_else(|d| fail("load", &text, &format!("{d:?}")));
+        let ir = xpol_compiler::check::check(&loaded, &sources).unwrap_or_else(|d| fail("check", &text, &format!("{d:?}")));
+        match generate(&ir, &sources, &BuildOptions::default()) {
+            Ok(gen) => {
+                for (hook, floor) in gen.size_floors.iter().filter(|(_, floor)| *floor > 0) {
+                    let (_, _, insns) = xpol_compiler::verifier::program_range(&gen.object, program_name(*hook)).expect("the program is in the object");
+                    if *floor > insns {
+                        fail(&format!("policy {i}"), &text, &format!("the `{}` program takes {insns} instructions, under its floor of {floor}", hook.as_str()));
+                    }
+                    eprintln!("policy {i}: `{}` floor {floor}, compiled {insns}", hook.as_str());
+                    compared += 1;
+                }
+            }
+            Err(errors) => {
+                eprintln!("policy {i}: refused: {:?}", errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>());
+                if errors.iter().any(|e| e.primary_span().is_none() || !e.code.starts_with("xpol::budget::")) {
+                    fail(&format!("policy {i}"), &text, &format!("refused without a budget error at a place: {errors:?}"));
+                }
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("size floor: {compared} programs compared with their compiled size, {refused} policies refused by a budget");
+    assert!(compared >= 10, "{compared}");
+}
+
+/// A policy far over the size limit is refused before LLVM runs, with the
+/// error of the compiled check, at the rule where the instructions it is
+/// certain to take pass the limit (one rule per line here).
+#[test]
+fn a_policy_far_over_the_size_limit_is_refused_before_compiling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.xpol");
+    let text: String = (0..20_000).map(|i| format!("xdp /tcp.dport == {}/ {{ drop }}\n", 1 + i % 65_000)).collect();
+    std::fs::write(&path, &text).expect("write policy");
+    let b = build(&path, &BuildOptions::default());
+    let errors: Vec<_> = b.diagnostics.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors[0];
+    assert_eq!(e.code, "xpol::budget::program_size");
+    assert!(e.message.contains("refused before compiling the rest"), "{}", e.message);
+    let span = e.primary_span().expect("a place");
+    let (_, line, column) = b.sources.location(span);
+    assert_eq!(column, 1, "at a rule");
+    let rules: usize = e.message.split("its first ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect("the rules counted");
+    assert_eq!(line as usize, rules, "the rule where the count passes the limit: {}", e.message);
+    assert!(rules < 20_000 && rules > 3_000, "{rules}");
 }

@@ -98,3 +98,27 @@ pub fn out_dir(root: &Path, quick: bool, complete: bool) -> PathBuf {
         root.join("bench-out")
     }
 }
+
+/// The commit a run measured, as the reports name it: the short hash,
+/// and which of `paths` (of the repository at `root`) differ from it
+/// when some do, since then the numbers are not that commit's.
+pub fn commit_label(root: &Path, paths: &[&str]) -> String {
+    let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let mut diff = vec!["diff", "--name-only", "HEAD", "--"];
+    diff.extend_from_slice(paths);
+    let dirty = git(&diff);
+    if dirty.is_empty() {
+        commit
+    } else {
+        format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// The CPU's model name, from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default()
+}

@@ -147,6 +147,12 @@ pub struct NamedSet {
     pub file: Option<Span>,
 }
 
+/// IPv6 extension headers walked before giving up on finding the L4
+/// header: the packet parser codegen emits and the reference semantics
+/// both stop there (here, not in `codegen`, so the reference builds
+/// without LLVM).
+pub const MAX_IPV6_EXT: usize = 8;
+
 /// Entries of a `@map` with keys and no `map @NAME max N`, as in bpftrace.
 pub const DEFAULT_MAP_ENTRIES: u32 = 10_240;
 
@@ -307,6 +313,32 @@ pub struct Limit {
     pub span: Span,
 }
 
+pub type LogId = usize;
+
+/// A `log("PREFIX", rate: R, burst: B)` statement (docs/language.md,
+/// "Logging"): a record of the packet to the policy's ring buffer. Each
+/// occurrence in the source is its own, with its own rate's bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// The rule it is written in.
+    pub rule: RuleId,
+    /// `""` without a prefix.
+    pub prefix: String,
+    /// `rate:`: the unkeyed [`Limit`] a packet must fit in to be logged
+    /// (its own, in [`Policy::limits`]); `None`: every packet is.
+    pub limit: Option<LimitId>,
+    /// What the rule does after the `log` (one of
+    /// `xpol_lang::meta::LOG_VERDICTS`): its verdict, `mixed` when an `if`
+    /// after it decides, `none` when evaluation goes on.
+    pub verdict: &'static str,
+    /// The statement as written, on one line.
+    pub text: String,
+    pub span: Span,
+}
+
+/// The most bytes of a `log` prefix.
+pub const MAX_LOG_PREFIX: usize = 64;
+
 /// Buckets of a keyed `limit` without `size:`.
 pub const DEFAULT_LIMIT_SIZE: u32 = 65_536;
 /// The largest `size:` of a `limit`: an LRU hash preallocates its entries,
@@ -449,6 +481,17 @@ impl CmpOp {
             CmpOp::Ge => ">=",
         }
     }
+
+    /// The operator of `b OP' a` for `a OP b`.
+    pub fn flipped(self) -> CmpOp {
+        match self {
+            CmpOp::Lt => CmpOp::Gt,
+            CmpOp::Le => CmpOp::Ge,
+            CmpOp::Gt => CmpOp::Lt,
+            CmpOp::Ge => CmpOp::Le,
+            op => op,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -505,6 +548,9 @@ pub enum StmtKind {
     MapUpdate { map: MapId, keys: Vec<Expr>, op: MapOp },
     /// Balance over a pool; ends evaluation like a verdict.
     Lb(Balance),
+    /// Writes a record of the packet (index into [`Policy::logs`]); the
+    /// verdict stays whatever follows.
+    Log(LogId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -582,6 +628,18 @@ pub struct TestCase {
     pub lb: Option<(PoolId, Option<IpAddr>)>,
     /// `after D` before the case: nanoseconds the clock moves on first.
     pub after_ns: u64,
+    /// `, log`, `, log("PREFIX")`, `, !log`: what the packet must log.
+    pub logs: Vec<LogExpect>,
+    pub span: Span,
+}
+
+/// `log`, `log("PREFIX")` (the packet is logged, by a `log` with that
+/// prefix), `!log` (it logs nothing) or `!log("PREFIX")` (nothing with
+/// that prefix) in a test case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogExpect {
+    pub logged: bool,
+    pub prefix: Option<String>,
     pub span: Span,
 }
 
@@ -617,10 +675,13 @@ pub struct Policy {
     /// The pools `lb(..., nat)` balances over, in order: the `tc:egress`
     /// program translates their replies back first.
     pub nat_pools: Vec<PoolId>,
-    /// Every `limit(...)`, in source order.
+    /// Every `limit(...)` and the rate of every `log(..., rate: R)`, in
+    /// source order.
     pub limits: Vec<Limit>,
     /// The connection table, when a rule reads `ct.state`.
     pub conntrack: Option<Conntrack>,
+    /// Every `log` statement, in source order.
+    pub logs: Vec<Log>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -692,6 +753,7 @@ impl Printer<'_> {
                     out.push_str(&format!("{pad}@{}{} = {rhs}\n", self.policy.maps[*map].name, self.keys(keys)))
                 }
                 StmtKind::Lb(lb) => out.push_str(&format!("{pad}{}\n", self.balance(lb))),
+                StmtKind::Log(id) => out.push_str(&format!("{pad}log#{id}\n")),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);
@@ -801,6 +863,10 @@ impl fmt::Display for Policy {
             let hooks: Vec<&str> = ct.trackers.iter().map(|h| h.as_str()).collect();
             out.push_str(&format!("conntrack flows {}, tracked on {}\n", ct.flows, hooks.join(", ")));
         }
+        for (i, l) in self.logs.iter().enumerate() {
+            let rate = l.limit.map(|id| format!(", rate limit#{id}")).unwrap_or_default();
+            out.push_str(&format!("log#{i} rule {}: prefix {:?}{rate}, then {}\n", l.rule, l.prefix, l.verdict));
+        }
         for m in &self.maps {
             let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();
             let max = m.capacity.map(|n| format!(", max {n}")).unwrap_or_default();
@@ -838,6 +904,11 @@ impl fmt::Display for Policy {
                 let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
                 let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };
                 out.push_str(&format!(", @{}{keys} == {}", self.maps[m.map].name, m.value));
+            }
+            for l in &t.logs {
+                let not = if l.logged { "" } else { "!" };
+                let prefix = l.prefix.as_ref().map(|p| format!("({p:?})")).unwrap_or_default();
+                out.push_str(&format!(", {not}log{prefix}"));
             }
         }
         if !self.tests.is_empty() {

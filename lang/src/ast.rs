@@ -47,6 +47,8 @@ pub struct TestCase {
     pub decided_by: Option<(u32, Span)>,
     /// `, @map[KEYS] == VALUE`: map entries after the packet.
     pub maps: Vec<MapExpect>,
+    /// `, log`, `, log("PREFIX")`, `, !log`: what the packet logs.
+    pub logs: Vec<LogExpect>,
     /// `after D` (one or more) written before the case: nanoseconds the
     /// clock moves on before the packet, and the span of the first.
     pub after: Option<(u64, Span)>,
@@ -59,6 +61,16 @@ pub struct TestCase {
 pub struct LbExpect {
     pub pool: Ident,
     pub backend: Option<Expr>,
+}
+
+/// `log`, `log("PREFIX")` or `!log` in a test case: the packet is logged
+/// (by a `log` with that prefix), or not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogExpect {
+    /// False for `!log`.
+    pub logged: bool,
+    pub prefix: Option<StrLit>,
+    pub span: Span,
 }
 
 /// `@seen[198.18.0.1] == 1` in a test case: the entry's value after the
@@ -273,6 +285,25 @@ pub enum StmtKind {
     /// an ordinary expression; the aggregations `count()` and `sum(e)` are
     /// [`ExprKind::Call`]s that the checker accepts only here.
     MapAssign { map: Ident, keys: Vec<Expr>, value: Expr },
+    /// `log`, `log("PREFIX", rate: 10/s, burst: 5)`: a record of the
+    /// packet. The arguments as written; the checker checks them.
+    Log(Vec<LogArg>),
+}
+
+/// One argument of `log(...)`: the prefix, or an option.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogArg {
+    Prefix(StrLit),
+    Option { name: Ident, value: LogValue, span: Span },
+}
+
+/// The value of a `log` option: `rate: 10/s`, `burst: 5 packets`,
+/// `burst: 5`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogValue {
+    Rate(Rate),
+    Amount { count: u64, unit: Ident, span: Span },
+    Expr(Expr),
 }
 
 /// One option of `lb(...)`: `encap: ipip`, `port: 6080`, `nat`.

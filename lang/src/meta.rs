@@ -59,8 +59,10 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 8: pools' idle times and NAT maps.
 /// 9: rate limits ([`LimitMeta`]), whose maps older runtimes would not
 /// know to show, check or carry.
-/// 10: the connection table ([`ConntrackMeta`]).
-pub const META_VERSION: u32 = 10;
+/// 10: logging ([`LogRingMeta`], [`LogMeta`]): a ring buffer of records
+/// older runtimes would leave unread (and, with `--pcap-out`, unwritten).
+/// 11: the connection table ([`ConntrackMeta`]).
+pub const META_VERSION: u32 = 11;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -129,13 +131,22 @@ pub struct ObjectMeta {
     /// the load balancer existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolMeta>,
-    /// Every `limit(...)` of the rules, in source order.
+    /// Every `limit(...)` of the rules and the rate of every
+    /// `log(..., rate: R)` ([`LogMeta::limit`]), in source order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitMeta>,
     /// The connection table, when a rule reads `ct.state` (absent before
-    /// META_VERSION 10).
+    /// META_VERSION 11).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<ConntrackMeta>,
+    /// The ring buffer `log` statements write to; `None` when the policy
+    /// logs nothing (and in records written before logging existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_ring: Option<LogRingMeta>,
+    /// Every `log` statement, in source order: a record's
+    /// [`LogRecord::log`] is an index here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogMeta>,
 }
 
 impl ObjectMeta {
@@ -164,6 +175,18 @@ impl ObjectMeta {
             let needed: usize = l.keys.iter().map(|k| k.size()).sum();
             if needed > l.key_size as usize {
                 return Err(format!("limit map `{}` has {}-byte keys, too short for its {needed} bytes of key components", l.map, l.key_size));
+            }
+        }
+        if !self.logs.is_empty() {
+            let Some(ring) = &self.log_ring else { return Err(format!("{} `log` statements and no ring buffer", self.logs.len())) };
+            ring.check()?;
+        }
+        for (i, l) in self.logs.iter().enumerate() {
+            if l.rule as usize >= self.rules.len() {
+                return Err(format!("log statement {i} is in rule {}, which does not exist", l.rule));
+            }
+            if l.limit.is_some_and(|n| n as usize >= self.limits.len()) {
+                return Err(format!("log statement {i} has a rate that is no limit of the object"));
             }
         }
         let c = self.counters;
@@ -579,6 +602,194 @@ pub fn ct_state_name(proto: u8, state: u8, flags: u8) -> String {
     format!("{p} {s}")
 }
 
+// ------------------------------------------------------------ logging
+
+/// The ring buffer (`BPF_MAP_TYPE_RINGBUF`, Linux 5.8) that every `log`
+/// statement of a policy writes its records to, one map for all programs.
+pub const LOG_RING_MAP: &str = "xpol_log";
+/// The per-CPU array (`BPF_MAP_TYPE_PERCPU_ARRAY`) of records lost because
+/// the ring buffer was full: key u32, the `log` statement's index in
+/// [`ObjectMeta::logs`]; value u64, summed over CPUs.
+pub const LOG_LOST_MAP: &str = "xpol_log_lost";
+/// Bytes of the ring buffer: with [`LOG_RECORD_BYTES`] and the kernel's
+/// 8-byte header per record, room for 1,489 records that no reader has
+/// taken yet.
+pub const LOG_RING_BYTES: u32 = 256 << 10;
+/// The most bytes of a packet a record holds (from the start of the
+/// frame): Ethernet, IPv6 with 40 bytes of extension headers and TCP with
+/// options fit.
+pub const LOG_CAPTURE_BYTES: u32 = 128;
+/// Bytes of a record's header ([`LogRecord`]), before the packet's bytes.
+pub const LOG_HEADER_BYTES: u32 = 32;
+/// Bytes of a record: the header, then [`LOG_CAPTURE_BYTES`] of which the
+/// first `captured` are the packet's (the rest is whatever the ring held).
+pub const LOG_RECORD_BYTES: u32 = LOG_HEADER_BYTES + LOG_CAPTURE_BYTES;
+
+/// Where a policy's log records go, and their size. A record, as the
+/// programs write it (little-endian, the machine's order):
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 8 | `time_ns`: `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) when it was written |
+/// | 8 | 4 | `log`: the statement's index in [`ObjectMeta::logs`] |
+/// | 12 | 4 | `rule`: [`RuleMeta::id`] |
+/// | 16 | 4 | `packet_len`: the packet's length (`pkt.len`: XDP the frame, TC `skb->len`) |
+/// | 20 | 4 | `ifindex`: XDP the receiving interface, TC `skb->ifindex` |
+/// | 24 | 2 | `captured`: bytes of the packet that follow (at most `capture`) |
+/// | 26 | 1 | `hook`: 0 `xdp`, 1 `tc:ingress`, 2 `tc:egress` ([`hook_code`]) |
+/// | 27 | 1 | `verdict`: what the rule does after the `log` ([`log_verdict_code`]) |
+/// | 28 | 4 | 0 |
+/// | 32 | `capture` | the packet's first `captured` bytes |
+///
+/// A runtime reads `header_bytes` and `capture` from here, not from its
+/// own constants, so that a record layout grown at the end stays
+/// readable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRingMeta {
+    /// The ring buffer's map name ([`LOG_RING_MAP`]).
+    pub map: String,
+    /// The lost records' map ([`LOG_LOST_MAP`]).
+    pub lost_map: String,
+    /// Bytes of the ring buffer (its `max_entries`).
+    pub ring_bytes: u32,
+    pub header_bytes: u32,
+    /// Bytes of packet room in a record.
+    pub capture: u32,
+}
+
+impl LogRingMeta {
+    /// The ring of an object built now.
+    pub fn current() -> LogRingMeta {
+        LogRingMeta {
+            map: LOG_RING_MAP.to_string(),
+            lost_map: LOG_LOST_MAP.to_string(),
+            ring_bytes: LOG_RING_BYTES,
+            header_bytes: LOG_HEADER_BYTES,
+            capture: LOG_CAPTURE_BYTES,
+        }
+    }
+
+    /// Bytes of one record.
+    pub fn record_bytes(&self) -> usize {
+        self.header_bytes as usize + self.capture as usize
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.header_bytes < LOG_HEADER_BYTES || self.capture > 65_535 || self.record_bytes() as u64 > u64::from(self.ring_bytes) / 2 {
+            return Err(format!("a log record of {} + {} bytes does not fit this ring of {} bytes", self.header_bytes, self.capture, self.ring_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// A `log` statement (docs/language.md, "Logging").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMeta {
+    /// The rule ([`RuleMeta::id`]) whose statements hold it.
+    pub rule: u32,
+    /// `log("PREFIX")`; empty without one.
+    pub prefix: String,
+    /// 1-based line and column of `log` in the rule's file.
+    pub line: u32,
+    pub column: u32,
+    /// The statement as written, on one line.
+    pub text: String,
+    /// What the rule does after the `log`, as [`RuleMeta::verdict`] says
+    /// it: `pass`, `drop`, `tx`, `abort`, `redirect`, `lb`, `mixed` (an
+    /// `if` after it decides) or `none` (evaluation goes on to the next
+    /// rule).
+    pub verdict: String,
+    /// `rate:`: the limit ([`ObjectMeta::limits`] index) a record must fit
+    /// in to be written; `None`: every packet is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// The code of a hook in a log record.
+pub fn hook_code(hook: &str) -> u8 {
+    match hook {
+        "xdp" => 0,
+        "tc:ingress" => 1,
+        _ => 2,
+    }
+}
+
+/// The hook of a log record's code.
+pub fn hook_of_code(code: u8) -> Option<&'static str> {
+    ["xdp", "tc:ingress", "tc:egress"].get(usize::from(code)).copied()
+}
+
+/// The verdicts a log record names, by code ([`log_verdict_code`]).
+pub const LOG_VERDICTS: [&str; 8] = ["none", "pass", "drop", "tx", "abort", "redirect", "lb", "mixed"];
+
+/// The code of a [`LogMeta::verdict`] in a record (0, `none`, for a word it
+/// does not know).
+pub fn log_verdict_code(verdict: &str) -> u8 {
+    LOG_VERDICTS.iter().position(|v| *v == verdict).unwrap_or(0) as u8
+}
+
+/// One log record, decoded ([`LogRingMeta`] describes the layout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRecord {
+    pub time_ns: u64,
+    pub log: u32,
+    pub rule: u32,
+    pub packet_len: u32,
+    pub ifindex: u32,
+    pub hook: u8,
+    pub verdict: u8,
+    /// The packet's first bytes (as many as were captured).
+    pub data: Vec<u8>,
+}
+
+impl LogRecord {
+    /// Decodes a record of the ring `ring` describes. A record shorter
+    /// than its header, or claiming more bytes than it holds, is refused.
+    pub fn decode(bytes: &[u8], ring: &LogRingMeta) -> Result<LogRecord, String> {
+        let header = ring.header_bytes as usize;
+        if bytes.len() < header || header < LOG_HEADER_BYTES as usize {
+            return Err(format!("a log record of {} bytes, shorter than its {header}-byte header", bytes.len()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let captured = usize::from(u16::from_le_bytes([bytes[24], bytes[25]]));
+        if captured > ring.capture as usize || header + captured > bytes.len() {
+            return Err(format!("a log record claims {captured} bytes of packet, and holds {}", bytes.len().saturating_sub(header).min(ring.capture as usize)));
+        }
+        Ok(LogRecord {
+            time_ns: u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
+            log: u32_at(8),
+            rule: u32_at(12),
+            packet_len: u32_at(16),
+            ifindex: u32_at(20),
+            hook: bytes[26],
+            verdict: bytes[27],
+            data: bytes[header..header + captured].to_vec(),
+        })
+    }
+
+    /// Encodes the record as a program writes it (for tests and tools).
+    pub fn encode(&self, ring: &LogRingMeta) -> Vec<u8> {
+        let mut out = vec![0u8; ring.record_bytes()];
+        out[0..8].copy_from_slice(&self.time_ns.to_le_bytes());
+        out[8..12].copy_from_slice(&self.log.to_le_bytes());
+        out[12..16].copy_from_slice(&self.rule.to_le_bytes());
+        out[16..20].copy_from_slice(&self.packet_len.to_le_bytes());
+        out[20..24].copy_from_slice(&self.ifindex.to_le_bytes());
+        let captured = self.data.len().min(ring.capture as usize);
+        out[24..26].copy_from_slice(&(captured as u16).to_le_bytes());
+        out[26] = self.hook;
+        out[27] = self.verdict;
+        let at = ring.header_bytes as usize;
+        out[at..at + captured].copy_from_slice(&self.data[..captured]);
+        out
+    }
+
+    /// The verdict's word ([`LOG_VERDICTS`]).
+    pub fn verdict_name(&self) -> &'static str {
+        LOG_VERDICTS.get(usize::from(self.verdict)).copied().unwrap_or("none")
+    }
+}
+
 // ------------------------------------------------------------ load balancer
 
 /// A `pool` of backends: its initial contents and the four maps the
@@ -814,5 +1025,28 @@ mod tests {
         assert_eq!(super::ct_state_name(6, value.state, value.flags), "tcp established");
         assert_eq!(super::ct_state_name(17, 0, super::CT_SEEN_REPLY), "udp replied");
         assert!(super::CtKey::from_bytes(&[0; 39]).is_none());
+    }
+
+    /// Metadata written before logging (META_VERSION 9, a pinned
+    /// policy's record) reads as logging nothing; a record encodes and
+    /// decodes to itself, and one claiming more bytes than it holds is
+    /// refused.
+    #[test]
+    fn logs_read_from_old_metadata_and_records_round_trip() {
+        let old = r#"{"version":9,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[],"limits":[]}"#;
+        let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
+        assert!(meta.log_ring.is_none() && meta.logs.is_empty());
+        assert!(meta.check().is_ok());
+        let ring = super::LogRingMeta::current();
+        let r = super::LogRecord { time_ns: 7, log: 1, rule: 2, packet_len: 60, ifindex: 3, hook: 1, verdict: 2, data: (0..60).collect() };
+        let bytes = r.encode(&ring);
+        assert_eq!(bytes.len(), 160);
+        assert_eq!(super::LogRecord::decode(&bytes, &ring), Ok(r.clone()));
+        assert_eq!(r.verdict_name(), "drop");
+        let mut lying = bytes.clone();
+        lying[24..26].copy_from_slice(&200u16.to_le_bytes());
+        assert!(super::LogRecord::decode(&lying, &ring).is_err());
+        assert!(super::LogRecord::decode(&bytes[..20], &ring).is_err());
+        assert_eq!((super::log_verdict_code("mixed"), super::hook_of_code(2)), (7, Some("tc:egress")));
     }
 }

@@ -141,8 +141,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::block => "`{`",
         // `lb_word` also starts a test's `=> lb(POOL)`: `lb_stmt` and
         // `lb_expect` say which.
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt => {
-            "a statement such as `pass`, `drop`, `if`, `let` or `@map[...] = count()`"
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::log_stmt => {
+            "a statement such as `pass`, `drop`, `log`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
         Rule::mac | Rule::ip4 | Rule::ip6 | Rule::cidr4 | Rule::cidr6 | Rule::hex_int | Rule::dec_int | Rule::boolean => "a value",
@@ -178,6 +178,10 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::limit_arg => "a `limit` option such as `burst: 20`, `by: ip.src` or `size: 65536`",
         Rule::limit_tuple => "a key such as `(ip.src, tcp.dport)`",
         Rule::amount => "an amount such as `64 kbytes`",
+        Rule::log_arg | Rule::log_option => "a prefix such as `\"telnet: \"` or a `log` option such as `rate: 10/s`",
+        // `log_word` also starts a statement: `log_stmt` and `log_expect`
+        // say which.
+        Rule::log_expect | Rule::log_not => "`log`, `log(\"PREFIX\")` or `!log`",
         Rule::else_part => "`else`",
         _ => return None,
     })
@@ -222,7 +226,7 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &
     let expected = Expected {
         item: item_start,
         hook: expects(&[Rule::hook]),
-        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt]),
+        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt, Rule::log_stmt]),
         outcome: expects(&[Rule::expect, Rule::lb_expect]),
         operator: expects(&[Rule::or, Rule::and, Rule::eq, Rule::ne, Rule::lt, Rule::le, Rule::gt, Rule::ge, Rule::in_op, Rule::not_in]),
     };
@@ -546,9 +550,26 @@ impl AstBuilder {
         };
         let mut rest: Vec<Pair<Rule>> = it.collect();
         let mut maps = Vec::new();
-        while rest.last().is_some_and(|p| p.as_rule() == Rule::map_expect) {
+        let mut logs = Vec::new();
+        while rest.last().is_some_and(|p| matches!(p.as_rule(), Rule::map_expect | Rule::log_expect)) {
             let m = rest.pop()?;
             let mspan = self.span(&m);
+            if m.as_rule() == Rule::log_expect {
+                // A bare `log` ends where the word does, not after the
+                // blank space its optional `(...)` was looked for in.
+                let mspan = Span { end: mspan.start + m.as_str().trim_end().len() as u32, ..mspan };
+                let mut logged = true;
+                let mut prefix = None;
+                for q in m.into_inner() {
+                    match q.as_rule() {
+                        Rule::log_not => logged = false,
+                        Rule::string => prefix = Some(self.string(q)),
+                        _ => {}
+                    }
+                }
+                logs.insert(0, ast::LogExpect { logged, prefix, span: mspan });
+                continue;
+            }
             let (map, keys, value) = self.map_keys_value(m.into_inner())?;
             maps.insert(0, ast::MapExpect { map, keys, value, span: mspan });
         }
@@ -566,7 +587,7 @@ impl AstBuilder {
             }
             None => None,
         };
-        Some(ast::TestCase { hook, packet, expect, lb, decided_by, maps, after: None, span })
+        Some(ast::TestCase { hook, packet, expect, lb, decided_by, maps, logs, after: None, span })
     }
 
     /// `@NAME[KEYS] ... VALUE`, as in an assignment or a test's map
@@ -592,6 +613,8 @@ impl AstBuilder {
 
     fn stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
         let span = self.span(&p);
+        // A bare `log` ends where the word does (see `test_case`).
+        let span = if p.as_rule() == Rule::log_stmt { Span { end: span.start + p.as_str().trim_end().len() as u32, ..span } } else { span };
         let kind = match p.as_rule() {
             Rule::verdict => StmtKind::Verdict(match p.as_str() {
                 "pass" => Verdict::Pass,
@@ -622,6 +645,7 @@ impl AstBuilder {
                 }
                 StmtKind::Lb { pool, args }
             }
+            Rule::log_stmt => self.log_stmt(p)?,
             Rule::if_stmt => return self.if_stmt(p),
             Rule::let_stmt => {
                 let mut it = p.into_inner();
@@ -824,13 +848,7 @@ impl AstBuilder {
     /// expression.
     fn limit(&mut self, p: Pair<Rule>) -> Option<(ast::Limit, usize)> {
         let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::limit_word);
-        let rate_pair = it.next()?;
-        let rspan = self.span(&rate_pair);
-        let mut r = rate_pair.into_inner();
-        let count = self.count(r.next()?)?;
-        let mut units: Vec<ast::Ident> = r.map(|u| self.ident(u)).collect();
-        let per = units.pop()?;
-        let rate = ast::Rate { count, unit: units.pop(), per, span: rspan };
+        let rate = self.rate(it.next()?)?;
         let mut args = Vec::new();
         let mut depth = 0;
         for a in it {
@@ -861,6 +879,45 @@ impl AstBuilder {
             args.push(ast::LimitArg { name, value, span: aspan });
         }
         Some((ast::Limit { rate, args }, depth))
+    }
+
+    /// A `rate`: `100/s`, `10 mbytes/s`.
+    fn rate(&mut self, p: Pair<Rule>) -> Option<ast::Rate> {
+        let rspan = self.span(&p);
+        let mut r = p.into_inner();
+        let count = self.count(r.next()?)?;
+        let mut units: Vec<ast::Ident> = r.map(|u| self.ident(u)).collect();
+        let per = units.pop()?;
+        Some(ast::Rate { count, unit: units.pop(), per, span: rspan })
+    }
+
+    /// `log` and its arguments: `log("telnet: ", rate: 10/s, burst: 5)`.
+    fn log_stmt(&mut self, p: Pair<Rule>) -> Option<StmtKind> {
+        let mut args = Vec::new();
+        for a in p.into_inner().filter(|q| q.as_rule() == Rule::log_arg) {
+            let arg = a.into_inner().next()?;
+            if arg.as_rule() == Rule::string {
+                args.push(ast::LogArg::Prefix(self.string(arg)));
+                continue;
+            }
+            let span = self.span(&arg);
+            let mut ai = arg.into_inner();
+            let name = self.ident(ai.next()?);
+            let v = ai.next()?;
+            let value = match v.as_rule() {
+                Rule::rate => ast::LogValue::Rate(self.rate(v)?),
+                Rule::amount => {
+                    let vspan = self.span(&v);
+                    let mut vi = v.into_inner();
+                    let count = self.count(vi.next()?)?;
+                    let unit = self.ident(vi.next()?);
+                    ast::LogValue::Amount { count, unit, span: vspan }
+                }
+                _ => ast::LogValue::Expr(self.expr(v)?),
+            };
+            args.push(ast::LogArg::Option { name, value, span });
+        }
+        Some(StmtKind::Log(args))
     }
 
     /// A `rate_num`: digits that must fit in 64 bits.

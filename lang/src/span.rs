@@ -67,6 +67,12 @@ impl SourceFile {
         self
     }
 
+    /// Where each line starts (byte offsets, the first 0; lines end with
+    /// `\n`).
+    pub fn line_starts(&self) -> &[u32] {
+        &self.line_starts
+    }
+
     /// 1-based line and column (column counted in characters) of a byte offset.
     pub fn line_col(&self, offset: u32) -> (u32, u32) {
         let line = match self.line_starts.binary_search(&offset) {

@@ -9,6 +9,7 @@
 pub mod lb;
 pub mod lb_edit;
 pub mod loader;
+pub mod log;
 pub mod packet;
 pub mod pcap;
 pub mod store;

@@ -307,11 +307,14 @@ struct Gen<'c, C: Choice> {
     decls: Vec<Decl>,
     maps: Vec<MapDecl>,
     next_local: usize,
+    /// Every atom reads the packet or a map: no constant (`true`,
+    /// `65535 > 16`) makes a predicate decide every packet, or none.
+    no_constant_atoms: bool,
 }
 
 /// A random valid policy.
 pub fn policy(c: &mut impl Choice) -> Policy {
-    let mut g = Gen { c, names: Names::default(), decls: Vec::new(), maps: Vec::new(), next_local: 0 };
+    let mut g = Gen { c, names: Names::default(), decls: Vec::new(), maps: Vec::new(), next_local: 0, no_constant_atoms: false };
     g.declarations();
     let hooks: &[&'static str] = match g.c.below(10) {
         0..=4 => &["xdp"],
@@ -329,6 +332,34 @@ pub fn policy(c: &mut impl Choice) -> Policy {
         let body = g.block(hook, 2, &[], true);
         rules.push(Rule { hook, pred, body });
     }
+    Policy { decls: g.decls, rules }
+}
+
+/// A policy of `n` random rules on `hook` that all stay reachable, then
+/// a final `HOOK { pass }`: for the compile-time benchmark
+/// (benches/compile.rs), whose numbers are about policies of many rules
+/// that codegen must keep, not ones LLVM drops. The constant pools above
+/// are small (to match generated packets), so random predicates repeat
+/// and imply one another; here each rule tests a value of its own (an
+/// anchor: a port, an address), alone or `&&` a random condition, and
+/// no earlier rule covers it. Bodies are mostly a verdict, as in a
+/// firewall, now and then random statements.
+pub fn reachable_rules(c: &mut impl Choice, hook: &'static str, n: usize) -> Policy {
+    let mut g = Gen { c, names: Names::default(), decls: Vec::new(), maps: Vec::new(), next_local: 0, no_constant_atoms: true };
+    g.declarations();
+    let mut anchors = std::collections::HashSet::new();
+    let mut rules: Vec<Rule> = Vec::with_capacity(n + 1);
+    while rules.len() < n {
+        let anchor = g.anchor();
+        if !anchors.insert(anchor.clone()) {
+            continue;
+        }
+        let anchor = Expr::Atom(anchor);
+        let pred = if g.chance(60) { Expr::And(Box::new(anchor), Box::new(g.bool_expr(1, &[]))) } else { anchor };
+        let body = if g.chance(85) { vec![Stmt::Verdict(*g.pick(&["pass", "drop"]))] } else { g.block(hook, 1, &[], true) };
+        rules.push(Rule { hook, pred: Some(pred), body });
+    }
+    rules.push(Rule { hook, pred: None, body: vec![Stmt::Verdict("pass")] });
     Policy { decls: g.decls, rules }
 }
 
@@ -451,6 +482,19 @@ impl<C: Choice> Gen<'_, C> {
         v.join(", ")
     }
 
+    /// An equality with a value drawn from a large space (a port, an
+    /// address in 198.18.0.0/15 or 2001:db8::/32).
+    fn anchor(&mut self) -> String {
+        match self.c.below(6) {
+            0 => format!("tcp.dport == {}", 1 + self.c.below(65534)),
+            1 => format!("udp.dport == {}", 1 + self.c.below(65534)),
+            2 => format!("tcp.sport == {}", 1 + self.c.below(65534)),
+            3 => format!("ip4.src == 198.{}.{}.{}", 18 + self.c.below(2), self.c.below(256), self.c.below(256)),
+            4 => format!("ip4.dst == 198.{}.{}.{}", 18 + self.c.below(2), self.c.below(256), self.c.below(256)),
+            _ => format!("ip6.src == 2001:db8:{:x}::{:x}", self.c.below(0x10000), 1 + self.c.below(0xfffe)),
+        }
+    }
+
     // ---- expressions
 
     fn bool_expr(&mut self, depth: u32, locals: &[(String, Ty)]) -> Expr {
@@ -471,6 +515,16 @@ impl<C: Choice> Gen<'_, C> {
 
     /// A boolean expression that is a leaf of the tree.
     fn atom(&mut self, locals: &[(String, Ty)]) -> String {
+        loop {
+            let atom = self.any_atom(locals);
+            // Fields are named `layer.name`, maps `@name`.
+            if !self.no_constant_atoms || atom.contains(['.', '@']) {
+                return atom;
+            }
+        }
+    }
+
+    fn any_atom(&mut self, locals: &[(String, Ty)]) -> String {
         match self.c.below(100) {
             0..=29 => {
                 let (f, pool) = *self.pick(INT_FIELDS);
@@ -675,6 +729,17 @@ impl<C: Choice> Gen<'_, C> {
                 }
                 _ => {}
             }
+        }
+        // A record of the packet, sometimes capped by a rate slow enough
+        // that no token comes back while a policy runs.
+        if self.chance(15) {
+            let n = self.next_local;
+            self.next_local += 1;
+            out.push(Stmt::Plain(match self.c.below(3) {
+                0 => "log".to_string(),
+                1 => format!("log(\"g{n}: \")"),
+                _ => format!("log(\"g{n}: \", rate: 1/m, burst: {})", 1 + self.c.below(3)),
+            }));
         }
         if self.chance(if top { 75 } else { 40 }) {
             out.push(Stmt::Verdict(self.verdict(hook)));

@@ -4,6 +4,7 @@
 use crate::check::fields::{Field, Layer};
 use crate::ir::{self, ExprKind, StmtKind};
 use xpol_lang::ast::Verdict;
+use std::collections::HashMap;
 use xpol_lang::Diagnostic;
 
 fn reads_l4(e: &ir::Expr) -> bool {
@@ -27,13 +28,13 @@ fn reads(e: &ir::Expr, field: Field) -> bool {
 }
 
 /// The verdict a probe always reaches: its body is statements that cannot
-/// decide or branch (`let`, `@map` updates such as `count()`), ending in
+/// decide or branch (`let`, `@map` updates such as `count()`, `log`), ending in
 /// that verdict. A drop rule that also counts (`{ @c[ip.src] = count();
 /// drop }`) drops every packet it matches as surely as `{ drop }` does.
 fn only_verdict(p: &ir::Probe) -> Option<Verdict> {
     let (last, before) = p.body.split_last()?;
     let StmtKind::Verdict(v) = last.kind else { return None };
-    before.iter().all(|s| matches!(s.kind, StmtKind::Let { .. } | StmtKind::MapUpdate { .. })).then_some(v)
+    before.iter().all(|s| matches!(s.kind, StmtKind::Let { .. } | StmtKind::MapUpdate { .. } | StmtKind::Log(_))).then_some(v)
 }
 
 pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
@@ -52,7 +53,9 @@ pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
     for prog in &policy.programs {
         let default_drop = prog.probes.iter().any(|p| p.predicate.is_none() && only_verdict(p) == Some(Verdict::Drop));
         let mut fragments_handled = false;
-        let mut seen: Vec<(String, &ir::Probe)> = Vec::new();
+        // The first verdict-only probe of each predicate text: a lookup,
+        // not a scan of the ones before (policies have tens of thousands).
+        let mut seen: HashMap<String, &ir::Probe> = HashMap::new();
         let mut catch_all: Option<&ir::Probe> = None;
         for p in &prog.probes {
             let rule = &policy.rules[p.rule as usize];
@@ -70,7 +73,7 @@ pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
                     fragments_handled = true;
                 }
                 let text = policy.expr_text(pred);
-                if let Some((_, earlier)) = seen.iter().find(|(t, _)| *t == text) {
+                if let Some(earlier) = seen.get(&text) {
                     let first = &policy.rules[earlier.rule as usize];
                     out.push(
                         Diagnostic::warning("xpol::lint::shadowed", "this rule never decides: an earlier rule with the same predicate always does")
@@ -94,7 +97,7 @@ pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
                     fragments_handled = true;
                 }
                 if only_verdict(p).is_some() {
-                    seen.push((text, p));
+                    seen.entry(text).or_insert(p);
                 }
             } else if only_verdict(p).is_some() {
                 catch_all = Some(p);

@@ -9,6 +9,7 @@ pub mod fields;
 mod lb;
 mod limit;
 pub mod lints;
+mod log;
 mod values;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
@@ -94,6 +95,7 @@ struct Checker<'a> {
     /// The first `ct.state` a rule reads: the policy then has a
     /// connection table.
     ct_first: Option<Span>,
+    logs: Vec<ir::Log>,
     /// The expression about to be checked stands where a `limit(...)` may:
     /// a predicate or an `if` condition, through `&&`, `||` and `!`. Taken
     /// (reset) by every expression checked.
@@ -125,6 +127,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         family_from_src: Default::default(),
         limits: Vec::new(),
         ct_first: None,
+        logs: Vec::new(),
         in_condition: false,
     };
     // Declarations first, in order: a const may use earlier consts and sets;
@@ -229,6 +232,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         nat_pools: c.nat_pools.into_iter().collect(),
         limits: c.limits,
         conntrack,
+        logs: c.logs,
         tests,
         warnings: c.diags,
     };
@@ -487,6 +491,7 @@ impl Checker<'_> {
             self.bool_expr(p, "a predicate")
         });
         let body = self.block(&probe.body);
+        self.log_verdicts(&body, "none");
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
         probes.push(ir::Probe { rule: id, predicate, body, span: probe.span });
@@ -655,8 +660,12 @@ impl Checker<'_> {
         for m in &case.maps {
             maps.push(self.map_expect(m)?);
         }
+        let mut logs = Vec::new();
+        for l in &case.logs {
+            logs.push(self.log_expect(l)?);
+        }
         let after_ns = case.after.map_or(0, |(ns, _)| ns);
-        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, span: case.span })
+        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, logs, span: case.span })
     }
 
     /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
@@ -736,6 +745,7 @@ impl Checker<'_> {
                 StmtKind::Redirect(idx)
             }
             ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
+            ast::StmtKind::Log(args) => self.log_stmt(stmt.span, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
                 self.in_condition = true;
                 let cond = self.bool_expr(cond, "an `if` condition");

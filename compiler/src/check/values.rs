@@ -25,18 +25,6 @@ fn holds(values: &[(u64, u64)], v: u64) -> bool {
     values.iter().any(|&(lo, hi)| lo <= v && v <= hi)
 }
 
-
-/// `c OP f` as `f OP' c`.
-fn flip(op: CmpOp) -> CmpOp {
-    match op {
-        CmpOp::Lt => CmpOp::Gt,
-        CmpOp::Le => CmpOp::Ge,
-        CmpOp::Gt => CmpOp::Lt,
-        CmpOp::Ge => CmpOp::Le,
-        op => op,
-    }
-}
-
 /// 4 or 6 for an `ip4.*`/`ip6.*` field or an address constant, and
 /// whether it is a field.
 fn family(e: &ir::Expr) -> Option<(u8, bool)> {
@@ -83,7 +71,7 @@ impl Checker<'_> {
     fn int_comparison(&mut self, op: CmpOp, a: &ir::Expr, b: &ir::Expr, span: Span) -> Option<()> {
         let (f, fspan, op, c, cspan) = match (&a.kind, &b.kind) {
             (ExprKind::Field(f), ExprKind::Const(Value::Int(c))) => (*f, a.span, op, *c, b.span),
-            (ExprKind::Const(Value::Int(c)), ExprKind::Field(f)) => (*f, b.span, flip(op), *c, a.span),
+            (ExprKind::Const(Value::Int(c)), ExprKind::Field(f)) => (*f, b.span, op.flipped(), *c, a.span),
             _ => return Some(()),
         };
         let Some(values) = f.values() else { return Some(()) };

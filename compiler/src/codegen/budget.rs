@@ -2,9 +2,15 @@
 //! loaded: each program's size, the maps it uses, and the branches the
 //! verifier must keep pending on its first walk. Beyond a limit the error points at the rule
 //! where the program crosses it (line info, `verifier::span_of_insn`).
+//!
+//! A long program whose size is certainly over the limit is refused
+//! earlier, while its rules are lowered and before LLVM runs
+//! ([`SizeFloor`]): compiling tens of thousands of rules only to measure
+//! that they do not fit took a minute.
 
 use super::{program_name, Located};
-use crate::ir;
+use crate::check::fields::Field;
+use crate::ir::{self, CmpOp, ExprKind, Value};
 use std::collections::HashMap;
 use xpol_lang::meta;
 use xpol_lang::{Diagnostic, FileId, SourceMap, Span};
@@ -76,6 +82,155 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
         Ok(())
     } else {
         Err(diags)
+    }
+}
+
+/// A lower bound on the size of a long program (one whose rules read the
+/// parsed facts from the facts map: `Lower::rules_on_facts_map`), summed
+/// rule by rule as they are lowered, and what a rule adds to it:
+///
+/// - the volatile loads in the block where the rule starts, which every
+///   packet that reaches the rule runs (a reload of the facts' address,
+///   and the facts the predicate reads before its first branch: a field's
+///   value and its presence flag). LLVM removes no volatile load and
+///   merges none, so each is a BPF instruction, as long as its block stays
+///   reachable;
+/// - one instruction for the decision of a predicate whose first test is a
+///   field compared with a constant ([`decides_first`]): its outcome
+///   depends on loads LLVM knows nothing of, both ways, so some
+///   instruction (a jump, or a select, which BPF has only as a jump) must
+///   decide it, one per rule (each rule's loads are its own, so no two
+///   rules' tests can become one).
+///
+/// A rule's first block stays reachable unless LLVM can prove that an
+/// earlier rule decides every packet. That needs an earlier rule that
+/// always ends in a verdict and whose predicate LLVM can prove true for
+/// every packet: once such a rule may be there ([`may_hold_always`]),
+/// nothing after it is counted. Everything else the program holds (the
+/// parser, the counting, the rest of each predicate, the bodies) only adds
+/// to the size. The kernel removes no reachable code either, so the
+/// program is too large as the kernel sees it too.
+#[derive(Default)]
+pub struct SizeFloor {
+    /// Instructions certainly in the program.
+    pub insns: usize,
+    /// A rule before may decide every packet as far as LLVM can tell:
+    /// later rules may be removed, and count nothing.
+    closed: bool,
+}
+
+impl SizeFloor {
+    /// Rule `probe`, whose first block holds `certain` volatile loads, was
+    /// lowered. Returns whether the floor is now past the limit: the
+    /// program is too large, and this is the rule where it crosses.
+    pub fn add(&mut self, probe: &ir::Probe, certain: usize) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.insns += certain + usize::from(probe.predicate.as_ref().is_some_and(decides_first));
+        if super::ends(&probe.body) && probe.predicate.as_ref().is_none_or(may_hold_always) {
+            self.closed = true;
+        }
+        self.insns > MAX_PROGRAM_INSNS
+    }
+}
+
+/// The error for a program whose [`SizeFloor`] crossed the limit at
+/// `probe`: the code and help of the check on the compiled object.
+pub fn too_large_early(hook: xpol_lang::ast::Hook, floor: &SizeFloor, rules: usize, probe: &ir::Probe) -> Diagnostic {
+    Diagnostic::error(
+        "xpol::budget::program_size",
+        format!(
+            "the `{}` program needs more than the {MAX_PROGRAM_INSNS} instructions a BPF jump can span: its first {rules} rules alone take at least {} (the fields each reads and tests first; refused before compiling the rest)",
+            hook.as_str(),
+            floor.insns
+        ),
+    )
+    .with_help("put long literal sets in a `set` (one map lookup instead of a comparison each), or merge rules with the same verdict into one rule with `in { ... }`")
+    .with_label(probe.span, "the program passes the limit here")
+}
+
+/// Whether predicate `e` starts (as `Lower::branch3` lowers it: the left
+/// operand of `&&` and `||` first) with a field other than `pkt.len`
+/// compared with a constant. Such a test holds for some packets and not
+/// for others as far as LLVM can tell: the field's presence flag is a
+/// volatile load (so it is not known to hold), and the checker refuses a
+/// comparison no value of the field satisfies (`check::values`), while
+/// every value of the field is one LLVM sees the loaded fact might give
+/// (so it is not known to fail).
+pub fn decides_first(e: &ir::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Not(a) | ExprKind::And(a, _) | ExprKind::Or(a, _) => decides_first(a),
+        ExprKind::Cmp(_, a, b) => matches!(
+            (&a.kind, &b.kind),
+            (ExprKind::Field(f), ExprKind::Const(_)) | (ExprKind::Const(_), ExprKind::Field(f)) if *f != Field::PktLen
+        ),
+        _ => false,
+    }
+}
+
+/// Whether LLVM might prove that predicate `e` holds for every packet (as
+/// `Lower::branch3` lowers it: the way to the next rule would then be
+/// gone). A comparison, membership test or boolean field whose operands
+/// read a field with a presence flag holds only when that flag, a
+/// volatile load, is set: LLVM cannot prove that. Anything else
+/// (constants, `pkt.len`, which is always present, locals and map reads,
+/// whose presence LLVM might know) might be proven to hold.
+pub fn may_hold_always(e: &ir::Expr) -> bool {
+    constant_outcomes(e).0
+}
+
+/// Whether LLVM might prove `e` (as `Lower::branch3` lowers it) true for
+/// every packet, and whether false for every packet.
+fn constant_outcomes(e: &ir::Expr) -> (bool, bool) {
+    match &e.kind {
+        ExprKind::Const(Value::Bool(b)) => (*b, !*b),
+        ExprKind::Not(a) => {
+            let (t, f) = constant_outcomes(a);
+            (f, t)
+        }
+        ExprKind::And(a, b) => {
+            let ((ta, fa), (tb, fb)) = (constant_outcomes(a), constant_outcomes(b));
+            (ta && tb, fa || fb)
+        }
+        ExprKind::Or(a, b) => {
+            let ((ta, fa), (tb, fb)) = (constant_outcomes(a), constant_outcomes(b));
+            (ta || tb, fa && fb)
+        }
+        _ if reads_presence_flag(e) => (false, false),
+        // `pkt.len`, always present, as loaded (volatile, any 64-bit value
+        // as far as LLVM knows), against a constant: provable only at the
+        // ends of the range.
+        ExprKind::Cmp(op, a, b) => match (&a.kind, &b.kind) {
+            (ExprKind::Field(Field::PktLen), ExprKind::Const(Value::Int(c))) => pkt_len_outcomes(*op, *c),
+            (ExprKind::Const(Value::Int(c)), ExprKind::Field(Field::PktLen)) => pkt_len_outcomes(op.flipped(), *c),
+            _ => (true, true),
+        },
+        _ => (true, true),
+    }
+}
+
+/// [`constant_outcomes`] of `pkt.len OP c`.
+fn pkt_len_outcomes(op: CmpOp, c: u64) -> (bool, bool) {
+    let (min, max) = (c == 0, c == u64::MAX);
+    match op {
+        CmpOp::Eq | CmpOp::Ne => (false, false),
+        CmpOp::Ge => (min, false),
+        CmpOp::Le => (max, false),
+        CmpOp::Lt => (false, min),
+        CmpOp::Gt => (false, max),
+    }
+}
+
+/// Whether both outcomes of value `e` are and-ed with a field's presence
+/// flag (`Lower::value`: a comparison's operands', a membership test's
+/// value's, arithmetic's operands', a boolean field's own).
+fn reads_presence_flag(e: &ir::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Field(f) => *f != Field::PktLen,
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads_presence_flag(a),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) => reads_presence_flag(a) || reads_presence_flag(b),
+        _ => false,
     }
 }
 
@@ -301,7 +456,49 @@ fn jump_taken(op: u8, v: u64, k: u64) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
-    use super::first_walk_crossing;
+    use super::{decides_first, first_walk_crossing, may_hold_always};
+    use crate::check::fields::Field;
+    use crate::ir::{CmpOp, Expr, ExprKind, Value};
+
+    fn e(kind: ExprKind) -> Expr {
+        Expr { kind, ty: crate::ir::Type::Bool, span: Default::default() }
+    }
+
+    fn cmp(op: CmpOp, f: Field, c: u64) -> Expr {
+        e(ExprKind::Cmp(op, Box::new(e(ExprKind::Field(f))), Box::new(e(ExprKind::Const(Value::Int(c))))))
+    }
+
+    /// What LLVM might prove true for every packet ends the size floor's
+    /// count; a field's presence flag (a volatile load) is what it cannot.
+    #[test]
+    fn a_presence_flag_keeps_a_predicate_from_holding_always() {
+        let dport = cmp(CmpOp::Le, Field::TcpDport, u64::MAX);
+        assert!(!may_hold_always(&dport), "tcp.dport <= MAX still needs a TCP header");
+        assert!(!may_hold_always(&e(ExprKind::Not(Box::new(dport.clone())))));
+        assert!(may_hold_always(&cmp(CmpOp::Ge, Field::PktLen, 0)), "pkt.len >= 0: always present, always true");
+        assert!(may_hold_always(&cmp(CmpOp::Le, Field::PktLen, u64::MAX)));
+        assert!(!may_hold_always(&cmp(CmpOp::Ge, Field::PktLen, 1)));
+        assert!(!may_hold_always(&cmp(CmpOp::Eq, Field::PktLen, 64)));
+        let always = e(ExprKind::Const(Value::Bool(true)));
+        assert!(may_hold_always(&always));
+        assert!(may_hold_always(&e(ExprKind::Or(Box::new(dport.clone()), Box::new(always.clone())))));
+        assert!(!may_hold_always(&e(ExprKind::And(Box::new(dport.clone()), Box::new(always.clone())))));
+        // `!(pkt.len < 0)`: false never holds, so the negation always does.
+        assert!(may_hold_always(&e(ExprKind::Not(Box::new(cmp(CmpOp::Lt, Field::PktLen, 0))))));
+    }
+
+    /// The test a predicate makes first counts as an instruction of the
+    /// size floor when it compares a field that has a presence flag.
+    #[test]
+    fn a_field_compared_first_decides() {
+        let dport = cmp(CmpOp::Eq, Field::TcpDport, 80);
+        let len = cmp(CmpOp::Eq, Field::PktLen, 64);
+        assert!(decides_first(&dport));
+        assert!(decides_first(&e(ExprKind::Not(Box::new(dport.clone())))));
+        assert!(decides_first(&e(ExprKind::And(Box::new(dport.clone()), Box::new(len.clone())))));
+        assert!(!decides_first(&e(ExprKind::Or(Box::new(len.clone()), Box::new(dport.clone())))), "`pkt.len` first: always present");
+        assert!(!decides_first(&e(ExprKind::Const(Value::Bool(true)))));
+    }
 
     /// An instruction: opcode, then zeroes but the offset.
     fn insn(opcode: u8, off: i16) -> [u8; 8] {

@@ -22,12 +22,16 @@ pub mod helper {
     pub const L3_CSUM_REPLACE: u64 = 10;
     pub const L4_CSUM_REPLACE: u64 = 11;
     pub const REDIRECT: u64 = 23;
+    pub const SKB_LOAD_BYTES: u64 = 26;
     pub const CSUM_DIFF: u64 = 28;
     pub const SKB_PULL_DATA: u64 = 39;
     pub const XDP_ADJUST_HEAD: u64 = 44;
     pub const XDP_ADJUST_TAIL: u64 = 65;
     pub const FIB_LOOKUP: u64 = 69;
+    pub const RINGBUF_RESERVE: u64 = 131;
+    pub const RINGBUF_SUBMIT: u64 = 132;
     pub const KTIME_GET_COARSE_NS: u64 = 160;
+    pub const XDP_LOAD_BYTES: u64 = 189;
 }
 
 /// Map types (enum bpf_map_type).
@@ -38,6 +42,7 @@ pub mod map_type {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
+    pub const RINGBUF: u32 = 27;
 }
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -269,6 +274,10 @@ pub struct Bpf<'a, 'ctx> {
     pub located: std::cell::RefCell<Vec<super::Located>>,
     /// Test-only fault, see [`Bpf::br_if_null`].
     pub omit_null_check: bool,
+    /// The program is not specialized (`codegen::specialized`): it may
+    /// have thousands of rules, and its IR is shaped so that LLVM's passes
+    /// stay near linear in its length (see [`Bpf::stack_buf`]).
+    pub long_program: bool,
     /// Once [`Bpf::spill_facts`] ran: where the parsed facts go.
     facts: std::cell::RefCell<Option<FactsInMap<'ctx>>>,
     /// See [`Bpf::cpu`].
@@ -288,9 +297,25 @@ pub struct Bpf<'a, 'ctx> {
 /// there and whether it is stored yet; the instruction before which stores
 /// go (the end of the block that copies the facts, before any rule).
 struct FactsInMap<'ctx> {
+    /// The map value, as looked up: where the copy block stores.
+    copy_to: PointerValue<'ctx>,
+    /// Where the rules read: the map value as last reloaded from `saved`
+    /// ([`Bpf::reload_facts_pointer`]).
     value: PointerValue<'ctx>,
+    saved: PointerValue<'ctx>,
     slots: Vec<(PointerValue<'ctx>, u64, bool)>,
     store_before: InstructionValue<'ctx>,
+}
+
+/// Makes `cx` drop the names of instructions, blocks and arguments (not
+/// of globals, which the object's symbols and maps need): for objects
+/// only, when no textual IR or assembly is asked for. Naming costs: each
+/// name goes into the function's symbol table, made unique there, and out
+/// again when the module is freed; with the names, a tenth of the time of
+/// refusing 20,000 rules went to that table.
+pub fn discard_value_names(cx: &Context) {
+    // SAFETY: `cx` is a live context; the call only sets a flag on it.
+    unsafe { llvm_sys::core::LLVMContextSetDiscardValueNames(cx.raw(), 1) };
 }
 
 /// Errors LLVM reports while it generates code, such as the BPF backend's
@@ -365,7 +390,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         let b = m.cx.create_builder();
         let entry = m.cx.append_basic_block(func, "entry");
         b.position_at_end(entry);
-        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default(), current_span: Default::default(), stack_uses: Default::default() }
+        Bpf { m, b, func, sub, scopes: Default::default(), entry, scratch: Default::default(), sources, files, located: Default::default(), omit_null_check: false, long_program: false, facts: Default::default(), cpu: Default::default(), anchor: Default::default(), current_span: Default::default(), stack_uses: Default::default() }
     }
 
     /// Attributes the instructions built from now on to `span` (a debug
@@ -620,7 +645,7 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             slot.2 = true;
             let here = self.cur();
             self.b.position_before(&f.store_before);
-            self.store_at(f.value, off, self.zext64(self.get(p)));
+            self.store_at(f.copy_to, off, self.zext64(self.get(p)));
             self.b.position_at_end(here);
         }
         let v = self.load_raw(f.value, off, 8);
@@ -660,12 +685,35 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.ret(fallback);
         self.at(found);
         self.store_at(value, 8 * slots.len() as u64, pkt_len);
+        let saved = self.slot(value.get_type(), "facts_ptr");
+        let saved = self.launder(&self.b, saved);
+        ok(self.b.build_store(saved, value));
         let rules = self.block("rules");
         self.br(rules);
         let store_before = found.get_terminator().expect("the copy block ends with a branch");
         self.at(rules);
         let slots = slots.iter().enumerate().map(|(i, &slot)| (slot, 8 * i as u64, false)).collect();
-        *self.facts.borrow_mut() = Some(FactsInMap { value, slots, store_before });
+        *self.facts.borrow_mut() = Some(FactsInMap { copy_to: value, value, saved, slots, store_before });
+    }
+
+    /// From here on, the rules read the facts through the map value's
+    /// address as reloaded from the stack (a volatile load, one
+    /// instruction), not through one register kept from the lookup:
+    /// LLVM would otherwise keep the address, and the address of each fact
+    /// read, live across every rule of a long program, and register
+    /// allocation over thousands of rules with dozens of such ranges grew
+    /// quadratically, and spilled them (up to a fifth more instructions on
+    /// rules that read many facts). Called at the start of every
+    /// `lower::FACTS_RELOAD_RULES`-th rule and of each counting tail; the
+    /// address read must dominate its uses.
+    pub fn reload_facts_pointer(&self) {
+        let mut facts = self.facts.borrow_mut();
+        let Some(f) = facts.as_mut() else { return };
+        let v = ok(self.b.build_load(f.saved, "facts")).into_pointer_value();
+        if let Some(i) = v.as_instruction() {
+            let _ = i.set_volatile(true);
+        }
+        f.value = v;
     }
 
     pub fn set(&self, p: PointerValue<'ctx>, v: IntValue<'ctx>) {
@@ -853,6 +901,18 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     /// A zeroed stack buffer of `n` bytes for map keys and values. Buffers
     /// are shared by purpose and size, so a caller must finish with one
     /// (its helper call made) before asking for the same one again.
+    ///
+    /// In a long program (`long_program`) thousands of rules share a
+    /// buffer, and two things LLVM does with a buffer were quadratic in its
+    /// uses: instcombine walks every user of a stack slot, through casts
+    /// and offsets, each time one of them changes, to see whether the slot
+    /// can go; and a store of a zero array becomes a store per byte that
+    /// memcpyopt merges again into a memset, updating its memory SSA each
+    /// time. There the buffer is used through one `i8*` made next to the
+    /// slot through `llvm.launder.invariant.group` (the same address; the
+    /// backend drops the call), so that the slot has one user, and zeroed
+    /// with one store of its width or one memset (which the backend writes
+    /// as the widest aligned stores).
     pub fn stack_buf(&self, n: u32, purpose: &'static str) -> PointerValue<'ctx> {
         let arr = self.m.i8().array_type(n.max(1));
         let p = *self.scratch.borrow_mut().entry((purpose, n)).or_insert_with(|| {
@@ -861,10 +921,40 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
             if let Some(i) = p.as_instruction() {
                 let _ = i.set_alignment(8);
             }
-            p
+            if !self.long_program {
+                return p;
+            }
+            let tmp = self.m.cx.create_builder();
+            match p.as_instruction().and_then(|i| i.get_next_instruction()) {
+                Some(next) => tmp.position_before(&next),
+                None => tmp.position_at_end(self.entry),
+            }
+            let raw = ok(tmp.build_pointer_cast(p, self.m.i8_ptr(), "slot"));
+            self.launder(&tmp, raw)
         });
-        ok(self.b.build_store(p, arr.const_zero()));
-        ok(self.b.build_pointer_cast(p, self.m.i8_ptr(), "buf"))
+        if !self.long_program {
+            ok(self.b.build_store(p, arr.const_zero()));
+            return ok(self.b.build_pointer_cast(p, self.m.i8_ptr(), "buf"));
+        }
+        let n = n.max(1);
+        if n.is_power_of_two() && n <= 8 {
+            let word = self.m.cx.custom_width_int_type(std::num::NonZeroU32::new(n * 8).expect("n > 0")).expect("an integer type");
+            self.store_at(p, 0, word.const_zero());
+        } else {
+            ok(self.b.build_memset(p, 8, self.m.i8().const_zero(), self.m.cx.i64_type().const_int(u64::from(n), false)));
+        }
+        p
+    }
+
+    /// `p` through `llvm.launder.invariant.group`, built with `b`: the same
+    /// address (alias analysis sees through it; the backend drops the
+    /// call), but a stack slot used only through it has one user for
+    /// LLVM's passes that walk a slot's users (see [`Bpf::stack_buf`]).
+    fn launder(&self, b: &Builder<'ctx>, p: PointerValue<'ctx>) -> PointerValue<'ctx> {
+        let launder = inkwell::intrinsics::Intrinsic::find("llvm.launder.invariant.group")
+            .and_then(|i| i.get_declaration(&self.m.module, &[p.get_type().into()]))
+            .expect("LLVM has llvm.launder.invariant.group");
+        ok(b.build_call(launder, &[p.into()], "laundered")).try_as_basic_value().basic().expect("returns a pointer").into_pointer_value()
     }
 
     // ------------------------------------------------------------ helpers and maps
@@ -932,6 +1022,20 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.add_u64_at(p, 0, self.c64(1), false);
         self.br(done);
         self.at(done);
+    }
+
+    /// `bpf_ringbuf_reserve(map, size, 0)` (Linux 5.8): room for a record
+    /// of `size` bytes in ring buffer `map`, or null when it is full. The
+    /// verifier then wants every way on to submit (or discard) it.
+    pub fn ringbuf_reserve(&self, map: MapDef<'ctx>, size: u64) -> PointerValue<'ctx> {
+        self.helper_call_any(helper::RINGBUF_RESERVE, self.m.i8_ptr().into(), &[self.map_ptr(map).into(), self.c64(size).into(), self.c64(0).into()]).into_pointer_value()
+    }
+
+    /// `bpf_ringbuf_submit(record, 0)`: hands a reserved record to the
+    /// reader (woken up if it waits).
+    pub fn ringbuf_submit(&self, record: PointerValue<'ctx>) {
+        // The helper returns nothing; its r0 is never read.
+        self.helper_call(helper::RINGBUF_SUBMIT, self.i64(), &[record.into(), self.c64(0).into()]);
     }
 
     pub fn is_null(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {

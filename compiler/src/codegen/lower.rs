@@ -5,12 +5,13 @@
 //! boolean is a pair of flags (`t`: known true, `f`: known false; neither:
 //! unknown). A predicate or `if` condition holds only when it is known true.
 
+use super::budget::SizeFloor;
 use super::builder::{Bpf, Counters, MapDef, TableDef, BPF_ANY, BPF_NOEXIST};
 use super::parse::{self, Headers, L4At};
 use crate::check::fields::Field;
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, SetRef, StmtKind, Type, Value};
 use inkwell::basic_block::BasicBlock;
-use inkwell::values::{IntValue, PointerValue};
+use inkwell::values::{InstructionOpcode, IntValue, PointerValue};
 use inkwell::IntPredicate;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,6 +30,8 @@ pub struct Maps<'ctx> {
     pub limits: Vec<super::limit::LimitDef<'ctx>>,
     /// The connection table, when a rule reads `ct.state`.
     pub conntrack: Option<super::conntrack::CtDef<'ctx>>,
+    /// The ring buffer of a policy that logs.
+    pub log: Option<super::log::LogMaps<'ctx>>,
 }
 
 #[derive(Default)]
@@ -102,11 +105,79 @@ pub struct Lower<'l, 'a, 'ctx> {
     /// What a pass writes to the connection table, in a program that
     /// records connections, once classified (`conntrack.rs`).
     pub(super) ct_write: Option<super::conntrack::CtWrite<'ctx>>,
+    /// The predicate being lowered has one location, its own: the
+    /// comparisons in it get none of theirs (see `Lower::rule`).
+    predicate_located: bool,
+    /// What the program certainly takes, when it reads the facts from the
+    /// facts map.
+    pub floor: SizeFloor,
 }
 
-/// A jump into the shared counting tail: rule number, return code, and
-/// the block it comes from.
-type IntoTail<'ctx> = (IntValue<'ctx>, IntValue<'ctx>, BasicBlock<'ctx>);
+/// A long program's rules reload the facts' address from the stack once
+/// every this many rules (`Bpf::reload_facts_pointer`): often enough that
+/// no address LLVM keeps in a register lives across more than a few
+/// rules, seldom enough to cost little. Measured on generated policies of
+/// 300 to 3,000 rules: against a reload per rule, 1 to 15% fewer
+/// instructions (the most on rules that read one or two facts, which LLVM
+/// can keep in registers), and never more than 2% above not reloading at
+/// all, which took up to 20% more on rules that read many facts.
+pub const FACTS_RELOAD_RULES: usize = 16;
+
+/// Verdict-only rules that share one counting tail in long programs.
+pub const TAIL_RULES: usize = 256;
+
+/// The counting tails of a long program (`Lower::rules_on_facts_map`):
+/// verdict-only rules jump to the tail of their verdict, which counts the
+/// rule (its number a phi of the rules that jump there) and returns the
+/// verdict. A tail per verdict, so that the return code is a constant: a
+/// phi of a few constants over thousands of rules made LLVM keep each
+/// constant in one register across the whole program, and its register
+/// coalescing grew quadratically. And new tails after every
+/// [`TAIL_RULES`] rules: LLVM's passes revisit all of a phi's entries
+/// each time one changes, which made one tail for thousands of rules
+/// quadratic in compile time.
+#[derive(Default)]
+struct Tails<'ctx> {
+    /// Tails of the current run of rules.
+    open: Vec<Tail<'ctx>>,
+    /// Rules that jumped into `open`.
+    rules: usize,
+    done: Vec<Tail<'ctx>>,
+}
+
+struct Tail<'ctx> {
+    code: u64,
+    block: BasicBlock<'ctx>,
+    /// The rule number of each block that jumps here.
+    from: Vec<(IntValue<'ctx>, BasicBlock<'ctx>)>,
+}
+
+impl<'ctx> Tails<'ctx> {
+    /// The tail a rule returning `code` jumps to.
+    fn to(&mut self, b: &Bpf<'_, 'ctx>, code: u64) -> &mut Tail<'ctx> {
+        if self.rules == TAIL_RULES {
+            self.done.append(&mut self.open);
+            self.rules = 0;
+        }
+        self.rules += 1;
+        let i = match self.open.iter().position(|t| t.code == code) {
+            Some(i) => i,
+            None => {
+                self.open.push(Tail { code, block: b.block("count_and_return"), from: Vec::new() });
+                self.open.len() - 1
+            }
+        };
+        &mut self.open[i]
+    }
+}
+
+/// The volatile loads in `bb` (reads of the facts map, see
+/// [`SizeFloor`]).
+fn volatile_loads(bb: BasicBlock<'_>) -> usize {
+    std::iter::successors(bb.get_first_instruction(), |i| i.get_next_instruction())
+        .filter(|i| i.get_opcode() == InstructionOpcode::Load && i.get_volatile() == Ok(true))
+        .count()
+}
 
 /// Return codes: XDP actions, or TC actions for `tc:*` hooks.
 fn verdict_code(hook: Hook, v: Verdict) -> u64 {
@@ -134,7 +205,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         maps: &'l Maps<'ctx>,
         hook: Hook,
     ) -> Self {
-        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default(), ct_classify: false, ct_write: None }
+        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default(), ct_classify: false, ct_write: None, predicate_located: false, floor: SizeFloor::default() }
     }
 
     fn loc(&mut self, span: Span) {
@@ -145,10 +216,17 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// the first probe that reads L4 fields, before which the L4 header is
     /// parsed. With `facts_map`, the L4 header is parsed first and every
     /// fact moved into that map (see [`Bpf::spill_facts`]).
-    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, facts_map: Option<MapDef<'ctx>>) {
+    ///
+    /// Returns, for a long program certainly too large (see
+    /// [`SizeFloor`], in `floor`), the index of the probe where it crosses
+    /// the limit; the lowering stopped there.
+    pub fn program(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, facts_map: Option<MapDef<'ctx>>) -> Option<usize> {
         match facts_map {
             Some(map) => self.rules_on_facts_map(probes, l4, map),
-            None => self.rules_in_place(probes, l4),
+            None => {
+                self.rules_in_place(probes, l4);
+                None
+            }
         }
     }
 
@@ -199,60 +277,83 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     }
 
     /// Long programs: the facts are in a map, and rules whose body is only
-    /// a verdict share one tail that counts and returns: such a rule then
-    /// costs its predicate and a jump.
-    fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) {
+    /// a verdict share a tail that counts and returns ([`Tails`]): such a
+    /// rule then costs its predicate, its rule number and a jump.
+    /// Stops early, returning the probe where the program crosses the size
+    /// limit, when its [`SizeFloor`] does.
+    fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) -> Option<usize> {
         if let Some((_, at)) = l4 {
             parse::parse_l4_here(self.b, &self.h, &at);
             self.l4_parsed();
         }
         self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
-        let tail = self.b.block("count_and_return");
-        let mut into_tail = Vec::new();
-        for probe in probes {
-            self.rule(probe, Some((tail, &mut into_tail)));
+        let mut tails = Tails::default();
+        for (i, probe) in probes.iter().enumerate() {
+            let start = self.b.cur();
+            self.rule(probe, Some((&mut tails, i % FACTS_RELOAD_RULES == 0)));
+            if self.floor.add(probe, volatile_loads(start)) {
+                return Some(i);
+            }
         }
         // No rule decided: pass.
         let pass = verdict_code(self.hook, Verdict::Pass);
         self.ret_pass(pass, false);
-        self.b.at(tail);
-        if into_tail.is_empty() {
-            self.ret_pass(pass, false);
-            return;
-        }
-        let rule = self.b.phi(&into_tail.iter().map(|(r, _, bb)| (*r, *bb)).collect::<Vec<_>>());
-        let code = self.b.phi(&into_tail.iter().map(|(_, c, bb)| (*c, *bb)).collect::<Vec<_>>());
-        self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
-        if self.ct_write.is_some() {
+        for tail in tails.done.into_iter().chain(tails.open) {
+            self.b.at(tail.block);
+            let rule = self.b.phi(&tail.from);
+            self.b.reload_facts_pointer();
+            self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
             // A pass writes the connection's entry first.
-            let passes = self.b.block("tail_pass");
-            let other = self.b.block("tail_other");
-            self.b.cond_br(self.b.eq(code, self.b.m.cx.i32_type().const_int(pass, false)), passes, other);
-            self.b.at(passes);
-            self.ret_pass(pass, false);
-            self.b.at(other);
+            if tail.code == pass {
+                self.ret_pass(pass, true);
+            } else {
+                self.b.ret_apart(tail.code);
+            }
         }
-        self.b.ret_value(code);
+        None
     }
 
     /// One probe: its predicate, then its body (counted), or on to the
-    /// next probe. With `tail`, a body that is only a verdict jumps there
-    /// with its rule number and return code, pushed to the list.
-    fn rule(&mut self, probe: &ir::Probe, tail: Option<(BasicBlock<'ctx>, &mut Vec<IntoTail<'ctx>>)>) {
+    /// next probe. With `tails` (a long program), a body that is only a
+    /// verdict jumps to the tail of its verdict with its rule number, and
+    /// with `reload` the rule first reloads the facts' address
+    /// ([`FACTS_RELOAD_RULES`]).
+    ///
+    /// In a long program (with `tails`) the rule's code up to its body has
+    /// one location, its predicate's: each change of location is a
+    /// line-info record, and LLVM 14's BTF writer looks each record's
+    /// source line up in its string table by a linear scan, quadratic in
+    /// the rules: with a location per comparison (four or five records a
+    /// rule), that scan took 40% of compiling 10,000 rules. A rejection is
+    /// then explained at the predicate rather than at one comparison in it.
+    fn rule(&mut self, probe: &ir::Probe, long: Option<(&mut Tails<'ctx>, bool)>) {
+        let (tails, reload) = match long {
+            Some((tails, reload)) => (Some(tails), reload),
+            None => (None, false),
+        };
         let i32t = self.b.m.cx.i32_type();
-        self.loc(probe.span);
+        let at = match (&tails, &probe.predicate) {
+            (Some(_), Some(p)) => p.span,
+            _ => probe.span,
+        };
+        self.loc(at);
+        if reload {
+            self.b.reload_facts_pointer();
+        }
         let next = self.b.block("next_rule");
         let fire = self.b.block("rule");
+        self.predicate_located = tails.is_some();
         match &probe.predicate {
             Some(p) => self.branch3(p, fire, next, next),
             None => self.b.br(fire),
         }
+        self.predicate_located = false;
         self.b.at(fire);
-        self.loc(probe.span);
-        if let (Some((tail, into_tail)), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tail, probe.body.as_slice()) {
-            let code = i32t.const_int(verdict_code(self.hook, *v), false);
-            into_tail.push((i32t.const_int(probe.rule as u64, false), code, self.b.cur()));
-            self.b.br(tail);
+        self.loc(at);
+        if let (Some(tails), [ir::Stmt { kind: StmtKind::Verdict(v), .. }]) = (tails, probe.body.as_slice()) {
+            let tail = tails.to(self.b, verdict_code(self.hook, *v));
+            tail.from.push((i32t.const_int(probe.rule as u64, false), self.b.cur()));
+            self.b.br(tail.block);
         } else {
             self.b.bump_counter(self.maps.rules, i32t.const_int(probe.rule as u64, false), self.b.pkt_len(self.h.pkt_len));
             self.stmts(&probe.body);
@@ -298,6 +399,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
             StmtKind::Lb(lb) => self.balance(lb),
+            StmtKind::Log(id) => self.log(*id),
         }
     }
 
@@ -382,7 +484,9 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 }
             }
             _ => {
-                self.loc(e.span);
+                if !self.predicate_located {
+                    self.loc(e.span);
+                }
                 let Val::Bool { t: vt, f: vf } = self.value(e) else { unreachable!("checked: conditions are boolean") };
                 let not_true = self.b.block("not_true");
                 // Most packets pass most conditions by: the way on is the

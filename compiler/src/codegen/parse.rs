@@ -164,7 +164,8 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                         visit(f, s.span);
                     }
                 }
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
+                // `log` reads the packet's bytes with a helper, not fields.
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Log(_) => {}
             }
         }
     }
@@ -174,8 +175,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
     stmts(&p.body, visit);
 }
 
-/// IPv6 extension headers walked before giving up on finding the L4 header.
-pub const MAX_IPV6_EXT: usize = 8;
+pub use crate::ir::MAX_IPV6_EXT;
 /// Offsets beyond this (bytes from the frame start) are not parsed; it keeps
 /// every packet offset provably small for the verifier.
 const MAX_L4_OFFSET: u64 = 1024;

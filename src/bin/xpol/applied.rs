@@ -86,7 +86,12 @@ pub fn apply(policy: &Path, target: &Target, json: bool, rejection: &RejectionOp
 
 /// `apply --watch`: applies, then again after each change to a file the
 /// policy read, until Ctrl-C or SIGTERM. A failed version is reported and
-/// the running one stays.
+/// the running one stays. When the first version fails and no earlier
+/// version of the name is applied, nothing would protect the host: that
+/// is an error (exit 1), so that a service manager knows and can retry
+/// (a missing interface at boot) rather than watch nothing. Under systemd
+/// (`Type=notify`, `xpol@.service`) the service is ready once the name is
+/// applied, and its status line says which version runs.
 pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     xpol_runtime::store::check_name(&target.name)?;
@@ -94,19 +99,45 @@ pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &Rejec
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let mut follower = Follower::new(policy)?;
+    let name = &target.name;
+    let mut first = true;
     loop {
         let Compiled { object, files } = compile(policy)?;
         follower.follow(&files)?;
-        match object.map(|(o, build)| apply_object(policy, &o, build.as_ref(), target, json, rejection)) {
-            Some(Ok(true)) => {}
-            Some(Err(e)) => eprintln!("error: {e:#}"),
-            Some(Ok(false)) | None => eprintln!("{} not applied; the running version stays", policy.display()),
-        }
-        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", follower.len(), policy.display(), target.name);
+        let applied = match object.map(|(o, build)| apply_object(policy, &o, build.as_ref(), target, json, rejection)) {
+            Some(Ok(applied)) => applied,
+            Some(Err(e)) => {
+                eprintln!("error: {e:#}");
+                false
+            }
+            None => false,
+        };
+        let status = if applied {
+            format!("applied {} as `{name}`; watching {} file(s)", policy.display(), follower.len())
+        } else if first && !is_applied(name)? {
+            bail!("{} was not applied, and no earlier version of `{name}` is applied: nothing to keep running", policy.display());
+        } else {
+            eprintln!("{} not applied; the running version stays", policy.display());
+            format!("the latest version of {} failed (see the log); an earlier version of `{name}` runs", policy.display())
+        };
+        // Outside systemd (no NOTIFY_SOCKET) this does nothing; a failed
+        // notification changes nothing that runs, so it is not an error.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{name}` stays applied)", follower.len(), policy.display());
+        first = false;
         if !follower.wait(&stop)? {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// Whether a policy is applied under `name` (in the store in bpffs).
+fn is_applied(name: &str) -> Result<bool> {
+    Ok(match Store::read()? {
+        Some(store) => store.names()?.iter().any(|n| n == name),
+        None => false,
+    })
 }
 
 fn list_or_none(v: &[String]) -> String {
