@@ -15,6 +15,8 @@ mod lb;
 #[path = "../benches/limit.rs"]
 mod limit;
 
+#[path = "../benches/conntrack.rs"]
+mod conntrack;
 #[path = "../benches/log.rs"]
 mod log;
 
@@ -209,6 +211,25 @@ fn limit_quick() {
     let veth = report.json["veth"].as_array().expect("veth rows");
     assert!(veth.len() == 7 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
     assert!(out.path().join("limit.json").exists());
+}
+
+/// The connection-state benchmark in quick mode: every case gives its
+/// verdict before and after its runs (the connections are there and stay
+/// established), the veth receivers drop every frame of the established
+/// connection (their counters say so), and the report is written.
+#[test]
+fn conntrack_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("conntrack_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = conntrack::run(&conntrack::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().expect("test-run rows").len(), 7, "{}", report.markdown);
+    let skipped = report.json["skipped"].as_array().expect("skipped").len();
+    if skipped == 0 {
+        assert_eq!(report.json["veth"].as_array().expect("veth rows").len(), 3, "{}", report.markdown);
+    }
+    assert!(out.path().join("conntrack.json").exists() && out.path().join("conntrack.md").exists());
 }
 
 /// The logging benchmark in quick mode: every row's rule dropped every

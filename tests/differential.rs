@@ -238,6 +238,12 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
         let hook = prog.hook;
         let mut state = State::default();
         for p in packets {
+            // The connection table is the kernel's, shared by the hooks and
+            // on a clock that runs: set to the reference's before each
+            // packet (tests/conntrack.rs compares the tables themselves).
+            if ir.conntrack.is_some() {
+                loaded.maps().ct_set(&state.ct_stored()).expect("set the connection table");
+            }
             let before = loaded.rule_counters().expect("counters");
             let got = match loaded.test_run(hook.as_str(), p) {
                 Ok(got) => got,

@@ -347,6 +347,97 @@ pub const MAX_LIMIT_SIZE: u64 = 1 << 24;
 /// `burst:` of a packet rate that does not say, as nftables' `limit`.
 pub const DEFAULT_LIMIT_BURST_PACKETS: u64 = 5;
 
+/// A connection state, as `ct.state` reads it (docs/conntrack.md). The
+/// field is an integer holding [`CtState::number`]; rules compare it with
+/// the states' names only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+}
+
+impl CtState {
+    pub const ALL: [CtState; 4] = [CtState::New, CtState::Established, CtState::Related, CtState::Invalid];
+
+    /// The name as written in policies.
+    pub fn name(self) -> &'static str {
+        match self {
+            CtState::New => "new",
+            CtState::Established => "established",
+            CtState::Related => "related",
+            CtState::Invalid => "invalid",
+        }
+    }
+
+    /// The value `ct.state` holds.
+    pub fn number(self) -> u64 {
+        self as u64
+    }
+
+    pub fn by_name(name: &str) -> Option<CtState> {
+        CtState::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// How long a connection's entry lives after the last packet that moved
+/// it, by the state that packet left it in, in nanoseconds: nf_conntrack's
+/// defaults (docs/conntrack.md, "Timeouts").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_syn_sent: u64,
+    pub tcp_syn_recv: u64,
+    pub tcp_established: u64,
+    pub tcp_fin_wait: u64,
+    pub tcp_time_wait: u64,
+    pub tcp_close: u64,
+    pub udp_unreplied: u64,
+    pub udp_replied: u64,
+    pub icmp: u64,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        CtTimeouts {
+            tcp_syn_sent: 120 * S,
+            tcp_syn_recv: 60 * S,
+            tcp_established: 5 * 86_400 * S,
+            tcp_fin_wait: 120 * S,
+            tcp_time_wait: 120 * S,
+            tcp_close: 10 * S,
+            udp_unreplied: 30 * S,
+            udp_replied: 120 * S,
+            icmp: 30 * S,
+        }
+    }
+}
+
+/// The connection table `ct.state` reads: there when a rule reads it
+/// (docs/conntrack.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conntrack {
+    /// Entries of the LRU table (`conntrack flows N`).
+    pub flows: u32,
+    /// The programs that record connections, with the packets they pass:
+    /// the first of `xdp` and `tc:ingress` (what comes in), and
+    /// `tc:egress` (what goes out). The checker gives the policy those
+    /// programs. A `tc:ingress` program after an `xdp` one reads the table
+    /// only.
+    pub trackers: Vec<Hook>,
+    pub timeouts: CtTimeouts,
+    /// The first `ct.state` a rule reads.
+    pub span: Span,
+}
+
+/// Entries of the connection table without `conntrack flows N`.
+pub const DEFAULT_CT_FLOWS: u32 = 65_536;
+/// The largest `conntrack flows N`: an LRU hash preallocates its entries,
+/// about 150 bytes each (key 40, value 16, the kernel's element header and
+/// buckets), so 2^24 take some 2.5 GiB.
+pub const MAX_CT_FLOWS: u64 = 1 << 24;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expr {
     pub kind: ExprKind,
@@ -587,6 +678,8 @@ pub struct Policy {
     /// Every `limit(...)` and the rate of every `log(..., rate: R)`, in
     /// source order.
     pub limits: Vec<Limit>,
+    /// The connection table, when a rule reads `ct.state`.
+    pub conntrack: Option<Conntrack>,
     /// Every `log` statement, in source order.
     pub logs: Vec<Log>,
     /// The cases of its `test` blocks, in order.
@@ -610,9 +703,17 @@ impl Printer<'_> {
             ExprKind::Neg(a) => format!("-{}", self.expr(a)),
             ExprKind::BitNot(a) => format!("~{}", self.expr(a)),
             ExprKind::Arith(op, a, b) => format!("({} {} {})", self.expr(a), arith_str(*op), self.expr(b)),
-            ExprKind::Cmp(op, a, b) => format!("({} {} {})", self.expr(a), op.as_str(), self.expr(b)),
+            ExprKind::Cmp(op, a, b) => match (&a.kind, &b.kind) {
+                // A connection state by its name.
+                (ExprKind::Field(Field::CtState), ExprKind::Const(Value::Int(n))) => format!("({} {} {})", self.expr(a), op.as_str(), ct_state_name(*n)),
+                _ => format!("({} {} {})", self.expr(a), op.as_str(), self.expr(b)),
+            },
             ExprKind::In(a, set) => match set {
                 SetRef::Named(s) => format!("({} in set {})", self.expr(a), self.policy.sets[*s].name),
+                SetRef::Inline(c) if a.kind == ExprKind::Field(Field::CtState) => {
+                    let names: Vec<&str> = c.ints.iter().flat_map(|&(lo, hi)| lo..=hi).map(ct_state_name).collect();
+                    format!("({} in {{{}}})", self.expr(a), names.join(", "))
+                }
                 SetRef::Inline(c) => format!("({} in {})", self.expr(a), c),
             },
             ExprKind::Not(a) => format!("!{}", self.expr(a)),
@@ -693,6 +794,11 @@ impl Printer<'_> {
     }
 }
 
+/// The name of the connection state numbered `n` (`CtState::number`).
+fn ct_state_name(n: u64) -> &'static str {
+    CtState::ALL.into_iter().find(|s| s.number() == n).map_or("?", CtState::name)
+}
+
 fn arith_str(op: ArithOp) -> &'static str {
     match op {
         ArithOp::Add => "+",
@@ -752,6 +858,10 @@ impl fmt::Display for Policy {
             let keys: Vec<String> = l.keys.iter().map(|t| t.to_string()).collect();
             let by = if keys.is_empty() { "one bucket".to_string() } else { format!("by [{}], size {}", keys.join(", "), l.size) };
             out.push_str(&format!("limit#{i} rule {}: {} {unit} per {}ns, burst {}, {by}\n", l.rule, l.rate, l.period_ns, l.burst));
+        }
+        if let Some(ct) = &self.conntrack {
+            let hooks: Vec<&str> = ct.trackers.iter().map(|h| h.as_str()).collect();
+            out.push_str(&format!("conntrack flows {}, tracked on {}\n", ct.flows, hooks.join(", ")));
         }
         for (i, l) in self.logs.iter().enumerate() {
             let rate = l.limit.map(|id| format!(", rate limit#{id}")).unwrap_or_default();

@@ -17,6 +17,7 @@ pub const STD_POLICIES: &[(&str, &str)] = &[
     ("bogons.xpol", include_str!("../../std-policies/bogons.xpol")),
     ("tcp-sanity.xpol", include_str!("../../std-policies/tcp-sanity.xpol")),
     ("lb-service.xpol", include_str!("../../std-policies/lb-service.xpol")),
+    ("host-firewall.xpol", include_str!("../../std-policies/host-firewall.xpol")),
 ];
 
 /// Where the Debian package installs the standard library (`pkg/build-deb`).

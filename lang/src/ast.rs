@@ -15,6 +15,7 @@ pub enum Item {
     Include(Include),
     Set(SetDecl),
     Map(MapDecl),
+    Conntrack(ConntrackDecl),
     Pool(PoolDecl),
     Const(ConstDecl),
     Probe(Probe),
@@ -34,6 +35,9 @@ pub struct TestBlock {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestCase {
+    /// `on HOOK` before the packet: the program this case runs through
+    /// (else the block's).
+    pub hook: Option<(Hook, Span)>,
     pub packet: PacketDesc,
     /// `pass`, `drop`, `tx`, `abort`, `redirect` or `lb`.
     pub expect: Ident,
@@ -140,6 +144,16 @@ pub struct MapDecl {
     pub map: Ident,
     /// `N`, and the span of `max N`.
     pub max: (u64, Span),
+    pub span: Span,
+}
+
+/// `conntrack flows N`: options of the connection table `ct.state`
+/// reads (docs/conntrack.md). The checker knows the option words.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConntrackDecl {
+    /// The options as written, in order: the word and its value, and the
+    /// span of both.
+    pub options: Vec<(Ident, u64, Span)>,
     pub span: Span,
 }
 

@@ -61,7 +61,8 @@ pub const COUNTERS_MAP: &str = ".data";
 /// know to show, check or carry.
 /// 10: logging ([`LogRingMeta`], [`LogMeta`]): a ring buffer of records
 /// older runtimes would leave unread (and, with `--pcap-out`, unwritten).
-pub const META_VERSION: u32 = 10;
+/// 11: the connection table ([`ConntrackMeta`]).
+pub const META_VERSION: u32 = 11;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -134,6 +135,10 @@ pub struct ObjectMeta {
     /// `log(..., rate: R)` ([`LogMeta::limit`]), in source order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitMeta>,
+    /// The connection table, when a rule reads `ct.state` (absent before
+    /// META_VERSION 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackMeta>,
     /// The ring buffer `log` statements write to; `None` when the policy
     /// logs nothing (and in records written before logging existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,6 +444,163 @@ pub struct LimitMeta {
 
 /// Bytes of a limit map's value (see [`LimitMeta`]).
 pub const LIMIT_VALUE_SIZE: u32 = 8;
+
+// ------------------------------------------------------------ connection table
+
+/// The connection table that `ct.state` reads (docs/conntrack.md):
+/// `BPF_MAP_TYPE_LRU_HASH`, `max_entries` entries, key [`CtKey`], value
+/// [`CtValue`]. The programs named in `trackers` insert and update
+/// entries for the packets they pass; every program reads them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackMeta {
+    pub map: String,
+    pub max_entries: u32,
+    /// The hooks whose programs record connections.
+    pub trackers: Vec<String>,
+}
+
+/// The map name of the connection table.
+pub const CONNTRACK_MAP: &str = "xpol_ct";
+
+/// A key of the connection table: one entry per connection, found from
+/// either direction. For TCP and UDP the endpoints are in order: `lo` is
+/// the lesser (address as a number, as its network-order bytes compare,
+/// then port) of the packet's source and destination. For an ICMP or
+/// ICMPv6 echo, `lo` is the side that sends the requests, `hi` the side
+/// that answers, and both ports hold the echo's identifier. Addresses in
+/// network order (IPv4 in the first 4 bytes, the rest zero), ports in
+/// network order, the protocol (6, 17, 1, 58), and 4 or 6.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct CtKey {
+    pub lo: [u8; 16],
+    pub hi: [u8; 16],
+    pub lo_port: [u8; 2],
+    pub hi_port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// A value of the connection table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct CtValue {
+    /// When the entry expires: `CLOCK_MONOTONIC_COARSE` nanoseconds (the
+    /// kernel's `bpf_ktime_get_coarse_ns`), little-endian. An entry whose
+    /// time has come is no entry.
+    pub expires_ns: [u8; 8],
+    /// TCP: one of `CT_TCP_*`; 0 for UDP and ICMP.
+    pub state: u8,
+    /// `CT_ORIG_LO`, `CT_SEEN_REPLY`, `CT_FIN_ORIG`, `CT_FIN_REPLY`.
+    pub flags: u8,
+    pub pad: [u8; 6],
+}
+
+impl CtKey {
+    pub fn to_bytes(&self) -> [u8; CT_KEY_SIZE as usize] {
+        let mut b = [0u8; CT_KEY_SIZE as usize];
+        b[..16].copy_from_slice(&self.lo);
+        b[16..32].copy_from_slice(&self.hi);
+        b[32..34].copy_from_slice(&self.lo_port);
+        b[34..36].copy_from_slice(&self.hi_port);
+        b[36] = self.proto;
+        b[37] = self.family;
+        b[38..40].copy_from_slice(&self.pad);
+        b
+    }
+
+    /// `None` unless `b` is a key's [`CT_KEY_SIZE`] bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<CtKey> {
+        let b: &[u8; CT_KEY_SIZE as usize] = b.try_into().ok()?;
+        Some(CtKey {
+            lo: b[0..16].try_into().ok()?,
+            hi: b[16..32].try_into().ok()?,
+            lo_port: [b[32], b[33]],
+            hi_port: [b[34], b[35]],
+            proto: b[36],
+            family: b[37],
+            pad: [b[38], b[39]],
+        })
+    }
+
+    /// The `lo` and `hi` endpoints as addresses and ports.
+    pub fn endpoints(&self) -> ((std::net::IpAddr, u16), (std::net::IpAddr, u16)) {
+        let addr = |a: &[u8; 16]| -> std::net::IpAddr {
+            if self.family == 6 {
+                std::net::Ipv6Addr::from(*a).into()
+            } else {
+                std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+            }
+        };
+        ((addr(&self.lo), u16::from_be_bytes(self.lo_port)), (addr(&self.hi), u16::from_be_bytes(self.hi_port)))
+    }
+}
+
+impl CtValue {
+    pub fn to_bytes(&self) -> [u8; CT_VALUE_SIZE as usize] {
+        let mut b = [0u8; CT_VALUE_SIZE as usize];
+        b[..8].copy_from_slice(&self.expires_ns);
+        b[8] = self.state;
+        b[9] = self.flags;
+        b[10..].copy_from_slice(&self.pad);
+        b
+    }
+
+    /// `None` unless `b` is a value's [`CT_VALUE_SIZE`] bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<CtValue> {
+        let b: &[u8; CT_VALUE_SIZE as usize] = b.try_into().ok()?;
+        Some(CtValue { expires_ns: b[..8].try_into().ok()?, state: b[8], flags: b[9], pad: b[10..].try_into().ok()? })
+    }
+
+    pub fn expires(&self) -> u64 {
+        u64::from_le_bytes(self.expires_ns)
+    }
+}
+
+/// Bytes of [`CtKey`] and [`CtValue`].
+pub const CT_KEY_SIZE: u32 = 40;
+pub const CT_VALUE_SIZE: u32 = 16;
+
+/// TCP states of [`CtValue::state`].
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_TCP_SYN_RECV: u8 = 2;
+pub const CT_TCP_ESTABLISHED: u8 = 3;
+pub const CT_TCP_FIN_WAIT: u8 = 4;
+pub const CT_TCP_TIME_WAIT: u8 = 5;
+pub const CT_TCP_CLOSE: u8 = 6;
+
+/// Bits of [`CtValue::flags`]: the connection's first packet came from
+/// the key's `lo` endpoint (always, for an echo); a packet the other way
+/// has passed; a FIN has passed from the originator, from the other side.
+pub const CT_ORIG_LO: u8 = 1;
+pub const CT_SEEN_REPLY: u8 = 2;
+pub const CT_FIN_ORIG: u8 = 4;
+pub const CT_FIN_REPLY: u8 = 8;
+
+/// An entry's state as `xpol` shows it: `tcp established`, `udp
+/// replied`, `icmp unreplied`.
+pub fn ct_state_name(proto: u8, state: u8, flags: u8) -> String {
+    let p = match proto {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "icmpv6",
+        _ => "other",
+    };
+    let s = match (proto, state) {
+        (6, CT_TCP_SYN_SENT) => "syn_sent",
+        (6, CT_TCP_SYN_RECV) => "syn_recv",
+        (6, CT_TCP_ESTABLISHED) => "established",
+        (6, CT_TCP_FIN_WAIT) => "fin_wait",
+        (6, CT_TCP_TIME_WAIT) => "time_wait",
+        (6, CT_TCP_CLOSE) => "close",
+        (6, _) => "unknown",
+        _ if flags & CT_SEEN_REPLY != 0 => "replied",
+        _ => "unreplied",
+    };
+    format!("{p} {s}")
+}
 
 // ------------------------------------------------------------ logging
 
@@ -835,6 +997,34 @@ mod tests {
         let old = r#"{"version":3,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[]}"#;
         let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
         assert_eq!(meta.counters, CountersMeta::default());
+    }
+
+    /// A record pinned before the connection table (META_VERSION 9) has
+    /// none; one with it keeps it through a round trip.
+    #[test]
+    fn metadata_without_a_connection_table_reads_as_none() {
+        let old = r#"{"version":9,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[],"limits":[]}"#;
+        let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
+        assert_eq!(meta.conntrack, None);
+        let with = super::ObjectMeta {
+            conntrack: Some(super::ConntrackMeta { map: super::CONNTRACK_MAP.into(), max_entries: 64, trackers: vec!["xdp".into(), "tc:egress".into()] }),
+            ..meta
+        };
+        let back: super::ObjectMeta = serde_json::from_str(&serde_json::to_string(&with).expect("writes")).expect("reads");
+        assert_eq!(back, with);
+    }
+
+    /// Keys and values of the connection table read back as written.
+    #[test]
+    fn connection_table_entries_round_trip() {
+        let key = super::CtKey { lo: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], hi: [198, 18, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], lo_port: 40000u16.to_be_bytes(), hi_port: 443u16.to_be_bytes(), proto: 6, family: 4, pad: [0; 2] };
+        assert_eq!(super::CtKey::from_bytes(&key.to_bytes()), Some(key));
+        assert_eq!(key.endpoints(), (("198.18.0.2".parse().unwrap(), 40000), ("198.18.0.9".parse().unwrap(), 443)));
+        let value = super::CtValue { expires_ns: 7u64.to_le_bytes(), state: super::CT_TCP_ESTABLISHED, flags: super::CT_ORIG_LO | super::CT_SEEN_REPLY, pad: [0; 6] };
+        assert_eq!(super::CtValue::from_bytes(&value.to_bytes()), Some(value));
+        assert_eq!(super::ct_state_name(6, value.state, value.flags), "tcp established");
+        assert_eq!(super::ct_state_name(17, 0, super::CT_SEEN_REPLY), "udp replied");
+        assert!(super::CtKey::from_bytes(&[0; 39]).is_none());
     }
 
     /// Metadata written before logging (META_VERSION 9, a pinned

@@ -160,6 +160,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
         Rule::max_n | Rule::max_word => "`max N`",
         Rule::rule_label | Rule::rule_word => "`rule \"NAME\"`",
+        Rule::conntrack_decl | Rule::conntrack_word => "`conntrack flows N`",
+        Rule::ct_opt => "a `conntrack` option such as `flows 65536`",
         Rule::pool_decl | Rule::pool_word | Rule::pool_body => "a pool such as `pool web = { 198.18.1.10, 198.18.1.11 }`",
         Rule::pool_opt | Rule::pool_opt_word => "`table N`, `flows N`, `idle D` or `max N`",
         Rule::duration => "a time (`30s`, `5m`, `1h`)",
@@ -248,7 +250,7 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
     };
     let mut expected: Vec<&str> = if item_start {
         // Between items: what an item starts with, rather than each kind.
-        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `include`, `test`)"]
+        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `conntrack`, `include`, `test`)"]
     } else {
         positives.iter().filter_map(describe).collect()
     };
@@ -361,6 +363,23 @@ impl AstBuilder {
                 let map = self.map_name(it.next()?);
                 let max = self.max_n(it.next()?)?;
                 Some(Item::Map(ast::MapDecl { map, max, span }))
+            }
+            Rule::conntrack_decl => {
+                let mut options = Vec::new();
+                for o in p.into_inner().filter(|q| q.as_rule() == Rule::ct_opt) {
+                    let ospan = self.span(&o);
+                    let mut oi = o.into_inner();
+                    let word = self.ident(oi.next()?);
+                    let n = oi.next()?;
+                    match n.as_str().parse::<u64>() {
+                        Ok(v) => options.push((word, v, ospan)),
+                        Err(_) => {
+                            let nspan = self.span(&n);
+                            self.literal_error::<()>(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                        }
+                    }
+                }
+                Some(Item::Conntrack(ast::ConntrackDecl { options, span }))
             }
             Rule::pool_decl => {
                 let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::pool_word).peekable();
@@ -492,7 +511,14 @@ impl AstBuilder {
         // Without the blank space pest leaves at the end of the case.
         let span = self.span(&p);
         let span = Span { end: span.start + p.as_str().trim_end().len() as u32, ..span };
-        let mut it = p.into_inner();
+        let mut it = p.into_inner().peekable();
+        let hook = match it.peek() {
+            Some(on) if on.as_rule() == Rule::test_on => {
+                let h = it.next()?.into_inner().next()?;
+                Some((hook_of(h.as_str()), self.span(&h)))
+            }
+            _ => None,
+        };
         let desc = it.next()?;
         let packet = match desc.as_rule() {
             Rule::hex_packet => ast::PacketDesc::Hex(self.string(desc.into_inner().next()?)),
@@ -561,7 +587,7 @@ impl AstBuilder {
             }
             None => None,
         };
-        Some(ast::TestCase { packet, expect, lb, decided_by, maps, logs, after: None, span })
+        Some(ast::TestCase { hook, packet, expect, lb, decided_by, maps, logs, after: None, span })
     }
 
     /// `@NAME[KEYS] ... VALUE`, as in an assignment or a test's map

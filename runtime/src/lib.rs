@@ -14,6 +14,7 @@ pub mod packet;
 pub mod pcap;
 pub mod store;
 pub mod apply;
+pub mod conntrack;
 mod ipv4_edit;
 pub mod sys;
 pub mod testing;

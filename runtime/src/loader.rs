@@ -268,6 +268,9 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     if !meta.redirects.is_empty() {
         expected.push((meta::REDIRECT_MAP, 4, 4));
     }
+    if let Some(ct) = &meta.conntrack {
+        expected.push((ct.map.as_str(), meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE));
+    }
     if let Some(ring) = &meta.log_ring {
         // A ring buffer has no key or value; its size is checked where
         // it is read (`crate::log`).

@@ -119,6 +119,14 @@ enum Command {
         #[arg(short = 'j', long)]
         json: bool,
     },
+    /// List the connections in an applied policy's connection table
+    /// (`ct.state`, docs/conntrack.md): each one's endpoints, state and
+    /// time left.
+    Ct {
+        name: String,
+        #[arg(short = 'j', long)]
+        json: bool,
+    },
     /// Show the counters, maps and sets of an applied policy.
     Stats {
         name: String,
@@ -556,6 +564,10 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             "entries": buckets.len(), "capacity": l.max_entries, "not_full": not_full.len(), "top": top,
         }));
     }
+    let conntrack = match policy.ct_summary()? {
+        Some(ct) => serde_json::json!({"entries": ct.entries, "capacity": ct.capacity, "states": ct.states}),
+        None => serde_json::Value::Null,
+    };
     let lost = policy.log_lost()?;
     let logs: Vec<serde_json::Value> = meta
         .logs
@@ -567,7 +579,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             })
         })
         .collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "logs": logs}))
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack, "logs": logs}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -643,6 +655,9 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for l in report["limits"].as_array().into_iter().flatten() {
         out.push_str(&limit_line(l));
     }
+    if !report["conntrack"].is_null() {
+        out.push_str(&conntrack_line(&report["conntrack"]));
+    }
     for w in log_records::report_warnings(report) {
         out.push_str(&format!("  warning: {w}\n"));
     }
@@ -663,6 +678,13 @@ fn limit_line(l: &serde_json::Value) -> String {
         out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
     }
     out
+}
+
+/// The connection table of a report: its entries, by state.
+fn conntrack_line(ct: &serde_json::Value) -> String {
+    let states: Vec<String> = ct["states"].as_object().into_iter().flatten().map(|(s, n)| format!("{s} {n}")).collect();
+    let by_state = if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) };
+    format!("  conntrack: {}/{} connections{by_state}\n", ct["entries"], ct["capacity"])
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -720,7 +742,8 @@ fn print_line(report: &serde_json::Value) {
             format!(" {}[{}]", p["name"].as_str().unwrap_or(""), backends.join(","))
         })
         .collect();
-    println!("t={:.0}s {}{}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
+    let ct = if report["conntrack"].is_null() { String::new() } else { format!(" ct={}", report["conntrack"]["entries"]) };
+    println!("t={:.0}s {}{}{}{ct}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
 }
 
 /// The maps of a report that lost updates.
@@ -790,6 +813,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             finish(&current, ok);
             current = case.test.clone();
             ok = true;
+            // Each test block starts with no connections.
+            state.conntrack.clear();
         }
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
@@ -803,6 +828,11 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         for i in 0..ir.limits.len() {
             let unknown = loaded.set_limit_credit(i, |key| reference_credit(ir, &state, i, key))?;
             wrong_limits.extend(unknown.iter().map(|k| format!("{}: the kernel has a bucket the reference does not", limit_name(loaded, i, k))));
+        }
+        // The connection table likewise: the kernel's is set to hold the
+        // reference's live entries with the time they have left.
+        if ir.conntrack.is_some() {
+            loaded.maps().ct_set(&state.ct_stored())?;
         }
         if let Some(r) = log_reader.as_mut() {
             r.drain(|_| {});
@@ -853,6 +883,10 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             if missing > 0 {
                 wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
+        }
+        // And on the connection table after the packet.
+        if ir.conntrack.is_some() {
+            wrong_limits.extend(ct_differences(&loaded.maps().ct_entries()?, &state.ct_stored()));
         }
         let wrong_logs = log_records::test_mismatches(case, &kernel_logs, &reference.logs);
         // Both engines must agree on the rules that fired, not only on the verdict.
@@ -936,6 +970,37 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How the kernel's connection table differs from the reference's: an
+/// entry in one only, or with another state, flags, or time left (by more
+/// than a second: the two clocks are read at different times, and the
+/// kernel's in jiffies).
+fn ct_differences(kernel: &[xpol_runtime::conntrack::CtEntry], reference: &[(xpol_lang::meta::CtKey, xpol_lang::meta::CtValue, u64)]) -> Vec<String> {
+    const SLACK_NS: u64 = 1_000_000_000;
+    let mut out = Vec::new();
+    for (key, value, left) in reference {
+        let name = || xpol_runtime::conntrack::CtEntry { key: *key, value: *value, from: key.endpoints().0, to: key.endpoints().1, state: String::new(), expires_in_ns: *left }.describe();
+        match kernel.iter().find(|e| e.key == *key) {
+            None => out.push(format!("connection {}: the reference has it, the kernel does not", name())),
+            Some(e) if (e.value.state, e.value.flags) != (value.state, value.flags) => out.push(format!(
+                "connection {}: the kernel has it {} (flags {:#x}), the reference {} (flags {:#x})",
+                e.describe(),
+                e.state,
+                e.value.flags,
+                xpol_lang::meta::ct_state_name(key.proto, value.state, value.flags),
+                value.flags
+            )),
+            Some(e) if e.expires_in_ns.abs_diff(*left) > SLACK_NS => {
+                out.push(format!("connection {}: the kernel's expires in {} ms, the reference's in {} ms", e.describe(), e.expires_in_ns / 1_000_000, left / 1_000_000))
+            }
+            Some(_) => {}
+        }
+    }
+    for e in kernel.iter().filter(|e| !reference.iter().any(|(k, _, _)| *k == e.key)) {
+        out.push(format!("connection {}: the kernel has it, the reference does not", e.describe()));
+    }
+    out
 }
 
 /// A limit's key as the reference keeps it.
@@ -1065,6 +1130,15 @@ fn prometheus(report: &serde_json::Value) -> String {
             out.push_str(&format!("{metric}{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l[field].as_u64().unwrap_or(0)));
         }
     }
+    if !report["conntrack"].is_null() {
+        let ct = &report["conntrack"];
+        out.push_str("# HELP xpol_conntrack_entries Connections in the connection table, by state (expired entries not counted).\n# TYPE xpol_conntrack_entries gauge\n");
+        for (state, n) in ct["states"].as_object().into_iter().flatten() {
+            out.push_str(&format!("xpol_conntrack_entries{{{scope},state=\"{state}\"}} {}\n", n.as_u64().unwrap_or(0)));
+        }
+        out.push_str("# HELP xpol_conntrack_capacity The most connections the table holds (`conntrack flows N`, else the default).\n# TYPE xpol_conntrack_capacity gauge\n");
+        out.push_str(&format!("xpol_conntrack_capacity{{{scope}}} {}\n", ct["capacity"].as_u64().unwrap_or(0)));
+    }
     out.push_str("# HELP xpol_log_lost_records_total Records of a `log` lost because the ring buffer was full.\n# TYPE xpol_log_lost_records_total counter\n");
     for l in report["logs"].as_array().into_iter().flatten() {
         out.push_str(&format!("xpol_log_lost_records_total{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l["lost"].as_u64().unwrap_or(0)));
@@ -1134,6 +1208,9 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         policy.attach(h, interface, mode)?;
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
+    if let Some(w) = xpol_runtime::conntrack::unattached_trackers(policy.meta(), &hooks) {
+        eprintln!("warning: {w}");
+    }
     for w in lb_host::warnings(policy.meta(), &[interface.to_string()]) {
         eprintln!("warning: {w}");
     }
@@ -1261,7 +1338,10 @@ fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interfa
                 eprintln!("warning: {} was replaced, but {w}", path.display());
             }
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-            let pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
+            let mut pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
+            if done.conntrack_kept {
+                pools.push_str("; connections kept");
+            }
             eprintln!(
                 "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}{pools}; attached: {}; detached: {}",
                 path.display(),
@@ -1305,6 +1385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
+        Command::Ct { name, json } => applied::conntrack(&name, json),
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
         Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
@@ -1453,6 +1534,7 @@ mod tests {
         for args in [
             &["list", "-j"][..],
             &["stats", "n", "-j"],
+            &["ct", "n", "-j"],
             &["watch", "n", "-j"],
             &["log", "n", "-j"],
             &["test", "p.xpol", "-j"],
@@ -1462,7 +1544,7 @@ mod tests {
             &["pool", "n", "p", "list", "-j"],
         ] {
             let json = match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
-                Command::List { json } | Command::Stats { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } => json,
+                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } => json,
                 Command::Watch { every, .. } | Command::Run { every, .. } => every.json,
                 Command::Set { op: super::SetOp::List { json }, .. } | Command::Pool { op: super::PoolOp::List { json }, .. } => json,
                 _ => panic!("{args:?}"),

@@ -9,7 +9,7 @@ use xpol_lang::Diagnostic;
 
 fn reads_l4(e: &ir::Expr) -> bool {
     match &e.kind {
-        ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6),
+        ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6 | Layer::Ct),
         ExprKind::Const(_) | ExprKind::Local(_) => false,
         ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().any(reads_l4),
         ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads_l4(a),

@@ -9,6 +9,7 @@
 pub mod builder;
 pub mod faults;
 mod budget;
+mod conntrack;
 mod lb;
 mod limit;
 mod log;
@@ -347,6 +348,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
         pools: Vec::new(),
         limits: Vec::new(),
+        conntrack: None,
         log_ring: None,
         logs: Vec::new(),
     };
@@ -489,12 +491,17 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         limits.push(def);
         meta.limits.push(limit_meta);
     }
-    let log = log::define(&m, policy, sources).map(|(maps, ring, logs)| {
+    let conntrack = policy.conntrack.as_ref().map(|ct| {
+        let (def, ct_meta) = conntrack::define(&m, ct);
+        meta.conntrack = Some(ct_meta);
+        def
+    });
+        let log = log::define(&m, policy, sources).map(|(maps, ring, logs)| {
         meta.log_ring = Some(ring);
         meta.logs = logs;
         maps
     });
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, log };
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)
@@ -536,13 +543,29 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             let nat: Vec<lb::PoolMaps> = policy.nat_pools.iter().map(|&p| maps.pools[p]).collect();
             lb::reverse_nat(&b, &nat);
         }
-        let uses = parse::first_uses(prog);
-        let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
-        let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
+        let mut uses = parse::first_uses(prog);
+        let mut l4_before = parse::first_probe_using(prog, parse::Stage::L4);
+        // A program that records connections parses every header for them
+        // before its first rule (its instructions blamed on the first
+        // `ct.state` of the policy); one that only reads `ct.state`, before
+        // the first rule that does.
+        let records = policy.conntrack.as_ref().filter(|ct| ct.trackers.contains(&prog.hook));
+        if let Some(ct) = records {
+            for stage in [parse::Stage::Eth, parse::Stage::Vlan, parse::Stage::Ip4, parse::Stage::Ip6, parse::Stage::L4] {
+                uses.entry(stage).or_insert(ct.span);
+            }
+            l4_before = Some(0);
+        }
+        let ct_classify = records.is_some() || (policy.conntrack.is_some() && parse::reads_field(prog, crate::check::fields::Field::CtState));
+        // A program without rules of its own (the `tc:egress` of `nat` or
+        // of the connection table) gains nothing from a parse end per
+        // header, and would repeat its work at each.
+        let parsed = parse::parse(&b, prog.hook, &uses, specialize && !prog.probes.is_empty(), options.faults.omit_l4_bounds_check);
         for &end in &parsed.ends {
             b.at(end);
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
+            lower.ct_classify = ct_classify;
             if let Some(rule) = lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map) {
                 watch.lap("LLVM IR, until refused");
                 return Err(vec![budget::too_large_early(prog.hook, &lower.floor, rule + 1, &prog.probes[rule])]);

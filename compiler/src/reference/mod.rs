@@ -13,6 +13,7 @@ pub use crate::ir::Outcome;
 pub use lb::Balanced;
 pub use log::Logged;
 
+pub mod conntrack;
 mod lb;
 mod limit;
 mod log;
@@ -51,6 +52,8 @@ struct Facts {
     vlan2: Option<u64>,
     ip: Option<IpFacts>,
     l4: Option<L4Facts>,
+    /// Where the L4 header starts in the frame, when there is one.
+    l4_off: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +139,7 @@ fn parse(p: &[u8]) -> Facts {
             58 if ip.v6 && whole(8) => Some(L4Facts::Icmp { v6: true, ty: be(p, l4off, 1).unwrap_or(0), code: be(p, l4off + 1, 1).unwrap_or(0) }),
             _ => None,
         };
+        f.l4_off = f.l4.as_ref().map(|_| l4off);
     }
     f.ip = Some(ip);
     f
@@ -256,6 +260,8 @@ pub struct State {
     /// for every key: the kernel's LRU map forgets keys past its size,
     /// which tests stay under.
     pub limits: HashMap<(ir::LimitId, Vec<KeyPart>), limit::Bucket>,
+    /// The connection table (`ct.state`), entries expired or not.
+    pub conntrack: HashMap<conntrack::Key, conntrack::Entry>,
 }
 
 impl State {
@@ -279,6 +285,8 @@ struct Eval<'a> {
     lb: Option<Option<Balanced>>,
     locals: HashMap<ir::LocalId, Option<V>>,
     state: &'a mut State,
+    /// `ct.state` of the packet (absent: `None`).
+    ct: Option<ir::CtState>,
     hook: Hook,
     /// What the `log` statements wrote so far.
     logs: Vec<Logged>,
@@ -295,7 +303,21 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
 }
 
 fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
-    let mut e = Eval { policy, facts: parse(packet), packet, locals: HashMap::new(), state, lb: None, hook, logs: Vec::new() };
+    let facts = parse(packet);
+    // The rules cannot change the table: what it says of the packet is
+    // decided before them, and written after them if the packet passes.
+    let ct = conntrack::classify(policy, &facts, packet, state);
+    let records = policy.conntrack.as_ref().is_some_and(|c| c.trackers.contains(&hook));
+    let mut evaluation = evaluate_probes(policy, hook, packet, facts, ct.state, state);
+    if records && evaluation.outcome == Outcome::Pass {
+        conntrack::commit(&ct, state);
+    }
+    evaluation.translated = None;
+    evaluation
+}
+
+fn evaluate_probes(policy: &ir::Policy, hook: Hook, packet: &[u8], facts: Facts, ct: Option<ir::CtState>, state: &mut State) -> Evaluation {
+    let mut e = Eval { policy, facts, packet, locals: HashMap::new(), state, lb: None, ct, hook, logs: Vec::new() };
     let mut fired = Vec::new();
     let tc = hook != Hook::Xdp;
     let outcome_of = |v: Verdict| match (v, tc) {
@@ -508,6 +530,7 @@ impl Eval<'_> {
             Field::IcmpCode => int(icmp(false).map(|i| i.1)),
             Field::Icmp6Type => int(icmp(true).map(|i| i.0)),
             Field::Icmp6Code => int(icmp(true).map(|i| i.1)),
+            Field::CtState => int(self.ct.map(|s| s.number())),
         }
     }
 

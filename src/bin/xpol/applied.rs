@@ -59,7 +59,7 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
         println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "applied": name, "outcome": outcome}));
     } else if outcome.replaced {
         eprintln!(
-            "replaced `{name}` (generation {}): {} rules kept their counters; kept @maps: {}; sets kept live: {}; sets from the new source: {}{}",
+            "replaced `{name}` (generation {}): {} rules kept their counters; kept @maps: {}; sets kept live: {}; sets from the new source: {}{}{}",
             outcome.generation,
             outcome.rules_carried,
             list_or_none(&outcome.maps_kept),
@@ -69,7 +69,8 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
                 String::new()
             } else {
                 format!("; pools kept live: {}; pools from the new source: {}", list_or_none(&outcome.pools_kept), list_or_none(&outcome.pools_reset))
-            }
+            },
+            if outcome.conntrack_kept { "; connections kept" } else { "" }
         );
     } else {
         eprintln!("applied {} as `{name}` on {}: it stays attached until `xpol delete {name}`", policy.display(), target.interfaces.join(", "));
@@ -233,6 +234,36 @@ pub fn stats(name: &str, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `xpol ct NAME`: the connection table's live entries, one a line (or a
+/// JSON record each, then a summary).
+pub fn conntrack(name: &str, json: bool) -> Result<ExitCode> {
+    let store = Store::read()?.with_context(|| format!("no policy is applied as `{name}` (see `xpol list`)"))?;
+    let applied = store.applied(name)?;
+    let current = applied.current.as_ref().with_context(|| format!("`{name}`: {}", applied.problems.join("; ")))?;
+    let maps = current.maps()?;
+    let Some(summary) = maps.ct_summary()? else { bail!("`{name}` has no connection table: no rule of it reads `ct.state`") };
+    let entries = maps.ct_entries()?;
+    if json {
+        for e in &entries {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "schema": super::REPORT_SCHEMA, "protocol": e.state.split(' ').next(), "state": e.state,
+                    "from": e.from.0.to_string(), "from_port": e.from.1, "to": e.to.0.to_string(), "to_port": e.to.1,
+                    "expires_in_s": e.expires_in_ns as f64 / 1e9,
+                })
+            );
+        }
+        println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "entries": summary.entries, "capacity": summary.capacity, "states": summary.states}));
+    } else {
+        for e in &entries {
+            println!("{}", e.describe());
+        }
+        print!("{}", super::conntrack_line(&serde_json::json!({"entries": summary.entries, "capacity": summary.capacity, "states": summary.states})).trim_start());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Result<ExitCode> {
