@@ -435,8 +435,8 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
 fn write_section(markdown: &str, json: &serde_json::Value) {
     let path = root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let commit = Command::new("git").arg("-C").arg(root()).args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let commit = common::commit_label(&root(), &["compiler", "lang", "runtime", "benches"]);
+    let cpu = common::cpu_model();
     let kernel = sh(None, "uname", &["-r"], None).unwrap_or_default();
     let section = format!(
         "## Connection state\n\n\

@@ -21,7 +21,6 @@ mod common;
 use common::{median, sh};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use xpol_runtime::loader::LoadedPolicy;
 use xpol_runtime::log::LogReader;
 use xpol_runtime::packet::PacketSpec;
