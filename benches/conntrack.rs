@@ -23,12 +23,11 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
-use common::{have, ksoftirqd, median, runtime_ns, sh};
+use common::veth::{push, Namespaces};
+use common::{have, load_policy, median, sh};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
 use xpol_runtime::packet::PacketSpec;
@@ -49,15 +48,6 @@ fn root() -> PathBuf {
 
 fn v4(s: &str) -> Ipv4Addr {
     s.parse().expect("IPv4 literal")
-}
-
-/// Compiles and loads policy text.
-fn load(dir: &Path, name: &str, text: &str) -> LoadedPolicy {
-    let path = dir.join(format!("{name}.xpol"));
-    std::fs::write(&path, text).expect("write policy");
-    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
-    let out = b.output.unwrap_or_else(|| panic!("{name}: {}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-    LoadedPolicy::load(&out.object).unwrap_or_else(|e| panic!("{name} loads: {e}"))
 }
 
 // ------------------------------------------------------------ test runs
@@ -139,7 +129,7 @@ struct TestRunRow {
 fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
     let (rounds, repeat) = if mode.quick { (1, 10_000) } else { (9, 2_000_000) };
     let cases = cases();
-    let mut policies: Vec<LoadedPolicy> = cases.iter().enumerate().map(|(i, c)| load(dir, &format!("run{i}"), c.policy)).collect();
+    let mut policies: Vec<LoadedPolicy> = cases.iter().enumerate().map(|(i, c)| load_policy(dir, &format!("run{i}"), c.policy)).collect();
     for (p, c) in policies.iter_mut().zip(&cases) {
         connect(p);
         // Every case gives its verdict (the connections are there).
@@ -182,51 +172,6 @@ fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
 
 // ------------------------------------------------------------ veth
 
-/// The generator and receiver namespaces (as `benches/limit.rs`); removing
-/// them removes the veth pairs, nft tables, conntrack entries and XDP
-/// attachments in them.
-struct Namespaces {
-    gen: String,
-    recv: String,
-    tag: String,
-    pairs: u32,
-}
-
-impl Namespaces {
-    fn new() -> Result<Namespaces, String> {
-        let tag = format!("{}", std::process::id() % 1_000_000);
-        let ns = Namespaces { gen: format!("xpolc{tag}-g"), recv: format!("xpolc{tag}-r"), tag, pairs: 0 };
-        sh(None, "ip", &["netns", "add", &ns.gen], None)?;
-        sh(None, "ip", &["netns", "add", &ns.recv], None)?;
-        for n in [&ns.gen, &ns.recv] {
-            sh(None, "ip", &["-n", n, "link", "set", "lo", "up"], None)?;
-        }
-        Ok(ns)
-    }
-
-    fn path(name: &str) -> PathBuf {
-        Path::new("/run/netns").join(name)
-    }
-
-    fn pair(&mut self) -> Result<(String, String), String> {
-        let i = self.pairs;
-        self.pairs += 1;
-        let (g, r) = (format!("cg{}-{i}", self.tag), format!("cr{}-{i}", self.tag));
-        sh(None, "ip", &["link", "add", &g, "netns", &self.gen, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", &r, "netns", &self.recv, "address", "02:00:00:00:00:02"], None)?;
-        sh(None, "ip", &["-n", &self.gen, "link", "set", &g, "up"], None)?;
-        sh(None, "ip", &["-n", &self.recv, "link", "set", &r, "up"], None)?;
-        sh(Some(&self.recv), "ethtool", &["-K", &r, "gro", "on"], None)?;
-        Ok((g, r))
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.gen]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.recv]).status();
-    }
-}
-
 /// The flood's connection: the receiver (`RECV`, port 9) started it
 /// towards `GEN` port 40000; the generator's frames are its replies.
 const GEN: &str = "198.18.252.7";
@@ -234,28 +179,6 @@ const RECV: &str = "198.18.253.1";
 
 fn frame() -> Vec<u8> {
     PacketSpec::udp4(v4(GEN), v4(RECV), 40000, 9).payload(18).build()
-}
-
-/// Pushes `frames` copies of `frame` out of `dev` with `gen` (`XDP_TX`,
-/// `BPF_F_TEST_XDP_LIVE_FRAMES`) on `cpu`: the CPU ns spent (this thread
-/// and the CPU's ksoftirqd). As `benches/limit.rs`.
-fn push(gen: &mut LoadedPolicy, ns: &Path, cpu: usize, dev: &str, frame: &[u8], frames: u32) -> u64 {
-    let k = ksoftirqd(cpu);
-    sys::in_netns(ns, Some(cpu), move || {
-        let ifindex = sys::if_nametoindex(dev);
-        assert!(ifindex != 0, "no {dev} in the generator namespace");
-        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let me = Path::new("/proc/thread-self/schedstat");
-        let soft = |p: &Option<PathBuf>| p.as_deref().map_or(0, runtime_ns);
-        let (t0, k0) = (runtime_ns(me), soft(&k));
-        let x: &mut Xdp = gen.ebpf_mut().program_mut("xpol_xdp").expect("generator").try_into().expect("XDP");
-        x.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: frames, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (Linux 5.18 or later)");
-        let (t1, k1) = (runtime_ns(me), soft(&k));
-        assert!(t1 > t0, "no run time in /proc/thread-self/schedstat: cannot measure CPU time");
-        t1 - t0 + (k1 - k0)
-    })
-    .expect("enter the generator namespace")
 }
 
 enum Peer {
@@ -312,10 +235,10 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
     }
     let frame = frame();
     let cpu = *sys::allowed_cpus().expect("CPUs").last().expect("a CPU");
-    let mut ns = Namespaces::new().expect("namespaces");
+    let mut ns = Namespaces::new("c").expect("namespaces");
     let recv = ns.recv.clone();
     let recv_path = Namespaces::path(&recv);
-    let mut gen = load(dir, "generator", "xdp { tx }\n");
+    let mut gen = load_policy(dir, "generator", "xdp { tx }\n");
     let mut peers: Vec<(String, String, Peer)> = Vec::new();
     for (i, (name, text)) in [
         ("xpol, XDP: without connection state (`udp.dport == 9`, drop)", "xdp /udp.dport == 9/ { drop }\n"),
@@ -324,8 +247,8 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
     .iter()
     .enumerate()
     {
-        let (g, r) = ns.pair().expect("veth pair");
-        let mut p = load(dir, &format!("veth{i}"), text);
+        let (g, r, _) = ns.pair().expect("veth pair");
+        let mut p = load_policy(dir, &format!("veth{i}"), text);
         if p.meta().conntrack.is_some() {
             // The receiver's connection, recorded by the policy's own
             // tc:egress program, made to last the run (a drop does not
@@ -341,7 +264,7 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
     }
     {
         let name = "nftables, inet prerouting after conntrack: `ct state established counter drop`";
-        let (g, r) = ns.pair().expect("veth pair");
+        let (g, r, _) = ns.pair().expect("veth pair");
         let table = "xpolct".to_string();
         let ruleset = format!("table inet {table} {{\n  chain pre {{\n    type filter hook prerouting priority 0; policy accept;\n    iifname \"{r}\" ct state established counter drop\n  }}\n}}\n");
         let file = dir.join("ct.nft");

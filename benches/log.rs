@@ -18,7 +18,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{median, sh};
+use common::{load_policy, median, sh};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use xpol_runtime::loader::LoadedPolicy;
@@ -42,14 +42,6 @@ fn root() -> PathBuf {
 /// The frame of every measurement: TCP SYN to port 23, 74 bytes.
 fn frame() -> Vec<u8> {
     PacketSpec::tcp4("198.19.7.7".parse().expect("v4"), "198.19.255.1".parse().expect("v4"), 40000, 23).syn().payload(20).build()
-}
-
-fn load(dir: &Path, name: &str, text: &str) -> LoadedPolicy {
-    let path = dir.join(format!("{name}.xpol"));
-    std::fs::write(&path, text).expect("write policy");
-    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
-    let out = b.output.unwrap_or_else(|| panic!("{name}: {}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-    LoadedPolicy::load(&out.object).unwrap_or_else(|e| panic!("{name} loads: {e}"))
 }
 
 /// How a row's records are treated while it runs.
@@ -118,7 +110,7 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
         .iter()
         .enumerate()
         .map(|(i, (_, text, _))| {
-            let p = load(dir.path(), &format!("log{i}"), text);
+            let p = load_policy(dir.path(), &format!("log{i}"), text);
             let reader = LogReader::open(p.maps()).expect("the ring");
             (p, reader)
         })

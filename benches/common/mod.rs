@@ -122,3 +122,14 @@ pub fn cpu_model() -> String {
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_default()
 }
+
+pub mod veth;
+
+/// Compiles policy text (written to `dir/NAME.xpol`) and loads it.
+pub fn load_policy(dir: &Path, name: &str, text: &str) -> xpol_runtime::loader::LoadedPolicy {
+    let path = dir.join(format!("{name}.xpol"));
+    std::fs::write(&path, text).expect("write policy");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| panic!("{name}: {}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
+    xpol_runtime::loader::LoadedPolicy::load(&out.object).unwrap_or_else(|e| panic!("{name} loads: {e}"))
+}
