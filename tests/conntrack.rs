@@ -23,7 +23,7 @@ use xpol_compiler::reference::{self, Outcome, State};
 use xpol_lang::ast::Hook;
 use xpol_lang::meta::{CtKey, CtValue};
 use xpol_runtime::conntrack::CtEntry;
-use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
+use xpol_runtime::loader::{Action, LoadedPolicy};
 use xpol_runtime::packet::{hex, Ipv6Ext, PacketSpec, L4};
 
 /// A policy in the kernel and the reference, packet by packet.
@@ -57,13 +57,8 @@ tc:egress /ct.state in {established, related}/ { pass }
 
 impl Tracked {
     fn new(text: &str) -> Tracked {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("policy.xpol");
-        std::fs::write(&path, text).expect("write policy");
-        let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
-        let out = b.output.unwrap_or_else(|| panic!("does not compile:\n{}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-        let kernel = LoadedPolicy::load_with(&out.object, &LoadOptions::default()).unwrap_or_else(|e| panic!("does not load: {e}"));
-        Tracked { kernel, ir: out.ir, state: State::default(), _dir: dir }
+        let (kernel, ir, dir) = common::load_text_with_ir(text);
+        Tracked { kernel, ir, state: State::default(), _dir: dir }
     }
 
     /// Runs `bytes` through `hook` in both engines from the reference's

@@ -13,7 +13,7 @@ use xpol_compiler::ir;
 use xpol_compiler::reference::{self, Logged, State};
 use xpol_lang::ast::Hook;
 use xpol_lang::meta::LogRecord;
-use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
+use xpol_runtime::loader::{Action, LoadedPolicy};
 use xpol_runtime::log::LogReader;
 use xpol_runtime::packet::{hex, Ipv6Ext, PacketSpec};
 
@@ -29,14 +29,9 @@ struct Logging {
 
 impl Logging {
     fn new(text: &str) -> Logging {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("policy.xpol");
-        std::fs::write(&path, text).expect("write policy");
-        let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
-        let out = b.output.unwrap_or_else(|| panic!("does not compile:\n{}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-        let kernel = LoadedPolicy::load_with(&out.object, &LoadOptions::default()).unwrap_or_else(|e| panic!("does not load: {e}\n{}", verifier_tail(&e)));
+        let (kernel, ir, dir) = common::load_text_with_ir(text);
         let reader = LogReader::open(kernel.maps()).expect("open the ring").expect("the policy logs");
-        Logging { kernel, reader, ir: out.ir, state: State::default(), _dir: dir }
+        Logging { kernel, reader, ir, state: State::default(), _dir: dir }
     }
 
     /// Runs `packet` on `hook` in the kernel and the reference: the
@@ -58,13 +53,6 @@ impl Logging {
 /// What kernel and reference must agree on in a record: statement, rule,
 /// verdict, packet length, hook and bytes.
 type RecordView<'a> = (u32, u32, &'a str, u32, u8, &'a [u8]);
-
-fn verifier_tail(e: &xpol_runtime::loader::RuntimeError) -> String {
-    match e {
-        xpol_runtime::loader::RuntimeError::Verifier { log, .. } => log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
-        _ => String::new(),
-    }
-}
 
 fn hook_code(h: Hook) -> u8 {
     xpol_lang::meta::hook_code(h.as_str())
