@@ -18,6 +18,8 @@ pub const STD_POLICIES: &[(&str, &str)] = &[
     ("tcp-sanity.xpol", include_str!("../../std-policies/tcp-sanity.xpol")),
     ("lb-service.xpol", include_str!("../../std-policies/lb-service.xpol")),
     ("host-firewall.xpol", include_str!("../../std-policies/host-firewall.xpol")),
+    ("icmp-limit.xpol", include_str!("../../std-policies/icmp-limit.xpol")),
+    ("syn-limit.xpol", include_str!("../../std-policies/syn-limit.xpol")),
 ];
 
 /// Where the Debian package installs the standard library (`pkg/build-deb`).
