@@ -32,10 +32,7 @@ pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
     match way {
         Way::Replace => replace(path, bytes, &inputs),
         Way::Stdout => write_into(&mut std::io::stdout().lock(), bytes, path),
-        Way::Into => {
-            let mut file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            write_into(&mut file, bytes, path)
-        }
+        Way::Into => write_into(&mut open_special(path)?, bytes, path),
     }
 }
 
@@ -85,7 +82,7 @@ impl StreamOutput {
                 )
             }
             Way::Stdout => Stream::Stdout(std::io::stdout()),
-            Way::Into => Stream::Into(OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?),
+            Way::Into => Stream::Into(open_special(path)?),
         };
         Ok(StreamOutput { to, path: path.to_path_buf() })
     }
@@ -133,6 +130,18 @@ enum Way {
     Stdout,
     /// Opened and written into (a character device, a FIFO).
     Into,
+}
+
+/// Opens `path`, found to be a FIFO or a character device, for writing
+/// (never creating it), and checks that what it opened still is one: a
+/// regular file put in its place since the check is not written into.
+fn open_special(path: &Path) -> Result<File> {
+    let file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let kind = file.metadata().with_context(|| format!("cannot open {}", path.display()))?.file_type();
+    if !(kind.is_fifo() || kind.is_char_device()) {
+        bail!("refusing to write {}: it changed while being opened, and is no longer a FIFO or a character device", path.display());
+    }
+    Ok(file)
 }
 
 /// How `path` is to be written (see [`write_output`]), or why not; with
