@@ -728,6 +728,21 @@ pub fn log_verdict_code(verdict: &str) -> u8 {
     LOG_VERDICTS.iter().position(|v| *v == verdict).unwrap_or(0) as u8
 }
 
+/// Offsets of a log record's header fields (the table at [`LogRingMeta`]):
+/// the programs write them there (`codegen/log.rs`), [`LogRecord`] reads
+/// them.
+pub mod log_at {
+    pub const TIME: usize = 0;
+    pub const LOG: usize = 8;
+    pub const RULE: usize = 12;
+    pub const PACKET_LEN: usize = 16;
+    pub const IFINDEX: usize = 20;
+    pub const CAPTURED: usize = 24;
+    pub const HOOK: usize = 26;
+    pub const VERDICT: usize = 27;
+    pub const RESERVED: usize = 28;
+}
+
 /// One log record, decoded ([`LogRingMeta`] describes the layout).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRecord {
@@ -751,18 +766,18 @@ impl LogRecord {
             return Err(format!("a log record of {} bytes, shorter than its {header}-byte header", bytes.len()));
         }
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
-        let captured = usize::from(u16::from_le_bytes([bytes[24], bytes[25]]));
+        let captured = usize::from(u16::from_le_bytes([bytes[log_at::CAPTURED], bytes[log_at::CAPTURED + 1]]));
         if captured > ring.capture as usize || header + captured > bytes.len() {
             return Err(format!("a log record claims {captured} bytes of packet, and holds {}", bytes.len().saturating_sub(header).min(ring.capture as usize)));
         }
         Ok(LogRecord {
-            time_ns: u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
-            log: u32_at(8),
-            rule: u32_at(12),
-            packet_len: u32_at(16),
-            ifindex: u32_at(20),
-            hook: bytes[26],
-            verdict: bytes[27],
+            time_ns: u64::from_le_bytes(bytes[log_at::TIME..log_at::TIME + 8].try_into().expect("8 bytes")),
+            log: u32_at(log_at::LOG),
+            rule: u32_at(log_at::RULE),
+            packet_len: u32_at(log_at::PACKET_LEN),
+            ifindex: u32_at(log_at::IFINDEX),
+            hook: bytes[log_at::HOOK],
+            verdict: bytes[log_at::VERDICT],
             data: bytes[header..header + captured].to_vec(),
         })
     }
@@ -770,15 +785,15 @@ impl LogRecord {
     /// Encodes the record as a program writes it (for tests and tools).
     pub fn encode(&self, ring: &LogRingMeta) -> Vec<u8> {
         let mut out = vec![0u8; ring.record_bytes()];
-        out[0..8].copy_from_slice(&self.time_ns.to_le_bytes());
-        out[8..12].copy_from_slice(&self.log.to_le_bytes());
-        out[12..16].copy_from_slice(&self.rule.to_le_bytes());
-        out[16..20].copy_from_slice(&self.packet_len.to_le_bytes());
-        out[20..24].copy_from_slice(&self.ifindex.to_le_bytes());
+        out[log_at::TIME..log_at::TIME + 8].copy_from_slice(&self.time_ns.to_le_bytes());
+        out[log_at::LOG..log_at::LOG + 4].copy_from_slice(&self.log.to_le_bytes());
+        out[log_at::RULE..log_at::RULE + 4].copy_from_slice(&self.rule.to_le_bytes());
+        out[log_at::PACKET_LEN..log_at::PACKET_LEN + 4].copy_from_slice(&self.packet_len.to_le_bytes());
+        out[log_at::IFINDEX..log_at::IFINDEX + 4].copy_from_slice(&self.ifindex.to_le_bytes());
         let captured = self.data.len().min(ring.capture as usize);
-        out[24..26].copy_from_slice(&(captured as u16).to_le_bytes());
-        out[26] = self.hook;
-        out[27] = self.verdict;
+        out[log_at::CAPTURED..log_at::CAPTURED + 2].copy_from_slice(&(captured as u16).to_le_bytes());
+        out[log_at::HOOK] = self.hook;
+        out[log_at::VERDICT] = self.verdict;
         let at = ring.header_bytes as usize;
         out[at..at + captured].copy_from_slice(&self.data[..captured]);
         out

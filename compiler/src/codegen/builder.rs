@@ -46,6 +46,9 @@ pub mod map_type {
 }
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// Offset of the receiving interface's index in the XDP context
+/// (`xdp_md.ingress_ifindex`).
+pub const XDP_MD_INGRESS_IFINDEX: u64 = 12;
 /// `E2BIG`: what `bpf_map_update_elem` returns (negated) when a
 /// (preallocated) hash map is full and the key is new.
 const E2BIG: u64 = 7;

@@ -34,22 +34,7 @@ pub struct LogMaps<'ctx> {
     pub lost: MapDef<'ctx>,
 }
 
-/// Offsets of a record's fields (`LogRingMeta`'s table).
-mod at {
-    pub const TIME: u64 = 0;
-    pub const LOG: u64 = 8;
-    pub const RULE: u64 = 12;
-    pub const PACKET_LEN: u64 = 16;
-    pub const IFINDEX: u64 = 20;
-    pub const CAPTURED: u64 = 24;
-    pub const HOOK: u64 = 26;
-    pub const VERDICT: u64 = 27;
-    pub const RESERVED: u64 = 28;
-}
-
-/// Offsets of the interface index in the context: `xdp_md.ingress_ifindex`
-/// and `__sk_buff.ifindex`.
-const XDP_INGRESS_IFINDEX: u64 = 12;
+/// Offset of the interface index in `__sk_buff` (`ifindex`).
 const SKB_IFINDEX: u64 = 40;
 
 /// Defines the ring buffer and the lost-record counters of a policy with
@@ -109,17 +94,17 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(fill);
         let i32t = b.m.cx.i32_type();
         let now = b.helper_call(helper::KTIME_GET_NS, b.i64(), &[]);
-        b.store_at(record, at::TIME, now);
-        b.store_at(record, at::LOG, b.c32(id as u32));
-        b.store_at(record, at::RULE, b.c32(rule));
+        b.store_at(record, meta::log_at::TIME as u64, now);
+        b.store_at(record, meta::log_at::LOG as u64, b.c32(id as u32));
+        b.store_at(record, meta::log_at::RULE as u64, b.c32(rule));
         let len = b.pkt_len(self.h.pkt_len);
-        b.store_at(record, at::PACKET_LEN, b.trunc(len, i32t));
+        b.store_at(record, meta::log_at::PACKET_LEN as u64, b.trunc(len, i32t));
         let ctx = b.ctx();
-        let ifindex = b.load_raw(ctx, if self.hook == Hook::Xdp { XDP_INGRESS_IFINDEX } else { SKB_IFINDEX }, 4);
-        b.store_at(record, at::IFINDEX, ifindex);
-        b.store_at(record, at::HOOK, b.c8(hook));
-        b.store_at(record, at::VERDICT, b.c8(verdict));
-        b.store_at(record, at::RESERVED, b.c32(0));
+        let ifindex = b.load_raw(ctx, if self.hook == Hook::Xdp { super::builder::XDP_MD_INGRESS_IFINDEX } else { SKB_IFINDEX }, 4);
+        b.store_at(record, meta::log_at::IFINDEX as u64, ifindex);
+        b.store_at(record, meta::log_at::HOOK as u64, b.c8(hook));
+        b.store_at(record, meta::log_at::VERDICT as u64, b.c8(verdict));
+        b.store_at(record, meta::log_at::RESERVED as u64, b.c32(0));
         // The first `min(len, capture)` bytes. The helper wants a length
         // the verifier knows to be within the record, and not 0: it is
         // given as `((n - 1) & (capture - 1)) + 1`, which is `n` for `n` in
@@ -135,7 +120,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let copy = if self.hook == Hook::Xdp { helper::XDP_LOAD_BYTES } else { helper::SKB_LOAD_BYTES };
         let r = b.helper_call(copy, b.i64(), &[ctx.into(), b.c64(0).into(), data.into(), n.into()]);
         let captured = b.select(b.eq(r, b.c64(0)), n, b.c64(0));
-        b.store_at(record, at::CAPTURED, b.trunc(captured, b.m.cx.i16_type()));
+        b.store_at(record, meta::log_at::CAPTURED as u64, b.trunc(captured, b.m.cx.i16_type()));
         b.ringbuf_submit(record);
         b.br(done);
         b.at(done);
