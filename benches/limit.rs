@@ -154,18 +154,7 @@ impl Peer {
     fn dropped(&self, ns: &str) -> u64 {
         match self {
             Peer::Xpol(p) => p.rule_counters().expect("counters")[0].packets,
-            Peer::Nft { table } => {
-                let out = sh(Some(ns), "nft", &["-j", "list", "chain", "netdev", table, "ingress"], None).expect("nft list");
-                let v: serde_json::Value = serde_json::from_str(&out).expect("nft JSON");
-                v["nftables"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|o| o.get("rule"))
-                    .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-                    .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
-                    .unwrap_or_else(|| panic!("no counter in {out}"))
-            }
+            Peer::Nft { table } => common::nft_counter_packets(ns, "netdev", table, "ingress").unwrap_or_else(|e| panic!("{e}")),
         }
     }
 }

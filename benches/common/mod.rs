@@ -133,3 +133,18 @@ pub fn load_policy(dir: &Path, name: &str, text: &str) -> xpol_runtime::loader::
     let out = b.output.unwrap_or_else(|| panic!("{name}: {}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
     xpol_runtime::loader::LoadedPolicy::load(&out.object).unwrap_or_else(|e| panic!("{name} loads: {e}"))
 }
+
+/// The packets counted by the first `counter` of nftables chain `family
+/// table chain` in namespace `ns`.
+pub fn nft_counter_packets(ns: &str, family: &str, table: &str, chain: &str) -> Result<u64, String> {
+    let out = sh(Some(ns), "nft", &["-j", "list", "chain", family, table, chain], None)?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+        .ok_or_else(|| format!("no counter in {out}"))
+}
