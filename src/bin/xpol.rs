@@ -22,6 +22,8 @@ mod lb_host;
 mod log_records;
 #[path = "xpol/demo.rs"]
 mod demo;
+#[path = "xpol/agent.rs"]
+mod agent;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -218,6 +220,18 @@ enum Command {
         /// How XDP attaches, in xdp-tools' words (`xdp-loader --mode`).
         #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
         mode: ModeArg,
+    },
+    /// Keep this host's applied policies as a config file says (TOML:
+    /// policies by interface, a metrics address; docs/deploy.md): apply
+    /// what is missing or changed (atomically, as `apply`), delete what
+    /// the agent applied and the config no longer names (never a policy
+    /// applied by hand), follow the config and the policies' files, and
+    /// serve metrics for every applied policy. SIGTERM or Ctrl-C stops it;
+    /// the policies stay applied.
+    Agent {
+        /// The config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Print a shell completion script on standard output, e.g.
     /// `xpol completions bash > /usr/share/bash-completion/completions/xpol`.
@@ -1400,6 +1414,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Demo { json, mode } => demo::demo(json, mode.into()),
+        Command::Agent { config } => agent::agent(&config),
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
@@ -1560,9 +1575,10 @@ mod tests {
             &["apply", "p.xpol", "-i", "e", "--name", "n", "-j"],
             &["set", "n", "s", "list", "-j"],
             &["pool", "n", "p", "list", "-j"],
+            &["demo", "-j"],
         ] {
             let json = match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
-                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } => json,
+                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } | Command::Demo { json, .. } => json,
                 Command::Watch { every, .. } | Command::Run { every, .. } => every.json,
                 Command::Set { op: super::SetOp::List { json }, .. } | Command::Pool { op: super::PoolOp::List { json }, .. } => json,
                 _ => panic!("{args:?}"),
