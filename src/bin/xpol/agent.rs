@@ -51,10 +51,18 @@ use xpol_runtime::store::Store;
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
-    metrics: Option<String>,
+    metrics: Option<MetricsAddr>,
     interval: Option<f64>,
     #[serde(default)]
     policy: Vec<PolicyEntry>,
+}
+
+/// `metrics = 9464` or `metrics = "ADDRESS:PORT"`, as `--metrics` takes.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+enum MetricsAddr {
+    Port(u16),
+    Text(String),
 }
 
 #[derive(Deserialize, Debug)]
@@ -116,7 +124,8 @@ fn read_config(path: &Path) -> Result<Config> {
     let file: ConfigFile = toml::from_str(&text).map_err(|e| config_error(path, &text, e.span(), e.message().to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let metrics = match &file.metrics {
-        Some(m) => Some(super::metrics::listen_addr(m).map_err(|why| config_error(path, &text, span_of(&text, "metrics", 0), format!("metrics: {why}")))?),
+        Some(MetricsAddr::Port(port)) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], *port))),
+        Some(MetricsAddr::Text(m)) => Some(super::metrics::listen_addr(m).map_err(|why| config_error(path, &text, span_of(&text, "metrics", 0), format!("metrics: {why}")))?),
         None => None,
     };
     let interval = file.interval.unwrap_or(5.0);
