@@ -120,7 +120,7 @@ fn hook_name(word: &str) -> Option<&'static str> {
 }
 
 fn read_config(path: &Path) -> Result<Config> {
-    let text = xpol_lang::input::read_text(path, xpol_lang::input::SOURCE_LIMIT).with_context(|| format!("cannot read the config {}", path.display()))?;
+    let text = xpol_lang::input::read_text(path, xpol_lang::input::SOURCE_LIMIT).map_err(|e| anyhow::anyhow!("cannot read the config {}: {e}", path.display()))?;
     let file: ConfigFile = toml::from_str(&text).map_err(|e| config_error(path, &text, e.span(), e.message().to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let metrics = match &file.metrics {

@@ -141,6 +141,10 @@ impl Drop for Lab {
 /// `xpol demo`. With `json`, the last line is the final report with each
 /// step (docs/json.md's run report, plus `"demo"`).
 pub fn demo(json: bool, mode: XdpAttachMode) -> Result<ExitCode> {
+    // Before anything is created: the demo compiles the bundled example.
+    if !cfg!(feature = "compiler") {
+        bail!("xpol demo compiles the bundled {FIREWALL_PATH}, and this xpol was built without the compiler (--no-default-features): run the demo with a full build (`./run-demo`, or `cargo run --release --bin xpol -- demo`)");
+    }
     xpol_runtime::sys::can_load_bpf().map_err(|why| anyhow::anyhow!("xpol demo loads a program into the kernel: {why}"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
