@@ -6,6 +6,9 @@
 //!   xpol test POLICY           compile (or load an object), verify it in the kernel
 //!                              and run sample packets through it with
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
+//!   xpol demo                  the bundled examples/firewall.xpol on namespaces
+//!                              of its own, with real traffic; everything removed.
+//!   xpol agent --config FILE   keep the host's applied policies as FILE says.
 //!   xpol completions SHELL     a completion script for bash, zsh, fish, ...
 //!   xpol man [--out DIR]       man pages, from the same definitions as the parser
 
