@@ -3,7 +3,9 @@
 //! interfaces, one applied by hand beside them; the agent applies its
 //! two, serves metrics for all three over HTTP, follows a change of the
 //! config (one policy removed, the other moved to both interfaces), never
-//! touches the hand's, and stops on SIGTERM with its policies applied.
+//! touches the hand's, and stops on SIGTERM with its policies applied. The
+//! config and policies change as the kubelet changes a ConfigMap's files:
+//! a directory switched in by renaming a link.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -55,17 +57,41 @@ fn scrape(ns: &Netns) -> Option<String> {
     })
 }
 
-fn write_config(path: &Path, policies: &[(&str, &str, &[&str])]) {
+/// Publishes a config and its policies as the kubelet publishes a
+/// ConfigMap's files: a new directory `..vN`, the `..data` link switched to
+/// it by a rename, the old directory removed; the files the agent is
+/// given are links through `..data`.
+fn publish(dir: &Path, version: u32, one: &str, policies: &[(&str, &str, &[&str])]) {
+    publish_text(dir, version, one, &config_text(policies));
+}
+
+fn config_text(policies: &[(&str, &str, &[&str])]) -> String {
     let mut text = format!("# written by tests/agent.rs\nmetrics = \"127.0.0.1:{METRICS_PORT}\"\ninterval = 0.2\n");
     for (name, source, ifaces) in policies {
         let ifaces: Vec<String> = ifaces.iter().map(|i| format!("\"{i}\"")).collect();
         text.push_str(&format!("\n[[policy]]\nname = \"{name}\"\nsource = \"{source}\"\ninterfaces = [{}]\n", ifaces.join(", ")));
     }
-    // Renamed into place, as an editor or a ConfigMap update does.
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, path).expect("rename config");
+    text
 }
+
+fn publish_text(dir: &Path, version: u32, one: &str, text: &str) {
+    let data = dir.join(format!("..v{version}"));
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::write(data.join("agent.toml"), text).expect("write config");
+    std::fs::write(data.join("one.xpol"), one).expect("write");
+    std::fs::write(data.join("two.xpol"), "xdp /udp.dport == 7/ { drop }\nxdp { pass }\n").expect("write");
+    std::os::unix::fs::symlink(format!("..v{version}"), dir.join("..data_tmp")).expect("symlink");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("switch ..data");
+    for f in ["agent.toml", "one.xpol", "two.xpol"] {
+        let _ = std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f));
+    }
+    if version > 1 {
+        std::fs::remove_dir_all(dir.join(format!("..v{}", version - 1))).expect("remove the old version");
+    }
+}
+
+const ONE: &str = "xdp /udp.dport == 9/ { drop }\nxdp { pass }\n";
+const ONE_CHANGED: &str = "xdp /udp.dport == 9/ { drop }\nxdp /udp.dport == 10/ { drop }\nxdp { pass }\n";
 
 #[test]
 fn agent_reconciles_serves_metrics_and_leaves_hand_policies_alone() {
@@ -83,13 +109,13 @@ fn agent_reconciles_serves_metrics_and_leaves_hand_policies_alone() {
         ns.ip(&["link", "set", dev, "up"]);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("one.xpol"), "xdp /udp.dport == 9/ { drop }\nxdp { pass }\n").expect("write");
-    std::fs::write(dir.path().join("two.xpol"), "xdp /udp.dport == 7/ { drop }\nxdp { pass }\n").expect("write");
     let config = dir.path().join("agent.toml");
-    write_config(&config, &[("one", "one.xpol", &[a0.as_str()]), ("two", "two.xpol", &[a1.as_str()])]);
+    publish(dir.path(), 1, ONE, &[("one", "one.xpol", &[a0.as_str()]), ("two", "two.xpol", &[a1.as_str()])]);
 
     // A policy applied by hand, which the agent must leave alone.
-    host.ok(&ns.name, &["apply", &dir.path().join("two.xpol").display().to_string(), "-i", &hand, "--name", "hand"]);
+    let hand_policy = dir.path().join("hand.xpol");
+    std::fs::write(&hand_policy, "xdp /udp.dport == 7/ { drop }\nxdp { pass }\n").expect("write");
+    host.ok(&ns.name, &["apply", &hand_policy.display().to_string(), "-i", &hand, "--name", "hand"]);
 
     let mut agent = host.command(&ns.name, env!("CARGO_BIN_EXE_xpol")).args(["agent", "--config"]).arg(&config).stderr(Stdio::piped()).spawn().expect("start xpol agent");
     let now = wait_for(&host, &ns.name, "the agent applies its two policies", |l| l.iter().any(|p| p.0 == "one") && l.iter().any(|p| p.0 == "two"));
@@ -114,14 +140,25 @@ fn agent_reconciles_serves_metrics_and_leaves_hand_policies_alone() {
     assert_eq!(text.matches("# TYPE xpol_rule_packets_total counter").count(), 1, "{text}");
 
     // The config changes: `two` removed, `one` on both interfaces.
-    write_config(&config, &[("one", "one.xpol", &[a0.as_str(), a1.as_str()])]);
+    publish(dir.path(), 2, ONE, &[("one", "one.xpol", &[a0.as_str(), a1.as_str()])]);
     let now = wait_for(&host, &ns.name, "the agent follows the config", |l| find(l, "two").is_none() && find(l, "one").is_some_and(|p| p.2.len() == 2));
     assert!(find(&now, "hand").is_some(), "the hand's policy stays: {now:?}");
 
-    // A config that does not read changes nothing.
-    std::fs::write(&config, "[[policy]]\nname = \"one\"\n").expect("write");
+    // A policy file changes: replaced in place (a new generation, the same
+    // links), the rest untouched.
+    let generation = |n: &str| {
+        host.ok(&ns.name, &["list", "-j"]).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")).find(|v| v["policy"]["name"] == n).map(|v| v["policy"]["generation"].as_u64().unwrap())
+    };
+    let before = generation("one").expect("one");
+    publish(dir.path(), 3, ONE_CHANGED, &[("one", "one.xpol", &[a0.as_str(), a1.as_str()])]);
+    wait_for(&host, &ns.name, "the changed policy is applied", |_| generation("one").is_some_and(|g| g > before));
+    assert_eq!(generation("hand"), Some(1), "the hand's policy was not applied again");
+
+    // A config that does not read changes nothing (`one` would go).
+    publish_text(dir.path(), 4, ONE_CHANGED, "[[policy]]\nname = \"one\"\n");
     std::thread::sleep(Duration::from_millis(500));
     assert!(find(&listed(&host, &ns.name), "one").is_some());
+    assert_eq!(config.read_link().ok(), Some("..data/agent.toml".into()));
 
     // SIGTERM (passed on by `timeout`): the agent stops, its policy stays.
     let term = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("kill");

@@ -186,6 +186,21 @@ fn reconcile(config_path: &Path, config: &Config, done: &mut Applied) -> Result<
     let prefix = owner_prefix(config_path);
     let mut files = Vec::new();
     let mut all_ok = true;
+    // First what the config no longer names, only the agent's own: a
+    // policy renamed in the config on the same interfaces then finds them
+    // free (a short gap, as for `xpol delete` then `xpol apply`; keep a
+    // name to replace without one).
+    for name in store.names()? {
+        if config.policies.iter().any(|p| p.name == name) {
+            continue;
+        }
+        let ours = store.applied(&name).ok().and_then(|a| a.current).is_some_and(|g| g.record.source.starts_with(&prefix));
+        if ours {
+            store.delete(&name)?;
+            done.remove(&name);
+            eprintln!("agent: deleted `{name}`: the config no longer names it");
+        }
+    }
     for want in &config.policies {
         let compiled = compile(&want.source)?;
         files.extend(compiled.files);
@@ -244,18 +259,6 @@ fn reconcile(config_path: &Path, config: &Config, done: &mut Applied) -> Result<
                 }
                 all_ok = false;
             }
-        }
-    }
-    // Only the agent's own, and only after the config was read whole.
-    for name in store.names()? {
-        if config.policies.iter().any(|p| p.name == name) {
-            continue;
-        }
-        let ours = store.applied(&name).ok().and_then(|a| a.current).is_some_and(|g| g.record.source.starts_with(&prefix));
-        if ours {
-            store.delete(&name)?;
-            done.remove(&name);
-            eprintln!("agent: deleted `{name}`: the config no longer names it");
         }
     }
     Ok((files, all_ok))
