@@ -160,6 +160,16 @@ fn agent_reconciles_serves_metrics_and_leaves_hand_policies_alone() {
     assert!(find(&listed(&host, &ns.name), "one").is_some());
     assert_eq!(config.read_link().ok(), Some("..data/agent.toml".into()));
 
+    // The config names `hand` (before `one`, which moves back to one
+    // interface: once that is done, `hand` was considered): left alone
+    // while applied by hand; once deleted, the agent applies it.
+    publish(dir.path(), 5, ONE_CHANGED, &[("hand", "two.xpol", &[hand.as_str()]), ("one", "one.xpol", &[a0.as_str()])]);
+    let now = wait_for(&host, &ns.name, "the fifth config is read", |l| find(l, "one").is_some_and(|p| p.2.len() == 1));
+    assert!(!find(&now, "hand").unwrap().1.starts_with("agent "), "the hand's policy was taken over: {now:?}");
+    assert_eq!(generation("hand"), Some(1), "the hand's policy was applied again");
+    host.ok(&ns.name, &["delete", "hand"]);
+    wait_for(&host, &ns.name, "the agent applies `hand` once it is free", |l| find(l, "hand").is_some_and(|p| p.1.starts_with("agent ")));
+
     // SIGTERM (passed on by `timeout`): the agent stops, its policy stays.
     let term = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("kill");
     assert!(term.success());
@@ -169,6 +179,8 @@ fn agent_reconciles_serves_metrics_and_leaves_hand_policies_alone() {
     assert!(status.success(), "the agent stops cleanly: {err}");
     assert!(err.contains("unknown") || err.contains("missing field"), "the bad config was reported: {err}");
     assert!(err.contains("deleted `two`"), "{err}");
+    // Said once, not at every retry while it lasted.
+    assert_eq!(err.matches("`hand` was applied by hand").count(), 1, "{err}");
     let now = listed(&host, &ns.name);
     assert!(find(&now, "one").is_some() && find(&now, "hand").is_some(), "{now:?}");
 }

@@ -172,16 +172,41 @@ fn owner_prefix(config: &Path) -> String {
     format!("agent {}: ", config.display())
 }
 
-/// What the agent applied last, by name: what it would apply now is
-/// compared with it, so that an unchanged policy is not applied again.
-type Applied = BTreeMap<String, (Desired, Vec<u8>)>;
+/// What the agent keeps from one reconcile to the next.
+#[derive(Default)]
+struct State {
+    /// What it applied last, by name: what it would apply now is compared
+    /// with it, so that an unchanged policy is not applied again.
+    applied: BTreeMap<String, (Desired, Vec<u8>)>,
+    /// Each source's latest compile: reused when the agent tries again
+    /// with no file changed, so that a policy's warnings show once a change.
+    compiled: BTreeMap<PathBuf, super::follow::Compiled>,
+    /// What was last said of each policy that is not as the config says:
+    /// said again only when it changes, not at every retry.
+    said: BTreeMap<String, String>,
+}
+
+/// Says `what` of policy `name` unless it was the last thing said of it
+/// ([`State::said`]); true when it was said now.
+fn say(said: &mut BTreeMap<String, String>, name: &str, what: String) -> bool {
+    if said.get(name) == Some(&what) {
+        return false;
+    }
+    eprintln!("agent: {what}");
+    said.insert(name.to_string(), what);
+    true
+}
 
 /// Brings the host to `config`: applies what is missing or changed,
-/// deletes what this agent applied and the config no longer names. The
-/// files the policies read, for the watcher; and whether everything is as
-/// the config says (else the next tick tries again: an interface may
-/// appear, a hand-applied name may be deleted).
-fn reconcile(config_path: &Path, config: &Config, done: &mut Applied) -> Result<(Vec<PathBuf>, bool)> {
+/// deletes what this agent applied and the config no longer names;
+/// `fresh`: a file changed, so every policy is compiled again. The files
+/// the policies read, for the watcher; and whether everything is as the
+/// config says (else the next tick tries again: an interface may appear,
+/// a hand-applied name may be deleted).
+fn reconcile(config_path: &Path, config: &Config, state: &mut State, fresh: bool) -> Result<(Vec<PathBuf>, bool)> {
+    if fresh {
+        state.compiled.clear();
+    }
     let store = Store::write()?;
     let prefix = owner_prefix(config_path);
     let mut files = Vec::new();
@@ -197,18 +222,25 @@ fn reconcile(config_path: &Path, config: &Config, done: &mut Applied) -> Result<
         let ours = store.applied(&name).ok().and_then(|a| a.current).is_some_and(|g| g.record.source.starts_with(&prefix));
         if ours {
             store.delete(&name)?;
-            done.remove(&name);
+            state.applied.remove(&name);
+            state.said.remove(&name);
             eprintln!("agent: deleted `{name}`: the config no longer names it");
         }
     }
     for want in &config.policies {
-        let compiled = compile(&want.source)?;
-        files.extend(compiled.files);
-        let Some((object, build)) = compiled.object else {
-            eprintln!("agent: `{}`: {} did not compile (above); what runs stays", want.name, want.source.display());
+        if !state.compiled.contains_key(&want.source) {
+            let compiled = compile(&want.source)?;
+            state.compiled.insert(want.source.clone(), compiled);
+        }
+        let compiled = &state.compiled[&want.source];
+        files.extend(compiled.files.iter().cloned());
+        let Some((object, build)) = compiled.object.as_ref() else {
+            let what = format!("`{}`: {} did not compile (above); what runs stays", want.name, want.source.display());
+            say(&mut state.said, &want.name, what);
             all_ok = false;
             continue;
         };
+        let (object, build) = (object.clone(), build.as_ref());
         let current = match store.applied(&want.name) {
             Ok(a) => Some(a),
             Err(xpol_runtime::loader::RuntimeError::NotApplied(_)) => None,
@@ -217,11 +249,12 @@ fn reconcile(config_path: &Path, config: &Config, done: &mut Applied) -> Result<
         if let Some(a) = &current {
             let source = a.current.as_ref().map(|g| g.record.source.as_str()).unwrap_or("");
             if !source.starts_with(&prefix) && a.current.is_some() {
-                eprintln!("agent: `{}` was applied by hand (from {source}): left alone; `xpol delete {}` lets the agent apply it", want.name, want.name);
+                let what = format!("`{}` was applied by hand (from {source}): left alone; `xpol delete {}` lets the agent apply it", want.name, want.name);
+                say(&mut state.said, &want.name, what);
                 all_ok = false;
                 continue;
             }
-            let unchanged = done.get(&want.name).is_some_and(|(d, o)| d == want && *o == object);
+            let unchanged = state.applied.get(&want.name).is_some_and(|(d, o)| d == want && *o == object);
             if unchanged && a.problems.is_empty() {
                 continue;
             }
@@ -248,14 +281,15 @@ fn reconcile(config_path: &Path, config: &Config, done: &mut Applied) -> Result<
                     want.source.display(),
                     want.interfaces.join(", ")
                 );
-                done.insert(want.name.clone(), (want.clone(), object));
+                state.applied.insert(want.name.clone(), (want.clone(), object));
+                state.said.remove(&want.name);
             }
             Err(e) => {
-                match build.as_ref() {
-                    Some(build) if matches!(e, xpol_runtime::loader::RuntimeError::Verifier { .. } | xpol_runtime::loader::RuntimeError::Map { .. }) => {
-                        super::explain_load_error(build, e, &Default::default())?
+                // The kernel's rejection at its source, once per error.
+                if say(&mut state.said, &want.name, format!("`{}` not applied: {e}", want.name)) {
+                    if let (Some(build), xpol_runtime::loader::RuntimeError::Verifier { .. } | xpol_runtime::loader::RuntimeError::Map { .. }) = (build, &e) {
+                        super::explain_load_error(build, e, &Default::default())?;
                     }
-                    _ => eprintln!("agent: `{}` not applied: {e}", want.name),
                 }
                 all_ok = false;
             }
@@ -324,9 +358,12 @@ pub fn agent(config_path: &Path) -> Result<ExitCode> {
         Some(addr) => Some((addr, super::metrics::serve(addr)?)),
         None => None,
     };
-    let mut done = Applied::new();
-    let (files, mut settled) = reconcile(&config_path, &config, &mut done)?;
-    follower.follow(&[vec![config_path.clone()], files].concat())?;
+    let mut state = State::default();
+    let (files, mut settled) = reconcile(&config_path, &config, &mut state, true)?;
+    // The policies' files, to follow again with the config when only the
+    // config was read again.
+    let mut policy_files = files;
+    follower.follow(&[vec![config_path.clone()], policy_files.clone()].concat())?;
     eprintln!(
         "agent: {} polic{} from {}; watching {} file(s){}",
         config.policies.len(),
@@ -366,13 +403,17 @@ pub fn agent(config_path: &Path) -> Result<ExitCode> {
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}\nagent: the config did not read; the policies stay as they are");
+                    // The config's path may lead somewhere new (a ConfigMap's
+                    // files are links switched to a new directory).
+                    follower.follow(&[vec![config_path.clone()], policy_files.clone()].concat())?;
                     continue;
                 }
             }
         }
-        match reconcile(&config_path, &config, &mut done) {
+        match reconcile(&config_path, &config, &mut state, changed) {
             Ok((files, ok)) => {
-                follower.follow(&[vec![config_path.clone()], files].concat())?;
+                policy_files = files;
+                follower.follow(&[vec![config_path.clone()], policy_files.clone()].concat())?;
                 settled = ok;
             }
             Err(e) => {
