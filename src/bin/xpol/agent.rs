@@ -27,7 +27,8 @@
 //! lists is deleted only when the agent owns it; a name the config lists
 //! but that was applied by hand is left alone (reported) until `xpol
 //! delete` frees it. A policy applied by hand over an agent's name becomes
-//! the hand's.
+//! the hand's. Names the config no longer lists are deleted before the
+//! rest is applied, so that a renamed policy finds its interfaces free.
 //!
 //! It watches the config and every file the policies read (the `apply
 //! --watch` watcher), serves Prometheus metrics for every applied policy
