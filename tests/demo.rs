@@ -42,6 +42,9 @@ fn demo_counts_what_it_sent_and_leaves_nothing() {
     // The rest: the admin's ssh and the UDP fragment, plus whatever the
     // kernel itself sends (ARP, neighbour discovery).
     assert!(counted(20) >= expected(20) && expected(20) == 3, "line 20: {last}");
+    // Each ssh and telnet frame dropped was logged (3 + 2, within the
+    // rules' `rate: 10/s` bursts).
+    assert_eq!(last["demo"]["log_records"], 5, "{last}");
     let blocked = &last["report"]["maps"][0];
     assert_eq!(blocked["name"], "blocked");
     assert_eq!(blocked["entries"], 2, "{blocked}");

@@ -195,12 +195,21 @@ pub fn demo(json: bool, mode: XdpAttachMode) -> Result<ExitCode> {
     let client_dev = lab.client_dev.clone();
     let sender = xpol_runtime::sys::in_netns(&Lab::path(&lab.client), None, || xpol_runtime::sys::FrameSender::open(&client_dev))??;
 
+    // The `log` statements' records (ssh denied, telnet), shown under the
+    // table as `xpol run` shows them.
+    let mut log_reader = xpol_runtime::log::LogReader::open(policy.maps())?;
+    let mut log_sink = super::log_records::LogSink::new(false, None, &[], true, true)?;
     let terminal = std::io::stdout().is_terminal() && !json;
     let start = std::time::Instant::now();
     let mut done: Vec<String> = Vec::new();
     let mut previous = super::Totals::new();
     let mut last = std::time::Instant::now();
     let mut show = |policy: &LoadedPolicy, done: &[String], final_table: bool| -> Result<serde_json::Value> {
+        if let Some(r) = log_reader.as_mut() {
+            // In the server's namespace, where the records' interface
+            // index names the server's end of the pair.
+            xpol_runtime::sys::in_netns(&Lab::path(&lab.server), None, || log_sink.take(r))??;
+        }
         let dt = last.elapsed().as_secs_f64();
         last = std::time::Instant::now();
         let mut report = super::snapshot(policy.maps(), &format!("{} in {}", lab.server_dev, lab.server), start.elapsed().as_secs_f64(), &previous, dt)?;
@@ -211,6 +220,12 @@ pub fn demo(json: bool, mode: XdpAttachMode) -> Result<ExitCode> {
             println!("  sent:");
             for d in done {
                 println!("    {d}");
+            }
+            if log_sink.records > 0 {
+                println!("  last log records ({} in all):", log_sink.records);
+                for line in log_sink.recent() {
+                    println!("    {line}");
+                }
             }
         }
         Ok(report)
@@ -258,7 +273,7 @@ pub fn demo(json: bool, mode: XdpAttachMode) -> Result<ExitCode> {
     if json {
         let steps: Vec<serde_json::Value> =
             steps().iter().map(|s| serde_json::json!({"what": s.what, "frames": s.frames, "line": s.line, "verdict": s.verdict})).collect();
-        println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "demo": {"steps": steps, "web": web_result, "web_ok": reply.is_ok()}, "report": report}));
+        println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "demo": {"steps": steps, "web": web_result, "web_ok": reply.is_ok(), "log_records": log_sink.records}, "report": report}));
     } else {
         println!("\nThat was {FIREWALL_PATH}; `xpol run POLICY -i IFACE` does the same on a real interface, `xpol apply` keeps it there.");
     }
