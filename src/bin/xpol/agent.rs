@@ -451,6 +451,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_reads() {
+        let c = read_config(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent.toml")).expect("examples/agent.toml");
+        assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!((c.policies[0].name.as_str(), c.policies[0].hooks.as_slice()), ("web-firewall", &["xdp".to_string()][..]));
+        assert!(c.policies[0].source.ends_with("examples/firewall.xpol") && c.policies[0].source.exists());
+    }
+
+    #[test]
     fn mistakes_are_errors_at_their_place() {
         for (text, says) in [
             ("[[policy]]\nname = \"a\"\nsource = \"x\"\ninterfaces = [\"e\"]\nhook = [\"xdp\"]\n", "unknown field `hook`"),
