@@ -184,3 +184,40 @@ fn agent_reconciles_serves_metrics_and_leaves_hand_policies_alone() {
     let now = listed(&host, &ns.name);
     assert!(find(&now, "one").is_some() && find(&now, "hand").is_some(), "{now:?}");
 }
+
+/// The capabilities deploy/k8s/daemonset.yaml gives the agent suffice to
+/// apply and to replace (docs/deploy.md says why each is there); without
+/// CAP_SYS_ADMIN a replace is refused, saying so.
+#[test]
+fn the_daemonsets_capabilities_suffice_and_sys_admin_is_needed_to_replace() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol apply with the DaemonSet's capabilities") {
+        return;
+    }
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/daemonset.yaml")).expect("daemonset.yaml");
+    let line = manifest.lines().find(|l| l.trim_start().starts_with("add: [")).expect("the capabilities the DaemonSet adds");
+    let caps: Vec<String> = line.split('"').skip(1).step_by(2).map(|c| format!("cap_{}", c.to_lowercase())).collect();
+    assert!(caps.contains(&"cap_sys_admin".to_string()), "{caps:?}");
+    let all = String::from_utf8(Command::new("capsh").arg("--print").output().expect("capsh (libcap2-bin)").stdout).expect("utf-8");
+    let bounding = all.lines().find_map(|l| l.strip_prefix("Bounding set =")).expect("a bounding set").trim().to_string();
+    let drop_all_but = |keep: &[String]| bounding.split(',').filter(|c| !keep.contains(&c.to_string())).collect::<Vec<_>>().join(",");
+
+    let host = Host::new();
+    let ns = Netns::named(format!("xpol-t{}-caps", unique()));
+    ns.ip(&["link", "add", "xc0", "type", "veth", "peer", "name", "xc1"]);
+    ns.ip(&["link", "set", "xc0", "up"]);
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/firewall.xpol");
+    let apply = format!("{} apply {} -i xc0 --name caps", env!("CARGO_BIN_EXE_xpol"), policy.display());
+    let under = |keep: &[String]| {
+        let out = host.command(&ns.name, "capsh").arg(format!("--drop={}", drop_all_but(keep))).args(["--", "-c", &apply]).output().expect("capsh");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // First apply, then a replace, with exactly the DaemonSet's capabilities.
+    for what in ["apply", "replace"] {
+        let (ok, err) = under(&caps);
+        assert!(ok, "{what} with {caps:?}: {err}");
+    }
+    // Without CAP_SYS_ADMIN, the replace is refused and says why.
+    let fewer: Vec<String> = caps.iter().filter(|c| *c != "cap_sys_admin").cloned().collect();
+    let (ok, err) = under(&fewer);
+    assert!(!ok && err.contains("only with CAP_SYS_ADMIN") && err.contains("nothing was replaced"), "{err}");
+}
