@@ -171,7 +171,24 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
         let applied = store.applied(req.name)?;
         match applied.current {
             Some(generation) => {
-                let programs = applied.known_programs.iter().filter_map(|&id| sys::prog_fd_by_id(id).ok().map(|fd| (id, fd))).collect();
+                let mut programs = HashMap::new();
+                for &id in &applied.known_programs {
+                    match sys::prog_fd_by_id(id) {
+                        Ok(fd) => {
+                            programs.insert(id, fd);
+                        }
+                        // Said as what it is, not later as a program
+                        // "changed from outside" (a container or service
+                        // without CAP_SYS_ADMIN).
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            return Err(fail(
+                                "replacing an applied policy opens its running programs by id, which the kernel allows only with CAP_SYS_ADMIN (docs/security.md, Capabilities); nothing was replaced".into(),
+                            ));
+                        }
+                        // Gone since the record was written: nothing runs it.
+                        Err(_) => {}
+                    }
+                }
                 running = Some(Running { generation, programs, pinned_links: applied.pinned_links });
             }
             // Links that run nothing xpol can read: never replace (or
