@@ -20,6 +20,8 @@ mod follow;
 mod lb_host;
 #[path = "xpol/log.rs"]
 mod log_records;
+#[path = "xpol/dynsets.rs"]
+mod dynsets;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -813,8 +815,10 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             finish(&current, ok);
             current = case.test.clone();
             ok = true;
-            // Each test block starts with no connections.
+            // Each test block starts with no connections and empty
+            // dynamic sets.
             state.conntrack.clear();
+            state.dynsets.clear();
         }
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
@@ -834,6 +838,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         if ir.conntrack.is_some() {
             loaded.maps().ct_set(&state.ct_stored())?;
         }
+        dynsets::sync_to_kernel(loaded.maps(), ir, &state)?;
         if let Some(r) = log_reader.as_mut() {
             r.drain(|_| {});
         }
@@ -888,6 +893,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         if ir.conntrack.is_some() {
             wrong_limits.extend(ct_differences(&loaded.maps().ct_entries()?, &state.ct_stored()));
         }
+        wrong_limits.extend(dynsets::differences(loaded.maps(), ir, &state)?);
         let wrong_logs = log_records::test_mismatches(case, &kernel_logs, &reference.logs);
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
@@ -1389,6 +1395,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
         Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Set { name, set, op } if dynsets::is_dynamic(&name, &set)? => dynsets::set(&name, &set, op),
         Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Pool { name, pool, op } => applied::pool(&name, &pool, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
