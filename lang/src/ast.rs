@@ -134,6 +134,9 @@ pub struct DynamicSet {
     /// `timeout D`: how long an element added without its own `timeout:`
     /// stays, in seconds, and the span of `timeout D`.
     pub timeout: Option<(u64, Span)>,
+    /// `= { ... }` or `= file(...)` after it: an error (a dynamic set
+    /// starts empty).
+    pub init: Option<Span>,
     /// `dynamic` and its options.
     pub span: Span,
 }

@@ -185,7 +185,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::else_part => "`else`",
         Rule::set_dynamic | Rule::dynamic_word => "`dynamic`",
         Rule::set_timeout | Rule::timeout_word => "`max N` or `timeout D`",
-        Rule::set_op => "`add(SET, KEY)` or `delete(SET, KEY)`",
+        Rule::set_op => "a statement such as `pass`, `drop`, `log`, `if`, `let` or `@map[...] = count()`",
         Rule::set_stmt_opt => "`timeout: D`",
         _ => return None,
     })
@@ -366,7 +366,7 @@ impl AstBuilder {
                 let mut init = it.next()?;
                 if init.as_rule() == Rule::set_dynamic {
                     let dspan = self.span(&init);
-                    let (mut max, mut timeout) = (None, None);
+                    let (mut max, mut timeout, mut given) = (None, None, None);
                     for o in init.into_inner() {
                         match o.as_rule() {
                             Rule::max_n => max = Some(self.max_n(o)?),
@@ -375,11 +375,12 @@ impl AstBuilder {
                                 let d = o.into_inner().find(|q| q.as_rule() == Rule::duration)?;
                                 timeout = Some((self.seconds(d)?, tspan));
                             }
+                            Rule::set_dyn_init => given = Some(self.span(&o)),
                             _ => {}
                         }
                     }
                     let init = ast::SetInit::Elements { elements: Vec::new(), span: dspan };
-                    let dynamic = Some(ast::DynamicSet { timeout, span: dspan });
+                    let dynamic = Some(ast::DynamicSet { timeout, init: given, span: dspan });
                     return Some(Item::Set(ast::SetDecl { name, ty, max, init, span, dynamic }));
                 }
                 let max = if init.as_rule() == Rule::max_n {

@@ -18,6 +18,15 @@ pub const MAX_DYNSET_TIMEOUT_S: u64 = 366 * 86_400;
 impl Checker<'_> {
     /// `set NAME: TYPE dynamic ...`.
     pub(super) fn dynset_decl(&mut self, decl: &ast::SetDecl, dynamic: &ast::DynamicSet) {
+        if let Some(span) = dynamic.init {
+            self.error_help(
+                span,
+                "xpol::set::dynamic",
+                format!("dynamic set `{}` starts empty: its packets fill it", decl.name.name),
+                "elements given",
+                "remove `= ...`; `xpol set NAME SET add ADDR` adds elements to a running policy",
+            );
+        }
         let key = match decl.ty.name.as_str() {
             "ip" => Some(Type::Ip),
             "int" | "port" => Some(Type::Int),
