@@ -150,6 +150,7 @@ fn a_scanning_peer_is_banned_and_unbanned() {
 
     // The rules' counters: the ban dropped the scan's later SYNs.
     let stats: serde_json::Value = serde_json::from_str(&host.ok(&net.b, &["stats", "scan", "--json"])).expect("JSON");
+    assert_eq!(stats["dynsets"][0], serde_json::json!({"name": "scanners", "elements": 0, "capacity": 65536}), "{stats}");
     let rules = stats["rules"].as_array().expect("rules");
     let by_label = |l: &str| rules.iter().find(|r| r["label"] == l).map_or(0, |r| r["packets"].as_u64().unwrap_or(0));
     assert!(by_label("port-scan-detect") >= 1 && by_label("port-scan-banned") >= 1, "{stats}");

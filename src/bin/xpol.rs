@@ -270,12 +270,15 @@ impl From<ModeArg> for XdpAttachMode {
 
 #[derive(Subcommand)]
 enum SetOp {
-    /// Add elements (prefixes, addresses, integers, ranges `a..b`, MACs).
+    /// Add elements (prefixes, addresses, integers, ranges `a..b`, MACs);
+    /// to a dynamic set, `add ADDR... [timeout D]` (`30s`, `10m`, `1h`,
+    /// `1d`; default: the set's `timeout`).
     Add { elements: Vec<String> },
     /// Remove elements (each must be in the set).
     #[command(alias = "delete")]
     Del { elements: Vec<String> },
-    /// Print the elements, one per line.
+    /// Print the elements, one per line (of a dynamic set, with the time
+    /// each has left).
     List {
         #[arg(short = 'j', long)]
         json: bool,
@@ -570,6 +573,8 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
         Some(ct) => serde_json::json!({"entries": ct.entries, "capacity": ct.capacity, "states": ct.states}),
         None => serde_json::Value::Null,
     };
+    let dynsets: Vec<serde_json::Value> =
+        policy.dynset_summaries()?.iter().map(|d| serde_json::json!({"name": d.name, "elements": d.elements, "capacity": d.capacity})).collect();
     let lost = policy.log_lost()?;
     let logs: Vec<serde_json::Value> = meta
         .logs
@@ -581,7 +586,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             })
         })
         .collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack, "logs": logs}))
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack, "logs": logs, "dynsets": dynsets}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -653,6 +658,9 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     }
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
+    }
+    for d in report["dynsets"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  dynamic set {}: {}/{} elements\n", d["name"].as_str().unwrap_or(""), d["elements"], d["capacity"]));
     }
     for l in report["limits"].as_array().into_iter().flatten() {
         out.push_str(&limit_line(l));
