@@ -5,7 +5,8 @@
 //! (refused), then its address is in the dynamic set `scanners` and
 //! everything it sends is dropped, the service included. `xpol set ...
 //! list` shows the ban with its time left, `del` lifts it; `add ADDR
-//! timeout 1h` bans an IPv6 peer by hand, `flush` lifts every ban.
+//! timeout 1h` bans an IPv6 peer by hand, an apply of the policy again
+//! keeps the ban, `flush` lifts every ban.
 //!
 //! Traffic stays between the namespaces this test creates (198.18.0.0/15,
 //! 2001:db8::/32); every command is bounded in time, and the namespaces
@@ -141,6 +142,11 @@ fn a_scanning_peer_is_banned_and_unbanned() {
     let same = |a: &str, b: &str| a.parse::<std::net::IpAddr>().ok() == b.parse().ok();
     assert!(bans.len() == 1 && same(&bans[0].0, &a6) && bans[0].1 > 3500.0 && bans[0].1 <= 3600.0, "{bans:?}");
     assert_eq!(connect(&net.a, &b6, "1", &[8080]), ["timeout"], "IPv6 banned");
+    // Applied again (the same set declared): the ban is handed on.
+    host.ok(&net.b, &["apply", &policy.display().to_string(), "-i", &net.vb, "--name", "scan"]);
+    let kept = banned(&host, &net.b);
+    assert!(kept.len() == 1 && same(&kept[0].0, &a6) && kept[0].1 > 3500.0, "kept across the apply: {kept:?}");
+    assert_eq!(connect(&net.a, &b6, "1", &[8080]), ["timeout"], "still banned by the new programs");
     assert_eq!(connect(&net.a, &b4, "2", &[8080]), ["ok"], "IPv4 not");
     host.ok(&net.b, &["set", "scan", "scanners", "flush"]);
     assert_eq!(connect(&net.a, &b6, "2", &[8080]), ["ok"], "IPv6 after the flush");

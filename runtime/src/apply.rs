@@ -23,6 +23,8 @@
 //!   Maglev table, the flow table (established flows keep their backend)
 //!   and the per-backend counters. A pool whose declaration changed starts
 //!   afresh from it, with an empty flow table.
+//! - Dynamic sets declared with the same name, type and `max`: the same
+//!   kernel map, with the elements the packets (and `xpol set`) added.
 //! - Per-rule counters of the rules that still exist, by rule identity
 //!   ([`rule_identities`], [`carried_rules`]): added to the new generation's counters once the
 //!   old programs can no longer run.
