@@ -1153,6 +1153,17 @@ fn prometheus(report: &serde_json::Value) -> String {
         out.push_str("# HELP xpol_conntrack_capacity The most connections the table holds (`conntrack flows N`, else the default).\n# TYPE xpol_conntrack_capacity gauge\n");
         out.push_str(&format!("xpol_conntrack_capacity{{{scope}}} {}\n", ct["capacity"].as_u64().unwrap_or(0)));
     }
+    if report["dynsets"].as_array().is_some_and(|d| !d.is_empty()) {
+        for (metric, field, help) in [
+            ("xpol_dynset_elements", "elements", "Live elements (their time not up) in a dynamic set."),
+            ("xpol_dynset_capacity", "capacity", "The most elements a dynamic set holds (`max N`, else the default)."),
+        ] {
+            out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+            for d in report["dynsets"].as_array().into_iter().flatten() {
+                out.push_str(&format!("{metric}{{{scope},set=\"{}\"}} {}\n", str_of(&d["name"]), d[field].as_u64().unwrap_or(0)));
+            }
+        }
+    }
     out.push_str("# HELP xpol_log_lost_records_total Records of a `log` lost because the ring buffer was full.\n# TYPE xpol_log_lost_records_total counter\n");
     for l in report["logs"].as_array().into_iter().flatten() {
         out.push_str(&format!("xpol_log_lost_records_total{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l["lost"].as_u64().unwrap_or(0)));
@@ -1613,6 +1624,26 @@ mod tests {
         let warnings = super::log_records::report_warnings(&report);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("the `log` on line 18 lost 7 records"), "{warnings:?}");
+    }
+
+    /// Each dynamic set gives its live elements and capacity; a policy
+    /// without one, no such metric.
+    #[test]
+    fn prometheus_shows_dynamic_sets() {
+        let report = serde_json::json!({
+            "policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [], "logs": [],
+            "dynsets": [{"name": "scanners", "elements": 3, "capacity": 65536}],
+        });
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_dynset_elements gauge",
+            "xpol_dynset_elements{policy=\"edge\",interface=\"eth0\",set=\"scanners\"} 3",
+            "xpol_dynset_capacity{policy=\"edge\",interface=\"eth0\",set=\"scanners\"} 65536",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let none = super::prometheus(&serde_json::json!({"policy": "p", "interface": "eth0", "rules": [], "maps": [], "sets": [], "logs": [], "dynsets": []}));
+        assert!(!none.contains("xpol_dynset"), "{none}");
     }
 
     /// Each backend of each pool gives its counters (and gauges for its
