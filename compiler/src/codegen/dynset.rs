@@ -11,9 +11,10 @@
 //! few nanoseconds where the precise one costs some twenty; and it is the
 //! clock `xpol set` reads (`CLOCK_MONOTONIC_COARSE`).
 //!
-//! An add is one `bpf_map_update_elem` (`BPF_ANY`): a new element, or an
-//! old one's end moved on; when CPUs add the same element at once, one
-//! end wins, which is within a jiffy of the others. When the map is full,
+//! An add looks the element up: one the set holds has its end moved on
+//! with a plain store, a new one is inserted with `bpf_map_update_elem`
+//! (`BPF_ANY`); when CPUs add the same element at once, one end wins,
+//! which is within a jiffy of the others. When the map is full,
 //! the kernel evicts the element used least recently (one LRU list for all
 //! CPUs; it may evict a little before the map is full, from another CPU's
 //! share of free entries).
@@ -112,6 +113,20 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
                     Some(t) => b.add(b.helper_call(helper::KTIME_GET_COARSE_NS, b.i64(), &[]), b.c64(t)),
                     None => b.c64(meta::DYNSET_FOREVER),
                 };
+                // An element the set holds has its end moved on in place:
+                // an update of an LRU hash takes a new entry from the free
+                // list every time (some 140 ns against 15, BENCHMARKS.md,
+                // "Dynamic sets"), and the lookup marks it used. (A delete
+                // meanwhile, by `xpol set`, makes the store land in an entry
+                // being freed: the delete wins, as if it came after.)
+                let p = b.map_lookup(def.map, buf);
+                let renew = b.block("dynset_renew");
+                let insert = b.block("dynset_insert");
+                b.br_if_null(p, insert, renew);
+                b.at(renew);
+                b.store_at(p, 0, end);
+                b.br(done);
+                b.at(insert);
                 let value = b.stack_buf(8, "value");
                 b.store_at(value, 0, end);
                 // Fails only when the kernel cannot allocate: the element
