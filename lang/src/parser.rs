@@ -368,6 +368,16 @@ impl AstBuilder {
                     let dspan = self.span(&init);
                     let (mut max, mut timeout, mut given) = (None, None, None);
                     for o in init.into_inner() {
+                        let again = (o.as_rule() == Rule::max_n && max.is_some()) || (o.as_rule() == Rule::set_timeout && timeout.is_some());
+                        if again {
+                            let ospan = self.span(&o);
+                            self.errors.push(
+                                Diagnostic::error("xpol::set::option", format!("`{}` is given twice", o.as_str().split_whitespace().next().unwrap_or("")))
+                                    .with_label(ospan, "again here")
+                                    .with_help("give each of `max N` and `timeout D` once"),
+                            );
+                            continue;
+                        }
                         match o.as_rule() {
                             Rule::max_n => max = Some(self.max_n(o)?),
                             Rule::set_timeout => {
