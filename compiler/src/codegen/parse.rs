@@ -153,6 +153,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                     stmts(else_body, visit);
                 }
                 StmtKind::Let { value, .. } => expr(value, visit),
+                StmtKind::SetWrite { key, .. } => expr(key, visit),
                 StmtKind::MapUpdate { keys, op, .. } => {
                     keys.iter().for_each(|k| expr(k, visit));
                     if let MapOp::Sum(e) | MapOp::Assign(e) = op {
