@@ -551,6 +551,29 @@ pub enum StmtKind {
     /// Writes a record of the packet (index into [`Policy::logs`]); the
     /// verdict stays whatever follows.
     Log(LogId),
+    /// Answers a SYN with a SYN cookie, passes an ACK carrying a valid one,
+    /// drops the rest (index into [`Policy::synproxies`]); ends evaluation
+    /// like a verdict. XDP only.
+    Synproxy(SynproxyId),
+}
+
+pub type SynproxyId = usize;
+
+/// `synproxy(mss: 1460, wscale: 7, sack, timestamps)`: the SYN-ACK's
+/// options (docs/language.md, "SYN proxy"), and the TCP destination ports
+/// the rule's predicate names, which the host's netfilter side is scoped
+/// to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synproxy {
+    pub rule: RuleId,
+    pub mss: u16,
+    pub wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// Inclusive ranges.
+    pub ports: Vec<(u16, u16)>,
+    pub text: String,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -682,6 +705,8 @@ pub struct Policy {
     pub conntrack: Option<Conntrack>,
     /// Every `log` statement, in source order.
     pub logs: Vec<Log>,
+    /// Every `synproxy(...)`, in source order.
+    pub synproxies: Vec<Synproxy>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -754,6 +779,7 @@ impl Printer<'_> {
                 }
                 StmtKind::Lb(lb) => out.push_str(&format!("{pad}{}\n", self.balance(lb))),
                 StmtKind::Log(id) => out.push_str(&format!("{pad}log#{id}\n")),
+                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}synproxy#{id}\n")),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);

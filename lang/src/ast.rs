@@ -288,6 +288,9 @@ pub enum StmtKind {
     /// `log`, `log("PREFIX", rate: 10/s, burst: 5)`: a record of the
     /// packet. The arguments as written; the checker checks them.
     Log(Vec<LogArg>),
+    /// `synproxy(mss: 1460, wscale: 7, sack, timestamps)`: SYN cookies in
+    /// XDP; the options as written (`lb`'s shape), checked by the checker.
+    Synproxy(Vec<LbArg>),
 }
 
 /// One argument of `log(...)`: the prefix, or an option.

@@ -400,6 +400,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
             StmtKind::Lb(lb) => self.balance(lb),
             StmtKind::Log(id) => self.log(*id),
+            StmtKind::Synproxy(id) => self.synproxy(*id),
         }
     }
 
