@@ -249,13 +249,12 @@ fn short_or_odd_segments_are_dropped() {
         let (action, _) = p.run(what, &f, true);
         assert_eq!(action, Action::Drop, "{what}");
     }
-    // A fragment's TCP fields are absent (docs/language.md): the rule's
-    // predicate does not hold, and the next rule decides.
+    // A first fragment (more to come) is not answered: dropped.
     let mut first = syn.clone();
     first[20] |= 0x20;
     first[24..26].copy_from_slice(&[0, 0]);
     let sum = ones_sum(&first[14..34]);
     first[24..26].copy_from_slice(&sum.to_be_bytes());
     let (action, _) = p.run("first fragment", &first, true);
-    assert_eq!(action, Action::Pass);
+    assert_eq!(action, Action::Drop);
 }
