@@ -62,7 +62,7 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 10: logging ([`LogRingMeta`], [`LogMeta`]): a ring buffer of records
 /// older runtimes would leave unread (and, with `--pcap-out`, unwritten).
 /// 11: the connection table ([`ConntrackMeta`]).
-pub const META_VERSION: u32 = 11;
+pub const META_VERSION: u32 = 12;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -147,6 +147,24 @@ pub struct ObjectMeta {
     /// [`LogRecord::log`] is an index here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogMeta>,
+    /// Every `synproxy(...)`, in source order: what the runtime installs
+    /// on the host's netfilter side (absent before META_VERSION 12).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synproxies: Vec<SynproxyMeta>,
+}
+
+/// One `synproxy(...)`: the TCP ports its rule protects and the options
+/// its SYN-ACK offers, which netfilter's synproxy (completing the
+/// handshake with the server) must offer alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynproxyMeta {
+    pub rule: u32,
+    /// Inclusive ranges of destination ports.
+    pub ports: Vec<(u16, u16)>,
+    pub mss: u16,
+    pub wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
 }
 
 impl ObjectMeta {

@@ -16,5 +16,6 @@ pub mod store;
 pub mod apply;
 pub mod conntrack;
 mod ipv4_edit;
+pub mod synproxy;
 pub mod sys;
 pub mod testing;

@@ -355,6 +355,11 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         conntrack: None,
         log_ring: None,
         logs: Vec::new(),
+        synproxies: policy
+            .synproxies
+            .iter()
+            .map(|s| meta::SynproxyMeta { rule: s.rule, ports: s.ports.clone(), mss: s.mss, wscale: s.wscale, sack: s.sack, timestamps: s.timestamps })
+            .collect(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
