@@ -152,6 +152,11 @@ impl NetfilterSide {
         &self.table
     }
 
+    /// The sysctl's value before, when this changed it.
+    pub fn loose_before(&self) -> Option<&str> {
+        self.loose_before.as_deref()
+    }
+
     /// Deletes the table and puts the sysctl back.
     pub fn remove(mut self) -> Result<(), SynproxyError> {
         self.undo()

@@ -1209,7 +1209,8 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     let name = format!("run_{}", std::process::id());
     let _netfilter = xpol_runtime::synproxy::NetfilterSide::install(&name, &[interface.to_string()], &policy.meta().synproxies)?;
     if let Some(n) = &_netfilter {
-        eprintln!("installed nftables table inet {} and net.netfilter.nf_conntrack_tcp_loose=0 for `synproxy` (removed on exit)", n.table());
+        let was = n.loose_before().map_or(String::new(), |v| format!(", was {v}"));
+        eprintln!("installed nftables table inet {} and net.netfilter.nf_conntrack_tcp_loose=0{was} for `synproxy` (both undone on exit)", n.table());
     }
     for h in &hooks {
         policy.attach(h, interface, mode)?;
