@@ -22,6 +22,9 @@ mod log;
 #[path = "../benches/dynset.rs"]
 mod dynset;
 
+#[path = "../benches/synproxy.rs"]
+mod synproxy;
+
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
 /// written.
@@ -262,4 +265,22 @@ fn dynset_quick() {
     assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
     assert!(report.markdown.contains("`add(d, ip.src)`"), "{}", report.markdown);
     assert!(out.path().join("dynset.json").exists());
+}
+
+/// The SYN proxy benchmark in quick mode: every case gives its verdict (a
+/// SYN answered, a valid cookie's ACK passed, a forged one dropped), the
+/// veth receivers' synproxies saw every SYN (their counters say so), and
+/// the report is written.
+#[test]
+fn synproxy_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("synproxy_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = synproxy::run(&synproxy::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().expect("test-run rows").len(), 7, "{}", report.markdown);
+    if report.json["skipped"].as_array().is_some_and(Vec::is_empty) {
+        assert_eq!(report.json["veth"].as_array().expect("veth rows").len(), 2, "{}", report.markdown);
+    }
+    assert!(out.path().join("synproxy.json").exists() && out.path().join("synproxy.md").exists());
 }

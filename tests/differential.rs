@@ -811,7 +811,7 @@ fn ne_as_eq(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -
                     }
                 }
                 StmtKind::SetWrite { key, .. } => expr(key),
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) | StmtKind::Log(_) => {}
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) | StmtKind::Log(_) | StmtKind::Synproxy(_) => {}
             }
         }
     }

@@ -594,6 +594,29 @@ pub enum StmtKind {
     /// `add(...)` or `delete(...)` of a dynamic set; with an absent key
     /// component, nothing.
     SetWrite { set: DynSetId, key: Expr, op: SetWrite },
+    /// Answers a SYN with a SYN cookie, passes an ACK carrying a valid one,
+    /// drops the rest (index into [`Policy::synproxies`]); ends evaluation
+    /// like a verdict. XDP only.
+    Synproxy(SynproxyId),
+}
+
+pub type SynproxyId = usize;
+
+/// `synproxy(mss: 1460, wscale: 7, sack, timestamps)`: the SYN-ACK's
+/// options (docs/language.md, "SYN proxy"), and the TCP destination ports
+/// the rule's predicate names, which the host's netfilter side is scoped
+/// to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synproxy {
+    pub rule: RuleId,
+    pub mss: u16,
+    pub wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// Inclusive ranges.
+    pub ports: Vec<(u16, u16)>,
+    pub text: String,
+    pub span: Span,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -727,6 +750,8 @@ pub struct Policy {
     pub logs: Vec<Log>,
     /// The sets declared `dynamic`, in source order.
     pub dynsets: Vec<DynSet>,
+    /// Every `synproxy(...)`, in source order.
+    pub synproxies: Vec<Synproxy>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -808,6 +833,7 @@ impl Printer<'_> {
                         SetWrite::Delete => out.push_str(&format!("{pad}delete({name}, {})\n", self.expr(key))),
                     }
                 }
+                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}synproxy#{id}\n")),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);

@@ -21,6 +21,7 @@ pub const STD_POLICIES: &[(&str, &str)] = &[
     ("icmp-limit.xpol", include_str!("../../std-policies/icmp-limit.xpol")),
     ("syn-limit.xpol", include_str!("../../std-policies/syn-limit.xpol")),
     ("port-scan.xpol", include_str!("../../std-policies/port-scan.xpol")),
+    ("syn-guard.xpol", include_str!("../../std-policies/syn-guard.xpol")),
 ];
 
 /// Where the Debian package installs the standard library (`pkg/build-deb`).

@@ -315,6 +315,9 @@ pub enum StmtKind {
     /// set. `option` is the one option as written (name, value in
     /// seconds, span); the checker knows `timeout`.
     SetWrite { op: SetOp, set: Ident, key: Expr, option: Option<(Ident, u64, Span)> },
+    /// `synproxy(mss: 1460, wscale: 7, sack, timestamps)`: SYN cookies in
+    /// XDP; the options as written (`lb`'s shape), checked by the checker.
+    Synproxy(Vec<LbArg>),
 }
 
 /// One argument of `log(...)`: the prefix, or an option.

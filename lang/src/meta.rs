@@ -64,7 +64,9 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 11: the connection table ([`ConntrackMeta`]).
 /// 12: dynamic sets ([`DynSetMeta`]), written by the programs, which
 /// older runtimes would not show or let `xpol set` change.
-pub const META_VERSION: u32 = 12;
+/// 13: SYN proxies ([`SynproxyMeta`]): the host's netfilter side, which
+/// older runtimes would not install.
+pub const META_VERSION: u32 = 13;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -153,6 +155,24 @@ pub struct ObjectMeta {
     /// META_VERSION 12).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dynsets: Vec<DynSetMeta>,
+    /// Every `synproxy(...)`, in source order: what the runtime installs
+    /// on the host's netfilter side (absent before META_VERSION 13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synproxies: Vec<SynproxyMeta>,
+}
+
+/// One `synproxy(...)`: the TCP ports its rule protects and the options
+/// its SYN-ACK offers, which netfilter's synproxy (completing the
+/// handshake with the server) must offer alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynproxyMeta {
+    pub rule: u32,
+    /// Inclusive ranges of destination ports.
+    pub ports: Vec<(u16, u16)>,
+    pub mss: u16,
+    pub wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
 }
 
 impl ObjectMeta {

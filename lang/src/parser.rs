@@ -141,7 +141,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::block => "`{`",
         // `lb_word` also starts a test's `=> lb(POOL)`: `lb_stmt` and
         // `lb_expect` say which.
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::log_stmt | Rule::set_stmt => {
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::log_stmt | Rule::set_stmt | Rule::synproxy_stmt | Rule::synproxy_word => {
             "a statement such as `pass`, `drop`, `log`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
@@ -716,6 +716,20 @@ impl AstBuilder {
                     None => None,
                 };
                 StmtKind::SetWrite { op, set, key, option }
+            }
+            Rule::synproxy_stmt => {
+                let mut args = Vec::new();
+                for a in p.into_inner().filter(|q| q.as_rule() == Rule::lb_arg) {
+                    let aspan = self.span(&a);
+                    let mut ai = a.into_inner();
+                    let name = self.ident(ai.next()?);
+                    let value = match ai.next() {
+                        Some(v) => Some(self.expr(v)?),
+                        None => None,
+                    };
+                    args.push(ast::LbArg { name, value, span: aspan });
+                }
+                StmtKind::Synproxy(args)
             }
             Rule::if_stmt => return self.if_stmt(p),
             Rule::let_stmt => {

@@ -1049,7 +1049,7 @@ mod tests {
                 label: label.map(str::to_string),
             })
             .collect();
-        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![], conntrack: None, log_ring: None, logs: vec![], dynsets: vec![] }
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![], conntrack: None, log_ring: None, logs: vec![], dynsets: vec![], synproxies: vec![] }
     }
 
     #[test]

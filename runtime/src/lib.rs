@@ -17,5 +17,6 @@ pub mod apply;
 pub mod conntrack;
 pub mod dynset;
 mod ipv4_edit;
+pub mod synproxy;
 pub mod sys;
 pub mod testing;

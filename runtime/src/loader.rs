@@ -16,6 +16,8 @@ use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error(transparent)]
+    Synproxy(#[from] crate::synproxy::SynproxyError),
     #[error("the object has no `{}` section: it was not built by xpolc", meta::META_SECTION)]
     NoMetadata,
     #[error("the object's metadata cannot be read: {0}")]
@@ -353,6 +355,10 @@ impl LoadedPolicy {
         }
         if let Err(reason) = sys::can_load_bpf() {
             return Err(RuntimeError::NotPermitted(reason));
+        }
+        // Before the verifier, which would only say "unknown func".
+        if !meta.synproxies.is_empty() {
+            crate::synproxy::check_kernel()?;
         }
         let mut loader = EbpfLoader::new();
         if let Some(n) = set_capacity {

@@ -1263,6 +1263,14 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    // The host's side of `synproxy` first: the SYN-ACKs XDP sends are
+    // answered by it. Removed when this returns (dropped), even on error.
+    let name = format!("run_{}", std::process::id());
+    let _netfilter = xpol_runtime::synproxy::NetfilterSide::install(&name, &[interface.to_string()], &policy.meta().synproxies)?;
+    if let Some(n) = &_netfilter {
+        let was = n.loose_before().map_or(String::new(), |v| format!(", was {v}"));
+        eprintln!("installed nftables table inet {} and net.netfilter.nf_conntrack_tcp_loose=0{was} for `synproxy` (both undone on exit)", n.table());
+    }
     for h in &hooks {
         policy.attach(h, interface, mode)?;
     }

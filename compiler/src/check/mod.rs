@@ -11,6 +11,7 @@ mod lb;
 mod limit;
 pub mod lints;
 mod log;
+mod synproxy;
 mod values;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
@@ -105,6 +106,10 @@ struct Checker<'a> {
     /// a predicate or an `if` condition, through `&&`, `||` and `!`. Taken
     /// (reset) by every expression checked.
     in_condition: bool,
+    synproxies: Vec<ir::Synproxy>,
+    /// The predicate of the probe being checked (`synproxy` reads its
+    /// ports from it).
+    predicate: Option<ir::Expr>,
 }
 
 pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
@@ -135,6 +140,8 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         logs: Vec::new(),
         dynsets: Vec::new(),
         in_condition: false,
+        synproxies: Vec::new(),
+        predicate: None,
     };
     // Declarations first, in order: a const may use earlier consts and sets;
     // probes may use any set or const of the policy. A `default` one gives
@@ -240,6 +247,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         conntrack,
         logs: c.logs,
         dynsets: c.dynsets,
+        synproxies: c.synproxies,
         tests,
         warnings: c.diags,
     };
@@ -500,7 +508,9 @@ impl Checker<'_> {
             self.in_condition = true;
             self.bool_expr(p, "a predicate")
         });
+        self.predicate = predicate.clone();
         let body = self.block(&probe.body);
+        self.predicate = None;
         self.log_verdicts(&body, "none");
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
@@ -717,7 +727,7 @@ impl Checker<'_> {
                         .with_label(end, "evaluation ends here"),
                 );
             }
-            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_) | ast::StmtKind::Lb { .. }) {
+            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_) | ast::StmtKind::Lb { .. } | ast::StmtKind::Synproxy(_)) {
                 ended = Some(stmt.span);
             }
             if let Some(s) = self.stmt(stmt) {
@@ -757,6 +767,7 @@ impl Checker<'_> {
             ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
             ast::StmtKind::Log(args) => self.log_stmt(stmt.span, args)?,
             ast::StmtKind::SetWrite { op, set, key, option } => self.set_write_stmt(*op, set, key, option)?,
+            ast::StmtKind::Synproxy(args) => self.synproxy(stmt.span, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
                 self.in_condition = true;
                 let cond = self.bool_expr(cond, "an `if` condition");

@@ -33,6 +33,11 @@ pub mod helper {
     pub const RINGBUF_SUBMIT: u64 = 132;
     pub const KTIME_GET_COARSE_NS: u64 = 160;
     pub const XDP_LOAD_BYTES: u64 = 189;
+    /// SYN cookies without a socket (Linux 6.0).
+    pub const TCP_RAW_GEN_SYNCOOKIE_IPV4: u64 = 204;
+    pub const TCP_RAW_GEN_SYNCOOKIE_IPV6: u64 = 205;
+    pub const TCP_RAW_CHECK_SYNCOOKIE_IPV4: u64 = 206;
+    pub const TCP_RAW_CHECK_SYNCOOKIE_IPV6: u64 = 207;
 }
 
 /// Map types (enum bpf_map_type).

@@ -403,6 +403,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             StmtKind::Lb(lb) => self.balance(lb),
             StmtKind::Log(id) => self.log(*id),
             StmtKind::SetWrite { set, key, op } => self.dynset_write(*set, key, *op),
+            StmtKind::Synproxy(id) => self.synproxy(*id),
         }
     }
 

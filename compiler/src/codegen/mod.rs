@@ -16,6 +16,7 @@ mod limit;
 mod log;
 pub mod lower;
 pub mod parse;
+mod synproxy;
 
 use crate::ir;
 use builder::{map_type, Bpf, ModuleCx, BPF_F_NO_PREALLOC};
@@ -82,6 +83,7 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
             ir::StmtKind::Verdict(v) => return if conditional { "mixed" } else { v.as_str() },
             ir::StmtKind::Redirect(_) => return if conditional { "mixed" } else { "redirect" },
             ir::StmtKind::Lb(_) => return if conditional { "mixed" } else { "lb" },
+            ir::StmtKind::Synproxy(_) => return "mixed",
             ir::StmtKind::If { then_body, else_body, .. } => {
                 conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
             }
@@ -236,6 +238,8 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
                 ir::StmtKind::SetWrite { key, .. } => 2 + expr(key),
                 // Hashing, two or three lookups, the encapsulation, the FIB.
                 ir::StmtKind::Lb(_) => 16,
+                // Two cookie helpers, the option loop, the rewrite.
+                ir::StmtKind::Synproxy(_) => 16,
                 ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
                 ir::StmtKind::Let { value, .. } => 1 + expr(value),
                 ir::StmtKind::MapUpdate { keys, op, .. } => {
@@ -266,7 +270,7 @@ pub const FALL_THROUGH_WEIGHT: usize = 2;
 /// both end).
 pub(crate) fn ends(body: &[ir::Stmt]) -> bool {
     body.last().is_some_and(|s| match &s.kind {
-        ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) => true,
+        ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) | ir::StmtKind::Synproxy(_) => true,
         ir::StmtKind::If { then_body, else_body, .. } => ends(then_body) && ends(else_body),
         _ => false,
     })
@@ -355,6 +359,11 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         log_ring: None,
         logs: Vec::new(),
         dynsets: Vec::new(),
+        synproxies: policy
+            .synproxies
+            .iter()
+            .map(|s| meta::SynproxyMeta { rule: s.rule, ports: s.ports.clone(), mss: s.mss, wscale: s.wscale, sack: s.sack, timestamps: s.timestamps })
+            .collect(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);

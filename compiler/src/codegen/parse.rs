@@ -130,6 +130,10 @@ const LB_FIELDS: [Field; 11] = [
     Field::TcpFlags,
 ];
 
+/// The fields `synproxy` reads: the TCP header's place and flags, whether
+/// the packet is a fragment.
+const SYNPROXY_FIELDS: [Field; 4] = [Field::TcpFlags, Field::TcpDport, Field::IpFrag, Field::Ip4Ihl];
+
 /// Calls `visit` with every field one probe reads, and where.
 fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
     fn expr(e: &ir::Expr, visit: &mut impl FnMut(Field, Span)) {
@@ -162,6 +166,11 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                 }
                 StmtKind::Lb(_) => {
                     for f in LB_FIELDS {
+                        visit(f, s.span);
+                    }
+                }
+                StmtKind::Synproxy(_) => {
+                    for f in SYNPROXY_FIELDS {
                         visit(f, s.span);
                     }
                 }

@@ -18,6 +18,7 @@ pub mod dynset;
 mod lb;
 mod limit;
 mod log;
+mod synproxy;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -377,6 +378,7 @@ impl Eval<'_> {
                     let v = self.expr(value);
                     self.locals.insert(*local, v);
                 }
+                StmtKind::Synproxy(_) => return Some(Some(synproxy::verdict(&self.facts, self.packet))),
                 StmtKind::Log(id) => {
                     if let Some(logged) = log::write(self.policy, *id, self.hook, self.packet, self.facts.len, self.state) {
                         self.logs.push(logged);
