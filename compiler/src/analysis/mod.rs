@@ -1,0 +1,385 @@
+//! Policy analysis on the checked IR: which packets two versions of a
+//! policy decide differently (`xpolc diff`), which rules no packet can
+//! reach (the exact `shadowed` lint), and what packets of a predicate get
+//! (`xpolc query`). docs/analysis.md says what is exact and what is not.
+//!
+//! The passes, each from one representation to the next:
+//!
+//! | module | what |
+//! |---|---|
+//! | `space.rs` | the packet space: cubes of per-dimension interval sets, subtraction |
+//! | `predicate.rs` | an IR expression -> the regions where it is true, false, or depends on state |
+//! | `rules.rs` | a program -> per rule, where it decides and what; the first-match walk |
+//! | `example.rs` | a cube -> a packet in it (bytes), or none |
+//! | `describe.rs` | a cube -> words over the fields it constrains |
+//! | this file | diff, reachability, query |
+
+pub mod describe;
+pub mod example;
+pub mod predicate;
+pub mod rules;
+pub mod space;
+
+use crate::ir;
+use example::Example;
+use predicate::{Compiler, Want};
+use rules::{CompiledProgram, Decision};
+use space::{Cube, Space};
+use std::collections::{BTreeMap, HashMap};
+use xpol_lang::ast::Hook;
+use xpol_lang::{Diagnostic, SourceMap, Span};
+
+/// Why an analysis stopped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnalysisError {
+    /// The regions grew past the budget (cubes held at once).
+    #[error("the analysis of {hook} stopped at {cubes} regions (the limit is {limit}): the rules split the packet space too finely")]
+    TooLarge { hook: String, cubes: usize, limit: usize, span: Option<Span> },
+}
+
+impl AnalysisError {
+    pub fn diagnostic(&self) -> Diagnostic {
+        let d = Diagnostic::error("xpol::analysis::too_large", self.to_string());
+        match self {
+            AnalysisError::TooLarge { span: Some(s), .. } => d.with_label(*s, "here"),
+            _ => d,
+        }
+    }
+}
+
+/// Bounds on the work of an analysis.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// The most cubes the remaining space of a walk may hold.
+    pub max_cubes: usize,
+    /// The most cube intersections a walk may try.
+    pub max_steps: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget { max_cubes: 200_000, max_steps: 2_000_000_000 }
+    }
+}
+
+/// One region of a diff or a query.
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub hook: Hook,
+    /// The region in words (class, then each constrained field).
+    pub fields: Vec<String>,
+    pub cube: Cube,
+    /// A packet of the region.
+    pub example: Example,
+}
+
+/// Packets the two versions decide differently.
+#[derive(Clone, Debug)]
+pub struct DiffRegion {
+    pub region: Region,
+    pub old: Decision,
+    pub new: Decision,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Diff {
+    pub regions: Vec<DiffRegion>,
+    /// Rules (by identity) of either version that differ and were
+    /// compared, per hook: the rest are the same in both, in order.
+    pub changed_rules: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiffOptions {
+    /// Also a different deciding rule with the same verdict (`--rules`).
+    pub rules: bool,
+}
+
+fn line_of(sources: &SourceMap) -> impl Fn(Span) -> Option<usize> + '_ {
+    move |s| Some(sources.location(s).1 as usize)
+}
+
+/// Compiles every program of a policy.
+pub fn compile<'p>(policy: &'p ir::Policy, sources: &SourceMap) -> (Compiler<'p>, Vec<CompiledProgram>) {
+    let mut c = Compiler::new(policy);
+    let lines = line_of(sources);
+    let progs = policy.programs.iter().map(|p| rules::compile_program(&mut c, p, &lines)).collect();
+    (c, progs)
+}
+
+/// The packets `old` and `new` decide differently, per hook, as regions
+/// with an example each.
+pub fn diff(old: &ir::Policy, old_sources: &SourceMap, new: &ir::Policy, new_sources: &SourceMap, options: DiffOptions, budget: Budget) -> Result<Diff, AnalysisError> {
+    let (c_old, p_old) = compile(old, old_sources);
+    let (_c_new, p_new) = compile(new, new_sources);
+    let universe = c_old.universe.clone();
+    let mut hooks: Vec<Hook> = p_old.iter().chain(p_new.iter()).map(|p| p.hook).collect();
+    hooks.sort_by_key(|h| h.as_str());
+    hooks.dedup();
+    let empty = |hook| CompiledProgram { hook, rules: Vec::new() };
+    let mut out = Diff::default();
+    for hook in hooks {
+        let a = p_old.iter().find(|p| p.hook == hook).cloned().unwrap_or_else(|| empty(hook));
+        let b = p_new.iter().find(|p| p.hook == hook).cloned().unwrap_or_else(|| empty(hook));
+        let (ma, mb) = align(&a.rules.iter().map(|r| r.signature.as_str()).collect::<Vec<_>>(), &b.rules.iter().map(|r| r.signature.as_str()).collect::<Vec<_>>());
+        // Only packets some unmatched rule decides can be decided
+        // differently: the matched rules are the same, in the same order.
+        let mut focus = Space::empty();
+        for (prog, matched) in [(&a, &ma), (&b, &mb)] {
+            for (r, m) in prog.rules.iter().zip(matched.iter()) {
+                if !*m {
+                    out.changed_rules += 1;
+                    for (s, _) in &r.decides {
+                        focus.extend_disjoint(s.clone());
+                    }
+                }
+            }
+        }
+        if focus.is_empty() {
+            continue;
+        }
+        let focus = rules::disjoint(focus);
+        let wa = walk(&a, &focus, budget, false)?;
+        let wb = walk(&b, &focus, budget, false)?;
+        let same = |x: &Decision, y: &Decision| if options.rules { x == y } else { x.action == y.action };
+        let mut groups: BTreeMap<(Decision, Decision), Space> = BTreeMap::new();
+        for (sa, da) in &wa {
+            for (sb, db) in &wb {
+                if same(da, db) || !sa.intersects(sb) {
+                    continue;
+                }
+                let both = sa.intersect(sb);
+                if !both.is_empty() {
+                    groups.entry((da.clone(), db.clone())).or_default().extend_disjoint(both);
+                }
+            }
+        }
+        for ((da, db), space) in groups {
+            for region in regions(hook, space, &universe) {
+                out.regions.push(DiffRegion { region, old: da.clone(), new: db.clone() });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Cubes made few and described, each with an example; cubes without a
+/// packet dropped.
+fn regions(hook: Hook, space: Space, universe: &Space) -> Vec<Region> {
+    let mut s = Space(space.0.iter().map(describe::clear_irrelevant).collect());
+    s = rules::disjoint(s);
+    s.coalesce_in(universe, 300);
+    let mut out = Vec::new();
+    for cube in s.0 {
+        // A cube the example builder finds no packet in holds none: its
+        // lengths leave no room for the headers of its classes.
+        let Some(example) = example::realize(&cube, universe) else { continue };
+        out.push(Region { hook, fields: describe::describe(&cube, universe), cube, example });
+    }
+    out
+}
+
+/// [`rules::walk`] within the budget. `through_unknown`: packets a rule
+/// may or may not decide (state) go on to later rules too, and are not
+/// reported as decided (for reachability).
+fn walk(prog: &CompiledProgram, region: &Space, budget: Budget, through_unknown: bool) -> Result<Vec<(Space, Decision)>, AnalysisError> {
+    walk_recording(prog, region, budget, through_unknown, &mut |_, _| {})
+}
+
+fn walk_recording(
+    prog: &CompiledProgram,
+    region: &Space,
+    budget: Budget,
+    through_unknown: bool,
+    record: &mut dyn FnMut(usize, &Space),
+) -> Result<Vec<(Space, Decision)>, AnalysisError> {
+    let mut rest = region.clone();
+    let mut out = Vec::new();
+    let mut steps = 0u64;
+    for (i, r) in prog.rules.iter().enumerate() {
+        if rest.is_empty() {
+            break;
+        }
+        let Some(b) = &r.bound else { continue };
+        steps += rest.len() as u64;
+        if !rest.intersects_cube(b) {
+            continue;
+        }
+        for (s, action) in &r.decides {
+            steps += (rest.len() * s.len()) as u64;
+            if !rest.intersects(s) {
+                continue;
+            }
+            let hit = rest.intersect(s);
+            if hit.is_empty() {
+                continue;
+            }
+            let unknown = matches!(action, rules::Action::Depends(_));
+            if !(unknown && through_unknown) {
+                rest = rest.minus(&hit);
+                record(i, &hit);
+                out.push((hit, Decision { action: action.clone(), rule: Some(r.rule.clone()) }));
+            }
+        }
+        if rest.len() > budget.max_cubes || steps > budget.max_steps {
+            return Err(AnalysisError::TooLarge { hook: prog.hook.as_str().to_string(), cubes: rest.len(), limit: budget.max_cubes, span: Some(r.span) });
+        }
+    }
+    if !rest.is_empty() {
+        out.push((rest, Decision { action: rules::Action::Pass, rule: None }));
+    }
+    Ok(out)
+}
+
+/// Aligns two rule sequences by signature: patience diff (signatures
+/// unique in both, longest increasing run of them), then equal runs
+/// grown around each anchor. `true`: matched.
+pub fn align(a: &[&str], b: &[&str]) -> (Vec<bool>, Vec<bool>) {
+    let mut ma = vec![false; a.len()];
+    let mut mb = vec![false; b.len()];
+    let mut count: HashMap<&str, (usize, usize, usize, usize)> = HashMap::new();
+    for (i, s) in a.iter().enumerate() {
+        let e = count.entry(s).or_insert((0, 0, 0, 0));
+        e.0 += 1;
+        e.2 = i;
+    }
+    for (j, s) in b.iter().enumerate() {
+        let e = count.entry(s).or_insert((0, 0, 0, 0));
+        e.1 += 1;
+        e.3 = j;
+    }
+    let mut pairs: Vec<(usize, usize)> = count.values().filter(|e| e.0 == 1 && e.1 == 1).map(|e| (e.2, e.3)).collect();
+    pairs.sort_unstable();
+    // Longest increasing subsequence of the j's.
+    let mut tails: Vec<usize> = Vec::new();
+    let mut prev = vec![usize::MAX; pairs.len()];
+    for k in 0..pairs.len() {
+        let j = pairs[k].1;
+        let pos = tails.partition_point(|&t| pairs[t].1 < j);
+        if pos > 0 {
+            prev[k] = tails[pos - 1];
+        }
+        if pos == tails.len() {
+            tails.push(k);
+        } else {
+            tails[pos] = k;
+        }
+    }
+    let mut anchors = Vec::new();
+    let mut k = tails.last().copied().unwrap_or(usize::MAX);
+    while k != usize::MAX {
+        anchors.push(pairs[k]);
+        k = prev[k];
+    }
+    anchors.reverse();
+    // Start and end as anchors too, then grow equal runs between them.
+    let (mut i, mut j) = (0usize, 0usize);
+    for &(ai, bj) in anchors.iter().chain(std::iter::once(&(a.len(), b.len()))) {
+        // Forward from the previous anchor.
+        while i < ai && j < bj && a[i] == b[j] {
+            ma[i] = true;
+            mb[j] = true;
+            i += 1;
+            j += 1;
+        }
+        // Backward from this anchor.
+        let (mut x, mut y) = (ai, bj);
+        while x > i && y > j && a[x - 1] == b[y - 1] {
+            ma[x - 1] = true;
+            mb[y - 1] = true;
+            x -= 1;
+            y -= 1;
+        }
+        if ai < a.len() {
+            ma[ai] = true;
+            mb[bj] = true;
+        }
+        i = ai + 1;
+        j = bj + 1;
+    }
+    (ma, mb)
+}
+
+/// A rule no packet reaches: every packet it matches is decided before.
+#[derive(Clone, Debug)]
+pub struct Unreachable {
+    pub hook: Hook,
+    pub rule: ir::RuleId,
+    pub span: Span,
+    /// The earlier rules that decide its packets (their spans).
+    pub covered_by: Vec<Span>,
+}
+
+/// Rules of `policy` that no packet reaches, or `Err` past the budget.
+/// Rules that match no packet at all are not reported (nothing covers them).
+pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachable>, AnalysisError> {
+    let mut c = Compiler::new(policy);
+    let universe = c.universe.clone();
+    let mut out = Vec::new();
+    for prog in &policy.programs {
+        let compiled = rules::compile_program(&mut c, prog, &|_| None);
+        // Per rule: where it fires (its predicate may hold).
+        c.env.clear();
+        let fires: Vec<Space> = prog
+            .probes
+            .iter()
+            .map(|p| match &p.predicate {
+                None => universe.clone(),
+                Some(e) => {
+                    let s = rules::disjoint(c.region(e, Want::MayTrue));
+                    c.take_unknowns();
+                    s
+                }
+            })
+            .collect();
+        let mut rest = universe.clone();
+        let mut decided: Vec<(usize, Space)> = Vec::new();
+        let mut steps = 0u64;
+        for (i, r) in compiled.rules.iter().enumerate() {
+            let f = &fires[i];
+            steps += (rest.len() * f.len().max(1)) as u64;
+            let reached = rest.intersect(f);
+            let feasible = reached.0.iter().any(|cube| example::realize(cube, &universe).is_some());
+            if !feasible && !f.is_empty() && f.0.iter().any(|cube| example::realize(cube, &universe).is_some()) {
+                let covered_by: Vec<Span> = decided.iter().filter(|(_, s)| s.intersects(f)).map(|(j, _)| compiled.rules[*j].span).take(4).collect();
+                out.push(Unreachable { hook: prog.hook, rule: r.rule.id, span: r.span, covered_by });
+            }
+            for (s, action) in &r.decides {
+                if matches!(action, rules::Action::Depends(_)) || !rest.intersects(s) {
+                    continue;
+                }
+                steps += (rest.len() * s.len()) as u64;
+                let hit = rest.intersect(s);
+                rest = rest.minus(&hit);
+                decided.push((i, hit));
+            }
+            if rest.len() > budget.max_cubes || steps > budget.max_steps {
+                return Err(AnalysisError::TooLarge { hook: prog.hook.as_str().to_string(), cubes: rest.len(), limit: budget.max_cubes, span: Some(r.span) });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What packets of a predicate get: per decision, regions with examples.
+pub fn query(policy: &ir::Policy, sources: &SourceMap, hook: Hook, predicate: &ir::Expr, budget: Budget) -> Result<Vec<(Decision, Region)>, AnalysisError> {
+    let (mut c, progs) = compile(policy, sources);
+    let universe = c.universe.clone();
+    c.env.clear();
+    let q = rules::disjoint(c.region(predicate, Want::MayTrue));
+    c.take_unknowns();
+    let empty = CompiledProgram { hook, rules: Vec::new() };
+    let prog = progs.iter().find(|p| p.hook == hook).unwrap_or(&empty);
+    let parts = walk(prog, &q, budget, false)?;
+    let mut groups: BTreeMap<Decision, Space> = BTreeMap::new();
+    for (s, d) in parts {
+        groups.entry(d).or_default().extend_disjoint(s);
+    }
+    let mut out = Vec::new();
+    for (d, s) in groups {
+        for r in regions(hook, s, &universe) {
+            out.push((d.clone(), r));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,319 @@
+//! Rules to decisions: each probe of a program compiled to the regions
+//! where it decides and what it decides there; and the first-match walk
+//! that partitions a region of packets by the rule that decides them.
+
+use super::predicate::{Compiler, Unknown, Want};
+use super::space::{Cube, Dim, Set, Space};
+use crate::ir::{self, ExprKind, StmtKind};
+use std::collections::HashMap;
+use xpol_lang::ast::{Hook, Verdict};
+
+/// What a program does with a packet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Pass,
+    Drop,
+    Tx,
+    Abort,
+    /// `redirect` to this interface.
+    Redirect(String),
+    /// `lb(POOL)`: balanced to a backend of the pool (which one, and
+    /// whether it has one, depends on the pool's state).
+    Lb(String),
+    /// Depends on more than the packet: the reasons.
+    Depends(Vec<String>),
+}
+
+impl Action {
+    pub fn text(&self) -> String {
+        match self {
+            Action::Pass => "pass".into(),
+            Action::Drop => "drop".into(),
+            Action::Tx => "tx".into(),
+            Action::Abort => "abort".into(),
+            Action::Redirect(i) => format!("redirect({i})"),
+            Action::Lb(p) => format!("lb({p})"),
+            Action::Depends(r) => format!("depends on {}", r.join(", ")),
+        }
+    }
+}
+
+/// The outcome of a packet: the action and the rule that decided
+/// (its identity: label or header text; `None`: no rule, the default).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Decision {
+    pub action: Action,
+    pub rule: Option<RuleRef>,
+}
+
+/// A rule as the analysis names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    /// The rule's identity (docs/language.md, "Rule labels and rule
+    /// identity"): its label, else its header.
+    pub identity: String,
+    pub id: ir::RuleId,
+    /// 1-based line of the rule, for people.
+    pub line: Option<usize>,
+}
+
+/// One probe compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledRule {
+    pub rule: RuleRef,
+    pub span: xpol_lang::Span,
+    /// What the rule is, for aligning two versions of a policy: its
+    /// header, body and the contents of the sets it reads.
+    pub signature: String,
+    /// Where it decides, and what (disjoint); packets elsewhere go on.
+    pub decides: Vec<(Space, Action)>,
+    /// The smallest cube holding every region of `decides`.
+    pub bound: Option<Cube>,
+}
+
+/// A program compiled: its rules in order.
+#[derive(Clone, Debug)]
+pub struct CompiledProgram {
+    pub hook: Hook,
+    pub rules: Vec<CompiledRule>,
+}
+
+fn outcome(v: Verdict, hook: Hook) -> Action {
+    let tc = hook != Hook::Xdp;
+    match (v, tc) {
+        (Verdict::Pass, _) => Action::Pass,
+        (Verdict::Drop, _) | (Verdict::Abort | Verdict::Tx, true) => Action::Drop,
+        (Verdict::Tx, false) => Action::Tx,
+        (Verdict::Abort, false) => Action::Abort,
+    }
+}
+
+/// Compiles every probe of `prog`. `line_of` gives a span's line.
+pub fn compile_program(c: &mut Compiler, prog: &ir::Program, line_of: &dyn Fn(xpol_lang::Span) -> Option<usize>) -> CompiledProgram {
+    let policy = c.policy;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut rules = Vec::with_capacity(prog.probes.len());
+    for probe in &prog.probes {
+        let r = &policy.rules[probe.rule as usize];
+        // Identity as `apply::rule_identities` gives it: the label, else
+        // the header with ` #N` for repeats.
+        let mut identity = r.label.clone().unwrap_or_else(|| r.text.clone());
+        let n = seen.entry(identity.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 && r.label.is_none() {
+            identity = format!("{identity} #{n}");
+        }
+        let rule = RuleRef { identity, id: probe.rule, line: line_of(r.span) };
+        let signature = signature(policy, probe);
+        c.env.clear();
+        let (sure, maybe, unknowns) = match &probe.predicate {
+            None => (c.universe.clone(), Space::empty(), Vec::new()),
+            Some(p) => {
+                let may = c.region(p, Want::MayTrue);
+                let unknowns = c.take_unknowns();
+                if unknowns.is_empty() {
+                    (disjoint(may), Space::empty(), unknowns)
+                } else {
+                    let sure = disjoint(c.region(p, Want::SureTrue));
+                    c.take_unknowns();
+                    let maybe = disjoint(may).minus(&sure);
+                    (sure, maybe, unknowns)
+                }
+            }
+        };
+        let mut decides = Vec::new();
+        if !maybe.is_empty() {
+            decides.push((maybe, Action::Depends(reasons(&unknowns))));
+        }
+        let mut rest = sure;
+        body(c, &probe.body, &mut rest, prog.hook, &mut decides);
+        decides.retain(|(s, _)| !s.is_empty());
+        let bound = bound(decides.iter().flat_map(|(s, _)| s.0.iter()));
+        rules.push(CompiledRule { rule, span: r.span, signature, decides, bound });
+    }
+    CompiledProgram { hook: prog.hook, rules }
+}
+
+fn reasons(u: &[Unknown]) -> Vec<String> {
+    let mut r: Vec<String> = u.iter().map(|u| u.reason.clone()).collect();
+    r.sort();
+    r.dedup();
+    r
+}
+
+/// A union of possibly overlapping cubes made disjoint.
+pub fn disjoint(s: Space) -> Space {
+    if s.0.len() <= 1 {
+        return s;
+    }
+    let mut out = Space::empty();
+    for c in s.0 {
+        let piece = Space(vec![c]).minus(&out);
+        out.extend_disjoint(piece);
+    }
+    out
+}
+
+/// The statements of a body run on the packets of `region`: what decides
+/// goes to `out`, and `region` is left with the packets that go on.
+fn body(c: &mut Compiler, stmts: &[ir::Stmt], region: &mut Space, hook: Hook, out: &mut Vec<(Space, Action)>) {
+    for s in stmts {
+        if region.is_empty() {
+            return;
+        }
+        match &s.kind {
+            StmtKind::Verdict(v) => {
+                out.push((std::mem::take(region), outcome(*v, hook)));
+                return;
+            }
+            StmtKind::Redirect(i) => {
+                out.push((std::mem::take(region), Action::Redirect(c.policy.redirects[*i].ifname.clone())));
+                return;
+            }
+            StmtKind::Lb(b) => {
+                // `lb` passes what is not IP.
+                let not_ip = Cube::full().with(Dim::L3, Set::one(0));
+                let pass = region.intersect_cube(&not_ip);
+                let ip = region.minus(&Space(vec![not_ip]));
+                out.push((pass, Action::Pass));
+                out.push((ip, Action::Lb(c.policy.pools[b.pool].name.clone())));
+                *region = Space::empty();
+                return;
+            }
+            StmtKind::Let { local, value } => {
+                c.env.insert(*local, value.clone());
+            }
+            StmtKind::MapUpdate { .. } => {}
+            StmtKind::If { cond, then_body, else_body } => {
+                let may = disjoint(c.region(cond, Want::MayTrue));
+                let unknowns = c.take_unknowns();
+                let sure = if unknowns.is_empty() { may.clone() } else { disjoint(c.region(cond, Want::SureTrue)) };
+                c.take_unknowns();
+                let mut then_r = region.intersect(&sure);
+                let mut else_r = region.minus(&may);
+                if !unknowns.is_empty() {
+                    let depends = region.intersect(&may).minus(&sure);
+                    out.push((depends, Action::Depends(reasons(&unknowns))));
+                }
+                let env = c.env.clone();
+                body(c, then_body, &mut then_r, hook, out);
+                c.env = env.clone();
+                body(c, else_body, &mut else_r, hook, out);
+                c.env = env;
+                then_r.extend_disjoint(else_r);
+                *region = then_r;
+            }
+        }
+    }
+}
+
+/// The smallest cube holding all of `cubes`.
+pub fn bound<'a>(cubes: impl Iterator<Item = &'a Cube>) -> Option<Cube> {
+    let mut b: Option<Cube> = None;
+    for c in cubes {
+        match &mut b {
+            None => b = Some(c.clone()),
+            Some(b) => {
+                for i in 0..b.0.len() {
+                    if b.0[i] != c.0[i] {
+                        let (lo, hi) = (b.0[i].first().unwrap_or(0).min(c.0[i].first().unwrap_or(0)), last(&b.0[i]).max(last(&c.0[i])));
+                        b.0[i] = Set::range(lo, hi);
+                    }
+                }
+            }
+        }
+    }
+    b
+}
+
+fn last(s: &Set) -> u128 {
+    s.0.last().map(|r| r.1).unwrap_or(0)
+}
+
+/// The first-match walk: `region` partitioned by what decides each packet.
+pub fn walk(prog: &CompiledProgram, region: &Space) -> Vec<(Space, Decision)> {
+    walk_rules(&prog.rules, region, |_| true)
+}
+
+/// [`walk`] over the rules `keep` accepts.
+pub fn walk_rules(rules: &[CompiledRule], region: &Space, keep: impl Fn(usize) -> bool) -> Vec<(Space, Decision)> {
+    let mut rest = region.clone();
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        if rest.is_empty() {
+            break;
+        }
+        if !keep(i) {
+            continue;
+        }
+        let Some(b) = &r.bound else { continue };
+        if !rest.intersects_cube(b) {
+            continue;
+        }
+        for (s, action) in &r.decides {
+            if !rest.intersects(s) {
+                continue;
+            }
+            let hit = rest.intersect(s);
+            if hit.is_empty() {
+                continue;
+            }
+            rest = rest.minus(&hit);
+            out.push((hit, Decision { action: action.clone(), rule: Some(r.rule.clone()) }));
+        }
+    }
+    if !rest.is_empty() {
+        out.push((rest, Decision { action: Action::Pass, rule: None }));
+    }
+    out
+}
+
+/// A probe's text for alignment: header, label, body, and the declared
+/// contents of the named sets it reads.
+fn signature(policy: &ir::Policy, probe: &ir::Probe) -> String {
+    let r = &policy.rules[probe.rule as usize];
+    let mut s = format!("{:?}|{}|", r.label, probe.predicate.as_ref().map(|p| policy.expr_text(p)).unwrap_or_default());
+    s.push_str(&policy.body_text(&probe.body));
+    let mut sets = Vec::new();
+    if let Some(p) = &probe.predicate {
+        named_sets(p, &mut sets);
+    }
+    for st in &probe.body {
+        stmt_sets(st, &mut sets);
+    }
+    sets.sort();
+    sets.dedup();
+    for id in sets {
+        s.push_str(&format!("|{}={}", policy.sets[id].name, policy.sets[id].contents.elements().join(",")));
+    }
+    s
+}
+
+fn stmt_sets(s: &ir::Stmt, out: &mut Vec<usize>) {
+    match &s.kind {
+        StmtKind::If { cond, then_body, else_body } => {
+            named_sets(cond, out);
+            then_body.iter().chain(else_body).for_each(|s| stmt_sets(s, out));
+        }
+        StmtKind::Let { value, .. } => named_sets(value, out),
+        _ => {}
+    }
+}
+
+fn named_sets(e: &ir::Expr, out: &mut Vec<usize>) {
+    match &e.kind {
+        ExprKind::In(a, set) => {
+            if let ir::SetRef::Named(id) = set {
+                out.push(*id);
+            }
+            named_sets(a, out);
+        }
+        ExprKind::Const(_) | ExprKind::Field(_) | ExprKind::Local(_) => {}
+        ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().for_each(|k| named_sets(k, out)),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) => named_sets(a, out),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
+            named_sets(a, out);
+            named_sets(b, out);
+        }
+    }
+}
