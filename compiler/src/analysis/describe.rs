@@ -1,7 +1,7 @@
 //! Cubes to words: a region as the fields it constrains, in the
 //! language's names (`tcp.dport 22, ip.src in 198.51.100.0/25`).
 
-use super::space::{prefixes, Cube, Dim, Set, Space, L4_ICMP, L4_NONE, L4_TCP, L4_UDP, NEXTHDR_IS_PROTO, PROTO_ABSENT};
+use super::space::{prefixes_at_most, Cube, Dim, Set, Space, L4_ICMP, L4_NONE, L4_TCP, L4_UDP, NEXTHDR_IS_PROTO, PROTO_ABSENT};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Whether a dimension is read by some field in some class of the cube.
@@ -159,14 +159,14 @@ fn field_text(c: &Cube, d: Dim, s: &Set, allowed: &Set) -> String {
             let ext = s.minus(&Set::one(NEXTHDR_IS_PROTO));
             match (direct, ext.is_empty()) {
                 (true, true) => "no IPv6 extension header".into(),
-                (false, _) => format!("first IPv6 extension header {}", ints(&ext, allowed, 1, |v| v.to_string())),
-                (true, false) => format!("no IPv6 extension header, or first {}", ints(&ext, allowed, 1, |v| v.to_string())),
+                (false, _) => format!("first IPv6 extension header {}", ints(&ext, &allowed.minus(&Set::one(NEXTHDR_IS_PROTO)), 1, |v| v.to_string())),
+                (true, false) => format!("no IPv6 extension header, or first {}", ints(&ext, &allowed.minus(&Set::one(NEXTHDR_IS_PROTO)), 1, |v| v.to_string())),
             }
         }
         Dim::Src | Dim::Dst => {
             let l3 = c.get(Dim::L3);
-            let v6 = l3.contains(6) && !l3.contains(4);
-            let bits = if v6 { 128 } else { 32 };
+            let v4 = l3.contains(4) && !l3.contains(6);
+            let bits = if v4 { 32 } else { 128 };
             addrs(n, s, allowed, bits)
         }
         Dim::EthSrc | Dim::EthDst => format!("{n} {}", ints(s, allowed, 1, |v| crate::ir::fmt_mac(v as u64))),
@@ -210,7 +210,8 @@ fn addrs(n: &str, s: &Set, allowed: &Set, bits: u32) -> String {
             format!("{addr}/{len}")
         }
     };
-    let list = |s: &Set| -> Vec<String> { s.0.iter().flat_map(|&(a, b)| prefixes(a, b, bits)).map(fmt).collect() };
+    // At most 100 prefixes: a longer list is shown by its first few.
+    let list = |s: &Set| -> Vec<String> { s.0.iter().flat_map(|&(a, b)| prefixes_at_most(a, b, bits, 100)).take(100).map(fmt).collect() };
     let yes = list(s);
     let not = list(&allowed.minus(s));
     let show = |v: &[String]| {
@@ -219,7 +220,8 @@ fn addrs(n: &str, s: &Set, allowed: &Set, bits: u32) -> String {
         } else if v.len() <= 6 {
             format!("{{{}}}", v.join(", "))
         } else {
-            format!("{{{}, ... {} prefixes}}", v[..4].join(", "), v.len())
+            let n = if v.len() >= 100 { "100 or more".to_string() } else { v.len().to_string() };
+            format!("{{{}, ... {n} prefixes}}", v[..4].join(", "))
         }
     };
     if !not.is_empty() && not.len() < yes.len() {

@@ -77,8 +77,8 @@ pub struct Region {
 #[derive(Clone, Debug)]
 pub struct DiffRegion {
     pub region: Region,
-    pub old: Decision,
-    pub new: Decision,
+    pub old: Path,
+    pub new: Path,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -139,10 +139,19 @@ pub fn diff(old: &ir::Policy, old_sources: &SourceMap, new: &ir::Policy, new_sou
             continue;
         }
         let focus = rules::disjoint(focus);
-        let wa = walk(&a, &focus, budget, false)?;
-        let wb = walk(&b, &focus, budget, false)?;
-        let same = |x: &Decision, y: &Decision| if options.rules { x == y } else { x.action == y.action };
-        let mut groups: BTreeMap<(Decision, Decision), Space> = BTreeMap::new();
+        let wa = walk(&a, &focus, budget)?;
+        let wb = walk(&b, &focus, budget)?;
+        // Rules are compared by identity (ids and lines move between
+        // versions); a decision that depends on state is the same only as
+        // the same version of the same rule's.
+        let same_one = |x: &Decision, y: &Decision| {
+            let depends = matches!(x.action, rules::Action::Depends(_)) || matches!(y.action, rules::Action::Depends(_));
+            let by_rule = options.rules || depends;
+            let key = |d: &Decision| d.rule.as_ref().map(|r| (r.identity.clone(), if depends { r.signature_hash } else { 0 }));
+            x.action == y.action && (!by_rule || key(x) == key(y))
+        };
+        let same = |x: &Path, y: &Path| x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_one(a, b));
+        let mut groups: BTreeMap<(Path, Path), Space> = BTreeMap::new();
         for (sa, da) in &wa {
             for (sb, db) in &wb {
                 if same(da, db) || !sa.intersects(sb) {
@@ -179,54 +188,63 @@ fn regions(hook: Hook, space: Space, universe: &Space) -> Vec<Region> {
     out
 }
 
-/// [`rules::walk`] within the budget. `through_unknown`: packets a rule
-/// may or may not decide (state) go on to later rules too, and are not
-/// reported as decided (for reachability).
-fn walk(prog: &CompiledProgram, region: &Space, budget: Budget, through_unknown: bool) -> Result<Vec<(Space, Decision)>, AnalysisError> {
-    walk_recording(prog, region, budget, through_unknown, &mut |_, _| {})
-}
+/// What a program does with a packet: the rules before that may decide
+/// it, depending on state ([`rules::Action::Depends`]: if they do not,
+/// the packet goes on), then the decision.
+pub type Path = Vec<Decision>;
 
-fn walk_recording(
-    prog: &CompiledProgram,
-    region: &Space,
-    budget: Budget,
-    through_unknown: bool,
-    record: &mut dyn FnMut(usize, &Space),
-) -> Result<Vec<(Space, Decision)>, AnalysisError> {
-    let mut rest = region.clone();
+/// The first-match walk within the budget: `region` partitioned by the
+/// [`Path`] of its packets.
+fn walk(prog: &CompiledProgram, region: &Space, budget: Budget) -> Result<Vec<(Space, Path)>, AnalysisError> {
+    let mut rest: Vec<(Space, Path)> = vec![(region.clone(), Vec::new())];
     let mut out = Vec::new();
     let mut steps = 0u64;
-    for (i, r) in prog.rules.iter().enumerate() {
+    for r in &prog.rules {
         if rest.is_empty() {
             break;
         }
         let Some(b) = &r.bound else { continue };
         steps += rest.len() as u64;
-        if !rest.intersects_cube(b) {
+        if !rest.iter().any(|(g, _)| g.intersects_cube(b)) {
             continue;
         }
         for (s, action) in &r.decides {
-            steps += (rest.len() * s.len()) as u64;
-            if !rest.intersects(s) {
-                continue;
+            let mut next = Vec::with_capacity(rest.len());
+            for (g, prefix) in rest.drain(..) {
+                steps += (g.len() * s.len()) as u64;
+                if !g.intersects(s) {
+                    next.push((g, prefix));
+                    continue;
+                }
+                let hit = g.intersect(s);
+                if hit.is_empty() {
+                    next.push((g, prefix));
+                    continue;
+                }
+                let remain = g.minus(&hit);
+                if !remain.is_empty() {
+                    next.push((remain, prefix.clone()));
+                }
+                let mut path = prefix;
+                path.push(Decision { action: action.clone(), rule: Some(r.rule.clone()) });
+                if matches!(action, rules::Action::Depends(_)) {
+                    next.push((hit, path));
+                } else {
+                    out.push((hit, path));
+                }
             }
-            let hit = rest.intersect(s);
-            if hit.is_empty() {
-                continue;
-            }
-            let unknown = matches!(action, rules::Action::Depends(_));
-            if !(unknown && through_unknown) {
-                rest = rest.minus(&hit);
-                record(i, &hit);
-                out.push((hit, Decision { action: action.clone(), rule: Some(r.rule.clone()) }));
-            }
+            rest = next;
         }
-        if rest.len() > budget.max_cubes || steps > budget.max_steps {
-            return Err(AnalysisError::TooLarge { hook: prog.hook.as_str().to_string(), cubes: rest.len(), limit: budget.max_cubes, span: Some(r.span) });
+        let cubes: usize = rest.iter().map(|(g, _)| g.len()).sum();
+        if cubes > budget.max_cubes || steps > budget.max_steps {
+            return Err(AnalysisError::TooLarge { hook: prog.hook.as_str().to_string(), cubes, limit: budget.max_cubes, span: Some(r.span) });
         }
     }
-    if !rest.is_empty() {
-        out.push((rest, Decision { action: rules::Action::Pass, rule: None }));
+    for (g, mut path) in rest {
+        if !g.is_empty() {
+            path.push(Decision { action: rules::Action::Pass, rule: None });
+            out.push((g, path));
+        }
     }
     Ok(out)
 }
@@ -362,7 +380,7 @@ pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachabl
 }
 
 /// What packets of a predicate get: per decision, regions with examples.
-pub fn query(policy: &ir::Policy, sources: &SourceMap, hook: Hook, predicate: &ir::Expr, budget: Budget) -> Result<Vec<(Decision, Region)>, AnalysisError> {
+pub fn query(policy: &ir::Policy, sources: &SourceMap, hook: Hook, predicate: &ir::Expr, budget: Budget) -> Result<Vec<(Path, Region)>, AnalysisError> {
     let (mut c, progs) = compile(policy, sources);
     let universe = c.universe.clone();
     c.env.clear();
@@ -370,8 +388,8 @@ pub fn query(policy: &ir::Policy, sources: &SourceMap, hook: Hook, predicate: &i
     c.take_unknowns();
     let empty = CompiledProgram { hook, rules: Vec::new() };
     let prog = progs.iter().find(|p| p.hook == hook).unwrap_or(&empty);
-    let parts = walk(prog, &q, budget, false)?;
-    let mut groups: BTreeMap<Decision, Space> = BTreeMap::new();
+    let parts = walk(prog, &q, budget)?;
+    let mut groups: BTreeMap<Path, Space> = BTreeMap::new();
     for (s, d) in parts {
         groups.entry(d).or_default().extend_disjoint(s);
     }

@@ -341,7 +341,8 @@ impl<'p> Compiler<'p> {
             Term::Field(f) => self.field_test(f, want, |kind| match kind {
                 Kind::V4 => v4.clone(),
                 Kind::V6 => v6.clone(),
-                _ => ints.clone(),
+                Kind::Int { scale } => scaled(&ints, scale),
+                _ => Set::empty(),
             }),
             Term::Const(v) => {
                 let holds = match v {

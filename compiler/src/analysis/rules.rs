@@ -1,6 +1,6 @@
 //! Rules to decisions: each probe of a program compiled to the regions
-//! where it decides and what it decides there; and the first-match walk
-//! that partitions a region of packets by the rule that decides them.
+//! where it decides and what it decides there (the first-match walk over
+//! them is `mod.rs`'s).
 
 use super::predicate::{Compiler, Unknown, Want};
 use super::space::{Cube, Dim, Set, Space};
@@ -55,6 +55,9 @@ pub struct RuleRef {
     pub id: ir::RuleId,
     /// 1-based line of the rule, for people.
     pub line: Option<usize>,
+    /// A hash of the rule's signature (header, body, sets): two versions
+    /// of a rule that depends on state decide alike only when equal.
+    pub signature_hash: u64,
 }
 
 /// One probe compiled.
@@ -103,8 +106,14 @@ pub fn compile_program(c: &mut Compiler, prog: &ir::Program, line_of: &dyn Fn(xp
         if *n > 1 && r.label.is_none() {
             identity = format!("{identity} #{n}");
         }
-        let rule = RuleRef { identity, id: probe.rule, line: line_of(r.span) };
         let signature = signature(policy, probe);
+        let signature_hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            signature.hash(&mut h);
+            h.finish()
+        };
+        let rule = RuleRef { identity, id: probe.rule, line: line_of(r.span), signature_hash };
         c.env.clear();
         let (sure, maybe, unknowns) = match &probe.predicate {
             None => (c.universe.clone(), Space::empty(), Vec::new()),
@@ -123,9 +132,28 @@ pub fn compile_program(c: &mut Compiler, prog: &ir::Program, line_of: &dyn Fn(xp
         };
         let mut decides = Vec::new();
         if !maybe.is_empty() {
-            decides.push((maybe, Action::Depends(reasons(&unknowns))));
+            // Where the predicate may or may not hold, what the body
+            // would decide depends on the state; what it would not decide
+            // goes on either way.
+            let mut rest = maybe;
+            let mut would = Vec::new();
+            body(c, &probe.body, &mut rest, prog.hook, &mut would);
+            for (s, a) in would {
+                let mut r = reasons(&unknowns);
+                match a {
+                    Action::Depends(more) => {
+                        r.extend(more);
+                        r.sort();
+                        r.dedup();
+                    }
+                    // What the rule does if it fires: part of the decision.
+                    a => r.push(format!("if it holds: {}", a.text())),
+                }
+                decides.push((s, Action::Depends(r)));
+            }
         }
         let mut rest = sure;
+        c.env.clear();
         body(c, &probe.body, &mut rest, prog.hook, &mut decides);
         decides.retain(|(s, _)| !s.is_empty());
         let bound = bound(decides.iter().flat_map(|(s, _)| s.0.iter()));
@@ -228,44 +256,6 @@ pub fn bound<'a>(cubes: impl Iterator<Item = &'a Cube>) -> Option<Cube> {
 
 fn last(s: &Set) -> u128 {
     s.0.last().map(|r| r.1).unwrap_or(0)
-}
-
-/// The first-match walk: `region` partitioned by what decides each packet.
-pub fn walk(prog: &CompiledProgram, region: &Space) -> Vec<(Space, Decision)> {
-    walk_rules(&prog.rules, region, |_| true)
-}
-
-/// [`walk`] over the rules `keep` accepts.
-pub fn walk_rules(rules: &[CompiledRule], region: &Space, keep: impl Fn(usize) -> bool) -> Vec<(Space, Decision)> {
-    let mut rest = region.clone();
-    let mut out = Vec::new();
-    for (i, r) in rules.iter().enumerate() {
-        if rest.is_empty() {
-            break;
-        }
-        if !keep(i) {
-            continue;
-        }
-        let Some(b) = &r.bound else { continue };
-        if !rest.intersects_cube(b) {
-            continue;
-        }
-        for (s, action) in &r.decides {
-            if !rest.intersects(s) {
-                continue;
-            }
-            let hit = rest.intersect(s);
-            if hit.is_empty() {
-                continue;
-            }
-            rest = rest.minus(&hit);
-            out.push((hit, Decision { action: action.clone(), rule: Some(r.rule.clone()) }));
-        }
-    }
-    if !rest.is_empty() {
-        out.push((rest, Decision { action: Action::Pass, rule: None }));
-    }
-    out
 }
 
 /// A probe's text for alignment: header, label, body, and the declared

@@ -587,6 +587,11 @@ pub fn universe() -> Space {
 
 /// IPv4 or IPv6 prefixes covering an interval exactly.
 pub fn prefixes(lo: u128, hi: u128, bits: u32) -> Vec<(u128, u32)> {
+    prefixes_at_most(lo, hi, bits, usize::MAX)
+}
+
+/// [`prefixes`], the first `cap` of them.
+pub fn prefixes_at_most(lo: u128, hi: u128, bits: u32, cap: usize) -> Vec<(u128, u32)> {
     // The last address of the block of 2^s addresses at `lo` (aligned).
     let end = |lo: u128, s: u32| if s >= 128 { u128::MAX } else { lo | ((1u128 << s) - 1) };
     let mut out = Vec::new();
@@ -597,6 +602,9 @@ pub fn prefixes(lo: u128, hi: u128, bits: u32) -> Vec<(u128, u32)> {
             s -= 1;
         }
         out.push((lo, bits - s));
+        if out.len() >= cap {
+            break;
+        }
         let e = end(lo, s);
         if e >= hi {
             break;

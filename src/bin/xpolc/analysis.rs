@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use xpol_compiler::analysis::{self, rules::Decision, Budget, DiffOptions, Region};
+use xpol_compiler::analysis::{self, rules::Decision, Budget, DiffOptions, Path as Decisions, Region};
 use xpol_compiler::{ir, Checked};
 use xpol_lang::ast::Hook;
 
@@ -41,11 +41,31 @@ fn decision_json(d: &Decision) -> Value {
     })
 }
 
-fn decision_text(d: &Decision) -> String {
+/// A path as JSON: the decision, and the rules before it that may decide
+/// depending on state.
+fn path_json(p: &Decisions) -> Value {
+    let (last, before) = p.split_last().expect("a path ends in a decision");
+    let mut v = decision_json(last);
+    if !before.is_empty() {
+        v["unless"] = Value::Array(before.iter().map(decision_json).collect());
+    }
+    v
+}
+
+fn rule_text(d: &Decision) -> String {
     match &d.rule {
         Some(r) => format!("line {} `{}`", r.line.unwrap_or(0), r.identity),
         None => "no rule (the default, pass)".to_string(),
     }
+}
+
+/// `drop`, or `depends on ... (if it holds: drop), else pass`.
+fn path_action(p: &Decisions) -> String {
+    p.iter().map(|d| d.action.text()).collect::<Vec<_>>().join(", else ")
+}
+
+fn path_rules(p: &Decisions) -> String {
+    p.iter().map(rule_text).collect::<Vec<_>>().join(", else ")
 }
 
 fn region_json(r: &Region) -> Value {
@@ -81,8 +101,8 @@ pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool) -> Result<ExitC
             .iter()
             .map(|r| {
                 let mut v = region_json(&r.region);
-                v["old"] = decision_json(&r.old);
-                v["new"] = decision_json(&r.new);
+                v["old"] = path_json(&r.old);
+                v["new"] = path_json(&r.new);
                 v
             })
             .collect();
@@ -92,8 +112,8 @@ pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool) -> Result<ExitC
     } else {
         let mut text = String::new();
         for r in &d.regions {
-            text.push_str(&format!("{}: {}: {} -> {}\n", r.region.hook.as_str(), r.region.fields.join(", "), r.old.action.text(), r.new.action.text()));
-            text.push_str(&format!("  old: {}; new: {}\n", decision_text(&r.old), decision_text(&r.new)));
+            text.push_str(&format!("{}: {}: {} -> {}\n", r.region.hook.as_str(), r.region.fields.join(", "), path_action(&r.old), path_action(&r.new)));
+            text.push_str(&format!("  old: {}; new: {}\n", path_rules(&r.old), path_rules(&r.new)));
             text.push_str(&format!("  e.g. {}\n", r.region.example.summary));
         }
         print(&text)?;
@@ -130,7 +150,7 @@ pub fn query(policy: &Path, predicate: &str, hook: Option<&str>, json_out: bool)
             .iter()
             .map(|(d, r)| {
                 let mut v = region_json(r);
-                v["decision"] = decision_json(d);
+                v["decision"] = path_json(d);
                 v
             })
             .collect();
@@ -140,8 +160,8 @@ pub fn query(policy: &Path, predicate: &str, hook: Option<&str>, json_out: bool)
     } else {
         let mut text = String::new();
         for (d, r) in &answer {
-            text.push_str(&format!("{}: {}: {}\n", hook.as_str(), d.action.text(), r.fields.join(", ")));
-            text.push_str(&format!("  by: {}\n", decision_text(d)));
+            text.push_str(&format!("{}: {}: {}\n", hook.as_str(), path_action(d), r.fields.join(", ")));
+            text.push_str(&format!("  by: {}\n", path_rules(d)));
             text.push_str(&format!("  e.g. {}\n", r.example.summary));
         }
         print(&text)?;
