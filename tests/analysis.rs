@@ -200,3 +200,4 @@ fn diff_regions_are_exact_against_the_reference() {
     eprintln!("analysis: {pairs} pairs, {regions} regions, {inside} sampled packets inside a region");
     assert!(regions > 50 && inside > 50, "{regions} {inside}");
 }
+

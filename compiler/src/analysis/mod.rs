@@ -221,7 +221,7 @@ fn walk(prog: &CompiledProgram, region: &Space, budget: Budget) -> Result<Vec<(S
                     next.push((g, prefix));
                     continue;
                 }
-                let remain = g.minus(&hit);
+                let remain = g.minus(s);
                 if !remain.is_empty() {
                     next.push((remain, prefix.clone()));
                 }
@@ -332,10 +332,15 @@ pub struct Unreachable {
 /// Rules that match no packet at all are not reported (nothing covers them).
 pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachable>, AnalysisError> {
     let mut c = Compiler::new(policy);
+    c.work_limit = budget.max_steps;
+    let too_large = |hook: Hook, span: Span, cubes: usize| AnalysisError::TooLarge { hook: hook.as_str().to_string(), cubes, limit: budget.max_cubes, span: Some(span) };
     let universe = c.universe.clone();
     let mut out = Vec::new();
     for prog in &policy.programs {
         let compiled = rules::compile_program(&mut c, prog, &|_| None);
+        if c.exhausted {
+            return Err(too_large(prog.hook, prog.probes.first().map(|p| p.span).unwrap_or_default(), 0));
+        }
         // Per rule: where it fires (its predicate may hold).
         c.env.clear();
         let fires: Vec<Space> = prog
@@ -352,13 +357,18 @@ pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachabl
             .collect();
         let mut rest = universe.clone();
         let mut decided: Vec<(usize, Space)> = Vec::new();
-        let mut steps = 0u64;
+        if c.exhausted {
+            return Err(too_large(prog.hook, prog.probes.first().map(|p| p.span).unwrap_or_default(), 0));
+        }
+        let mut steps = c.work;
         for (i, r) in compiled.rules.iter().enumerate() {
             let f = &fires[i];
             steps += (rest.len() * f.len().max(1)) as u64;
             let reached = rest.intersect(f);
             let feasible = reached.0.iter().any(|cube| example::realize(cube, &universe).is_some());
+            steps += reached.len() as u64;
             if !feasible && !f.is_empty() && f.0.iter().any(|cube| example::realize(cube, &universe).is_some()) {
+                steps += decided.iter().map(|(_, s)| (s.len() * f.len()) as u64).sum::<u64>();
                 let covered_by: Vec<Span> = decided.iter().filter(|(_, s)| s.intersects(f)).map(|(j, _)| compiled.rules[*j].span).take(4).collect();
                 out.push(Unreachable { hook: prog.hook, rule: r.rule.id, span: r.span, covered_by });
             }
@@ -368,11 +378,13 @@ pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachabl
                 }
                 steps += (rest.len() * s.len()) as u64;
                 let hit = rest.intersect(s);
-                rest = rest.minus(&hit);
+                // `rest \ s`, the same as `rest \ hit`, with fewer cubes to take.
+                steps += (rest.len() * s.len()) as u64;
+                rest = rest.minus(s);
                 decided.push((i, hit));
             }
             if rest.len() > budget.max_cubes || steps > budget.max_steps {
-                return Err(AnalysisError::TooLarge { hook: prog.hook.as_str().to_string(), cubes: rest.len(), limit: budget.max_cubes, span: Some(r.span) });
+                return Err(too_large(prog.hook, r.span, rest.len()));
             }
         }
     }

@@ -102,11 +102,35 @@ pub struct Compiler<'p> {
     pub env: HashMap<ir::LocalId, ir::Expr>,
     /// The atoms met since the last [`Compiler::take_unknowns`].
     unknowns: Vec<Unknown>,
+    /// Cube operations done, and the most allowed: past it every region
+    /// is empty and `exhausted` says so (the caller gives up).
+    pub work: u64,
+    pub work_limit: u64,
+    pub exhausted: bool,
 }
 
 impl<'p> Compiler<'p> {
     pub fn new(policy: &'p ir::Policy) -> Compiler<'p> {
-        Compiler { policy, universe: super::space::universe(), alts: HashMap::new(), present: HashMap::new(), env: HashMap::new(), unknowns: Vec::new() }
+        Compiler {
+            policy,
+            universe: super::space::universe(),
+            alts: HashMap::new(),
+            present: HashMap::new(),
+            env: HashMap::new(),
+            unknowns: Vec::new(),
+            work: 0,
+            work_limit: u64::MAX,
+            exhausted: false,
+        }
+    }
+
+    /// Counts `n` operations; false once past the limit.
+    pub fn spend(&mut self, n: u64) -> bool {
+        self.work = self.work.saturating_add(n);
+        if self.work > self.work_limit {
+            self.exhausted = true;
+        }
+        !self.exhausted
     }
 
     pub fn take_unknowns(&mut self) -> Vec<Unknown> {
@@ -230,6 +254,9 @@ impl<'p> Compiler<'p> {
                     return x;
                 }
                 let y = self.region(b, want);
+                if !self.spend((x.len() * y.len()) as u64 + 1) {
+                    return Space::empty();
+                }
                 if meet {
                     x.intersect(&y)
                 } else {
@@ -389,7 +416,7 @@ impl<'p> Compiler<'p> {
             for c in &a.guard.0 {
                 domain = domain.union(c.get(a.dim));
             }
-            if domain.count() > ENUMERATE_MAX {
+            if domain.count() > ENUMERATE_MAX || !self.spend(domain.count() as u64) {
                 return self.atom(&[f], Some(format!("arithmetic over {} (too many values to enumerate)", f.name())), span, want);
             }
             let mut yes = Vec::new();

@@ -120,6 +120,7 @@ pub fn compile_program(c: &mut Compiler, prog: &ir::Program, line_of: &dyn Fn(xp
             Some(p) => {
                 let may = c.region(p, Want::MayTrue);
                 let unknowns = c.take_unknowns();
+                c.spend((may.len() * may.len()) as u64);
                 if unknowns.is_empty() {
                     (disjoint(may), Space::empty(), unknowns)
                 } else {

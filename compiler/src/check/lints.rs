@@ -104,7 +104,47 @@ pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
             }
         }
     }
+    out.extend(exactly_shadowed(policy, &out));
     out
+}
+
+/// The work the exact reachability analysis may do in a check: a
+/// thousand reachable rules (benches/compile.rs) stay well under it.
+pub const REACHABILITY_BUDGET: crate::analysis::Budget = crate::analysis::Budget { max_cubes: 20_000, max_steps: 400_000 };
+
+/// Rules no packet reaches because earlier rules decide every packet they
+/// match (`crate::analysis::unreachable`), besides those the checks above
+/// found; past [`REACHABILITY_BUDGET`] only those, and a note says so.
+fn exactly_shadowed(policy: &ir::Policy, found: &[Diagnostic]) -> Vec<Diagnostic> {
+    let warned: std::collections::HashSet<xpol_lang::Span> =
+        found.iter().filter(|d| d.code == "xpol::lint::shadowed").filter_map(|d| d.labels.first().map(|l| l.span)).collect();
+    match crate::analysis::unreachable(policy, REACHABILITY_BUDGET) {
+        Ok(list) => list
+            .into_iter()
+            .filter(|u| !warned.contains(&u.span))
+            .map(|u| {
+                let mut d = Diagnostic::warning("xpol::lint::shadowed", "this rule never runs: earlier rules decide every packet it matches").with_label(u.span, "never runs");
+                for (i, s) in u.covered_by.iter().enumerate() {
+                    d = d.with_label(*s, if i == 0 { "decides its packets first" } else { "and this one" });
+                }
+                d
+            })
+            .collect(),
+        Err(e) => {
+            let span = match &e {
+                crate::analysis::AnalysisError::TooLarge { span, .. } => *span,
+            };
+            let d = Diagnostic::warning(
+                "xpol::lint::reachability_skipped",
+                "the exact check for rules no packet reaches stopped here (its budget is spent); only rules after a catch-all or with an earlier rule's predicate were looked for",
+            )
+            .with_help("`xpolc diff` and `xpolc query` analyse larger policies (docs/analysis.md)");
+            vec![match span {
+                Some(s) => d.with_label(s, "stopped at this rule"),
+                None => d,
+            }]
+        }
+    }
 }
 
 /// Diagnostics for the interfaces `redirect` names that do not exist
