@@ -382,6 +382,39 @@ impl Cube {
     }
 }
 
+impl Space {
+    /// Cubes equal but in one dimension merged into one, found by hashing
+    /// the other dimensions: linear in the cubes per pass, so that long
+    /// lists shrink before the quadratic merges.
+    pub fn coalesce_by_key(&mut self) {
+        loop {
+            let before = self.0.len();
+            for d in 0..NDIMS {
+                let mut groups: std::collections::HashMap<Cube, usize> = std::collections::HashMap::with_capacity(self.0.len());
+                let mut out: Vec<Cube> = Vec::with_capacity(self.0.len());
+                for c in self.0.drain(..) {
+                    let mut key = c.clone();
+                    key.0[d] = Set::empty();
+                    match groups.get(&key) {
+                        Some(&i) => {
+                            let u = out[i].0[d].union(&c.0[d]);
+                            out[i].0[d] = u;
+                        }
+                        None => {
+                            groups.insert(key, out.len());
+                            out.push(c);
+                        }
+                    }
+                }
+                self.0 = out;
+            }
+            if self.0.len() == before {
+                break;
+            }
+        }
+    }
+}
+
 /// A union of cubes, disjoint unless said otherwise.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Space(pub Vec<Cube>);
@@ -456,6 +489,7 @@ impl Space {
     /// Fewer cubes for the same set: two cubes that differ in one
     /// dimension become one. Bounded: past `limit` cubes it stops.
     pub fn coalesce(&mut self, limit: usize) {
+        self.coalesce_by_key();
         if self.0.len() > limit {
             return;
         }
