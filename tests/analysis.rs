@@ -201,3 +201,103 @@ fn diff_regions_are_exact_against_the_reference() {
     assert!(regions > 50 && inside > 50, "{regions} {inside}");
 }
 
+
+/// Fixed pairs (old, new) for the kernel and the golden output.
+const PAIRS: &[(&str, &str, &str)] = &[
+    (
+        "issue",
+        "xdp /tcp.dport in 1..1000/ { drop }\nxdp /tcp.dport == 22/ { pass }\n",
+        "xdp /tcp.dport == 22 && ip.src in 198.51.100.0/25/ { pass }\nxdp /tcp.dport in 1..1000/ { drop }\n",
+    ),
+    (
+        "families",
+        "xdp /ip.src in 198.51.100.0/24/ { drop }\n",
+        "xdp /ip.frag && !ip.frag_first/ { drop }\nxdp /ip4.src in 198.51.100.0/24 || ip6.src in 2001:db8::/32/ { drop }\n",
+    ),
+    ("same", "xdp /!(tcp.dport == 22)/ { drop }\n", "xdp /tcp.dport != 22/ { drop }\n"),
+    ("vlan", "xdp /vlan.id == 100/ { drop }\n", "xdp /vlan.depth >= 1 && vlan.id != 100/ { pass }\nxdp { drop }\n"),
+    (
+        "limit",
+        "xdp /tcp.dport == 22 && limit(10/s)/ { pass }\nxdp /tcp.dport == 22/ { drop }\n",
+        "xdp /tcp.dport == 22/ { drop }\n",
+    ),
+];
+
+fn write_pair(dir: &Path, old: &str, new: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (dir.join("old.xpol"), dir.join("new.xpol"));
+    std::fs::write(&a, old).expect("write");
+    std::fs::write(&b, new).expect("write");
+    (a, b)
+}
+
+fn xpolc(args: &[&std::ffi::OsStr]) -> (String, Option<i32>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpolc")).args(args).output().expect("xpolc runs");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code())
+}
+
+/// `xpolc diff` and `xpolc query` as people read them, and their exit
+/// status (0 the same, 1 different).
+#[test]
+fn diff_and_query_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, old, new) in PAIRS {
+        let (a, b) = write_pair(dir.path(), old, new);
+        let (text, code) = xpolc(&["diff".as_ref(), a.as_os_str(), b.as_os_str()]);
+        assert_eq!(code, Some(if *name == "same" { 0 } else { 1 }), "{name}: {text}");
+        insta::assert_snapshot!(format!("diff__{name}"), text);
+        let (json, _) = xpolc(&["diff".as_ref(), "--json".as_ref(), a.as_os_str(), b.as_os_str()]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert!(v["differences"].is_array(), "{json}");
+    }
+    let (a, _) = write_pair(dir.path(), PAIRS[0].1, PAIRS[0].2);
+    let (text, code) = xpolc(&["query".as_ref(), a.as_os_str(), "tcp.dport == 22 && ip.src !in 198.51.100.0/24".as_ref()]);
+    assert_eq!(code, Some(0));
+    insta::assert_snapshot!("query__issue", text);
+}
+
+/// Each example of each fixed pair, run through both compiled programs
+/// with BPF_PROG_TEST_RUN, gets the reported verdicts.
+#[test]
+fn examples_get_the_reported_verdicts_in_the_kernel() {
+    if !common::kernel("examples_get_the_reported_verdicts_in_the_kernel") {
+        return;
+    }
+    use xpol_runtime::loader::{Action as Kernel, LoadOptions, LoadedPolicy};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut ran = 0;
+    for (name, old, new) in PAIRS {
+        let (a, b) = write_pair(dir.path(), old, new);
+        let ba = xpol_compiler::build(&a, &Default::default());
+        let bb = xpol_compiler::build(&b, &Default::default());
+        let (oa, ob) = (ba.output.expect("old builds"), bb.output.expect("new builds"));
+        let d = analysis::diff(&oa.ir, &ba.sources, &ob.ir, &bb.sources, DiffOptions::default(), Budget::default()).expect("diff");
+        let opts = LoadOptions { missing_interfaces_ok: true, ..Default::default() };
+        let mut la = LoadedPolicy::load_with(&oa.object, &opts).expect("old loads");
+        let mut lb = LoadedPolicy::load_with(&ob.object, &opts).expect("new loads");
+        for r in &d.regions {
+            let bytes = &r.region.example.bytes;
+            // XDP test runs need an Ethernet header.
+            if bytes.len() < 14 {
+                continue;
+            }
+            let expect = |p: &analysis::Path| match p.last().map(|d| &d.action) {
+                Some(Action::Pass) => Some(Kernel::Pass),
+                Some(Action::Drop) => Some(Kernel::Drop),
+                _ => None,
+            };
+            let hook = r.region.hook.as_str();
+            let (ka, kb) = (la.test_run(hook, bytes).expect("run old").action, lb.test_run(hook, bytes).expect("run new").action);
+            if !depends(&r.old) {
+                assert_eq!(Some(ka), expect(&r.old), "{name}: old on {}", r.region.example.summary);
+            }
+            if !depends(&r.new) {
+                assert_eq!(Some(kb), expect(&r.new), "{name}: new on {}", r.region.example.summary);
+            }
+            if !depends(&r.old) && !depends(&r.new) {
+                assert_ne!(ka, kb, "{name}: the kernel decides {} alike", r.region.example.summary);
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "{ran}");
+}

@@ -154,11 +154,22 @@ fn field_text(c: &Cube, d: Dim, s: &Set, allowed: &Set) -> String {
     match d {
         Dim::Frag | Dim::Df => format!("{n} {}", if s.contains(1) { "true" } else { "false" }),
         Dim::Proto if s.contains(PROTO_ABSENT) && s.count() == 1 => "ip.proto unknown (IPv6 chain not walked to its end)".into(),
+        Dim::Proto => {
+            let known = Set::range(0, 255);
+            let values = s.intersect(&known);
+            let unknown = if s.contains(PROTO_ABSENT) { " or unknown" } else { "" };
+            if allowed.intersect(&known).is_subset(&values) {
+                format!("ip.proto known{unknown}")
+            } else {
+                format!("ip.proto {}{unknown}", ints(&values, &allowed.intersect(&known), 1, |v| v.to_string()))
+            }
+        }
         Dim::NextHdr => {
             let direct = s.contains(NEXTHDR_IS_PROTO);
             let ext = s.minus(&Set::one(NEXTHDR_IS_PROTO));
             match (direct, ext.is_empty()) {
                 (true, true) => "no IPv6 extension header".into(),
+                (false, _) if allowed.minus(&Set::one(NEXTHDR_IS_PROTO)).is_subset(&ext) => "IPv6 extension headers".into(),
                 (false, _) => format!("first IPv6 extension header {}", ints(&ext, &allowed.minus(&Set::one(NEXTHDR_IS_PROTO)), 1, |v| v.to_string())),
                 (true, false) => format!("no IPv6 extension header, or first {}", ints(&ext, &allowed.minus(&Set::one(NEXTHDR_IS_PROTO)), 1, |v| v.to_string())),
             }
