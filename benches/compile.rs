@@ -277,22 +277,11 @@ fn report(measured: &[Measured], mode: &Mode, runs: usize, out_dir: &Path) -> Re
     Report { markdown: md, json }
 }
 
-fn git(args: &[&str]) -> String {
-    Command::new("git").arg("-C").arg(root()).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
-}
-
 /// Replaces the "Compile time" section of BENCHMARKS.md; the others stay.
 fn write_section(report: &Report, load: &(String, String), mode: &Mode) {
     let baseline = mode.baseline.as_deref();
-    let mut commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "src", "benches", "tests/policygen"]);
-    if !dirty.is_empty() {
-        commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
-    }
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
+    let commit = common::commit_label(&root(), &["compiler", "lang", "src", "benches", "tests/policygen"]);
+    let machine = common::cpu_model();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let command = match (baseline, &mode.baseline_label) {

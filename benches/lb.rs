@@ -13,7 +13,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -69,21 +68,10 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
     report
 }
 
-fn git(args: &[&str]) -> String {
-    Command::new("git").arg("-C").arg(root()).args(args).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
-}
-
 /// `load`: the load average (1, 5, 15 min) before and after the run.
 fn write_sections(report: &Report, load: &(String, String)) {
-    let mut commit = git(&["rev-parse", "--short", "HEAD"]);
-    let dirty = git(&["diff", "--name-only", "HEAD", "--", "lang", "benches"]);
-    if !dirty.is_empty() {
-        commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
-    }
-    let machine = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_default();
+    let commit = common::commit_label(&root(), &["lang", "benches"]);
+    let machine = common::cpu_model();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let path = root().join("BENCHMARKS.md");
     let mut doc = std::fs::read_to_string(&path).unwrap_or_default();

@@ -913,17 +913,9 @@ struct RunEnv {
 
 impl RunEnv {
     fn now(root: &Path, command: &str, load_before: String) -> RunEnv {
-        let machine = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-            .unwrap_or_default();
+        let machine = common::cpu_model();
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-        let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-        let mut commit = git(&["rev-parse", "--short", "HEAD"]);
-        let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "runtime", "benches", "bench", "src"]);
-        if !dirty.is_empty() {
-            commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
-        }
+        let commit = common::commit_label(root, &["compiler", "lang", "runtime", "benches", "bench", "src"]);
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
         RunEnv { command: command.to_string(), commit, machine, cpus, kernel, load_before, load_after: common::load_average() }
     }

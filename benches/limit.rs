@@ -21,11 +21,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
-use common::{have, ksoftirqd, median, runtime_ns, sh};
+use common::veth::{push, Namespaces};
+use common::{have, load_policy, median, sh};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
 use xpol_runtime::packet::PacketSpec;
@@ -47,15 +46,6 @@ fn root() -> PathBuf {
 /// The frame of every measurement: UDP to port 9 (discard), 64 bytes.
 fn frame() -> Vec<u8> {
     PacketSpec::udp4("198.19.7.7".parse().expect("v4"), "198.19.255.1".parse().expect("v4"), 40000, 9).payload(18).build()
-}
-
-/// Compiles and loads policy text; its object's path for the record.
-fn load(dir: &Path, name: &str, text: &str) -> LoadedPolicy {
-    let path = dir.join(format!("{name}.xpol"));
-    std::fs::write(&path, text).expect("write policy");
-    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
-    let out = b.output.unwrap_or_else(|| panic!("{name}: {}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-    LoadedPolicy::load(&out.object).unwrap_or_else(|e| panic!("{name} loads: {e}"))
 }
 
 // ------------------------------------------------------------ test runs
@@ -100,7 +90,7 @@ struct TestRunRow {
 fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
     let (rounds, repeat) = if mode.quick { (1, 10_000) } else { (9, 2_000_000) };
     let packet = frame();
-    let policies: Vec<(&str, LoadedPolicy)> = test_run_policies().into_iter().enumerate().map(|(i, (name, text))| (name, load(dir, &format!("run{i}"), &text))).collect();
+    let policies: Vec<(&str, LoadedPolicy)> = test_run_policies().into_iter().enumerate().map(|(i, (name, text))| (name, load_policy(dir, &format!("run{i}"), &text))).collect();
     let cpus = sys::allowed_cpus().expect("CPUs");
     let pair = [cpus[0], *cpus.get(1).unwrap_or(&cpus[0])];
     let mut rows: Vec<TestRunRow> = policies.iter().map(|(name, _)| TestRunRow { name, one: Vec::new(), two: Vec::new(), runs: 0, dropped: 0 }).collect();
@@ -153,55 +143,6 @@ fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
 
 // ------------------------------------------------------------ veth
 
-/// The generator and receiver namespaces; removing them removes the veth
-/// pairs, nft tables and XDP attachments in them.
-struct Namespaces {
-    gen: String,
-    recv: String,
-    tag: String,
-    pairs: u32,
-}
-
-impl Namespaces {
-    fn new() -> Result<Namespaces, String> {
-        let tag = format!("{}", std::process::id() % 1_000_000);
-        let ns = Namespaces { gen: format!("xpoll{tag}-g"), recv: format!("xpoll{tag}-r"), tag, pairs: 0 };
-        sh(None, "ip", &["netns", "add", &ns.gen], None)?;
-        sh(None, "ip", &["netns", "add", &ns.recv], None)?;
-        for n in [&ns.gen, &ns.recv] {
-            sh(None, "ip", &["-n", n, "link", "set", "lo", "up"], None)?;
-        }
-        Ok(ns)
-    }
-
-    fn path(name: &str) -> PathBuf {
-        Path::new("/run/netns").join(name)
-    }
-
-    /// A new veth pair (generator side, receiver side), up, with the test
-    /// frame's MAC addresses, GRO on at the receiver (veth then polls with
-    /// NAPI, which takes XDP_TX frames without an XDP program).
-    fn pair(&mut self) -> Result<(String, String), String> {
-        let i = self.pairs;
-        self.pairs += 1;
-        let (g, r) = (format!("lg{}-{i}", self.tag), format!("lr{}-{i}", self.tag));
-        sh(None, "ip", &["link", "add", &g, "netns", &self.gen, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", &r, "netns", &self.recv, "address", "02:00:00:00:00:02"], None)?;
-        sh(None, "ip", &["-n", &self.gen, "addr", "add", &format!("198.18.251.{}/30", 4 * i + 1), "dev", &g], None)?;
-        sh(None, "ip", &["-n", &self.recv, "addr", "add", &format!("198.18.251.{}/30", 4 * i + 2), "dev", &r], None)?;
-        sh(None, "ip", &["-n", &self.gen, "link", "set", &g, "up"], None)?;
-        sh(None, "ip", &["-n", &self.recv, "link", "set", &r, "up"], None)?;
-        sh(Some(&self.recv), "ethtool", &["-K", &r, "gro", "on"], None)?;
-        Ok((g, r))
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.gen]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.recv]).status();
-    }
-}
-
 /// What drops the flood at the receiver side of one pair.
 enum Peer {
     Xpol(Box<LoadedPolicy>),
@@ -213,18 +154,7 @@ impl Peer {
     fn dropped(&self, ns: &str) -> u64 {
         match self {
             Peer::Xpol(p) => p.rule_counters().expect("counters")[0].packets,
-            Peer::Nft { table } => {
-                let out = sh(Some(ns), "nft", &["-j", "list", "chain", "netdev", table, "ingress"], None).expect("nft list");
-                let v: serde_json::Value = serde_json::from_str(&out).expect("nft JSON");
-                v["nftables"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|o| o.get("rule"))
-                    .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-                    .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
-                    .unwrap_or_else(|| panic!("no counter in {out}"))
-            }
+            Peer::Nft { table } => common::nft_counter_packets(ns, "netdev", table, "ingress").unwrap_or_else(|e| panic!("{e}")),
         }
     }
 }
@@ -240,36 +170,21 @@ fn nft_ruleset(table: &str, dev: &str, keyed: bool, rate: u32) -> String {
     format!("table netdev {table} {{\n{set}  chain ingress {{\n    type filter hook ingress device \"{dev}\" priority -500; policy accept;\n    {rule}\n  }}\n}}\n")
 }
 
-/// Pushes `frames` copies of `frame` out of `dev` (generator side) with
-/// `gen` (an XDP program returning XDP_TX), test-run with
-/// `BPF_F_TEST_XDP_LIVE_FRAMES` on CPU `cpu`: the CPU ns spent (this
-/// thread and the CPU's ksoftirqd).
-fn push(gen: &mut LoadedPolicy, ns: &Path, cpu: usize, dev: &str, frame: &[u8], frames: u32) -> u64 {
-    let k = ksoftirqd(cpu);
-    sys::in_netns(ns, Some(cpu), move || {
-        let ifindex = sys::if_nametoindex(dev);
-        assert!(ifindex != 0, "no {dev} in the generator namespace");
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let ctx: Vec<u8> = [0u32, frame.len() as u32, 0, ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-        let me = Path::new("/proc/thread-self/schedstat");
-        let soft = |p: &Option<PathBuf>| p.as_deref().map_or(0, runtime_ns);
-        let (t0, k0) = (runtime_ns(me), soft(&k));
-        let x: &mut Xdp = gen.ebpf_mut().program_mut("xpol_xdp").expect("generator").try_into().expect("XDP");
-        x.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: frames, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
-            .expect("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (Linux 5.18 or later)");
-        let (t1, k1) = (runtime_ns(me), soft(&k));
-        assert!(t1 > t0, "no run time in /proc/thread-self/schedstat: cannot measure CPU time");
-        t1 - t0 + (k1 - k0)
-    })
-    .expect("enter the generator namespace")
-}
-
 struct VethRow {
     peer: String,
     /// CPU ns per packet, one per round.
     samples: Vec<f64>,
     frames: u64,
     dropped: u64,
+}
+
+/// A veth pair of `ns`, with addresses (its index `i`: 198.18.251.4i+1
+/// on the generator's side, +2 on the receiver's).
+fn pair(ns: &mut Namespaces) -> (String, String) {
+    let (g, r, i) = ns.pair().expect("veth pair");
+    sh(None, "ip", &["-n", &ns.gen, "addr", "add", &format!("198.18.251.{}/30", 4 * i + 1), "dev", &g], None).expect("address");
+    sh(None, "ip", &["-n", &ns.recv, "addr", "add", &format!("198.18.251.{}/30", 4 * i + 2), "dev", &r], None).expect("address");
+    (g, r)
 }
 
 fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
@@ -282,10 +197,10 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
     }
     let frame = frame();
     let cpu = *sys::allowed_cpus().expect("CPUs").last().expect("a CPU");
-    let mut ns = Namespaces::new().expect("namespaces");
+    let mut ns = Namespaces::new("l").expect("namespaces");
     let recv = ns.recv.clone();
     let recv_path = Namespaces::path(&recv);
-    let mut gen = load(dir, "generator", "xdp { tx }\n");
+    let mut gen = load_policy(dir, "generator", "xdp { tx }\n");
     let mut peers: Vec<(String, String, Peer)> = Vec::new();
     let xpol_peers = [
         ("xpol, XDP: no limit (`udp.dport == 9`, drop)", "xdp /udp.dport == 9/ { drop }\n"),
@@ -294,8 +209,8 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
         ("xpol, XDP: `!limit(1000/s, burst: 1)`", "xdp /udp.dport == 9 && !limit(1000/s, burst: 1)/ { drop }\n"),
     ];
     for (i, (name, text)) in xpol_peers.iter().enumerate() {
-        let (g, r) = ns.pair().expect("veth pair");
-        let mut p = load(dir, &format!("veth{i}"), text);
+        let (g, r) = pair(&mut ns);
+        let mut p = load_policy(dir, &format!("veth{i}"), text);
         sys::in_netns(&recv_path, None, || p.attach("xdp", &r, XdpAttachMode::Native)).expect("receiver namespace").expect("attach xpol");
         peers.push((name.to_string(), g, Peer::Xpol(Box::new(p))));
     }
@@ -304,7 +219,7 @@ fn veth(mode: &Mode, dir: &Path, skipped: &mut Vec<String>) -> Vec<VethRow> {
         (true, 1, "nftables, netdev ingress: `update @per_source { ip saddr limit rate over 1/second burst 1 packets }`"),
         (false, 1000, "nftables, netdev ingress: `limit rate over 1000/second burst 1 packets`"),
     ] {
-        let (g, r) = ns.pair().expect("veth pair");
+        let (g, r) = pair(&mut ns);
         let table = format!("xpollimit{}{rate}", keyed as u8);
         let file = dir.join(format!("{table}.nft"));
         std::fs::write(&file, nft_ruleset(&table, &r, keyed, rate)).expect("write nft ruleset");
@@ -409,8 +324,8 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
 fn write_section(markdown: &str, json: &serde_json::Value) {
     let path = root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let commit = Command::new("git").arg("-C").arg(root()).args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
+    let commit = common::commit_label(&root(), &["compiler", "lang", "runtime", "benches"]);
+    let cpu = common::cpu_model();
     let kernel = sh(None, "uname", &["-r"], None).unwrap_or_default();
     let section = format!(
         "## Rate limits\n\n\

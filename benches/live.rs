@@ -216,7 +216,7 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
 fn write_section(markdown: &str) {
     let path = root().join("BENCHMARKS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let commit = Command::new("git").arg("-C").arg(root()).args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let commit = common::commit_label(&root(), &["compiler", "lang", "runtime", "benches"]);
     let section = format!(
         "## Live operation\n\nMeasured with `cargo bench --bench live` at commit {commit}: a policy with an IPv4 set, an IPv6 set and an int set applied (XDP, generic) to a veth in a namespace of the benchmark's own; each update is `apply::change_set`, what `xpol set` runs, without starting a process. Every update is atomic for the packet path (see README, \"Protect a host\"). Integers, MACs and IPv6 prefixes change in place, one map update each; a single IPv4 prefix changes in place too, copy on write in the shared prefix tables (a /16's new chunks, then its root entry in one store; the set here is declared `max 200000`). A replace loads the policy again with the new contents and switches to it. Each update alternately adds and deletes. Raw numbers: `bench-out/live.json`.\n\n{markdown}"
     );

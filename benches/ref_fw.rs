@@ -535,17 +535,9 @@ fn main() {
         println!("SKIPPED: {s}");
     }
     if mode.complete() {
-        let machine = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-            .unwrap_or_default();
+        let machine = common::cpu_model();
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-        let mut commit = git(&["rev-parse", "--short", "HEAD"]);
-        let dirty = git(&["diff", "--name-only", "HEAD", "--", "compiler", "lang", "runtime", "benches", "bench", "src"]);
-        if !dirty.is_empty() {
-            commit = format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "));
-        }
+        let commit = common::commit_label(root, &["compiler", "lang", "runtime", "benches", "bench", "src"]);
         let iptables = if out.veth.contains("iptables-legacy") { "iptables-legacy (the x_tables backend)" } else { "iptables with the nft backend (iptables-legacy did not work here)" };
         let dispatcher = if out.table.contains("| xdp-filter (xdpfilt_") { "; here libxdp attached `xdpfilt_*` alone, as its dispatcher check failed on this kernel (with `LIBXDP_DEBUG=1`: loading its `freplace` test program fails with EPERM)" } else { "" };
         let skipped = if out.skipped.is_empty() { String::new() } else { format!("\n**Skipped peers:** {}\n", out.skipped.join("; ")) };

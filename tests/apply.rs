@@ -514,6 +514,45 @@ fn apply_watch_follows_the_policy_and_its_set_file() {
     assert_eq!(generation(&host, &net, "w"), Some(3), "stays applied after the watcher stops");
 }
 
+/// `apply --watch` whose first version cannot be applied: with nothing
+/// of the name applied it exits 1 (a service manager then retries, as
+/// `xpol@.service` does); with an earlier version applied, that one stays
+/// and it keeps watching for a fix.
+#[test]
+fn apply_watch_fails_only_when_nothing_would_run() {
+    if !usable() {
+        return;
+    }
+    let (net, host, dir) = fixture();
+    let broken = write(dir.path(), "broken.xpol", "xdp /udp.dport == 7/ { drop \n");
+    let broken = broken.to_str().expect("utf-8");
+    let out = host.xpol(&net.b, &["apply", "--watch", broken, "-i", &net.vb, "--name", "w"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not closed") && err.contains("no earlier version of `w` is applied: nothing to keep running"), "{err}");
+    assert_eq!(generation(&host, &net, "w"), None);
+
+    let good = write(dir.path(), "good.xpol", "xdp { pass }\n");
+    host.ok(&net.b, &["apply", good.to_str().expect("utf-8"), "-i", &net.vb, "--name", "w"]);
+    let mut watcher = host
+        .command(&net.b, env!("CARGO_BIN_EXE_xpol"))
+        .args(["apply", "--watch", broken, "-i", &net.vb, "--name", "w"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply --watch");
+    let mut stderr = std::io::BufReader::new(watcher.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    while !said.starts_with("watching") {
+        said.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut said).expect("read") > 0, "apply --watch ended instead of watching");
+    }
+    assert!(watcher.try_wait().expect("try_wait").is_none(), "still watching");
+    assert_eq!(generation(&host, &net, "w"), Some(1), "the earlier version stays");
+    let _ = Command::new("pkill").args(["-TERM", "-f", &format!("apply --watch {broken}")]).status();
+    wait_bounded(&mut watcher, Duration::from_secs(10));
+}
+
 /// IPv4 prefixes live in the shared prefix tables: a change of several
 /// elements loads the policy again and switches, a single one is made in
 /// place. Under a steady stream, ten changes of both kinds lose nothing;

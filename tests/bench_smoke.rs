@@ -15,6 +15,11 @@ mod lb;
 #[path = "../benches/limit.rs"]
 mod limit;
 
+#[path = "../benches/conntrack.rs"]
+mod conntrack;
+#[path = "../benches/log.rs"]
+mod log;
+
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
 /// written.
@@ -222,4 +227,38 @@ fn analysis_quick() {
     // One rule changed (2 sides), one moved (2), one removed (1).
     assert!(json["changed_rules"].as_u64().is_some_and(|n| (5..=20).contains(&n)), "{markdown}");
     assert!(json["query_answers"].as_u64().is_some_and(|n| n > 0), "{markdown}");
+}
+
+/// The connection-state benchmark in quick mode: every case gives its
+/// verdict before and after its runs (the connections are there and stay
+/// established), the veth receivers drop every frame of the established
+/// connection (their counters say so), and the report is written.
+#[test]
+fn conntrack_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("conntrack_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = conntrack::run(&conntrack::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().expect("test-run rows").len(), 7, "{}", report.markdown);
+    let skipped = report.json["skipped"].as_array().expect("skipped").len();
+    if skipped == 0 {
+        assert_eq!(report.json["veth"].as_array().expect("veth rows").len(), 3, "{}", report.markdown);
+    }
+    assert!(out.path().join("conntrack.json").exists() && out.path().join("conntrack.md").exists());
+}
+
+/// The logging benchmark in quick mode: every row's rule dropped every
+/// run, rates suppressed records, the read ring got every record and the
+/// unread one lost them (its own assertions), and the report is written.
+#[test]
+fn log_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("log_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = log::run(&log::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
+    assert!(report.markdown.contains("suppressed (coarse clock)"), "{}", report.markdown);
+    assert!(out.path().join("log.json").exists());
 }

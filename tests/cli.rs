@@ -238,7 +238,7 @@ fn policy_tests_pass() {
             }
         }
     }
-    for required in ["examples/firewall.xpol", "examples/edge.xpol", "std-policies/tcp-sanity.xpol", "tests/golden/ok/hooks.xpol"] {
+    for required in ["examples/firewall.xpol", "examples/edge.xpol", "std-policies/tcp-sanity.xpol", "std-policies/host-firewall.xpol", "tests/golden/ok/hooks.xpol"] {
         assert!(policies.iter().any(|p| p == required), "{required} has tests");
     }
     for policy in &policies {

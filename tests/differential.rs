@@ -2,12 +2,14 @@
 //! the reference semantics (xpol_compiler::reference) on the same packets:
 //! well-formed ones, adversarial ones, truncations, and seeded random
 //! mutations. Verdicts and the rules that fired must be equal, packet by
-//! packet, with map state carried from packet to packet on both sides.
+//! packet, with map state carried from packet to packet on both sides, and
+//! so must the records `log` statements write (read from the kernel's
+//! ring buffer after each packet).
 //!
 //! Two sources of policies: the fixed examples and golden policies, and
 //! seeded random policies (tests/policygen) with packets drawn from the same
 //! constant pools. For generated policies the rule counters (packets and
-//! bytes) and every `@map` are compared too, and a disagreement is shrunk
+//! bytes), every `@map` and the log records are compared too, and a disagreement is shrunk
 //! (rules, conjuncts, statements, packets, packet bytes) before it is shown.
 
 mod common;
@@ -229,11 +231,19 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
     let out = b.output.expect("compiles");
     let (ir, object) = if out.ir.limits.is_empty() { (out.ir.clone(), out.object.clone()) } else { slowed_limits(out.ir.clone(), &b.sources) };
     let mut loaded = LoadedPolicy::load_with(&object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }).expect("loads");
+    let mut log_reader = xpol_runtime::log::LogReader::open(loaded.maps()).expect("the log ring");
     let mut checked = 0;
+    let mut logged = 0;
     for prog in &ir.programs {
         let hook = prog.hook;
         let mut state = State::default();
         for p in packets {
+            // The connection table is the kernel's, shared by the hooks and
+            // on a clock that runs: set to the reference's before each
+            // packet (tests/conntrack.rs compares the tables themselves).
+            if ir.conntrack.is_some() {
+                loaded.maps().ct_set(&state.ct_stored()).expect("set the connection table");
+            }
             let before = loaded.rule_counters().expect("counters");
             let got = match loaded.test_run(hook.as_str(), p) {
                 Ok(got) => got,
@@ -254,6 +264,16 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
                 hook.as_str(),
                 hex(p)
             );
+            // The records the `log` statements wrote: the same as the
+            // reference's, all but their time and interface.
+            if let Some(r) = log_reader.as_mut() {
+                let mut kernel = Vec::new();
+                r.drain(|e| kernel.push((e.record.log as usize, e.record.rule, e.record.verdict_name(), u64::from(e.record.packet_len), e.record.hook, e.record.data.clone())));
+                let hook_code = xpol_lang::meta::hook_code(hook.as_str());
+                let reference: Vec<_> = want.logs.iter().map(|l| (l.log, l.rule, l.verdict, l.packet_len, hook_code, l.data.clone())).collect();
+                assert_eq!(kernel, reference, "{} ({}): the log records differ on packet {}", path.display(), hook.as_str(), hex(p));
+                logged += kernel.len();
+            }
             // `nat`'s translation back on TC egress: the frame leaves as the
             // reference translated it, or as it came.
             if hook == xpol_lang::ast::Hook::TcEgress && !ir.nat_pools.is_empty() && got.action == Action::Pass {
@@ -265,6 +285,11 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
     }
     if !ir.limits.is_empty() {
         eprintln!("{}: limits' rules fired {:?} times", path.display(), ir.limits.iter().map(|l| loaded.rule_counters().expect("counters")[l.rule as usize].packets).collect::<Vec<_>>());
+    }
+    if let Some(r) = &log_reader {
+        eprintln!("{}: {logged} log records agreed", path.display());
+        assert!(logged > 0, "{}: a policy that logs logged nothing of the corpus", path.display());
+        assert_eq!(r.malformed, 0);
     }
     checked
 }
@@ -371,6 +396,7 @@ fn run_generated(path: &Path, text: &str, packets: &[Vec<u8>], reference: Refere
         return Err(Failure::Compile(xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
     };
     let mut loaded = LoadedPolicy::load_with(&out.object, &LoadOptions { missing_interfaces_ok: true, ..Default::default() }).map_err(|e| Failure::Load(e.to_string()))?;
+    let mut log_reader = xpol_runtime::log::LogReader::open(loaded.maps()).map_err(|e| Failure::Load(e.to_string()))?;
     let mut state = State::default();
     let (mut runs, mut decided) = (0, 0);
     for prog in &out.ir.programs {
@@ -396,6 +422,15 @@ fn run_generated(path: &Path, text: &str, packets: &[Vec<u8>], reference: Refere
                 let (a, b) = (after[r as usize], before[r as usize]);
                 if a.packets - b.packets != 1 || a.bytes - b.bytes != p.len() as u64 {
                     return Err(mismatch(format!("rule {r} counted {} packets, {} bytes", a.packets - b.packets, a.bytes - b.bytes)));
+                }
+            }
+            if let Some(r) = log_reader.as_mut() {
+                let mut kernel = Vec::new();
+                r.drain(|e| kernel.push((e.record.log as usize, e.record.rule, e.record.verdict_name(), u64::from(e.record.packet_len), e.record.data.clone())));
+                let reference: Vec<_> = want.logs.iter().map(|l| (l.log, l.rule, l.verdict, l.packet_len, l.data.clone())).collect();
+                if kernel != reference {
+                    let short = |v: &[(usize, u32, &str, u64, Vec<u8>)]| v.iter().map(|(l, r, v, n, d)| format!("log#{l} rule {r} {v} {n}/{} bytes", d.len())).collect::<Vec<_>>();
+                    return Err(mismatch(format!("log records differ:\n  kernel    {:?}\n  reference {:?}", short(&kernel), short(&reference))));
                 }
             }
             if !out.ir.maps.is_empty() {
@@ -670,7 +705,7 @@ fn generated_policies_agree_with_the_reference() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("generated.xpol");
     let start = Instant::now();
-    let (mut policies, mut runs, mut decided) = (0u64, 0usize, 0usize);
+    let (mut policies, mut runs, mut decided, mut logging) = (0u64, 0usize, 0usize, 0u64);
     for i in 0..count {
         if start.elapsed() > budget {
             break;
@@ -694,12 +729,14 @@ fn generated_policies_agree_with_the_reference() {
             }
         }
         policies += 1;
+        logging += u64::from(policy.text().contains("log"));
     }
     eprintln!(
-        "differential: {policies} generated policies, {runs} packet runs agreed ({decided} decided by a rule) in {:.1}s",
+        "differential: {policies} generated policies ({logging} with `log`), {runs} packet runs agreed ({decided} decided by a rule) in {:.1}s",
         start.elapsed().as_secs_f64()
     );
     assert!(policies >= count.min(100), "only {policies} policies within the budget");
+    assert!(logging > 0 || policies < 20, "no generated policy logs");
 }
 
 /// A reference that reads `!=` as `==`: wrong on purpose, to test the minimizer.
@@ -737,7 +774,7 @@ fn ne_as_eq(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -
                         expr(e);
                     }
                 }
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) => {}
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) | StmtKind::Log(_) => {}
             }
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use xpol_compiler::ir;
 use xpol_compiler::reference::{self, Outcome, State};
 use xpol_lang::ast::Hook;
-use xpol_runtime::loader::{Action, LoadOptions, LoadedPolicy};
+use xpol_runtime::loader::{Action, LoadedPolicy};
 use xpol_runtime::packet::PacketSpec;
 
 /// A policy loaded in the kernel, with its IR and a reference state that
@@ -29,13 +29,8 @@ struct Limited {
 
 impl Limited {
     fn new(text: &str) -> Limited {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("policy.xpol");
-        std::fs::write(&path, text).expect("write policy");
-        let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
-        let out = b.output.unwrap_or_else(|| panic!("does not compile:\n{}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
-        let kernel = LoadedPolicy::load_with(&out.object, &LoadOptions::default()).unwrap_or_else(|e| panic!("does not load: {e}"));
-        Limited { kernel, ir: out.ir, state: State::default(), _dir: dir }
+        let (kernel, ir, dir) = common::load_text_with_ir(text);
+        Limited { kernel, ir, state: State::default(), _dir: dir }
     }
 
     /// The packet's verdict in the kernel, after checking that the

@@ -188,7 +188,8 @@ fn an_editor_session_on_the_firewall_example() {
     // Non-ASCII text before the error on its line: columns are UTF-16
     // code units, not bytes and not characters.
     let rule = "rule \"säge 😀\" xdp /tcp.dprt == 23/ { drop }";
-    let unicode = good.replace("xdp /tcp.dport == 23/                       { drop }", rule);
+    let unicode = good.replace("xdp /tcp.dport == 23/                       { log(\"telnet: \", rate: 10/s); drop }", rule);
+    assert_ne!(unicode, good, "the example's telnet rule was replaced");
     client.notify(
         "textDocument/didChange",
         json!({ "textDocument": { "uri": uri, "version": 2 }, "contentChanges": [{ "text": unicode }] }),

@@ -98,3 +98,53 @@ pub fn out_dir(root: &Path, quick: bool, complete: bool) -> PathBuf {
         root.join("bench-out")
     }
 }
+
+/// The commit a run measured, as the reports name it: the short hash,
+/// and which of `paths` (of the repository at `root`) differ from it
+/// when some do, since then the numbers are not that commit's.
+pub fn commit_label(root: &Path, paths: &[&str]) -> String {
+    let git = |args: &[&str]| Command::new("git").arg("-C").arg(root).args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let mut diff = vec!["diff", "--name-only", "HEAD", "--"];
+    diff.extend_from_slice(paths);
+    let dirty = git(&diff);
+    if dirty.is_empty() {
+        commit
+    } else {
+        format!("{commit} (plus uncommitted changes to {})", dirty.lines().collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// The CPU's model name, from /proc/cpuinfo.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default()
+}
+
+pub mod veth;
+
+/// Compiles policy text (written to `dir/NAME.xpol`) and loads it.
+pub fn load_policy(dir: &Path, name: &str, text: &str) -> xpol_runtime::loader::LoadedPolicy {
+    let path = dir.join(format!("{name}.xpol"));
+    std::fs::write(&path, text).expect("write policy");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| panic!("{name}: {}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
+    xpol_runtime::loader::LoadedPolicy::load(&out.object).unwrap_or_else(|e| panic!("{name} loads: {e}"))
+}
+
+/// The packets counted by the first `counter` of nftables chain `family
+/// table chain` in namespace `ns`.
+pub fn nft_counter_packets(ns: &str, family: &str, table: &str, chain: &str) -> Result<u64, String> {
+    let out = sh(Some(ns), "nft", &["-j", "list", "chain", family, table, chain], None)?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+        .ok_or_else(|| format!("no counter in {out}"))
+}

@@ -132,18 +132,7 @@ impl Peer {
                 let arr: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).map_err(|e| e.to_string())?;
                 Ok(arr.get(&0, 0).map_err(|e| e.to_string())?.iter().sum())
             }
-            Peer::Nft { table } => {
-                let out = sh(Some(ns), "nft", &["-j", "list", "chain", "netdev", table, "ingress"], None)?;
-                let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-                v["nftables"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|o| o.get("rule"))
-                    .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-                    .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
-                    .ok_or_else(|| format!("no counter in {out}"))
-            }
+            Peer::Nft { table } => super::common::nft_counter_packets(ns, "netdev", table, "ingress"),
             Peer::Iptables { bin } => {
                 let out = sh(Some(ns), bin, &["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"], None)?;
                 // Two header lines, then one line per rule: pkts bytes target ...

@@ -147,6 +147,12 @@ pub struct NamedSet {
     pub file: Option<Span>,
 }
 
+/// IPv6 extension headers walked before giving up on finding the L4
+/// header: the packet parser codegen emits and the reference semantics
+/// both stop there (here, not in `codegen`, so the reference builds
+/// without LLVM).
+pub const MAX_IPV6_EXT: usize = 8;
+
 /// Entries of a `@map` with keys and no `map @NAME max N`, as in bpftrace.
 pub const DEFAULT_MAP_ENTRIES: u32 = 10_240;
 
@@ -307,6 +313,32 @@ pub struct Limit {
     pub span: Span,
 }
 
+pub type LogId = usize;
+
+/// A `log("PREFIX", rate: R, burst: B)` statement (docs/language.md,
+/// "Logging"): a record of the packet to the policy's ring buffer. Each
+/// occurrence in the source is its own, with its own rate's bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// The rule it is written in.
+    pub rule: RuleId,
+    /// `""` without a prefix.
+    pub prefix: String,
+    /// `rate:`: the unkeyed [`Limit`] a packet must fit in to be logged
+    /// (its own, in [`Policy::limits`]); `None`: every packet is.
+    pub limit: Option<LimitId>,
+    /// What the rule does after the `log` (one of
+    /// `xpol_lang::meta::LOG_VERDICTS`): its verdict, `mixed` when an `if`
+    /// after it decides, `none` when evaluation goes on.
+    pub verdict: &'static str,
+    /// The statement as written, on one line.
+    pub text: String,
+    pub span: Span,
+}
+
+/// The most bytes of a `log` prefix.
+pub const MAX_LOG_PREFIX: usize = 64;
+
 /// Buckets of a keyed `limit` without `size:`.
 pub const DEFAULT_LIMIT_SIZE: u32 = 65_536;
 /// The largest `size:` of a `limit`: an LRU hash preallocates its entries,
@@ -314,6 +346,97 @@ pub const DEFAULT_LIMIT_SIZE: u32 = 65_536;
 pub const MAX_LIMIT_SIZE: u64 = 1 << 24;
 /// `burst:` of a packet rate that does not say, as nftables' `limit`.
 pub const DEFAULT_LIMIT_BURST_PACKETS: u64 = 5;
+
+/// A connection state, as `ct.state` reads it (docs/conntrack.md). The
+/// field is an integer holding [`CtState::number`]; rules compare it with
+/// the states' names only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+}
+
+impl CtState {
+    pub const ALL: [CtState; 4] = [CtState::New, CtState::Established, CtState::Related, CtState::Invalid];
+
+    /// The name as written in policies.
+    pub fn name(self) -> &'static str {
+        match self {
+            CtState::New => "new",
+            CtState::Established => "established",
+            CtState::Related => "related",
+            CtState::Invalid => "invalid",
+        }
+    }
+
+    /// The value `ct.state` holds.
+    pub fn number(self) -> u64 {
+        self as u64
+    }
+
+    pub fn by_name(name: &str) -> Option<CtState> {
+        CtState::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// How long a connection's entry lives after the last packet that moved
+/// it, by the state that packet left it in, in nanoseconds: nf_conntrack's
+/// defaults (docs/conntrack.md, "Timeouts").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_syn_sent: u64,
+    pub tcp_syn_recv: u64,
+    pub tcp_established: u64,
+    pub tcp_fin_wait: u64,
+    pub tcp_time_wait: u64,
+    pub tcp_close: u64,
+    pub udp_unreplied: u64,
+    pub udp_replied: u64,
+    pub icmp: u64,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        const S: u64 = 1_000_000_000;
+        CtTimeouts {
+            tcp_syn_sent: 120 * S,
+            tcp_syn_recv: 60 * S,
+            tcp_established: 5 * 86_400 * S,
+            tcp_fin_wait: 120 * S,
+            tcp_time_wait: 120 * S,
+            tcp_close: 10 * S,
+            udp_unreplied: 30 * S,
+            udp_replied: 120 * S,
+            icmp: 30 * S,
+        }
+    }
+}
+
+/// The connection table `ct.state` reads: there when a rule reads it
+/// (docs/conntrack.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conntrack {
+    /// Entries of the LRU table (`conntrack flows N`).
+    pub flows: u32,
+    /// The programs that record connections, with the packets they pass:
+    /// the first of `xdp` and `tc:ingress` (what comes in), and
+    /// `tc:egress` (what goes out). The checker gives the policy those
+    /// programs. A `tc:ingress` program after an `xdp` one reads the table
+    /// only.
+    pub trackers: Vec<Hook>,
+    pub timeouts: CtTimeouts,
+    /// The first `ct.state` a rule reads.
+    pub span: Span,
+}
+
+/// Entries of the connection table without `conntrack flows N`.
+pub const DEFAULT_CT_FLOWS: u32 = 65_536;
+/// The largest `conntrack flows N`: an LRU hash preallocates its entries,
+/// about 150 bytes each (key 40, value 16, the kernel's element header and
+/// buckets), so 2^24 take some 2.5 GiB.
+pub const MAX_CT_FLOWS: u64 = 1 << 24;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expr {
@@ -425,6 +548,9 @@ pub enum StmtKind {
     MapUpdate { map: MapId, keys: Vec<Expr>, op: MapOp },
     /// Balance over a pool; ends evaluation like a verdict.
     Lb(Balance),
+    /// Writes a record of the packet (index into [`Policy::logs`]); the
+    /// verdict stays whatever follows.
+    Log(LogId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -502,6 +628,18 @@ pub struct TestCase {
     pub lb: Option<(PoolId, Option<IpAddr>)>,
     /// `after D` before the case: nanoseconds the clock moves on first.
     pub after_ns: u64,
+    /// `, log`, `, log("PREFIX")`, `, !log`: what the packet must log.
+    pub logs: Vec<LogExpect>,
+    pub span: Span,
+}
+
+/// `log`, `log("PREFIX")` (the packet is logged, by a `log` with that
+/// prefix), `!log` (it logs nothing) or `!log("PREFIX")` (nothing with
+/// that prefix) in a test case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogExpect {
+    pub logged: bool,
+    pub prefix: Option<String>,
     pub span: Span,
 }
 
@@ -537,8 +675,13 @@ pub struct Policy {
     /// The pools `lb(..., nat)` balances over, in order: the `tc:egress`
     /// program translates their replies back first.
     pub nat_pools: Vec<PoolId>,
-    /// Every `limit(...)`, in source order.
+    /// Every `limit(...)` and the rate of every `log(..., rate: R)`, in
+    /// source order.
     pub limits: Vec<Limit>,
+    /// The connection table, when a rule reads `ct.state`.
+    pub conntrack: Option<Conntrack>,
+    /// Every `log` statement, in source order.
+    pub logs: Vec<Log>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -560,9 +703,17 @@ impl Printer<'_> {
             ExprKind::Neg(a) => format!("-{}", self.expr(a)),
             ExprKind::BitNot(a) => format!("~{}", self.expr(a)),
             ExprKind::Arith(op, a, b) => format!("({} {} {})", self.expr(a), arith_str(*op), self.expr(b)),
-            ExprKind::Cmp(op, a, b) => format!("({} {} {})", self.expr(a), op.as_str(), self.expr(b)),
+            ExprKind::Cmp(op, a, b) => match (&a.kind, &b.kind) {
+                // A connection state by its name.
+                (ExprKind::Field(Field::CtState), ExprKind::Const(Value::Int(n))) => format!("({} {} {})", self.expr(a), op.as_str(), ct_state_name(*n)),
+                _ => format!("({} {} {})", self.expr(a), op.as_str(), self.expr(b)),
+            },
             ExprKind::In(a, set) => match set {
                 SetRef::Named(s) => format!("({} in set {})", self.expr(a), self.policy.sets[*s].name),
+                SetRef::Inline(c) if a.kind == ExprKind::Field(Field::CtState) => {
+                    let names: Vec<&str> = c.ints.iter().flat_map(|&(lo, hi)| lo..=hi).map(ct_state_name).collect();
+                    format!("({} in {{{}}})", self.expr(a), names.join(", "))
+                }
                 SetRef::Inline(c) => format!("({} in {})", self.expr(a), c),
             },
             ExprKind::Not(a) => format!("!{}", self.expr(a)),
@@ -602,6 +753,7 @@ impl Printer<'_> {
                     out.push_str(&format!("{pad}@{}{} = {rhs}\n", self.policy.maps[*map].name, self.keys(keys)))
                 }
                 StmtKind::Lb(lb) => out.push_str(&format!("{pad}{}\n", self.balance(lb))),
+                StmtKind::Log(id) => out.push_str(&format!("{pad}log#{id}\n")),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);
@@ -640,6 +792,11 @@ impl Printer<'_> {
         };
         format!("lb {}, {delivery}, by: {by}", self.policy.pools[lb.pool].name)
     }
+}
+
+/// The name of the connection state numbered `n` (`CtState::number`).
+fn ct_state_name(n: u64) -> &'static str {
+    CtState::ALL.into_iter().find(|s| s.number() == n).map_or("?", CtState::name)
 }
 
 fn arith_str(op: ArithOp) -> &'static str {
@@ -709,6 +866,14 @@ impl fmt::Display for Policy {
             let by = if keys.is_empty() { "one bucket".to_string() } else { format!("by [{}], size {}", keys.join(", "), l.size) };
             out.push_str(&format!("limit#{i} rule {}: {} {unit} per {}ns, burst {}, {by}\n", l.rule, l.rate, l.period_ns, l.burst));
         }
+        if let Some(ct) = &self.conntrack {
+            let hooks: Vec<&str> = ct.trackers.iter().map(|h| h.as_str()).collect();
+            out.push_str(&format!("conntrack flows {}, tracked on {}\n", ct.flows, hooks.join(", ")));
+        }
+        for (i, l) in self.logs.iter().enumerate() {
+            let rate = l.limit.map(|id| format!(", rate limit#{id}")).unwrap_or_default();
+            out.push_str(&format!("log#{i} rule {}: prefix {:?}{rate}, then {}\n", l.rule, l.prefix, l.verdict));
+        }
         for m in &self.maps {
             let keys: Vec<String> = m.keys.iter().map(|t| t.to_string()).collect();
             let max = m.capacity.map(|n| format!(", max {n}")).unwrap_or_default();
@@ -746,6 +911,11 @@ impl fmt::Display for Policy {
                 let keys: Vec<String> = m.keys.iter().map(|k| k.to_string()).collect();
                 let keys = if keys.is_empty() { String::new() } else { format!("[{}]", keys.join(", ")) };
                 out.push_str(&format!(", @{}{keys} == {}", self.maps[m.map].name, m.value));
+            }
+            for l in &t.logs {
+                let not = if l.logged { "" } else { "!" };
+                let prefix = l.prefix.as_ref().map(|p| format!("({p:?})")).unwrap_or_default();
+                out.push_str(&format!(", {not}log{prefix}"));
             }
         }
         if !self.tests.is_empty() {

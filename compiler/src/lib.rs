@@ -5,6 +5,12 @@
 
 pub mod analysis;
 pub mod check;
+#[cfg(feature = "llvm")]
+pub mod codegen;
+/// Without LLVM (the `llvm` feature off): every pass but code generation,
+/// whose stand-in refuses with `xpol::no_codegen`.
+#[cfg(not(feature = "llvm"))]
+#[path = "no_codegen.rs"]
 pub mod codegen;
 pub mod ir;
 pub mod load;
@@ -30,6 +36,7 @@ pub struct BuildOptions {
     pub text: bool,
     /// Test-only codegen faults (verifier-feedback tests); not reachable from the CLI.
     #[doc(hidden)]
+    #[cfg(feature = "llvm")]
     pub faults: codegen::Faults,
 }
 

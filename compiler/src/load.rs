@@ -17,7 +17,25 @@ pub const STD_POLICIES: &[(&str, &str)] = &[
     ("bogons.xpol", include_str!("../../std-policies/bogons.xpol")),
     ("tcp-sanity.xpol", include_str!("../../std-policies/tcp-sanity.xpol")),
     ("lb-service.xpol", include_str!("../../std-policies/lb-service.xpol")),
+    ("host-firewall.xpol", include_str!("../../std-policies/host-firewall.xpol")),
+    ("icmp-limit.xpol", include_str!("../../std-policies/icmp-limit.xpol")),
+    ("syn-limit.xpol", include_str!("../../std-policies/syn-limit.xpol")),
 ];
+
+/// Where the Debian package installs the standard library (`pkg/build-deb`).
+pub const STD_INSTALLED: &str = "/usr/share/xpol/std-policies";
+
+/// A file on disk with the very text of std policy `name`, to point debug
+/// info at, so that BTF line info carries the line text (LLVM reads it from
+/// the file): the checkout xpolc was built from, else the package's copy.
+/// A file whose text differs (another version) would give wrong lines.
+fn std_on_disk(name: &str, text: &str) -> Option<PathBuf> {
+    let dirs = [Path::new(env!("CARGO_MANIFEST_DIR")).join("../std-policies"), PathBuf::from(STD_INSTALLED)];
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| xpol_lang::input::read_file(p, xpol_lang::input::SOURCE_LIMIT).is_ok_and(|t| t == text.as_bytes()))
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
 
 /// Includes nested deeper than this are reported as a cycle-like error.
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -159,10 +177,7 @@ impl Loader<'_> {
                 if self.seen.contains_key(&key) {
                     return;
                 }
-                // Point debug info at the checked-out file when it exists, so
-                // that BTF line info carries the line text.
-                let disk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../std-policies").join(name);
-                let disk = std::fs::canonicalize(disk).ok();
+                let disk = std_on_disk(name, text);
                 self.file(target.to_string(), disk, key, text.to_string(), depth + 1);
                 return;
             }

@@ -238,9 +238,19 @@ pub const HELPERS: &[(u32, &str, &str)] = &[
     (54, "bpf_xdp_adjust_meta", "4.15"),
     (65, "bpf_xdp_adjust_tail", "4.18"),
     (69, "bpf_fib_lookup", "4.18"),
+    (26, "bpf_skb_load_bytes", "4.5"),
     (130, "bpf_ringbuf_output", "5.8"),
+    (131, "bpf_ringbuf_reserve", "5.8"),
+    (132, "bpf_ringbuf_submit", "5.8"),
+    (133, "bpf_ringbuf_discard", "5.8"),
     (160, "bpf_ktime_get_coarse_ns", "5.11"),
+    (188, "bpf_xdp_get_buff_len", "5.18"),
+    (189, "bpf_xdp_load_bytes", "5.18"),
 ];
+
+/// Helpers that only `log` statements call: a kernel without them says
+/// so of the `log`.
+const LOG_HELPERS: [u32; 4] = [131, 132, 26, 189];
 
 /// Map types by id (`enum bpf_map_type`): name and the Linux version that
 /// added them.
@@ -302,8 +312,9 @@ fn detail(code: &str, message: &str, section: &str, object: &[u8]) -> Option<Str
         "xpol::verifier::helper_not_allowed" => Some(format!("{}, which {hook} cannot call", describe_helper(id?))),
         "xpol::verifier::kernel_lacks" => {
             let id = id?;
+            let user = if LOG_HELPERS.contains(&id) { ", which `log` writes its records with," } else { "" };
             Some(match helper_info(id) {
-                Some((name, version)) => format!("`{name}` (helper {id}) needs Linux {version} or newer"),
+                Some((name, version)) => format!("`{name}` (helper {id}){user} needs Linux {version} or newer"),
                 None => format!("this kernel has no helper {id}, and xpol knows no kernel that has one"),
             })
         }
@@ -543,6 +554,8 @@ pub fn explain_map(map: &str, error: &std::io::Error, output: &crate::Output) ->
         (format!("set `{}`", s.name), output.ir.sets.iter().find(|n| n.name == s.name).map(|n| n.span))
     } else if let Some(u) = user {
         (format!("`@{}`", u.name), output.ir.maps.iter().find(|m| m.name == u.name).map(|m| m.span))
+    } else if output.meta.log_ring.as_ref().is_some_and(|r| r.map == map) {
+        ("the ring buffer of the `log` statements (BPF_MAP_TYPE_RINGBUF, Linux 5.8 or newer)".to_string(), output.ir.logs.first().map(|l| l.span))
     } else {
         (format!("map `{map}`"), None)
     };

@@ -15,6 +15,7 @@ pub enum Item {
     Include(Include),
     Set(SetDecl),
     Map(MapDecl),
+    Conntrack(ConntrackDecl),
     Pool(PoolDecl),
     Const(ConstDecl),
     Probe(Probe),
@@ -34,6 +35,9 @@ pub struct TestBlock {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestCase {
+    /// `on HOOK` before the packet: the program this case runs through
+    /// (else the block's).
+    pub hook: Option<(Hook, Span)>,
     pub packet: PacketDesc,
     /// `pass`, `drop`, `tx`, `abort`, `redirect` or `lb`.
     pub expect: Ident,
@@ -43,6 +47,8 @@ pub struct TestCase {
     pub decided_by: Option<(u32, Span)>,
     /// `, @map[KEYS] == VALUE`: map entries after the packet.
     pub maps: Vec<MapExpect>,
+    /// `, log`, `, log("PREFIX")`, `, !log`: what the packet logs.
+    pub logs: Vec<LogExpect>,
     /// `after D` (one or more) written before the case: nanoseconds the
     /// clock moves on before the packet, and the span of the first.
     pub after: Option<(u64, Span)>,
@@ -55,6 +61,16 @@ pub struct TestCase {
 pub struct LbExpect {
     pub pool: Ident,
     pub backend: Option<Expr>,
+}
+
+/// `log`, `log("PREFIX")` or `!log` in a test case: the packet is logged
+/// (by a `log` with that prefix), or not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogExpect {
+    /// False for `!log`.
+    pub logged: bool,
+    pub prefix: Option<StrLit>,
+    pub span: Span,
 }
 
 /// `@seen[198.18.0.1] == 1` in a test case: the entry's value after the
@@ -128,6 +144,16 @@ pub struct MapDecl {
     pub map: Ident,
     /// `N`, and the span of `max N`.
     pub max: (u64, Span),
+    pub span: Span,
+}
+
+/// `conntrack flows N`: options of the connection table `ct.state`
+/// reads (docs/conntrack.md). The checker knows the option words.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConntrackDecl {
+    /// The options as written, in order: the word and its value, and the
+    /// span of both.
+    pub options: Vec<(Ident, u64, Span)>,
     pub span: Span,
 }
 
@@ -259,6 +285,25 @@ pub enum StmtKind {
     /// an ordinary expression; the aggregations `count()` and `sum(e)` are
     /// [`ExprKind::Call`]s that the checker accepts only here.
     MapAssign { map: Ident, keys: Vec<Expr>, value: Expr },
+    /// `log`, `log("PREFIX", rate: 10/s, burst: 5)`: a record of the
+    /// packet. The arguments as written; the checker checks them.
+    Log(Vec<LogArg>),
+}
+
+/// One argument of `log(...)`: the prefix, or an option.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogArg {
+    Prefix(StrLit),
+    Option { name: Ident, value: LogValue, span: Span },
+}
+
+/// The value of a `log` option: `rate: 10/s`, `burst: 5 packets`,
+/// `burst: 5`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogValue {
+    Rate(Rate),
+    Amount { count: u64, unit: Ident, span: Span },
+    Expr(Expr),
 }
 
 /// One option of `lb(...)`: `encap: ipip`, `port: 6080`, `nat`.

@@ -141,8 +141,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::block => "`{`",
         // `lb_word` also starts a test's `=> lb(POOL)`: `lb_stmt` and
         // `lb_expect` say which.
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt => {
-            "a statement such as `pass`, `drop`, `if`, `let` or `@map[...] = count()`"
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::log_stmt => {
+            "a statement such as `pass`, `drop`, `log`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
         Rule::mac | Rule::ip4 | Rule::ip6 | Rule::cidr4 | Rule::cidr6 | Rule::hex_int | Rule::dec_int | Rule::boolean => "a value",
@@ -160,6 +160,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::set_file | Rule::set_body => "`{` or `file(\"...\")`",
         Rule::max_n | Rule::max_word => "`max N`",
         Rule::rule_label | Rule::rule_word => "`rule \"NAME\"`",
+        Rule::conntrack_decl | Rule::conntrack_word => "`conntrack flows N`",
+        Rule::ct_opt => "a `conntrack` option such as `flows 65536`",
         Rule::pool_decl | Rule::pool_word | Rule::pool_body => "a pool such as `pool web = { 198.18.1.10, 198.18.1.11 }`",
         Rule::pool_opt | Rule::pool_opt_word => "`table N`, `flows N`, `idle D` or `max N`",
         Rule::duration => "a time (`30s`, `5m`, `1h`)",
@@ -176,6 +178,10 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::limit_arg => "a `limit` option such as `burst: 20`, `by: ip.src` or `size: 65536`",
         Rule::limit_tuple => "a key such as `(ip.src, tcp.dport)`",
         Rule::amount => "an amount such as `64 kbytes`",
+        Rule::log_arg | Rule::log_option => "a prefix such as `\"telnet: \"` or a `log` option such as `rate: 10/s`",
+        // `log_word` also starts a statement: `log_stmt` and `log_expect`
+        // say which.
+        Rule::log_expect | Rule::log_not => "`log`, `log(\"PREFIX\")` or `!log`",
         Rule::else_part => "`else`",
         _ => return None,
     })
@@ -220,7 +226,7 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &
     let expected = Expected {
         item: item_start,
         hook: expects(&[Rule::hook]),
-        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt]),
+        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt, Rule::log_stmt]),
         outcome: expects(&[Rule::expect, Rule::lb_expect]),
         operator: expects(&[Rule::or, Rule::and, Rule::eq, Rule::ne, Rule::lt, Rule::le, Rule::gt, Rule::ge, Rule::in_op, Rule::not_in]),
     };
@@ -244,7 +250,7 @@ fn unexpected(file: FileId, text: &str, start: usize, end: usize, positives: &[R
     };
     let mut expected: Vec<&str> = if item_start {
         // Between items: what an item starts with, rather than each kind.
-        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `include`, `test`)"]
+        vec!["a rule (`xdp`, `tc:ingress`, `tc:egress`) or a declaration (`set`, `const`, `pool`, `map`, `conntrack`, `include`, `test`)"]
     } else {
         positives.iter().filter_map(describe).collect()
     };
@@ -357,6 +363,23 @@ impl AstBuilder {
                 let map = self.map_name(it.next()?);
                 let max = self.max_n(it.next()?)?;
                 Some(Item::Map(ast::MapDecl { map, max, span }))
+            }
+            Rule::conntrack_decl => {
+                let mut options = Vec::new();
+                for o in p.into_inner().filter(|q| q.as_rule() == Rule::ct_opt) {
+                    let ospan = self.span(&o);
+                    let mut oi = o.into_inner();
+                    let word = self.ident(oi.next()?);
+                    let n = oi.next()?;
+                    match n.as_str().parse::<u64>() {
+                        Ok(v) => options.push((word, v, ospan)),
+                        Err(_) => {
+                            let nspan = self.span(&n);
+                            self.literal_error::<()>(nspan, format!("the number {} does not fit in 64 bits", n.as_str()));
+                        }
+                    }
+                }
+                Some(Item::Conntrack(ast::ConntrackDecl { options, span }))
             }
             Rule::pool_decl => {
                 let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::pool_word).peekable();
@@ -488,7 +511,14 @@ impl AstBuilder {
         // Without the blank space pest leaves at the end of the case.
         let span = self.span(&p);
         let span = Span { end: span.start + p.as_str().trim_end().len() as u32, ..span };
-        let mut it = p.into_inner();
+        let mut it = p.into_inner().peekable();
+        let hook = match it.peek() {
+            Some(on) if on.as_rule() == Rule::test_on => {
+                let h = it.next()?.into_inner().next()?;
+                Some((hook_of(h.as_str()), self.span(&h)))
+            }
+            _ => None,
+        };
         let desc = it.next()?;
         let packet = match desc.as_rule() {
             Rule::hex_packet => ast::PacketDesc::Hex(self.string(desc.into_inner().next()?)),
@@ -520,9 +550,26 @@ impl AstBuilder {
         };
         let mut rest: Vec<Pair<Rule>> = it.collect();
         let mut maps = Vec::new();
-        while rest.last().is_some_and(|p| p.as_rule() == Rule::map_expect) {
+        let mut logs = Vec::new();
+        while rest.last().is_some_and(|p| matches!(p.as_rule(), Rule::map_expect | Rule::log_expect)) {
             let m = rest.pop()?;
             let mspan = self.span(&m);
+            if m.as_rule() == Rule::log_expect {
+                // A bare `log` ends where the word does, not after the
+                // blank space its optional `(...)` was looked for in.
+                let mspan = Span { end: mspan.start + m.as_str().trim_end().len() as u32, ..mspan };
+                let mut logged = true;
+                let mut prefix = None;
+                for q in m.into_inner() {
+                    match q.as_rule() {
+                        Rule::log_not => logged = false,
+                        Rule::string => prefix = Some(self.string(q)),
+                        _ => {}
+                    }
+                }
+                logs.insert(0, ast::LogExpect { logged, prefix, span: mspan });
+                continue;
+            }
             let (map, keys, value) = self.map_keys_value(m.into_inner())?;
             maps.insert(0, ast::MapExpect { map, keys, value, span: mspan });
         }
@@ -540,7 +587,7 @@ impl AstBuilder {
             }
             None => None,
         };
-        Some(ast::TestCase { packet, expect, lb, decided_by, maps, after: None, span })
+        Some(ast::TestCase { hook, packet, expect, lb, decided_by, maps, logs, after: None, span })
     }
 
     /// `@NAME[KEYS] ... VALUE`, as in an assignment or a test's map
@@ -566,6 +613,8 @@ impl AstBuilder {
 
     fn stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
         let span = self.span(&p);
+        // A bare `log` ends where the word does (see `test_case`).
+        let span = if p.as_rule() == Rule::log_stmt { Span { end: span.start + p.as_str().trim_end().len() as u32, ..span } } else { span };
         let kind = match p.as_rule() {
             Rule::verdict => StmtKind::Verdict(match p.as_str() {
                 "pass" => Verdict::Pass,
@@ -596,6 +645,7 @@ impl AstBuilder {
                 }
                 StmtKind::Lb { pool, args }
             }
+            Rule::log_stmt => self.log_stmt(p)?,
             Rule::if_stmt => return self.if_stmt(p),
             Rule::let_stmt => {
                 let mut it = p.into_inner();
@@ -798,13 +848,7 @@ impl AstBuilder {
     /// expression.
     fn limit(&mut self, p: Pair<Rule>) -> Option<(ast::Limit, usize)> {
         let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::limit_word);
-        let rate_pair = it.next()?;
-        let rspan = self.span(&rate_pair);
-        let mut r = rate_pair.into_inner();
-        let count = self.count(r.next()?)?;
-        let mut units: Vec<ast::Ident> = r.map(|u| self.ident(u)).collect();
-        let per = units.pop()?;
-        let rate = ast::Rate { count, unit: units.pop(), per, span: rspan };
+        let rate = self.rate(it.next()?)?;
         let mut args = Vec::new();
         let mut depth = 0;
         for a in it {
@@ -835,6 +879,45 @@ impl AstBuilder {
             args.push(ast::LimitArg { name, value, span: aspan });
         }
         Some((ast::Limit { rate, args }, depth))
+    }
+
+    /// A `rate`: `100/s`, `10 mbytes/s`.
+    fn rate(&mut self, p: Pair<Rule>) -> Option<ast::Rate> {
+        let rspan = self.span(&p);
+        let mut r = p.into_inner();
+        let count = self.count(r.next()?)?;
+        let mut units: Vec<ast::Ident> = r.map(|u| self.ident(u)).collect();
+        let per = units.pop()?;
+        Some(ast::Rate { count, unit: units.pop(), per, span: rspan })
+    }
+
+    /// `log` and its arguments: `log("telnet: ", rate: 10/s, burst: 5)`.
+    fn log_stmt(&mut self, p: Pair<Rule>) -> Option<StmtKind> {
+        let mut args = Vec::new();
+        for a in p.into_inner().filter(|q| q.as_rule() == Rule::log_arg) {
+            let arg = a.into_inner().next()?;
+            if arg.as_rule() == Rule::string {
+                args.push(ast::LogArg::Prefix(self.string(arg)));
+                continue;
+            }
+            let span = self.span(&arg);
+            let mut ai = arg.into_inner();
+            let name = self.ident(ai.next()?);
+            let v = ai.next()?;
+            let value = match v.as_rule() {
+                Rule::rate => ast::LogValue::Rate(self.rate(v)?),
+                Rule::amount => {
+                    let vspan = self.span(&v);
+                    let mut vi = v.into_inner();
+                    let count = self.count(vi.next()?)?;
+                    let unit = self.ident(vi.next()?);
+                    ast::LogValue::Amount { count, unit, span: vspan }
+                }
+                _ => ast::LogValue::Expr(self.expr(v)?),
+            };
+            args.push(ast::LogArg::Option { name, value, span });
+        }
+        Some(StmtKind::Log(args))
     }
 
     /// A `rate_num`: digits that must fit in 64 bits.

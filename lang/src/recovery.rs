@@ -8,12 +8,12 @@ use std::ops::Range;
 
 /// Words that start a top-level item. After a syntax error the parser goes
 /// on at the next line that starts with one of them.
-const ITEM_WORDS: &[&str] = &["xdp", "tc:", "set", "const", "pool", "map", "test", "include", "rule", "default"];
+const ITEM_WORDS: &[&str] = &["xdp", "tc:", "set", "const", "pool", "map", "conntrack", "test", "include", "rule", "default"];
 
 /// The words a top-level item starts with, as suggestions.
-const ITEM_SUGGESTIONS: &[&str] = &["xdp", "tc:ingress", "tc:egress", "set", "const", "pool", "map", "test", "include", "rule", "default"];
+const ITEM_SUGGESTIONS: &[&str] = &["xdp", "tc:ingress", "tc:egress", "set", "const", "pool", "map", "conntrack", "test", "include", "rule", "default"];
 const HOOKS: &[&str] = &["xdp", "tc:ingress", "tc:egress"];
-const STATEMENT_WORDS: &[&str] = &["pass", "drop", "tx", "abort", "redirect", "lb", "if", "let"];
+const STATEMENT_WORDS: &[&str] = &["pass", "drop", "tx", "abort", "redirect", "lb", "log", "if", "let"];
 const EXPECT_WORDS: &[&str] = &["pass", "drop", "tx", "abort", "redirect", "lb"];
 
 /// The characters of `text[from..to]` outside comments and string

@@ -36,6 +36,10 @@ pub const ARGS: &[(&str, ArgType, &str)] = &[
     ("frag", ArgType::Int, "fragment offset in bytes (makes the packet a fragment)"),
     ("more_frags", ArgType::Bool, "more-fragments flag"),
     ("payload", ArgType::Int, "payload length in bytes"),
+    ("id", ArgType::Int, "ICMP echo identifier (default 1), also of a quoted echo"),
+    ("quote", ArgType::Int, "ICMP errors: quote a packet of this protocol (6, 17, or 1 or 58 for an echo request), with `sport` and `dport`"),
+    ("quote_src", ArgType::Ip, "source of the quoted packet (default: this packet's `dst`)"),
+    ("quote_dst", ArgType::Ip, "destination of the quoted packet (default: this packet's `src`)"),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,6 +71,35 @@ fn limits_and_test_times() {
     assert_eq!(xpol_lang::parser::time_span_ns("250us"), Some(250_000));
 }
 
+/// `log` alone, with a prefix, with options (a rate as `limit`'s, an
+/// amount, an expression), and in a test's expectations; `log` stays a
+/// name elsewhere.
+#[test]
+fn log_statements_and_expectations() {
+    use xpol_lang::ast::{LogArg, LogValue};
+    let body = |src: &str| match parse_ok(src).into_iter().next() {
+        Some(Item::Probe(p)) => p.body.stmts,
+        other => panic!("not a probe: {other:?}"),
+    };
+    let stmts = body("xdp { log\n log(\"telnet: \", rate: 10 / s, burst: 5 packets,); log(burst: 2) drop }");
+    let StmtKind::Log(a) = &stmts[0].kind else { panic!("{:?}", stmts[0]) };
+    assert!(a.is_empty());
+    let StmtKind::Log(a) = &stmts[1].kind else { panic!("{:?}", stmts[1]) };
+    assert!(matches!(&a[0], LogArg::Prefix(p) if p.value == "telnet: "));
+    assert!(matches!(&a[1], LogArg::Option { name, value: LogValue::Rate(r), .. } if name.name == "rate" && r.count == 10 && r.per.name == "s"));
+    assert!(matches!(&a[2], LogArg::Option { value: LogValue::Amount { count: 5, unit, .. }, .. } if unit.name == "packets"));
+    let StmtKind::Log(a) = &stmts[2].kind else { panic!("{:?}", stmts[2]) };
+    assert!(matches!(&a[0], LogArg::Option { value: LogValue::Expr(_), .. }));
+    assert!(matches!(stmts[3].kind, StmtKind::Verdict(Verdict::Drop)));
+    assert_eq!(sx(&pred("xdp /log == 3/ {}")), "(log == 3)");
+    let items = parse_ok("xdp { log drop }\ntest \"t\" { udp() => drop, log, !log(\"x\"), @m == 1, log(\"y\") }");
+    let Item::Test(t) = &items[1] else { panic!("{:?}", items[1]) };
+    let logs: Vec<(bool, Option<&str>)> = t.cases[0].logs.iter().map(|l| (l.logged, l.prefix.as_ref().map(|p| p.value.as_str()))).collect();
+    assert_eq!(logs, [(true, None), (false, Some("x")), (true, Some("y"))]);
+    assert_eq!(t.cases[0].maps.len(), 1);
+    assert!(parse("xdp { log(\"a\" \"b\") }", FileId(0)).is_err());
+}
+
 #[test]
 fn precedence() {
     assert_eq!(sx(&pred("xdp /a || b && c/ {}")), "(a || (b && c))");

@@ -72,6 +72,8 @@ pub struct ApplyOutcome {
     pub pools_kept: Vec<String>,
     /// Pools filled from the new declaration.
     pub pools_reset: Vec<String>,
+    /// The connection table was handed on (`ct.state`): the same size.
+    pub conntrack_kept: bool,
     /// What went wrong after the switch (the new version runs).
     pub warnings: Vec<String>,
 }
@@ -193,6 +195,9 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     store::own_dir(&dir)?;
     let meta = loader::read_meta(req.object).map_err(forget)?;
     let mut outcome = ApplyOutcome { replaced: previous.is_some(), ..Default::default() };
+    if let Some(w) = req.hooks.as_deref().and_then(|h| crate::conntrack::unattached_trackers(&meta, h)) {
+        outcome.warnings.push(w);
+    }
 
     // State handed on: set contents and @maps.
     let set_elements = carried_sets(&meta, previous, &req.set_contents, &mut outcome).map_err(forget)?;
@@ -207,6 +212,7 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
         }
         let (kept, reset) = carried_pools(&prev.record.meta, &meta, old, &mut adopt_maps)?;
         (outcome.pools_kept, outcome.pools_reset) = (kept, reset);
+        outcome.conntrack_kept = carried_conntrack(&prev.record.meta, &meta, old, &mut adopt_maps)?;
     }
     let options = LoadOptions { missing_interfaces_ok: false, adopt_maps };
     let mut loaded = LoadedPolicy::load_with_elements(req.object, &options, &set_elements).map_err(forget)?;
@@ -361,6 +367,19 @@ fn carried_pools(old: &ObjectMeta, new: &ObjectMeta, old_maps: &loader::PolicyMa
         kept.push(p.name.clone());
     }
     Ok((kept, reset))
+}
+
+/// Hands on the connection table when both versions have one of the same
+/// size (its layout is the metadata version's): connections the old
+/// version recorded stay established across the replace. Returns whether
+/// it did.
+fn carried_conntrack(old: &ObjectMeta, new: &ObjectMeta, old_maps: &loader::PolicyMaps, adopt: &mut Vec<(String, Arc<std::os::fd::OwnedFd>)>) -> Result<bool> {
+    let (Some(o), Some(n)) = (&old.conntrack, &new.conntrack) else { return Ok(false) };
+    if (&o.map, o.max_entries) != (&n.map, n.max_entries) || old.version != new.version {
+        return Ok(false);
+    }
+    adopt.push((n.map.clone(), Arc::new(old_maps.map_fd(&n.map)?)));
+    Ok(true)
 }
 
 /// The contents each set of the new object gets (see the module doc).
@@ -525,6 +544,8 @@ pub struct Replaced {
     /// Pools whose declaration is unchanged: their backends, table, flows
     /// and counters handed on.
     pub pools_kept: Vec<String>,
+    /// The connection table was handed on.
+    pub conntrack_kept: bool,
     /// Hooks attached afresh: the new version has them, the old did not.
     pub attached: Vec<String>,
     /// Hooks detached: the old version had them, the new one does not.
@@ -569,6 +590,7 @@ pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[Stri
         }
     }
     outcome.pools_kept = carried_pools(running.meta(), &meta, running.maps(), &mut adopt_maps)?.0;
+    outcome.conntrack_kept = carried_conntrack(running.meta(), &meta, running.maps(), &mut adopt_maps)?;
     let mut new = LoadedPolicy::load_with(object, &LoadOptions { missing_interfaces_ok: false, adopt_maps })?;
     let links = running.take_links();
     let (kept, dropped) = match switch_attached(running, &mut new, links, hooks, iface, mode, &mut outcome) {
@@ -1006,7 +1028,7 @@ mod tests {
                 label: label.map(str::to_string),
             })
             .collect();
-        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![] }
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![], conntrack: None, log_ring: None, logs: vec![] }
     }
 
     #[test]

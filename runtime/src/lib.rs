@@ -9,10 +9,12 @@
 pub mod lb;
 pub mod lb_edit;
 pub mod loader;
+pub mod log;
 pub mod packet;
 pub mod pcap;
 pub mod store;
 pub mod apply;
+pub mod conntrack;
 mod ipv4_edit;
 pub mod sys;
 pub mod testing;

@@ -268,6 +268,14 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     if !meta.redirects.is_empty() {
         expected.push((meta::REDIRECT_MAP, 4, 4));
     }
+    if let Some(ct) = &meta.conntrack {
+        expected.push((ct.map.as_str(), meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE));
+    }
+    if let Some(ring) = &meta.log_ring {
+        // A ring buffer has no key or value; its size is checked where
+        // it is read (`crate::log`).
+        expected.extend([(ring.map.as_str(), 0, 0), (ring.lost_map.as_str(), 4, 8)]);
+    }
     for m in meta.sets.iter().flat_map(|s| &s.maps) {
         match m.kind {
             SetMapKind::LpmV4 | SetMapKind::HashU64 => expected.push((&m.map, 8, 1)),
@@ -302,7 +310,7 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
 
 fn map_data(map: Map) -> Option<MapData> {
     match map {
-        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) => Some(m),
+        Map::Array(m) | Map::HashMap(m) | Map::LruHashMap(m) | Map::PerCpuHashMap(m) | Map::PerCpuArray(m) | Map::LpmTrie(m) | Map::RingBuf(m) => Some(m),
         _ => None,
     }
 }

@@ -529,7 +529,47 @@ pub fn from_test(packet: &xpol_lang::testspec::TestPacket) -> Vec<u8> {
     if get("frag").is_some() || flag("more_frags") {
         spec = spec.frag(int("frag", 0) as u16, flag("more_frags"));
     }
-    spec.payload(int("payload", 0) as usize).build()
+    spec = spec.payload(int("payload", 0) as usize);
+    // ICMP with an identifier or a quoted packet: the header's bytes
+    // written out (without a checksum).
+    if kind == "icmp" && (get("id").is_some() || get("quote").is_some()) {
+        let (ty, code) = (int("type", if v6 { 128 } else { 8 }) as u8, int("code", 0) as u8);
+        let id = (int("id", 1) as u16).to_be_bytes();
+        let mut bytes = vec![ty, code, 0, 0, id[0], id[1], 0, 1];
+        if let Some(ArgValue::Int(proto)) = get("quote") {
+            bytes.extend(quoted(ip("quote_src").unwrap_or(dst), ip("quote_dst").unwrap_or(src), proto as u8, sport, dport, id));
+        }
+        spec.l4 = L4::Raw { protocol: if v6 { 58 } else { 1 }, bytes };
+    }
+    spec.build()
+}
+
+/// The packet an ICMP error quotes: its IP header and the first 8 bytes
+/// after it (ports, or an echo request with identifier `id`).
+fn quoted(src: std::net::IpAddr, dst: std::net::IpAddr, proto: u8, sport: u16, dport: u16, id: [u8; 2]) -> Vec<u8> {
+    let mut q = Vec::new();
+    match (src, dst) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            q.extend([0x45, 0, 0, 28, 0, 1, 0, 0, 64, proto, 0, 0]);
+            q.extend(s.octets());
+            q.extend(d.octets());
+        }
+        (s, d) => {
+            q.extend([0x60, 0, 0, 0, 0, 8, proto, 64]);
+            q.extend(v6_of(s).octets());
+            q.extend(v6_of(d).octets());
+        }
+    }
+    match proto {
+        1 => q.extend([8, 0, 0, 0, id[0], id[1], 0, 1]),
+        58 => q.extend([128, 0, 0, 0, id[0], id[1], 0, 1]),
+        _ => {
+            q.extend(sport.to_be_bytes());
+            q.extend(dport.to_be_bytes());
+            q.extend([0, 0, 0, 0]);
+        }
+    }
+    q
 }
 
 /// An IPv4 address given where the other is IPv6 maps into IPv6.

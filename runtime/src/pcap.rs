@@ -96,3 +96,58 @@ pub fn write_frames(path: &Path, frames: &[Vec<u8>]) -> Result<(), PcapError> {
     }
     Ok(())
 }
+
+/// The snaplen of a streamed capture's header: libpcap's largest
+/// (`MAXIMUM_SNAPLEN`). Readers (pcap-file's among them) refuse a packet
+/// whose original length exceeds the header's snaplen, so the header does
+/// not give the capture's own size (a log record's 128 bytes); packets
+/// longer than this (BIG TCP's aggregates on TC) are recorded as this long.
+pub const STREAM_SNAPLEN: u32 = 262_144;
+
+/// A classic Ethernet pcap written packet by packet, as packets arrive
+/// (`xpol run --pcap-out`, `xpol log --pcap-out`): microsecond
+/// timestamps, which every reader of pcap takes; each packet keeps its
+/// original length, so that readers show it cut where it was captured.
+pub struct PcapStream<W: std::io::Write> {
+    writer: PcapWriter<W>,
+    name: String,
+}
+
+impl<W: std::io::Write> PcapStream<W> {
+    /// Writes the file header to `w`; `name` names it in errors.
+    pub fn new(w: W, name: &str) -> Result<PcapStream<W>, PcapError> {
+        let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: STREAM_SNAPLEN, ..PcapHeader::default() };
+        let writer = PcapWriter::with_header(w, header).map_err(|e| PcapError::Write { path: name.to_string(), message: e.to_string() })?;
+        Ok(PcapStream { writer, name: name.to_string() })
+    }
+
+    /// One packet: when it was seen (nanoseconds since the Unix epoch),
+    /// its length, and its bytes as captured.
+    pub fn write(&mut self, unix_ns: u64, orig_len: u32, data: &[u8]) -> Result<(), PcapError> {
+        let data = &data[..data.len().min(STREAM_SNAPLEN as usize)];
+        let orig_len = orig_len.clamp(data.len() as u32, STREAM_SNAPLEN);
+        let packet = PcapPacket::new(Duration::from_nanos(unix_ns), orig_len, data);
+        self.writer.write_packet(&packet).map(|_| ()).map_err(|e| PcapError::Write { path: self.name.clone(), message: e.to_string() })
+    }
+
+    /// The writer, to finish the file with.
+    pub fn into_inner(self) -> W {
+        self.writer.into_writer()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A stream of packets, cut or whole, reads back as written.
+    #[test]
+    fn streamed_packets_read_back() {
+        let mut s = super::PcapStream::new(Vec::new(), "test").expect("header");
+        let long: Vec<u8> = (0..200u8).collect();
+        s.write(1_700_000_000_123_456_789, 200, &long[..128]).expect("write");
+        s.write(1_700_000_001_000_000_000, 60, &long[..60]).expect("write");
+        let bytes = s.into_inner();
+        let capture = super::parse_frames(&bytes, "test").expect("reads");
+        assert_eq!(capture.frames, vec![long[..128].to_vec(), long[..60].to_vec()]);
+        assert!(capture.stopped.is_none());
+    }
+}

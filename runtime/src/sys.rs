@@ -216,6 +216,35 @@ pub fn if_nametoindex(name: &str) -> u32 {
     unsafe { libc::if_nametoindex(c.as_ptr()) }
 }
 
+/// `if_indextoname(3)`: `None` when no interface has that index (now).
+pub fn if_indextoname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes the call may write (the name
+    // and its NUL); it returns null, writing nothing useful, on failure.
+    let r = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if r.is_null() {
+        return None;
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Waits up to `timeout` for `fd` to have something to read (`poll(2)`):
+/// true when it has, false when the time ran out or a signal came
+/// (`EINTR`: the caller looks at its flags and waits again).
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(r > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Makes sure a BPF filesystem is mounted at /sys/fs/bpf (mounting one when

@@ -2,6 +2,7 @@
 //!
 //!   xpol run POLICY -i IFACE   attach a policy to an interface and show live,
 //!                              per rule, what it does; Ctrl-C detaches.
+//!   xpol log NAME              print an applied policy's log records as they come.
 //!   xpol test POLICY           compile (or load an object), verify it in the kernel
 //!                              and run sample packets through it with
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
@@ -17,6 +18,8 @@ mod metrics;
 mod follow;
 #[path = "xpol/lb_host.rs"]
 mod lb_host;
+#[path = "xpol/log.rs"]
+mod log_records;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -68,6 +71,11 @@ enum Command {
         /// load is reported and the running one stays.
         #[arg(long)]
         watch: bool,
+        /// Write the packets the policy's `log` statements record to FILE
+        /// as pcap (their first 128 bytes), renamed into place when xpol
+        /// stops; a FIFO is written as they come.
+        #[arg(long, value_name = "FILE")]
+        pcap_out: Option<PathBuf>,
         #[command(flatten)]
         rejection: RejectionOptions,
     },
@@ -111,6 +119,14 @@ enum Command {
         #[arg(short = 'j', long)]
         json: bool,
     },
+    /// List the connections in an applied policy's connection table
+    /// (`ct.state`, docs/conntrack.md): each one's endpoints, state and
+    /// time left.
+    Ct {
+        name: String,
+        #[arg(short = 'j', long)]
+        json: bool,
+    },
     /// Show the counters, maps and sets of an applied policy.
     Stats {
         name: String,
@@ -124,6 +140,25 @@ enum Command {
         name: String,
         #[command(flatten)]
         every: Every,
+    },
+    /// Print an applied policy's log records as they come (its `log`
+    /// statements), until Ctrl-C, SIGTERM or --duration; follows the
+    /// policy when it is applied again. One reader at a time: two would
+    /// each get some of the records.
+    Log {
+        name: String,
+        /// One JSON object per record (docs/json.md).
+        #[arg(short = 'j', long)]
+        json: bool,
+        /// Stop after this many seconds (more than 0, at most a year).
+        #[arg(long, value_parser = duration_seconds, allow_negative_numbers = true)]
+        duration: Option<f64>,
+        /// Also write the logged packets to FILE as pcap (their first 128
+        /// bytes), renamed into place when xpol stops; a FIFO (or
+        /// /dev/stdout, the records then printed on standard error) is
+        /// written as they come.
+        #[arg(long, value_name = "FILE")]
+        pcap_out: Option<PathBuf>,
     },
     /// Read or change a named set of an applied policy. Each change is
     /// switched in atomically: a packet sees the old set or the new one.
@@ -529,7 +564,22 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             "entries": buckets.len(), "capacity": l.max_entries, "not_full": not_full.len(), "top": top,
         }));
     }
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits}))
+    let conntrack = match policy.ct_summary()? {
+        Some(ct) => serde_json::json!({"entries": ct.entries, "capacity": ct.capacity, "states": ct.states}),
+        None => serde_json::Value::Null,
+    };
+    let lost = policy.log_lost()?;
+    let logs: Vec<serde_json::Value> = meta
+        .logs
+        .iter()
+        .zip(lost)
+        .map(|(l, lost)| {
+            serde_json::json!({
+                "rule": l.rule, "key": keys.get(l.rule as usize), "line": l.line, "column": l.column, "prefix": l.prefix, "text": l.text, "verdict": l.verdict, "lost": lost,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack, "logs": logs}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -605,6 +655,12 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     for l in report["limits"].as_array().into_iter().flatten() {
         out.push_str(&limit_line(l));
     }
+    if !report["conntrack"].is_null() {
+        out.push_str(&conntrack_line(&report["conntrack"]));
+    }
+    for w in log_records::report_warnings(report) {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
     for p in report["pools"].as_array().into_iter().flatten() {
         out.push_str(&format!("  pool {}:\n{}", p["name"].as_str().unwrap_or(""), pool_table(p, "    ")));
     }
@@ -622,6 +678,13 @@ fn limit_line(l: &serde_json::Value) -> String {
         out.push_str(&format!("      [{}] {:.0}% of a full bucket\n", t["key"].as_str().unwrap_or(""), 100.0 * t["credit"].as_f64().unwrap_or(0.0)));
     }
     out
+}
+
+/// The connection table of a report: its entries, by state.
+fn conntrack_line(ct: &serde_json::Value) -> String {
+    let states: Vec<String> = ct["states"].as_object().into_iter().flatten().map(|(s, n)| format!("{s} {n}")).collect();
+    let by_state = if states.is_empty() { String::new() } else { format!(": {}", states.join(", ")) };
+    format!("  conntrack: {}/{} connections{by_state}\n", ct["entries"], ct["capacity"])
 }
 
 /// A rule's header as a table shows it: `[LABEL] ` first when labelled.
@@ -679,7 +742,8 @@ fn print_line(report: &serde_json::Value) {
             format!(" {}[{}]", p["name"].as_str().unwrap_or(""), backends.join(","))
         })
         .collect();
-    println!("t={:.0}s {}{}{}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
+    let ct = if report["conntrack"].is_null() { String::new() } else { format!(" ct={}", report["conntrack"]["entries"]) };
+    println!("t={:.0}s {}{}{}{ct}", report["time_s"].as_f64().unwrap_or(0.0), rules.join(" "), lost.concat(), pools.concat());
 }
 
 /// The maps of a report that lost updates.
@@ -738,6 +802,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
     let color = std::io::stderr().is_terminal();
     let mut current = String::new();
     let mut ok = true;
+    let mut log_reader = xpol_runtime::log::LogReader::open(loaded.maps())?;
     let finish = |name: &str, ok: bool| {
         if !name.is_empty() && !json {
             println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
@@ -748,6 +813,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             finish(&current, ok);
             current = case.test.clone();
             ok = true;
+            // Each test block starts with no connections.
+            state.conntrack.clear();
         }
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
@@ -762,7 +829,19 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             let unknown = loaded.set_limit_credit(i, |key| reference_credit(ir, &state, i, key))?;
             wrong_limits.extend(unknown.iter().map(|k| format!("{}: the kernel has a bucket the reference does not", limit_name(loaded, i, k))));
         }
+        // The connection table likewise: the kernel's is set to hold the
+        // reference's live entries with the time they have left.
+        if ir.conntrack.is_some() {
+            loaded.maps().ct_set(&state.ct_stored())?;
+        }
+        if let Some(r) = log_reader.as_mut() {
+            r.drain(|_| {});
+        }
         let kernel = loaded.test_run(hook.as_str(), &bytes)?;
+        let mut kernel_logs = Vec::new();
+        if let Some(r) = log_reader.as_mut() {
+            r.drain(|e| kernel_logs.push((e.record.clone(), e.log.prefix.clone())));
+        }
         let after = loaded.rule_counters()?;
         let fired: Vec<usize> = after.iter().zip(&before).enumerate().filter(|(_, (a, b))| a.packets > b.packets).map(|(i, _)| i).collect();
         let reference = xpol_compiler::reference::evaluate(ir, hook, &bytes, &mut state);
@@ -805,6 +884,11 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                 wrong_limits.push(format!("the limit on line {}: the reference has {missing} buckets the kernel does not", loaded.meta().limits[i].line));
             }
         }
+        // And on the connection table after the packet.
+        if ir.conntrack.is_some() {
+            wrong_limits.extend(ct_differences(&loaded.maps().ct_entries()?, &state.ct_stored()));
+        }
+        let wrong_logs = log_records::test_mismatches(case, &kernel_logs, &reference.logs);
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
         let kernel_backend = xpol_runtime::lb::delivered_to(&kernel.packet).filter(|_| case.lb.is_some());
@@ -828,7 +912,8 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             && fired_u32 == reference.fired
             && right_rule
             && wrong_maps.is_empty()
-            && wrong_limits.is_empty();
+            && wrong_limits.is_empty()
+            && wrong_logs.is_empty();
         if json {
             let (_, line, _) = build.sources.location(case.span);
             let decided_line = reference.decided_by.map(|r| out.meta.rules[r as usize].line);
@@ -839,6 +924,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     "expect": case.expect.as_str(), "expect_by": case.decided_by.map(|r| out.meta.rules[r as usize].line),
                     "kernel": kernel_outcome, "reference": reference.outcome.as_str(), "decided_by": decided_line,
                     "fired": fired, "maps_wrong": wrong_maps, "limits_wrong": wrong_limits, "ok": good,
+                    "logs": kernel_logs.iter().map(|(_, p)| p).collect::<Vec<_>>(), "logs_wrong": wrong_logs,
                     "kernel_backend": kernel_backend.map(|a| a.to_string()), "reference_backend": reference_backend.map(|a| a.to_string()),
                 })
             );
@@ -850,9 +936,14 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             ok = false;
             let line_of = |r: u32| out.meta.rules[r as usize].line;
             let rules: Vec<String> = fired.iter().map(|r| format!("#{r} (line {})", line_of(*r as u32))).collect();
+            let logs: String = case
+                .logs
+                .iter()
+                .map(|e| format!(", {}log{}", if e.logged { "" } else { "!" }, e.prefix.as_ref().map(|p| format!("({p:?})")).unwrap_or_default()))
+                .collect();
             let expected = match case.decided_by {
-                Some(r) => format!("{} by the rule on line {}", case.expect.as_str(), line_of(r)),
-                None => case.expect.as_str().to_string(),
+                Some(r) => format!("{} by the rule on line {}{logs}", case.expect.as_str(), line_of(r)),
+                None => format!("{}{logs}", case.expect.as_str()),
             };
             let decided = match reference.decided_by {
                 Some(r) => format!(", decided by the rule on line {}", line_of(r)),
@@ -864,7 +955,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
                     .with_help(format!(
                         "{}{}",
                         if rules.is_empty() { "no rule fired".to_string() } else { format!("rules fired: {}", rules.join(", ")) },
-                        wrong_maps.iter().chain(&wrong_limits).map(|w| format!("\n{w}")).collect::<String>()
+                        wrong_maps.iter().chain(&wrong_limits).chain(&wrong_logs).map(|w| format!("\n{w}")).collect::<String>()
                     )),
             );
         }
@@ -879,6 +970,37 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         println!("\ntest result: {}. {passed} passed; {failed} failed", if failed == 0 { "ok" } else { "FAILED" });
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How the kernel's connection table differs from the reference's: an
+/// entry in one only, or with another state, flags, or time left (by more
+/// than a second: the two clocks are read at different times, and the
+/// kernel's in jiffies).
+fn ct_differences(kernel: &[xpol_runtime::conntrack::CtEntry], reference: &[(xpol_lang::meta::CtKey, xpol_lang::meta::CtValue, u64)]) -> Vec<String> {
+    const SLACK_NS: u64 = 1_000_000_000;
+    let mut out = Vec::new();
+    for (key, value, left) in reference {
+        let name = || xpol_runtime::conntrack::CtEntry { key: *key, value: *value, from: key.endpoints().0, to: key.endpoints().1, state: String::new(), expires_in_ns: *left }.describe();
+        match kernel.iter().find(|e| e.key == *key) {
+            None => out.push(format!("connection {}: the reference has it, the kernel does not", name())),
+            Some(e) if (e.value.state, e.value.flags) != (value.state, value.flags) => out.push(format!(
+                "connection {}: the kernel has it {} (flags {:#x}), the reference {} (flags {:#x})",
+                e.describe(),
+                e.state,
+                e.value.flags,
+                xpol_lang::meta::ct_state_name(key.proto, value.state, value.flags),
+                value.flags
+            )),
+            Some(e) if e.expires_in_ns.abs_diff(*left) > SLACK_NS => {
+                out.push(format!("connection {}: the kernel's expires in {} ms, the reference's in {} ms", e.describe(), e.expires_in_ns / 1_000_000, left / 1_000_000))
+            }
+            Some(_) => {}
+        }
+    }
+    for e in kernel.iter().filter(|e| !reference.iter().any(|(k, _, _)| *k == e.key)) {
+        out.push(format!("connection {}: the kernel has it, the reference does not", e.describe()));
+    }
+    out
 }
 
 /// A limit's key as the reference keeps it.
@@ -960,6 +1082,8 @@ struct WatchOptions {
     metrics: Option<std::net::SocketAddr>,
     /// `--watch`: follow the policy's files.
     watch: bool,
+    /// `--pcap-out`: the logged packets' capture.
+    pcap_out: Option<PathBuf>,
 }
 
 /// A report in the Prometheus text exposition format.
@@ -1005,6 +1129,19 @@ fn prometheus(report: &serde_json::Value) -> String {
         for l in report["limits"].as_array().into_iter().flatten() {
             out.push_str(&format!("{metric}{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l[field].as_u64().unwrap_or(0)));
         }
+    }
+    if !report["conntrack"].is_null() {
+        let ct = &report["conntrack"];
+        out.push_str("# HELP xpol_conntrack_entries Connections in the connection table, by state (expired entries not counted).\n# TYPE xpol_conntrack_entries gauge\n");
+        for (state, n) in ct["states"].as_object().into_iter().flatten() {
+            out.push_str(&format!("xpol_conntrack_entries{{{scope},state=\"{state}\"}} {}\n", n.as_u64().unwrap_or(0)));
+        }
+        out.push_str("# HELP xpol_conntrack_capacity The most connections the table holds (`conntrack flows N`, else the default).\n# TYPE xpol_conntrack_capacity gauge\n");
+        out.push_str(&format!("xpol_conntrack_capacity{{{scope}}} {}\n", ct["capacity"].as_u64().unwrap_or(0)));
+    }
+    out.push_str("# HELP xpol_log_lost_records_total Records of a `log` lost because the ring buffer was full.\n# TYPE xpol_log_lost_records_total counter\n");
+    for l in report["logs"].as_array().into_iter().flatten() {
+        out.push_str(&format!("xpol_log_lost_records_total{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l["lost"].as_u64().unwrap_or(0)));
     }
     out.push_str("# HELP xpol_set_elements Elements in a named set.\n# TYPE xpol_set_elements gauge\n");
     for st in report["sets"].as_array().into_iter().flatten() {
@@ -1052,6 +1189,14 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         f.follow(&follow::files_read(policy_path, build.as_ref()))?;
     }
     let Some(mut policy) = loaded else { return Ok(ExitCode::FAILURE) };
+    let terminal = std::io::stdout().is_terminal();
+    // The capture is opened (or refused) before anything is attached.
+    let inputs: Vec<&Path> = build.as_ref().map(|b| b.sources.files().filter_map(|(_, f)| f.path.as_deref()).collect()).unwrap_or_else(|| vec![policy_path]);
+    let mut log_sink = log_records::LogSink::new(json, options.pcap_out.as_deref(), &inputs, terminal && !json, true)?;
+    let mut log_reader = xpol_runtime::log::LogReader::open(policy.maps())?;
+    if log_reader.is_none() && options.pcap_out.is_some() {
+        eprintln!("warning: {} has no `log` statement: the capture stays empty", policy_path.display());
+    }
     let hooks: Vec<String> = match &hook {
         Some(h) => vec![h.clone()],
         None => policy.meta().programs.iter().map(|p| p.hook.clone()).collect(),
@@ -1063,6 +1208,9 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
         policy.attach(h, interface, mode)?;
     }
     eprintln!("attached {} to {interface} ({}); Ctrl-C to detach (`xpol apply` keeps a policy attached)", policy_path.display(), hooks.join(", "));
+    if let Some(w) = xpol_runtime::conntrack::unattached_trackers(policy.meta(), &hooks) {
+        eprintln!("warning: {w}");
+    }
     for w in lb_host::warnings(policy.meta(), &[interface.to_string()]) {
         eprintln!("warning: {w}");
     }
@@ -1074,7 +1222,6 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     let start = Instant::now();
     // Checked when parsed (`interval_seconds`): finite, 0.1 to 86400.
     let interval = Duration::from_secs_f64(interval);
-    let terminal = std::io::stdout().is_terminal();
     let mut previous = Totals::new();
     let mut last = Instant::now();
     let report = loop {
@@ -1089,9 +1236,23 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
                 Some(f) => {
                     if f.changed(Duration::from_millis(20))? && run_again(&mut policy, policy_path, hook.as_deref(), interface, mode, f, rejection) {
                         generation += 1;
+                        // The new version has a ring of its own: the old
+                        // one's last records first.
+                        if let Some(r) = log_reader.as_mut() {
+                            log_sink.take(r)?;
+                        }
+                        log_reader = xpol_runtime::log::LogReader::open(policy.maps())?;
                     }
                 }
-                None => std::thread::sleep(Duration::from_millis(20)),
+                None => match &log_reader {
+                    Some(r) => {
+                        r.wait(Duration::from_millis(20))?;
+                    }
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                },
+            }
+            if let Some(r) = log_reader.as_mut() {
+                log_sink.take(r)?;
             }
         }
         let dt = last.elapsed().as_secs_f64();
@@ -1117,11 +1278,28 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
             break report;
         }
         show_report(&report, json, terminal);
+        if terminal && !json && log_sink.records > 0 {
+            println!("  last log records:");
+            for line in log_sink.recent() {
+                println!("    {line}");
+            }
+        }
     };
     // Detach (dropping the links) before the summary, so that nothing is
     // left attached even if printing fails.
     drop(policy);
     eprintln!("detached from {interface}");
+    // What the programs wrote before they were detached.
+    if let Some(r) = log_reader.as_mut() {
+        log_sink.take(r)?;
+        for line in log_sink.recent().filter(|_| terminal && !json) {
+            println!("{line}");
+        }
+        if log_sink.records > 0 || options.pcap_out.is_some() {
+            eprintln!("{} log records", log_sink.records);
+        }
+    }
+    log_sink.finish()?;
     if json {
         println!("{}", serde_json::json!({"schema": REPORT_SCHEMA, "final": true, "report": report}));
     } else {
@@ -1160,7 +1338,10 @@ fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interfa
                 eprintln!("warning: {} was replaced, but {w}", path.display());
             }
             let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-            let pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
+            let mut pools = if done.pools_kept.is_empty() { String::new() } else { format!("; pools kept live: {}", done.pools_kept.join(", ")) };
+            if done.conntrack_kept {
+                pools.push_str("; connections kept");
+            }
             eprintln!(
                 "replaced {} on {interface} ({}): {} rules kept their counters; kept @maps: {}{pools}; attached: {}; detached: {}",
                 path.display(),
@@ -1188,8 +1369,9 @@ fn run_again(policy: &mut LoadedPolicy, path: &Path, hook: Option<&str>, interfa
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run { policy, interface, hook, mode, every, metrics, watch, rejection } => {
-            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics, watch };
+        Command::Log { name, json, duration, pcap_out } => log_records::follow(&name, json, duration, pcap_out.as_deref()),
+        Command::Run { policy, interface, hook, mode, every, metrics, watch, pcap_out, rejection } => {
+            let options = WatchOptions { interval: every.interval, duration: every.duration, json: every.json, metrics, watch, pcap_out };
             attach_and_watch(&policy, &interface, hook.map(HookArg::name), mode.into(), &options, &rejection)
         }
         Command::Apply { policy, interfaces, name, hook, mode, json, watch, rejection } => {
@@ -1203,6 +1385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
+        Command::Ct { name, json } => applied::conntrack(&name, json),
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
         Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
@@ -1351,7 +1534,9 @@ mod tests {
         for args in [
             &["list", "-j"][..],
             &["stats", "n", "-j"],
+            &["ct", "n", "-j"],
             &["watch", "n", "-j"],
+            &["log", "n", "-j"],
             &["test", "p.xpol", "-j"],
             &["run", "p.xpol", "-i", "e", "-j"],
             &["apply", "p.xpol", "-i", "e", "--name", "n", "-j"],
@@ -1359,7 +1544,7 @@ mod tests {
             &["pool", "n", "p", "list", "-j"],
         ] {
             let json = match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
-                Command::List { json } | Command::Stats { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } => json,
+                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } => json,
                 Command::Watch { every, .. } | Command::Run { every, .. } => every.json,
                 Command::Set { op: super::SetOp::List { json }, .. } | Command::Pool { op: super::PoolOp::List { json }, .. } => json,
                 _ => panic!("{args:?}"),
@@ -1392,6 +1577,27 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("@seen was full: 6 updates"), "{warnings:?}");
         assert!(!text.contains("xpol_lb_"), "no pool, no load-balancer series");
+    }
+
+    /// Each `log` gives its lost records (the ring was full), labelled by
+    /// its rule's identity and place; one that lost records gets a warning.
+    #[test]
+    fn prometheus_shows_lost_log_records() {
+        let report = serde_json::json!({
+            "policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [],
+            "logs": [{"rule": 2, "key": "xdp /tcp.dport == 23/", "line": 18, "column": 45, "prefix": "telnet: ", "lost": 7}, {"rule": 3, "key": "xdp", "line": 20, "column": 5, "prefix": "", "lost": 0}],
+        });
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_log_lost_records_total counter",
+            "xpol_log_lost_records_total{policy=\"edge\",interface=\"eth0\",rule=\"xdp /tcp.dport == 23/\",line=\"18\",column=\"45\"} 7",
+            "xpol_log_lost_records_total{policy=\"edge\",interface=\"eth0\",rule=\"xdp\",line=\"20\",column=\"5\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let warnings = super::log_records::report_warnings(&report);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("the `log` on line 18 lost 7 records"), "{warnings:?}");
     }
 
     /// Each backend of each pool gives its counters (and gauges for its

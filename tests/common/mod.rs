@@ -40,6 +40,20 @@ pub fn load_text(text: &str) -> LoadedPolicy {
     load_file(&path)
 }
 
+/// Compiles and loads policy text, keeping its checked IR (for the
+/// reference semantics) and the temporary directory its file is in (its
+/// diagnostics name it): for tests that follow the kernel with the
+/// reference packet by packet.
+pub fn load_text_with_ir(text: &str) -> (LoadedPolicy, xpol_compiler::ir::Policy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("policy.xpol");
+    std::fs::write(&path, text).expect("write policy");
+    let b = xpol_compiler::build(&path, &xpol_compiler::BuildOptions::default());
+    let out = b.output.unwrap_or_else(|| panic!("does not compile:\n{}", xpol_lang::render::render_human(&b.diagnostics, &b.sources, false)));
+    let kernel = LoadedPolicy::load_with(&out.object, &LoadOptions::default()).unwrap_or_else(|e| panic!("does not load: {e}\n{}", verifier_log(&e)));
+    (kernel, out.ir, dir)
+}
+
 /// Runs `packet` through `hook` and checks the action and exactly which
 /// rules fired (their packet counters moved by one, bytes by the length).
 pub fn expect(p: &mut LoadedPolicy, hook: &str, what: &str, packet: &[u8], action: Action, fired: &[u32]) {

@@ -730,6 +730,17 @@ impl<C: Choice> Gen<'_, C> {
                 _ => {}
             }
         }
+        // A record of the packet, sometimes capped by a rate slow enough
+        // that no token comes back while a policy runs.
+        if self.chance(15) {
+            let n = self.next_local;
+            self.next_local += 1;
+            out.push(Stmt::Plain(match self.c.below(3) {
+                0 => "log".to_string(),
+                1 => format!("log(\"g{n}: \")"),
+                _ => format!("log(\"g{n}: \", rate: 1/m, burst: {})", 1 + self.c.below(3)),
+            }));
+        }
         if self.chance(if top { 75 } else { 40 }) {
             out.push(Stmt::Verdict(self.verdict(hook)));
         }

@@ -78,6 +78,15 @@ struct Alt {
     kind: Kind,
 }
 
+/// ICMP types with a connection state (echo reply, errors, echo request),
+/// as `reference/conntrack.rs` classifies them; other ICMP messages
+/// (neighbour discovery, router advertisements) have none.
+const CT_ICMP4_TYPES: [u128; 7] = [0, 3, 4, 5, 8, 11, 12];
+const CT_ICMP6_TYPES: [u128; 6] = [1, 2, 3, 4, 128, 129];
+
+/// The reason a test of `ct.state` depends on more than the packet.
+const CT_REASON: &str = "connection state (ct.state)";
+
 /// Largest number of values enumerated to take apart arithmetic on a field.
 const ENUMERATE_MAX: u128 = 1 << 17;
 
@@ -213,7 +222,16 @@ impl<'p> Compiler<'p> {
             IcmpType => vec![(g(&[icmp.clone(), v4.clone()]), Dim::IcmpType, int)],
             IcmpCode => vec![(g(&[icmp.clone(), v4.clone()]), Dim::IcmpCode, int)],
             Icmp6Type => vec![(g(&[icmp.clone(), v6.clone()]), Dim::IcmpType, int)],
-            Icmp6Code => vec![(g(&[icmp, v6]), Dim::IcmpCode, int)],
+            Icmp6Code => vec![(g(&[icmp.clone(), v6.clone()]), Dim::IcmpCode, int)],
+            // Where a packet has a connection (docs/conntrack.md): TCP,
+            // UDP, ICMP echoes and errors, a first fragment or whole. Its
+            // value is the table's, not the packet's: `term` makes every
+            // test of it an atom; the dimension here only says where.
+            CtState => vec![
+                (g(&[ports]), Dim::L4, int),
+                (g(&[icmp.clone(), v4, (Dim::IcmpType, Set::from_ranges(CT_ICMP4_TYPES.iter().map(|&t| (t, t)).collect()))]), Dim::L4, int),
+                (g(&[icmp, v6, (Dim::IcmpType, Set::from_ranges(CT_ICMP6_TYPES.iter().map(|&t| (t, t)).collect()))]), Dim::L4, int),
+            ],
         };
         let alts: Vec<Alt> = raw.into_iter().map(|(c, dim, kind)| Alt { guard: self.universe.intersect_cube(&c), dim, kind }).collect();
         let mut present = Space::empty();
@@ -323,6 +341,7 @@ impl<'p> Compiler<'p> {
     fn term(&self, e: &ir::Expr) -> Term {
         match &e.kind {
             ExprKind::Const(v) => Term::Const(*v),
+            ExprKind::Field(Field::CtState) => Term::Opaque { fields: vec![Field::CtState], reason: Some(CT_REASON.into()) },
             ExprKind::Field(f) => Term::Field(*f),
             ExprKind::Local(l) => match self.env.get(l) {
                 Some(v) => self.term(v),
@@ -364,6 +383,12 @@ impl<'p> Compiler<'p> {
         let ints = Set::from_ranges(contents.ints.iter().map(|&(a, b)| (a as u128, b as u128)).chain(contents.macs.iter().map(|&m| (m as u128, m as u128))).collect());
         let v4 = Set::from_ranges(contents.v4.iter().map(|&(n, l)| prefix_range(u32::from(n) as u128, l as u32, 32)).collect());
         let v6 = Set::from_ranges(contents.v6.iter().map(|&(n, l)| prefix_range(u128::from(n), l as u32, 128)).collect());
+        // Every state: true wherever the packet has one, whatever the
+        // table holds.
+        if matches!(a.kind, ExprKind::Field(Field::CtState)) && ir::CtState::ALL.iter().all(|s| ints.contains(s.number() as u128)) {
+            let present = self.present(Field::CtState);
+            return if want.truth() { present } else { Space::empty() };
+        }
         match self.term(a) {
             Term::Field(f) => self.field_test(f, want, |kind| match kind {
                 Kind::V4 => v4.clone(),

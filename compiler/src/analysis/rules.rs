@@ -212,7 +212,8 @@ fn body(c: &mut Compiler, stmts: &[ir::Stmt], region: &mut Space, hook: Hook, ou
             StmtKind::Let { local, value } => {
                 c.env.insert(*local, value.clone());
             }
-            StmtKind::MapUpdate { .. } => {}
+            // A record of the packet: the verdict is what follows.
+            StmtKind::MapUpdate { .. } | StmtKind::Log(_) => {}
             StmtKind::If { cond, then_body, else_body } => {
                 let may = disjoint(c.region(cond, Want::MayTrue));
                 let unknowns = c.take_unknowns();
@@ -260,11 +261,13 @@ fn last(s: &Set) -> u128 {
 }
 
 /// A probe's text for alignment: header, label, body, and the declared
-/// contents of the named sets it reads.
+/// contents of the named sets it reads. `log` statements are left out:
+/// they write records and decide nothing, so a rule that only gained,
+/// lost or changed a `log` decides as before.
 fn signature(policy: &ir::Policy, probe: &ir::Probe) -> String {
     let r = &policy.rules[probe.rule as usize];
     let mut s = format!("{:?}|{}|", r.label, probe.predicate.as_ref().map(|p| policy.expr_text(p)).unwrap_or_default());
-    s.push_str(&policy.body_text(&probe.body));
+    s.push_str(&policy.body_text(&without_logs(&probe.body)));
     let mut sets = Vec::new();
     if let Some(p) = &probe.predicate {
         named_sets(p, &mut sets);
@@ -278,6 +281,20 @@ fn signature(policy: &ir::Policy, probe: &ir::Probe) -> String {
         s.push_str(&format!("|{}={}", policy.sets[id].name, policy.sets[id].contents.elements().join(",")));
     }
     s
+}
+
+/// A body with its `log` statements taken out, at every depth.
+fn without_logs(body: &[ir::Stmt]) -> Vec<ir::Stmt> {
+    body.iter()
+        .filter(|s| !matches!(s.kind, StmtKind::Log(_)))
+        .map(|s| match &s.kind {
+            StmtKind::If { cond, then_body, else_body } => ir::Stmt {
+                kind: StmtKind::If { cond: cond.clone(), then_body: without_logs(then_body), else_body: without_logs(else_body) },
+                span: s.span,
+            },
+            _ => s.clone(),
+        })
+        .collect()
 }
 
 fn stmt_sets(s: &ir::Stmt, out: &mut Vec<usize>) {

@@ -32,6 +32,9 @@ pub enum Layer {
     Ports,
     Icmp4,
     Icmp6,
+    /// A packet of a protocol the connection table tracks: TCP, UDP,
+    /// ICMP or ICMPv6 echo, or an ICMP error (docs/conntrack.md).
+    Ct,
 }
 
 macro_rules! fields {
@@ -115,6 +118,7 @@ fields! {
     IcmpCode = "icmp.code", Int, Icmp4, "ICMP (IPv4) code.";
     Icmp6Type = "icmpv6.type", Int, Icmp6, "ICMPv6 type.";
     Icmp6Code = "icmpv6.code", Int, Icmp6, "ICMPv6 code.";
+    CtState = "ct.state", Int, Ct, "Connection state: `new`, `established`, `related` or `invalid` (docs/conntrack.md); compared with those names.";
 }
 
 impl Field {
@@ -154,6 +158,8 @@ impl Field {
             Ip4Ihl => &[(5, 15)],
             Ip4Id | TcpSport | TcpDport | TcpWindow | UdpSport | UdpDport | UdpLen | L4Sport | L4Dport => U16,
             Ip6FlowLabel => &[(0, (1 << 20) - 1)],
+            // The states' numbers (`CtState::number`).
+            CtState => &[(0, 3)],
             _ => return None,
         })
     }

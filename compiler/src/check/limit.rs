@@ -35,7 +35,7 @@ const OPTIONS: [&str; 3] = ["burst", "by", "size"];
 
 /// The most nanoseconds of credit a bucket may hold (2^62, some 146
 /// years): sums of times in the kernel stay far from wrapping.
-const MAX_DEPTH_NS: u128 = 1 << 62;
+pub(super) const MAX_DEPTH_NS: u128 = 1 << 62;
 
 /// The largest byte rate, per nanosecond: 64 bytes (64 GB/s), where a
 /// minimal Ethernet frame costs a nanosecond.
@@ -173,7 +173,7 @@ impl Checker<'_> {
 
     /// `100/s`, `10 mbytes/minute`: units per period, the period in
     /// nanoseconds, and what is counted.
-    fn rate(&mut self, r: &ast::Rate) -> Option<(u64, u64, LimitUnit)> {
+    pub(super) fn rate(&mut self, r: &ast::Rate) -> Option<(u64, u64, LimitUnit)> {
         let mut ok = true;
         let period = PERIODS.iter().find(|(n, _)| *n == r.per.name).map(|(_, ns)| *ns);
         if period.is_none() {

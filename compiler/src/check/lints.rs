@@ -9,7 +9,7 @@ use xpol_lang::Diagnostic;
 
 fn reads_l4(e: &ir::Expr) -> bool {
     match &e.kind {
-        ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6),
+        ExprKind::Field(f) => matches!(f.layer(), Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6 | Layer::Ct),
         ExprKind::Const(_) | ExprKind::Local(_) => false,
         ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().any(reads_l4),
         ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => reads_l4(a),
@@ -28,13 +28,13 @@ fn reads(e: &ir::Expr, field: Field) -> bool {
 }
 
 /// The verdict a probe always reaches: its body is statements that cannot
-/// decide or branch (`let`, `@map` updates such as `count()`), ending in
+/// decide or branch (`let`, `@map` updates such as `count()`, `log`), ending in
 /// that verdict. A drop rule that also counts (`{ @c[ip.src] = count();
 /// drop }`) drops every packet it matches as surely as `{ drop }` does.
 fn only_verdict(p: &ir::Probe) -> Option<Verdict> {
     let (last, before) = p.body.split_last()?;
     let StmtKind::Verdict(v) = last.kind else { return None };
-    before.iter().all(|s| matches!(s.kind, StmtKind::Let { .. } | StmtKind::MapUpdate { .. })).then_some(v)
+    before.iter().all(|s| matches!(s.kind, StmtKind::Let { .. } | StmtKind::MapUpdate { .. } | StmtKind::Log(_))).then_some(v)
 }
 
 pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {

@@ -4,10 +4,12 @@
 //! The checker reports every error it finds, not only the first: a failing
 //! sub-expression yields `None` and its parent goes on without it.
 
+mod conntrack;
 pub mod fields;
 mod lb;
 mod limit;
 pub mod lints;
+mod log;
 mod values;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
@@ -90,6 +92,10 @@ struct Checker<'a> {
     /// Pools declared empty whose family an `lb`'s `src:` gave.
     family_from_src: std::collections::HashSet<ir::PoolId>,
     limits: Vec<ir::Limit>,
+    /// The first `ct.state` a rule reads: the policy then has a
+    /// connection table.
+    ct_first: Option<Span>,
+    logs: Vec<ir::Log>,
     /// The expression about to be checked stands where a `limit(...)` may:
     /// a predicate or an `if` condition, through `&&`, `||` and `!`. Taken
     /// (reset) by every expression checked.
@@ -120,6 +126,8 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         nat_pools: Default::default(),
         family_from_src: Default::default(),
         limits: Vec::new(),
+        ct_first: None,
+        logs: Vec::new(),
         in_condition: false,
     };
     // Declarations first, in order: a const may use earlier consts and sets;
@@ -143,7 +151,7 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
             Item::Const(decl) => c.const_decl(decl),
             Item::Set(decl) => c.set_decl(decl),
             Item::Pool(decl) => c.pool_decl(decl),
-            Item::Include(_) | Item::Map(_) | Item::Probe(_) | Item::Test(_) => {}
+            Item::Include(_) | Item::Map(_) | Item::Conntrack(_) | Item::Probe(_) | Item::Test(_) => {}
         }
     }
     // Tests describe the policy they are written in: an included file's
@@ -165,16 +173,25 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
     if !c.nat_pools.is_empty() {
         c.programs.entry(Hook::TcEgress).or_default();
     }
+    // `ct.state` needs its connections recorded both ways: the policy gets
+    // the programs that do.
+    let ct_decls: Vec<&ast::ConntrackDecl> = loaded.items.iter().filter_map(|i| if let Item::Conntrack(d) = i { Some(d) } else { None }).collect();
+    let mut programs = std::mem::take(&mut c.programs);
+    let conntrack = c.conntrack(&ct_decls, &mut programs);
+    c.programs = programs;
     // A `@map` is made by its uses; `map @NAME max N` only sizes it,
     // wherever it stands, so it is checked once every rule is.
     let decls: Vec<&ast::MapDecl> = loaded.items.iter().filter_map(|i| if let Item::Map(d) = i { Some(d) } else { None }).collect();
     c.map_capacities(&decls);
     // `test ... on HOOK` needs probes on that hook.
     for item in &loaded.items {
-        if let Item::Test(ast::TestBlock { hook: Some((hook, span)), span: block, .. }) = item {
-            if block.file == root && !c.programs.is_empty() && !c.programs.contains_key(hook) {
-                let have: Vec<&str> = c.programs.keys().map(|h| h.as_str()).collect();
-                c.error_help(*span, "xpol::test::hook", format!("the policy has no `{}` probe to test", hook.as_str()), "no probe on this hook", format!("the policy's hooks: {}", have.join(", ")));
+        if let Item::Test(ast::TestBlock { hook, cases, span: block, .. }) = item {
+            let hooks = hook.iter().chain(cases.iter().filter_map(|case| case.hook.as_ref()));
+            for (hook, span) in hooks {
+                if block.file == root && !c.programs.is_empty() && !c.programs.contains_key(hook) {
+                    let have: Vec<&str> = c.programs.keys().map(|h| h.as_str()).collect();
+                    c.error_help(*span, "xpol::test::hook", format!("the policy has no `{}` probe to test", hook.as_str()), "no probe on this hook", format!("the policy's hooks: {}", have.join(", ")));
+                }
             }
         }
     }
@@ -214,6 +231,8 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         pools: c.pools,
         nat_pools: c.nat_pools.into_iter().collect(),
         limits: c.limits,
+        conntrack,
+        logs: c.logs,
         tests,
         warnings: c.diags,
     };
@@ -472,6 +491,7 @@ impl Checker<'_> {
             self.bool_expr(p, "a predicate")
         });
         let body = self.block(&probe.body);
+        self.log_verdicts(&body, "none");
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
         probes.push(ir::Probe { rule: id, predicate, body, span: probe.span });
@@ -610,6 +630,7 @@ impl Checker<'_> {
                 TestPacket::Fields { kind: kind.name.clone(), args: out }
             }
         };
+        let hook = case.hook.map(|(h, _)| h).or(hook);
         let expect = match case.expect.name.as_str() {
             "pass" => ir::Outcome::Pass,
             "drop" => ir::Outcome::Drop,
@@ -639,8 +660,12 @@ impl Checker<'_> {
         for m in &case.maps {
             maps.push(self.map_expect(m)?);
         }
+        let mut logs = Vec::new();
+        for l in &case.logs {
+            logs.push(self.log_expect(l)?);
+        }
         let after_ns = case.after.map_or(0, |(ns, _)| ns);
-        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, span: case.span })
+        Some(ir::TestCase { test: test.to_string(), hook, packet, expect, decided_by, maps, lb, after_ns, logs, span: case.span })
     }
 
     /// `@m[KEYS] == VALUE` in a test case: a map the rules above use, with
@@ -720,6 +745,7 @@ impl Checker<'_> {
                 StmtKind::Redirect(idx)
             }
             ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
+            ast::StmtKind::Log(args) => self.log_stmt(stmt.span, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
                 self.in_condition = true;
                 let cond = self.bool_expr(cond, "an `if` condition");
@@ -1104,7 +1130,13 @@ impl Checker<'_> {
             }
         }
         if let Some(f) = Field::by_name(&name) {
+            if f == Field::CtState {
+                self.ct_used(span);
+            }
             return Some(Operand::Expr(ir::Expr { kind: ExprKind::Field(f), ty: f.ty(), span }));
+        }
+        if segs.len() == 1 && self.state_name_outside(&name, span) {
+            return None;
         }
         let what = if segs.len() == 1 { "name" } else { "packet field" };
         let mut d = Diagnostic::error("xpol::name::unknown", format!("unknown {what} `{name}`")).with_label(span, "not defined");
@@ -1151,6 +1183,9 @@ impl Checker<'_> {
                 Some(Operand::Expr(fold(ir::Expr { kind, ty: Type::Bool, span })))
             }
             BinOp::In | BinOp::NotIn => {
+                if let Some(checked) = self.ct_state_test(op, lhs, rhs, span) {
+                    return checked;
+                }
                 let a = self.value_expr(lhs, "the left side of `in`");
                 let set = self.expr(rhs);
                 let (a, set) = (a?, set?);
@@ -1162,6 +1197,9 @@ impl Checker<'_> {
                 Some(Operand::Expr(fold(e)))
             }
             BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+                if let Some(checked) = self.ct_state_test(op, lhs, rhs, span) {
+                    return checked;
+                }
                 let a = self.expr(lhs);
                 let b = self.expr(rhs);
                 let (a, b) = (a?, b?);

@@ -22,12 +22,16 @@ pub mod helper {
     pub const L3_CSUM_REPLACE: u64 = 10;
     pub const L4_CSUM_REPLACE: u64 = 11;
     pub const REDIRECT: u64 = 23;
+    pub const SKB_LOAD_BYTES: u64 = 26;
     pub const CSUM_DIFF: u64 = 28;
     pub const SKB_PULL_DATA: u64 = 39;
     pub const XDP_ADJUST_HEAD: u64 = 44;
     pub const XDP_ADJUST_TAIL: u64 = 65;
     pub const FIB_LOOKUP: u64 = 69;
+    pub const RINGBUF_RESERVE: u64 = 131;
+    pub const RINGBUF_SUBMIT: u64 = 132;
     pub const KTIME_GET_COARSE_NS: u64 = 160;
+    pub const XDP_LOAD_BYTES: u64 = 189;
 }
 
 /// Map types (enum bpf_map_type).
@@ -38,9 +42,13 @@ pub mod map_type {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LPM_TRIE: u32 = 11;
+    pub const RINGBUF: u32 = 27;
 }
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// Offset of the receiving interface's index in the XDP context
+/// (`xdp_md.ingress_ifindex`).
+pub const XDP_MD_INGRESS_IFINDEX: u64 = 12;
 /// `E2BIG`: what `bpf_map_update_elem` returns (negated) when a
 /// (preallocated) hash map is full and the key is new.
 const E2BIG: u64 = 7;
@@ -1017,6 +1025,20 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
         self.add_u64_at(p, 0, self.c64(1), false);
         self.br(done);
         self.at(done);
+    }
+
+    /// `bpf_ringbuf_reserve(map, size, 0)` (Linux 5.8): room for a record
+    /// of `size` bytes in ring buffer `map`, or null when it is full. The
+    /// verifier then wants every way on to submit (or discard) it.
+    pub fn ringbuf_reserve(&self, map: MapDef<'ctx>, size: u64) -> PointerValue<'ctx> {
+        self.helper_call_any(helper::RINGBUF_RESERVE, self.m.i8_ptr().into(), &[self.map_ptr(map).into(), self.c64(size).into(), self.c64(0).into()]).into_pointer_value()
+    }
+
+    /// `bpf_ringbuf_submit(record, 0)`: hands a reserved record to the
+    /// reader (woken up if it waits).
+    pub fn ringbuf_submit(&self, record: PointerValue<'ctx>) {
+        // The helper returns nothing; its r0 is never read.
+        self.helper_call(helper::RINGBUF_SUBMIT, self.i64(), &[record.into(), self.c64(0).into()]);
     }
 
     pub fn is_null(&self, p: PointerValue<'ctx>) -> IntValue<'ctx> {

@@ -28,6 +28,10 @@ pub struct Maps<'ctx> {
     pub pools: Vec<super::lb::PoolMaps<'ctx>>,
     /// By `ir::LimitId`.
     pub limits: Vec<super::limit::LimitDef<'ctx>>,
+    /// The connection table, when a rule reads `ct.state`.
+    pub conntrack: Option<super::conntrack::CtDef<'ctx>>,
+    /// The ring buffer of a policy that logs.
+    pub log: Option<super::log::LogMaps<'ctx>>,
 }
 
 #[derive(Default)]
@@ -95,6 +99,12 @@ pub struct Lower<'l, 'a, 'ctx> {
     /// loaded value and byte-swapped constants instead, so that a rule
     /// that only compares (a blocklist of a few prefixes) needs no swap.
     raw_v4: std::cell::RefCell<HashMap<IntValue<'ctx>, IntValue<'ctx>>>,
+    /// The program classifies packets by the connection table after the
+    /// L4 parse (it reads `ct.state` or records connections).
+    pub ct_classify: bool,
+    /// What a pass writes to the connection table, in a program that
+    /// records connections, once classified (`conntrack.rs`).
+    pub(super) ct_write: Option<super::conntrack::CtWrite<'ctx>>,
     /// The predicate being lowered has one location, its own: the
     /// comparisons in it get none of theirs (see `Lower::rule`).
     predicate_located: bool,
@@ -195,7 +205,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         maps: &'l Maps<'ctx>,
         hook: Hook,
     ) -> Self {
-        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default(), predicate_located: false, floor: SizeFloor::default() }
+        Lower { b, h, policy, maps, hook, locals: HashMap::new(), raw_v4: Default::default(), ct_classify: false, ct_write: None, predicate_located: false, floor: SizeFloor::default() }
     }
 
     fn loc(&mut self, span: Span) {
@@ -238,16 +248,32 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 if copies * rest.len() <= super::SPECIALIZE_MAX_RULES && copies * super::probes_weight(rest) <= super::SPECIALIZE_MAX_WEIGHT {
                     for end in parse::parse_l4_split(self.b, &self.h, &at, split) {
                         self.b.at(end);
+                        self.l4_parsed();
                         self.rules_in_place(rest, None);
                     }
                     return;
                 }
                 parse::parse_l4_here(self.b, &self.h, &at);
+                self.l4_parsed();
             }
             self.rule(probe, None);
         }
+        // A program that records connections and has no rules of its own
+        // (the `tc:egress` the checker gave it) parses L4 after them all.
+        if let Some((_, at)) = l4.filter(|&(first, _)| first == probes.len()) {
+            parse::parse_l4_here(self.b, &self.h, &at);
+            self.l4_parsed();
+        }
         // No rule decided: pass.
-        self.b.ret(verdict_code(self.hook, Verdict::Pass));
+        self.ret_pass(verdict_code(self.hook, Verdict::Pass), false);
+    }
+
+    /// Right after the L4 parse: the connection state, where the program
+    /// needs it.
+    fn l4_parsed(&mut self) {
+        if self.ct_classify {
+            self.ct_here();
+        }
     }
 
     /// Long programs: the facts are in a map, and rules whose body is only
@@ -258,6 +284,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     fn rules_on_facts_map(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>, map: MapDef<'ctx>) -> Option<usize> {
         if let Some((_, at)) = l4 {
             parse::parse_l4_here(self.b, &self.h, &at);
+            self.l4_parsed();
         }
         self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
         let mut tails = Tails::default();
@@ -269,13 +296,19 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
         }
         // No rule decided: pass.
-        self.b.ret(verdict_code(self.hook, Verdict::Pass));
+        let pass = verdict_code(self.hook, Verdict::Pass);
+        self.ret_pass(pass, false);
         for tail in tails.done.into_iter().chain(tails.open) {
             self.b.at(tail.block);
             let rule = self.b.phi(&tail.from);
             self.b.reload_facts_pointer();
             self.b.bump_counter(self.maps.rules, rule, self.b.pkt_len(self.h.pkt_len));
-            self.b.ret_apart(tail.code);
+            // A pass writes the connection's entry first.
+            if tail.code == pass {
+                self.ret_pass(pass, true);
+            } else {
+                self.b.ret_apart(tail.code);
+            }
         }
         None
     }
@@ -343,6 +376,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
 
     fn stmt(&mut self, s: &ir::Stmt) {
         match &s.kind {
+            StmtKind::Verdict(Verdict::Pass) => self.ret_pass(verdict_code(self.hook, Verdict::Pass), true),
             StmtKind::Verdict(v) => self.b.ret_apart(verdict_code(self.hook, *v)),
             StmtKind::Redirect(i) => self.redirect(*i),
             StmtKind::If { cond, then_body, else_body } => {
@@ -365,6 +399,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
             StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
             StmtKind::Lb(lb) => self.balance(lb),
+            StmtKind::Log(id) => self.log(*id),
         }
     }
 
@@ -618,6 +653,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             Field::IcmpCode => int(get(h.icmp_code), get(h.icmp4_ok)),
             Field::Icmp6Type => int(get(h.icmp_type), get(h.icmp6_ok)),
             Field::Icmp6Code => int(get(h.icmp_code), get(h.icmp6_ok)),
+            Field::CtState => int(get(h.ct_state), get(h.ct_ok)),
         }
     }
 

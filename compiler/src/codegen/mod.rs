@@ -9,8 +9,10 @@
 pub mod builder;
 pub mod faults;
 mod budget;
+mod conntrack;
 mod lb;
 mod limit;
+mod log;
 pub mod lower;
 pub mod parse;
 
@@ -32,14 +34,8 @@ use xpol_lang::{Diagnostic, SourceMap, Span};
 pub use faults::Faults;
 pub use budget::{MAX_JUMP_SEQUENCE, MAX_PROGRAM_INSNS};
 
-/// A source position given to LLVM and the span it stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Located {
-    pub file: xpol_lang::FileId,
-    pub line: u32,
-    pub col: u32,
-    pub span: xpol_lang::Span,
-}
+mod located;
+pub use located::Located;
 
 pub struct Generated {
     pub object: Vec<u8>,
@@ -88,7 +84,7 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
             ir::StmtKind::If { then_body, else_body, .. } => {
                 conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
             }
-            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } => {}
+            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::Log(_) => {}
         }
     }
     if conditional { "mixed" } else { "none" }
@@ -231,6 +227,10 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
         list.iter()
             .map(|s| match &s.kind {
                 ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+                // The ring buffer's reservation (a way out when it is
+                // full), and a rate's bucket as a `limit`'s (whether or
+                // not the `log` has one: the IR alone does not say).
+                ir::StmtKind::Log(_) => 5,
                 // Hashing, two or three lookups, the encapsulation, the FIB.
                 ir::StmtKind::Lb(_) => 16,
                 ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
@@ -348,6 +348,9 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         counters: meta::CountersMeta::for_rules(policy.rules.len()),
         pools: Vec::new(),
         limits: Vec::new(),
+        conntrack: None,
+        log_ring: None,
+        logs: Vec::new(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -488,7 +491,17 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         limits.push(def);
         meta.limits.push(limit_meta);
     }
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits };
+    let conntrack = policy.conntrack.as_ref().map(|ct| {
+        let (def, ct_meta) = conntrack::define(&m, ct);
+        meta.conntrack = Some(ct_meta);
+        def
+    });
+        let log = log::define(&m, policy, sources).map(|(maps, ring, logs)| {
+        meta.log_ring = Some(ring);
+        meta.logs = logs;
+        maps
+    });
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)
@@ -530,13 +543,29 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             let nat: Vec<lb::PoolMaps> = policy.nat_pools.iter().map(|&p| maps.pools[p]).collect();
             lb::reverse_nat(&b, &nat);
         }
-        let uses = parse::first_uses(prog);
-        let parsed = parse::parse(&b, prog.hook, &uses, specialize, options.faults.omit_l4_bounds_check);
-        let l4_before = parse::first_probe_using(prog, parse::Stage::L4);
+        let mut uses = parse::first_uses(prog);
+        let mut l4_before = parse::first_probe_using(prog, parse::Stage::L4);
+        // A program that records connections parses every header for them
+        // before its first rule (its instructions blamed on the first
+        // `ct.state` of the policy); one that only reads `ct.state`, before
+        // the first rule that does.
+        let records = policy.conntrack.as_ref().filter(|ct| ct.trackers.contains(&prog.hook));
+        if let Some(ct) = records {
+            for stage in [parse::Stage::Eth, parse::Stage::Vlan, parse::Stage::Ip4, parse::Stage::Ip6, parse::Stage::L4] {
+                uses.entry(stage).or_insert(ct.span);
+            }
+            l4_before = Some(0);
+        }
+        let ct_classify = records.is_some() || (policy.conntrack.is_some() && parse::reads_field(prog, crate::check::fields::Field::CtState));
+        // A program without rules of its own (the `tc:egress` of `nat` or
+        // of the connection table) gains nothing from a parse end per
+        // header, and would repeat its work at each.
+        let parsed = parse::parse(&b, prog.hook, &uses, specialize && !prog.probes.is_empty(), options.faults.omit_l4_bounds_check);
         for &end in &parsed.ends {
             b.at(end);
             faults::emit(&b, &options.faults, prog);
             let mut lower = Lower::new(&mut b, parsed.headers, policy, &maps, prog.hook);
+            lower.ct_classify = ct_classify;
             if let Some(rule) = lower.program(&prog.probes, l4_before.map(|i| (i, parsed.l4_at(end))), facts_map) {
                 watch.lap("LLVM IR, until refused");
                 return Err(vec![budget::too_large_early(prog.hook, &lower.floor, rule + 1, &prog.probes[rule])]);

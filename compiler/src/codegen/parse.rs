@@ -40,6 +40,8 @@ fn stages(f: Field) -> &'static [Stage] {
         Layer::Ip4 => &[Stage::Ip4],
         Layer::Ip6 => &[Stage::Ip6],
         Layer::Tcp | Layer::Udp | Layer::Ports | Layer::Icmp4 | Layer::Icmp6 => &[Stage::L4],
+        // The connection's addresses, ports and flags.
+        Layer::Ct => &[Stage::Eth, Stage::Vlan, Stage::Ip4, Stage::Ip6, Stage::L4],
     }
 }
 
@@ -64,6 +66,15 @@ pub fn first_probe_using(prog: &ir::Program, stage: Stage) -> Option<usize> {
         probe_fields(p, &mut |f, _| uses |= stages(f).contains(&stage));
         uses
     })
+}
+
+/// Whether some probe of `prog` reads `field`.
+pub fn reads_field(prog: &ir::Program, field: Field) -> bool {
+    let mut reads = false;
+    for p in &prog.probes {
+        probe_fields(p, &mut |f, _| reads |= f == field);
+    }
+    reads
 }
 
 /// The L4 headers that rules read fields of. The rules after the L4 parse
@@ -153,7 +164,8 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                         visit(f, s.span);
                     }
                 }
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) => {}
+                // `log` reads the packet's bytes with a helper, not fields.
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Log(_) => {}
             }
         }
     }
@@ -163,8 +175,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
     stmts(&p.body, visit);
 }
 
-/// IPv6 extension headers walked before giving up on finding the L4 header.
-pub const MAX_IPV6_EXT: usize = 8;
+pub use crate::ir::MAX_IPV6_EXT;
 /// Offsets beyond this (bytes from the frame start) are not parsed; it keeps
 /// every packet offset provably small for the verifier.
 const MAX_L4_OFFSET: u64 = 1024;
@@ -237,13 +248,22 @@ pub struct Headers<'ctx> {
     pub udp_len: PointerValue<'ctx>,
     pub icmp_type: PointerValue<'ctx>,
     pub icmp_code: PointerValue<'ctx>,
+    /// ICMP and ICMPv6: bytes 4 and 5 of the header (an echo's identifier).
+    pub icmp_id: PointerValue<'ctx>,
+    /// Where the L4 header starts, from the frame's start (when the
+    /// protocol is known).
+    pub l4_off: PointerValue<'ctx>,
+    /// `ct.state`: whether the packet has one, and its number
+    /// (`codegen::conntrack`).
+    pub ct_ok: PointerValue<'ctx>,
+    pub ct_state: PointerValue<'ctx>,
     /// The address of the IPv4 header (as an integer), for the L4 parser
     /// at the IPv4 ends; not a fact.
     pub ip4_hdr: PointerValue<'ctx>,
 }
 
 /// The number of [`Headers::slots`].
-pub const FACT_SLOTS: usize = 42;
+pub const FACT_SLOTS: usize = 46;
 
 impl<'ctx> Headers<'ctx> {
     /// Every fact slot (all but the packet pointer and length).
@@ -254,7 +274,7 @@ impl<'ctx> Headers<'ctx> {
             h.proto_ok, h.proto, h.ttl, h.ip_len, h.tos, h.frag, h.frag_off, h.src4, h.dst4, h.ihl, h.ip4_id, h.df, h.src6_hi, h.src6_lo,
             h.dst6_hi, h.dst6_lo, h.ip6_nh, h.flow, h.tcp_ok, h.udp_ok, h.icmp4_ok, h.icmp6_ok, h.tcp_sport, h.tcp_dport, h.udp_sport, h.udp_dport, h.tcp_flags,
             h.tcp_window,
-            h.udp_len, h.icmp_type, h.icmp_code,
+            h.udp_len, h.icmp_type, h.icmp_code, h.icmp_id, h.l4_off, h.ct_ok, h.ct_state,
         ]
     }
 }
@@ -372,6 +392,10 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         udp_len: b.var(z, "udp_len"),
         icmp_type: b.var(z, "icmp_type"),
         icmp_code: b.var(z, "icmp_code"),
+        icmp_id: b.var(z, "icmp_id"),
+        l4_off: b.var(z, "l4_off"),
+        ct_ok: b.var(f, "ct_ok"),
+        ct_state: b.var(z, "ct_state"),
         ip4_hdr: b.var(z, "ip4_hdr"),
     };
     let t = b.bool(true);
@@ -426,7 +450,9 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.set(h.src4, b.zext64(b.load_raw(p, 12, 4)));
         b.set(h.dst4, b.zext64(b.load_raw(p, 16, 4)));
         b.set(h.proto_ok, t);
-        b.set(l4off, b.add(off, hlen));
+        let at = b.add(off, hlen);
+        b.set(l4off, at);
+        b.set(h.l4_off, at);
         b.set(ip_end, b.add(off, total));
         b.br(to);
     };
@@ -498,7 +524,9 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         let nh0 = ip6_header(p, b.c64(14), w0);
         b.set(h.proto, nh0);
         b.set(h.proto_ok, t);
-        b.set(l4off, b.c64(14 + 40));
+        let at = b.c64(14 + 40);
+        b.set(l4off, at);
+        b.set(h.l4_off, at);
         b.br(l4_v6_plain);
 
         b.at(fast);
@@ -639,7 +667,9 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
             b.at(upper);
             b.set(h.proto, cur);
             b.set(h.proto_ok, t);
-            b.set(l4off, o);
+            let at = o;
+            b.set(l4off, at);
+            b.set(h.l4_off, at);
             b.br(l4_v6);
             break;
         }
@@ -687,7 +717,9 @@ pub fn parse<'ctx>(b: &Bpf<'_, 'ctx>, hook: Hook, uses: &HashMap<Stage, Span>, s
         b.at(upper);
         b.set(h.proto, cur);
         b.set(h.proto_ok, t);
-        b.set(l4off, o);
+        let at = o;
+        b.set(l4off, at);
+        b.set(h.l4_off, at);
         b.br(l4_v6);
         // Keep the offset small and give the verifier one bounded range for
         // it on every path, so that its states can be pruned.
@@ -888,6 +920,7 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         b.set(ok, t);
         b.set(h.icmp_type, b.load_be(q, 0, 1));
         b.set(h.icmp_code, b.load_be(q, 1, 1));
+        b.set(h.icmp_id, b.load_be(q, 4, 2));
         b.br(exit);
         b.at(next);
     }

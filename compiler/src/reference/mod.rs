@@ -11,9 +11,12 @@ use xpol_lang::ast::{Hook, Verdict};
 
 pub use crate::ir::Outcome;
 pub use lb::Balanced;
+pub use log::Logged;
 
+pub mod conntrack;
 mod lb;
 mod limit;
+mod log;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub struct Evaluation {
     /// On `tc:egress` with `nat` pools: the reply translated back, when it
     /// was one (what the rules then saw, and what leaves).
     pub translated: Option<Vec<u8>>,
+    /// The records the `log` statements wrote, in order.
+    pub logs: Vec<Logged>,
 }
 
 /// A map key component as the reference stores it.
@@ -47,6 +52,8 @@ pub(crate) struct Facts {
     pub(crate) vlan2: Option<u64>,
     pub(crate) ip: Option<IpFacts>,
     pub(crate) l4: Option<L4Facts>,
+    /// Where the L4 header starts in the frame, when there is one.
+    pub(crate) l4_off: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +139,7 @@ pub(crate) fn parse(p: &[u8]) -> Facts {
             58 if ip.v6 && whole(8) => Some(L4Facts::Icmp { v6: true, ty: be(p, l4off, 1).unwrap_or(0), code: be(p, l4off + 1, 1).unwrap_or(0) }),
             _ => None,
         };
+        f.l4_off = f.l4.as_ref().map(|_| l4off);
     }
     f.ip = Some(ip);
     f
@@ -200,13 +208,13 @@ fn ipv6(p: &[u8], off: usize) -> Option<(IpFacts, Option<(usize, usize)>)> {
     };
     let (mut nh, mut x) = (nh0, off + 40);
     let (mut frag, mut frag_off) = (false, 0);
-    for i in 0..=crate::codegen::parse::MAX_IPV6_EXT {
+    for i in 0..=crate::ir::MAX_IPV6_EXT {
         let is_ext = matches!(nh, 0 | 43 | 60 | 44 | 51);
         if !is_ext {
             facts.proto = Some((nh, frag, frag_off));
             return Some((facts, Some((x, ip_end))));
         }
-        if i == crate::codegen::parse::MAX_IPV6_EXT || p.len() < x + 8 {
+        if i == crate::ir::MAX_IPV6_EXT || p.len() < x + 8 {
             return Some((facts, None));
         }
         let len = match nh {
@@ -252,6 +260,8 @@ pub struct State {
     /// for every key: the kernel's LRU map forgets keys past its size,
     /// which tests stay under.
     pub limits: HashMap<(ir::LimitId, Vec<KeyPart>), limit::Bucket>,
+    /// The connection table (`ct.state`), entries expired or not.
+    pub conntrack: HashMap<conntrack::Key, conntrack::Entry>,
 }
 
 impl State {
@@ -275,6 +285,11 @@ struct Eval<'a> {
     lb: Option<Option<Balanced>>,
     locals: HashMap<ir::LocalId, Option<V>>,
     state: &'a mut State,
+    /// `ct.state` of the packet (absent: `None`).
+    ct: Option<ir::CtState>,
+    hook: Hook,
+    /// What the `log` statements wrote so far.
+    logs: Vec<Logged>,
 }
 
 /// Evaluates the program of `hook` on `packet`. Redirect targets count as
@@ -288,7 +303,21 @@ pub fn evaluate(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut Stat
 }
 
 fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -> Evaluation {
-    let mut e = Eval { policy, facts: parse(packet), packet, locals: HashMap::new(), state, lb: None };
+    let facts = parse(packet);
+    // The rules cannot change the table: what it says of the packet is
+    // decided before them, and written after them if the packet passes.
+    let ct = conntrack::classify(policy, &facts, packet, state);
+    let records = policy.conntrack.as_ref().is_some_and(|c| c.trackers.contains(&hook));
+    let mut evaluation = evaluate_probes(policy, hook, packet, facts, ct.state, state);
+    if records && evaluation.outcome == Outcome::Pass {
+        conntrack::commit(&ct, state);
+    }
+    evaluation.translated = None;
+    evaluation
+}
+
+fn evaluate_probes(policy: &ir::Policy, hook: Hook, packet: &[u8], facts: Facts, ct: Option<ir::CtState>, state: &mut State) -> Evaluation {
+    let mut e = Eval { policy, facts, packet, locals: HashMap::new(), state, lb: None, ct, hook, logs: Vec::new() };
     let mut fired = Vec::new();
     let tc = hook != Hook::Xdp;
     let outcome_of = |v: Verdict| match (v, tc) {
@@ -298,7 +327,7 @@ fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut St
         (Verdict::Abort, false) => Outcome::Abort,
     };
     let Some(prog) = policy.programs.iter().find(|p| p.hook == hook) else {
-        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None };
+        return Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None, logs: Vec::new() };
     };
     for probe in &prog.probes {
         let holds = probe.predicate.as_ref().is_none_or(|p| e.holds(p));
@@ -315,10 +344,10 @@ fn evaluate_rules(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut St
                 (None, v) => v.map(outcome_of).unwrap_or(if tc { Outcome::Drop } else { Outcome::Abort }),
             };
             let lb = e.lb.take().flatten();
-            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb, translated: None };
+            return Evaluation { outcome, fired, decided_by: Some(probe.rule), lb, translated: None, logs: e.logs };
         }
     }
-    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None }
+    Evaluation { outcome: Outcome::Pass, fired, decided_by: None, lb: None, translated: None, logs: e.logs }
 }
 
 impl Eval<'_> {
@@ -341,6 +370,11 @@ impl Eval<'_> {
                 StmtKind::Let { local, value } => {
                     let v = self.expr(value);
                     self.locals.insert(*local, v);
+                }
+                StmtKind::Log(id) => {
+                    if let Some(logged) = log::write(self.policy, *id, self.hook, self.packet, self.facts.len, self.state) {
+                        self.logs.push(logged);
+                    }
                 }
                 StmtKind::MapUpdate { map, keys, op } => {
                     let amount = match op {
@@ -496,6 +530,7 @@ impl Eval<'_> {
             Field::IcmpCode => int(icmp(false).map(|i| i.1)),
             Field::Icmp6Type => int(icmp(true).map(|i| i.0)),
             Field::Icmp6Code => int(icmp(true).map(|i| i.1)),
+            Field::CtState => int(self.ct.map(|s| s.number())),
         }
     }
 

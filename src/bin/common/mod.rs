@@ -32,10 +32,7 @@ pub fn write_output(path: &Path, bytes: &[u8], inputs: &[&Path]) -> Result<()> {
     match way {
         Way::Replace => replace(path, bytes, &inputs),
         Way::Stdout => write_into(&mut std::io::stdout().lock(), bytes, path),
-        Way::Into => {
-            let mut file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
-            write_into(&mut file, bytes, path)
-        }
+        Way::Into => write_into(&mut open_special(path)?, bytes, path),
     }
 }
 
@@ -46,6 +43,85 @@ pub fn check_output(path: &Path, inputs: &[&Path]) -> Result<()> {
     output_way(path, inputs).map(|_| ())
 }
 
+/// A file written as the data comes (`--pcap-out`), where the user named
+/// it, by the rules of [`write_output`] (symbolic links refused unless
+/// they lead to standard output, a character device or a FIFO; inputs,
+/// directories, block devices and sockets refused): a regular file is
+/// written as a temporary file beside it, mode 0600 less the umask (it
+/// holds what the packets carried), and renamed over it by
+/// [`StreamOutput::finish`], so that readers see the old file or the
+/// whole new one; a FIFO, a character device or standard output is
+/// written into as the data comes (`tcpdump -r FIFO` reads it live).
+// Used by `xpol` only; `xpolc` shares this module.
+#[allow(dead_code)]
+pub struct StreamOutput {
+    to: Stream,
+    path: std::path::PathBuf,
+}
+
+#[allow(dead_code)]
+enum Stream {
+    Temp(tempfile::NamedTempFile),
+    Into(File),
+    Stdout(std::io::Stdout),
+}
+
+#[allow(dead_code)]
+impl StreamOutput {
+    /// Opens `path` for writing, or says why not (before anything runs).
+    pub fn create(path: &Path, inputs: &[&Path]) -> Result<StreamOutput> {
+        let (way, _) = output_way(path, inputs)?;
+        let to = match way {
+            Way::Replace => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                Stream::Temp(
+                    tempfile::Builder::new()
+                        .permissions(Permissions::from_mode(0o600))
+                        .tempfile_in(dir)
+                        .with_context(|| format!("cannot create a file in {}", dir.display()))?,
+                )
+            }
+            Way::Stdout => Stream::Stdout(std::io::stdout()),
+            Way::Into => Stream::Into(open_special(path)?),
+        };
+        Ok(StreamOutput { to, path: path.to_path_buf() })
+    }
+
+    /// Whether this is the process's standard output.
+    pub fn is_stdout(&self) -> bool {
+        matches!(self.to, Stream::Stdout(_))
+    }
+
+    /// Flushes what was written and, for a regular file, renames it over
+    /// the path.
+    pub fn finish(mut self) -> Result<()> {
+        self.flush().with_context(|| format!("cannot write {}", self.path.display()))?;
+        if let Stream::Temp(tmp) = self.to {
+            tmp.as_file().sync_all().with_context(|| format!("cannot write {}", self.path.display()))?;
+            tmp.persist(&self.path).with_context(|| format!("cannot write {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for StreamOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.to {
+            Stream::Temp(t) => t.write(buf),
+            Stream::Into(f) => f.write(buf),
+            Stream::Stdout(o) => o.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.to {
+            Stream::Temp(t) => t.flush(),
+            Stream::Into(f) => f.flush(),
+            Stream::Stdout(o) => o.flush(),
+        }
+    }
+}
+
 /// How [`write_output`] writes to a path.
 enum Way {
     /// A new regular file, renamed over the path.
@@ -54,6 +130,18 @@ enum Way {
     Stdout,
     /// Opened and written into (a character device, a FIFO).
     Into,
+}
+
+/// Opens `path`, found to be a FIFO or a character device, for writing
+/// (never creating it), and checks that what it opened still is one: a
+/// regular file put in its place since the check is not written into.
+fn open_special(path: &Path) -> Result<File> {
+    let file = OpenOptions::new().write(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let kind = file.metadata().with_context(|| format!("cannot open {}", path.display()))?.file_type();
+    if !(kind.is_fifo() || kind.is_char_device()) {
+        bail!("refusing to write {}: it changed while being opened, and is no longer a FIFO or a character device", path.display());
+    }
+    Ok(file)
 }
 
 /// How `path` is to be written (see [`write_output`]), or why not; with

@@ -59,7 +59,7 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
         println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "applied": name, "outcome": outcome}));
     } else if outcome.replaced {
         eprintln!(
-            "replaced `{name}` (generation {}): {} rules kept their counters; kept @maps: {}; sets kept live: {}; sets from the new source: {}{}",
+            "replaced `{name}` (generation {}): {} rules kept their counters; kept @maps: {}; sets kept live: {}; sets from the new source: {}{}{}",
             outcome.generation,
             outcome.rules_carried,
             list_or_none(&outcome.maps_kept),
@@ -69,7 +69,8 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
                 String::new()
             } else {
                 format!("; pools kept live: {}; pools from the new source: {}", list_or_none(&outcome.pools_kept), list_or_none(&outcome.pools_reset))
-            }
+            },
+            if outcome.conntrack_kept { "; connections kept" } else { "" }
         );
     } else {
         eprintln!("applied {} as `{name}` on {}: it stays attached until `xpol delete {name}`", policy.display(), target.interfaces.join(", "));
@@ -85,7 +86,12 @@ pub fn apply(policy: &Path, target: &Target, json: bool, rejection: &RejectionOp
 
 /// `apply --watch`: applies, then again after each change to a file the
 /// policy read, until Ctrl-C or SIGTERM. A failed version is reported and
-/// the running one stays.
+/// the running one stays. When the first version fails and no earlier
+/// version of the name is applied, nothing would protect the host: that
+/// is an error (exit 1), so that a service manager knows and can retry
+/// (a missing interface at boot) rather than watch nothing. Under systemd
+/// (`Type=notify`, `xpol@.service`) the service is ready once the name is
+/// applied, and its status line says which version runs.
 pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &RejectionOptions) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     xpol_runtime::store::check_name(&target.name)?;
@@ -93,19 +99,45 @@ pub fn apply_watch(policy: &Path, target: &Target, json: bool, rejection: &Rejec
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
     let mut follower = Follower::new(policy)?;
+    let name = &target.name;
+    let mut first = true;
     loop {
         let Compiled { object, files } = compile(policy)?;
         follower.follow(&files)?;
-        match object.map(|(o, build)| apply_object(policy, &o, build.as_ref(), target, json, rejection)) {
-            Some(Ok(true)) => {}
-            Some(Err(e)) => eprintln!("error: {e:#}"),
-            Some(Ok(false)) | None => eprintln!("{} not applied; the running version stays", policy.display()),
-        }
-        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{}` stays applied)", follower.len(), policy.display(), target.name);
+        let applied = match object.map(|(o, build)| apply_object(policy, &o, build.as_ref(), target, json, rejection)) {
+            Some(Ok(applied)) => applied,
+            Some(Err(e)) => {
+                eprintln!("error: {e:#}");
+                false
+            }
+            None => false,
+        };
+        let status = if applied {
+            format!("applied {} as `{name}`; watching {} file(s)", policy.display(), follower.len())
+        } else if first && !is_applied(name)? {
+            bail!("{} was not applied, and no earlier version of `{name}` is applied: nothing to keep running", policy.display());
+        } else {
+            eprintln!("{} not applied; the running version stays", policy.display());
+            format!("the latest version of {} failed (see the log); an earlier version of `{name}` runs", policy.display())
+        };
+        // Outside systemd (no NOTIFY_SOCKET) this does nothing; a failed
+        // notification changes nothing that runs, so it is not an error.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+        eprintln!("watching {} file(s) of {}; Ctrl-C stops watching (`{name}` stays applied)", follower.len(), policy.display());
+        first = false;
         if !follower.wait(&stop)? {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// Whether a policy is applied under `name` (in the store in bpffs).
+fn is_applied(name: &str) -> Result<bool> {
+    Ok(match Store::read()? {
+        Some(store) => store.names()?.iter().any(|n| n == name),
+        None => false,
+    })
 }
 
 fn list_or_none(v: &[String]) -> String {
@@ -202,6 +234,36 @@ pub fn stats(name: &str, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `xpol ct NAME`: the connection table's live entries, one a line (or a
+/// JSON record each, then a summary).
+pub fn conntrack(name: &str, json: bool) -> Result<ExitCode> {
+    let store = Store::read()?.with_context(|| format!("no policy is applied as `{name}` (see `xpol list`)"))?;
+    let applied = store.applied(name)?;
+    let current = applied.current.as_ref().with_context(|| format!("`{name}`: {}", applied.problems.join("; ")))?;
+    let maps = current.maps()?;
+    let Some(summary) = maps.ct_summary()? else { bail!("`{name}` has no connection table: no rule of it reads `ct.state`") };
+    let entries = maps.ct_entries()?;
+    if json {
+        for e in &entries {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "schema": super::REPORT_SCHEMA, "protocol": e.state.split(' ').next(), "state": e.state,
+                    "from": e.from.0.to_string(), "from_port": e.from.1, "to": e.to.0.to_string(), "to_port": e.to.1,
+                    "expires_in_s": e.expires_in_ns as f64 / 1e9,
+                })
+            );
+        }
+        println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "entries": summary.entries, "capacity": summary.capacity, "states": summary.states}));
+    } else {
+        for e in &entries {
+            println!("{}", e.describe());
+        }
+        print!("{}", super::conntrack_line(&serde_json::json!({"entries": summary.entries, "capacity": summary.capacity, "states": summary.states})).trim_start());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn watch(name: &str, interval: f64, duration: Option<f64>, json: bool) -> Result<ExitCode> {

@@ -673,7 +673,7 @@ fn collect_decls(policy: &Policy, decls: &mut Vec<Decl>) {
                 default: false,
             }),
             Item::Probe(p) => map_assignments(&p.body, &mut map_uses),
-            Item::Include(_) | Item::Test(_) => {}
+            Item::Include(_) | Item::Test(_) | Item::Conntrack(_) => {}
         }
     }
     // A map without a `map` declaration is defined by its first assignment.
@@ -715,6 +715,7 @@ fn layer_phrase(layer: Layer) -> &'static str {
         Layer::Ports => "the packet has a complete TCP or UDP header (not a later fragment)",
         Layer::Icmp4 => "the packet has an ICMP header",
         Layer::Icmp6 => "the packet has an ICMPv6 header",
+        Layer::Ct => "the packet is TCP, UDP, an ICMP echo or an ICMP error (not a later fragment)",
     }
 }
 

@@ -20,7 +20,7 @@ mod nat;
 
 pub use nat::reverse_nat;
 
-use super::builder::{helper, map_type, Bpf, MapDef, ModuleCx, BPF_ANY};
+use super::builder::{helper, map_type, Bpf, MapDef, ModuleCx, BPF_ANY, XDP_MD_INGRESS_IFINDEX};
 use super::lower::Lower;
 use crate::ir::{self, Balance, Delivery, Encap, FlowHash, OuterSource};
 use inkwell::values::{IntValue, PointerValue};
@@ -116,8 +116,6 @@ const AF_INET6: u8 = 10;
 /// UDP checksum of 0 stays 0 (and a computed 0 becomes 0xffff).
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
-/// `struct xdp_md`'s `ingress_ifindex`.
-const XDP_MD_INGRESS_IFINDEX: u64 = 12;
 
 /// The outer headers' length: IPv4 or IPv6, and UDP for GUE.
 pub fn outer_len(v6: bool, encap: Encap) -> u64 {
