@@ -341,3 +341,155 @@ fn examples_get_the_reported_verdicts_in_the_kernel() {
     }
     assert!(ran >= 6, "{ran}");
 }
+
+/// The policy without its line `line` (the golden case's rules are one
+/// line each).
+fn without_line(text: &str, line: usize) -> String {
+    text.lines().enumerate().filter(|(i, _)| i + 1 != line).map(|(_, l)| format!("{l}\n")).collect()
+}
+
+/// `xpol::lint::redundant`'s claim checked: each rule it flags (in
+/// tests/golden/ok/redundant.xpol and in seeded random policies from
+/// tests/policygen) is removed, and `xpolc diff` finds no difference;
+/// where there is a kernel, both policies are built and run with
+/// BPF_PROG_TEST_RUN on packets the flagged rule decides (examples of its
+/// region, which the reference confirms it decides) and on random
+/// packets, and the kernel decides each alike in both.
+#[test]
+fn removing_a_redundant_rule_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = common::kernel("removing_a_redundant_rule_changes_nothing");
+    let mut rng = Rng(0x0bad_5eed);
+    // (policy, the policy without the flagged rule, the rule)
+    let mut cases: Vec<(String, String, ir::RuleId)> = Vec::new();
+    let golden = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ok/redundant.xpol")).expect("golden case");
+    let (ir, sources) = check(&dir.path().join("golden.xpol"), &golden).expect("checks");
+    let found = analysis::reachability(&ir, Budget::default()).expect("within the budget");
+    assert_eq!(found.redundant.len(), 2, "{found:?}");
+    for r in &found.redundant {
+        cases.push((golden.clone(), without_line(&golden, sources.location(r.span).1 as usize), r.rule));
+    }
+    // Random policies seldom hold a redundant rule: each gets up to three,
+    // a rule that only decides (a verdict) copied just before itself with
+    // its predicate narrowed by another rule's (or its negation). The lint
+    // flags such a copy when nothing there depends on state, and may flag
+    // others.
+    let seeds: u64 = std::env::var("XPOL_ANALYSIS_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    for seed in 1..=seeds {
+        let mut g = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+        let mut p = if seed % 2 == 0 {
+            policygen::policy(&mut g)
+        } else {
+            // Firewall-like rules, each reachable, without the catch-all.
+            let mut p = policygen::reachable_rules(&mut g, if seed % 4 == 1 { "xdp" } else { "tc:ingress" }, 8);
+            p.rules.pop();
+            p
+        };
+        for _ in 0..3 {
+            let plain: Vec<usize> = (0..p.rules.len()).filter(|&i| p.rules[i].pred.is_some() && matches!(p.rules[i].body.as_slice(), [policygen::Stmt::Verdict(_)])).collect();
+            let preds: Vec<policygen::Expr> = p.rules.iter().filter_map(|r| r.pred.clone()).collect();
+            if plain.is_empty() {
+                break;
+            }
+            let j = plain[g.below(plain.len() as u64) as usize];
+            let other = preds[g.below(preds.len() as u64) as usize].clone();
+            let other = if g.below(2) == 0 { other } else { policygen::Expr::Not(Box::new(other)) };
+            let mut narrow = p.rules[j].clone();
+            narrow.pred = Some(policygen::Expr::And(Box::new(narrow.pred.take().expect("a predicate")), Box::new(other)));
+            p.rules.insert(j, narrow);
+        }
+        let text = p.text();
+        let Some((ir, _)) = check(&dir.path().join("gen.xpol"), &text) else { continue };
+        let Ok(found) = analysis::reachability(&ir, Budget { max_cubes: 50_000, max_steps: 200_000_000 }) else { continue };
+        assert_eq!(ir.rules.len(), p.rules.len(), "{text}");
+        if std::env::var_os("XPOL_ANALYSIS_SHOW").is_some() {
+            eprintln!("seed {seed}: {} redundant, {} unreachable\n{text}", found.redundant.len(), found.unreachable.len());
+        }
+        for r in &found.redundant {
+            let mut q = p.clone();
+            q.rules.remove(r.rule as usize);
+            cases.push((text.clone(), q.text(), r.rule));
+        }
+    }
+    assert!(cases.len() >= 12, "only {} redundant rules found", cases.len());
+    let mut kernel_runs = 0;
+    for (n, (with, without, rule)) in cases.iter().enumerate() {
+        let (a, b) = write_pair(dir.path(), with, without);
+        let (pa, sa) = check(&a, with).expect("checks");
+        let (pb, sb) = check(&b, without).expect("checks without the rule");
+        let d = analysis::diff(&pa, &sa, &pb, &sb, DiffOptions::default(), Budget::default()).expect("diff");
+        assert!(d.regions.is_empty(), "--- with\n{with}--- without\n{without}differences: {:?}", d.regions.iter().map(|r| &r.region.fields).collect::<Vec<_>>());
+        let (text, code) = xpolc(&["diff".as_ref(), a.as_os_str(), b.as_os_str()]);
+        assert_eq!((text.as_str(), code), ("no difference\n", Some(0)), "{with}");
+        // The kernel, on the first cases without state (limits, maps):
+        // the two programs then see the same packets in the same order.
+        if !kernel || n >= 16 || with.contains("limit(") || with.contains('@') {
+            continue;
+        }
+        let flagged = analysis::reachability(&pa, Budget::default()).expect("within the budget").redundant;
+        let r = flagged.iter().find(|r| r.rule == *rule).expect("flagged again");
+        let universe = analysis::space::universe();
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        for cube in r.decides.0.iter().take(40) {
+            let Some(ex) = example::realize(cube, &universe) else { continue };
+            let ev = evaluate(&pa, r.hook, &ex.bytes, &mut State::default());
+            if ev.decided_by == Some(r.rule) {
+                frames.push(ex.bytes);
+            }
+        }
+        assert!(!frames.is_empty(), "no example of the flagged rule's packets the reference confirms: {with}");
+        frames.extend(packets(&mut rng, 150));
+        use xpol_runtime::loader::{LoadOptions, LoadedPolicy};
+        let ba = xpol_compiler::build(&a, &Default::default());
+        let bb = xpol_compiler::build(&b, &Default::default());
+        let (Some(oa), Some(ob)) = (ba.output, bb.output) else { continue };
+        let opts = LoadOptions { missing_interfaces_ok: true, ..Default::default() };
+        let mut la = LoadedPolicy::load_with(&oa.object, &opts).expect("loads");
+        let mut lb = LoadedPolicy::load_with(&ob.object, &opts).expect("loads without the rule");
+        let hook = r.hook.as_str();
+        for f in frames.iter().filter(|f| f.len() >= 14) {
+            let (ka, kb) = match (la.test_run(hook, f), lb.test_run(hook, f)) {
+                (Ok(a), Ok(b)) => (a.action, b.action),
+                // The kernel test-runs TC only on longer frames (as in
+                // tests/differential.rs).
+                _ if r.hook != Hook::Xdp && f.len() < 64 => continue,
+                (a, b) => panic!("{hook}: {f:02x?}: {a:?} / {b:?}"),
+            };
+            assert_eq!(ka, kb, "{hook}: {f:02x?}\n--- with\n{with}--- without\n{without}");
+            kernel_runs += 1;
+        }
+    }
+    eprintln!("redundant: {} rules removed, {kernel_runs} kernel runs alike", cases.len());
+    assert!(!kernel || kernel_runs > 100, "{kernel_runs}");
+}
+
+/// The exact lints are quiet past the small budget every check gives
+/// them (a warning there is one nobody can act on), and `xpolc check
+/// --exact` runs them with the analysis' own: on a policy of 700 rules a
+/// check says nothing of the rule the first one shadows, the exact lints
+/// with the larger budget find it, and past a budget they say where they
+/// stopped only when asked. `--exact` on a small policy repeats nothing.
+#[test]
+fn exact_lints_are_quiet_past_their_budget_unless_asked() {
+    use xpol_compiler::check::lints::{exact_reachability, REACHABILITY_BUDGET};
+    let mut text: String = (0..700).map(|i| format!("xdp /tcp.dport == {} && ip.src in 10.{}.0.0/16/ {{ drop }}\n", 1000 + i, i % 200)).collect();
+    text.push_str("xdp /tcp.dport == 1000 && ip.src in 10.0.1.0/24/ { pass }\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = xpol_compiler::check_text(&dir.path().join("big.xpol"), text);
+    let ir = c.ir.as_ref().expect("checks");
+    let codes = |ds: &[xpol_lang::Diagnostic]| ds.iter().map(|d| d.code.clone()).collect::<Vec<_>>();
+    assert!(!codes(&c.diagnostics).iter().any(|c| c == "xpol::lint::shadowed" || c == "xpol::lint::reachability_skipped"), "{:?}", codes(&c.diagnostics));
+    assert!(analysis::reachability(ir, REACHABILITY_BUDGET).is_err(), "the policy must be past the check's budget");
+    let exact = exact_reachability(ir, &c.diagnostics, Budget::default(), true);
+    assert_eq!(codes(&exact), ["xpol::lint::shadowed"], "{exact:?}");
+    assert_eq!(c.sources.location(exact[0].labels[0].span).1, 701);
+    assert_eq!(c.sources.location(exact[0].labels[1].span).1, 1);
+    assert!(exact_reachability(ir, &[], REACHABILITY_BUDGET, false).is_empty());
+    assert_eq!(codes(&exact_reachability(ir, &[], REACHABILITY_BUDGET, true)), ["xpol::lint::reachability_skipped"]);
+
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ok/redundant.xpol");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xpolc")).args(["check".as_ref(), "--exact".as_ref(), golden.as_os_str()]).output().expect("xpolc runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("xpol::lint::redundant").count(), 2, "{stderr}");
+}

@@ -1,7 +1,7 @@
 //! `xpolc`: compile xpol policies to BPF objects.
 //!
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm] [--message-format human|json|sarif]
-//!   xpolc check POLICY [--message-format human|json|sarif] [--kernel [--verbose] [--verifier-log FILE]]
+//!   xpolc check POLICY [--message-format human|json|sarif] [--exact] [--kernel [--verbose] [--verifier-log FILE]]
 //!   xpolc diff OLD NEW [--json] [--rules]
 //!   xpolc query POLICY 'PREDICATE' [--hook HOOK] [--json]
 //!   xpolc lsp
@@ -72,6 +72,12 @@ enum Command {
         /// verifier's whole log to FILE.
         #[arg(long, value_name = "FILE", requires = "kernel")]
         verifier_log: Option<PathBuf>,
+        /// Look for rules no packet reaches and rules that change nothing
+        /// however large the policy (the analysis' own budget, not the
+        /// small one of every check), and say where the search stops if
+        /// it does (docs/analysis.md).
+        #[arg(long)]
+        exact: bool,
     },
     /// The packets two versions of a policy decide differently: regions
     /// over the fields the rules read, each with an example packet
@@ -222,8 +228,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Diff { old, new, json, rules } => analysis::diff(&old, &new, json, rules),
         Command::Query { policy, predicate, hook, json } => analysis::query(&policy, &predicate, hook.as_deref(), json),
-        Command::Check { policy, message_format, kernel, verbose, verifier_log } => {
+        Command::Check { policy, message_format, kernel, verbose, verifier_log, exact } => {
             let mut build = build_policy(&policy, &BuildOptions::default());
+            if exact {
+                analysis::exact_lints(&mut build);
+            }
             let checked = check_here(&mut build, kernel, verbose, verifier_log.as_deref());
             finish(build, message_format, checked)
         }

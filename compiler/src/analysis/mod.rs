@@ -328,14 +328,60 @@ pub struct Unreachable {
     pub covered_by: Vec<Span>,
 }
 
-/// Rules of `policy` that no packet reaches, or `Err` past the budget.
-/// Rules that match no packet at all are not reported (nothing covers them).
-pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachable>, AnalysisError> {
+/// A rule whose removal changes nothing: every packet it decides, the
+/// rules after it decide alike.
+#[derive(Clone, Debug)]
+pub struct Redundant {
+    pub hook: Hook,
+    pub rule: ir::RuleId,
+    pub span: Span,
+    /// The later rules that decide its packets alike (their spans, in
+    /// order).
+    pub covered_by: Vec<Span>,
+    /// The packets it decides (for examples).
+    pub decides: Space,
+}
+
+/// What the exact reachability analysis finds.
+#[derive(Clone, Debug, Default)]
+pub struct Reachability {
+    pub unreachable: Vec<Unreachable>,
+    pub redundant: Vec<Redundant>,
+}
+
+/// Whether a space holds a packet (some cube the example builder fills).
+fn feasible(s: &Space, universe: &Space) -> bool {
+    s.0.iter().any(|cube| example::realize(cube, universe).is_some())
+}
+
+/// Whether a body does more than decide: writes a record (`log`) or a map
+/// (`@m[...] = ...`). Removing such a rule changes what it writes.
+fn writes(body: &[ir::Stmt]) -> bool {
+    body.iter().any(|s| match &s.kind {
+        ir::StmtKind::Log(_) | ir::StmtKind::MapUpdate { .. } => true,
+        ir::StmtKind::If { then_body, else_body, .. } => writes(then_body) || writes(else_body),
+        _ => false,
+    })
+}
+
+/// Rules of `policy` that no packet reaches, and rules whose removal
+/// changes nothing, or `Err` past the budget. Rules that match no packet
+/// at all are in neither (nothing covers them). A rule is redundant when
+/// every packet it decides, rules after it decide alike; it is never
+/// reported when it depends on state, writes a record or a map, or when
+/// some of its packets meet a later rule that depends on state, or fall
+/// to the default or a catch-all rule (an explicit rule saying what the
+/// default does documents it), or when a rule that covers it is in
+/// another file (an included policy stands alone). Removing every rule
+/// reported at once changes nothing either: a rule's redundancy rests on
+/// the rules after it only, so removing the last one first keeps each
+/// earlier one redundant.
+pub fn reachability(policy: &ir::Policy, budget: Budget) -> Result<Reachability, AnalysisError> {
     let mut c = Compiler::new(policy);
     c.work_limit = budget.max_steps;
     let too_large = |hook: Hook, span: Span, cubes: usize| AnalysisError::TooLarge { hook: hook.as_str().to_string(), cubes, limit: budget.max_cubes, span: Some(span) };
     let universe = c.universe.clone();
-    let mut out = Vec::new();
+    let mut out = Reachability::default();
     for prog in &policy.programs {
         let compiled = rules::compile_program(&mut c, prog, &|_| None);
         if c.exhausted {
@@ -357,6 +403,9 @@ pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachabl
             .collect();
         let mut rest = universe.clone();
         let mut decided: Vec<(usize, Space)> = Vec::new();
+        // Per rule that may be redundant: the packets that reach it and
+        // that it decides, and what it decides.
+        let mut reached: Vec<Option<Vec<(Space, rules::Action)>>> = Vec::with_capacity(compiled.rules.len());
         if c.exhausted {
             return Err(too_large(prog.hook, prog.probes.first().map(|p| p.span).unwrap_or_default(), 0));
         }
@@ -364,14 +413,16 @@ pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachabl
         for (i, r) in compiled.rules.iter().enumerate() {
             let f = &fires[i];
             steps += (rest.len() * f.len().max(1)) as u64;
-            let reached = rest.intersect(f);
-            let feasible = reached.0.iter().any(|cube| example::realize(cube, &universe).is_some());
-            steps += reached.len() as u64;
-            if !feasible && !f.is_empty() && f.0.iter().any(|cube| example::realize(cube, &universe).is_some()) {
+            let reaching = rest.intersect(f);
+            let reachable = feasible(&reaching, &universe);
+            steps += reaching.len() as u64;
+            if !reachable && !f.is_empty() && feasible(f, &universe) {
                 steps += decided.iter().map(|(_, s)| (s.len() * f.len()) as u64).sum::<u64>();
                 let covered_by: Vec<Span> = decided.iter().filter(|(_, s)| s.intersects(f)).map(|(j, _)| compiled.rules[*j].span).take(4).collect();
-                out.push(Unreachable { hook: prog.hook, rule: r.rule.id, span: r.span, covered_by });
+                out.unreachable.push(Unreachable { hook: prog.hook, rule: r.rule.id, span: r.span, covered_by });
             }
+            let candidate = reachable && !writes(&prog.probes[i].body) && r.decides.iter().all(|(_, a)| !matches!(a, rules::Action::Depends(_)));
+            let mut mine = Vec::new();
             for (s, action) in &r.decides {
                 if matches!(action, rules::Action::Depends(_)) || !rest.intersects(s) {
                     continue;
@@ -381,10 +432,78 @@ pub fn unreachable(policy: &ir::Policy, budget: Budget) -> Result<Vec<Unreachabl
                 // `rest \ s`, the same as `rest \ hit`, with fewer cubes to take.
                 steps += (rest.len() * s.len()) as u64;
                 rest = rest.minus(s);
+                if candidate && !hit.is_empty() {
+                    mine.push((hit.clone(), action.clone()));
+                }
                 decided.push((i, hit));
             }
+            reached.push(candidate.then_some(mine));
             if rest.len() > budget.max_cubes || steps > budget.max_steps {
                 return Err(too_large(prog.hook, r.span, rest.len()));
+            }
+        }
+        // Redundancy: the packets a rule decides, walked through the rules
+        // after it; redundant when each gets the same action from one of
+        // them, with nothing on the way that depends on state.
+        for (i, mine) in reached.iter().enumerate() {
+            let Some(mine) = mine else { continue };
+            let r = &compiled.rules[i];
+            let mut covered_by: Vec<usize> = Vec::new();
+            let mut redundant = true;
+            let mut all = Space::empty();
+            'actions: for (hit, action) in mine {
+                all.extend_disjoint(hit.clone());
+                let mut left = hit.clone();
+                for (j, later) in compiled.rules.iter().enumerate().skip(i + 1) {
+                    // A catch-all says what the default does: the packets
+                    // left fall to it (not redundant).
+                    if prog.probes[j].predicate.is_none() {
+                        break;
+                    }
+                    steps += 1;
+                    let Some(b) = &later.bound else { continue };
+                    if !left.intersects_cube(b) {
+                        continue;
+                    }
+                    for (s, a) in &later.decides {
+                        steps += (left.len() * s.len()) as u64;
+                        if !left.intersects(s) {
+                            continue;
+                        }
+                        let meet = left.intersect(s);
+                        if meet.is_empty() {
+                            continue;
+                        }
+                        if a != action && feasible(&meet, &universe) {
+                            redundant = false;
+                            break 'actions;
+                        }
+                        left = left.minus(s);
+                        if a == action && !covered_by.contains(&j) {
+                            covered_by.push(j);
+                        }
+                    }
+                    if left.is_empty() || steps > budget.max_steps || left.len() > budget.max_cubes {
+                        break;
+                    }
+                }
+                if steps > budget.max_steps || left.len() > budget.max_cubes {
+                    return Err(too_large(prog.hook, r.span, left.len()));
+                }
+                // What no later rule decides falls to the default.
+                if feasible(&left, &universe) {
+                    redundant = false;
+                    break;
+                }
+            }
+            // Only within one file: a rule of an included file (a std
+            // policy) covered by the including file's is not the
+            // includer's to remove, nor the other way.
+            let one_file = covered_by.iter().all(|&j| compiled.rules[j].span.file == r.span.file);
+            if redundant && !covered_by.is_empty() && one_file {
+                covered_by.sort_unstable();
+                let covered_by = covered_by.iter().map(|&j| compiled.rules[j].span).take(4).collect();
+                out.redundant.push(Redundant { hook: prog.hook, rule: r.rule.id, span: r.span, covered_by, decides: all });
             }
         }
     }

@@ -84,6 +84,16 @@ fn print(text: &str) -> Result<()> {
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing to stdout")
 }
 
+/// `xpolc check --exact`: the exact lints again with the analysis' own
+/// budget (every check runs them within a small one and says nothing past
+/// it), adding what they find and where they stop, if they do.
+pub fn exact_lints(build: &mut xpol_compiler::Build) {
+    if let Some(out) = &build.output {
+        let more = xpol_compiler::check::lints::exact_reachability(&out.ir, &build.diagnostics, Budget::default(), true);
+        build.diagnostics.extend(more);
+    }
+}
+
 pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool) -> Result<ExitCode> {
     let (co, io) = checked(old)?;
     let (cn, inew) = checked(new)?;
