@@ -2,7 +2,7 @@
 //!
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm] [--message-format human|json|sarif]
 //!   xpolc check POLICY [--message-format human|json|sarif] [--exact] [--kernel [--verbose] [--verifier-log FILE]]
-//!   xpolc diff OLD NEW [--json] [--rules]
+//!   xpolc diff OLD NEW [--json] [--rules] [--sets declared|symbolic]
 //!   xpolc query POLICY 'PREDICATE' [--hook HOOK] [--json]
 //!   xpolc lsp
 //!   xpolc completions SHELL | xpolc man [--out DIR]
@@ -92,6 +92,11 @@ enum Command {
         /// Also report packets decided by another rule with the same verdict.
         #[arg(long)]
         rules: bool,
+        /// Sets the runtime may change (`set NAME`, `xpol set`): by their
+        /// declared contents, or as unknown contents (the same in both
+        /// versions), a difference that depends on them said so.
+        #[arg(long, value_enum, default_value = "declared")]
+        sets: analysis::SetsArg,
     },
     /// What packets satisfying a predicate can get: each verdict and rule,
     /// with an example packet, e.g. `xpolc query fw.xpol 'tcp.dport == 22
@@ -226,7 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lsp::run()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Diff { old, new, json, rules } => analysis::diff(&old, &new, json, rules),
+        Command::Diff { old, new, json, rules, sets } => analysis::diff(&old, &new, json, rules, sets),
         Command::Query { policy, predicate, hook, json } => analysis::query(&policy, &predicate, hook.as_deref(), json),
         Command::Check { policy, message_format, kernel, verbose, verifier_log, exact } => {
             let mut build = build_policy(&policy, &BuildOptions::default());

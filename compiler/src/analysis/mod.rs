@@ -79,6 +79,10 @@ pub struct DiffRegion {
     pub region: Region,
     pub old: Path,
     pub new: Path,
+    /// With `--sets symbolic`: the contents of sets under which the
+    /// difference is there (`ip.src in blocked`, `ip.src !in blocked`);
+    /// empty when it is there whatever they are.
+    pub when: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -93,6 +97,62 @@ pub struct Diff {
 pub struct DiffOptions {
     /// Also a different deciding rule with the same verdict (`--rules`).
     pub rules: bool,
+    /// `--sets symbolic`: sets the runtime may change have unknown
+    /// contents (the same in both versions), not their declared ones.
+    pub symbolic_sets: bool,
+}
+
+/// The most tests of a field against a symbolic set (by set and field)
+/// a diff takes apart case by case (a diff for each way the packet may be
+/// in them or not); past it each test is an unknown like a map read.
+pub const SYMBOLIC_TESTS_MAX: usize = 4;
+
+/// The tests of a field against a set the runtime may change, by set name
+/// and field, anywhere in the policy.
+fn set_tests(policy: &ir::Policy) -> Vec<(String, crate::check::fields::Field)> {
+    fn expr(policy: &ir::Policy, e: &ir::Expr, out: &mut Vec<(String, crate::check::fields::Field)>) {
+        use ir::ExprKind::*;
+        match &e.kind {
+            In(a, ir::SetRef::Named(id)) => {
+                if let (Field(f), true) = (&a.kind, policy.sets[*id].mutable) {
+                    out.push((policy.sets[*id].name.clone(), *f));
+                }
+                expr(policy, a, out);
+            }
+            In(a, _) | Neg(a) | BitNot(a) | Not(a) => expr(policy, a, out),
+            Arith(_, a, b) | Cmp(_, a, b) | And(a, b) | Or(a, b) => {
+                expr(policy, a, out);
+                expr(policy, b, out);
+            }
+            MapRead { keys, .. } | Limit { keys, .. } => keys.iter().for_each(|k| expr(policy, k, out)),
+            Const(_) | Field(_) | Local(_) => {}
+        }
+    }
+    fn stmts(policy: &ir::Policy, body: &[ir::Stmt], out: &mut Vec<(String, crate::check::fields::Field)>) {
+        for s in body {
+            match &s.kind {
+                ir::StmtKind::If { cond, then_body, else_body } => {
+                    expr(policy, cond, out);
+                    stmts(policy, then_body, out);
+                    stmts(policy, else_body, out);
+                }
+                ir::StmtKind::Let { value, .. } => expr(policy, value, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for prog in &policy.programs {
+        for p in &prog.probes {
+            if let Some(e) = &p.predicate {
+                expr(policy, e, &mut out);
+            }
+            stmts(policy, &p.body, &mut out);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn line_of(sources: &SourceMap) -> impl Fn(Span) -> Option<usize> + '_ {
@@ -101,7 +161,14 @@ fn line_of(sources: &SourceMap) -> impl Fn(Span) -> Option<usize> + '_ {
 
 /// Compiles every program of a policy.
 pub fn compile<'p>(policy: &'p ir::Policy, sources: &SourceMap) -> (Compiler<'p>, Vec<CompiledProgram>) {
+    compile_assuming(policy, sources, false, &HashMap::new())
+}
+
+/// Compiles every program, symbolic sets as `assumed` says.
+fn compile_assuming<'p>(policy: &'p ir::Policy, sources: &SourceMap, symbolic_sets: bool, assumed: &HashMap<(String, crate::check::fields::Field), bool>) -> (Compiler<'p>, Vec<CompiledProgram>) {
     let mut c = Compiler::new(policy);
+    c.symbolic_sets = symbolic_sets;
+    c.assumed = assumed.clone();
     let lines = line_of(sources);
     let progs = policy.programs.iter().map(|p| rules::compile_program(&mut c, p, &lines)).collect();
     (c, progs)
@@ -109,9 +176,66 @@ pub fn compile<'p>(policy: &'p ir::Policy, sources: &SourceMap) -> (Compiler<'p>
 
 /// The packets `old` and `new` decide differently, per hook, as regions
 /// with an example each.
+///
+/// With symbolic sets, one diff for each way a packet may be in them or
+/// not (up to [`SYMBOLIC_TESTS_MAX`] tests): a difference every way has
+/// alike is there whatever the contents and is listed once; the others
+/// are listed with the way (`DiffRegion::when`).
 pub fn diff(old: &ir::Policy, old_sources: &SourceMap, new: &ir::Policy, new_sources: &SourceMap, options: DiffOptions, budget: Budget) -> Result<Diff, AnalysisError> {
-    let (c_old, p_old) = compile(old, old_sources);
-    let (_c_new, p_new) = compile(new, new_sources);
+    let none = HashMap::new();
+    if !options.symbolic_sets {
+        return diff_assuming(old, old_sources, new, new_sources, options, budget, &none);
+    }
+    let mut tests = set_tests(old);
+    tests.extend(set_tests(new));
+    tests.sort();
+    tests.dedup();
+    if tests.is_empty() || tests.len() > SYMBOLIC_TESTS_MAX {
+        return diff_assuming(old, old_sources, new, new_sources, options, budget, &none);
+    }
+    let mut cases = Vec::new();
+    for bits in 0u32..(1 << tests.len()) {
+        let assumed: HashMap<_, _> = tests.iter().enumerate().map(|(i, t)| (t.clone(), bits >> i & 1 == 1)).collect();
+        let when: Vec<String> = tests.iter().enumerate().map(|(i, (set, f))| format!("{} {} {set}", f.name(), if bits >> i & 1 == 1 { "in" } else { "!in" })).collect();
+        cases.push((when, diff_assuming(old, old_sources, new, new_sources, options, budget, &assumed)?));
+    }
+    type Key = (&'static str, Vec<String>, Path, Path);
+    let key = |r: &DiffRegion| -> Key { (r.region.hook.as_str(), r.region.fields.clone(), r.old.clone(), r.new.clone()) };
+    let mut everywhere: std::collections::HashSet<Key> = cases[0].1.regions.iter().map(key).collect();
+    for (_, d) in &cases[1..] {
+        let here: std::collections::HashSet<Key> = d.regions.iter().map(key).collect();
+        everywhere.retain(|k| here.contains(k));
+    }
+    let mut out = Diff { regions: Vec::new(), changed_rules: cases[0].1.changed_rules };
+    let mut listed = std::collections::HashSet::new();
+    for (when, d) in cases {
+        for mut r in d.regions {
+            let k = key(&r);
+            if everywhere.contains(&k) {
+                if listed.insert(k) {
+                    out.regions.push(r);
+                }
+            } else {
+                r.when = when.clone();
+                out.regions.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn diff_assuming(
+    old: &ir::Policy,
+    old_sources: &SourceMap,
+    new: &ir::Policy,
+    new_sources: &SourceMap,
+    options: DiffOptions,
+    budget: Budget,
+    assumed: &HashMap<(String, crate::check::fields::Field), bool>,
+) -> Result<Diff, AnalysisError> {
+    let (c_old, p_old) = compile_assuming(old, old_sources, options.symbolic_sets, assumed);
+    let (_c_new, p_new) = compile_assuming(new, new_sources, options.symbolic_sets, assumed);
     let universe = c_old.universe.clone();
     let mut hooks: Vec<Hook> = p_old.iter().chain(p_new.iter()).map(|p| p.hook).collect();
     hooks.sort_by_key(|h| h.as_str());
@@ -165,7 +289,7 @@ pub fn diff(old: &ir::Policy, old_sources: &SourceMap, new: &ir::Policy, new_sou
         }
         for ((da, db), space) in groups {
             for region in regions(hook, space, &universe) {
-                out.regions.push(DiffRegion { region, old: da.clone(), new: db.clone() });
+                out.regions.push(DiffRegion { region, old: da.clone(), new: db.clone(), when: Vec::new() });
             }
         }
     }

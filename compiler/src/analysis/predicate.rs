@@ -116,6 +116,12 @@ pub struct Compiler<'p> {
     pub work: u64,
     pub work_limit: u64,
     pub exhausted: bool,
+    /// `--sets symbolic`: the sets the runtime may change are taken as
+    /// unknown contents, not as declared. A test of a field against one
+    /// is true or false as `assumed` says (by set name and field), and an
+    /// atom where it says nothing.
+    pub symbolic_sets: bool,
+    pub assumed: HashMap<(String, Field), bool>,
 }
 
 impl<'p> Compiler<'p> {
@@ -130,6 +136,8 @@ impl<'p> Compiler<'p> {
             work: 0,
             work_limit: u64::MAX,
             exhausted: false,
+            symbolic_sets: false,
+            assumed: HashMap::new(),
         }
     }
 
@@ -376,6 +384,29 @@ impl<'p> Compiler<'p> {
     }
 
     fn membership(&mut self, a: &ir::Expr, set: &SetRef, span: Span, want: Want) -> Space {
+        if let SetRef::Named(id) = set {
+            let named = &self.policy.sets[*id];
+            if self.symbolic_sets && named.mutable {
+                let name = named.name.clone();
+                return match self.term(a) {
+                    Term::Field(f) => match self.assumed.get(&(name.clone(), f)).copied() {
+                        // Wherever the field is present, as assumed.
+                        Some(member) => {
+                            if member == want.truth() {
+                                self.present(f)
+                            } else {
+                                Space::empty()
+                            }
+                        }
+                        None => self.atom(&[f], Some(format!("the contents of set {name}")), span, want),
+                    },
+                    t => {
+                        let fields = term_fields(&t);
+                        self.atom(&fields, Some(format!("the contents of set {name}")), span, want)
+                    }
+                };
+            }
+        }
         let contents: ConstSet = match set {
             SetRef::Inline(s) => s.clone(),
             SetRef::Named(id) => self.policy.sets[*id].contents.clone(),

@@ -106,7 +106,7 @@ pub fn compile_program(c: &mut Compiler, prog: &ir::Program, line_of: &dyn Fn(xp
         if *n > 1 && r.label.is_none() {
             identity = format!("{identity} #{n}");
         }
-        let signature = signature(policy, probe);
+        let signature = signature(policy, probe, c.symbolic_sets);
         let signature_hash = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -264,7 +264,7 @@ fn last(s: &Set) -> u128 {
 /// contents of the named sets it reads. `log` statements are left out:
 /// they write records and decide nothing, so a rule that only gained,
 /// lost or changed a `log` decides as before.
-fn signature(policy: &ir::Policy, probe: &ir::Probe) -> String {
+fn signature(policy: &ir::Policy, probe: &ir::Probe, symbolic_sets: bool) -> String {
     let r = &policy.rules[probe.rule as usize];
     let mut s = format!("{:?}|{}|", r.label, probe.predicate.as_ref().map(|p| policy.expr_text(p)).unwrap_or_default());
     s.push_str(&policy.body_text(&without_logs(&probe.body)));
@@ -278,7 +278,13 @@ fn signature(policy: &ir::Policy, probe: &ir::Probe) -> String {
     sets.sort();
     sets.dedup();
     for id in sets {
-        s.push_str(&format!("|{}={}", policy.sets[id].name, policy.sets[id].contents.elements().join(",")));
+        let set = &policy.sets[id];
+        // Symbolic sets: the name is the set, whatever it is declared with.
+        if symbolic_sets && set.mutable {
+            s.push_str(&format!("|{}", set.name));
+        } else {
+            s.push_str(&format!("|{}={}", set.name, set.contents.elements().join(",")));
+        }
     }
     s
 }

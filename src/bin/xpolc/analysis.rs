@@ -94,11 +94,20 @@ pub fn exact_lints(build: &mut xpol_compiler::Build) {
     }
 }
 
-pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool) -> Result<ExitCode> {
+/// `--sets`: how `xpolc diff` takes sets the runtime may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SetsArg {
+    /// By their declared contents.
+    Declared,
+    /// As unknown contents.
+    Symbolic,
+}
+
+pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool, sets: SetsArg) -> Result<ExitCode> {
     let (co, io) = checked(old)?;
     let (cn, inew) = checked(new)?;
     let (Some(io), Some(inew)) = (ir_or_report(&co, io), ir_or_report(&cn, inew)) else { return Ok(ExitCode::from(TROUBLE)) };
-    let d = match analysis::diff(&io, &co.sources, &inew, &cn.sources, DiffOptions { rules }, Budget::default()) {
+    let d = match analysis::diff(&io, &co.sources, &inew, &cn.sources, DiffOptions { rules, symbolic_sets: sets == SetsArg::Symbolic }, Budget::default()) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
@@ -113,6 +122,9 @@ pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool) -> Result<ExitC
                 let mut v = region_json(&r.region);
                 v["old"] = path_json(&r.old);
                 v["new"] = path_json(&r.new);
+                if !r.when.is_empty() {
+                    v["when"] = json!(r.when);
+                }
                 v
             })
             .collect();
@@ -122,7 +134,8 @@ pub fn diff(old: &Path, new: &Path, json_out: bool, rules: bool) -> Result<ExitC
     } else {
         let mut text = String::new();
         for r in &d.regions {
-            text.push_str(&format!("{}: {}: {} -> {}\n", r.region.hook.as_str(), r.region.fields.join(", "), path_action(&r.old), path_action(&r.new)));
+            let when = if r.when.is_empty() { String::new() } else { format!("when {}: ", r.when.join(", ")) };
+            text.push_str(&format!("{}: {when}{}: {} -> {}\n", r.region.hook.as_str(), r.region.fields.join(", "), path_action(&r.old), path_action(&r.new)));
             text.push_str(&format!("  old: {}; new: {}\n", path_rules(&r.old), path_rules(&r.new)));
             text.push_str(&format!("  e.g. {}\n", r.region.example.summary));
         }
