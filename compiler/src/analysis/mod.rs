@@ -471,6 +471,9 @@ pub struct Redundant {
 pub struct Reachability {
     pub unreachable: Vec<Unreachable>,
     pub redundant: Vec<Redundant>,
+    /// Where the search for redundant rules stopped, past the budget (the
+    /// unreachable rules are all found: they are looked for first).
+    pub redundant_stopped: Option<(Hook, Span)>,
 }
 
 /// Whether a space holds a packet (some cube the example builder fills).
@@ -570,6 +573,9 @@ pub fn reachability(policy: &ir::Policy, budget: Budget) -> Result<Reachability,
         // after it; redundant when each gets the same action from one of
         // them, with nothing on the way that depends on state.
         for (i, mine) in reached.iter().enumerate() {
+            if out.redundant_stopped.is_some() {
+                break;
+            }
             let Some(mine) = mine else { continue };
             let r = &compiled.rules[i];
             let mut covered_by: Vec<usize> = Vec::new();
@@ -612,7 +618,9 @@ pub fn reachability(policy: &ir::Policy, budget: Budget) -> Result<Reachability,
                     }
                 }
                 if steps > budget.max_steps || left.len() > budget.max_cubes {
-                    return Err(too_large(prog.hook, r.span, left.len()));
+                    out.redundant_stopped = Some((prog.hook, r.span));
+                    redundant = false;
+                    break;
                 }
                 // What no later rule decides falls to the default.
                 if feasible(&left, &universe) {

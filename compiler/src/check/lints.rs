@@ -143,7 +143,14 @@ pub fn exact_reachability(policy: &ir::Policy, found: &[Diagnostic], budget: cra
                 }
                 d.with_help("remove it; `xpolc diff` of the policy without it says `no difference` (docs/analysis.md)")
             });
-            shadowed.chain(redundant).collect()
+            let mut out: Vec<Diagnostic> = shadowed.chain(redundant).collect();
+            if let (Some((_, span)), true) = (found.redundant_stopped, say_skipped) {
+                out.push(
+                    Diagnostic::warning("xpol::lint::reachability_skipped", "the exact check for rules that change nothing stopped here (its budget is spent): rules from here on were not looked at")
+                        .with_label(span, "stopped at this rule"),
+                );
+            }
+            out
         }
         Err(_) if !say_skipped => Vec::new(),
         Err(e) => {
