@@ -68,7 +68,7 @@ pub fn describe(c: &Cube, universe: &Space) -> Vec<String> {
             let names: Vec<&str> = [(0, "not IP"), (4, "ipv4"), (6, "ipv6")].iter().filter(|(v, _)| l3.contains(*v)).map(|(_, n)| *n).collect();
             if names == ["ipv4", "ipv6"] {
                 parts.push("ip".into());
-            } else if !(names.len() == 3) {
+            } else if names.len() != 3 {
                 parts.push(names.join(" or "));
             }
         }
