@@ -139,6 +139,7 @@ fn main() {
     let out_dir = common::out_dir(&root(), quick, true);
     let (markdown, json) = run(quick);
     println!("{markdown}");
+    std::fs::create_dir_all(&out_dir).expect("create the output directory");
     std::fs::write(out_dir.join("analysis.json"), serde_json::to_string_pretty(&json).expect("json")).expect("write analysis.json");
     if quick {
         return;

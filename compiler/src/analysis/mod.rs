@@ -336,16 +336,23 @@ fn walk(prog: &CompiledProgram, region: &Space, budget: Budget) -> Result<Vec<(S
             let mut next = Vec::with_capacity(rest.len());
             for (g, prefix) in rest.drain(..) {
                 steps += (g.len() * s.len()) as u64;
-                if !g.intersects(s) {
-                    next.push((g, prefix));
+                // Only the cubes `s` meets are cut; the others (most of a
+                // fragmented space) are moved on as they are, not copied
+                // by the subtraction.
+                let (touched, mut kept): (Vec<Cube>, Vec<Cube>) = g.0.into_iter().partition(|c| s.intersects_cube(c));
+                if touched.is_empty() {
+                    next.push((Space(kept), prefix));
                     continue;
                 }
-                let hit = g.intersect(s);
+                let touched = Space(touched);
+                let hit = touched.intersect(s);
                 if hit.is_empty() {
-                    next.push((g, prefix));
+                    kept.extend(touched.0);
+                    next.push((Space(kept), prefix));
                     continue;
                 }
-                let remain = g.minus(s);
+                kept.extend(touched.minus(s).0);
+                let remain = Space(kept);
                 if !remain.is_empty() {
                     next.push((remain, prefix.clone()));
                 }
