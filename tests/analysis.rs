@@ -253,6 +253,12 @@ const PAIRS: &[(&str, &str, &str)] = &[
         "xdp /ct.state in {established, related}/ { pass }\nxdp /ip.proto == 6/ { drop }\n",
     ),
     (
+        // A dynamic set is state like a map; `add` decides nothing.
+        "dynset",
+        "set scanners: ip dynamic max 1024 timeout 10m\nxdp /ip.src in scanners/ { drop }\nxdp /tcp.dport == 23/ { add(scanners, ip.src) drop }\n",
+        "set scanners: ip dynamic max 1024 timeout 10m\nxdp /ip.src in scanners/ { drop }\nxdp /tcp.dport == 23/ { drop }\nxdp /tcp.dport == 25/ { drop }\n",
+    ),
+    (
         // `log` writes a record and decides nothing: no difference.
         "log",
         "xdp /tcp.dport == 23/ { log(\"telnet: \") drop }\nxdp /ct.state in {new, established, related, invalid}/ { log(\"any: \", rate: 1/s) pass }\n",

@@ -19,6 +19,8 @@ mod limit;
 mod conntrack;
 #[path = "../benches/log.rs"]
 mod log;
+#[path = "../benches/dynset.rs"]
+mod dynset;
 
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
@@ -261,4 +263,19 @@ fn log_quick() {
     assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
     assert!(report.markdown.contains("suppressed (coarse clock)"), "{}", report.markdown);
     assert!(out.path().join("log.json").exists());
+}
+
+/// The dynamic-set benchmark in quick mode: every rule dropped every run
+/// (through its set: its own assertions), the add kept one element, and
+/// the report has every row.
+#[test]
+fn dynset_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("dynset_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = dynset::run(&dynset::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
+    assert!(report.markdown.contains("`add(d, ip.src)`"), "{}", report.markdown);
+    assert!(out.path().join("dynset.json").exists());
 }

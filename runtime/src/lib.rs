@@ -15,6 +15,7 @@ pub mod pcap;
 pub mod store;
 pub mod apply;
 pub mod conntrack;
+pub mod dynset;
 mod ipv4_edit;
 pub mod sys;
 pub mod testing;

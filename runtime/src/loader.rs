@@ -271,6 +271,7 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     if let Some(ct) = &meta.conntrack {
         expected.push((ct.map.as_str(), meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE));
     }
+    expected.extend(meta.dynsets.iter().map(|d| (d.map.as_str(), d.key_size, d.value_size)));
     if let Some(ring) = &meta.log_ring {
         // A ring buffer has no key or value; its size is checked where
         // it is read (`crate::log`).
@@ -1385,7 +1386,7 @@ pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<V
     }
 }
 
-fn decode_key(kinds: &[KeyKind], key: &[u8]) -> Vec<KeyValue> {
+pub(crate) fn decode_key(kinds: &[KeyKind], key: &[u8]) -> Vec<KeyValue> {
     let mut out = Vec::new();
     let mut off = 0;
     for k in kinds {

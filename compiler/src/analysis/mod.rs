@@ -488,11 +488,12 @@ fn feasible(s: &Space, universe: &Space) -> bool {
     s.0.iter().any(|cube| example::realize(cube, universe).is_some())
 }
 
-/// Whether a body does more than decide: writes a record (`log`) or a map
-/// (`@m[...] = ...`). Removing such a rule changes what it writes.
+/// Whether a body does more than decide: writes a record (`log`), a map
+/// (`@m[...] = ...`) or a dynamic set (`add`, `delete`). Removing such a
+/// rule changes what it writes.
 fn writes(body: &[ir::Stmt]) -> bool {
     body.iter().any(|s| match &s.kind {
-        ir::StmtKind::Log(_) | ir::StmtKind::MapUpdate { .. } => true,
+        ir::StmtKind::Log(_) | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::SetWrite { .. } => true,
         ir::StmtKind::If { then_body, else_body, .. } => writes(then_body) || writes(else_body),
         _ => false,
     })

@@ -410,6 +410,13 @@ impl<'p> Compiler<'p> {
         let contents: ConstSet = match set {
             SetRef::Inline(s) => s.clone(),
             SetRef::Named(id) => self.policy.sets[*id].contents.clone(),
+            // A dynamic set holds what the packet path added and its time
+            // has not taken away: state, like a map.
+            SetRef::Dynamic(id) => {
+                let name = self.policy.dynsets.get(*id).map(|d| d.name.clone()).unwrap_or_default();
+                let fields = fields_of(a, &self.env);
+                return self.atom(&fields, Some(format!("the contents of dynamic set {name}")), span, want);
+            }
         };
         let ints = Set::from_ranges(contents.ints.iter().map(|&(a, b)| (a as u128, b as u128)).chain(contents.macs.iter().map(|&m| (m as u128, m as u128))).collect());
         let v4 = Set::from_ranges(contents.v4.iter().map(|&(n, l)| prefix_range(u32::from(n) as u128, l as u32, 32)).collect());

@@ -212,8 +212,9 @@ fn body(c: &mut Compiler, stmts: &[ir::Stmt], region: &mut Space, hook: Hook, ou
             StmtKind::Let { local, value } => {
                 c.env.insert(*local, value.clone());
             }
-            // A record of the packet: the verdict is what follows.
-            StmtKind::MapUpdate { .. } | StmtKind::Log(_) => {}
+            // A record of the packet, a map or dynamic set written: the
+            // verdict is what follows.
+            StmtKind::MapUpdate { .. } | StmtKind::Log(_) | StmtKind::SetWrite { .. } => {}
             StmtKind::If { cond, then_body, else_body } => {
                 let may = disjoint(c.region(cond, Want::MayTrue));
                 let unknowns = c.take_unknowns();

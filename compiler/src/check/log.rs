@@ -183,7 +183,7 @@ impl Checker<'_> {
                     next = if then == other { then } else { "mixed" };
                 }
                 StmtKind::Log(id) => self.logs[*id].verdict = next,
-                StmtKind::Let { .. } | StmtKind::MapUpdate { .. } => {}
+                StmtKind::Let { .. } | StmtKind::MapUpdate { .. } | StmtKind::SetWrite { .. } => {}
             }
         }
         next

@@ -10,6 +10,7 @@ pub mod builder;
 pub mod faults;
 mod budget;
 mod conntrack;
+mod dynset;
 mod lb;
 mod limit;
 mod log;
@@ -84,7 +85,7 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
             ir::StmtKind::If { then_body, else_body, .. } => {
                 conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
             }
-            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::Log(_) => {}
+            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::Log(_) | ir::StmtKind::SetWrite { .. } => {}
         }
     }
     if conditional { "mixed" } else { "none" }
@@ -231,6 +232,8 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
                 // full), and a rate's bucket as a `limit`'s (whether or
                 // not the `log` has one: the IR alone does not say).
                 ir::StmtKind::Log(_) => 5,
+                // A clock read and an update or delete.
+                ir::StmtKind::SetWrite { key, .. } => 2 + expr(key),
                 // Hashing, two or three lookups, the encapsulation, the FIB.
                 ir::StmtKind::Lb(_) => 16,
                 ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
@@ -351,6 +354,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         conntrack: None,
         log_ring: None,
         logs: Vec::new(),
+        dynsets: Vec::new(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -501,7 +505,13 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         meta.logs = logs;
         maps
     });
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log };
+    let mut dynsets = Vec::new();
+    for (i, d) in policy.dynsets.iter().enumerate() {
+        let (def, dynset_meta) = dynset::define(&m, i, d);
+        dynsets.push(def);
+        meta.dynsets.push(dynset_meta);
+    }
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log, dynsets };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)

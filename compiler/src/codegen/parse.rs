@@ -153,6 +153,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                     stmts(else_body, visit);
                 }
                 StmtKind::Let { value, .. } => expr(value, visit),
+                StmtKind::SetWrite { key, .. } => expr(key, visit),
                 StmtKind::MapUpdate { keys, op, .. } => {
                     keys.iter().for_each(|k| expr(k, visit));
                     if let MapOp::Sum(e) | MapOp::Assign(e) = op {
@@ -178,7 +179,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
 pub use crate::ir::MAX_IPV6_EXT;
 /// Offsets beyond this (bytes from the frame start) are not parsed; it keeps
 /// every packet offset provably small for the verifier.
-const MAX_L4_OFFSET: u64 = 1024;
+pub(super) const MAX_L4_OFFSET: u64 = 1024;
 /// TC programs see only the linear part of an skb: pull this much first.
 const TC_PULL_LEN: u64 = 256;
 

@@ -14,6 +14,7 @@ pub use lb::Balanced;
 pub use log::Logged;
 
 pub mod conntrack;
+pub mod dynset;
 mod lb;
 mod limit;
 mod log;
@@ -262,6 +263,11 @@ pub struct State {
     pub limits: HashMap<(ir::LimitId, Vec<KeyPart>), limit::Bucket>,
     /// The connection table (`ct.state`), entries expired or not.
     pub conntrack: HashMap<conntrack::Key, conntrack::Entry>,
+    /// The elements of the dynamic sets, with the time each one's is up
+    /// (`dynset::FOREVER`: never); expired ones count as absent. Kept for
+    /// every key: the kernel's LRU map evicts past its size, which tests
+    /// stay under.
+    pub dynsets: HashMap<(ir::DynSetId, KeyPart), u64>,
 }
 
 impl State {
@@ -374,6 +380,11 @@ impl Eval<'_> {
                 StmtKind::Log(id) => {
                     if let Some(logged) = log::write(self.policy, *id, self.hook, self.packet, self.facts.len, self.state) {
                         self.logs.push(logged);
+                    }
+                }
+                StmtKind::SetWrite { set, key, op } => {
+                    if let Some(key) = self.key(std::slice::from_ref(key)).and_then(|mut k| k.pop()) {
+                        dynset::write(*set, key, *op, self.state);
                     }
                 }
                 StmtKind::MapUpdate { map, keys, op } => {
@@ -573,6 +584,14 @@ impl Eval<'_> {
                 let contents: &ConstSet = match set {
                     SetRef::Inline(s) => s,
                     SetRef::Named(id) => &self.policy.sets[*id].contents,
+                    SetRef::Dynamic(id) => {
+                        let key = match v {
+                            V::Int(i) => KeyPart::Int(i),
+                            V::Ip(a) => KeyPart::Ip(a),
+                            V::Bool(b) => KeyPart::Bool(b),
+                        };
+                        return Some(V::Bool(dynset::contains(*id, &key, self.state)));
+                    }
                 };
                 Some(V::Bool(member(&v, contents)))
             }
