@@ -218,6 +218,22 @@ fn limit_quick() {
     assert!(out.path().join("limit.json").exists());
 }
 
+#[path = "../benches/analysis.rs"]
+mod analysis_bench;
+
+/// The policy-analysis benchmark in quick mode (no kernel needed): the
+/// 1,000-rule ClassBench set and its edited version differ, the edits are
+/// the rules compared, and a query answers.
+#[test]
+fn analysis_quick() {
+    let (markdown, json) = analysis_bench::run(true);
+    assert_eq!(json["rules"], 1000, "{markdown}");
+    assert!(json["regions"].as_u64().is_some_and(|n| n > 0), "{markdown}");
+    // One rule changed (2 sides), one moved (2), one removed (1).
+    assert!(json["changed_rules"].as_u64().is_some_and(|n| (5..=20).contains(&n)), "{markdown}");
+    assert!(json["query_answers"].as_u64().is_some_and(|n| n > 0), "{markdown}");
+}
+
 /// The connection-state benchmark in quick mode: every case gives its
 /// verdict before and after its runs (the connections are there and stay
 /// established), the veth receivers drop every frame of the established

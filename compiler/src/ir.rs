@@ -901,6 +901,13 @@ impl Policy {
     pub fn expr_text(&self, e: &Expr) -> String {
         Printer { policy: self }.expr(e)
     }
+
+    /// A probe's body in the IR's text form, without spans.
+    pub fn body_text(&self, body: &[Stmt]) -> String {
+        let mut out = String::new();
+        Printer { policy: self }.stmts(&mut out, body, 0);
+        out
+    }
 }
 
 impl fmt::Display for Policy {
