@@ -833,7 +833,7 @@ impl Printer<'_> {
                         SetWrite::Delete => out.push_str(&format!("{pad}delete({name}, {})\n", self.expr(key))),
                     }
                 }
-                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}synproxy#{id}\n")),
+                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}{}\n", self.policy.synproxies[*id].text)),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);

@@ -20,6 +20,11 @@ pub enum Action {
     /// `lb(POOL)`: balanced to a backend of the pool (which one, and
     /// whether it has one, depends on the pool's state).
     Lb(String),
+    /// `synproxy(...)` as written: a SYN answered with a cookie, an ACK
+    /// passed or dropped by its cookie, the rest dropped (which of these
+    /// depends on the kernel's cookie secret; the same options decide
+    /// alike).
+    Synproxy(String),
     /// Depends on more than the packet: the reasons.
     Depends(Vec<String>),
 }
@@ -33,6 +38,7 @@ impl Action {
             Action::Abort => "abort".into(),
             Action::Redirect(i) => format!("redirect({i})"),
             Action::Lb(p) => format!("lb({p})"),
+            Action::Synproxy(text) => text.clone(),
             Action::Depends(r) => format!("depends on {}", r.join(", ")),
         }
     }
@@ -207,6 +213,10 @@ fn body(c: &mut Compiler, stmts: &[ir::Stmt], region: &mut Space, hook: Hook, ou
                 out.push((pass, Action::Pass));
                 out.push((ip, Action::Lb(c.policy.pools[b.pool].name.clone())));
                 *region = Space::empty();
+                return;
+            }
+            StmtKind::Synproxy(id) => {
+                out.push((std::mem::take(region), Action::Synproxy(c.policy.synproxies[*id].text.clone())));
                 return;
             }
             StmtKind::Let { local, value } => {
