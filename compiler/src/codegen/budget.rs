@@ -69,6 +69,10 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
                 _ => at(maps[MAX_MAPS_PER_PROGRAM], &format!("map {} of the program", MAX_MAPS_PER_PROGRAM + 1), d),
             });
         }
+        let estimate = processed_estimate(policy, prog);
+        if estimate.total() > MAX_PROCESSED_INSNS {
+            diags.extend(too_much_verifier_work(policy, prog, &estimate));
+        }
         if let Some(insn) = first_walk_crossing(code, MAX_JUMP_SEQUENCE) {
             let d = Diagnostic::error(
                 "xpol::budget::jump_sequence",
@@ -82,6 +86,183 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
         Ok(())
     } else {
         Err(diags)
+    }
+}
+
+/// The verifier's `BPF_COMPLEXITY_LIMIT_INSNS`: instructions it processes
+/// (walks, counting each instruction once per state it reaches it in)
+/// before it gives up on a program.
+pub const MAX_PROCESSED_INSNS: usize = 1_000_000;
+
+/// What the verifier processes for a program, estimated from the IR
+/// before anything is compiled: a sum of per-construct costs, each at or
+/// above the most the kernel (6.18) was measured to process for that
+/// construct (`tests/limits.rs` checks the sum against the kernel's count
+/// on every policy it loads). The verifier's work is not a function of
+/// the IR in general (it depends on which states it can prune), but xpol
+/// shapes programs so that it is a sum: long programs keep the parsed
+/// facts in a map (`codegen::specialized`) and each rule's work is its
+/// own. The costs, measured with `xpolc check --kernel` on policies of
+/// one construct repeated:
+///
+/// - [`PROCESSED_BASE`]: the parser and the program's frame; at most
+///   about 29,000 (XDP with `lb(.., nat)`'s program-wide code).
+/// - a rule: [`PROCESSED_RULE`], and [`PROCESSED_TEST`] per comparison,
+///   membership test or boolean operator of its condition (measured: 50
+///   per rule of one comparison with a verdict, 90 with a map update and
+///   none; 500 for rules of ten mixed terms with a map update), and
+///   [`PROCESSED_STMT`] per `@map` update, `let` or `if`.
+/// - [`PROCESSED_LOG`] per `log` (about 1,100 with a rate, 200 without),
+///   [`PROCESSED_LIMIT`] per `limit` (about 1,400 keyed).
+/// - `lb`: its verifier work depends on the delivery and on how the
+///   program is shaped. In a program with the facts in registers (at most
+///   two `lb`: their weight keeps the rest in a map), up to 57,000 each
+///   (GUE to IPv6 backends) [`PROCESSED_LB_SPECIALIZED`]; otherwise, per
+///   `lb(.., nat)` 27,014 ([`PROCESSED_LB_NAT`]: 36 of them on one pool
+///   cross the limit), per encapsulating `lb` at most about 6,500
+///   ([`PROCESSED_LB_ENCAP`]).
+/// - connection state: a program whose rules read `ct.state` about
+///   100,000 to 127,000, recording connections or not
+///   ([`PROCESSED_CT_CLASSIFY`]); one that only records them (the
+///   `tc:egress` program the table adds) about 66,000
+///   ([`PROCESSED_CT_RECORD`]).
+pub const PROCESSED_BASE: usize = 30_000;
+pub const PROCESSED_RULE: usize = 100;
+pub const PROCESSED_TEST: usize = 60;
+pub const PROCESSED_STMT: usize = 150;
+pub const PROCESSED_LOG: usize = 1_500;
+pub const PROCESSED_LIMIT: usize = 2_000;
+pub const PROCESSED_LB_SPECIALIZED: usize = 60_000;
+pub const PROCESSED_LB_NAT: usize = 27_100;
+pub const PROCESSED_LB_ENCAP: usize = 8_000;
+pub const PROCESSED_CT_CLASSIFY: usize = 135_000;
+pub const PROCESSED_CT_RECORD: usize = 70_000;
+
+/// [`processed_estimate`] of one program: what the program costs before
+/// its rules, and what each rule (each probe, in the program's order)
+/// adds.
+pub struct ProcessedEstimate {
+    pub base: usize,
+    pub per_probe: Vec<usize>,
+}
+
+impl ProcessedEstimate {
+    pub fn total(&self) -> usize {
+        self.base + self.per_probe.iter().sum::<usize>()
+    }
+
+    /// The probe with which the running total passes `limit`, and the
+    /// total there.
+    fn crossing(&self, limit: usize) -> Option<(usize, usize)> {
+        let mut total = self.base;
+        self.per_probe.iter().enumerate().find_map(|(i, n)| {
+            total += n;
+            (total > limit).then_some((i, total))
+        })
+    }
+}
+
+/// The verifier's work for program `prog` of `policy`, estimated (see
+/// [`MAX_PROCESSED_INSNS`] for the costs and how they were measured).
+pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedEstimate {
+    let specialized = super::specialized(policy);
+    let records = policy.conntrack.as_ref().is_some_and(|ct| ct.trackers.contains(&prog.hook));
+    // Measured with the recording where the program also records.
+    let ct = if policy.conntrack.is_some() && super::parse::reads_field(prog, Field::CtState) {
+        PROCESSED_CT_CLASSIFY
+    } else if records {
+        PROCESSED_CT_RECORD
+    } else {
+        0
+    };
+    let base = PROCESSED_BASE + ct;
+    let per_probe = prog.probes.iter().map(|p| PROCESSED_RULE + p.predicate.as_ref().map_or(0, expr_cost) + stmts_cost(&p.body, specialized)).collect();
+    ProcessedEstimate { base, per_probe }
+}
+
+fn expr_cost(e: &ir::Expr) -> usize {
+    match &e.kind {
+        ExprKind::Field(Field::CtState) => PROCESSED_TEST,
+        ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => 0,
+        ExprKind::MapRead { keys, .. } => PROCESSED_STMT + keys.iter().map(expr_cost).sum::<usize>(),
+        ExprKind::Limit { keys, .. } => PROCESSED_LIMIT + keys.iter().map(expr_cost).sum::<usize>(),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) => expr_cost(a),
+        ExprKind::Not(a) | ExprKind::In(a, _) => PROCESSED_TEST + expr_cost(a),
+        ExprKind::Arith(_, a, b) => expr_cost(a) + expr_cost(b),
+        ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => PROCESSED_TEST + expr_cost(a) + expr_cost(b),
+    }
+}
+
+fn stmts_cost(body: &[ir::Stmt], specialized: bool) -> usize {
+    body.iter()
+        .map(|s| match &s.kind {
+            ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+            ir::StmtKind::Log(_) => PROCESSED_LOG,
+            ir::StmtKind::Lb(_) if specialized => PROCESSED_LB_SPECIALIZED,
+            ir::StmtKind::Lb(b) => match b.delivery {
+                ir::Delivery::Nat { .. } => PROCESSED_LB_NAT,
+                ir::Delivery::Encap { .. } => PROCESSED_LB_ENCAP,
+            },
+            ir::StmtKind::If { cond, then_body, else_body } => PROCESSED_STMT + expr_cost(cond) + stmts_cost(then_body, specialized) + stmts_cost(else_body, specialized),
+            ir::StmtKind::Let { value, .. } => PROCESSED_STMT + expr_cost(value),
+            ir::StmtKind::MapUpdate { keys, op, .. } => {
+                let value = match op {
+                    ir::MapOp::Count => 0,
+                    ir::MapOp::Sum(e) | ir::MapOp::Assign(e) => expr_cost(e),
+                };
+                PROCESSED_STMT + keys.iter().map(expr_cost).sum::<usize>() + value
+            }
+        })
+        .sum()
+}
+
+/// The error for a program whose [`processed_estimate`] passes
+/// [`MAX_PROCESSED_INSNS`], at the rule where it does, with a help for
+/// what that rule holds.
+fn too_much_verifier_work(policy: &ir::Policy, prog: &ir::Program, estimate: &ProcessedEstimate) -> Option<Diagnostic> {
+    let hook = prog.hook.as_str();
+    let d = Diagnostic::error(
+        "xpol::budget::processed",
+        format!(
+            "the `{hook}` program would make the kernel's verifier process about {} instructions, more than the {MAX_PROCESSED_INSNS} it allows one program (an estimate from the rules, at or above what the kernel processes for each)",
+            estimate.total()
+        ),
+    );
+    let Some((probe, total)) = estimate.crossing(MAX_PROCESSED_INSNS) else {
+        // The program's own code alone: nothing a rule can change.
+        let span = policy.conntrack.as_ref().map(|ct| ct.span).or(prog.probes.first().map(|p| p.span))?;
+        return Some(d.with_label(span, "the program's own code passes the limit").with_help("split the policy: give this hook fewer stateful features"));
+    };
+    let p = &prog.probes[probe];
+    let mut has = (false, false, false);
+    visit_stmts(&p.body, &mut |s| match &s.kind {
+        ir::StmtKind::Lb(b) => {
+            if matches!(b.delivery, ir::Delivery::Nat { .. }) {
+                has.0 = true
+            } else {
+                has.1 = true
+            }
+        }
+        ir::StmtKind::Log(_) => has.2 = true,
+        _ => {}
+    });
+    let help = match has {
+        (true, _, _) => "the verifier walks each `lb(POOL, nat)` on its own (about 27,000 instructions each): balance several addresses to one pool in one rule (`ip.dst in { ... }`) rather than a rule each",
+        (_, true, _) => "the verifier walks each `lb` on its own: balance several addresses to one pool in one rule (`ip.dst in { ... }`) rather than a rule each",
+        (_, _, true) => "the verifier walks each `log` and `limit` on its own: log from fewer rules (one rule with `in { ... }` for several values), or split the policy across hooks",
+        _ => "merge rules with the same body into one rule with `in { ... }` or a named `set`, or split the policy across hooks",
+    };
+    let span = policy.rules.iter().find(|r| r.id == p.rule).map_or(p.span, |r| r.span);
+    Some(d.with_label(span, format!("with this rule the estimate reaches {total}")).with_help(help))
+}
+
+fn visit_stmts(body: &[ir::Stmt], f: &mut impl FnMut(&ir::Stmt)) {
+    for s in body {
+        f(s);
+        if let ir::StmtKind::If { then_body, else_body, .. } = &s.kind {
+            visit_stmts(then_body, f);
+            visit_stmts(else_body, f);
+        }
     }
 }
 

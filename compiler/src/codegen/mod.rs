@@ -258,6 +258,16 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
 /// the next rule when it matches.
 pub const FALL_THROUGH_WEIGHT: usize = 2;
 
+/// Per program, the instructions the kernel's verifier is estimated to
+/// process (`budget::processed_estimate`; refused past
+/// [`MAX_PROCESSED_INSNS`]): what `tests/limits.rs` compares with the
+/// kernel's count.
+pub fn processed_estimates(policy: &ir::Policy) -> Vec<(Hook, usize)> {
+    policy.programs.iter().map(|p| (p.hook, budget::processed_estimate(policy, p).total())).collect()
+}
+
+pub use budget::MAX_PROCESSED_INSNS;
+
 /// Whether every packet that runs `body` gets its verdict there (its last
 /// statement is a verdict, redirect or `lb`, or an `if` whose branches
 /// both end).
