@@ -137,6 +137,14 @@ pub const PROCESSED_LB_NAT: usize = 27_100;
 pub const PROCESSED_LB_ENCAP: usize = 8_000;
 pub const PROCESSED_CT_CLASSIFY: usize = 135_000;
 pub const PROCESSED_CT_RECORD: usize = 70_000;
+/// In a program that also balances (`lb`), the work is not quite a sum:
+/// the first `limit` or `log` adds about 16,500 (the verifier walks part
+/// of the balancing code again for the states it leaves), each further
+/// `limit` about 3,500 and `log` about 4,400 ([`PROCESSED_LIMIT_BESIDE_LB`],
+/// [`PROCESSED_LOG_BESIDE_LB`]; a `log` with a rate counts as both).
+pub const PROCESSED_STATE_BESIDE_LB: usize = 20_000;
+pub const PROCESSED_LIMIT_BESIDE_LB: usize = 4_000;
+pub const PROCESSED_LOG_BESIDE_LB: usize = 5_000;
 
 /// [`processed_estimate`] of one program: what the program costs before
 /// its rules, and what each rule (each probe, in the program's order)
@@ -165,7 +173,21 @@ impl ProcessedEstimate {
 /// The verifier's work for program `prog` of `policy`, estimated (see
 /// [`MAX_PROCESSED_INSNS`] for the costs and how they were measured).
 pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedEstimate {
-    let specialized = super::specialized(policy);
+    let (mut balances, mut stateful) = (false, false);
+    for p in &prog.probes {
+        visit_stmts(&p.body, &mut |s| match &s.kind {
+            ir::StmtKind::Lb(_) => balances = true,
+            ir::StmtKind::Log(_) => stateful = true,
+            _ => {}
+        });
+        stateful |= p.predicate.as_ref().is_some_and(has_limit) || any_expr(&p.body, &has_limit);
+    }
+    let costs = Costs {
+        policy,
+        specialized: super::specialized(policy),
+        limit: if balances { PROCESSED_LIMIT_BESIDE_LB } else { PROCESSED_LIMIT },
+        log: if balances { PROCESSED_LOG_BESIDE_LB } else { PROCESSED_LOG },
+    };
     let records = policy.conntrack.as_ref().is_some_and(|ct| ct.trackers.contains(&prog.hook));
     // Measured with the recording where the program also records.
     let ct = if policy.conntrack.is_some() && super::parse::reads_field(prog, Field::CtState) {
@@ -175,45 +197,79 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
     } else {
         0
     };
-    let base = PROCESSED_BASE + ct;
-    let per_probe = prog.probes.iter().map(|p| PROCESSED_RULE + p.predicate.as_ref().map_or(0, expr_cost) + stmts_cost(&p.body, specialized)).collect();
+    let beside_lb = if balances && stateful { PROCESSED_STATE_BESIDE_LB } else { 0 };
+    let base = PROCESSED_BASE + ct + beside_lb;
+    let per_probe = prog.probes.iter().map(|p| PROCESSED_RULE + p.predicate.as_ref().map_or(0, |e| costs.expr(e)) + costs.stmts(&p.body)).collect();
     ProcessedEstimate { base, per_probe }
 }
 
-fn expr_cost(e: &ir::Expr) -> usize {
-    match &e.kind {
-        ExprKind::Field(Field::CtState) => PROCESSED_TEST,
-        ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => 0,
-        ExprKind::MapRead { keys, .. } => PROCESSED_STMT + keys.iter().map(expr_cost).sum::<usize>(),
-        ExprKind::Limit { keys, .. } => PROCESSED_LIMIT + keys.iter().map(expr_cost).sum::<usize>(),
-        ExprKind::Neg(a) | ExprKind::BitNot(a) => expr_cost(a),
-        ExprKind::Not(a) | ExprKind::In(a, _) => PROCESSED_TEST + expr_cost(a),
-        ExprKind::Arith(_, a, b) => expr_cost(a) + expr_cost(b),
-        ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => PROCESSED_TEST + expr_cost(a) + expr_cost(b),
+/// What each construct costs in one program.
+struct Costs<'a> {
+    policy: &'a ir::Policy,
+    specialized: bool,
+    limit: usize,
+    log: usize,
+}
+
+impl Costs<'_> {
+    fn expr(&self, e: &ir::Expr) -> usize {
+        match &e.kind {
+            ExprKind::Field(Field::CtState) => PROCESSED_TEST,
+            ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => 0,
+            ExprKind::MapRead { keys, .. } => PROCESSED_STMT + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
+            ExprKind::Limit { keys, .. } => self.limit + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
+            ExprKind::Neg(a) | ExprKind::BitNot(a) => self.expr(a),
+            ExprKind::Not(a) | ExprKind::In(a, _) => PROCESSED_TEST + self.expr(a),
+            ExprKind::Arith(_, a, b) => self.expr(a) + self.expr(b),
+            ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => PROCESSED_TEST + self.expr(a) + self.expr(b),
+        }
+    }
+
+    fn stmts(&self, body: &[ir::Stmt]) -> usize {
+        body.iter()
+            .map(|s| match &s.kind {
+                ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+                // A rate is a `limit` of its own.
+                ir::StmtKind::Log(id) => self.log + if self.policy.logs.get(*id).is_some_and(|l| l.limit.is_some()) { self.limit } else { 0 },
+                ir::StmtKind::Lb(_) if self.specialized => PROCESSED_LB_SPECIALIZED,
+                ir::StmtKind::Lb(b) => match b.delivery {
+                    ir::Delivery::Nat { .. } => PROCESSED_LB_NAT,
+                    ir::Delivery::Encap { .. } => PROCESSED_LB_ENCAP,
+                },
+                ir::StmtKind::If { cond, then_body, else_body } => PROCESSED_STMT + self.expr(cond) + self.stmts(then_body) + self.stmts(else_body),
+                ir::StmtKind::Let { value, .. } => PROCESSED_STMT + self.expr(value),
+                ir::StmtKind::MapUpdate { keys, op, .. } => {
+                    let value = match op {
+                        ir::MapOp::Count => 0,
+                        ir::MapOp::Sum(e) | ir::MapOp::Assign(e) => self.expr(e),
+                    };
+                    PROCESSED_STMT + keys.iter().map(|k| self.expr(k)).sum::<usize>() + value
+                }
+            })
+            .sum()
     }
 }
 
-fn stmts_cost(body: &[ir::Stmt], specialized: bool) -> usize {
-    body.iter()
-        .map(|s| match &s.kind {
-            ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
-            ir::StmtKind::Log(_) => PROCESSED_LOG,
-            ir::StmtKind::Lb(_) if specialized => PROCESSED_LB_SPECIALIZED,
-            ir::StmtKind::Lb(b) => match b.delivery {
-                ir::Delivery::Nat { .. } => PROCESSED_LB_NAT,
-                ir::Delivery::Encap { .. } => PROCESSED_LB_ENCAP,
-            },
-            ir::StmtKind::If { cond, then_body, else_body } => PROCESSED_STMT + expr_cost(cond) + stmts_cost(then_body, specialized) + stmts_cost(else_body, specialized),
-            ir::StmtKind::Let { value, .. } => PROCESSED_STMT + expr_cost(value),
-            ir::StmtKind::MapUpdate { keys, op, .. } => {
-                let value = match op {
-                    ir::MapOp::Count => 0,
-                    ir::MapOp::Sum(e) | ir::MapOp::Assign(e) => expr_cost(e),
-                };
-                PROCESSED_STMT + keys.iter().map(expr_cost).sum::<usize>() + value
-            }
-        })
-        .sum()
+/// Whether `e` holds a `limit`.
+fn has_limit(e: &ir::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Limit { .. } => true,
+        ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => false,
+        ExprKind::MapRead { keys, .. } => keys.iter().any(has_limit),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => has_limit(a),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => has_limit(a) || has_limit(b),
+    }
+}
+
+/// Whether an expression of the statements `body` (conditions, values,
+/// keys) satisfies `f`.
+fn any_expr(body: &[ir::Stmt], f: &impl Fn(&ir::Expr) -> bool) -> bool {
+    body.iter().any(|s| match &s.kind {
+        ir::StmtKind::If { cond, then_body, else_body } => f(cond) || any_expr(then_body, f) || any_expr(else_body, f),
+        ir::StmtKind::Let { value, .. } => f(value),
+        ir::StmtKind::MapUpdate { keys, op, .. } => keys.iter().any(f) || matches!(op, ir::MapOp::Sum(e) | ir::MapOp::Assign(e) if f(e)),
+        _ => false,
+    })
 }
 
 /// The error for a program whose [`processed_estimate`] passes
