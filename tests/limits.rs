@@ -284,15 +284,18 @@ fn boundary_cases_build_only_what_loads() {
     for n in [30, 40, 60] {
         assert_eq!(fate(&format!("{n} rules without verdicts"), &comparisons(&mut rng, "xdp", n, 100), dir.path()), Fate::Loaded);
     }
-    // Processed instructions: 35 `lb(p4, nat)` rules load (the kernel
-    // processes about 974,000 instructions, the estimate is 984,000); 36
-    // would take it to 1,001,245, and are refused.
-    let (loaded, counts) = fate_counted("35 NAT rules", &nat_rules(&mut rng, 35, 0), dir.path());
+    // Processed instructions: 34 `lb(p4, nat)` rules load (the kernel
+    // processes about 947,000 instructions, the estimate is 997,510); 36
+    // would take it to 1,001,245, and are refused (so are 35, in the
+    // estimate's margin: docs/language.md, Limits).
+    let (loaded, counts) = fate_counted("34 NAT rules", &nat_rules(&mut rng, 34, 0), dir.path());
     assert_eq!(loaded, Fate::Loaded);
     let xdp = counts.iter().find(|c| c.hook == "xdp").expect("the xdp program");
-    eprintln!("35 NAT rules: the kernel processed {} instructions, estimated {}", xdp.kernel, xdp.estimate);
+    eprintln!("34 NAT rules: the kernel processed {} instructions, estimated {}", xdp.kernel, xdp.estimate);
     assert!(xdp.kernel > 900_000, "{xdp:?}: the case must stay near the limit");
-    assert_eq!(fate("36 NAT rules", &nat_rules(&mut rng, 36, 0), dir.path()), Fate::Refused(vec!["xpol::budget::processed".into()]));
+    for n in [35, 36] {
+        assert_eq!(fate(&format!("{n} NAT rules"), &nat_rules(&mut rng, n, 0), dir.path()), Fate::Refused(vec!["xpol::budget::processed".into()]));
+    }
 }
 
 /// Random policies aimed at the limits, for a bounded time.
