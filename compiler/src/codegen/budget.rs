@@ -126,8 +126,9 @@ pub const MAX_PROCESSED_INSNS: usize = 1_000_000;
 ///   on one pool cross the limit), up to about 5% more with other rules
 ///   before them (the verifier walks the balancing code in more states):
 ///   [`PROCESSED_LB_NAT`] is 5% over, so 35 such rules, which the kernel
-///   takes (with 974,000), are refused; per
-///   encapsulating `lb` at most about 6,500 ([`PROCESSED_LB_ENCAP`]).
+///   takes (with 974,000), are refused; per `lb(.., nat)` to IPv6
+///   backends and per encapsulating `lb` at most about 6,600
+///   ([`PROCESSED_LB_ENCAP`]).
 /// - connection state: a program whose rules read `ct.state` about
 ///   100,000 to 127,000, recording connections or not, and one that
 ///   records them and has rules up to 110,000 ([`PROCESSED_CT_CLASSIFY`]);
@@ -242,6 +243,7 @@ impl Costs<'_> {
                 ir::StmtKind::Log(id) => self.log + if self.policy.logs.get(*id).is_some_and(|l| l.limit.is_some()) { self.limit } else { 0 },
                 ir::StmtKind::Lb(_) if self.specialized => PROCESSED_LB_SPECIALIZED,
                 ir::StmtKind::Lb(b) => match b.delivery {
+                    ir::Delivery::Nat { .. } if self.policy.pools.get(b.pool).is_some_and(|p| p.v6) => PROCESSED_LB_ENCAP,
                     ir::Delivery::Nat { .. } => PROCESSED_LB_NAT,
                     ir::Delivery::Encap { .. } => PROCESSED_LB_ENCAP,
                 },
