@@ -13,6 +13,7 @@ use crate::check::fields::Field;
 use crate::ir::{self, CmpOp, ExprKind, Value};
 use std::collections::HashMap;
 use xpol_lang::meta;
+use xpol_lang::ast::Hook;
 use xpol_lang::{Diagnostic, FileId, SourceMap, Span};
 
 /// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
@@ -153,6 +154,11 @@ pub const PROCESSED_CT_RECORD: usize = 70_000;
 /// [`PROCESSED_LOG_BESIDE_LB`]; a `log` with a rate counts as both).
 pub const PROCESSED_STATE_BESIDE_LB: usize = 20_000;
 pub const PROCESSED_LIMIT_BESIDE_LB: usize = 4_000;
+/// A `log` in a TC program whose rules are specialized per parse end (at
+/// most six: their weight keeps more in the facts map): the verifier
+/// walks its copy of the packet once per parse end; four rate-limited
+/// logs that let packets go on took 62,000 (15,000 in XDP).
+pub const PROCESSED_LOG_TC_SPECIALIZED: usize = 15_000;
 pub const PROCESSED_LOG_BESIDE_LB: usize = 5_000;
 
 /// [`processed_estimate`] of one program: what the program costs before
@@ -191,11 +197,18 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
         });
         stateful |= p.predicate.as_ref().is_some_and(has_limit) || any_expr(&p.body, &has_limit);
     }
+    let specialized = super::specialized(policy);
     let costs = Costs {
         policy,
-        specialized: super::specialized(policy),
+        specialized,
         limit: if balances { PROCESSED_LIMIT_BESIDE_LB } else { PROCESSED_LIMIT },
-        log: if balances { PROCESSED_LOG_BESIDE_LB } else { PROCESSED_LOG },
+        log: if balances {
+            PROCESSED_LOG_BESIDE_LB
+        } else if specialized && prog.hook != Hook::Xdp {
+            PROCESSED_LOG_TC_SPECIALIZED
+        } else {
+            PROCESSED_LOG
+        },
     };
     let records = policy.conntrack.as_ref().is_some_and(|ct| ct.trackers.contains(&prog.hook));
     // Measured with the recording where the program also records; a
