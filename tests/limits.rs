@@ -476,3 +476,29 @@ fn a_policy_far_over_the_size_limit_is_refused_before_compiling() {
     assert_eq!(line as usize, rules, "the rule where the count passes the limit: {}", e.message);
     assert!(rules < 20_000 && rules > 3_000, "{rules}");
 }
+
+/// The processed-instructions estimate refuses nothing common: every
+/// example, and every std policy included by a one-rule policy, is
+/// estimated far under the limit (the kernel's counts, with the
+/// estimates: examples/lb.xpol 87,831 for 99,150; std/host-firewall.xpol
+/// 112,797 for 165,000). No kernel needed.
+#[test]
+fn common_policies_are_estimated_far_under_the_processed_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir("examples").expect("read examples").map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|e| e == "xpol")).collect();
+    for entry in std::fs::read_dir("std-policies").expect("read std-policies") {
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let wrapper = dir.path().join(format!("use-{name}"));
+        std::fs::write(&wrapper, format!("include \"std/{name}\"\nxdp {{ pass }}\n")).expect("write wrapper");
+        paths.push(wrapper);
+    }
+    assert!(paths.len() >= 8, "{paths:?}");
+    for path in paths {
+        let b = build(&path, &BuildOptions::default());
+        let out = b.output.unwrap_or_else(|| panic!("{} builds: {:?}", path.display(), b.diagnostics));
+        for (hook, estimate) in xpol_compiler::codegen::processed_estimates(&out.ir) {
+            eprintln!("{}: `{}` estimated {estimate}", path.display(), hook.as_str());
+            assert!(estimate < xpol_compiler::codegen::MAX_PROCESSED_INSNS / 3, "{}: `{}` estimated {estimate}", path.display(), hook.as_str());
+        }
+    }
+}
