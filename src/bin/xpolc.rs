@@ -315,10 +315,12 @@ fn check_here(build: &mut Build, kernel: bool, verbose: bool, verifier_log: Opti
         if let Some(out) = &build.output {
             match xpol_runtime::loader::LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() }) {
                 Ok(mut loaded) => {
+                    let estimates = xpol_compiler::codegen::processed_estimates(&out.ir);
                     for p in out.meta.programs.clone() {
                         let s = loaded.program_stats(&p.hook)?;
+                        let estimate = estimates.iter().find(|(h, _)| h.as_str() == p.hook).map_or(0, |(_, n)| *n);
                         eprintln!(
-                            "{}: verified by the kernel: {} instructions processed, {} instructions ({} bytes JIT-compiled)",
+                            "{}: verified by the kernel: {} instructions processed (estimated before loading: {estimate}), {} instructions ({} bytes JIT-compiled)",
                             p.hook,
                             s.verified_insns,
                             s.xlated_bytes / 8,
