@@ -619,6 +619,14 @@ pub struct Synproxy {
     pub span: Span,
 }
 
+impl Synproxy {
+    /// What it does, with every option resolved: two that print alike
+    /// answer alike, however they were written.
+    pub fn canonical(&self) -> String {
+        format!("synproxy(mss: {}, wscale: {}, sack: {}, timestamps: {})", self.mss, self.wscale, self.sack, self.timestamps)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
     pub rule: RuleId,
@@ -833,7 +841,7 @@ impl Printer<'_> {
                         SetWrite::Delete => out.push_str(&format!("{pad}delete({name}, {})\n", self.expr(key))),
                     }
                 }
-                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}{}\n", self.policy.synproxies[*id].text)),
+                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}{}\n", self.policy.synproxies[*id].canonical())),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);

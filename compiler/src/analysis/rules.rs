@@ -20,7 +20,7 @@ pub enum Action {
     /// `lb(POOL)`: balanced to a backend of the pool (which one, and
     /// whether it has one, depends on the pool's state).
     Lb(String),
-    /// `synproxy(...)` as written: a SYN answered with a cookie, an ACK
+    /// `synproxy(...)` with its options resolved: a SYN answered with a cookie, an ACK
     /// passed or dropped by its cookie, the rest dropped (which of these
     /// depends on the kernel's cookie secret; the same options decide
     /// alike).
@@ -216,7 +216,7 @@ fn body(c: &mut Compiler, stmts: &[ir::Stmt], region: &mut Space, hook: Hook, ou
                 return;
             }
             StmtKind::Synproxy(id) => {
-                out.push((std::mem::take(region), Action::Synproxy(c.policy.synproxies[*id].text.clone())));
+                out.push((std::mem::take(region), Action::Synproxy(c.policy.synproxies[*id].canonical())));
                 return;
             }
             StmtKind::Let { local, value } => {

@@ -138,6 +138,12 @@ pub const MAX_PROCESSED_INSNS: usize = 1_000_000;
 ///   records them and has rules up to 110,000 ([`PROCESSED_CT_CLASSIFY`]);
 ///   one that only records them (the `tc:egress` program the table adds)
 ///   about 66,000 ([`PROCESSED_CT_RECORD`]).
+/// - `synproxy`: about 9,000 to 16,000 each in a program with the facts in
+///   the map (40 of them 378,418 in all; one after a `ct.state` rule
+///   110,373), 30,000 for a lone one specialized (60,084 with its
+///   program): [`PROCESSED_SYNPROXY`], times the specialized factor there.
+///   A dynamic set's `add` or `delete` is a statement (60 of them with 30
+///   tests of dynamic sets: 26,930).
 pub const PROCESSED_BASE: usize = 30_000;
 pub const PROCESSED_RULE: usize = 40;
 pub const PROCESSED_TEST: usize = 15;
@@ -147,6 +153,7 @@ pub const PROCESSED_LIMIT: usize = 2_000;
 pub const PROCESSED_LB_SPECIALIZED: usize = 100_000;
 pub const PROCESSED_LB_NAT: usize = 28_400;
 pub const PROCESSED_LB_ENCAP: usize = 8_000;
+pub const PROCESSED_SYNPROXY: usize = 20_000;
 pub const PROCESSED_CT_CLASSIFY: usize = 135_000;
 pub const PROCESSED_CT_RECORD: usize = 70_000;
 /// In a program that also balances (`lb`), the work is not quite a sum:
@@ -274,6 +281,8 @@ impl Costs<'_> {
                 ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
                 // A rate is a `limit` of its own.
                 ir::StmtKind::Log(id) => self.log + if self.policy.logs.get(*id).is_some_and(|l| l.limit.is_some()) { self.limit } else { 0 },
+                ir::StmtKind::SetWrite { key, .. } => self.stmt + self.expr(key),
+                ir::StmtKind::Synproxy(_) => PROCESSED_SYNPROXY * if self.specialized { PROCESSED_SPECIALIZED_FACTOR } else { 1 },
                 ir::StmtKind::Lb(_) if self.specialized => PROCESSED_LB_SPECIALIZED,
                 ir::StmtKind::Lb(b) => match b.delivery {
                     ir::Delivery::Nat { .. } if self.policy.pools.get(b.pool).is_some_and(|p| p.v6) => PROCESSED_LB_ENCAP,
