@@ -190,11 +190,12 @@ fn balance(rng: &mut Rng) -> String {
 
 /// A rule `i` of a stateful kind on `hook`: connection state, a log, a
 /// rate limit, a map update (falling through), a load-balanced address
-/// (XDP only, and only when `lb`), or one comparison with a verdict.
+/// (XDP only, and only when `lb`), a dynamic set tested or written, a SYN
+/// proxy (XDP only), or one comparison with a verdict.
 fn stateful_rule(rng: &mut Rng, hook: &str, i: usize, ct: bool, lb: bool) -> String {
     let cmp = comparison(rng);
     let verdict = rng.pick(&["drop", "pass"]);
-    match rng.below(7) {
+    match rng.below(9) {
         0 if ct => match rng.below(3) {
             0 => format!("{hook} /ct.state in {{established, related}}/ {{ pass }}\n"),
             1 => format!("{hook} /ct.state == new && {cmp}/ {{ {verdict} }}\n"),
@@ -212,9 +213,20 @@ fn stateful_rule(rng: &mut Rng, hook: &str, i: usize, ct: bool, lb: bool) -> Str
         }
         3 => format!("{hook} /{cmp}/ {{ @m{}[ip.src] = count() }}\n", i % 4),
         4 if lb && hook == "xdp" => format!("xdp /ip.dst == {}/ {{ {} }}\n", vip(i), balance(rng)),
+        5 => match rng.below(3) {
+            0 => format!("{hook} /ip.src in {DYNSET}/ {{ {verdict} }}\n"),
+            1 => format!("{hook} /{cmp}/ {{ add({DYNSET}, ip.src) }}\n"),
+            _ => format!("{hook} /{cmp} && ip.src in {DYNSET}/ {{ delete({DYNSET}, ip.src); {verdict} }}\n"),
+        },
+        6 if hook == "xdp" => format!("xdp /tcp.dport == {}/ {{ synproxy }}\n", 1 + i % 65535),
         _ => format!("{hook} /{cmp}/ {{ {verdict} }}\n"),
     }
 }
+
+/// The dynamic set stateful rules write and test, declared by every
+/// policy that has them ([`DYNSET_DECLARATION`]).
+const DYNSET: &str = "seen";
+const DYNSET_DECLARATION: &str = "set seen: ip dynamic max 4096 timeout 10m\n";
 
 /// An address of its own for rule `i` to balance.
 fn vip(i: usize) -> String {
@@ -232,7 +244,7 @@ fn stateful(rng: &mut Rng, n: usize, hooks: &[&str]) -> String {
     // kernel allows (`xpol::budget::stack`): mostly one or the other.
     let ct = rng.below(2) == 0;
     let lb = !ct || rng.below(8) == 0;
-    let mut text = String::from(if lb { POOLS } else { "" });
+    let mut text = String::from(if lb { POOLS } else { "" }) + DYNSET_DECLARATION;
     for i in 0..n {
         let hook = hooks[rng.below(hooks.len() as u64) as usize];
         text.push_str(&stateful_rule(rng, hook, i, ct, lb));
@@ -249,7 +261,7 @@ fn stateful(rng: &mut Rng, n: usize, hooks: &[&str]) -> String {
 /// the verifier works hardest on: about 27,000 instructions each), the
 /// others' rules mixed in with probability `mixed` percent.
 fn nat_rules(rng: &mut Rng, n: usize, mixed: u64) -> String {
-    let mut text = String::from(POOLS);
+    let mut text = String::from(POOLS) + DYNSET_DECLARATION;
     let mut i = 0;
     while i < n {
         if rng.below(100) < mixed {
