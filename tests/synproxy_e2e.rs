@@ -6,6 +6,10 @@
 //! nftables table (and `nf_conntrack_tcp_loose=0`) while it runs and
 //! removes them when it ends.
 //!
+//! Then the same under `xpol apply` (in a private bpffs, `Host`): the
+//! table and the sysctl stay after the process, follow a replace (new
+//! ports, no `synproxy`), and go at `xpol delete`.
+//!
 //! Traffic stays between the namespaces this test creates (198.18.0.0/15,
 //! 2001:db8::/32); every command is bounded in time, and the namespaces
 //! (with what is attached and installed in them) are removed even when the
@@ -16,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::host::Host;
 use common::net::{ip, python_ready, wait_bounded, Net};
 
 /// An echo server on TCP port PORT of both families: says "ready" once
@@ -207,4 +212,77 @@ fn clients_connect_through_a_syn_flood() {
     assert!(!net.link_b().contains("xdp"), "detached");
     drop(server.stdin.take());
     wait_bounded(&mut server, Duration::from_secs(10));
+}
+
+const LOOSE: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose";
+
+/// `nft list table inet xpol_synproxy_web` in `ns`: the ruleset, or
+/// `None` when there is no such table.
+fn web_table(ns: &str) -> Option<String> {
+    let out = common::net::output_bounded({
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, "nft", "list", "table", "inet", "xpol_synproxy_web"]);
+        c
+    });
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn applied_synproxy_keeps_its_netfilter_side_until_deleted() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Loose tracking on (the kernel's default), to see it put back.
+    exec(&net.b, &["sh", "-c", &format!("echo 1 > {LOOSE}")]);
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+    let write = |file: &str, text: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).expect("write policy");
+        path.to_str().expect("UTF-8 path").to_string()
+    };
+    let on_8080 = write("a.xpol", POLICY);
+    let on_8081 = write("b.xpol", &POLICY.replace("8080", "8081"));
+    let without = write("c.xpol", "xdp /tcp.dport == 23/ { drop }\nxdp { pass }\n");
+    // Generic XDP, as above.
+    let apply = |path: &str| host.ok(&net.b, &["apply", path, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
+    let mut server = python_ready(&net.b, 90, SERVER, &["8080"]);
+    let mut server2 = python_ready(&net.b, 90, SERVER, &["8081"]);
+    let (to_8080, to_8081) = ([format!("{},8080", net.addr_b)], [format!("{},8081", net.addr_b)]);
+
+    // Applied: the xpol process has ended, its netfilter side stays.
+    apply(&on_8080);
+    let table = web_table(&net.b).expect("the synproxy table after apply");
+    assert!(table.contains("8080") && table.contains("synproxy mss 1400"), "{table}");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    assert_eq!(client(&net.a, &to_8080), ["ok"], "a connection through the applied proxy");
+
+    // Replaced with other ports: the same table, the new ports.
+    apply(&on_8081);
+    let table = web_table(&net.b).expect("the synproxy table after a replace");
+    assert!(table.contains("8081") && !table.contains("8080"), "{table}");
+    assert_eq!(client(&net.a, &to_8081), ["ok"], "through the replaced proxy");
+
+    // Replaced with a version without `synproxy`: the table goes, and the
+    // sysctl (no other applied policy needs it).
+    apply(&without);
+    assert_eq!(web_table(&net.b), None, "the table of a policy that no longer has a synproxy");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+    assert!(net.link_b().contains("xdp"), "the policy still runs");
+
+    // Back, then deleted: table and sysctl as they were.
+    apply(&on_8080);
+    assert!(web_table(&net.b).is_some_and(|t| t.contains("8080")));
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    host.ok(&net.b, &["delete", "web"]);
+    assert_eq!(web_table(&net.b), None, "the table after delete");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1", "the sysctl put back at delete");
+    assert!(!net.link_b().contains("xdp"), "detached");
+
+    for s in [&mut server, &mut server2] {
+        drop(s.stdin.take());
+        wait_bounded(s, Duration::from_secs(10));
+    }
 }
