@@ -286,3 +286,37 @@ fn applied_synproxy_keeps_its_netfilter_side_until_deleted() {
         wait_bounded(s, Duration::from_secs(10));
     }
 }
+
+/// Two applied policies with a `synproxy` in one namespace: the sysctl
+/// stays 0 while either is applied, and goes back when the last one is
+/// deleted (whichever set it).
+#[test]
+fn the_sysctl_goes_back_with_the_last_applied_synproxy() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A second interface in b for the second policy (one XDP program an interface).
+    ip(&["-n", &net.b, "link", "add", "sp0", "type", "veth", "peer", "name", "sp1"]);
+    ip(&["-n", &net.b, "link", "set", "sp0", "up"]);
+    exec(&net.b, &["sh", "-c", &format!("echo 1 > {LOOSE}")]);
+    let policy = dir.path().join("p.xpol");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let policy = policy.to_str().expect("UTF-8 path");
+    let tables = || exec(&net.b, &["nft", "list", "tables"]);
+    host.ok(&net.b, &["apply", policy, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
+    host.ok(&net.b, &["apply", policy, "-i", "sp0", "--name", "other", "--mode", "generic"]);
+    assert!(tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    let other = web_table(&net.b).map(|_| exec(&net.b, &["nft", "list", "table", "inet", "xpol_synproxy_other"])).expect("both tables");
+    assert!(other.contains("\"sp0\"") && !other.contains(&net.vb), "each table on its policy's interface: {other}");
+
+    host.ok(&net.b, &["delete", "web"]);
+    assert!(!tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0", "`other` still needs it");
+    host.ok(&net.b, &["delete", "other"]);
+    assert!(!tables().contains("xpol_synproxy"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1", "put back with the last one");
+}
