@@ -307,16 +307,16 @@ fn the_sysctl_goes_back_with_the_last_applied_synproxy() {
     let policy = policy.to_str().expect("UTF-8 path");
     let tables = || exec(&net.b, &["nft", "list", "tables"]);
     host.ok(&net.b, &["apply", policy, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
-    host.ok(&net.b, &["apply", policy, "-i", "sp0", "--name", "other", "--mode", "generic"]);
-    assert!(tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other"), "{}", tables());
+    host.ok(&net.b, &["apply", policy, "-i", "sp0", "--name", "other-1", "--mode", "generic"]);
+    assert!(tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other-1"), "{}", tables());
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
-    let other = web_table(&net.b).map(|_| exec(&net.b, &["nft", "list", "table", "inet", "xpol_synproxy_other"])).expect("both tables");
+    let other = web_table(&net.b).map(|_| exec(&net.b, &["nft", "list", "table", "inet", "xpol_synproxy_other-1"])).expect("both tables");
     assert!(other.contains("\"sp0\"") && !other.contains(&net.vb), "each table on its policy's interface: {other}");
 
     host.ok(&net.b, &["delete", "web"]);
-    assert!(!tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other"), "{}", tables());
-    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0", "`other` still needs it");
-    host.ok(&net.b, &["delete", "other"]);
+    assert!(!tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other-1"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0", "`other-1` still needs it");
+    host.ok(&net.b, &["delete", "other-1"]);
     assert!(!tables().contains("xpol_synproxy"), "{}", tables());
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1", "put back with the last one");
 }

@@ -63,9 +63,11 @@ pub fn check_kernel() -> Result<(), SynproxyError> {
     }
 }
 
-/// A name nft takes as a table name: letters, digits and `_`.
+/// A name nft takes as a table name: letters, digits, `-` and `_` (nft
+/// takes `-` after the first character). A policy name has only those
+/// (`store::check_name`), so two applied policies never share a table.
 pub fn table_name(name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     format!("xpol_synproxy_{clean}")
 }
 
@@ -232,6 +234,8 @@ mod tests {
         assert!(r.contains("iifname { \"eth0\" } tcp dport { 80, 8000-8099 } tcp flags & (fin | syn | rst | ack) == syn notrack"), "{r}");
         assert!(r.contains("ct state { invalid, untracked } synproxy mss 1460 wscale 7 timestamp sack-perm"), "{r}");
         assert!(r.contains("ct state invalid drop"), "{r}");
-        assert_eq!(table_name("web-1"), "xpol_synproxy_web_1");
+        assert_eq!(table_name("web-1"), "xpol_synproxy_web-1");
+        assert_ne!(table_name("web-1"), table_name("web_1"));
+        assert_eq!(table_name("a b\""), "xpol_synproxy_a_b_");
     }
 }
