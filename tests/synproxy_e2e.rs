@@ -320,3 +320,47 @@ fn the_sysctl_goes_back_with_the_last_applied_synproxy() {
     assert!(!tables().contains("xpol_synproxy"), "{}", tables());
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1", "put back with the last one");
 }
+
+/// Without `nft` (PATH without /usr/sbin), an apply of a policy with
+/// `synproxy` fails saying so and changes nothing: a first apply leaves
+/// nothing applied, a replace leaves the running version and its table.
+#[test]
+fn without_nft_an_apply_changes_nothing() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    exec(&net.b, &["sh", "-c", &format!("echo 1 > {LOOSE}")]);
+    let write = |file: &str, text: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).expect("write policy");
+        path.to_str().expect("UTF-8 path").to_string()
+    };
+    let (on_8080, on_8081) = (write("a.xpol", POLICY), write("b.xpol", &POLICY.replace("8080", "8081")));
+    let apply_without_nft = |path: &str| {
+        let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));
+        cmd.args(["apply", path, "-i", &net.vb, "--name", "web", "--mode", "generic"]).env("PATH", "/usr/bin:/bin");
+        common::net::output_bounded(cmd)
+    };
+
+    let out = apply_without_nft(&on_8080);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nftables (the `nft` command)"), "{err}");
+    assert!(!host.ok(&net.b, &["list"]).contains("web"), "nothing applied");
+    assert!(!net.link_b().contains("xdp"), "nothing attached");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+
+    host.ok(&net.b, &["apply", &on_8080, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
+    let out = apply_without_nft(&on_8081);
+    assert!(!out.status.success(), "a replace without nft");
+    let table = web_table(&net.b).expect("the running version's table");
+    assert!(table.contains("8080") && !table.contains("8081"), "{table}");
+    let listed = host.ok(&net.b, &["list", "-j"]);
+    assert!(listed.contains("a.xpol") && listed.contains("\"generation\":1"), "the first version runs: {listed}");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    host.ok(&net.b, &["delete", "web"]);
+    assert_eq!(web_table(&net.b), None);
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+}
