@@ -258,6 +258,13 @@ fn applied_synproxy_keeps_its_netfilter_side_until_deleted() {
     assert!(table.contains("8080") && table.contains("synproxy mss 1400"), "{table}");
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
     assert_eq!(client(&net.a, &to_8080), ["ok"], "a connection through the applied proxy");
+    // A flushed ruleset: `xpol list` says so, an apply again repairs it.
+    exec(&net.b, &["nft", "delete", "table", "inet", "xpol_synproxy_web"]);
+    let listed = host.ok(&net.b, &["list"]);
+    assert!(listed.contains("problem: the nftables table inet xpol_synproxy_web of its `synproxy` is missing"), "{listed}");
+    apply(&on_8080);
+    assert!(web_table(&net.b).is_some(), "put back by the apply");
+    assert!(!host.ok(&net.b, &["list"]).contains("problem"));
 
     // Replaced with other ports: the same table, the new ports.
     apply(&on_8081);

@@ -136,6 +136,18 @@ fn delete_table(table: &str) -> Result<(), SynproxyError> {
     nft(&format!("add table inet {table}\ndelete table inet {table}\n"), table)
 }
 
+/// Whether table `table_name(name)` exists (`nft list table`).
+pub fn table_exists(name: &str) -> Result<bool, SynproxyError> {
+    let status = Command::new("nft")
+        .args(["list", "table", "inet", &table_name(name)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(SynproxyError::NoNft)?;
+    Ok(status.success())
+}
+
 /// Sets [`TCP_LOOSE`] to 0; its value before when that changed it.
 pub fn loose_to_zero() -> Result<Option<String>, SynproxyError> {
     let before = std::fs::read_to_string(TCP_LOOSE).map_err(SynproxyError::Sysctl)?.trim().to_string();

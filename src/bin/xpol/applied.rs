@@ -163,6 +163,16 @@ pub fn delete(name: &str) -> Result<ExitCode> {
 
 fn list_entry(a: &Applied) -> serde_json::Value {
     let record = a.current.as_ref().map(|g| &g.record);
+    let mut problems = a.problems.clone();
+    // Its host side is outside bpffs: someone may have flushed the ruleset.
+    let synproxy_table = record.filter(|r| !r.meta.synproxies.is_empty()).map(|_| xpol_runtime::synproxy::table_name(&a.name));
+    if let Some(table) = &synproxy_table {
+        match xpol_runtime::synproxy::table_exists(&a.name) {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!("the nftables table inet {table} of its `synproxy` is missing (a flushed ruleset?): `xpol apply` again puts it back")),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
     serde_json::json!({
         "name": a.name,
         "source": record.map(|r| r.source.clone()),
@@ -170,8 +180,9 @@ fn list_entry(a: &Applied) -> serde_json::Value {
         "applied_unix": record.map(|r| r.applied_unix),
         "rules": record.map(|r| r.meta.rules.len()),
         "links": a.links,
-        "ok": a.problems.is_empty(),
-        "problems": a.problems,
+        "synproxy_table": synproxy_table,
+        "ok": problems.is_empty(),
+        "problems": problems,
     })
 }
 
