@@ -367,7 +367,14 @@ fn without_nft_an_apply_changes_nothing() {
     let listed = host.ok(&net.b, &["list", "-j"]);
     assert!(listed.contains("a.xpol") && listed.contains("\"generation\":1"), "the first version runs: {listed}");
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
-    host.ok(&net.b, &["delete", "web"]);
-    assert_eq!(web_table(&net.b), None);
+    // A delete without nft: the policy goes and the sysctl back; the
+    // table stays, and the error says so.
+    let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));
+    cmd.args(["delete", "web"]).env("PATH", "/usr/bin:/bin");
+    let out = common::net::output_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("was detached and removed, but not all of its `synproxy`'s host side"), "{err}");
+    assert!(!host.ok(&net.b, &["list"]).contains("web") && !net.link_b().contains("xdp"), "deleted");
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+    assert!(web_table(&net.b).is_some());
 }

@@ -462,8 +462,10 @@ impl Store {
         // The programs are gone: the host's side of their `synproxy` goes after them.
         match &record {
             Some(r) if !r.meta.synproxies.is_empty() => {
-                crate::synproxy::remove_table(name)?;
-                self.release_tcp_loose(name, r.tcp_loose_before.as_deref())?;
+                // Both tried: the sysctl goes back even if nft cannot run.
+                let removed = crate::synproxy::remove_table(name).map_err(RuntimeError::from);
+                let released = self.release_tcp_loose(name, r.tcp_loose_before.as_deref());
+                removed.and(released).map_err(|e| RuntimeError::Store(format!("`{name}` was detached and removed, but not all of its `synproxy`'s host side: {e}")))?;
             }
             Some(_) => {}
             None => {
