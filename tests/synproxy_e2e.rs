@@ -373,7 +373,7 @@ fn without_nft_an_apply_changes_nothing() {
     cmd.args(["delete", "web"]).env("PATH", "/usr/bin:/bin");
     let out = common::net::output_bounded(cmd);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("was detached and removed, but not all of its `synproxy`'s host side"), "{err}");
+    assert!(!out.status.success() && err.contains("was detached and removed, but not all of its `synproxy`'s host side (nftables table inet xpol_synproxy_web)"), "{err}");
     assert!(!host.ok(&net.b, &["list"]).contains("web") && !net.link_b().contains("xdp"), "deleted");
     assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
     assert!(web_table(&net.b).is_some());

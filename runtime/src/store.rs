@@ -465,7 +465,7 @@ impl Store {
                 // Both tried: the sysctl goes back even if nft cannot run.
                 let removed = crate::synproxy::remove_table(name).map_err(RuntimeError::from);
                 let released = self.release_tcp_loose(name, r.tcp_loose_before.as_deref());
-                removed.and(released).map_err(|e| RuntimeError::Store(format!("`{name}` was detached and removed, but not all of its `synproxy`'s host side: {e}")))?;
+                removed.and(released).map_err(|e| RuntimeError::Store(format!("`{name}` was detached and removed, but not all of its `synproxy`'s host side (nftables table inet {}): {e}", crate::synproxy::table_name(name))))?;
             }
             Some(_) => {}
             None => {
