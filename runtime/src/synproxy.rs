@@ -213,7 +213,14 @@ impl NetfilterSide {
         self.removed = true;
         let deleted = delete_table(&self.table);
         if let Some(v) = self.loose_before.take() {
-            restore_loose(&v)?;
+            // A policy applied with a `synproxy` meanwhile found the
+            // sysctl at 0 (this run's doing) and still needs it there.
+            let applied = crate::store::Store::read_now().ok().flatten().and_then(|store| store.other_synproxy("").ok()).is_some_and(|(any, _)| any);
+            if applied {
+                eprintln!("warning: {TCP_LOOSE} left at 0 (it was {v}): an applied policy has a `synproxy`");
+            } else {
+                restore_loose(&v)?;
+            }
         }
         deleted
     }
