@@ -221,3 +221,48 @@ fn the_daemonsets_capabilities_suffice_and_sys_admin_is_needed_to_replace() {
     let (ok, err) = under(&fewer);
     assert!(!ok && err.contains("only with CAP_SYS_ADMIN") && err.contains("nothing was replaced"), "{err}");
 }
+
+/// A policy with `synproxy` under the agent: its nftables table and
+/// `nf_conntrack_tcp_loose=0` are there once the agent applied it, and go
+/// (the sysctl back) when the config no longer names it.
+#[test]
+fn the_agent_applies_and_removes_a_synproxys_netfilter_side() {
+    if !xpol_runtime::testing::kernel_or_skip("xpol agent with synproxy") || !Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    let host = Host::new();
+    let id = unique();
+    let ns = Netns::named(format!("xpol-t{id}-agsp"));
+    let (a0, a1) = (format!("xs{id}a"), format!("xs{id}b"));
+    ns.ip(&["link", "add", &a0, "type", "veth", "peer", "name", &a1]);
+    for dev in [&a0, &a1] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    let loose = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose";
+    // nf_conntrack may not be loaded in the namespace yet: a table with
+    // `ct` loads it, as the agent's will.
+    ns.exec(&["nft", "add table inet xpol_test_ct; add chain inet xpol_test_ct c; add rule inet xpol_test_ct c ct state established accept; delete table inet xpol_test_ct"]);
+    ns.sysctl("net.netfilter.nf_conntrack_tcp_loose=1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    let guard = "xdp /ct.state == established/ { pass }\nxdp /tcp.dport in {80, 443}/ { synproxy(mss: 1460) }\nxdp { pass }\n";
+    publish(dir.path(), 1, guard, &[("guard", "one.xpol", &[a0.as_str()])]);
+    let mut agent = host.command(&ns.name, env!("CARGO_BIN_EXE_xpol")).args(["agent", "--config"]).arg(&config).stderr(Stdio::piped()).spawn().expect("start xpol agent");
+    wait_for(&host, &ns.name, "the agent applies `guard`", |l| l.iter().any(|p| p.0 == "guard"));
+    let table = ns.exec(&["nft", "list", "table", "inet", "xpol_synproxy_guard"]);
+    assert!(table.contains("80, 443") && table.contains(&a0) && table.contains("synproxy mss 1460"), "{table}");
+    assert_eq!(ns.exec(&["cat", loose]).trim(), "0");
+
+    // The config no longer names it: deleted, with its netfilter side.
+    publish(dir.path(), 2, guard, &[("two", "two.xpol", &[a1.as_str()])]);
+    wait_for(&host, &ns.name, "the agent deletes `guard`", |l| l.iter().all(|p| p.0 != "guard") && l.iter().any(|p| p.0 == "two"));
+    assert!(!ns.exec(&["nft", "list", "tables"]).contains("xpol_synproxy"), "the table goes with the policy");
+    assert_eq!(ns.exec(&["cat", loose]).trim(), "1", "the sysctl put back");
+
+    assert!(Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().expect("kill").success());
+    let status = wait_bounded(&mut agent, Duration::from_secs(20));
+    let mut err = String::new();
+    agent.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert!(status.success(), "the agent stops cleanly: {err}");
+    assert!(err.contains("nftables table inet xpol_synproxy_guard"), "the agent says what it installed: {err}");
+}

@@ -6,6 +6,10 @@
 //! nftables table (and `nf_conntrack_tcp_loose=0`) while it runs and
 //! removes them when it ends.
 //!
+//! Then the same under `xpol apply` (in a private bpffs, `Host`): the
+//! table and the sysctl stay after the process, follow a replace (new
+//! ports, no `synproxy`), and go at `xpol delete`.
+//!
 //! Traffic stays between the namespaces this test creates (198.18.0.0/15,
 //! 2001:db8::/32); every command is bounded in time, and the namespaces
 //! (with what is attached and installed in them) are removed even when the
@@ -16,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::host::Host;
 use common::net::{ip, python_ready, wait_bounded, Net};
 
 /// An echo server on TCP port PORT of both families: says "ready" once
@@ -207,4 +212,169 @@ fn clients_connect_through_a_syn_flood() {
     assert!(!net.link_b().contains("xdp"), "detached");
     drop(server.stdin.take());
     wait_bounded(&mut server, Duration::from_secs(10));
+}
+
+const LOOSE: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose";
+
+/// `nft list table inet xpol_synproxy_web` in `ns`: the ruleset, or
+/// `None` when there is no such table.
+fn web_table(ns: &str) -> Option<String> {
+    let out = common::net::output_bounded({
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, "nft", "list", "table", "inet", "xpol_synproxy_web"]);
+        c
+    });
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn applied_synproxy_keeps_its_netfilter_side_until_deleted() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Loose tracking on (the kernel's default), to see it put back.
+    exec(&net.b, &["sh", "-c", &format!("echo 1 > {LOOSE}")]);
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+    let write = |file: &str, text: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).expect("write policy");
+        path.to_str().expect("UTF-8 path").to_string()
+    };
+    let on_8080 = write("a.xpol", POLICY);
+    let on_8081 = write("b.xpol", &POLICY.replace("8080", "8081"));
+    let without = write("c.xpol", "xdp /tcp.dport == 23/ { drop }\nxdp { pass }\n");
+    // Generic XDP, as above.
+    let apply = |path: &str| host.ok(&net.b, &["apply", path, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
+    let mut server = python_ready(&net.b, 90, SERVER, &["8080"]);
+    let mut server2 = python_ready(&net.b, 90, SERVER, &["8081"]);
+    let (to_8080, to_8081) = ([format!("{},8080", net.addr_b)], [format!("{},8081", net.addr_b)]);
+
+    // Applied: the xpol process has ended, its netfilter side stays.
+    apply(&on_8080);
+    let table = web_table(&net.b).expect("the synproxy table after apply");
+    assert!(table.contains("8080") && table.contains("synproxy mss 1400"), "{table}");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    assert_eq!(client(&net.a, &to_8080), ["ok"], "a connection through the applied proxy");
+    // A flushed ruleset: `xpol list` says so, an apply again repairs it.
+    exec(&net.b, &["nft", "delete", "table", "inet", "xpol_synproxy_web"]);
+    let listed = host.ok(&net.b, &["list"]);
+    assert!(listed.contains("problem: the nftables table inet xpol_synproxy_web of its `synproxy` is missing"), "{listed}");
+    apply(&on_8080);
+    assert!(web_table(&net.b).is_some(), "put back by the apply");
+    assert!(!host.ok(&net.b, &["list"]).contains("problem"));
+
+    // Replaced with other ports: the same table, the new ports.
+    apply(&on_8081);
+    let table = web_table(&net.b).expect("the synproxy table after a replace");
+    assert!(table.contains("8081") && !table.contains("8080"), "{table}");
+    assert_eq!(client(&net.a, &to_8081), ["ok"], "through the replaced proxy");
+
+    // Replaced with a version without `synproxy`: the table goes, and the
+    // sysctl (no other applied policy needs it).
+    apply(&without);
+    assert_eq!(web_table(&net.b), None, "the table of a policy that no longer has a synproxy");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+    assert!(net.link_b().contains("xdp"), "the policy still runs");
+
+    // Back, then deleted: table and sysctl as they were.
+    apply(&on_8080);
+    assert!(web_table(&net.b).is_some_and(|t| t.contains("8080")));
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    host.ok(&net.b, &["delete", "web"]);
+    assert_eq!(web_table(&net.b), None, "the table after delete");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1", "the sysctl put back at delete");
+    assert!(!net.link_b().contains("xdp"), "detached");
+
+    for s in [&mut server, &mut server2] {
+        drop(s.stdin.take());
+        wait_bounded(s, Duration::from_secs(10));
+    }
+}
+
+/// Two applied policies with a `synproxy` in one namespace: the sysctl
+/// stays 0 while either is applied, and goes back when the last one is
+/// deleted (whichever set it).
+#[test]
+fn the_sysctl_goes_back_with_the_last_applied_synproxy() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A second interface in b for the second policy (one XDP program an interface).
+    ip(&["-n", &net.b, "link", "add", "sp0", "type", "veth", "peer", "name", "sp1"]);
+    ip(&["-n", &net.b, "link", "set", "sp0", "up"]);
+    exec(&net.b, &["sh", "-c", &format!("echo 1 > {LOOSE}")]);
+    let policy = dir.path().join("p.xpol");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let policy = policy.to_str().expect("UTF-8 path");
+    let tables = || exec(&net.b, &["nft", "list", "tables"]);
+    host.ok(&net.b, &["apply", policy, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
+    host.ok(&net.b, &["apply", policy, "-i", "sp0", "--name", "other-1", "--mode", "generic"]);
+    assert!(tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other-1"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    let other = web_table(&net.b).map(|_| exec(&net.b, &["nft", "list", "table", "inet", "xpol_synproxy_other-1"])).expect("both tables");
+    assert!(other.contains("\"sp0\"") && !other.contains(&net.vb), "each table on its policy's interface: {other}");
+
+    host.ok(&net.b, &["delete", "web"]);
+    assert!(!tables().contains("xpol_synproxy_web") && tables().contains("xpol_synproxy_other-1"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0", "`other-1` still needs it");
+    host.ok(&net.b, &["delete", "other-1"]);
+    assert!(!tables().contains("xpol_synproxy"), "{}", tables());
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1", "put back with the last one");
+}
+
+/// Without `nft` (PATH without /usr/sbin), an apply of a policy with
+/// `synproxy` fails saying so and changes nothing: a first apply leaves
+/// nothing applied, a replace leaves the running version and its table.
+#[test]
+fn without_nft_an_apply_changes_nothing() {
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    exec(&net.b, &["sh", "-c", &format!("echo 1 > {LOOSE}")]);
+    let write = |file: &str, text: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).expect("write policy");
+        path.to_str().expect("UTF-8 path").to_string()
+    };
+    let (on_8080, on_8081) = (write("a.xpol", POLICY), write("b.xpol", &POLICY.replace("8080", "8081")));
+    let apply_without_nft = |path: &str| {
+        let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));
+        cmd.args(["apply", path, "-i", &net.vb, "--name", "web", "--mode", "generic"]).env("PATH", "/usr/bin:/bin");
+        common::net::output_bounded(cmd)
+    };
+
+    let out = apply_without_nft(&on_8080);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nftables (the `nft` command)"), "{err}");
+    assert!(!host.ok(&net.b, &["list"]).contains("web"), "nothing applied");
+    assert!(!net.link_b().contains("xdp"), "nothing attached");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+
+    host.ok(&net.b, &["apply", &on_8080, "-i", &net.vb, "--name", "web", "--mode", "generic"]);
+    let out = apply_without_nft(&on_8081);
+    assert!(!out.status.success(), "a replace without nft");
+    let table = web_table(&net.b).expect("the running version's table");
+    assert!(table.contains("8080") && !table.contains("8081"), "{table}");
+    let listed = host.ok(&net.b, &["list", "-j"]);
+    assert!(listed.contains("a.xpol") && listed.contains("\"generation\":1"), "the first version runs: {listed}");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "0");
+    // A delete without nft: the policy goes and the sysctl back; the
+    // table stays, and the error says so.
+    let mut cmd = host.command(&net.b, env!("CARGO_BIN_EXE_xpol"));
+    cmd.args(["delete", "web"]).env("PATH", "/usr/bin:/bin");
+    let out = common::net::output_bounded(cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("was detached and removed, but not all of its `synproxy`'s host side (nftables table inet xpol_synproxy_web)"), "{err}");
+    assert!(!host.ok(&net.b, &["list"]).contains("web") && !net.link_b().contains("xdp"), "deleted");
+    assert_eq!(exec(&net.b, &["cat", LOOSE]).trim(), "1");
+    assert!(web_table(&net.b).is_some());
 }

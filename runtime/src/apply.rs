@@ -33,6 +33,7 @@ use crate::ipv4_edit::Ipv4Editor;
 use xpol_lang::ipv4_table::mask;
 use crate::loader::{self, LoadOptions, LoadedPolicy, RuntimeError, XdpAttachMode};
 use crate::store::{self, Attachment, Generation, Record, Store};
+use crate::synproxy;
 use crate::sys;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::AsFd;
@@ -76,6 +77,11 @@ pub struct ApplyOutcome {
     pub pools_reset: Vec<String>,
     /// The connection table was handed on (`ct.state`): the same size.
     pub conntrack_kept: bool,
+    /// The nftables table of the policy's `synproxy`, installed or
+    /// replaced (docs/language.md, "SYN proxy"); it stays while the
+    /// policy is applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synproxy_table: Option<String>,
     /// What went wrong after the switch (the new version runs).
     pub warnings: Vec<String>,
 }
@@ -244,11 +250,36 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     let gen_dir = dir.join(format!("gen_{generation}"));
     store::own_dir(&gen_dir).map_err(forget)?;
     let taken = running.as_ref().map(|r| r.pinned_links.clone()).unwrap_or_default();
-    let staged = stage(&mut loaded, req, previous, &taken, &gen_dir, generation);
+    let had_synproxy = previous.is_some_and(|p| !p.record.meta.synproxies.is_empty());
+    let has_synproxy = !meta.synproxies.is_empty();
+    // The host's side of a `synproxy`, before any link runs the new
+    // programs: their SYN-ACKs need netfilter's synproxy to complete the
+    // handshakes from the first packet. One nft transaction replaces the
+    // previous version's table in place. The table first: it loads
+    // nf_conntrack, whose sysctl may not exist before (early at boot).
+    let (mut tcp_loose_before, mut loose_changed) = (None, None);
+    if has_synproxy {
+        let installed = synproxy::install_table(req.name, &req.interfaces, &meta.synproxies)
+            .map_err(RuntimeError::from)
+            .and_then(|()| Ok((recorded_tcp_loose(store, req.name, previous)?, synproxy::loose_to_zero()?)));
+        match installed {
+            Ok((before, changed)) => (tcp_loose_before, loose_changed) = (before, changed),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&gen_dir);
+                undo_netfilter(req.name, previous, None);
+                return Err(forget(e));
+            }
+        }
+        outcome.synproxy_table = Some(synproxy::table_name(req.name));
+    }
+    let staged = stage(&mut loaded, req, previous, &taken, &gen_dir, generation, tcp_loose_before);
     let (record, base) = match staged {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&gen_dir);
+            if has_synproxy {
+                undo_netfilter(req.name, previous, loose_changed.as_deref());
+            }
             return Err(forget(e));
         }
     };
@@ -265,6 +296,9 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
     if let Err(failure) = switch(&mut loaded, &dir, &record, held) {
         if failure.rolled_back {
             let _ = std::fs::remove_dir_all(&gen_dir);
+            if has_synproxy {
+                undo_netfilter(req.name, previous, loose_changed.as_deref());
+            }
             return Err(forget(name_the_holder(store, failure.error)));
         }
         // Some links run the new generation and could not be switched
@@ -298,7 +332,57 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
             outcome.warnings.push(format!("cannot remove generation {g}: {e}"));
         }
     }
+    // A `synproxy` the new version no longer has: its table goes once no
+    // program sends SYN-ACKs for it, and the sysctl when no other applied
+    // policy needs it.
+    if let Some(prev) = previous.filter(|_| had_synproxy && !has_synproxy) {
+        if let Err(e) = synproxy::remove_table(req.name) {
+            outcome.warnings.push(format!("the old version's synproxy table: {e}"));
+        }
+        if let Err(e) = store.release_tcp_loose(req.name, prev.record.tcp_loose_before.as_deref()) {
+            outcome.warnings.push(format!("putting back {}: {e}", synproxy::TCP_LOOSE));
+        }
+    }
     Ok(outcome)
+}
+
+/// What `nf_conntrack_tcp_loose` was before xpol set it to 0, for the
+/// record of a version with a `synproxy`: its value now when not 0, else
+/// what the previous version or another applied policy recorded (xpol set
+/// it), else nothing (it was 0 without xpol).
+fn recorded_tcp_loose(store: &Store, name: &str, previous: Option<&Generation>) -> Result<Option<String>> {
+    let now = std::fs::read_to_string(synproxy::TCP_LOOSE).map_err(synproxy::SynproxyError::Sysctl)?.trim().to_string();
+    if now != "0" {
+        return Ok(Some(now));
+    }
+    if let Some(v) = previous.and_then(|p| p.record.tcp_loose_before.clone()) {
+        return Ok(Some(v));
+    }
+    Ok(store.other_synproxy(name)?.1)
+}
+
+/// Puts the host's side of `synproxy` back as the previous version had it
+/// (its table, or none) after a failed apply; `loose_before`: the sysctl's
+/// value when this apply changed it. Best effort: the apply's own error is
+/// the one reported.
+fn undo_netfilter(name: &str, previous: Option<&Generation>, loose_before: Option<&str>) {
+    match previous.filter(|p| !p.record.meta.synproxies.is_empty()) {
+        Some(p) => {
+            let interfaces = p.record.attachments.iter().fold(Vec::<String>::new(), |mut out, a| {
+                if !out.contains(&a.interface) {
+                    out.push(a.interface.clone());
+                }
+                out
+            });
+            let _ = synproxy::install_table(name, &interfaces, &p.record.meta.synproxies);
+        }
+        None => {
+            let _ = synproxy::remove_table(name);
+        }
+    }
+    if let Some(v) = loose_before {
+        let _ = synproxy::restore_loose(v);
+    }
 }
 
 /// `req` with interfaces and hooks each named once (a link per pair), and
@@ -429,7 +513,15 @@ fn carried_sets(meta: &ObjectMeta, previous: Option<&Generation>, given: &BTreeM
 
 /// Pins the new generation's maps, its carried-counter map, its sets'
 /// elements and its record.
-fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Generation>, taken: &[String], gen_dir: &Path, generation: u64) -> Result<(Record, std::os::fd::OwnedFd)> {
+fn stage(
+    loaded: &mut LoadedPolicy,
+    req: &ApplyRequest,
+    previous: Option<&Generation>,
+    taken: &[String],
+    gen_dir: &Path,
+    generation: u64,
+    tcp_loose_before: Option<String>,
+) -> Result<(Record, std::os::fd::OwnedFd)> {
     loaded.pin_maps(gen_dir)?;
     let mut meta = loaded.meta().clone();
     for s in &mut meta.sets {
@@ -479,6 +571,7 @@ fn stage(loaded: &mut LoadedPolicy, req: &ApplyRequest, previous: Option<&Genera
         programs,
         meta,
         declared,
+        tcp_loose_before,
     };
     store::write_record(gen_dir, &record, req.object)?;
     Ok((record, base))

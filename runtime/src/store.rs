@@ -93,6 +93,14 @@ pub struct Record {
     /// did not change keeps its live contents (`xpol set` changes
     /// survive), one whose declaration changed gets the new declaration.
     pub declared: BTreeMap<String, u64>,
+    /// `net.netfilter.nf_conntrack_tcp_loose` as it was before xpol set
+    /// it to 0 for a `synproxy` (this policy's or another applied one's):
+    /// put back when the last applied policy with a `synproxy` goes
+    /// ([`Store::delete`], or an apply of a version without one). `None`:
+    /// no `synproxy`, or the sysctl was 0 already. Absent from records of
+    /// an older xpol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_loose_before: Option<String>,
 }
 
 /// A digest of a set's declared elements (FNV-1a over their canonical
@@ -447,7 +455,52 @@ impl Store {
             return Err(RuntimeError::NotApplied(name.to_string()));
         }
         check_dir(&dir)?;
-        std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::Store(format!("cannot remove {}: {e}", dir.display())))
+        // What its record says of a `synproxy`; an unreadable record may
+        // have had one: its table is removed if present.
+        let record = self.applied(name).ok().and_then(|a| a.current).map(|g| g.record);
+        std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::Store(format!("cannot remove {}: {e}", dir.display())))?;
+        // The programs are gone: the host's side of their `synproxy` goes after them.
+        match &record {
+            Some(r) if !r.meta.synproxies.is_empty() => {
+                // Both tried: the sysctl goes back even if nft cannot run.
+                let removed = crate::synproxy::remove_table(name).map_err(RuntimeError::from);
+                let released = self.release_tcp_loose(name, r.tcp_loose_before.as_deref());
+                removed.and(released).map_err(|e| RuntimeError::Store(format!("`{name}` was detached and removed, but not all of its `synproxy`'s host side (nftables table inet {}): {e}", crate::synproxy::table_name(name))))?;
+            }
+            Some(_) => {}
+            None => {
+                let _ = crate::synproxy::remove_table(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sysctl value recorded by another applied policy with a
+    /// `synproxy` than `name`, and whether there is one (it still needs
+    /// the sysctl at 0).
+    pub(crate) fn other_synproxy(&self, name: &str) -> Result<(bool, Option<String>)> {
+        let mut any = false;
+        let mut before = None;
+        for other in self.names()?.into_iter().filter(|n| n != name) {
+            let Ok(Some(g)) = self.applied(&other).map(|a| a.current) else { continue };
+            if !g.record.meta.synproxies.is_empty() {
+                any = true;
+                before = before.or(g.record.tcp_loose_before);
+            }
+        }
+        Ok((any, before))
+    }
+
+    /// `name`'s `synproxy` went: when it was the last applied one
+    /// with a `synproxy`, the sysctl goes back to `before` (recorded when
+    /// xpol first set it to 0).
+    pub(crate) fn release_tcp_loose(&self, name: &str, before: Option<&str>) -> Result<()> {
+        if let Some(value) = before {
+            if !self.other_synproxy(name)?.0 {
+                crate::synproxy::restore_loose(value)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -629,5 +682,22 @@ impl Generation {
             s.elements = self.elements(&s.name)?;
         }
         Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A record of an xpol from before `xpol apply` took `synproxy` has no
+    /// `tcp_loose_before` and reads as `None`; one with it round-trips.
+    #[test]
+    fn records_without_the_sysctl_value_read_as_none() {
+        let old = r#"{"schema":1,"name":"web","generation":3,"source":"web.xpol","applied_unix":0,"attachments":[],"programs":{},
+            "meta":{"version":11,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[]},"declared":{}}"#;
+        let record: super::Record = serde_json::from_str(old).expect("reads");
+        assert_eq!(record.tcp_loose_before, None);
+        assert!(!serde_json::to_string(&record).expect("writes").contains("tcp_loose_before"));
+        let with = super::Record { tcp_loose_before: Some("1".into()), ..record };
+        let back: super::Record = serde_json::from_str(&serde_json::to_string(&with).expect("writes")).expect("reads");
+        assert_eq!(back.tcp_loose_before.as_deref(), Some("1"));
     }
 }

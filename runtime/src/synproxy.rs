@@ -63,9 +63,11 @@ pub fn check_kernel() -> Result<(), SynproxyError> {
     }
 }
 
-/// A name nft takes as a table name: letters, digits and `_`.
+/// A name nft takes as a table name: letters, digits, `-` and `_` (nft
+/// takes `-` after the first character). A policy name has only those
+/// (`store::check_name`), so two applied policies never share a table.
 pub fn table_name(name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     format!("xpol_synproxy_{clean}")
 }
 
@@ -113,6 +115,54 @@ fn nft(script: &str, table: &str) -> Result<(), SynproxyError> {
     }
 }
 
+/// Installs (or replaces, in one nft transaction: no moment without
+/// it) table `table_name(name)` for `synproxies` on `interfaces`. The
+/// table stays until [`remove_table`]: `xpol apply` keeps it for as long
+/// as the policy is applied.
+pub fn install_table(name: &str, interfaces: &[String], synproxies: &[SynproxyMeta]) -> Result<(), SynproxyError> {
+    let table = table_name(name);
+    // `add` then `delete` first: a table of that name (an earlier version,
+    // or a leftover of a killed run) is replaced, and deleting a missing
+    // one would fail. `nft -f` applies the whole script or nothing.
+    nft(&format!("add table inet {table}\ndelete table inet {table}\n{}", ruleset(&table, interfaces, synproxies)), &table)
+}
+
+/// Deletes table `table_name(name)` when it exists.
+pub fn remove_table(name: &str) -> Result<(), SynproxyError> {
+    delete_table(&table_name(name))
+}
+
+fn delete_table(table: &str) -> Result<(), SynproxyError> {
+    nft(&format!("add table inet {table}\ndelete table inet {table}\n"), table)
+}
+
+/// Whether table `table_name(name)` exists (`nft list table`).
+pub fn table_exists(name: &str) -> Result<bool, SynproxyError> {
+    let status = Command::new("nft")
+        .args(["list", "table", "inet", &table_name(name)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(SynproxyError::NoNft)?;
+    Ok(status.success())
+}
+
+/// Sets [`TCP_LOOSE`] to 0; its value before when that changed it.
+pub fn loose_to_zero() -> Result<Option<String>, SynproxyError> {
+    let before = std::fs::read_to_string(TCP_LOOSE).map_err(SynproxyError::Sysctl)?.trim().to_string();
+    if before == "0" {
+        return Ok(None);
+    }
+    std::fs::write(TCP_LOOSE, "0").map_err(SynproxyError::Sysctl)?;
+    Ok(Some(before))
+}
+
+/// Puts [`TCP_LOOSE`] back to `value` (what [`loose_to_zero`] found).
+pub fn restore_loose(value: &str) -> Result<(), SynproxyError> {
+    std::fs::write(TCP_LOOSE, value).map_err(SynproxyError::Sysctl)
+}
+
 /// The netfilter table and sysctl a running `synproxy` policy needs;
 /// removed (and the sysctl put back) by [`NetfilterSide::remove`] or when
 /// dropped.
@@ -133,18 +183,12 @@ impl NetfilterSide {
             return Ok(None);
         }
         check_kernel()?;
-        let table = table_name(name);
-        // `add` then `delete` first: the table may be left from a run that
-        // was killed; deleting a missing one would fail.
-        let script = format!("add table inet {table}\ndelete table inet {table}\n{}", ruleset(&table, interfaces, synproxies));
-        let before = std::fs::read_to_string(TCP_LOOSE).map_err(SynproxyError::Sysctl)?.trim().to_string();
-        let mut side = NetfilterSide { table: table.clone(), loose_before: None, removed: false };
-        if before != "0" {
-            std::fs::write(TCP_LOOSE, "0").map_err(SynproxyError::Sysctl)?;
-            side.loose_before = Some(before);
-        }
-        // On failure, `side` is dropped: the sysctl goes back.
-        nft(&script, &table)?;
+        // The table first: it loads nf_conntrack, whose sysctl may not
+        // exist before.
+        install_table(name, interfaces, synproxies)?;
+        let mut side = NetfilterSide { table: table_name(name), loose_before: None, removed: false };
+        // On failure, `side` is dropped: the table goes.
+        side.loose_before = loose_to_zero()?;
         Ok(Some(side))
     }
 
@@ -167,10 +211,16 @@ impl NetfilterSide {
             return Ok(());
         }
         self.removed = true;
-        let table = self.table.clone();
-        let deleted = nft(&format!("add table inet {table}\ndelete table inet {table}\n"), &table);
+        let deleted = delete_table(&self.table);
         if let Some(v) = self.loose_before.take() {
-            std::fs::write(TCP_LOOSE, v).map_err(SynproxyError::Sysctl)?;
+            // A policy applied with a `synproxy` meanwhile found the
+            // sysctl at 0 (this run's doing) and still needs it there.
+            let applied = crate::store::Store::read_now().ok().flatten().and_then(|store| store.other_synproxy("").ok()).is_some_and(|(any, _)| any);
+            if applied {
+                eprintln!("warning: {TCP_LOOSE} left at 0 (it was {v}): an applied policy has a `synproxy`");
+            } else {
+                restore_loose(&v)?;
+            }
         }
         deleted
     }
@@ -203,6 +253,8 @@ mod tests {
         assert!(r.contains("iifname { \"eth0\" } tcp dport { 80, 8000-8099 } tcp flags & (fin | syn | rst | ack) == syn notrack"), "{r}");
         assert!(r.contains("ct state { invalid, untracked } synproxy mss 1460 wscale 7 timestamp sack-perm"), "{r}");
         assert!(r.contains("ct state invalid drop"), "{r}");
-        assert_eq!(table_name("web-1"), "xpol_synproxy_web_1");
+        assert_eq!(table_name("web-1"), "xpol_synproxy_web-1");
+        assert_ne!(table_name("web-1"), table_name("web_1"));
+        assert_eq!(table_name("a b\""), "xpol_synproxy_a_b_");
     }
 }

@@ -92,6 +92,11 @@ enum Command {
     /// `xpol delete NAME`. On an applied NAME, replace it atomically,
     /// keeping its state (set contents, counters, @maps); if anything
     /// fails, the running policy stays as it was.
+    ///
+    /// A policy with `synproxy` also gets its host side for as long as it
+    /// is applied: the nftables table `inet xpol_synproxy_NAME` and
+    /// net.netfilter.nf_conntrack_tcp_loose=0 (put back when the last such
+    /// policy is deleted).
     Apply {
         /// A `.xpol` source (compiled on the spot) or an object from `xpolc build`.
         policy: PathBuf,
@@ -120,7 +125,8 @@ enum Command {
         #[command(flatten)]
         rejection: RejectionOptions,
     },
-    /// Detach an applied policy and remove everything xpol keeps of it.
+    /// Detach an applied policy and remove everything xpol keeps of it
+    /// (and the nftables table of its `synproxy`).
     #[command(alias = "detach")]
     Delete { name: String },
     /// List the applied policies, with their interfaces and state.

@@ -275,12 +275,13 @@ fn reconcile(config_path: &Path, config: &Config, state: &mut State, fresh: bool
                     eprintln!("agent: warning: `{}` was replaced, but {w}", want.name);
                 }
                 eprintln!(
-                    "agent: {} `{}` (generation {}) from {} on {}",
+                    "agent: {} `{}` (generation {}) from {} on {}{}",
                     if outcome.replaced { "replaced" } else { "applied" },
                     want.name,
                     outcome.generation,
                     want.source.display(),
-                    want.interfaces.join(", ")
+                    want.interfaces.join(", "),
+                    outcome.synproxy_table.as_ref().map_or(String::new(), |t| format!("; its `synproxy` has nftables table inet {t}"))
                 );
                 state.applied.insert(want.name.clone(), (want.clone(), object));
                 state.said.remove(&want.name);

@@ -29,11 +29,6 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
     if build.is_some_and(super::report_missing_interfaces) {
         return Ok(false);
     }
-    // Its netfilter side would outlive this process with nothing to
-    // remove it (and put the sysctl back) at `xpol delete`: not yet.
-    if xpol_runtime::loader::read_meta(object).is_ok_and(|m| !m.synproxies.is_empty()) {
-        anyhow::bail!("`synproxy` needs its netfilter side installed while the policy runs, which `xpol apply` does not do yet: run the policy with `xpol run` (docs/language.md, \"SYN proxy\")");
-    }
     let store = Store::write()?;
     let req = ApplyRequest {
         name,
@@ -59,6 +54,12 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
         for w in super::lb_host::warnings(meta, &target.interfaces) {
             eprintln!("warning: {w}");
         }
+    }
+    if let (Some(table), false) = (&outcome.synproxy_table, json) {
+        eprintln!(
+            "nftables table inet {table} and {}=0 serve its `synproxy`: they stay until `xpol delete {name}` (docs/language.md, \"SYN proxy\")",
+            xpol_runtime::synproxy::TCP_LOOSE.trim_start_matches("/proc/sys/").replace('/', ".")
+        );
     }
     if json {
         println!("{}", serde_json::json!({"schema": super::REPORT_SCHEMA, "applied": name, "outcome": outcome}));
@@ -162,6 +163,16 @@ pub fn delete(name: &str) -> Result<ExitCode> {
 
 fn list_entry(a: &Applied) -> serde_json::Value {
     let record = a.current.as_ref().map(|g| &g.record);
+    let mut problems = a.problems.clone();
+    // Its host side is outside bpffs: someone may have flushed the ruleset.
+    let synproxy_table = record.filter(|r| !r.meta.synproxies.is_empty()).map(|_| xpol_runtime::synproxy::table_name(&a.name));
+    if let Some(table) = &synproxy_table {
+        match xpol_runtime::synproxy::table_exists(&a.name) {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!("the nftables table inet {table} of its `synproxy` is missing (a flushed ruleset?): `xpol apply` again puts it back")),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
     serde_json::json!({
         "name": a.name,
         "source": record.map(|r| r.source.clone()),
@@ -169,8 +180,9 @@ fn list_entry(a: &Applied) -> serde_json::Value {
         "applied_unix": record.map(|r| r.applied_unix),
         "rules": record.map(|r| r.meta.rules.len()),
         "links": a.links,
-        "ok": a.problems.is_empty(),
-        "problems": a.problems,
+        "synproxy_table": synproxy_table,
+        "ok": problems.is_empty(),
+        "problems": problems,
     })
 }
 
