@@ -763,7 +763,7 @@ impl SetEditor {
             });
         }
         let mut maps = HashMap::new();
-        for m in s.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
+        for m in s.maps.iter().filter(|m| !m.kind.is_shared_table()) {
             let path = current.dir.join(&m.map);
             let fd = sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
             // The kernel writes a map's own key size: it must be the one the metadata says.
@@ -788,7 +788,7 @@ impl SetEditor {
         if self.set.elem == xpol_lang::meta::SetElem::Cidr && !element.contains(':') {
             return None;
         }
-        let mut keys = self.set.maps.iter().filter(|m| !m.kind.is_ipv4_table()).flat_map(|m| {
+        let mut keys = self.set.maps.iter().filter(|m| !m.kind.is_shared_table()).flat_map(|m| {
             loader::set_keys(m.kind, element).unwrap_or_default().into_iter().map(move |k| (m.map.as_str(), k))
         });
         let (map, key) = keys.next()?;

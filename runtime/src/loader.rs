@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::os::fd::AsFd;
 use xpol_lang::ipv4_table::{self, Ipv4Table};
+use xpol_lang::ipv6_table::{self, Ipv6Table};
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +281,8 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
         match m.kind {
             SetMapKind::LpmV4 | SetMapKind::HashU64 => expected.push((&m.map, 8, 1)),
             SetMapKind::LpmV6 => expected.push((&m.map, 20, 1)),
+            SetMapKind::Ipv6Node => expected.push((&m.map, 4, ipv6_table::NODE_BYTES)),
+            SetMapKind::Ipv6Tail => expected.push((&m.map, 4, ipv6_table::TAIL_BYTES)),
             SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
         }
     }
@@ -357,9 +360,16 @@ impl LoadedPolicy {
         if let Some(n) = set_capacity {
             // The IPv4 tables are one-entry maps in global data; their
             // capacity is their value's size.
-            for m in meta.sets.iter().flat_map(|s| &s.maps).filter(|m| !m.kind.is_ipv4_table()) {
+            for m in meta.sets.iter().flat_map(|s| &s.maps).filter(|m| !m.kind.is_shared_table()) {
                 loader.map_max_entries(&m.map, n);
             }
+        }
+        // The IPv6 tables' maps take what these elements need: built here
+        // once, written once the maps exist.
+        let ipv6 = build_ipv6_tables(&meta)?;
+        if let Some(t) = &ipv6 {
+            loader.map_max_entries(meta::IPV6_NODES_MAP, (t.nodes.len() as u32).max(1));
+            loader.map_max_entries(meta::IPV6_TAILS_MAP, (t.tails.len() as u32).max(1));
         }
         let mut ebpf = loader.load(object).map_err(|e| match e {
             // The kernel refused a map: say which, with its errno.
@@ -401,6 +411,9 @@ impl LoadedPolicy {
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
         policy.fill_sets()?;
+        if let Some(t) = &ipv6 {
+            policy.fill_ipv6_tables(t)?;
+        }
         policy.fill_redirects(options.missing_interfaces_ok)?;
         // A pool whose maps a replace handed on keeps its live contents.
         let adopted = |m: &str| options.adopt_maps.iter().any(|(name, _)| name == m);
@@ -463,7 +476,7 @@ impl LoadedPolicy {
         }
         self.fill_ipv4_tables()?;
         for set in &self.state.meta.sets {
-            for m in set.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
+            for m in set.maps.iter().filter(|m| !m.kind.is_shared_table()) {
                 for element in &set.elements {
                     let keys = set_keys(m.kind, element).map_err(|reason| element_error(set, element, reason))?;
                     for key in keys {
@@ -545,6 +558,19 @@ impl LoadedPolicy {
         // The whole value in one update: the program never sees a table
         // half written, as it is not attached yet.
         self.state.update(map, &0u32.to_le_bytes(), &global)
+    }
+
+    /// Writes the IPv6 tables ([`build_ipv6_tables`]) into their maps,
+    /// sized to them at load: nodes and tails that are not all zeroes (an
+    /// array map starts zeroed).
+    fn fill_ipv6_tables(&self, t: &Ipv6Table) -> Result<()> {
+        for (i, _) in t.nodes.iter().enumerate().filter(|(_, n)| n.iter().any(|&e| e != ipv6_table::MISS)) {
+            self.state.update(meta::IPV6_NODES_MAP, &(i as u32).to_le_bytes(), &t.node_bytes(i))?;
+        }
+        for (i, tail) in t.tails.iter().enumerate() {
+            self.state.update(meta::IPV6_TAILS_MAP, &(i as u32).to_le_bytes(), &tail.bytes())?;
+        }
+        Ok(())
     }
 
     fn fill_redirects(&mut self, missing_ok: bool) -> Result<()> {
@@ -1212,7 +1238,7 @@ fn check_set_fits(set: &meta::SetMeta) -> Result<()> {
     for element in &set.elements {
         let stored = match parse_prefix(element) {
             Ok((IpAddr::V4(_), _)) => set.ipv4_slot.is_some() || has(SetMapKind::LpmV4),
-            Ok((IpAddr::V6(_), _)) => has(SetMapKind::LpmV6),
+            Ok((IpAddr::V6(_), _)) => set.ipv6_slot.is_some() || has(SetMapKind::LpmV6),
             Err(reason) => return Err(element_error(set, element, reason)),
         };
         if !stored {
@@ -1243,6 +1269,37 @@ fn ipv4_prefixes(set: &meta::SetMeta) -> Result<Vec<(u32, u8)>> {
         }
     }
     Ok(prefixes)
+}
+
+/// The IPv6 tables of the sets with an IPv6 slot, one after another in
+/// slot order (as the compiler laid them out to size the maps), from their
+/// elements; `None` when no set has one.
+fn build_ipv6_tables(meta: &ObjectMeta) -> Result<Option<Ipv6Table>> {
+    let mut sets: Vec<&meta::SetMeta> = meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).collect();
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    sets.sort_by_key(|s| s.ipv6_slot);
+    let mut tables = Vec::new();
+    for (slot, set) in sets.iter().enumerate() {
+        if set.ipv6_slot != Some(slot as u32) {
+            return Err(RuntimeError::BadMetadata(format!("set `{}` has IPv6 slot {:?}, expected {slot}", set.name, set.ipv6_slot)));
+        }
+        let mut prefixes = Vec::new();
+        for element in &set.elements {
+            match parse_prefix(element) {
+                Ok((IpAddr::V6(a), len)) => prefixes.push((u128::from(a), len as u8)),
+                Ok(_) => {}
+                Err(reason) => return Err(element_error(set, element, reason)),
+            }
+        }
+        tables.push(Ipv6Table::build(prefixes));
+    }
+    let table = Ipv6Table::concat(&tables);
+    if table.nodes.len() > u32::MAX as usize || table.tails.len() > u32::MAX as usize {
+        return Err(RuntimeError::BadMetadata("the IPv6 sets need more than 2^32 nodes".into()));
+    }
+    Ok(Some(table))
 }
 
 fn ipv4_wrong_shape() -> RuntimeError {
@@ -1353,6 +1410,8 @@ pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<V
         SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
             unreachable!("IPv4 tables are filled whole by fill_ipv4_tables")
         }
+        // Filled whole by `fill_ipv6_tables`: no element is one key there.
+        SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail => Ok(Vec::new()),
         SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
             let (addr, len) = parse_prefix(element)?;
             let mut key = len.to_le_bytes().to_vec();

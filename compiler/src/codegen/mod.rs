@@ -8,6 +8,7 @@
 
 pub mod builder;
 pub mod faults;
+mod ipv6_set;
 mod budget;
 mod conntrack;
 mod lb;
@@ -385,6 +386,22 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         }
         (defs, metas)
     });
+    // The IPv6 sets' tables: two maps shared by all of them, sized to the
+    // initial prefixes (the runtime sizes them again to what it fills).
+    let v6_sizing = ipv6_set::sizing(policy);
+    let ipv6_maps = (!v6_sizing.slots.is_empty()).then(|| {
+        let nodes = chunks(ipv6_set::root_nodes(v6_sizing.slots.len()) + v6_sizing.nodes);
+        let tails = chunks(v6_sizing.tails);
+        let defs = (
+            m.define_map(meta::IPV6_NODES_MAP, map_type::ARRAY, 4, xpol_lang::ipv6_table::NODE_BYTES, nodes, 0),
+            m.define_map(meta::IPV6_TAILS_MAP, map_type::ARRAY, 4, xpol_lang::ipv6_table::TAIL_BYTES, tails, 0),
+        );
+        let metas = [
+            SetMapMeta { map: meta::IPV6_NODES_MAP.to_string(), kind: SetMapKind::Ipv6Node, max_entries: nodes },
+            SetMapMeta { map: meta::IPV6_TAILS_MAP.to_string(), kind: SetMapKind::Ipv6Tail, max_entries: tails },
+        ];
+        (defs, metas)
+    });
     let mut set_maps = Vec::new();
     for (set_index, s) in policy.sets.iter().enumerate() {
         let capacity = set_capacity(s);
@@ -397,14 +414,15 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                 SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, entries, BPF_F_NO_PREALLOC),
                 SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, entries, BPF_F_NO_PREALLOC),
                 SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, entries, 0),
-                SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
-                    unreachable!("the IPv4 tables' maps are shared, defined above")
+                SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf | SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail => {
+                    unreachable!("the IPv4 and IPv6 tables' maps are shared, defined above")
                 }
             };
             metas.push(SetMapMeta { map: name, kind, max_entries: entries });
             def
         };
         let mut ipv4_slot = None;
+        let mut ipv6_slot = None;
         let mut ipv4_metas = Vec::new();
         match s.elem {
             SetElem::Cidr => {
@@ -424,10 +442,12 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                     });
                     ipv4_metas.extend(shared.iter().cloned());
                 }
-                // A set the runtime may change gets the map even empty, so
-                // that IPv6 prefixes can be added.
-                if s.mutable || !s.contents.v6.is_empty() {
-                    maps.v6 = Some(add(SetMapKind::LpmV6, capacity, "_v6"));
+                // A set the runtime may change has a slot even without IPv6
+                // prefixes, so that some can be added.
+                if let (Some(slot), Some(((nodes, tails), shared))) = (v6_sizing.slots.iter().position(|&i| i == set_index), &ipv6_maps) {
+                    ipv6_slot = Some(slot as u32);
+                    maps.v6 = Some(ipv6_set::Ipv6Maps { nodes: *nodes, tails: *tails, root_base: ipv6_set::root_nodes(slot) });
+                    ipv4_metas.extend(shared.iter().cloned());
                 }
             }
             SetElem::Int | SetElem::Mac => {
@@ -441,6 +461,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             elem: s.elem,
             maps: metas,
             ipv4_slot,
+            ipv6_slot,
             elements: s.contents.elements(),
             capacity: u64::from(capacity),
             mutable: s.mutable,
