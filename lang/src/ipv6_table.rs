@@ -8,12 +8,22 @@
 //! lookup reads at most 15 nodes, each with an array lookup the verifier
 //! inlines (a bounds check and an add), and most stop after a few: below a
 //! node, a region holding a single prefix is a *tail*, one compare of the
-//! address with that prefix, instead of a chain of nodes one per 8 bits.
+//! address with that prefix, instead of a chain of nodes one per 8 bits;
+//! and a node whose prefixes all share more bits than its place says
+//! starts past them (path compression: 2001:db8::/32 is one step from
+//! the root, not three). The bits skipped are checked once, where the walk
+//! ends on a hit: the node's region must hold the address. (A walk that
+//! took a skip for an address outside the region can only end on a miss,
+//! which is right, or on a hit or a tail in the region, which the checks
+//! turn into the miss it should be: nothing outside a node's region but
+//! inside its parent's entry is in the set.)
 //!
-//! - `nodes` (`BPF_MAP_TYPE_ARRAY`, key u32, value 256 u32 entries): set
-//!   number `k`'s root is nodes `256 k .. 256 k + 256`, read at node
-//!   `256 k + (a >> 120)`, entry `(a >> 112) & 0xff` (the top 16 bits);
-//!   every other node covers 8 more bits.
+//! - `nodes` (`BPF_MAP_TYPE_ARRAY`, key u32, value [`NODE_BYTES`]: 256 u32
+//!   entries, then the node's region as four little-endian u64, address
+//!   high and low, mask high and low): set number `k`'s root is nodes
+//!   `256 k .. 256 k + 256`, read at node `256 k + (a >> 120)`, entry
+//!   `(a >> 112) & 0xff` (the top 16 bits; its region is everything);
+//!   every other node covers the 8 bits after its depth.
 //! - `tails` (`BPF_MAP_TYPE_ARRAY`, key u32, value 32 bytes: the prefix's
 //!   high and low 64 bits and their masks, each a little-endian u64 of the
 //!   address in host order): the one prefix of a region.
@@ -21,7 +31,9 @@
 //! Entries: [`MISS`], [`HIT`] (every address below is in the set: prefixes
 //! are pushed to the leaves, and membership does not care which prefix
 //! holds), [`TAIL`]` | i` (in the set when it matches tail `i`), or
-//! `FIRST_CHILD + i` (go on in node `i`).
+//! `FIRST_CHILD + (i << 4 | d / 8)` (go on in node `i`, at depth `d`: the
+//! entry says the depth, so that the walk need not read it from the node
+//! before it can index it).
 //!
 //! The compiler builds the table of a set's initial prefixes to size the
 //! maps; the runtime builds all the sets' tables again from their elements
@@ -36,8 +48,10 @@ pub const TAIL: u32 = 1 << 31;
 pub const NODE_ENTRIES: usize = 256;
 /// Root nodes per set: 65,536 entries for the top 16 bits.
 pub const ROOT_NODES: u32 = 256;
-/// Bytes of a node, and of a tail.
-pub const NODE_BYTES: u32 = 4 * NODE_ENTRIES as u32;
+/// Bytes of a node (entries, then its region), and of a tail.
+pub const NODE_BYTES: u32 = 4 * NODE_ENTRIES as u32 + 32;
+/// Where a node's region starts in its bytes.
+pub const REGION_AT: u32 = 4 * NODE_ENTRIES as u32;
 pub const TAIL_BYTES: u32 = 32;
 /// Nodes read at most: the root, then one per 8 bits from bit 16 to 128.
 pub const LEVELS: usize = 15;
@@ -54,6 +68,7 @@ pub struct Tail {
 impl Tail {
     fn of(a: u128, len: u8) -> Tail {
         let m = mask(len);
+        let a = a & m;
         Tail { hi: (a >> 64) as u64, lo: a as u64, mask_hi: (m >> 64) as u64, mask_lo: m as u64 }
     }
     pub fn bytes(&self) -> [u8; TAIL_BYTES as usize] {
@@ -81,7 +96,19 @@ pub fn mask(len: u8) -> u128 {
 pub struct Ipv6Table {
     /// Root nodes first ([`ROOT_NODES`] per set), then the others.
     pub nodes: Vec<[u32; NODE_ENTRIES]>,
+    /// Each node's region (a root's: everything, `::/0`).
+    pub regions: Vec<Tail>,
     pub tails: Vec<Tail>,
+}
+
+/// The entry leading to node `i` at depth `depth` (a multiple of 8).
+pub fn child_entry(i: u32, depth: u32) -> u32 {
+    FIRST_CHILD + (i << 4 | depth / 8)
+}
+
+/// The node and depth a child entry leads to.
+pub fn child_of(e: u32) -> (u32, u32) {
+    ((e - FIRST_CHILD) >> 4, ((e - FIRST_CHILD) & 15) * 8)
 }
 
 impl Ipv6Table {
@@ -102,7 +129,7 @@ impl Ipv6Table {
             }
             disjoint.push((a, len));
         }
-        let mut t = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; ROOT_NODES as usize], tails: Vec::new() };
+        let mut t = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; ROOT_NODES as usize], regions: vec![Tail::of(0, 0); ROOT_NODES as usize], tails: Vec::new() };
         // The root: 65,536 entries of 16 bits.
         let mut root = vec![MISS; 1 << 16];
         t.fill(&mut root, &disjoint, 0, 16);
@@ -137,13 +164,19 @@ impl Ipv6Table {
                 self.tails.push(Tail::of(a, len));
                 TAIL | (self.tails.len() as u32 - 1)
             } else {
+                // The node starts at the bits all its prefixes share (two
+                // disjoint prefixes at least: fewer than 128, and none
+                // shorter than that), in whole bytes, at most 120.
+                let shared = (prefixes[i].0 ^ prefixes[j - 1].0).leading_zeros();
+                let depth = (shared / 8 * 8).clamp(end, 120);
                 let mut node = [MISS; NODE_ENTRIES];
                 // Reserve the node's place before its children take theirs.
                 self.nodes.push(node);
+                self.regions.push(Tail::of(a, depth as u8));
                 let at = self.nodes.len() - 1;
-                self.fill(&mut node, &prefixes[i..j], end, 8);
+                self.fill(&mut node, &prefixes[i..j], depth, 8);
                 self.nodes[at] = node;
-                FIRST_CHILD + at as u32
+                child_entry(at as u32, depth)
             };
             i = j;
         }
@@ -154,7 +187,7 @@ impl Ipv6Table {
     /// entries renumbered.
     pub fn concat(tables: &[Ipv6Table]) -> Ipv6Table {
         let roots = ROOT_NODES as usize * tables.len();
-        let mut out = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; roots], tails: Vec::new() };
+        let mut out = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; roots], regions: vec![Tail::of(0, 0); roots], tails: Vec::new() };
         for (k, t) in tables.iter().enumerate() {
             // Node `i` of `t` (past its root) goes to `node_base + i`.
             let node_base = out.nodes.len() as u32 - ROOT_NODES;
@@ -162,7 +195,10 @@ impl Ipv6Table {
             let renumber = |e: u32| match e {
                 MISS | HIT => e,
                 e if e & TAIL != 0 => TAIL | ((e & !TAIL) + tail_base),
-                e => e + node_base,
+                e => {
+                    let (i, depth) = child_of(e);
+                    child_entry(i + node_base, depth)
+                }
             };
             for (i, node) in t.nodes.iter().enumerate() {
                 let node = node.map(renumber);
@@ -170,6 +206,7 @@ impl Ipv6Table {
                     out.nodes[k * ROOT_NODES as usize + i] = node;
                 } else {
                     out.nodes.push(node);
+                    out.regions.push(t.regions[i]);
                 }
             }
             out.tails.extend(&t.tails);
@@ -180,24 +217,28 @@ impl Ipv6Table {
     /// Whether address `a` is in set `slot`, read as the program reads it.
     pub fn holds(&self, slot: u32, a: u128) -> bool {
         let top = (a >> 112) as usize;
-        let mut e = self.nodes[(slot * ROOT_NODES) as usize + (top >> 8)][top & 0xff];
-        for level in 1..LEVELS {
+        let mut node = (slot * ROOT_NODES) as usize + (top >> 8);
+        let mut e = self.nodes[node][top & 0xff];
+        for _ in 1..=LEVELS {
             match e {
                 MISS => return false,
-                HIT => return true,
+                HIT => return self.regions[node].holds(a),
                 e if e & TAIL != 0 => return self.tails[(e & !TAIL) as usize].holds(a),
                 child => {
-                    let byte = ((a >> (112 - 8 * level)) & 0xff) as usize;
-                    e = self.nodes[(child - FIRST_CHILD) as usize][byte];
+                    let (i, depth) = child_of(child);
+                    node = i as usize;
+                    e = self.nodes[node][((a << depth) >> 120) as usize];
                 }
             }
         }
-        e == HIT
+        unreachable!("a walk ends within {LEVELS} nodes")
     }
 
     /// Node `i` as the map's value: its entries, little-endian.
     pub fn node_bytes(&self, i: usize) -> Vec<u8> {
-        self.nodes[i].iter().flat_map(|e| e.to_le_bytes()).collect()
+        let mut out: Vec<u8> = self.nodes[i].iter().flat_map(|e| e.to_le_bytes()).collect();
+        out.extend(self.regions[i].bytes());
+        out
     }
 }
 
@@ -227,6 +268,12 @@ mod tests {
         assert!(!t.holds(0, a("fec0::")));
         let all = Ipv6Table::build([p("::/0")]);
         assert!(all.holds(0, 0) && all.holds(0, u128::MAX));
+        // Two /64s in one /48: one node past the root, at depth 56 (the
+        // bits they share), reached from the root's 2001 entry.
+        let two = Ipv6Table::build(["2001:db8:1:2::/64", "2001:db8:1:3::/64"].map(p));
+        assert_eq!(two.nodes.len(), ROOT_NODES as usize + 1);
+        assert_eq!(child_of(two.nodes[0x20][0x01]), (ROOT_NODES, 56));
+        assert!(two.holds(0, a("2001:db8:1:3::9")) && !two.holds(0, a("2001:db9:1:3::9")) && !two.holds(0, a("2001:db8:1:4::")));
         let none = Ipv6Table::build([]);
         assert!(!none.holds(0, 0) && !none.holds(0, u128::MAX));
     }
@@ -242,7 +289,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for round in 0..20 {
+        for round in 0..200 {
             let mut sets = Vec::new();
             for _ in 0..2 {
                 let n = (next() % 60) as usize;
@@ -252,7 +299,11 @@ mod tests {
                     .map(|_| {
                         let len = [0u8, 8, 16, 24, 31, 32, 40, 47, 48, 56, 63, 64, 65, 96, 120, 127, 128][(next() % 17) as usize];
                         let bits = (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32) & !(u128::from(next() % 4) << 90);
-                        ((base | bits) & mask(len), len)
+                        // Half of them near one of a few addresses: long
+                        // shared runs of bits, so compressed nodes.
+                        let near = [0x2001_0db8_0001_0002_0003_0004_0005_0006u128, 0x2001_0db8_0001_00ff_0000_0000_0000_0000][(next() % 2) as usize];
+                        let a = if next() % 2 == 0 { near ^ (u128::from(next() % 256) << (next() % 120)) } else { base | bits };
+                        (a & mask(len), len)
                     })
                     .filter(|&(_, len)| round % 3 == 0 || len > 0)
                     .collect();

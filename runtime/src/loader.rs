@@ -808,6 +808,12 @@ impl PolicyMaps {
         self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
     }
 
+    /// The file descriptor of map `name` (for reading its kernel
+    /// accounting, as the benchmarks do).
+    pub fn borrowed_map_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.maps.get(name).map(|m| m.fd().as_fd())
+    }
+
     /// The object has a map of this name (in the object, not as loaded).
     pub fn has_map(&self, name: &str) -> bool {
         self.maps.contains_key(name)

@@ -2,16 +2,18 @@
 //! (`xpol_lang::ipv6_table`), and their sizing.
 //!
 //! A walk reads the set's root node at the address's top 16 bits, then a
-//! node per 8 bits while the entry it reads leads to one, each with an
-//! array-map lookup that the verifier inlines; at most one tail compare
-//! ends it. Unrolled: 15 levels at most, each a few instructions, and a
-//! packet leaves at the first entry that decides.
+//! node while the entry it reads leads to one (at the depth the entry
+//! says: nodes skip the bits all their prefixes share), each with an
+//! array-map lookup that the verifier inlines; a hit checks the last
+//! node's region (the bits skipped), a tail compares the whole prefix.
+//! Unrolled: 15 levels at most, each a few instructions, and a packet
+//! leaves at the first entry that decides.
 
 use super::builder::{Bpf, MapDef};
 use crate::ir;
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
-use xpol_lang::ipv6_table::{Ipv6Table, FIRST_CHILD, HIT, LEVELS, ROOT_NODES, TAIL};
+use xpol_lang::ipv6_table::{Ipv6Table, FIRST_CHILD, HIT, LEVELS, REGION_AT, ROOT_NODES, TAIL};
 use xpol_lang::meta::SetElem;
 
 /// The maps a set's IPv6 membership reads, and where its root is.
@@ -57,8 +59,8 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
     let mut tails = Vec::new();
     let key = b.stack_buf(4, "key");
     let i32t = b.m.cx.i32_type();
-    // Node `node`, entry `byte`: the entry, or a miss when the node is
-    // past the map (never in a table the runtime wrote).
+    // Node `node`, entry `byte`: the node and the entry, or a miss when
+    // the node is past the map (never in a table the runtime wrote).
     let entry = |node: IntValue<'ctx>, byte: IntValue<'ctx>, results: &mut Vec<(IntValue<'ctx>, _)>| {
         b.store_at(key, 0, b.trunc(node, i32t));
         let p = b.map_lookup(t.nodes, key);
@@ -69,16 +71,28 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         results.push((b.bool(false), b.cur()));
         b.br(done);
         b.at(found);
-        b.zext64(b.load_raw(b.ptr_add(p, b.mul(byte, b.c64(4))), 0, 4))
+        (p, b.zext64(b.load_raw(b.ptr_add(p, b.mul(byte, b.c64(4))), 0, 4)))
+    };
+    // Whether node `p`'s region holds the address: the bits a walk
+    // skipped on its way there.
+    let in_region = |p| {
+        let [rh, rl, mh, ml] = [0, 8, 16, 24].map(|off| b.load_u64_at(p, u64::from(REGION_AT) + off));
+        b.and(b.eq(b.and(hi, mh), rh), b.eq(b.and(lo, ml), rl))
     };
     let top = b.lshr(hi, b.c64(48));
-    let mut node = b.add(b.c64(t.root_base), b.lshr(top, b.c64(8)));
-    let mut byte = b.and(top, b.c64(0xff));
+    let root = b.add(b.c64(t.root_base), b.lshr(top, b.c64(8)));
+    let (_, mut e) = entry(root, b.and(top, b.c64(0xff)), &mut results);
+    // The root's entries decide without a region (it is everything).
+    let mut region: Option<inkwell::values::PointerValue<'ctx>> = None;
     for level in 0..LEVELS {
-        let e = entry(node, byte, &mut results);
+        let is_hit = b.eq(e, b.c64(u64::from(HIT)));
+        let hit = |region: Option<_>| match region {
+            Some(p) => b.and(is_hit, in_region(p)),
+            None => is_hit,
+        };
         if level == LEVELS - 1 {
-            // Bits 120..128: nothing is longer, so no tail or child.
-            results.push((b.eq(e, b.c64(u64::from(HIT))), b.cur()));
+            // A node at depth 120: nothing below, so no tail or child.
+            results.push((hit(region), b.cur()));
             b.br(done);
             break;
         }
@@ -86,7 +100,7 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         let deeper = b.block("v6set_deeper");
         b.cond_br(b.cmp(IntPredicate::ULT, e, b.c64(u64::from(FIRST_CHILD))), decided, deeper);
         b.at(decided);
-        results.push((b.eq(e, b.c64(u64::from(HIT))), b.cur()));
+        results.push((hit(region), b.cur()));
         b.br(done);
         b.at(deeper);
         let child = b.block("v6set_child");
@@ -96,11 +110,18 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         tails.push((b.and(e, b.c64(u64::from(!TAIL))), b.cur()));
         b.br(tail);
         b.at(child);
-        node = b.sub(e, b.c64(u64::from(FIRST_CHILD)));
-        // The 8 bits after the first 16 + 8 * level.
-        let next = level + 1;
-        byte = if next <= 6 { b.lshr(hi, b.c64(48 - 8 * next as u64)) } else { b.lshr(lo, b.c64(56 - 8 * (next as u64 - 7))) };
-        byte = b.and(byte, b.c64(0xff));
+        // `ipv6_table::child_of`: node, and depth in bits (16 to 120).
+        let c = b.sub(e, b.c64(u64::from(FIRST_CHILD)));
+        let node = b.lshr(c, b.c64(4));
+        let depth = b.mul(b.and(c, b.c64(15)), b.c64(8));
+        // The 8 bits after `depth`: from the high word below 64, else the
+        // low one (shift amounts kept below 64 either way).
+        let from_hi = b.lshr(b.shl(hi, b.and(depth, b.c64(63))), b.c64(56));
+        let from_lo = b.lshr(b.shl(lo, b.and(b.sub(depth, b.c64(64)), b.c64(63))), b.c64(56));
+        let byte = b.select(b.cmp(IntPredicate::ULT, depth, b.c64(64)), from_hi, from_lo);
+        let (p, next) = entry(node, byte, &mut results);
+        region = Some(p);
+        e = next;
     }
     b.at(tail);
     let index = b.phi(&tails);
