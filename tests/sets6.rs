@@ -111,8 +111,9 @@ fn random_ipv6_sets_agree_with_prefix_matching() {
         let probes = probes(&mut rng, &all);
         let kinds = check_sets(&sets, &probes);
         // Every set in the shared tables (IPv6 and, as each may get IPv4
-        // prefixes, IPv4): no map of its own.
-        assert!(kinds.iter().all(|k| k.is_shared_table()), "{kinds:?}");
+        // prefixes, IPv4): no map of its own, but an LPM trie for the
+        // IPv6 part of a set that starts without IPv6 prefixes.
+        assert!(kinds.iter().all(|&k| k.is_shared_table() || k == SetMapKind::LpmV6), "{kinds:?}");
         assert!(kinds.contains(&SetMapKind::Ipv6Node) && kinds.contains(&SetMapKind::Ipv6Tail), "{kinds:?}");
     }
 }
@@ -141,11 +142,12 @@ fn ipv6_set_edges() {
 
 /// A constant set of more than 16 IPv6 prefixes is a map too (the shared
 /// tables); many IPv6 sets share two maps. (Each membership test is an
-/// unrolled walk of up to 15 nodes, about 200 instructions: 30 sets, not
-/// 1,000, fit in a program.)
+/// unrolled walk of up to 15 nodes, some 250 instructions, and short
+/// policies copy each rule for every parse outcome: ten sets, not 1,000,
+/// fit in a program.)
 #[test]
 fn many_ipv6_sets_share_two_maps() {
-    const SETS: u32 = 30;
+    const SETS: u32 = 10;
     if !kernel("many_ipv6_sets_share_two_maps") {
         return;
     }
@@ -167,7 +169,7 @@ fn many_ipv6_sets_share_two_maps() {
     assert!(maps.iter().all(|m| m.starts_with("xpol_v") || m == ".bss"), "{maps:?}");
     let dst: Ipv6Addr = "2001:db8::80".parse().expect("address");
     let run = |p: &mut LoadedPolicy, src: &str| p.test_run("xdp", &PacketSpec::tcp6(src.parse().expect("address"), dst, 40000, 80).syn().build()).expect("test run").action;
-    for i in [0u32, 1, 17, SETS - 1] {
+    for i in [0u32, 1, 5, SETS - 1] {
         assert_eq!(run(&mut p, &format!("2001:db8:{i:x}::5")), Action::Drop);
         assert_eq!(run(&mut p, &format!("2001:db8:ffff::{i:x}")), Action::Drop);
     }

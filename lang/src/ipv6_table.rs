@@ -31,9 +31,9 @@
 //! Entries: [`MISS`], [`HIT`] (every address below is in the set: prefixes
 //! are pushed to the leaves, and membership does not care which prefix
 //! holds), [`TAIL`]` | i` (in the set when it matches tail `i`), or
-//! `FIRST_CHILD + (i << 4 | d / 8)` (go on in node `i`, at depth `d`: the
-//! entry says the depth, so that the walk need not read it from the node
-//! before it can index it).
+//! [`INLINE`] bits, `FIRST_CHILD + (i << 4 | d / 8)`, maybe with [`WIDE`] (go on in node
+//! `i`, at depth `d`: the entry says the depth, so that the walk need not
+//! read it from the node before it can index it).
 //!
 //! The compiler builds the table of a set's initial prefixes to size the
 //! maps; the runtime builds all the sets' tables again from their elements
@@ -45,6 +45,13 @@ pub const HIT: u32 = 1;
 pub const FIRST_CHILD: u32 = 2;
 /// The bit of an entry that makes it a tail's index.
 pub const TAIL: u32 = 1 << 31;
+/// The two bits of an entry that make it an *inline tail*: the one prefix
+/// of the entry's region ends at most [`INLINE_MAX`] bits below it, and
+/// the entry holds those bits (`INLINE | delta << 24 | bits`, the `delta`
+/// bits after the region's end): a compare with the address instead of a
+/// read of a tail.
+pub const INLINE: u32 = 3 << 30;
+pub const INLINE_MAX: u32 = 24;
 pub const NODE_ENTRIES: usize = 256;
 /// Root nodes per set: 65,536 entries for the top 16 bits.
 pub const ROOT_NODES: u32 = 256;
@@ -101,14 +108,25 @@ pub struct Ipv6Table {
     pub tails: Vec<Tail>,
 }
 
+/// The bit of a child entry that makes its node *wide*: 256 nodes in a
+/// row, indexed by the 16 bits after the depth as the root is (node
+/// `i + (bits >> 8)`, entry `bits & 0xff`). A region holding at least
+/// [`WIDE_MIN`] prefixes gets one: a read less on the way to each of
+/// them, for 256 KiB.
+pub const WIDE: u32 = 1 << 30;
+pub const WIDE_MIN: usize = 2048;
+/// Nodes a table may hold: what a child entry can address.
+pub const MAX_NODES: usize = (1 << 26) - 1;
+
 /// The entry leading to node `i` at depth `depth` (a multiple of 8).
-pub fn child_entry(i: u32, depth: u32) -> u32 {
-    FIRST_CHILD + (i << 4 | depth / 8)
+pub fn child_entry(i: u32, depth: u32, wide: bool) -> u32 {
+    (FIRST_CHILD + (i << 4 | depth / 8)) | if wide { WIDE } else { 0 }
 }
 
-/// The node and depth a child entry leads to.
-pub fn child_of(e: u32) -> (u32, u32) {
-    ((e - FIRST_CHILD) >> 4, ((e - FIRST_CHILD) & 15) * 8)
+/// The node, depth and wideness a child entry leads to.
+pub fn child_of(e: u32) -> (u32, u32, bool) {
+    let c = (e & !WIDE) - FIRST_CHILD;
+    (c >> 4, (c & 15) * 8, e & WIDE != 0)
 }
 
 impl Ipv6Table {
@@ -160,7 +178,10 @@ impl Ipv6Table {
             while j < prefixes.len() && index(prefixes[j].0) == first {
                 j += 1;
             }
-            entries[first] = if j == i + 1 {
+            entries[first] = if j == i + 1 && u32::from(len) - end <= INLINE_MAX {
+                let delta = u32::from(len) - end;
+                INLINE | delta << 24 | ((a << end) >> (128 - delta)) as u32
+            } else if j == i + 1 {
                 self.tails.push(Tail::of(a, len));
                 TAIL | (self.tails.len() as u32 - 1)
             } else {
@@ -169,14 +190,26 @@ impl Ipv6Table {
                 // shorter than that), in whole bytes, at most 120.
                 let shared = (prefixes[i].0 ^ prefixes[j - 1].0).leading_zeros();
                 let depth = (shared / 8 * 8).clamp(end, 120);
-                let mut node = [MISS; NODE_ENTRIES];
-                // Reserve the node's place before its children take theirs.
-                self.nodes.push(node);
-                self.regions.push(Tail::of(a, depth as u8));
-                let at = self.nodes.len() - 1;
-                self.fill(&mut node, &prefixes[i..j], depth, 8);
-                self.nodes[at] = node;
-                child_entry(at as u32, depth)
+                let run = &prefixes[i..j];
+                let at = self.nodes.len();
+                if run.len() >= WIDE_MIN && depth <= 112 {
+                    // Reserve the nodes' places before the children take theirs.
+                    self.nodes.resize(at + 256, [MISS; NODE_ENTRIES]);
+                    self.regions.resize(at + 256, Tail::of(a, depth as u8));
+                    let mut wide = vec![MISS; 1 << 16];
+                    self.fill(&mut wide, run, depth, 16);
+                    for (k, chunk) in wide.chunks_exact(NODE_ENTRIES).enumerate() {
+                        self.nodes[at + k].copy_from_slice(chunk);
+                    }
+                    child_entry(at as u32, depth, true)
+                } else {
+                    let mut node = [MISS; NODE_ENTRIES];
+                    self.nodes.push(node);
+                    self.regions.push(Tail::of(a, depth as u8));
+                    self.fill(&mut node, run, depth, 8);
+                    self.nodes[at] = node;
+                    child_entry(at as u32, depth, false)
+                }
             };
             i = j;
         }
@@ -194,10 +227,11 @@ impl Ipv6Table {
             let tail_base = out.tails.len() as u32;
             let renumber = |e: u32| match e {
                 MISS | HIT => e,
+                e if e & INLINE == INLINE => e,
                 e if e & TAIL != 0 => TAIL | ((e & !TAIL) + tail_base),
                 e => {
-                    let (i, depth) = child_of(e);
-                    child_entry(i + node_base, depth)
+                    let (i, depth, wide) = child_of(e);
+                    child_entry(i + node_base, depth, wide)
                 }
             };
             for (i, node) in t.nodes.iter().enumerate() {
@@ -219,15 +253,24 @@ impl Ipv6Table {
         let top = (a >> 112) as usize;
         let mut node = (slot * ROOT_NODES) as usize + (top >> 8);
         let mut e = self.nodes[node][top & 0xff];
+        // Where the entry's region ends.
+        let mut end = 16;
         for _ in 1..=LEVELS {
             match e {
                 MISS => return false,
                 HIT => return self.regions[node].holds(a),
+                e if e & INLINE == INLINE => {
+                    let delta = (e >> 24) & 63;
+                    return ((a << end) >> (128 - delta)) as u32 == e & 0xff_ffff && self.regions[node].holds(a);
+                }
                 e if e & TAIL != 0 => return self.tails[(e & !TAIL) as usize].holds(a),
                 child => {
-                    let (i, depth) = child_of(child);
-                    node = i as usize;
-                    e = self.nodes[node][((a << depth) >> 120) as usize];
+                    let (i, depth, wide) = child_of(child);
+                    let stride = if wide { 16 } else { 8 };
+                    let bits = ((a << depth) >> (128 - stride)) as usize;
+                    node = i as usize + (bits >> 8);
+                    e = self.nodes[node][bits & 0xff];
+                    end = depth + stride;
                 }
             }
         }
@@ -272,7 +315,7 @@ mod tests {
         // bits they share), reached from the root's 2001 entry.
         let two = Ipv6Table::build(["2001:db8:1:2::/64", "2001:db8:1:3::/64"].map(p));
         assert_eq!(two.nodes.len(), ROOT_NODES as usize + 1);
-        assert_eq!(child_of(two.nodes[0x20][0x01]), (ROOT_NODES, 56));
+        assert_eq!(child_of(two.nodes[0x20][0x01]), (ROOT_NODES, 56, false));
         assert!(two.holds(0, a("2001:db8:1:3::9")) && !two.holds(0, a("2001:db9:1:3::9")) && !two.holds(0, a("2001:db8:1:4::")));
         let none = Ipv6Table::build([]);
         assert!(!none.holds(0, 0) && !none.holds(0, u128::MAX));
@@ -309,7 +352,21 @@ mod tests {
                     .collect();
                 sets.push(prefixes);
             }
+            if round == 0 {
+                // Enough prefixes in one /32 for a wide node.
+                let many: Vec<(u128, u8)> = (0..WIDE_MIN + WIDE_MIN / 2)
+                    .map(|_| {
+                        let len = [48u8, 56, 64, 128, 47][(next() % 5) as usize];
+                        let a = (0x2001_0db8u128 << 96) | (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32);
+                        (a & mask(len), len)
+                    })
+                    .collect();
+                sets.push(many);
+            }
             let tables: Vec<Ipv6Table> = sets.iter().map(|s| Ipv6Table::build(s.iter().copied())).collect();
+            if round == 0 {
+                assert!(tables[2].nodes[0x20].iter().any(|&e| e >= FIRST_CHILD && e & TAIL == 0 && child_of(e).2), "a wide node");
+            }
             let t = Ipv6Table::concat(&tables);
             for (k, s) in sets.iter().enumerate() {
                 let mut probes = vec![0u128, u128::MAX];

@@ -1302,8 +1302,9 @@ fn build_ipv6_tables(meta: &ObjectMeta) -> Result<Option<Ipv6Table>> {
         tables.push(Ipv6Table::build(prefixes));
     }
     let table = Ipv6Table::concat(&tables);
-    if table.nodes.len() > u32::MAX as usize || table.tails.len() > u32::MAX as usize {
-        return Err(RuntimeError::BadMetadata("the IPv6 sets need more than 2^32 nodes".into()));
+    if table.nodes.len() > ipv6_table::MAX_NODES || table.tails.len() >= 1 << 30 {
+        let set = sets.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
+        return Err(RuntimeError::BadMetadata(format!("the IPv6 prefixes of sets {set} need more than the {} nodes of the IPv6 tables", ipv6_table::MAX_NODES)));
     }
     Ok(Some(table))
 }

@@ -13,8 +13,30 @@ use super::builder::{Bpf, MapDef};
 use crate::ir;
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
-use xpol_lang::ipv6_table::{Ipv6Table, FIRST_CHILD, HIT, LEVELS, REGION_AT, ROOT_NODES, TAIL};
+use xpol_lang::ipv6_table::{Ipv6Table, FIRST_CHILD, HIT, INLINE, LEVELS, REGION_AT, ROOT_NODES, TAIL, WIDE};
 use xpol_lang::meta::SetElem;
+
+/// Where a set's IPv6 prefixes are.
+#[derive(Clone, Copy)]
+pub enum Ipv6Part<'ctx> {
+    Tables(Ipv6Maps<'ctx>),
+    /// An LPM trie of the set's own (key: length, then the address).
+    Lpm(MapDef<'ctx>),
+}
+
+/// Whether the IPv6 address `hi:lo` (host order) is in `part`.
+pub fn part_member<'ctx>(b: &Bpf<'_, 'ctx>, part: Ipv6Part<'ctx>, hi: IntValue<'ctx>, lo: IntValue<'ctx>) -> IntValue<'ctx> {
+    match part {
+        Ipv6Part::Tables(t) => member(b, t, hi, lo),
+        Ipv6Part::Lpm(map) => {
+            let key = b.stack_buf(20, "key");
+            b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
+            b.store_at(key, 4, b.bswap(hi));
+            b.store_at(key, 12, b.bswap(lo));
+            b.not(b.is_null(b.map_lookup(map, key)))
+        }
+    }
+}
 
 /// The maps a set's IPv6 membership reads, and where its root is.
 #[derive(Clone, Copy)]
@@ -33,14 +55,17 @@ pub struct Ipv6Sizing {
     pub tails: u64,
 }
 
-/// Every set of prefixes that holds IPv6 prefixes, or may get some at run
-/// time (declared with `set`), has a slot; the others answer no without a
-/// lookup.
+/// Every set of prefixes that holds IPv6 prefixes has a slot. A set
+/// without any that may get some at run time (declared with `set`) keeps
+/// an LPM trie of its own for them instead (`SetMapKind::LpmV6`), as all
+/// did before the tables: a walk is some 200 instructions where a lookup
+/// in the trie is a few, so a policy of IPv4 prefixes compiles to the
+/// program it did. The others answer no without a lookup.
 pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
     let mut slots = Vec::new();
     let mut tables = Vec::new();
     for (i, s) in policy.sets.iter().enumerate() {
-        if s.elem != SetElem::Cidr || (!s.mutable && s.contents.v6.is_empty()) {
+        if s.elem != SetElem::Cidr || s.contents.v6.is_empty() {
             continue;
         }
         slots.push(i);
@@ -84,15 +109,17 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
     let (_, mut e) = entry(root, b.and(top, b.c64(0xff)), &mut results);
     // The root's entries decide without a region (it is everything).
     let mut region: Option<inkwell::values::PointerValue<'ctx>> = None;
+    // The address's bits after the region of the entry `e`, from the top.
+    let mut after = b.shl(hi, b.c64(16));
     for level in 0..LEVELS {
         let is_hit = b.eq(e, b.c64(u64::from(HIT)));
-        let hit = |region: Option<_>| match region {
+        let hit = |region: Option<_>, is_hit| match region {
             Some(p) => b.and(is_hit, in_region(p)),
             None => is_hit,
         };
         if level == LEVELS - 1 {
             // A node at depth 120: nothing below, so no tail or child.
-            results.push((hit(region), b.cur()));
+            results.push((hit(region, is_hit), b.cur()));
             b.br(done);
             break;
         }
@@ -100,9 +127,20 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         let deeper = b.block("v6set_deeper");
         b.cond_br(b.cmp(IntPredicate::ULT, e, b.c64(u64::from(FIRST_CHILD))), decided, deeper);
         b.at(decided);
-        results.push((hit(region), b.cur()));
+        results.push((hit(region, is_hit), b.cur()));
         b.br(done);
         b.at(deeper);
+        // An inline tail: the `delta` bits after the region, in the entry.
+        let inline = b.block("v6set_inline");
+        let not_inline = b.block("v6set_not_inline");
+        b.cond_br(b.eq(b.and(e, b.c64(u64::from(INLINE))), b.c64(u64::from(INLINE))), inline, not_inline);
+        b.at(inline);
+        let delta = b.and(b.lshr(e, b.c64(24)), b.c64(63));
+        let bits = b.lshr(after, b.and(b.sub(b.c64(64), delta), b.c64(63)));
+        let matches = b.eq(bits, b.and(e, b.c64(0xff_ffff)));
+        results.push((hit(region, matches), b.cur()));
+        b.br(done);
+        b.at(not_inline);
         let child = b.block("v6set_child");
         let to_tail = b.block("v6set_to_tail");
         b.cond_br(b.cmp(IntPredicate::NE, b.and(e, b.c64(u64::from(TAIL))), b.c64(0)), to_tail, child);
@@ -110,15 +148,20 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         tails.push((b.and(e, b.c64(u64::from(!TAIL))), b.cur()));
         b.br(tail);
         b.at(child);
-        // `ipv6_table::child_of`: node, and depth in bits (16 to 120).
-        let c = b.sub(e, b.c64(u64::from(FIRST_CHILD)));
+        // `ipv6_table::child_of`: node, depth in bits (16 to 120), wide.
+        let c = b.sub(b.and(e, b.c64(u64::from(!WIDE))), b.c64(u64::from(FIRST_CHILD)));
         let node = b.lshr(c, b.c64(4));
         let depth = b.mul(b.and(c, b.c64(15)), b.c64(8));
-        // The 8 bits after `depth`: from the high word below 64, else the
-        // low one (shift amounts kept below 64 either way).
-        let from_hi = b.lshr(b.shl(hi, b.and(depth, b.c64(63))), b.c64(56));
-        let from_lo = b.lshr(b.shl(lo, b.and(b.sub(depth, b.c64(64)), b.c64(63))), b.c64(56));
-        let byte = b.select(b.cmp(IntPredicate::ULT, depth, b.c64(64)), from_hi, from_lo);
+        // The 64 bits after `depth` (not 0: the root is the only node at
+        // 0), shift amounts kept below 64.
+        let below = b.or(b.shl(hi, b.and(depth, b.c64(63))), b.lshr(lo, b.and(b.sub(b.c64(64), depth), b.c64(63))));
+        let window = b.select(b.cmp(IntPredicate::ULT, depth, b.c64(64)), below, b.shl(lo, b.and(b.sub(depth, b.c64(64)), b.c64(63))));
+        // A wide node: 16 bits, the high 8 pick one of its 256 nodes.
+        let wide = b.cmp(IntPredicate::NE, b.and(e, b.c64(u64::from(WIDE))), b.c64(0));
+        let bits16 = b.lshr(window, b.c64(48));
+        let node = b.select(wide, b.add(node, b.lshr(bits16, b.c64(8))), node);
+        let byte = b.select(wide, b.and(bits16, b.c64(0xff)), b.lshr(window, b.c64(56)));
+        after = b.select(wide, b.shl(window, b.c64(16)), b.shl(window, b.c64(8)));
         let (p, next) = entry(node, byte, &mut results);
         region = Some(p);
         e = next;

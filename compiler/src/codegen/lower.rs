@@ -37,7 +37,7 @@ pub struct Maps<'ctx> {
 #[derive(Default)]
 pub struct SetMaps<'ctx> {
     pub v4: Option<Ipv4Maps<'ctx>>,
-    pub v6: Option<super::ipv6_set::Ipv6Maps<'ctx>>,
+    pub v6: Option<super::ipv6_set::Ipv6Part<'ctx>>,
     pub hash: Option<MapDef<'ctx>>,
 }
 
@@ -821,7 +821,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 b.br(done);
                 b.at(is6);
                 let hit6 = match maps.v6 {
-                    Some(t) => super::ipv6_set::member(b, t, hi, lo),
+                    Some(part) => super::ipv6_set::part_member(b, part, hi, lo),
                     None => b.bool(false),
                 };
                 hits.push((hit6, b.cur()));

@@ -442,12 +442,13 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                     });
                     ipv4_metas.extend(shared.iter().cloned());
                 }
-                // A set the runtime may change has a slot even without IPv6
-                // prefixes, so that some can be added.
                 if let (Some(slot), Some(((nodes, tails), shared))) = (v6_sizing.slots.iter().position(|&i| i == set_index), &ipv6_maps) {
                     ipv6_slot = Some(slot as u32);
-                    maps.v6 = Some(ipv6_set::Ipv6Maps { nodes: *nodes, tails: *tails, root_base: ipv6_set::root_nodes(slot) });
+                    maps.v6 = Some(ipv6_set::Ipv6Part::Tables(ipv6_set::Ipv6Maps { nodes: *nodes, tails: *tails, root_base: ipv6_set::root_nodes(slot) }));
                     ipv4_metas.extend(shared.iter().cloned());
+                } else if s.mutable {
+                    // No IPv6 prefix yet: a trie of its own (see `ipv6_set::sizing`).
+                    maps.v6 = Some(ipv6_set::Ipv6Part::Lpm(add(SetMapKind::LpmV6, capacity, "_v6")));
                 }
             }
             SetElem::Int | SetElem::Mac => {
