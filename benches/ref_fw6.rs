@@ -57,9 +57,9 @@ enum Kind {
     Floor,
     XpolV4,
     XpolV6,
-    /// The IPv4 policy given the IPv6 packets: its set's IPv6 part is
-    /// empty, so this is the IPv6 program without the walk below a root
-    /// entry (parsing, one root read, the rules).
+    /// The IPv4 policy given the IPv6 packets: its set's IPv6 part is an
+    /// empty LPM trie, so this is about the IPv6 program without a walk
+    /// (parsing, a lookup that finds nothing at once, the rules).
     XpolV4Given6,
     CLpmV6,
 }
@@ -70,7 +70,7 @@ impl Kind {
             Kind::Floor => "floor (return XDP_PASS)",
             Kind::XpolV4 => "xpol, IPv4 `set` (ref-fw, 64-byte packets)",
             Kind::XpolV6 => "xpol, IPv6 `set`",
-            Kind::XpolV4Given6 => "xpol, IPv4 `set` given the IPv6 packets (no IPv6 prefix: one root read)",
+            Kind::XpolV4Given6 => "xpol, IPv4 `set` given the IPv6 packets (its IPv6 part an empty LPM trie)",
             Kind::CLpmV6 => "C, IPv6 LPM_TRIE",
         }
     }
@@ -311,10 +311,6 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Output {
         let t = Instant::now();
         progs.push(Prog::C(load_c(&c_lpm, Some(&list))));
         rows.push(row(Kind::CLpmV6, n, None, t.elapsed().as_secs_f64() * 1e3));
-    }
-    if std::env::var_os("REF_FW6_PAUSE").is_some() {
-        eprintln!("paused");
-        std::thread::sleep(std::time::Duration::from_secs(40));
     }
     let packets_of = |kind: Kind| if kind == Kind::XpolV4 { &packets4 } else { &packets6 };
     // Every program gives the reference verdicts before it is timed.

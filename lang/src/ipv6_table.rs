@@ -63,6 +63,29 @@ pub const TAIL_BYTES: u32 = 32;
 /// Nodes read at most: the root, then one per 8 bits from bit 16 to 128.
 pub const LEVELS: usize = 15;
 
+/// Bytes of a root node in global data: its entries alone (a root's
+/// region is everything).
+pub const ROOT_NODE_BYTES: u64 = 4 * NODE_ENTRIES as u64;
+
+/// Where the IPv6 sets' roots (`slots` sets, [`ROOT_NODES`] nodes each)
+/// go: in global data right after the IPv4 tables' share of it
+/// (`ipv4_global_bytes`, what [`crate::ipv4_table::placement`] returns,
+/// 0 without IPv4 tables) when they fit in
+/// [`crate::ipv4_table::GLOBAL_DATA_BUDGET`], read there with a plain
+/// load instead of a map lookup; else `None`, and they are read from the
+/// nodes map like the others. The compiler lays the roots out with it,
+/// the runtime fills them with it.
+pub fn root_placement(ipv4_global_bytes: u64, slots: u64) -> Option<u64> {
+    let at = ipv4_global_bytes.div_ceil(8) * 8;
+    let bytes = slots * u64::from(ROOT_NODES) * ROOT_NODE_BYTES;
+    (at + bytes <= crate::ipv4_table::GLOBAL_DATA_BUDGET).then_some(at)
+}
+
+/// The root nodes' entries as global data holds them: slot after slot.
+pub fn roots_bytes(t: &Ipv6Table, slots: usize) -> Vec<u8> {
+    t.nodes[..slots * ROOT_NODES as usize].iter().flat_map(|n| n.iter().flat_map(|e| e.to_le_bytes())).collect()
+}
+
 /// A prefix's tail: address (`hi`, `lo`, host order) and masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tail {

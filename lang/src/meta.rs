@@ -335,6 +335,10 @@ pub enum SetMapKind {
     /// maps and fills both.
     Ipv6Node,
     Ipv6Tail,
+    /// The IPv6 sets' root nodes in global data (`map` is
+    /// [`IPV4_TABLES_MAP`]; `max_entries` the root nodes), where
+    /// [`crate::ipv6_table::root_placement`] puts them when they fit.
+    Ipv6Root,
     /// `BPF_MAP_TYPE_HASH`, key a little-endian u64 (an integer, or a MAC
     /// address as the integer whose big-endian low 6 bytes are the MAC);
     /// value one byte, 1. Ranges are stored expanded.
@@ -349,7 +353,7 @@ impl SetMapKind {
 
     /// One of the maps of the IPv6 tables, filled together.
     pub fn is_ipv6_table(self) -> bool {
-        matches!(self, SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail)
+        matches!(self, SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root)
     }
 
     /// A map shared by all the sets of a family, filled whole from all of

@@ -283,7 +283,7 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
             SetMapKind::LpmV6 => expected.push((&m.map, 20, 1)),
             SetMapKind::Ipv6Node => expected.push((&m.map, 4, ipv6_table::NODE_BYTES)),
             SetMapKind::Ipv6Tail => expected.push((&m.map, 4, ipv6_table::TAIL_BYTES)),
-            SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
+            SetMapKind::Ipv6Root | SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
         }
     }
     for p in &meta.pools {
@@ -410,7 +410,7 @@ impl LoadedPolicy {
         check_map_shapes(&maps, &meta, "object's map")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
-        policy.fill_sets()?;
+        policy.fill_sets(ipv6.as_ref())?;
         if let Some(t) = &ipv6 {
             policy.fill_ipv6_tables(t)?;
         }
@@ -470,11 +470,22 @@ impl LoadedPolicy {
         &mut self.ebpf
     }
 
-    fn fill_sets(&mut self) -> Result<()> {
+    fn fill_sets(&mut self, ipv6: Option<&Ipv6Table>) -> Result<()> {
         for set in &self.state.meta.sets {
             check_set_fits(set)?;
         }
-        self.fill_ipv4_tables()?;
+        // The IPv6 roots in global data, where the compiler put them.
+        let in_global = self.state.meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.kind == SetMapKind::Ipv6Root);
+        let roots = match ipv6 {
+            Some(t) if in_global => {
+                let slots = self.state.meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).count();
+                let at = ipv6_table::root_placement(self.ipv4_global_bytes()?, slots as u64)
+                    .ok_or_else(|| RuntimeError::BadMetadata("the object's IPv6 roots do not fit in its global data: rebuild the object with this version of xpolc".into()))?;
+                Some((at as usize, ipv6_table::roots_bytes(t, slots)))
+            }
+            _ => None,
+        };
+        self.fill_ipv4_tables(roots)?;
         for set in &self.state.meta.sets {
             for m in set.maps.iter().filter(|m| !m.kind.is_shared_table()) {
                 for element in &set.elements {
@@ -491,10 +502,13 @@ impl LoadedPolicy {
     /// Builds the IPv4 prefix tables of the sets (as the compiler did to
     /// size the maps), one after another in slot order, and writes them
     /// into the shared tables.
-    fn fill_ipv4_tables(&self) -> Result<()> {
+    fn fill_ipv4_tables(&self, roots: Option<(usize, Vec<u8>)>) -> Result<()> {
         let mut sets: Vec<&meta::SetMeta> = self.state.meta.sets.iter().filter(|s| s.ipv4_slot.is_some()).collect();
         if sets.is_empty() {
-            return Ok(());
+            return match roots {
+                Some((at, bytes)) => self.write_global_tables(vec![0u8; at], Some((at, bytes))),
+                None => Ok(()),
+            };
         }
         sets.sort_by_key(|s| s.ipv4_slot);
         let mut tables = Vec::new();
@@ -546,18 +560,41 @@ impl LoadedPolicy {
                 }
             }
         }
-        if global_bytes == 0 {
+        self.write_global_tables(global, roots)
+    }
+
+    /// Writes the tables in global data: `global` (the IPv4 tables'
+    /// share) and the IPv6 roots at their offset.
+    fn write_global_tables(&self, mut global: Vec<u8>, roots: Option<(usize, Vec<u8>)>) -> Result<()> {
+        if let Some((at, bytes)) = roots {
+            global.resize(global.len().max(at + bytes.len()), 0);
+            global[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        if global.is_empty() {
             return Ok(());
         }
         let map = meta::IPV4_TABLES_MAP;
         let size = self.state.value_size(map)?;
-        if size < global_bytes {
-            return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' IPv4 tables: rebuild the object")));
+        if size < global.len() as u64 {
+            return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' tables: rebuild the object")));
         }
         global.resize(size as usize, 0);
         // The whole value in one update: the program never sees a table
         // half written, as it is not attached yet.
         self.state.update(map, &0u32.to_le_bytes(), &global)
+    }
+
+    /// The bytes of global data the IPv4 tables take
+    /// (`ipv4_table::placement`), 0 without IPv4 tables.
+    fn ipv4_global_bytes(&self) -> Result<u64> {
+        match self.state.meta.sets.iter().find(|s| s.ipv4_slot.is_some()) {
+            Some(set) => {
+                let shape = Ipv4Shape::of(set)?;
+                let [root, mid, leaf] = shape.capacities;
+                Ok(ipv4_table::placement(root, mid, leaf, shape.mid_wide).1)
+            }
+            None => Ok(0),
+        }
     }
 
     /// Writes the IPv6 tables ([`build_ipv6_tables`]) into their maps,
@@ -1418,7 +1455,7 @@ pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<V
             unreachable!("IPv4 tables are filled whole by fill_ipv4_tables")
         }
         // Filled whole by `fill_ipv6_tables`: no element is one key there.
-        SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail => Ok(Vec::new()),
+        SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root => Ok(Vec::new()),
         SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
             let (addr, len) = parse_prefix(element)?;
             let mut key = len.to_le_bytes().to_vec();

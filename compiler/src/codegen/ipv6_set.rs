@@ -9,7 +9,7 @@
 //! Unrolled: 15 levels at most, each a few instructions, and a packet
 //! leaves at the first entry that decides.
 
-use super::builder::{Bpf, MapDef};
+use super::builder::{Bpf, MapDef, TableDef};
 use crate::ir;
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
@@ -43,6 +43,9 @@ pub fn part_member<'ctx>(b: &Bpf<'_, 'ctx>, part: Ipv6Part<'ctx>, hi: IntValue<'
 pub struct Ipv6Maps<'ctx> {
     pub nodes: MapDef<'ctx>,
     pub tails: MapDef<'ctx>,
+    /// The root nodes in global data (`ipv6_table::root_placement`), when
+    /// they are there rather than in `nodes`.
+    pub roots: Option<TableDef<'ctx>>,
     /// The set's first root node: `ROOT_NODES * slot`.
     pub root_base: u64,
 }
@@ -106,7 +109,14 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
     };
     let top = b.lshr(hi, b.c64(48));
     let root = b.add(b.c64(t.root_base), b.lshr(top, b.c64(8)));
-    let (_, mut e) = entry(root, b.and(top, b.c64(0xff)), &mut results);
+    let mut e = match t.roots {
+        // A plain load: `root` is below the roots' end by construction.
+        Some(g) => {
+            let at = b.add(b.mul(root, b.c64(xpol_lang::ipv6_table::ROOT_NODE_BYTES)), b.mul(b.and(top, b.c64(0xff)), b.c64(4)));
+            b.zext64(b.load_raw(b.ptr_add(g.base, at), 0, 4))
+        }
+        None => entry(root, b.and(top, b.c64(0xff)), &mut results).1,
+    };
     // The root's entries decide without a region (it is everything).
     let mut region: Option<inkwell::values::PointerValue<'ctx>> = None;
     // The address's bits after the region of the entry `e`, from the top.
