@@ -58,19 +58,31 @@ pub struct Ipv6Sizing {
     pub tails: u64,
 }
 
+/// Sets in the IPv6 tables at most; see [`sizing`].
+pub const MAX_TABLE_SETS: usize = 4;
+
 /// Every set of prefixes that holds IPv6 prefixes has a slot. A set
 /// without any that may get some at run time (declared with `set`) keeps
 /// an LPM trie of its own for them instead (`SetMapKind::LpmV6`), as all
 /// did before the tables: a walk is some 200 instructions where a lookup
 /// in the trie is a few, so a policy of IPv4 prefixes compiles to the
 /// program it did. The others answer no without a lookup.
+///
+/// Each use of a set in the tables is a walk inlined where it is used,
+/// some 250 instructions, which short policies copy for every parse
+/// outcome (about 3,000 in all for the ref-fw6 policy): only the
+/// [`MAX_TABLE_SETS`] sets with the most IPv6 prefixes (where an LPM trie
+/// is slowest) get the tables, the others keep a trie each. (A walk
+/// emitted once, as a BPF function each use calls, would lift the cap.)
 pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
+    let mut candidates: Vec<usize> = (0..policy.sets.len()).filter(|&i| policy.sets[i].elem == SetElem::Cidr && !policy.sets[i].contents.v6.is_empty()).collect();
+    candidates.sort_by_key(|&i| std::cmp::Reverse(policy.sets[i].contents.v6.len()));
+    candidates.truncate(MAX_TABLE_SETS);
+    candidates.sort_unstable();
     let mut slots = Vec::new();
     let mut tables = Vec::new();
-    for (i, s) in policy.sets.iter().enumerate() {
-        if s.elem != SetElem::Cidr || s.contents.v6.is_empty() {
-            continue;
-        }
+    for i in candidates {
+        let s = &policy.sets[i];
         slots.push(i);
         tables.push(Ipv6Table::build(s.contents.v6.iter().map(|&(a, len)| (u128::from(a), len))));
     }

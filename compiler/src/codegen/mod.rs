@@ -476,8 +476,9 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                     ipv6_slot = Some(slot as u32);
                     maps.v6 = Some(ipv6_set::Ipv6Part::Tables(ipv6_set::Ipv6Maps { nodes: *nodes, tails: *tails, roots: v6_root_global, root_base: ipv6_set::root_nodes(slot) }));
                     ipv4_metas.extend(shared.iter().cloned());
-                } else if s.mutable {
-                    // No IPv6 prefix yet: a trie of its own (see `ipv6_set::sizing`).
+                } else if s.mutable || !s.contents.v6.is_empty() {
+                    // No IPv6 prefix yet, or past the sets the tables take:
+                    // a trie of its own (see `ipv6_set::sizing`).
                     maps.v6 = Some(ipv6_set::Ipv6Part::Lpm(add(SetMapKind::LpmV6, capacity, "_v6")));
                 }
             }
