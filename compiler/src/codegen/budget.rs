@@ -62,7 +62,7 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
                 "xpol::budget::maps",
                 format!("the `{hook}` program uses {} maps, more than the {MAX_MAPS_PER_PROGRAM} the kernel allows one program", maps.len()),
             )
-            .with_help("each `@map` is a map, and so is each named or large constant set of ports, integers or MACs, and the IPv6 part of each set of prefixes but the four with the most IPv6 prefixes (all IPv4 parts share three maps, those four IPv6 parts two), besides xpol's own (rule counters; parsed facts in long policies): merge sets of one element type, or use fewer `@maps` in this hook");
+            .with_help("each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share the tables), besides xpol's own (rule counters; parsed facts in long policies): merge sets of one element type, or use fewer `@maps` in this hook");
             let crossing = maps_in_source_order(&crate::verifier::map_references(object, name), rules).into_iter().nth(MAX_MAPS_PER_PROGRAM);
             diags.push(match crossing {
                 Some((map, Some(span))) => d.with_label(span, format!("{}, the program's map {}", describe_map(&map, policy), MAX_MAPS_PER_PROGRAM + 1)),
