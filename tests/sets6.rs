@@ -181,3 +181,22 @@ fn the_largest_ipv6_sets_share_two_maps() {
     assert_eq!(run(&mut p, "2001:db8:beef:27::1"), Action::Tx);
     assert_eq!(run(&mut p, "2001:db8:beef:28::1"), Action::Pass);
 }
+
+/// A region of 2,048 prefixes or more gets a wide node (16 bits), in
+/// global data while there is room: membership on its edges as anywhere.
+#[test]
+fn a_large_ipv6_set_walks_a_wide_node() {
+    if !kernel("a_large_ipv6_set_walks_a_wide_node") {
+        return;
+    }
+    let mut rng = Rng(0x5eed_0016);
+    let big: Vec<(u128, u8)> = (0..2_500)
+        .map(|_| {
+            let len = [48u8, 56, 64, 128][rng.below(4) as usize];
+            let a = (u128::from(0x2001_0db8u32) << 96) | (((u128::from(rng.next()) << 64) | u128::from(rng.next())) & (u128::MAX >> 32));
+            (a & mask(len), len)
+        })
+        .collect();
+    let probes = probes(&mut rng, &big[..400]);
+    check_sets(&[big], &probes);
+}

@@ -81,6 +81,47 @@ pub fn root_placement(ipv4_global_bytes: u64, slots: u64) -> Option<u64> {
     (at + bytes <= crate::ipv4_table::GLOBAL_DATA_BUDGET).then_some(at)
 }
 
+/// The IPv6 tables in global data, after the IPv4 tables' share
+/// (`ipv4_global_bytes`) and for `slots` sets: the roots' offset, the
+/// wide nodes' offset, how many wide nodes there is room for (a power of
+/// two, at most [`MAX_GLOBAL_WIDES`]), their regions' offset, and the end; `None` when
+/// the roots do not fit.
+pub fn global_layout(ipv4_global_bytes: u64, slots: u64) -> Option<GlobalLayout> {
+    let roots = root_placement(ipv4_global_bytes, slots)?;
+    let wides = roots + slots * u64::from(ROOT_NODES) * ROOT_NODE_BYTES;
+    let room = crate::ipv4_table::GLOBAL_DATA_BUDGET - wides;
+    // A power of two, so that the program bounds an index with a mask.
+    let fit = (room / (WIDE_BYTES + u64::from(TAIL_BYTES))).min(MAX_GLOBAL_WIDES);
+    let count = if fit == 0 { 0 } else { 1 << fit.ilog2() };
+    let regions = wides + count * WIDE_BYTES;
+    Some(GlobalLayout { roots, wides, count, regions, end: regions + count * u64::from(TAIL_BYTES) })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalLayout {
+    pub roots: u64,
+    pub wides: u64,
+    pub count: u64,
+    pub regions: u64,
+    pub end: u64,
+}
+
+/// The IPv6 tables' part of global data, from the roots' offset to the
+/// layout's end: roots, wide nodes, their regions.
+pub fn global_bytes(t: &Ipv6Table, slots: usize, layout: &GlobalLayout) -> Vec<u8> {
+    let mut out = roots_bytes(t, slots);
+    out.resize((layout.wides - layout.roots) as usize, 0);
+    for w in &t.wides {
+        out.extend(w.iter().flat_map(|e| e.to_le_bytes()));
+    }
+    out.resize((layout.regions - layout.roots) as usize, 0);
+    for r in &t.wide_regions {
+        out.extend(r.bytes());
+    }
+    out.resize((layout.end - layout.roots) as usize, 0);
+    out
+}
+
 /// The root nodes' entries as global data holds them: slot after slot.
 pub fn roots_bytes(t: &Ipv6Table, slots: usize) -> Vec<u8> {
     t.nodes[..slots * ROOT_NODES as usize].iter().flat_map(|n| n.iter().flat_map(|e| e.to_le_bytes())).collect()
@@ -129,6 +170,12 @@ pub struct Ipv6Table {
     /// Each node's region (a root's: everything, `::/0`).
     pub regions: Vec<Tail>,
     pub tails: Vec<Tail>,
+    /// Wide nodes in global data ([`GLOBAL`]), 65,536 entries each, and
+    /// their regions.
+    pub wides: Vec<Vec<u32>>,
+    pub wide_regions: Vec<Tail>,
+    /// Wide nodes that may still go to global data.
+    global_wides_left: usize,
 }
 
 /// The bit of a child entry that makes its node *wide*: 256 nodes in a
@@ -137,18 +184,36 @@ pub struct Ipv6Table {
 /// [`WIDE_MIN`] prefixes gets one: a read less on the way to each of
 /// them, for 256 KiB.
 pub const WIDE: u32 = 1 << 30;
+/// With [`WIDE`]: the wide node is number `i` of those in global data,
+/// after the roots ([`global_layout`]), read with a plain load; without
+/// it, nodes `i ..` of the nodes map.
+pub const GLOBAL: u32 = 1 << 29;
+/// Wide nodes in global data at most.
+pub const MAX_GLOBAL_WIDES: u64 = 8;
+/// Bytes of a wide node in global data.
+pub const WIDE_BYTES: u64 = 4 << 16;
 pub const WIDE_MIN: usize = 2048;
 /// Nodes a table may hold: what a child entry can address.
-pub const MAX_NODES: usize = (1 << 26) - 1;
+pub const MAX_NODES: usize = (1 << 25) - 1;
 
 /// The entry leading to node `i` at depth `depth` (a multiple of 8).
 pub fn child_entry(i: u32, depth: u32, wide: bool) -> u32 {
     (FIRST_CHILD + (i << 4 | depth / 8)) | if wide { WIDE } else { 0 }
 }
 
+/// The entry leading to wide node `w` in global data at depth `depth`.
+pub fn global_wide_entry(w: u32, depth: u32) -> u32 {
+    child_entry(w, depth, true) | GLOBAL
+}
+
+/// Whether a child entry leads to a wide node in global data.
+pub fn is_global(e: u32) -> bool {
+    e & (WIDE | GLOBAL) == WIDE | GLOBAL
+}
+
 /// The node, depth and wideness a child entry leads to.
 pub fn child_of(e: u32) -> (u32, u32, bool) {
-    let c = (e & !WIDE) - FIRST_CHILD;
+    let c = (e & !(WIDE | GLOBAL)) - FIRST_CHILD;
     (c >> 4, (c & 15) * 8, e & WIDE != 0)
 }
 
@@ -156,6 +221,12 @@ impl Ipv6Table {
     /// The table of one set's prefixes (`(address, length)`; bits past the
     /// length are ignored).
     pub fn build(prefixes: impl IntoIterator<Item = (u128, u8)>) -> Ipv6Table {
+        Self::build_with(prefixes, 0)
+    }
+
+    /// [`Ipv6Table::build`], with up to `global_wides` wide nodes in
+    /// global data (the first regions that get one).
+    pub fn build_with(prefixes: impl IntoIterator<Item = (u128, u8)>, global_wides: usize) -> Ipv6Table {
         let mut sorted: Vec<(u128, u8)> = prefixes.into_iter().map(|(a, len)| (a & mask(len), len.min(128))).collect();
         sorted.sort_unstable();
         sorted.dedup();
@@ -170,7 +241,12 @@ impl Ipv6Table {
             }
             disjoint.push((a, len));
         }
-        let mut t = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; ROOT_NODES as usize], regions: vec![Tail::of(0, 0); ROOT_NODES as usize], tails: Vec::new() };
+        let mut t = Ipv6Table {
+            nodes: vec![[MISS; NODE_ENTRIES]; ROOT_NODES as usize],
+            regions: vec![Tail::of(0, 0); ROOT_NODES as usize],
+            global_wides_left: global_wides,
+            ..Default::default()
+        };
         // The root: 65,536 entries of 16 bits.
         let mut root = vec![MISS; 1 << 16];
         t.fill(&mut root, &disjoint, 0, 16);
@@ -215,7 +291,14 @@ impl Ipv6Table {
                 let depth = (shared / 8 * 8).clamp(end, 120);
                 let run = &prefixes[i..j];
                 let at = self.nodes.len();
-                if run.len() >= WIDE_MIN && depth <= 112 {
+                if run.len() >= WIDE_MIN && depth <= 112 && self.global_wides_left > 0 {
+                    self.global_wides_left -= 1;
+                    let mut wide = vec![MISS; 1 << 16];
+                    self.fill(&mut wide, run, depth, 16);
+                    self.wides.push(wide);
+                    self.wide_regions.push(Tail::of(a, depth as u8));
+                    global_wide_entry(self.wides.len() as u32 - 1, depth)
+                } else if run.len() >= WIDE_MIN && depth <= 112 {
                     // Reserve the nodes' places before the children take theirs.
                     self.nodes.resize(at + 256, [MISS; NODE_ENTRIES]);
                     self.regions.resize(at + 256, Tail::of(a, depth as u8));
@@ -243,15 +326,20 @@ impl Ipv6Table {
     /// entries renumbered.
     pub fn concat(tables: &[Ipv6Table]) -> Ipv6Table {
         let roots = ROOT_NODES as usize * tables.len();
-        let mut out = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; roots], regions: vec![Tail::of(0, 0); roots], tails: Vec::new() };
+        let mut out = Ipv6Table { nodes: vec![[MISS; NODE_ENTRIES]; roots], regions: vec![Tail::of(0, 0); roots], ..Default::default() };
         for (k, t) in tables.iter().enumerate() {
             // Node `i` of `t` (past its root) goes to `node_base + i`.
             let node_base = out.nodes.len() as u32 - ROOT_NODES;
             let tail_base = out.tails.len() as u32;
+            let wide_base = out.wides.len() as u32;
             let renumber = |e: u32| match e {
                 MISS | HIT => e,
                 e if e & INLINE == INLINE => e,
                 e if e & TAIL != 0 => TAIL | ((e & !TAIL) + tail_base),
+                e if is_global(e) => {
+                    let (w, depth, _) = child_of(e);
+                    global_wide_entry(w + wide_base, depth)
+                }
                 e => {
                     let (i, depth, wide) = child_of(e);
                     child_entry(i + node_base, depth, wide)
@@ -267,6 +355,8 @@ impl Ipv6Table {
                 }
             }
             out.tails.extend(&t.tails);
+            out.wides.extend(t.wides.iter().map(|w| w.iter().map(|&e| renumber(e)).collect::<Vec<u32>>()));
+            out.wide_regions.extend(&t.wide_regions);
         }
         out
     }
@@ -274,25 +364,31 @@ impl Ipv6Table {
     /// Whether address `a` is in set `slot`, read as the program reads it.
     pub fn holds(&self, slot: u32, a: u128) -> bool {
         let top = (a >> 112) as usize;
-        let mut node = (slot * ROOT_NODES) as usize + (top >> 8);
-        let mut e = self.nodes[node][top & 0xff];
+        let mut e = self.nodes[(slot * ROOT_NODES) as usize + (top >> 8)][top & 0xff];
+        let mut region = Tail::of(0, 0);
         // Where the entry's region ends.
         let mut end = 16;
         for _ in 1..=LEVELS {
             match e {
                 MISS => return false,
-                HIT => return self.regions[node].holds(a),
+                HIT => return region.holds(a),
                 e if e & INLINE == INLINE => {
                     let delta = (e >> 24) & 63;
-                    return ((a << end) >> (128 - delta)) as u32 == e & 0xff_ffff && self.regions[node].holds(a);
+                    return ((a << end) >> (128 - delta)) as u32 == e & 0xff_ffff && region.holds(a);
                 }
                 e if e & TAIL != 0 => return self.tails[(e & !TAIL) as usize].holds(a),
                 child => {
                     let (i, depth, wide) = child_of(child);
                     let stride = if wide { 16 } else { 8 };
                     let bits = ((a << depth) >> (128 - stride)) as usize;
-                    node = i as usize + (bits >> 8);
-                    e = self.nodes[node][bits & 0xff];
+                    if is_global(child) {
+                        e = self.wides[i as usize][bits];
+                        region = self.wide_regions[i as usize];
+                    } else {
+                        let node = i as usize + (bits >> 8);
+                        e = self.nodes[node][bits & 0xff];
+                        region = self.regions[node];
+                    }
                     end = depth + stride;
                 }
             }
@@ -384,9 +480,16 @@ mod tests {
                         (a & mask(len), len)
                     })
                     .collect();
+                // The same prefixes moved to 2001:db9::/32, for a wide
+                // node in global data (the other's is in the nodes).
+                let moved: Vec<(u128, u8)> = many.iter().map(|&(a, len)| (a + (1u128 << 96), len)).collect();
                 sets.push(many);
+                sets.push(moved);
             }
-            let tables: Vec<Ipv6Table> = sets.iter().map(|s| Ipv6Table::build(s.iter().copied())).collect();
+            let tables: Vec<Ipv6Table> = sets.iter().enumerate().map(|(k, s)| Ipv6Table::build_with(s.iter().copied(), usize::from(k == 3))).collect();
+            if round == 0 {
+                assert!(is_global(tables[3].nodes[0x20][0x01]) && !is_global(tables[2].nodes[0x20][0x01]));
+            }
             if round == 0 {
                 assert!(tables[2].nodes[0x20].iter().any(|&e| e >= FIRST_CHILD && e & TAIL == 0 && child_of(e).2), "a wide node");
             }
@@ -402,7 +505,7 @@ mod tests {
                 }
                 for q in probes {
                     let want = s.iter().any(|&(a, len)| q & mask(len) == a);
-                    assert_eq!(t.holds(k as u32, q), want, "set {k} {:?}: {}", s, std::net::Ipv6Addr::from(q));
+                    assert_eq!(t.holds(k as u32, q), want, "set {k} ({} prefixes): {}", s.len(), std::net::Ipv6Addr::from(q));
                 }
             }
         }

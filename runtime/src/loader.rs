@@ -474,14 +474,12 @@ impl LoadedPolicy {
         for set in &self.state.meta.sets {
             check_set_fits(set)?;
         }
-        // The IPv6 roots in global data, where the compiler put them.
-        let in_global = self.state.meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.kind == SetMapKind::Ipv6Root);
-        let roots = match ipv6 {
-            Some(t) if in_global => {
+        // The IPv6 roots and wide nodes in global data, where the compiler
+        // put them.
+        let roots = match (ipv6, ipv6_global_layout(&self.state.meta)?) {
+            (Some(t), Some(layout)) => {
                 let slots = self.state.meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).count();
-                let at = ipv6_table::root_placement(self.ipv4_global_bytes()?, slots as u64)
-                    .ok_or_else(|| RuntimeError::BadMetadata("the object's IPv6 roots do not fit in its global data: rebuild the object with this version of xpolc".into()))?;
-                Some((at as usize, ipv6_table::roots_bytes(t, slots)))
+                Some((layout.roots as usize, ipv6_table::global_bytes(t, slots, &layout)))
             }
             _ => None,
         };
@@ -584,18 +582,7 @@ impl LoadedPolicy {
         self.state.update(map, &0u32.to_le_bytes(), &global)
     }
 
-    /// The bytes of global data the IPv4 tables take
-    /// (`ipv4_table::placement`), 0 without IPv4 tables.
-    fn ipv4_global_bytes(&self) -> Result<u64> {
-        match self.state.meta.sets.iter().find(|s| s.ipv4_slot.is_some()) {
-            Some(set) => {
-                let shape = Ipv4Shape::of(set)?;
-                let [root, mid, leaf] = shape.capacities;
-                Ok(ipv4_table::placement(root, mid, leaf, shape.mid_wide).1)
-            }
-            None => Ok(0),
-        }
-    }
+
 
     /// Writes the IPv6 tables ([`build_ipv6_tables`]) into their maps,
     /// sized to them at load: nodes and tails that are not all zeroes (an
@@ -1314,6 +1301,31 @@ fn ipv4_prefixes(set: &meta::SetMeta) -> Result<Vec<(u32, u8)>> {
     Ok(prefixes)
 }
 
+/// The bytes of global data the IPv4 tables take
+/// (`ipv4_table::placement`), 0 without IPv4 tables.
+fn ipv4_global_bytes(meta: &ObjectMeta) -> Result<u64> {
+    match meta.sets.iter().find(|s| s.ipv4_slot.is_some()) {
+        Some(set) => {
+            let shape = Ipv4Shape::of(set)?;
+            let [root, mid, leaf] = shape.capacities;
+            Ok(ipv4_table::placement(root, mid, leaf, shape.mid_wide).1)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Where the IPv6 tables' part of global data is
+/// (`ipv6_table::global_layout`), when the object has one.
+fn ipv6_global_layout(meta: &ObjectMeta) -> Result<Option<ipv6_table::GlobalLayout>> {
+    if !meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.kind == SetMapKind::Ipv6Root) {
+        return Ok(None);
+    }
+    let slots = meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).count() as u64;
+    ipv6_table::global_layout(ipv4_global_bytes(meta)?, slots)
+        .map(Some)
+        .ok_or_else(|| RuntimeError::BadMetadata("the object's IPv6 roots do not fit in its global data: rebuild the object with this version of xpolc".into()))
+}
+
 /// The IPv6 tables of the sets with an IPv6 slot, one after another in
 /// slot order (as the compiler laid them out to size the maps), from their
 /// elements; `None` when no set has one.
@@ -1323,6 +1335,7 @@ fn build_ipv6_tables(meta: &ObjectMeta) -> Result<Option<Ipv6Table>> {
         return Ok(None);
     }
     sets.sort_by_key(|s| s.ipv6_slot);
+    let wides_left = ipv6_global_layout(meta)?.map_or(0, |l| l.count as usize);
     let mut tables = Vec::new();
     for (slot, set) in sets.iter().enumerate() {
         if set.ipv6_slot != Some(slot as u32) {
@@ -1336,7 +1349,10 @@ fn build_ipv6_tables(meta: &ObjectMeta) -> Result<Option<Ipv6Table>> {
                 Err(reason) => return Err(element_error(set, element, reason)),
             }
         }
-        tables.push(Ipv6Table::build(prefixes));
+        // The wide nodes global data has room for go to the first sets
+        // that need them.
+        let left = wides_left - tables.iter().map(|t: &Ipv6Table| t.wides.len()).sum::<usize>();
+        tables.push(Ipv6Table::build_with(prefixes, left));
     }
     let table = Ipv6Table::concat(&tables);
     if table.nodes.len() > ipv6_table::MAX_NODES || table.tails.len() >= 1 << 30 {

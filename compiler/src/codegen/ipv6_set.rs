@@ -13,7 +13,7 @@ use super::builder::{Bpf, MapDef, TableDef};
 use crate::ir;
 use inkwell::values::IntValue;
 use inkwell::IntPredicate;
-use xpol_lang::ipv6_table::{Ipv6Table, FIRST_CHILD, HIT, INLINE, LEVELS, REGION_AT, ROOT_NODES, TAIL, WIDE};
+use xpol_lang::ipv6_table::{Ipv6Table, FIRST_CHILD, GLOBAL, HIT, INLINE, LEVELS, REGION_AT, ROOT_NODES, TAIL, TAIL_BYTES, WIDE, WIDE_BYTES};
 use xpol_lang::meta::SetElem;
 
 /// Where a set's IPv6 prefixes are.
@@ -46,6 +46,12 @@ pub struct Ipv6Maps<'ctx> {
     /// The root nodes in global data (`ipv6_table::root_placement`), when
     /// they are there rather than in `nodes`.
     pub roots: Option<TableDef<'ctx>>,
+    /// Wide nodes in global data (`ipv6_table::global_layout`): how many
+    /// there is room for, and where they and their regions are from
+    /// `roots`.
+    pub global_wides: u64,
+    pub wides_at: u64,
+    pub wide_regions_at: u64,
     /// The set's first root node: `ROOT_NODES * slot`.
     pub root_base: u64,
 }
@@ -113,10 +119,10 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         b.at(found);
         (p, b.zext64(b.load_raw(b.ptr_add(p, b.mul(byte, b.c64(4))), 0, 4)))
     };
-    // Whether node `p`'s region holds the address: the bits a walk
+    // Whether the region at `r` holds the address: the bits a walk
     // skipped on its way there.
-    let in_region = |p| {
-        let [rh, rl, mh, ml] = [0, 8, 16, 24].map(|off| b.load_u64_at(p, u64::from(REGION_AT) + off));
+    let in_region = |r| {
+        let [rh, rl, mh, ml] = [0, 8, 16, 24].map(|off| b.load_u64_at(r, off));
         b.and(b.eq(b.and(hi, mh), rh), b.eq(b.and(lo, ml), rl))
     };
     let top = b.lshr(hi, b.c64(48));
@@ -171,22 +177,48 @@ pub fn member<'ctx>(b: &Bpf<'_, 'ctx>, t: Ipv6Maps<'ctx>, hi: IntValue<'ctx>, lo
         b.br(tail);
         b.at(child);
         // `ipv6_table::child_of`: node, depth in bits (16 to 120), wide.
-        let c = b.sub(b.and(e, b.c64(u64::from(!WIDE))), b.c64(u64::from(FIRST_CHILD)));
+        let c = b.sub(b.and(e, b.c64(u64::from(!(WIDE | GLOBAL)))), b.c64(u64::from(FIRST_CHILD)));
         let node = b.lshr(c, b.c64(4));
         let depth = b.mul(b.and(c, b.c64(15)), b.c64(8));
         // The 64 bits after `depth` (not 0: the root is the only node at
         // 0), shift amounts kept below 64.
         let below = b.or(b.shl(hi, b.and(depth, b.c64(63))), b.lshr(lo, b.and(b.sub(b.c64(64), depth), b.c64(63))));
         let window = b.select(b.cmp(IntPredicate::ULT, depth, b.c64(64)), below, b.shl(lo, b.and(b.sub(depth, b.c64(64)), b.c64(63))));
-        // A wide node: 16 bits, the high 8 pick one of its 256 nodes.
-        let wide = b.cmp(IntPredicate::NE, b.and(e, b.c64(u64::from(WIDE))), b.c64(0));
         let bits16 = b.lshr(window, b.c64(48));
+        let join = b.block("v6set_next");
+        let mut incoming = Vec::new();
+        let in_map = b.block("v6set_in_map");
+        match t.roots.filter(|_| t.global_wides > 0) {
+            Some(g) => {
+                // A wide node in global data: a plain load, its index
+                // bounded with a mask (the room is a power of two; a table
+                // the runtime wrote never needs it).
+                let global = b.block("v6set_global");
+                let flags = u64::from(WIDE | GLOBAL);
+                b.cond_br(b.eq(b.and(e, b.c64(flags)), b.c64(flags)), global, in_map);
+                b.at(global);
+                let node = b.and(node, b.c64(t.global_wides - 1));
+                let at = b.add(b.c64(t.wides_at), b.add(b.mul(node, b.c64(WIDE_BYTES)), b.mul(bits16, b.c64(4))));
+                let next = b.zext64(b.load_raw(b.ptr_add(g.base, at), 0, 4));
+                let r = b.ptr_add(g.base, b.add(b.c64(t.wide_regions_at), b.mul(node, b.c64(u64::from(TAIL_BYTES)))));
+                incoming.push((next, r, b.shl(window, b.c64(16)), b.cur()));
+                b.br(join);
+            }
+            None => b.br(in_map),
+        }
+        b.at(in_map);
+        // A wide node in the map: 16 bits, the high 8 pick one of its 256 nodes.
+        let wide = b.cmp(IntPredicate::NE, b.and(e, b.c64(u64::from(WIDE))), b.c64(0));
         let node = b.select(wide, b.add(node, b.lshr(bits16, b.c64(8))), node);
         let byte = b.select(wide, b.and(bits16, b.c64(0xff)), b.lshr(window, b.c64(56)));
-        after = b.select(wide, b.shl(window, b.c64(16)), b.shl(window, b.c64(8)));
+        let after_map = b.select(wide, b.shl(window, b.c64(16)), b.shl(window, b.c64(8)));
         let (p, next) = entry(node, byte, &mut results);
-        region = Some(p);
-        e = next;
+        incoming.push((next, b.ptr_add(p, b.c64(u64::from(REGION_AT))), after_map, b.cur()));
+        b.br(join);
+        b.at(join);
+        e = b.phi(&incoming.iter().map(|&(v, _, _, bb)| (v, bb)).collect::<Vec<_>>());
+        region = Some(b.phi_ptr(&incoming.iter().map(|&(_, r, _, bb)| (r, bb)).collect::<Vec<_>>()));
+        after = b.phi(&incoming.iter().map(|&(_, _, a, bb)| (a, bb)).collect::<Vec<_>>());
     }
     b.at(tail);
     let index = b.phi(&tails);

@@ -369,7 +369,9 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
     } else {
         ipv4_table::placement(u64::from(chunks(sizing.root)), u64::from(chunks(sizing.mid)), u64::from(chunks(sizing.leaf)), mid_wide).1
     };
-    let v6_root_at = (v6_slots > 0).then(|| xpol_lang::ipv6_table::root_placement(v4_global_bytes, v6_slots)).flatten();
+    let v6_layout = (v6_slots > 0).then(|| xpol_lang::ipv6_table::global_layout(v4_global_bytes, v6_slots)).flatten();
+    let v6_root_at = v6_layout.map(|l| l.roots);
+    let v6_root_bytes = v6_layout.map_or(v6_root_bytes, |l| l.end - l.roots);
     let mut v6_root_global = None;
     let ipv4_maps = (!sizing.slots.is_empty()).then(|| {
         let mid_kind = if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
@@ -474,7 +476,15 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                 }
                 if let (Some(slot), Some(((nodes, tails), shared))) = (v6_sizing.slots.iter().position(|&i| i == set_index), &ipv6_maps) {
                     ipv6_slot = Some(slot as u32);
-                    maps.v6 = Some(ipv6_set::Ipv6Part::Tables(ipv6_set::Ipv6Maps { nodes: *nodes, tails: *tails, roots: v6_root_global, root_base: ipv6_set::root_nodes(slot) }));
+                    maps.v6 = Some(ipv6_set::Ipv6Part::Tables(ipv6_set::Ipv6Maps {
+                        nodes: *nodes,
+                        tails: *tails,
+                        roots: v6_root_global,
+                        global_wides: v6_layout.map_or(0, |l| l.count),
+                        wides_at: v6_layout.map_or(0, |l| l.wides - l.roots),
+                        wide_regions_at: v6_layout.map_or(0, |l| l.regions - l.roots),
+                        root_base: ipv6_set::root_nodes(slot),
+                    }));
                     ipv4_metas.extend(shared.iter().cloned());
                 } else if s.mutable || !s.contents.v6.is_empty() {
                     // No IPv6 prefix yet, or past the sets the tables take:
