@@ -193,6 +193,10 @@ pub const MAX_GLOBAL_WIDES: u64 = 8;
 /// Bytes of a wide node in global data.
 pub const WIDE_BYTES: u64 = 4 << 16;
 pub const WIDE_MIN: usize = 2048;
+/// The same for a wide node in global data, whose room is reserved
+/// anyway: a region of this many prefixes or more gets one while there is
+/// room left (the regions first met, from the lowest address).
+pub const GLOBAL_WIDE_MIN: usize = 256;
 /// Nodes a table may hold: what a child entry can address.
 pub const MAX_NODES: usize = (1 << 25) - 1;
 
@@ -291,7 +295,7 @@ impl Ipv6Table {
                 let depth = (shared / 8 * 8).clamp(end, 120);
                 let run = &prefixes[i..j];
                 let at = self.nodes.len();
-                if run.len() >= WIDE_MIN && depth <= 112 && self.global_wides_left > 0 {
+                if run.len() >= GLOBAL_WIDE_MIN && depth <= 112 && self.global_wides_left > 0 {
                     self.global_wides_left -= 1;
                     let mut wide = vec![MISS; 1 << 16];
                     self.fill(&mut wide, run, depth, 16);
