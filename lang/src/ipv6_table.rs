@@ -176,6 +176,9 @@ pub struct Ipv6Table {
     pub wide_regions: Vec<Tail>,
     /// Wide nodes that may still go to global data.
     global_wides_left: usize,
+    /// No wide nodes in the nodes map either: an edit's subtree, whose
+    /// nodes go to free places one by one ([`Ipv6Table::entry_of`]).
+    no_map_wides: bool,
 }
 
 /// The bit of a child entry that makes its node *wide*: 256 nodes in a
@@ -231,20 +234,7 @@ impl Ipv6Table {
     /// [`Ipv6Table::build`], with up to `global_wides` wide nodes in
     /// global data (the first regions that get one).
     pub fn build_with(prefixes: impl IntoIterator<Item = (u128, u8)>, global_wides: usize) -> Ipv6Table {
-        let mut sorted: Vec<(u128, u8)> = prefixes.into_iter().map(|(a, len)| (a & mask(len), len.min(128))).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        // Only the prefixes no other one holds: they are disjoint then, so
-        // the prefixes inside any region are a run of the sorted list.
-        // (Sorted by address then length, a prefix that holds others comes
-        // just before them.)
-        let mut disjoint: Vec<(u128, u8)> = Vec::with_capacity(sorted.len());
-        for (a, len) in sorted {
-            if disjoint.last().is_some_and(|&(b, l)| l <= len && a & mask(l) == b) {
-                continue;
-            }
-            disjoint.push((a, len));
-        }
+        let disjoint = disjoint(prefixes);
         let mut t = Ipv6Table {
             nodes: vec![[MISS; NODE_ENTRIES]; ROOT_NODES as usize],
             regions: vec![Tail::of(0, 0); ROOT_NODES as usize],
@@ -281,7 +271,20 @@ impl Ipv6Table {
             while j < prefixes.len() && index(prefixes[j].0) == first {
                 j += 1;
             }
-            entries[first] = if j == i + 1 && u32::from(len) - end <= INLINE_MAX {
+            entries[first] = self.run_entry(&prefixes[i..j], end);
+            i = j;
+        }
+    }
+
+    /// The entry of a region that ends at bit `end` and holds the disjoint
+    /// prefixes `run` (one at least, all longer than `end`), with the
+    /// nodes and tails it leads to added to the table.
+    fn run_entry(&mut self, run: &[(u128, u8)], end: u32) -> u32 {
+        let (i, j) = (0, run.len());
+        let prefixes = run;
+        let (a, len) = run[0];
+        {
+            if j == i + 1 && u32::from(len) - end <= INLINE_MAX {
                 let delta = u32::from(len) - end;
                 INLINE | delta << 24 | ((a << end) >> (128 - delta)) as u32
             } else if j == i + 1 {
@@ -302,7 +305,7 @@ impl Ipv6Table {
                     self.wides.push(wide);
                     self.wide_regions.push(Tail::of(a, depth as u8));
                     global_wide_entry(self.wides.len() as u32 - 1, depth)
-                } else if run.len() >= WIDE_MIN && depth <= 112 {
+                } else if run.len() >= WIDE_MIN && depth <= 112 && !self.no_map_wides {
                     // Reserve the nodes' places before the children take theirs.
                     self.nodes.resize(at + 256, [MISS; NODE_ENTRIES]);
                     self.regions.resize(at + 256, Tail::of(a, depth as u8));
@@ -320,8 +323,7 @@ impl Ipv6Table {
                     self.nodes[at] = node;
                     child_entry(at as u32, depth, false)
                 }
-            };
-            i = j;
+            }
         }
     }
 
@@ -405,6 +407,174 @@ impl Ipv6Table {
         let mut out: Vec<u8> = self.nodes[i].iter().flat_map(|e| e.to_le_bytes()).collect();
         out.extend(self.regions[i].bytes());
         out
+    }
+}
+
+/// The prefixes, masked, sorted, without those another one holds: they
+/// are disjoint then, so the prefixes inside any region are a run of the
+/// list. (Sorted by address then length, a prefix that holds others comes
+/// just before them.)
+fn disjoint(prefixes: impl IntoIterator<Item = (u128, u8)>) -> Vec<(u128, u8)> {
+    let mut sorted: Vec<(u128, u8)> = prefixes.into_iter().map(|(a, len)| (a & mask(len), len.min(128))).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(u128, u8)> = Vec::with_capacity(sorted.len());
+    for (a, len) in sorted {
+        if out.last().is_some_and(|&(b, l)| l <= len && a & mask(l) == b) {
+            continue;
+        }
+        out.push((a, len));
+    }
+    out
+}
+
+/// One entry of the tables, as an edit names it: of a set's root (its
+/// 65,536 entries), of a node of the nodes map, or of a wide node in
+/// global data (its 65,536 entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryAt {
+    Root { slot: u32, index: u32 },
+    Node { node: u32, index: u32 },
+    Wide { wide: u32, index: u32 },
+}
+
+/// What an editor reads of the tables where the programs read them.
+pub trait Ipv6View {
+    fn entry(&self, at: EntryAt) -> u32;
+    /// The region of node `node` of the nodes map.
+    fn region(&self, node: u32) -> Tail;
+    /// The region of wide node `wide` in global data.
+    fn wide_region(&self, wide: u32) -> Tail;
+}
+
+impl Ipv6View for Ipv6Table {
+    fn entry(&self, at: EntryAt) -> u32 {
+        match at {
+            EntryAt::Root { slot, index } => self.nodes[(slot * ROOT_NODES + (index >> 8)) as usize][(index & 0xff) as usize],
+            EntryAt::Node { node, index } => self.nodes[node as usize][index as usize],
+            EntryAt::Wide { wide, index } => self.wides[wide as usize][index as usize],
+        }
+    }
+    fn region(&self, node: u32) -> Tail {
+        self.regions[node as usize]
+    }
+    fn wide_region(&self, wide: u32) -> Tail {
+        self.wide_regions[wide as usize]
+    }
+}
+
+/// An entry an edit rewrites, and its region: the addresses that read
+/// it, `(addr, end)` (a prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EditedEntry {
+    pub at: EntryAt,
+    pub region: (u128, u32),
+}
+
+/// The entries to rewrite so that set `slot` holds what it should once
+/// prefix `(a, len)` is added or removed: the deepest ones whose regions
+/// hold the prefix (all those of one node it covers when it is as short
+/// as that node's stride, or shorter). Every address depends on one entry
+/// of each node it reads, and no other entry's region meets the prefix,
+/// so rewriting these (each a new subtree, [`Ipv6Table::entry_of`], then
+/// one store) changes the set and nothing else, an entry at a time.
+pub fn entries_to_edit(view: &impl Ipv6View, slot: u32, a: u128, len: u8) -> Vec<EditedEntry> {
+    let len = u32::from(len.min(128));
+    let a = a & mask(len as u8);
+    // The entries of one node (of `stride` bits from `depth`) that
+    // `(a, len)` meets.
+    let covered = |depth: u32, stride: u32, at: &dyn Fn(u32) -> EntryAt| -> Vec<EditedEntry> {
+        let end = depth + stride;
+        let first = ((a << depth) >> (128 - stride)) as u32;
+        let count = 1u32 << (end - len);
+        (0..count).map(|k| EditedEntry { at: at(first + k), region: (a + (u128::from(k) << (128 - end)), end) }).collect()
+    };
+    if len <= 16 {
+        return covered(0, 16, &|index| EntryAt::Root { slot, index });
+    }
+    let mut at = EntryAt::Root { slot, index: (a >> 112) as u32 };
+    let mut end = 16;
+    loop {
+        let e = view.entry(at);
+        let here = EditedEntry { at, region: (a & mask(end as u8), end) };
+        if e == MISS || e == HIT || e & TAIL != 0 {
+            return vec![here];
+        }
+        let (i, depth, wide) = child_of(e);
+        let region = if is_global(e) { view.wide_region(i) } else { view.region(i) };
+        if len < depth || !region.holds(a) {
+            // The prefix is not inside the child's region: the entry's
+            // subtree is made again (a node nearer the root, say).
+            return vec![here];
+        }
+        let stride = if wide { 16 } else { 8 };
+        let child_at = move |index: u32| if is_global(e) { EntryAt::Wide { wide: i, index } } else { EntryAt::Node { node: i + (index >> 8), index: index & 0xff } };
+        if len <= depth + stride {
+            return covered(depth, stride, &child_at);
+        }
+        at = child_at(((a << depth) >> (128 - stride)) as u32);
+        end = depth + stride;
+    }
+}
+
+/// The nodes of the nodes map and the tails entry `e` leads to (a wide
+/// node's 256 nodes each; not wide nodes in global data, which are not
+/// given out again, but what they lead to).
+pub fn subtree_parts(view: &impl Ipv6View, e: u32, nodes: &mut Vec<u32>, tails: &mut Vec<u32>) {
+    match e {
+        MISS | HIT => {}
+        e if e & INLINE == INLINE => {}
+        e if e & TAIL != 0 => tails.push(e & !TAIL),
+        e => {
+            let (i, _, wide) = child_of(e);
+            if is_global(e) {
+                for index in 0..1 << 16 {
+                    subtree_parts(view, view.entry(EntryAt::Wide { wide: i, index }), nodes, tails);
+                }
+                return;
+            }
+            for node in i..i + if wide { 256 } else { 1 } {
+                nodes.push(node);
+                for index in 0..NODE_ENTRIES as u32 {
+                    subtree_parts(view, view.entry(EntryAt::Node { node, index }), nodes, tails);
+                }
+            }
+        }
+    }
+}
+
+impl Ipv6Table {
+    /// The entry of a region that ends at bit `end` in a table of
+    /// `prefixes` (those of the set that meet the region; bits past a
+    /// length are ignored), and the nodes and tails it leads to, numbered
+    /// from 0 (no roots; no wide nodes, so that each node can go to any
+    /// free place, [`Ipv6Table::relocated`]).
+    pub fn entry_of(prefixes: impl IntoIterator<Item = (u128, u8)>, end: u32) -> (u32, Ipv6Table) {
+        let run = disjoint(prefixes);
+        let mut t = Ipv6Table { no_map_wides: true, ..Default::default() };
+        let e = if run.is_empty() {
+            MISS
+        } else if run.iter().any(|&(_, len)| u32::from(len) <= end) {
+            HIT
+        } else {
+            t.run_entry(&run, end)
+        };
+        (e, t)
+    }
+
+    /// Entry `e` of a table [`Ipv6Table::entry_of`] made, with its node
+    /// `i` at `nodes_at[i]` and its tail `j` at `tails_at[j]`.
+    pub fn relocated(e: u32, nodes_at: &[u32], tails_at: &[u32]) -> u32 {
+        match e {
+            MISS | HIT => e,
+            e if e & INLINE == INLINE => e,
+            e if e & TAIL != 0 => TAIL | tails_at[(e & !TAIL) as usize],
+            e => {
+                let (i, depth, wide) = child_of(e);
+                debug_assert!(!wide, "entry_of makes no wide node");
+                child_entry(nodes_at[i as usize], depth, wide)
+            }
+        }
     }
 }
 
@@ -510,6 +680,100 @@ mod tests {
                 for q in probes {
                     let want = s.iter().any(|&(a, len)| q & mask(len) == a);
                     assert_eq!(t.holds(k as u32, q), want, "set {k} ({} prefixes): {}", s.len(), std::net::Ipv6Addr::from(q));
+                }
+            }
+        }
+    }
+
+    /// Edits in place, as the runtime makes them (`ipv6_edit`), on a
+    /// table in memory: new nodes and tails appended, then the entry.
+    fn edit(t: &mut Ipv6Table, slot: u32, members: &[(u128, u8)], (a, len): (u128, u8)) {
+        for EditedEntry { at, region: (r, end) } in entries_to_edit(t, slot, a, len) {
+            let inside = members.iter().copied().filter(|&(b, l)| {
+                let shared = u32::from(l).min(end) as u8;
+                b & mask(shared) == r & mask(shared)
+            });
+            let (e, sub) = Ipv6Table::entry_of(inside, end);
+            let nodes_at: Vec<u32> = (0..sub.nodes.len() as u32).map(|i| t.nodes.len() as u32 + i).collect();
+            let tails_at: Vec<u32> = (0..sub.tails.len() as u32).map(|i| t.tails.len() as u32 + i).collect();
+            for node in &sub.nodes {
+                t.nodes.push(node.map(|e| Ipv6Table::relocated(e, &nodes_at, &tails_at)));
+            }
+            t.regions.extend(&sub.regions);
+            t.tails.extend(&sub.tails);
+            let e = Ipv6Table::relocated(e, &nodes_at, &tails_at);
+            match at {
+                EntryAt::Root { slot, index } => t.nodes[(slot * ROOT_NODES + (index >> 8)) as usize][(index & 0xff) as usize] = e,
+                EntryAt::Node { node, index } => t.nodes[node as usize][index as usize] = e,
+                EntryAt::Wide { wide, index } => t.wides[wide as usize][index as usize] = e,
+            }
+        }
+    }
+
+    /// Random adds and deletes (nested prefixes, /0, /128, compressed,
+    /// wide and global wide nodes, tails) made in place: after each, the
+    /// table holds what a scan of the prefixes says and what a table
+    /// built from them holds.
+    #[test]
+    fn edits_in_place_agree_with_a_scan_and_a_fresh_table() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let near = [0x2001_0db8_0001_0002_0003_0004_0005_0006u128, 0x2001_0db8_0001_00ff_0000_0000_0000_0000];
+        let random = |next: &mut dyn FnMut() -> u64| {
+            let len = [0u8, 8, 15, 16, 17, 24, 31, 32, 40, 47, 48, 56, 63, 64, 65, 96, 120, 127, 128][(next() % 19) as usize];
+            let a = match next() % 3 {
+                0 => near[(next() % 2) as usize] ^ (u128::from(next() % 256) << (next() % 120)),
+                1 => (0x2001_0db8u128 << 96) | (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32),
+                _ => u128::from(next()) << 64 | u128::from(next()),
+            };
+            (a & mask(len), len)
+        };
+        for round in 0..6 {
+            // Round 0 starts with a wide node in the map, round 1 with one
+            // in global data.
+            let mut members: Vec<(u128, u8)> = if round < 2 {
+                (0..WIDE_MIN + 100).map(|_| ((0x2001_0db8u128 << 96) | (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32), 64)).map(|(a, l)| (a & mask(l), l)).collect()
+            } else {
+                Vec::new()
+            };
+            members.sort_unstable();
+            members.dedup();
+            let mut t = Ipv6Table::build_with(members.iter().copied(), usize::from(round == 1));
+            assert_eq!(t.wides.len(), usize::from(round == 1));
+            for step in 0..150 {
+                let p = if !members.is_empty() && next() % 3 == 0 {
+                    members.swap_remove((next() % members.len() as u64) as usize)
+                } else {
+                    let p = random(&mut next);
+                    if members.contains(&p) {
+                        continue;
+                    }
+                    members.push(p);
+                    p
+                };
+                if round % 2 == 0 && p.1 == 0 && next() % 2 == 0 {
+                    // /0 now and then only: it hides the rest.
+                    members.retain(|&q| q != p);
+                }
+                edit(&mut t, 0, &members, p);
+                let fresh = Ipv6Table::build(members.iter().copied());
+                let mut probes = vec![0u128, u128::MAX, p.0, p.0 | !mask(p.1)];
+                for &(a, len) in members.iter().take(400) {
+                    let last = a | !mask(len);
+                    probes.extend([a, last, a.wrapping_sub(1), last.wrapping_add(1), a ^ 1 << 64, a ^ 1]);
+                }
+                for _ in 0..50 {
+                    probes.push(random(&mut next).0 | u128::from(next()));
+                }
+                for q in probes {
+                    let want = members.iter().any(|&(a, len)| q & mask(len) == a);
+                    assert_eq!(t.holds(0, q), want, "round {round} step {step} after {:?}: {}", p, std::net::Ipv6Addr::from(q));
+                    assert_eq!(fresh.holds(0, q), want);
                 }
             }
         }
