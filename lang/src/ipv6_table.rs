@@ -152,6 +152,50 @@ impl Tail {
     pub fn holds(&self, a: u128) -> bool {
         (a >> 64) as u64 & self.mask_hi == self.hi && a as u64 & self.mask_lo == self.lo
     }
+    /// The inverse of [`Tail::bytes`].
+    pub fn from_bytes(b: &[u8; TAIL_BYTES as usize]) -> Tail {
+        let w = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        Tail { hi: w(0), lo: w(1), mask_hi: w(2), mask_lo: w(3) }
+    }
+}
+
+/// A node as the nodes map's value holds it: its entries, little-endian,
+/// then its region.
+pub fn node_value(entries: &[u32; NODE_ENTRIES], region: &Tail) -> Vec<u8> {
+    let mut out: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+    out.extend(region.bytes());
+    out
+}
+
+/// Where an entry is stored: at a byte offset of global data, or of the
+/// nodes map's values (node `i` at `i * NODE_BYTES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Global(u64),
+    Nodes(u64),
+}
+
+/// Where entry `at` is, the sets' roots and wide nodes in global data as
+/// `layout` says, or the roots in the nodes map without one.
+pub fn entry_place(at: EntryAt, layout: Option<&GlobalLayout>) -> Stored {
+    let in_node = |node: u64, index: u32| Stored::Nodes(node * u64::from(NODE_BYTES) + 4 * u64::from(index));
+    match (at, layout) {
+        (EntryAt::Root { slot, index }, Some(l)) => Stored::Global(l.roots + 4 * (u64::from(slot) * (1 << 16) + u64::from(index))),
+        (EntryAt::Root { slot, index }, None) => in_node(u64::from(slot * ROOT_NODES + (index >> 8)), index & 0xff),
+        (EntryAt::Node { node, index }, _) => in_node(u64::from(node), index),
+        // No wide node in global data without a layout.
+        (EntryAt::Wide { wide, index }, l) => Stored::Global(l.map_or(0, |l| l.wides) + u64::from(wide) * WIDE_BYTES + 4 * u64::from(index)),
+    }
+}
+
+/// Where node `node`'s region is in the nodes map's values.
+pub fn region_place(node: u32) -> u64 {
+    u64::from(node) * u64::from(NODE_BYTES) + u64::from(REGION_AT)
+}
+
+/// Where wide node `wide`'s region is in global data.
+pub fn wide_region_place(layout: &GlobalLayout, wide: u32) -> u64 {
+    layout.regions + u64::from(wide) * u64::from(TAIL_BYTES)
 }
 
 /// The mask of a prefix length (at most 128).
@@ -404,9 +448,7 @@ impl Ipv6Table {
 
     /// Node `i` as the map's value: its entries, little-endian.
     pub fn node_bytes(&self, i: usize) -> Vec<u8> {
-        let mut out: Vec<u8> = self.nodes[i].iter().flat_map(|e| e.to_le_bytes()).collect();
-        out.extend(self.regions[i].bytes());
-        out
+        node_value(&self.nodes[i], &self.regions[i])
     }
 }
 

@@ -16,5 +16,6 @@ pub mod store;
 pub mod apply;
 pub mod conntrack;
 mod ipv4_edit;
+mod ipv6_edit;
 pub mod sys;
 pub mod testing;

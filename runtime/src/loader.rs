@@ -368,16 +368,21 @@ impl LoadedPolicy {
         // once, written once the maps exist.
         let ipv6 = build_ipv6_tables(&meta)?;
         if let Some(t) = &ipv6 {
-            loader.map_max_entries(meta::IPV6_NODES_MAP, (t.nodes.len() as u32).max(1));
-            loader.map_max_entries(meta::IPV6_TAILS_MAP, (t.tails.len() as u32).max(1));
+            // Room for in-place changes (`ipv6_edit`): a quarter more, 256
+            // nodes (256 KiB) and 1,024 tails at least; a change that finds
+            // too little reloads, which sizes them again.
+            let room = |n: usize, least: usize| u32::try_from(n + (n / 4).max(least)).unwrap_or(u32::MAX);
+            loader.map_max_entries(meta::IPV6_NODES_MAP, room(t.nodes.len(), 256).min(ipv6_table::MAX_NODES as u32));
+            loader.map_max_entries(meta::IPV6_TAILS_MAP, room(t.tails.len(), 1024));
         }
         let mut ebpf = loader.load(object).map_err(|e| match e {
             // The kernel refused a map: say which, with its errno.
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => RuntimeError::Map { map: name, source: io_error },
             e => RuntimeError::BadObject(e.to_string()),
         })?;
-        // The IPv4 tables change in place through mappings (`ipv4_edit`).
-        let mut tables: Vec<&str> = meta.sets.iter().flat_map(|s| &s.maps).filter(|m| m.kind.is_ipv4_table()).map(|m| m.map.as_str()).collect();
+        // The IPv4 and IPv6 tables change in place through mappings
+        // (`ipv4_edit`, `ipv6_edit`).
+        let mut tables: Vec<&str> = meta.sets.iter().flat_map(|s| &s.maps).filter(|m| m.kind.is_shared_table()).map(|m| m.map.as_str()).collect();
         tables.sort_unstable();
         tables.dedup();
         for map in tables {
@@ -1316,7 +1321,7 @@ fn ipv4_global_bytes(meta: &ObjectMeta) -> Result<u64> {
 
 /// Where the IPv6 tables' part of global data is
 /// (`ipv6_table::global_layout`), when the object has one.
-fn ipv6_global_layout(meta: &ObjectMeta) -> Result<Option<ipv6_table::GlobalLayout>> {
+pub(crate) fn ipv6_global_layout(meta: &ObjectMeta) -> Result<Option<ipv6_table::GlobalLayout>> {
     if !meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.kind == SetMapKind::Ipv6Root) {
         return Ok(None);
     }
