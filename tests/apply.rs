@@ -851,6 +851,65 @@ fn ipv6_single_changes_are_in_place_and_exact() {
     assert_eq!(listed, expected);
 }
 
+/// IPv6 changes in place until the IPv6 tables' room runs out (the loader
+/// leaves 256 nodes and 1,024 tails past what the prefixes need): the
+/// change that finds too little reloads the set, which sizes the tables
+/// again, and the changes after it are in place in the new generation.
+/// The verdicts stay those of a prefix scan throughout.
+#[test]
+fn ipv6_in_place_out_of_room_reloads() {
+    use std::net::Ipv6Addr;
+    use xpol_runtime::apply::{SetChange, SetEditor};
+    use xpol_runtime::store::Store;
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let policy = apply_in_host_store(&net, "v6-room", "set nets: cidr max 5000 = { 2001:db8:bad::/48 }\nxdp /ip6.src in nets/ { drop }\nxdp { pass }\n");
+    let name = &policy.0;
+    let store = Store::write().expect("store");
+    let first = running_program(&store, name);
+    let dropped = |a: u128| {
+        let prog = xpol_runtime::sys::prog_fd_by_id(running_program(&store, name)).expect("the program");
+        let packet = xpol_runtime::packet::PacketSpec::udp6(Ipv6Addr::from(a), "2001:db8::1".parse().expect("address"), 1000, 53).build();
+        xpol_runtime::sys::prog_test_run(std::os::fd::AsFd::as_fd(&prog), &packet, None, 1).expect("test run").retval == 1 // XDP_DROP
+    };
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // /128s spread over 2001:db8::/32: a node per entry of the /32's node
+    // and a tail each, soon more than the room left.
+    let added: Vec<u128> = (0..1_500).map(|_| (0x2001_0db8u128 << 96) | (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32)).collect();
+    let mut editor = SetEditor::open(&store, name, "nets").expect("the set");
+    let mut reloaded_at = None;
+    for (i, &a) in added.iter().enumerate() {
+        editor.change(&store, SetChange::Add(vec![format!("{}/128", Ipv6Addr::from(a))])).unwrap_or_else(|e| panic!("add {i}: {e}"));
+        if reloaded_at.is_none() && running_program(&store, name) != first {
+            reloaded_at = Some(i);
+        }
+    }
+    let at = reloaded_at.expect("the room ran out once");
+    assert!(at > 200, "hundreds of changes in place first: reloaded at {at}");
+    let reloaded = running_program(&store, name);
+    for &a in &added {
+        assert!(dropped(a) && !dropped(a ^ 1) && !dropped(a ^ 1 << 100), "{}", Ipv6Addr::from(a));
+    }
+    assert!(dropped(0x2001_0db8_0bad_0001u128 << 64));
+    // Deleting them all is in place: nothing new is needed.
+    for (i, &a) in added.iter().enumerate() {
+        editor.change(&store, SetChange::Delete(vec![format!("{}/128", Ipv6Addr::from(a))])).unwrap_or_else(|e| panic!("delete {i}: {e}"));
+    }
+    assert_eq!(running_program(&store, name), reloaded, "the deletes were made in place");
+    assert!(added.iter().all(|&a| !dropped(a)) && dropped(0x2001_0db8_0bad_0001u128 << 64));
+    drop(editor);
+    let listed = store.applied(name).expect("applied").current.expect("current").elements("nets").expect("elements");
+    assert_eq!(listed, ["2001:db8:bad::/48"]);
+}
+
 /// Two policies on one interface's TC ingress both see the traffic: the
 /// first one's `pass` hands a packet on to the second (TCX_NEXT, not
 /// TC_ACT_OK, which would end the chain), whose `drop` then drops the
