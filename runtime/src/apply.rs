@@ -719,7 +719,8 @@ pub fn change_set(store: &Store, name: &str, set: &str, change: SetChange) -> Re
 /// key of a hash or LPM map (an integer, a MAC address, an IPv6 prefix)
 /// with one map update, which the kernel makes atomic for the packet
 /// path; an IPv4 prefix by copy on write in the shared prefix tables, one
-/// /16 at a time (`ipv4_edit`). Everything else (ranges, several elements
+/// /16 at a time (`ipv4_edit`); an IPv6 prefix of a set in the IPv6
+/// tables likewise, a subtree at a time (`ipv6_edit`). Everything else (ranges, several elements
 /// at once, replace and flush, and an IPv4 change that finds no free
 /// chunk) loads the applied object again with the new contents and
 /// switches to it, as a replace does: a packet sees the whole old set or
