@@ -820,4 +820,49 @@ mod tests {
             }
         }
     }
+
+    /// Where the editor reads and stores an entry or a region is where
+    /// the fill put it: global data from `global_bytes`, nodes from
+    /// `node_bytes`.
+    #[test]
+    fn places_agree_with_the_filled_bytes() {
+        let many: Vec<(u128, u8)> = (0..300u128).map(|i| ((0x2001_0db8_0001u128 << 80) | (i << 64), 64)).collect();
+        let sets = [Ipv6Table::build(["2001:db8:1:2::/64", "2001:db8:1:3::/64", "fe80::/10"].map(p)), Ipv6Table::build_with(many, 1)];
+        let t = Ipv6Table::concat(&sets);
+        let layout = global_layout(0, 2).expect("fits");
+        let global = global_bytes(&t, 2, &layout);
+        let word = |b: &[u8], at: u64| u32::from_le_bytes(b[at as usize..at as usize + 4].try_into().unwrap());
+        let mut nodes = Vec::new();
+        for i in 0..t.nodes.len() {
+            nodes.extend(t.node_bytes(i));
+        }
+        let read = |at: EntryAt| match entry_place(at, Some(&layout)) {
+            Stored::Global(o) => word(&global, o - layout.roots),
+            Stored::Nodes(o) => word(&nodes, o),
+        };
+        let no_global = |at: EntryAt| match entry_place(at, None) {
+            Stored::Nodes(o) => word(&nodes, o),
+            Stored::Global(_) => unreachable!("roots in the nodes map"),
+        };
+        for slot in 0..2 {
+            for index in [0u32, 0x2001, 0xfe80, 0xffff] {
+                let at = EntryAt::Root { slot, index };
+                assert_eq!(read(at), t.entry(at));
+                assert_eq!(no_global(at), t.entry(at));
+            }
+        }
+        for node in ROOT_NODES * 2..t.nodes.len() as u32 {
+            for index in [0u32, 1, 2, 3, 255] {
+                assert_eq!(read(EntryAt::Node { node, index }), t.entry(EntryAt::Node { node, index }));
+            }
+            let at = region_place(node) as usize;
+            assert_eq!(Tail::from_bytes(nodes[at..at + 32].try_into().unwrap()), t.region(node));
+        }
+        assert_eq!(t.wides.len(), 1);
+        for index in [0u32, 1, 0x12b, 0xffff] {
+            assert_eq!(read(EntryAt::Wide { wide: 0, index }), t.entry(EntryAt::Wide { wide: 0, index }));
+        }
+        let at = (wide_region_place(&layout, 0) - layout.roots) as usize;
+        assert_eq!(Tail::from_bytes(global[at..at + 32].try_into().unwrap()), t.wide_region(0));
+    }
 }

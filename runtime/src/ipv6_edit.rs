@@ -185,10 +185,10 @@ impl Ipv6Editor {
     }
 }
 
-/// The prefixes of `members` that meet region `(r, end)`: those holding
-/// it, then those inside it.
+/// The prefixes of `members` that meet region `(r, end)`: those shorter
+/// that hold it, then those inside it (itself included).
 fn meeting(members: &BTreeSet<(u128, u8)>, r: u128, end: u32) -> Vec<(u128, u8)> {
-    let mut out: Vec<(u128, u8)> = (0..=end as u8).map(|l| (r & mask(l), l)).filter(|p| members.contains(p)).collect();
+    let mut out: Vec<(u128, u8)> = (0..end as u8).map(|l| (r & mask(l), l)).filter(|p| members.contains(p)).collect();
     let last = r | !mask(end as u8);
     out.extend(members.range((r, end as u8)..=(last, 128)).filter(|&&(_, l)| u32::from(l) >= end));
     out
@@ -276,4 +276,28 @@ impl Generation {
 
 fn damaged() -> RuntimeError {
     RuntimeError::Store("the IPv6 tables hold an entry past their maps: `xpol apply` the policy again to rebuild them".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The prefixes meeting a region: those holding it and those inside
+    /// it, not those beside it.
+    #[test]
+    fn the_prefixes_meeting_a_region() {
+        let p = |s: &str| {
+            let (a, l) = s.split_once('/').unwrap();
+            let l: u8 = l.parse().unwrap();
+            (u128::from(a.parse::<std::net::Ipv6Addr>().unwrap()) & mask(l), l)
+        };
+        let members: BTreeSet<(u128, u8)> = ["::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1:ffff::/64", "2001:db8:2::/48", "2001:db8:1::/40", "2001:db9::/32"].map(p).into_iter().collect();
+        let (r, end) = p("2001:db8:1::/48");
+        let mut got = meeting(&members, r, u32::from(end));
+        got.sort_unstable();
+        let mut want = ["::/0", "2001:db8::/32", "2001:db8::/40", "2001:db8:1::/48", "2001:db8:1:ffff::/64"].map(p).to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(meeting(&members, u128::MAX, 128), [p("::/0")]);
+    }
 }
