@@ -487,6 +487,8 @@ pub trait Ipv6View {
     fn region(&self, node: u32) -> Tail;
     /// The region of wide node `wide` in global data.
     fn wide_region(&self, wide: u32) -> Tail;
+    /// Tail `i`, `None` past the tails.
+    fn tail(&self, i: u32) -> Option<Tail>;
 }
 
 impl Ipv6View for Ipv6Table {
@@ -502,6 +504,9 @@ impl Ipv6View for Ipv6Table {
     }
     fn wide_region(&self, wide: u32) -> Tail {
         self.wide_regions[wide as usize]
+    }
+    fn tail(&self, i: u32) -> Option<Tail> {
+        self.tails.get(i as usize).copied()
     }
 }
 
@@ -580,6 +585,43 @@ pub fn subtree_parts(view: &impl Ipv6View, e: u32, nodes: &mut Vec<u32>, tails: 
                 for index in 0..NODE_ENTRIES as u32 {
                     subtree_parts(view, view.entry(EntryAt::Node { node, index }), nodes, tails);
                 }
+            }
+        }
+    }
+}
+
+/// The prefixes entry `e` of region `(r, end)` holds, as the tables hold
+/// them (leaf-pushed: disjoint, maybe split): the set's membership in the
+/// region, read back from the tables. An add rebuilds an entry from
+/// these and the new prefix, so that it needs neither the set's list nor
+/// to trust a copy of it.
+pub fn entry_prefixes(view: &impl Ipv6View, e: u32, (r, end): (u128, u32), out: &mut Vec<(u128, u8)>) {
+    match e {
+        MISS => {}
+        HIT => out.push((r & mask(end as u8), end as u8)),
+        e if e & INLINE == INLINE => {
+            let delta = (e >> 24) & 63;
+            let bits = u128::from(e & 0xff_ffff);
+            let len = end + delta;
+            if delta == 0 || len > 128 {
+                out.push((r & mask(end as u8), end as u8));
+            } else {
+                out.push(((r & mask(end as u8)) | bits << (128 - len), len as u8));
+            }
+        }
+        e if e & TAIL != 0 => {
+            // A tail is read only where its region is: it is inside it.
+            out.extend(view.tail(e & !TAIL).map(|t| ((u128::from(t.hi) << 64) | u128::from(t.lo), (t.mask_hi.count_ones() + t.mask_lo.count_ones()) as u8)));
+        }
+        e => {
+            let (i, depth, wide) = child_of(e);
+            let region = if is_global(e) { view.wide_region(i) } else { view.region(i) };
+            let base = (u128::from(region.hi) << 64 | u128::from(region.lo)) & mask(depth as u8);
+            let stride = if wide { 16 } else { 8 };
+            for index in 0..1u32 << stride {
+                let at = if is_global(e) { EntryAt::Wide { wide: i, index } } else { EntryAt::Node { node: i + (index >> 8), index: index & 0xff } };
+                let sub = base | u128::from(index) << (128 - depth - stride);
+                entry_prefixes(view, view.entry(at), (sub, depth + stride), out);
             }
         }
     }
@@ -730,11 +772,23 @@ mod tests {
     /// Edits in place, as the runtime makes them (`ipv6_edit`), on a
     /// table in memory: new nodes and tails appended, then the entry.
     fn edit(t: &mut Ipv6Table, slot: u32, members: &[(u128, u8)], (a, len): (u128, u8)) {
+        let added = members.contains(&(a & mask(len), len));
         for EditedEntry { at, region: (r, end) } in entries_to_edit(t, slot, a, len) {
-            let inside = members.iter().copied().filter(|&(b, l)| {
-                let shared = u32::from(l).min(end) as u8;
-                b & mask(shared) == r & mask(shared)
-            });
+            let inside: Vec<(u128, u8)> = if added {
+                // As the runtime adds: what the entry holds, and the prefix.
+                let mut held = vec![(a, len)];
+                entry_prefixes(t, t.entry(at), (r, end), &mut held);
+                held
+            } else {
+                members
+                    .iter()
+                    .copied()
+                    .filter(|&(b, l)| {
+                        let shared = u32::from(l).min(end) as u8;
+                        b & mask(shared) == r & mask(shared)
+                    })
+                    .collect()
+            };
             let (e, sub) = Ipv6Table::entry_of(inside, end);
             let nodes_at: Vec<u32> = (0..sub.nodes.len() as u32).map(|i| t.nodes.len() as u32 + i).collect();
             let tails_at: Vec<u32> = (0..sub.tails.len() as u32).map(|i| t.tails.len() as u32 + i).collect();

@@ -740,7 +740,7 @@ pub struct SetEditor {
     /// The set's IPv6 tables, when they can be changed in place.
     v6: Option<Ipv6Editor>,
     /// The set's IPv6 prefixes (masked), read at the first in-place IPv6
-    /// change, then kept up to date by this editor.
+    /// delete, then kept up to date by this editor.
     v6_members: Option<std::collections::BTreeSet<(u128, u8)>>,
 }
 
@@ -948,20 +948,27 @@ impl SetEditor {
         if add && !listed {
             self.elements.insert(e).map_err(|_| self.full())?;
         }
-        if self.v6_members.is_none() {
+        // An add needs only the tables (what they hold, and the prefix); a
+        // delete, the prefixes left inside the ones it changes.
+        if !add && self.v6_members.is_none() {
             let mut members = std::collections::BTreeSet::new();
             self.elements.for_each(|x| members.extend(self.ipv6_prefix(x)))?;
             self.v6_members = Some(members);
         }
-        let members = self.v6_members.as_mut().expect("read above");
-        // The list holds the element on add; on delete it goes last.
-        if add {
-            members.insert(prefix);
-        } else {
-            members.remove(&prefix);
+        if let Some(members) = &mut self.v6_members {
+            // The list holds the element on add; on delete it goes last.
+            if add {
+                members.insert(prefix);
+            } else {
+                members.remove(&prefix);
+            }
         }
         let v6 = self.v6.as_ref().expect("checked by the caller");
-        let done = match v6.change(members, prefix) {
+        let changed = match &self.v6_members {
+            Some(members) if !add => v6.remove(members, prefix),
+            _ => v6.add(prefix),
+        };
+        let done = match changed {
             Ok(Ok(())) if add => return Ok(()),
             Ok(Ok(())) => return self.elements.remove(e).map(|_| ()),
             // Too little room (nothing changed yet): reload with the

@@ -131,6 +131,9 @@ impl Ipv6View for Tables {
             _ => Tail { hi: 0, lo: 0, mask_hi: 0, mask_lo: 0 },
         }
     }
+    fn tail(&self, i: u32) -> Option<Tail> {
+        (i < self.tail_count).then(|| Self::read_tail(&self.tails, i as usize * TAIL_BYTES as usize))
+    }
 }
 
 /// The mapped tables of one generation and their allocator, shared by
@@ -176,12 +179,20 @@ impl Ipv6Editor {
         Ok(Some(Ipv6Editor { generation, slot }))
     }
 
+    /// Adds prefix `added` (masked): each entry it changes is rebuilt
+    /// from what the tables hold there and the prefix
+    /// ([`ipv6_table::entry_prefixes`]). `Err(NoRoom)` inside `Ok`: too
+    /// few free nodes or tails, found before anything was written; the
+    /// caller reloads instead.
+    pub(crate) fn add(&self, added: (u128, u8)) -> Result<std::result::Result<(), NoRoom>> {
+        self.generation.lock().unwrap_or_else(|e| e.into_inner()).change(self.slot, None, added)
+    }
+
     /// Makes the tables hold `members` (the set's IPv6 prefixes, masked,
-    /// once prefix `changed` was added or removed) where `changed` is.
-    /// `Err(NoRoom)` inside `Ok`: too few free nodes or tails, found
-    /// before anything was written; the caller reloads instead.
-    pub(crate) fn change(&self, members: &BTreeSet<(u128, u8)>, changed: (u128, u8)) -> Result<std::result::Result<(), NoRoom>> {
-        self.generation.lock().unwrap_or_else(|e| e.into_inner()).change(self.slot, members, changed)
+    /// once `removed` was deleted) where `removed` was; as
+    /// [`Ipv6Editor::add`] otherwise.
+    pub(crate) fn remove(&self, members: &BTreeSet<(u128, u8)>, removed: (u128, u8)) -> Result<std::result::Result<(), NoRoom>> {
+        self.generation.lock().unwrap_or_else(|e| e.into_inner()).change(self.slot, Some(members), removed)
     }
 }
 
@@ -233,7 +244,9 @@ impl Generation {
         self.free[0].len() >= nodes && self.free[1].len() >= tails
     }
 
-    fn change(&mut self, slot: u32, members: &BTreeSet<(u128, u8)>, (a, len): (u128, u8)) -> Result<std::result::Result<(), NoRoom>> {
+    /// The change of prefix `(a, len)`: added without `members`, else
+    /// removed, `members` what the set holds then.
+    fn change(&mut self, slot: u32, members: Option<&BTreeSet<(u128, u8)>>, (a, len): (u128, u8)) -> Result<std::result::Result<(), NoRoom>> {
         let mut edits = Vec::new();
         let (mut nodes, mut tails) = (0, 0);
         for edited in ipv6_table::entries_to_edit(&self.tables, slot, a, len) {
@@ -241,7 +254,15 @@ impl Generation {
                 return Err(damaged());
             }
             let (r, end) = edited.region;
-            let (entry, sub) = Ipv6Table::entry_of(meeting(members, r, end), end);
+            let held = match members {
+                Some(members) => meeting(members, r, end),
+                None => {
+                    let mut held = vec![(a, len)];
+                    ipv6_table::entry_prefixes(&self.tables, self.tables.entry(edited.at), (r, end), &mut held);
+                    held
+                }
+            };
+            let (entry, sub) = Ipv6Table::entry_of(held, end);
             nodes += sub.nodes.len();
             tails += sub.tails.len();
             edits.push((edited.at, entry, sub));
