@@ -19,6 +19,11 @@ mod limit;
 mod conntrack;
 #[path = "../benches/log.rs"]
 mod log;
+#[path = "../benches/dynset.rs"]
+mod dynset;
+
+#[path = "../benches/synproxy.rs"]
+mod synproxy;
 
 /// The load-balancer benchmark in quick mode: its userspace section (Maglev)
 /// runs without a kernel, gives the seeded distribution, and the report is
@@ -234,6 +239,22 @@ fn limit_quick() {
     assert!(out.path().join("limit.json").exists());
 }
 
+#[path = "../benches/analysis.rs"]
+mod analysis_bench;
+
+/// The policy-analysis benchmark in quick mode (no kernel needed): the
+/// 1,000-rule ClassBench set and its edited version differ, the edits are
+/// the rules compared, and a query answers.
+#[test]
+fn analysis_quick() {
+    let (markdown, json) = analysis_bench::run(true);
+    assert_eq!(json["rules"], 1000, "{markdown}");
+    assert!(json["regions"].as_u64().is_some_and(|n| n > 0), "{markdown}");
+    // One rule changed (2 sides), one moved (2), one removed (1).
+    assert!(json["changed_rules"].as_u64().is_some_and(|n| (5..=20).contains(&n)), "{markdown}");
+    assert!(json["query_answers"].as_u64().is_some_and(|n| n > 0), "{markdown}");
+}
+
 /// The connection-state benchmark in quick mode: every case gives its
 /// verdict before and after its runs (the connections are there and stay
 /// established), the veth receivers drop every frame of the established
@@ -266,4 +287,37 @@ fn log_quick() {
     assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
     assert!(report.markdown.contains("suppressed (coarse clock)"), "{}", report.markdown);
     assert!(out.path().join("log.json").exists());
+}
+
+/// The dynamic-set benchmark in quick mode: every rule dropped every run
+/// (through its set: its own assertions), the add kept one element, and
+/// the report has every row.
+#[test]
+fn dynset_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("dynset_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = dynset::run(&dynset::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
+    assert!(report.markdown.contains("`add(d, ip.src)`"), "{}", report.markdown);
+    assert!(out.path().join("dynset.json").exists());
+}
+
+/// The SYN proxy benchmark in quick mode: every case gives its verdict (a
+/// SYN answered, a valid cookie's ACK passed, a forged one dropped), the
+/// veth receivers' synproxies saw every SYN (their counters say so), and
+/// the report is written.
+#[test]
+fn synproxy_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("synproxy_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = synproxy::run(&synproxy::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().expect("test-run rows").len(), 7, "{}", report.markdown);
+    if report.json["skipped"].as_array().is_some_and(Vec::is_empty) {
+        assert_eq!(report.json["veth"].as_array().expect("veth rows").len(), 2, "{}", report.markdown);
+    }
+    assert!(out.path().join("synproxy.json").exists() && out.path().join("synproxy.md").exists());
 }

@@ -620,8 +620,8 @@ fn validate_sarif(log: &serde_json::Value, case: &str) -> usize {
 #[test]
 fn completions_and_man_pages_are_generated() {
     let binaries: [(&str, &str, &[&str], &str); 2] = [
-        (env!("CARGO_BIN_EXE_xpol"), "xpol", &["run", "apply", "delete", "list", "stats", "watch", "set", "pool", "test"], "8"),
-        (env!("CARGO_BIN_EXE_xpolc"), "xpolc", &["build", "check", "lsp"], "1"),
+        (env!("CARGO_BIN_EXE_xpol"), "xpol", &["run", "apply", "delete", "list", "stats", "watch", "set", "pool", "test", "demo", "agent"], "8"),
+        (env!("CARGO_BIN_EXE_xpolc"), "xpolc", &["build", "check", "lsp", "diff", "query"], "1"),
     ];
     for (exe, name, subcommands, section) in binaries {
         for shell in ["bash", "zsh", "fish"] {

@@ -234,9 +234,16 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
     let mut log_reader = xpol_runtime::log::LogReader::open(loaded.maps()).expect("the log ring");
     let mut checked = 0;
     let mut logged = 0;
+    let mut dynset_elements = 0;
     for prog in &ir.programs {
         let hook = prog.hook;
         let mut state = State::default();
+        // Dynamic sets start empty for each hook's run, as the reference's
+        // state does; from there the kernel's evolve on their own (no
+        // timeout in these policies ends within a run).
+        for d in &ir.dynsets {
+            loaded.maps().dynset_flush(&d.name).expect("flush a dynamic set");
+        }
         for p in packets {
             // The connection table is the kernel's, shared by the hooks and
             // on a clock that runs: set to the reference's before each
@@ -274,6 +281,12 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
                 assert_eq!(kernel, reference, "{} ({}): the log records differ on packet {}", path.display(), hook.as_str(), hex(p));
                 logged += kernel.len();
             }
+            // What `add` and `delete` left in the dynamic sets.
+            if !ir.dynsets.is_empty() {
+                let (kernel, reference) = dynset_states(&loaded, &ir, &state);
+                assert_eq!(kernel, reference, "{} ({}): the dynamic sets differ after packet {}", path.display(), hook.as_str(), hex(p));
+                dynset_elements += kernel.len();
+            }
             // `nat`'s translation back on TC egress: the frame leaves as the
             // reference translated it, or as it came.
             if hook == xpol_lang::ast::Hook::TcEgress && !ir.nat_pools.is_empty() && got.action == Action::Pass {
@@ -285,6 +298,10 @@ fn differential(path: &Path, packets: &[Vec<u8>]) -> usize {
     }
     if !ir.limits.is_empty() {
         eprintln!("{}: limits' rules fired {:?} times", path.display(), ir.limits.iter().map(|l| loaded.rule_counters().expect("counters")[l.rule as usize].packets).collect::<Vec<_>>());
+    }
+    if !ir.dynsets.is_empty() {
+        eprintln!("{}: {dynset_elements} dynamic set elements agreed", path.display());
+        assert!(dynset_elements > 0, "{}: the corpus added nothing to the dynamic sets", path.display());
     }
     if let Some(r) = &log_reader {
         eprintln!("{}: {logged} log records agreed", path.display());
@@ -354,6 +371,25 @@ fn fmt_key(ty: Type, k: &KeyPart) -> String {
         (_, KeyPart::Ip(a)) => a.to_string(),
         (_, KeyPart::Bool(b)) => b.to_string(),
     }
+}
+
+/// The live elements of every dynamic set as `name element`, from the
+/// kernel and from the reference, with the time each has left rounded to
+/// minutes (the kernel's clock runs during the test; no timeout of these
+/// policies is near a minute's edge, 0 for none).
+fn dynset_states(loaded: &LoadedPolicy, policy: &ir::Policy, state: &State) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    const MINUTE: u64 = 60_000_000_000;
+    let mut kernel = BTreeMap::new();
+    let mut reference = BTreeMap::new();
+    for (i, d) in policy.dynsets.iter().enumerate() {
+        for e in loaded.maps().dynset_elements(&d.name).expect("dynamic set elements") {
+            kernel.insert(format!("{} {}", d.name, e.key), e.left_ns.map_or(0, |ns| ns.div_ceil(MINUTE)));
+        }
+        for (k, left) in xpol_compiler::reference::dynset::elements(i, state) {
+            reference.insert(format!("{} {}", d.name, fmt_key(d.key, &k)), left.map_or(0, |ns| ns.div_ceil(MINUTE)));
+        }
+    }
+    (kernel, reference)
 }
 
 /// Every `@map` entry as `name[key, ...]` -> value, and each map's lost
@@ -774,7 +810,8 @@ fn ne_as_eq(policy: &ir::Policy, hook: Hook, packet: &[u8], state: &mut State) -
                         expr(e);
                     }
                 }
-                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) | StmtKind::Log(_) => {}
+                StmtKind::SetWrite { key, .. } => expr(key),
+                StmtKind::Verdict(_) | StmtKind::Redirect(_) | StmtKind::Lb(_) | StmtKind::Log(_) | StmtKind::Synproxy(_) => {}
             }
         }
     }

@@ -65,7 +65,7 @@ fn links_no_llvm_and_has_every_command() {
     assert!(full.contains("libLLVM"), "the full xpol links libLLVM:\n{full}");
     let help = run(bin, &["--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
-    for command in ["run", "apply", "delete", "list", "stats", "watch", "set", "pool", "test", "completions", "man"] {
+    for command in ["run", "apply", "delete", "list", "stats", "watch", "set", "pool", "test", "demo", "agent", "completions", "man"] {
         assert!(help.lines().any(|l| l.trim_start().starts_with(command)), "no `{command}` in:\n{help}");
     }
 }
@@ -82,6 +82,11 @@ fn a_source_is_refused_with_the_command_that_compiles_it() {
         assert!(err.contains("xpol::no_codegen") && err.contains("xpolc build examples/firewall.xpol -o examples/firewall.o"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // The demo compiles its bundled policy: refused before it creates anything.
+    let out = run(bin, &["demo"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "demo: {err}");
+    assert!(err.contains("without the compiler") && !err.contains("created the namespaces") && !err.contains("panicked"), "demo: {err}");
     // A policy with an error gets that error, at its line, before the refusal.
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.xpol");

@@ -70,6 +70,13 @@ impl Drop for Namespaces {
 /// with `BPF_F_TEST_XDP_LIVE_FRAMES` on CPU `cpu`: the CPU ns spent (this
 /// thread and the CPU's ksoftirqd, where the receiver's NAPI poll runs).
 pub fn push(gen: &mut LoadedPolicy, ns: &Path, cpu: usize, dev: &str, frame: &[u8], frames: u32) -> u64 {
+    push_with(gen.ebpf_mut(), "xpol_xdp", ns, cpu, dev, frame, frames)
+}
+
+/// [`push`] with XDP program `program` of `ebpf` as the generator (one
+/// that writes its frame again each time, for receivers that rewrite it
+/// in place: the pages are the generator's, handed over by reference).
+pub fn push_with(ebpf: &mut aya::Ebpf, program: &str, ns: &Path, cpu: usize, dev: &str, frame: &[u8], frames: u32) -> u64 {
     let k = ksoftirqd(cpu);
     sys::in_netns(ns, Some(cpu), move || {
         let ifindex = sys::if_nametoindex(dev);
@@ -79,7 +86,7 @@ pub fn push(gen: &mut LoadedPolicy, ns: &Path, cpu: usize, dev: &str, frame: &[u
         let me = Path::new("/proc/thread-self/schedstat");
         let soft = |p: &Option<PathBuf>| p.as_deref().map_or(0, runtime_ns);
         let (t0, k0) = (runtime_ns(me), soft(&k));
-        let x: &mut Xdp = gen.ebpf_mut().program_mut("xpol_xdp").expect("generator").try_into().expect("XDP");
+        let x: &mut Xdp = ebpf.program_mut(program).expect("generator").try_into().expect("XDP");
         x.test_run(TestRunOptions { data_in: Some(frame), ctx_in: Some(&ctx), repeat: frames, attrs: TestRunAttrs::new().xdp_live_frames(64), ..Default::default() })
             .expect("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (Linux 5.18 or later)");
         let (t1, k1) = (runtime_ns(me), soft(&k));

@@ -313,6 +313,44 @@ pub struct Limit {
     pub span: Span,
 }
 
+pub type DynSetId = usize;
+
+/// A set declared `dynamic` (docs/language.md, "Dynamic sets"): written by
+/// the packet path with `add(...)` and `delete(...)`, read with `in`; an
+/// element lives until its time is up. In the kernel an LRU hash of `size`
+/// entries (`meta::DynSetMeta`): when it is full, an add evicts the entry
+/// used least recently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DynSet {
+    pub name: String,
+    /// What it holds: `Ip` (either family), `Int` (`int` and `port`) or `Mac`.
+    pub key: Type,
+    /// The element type as declared (`ip`, `int`, `port`, `mac`).
+    pub elem: String,
+    /// Elements it holds (`max N`).
+    pub size: u32,
+    /// `timeout D`: how long an element added without its own `timeout:`
+    /// stays, in nanoseconds; `None`: until deleted (or evicted).
+    pub timeout_ns: Option<u64>,
+    pub span: Span,
+}
+
+/// Elements of a dynamic set without `max N`.
+pub const DEFAULT_DYNSET_SIZE: u32 = 65_536;
+/// The largest `max N` of a dynamic set: an LRU hash preallocates its
+/// entries, about 100 bytes each for an address key, so 2^24 take some
+/// 1.6 GiB.
+pub const MAX_DYNSET_SIZE: u64 = 1 << 24;
+
+/// What `add(...)`/`delete(...)` does to its dynamic set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetWrite {
+    /// Adds the key, or moves an element's end on: it lives this many
+    /// nanoseconds from now (`None`: until deleted).
+    Add { timeout_ns: Option<u64> },
+    Delete,
+}
+
 pub type LogId = usize;
 
 /// A `log("PREFIX", rate: R, burst: B)` statement (docs/language.md,
@@ -497,6 +535,8 @@ impl CmpOp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SetRef {
     Named(SetId),
+    /// A dynamic set: its elements whose time is not up.
+    Dynamic(DynSetId),
     /// Small constant sets are compared inline.
     Inline(ConstSet),
 }
@@ -551,6 +591,40 @@ pub enum StmtKind {
     /// Writes a record of the packet (index into [`Policy::logs`]); the
     /// verdict stays whatever follows.
     Log(LogId),
+    /// `add(...)` or `delete(...)` of a dynamic set; with an absent key
+    /// component, nothing.
+    SetWrite { set: DynSetId, key: Expr, op: SetWrite },
+    /// Answers a SYN with a SYN cookie, passes an ACK carrying a valid one,
+    /// drops the rest (index into [`Policy::synproxies`]); ends evaluation
+    /// like a verdict. XDP only.
+    Synproxy(SynproxyId),
+}
+
+pub type SynproxyId = usize;
+
+/// `synproxy(mss: 1460, wscale: 7, sack, timestamps)`: the SYN-ACK's
+/// options (docs/language.md, "SYN proxy"), and the TCP destination ports
+/// the rule's predicate names, which the host's netfilter side is scoped
+/// to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Synproxy {
+    pub rule: RuleId,
+    pub mss: u16,
+    pub wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
+    /// Inclusive ranges.
+    pub ports: Vec<(u16, u16)>,
+    pub text: String,
+    pub span: Span,
+}
+
+impl Synproxy {
+    /// What it does, with every option resolved: two that print alike
+    /// answer alike, however they were written.
+    pub fn canonical(&self) -> String {
+        format!("synproxy(mss: {}, wscale: {}, sack: {}, timestamps: {})", self.mss, self.wscale, self.sack, self.timestamps)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -682,6 +756,10 @@ pub struct Policy {
     pub conntrack: Option<Conntrack>,
     /// Every `log` statement, in source order.
     pub logs: Vec<Log>,
+    /// The sets declared `dynamic`, in source order.
+    pub dynsets: Vec<DynSet>,
+    /// Every `synproxy(...)`, in source order.
+    pub synproxies: Vec<Synproxy>,
     /// The cases of its `test` blocks, in order.
     pub tests: Vec<TestCase>,
     pub warnings: Vec<Diagnostic>,
@@ -710,6 +788,7 @@ impl Printer<'_> {
             },
             ExprKind::In(a, set) => match set {
                 SetRef::Named(s) => format!("({} in set {})", self.expr(a), self.policy.sets[*s].name),
+                SetRef::Dynamic(s) => format!("({} in dynamic set {})", self.expr(a), self.policy.dynsets[*s].name),
                 SetRef::Inline(c) if a.kind == ExprKind::Field(Field::CtState) => {
                     let names: Vec<&str> = c.ints.iter().flat_map(|&(lo, hi)| lo..=hi).map(ct_state_name).collect();
                     format!("({} in {{{}}})", self.expr(a), names.join(", "))
@@ -754,6 +833,15 @@ impl Printer<'_> {
                 }
                 StmtKind::Lb(lb) => out.push_str(&format!("{pad}{}\n", self.balance(lb))),
                 StmtKind::Log(id) => out.push_str(&format!("{pad}log#{id}\n")),
+                StmtKind::SetWrite { set, key, op } => {
+                    let name = &self.policy.dynsets[*set].name;
+                    match op {
+                        SetWrite::Add { timeout_ns: Some(t) } => out.push_str(&format!("{pad}add({name}, {}, timeout: {}s)\n", self.expr(key), t / 1_000_000_000)),
+                        SetWrite::Add { timeout_ns: None } => out.push_str(&format!("{pad}add({name}, {})\n", self.expr(key))),
+                        SetWrite::Delete => out.push_str(&format!("{pad}delete({name}, {})\n", self.expr(key))),
+                    }
+                }
+                StmtKind::Synproxy(id) => out.push_str(&format!("{pad}{}\n", self.policy.synproxies[*id].canonical())),
                 StmtKind::If { cond, then_body, else_body } => {
                     out.push_str(&format!("{pad}if {} {{\n", self.expr(cond)));
                     self.stmts(out, then_body, indent + 1);
@@ -821,6 +909,13 @@ impl Policy {
     pub fn expr_text(&self, e: &Expr) -> String {
         Printer { policy: self }.expr(e)
     }
+
+    /// A probe's body in the IR's text form, without spans.
+    pub fn body_text(&self, body: &[Stmt]) -> String {
+        let mut out = String::new();
+        Printer { policy: self }.stmts(&mut out, body, 0);
+        out
+    }
 }
 
 impl fmt::Display for Policy {
@@ -836,6 +931,10 @@ impl fmt::Display for Policy {
             };
             let max = s.capacity.map(|n| format!(" max {n}")).unwrap_or_default();
             out.push_str(&format!("{kind} {}: {elem}{max} = {}\n", s.name, s.contents));
+        }
+        for d in &self.dynsets {
+            let timeout = d.timeout_ns.map(|t| format!(" timeout {}s", t / 1_000_000_000)).unwrap_or_default();
+            out.push_str(&format!("dynamic set {}: {} max {}{timeout}\n", d.name, d.key, d.size));
         }
         for pool in &self.pools {
             let backends: Vec<String> = pool.backends.iter().map(|b| format!("{} weight {}", b.addr, b.weight)).collect();

@@ -3,6 +3,7 @@
 //! The whole pipeline is [`build`]; each pass is a function from one typed
 //! representation to the next (see ARCHITECTURE.md).
 
+pub mod analysis;
 pub mod check;
 #[cfg(feature = "llvm")]
 pub mod codegen;
@@ -123,9 +124,24 @@ pub struct Checked {
 /// Load, check and lint, without codegen: the root file's text is given
 /// (see [`build_text`]).
 pub fn check_text(root: &Path, text: String) -> Checked {
+    check_from(Root::Text(root, text))
+}
+
+/// Load, check and lint the policy at `root`, without codegen (`xpolc
+/// diff` and `query` analyse the checked IR).
+pub fn check_file(root: &Path) -> Checked {
+    check_from(Root::File(root))
+}
+
+fn check_from(root: Root) -> Checked {
     let mut sources = SourceMap::new();
     let mut diagnostics = Vec::new();
-    let loaded = load::load_text(root, text, &mut sources).map_err(|d| diagnostics.extend(d)).ok();
+    let loaded = match root {
+        Root::File(path) => load::load(path, &mut sources),
+        Root::Text(path, text) => load::load_text(path, text, &mut sources),
+        Root::Stdin(text) => load::load_stdin(text, &mut sources),
+    };
+    let loaded = loaded.map_err(|d| diagnostics.extend(d)).ok();
     let ir = loaded.as_ref().and_then(|l| check::check(l, &sources).map_err(|d| diagnostics.extend(d)).ok());
     if let Some(ir) = &ir {
         diagnostics.extend(ir.warnings.iter().cloned());

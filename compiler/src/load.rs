@@ -20,6 +20,8 @@ pub const STD_POLICIES: &[(&str, &str)] = &[
     ("host-firewall.xpol", include_str!("../../std-policies/host-firewall.xpol")),
     ("icmp-limit.xpol", include_str!("../../std-policies/icmp-limit.xpol")),
     ("syn-limit.xpol", include_str!("../../std-policies/syn-limit.xpol")),
+    ("port-scan.xpol", include_str!("../../std-policies/port-scan.xpol")),
+    ("syn-guard.xpol", include_str!("../../std-policies/syn-guard.xpol")),
 ];
 
 /// Where the Debian package installs the standard library (`pkg/build-deb`).

@@ -123,6 +123,29 @@ pub struct SetDecl {
     pub max: Option<(u64, Span)>,
     pub init: SetInit,
     pub span: Span,
+    /// `dynamic [max N] [timeout D]`: a set the packet path writes
+    /// (`add(...)`, `delete(...)`), empty at load; `init` is then empty.
+    pub dynamic: Option<DynamicSet>,
+}
+
+/// The options of a dynamic set after `dynamic`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DynamicSet {
+    /// `timeout D`: how long an element added without its own `timeout:`
+    /// stays, in seconds, and the span of `timeout D`.
+    pub timeout: Option<(u64, Span)>,
+    /// `= { ... }` or `= file(...)` after it: an error (a dynamic set
+    /// starts empty).
+    pub init: Option<Span>,
+    /// `dynamic` and its options.
+    pub span: Span,
+}
+
+/// `add(...)` or `delete(...)` of a dynamic set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetOp {
+    Add,
+    Delete,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -288,6 +311,13 @@ pub enum StmtKind {
     /// `log`, `log("PREFIX", rate: 10/s, burst: 5)`: a record of the
     /// packet. The arguments as written; the checker checks them.
     Log(Vec<LogArg>),
+    /// `add(SET, KEY, timeout: 10m)`, `delete(SET, KEY)`: write a dynamic
+    /// set. `option` is the one option as written (name, value in
+    /// seconds, span); the checker knows `timeout`.
+    SetWrite { op: SetOp, set: Ident, key: Expr, option: Option<(Ident, u64, Span)> },
+    /// `synproxy(mss: 1460, wscale: 7, sack, timestamps)`: SYN cookies in
+    /// XDP; the options as written (`lb`'s shape), checked by the checker.
+    Synproxy(Vec<LbArg>),
 }
 
 /// One argument of `log(...)`: the prefix, or an option.

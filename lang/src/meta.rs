@@ -62,10 +62,14 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 10: logging ([`LogRingMeta`], [`LogMeta`]): a ring buffer of records
 /// older runtimes would leave unread (and, with `--pcap-out`, unwritten).
 /// 11: the connection table ([`ConntrackMeta`]).
-/// 12: IPv6 sets in the shared IPv6 tables ([`SetMeta::ipv6_slot`],
+/// 12: dynamic sets ([`DynSetMeta`]), written by the programs, which
+/// older runtimes would not show or let `xpol set` change.
+/// 13: SYN proxies ([`SynproxyMeta`]): the host's netfilter side, which
+/// older runtimes would not install.
+/// 14: IPv6 sets in the shared IPv6 tables ([`SetMeta::ipv6_slot`],
 /// [`SetMapKind::Ipv6Node`]) instead of an LPM trie each; older runtimes
 /// would not fill them.
-pub const META_VERSION: u32 = 12;
+pub const META_VERSION: u32 = 14;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -158,6 +162,28 @@ pub struct ObjectMeta {
     /// [`LogRecord::log`] is an index here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogMeta>,
+    /// The sets declared `dynamic`, in source order (absent before
+    /// META_VERSION 12).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dynsets: Vec<DynSetMeta>,
+    /// Every `synproxy(...)`, in source order: what the runtime installs
+    /// on the host's netfilter side (absent before META_VERSION 13).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synproxies: Vec<SynproxyMeta>,
+}
+
+/// One `synproxy(...)`: the TCP ports its rule protects and the options
+/// its SYN-ACK offers, which netfilter's synproxy (completing the
+/// handshake with the server) must offer alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynproxyMeta {
+    pub rule: u32,
+    /// Inclusive ranges of destination ports.
+    pub ports: Vec<(u16, u16)>,
+    pub mss: u16,
+    pub wscale: u8,
+    pub sack: bool,
+    pub timestamps: bool,
 }
 
 impl ObjectMeta {
@@ -186,6 +212,11 @@ impl ObjectMeta {
             let needed: usize = l.keys.iter().map(|k| k.size()).sum();
             if needed > l.key_size as usize {
                 return Err(format!("limit map `{}` has {}-byte keys, too short for its {needed} bytes of key components", l.map, l.key_size));
+            }
+        }
+        for d in &self.dynsets {
+            if d.key.size() != d.key_size as usize || d.value_size != DYNSET_VALUE_SIZE {
+                return Err(format!("dynamic set `{}` has {}-byte keys and {}-byte values, not the layout of its `{:?}` elements", d.name, d.key_size, d.value_size, d.key));
             }
         }
         if !self.logs.is_empty() {
@@ -481,6 +512,42 @@ pub struct LimitMeta {
 
 /// Bytes of a limit map's value (see [`LimitMeta`]).
 pub const LIMIT_VALUE_SIZE: u32 = 8;
+
+// ------------------------------------------------------------ dynamic sets
+
+/// A set declared `dynamic` (docs/language.md, "Dynamic sets"), which the
+/// programs write with `add(...)` and `delete(...)`:
+/// `BPF_MAP_TYPE_LRU_HASH` of `max_entries` entries shared by every CPU,
+/// key the element encoded as a `@map`'s key component ([`KeyKind`]: an
+/// address as family and 16 bytes, an int or a MAC as a little-endian
+/// u64), value [`DYNSET_VALUE_SIZE`] bytes: a little-endian u64, the time
+/// on `CLOCK_MONOTONIC_COARSE` (`bpf_ktime_get_coarse_ns`) in
+/// nanoseconds at which the element's time is up ([`DYNSET_FOREVER`]:
+/// never). An element whose time is up is absent, whether or not the map
+/// still holds it. When the map is full, an add evicts the element used
+/// least recently (the LRU map's choice, approximately).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynSetMeta {
+    /// As declared.
+    pub name: String,
+    /// Map name in the object.
+    pub map: String,
+    /// The element type as declared (`ip`, `int`, `port`, `mac`).
+    pub elem: String,
+    pub key: KeyKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// `timeout D` as declared, in nanoseconds: what `xpol set ... add`
+    /// gives an element without its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ns: Option<u64>,
+}
+
+/// Bytes of a dynamic set's map value (see [`DynSetMeta`]).
+pub const DYNSET_VALUE_SIZE: u32 = 8;
+/// The end of an element added without a timeout.
+pub const DYNSET_FOREVER: u64 = u64::MAX;
 
 // ------------------------------------------------------------ connection table
 
@@ -1064,6 +1131,22 @@ mod tests {
         };
         let back: super::ObjectMeta = serde_json::from_str(&serde_json::to_string(&with).expect("writes")).expect("reads");
         assert_eq!(back, with);
+    }
+
+    /// A record pinned before dynamic sets (META_VERSION 11) has none and
+    /// checks; one with a set keeps it through a round trip, and a set
+    /// whose key size is not its element's is refused.
+    #[test]
+    fn metadata_without_dynamic_sets_reads_as_none() {
+        let old = r#"{"version":11,"source":"p.xpol","programs":[],"rules":[],"sets":[],"maps":[],"redirects":[]}"#;
+        let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
+        assert!(meta.dynsets.is_empty() && meta.check().is_ok());
+        let set = super::DynSetMeta { name: "banned".into(), map: "xdynset_0".into(), elem: "ip".into(), key: super::KeyKind::Ip, key_size: 20, value_size: 8, max_entries: 64, timeout_ns: Some(600_000_000_000) };
+        let with = super::ObjectMeta { dynsets: vec![set.clone()], ..meta.clone() };
+        let back: super::ObjectMeta = serde_json::from_str(&serde_json::to_string(&with).expect("writes")).expect("reads");
+        assert_eq!(back, with);
+        let bad = super::ObjectMeta { dynsets: vec![super::DynSetMeta { key_size: 8, ..set }], ..meta };
+        assert!(bad.check().is_err());
     }
 
     /// Keys and values of the connection table read back as written.

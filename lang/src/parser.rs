@@ -141,7 +141,7 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::block => "`{`",
         // `lb_word` also starts a test's `=> lb(POOL)`: `lb_stmt` and
         // `lb_expect` say which.
-        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::log_stmt => {
+        Rule::stmt | Rule::verdict | Rule::redirect | Rule::if_stmt | Rule::let_stmt | Rule::map_assign | Rule::lb_stmt | Rule::log_stmt | Rule::set_stmt | Rule::synproxy_stmt | Rule::synproxy_word => {
             "a statement such as `pass`, `drop`, `log`, `if`, `let` or `@map[...] = count()`"
         }
         Rule::expr | Rule::pred_expr | Rule::paren | Rule::set_lit | Rule::map_read | Rule::call | Rule::path => "an expression",
@@ -183,6 +183,10 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         // say which.
         Rule::log_expect | Rule::log_not => "`log`, `log(\"PREFIX\")` or `!log`",
         Rule::else_part => "`else`",
+        Rule::set_dynamic | Rule::dynamic_word => "`dynamic`",
+        Rule::set_timeout | Rule::timeout_word => "`max N` or `timeout D`",
+        Rule::set_op => "a statement such as `pass`, `drop`, `log`, `if`, `let` or `@map[...] = count()`",
+        Rule::set_stmt_opt => "`timeout: D`",
         _ => return None,
     })
 }
@@ -226,7 +230,7 @@ fn syntax_error(e: pest::error::Error<Rule>, file: FileId, text: &str, points: &
     let expected = Expected {
         item: item_start,
         hook: expects(&[Rule::hook]),
-        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt, Rule::log_stmt]),
+        statement: expects(&[Rule::verdict, Rule::redirect, Rule::if_stmt, Rule::let_stmt, Rule::map_assign, Rule::lb_stmt, Rule::log_stmt, Rule::set_stmt]),
         outcome: expects(&[Rule::expect, Rule::lb_expect]),
         operator: expects(&[Rule::or, Rule::and, Rule::eq, Rule::ne, Rule::lt, Rule::le, Rule::gt, Rule::ge, Rule::in_op, Rule::not_in]),
     };
@@ -329,6 +333,25 @@ impl AstBuilder {
         }
     }
 
+    /// A `duration` (`30s`, `10m`, `1h`) in seconds.
+    fn seconds(&mut self, d: Pair<Rule>) -> Option<u64> {
+        let text = d.as_str();
+        let unit = text.chars().last()?;
+        let scale = match unit {
+            'h' => 3600,
+            'm' => 60,
+            _ => 1,
+        };
+        match text[..text.len() - 1].parse::<u64>().ok().and_then(|v| v.checked_mul(scale)) {
+            Some(v) => Some(v),
+            None => {
+                let dspan = self.span(&d);
+                self.literal_error::<()>(dspan, format!("the time {text} does not fit in 64 bits"));
+                None
+            }
+        }
+    }
+
     fn item(&mut self, p: Pair<Rule>) -> Option<Item> {
         let span = self.span(&p);
         match p.as_rule() {
@@ -341,6 +364,35 @@ impl AstBuilder {
                 let name = self.ident(it.next()?);
                 let ty = self.ident(it.next()?);
                 let mut init = it.next()?;
+                if init.as_rule() == Rule::set_dynamic {
+                    let dspan = self.span(&init);
+                    let (mut max, mut timeout, mut given) = (None, None, None);
+                    for o in init.into_inner() {
+                        let again = (o.as_rule() == Rule::max_n && max.is_some()) || (o.as_rule() == Rule::set_timeout && timeout.is_some());
+                        if again {
+                            let ospan = self.span(&o);
+                            self.errors.push(
+                                Diagnostic::error("xpol::set::option", format!("`{}` is given twice", o.as_str().split_whitespace().next().unwrap_or("")))
+                                    .with_label(ospan, "again here")
+                                    .with_help("give each of `max N` and `timeout D` once"),
+                            );
+                            continue;
+                        }
+                        match o.as_rule() {
+                            Rule::max_n => max = Some(self.max_n(o)?),
+                            Rule::set_timeout => {
+                                let tspan = self.span(&o);
+                                let d = o.into_inner().find(|q| q.as_rule() == Rule::duration)?;
+                                timeout = Some((self.seconds(d)?, tspan));
+                            }
+                            Rule::set_dyn_init => given = Some(self.span(&o)),
+                            _ => {}
+                        }
+                    }
+                    let init = ast::SetInit::Elements { elements: Vec::new(), span: dspan };
+                    let dynamic = Some(ast::DynamicSet { timeout, init: given, span: dspan });
+                    return Some(Item::Set(ast::SetDecl { name, ty, max, init, span, dynamic }));
+                }
                 let max = if init.as_rule() == Rule::max_n {
                     let max = self.max_n(init);
                     init = it.next()?;
@@ -356,7 +408,7 @@ impl AstBuilder {
                         ast::SetInit::Elements { elements, span: ispan }
                     }
                 };
-                Some(Item::Set(ast::SetDecl { name, ty, max, init, span }))
+                Some(Item::Set(ast::SetDecl { name, ty, max, init, span, dynamic: None }))
             }
             Rule::map_decl => {
                 let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::map_word);
@@ -646,6 +698,39 @@ impl AstBuilder {
                 StmtKind::Lb { pool, args }
             }
             Rule::log_stmt => self.log_stmt(p)?,
+            Rule::set_stmt => {
+                let mut it = p.into_inner();
+                let op = match it.next()?.as_str() {
+                    "add" => ast::SetOp::Add,
+                    _ => ast::SetOp::Delete,
+                };
+                let set = self.ident(it.next()?);
+                let key = self.expr(it.next()?)?;
+                let option = match it.next() {
+                    Some(o) => {
+                        let ospan = self.span(&o);
+                        let mut oi = o.into_inner();
+                        let word = self.ident(oi.next()?);
+                        Some((word, self.seconds(oi.next()?)?, ospan))
+                    }
+                    None => None,
+                };
+                StmtKind::SetWrite { op, set, key, option }
+            }
+            Rule::synproxy_stmt => {
+                let mut args = Vec::new();
+                for a in p.into_inner().filter(|q| q.as_rule() == Rule::lb_arg) {
+                    let aspan = self.span(&a);
+                    let mut ai = a.into_inner();
+                    let name = self.ident(ai.next()?);
+                    let value = match ai.next() {
+                        Some(v) => Some(self.expr(v)?),
+                        None => None,
+                    };
+                    args.push(ast::LbArg { name, value, span: aspan });
+                }
+                StmtKind::Synproxy(args)
+            }
             Rule::if_stmt => return self.if_stmt(p),
             Rule::let_stmt => {
                 let mut it = p.into_inner();

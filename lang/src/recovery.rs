@@ -13,7 +13,7 @@ const ITEM_WORDS: &[&str] = &["xdp", "tc:", "set", "const", "pool", "map", "conn
 /// The words a top-level item starts with, as suggestions.
 const ITEM_SUGGESTIONS: &[&str] = &["xdp", "tc:ingress", "tc:egress", "set", "const", "pool", "map", "conntrack", "test", "include", "rule", "default"];
 const HOOKS: &[&str] = &["xdp", "tc:ingress", "tc:egress"];
-const STATEMENT_WORDS: &[&str] = &["pass", "drop", "tx", "abort", "redirect", "lb", "log", "if", "let"];
+const STATEMENT_WORDS: &[&str] = &["pass", "drop", "tx", "abort", "redirect", "lb", "log", "add", "delete", "if", "let"];
 const EXPECT_WORDS: &[&str] = &["pass", "drop", "tx", "abort", "redirect", "lb"];
 
 /// The characters of `text[from..to]` outside comments and string

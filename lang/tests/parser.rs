@@ -434,3 +434,35 @@ fn damaged_policies_recover_without_panicking() {
         }
     }
 }
+
+/// A dynamic set's declaration and the statements that write it; `dynamic`,
+/// `timeout`, `add` and `delete` stay names elsewhere.
+#[test]
+fn dynamic_sets_and_their_statements() {
+    use xpol_lang::ast::SetOp;
+    let items = parse_ok("set banned: ip dynamic max 100 timeout 10m\nset plain: ip dynamic\nxdp { add(banned, ip.src, timeout: 1h); delete(banned, ip.dst) add(plain, ip.src) }");
+    let Item::Set(d) = &items[0] else { panic!("{:?}", items[0]) };
+    let dynamic = d.dynamic.as_ref().expect("dynamic");
+    assert_eq!((d.max.map(|m| m.0), dynamic.timeout.map(|t| t.0), dynamic.init), (Some(100), Some(600), None));
+    let Item::Set(d) = &items[1] else { panic!("{:?}", items[1]) };
+    assert!(d.dynamic.as_ref().is_some_and(|x| x.timeout.is_none()) && d.max.is_none());
+    let Item::Probe(p) = &items[2] else { panic!("{:?}", items[2]) };
+    let writes: Vec<(SetOp, &str, Option<u64>)> = p
+        .body
+        .stmts
+        .iter()
+        .map(|s| match &s.kind {
+            StmtKind::SetWrite { op, set, option, .. } => (*op, set.name.as_str(), option.as_ref().map(|o| o.1)),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(writes, [(SetOp::Add, "banned", Some(3600)), (SetOp::Delete, "banned", None), (SetOp::Add, "plain", None)]);
+    // Elements given to a dynamic set parse, for the checker to refuse.
+    let items = parse_ok("set banned: ip dynamic = { 198.18.0.1 }\nxdp { drop }");
+    let Item::Set(d) = &items[0] else { panic!("{:?}", items[0]) };
+    assert!(d.dynamic.as_ref().is_some_and(|x| x.init.is_some()));
+    // The words are names elsewhere.
+    assert!(matches!(parse_ok("set dynamic: ip = {}\nconst timeout = 3\nset add: int = {}\nxdp /ip.src in dynamic && tcp.dport in add/ { drop }").len(), 4));
+    assert!(parse("xdp { add(banned) }", FileId(0)).is_err());
+    assert!(parse("set x: ip dynamic timeout 10", FileId(0)).is_err());
+}

@@ -23,6 +23,8 @@
 //!   Maglev table, the flow table (established flows keep their backend)
 //!   and the per-backend counters. A pool whose declaration changed starts
 //!   afresh from it, with an empty flow table.
+//! - Dynamic sets declared with the same name, type and `max`: the same
+//!   kernel map, with the elements the packets (and `xpol set`) added.
 //! - Per-rule counters of the rules that still exist, by rule identity
 //!   ([`rule_identities`], [`carried_rules`]): added to the new generation's counters once the
 //!   old programs can no longer run.
@@ -172,7 +174,24 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
         let applied = store.applied(req.name)?;
         match applied.current {
             Some(generation) => {
-                let programs = applied.known_programs.iter().filter_map(|&id| sys::prog_fd_by_id(id).ok().map(|fd| (id, fd))).collect();
+                let mut programs = HashMap::new();
+                for &id in &applied.known_programs {
+                    match sys::prog_fd_by_id(id) {
+                        Ok(fd) => {
+                            programs.insert(id, fd);
+                        }
+                        // Said as what it is, not later as a program
+                        // "changed from outside" (a container or service
+                        // without CAP_SYS_ADMIN).
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            return Err(fail(
+                                "replacing an applied policy opens its running programs by id, which the kernel allows only with CAP_SYS_ADMIN (docs/security.md, Capabilities); nothing was replaced".into(),
+                            ));
+                        }
+                        // Gone since the record was written: nothing runs it.
+                        Err(_) => {}
+                    }
+                }
                 running = Some(Running { generation, programs, pinned_links: applied.pinned_links });
             }
             // Links that run nothing xpol can read: never replace (or
@@ -214,6 +233,7 @@ pub fn apply(store: &Store, req: &ApplyRequest) -> Result<ApplyOutcome> {
         let (kept, reset) = carried_pools(&prev.record.meta, &meta, old, &mut adopt_maps)?;
         (outcome.pools_kept, outcome.pools_reset) = (kept, reset);
         outcome.conntrack_kept = carried_conntrack(&prev.record.meta, &meta, old, &mut adopt_maps)?;
+        crate::dynset::carried_dynsets(&prev.record.meta, &meta, old, &mut adopt_maps)?;
     }
     let options = LoadOptions { missing_interfaces_ok: false, adopt_maps };
     let mut loaded = LoadedPolicy::load_with_elements(req.object, &options, &set_elements).map_err(forget)?;
@@ -592,6 +612,7 @@ pub fn replace_attached(running: &mut LoadedPolicy, object: &[u8], hooks: &[Stri
     }
     outcome.pools_kept = carried_pools(running.meta(), &meta, running.maps(), &mut adopt_maps)?.0;
     outcome.conntrack_kept = carried_conntrack(running.meta(), &meta, running.maps(), &mut adopt_maps)?;
+    crate::dynset::carried_dynsets(running.meta(), &meta, running.maps(), &mut adopt_maps)?;
     let mut new = LoadedPolicy::load_with(object, &LoadOptions { missing_interfaces_ok: false, adopt_maps })?;
     let links = running.take_links();
     let (kept, dropped) = match switch_attached(running, &mut new, links, hooks, iface, mode, &mut outcome) {
@@ -1108,7 +1129,7 @@ mod tests {
                 label: label.map(str::to_string),
             })
             .collect();
-        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![], conntrack: None, log_ring: None, logs: vec![] }
+        ObjectMeta { version: 5, source: "p.xpol".into(), programs: vec![], rules, sets: vec![], maps: vec![], redirects: vec![], counters: Default::default(), pools: vec![], limits: vec![], conntrack: None, log_ring: None, logs: vec![], dynsets: vec![], synproxies: vec![] }
     }
 
     #[test]

@@ -17,6 +17,8 @@ use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error(transparent)]
+    Synproxy(#[from] crate::synproxy::SynproxyError),
     #[error("the object has no `{}` section: it was not built by xpolc", meta::META_SECTION)]
     NoMetadata,
     #[error("the object's metadata cannot be read: {0}")]
@@ -272,6 +274,7 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     if let Some(ct) = &meta.conntrack {
         expected.push((ct.map.as_str(), meta::CT_KEY_SIZE, meta::CT_VALUE_SIZE));
     }
+    expected.extend(meta.dynsets.iter().map(|d| (d.map.as_str(), d.key_size, d.value_size)));
     if let Some(ring) = &meta.log_ring {
         // A ring buffer has no key or value; its size is checked where
         // it is read (`crate::log`).
@@ -355,6 +358,10 @@ impl LoadedPolicy {
         }
         if let Err(reason) = sys::can_load_bpf() {
             return Err(RuntimeError::NotPermitted(reason));
+        }
+        // Before the verifier, which would only say "unknown func".
+        if !meta.synproxies.is_empty() {
+            crate::synproxy::check_kernel()?;
         }
         let mut loader = EbpfLoader::new();
         if let Some(n) = set_capacity {
@@ -1509,7 +1516,7 @@ pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<V
     }
 }
 
-fn decode_key(kinds: &[KeyKind], key: &[u8]) -> Vec<KeyValue> {
+pub(crate) fn decode_key(kinds: &[KeyKind], key: &[u8]) -> Vec<KeyValue> {
     let mut out = Vec::new();
     let mut off = 0;
     for k in kinds {

@@ -1005,3 +1005,56 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
+
+/// Sends whole Ethernet frames out of one interface (of the calling
+/// thread's network namespace), as they are: an `AF_PACKET` raw socket
+/// bound to the interface. `xpol demo` sends its traffic with it, so that
+/// each frame is one packet at the policy and the counters it shows are
+/// exactly what was sent (a fragment included, which no ordinary socket
+/// sends on demand).
+pub struct FrameSender {
+    socket: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl FrameSender {
+    pub fn open(ifname: &str) -> io::Result<FrameSender> {
+        let ifindex = if_nametoindex(ifname);
+        if ifindex == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENODEV));
+        }
+        // Protocol 0: the socket sends and receives nothing until bound, and
+        // then only sends (no frames are queued to it).
+        // SAFETY: socket takes integers only.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FrameSender { socket: owned(fd as libc::c_long), ifindex: ifindex as i32 })
+    }
+
+    /// Sends one frame (destination and source MAC first).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: all-zero is a valid `sockaddr_ll`.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(frame.get(..6).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?);
+        // SAFETY: `frame` and `addr` are live for the call, with the lengths passed.
+        let sent = unsafe {
+            libc::sendto(
+                self.socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -6,6 +6,9 @@
 //!   xpol test POLICY           compile (or load an object), verify it in the kernel
 //!                              and run sample packets through it with
 //!                              BPF_PROG_TEST_RUN, showing verdicts and counters.
+//!   xpol demo                  the bundled examples/firewall.xpol on namespaces
+//!                              of its own, with real traffic; everything removed.
+//!   xpol agent --config FILE   keep the host's applied policies as FILE says.
 //!   xpol completions SHELL     a completion script for bash, zsh, fish, ...
 //!   xpol man [--out DIR]       man pages, from the same definitions as the parser
 
@@ -20,6 +23,12 @@ mod follow;
 mod lb_host;
 #[path = "xpol/log.rs"]
 mod log_records;
+#[path = "xpol/demo.rs"]
+mod demo;
+#[path = "xpol/agent.rs"]
+mod agent;
+#[path = "xpol/dynsets.rs"]
+mod dynsets;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -202,6 +211,33 @@ enum Command {
         #[command(flatten)]
         rejection: RejectionOptions,
     },
+    /// Show what xpol does, on a machine of its own: two network
+    /// namespaces joined by a veth pair, the bundled
+    /// examples/firewall.xpol attached, a mix of traffic (blocked and
+    /// allowed sources, ssh from inside and outside the admin range,
+    /// telnet, web, fragments) and the live per-rule table; everything is
+    /// removed at the end, on failure and on Ctrl-C. Needs root and `ip`.
+    Demo {
+        /// The final report as one JSON object (docs/json.md), with the
+        /// traffic sent.
+        #[arg(short = 'j', long)]
+        json: bool,
+        /// How XDP attaches, in xdp-tools' words (`xdp-loader --mode`).
+        #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+        mode: ModeArg,
+    },
+    /// Keep this host's applied policies as a config file says (TOML:
+    /// policies by interface, a metrics address; docs/deploy.md): apply
+    /// what is missing or changed (atomically, as `apply`), delete what
+    /// the agent applied and the config no longer names (never a policy
+    /// applied by hand), follow the config and the policies' files, and
+    /// serve metrics for every applied policy. SIGTERM or Ctrl-C stops it;
+    /// the policies stay applied.
+    Agent {
+        /// The config file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Print a shell completion script on standard output, e.g.
     /// `xpol completions bash > /usr/share/bash-completion/completions/xpol`.
     Completions { shell: clap_complete::Shell },
@@ -268,12 +304,15 @@ impl From<ModeArg> for XdpAttachMode {
 
 #[derive(Subcommand)]
 enum SetOp {
-    /// Add elements (prefixes, addresses, integers, ranges `a..b`, MACs).
+    /// Add elements (prefixes, addresses, integers, ranges `a..b`, MACs);
+    /// to a dynamic set, `add ADDR... [timeout D]` (`30s`, `10m`, `1h`,
+    /// `1d`; default: the set's `timeout`).
     Add { elements: Vec<String> },
     /// Remove elements (each must be in the set).
     #[command(alias = "delete")]
     Del { elements: Vec<String> },
-    /// Print the elements, one per line.
+    /// Print the elements, one per line (of a dynamic set, with the time
+    /// each has left).
     List {
         #[arg(short = 'j', long)]
         json: bool,
@@ -568,6 +607,8 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
         Some(ct) => serde_json::json!({"entries": ct.entries, "capacity": ct.capacity, "states": ct.states}),
         None => serde_json::Value::Null,
     };
+    let dynsets: Vec<serde_json::Value> =
+        policy.dynset_summaries()?.iter().map(|d| serde_json::json!({"name": d.name, "elements": d.elements, "capacity": d.capacity})).collect();
     let lost = policy.log_lost()?;
     let logs: Vec<serde_json::Value> = meta
         .logs
@@ -579,7 +620,7 @@ fn snapshot(policy: &PolicyMaps, interface: &str, elapsed: f64, previous: &Total
             })
         })
         .collect();
-    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack, "logs": logs}))
+    Ok(serde_json::json!({"schema": REPORT_SCHEMA, "time_s": elapsed, "interface": interface, "rules": rules, "maps": maps, "sets": sets, "pools": pools, "limits": limits, "conntrack": conntrack, "logs": logs, "dynsets": dynsets}))
 }
 
 /// A pool's backends and counters, as reports and `xpol pool list --json`
@@ -651,6 +692,9 @@ fn print_table(report: &serde_json::Value, in_place: bool) {
     }
     for st in report["sets"].as_array().into_iter().flatten() {
         out.push_str(&format!("  set {}: {} elements\n", st["name"].as_str().unwrap_or(""), st["size"]));
+    }
+    for d in report["dynsets"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  dynamic set {}: {}/{} elements\n", d["name"].as_str().unwrap_or(""), d["elements"], d["capacity"]));
     }
     for l in report["limits"].as_array().into_iter().flatten() {
         out.push_str(&limit_line(l));
@@ -813,8 +857,10 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
             finish(&current, ok);
             current = case.test.clone();
             ok = true;
-            // Each test block starts with no connections.
+            // Each test block starts with no connections and empty
+            // dynamic sets.
             state.conntrack.clear();
+            state.dynsets.clear();
         }
         let hook = case.hook.unwrap_or(first_hook);
         let bytes = xpol_runtime::packet::from_test(&case.packet);
@@ -834,6 +880,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         if ir.conntrack.is_some() {
             loaded.maps().ct_set(&state.ct_stored())?;
         }
+        dynsets::sync_to_kernel(loaded.maps(), ir, &state)?;
         if let Some(r) = log_reader.as_mut() {
             r.drain(|_| {});
         }
@@ -888,6 +935,7 @@ fn run_policy_tests(loaded: &mut LoadedPolicy, build: &xpol_compiler::Build, jso
         if ir.conntrack.is_some() {
             wrong_limits.extend(ct_differences(&loaded.maps().ct_entries()?, &state.ct_stored()));
         }
+        wrong_limits.extend(dynsets::differences(loaded.maps(), ir, &state)?);
         let wrong_logs = log_records::test_mismatches(case, &kernel_logs, &reference.logs);
         // Both engines must agree on the rules that fired, not only on the verdict.
         // `=> lb(POOL, ADDR)`: both engines chose that backend of that pool.
@@ -1139,6 +1187,17 @@ fn prometheus(report: &serde_json::Value) -> String {
         out.push_str("# HELP xpol_conntrack_capacity The most connections the table holds (`conntrack flows N`, else the default).\n# TYPE xpol_conntrack_capacity gauge\n");
         out.push_str(&format!("xpol_conntrack_capacity{{{scope}}} {}\n", ct["capacity"].as_u64().unwrap_or(0)));
     }
+    if report["dynsets"].as_array().is_some_and(|d| !d.is_empty()) {
+        for (metric, field, help) in [
+            ("xpol_dynset_elements", "elements", "Live elements (their time not up) in a dynamic set."),
+            ("xpol_dynset_capacity", "capacity", "The most elements a dynamic set holds (`max N`, else the default)."),
+        ] {
+            out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+            for d in report["dynsets"].as_array().into_iter().flatten() {
+                out.push_str(&format!("{metric}{{{scope},set=\"{}\"}} {}\n", str_of(&d["name"]), d[field].as_u64().unwrap_or(0)));
+            }
+        }
+    }
     out.push_str("# HELP xpol_log_lost_records_total Records of a `log` lost because the ring buffer was full.\n# TYPE xpol_log_lost_records_total counter\n");
     for l in report["logs"].as_array().into_iter().flatten() {
         out.push_str(&format!("xpol_log_lost_records_total{{{scope},rule=\"{}\",line=\"{}\",column=\"{}\"}} {}\n", str_of(&l["key"]), l["line"], l["column"], l["lost"].as_u64().unwrap_or(0)));
@@ -1204,6 +1263,14 @@ fn attach_and_watch(policy_path: &Path, interface: &str, hook: Option<String>, m
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    // The host's side of `synproxy` first: the SYN-ACKs XDP sends are
+    // answered by it. Removed when this returns (dropped), even on error.
+    let name = format!("run_{}", std::process::id());
+    let _netfilter = xpol_runtime::synproxy::NetfilterSide::install(&name, &[interface.to_string()], &policy.meta().synproxies)?;
+    if let Some(n) = &_netfilter {
+        let was = n.loose_before().map_or(String::new(), |v| format!(", was {v}"));
+        eprintln!("installed nftables table inet {} and net.netfilter.nf_conntrack_tcp_loose=0{was} for `synproxy` (both undone on exit)", n.table());
+    }
     for h in &hooks {
         policy.attach(h, interface, mode)?;
     }
@@ -1382,6 +1449,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 applied::apply(&policy, &target, json, &rejection)
             }
         }
+        Command::Demo { json, mode } => demo::demo(json, mode.into()),
+        Command::Agent { config } => agent::agent(&config),
         Command::Delete { name } => applied::delete(&name),
         Command::List { json } => applied::list(json),
         Command::Stats { name, json } => applied::stats(&name, json),
@@ -1389,6 +1458,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Watch { name, every } => applied::watch(&name, every.interval, every.duration, every.json),
         Command::Completions { shell } => common::generate::completions(Cli::command(), shell).map(|()| ExitCode::SUCCESS),
         Command::Man { out } => common::generate::man(Cli::command(), "8", out.as_deref()).map(|()| ExitCode::SUCCESS),
+        Command::Set { name, set, op } if dynsets::is_dynamic(&name, &set)? => dynsets::set(&name, &set, op),
         Command::Set { name, set, op } => applied::set(&name, &set, op),
         Command::Pool { name, pool, op } => applied::pool(&name, &pool, op),
         Command::Test { policy, hook, pcap, json, rejection } => {
@@ -1542,9 +1612,10 @@ mod tests {
             &["apply", "p.xpol", "-i", "e", "--name", "n", "-j"],
             &["set", "n", "s", "list", "-j"],
             &["pool", "n", "p", "list", "-j"],
+            &["demo", "-j"],
         ] {
             let json = match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
-                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } => json,
+                Command::List { json } | Command::Stats { json, .. } | Command::Ct { json, .. } | Command::Test { json, .. } | Command::Apply { json, .. } | Command::Log { json, .. } | Command::Demo { json, .. } => json,
                 Command::Watch { every, .. } | Command::Run { every, .. } => every.json,
                 Command::Set { op: super::SetOp::List { json }, .. } | Command::Pool { op: super::PoolOp::List { json }, .. } => json,
                 _ => panic!("{args:?}"),
@@ -1598,6 +1669,26 @@ mod tests {
         let warnings = super::log_records::report_warnings(&report);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("the `log` on line 18 lost 7 records"), "{warnings:?}");
+    }
+
+    /// Each dynamic set gives its live elements and capacity; a policy
+    /// without one, no such metric.
+    #[test]
+    fn prometheus_shows_dynamic_sets() {
+        let report = serde_json::json!({
+            "policy": "edge", "interface": "eth0", "rules": [], "maps": [], "sets": [], "logs": [],
+            "dynsets": [{"name": "scanners", "elements": 3, "capacity": 65536}],
+        });
+        let text = super::prometheus(&report);
+        for line in [
+            "# TYPE xpol_dynset_elements gauge",
+            "xpol_dynset_elements{policy=\"edge\",interface=\"eth0\",set=\"scanners\"} 3",
+            "xpol_dynset_capacity{policy=\"edge\",interface=\"eth0\",set=\"scanners\"} 65536",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        let none = super::prometheus(&serde_json::json!({"policy": "p", "interface": "eth0", "rules": [], "maps": [], "sets": [], "logs": [], "dynsets": []}));
+        assert!(!none.contains("xpol_dynset"), "{none}");
     }
 
     /// Each backend of each pool gives its counters (and gauges for its

@@ -1,7 +1,9 @@
 //! `xpolc`: compile xpol policies to BPF objects.
 //!
 //!   xpolc build POLICY [-o OUT.o] [--emit ast|ir|llvm|asm] [--message-format human|json|sarif]
-//!   xpolc check POLICY [--message-format human|json|sarif] [--kernel [--verbose] [--verifier-log FILE]]
+//!   xpolc check POLICY [--message-format human|json|sarif] [--exact] [--kernel [--verbose] [--verifier-log FILE]]
+//!   xpolc diff OLD NEW [--json] [--rules] [--sets declared|symbolic]
+//!   xpolc query POLICY 'PREDICATE' [--hook HOOK] [--json]
 //!   xpolc lsp
 //!   xpolc completions SHELL | xpolc man [--out DIR]
 //!
@@ -9,6 +11,8 @@
 //! JSON or SARIF to stdout, where nothing else is written (docs/json.md).
 
 mod common;
+#[path = "xpolc/analysis.rs"]
+mod analysis;
 #[path = "xpolc/lsp.rs"]
 mod lsp;
 
@@ -68,6 +72,45 @@ enum Command {
         /// verifier's whole log to FILE.
         #[arg(long, value_name = "FILE", requires = "kernel")]
         verifier_log: Option<PathBuf>,
+        /// Look for rules no packet reaches and rules that change nothing
+        /// however large the policy (the analysis' own budget, not the
+        /// small one of every check), and say where the search stops if
+        /// it does (docs/analysis.md).
+        #[arg(long)]
+        exact: bool,
+    },
+    /// The packets two versions of a policy decide differently: regions
+    /// over the fields the rules read, each with an example packet
+    /// (docs/analysis.md). Exit status 0: no difference; 1: differences;
+    /// 2: a policy does not check.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also report packets decided by another rule with the same verdict.
+        #[arg(long)]
+        rules: bool,
+        /// Sets the runtime may change (`set NAME`, `xpol set`): by their
+        /// declared contents, or as unknown contents (the same in both
+        /// versions), a difference that depends on them said so.
+        #[arg(long, value_enum, default_value = "declared")]
+        sets: analysis::SetsArg,
+    },
+    /// What packets satisfying a predicate can get: each verdict and rule,
+    /// with an example packet, e.g. `xpolc query fw.xpol 'tcp.dport == 22
+    /// && ip.src !in 198.51.100.0/24'`.
+    Query {
+        policy: PathBuf,
+        /// A predicate in the language, as between `/.../`.
+        predicate: String,
+        /// The program to ask (default: the policy's first).
+        #[arg(long)]
+        hook: Option<String>,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the Language Server Protocol on stdin/stdout, for editors:
     /// diagnostics as you type, hover, go-to-definition, completion.
@@ -188,8 +231,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lsp::run()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { policy, message_format, kernel, verbose, verifier_log } => {
+        Command::Diff { old, new, json, rules, sets } => analysis::diff(&old, &new, json, rules, sets),
+        Command::Query { policy, predicate, hook, json } => analysis::query(&policy, &predicate, hook.as_deref(), json),
+        Command::Check { policy, message_format, kernel, verbose, verifier_log, exact } => {
             let mut build = build_policy(&policy, &BuildOptions::default());
+            if exact {
+                analysis::exact_lints(&mut build);
+            }
             let checked = check_here(&mut build, kernel, verbose, verifier_log.as_deref());
             finish(build, message_format, checked)
         }
@@ -267,10 +315,12 @@ fn check_here(build: &mut Build, kernel: bool, verbose: bool, verifier_log: Opti
         if let Some(out) = &build.output {
             match xpol_runtime::loader::LoadedPolicy::load_with(&out.object, &xpol_runtime::loader::LoadOptions { missing_interfaces_ok: true, ..Default::default() }) {
                 Ok(mut loaded) => {
+                    let estimates = xpol_compiler::codegen::processed_estimates(&out.ir);
                     for p in out.meta.programs.clone() {
                         let s = loaded.program_stats(&p.hook)?;
+                        let estimate = estimates.iter().find(|(h, _)| h.as_str() == p.hook).map_or(0, |(_, n)| *n);
                         eprintln!(
-                            "{}: verified by the kernel: {} instructions processed, {} instructions ({} bytes JIT-compiled)",
+                            "{}: verified by the kernel: {} instructions processed (estimated before loading: {estimate}), {} instructions ({} bytes JIT-compiled)",
                             p.hook,
                             s.verified_insns,
                             s.xlated_bytes / 8,

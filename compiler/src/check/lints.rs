@@ -104,7 +104,70 @@ pub fn lint(policy: &ir::Policy) -> Vec<Diagnostic> {
             }
         }
     }
+    out.extend(exact_reachability(policy, &out, REACHABILITY_BUDGET, false));
     out
+}
+
+/// The work the exact reachability analysis may do in every check: a
+/// thousand reachable rules (benches/compile.rs) stay well under it.
+/// Past it the exact lints say nothing (`xpolc check --exact` runs them
+/// with the analysis' own budget, and says where they stop).
+pub const REACHABILITY_BUDGET: crate::analysis::Budget = crate::analysis::Budget { max_cubes: 20_000, max_steps: 400_000 };
+
+/// The exact lints (`crate::analysis::reachability`) within `budget`:
+/// rules no packet reaches because earlier rules decide every packet they
+/// match (`xpol::lint::shadowed`), and rules whose removal changes nothing
+/// (`xpol::lint::redundant`), besides those `found` has already. Past the
+/// budget: nothing, or with `say_skipped` an
+/// `xpol::lint::reachability_skipped` warning where the analysis stopped.
+pub fn exact_reachability(policy: &ir::Policy, found: &[Diagnostic], budget: crate::analysis::Budget, say_skipped: bool) -> Vec<Diagnostic> {
+    let warned: std::collections::HashSet<(&str, xpol_lang::Span)> = found
+        .iter()
+        .filter(|d| d.code == "xpol::lint::shadowed" || d.code == "xpol::lint::redundant")
+        .filter_map(|d| d.labels.first().map(|l| (d.code.as_str(), l.span)))
+        .collect();
+    match crate::analysis::reachability(policy, budget) {
+        Ok(found) => {
+            let shadowed = found.unreachable.into_iter().filter(|u| !warned.contains(&("xpol::lint::shadowed", u.span))).map(|u| {
+                let mut d = Diagnostic::warning("xpol::lint::shadowed", "this rule never runs: earlier rules decide every packet it matches").with_label(u.span, "never runs");
+                for (i, s) in u.covered_by.iter().enumerate() {
+                    d = d.with_label(*s, if i == 0 { "decides its packets first" } else { "and this one" });
+                }
+                d
+            });
+            let redundant = found.redundant.into_iter().filter(|r| !warned.contains(&("xpol::lint::redundant", r.span))).map(|r| {
+                let mut d = Diagnostic::warning("xpol::lint::redundant", "this rule changes nothing: the rules after it decide every packet it decides alike")
+                    .with_label(r.span, "removing it changes no verdict");
+                for (i, s) in r.covered_by.iter().enumerate() {
+                    d = d.with_label(*s, if i == 0 { "decides its packets alike" } else { "and this one" });
+                }
+                d.with_help("remove it; `xpolc diff` of the policy without it says `no difference` (docs/analysis.md)")
+            });
+            let mut out: Vec<Diagnostic> = shadowed.chain(redundant).collect();
+            if let (Some((_, span)), true) = (found.redundant_stopped, say_skipped) {
+                out.push(
+                    Diagnostic::warning("xpol::lint::reachability_skipped", "the exact check for rules that change nothing stopped here (its budget is spent): rules from here on were not looked at")
+                        .with_label(span, "stopped at this rule"),
+                );
+            }
+            out
+        }
+        Err(_) if !say_skipped => Vec::new(),
+        Err(e) => {
+            let span = match &e {
+                crate::analysis::AnalysisError::TooLarge { span, .. } => *span,
+            };
+            let d = Diagnostic::warning(
+                "xpol::lint::reachability_skipped",
+                "the exact check for rules no packet reaches and rules that change nothing stopped here (its budget is spent); only rules after a catch-all or with an earlier rule's predicate were looked for",
+            )
+            .with_help("`xpolc diff` and `xpolc query` analyse larger policies (docs/analysis.md)");
+            vec![match span {
+                Some(s) => d.with_label(s, "stopped at this rule"),
+                None => d,
+            }]
+        }
+    }
 }
 
 /// Diagnostics for the interfaces `redirect` names that do not exist

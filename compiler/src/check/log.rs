@@ -177,13 +177,14 @@ impl Checker<'_> {
                 StmtKind::Verdict(v) => next = v.as_str(),
                 StmtKind::Redirect(_) => next = "redirect",
                 StmtKind::Lb(_) => next = "lb",
+                StmtKind::Synproxy(_) => next = "mixed",
                 StmtKind::If { then_body, else_body, .. } => {
                     let then = self.log_verdicts(then_body, next);
                     let other = self.log_verdicts(else_body, next);
                     next = if then == other { then } else { "mixed" };
                 }
                 StmtKind::Log(id) => self.logs[*id].verdict = next,
-                StmtKind::Let { .. } | StmtKind::MapUpdate { .. } => {}
+                StmtKind::Let { .. } | StmtKind::MapUpdate { .. } | StmtKind::SetWrite { .. } => {}
             }
         }
         next

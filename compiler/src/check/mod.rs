@@ -5,11 +5,13 @@
 //! sub-expression yields `None` and its parent goes on without it.
 
 mod conntrack;
+mod dynset;
 pub mod fields;
 mod lb;
 mod limit;
 pub mod lints;
 mod log;
+mod synproxy;
 mod values;
 
 use crate::ir::{self, ArithOp, CmpOp, ConstSet, ExprKind, MapOp, NamedSet, SetRef, StmtKind, Type, UserMap, Value};
@@ -46,6 +48,8 @@ enum ConstVal {
 enum Global {
     Const { value: Option<ConstVal>, span: Span },
     Set { id: ir::SetId, span: Span },
+    /// A dynamic set; `None` when its declaration failed (reported).
+    DynSet { id: Option<ir::DynSetId>, span: Span },
 }
 
 /// What checking an expression yields: a runtime value, or a constant that
@@ -57,6 +61,7 @@ enum Operand {
     Range(u64, u64),
     Set(ConstSet, SetElem, Option<String>),
     Named(ir::SetId),
+    Dynamic(ir::DynSetId),
 }
 
 struct Checker<'a> {
@@ -96,10 +101,15 @@ struct Checker<'a> {
     /// connection table.
     ct_first: Option<Span>,
     logs: Vec<ir::Log>,
+    dynsets: Vec<ir::DynSet>,
     /// The expression about to be checked stands where a `limit(...)` may:
     /// a predicate or an `if` condition, through `&&`, `||` and `!`. Taken
     /// (reset) by every expression checked.
     in_condition: bool,
+    synproxies: Vec<ir::Synproxy>,
+    /// The predicate of the probe being checked (`synproxy` reads its
+    /// ports from it).
+    predicate: Option<ir::Expr>,
 }
 
 pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Diagnostic>> {
@@ -128,7 +138,10 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         limits: Vec::new(),
         ct_first: None,
         logs: Vec::new(),
+        dynsets: Vec::new(),
         in_condition: false,
+        synproxies: Vec::new(),
+        predicate: None,
     };
     // Declarations first, in order: a const may use earlier consts and sets;
     // probes may use any set or const of the policy. A `default` one gives
@@ -233,6 +246,8 @@ pub fn check(loaded: &Loaded, sources: &SourceMap) -> Result<ir::Policy, Vec<Dia
         limits: c.limits,
         conntrack,
         logs: c.logs,
+        dynsets: c.dynsets,
+        synproxies: c.synproxies,
         tests,
         warnings: c.diags,
     };
@@ -261,7 +276,7 @@ impl Checker<'_> {
     fn declare(&mut self, name: &ast::Ident, global: Global) {
         if let Some(prev) = self.globals.get(&name.name) {
             let prev_span = match prev {
-                Global::Const { span, .. } | Global::Set { span, .. } => *span,
+                Global::Const { span, .. } | Global::Set { span, .. } | Global::DynSet { span, .. } => *span,
             };
             self.diags.push(
                 Diagnostic::error("xpol::name::duplicate", format!("`{}` is declared twice", name.name))
@@ -279,7 +294,7 @@ impl Checker<'_> {
             Operand::Cidr(a, l) => Some(ConstVal::Cidr(a, l)),
             Operand::Range(lo, hi) => Some(ConstVal::Range(lo, hi)),
             Operand::Set(s, e, _) => Some(ConstVal::Set(s, e)),
-            Operand::Named(_) => {
+            Operand::Named(_) | Operand::Dynamic(_) => {
                 self.error_help(decl.value.span, "xpol::const", "a const cannot name a set", "this is a set", "use the set's name directly");
                 None
             }
@@ -298,6 +313,9 @@ impl Checker<'_> {
     }
 
     fn set_decl(&mut self, decl: &ast::SetDecl) {
+        if let Some(dynamic) = &decl.dynamic {
+            return self.dynset_decl(decl, dynamic);
+        }
         let elem = match decl.ty.name.as_str() {
             "cidr" | "ip" => SetElem::Cidr,
             "int" | "port" => SetElem::Int,
@@ -437,7 +455,7 @@ impl Checker<'_> {
                 // An empty const set adds nothing, of any type.
                 Operand::Set(inner, _, _) if inner.is_empty() => continue,
                 Operand::Set(inner, ie, _) => (ie, inner),
-                Operand::Named(_) | Operand::Expr(_) => {
+                Operand::Named(_) | Operand::Dynamic(_) | Operand::Expr(_) => {
                     self.error_help(
                         e.span,
                         "xpol::set::element",
@@ -490,7 +508,9 @@ impl Checker<'_> {
             self.in_condition = true;
             self.bool_expr(p, "a predicate")
         });
+        self.predicate = predicate.clone();
         let body = self.block(&probe.body);
+        self.predicate = None;
         self.log_verdicts(&body, "none");
         self.scopes.pop();
         let probes = self.programs.entry(probe.hook).or_default();
@@ -707,7 +727,7 @@ impl Checker<'_> {
                         .with_label(end, "evaluation ends here"),
                 );
             }
-            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_) | ast::StmtKind::Lb { .. }) {
+            if matches!(stmt.kind, ast::StmtKind::Verdict(_) | ast::StmtKind::Redirect(_) | ast::StmtKind::Lb { .. } | ast::StmtKind::Synproxy(_)) {
                 ended = Some(stmt.span);
             }
             if let Some(s) = self.stmt(stmt) {
@@ -746,6 +766,8 @@ impl Checker<'_> {
             }
             ast::StmtKind::Lb { pool, args } => self.lb_stmt(stmt, pool, args)?,
             ast::StmtKind::Log(args) => self.log_stmt(stmt.span, args)?,
+            ast::StmtKind::SetWrite { op, set, key, option } => self.set_write_stmt(*op, set, key, option)?,
+            ast::StmtKind::Synproxy(args) => self.synproxy(stmt.span, args)?,
             ast::StmtKind::If { cond, then_block, else_block } => {
                 self.in_condition = true;
                 let cond = self.bool_expr(cond, "an `if` condition");
@@ -1116,6 +1138,8 @@ impl Checker<'_> {
             }
             match self.globals.get(&name).cloned() {
                 Some(Global::Set { id, .. }) => return Some(Operand::Named(id)),
+                Some(Global::DynSet { id: Some(id), .. }) => return Some(Operand::Dynamic(id)),
+                Some(Global::DynSet { id: None, .. }) => return None,
                 Some(Global::Const { value: Some(v), .. }) => {
                     return Some(match v {
                         ConstVal::Value(v) => Operand::Expr(ir::Expr { kind: ExprKind::Const(v), ty: v.ty(), span }),
@@ -1278,6 +1302,7 @@ impl Checker<'_> {
     /// `negated`: for `!in`.
     fn set_ref(&mut self, lhs: &ir::Expr, set: Operand, span: Span, negated: bool) -> Option<SetRef> {
         let (elem, set_ref) = match set {
+            Operand::Dynamic(id) => return self.dynset_ref(lhs, id, span),
             Operand::Named(id) => (self.sets[id].elem, SetRef::Named(id)),
             Operand::Cidr(a, l) => {
                 if l == 0 {
@@ -1387,7 +1412,7 @@ fn operand_name(op: &Operand) -> &'static str {
         Operand::Expr(_) => "a value",
         Operand::Cidr(..) => "a prefix",
         Operand::Range(..) => "a range",
-        Operand::Set(..) | Operand::Named(_) => "a set",
+        Operand::Set(..) | Operand::Named(_) | Operand::Dynamic(_) => "a set",
     }
 }
 

@@ -13,6 +13,7 @@ use crate::check::fields::Field;
 use crate::ir::{self, CmpOp, ExprKind, Value};
 use std::collections::HashMap;
 use xpol_lang::meta;
+use xpol_lang::ast::Hook;
 use xpol_lang::{Diagnostic, FileId, SourceMap, Span};
 
 /// BPF jump offsets are 16 bits; LLVM 14 has no longer jump and would wrap
@@ -69,6 +70,10 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
                 _ => at(maps[MAX_MAPS_PER_PROGRAM], &format!("map {} of the program", MAX_MAPS_PER_PROGRAM + 1), d),
             });
         }
+        let estimate = processed_estimate(policy, prog);
+        if estimate.total() > MAX_PROCESSED_INSNS {
+            diags.extend(too_much_verifier_work(policy, prog, &estimate));
+        }
         if let Some(insn) = first_walk_crossing(code, MAX_JUMP_SEQUENCE) {
             let d = Diagnostic::error(
                 "xpol::budget::jump_sequence",
@@ -82,6 +87,291 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
         Ok(())
     } else {
         Err(diags)
+    }
+}
+
+/// The verifier's `BPF_COMPLEXITY_LIMIT_INSNS`: instructions it processes
+/// (walks, counting each instruction once per state it reaches it in)
+/// before it gives up on a program.
+pub const MAX_PROCESSED_INSNS: usize = 1_000_000;
+
+/// What the verifier processes for a program, estimated from the IR
+/// before anything is compiled: a sum of per-construct costs, each at or
+/// above the most the kernel (6.18) was measured to process for that
+/// construct (`tests/limits.rs` checks the sum against the kernel's count
+/// on every policy it loads). The verifier's work is not a function of
+/// the IR in general (it depends on which states it can prune), but xpol
+/// shapes programs so that it is nearly a sum: long programs keep the
+/// parsed facts in a map (`codegen::specialized`) and each rule's work is
+/// mostly its own. The costs, measured with `xpolc check --kernel` on
+/// policies of one construct repeated:
+///
+/// - [`PROCESSED_BASE`]: the parser and the program's frame; at most
+///   about 29,000 (XDP with `lb(.., nat)`'s program-wide code).
+/// - a rule: [`PROCESSED_RULE`], and [`PROCESSED_TEST`] per comparison,
+///   membership test or boolean operator of its condition (measured: 46
+///   per rule of two comparisons with a verdict, 57 of three tests, 90 of
+///   one comparison with a map update and no verdict; 210 for rules of ten
+///   mixed terms with a verdict, 370 with a map update instead), and
+///   [`PROCESSED_STMT`] per `@map` update, `let` or `if`. Kept low: a
+///   program of thousands of rules must not be refused here when the
+///   kernel processes a tenth of the limit (2,000 rules of three tests:
+///   115,000, estimated 290,000).
+/// - [`PROCESSED_LOG`] per `log` (about 1,100 with a rate, 200 without),
+///   [`PROCESSED_LIMIT`] per `limit` (about 1,400 keyed).
+/// - `lb`: its verifier work depends on the delivery and on how the
+///   program is shaped. In a program with the facts in registers (at most
+///   two `lb`: their weight keeps the rest in a map), up to about 75,000
+///   each (GUE to IPv6 backends: 90,233 for a program of one such rule;
+///   105,470 for one with three other rules), [`PROCESSED_LB_SPECIALIZED`]
+///   with a margin (the weight keeps such a program far under the limit);
+///   otherwise, per
+///   `lb(.., nat)` 27,014 when the rules are NAT rules alone (36 of them
+///   on one pool cross the limit), up to about 5% more with other rules
+///   before them (the verifier walks the balancing code in more states):
+///   [`PROCESSED_LB_NAT`] is 5% over, so 35 such rules, which the kernel
+///   takes (with 974,000), are refused; per `lb(.., nat)` to IPv6
+///   backends and per encapsulating `lb` at most about 6,600
+///   ([`PROCESSED_LB_ENCAP`]).
+/// - connection state: a program whose rules read `ct.state` about
+///   100,000 to 127,000, recording connections or not, and one that
+///   records them and has rules up to 110,000 ([`PROCESSED_CT_CLASSIFY`]);
+///   one that only records them (the `tc:egress` program the table adds)
+///   about 66,000 ([`PROCESSED_CT_RECORD`]).
+/// - `synproxy`: about 9,000 to 16,000 each in a program with the facts in
+///   the map (40 of them 378,418 in all; one after a `ct.state` rule
+///   110,373), 30,000 for a lone one specialized (60,084 with its
+///   program): [`PROCESSED_SYNPROXY`], times the specialized factor there.
+///   A dynamic set's `add` or `delete` is a statement (60 of them with 30
+///   tests of dynamic sets: 26,930).
+pub const PROCESSED_BASE: usize = 30_000;
+pub const PROCESSED_RULE: usize = 40;
+pub const PROCESSED_TEST: usize = 15;
+pub const PROCESSED_STMT: usize = 150;
+pub const PROCESSED_LOG: usize = 1_500;
+pub const PROCESSED_LIMIT: usize = 2_000;
+pub const PROCESSED_LB_SPECIALIZED: usize = 100_000;
+pub const PROCESSED_LB_NAT: usize = 28_400;
+pub const PROCESSED_LB_ENCAP: usize = 8_000;
+pub const PROCESSED_SYNPROXY: usize = 20_000;
+pub const PROCESSED_CT_CLASSIFY: usize = 135_000;
+pub const PROCESSED_CT_RECORD: usize = 70_000;
+/// In a program that also balances (`lb`), the work is not quite a sum:
+/// the first `limit` or `log` adds about 16,500 (the verifier walks part
+/// of the balancing code again for the states it leaves), each further
+/// `limit` about 3,500 and `log` about 4,400 ([`PROCESSED_LIMIT_BESIDE_LB`],
+/// [`PROCESSED_LOG_BESIDE_LB`]; a `log` with a rate counts as both).
+pub const PROCESSED_STATE_BESIDE_LB: usize = 20_000;
+pub const PROCESSED_LIMIT_BESIDE_LB: usize = 4_000;
+/// A `log` in a TC program whose rules are specialized per parse end (at
+/// most six: their weight keeps more in the facts map): the verifier
+/// walks its copy of the packet once per parse end; four rate-limited
+/// logs that let packets go on took 62,000 (15,000 in XDP).
+pub const PROCESSED_LOG_TC_SPECIALIZED: usize = 15_000;
+/// Rules specialized per parse end (at most 64, of a weight of at most
+/// `codegen::SPECIALIZE_MAX_WEIGHT`) are walked once per end the
+/// verifier cannot merge: their rule, test, statement, `limit` and `log`
+/// costs are multiplied by this (a `limit`, a rate-limited `log`, a
+/// `log` and two `@map` updates that let packets go on, in six XDP rules:
+/// 36,648 processed, 36,160 estimated without the factor). Generous:
+/// the weight bounds such a program far under the limit.
+pub const PROCESSED_SPECIALIZED_FACTOR: usize = 4;
+pub const PROCESSED_LOG_BESIDE_LB: usize = 5_000;
+
+/// [`processed_estimate`] of one program: what the program costs before
+/// its rules, and what each rule (each probe, in the program's order)
+/// adds.
+pub struct ProcessedEstimate {
+    pub base: usize,
+    pub per_probe: Vec<usize>,
+}
+
+impl ProcessedEstimate {
+    pub fn total(&self) -> usize {
+        self.base + self.per_probe.iter().sum::<usize>()
+    }
+
+    /// The probe with which the running total passes `limit`, and the
+    /// total there.
+    fn crossing(&self, limit: usize) -> Option<(usize, usize)> {
+        let mut total = self.base;
+        self.per_probe.iter().enumerate().find_map(|(i, n)| {
+            total += n;
+            (total > limit).then_some((i, total))
+        })
+    }
+}
+
+/// The verifier's work for program `prog` of `policy`, estimated (see
+/// [`MAX_PROCESSED_INSNS`] for the costs and how they were measured).
+pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedEstimate {
+    let (mut balances, mut stateful) = (false, false);
+    for p in &prog.probes {
+        visit_stmts(&p.body, &mut |s| match &s.kind {
+            ir::StmtKind::Lb(_) => balances = true,
+            ir::StmtKind::Log(_) => stateful = true,
+            _ => {}
+        });
+        stateful |= p.predicate.as_ref().is_some_and(has_limit) || any_expr(&p.body, &has_limit);
+    }
+    let specialized = super::specialized(policy);
+    // Rules specialized per parse end are walked once per end: their
+    // costs times [`PROCESSED_SPECIALIZED_FACTOR`].
+    let times = if specialized { PROCESSED_SPECIALIZED_FACTOR } else { 1 };
+    let costs = Costs {
+        policy,
+        specialized,
+        rule: PROCESSED_RULE * times,
+        test: PROCESSED_TEST * times,
+        stmt: PROCESSED_STMT * times,
+        limit: times * if balances { PROCESSED_LIMIT_BESIDE_LB } else { PROCESSED_LIMIT },
+        log: if balances {
+            PROCESSED_LOG_BESIDE_LB * times
+        } else if specialized && prog.hook != Hook::Xdp {
+            PROCESSED_LOG_TC_SPECIALIZED
+        } else {
+            PROCESSED_LOG * times
+        },
+    };
+    let records = policy.conntrack.as_ref().is_some_and(|ct| ct.trackers.contains(&prog.hook));
+    // Measured with the recording where the program also records; a
+    // program that records and has rules of its own costs about as much
+    // (110,000 measured for a `tc:egress` of four rules).
+    let ct = if policy.conntrack.is_some() && (super::parse::reads_field(prog, Field::CtState) || records && !prog.probes.is_empty()) {
+        PROCESSED_CT_CLASSIFY
+    } else if records {
+        PROCESSED_CT_RECORD
+    } else {
+        0
+    };
+    let beside_lb = if balances && stateful { PROCESSED_STATE_BESIDE_LB } else { 0 };
+    let base = PROCESSED_BASE + ct + beside_lb;
+    let per_probe = prog.probes.iter().map(|p| costs.rule + p.predicate.as_ref().map_or(0, |e| costs.expr(e)) + costs.stmts(&p.body)).collect();
+    ProcessedEstimate { base, per_probe }
+}
+
+/// What each construct costs in one program.
+struct Costs<'a> {
+    policy: &'a ir::Policy,
+    specialized: bool,
+    rule: usize,
+    test: usize,
+    stmt: usize,
+    limit: usize,
+    log: usize,
+}
+
+impl Costs<'_> {
+    fn expr(&self, e: &ir::Expr) -> usize {
+        match &e.kind {
+            ExprKind::Field(Field::CtState) => self.test,
+            ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => 0,
+            ExprKind::MapRead { keys, .. } => self.stmt + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
+            ExprKind::Limit { keys, .. } => self.limit + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
+            ExprKind::Neg(a) | ExprKind::BitNot(a) => self.expr(a),
+            ExprKind::Not(a) | ExprKind::In(a, _) => self.test + self.expr(a),
+            ExprKind::Arith(_, a, b) => self.expr(a) + self.expr(b),
+            ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => self.test + self.expr(a) + self.expr(b),
+        }
+    }
+
+    fn stmts(&self, body: &[ir::Stmt]) -> usize {
+        body.iter()
+            .map(|s| match &s.kind {
+                ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) => 0,
+                // A rate is a `limit` of its own.
+                ir::StmtKind::Log(id) => self.log + if self.policy.logs.get(*id).is_some_and(|l| l.limit.is_some()) { self.limit } else { 0 },
+                ir::StmtKind::SetWrite { key, .. } => self.stmt + self.expr(key),
+                ir::StmtKind::Synproxy(_) => PROCESSED_SYNPROXY * if self.specialized { PROCESSED_SPECIALIZED_FACTOR } else { 1 },
+                ir::StmtKind::Lb(_) if self.specialized => PROCESSED_LB_SPECIALIZED,
+                ir::StmtKind::Lb(b) => match b.delivery {
+                    ir::Delivery::Nat { .. } if self.policy.pools.get(b.pool).is_some_and(|p| p.v6) => PROCESSED_LB_ENCAP,
+                    ir::Delivery::Nat { .. } => PROCESSED_LB_NAT,
+                    ir::Delivery::Encap { .. } => PROCESSED_LB_ENCAP,
+                },
+                ir::StmtKind::If { cond, then_body, else_body } => self.stmt + self.expr(cond) + self.stmts(then_body) + self.stmts(else_body),
+                ir::StmtKind::Let { value, .. } => self.stmt + self.expr(value),
+                ir::StmtKind::MapUpdate { keys, op, .. } => {
+                    let value = match op {
+                        ir::MapOp::Count => 0,
+                        ir::MapOp::Sum(e) | ir::MapOp::Assign(e) => self.expr(e),
+                    };
+                    self.stmt + keys.iter().map(|k| self.expr(k)).sum::<usize>() + value
+                }
+            })
+            .sum()
+    }
+}
+
+/// Whether `e` holds a `limit`.
+fn has_limit(e: &ir::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Limit { .. } => true,
+        ExprKind::Field(_) | ExprKind::Const(_) | ExprKind::Local(_) => false,
+        ExprKind::MapRead { keys, .. } => keys.iter().any(has_limit),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => has_limit(a),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => has_limit(a) || has_limit(b),
+    }
+}
+
+/// Whether an expression of the statements `body` (conditions, values,
+/// keys) satisfies `f`.
+fn any_expr(body: &[ir::Stmt], f: &impl Fn(&ir::Expr) -> bool) -> bool {
+    body.iter().any(|s| match &s.kind {
+        ir::StmtKind::If { cond, then_body, else_body } => f(cond) || any_expr(then_body, f) || any_expr(else_body, f),
+        ir::StmtKind::Let { value, .. } => f(value),
+        ir::StmtKind::MapUpdate { keys, op, .. } => keys.iter().any(f) || matches!(op, ir::MapOp::Sum(e) | ir::MapOp::Assign(e) if f(e)),
+        _ => false,
+    })
+}
+
+/// The error for a program whose [`processed_estimate`] passes
+/// [`MAX_PROCESSED_INSNS`], at the rule where it does, with a help for
+/// what that rule holds.
+fn too_much_verifier_work(policy: &ir::Policy, prog: &ir::Program, estimate: &ProcessedEstimate) -> Option<Diagnostic> {
+    let hook = prog.hook.as_str();
+    let d = Diagnostic::error(
+        "xpol::budget::processed",
+        format!(
+            "the `{hook}` program would make the kernel's verifier process about {} instructions, more than the {MAX_PROCESSED_INSNS} it allows one program (an estimate from the rules, at or above what the kernel processes for each)",
+            estimate.total()
+        ),
+    );
+    let Some((probe, total)) = estimate.crossing(MAX_PROCESSED_INSNS) else {
+        // The program's own code alone: nothing a rule can change.
+        let span = policy.conntrack.as_ref().map(|ct| ct.span).or(prog.probes.first().map(|p| p.span))?;
+        return Some(d.with_label(span, "the program's own code passes the limit").with_help("split the policy: give this hook fewer stateful features"));
+    };
+    let p = &prog.probes[probe];
+    let mut has = (false, false, false);
+    visit_stmts(&p.body, &mut |s| match &s.kind {
+        ir::StmtKind::Lb(b) => {
+            if matches!(b.delivery, ir::Delivery::Nat { .. }) {
+                has.0 = true
+            } else {
+                has.1 = true
+            }
+        }
+        ir::StmtKind::Log(_) => has.2 = true,
+        _ => {}
+    });
+    let help = match has {
+        (true, _, _) => "the verifier walks each `lb(POOL, nat)` on its own (about 27,000 instructions each, 28,400 in the estimate): balance several addresses to one pool in one rule (`ip.dst in { ... }`) rather than a rule each",
+        (_, true, _) => "the verifier walks each `lb` on its own: balance several addresses to one pool in one rule (`ip.dst in { ... }`) rather than a rule each",
+        (_, _, true) => "the verifier walks each `log` and `limit` on its own: log from fewer rules (one rule with `in { ... }` for several values), or split the policy across hooks",
+        _ => "merge rules with the same body into one rule with `in { ... }` or a named `set`, or split the policy across hooks",
+    };
+    let span = policy.rules.iter().find(|r| r.id == p.rule).map_or(p.span, |r| r.span);
+    Some(d.with_label(span, format!("with this rule the estimate reaches {total}")).with_help(help))
+}
+
+fn visit_stmts(body: &[ir::Stmt], f: &mut impl FnMut(&ir::Stmt)) {
+    for s in body {
+        f(s);
+        if let ir::StmtKind::If { then_body, else_body, .. } = &s.kind {
+            visit_stmts(then_body, f);
+            visit_stmts(else_body, f);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use inkwell::{AddressSpace, AtomicOrdering, AtomicRMWBinOp, IntPredicate};
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: u64 = 1;
     pub const MAP_UPDATE_ELEM: u64 = 2;
+    pub const MAP_DELETE_ELEM: u64 = 3;
     pub const KTIME_GET_NS: u64 = 5;
     pub const GET_SMP_PROCESSOR_ID: u64 = 8;
     pub const SKB_STORE_BYTES: u64 = 9;
@@ -32,6 +33,11 @@ pub mod helper {
     pub const RINGBUF_SUBMIT: u64 = 132;
     pub const KTIME_GET_COARSE_NS: u64 = 160;
     pub const XDP_LOAD_BYTES: u64 = 189;
+    /// SYN cookies without a socket (Linux 6.0).
+    pub const TCP_RAW_GEN_SYNCOOKIE_IPV4: u64 = 204;
+    pub const TCP_RAW_GEN_SYNCOOKIE_IPV6: u64 = 205;
+    pub const TCP_RAW_CHECK_SYNCOOKIE_IPV4: u64 = 206;
+    pub const TCP_RAW_CHECK_SYNCOOKIE_IPV6: u64 = 207;
 }
 
 /// Map types (enum bpf_map_type).
@@ -998,6 +1004,11 @@ impl<'a, 'ctx> Bpf<'a, 'ctx> {
     }
 
     /// `bpf_map_update_elem(map, key, value, flags)`: 0, or a negated errno.
+    /// `bpf_map_delete_elem`: 0, or `-ENOENT` when the key was not there.
+    pub fn map_delete(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>) -> IntValue<'ctx> {
+        self.helper_call(helper::MAP_DELETE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into()])
+    }
+
     pub fn map_update(&self, map: MapDef<'ctx>, key: PointerValue<'ctx>, value: PointerValue<'ctx>, flags: u64) -> IntValue<'ctx> {
         self.helper_call(helper::MAP_UPDATE_ELEM, self.i64(), &[self.map_ptr(map).into(), key.into(), value.into(), self.c64(flags).into()])
     }

@@ -70,7 +70,9 @@ pub struct CtWrite<'ctx> {
 /// starts at most 1024 bytes into the frame (`parse::MAX_L4_OFFSET`), so
 /// the quote and its L4 header (60 bytes of IPv4 header after it) stay
 /// below this and the mask never changes an offset.
-const MAX_QUOTE_OFFSET: u64 = 0x7ff;
+const MAX_QUOTE_OFFSET: u64 = 2 * super::parse::MAX_L4_OFFSET - 1;
+// A mask: all ones below a power of two.
+const _: () = assert!((MAX_QUOTE_OFFSET + 1).is_power_of_two());
 
 /// An address for ordering and for the key: as a number (IPv4 in `lo`),
 /// and the key's 16 bytes as two little-endian words (network order in

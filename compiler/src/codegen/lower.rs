@@ -32,6 +32,8 @@ pub struct Maps<'ctx> {
     pub conntrack: Option<super::conntrack::CtDef<'ctx>>,
     /// The ring buffer of a policy that logs.
     pub log: Option<super::log::LogMaps<'ctx>>,
+    /// By `ir::DynSetId`.
+    pub dynsets: Vec<super::dynset::DynSetDef<'ctx>>,
 }
 
 #[derive(Default)]
@@ -400,6 +402,8 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             StmtKind::MapUpdate { map, keys, op } => self.map_update(*map, keys, op),
             StmtKind::Lb(lb) => self.balance(lb),
             StmtKind::Log(id) => self.log(*id),
+            StmtKind::SetWrite { set, key, op } => self.dynset_write(*set, key, *op),
+            StmtKind::Synproxy(id) => self.synproxy(*id),
         }
     }
 
@@ -722,14 +726,18 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         let present = self.known(va);
         let c = match set {
             SetRef::Inline(s) => self.inline_member(va, s),
-            SetRef::Named(id) => {
+            SetRef::Named(_) | SetRef::Dynamic(_) => {
                 // Look up only when the value is present: a lookup is a helper call.
                 let lookup = self.b.block("set_lookup");
                 let after = self.b.block("set_done");
                 let from = self.b.cur();
                 self.b.cond_br(present, lookup, after);
                 self.b.at(lookup);
-                let r = self.named_member(va, *id);
+                let r = match set {
+                    SetRef::Dynamic(id) => self.dynset_member(*id, a),
+                    SetRef::Named(id) => self.named_member(va, *id),
+                    SetRef::Inline(_) => unreachable!("matched above"),
+                };
                 let looked = self.b.cur();
                 self.b.br(after);
                 self.b.at(after);

@@ -11,11 +11,13 @@ pub mod faults;
 mod ipv6_set;
 mod budget;
 mod conntrack;
+mod dynset;
 mod lb;
 mod limit;
 mod log;
 pub mod lower;
 pub mod parse;
+mod synproxy;
 
 use crate::ir;
 use builder::{map_type, Bpf, ModuleCx, BPF_F_NO_PREALLOC};
@@ -82,10 +84,11 @@ fn rule_verdict(body: &[ir::Stmt]) -> &'static str {
             ir::StmtKind::Verdict(v) => return if conditional { "mixed" } else { v.as_str() },
             ir::StmtKind::Redirect(_) => return if conditional { "mixed" } else { "redirect" },
             ir::StmtKind::Lb(_) => return if conditional { "mixed" } else { "lb" },
+            ir::StmtKind::Synproxy(_) => return "mixed",
             ir::StmtKind::If { then_body, else_body, .. } => {
                 conditional |= rule_verdict(then_body) != "none" || rule_verdict(else_body) != "none";
             }
-            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::Log(_) => {}
+            ir::StmtKind::Let { .. } | ir::StmtKind::MapUpdate { .. } | ir::StmtKind::Log(_) | ir::StmtKind::SetWrite { .. } => {}
         }
     }
     if conditional { "mixed" } else { "none" }
@@ -191,8 +194,16 @@ pub const FACTS_MAP: &str = "xpol_facts";
 /// Whether the rules are emitted once per parse end with the facts in
 /// registers (fast), rather than once after moving the facts into
 /// [`FACTS_MAP`] (bounded verifier work and stack).
+///
+/// Not with connection state beside a `log`, `limit` or `synproxy`: each parse end
+/// then reaches them in as many states as the connection's lookup leaves,
+/// which the verifier cannot merge. Four `log(.., rate:)` rules after a
+/// `ct.state` rule on `tc:ingress` took it to 570,000 processed
+/// instructions specialized, and 90,000 with the facts in the map; a
+/// `synproxy` after a `ct.state` rule 445,000 specialized.
 pub fn specialized(policy: &ir::Policy) -> bool {
-    policy.rules.len() <= SPECIALIZE_MAX_RULES && policy.programs.iter().all(|p| branch_weight(p) <= SPECIALIZE_MAX_WEIGHT)
+    let stateful_beside_ct = policy.conntrack.is_some() && !(policy.logs.is_empty() && policy.limits.is_empty() && policy.synproxies.is_empty());
+    !stateful_beside_ct && policy.rules.len() <= SPECIALIZE_MAX_RULES && policy.programs.iter().all(|p| branch_weight(p) <= SPECIALIZE_MAX_WEIGHT)
 }
 
 /// An estimate, from the IR, of what makes the verifier's work grow when
@@ -232,8 +243,12 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
                 // full), and a rate's bucket as a `limit`'s (whether or
                 // not the `log` has one: the IR alone does not say).
                 ir::StmtKind::Log(_) => 5,
+                // A clock read and an update or delete.
+                ir::StmtKind::SetWrite { key, .. } => 2 + expr(key),
                 // Hashing, two or three lookups, the encapsulation, the FIB.
                 ir::StmtKind::Lb(_) => 16,
+                // Two cookie helpers, the option loop, the rewrite.
+                ir::StmtKind::Synproxy(_) => 16,
                 ir::StmtKind::If { cond, then_body, else_body } => 1 + expr(cond) + stmts(then_body) + stmts(else_body),
                 ir::StmtKind::Let { value, .. } => 1 + expr(value),
                 ir::StmtKind::MapUpdate { keys, op, .. } => {
@@ -259,12 +274,22 @@ pub fn probes_weight(probes: &[ir::Probe]) -> usize {
 /// the next rule when it matches.
 pub const FALL_THROUGH_WEIGHT: usize = 2;
 
+/// Per program, the instructions the kernel's verifier is estimated to
+/// process (`budget::processed_estimate`; refused past
+/// [`MAX_PROCESSED_INSNS`]): what `tests/limits.rs` compares with the
+/// kernel's count.
+pub fn processed_estimates(policy: &ir::Policy) -> Vec<(Hook, usize)> {
+    policy.programs.iter().map(|p| (p.hook, budget::processed_estimate(policy, p).total())).collect()
+}
+
+pub use budget::MAX_PROCESSED_INSNS;
+
 /// Whether every packet that runs `body` gets its verdict there (its last
 /// statement is a verdict, redirect or `lb`, or an `if` whose branches
 /// both end).
 pub(crate) fn ends(body: &[ir::Stmt]) -> bool {
     body.last().is_some_and(|s| match &s.kind {
-        ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) => true,
+        ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) | ir::StmtKind::Synproxy(_) => true,
         ir::StmtKind::If { then_body, else_body, .. } => ends(then_body) && ends(else_body),
         _ => false,
     })
@@ -352,6 +377,12 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         conntrack: None,
         log_ring: None,
         logs: Vec::new(),
+        dynsets: Vec::new(),
+        synproxies: policy
+            .synproxies
+            .iter()
+            .map(|s| meta::SynproxyMeta { rule: s.rule, ports: s.ports.clone(), mss: s.mss, wscale: s.wscale, sack: s.sack, timestamps: s.timestamps })
+            .collect(),
     };
     let rules_map = m.define_map(meta::RULES_MAP, map_type::PERCPU_ARRAY, 4, 16, counter_slots.clamp(1, u32::MAX as usize) as u32, 0);
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
@@ -564,7 +595,13 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         meta.logs = logs;
         maps
     });
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log };
+    let mut dynsets = Vec::new();
+    for (i, d) in policy.dynsets.iter().enumerate() {
+        let (def, dynset_meta) = dynset::define(&m, i, d);
+        dynsets.push(def);
+        meta.dynsets.push(dynset_meta);
+    }
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log, dynsets };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)

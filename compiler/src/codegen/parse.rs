@@ -130,6 +130,10 @@ const LB_FIELDS: [Field; 11] = [
     Field::TcpFlags,
 ];
 
+/// The fields `synproxy` reads: the TCP header's place and flags, whether
+/// the packet is a fragment.
+const SYNPROXY_FIELDS: [Field; 4] = [Field::TcpFlags, Field::TcpDport, Field::IpFrag, Field::Ip4Ihl];
+
 /// Calls `visit` with every field one probe reads, and where.
 fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
     fn expr(e: &ir::Expr, visit: &mut impl FnMut(Field, Span)) {
@@ -153,6 +157,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                     stmts(else_body, visit);
                 }
                 StmtKind::Let { value, .. } => expr(value, visit),
+                StmtKind::SetWrite { key, .. } => expr(key, visit),
                 StmtKind::MapUpdate { keys, op, .. } => {
                     keys.iter().for_each(|k| expr(k, visit));
                     if let MapOp::Sum(e) | MapOp::Assign(e) = op {
@@ -161,6 +166,11 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
                 }
                 StmtKind::Lb(_) => {
                     for f in LB_FIELDS {
+                        visit(f, s.span);
+                    }
+                }
+                StmtKind::Synproxy(_) => {
+                    for f in SYNPROXY_FIELDS {
                         visit(f, s.span);
                     }
                 }
@@ -178,7 +188,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
 pub use crate::ir::MAX_IPV6_EXT;
 /// Offsets beyond this (bytes from the frame start) are not parsed; it keeps
 /// every packet offset provably small for the verifier.
-const MAX_L4_OFFSET: u64 = 1024;
+pub(super) const MAX_L4_OFFSET: u64 = 1024;
 /// TC programs see only the linear part of an skb: pull this much first.
 const TC_PULL_LEN: u64 = 256;
 

@@ -14,9 +14,11 @@ pub use lb::Balanced;
 pub use log::Logged;
 
 pub mod conntrack;
+pub mod dynset;
 mod lb;
 mod limit;
 mod log;
+mod synproxy;
 
 /// The result of one packet: the outcome and the rules that fired, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,37 +46,37 @@ pub enum KeyPart {
 
 /// The parsed facts of a packet: `None` is an absent field.
 #[derive(Clone, Debug, Default)]
-struct Facts {
-    len: u64,
-    eth: Option<(u64, u64, u64)>,
-    vlan_depth: u64,
-    vlan1: Option<u64>,
-    vlan2: Option<u64>,
-    ip: Option<IpFacts>,
-    l4: Option<L4Facts>,
+pub(crate) struct Facts {
+    pub(crate) len: u64,
+    pub(crate) eth: Option<(u64, u64, u64)>,
+    pub(crate) vlan_depth: u64,
+    pub(crate) vlan1: Option<u64>,
+    pub(crate) vlan2: Option<u64>,
+    pub(crate) ip: Option<IpFacts>,
+    pub(crate) l4: Option<L4Facts>,
     /// Where the L4 header starts in the frame, when there is one.
-    l4_off: Option<usize>,
+    pub(crate) l4_off: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
-struct IpFacts {
-    v6: bool,
-    src: IpAddr,
-    dst: IpAddr,
-    ttl: u64,
-    len: u64,
-    tos: u64,
+pub(crate) struct IpFacts {
+    pub(crate) v6: bool,
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    pub(crate) ttl: u64,
+    pub(crate) len: u64,
+    pub(crate) tos: u64,
     /// (proto, frag, frag_off) when the upper layer is known.
-    proto: Option<(u64, bool, u64)>,
-    ihl: u64,
-    id: u64,
-    df: bool,
-    nexthdr: u64,
-    flow: u64,
+    pub(crate) proto: Option<(u64, bool, u64)>,
+    pub(crate) ihl: u64,
+    pub(crate) id: u64,
+    pub(crate) df: bool,
+    pub(crate) nexthdr: u64,
+    pub(crate) flow: u64,
 }
 
 #[derive(Clone, Debug)]
-enum L4Facts {
+pub(crate) enum L4Facts {
     Tcp { sport: u64, dport: u64, flags: u64, window: u64 },
     Udp { sport: u64, dport: u64, len: u64 },
     Icmp { v6: bool, ty: u64, code: u64 },
@@ -85,7 +87,7 @@ fn be(p: &[u8], off: usize, n: usize) -> Option<u64> {
 }
 
 /// Parses like the language says: docs/language.md, "Parsing".
-fn parse(p: &[u8]) -> Facts {
+pub(crate) fn parse(p: &[u8]) -> Facts {
     let mut f = Facts { len: p.len() as u64, ..Facts::default() };
     if p.len() < 14 {
         return f;
@@ -262,6 +264,11 @@ pub struct State {
     pub limits: HashMap<(ir::LimitId, Vec<KeyPart>), limit::Bucket>,
     /// The connection table (`ct.state`), entries expired or not.
     pub conntrack: HashMap<conntrack::Key, conntrack::Entry>,
+    /// The elements of the dynamic sets, with the time each one's is up
+    /// (`dynset::FOREVER`: never); expired ones count as absent. Kept for
+    /// every key: the kernel's LRU map evicts past its size, which tests
+    /// stay under.
+    pub dynsets: HashMap<(ir::DynSetId, KeyPart), u64>,
 }
 
 impl State {
@@ -371,9 +378,15 @@ impl Eval<'_> {
                     let v = self.expr(value);
                     self.locals.insert(*local, v);
                 }
+                StmtKind::Synproxy(_) => return Some(Some(synproxy::verdict(&self.facts, self.packet))),
                 StmtKind::Log(id) => {
                     if let Some(logged) = log::write(self.policy, *id, self.hook, self.packet, self.facts.len, self.state) {
                         self.logs.push(logged);
+                    }
+                }
+                StmtKind::SetWrite { set, key, op } => {
+                    if let Some(key) = self.key(std::slice::from_ref(key)).and_then(|mut k| k.pop()) {
+                        dynset::write(*set, key, *op, self.state);
                     }
                 }
                 StmtKind::MapUpdate { map, keys, op } => {
@@ -573,6 +586,14 @@ impl Eval<'_> {
                 let contents: &ConstSet = match set {
                     SetRef::Inline(s) => s,
                     SetRef::Named(id) => &self.policy.sets[*id].contents,
+                    SetRef::Dynamic(id) => {
+                        let key = match v {
+                            V::Int(i) => KeyPart::Int(i),
+                            V::Ip(a) => KeyPart::Ip(a),
+                            V::Bool(b) => KeyPart::Bool(b),
+                        };
+                        return Some(V::Bool(dynset::contains(*id, &key, self.state)));
+                    }
                 };
                 Some(V::Bool(member(&v, contents)))
             }

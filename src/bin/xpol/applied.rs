@@ -29,6 +29,11 @@ fn apply_object(policy: &Path, object: &[u8], build: Option<&xpol_compiler::Buil
     if build.is_some_and(super::report_missing_interfaces) {
         return Ok(false);
     }
+    // Its netfilter side would outlive this process with nothing to
+    // remove it (and put the sysctl back) at `xpol delete`: not yet.
+    if xpol_runtime::loader::read_meta(object).is_ok_and(|m| !m.synproxies.is_empty()) {
+        anyhow::bail!("`synproxy` needs its netfilter side installed while the policy runs, which `xpol apply` does not do yet: run the policy with `xpol run` (docs/language.md, \"SYN proxy\")");
+    }
     let store = Store::write()?;
     let req = ApplyRequest {
         name,
