@@ -766,6 +766,150 @@ fn ipv4_walk(capacity: u32, seed: u64) {
     assert_eq!(listed, expected);
 }
 
+/// Random single IPv6 adds and deletes (nested prefixes, /0 now and then,
+/// /128, long shared runs of bits for path-compressed nodes, prefixes that
+/// become tails and inline tails, and a region of 300 prefixes that starts
+/// in a wide node in global data) are made in place in the IPv6 tables
+/// (`ipv6_edit`): after every few, the running program's verdicts
+/// (`BPF_PROG_TEST_RUN`) are a plain prefix scan's on every prefix's
+/// bounds and around them, and the program is the one applied.
+#[test]
+fn ipv6_single_changes_are_in_place_and_exact() {
+    use std::net::Ipv6Addr;
+    use xpol_runtime::apply::{SetChange, SetEditor};
+    use xpol_runtime::store::Store;
+    if !usable() {
+        return;
+    }
+    let mask = |len: u8| u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // 300 /64s in 2001:db8:1::/48: a wide node in global data.
+    let mut members: Vec<(u128, u8)> = (0..300).map(|_| ((0x2001_0db8_0001u128 << 80) | (u128::from(next() as u16) << 64), 64)).collect();
+    members.sort_unstable();
+    members.dedup();
+    let text = |&(a, len): &(u128, u8)| format!("{}/{len}", Ipv6Addr::from(a));
+    let initial: Vec<String> = members.iter().map(text).collect();
+    let net = Net::new();
+    let policy = apply_in_host_store(&net, "v6", &format!("set nets: cidr max 20000 = {{ {} }}\nxdp /ip6.src in nets/ {{ drop }}\nxdp {{ pass }}\n", initial.join(", ")));
+    let name = &policy.0;
+    let store = Store::write().expect("store");
+    let before = running_program(&store, name);
+    let prog = xpol_runtime::sys::prog_fd_by_id(before).expect("the program");
+    let dropped = |a: u128| {
+        let packet = xpol_runtime::packet::PacketSpec::udp6(Ipv6Addr::from(a), "2001:db8::1".parse().expect("address"), 1000, 53).build();
+        xpol_runtime::sys::prog_test_run(std::os::fd::AsFd::as_fd(&prog), &packet, None, 1).expect("test run").retval == 1 // XDP_DROP
+    };
+    let near = [0x2001_0db8_0001_0002_0003_0004_0005_0006u128, 0x2001_0db8_0002_00ff_0000_0000_0000_0000, 0x2001_0db8_0001_1234_0000_0000_0000_0000];
+    let mut editor = SetEditor::open(&store, name, "nets").expect("the set");
+    for step in 0..1_500 {
+        if members.len() > 1 && next() % 5 < 2 {
+            // Recent ones more often, so that /0 does not stay long.
+            let at = if next() % 2 == 0 { members.len() - 1 } else { (next() % members.len() as u64) as usize };
+            let p = members.remove(at);
+            editor.change(&store, SetChange::Delete(vec![text(&p)])).unwrap_or_else(|e| panic!("step {step}: delete {}: {e}", text(&p)));
+        } else {
+            let len = [0u8, 8, 16, 24, 32, 40, 47, 48, 52, 56, 63, 64, 65, 72, 80, 96, 112, 120, 127, 128][(next() % 20) as usize];
+            if len == 0 && next() % 4 != 0 {
+                continue;
+            }
+            let a = match next() % 3 {
+                0 => near[(next() % 3) as usize] ^ (u128::from(next() % 256) << (next() % 120)),
+                1 => (0x2001_0db8u128 << 96) | (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32),
+                _ => u128::from(next()) << 64 | u128::from(next()),
+            } & mask(len);
+            if members.contains(&(a, len)) {
+                continue;
+            }
+            members.push((a, len));
+            editor.change(&store, SetChange::Add(vec![text(&(a, len))])).unwrap_or_else(|e| panic!("step {step}: add {}: {e}", text(&(a, len))));
+        }
+        if step % 25 != 24 {
+            continue;
+        }
+        let holds = |x: u128| members.iter().any(|&(a, len)| x & mask(len) == a);
+        let mut probes: Vec<u128> = (0..32).map(|_| near[(next() % 3) as usize] ^ u128::from(next()) << (next() % 64)).collect();
+        for &(a, len) in &members {
+            let last = a | !mask(len);
+            probes.extend([a, last, a.wrapping_sub(1), last.wrapping_add(1), a ^ 1 << 64]);
+        }
+        for x in probes {
+            assert_eq!(dropped(x), holds(x), "step {step}: {} with {} prefixes", Ipv6Addr::from(x), members.len());
+        }
+    }
+    drop(editor);
+    assert_eq!(running_program(&store, name), before, "every change was made in place: the program is the same");
+    let mut listed = store.applied(name).expect("applied").current.expect("current").elements("nets").expect("elements");
+    let mut expected: Vec<String> = members.iter().map(text).collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+/// IPv6 changes in place until the IPv6 tables' room runs out (the loader
+/// leaves 256 nodes and 1,024 tails past what the prefixes need): the
+/// change that finds too little reloads the set, which sizes the tables
+/// again, and the changes after it are in place in the new generation.
+/// The verdicts stay those of a prefix scan throughout.
+#[test]
+fn ipv6_in_place_out_of_room_reloads() {
+    use std::net::Ipv6Addr;
+    use xpol_runtime::apply::{SetChange, SetEditor};
+    use xpol_runtime::store::Store;
+    if !usable() {
+        return;
+    }
+    let net = Net::new();
+    let policy = apply_in_host_store(&net, "v6-room", "set nets: cidr max 5000 = { 2001:db8:bad::/48 }\nxdp /ip6.src in nets/ { drop }\nxdp { pass }\n");
+    let name = &policy.0;
+    let store = Store::write().expect("store");
+    let first = running_program(&store, name);
+    let dropped = |a: u128| {
+        let prog = xpol_runtime::sys::prog_fd_by_id(running_program(&store, name)).expect("the program");
+        let packet = xpol_runtime::packet::PacketSpec::udp6(Ipv6Addr::from(a), "2001:db8::1".parse().expect("address"), 1000, 53).build();
+        xpol_runtime::sys::prog_test_run(std::os::fd::AsFd::as_fd(&prog), &packet, None, 1).expect("test run").retval == 1 // XDP_DROP
+    };
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // /128s spread over 2001:db8::/32: a node per entry of the /32's node
+    // and a tail each, soon more than the room left.
+    let added: Vec<u128> = (0..1_500).map(|_| (0x2001_0db8u128 << 96) | (u128::from(next()) << 64 | u128::from(next())) & (u128::MAX >> 32)).collect();
+    let mut editor = SetEditor::open(&store, name, "nets").expect("the set");
+    let mut reloaded_at = None;
+    for (i, &a) in added.iter().enumerate() {
+        editor.change(&store, SetChange::Add(vec![format!("{}/128", Ipv6Addr::from(a))])).unwrap_or_else(|e| panic!("add {i}: {e}"));
+        if reloaded_at.is_none() && running_program(&store, name) != first {
+            reloaded_at = Some(i);
+        }
+    }
+    let at = reloaded_at.expect("the room ran out once");
+    assert!(at > 200, "hundreds of changes in place first: reloaded at {at}");
+    let reloaded = running_program(&store, name);
+    for &a in &added {
+        assert!(dropped(a) && !dropped(a ^ 1) && !dropped(a ^ 1 << 100), "{}", Ipv6Addr::from(a));
+    }
+    assert!(dropped(0x2001_0db8_0bad_0001u128 << 64));
+    // Deleting them all is in place: nothing new is needed.
+    for (i, &a) in added.iter().enumerate() {
+        editor.change(&store, SetChange::Delete(vec![format!("{}/128", Ipv6Addr::from(a))])).unwrap_or_else(|e| panic!("delete {i}: {e}"));
+    }
+    assert_eq!(running_program(&store, name), reloaded, "the deletes were made in place");
+    assert!(added.iter().all(|&a| !dropped(a)) && dropped(0x2001_0db8_0bad_0001u128 << 64));
+    drop(editor);
+    let listed = store.applied(name).expect("applied").current.expect("current").elements("nets").expect("elements");
+    assert_eq!(listed, ["2001:db8:bad::/48"]);
+}
+
 /// Two policies on one interface's TC ingress both see the traffic: the
 /// first one's `pass` hands a packet on to the second (TCX_NEXT, not
 /// TC_ACT_OK, which would end the chain), whose `drop` then drops the

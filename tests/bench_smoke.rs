@@ -90,6 +90,27 @@ fn live_quick() {
     assert!(out.path().join("live.json").exists());
 }
 
+#[path = "../benches/ref_fw6.rs"]
+mod ref_fw6;
+
+/// The IPv6 reference firewall in quick mode: every program gives the
+/// reference verdicts (checked as it runs), each row is there, and the
+/// targets' ratios are computed.
+#[test]
+fn ref_fw6_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("ref_fw6_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = ref_fw6::run(&ref_fw6::Mode::quick(), out.path());
+    assert!(report.markdown.contains("C, IPv6 LPM_TRIE") && report.markdown.contains("xpol, IPv6 `set`"), "{}", report.markdown);
+    // The floor, then per N: xpol IPv4, xpol IPv6, the C trie; and at
+    // N = 100,000 the IPv4 policy given the IPv6 packets.
+    assert_eq!(report.json["results"].as_array().expect("results").len(), 1 + 3 * ref_fw6::SIZES.len() + 1, "{}", report.markdown);
+    assert!(report.json["targets"]["vs_c_trie"].as_f64().is_some_and(|r| r > 0.0), "{}", report.markdown);
+    assert!(out.path().join("ref-fw6.json").exists());
+}
+
 #[test]
 fn ref_fw_quick() {
     if !xpol_runtime::testing::kernel_or_skip("ref_fw_quick") {

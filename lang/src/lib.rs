@@ -7,6 +7,7 @@ pub mod ast;
 pub mod diagnostic;
 pub mod input;
 pub mod ipv4_table;
+pub mod ipv6_table;
 pub mod maglev;
 pub mod meta;
 pub mod parser;

@@ -66,7 +66,10 @@ pub const COUNTERS_MAP: &str = ".data";
 /// older runtimes would not show or let `xpol set` change.
 /// 13: SYN proxies ([`SynproxyMeta`]): the host's netfilter side, which
 /// older runtimes would not install.
-pub const META_VERSION: u32 = 13;
+/// 14: IPv6 sets in the shared IPv6 tables ([`SetMeta::ipv6_slot`],
+/// [`SetMapKind::Ipv6Node`]) instead of an LPM trie each; older runtimes
+/// would not fill them.
+pub const META_VERSION: u32 = 14;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -113,6 +116,14 @@ pub const IPV4_TABLES_MAP: &str = ".bss";
 pub const IPV4_ROOT_MAP: &str = "xpol_v4root";
 pub const IPV4_MID_MAP: &str = "xpol_v4mid";
 pub const IPV4_LEAF_MAP: &str = "xpol_v4leaf";
+
+/// The two array maps shared by the IPv6 sets ([`crate::ipv6_table`]):
+/// its nodes and its tails. The runtime sizes them to the tables it
+/// builds from the sets' elements before it loads the object, so their
+/// `max_entries` in the object (and the metadata) are the initial
+/// contents' only.
+pub const IPV6_NODES_MAP: &str = "xpol_v6nodes";
+pub const IPV6_TAILS_MAP: &str = "xpol_v6tails";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -310,6 +321,11 @@ pub struct SetMeta {
     /// [`IPV4_TABLES_MAP`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4_slot: Option<u32>,
+    /// For a set with IPv6 elements (or that may get some): its number
+    /// among the IPv6 sets, whose tables are shared (root nodes
+    /// `256 * slot ..`), see [`IPV6_NODES_MAP`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_slot: Option<u32>,
     /// Initial contents in their canonical text form (`198.51.100.0/24`,
     /// `2001:db8::/32`, `80`, `8000..8099`, `02:00:00:00:00:01`), which the
     /// loader inserts into [`SetMeta::maps`].
@@ -344,6 +360,16 @@ pub enum SetMapKind {
     Ipv4Mid16,
     Ipv4Mid32,
     Ipv4Leaf,
+    /// The two array maps of the IPv6 tables ([`crate::ipv6_table`]),
+    /// shared by every IPv6 set: nodes (256 u32 entries) and tails (32
+    /// bytes). The runtime builds the tables from the elements, sizes the
+    /// maps and fills both.
+    Ipv6Node,
+    Ipv6Tail,
+    /// The IPv6 sets' root nodes in global data (`map` is
+    /// [`IPV4_TABLES_MAP`]; `max_entries` the root nodes), where
+    /// [`crate::ipv6_table::root_placement`] puts them when they fit.
+    Ipv6Root,
     /// `BPF_MAP_TYPE_HASH`, key a little-endian u64 (an integer, or a MAC
     /// address as the integer whose big-endian low 6 bytes are the MAC);
     /// value one byte, 1. Ranges are stored expanded.
@@ -354,6 +380,17 @@ impl SetMapKind {
     /// One of the maps of an IPv4 prefix table, filled together.
     pub fn is_ipv4_table(self) -> bool {
         matches!(self, SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf)
+    }
+
+    /// One of the maps of the IPv6 tables, filled together.
+    pub fn is_ipv6_table(self) -> bool {
+        matches!(self, SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root)
+    }
+
+    /// A map shared by all the sets of a family, filled whole from all of
+    /// them rather than an element at a time.
+    pub fn is_shared_table(self) -> bool {
+        self.is_ipv4_table() || self.is_ipv6_table()
     }
 }
 

@@ -30,6 +30,7 @@
 //!   old programs can no longer run.
 
 use crate::ipv4_edit::Ipv4Editor;
+use crate::ipv6_edit::Ipv6Editor;
 use xpol_lang::ipv4_table::mask;
 use crate::loader::{self, LoadOptions, LoadedPolicy, RuntimeError, XdpAttachMode};
 use crate::store::{self, Attachment, Generation, Record, Store};
@@ -832,7 +833,8 @@ pub fn change_set(store: &Store, name: &str, set: &str, change: SetChange) -> Re
 /// key of a hash or LPM map (an integer, a MAC address, an IPv6 prefix)
 /// with one map update, which the kernel makes atomic for the packet
 /// path; an IPv4 prefix by copy on write in the shared prefix tables, one
-/// /16 at a time (`ipv4_edit`). Everything else (ranges, several elements
+/// /16 at a time (`ipv4_edit`); an IPv6 prefix of a set in the IPv6
+/// tables likewise, a subtree at a time (`ipv6_edit`). Everything else (ranges, several elements
 /// at once, replace and flush, and an IPv4 change that finds no free
 /// chunk) loads the applied object again with the new contents and
 /// switches to it, as a replace does: a packet sees the whole old set or
@@ -849,6 +851,11 @@ pub struct SetEditor {
     /// The set's IPv4 prefixes, read the first time a delete needs those
     /// inside a short prefix, then kept up to date by this editor.
     v4_members: Option<std::collections::BTreeSet<(u32, u8)>>,
+    /// The set's IPv6 tables, when they can be changed in place.
+    v6: Option<Ipv6Editor>,
+    /// The set's IPv6 prefixes (masked), read at the first in-place IPv6
+    /// delete, then kept up to date by this editor.
+    v6_members: Option<std::collections::BTreeSet<(u128, u8)>>,
 }
 
 impl SetEditor {
@@ -877,7 +884,7 @@ impl SetEditor {
             });
         }
         let mut maps = HashMap::new();
-        for m in s.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
+        for m in s.maps.iter().filter(|m| !m.kind.is_shared_table()) {
             let path = current.dir.join(&m.map);
             let fd = sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
             // The kernel writes a map's own key size: it must be the one the metadata says.
@@ -888,8 +895,9 @@ impl SetEditor {
         // Tables that cannot be opened for editing in place (an odd shape, a
         // map that will not map) are rebuilt by the reload a change then takes.
         let v4 = Ipv4Editor::open(&current.dir, s).ok().flatten();
+        let v6 = Ipv6Editor::open(&current.dir, meta, s).ok().flatten();
         let elements = store::ElementStore::open(&current.dir, set)?;
-        Ok(SetEditor { name: name.into(), set: s.clone(), dir: current.dir.clone(), elements, maps, v4, v4_members: None })
+        Ok(SetEditor { name: name.into(), set: s.clone(), dir: current.dir.clone(), elements, maps, v4, v4_members: None, v6, v6_members: None })
     }
 
     fn canonical(&self, e: &str) -> Result<String> {
@@ -902,7 +910,7 @@ impl SetEditor {
         if self.set.elem == xpol_lang::meta::SetElem::Cidr && !element.contains(':') {
             return None;
         }
-        let mut keys = self.set.maps.iter().filter(|m| !m.kind.is_ipv4_table()).flat_map(|m| {
+        let mut keys = self.set.maps.iter().filter(|m| !m.kind.is_shared_table()).flat_map(|m| {
             loader::set_keys(m.kind, element).unwrap_or_default().into_iter().map(move |k| (m.map.as_str(), k))
         });
         let (map, key) = keys.next()?;
@@ -932,6 +940,14 @@ impl SetEditor {
                 if done.is_err() {
                     // The index may have missed the change: read it again when needed.
                     self.v4_members = None;
+                }
+                return done;
+            }
+            if let (Some(prefix), true) = (self.ipv6_prefix(&e), self.v6.is_some()) {
+                let done = self.change_ipv6_in_place(store, add, &e, prefix);
+                if done.is_err() {
+                    // The index may have missed the change: read it again when needed.
+                    self.v6_members = None;
                 }
                 return done;
             }
@@ -1021,6 +1037,70 @@ impl SetEditor {
             members.remove(&(addr, len));
         }
         self.elements.remove(e).map(|_| ())
+    }
+
+    /// `e` as an IPv6 prefix (address masked, length), when the set keeps
+    /// it in the IPv6 tables.
+    fn ipv6_prefix(&self, e: &str) -> Option<(u128, u8)> {
+        match loader::parse_prefix(e) {
+            Ok((std::net::IpAddr::V6(a), len)) if self.set.elem == xpol_lang::meta::SetElem::Cidr && self.set.ipv6_slot.is_some() => {
+                Some((u128::from(a) & xpol_lang::ipv6_table::mask(len as u8), len as u8))
+            }
+            _ => None,
+        }
+    }
+
+    /// One IPv6 prefix added or removed in the IPv6 tables in place
+    /// (`ipv6_edit`): listed first on add, unlisted last on delete, as
+    /// [`SetEditor::change_in_place`]; when the tables have too little
+    /// room left, by reloading the set as listed.
+    fn change_ipv6_in_place(&mut self, store: &Store, add: bool, e: &str, prefix: (u128, u8)) -> Result<()> {
+        let listed = self.elements.contains(e)?;
+        if !add && !listed {
+            return Err(self.not_in_set(e));
+        }
+        if add && !listed {
+            self.elements.insert(e).map_err(|_| self.full())?;
+        }
+        // An add needs only the tables (what they hold, and the prefix); a
+        // delete, the prefixes left inside the ones it changes.
+        if !add && self.v6_members.is_none() {
+            let mut members = std::collections::BTreeSet::new();
+            self.elements.for_each(|x| members.extend(self.ipv6_prefix(x)))?;
+            self.v6_members = Some(members);
+        }
+        if let Some(members) = &mut self.v6_members {
+            // The list holds the element on add; on delete it goes last.
+            if add {
+                members.insert(prefix);
+            } else {
+                members.remove(&prefix);
+            }
+        }
+        let v6 = self.v6.as_ref().expect("checked by the caller");
+        let changed = match &self.v6_members {
+            Some(members) if !add => v6.remove(members, prefix),
+            _ => v6.add(prefix),
+        };
+        let done = match changed {
+            Ok(Ok(())) if add => return Ok(()),
+            Ok(Ok(())) => return self.elements.remove(e).map(|_| ()),
+            // Too little room (nothing changed yet): reload with the
+            // change, which sizes the tables again (and opens the new
+            // generation's editor).
+            Ok(Err(_)) => self.elements.elements().and_then(|mut elements| {
+                if !add {
+                    elements.retain(|x| x != e);
+                }
+                self.switch_to(store, elements)
+            }),
+            Err(err) => Err(err),
+        };
+        // Neither in place nor by reloading: not added.
+        if done.is_err() && add && !listed {
+            let _ = self.elements.remove(e);
+        }
+        done
     }
 
     /// The set's IPv4 prefixes strictly inside `(addr, len)`: asked one by

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod conntrack;
 pub mod dynset;
 mod ipv4_edit;
+mod ipv6_edit;
 pub mod synproxy;
 pub mod sys;
 pub mod testing;

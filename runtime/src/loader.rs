@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::os::fd::AsFd;
 use xpol_lang::ipv4_table::{self, Ipv4Table};
+use xpol_lang::ipv6_table::{self, Ipv6Table};
 use xpol_lang::meta::{self, KeyKind, ObjectMeta, RuleCounters, SetMapKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +284,9 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
         match m.kind {
             SetMapKind::LpmV4 | SetMapKind::HashU64 => expected.push((&m.map, 8, 1)),
             SetMapKind::LpmV6 => expected.push((&m.map, 20, 1)),
-            SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
+            SetMapKind::Ipv6Node => expected.push((&m.map, 4, ipv6_table::NODE_BYTES)),
+            SetMapKind::Ipv6Tail => expected.push((&m.map, 4, ipv6_table::TAIL_BYTES)),
+            SetMapKind::Ipv6Root | SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
         }
     }
     for p in &meta.pools {
@@ -364,17 +367,29 @@ impl LoadedPolicy {
         if let Some(n) = set_capacity {
             // The IPv4 tables are one-entry maps in global data; their
             // capacity is their value's size.
-            for m in meta.sets.iter().flat_map(|s| &s.maps).filter(|m| !m.kind.is_ipv4_table()) {
+            for m in meta.sets.iter().flat_map(|s| &s.maps).filter(|m| !m.kind.is_shared_table()) {
                 loader.map_max_entries(&m.map, n);
             }
+        }
+        // The IPv6 tables' maps take what these elements need: built here
+        // once, written once the maps exist.
+        let ipv6 = build_ipv6_tables(&meta)?;
+        if let Some(t) = &ipv6 {
+            // Room for in-place changes (`ipv6_edit`): a quarter more, 256
+            // nodes (256 KiB) and 1,024 tails at least; a change that finds
+            // too little reloads, which sizes them again.
+            let room = |n: usize, least: usize| u32::try_from(n + (n / 4).max(least)).unwrap_or(u32::MAX);
+            loader.map_max_entries(meta::IPV6_NODES_MAP, room(t.nodes.len(), 256).min(ipv6_table::MAX_NODES as u32));
+            loader.map_max_entries(meta::IPV6_TAILS_MAP, room(t.tails.len(), 1024));
         }
         let mut ebpf = loader.load(object).map_err(|e| match e {
             // The kernel refused a map: say which, with its errno.
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => RuntimeError::Map { map: name, source: io_error },
             e => RuntimeError::BadObject(e.to_string()),
         })?;
-        // The IPv4 tables change in place through mappings (`ipv4_edit`).
-        let mut tables: Vec<&str> = meta.sets.iter().flat_map(|s| &s.maps).filter(|m| m.kind.is_ipv4_table()).map(|m| m.map.as_str()).collect();
+        // The IPv4 and IPv6 tables change in place through mappings
+        // (`ipv4_edit`, `ipv6_edit`).
+        let mut tables: Vec<&str> = meta.sets.iter().flat_map(|s| &s.maps).filter(|m| m.kind.is_shared_table()).map(|m| m.map.as_str()).collect();
         tables.sort_unstable();
         tables.dedup();
         for map in tables {
@@ -407,7 +422,10 @@ impl LoadedPolicy {
         check_map_shapes(&maps, &meta, "object's map")?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| RuntimeError::TestRun(format!("{what}: {e}")))?;
         let mut policy = LoadedPolicy { links: Vec::new(), ebpf, state: PolicyMaps { meta, maps, cpus, base: Vec::new() } };
-        policy.fill_sets()?;
+        policy.fill_sets(ipv6.as_ref())?;
+        if let Some(t) = &ipv6 {
+            policy.fill_ipv6_tables(t)?;
+        }
         policy.fill_redirects(options.missing_interfaces_ok)?;
         // A pool whose maps a replace handed on keeps its live contents.
         let adopted = |m: &str| options.adopt_maps.iter().any(|(name, _)| name == m);
@@ -464,13 +482,22 @@ impl LoadedPolicy {
         &mut self.ebpf
     }
 
-    fn fill_sets(&mut self) -> Result<()> {
+    fn fill_sets(&mut self, ipv6: Option<&Ipv6Table>) -> Result<()> {
         for set in &self.state.meta.sets {
             check_set_fits(set)?;
         }
-        self.fill_ipv4_tables()?;
+        // The IPv6 roots and wide nodes in global data, where the compiler
+        // put them.
+        let roots = match (ipv6, ipv6_global_layout(&self.state.meta)?) {
+            (Some(t), Some(layout)) => {
+                let slots = self.state.meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).count();
+                Some((layout.roots as usize, ipv6_table::global_bytes(t, slots, &layout)))
+            }
+            _ => None,
+        };
+        self.fill_ipv4_tables(roots)?;
         for set in &self.state.meta.sets {
-            for m in set.maps.iter().filter(|m| !m.kind.is_ipv4_table()) {
+            for m in set.maps.iter().filter(|m| !m.kind.is_shared_table()) {
                 for element in &set.elements {
                     let keys = set_keys(m.kind, element).map_err(|reason| element_error(set, element, reason))?;
                     for key in keys {
@@ -485,10 +512,13 @@ impl LoadedPolicy {
     /// Builds the IPv4 prefix tables of the sets (as the compiler did to
     /// size the maps), one after another in slot order, and writes them
     /// into the shared tables.
-    fn fill_ipv4_tables(&self) -> Result<()> {
+    fn fill_ipv4_tables(&self, roots: Option<(usize, Vec<u8>)>) -> Result<()> {
         let mut sets: Vec<&meta::SetMeta> = self.state.meta.sets.iter().filter(|s| s.ipv4_slot.is_some()).collect();
         if sets.is_empty() {
-            return Ok(());
+            return match roots {
+                Some((at, bytes)) => self.write_global_tables(vec![0u8; at], Some((at, bytes))),
+                None => Ok(()),
+            };
         }
         sets.sort_by_key(|s| s.ipv4_slot);
         let mut tables = Vec::new();
@@ -540,18 +570,43 @@ impl LoadedPolicy {
                 }
             }
         }
-        if global_bytes == 0 {
+        self.write_global_tables(global, roots)
+    }
+
+    /// Writes the tables in global data: `global` (the IPv4 tables'
+    /// share) and the IPv6 roots at their offset.
+    fn write_global_tables(&self, mut global: Vec<u8>, roots: Option<(usize, Vec<u8>)>) -> Result<()> {
+        if let Some((at, bytes)) = roots {
+            global.resize(global.len().max(at + bytes.len()), 0);
+            global[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+        if global.is_empty() {
             return Ok(());
         }
         let map = meta::IPV4_TABLES_MAP;
         let size = self.state.value_size(map)?;
-        if size < global_bytes {
-            return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' IPv4 tables: rebuild the object")));
+        if size < global.len() as u64 {
+            return Err(RuntimeError::BadMetadata(format!("the object's map `{map}` is smaller than its sets' tables: rebuild the object")));
         }
         global.resize(size as usize, 0);
         // The whole value in one update: the program never sees a table
         // half written, as it is not attached yet.
         self.state.update(map, &0u32.to_le_bytes(), &global)
+    }
+
+
+
+    /// Writes the IPv6 tables ([`build_ipv6_tables`]) into their maps,
+    /// sized to them at load: nodes and tails that are not all zeroes (an
+    /// array map starts zeroed).
+    fn fill_ipv6_tables(&self, t: &Ipv6Table) -> Result<()> {
+        for (i, _) in t.nodes.iter().enumerate().filter(|(_, n)| n.iter().any(|&e| e != ipv6_table::MISS)) {
+            self.state.update(meta::IPV6_NODES_MAP, &(i as u32).to_le_bytes(), &t.node_bytes(i))?;
+        }
+        for (i, tail) in t.tails.iter().enumerate() {
+            self.state.update(meta::IPV6_TAILS_MAP, &(i as u32).to_le_bytes(), &tail.bytes())?;
+        }
+        Ok(())
     }
 
     fn fill_redirects(&mut self, missing_ok: bool) -> Result<()> {
@@ -787,6 +842,12 @@ impl PolicyMaps {
 
     fn map(&self, name: &str) -> Result<&MapData> {
         self.maps.get(name).ok_or_else(|| RuntimeError::UnknownMap(name.to_string()))
+    }
+
+    /// The file descriptor of map `name` (for reading its kernel
+    /// accounting, as the benchmarks do).
+    pub fn borrowed_map_fd(&self, name: &str) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.maps.get(name).map(|m| m.fd().as_fd())
     }
 
     /// The object has a map of this name (in the object, not as loaded).
@@ -1219,7 +1280,7 @@ fn check_set_fits(set: &meta::SetMeta) -> Result<()> {
     for element in &set.elements {
         let stored = match parse_prefix(element) {
             Ok((IpAddr::V4(_), _)) => set.ipv4_slot.is_some() || has(SetMapKind::LpmV4),
-            Ok((IpAddr::V6(_), _)) => has(SetMapKind::LpmV6),
+            Ok((IpAddr::V6(_), _)) => set.ipv6_slot.is_some() || has(SetMapKind::LpmV6),
             Err(reason) => return Err(element_error(set, element, reason)),
         };
         if !stored {
@@ -1250,6 +1311,67 @@ fn ipv4_prefixes(set: &meta::SetMeta) -> Result<Vec<(u32, u8)>> {
         }
     }
     Ok(prefixes)
+}
+
+/// The bytes of global data the IPv4 tables take
+/// (`ipv4_table::placement`), 0 without IPv4 tables.
+fn ipv4_global_bytes(meta: &ObjectMeta) -> Result<u64> {
+    match meta.sets.iter().find(|s| s.ipv4_slot.is_some()) {
+        Some(set) => {
+            let shape = Ipv4Shape::of(set)?;
+            let [root, mid, leaf] = shape.capacities;
+            Ok(ipv4_table::placement(root, mid, leaf, shape.mid_wide).1)
+        }
+        None => Ok(0),
+    }
+}
+
+/// Where the IPv6 tables' part of global data is
+/// (`ipv6_table::global_layout`), when the object has one.
+pub(crate) fn ipv6_global_layout(meta: &ObjectMeta) -> Result<Option<ipv6_table::GlobalLayout>> {
+    if !meta.sets.iter().flat_map(|s| &s.maps).any(|m| m.kind == SetMapKind::Ipv6Root) {
+        return Ok(None);
+    }
+    let slots = meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).count() as u64;
+    ipv6_table::global_layout(ipv4_global_bytes(meta)?, slots)
+        .map(Some)
+        .ok_or_else(|| RuntimeError::BadMetadata("the object's IPv6 roots do not fit in its global data: rebuild the object with this version of xpolc".into()))
+}
+
+/// The IPv6 tables of the sets with an IPv6 slot, one after another in
+/// slot order (as the compiler laid them out to size the maps), from their
+/// elements; `None` when no set has one.
+fn build_ipv6_tables(meta: &ObjectMeta) -> Result<Option<Ipv6Table>> {
+    let mut sets: Vec<&meta::SetMeta> = meta.sets.iter().filter(|s| s.ipv6_slot.is_some()).collect();
+    if sets.is_empty() {
+        return Ok(None);
+    }
+    sets.sort_by_key(|s| s.ipv6_slot);
+    let wides_left = ipv6_global_layout(meta)?.map_or(0, |l| l.count as usize);
+    let mut tables = Vec::new();
+    for (slot, set) in sets.iter().enumerate() {
+        if set.ipv6_slot != Some(slot as u32) {
+            return Err(RuntimeError::BadMetadata(format!("set `{}` has IPv6 slot {:?}, expected {slot}", set.name, set.ipv6_slot)));
+        }
+        let mut prefixes = Vec::new();
+        for element in &set.elements {
+            match parse_prefix(element) {
+                Ok((IpAddr::V6(a), len)) => prefixes.push((u128::from(a), len as u8)),
+                Ok(_) => {}
+                Err(reason) => return Err(element_error(set, element, reason)),
+            }
+        }
+        // The wide nodes global data has room for go to the first sets
+        // that need them.
+        let left = wides_left - tables.iter().map(|t: &Ipv6Table| t.wides.len()).sum::<usize>();
+        tables.push(Ipv6Table::build_with(prefixes, left));
+    }
+    let table = Ipv6Table::concat(&tables);
+    if table.nodes.len() > ipv6_table::MAX_NODES || table.tails.len() >= 1 << 30 {
+        let set = sets.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ");
+        return Err(RuntimeError::BadMetadata(format!("the IPv6 prefixes of sets {set} need more than the {} nodes of the IPv6 tables", ipv6_table::MAX_NODES)));
+    }
+    Ok(Some(table))
 }
 
 fn ipv4_wrong_shape() -> RuntimeError {
@@ -1360,6 +1482,8 @@ pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<V
         SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
             unreachable!("IPv4 tables are filled whole by fill_ipv4_tables")
         }
+        // Filled whole by `fill_ipv6_tables`: no element is one key there.
+        SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root => Ok(Vec::new()),
         SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
             let (addr, len) = parse_prefix(element)?;
             let mut key = len.to_le_bytes().to_vec();

@@ -621,6 +621,9 @@ fn describe_map(map: &str, policy: &ir::Policy) -> String {
     if [meta::IPV4_TABLES_MAP, meta::IPV4_ROOT_MAP, meta::IPV4_MID_MAP, meta::IPV4_LEAF_MAP].contains(&map) {
         return "the IPv4 set tables".to_string();
     }
+    if [meta::IPV6_NODES_MAP, meta::IPV6_TAILS_MAP].contains(&map) {
+        return "the IPv6 set tables".to_string();
+    }
     format!("xpol's own map `{map}`")
 }
 

@@ -39,7 +39,7 @@ pub struct Maps<'ctx> {
 #[derive(Default)]
 pub struct SetMaps<'ctx> {
     pub v4: Option<Ipv4Maps<'ctx>>,
-    pub v6: Option<MapDef<'ctx>>,
+    pub v6: Option<super::ipv6_set::Ipv6Part<'ctx>>,
     pub hash: Option<MapDef<'ctx>>,
 }
 
@@ -829,13 +829,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 b.br(done);
                 b.at(is6);
                 let hit6 = match maps.v6 {
-                    Some(map) => {
-                        let key = b.stack_buf(20, "key");
-                        b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
-                        b.store_at(key, 4, b.bswap(hi));
-                        b.store_at(key, 12, b.bswap(lo));
-                        b.not(b.is_null(b.map_lookup(map, key)))
-                    }
+                    Some(part) => super::ipv6_set::part_member(b, part, hi, lo),
                     None => b.bool(false),
                 };
                 hits.push((hit6, b.cur()));

@@ -8,6 +8,7 @@
 
 pub mod builder;
 pub mod faults;
+mod ipv6_set;
 mod budget;
 mod conntrack;
 mod dynset;
@@ -387,8 +388,22 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
     let rules = m.counters(rules_map, meta::COUNTERS_MAP, meta.counters.global_cpus, meta.counters.stride);
     // The IPv4 sets' tables, one after another in three shared tables.
     let sizing = ipv4_sizing(policy);
+    let v6_sizing = ipv6_set::sizing(policy);
+    let v6_slots = v6_sizing.slots.len() as u64;
+    let v6_root_bytes = v6_slots * u64::from(xpol_lang::ipv6_table::ROOT_NODES) * xpol_lang::ipv6_table::ROOT_NODE_BYTES;
     let mid_wide = sizing.mid_wide;
     let chunks = |n: u64| n.clamp(1, u64::from(u32::MAX)) as u32;
+    // Where the IPv6 roots go (`ipv6_table::root_placement`), after the
+    // IPv4 tables' global data.
+    let v4_global_bytes = if sizing.slots.is_empty() {
+        0
+    } else {
+        ipv4_table::placement(u64::from(chunks(sizing.root)), u64::from(chunks(sizing.mid)), u64::from(chunks(sizing.leaf)), mid_wide).1
+    };
+    let v6_layout = (v6_slots > 0).then(|| xpol_lang::ipv6_table::global_layout(v4_global_bytes, v6_slots)).flatten();
+    let v6_root_at = v6_layout.map(|l| l.roots);
+    let v6_root_bytes = v6_layout.map_or(v6_root_bytes, |l| l.end - l.roots);
+    let mut v6_root_global = None;
     let ipv4_maps = (!sizing.slots.is_empty()).then(|| {
         let mid_kind = if mid_wide { SetMapKind::Ipv4Mid32 } else { SetMapKind::Ipv4Mid16 };
         // (kind, map name when not in global data, bytes per chunk, chunks)
@@ -403,7 +418,11 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             ipv4_table::Placement::Global { offset } => Some(*offset),
             ipv4_table::Placement::Map => None,
         }).collect();
-        let mut globals = m.global_tables(meta::IPV4_TABLES_MAP, &offsets, global_bytes).into_iter();
+        // The IPv6 roots after the IPv4 tables in global data, when they fit.
+        let v6_root = v6_root_at.map(|at| (at, at + v6_root_bytes));
+        let offsets: Vec<u64> = offsets.into_iter().chain(v6_root.map(|(at, _)| at)).collect();
+        let total = v6_root.map_or(global_bytes, |(_, end)| end.max(global_bytes));
+        let mut globals = m.global_tables(meta::IPV4_TABLES_MAP, &offsets, total).into_iter();
         let mut defs = Vec::new();
         let mut metas = Vec::new();
         for (&(kind, name, chunk_bytes, chunks), place) in shared.iter().zip(places) {
@@ -413,6 +432,36 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             };
             defs.push(table);
             metas.push(SetMapMeta { map: map.to_string(), kind, max_entries: chunks });
+        }
+        let v6_root_table = v6_root.map(|_| globals.next().expect("one global per offset"));
+        (defs, metas, v6_root_table)
+    });
+    // The IPv6 sets' tables: two maps shared by all of them, sized to the
+    // initial prefixes (the runtime sizes them again to what it fills).
+    let ipv4_maps = ipv4_maps.map(|(defs, metas, root)| {
+        v6_root_global = root;
+        (defs, metas)
+    });
+    if sizing.slots.is_empty() {
+        // No IPv4 tables: the roots alone in global data.
+        if let Some(at) = v6_root_at {
+            v6_root_global = m.global_tables(meta::IPV4_TABLES_MAP, &[at], at + v6_root_bytes).into_iter().next();
+        }
+    }
+    let ipv6_maps = (!v6_sizing.slots.is_empty()).then(|| {
+        let nodes = chunks(ipv6_set::root_nodes(v6_sizing.slots.len()) + v6_sizing.nodes);
+        let tails = chunks(v6_sizing.tails);
+        let defs = (
+            m.define_map(meta::IPV6_NODES_MAP, map_type::ARRAY, 4, xpol_lang::ipv6_table::NODE_BYTES, nodes, 0),
+            m.define_map(meta::IPV6_TAILS_MAP, map_type::ARRAY, 4, xpol_lang::ipv6_table::TAIL_BYTES, tails, 0),
+        );
+        let mut metas = vec![
+            SetMapMeta { map: meta::IPV6_NODES_MAP.to_string(), kind: SetMapKind::Ipv6Node, max_entries: nodes },
+            SetMapMeta { map: meta::IPV6_TAILS_MAP.to_string(), kind: SetMapKind::Ipv6Tail, max_entries: tails },
+        ];
+        if v6_root_global.is_some() {
+            let roots = chunks(ipv6_set::root_nodes(v6_sizing.slots.len()));
+            metas.push(SetMapMeta { map: meta::IPV4_TABLES_MAP.to_string(), kind: SetMapKind::Ipv6Root, max_entries: roots });
         }
         (defs, metas)
     });
@@ -428,14 +477,15 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                 SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, entries, BPF_F_NO_PREALLOC),
                 SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, entries, BPF_F_NO_PREALLOC),
                 SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, entries, 0),
-                SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
-                    unreachable!("the IPv4 tables' maps are shared, defined above")
+                SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf | SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root => {
+                    unreachable!("the IPv4 and IPv6 tables' maps are shared, defined above")
                 }
             };
             metas.push(SetMapMeta { map: name, kind, max_entries: entries });
             def
         };
         let mut ipv4_slot = None;
+        let mut ipv6_slot = None;
         let mut ipv4_metas = Vec::new();
         match s.elem {
             SetElem::Cidr => {
@@ -455,10 +505,22 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                     });
                     ipv4_metas.extend(shared.iter().cloned());
                 }
-                // A set the runtime may change gets the map even empty, so
-                // that IPv6 prefixes can be added.
-                if s.mutable || !s.contents.v6.is_empty() {
-                    maps.v6 = Some(add(SetMapKind::LpmV6, capacity, "_v6"));
+                if let (Some(slot), Some(((nodes, tails), shared))) = (v6_sizing.slots.iter().position(|&i| i == set_index), &ipv6_maps) {
+                    ipv6_slot = Some(slot as u32);
+                    maps.v6 = Some(ipv6_set::Ipv6Part::Tables(ipv6_set::Ipv6Maps {
+                        nodes: *nodes,
+                        tails: *tails,
+                        roots: v6_root_global,
+                        global_wides: v6_layout.map_or(0, |l| l.count),
+                        wides_at: v6_layout.map_or(0, |l| l.wides - l.roots),
+                        wide_regions_at: v6_layout.map_or(0, |l| l.regions - l.roots),
+                        root_base: ipv6_set::root_nodes(slot),
+                    }));
+                    ipv4_metas.extend(shared.iter().cloned());
+                } else if s.mutable || !s.contents.v6.is_empty() {
+                    // No IPv6 prefix yet, or past the sets the tables take:
+                    // a trie of its own (see `ipv6_set::sizing`).
+                    maps.v6 = Some(ipv6_set::Ipv6Part::Lpm(add(SetMapKind::LpmV6, capacity, "_v6")));
                 }
             }
             SetElem::Int | SetElem::Mac => {
@@ -472,6 +534,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             elem: s.elem,
             maps: metas,
             ipv4_slot,
+            ipv6_slot,
             elements: s.contents.elements(),
             capacity: u64::from(capacity),
             mutable: s.mutable,
