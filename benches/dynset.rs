@@ -17,23 +17,15 @@ mod common;
 
 use common::{load_policy, median, sh};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use xpol_runtime::loader::{KeyValue, LoadedPolicy};
 use xpol_runtime::packet::PacketSpec;
 use xpol_runtime::sys;
 
-pub struct Mode {
-    pub quick: bool,
-}
-
-pub struct Report {
-    pub markdown: String,
-    pub json: serde_json::Value,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+// A quick or full run, and what it reports: the same for every
+// stateful feature's bench (tests/bench_smoke.rs runs them quick).
+pub use common::{Mode, Report};
+use common::root;
 
 const SOURCE: &str = "198.19.7.7";
 

@@ -24,24 +24,16 @@ mod common;
 use common::veth::{push, Namespaces};
 use common::{have, load_policy, median, sh};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use xpol_runtime::loader::{LoadedPolicy, XdpAttachMode};
 use xpol_runtime::packet::PacketSpec;
 use xpol_runtime::sys;
 
-pub struct Mode {
-    pub quick: bool,
-}
-
-pub struct Report {
-    pub markdown: String,
-    pub json: serde_json::Value,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+// A quick or full run, and what it reports: the same for every
+// stateful feature's bench (tests/bench_smoke.rs runs them quick).
+pub use common::{Mode, Report};
+use common::root;
 
 /// The frame of every measurement: UDP to port 9 (discard), 64 bytes.
 fn frame() -> Vec<u8> {

@@ -20,24 +20,16 @@ mod common;
 
 use common::{load_policy, median, sh};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use xpol_runtime::loader::LoadedPolicy;
 use xpol_runtime::log::LogReader;
 use xpol_runtime::packet::PacketSpec;
 use xpol_runtime::sys;
 
-pub struct Mode {
-    pub quick: bool,
-}
-
-pub struct Report {
-    pub markdown: String,
-    pub json: serde_json::Value,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+// A quick or full run, and what it reports: the same for every
+// stateful feature's bench (tests/bench_smoke.rs runs them quick).
+pub use common::{Mode, Report};
+use common::root;
 
 /// The frame of every measurement: TCP SYN to port 23, 74 bytes.
 fn frame() -> Vec<u8> {

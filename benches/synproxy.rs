@@ -34,18 +34,10 @@ use std::path::{Path, PathBuf};
 use xpol_runtime::loader::{Action, LoadedPolicy, XdpAttachMode};
 use xpol_runtime::sys;
 
-pub struct Mode {
-    pub quick: bool,
-}
-
-pub struct Report {
-    pub markdown: String,
-    pub json: serde_json::Value,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+// A quick or full run, and what it reports: the same for every
+// stateful feature's bench (tests/bench_smoke.rs runs them quick).
+pub use common::{Mode, Report};
+use common::root;
 
 const GEN: [u8; 4] = [198, 18, 252, 7];
 const RECV: [u8; 4] = [198, 18, 253, 1];

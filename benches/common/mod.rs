@@ -148,3 +148,22 @@ pub fn nft_counter_packets(ns: &str, family: &str, table: &str, chain: &str) -> 
         .find_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
         .ok_or_else(|| format!("no counter in {out}"))
 }
+
+/// How a stateful feature's bench runs (rate limits, connection state,
+/// logging, dynamic sets, SYN proxy): `quick` for the smoke run in
+/// tests/bench_smoke.rs.
+pub struct Mode {
+    pub quick: bool,
+}
+
+/// What such a bench reports: the section for BENCHMARKS.md and the raw
+/// numbers.
+pub struct Report {
+    pub markdown: String,
+    pub json: serde_json::Value,
+}
+
+/// The repository.
+pub fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
