@@ -88,9 +88,7 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
     let added = policies[4].1.maps().dynset_elements("d").expect("elements");
     assert_eq!(added.len(), 1, "the add kept one element: {added:?}");
     let json = serde_json::json!({"test_runs": json_rows, "load_average": common::load_average()});
-    std::fs::create_dir_all(out_dir).expect("output directory");
-    std::fs::write(out_dir.join("dynset.json"), serde_json::to_string_pretty(&json).expect("JSON")).expect("write dynset.json");
-    std::fs::write(out_dir.join("dynset.md"), &md).expect("write dynset.md");
+    common::write_report(out_dir, "dynset", &json, &md);
     Report { markdown: md, json }
 }
 
@@ -113,14 +111,5 @@ fn write_section(markdown: &str, json: &serde_json::Value) {
 }
 
 fn main() {
-    if !xpol_runtime::testing::kernel_or_skip("dynamic set benchmark") {
-        return;
-    }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let out = common::out_dir(&root(), quick, true);
-    let report = run(&Mode { quick }, &out);
-    println!("{}", report.markdown);
-    if !quick {
-        write_section(&report.markdown, &report.json);
-    }
+    common::bench_main("dynamic set benchmark", run, write_section);
 }

@@ -154,9 +154,7 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
         json_rows.push(serde_json::json!({"policy": r.name, "ns_per_run": r.samples, "median": m, "vs_no_log": m / base, "runs": r.runs, "dropped": r.dropped, "logged": r.logged, "lost": r.lost}));
     }
     let json = serde_json::json!({"test_runs": json_rows, "load_average": common::load_average()});
-    std::fs::create_dir_all(out_dir).expect("output directory");
-    std::fs::write(out_dir.join("log.json"), serde_json::to_string_pretty(&json).expect("JSON")).expect("write log.json");
-    std::fs::write(out_dir.join("log.md"), &md).expect("write log.md");
+    common::write_report(out_dir, "log", &json, &md);
     Report { markdown: md, json }
 }
 
@@ -179,14 +177,5 @@ fn write_section(markdown: &str, json: &serde_json::Value) {
 }
 
 fn main() {
-    if !xpol_runtime::testing::kernel_or_skip("log benchmark") {
-        return;
-    }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let out = common::out_dir(&root(), quick, true);
-    let report = run(&Mode { quick }, &out);
-    println!("{}", report.markdown);
-    if !quick {
-        write_section(&report.markdown, &report.json);
-    }
+    common::bench_main("log benchmark", run, write_section);
 }

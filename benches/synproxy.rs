@@ -307,10 +307,8 @@ pub fn run(mode: &Mode, out_dir: &Path) -> Report {
         let _ = writeln!(veth_md, "\nNot measured: {s}.");
     }
     let json = serde_json::json!({"test_runs": json_runs, "veth": json_veth, "skipped": skipped, "load_average": common::load_average()});
-    std::fs::create_dir_all(out_dir).expect("output directory");
-    std::fs::write(out_dir.join("synproxy.json"), serde_json::to_string_pretty(&json).expect("JSON")).expect("write synproxy.json");
     let markdown = format!("### Test runs\n\n{md}\n### Veth: a SYN flood\n\n{veth_md}");
-    std::fs::write(out_dir.join("synproxy.md"), &markdown).expect("write synproxy.md");
+    common::write_report(out_dir, "synproxy", &json, &markdown);
     Report { markdown, json }
 }
 
@@ -335,14 +333,5 @@ fn write_section(markdown: &str, json: &serde_json::Value) {
 }
 
 fn main() {
-    if !xpol_runtime::testing::kernel_or_skip("synproxy benchmark") {
-        return;
-    }
-    let quick = std::env::args().any(|a| a == "--quick");
-    let out = common::out_dir(&root(), quick, true);
-    let report = run(&Mode { quick }, &out);
-    println!("{}", report.markdown);
-    if !quick {
-        write_section(&report.markdown, &report.json);
-    }
+    common::bench_main("synproxy benchmark", run, write_section);
 }

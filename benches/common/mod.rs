@@ -167,3 +167,27 @@ pub struct Report {
 pub fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Writes a bench's raw numbers and its section (NAME.json, NAME.md) in
+/// `out_dir`.
+pub fn write_report(out_dir: &std::path::Path, name: &str, json: &serde_json::Value, markdown: &str) {
+    std::fs::create_dir_all(out_dir).expect("output directory");
+    std::fs::write(out_dir.join(format!("{name}.json")), serde_json::to_string_pretty(json).expect("JSON")).expect("write the JSON report");
+    std::fs::write(out_dir.join(format!("{name}.md")), markdown).expect("write the markdown report");
+}
+
+/// The `main` of a stateful feature's bench: skips loudly without BPF;
+/// `--quick` for a smoke run, which leaves BENCHMARKS.md as it is; a full
+/// run writes its section there.
+pub fn bench_main(what: &str, run: fn(&Mode, &std::path::Path) -> Report, write_section: fn(&str, &serde_json::Value)) {
+    if !xpol_runtime::testing::kernel_or_skip(what) {
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let out = out_dir(&root(), quick, true);
+    let report = run(&Mode { quick }, &out);
+    println!("{}", report.markdown);
+    if !quick {
+        write_section(&report.markdown, &report.json);
+    }
+}
