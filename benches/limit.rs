@@ -119,8 +119,10 @@ fn test_runs(mode: &Mode, dir: &Path) -> Vec<TestRunRow> {
         if name.contains("within") {
             // Nearly nothing: a run held up for longer than the burst's
             // millisecond after it read the clock (an interrupt) finds the
-            // bucket moved on by the other CPU meanwhile, and is over.
-            assert!(dropped <= runs / 100_000, "{name}: {dropped} of {runs} runs dropped within the limit");
+            // bucket moved on by the other CPU meanwhile, and is over. At
+            // most one in 100,000, and a quick run's 30,000 may meet one
+            // or two such interrupts too.
+            assert!(dropped <= (runs / 100_000).max(2), "{name}: {dropped} of {runs} runs dropped within the limit");
             if dropped > 0 {
                 eprintln!("{name}: {dropped} of {runs} runs were over the limit");
             }
