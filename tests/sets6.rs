@@ -182,6 +182,34 @@ fn the_largest_ipv6_sets_share_two_maps() {
     assert_eq!(run(&mut p, "2001:db8:beef:28::1"), Action::Pass);
 }
 
+/// A set tested in more than two places keeps its LPM trie (each test
+/// in the tables is an inlined walk, copied for every parse end of a
+/// short policy); one tested twice is in the tables. Membership is the
+/// same either way.
+#[test]
+fn a_set_tested_in_many_rules_keeps_its_trie() {
+    if !kernel("a_set_tested_in_many_rules_keeps_its_trie") {
+        return;
+    }
+    let text = "set many: cidr = { 2001:db8:1::/48, 2001:db8:2::/48 }\n\
+                set twice: cidr = { 2001:db8:3::/48 }\n\
+                xdp /tcp.dport == 22 && ip.src in many/ { drop }\n\
+                xdp /tcp.dport == 23 && ip.src in many/ { drop }\n\
+                xdp /udp.dport == 53 && ip.src in many/ { drop }\n\
+                xdp /tcp.dport == 22 && ip.src in twice/ { drop }\n\
+                xdp /tcp.dport == 23 && ip.src in twice/ { drop }\n\
+                xdp { pass }\n";
+    let mut p = common::load_text(text);
+    let in_tables: Vec<&str> = p.meta().sets.iter().filter(|s| s.ipv6_slot.is_some()).map(|s| s.name.as_str()).collect();
+    assert_eq!(in_tables, ["twice"]);
+    let dst: Ipv6Addr = "2001:db8::80".parse().expect("address");
+    let mut run = |src: &str, dport: u16| p.test_run("xdp", &PacketSpec::tcp6(src.parse().expect("address"), dst, 40000, dport).syn().build()).expect("test run").action;
+    assert_eq!(run("2001:db8:2::7", 23), Action::Drop);
+    assert_eq!(run("2001:db8:3::7", 23), Action::Drop);
+    assert_eq!(run("2001:db8:4::7", 23), Action::Pass);
+    assert_eq!(run("2001:db8:2::7", 80), Action::Pass);
+}
+
 /// A region of 2,048 prefixes or more gets a wide node (16 bits), in
 /// global data while there is room: membership on its edges as anywhere.
 #[test]

@@ -66,6 +66,60 @@ pub struct Ipv6Sizing {
 
 /// Sets in the IPv6 tables at most; see [`sizing`].
 pub const MAX_TABLE_SETS: usize = 4;
+/// Tests of a set in the tables at most; see [`sizing`].
+pub const TABLE_MAX_USES: usize = 2;
+
+/// How many times each of `policy.sets` is tested, in every program.
+fn set_uses(policy: &ir::Policy) -> Vec<usize> {
+    fn expr(e: &ir::Expr, uses: &mut [usize]) {
+        use ir::ExprKind::*;
+        match &e.kind {
+            Field(_) | Const(_) | Local(_) => {}
+            MapRead { keys, .. } | Limit { keys, .. } => keys.iter().for_each(|k| expr(k, uses)),
+            Neg(a) | BitNot(a) | Not(a) => expr(a, uses),
+            In(a, set) => {
+                if let ir::SetRef::Named(i) = set {
+                    uses[*i] += 1;
+                }
+                expr(a, uses);
+            }
+            Arith(_, a, b) | Cmp(_, a, b) | And(a, b) | Or(a, b) => {
+                expr(a, uses);
+                expr(b, uses);
+            }
+        }
+    }
+    fn stmts(list: &[ir::Stmt], uses: &mut [usize]) {
+        for s in list {
+            match &s.kind {
+                ir::StmtKind::If { cond, then_body, else_body } => {
+                    expr(cond, uses);
+                    stmts(then_body, uses);
+                    stmts(else_body, uses);
+                }
+                ir::StmtKind::Let { value, .. } => expr(value, uses),
+                ir::StmtKind::MapUpdate { keys, op, .. } => {
+                    keys.iter().for_each(|k| expr(k, uses));
+                    if let ir::MapOp::Sum(e) | ir::MapOp::Assign(e) = op {
+                        expr(e, uses);
+                    }
+                }
+                ir::StmtKind::SetWrite { key, .. } => expr(key, uses),
+                ir::StmtKind::Verdict(_) | ir::StmtKind::Redirect(_) | ir::StmtKind::Lb(_) | ir::StmtKind::Log(_) | ir::StmtKind::Synproxy(_) => {}
+            }
+        }
+    }
+    let mut uses = vec![0; policy.sets.len()];
+    for prog in &policy.programs {
+        for p in &prog.probes {
+            if let Some(e) = &p.predicate {
+                expr(e, &mut uses);
+            }
+            stmts(&p.body, &mut uses);
+        }
+    }
+    uses
+}
 
 /// Every set of prefixes that holds IPv6 prefixes has a slot. A set
 /// without any that may get some at run time (declared with `set`) keeps
@@ -80,8 +134,19 @@ pub const MAX_TABLE_SETS: usize = 4;
 /// [`MAX_TABLE_SETS`] sets with the most IPv6 prefixes (where an LPM trie
 /// is slowest) get the tables, the others keep a trie each. (A walk
 /// emitted once, as a BPF function each use calls, would lift the cap.)
+///
+/// A set tested in more than [`TABLE_MAX_USES`] places keeps its trie too:
+/// each test is a walk, times the parse ends of a short policy (eight
+/// tests of one set in a 64-rule policy took it past 32,767
+/// instructions).
 pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
-    let mut candidates: Vec<usize> = (0..policy.sets.len()).filter(|&i| policy.sets[i].elem == SetElem::Cidr && !policy.sets[i].contents.v6.is_empty()).collect();
+    let uses = set_uses(policy);
+    let mut candidates: Vec<usize> = (0..policy.sets.len())
+        .filter(|&i| {
+            let s = &policy.sets[i];
+            s.elem == SetElem::Cidr && !s.contents.v6.is_empty() && uses[i] <= TABLE_MAX_USES
+        })
+        .collect();
     candidates.sort_by_key(|&i| std::cmp::Reverse(policy.sets[i].contents.v6.len()));
     candidates.truncate(MAX_TABLE_SETS);
     candidates.sort_unstable();
