@@ -406,7 +406,7 @@ fn damaged_policies_recover_without_panicking() {
         for _ in 0..150 {
             let mut t = text.clone();
             for _ in 0..1 + next() % 4 {
-                let at = (next() as usize) % t.len();
+                let at = (next() as usize) % t.len().max(1);
                 if !t.is_char_boundary(at) {
                     continue;
                 }
