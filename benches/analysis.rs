@@ -16,6 +16,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use common::classbench::rule_text;
 use xpol_compiler::analysis::{self, Budget, DiffOptions};
 
 pub const SECTION: &str = "Policy analysis";
@@ -24,44 +25,6 @@ pub const GOAL_SECS: f64 = 10.0;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A ClassBench rule as an xpol rule: the addresses as IPv4 prefixes, the
-/// ports of TCP or UDP, the protocol (none for `any`).
-pub fn rule_text(line: &str) -> Option<String> {
-    let mut f = std::collections::HashMap::new();
-    for part in line.split_whitespace() {
-        let (k, v) = part.split_once('=')?;
-        f.insert(k, v);
-    }
-    let mut conds = Vec::new();
-    for (field, key) in [("ip4.src", "src"), ("ip4.dst", "dst")] {
-        let v = f.get(key)?;
-        if *v != "0.0.0.0/0" {
-            conds.push(format!("{field} in {v}"));
-        } else {
-            conds.push(format!("ip.version == 4"));
-        }
-    }
-    let proto = *f.get("proto")?;
-    let l4 = match proto {
-        "6" => Some("tcp"),
-        "17" => Some("udp"),
-        _ => None,
-    };
-    if proto != "any" {
-        conds.push(format!("ip.proto == {proto}"));
-    }
-    if let Some(l4) = l4 {
-        for (field, key) in [("sport", "sport"), ("dport", "dport")] {
-            let (lo, hi) = f.get(key)?.split_once('-')?;
-            if (lo, hi) != ("0", "65535") {
-                conds.push(if lo == hi { format!("{l4}.{field} == {lo}") } else { format!("{l4}.{field} in {lo}..{hi}") });
-            }
-        }
-    }
-    conds.dedup();
-    Some(format!("xdp /{}/ {{ {} }}", conds.join(" && "), f.get("action")?))
 }
 
 /// The policy of a `.rules` file, and the edited version: rule N/2

@@ -124,6 +124,7 @@ pub fn cpu_model() -> String {
 }
 
 pub mod veth;
+pub mod classbench;
 
 /// Compiles policy text (written to `dir/NAME.xpol`) and loads it.
 pub fn load_policy(dir: &Path, name: &str, text: &str) -> xpol_runtime::loader::LoadedPolicy {

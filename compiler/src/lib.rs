@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod check;
+pub mod classifier;
 #[cfg(feature = "llvm")]
 pub mod codegen;
 /// Without LLVM (the `llvm` feature off): every pass but code generation,
@@ -34,6 +35,11 @@ pub enum Emit {
 pub struct BuildOptions {
     /// Also produce textual LLVM IR and BPF assembly (`--emit llvm|asm`).
     pub text: bool,
+    /// Lower every rule one after another, with no decision tree
+    /// (`classifier`): the baseline of `benches/classbench.rs`; not
+    /// reachable from the CLI.
+    #[doc(hidden)]
+    pub linear_rules: bool,
     /// Test-only codegen faults (verifier-feedback tests); not reachable from the CLI.
     #[doc(hidden)]
     #[cfg(feature = "llvm")]

@@ -145,6 +145,12 @@ pub const MAX_PROCESSED_INSNS: usize = 1_000_000;
 ///   A dynamic set's `add` or `delete` is a statement (60 of them with 30
 ///   tests of dynamic sets: 26,930).
 pub const PROCESSED_BASE: usize = 30_000;
+/// A run of rules lowered as tree walks (`classify.rs`): the walks'
+/// instructions are the same for any rules; ClassBench's 100 to 10,000
+/// rules, in one to six trees, took the verifier 24,000 to 29,000 with the
+/// program's parse (`benches/classbench.rs`), so a run costs this and its
+/// rules nothing.
+pub const PROCESSED_CLASSIFIED_RUN: usize = 40_000;
 pub const PROCESSED_RULE: usize = 40;
 pub const PROCESSED_TEST: usize = 15;
 pub const PROCESSED_STMT: usize = 150;
@@ -246,7 +252,17 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
     };
     let beside_lb = if balances && stateful { PROCESSED_STATE_BESIDE_LB } else { 0 };
     let base = PROCESSED_BASE + ct + beside_lb;
-    let per_probe = prog.probes.iter().map(|p| costs.rule + p.predicate.as_ref().map_or(0, |e| costs.expr(e)) + costs.stmts(&p.body)).collect();
+    let runs = super::classify::runs(policy, prog);
+    let per_probe = prog
+        .probes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match runs.iter().find(|r| r.contains(&i)) {
+            Some(run) if run.start == i => PROCESSED_CLASSIFIED_RUN,
+            Some(_) => 0,
+            None => costs.rule + p.predicate.as_ref().map_or(0, |e| costs.expr(e)) + costs.stmts(&p.body),
+        })
+        .collect();
     ProcessedEstimate { base, per_probe }
 }
 

@@ -249,6 +249,26 @@ impl<'ctx> ModuleCx<'ctx> {
         }
     }
 
+    /// Read-only global data (ELF section `section`, `.rodata`) holding
+    /// `bytes`, as an `i8*`: loaders make the section a frozen one-entry
+    /// array map the program addresses directly, as [`ModuleCx::global_tables`].
+    pub fn read_only_data(&self, name: &str, section: &str, bytes: &[u8]) -> PointerValue<'ctx> {
+        let v = self.cx.const_string(bytes, false);
+        let global = self.module.add_global(v.get_type(), None, name);
+        global.set_section(Some(section));
+        global.set_initializer(&v);
+        global.set_linkage(Linkage::External);
+        global.set_constant(true);
+        global.set_alignment(64);
+        global.as_pointer_value().const_cast(self.i8_ptr())
+    }
+
+    /// `offset` bytes into global data starting at `base`.
+    pub fn table_at(&self, base: PointerValue<'ctx>, offset: u64) -> TableDef<'ctx> {
+        // SAFETY (of the LLVM IR): the offset lies inside the global.
+        TableDef { base: unsafe { base.const_gep(&[self.cx.i64_type().const_int(offset, false)]) } }
+    }
+
     /// A read-only byte blob in its own ELF section (no BTF: loaders skip it).
     pub fn blob(&self, name: &str, section: &str, bytes: &[u8]) {
         let v = self.cx.const_string(bytes, false);

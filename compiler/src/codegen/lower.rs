@@ -34,6 +34,8 @@ pub struct Maps<'ctx> {
     pub log: Option<super::log::LogMaps<'ctx>>,
     /// By `ir::DynSetId`.
     pub dynsets: Vec<super::dynset::DynSetDef<'ctx>>,
+    /// The runs of rules lowered as a tree walk.
+    pub classified: super::classify::Runs<'ctx>,
 }
 
 #[derive(Default)]
@@ -80,7 +82,7 @@ pub struct UserMapDef<'ctx> {
 }
 
 #[derive(Clone, Copy)]
-enum Val<'ctx> {
+pub(super) enum Val<'ctx> {
     /// Integers and MAC addresses (i64).
     Int { v: IntValue<'ctx>, present: IntValue<'ctx> },
     Bool { t: IntValue<'ctx>, f: IntValue<'ctx> },
@@ -182,7 +184,7 @@ fn volatile_loads(bb: BasicBlock<'_>) -> usize {
 }
 
 /// Return codes: XDP actions, or TC actions for `tc:*` hooks.
-fn verdict_code(hook: Hook, v: Verdict) -> u64 {
+pub(super) fn verdict_code(hook: Hook, v: Verdict) -> u64 {
     match (hook, v) {
         (Hook::Xdp, Verdict::Abort) => 0,
         (Hook::Xdp, Verdict::Drop) => 1,
@@ -240,7 +242,8 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// [`parse::L4Split`]) while the copies stay within the rule count and
     /// branch weight that specializing allows.
     fn rules_in_place(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>) {
-        for (i, probe) in probes.iter().enumerate() {
+        let mut i = 0;
+        while i < probes.len() {
             if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
                 let rest = &probes[i..];
                 let split = parse::L4Split::of(rest);
@@ -258,7 +261,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 parse::parse_l4_here(self.b, &self.h, &at);
                 self.l4_parsed();
             }
-            self.rule(probe, None);
+            i = self.rule_or_run(probes, i, None);
         }
         // A program that records connections and has no rules of its own
         // (the `tc:egress` the checker gave it) parses L4 after them all.
@@ -290,12 +293,14 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
         self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
         let mut tails = Tails::default();
-        for (i, probe) in probes.iter().enumerate() {
+        let mut i = 0;
+        while i < probes.len() {
             let start = self.b.cur();
-            self.rule(probe, Some((&mut tails, i % FACTS_RELOAD_RULES == 0)));
-            if self.floor.add(probe, volatile_loads(start)) {
+            let next = self.rule_or_run(probes, i, Some((&mut tails, i % FACTS_RELOAD_RULES == 0)));
+            if next == i + 1 && self.floor.add(&probes[i], volatile_loads(start)) {
                 return Some(i);
             }
+            i = next;
         }
         // No rule decided: pass.
         let pass = verdict_code(self.hook, Verdict::Pass);
@@ -313,6 +318,32 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
             }
         }
         None
+    }
+
+    /// Probe `i`, or the run of rules starting there lowered as a tree
+    /// walk (`classify.rs`); returns the index of the probe after it.
+    fn rule_or_run(&mut self, probes: &[ir::Probe], i: usize, long: Option<(&mut Tails<'ctx>, bool)>) -> usize {
+        // Runs are found over the program's probes; a specialized copy
+        // after the L4 parse lowers a tail of them, whose indices are
+        // found from the first probe's.
+        let maps = self.maps;
+        let offset = self.probe_offset(probes);
+        if let Some(run) = maps.classified.by_start.get(&(self.hook, offset + i)) {
+            if long.as_ref().is_some_and(|(_, reload)| *reload) {
+                self.b.reload_facts_pointer();
+            }
+            self.classify(run, &self.policy.programs.iter().find(|p| p.hook == self.hook).expect("the program of this hook").probes);
+            return i + run.probes.len();
+        }
+        self.rule(&probes[i], long);
+        i + 1
+    }
+
+    /// The index in its program of `probes[0]`.
+    fn probe_offset(&self, probes: &[ir::Probe]) -> usize {
+        let Some(first) = probes.first() else { return 0 };
+        let all = &self.policy.programs.iter().find(|p| p.hook == self.hook).expect("the program of this hook").probes;
+        all.iter().position(|p| std::ptr::eq(p, first)).unwrap_or(0)
     }
 
     /// One probe: its predicate, then its body (counted), or on to the
@@ -580,7 +611,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
     }
 
-    fn field(&mut self, f: Field) -> Val<'ctx> {
+    pub(super) fn field(&mut self, f: Field) -> Val<'ctx> {
         let h = &self.h;
         let b = &self.b;
         let get = |p: PointerValue<'ctx>| b.get_fact(p);

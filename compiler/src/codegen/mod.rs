@@ -10,6 +10,7 @@ pub mod builder;
 pub mod faults;
 mod ipv6_set;
 mod budget;
+mod classify;
 mod conntrack;
 mod dynset;
 mod lb;
@@ -283,6 +284,18 @@ pub fn processed_estimates(policy: &ir::Policy) -> Vec<(Hook, usize)> {
 }
 
 pub use budget::MAX_PROCESSED_INSNS;
+
+/// The index of the probe of `prog` before which the L4 header is
+/// parsed: the first that reads an L4 field, or the first of all in a
+/// program that records connections (which parses every header for them).
+pub(crate) fn l4_parsed_before(policy: &ir::Policy, prog: &ir::Program) -> Option<usize> {
+    let records = policy.conntrack.as_ref().is_some_and(|ct| ct.trackers.contains(&prog.hook));
+    if records {
+        Some(0)
+    } else {
+        parse::first_probe_using(prog, parse::Stage::L4)
+    }
+}
 
 /// Whether every packet that runs `body` gets its verdict there (its last
 /// statement is a verdict, redirect or `lb`, or an `if` whose branches
@@ -601,7 +614,8 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         dynsets.push(def);
         meta.dynsets.push(dynset_meta);
     }
-    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log, dynsets };
+    let classified = classify::define(&m, policy, options);
+    let maps = Maps { rules, sets: set_maps, users, redirect, pools, limits, conntrack, log, dynsets, classified };
     // Heavy or long policies read the parsed facts from a map, see `Bpf::spill_facts`.
     let specialize = specialized(policy);
     let facts_map = (!specialize)
@@ -644,7 +658,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             lb::reverse_nat(&b, &nat);
         }
         let mut uses = parse::first_uses(prog);
-        let mut l4_before = parse::first_probe_using(prog, parse::Stage::L4);
+        let l4_before = l4_parsed_before(policy, prog);
         // A program that records connections parses every header for them
         // before its first rule (its instructions blamed on the first
         // `ct.state` of the policy); one that only reads `ct.state`, before
@@ -654,7 +668,6 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             for stage in [parse::Stage::Eth, parse::Stage::Vlan, parse::Stage::Ip4, parse::Stage::Ip6, parse::Stage::L4] {
                 uses.entry(stage).or_insert(ct.span);
             }
-            l4_before = Some(0);
         }
         let ct_classify = records.is_some() || (policy.conntrack.is_some() && parse::reads_field(prog, crate::check::fields::Field::CtState));
         // A program without rules of its own (the `tc:egress` of `nat` or
