@@ -321,3 +321,26 @@ fn synproxy_quick() {
     }
     assert!(out.path().join("synproxy.json").exists() && out.path().join("synproxy.md").exists());
 }
+
+#[path = "../benches/classbench.rs"]
+mod classbench_bench;
+
+/// The ClassBench benchmark in quick mode: each set at 100 and 1,000 rules builds
+/// with its decision trees, every trace packet gets its expected rule's
+/// verdict and every rule's counter its packets (checked as it runs), the
+/// linear baseline builds where it fits, and the veth peers run.
+#[test]
+fn classbench_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("classbench_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = classbench_bench::run(&classbench_bench::Mode { quick: true }, out.path());
+    let runs = report.json["test_runs"].as_array().expect("test runs");
+    let trees = runs.iter().filter(|r| r["lowering"].as_str().is_some_and(|l| l.contains("trees"))).count();
+    assert_eq!(trees, 4, "{}", report.markdown);
+    assert!(runs.iter().all(|r| r["tree_bytes"].as_u64().is_some_and(|b| b > 0) || !r["lowering"].as_str().unwrap_or("").contains("trees")), "{}", report.markdown);
+    let veth = report.json["veth"].as_array().expect("veth rows");
+    assert!(veth.len() == 6 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
+    assert!(out.path().join("classbench.json").exists());
+}

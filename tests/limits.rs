@@ -167,8 +167,20 @@ fn literal_sets(rng: &mut Rng, n: usize) -> String {
     text + "xdp { pass }\n"
 }
 
+/// `n` rules of one equality, each a comparison of a comparison (`== true`):
+/// rules the decision trees do not take, so they stay one after another
+/// and meet the limits of such rules. `trees`: plain equalities, which the
+/// trees take.
 fn equalities(n: usize, hook: &str) -> String {
-    let mut text: String = (0..n).map(|i| format!("{hook} /tcp.dport == {i}/ {{ drop }}\n")).collect();
+    equalities_as(n, hook, false)
+}
+
+fn equalities_as(n: usize, hook: &str, trees: bool) -> String {
+    let mut text: String = if trees {
+        (0..n).map(|i| format!("{hook} /tcp.dport == {i}/ {{ drop }}\n")).collect()
+    } else {
+        (0..n).map(|i| format!("{hook} /(tcp.dport == {i}) == true/ {{ drop }}\n")).collect()
+    };
     text.push_str(&format!("{hook} {{ pass }}\n"));
     text
 }
@@ -292,6 +304,8 @@ fn boundary_cases_build_only_what_loads() {
     assert_eq!(fate("4091 equalities", &equalities(4091, "xdp"), dir.path()), Fate::Loaded);
     assert_eq!(fate("4094 equalities", &equalities(4094, "xdp"), dir.path()), Fate::Refused(vec!["xpol::budget::jump_sequence".into()]));
     assert_eq!(fate("4094 equalities on tc:ingress", &equalities(4094, "tc:ingress"), dir.path()), Fate::Refused(vec!["xpol::budget::jump_sequence".into()]));
+    // The same equalities as the decision trees take them: no limit near.
+    assert_eq!(fate("20000 equalities in a tree", &equalities_as(20_000, "xdp", true), dir.path()), Fate::Loaded);
     // Rules that fall through: linear verifier work whatever their number.
     for n in [30, 40, 60] {
         assert_eq!(fate(&format!("{n} rules without verdicts"), &comparisons(&mut rng, "xdp", n, 100), dir.path()), Fate::Loaded);
@@ -473,7 +487,8 @@ fn the_early_size_floor_is_never_above_the_compiled_size() {
 fn a_policy_far_over_the_size_limit_is_refused_before_compiling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("policy.xpol");
-    let text: String = (0..20_000).map(|i| format!("xdp /tcp.dport == {}/ {{ drop }}\n", 1 + i % 65_000)).collect();
+    // Compared comparisons: rules the decision trees do not take.
+    let text: String = (0..20_000).map(|i| format!("xdp /(tcp.dport == {}) == true/ {{ drop }}\n", 1 + i % 65_000)).collect();
     std::fs::write(&path, &text).expect("write policy");
     let b = build(&path, &BuildOptions::default());
     let errors: Vec<_> = b.diagnostics.iter().filter(|d| d.is_error()).collect();

@@ -60,11 +60,6 @@ pub fn define<'ctx>(m: &ModuleCx<'ctx>, policy: &ir::Policy, options: &crate::Bu
                 })
                 .collect();
             let parts = classifier::build_parts(&rules);
-            if std::env::var_os("XPOL_TREE_STATS").is_some() {
-                for (part, t) in &parts {
-                    eprintln!("tree {part:?} of {run:?}: {} dims, {} nodes, {} entries, {} records, depth {}, max leaf {}, {} bytes", t.dims.len(), t.nodes, t.entries, t.records, t.depth, t.max_leaf, t.bytes.len());
-                }
-            }
             for (part, tree) in parts {
                 if bytes.len() + tree.bytes.len() > classifier::MAX_TREES_BYTES {
                     continue;
@@ -92,9 +87,8 @@ pub fn define<'ctx>(m: &ModuleCx<'ctx>, policy: &ir::Policy, options: &crate::Bu
 impl<'ctx> Lower<'_, '_, 'ctx> {
     /// The walk of `run`'s tree for this packet: the rule that matched is
     /// counted and decides; a packet no rule matches goes on after the run.
-    pub(super) fn classify(&mut self, run: &RunDef<'ctx>, probes: &[ir::Probe]) {
+    pub(super) fn classify(&mut self, run: &RunDef<'ctx>, first: &ir::Probe) {
         let tree = &run.tree;
-        let first = &probes[run.probes.start];
         self.b.locate(first.predicate.as_ref().map_or(first.span, |p| p.span));
         // The packet's extended values: in registers for the leaf's
         // checks, and in a stack array the walk indexes by dimension.

@@ -242,6 +242,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
     /// [`parse::L4Split`]) while the copies stay within the rule count and
     /// branch weight that specializing allows.
     fn rules_in_place(&mut self, probes: &[ir::Probe], l4: Option<(usize, L4At<'ctx>)>) {
+        let offset = self.probe_offset(probes);
         let mut i = 0;
         while i < probes.len() {
             if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
@@ -261,7 +262,7 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
                 parse::parse_l4_here(self.b, &self.h, &at);
                 self.l4_parsed();
             }
-            i = self.rule_or_run(probes, i, None);
+            i = self.rule_or_run(probes, offset, i, None);
         }
         // A program that records connections and has no rules of its own
         // (the `tc:egress` the checker gave it) parses L4 after them all.
@@ -293,10 +294,11 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         }
         self.b.spill_facts(map, &self.h.slots(), self.h.pkt_len, verdict_code(self.hook, Verdict::Pass));
         let mut tails = Tails::default();
+        let offset = self.probe_offset(probes);
         let mut i = 0;
         while i < probes.len() {
             let start = self.b.cur();
-            let next = self.rule_or_run(probes, i, Some((&mut tails, i % FACTS_RELOAD_RULES == 0)));
+            let next = self.rule_or_run(probes, offset, i, Some((&mut tails, i % FACTS_RELOAD_RULES == 0)));
             if next == i + 1 && self.floor.add(&probes[i], volatile_loads(start)) {
                 return Some(i);
             }
@@ -322,28 +324,27 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
 
     /// Probe `i`, or the run of rules starting there lowered as a tree
     /// walk (`classify.rs`); returns the index of the probe after it.
-    fn rule_or_run(&mut self, probes: &[ir::Probe], i: usize, long: Option<(&mut Tails<'ctx>, bool)>) -> usize {
-        // Runs are found over the program's probes; a specialized copy
-        // after the L4 parse lowers a tail of them, whose indices are
-        // found from the first probe's.
+    /// `offset`: the index in the program of `probes[0]` ([`Lower::probe_offset`]).
+    fn rule_or_run(&mut self, probes: &[ir::Probe], offset: usize, i: usize, long: Option<(&mut Tails<'ctx>, bool)>) -> usize {
         let maps = self.maps;
-        let offset = self.probe_offset(probes);
         if let Some(run) = maps.classified.by_start.get(&(self.hook, offset + i)) {
             if long.as_ref().is_some_and(|(_, reload)| *reload) {
                 self.b.reload_facts_pointer();
             }
-            self.classify(run, &self.policy.programs.iter().find(|p| p.hook == self.hook).expect("the program of this hook").probes);
+            self.classify(run, &probes[i]);
             return i + run.probes.len();
         }
         self.rule(&probes[i], long);
         i + 1
     }
 
-    /// The index in its program of `probes[0]`.
+    /// The index in its program of `probes[0]`: runs are found over the
+    /// program's probes, and a specialized copy after the L4 parse lowers
+    /// a tail of them.
     fn probe_offset(&self, probes: &[ir::Probe]) -> usize {
         let Some(first) = probes.first() else { return 0 };
-        let all = &self.policy.programs.iter().find(|p| p.hook == self.hook).expect("the program of this hook").probes;
-        all.iter().position(|p| std::ptr::eq(p, first)).unwrap_or(0)
+        let Some(all) = self.policy.programs.iter().find(|p| p.hook == self.hook) else { return 0 };
+        all.probes.iter().position(|p| std::ptr::eq(p, first)).unwrap_or(0)
     }
 
     /// One probe: its predicate, then its body (counted), or on to the
