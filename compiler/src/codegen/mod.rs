@@ -711,11 +711,23 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
     watch.lap("LLVM IR");
     m.module.verify().map_err(|e| codegen_error(format!("LLVM rejected the generated module: {}", e.to_string())))?;
     watch.lap("LLVM verifier");
+    let dump = std::env::var_os(DUMP_ENV).map(|dir| (std::path::PathBuf::from(dir), split_path(root).1.trim_end_matches(".xpol").to_string()));
+    if let Some((dir, stem)) = &dump {
+        // Without it, `opt` and `llc` read the module without its debug
+        // info (so without BTF), as LLVM's bitcode and IR readers drop
+        // debug info of an unknown version; in process nothing reads it.
+        let version = cx.i32_type().const_int(3, false);
+        m.module.add_basic_value_flag("Debug Info Version", inkwell::module::FlagBehavior::Warning, version);
+        dump_module(&m.module, &dir.join(format!("{stem}.pre")), Some(passes(policy)));
+    }
     m.module
         .run_passes(passes(policy), &tm, PassBuilderOptions::create())
         .map_err(|e| codegen_error(format!("LLVM optimisation failed: {}", e.to_string())))?;
     m.lay_out_likely_fallthrough();
     watch.lap("LLVM passes");
+    if let Some((dir, stem)) = &dump {
+        dump_module(&m.module, &dir.join(format!("{stem}.post")), None);
+    }
 
     let (llvm_ir, asm) = if options.text {
         let asm = tm.write_to_memory_buffer(&m.module, FileType::Assembly).map_err(|e| codegen_error(e.to_string()))?;
@@ -733,6 +745,23 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
     watch.lap("budgets");
     within?;
     Ok(Generated { object: obj.as_slice().to_vec(), located, meta, llvm_ir, asm, size_floors })
+}
+
+/// When set, a directory where each build writes its module before LLVM's
+/// passes (`NAME.pre.bc`, `.ll`, and the pass pipeline in `.passes`) and
+/// after them and the block layout (`NAME.post.bc`, `.ll`): to compile
+/// the same module with other LLVM versions' `opt` and `llc` (issue 17,
+/// BENCHMARKS.md "LLVM versions"). A debugging aid: failures to write are
+/// ignored.
+pub const DUMP_ENV: &str = "XPOL_LLVM_DUMP";
+
+fn dump_module(module: &inkwell::module::Module, base: &std::path::Path, passes: Option<&str>) {
+    let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", base.display()));
+    let _ = module.write_bitcode_to_path(&with("bc"));
+    let _ = module.print_to_file(with("ll"));
+    if let Some(p) = passes {
+        let _ = std::fs::write(with("passes"), p);
+    }
 }
 
 /// Phases' durations, one after another.
