@@ -78,7 +78,7 @@ impl fmt::Display for Value {
 
 /// A set known at compile time, normalised: prefixes have no host bits and
 /// are sorted; integer ranges are sorted, merged and non-overlapping.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConstSet {
     pub v4: Vec<(Ipv4Addr, u8)>,
     pub v6: Vec<(Ipv6Addr, u8)>,
@@ -106,21 +106,30 @@ impl ConstSet {
     /// Canonical text forms of the elements (the object metadata format).
     pub fn elements(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(self.len());
-        out.extend(self.v4.iter().map(|(a, l)| format!("{a}/{l}")));
-        out.extend(self.v6.iter().map(|(a, l)| format!("{a}/{l}")));
-        out.extend(self.ints.iter().map(|&(lo, hi)| if lo == hi { format!("{lo}") } else { format!("{lo}..{hi}") }));
-        out.extend(self.macs.iter().map(|&m| fmt_mac(m)));
+        out.extend(self.element_texts());
         out
+    }
+
+    /// [`ConstSet::elements`], one at a time.
+    fn element_texts(&self) -> impl Iterator<Item = String> + '_ {
+        self.v4
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .chain(self.v6.iter().map(|(a, l)| format!("{a}/{l}")))
+            .chain(self.ints.iter().map(|&(lo, hi)| if lo == hi { format!("{lo}") } else { format!("{lo}..{hi}") }))
+            .chain(self.macs.iter().map(|&m| fmt_mac(m)))
     }
 }
 
 impl fmt::Display for ConstSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let elems = self.elements();
-        if elems.len() > 8 {
-            write!(f, "{{{}, ... {} elements}}", elems[..4].join(", "), elems.len())
+        // Only the elements shown are formatted: the analysis describes
+        // sets of a million prefixes too.
+        let n = self.len();
+        if n > 8 {
+            write!(f, "{{{}, ... {n} elements}}", self.element_texts().take(4).collect::<Vec<_>>().join(", "))
         } else {
-            write!(f, "{{{}}}", elems.join(", "))
+            write!(f, "{{{}}}", self.element_texts().collect::<Vec<_>>().join(", "))
         }
     }
 }
