@@ -171,6 +171,19 @@ fn cpu_ns() -> u64 {
     common::runtime_ns(Path::new("/proc/thread-self/schedstat"))
 }
 
+/// `n` with a comma every three digits, as the targets are written.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `/proc/meminfo` field in bytes.
 fn meminfo(field: &str) -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
@@ -381,6 +394,7 @@ pub fn run_sizes(mode: &Mode, sizes: &[usize], out_dir: &Path) -> Report {
         let (x, c) = (&r["xpol"], &r["c_lpm_trie"]);
         let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
         let n = r["n"].as_u64().unwrap_or(0);
+        let shown = thousands(n);
         if n == 1_000_000 {
             let (s, cpu) = (f(&x["build_and_load_s"]), f(&x["build_and_load_cpu_s"]));
             let _ = writeln!(
@@ -393,7 +407,7 @@ pub fn run_sizes(mode: &Mode, sizes: &[usize], out_dir: &Path) -> Report {
         let (xb, cm, cs) = (f(&x["memlock_bytes"]), f(&c["memlock_bytes"]), f(&c["slab_bytes"]));
         let _ = writeln!(
             md,
-            "- N={n}: xpol's kernel memory at most the LPM trie's: {:.1} MiB against {:.1} MiB of slab the trie's inserts took ({}), {:.1} MiB it reports as memlock ({}).",
+            "- N={shown}: xpol's kernel memory at most the LPM trie's: {:.1} MiB against {:.1} MiB of slab the trie's inserts took ({}), {:.1} MiB it reports as memlock ({}).",
             mb(xb), mb(cs), met(xb <= cs), mb(cm), met(xb <= cm)
         );
         targets.push(serde_json::json!({"target": format!("N={n} memory <= LPM trie"), "xpol_bytes": xb, "lpm_slab_bytes": cs, "lpm_memlock_bytes": cm, "met_by_slab": xb <= cs, "met_by_memlock": xb <= cm}));
@@ -416,7 +430,8 @@ fn write_section(markdown: &str, json: &serde_json::Value) {
          The reference firewall (ref-fw) with a blocklist of N IPv4 prefixes from a seeded generator (`benches/millions.rs`, `prefixes`): distinct prefixes, lengths /16 to /32 weighted as a blocklist is (half /32, 30% /24, the rest fewer the shorter: `LENGTH_MIX`), addresses uniform. xpol reads them with `set blocklist: cidr = file(...)` (default room: twice the initial elements); its C peer from `benches/ref_fw.rs` (same rules, an LPM trie sized to N) gets them one `bpf_map_update_elem` each. \
          *Build* is `xpol_compiler::build` in-process (the file read and parsed, the tables built to size them, the object written in memory); *load* is `LoadedPolicy::load` (metadata read, maps created, verifier, tables built again and written). \
          Kernel memory: `memlock` of each map's fdinfo (the map type's own count), summed over all of xpol's maps (its tables are arrays and global data, allocated whole, room for growth included; *in use* is what the prefixes fill); for the LPM trie its `memlock` counts one node per prefix only, so the growth of the kernel's unreclaimable slab (`SUnreclaim` in /proc/meminfo) over the N inserts is given too, which counts the trie's intermediate nodes and each node's rounding up to its allocation size (and anything else the machine allocated meanwhile). \
-         ns per packet: `BPF_PROG_TEST_RUN` on one CPU over a trace of {} packets (64-byte TCP SYN to port 80), half from addresses in the set (a random address of a random prefix), half from addresses in none; every packet's verdict is checked against the generator's prefixes for both programs first. Hits and misses: each packet `repeat` times, the kernel's whole-ns mean per run averaged over the packets (the packet's table lines warm); whole trace once: each packet one run after the others (colder lines), which includes the test run's own cost (the floor row). {} interleaved rounds, median (min-max); xpol / C is the median of the per-round ratios.\n\n\
+         ns per packet: `BPF_PROG_TEST_RUN` on one CPU over a trace of {} packets (64-byte TCP SYN to port 80), half from addresses in the set (a random address of a random prefix), half from addresses in none; every packet's verdict is checked against the generator's prefixes for both programs first. Hits and misses: each packet `repeat` times, the kernel's whole-ns mean per run averaged over the packets (the packet's table lines warm); whole trace once: each packet one run after the others (colder lines), which includes the test run's own cost (the floor row). {} interleaved rounds, median (min-max); xpol / C is the median of the per-round ratios. \
+         The memory goal is judged on the trie's slab growth, what the kernel allocated for it: its `memlock` is one node per prefix of 24 + 4 + 1 bytes, while the allocator rounds each node up and the trie adds an intermediate node wherever two prefixes part (the slab grew by some 120 bytes per prefix). xpol's tables are one 256 KiB root per set, then 1 KiB mid chunks (one per /16 holding longer prefixes: all 65,536 from about a million prefixes on, 64 MiB) and 32-byte leaves (one per /24 holding longer prefixes), with room for twice the initial elements: from about a million prefixes on, the mid level is full and each further prefix costs at most a leaf.\n\n\
          {markdown}",
         kernel.trim(),
         json["load_average"].as_str().unwrap_or(""),
