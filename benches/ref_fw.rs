@@ -156,7 +156,8 @@ fn prefixes(n: usize) -> Vec<(Ipv4Addr, u8)> {
 }
 
 /// The C peer: the same policy, written as a careful engineer would.
-fn c_source(chain: Option<&[(Ipv4Addr, u8)]>) -> String {
+/// Also the baseline of `benches/millions.rs` (its LPM trie resized at load).
+pub fn c_source(chain: Option<&[(Ipv4Addr, u8)]>) -> String {
     let mut blocked = String::new();
     match chain {
         Some(list) => {
@@ -206,7 +207,7 @@ char _license[] SEC("license") = "GPL";
     )
 }
 
-fn clang(dir: &Path, name: &str, source: &str) -> PathBuf {
+pub fn clang(dir: &Path, name: &str, source: &str) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     let o = dir.join(format!("{name}.o"));
     std::fs::write(&c, source).expect("write C");

@@ -343,4 +343,40 @@ fn classbench_quick() {
     let veth = report.json["veth"].as_array().expect("veth rows");
     assert!(veth.len() == 6 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
     assert!(out.path().join("classbench.json").exists());
+
+#[path = "../benches/millions.rs"]
+mod millions;
+
+/// The millions-of-prefixes benchmark in quick mode (100,000 prefixes):
+/// xpol and the C LPM trie give every trace packet its verdict (the
+/// bench's own assertions), the memory of both is measured, and the
+/// report has its rows.
+#[test]
+fn millions_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("millions_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = millions::run(&millions::Mode { quick: true }, out.path());
+    let rows = report.json["results"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{}", report.markdown);
+    let row = &rows[0];
+    assert_eq!(row["n"], 100_000);
+    assert!(row["xpol"]["memlock_bytes"].as_u64().is_some_and(|b| b >= row["xpol"]["tables_in_use_bytes"].as_u64().unwrap_or(u64::MAX)), "{}", report.json);
+    assert!(row["c_lpm_trie"]["memlock_bytes"].as_u64().is_some_and(|b| b > 0), "{}", report.json);
+    assert!(report.markdown.contains("| xpol / C | 100000 |"), "{}", report.markdown);
+    assert!(out.path().join("millions.json").exists());
+}
+
+/// The generator is seeded: the same distinct prefixes in every run, of
+/// the lengths of its mix only.
+#[test]
+fn millions_prefixes_are_seeded_and_distinct() {
+    let a = millions::prefixes(20_000);
+    assert_eq!(a, millions::prefixes(20_000));
+    let mut sorted = a.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 20_000);
+    assert!(a.iter().all(|&(p, len)| millions::LENGTH_MIX.iter().any(|&(l, _)| l == len) && p & !xpol_lang::ipv4_table::mask(len) == 0));
 }

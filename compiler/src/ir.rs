@@ -60,6 +60,31 @@ pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
     mac.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64)
 }
 
+/// `format!("{a}/{len}")` without the formatting machinery, a quarter of
+/// the time: a set of a million prefixes writes a million of these into
+/// the object's metadata.
+fn v4_text(a: Ipv4Addr, len: u8) -> String {
+    fn push_u8(s: &mut String, v: u8) {
+        if v >= 100 {
+            s.push(char::from(b'0' + v / 100));
+        }
+        if v >= 10 {
+            s.push(char::from(b'0' + v / 10 % 10));
+        }
+        s.push(char::from(b'0' + v % 10));
+    }
+    let mut s = String::with_capacity(18);
+    for (i, &o) in a.octets().iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        push_u8(&mut s, o);
+    }
+    s.push('/');
+    push_u8(&mut s, len);
+    s
+}
+
 pub fn fmt_mac(v: u64) -> String {
     let b = v.to_be_bytes();
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[2], b[3], b[4], b[5], b[6], b[7])
@@ -78,7 +103,7 @@ impl fmt::Display for Value {
 
 /// A set known at compile time, normalised: prefixes have no host bits and
 /// are sorted; integer ranges are sorted, merged and non-overlapping.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConstSet {
     pub v4: Vec<(Ipv4Addr, u8)>,
     pub v6: Vec<(Ipv6Addr, u8)>,
@@ -106,21 +131,30 @@ impl ConstSet {
     /// Canonical text forms of the elements (the object metadata format).
     pub fn elements(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(self.len());
-        out.extend(self.v4.iter().map(|(a, l)| format!("{a}/{l}")));
-        out.extend(self.v6.iter().map(|(a, l)| format!("{a}/{l}")));
-        out.extend(self.ints.iter().map(|&(lo, hi)| if lo == hi { format!("{lo}") } else { format!("{lo}..{hi}") }));
-        out.extend(self.macs.iter().map(|&m| fmt_mac(m)));
+        out.extend(self.element_texts());
         out
+    }
+
+    /// [`ConstSet::elements`], one at a time.
+    fn element_texts(&self) -> impl Iterator<Item = String> + '_ {
+        self.v4
+            .iter()
+            .map(|&(a, l)| v4_text(a, l))
+            .chain(self.v6.iter().map(|(a, l)| format!("{a}/{l}")))
+            .chain(self.ints.iter().map(|&(lo, hi)| if lo == hi { format!("{lo}") } else { format!("{lo}..{hi}") }))
+            .chain(self.macs.iter().map(|&m| fmt_mac(m)))
     }
 }
 
 impl fmt::Display for ConstSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let elems = self.elements();
-        if elems.len() > 8 {
-            write!(f, "{{{}, ... {} elements}}", elems[..4].join(", "), elems.len())
+        // Only the elements shown are formatted: the analysis describes
+        // sets of a million prefixes too.
+        let n = self.len();
+        if n > 8 {
+            write!(f, "{{{}, ... {n} elements}}", self.element_texts().take(4).collect::<Vec<_>>().join(", "))
         } else {
-            write!(f, "{{{}}}", elems.join(", "))
+            write!(f, "{{{}}}", self.element_texts().collect::<Vec<_>>().join(", "))
         }
     }
 }
@@ -1014,5 +1048,20 @@ impl fmt::Display for Policy {
             out.push('\n');
         }
         f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod v4_text_tests {
+    use super::v4_text;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn writes_what_format_writes() {
+        for o in 0..=255u8 {
+            for (a, len) in [(Ipv4Addr::new(o, 0, 10, 255), o % 33), (Ipv4Addr::new(9, o, 99, 100), 32), (Ipv4Addr::new(255, 1, o, o), o)] {
+                assert_eq!(v4_text(a, len), format!("{a}/{len}"));
+            }
+        }
     }
 }

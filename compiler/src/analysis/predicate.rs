@@ -409,7 +409,18 @@ impl<'p> Compiler<'p> {
         }
         let contents: ConstSet = match set {
             SetRef::Inline(s) => s.clone(),
-            SetRef::Named(id) => self.policy.sets[*id].contents.clone(),
+            SetRef::Named(id) => {
+                // A set's elements are work like cubes, counted before they
+                // are taken apart: every later step copies their intervals
+                // (tens of MB for a blocklist of a million prefixes), so a
+                // budgeted analysis (the lints of every check) stops here
+                // rather than spend seconds on them.
+                let c = &self.policy.sets[*id].contents;
+                if !self.spend((c.v4.len() + c.v6.len() + c.ints.len() + c.macs.len()) as u64) {
+                    return Space::empty();
+                }
+                c.clone()
+            }
             // A dynamic set holds what the packet path added and its time
             // has not taken away: state, like a map.
             SetRef::Dynamic(id) => {

@@ -294,7 +294,14 @@ fn signature(policy: &ir::Policy, probe: &ir::Probe, symbolic_sets: bool) -> Str
         if symbolic_sets && set.mutable {
             s.push_str(&format!("|{}", set.name));
         } else {
-            s.push_str(&format!("|{}={}", set.name, set.contents.elements().join(",")));
+            // The contents by their hash, not their text: a set of a
+            // million prefixes would add megabytes to every rule that
+            // reads it (64 bits: two different contents collide with a
+            // chance of one in 2^64, and then only align two rules).
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            set.contents.hash(&mut h);
+            s.push_str(&format!("|{}=#{:016x}", set.name, h.finish()));
         }
     }
     s
