@@ -63,7 +63,7 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
                 "xpol::budget::maps",
                 format!("the `{hook}` program uses {} maps, more than the {MAX_MAPS_PER_PROGRAM} the kernel allows one program", maps.len()),
             )
-            .with_help("each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share the tables), besides xpol's own (rule counters; parsed facts in long policies): merge sets of one element type, or use fewer `@maps` in this hook");
+            .with_help("each `@map` is a map (the named and large constant sets share a few: IPv4 tables, IPv6 tables and trie, and a hash map for ports, integers and MACs), besides xpol's own (rule counters; parsed facts in long policies): use fewer `@maps` in this hook");
             let crossing = maps_in_source_order(&crate::verifier::map_references(object, name), rules).into_iter().nth(MAX_MAPS_PER_PROGRAM);
             diags.push(match crossing {
                 Some((map, Some(span))) => d.with_label(span, format!("{}, the program's map {}", describe_map(&map, policy), MAX_MAPS_PER_PROGRAM + 1)),
@@ -599,22 +599,6 @@ fn describe_map(map: &str, policy: &ir::Policy) -> String {
     if let Some(name) = map.strip_prefix("xm_") {
         return format!("`@{name}`");
     }
-    for (i, set) in policy.sets.iter().enumerate() {
-        let part = if map == format!("xs_{}", set.name) {
-            ""
-        } else if map == format!("xs_{}_v6", set.name) {
-            "the IPv6 part of "
-        } else {
-            continue;
-        };
-        // A constant set of more than 16 elements is a read-only map,
-        // named after its `const`, or `anonN` when written in place.
-        return match (set.mutable, set.name == format!("anon{i}")) {
-            (true, _) => format!("{part}set `{}`", set.name),
-            (false, false) => format!("{part}const set `{}`", set.name),
-            (false, true) => format!("{part}this literal set (a map: more than 16 elements)"),
-        };
-    }
     if let Some(pool) = policy.pools.iter().find(|p| map.starts_with(&format!("xl_{}_", p.name))) {
         return format!("a map of pool `{}`", pool.name);
     }
@@ -623,6 +607,12 @@ fn describe_map(map: &str, policy: &ir::Policy) -> String {
     }
     if [meta::IPV6_NODES_MAP, meta::IPV6_TAILS_MAP].contains(&map) {
         return "the IPv6 set tables".to_string();
+    }
+    if map == meta::SETS_HASH_MAP {
+        return "the hash map of the sets of ports, integers and MACs".to_string();
+    }
+    if map == meta::SETS_LPM6_MAP {
+        return "the LPM trie of the sets' IPv6 prefixes".to_string();
     }
     format!("xpol's own map `{map}`")
 }
