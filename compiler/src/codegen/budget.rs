@@ -12,7 +12,7 @@ use super::{program_name, Located};
 use crate::check::fields::Field;
 use crate::ir::{self, CmpOp, ExprKind, Value};
 use std::collections::HashMap;
-use xpol_lang::meta;
+use xpol_lang::meta::{self, SetElem};
 use xpol_lang::ast::Hook;
 use xpol_lang::{Diagnostic, FileId, SourceMap, Span};
 
@@ -156,6 +156,22 @@ pub const PROCESSED_LB_ENCAP: usize = 8_000;
 pub const PROCESSED_SYNPROXY: usize = 20_000;
 pub const PROCESSED_CT_CLASSIFY: usize = 135_000;
 pub const PROCESSED_CT_RECORD: usize = 70_000;
+/// A test of a named set of prefixes, besides [`PROCESSED_TEST`]: the
+/// IPv4 tables' walk (up to three reads, each a branch) and the IPv6
+/// part's lookup. Measured on rules of one such test with a verdict in
+/// long programs: about 140 a rule for IPv4 prefixes alone, 170 with
+/// IPv6 ones in the shared trie (a `set` has an IPv4 walk for the
+/// prefixes it may get), where a rule of one comparison takes 55.
+pub const PROCESSED_CIDR_SET: usize = 130;
+/// A test of a set in the IPv6 tables, besides [`PROCESSED_CIDR_SET`]:
+/// a walk of up to 15 levels inlined where it is used (eight such tests,
+/// two of each of four sets, in a program specialized per parse end: about
+/// 4,000 each, where [`PROCESSED_SPECIALIZED_FACTOR`] applies).
+pub const PROCESSED_IPV6_TABLE_SET: usize = 1_200;
+/// A test of a named set of ports, integers or MACs, besides
+/// [`PROCESSED_TEST`]: the key and a hash lookup (57 to 59 a rule of one
+/// such test with a verdict, in long programs).
+pub const PROCESSED_HASH_SET: usize = 10;
 /// In a program that also balances (`lb`), the work is not quite a sum:
 /// the first `limit` or `log` adds about 16,500 (the verifier walks part
 /// of the balancing code again for the states it leaves), each further
@@ -225,6 +241,7 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
         test: PROCESSED_TEST * times,
         stmt: PROCESSED_STMT * times,
         limit: times * if balances { PROCESSED_LIMIT_BESIDE_LB } else { PROCESSED_LIMIT },
+        named_sets: Vec::new(),
         log: if balances {
             PROCESSED_LOG_BESIDE_LB * times
         } else if specialized && prog.hook != Hook::Xdp {
@@ -246,6 +263,19 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
     };
     let beside_lb = if balances && stateful { PROCESSED_STATE_BESIDE_LB } else { 0 };
     let base = PROCESSED_BASE + ct + beside_lb;
+    // What a test of each named set adds, by `ir::SetId`.
+    let in_v6_tables = super::ipv6_set::table_sets(policy);
+    let named_sets = policy
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.elem {
+            SetElem::Cidr if in_v6_tables.contains(&i) => times * (PROCESSED_CIDR_SET + PROCESSED_IPV6_TABLE_SET),
+            SetElem::Cidr => times * PROCESSED_CIDR_SET,
+            SetElem::Int | SetElem::Mac => times * PROCESSED_HASH_SET,
+        })
+        .collect();
+    let costs = Costs { named_sets, ..costs };
     let per_probe = prog.probes.iter().map(|p| costs.rule + p.predicate.as_ref().map_or(0, |e| costs.expr(e)) + costs.stmts(&p.body)).collect();
     ProcessedEstimate { base, per_probe }
 }
@@ -259,6 +289,8 @@ struct Costs<'a> {
     stmt: usize,
     limit: usize,
     log: usize,
+    /// What a test of each named set adds to [`Costs::test`].
+    named_sets: Vec<usize>,
 }
 
 impl Costs<'_> {
@@ -269,6 +301,7 @@ impl Costs<'_> {
             ExprKind::MapRead { keys, .. } => self.stmt + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
             ExprKind::Limit { keys, .. } => self.limit + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
             ExprKind::Neg(a) | ExprKind::BitNot(a) => self.expr(a),
+            ExprKind::In(a, ir::SetRef::Named(id)) => self.test + self.named_sets.get(*id).copied().unwrap_or(0) + self.expr(a),
             ExprKind::Not(a) | ExprKind::In(a, _) => self.test + self.expr(a),
             ExprKind::Arith(_, a, b) => self.expr(a) + self.expr(b),
             ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => self.test + self.expr(a) + self.expr(b),

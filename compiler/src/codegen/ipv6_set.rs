@@ -146,6 +146,21 @@ fn set_uses(policy: &ir::Policy) -> Vec<usize> {
 /// tests of one set in a 64-rule policy took it past 32,767
 /// instructions).
 pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
+    let mut slots = Vec::new();
+    let mut tables = Vec::new();
+    for i in table_sets(policy) {
+        let s = &policy.sets[i];
+        slots.push(i);
+        tables.push(Ipv6Table::build(s.contents.v6.iter().map(|&(a, len)| (u128::from(a), len))));
+    }
+    let nodes = tables.iter().map(|t| t.nodes.len() as u64).sum();
+    let tails = tables.iter().map(|t| t.tails.len() as u64).sum();
+    Ipv6Sizing { slots, nodes, tails }
+}
+
+/// The sets (indexes in `policy.sets`, in slot order) that [`sizing`]
+/// puts in the IPv6 tables.
+pub fn table_sets(policy: &ir::Policy) -> Vec<usize> {
     let uses = set_uses(policy);
     let mut candidates: Vec<usize> = (0..policy.sets.len())
         .filter(|&i| {
@@ -156,16 +171,7 @@ pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
     candidates.sort_by_key(|&i| std::cmp::Reverse(policy.sets[i].contents.v6.len()));
     candidates.truncate(MAX_TABLE_SETS);
     candidates.sort_unstable();
-    let mut slots = Vec::new();
-    let mut tables = Vec::new();
-    for i in candidates {
-        let s = &policy.sets[i];
-        slots.push(i);
-        tables.push(Ipv6Table::build(s.contents.v6.iter().map(|&(a, len)| (u128::from(a), len))));
-    }
-    let nodes = tables.iter().map(|t| t.nodes.len() as u64).sum();
-    let tails = tables.iter().map(|t| t.tails.len() as u64).sum();
-    Ipv6Sizing { slots, nodes, tails }
+    candidates
 }
 
 /// Whether the IPv6 address `hi:lo` (host order) is in the set of `t`.
