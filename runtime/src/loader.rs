@@ -344,8 +344,9 @@ impl LoadedPolicy {
     }
 
     /// Test-only: as [`LoadedPolicy::load_with`], but every map of a named
-    /// set holds at most `capacity` entries, so that filling a larger set
-    /// fails as a full map does (`E2BIG`). Never used by the binaries.
+    /// set (but the IPv4 and IPv6 tables) holds at most `capacity` entries,
+    /// those the sets share in all, so that filling more fails as a full
+    /// map does (`E2BIG`). Never used by the binaries.
     #[doc(hidden)]
     pub fn load_with_set_capacity(object: &[u8], options: &LoadOptions, capacity: u32) -> Result<LoadedPolicy> {
         Self::load_inner(object, options, Some(capacity), &HashMap::new())
@@ -1601,5 +1602,28 @@ mod tests {
         // Gone meanwhile: say so rather than advise a command.
         let gone = xdp_advice("eth0", &[]);
         assert!(gone.contains("try again") && !gone.contains(" off`"), "{gone}");
+    }
+
+    /// An element's keys in a set's own map (records of META_VERSION 14
+    /// and older) and in the maps the sets share (under the set's id).
+    #[test]
+    fn set_keys_of_own_and_shared_maps() {
+        use std::net::Ipv6Addr;
+        use xpol_lang::meta::{self, SetElem, SetMapKind, SetMeta};
+        let set = |elem, id| SetMeta { name: "s".into(), elem, maps: Vec::new(), ipv4_slot: None, ipv6_slot: None, id, elements: Vec::new(), capacity: 0, mutable: true };
+        let ints = set(SetElem::Int, Some(7));
+        assert_eq!(super::set_keys(&ints, SetMapKind::HashU64, "80"), Ok(vec![80u64.to_le_bytes().to_vec()]));
+        let shared: Vec<Vec<u8>> = (8000u64..=8001).map(|v| meta::sets_hash_key(7, v).to_vec()).collect();
+        assert_eq!(super::set_keys(&ints, SetMapKind::SharedHash, "8000..8001"), Ok(shared));
+        let mac = super::set_keys(&set(SetElem::Mac, Some(2)), SetMapKind::SharedHash, "02:00:00:00:00:01").expect("a MAC");
+        assert_eq!(mac, [meta::sets_hash_key(2, 0x0200_0000_0001).to_vec()]);
+        let cidr = set(SetElem::Cidr, Some(3));
+        let a: Ipv6Addr = "2001:db8::".parse().expect("address");
+        assert_eq!(super::set_keys(&cidr, SetMapKind::SharedLpmV6, "2001:db8::/32"), Ok(vec![meta::sets_lpm6_key(3, a.octets(), 32).to_vec()]));
+        assert_eq!(super::set_keys(&cidr, SetMapKind::SharedLpmV6, "198.51.100.0/24"), Ok(Vec::new()), "IPv4 is in the tables");
+        let mut old = 32u32.to_le_bytes().to_vec();
+        old.extend(a.octets());
+        assert_eq!(super::set_keys(&set(SetElem::Cidr, None), SetMapKind::LpmV6, "2001:db8::/32"), Ok(vec![old]));
+        assert!(super::set_keys(&set(SetElem::Int, None), SetMapKind::SharedHash, "80").is_err(), "no id, no key");
     }
 }
