@@ -21,6 +21,8 @@ mod conntrack;
 mod log;
 #[path = "../benches/dynset.rs"]
 mod dynset;
+#[path = "../benches/shared_sets.rs"]
+mod shared_sets;
 
 #[path = "../benches/synproxy.rs"]
 mod synproxy;
@@ -302,6 +304,20 @@ fn dynset_quick() {
     assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(5), "{}", report.json);
     assert!(report.markdown.contains("`add(d, ip.src)`"), "{}", report.markdown);
     assert!(out.path().join("dynset.json").exists());
+}
+
+/// The shared-set-maps benchmark in quick mode: every rule dropped every
+/// run (through its set: its own assertions), and the report has every row.
+#[test]
+fn shared_sets_quick() {
+    if !xpol_runtime::testing::kernel_or_skip("shared_sets_quick") {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let report = shared_sets::run(&shared_sets::Mode { quick: true }, out.path());
+    assert_eq!(report.json["test_runs"].as_array().map(Vec::len), Some(6), "{}", report.json);
+    assert!(report.markdown.contains("in the shared trie"), "{}", report.markdown);
+    assert!(out.path().join("shared_sets.json").exists());
 }
 
 /// The SYN proxy benchmark in quick mode: every case gives its verdict (a

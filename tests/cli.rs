@@ -283,7 +283,7 @@ fn check_kernel_refuses_over_budget_before_loading() {
     let r = xpolc().args(["check", "--kernel", "--verbose", "--verifier-log"]).arg(&log).arg(policy).output().expect("run xpolc");
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("xpol::budget::maps") && err.contains("too-many-maps.xpol:133"), "{err}");
+    assert!(err.contains("xpol::budget::maps") && err.contains("too-many-maps.xpol:130"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0, "no log: nothing was loaded");
 }
 

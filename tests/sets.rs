@@ -78,7 +78,7 @@ fn prefix_table_agrees_with_prefix_matching() {
     }
     let extra: Vec<u32> = (0..2000).map(|_| rng.next() as u32).collect();
     let kinds = check(&prefixes, &prefixes, &extra);
-    assert_eq!(kinds, [SetMapKind::Ipv4Root, SetMapKind::Ipv4Mid16, SetMapKind::Ipv4Leaf, SetMapKind::LpmV6]);
+    assert_eq!(kinds, [SetMapKind::Ipv4Root, SetMapKind::Ipv4Mid16, SetMapKind::Ipv4Leaf, SetMapKind::SharedLpmV6]);
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn prefix_table_with_wide_mid_entries() {
     let prefixes: Vec<(u32, u8)> = (0..70_000u32).map(|i| (0x0a00_0000 + (i << 8) + (i & 0xff), 32)).collect();
     let sample: Vec<(u32, u8)> = prefixes.iter().step_by(997).copied().collect();
     let kinds = check(&prefixes, &sample, &[0x0a00_0000, 0x0a01_1170, 0x0b00_0000]);
-    assert_eq!(kinds, [SetMapKind::Ipv4Root, SetMapKind::Ipv4Mid32, SetMapKind::Ipv4Leaf, SetMapKind::LpmV6]);
+    assert_eq!(kinds, [SetMapKind::Ipv4Root, SetMapKind::Ipv4Mid32, SetMapKind::Ipv4Leaf, SetMapKind::SharedLpmV6]);
 }
 
 /// The IPv4 sets of a policy share three tables (the kernel allows a

@@ -113,7 +113,7 @@ fn random_ipv6_sets_agree_with_prefix_matching() {
         // Every set in the shared tables (IPv6 and, as each may get IPv4
         // prefixes, IPv4): no map of its own, but an LPM trie for the
         // IPv6 part of a set that starts without IPv6 prefixes.
-        assert!(kinds.iter().all(|&k| k.is_shared_table() || k == SetMapKind::LpmV6), "{kinds:?}");
+        assert!(kinds.iter().all(|&k| k.is_shared_table() || k == SetMapKind::SharedLpmV6), "{kinds:?}");
         assert!(kinds.contains(&SetMapKind::Ipv6Node) && kinds.contains(&SetMapKind::Ipv6Tail), "{kinds:?}");
     }
 }
@@ -142,7 +142,7 @@ fn ipv6_set_edges() {
 
 /// A constant set of more than 16 IPv6 prefixes is a map too (the shared
 /// tables). The four sets with the most IPv6 prefixes share the two maps
-/// of the tables; the others keep an LPM trie each (each use of a set in
+/// of the tables; the others share one LPM trie (each use of a set in
 /// the tables is an inlined walk of some 250 instructions). Membership is
 /// the same either way.
 #[test]
@@ -164,12 +164,14 @@ fn the_largest_ipv6_sets_share_two_maps() {
     let mut p = common::load_text(&text);
     let maps: std::collections::BTreeSet<String> = p.meta().sets.iter().flat_map(|s| s.maps.iter().map(|m| m.map.clone())).collect();
     // Two for the IPv6 tables, the IPv4 tables every `set` has for the
-    // IPv4 prefixes it may get, and a trie for each set past the four.
+    // IPv4 prefixes it may get, and one trie for the sets past the four.
     assert_eq!(maps.iter().filter(|m| m.starts_with("xpol_v6")).count(), 2, "{maps:?}");
     let in_tables: Vec<&str> = p.meta().sets.iter().filter(|s| s.ipv6_slot.is_some()).map(|s| s.name.as_str()).collect();
     assert_eq!(in_tables, ["s0", "s1", "s2", "big"], "the largest first, then in order");
-    let tries = maps.iter().filter(|m| m.starts_with("xs_") && m.ends_with("_v6")).count();
-    assert_eq!(tries, SETS as usize - 3, "{maps:?}");
+    assert!(maps.contains(xpol_lang::meta::SETS_LPM6_MAP), "{maps:?}");
+    let in_trie = p.meta().sets.iter().filter(|s| s.maps.iter().any(|m| m.kind == SetMapKind::SharedLpmV6)).count();
+    assert_eq!(in_trie, SETS as usize - 3, "{maps:?}");
+    assert!(maps.iter().all(|m| !m.starts_with("xs_")), "no set has a map of its own: {maps:?}");
     let dst: Ipv6Addr = "2001:db8::80".parse().expect("address");
     let run = |p: &mut LoadedPolicy, src: &str| p.test_run("xdp", &PacketSpec::tcp6(src.parse().expect("address"), dst, 40000, 80).syn().build()).expect("test run").action;
     for i in [0u32, 1, 5, SETS - 1] {
@@ -182,7 +184,7 @@ fn the_largest_ipv6_sets_share_two_maps() {
     assert_eq!(run(&mut p, "2001:db8:beef:28::1"), Action::Pass);
 }
 
-/// A set tested in more than two places keeps its LPM trie (each test
+/// A set tested in more than two places stays in the LPM trie (each test
 /// in the tables is an inlined walk, copied for every parse end of a
 /// short policy); one tested twice is in the tables. Membership is the
 /// same either way.

@@ -506,7 +506,7 @@ pub fn first_map_uses(object: &[u8], program: &str) -> Vec<usize> {
 
 /// Every instruction of program `program` (from its start, in order) that
 /// refers to a map, with the map: the name of its symbol in `.maps`
-/// (`xm_NAME` for `@NAME`, `xs_SET...` for a set, `xpol_...` for xpol's
+/// (`xm_NAME` for `@NAME`, `xpol_...` for the sets' shared maps and xpol's
 /// own), or of the section of global data it lies in (`.bss`, `.data`).
 pub fn map_references(object: &[u8], program: &str) -> Vec<(usize, String)> {
     map_refs(object, program).unwrap_or_default()
@@ -548,10 +548,16 @@ fn map_refs(object: &[u8], program: &str) -> Option<Vec<(usize, String)>> {
 /// a named set's elements) into a diagnostic at the `set` or `@map`
 /// declaration the map was made for.
 pub fn explain_map(map: &str, error: &std::io::Error, output: &crate::Output) -> Diagnostic {
-    let set = output.meta.sets.iter().find(|s| s.maps.iter().any(|m| m.map == map));
+    // A map the sets of a kind share: the set that takes most of it.
+    let sets: Vec<&xpol_lang::meta::SetMeta> = output.meta.sets.iter().filter(|s| s.maps.iter().any(|m| m.map == map)).collect();
+    let set = sets.iter().copied().max_by_key(|s| (s.capacity, std::cmp::Reverse(s.id)));
     let user = output.meta.maps.iter().find(|m| m.map == map);
     let (what, span) = if let Some(s) = set {
-        (format!("set `{}`", s.name), output.ir.sets.iter().find(|n| n.name == s.name).map(|n| n.span))
+        let what = match sets.len() {
+            1 => format!("set `{}`", s.name),
+            n => format!("the {n} sets sharing a map, the largest set `{}`", s.name),
+        };
+        (what, output.ir.sets.iter().find(|n| n.name == s.name).map(|n| n.span))
     } else if let Some(u) = user {
         (format!("`@{}`", u.name), output.ir.maps.iter().find(|m| m.name == u.name).map(|m| m.span))
     } else if output.meta.log_ring.as_ref().is_some_and(|r| r.map == map) {

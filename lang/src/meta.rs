@@ -69,7 +69,11 @@ pub const COUNTERS_MAP: &str = ".data";
 /// 14: IPv6 sets in the shared IPv6 tables ([`SetMeta::ipv6_slot`],
 /// [`SetMapKind::Ipv6Node`]) instead of an LPM trie each; older runtimes
 /// would not fill them.
-pub const META_VERSION: u32 = 14;
+/// 15: every set of ports, integers or MACs in one hash map
+/// ([`SETS_HASH_MAP`]) and the IPv6 parts the IPv6 tables do not take in
+/// one LPM trie ([`SETS_LPM6_MAP`]), keyed by [`SetMeta::id`], instead of
+/// a map per set; older runtimes would fill them without the set's id.
+pub const META_VERSION: u32 = 15;
 
 /// Where the per-rule counters of the CPUs below `global_cpus` are in
 /// [`COUNTERS_MAP`]; see [`CountersMeta::for_rules`].
@@ -124,6 +128,44 @@ pub const IPV4_LEAF_MAP: &str = "xpol_v4leaf";
 /// contents' only.
 pub const IPV6_NODES_MAP: &str = "xpol_v6nodes";
 pub const IPV6_TAILS_MAP: &str = "xpol_v6tails";
+
+/// The hash map shared by every set of ports, integers or MACs
+/// ([`SetMapKind::SharedHash`]), and the LPM trie shared by the IPv6 parts
+/// of the sets the IPv6 tables do not take ([`SetMapKind::SharedLpmV6`]):
+/// a set's entries are those whose key starts with (holds) its
+/// [`SetMeta::id`], so that a policy's sets, however many, take two maps
+/// of a program's 64. Each is sized to the sum of its sets' capacities.
+pub const SETS_HASH_MAP: &str = "xpol_sethash";
+pub const SETS_LPM6_MAP: &str = "xpol_setlpm6";
+
+/// Bytes of a [`SETS_HASH_MAP`] key: the element as a little-endian u64
+/// (as for [`SetMapKind::HashU64`]), then the set's id, a little-endian
+/// u32.
+pub const SETS_HASH_KEY_SIZE: u32 = 12;
+
+/// Bytes of a [`SETS_LPM6_MAP`] key: the prefix length (u32,
+/// little-endian: 32 + the prefix's length), then the set's id (u32,
+/// big-endian: the first 32 bits the trie matches), then the 16 address
+/// bytes in network order.
+pub const SETS_LPM6_KEY_SIZE: u32 = 24;
+
+/// The key of integer (or MAC as an integer) `value` of set `id` in
+/// [`SETS_HASH_MAP`].
+pub fn sets_hash_key(id: u32, value: u64) -> [u8; SETS_HASH_KEY_SIZE as usize] {
+    let mut key = [0u8; SETS_HASH_KEY_SIZE as usize];
+    key[..8].copy_from_slice(&value.to_le_bytes());
+    key[8..].copy_from_slice(&id.to_le_bytes());
+    key
+}
+
+/// The key of IPv6 prefix `addr/len` of set `id` in [`SETS_LPM6_MAP`].
+pub fn sets_lpm6_key(id: u32, addr: [u8; 16], len: u32) -> [u8; SETS_LPM6_KEY_SIZE as usize] {
+    let mut key = [0u8; SETS_LPM6_KEY_SIZE as usize];
+    key[..4].copy_from_slice(&(32 + len).to_le_bytes());
+    key[4..8].copy_from_slice(&id.to_be_bytes());
+    key[8..].copy_from_slice(&addr);
+    key
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -201,6 +243,16 @@ impl ObjectMeta {
     pub fn check(&self) -> Result<(), String> {
         if let Some(r) = self.rules.iter().enumerate().find(|(i, r)| r.id as usize != *i) {
             return Err(format!("rule {} has id {}", r.0, r.1.id));
+        }
+        // Two sets of one id in a shared map would hold each other's elements.
+        let mut ids = std::collections::HashSet::new();
+        for s in &self.sets {
+            for m in s.maps.iter().filter(|m| m.kind.is_keyed_by_set()) {
+                let Some(id) = s.id else { return Err(format!("set `{}` is in the shared map `{}` without an id", s.name, m.map)) };
+                if !ids.insert((m.map.as_str(), id)) {
+                    return Err(format!("set `{}` has id {id} in the shared map `{}`, as another set has", s.name, m.map));
+                }
+            }
         }
         for m in &self.maps {
             let needed: usize = m.keys.iter().map(|k| k.size()).sum();
@@ -326,6 +378,12 @@ pub struct SetMeta {
     /// `256 * slot ..`), see [`IPV6_NODES_MAP`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_slot: Option<u32>,
+    /// The set's id in the maps shared by the sets of its kind
+    /// ([`SETS_HASH_MAP`], [`SETS_LPM6_MAP`]), when one of its maps is
+    /// one of them: its index among the object's sets. Absent before
+    /// META_VERSION 15, when each set had maps of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
     /// Initial contents in their canonical text form (`198.51.100.0/24`,
     /// `2001:db8::/32`, `80`, `8000..8099`, `02:00:00:00:00:01`), which the
     /// loader inserts into [`SetMeta::maps`].
@@ -372,8 +430,17 @@ pub enum SetMapKind {
     Ipv6Root,
     /// `BPF_MAP_TYPE_HASH`, key a little-endian u64 (an integer, or a MAC
     /// address as the integer whose big-endian low 6 bytes are the MAC);
-    /// value one byte, 1. Ranges are stored expanded.
+    /// value one byte, 1. Ranges are stored expanded. A map per set
+    /// (objects before META_VERSION 15).
     HashU64,
+    /// [`SETS_HASH_MAP`], shared by every set of ports, integers or MACs:
+    /// key [`sets_hash_key`] ([`SETS_HASH_KEY_SIZE`] bytes), value one
+    /// byte, 1. Ranges are stored expanded.
+    SharedHash,
+    /// [`SETS_LPM6_MAP`], an LPM trie shared by the IPv6 parts of the
+    /// sets the IPv6 tables do not take: key [`sets_lpm6_key`]
+    /// ([`SETS_LPM6_KEY_SIZE`] bytes), value one byte, 1.
+    SharedLpmV6,
 }
 
 impl SetMapKind {
@@ -391,6 +458,24 @@ impl SetMapKind {
     /// them rather than an element at a time.
     pub fn is_shared_table(self) -> bool {
         self.is_ipv4_table() || self.is_ipv6_table()
+    }
+
+    /// A map shared by the sets of a kind that holds each element in its
+    /// own keys, prefixed with the set's [`SetMeta::id`].
+    pub fn is_keyed_by_set(self) -> bool {
+        matches!(self, SetMapKind::SharedHash | SetMapKind::SharedLpmV6)
+    }
+
+    /// Bytes of a key of a map of this kind that holds an element per key
+    /// (not one of the tables).
+    pub fn key_size(self) -> Option<u32> {
+        match self {
+            SetMapKind::LpmV4 | SetMapKind::HashU64 => Some(8),
+            SetMapKind::LpmV6 => Some(20),
+            SetMapKind::SharedHash => Some(SETS_HASH_KEY_SIZE),
+            SetMapKind::SharedLpmV6 => Some(SETS_LPM6_KEY_SIZE),
+            _ => None,
+        }
     }
 }
 
@@ -1183,5 +1268,37 @@ mod tests {
         assert!(super::LogRecord::decode(&lying, &ring).is_err());
         assert!(super::LogRecord::decode(&bytes[..20], &ring).is_err());
         assert_eq!((super::log_verdict_code("mixed"), super::hook_of_code(2)), (7, Some("tc:egress")));
+    }
+
+    /// A record pinned before the sets shared their maps (META_VERSION
+    /// 14) names a map per set and no id, and still reads and checks;
+    /// two sets of one id in a shared map are refused.
+    #[test]
+    fn sets_with_maps_of_their_own_or_ids_in_shared_ones() {
+        let old = r#"{"version":14,"source":"p.xpol","programs":[],"rules":[],"maps":[],"redirects":[],
+            "sets":[{"name":"ports","elem":"int","maps":[{"map":"xs_ports","kind":"hash_u64","max_entries":4}],"elements":["22"],"capacity":4,"mutable":true}]}"#;
+        let meta: super::ObjectMeta = serde_json::from_str(old).expect("reads");
+        assert_eq!((meta.sets[0].id, meta.sets[0].maps[0].kind), (None, super::SetMapKind::HashU64));
+        assert_eq!(meta.check(), Ok(()));
+        let shared = |id: Option<u32>| super::SetMeta {
+            name: format!("s{id:?}"),
+            elem: super::SetElem::Int,
+            maps: vec![super::SetMapMeta { map: super::SETS_HASH_MAP.into(), kind: super::SetMapKind::SharedHash, max_entries: 8 }],
+            ipv4_slot: None,
+            ipv6_slot: None,
+            id,
+            elements: Vec::new(),
+            capacity: 4,
+            mutable: true,
+        };
+        let with = |sets| super::ObjectMeta { sets, ..meta.clone() };
+        assert_eq!(with(vec![shared(Some(0)), shared(Some(1))]).check(), Ok(()));
+        assert!(with(vec![shared(Some(1)), shared(Some(1))]).check().is_err());
+        assert!(with(vec![shared(None)]).check().is_err());
+        // The id leads the IPv6 trie's key (big-endian, 32 bits of the
+        // prefix) and follows the value in the hash map's.
+        assert_eq!(super::sets_hash_key(3, 0x0102)[..], [2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0]);
+        let k = super::sets_lpm6_key(3, [0x20; 16], 48);
+        assert_eq!((&k[..4], &k[4..8], k[8]), (&80u32.to_le_bytes()[..], &[0, 0, 0, 3][..], 0x20));
     }
 }

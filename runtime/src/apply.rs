@@ -856,6 +856,10 @@ pub struct SetEditor {
     /// The set's IPv6 prefixes (masked), read at the first in-place IPv6
     /// delete, then kept up to date by this editor.
     v6_members: Option<std::collections::BTreeSet<(u128, u8)>>,
+    /// The entries an integer set takes in the hash map the sets share
+    /// (a range one per integer), read at its first in-place add, then
+    /// kept up to date by this editor.
+    entries: Option<u64>,
 }
 
 impl SetEditor {
@@ -888,7 +892,7 @@ impl SetEditor {
             let path = current.dir.join(&m.map);
             let fd = sys::obj_get(&path, 0).map_err(|e| RuntimeError::Store(format!("{}: {e}", path.display())))?;
             // The kernel writes a map's own key size: it must be the one the metadata says.
-            let key_size = if m.kind == xpol_lang::meta::SetMapKind::LpmV6 { 20 } else { 8 };
+            let key_size = m.kind.key_size().ok_or_else(|| RuntimeError::BadMetadata(format!("set `{set}` has an odd map `{}`", m.map)))?;
             store::check_map_shape(&path, fd.as_fd(), key_size, 1)?;
             maps.insert(m.map.clone(), fd);
         }
@@ -897,7 +901,7 @@ impl SetEditor {
         let v4 = Ipv4Editor::open(&current.dir, s).ok().flatten();
         let v6 = Ipv6Editor::open(&current.dir, meta, s).ok().flatten();
         let elements = store::ElementStore::open(&current.dir, set)?;
-        Ok(SetEditor { name: name.into(), set: s.clone(), dir: current.dir.clone(), elements, maps, v4, v4_members: None, v6, v6_members: None })
+        Ok(SetEditor { name: name.into(), set: s.clone(), dir: current.dir.clone(), elements, maps, v4, v4_members: None, v6, v6_members: None, entries: None })
     }
 
     fn canonical(&self, e: &str) -> Result<String> {
@@ -911,7 +915,7 @@ impl SetEditor {
             return None;
         }
         let mut keys = self.set.maps.iter().filter(|m| !m.kind.is_shared_table()).flat_map(|m| {
-            loader::set_keys(m.kind, element).unwrap_or_default().into_iter().map(move |k| (m.map.as_str(), k))
+            loader::set_keys(&self.set, m.kind, element).unwrap_or_default().into_iter().map(move |k| (m.map.as_str(), k))
         });
         let (map, key) = keys.next()?;
         keys.next().is_none().then(|| self.maps.get(map).map(|fd| (fd, key))).flatten()
@@ -932,7 +936,8 @@ impl SetEditor {
             let add = matches!(change, SetChange::Add(_));
             if let Some((fd, key)) = self.single_key(&e) {
                 if add || self.set.elem != xpol_lang::meta::SetElem::Int || !self.covered_by_another(&e)? {
-                    return self.change_in_place(add, &e, fd.as_fd(), &key);
+                    let fd = fd.try_clone().map_err(|source| RuntimeError::Map { map: format!("set {}", self.set.name), source })?;
+                    return self.change_in_place_counted(add, &e, fd.as_fd(), &key);
                 }
             }
             if let (Some(prefix), true) = (self.ipv4_prefix(&e), self.v4.is_some()) {
@@ -1158,6 +1163,42 @@ impl SetEditor {
             sys::map_delete(map, key).map_err(err)?;
             self.elements.remove(e).map(|_| ())
         }
+    }
+
+    /// [`SetEditor::change_in_place`], keeping an integer set in a hash map
+    /// the sets share within its capacity: there the map's own size (the
+    /// sets' together) does not stop it, and the list counts a range as
+    /// one element where the map holds an entry per integer.
+    fn change_in_place_counted(&mut self, add: bool, e: &str, map: std::os::fd::BorrowedFd<'_>, key: &[u8]) -> Result<()> {
+        let shared = self.set.elem == xpol_lang::meta::SetElem::Int && self.set.maps.iter().any(|m| m.kind == xpol_lang::meta::SetMapKind::SharedHash);
+        if !shared {
+            return self.change_in_place(add, e, map, key);
+        }
+        let listed = self.elements.contains(e)?;
+        if add && !listed {
+            let entries = match self.entries {
+                Some(n) => n,
+                None => {
+                    let mut n = 0u64;
+                    self.elements.for_each(|x| n = n.saturating_add(loader::element_count(x)))?;
+                    n
+                }
+            };
+            self.entries = Some(entries);
+            if self.set.capacity > 0 && entries >= self.set.capacity {
+                return Err(self.full());
+            }
+        }
+        let done = self.change_in_place(add, e, map, key);
+        if listed != add {
+            self.entries = match (&done, self.entries) {
+                (Ok(()), Some(n)) if add => Some(n + 1),
+                (Ok(()), Some(n)) => Some(n.saturating_sub(1)),
+                // Counted again when needed.
+                _ => None,
+            };
+        }
+        done
     }
 
     /// Whether another element of the set covers `e`'s one key (an integer

@@ -282,8 +282,9 @@ fn check_map_shapes(maps: &HashMap<String, MapData>, meta: &ObjectMeta, what: &s
     }
     for m in meta.sets.iter().flat_map(|s| &s.maps) {
         match m.kind {
-            SetMapKind::LpmV4 | SetMapKind::HashU64 => expected.push((&m.map, 8, 1)),
-            SetMapKind::LpmV6 => expected.push((&m.map, 20, 1)),
+            SetMapKind::LpmV4 | SetMapKind::HashU64 | SetMapKind::LpmV6 | SetMapKind::SharedHash | SetMapKind::SharedLpmV6 => {
+                expected.push((&m.map, m.kind.key_size().expect("a map of an element per key"), 1))
+            }
             SetMapKind::Ipv6Node => expected.push((&m.map, 4, ipv6_table::NODE_BYTES)),
             SetMapKind::Ipv6Tail => expected.push((&m.map, 4, ipv6_table::TAIL_BYTES)),
             SetMapKind::Ipv6Root | SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {}
@@ -343,8 +344,9 @@ impl LoadedPolicy {
     }
 
     /// Test-only: as [`LoadedPolicy::load_with`], but every map of a named
-    /// set holds at most `capacity` entries, so that filling a larger set
-    /// fails as a full map does (`E2BIG`). Never used by the binaries.
+    /// set (but the IPv4 and IPv6 tables) holds at most `capacity` entries,
+    /// those the sets share in all, so that filling more fails as a full
+    /// map does (`E2BIG`). Never used by the binaries.
     #[doc(hidden)]
     pub fn load_with_set_capacity(object: &[u8], options: &LoadOptions, capacity: u32) -> Result<LoadedPolicy> {
         Self::load_inner(object, options, Some(capacity), &HashMap::new())
@@ -503,10 +505,10 @@ impl LoadedPolicy {
                     // there (a bad one failed the load): its IPv6 trie
                     // holds none without a colon. A million IPv4 prefixes
                     // are not parsed twice.
-                    if m.kind == SetMapKind::LpmV6 && set.ipv4_slot.is_some() && !element.contains(':') {
+                    if matches!(m.kind, SetMapKind::LpmV6 | SetMapKind::SharedLpmV6) && set.ipv4_slot.is_some() && !element.contains(':') {
                         continue;
                     }
-                    let keys = set_keys(m.kind, element).map_err(|reason| element_error(set, element, reason))?;
+                    let keys = set_keys(set, m.kind, element).map_err(|reason| element_error(set, element, reason))?;
                     for key in keys {
                         self.state.update(&m.map, &key, &[1]).map_err(|e| self.state.set_full(set, m, e))?;
                     }
@@ -1301,7 +1303,7 @@ fn check_set_fits(set: &meta::SetMeta) -> Result<()> {
     for element in &set.elements {
         let stored = match parse_prefix(element) {
             Ok((IpAddr::V4(_), _)) => set.ipv4_slot.is_some() || has(SetMapKind::LpmV4),
-            Ok((IpAddr::V6(_), _)) => set.ipv6_slot.is_some() || has(SetMapKind::LpmV6),
+            Ok((IpAddr::V6(_), _)) => set.ipv6_slot.is_some() || has(SetMapKind::LpmV6) || has(SetMapKind::SharedLpmV6),
             Err(reason) => return Err(element_error(set, element, reason)),
         };
         if !stored {
@@ -1313,7 +1315,7 @@ fn check_set_fits(set: &meta::SetMeta) -> Result<()> {
 }
 
 /// How many elements `element` counts as: b-a+1 for a range `a..b`, else 1.
-fn element_count(element: &str) -> u64 {
+pub(crate) fn element_count(element: &str) -> u64 {
     let int = |s: &str| s.trim().parse::<u64>().ok();
     match element.split_once("..").and_then(|(lo, hi)| Some((int(lo)?, int(hi)?))) {
         Some((lo, hi)) if hi >= lo => (hi - lo).saturating_add(1),
@@ -1515,31 +1517,43 @@ pub fn canonical_element(elem: meta::SetElem, text: &str) -> std::result::Result
     }
 }
 
-pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+/// The keys that hold `element` of `set` in its map of kind `kind` (none
+/// when that map does not hold it: the other address family's, or a
+/// table filled whole).
+pub(crate) fn set_keys(set: &meta::SetMeta, kind: SetMapKind, element: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+    // In a map the sets share, under the set's id (checked with the metadata).
+    let id = || set.id.ok_or_else(|| "the set has no id in its shared map: rebuild the policy".to_string());
     match kind {
         SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf => {
             unreachable!("IPv4 tables are filled whole by fill_ipv4_tables")
         }
         // Filled whole by `fill_ipv6_tables`: no element is one key there.
         SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root => Ok(Vec::new()),
-        SetMapKind::LpmV4 | SetMapKind::LpmV6 => {
+        SetMapKind::LpmV4 | SetMapKind::LpmV6 | SetMapKind::SharedLpmV6 => {
             let (addr, len) = parse_prefix(element)?;
             let mut key = len.to_le_bytes().to_vec();
             match (kind, addr) {
                 (SetMapKind::LpmV4, IpAddr::V4(a)) => key.extend(a.octets()),
                 (SetMapKind::LpmV6, IpAddr::V6(a)) => key.extend(a.octets()),
+                (SetMapKind::SharedLpmV6, IpAddr::V6(a)) => key = meta::sets_lpm6_key(id()?, a.octets(), len).to_vec(),
                 // The other family's map does not hold this element.
                 _ => return Ok(Vec::new()),
             }
             Ok(vec![key])
         }
-        SetMapKind::HashU64 => {
+        SetMapKind::HashU64 | SetMapKind::SharedHash => {
+            let key = |v: u64| -> std::result::Result<Vec<u8>, String> {
+                Ok(match kind {
+                    SetMapKind::SharedHash => meta::sets_hash_key(id()?, v).to_vec(),
+                    _ => v.to_le_bytes().to_vec(),
+                })
+            };
             if element.split(':').count() == 6 {
                 let mut v = 0u64;
                 for part in element.split(':') {
                     v = (v << 8) | u64::from(u8::from_str_radix(part, 16).map_err(|_| "not a MAC address".to_string())?);
                 }
-                return Ok(vec![v.to_le_bytes().to_vec()]);
+                return Ok(vec![key(v)?]);
             }
             let int = |s: &str| s.trim().parse::<u64>().map_err(|_| "not an integer".to_string());
             let (lo, hi) = match element.split_once("..") {
@@ -1549,7 +1563,7 @@ pub(crate) fn set_keys(kind: SetMapKind, element: &str) -> std::result::Result<V
             if hi.saturating_sub(lo) > 16_000_000 {
                 return Err("range too large to store expanded".into());
             }
-            Ok((lo..=hi).map(|v| v.to_le_bytes().to_vec()).collect())
+            (lo..=hi).map(key).collect()
         }
     }
 }
@@ -1626,5 +1640,28 @@ mod tests {
         // Gone meanwhile: say so rather than advise a command.
         let gone = xdp_advice("eth0", &[]);
         assert!(gone.contains("try again") && !gone.contains(" off`"), "{gone}");
+    }
+
+    /// An element's keys in a set's own map (records of META_VERSION 14
+    /// and older) and in the maps the sets share (under the set's id).
+    #[test]
+    fn set_keys_of_own_and_shared_maps() {
+        use std::net::Ipv6Addr;
+        use xpol_lang::meta::{self, SetElem, SetMapKind, SetMeta};
+        let set = |elem, id| SetMeta { name: "s".into(), elem, maps: Vec::new(), ipv4_slot: None, ipv6_slot: None, id, elements: Vec::new(), capacity: 0, mutable: true };
+        let ints = set(SetElem::Int, Some(7));
+        assert_eq!(super::set_keys(&ints, SetMapKind::HashU64, "80"), Ok(vec![80u64.to_le_bytes().to_vec()]));
+        let shared: Vec<Vec<u8>> = (8000u64..=8001).map(|v| meta::sets_hash_key(7, v).to_vec()).collect();
+        assert_eq!(super::set_keys(&ints, SetMapKind::SharedHash, "8000..8001"), Ok(shared));
+        let mac = super::set_keys(&set(SetElem::Mac, Some(2)), SetMapKind::SharedHash, "02:00:00:00:00:01").expect("a MAC");
+        assert_eq!(mac, [meta::sets_hash_key(2, 0x0200_0000_0001).to_vec()]);
+        let cidr = set(SetElem::Cidr, Some(3));
+        let a: Ipv6Addr = "2001:db8::".parse().expect("address");
+        assert_eq!(super::set_keys(&cidr, SetMapKind::SharedLpmV6, "2001:db8::/32"), Ok(vec![meta::sets_lpm6_key(3, a.octets(), 32).to_vec()]));
+        assert_eq!(super::set_keys(&cidr, SetMapKind::SharedLpmV6, "198.51.100.0/24"), Ok(Vec::new()), "IPv4 is in the tables");
+        let mut old = 32u32.to_le_bytes().to_vec();
+        old.extend(a.octets());
+        assert_eq!(super::set_keys(&set(SetElem::Cidr, None), SetMapKind::LpmV6, "2001:db8::/32"), Ok(vec![old]));
+        assert!(super::set_keys(&set(SetElem::Int, None), SetMapKind::SharedHash, "80").is_err(), "no id, no key");
     }
 }

@@ -12,7 +12,7 @@ use super::{program_name, Located};
 use crate::check::fields::Field;
 use crate::ir::{self, CmpOp, ExprKind, Value};
 use std::collections::HashMap;
-use xpol_lang::meta;
+use xpol_lang::meta::{self, SetElem};
 use xpol_lang::ast::Hook;
 use xpol_lang::{Diagnostic, FileId, SourceMap, Span};
 
@@ -63,7 +63,7 @@ pub fn check_object(object: &[u8], policy: &ir::Policy, located: &[Located], sou
                 "xpol::budget::maps",
                 format!("the `{hook}` program uses {} maps, more than the {MAX_MAPS_PER_PROGRAM} the kernel allows one program", maps.len()),
             )
-            .with_help("each `@map` is a map, and so is the IPv6 part of each named or large constant set and each set of ports, integers or MACs (all IPv4 parts share the tables), besides xpol's own (rule counters; parsed facts in long policies): merge sets of one element type, or use fewer `@maps` in this hook");
+            .with_help("each `@map` is a map (the named and large constant sets share a few: IPv4 tables, IPv6 tables and trie, and a hash map for ports, integers and MACs), besides xpol's own (rule counters; parsed facts in long policies): use fewer `@maps` in this hook");
             let crossing = maps_in_source_order(&crate::verifier::map_references(object, name), rules).into_iter().nth(MAX_MAPS_PER_PROGRAM);
             diags.push(match crossing {
                 Some((map, Some(span))) => d.with_label(span, format!("{}, the program's map {}", describe_map(&map, policy), MAX_MAPS_PER_PROGRAM + 1)),
@@ -162,6 +162,22 @@ pub const PROCESSED_LB_ENCAP: usize = 8_000;
 pub const PROCESSED_SYNPROXY: usize = 20_000;
 pub const PROCESSED_CT_CLASSIFY: usize = 135_000;
 pub const PROCESSED_CT_RECORD: usize = 70_000;
+/// A test of a named set of prefixes, besides [`PROCESSED_TEST`]: the
+/// IPv4 tables' walk (up to three reads, each a branch) and the IPv6
+/// part's lookup. Measured on rules of one such test with a verdict in
+/// long programs: about 140 a rule for IPv4 prefixes alone, 170 with
+/// IPv6 ones in the shared trie (a `set` has an IPv4 walk for the
+/// prefixes it may get), where a rule of one comparison takes 55.
+pub const PROCESSED_CIDR_SET: usize = 130;
+/// A test of a set in the IPv6 tables, besides [`PROCESSED_CIDR_SET`]:
+/// a walk of up to 15 levels inlined where it is used (eight such tests,
+/// two of each of four sets, in a program specialized per parse end: about
+/// 4,000 each, where [`PROCESSED_SPECIALIZED_FACTOR`] applies).
+pub const PROCESSED_IPV6_TABLE_SET: usize = 1_200;
+/// A test of a named set of ports, integers or MACs, besides
+/// [`PROCESSED_TEST`]: the key and a hash lookup (57 to 59 a rule of one
+/// such test with a verdict, in long programs).
+pub const PROCESSED_HASH_SET: usize = 10;
 /// In a program that also balances (`lb`), the work is not quite a sum:
 /// the first `limit` or `log` adds about 16,500 (the verifier walks part
 /// of the balancing code again for the states it leaves), each further
@@ -231,6 +247,7 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
         test: PROCESSED_TEST * times,
         stmt: PROCESSED_STMT * times,
         limit: times * if balances { PROCESSED_LIMIT_BESIDE_LB } else { PROCESSED_LIMIT },
+        named_sets: Vec::new(),
         log: if balances {
             PROCESSED_LOG_BESIDE_LB * times
         } else if specialized && prog.hook != Hook::Xdp {
@@ -252,6 +269,19 @@ pub fn processed_estimate(policy: &ir::Policy, prog: &ir::Program) -> ProcessedE
     };
     let beside_lb = if balances && stateful { PROCESSED_STATE_BESIDE_LB } else { 0 };
     let base = PROCESSED_BASE + ct + beside_lb;
+    // What a test of each named set adds, by `ir::SetId`.
+    let in_v6_tables = super::ipv6_set::table_sets(policy);
+    let named_sets = policy
+        .sets
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.elem {
+            SetElem::Cidr if in_v6_tables.contains(&i) => times * (PROCESSED_CIDR_SET + PROCESSED_IPV6_TABLE_SET),
+            SetElem::Cidr => times * PROCESSED_CIDR_SET,
+            SetElem::Int | SetElem::Mac => times * PROCESSED_HASH_SET,
+        })
+        .collect();
+    let costs = Costs { named_sets, ..costs };
     let runs = super::classify::runs(policy, prog);
     let per_probe = prog
         .probes
@@ -275,6 +305,8 @@ struct Costs<'a> {
     stmt: usize,
     limit: usize,
     log: usize,
+    /// What a test of each named set adds to [`Costs::test`].
+    named_sets: Vec<usize>,
 }
 
 impl Costs<'_> {
@@ -285,6 +317,7 @@ impl Costs<'_> {
             ExprKind::MapRead { keys, .. } => self.stmt + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
             ExprKind::Limit { keys, .. } => self.limit + keys.iter().map(|k| self.expr(k)).sum::<usize>(),
             ExprKind::Neg(a) | ExprKind::BitNot(a) => self.expr(a),
+            ExprKind::In(a, ir::SetRef::Named(id)) => self.test + self.named_sets.get(*id).copied().unwrap_or(0) + self.expr(a),
             ExprKind::Not(a) | ExprKind::In(a, _) => self.test + self.expr(a),
             ExprKind::Arith(_, a, b) => self.expr(a) + self.expr(b),
             ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => self.test + self.expr(a) + self.expr(b),
@@ -615,22 +648,6 @@ fn describe_map(map: &str, policy: &ir::Policy) -> String {
     if let Some(name) = map.strip_prefix("xm_") {
         return format!("`@{name}`");
     }
-    for (i, set) in policy.sets.iter().enumerate() {
-        let part = if map == format!("xs_{}", set.name) {
-            ""
-        } else if map == format!("xs_{}_v6", set.name) {
-            "the IPv6 part of "
-        } else {
-            continue;
-        };
-        // A constant set of more than 16 elements is a read-only map,
-        // named after its `const`, or `anonN` when written in place.
-        return match (set.mutable, set.name == format!("anon{i}")) {
-            (true, _) => format!("{part}set `{}`", set.name),
-            (false, false) => format!("{part}const set `{}`", set.name),
-            (false, true) => format!("{part}this literal set (a map: more than 16 elements)"),
-        };
-    }
     if let Some(pool) = policy.pools.iter().find(|p| map.starts_with(&format!("xl_{}_", p.name))) {
         return format!("a map of pool `{}`", pool.name);
     }
@@ -639,6 +656,12 @@ fn describe_map(map: &str, policy: &ir::Policy) -> String {
     }
     if [meta::IPV6_NODES_MAP, meta::IPV6_TAILS_MAP].contains(&map) {
         return "the IPv6 set tables".to_string();
+    }
+    if map == meta::SETS_HASH_MAP {
+        return "the hash map of the sets of ports, integers and MACs".to_string();
+    }
+    if map == meta::SETS_LPM6_MAP {
+        return "the LPM trie of the sets' IPv6 prefixes".to_string();
     }
     format!("xpol's own map `{map}`")
 }

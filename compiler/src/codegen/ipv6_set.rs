@@ -20,19 +20,25 @@ use xpol_lang::meta::SetElem;
 #[derive(Clone, Copy)]
 pub enum Ipv6Part<'ctx> {
     Tables(Ipv6Maps<'ctx>),
-    /// An LPM trie of the set's own (key: length, then the address).
-    Lpm(MapDef<'ctx>),
+    /// The LPM trie shared by the IPv6 parts of the sets the tables do
+    /// not take (`xpol_lang::meta::SETS_LPM6_MAP`), where the set's
+    /// prefixes are under its id.
+    Lpm { map: MapDef<'ctx>, id: u32 },
 }
 
 /// Whether the IPv6 address `hi:lo` (host order) is in `part`.
 pub fn part_member<'ctx>(b: &Bpf<'_, 'ctx>, part: Ipv6Part<'ctx>, hi: IntValue<'ctx>, lo: IntValue<'ctx>) -> IntValue<'ctx> {
     match part {
         Ipv6Part::Tables(t) => member(b, t, hi, lo),
-        Ipv6Part::Lpm(map) => {
-            let key = b.stack_buf(20, "key");
-            b.store_at(key, 0, b.m.cx.i32_type().const_int(128, false));
-            b.store_at(key, 4, b.bswap(hi));
-            b.store_at(key, 12, b.bswap(lo));
+        Ipv6Part::Lpm { map, id } => {
+            // `meta::sets_lpm6_key`: the length (the id's 32 bits and the
+            // whole address), the id big-endian, the address.
+            let i32t = b.m.cx.i32_type();
+            let key = b.stack_buf(xpol_lang::meta::SETS_LPM6_KEY_SIZE, "key");
+            b.store_at(key, 0, i32t.const_int(32 + 128, false));
+            b.store_at(key, 4, i32t.const_int(u64::from(id.swap_bytes()), false));
+            b.store_at(key, 8, b.bswap(hi));
+            b.store_at(key, 16, b.bswap(lo));
             b.not(b.is_null(b.map_lookup(map, key)))
         }
     }
@@ -123,8 +129,8 @@ fn set_uses(policy: &ir::Policy) -> Vec<usize> {
 
 /// Every set of prefixes that holds IPv6 prefixes has a slot. A set
 /// without any that may get some at run time (declared with `set`) keeps
-/// an LPM trie of its own for them instead (`SetMapKind::LpmV6`), as all
-/// did before the tables: a walk is some 200 instructions where a lookup
+/// the shared LPM trie for them instead (`SetMapKind::SharedLpmV6`; an LPM
+/// trie each before), as all did before the tables: a walk is some 200 instructions where a lookup
 /// in the trie is a few, so a policy of IPv4 prefixes compiles to the
 /// program it did. The others answer no without a lookup.
 ///
@@ -132,7 +138,7 @@ fn set_uses(policy: &ir::Policy) -> Vec<usize> {
 /// some 250 instructions, which short policies copy for every parse
 /// outcome (about 3,000 in all for the ref-fw6 policy): only the
 /// [`MAX_TABLE_SETS`] sets with the most IPv6 prefixes (where an LPM trie
-/// is slowest) get the tables, the others keep a trie each. (A walk
+/// is slowest) get the tables, the others' prefixes are in the shared trie. (A walk
 /// emitted once, as a BPF function each use calls, would lift the cap.)
 ///
 /// A set tested in more than [`TABLE_MAX_USES`] places keeps its trie too:
@@ -140,6 +146,21 @@ fn set_uses(policy: &ir::Policy) -> Vec<usize> {
 /// tests of one set in a 64-rule policy took it past 32,767
 /// instructions).
 pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
+    let mut slots = Vec::new();
+    let mut tables = Vec::new();
+    for i in table_sets(policy) {
+        let s = &policy.sets[i];
+        slots.push(i);
+        tables.push(Ipv6Table::build(s.contents.v6.iter().map(|&(a, len)| (u128::from(a), len))));
+    }
+    let nodes = tables.iter().map(|t| t.nodes.len() as u64).sum();
+    let tails = tables.iter().map(|t| t.tails.len() as u64).sum();
+    Ipv6Sizing { slots, nodes, tails }
+}
+
+/// The sets (indexes in `policy.sets`, in slot order) that [`sizing`]
+/// puts in the IPv6 tables.
+pub fn table_sets(policy: &ir::Policy) -> Vec<usize> {
     let uses = set_uses(policy);
     let mut candidates: Vec<usize> = (0..policy.sets.len())
         .filter(|&i| {
@@ -150,16 +171,7 @@ pub fn sizing(policy: &ir::Policy) -> Ipv6Sizing {
     candidates.sort_by_key(|&i| std::cmp::Reverse(policy.sets[i].contents.v6.len()));
     candidates.truncate(MAX_TABLE_SETS);
     candidates.sort_unstable();
-    let mut slots = Vec::new();
-    let mut tables = Vec::new();
-    for i in candidates {
-        let s = &policy.sets[i];
-        slots.push(i);
-        tables.push(Ipv6Table::build(s.contents.v6.iter().map(|&(a, len)| (u128::from(a), len))));
-    }
-    let nodes = tables.iter().map(|t| t.nodes.len() as u64).sum();
-    let tails = tables.iter().map(|t| t.tails.len() as u64).sum();
-    Ipv6Sizing { slots, nodes, tails }
+    candidates
 }
 
 /// Whether the IPv6 address `hi:lo` (host order) is in the set of `t`.

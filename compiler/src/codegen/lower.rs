@@ -42,7 +42,9 @@ pub struct Maps<'ctx> {
 pub struct SetMaps<'ctx> {
     pub v4: Option<Ipv4Maps<'ctx>>,
     pub v6: Option<super::ipv6_set::Ipv6Part<'ctx>>,
-    pub hash: Option<MapDef<'ctx>>,
+    /// The hash map shared by the sets of ports, integers and MACs, and
+    /// the set's id there.
+    pub hash: Option<(MapDef<'ctx>, u32)>,
 }
 
 /// One of the three tables of the IPv4 sets, where
@@ -839,9 +841,11 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         let b = &self.b;
         match v {
             Val::Int { v, .. } => match maps.hash {
-                Some(map) => {
-                    let key = b.stack_buf(8, "key");
+                Some((map, id)) => {
+                    // `meta::sets_hash_key`: the value, then the set's id.
+                    let key = b.stack_buf(xpol_lang::meta::SETS_HASH_KEY_SIZE, "key");
                     b.store_at(key, 0, v);
+                    b.store_at(key, 8, b.c32(id));
                     let p = b.map_lookup(map, key);
                     b.not(b.is_null(p))
                 }

@@ -478,25 +478,35 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
         }
         (defs, metas)
     });
+    // The sets of ports, integers and MACs in one hash map, and the IPv6
+    // parts the tables do not take in one LPM trie, each keyed by the
+    // set's id (its index): two maps of a program's 64 however many sets
+    // a policy has. Each is as large as its sets' capacities together.
+    let in_lpm6 = |i: usize, s: &ir::NamedSet| s.elem == SetElem::Cidr && !v6_sizing.slots.contains(&i) && (s.mutable || !s.contents.v6.is_empty());
+    let in_hash = |s: &ir::NamedSet| matches!(s.elem, SetElem::Int | SetElem::Mac);
+    let total = |pick: &dyn Fn(usize, &ir::NamedSet) -> bool| -> Option<u32> {
+        let mut sets = policy.sets.iter().enumerate().filter(|&(i, s)| pick(i, s)).peekable();
+        sets.peek()?;
+        Some(sets.fold(0u64, |n, (_, s)| n + u64::from(set_capacity(s))).clamp(1, u64::from(u32::MAX)) as u32)
+    };
+    // Neither is preallocated: only the runtime adds elements, and the
+    // maps then take the memory of the sets' contents, not of their room
+    // to grow (a thousand sets of the default 1,024 would preallocate
+    // some 80 MB). A lookup costs the same.
+    let shared_hash = total(&|_, s| in_hash(s)).map(|entries| {
+        let def = m.define_map(meta::SETS_HASH_MAP, map_type::HASH, meta::SETS_HASH_KEY_SIZE, 1, entries, BPF_F_NO_PREALLOC);
+        (def, SetMapMeta { map: meta::SETS_HASH_MAP.to_string(), kind: SetMapKind::SharedHash, max_entries: entries })
+    });
+    let shared_lpm6 = total(&in_lpm6).map(|entries| {
+        let def = m.define_map(meta::SETS_LPM6_MAP, map_type::LPM_TRIE, meta::SETS_LPM6_KEY_SIZE, 1, entries, BPF_F_NO_PREALLOC);
+        (def, SetMapMeta { map: meta::SETS_LPM6_MAP.to_string(), kind: SetMapKind::SharedLpmV6, max_entries: entries })
+    });
     let mut set_maps = Vec::new();
     for (set_index, s) in policy.sets.iter().enumerate() {
         let capacity = set_capacity(s);
+        let id = u32::try_from(set_index).map_err(|_| codegen_error("more sets than a u32 counts"))?;
         let mut maps = SetMaps::default();
         let mut metas = Vec::new();
-        // Every map of the set, named after it; `entries` is the capacity.
-        let mut add = |kind: SetMapKind, entries: u32, suffix: &str| {
-            let name = format!("xs_{}{suffix}", s.name);
-            let def = match kind {
-                SetMapKind::LpmV4 => m.define_map(&name, map_type::LPM_TRIE, 8, 1, entries, BPF_F_NO_PREALLOC),
-                SetMapKind::LpmV6 => m.define_map(&name, map_type::LPM_TRIE, 20, 1, entries, BPF_F_NO_PREALLOC),
-                SetMapKind::HashU64 => m.define_map(&name, map_type::HASH, 8, 1, entries, 0),
-                SetMapKind::Ipv4Root | SetMapKind::Ipv4Mid16 | SetMapKind::Ipv4Mid32 | SetMapKind::Ipv4Leaf | SetMapKind::Ipv6Node | SetMapKind::Ipv6Tail | SetMapKind::Ipv6Root => {
-                    unreachable!("the IPv4 and IPv6 tables' maps are shared, defined above")
-                }
-            };
-            metas.push(SetMapMeta { map: name, kind, max_entries: entries });
-            def
-        };
         let mut ipv4_slot = None;
         let mut ipv6_slot = None;
         let mut ipv4_metas = Vec::new();
@@ -530,17 +540,22 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
                         root_base: ipv6_set::root_nodes(slot),
                     }));
                     ipv4_metas.extend(shared.iter().cloned());
-                } else if s.mutable || !s.contents.v6.is_empty() {
+                } else if let (true, Some((def, shared))) = (in_lpm6(set_index, s), &shared_lpm6) {
                     // No IPv6 prefix yet, or past the sets the tables take:
-                    // a trie of its own (see `ipv6_set::sizing`).
-                    maps.v6 = Some(ipv6_set::Ipv6Part::Lpm(add(SetMapKind::LpmV6, capacity, "_v6")));
+                    // the shared trie (see `ipv6_set::sizing`).
+                    maps.v6 = Some(ipv6_set::Ipv6Part::Lpm { map: *def, id });
+                    metas.push(shared.clone());
                 }
             }
             SetElem::Int | SetElem::Mac => {
-                maps.hash = Some(add(SetMapKind::HashU64, capacity, ""));
+                if let Some((def, shared)) = &shared_hash {
+                    maps.hash = Some((*def, id));
+                    metas.push(shared.clone());
+                }
             }
         }
         metas.splice(0..0, ipv4_metas);
+        let shared_id = metas.iter().any(|m| m.kind.is_keyed_by_set()).then_some(id);
         set_maps.push(maps);
         meta.sets.push(meta::SetMeta {
             name: s.name.clone(),
@@ -548,6 +563,7 @@ fn generate_with(policy: &ir::Policy, sources: &SourceMap, options: &crate::Buil
             maps: metas,
             ipv4_slot,
             ipv6_slot,
+            id: shared_id,
             elements: s.contents.elements(),
             capacity: u64::from(capacity),
             mutable: s.mutable,
