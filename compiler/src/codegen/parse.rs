@@ -929,7 +929,10 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         // Only IPv4 gets here: read what the L4 header needs from the IPv4
         // header now, rather than keep parsed values alive (in registers or
         // spilled) across the rules before the first L4 rule.
-        let p = b.int_to_ptr(b.get(h.ip4_hdr));
+        // Untagged without options, the header is at a constant offset:
+        // the same address as the parser's loads, so that LLVM reuses them
+        // (the total length) where no store or call came between.
+        let p = if at.ip4_plain { b.ptr_add(data, b.c64(14)) } else { b.int_to_ptr(b.get(h.ip4_hdr)) };
         // Fragment offset 0 (13 bits; the low 5 of the first byte and the
         // second byte as loaded): unfragmented or a first fragment.
         let frag_off_as_loaded = u16::from_le_bytes(0x1fffu16.to_be_bytes());
