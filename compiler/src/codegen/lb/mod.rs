@@ -47,6 +47,15 @@ pub struct PoolMaps<'ctx> {
 
 /// Size of [`meta::FlowKey`].
 const FLOW_KEY_BYTES: u32 = 40;
+
+/// The purpose of the 40-byte stack buffer of a flow's key
+/// ([`Bpf::stack_buf`]): the connection table's key, `lb`'s flow key and
+/// its NAT reply key. One buffer: each is done with it before the next
+/// asks for it (`lb` ends the packet's evaluation without writing the
+/// connection's entry, the one later use of the connection's key), and a
+/// policy with `ct.state` and `lb` in one program took 80 bytes more of
+/// the kernel's 512 than this (the stack's limit, with LLVM's spills).
+pub const FLOW_KEY_BUF: &str = "flow_key";
 /// Size of [`meta::BackendValue`].
 const BACKEND_BYTES: u32 = 20;
 /// Size of [`meta::NatValue`].
@@ -174,7 +183,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // the parser's loads are, so that LLVM folds the two swaps.
         let ports = b.trunc(b.select(frag, zero, b.select(tcp, ports_word(b, get(h.tcp_sport), get(h.tcp_dport)), b.select(udp, ports_word(b, get(h.udp_sport), get(h.udp_dport)), zero))), i32t);
         let proto = b.select(tcp, b.c64(6), b.select(udp, b.c64(17), b.select(proto_ok, get(h.proto), zero)));
-        let key = b.stack_buf(FLOW_KEY_BYTES, "lb_key");
+        let key = b.stack_buf(FLOW_KEY_BYTES, FLOW_KEY_BUF);
 
         // An ICMP error about a flow (unreachable, fragmentation needed,
         // time exceeded, parameter problem; ICMPv6 1 to 4) goes where the

@@ -98,7 +98,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(l4_done);
         // The reply's translation back, unless it is recorded already (its
         // entry may have left the LRU table before the flow's).
-        let reply = b.stack_buf(FLOW_KEY_BYTES, "lb_nat_key");
+        // The flow key is done with (its table updated): its buffer.
+        let reply = b.stack_buf(FLOW_KEY_BYTES, FLOW_KEY_BUF);
         for (i, w) in new_addr.iter().enumerate() {
             b.store_at(reply, 4 * i as u64, *w);
         }
