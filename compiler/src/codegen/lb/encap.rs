@@ -38,11 +38,19 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let growth = b.sub(b.c64(outer), b.mul(get(h.vlan_depth), b.c64(4)));
 
         // The Ethernet addresses, kept for when the FIB gives no next hop:
-        // through the parser's frame pointer, which it checked for at least
-        // the Ethernet header on the way to the IP header (only map helpers
-        // ran since, which leave packet pointers valid), rather than loading
-        // and checking the frame's bounds again.
+        // through the parser's frame pointer (only map helpers ran since,
+        // which leave packet pointers valid), rather than loaded from the
+        // context again. In a specialized program the parser checked it
+        // for at least the Ethernet header on the way to every IP end, and
+        // the verifier follows each end here; in a long one the facts come
+        // from the facts map, and the verifier, which cannot tie them to
+        // the frame's length, needs the bound checked again.
         let drop = b.block("lb_cannot_encap");
+        if b.long_program {
+            let has_eth = b.block("lb_eth");
+            b.cond_br_likely(b.fits(h.data, 14, h.data_end), has_eth, drop);
+            b.at(has_eth);
+        }
         let macs_lo = b.load_raw(h.data, 0, 8);
         let macs_hi = b.load_raw(h.data, 8, 4);
         let grown = b.helper_call(helper::XDP_ADJUST_HEAD, b.i64(), &[ctx.into(), b.sub(b.c64(0), growth).into()]);

@@ -28,8 +28,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let l4 = b.pkt_ptr(data, b.and(b.add(l3, ip_hdr), b.c64(MAX_QUOTE_OFFSET)));
         let (addr_off, addr_words) = if pool.v6 { (24, 4) } else { (16, 1) };
         let headers = b.block("lb_nat_headers");
-        // (The Ethernet header the parser checked on `data` itself.)
+        // The Ethernet header is checked on `data` itself for the FIB's
+        // MACs: by the parser where the program is specialized (see
+        // `encapsulate`), here in a long program.
         let ip_ok = b.fits(ip, if pool.v6 { 40 } else { 20 }, end);
+        let ip_ok = if b.long_program { b.and(b.fits(data, 14, end), ip_ok) } else { ip_ok };
         let ok = b.and(ip_ok, b.fits(l4, 20, end));
         let ok_udp = b.and(ip_ok, b.fits(l4, 8, end));
         b.cond_br_likely(b.select(tcp, ok, ok_udp), headers, drop);
