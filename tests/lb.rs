@@ -363,7 +363,12 @@ fn check_inner_checksums(what: &str, inner: &[u8]) {
 /// The kernel and the reference agree on `packet`: the same outcome, and
 /// for `lb` the same frame (the kernel passes it up: no next hop).
 fn agree(what: &str, compiled: &Compiled, kernel: &RunOutcome, packet: &[u8]) -> Evaluation {
-    let r = compiled.evaluate(packet);
+    agree_in(what, compiled, kernel, packet, &mut reference::State::default())
+}
+
+/// [`agree`], the reference keeping its state (connections) in `state`.
+fn agree_in(what: &str, compiled: &Compiled, kernel: &RunOutcome, packet: &[u8], state: &mut reference::State) -> Evaluation {
+    let r = reference::evaluate(&compiled.ir, Hook::Xdp, packet, state);
     let ctx = || format!("{what}: kernel {:?}, reference {:?}; in {} out {}", kernel.action, r.outcome, hex(packet), hex(&kernel.packet));
     match r.outcome {
         Outcome::Lb => {
@@ -534,6 +539,38 @@ fn encapsulations_in_every_program_shape() {
     // The map update before `lb` ran for every packet (none to port 23).
     let counted: u64 = p.map_entries("seen").expect("@seen").iter().map(|(_, n)| n).sum();
     assert_eq!(counted, 200, "@seen counted every packet");
+}
+
+/// `lb` and `ct.state` in one program: the connection table's key and
+/// `lb`'s flow key share a stack buffer; before, the second policy needed
+/// more than the kernel's 512 bytes of stack and did not compile. Each
+/// loads, and decides as the reference does (its connection table kept
+/// across the packets, as the kernel's is).
+#[test]
+fn lb_beside_connection_state() {
+    if !common::kernel("lb beside ct.state") {
+        return;
+    }
+    let cases = [
+        ("GUE for new connections", "xdp /ct.state == new && ip.dst == 198.18.0.100/ { lb(web4, encap: gue, port: 6080, src: 198.18.0.1) }\n", &["198.18.0.100"][..]),
+        ("NAT, then a ct.state rule", "xdp /ip.dst == 198.18.0.100 && tcp.dport == 80/ { lb(web4, nat, port: 8080) }\nxdp /ct.state == invalid/ { drop }\n", &["198.18.0.100"][..]),
+    ];
+    for (what, rules, dsts) in cases {
+        let compiled = compile(&format!("{POOLS}{rules}"));
+        let mut p = LoadedPolicy::load(&compiled.object).unwrap_or_else(|e| panic!("{what}: does not load: {e}"));
+        let ns = netns();
+        let mut state = reference::State::default();
+        let mut rng = Rng(0x5eed_c7);
+        let mut balanced = 0;
+        for i in 0..200 {
+            let dst: IpAddr = dsts[i % dsts.len()].parse().expect("an address");
+            let (bytes, ..) = random_packet(&mut rng, dst);
+            let out = ns.run(|| p.test_run("xdp", &bytes)).expect("test run");
+            let r = agree_in(&format!("{what} #{i}"), &compiled, &out, &bytes, &mut state);
+            balanced += usize::from(r.outcome == Outcome::Lb);
+        }
+        assert!(balanced > 20, "{what}: {balanced} of 200 packets balanced");
+    }
 }
 
 fn check_vips(compiled: &Compiled, seed: u64, vips: &[Vip]) {

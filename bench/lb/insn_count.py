@@ -4,7 +4,7 @@ packet of a case of benches/lb_path.rs, by running each object's code (as
 compiled, before the kernel's rewrites: array lookups inlined, helpers
 patched) in a small BPF interpreter.
 
-    bench/lb/insn_count.py [--trace xpol|c] CASE...    (run from the repository)
+    bench/lb/insn_count.py [--trace xpol|c [--tx]] CASE...    (run from the repository)
 
 CASE: ipip4 ipip6 gue4 gue6 nat4 nat6 (benches/lb_path.rs `CASES`). Each
 is built as the benchmark builds it (`policy_text`, `c_defines`: xpolc
@@ -359,6 +359,7 @@ def disassembly(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--trace', choices=('xpol', 'c'), help='print the established, no-route run of that program instruction by instruction')
+    ap.add_argument('--tx', action='store_true', help='with --trace: the run whose FIB lookup succeeds (XDP_TX) instead')
     ap.add_argument('cases', nargs='+', choices=sorted(CASES))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as dir:
@@ -372,7 +373,7 @@ def main():
                 for who, path in objects.items():
                     m = Machine(path, v6, fib_success)
                     new = m.run(packet)
-                    trace = [] if args.trace == who and not fib_success else None
+                    trace = [] if args.trace == who and fib_success == args.tx else None
                     established = m.run(packet, trace)
                     outcomes[who] = (new[:2], established[:2])
                     for flow, (verdict, _, c) in (('established', established), ('new', new)):

@@ -275,7 +275,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let error = f.and(icmp, b.select(v6, err6, err4));
         let flow = f.or(f.of(b.or(tcp1, udp1)), f.or(echo_req, echo_rep));
 
-        let key = b.stack_buf(meta::CT_KEY_SIZE, "ct_key");
+        // Shared with `lb` (see `lb::FLOW_KEY_BUF`).
+        let key = b.stack_buf(meta::CT_KEY_SIZE, super::lb::FLOW_KEY_BUF);
         let value = b.stack_buf(meta::CT_VALUE_SIZE, "ct_value");
         let null = b.m.i8_ptr().const_null();
         let done = b.block("ct_done");

@@ -249,11 +249,24 @@ impl<'l, 'a, 'ctx> Lower<'l, 'a, 'ctx> {
         while i < probes.len() {
             if let Some((_, at)) = l4.filter(|&(first, _)| first == i) {
                 let rest = &probes[i..];
-                let split = parse::L4Split::of(rest);
                 // The copies multiply code and the verifier's work: keep
                 // them within what specializing allows a whole program.
-                let copies = split.copies();
-                if copies * rest.len() <= super::SPECIALIZE_MAX_RULES && copies * super::probes_weight(rest) <= super::SPECIALIZE_MAX_WEIGHT {
+                // Split by every header the rules read, else by those their
+                // predicates read (a VIP rule's `tcp.dport` before an `lb`,
+                // whose body reads every L4 header).
+                let affordable = |split: &parse::L4Split| {
+                    let copies = split.copies();
+                    copies * rest.len() <= super::SPECIALIZE_MAX_RULES && copies * super::probes_weight(rest) <= super::SPECIALIZE_MAX_WEIGHT
+                };
+                // The split by predicates is weighed by the rules live at
+                // each copy: a VIP rule's `lb` is live at the TCP copy only.
+                let by_predicates = parse::L4Split::of_predicates(rest);
+                let live_affordable = |split: &parse::L4Split| {
+                    let (rules, weight) = split.live_cost(rest);
+                    split.copies() > 1 && rules <= super::SPECIALIZE_MAX_RULES && weight <= super::SPECIALIZE_MAX_WEIGHT
+                };
+                let split = Some(parse::L4Split::of(rest)).filter(affordable).or(Some(by_predicates).filter(live_affordable));
+                if let Some(split) = split {
                     for end in parse::parse_l4_split(self.b, &self.h, &at, split) {
                         self.b.at(end);
                         self.l4_parsed();

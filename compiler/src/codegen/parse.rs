@@ -105,6 +105,47 @@ impl L4Split {
         split
     }
 
+    /// The L4 headers that the probes' predicates read fields of (not
+    /// their bodies): a split for when [`L4Split::of`]'s copies would be too
+    /// many. A rule such as `ip.dst == VIP && tcp.dport == 80` then has a
+    /// copy where the packet is TCP, and what its body does (`lb`'s flow
+    /// key, its ICMP errors) folds there too.
+    pub fn of_predicates(probes: &[ir::Probe]) -> L4Split {
+        let mut split = L4Split::default();
+        for e in probes.iter().filter_map(|p| p.predicate.as_ref()) {
+            expr_fields(e, &mut |f, _| match f.layer() {
+                Layer::Tcp => split.tcp = true,
+                Layer::Udp => split.udp = true,
+                Layer::Ports => (split.tcp, split.udp) = (true, true),
+                Layer::Icmp4 | Layer::Icmp6 => split.icmp = true,
+                _ => {}
+            });
+        }
+        split
+    }
+
+    /// The copies of `probes` this split would make and their summed
+    /// [`super::probes_weight`], counting at each copy only the probes whose
+    /// predicate may hold for its packets: LLVM folds the others away there
+    /// (a predicate that needs TCP is never true at the copy for UDP).
+    pub fn live_cost(&self, probes: &[ir::Probe]) -> (usize, usize) {
+        let ends = [(self.tcp, L4Split { tcp: true, ..L4Split::default() }), (self.udp, L4Split { udp: true, ..L4Split::default() }), (self.icmp, L4Split { icmp: true, ..L4Split::default() }), (self.icmp, L4Split { icmp: true, ..L4Split::default() }), (true, L4Split::default())];
+        let (mut rules, mut weight) = (0, 0);
+        for (_, end) in ends.iter().filter(|(on, _)| *on) {
+            for p in probes {
+                let live = match p.predicate.as_ref().and_then(not_true_without) {
+                    None => true,
+                    Some(need) => (need.tcp && end.tcp) || (need.udp && end.udp) || (need.icmp && end.icmp),
+                };
+                if live {
+                    rules += 1;
+                    weight += super::probes_weight(std::slice::from_ref(p));
+                }
+            }
+        }
+        (rules, weight)
+    }
+
     /// How many copies of the rules after the L4 parse this makes (at most:
     /// LLVM drops the copies a parse end cannot reach, such as ICMPv6 after
     /// IPv4).
@@ -134,34 +175,72 @@ const LB_FIELDS: [Field; 11] = [
 /// the packet is a fragment.
 const SYNPROXY_FIELDS: [Field; 4] = [Field::TcpFlags, Field::TcpDport, Field::IpFrag, Field::Ip4Ihl];
 
-/// Calls `visit` with every field one probe reads, and where.
-fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
-    fn expr(e: &ir::Expr, visit: &mut impl FnMut(Field, Span)) {
-        match &e.kind {
-            ExprKind::Field(f) => visit(*f, e.span),
-            ExprKind::Const(_) | ExprKind::Local(_) => {}
-            ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().for_each(|k| expr(k, visit)),
-            ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr(a, visit),
-            ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
-                expr(a, visit);
-                expr(b, visit);
-            }
+/// The L4 headers without all of which `e` is unknown (three-valued logic,
+/// docs/language.md: a comparison of an absent field is unknown, and so
+/// are `!`, `&&` and `||` of unknowns); None when that is not known.
+fn unknown_without(e: &ir::Expr) -> Option<L4Split> {
+    let union = |a: L4Split, b: L4Split| L4Split { tcp: a.tcp || b.tcp, udp: a.udp || b.udp, icmp: a.icmp || b.icmp };
+    match &e.kind {
+        ExprKind::Field(f) => match f.layer() {
+            Layer::Tcp => Some(L4Split { tcp: true, ..L4Split::default() }),
+            Layer::Udp => Some(L4Split { udp: true, ..L4Split::default() }),
+            Layer::Ports => Some(L4Split { tcp: true, udp: true, icmp: false }),
+            Layer::Icmp4 | Layer::Icmp6 => Some(L4Split { icmp: true, ..L4Split::default() }),
+            _ => None,
+        },
+        // A comparison with an absent operand is unknown.
+        ExprKind::Cmp(_, a, b) => unknown_without(a).or_else(|| unknown_without(b)),
+        ExprKind::In(a, _) | ExprKind::Not(a) => unknown_without(a),
+        ExprKind::And(a, b) | ExprKind::Or(a, b) => Some(union(unknown_without(a)?, unknown_without(b)?)),
+        _ => None,
+    }
+}
+
+/// The L4 headers without all of which predicate `e` cannot be true (so it
+/// does not hold); None when any packet may satisfy it, as far as this
+/// tells.
+fn not_true_without(e: &ir::Expr) -> Option<L4Split> {
+    match &e.kind {
+        // False or unknown `&&` anything is not true.
+        ExprKind::And(a, b) => not_true_without(a).or_else(|| not_true_without(b)),
+        ExprKind::Or(a, b) => {
+            let (a, b) = (not_true_without(a)?, not_true_without(b)?);
+            Some(L4Split { tcp: a.tcp || b.tcp, udp: a.udp || b.udp, icmp: a.icmp || b.icmp })
+        }
+        _ => unknown_without(e),
+    }
+}
+
+/// Calls `visit` with every field an expression reads, and where.
+fn expr_fields(e: &ir::Expr, visit: &mut impl FnMut(Field, Span)) {
+    match &e.kind {
+        ExprKind::Field(f) => visit(*f, e.span),
+        ExprKind::Const(_) | ExprKind::Local(_) => {}
+        ExprKind::MapRead { keys, .. } | ExprKind::Limit { keys, .. } => keys.iter().for_each(|k| expr_fields(k, visit)),
+        ExprKind::Neg(a) | ExprKind::BitNot(a) | ExprKind::Not(a) | ExprKind::In(a, _) => expr_fields(a, visit),
+        ExprKind::Arith(_, a, b) | ExprKind::Cmp(_, a, b) | ExprKind::And(a, b) | ExprKind::Or(a, b) => {
+            expr_fields(a, visit);
+            expr_fields(b, visit);
         }
     }
+}
+
+/// Calls `visit` with every field one probe reads, and where.
+fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
     fn stmts(list: &[ir::Stmt], visit: &mut impl FnMut(Field, Span)) {
         for s in list {
             match &s.kind {
                 StmtKind::If { cond, then_body, else_body } => {
-                    expr(cond, visit);
+                    expr_fields(cond, visit);
                     stmts(then_body, visit);
                     stmts(else_body, visit);
                 }
-                StmtKind::Let { value, .. } => expr(value, visit),
-                StmtKind::SetWrite { key, .. } => expr(key, visit),
+                StmtKind::Let { value, .. } => expr_fields(value, visit),
+                StmtKind::SetWrite { key, .. } => expr_fields(key, visit),
                 StmtKind::MapUpdate { keys, op, .. } => {
-                    keys.iter().for_each(|k| expr(k, visit));
+                    keys.iter().for_each(|k| expr_fields(k, visit));
                     if let MapOp::Sum(e) | MapOp::Assign(e) = op {
-                        expr(e, visit);
+                        expr_fields(e, visit);
                     }
                 }
                 StmtKind::Lb(_) => {
@@ -180,7 +259,7 @@ fn probe_fields(p: &ir::Probe, visit: &mut impl FnMut(Field, Span)) {
         }
     }
     if let Some(e) = &p.predicate {
-        expr(e, visit);
+        expr_fields(e, visit);
     }
     stmts(&p.body, visit);
 }
@@ -850,7 +929,10 @@ fn parse_l4<'ctx>(b: &Bpf<'_, 'ctx>, h: &Headers<'ctx>, at: &L4At<'ctx>, exits: 
         // Only IPv4 gets here: read what the L4 header needs from the IPv4
         // header now, rather than keep parsed values alive (in registers or
         // spilled) across the rules before the first L4 rule.
-        let p = b.int_to_ptr(b.get(h.ip4_hdr));
+        // Untagged without options, the header is at a constant offset:
+        // the same address as the parser's loads, so that LLVM reuses them
+        // (the total length) where no store or call came between.
+        let p = if at.ip4_plain { b.ptr_add(data, b.c64(14)) } else { b.int_to_ptr(b.get(h.ip4_hdr)) };
         // Fragment offset 0 (13 bits; the low 5 of the first byte and the
         // second byte as loaded): unfragmented or a first fragment.
         let frag_off_as_loaded = u16::from_le_bytes(0x1fffu16.to_be_bytes());

@@ -37,14 +37,22 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let outer = outer_len(pool.v6, encap);
         let growth = b.sub(b.c64(outer), b.mul(get(h.vlan_depth), b.c64(4)));
 
-        // The Ethernet addresses, kept for when the FIB gives no next hop.
+        // The Ethernet addresses, kept for when the FIB gives no next hop:
+        // through the parser's frame pointer (only map helpers ran since,
+        // which leave packet pointers valid), rather than loaded from the
+        // context again. In a specialized program the parser checked it
+        // for at least the Ethernet header on the way to every IP end, and
+        // the verifier follows each end here; in a long one the facts come
+        // from the facts map, and the verifier, which cannot tie them to
+        // the frame's length, needs the bound checked again.
         let drop = b.block("lb_cannot_encap");
-        let (data, end) = b.xdp_bounds();
-        let has_eth = b.block("lb_eth");
-        b.cond_br_likely(b.fits(data, 14, end), has_eth, drop);
-        b.at(has_eth);
-        let macs_lo = b.load_raw(data, 0, 8);
-        let macs_hi = b.load_raw(data, 8, 4);
+        if b.long_program {
+            let has_eth = b.block("lb_eth");
+            b.cond_br_likely(b.fits(h.data, 14, h.data_end), has_eth, drop);
+            b.at(has_eth);
+        }
+        let macs_lo = b.load_raw(h.data, 0, 8);
+        let macs_hi = b.load_raw(h.data, 8, 4);
         let grown = b.helper_call(helper::XDP_ADJUST_HEAD, b.i64(), &[ctx.into(), b.sub(b.c64(0), growth).into()]);
         let adjusted = b.block("lb_grown");
         b.cond_br_likely(b.eq(grown, b.c64(0)), adjusted, drop);
@@ -409,8 +417,6 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// own for the caller to decide.
     pub(super) fn send_by_fib(&self, fib: PointerValue<'ctx>, ingress: IntValue<'ctx>, data: PointerValue<'ctx>) -> IntValue<'ctx> {
         let b = &*self.b;
-        let i16t = b.m.cx.i16_type();
-        let i32t = b.m.cx.i32_type();
         // An input lookup, as for a packet forwarded from the ingress
         // interface (which must have forwarding on, else the FIB says so
         // and the stack gets the packet). `BPF_FIB_LOOKUP_OUTPUT` would
@@ -423,12 +429,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         // smac at 52, dmac at 58 in the params; the frame wants dmac first.
         // `data` is still valid and checked: bpf_fib_lookup does not change
         // the packet (the verifier keeps packet pointers across it).
-        let smac_head = b.load_raw(fib, 52, 4);
-        let tail = b.load_raw(fib, 56, 8);
-        b.store_frame_at(data, 0, b.trunc(b.lshr(tail, b.c64(16)), i32t));
-        b.store_frame_at(data, 4, b.trunc(b.lshr(tail, b.c64(48)), i16t));
-        b.store_frame_at(data, 6, smac_head);
-        b.store_frame_at(data, 10, b.trunc(tail, i16t));
+        // Each load within one of the helper's stores (it copies each
+        // address as 4 bytes and 2), which the CPU forwards from its store
+        // buffer: a load spanning two of them (the tail of smac and all of
+        // dmac as one 64-bit word) waits for both to reach the cache. The
+        // stack allows no 4-byte load at 58, so dmac is three 2-byte ones.
+        for (frame_off, fib_off, bytes) in [(0, 58, 2), (2, 60, 2), (4, 62, 2), (6, 52, 4), (10, 56, 2)] {
+            b.store_frame_at(data, frame_off, b.load_raw(fib, fib_off, bytes));
+        }
         let out = b.load_raw(fib, 8, 4);
         let same = b.block("lb_tx");
         let other = b.block("lb_redirect");

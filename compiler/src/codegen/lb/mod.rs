@@ -47,6 +47,15 @@ pub struct PoolMaps<'ctx> {
 
 /// Size of [`meta::FlowKey`].
 const FLOW_KEY_BYTES: u32 = 40;
+
+/// The purpose of the 40-byte stack buffer of a flow's key
+/// ([`Bpf::stack_buf`]): the connection table's key, `lb`'s flow key and
+/// its NAT reply key. One buffer: each is done with it before the next
+/// asks for it (`lb` ends the packet's evaluation without writing the
+/// connection's entry, the one later use of the connection's key), and a
+/// policy with `ct.state` and `lb` in one program took 80 bytes more of
+/// the kernel's 512 than this (the stack's limit, with LLVM's spills).
+pub const FLOW_KEY_BUF: &str = "flow_key";
 /// Size of [`meta::BackendValue`].
 const BACKEND_BYTES: u32 = 20;
 /// Size of [`meta::NatValue`].
@@ -169,11 +178,12 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let frag = b.and(proto_ok, get(h.frag));
         let zero = b.c64(0);
         let (tcp, udp) = (get(h.tcp_ok), get(h.udp_ok));
-        let port = |t, u| b.select(frag, zero, b.select(tcp, get(t), b.select(udp, get(u), zero)));
-        let sport = port(h.tcp_sport, h.udp_sport);
-        let dport = port(h.tcp_dport, h.udp_dport);
+        // Both ports as one word, chosen once (one branch on the fragment
+        // bit, not one per port), swapped back to the wire's order where
+        // the parser's loads are, so that LLVM folds the two swaps.
+        let ports = b.trunc(b.select(frag, zero, b.select(tcp, ports_word(b, get(h.tcp_sport), get(h.tcp_dport)), b.select(udp, ports_word(b, get(h.udp_sport), get(h.udp_dport)), zero))), i32t);
         let proto = b.select(tcp, b.c64(6), b.select(udp, b.c64(17), b.select(proto_ok, get(h.proto), zero)));
-        let key = b.stack_buf(FLOW_KEY_BYTES, "lb_key");
+        let key = b.stack_buf(FLOW_KEY_BYTES, FLOW_KEY_BUF);
 
         // An ICMP error about a flow (unreachable, fragmentation needed,
         // time exceeded, parameter problem; ICMPv6 1 to 4) goes where the
@@ -246,14 +256,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             b.cond_br(b.and(has_ports, b.fits(p, 4, end)), ports_there, no_ports);
             b.at(ports_there);
             let (qs, qd) = (b.load_be(p, 0, 2), b.load_be(p, 2, 2));
+            // The flow the other way round.
+            let reversed = b.trunc(ports_word(b, qd, qs), i32t);
             b.br(ports_done);
             b.at(no_ports);
             b.br(ports_done);
             b.at(ports_done);
-            let qsport = b.phi(&[(qs, ports_there), (zero, no_ports)]);
-            let qdport = b.phi(&[(qd, ports_there), (zero, no_ports)]);
-            // The flow the other way round.
-            let words = self.flow_key(lb, key, qdst, qsrc, qdport, qsport, qproto);
+            let qports = b.phi(&[(reversed, ports_there), (b.c32(0), no_ports)]);
+            let words = self.flow_key(lb, key, qdst, qsrc, qports, qproto);
             let hash = eager.then(|| murmur3(b, xpol_lang::maglev::FLOW_SEED, &words));
             incoming.push((family_v6, hash, b.zext64(b.eq(qproto, b.c64(6))), b.cur()));
             b.br(hashed);
@@ -267,7 +277,7 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             } else {
                 (Addr::V4(b.trunc(get(h.src4), i32t)), Addr::V4(b.trunc(get(h.dst4), i32t)))
             };
-            let words = self.flow_key(lb, key, src, dst, sport, dport, proto);
+            let words = self.flow_key(lb, key, src, dst, ports, proto);
             let hash = eager.then(|| murmur3(b, xpol_lang::maglev::FLOW_SEED, &words));
             // TCP as the parser saw it: a constant where the program was
             // specialized for the L4 header.
@@ -388,14 +398,11 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
     /// Writes the flow key (see [`meta::FlowKey`]) and returns the words
     /// of its hash (the words of `maglev::addr_words`, the ports and the
     /// protocol, as `lb.hash` selects them; [`hash_of_key`] reads the same
-    /// words from the key).
-    #[allow(clippy::too_many_arguments)]
-    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>, proto: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
+    /// words from the key). `ports`: both ports as stored ([`ports_word`]).
+    fn flow_key(&self, lb: &Balance, key: PointerValue<'ctx>, src: Addr<'ctx>, dst: Addr<'ctx>, ports: IntValue<'ctx>, proto: IntValue<'ctx>) -> Vec<IntValue<'ctx>> {
         let b = &*self.b;
         let i32t = b.m.cx.i32_type();
-        let i16t = b.m.cx.i16_type();
-        b.store_at(key, 32, b.bswap(b.trunc(sport, i16t)));
-        b.store_at(key, 34, b.bswap(b.trunc(dport, i16t)));
+        b.store_at(key, 32, ports);
         b.store_at(key, 36, b.trunc(proto, b.m.i8()));
         // `maglev::addr_words`: the address's bytes 4 at a time as
         // little-endian words, which is how they are loaded.
@@ -416,7 +423,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
             }
         };
         let (src, dst) = (words(src, 0), words(dst, 16));
-        let ports_word = b.trunc(b.or(b.shl(sport, b.c64(16)), dport), i32t);
+        // Source and destination port, big-endian: one word.
+        let ports_word = b.bswap(ports);
         let proto_word = b.trunc(proto, i32t);
         let words: Vec<IntValue<'ctx>> = match lb.hash {
             FlowHash::FiveTuple => src.into_iter().chain(dst).chain([ports_word, proto_word]).collect(),
@@ -443,6 +451,14 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.br(done);
         b.at(done);
     }
+}
+
+/// The source and destination port (host order, as the parser gives
+/// them) as the 32-bit word the key stores: both big-endian, as on the wire.
+fn ports_word<'ctx>(b: &Bpf<'_, 'ctx>, sport: IntValue<'ctx>, dport: IntValue<'ctx>) -> IntValue<'ctx> {
+    let i16t = b.m.cx.i16_type();
+    let be = |p: IntValue<'ctx>| b.zext64(b.bswap(b.trunc(p, i16t)));
+    b.or(be(sport), b.shl(be(dport), b.c64(16)))
 }
 
 /// Adds the `words` 32-bit words at `p + off`, as 16-bit halves as

@@ -28,14 +28,29 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         let l4 = b.pkt_ptr(data, b.and(b.add(l3, ip_hdr), b.c64(MAX_QUOTE_OFFSET)));
         let (addr_off, addr_words) = if pool.v6 { (24, 4) } else { (16, 1) };
         let headers = b.block("lb_nat_headers");
-        let ip_ok = b.and(b.fits(data, 14, end), b.fits(ip, if pool.v6 { 40 } else { 20 }, end));
+        // The Ethernet header is checked on `data` itself for the FIB's
+        // MACs: by the parser where the program is specialized (see
+        // `encapsulate`), here in a long program.
+        let ip_ok = b.fits(ip, if pool.v6 { 40 } else { 20 }, end);
+        let ip_ok = if b.long_program { b.and(b.fits(data, 14, end), ip_ok) } else { ip_ok };
         let ok = b.and(ip_ok, b.fits(l4, 20, end));
         let ok_udp = b.and(ip_ok, b.fits(l4, 8, end));
         b.cond_br_likely(b.select(tcp, ok, ok_udp), headers, drop);
         b.at(headers);
         // The one's-complement difference the rewrite makes, summed as
         // loaded (RFC 1624's sum does not depend on byte order).
-        let halves = |w: IntValue<'ctx>| (b.and(b.zext64(w), b.c64(0xffff)), b.lshr(b.zext64(w), b.c64(16)));
+        // IPv4: split as 32-bit words, then widened: the rule compared the
+        // 32-bit word (`ip.dst == VIP`), so LLVM puts the constant in its
+        // uses where the rule held; the parser's 64-bit widening of the
+        // same word, which `zext64` of it folds back to, it would not
+        // replace. (IPv6's words come from the compared 64-bit halves.)
+        let halves = |w: IntValue<'ctx>| {
+            if pool.v6 {
+                (b.and(b.zext64(w), b.c64(0xffff)), b.lshr(b.zext64(w), b.c64(16)))
+            } else {
+                (b.zext64(b.and(w, b.c32(0xffff))), b.zext64(b.lshr(w, b.c32(16))))
+            }
+        };
         // The addresses and ports as loaded (network order in memory), from
         // the parser's facts: where the rule names the VIP, they are
         // constants and the checksum deltas fold.
@@ -86,7 +101,8 @@ impl<'ctx> Lower<'_, '_, 'ctx> {
         b.at(l4_done);
         // The reply's translation back, unless it is recorded already (its
         // entry may have left the LRU table before the flow's).
-        let reply = b.stack_buf(FLOW_KEY_BYTES, "lb_nat_key");
+        // The flow key is done with (its table updated): its buffer.
+        let reply = b.stack_buf(FLOW_KEY_BYTES, FLOW_KEY_BUF);
         for (i, w) in new_addr.iter().enumerate() {
             b.store_at(reply, 4 * i as u64, *w);
         }
