@@ -7,77 +7,64 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use xpol_runtime::packet::{PacketSpec, L4};
 
-fn fields(line: &str) -> Option<HashMap<&str, &str>> {
-    line.split_whitespace().map(|part| part.split_once('=')).collect()
+/// A ClassBench rule's fields: each address a prefix (`None`: any), the
+/// protocol (`None`: any), the port ranges of TCP or UDP (`None`: any, or
+/// another protocol), and the verdict.
+struct Rule<'a> {
+    src: Option<&'a str>,
+    dst: Option<&'a str>,
+    proto: Option<&'a str>,
+    /// `tcp` or `udp`, with the source and destination ranges.
+    ports: Option<(&'static str, [Option<(&'a str, &'a str)>; 2])>,
+    drop: bool,
+}
+
+fn parse(line: &str) -> Option<Rule<'_>> {
+    let f: HashMap<&str, &str> = line.split_whitespace().map(|part| part.split_once('=')).collect::<Option<_>>()?;
+    let prefix = |key| f.get(key).map(|v| (*v != "0.0.0.0/0").then_some(*v));
+    let proto = *f.get("proto")?;
+    let range = |key| -> Option<Option<(&str, &str)>> {
+        let (lo, hi) = f.get(key)?.split_once('-')?;
+        Some(((lo, hi) != ("0", "65535")).then_some((lo, hi)))
+    };
+    let ports = match proto {
+        "6" => Some(("tcp", [range("sport")?, range("dport")?])),
+        "17" => Some(("udp", [range("sport")?, range("dport")?])),
+        _ => None,
+    };
+    Some(Rule { src: prefix("src")?, dst: prefix("dst")?, proto: (proto != "any").then_some(proto), ports, drop: *f.get("action")? == "drop" })
 }
 
 /// A ClassBench rule as an xpol rule: the addresses as IPv4 prefixes, the
 /// ports of TCP or UDP, the protocol (none for `any`).
 pub fn rule_text(line: &str) -> Option<String> {
-    let f = fields(line)?;
+    let r = parse(line)?;
     let mut conds = Vec::new();
-    for (field, key) in [("ip4.src", "src"), ("ip4.dst", "dst")] {
-        let v = f.get(key)?;
-        if *v != "0.0.0.0/0" {
-            conds.push(format!("{field} in {v}"));
-        } else {
-            conds.push("ip.version == 4".to_string());
-        }
+    for (field, prefix) in [("ip4.src", r.src), ("ip4.dst", r.dst)] {
+        conds.push(prefix.map_or("ip.version == 4".to_string(), |p| format!("{field} in {p}")));
     }
-    let proto = *f.get("proto")?;
-    let l4 = match proto {
-        "6" => Some("tcp"),
-        "17" => Some("udp"),
-        _ => None,
-    };
-    if proto != "any" {
-        conds.push(format!("ip.proto == {proto}"));
-    }
-    if let Some(l4) = l4 {
-        for key in ["sport", "dport"] {
-            let (lo, hi) = f.get(key)?.split_once('-')?;
-            if (lo, hi) != ("0", "65535") {
-                conds.push(if lo == hi { format!("{l4}.{key} == {lo}") } else { format!("{l4}.{key} in {lo}..{hi}") });
-            }
+    conds.extend(r.proto.map(|p| format!("ip.proto == {p}")));
+    if let Some((l4, ranges)) = r.ports {
+        for (key, range) in ["sport", "dport"].into_iter().zip(ranges) {
+            conds.extend(range.map(|(lo, hi)| if lo == hi { format!("{l4}.{key} == {lo}") } else { format!("{l4}.{key} in {lo}..{hi}") }));
         }
     }
     conds.dedup();
-    Some(format!("xdp /{}/ {{ {} }}", conds.join(" && "), f.get("action")?))
+    Some(format!("xdp /{}/ {{ {} }}", conds.join(" && "), if r.drop { "drop" } else { "pass" }))
 }
 
-/// The same rule for an nftables chain (with a counter): `None` parts are
-/// wildcards.
+/// The same rule for an nftables chain, with a counter.
 pub fn nft_rule(line: &str) -> Option<String> {
-    let f = fields(line)?;
-    let mut parts = Vec::new();
-    for (key, what) in [("src", "ip saddr"), ("dst", "ip daddr")] {
-        let v = f.get(key)?;
-        if *v != "0.0.0.0/0" {
-            parts.push(format!("{what} {v}"));
+    let r = parse(line)?;
+    let mut parts: Vec<String> = [("ip saddr", r.src), ("ip daddr", r.dst)].into_iter().filter_map(|(what, p)| Some(format!("{what} {}", p?))).collect();
+    // Any protocol: the xpol rule's `ip.version == 4`.
+    parts.push(r.proto.map_or("meta protocol ip".to_string(), |p| format!("ip protocol {p}")));
+    if let Some((l4, ranges)) = r.ports {
+        for (key, range) in ["sport", "dport"].into_iter().zip(ranges) {
+            parts.extend(range.map(|(lo, hi)| if lo == hi { format!("{l4} {key} {lo}") } else { format!("{l4} {key} {lo}-{hi}") }));
         }
     }
-    let proto = *f.get("proto")?;
-    let l4 = match proto {
-        "6" => Some("tcp"),
-        "17" => Some("udp"),
-        _ => None,
-    };
-    if proto != "any" {
-        parts.push(format!("ip protocol {proto}"));
-    } else {
-        // The xpol rule's `ip.version == 4`.
-        parts.push("meta protocol ip".to_string());
-    }
-    if let Some(l4) = l4 {
-        for key in ["sport", "dport"] {
-            let (lo, hi) = f.get(key)?.split_once('-')?;
-            if (lo, hi) != ("0", "65535") {
-                parts.push(if lo == hi { format!("{l4} {key} {lo}") } else { format!("{l4} {key} {lo}-{hi}") });
-            }
-        }
-    }
-    let verdict = if *f.get("action")? == "drop" { "drop" } else { "accept" };
-    Some(format!("{} counter {verdict}", parts.join(" ")))
+    Some(format!("{} counter {}", parts.join(" "), if r.drop { "drop" } else { "accept" }))
 }
 
 /// The xpol policy of a `.rules` file.
