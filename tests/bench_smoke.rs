@@ -359,6 +359,7 @@ fn classbench_quick() {
     let veth = report.json["veth"].as_array().expect("veth rows");
     assert!(veth.len() == 6 || !report.json["skipped"].as_array().is_some_and(Vec::is_empty), "{}", report.json);
     assert!(out.path().join("classbench.json").exists());
+}
 
 #[path = "../benches/millions.rs"]
 mod millions;
