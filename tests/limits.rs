@@ -311,15 +311,18 @@ fn boundary_cases_build_only_what_loads() {
     for n in [30, 40, 60] {
         assert_eq!(fate(&format!("{n} rules without verdicts"), &comparisons(&mut rng, "xdp", n, 100), dir.path()), Fate::Loaded);
     }
-    // Processed instructions: 34 `lb(p4, nat)` rules load (the kernel
-    // processes about 947,000 instructions, the estimate is 997,510); 36
-    // would take it to 1,001,245, and are refused (so are 35, in the
-    // estimate's margin: docs/language.md, Limits).
+    // Processed instructions: 34 `lb(p4, nat)` rules load, and 35 and 36
+    // are refused by the estimate (997,510 for 34). The kernel processed
+    // about 947,000 for 34 when the estimate was measured; since rules are
+    // split by the L4 headers their predicates read (a VIP rule's `lb` runs
+    // where the packet is known TCP), about 472,000: the estimate is now
+    // twice the kernel's count for NAT rules (recalibrating
+    // `PROCESSED_LB_NAT` is left open).
     let (loaded, counts) = fate_counted("34 NAT rules", &nat_rules(&mut rng, 34, 0), dir.path());
     assert_eq!(loaded, Fate::Loaded);
     let xdp = counts.iter().find(|c| c.hook == "xdp").expect("the xdp program");
     eprintln!("34 NAT rules: the kernel processed {} instructions, estimated {}", xdp.kernel, xdp.estimate);
-    assert!(xdp.kernel > 900_000, "{xdp:?}: the case must stay near the limit");
+    assert!(xdp.kernel > 400_000 && (xdp.kernel as usize) <= xdp.estimate as usize, "{xdp:?}: the case must stay near half the limit, under its estimate");
     for n in [35, 36] {
         assert_eq!(fate(&format!("{n} NAT rules"), &nat_rules(&mut rng, n, 0), dir.path()), Fate::Refused(vec!["xpol::budget::processed".into()]));
     }
